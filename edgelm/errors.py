@@ -1,0 +1,24 @@
+"""The one error type for user mistakes: the CLI prints it as one line and exits with code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UserError(Exception):
+    """A mistake in what the user gave us (a path, a file, an option), never a bug in edgelm.
+
+    The message says what is wrong, in which file, and what to do about it.
+    """
+
+    def __init__(self, what: str, path: str | Path | None = None, fix: str | None = None):
+        self.what = what
+        self.path = Path(path) if path is not None else None
+        self.fix = fix
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        parts = [f"{self.path}: {self.what}" if self.path is not None else self.what]
+        if self.fix:
+            parts.append(self.fix)
+        return " — ".join(parts)

@@ -1,0 +1,74 @@
+"""Perplexity of the torch reference over a text (sliding window, as Hugging Face's perplexity guide:
+each window scores only the tokens no earlier window scored, with up to ctx - stride tokens of context)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .models import CausalLM
+
+
+@dataclass
+class PerplexityResult:
+    perplexity: float
+    tokens: int  # tokens scored
+    ctx: int
+    stride: int
+
+    def as_dict(self) -> dict:
+        return {"perplexity": self.perplexity, "tokens": self.tokens, "ctx": self.ctx, "stride": self.stride}
+
+
+def windows(n_tokens: int, ctx: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored index) of each window over n_tokens.
+
+    Every token but the first is scored exactly once; a window scores `stride` new tokens (the first
+    window up to ctx - 1) and gives them the ctx - stride … ctx - 1 tokens before them as context.
+    """
+    spans, scored_to = [], 1  # token 0 has no context and is never scored
+    while scored_to < n_tokens:
+        end = min(scored_to + stride if spans else ctx, n_tokens)
+        spans.append((max(0, end - ctx), end, scored_to))
+        scored_to = end
+    return spans
+
+
+@torch.no_grad()
+def perplexity(
+    model: CausalLM,
+    ids: Sequence[int],
+    ctx: int,
+    stride: int | None = None,
+    on_window: Callable[[int, int], None] | None = None,
+) -> PerplexityResult:
+    stride = stride or ctx - 1
+    if not 0 < stride < ctx:
+        raise ValueError("stride must be in 1..ctx-1")
+    device = next(model.parameters()).device
+    tokens = torch.tensor(ids, dtype=torch.long, device=device)
+    spans = windows(len(ids), ctx, stride)
+    nll, count = 0.0, 0
+    for i, (begin, end, first) in enumerate(spans):
+        logits, _ = model(tokens[None, begin:end])
+        # logits at position p predict token p + 1
+        targets = tokens[first:end]
+        scores = logits[0, first - begin - 1 : end - begin - 1].float()
+        nll += F.cross_entropy(scores, targets, reduction="sum").item()
+        count += len(targets)
+        if on_window:
+            on_window(i + 1, len(spans))
+    return PerplexityResult(math.exp(nll / count), count, ctx, stride)
+
+
+def unigram_perplexity(train_ids: Sequence[int], eval_ids: Sequence[int], vocab_size: int) -> float:
+    """Perplexity of a unigram model fitted on train_ids (add-one smoothing) over eval_ids."""
+    counts = Counter(train_ids)
+    total = len(train_ids) + vocab_size
+    nll = -sum(math.log((counts[t] + 1) / total) for t in eval_ids)
+    return math.exp(nll / len(eval_ids))

@@ -1,0 +1,1 @@
+"""torch → GGUF and torch → ONNX. Weight transforms shared by both formats live here."""

@@ -1,0 +1,67 @@
+"""Writing outputs so that a crash or Ctrl-C never leaves a half-written model: build beside the
+target under a temporary name, fsync, and rename into place at the end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import UserError
+
+
+def refuse_existing(target: Path, force: bool) -> None:
+    if target.exists() and not force:
+        raise UserError("output already exists", target, "choose another path or pass --force to replace it")
+
+
+def _fsync_tree(path: Path) -> None:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for file in files:
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    if target.is_dir() and not target.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rename(target, old / target.name)
+        os.rename(tmp, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, target)
+
+
+@contextmanager
+def atomic_output_dir(target: Path, force: bool = False) -> Iterator[Path]:
+    """Yields an empty temporary folder beside `target`; it becomes `target` only if the block succeeds."""
+    target = Path(target)
+    refuse_existing(target, force)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        _replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_output_file(target: Path, force: bool = False) -> Iterator[Path]:
+    """Yields a temporary file path beside `target`; it becomes `target` only if the block succeeds."""
+    target = Path(target)
+    refuse_existing(target, force)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.partial-", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        _replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)

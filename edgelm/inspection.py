@@ -1,0 +1,54 @@
+"""What `edgelm inspect` reports, as plain data (the CLI prints it as a table or JSON)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .models import open_checkpoint
+from .tokenizer import load_tokenizer
+
+
+def _temperature_summary(table) -> dict[str, Any]:
+    return {
+        "min": round(table.min().item(), 6),
+        "max": round(table.max().item(), 6),
+        "mean": round(table.mean().item(), 6),
+        "all_one": bool((table == 1).all()),
+    }
+
+
+def describe_checkpoint(
+    path: Path, *, position_encoding: str | None = None, head_temperatures: Path | None = None, allow_pickle: bool = False
+) -> dict[str, Any]:
+    checkpoint = open_checkpoint(path, position_encoding=position_encoding, head_temperatures=head_temperatures, allow_pickle=allow_pickle)
+    spec = checkpoint.spec
+    tokenizer = load_tokenizer(path)
+    temperatures = checkpoint.head_temperatures()
+    return {
+        "family": spec.family,
+        "parameters": checkpoint.parameter_count(),
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.hidden_size,
+        "layers": spec.num_layers,
+        "heads": spec.num_heads,
+        "kv_heads": spec.num_kv_heads,
+        "head_dim": spec.head_dim,
+        "ffn_size": spec.ffn_size,
+        "max_positions": spec.max_positions,
+        "tied_embeddings": spec.tie_embeddings,
+        "position_encoding": spec.position_encoding,
+        "position_encoding_rule": checkpoint.position_encoding_rule,
+        "rotary_dims": spec.rotated_dims,
+        "rope_theta": spec.rope_theta if spec.rotated_dims else None,
+        "head_temperatures": _temperature_summary(temperatures),
+        "head_temperature_source": checkpoint.temperature_source,
+        "tokenizer": {
+            "kind": tokenizer.kind,
+            "vocab_size": tokenizer.vocab_size,
+            "bos_id": tokenizer.bos_id,
+            "eos_id": tokenizer.eos_id,
+            "add_bos": tokenizer.add_bos,
+            "chat_template": tokenizer.chat_template is not None,
+        },
+    }

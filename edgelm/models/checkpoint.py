@@ -1,0 +1,300 @@
+"""Loading local Hugging Face-style folders: config.json + safetensors (single file or sharded).
+
+Two stages, so that `inspect` and validation never read weight data:
+`open_checkpoint` reads config.json and the safetensors headers, picks the family, decides the
+position encoding, and checks every tensor name and shape against the family's module (built on the
+meta device); `Checkpoint.load_model` then copies tensors one at a time into an fp32 module.
+Pickle checkpoints (`*.bin`) are refused unless the caller allows them, and then loaded with
+`torch.load(weights_only=True)`. No code shipped with a checkpoint is ever run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..errors import UserError
+from .layers import CausalLM
+from .registry import Family, family_for_config
+from .spec import ModelSpec
+from .util import MissingConfigKey
+
+CONFIG = "config.json"
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE_NAMES = ("pytorch_model.bin", "model.bin")
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    if not folder.exists():
+        raise UserError("no such folder", folder, "give the path of a model folder (config.json + model.safetensors)")
+    if not folder.is_dir():
+        raise UserError("not a model folder", folder, "give the folder that holds config.json, not a file in it")
+    path = folder / CONFIG
+    if not path.is_file():
+        raise UserError("config.json is missing", path, "a model folder needs config.json beside its weights")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"config.json is not valid JSON ({exc})", path, "fix or re-download the file") from None
+    if not isinstance(config, dict):
+        raise UserError("config.json must hold a JSON object", path, "fix or re-download the file")
+    return config
+
+
+class TensorSource:
+    """Name → shape from file headers, and one tensor at a time on request."""
+
+    def __init__(self, files: dict[str, Path], shapes: dict[str, tuple[int, ...]], pickled: dict[str, torch.Tensor] | None = None):
+        self.files = files  # tensor name → file holding it
+        self.shapes = shapes
+        self._pickled = pickled
+        self._handles: dict[Path, Any] = {}
+
+    def names(self) -> list[str]:
+        return list(self.shapes)
+
+    def get(self, name: str) -> torch.Tensor:
+        if self._pickled is not None:
+            return self._pickled[name]
+        file = self.files[name]
+        if file not in self._handles:
+            self._handles[file] = safe_open(str(file), framework="pt")
+        try:
+            return self._handles[file].get_tensor(name)
+        except Exception as exc:  # safetensors raises its own error types for truncated data
+            raise UserError(f"cannot read tensor {name} ({exc})", file, "the file is damaged: re-download or re-export it") from None
+
+
+def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    if not file.is_file():
+        raise UserError("safetensors shard is missing", file, "the index names it: download every shard")
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except Exception as exc:
+        raise UserError(f"not a readable safetensors file ({exc})", file, "the file is truncated or damaged: re-download or re-export it") from None
+
+
+def _open_tensors(folder: Path, allow_pickle: bool) -> TensorSource:
+    single, index = folder / SAFETENSORS, folder / SAFETENSORS_INDEX
+    if single.exists():
+        shapes = _safetensors_shapes(single)
+        return TensorSource({name: single for name in shapes}, shapes)
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UserError(f"invalid safetensors index ({exc})", index, "it needs a \"weight_map\" of tensor name → shard file") from None
+        files, shapes = {}, {}
+        for shard in sorted(set(weight_map.values())):
+            for name, shape in _safetensors_shapes(folder / shard).items():
+                files[name], shapes[name] = folder / shard, shape
+        return TensorSource(files, shapes)
+    pickles = [folder / n for n in PICKLE_NAMES if (folder / n).exists()]
+    if pickles or (folder / PICKLE_INDEX).exists():
+        path = pickles[0] if pickles else folder / PICKLE_INDEX
+        if not allow_pickle:
+            raise UserError(
+                "pickle checkpoint refused: loading a pickle can run arbitrary code",
+                path,
+                "convert it to safetensors, or pass --allow-pickle to load it with torch.load(weights_only=True)",
+            )
+        if not pickles:
+            raise UserError("sharded pickle checkpoints are not supported", path, "convert it to safetensors")
+        try:
+            tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:
+            raise UserError(f"cannot load pickle checkpoint ({exc})", path, "re-download it or convert it to safetensors") from None
+        return TensorSource({n: path for n in tensors}, {n: tuple(t.shape) for n, t in tensors.items()}, tensors)
+    raise UserError("no weights found", folder, f"expected {SAFETENSORS} or {SAFETENSORS_INDEX} beside config.json")
+
+
+def _name_pattern(template: str) -> re.Pattern[str]:
+    return re.compile(re.escape(template).replace(re.escape("{bid}"), r"(\d+)") + "$")
+
+
+def _listed(names: list[str], most: int = 8) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+@dataclass
+class Checkpoint:
+    """A validated model folder whose weights have not been read yet."""
+
+    path: Path
+    config: dict[str, Any]
+    family: Family
+    spec: ModelSpec
+    tensors: TensorSource
+    position_encoding_rule: str
+    temperature_source: str
+    temperatures_file: Path | None
+
+    def head_temperatures(self) -> torch.Tensor:
+        """[num_layers, num_heads] λ table the model runs with."""
+        spec = self.spec
+        if self.temperatures_file is not None:
+            return read_head_temperatures(self.temperatures_file, spec)
+        template = self.family.head_temperature_tensor
+        if template and template.format(bid=0) in self.tensors.shapes:
+            return torch.stack([self.tensors.get(template.format(bid=i)).float() for i in range(spec.num_layers)])
+        return torch.ones(spec.num_layers, spec.num_heads)
+
+    def load_model(self, device: str | torch.device = "cpu") -> CausalLM:
+        """The fp32 torch reference, weights copied one tensor at a time."""
+        with torch.device("meta"):
+            model = self.family.build(self.spec)
+        model.to_empty(device=device)
+        for alias, source in self.family.tied_tensors(self.spec).items():  # to_empty unties shared tensors
+            owner, _, attribute = alias.rpartition(".")
+            setattr(model.get_submodule(owner), attribute, model.get_parameter(source))
+        targets = model.state_dict(keep_vars=True)
+        with torch.no_grad():
+            for name in self.weight_names():
+                targets[name].copy_(self.tensors.get(name).to(torch.float32))
+            model.set_head_temperatures(self.head_temperatures().to(device))
+        return model.eval()
+
+    def weight_names(self) -> list[str]:
+        """Module tensors the checkpoint supplies (tied aliases come with their source)."""
+        aliases = self.family.tied_tensors(self.spec)
+        with torch.device("meta"):
+            names = self.family.build(self.spec).state_dict().keys()
+        return [n for n in names if n not in aliases]
+
+    def parameter_count(self) -> int:
+        with torch.device("meta"):
+            model = self.family.build(self.spec)
+        return sum(p.numel() for p in model.parameters())  # a tied tensor counts once
+
+
+def _spec_from_config(family: Family, config: dict[str, Any], config_path: Path) -> ModelSpec:
+    try:
+        return family.spec_from_config(config)
+    except MissingConfigKey as exc:
+        raise UserError(f"config.json lacks {exc.args[0]!r}, which a {family.name} model needs", config_path, "add the key or re-download the file") from None
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"config.json describes an unsupported {family.name} model: {exc}", config_path, "check the config values") from None
+
+
+def _decide_position_encoding(
+    family: Family, spec: ModelSpec, config: dict[str, Any], tensor_names: list[str], option: str | None, config_path: Path
+) -> tuple[str, str]:
+    """Position encoding, by the first rule that applies (the order is the contract `inspect` reports)."""
+    block = config.get("edgelm") or {}
+    template = family.head_temperature_tensor
+    if option is not None:
+        encoding, rule = option, "--position-encoding option"
+    elif "position_encoding" in block:
+        encoding, rule = block["position_encoding"], "edgelm block in config.json"
+    elif template and any(_name_pattern(template).match(n) for n in tensor_names):
+        encoding, rule = "none", f"HeadScale tensors ({template.rsplit('.', 1)[-1]}) in the checkpoint"
+    else:
+        encoding, rule = spec.position_encoding, "config.json (no option, edgelm block or HeadScale tensors)"
+    if encoding not in family.position_encodings:
+        raise UserError(
+            f"position encoding {encoding!r} (from the {rule}) is not available for {family.name}",
+            config_path,
+            f"{family.name} supports {', '.join(family.position_encodings)}",
+        )
+    return encoding, rule
+
+
+def open_checkpoint(
+    folder: str | Path,
+    *,
+    position_encoding: str | None = None,
+    head_temperatures: str | Path | None = None,
+    allow_pickle: bool = False,
+) -> Checkpoint:
+    folder = Path(folder)
+    config = read_config(folder)
+    config_path = folder / CONFIG
+    family = family_for_config(config, config_path)
+    spec = _spec_from_config(family, config, config_path)
+    tensors = _open_tensors(folder, allow_pickle)
+    encoding, rule = _decide_position_encoding(family, spec, config, tensors.names(), position_encoding, config_path)
+    spec = replace(spec, position_encoding=encoding)
+    _check_tensors(family, spec, tensors, folder)
+    checkpoint = Checkpoint(folder, config, family, spec, tensors, rule, "default (all 1.0)", None)
+    if head_temperatures is not None:
+        checkpoint.temperatures_file = Path(head_temperatures)
+        checkpoint.temperature_source = f"file {head_temperatures}"
+        read_head_temperatures(checkpoint.temperatures_file, spec)  # validate now, not at first use
+    elif family.head_temperature_tensor and family.head_temperature_tensor.format(bid=0) in tensors.shapes:
+        checkpoint.temperature_source = "checkpoint tensors " + family.head_temperature_tensor
+    return checkpoint
+
+
+def _check_tensors(family: Family, spec: ModelSpec, tensors: TensorSource, folder: Path) -> None:
+    with torch.device("meta"):
+        expected = {n: tuple(t.shape) for n, t in family.build(spec).state_dict().items()}
+    aliases = family.tied_tensors(spec)
+    template = family.head_temperature_tensor
+    temperature_names = {template.format(bid=i) for i in range(spec.num_layers)} if template else set()
+    present = set(tensors.names())
+    missing = [n for n in expected if n not in present and n not in aliases]
+    unexpected = [n for n in tensors.names() if n not in expected and n not in temperature_names]
+    if missing:
+        raise UserError(f"{len(missing)} tensors missing: {_listed(missing)}", folder, "the weights do not match config.json: re-download or re-export them")
+    if unexpected:
+        raise UserError(f"{len(unexpected)} unexpected tensors: {_listed(unexpected)}", folder, f"these are not part of a {family.name} model as config.json describes it")
+    found_temperatures = temperature_names & present
+    if found_temperatures and found_temperatures != temperature_names:
+        lacking = sorted(temperature_names - present)
+        raise UserError(f"HeadScale tensors missing for some layers: {_listed(lacking)}", folder, "a checkpoint has them for every layer or for none")
+    wrong = [
+        f"{n} is {list(tensors.shapes[n])}, config says {list(shape)}"
+        for n, shape in list(expected.items()) + [(n, (spec.num_heads,)) for n in sorted(found_temperatures)]
+        if n in present and tensors.shapes[n] != shape
+    ]
+    if wrong:
+        raise UserError(f"tensor shapes do not match config.json: {_listed(wrong, 3)}", folder, "config.json and the weights belong to different models")
+
+
+def read_head_temperatures(path: str | Path, spec: ModelSpec) -> torch.Tensor:
+    """A temperatures file: JSON `{"layers": [[λ per head], …]}`, one list per layer."""
+    path = Path(path)
+    try:
+        layers = json.loads(path.read_text())["layers"]
+        table = torch.tensor(layers, dtype=torch.float32)
+    except FileNotFoundError:
+        raise UserError("temperatures file not found", path, "give a JSON file {\"layers\": [[λ per head], …]}") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"not a temperatures file ({exc})", path, "expected JSON {\"layers\": [[λ per head], …]}, one list per layer") from None
+    if tuple(table.shape) != (spec.num_layers, spec.num_heads):
+        raise UserError(
+            f"temperatures have shape {list(table.shape)}, the model has {spec.num_layers} layers × {spec.num_heads} heads",
+            path,
+            "calibrate this model or give its own temperatures file",
+        )
+    if not torch.isfinite(table).all() or (table <= 0).any():
+        raise UserError("temperatures must be finite and positive", path, "fix the values")
+    return table
+
+
+def save_checkpoint(
+    model: CausalLM, family: Family, config: dict[str, Any], folder: Path, dtype: torch.dtype, with_temperatures: bool
+) -> None:
+    """Write config.json and model.safetensors in the family's native layout (into an existing folder).
+
+    `with_temperatures` also writes the family's HeadScale tensors (fp32); for llama their presence
+    marks a NoPE checkpoint, as in the NoPE paper's released models.
+    """
+    aliases = family.tied_tensors(model.spec)
+    tensors = {n: t.detach().to(dtype).contiguous().clone() for n, t in model.state_dict().items() if n not in aliases}
+    if with_temperatures:
+        for i, row in enumerate(model.head_temperatures()):
+            tensors[family.head_temperature_tensor.format(bid=i)] = row.detach().float().clone()
+    save_file(tensors, str(folder / SAFETENSORS), metadata={"format": "pt"})
+    (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")

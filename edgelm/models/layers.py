@@ -1,0 +1,167 @@
+"""Pieces every family shares: rotary embedding, causal attention with KV cache and head temperatures.
+
+KV cache layout (also the ONNX `past_key_values.{i}.key/value` layout): one `(key, value)` pair per
+layer, each `[batch, kv_heads, positions, head_dim]`, keys stored after rotary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .spec import ModelSpec
+
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, theta: float) -> torch.Tensor:
+    """Rotary embedding in the Hugging Face / GPT-NeoX rotate-half convention on the first `rotary_dim`
+    dims of each head (RoFormer, Su et al. 2021, eq. 34); the other dims pass through unchanged.
+
+    x: [batch, heads, seq, head_dim]; positions: [batch, seq].
+    """
+    if rotary_dim == 0:
+        return x
+    inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64, device=x.device).float() / rotary_dim))
+    freqs = positions[:, :, None].float() * inv_freq  # [batch, seq, rotary_dim/2]
+    angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # [batch, 1, seq, rotary_dim]
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
+    rot = rot * cos + rotate_half(rot) * sin
+    return torch.cat((rot, rest), dim=-1)
+
+
+def default_positions(batch: int, seq: int, past: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(past, past + seq, device=device).expand(batch, seq)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head (grouped-query) causal attention, given q/k/v from the family's own projections.
+
+    scores = λ_h · q·kᵀ/√d: λ_h is the per-head temperature (NoPE paper, HeadScale: q *= scale_param[h]
+    / sqrt(head_dim)). Temperatures are a buffer, all 1 unless a checkpoint or a file sets them.
+    """
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        self.register_buffer("head_temperature", torch.ones(spec.num_heads), persistent=False)
+
+    def forward(
+        self,
+        q: torch.Tensor,  # [batch, heads, seq, head_dim]
+        k: torch.Tensor,  # [batch, kv_heads, seq, head_dim]
+        v: torch.Tensor,  # [batch, kv_heads, seq, head_dim]
+        positions: torch.Tensor,  # [batch, seq]
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+        attention_mask: torch.Tensor | None,  # [batch, past + seq], 1 = attend, 0 = padding
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        spec = self.spec
+        q = apply_rotary(q, positions, spec.rotated_dims, spec.rope_theta)
+        k = apply_rotary(k, positions, spec.rotated_dims, spec.rope_theta)
+        if past is not None:
+            k = torch.cat((past[0], k), dim=2)
+            v = torch.cat((past[1], v), dim=2)
+        present = (k, v)
+        seq, total = q.shape[2], k.shape[2]
+        group = spec.num_heads // spec.num_kv_heads
+        k = k.repeat_interleave(group, dim=1)  # [batch, heads, total, head_dim]
+        v = v.repeat_interleave(group, dim=1)
+        q = q * (self.head_temperature.to(q.dtype)[:, None, None] / math.sqrt(spec.head_dim))
+        # query i sits at absolute position total - seq + i and sees keys 0..that position
+        causal = torch.ones(seq, total, dtype=torch.bool, device=q.device).tril(total - seq)
+        mask = causal[None, None]
+        if attention_mask is not None:
+            # a padding query still sees itself, so no row is empty: its output stays finite (Pattention's
+            # L2 norm of an all-zero row would be 0/0) and real tokens never attend to it anyway
+            itself = causal ^ causal.tril(total - seq - 1)
+            mask = (mask & attention_mask.bool()[:, None, None, :]) | itself
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+        return out, present
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    batch, seq, _ = x.shape
+    return x.view(batch, seq, heads, -1).transpose(1, 2)  # [batch, heads, seq, head_dim]
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    batch, heads, seq, head_dim = x.shape
+    return x.transpose(1, 2).reshape(batch, seq, heads * head_dim)  # [batch, seq, hidden]
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm as Hugging Face Llama computes it (in fp32, then back to the input dtype)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class CausalLM(nn.Module):
+    """Base class of every family's module: one forward signature, one temperature interface.
+
+    Module names equal the family's native checkpoint tensor names, so a checkpoint loads with
+    `load_state_dict` and nothing is renamed in between.
+    """
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+
+    def attention_modules(self) -> list[CausalSelfAttention]:
+        return [m for m in self.modules() if isinstance(m, CausalSelfAttention)]
+
+    def head_temperatures(self) -> torch.Tensor:
+        """[num_layers, num_heads] table of λ."""
+        return torch.stack([a.head_temperature for a in self.attention_modules()])
+
+    def set_head_temperatures(self, table: torch.Tensor) -> None:
+        attentions = self.attention_modules()
+        if tuple(table.shape) != (len(attentions), self.spec.num_heads):
+            raise ValueError(f"temperature table has shape {tuple(table.shape)}, the model needs {(len(attentions), self.spec.num_heads)}")
+        for attention, row in zip(attentions, table):
+            attention.head_temperature.copy_(row)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [batch, seq]
+        past_key_values: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,  # [batch, past + seq]
+        position_ids: torch.Tensor | None = None,  # [batch, seq]
+    ) -> tuple[torch.Tensor, KVCache]:
+        """Returns logits [batch, seq, vocab] and the cache extended by this call's positions."""
+        past = past_key_values[0][0].shape[2] if past_key_values else 0
+        if position_ids is None:
+            position_ids = default_positions(input_ids.shape[0], input_ids.shape[1], past, input_ids.device)
+        x = self.embed(input_ids)
+        present: KVCache = []
+        for i, block in enumerate(self.blocks()):
+            x, kv = block(x, position_ids, past_key_values[i] if past_key_values else None, attention_mask)
+            present.append(kv)
+        return self.logits(x), present
+
+    # What each family provides:
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:  # [batch, seq] -> [batch, seq, hidden]
+        raise NotImplementedError
+
+    def blocks(self) -> list[nn.Module]:  # in order; each: (x, positions, past, attention_mask) -> (x, (k, v))
+        raise NotImplementedError
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:  # final norm and LM head
+        raise NotImplementedError

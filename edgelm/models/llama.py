@@ -1,0 +1,134 @@
+"""llama: TinyLlama 1.1B (RoPE) and TinyLlama-NoPE-1.1B (no position encoding).
+
+RMSNorm, SwiGLU MLP, grouped-query attention, tied or untied embeddings; Hugging Face
+`LlamaForCausalLM` checkpoint names. NoPE checkpoints carry HeadScale temperatures as
+`model.layers.{i}.self_attn.scale_param` ([num_heads]; the NoPE paper's code computes
+`q *= scale_param[h] / sqrt(head_dim)`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import CausalLM, CausalSelfAttention, RMSNorm, merge_heads, split_heads
+from .registry import Family, register
+from .spec import ModelSpec
+from .util import config_value
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        d, hd = spec.hidden_size, spec.head_dim
+        self.q_proj = nn.Linear(d, spec.num_heads * hd, bias=False)
+        self.k_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=False)
+        self.v_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=False)
+        self.o_proj = nn.Linear(spec.num_heads * hd, d, bias=False)
+        self.attention = CausalSelfAttention(spec)
+        self.spec = spec
+
+    def forward(self, x, positions, past, attention_mask):
+        q = split_heads(self.q_proj(x), self.spec.num_heads)
+        k = split_heads(self.k_proj(x), self.spec.num_kv_heads)
+        v = split_heads(self.v_proj(x), self.spec.num_kv_heads)
+        out, present = self.attention(q, k, v, positions, past, attention_mask)
+        return self.o_proj(merge_heads(out)), present
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.gate_proj = nn.Linear(spec.hidden_size, spec.ffn_size, bias=False)
+        self.up_proj = nn.Linear(spec.hidden_size, spec.ffn_size, bias=False)
+        self.down_proj = nn.Linear(spec.ffn_size, spec.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.input_layernorm = RMSNorm(spec.hidden_size, spec.norm_eps)
+        self.self_attn = LlamaAttention(spec)
+        self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.norm_eps)
+        self.mlp = LlamaMLP(spec)
+
+    def forward(self, x, positions, past, attention_mask):
+        attn, present = self.self_attn(self.input_layernorm(x), positions, past, attention_mask)
+        x = x + attn
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, present
+
+
+class LlamaBody(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(spec) for _ in range(spec.num_layers))
+        self.norm = RMSNorm(spec.hidden_size, spec.norm_eps)
+
+
+class LlamaForCausalLM(CausalLM):
+    def __init__(self, spec: ModelSpec):
+        super().__init__(spec)
+        self.model = LlamaBody(spec)
+        self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        if spec.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def embed(self, input_ids):
+        return self.model.embed_tokens(input_ids)
+
+    def blocks(self):
+        return self.model.layers
+
+    def logits(self, x):
+        return self.lm_head(self.model.norm(x))
+
+
+@register
+class Llama(Family):
+    name = "llama"
+    architectures = ("LlamaForCausalLM",)
+    model_types = ("llama",)
+    position_encodings = ("rope", "none")
+    head_temperature_tensor = "model.layers.{bid}.self_attn.scale_param"
+
+    def spec_from_config(self, config):
+        get = lambda key, default=...: config_value(config, key, default)  # noqa: E731
+        hidden, heads = get("hidden_size"), get("num_attention_heads")
+        head_dim = get("head_dim", None) or hidden // heads
+        if get("hidden_act", "silu") != "silu":
+            raise ValueError(f"hidden_act {get('hidden_act')!r} is not supported (llama uses silu)")
+        # transformers 5 moved rope_theta into rope_parameters; older configs keep it at the top level
+        rope = config.get("rope_parameters") or {}
+        theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
+        partial = rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
+        if (config.get("rope_scaling") or {}).get("rope_type", "default") not in ("default",) or rope.get("rope_type", "default") != "default":
+            raise ValueError("rope scaling other than the default is not supported")
+        return ModelSpec(
+            family=self.name,
+            vocab_size=get("vocab_size"),
+            hidden_size=hidden,
+            num_layers=get("num_hidden_layers"),
+            num_heads=heads,
+            num_kv_heads=get("num_key_value_heads", None) or heads,
+            head_dim=head_dim,
+            ffn_size=get("intermediate_size"),
+            max_positions=get("max_position_embeddings", 2048),
+            norm_eps=get("rms_norm_eps", 1e-6),
+            position_encoding="rope",
+            rope_theta=float(theta),
+            rotary_dim=int(head_dim * partial),
+            tie_embeddings=bool(get("tie_word_embeddings", False)),
+            activation="silu",
+        )
+
+    def build(self, spec):
+        return LlamaForCausalLM(spec)
+
+    def tied_tensors(self, spec):
+        return {"lm_head.weight": "model.embed_tokens.weight"} if spec.tie_embeddings else {}

@@ -1,0 +1,141 @@
+"""ngen4: GPT-style decoder with rotary position embedding (from the NGen4 model card).
+
+Pre-LayerNorm blocks: ln_1 → attention (fused c_attn = [q | k | v] with bias, c_proj) → ln_2 →
+MLP (c_fc → activation → c_proj); wte with lm_head tied to it; RoPE on rope_pct of each head's dims.
+Tensor layout (no public reference code; documented in docs/formats.md): `transformer.wte.weight`,
+`transformer.h.{i}.{ln_1,attn.c_attn,attn.c_proj,ln_2,mlp.c_fc,mlp.c_proj}.{weight,bias}`,
+`transformer.ln_f.{weight,bias}`; Linear weights are [out, in] (torch `nn.Linear`, not GPT-2 Conv1D).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import CausalLM, CausalSelfAttention, merge_heads, split_heads
+from .registry import Family, register
+from .spec import ModelSpec
+from .util import config_value
+
+
+def gelu_new(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's tanh approximation of GELU (Hendrycks & Gimpel 2016)."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+ACTIVATIONS = {
+    "gelu_new": gelu_new,
+    "gelu_pytorch_tanh": gelu_new,
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+class NGen4Attention(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.c_attn = nn.Linear(spec.hidden_size, 3 * spec.hidden_size)
+        self.c_proj = nn.Linear(spec.hidden_size, spec.hidden_size)
+        self.attention = CausalSelfAttention(spec)
+        self.spec = spec
+
+    def forward(self, x, positions, past, attention_mask):
+        q, k, v = self.c_attn(x).split(self.spec.hidden_size, dim=-1)
+        heads = self.spec.num_heads
+        out, present = self.attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads), positions, past, attention_mask)
+        return self.c_proj(merge_heads(out)), present
+
+
+class NGen4MLP(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.c_fc = nn.Linear(spec.hidden_size, spec.ffn_size)
+        self.c_proj = nn.Linear(spec.ffn_size, spec.hidden_size)
+        self.act = ACTIVATIONS[spec.activation]
+
+    def forward(self, x):
+        return self.c_proj(self.act(self.c_fc(x)))
+
+
+class NGen4Block(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(spec.hidden_size, eps=spec.norm_eps)
+        self.attn = NGen4Attention(spec)
+        self.ln_2 = nn.LayerNorm(spec.hidden_size, eps=spec.norm_eps)
+        self.mlp = NGen4MLP(spec)
+
+    def forward(self, x, positions, past, attention_mask):
+        attn, present = self.attn(self.ln_1(x), positions, past, attention_mask)
+        x = x + attn
+        x = x + self.mlp(self.ln_2(x))
+        return x, present
+
+
+class NGen4Body(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.wte = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        self.h = nn.ModuleList(NGen4Block(spec) for _ in range(spec.num_layers))
+        self.ln_f = nn.LayerNorm(spec.hidden_size, eps=spec.norm_eps)
+
+
+class NGen4ForCausalLM(CausalLM):
+    def __init__(self, spec: ModelSpec):
+        super().__init__(spec)
+        self.transformer = NGen4Body(spec)
+        self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        if spec.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+
+    def embed(self, input_ids):
+        return self.transformer.wte(input_ids)
+
+    def blocks(self):
+        return self.transformer.h
+
+    def logits(self, x):
+        return self.lm_head(self.transformer.ln_f(x))
+
+
+@register
+class NGen4(Family):
+    name = "ngen4"
+    architectures = ("NGen4ForCausalLM",)
+    model_types = ("ngen4",)
+    position_encodings = ("rope", "none")
+
+    def spec_from_config(self, config):
+        get = lambda key, default=...: config_value(config, key, default)  # noqa: E731
+        hidden, heads = get("n_embd"), get("n_head")
+        head_dim = hidden // heads
+        activation = get("activation_function", "gelu_new")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation_function {activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        return ModelSpec(
+            family=self.name,
+            vocab_size=get("vocab_size"),
+            hidden_size=hidden,
+            num_layers=get("n_layer"),
+            num_heads=heads,
+            num_kv_heads=heads,
+            head_dim=head_dim,
+            ffn_size=get("n_inner", None) or 4 * hidden,
+            max_positions=get("n_positions", 2048),
+            norm_eps=get("layer_norm_epsilon", 1e-5),
+            position_encoding="rope" if get("use_rope", True) else "none",
+            rope_theta=float(get("rope_theta", 10000.0)),
+            rotary_dim=int(head_dim * get("rope_pct", 1.0)) // 2 * 2,
+            tie_embeddings=bool(get("tie_word_embeddings", True)),
+            activation=activation,
+        )
+
+    def build(self, spec):
+        return NGen4ForCausalLM(spec)
+
+    def tied_tensors(self, spec):
+        return {"lm_head.weight": "transformer.wte.weight"} if spec.tie_embeddings else {}

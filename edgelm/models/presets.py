@@ -1,0 +1,107 @@
+"""Random-weight checkpoints in each family's native layout, for benchmarks and tests (`edgelm init`).
+
+Real-size presets copy the published shapes; tiny ones keep every matrix input dim a multiple of 256
+so llama.cpp's K-quants apply. Tokenizers are the ones edgelm ships (trained offline on the training
+novels): SentencePiece for llama presets, as TinyLlama uses, byte-level BPE for the rest. A real-size
+preset's vocabulary is larger than the shipped tokenizer's; ids past the tokenizer are never produced.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+from ..fileio import atomic_output_dir
+from .checkpoint import save_checkpoint
+from .registry import family_for_config
+
+TOKENIZERS = resources.files("edgelm") / "assets" / "tokenizers"
+TINY_VOCAB = 4096  # the shipped tokenizers' size
+
+
+def _llama(**overrides: Any) -> dict[str, Any]:
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+        "vocab_size": 32000, "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
+        "num_attention_heads": 32, "num_key_value_heads": 4, "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False,
+        "bos_token_id": 1, "eos_token_id": 2,
+    }
+    return config | overrides
+
+
+def _ngen4(**overrides: Any) -> dict[str, Any]:
+    config = {
+        "architectures": ["NGen4ForCausalLM"], "model_type": "ngen4", "vocab_size": 50257,
+        "n_positions": 512, "n_embd": 512, "n_layer": 8, "n_head": 8, "n_inner": 2048,
+        "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "use_rope": True,
+        "rope_theta": 10000.0, "rope_pct": 0.5, "tie_word_embeddings": True,
+    }
+    return config | overrides
+
+
+def _tokenformer(layers: int, hidden: int, heads: int, **overrides: Any) -> dict[str, Any]:
+    config = {
+        "architectures": ["TokenFormerForCausalLM"], "model_type": "tokenformer", "vocab_size": 50304,
+        "hidden_size": hidden, "num_layers": layers, "num_attention_heads": heads,
+        "qkv_slot_num": hidden, "proj_slot_num": hidden, "ffn_slot_num": 4 * hidden,
+        "rotary_pct": 0.25, "rotary_emb_base": 10000.0, "max_position_embeddings": 2048, "layer_norm_eps": 1e-5,
+    }
+    return config | overrides
+
+
+@dataclass(frozen=True)
+class Preset:
+    config: dict[str, Any]
+    tokenizer: str  # folder under edgelm/assets/tokenizers
+    dtype: torch.dtype
+    head_temperatures: bool = False  # write HeadScale tensors (all 1.0): marks a NoPE llama checkpoint
+    description: str = field(default="")
+
+
+TINY_LLAMA = dict(vocab_size=TINY_VOCAB, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                  num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096)
+
+PRESETS: dict[str, Preset] = {
+    "tinyllama-1.1b": Preset(_llama(), "sentencepiece", torch.bfloat16, description="TinyLlama 1.1B shapes, RoPE"),
+    "tinyllama-nope-1.1b": Preset(_llama(), "sentencepiece", torch.bfloat16, True, "TinyLlama-NoPE-1.1B shapes, HeadScale tensors"),
+    "ngen4-50m": Preset(_ngen4(), "bpe", torch.float32, description="NGen4 model-card example"),
+    "tokenformer-150m": Preset(_tokenformer(12, 768, 12), "bpe", torch.float32, description="TokenFormer 150M"),
+    "tokenformer-450m": Preset(_tokenformer(24, 1024, 16), "bpe", torch.float32, description="TokenFormer 450M"),
+    "tiny-nope": Preset(_llama(**TINY_LLAMA), "sentencepiece", torch.float32, True, "4-layer llama, no position encoding"),
+    "tiny-rope": Preset(_llama(**TINY_LLAMA), "sentencepiece", torch.float32, description="4-layer llama, RoPE, GQA"),
+    "tiny-ngen4": Preset(
+        _ngen4(vocab_size=TINY_VOCAB, n_positions=4096, n_embd=256, n_layer=4, n_head=4, n_inner=1024),
+        "bpe", torch.float32, description="4-layer ngen4, rope_pct 0.5",
+    ),
+    "tiny-tokenformer": Preset(
+        _tokenformer(4, 256, 4, vocab_size=TINY_VOCAB, max_position_embeddings=4096, ffn_slot_num=1024),
+        "bpe", torch.float32, description="4-layer tokenformer",
+    ),
+}
+
+
+def copy_tokenizer(name: str, folder: Path) -> None:
+    for item in (TOKENIZERS / name).iterdir():
+        with resources.as_file(item) as path:
+            shutil.copy(path, folder / item.name)
+
+
+def write_preset(name: str, out: Path, seed: int = 0, force: bool = False) -> Path:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}", None, f"choose one of {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    family = family_for_config(preset.config, "preset")
+    spec = family.spec_from_config(preset.config)
+    model = family.build(spec)
+    family.init_weights(model, seed)
+    with atomic_output_dir(out, force) as tmp:
+        save_checkpoint(model, family, preset.config, tmp, preset.dtype, with_temperatures=preset.head_temperatures)
+        copy_tokenizer(preset.tokenizer, tmp)
+    return out

@@ -1,0 +1,81 @@
+"""Families and the registry that maps a checkpoint's config.json to one.
+
+A family is a set of declared facts (which config names it answers to, which position encodings it
+supports, where a checkpoint keeps head temperatures, which tensors are tied) plus two functions:
+config.json → ModelSpec, and ModelSpec → torch module. Loading, export and runtime read these facts;
+nothing outside a family's own file branches on its name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import UserError
+from .layers import CausalLM
+from .spec import ModelSpec
+
+FAMILIES: dict[str, "Family"] = {}
+
+
+class Family:
+    name: ClassVar[str]
+    architectures: ClassVar[tuple[str, ...]]  # config.json "architectures" entries
+    model_types: ClassVar[tuple[str, ...]]  # config.json "model_type" values
+    position_encodings: ClassVar[tuple[str, ...]] = ("rope",)
+    # Checkpoint tensor holding λ for layer {bid}, shape [num_heads], when the family has one.
+    head_temperature_tensor: ClassVar[str | None] = None
+
+    def spec_from_config(self, config: dict[str, Any]) -> ModelSpec:
+        """Position encoding is the config's own default; the loader may override it."""
+        raise NotImplementedError
+
+    def build(self, spec: ModelSpec) -> CausalLM:
+        raise NotImplementedError
+
+    def tied_tensors(self, spec: ModelSpec) -> dict[str, str]:
+        """{alias: source} for tensors that share storage; a checkpoint may omit the alias."""
+        return {}
+
+    def init_weights(self, model: CausalLM, seed: int) -> None:
+        """Random weights for presets: matrices N(0, 0.02); norm weights near 1 and biases near 0, not
+        exactly, so parity tests notice a dropped norm weight or bias."""
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                noise = torch.randn(param.shape, generator=generator)
+                if param.dim() >= 2:
+                    param.copy_(noise * 0.02)
+                elif name.endswith("bias"):
+                    param.copy_(noise * 0.02)
+                else:
+                    param.copy_(1.0 + noise * 0.1)
+
+
+def register(cls: type[Family]) -> type[Family]:
+    """Class decorator: make a family known to the loader, export and runtime."""
+    FAMILIES[cls.name] = cls()
+    return cls
+
+
+def _lookup() -> dict[str, Family]:
+    table = {}
+    for family in FAMILIES.values():
+        for key in family.architectures + family.model_types:
+            table[key] = family
+    return table
+
+
+def family_for_config(config: dict[str, Any], config_path) -> Family:
+    table = _lookup()
+    keys = list(config.get("architectures") or []) + [config.get("model_type")]
+    for key in keys:
+        if key in table:
+            return table[key]
+    supported = ", ".join(sorted(k for k in table if k[0].isupper()))
+    raise UserError(
+        f"unknown architecture {keys[0] if keys[0] else 'model_type ' + repr(config.get('model_type'))}",
+        config_path,
+        f"edgelm supports {supported}",
+    )

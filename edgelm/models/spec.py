@@ -1,0 +1,46 @@
+"""The one spec type that describes any supported model, whatever its family."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+POSITION_ENCODINGS = ("rope", "none")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Dimensions and choices of a decoder-only causal LM.
+
+    Every family fills the same fields; a field a family has no use for keeps its neutral default.
+    """
+
+    family: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    ffn_size: int  # MLP width; for tokenformer the FFN Pattention's number of parameter tokens
+    max_positions: int
+    norm_eps: float
+    position_encoding: str  # "rope" | "none"
+    rope_theta: float = 10000.0
+    rotary_dim: int = 0  # leading dims of each head that rotate when position_encoding is "rope"
+    tie_embeddings: bool = False
+    activation: str = "silu"
+    qkv_slots: int = 0  # tokenformer: parameter tokens of the q/k/v Pattentions
+    proj_slots: int = 0  # tokenformer: parameter tokens of the attention output Pattention
+
+    def __post_init__(self) -> None:
+        if self.position_encoding not in POSITION_ENCODINGS:
+            raise ValueError(f"position_encoding must be one of {POSITION_ENCODINGS}, not {self.position_encoding!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be a multiple of num_kv_heads")
+        if self.rotary_dim % 2 or self.rotary_dim > self.head_dim:
+            raise ValueError("rotary_dim must be even and at most head_dim")
+
+    @property
+    def rotated_dims(self) -> int:
+        """Dims of each head the rotary embedding touches: 0 without position encoding."""
+        return self.rotary_dim if self.position_encoding == "rope" else 0

@@ -1,0 +1,136 @@
+"""tokenformer: every projection is a Pattention, attention from tokens to learned parameter tokens.
+
+TokenFormer (Wang et al. 2024, "Rethinking Transformer Scaling with Tokenized Model Parameters"),
+Pattention with the paper's modified softmax (l2-norm then GELU, eq. 5):
+    S = X·K_pᵀ,  A = GELU_erf(S / ‖S‖₂ · √n),  O = A·V_p     (norm over the n parameter tokens)
+Block: affine-free LayerNorm → attention (q, k, v, proj Pattentions; causal softmax, scale 1/√head_dim,
+GPT-NeoX rotate-half rotary on the first rotary_pct of head dims) → affine-free LayerNorm → FFN (one
+Pattention); sequential residuals; final affine LayerNorm; LM head tied to the embedding.
+Checkpoint names follow the published GPT-NeoX pipeline layout: `sequential.0.word_embeddings.weight`,
+`sequential.{i+2}.attention.{query,key,value,proj}.{key,value}_param_tokens`,
+`sequential.{i+2}.mlp.{key,value}_param_tokens`, `sequential.{L+3}.norm.{weight,bias}`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import CausalLM, CausalSelfAttention, merge_heads, split_heads
+from .registry import Family, register
+from .spec import ModelSpec
+from .util import config_value
+
+
+class Pattention(nn.Module):
+    def __init__(self, d_in: int, d_out: int, slots: int):
+        super().__init__()
+        self.key_param_tokens = nn.Parameter(torch.empty(slots, d_in))  # K_p [n, d_in]
+        self.value_param_tokens = nn.Parameter(torch.empty(slots, d_out))  # V_p [n, d_out]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = x @ self.key_param_tokens.t()  # [batch, seq, n]
+        scores = scores / scores.norm(p=2, dim=-1, keepdim=True) * math.sqrt(scores.shape[-1])
+        return F.gelu(scores) @ self.value_param_tokens  # [batch, seq, d_out]
+
+
+class TokenFormerAttention(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        d = spec.hidden_size
+        self.query = Pattention(d, d, spec.qkv_slots)
+        self.key = Pattention(d, d, spec.qkv_slots)
+        self.value = Pattention(d, d, spec.qkv_slots)
+        self.proj = Pattention(d, d, spec.proj_slots)
+        self.attention = CausalSelfAttention(spec)
+        self.spec = spec
+
+    def forward(self, x, positions, past, attention_mask):
+        heads = self.spec.num_heads
+        q, k, v = (split_heads(p(x), heads) for p in (self.query, self.key, self.value))
+        out, present = self.attention(q, k, v, positions, past, attention_mask)
+        return self.proj(merge_heads(out)), present
+
+
+class TokenFormerLayer(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(spec.hidden_size, eps=spec.norm_eps, elementwise_affine=False)
+        self.attention = TokenFormerAttention(spec)
+        self.post_attention_layernorm = nn.LayerNorm(spec.hidden_size, eps=spec.norm_eps, elementwise_affine=False)
+        self.mlp = Pattention(spec.hidden_size, spec.hidden_size, spec.ffn_size)
+
+    def forward(self, x, positions, past, attention_mask):
+        attn, present = self.attention(self.input_layernorm(x), positions, past, attention_mask)
+        x = x + attn
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, present
+
+
+class TokenFormerEmbedding(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(spec.vocab_size, spec.hidden_size)
+
+
+class TokenFormerFinalNorm(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.norm = nn.LayerNorm(spec.hidden_size, eps=spec.norm_eps)
+
+
+class TokenFormerForCausalLM(CausalLM):
+    def __init__(self, spec: ModelSpec):
+        super().__init__(spec)
+        # GPT-NeoX pipeline stages: 0 embedding, 1 (no weights), 2..L+1 layers, L+2 (no weights), L+3 norm
+        stages = {"0": TokenFormerEmbedding(spec)}
+        stages.update({str(i + 2): TokenFormerLayer(spec) for i in range(spec.num_layers)})
+        stages[str(spec.num_layers + 3)] = TokenFormerFinalNorm(spec)
+        self.sequential = nn.ModuleDict(stages)
+
+    def embed(self, input_ids):
+        return self.sequential["0"].word_embeddings(input_ids)
+
+    def blocks(self):
+        return [self.sequential[str(i + 2)] for i in range(self.spec.num_layers)]
+
+    def logits(self, x):
+        x = self.sequential[str(self.spec.num_layers + 3)].norm(x)
+        return x @ self.sequential["0"].word_embeddings.weight.t()  # tied LM head
+
+
+@register
+class TokenFormer(Family):
+    name = "tokenformer"
+    architectures = ("TokenFormerForCausalLM",)
+    model_types = ("tokenformer",)
+
+    def spec_from_config(self, config):
+        get = lambda key, default=...: config_value(config, key, default)  # noqa: E731
+        hidden, heads = get("hidden_size"), get("num_attention_heads")
+        head_dim = hidden // heads
+        return ModelSpec(
+            family=self.name,
+            vocab_size=get("vocab_size"),
+            hidden_size=hidden,
+            num_layers=get("num_layers"),
+            num_heads=heads,
+            num_kv_heads=heads,
+            head_dim=head_dim,
+            ffn_size=get("ffn_slot_num"),
+            max_positions=get("max_position_embeddings", 2048),
+            norm_eps=get("layer_norm_eps", 1e-5),
+            position_encoding="rope",
+            rope_theta=float(get("rotary_emb_base", 10000.0)),
+            rotary_dim=int(head_dim * get("rotary_pct", 0.25)) // 2 * 2,
+            tie_embeddings=True,
+            activation="gelu",
+            qkv_slots=get("qkv_slot_num"),
+            proj_slots=get("proj_slot_num"),
+        )
+
+    def build(self, spec):
+        return TokenFormerForCausalLM(spec)

@@ -1,0 +1,111 @@
+"""A model folder's tokenizer: `tokenizer.json` through `tokenizers`, or a SentencePiece
+`tokenizer.model` through `sentencepiece`, with special tokens and chat template from
+`tokenizer_config.json`. Both libraries do the tokenizing; this only reads the folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
+
+
+class Tokenizer:
+    kind: str
+
+    def __init__(self, file: Path, config: dict[str, Any]):
+        self.file = file
+        self.config = config
+        self.add_bos = bool(config.get("add_bos_token", False))
+        self.bos_id = self.token_id(config.get("bos_token"))
+        self.eos_id = self.token_id(config.get("eos_token"))
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.config.get("chat_template")
+
+    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+        """Token ids; a bos token leads when the tokenizer config asks for one (or `add_bos` says so)."""
+        ids = self.encode_text(text)
+        if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
+            ids = [self.bos_id] + ids
+        return ids
+
+    def token_id(self, token: str | dict | None) -> int | None:
+        text = token.get("content") if isinstance(token, dict) else token
+        return None if text is None else self.lookup(text)
+
+    # What each backend provides:
+    vocab_size: int
+
+    def encode_text(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    def lookup(self, token: str) -> int | None:
+        raise NotImplementedError
+
+
+class JSONTokenizer(Tokenizer):
+    kind = "bpe (tokenizer.json)"
+
+    def __init__(self, file: Path, config: dict[str, Any]):
+        from tokenizers import Tokenizer as Backend
+
+        self.backend = Backend.from_file(str(file))
+        self.vocab_size = self.backend.get_vocab_size()
+        super().__init__(file, config)
+
+    def encode_text(self, text):
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids):
+        return self.backend.decode(ids, skip_special_tokens=False)
+
+    def lookup(self, token):
+        return self.backend.token_to_id(token)
+
+
+class SentencePieceTokenizer(Tokenizer):
+    kind = "sentencepiece (tokenizer.model)"
+
+    def __init__(self, file: Path, config: dict[str, Any]):
+        import sentencepiece
+
+        self.backend = sentencepiece.SentencePieceProcessor(model_file=str(file))
+        self.vocab_size = self.backend.get_piece_size()
+        super().__init__(file, config)
+
+    def encode_text(self, text):
+        return self.backend.encode_as_ids(text)
+
+    def decode(self, ids):
+        return self.backend.decode_ids(ids)
+
+    def lookup(self, token):
+        found = self.backend.piece_to_id(token)
+        return found if self.backend.id_to_piece(found) == token else None
+
+
+BACKENDS = {"tokenizer.json": JSONTokenizer, "tokenizer.model": SentencePieceTokenizer}
+
+
+def load_tokenizer(folder: str | Path) -> Tokenizer:
+    folder = Path(folder)
+    file = next((folder / name for name in BACKENDS if (folder / name).is_file()), None)
+    if file is None:
+        raise UserError("no tokenizer found", folder, "put tokenizer.json or tokenizer.model beside config.json")
+    config_path = folder / "tokenizer_config.json"
+    try:
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    except json.JSONDecodeError as exc:
+        raise UserError(f"tokenizer_config.json is not valid JSON ({exc})", config_path, "fix or re-download it") from None
+    try:
+        return BACKENDS[file.name](file, config)
+    except Exception as exc:  # each library raises its own types for a damaged file
+        raise UserError(f"cannot read the tokenizer ({exc})", file, "re-download or rebuild it") from None

@@ -1,0 +1,46 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgelm.cli import main
+from edgelm.models.presets import write_preset
+
+TINY = ("tiny-nope", "tiny-rope", "tiny-ngen4", "tiny-tokenformer")
+
+
+@pytest.fixture(scope="session")
+def preset_dir(tmp_path_factory):
+    """A function giving the folder of a tiny random preset, written once per test session."""
+    root = tmp_path_factory.mktemp("presets")
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            made[name] = write_preset(name, root / name, seed=1)
+        return made[name]
+
+    return get
+
+
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """Run the real `edgelm` entry point in-process; returns (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["edgelm", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)

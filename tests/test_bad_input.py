@@ -1,0 +1,112 @@
+"""Each user mistake gives one clear line on stderr and exit code 2, never a traceback."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+
+@pytest.fixture
+def model(preset_dir, tmp_path):
+    """A private copy of tiny-rope that a test may damage."""
+    folder = tmp_path / "model"
+    shutil.copytree(preset_dir("tiny-rope"), folder)
+    return folder
+
+
+def assert_user_error(result, *needles):
+    code, out, err = result
+    assert code == 2, (code, out, err)
+    assert "Traceback" not in err and err.startswith("error: "), err
+    assert len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def rewrite_tensors(folder, change):
+    tensors = load_file(folder / "model.safetensors")
+    change(tensors)
+    save_file(tensors, folder / "model.safetensors")
+
+
+def test_missing_folder(run_cli, tmp_path):
+    assert_user_error(run_cli("inspect", tmp_path / "nowhere"), "no such folder", "nowhere")
+
+
+def test_missing_config(run_cli, model):
+    (model / "config.json").unlink()
+    assert_user_error(run_cli("inspect", model), "config.json is missing")
+
+
+def test_invalid_config(run_cli, model):
+    (model / "config.json").write_text("{not json")
+    assert_user_error(run_cli("inspect", model), "config.json is not valid JSON", "config.json")
+
+
+def test_config_lacks_a_key(run_cli, model):
+    config = json.loads((model / "config.json").read_text())
+    del config["hidden_size"]
+    (model / "config.json").write_text(json.dumps(config))
+    assert_user_error(run_cli("inspect", model), "lacks 'hidden_size'")
+
+
+def test_unknown_architecture_lists_supported(run_cli, model):
+    config = json.loads((model / "config.json").read_text())
+    config.update(architectures=["MambaForCausalLM"], model_type="mamba")
+    (model / "config.json").write_text(json.dumps(config))
+    assert_user_error(run_cli("inspect", model), "unknown architecture MambaForCausalLM", "LlamaForCausalLM", "NGen4ForCausalLM", "TokenFormerForCausalLM")
+
+
+def test_missing_weights(run_cli, model):
+    (model / "model.safetensors").unlink()
+    assert_user_error(run_cli("inspect", model), "no weights found")
+
+
+def test_truncated_safetensors(run_cli, model):
+    data = (model / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert_user_error(run_cli("inspect", model), "model.safetensors", "truncated or damaged")
+
+
+def test_missing_tensors_listed_by_name(run_cli, model):
+    rewrite_tensors(model, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
+    assert_user_error(run_cli("inspect", model), "1 tensors missing", "model.layers.1.mlp.up_proj.weight")
+
+
+def test_unexpected_tensors_listed_by_name(run_cli, model):
+    rewrite_tensors(model, lambda t: t.update({"model.layers.0.self_attn.rotary_emb.extra": torch.zeros(3)}))
+    assert_user_error(run_cli("inspect", model), "unexpected tensors", "model.layers.0.self_attn.rotary_emb.extra")
+
+
+def test_shapes_inconsistent_with_config(run_cli, model):
+    config = json.loads((model / "config.json").read_text())
+    config["intermediate_size"] = 1024
+    (model / "config.json").write_text(json.dumps(config))
+    assert_user_error(run_cli("inspect", model), "shapes do not match", "mlp.gate_proj.weight")
+
+
+def test_pickle_refused_unless_allowed(run_cli, model):
+    tensors = load_file(model / "model.safetensors")
+    (model / "model.safetensors").unlink()
+    torch.save(tensors, model / "pytorch_model.bin")
+    assert_user_error(run_cli("inspect", model), "pickle checkpoint refused", "--allow-pickle")
+    code, out, err = run_cli("inspect", model, "--allow-pickle", "--json")
+    assert code == 0, err
+    assert json.loads(out)["family"] == "llama"
+
+
+def test_temperatures_file_of_wrong_shape(run_cli, model, tmp_path):
+    temps = tmp_path / "temps.json"
+    temps.write_text(json.dumps({"layers": [[1.0] * 8] * 3}))
+    assert_user_error(run_cli("inspect", model, "--head-temperatures", temps), "shape [3, 8]", "4 layers × 8 heads")
+
+
+def test_position_encoding_the_family_lacks(run_cli, preset_dir):
+    assert_user_error(run_cli("inspect", preset_dir("tiny-tokenformer"), "--position-encoding", "none"), "not available for tokenformer")
+
+
+def test_unknown_preset_and_existing_output(run_cli, tmp_path, model):
+    assert_user_error(run_cli("init", "tiny-mamba", tmp_path / "x"), "unknown preset", "tiny-rope")
+    assert_user_error(run_cli("init", "tiny-rope", model), "output already exists", "--force")

@@ -1,0 +1,46 @@
+"""The commands a user runs: init and inspect."""
+
+import json
+
+from edgelm.models.presets import PRESETS
+
+
+def test_init_lists_presets(run_cli):
+    code, out, _ = run_cli("init", "--list")
+    assert code == 0
+    for name in PRESETS:
+        assert name in out
+
+
+def test_init_then_inspect_reports_the_deciding_rule(run_cli, tmp_path):
+    code, _, err = run_cli("init", "tiny-nope", tmp_path / "nope", "--seed", "3")
+    assert code == 0, err
+    code, out, err = run_cli("inspect", tmp_path / "nope", "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["family"] == "llama" and info["position_encoding"] == "none"
+    assert info["position_encoding_rule"] == "HeadScale tensors (scale_param) in the checkpoint"
+    assert info["head_temperatures"]["all_one"] is True
+    assert info["tokenizer"]["kind"].startswith("sentencepiece")
+    assert info["parameters"] == 5114112
+    code, out, _ = run_cli("inspect", tmp_path / "nope", "--position-encoding", "rope", "--json")
+    assert json.loads(out)["position_encoding_rule"] == "--position-encoding option"
+
+
+def test_inspect_table_names_every_field(run_cli, preset_dir):
+    code, out, _ = run_cli("inspect", preset_dir("tiny-ngen4"))
+    assert code == 0
+    for field in ("family", "ngen4", "position_encoding_rule", "rotary_dims", "tokenizer"):
+        assert field in out
+
+
+def test_init_leaves_no_partial_folder_on_failure(run_cli, tmp_path, monkeypatch):
+    import edgelm.models.presets as presets
+
+    def broken(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(presets, "copy_tokenizer", broken)
+    code, _, err = run_cli("init", "tiny-rope", tmp_path / "out")
+    assert code == 130
+    assert list(tmp_path.iterdir()) == []
