@@ -105,6 +105,96 @@ def inspect(
     out.print(table)
 
 
+def _device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but torch sees no CUDA GPU", None, "use --device cpu or auto")
+    return requested
+
+
+DeviceOption = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto: CUDA when a GPU is present).")]
+
+
+@app.command()
+def generate(
+    path: Annotated[Path, typer.Argument(help="A model folder.")],
+    prompt: Annotated[str, typer.Option(help="Text to continue.")],
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.0,
+    top_k: Annotated[int, typer.Option(min=0)] = 0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    position_encoding: PositionEncodingOption = None,
+    head_temperatures: TemperaturesOption = None,
+    device: DeviceOption = "cpu",
+    as_json: JsonOption = False,
+) -> None:
+    """Continue a prompt, streaming tokens as they come."""
+    from .models import open_checkpoint
+    from .runtime.generate import generate as run
+    from .runtime.sampling import SamplingOptions
+    from .runtime.torch_backend import TorchBackend
+    from .tokenizer import load_tokenizer
+
+    checkpoint = open_checkpoint(
+        path, position_encoding=position_encoding.value if position_encoding else None, head_temperatures=head_temperatures
+    )
+    tokenizer = load_tokenizer(path)
+    backend = TorchBackend(checkpoint.load_model(_device(device)))
+    options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    pieces = run(backend, tokenizer, prompt, max_new_tokens, options)
+    if as_json:
+        collected = list(pieces)
+        out.print_json(json.dumps({"prompt": prompt, "text": "".join(p.text for p in collected), "tokens": [p.token for p in collected]}))
+        return
+    out.print(prompt, end="", style="bold", markup=False)
+    for piece in pieces:
+        out.print(piece.text, end="", markup=False)
+    out.print()
+
+
+@app.command()
+def perplexity(
+    path: Annotated[Path, typer.Argument(help="A model folder.")],
+    text: Annotated[Path, typer.Option(help="UTF-8 text file to score.")],
+    ctx: Annotated[int, typer.Option(min=2, help="Window length in tokens.")] = 256,
+    stride: Annotated[Optional[int], typer.Option(min=1, help="New tokens scored per window (default ctx - 1).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(min=2, help="Score only the first N tokens of the text.")] = None,
+    position_encoding: PositionEncodingOption = None,
+    head_temperatures: TemperaturesOption = None,
+    device: DeviceOption = "cpu",
+    as_json: JsonOption = False,
+) -> None:
+    """Sliding-window perplexity of a text."""
+    from rich.progress import Progress
+
+    from .evaluate import perplexity as score
+    from .models import open_checkpoint
+    from .tokenizer import load_tokenizer
+
+    if not text.is_file():
+        raise UserError("text file not found", text, "give a UTF-8 text file with --text")
+    if stride is not None and stride >= ctx:
+        raise UserError(f"--stride {stride} must be below --ctx {ctx}", None, "each window needs at least one token of context")
+    checkpoint = open_checkpoint(
+        path, position_encoding=position_encoding.value if position_encoding else None, head_temperatures=head_temperatures
+    )
+    ids = load_tokenizer(path).encode(text.read_text(encoding="utf-8"))[:max_tokens]
+    if len(ids) < 2:
+        raise UserError("the text has fewer than 2 tokens", text, "give a longer text")
+    model = checkpoint.load_model(_device(device))
+    with Progress(console=err, transient=True, disable=as_json) as progress:
+        task = progress.add_task("scoring", total=None)
+        result = score(model, ids, ctx, stride, on_window=lambda i, n: progress.update(task, completed=i, total=n))
+    if as_json:
+        out.print_json(json.dumps(result.as_dict()))
+    else:
+        out.print(f"perplexity {result.perplexity:.3f} over {result.tokens} tokens (ctx {result.ctx}, stride {result.stride})")
+
+
 def main() -> None:
     try:
         app()

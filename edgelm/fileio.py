@@ -18,6 +18,12 @@ def refuse_existing(target: Path, force: bool) -> None:
         raise UserError("output already exists", target, "choose another path or pass --force to replace it")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_tree(path: Path) -> None:
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     for file in files:
@@ -42,6 +48,7 @@ def atomic_output_dir(target: Path, force: bool = False) -> Iterator[Path]:
     refuse_existing(target, force)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the result is an ordinary folder
     try:
         yield tmp
         _fsync_tree(tmp)
@@ -59,6 +66,7 @@ def atomic_output_file(target: Path, force: bool = False) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.partial-", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result is an ordinary file
     try:
         yield tmp
         _fsync_tree(tmp)

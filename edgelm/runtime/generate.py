@@ -1,0 +1,53 @@
+"""Streaming generation over any backend: prefill the prompt, then sample and decode token by token,
+yielding text as it becomes valid UTF-8."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ..errors import UserError
+from ..tokenizer import Tokenizer
+from .backend import Backend
+from .sampling import Sampler, SamplingOptions
+
+
+@dataclass
+class Piece:
+    token: int
+    text: str  # new text this token completes (may be "" while a multi-byte character is open)
+
+
+def generate(
+    backend: Backend,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int = 64,
+    options: SamplingOptions = SamplingOptions(),
+) -> Iterator[Piece]:
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise UserError("the prompt is empty after tokenization", None, "give a non-empty --prompt")
+    if len(ids) >= backend.context_length:
+        raise UserError(
+            f"the prompt is {len(ids)} tokens, the context holds {backend.context_length}", None, "shorten the prompt"
+        )
+    max_new_tokens = min(max_new_tokens, backend.context_length - len(ids))
+    sampler = Sampler(options)
+    backend.reset()
+    logits = backend.prefill(ids)
+    produced: list[int] = []
+    shown = tokenizer.decode(ids)  # decode with the prompt, so a leading space is not lost
+    for _ in range(max_new_tokens):
+        token = sampler(logits)
+        if token == tokenizer.eos_id:
+            return
+        produced.append(token)
+        text = tokenizer.decode(ids + produced)
+        if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
+            yield Piece(token, "")
+        else:
+            yield Piece(token, text[len(shown):])
+            shown = text
+        if len(produced) < max_new_tokens:
+            logits = backend.decode(token)
