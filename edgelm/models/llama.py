@@ -130,5 +130,8 @@ class Llama(Family):
     def build(self, spec):
         return LlamaForCausalLM(spec)
 
+    def query_tensors(self, spec, layer):
+        return [(f"model.layers.{layer}.self_attn.q_proj.weight", 0)]
+
     def tied_tensors(self, spec):
         return {"lm_head.weight": "model.embed_tokens.weight"} if spec.tie_embeddings else {}

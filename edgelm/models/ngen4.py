@@ -137,5 +137,9 @@ class NGen4(Family):
     def build(self, spec):
         return NGen4ForCausalLM(spec)
 
+    def query_tensors(self, spec, layer):
+        # fused c_attn: rows [q; k; v], so q is the first n_embd rows of the weight and the bias
+        return [(f"transformer.h.{layer}.attn.c_attn.weight", 0), (f"transformer.h.{layer}.attn.c_attn.bias", 0)]
+
     def tied_tensors(self, spec):
         return {"lm_head.weight": "transformer.wte.weight"} if spec.tie_embeddings else {}

@@ -34,6 +34,11 @@ class Family:
     def build(self, spec: ModelSpec) -> CausalLM:
         raise NotImplementedError
 
+    def query_tensors(self, spec: ModelSpec, layer: int) -> list[tuple[str, int]]:
+        """(tensor name, axis) pairs that produce layer `layer`'s queries: along `axis`, the first
+        num_heads·head_dim entries are the query outputs, head-major. Temperature baking scales them."""
+        raise NotImplementedError
+
     def tied_tensors(self, spec: ModelSpec) -> dict[str, str]:
         """{alias: source} for tensors that share storage; a checkpoint may omit the alias."""
         return {}

@@ -134,3 +134,7 @@ class TokenFormer(Family):
 
     def build(self, spec):
         return TokenFormerForCausalLM(spec)
+
+    def query_tensors(self, spec, layer):
+        # q = A·V_p: scaling V_p's columns of head h scales that head's queries
+        return [(f"sequential.{layer + 2}.attention.query.value_param_tokens", 1)]

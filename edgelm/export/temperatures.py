@@ -1,0 +1,45 @@
+"""Baking head temperatures into the query weights, shared by the GGUF and ONNX exports.
+
+softmax(λ_h · q·kᵀ/√d) = softmax((λ_h q)·kᵀ/√d), and q is linear in the query projection's output
+rows (columns of V_p for a tokenformer Pattention; rotary is linear too, so it commutes). Multiplying
+head h's query outputs by λ_h in fp32 therefore gives a model that any runtime runs without knowing
+about temperatures. Symmetric block quantizers (Q8_0, Q4_0) scale with the block, so the fold stays
+exact through them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..models import CausalLM, Family, ModelSpec
+
+
+def temperature_scales(family: Family, spec: ModelSpec, table: torch.Tensor) -> dict[str, tuple[int, torch.Tensor]]:
+    """tensor name → (axis, per-entry scale of the first num_heads·head_dim entries along that axis)."""
+    scales = {}
+    for layer, row in enumerate(table.float()):
+        per_entry = row.repeat_interleave(spec.head_dim)  # [num_heads·head_dim], head-major
+        for name, axis in family.query_tensors(spec, layer):
+            scales[name] = (axis, per_entry)
+    return scales
+
+
+def bake_tensor(tensor: torch.Tensor, axis: int, scale: torch.Tensor) -> torch.Tensor:
+    """A copy of `tensor` (in fp32) with its first len(scale) entries along `axis` scaled."""
+    baked = tensor.float().clone()
+    shape = [1] * baked.dim()
+    shape[axis] = scale.numel()
+    baked.narrow(axis, 0, scale.numel()).mul_(scale.view(shape))
+    return baked
+
+
+def bake_head_temperatures(model: CausalLM, family: Family) -> torch.Tensor:
+    """Fold the model's temperatures into its query weights in place; the model then runs with all
+    λ = 1 and gives the same logits. Returns the table that was folded, for provenance."""
+    table = model.head_temperatures().clone()
+    with torch.no_grad():
+        for name, (axis, scale) in temperature_scales(family, model.spec, table).items():
+            param = model.get_parameter(name)
+            param.copy_(bake_tensor(param, axis, scale.to(param.device)))
+        model.set_head_temperatures(torch.ones_like(table))
+    return table

@@ -1,0 +1,30 @@
+"""Folding head temperatures into the query weights gives the same logits with λ = 1, every family."""
+
+import pytest
+import torch
+
+from edgelm.export.temperatures import bake_head_temperatures
+from edgelm.models import FAMILIES, open_checkpoint
+
+from .test_families import ALL_PRESETS
+
+TOL = 1e-5
+
+
+@pytest.mark.parametrize("name", ALL_PRESETS)
+@torch.no_grad()
+def test_baked_model_equals_model_with_temperatures(preset_dir, name):
+    checkpoint = open_checkpoint(preset_dir(name))
+    model = checkpoint.load_model()
+    spec = model.spec
+    table = 0.5 + 1.5 * torch.rand(spec.num_layers, spec.num_heads)
+    model.set_head_temperatures(table)
+    ids = torch.randint(0, spec.vocab_size, (1, 32))
+    expected, _ = model(ids)
+    folded = bake_head_temperatures(model, FAMILIES[spec.family])
+    assert torch.equal(folded, table)
+    assert bool((model.head_temperatures() == 1).all())
+    baked, _ = model(ids)
+    assert (baked - expected).abs().max().item() <= TOL
+    plain, _ = checkpoint.load_model()(ids)
+    assert (plain - expected).abs().max().item() > 100 * TOL  # the temperatures did something
