@@ -152,12 +152,7 @@ class Checkpoint:
 
     def load_model(self, device: str | torch.device = "cpu") -> CausalLM:
         """The fp32 torch reference, weights copied one tensor at a time."""
-        with torch.device("meta"):
-            model = self.family.build(self.spec)
-        model.to_empty(device=device)
-        for alias, source in self.family.tied_tensors(self.spec).items():  # to_empty unties shared tensors
-            owner, _, attribute = alias.rpartition(".")
-            setattr(model.get_submodule(owner), attribute, model.get_parameter(source))
+        model = empty_model(self.family, self.spec, device)
         targets = model.state_dict(keep_vars=True)
         with torch.no_grad():
             for name in self.weight_names():
@@ -176,6 +171,17 @@ class Checkpoint:
         with torch.device("meta"):
             model = self.family.build(self.spec)
         return sum(p.numel() for p in model.parameters())  # a tied tensor counts once
+
+
+def empty_model(family: Family, spec: ModelSpec, device: str | torch.device) -> CausalLM:
+    """The family's module with uninitialised fp32 storage (no time spent on random init), ties kept."""
+    with torch.device("meta"):
+        model = family.build(spec)
+    model.to_empty(device=device)
+    for alias, source in family.tied_tensors(spec).items():  # to_empty unties shared tensors
+        owner, _, attribute = alias.rpartition(".")
+        setattr(model.get_submodule(owner), attribute, model.get_parameter(source))
+    return model
 
 
 def _spec_from_config(family: Family, config: dict[str, Any], config_path: Path) -> ModelSpec:

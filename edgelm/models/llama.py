@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from gguf import MODEL_TENSOR, TENSOR_NAMES
 from torch import nn
 
 from .layers import CausalLM, CausalSelfAttention, RMSNorm, merge_heads, split_heads
@@ -96,6 +97,57 @@ class Llama(Family):
     model_types = ("llama",)
     position_encodings = ("rope", "none")
     head_temperature_tensor = "model.layers.{bid}.self_attn.scale_param"
+
+    gguf_tensor_names = {
+        "model.embed_tokens.weight": TENSOR_NAMES[MODEL_TENSOR.TOKEN_EMBD] + ".weight",
+        "model.norm.weight": TENSOR_NAMES[MODEL_TENSOR.OUTPUT_NORM] + ".weight",
+        "lm_head.weight": TENSOR_NAMES[MODEL_TENSOR.OUTPUT] + ".weight",
+        "model.layers.{bid}.input_layernorm.weight": TENSOR_NAMES[MODEL_TENSOR.ATTN_NORM] + ".weight",
+        "model.layers.{bid}.self_attn.q_proj.weight": TENSOR_NAMES[MODEL_TENSOR.ATTN_Q] + ".weight",
+        "model.layers.{bid}.self_attn.k_proj.weight": TENSOR_NAMES[MODEL_TENSOR.ATTN_K] + ".weight",
+        "model.layers.{bid}.self_attn.v_proj.weight": TENSOR_NAMES[MODEL_TENSOR.ATTN_V] + ".weight",
+        "model.layers.{bid}.self_attn.o_proj.weight": TENSOR_NAMES[MODEL_TENSOR.ATTN_OUT] + ".weight",
+        "model.layers.{bid}.post_attention_layernorm.weight": TENSOR_NAMES[MODEL_TENSOR.FFN_NORM] + ".weight",
+        "model.layers.{bid}.mlp.gate_proj.weight": TENSOR_NAMES[MODEL_TENSOR.FFN_GATE] + ".weight",
+        "model.layers.{bid}.mlp.up_proj.weight": TENSOR_NAMES[MODEL_TENSOR.FFN_UP] + ".weight",
+        "model.layers.{bid}.mlp.down_proj.weight": TENSOR_NAMES[MODEL_TENSOR.FFN_DOWN] + ".weight",
+    }
+
+    def gguf_arch(self, spec):
+        # llama.cpp's llama arch always rotates (it rejects rope.dimension_count != head_dim); its
+        # granite arch with rope.scaling.finetuned = false and neutral scales is llama without rotary.
+        return "llama" if spec.position_encoding == "rope" else "granite"
+
+    def gguf_hparams(self, spec):
+        hparams = {
+            "context_length": spec.max_positions,
+            "embedding_length": spec.hidden_size,
+            "block_count": spec.num_layers,
+            "feed_forward_length": spec.ffn_size,
+            "attention.head_count": spec.num_heads,
+            "attention.head_count_kv": spec.num_kv_heads,
+            "attention.key_length": spec.head_dim,
+            "attention.value_length": spec.head_dim,
+            "attention.layer_norm_rms_epsilon": spec.norm_eps,
+            "vocab_size": spec.vocab_size,
+        }
+        if spec.position_encoding == "rope":
+            if spec.rotary_dim != spec.head_dim:
+                raise ValueError("llama.cpp's llama arch cannot rotate only part of each head")
+            return hparams | {"rope.dimension_count": spec.rotary_dim, "rope.freq_base": spec.rope_theta}
+        return hparams | {"rope.scaling.finetuned": False, "logit_scale": 1.0}
+
+    def gguf_transform(self, spec, name, tensor, inverse=False):
+        """q/k rows from Hugging Face's rotate-half order to GGML's interleaved pairs (as llama.cpp's
+        converter, LlamaModel.permute); NoPE has no rotary, so its weights stay as they are."""
+        if spec.position_encoding != "rope":
+            return tensor
+        heads = {"q_proj": spec.num_heads, "k_proj": spec.num_kv_heads}.get(name.split(".")[-2])
+        if heads is None:
+            return tensor
+        rows, cols = tensor.shape
+        split = (heads, rows // heads // 2, 2, cols) if inverse else (heads, 2, rows // heads // 2, cols)
+        return tensor.reshape(split).swapaxes(1, 2).reshape(rows, cols)
 
     def spec_from_config(self, config):
         get = lambda key, default=...: config_value(config, key, default)  # noqa: E731

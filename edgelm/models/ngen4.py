@@ -13,6 +13,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from gguf import MODEL_TENSOR, TENSOR_NAMES
 from torch import nn
 
 from .layers import CausalLM, CausalSelfAttention, merge_heads, split_heads
@@ -108,6 +109,39 @@ class NGen4(Family):
     architectures = ("NGen4ForCausalLM",)
     model_types = ("ngen4",)
     position_encodings = ("rope", "none")
+    # llama.cpp's gptneox arch: fused qkv as [all q; all k; all v] (this layout already), biases, LayerNorm
+    gguf_tensor_names = {
+        "transformer.wte.weight": TENSOR_NAMES[MODEL_TENSOR.TOKEN_EMBD] + ".weight",
+        "transformer.ln_f.weight": TENSOR_NAMES[MODEL_TENSOR.OUTPUT_NORM] + ".weight",
+        "transformer.ln_f.bias": TENSOR_NAMES[MODEL_TENSOR.OUTPUT_NORM] + ".bias",
+        "lm_head.weight": TENSOR_NAMES[MODEL_TENSOR.OUTPUT] + ".weight",  # gptneox requires it even when tied
+        **{
+            f"transformer.h.{{bid}}.{ours}.{kind}": f"{TENSOR_NAMES[theirs]}.{kind}"
+            for ours, theirs in [
+                ("ln_1", MODEL_TENSOR.ATTN_NORM), ("attn.c_attn", MODEL_TENSOR.ATTN_QKV), ("attn.c_proj", MODEL_TENSOR.ATTN_OUT),
+                ("ln_2", MODEL_TENSOR.FFN_NORM), ("mlp.c_fc", MODEL_TENSOR.FFN_UP), ("mlp.c_proj", MODEL_TENSOR.FFN_DOWN),
+            ]
+            for kind in ("weight", "bias")
+        },
+    }
+
+    def gguf_arch(self, spec):
+        return "gptneox"
+
+    def gguf_hparams(self, spec):
+        if spec.activation not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"llama.cpp's gptneox arch uses tanh GELU, not {spec.activation}")
+        return {
+            "context_length": spec.max_positions,
+            "embedding_length": spec.hidden_size,
+            "block_count": spec.num_layers,
+            "feed_forward_length": spec.ffn_size,
+            "attention.head_count": spec.num_heads,
+            "attention.layer_norm_epsilon": spec.norm_eps,
+            "rope.dimension_count": spec.rotated_dims,
+            "rope.freq_base": spec.rope_theta,
+            "use_parallel_residual": False,
+        }
 
     def spec_from_config(self, config):
         get = lambda key, default=...: config_value(config, key, default)  # noqa: E731

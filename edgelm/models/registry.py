@@ -8,6 +8,7 @@ nothing outside a family's own file branches on its name.
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 import torch
@@ -39,6 +40,21 @@ class Family:
         num_heads·head_dim entries are the query outputs, head-major. Temperature baking scales them."""
         raise NotImplementedError
 
+    # GGUF facts: architecture name, checkpoint → GGUF tensor names (templates with {bid}), and the
+    # architecture's hyperparameter keys (without the "ARCH." prefix).
+    gguf_tensor_names: ClassVar[dict[str, str]] = {}
+
+    def gguf_arch(self, spec: ModelSpec) -> str:
+        raise NotImplementedError
+
+    def gguf_hparams(self, spec: ModelSpec) -> dict[str, int | float | bool]:
+        raise NotImplementedError
+
+    def gguf_transform(self, spec: ModelSpec, name: str, tensor: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+        """Reorder a tensor from the checkpoint layout into the one llama.cpp expects, or back with
+        `inverse` (default: no reordering)."""
+        return tensor
+
     def tied_tensors(self, spec: ModelSpec) -> dict[str, str]:
         """{alias: source} for tensors that share storage; a checkpoint may omit the alias."""
         return {}
@@ -56,6 +72,22 @@ class Family:
                     param.copy_(noise * 0.02)
                 else:
                     param.copy_(1.0 + noise * 0.1)
+
+
+_PLACEHOLDER = re.compile(r"\{(bid|L)([+-]\d+)?\}")
+
+
+def expand_names(mapping: dict[str, str], num_layers: int) -> dict[str, str]:
+    """Concrete names from templates: `{bid}` (and `{bid+2}`) runs over the layers, `{L+3}` counts from
+    the number of layers L, as pipeline-stage layouts (GPT-NeoX, TokenFormer) number their stages."""
+    concrete = {}
+    for source, target in mapping.items():
+        per_layer = "{bid" in source or "{bid" in target
+        for bid in range(num_layers) if per_layer else [0]:
+            values = {"bid": bid, "L": num_layers}
+            fill = lambda m: str(values[m.group(1)] + int(m.group(2) or 0))  # noqa: E731
+            concrete[_PLACEHOLDER.sub(fill, source)] = _PLACEHOLDER.sub(fill, target)
+    return concrete
 
 
 def register(cls: type[Family]) -> type[Family]:

@@ -107,6 +107,33 @@ class TokenFormer(Family):
     name = "tokenformer"
     architectures = ("TokenFormerForCausalLM",)
     model_types = ("tokenformer",)
+    # edgelm-defined GGUF arch (llama.cpp does not know it; edgelm's native executor runs it)
+    gguf_tensor_names = {
+        "sequential.0.word_embeddings.weight": "token_embd.weight",
+        **{f"sequential.{{bid+2}}.attention.{ours}.{side}_param_tokens": f"blk.{{bid}}.{theirs}.{side}_tokens"
+           for ours, theirs in [("query", "attn_q"), ("key", "attn_k"), ("value", "attn_v"), ("proj", "attn_output")]
+           for side in ("key", "value")},
+        **{f"sequential.{{bid+2}}.mlp.{side}_param_tokens": f"blk.{{bid}}.ffn.{side}_tokens" for side in ("key", "value")},
+        "sequential.{L+3}.norm.weight": "output_norm.weight",
+        "sequential.{L+3}.norm.bias": "output_norm.bias",
+    }
+
+    def gguf_arch(self, spec):
+        return "tokenformer"
+
+    def gguf_hparams(self, spec):
+        return {
+            "context_length": spec.max_positions,
+            "embedding_length": spec.hidden_size,
+            "block_count": spec.num_layers,
+            "attention.head_count": spec.num_heads,
+            "attention.layer_norm_epsilon": spec.norm_eps,
+            "rope.dimension_count": spec.rotated_dims,
+            "rope.freq_base": spec.rope_theta,
+            "qkv_slot_count": spec.qkv_slots,
+            "proj_slot_count": spec.proj_slots,
+            "feed_forward_length": spec.ffn_size,
+        }
 
     def spec_from_config(self, config):
         get = lambda key, default=...: config_value(config, key, default)  # noqa: E731

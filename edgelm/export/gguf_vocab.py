@@ -1,0 +1,105 @@
+"""The tokenizer inside a GGUF, so that llama.cpp tokenizes exactly as the source tokenizer.
+
+SentencePiece models are written as llama.cpp's "llama" (SPM) vocabulary: pieces, scores and token
+types, as llama.cpp's converter (`_set_vocab_sentencepiece`) does. Byte-level BPE `tokenizer.json`
+files are written as its "gpt2" vocabulary: tokens in id order, merges, and the pre-tokenizer name.
+A model vocabulary larger than the tokenizer's is padded with unused `[PAD{i}]` tokens, as the
+converter does, because llama.cpp needs one token per embedding row.
+"""
+
+from __future__ import annotations
+
+import json
+
+from gguf import GGUFValueType, GGUFWriter, TokenType
+
+from ..tokenizer import JSONTokenizer, SentencePieceTokenizer, Tokenizer
+
+TOKENIZER_FILE_KEY = "edgelm.tokenizer_file."  # + file name: the file's bytes
+
+
+def _pad(tokens: list[str], scores: list[float], types: list[int], vocab_size: int) -> None:
+    if len(tokens) > vocab_size:
+        raise ValueError(f"the tokenizer has {len(tokens)} tokens, the model's vocabulary only {vocab_size}")
+    for i in range(len(tokens), vocab_size):
+        tokens.append(f"[PAD{i}]")
+        scores.append(-1000.0)
+        types.append(TokenType.UNUSED)
+
+
+def _sentencepiece(writer: GGUFWriter, tokenizer: SentencePieceTokenizer, vocab_size: int) -> None:
+    sp = tokenizer.backend
+    tokens, scores, types = [], [], []
+    for i in range(sp.get_piece_size()):
+        tokens.append(sp.id_to_piece(i))
+        scores.append(sp.get_score(i))
+        if sp.is_unknown(i):
+            types.append(TokenType.UNKNOWN)
+        elif sp.is_control(i):
+            types.append(TokenType.CONTROL)
+        elif sp.is_unused(i):
+            types.append(TokenType.UNUSED)
+        elif sp.is_byte(i):
+            types.append(TokenType.BYTE)
+        else:
+            types.append(TokenType.NORMAL)
+    _pad(tokens, scores, types, vocab_size)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_unk_token_id(sp.unk_id())
+
+
+def _pre_tokenizer_name(data: dict) -> str:
+    """llama.cpp's name for the pre-tokenizer of a tokenizer.json (only the ones edgelm can vouch for)."""
+    pre = data.get("pre_tokenizer") or {}
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space", False):
+        return "gpt-2"  # GPT-2's split regex, then byte-level mapping: GPT-2 and GPT-NeoX style
+    raise ValueError(f"pre-tokenizer {json.dumps(pre)[:80]} has no llama.cpp equivalent edgelm knows")
+
+
+def _bpe(writer: GGUFWriter, tokenizer: JSONTokenizer, vocab_size: int) -> None:
+    data = json.loads(tokenizer.file.read_text(encoding="utf-8"))
+    if data["model"]["type"] != "BPE":
+        raise ValueError(f"tokenizer.json model {data['model']['type']} is not BPE")
+    by_id = {i: t for t, i in tokenizer.backend.get_vocab(with_added_tokens=True).items()}
+    added = {t["id"]: t for t in data.get("added_tokens", [])}
+    tokens, types = [], []
+    for i in range(len(by_id)):
+        tokens.append(by_id[i])
+        if i in added:
+            types.append(TokenType.CONTROL if added[i].get("special") else TokenType.USER_DEFINED)
+        else:
+            types.append(TokenType.NORMAL)
+    scores = [0.0] * len(tokens)
+    _pad(tokens, scores, types, vocab_size)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(_pre_tokenizer_name(data))
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+
+
+WRITERS = {SentencePieceTokenizer: _sentencepiece, JSONTokenizer: _bpe}
+
+
+def add_vocab(writer: GGUFWriter, tokenizer: Tokenizer, vocab_size: int) -> None:
+    WRITERS[type(tokenizer)](writer, tokenizer, vocab_size)
+    if tokenizer.bos_id is not None:
+        writer.add_bos_token_id(tokenizer.bos_id)
+    if tokenizer.eos_id is not None:
+        writer.add_eos_token_id(tokenizer.eos_id)
+    pad_id = tokenizer.token_id(tokenizer.config.get("pad_token"))
+    if pad_id is not None:
+        writer.add_pad_token_id(pad_id)
+    writer.add_add_bos_token(tokenizer.add_bos)
+    writer.add_add_eos_token(bool(tokenizer.config.get("add_eos_token", False)))
+    if tokenizer.chat_template:
+        writer.add_chat_template(tokenizer.chat_template)
+    # the source tokenizer files themselves, so edgelm's native executor tokenizes without llama.cpp
+    for file in (tokenizer.file, tokenizer.file.parent / "tokenizer_config.json"):
+        if file.is_file():
+            writer.add_key_value(TOKENIZER_FILE_KEY + file.name, list(file.read_bytes()), GGUFValueType.ARRAY, GGUFValueType.UINT8)
