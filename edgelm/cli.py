@@ -81,21 +81,24 @@ def init(
 
 @app.command()
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A model folder.")],
+    path: Annotated[Path, typer.Argument(help="A model folder or a .gguf file.")],
     position_encoding: PositionEncodingOption = None,
     head_temperatures: TemperaturesOption = None,
     allow_pickle: AllowPickleOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Family, dims, parameter count, position encoding and which rule decided it, temperatures, tokenizer."""
-    from .inspection import describe_checkpoint
+    from .inspection import describe_checkpoint, describe_gguf
 
-    info = describe_checkpoint(
-        path,
-        position_encoding=position_encoding.value if position_encoding else None,
-        head_temperatures=head_temperatures,
-        allow_pickle=allow_pickle,
-    )
+    if path.suffix == ".gguf" and not path.is_dir():
+        info = describe_gguf(path)
+    else:
+        info = describe_checkpoint(
+            path,
+            position_encoding=position_encoding.value if position_encoding else None,
+            head_temperatures=head_temperatures,
+            allow_pickle=allow_pickle,
+        )
     if as_json:
         out.print_json(json.dumps(info))
         return
@@ -118,9 +121,26 @@ def _device(requested: str) -> str:
 DeviceOption = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto: CUDA when a GPU is present).")]
 
 
+ThreadsOption = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads (llama.cpp).")]
+GpuLayersOption = Annotated[int, typer.Option("--gpu-layers", min=0, help="Layers to offload to a GPU (llama.cpp builds with one).")]
+
+
+def _load_options(position_encoding, head_temperatures, device, threads=None, gpu_layers=0, **extra):
+    from .runtime.artifact import LoadOptions
+
+    return LoadOptions(
+        position_encoding=position_encoding.value if position_encoding else None,
+        head_temperatures=head_temperatures,
+        device=_device(device),
+        threads=threads,
+        gpu_layers=gpu_layers,
+        **extra,
+    )
+
+
 @app.command()
 def generate(
-    path: Annotated[Path, typer.Argument(help="A model folder.")],
+    path: Annotated[Path, typer.Argument(help="A model folder or a .gguf file.")],
     prompt: Annotated[str, typer.Option(help="Text to continue.")],
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.0,
@@ -130,25 +150,22 @@ def generate(
     position_encoding: PositionEncodingOption = None,
     head_temperatures: TemperaturesOption = None,
     device: DeviceOption = "cpu",
+    threads: ThreadsOption = None,
+    gpu_layers: GpuLayersOption = 0,
     as_json: JsonOption = False,
 ) -> None:
     """Continue a prompt, streaming tokens as they come."""
-    from .models import open_checkpoint
+    from .runtime.artifact import open_artifact
     from .runtime.generate import generate as run
     from .runtime.sampling import SamplingOptions
-    from .runtime.torch_backend import TorchBackend
-    from .tokenizer import load_tokenizer
 
-    checkpoint = open_checkpoint(
-        path, position_encoding=position_encoding.value if position_encoding else None, head_temperatures=head_temperatures
-    )
-    tokenizer = load_tokenizer(path)
-    backend = TorchBackend(checkpoint.load_model(_device(device)))
+    artifact = open_artifact(path, _load_options(position_encoding, head_temperatures, device, threads, gpu_layers))
     options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    pieces = run(backend, tokenizer, prompt, max_new_tokens, options)
+    pieces = run(artifact.backend, artifact.tokenizer, prompt, max_new_tokens, options)
     if as_json:
         collected = list(pieces)
-        out.print_json(json.dumps({"prompt": prompt, "text": "".join(p.text for p in collected), "tokens": [p.token for p in collected]}))
+        text = "".join(p.text for p in collected)
+        out.print_json(json.dumps({"prompt": prompt, "text": text, "tokens": [p.token for p in collected], "engine": artifact.engine}))
         return
     out.print(prompt, end="", style="bold", markup=False)
     for piece in pieces:
@@ -158,7 +175,7 @@ def generate(
 
 @app.command()
 def perplexity(
-    path: Annotated[Path, typer.Argument(help="A model folder.")],
+    path: Annotated[Path, typer.Argument(help="A model folder or a .gguf file.")],
     text: Annotated[Path, typer.Option(help="UTF-8 text file to score.")],
     ctx: Annotated[int, typer.Option(min=2, help="Window length in tokens.")] = 256,
     stride: Annotated[Optional[int], typer.Option(min=1, help="New tokens scored per window (default ctx - 1).")] = None,
@@ -166,33 +183,79 @@ def perplexity(
     position_encoding: PositionEncodingOption = None,
     head_temperatures: TemperaturesOption = None,
     device: DeviceOption = "cpu",
+    threads: ThreadsOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Sliding-window perplexity of a text."""
     from rich.progress import Progress
 
     from .evaluate import perplexity as score
-    from .models import open_checkpoint
-    from .tokenizer import load_tokenizer
+    from .runtime.artifact import open_artifact
 
     if not text.is_file():
         raise UserError("text file not found", text, "give a UTF-8 text file with --text")
     if stride is not None and stride >= ctx:
         raise UserError(f"--stride {stride} must be below --ctx {ctx}", None, "each window needs at least one token of context")
-    checkpoint = open_checkpoint(
-        path, position_encoding=position_encoding.value if position_encoding else None, head_temperatures=head_temperatures
-    )
-    ids = load_tokenizer(path).encode(text.read_text(encoding="utf-8"))[:max_tokens]
+    artifact = open_artifact(path, _load_options(position_encoding, head_temperatures, device, threads, context_length=ctx))
+    ids = artifact.tokenizer.encode(text.read_text(encoding="utf-8"))[:max_tokens]
     if len(ids) < 2:
         raise UserError("the text has fewer than 2 tokens", text, "give a longer text")
-    model = checkpoint.load_model(_device(device))
     with Progress(console=err, transient=True, disable=as_json) as progress:
         task = progress.add_task("scoring", total=None)
-        result = score(model, ids, ctx, stride, on_window=lambda i, n: progress.update(task, completed=i, total=n))
+        result = score(artifact.backend, ids, ctx, stride, on_window=lambda i, n: progress.update(task, completed=i, total=n))
     if as_json:
-        out.print_json(json.dumps(result.as_dict()))
+        out.print_json(json.dumps(result.as_dict() | {"engine": artifact.engine}))
     else:
-        out.print(f"perplexity {result.perplexity:.3f} over {result.tokens} tokens (ctx {result.ctx}, stride {result.stride})")
+        out.print(f"perplexity {result.perplexity:.3f} over {result.tokens} tokens (ctx {result.ctx}, stride {result.stride}; {artifact.engine})")
+
+
+class ExportFormat(str, Enum):
+    gguf = "gguf"
+
+
+@app.command()
+def export(
+    model_dir: Annotated[Path, typer.Argument(help="A model folder.")],
+    format: Annotated[ExportFormat, typer.Option("--format", help="Output format.")] = ExportFormat.gguf,
+    quant: Annotated[str, typer.Option(help="f32 | f16 | bf16 | int8 (Q8_0) | int4 (Q4_K_M).")] = "f16",
+    gguf_type: Annotated[Optional[str], typer.Option("--gguf-type", help="A llama.cpp type name (Q4_0, Q5_K_M, …) instead of --quant's default.")] = None,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="Output file (default: MODEL_DIR-QUANT.gguf beside the folder).")] = None,
+    position_encoding: PositionEncodingOption = None,
+    head_temperatures: TemperaturesOption = None,
+    allow_pickle: AllowPickleOption = False,
+    force: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Export a model folder to one file llama.cpp loads, head temperatures folded into the weights."""
+    from rich.progress import Progress
+
+    from .export.gguf import export_gguf, resolve_type
+    from .models import open_checkpoint
+
+    type_name = resolve_type(quant, gguf_type)  # a bad --quant fails before anything is read
+    checkpoint = open_checkpoint(
+        model_dir, position_encoding=position_encoding.value if position_encoding else None,
+        head_temperatures=head_temperatures, allow_pickle=allow_pickle,
+    )
+    target = out_path or model_dir.resolve().parent / f"{model_dir.resolve().name}-{type_name.lower()}.gguf"
+    with Progress(console=err, transient=True, disable=as_json) as progress:
+        task = progress.add_task(f"exporting {type_name}", total=len(checkpoint.weight_names()))
+        report = export_gguf(checkpoint, target, quant, gguf_type, force, on_tensor=lambda _: progress.advance(task))
+    summary = {
+        "path": str(report.path), "arch": report.arch, "file_type": report.file_type,
+        "bytes": report.path.stat().st_size, "tensor_types": report.type_counts(), "notes": report.notes,
+    }
+    if as_json:
+        out.print_json(json.dumps(summary | {"tensors": report.tensor_types}))
+        return
+    for note in report.notes:
+        err.print(f"note: {note}", markup=False)
+    main_type = max(report.type_counts(), key=report.type_counts().get)
+    others = {n: t for n, t in report.tensor_types.items() if t not in (main_type, "F32")}
+    out.print(f"wrote {report.path} ({summary['bytes'] / 1e6:.1f} MB, arch {report.arch}, {report.file_type})", markup=False)
+    out.print("tensor types: " + ", ".join(f"{t} ×{n}" for t, n in report.type_counts().items()) + " (F32: norms and biases)")
+    for name, kind in others.items():
+        out.print(f"  {name}: {kind}", markup=False)
 
 
 def main() -> None:

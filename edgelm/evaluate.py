@@ -1,4 +1,4 @@
-"""Perplexity of the torch reference over a text (sliding window, as Hugging Face's perplexity guide:
+"""Perplexity of any backend over a text (sliding window, as Hugging Face's perplexity guide:
 each window scores only the tokens no earlier window scored, with up to ctx - stride tokens of context)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .models import CausalLM
+from .runtime.backend import Backend
 
 
 @dataclass
@@ -39,9 +39,8 @@ def windows(n_tokens: int, ctx: int, stride: int) -> list[tuple[int, int, int]]:
     return spans
 
 
-@torch.no_grad()
 def perplexity(
-    model: CausalLM,
+    backend: Backend,
     ids: Sequence[int],
     ctx: int,
     stride: int | None = None,
@@ -50,15 +49,15 @@ def perplexity(
     stride = stride or ctx - 1
     if not 0 < stride < ctx:
         raise ValueError("stride must be in 1..ctx-1")
-    device = next(model.parameters()).device
-    tokens = torch.tensor(ids, dtype=torch.long, device=device)
+    tokens = torch.tensor(ids, dtype=torch.long)
     spans = windows(len(ids), ctx, stride)
     nll, count = 0.0, 0
     for i, (begin, end, first) in enumerate(spans):
-        logits, _ = model(tokens[None, begin:end])
+        backend.reset()
+        logits = torch.from_numpy(backend.forward(list(ids[begin:end])))
         # logits at position p predict token p + 1
         targets = tokens[first:end]
-        scores = logits[0, first - begin - 1 : end - begin - 1].float()
+        scores = logits[first - begin - 1 : end - begin - 1]
         nll += F.cross_entropy(scores, targets, reduction="sum").item()
         count += len(targets)
         if on_window:

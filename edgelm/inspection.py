@@ -52,3 +52,31 @@ def describe_checkpoint(
             "chat_template": tokenizer.chat_template is not None,
         },
     }
+
+
+def describe_gguf(path: Path) -> dict[str, Any]:
+    from collections import Counter
+
+    from .runtime.gguf_file import open_gguf
+
+    gguf = open_gguf(path)
+    family, spec = gguf.edgelm_model()
+    temperatures = gguf.field("edgelm.head_temperatures")
+    return {
+        "family": family.name,
+        "arch": gguf.arch,
+        "file_type": gguf.field("general.file_type"),
+        "parameters": int(sum(t.n_elements for t in gguf.reader.tensors)),
+        "tensor_types": dict(Counter(t.tensor_type.name for t in gguf.reader.tensors)),
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.hidden_size,
+        "layers": spec.num_layers,
+        "heads": spec.num_heads,
+        "kv_heads": spec.num_kv_heads,
+        "position_encoding": spec.position_encoding,
+        "rotary_dims": spec.rotated_dims,
+        "head_temperatures": {"baked_into_weights": bool(gguf.field("edgelm.head_temperatures_baked", False)),
+                              "min": min(temperatures), "max": max(temperatures)},
+        "tokenizer_model": gguf.field("tokenizer.ggml.model"),
+        "edgelm_version": gguf.field("edgelm.version"),
+    }

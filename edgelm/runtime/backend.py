@@ -1,5 +1,5 @@
-"""What every generation backend provides: prefill a prompt, then decode one token at a time, each
-call returning the next-token logits, with the KV cache kept inside the backend."""
+"""What every generation backend provides: run tokens through the model, appending them to a KV cache
+kept inside the backend, and return fp32 logits for each of them."""
 
 from __future__ import annotations
 
@@ -13,17 +13,20 @@ class Backend(ABC):
 
     @abstractmethod
     def reset(self) -> None:
-        """Forget the cache: the next call is a prefill from position 0."""
+        """Forget the cache: the next call starts at position 0."""
 
     @abstractmethod
-    def prefill(self, ids: list[int]) -> np.ndarray:
-        """Append `ids` to the cache; logits [vocab] (fp32) for the token after the last one."""
-
-    def decode(self, token: int) -> np.ndarray:
-        """Append one token; logits [vocab] for the next."""
-        return self.prefill([token])
+    def forward(self, ids: list[int]) -> np.ndarray:
+        """Append `ids` to the cache; logits [len(ids), vocab] (fp32), row i predicting the token after ids[i]."""
 
     @property
     @abstractmethod
     def position(self) -> int:
         """Tokens in the cache."""
+
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        """Logits [vocab] for the token after the last of `ids`."""
+        return self.forward(ids)[-1]
+
+    def decode(self, token: int) -> np.ndarray:
+        return self.forward([token])[-1]

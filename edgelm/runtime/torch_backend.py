@@ -24,6 +24,6 @@ class TorchBackend(Backend):
         return self.cache[0][0].shape[2] if self.cache else 0
 
     @torch.no_grad()
-    def prefill(self, ids: list[int]) -> np.ndarray:
+    def forward(self, ids: list[int]) -> np.ndarray:
         logits, self.cache = self.model(torch.tensor([ids], device=self.device), self.cache)
-        return logits[0, -1].float().cpu().numpy()
+        return logits[0].float().cpu().numpy()

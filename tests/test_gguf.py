@@ -1,0 +1,133 @@
+"""GGUF export: stock llama.cpp (llama-cpp-python) and edgelm's native executor against the torch
+reference, tokenizer fidelity, quantized types, and bad input."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from edgelm.export.gguf import export_gguf
+from edgelm.models import open_checkpoint
+from edgelm.runtime.artifact import LoadOptions, open_artifact
+from edgelm.runtime.torch_backend import TorchBackend
+
+from .test_families import ALL_PRESETS
+
+PREFILL, DECODE = 48, 24  # 72 positions compared: a prefill, then one token at a time
+TOL = 1e-4
+
+
+def temperatures_file(tmp_path, spec):
+    path = tmp_path / "temps.json"
+    generator = torch.Generator().manual_seed(5)
+    path.write_text(json.dumps({"layers": (0.6 + torch.rand(spec.num_layers, spec.num_heads, generator=generator)).tolist()}))
+    return path
+
+
+def run_positions(backend, ids):
+    """Logits for every position: prefill, then token-by-token decode."""
+    backend.reset()
+    logits = [backend.forward(ids[:PREFILL])]
+    for token in ids[PREFILL:]:
+        logits.append(backend.forward([token]))
+    return np.concatenate(logits)
+
+
+@pytest.mark.parametrize("name", ALL_PRESETS)
+def test_f32_gguf_matches_reference(preset_dir, tmp_path, name):
+    folder = preset_dir(name)
+    temps = temperatures_file(tmp_path, open_checkpoint(folder).spec) if name == "tiny-nope" else None
+    checkpoint = open_checkpoint(folder, head_temperatures=temps)
+    report = export_gguf(checkpoint, tmp_path / "model.gguf", "f32")
+    artifact = open_artifact(report.path, LoadOptions(f32_kv_cache=True, context_length=128, threads=2))
+    expected_engine = "edgelm native" if name == "tiny-tokenformer" else "llama.cpp"
+    assert artifact.engine.startswith(expected_engine)
+    ids = torch.randint(0, checkpoint.spec.vocab_size, (PREFILL + DECODE,), generator=torch.Generator().manual_seed(1)).tolist()
+    reference = run_positions(TorchBackend(checkpoint.load_model()), ids)
+    exported = run_positions(artifact.backend, ids)
+    assert exported.shape == reference.shape == (PREFILL + DECODE, checkpoint.spec.vocab_size)
+    assert np.abs(exported - reference).max() <= TOL
+    assert (exported.argmax(-1) == reference.argmax(-1)).all()
+
+
+def test_nope_exports_as_granite_with_temperatures_folded(preset_dir, tmp_path):
+    from edgelm.runtime.gguf_file import open_gguf
+
+    checkpoint = open_checkpoint(preset_dir("tiny-nope"), head_temperatures=temperatures_file(tmp_path, open_checkpoint(preset_dir("tiny-nope")).spec))
+    export_gguf(checkpoint, tmp_path / "nope.gguf", "f32")
+    gguf = open_gguf(tmp_path / "nope.gguf")
+    assert gguf.arch == "granite"
+    assert gguf.field("granite.rope.scaling.finetuned") is False
+    assert gguf.field("edgelm.position_encoding") == "none"
+    table = checkpoint.head_temperatures()
+    assert np.allclose(gguf.field("edgelm.head_temperatures"), table.flatten().numpy())
+    q = next(t for t in gguf.reader.tensors if t.name == "blk.0.attn_q.weight")
+    source = checkpoint.tensors.get("model.layers.0.self_attn.q_proj.weight")
+    assert torch.allclose(torch.from_numpy(np.array(q.data)), source * table[0].repeat_interleave(32)[:, None])
+
+
+@pytest.mark.parametrize("name", ["tiny-rope", "tiny-ngen4"])
+def test_llama_cpp_tokenizes_like_the_source_tokenizer(preset_dir, tmp_path, name):
+    """≥ 1000 corpus lines plus unicode edge cases; detokenization round-trips."""
+    from llama_cpp import Llama
+
+    from edgelm.tokenizer import load_tokenizer
+
+    folder = preset_dir(name)
+    export_gguf(open_checkpoint(folder), tmp_path / "m.gguf", "f16")
+    llm = Llama(model_path=str(tmp_path / "m.gguf"), vocab_only=True, verbose=False)
+    tokenizer = load_tokenizer(folder)
+    corpus = os.path.join(os.path.dirname(__file__), "..", "examples", "data", "persuasion.txt")
+    lines = [line for line in open(corpus, encoding="utf-8").read().splitlines() if line.strip()][:1200]
+    edge_cases = ["café naïve — “quoted” ‘single’", "日本語のテキスト", "emoji 🙂👍🏽 and ZWJ 👨‍👩‍👧", "  two  spaces\tand tab",
+                  "trailing space ", "\n\nnew lines\n", "numbers 1234567890 3.14159", "Ελληνικά Русский", "a" * 50]
+    mismatches = []
+    for text in lines + edge_cases:
+        ours = tokenizer.encode(text)
+        theirs = llm.tokenize(text.encode("utf-8"), add_bos=tokenizer.add_bos, special=False)
+        if ours != theirs:
+            mismatches.append(text)
+    assert not mismatches, f"{len(mismatches)} of {len(lines) + len(edge_cases)} texts differ, e.g. {mismatches[:3]}"
+    for text in lines[:200] + edge_cases:
+        ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        assert llm.detokenize(ids).decode("utf-8") == tokenizer.decode(tokenizer.encode(text, add_bos=False))
+
+
+@pytest.mark.parametrize("quant,expected", [("int8", "Q8_0"), ("int4", "Q4_K"), ("bf16", "BF16")])
+def test_llama_cpp_quantizes_llama(preset_dir, tmp_path, quant, expected):
+    report = export_gguf(open_checkpoint(preset_dir("tiny-rope")), tmp_path / "q.gguf", quant)
+    assert expected in report.type_counts()
+    artifact = open_artifact(report.path, LoadOptions(context_length=64, threads=2))
+    logits = artifact.backend.forward(list(range(10, 40)))
+    assert np.isfinite(logits).all()
+
+
+def test_tokenformer_quantizes_with_gguf_py_and_says_so(preset_dir, tmp_path):
+    report = export_gguf(open_checkpoint(preset_dir("tiny-tokenformer")), tmp_path / "q.gguf", "int4")
+    assert report.file_type == "Q4_0" and report.notes and "Q4_K_M" in report.notes[0]
+    assert report.type_counts() == {"Q4_0": 41, "F32": 2}
+
+
+def test_gguf_bad_input(run_cli, preset_dir, tmp_path):
+    folder = preset_dir("tiny-rope")
+    target = tmp_path / "m.gguf"
+    code, _, err = run_cli("export", folder, "--quant", "int4", "--gguf-type", "Q9_9", "--out", target)
+    assert code == 2 and "unknown --gguf-type" in err and "Q5_K_M" in err
+    assert run_cli("export", folder, "--quant", "f32", "--out", target)[0] == 0
+    code, _, err = run_cli("export", folder, "--out", target)
+    assert code == 2 and "output already exists" in err
+    data = target.read_bytes()
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(data[: len(data) // 3])
+    for command in ("inspect", "generate"):
+        code, _, err = run_cli(command, broken, *(["--prompt", "x"] if command == "generate" else []))
+        assert code == 2 and "not a valid GGUF file" in err, err
+    (tmp_path / "bad.gguf").write_bytes(b"GGUF" + b"\0" * 12)
+    assert run_cli("inspect", tmp_path / "bad.gguf")[0] == 2
+    temps = tmp_path / "t.json"
+    temps.write_text(json.dumps({"layers": [[1.0] * 3]}))
+    code, _, err = run_cli("export", folder, "--head-temperatures", temps, "--out", tmp_path / "t.gguf")
+    assert code == 2 and "temperatures have shape" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf", "broken.gguf", "m.gguf", "t.json"]  # nothing half-written
