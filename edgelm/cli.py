@@ -258,6 +258,71 @@ def export(
         out.print(f"  {name}: {kind}", markup=False)
 
 
+@app.command()
+def calibrate(
+    model_dir: Annotated[Path, typer.Argument(help="A model folder.")],
+    text: Annotated[Path, typer.Option(help="UTF-8 training text; its last windows are held out for validation.")],
+    target_length: Annotated[int, typer.Option("--target-length", min=2, help="Sequence length to tune at.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Temperatures JSON to write.")],
+    steps: Annotated[int, typer.Option(min=0)] = 200,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate for the first half of the steps.")] = 0.1,
+    lr_late: Annotated[float, typer.Option("--lr-late", help="Learning rate for the second half.")] = 0.05,
+    init: Annotated[float, typer.Option(help="Initial λ of every head (the paper: 1.6).")] = 1.6,
+    min_value: Annotated[float, typer.Option("--min", help="Clamp λ to at least this after every step (the paper: 1.0).")] = 1.0,
+    batch: Annotated[int, typer.Option(min=1)] = 1,
+    seed: Annotated[int, typer.Option()] = 0,
+    uniform: Annotated[bool, typer.Option("--uniform", help="One λ for every head, by held-out loss over a grid.")] = False,
+    write_checkpoint: Annotated[bool, typer.Option("--write-checkpoint", help="Also store λ as HeadScale tensors in the checkpoint.")] = False,
+    position_encoding: PositionEncodingOption = None,
+    device: DeviceOption = "cpu",
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Tune per-head attention temperatures at a longer length (HeadScale), every weight frozen."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .calibrate import CalibrationSettings, calibrate as run
+    from .fileio import atomic_output_file, refuse_existing
+    from .models import open_checkpoint
+    from .models.checkpoint import write_head_temperatures
+    from .tokenizer import load_tokenizer
+
+    refuse_existing(out_path, force)
+    if not text.is_file():
+        raise UserError("text file not found", text, "give a UTF-8 text file with --text")
+    checkpoint = open_checkpoint(model_dir, position_encoding=position_encoding.value if position_encoding else None)
+    training_length = (checkpoint.config.get("edgelm") or {}).get("training_length", checkpoint.spec.max_positions)
+    if target_length <= training_length:
+        err.print(f"warning: --target-length {target_length} is not above the training length {training_length}; "
+                  "temperatures matter past it", markup=False)
+    ids = load_tokenizer(model_dir).encode(text.read_text(encoding="utf-8"))
+    settings = CalibrationSettings(target_length=target_length, steps=steps, lr=lr, lr_late=lr_late, init=init,
+                                   min=min_value, batch=batch, seed=seed, uniform=uniform)
+    need = (settings.eval_windows + 1) * (target_length + 1)
+    if len(ids) < need:
+        raise UserError(f"the text is {len(ids)} tokens; length {target_length} needs at least {need} "
+                        f"({settings.eval_windows} held-out windows and one to train on)", text, "give a longer text or a smaller --target-length")
+    model = checkpoint.load_model(_device(device))
+    if not model.attention_modules():
+        raise UserError("this model has no attention heads to scale", model_dir, "calibration applies to attention models")
+    columns = (TextColumn("[bold]calibrating"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True, disable=as_json) as progress:
+        task = progress.add_task("calibrate", total=steps, loss=float("nan"))
+        result = run(model, ids, settings, on_step=lambda i, n, loss: progress.update(task, completed=i, total=n, loss=loss))
+    with atomic_output_file(out_path, force) as tmp:
+        tmp.write_text(json.dumps(result.as_json(), indent=2) + "\n")
+    if write_checkpoint:
+        write_head_temperatures(checkpoint, result.table)
+    report = result.as_json()["calibration"]
+    if as_json:
+        out.print_json(json.dumps(result.as_json()))
+        return
+    if result.interrupted:
+        err.print("interrupted: kept the best temperatures so far")
+    out.print(f"held-out perplexity at length {target_length}: {report['heldout_perplexity_before']} with λ = 1 → "
+              f"{report['heldout_perplexity']} ({report['method']}); λ in [{result.table.min():.3f}, {result.table.max():.3f}]; wrote {out_path}", markup=False)
+
+
 def main() -> None:
     try:
         app()

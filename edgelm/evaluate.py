@@ -71,3 +71,23 @@ def unigram_perplexity(train_ids: Sequence[int], eval_ids: Sequence[int], vocab_
     total = len(train_ids) + vocab_size
     nll = -sum(math.log((counts[t] + 1) / total) for t in eval_ids)
     return math.exp(nll / len(eval_ids))
+
+
+def fixed_target_perplexity(
+    backend: Backend, ids: Sequence[int], length: int, targets: int = 128, windows: int = 24, longest: int = 4096
+) -> PerplexityResult:
+    """Perplexity over the same target tokens whatever the context length, so lengths compare fairly:
+    window j ends at e_j = longest + j·targets and scores its last `targets` tokens, with `length` tokens
+    of window in all (the NoPE paper's length curves use the same idea)."""
+    if length > longest or targets >= length:
+        raise ValueError("need targets < length <= longest")
+    if longest + windows * targets > len(ids):
+        raise ValueError(f"the text has {len(ids)} tokens; {longest + windows * targets} are needed")
+    tokens = torch.tensor(ids, dtype=torch.long)
+    nll = 0.0
+    for j in range(windows):
+        end = longest + (j + 1) * targets
+        backend.reset()
+        logits = torch.from_numpy(backend.forward(list(ids[end - length : end])))
+        nll += F.cross_entropy(logits[-targets - 1 : -1], tokens[end - targets : end], reduction="sum").item()
+    return PerplexityResult(math.exp(nll / (windows * targets)), windows * targets, length, targets)

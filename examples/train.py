@@ -47,6 +47,11 @@ RECIPES = {
 }
 
 
+def trained_config(name: str) -> dict:
+    """The preset's config plus the length it was trained at (`edgelm calibrate` warns below it)."""
+    return PRESETS[name].config | {"edgelm": {"training_length": CTX}}
+
+
 def encode_novels(names: list[str]) -> list[int]:
     tokenizer = load_tokenizer(TOKENIZER)
     ids: list[int] = []
@@ -117,7 +122,7 @@ def train(name: str, steps: int | None = None, seed: int = 0) -> dict:
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     with atomic_output_dir(MODELS / name, force=True) as tmp:
-        save_checkpoint(model, family, preset.config, tmp, torch.float16, with_temperatures=preset.head_temperatures)
+        save_checkpoint(model, family, trained_config(name), tmp, torch.float16, with_temperatures=preset.head_temperatures)
         copy_tokenizer("bpe", tmp)
         (tmp / "training.json").write_text(json.dumps(report, indent=2) + "\n")
         write_model_card(tmp, report)
@@ -128,7 +133,7 @@ def train(name: str, steps: int | None = None, seed: int = 0) -> dict:
 def write_model_card(folder: Path, report: dict) -> None:
     name = report["model"]
     preset = PRESETS[name]
-    config = json.dumps(preset.config, indent=2)
+    config = json.dumps(trained_config(name), indent=2)
     (folder / "README.md").write_text(f"""# {name}
 
 {preset.description}, trained by edgelm on five Jane Austen novels (`examples/data/`, public domain)
@@ -159,7 +164,8 @@ if __name__ == "__main__":
     parser.add_argument("--card-only", action="store_true", help="rewrite README.md from training.json, train nothing")
     args = parser.parse_args()
     for model_name in RECIPES if args.model == "all" else [args.model]:
-        if args.card_only:
+        if args.card_only:  # also brings config.json up to date with trained_config
+            (MODELS / model_name / "config.json").write_text(json.dumps(trained_config(model_name), indent=2) + "\n")
             write_model_card(MODELS / model_name, json.loads((MODELS / model_name / "training.json").read_text()))
         else:
             train(model_name, args.steps, args.seed)

@@ -304,3 +304,25 @@ def save_checkpoint(
             tensors[family.head_temperature_tensor.format(bid=i)] = row.detach().float().clone()
     save_file(tensors, str(folder / SAFETENSORS), metadata={"format": "pt"})
     (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def write_head_temperatures(checkpoint: Checkpoint, table: torch.Tensor) -> None:
+    """Store λ in the checkpoint as the family's HeadScale tensors (the NoPE paper's layout), and pin
+    the position encoding in config.json's edgelm block, since for llama those tensors otherwise
+    mean "no position encoding"."""
+    from ..fileio import atomic_output_file
+
+    template = checkpoint.family.head_temperature_tensor
+    if template is None or set(checkpoint.tensors.files.values()) != {checkpoint.path / SAFETENSORS}:
+        raise UserError(
+            "--write-checkpoint needs a single model.safetensors of a family with HeadScale tensors",
+            checkpoint.path, "use the temperatures file with --head-temperatures instead",
+        )
+    tensors = {name: checkpoint.tensors.get(name) for name in checkpoint.tensors.names()}
+    tensors.update({template.format(bid=i): row.detach().float().clone() for i, row in enumerate(table)})
+    with atomic_output_file(checkpoint.path / SAFETENSORS, force=True) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    config = dict(checkpoint.config)
+    config["edgelm"] = {**(config.get("edgelm") or {}), "position_encoding": checkpoint.spec.position_encoding}
+    with atomic_output_file(checkpoint.path / CONFIG, force=True) as tmp:
+        tmp.write_text(json.dumps(config, indent=2) + "\n")

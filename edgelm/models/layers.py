@@ -77,6 +77,8 @@ class CausalSelfAttention(nn.Module):
         v = v.repeat_interleave(group, dim=1)
         q = q * (self.head_temperature.to(q.dtype)[:, None, None] / math.sqrt(spec.head_dim))
         # query i sits at absolute position total - seq + i and sees keys 0..that position
+        if attention_mask is None and seq == total:  # plain causal prefill: let SDPA pick a fused kernel
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0), present
         causal = torch.ones(seq, total, dtype=torch.bool, device=q.device).tril(total - seq)
         mask = causal[None, None]
         if attention_mask is not None:
@@ -135,8 +137,9 @@ class CausalLM(nn.Module):
         attentions = self.attention_modules()
         if tuple(table.shape) != (len(attentions), self.spec.num_heads):
             raise ValueError(f"temperature table has shape {tuple(table.shape)}, the model needs {(len(attentions), self.spec.num_heads)}")
-        for attention, row in zip(attentions, table):
-            attention.head_temperature.copy_(row)
+        with torch.no_grad():
+            for attention, row in zip(attentions, table):
+                attention.head_temperature.copy_(row)
 
     def forward(
         self,
