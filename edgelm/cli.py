@@ -21,8 +21,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class PositionEncoding(str, Enum):
@@ -81,7 +81,7 @@ def init(
 
 @app.command()
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A model folder or a .gguf file.")],
+    path: Annotated[Path, typer.Argument(help="A model folder, a .gguf file or an ONNX folder.")],
     position_encoding: PositionEncodingOption = None,
     head_temperatures: TemperaturesOption = None,
     allow_pickle: AllowPickleOption = False,
@@ -122,6 +122,7 @@ DeviceOption = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (
 
 
 ThreadsOption = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads (llama.cpp).")]
+ProviderOption = Annotated[str, typer.Option("--provider", help="onnxruntime execution provider: cpu, xnnpack, coreml, nnapi, qnn, webgpu, cuda, …")]
 GpuLayersOption = Annotated[int, typer.Option("--gpu-layers", min=0, help="Layers to offload to a GPU (llama.cpp builds with one).")]
 
 
@@ -140,7 +141,7 @@ def _load_options(position_encoding, head_temperatures, device, threads=None, gp
 
 @app.command()
 def generate(
-    path: Annotated[Path, typer.Argument(help="A model folder or a .gguf file.")],
+    path: Annotated[Path, typer.Argument(help="A model folder, a .gguf file or an ONNX folder.")],
     prompt: Annotated[str, typer.Option(help="Text to continue.")],
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.0,
@@ -152,6 +153,7 @@ def generate(
     device: DeviceOption = "cpu",
     threads: ThreadsOption = None,
     gpu_layers: GpuLayersOption = 0,
+    provider: ProviderOption = "cpu",
     as_json: JsonOption = False,
 ) -> None:
     """Continue a prompt, streaming tokens as they come."""
@@ -159,7 +161,7 @@ def generate(
     from .runtime.generate import generate as run
     from .runtime.sampling import SamplingOptions
 
-    artifact = open_artifact(path, _load_options(position_encoding, head_temperatures, device, threads, gpu_layers))
+    artifact = open_artifact(path, _load_options(position_encoding, head_temperatures, device, threads, gpu_layers, provider=provider))
     options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     pieces = run(artifact.backend, artifact.tokenizer, prompt, max_new_tokens, options)
     if as_json:
@@ -175,7 +177,7 @@ def generate(
 
 @app.command()
 def perplexity(
-    path: Annotated[Path, typer.Argument(help="A model folder or a .gguf file.")],
+    path: Annotated[Path, typer.Argument(help="A model folder, a .gguf file or an ONNX folder.")],
     text: Annotated[Path, typer.Option(help="UTF-8 text file to score.")],
     ctx: Annotated[int, typer.Option(min=2, help="Window length in tokens.")] = 256,
     stride: Annotated[Optional[int], typer.Option(min=1, help="New tokens scored per window (default ctx - 1).")] = None,
@@ -184,6 +186,7 @@ def perplexity(
     head_temperatures: TemperaturesOption = None,
     device: DeviceOption = "cpu",
     threads: ThreadsOption = None,
+    provider: ProviderOption = "cpu",
     as_json: JsonOption = False,
 ) -> None:
     """Sliding-window perplexity of a text."""
@@ -196,7 +199,7 @@ def perplexity(
         raise UserError("text file not found", text, "give a UTF-8 text file with --text")
     if stride is not None and stride >= ctx:
         raise UserError(f"--stride {stride} must be below --ctx {ctx}", None, "each window needs at least one token of context")
-    artifact = open_artifact(path, _load_options(position_encoding, head_temperatures, device, threads, context_length=ctx))
+    artifact = open_artifact(path, _load_options(position_encoding, head_temperatures, device, threads, context_length=ctx, provider=provider))
     ids = artifact.tokenizer.encode(text.read_text(encoding="utf-8"))[:max_tokens]
     if len(ids) < 2:
         raise UserError("the text has fewer than 2 tokens", text, "give a longer text")
@@ -211,33 +214,55 @@ def perplexity(
 
 class ExportFormat(str, Enum):
     gguf = "gguf"
+    onnx = "onnx"
 
 
 @app.command()
 def export(
     model_dir: Annotated[Path, typer.Argument(help="A model folder.")],
     format: Annotated[ExportFormat, typer.Option("--format", help="Output format.")] = ExportFormat.gguf,
-    quant: Annotated[str, typer.Option(help="f32 | f16 | bf16 | int8 (Q8_0) | int4 (Q4_K_M).")] = "f16",
+    quant: Annotated[str, typer.Option(help="f32 | f16 | bf16 (GGUF) | int8 | int4 (GGUF: Q8_0, Q4_K_M; ONNX: MatMul int8, MatMulNBits int4).")] = "f16",
     gguf_type: Annotated[Optional[str], typer.Option("--gguf-type", help="A llama.cpp type name (Q4_0, Q5_K_M, …) instead of --quant's default.")] = None,
-    out_path: Annotated[Optional[Path], typer.Option("--out", help="Output file (default: MODEL_DIR-QUANT.gguf beside the folder).")] = None,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="Output file or folder (default: beside MODEL_DIR).")] = None,
     position_encoding: PositionEncodingOption = None,
     head_temperatures: TemperaturesOption = None,
     allow_pickle: AllowPickleOption = False,
     force: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Export a model folder to one file llama.cpp loads, head temperatures folded into the weights."""
+    """Export a model folder to GGUF (one file llama.cpp loads) or ONNX (a folder ONNX Runtime and
+    onnxruntime-genai load), head temperatures folded into the weights."""
     from rich.progress import Progress
 
     from .export.gguf import export_gguf, resolve_type
+    from .export.onnx import QUANTS as ONNX_QUANTS, export_onnx
     from .models import open_checkpoint
 
-    type_name = resolve_type(quant, gguf_type)  # a bad --quant fails before anything is read
+    if format is ExportFormat.onnx:
+        if quant not in ONNX_QUANTS:
+            raise UserError(f"unknown --quant {quant!r} for ONNX", None, f"choose one of {', '.join(ONNX_QUANTS)}")
+        if gguf_type:
+            raise UserError("--gguf-type applies to --format gguf only", None, "drop it or choose --format gguf")
+        type_name = quant
+    else:
+        type_name = resolve_type(quant, gguf_type)  # a bad --quant fails before anything is read
     checkpoint = open_checkpoint(
         model_dir, position_encoding=position_encoding.value if position_encoding else None,
         head_temperatures=head_temperatures, allow_pickle=allow_pickle,
     )
-    target = out_path or model_dir.resolve().parent / f"{model_dir.resolve().name}-{type_name.lower()}.gguf"
+    suffix = "-onnx" if format is ExportFormat.onnx else ".gguf"
+    target = out_path or model_dir.resolve().parent / f"{model_dir.resolve().name}-{type_name.lower()}{suffix}"
+    if format is ExportFormat.onnx:
+        with err.status("exporting to ONNX…") as status:
+            report = export_onnx(checkpoint, target, quant, force, on_step=lambda text: status.update(text + "…"))
+        if as_json:
+            out.print_json(json.dumps({"path": str(report.path), "quant": quant, "notes": report.notes}))
+            return
+        for note in report.notes:
+            err.print(f"note: {note}", markup=False)
+        size = sum(p.stat().st_size for p in report.path.iterdir())
+        out.print(f"wrote {report.path} ({size / 1e6:.1f} MB, {quant}): model.onnx, genai_config.json, tokenizer, edgelm.json", markup=False)
+        return
     with Progress(console=err, transient=True, disable=as_json) as progress:
         task = progress.add_task(f"exporting {type_name}", total=len(checkpoint.weight_names()))
         report = export_gguf(checkpoint, target, quant, gguf_type, force, on_tensor=lambda _: progress.advance(task))
@@ -249,7 +274,7 @@ def export(
         out.print_json(json.dumps(summary | {"tensors": report.tensor_types}))
         return
     for note in report.notes:
-        err.print(f"note: {note}", markup=False)
+        err.print(f"note: {note}", markup=False, soft_wrap=True)
     main_type = max(report.type_counts(), key=report.type_counts().get)
     others = {n: t for n, t in report.tensor_types.items() if t not in (main_type, "F32")}
     out.print(f"wrote {report.path} ({summary['bytes'] / 1e6:.1f} MB, arch {report.arch}, {report.file_type})", markup=False)

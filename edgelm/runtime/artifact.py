@@ -22,6 +22,7 @@ class LoadOptions:
     gpu_layers: int = 0  # llama.cpp offload, where the build has a GPU
     f32_kv_cache: bool = False  # llama.cpp: its default f16 cache alone costs ~1e-3 in logits
     context_length: int | None = None  # default: the model's
+    provider: str = "cpu"  # onnxruntime execution provider
 
 
 @dataclass
@@ -71,12 +72,34 @@ def _open_gguf(path: Path, options: LoadOptions) -> Artifact:
     return Artifact(path, "gguf", engine, gguf_tokenizer(gguf), backend, details)
 
 
+def _open_onnx(path: Path, options: LoadOptions) -> Artifact:
+    from ..tokenizer import load_tokenizer
+    from .onnx_backend import OnnxBackend, read_onnx_folder
+
+    if options.position_encoding or options.head_temperatures:
+        raise UserError("an ONNX folder carries its position encoding and temperatures inside", path,
+                        "drop --position-encoding/--head-temperatures, or export again with them")
+    genai, manifest = read_onnx_folder(path)
+    try:
+        backend = OnnxBackend(path, genai, options.threads, options.provider)
+    except UserError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own types for a damaged graph
+        raise UserError(f"onnxruntime cannot load model.onnx ({str(exc).splitlines()[0][:200]})", path, "export the model again") from None
+    if options.context_length:
+        backend.context_length = options.context_length
+    details = {k: manifest.get(k) for k in ("family", "position_encoding", "quantization")}
+    return Artifact(path, "onnx folder", f"onnxruntime ({options.provider})", load_tokenizer(path), backend, details)
+
+
 def open_artifact(path: str | Path, options: LoadOptions = LoadOptions()) -> Artifact:
     path = Path(path)
+    if path.is_dir() and ((path / "genai_config.json").exists() or (path / "model.onnx").exists()):
+        return _open_onnx(path, options)
     if path.is_dir():
         return _open_checkpoint(path, options)
     if path.suffix == ".gguf":
         return _open_gguf(path, options)
     if not path.exists():
         raise UserError("no such file or folder", path, "give a model folder or a .gguf file")
-    raise UserError("unknown kind of artifact", path, "edgelm reads model folders (config.json + safetensors) and .gguf files")
+    raise UserError("unknown kind of artifact", path, "edgelm reads model folders (config.json + safetensors), .gguf files and ONNX folders")
