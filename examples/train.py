@@ -24,7 +24,6 @@ from edgelm.evaluate import perplexity, unigram_perplexity
 from edgelm.fileio import atomic_output_dir
 from edgelm.models.checkpoint import save_checkpoint
 from edgelm.models.presets import PRESETS, copy_tokenizer
-from edgelm.models.registry import family_for_config
 from edgelm.runtime.torch_backend import TorchBackend
 from edgelm.tokenizer import load_tokenizer
 
@@ -72,9 +71,7 @@ def train(name: str, steps: int | None = None, seed: int = 0) -> dict:
     torch.set_num_threads(2)
     recipe = RECIPES[name] | ({"steps": steps} if steps else {})
     preset = PRESETS[name]
-    family = family_for_config(preset.config, "preset")
-    spec = family.spec_from_config(preset.config)
-    model = family.build(spec)
+    family, spec, model = preset.build()
     family.init_weights(model, seed)
     for module in model.modules():  # train from the usual init: norm weights 1, biases 0
         for pname, param in module.named_parameters(recurse=False):
@@ -122,7 +119,7 @@ def train(name: str, steps: int | None = None, seed: int = 0) -> dict:
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     with atomic_output_dir(MODELS / name, force=True) as tmp:
-        save_checkpoint(model, family, trained_config(name), tmp, torch.float16, with_temperatures=preset.head_temperatures)
+        save_checkpoint(model, family, trained_config(name), tmp, torch.float16, with_temperatures=preset.nope)
         copy_tokenizer("bpe", tmp)
         (tmp / "training.json").write_text(json.dumps(report, indent=2) + "\n")
         write_model_card(tmp, report)
@@ -143,12 +140,12 @@ with the shipped byte-level BPE tokenizer (4096 tokens). `persuasion.txt` is hel
   {report['batch']} × {report['ctx']} tokens, AdamW, peak lr {report['lr']}, 2 CPU threads)
 - Training time: {report['minutes']} minutes on a 2-core CPU; {report['train_tokens_seen']:,} tokens seen
 - Final training loss (mean of the last 50 steps): {report['final_train_loss']}
-- Parameters: {report['parameters']:,}; stored as fp16 safetensors{' (HeadScale `scale_param` tensors fp32, all 1.0)' if preset.head_temperatures else ''}
+- Parameters: {report['parameters']:,}; stored as fp16 safetensors{' (HeadScale `scale_param` tensors fp32, all 1.0)' if preset.nope else ''}
 - Held-out perplexity, first {report['held_out_tokens'] + 1:,} tokens of persuasion.txt at ctx {report['ctx']}:
   **{report['held_out_perplexity']}** (a unigram model of the same tokenizer fitted on the training
   novels: {report['unigram_perplexity']}; ratio {report['ratio']})
 
-Training context is {report['ctx']} tokens: longer contexts are out of distribution{' (see docs/length-generalization.md for head temperatures)' if preset.head_temperatures else ''}.
+Training context is {report['ctx']} tokens: longer contexts are out of distribution{' (see docs/length-generalization.md for head temperatures)' if preset.nope else ''}.
 
 ```json
 {config}

@@ -44,3 +44,12 @@ def test_init_leaves_no_partial_folder_on_failure(run_cli, tmp_path, monkeypatch
     code, _, err = run_cli("init", "tiny-rope", tmp_path / "out")
     assert code == 130
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_tiny_preset_loads_as_it_was_built(preset_dir):
+    """What a preset trains and writes is what loading it gives (position encoding included)."""
+    from edgelm.models import open_checkpoint
+
+    for name in ("tiny-nope", "tiny-rope", "tiny-ngen4", "tiny-tokenformer"):
+        _, spec, _ = PRESETS[name].build()
+        assert open_checkpoint(preset_dir(name)).spec == spec, name

@@ -9,7 +9,7 @@ preset's vocabulary is larger than the shipped tokenizer's; ids past the tokeniz
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,9 @@ import torch
 from ..errors import UserError
 from ..fileio import atomic_output_dir
 from .checkpoint import save_checkpoint
-from .registry import family_for_config
+from .layers import CausalLM
+from .registry import Family, family_for_config
+from .spec import ModelSpec
 
 TOKENIZERS = resources.files("edgelm") / "assets" / "tokenizers"
 TINY_VOCAB = 4096  # the shipped tokenizers' size
@@ -61,8 +63,17 @@ class Preset:
     config: dict[str, Any]
     tokenizer: str  # folder under edgelm/assets/tokenizers
     dtype: torch.dtype
-    head_temperatures: bool = False  # write HeadScale tensors (all 1.0): marks a NoPE llama checkpoint
+    # NoPE: no position encoding, marked in the checkpoint by HeadScale tensors (all 1.0), as the NoPE
+    # paper's models are; config.json stays a plain LlamaForCausalLM
+    nope: bool = False
     description: str = field(default="")
+
+    def build(self) -> tuple[Family, ModelSpec, CausalLM]:
+        family = family_for_config(self.config, "preset")
+        spec = family.spec_from_config(self.config)
+        if self.nope:
+            spec = replace(spec, position_encoding="none")
+        return family, spec, family.build(spec)
 
 
 TINY_LLAMA = dict(vocab_size=TINY_VOCAB, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
@@ -97,11 +108,9 @@ def write_preset(name: str, out: Path, seed: int = 0, force: bool = False) -> Pa
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}", None, f"choose one of {', '.join(PRESETS)}")
     preset = PRESETS[name]
-    family = family_for_config(preset.config, "preset")
-    spec = family.spec_from_config(preset.config)
-    model = family.build(spec)
+    family, _, model = preset.build()
     family.init_weights(model, seed)
     with atomic_output_dir(out, force) as tmp:
-        save_checkpoint(model, family, preset.config, tmp, preset.dtype, with_temperatures=preset.head_temperatures)
+        save_checkpoint(model, family, preset.config, tmp, preset.dtype, with_temperatures=preset.nope)
         copy_tokenizer(preset.tokenizer, tmp)
     return out

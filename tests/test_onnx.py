@@ -1,0 +1,142 @@
+"""ONNX export: ONNX Runtime and onnxruntime-genai against the torch reference, and bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from edgelm.export.onnx import export_onnx
+from edgelm.models import open_checkpoint
+from edgelm.runtime.artifact import open_artifact
+from edgelm.runtime.torch_backend import TorchBackend
+
+from .test_families import ALL_PRESETS
+from .test_gguf import DECODE, PREFILL, run_positions, temperatures_file
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def exported(preset_dir, tmp_path_factory):
+    """name → (checkpoint, f32 ONNX folder), exported once per module (NoPE with non-trivial temperatures)."""
+    made = {}
+
+    def get(name):
+        if name not in made:
+            root = tmp_path_factory.mktemp(name)
+            temps = temperatures_file(root, open_checkpoint(preset_dir(name)).spec) if name == "tiny-nope" else None
+            checkpoint = open_checkpoint(preset_dir(name), head_temperatures=temps)
+            made[name] = checkpoint, export_onnx(checkpoint, root / "onnx", "f32").path
+        return made[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", ALL_PRESETS)
+def test_f32_onnx_matches_reference_batch_1(exported, name):
+    checkpoint, folder = exported(name)
+    artifact = open_artifact(folder)
+    ids = torch.randint(0, checkpoint.spec.vocab_size, (PREFILL + DECODE,), generator=torch.Generator().manual_seed(2)).tolist()
+    reference = run_positions(TorchBackend(checkpoint.load_model()), ids)
+    ours = run_positions(artifact.backend, ids)
+    assert ours.shape == (PREFILL + DECODE, checkpoint.spec.vocab_size)
+    assert np.abs(ours - reference).max() <= TOL
+    assert (ours.argmax(-1) == reference.argmax(-1)).all()
+    has_positions = "position_ids" in artifact.backend.input_names
+    assert has_positions == (checkpoint.spec.position_encoding == "rope")
+
+
+@pytest.mark.parametrize("name", ["tiny-nope", "tiny-tokenformer"])
+def test_f32_onnx_matches_reference_batch_3(exported, name):
+    import onnxruntime as ort
+
+    checkpoint, folder = exported(name)
+    spec = checkpoint.spec
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    ids = torch.randint(0, spec.vocab_size, (3, PREFILL + DECODE), generator=torch.Generator().manual_seed(3))
+    model = checkpoint.load_model()
+    with torch.no_grad():
+        expected = model(ids)[0].numpy()
+    past = [np.zeros((3, spec.num_kv_heads, 0, spec.head_dim), np.float32)] * (2 * spec.num_layers)
+    got, start = [], 0
+    for chunk in [ids[:, :PREFILL]] + [ids[:, t : t + 1] for t in range(PREFILL, PREFILL + DECODE)]:
+        n = chunk.shape[1]
+        feeds = {"input_ids": chunk.numpy(), "attention_mask": np.ones((3, start + n), np.int64)}
+        if "position_ids" in names:
+            feeds["position_ids"] = np.tile(np.arange(start, start + n), (3, 1))
+        feeds.update({f"past_key_values.{i // 2}.{('key', 'value')[i % 2]}": p for i, p in enumerate(past)})
+        logits, *past = session.run(None, feeds)
+        got.append(logits)
+        start += n
+    got = np.concatenate(got, axis=1)
+    assert np.abs(got - expected).max() <= TOL
+    assert (got.argmax(-1) == expected.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("name", ["tiny-nope", "tiny-rope"])
+def test_onnxruntime_genai_greedy_equals_edgelm_and_reference(exported, name):
+    import onnxruntime_genai as og
+
+    from edgelm.runtime.sampling import Sampler, SamplingOptions
+
+    checkpoint, folder = exported(name)
+    prompt, new = [1, 600, 367, 261, 1871, 452, 4033, 1188], 24
+    genai = og.Model(str(folder))
+    params = og.GeneratorParams(genai)
+    params.set_search_options(max_length=len(prompt) + new, do_sample=False)
+    generator = og.Generator(genai, params)
+    generator.append_tokens(np.array([prompt], dtype=np.int32))
+    theirs = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        theirs.append(int(generator.get_next_tokens()[0]))
+
+    def greedy(backend):
+        logits, tokens = backend.prefill(prompt), []
+        for _ in range(new):
+            tokens.append(Sampler(SamplingOptions())(logits))
+            logits = backend.decode(tokens[-1])
+        return tokens
+
+    assert theirs == greedy(open_artifact(folder).backend) == greedy(TorchBackend(checkpoint.load_model()))
+
+
+def test_int4_and_int8_quantize_matmuls(exported, tmp_path):
+    import onnx
+
+    checkpoint, _ = exported("tiny-tokenformer")
+    int4 = export_onnx(checkpoint, tmp_path / "int4", "int4").path
+    ops = {node.op_type for node in onnx.load(str(int4 / "model.onnx")).graph.node}
+    assert "MatMulNBits" in ops  # Pattention's constant-weight MatMuls were quantized
+    int8 = export_onnx(checkpoint, tmp_path / "int8", "int8").path
+    ops = {node.op_type for node in onnx.load(str(int8 / "model.onnx")).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeLinear"}
+    for folder in (int4, int8):
+        logits = open_artifact(folder).backend.forward(list(range(5, 40)))
+        assert np.isfinite(logits).all()
+
+
+def test_onnx_bad_input(run_cli, exported, tmp_path):
+    _, folder = exported("tiny-rope")
+    code, _, err = run_cli("export", "nowhere", "--format", "onnx", "--quant", "bf16")
+    assert code == 2 and "unknown --quant 'bf16' for ONNX" in err
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    code, _, err = run_cli("generate", copy, "--prompt", "Hello", "--provider", "qnn")
+    assert code == 2 and "provider 'qnn' is not in this onnxruntime build" in err
+    (copy / "model.onnx").write_bytes(b"not a model")
+    code, _, err = run_cli("generate", copy, "--prompt", "Hello")
+    assert code == 2 and "onnxruntime cannot load model.onnx" in err
+    (copy / "genai_config.json").write_text("{")
+    code, _, err = run_cli("generate", copy, "--prompt", "Hello")
+    assert code == 2 and "genai_config.json is not valid JSON" in err
+    (copy / "genai_config.json").unlink()
+    code, _, err = run_cli("perplexity", copy, "--text", copy / "edgelm.json")
+    assert code == 2 and "genai_config.json is missing" in err
+    code, _, err = run_cli("export", exported("tiny-rope")[0].path, "--format", "onnx", "--out", copy)
+    assert code == 2 and "output already exists" in err
+    manifest = json.loads((folder / "edgelm.json").read_text())
+    assert manifest["family"] == "llama" and len(manifest["source_checkpoint_sha256"]) == 64
