@@ -16,10 +16,17 @@ $(VENV)/.installed: pyproject.toml
 	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+MODEL := examples/models/tiny-nope
+PROMPT := It is a truth universally acknowledged
+
 demo: $(VENV)/.installed
 	rm -rf $(DEMO_DIR)
-	$(EDGELM) init tiny-nope $(DEMO_DIR)/tiny-nope
-	$(EDGELM) inspect $(DEMO_DIR)/tiny-nope
+	$(EDGELM) inspect $(MODEL)
+	$(EDGELM) generate $(MODEL) --prompt "$(PROMPT)" --max-new-tokens 40
+	$(EDGELM) export $(MODEL) --format gguf --quant int4 --out $(DEMO_DIR)/tiny-nope-q4_k_m.gguf
+	$(EDGELM) generate $(DEMO_DIR)/tiny-nope-q4_k_m.gguf --prompt "$(PROMPT)" --max-new-tokens 40
+	$(EDGELM) export $(MODEL) --format onnx --quant int4 --out $(DEMO_DIR)/tiny-nope-int4-onnx
+	$(EDGELM) generate $(DEMO_DIR)/tiny-nope-int4-onnx --prompt "$(PROMPT)" --max-new-tokens 40
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
