@@ -283,6 +283,53 @@ def export(
         out.print(f"  {name}: {kind}", markup=False)
 
 
+DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "examples" / "data" / "persuasion.txt"
+
+
+@app.command()
+def parity(
+    artifact_path: Annotated[Path, typer.Argument(help="A .gguf file or an ONNX folder.")],
+    reference: Annotated[Path, typer.Option(help="The model folder it was exported from.")],
+    text: Annotated[Optional[Path], typer.Option(help="Text to compare on (default: the shipped held-out novel).")] = None,
+    tokens: Annotated[int, typer.Option(min=3, help="Positions compared: half prefilled, half decoded one at a time.")] = 256,
+    head_temperatures: TemperaturesOption = None,
+    device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
+    max_kld: Annotated[Optional[float], typer.Option("--max-kld", help="Exit 1 when the mean KL divergence exceeds this.")] = None,
+    max_ppl_increase: Annotated[Optional[float], typer.Option("--max-ppl-increase", help="Exit 1 when perplexity rises by more than this fraction.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Numbers proving an artifact matches the full-precision torch reference (on CUDA when present)."""
+    from .parity import compare
+    from .runtime.artifact import LoadOptions, open_artifact
+
+    text = text or DEFAULT_TEXT
+    if not text.is_file():
+        raise UserError("text file not found", text, "give a UTF-8 text file with --text")
+    ref = open_artifact(reference, LoadOptions(head_temperatures=head_temperatures, device=_device(device)))
+    art = open_artifact(artifact_path, LoadOptions(threads=threads, context_length=tokens + 1, f32_kv_cache=True))
+    ids = ref.tokenizer.encode(text.read_text(encoding="utf-8"))[:tokens + 1]
+    if len(ids) < 3:
+        raise UserError("the text is too short", text, "give a longer text")
+    with err.status("comparing…"):
+        report = compare(ref.backend, art.backend, ids)
+    result = report.as_dict() | {"reference": f"{reference} ({ref.engine})", "artifact": f"{artifact_path} ({art.engine})"}
+    failed = [name for name, limit, value in [("mean KL divergence", max_kld, report.mean_kld),
+                                               ("perplexity increase", max_ppl_increase, report.perplexity_change)]
+              if limit is not None and value > limit]
+    if as_json:
+        out.print_json(json.dumps(result | {"failed": failed}))
+    else:
+        table = Table(title=f"{artifact_path} vs {reference}", show_header=False)
+        for key, value in result.items():
+            table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+        out.print(table)
+        for name in failed:
+            err.print(f"parity check failed: {name} above the limit")
+    if failed:
+        raise typer.Exit(1)
+
+
 @app.command()
 def calibrate(
     model_dir: Annotated[Path, typer.Argument(help="A model folder.")],

@@ -140,3 +140,14 @@ def test_onnx_bad_input(run_cli, exported, tmp_path):
     assert code == 2 and "output already exists" in err
     manifest = json.loads((folder / "edgelm.json").read_text())
     assert manifest["family"] == "llama" and len(manifest["source_checkpoint_sha256"]) == 64
+
+
+def test_parity_command_reports_and_enforces_limits(run_cli, exported):
+    checkpoint, folder = exported("tiny-rope")
+    code, out, err = run_cli("parity", folder, "--reference", checkpoint.path, "--tokens", 80, "--device", "cpu", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["positions"] == 80 and report["max_abs_logit_diff"] <= TOL and report["top1_agreement"] == 1.0
+    assert abs(report["perplexity_change"]) < 1e-5
+    code, _, err = run_cli("parity", folder, "--reference", checkpoint.path, "--tokens", 80, "--device", "cpu", "--max-kld", "-1")
+    assert code == 1 and "mean KL divergence above the limit" in err
