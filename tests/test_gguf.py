@@ -17,6 +17,9 @@ from .test_families import ALL_PRESETS
 
 PREFILL, DECODE = 48, 24  # 72 positions compared: a prefill, then one token at a time
 TOL = 1e-4
+# llama.cpp's CPU GELU (gptneox) reads a table indexed by the fp16-rounded input (GGML_GELU_FP16), which
+# alone moves the tiny ngen4's logits by ~5e-4; every other op is fp32.
+TOL_GGUF = {"tiny-ngen4": 1e-3}
 
 
 def temperatures_file(tmp_path, spec):
@@ -48,7 +51,7 @@ def test_f32_gguf_matches_reference(preset_dir, tmp_path, name):
     reference = run_positions(TorchBackend(checkpoint.load_model()), ids)
     exported = run_positions(artifact.backend, ids)
     assert exported.shape == reference.shape == (PREFILL + DECODE, checkpoint.spec.vocab_size)
-    assert np.abs(exported - reference).max() <= TOL
+    assert np.abs(exported - reference).max() <= TOL_GGUF.get(name, TOL)
     assert (exported.argmax(-1) == reference.argmax(-1)).all()
 
 
@@ -90,9 +93,10 @@ def test_llama_cpp_tokenizes_like_the_source_tokenizer(preset_dir, tmp_path, nam
         if ours != theirs:
             mismatches.append(text)
     assert not mismatches, f"{len(mismatches)} of {len(lines) + len(edge_cases)} texts differ, e.g. {mismatches[:3]}"
+    prefix = " " if tokenizer.kind.startswith("sentencepiece") else ""  # SentencePiece's dummy prefix
     for text in lines[:200] + edge_cases:
         ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
-        assert llm.detokenize(ids).decode("utf-8") == tokenizer.decode(tokenizer.encode(text, add_bos=False))
+        assert llm.detokenize(ids).decode("utf-8") == prefix + text
 
 
 @pytest.mark.parametrize("quant,expected", [("int8", "Q8_0"), ("int4", "Q4_K"), ("bf16", "BF16")])
