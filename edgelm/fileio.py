@@ -41,35 +41,41 @@ def _replace(tmp: Path, target: Path) -> None:
         os.replace(tmp, target)
 
 
-@contextmanager
-def atomic_output_dir(target: Path, force: bool = False) -> Iterator[Path]:
-    """Yields an empty temporary folder beside `target`; it becomes `target` only if the block succeeds."""
-    target = Path(target)
-    refuse_existing(target, force)
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _temporary_dir(target: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the result is an ordinary folder
-    try:
-        yield tmp
-        _fsync_tree(tmp)
-        _replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def _temporary_file(target: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.partial-", dir=target.parent)
+    os.close(fd)
+    os.chmod(name, 0o666 & ~_umask())  # mkstemp makes 0600; the result is an ordinary file
+    return Path(name)
 
 
 @contextmanager
-def atomic_output_file(target: Path, force: bool = False) -> Iterator[Path]:
-    """Yields a temporary file path beside `target`; it becomes `target` only if the block succeeds."""
+def _atomic(target: Path, force: bool, make_temporary) -> Iterator[Path]:
     target = Path(target)
     refuse_existing(target, force)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.partial-", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result is an ordinary file
+    tmp = make_temporary(target)
     try:
         yield tmp
         _fsync_tree(tmp)
         _replace(tmp, target)
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def atomic_output_dir(target: Path, force: bool = False):
+    """Yields an empty temporary folder beside `target`; it becomes `target` only if the block succeeds."""
+    return _atomic(target, force, _temporary_dir)
+
+
+def atomic_output_file(target: Path, force: bool = False):
+    """Yields a temporary file path beside `target`; it becomes `target` only if the block succeeds."""
+    return _atomic(target, force, _temporary_file)
