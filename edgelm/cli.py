@@ -283,6 +283,66 @@ def export(
         out.print(f"  {name}: {kind}", markup=False)
 
 
+@app.command()
+def chat(
+    path: Annotated[Path, typer.Argument(help="A model folder, a .gguf file or an ONNX folder.")],
+    system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.7,
+    top_k: Annotated[int, typer.Option(min=0)] = 40,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.95,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    device: DeviceOption = "cpu",
+    threads: ThreadsOption = None,
+    provider: ProviderOption = "cpu",
+) -> None:
+    """Streaming chat with a KV cache. /reset clears the history, /exit (or Ctrl-D) leaves; Ctrl-C stops a reply."""
+    import time
+
+    from .chat import Conversation
+    from .runtime.artifact import open_artifact
+    from .runtime.generate import generate_from_ids
+    from .runtime.sampling import SamplingOptions
+
+    artifact = open_artifact(path, _load_options(None, None, device, threads, provider=provider))
+    conversation = Conversation(artifact.tokenizer, artifact.backend.context_length, max_new_tokens, system)
+    conversation.render([{"role": "user", "content": "check"}])  # a broken template fails now, not mid-chat
+    options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    template = "the model's chat template" if artifact.tokenizer.chat_template else "a plain User:/Assistant: template (the model has none)"
+    out.print(f"[dim]{path} on {artifact.engine}, {template}; /reset, /exit[/dim]")
+    while True:
+        try:
+            user = input("> ")
+        except EOFError:
+            out.print()
+            return
+        except KeyboardInterrupt:
+            out.print()
+            continue
+        if user.strip() == "/exit":
+            return
+        if user.strip() == "/reset":
+            conversation.reset()
+            out.print("[dim]history cleared[/dim]")
+            continue
+        if not user.strip():
+            continue
+        ids, dropped = conversation.prompt_ids(user)
+        if dropped:
+            out.print(f"[dim]dropped the {dropped} oldest exchange(s) to fit the {artifact.backend.context_length}-token context[/dim]")
+        start, count, reply = time.time(), 0, ""
+        try:
+            for piece in generate_from_ids(artifact.backend, artifact.tokenizer, ids, max_new_tokens, options):
+                out.print(piece.text, end="", markup=False)
+                reply += piece.text
+                count += 1
+        except KeyboardInterrupt:
+            out.print(" [dim](stopped)[/dim]", end="")
+        conversation.add_reply(reply.strip())
+        rate = count / max(time.time() - start, 1e-9)
+        out.print(f"\n[dim]{count} tokens, {rate:.1f} tok/s[/dim]")
+
+
 DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "examples" / "data" / "persuasion.txt"
 
 

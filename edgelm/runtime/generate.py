@@ -28,11 +28,26 @@ def generate(
     ids = tokenizer.encode(prompt)
     if not ids:
         raise UserError("the prompt is empty after tokenization", None, "give a non-empty --prompt")
+    return generate_from_ids(backend, tokenizer, ids, max_new_tokens, options)
+
+
+def generate_from_ids(
+    backend: Backend,
+    tokenizer: Tokenizer,
+    ids: list[int],
+    max_new_tokens: int = 64,
+    options: SamplingOptions = SamplingOptions(),
+) -> Iterator[Piece]:
+    """Prefill `ids` from an empty cache, then sample until eos or `max_new_tokens`."""
     if len(ids) >= backend.context_length:
         raise UserError(
-            f"the prompt is {len(ids)} tokens, the context holds {backend.context_length}", None, "shorten the prompt"
+            f"the prompt is {len(ids)} tokens, the context holds {backend.context_length}", None,
+            "shorten the prompt (the last tokens that fit are what a truncation would keep)",
         )
-    max_new_tokens = min(max_new_tokens, backend.context_length - len(ids))
+    return _stream(backend, tokenizer, ids, min(max_new_tokens, backend.context_length - len(ids)), options)
+
+
+def _stream(backend, tokenizer, ids, max_new_tokens, options) -> Iterator[Piece]:
     sampler = Sampler(options)
     backend.reset()
     logits = backend.prefill(ids)

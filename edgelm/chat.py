@@ -1,0 +1,70 @@
+"""Chat turns: the conversation rendered with the model's chat template (jinja2, in the sandbox and
+with the globals transformers' `apply_chat_template` provides), trimmed to fit the context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import UserError
+from .tokenizer import Tokenizer
+
+# Used when neither the tokenizer config nor the GGUF carries a template.
+PLAIN_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def _raise(message: str):
+    raise ValueError(message)
+
+
+def compile_template(source: str):
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    environment.globals["raise_exception"] = _raise
+    try:
+        return environment.from_string(source)
+    except TemplateError as exc:
+        raise UserError(f"the chat template does not compile ({exc})", None, "fix chat_template in tokenizer_config.json") from None
+
+
+@dataclass
+class Conversation:
+    tokenizer: Tokenizer
+    context_length: int
+    reply_budget: int
+    system: str | None = None
+    turns: list[dict] = field(default_factory=list)  # user/assistant messages, oldest first
+
+    def __post_init__(self) -> None:
+        self.template_source = self.tokenizer.chat_template or PLAIN_TEMPLATE
+        self.template = compile_template(self.template_source)
+
+    def render(self, turns: list[dict]) -> str:
+        messages = ([{"role": "system", "content": self.system}] if self.system else []) + turns
+        special = {name: self.tokenizer.config.get(name) for name in ("bos_token", "eos_token")}
+        special = {k: (v.get("content") if isinstance(v, dict) else v) or "" for k, v in special.items()}
+        try:
+            return self.template.render(messages=messages, add_generation_prompt=True, **special)
+        except Exception as exc:  # the template's own raise_exception, undefined names, …
+            raise UserError(f"the chat template failed to render ({exc})", None, "fix chat_template, or start without --system") from None
+
+    def prompt_ids(self, user: str) -> tuple[list[int], int]:
+        """Token ids for the history plus this user turn, and how many old turns were dropped to fit."""
+        self.turns.append({"role": "user", "content": user})
+        dropped = 0
+        while True:
+            ids = self.tokenizer.encode(self.render(self.turns), add_bos=False)
+            if len(ids) + self.reply_budget <= self.context_length or len(self.turns) <= 1:
+                return ids, dropped
+            self.turns = self.turns[2:] if len(self.turns) > 2 else self.turns[1:]  # oldest exchange first
+            dropped += 1
+
+    def add_reply(self, text: str) -> None:
+        self.turns.append({"role": "assistant", "content": text})
+
+    def reset(self) -> None:
+        self.turns = []

@@ -1,0 +1,69 @@
+"""`edgelm chat`, driven as a person would: the real command in a pseudo-terminal."""
+
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from edgelm.chat import Conversation
+from edgelm.errors import UserError
+from edgelm.tokenizer import load_tokenizer
+
+MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "tiny-rope"
+
+
+def spawn(*args):
+    child = pexpect.spawn(sys.executable, ["-m", "edgelm", "chat", str(MODEL), *args], encoding="utf-8", timeout=90,
+                          dimensions=(40, 200))
+    child.expect("/reset, /exit")
+    return child
+
+
+def test_chat_streams_replies_resets_and_exits():
+    child = spawn("--max-new-tokens", "12", "--seed", "1", "--system", "You are Miss Austen.")
+    child.expect("> ")
+    child.sendline("Good morning, how do you do?")
+    child.expect(r"(\d+) tokens, ([\d.]+) tok/s")
+    assert 1 <= int(child.match.group(1)) <= 12
+    child.expect("> ")
+    child.sendline("/reset")
+    child.expect("history cleared")
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_ctrl_c_stops_the_reply_and_keeps_the_session():
+    child = spawn("--max-new-tokens", "2000", "--temperature", "1.0", "--seed", "3")
+    child.expect("> ")
+    child.sendline("Tell me a long story.")
+    child.expect(r"\S", timeout=60)  # the reply has started streaming
+    child.sendintr()
+    child.expect(r"\(stopped\)")
+    child.expect(r"tok/s")
+    child.expect("> ")
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+
+
+def test_history_is_trimmed_oldest_first():
+    conversation = Conversation(load_tokenizer(MODEL), context_length=80, reply_budget=20)
+    total_dropped = 0
+    for i in range(6):
+        ids, dropped = conversation.prompt_ids(f"This is question number {i}, asked at some length to fill the context.")
+        conversation.add_reply(f"Answer {i}.")
+        total_dropped += dropped
+        assert len(ids) + 20 <= 80
+    assert total_dropped > 0
+    assert conversation.turns[-2]["content"].startswith("This is question number 5")
+    assert all("number 0" not in t["content"] for t in conversation.turns)  # the oldest went first
+
+
+def test_broken_template_is_a_user_error():
+    tokenizer = load_tokenizer(MODEL)
+    tokenizer.config = dict(tokenizer.config, chat_template="{% for m in messages %}{{ raise_exception('no roles') }}{% endfor %}")
+    conversation = Conversation(tokenizer, 256, 16)
+    with pytest.raises(UserError, match="failed to render"):
+        conversation.render([{"role": "user", "content": "x"}])
