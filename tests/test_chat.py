@@ -67,3 +67,15 @@ def test_broken_template_is_a_user_error():
     conversation = Conversation(tokenizer, 256, 16)
     with pytest.raises(UserError, match="failed to render"):
         conversation.render([{"role": "user", "content": "x"}])
+
+
+def test_python_api_mirrors_the_cli(run_cli):
+    import json
+
+    import edgelm
+
+    model = edgelm.load(MODEL)
+    text = model.generate("It is a truth universally acknowledged", max_new_tokens=12)
+    code, out, _ = run_cli("generate", MODEL, "--prompt", "It is a truth universally acknowledged", "--max-new-tokens", 12, "--json")
+    assert code == 0 and json.loads(out)["text"] == text and text.strip()
+    assert model.perplexity(MODEL.parent.parent.joinpath("data", "persuasion.txt").read_text()[:4000]) < 300
