@@ -343,6 +343,31 @@ def chat(
         out.print(f"\n[dim]{count} tokens, {rate:.1f} tok/s[/dim]")
 
 
+@app.command()
+def bundle(
+    artifact_path: Annotated[Path, typer.Argument(help="A .gguf file or an ONNX folder from `edgelm export`.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Bundle folder to create.")],
+    zip_it: Annotated[bool, typer.Option("--zip", help="Write OUT.zip instead of a folder.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
+) -> None:
+    """A self-describing, checksummed folder a mobile app ships (ONNX as ORT mobile format + operator config)."""
+    from .bundle import make_bundle
+
+    with err.status("bundling…"):
+        target = make_bundle(artifact_path, out_dir, zip_it, force)
+    out.print(f"wrote {target}", markup=False)
+
+
+@app.command()
+def verify(bundle_path: Annotated[Path, typer.Argument(help="A bundle folder or .zip from `edgelm bundle`.")]) -> None:
+    """Check every file's sha256 against the manifest and load the model."""
+    from .bundle import verify_bundle
+
+    manifest = verify_bundle(bundle_path)
+    out.print(f"ok: {len(manifest['files'])} files match their sha256; {manifest['model']} loads "
+              f"({manifest['family']}, {manifest['format']}, {manifest['quantization']})", markup=False)
+
+
 DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "examples" / "data" / "persuasion.txt"
 
 

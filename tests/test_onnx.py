@@ -151,3 +151,26 @@ def test_parity_command_reports_and_enforces_limits(run_cli, exported):
     assert abs(report["perplexity_change"]) < 1e-5
     code, _, err = run_cli("parity", folder, "--reference", checkpoint.path, "--tokens", 80, "--device", "cpu", "--max-kld", "-1")
     assert code == 1 and "mean KL divergence above the limit" in err
+
+
+def test_bundle_and_verify(run_cli, exported, tmp_path):
+    _, folder = exported("tiny-rope")
+    code, _, err = run_cli("bundle", folder, "--out", tmp_path / "b")
+    assert code == 0, err
+    bundle = tmp_path / "b"
+    assert {"model.ort", "required_operators.config", "genai_config.json", "edgelm.json"} <= {p.name for p in bundle.iterdir()}
+    manifest = json.loads((bundle / "edgelm.json").read_text())
+    assert manifest["family"] == "llama" and set(manifest["files"]) >= {"model.ort", "tokenizer.model"}
+    code, out, err = run_cli("verify", bundle)
+    assert code == 0 and "match their sha256" in out, err
+    code, _, err = run_cli("bundle", folder, "--out", tmp_path / "z", "--zip")
+    assert code == 0 and run_cli("verify", tmp_path / "z.zip")[0] == 0
+
+    with open(bundle / "tokenizer.model", "ab") as handle:  # tampered
+        handle.write(b"x")
+    code, _, err = run_cli("verify", bundle)
+    assert code == 2 and "tokenizer.model does not match its sha256" in err
+    manifest["files"]["../escape.txt"] = {"sha256": "0" * 64, "bytes": 1}
+    (bundle / "edgelm.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli("verify", bundle)
+    assert code == 2 and "outside the bundle" in err
