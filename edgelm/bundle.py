@@ -125,9 +125,10 @@ def verify_bundle(bundle: Path) -> dict:
         files = manifest["files"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise UserError(f"the manifest is not valid ({exc})", manifest_path, "make the bundle again") from None
-    for name, entry in files.items():
+    for name in files:  # every name first: nothing outside the bundle is even opened
         if _outside(name):
             raise UserError(f"the manifest names {name!r}, outside the bundle", manifest_path, "files must stay inside the bundle: make it again")
+    for name, entry in files.items():
         path = bundle / name
         if not path.is_file():
             raise UserError(f"{name} is missing", bundle, "the bundle is incomplete: copy it again")
