@@ -344,6 +344,41 @@ def chat(
 
 
 @app.command()
+def bench(
+    path: Annotated[Path, typer.Argument(help="A model folder, a .gguf file or an ONNX folder.")],
+    prompt_tokens: Annotated[int, typer.Option(min=1)] = 128,
+    new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    threads: ThreadsOption = None,
+    provider: ProviderOption = "cpu",
+    compare: Annotated[bool, typer.Option("--compare", help="Also time the raw engine on the same file.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Time to first token, prefill and decode tok/s, peak RSS, decode roofline; --compare with the raw engine."""
+    from .benchmark import bench as run
+    from .runtime.artifact import open_artifact
+
+    artifact = open_artifact(path, _load_options(None, None, "cpu", threads, context_length=prompt_tokens + new_tokens + 2, provider=provider))
+    text = DEFAULT_TEXT.read_text(encoding="utf-8") if DEFAULT_TEXT.is_file() else "It is a truth universally acknowledged. " * 200
+    prompt = (artifact.tokenizer.encode(text) * (1 + prompt_tokens // 1000))[:prompt_tokens]
+    with err.status("timing…"):
+        result = run(artifact, prompt, new_tokens, compare, threads)
+    report = result.as_dict() | {"engine": artifact.engine}
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    table = Table(title=f"{path} ({artifact.engine})", show_header=False)
+    table.add_row("time to first token", f"{result.time_to_first_token_s * 1000:.1f} ms ({result.prompt_tokens} prompt tokens)")
+    table.add_row("prefill", f"{result.prefill_tok_s:.1f} tok/s")
+    table.add_row("decode", f"{result.decode_tok_s:.2f} tok/s ({result.new_tokens} tokens)")
+    table.add_row("peak RSS", f"{result.peak_rss_bytes / 1e6:.0f} MB")
+    table.add_row("decode roofline", f"{report['roofline_tok_s']:.1f} tok/s = {result.copy_bandwidth_bytes_s / 1e9:.1f} GB/s copy ÷ "
+                  f"{result.weight_bytes / 1e6:.1f} MB weights; reached {report['roofline_fraction']:.0%}")
+    if result.raw_decode_tok_s:
+        table.add_row(f"raw {result.raw_engine}", f"{result.raw_decode_tok_s:.2f} tok/s; edgelm/raw = {report['edgelm_over_raw']:.3f}")
+    out.print(table)
+
+
+@app.command()
 def bundle(
     artifact_path: Annotated[Path, typer.Argument(help="A .gguf file or an ONNX folder from `edgelm export`.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Bundle folder to create.")],

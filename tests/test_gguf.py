@@ -135,3 +135,14 @@ def test_gguf_bad_input(run_cli, preset_dir, tmp_path):
     code, _, err = run_cli("export", folder, "--head-temperatures", temps, "--out", tmp_path / "t.gguf")
     assert code == 2 and "temperatures have shape" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf", "broken.gguf", "m.gguf", "t.json"]  # nothing half-written
+
+
+def test_bench_reports_rates_and_the_raw_engine(run_cli, preset_dir, tmp_path):
+    export_gguf(open_checkpoint(preset_dir("tiny-rope")), tmp_path / "m.gguf", "int8")
+    code, out, err = run_cli("bench", tmp_path / "m.gguf", "--prompt-tokens", 32, "--new-tokens", 8, "--threads", 2, "--compare", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["engine"] == "llama.cpp" and report["raw_engine"] == "llama-cpp-python"
+    for key in ("time_to_first_token_s", "prefill_tok_s", "decode_tok_s", "raw_decode_tok_s", "roofline_tok_s", "peak_rss_bytes"):
+        assert report[key] > 0, key
+    assert 0 < report["weight_bytes"] < (tmp_path / "m.gguf").stat().st_size
