@@ -1,12 +1,13 @@
 """Perplexity against context length for the shipped tiny-nope (trained at 256 tokens): no scaling,
 a uniform λ, HeadScale at the paper's clamp (λ ≥ 1) and relaxed (λ ≥ 0.5), tiny-rope for contrast;
-then the HeadScale model exported to GGUF and run by stock llama.cpp at every length.
+then the HeadScale model exported to GGUF and ONNX and run by stock llama.cpp and onnxruntime at every
+length.
 
     python benchmarks/length_generalization.py [--target-length 2048] [--steps 200]
 
 Calibration reads the training novels only; every perplexity is on held-out persuasion.txt, over the
-same target tokens at every length (edgelm.evaluate.fixed_target_perplexity). Writes
-docs/length-generalization.md (table) and docs/length-generalization.png (plot).
+same target tokens at every length (edgelm.evaluate.fixed_target_perplexity). Writes the table
+into docs/length-generalization.md and the plot to docs/length-generalization.png.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from edgelm.calibrate import CalibrationSettings, calibrate
 from edgelm.evaluate import fixed_target_perplexity
 from edgelm.export.gguf import export_gguf
+from edgelm.export.onnx import export_onnx
 from edgelm.models import open_checkpoint
 from edgelm.runtime.artifact import LoadOptions, open_artifact
 from edgelm.runtime.torch_backend import TorchBackend
@@ -74,6 +76,9 @@ def main() -> None:
         report = export_gguf(open_checkpoint(MODELS / "tiny-nope", head_temperatures=temps), Path(tmp) / "nope.gguf", "f32")
         artifact = open_artifact(report.path, LoadOptions(context_length=max(LENGTHS), f32_kv_cache=True))
         rows[f"tiny-nope, {best}: GGUF f32 in llama.cpp"] = curve(artifact.backend, held_out)
+        del artifact
+        onnx = export_onnx(open_checkpoint(MODELS / "tiny-nope", head_temperatures=temps), Path(tmp) / "onnx", "f32")
+        rows[f"tiny-nope, {best}: ONNX f32 in onnxruntime"] = curve(open_artifact(onnx.path).backend, held_out)
 
     write_report(rows, timings, args)
 
@@ -86,13 +91,15 @@ def write_report(rows: dict[str, dict[int, float]], timings: dict[str, float], a
 
     header = "| model, temperatures | " + " | ".join(str(n) for n in LENGTHS) + " |\n|---|" + "---:|" * len(LENGTHS) + "\n"
     table = header + "".join(f"| {name} | " + " | ".join(f"{v[n]:.2f}" for n in LENGTHS) + " |\n" for name, v in rows.items())
-    (DOCS / "length-generalization-table.md").write_text(
-        f"<!-- written by benchmarks/length_generalization.py --target-length {args.target_length} --steps {args.steps} -->\n"
-        + table + "\nCalibration minutes (2 CPU threads): " + ", ".join(f"{k}: {v}" for k, v in timings.items()) + "\n"
-    )
+    block = (f"<!-- table: written by benchmarks/length_generalization.py --target-length {args.target_length} --steps {args.steps} -->\n"
+             + table + "\nCalibration minutes (2 CPU threads): " + ", ".join(f"{k}: {v}" for k, v in timings.items()) + "\n<!-- /table -->")
+    doc = DOCS / "length-generalization.md"
+    text = doc.read_text()
+    start, end = text.index("<!-- table"), text.index("<!-- /table -->") + len("<!-- /table -->")
+    doc.write_text(text[:start] + block + text[end:])
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for name, values in rows.items():
-        axis.plot(LENGTHS, [values[n] for n in LENGTHS], marker="o", label=name, linestyle="--" if "GGUF" in name else "-")
+        axis.plot(LENGTHS, [values[n] for n in LENGTHS], marker="o", label=name, linestyle=":" if "ONNX" in name else "--" if "GGUF" in name else "-")
     axis.set_xscale("log", base=2)
     axis.set_xticks(LENGTHS, [str(n) for n in LENGTHS])
     axis.set_xlabel("context length (tokens); training length 256")
