@@ -515,12 +515,23 @@ def calibrate(
               f"{report['heldout_perplexity']} ({report['method']}); λ in [{result.table.min():.3f}, {result.table.max():.3f}]; wrote {out_path}", markup=False)
 
 
+INTERRUPTED = 130  # what typer returns for Ctrl-C
+
+
 def main() -> None:
+    """Run the CLI: a user mistake is one line and exit 2; Ctrl-C says nothing was left half-written."""
+    from typer.exceptions import TyperException
+
     try:
-        app()
+        code = app(standalone_mode=False)
     except UserError as exc:
         err.print(f"error: {exc.line()}", markup=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err.print("interrupted; nothing was left half-written")
-        sys.exit(130)
+    except typer.Abort:  # Ctrl-D at a prompt
+        sys.exit(1)
+    except TyperException as exc:  # usage errors: click's own message, exit 2
+        exc.show()
+        sys.exit(exc.exit_code)
+    if code == INTERRUPTED:
+        sys.stderr.write("\ninterrupted; nothing was left half-written\n")
+    sys.exit(code if isinstance(code, int) else 0)

@@ -146,3 +146,29 @@ def test_bench_reports_rates_and_the_raw_engine(run_cli, preset_dir, tmp_path):
     for key in ("time_to_first_token_s", "prefill_tok_s", "decode_tok_s", "raw_decode_tok_s", "roofline_tok_s", "peak_rss_bytes"):
         assert report[key] > 0, key
     assert 0 < report["weight_bytes"] < (tmp_path / "m.gguf").stat().st_size
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "onnx"])
+def test_interrupted_export_leaves_nothing(run_cli, preset_dir, tmp_path, monkeypatch, fmt):
+    import edgelm.export.gguf as gguf_export
+    import edgelm.export.onnx as onnx_export
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if fmt == "gguf":
+        real = gguf_export._tensors
+
+        def some_then_interrupt(*args, **kwargs):  # a few tensors reach the file, then Ctrl-C
+            for i, item in enumerate(real(*args, **kwargs)):
+                if i == 5:
+                    raise KeyboardInterrupt
+                yield item
+
+        monkeypatch.setattr(gguf_export, "_tensors", some_then_interrupt)
+    else:
+        monkeypatch.setattr(onnx_export, "_export_graph", interrupted)
+    out = tmp_path / "out"
+    code, _, err = run_cli("export", preset_dir("tiny-rope"), "--format", fmt, "--quant", "f32", "--out", out)
+    assert code == 130 and "nothing was left half-written" in err
+    assert list(tmp_path.iterdir()) == []
