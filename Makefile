@@ -24,8 +24,10 @@ demo: $(VENV)/.installed
 	$(EDGELM) inspect $(MODEL)
 	$(EDGELM) generate $(MODEL) --prompt "$(PROMPT)" --max-new-tokens 40
 	$(EDGELM) export $(MODEL) --format gguf --quant int4 --out $(DEMO_DIR)/tiny-nope-q4_k_m.gguf
+	$(EDGELM) parity $(DEMO_DIR)/tiny-nope-q4_k_m.gguf --reference $(MODEL)
 	$(EDGELM) generate $(DEMO_DIR)/tiny-nope-q4_k_m.gguf --prompt "$(PROMPT)" --max-new-tokens 40
 	$(EDGELM) export $(MODEL) --format onnx --quant int4 --out $(DEMO_DIR)/tiny-nope-int4-onnx
+	$(EDGELM) parity $(DEMO_DIR)/tiny-nope-int4-onnx --reference $(MODEL)
 	$(EDGELM) generate $(DEMO_DIR)/tiny-nope-int4-onnx --prompt "$(PROMPT)" --max-new-tokens 40
 
 test: $(VENV)/.installed

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType, MODEL_ARCH_NAMES, quants
+from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType, MODEL_ARCH_NAMES, quants
 
 from .. import __version__
 from ..errors import UserError
@@ -98,11 +98,8 @@ def _tensor_type(shape: tuple[int, ...], wanted: GGMLQuantizationType) -> GGMLQu
     """1-D tensors (norms, biases) stay f32, as in llama.cpp; rows that don't fill a block fall back to f16."""
     if len(shape) < 2:
         return Q.F32
-    if wanted in quants._type_traits or wanted == Q.F16:
-        block = quants.GGML_QUANT_SIZES[wanted][0]
-        if shape[-1] % block:
-            return Q.F16
-    return wanted
+    block = GGML_QUANT_SIZES[wanted][0]  # 1 for float types
+    return Q.F16 if shape[-1] % block else wanted
 
 
 def _encode(array: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
@@ -120,7 +117,7 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     writer = GGUFWriter(str(path), arch)
     writer.add_name(checkpoint.path.resolve().name)
     writer.add_file_type(file_type)
-    if wanted in quants._type_traits:
+    if wanted not in FLOAT_TYPES.values():
         writer.add_quantization_version(GGML_QUANT_VERSION)
     for key, value in family.gguf_hparams(spec).items():
         vtype = {bool: GGUFValueType.BOOL, int: GGUFValueType.UINT32, float: GGUFValueType.FLOAT32}[type(value)]
@@ -140,7 +137,7 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     for gguf_name, name in plan.items():
         shape = checkpoint.tensors.shapes[family.tied_tensors(spec).get(name, name)]
         qtype = types[gguf_name] = _tensor_type(shape, wanted)
-        block, type_size = quants.GGML_QUANT_SIZES[qtype]
+        block, type_size = GGML_QUANT_SIZES[qtype]
         writer.add_tensor_info(gguf_name, shape, np.float32, int(np.prod(shape)) // block * type_size, raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
