@@ -42,7 +42,7 @@ RECIPES = {
     "tiny-rope": {"steps": 500, "lr": 3e-3},
     "tiny-nope": {"steps": 500, "lr": 3e-3},
     "tiny-ngen4": {"steps": 500, "lr": 3e-3},
-    "tiny-tokenformer": {"steps": 500, "lr": 3e-3},
+    "tiny-tokenformer": {"steps": 800, "lr": 3e-3},  # 500 steps reached 0.21 of the unigram perplexity
 }
 
 
