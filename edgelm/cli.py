@@ -147,6 +147,9 @@ def generate(
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.0,
     top_k: Annotated[int, typer.Option(min=0)] = 0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    min_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.0,
+    repetition_penalty: Annotated[float, typer.Option(min=0.0)] = 1.0,
+    stop: Annotated[Optional[list[str]], typer.Option(help="Stop before this text (repeatable).")] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
     position_encoding: PositionEncodingOption = None,
     head_temperatures: TemperaturesOption = None,
@@ -162,8 +165,9 @@ def generate(
     from .runtime.sampling import SamplingOptions
 
     artifact = open_artifact(path, _load_options(position_encoding, head_temperatures, device, threads, gpu_layers, provider=provider))
-    options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    pieces = run(artifact.backend, artifact.tokenizer, prompt, max_new_tokens, options)
+    options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                              repetition_penalty=repetition_penalty, seed=seed)
+    pieces = run(artifact.backend, artifact.tokenizer, prompt, max_new_tokens, options, tuple(stop or ()))
     if as_json:
         collected = list(pieces)
         text = "".join(p.text for p in collected)

@@ -24,11 +24,12 @@ def generate(
     prompt: str,
     max_new_tokens: int = 64,
     options: SamplingOptions = SamplingOptions(),
+    stop: tuple[str, ...] = (),
 ) -> Iterator[Piece]:
     ids = tokenizer.encode(prompt)
     if not ids:
         raise UserError("the prompt is empty after tokenization", None, "give a non-empty --prompt")
-    return generate_from_ids(backend, tokenizer, ids, max_new_tokens, options)
+    return generate_from_ids(backend, tokenizer, ids, max_new_tokens, options, stop)
 
 
 def generate_from_ids(
@@ -37,24 +38,25 @@ def generate_from_ids(
     ids: list[int],
     max_new_tokens: int = 64,
     options: SamplingOptions = SamplingOptions(),
+    stop: tuple[str, ...] = (),
 ) -> Iterator[Piece]:
-    """Prefill `ids` from an empty cache, then sample until eos or `max_new_tokens`."""
+    """Prefill `ids` from an empty cache, then sample until eos, a stop string or `max_new_tokens`."""
     if len(ids) >= backend.context_length:
         raise UserError(
             f"the prompt is {len(ids)} tokens, the context holds {backend.context_length}", None,
             "shorten the prompt (the last tokens that fit are what a truncation would keep)",
         )
-    return _stream(backend, tokenizer, ids, min(max_new_tokens, backend.context_length - len(ids)), options)
+    return _stream(backend, tokenizer, ids, min(max_new_tokens, backend.context_length - len(ids)), options, stop)
 
 
-def _stream(backend, tokenizer, ids, max_new_tokens, options) -> Iterator[Piece]:
+def _stream(backend, tokenizer, ids, max_new_tokens, options, stop) -> Iterator[Piece]:
     sampler = Sampler(options)
     backend.reset()
     logits = backend.prefill(ids)
     produced: list[int] = []
     shown = tokenizer.decode(ids)  # decode with the prompt, so a leading space is not lost
     for _ in range(max_new_tokens):
-        token = sampler(logits)
+        token = sampler(logits, ids + produced)
         if token == tokenizer.eos_id:
             return
         produced.append(token)
@@ -62,7 +64,12 @@ def _stream(backend, tokenizer, ids, max_new_tokens, options) -> Iterator[Piece]
         if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
             yield Piece(token, "")
         else:
-            yield Piece(token, text[len(shown):])
+            new = text[len(shown):]
+            hit = min((i for i in (new.find(s) for s in stop) if i >= 0), default=-1)
+            if hit >= 0:  # a stop string: yield what precedes it, then end
+                yield Piece(token, new[:hit])
+                return
+            yield Piece(token, new)
             shown = text
         if len(produced) < max_new_tokens:
             logits = backend.decode(token)

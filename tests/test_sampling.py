@@ -1,0 +1,64 @@
+"""The one sampler and the streaming loop, on synthetic logits (no model needed)."""
+
+import numpy as np
+
+from edgelm.runtime.backend import Backend
+from edgelm.runtime.generate import generate_from_ids
+from edgelm.runtime.sampling import Sampler, SamplingOptions
+
+
+def test_greedy_top_k_top_p_min_p():
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    assert Sampler(SamplingOptions())(logits) == 0
+    draws = lambda **o: {Sampler(SamplingOptions(temperature=1.0, seed=s, **o))(logits) for s in range(200)}  # noqa: E731
+    assert draws(top_k=2) == {0, 1}
+    assert draws(top_p=0.75) == {0, 1}  # 0.5 + 0.3 passes 0.75
+    assert draws(min_p=0.5) == {0, 1}  # 0.15 < 0.5 × 0.5
+    assert draws() == {0, 1, 2, 3}
+    assert Sampler(SamplingOptions(temperature=1.0, seed=7))(logits) == Sampler(SamplingOptions(temperature=1.0, seed=7))(logits)
+
+
+def test_repetition_penalty_demotes_seen_tokens():
+    logits = np.array([2.0, 1.9, -1.0])
+    assert Sampler(SamplingOptions(repetition_penalty=1.2))(logits, seen=[0]) == 1
+    assert Sampler(SamplingOptions(repetition_penalty=1.0))(logits, seen=[0]) == 0
+
+
+class Scripted(Backend):
+    """Emits a fixed token sequence greedily."""
+
+    def __init__(self, script, vocab=8):
+        self.script, self.vocab, self.context_length, self.n = script, vocab, 100, 0
+
+    def reset(self):
+        self.n = 0
+
+    @property
+    def position(self):
+        return self.n
+
+    def forward(self, ids):
+        rows = []
+        for _ in ids:
+            self.n += 1
+            row = np.zeros(self.vocab, np.float32)
+            row[self.script[min(self.n - 1, len(self.script) - 1)]] = 1
+            rows.append(row)
+        return np.stack(rows)
+
+
+class Letters:
+    """Token i is the letter 'a' + i; 7 is the end."""
+
+    eos_id = 7
+
+    def decode(self, ids):
+        return "".join(chr(ord("a") + i) for i in ids)
+
+
+def test_stream_stops_at_eos_and_at_stop_strings():
+    script = [0, 1, 2, 3, 4, 7]  # after the 2-token prompt, positions 1.. emit b c d e <eos>
+    pieces = list(generate_from_ids(Scripted(script), Letters(), [0, 0], max_new_tokens=10))
+    assert "".join(p.text for p in pieces) == "bcde" and len(pieces) == 4
+    pieces = list(generate_from_ids(Scripted(script), Letters(), [0, 0], max_new_tokens=10, stop=("d",)))
+    assert "".join(p.text for p in pieces) == "bc"
