@@ -1,5 +1,6 @@
 """`edgelm chat`, driven as a person would: the real command in a pseudo-terminal."""
 
+import signal
 import sys
 from pathlib import Path
 
@@ -13,9 +14,15 @@ from edgelm.tokenizer import load_tokenizer
 MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "tiny-rope"
 
 
+def _default_sigint():
+    # a job started in the background by a non-interactive shell inherits SIGINT ignored; Ctrl-C
+    # must reach the chat as it does in a terminal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(*args):
     child = pexpect.spawn(sys.executable, ["-m", "edgelm", "chat", str(MODEL), *args], encoding="utf-8", timeout=90,
-                          dimensions=(40, 200))
+                          dimensions=(40, 200), preexec_fn=_default_sigint)
     child.expect("/reset, /exit")
     return child
 
