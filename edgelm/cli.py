@@ -331,11 +331,11 @@ def chat(
             continue
         if not user.strip():
             continue
-        ids, dropped = conversation.prompt_ids(user)
-        if dropped:
-            out.print(f"[dim]dropped the {dropped} oldest exchange(s) to fit the {artifact.backend.context_length}-token context[/dim]")
         start, count, reply = time.time(), 0, ""
         try:
+            ids, dropped = conversation.prompt_ids(user)
+            if dropped:
+                out.print(f"[dim]dropped the {dropped} oldest exchange(s) to fit the {artifact.backend.context_length}-token context[/dim]")
             for piece in generate_from_ids(artifact.backend, artifact.tokenizer, ids, max_new_tokens, options):
                 out.print(piece.text, end="", markup=False)
                 reply += piece.text
