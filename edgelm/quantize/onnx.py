@@ -21,8 +21,11 @@ def quantize_onnx(path: Path, quant: str) -> list[str]:
         quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
         notes = ["int8: dynamic quantization, QInt8 weights on every MatMul"]
     elif quant == "int4":
+        import logging
+
         from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
+        logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line per node
         config = DefaultWeightOnlyQuantConfig(block_size=INT4_BLOCK, is_symmetric=True, accuracy_level=INT4_ACCURACY_LEVEL)
         quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), algo_config=config)
         quantizer.process()
