@@ -11,6 +11,7 @@ Pickle checkpoints (`*.bin`) are refused unless the caller allows them, and then
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -139,6 +140,7 @@ class Checkpoint:
     position_encoding_rule: str
     temperature_source: str
     temperatures_file: Path | None
+    module_shapes: dict[str, tuple[int, ...]]  # the family module's state dict, tied aliases included
 
     def head_temperatures(self) -> torch.Tensor:
         """[num_layers, num_heads] λ table the model runs with."""
@@ -163,14 +165,10 @@ class Checkpoint:
     def weight_names(self) -> list[str]:
         """Module tensors the checkpoint supplies (tied aliases come with their source)."""
         aliases = self.family.tied_tensors(self.spec)
-        with torch.device("meta"):
-            names = self.family.build(self.spec).state_dict().keys()
-        return [n for n in names if n not in aliases]
+        return [n for n in self.module_shapes if n not in aliases]
 
     def parameter_count(self) -> int:
-        with torch.device("meta"):
-            model = self.family.build(self.spec)
-        return sum(p.numel() for p in model.parameters())  # a tied tensor counts once
+        return sum(math.prod(self.module_shapes[n]) for n in self.weight_names())  # a tied tensor counts once
 
 
 def empty_model(family: Family, spec: ModelSpec, device: str | torch.device) -> CausalLM:
@@ -231,8 +229,8 @@ def open_checkpoint(
     tensors = _open_tensors(folder, allow_pickle)
     encoding, rule = _decide_position_encoding(family, spec, config, tensors.names(), position_encoding, config_path)
     spec = replace(spec, position_encoding=encoding)
-    _check_tensors(family, spec, tensors, folder)
-    checkpoint = Checkpoint(folder, config, family, spec, tensors, rule, "default (all 1.0)", None)
+    shapes = _check_tensors(family, spec, tensors, folder)
+    checkpoint = Checkpoint(folder, config, family, spec, tensors, rule, "default (all 1.0)", None, shapes)
     if head_temperatures is not None:
         checkpoint.temperatures_file = Path(head_temperatures)
         checkpoint.temperature_source = f"file {head_temperatures}"
@@ -242,7 +240,8 @@ def open_checkpoint(
     return checkpoint
 
 
-def _check_tensors(family: Family, spec: ModelSpec, tensors: TensorSource, folder: Path) -> None:
+def _check_tensors(family: Family, spec: ModelSpec, tensors: TensorSource, folder: Path) -> dict[str, tuple[int, ...]]:
+    """The module's tensor shapes, after checking the checkpoint supplies exactly those."""
     with torch.device("meta"):
         expected = {n: tuple(t.shape) for n, t in family.build(spec).state_dict().items()}
     aliases = family.tied_tensors(spec)
@@ -266,6 +265,7 @@ def _check_tensors(family: Family, spec: ModelSpec, tensors: TensorSource, folde
     ]
     if wrong:
         raise UserError(f"tensor shapes do not match config.json: {_listed(wrong, 3)}", folder, "config.json and the weights belong to different models")
+    return expected
 
 
 def read_head_temperatures(path: str | Path, spec: ModelSpec) -> torch.Tensor:

@@ -8,7 +8,6 @@ RMSNorm, SwiGLU MLP, grouped-query attention, tied or untied embeddings; Hugging
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from gguf import MODEL_TENSOR, TENSOR_NAMES
 from torch import nn
