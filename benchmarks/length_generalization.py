@@ -7,13 +7,15 @@ length.
 
 Calibration reads the training novels only; every perplexity is on held-out persuasion.txt, over the
 same target tokens at every length (edgelm.evaluate.fixed_target_perplexity). Writes the table
-into docs/length-generalization.md and the plot to docs/length-generalization.png.
+for that target length into docs/length-generalization.md and the plot to
+docs/length-generalization-{target length}.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +30,9 @@ from edgelm.models import open_checkpoint
 from edgelm.runtime.artifact import LoadOptions, open_artifact
 from edgelm.runtime.torch_backend import TorchBackend
 from edgelm.tokenizer import load_tokenizer
+
+sys.path.insert(0, str(Path(__file__).parent))  # the sibling module common.py
+from common import replace_marked_block
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "examples" / "models"
@@ -91,12 +96,12 @@ def write_report(rows: dict[str, dict[int, float]], timings: dict[str, float], a
 
     header = "| model, temperatures | " + " | ".join(str(n) for n in LENGTHS) + " |\n|---|" + "---:|" * len(LENGTHS) + "\n"
     table = header + "".join(f"| {name} | " + " | ".join(f"{v[n]:.2f}" for n in LENGTHS) + " |\n" for name, v in rows.items())
-    block = (f"<!-- table: written by benchmarks/length_generalization.py --target-length {args.target_length} --steps {args.steps} -->\n"
-             + table + "\nCalibration minutes (2 CPU threads): " + ", ".join(f"{k}: {v}" for k, v in timings.items()) + "\n<!-- /table -->")
-    doc = DOCS / "length-generalization.md"
-    text = doc.read_text()
-    start, end = text.index("<!-- table"), text.index("<!-- /table -->") + len("<!-- /table -->")
-    doc.write_text(text[:start] + block + text[end:])
+    marker = f"table-{args.target_length}"
+    block = (f"<!-- {marker}: written by benchmarks/length_generalization.py --target-length {args.target_length} --steps {args.steps} -->\n"
+             + table + "\nCalibration minutes (2 CPU threads): " + ", ".join(f"{k}: {v}" for k, v in timings.items())
+             + f"\n\n![perplexity against context length, calibrated at {args.target_length}](length-generalization-{args.target_length}.png)\n"
+             + f"<!-- /{marker} -->")
+    replace_marked_block(DOCS / "length-generalization.md", block, marker)
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for name, values in rows.items():
         axis.plot(LENGTHS, [values[n] for n in LENGTHS], marker="o", label=name, linestyle=":" if "ONNX" in name else "--" if "GGUF" in name else "-")
@@ -107,7 +112,7 @@ def write_report(rows: dict[str, dict[int, float]], timings: dict[str, float], a
     axis.legend(fontsize=7)
     axis.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(DOCS / "length-generalization.png", dpi=120)
+    figure.savefig(DOCS / f"length-generalization-{args.target_length}.png", dpi=120)
     print(table)
 
 

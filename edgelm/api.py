@@ -17,12 +17,13 @@ class Model:
         self.artifact = artifact
         self.tokenizer = artifact.tokenizer
 
-    def stream(self, prompt: str, max_new_tokens: int = 64, **sampling) -> Iterator[Piece]:
-        """Pieces of text as they are produced (see SamplingOptions for temperature, top_k, top_p, seed)."""
-        return run(self.artifact.backend, self.tokenizer, prompt, max_new_tokens, SamplingOptions(**sampling))
+    def stream(self, prompt: str, max_new_tokens: int = 64, truncate: bool = False, **sampling) -> Iterator[Piece]:
+        """Pieces of text as they are produced (see SamplingOptions for temperature, top_k, top_p, seed);
+        `truncate` keeps the end of a prompt longer than the context."""
+        return run(self.artifact.backend, self.tokenizer, prompt, max_new_tokens, SamplingOptions(**sampling), truncate=truncate)
 
-    def generate(self, prompt: str, max_new_tokens: int = 64, **sampling) -> str:
-        return "".join(piece.text for piece in self.stream(prompt, max_new_tokens, **sampling))
+    def generate(self, prompt: str, max_new_tokens: int = 64, truncate: bool = False, **sampling) -> str:
+        return "".join(piece.text for piece in self.stream(prompt, max_new_tokens, truncate, **sampling))
 
     def perplexity(self, text: str, ctx: int = 256, stride: int | None = None) -> float:
         from .evaluate import perplexity

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .runtime.artifact import Artifact
+from .runtime.backend import Backend
 from .runtime.sampling import Sampler, SamplingOptions
 
 
@@ -62,48 +63,74 @@ def weight_bytes(path: Path) -> int:
     return path.stat().st_size
 
 
-def _raw_decode_rate(artifact: Artifact, prompt: list[int], new_tokens: int, threads: int | None) -> tuple[str, float] | None:
-    if artifact.engine == "llama.cpp":
-        from llama_cpp import Llama
-
-        llm = Llama(model_path=str(artifact.path), n_ctx=len(prompt) + new_tokens + 1, n_threads=threads, verbose=False)
-        llm.eval(prompt)
-        start = time.perf_counter()
-        for _ in range(new_tokens):
-            llm.eval([llm.sample(top_k=1)])
-        return "llama-cpp-python", new_tokens / (time.perf_counter() - start)
-    if artifact.kind == "onnx folder":
-        import onnxruntime_genai as og
-
-        model = og.Model(str(artifact.path))
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=len(prompt) + new_tokens, min_length=len(prompt) + new_tokens, do_sample=False)
-        generator = og.Generator(model, params)
-        generator.append_tokens(np.array([prompt], dtype=np.int32))
-        generator.generate_next_token()
-        start, count = time.perf_counter(), 0
-        while not generator.is_done():
-            generator.generate_next_token()
-            count += 1
-        return "onnxruntime-genai", count / (time.perf_counter() - start)
-    return None
-
-
-def bench(artifact: Artifact, prompt: list[int], new_tokens: int, compare: bool = False, threads: int | None = None) -> BenchResult:
-    backend, sampler = artifact.backend, Sampler(SamplingOptions())
+def time_generation(backend: Backend, prompt: list[int], new_tokens: int) -> tuple[float, float]:
+    """(seconds to the first token, decode tok/s) for greedy generation through edgelm's backend."""
+    sampler = Sampler(SamplingOptions())
     backend.reset()
     start = time.perf_counter()
-    logits = backend.prefill(prompt)
-    token = sampler(logits)
+    token = sampler(backend.prefill(prompt))
     first = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(new_tokens):
         token = sampler(backend.decode(token))
-    decode = new_tokens / (time.perf_counter() - start)
-    raw = _raw_decode_rate(artifact, prompt, new_tokens, threads) if compare else None
+    return first, new_tokens / (time.perf_counter() - start)
+
+
+def llama_cpp_generation(path: Path, prompt: list[int], new_tokens: int, threads: int | None) -> tuple[float, float]:
+    """The same through llama-cpp-python's own eval/sample loop."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=len(prompt) + new_tokens + 1, n_threads=threads, verbose=False)
+    start = time.perf_counter()
+    llm.eval(prompt)
+    token = llm.sample(top_k=1)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        llm.eval([token])
+        token = llm.sample(top_k=1)
+    return first, new_tokens / (time.perf_counter() - start)
+
+
+def genai_generation(folder: Path, prompt: list[int], new_tokens: int, threads: int | None) -> tuple[float, float]:
+    """The same through onnxruntime-genai's generator on an ONNX folder."""
+    import json
+
+    import onnxruntime_genai as og
+
+    config = og.Config(str(folder))
+    if threads:
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+    model = og.Model(config)
+    params = og.GeneratorParams(model)
+    total = len(prompt) + 1 + new_tokens
+    params.set_search_options(max_length=total, min_length=total, do_sample=False)
+    generator = og.Generator(model, params)
+    start = time.perf_counter()
+    generator.append_tokens(np.array([prompt], dtype=np.int32))
+    generator.generate_next_token()
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        generator.generate_next_token()
+    return first, new_tokens / (time.perf_counter() - start)
+
+
+def raw_generation(artifact: Artifact, prompt: list[int], new_tokens: int, threads: int | None) -> tuple[str, float, float] | None:
+    """(engine, seconds to the first token, decode tok/s) through the artifact's raw engine, if it has one."""
+    if artifact.engine == "llama.cpp":
+        return ("llama-cpp-python", *llama_cpp_generation(artifact.path, prompt, new_tokens, threads))
+    if artifact.kind == "onnx folder":
+        return ("onnxruntime-genai", *genai_generation(artifact.path, prompt, new_tokens, threads))
+    return None
+
+
+def bench(artifact: Artifact, prompt: list[int], new_tokens: int, compare: bool = False, threads: int | None = None) -> BenchResult:
+    first, decode = time_generation(artifact.backend, prompt, new_tokens)
+    raw = raw_generation(artifact, prompt, new_tokens, threads) if compare else None
     return BenchResult(
         prompt_tokens=len(prompt), new_tokens=new_tokens, time_to_first_token_s=first, prefill_tok_s=len(prompt) / first,
         decode_tok_s=decode, peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         weight_bytes=weight_bytes(artifact.path), copy_bandwidth_bytes_s=copy_bandwidth(),
-        raw_engine=raw[0] if raw else None, raw_decode_tok_s=raw[1] if raw else None,
+        raw_engine=raw[0] if raw else None, raw_decode_tok_s=raw[2] if raw else None,
     )

@@ -151,6 +151,7 @@ def generate(
     repetition_penalty: Annotated[float, typer.Option(min=0.0)] = 1.0,
     stop: Annotated[Optional[list[str]], typer.Option(help="Stop before this text (repeatable).")] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
+    truncate: Annotated[bool, typer.Option(help="Keep the last tokens of a prompt longer than the context.")] = False,
     position_encoding: PositionEncodingOption = None,
     head_temperatures: TemperaturesOption = None,
     device: DeviceOption = "cpu",
@@ -167,7 +168,7 @@ def generate(
     artifact = open_artifact(path, _load_options(position_encoding, head_temperatures, device, threads, gpu_layers, provider=provider))
     options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                               repetition_penalty=repetition_penalty, seed=seed)
-    pieces = run(artifact.backend, artifact.tokenizer, prompt, max_new_tokens, options, tuple(stop or ()))
+    pieces = run(artifact.backend, artifact.tokenizer, prompt, max_new_tokens, options, tuple(stop or ()), truncate)
     if as_json:
         collected = list(pieces)
         text = "".join(p.text for p in collected)
@@ -231,6 +232,8 @@ def export(
     position_encoding: PositionEncodingOption = None,
     head_temperatures: TemperaturesOption = None,
     allow_pickle: AllowPickleOption = False,
+    int4_embedding: Annotated[bool, typer.Option("--int4-embedding", help="ONNX int4: quantize the embedding table too (GatherBlockQuantized).")] = False,
+    int8_lm_head: Annotated[bool, typer.Option("--int8-lm-head", help="ONNX int4: keep the LM head at 8 bits.")] = False,
     force: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -239,16 +242,18 @@ def export(
     from rich.progress import Progress
 
     from .export.gguf import export_gguf, resolve_type
-    from .export.onnx import QUANTS as ONNX_QUANTS, export_onnx
+    from .export.onnx import check_quant_options, export_onnx
     from .models import open_checkpoint
 
     if format is ExportFormat.onnx:
-        if quant not in ONNX_QUANTS:
-            raise UserError(f"unknown --quant {quant!r} for ONNX", None, f"choose one of {', '.join(ONNX_QUANTS)}")
+        check_quant_options(quant, int4_embedding, int8_lm_head)  # before anything is read
         if gguf_type:
             raise UserError("--gguf-type applies to --format gguf only", None, "drop it or choose --format gguf")
         type_name = quant
     else:
+        if int4_embedding or int8_lm_head:
+            raise UserError("--int4-embedding and --int8-lm-head apply to --format onnx only", None,
+                            "drop them, or use --gguf-type to pick a llama.cpp type")
         type_name = resolve_type(quant, gguf_type)  # a bad --quant fails before anything is read
     checkpoint = open_checkpoint(
         model_dir, position_encoding=position_encoding.value if position_encoding else None,
@@ -258,7 +263,8 @@ def export(
     target = out_path or model_dir.resolve().parent / f"{model_dir.resolve().name}-{type_name.lower()}{suffix}"
     if format is ExportFormat.onnx:
         with err.status("exporting to ONNX…") as status:
-            report = export_onnx(checkpoint, target, quant, force, on_step=lambda text: status.update(text + "…"))
+            report = export_onnx(checkpoint, target, quant, force, on_step=lambda text: status.update(text + "…"),
+                                 int4_embedding=int4_embedding, int8_lm_head=int8_lm_head)
         if as_json:
             out.print_json(json.dumps({"path": str(report.path), "quant": quant, "notes": report.notes}))
             return

@@ -87,3 +87,16 @@ def test_python_api_mirrors_the_cli(run_cli):
     code, out, _ = run_cli("generate", MODEL, "--prompt", "It is a truth universally acknowledged", "--max-new-tokens", 12, "--json")
     assert code == 0 and json.loads(out)["text"] == text and text.strip()
     assert model.perplexity(MODEL.parent.parent.joinpath("data", "persuasion.txt").read_text()[:4000]) < 300
+
+
+def test_prompt_longer_than_the_context_is_refused_or_truncated(run_cli, preset_dir):
+    import json
+
+    model = preset_dir("tiny-rope")
+    context = json.loads((model / "config.json").read_text())["max_position_embeddings"]
+    prompt = "the end of it all " * context  # several tokens per repeat: well past the context
+    code, _, err = run_cli("generate", model, "--prompt", prompt, "--max-new-tokens", 4)
+    assert code == 2 and f"the context holds {context}" in err and "--truncate" in err
+    code, out, err = run_cli("generate", model, "--prompt", prompt, "--max-new-tokens", 4, "--truncate", "--json")
+    assert code == 0, err
+    assert len(json.loads(out)["tokens"]) == 4

@@ -44,34 +44,42 @@ def test_f32_onnx_matches_reference_batch_1(exported, name):
     assert ours.shape == (PREFILL + DECODE, checkpoint.spec.vocab_size)
     assert np.abs(ours - reference).max() <= TOL
     assert (ours.argmax(-1) == reference.argmax(-1)).all()
-    has_positions = "position_ids" in artifact.backend.input_names
-    assert has_positions == (checkpoint.spec.position_encoding == "rope")
+    # GroupQueryAttention counts positions itself: no family's graph takes position_ids
+    assert [i.name for i in artifact.backend.session.get_inputs()][:2] == ["input_ids", "attention_mask"]
+    assert "position_ids" not in {i.name for i in artifact.backend.session.get_inputs()}
 
 
 @pytest.mark.parametrize("name", ["tiny-nope", "tiny-tokenformer"])
 def test_f32_onnx_matches_reference_batch_3(exported, name):
+    """Three rows through the graph directly, one KV buffer per layer and side bound as past and present."""
     import onnxruntime as ort
 
     checkpoint, folder = exported(name)
     spec = checkpoint.spec
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    names = {i.name for i in session.get_inputs()}
     ids = torch.randint(0, spec.vocab_size, (3, PREFILL + DECODE), generator=torch.Generator().manual_seed(3))
     model = checkpoint.load_model()
     with torch.no_grad():
         expected = model(ids)[0].numpy()
-    past = [np.zeros((3, spec.num_kv_heads, 0, spec.head_dim), np.float32)] * (2 * spec.num_layers)
+    capacity = PREFILL + DECODE + 7
+    buffers = [ort.OrtValue.ortvalue_from_numpy(np.zeros((3, spec.num_kv_heads, capacity, spec.head_dim), np.float32))
+               for _ in range(2 * spec.num_layers)]
     got, start = [], 0
     for chunk in [ids[:, :PREFILL]] + [ids[:, t : t + 1] for t in range(PREFILL, PREFILL + DECODE)]:
         n = chunk.shape[1]
-        feeds = {"input_ids": chunk.numpy(), "attention_mask": np.ones((3, start + n), np.int64)}
-        if "position_ids" in names:
-            feeds["position_ids"] = np.tile(np.arange(start, start + n), (3, 1))
-        feeds.update({f"past_key_values.{i // 2}.{('key', 'value')[i % 2]}": p for i, p in enumerate(past)})
-        logits, *past = session.run(None, feeds)
-        got.append(logits)
+        binding = session.io_binding()
+        binding.bind_cpu_input("input_ids", chunk.numpy())
+        binding.bind_cpu_input("attention_mask", np.ones((3, start + n), np.int64))
+        binding.bind_output("logits")
+        for i, buffer in enumerate(buffers):
+            side = ("key", "value")[i % 2]
+            binding.bind_ortvalue_input(f"past_key_values.{i // 2}.{side}", buffer)
+            binding.bind_ortvalue_output(f"present.{i // 2}.{side}", buffer)
+        session.run_with_iobinding(binding)
+        got.append(binding.get_outputs()[0].numpy())
         start += n
     got = np.concatenate(got, axis=1)
+    assert got.shape == expected.shape == (3, PREFILL + DECODE, spec.vocab_size)
     assert np.abs(got - expected).max() <= TOL
     assert (got.argmax(-1) == expected.argmax(-1)).all()
 
@@ -119,10 +127,32 @@ def test_int4_and_int8_quantize_matmuls(exported, tmp_path):
         assert np.isfinite(logits).all()
 
 
+def test_int4_options_quantize_the_embedding_and_keep_the_lm_head_at_8_bits(exported, tmp_path):
+    """tiny-ngen4 ties its LM head to the embedding: the head must still be a constant the quantizer sees."""
+    import onnx
+
+    checkpoint, _ = exported("tiny-ngen4")
+    folder = export_onnx(checkpoint, tmp_path / "q", "int4", int4_embedding=True, int8_lm_head=True).path
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    ops = [node.op_type for node in graph.node]
+    assert "GatherBlockQuantized" in ops and "Transpose" not in ops and "MatMul" not in ops
+    head = next(node for node in graph.node if "logits" in node.output)
+    assert head.op_type == "MatMulNBits" and {a.name: a.i for a in head.attribute}["bits"] == 8
+    ids = list(range(5, 69))
+    reference = TorchBackend(checkpoint.load_model()).forward(ids)
+    ours = open_artifact(folder).backend.forward(ids)
+    # 64 positions of a random-weight model (flat logits, so argmax is fragile): a wrong head correlates ~0
+    assert np.corrcoef(ours.ravel(), reference.ravel())[0, 1] > 0.95
+
+
 def test_onnx_bad_input(run_cli, exported, tmp_path):
     _, folder = exported("tiny-rope")
     code, _, err = run_cli("export", "nowhere", "--format", "onnx", "--quant", "bf16")
     assert code == 2 and "unknown --quant 'bf16' for ONNX" in err
+    code, _, err = run_cli("export", "nowhere", "--format", "onnx", "--quant", "int8", "--int8-lm-head")
+    assert code == 2 and "refine --quant int4" in err
+    code, _, err = run_cli("export", "nowhere", "--format", "gguf", "--int4-embedding")
+    assert code == 2 and "apply to --format onnx only" in err
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy)
     code, _, err = run_cli("generate", copy, "--prompt", "Hello", "--provider", "qnn")
@@ -174,3 +204,12 @@ def test_bundle_and_verify(run_cli, exported, tmp_path):
     (bundle / "edgelm.json").write_text(json.dumps(manifest))
     code, _, err = run_cli("verify", bundle)
     assert code == 2 and "outside the bundle" in err
+
+
+def test_bench_compares_with_onnxruntime_genai(run_cli, exported):
+    _, folder = exported("tiny-rope")
+    code, out, err = run_cli("bench", folder, "--prompt-tokens", 32, "--new-tokens", 8, "--threads", 2, "--compare", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["engine"] == "onnxruntime (cpu)" and report["raw_engine"] == "onnxruntime-genai"
+    assert report["decode_tok_s"] > 0 and report["raw_decode_tok_s"] > 0 and report["edgelm_over_raw"] > 0

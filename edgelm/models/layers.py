@@ -22,6 +22,11 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def rotary_frequencies(rotary_dim: int, theta: float, device: torch.device | None = None) -> torch.Tensor:
+    """[rotary_dim / 2] angular frequencies θ^(-2i/rotary_dim) (RoFormer, Su et al. 2021, eq. 15)."""
+    return 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64, device=device).float() / rotary_dim))
+
+
 def apply_rotary(x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, theta: float) -> torch.Tensor:
     """Rotary embedding in the Hugging Face / GPT-NeoX rotate-half convention on the first `rotary_dim`
     dims of each head (RoFormer, Su et al. 2021, eq. 34); the other dims pass through unchanged.
@@ -30,8 +35,7 @@ def apply_rotary(x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, thet
     """
     if rotary_dim == 0:
         return x
-    inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64, device=x.device).float() / rotary_dim))
-    freqs = positions[:, :, None].float() * inv_freq  # [batch, seq, rotary_dim/2]
+    freqs = positions[:, :, None].float() * rotary_frequencies(rotary_dim, theta, x.device)  # [batch, seq, rotary_dim/2]
     angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # [batch, 1, seq, rotary_dim]
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]

@@ -81,7 +81,7 @@ def _open_onnx(path: Path, options: LoadOptions) -> Artifact:
                         "drop --position-encoding/--head-temperatures, or export again with them")
     genai, manifest = read_onnx_folder(path)
     try:
-        backend = OnnxBackend(path, genai, options.threads, options.provider)
+        backend = OnnxBackend(path, genai, manifest, options.threads, options.provider)
     except UserError:
         raise
     except Exception as exc:  # onnxruntime raises its own types for a damaged graph

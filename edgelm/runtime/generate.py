@@ -25,10 +25,15 @@ def generate(
     max_new_tokens: int = 64,
     options: SamplingOptions = SamplingOptions(),
     stop: tuple[str, ...] = (),
+    truncate: bool = False,
 ) -> Iterator[Piece]:
+    """`truncate`: a prompt the context cannot hold keeps its last tokens, leaving room for
+    `max_new_tokens` (at most half the context), as llama.cpp's examples keep the end of a long prompt."""
     ids = tokenizer.encode(prompt)
     if not ids:
         raise UserError("the prompt is empty after tokenization", None, "give a non-empty --prompt")
+    if truncate and len(ids) >= backend.context_length:
+        ids = ids[-(backend.context_length - min(max_new_tokens, backend.context_length // 2)):]
     return generate_from_ids(backend, tokenizer, ids, max_new_tokens, options, stop)
 
 
@@ -44,7 +49,7 @@ def generate_from_ids(
     if len(ids) >= backend.context_length:
         raise UserError(
             f"the prompt is {len(ids)} tokens, the context holds {backend.context_length}", None,
-            "shorten the prompt (the last tokens that fit are what a truncation would keep)",
+            "shorten the prompt, or pass --truncate to keep its last tokens",
         )
     return _stream(backend, tokenizer, ids, min(max_new_tokens, backend.context_length - len(ids)), options, stop)
 

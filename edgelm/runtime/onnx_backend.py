@@ -1,8 +1,9 @@
 """ONNX Runtime behind the runtime interface, for the folders `edgelm export --format onnx` writes.
 
-The KV cache stays in ONNX Runtime's own OrtValues between calls (`run_with_ort_values`): a decode step
-hands the previous step's present tensors straight back as the next past, without a round trip
-through numpy.
+The KV cache is one preallocated OrtValue per layer and side, bound with IO binding as both
+`past_key_values.{i}.*` and `present.{i}.*` (the graph's GroupQueryAttention writes the new positions
+into it in place), so a decode step copies no cache and its cost does not grow with the buffer. The
+buffers start at the model's context length and double when a longer sequence needs room.
 """
 
 from __future__ import annotations
@@ -39,43 +40,61 @@ def session_for(model: Path, threads: int | None, provider: str):
 
 
 class OnnxBackend(Backend):
-    def __init__(self, folder: Path, genai: dict, threads: int | None = None, provider: str = "cpu"):
+    def __init__(self, folder: Path, genai: dict, manifest: dict, threads: int | None = None, provider: str = "cpu"):
         import onnxruntime as ort
 
         decoder = genai["model"]["decoder"]
+        self.folder = folder
         self.session = session_for(folder / decoder["filename"], threads, provider)
         self.layers = decoder["num_hidden_layers"]
         self.kv_heads, self.head_size = decoder["num_key_value_heads"], decoder["head_size"]
         self.context_length = genai["model"]["context_length"]
-        self.input_names = {i.name for i in self.session.get_inputs()}
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.rotary_positions = manifest.get("rotary_table_positions", 0)  # 0: no rotary, no limit
+        past = {i.name: i.type for i in self.session.get_inputs()}["past_key_values.0.key"]
+        self.cache_dtype = np.float16 if past == "tensor(float16)" else np.float32
         self._ort = ort
+        self.buffers: list = []
         self.reset()
 
     def reset(self) -> None:
-        empty = np.zeros((1, self.kv_heads, 0, self.head_size), dtype=np.float32)
-        self.past = [self._ort.OrtValue.ortvalue_from_numpy(empty) for _ in range(2 * self.layers)]
         self._position = 0
 
     @property
     def position(self) -> int:
         return self._position
 
+    def _reserve(self, length: int) -> None:
+        """Buffers of at least `length` positions, keeping the first `position` ones."""
+        capacity = self.buffers[0].shape()[2] if self.buffers else 0
+        if length <= capacity:
+            return
+        capacity = max(length, 2 * capacity, self.context_length)
+        grown = []
+        for i in range(2 * self.layers):
+            array = np.zeros((1, self.kv_heads, capacity, self.head_size), self.cache_dtype)
+            if self.buffers and self._position:
+                array[:, :, : self._position] = self.buffers[i].numpy()[:, :, : self._position]
+            grown.append(self._ort.OrtValue.ortvalue_from_numpy(array))
+        self.buffers = grown
+
     def forward(self, ids: list[int]) -> np.ndarray:
-        ort = self._ort
         start, n = self._position, len(ids)
-        feeds = {
-            "input_ids": ort.OrtValue.ortvalue_from_numpy(np.array([ids], dtype=np.int64)),
-            "attention_mask": ort.OrtValue.ortvalue_from_numpy(np.ones((1, start + n), dtype=np.int64)),
-        }
-        if "position_ids" in self.input_names:
-            feeds["position_ids"] = ort.OrtValue.ortvalue_from_numpy(np.arange(start, start + n, dtype=np.int64)[None])
+        if self.rotary_positions and start + n > self.rotary_positions:
+            raise UserError(f"position {start + n} is past the {self.rotary_positions} positions of this model's rotary "
+                            "tables", self.folder, "use a shorter text or context")
+        self._reserve(start + n)
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.array([ids], dtype=np.int64))
+        binding.bind_cpu_input("attention_mask", np.ones((1, start + n), dtype=np.int64))
+        binding.bind_output("logits")
         for i in range(self.layers):
-            feeds[f"past_key_values.{i}.key"], feeds[f"past_key_values.{i}.value"] = self.past[2 * i], self.past[2 * i + 1]
-        outputs = self.session.run_with_ort_values(self.output_names, feeds)
-        self.past = list(outputs[1:])
+            for j, side in enumerate(("key", "value")):
+                buffer = self.buffers[2 * i + j]
+                binding.bind_ortvalue_input(f"past_key_values.{i}.{side}", buffer)
+                binding.bind_ortvalue_output(f"present.{i}.{side}", buffer)
+        self.session.run_with_iobinding(binding)
         self._position = start + n
-        return outputs[0].numpy()[0].astype(np.float32)
+        return binding.get_outputs()[0].numpy()[0].astype(np.float32)
 
 
 def read_onnx_folder(folder: Path) -> tuple[dict, dict]:
