@@ -22,7 +22,8 @@ app = typer.Typer(
     add_completion=False,
 )
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # errors and failed checks: always shown
+info = Console(stderr=True, highlight=False, soft_wrap=True)  # progress, notes, warnings: silenced by --quiet
 
 
 class PositionEncoding(str, Enum):
@@ -53,8 +54,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, notes or warnings; errors still print.")] = False,
 ) -> None:
-    pass
+    info.quiet = quiet
 
 
 @app.command()
@@ -74,7 +76,7 @@ def init(
         return
     if out_dir is None:
         raise UserError("OUT_DIR is missing", None, f"usage: edgelm init {preset} OUT_DIR")
-    with err.status(f"writing {preset}…"):
+    with info.status(f"writing {preset}…"):
         write_preset(preset, out_dir, seed=seed, force=force)
     out.print(f"wrote {preset} to {out_dir}")
 
@@ -208,7 +210,7 @@ def perplexity(
     ids = artifact.tokenizer.encode(text.read_text(encoding="utf-8"))[:max_tokens]
     if len(ids) < 2:
         raise UserError("the text has fewer than 2 tokens", text, "give a longer text")
-    with Progress(console=err, transient=True, disable=as_json) as progress:
+    with Progress(console=info, transient=True, disable=as_json) as progress:
         task = progress.add_task("scoring", total=None)
         result = score(artifact.backend, ids, ctx, stride, on_window=lambda i, n: progress.update(task, completed=i, total=n))
     if as_json:
@@ -262,18 +264,18 @@ def export(
     suffix = "-onnx" if format is ExportFormat.onnx else ".gguf"
     target = out_path or model_dir.resolve().parent / f"{model_dir.resolve().name}-{type_name.lower()}{suffix}"
     if format is ExportFormat.onnx:
-        with err.status("exporting to ONNX…") as status:
+        with info.status("exporting to ONNX…") as status:
             report = export_onnx(checkpoint, target, quant, force, on_step=lambda text: status.update(text + "…"),
                                  int4_embedding=int4_embedding, int8_lm_head=int8_lm_head)
         if as_json:
             out.print_json(json.dumps({"path": str(report.path), "quant": quant, "notes": report.notes}))
             return
         for note in report.notes:
-            err.print(f"note: {note}", markup=False)
+            info.print(f"note: {note}", markup=False)
         size = sum(p.stat().st_size for p in report.path.iterdir())
         out.print(f"wrote {report.path} ({size / 1e6:.1f} MB, {quant}): model.onnx, genai_config.json, tokenizer, edgelm.json", markup=False)
         return
-    with Progress(console=err, transient=True, disable=as_json) as progress:
+    with Progress(console=info, transient=True, disable=as_json) as progress:
         task = progress.add_task(f"exporting {type_name}", total=len(checkpoint.weight_names()))
         report = export_gguf(checkpoint, target, quant, gguf_type, force, on_tensor=lambda _: progress.advance(task))
     summary = {
@@ -284,7 +286,7 @@ def export(
         out.print_json(json.dumps(summary | {"tensors": report.tensor_types}))
         return
     for note in report.notes:
-        err.print(f"note: {note}", markup=False, soft_wrap=True)
+        info.print(f"note: {note}", markup=False, soft_wrap=True)
     main_type = max(report.type_counts(), key=report.type_counts().get)
     others = {n: t for n, t in report.tensor_types.items() if t not in (main_type, "F32")}
     out.print(f"wrote {report.path} ({summary['bytes'] / 1e6:.1f} MB, arch {report.arch}, {report.file_type})", markup=False)
@@ -370,7 +372,7 @@ def bench(
     artifact = open_artifact(path, _load_options(None, None, "cpu", threads, context_length=prompt_tokens + new_tokens + 2, provider=provider))
     text = DEFAULT_TEXT.read_text(encoding="utf-8") if DEFAULT_TEXT.is_file() else "It is a truth universally acknowledged. " * 200
     prompt = (artifact.tokenizer.encode(text) * (1 + prompt_tokens // 1000))[:prompt_tokens]
-    with err.status("timing…"):
+    with info.status("timing…"):
         result = run(artifact, prompt, new_tokens, compare, threads)
     report = result.as_dict() | {"engine": artifact.engine}
     if as_json:
@@ -398,7 +400,7 @@ def bundle(
     """A self-describing, checksummed folder a mobile app ships (ONNX as ORT mobile format + operator config)."""
     from .bundle import make_bundle
 
-    with err.status("bundling…"):
+    with info.status("bundling…"):
         target = make_bundle(artifact_path, out_dir, zip_it, force)
     out.print(f"wrote {target}", markup=False)
 
@@ -441,7 +443,7 @@ def parity(
     ids = ref.tokenizer.encode(text.read_text(encoding="utf-8"))[:tokens + 1]
     if len(ids) < 3:
         raise UserError("the text is too short", text, "give a longer text")
-    with err.status("comparing…"):
+    with info.status("comparing…"):
         report = compare(ref.backend, art.backend, ids)
     result = report.as_dict() | {"reference": f"{reference} ({ref.engine})", "artifact": f"{artifact_path} ({art.engine})"}
     failed = [name for name, limit, value in [("mean KL divergence", max_kld, report.mean_kld),
@@ -495,7 +497,7 @@ def calibrate(
     checkpoint = open_checkpoint(model_dir, position_encoding=position_encoding.value if position_encoding else None)
     training_length = (checkpoint.config.get("edgelm") or {}).get("training_length", checkpoint.spec.max_positions)
     if target_length <= training_length:
-        err.print(f"warning: --target-length {target_length} is not above the training length {training_length}; "
+        info.print(f"warning: --target-length {target_length} is not above the training length {training_length}; "
                   "temperatures matter past it", markup=False)
     ids = load_tokenizer(model_dir).encode(text.read_text(encoding="utf-8"))
     settings = CalibrationSettings(target_length=target_length, steps=steps, lr=lr, lr_late=lr_late, init=init,
@@ -508,7 +510,7 @@ def calibrate(
     if not model.attention_modules():
         raise UserError("this model has no attention heads to scale", model_dir, "calibration applies to attention models")
     columns = (TextColumn("[bold]calibrating"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=True, disable=as_json) as progress:
+    with Progress(*columns, console=info, transient=True, disable=as_json) as progress:
         task = progress.add_task("calibrate", total=steps, loss=float("nan"))
         result = run(model, ids, settings, on_step=lambda i, n, loss: progress.update(task, completed=i, total=n, loss=loss))
     with atomic_output_file(out_path, force) as tmp:
@@ -520,7 +522,7 @@ def calibrate(
         out.print_json(json.dumps(result.as_json()))
         return
     if result.interrupted:
-        err.print("interrupted: kept the best temperatures so far")
+        info.print("interrupted: kept the best temperatures so far")
     out.print(f"held-out perplexity at length {target_length}: {report['heldout_perplexity_before']} with λ = 1 → "
               f"{report['heldout_perplexity']} ({report['method']}); λ in [{result.table.min():.3f}, {result.table.max():.3f}]; wrote {out_path}", markup=False)
 

@@ -172,3 +172,13 @@ def test_interrupted_export_leaves_nothing(run_cli, preset_dir, tmp_path, monkey
     code, _, err = run_cli("export", preset_dir("tiny-rope"), "--format", fmt, "--quant", "f32", "--out", out)
     assert code == 130 and "nothing was left half-written" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_quiet_silences_notes_but_not_errors(run_cli, preset_dir, tmp_path):
+    folder = preset_dir("tiny-tokenformer")
+    code, _, err = run_cli("export", folder, "--quant", "int4", "--out", tmp_path / "a.gguf")
+    assert code == 0 and "note: " in err and "Q4_K_M" in err
+    code, _, err = run_cli("--quiet", "export", folder, "--quant", "int4", "--out", tmp_path / "b.gguf")
+    assert code == 0 and err == ""
+    code, _, err = run_cli("--quiet", "export", folder, "--quant", "int4", "--out", tmp_path / "b.gguf")
+    assert code == 2 and "output already exists" in err
