@@ -33,10 +33,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", nargs="+", choices=sorted(PRESETS), default=sorted(PRESETS))
     args = parser.parse_args()
-    from edgelm.benchmark import genai_generation, time_generation
+    from edgelm.benchmark import WARMUP_STEPS, genai_generation, time_generation
     from edgelm.runtime.artifact import LoadOptions, open_artifact
 
-    long = 2048 - args.tokens - 1  # the presets' context is 2048; onnxruntime-genai stops there
+    long = 2048 - WARMUP_STEPS - args.tokens - 2  # the presets' context is 2048; onnxruntime-genai stops there
     exports, rows = {}, []
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         work = Path(tmp)

@@ -31,7 +31,7 @@ from common import EDGELM, folder_bytes, replace_marked_block, run_measured
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PRESETS = {"NoPE 1.1B": "tinyllama-nope-1.1b", "RoPE 1.1B": "tinyllama-1.1b", "TokenFormer 150M": "tokenformer-150m"}
 FORMATS = [("gguf", "int4", ".gguf"), ("gguf", "int8", ".gguf"), ("onnx", "int4", ""), ("onnx", "int8", "")]
-CONTEXTS = (128, 512, 1024, 1984)  # + 32 decoded stays inside the presets' 2048 positions
+CONTEXTS = (128, 512, 1024, 1984)  # + warm-up and 32 timed steps stays inside the presets' 2048 positions
 
 
 def bench(artifact: Path, prompt_tokens: int, new_tokens: int, threads: int, compare: bool = False) -> dict:

@@ -63,6 +63,9 @@ def weight_bytes(path: Path) -> int:
     return path.stat().st_size
 
 
+WARMUP_STEPS = 4  # untimed decode steps first: a fresh session's first steps fault pages and grow arenas
+
+
 def time_generation(backend: Backend, prompt: list[int], new_tokens: int) -> tuple[float, float]:
     """(seconds to the first token, decode tok/s) for greedy generation through edgelm's backend."""
     sampler = Sampler(SamplingOptions())
@@ -70,6 +73,8 @@ def time_generation(backend: Backend, prompt: list[int], new_tokens: int) -> tup
     start = time.perf_counter()
     token = sampler(backend.prefill(prompt))
     first = time.perf_counter() - start
+    for _ in range(WARMUP_STEPS):
+        token = sampler(backend.decode(token))
     start = time.perf_counter()
     for _ in range(new_tokens):
         token = sampler(backend.decode(token))
@@ -80,11 +85,14 @@ def llama_cpp_generation(path: Path, prompt: list[int], new_tokens: int, threads
     """The same through llama-cpp-python's own eval/sample loop."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), n_ctx=len(prompt) + new_tokens + 1, n_threads=threads, verbose=False)
+    llm = Llama(model_path=str(path), n_ctx=len(prompt) + WARMUP_STEPS + new_tokens + 1, n_threads=threads, verbose=False)
     start = time.perf_counter()
     llm.eval(prompt)
     token = llm.sample(top_k=1)
     first = time.perf_counter() - start
+    for _ in range(WARMUP_STEPS):
+        llm.eval([token])
+        token = llm.sample(top_k=1)
     start = time.perf_counter()
     for _ in range(new_tokens):
         llm.eval([token])
@@ -103,13 +111,15 @@ def genai_generation(folder: Path, prompt: list[int], new_tokens: int, threads: 
         config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
     model = og.Model(config)
     params = og.GeneratorParams(model)
-    total = len(prompt) + 1 + new_tokens
+    total = len(prompt) + 1 + WARMUP_STEPS + new_tokens
     params.set_search_options(max_length=total, min_length=total, do_sample=False)
     generator = og.Generator(model, params)
     start = time.perf_counter()
     generator.append_tokens(np.array([prompt], dtype=np.int32))
     generator.generate_next_token()
     first = time.perf_counter() - start
+    for _ in range(WARMUP_STEPS):
+        generator.generate_next_token()
     start = time.perf_counter()
     for _ in range(new_tokens):
         generator.generate_next_token()

@@ -366,10 +366,11 @@ def bench(
     as_json: JsonOption = False,
 ) -> None:
     """Time to first token, prefill and decode tok/s, peak RSS, decode roofline; --compare with the raw engine."""
-    from .benchmark import bench as run
+    from .benchmark import WARMUP_STEPS, bench as run
     from .runtime.artifact import open_artifact
 
-    artifact = open_artifact(path, _load_options(None, None, "cpu", threads, context_length=prompt_tokens + new_tokens + 2, provider=provider))
+    context = prompt_tokens + WARMUP_STEPS + new_tokens + 2
+    artifact = open_artifact(path, _load_options(None, None, "cpu", threads, context_length=context, provider=provider))
     text = DEFAULT_TEXT.read_text(encoding="utf-8") if DEFAULT_TEXT.is_file() else "It is a truth universally acknowledged. " * 200
     prompt = (artifact.tokenizer.encode(text) * (1 + prompt_tokens // 1000))[:prompt_tokens]
     with info.status("timing…"):

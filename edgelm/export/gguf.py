@@ -11,6 +11,7 @@ target; for an edgelm-defined architecture (tokenformer) gguf-py's `gguf.quants`
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections import Counter
@@ -152,6 +153,9 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
 def _quantize_with_llama_cpp(source: Path, target: Path, file_type: LlamaFileType) -> None:
     import llama_cpp
 
+    # llama.cpp logs a line per tensor through llama-cpp-python's logger; edgelm prints its own summary
+    # (Llama(verbose=False) sets the same level)
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(file_type)
     params.nthread = os.cpu_count() or 1

@@ -60,13 +60,10 @@ class GroupQueryAttention(nn.Module):
     node over the shared KV buffer (same inputs and outputs as CausalSelfAttention, but `past` is the
     whole buffer and `positions` is unused: the op derives positions from the mask)."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, rotary_tables: tuple[torch.Tensor, torch.Tensor] | None):
         super().__init__()
         self.spec = spec
-        if spec.rotated_dims:
-            angles = torch.arange(rotary_table_positions(spec)).float()[:, None] * rotary_frequencies(spec.rotated_dims, spec.rope_theta)
-            self.register_buffer("cos_table", angles.cos(), persistent=False)  # [positions, rotated_dims / 2]
-            self.register_buffer("sin_table", angles.sin(), persistent=False)
+        self.rotary_tables = rotary_tables  # shared by every layer: one cos and one sin initializer in the graph
 
     def forward(self, q, k, v, positions, past, attention_mask):
         spec = self.spec
@@ -74,7 +71,7 @@ class GroupQueryAttention(nn.Module):
         query = merge_heads(q)  # [batch, seq, heads·head_dim]
         seqlens_k = (attention_mask.sum(1) - 1).to(torch.int32)  # [batch]: index of each row's last token
         total = torch.tensor(attention_mask.shape[1], dtype=torch.int32)
-        rotary = (self.cos_table, self.sin_table) if spec.rotated_dims else (None, None)
+        rotary = self.rotary_tables or (None, None)
         out, key_buffer, value_buffer = torch.onnx.ops.symbolic_multi_out(
             "com.microsoft::GroupQueryAttention",
             [query, merge_heads(k), merge_heads(v), past[0], past[1], seqlens_k, total, *rotary],
@@ -88,12 +85,17 @@ class GroupQueryAttention(nn.Module):
 def with_group_query_attention(model: CausalLM) -> CausalLM:
     """The model with every CausalSelfAttention replaced by a GroupQueryAttention node (temperatures
     must already be folded into the weights: the node has none)."""
+    spec = model.spec
+    tables = None
+    if spec.rotated_dims:
+        angles = torch.arange(rotary_table_positions(spec)).float()[:, None] * rotary_frequencies(spec.rotated_dims, spec.rope_theta)
+        tables = (angles.cos(), angles.sin())  # [positions, rotated_dims / 2]
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if isinstance(child, CausalSelfAttention):
                 if not torch.all(child.head_temperature == 1):
                     raise ValueError("fold the head temperatures into the weights before exporting")
-                setattr(parent, name, GroupQueryAttention(model.spec))
+                setattr(parent, name, GroupQueryAttention(spec, tables))
     return model
 
 

@@ -58,7 +58,6 @@ class TensorSource:
         self.files = files  # tensor name → file holding it
         self.shapes = shapes
         self._pickled = pickled
-        self._handles: dict[Path, Any] = {}
 
     def names(self) -> list[str]:
         return list(self.shapes)
@@ -67,10 +66,11 @@ class TensorSource:
         if self._pickled is not None:
             return self._pickled[name]
         file = self.files[name]
-        if file not in self._handles:
-            self._handles[file] = safe_open(str(file), framework="pt")
         try:
-            return self._handles[file].get_tensor(name)
+            # a mapping per read: the pages it touched leave the process with it, so streaming a
+            # checkpoint tensor by tensor keeps resident memory at about one tensor, not the whole file
+            with safe_open(str(file), framework="pt") as handle:
+                return handle.get_tensor(name)
         except Exception as exc:  # safetensors raises its own error types for truncated data
             raise UserError(f"cannot read tensor {name} ({exc})", file, "the file is damaged: re-download or re-export it") from None
 
