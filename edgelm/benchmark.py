@@ -41,16 +41,22 @@ class BenchResult:
         return asdict(self) | extra
 
 
-def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
-    """Bytes per second moved by a large memory copy (read + write counted once, as a weight read)."""
-    source = np.ones(megabytes * 1024 * 1024 // 8)
-    target = np.empty_like(source)
+def copy_bandwidth(threads: int | None = None, megabytes: int = 512, repeats: int = 5) -> float:
+    """Memory bandwidth in bytes per second, STREAM-style: a large copy on `threads` threads (as many as
+    the engine uses), counting the bytes read and the bytes written."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    source = torch.ones(megabytes * 1024 * 1024 // 4)
+    target = torch.empty_like(source)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        np.copyto(target, source)
+        target.copy_(source)
         best = min(best, time.perf_counter() - start)
-    return source.nbytes / best
+    torch.set_num_threads(previous)
+    return 2 * source.numel() * source.element_size() / best
 
 
 def weight_bytes(path: Path) -> int:
@@ -141,6 +147,6 @@ def bench(artifact: Artifact, prompt: list[int], new_tokens: int, compare: bool 
     return BenchResult(
         prompt_tokens=len(prompt), new_tokens=new_tokens, time_to_first_token_s=first, prefill_tok_s=len(prompt) / first,
         decode_tok_s=decode, peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        weight_bytes=weight_bytes(artifact.path), copy_bandwidth_bytes_s=copy_bandwidth(),
+        weight_bytes=weight_bytes(artifact.path), copy_bandwidth_bytes_s=copy_bandwidth(threads),
         raw_engine=raw[0] if raw else None, raw_decode_tok_s=raw[2] if raw else None,
     )
