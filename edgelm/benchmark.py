@@ -60,13 +60,37 @@ def copy_bandwidth(threads: int | None = None, megabytes: int = 512, repeats: in
 
 
 def weight_bytes(path: Path) -> int:
+    """Bytes of weights a decode step reads: everything but an embedding table that is only gathered
+    (one row per token); a table that is also the LM head is read whole and counts."""
     if path.suffix == ".gguf":
         from .runtime.gguf_file import open_gguf
 
-        return int(sum(t.n_bytes for t in open_gguf(path).reader.tensors))
+        tensors = {t.name: int(t.n_bytes) for t in open_gguf(path).reader.tensors}
+        if "output.weight" in tensors:  # untied: token_embd is only gathered
+            tensors.pop("token_embd.weight", None)
+        return sum(tensors.values())
+    if (path / "model.onnx").is_file():
+        return _onnx_weight_bytes(path / "model.onnx")
     if path.is_dir():
-        return sum(p.stat().st_size for p in path.iterdir() if p.suffix in (".onnx", ".data", ".safetensors", ".ort"))
+        return sum(p.stat().st_size for p in path.iterdir() if p.suffix in (".safetensors", ".ort"))
     return path.stat().st_size
+
+
+def _onnx_weight_bytes(model_path: Path) -> int:
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    consumers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+    total = 0
+    for tensor in graph.initializer:
+        if consumers.get(tensor.name, set()) <= {"Gather", "GatherBlockQuantized"} and tensor.name in consumers:
+            continue
+        external = {entry.key: entry.value for entry in tensor.external_data}
+        total += int(external["length"]) if "length" in external else len(tensor.raw_data)
+    return total
 
 
 WARMUP_STEPS = 4  # untimed decode steps first: a fresh session's first steps fault pages and grow arenas
