@@ -115,7 +115,9 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        # x / sqrt(·), not x * rsqrt(·) (equal to an ulp): onnxruntime fuses this form into one
+        # SimplifiedLayerNormalization kernel, the other stays five ops per norm in exported graphs
+        x = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(dtype)
 
 
