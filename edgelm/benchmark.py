@@ -86,7 +86,8 @@ def _onnx_weight_bytes(model_path: Path) -> int:
             consumers.setdefault(name, set()).add(node.op_type)
     total = 0
     for tensor in graph.initializer:
-        if consumers.get(tensor.name, set()) <= {"Gather", "GatherBlockQuantized"} and tensor.name in consumers:
+        uses = consumers.get(tensor.name)
+        if uses and uses <= {"Gather", "GatherBlockQuantized"}:  # an embedding table: one row per token
             continue
         external = {entry.key: entry.value for entry in tensor.external_data}
         total += int(external["length"]) if "length" in external else len(tensor.raw_data)

@@ -1,6 +1,6 @@
 """ONNX Runtime behind the runtime interface, for the folders `edgelm export --format onnx` writes.
 
-The KV cache is one preallocated OrtValue per layer and side, bound with IO binding as both
+The KV cache is one preallocated OrtValue per layer and side, bound once with IO binding as both
 `past_key_values.{i}.*` and `present.{i}.*` (the graph's GroupQueryAttention writes the new positions
 into it in place), so a decode step copies no cache and its cost does not grow with the buffer. The
 buffers start at the model's context length and double when a longer sequence needs room.
@@ -50,10 +50,15 @@ class OnnxBackend(Backend):
         self.kv_heads, self.head_size = decoder["num_key_value_heads"], decoder["head_size"]
         self.context_length = genai["model"]["context_length"]
         self.rotary_positions = manifest.get("rotary_table_positions", 0)  # 0: no rotary, no limit
-        past = {i.name: i.type for i in self.session.get_inputs()}["past_key_values.0.key"]
-        self.cache_dtype = np.float16 if past == "tensor(float16)" else np.float32
+        # (past input, present output) names per buffer, from the patterns genai_config.json declares
+        names = {**decoder["inputs"], **decoder["outputs"]}
+        self.buffer_names = [(names[f"past_{side}_names"] % i, names[f"present_{side}_names"] % i)
+                             for i in range(self.layers) for side in ("key", "value")]
+        past_type = {i.name: i.type for i in self.session.get_inputs()}[self.buffer_names[0][0]]
+        self.cache_dtype = np.float16 if past_type == "tensor(float16)" else np.float32
         self._ort = ort
         self.buffers: list = []
+        self.binding = self.session.io_binding()
         self.reset()
 
     def reset(self) -> None:
@@ -64,17 +69,22 @@ class OnnxBackend(Backend):
         return self._position
 
     def _reserve(self, length: int) -> None:
-        """Buffers of at least `length` positions, keeping the first `position` ones."""
+        """Buffers of at least `length` positions, keeping the first `position` ones, each bound once as
+        both past input and present output."""
         capacity = self.buffers[0].shape()[2] if self.buffers else 0
         if length <= capacity:
             return
         capacity = max(length, 2 * capacity, self.context_length)
         grown = []
-        for i in range(2 * self.layers):
+        self.binding.clear_binding_outputs()
+        self.binding.bind_output("logits")  # output 0; forward rebinds it in place
+        for i, (past, present) in enumerate(self.buffer_names):
             array = np.zeros((1, self.kv_heads, capacity, self.head_size), self.cache_dtype)
             if self.buffers and self._position:
                 array[:, :, : self._position] = self.buffers[i].numpy()[:, :, : self._position]
             grown.append(self._ort.OrtValue.ortvalue_from_numpy(array))
+            self.binding.bind_ortvalue_input(past, grown[-1])
+            self.binding.bind_ortvalue_output(present, grown[-1])
         self.buffers = grown
 
     def forward(self, ids: list[int]) -> np.ndarray:
@@ -83,18 +93,12 @@ class OnnxBackend(Backend):
             raise UserError(f"position {start + n} is past the {self.rotary_positions} positions of this model's rotary "
                             "tables", self.folder, "use a shorter text or context")
         self._reserve(start + n)
-        binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", np.array([ids], dtype=np.int64))
-        binding.bind_cpu_input("attention_mask", np.ones((1, start + n), dtype=np.int64))
-        binding.bind_output("logits")
-        for i in range(self.layers):
-            for j, side in enumerate(("key", "value")):
-                buffer = self.buffers[2 * i + j]
-                binding.bind_ortvalue_input(f"past_key_values.{i}.{side}", buffer)
-                binding.bind_ortvalue_output(f"present.{i}.{side}", buffer)
-        self.session.run_with_iobinding(binding)
+        self.binding.bind_cpu_input("input_ids", np.array([ids], dtype=np.int64))
+        self.binding.bind_cpu_input("attention_mask", np.ones((1, start + n), dtype=np.int64))
+        self.binding.bind_output("logits")  # unallocated again: its shape follows the ids
+        self.session.run_with_iobinding(self.binding)
         self._position = start + n
-        return binding.get_outputs()[0].numpy()[0].astype(np.float32)
+        return self.binding.get_outputs()[0].numpy()[0].astype(np.float32, copy=False)
 
 
 def read_onnx_folder(folder: Path) -> tuple[dict, dict]:
