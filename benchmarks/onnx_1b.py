@@ -4,9 +4,10 @@ For tinyllama-nope-1.1b and tinyllama-1.1b: `edgelm export --format onnx --quant
 and folder size, then time to first token (128-token prompt) and decode tok/s at 64 and ~2048 tokens of
 context through edgelm's runtime and through onnxruntime-genai on the same folder. For the RoPE model
 also onnxruntime-genai's own model builder (`python -m onnxruntime_genai.models.builder -p int4 -e cpu`)
-on the same checkpoint, run by onnxruntime-genai.
+on the same checkpoint, run by onnxruntime-genai. Each edgelm export is made with a float and with an
+int8 KV cache (`--kv-cache int8`).
 
-    python benchmarks/onnx_1b.py [--work DIR] [--tokens 32] [--threads 2] [--models nope rope]
+    python benchmarks/onnx_1b.py [--work DIR] [--tokens 32] [--threads 2] [--models nope rope] [--kv-caches float int8]
 
 Targets (issue #4): decode at 2048 ≥ 0.85 × decode at 64 (RoPE, edgelm); edgelm's int4 decode ≥ the builder's.
 """
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32, help="decode steps timed per context")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", nargs="+", choices=sorted(PRESETS), default=sorted(PRESETS))
+    parser.add_argument("--kv-caches", nargs="+", choices=["float", "int8"], default=["float", "int8"])
     args = parser.parse_args()
     from edgelm.benchmark import WARMUP_STEPS, genai_generation, time_generation
     from edgelm.runtime.artifact import LoadOptions, open_artifact
@@ -44,8 +46,12 @@ def main() -> None:
             preset = PRESETS[key]
             model = work / key
             run_measured([*EDGELM, "init", preset, model])
-            made = {"edgelm": work / f"{key}-int4"}
-            exports[f"{key} edgelm"] = run_measured([*EDGELM, "export", model, "--format", "onnx", "--quant", "int4", "--out", made["edgelm"]])
+            made = {}
+            for kv_cache in args.kv_caches:
+                exporter = "edgelm" + (", int8 KV" if kv_cache == "int8" else "")
+                made[exporter] = work / f"{key}-int4-{kv_cache}"
+                exports[f"{key} {exporter}"] = run_measured([*EDGELM, "export", model, "--format", "onnx", "--quant", "int4",
+                                                             "--kv-cache", kv_cache, "--out", made[exporter]])
             if key == "rope":
                 made["builder"] = work / f"{key}-builder"
                 exports[f"{key} builder"] = run_measured([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", model,
@@ -53,7 +59,7 @@ def main() -> None:
             for exporter, folder in made.items():
                 exports[f"{key} {exporter}"]["bytes"] = folder_bytes(folder)
                 runners = {"onnxruntime-genai": lambda context, f=folder: genai_generation(f, prompt_ids(context), args.tokens, args.threads)}
-                if exporter == "edgelm":
+                if exporter.startswith("edgelm"):
                     backend = open_artifact(folder, LoadOptions(threads=args.threads)).backend
                     runners["edgelm"] = lambda context, b=backend: time_generation(b, prompt_ids(context), args.tokens)
                 for runtime, run in runners.items():

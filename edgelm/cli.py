@@ -219,6 +219,10 @@ def perplexity(
         out.print(f"perplexity {result.perplexity:.3f} over {result.tokens} tokens (ctx {result.ctx}, stride {result.stride}; {artifact.engine})")
 
 
+DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "examples" / "data" / "persuasion.txt"  # held out from training
+CALIBRATION_TEXT = DEFAULT_TEXT.with_name("emma.txt")  # a training novel
+
+
 class ExportFormat(str, Enum):
     gguf = "gguf"
     onnx = "onnx"
@@ -236,6 +240,8 @@ def export(
     allow_pickle: AllowPickleOption = False,
     int4_embedding: Annotated[bool, typer.Option("--int4-embedding", help="ONNX int4: quantize the embedding table too (GatherBlockQuantized).")] = False,
     int8_lm_head: Annotated[bool, typer.Option("--int8-lm-head", help="ONNX int4: keep the LM head at 8 bits.")] = False,
+    kv_cache: Annotated[str, typer.Option("--kv-cache", help="ONNX: float | int8 (KV buffers in int8, per-channel scales calibrated on --calibration-text).")] = "float",
+    calibration_text: Annotated[Optional[Path], typer.Option("--calibration-text", help="ONNX --kv-cache int8: UTF-8 text to calibrate on (default: a shipped training novel).")] = None,
     force: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -248,7 +254,10 @@ def export(
     from .models import open_checkpoint
 
     if format is ExportFormat.onnx:
-        check_quant_options(quant, int4_embedding, int8_lm_head)  # before anything is read
+        check_quant_options(quant, int4_embedding, int8_lm_head, kv_cache)  # before anything is read
+        if calibration_text and kv_cache != "int8":
+            raise UserError("--calibration-text calibrates --kv-cache int8", None, "add --kv-cache int8 or drop it")
+        calibration_text = calibration_text or (CALIBRATION_TEXT if kv_cache == "int8" and CALIBRATION_TEXT.is_file() else None)
         if gguf_type:
             raise UserError("--gguf-type applies to --format gguf only", None, "drop it or choose --format gguf")
         type_name = quant
@@ -256,6 +265,9 @@ def export(
         if int4_embedding or int8_lm_head:
             raise UserError("--int4-embedding and --int8-lm-head apply to --format onnx only", None,
                             "drop them, or use --gguf-type to pick a llama.cpp type")
+        if kv_cache != "float" or calibration_text:
+            raise UserError("--kv-cache and --calibration-text apply to --format onnx only", None,
+                            "drop them: llama.cpp chooses its KV cache type when it loads the file")
         type_name = resolve_type(quant, gguf_type)  # a bad --quant fails before anything is read
     checkpoint = open_checkpoint(
         model_dir, position_encoding=position_encoding.value if position_encoding else None,
@@ -266,7 +278,8 @@ def export(
     if format is ExportFormat.onnx:
         with info.status("exporting to ONNX…") as status:
             report = export_onnx(checkpoint, target, quant, force, on_step=lambda text: status.update(text + "…"),
-                                 int4_embedding=int4_embedding, int8_lm_head=int8_lm_head)
+                                 int4_embedding=int4_embedding, int8_lm_head=int8_lm_head, kv_cache=kv_cache,
+                                 calibration_text=calibration_text)
         if as_json:
             out.print_json(json.dumps({"path": str(report.path), "quant": quant, "notes": report.notes}))
             return
@@ -416,7 +429,6 @@ def verify(bundle_path: Annotated[Path, typer.Argument(help="A bundle folder or 
               f"({manifest['family']}, {manifest['format']}, {manifest['quantization']})", markup=False)
 
 
-DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "examples" / "data" / "persuasion.txt"
 
 
 @app.command()

@@ -61,16 +61,19 @@ class CausalSelfAttention(nn.Module):
 
     def forward(
         self,
-        q: torch.Tensor,  # [batch, heads, seq, head_dim]
-        k: torch.Tensor,  # [batch, kv_heads, seq, head_dim]
-        v: torch.Tensor,  # [batch, kv_heads, seq, head_dim]
+        q: torch.Tensor,  # [batch, seq, heads·head_dim]
+        k: torch.Tensor,  # [batch, seq, kv_heads·head_dim]
+        v: torch.Tensor,  # [batch, seq, kv_heads·head_dim]
         positions: torch.Tensor,  # [batch, seq]
-        past: tuple[torch.Tensor, torch.Tensor] | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None,  # [batch, kv_heads, past, head_dim] each
         attention_mask: torch.Tensor | None,  # [batch, past + seq], 1 = attend, 0 = padding
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Returns the heads' outputs [batch, seq, heads·head_dim] and the cache with this call's keys
+        and values appended."""
         spec = self.spec
-        q = apply_rotary(q, positions, spec.rotated_dims, spec.rope_theta)
-        k = apply_rotary(k, positions, spec.rotated_dims, spec.rope_theta)
+        q = apply_rotary(split_heads(q, spec.num_heads), positions, spec.rotated_dims, spec.rope_theta)
+        k = apply_rotary(split_heads(k, spec.num_kv_heads), positions, spec.rotated_dims, spec.rope_theta)
+        v = split_heads(v, spec.num_kv_heads)
         if past is not None:
             k = torch.cat((past[0], k), dim=2)
             v = torch.cat((past[1], v), dim=2)
@@ -82,7 +85,7 @@ class CausalSelfAttention(nn.Module):
         q = q * (self.head_temperature.to(q.dtype)[:, None, None] / math.sqrt(spec.head_dim))
         # query i sits at absolute position total - seq + i and sees keys 0..that position
         if attention_mask is None and seq == total:  # plain causal prefill: let SDPA pick a fused kernel
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0), present
+            return merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)), present
         causal = torch.ones(seq, total, dtype=torch.bool, device=q.device).tril(total - seq)
         mask = causal[None, None]
         if attention_mask is not None:
@@ -91,7 +94,7 @@ class CausalSelfAttention(nn.Module):
             itself = causal ^ causal.tril(total - seq - 1)
             mask = (mask & attention_mask.bool()[:, None, None, :]) | itself
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
-        return out, present
+        return merge_heads(out), present
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from gguf import MODEL_TENSOR, TENSOR_NAMES
 from torch import nn
 
-from .layers import CausalLM, CausalSelfAttention, RMSNorm, merge_heads, split_heads
+from .layers import CausalLM, CausalSelfAttention, RMSNorm
 from .registry import Family, register
 from .spec import ModelSpec
 from .util import config_value
@@ -30,11 +30,8 @@ class LlamaAttention(nn.Module):
         self.spec = spec
 
     def forward(self, x, positions, past, attention_mask):
-        q = split_heads(self.q_proj(x), self.spec.num_heads)
-        k = split_heads(self.k_proj(x), self.spec.num_kv_heads)
-        v = split_heads(self.v_proj(x), self.spec.num_kv_heads)
-        out, present = self.attention(q, k, v, positions, past, attention_mask)
-        return self.o_proj(merge_heads(out)), present
+        out, present = self.attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), positions, past, attention_mask)
+        return self.o_proj(out), present
 
 
 class LlamaMLP(nn.Module):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from gguf import MODEL_TENSOR, TENSOR_NAMES
 from torch import nn
 
-from .layers import CausalLM, CausalSelfAttention, merge_heads, split_heads
+from .layers import CausalLM, CausalSelfAttention
 from .registry import Family, register
 from .spec import ModelSpec
 from .util import config_value
@@ -46,9 +46,8 @@ class NGen4Attention(nn.Module):
 
     def forward(self, x, positions, past, attention_mask):
         q, k, v = self.c_attn(x).split(self.spec.hidden_size, dim=-1)
-        heads = self.spec.num_heads
-        out, present = self.attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads), positions, past, attention_mask)
-        return self.c_proj(merge_heads(out)), present
+        out, present = self.attention(q, k, v, positions, past, attention_mask)
+        return self.c_proj(out), present
 
 
 class NGen4MLP(nn.Module):

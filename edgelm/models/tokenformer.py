@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import CausalLM, CausalSelfAttention, merge_heads, split_heads
+from .layers import CausalLM, CausalSelfAttention
 from .registry import Family, register
 from .spec import ModelSpec
 from .util import config_value
@@ -49,10 +49,8 @@ class TokenFormerAttention(nn.Module):
         self.spec = spec
 
     def forward(self, x, positions, past, attention_mask):
-        heads = self.spec.num_heads
-        q, k, v = (split_heads(p(x), heads) for p in (self.query, self.key, self.value))
-        out, present = self.attention(q, k, v, positions, past, attention_mask)
-        return self.proj(merge_heads(out)), present
+        out, present = self.attention(self.query(x), self.key(x), self.value(x), positions, past, attention_mask)
+        return self.proj(out), present
 
 
 class TokenFormerLayer(nn.Module):

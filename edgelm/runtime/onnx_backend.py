@@ -23,6 +23,8 @@ PROVIDERS = {
     "webgpu": "WebGpuExecutionProvider", "dml": "DmlExecutionProvider", "openvino": "OpenVINOExecutionProvider",
 }
 
+CACHE_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8}
+
 
 def session_for(model: Path, threads: int | None, provider: str):
     import onnxruntime as ort
@@ -55,7 +57,7 @@ class OnnxBackend(Backend):
         self.buffer_names = [(names[f"past_{side}_names"] % i, names[f"present_{side}_names"] % i)
                              for i in range(self.layers) for side in ("key", "value")]
         past_type = {i.name: i.type for i in self.session.get_inputs()}[self.buffer_names[0][0]]
-        self.cache_dtype = np.float16 if past_type == "tensor(float16)" else np.float32
+        self.cache_dtype = CACHE_DTYPES[past_type]
         self._ort = ort
         self.buffers: list = []
         self.binding = self.session.io_binding()
