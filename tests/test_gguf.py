@@ -167,7 +167,7 @@ def test_interrupted_export_leaves_nothing(run_cli, preset_dir, tmp_path, monkey
 
         monkeypatch.setattr(gguf_export, "_tensors", some_then_interrupt)
     else:
-        monkeypatch.setattr(onnx_export, "_export_graph", interrupted)
+        monkeypatch.setattr(onnx_export, "_in_child_process", interrupted)  # Ctrl-C while the graph is traced
     out = tmp_path / "out"
     code, _, err = run_cli("export", preset_dir("tiny-rope"), "--format", fmt, "--quant", "f32", "--out", out)
     assert code == 130 and "nothing was left half-written" in err

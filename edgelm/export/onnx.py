@@ -27,9 +27,9 @@ import logging
 import math
 import multiprocessing
 import shutil
+import traceback
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +50,7 @@ QUANTS = ("f32", "f16", "int8", "int4")
 KV_CACHES = ("float", "int8")
 KV_CALIBRATION_TOKENS = 1024  # tokens of calibration text run through the model for the int8 KV scales
 INT8_MAX = 127
+CHILD_GRACE_SECONDS = 10  # how long an interrupted export waits for its tracing process to stop by itself
 MODEL_FILE = "model.onnx"
 ROTARY_TABLE_POSITIONS = 32768  # rows of the cos/sin tables; RoPE positions past max(this, max_positions) are refused
 
@@ -287,9 +288,36 @@ def _in_child_process(function: Callable, *args):
     """function(*args) in a fresh interpreter, so all it allocated is returned when it ends: the traced
     graph outlives torch.onnx.export (onnxscript 0.7.2's module-level rewrite rules keep the last graph
     they matched) and with it the fp32 weights, which would stay resident through quantization (1.1B:
-    4.6 GB). Costs about 2 s of imports."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
+    4.6 GB). Costs about 2 s of imports. Ctrl-C stops both (a child still busy after
+    CHILD_GRACE_SECONDS is terminated)."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_run_and_send, args=(sender, function, args))
+    child.start()
+    sender.close()
+    try:
+        succeeded, value, child_traceback = receiver.recv()
+    except EOFError:  # it died without a word (killed, out of memory)
+        child.join()
+        raise RuntimeError(f"the export process ended without a result (exit code {child.exitcode})") from None
+    finally:
+        child.join(CHILD_GRACE_SECONDS)  # after Ctrl-C, the child stops at its next Python line
+        if child.is_alive():
+            child.terminate()
+            child.join()
+    if not succeeded:
+        value.add_note(f"in the export process:\n{child_traceback}")
+        raise value
+    return value
+
+
+def _run_and_send(connection, function: Callable, args: tuple) -> None:
+    try:
+        connection.send((True, function(*args), None))
+    except Exception as exc:  # handed to the parent, which raises it
+        connection.send((False, exc, traceback.format_exc()))
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole terminal group: the parent reports it
+        pass
 
 
 @dataclass
