@@ -90,10 +90,13 @@ def inspect(
     as_json: JsonOption = False,
 ) -> None:
     """Family, dims, parameter count, position encoding and which rule decided it, temperatures, tokenizer."""
-    from .inspection import describe_checkpoint, describe_gguf
+    from .inspection import describe_checkpoint, describe_gguf, describe_onnx
+    from .runtime.artifact import is_onnx_folder
 
     if path.suffix == ".gguf" and not path.is_dir():
         info = describe_gguf(path)
+    elif is_onnx_folder(path):
+        info = describe_onnx(path)
     else:
         info = describe_checkpoint(
             path,

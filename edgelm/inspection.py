@@ -80,3 +80,45 @@ def describe_gguf(path: Path) -> dict[str, Any]:
         "tokenizer_model": gguf.field("tokenizer.ggml.model"),
         "edgelm_version": gguf.field("edgelm.version"),
     }
+
+
+def describe_onnx(folder: Path) -> dict[str, Any]:
+    """An ONNX folder from `edgelm export`: its manifest, genai_config's dims, and the graph's operators
+    and KV cache type (the graph is read without its external weights)."""
+    from collections import Counter
+
+    import onnx
+
+    from .errors import UserError
+    from .runtime.onnx_backend import read_onnx_folder
+
+    genai, manifest = read_onnx_folder(folder)
+    decoder = genai["model"]["decoder"]
+    try:
+        graph = onnx.load(str(folder / decoder["filename"]), load_external_data=False).graph
+    except Exception as exc:  # protobuf's DecodeError and friends for a damaged file
+        raise UserError(f"{decoder['filename']} is not a readable ONNX graph ({exc.__class__.__name__})", folder,
+                        "export the model again") from None
+    caches = {onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type).lower()
+              for i in graph.input if i.name.startswith("past_key_values")}
+    temperatures = [t for layer in manifest.get("head_temperatures", {}).get("layers", []) for t in layer]
+    return {
+        "family": manifest.get("family"),
+        "format": "onnx",
+        "quantization": manifest.get("quantization"),
+        "kv_cache": ", ".join(sorted(caches)),
+        "operators": dict(Counter(node.op_type for node in graph.node).most_common()),
+        "bytes": sum(f.stat().st_size for f in folder.iterdir() if f.is_file()),
+        "vocab_size": genai["model"]["vocab_size"],
+        "hidden_size": decoder["hidden_size"],
+        "layers": decoder["num_hidden_layers"],
+        "heads": decoder["num_attention_heads"],
+        "kv_heads": decoder["num_key_value_heads"],
+        "head_dim": decoder["head_size"],
+        "context_length": genai["model"]["context_length"],
+        "position_encoding": manifest.get("position_encoding"),
+        "rotary_table_positions": manifest.get("rotary_table_positions"),
+        "head_temperatures": {"baked_into_weights": manifest.get("head_temperatures", {}).get("baked_into_weights", False),
+                              "min": min(temperatures, default=None), "max": max(temperatures, default=None)},
+        "edgelm_version": manifest.get("edgelm_version"),
+    }

@@ -204,6 +204,8 @@ def test_onnx_bad_input(run_cli, exported, tmp_path):
     (copy / "model.onnx").write_bytes(b"not a model")
     code, _, err = run_cli("generate", copy, "--prompt", "Hello")
     assert code == 2 and "onnxruntime cannot load model.onnx" in err
+    code, _, err = run_cli("inspect", copy)
+    assert code == 2 and "model.onnx is not a readable ONNX graph" in err
     (copy / "genai_config.json").write_text("{")
     code, _, err = run_cli("generate", copy, "--prompt", "Hello")
     assert code == 2 and "genai_config.json is not valid JSON" in err
@@ -214,6 +216,16 @@ def test_onnx_bad_input(run_cli, exported, tmp_path):
     assert code == 2 and "output already exists" in err
     manifest = json.loads((folder / "edgelm.json").read_text())
     assert manifest["family"] == "llama" and len(manifest["source_checkpoint_sha256"]) == 64
+
+
+def test_inspect_reads_an_onnx_folder(run_cli, exported):
+    checkpoint, folder = exported("tiny-nope")
+    code, out, err = run_cli("inspect", folder, "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert (info["family"], info["format"], info["quantization"], info["kv_cache"]) == ("llama", "onnx", "f32", "float")
+    assert info["operators"]["GroupQueryAttention"] == info["layers"] == checkpoint.spec.num_layers
+    assert info["head_temperatures"]["baked_into_weights"] and info["head_temperatures"]["min"] < 1  # the test's random table
 
 
 def test_parity_command_reports_and_enforces_limits(run_cli, exported):

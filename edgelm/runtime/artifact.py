@@ -92,9 +92,13 @@ def _open_onnx(path: Path, options: LoadOptions) -> Artifact:
     return Artifact(path, "onnx folder", f"onnxruntime ({options.provider})", load_tokenizer(path), backend, details)
 
 
+def is_onnx_folder(path: Path) -> bool:
+    return path.is_dir() and ((path / "genai_config.json").exists() or (path / "model.onnx").exists())
+
+
 def open_artifact(path: str | Path, options: LoadOptions = LoadOptions()) -> Artifact:
     path = Path(path)
-    if path.is_dir() and ((path / "genai_config.json").exists() or (path / "model.onnx").exists()):
+    if is_onnx_folder(path):
         return _open_onnx(path, options)
     if path.is_dir():
         return _open_checkpoint(path, options)
