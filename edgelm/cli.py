@@ -432,8 +432,6 @@ def verify(bundle_path: Annotated[Path, typer.Argument(help="A bundle folder or 
               f"({manifest['family']}, {manifest['format']}, {manifest['quantization']})", markup=False)
 
 
-
-
 @app.command()
 def parity(
     artifact_path: Annotated[Path, typer.Argument(help="A .gguf file or an ONNX folder.")],
