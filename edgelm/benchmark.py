@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -97,19 +98,35 @@ def _onnx_weight_bytes(model_path: Path) -> int:
 WARMUP_STEPS = 4  # untimed decode steps first: a fresh session's first steps fault pages and grow arenas
 
 
+def _timed(first_token: Callable[[], None], next_token: Callable[[], None], new_tokens: int) -> tuple[float, float]:
+    """(seconds for `first_token`, tok/s of `new_tokens` calls of `next_token` after WARMUP_STEPS untimed ones):
+    one timing loop for every engine, so their numbers compare."""
+    start = time.perf_counter()
+    first_token()
+    first = time.perf_counter() - start
+    for _ in range(WARMUP_STEPS):
+        next_token()
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        next_token()
+    return first, new_tokens / (time.perf_counter() - start)
+
+
 def time_generation(backend: Backend, prompt: list[int], new_tokens: int) -> tuple[float, float]:
     """(seconds to the first token, decode tok/s) for greedy generation through edgelm's backend."""
     sampler = Sampler(SamplingOptions())
     backend.reset()
-    start = time.perf_counter()
-    token = sampler(backend.prefill(prompt))
-    first = time.perf_counter() - start
-    for _ in range(WARMUP_STEPS):
+    token = None
+
+    def first_token():
+        nonlocal token
+        token = sampler(backend.prefill(prompt))
+
+    def next_token():
+        nonlocal token
         token = sampler(backend.decode(token))
-    start = time.perf_counter()
-    for _ in range(new_tokens):
-        token = sampler(backend.decode(token))
-    return first, new_tokens / (time.perf_counter() - start)
+
+    return _timed(first_token, next_token, new_tokens)
 
 
 def llama_cpp_generation(path: Path, prompt: list[int], new_tokens: int, threads: int | None) -> tuple[float, float]:
@@ -117,18 +134,11 @@ def llama_cpp_generation(path: Path, prompt: list[int], new_tokens: int, threads
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(path), n_ctx=len(prompt) + WARMUP_STEPS + new_tokens + 1, n_threads=threads, verbose=False)
-    start = time.perf_counter()
-    llm.eval(prompt)
-    token = llm.sample(top_k=1)
-    first = time.perf_counter() - start
-    for _ in range(WARMUP_STEPS):
-        llm.eval([token])
-        token = llm.sample(top_k=1)
-    start = time.perf_counter()
-    for _ in range(new_tokens):
-        llm.eval([token])
-        token = llm.sample(top_k=1)
-    return first, new_tokens / (time.perf_counter() - start)
+
+    def next_token():
+        llm.eval([llm.sample(top_k=1)])
+
+    return _timed(lambda: llm.eval(prompt), next_token, new_tokens)
 
 
 def genai_generation(folder: Path, prompt: list[int], new_tokens: int, threads: int | None) -> tuple[float, float]:
@@ -145,16 +155,12 @@ def genai_generation(folder: Path, prompt: list[int], new_tokens: int, threads: 
     total = len(prompt) + 1 + WARMUP_STEPS + new_tokens
     params.set_search_options(max_length=total, min_length=total, do_sample=False)
     generator = og.Generator(model, params)
-    start = time.perf_counter()
-    generator.append_tokens(np.array([prompt], dtype=np.int32))
-    generator.generate_next_token()
-    first = time.perf_counter() - start
-    for _ in range(WARMUP_STEPS):
+
+    def first_token():
+        generator.append_tokens(np.array([prompt], dtype=np.int32))
         generator.generate_next_token()
-    start = time.perf_counter()
-    for _ in range(new_tokens):
-        generator.generate_next_token()
-    return first, new_tokens / (time.perf_counter() - start)
+
+    return _timed(first_token, generator.generate_next_token, new_tokens)
 
 
 def raw_generation(artifact: Artifact, prompt: list[int], new_tokens: int, threads: int | None) -> tuple[str, float, float] | None:
