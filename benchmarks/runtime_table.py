@@ -55,6 +55,7 @@ def main() -> None:
                 artifact = Path(tmp) / f"{preset}-{quant}{suffix}"
                 export = run_measured([*EDGELM, "export", model, "--format", fmt, "--quant", quant, "--out", artifact])
                 first = bench(artifact, CONTEXTS[0], args.tokens, args.threads)
+                # the raw engine in a run of its own: loading it too would count in the first run's peak RSS
                 raw = bench(artifact, CONTEXTS[0], args.tokens, args.threads, compare=True)
                 decode = {CONTEXTS[0]: first["decode_tok_s"]}
                 decode.update({c: bench(artifact, c, args.tokens, args.threads)["decode_tok_s"] for c in CONTEXTS[1:]})

@@ -59,11 +59,17 @@ def rotary_table_positions(spec: ModelSpec) -> int:
     return max(ROTARY_TABLE_POSITIONS, spec.max_positions) if spec.rotated_dims else 0
 
 
+# the graph's input and output names, in onnxruntime-genai's keys (genai_config.json declares them)
+GRAPH_INPUTS = {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"}
+GRAPH_OUTPUTS = {"logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"}
+
+
 def io_names(num_layers: int) -> tuple[list[str], list[str]]:
-    inputs = ["input_ids", "attention_mask"]
-    for i in range(num_layers):
-        inputs += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
-    outputs = ["logits"] + [name for i in range(num_layers) for name in (f"present.{i}.key", f"present.{i}.value")]
+    inputs = [GRAPH_INPUTS["input_ids"], GRAPH_INPUTS["attention_mask"]]
+    inputs += [GRAPH_INPUTS[f"past_{side}_names"] % i for i in range(num_layers) for side in ("key", "value")]
+    outputs = [GRAPH_OUTPUTS["logits"]]
+    outputs += [GRAPH_OUTPUTS[f"present_{side}_names"] % i for i in range(num_layers) for side in ("key", "value")]
     return inputs, outputs
 
 
@@ -111,10 +117,8 @@ class GroupQueryAttention(nn.Module):
         super().__init__()
         self.spec = spec
         self.rotary_tables = rotary_tables  # shared by every layer: one cos and one sin initializer in the graph
-        self.quantized_cache = kv_scales is not None
-        if kv_scales is not None:
-            self.register_buffer("k_scale", kv_scales[0])
-            self.register_buffer("v_scale", kv_scales[1])
+        self.register_buffer("k_scale", kv_scales[0] if kv_scales else None)
+        self.register_buffer("v_scale", kv_scales[1] if kv_scales else None)
 
     def forward(self, q, k, v, positions, past, attention_mask):
         spec = self.spec
@@ -123,7 +127,7 @@ class GroupQueryAttention(nn.Module):
         inputs = [q, k, v, past[0], past[1], seqlens_k, total, *(self.rotary_tables or (None, None))]
         attributes = {"num_heads": spec.num_heads, "kv_num_heads": spec.num_kv_heads, "scale": 1 / math.sqrt(spec.head_dim),
                       "do_rotary": int(spec.rotated_dims > 0), "rotary_interleaved": 0}
-        if self.quantized_cache:
+        if self.k_scale is not None:
             inputs += [None, None, None, self.k_scale, self.v_scale]  # position_ids, attention_bias, head_sink unused
             attributes |= {"kv_cache_bit_width": 8, "k_quant_type": "PER_CHANNEL", "v_quant_type": "PER_CHANNEL"}
         else:
@@ -199,8 +203,6 @@ def _export_graph(model: CausalLM, path: Path, kv_scales: dict | None = None) ->
 def genai_config(checkpoint: Checkpoint, tokenizer: Tokenizer, context_length: int) -> dict:
     """onnxruntime-genai's description of a decoder over one shared KV buffer per layer."""
     spec = checkpoint.spec
-    inputs = {"input_ids": "input_ids", "attention_mask": "attention_mask",
-              "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"}
     eos = tokenizer.eos_id if tokenizer.eos_id is not None else checkpoint.config.get("eos_token_id", 0)
     bos = tokenizer.bos_id if tokenizer.bos_id is not None else eos
     return {
@@ -212,8 +214,8 @@ def genai_config(checkpoint: Checkpoint, tokenizer: Tokenizer, context_length: i
                 "filename": MODEL_FILE,
                 "head_size": spec.head_dim,
                 "hidden_size": spec.hidden_size,
-                "inputs": inputs,
-                "outputs": {"logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"},
+                "inputs": GRAPH_INPUTS,
+                "outputs": GRAPH_OUTPUTS,
                 "num_attention_heads": spec.num_heads,
                 "num_hidden_layers": spec.num_layers,
                 "num_key_value_heads": spec.num_kv_heads,

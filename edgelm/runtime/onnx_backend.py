@@ -56,6 +56,7 @@ class OnnxBackend(Backend):
         names = {**decoder["inputs"], **decoder["outputs"]}
         self.buffer_names = [(names[f"past_{side}_names"] % i, names[f"present_{side}_names"] % i)
                              for i in range(self.layers) for side in ("key", "value")]
+        self.input_names, self.logits_name = (names["input_ids"], names["attention_mask"]), names["logits"]
         past_type = {i.name: i.type for i in self.session.get_inputs()}[self.buffer_names[0][0]]
         self.cache_dtype = CACHE_DTYPES[past_type]
         self._ort = ort
@@ -79,7 +80,7 @@ class OnnxBackend(Backend):
         capacity = max(length, 2 * capacity, self.context_length)
         grown = []
         self.binding.clear_binding_outputs()
-        self.binding.bind_output("logits")  # output 0; forward rebinds it in place
+        self.binding.bind_output(self.logits_name)  # output 0; forward rebinds it in place
         for i, (past, present) in enumerate(self.buffer_names):
             array = np.zeros((1, self.kv_heads, capacity, self.head_size), self.cache_dtype)
             if self.buffers and self._position:
@@ -95,9 +96,10 @@ class OnnxBackend(Backend):
             raise UserError(f"position {start + n} is past the {self.rotary_positions} positions of this model's rotary "
                             "tables", self.folder, "use a shorter text or context")
         self._reserve(start + n)
-        self.binding.bind_cpu_input("input_ids", np.array([ids], dtype=np.int64))
-        self.binding.bind_cpu_input("attention_mask", np.ones((1, start + n), dtype=np.int64))
-        self.binding.bind_output("logits")  # unallocated again: its shape follows the ids
+        ids_name, mask_name = self.input_names
+        self.binding.bind_cpu_input(ids_name, np.array([ids], dtype=np.int64))
+        self.binding.bind_cpu_input(mask_name, np.ones((1, start + n), dtype=np.int64))
+        self.binding.bind_output(self.logits_name)  # unallocated again: its shape follows the ids
         self.session.run_with_iobinding(self.binding)
         self._position = start + n
         return self.binding.get_outputs()[0].numpy()[0].astype(np.float32, copy=False)
