@@ -66,7 +66,7 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int = 100) -> floa
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train(name: str, steps: int | None = None, seed: int = 0) -> dict:
+def train(name: str, steps: int | None = None, seed: int = 0, out: Path | None = None) -> dict:
     torch.manual_seed(seed)
     torch.set_num_threads(2)
     recipe = RECIPES[name] | ({"steps": steps} if steps else {})
@@ -118,7 +118,7 @@ def train(name: str, steps: int | None = None, seed: int = 0) -> dict:
         "unigram_perplexity": round(unigram, 2), "ratio": round(result.perplexity / unigram, 4),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    with atomic_output_dir(MODELS / name, force=True) as tmp:
+    with atomic_output_dir(out or MODELS / name, force=True) as tmp:
         save_checkpoint(model, family, trained_config(name), tmp, torch.float16, with_temperatures=preset.nope)
         copy_tokenizer("bpe", tmp)
         (tmp / "training.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -157,12 +157,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", choices=[*RECIPES, "all"])
     parser.add_argument("--steps", type=int, help="override the recipe's step count (for quick trials)")
+    parser.add_argument("--out", type=Path, help="write the model here instead of examples/models/NAME (one model only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--card-only", action="store_true", help="rewrite README.md from training.json, train nothing")
     args = parser.parse_args()
+    if args.out and (args.model == "all" or args.card_only):
+        parser.error("--out takes one model to train")
     for model_name in RECIPES if args.model == "all" else [args.model]:
         if args.card_only:  # also brings config.json up to date with trained_config
             (MODELS / model_name / "config.json").write_text(json.dumps(trained_config(model_name), indent=2) + "\n")
             write_model_card(MODELS / model_name, json.loads((MODELS / model_name / "training.json").read_text()))
         else:
-            train(model_name, args.steps, args.seed)
+            train(model_name, args.steps, args.seed, args.out)
