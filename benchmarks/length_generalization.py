@@ -46,6 +46,12 @@ def curve(backend, ids) -> dict[int, float]:
     return {length: round(fixed_target_perplexity(backend, ids, length).perplexity, 2) for length in LENGTHS}
 
 
+def length_table(rows: dict[str, dict[int, float]], first_column: str) -> str:
+    """Markdown: one row of perplexities per curve, one column per length."""
+    header = f"| {first_column} | " + " | ".join(str(n) for n in LENGTHS) + " |\n|---|" + "---:|" * len(LENGTHS) + "\n"
+    return header + "".join(f"| {name} | " + " | ".join(f"{v[n]:.2f}" for n in LENGTHS) + " |\n" for name, v in rows.items())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target-length", type=int, default=2048)
@@ -94,8 +100,7 @@ def write_report(rows: dict[str, dict[int, float]], timings: dict[str, float], a
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    header = "| model, temperatures | " + " | ".join(str(n) for n in LENGTHS) + " |\n|---|" + "---:|" * len(LENGTHS) + "\n"
-    table = header + "".join(f"| {name} | " + " | ".join(f"{v[n]:.2f}" for n in LENGTHS) + " |\n" for name, v in rows.items())
+    table = length_table(rows, "model, temperatures")
     marker = f"table-{args.target_length}"
     block = (f"<!-- {marker}: written by benchmarks/length_generalization.py --target-length {args.target_length} --steps {args.steps} -->\n"
              + table + "\nCalibration minutes (2 CPU threads): " + ", ".join(f"{k}: {v}" for k, v in timings.items())

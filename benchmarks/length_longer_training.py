@@ -26,7 +26,7 @@ from edgelm.runtime.torch_backend import TorchBackend
 from edgelm.tokenizer import load_tokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))  # the sibling benchmark
-from length_generalization import DATA, LENGTHS, TRAIN_TEXT, curve
+from length_generalization import DATA, TRAIN_TEXT, curve, length_table
 
 UNSEEN_FROM = 8192  # persuasion.txt tokens after the 7,168 the length curves score
 
@@ -60,9 +60,7 @@ def main() -> None:
         result = calibrate(model, texts[text], settings)
         rows[label] = curve(TorchBackend(model), held_out)
         print(f"{label}: {(time.time() - start) / 60:.1f} min, λ ∈ [{result.table.min():.2f}, {result.table.max():.2f}]", flush=True)
-    print("| temperatures | " + " | ".join(str(n) for n in LENGTHS) + " |\n|---|" + "---:|" * len(LENGTHS))
-    for label, values in rows.items():
-        print(f"| {label} | " + " | ".join(f"{values[n]:.2f}" for n in LENGTHS) + " |")
+    print(length_table(rows, "temperatures"))
 
 
 if __name__ == "__main__":
