@@ -27,7 +27,7 @@ from edgelm.evaluate import fixed_target_perplexity
 from edgelm.export.gguf import export_gguf
 from edgelm.export.onnx import export_onnx
 from edgelm.models import open_checkpoint
-from edgelm.runtime.artifact import LoadOptions, open_artifact
+from edgelm.formats import LoadOptions, open_artifact
 from edgelm.runtime.torch_backend import TorchBackend
 from edgelm.tokenizer import load_tokenizer
 
@@ -85,7 +85,7 @@ def main() -> None:
         temps = Path(tmp) / "temps.json"
         temps.write_text(json.dumps({"layers": tables[best].tolist()}))
         report = export_gguf(open_checkpoint(MODELS / "tiny-nope", head_temperatures=temps), Path(tmp) / "nope.gguf", "f32")
-        artifact = open_artifact(report.path, LoadOptions(context_length=max(LENGTHS), f32_kv_cache=True))
+        artifact = open_artifact(report.path, LoadOptions(context_length=max(LENGTHS), f32_kv_cache=True, all_logits=True))
         rows[f"tiny-nope, {best}: GGUF f32 in llama.cpp"] = curve(artifact.backend, held_out)
         del artifact
         onnx = export_onnx(open_checkpoint(MODELS / "tiny-nope", head_temperatures=temps), Path(tmp) / "onnx", "f32")

@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--kv-caches", nargs="+", choices=["float", "int8"], default=["float", "int8"])
     args = parser.parse_args()
     from edgelm.benchmark import WARMUP_STEPS, genai_generation, time_generation
-    from edgelm.runtime.artifact import LoadOptions, open_artifact
+    from edgelm.formats import LoadOptions, open_artifact
 
     long = 2048 - WARMUP_STEPS - args.tokens - 2  # the presets' context is 2048; onnxruntime-genai stops there
     exports, rows = {}, []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from .runtime.artifact import Artifact, LoadOptions, open_artifact
+from .formats import Artifact, LoadOptions, open_artifact
 from .runtime.generate import Piece, generate as run
 from .runtime.sampling import SamplingOptions
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runtime.artifact import Artifact
+from .formats import Artifact
 from .runtime.backend import Backend
 from .runtime.sampling import Sampler, SamplingOptions
 
@@ -58,41 +58,6 @@ def copy_bandwidth(threads: int | None = None, megabytes: int = 512, repeats: in
         best = min(best, time.perf_counter() - start)
     torch.set_num_threads(previous)
     return 2 * source.numel() * source.element_size() / best
-
-
-def weight_bytes(path: Path) -> int:
-    """Bytes of weights a decode step reads: everything but an embedding table that is only gathered
-    (one row per token); a table that is also the LM head is read whole and counts."""
-    if path.suffix == ".gguf":
-        from .runtime.gguf_file import open_gguf
-
-        tensors = {t.name: int(t.n_bytes) for t in open_gguf(path).reader.tensors}
-        if "output.weight" in tensors:  # untied: token_embd is only gathered
-            tensors.pop("token_embd.weight", None)
-        return sum(tensors.values())
-    if (path / "model.onnx").is_file():
-        return _onnx_weight_bytes(path / "model.onnx")
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.iterdir() if p.suffix in (".safetensors", ".ort"))
-    return path.stat().st_size
-
-
-def _onnx_weight_bytes(model_path: Path) -> int:
-    import onnx
-
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    consumers: dict[str, set[str]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, set()).add(node.op_type)
-    total = 0
-    for tensor in graph.initializer:
-        uses = consumers.get(tensor.name)
-        if uses and uses <= {"Gather", "GatherBlockQuantized"}:  # an embedding table: one row per token
-            continue
-        external = {entry.key: entry.value for entry in tensor.external_data}
-        total += int(external["length"]) if "length" in external else len(tensor.raw_data)
-    return total
 
 
 WARMUP_STEPS = 4  # untimed decode steps first: a fresh session's first steps fault pages and grow arenas
@@ -163,13 +128,13 @@ def genai_generation(folder: Path, prompt: list[int], new_tokens: int, threads: 
     return _timed(first_token, generator.generate_next_token, new_tokens)
 
 
+RAW_ENGINES = {"llama-cpp-python": llama_cpp_generation, "onnxruntime-genai": genai_generation}
+
+
 def raw_generation(artifact: Artifact, prompt: list[int], new_tokens: int, threads: int | None) -> tuple[str, float, float] | None:
     """(engine, seconds to the first token, decode tok/s) through the artifact's raw engine, if it has one."""
-    if artifact.engine == "llama.cpp":
-        return ("llama-cpp-python", *llama_cpp_generation(artifact.path, prompt, new_tokens, threads))
-    if artifact.kind == "onnx folder":
-        return ("onnxruntime-genai", *genai_generation(artifact.path, prompt, new_tokens, threads))
-    return None
+    engine = artifact.format.raw_engine
+    return (engine, *RAW_ENGINES[engine](artifact.path, prompt, new_tokens, threads)) if engine else None
 
 
 def bench(artifact: Artifact, prompt: list[int], new_tokens: int, compare: bool = False, threads: int | None = None) -> BenchResult:
@@ -178,6 +143,6 @@ def bench(artifact: Artifact, prompt: list[int], new_tokens: int, compare: bool 
     return BenchResult(
         prompt_tokens=len(prompt), new_tokens=new_tokens, time_to_first_token_s=first, prefill_tok_s=len(prompt) / first,
         decode_tok_s=decode, peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        weight_bytes=weight_bytes(artifact.path), copy_bandwidth_bytes_s=copy_bandwidth(threads),
+        weight_bytes=artifact.format.weight_bytes(), copy_bandwidth_bytes_s=copy_bandwidth(threads),
         raw_engine=raw[0] if raw else None, raw_decode_tok_s=raw[2] if raw else None,
     )

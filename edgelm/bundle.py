@@ -1,30 +1,32 @@
 """What a mobile app ships: a self-describing, checksummed folder (optionally zipped).
 
-ONNX: the model converted to ONNX Runtime's mobile format (`model.ort`, by onnxruntime's own
-converter), the required-operators config it writes for a reduced-size onnxruntime build,
-genai_config.json (pointing at model.ort) and the tokenizer files. GGUF: the .gguf file. Both: a
-manifest `edgelm.json` with family, quantization, context length, sampling defaults, the sha256 of every
-file and the edgelm version. `verify_bundle` checks every hash and loads the bundle.
+The artifact's format writes what a phone needs (formats/*.bundle_into: an ONNX folder becomes ONNX
+Runtime's mobile format plus its required-operators config; a GGUF is copied); this module adds the
+manifest `edgelm.json` — family, quantization, context length, sampling defaults, the sha256 and size
+of every file, the edgelm version — and checks a bundle against it (`verify_bundle`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from . import __version__
+from .constants import BUNDLE_MANIFEST
 from .errors import UserError
-from .fileio import atomic_output_dir, atomic_output_file
-from .tokenizer import TOKENIZER_FILES
+from .fileio import atomic_output_dir, atomic_output_file, refuse_overlap
 
-MANIFEST = "edgelm.json"
 SAMPLING_DEFAULTS = {"temperature": 0.7, "top_k": 40, "top_p": 0.95}
+MANIFEST_VERSION = 1
+# a zip is read before anything is unpacked, and refused past these (a bundle is a model and a few configs)
+MAX_FILES = 64
+MAX_UNPACKED_BYTES = 64 << 30
+MAX_MANIFEST_BYTES = 1 << 20
 
 
 def sha256(path: Path) -> str:
@@ -35,111 +37,157 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _onnx_files(source: Path, folder: Path) -> dict:
-    from .runtime.onnx_backend import read_onnx_folder
-
-    genai, manifest = read_onnx_folder(source)
-    model = source / genai["model"]["decoder"]["filename"]
-    shutil.copy(model, folder / "model.onnx")
-    subprocess.run(
-        [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(folder / "model.onnx"),
-         "--output_dir", str(folder), "--optimization_style", "Fixed"],
-        check=True, capture_output=True, text=True,
-    )
-    (folder / "model.onnx").unlink()
-    configs = list(folder.glob("*.required_operators.config")) + list(folder.glob("required_operators.config"))
-    for config in configs:
-        config.rename(folder / "required_operators.config")
-    genai["model"]["decoder"]["filename"] = "model.ort"
-    (folder / "genai_config.json").write_text(json.dumps(genai, indent=2) + "\n")
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copy(source / name, folder / name)
-    return {"format": "onnx (ORT mobile format)", "family": manifest["family"], "quantization": manifest["quantization"],
-            "context_length": genai["model"]["context_length"], "model": "model.ort"}
-
-
-def _gguf_files(source: Path, folder: Path) -> dict:
-    from .runtime.gguf_file import open_gguf
-
-    gguf = open_gguf(source)
-    family, spec = gguf.edgelm_model()
-    shutil.copy(source, folder / source.name)
-    from gguf import LlamaFileType
-
-    file_type = LlamaFileType(gguf.field("general.file_type")).name.removeprefix("MOSTLY_")
-    return {"format": "gguf", "family": family.name, "quantization": file_type, "context_length": spec.max_positions,
-            "model": source.name, "arch": gguf.arch}
-
-
-def _fill(collect, artifact: Path, folder: Path) -> None:
-    facts = collect(artifact, folder)
+def _fill(fmt, folder: Path) -> None:
+    facts = fmt.bundle_into(folder)
     files = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in sorted(folder.iterdir())}
-    manifest = facts | {"sampling_defaults": SAMPLING_DEFAULTS, "files": files, "edgelm_version": __version__}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest = {"manifest_version": MANIFEST_VERSION} | facts | {
+        "sampling_defaults": SAMPLING_DEFAULTS, "files": files, "edgelm_version": __version__}
+    (folder / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def make_bundle(artifact: Path, out: Path, zip_it: bool = False, force: bool = False) -> Path:
+def make_bundle(artifact: Path, out: Path, zip_it: bool = False, force: bool = False, allow_desktop_only: bool = False) -> Path:
+    from .formats import detect
+
     artifact, out = Path(artifact), Path(out)
-    if artifact.suffix == ".gguf" and artifact.is_file():
-        collect = _gguf_files
-    elif artifact.is_dir() and (artifact / "genai_config.json").is_file():
-        collect = _onnx_files
-    else:
-        raise UserError("not an exported artifact", artifact, "bundle a .gguf file or an ONNX folder from `edgelm export`")
+    fmt = detect(artifact)
+    refusal = fmt.mobile_refusal()
+    if refusal and not allow_desktop_only:
+        raise UserError(f"no mobile runtime can load this: {refusal}", artifact,
+                        "export a format phones run (e.g. an architecture llama.cpp knows, or ONNX), or pass --allow-desktop-only")
+    target = out.with_suffix(".zip") if zip_it else out
+    refuse_overlap(target, artifact)
     if not zip_it:
-        with atomic_output_dir(out, force) as tmp:
-            _fill(collect, artifact, tmp)
-        return out
-    target = out.with_suffix(".zip")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as staging, atomic_output_file(target, force) as zip_tmp:
-        _fill(collect, artifact, Path(staging))
+        with atomic_output_dir(target, force) as tmp:
+            _fill(fmt, tmp)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as staging, atomic_output_file(target, force) as zip_tmp:
+        _fill(fmt, Path(staging))
         with zipfile.ZipFile(zip_tmp, "w", zipfile.ZIP_DEFLATED) as archive:
             for path in sorted(Path(staging).iterdir()):
                 archive.write(path, path.name)
     return target
 
 
-def _outside(name: str) -> bool:
-    pure = PurePosixPath(name.replace("\\", "/"))
-    return pure.is_absolute() or ".." in pure.parts or Path(name).is_absolute()
+def _plain(name: Any) -> bool:
+    """A plain file name at the top of the bundle: no folder, no way out."""
+    if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
+        return False
+    pure = PurePosixPath(name)
+    return len(pure.parts) == 1 and name not in (".", "..") and not Path(name).is_absolute()
+
+
+def check_manifest(manifest: Any, where: Path) -> dict:
+    """The manifest's shape, before any file it names is opened."""
+    def bad(what: str):
+        raise UserError(f"the manifest is not valid: {what}", where, "make the bundle again with `edgelm bundle`")
+
+    if not isinstance(manifest, dict):
+        bad("not a JSON object")
+    if manifest.get("manifest_version", MANIFEST_VERSION) != MANIFEST_VERSION:
+        raise UserError(f"manifest_version {manifest.get('manifest_version')!r}; this edgelm reads version {MANIFEST_VERSION}", where,
+                        "make the bundle again with this edgelm, or use the edgelm that made it")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        bad("'files' is not a table of files")
+    for name, entry in files.items():
+        if not _plain(name):
+            raise UserError(f"the manifest names {name!r}, outside the bundle", where, "files must stay inside the bundle: make it again")
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("bytes"), int)):
+            bad(f"the entry of {name!r} needs a sha256 string and a bytes count")
+    model = manifest.get("model")
+    if not isinstance(model, str) or model not in files:
+        bad(f"the model {model!r} is not one of the files it lists")
+    return manifest
+
+
+def _read_manifest(folder: Path) -> dict:
+    path = folder / BUNDLE_MANIFEST
+    if not path.is_file():
+        raise UserError(f"no {BUNDLE_MANIFEST} manifest", folder, "give a folder made by `edgelm bundle`")
+    try:
+        return check_manifest(json.loads(path.read_text(encoding="utf-8")), path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"the manifest is not valid JSON ({exc})", path, "make the bundle again") from None
+
+
+def _check_folder(folder: Path, manifest: dict) -> None:
+    files = manifest["files"]
+    extra = sorted(p.name for p in folder.iterdir() if p.name != BUNDLE_MANIFEST and p.name not in files)
+    if extra:
+        raise UserError(f"{extra[0]} is in the bundle but not in its manifest", folder,
+                        "a bundle holds exactly what its manifest lists: remove it or make the bundle again")
+    for name, entry in files.items():
+        path = folder / name
+        if path.is_symlink() or not path.is_file():
+            raise UserError(f"{name} is missing", folder, "the bundle is incomplete: copy it again")
+        if path.stat().st_size != entry["bytes"] or sha256(path) != entry["sha256"]:
+            raise UserError(f"{name} does not match its sha256 in the manifest", path, "the file was changed or damaged: copy the bundle again")
+
+
+def unpack_zip(bundle: Path, folder: Path) -> None:
+    """The zip's directory and manifest are read and checked before anything is written."""
+    try:
+        archive = zipfile.ZipFile(bundle)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UserError(f"not a readable zip ({exc})", bundle, "copy the bundle again") from None
+    with archive:
+        entries = archive.infolist()
+        for entry in entries:
+            if not _plain(entry.filename):
+                raise UserError(f"the archive holds {entry.filename!r}, outside the bundle", bundle, "refused: make the bundle again")
+        names = [e.filename for e in entries]
+        if len(entries) > MAX_FILES or len(set(names)) != len(names):
+            raise UserError(f"the archive holds {len(entries)} entries ({len(set(names))} names); a bundle has at most {MAX_FILES}", bundle,
+                            "refused: make the bundle again")
+        if BUNDLE_MANIFEST not in names:
+            raise UserError(f"no {BUNDLE_MANIFEST} manifest in the archive", bundle, "give a zip made by `edgelm bundle --zip`")
+        info = archive.getinfo(BUNDLE_MANIFEST)
+        if info.file_size > MAX_MANIFEST_BYTES:
+            raise UserError(f"the manifest would unpack to {info.file_size} bytes", bundle, "refused: make the bundle again")
+        try:
+            manifest = check_manifest(json.loads(archive.read(BUNDLE_MANIFEST)), bundle)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"the manifest is not valid JSON ({exc})", bundle, "make the bundle again") from None
+        for entry in entries:
+            expected = BUNDLE_MANIFEST if entry.filename == BUNDLE_MANIFEST else manifest["files"].get(entry.filename)
+            if expected is None:
+                raise UserError(f"{entry.filename} is in the archive but not in its manifest", bundle, "refused: make the bundle again")
+            if expected != BUNDLE_MANIFEST and entry.file_size != expected["bytes"]:
+                raise UserError(f"{entry.filename} would unpack to {entry.file_size} bytes, the manifest says {expected['bytes']}", bundle,
+                                "refused: make the bundle again")
+        total = sum(e.file_size for e in entries)
+        if total > MAX_UNPACKED_BYTES:
+            raise UserError(f"the archive would unpack to {total / 1e9:.1f} GB", bundle, "refused: make the bundle again")
+        for entry in entries:  # zipfile stops a member at its declared size, which was checked above
+            with archive.open(entry) as source, open(folder / entry.filename, "wb") as target:
+                for block in iter(lambda: source.read(1 << 20), b""):
+                    target.write(block)
+
+
+@contextmanager
+def unpacked(bundle: Path):
+    """The bundle's folder: the folder itself, or a zip unpacked into a temporary one for the block."""
+    if bundle.is_dir():
+        yield bundle
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        unpack_zip(bundle, Path(folder))
+        yield Path(folder)
+
+
+def verify_folder(folder: Path) -> dict:
+    """Every file's size and hash, nothing outside the manifest; returns the manifest."""
+    manifest = _read_manifest(folder)
+    _check_folder(folder, manifest)
+    return manifest
 
 
 def verify_bundle(bundle: Path) -> dict:
-    """Every file's hash, no path leaving the bundle, and a load of the model; returns the manifest.
-    A .zip is checked for names leaving it, then unpacked to a temporary folder and verified there."""
-    bundle = Path(bundle)
-    if bundle.suffix == ".zip" and bundle.is_file():
-        with zipfile.ZipFile(bundle) as archive, tempfile.TemporaryDirectory() as folder:
-            bad = [n for n in archive.namelist() if _outside(n)]
-            if bad:
-                raise UserError(f"the archive holds {bad[0]!r}, outside the bundle", bundle, "refused: make the bundle again")
-            archive.extractall(folder)
-            return verify_bundle(Path(folder))
-    manifest_path = bundle / MANIFEST
-    if not manifest_path.is_file():
-        raise UserError("no edgelm.json manifest", bundle, "give a folder made by `edgelm bundle`")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise UserError(f"the manifest is not valid ({exc})", manifest_path, "make the bundle again") from None
-    for name in files:  # every name first: nothing outside the bundle is even opened
-        if _outside(name):
-            raise UserError(f"the manifest names {name!r}, outside the bundle", manifest_path, "files must stay inside the bundle: make it again")
-    for name, entry in files.items():
-        path = bundle / name
-        if not path.is_file():
-            raise UserError(f"{name} is missing", bundle, "the bundle is incomplete: copy it again")
-        if sha256(path) != entry["sha256"]:
-            raise UserError(f"{name} does not match its sha256 in the manifest", path, "the file was changed or damaged: copy the bundle again")
-    if manifest.get("format") == "gguf":
-        from .runtime.gguf_file import open_gguf
+    """Every hash, no path leaving the bundle, and a load of the model; returns the manifest."""
+    from .formats import bundled_format
 
-        open_gguf(bundle / manifest["model"]).edgelm_model()
-    else:
-        from .runtime.onnx_backend import session_for
-
-        session_for(bundle / manifest["model"], 1, "cpu")
+    with unpacked(Path(bundle)) as folder:
+        manifest = verify_folder(folder)
+        bundled_format(folder, manifest)  # reads and validates the model's header
     return manifest

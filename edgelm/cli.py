@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from enum import Enum
 from pathlib import Path
@@ -89,21 +90,10 @@ def inspect(
     allow_pickle: AllowPickleOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Family, dims, parameter count, position encoding and which rule decided it, temperatures, tokenizer."""
-    from .inspection import describe_checkpoint, describe_gguf, describe_onnx
-    from .runtime.artifact import is_onnx_folder
+    """Format, family, dims, parameter count, position encoding and which rule decided it, temperatures, tokenizer."""
+    from .formats import detect
 
-    if path.suffix == ".gguf" and not path.is_dir():
-        info = describe_gguf(path)
-    elif is_onnx_folder(path):
-        info = describe_onnx(path)
-    else:
-        info = describe_checkpoint(
-            path,
-            position_encoding=position_encoding.value if position_encoding else None,
-            head_temperatures=head_temperatures,
-            allow_pickle=allow_pickle,
-        )
+    info = detect(path).describe(_load_options(position_encoding, head_temperatures, "cpu", allow_pickle=allow_pickle))
     if as_json:
         out.print_json(json.dumps(info))
         return
@@ -132,7 +122,8 @@ GpuLayersOption = Annotated[int, typer.Option("--gpu-layers", min=0, help="Layer
 
 
 def _load_options(position_encoding, head_temperatures, device, threads=None, gpu_layers=0, **extra):
-    from .runtime.artifact import LoadOptions
+    """LoadOptions from the shared command-line options; `extra`: the rest of LoadOptions' fields."""
+    from .formats import LoadOptions
 
     return LoadOptions(
         position_encoding=position_encoding.value if position_encoding else None,
@@ -159,6 +150,7 @@ def generate(
     truncate: Annotated[bool, typer.Option(help="Keep the last tokens of a prompt longer than the context.")] = False,
     position_encoding: PositionEncodingOption = None,
     head_temperatures: TemperaturesOption = None,
+    allow_pickle: AllowPickleOption = False,
     device: DeviceOption = "cpu",
     threads: ThreadsOption = None,
     gpu_layers: GpuLayersOption = 0,
@@ -166,11 +158,12 @@ def generate(
     as_json: JsonOption = False,
 ) -> None:
     """Continue a prompt, streaming tokens as they come."""
-    from .runtime.artifact import open_artifact
+    from .formats import open_artifact
     from .runtime.generate import generate as run
     from .runtime.sampling import SamplingOptions
 
-    artifact = open_artifact(path, _load_options(position_encoding, head_temperatures, device, threads, gpu_layers, provider=provider))
+    artifact = open_artifact(path, _load_options(position_encoding, head_temperatures, device, threads, gpu_layers,
+                                                 provider=provider, allow_pickle=allow_pickle))
     options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                               repetition_penalty=repetition_penalty, seed=seed)
     pieces = run(artifact.backend, artifact.tokenizer, prompt, max_new_tokens, options, tuple(stop or ()), truncate)
@@ -194,6 +187,7 @@ def perplexity(
     max_tokens: Annotated[Optional[int], typer.Option(min=2, help="Score only the first N tokens of the text.")] = None,
     position_encoding: PositionEncodingOption = None,
     head_temperatures: TemperaturesOption = None,
+    allow_pickle: AllowPickleOption = False,
     device: DeviceOption = "cpu",
     threads: ThreadsOption = None,
     provider: ProviderOption = "cpu",
@@ -203,13 +197,14 @@ def perplexity(
     from rich.progress import Progress
 
     from .evaluate import perplexity as score
-    from .runtime.artifact import open_artifact
+    from .formats import open_artifact
 
     if not text.is_file():
         raise UserError("text file not found", text, "give a UTF-8 text file with --text")
     if stride is not None and stride >= ctx:
         raise UserError(f"--stride {stride} must be below --ctx {ctx}", None, "each window needs at least one token of context")
-    artifact = open_artifact(path, _load_options(position_encoding, head_temperatures, device, threads, context_length=ctx, provider=provider))
+    artifact = open_artifact(path, _load_options(position_encoding, head_temperatures, device, threads, context_length=ctx,
+                                                 provider=provider, all_logits=True, allow_pickle=allow_pickle))
     ids = artifact.tokenizer.encode(text.read_text(encoding="utf-8"))[:max_tokens]
     if len(ids) < 2:
         raise UserError("the text has fewer than 2 tokens", text, "give a longer text")
@@ -320,6 +315,7 @@ def chat(
     top_k: Annotated[int, typer.Option(min=0)] = 40,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.95,
     seed: Annotated[Optional[int], typer.Option()] = None,
+    allow_pickle: AllowPickleOption = False,
     device: DeviceOption = "cpu",
     threads: ThreadsOption = None,
     provider: ProviderOption = "cpu",
@@ -328,11 +324,11 @@ def chat(
     import time
 
     from .chat import Conversation
-    from .runtime.artifact import open_artifact
+    from .formats import open_artifact
     from .runtime.generate import generate_from_ids
     from .runtime.sampling import SamplingOptions
 
-    artifact = open_artifact(path, _load_options(None, None, device, threads, provider=provider))
+    artifact = open_artifact(path, _load_options(None, None, device, threads, provider=provider, allow_pickle=allow_pickle))
     conversation = Conversation(artifact.tokenizer, artifact.backend.context_length, max_new_tokens, system)
     conversation.render([{"role": "user", "content": "check"}])  # a broken template fails now, not mid-chat
     options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
@@ -379,14 +375,15 @@ def bench(
     threads: ThreadsOption = None,
     provider: ProviderOption = "cpu",
     compare: Annotated[bool, typer.Option("--compare", help="Also time the raw engine on the same file.")] = False,
+    allow_pickle: AllowPickleOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Time to first token, prefill and decode tok/s, peak RSS, decode roofline; --compare with the raw engine."""
     from .benchmark import WARMUP_STEPS, bench as run
-    from .runtime.artifact import open_artifact
+    from .formats import open_artifact
 
     context = prompt_tokens + WARMUP_STEPS + new_tokens + 2
-    artifact = open_artifact(path, _load_options(None, None, "cpu", threads, context_length=context, provider=provider))
+    artifact = open_artifact(path, _load_options(None, None, "cpu", threads, context_length=context, provider=provider, allow_pickle=allow_pickle))
     text = DEFAULT_TEXT.read_text(encoding="utf-8") if DEFAULT_TEXT.is_file() else "It is a truth universally acknowledged. " * 200
     prompt = (artifact.tokenizer.encode(text) * (1 + prompt_tokens // 1000))[:prompt_tokens]
     with info.status("timing…"):
@@ -409,16 +406,17 @@ def bench(
 
 @app.command()
 def bundle(
-    artifact_path: Annotated[Path, typer.Argument(help="A .gguf file or an ONNX folder from `edgelm export`.")],
+    artifact_path: Annotated[Path, typer.Argument(help="A .gguf file or an ONNX folder.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Bundle folder to create.")],
     zip_it: Annotated[bool, typer.Option("--zip", help="Write OUT.zip instead of a folder.")] = False,
+    allow_desktop_only: Annotated[bool, typer.Option("--allow-desktop-only", help="Bundle a format no mobile runtime loads (e.g. a TokenFormer GGUF).")] = False,
     force: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
 ) -> None:
     """A self-describing, checksummed folder a mobile app ships (ONNX as ORT mobile format + operator config)."""
     from .bundle import make_bundle
 
     with info.status("bundling…"):
-        target = make_bundle(artifact_path, out_dir, zip_it, force)
+        target = make_bundle(artifact_path, out_dir, zip_it, force, allow_desktop_only)
     out.print(f"wrote {target}", markup=False)
 
 
@@ -428,17 +426,18 @@ def verify(bundle_path: Annotated[Path, typer.Argument(help="A bundle folder or 
     from .bundle import verify_bundle
 
     manifest = verify_bundle(bundle_path)
-    out.print(f"ok: {len(manifest['files'])} files match their sha256; {manifest['model']} loads "
+    out.print(f"ok: {len(manifest['files'])} files match their sha256, nothing else in the bundle; {manifest['model']} loads "
               f"({manifest['family']}, {manifest['format']}, {manifest['quantization']})", markup=False)
 
 
 @app.command()
 def parity(
-    artifact_path: Annotated[Path, typer.Argument(help="A .gguf file or an ONNX folder.")],
+    artifact_path: Annotated[Path, typer.Argument(help="A .gguf file, an ONNX folder or a bundle.")],
     reference: Annotated[Path, typer.Option(help="The model folder it was exported from.")],
     text: Annotated[Optional[Path], typer.Option(help="Text to compare on (default: the shipped held-out novel).")] = None,
     tokens: Annotated[int, typer.Option(min=3, help="Positions compared: half prefilled, half decoded one at a time.")] = 256,
     head_temperatures: TemperaturesOption = None,
+    allow_pickle: AllowPickleOption = False,
     device: DeviceOption = "auto",
     threads: ThreadsOption = None,
     max_kld: Annotated[Optional[float], typer.Option("--max-kld", help="Exit 1 when the mean KL divergence exceeds this.")] = None,
@@ -447,13 +446,13 @@ def parity(
 ) -> None:
     """Numbers proving an artifact matches the full-precision torch reference (on CUDA when present)."""
     from .parity import compare
-    from .runtime.artifact import LoadOptions, open_artifact
+    from .formats import LoadOptions, open_artifact
 
     text = text or DEFAULT_TEXT
     if not text.is_file():
         raise UserError("text file not found", text, "give a UTF-8 text file with --text")
-    ref = open_artifact(reference, LoadOptions(head_temperatures=head_temperatures, device=_device(device)))
-    art = open_artifact(artifact_path, LoadOptions(threads=threads, context_length=tokens + 1, f32_kv_cache=True))
+    ref = open_artifact(reference, LoadOptions(head_temperatures=head_temperatures, device=_device(device), allow_pickle=allow_pickle))
+    art = open_artifact(artifact_path, LoadOptions(threads=threads, context_length=tokens + 1, f32_kv_cache=True, all_logits=True))
     ids = ref.tokenizer.encode(text.read_text(encoding="utf-8"))[:tokens + 1]
     if len(ids) < 3:
         raise UserError("the text is too short", text, "give a longer text")
@@ -462,16 +461,19 @@ def parity(
     result = report.as_dict() | {"reference": f"{reference} ({ref.engine})", "artifact": f"{artifact_path} ({art.engine})"}
     failed = [name for name, limit, value in [("mean KL divergence", max_kld, report.mean_kld),
                                                ("perplexity increase", max_ppl_increase, report.perplexity_change)]
-              if limit is not None and value > limit]
+              if limit is not None and not value <= limit]  # NaN is never within a limit
+    if not report.finite:
+        failed.append("finite logits")
     if as_json:
-        out.print_json(json.dumps(result | {"failed": failed}))
+        out.print_json(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None
+                                   for k, v in (result | {"failed": failed}).items()}))
     else:
         table = Table(title=f"{artifact_path} vs {reference}", show_header=False)
         for key, value in result.items():
             table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
         out.print(table)
         for name in failed:
-            err.print(f"parity check failed: {name} above the limit")
+            err.print(f"parity check failed: {'the artifact gave NaN or infinite logits' if name == 'finite logits' else name + ' above the limit'}")
     if failed:
         raise typer.Exit(1)
 

@@ -79,3 +79,12 @@ def atomic_output_dir(target: Path, force: bool = False):
 def atomic_output_file(target: Path, force: bool = False):
     """Yields a temporary file path beside `target`; it becomes `target` only if the block succeeds."""
     return _atomic(target, force, _temporary_file)
+
+
+def refuse_overlap(target: Path, *sources: Path) -> None:
+    """An output may not be, hold, or lie inside any of its inputs: --force replaces outputs, never inputs."""
+    target = Path(target).resolve()
+    for source in sources:
+        source = Path(source).resolve()
+        if target == source or source.is_relative_to(target) or target.is_relative_to(source):
+            raise UserError(f"the output overlaps the input {source}", target, "write the output somewhere else")

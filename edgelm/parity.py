@@ -24,6 +24,11 @@ class ParityReport:
     artifact_perplexity: float
 
     @property
+    def finite(self) -> bool:
+        """Whether every number is a number: a NaN or infinite logit makes none of them meaningful."""
+        return all(math.isfinite(v) for v in (self.max_abs_logit_diff, self.mean_kld, self.reference_perplexity, self.artifact_perplexity))
+
+    @property
     def perplexity_change(self) -> float:
         """Relative change of the artifact's perplexity against the reference's."""
         return self.artifact_perplexity / self.reference_perplexity - 1

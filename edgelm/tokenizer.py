@@ -10,9 +10,6 @@ from typing import Any
 
 from .errors import UserError
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
-
-
 class Tokenizer:
     kind: str
 

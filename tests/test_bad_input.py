@@ -32,7 +32,7 @@ def rewrite_tensors(folder, change):
 
 
 def test_missing_folder(run_cli, tmp_path):
-    assert_user_error(run_cli("inspect", tmp_path / "nowhere"), "no such folder", "nowhere")
+    assert_user_error(run_cli("inspect", tmp_path / "nowhere"), "no such file or folder", "nowhere")
 
 
 def test_missing_config(run_cli, model):

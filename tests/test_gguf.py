@@ -10,7 +10,7 @@ import torch
 
 from edgelm.export.gguf import export_gguf
 from edgelm.models import open_checkpoint
-from edgelm.runtime.artifact import LoadOptions, open_artifact
+from edgelm.formats import LoadOptions, open_artifact
 from edgelm.runtime.torch_backend import TorchBackend
 
 from .test_families import ALL_PRESETS
@@ -44,7 +44,7 @@ def test_f32_gguf_matches_reference(preset_dir, tmp_path, name):
     temps = temperatures_file(tmp_path, open_checkpoint(folder).spec) if name == "tiny-nope" else None
     checkpoint = open_checkpoint(folder, head_temperatures=temps)
     report = export_gguf(checkpoint, tmp_path / "model.gguf", "f32")
-    artifact = open_artifact(report.path, LoadOptions(f32_kv_cache=True, context_length=128, threads=2))
+    artifact = open_artifact(report.path, LoadOptions(f32_kv_cache=True, all_logits=True, context_length=128, threads=2))
     expected_engine = "edgelm native" if name == "tiny-tokenformer" else "llama.cpp"
     assert artifact.engine.startswith(expected_engine)
     ids = torch.randint(0, checkpoint.spec.vocab_size, (PREFILL + DECODE,), generator=torch.Generator().manual_seed(1)).tolist()
@@ -103,7 +103,7 @@ def test_llama_cpp_tokenizes_like_the_source_tokenizer(preset_dir, tmp_path, nam
 def test_llama_cpp_quantizes_llama(preset_dir, tmp_path, quant, expected):
     report = export_gguf(open_checkpoint(preset_dir("tiny-rope")), tmp_path / "q.gguf", quant)
     assert expected in report.type_counts()
-    artifact = open_artifact(report.path, LoadOptions(context_length=64, threads=2))
+    artifact = open_artifact(report.path, LoadOptions(context_length=64, threads=2, all_logits=True))
     logits = artifact.backend.forward(list(range(10, 40)))
     assert np.isfinite(logits).all()
 

@@ -9,7 +9,7 @@ import torch
 
 from edgelm.export.onnx import export_onnx
 from edgelm.models import open_checkpoint
-from edgelm.runtime.artifact import open_artifact
+from edgelm.formats import open_artifact
 from edgelm.runtime.torch_backend import TorchBackend
 
 from .test_families import ALL_PRESETS
@@ -223,7 +223,7 @@ def test_inspect_reads_an_onnx_folder(run_cli, exported):
     code, out, err = run_cli("inspect", folder, "--json")
     assert code == 0, err
     info = json.loads(out)
-    assert (info["family"], info["format"], info["quantization"], info["kv_cache"]) == ("llama", "onnx", "f32", "float")
+    assert (info["family"], info["format"], info["quantization"], info["kv_cache"]) == ("llama", "onnx folder", "f32", "float")
     assert info["operators"]["GroupQueryAttention"] == info["layers"] == checkpoint.spec.num_layers
     assert info["head_temperatures"]["baked_into_weights"] and info["head_temperatures"]["min"] < 1  # the test's random table
 

@@ -11,7 +11,7 @@ from edgelm.export.gguf import export_gguf
 from edgelm.export.onnx import export_onnx
 from edgelm.models import open_checkpoint
 from edgelm.models.presets import PRESETS
-from edgelm.runtime.artifact import LoadOptions, open_artifact
+from edgelm.formats import LoadOptions, open_artifact
 from edgelm.runtime.torch_backend import TorchBackend
 from edgelm.tokenizer import load_tokenizer
 
@@ -65,7 +65,7 @@ def test_quantized_export_stays_close(tmp_path, name, fmt, quant, max_mean_kld, 
         path = export_gguf(checkpoint, tmp_path / "m.gguf", quant).path
     else:
         path = export_onnx(checkpoint, tmp_path / "onnx", quant).path
-    artifact = open_artifact(path, LoadOptions(context_length=256, threads=2))
+    artifact = open_artifact(path, LoadOptions(context_length=256, threads=2, all_logits=True))
     ids = held_out_ids(MODELS / name)[:256]
     report = compare(TorchBackend(checkpoint.load_model()), artifact.backend, ids, prefill=128)
     print(f"\n{name} {fmt} {quant} ({artifact.engine}): " + json.dumps({k: round(v, 5) for k, v in report.as_dict().items()}))

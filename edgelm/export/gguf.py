@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType, MODEL_ARCH_NAMES, quants
+from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType, quants
 
 from .. import __version__
+from ..constants import (GGUF_CONFIG, GGUF_FAMILY, GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED,
+                         GGUF_POSITION_ENCODING, GGUF_VERSION, llama_cpp_archs)
 from ..errors import UserError
 from ..fileio import atomic_output_file
 from ..models import Checkpoint
@@ -43,7 +45,6 @@ LLAMA_FILE_TYPES = {
 }
 GGUF_PY_QUANTS = {"Q4_0": Q.Q4_0, "Q4_1": Q.Q4_1, "Q5_0": Q.Q5_0, "Q5_1": Q.Q5_1, "Q8_0": Q.Q8_0}
 NEAREST_GGUF_PY = {"Q2": "Q4_0", "Q3": "Q4_0", "Q4": "Q4_0", "Q5": "Q5_0", "Q6": "Q8_0", "Q8": "Q8_0"}
-LLAMA_CPP_ARCHS = set(MODEL_ARCH_NAMES.values())
 
 
 @dataclass
@@ -123,13 +124,13 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
         vtype = {bool: GGUFValueType.BOOL, int: GGUFValueType.UINT32, float: GGUFValueType.FLOAT32}[type(value)]
         writer.add_key_value(f"{arch}.{key}", value, vtype)
     table = checkpoint.head_temperatures()
-    writer.add_string("edgelm.version", __version__)
-    writer.add_string("edgelm.family", family.name)
-    writer.add_string("edgelm.position_encoding", spec.position_encoding)
-    writer.add_string("edgelm.config", json.dumps(checkpoint.config, sort_keys=True))
+    writer.add_string(GGUF_VERSION, __version__)
+    writer.add_string(GGUF_FAMILY, family.name)
+    writer.add_string(GGUF_POSITION_ENCODING, spec.position_encoding)
+    writer.add_string(GGUF_CONFIG, json.dumps(checkpoint.config, sort_keys=True))
     # provenance only: the temperatures are already folded into the query weights
-    writer.add_array("edgelm.head_temperatures", [float(x) for x in table.flatten()])
-    writer.add_bool("edgelm.head_temperatures_baked", True)
+    writer.add_array(GGUF_HEAD_TEMPERATURES, [float(x) for x in table.flatten()])
+    writer.add_bool(GGUF_HEAD_TEMPERATURES_BAKED, True)
     add_vocab(writer, load_tokenizer(checkpoint.path), spec.vocab_size)
 
     plan = _tensor_plan(checkpoint)
@@ -188,7 +189,7 @@ def export_gguf(
             qtype = FLOAT_TYPES[type_name.lower()]
             file_type = {Q.F32: LlamaFileType.ALL_F32, Q.F16: LlamaFileType.MOSTLY_F16, Q.BF16: LlamaFileType.MOSTLY_BF16}[qtype]
             _write(checkpoint, tmp, qtype, file_type, on_tensor)
-        elif arch in LLAMA_CPP_ARCHS:
+        elif arch in llama_cpp_archs():
             fd, name = tempfile.mkstemp(prefix=f".{out.name}.f32-", suffix=".gguf", dir=out.parent)
             os.close(fd)
             try:

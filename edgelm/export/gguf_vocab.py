@@ -13,9 +13,8 @@ import json
 
 from gguf import GGUFValueType, GGUFWriter, TokenType
 
+from ..constants import GGUF_TOKENIZER_FILE
 from ..tokenizer import JSONTokenizer, SentencePieceTokenizer, Tokenizer
-
-TOKENIZER_FILE_KEY = "edgelm.tokenizer_file."  # + file name: the file's bytes
 
 
 def _pad(tokens: list[str], scores: list[float], types: list[int], vocab_size: int) -> None:
@@ -102,4 +101,4 @@ def add_vocab(writer: GGUFWriter, tokenizer: Tokenizer, vocab_size: int) -> None
     # the source tokenizer files themselves, so edgelm's native executor tokenizes without llama.cpp
     for file in (tokenizer.file, tokenizer.file.parent / "tokenizer_config.json"):
         if file.is_file():
-            writer.add_key_value(TOKENIZER_FILE_KEY + file.name, list(file.read_bytes()), GGUFValueType.ARRAY, GGUFValueType.UINT8)
+            writer.add_key_value(GGUF_TOKENIZER_FILE + file.name, list(file.read_bytes()), GGUFValueType.ARRAY, GGUFValueType.UINT8)

@@ -38,12 +38,13 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..constants import GENAI_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE, TOKENIZER_FILES
 from ..errors import UserError
 from ..fileio import atomic_output_dir
 from ..models import Checkpoint, CausalLM, CausalSelfAttention, ModelSpec
 from ..models.layers import rotary_frequencies
 from ..quantize.onnx import EXTERNAL_DATA_OVER, quantize_onnx
-from ..tokenizer import TOKENIZER_FILES, Tokenizer, load_tokenizer
+from ..tokenizer import Tokenizer, load_tokenizer
 from .temperatures import bake_head_temperatures
 
 QUANTS = ("f32", "f16", "int8", "int4")
@@ -51,7 +52,6 @@ KV_CACHES = ("float", "int8")
 KV_CALIBRATION_TOKENS = 1024  # tokens of calibration text run through the model for the int8 KV scales
 INT8_MAX = 127
 CHILD_GRACE_SECONDS = 10  # how long an interrupted export waits for its tracing process to stop by itself
-MODEL_FILE = "model.onnx"
 ROTARY_TABLE_POSITIONS = 32768  # rows of the cos/sin tables; RoPE positions past max(this, max_positions) are refused
 
 
@@ -211,7 +211,7 @@ def genai_config(checkpoint: Checkpoint, tokenizer: Tokenizer, context_length: i
             "context_length": context_length,
             "decoder": {
                 "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
-                "filename": MODEL_FILE,
+                "filename": ONNX_MODEL_FILE,
                 "head_size": spec.head_dim,
                 "hidden_size": spec.hidden_size,
                 "inputs": GRAPH_INPUTS,
@@ -342,15 +342,15 @@ def export_onnx(
     tokenizer = load_tokenizer(checkpoint.path)
     with atomic_output_dir(out, force) as tmp:
         step("tracing the graph" + (" and calibrating the int8 KV cache" if kv_cache == "int8" else ""))
-        table, notes = _in_child_process(_write_graph, checkpoint, tmp / MODEL_FILE, calibration_text if kv_cache == "int8" else None)
+        table, notes = _in_child_process(_write_graph, checkpoint, tmp / ONNX_MODEL_FILE, calibration_text if kv_cache == "int8" else None)
         if quant != "f32":
             step(f"quantizing to {quant}")
-            notes += quantize_onnx(tmp / MODEL_FILE, quant, int4_embedding, int8_lm_head)
+            notes += quantize_onnx(tmp / ONNX_MODEL_FILE, quant, int4_embedding, int8_lm_head)
         step("writing configs")
         for name in TOKENIZER_FILES:
             if (checkpoint.path / name).is_file():
                 shutil.copy(checkpoint.path / name, tmp / name)
-        (tmp / "genai_config.json").write_text(json.dumps(genai_config(checkpoint, tokenizer, checkpoint.spec.max_positions), indent=2) + "\n")
+        (tmp / GENAI_CONFIG).write_text(json.dumps(genai_config(checkpoint, tokenizer, checkpoint.spec.max_positions), indent=2) + "\n")
         manifest = {
             "family": checkpoint.spec.family,
             "position_encoding": checkpoint.spec.position_encoding,
@@ -363,5 +363,5 @@ def export_onnx(
             "config": checkpoint.config,
             "edgelm_version": __version__,
         }
-        (tmp / "edgelm.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / ONNX_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return ONNXReport(out, quant, notes)

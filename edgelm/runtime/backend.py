@@ -30,3 +30,6 @@ class Backend(ABC):
 
     def decode(self, token: int) -> np.ndarray:
         return self.forward([token])[-1]
+
+    def close(self) -> None:
+        """Free native resources (sessions, model memory); the backend is not used afterwards."""

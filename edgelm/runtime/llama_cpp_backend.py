@@ -1,5 +1,6 @@
 """llama-cpp-python behind the runtime interface: stock llama.cpp runs the file, edgelm only feeds
-tokens and reads logits."""
+tokens and reads logits. The `Llama` object owns the native model and context; `close()` frees them.
+The same object tokenizes, with the vocabulary inside the GGUF (`LlamaCppTokenizer`)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ..tokenizer import Tokenizer
 from .backend import Backend
 
 GGML_TYPE_F32 = 0
 
 
 class LlamaCppBackend(Backend):
-    def __init__(self, path: Path, context_length: int, threads: int | None = None, gpu_layers: int = 0, f32_kv_cache: bool = False):
+    def __init__(self, path: Path, context_length: int, threads: int | None = None, gpu_layers: int = 0,
+                 f32_kv_cache: bool = False, all_logits: bool = False):
+        """`all_logits`: keep every position's logits (parity, perplexity); otherwise llama.cpp computes
+        only the last one, as chat and generation need."""
         from llama_cpp import Llama
 
         cache_types = {"type_k": GGML_TYPE_F32, "type_v": GGML_TYPE_F32} if f32_kv_cache else {}
@@ -24,10 +29,11 @@ class LlamaCppBackend(Backend):
             n_batch=min(context_length, 512),
             n_threads=threads or os.cpu_count(),
             n_gpu_layers=gpu_layers,
-            logits_all=True,  # perplexity and parity read every position's logits
+            logits_all=all_logits,
             verbose=False,
             **cache_types,
         )
+        self.all_logits = all_logits
         self.context_length = context_length
 
     def reset(self) -> None:
@@ -38,6 +44,52 @@ class LlamaCppBackend(Backend):
         return self.llm.n_tokens
 
     def forward(self, ids: list[int]) -> np.ndarray:
+        if not self.all_logits and len(ids) > 1:
+            raise RuntimeError("LlamaCppBackend keeps only the last logits: open it with all_logits=True")
         start = self.llm.n_tokens
         self.llm.eval(ids)
         return np.array(self.llm.scores[start : self.llm.n_tokens], dtype=np.float32)
+
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        import llama_cpp
+
+        self.llm.eval(ids)
+        if self.all_logits:
+            return np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32)
+        # without logits_all llama-cpp-python stores no scores; the context holds the last token's row
+        row = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(row, shape=(self.llm.n_vocab(),)).astype(np.float32)
+
+    def decode(self, token: int) -> np.ndarray:
+        return self.prefill([token])
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+class LlamaCppTokenizer(Tokenizer):
+    """The vocabulary llama.cpp reads from the GGUF itself, so any GGUF llama.cpp runs tokenizes as it
+    does there; special tokens, bos and the chat template come from the file's tokenizer.* keys."""
+
+    kind = "llama.cpp (the GGUF's own vocabulary)"
+
+    def __init__(self, llm, path: Path, add_bos: bool, chat_template: str | None):
+        self.llm = llm
+        self.vocab_size = llm.n_vocab()
+        super().__init__(path, {"add_bos_token": add_bos, "chat_template": chat_template})
+        self.bos_id = _token_or_none(llm.token_bos())
+        self.eos_id = _token_or_none(llm.token_eos())
+
+    def encode_text(self, text):
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def decode(self, ids):
+        return self.llm.detokenize(ids).decode("utf-8", errors="replace")
+
+    def lookup(self, token):
+        ids = self.llm.tokenize(token.encode("utf-8"), add_bos=False, special=True)
+        return ids[0] if len(ids) == 1 else None
+
+
+def _token_or_none(token: int) -> int | None:
+    return None if token < 0 else token

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..constants import GENAI_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE
 from ..errors import UserError
 from .backend import Backend
 
@@ -42,12 +44,12 @@ def session_for(model: Path, threads: int | None, provider: str):
 
 
 class OnnxBackend(Backend):
-    def __init__(self, folder: Path, genai: dict, manifest: dict, threads: int | None = None, provider: str = "cpu"):
+    def __init__(self, model: Path, genai: dict, manifest: dict, threads: int | None = None, provider: str = "cpu"):
         import onnxruntime as ort
 
         decoder = genai["model"]["decoder"]
-        self.folder = folder
-        self.session = session_for(folder / decoder["filename"], threads, provider)
+        self.folder = model.parent
+        self.session = session_for(model, threads, provider)
         self.layers = decoder["num_hidden_layers"]
         self.kv_heads, self.head_size = decoder["num_key_value_heads"], decoder["head_size"]
         self.context_length = genai["model"]["context_length"]
@@ -63,6 +65,9 @@ class OnnxBackend(Backend):
         self.buffers: list = []
         self.binding = self.session.io_binding()
         self.reset()
+
+    def close(self) -> None:
+        self.binding = self.buffers = self.session = None
 
     def reset(self) -> None:
         self._position = 0
@@ -105,18 +110,46 @@ class OnnxBackend(Backend):
         return self.binding.get_outputs()[0].numpy()[0].astype(np.float32, copy=False)
 
 
-def read_onnx_folder(folder: Path) -> tuple[dict, dict]:
-    """genai_config.json and edgelm.json of an ONNX folder, validated."""
-    found = {}
-    for name in ("genai_config.json", "edgelm.json"):
-        path = folder / name
-        if not path.is_file():
-            raise UserError(f"{name} is missing", folder, "export the model again with `edgelm export --format onnx`")
-        try:
-            found[name] = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{name} is not valid JSON ({exc})", path, "export the model again") from None
-    model = folder / found["genai_config.json"].get("model", {}).get("decoder", {}).get("filename", "model.onnx")
+def _plain_name(value: Any, key: str, path: Path) -> str:
+    """A file name from a config a stranger wrote: a plain base name, or refused."""
+    if not isinstance(value, str) or not value or value != Path(value).name or value in (".", ".."):
+        raise UserError(f"{key} {value!r} is not a plain file name inside the folder", path,
+                        "refused: a model file must lie in the folder itself; export it again")
+    return value
+
+
+def read_onnx_folder(folder: Path) -> tuple[dict, dict, Path]:
+    """genai_config.json (validated), edgelm.json ({} where another tool made the folder) and the
+    graph's path, which never leaves the folder."""
+    genai_path = folder / GENAI_CONFIG
+    if not genai_path.is_file():
+        raise UserError(f"{GENAI_CONFIG} is missing", folder, "export the model again with `edgelm export --format onnx`")
+    genai = _read_json(genai_path)
+    manifest = _read_json(folder / ONNX_MANIFEST) if (folder / ONNX_MANIFEST).is_file() else {}
+    try:
+        decoder = genai["model"]["decoder"]
+        for key in ("num_hidden_layers", "num_key_value_heads", "head_size"):
+            if not isinstance(decoder[key], int) or isinstance(decoder[key], bool) or decoder[key] <= 0:
+                raise TypeError(f"model.decoder.{key} is {decoder[key]!r}, not a positive integer")
+        if not isinstance(genai["model"]["context_length"], int) or genai["model"]["context_length"] <= 0:
+            raise TypeError(f"model.context_length is {genai['model']['context_length']!r}, not a positive integer")
+        filename = _plain_name(decoder.get("filename", ONNX_MODEL_FILE), "model.decoder.filename", genai_path)
+        names = {**decoder.get("inputs", {}), **decoder.get("outputs", {})}
+        if not all(isinstance(v, str) for v in names.values()):
+            raise TypeError("model.decoder.inputs/outputs hold names that are not strings")
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"{GENAI_CONFIG} is not a decoder description edgelm can run ({exc.__class__.__name__}: {exc})", genai_path,
+                        "export the model again") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{ONNX_MANIFEST} is not a JSON object", folder / ONNX_MANIFEST, "export the model again")
+    model = folder / filename
     if not model.is_file():
-        raise UserError("model.onnx is missing", folder, "export the model again with `edgelm export --format onnx`")
-    return found["genai_config.json"], found["edgelm.json"]
+        raise UserError(f"{filename} is missing", folder, "export the model again with `edgelm export --format onnx`")
+    return genai, manifest, model
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path.name} is not valid JSON ({exc})", path, "export the model again") from None

@@ -1,0 +1,34 @@
+"""Keys and file names of the artifacts edgelm writes, in one place: the writers (export/, bundle) and
+the readers (runtime/, formats/) import them from here, as llama.cpp's converter and loader share
+gguf-py's constants.py."""
+
+from __future__ import annotations
+
+# --- GGUF metadata edgelm adds beside llama.cpp's own keys ---------------------------------------
+GGUF_VERSION = "edgelm.version"
+GGUF_FAMILY = "edgelm.family"
+GGUF_POSITION_ENCODING = "edgelm.position_encoding"
+GGUF_CONFIG = "edgelm.config"  # the source config.json, as JSON text
+GGUF_HEAD_TEMPERATURES = "edgelm.head_temperatures"  # provenance: already folded into the weights
+GGUF_HEAD_TEMPERATURES_BAKED = "edgelm.head_temperatures_baked"
+GGUF_TOKENIZER_FILE = "edgelm.tokenizer_file."  # + one of TOKENIZER_FILES: that file's bytes
+
+# --- Hugging Face-style tokenizer files (model folders, ONNX folders, GGUF extras, bundles) -----
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
+
+# --- ONNX folders ----------------------------------------------------------------------------------
+ONNX_MODEL_FILE = "model.onnx"
+ORT_MODEL_FILE = "model.ort"  # ONNX Runtime's mobile format, in bundles
+GENAI_CONFIG = "genai_config.json"  # onnxruntime-genai's
+ONNX_MANIFEST = "edgelm.json"  # edgelm's facts about an ONNX export
+
+# --- bundles ---------------------------------------------------------------------------------------
+BUNDLE_MANIFEST = "edgelm.json"
+REQUIRED_OPERATORS = "required_operators.config"
+
+
+def llama_cpp_archs() -> frozenset[str]:
+    """The architectures stock llama.cpp runs, as the installed gguf-py names them."""
+    from gguf import MODEL_ARCH_NAMES
+
+    return frozenset(MODEL_ARCH_NAMES.values())

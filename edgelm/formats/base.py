@@ -1,0 +1,123 @@
+"""What a format declares, and the one place that decides which format a path is.
+
+A format is a kind of thing a user can point edgelm at: a model folder, a GGUF file, an ONNX folder, a
+bundle. Each registered class says how it is detected, opened (tokenizer + backend), described
+(`edgelm inspect`), bundled for a phone, and how many weight bytes a decode step reads; commands and
+benchmarks ask `detect` and never test paths themselves.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..errors import UserError
+from ..runtime.backend import Backend
+from ..tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    position_encoding: str | None = None  # model folders only
+    head_temperatures: Path | None = None  # model folders only
+    allow_pickle: bool = False  # model folders only
+    device: str = "cpu"  # torch reference and native GGUF executor
+    threads: int | None = None  # llama.cpp and onnxruntime
+    gpu_layers: int = 0  # llama.cpp offload, where the build has a GPU
+    f32_kv_cache: bool = False  # llama.cpp: its default f16 cache alone costs ~1e-3 in logits
+    all_logits: bool = False  # llama.cpp: keep every position's logits (parity, perplexity), not only the last
+    context_length: int | None = None  # default: the model's
+    provider: str = "cpu"  # onnxruntime execution provider
+
+    def refuse_model_overrides(self, path: Path, kind: str) -> None:
+        """An exported artifact carries its position encoding and temperatures inside."""
+        if self.position_encoding or self.head_temperatures:
+            raise UserError(f"a {kind} carries its position encoding and temperatures inside", path,
+                            "drop --position-encoding/--head-temperatures, or export again with them")
+
+
+@dataclass
+class Artifact:
+    """An opened format: a tokenizer and a backend that own native resources until `close()`."""
+
+    path: Path
+    format: Format
+    engine: str
+    tokenizer: Tokenizer
+    backend: Backend
+    details: dict[str, Any]
+    cleanups: list = field(default_factory=list)  # called by close(), last first (e.g. an unpacked bundle)
+
+    def close(self) -> None:
+        self.backend.close()
+        while self.cleanups:
+            self.cleanups.pop()()
+
+    def __enter__(self) -> Artifact:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Format(ABC):
+    kind: ClassVar[str]  # how edgelm names it to a user ("gguf", "onnx folder", …)
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @classmethod
+    @abstractmethod
+    def detect(cls, path: Path) -> bool:
+        """Whether `path` is this format; cheap (names, magic bytes, a small JSON), never trusting it."""
+
+    @abstractmethod
+    def open(self, options: LoadOptions) -> Artifact: ...
+
+    @abstractmethod
+    def describe(self, options: LoadOptions) -> dict[str, Any]:
+        """What `edgelm inspect` prints, as plain data."""
+
+    @abstractmethod
+    def weight_bytes(self) -> int:
+        """Bytes of weights one decode step reads (an embedding table only gathered does not count)."""
+
+    @property
+    def raw_engine(self) -> str | None:
+        """The engine that runs this without edgelm, for `bench --compare` (a key of benchmark.RAW_ENGINES)."""
+        return None
+
+    def mobile_refusal(self) -> str | None:
+        """Why no mobile runtime loads this as it is, or None when one does."""
+        return None
+
+    def bundle_into(self, folder: Path) -> dict[str, Any]:
+        """Write what a phone needs into `folder`; return the manifest's facts (format, family,
+        quantization, context_length, model)."""
+        raise UserError(f"a {self.kind} is not bundled as it is", self.path,
+                        "bundle a .gguf file or an ONNX folder: run `edgelm export` first")
+
+
+FORMATS: list[type[Format]] = []  # in order of detection: the first whose detect() says yes decides
+
+
+def register(cls: type[Format]) -> type[Format]:
+    FORMATS.append(cls)
+    return cls
+
+
+def detect(path: str | Path) -> Format:
+    path = Path(path)
+    for cls in FORMATS:
+        if cls.detect(path):
+            return cls(path)
+    if not path.exists():
+        raise UserError("no such file or folder", path, "give a model folder, a .gguf file, an ONNX folder or a bundle")
+    raise UserError("unknown kind of artifact", path,
+                    "edgelm reads model folders (config.json + safetensors), GGUF files, ONNX folders and bundles")
+
+
+def open_artifact(path: str | Path, options: LoadOptions = LoadOptions()) -> Artifact:
+    return detect(path).open(options)

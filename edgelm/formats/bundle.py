@@ -1,0 +1,93 @@
+"""A bundle from `edgelm bundle` (folder or .zip): verified against its manifest, then opened as the
+format it holds. A zip is unpacked into a temporary folder that lives as long as the opened artifact."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from ..constants import BUNDLE_MANIFEST
+from .base import FORMATS, Artifact, Format, LoadOptions, register
+
+
+def _is_bundle_folder(path: Path) -> bool:
+    manifest = path / BUNDLE_MANIFEST
+    if not manifest.is_file() or manifest.stat().st_size > (1 << 20):
+        return False
+    try:
+        return "files" in json.loads(manifest.read_text(encoding="utf-8"))  # an ONNX export's edgelm.json has none
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+        return False
+
+
+def bundled_format(folder: Path, manifest: dict) -> Format:
+    """The format inside a verified bundle folder: the first (other than a bundle) that claims the model
+    file or the folder."""
+    for candidate in (folder / manifest["model"], folder):
+        for cls in FORMATS:
+            if cls is not Bundle and cls.detect(candidate):
+                return cls(candidate)
+    from ..errors import UserError
+
+    raise UserError(f"the bundle's model {manifest['model']} is of no format edgelm reads", folder, "make the bundle again")
+
+
+@register
+class Bundle(Format):
+    kind = "bundle"
+
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        if path.is_dir():
+            return _is_bundle_folder(path)
+        return path.is_file() and (path.suffix == ".zip" or zipfile.is_zipfile(path))
+
+    def _inside(self, folder: Path) -> tuple[dict, Format]:
+        from ..bundle import verify_folder
+
+        manifest = verify_folder(folder)
+        return manifest, bundled_format(folder, manifest)
+
+    def open(self, options: LoadOptions) -> Artifact:
+        from ..bundle import unpack_zip
+
+        cleanups = []
+        folder = self.path
+        if not self.path.is_dir():
+            scratch = tempfile.TemporaryDirectory(prefix="edgelm-bundle-")
+            cleanups.append(scratch.cleanup)
+            try:
+                unpack_zip(self.path, Path(scratch.name))
+            except BaseException:
+                scratch.cleanup()
+                raise
+            folder = Path(scratch.name)
+        try:
+            manifest, inner = self._inside(folder)
+            artifact = inner.open(options)
+        except BaseException:
+            for cleanup in cleanups:
+                cleanup()
+            raise
+        artifact.path, artifact.format = self.path, self
+        artifact.details |= {"bundle": {k: manifest.get(k) for k in ("format", "quantization", "edgelm_version")}}
+        artifact.cleanups += cleanups
+        return artifact
+
+    def describe(self, options: LoadOptions) -> dict[str, Any]:
+        from ..bundle import unpacked
+
+        with unpacked(self.path) as folder:
+            manifest, inner = self._inside(folder)
+            facts = inner.describe(options)
+        return facts | {"format": f"bundle of {facts['format']}", "files": len(manifest["files"]), "verified": True,
+                        "sampling_defaults": manifest.get("sampling_defaults")}
+
+    def weight_bytes(self) -> int:
+        from ..bundle import unpacked
+
+        with unpacked(self.path) as folder:
+            return self._inside(folder)[1].weight_bytes()

@@ -1,0 +1,133 @@
+"""A GGUF file: edgelm's own exports and any other that stock llama.cpp runs (llama.cpp's converter,
+files from the hub). llama.cpp runs every architecture it knows, with the vocabulary and chat template
+inside the file; edgelm's native executor runs the architectures only edgelm writes (tokenformer),
+from edgelm's metadata."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ..constants import GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED, GGUF_VERSION, llama_cpp_archs
+from ..errors import UserError
+from .base import Artifact, Format, LoadOptions, register
+
+MAGIC = b"GGUF"
+
+
+@register
+class GGUF(Format):
+    kind = "gguf"
+
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        if not path.is_file():
+            return False
+        with open(path, "rb") as handle:
+            return path.suffix == ".gguf" or handle.read(4) == MAGIC
+
+    def __init__(self, path: Path):
+        from ..runtime.gguf_file import open_gguf
+
+        super().__init__(path)
+        self.gguf = open_gguf(path)
+
+    @property
+    def runs_on_llama_cpp(self) -> bool:
+        return self.gguf.arch in llama_cpp_archs()
+
+    @property
+    def raw_engine(self) -> str | None:
+        return "llama-cpp-python" if self.runs_on_llama_cpp else None
+
+    def _edgelm_model(self):
+        """(family, spec) for a file edgelm wrote, else None; a file neither edgelm nor llama.cpp can run is refused."""
+        if self.gguf.written_by_edgelm:
+            return self.gguf.edgelm_model()
+        if not self.runs_on_llama_cpp:
+            raise UserError(f"llama.cpp does not know arch {self.gguf.arch!r}, and edgelm did not write this file", self.path,
+                            "run it with a llama.cpp build that has that architecture, or export its source model with `edgelm export`")
+        return None
+
+    def context_length(self) -> int:
+        model = self._edgelm_model()
+        return model[1].max_positions if model else int(self.gguf.hparam("context_length", 2048))
+
+    def open(self, options: LoadOptions) -> Artifact:
+        options.refuse_model_overrides(self.path, "GGUF file")
+        model = self._edgelm_model()
+        context = options.context_length or self.context_length()
+        details = {"family": model[0].name if model else None, "arch": self.gguf.arch,
+                   "position_encoding": model[1].position_encoding if model else None}
+        if self.runs_on_llama_cpp:
+            from ..runtime.llama_cpp_backend import LlamaCppBackend, LlamaCppTokenizer
+
+            backend = LlamaCppBackend(self.path, context, options.threads, options.gpu_layers, options.f32_kv_cache, options.all_logits)
+            tokenizer = LlamaCppTokenizer(backend.llm, self.path, bool(self.gguf.field("tokenizer.ggml.add_bos_token", False)),
+                                          self.gguf.field("tokenizer.chat_template"))
+            engine = "llama.cpp"
+        else:
+            from ..runtime.gguf_file import gguf_tokenizer, load_gguf_model
+            from ..runtime.torch_backend import TorchBackend
+
+            tokenizer = gguf_tokenizer(self.gguf)
+            backend = TorchBackend(load_gguf_model(self.gguf, options.device))
+            engine = f"edgelm native GGUF executor ({options.device})"
+        backend.context_length = context
+        return Artifact(self.path, self, engine, tokenizer, backend, details)
+
+    def describe(self, options: LoadOptions) -> dict[str, Any]:
+        gguf, model = self.gguf, self._edgelm_model()
+        facts = {
+            "format": self.kind,
+            "family": model[0].name if model else None,
+            "arch": gguf.arch,
+            "engine": "llama.cpp" if self.runs_on_llama_cpp else "edgelm native GGUF executor",
+            "written_by": f"edgelm {gguf.field(GGUF_VERSION)}" if gguf.written_by_edgelm else "another tool",
+            "file_type": gguf.field("general.file_type"),
+            "parameters": int(sum(t.n_elements for t in gguf.reader.tensors)),
+            "tensor_types": dict(Counter(t.tensor_type.name for t in gguf.reader.tensors)),
+            "tokenizer_model": gguf.field("tokenizer.ggml.model"),
+            "chat_template": gguf.field("tokenizer.chat_template") is not None,
+        }
+        if model is None:
+            return facts | {"context_length": gguf.hparam("context_length"), "hidden_size": gguf.hparam("embedding_length"),
+                            "layers": gguf.hparam("block_count"), "heads": gguf.hparam("attention.head_count"),
+                            "kv_heads": gguf.hparam("attention.head_count_kv")}
+        spec = model[1]
+        temperatures = gguf.field(GGUF_HEAD_TEMPERATURES) or [1.0]
+        return facts | {
+            "vocab_size": spec.vocab_size,
+            "hidden_size": spec.hidden_size,
+            "layers": spec.num_layers,
+            "heads": spec.num_heads,
+            "kv_heads": spec.num_kv_heads,
+            "context_length": spec.max_positions,
+            "position_encoding": spec.position_encoding,
+            "rotary_dims": spec.rotated_dims,
+            "head_temperatures": {"baked_into_weights": bool(gguf.field(GGUF_HEAD_TEMPERATURES_BAKED, False)),
+                                  "min": min(temperatures), "max": max(temperatures)},
+        }
+
+    def weight_bytes(self) -> int:
+        tensors = {t.name: int(t.n_bytes) for t in self.gguf.reader.tensors}
+        if "output.weight" in tensors:  # untied: token_embd is only gathered
+            tensors.pop("token_embd.weight", None)
+        return sum(tensors.values())
+
+    def mobile_refusal(self) -> str | None:
+        if self.runs_on_llama_cpp:
+            return None
+        return f"arch {self.gguf.arch!r} runs only on edgelm's native executor; no llama.cpp on a phone knows it"
+
+    def bundle_into(self, folder: Path) -> dict[str, Any]:
+        from gguf import LlamaFileType
+
+        model = self._edgelm_model()
+        shutil.copy(self.path, folder / self.path.name)
+        file_type = self.gguf.field("general.file_type")
+        quantization = LlamaFileType(file_type).name.removeprefix("MOSTLY_") if file_type in LlamaFileType._value2member_map_ else "unknown"
+        return {"format": "gguf", "family": model[0].name if model else None, "quantization": quantization,
+                "context_length": self.context_length(), "model": self.path.name, "arch": self.gguf.arch}

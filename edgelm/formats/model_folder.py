@@ -1,0 +1,80 @@
+"""A Hugging Face-style model folder (config.json + safetensors, or a pickle with --allow-pickle): the
+torch reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .base import Artifact, Format, LoadOptions, register
+
+
+def _temperature_summary(table) -> dict[str, Any]:
+    return {
+        "min": round(table.min().item(), 6),
+        "max": round(table.max().item(), 6),
+        "mean": round(table.mean().item(), 6),
+        "all_one": bool((table == 1).all()),
+    }
+
+
+@register
+class ModelFolder(Format):
+    kind = "model folder"
+
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        return path.is_dir()  # detected last: any folder no other format claims
+
+    def _checkpoint(self, options: LoadOptions):
+        from ..models import open_checkpoint
+
+        return open_checkpoint(self.path, position_encoding=options.position_encoding,
+                               head_temperatures=options.head_temperatures, allow_pickle=options.allow_pickle)
+
+    def open(self, options: LoadOptions) -> Artifact:
+        from ..runtime.torch_backend import TorchBackend
+        from ..tokenizer import load_tokenizer
+
+        checkpoint = self._checkpoint(options)
+        backend = TorchBackend(checkpoint.load_model(options.device))
+        details = {"family": checkpoint.spec.family, "position_encoding": checkpoint.spec.position_encoding}
+        return Artifact(self.path, self, f"torch ({options.device})", load_tokenizer(self.path), backend, details)
+
+    def describe(self, options: LoadOptions) -> dict[str, Any]:
+        from ..tokenizer import load_tokenizer
+
+        checkpoint = self._checkpoint(options)
+        spec = checkpoint.spec
+        tokenizer = load_tokenizer(self.path)
+        return {
+            "format": self.kind,
+            "family": spec.family,
+            "parameters": checkpoint.parameter_count(),
+            "vocab_size": spec.vocab_size,
+            "hidden_size": spec.hidden_size,
+            "layers": spec.num_layers,
+            "heads": spec.num_heads,
+            "kv_heads": spec.num_kv_heads,
+            "head_dim": spec.head_dim,
+            "ffn_size": spec.ffn_size,
+            "max_positions": spec.max_positions,
+            "tied_embeddings": spec.tie_embeddings,
+            "position_encoding": spec.position_encoding,
+            "position_encoding_rule": checkpoint.position_encoding_rule,
+            "rotary_dims": spec.rotated_dims,
+            "rope_theta": spec.rope_theta if spec.rotated_dims else None,
+            "head_temperatures": _temperature_summary(checkpoint.head_temperatures()),
+            "head_temperature_source": checkpoint.temperature_source,
+            "tokenizer": {
+                "kind": tokenizer.kind,
+                "vocab_size": tokenizer.vocab_size,
+                "bos_id": tokenizer.bos_id,
+                "eos_id": tokenizer.eos_id,
+                "add_bos": tokenizer.add_bos,
+                "chat_template": tokenizer.chat_template is not None,
+            },
+        }
+
+    def weight_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.iterdir() if p.suffix == ".safetensors")

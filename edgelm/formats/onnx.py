@@ -1,0 +1,135 @@
+"""An ONNX folder with onnxruntime-genai's genai_config.json: edgelm's exports (with their edgelm.json
+manifest) and the onnxruntime-genai model builder's. onnxruntime runs the graph; the tokenizer files
+lie beside it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ..constants import GENAI_CONFIG, ONNX_MODEL_FILE, ORT_MODEL_FILE, REQUIRED_OPERATORS, TOKENIZER_FILES
+from ..errors import UserError
+from .base import Artifact, Format, LoadOptions, register
+
+
+@register
+class OnnxFolder(Format):
+    kind = "onnx folder"
+
+    @property
+    def raw_engine(self) -> str | None:
+        return "onnxruntime-genai"
+
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        return path.is_dir() and ((path / GENAI_CONFIG).exists() or (path / ONNX_MODEL_FILE).exists())
+
+    def __init__(self, path: Path):
+        from ..runtime.onnx_backend import read_onnx_folder
+
+        super().__init__(path)
+        self.genai, self.manifest, self.model_file = read_onnx_folder(path)
+
+    def open(self, options: LoadOptions) -> Artifact:
+        from ..runtime.onnx_backend import OnnxBackend
+        from ..tokenizer import load_tokenizer
+
+        options.refuse_model_overrides(self.path, "ONNX folder")
+        try:
+            backend = OnnxBackend(self.model_file, self.genai, self.manifest, options.threads, options.provider)
+        except UserError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own types for a damaged graph
+            raise UserError(f"onnxruntime cannot load {self.model_file.name} ({str(exc).splitlines()[0][:200]})", self.path,
+                            "export the model again") from None
+        if options.context_length:
+            backend.context_length = options.context_length
+        details = {k: self.manifest.get(k) for k in ("family", "position_encoding", "quantization")}
+        return Artifact(self.path, self, f"onnxruntime ({options.provider})", load_tokenizer(self.path), backend, details)
+
+    def _graph(self):
+        import onnx
+
+        try:
+            return onnx.load(str(self.model_file), load_external_data=False).graph
+        except Exception as exc:  # protobuf's DecodeError and friends for a damaged file
+            raise UserError(f"{self.model_file.name} is not a readable ONNX graph ({exc.__class__.__name__})", self.path,
+                            "export the model again") from None
+
+    def describe(self, options: LoadOptions) -> dict[str, Any]:
+        """The manifest, genai_config's dims, and the graph's operators and KV cache type (read without its
+        external weights)."""
+        import onnx
+
+        graph = self._graph()
+        decoder = self.genai["model"]["decoder"]
+        past = decoder.get("inputs", {}).get("past_key_names", "past_key_values.%d.key").split("%d")[0]
+        caches = {onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type).lower() for i in graph.input if i.name.startswith(past)}
+        temperatures = [t for layer in self.manifest.get("head_temperatures", {}).get("layers", []) for t in layer]
+        return {
+            "format": self.kind,
+            "written_by": f"edgelm {self.manifest['edgelm_version']}" if self.manifest else "another tool (no edgelm.json)",
+            "family": self.manifest.get("family"),
+            "quantization": self.manifest.get("quantization"),
+            "kv_cache": ", ".join(sorted(caches)),
+            "operators": dict(Counter(node.op_type for node in graph.node).most_common()),
+            "bytes": sum(f.stat().st_size for f in self.path.iterdir() if f.is_file()),
+            "vocab_size": self.genai["model"].get("vocab_size"),
+            "hidden_size": decoder.get("hidden_size"),
+            "layers": decoder["num_hidden_layers"],
+            "heads": decoder.get("num_attention_heads"),
+            "kv_heads": decoder["num_key_value_heads"],
+            "head_dim": decoder["head_size"],
+            "context_length": self.genai["model"]["context_length"],
+            "position_encoding": self.manifest.get("position_encoding"),
+            "rotary_table_positions": self.manifest.get("rotary_table_positions"),
+            "head_temperatures": {"baked_into_weights": self.manifest.get("head_temperatures", {}).get("baked_into_weights", False),
+                                  "min": min(temperatures, default=None), "max": max(temperatures, default=None)},
+        }
+
+    def weight_bytes(self) -> int:
+        consumers: dict[str, set[str]] = {}
+        graph = self._graph()
+        for node in graph.node:
+            for name in node.input:
+                consumers.setdefault(name, set()).add(node.op_type)
+        total = 0
+        for tensor in graph.initializer:
+            uses = consumers.get(tensor.name)
+            if uses and uses <= {"Gather", "GatherBlockQuantized"}:  # an embedding table: one row per token
+                continue
+            external = {entry.key: entry.value for entry in tensor.external_data}
+            total += int(external["length"]) if "length" in external else len(tensor.raw_data)
+        return total
+
+    def bundle_into(self, folder: Path) -> dict[str, Any]:
+        """The graph in ONNX Runtime's mobile format (onnxruntime's own converter) with the
+        required-operators config it writes for a reduced-size build; genai_config.json pointing at it."""
+        from ..bundle import SAMPLING_DEFAULTS
+
+        shutil.copy(self.model_file, folder / ONNX_MODEL_FILE)
+        subprocess.run(
+            [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(folder / ONNX_MODEL_FILE),
+             "--output_dir", str(folder), "--optimization_style", "Fixed"],
+            check=True, capture_output=True, text=True,
+        )
+        (folder / ONNX_MODEL_FILE).unlink()
+        for config in list(folder.glob(f"*.{REQUIRED_OPERATORS}")) + list(folder.glob(REQUIRED_OPERATORS)):
+            config.rename(folder / REQUIRED_OPERATORS)
+        genai = json.loads(json.dumps(self.genai))
+        genai["model"]["decoder"]["filename"] = ORT_MODEL_FILE
+        # onnxruntime-genai samples with what its search section says: the bundle's defaults go there
+        genai.setdefault("search", {}).update({"do_sample": True, **SAMPLING_DEFAULTS})
+        (folder / GENAI_CONFIG).write_text(json.dumps(genai, indent=2) + "\n")
+        for name in TOKENIZER_FILES:
+            if (self.path / name).is_file():
+                shutil.copy(self.path / name, folder / name)
+        return {"format": "onnx (ORT mobile format)", "family": self.manifest.get("family"),
+                "quantization": self.manifest.get("quantization"), "context_length": genai["model"]["context_length"],
+                "model": ORT_MODEL_FILE}
+
