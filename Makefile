@@ -29,7 +29,19 @@ demo: $(VENV)/.installed
 	$(EDGELM) parity $(DEMO_DIR)/tiny-nope-int4-onnx --reference $(MODEL)
 	$(EDGELM) generate $(DEMO_DIR)/tiny-nope-int4-onnx --prompt "$(PROMPT)" --max-new-tokens 40
 
-test: $(VENV)/.installed
+# llama.cpp's own converter (tests open what it writes): from the source distribution of the installed
+# llama-cpp-python, which vendors llama.cpp; pip caches the download
+CONVERTER := build/llama.cpp-converter
+$(CONVERTER)/convert_hf_to_gguf.py: $(VENV)/.installed
+	rm -rf $(CONVERTER) build/sdist && mkdir -p build/sdist
+	$(PY) -m pip download -q --no-deps --no-binary :all: -d build/sdist \
+		"llama-cpp-python==$$($(PY) -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')"
+	tar xzf build/sdist/llama_cpp_python-*.tar.gz -C build/sdist --wildcards '*/vendor/llama.cpp/convert_hf_to_gguf.py' \
+		'*/vendor/llama.cpp/conversion/*' '*/vendor/llama.cpp/gguf-py/*'
+	mv build/sdist/llama_cpp_python-*/vendor/llama.cpp $(CONVERTER)
+	rm -rf build/sdist
+
+test: $(VENV)/.installed $(CONVERTER)/convert_hf_to_gguf.py
 	$(PY) -m pytest -q
 
 clean:

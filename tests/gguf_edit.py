@@ -8,10 +8,11 @@ from pathlib import Path
 from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
 
-def rewrite_gguf(source: Path, target: Path, add: dict[str, tuple] | None = None, drop_keys=(), drop_tensors=()) -> Path:
-    """`add`: key → (value, GGUFValueType[, sub type for arrays])."""
+def rewrite_gguf(source: Path, target: Path, add: dict[str, tuple] | None = None, drop_keys=(), drop_tensors=(),
+                 arch: str | None = None) -> Path:
+    """`add`: key → (value, GGUFValueType[, sub type for arrays]); `arch`: another general.architecture."""
     reader = GGUFReader(str(source))
-    arch = reader.fields["general.architecture"].contents()
+    arch = arch or reader.fields["general.architecture"].contents()
     writer = GGUFWriter(str(target), arch)
     for key, field in reader.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture" or key in drop_keys:

@@ -1,0 +1,86 @@
+"""Artifacts other tools made, opened by edgelm: a GGUF written by llama.cpp's own converter
+(convert_hf_to_gguf.py from the llama-cpp-python source distribution, fetched by `make test`) runs in
+every command with llama.cpp's own vocabulary, and a format nobody on a phone runs is not bundled."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .gguf_edit import rewrite_gguf
+from .test_bad_input import assert_user_error
+
+CONVERTER = Path(__file__).resolve().parent.parent / "build" / "llama.cpp-converter" / "convert_hf_to_gguf.py"
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """(model folder, the GGUF llama.cpp's converter wrote from it at f16). The preset tiny-rope has a
+    SentencePiece tokenizer.model, as TinyLlama does; the converter does not know the shipped tiny-rope's
+    BPE pre-tokenizer (it refuses unknown ones by hash)."""
+    from edgelm.models.presets import write_preset
+
+    if not CONVERTER.is_file():
+        pytest.fail(f"{CONVERTER} is missing: `make test` fetches it")
+    root = tmp_path_factory.mktemp("converted")
+    folder = write_preset("tiny-rope", root / "tiny-rope", seed=1)
+    gguf = root / "tiny-rope-f16.gguf"
+    subprocess.run([sys.executable, str(CONVERTER), str(folder), "--outfile", str(gguf), "--outtype", "f16"],
+                   check=True, capture_output=True, text=True)
+    return folder, gguf
+
+
+def test_converter_gguf_generates_as_its_source(run_cli, converted):
+    folder, gguf = converted
+    code, out, err = run_cli("inspect", gguf, "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert (info["arch"], info["engine"], info["written_by"], info["family"]) == ("llama", "llama.cpp", "another tool", None)
+    assert info["chat_template"] is True
+    results = [run_cli("generate", path, "--prompt", "It is a truth universally acknowledged", "--max-new-tokens", 16, "--json")
+               for path in (folder, gguf)]
+    assert all(code == 0 for code, _, _ in results), results
+    reference, artifact = (json.loads(out) for _, out, _ in results)
+    assert artifact["engine"] == "llama.cpp" and reference["tokens"] == artifact["tokens"]
+
+
+def test_converter_gguf_passes_parity(run_cli, converted):
+    folder, gguf = converted
+    code, out, err = run_cli("parity", gguf, "--reference", folder, "--tokens", 128, "--device", "cpu", "--max-kld", "1e-3", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    print(f"\nconvert_hf_to_gguf f16 vs torch over {report['positions']} positions: mean KL {report['mean_kld']:.3g}, "
+          f"max |Δlogit| {report['max_abs_logit_diff']:.3g}")
+    assert report["positions"] == 128 and report["mean_kld"] <= 1e-3 and report["top1_agreement"] >= 0.99
+
+
+def test_converter_gguf_bundles_and_runs_from_the_zip(run_cli, converted, tmp_path):
+    _, gguf = converted
+    assert run_cli("bundle", gguf, "--out", tmp_path / "b", "--zip")[0] == 0
+    code, out, err = run_cli("generate", tmp_path / "b.zip", "--prompt", "It is", "--max-new-tokens", 4, "--json")
+    assert code == 0, err
+    assert json.loads(out)["engine"] == "llama.cpp"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.zip"]  # the unpacked copy is gone
+
+
+def test_gguf_of_an_arch_nobody_runs(run_cli, converted, tmp_path):
+    _, gguf = converted
+    alien = rewrite_gguf(gguf, tmp_path / "alien.gguf", arch="mamba9")
+    for command in (["inspect"], ["generate", "--prompt", "x"]):
+        assert_user_error(run_cli(command[0], alien, *command[1:]), "llama.cpp does not know arch 'mamba9'", "edgelm did not write")
+
+
+def test_tokenformer_gguf_bundles_only_for_desktops(run_cli, preset_dir, tmp_path):
+    from edgelm.export.gguf import export_gguf
+    from edgelm.models import open_checkpoint
+
+    gguf = export_gguf(open_checkpoint(preset_dir("tiny-tokenformer")), tmp_path / "tf.gguf", "f16").path
+    assert_user_error(run_cli("bundle", gguf, "--out", tmp_path / "b"), "no mobile runtime can load this", "tokenformer",
+                      "--allow-desktop-only")
+    assert not (tmp_path / "b").exists()
+    code, _, err = run_cli("bundle", gguf, "--out", tmp_path / "b", "--allow-desktop-only")
+    assert code == 0, err
+    code, out, err = run_cli("generate", tmp_path / "b", "--prompt", "It is", "--max-new-tokens", 3, "--json")
+    assert code == 0 and json.loads(out)["engine"].startswith("edgelm native"), err
