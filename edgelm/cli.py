@@ -248,6 +248,7 @@ def export(
     from rich.progress import Progress
 
     from .export.gguf import export_gguf, resolve_type
+    from .fileio import refuse_overlap
     from .export.onnx import check_quant_options, export_onnx
     from .models import open_checkpoint
 
@@ -273,6 +274,7 @@ def export(
     )
     suffix = "-onnx" if format is ExportFormat.onnx else ".gguf"
     target = out_path or model_dir.resolve().parent / f"{model_dir.resolve().name}-{type_name.lower()}{suffix}"
+    refuse_overlap(target, model_dir)
     if format is ExportFormat.onnx:
         with info.status("exporting to ONNX…") as status:
             report = export_onnx(checkpoint, target, quant, force, on_step=lambda text: status.update(text + "…"),

@@ -54,3 +54,108 @@ def test_rewritten_gguf_still_runs(run_cli, gguf_file, tmp_path):
     copied = run_cli("generate", copy, "--prompt", "It is", "--max-new-tokens", 5, "--json")
     assert original[0] == copied[0] == 0, (original, copied)
     assert original[1] == copied[1]
+
+
+def test_native_gguf_with_missing_tensors_is_refused(run_cli, gguf_file, tmp_path):
+    from gguf import GGUFReader
+
+    names = [t.name for t in GGUFReader(str(gguf_file)).tensors]
+    for dropped, expected in ((names[:1], f"1 tensors missing: {names[0]}"), (names, f"{len(names)} tensors missing")):
+        broken = rewrite_gguf(gguf_file, tmp_path / "broken.gguf", drop_tensors=set(dropped))
+        assert_user_error(run_cli("generate", broken, "--prompt", "x"), expected, "export it again")
+
+
+def test_parity_fails_on_nan_with_valid_json(run_cli, preset_dir, tmp_path):
+    import json
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    good = preset_dir("tiny-rope")
+    bad = tmp_path / "nan-model"
+    shutil.copytree(good, bad)
+    tensors = load_file(bad / "model.safetensors")
+    tensors["lm_head.weight"] = torch.full_like(tensors["lm_head.weight"], float("nan"))
+    save_file(tensors, bad / "model.safetensors")
+    code, out, err = run_cli("parity", bad, "--reference", good, "--tokens", 16, "--device", "cpu", "--max-kld", "0.01", "--json")
+    assert code == 1, (out, err)
+    report = json.loads(out)  # strict JSON: no bare NaN
+    assert report["mean_kld"] is None and "finite logits" in report["failed"] and "mean KL divergence" in report["failed"]
+    code, _, err = run_cli("parity", bad, "--reference", good, "--tokens", 16, "--device", "cpu")
+    assert code == 1 and "NaN or infinite logits" in err
+
+
+@pytest.fixture
+def bundle_folder(run_cli, gguf_file, tmp_path):
+    assert run_cli("bundle", gguf_file, "--out", tmp_path / "b", "--allow-desktop-only")[0] == 0
+    return tmp_path / "b"
+
+
+def _edit_manifest(folder, change):
+    import json
+
+    manifest = json.loads((folder / "edgelm.json").read_text())
+    change(manifest)
+    (folder / "edgelm.json").write_text(json.dumps(manifest))
+
+
+def test_verify_requires_the_model_among_the_files(run_cli, bundle_folder, tmp_path):
+    outside = tmp_path / "outside.gguf"
+    outside.write_bytes(b"GGUF")
+    _edit_manifest(bundle_folder, lambda m: m.update(model="../outside.gguf"))
+    assert_user_error(run_cli("verify", bundle_folder), "is not one of the files it lists")
+
+
+def test_verify_refuses_files_the_manifest_does_not_list(run_cli, bundle_folder):
+    (bundle_folder / "payload.sh").write_text("echo hi")
+    assert_user_error(run_cli("verify", bundle_folder), "payload.sh is in the bundle but not in its manifest")
+
+
+def test_verify_refuses_a_manifest_of_another_version(run_cli, bundle_folder):
+    _edit_manifest(bundle_folder, lambda m: m.update(manifest_version=99))
+    assert_user_error(run_cli("verify", bundle_folder), "manifest_version 99")
+
+
+def test_zip_is_checked_before_anything_is_unpacked(run_cli, bundle_folder, tmp_path, monkeypatch):
+    """An entry larger than its manifest says (a zip bomb's way in) is refused from the zip's directory."""
+    import zipfile
+
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
+        for path in bundle_folder.iterdir():
+            out.write(path, path.name)
+        out.writestr("zeros.bin", b"\0" * (8 << 20))  # 8 MB of zeros, a few KB packed
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "scratch"))
+    (tmp_path / "scratch").mkdir()
+    assert_user_error(run_cli("verify", archive), "zeros.bin is in the archive but not in its manifest")
+    assert list((tmp_path / "scratch").iterdir()) == []
+
+
+@pytest.mark.parametrize("target", ["{model}", "{model}/model.safetensors", "{model}/sub"])
+def test_export_never_replaces_its_input(run_cli, preset_dir, tmp_path, target):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(preset_dir("tiny-rope"), model)
+    before = sorted(p.name for p in model.iterdir())
+    assert_user_error(run_cli("export", model, "--out", target.format(model=model), "--force"), "overlaps the input")
+    assert sorted(p.name for p in model.iterdir()) == before
+
+
+def test_bundle_never_replaces_its_input(run_cli, bundle_folder):
+    assert_user_error(run_cli("bundle", bundle_folder, "--out", bundle_folder, "--force"), "overlaps the input")
+
+
+@pytest.mark.parametrize("filename", ["../outside.onnx", "/etc/hostname", "sub/model.onnx", ".."])
+def test_onnx_model_path_stays_in_its_folder(run_cli, tmp_path, filename):
+    import json
+
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    (tmp_path / "outside.onnx").write_bytes(b"")
+    decoder = {"filename": filename, "num_hidden_layers": 1, "num_key_value_heads": 1, "head_size": 8}
+    (folder / "genai_config.json").write_text(json.dumps({"model": {"context_length": 16, "decoder": decoder}}))
+    for command in (["inspect"], ["generate", "--prompt", "x"], ["bundle", "--out", tmp_path / "b"]):
+        assert_user_error(run_cli(command[0], folder, *command[1:]), "is not a plain file name inside the folder")
+    assert not (tmp_path / "b").exists()
