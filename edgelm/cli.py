@@ -208,7 +208,7 @@ def perplexity(
     ids = artifact.tokenizer.encode(text.read_text(encoding="utf-8"))[:max_tokens]
     if len(ids) < 2:
         raise UserError("the text has fewer than 2 tokens", text, "give a longer text")
-    with Progress(console=info, transient=True, disable=as_json) as progress:
+    with Progress(console=info, transient=True, disable=as_json or not info.is_terminal) as progress:
         task = progress.add_task("scoring", total=None)
         result = score(artifact.backend, ids, ctx, stride, on_window=lambda i, n: progress.update(task, completed=i, total=n))
     if as_json:
@@ -288,7 +288,7 @@ def export(
         size = sum(p.stat().st_size for p in report.path.iterdir())
         out.print(f"wrote {report.path} ({size / 1e6:.1f} MB, {quant}): model.onnx, genai_config.json, tokenizer, edgelm.json", markup=False)
         return
-    with Progress(console=info, transient=True, disable=as_json) as progress:
+    with Progress(console=info, transient=True, disable=as_json or not info.is_terminal) as progress:
         task = progress.add_task(f"exporting {type_name}", total=len(checkpoint.weight_names()))
         report = export_gguf(checkpoint, target, quant, gguf_type, force, on_tensor=lambda _: progress.advance(task))
     summary = {
@@ -528,7 +528,7 @@ def calibrate(
     if not model.attention_modules():
         raise UserError("this model has no attention heads to scale", model_dir, "calibration applies to attention models")
     columns = (TextColumn("[bold]calibrating"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
-    with Progress(*columns, console=info, transient=True, disable=as_json) as progress:
+    with Progress(*columns, console=info, transient=True, disable=as_json or not info.is_terminal) as progress:
         task = progress.add_task("calibrate", total=steps, loss=float("nan"))
         result = run(model, ids, settings, on_step=lambda i, n, loss: progress.update(task, completed=i, total=n, loss=loss))
     with atomic_output_file(out_path, force) as tmp:

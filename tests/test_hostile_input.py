@@ -159,3 +159,29 @@ def test_onnx_model_path_stays_in_its_folder(run_cli, tmp_path, filename):
     for command in (["inspect"], ["generate", "--prompt", "x"], ["bundle", "--out", tmp_path / "b"]):
         assert_user_error(run_cli(command[0], folder, *command[1:]), "is not a plain file name inside the folder")
     assert not (tmp_path / "b").exists()
+
+
+def test_export_refuses_non_finite_weights(run_cli, preset_dir, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(preset_dir("tiny-rope"), model)
+    tensors = load_file(model / "model.safetensors")
+    tensors["model.layers.1.mlp.up_proj.weight"][3, 4] = float("inf")
+    save_file(tensors, model / "model.safetensors")
+    assert_user_error(run_cli("export", model, "--quant", "f32", "--out", tmp_path / "m.gguf"),
+                      "model.layers.1.mlp.up_proj.weight holds NaN or infinite values")
+    assert not (tmp_path / "m.gguf").exists()
+
+
+def test_temperature_beyond_f16_is_refused_at_f16(run_cli, preset_dir, tmp_path):
+    import json
+
+    temps = tmp_path / "temps.json"
+    temps.write_text(json.dumps({"layers": [[1e30] * 8] * 4}))
+    assert_user_error(run_cli("export", preset_dir("tiny-nope"), "--head-temperatures", temps, "--out", tmp_path / "m.gguf"),
+                      "beyond float16's 65504", "--quant f32 or bf16")
+    assert [p.name for p in tmp_path.iterdir()] == ["temps.json"]

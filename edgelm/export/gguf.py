@@ -92,7 +92,11 @@ def _tensors(checkpoint: Checkpoint, plan: dict[str, str]) -> Iterator[tuple[str
         tensor = checkpoint.tensors.get(aliases.get(name, name)).float()
         if name in scales:
             tensor = bake_tensor(tensor, *scales[name])
-        yield gguf_name, family.gguf_transform(spec, name, tensor).contiguous().numpy()
+        array = family.gguf_transform(spec, name, tensor).contiguous().numpy()
+        if not np.isfinite(array).all():
+            raise UserError(f"tensor {name} holds NaN or infinite values" + (" after folding the head temperatures" if name in scales else ""),
+                            checkpoint.path, "the checkpoint (or its temperatures) is damaged: fix it before exporting")
+        yield gguf_name, array
 
 
 def _tensor_type(shape: tuple[int, ...], wanted: GGMLQuantizationType) -> GGMLQuantizationType:
@@ -103,9 +107,16 @@ def _tensor_type(shape: tuple[int, ...], wanted: GGMLQuantizationType) -> GGMLQu
     return Q.F16 if shape[-1] % block else wanted
 
 
-def _encode(array: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+F16_MAX = float(np.finfo(np.float16).max)
+
+
+def _encode(name: str, array: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
     if qtype == Q.F32:
         return array.astype(np.float32)
+    largest = float(np.abs(array).max(initial=0.0))
+    if qtype != Q.BF16 and largest > F16_MAX:  # f16 would turn it into inf, and block quants scale in f16 too; bf16 has f32's range
+        raise UserError(f"tensor {name} reaches {largest:.3g}, beyond float16's {F16_MAX:.0f}, so {qtype.name} would make it infinite",
+                        None, "export with --quant f32 or bf16, or use smaller head temperatures")
     if qtype == Q.F16:
         return array.astype(np.float16)
     return quants.quantize(array.astype(np.float32), qtype)
@@ -144,7 +155,7 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     for gguf_name, array in _tensors(checkpoint, plan):
-        writer.write_tensor_data(_encode(array, types[gguf_name]))
+        writer.write_tensor_data(_encode(gguf_name, array, types[gguf_name]))
         if on_tensor:
             on_tensor(gguf_name)
     writer.close()
