@@ -17,11 +17,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from . import __version__
-from .constants import BUNDLE_MANIFEST
+from .constants import BUNDLE_MANIFEST, BUNDLE_SAMPLING_DEFAULTS
 from .errors import UserError
 from .fileio import atomic_output_dir, atomic_output_file, refuse_overlap
 
-SAMPLING_DEFAULTS = {"temperature": 0.7, "top_k": 40, "top_p": 0.95}
 MANIFEST_VERSION = 1
 # a zip is read before anything is unpacked, and refused past these (a bundle is a model and a few configs)
 MAX_FILES = 64
@@ -41,7 +40,7 @@ def _fill(fmt, folder: Path) -> None:
     facts = fmt.bundle_into(folder)
     files = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in sorted(folder.iterdir())}
     manifest = {"manifest_version": MANIFEST_VERSION} | facts | {
-        "sampling_defaults": SAMPLING_DEFAULTS, "files": files, "edgelm_version": __version__}
+        "sampling_defaults": BUNDLE_SAMPLING_DEFAULTS, "files": files, "edgelm_version": __version__}
     (folder / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 

@@ -24,6 +24,7 @@ ONNX_MANIFEST = "edgelm.json"  # edgelm's facts about an ONNX export
 
 # --- bundles ---------------------------------------------------------------------------------------
 BUNDLE_MANIFEST = "edgelm.json"
+BUNDLE_SAMPLING_DEFAULTS = {"temperature": 0.7, "top_k": 40, "top_p": 0.95}  # in the manifest and genai_config's search
 REQUIRED_OPERATORS = "required_operators.config"
 
 

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..constants import GENAI_CONFIG, ONNX_MODEL_FILE, ORT_MODEL_FILE, REQUIRED_OPERATORS, TOKENIZER_FILES
+from ..constants import BUNDLE_SAMPLING_DEFAULTS, GENAI_CONFIG, ONNX_MODEL_FILE, ORT_MODEL_FILE, REQUIRED_OPERATORS, TOKENIZER_FILES
 from ..errors import UserError
 from .base import Artifact, Format, LoadOptions, register
 
@@ -73,7 +73,7 @@ class OnnxFolder(Format):
         temperatures = [t for layer in self.manifest.get("head_temperatures", {}).get("layers", []) for t in layer]
         return {
             "format": self.kind,
-            "written_by": f"edgelm {self.manifest['edgelm_version']}" if self.manifest else "another tool (no edgelm.json)",
+            "written_by": f"edgelm {self.manifest.get('edgelm_version')}" if self.manifest else "another tool (no edgelm.json)",
             "family": self.manifest.get("family"),
             "quantization": self.manifest.get("quantization"),
             "kv_cache": ", ".join(sorted(caches)),
@@ -110,8 +110,6 @@ class OnnxFolder(Format):
     def bundle_into(self, folder: Path) -> dict[str, Any]:
         """The graph in ONNX Runtime's mobile format (onnxruntime's own converter) with the
         required-operators config it writes for a reduced-size build; genai_config.json pointing at it."""
-        from ..bundle import SAMPLING_DEFAULTS
-
         shutil.copy(self.model_file, folder / ONNX_MODEL_FILE)
         subprocess.run(
             [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(folder / ONNX_MODEL_FILE),
@@ -124,7 +122,7 @@ class OnnxFolder(Format):
         genai = json.loads(json.dumps(self.genai))
         genai["model"]["decoder"]["filename"] = ORT_MODEL_FILE
         # onnxruntime-genai samples with what its search section says: the bundle's defaults go there
-        genai.setdefault("search", {}).update({"do_sample": True, **SAMPLING_DEFAULTS})
+        genai.setdefault("search", {}).update({"do_sample": True, **BUNDLE_SAMPLING_DEFAULTS})
         (folder / GENAI_CONFIG).write_text(json.dumps(genai, indent=2) + "\n")
         for name in TOKENIZER_FILES:
             if (self.path / name).is_file():
