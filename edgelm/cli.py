@@ -496,6 +496,7 @@ def calibrate(
     uniform: Annotated[bool, typer.Option("--uniform", help="One λ for every head, by held-out loss over a grid.")] = False,
     write_checkpoint: Annotated[bool, typer.Option("--write-checkpoint", help="Also store λ as HeadScale tensors in the checkpoint.")] = False,
     position_encoding: PositionEncodingOption = None,
+    allow_pickle: AllowPickleOption = False,
     device: DeviceOption = "cpu",
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
     as_json: JsonOption = False,
@@ -512,7 +513,8 @@ def calibrate(
     refuse_existing(out_path, force)
     if not text.is_file():
         raise UserError("text file not found", text, "give a UTF-8 text file with --text")
-    checkpoint = open_checkpoint(model_dir, position_encoding=position_encoding.value if position_encoding else None)
+    checkpoint = open_checkpoint(model_dir, position_encoding=position_encoding.value if position_encoding else None,
+                                 allow_pickle=allow_pickle)
     training_length = (checkpoint.config.get("edgelm") or {}).get("training_length", checkpoint.spec.max_positions)
     if target_length <= training_length:
         info.print(f"warning: --target-length {target_length} is not above the training length {training_length}; "

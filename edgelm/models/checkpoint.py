@@ -25,7 +25,7 @@ from ..errors import UserError
 from .layers import CausalLM
 from .registry import Family, family_for_config
 from .spec import ModelSpec
-from .util import MissingConfigKey
+from .util import ConfigReader, MissingConfigKey
 
 CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
@@ -182,11 +182,15 @@ def empty_model(family: Family, spec: ModelSpec, device: str | torch.device) -> 
     return model
 
 
-def _spec_from_config(family: Family, config: dict[str, Any], config_path: Path) -> ModelSpec:
+def _spec_from_config(family: Family, config: ConfigReader, config_path: Path) -> ModelSpec:
     try:
         return family.spec_from_config(config)
     except MissingConfigKey as exc:
-        raise UserError(f"config.json lacks {exc.args[0]!r}, which a {family.name} model needs", config_path, "add the key or re-download the file") from None
+        key, *detail = exc.args
+        raise UserError(
+            ", ".join([f"config.json lacks {key!r}, which a {family.name} model needs", *detail]),
+            config_path, "add the key or re-download the file",
+        ) from None
     except (ValueError, TypeError) as exc:
         raise UserError(f"config.json describes an unsupported {family.name} model: {exc}", config_path, "check the config values") from None
 
@@ -225,8 +229,10 @@ def open_checkpoint(
     config = read_config(folder)
     config_path = folder / CONFIG
     family = family_for_config(config, config_path)
-    spec = _spec_from_config(family, config, config_path)
     tensors = _open_tensors(folder, allow_pickle)
+    reader = ConfigReader(config, tensors.shapes)
+    spec = _spec_from_config(family, reader, config_path)
+    config = reader.resolved()
     encoding, rule = _decide_position_encoding(family, spec, config, tensors.names(), position_encoding, config_path)
     spec = replace(spec, position_encoding=encoding)
     shapes = _check_tensors(family, spec, tensors, folder)

@@ -15,7 +15,6 @@ from torch import nn
 from .layers import CausalLM, CausalSelfAttention, RMSNorm
 from .registry import Family, register
 from .spec import ModelSpec
-from .util import config_value
 
 
 class LlamaAttention(nn.Module):
@@ -146,32 +145,30 @@ class Llama(Family):
         return tensor.reshape(split).swapaxes(1, 2).reshape(rows, cols)
 
     def spec_from_config(self, config):
-        get = lambda key, default=...: config_value(config, key, default)  # noqa: E731
-        hidden, heads = get("hidden_size"), get("num_attention_heads")
-        head_dim = get("head_dim", None) or hidden // heads
-        if get("hidden_act", "silu") != "silu":
-            raise ValueError(f"hidden_act {get('hidden_act')!r} is not supported (llama uses silu)")
+        hidden, heads = config.size("hidden_size"), config.size("num_attention_heads")
+        head_dim = config.size("head_dim", hidden // heads)
+        config.implemented("hidden_act", ("silu",), "silu")
         # transformers 5 moved rope_theta into rope_parameters; older configs keep it at the top level
-        rope = config.get("rope_parameters") or {}
-        theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
-        partial = rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
-        if (config.get("rope_scaling") or {}).get("rope_type", "default") not in ("default",) or rope.get("rope_type", "default") != "default":
-            raise ValueError("rope scaling other than the default is not supported")
+        rope = config.section("rope_parameters")
+        theta = rope.number("rope_theta", config.number("rope_theta", 10000.0))
+        partial = rope.number("partial_rotary_factor", config.number("partial_rotary_factor", 1.0))
+        rope.implemented("rope_type", ("default",), "default")
+        config.section("rope_scaling").implemented("rope_type", ("default",), "default")
         return ModelSpec(
             family=self.name,
-            vocab_size=get("vocab_size"),
+            vocab_size=config.size("vocab_size"),
             hidden_size=hidden,
-            num_layers=get("num_hidden_layers"),
+            num_layers=config.size("num_hidden_layers"),
             num_heads=heads,
-            num_kv_heads=get("num_key_value_heads", None) or heads,
+            num_kv_heads=config.size("num_key_value_heads", heads),
             head_dim=head_dim,
-            ffn_size=get("intermediate_size"),
-            max_positions=get("max_position_embeddings", 2048),
-            norm_eps=get("rms_norm_eps", 1e-6),
+            ffn_size=config.size("intermediate_size"),
+            max_positions=config.size("max_position_embeddings", 2048),
+            norm_eps=config.number("rms_norm_eps", 1e-6),
             position_encoding="rope",
-            rope_theta=float(theta),
+            rope_theta=theta,
             rotary_dim=int(head_dim * partial),
-            tie_embeddings=bool(get("tie_word_embeddings", False)),
+            tie_embeddings=bool(config("tie_word_embeddings", False)),
             activation="silu",
         )
 

@@ -19,7 +19,6 @@ from torch import nn
 from .layers import CausalLM, CausalSelfAttention
 from .registry import Family, register
 from .spec import ModelSpec
-from .util import config_value
 
 
 def gelu_new(x: torch.Tensor) -> torch.Tensor:
@@ -143,27 +142,26 @@ class NGen4(Family):
         }
 
     def spec_from_config(self, config):
-        get = lambda key, default=...: config_value(config, key, default)  # noqa: E731
-        hidden, heads = get("n_embd"), get("n_head")
+        hidden, heads = config.size("n_embd"), config.size("n_head")
+        if hidden % heads:
+            raise ValueError(f"n_embd {hidden} is not a multiple of n_head {heads}")
         head_dim = hidden // heads
-        activation = get("activation_function", "gelu_new")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation_function {activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        activation = config.implemented("activation_function", tuple(ACTIVATIONS), "gelu_new")
         return ModelSpec(
             family=self.name,
-            vocab_size=get("vocab_size"),
+            vocab_size=config.size("vocab_size"),
             hidden_size=hidden,
-            num_layers=get("n_layer"),
+            num_layers=config.size("n_layer"),
             num_heads=heads,
             num_kv_heads=heads,
             head_dim=head_dim,
-            ffn_size=get("n_inner", None) or 4 * hidden,
-            max_positions=get("n_positions", 2048),
-            norm_eps=get("layer_norm_epsilon", 1e-5),
-            position_encoding="rope" if get("use_rope", True) else "none",
-            rope_theta=float(get("rope_theta", 10000.0)),
-            rotary_dim=int(head_dim * get("rope_pct", 1.0)) // 2 * 2,
-            tie_embeddings=bool(get("tie_word_embeddings", True)),
+            ffn_size=config.size("n_inner", 4 * hidden),
+            max_positions=config.size("n_positions", 2048),
+            norm_eps=config.number("layer_norm_epsilon", 1e-5),
+            position_encoding="rope" if config("use_rope", True) else "none",
+            rope_theta=config.number("rope_theta", 10000.0),
+            rotary_dim=int(head_dim * config.number("rope_pct", 1.0)) // 2 * 2,
+            tie_embeddings=bool(config("tie_word_embeddings", True)),
             activation=activation,
         )
 

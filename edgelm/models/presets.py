@@ -22,6 +22,7 @@ from .checkpoint import save_checkpoint
 from .layers import CausalLM
 from .registry import Family, family_for_config
 from .spec import ModelSpec
+from .util import ConfigReader
 
 TOKENIZERS = resources.files("edgelm") / "assets" / "tokenizers"
 TINY_VOCAB = 4096  # the shipped tokenizers' size
@@ -70,7 +71,7 @@ class Preset:
 
     def build(self) -> tuple[Family, ModelSpec, CausalLM]:
         family = family_for_config(self.config, "preset")
-        spec = family.spec_from_config(self.config)
+        spec = family.spec_from_config(ConfigReader(self.config))
         if self.nope:
             spec = replace(spec, position_encoding="none")
         return family, spec, family.build(spec)

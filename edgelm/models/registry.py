@@ -16,6 +16,7 @@ import torch
 from ..errors import UserError
 from .layers import CausalLM
 from .spec import ModelSpec
+from .util import ConfigReader
 
 FAMILIES: dict[str, "Family"] = {}
 
@@ -28,8 +29,10 @@ class Family:
     # Checkpoint tensor holding λ for layer {bid}, shape [num_heads], when the family has one.
     head_temperature_tensor: ClassVar[str | None] = None
 
-    def spec_from_config(self, config: dict[str, Any]) -> ModelSpec:
-        """Position encoding is the config's own default; the loader may override it."""
+    def spec_from_config(self, config: ConfigReader) -> ModelSpec:
+        """The family's config mapping: every layout of config.json it is published in → ModelSpec.
+        Position encoding is the config's own default; the loader may override it. Raises
+        MissingConfigKey, or ValueError for a value out of range or a variant not implemented."""
         raise NotImplementedError
 
     def build(self, spec: ModelSpec) -> CausalLM:

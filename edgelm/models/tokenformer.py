@@ -22,7 +22,6 @@ from torch import nn
 from .layers import CausalLM, CausalSelfAttention
 from .registry import Family, register
 from .spec import ModelSpec
-from .util import config_value
 
 
 class Pattention(nn.Module):
@@ -133,28 +132,47 @@ class TokenFormer(Family):
             "feed_forward_length": spec.ffn_size,
         }
 
+    # GPT-NeoX variants the published config.json can name; edgelm implements the ones TokenFormer
+    # was trained with (megatron/model/norms.py, tokenformer.py) and refuses the rest rather than
+    # computing a different model
+    implemented_variants = {
+        "pos_emb": ("rotary",),
+        "norm": ("layernorm_nonparam",),
+        "final_norm": ("layernorm",),
+        "norm_activation_type": ("l2_norm_gelu",),
+        "no_weight_tying": (False,),
+        "gpt_j_residual": (False,),
+    }
+
     def spec_from_config(self, config):
-        get = lambda key, default=...: config_value(config, key, default)  # noqa: E731
-        hidden, heads = get("hidden_size"), get("num_attention_heads")
+        """One mapping reads both layouts: the published GPT-NeoX config.json (no model_type, no
+        vocab_size: the embedding's rows give it, as GPT-NeoX pads the vocabulary to a multiple of
+        128) and edgelm's own, which adds model_type and vocab_size."""
+        for key, values in self.implemented_variants.items():
+            config.implemented(key, values, values[0])
+        hidden, heads = config.size("hidden_size"), config.size("num_attention_heads")
+        if hidden % heads:
+            raise ValueError(f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
         head_dim = hidden // heads
         return ModelSpec(
             family=self.name,
-            vocab_size=get("vocab_size"),
+            vocab_size=config.size_or_rows("vocab_size", "sequential.0.word_embeddings.weight"),
             hidden_size=hidden,
-            num_layers=get("num_layers"),
+            num_layers=config.size("num_layers"),
             num_heads=heads,
             num_kv_heads=heads,
             head_dim=head_dim,
-            ffn_size=get("ffn_slot_num"),
-            max_positions=get("max_position_embeddings", 2048),
-            norm_eps=get("layer_norm_eps", 1e-5),
+            ffn_size=config.size("ffn_slot_num"),
+            max_positions=config.size(("max_position_embeddings", "seq_length"), 2048),
+            norm_eps=config.number(("layer_norm_eps", "layernorm_epsilon"), 1e-5),
             position_encoding="rope",
-            rope_theta=float(get("rotary_emb_base", 10000.0)),
-            rotary_dim=int(head_dim * get("rotary_pct", 0.25)) // 2 * 2,
+            rope_theta=config.number("rotary_emb_base", 10000.0),
+            # GPT-NeoX rotates int(head_dim · rotary_pct) dims (megatron/model/tokenformer.py)
+            rotary_dim=int(head_dim * config.number("rotary_pct", 0.25)) // 2 * 2,
             tie_embeddings=True,
             activation="gelu",
-            qkv_slots=get("qkv_slot_num"),
-            proj_slots=get("proj_slot_num"),
+            qkv_slots=config.size("qkv_slot_num"),
+            proj_slots=config.size("proj_slot_num"),
         )
 
     def build(self, spec):

@@ -19,6 +19,7 @@ from ..constants import GGUF_CONFIG, GGUF_FAMILY, GGUF_POSITION_ENCODING, GGUF_T
 from ..models import FAMILIES, CausalLM, Family, ModelSpec
 from ..models.checkpoint import empty_model
 from ..models.registry import expand_names
+from ..models.util import ConfigReader
 from ..tokenizer import Tokenizer, load_tokenizer
 
 
@@ -53,7 +54,11 @@ class GGUFFile:
                 "run it with llama.cpp, or export the model with `edgelm export`",
             )
         family = FAMILIES[family_name]
-        spec = family.spec_from_config(json.loads(config))
+        try:
+            spec = family.spec_from_config(ConfigReader(json.loads(config)))
+        except (json.JSONDecodeError, TypeError, ValueError, KeyError) as exc:  # MissingConfigKey is a KeyError
+            raise UserError(f"{GGUF_CONFIG} does not describe a {family_name} model ({exc})", self.path,
+                            "the file is damaged: re-export it") from None
         return family, replace(spec, position_encoding=self.field(GGUF_POSITION_ENCODING))
 
 
