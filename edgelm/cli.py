@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 from enum import Enum
@@ -52,12 +53,23 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+class _NotesToStderr(logging.Handler):
+    """The library's notices (logger "edgelm", level INFO) as `note:` lines, silenced by --quiet."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        info.print(f"note: {record.getMessage()}", markup=False)
+
+
 @app.callback()
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, notes or warnings; errors still print.")] = False,
 ) -> None:
     info.quiet = quiet
+    log = logging.getLogger("edgelm")
+    log.setLevel(logging.INFO)
+    if not any(isinstance(h, _NotesToStderr) for h in log.handlers):
+        log.addHandler(_NotesToStderr())
 
 
 @app.command()
@@ -93,7 +105,7 @@ def inspect(
     """Format, family, dims, parameter count, position encoding and which rule decided it, temperatures, tokenizer."""
     from .formats import detect
 
-    info = detect(path).describe(_load_options(position_encoding, head_temperatures, "cpu", allow_pickle=allow_pickle))
+    info = detect(path, allow_pickle).describe(_load_options(position_encoding, head_temperatures, "cpu", allow_pickle=allow_pickle))
     if as_json:
         out.print_json(json.dumps(info))
         return
@@ -250,6 +262,7 @@ def export(
     from .export.gguf import export_gguf, resolve_type
     from .fileio import refuse_overlap
     from .export.onnx import check_quant_options, export_onnx
+    from .hub import HUB_ID, is_hub_id
     from .models import open_checkpoint
 
     if format is ExportFormat.onnx:
@@ -273,8 +286,10 @@ def export(
         head_temperatures=head_temperatures, allow_pickle=allow_pickle,
     )
     suffix = "-onnx" if format is ExportFormat.onnx else ".gguf"
-    target = out_path or model_dir.resolve().parent / f"{model_dir.resolve().name}-{type_name.lower()}{suffix}"
-    refuse_overlap(target, model_dir)
+    # beside the model folder; for a hub id in the current folder, never inside the Hugging Face cache
+    stem = (Path.cwd() / HUB_ID.match(str(model_dir))["repo"].split("/")[1]) if is_hub_id(str(model_dir)) else model_dir.resolve()
+    target = out_path or stem.parent / f"{stem.name}-{type_name.lower()}{suffix}"
+    refuse_overlap(target, checkpoint.path)
     if format is ExportFormat.onnx:
         with info.status("exporting to ONNX…") as status:
             report = export_onnx(checkpoint, target, quant, force, on_step=lambda text: status.update(text + "…"),

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from edgelm.evaluate import perplexity, unigram_perplexity
 from edgelm.fileio import atomic_output_dir
-from edgelm.models.checkpoint import save_checkpoint
+from edgelm.models.checkpoint import save_checkpoint, written_config
 from edgelm.models.presets import PRESETS, copy_tokenizer
 from edgelm.runtime.torch_backend import TorchBackend
 from edgelm.tokenizer import load_tokenizer
@@ -119,8 +119,8 @@ def train(name: str, steps: int | None = None, seed: int = 0, out: Path | None =
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     with atomic_output_dir(out or MODELS / name, force=True) as tmp:
-        save_checkpoint(model, family, trained_config(name), tmp, torch.float16, with_temperatures=preset.nope)
         copy_tokenizer("bpe", tmp)
+        save_checkpoint(model, family, trained_config(name), tmp, torch.float16, with_temperatures=preset.nope)
         (tmp / "training.json").write_text(json.dumps(report, indent=2) + "\n")
         write_model_card(tmp, report)
     print(json.dumps(report))
@@ -130,7 +130,7 @@ def train(name: str, steps: int | None = None, seed: int = 0, out: Path | None =
 def write_model_card(folder: Path, report: dict) -> None:
     name = report["model"]
     preset = PRESETS[name]
-    config = json.dumps(trained_config(name), indent=2)
+    config = (folder / "config.json").read_text().strip()
     (folder / "README.md").write_text(f"""# {name}
 
 {preset.description}, trained by edgelm on five Jane Austen novels (`examples/data/`, public domain)
@@ -164,8 +164,11 @@ if __name__ == "__main__":
     if args.out and (args.model == "all" or args.card_only):
         parser.error("--out takes one model to train")
     for model_name in RECIPES if args.model == "all" else [args.model]:
-        if args.card_only:  # also brings config.json up to date with trained_config
-            (MODELS / model_name / "config.json").write_text(json.dumps(trained_config(model_name), indent=2) + "\n")
+        if args.card_only:  # also brings config.json up to date with trained_config, as save_checkpoint writes it
+            folder = MODELS / model_name
+            family, spec, _ = PRESETS[model_name].build()
+            config = written_config(family, spec, trained_config(model_name), folder)
+            (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
             write_model_card(MODELS / model_name, json.loads((MODELS / model_name / "training.json").read_text()))
         else:
             train(model_name, args.steps, args.seed, args.out)

@@ -97,3 +97,24 @@ def strip_position_encoding_facts(source: Path, folder: Path) -> Path:
     tensors = {n: t for n, t in load_file(folder / "model.safetensors").items() if not n.endswith(".scale_param")}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     return folder
+
+
+def write_hub_cache(hf_home: Path, repo_id: str, source: Path, commit: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
+    """`source`'s files as huggingface_hub lays out a downloaded snapshot (file_download.py):
+    hub/models--ORG--NAME/blobs/<hash> holds the bytes, snapshots/<commit>/<file> is a relative
+    symlink to its blob, refs/main holds the commit."""
+    import hashlib
+    import os
+
+    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for file in sorted(source.iterdir()):
+        data = file.read_bytes()
+        blob = hashlib.sha256(data).hexdigest()
+        (repo / "blobs" / blob).write_bytes(data)
+        os.symlink(f"../../blobs/{blob}", snapshot / file.name)
+    return snapshot

@@ -19,12 +19,19 @@ def test_init_then_inspect_reports_the_deciding_rule(run_cli, tmp_path):
     assert code == 0, err
     info = json.loads(out)
     assert info["family"] == "llama" and info["position_encoding"] == "none"
-    assert info["position_encoding_rule"] == "HeadScale tensors (scale_param) in the checkpoint"
+    assert info["position_encoding_rule"] == "edgelm block in config.json"
     assert info["head_temperatures"]["all_one"] is True
     assert info["tokenizer"]["kind"].startswith("sentencepiece")
     assert info["parameters"] == 5114112
     code, out, _ = run_cli("inspect", tmp_path / "nope", "--position-encoding", "rope", "--json")
     assert json.loads(out)["position_encoding_rule"] == "--position-encoding option"
+    config = json.loads((tmp_path / "nope" / "config.json").read_text())
+    del config["edgelm"]  # as the NoPE paper's HeadScale models are published: only the tensors say it
+    (tmp_path / "nope" / "config.json").write_text(json.dumps(config))
+    code, out, _ = run_cli("inspect", tmp_path / "nope", "--json")
+    info = json.loads(out)
+    assert info["position_encoding"] == "none"
+    assert info["position_encoding_rule"] == "HeadScale tensors (scale_param) in the checkpoint"
 
 
 def test_inspect_table_names_every_field(run_cli, preset_dir):

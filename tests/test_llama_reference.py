@@ -7,6 +7,7 @@ import torch
 import transformers
 from transformers.models.llama import modeling_llama
 
+from edgelm.errors import UserError
 from edgelm.models import open_checkpoint
 
 TOL = 1e-5
@@ -45,7 +46,7 @@ def test_rope_equals_transformers(tmp_path, tie, shard):
     hf = hf_llama(tmp_path, tie=tie, shard=shard)
     assert (tmp_path / "model.safetensors.index.json").exists() == shard
     ids = torch.randint(0, 512, (2, SEQ))
-    ours = edgelm_logits(tmp_path, ids)
+    ours = edgelm_logits(tmp_path, ids, position_encoding="rope")  # random weights: nothing else can tell
     assert (ours - hf_logits(hf, ids)).abs().max().item() <= TOL
 
 
@@ -72,7 +73,7 @@ def test_temperatures_equal_per_head_scaled_queries(tmp_path):
         for layer, row in zip(hf.model.layers, table):
             layer.self_attn.q_proj.weight.mul_(row.repeat_interleave(head_dim)[:, None])
     scaled = hf_logits(hf, ids)
-    ours = edgelm_logits(tmp_path, ids, head_temperatures=tmp_path / "temps.json")
+    ours = edgelm_logits(tmp_path, ids, head_temperatures=tmp_path / "temps.json", position_encoding="rope")
     assert (ours - scaled).abs().max().item() <= TOL
     assert (ours - plain).abs().max().item() > 1e-3  # well above TOL: the temperatures matter
 
@@ -98,7 +99,8 @@ def test_headscale_tensors_mark_nope_and_supply_temperatures(tmp_path):
 
 def test_position_encoding_rules_in_order(tmp_path):
     hf_llama(tmp_path)
-    assert open_checkpoint(tmp_path).spec.position_encoding == "rope"
+    with pytest.raises(UserError, match="--position-encoding"):  # a plain llama config declares nothing
+        open_checkpoint(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     config["edgelm"] = {"position_encoding": "none"}
     (tmp_path / "config.json").write_text(json.dumps(config))

@@ -3,6 +3,10 @@ authors' own code computes them."""
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,9 +14,10 @@ import torch.nn.functional as F
 
 from edgelm.models import open_checkpoint
 
-from .published_layouts import (TOKENFORMER_ROWS, TOKENFORMER_TOKENS, tokenformer_config, tokenformer_state_dict,
-                                write_tokenformer_neox)
+from .published_layouts import (TOKENFORMER_ROWS, TOKENFORMER_TOKENS, strip_position_encoding_facts, tokenformer_config,
+                                tokenformer_state_dict, write_hub_cache, write_tokenformer_neox)
 
+SHIPPED = Path(__file__).resolve().parent.parent / "examples" / "models"
 POSITIONS = 48
 TOL = 1e-4
 
@@ -156,3 +161,101 @@ def test_tokenformer_neox_layout_whole_pipeline(neox_folder, tmp_path, run_cli):
                 code, out, _ = run_cli("generate", artifact, "--prompt", "It was", "--max-new-tokens", "8", "--temperature", "0")
                 assert code == 0 and out == reference_text
     assert {p.name: p.read_bytes() for p in neox_folder.iterdir()} == before
+
+
+# --- the position encoding of a Llama-style checkpoint: declared, known, or measured ---
+
+def test_stripped_trained_nope_is_measured_nope_and_exports_granite(tmp_path, run_cli):
+    folder = strip_position_encoding_facts(SHIPPED / "tiny-nope", tmp_path / "nope")
+    code, out, err = run_cli("inspect", folder, "--json")
+    described = json.loads(out)
+    assert code == 0 and described["position_encoding"] == "none"
+    assert described["position_encoding_rule"].startswith("measured")
+    ppl = described["position_encoding_perplexities"]
+    assert ppl["rope"] > 1.02 * ppl["none"]  # both perplexities reported: 244.1 with rotary, 233.6 without
+    assert "note: position encoding 'none', measured" in err
+    code, out, _ = run_cli("export", folder, "--format", "gguf", "--quant", "f16", "--out", tmp_path / "n.gguf")
+    assert code == 0 and "arch granite" in out
+
+
+def test_stripped_trained_rope_is_measured_rope(tmp_path):
+    checkpoint = open_checkpoint(strip_position_encoding_facts(SHIPPED / "tiny-rope", tmp_path / "rope"))
+    assert checkpoint.spec.position_encoding == "rope" and checkpoint.position_encoding_rule.startswith("measured")
+    assert checkpoint.position_encoding_perplexities["none"] > 2 * checkpoint.position_encoding_perplexities["rope"]
+
+
+def test_random_weights_cannot_be_told_and_ask_for_the_option(preset_dir, tmp_path, run_cli):
+    folder = strip_position_encoding_facts(preset_dir("tiny-rope"), tmp_path / "random")
+    code, out, err = run_cli("export", folder, "--format", "gguf", "--out", tmp_path / "x.gguf")
+    assert code == 2 and err.count("\n") == 1 and "--position-encoding" in err and "cannot tell" in err
+    assert not (tmp_path / "x.gguf").exists()
+    code, out, _ = run_cli("inspect", folder, "--position-encoding", "none", "--json")
+    assert code == 0 and json.loads(out)["position_encoding_rule"] == "--position-encoding option"
+
+
+def test_folders_edgelm_writes_declare_their_position_encoding(preset_dir):
+    for name, encoding in (("tiny-nope", "none"), ("tiny-rope", "rope")):
+        config = json.loads((preset_dir(name) / "config.json").read_text())
+        assert config["edgelm"]["position_encoding"] == encoding
+        assert open_checkpoint(preset_dir(name)).position_encoding_rule == "edgelm block in config.json"
+
+
+def test_written_token_ids_match_the_tokenizer(preset_dir):
+    from edgelm.tokenizer import load_tokenizer
+
+    for folder in [preset_dir("tiny-rope"), preset_dir("tiny-tokenformer"), *SHIPPED.iterdir()]:
+        config, tokenizer = json.loads((folder / "config.json").read_text()), load_tokenizer(folder)
+        assert (config["bos_token_id"], config["eos_token_id"]) == (tokenizer.bos_id, tokenizer.eos_id), folder.name
+
+
+def test_transformers_refuses_an_edgelm_nope_folder_instead_of_running_it_with_rotary():
+    from transformers import AutoConfig
+
+    with pytest.raises(ValueError, match="edgelm_nope_llama"):
+        AutoConfig.from_pretrained(SHIPPED / "tiny-nope")
+
+
+# --- hub ids, through huggingface_hub's cache (offline) ---
+
+NOPE_ID = "AntNLP/TinyLlama-NoPE-1.1B"
+
+
+def edgelm_offline(hf_home, *args, cwd=None):
+    """The CLI in a fresh process, as a user runs it: huggingface_hub reads HF_HOME and
+    HF_HUB_OFFLINE when it is imported."""
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "edgelm", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd)
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory, preset_dir):
+    """AntNLP/TinyLlama-NoPE-1.1B as published (plain llama config, no scale_param), random weights:
+    only the table of known checkpoints can tell it is NoPE, since measurement refuses random weights."""
+    root = tmp_path_factory.mktemp("hf")
+    plain = strip_position_encoding_facts(preset_dir("tiny-rope"), root / "plain")
+    write_hub_cache(root / "home", NOPE_ID, plain)
+    return root / "home"
+
+
+def test_hub_id_from_the_cache_uses_the_known_checkpoint_table(hub_cache, tmp_path):
+    code, out, err = edgelm_offline(hub_cache, "inspect", NOPE_ID, "--json")
+    assert code == 0, err
+    described = json.loads(out)
+    assert described["position_encoding"] == "none"
+    assert described["position_encoding_rule"] == f"known published checkpoint {NOPE_ID}"
+    code, out, err = edgelm_offline(hub_cache, "export", NOPE_ID + "@main", "--format", "gguf", "--quant", "int4", cwd=tmp_path)
+    assert code == 0 and "arch granite" in out, err
+    assert (tmp_path / "TinyLlama-NoPE-1.1B-q4_k_m.gguf").is_file()  # default output: the current folder
+    # the snapshot folder itself, given as a path, is recognised as the same checkpoint
+    snapshot = next((hub_cache / "hub").glob("models--*/snapshots/*"))
+    assert open_checkpoint(snapshot).position_encoding_rule == f"known published checkpoint {NOPE_ID}"
+
+
+@pytest.mark.parametrize("model,expected", [
+    ("nobody/no-such-model", "not in the Hugging Face cache"),
+    (NOPE_ID + "@no-such-branch", "not in the Hugging Face cache"),
+])
+def test_hub_id_missing_offline_is_one_line(hub_cache, model, expected):
+    code, out, err = edgelm_offline(hub_cache, "inspect", model)
+    assert code == 2 and err.count("\n") == 1 and expected in err and "HF_HUB_OFFLINE" in err

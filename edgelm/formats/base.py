@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import UserError
+from ..hub import resolve_model
 from ..runtime.backend import Backend
 from ..tokenizer import Tokenizer
 
@@ -108,8 +109,9 @@ def register(cls: type[Format]) -> type[Format]:
     return cls
 
 
-def detect(path: str | Path) -> Format:
-    path = Path(path)
+def detect(path: str | Path, allow_pickle: bool = False) -> Format:
+    """The format of a path; a hub id (ORG/NAME[@REVISION]) is first resolved to its cached snapshot."""
+    path = resolve_model(path, allow_pickle)
     for cls in FORMATS:
         if cls.detect(path):
             return cls(path)
@@ -120,4 +122,4 @@ def detect(path: str | Path) -> Format:
 
 
 def open_artifact(path: str | Path, options: LoadOptions = LoadOptions()) -> Artifact:
-    return detect(path).open(options)
+    return detect(path, options.allow_pickle).open(options)

@@ -62,6 +62,7 @@ class ModelFolder(Format):
             "tied_embeddings": spec.tie_embeddings,
             "position_encoding": spec.position_encoding,
             "position_encoding_rule": checkpoint.position_encoding_rule,
+            "position_encoding_perplexities": checkpoint.position_encoding_perplexities,
             "rotary_dims": spec.rotated_dims,
             "rope_theta": spec.rope_theta if spec.rotated_dims else None,
             "head_temperatures": _temperature_summary(checkpoint.head_temperatures()),

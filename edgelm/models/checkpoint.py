@@ -11,6 +11,7 @@ Pickle checkpoints (`*.bin`) are refused unless the caller allows them, and then
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass, replace
@@ -22,11 +23,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import UserError
+from ..hub import known_facts, resolve_model
 from .layers import CausalLM
 from .registry import Family, family_for_config
 from .spec import ModelSpec
 from .util import ConfigReader, MissingConfigKey
 
+log = logging.getLogger("edgelm")
 CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -141,6 +144,7 @@ class Checkpoint:
     temperature_source: str
     temperatures_file: Path | None
     module_shapes: dict[str, tuple[int, ...]]  # the family module's state dict, tied aliases included
+    position_encoding_perplexities: dict[str, float] | None = None  # when measured: encoding → probe perplexity
 
     def head_temperatures(self) -> torch.Tensor:
         """[num_layers, num_heads] λ table the model runs with."""
@@ -154,7 +158,33 @@ class Checkpoint:
 
     def load_model(self, device: str | torch.device = "cpu") -> CausalLM:
         """The fp32 torch reference, weights copied one tensor at a time."""
-        model = empty_model(self.family, self.spec, device)
+        return self._load(self.spec, device)
+
+    def measure_position_encoding(self) -> None:
+        """Nothing declares the position encoding: decide it by running the model both ways on a
+        built-in text (position_probe.py), or refuse when neither is clearly better."""
+        from ..tokenizer import load_tokenizer
+        from .position_probe import probe_position_encoding
+
+        fix = "pass --position-encoding rope or none"
+        try:
+            tokenizer = load_tokenizer(self.path)
+        except UserError:
+            raise UserError(f"nothing declares whether this {self.family.name} checkpoint uses rotary position encoding, "
+                            "and without a tokenizer edgelm cannot measure it", self.path / CONFIG, fix) from None
+        result = probe_position_encoding(lambda spec: self._load(spec, "cpu"), self.spec, self.family.position_encodings, tokenizer)
+        if result.choice is None:
+            raise UserError(
+                f"cannot tell whether this {self.family.name} checkpoint uses rotary position encoding: "
+                f"{result.summary()}, neither clearly better (untrained weights?)", self.path / CONFIG, fix)
+        self.spec = replace(self.spec, position_encoding=result.choice)
+        self.position_encoding_rule = f"measured ({result.summary()})"
+        self.position_encoding_perplexities = result.perplexities
+        log.info(f"position encoding {result.choice!r}, measured: {result.summary()} "
+                 "(nothing in the checkpoint declares it; --position-encoding skips the measurement)")
+
+    def _load(self, spec: ModelSpec, device: str | torch.device) -> CausalLM:
+        model = empty_model(self.family, spec, device)
         targets = model.state_dict(keep_vars=True)
         with torch.no_grad():
             for name in self.weight_names():
@@ -195,27 +225,25 @@ def _spec_from_config(family: Family, config: ConfigReader, config_path: Path) -
         raise UserError(f"config.json describes an unsupported {family.name} model: {exc}", config_path, "check the config values") from None
 
 
-def _decide_position_encoding(
-    family: Family, spec: ModelSpec, config: dict[str, Any], tensor_names: list[str], option: str | None, config_path: Path
-) -> tuple[str, str]:
-    """Position encoding, by the first rule that applies (the order is the contract `inspect` reports)."""
+def _declared_position_encoding(
+    family: Family, spec: ModelSpec, config: dict[str, Any], tensor_names: list[str], option: str | None, folder: Path
+) -> tuple[str, str] | None:
+    """(encoding, rule) by the first rule that declares it — the order is the contract `inspect`
+    reports — or None when nothing does and the weights must tell."""
     block = config.get("edgelm") or {}
     template = family.head_temperature_tensor
+    known = known_facts(folder)
     if option is not None:
-        encoding, rule = option, "--position-encoding option"
-    elif "position_encoding" in block:
-        encoding, rule = block["position_encoding"], "edgelm block in config.json"
-    elif template and any(_name_pattern(template).match(n) for n in tensor_names):
-        encoding, rule = "none", f"HeadScale tensors ({template.rsplit('.', 1)[-1]}) in the checkpoint"
-    else:
-        encoding, rule = spec.position_encoding, "config.json (no option, edgelm block or HeadScale tensors)"
-    if encoding not in family.position_encodings:
-        raise UserError(
-            f"position encoding {encoding!r} (from the {rule}) is not available for {family.name}",
-            config_path,
-            f"{family.name} supports {', '.join(family.position_encodings)}",
-        )
-    return encoding, rule
+        return option, "--position-encoding option"
+    if isinstance(block, dict) and "position_encoding" in block:
+        return block["position_encoding"], "edgelm block in config.json"
+    if template and any(_name_pattern(template).match(n) for n in tensor_names):
+        return "none", f"HeadScale tensors ({template.rsplit('.', 1)[-1]}) in the checkpoint"
+    if known and "position_encoding" in known[1]:
+        return known[1]["position_encoding"], f"known published checkpoint {known[0]}"
+    if len(family.position_encodings) == 1 or family.position_encoding_key in config:
+        return spec.position_encoding, "config.json"
+    return None
 
 
 def open_checkpoint(
@@ -225,7 +253,7 @@ def open_checkpoint(
     head_temperatures: str | Path | None = None,
     allow_pickle: bool = False,
 ) -> Checkpoint:
-    folder = Path(folder)
+    folder = resolve_model(folder, allow_pickle)
     config = read_config(folder)
     config_path = folder / CONFIG
     family = family_for_config(config, config_path)
@@ -233,7 +261,14 @@ def open_checkpoint(
     reader = ConfigReader(config, tensors.shapes)
     spec = _spec_from_config(family, reader, config_path)
     config = reader.resolved()
-    encoding, rule = _decide_position_encoding(family, spec, config, tensors.names(), position_encoding, config_path)
+    declared = _declared_position_encoding(family, spec, config, tensors.names(), position_encoding, folder)
+    encoding, rule = declared or (spec.position_encoding, "measured")  # tensor shapes do not depend on it
+    if encoding not in family.position_encodings:
+        raise UserError(
+            f"position encoding {encoding!r} (from the {rule}) is not available for {family.name}",
+            config_path,
+            f"{family.name} supports {', '.join(family.position_encodings)}",
+        )
     spec = replace(spec, position_encoding=encoding)
     shapes = _check_tensors(family, spec, tensors, folder)
     checkpoint = Checkpoint(folder, config, family, spec, tensors, rule, "default (all 1.0)", None, shapes)
@@ -243,6 +278,8 @@ def open_checkpoint(
         read_head_temperatures(checkpoint.temperatures_file, spec)  # validate now, not at first use
     elif family.head_temperature_tensor and family.head_temperature_tensor.format(bid=0) in tensors.shapes:
         checkpoint.temperature_source = "checkpoint tensors " + family.head_temperature_tensor
+    if declared is None:
+        checkpoint.measure_position_encoding()
     return checkpoint
 
 
@@ -295,13 +332,31 @@ def read_head_temperatures(path: str | Path, spec: ModelSpec) -> torch.Tensor:
     return table
 
 
+def written_config(family: Family, spec: ModelSpec, config: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The config.json edgelm writes for a model: the position encoding declared in the edgelm block,
+    bos/eos_token_id those of the tokenizer in `folder` (transformers and Optimum stop at
+    eos_token_id), and whatever the family marks so other tools do not misread it."""
+    from ..tokenizer import load_tokenizer
+
+    config = {**config, "edgelm": {**(config.get("edgelm") or {}), "position_encoding": spec.position_encoding}}
+    if any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        tokenizer = load_tokenizer(folder)
+        for key, value in (("bos_token_id", tokenizer.bos_id), ("eos_token_id", tokenizer.eos_id)):
+            if value is None:
+                config.pop(key, None)
+            else:
+                config[key] = value
+    return family.mark_written_config(spec, config)
+
+
 def save_checkpoint(
     model: CausalLM, family: Family, config: dict[str, Any], folder: Path, dtype: torch.dtype, with_temperatures: bool
 ) -> None:
-    """Write config.json and model.safetensors in the family's native layout (into an existing folder).
+    """Write config.json (see written_config: copy the tokenizer in first) and model.safetensors in
+    the family's native layout, into an existing folder.
 
-    `with_temperatures` also writes the family's HeadScale tensors (fp32); for llama their presence
-    marks a NoPE checkpoint, as in the NoPE paper's released models.
+    `with_temperatures` also writes the family's HeadScale tensors (fp32), as the NoPE paper's
+    HeadScale models carry them.
     """
     aliases = family.tied_tensors(model.spec)
     tensors = {n: t.detach().to(dtype).contiguous().clone() for n, t in model.state_dict().items() if n not in aliases}
@@ -309,12 +364,12 @@ def save_checkpoint(
         for i, row in enumerate(model.head_temperatures()):
             tensors[family.head_temperature_tensor.format(bid=i)] = row.detach().float().clone()
     save_file(tensors, str(folder / SAFETENSORS), metadata={"format": "pt"})
-    (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    (folder / CONFIG).write_text(json.dumps(written_config(family, model.spec, config, folder), indent=2) + "\n")
 
 
 def write_head_temperatures(checkpoint: Checkpoint, table: torch.Tensor) -> None:
     """Store λ in the checkpoint as the family's HeadScale tensors (the NoPE paper's layout), and pin
-    the position encoding in config.json's edgelm block, since for llama those tensors otherwise
+    the position encoding in config.json (written_config), since for llama those tensors otherwise
     mean "no position encoding"."""
     from ..fileio import atomic_output_file
 
@@ -328,7 +383,6 @@ def write_head_temperatures(checkpoint: Checkpoint, table: torch.Tensor) -> None
     tensors.update({template.format(bid=i): row.detach().float().clone() for i, row in enumerate(table)})
     with atomic_output_file(checkpoint.path / SAFETENSORS, force=True) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-    config = dict(checkpoint.config)
-    config["edgelm"] = {**(config.get("edgelm") or {}), "position_encoding": checkpoint.spec.position_encoding}
+    config = written_config(checkpoint.family, checkpoint.spec, checkpoint.config, checkpoint.path)
     with atomic_output_file(checkpoint.path / CONFIG, force=True) as tmp:
         tmp.write_text(json.dumps(config, indent=2) + "\n")

@@ -89,7 +89,10 @@ class LlamaForCausalLM(CausalLM):
 class Llama(Family):
     name = "llama"
     architectures = ("LlamaForCausalLM",)
-    model_types = ("llama",)
+    # a NoPE folder edgelm writes says so in model_type: transformers' AutoConfig refuses a type it
+    # does not know ("does not recognize this architecture") instead of running it with rotary
+    nope_model_type = "edgelm_nope_llama"
+    model_types = ("llama", nope_model_type)
     position_encodings = ("rope", "none")
     head_temperature_tensor = "model.layers.{bid}.self_attn.scale_param"
 
@@ -177,6 +180,9 @@ class Llama(Family):
 
     def query_tensors(self, spec, layer):
         return [(f"model.layers.{layer}.self_attn.q_proj.weight", 0)]
+
+    def mark_written_config(self, spec, config):
+        return config | {"model_type": self.nope_model_type if spec.position_encoding == "none" else "llama"}
 
     def tied_tensors(self, spec):
         return {"lm_head.weight": "model.embed_tokens.weight"} if spec.tie_embeddings else {}

@@ -107,6 +107,7 @@ class NGen4(Family):
     architectures = ("NGen4ForCausalLM",)
     model_types = ("ngen4",)
     position_encodings = ("rope", "none")
+    position_encoding_key = "use_rope"
     # llama.cpp's gptneox arch: fused qkv as [all q; all k; all v] (this layout already), biases, LayerNorm
     gguf_tensor_names = {
         "transformer.wte.weight": TENSOR_NAMES[MODEL_TENSOR.TOKEN_EMBD] + ".weight",

@@ -34,7 +34,6 @@ def _llama(**overrides: Any) -> dict[str, Any]:
         "vocab_size": 32000, "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
         "num_attention_heads": 32, "num_key_value_heads": 4, "max_position_embeddings": 2048,
         "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False,
-        "bos_token_id": 1, "eos_token_id": 2,
     }
     return config | overrides
 
@@ -64,8 +63,8 @@ class Preset:
     config: dict[str, Any]
     tokenizer: str  # folder under edgelm/assets/tokenizers
     dtype: torch.dtype
-    # NoPE: no position encoding, marked in the checkpoint by HeadScale tensors (all 1.0), as the NoPE
-    # paper's models are; config.json stays a plain LlamaForCausalLM
+    # NoPE: no position encoding, with HeadScale tensors (all 1.0) as the NoPE paper's HeadScale models
+    # carry them; config.json declares it (written_config)
     nope: bool = False
     description: str = field(default="")
 
@@ -112,6 +111,6 @@ def write_preset(name: str, out: Path, seed: int = 0, force: bool = False) -> Pa
     family, _, model = preset.build()
     family.init_weights(model, seed)
     with atomic_output_dir(out, force) as tmp:
-        save_checkpoint(model, family, preset.config, tmp, preset.dtype, with_temperatures=preset.nope)
         copy_tokenizer(preset.tokenizer, tmp)
+        save_checkpoint(model, family, preset.config, tmp, preset.dtype, with_temperatures=preset.nope)
     return out

@@ -26,6 +26,9 @@ class Family:
     architectures: ClassVar[tuple[str, ...]]  # config.json "architectures" entries
     model_types: ClassVar[tuple[str, ...]]  # config.json "model_type" values
     position_encodings: ClassVar[tuple[str, ...]] = ("rope",)
+    # config.json key that declares the position encoding, when the family's published layout has
+    # one; without it (llama) a family with two encodings has it measured (position_probe.py)
+    position_encoding_key: ClassVar[str | None] = None
     # Checkpoint tensor holding λ for layer {bid}, shape [num_heads], when the family has one.
     head_temperature_tensor: ClassVar[str | None] = None
 
@@ -61,6 +64,10 @@ class Family:
     def tied_tensors(self, spec: ModelSpec) -> dict[str, str]:
         """{alias: source} for tensors that share storage; a checkpoint may omit the alias."""
         return {}
+
+    def mark_written_config(self, spec: ModelSpec, config: dict[str, Any]) -> dict[str, Any]:
+        """config.json as edgelm writes it for this spec (default: as it is)."""
+        return config
 
     def init_weights(self, model: CausalLM, seed: int) -> None:
         """Random weights for presets: matrices N(0, 0.02); norm weights near 1 and biases near 0, not

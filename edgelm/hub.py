@@ -1,0 +1,92 @@
+"""Hub ids (`ORG/NAME[@REVISION]`) through huggingface_hub, and what is known of published checkpoints.
+
+huggingface_hub does the resolving: its cache (HF_HOME, HF_HUB_CACHE), HF_HUB_OFFLINE, revisions,
+progress bars. edgelm asks only for data files — config, weights, tokenizer — never code.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .errors import UserError
+
+HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?$")
+DATA_FILES = [
+    "config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+]
+PICKLE_FILES = ["pytorch_model.bin", "pytorch_model.bin.index.json"]
+# huggingface_hub's cache layout: HF_HUB_CACHE/models--ORG--NAME/snapshots/<commit>/
+CACHE_FOLDER = re.compile(r"^models--(?P<org>[^/]+?)--(?P<name>[^/]+)$")
+
+# Facts about checkpoints as published that their files do not state. Consulted when the model
+# comes by hub id or from a hub cache folder; keys compare case-insensitively, as the hub does.
+KNOWN_CHECKPOINTS: dict[str, dict[str, str]] = {
+    # AntNLP's base NoPE model: a plain LlamaForCausalLM config, no scale_param tensors; the authors'
+    # code switches rotary off by patching transformers (Wang et al. 2024, "Length Generalization of
+    # Causal Transformers without Position Encoding")
+    "antnlp/tinyllama-nope-1.1b": {"position_encoding": "none"},
+    "tinyllama/tinyllama_v1.1": {"position_encoding": "rope"},
+    "tinyllama/tinyllama-1.1b-chat-v1.0": {"position_encoding": "rope"},
+    "tinyllama/tinyllama-1.1b-intermediate-step-1431k-3t": {"position_encoding": "rope"},
+}
+
+
+def is_hub_id(text: str) -> bool:
+    return HUB_ID.match(text) is not None and not Path(text).exists()
+
+
+def hub_id_of(folder: Path) -> str | None:
+    """ORG/NAME for a folder inside huggingface_hub's cache, else None."""
+    parts = folder.resolve().parts
+    for i in range(len(parts) - 2):
+        found = CACHE_FOLDER.match(parts[i])
+        if found and parts[i + 1] == "snapshots":
+            return f"{found['org']}/{found['name']}"
+    return None
+
+
+def known_facts(folder: Path) -> tuple[str, dict[str, str]] | None:
+    """(ORG/NAME, facts) for a hub cache folder of a checkpoint in KNOWN_CHECKPOINTS."""
+    repo = hub_id_of(folder)
+    if repo is None:
+        return None
+    facts = KNOWN_CHECKPOINTS.get(repo.lower())
+    return (repo, facts) if facts else None
+
+
+def resolve_model(text: str | Path, allow_pickle: bool = False) -> Path:
+    """A local path as it is; a hub id → its snapshot folder in the Hugging Face cache, downloaded
+    (data files only) unless offline."""
+    if not is_hub_id(str(text)):
+        return Path(text)
+    found = HUB_ID.match(str(text))
+    repo, revision = found["repo"], found["revision"]
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    patterns = DATA_FILES + (PICKLE_FILES if allow_pickle else [])
+    try:
+        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
+    except RevisionNotFoundError:
+        raise UserError(f"the hub has no revision {revision!r} of {repo}", None, "give a branch, tag or commit that exists") from None
+    except GatedRepoError:
+        raise UserError(f"{repo} is gated on the hub", None, "accept its terms on huggingface.co and log in with `hf auth login`") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"no model {repo} on the hub (or it is private)", None, "check the id, or log in with `hf auth login`") from None
+    except LocalEntryNotFoundError:
+        raise UserError(
+            f"{repo}{'@' + revision if revision else ''} is not in the Hugging Face cache and the hub cannot be reached (offline)",
+            None, "download it once online (unset HF_HUB_OFFLINE), or give a local folder",
+        ) from None
+    except HFValidationError as exc:
+        raise UserError(f"not a valid hub id {text!r} ({exc})", None, "give ORG/NAME[@REVISION] or a local folder") from None
+    except (HfHubHTTPError, OSError) as exc:  # the hub's other answers, network and disk errors
+        answer = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"cannot fetch {repo} from the hub ({answer})", None, "check the connection, or give a local folder") from None
+    if not allow_pickle and not any(folder.glob("*.safetensors")):
+        raise UserError(f"{repo} has no safetensors weights", folder,
+                        "if it publishes only pytorch_model.bin, pass --allow-pickle (loaded with torch.load(weights_only=True))")
+    return folder
