@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UserError
 from ..models import CausalLM, Family, ModelSpec
 
 
 def temperature_scales(family: Family, spec: ModelSpec, table: torch.Tensor) -> dict[str, tuple[int, torch.Tensor]]:
     """tensor name → (axis, per-entry scale of the first num_heads·head_dim entries along that axis)."""
     scales = {}
+    if (table == 1).all():
+        return scales
     for layer, row in enumerate(table.float()):
         per_entry = row.repeat_interleave(spec.head_dim)  # [num_heads·head_dim], head-major
-        for name, axis in family.query_tensors(spec, layer):
+        tensors = family.query_tensors(spec, layer)
+        if tensors is None:
+            raise UserError(f"head temperatures cannot be folded into a {family.name} model's weights", None,
+                            "export it without --head-temperatures (all λ = 1)")
+        for name, axis in tensors:
             scales[name] = (axis, per_entry)
     return scales
 

@@ -3,6 +3,7 @@ torch reference."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ class ModelFolder(Format):
             "heads": spec.num_heads,
             "kv_heads": spec.num_kv_heads,
             "head_dim": spec.head_dim,
-            "ffn_size": spec.ffn_size,
+            **asdict(spec.family_config),
             "max_positions": spec.max_positions,
             "tied_embeddings": spec.tie_embeddings,
             "position_encoding": spec.position_encoding,

@@ -8,6 +8,8 @@ RMSNorm, SwiGLU MLP, grouped-query attention, tied or untied embeddings; Hugging
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from gguf import MODEL_TENSOR, TENSOR_NAMES
 from torch import nn
@@ -15,6 +17,11 @@ from torch import nn
 from .layers import CausalLM, CausalSelfAttention, RMSNorm
 from .registry import Family, register
 from .spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    intermediate_size: int  # SwiGLU width
 
 
 class LlamaAttention(nn.Module):
@@ -36,9 +43,9 @@ class LlamaAttention(nn.Module):
 class LlamaMLP(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
-        self.gate_proj = nn.Linear(spec.hidden_size, spec.ffn_size, bias=False)
-        self.up_proj = nn.Linear(spec.hidden_size, spec.ffn_size, bias=False)
-        self.down_proj = nn.Linear(spec.ffn_size, spec.hidden_size, bias=False)
+        self.gate_proj = nn.Linear(spec.hidden_size, spec.family_config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(spec.hidden_size, spec.family_config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(spec.family_config.intermediate_size, spec.hidden_size, bias=False)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -121,7 +128,7 @@ class Llama(Family):
             "context_length": spec.max_positions,
             "embedding_length": spec.hidden_size,
             "block_count": spec.num_layers,
-            "feed_forward_length": spec.ffn_size,
+            "feed_forward_length": spec.family_config.intermediate_size,
             "attention.head_count": spec.num_heads,
             "attention.head_count_kv": spec.num_kv_heads,
             "attention.key_length": spec.head_dim,
@@ -165,14 +172,13 @@ class Llama(Family):
             num_heads=heads,
             num_kv_heads=config.size("num_key_value_heads", heads),
             head_dim=head_dim,
-            ffn_size=config.size("intermediate_size"),
             max_positions=config.size("max_position_embeddings", 2048),
             norm_eps=config.number("rms_norm_eps", 1e-6),
             position_encoding="rope",
             rope_theta=theta,
             rotary_dim=int(head_dim * partial),
             tie_embeddings=bool(config("tie_word_embeddings", False)),
-            activation="silu",
+            family_config=LlamaConfig(intermediate_size=config.size("intermediate_size")),
         )
 
     def build(self, spec):

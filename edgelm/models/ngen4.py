@@ -10,6 +10,7 @@ Tensor layout (no public reference code; documented in docs/formats.md): `transf
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,12 @@ ACTIVATIONS = {
 }
 
 
+@dataclass(frozen=True)
+class NGen4Config:
+    n_inner: int  # MLP width
+    activation: str  # a key of ACTIVATIONS
+
+
 class NGen4Attention(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -52,9 +59,9 @@ class NGen4Attention(nn.Module):
 class NGen4MLP(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
-        self.c_fc = nn.Linear(spec.hidden_size, spec.ffn_size)
-        self.c_proj = nn.Linear(spec.ffn_size, spec.hidden_size)
-        self.act = ACTIVATIONS[spec.activation]
+        self.c_fc = nn.Linear(spec.hidden_size, spec.family_config.n_inner)
+        self.c_proj = nn.Linear(spec.family_config.n_inner, spec.hidden_size)
+        self.act = ACTIVATIONS[spec.family_config.activation]
 
     def forward(self, x):
         return self.c_proj(self.act(self.c_fc(x)))
@@ -128,13 +135,13 @@ class NGen4(Family):
         return "gptneox"
 
     def gguf_hparams(self, spec):
-        if spec.activation not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ValueError(f"llama.cpp's gptneox arch uses tanh GELU, not {spec.activation}")
+        if spec.family_config.activation not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"llama.cpp's gptneox arch uses tanh GELU, not {spec.family_config.activation}")
         return {
             "context_length": spec.max_positions,
             "embedding_length": spec.hidden_size,
             "block_count": spec.num_layers,
-            "feed_forward_length": spec.ffn_size,
+            "feed_forward_length": spec.family_config.n_inner,
             "attention.head_count": spec.num_heads,
             "attention.layer_norm_epsilon": spec.norm_eps,
             "rope.dimension_count": spec.rotated_dims,
@@ -156,14 +163,13 @@ class NGen4(Family):
             num_heads=heads,
             num_kv_heads=heads,
             head_dim=head_dim,
-            ffn_size=config.size("n_inner", 4 * hidden),
             max_positions=config.size("n_positions", 2048),
             norm_eps=config.number("layer_norm_epsilon", 1e-5),
             position_encoding="rope" if config("use_rope", True) else "none",
             rope_theta=config.number("rope_theta", 10000.0),
             rotary_dim=int(head_dim * config.number("rope_pct", 1.0)) // 2 * 2,
             tie_embeddings=bool(config("tie_word_embeddings", True)),
-            activation=activation,
+            family_config=NGen4Config(n_inner=config.size("n_inner", 4 * hidden), activation=activation),
         )
 
     def build(self, spec):

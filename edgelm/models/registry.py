@@ -41,9 +41,13 @@ class Family:
     def build(self, spec: ModelSpec) -> CausalLM:
         raise NotImplementedError
 
-    def query_tensors(self, spec: ModelSpec, layer: int) -> list[tuple[str, int]]:
+    def query_tensors(self, spec: ModelSpec, layer: int) -> list[tuple[str, int]] | None:
         """(tensor name, axis) pairs that produce layer `layer`'s queries: along `axis`, the first
-        num_heads·head_dim entries are the query outputs, head-major. Temperature baking scales them."""
+        num_heads·head_dim entries are the query outputs, head-major. Temperature baking scales them.
+
+        None declares that head temperatures cannot be folded into this family's weights (queries
+        not linear in one weight, e.g. a per-head q-norm after the projection): export then refuses
+        a temperature table other than all 1.0."""
         raise NotImplementedError
 
     # GGUF facts: architecture name, checkpoint → GGUF tensor names (templates with {bid}), and the

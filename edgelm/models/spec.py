@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 POSITION_ENCODINGS = ("rope", "none")
 
@@ -11,7 +12,9 @@ POSITION_ENCODINGS = ("rope", "none")
 class ModelSpec:
     """Dimensions and choices of a decoder-only causal LM.
 
-    Every family fills the same fields; a field a family has no use for keeps its neutral default.
+    The fields every family has are shared; what only one family has (an MLP width, an activation,
+    Pattention's parameter-token counts) is in `family_config`, a frozen dataclass of that family's
+    own file.
     """
 
     family: str
@@ -21,16 +24,13 @@ class ModelSpec:
     num_heads: int
     num_kv_heads: int
     head_dim: int
-    ffn_size: int  # MLP width; for tokenformer the FFN Pattention's number of parameter tokens
     max_positions: int
     norm_eps: float
     position_encoding: str  # "rope" | "none"
     rope_theta: float = 10000.0
     rotary_dim: int = 0  # leading dims of each head that rotate when position_encoding is "rope"
     tie_embeddings: bool = False
-    activation: str = "silu"
-    qkv_slots: int = 0  # tokenformer: parameter tokens of the q/k/v Pattentions
-    proj_slots: int = 0  # tokenformer: parameter tokens of the attention output Pattention
+    family_config: Any = None
 
     def __post_init__(self) -> None:
         if self.position_encoding not in POSITION_ENCODINGS:

@@ -14,6 +14,7 @@ Checkpoint names follow the published GPT-NeoX pipeline layout: `sequential.0.wo
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,15 @@ from torch import nn
 from .layers import CausalLM, CausalSelfAttention
 from .registry import Family, register
 from .spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class TokenFormerConfig:
+    """Parameter tokens n of each Pattention."""
+
+    qkv_slots: int  # q, k and v
+    proj_slots: int  # attention output
+    ffn_slots: int  # the FFN
 
 
 class Pattention(nn.Module):
@@ -40,10 +50,10 @@ class TokenFormerAttention(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         d = spec.hidden_size
-        self.query = Pattention(d, d, spec.qkv_slots)
-        self.key = Pattention(d, d, spec.qkv_slots)
-        self.value = Pattention(d, d, spec.qkv_slots)
-        self.proj = Pattention(d, d, spec.proj_slots)
+        self.query = Pattention(d, d, spec.family_config.qkv_slots)
+        self.key = Pattention(d, d, spec.family_config.qkv_slots)
+        self.value = Pattention(d, d, spec.family_config.qkv_slots)
+        self.proj = Pattention(d, d, spec.family_config.proj_slots)
         self.attention = CausalSelfAttention(spec)
         self.spec = spec
 
@@ -58,7 +68,7 @@ class TokenFormerLayer(nn.Module):
         self.input_layernorm = nn.LayerNorm(spec.hidden_size, eps=spec.norm_eps, elementwise_affine=False)
         self.attention = TokenFormerAttention(spec)
         self.post_attention_layernorm = nn.LayerNorm(spec.hidden_size, eps=spec.norm_eps, elementwise_affine=False)
-        self.mlp = Pattention(spec.hidden_size, spec.hidden_size, spec.ffn_size)
+        self.mlp = Pattention(spec.hidden_size, spec.hidden_size, spec.family_config.ffn_slots)
 
     def forward(self, x, positions, past, attention_mask):
         attn, present = self.attention(self.input_layernorm(x), positions, past, attention_mask)
@@ -127,9 +137,9 @@ class TokenFormer(Family):
             "attention.layer_norm_epsilon": spec.norm_eps,
             "rope.dimension_count": spec.rotated_dims,
             "rope.freq_base": spec.rope_theta,
-            "qkv_slot_count": spec.qkv_slots,
-            "proj_slot_count": spec.proj_slots,
-            "feed_forward_length": spec.ffn_size,
+            "qkv_slot_count": spec.family_config.qkv_slots,
+            "proj_slot_count": spec.family_config.proj_slots,
+            "feed_forward_length": spec.family_config.ffn_slots,
         }
 
     # GPT-NeoX variants the published config.json can name; edgelm implements the ones TokenFormer
@@ -162,7 +172,6 @@ class TokenFormer(Family):
             num_heads=heads,
             num_kv_heads=heads,
             head_dim=head_dim,
-            ffn_size=config.size("ffn_slot_num"),
             max_positions=config.size(("max_position_embeddings", "seq_length"), 2048),
             norm_eps=config.number(("layer_norm_eps", "layernorm_epsilon"), 1e-5),
             position_encoding="rope",
@@ -170,9 +179,8 @@ class TokenFormer(Family):
             # GPT-NeoX rotates int(head_dim · rotary_pct) dims (megatron/model/tokenformer.py)
             rotary_dim=int(head_dim * config.number("rotary_pct", 0.25)) // 2 * 2,
             tie_embeddings=True,
-            activation="gelu",
-            qkv_slots=config.size("qkv_slot_num"),
-            proj_slots=config.size("proj_slot_num"),
+            family_config=TokenFormerConfig(qkv_slots=config.size("qkv_slot_num"), proj_slots=config.size("proj_slot_num"),
+                                            ffn_slots=config.size("ffn_slot_num")),
         )
 
     def build(self, spec):
