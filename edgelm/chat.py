@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from .errors import UserError
 from .tokenizer import Tokenizer
 
-# Used when neither the tokenizer config nor the GGUF carries a template.
+# Used when neither the tokenizer config nor the GGUF carries a template (roles spelled out, not
+# `| capitalize`d, as in the shipped tokenizers: onnxruntime-genai's template engine lacks that filter).
 PLAIN_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endfor %}"
+    "{% for m in messages %}{% if m['role'] == 'user' %}User{% elif m['role'] == 'assistant' %}Assistant"
+    "{% else %}System{% endif %}: {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 

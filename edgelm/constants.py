@@ -14,9 +14,11 @@ GGUF_HEAD_TEMPERATURES_BAKED = "edgelm.head_temperatures_baked"
 GGUF_TOKENIZER_FILE = "edgelm.tokenizer_file."  # + one of TOKENIZER_FILES: that file's bytes
 
 # --- Hugging Face-style tokenizer files (model folders, ONNX folders, GGUF extras, bundles) -----
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # transformers 5's place for the template, beside tokenizer_config.json
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", CHAT_TEMPLATE_FILE)
 
 # --- ONNX folders ----------------------------------------------------------------------------------
+HF_CONFIG = "config.json"  # the model's Hugging Face config, for Optimum's ORTModelForCausalLM
 ONNX_MODEL_FILE = "model.onnx"
 ORT_MODEL_FILE = "model.ort"  # ONNX Runtime's mobile format, in bundles
 GENAI_CONFIG = "genai_config.json"  # onnxruntime-genai's

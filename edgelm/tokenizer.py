@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .constants import CHAT_TEMPLATE_FILE
 from .errors import UserError
 
 class Tokenizer:
@@ -99,9 +100,22 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
         raise UserError("no tokenizer found", folder, "put tokenizer.json or tokenizer.model beside config.json")
     config_path = folder / "tokenizer_config.json"
     try:
-        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    except json.JSONDecodeError as exc:
+        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"tokenizer_config.json is not valid JSON ({exc})", config_path, "fix or re-download it") from None
+    if not isinstance(config, dict):
+        raise UserError("tokenizer_config.json must hold a JSON object", config_path, "fix or re-download it")
+    template = folder / CHAT_TEMPLATE_FILE  # where transformers 5, Optimum and genai's builder write it
+    if config.get("chat_template") is None and template.is_file():
+        try:
+            config = {**config, "chat_template": template.read_text(encoding="utf-8")}
+        except UnicodeDecodeError:
+            raise UserError(f"{CHAT_TEMPLATE_FILE} is not UTF-8 text", template, "fix or re-download it") from None
+    return load_tokenizer_file(file, config)
+
+
+def load_tokenizer_file(file: Path, config: dict[str, Any]) -> Tokenizer:
+    """One tokenizer file (tokenizer.json or tokenizer.model) with the given tokenizer config."""
     try:
         return BACKENDS[file.name](file, config)
     except Exception as exc:  # each library raises its own types for a damaged file

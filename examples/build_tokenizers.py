@@ -25,9 +25,11 @@ OUT = REPO / "edgelm" / "assets" / "tokenizers"
 TRAIN_NOVELS = ["emma", "mansfield_park", "northanger_abbey", "pride_and_prejudice", "sense_and_sensibility"]
 VOCAB_SIZE = 4096
 
-# A plain chat template: role-labelled turns, end-of-text after each reply.
+# A plain chat template: role-labelled turns, end-of-text after each reply. Role names are spelled out
+# rather than `| capitalize`d: onnxruntime-genai's template engine has no such filter.
 BPE_CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}\n"
+    "{% for message in messages %}{% if message['role'] == 'user' %}User{% elif message['role'] == 'assistant' %}"
+    "Assistant{% else %}System{% endif %}: {{ message['content'] }}\n"
     "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
@@ -67,6 +69,9 @@ def build_bpe(out: Path) -> None:
         "add_eos_token": False,
         "model_max_length": 2048,
         "chat_template": BPE_CHAT_TEMPLATE,
+        # transformers' generic fast tokenizer otherwise returns token_type_ids, which
+        # generate(**tokenizer(...)) then refuses for a causal LM
+        "model_input_names": ["input_ids", "attention_mask"],
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
@@ -104,6 +109,7 @@ def build_sentencepiece(out: Path) -> None:
         "legacy": True,
         "model_max_length": 2048,
         "chat_template": LLAMA_CHAT_TEMPLATE,
+        "model_input_names": ["input_ids", "attention_mask"],
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 

@@ -1,6 +1,7 @@
 """Artifacts other tools made, opened by edgelm: a GGUF written by llama.cpp's own converter
 (convert_hf_to_gguf.py from the llama-cpp-python source distribution, fetched by `make test`) runs in
-every command with llama.cpp's own vocabulary, and a format nobody on a phone runs is not bundled."""
+every command with llama.cpp's own vocabulary; an ONNX folder written by Optimum's exporter runs and
+passes parity; a format nobody on a phone runs is not bundled."""
 
 import json
 import subprocess
@@ -84,3 +85,75 @@ def test_tokenformer_gguf_bundles_only_for_desktops(run_cli, preset_dir, tmp_pat
     assert code == 0, err
     code, out, err = run_cli("generate", tmp_path / "b", "--prompt", "It is", "--max-new-tokens", 3, "--json")
     assert code == 0 and json.loads(out)["engine"].startswith("edgelm native"), err
+
+
+SHIPPED_ROPE = Path(__file__).resolve().parent.parent / "examples" / "models" / "tiny-rope"
+
+
+@pytest.fixture(scope="module")
+def optimum_folder(tmp_path_factory):
+    """The ONNX folder Optimum's own exporter writes for the shipped tiny-rope (`optimum-cli export onnx
+    --task text-generation-with-past`, offline): no genai_config.json, a growing KV cache, position_ids."""
+    out = tmp_path_factory.mktemp("optimum") / "tiny-rope-onnx"
+    subprocess.run([sys.executable, "-m", "optimum.commands.optimum_cli", "export", "onnx", "--model", str(SHIPPED_ROPE),
+                    "--task", "text-generation-with-past", str(out)], check=True, capture_output=True, text=True)
+    assert not (out / "genai_config.json").exists() and (out / "model.onnx").is_file()
+    return out
+
+
+def test_optimum_folder_generates_as_its_source(run_cli, optimum_folder):
+    code, out, err = run_cli("inspect", optimum_folder, "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["written_by"].startswith("another tool, Optimum") and (info["layers"], info["kv_heads"], info["head_dim"]) == (4, 2, 32)
+    results = [run_cli("generate", path, "--prompt", "It is a truth universally acknowledged", "--max-new-tokens", 24, "--json")
+               for path in (SHIPPED_ROPE, optimum_folder)]
+    assert all(code == 0 for code, _, _ in results), results
+    reference, artifact = (json.loads(out) for _, out, _ in results)
+    assert artifact["engine"].startswith("onnxruntime") and reference["tokens"] == artifact["tokens"]
+
+
+def test_optimum_folder_passes_parity(run_cli, optimum_folder):
+    code, out, err = run_cli("parity", optimum_folder, "--reference", SHIPPED_ROPE, "--tokens", 128, "--max-kld", "1e-6", "--json")
+    assert code == 0, err
+    report = json.loads(out)  # measured: max |Δlogit| 1.3e-5, mean KL 1.2e-12
+    assert report["positions"] == 128 and report["max_abs_logit_diff"] <= 1e-4 and report["top1_agreement"] == 1.0
+
+
+def test_onnx_folder_without_a_kv_cache_is_one_line(run_cli, optimum_folder, tmp_path):
+    import onnx
+
+    folder = tmp_path / "no-cache"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((optimum_folder / "config.json").read_bytes())
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["input_ids"], ["logits"])], "g",
+                                   [onnx.helper.make_tensor_value_info("input_ids", onnx.TensorProto.INT64, [1, None])],
+                                   [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.INT64, [1, None])])
+    onnx.save(onnx.helper.make_model(graph), folder / "model.onnx")
+    assert_user_error(run_cli("generate", folder, "--prompt", "x"), "no KV cache edgelm recognises", "text-generation-with-past")
+
+
+BUILDER_FOLDER = Path(__file__).resolve().parent / "fixtures" / "genai-builder-tiny-rope-int4"  # see its PROVENANCE.md
+
+
+def test_genai_builder_folder_runs_and_passes_parity(run_cli):
+    """The folder onnxruntime-genai's own model builder wrote (int4, from the shipped tiny-rope) runs in
+    every command that reads an artifact, and `parity` compares it with its source."""
+    code, out, err = run_cli("inspect", BUILDER_FOLDER, "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["written_by"] == "another tool (no edgelm.json)" and "MatMulNBits" in info["operators"]
+    code, out, err = run_cli("parity", BUILDER_FOLDER, "--reference", SHIPPED_ROPE, "--tokens", 128, "--max-kld", "0.02", "--json")
+    assert code == 0, err
+    report = json.loads(out)  # measured: mean KL 0.0055, top-1 0.95 (edgelm's own int4 export of tiny-nope: 0.0043)
+    assert report["positions"] == 128 and report["top1_agreement"] >= 0.9
+    code, out, err = run_cli("generate", BUILDER_FOLDER, "--prompt", "It is a truth", "--max-new-tokens", "8")
+    assert code == 0 and out.startswith("It is a truth"), err
+
+
+def test_chat_template_from_chat_template_jinja():
+    """transformers 5, Optimum and the genai builder put the template in chat_template.jinja."""
+    from edgelm.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(BUILDER_FOLDER)
+    assert tokenizer.chat_template == (BUILDER_FOLDER / "chat_template.jinja").read_text()

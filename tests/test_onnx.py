@@ -102,10 +102,10 @@ def genai_greedy(folder):
     return tokens
 
 
-def greedy(backend):
+def greedy(backend, prompt=GREEDY_PROMPT):
     from edgelm.runtime.sampling import Sampler, SamplingOptions
 
-    logits, tokens = backend.prefill(GREEDY_PROMPT), []
+    logits, tokens = backend.prefill(prompt), []
     for _ in range(GREEDY_NEW):
         tokens.append(Sampler(SamplingOptions())(logits))
         logits = backend.decode(tokens[-1])
@@ -211,7 +211,10 @@ def test_onnx_bad_input(run_cli, exported, tmp_path):
     assert code == 2 and "genai_config.json is not valid JSON" in err
     (copy / "genai_config.json").unlink()
     code, _, err = run_cli("perplexity", copy, "--text", copy / "edgelm.json")
-    assert code == 2 and "genai_config.json is missing" in err
+    assert code == 2 and "model.onnx is not a readable ONNX graph" in err  # read as Optimum's layout: config.json, the graph
+    (copy / "config.json").unlink()
+    code, _, err = run_cli("perplexity", copy, "--text", copy / "edgelm.json")
+    assert code == 2 and "genai_config.json and config.json are both missing" in err
     code, _, err = run_cli("export", exported("tiny-rope")[0].path, "--format", "onnx", "--out", copy)
     assert code == 2 and "output already exists" in err
     manifest = json.loads((folder / "edgelm.json").read_text())
@@ -269,3 +272,41 @@ def test_bench_compares_with_onnxruntime_genai(run_cli, exported):
     report = json.loads(out)
     assert report["engine"] == "onnxruntime (cpu)" and report["raw_engine"] == "onnxruntime-genai"
     assert report["decode_tok_s"] > 0 and report["raw_decode_tok_s"] > 0 and report["edgelm_over_raw"] > 0
+
+
+@pytest.mark.parametrize("name", ["tiny-nope", "tiny-rope"])
+def test_optimum_generates_edgelm_greedy_tokens(exported, name):
+    """Optimum's ORTModelForCausalLM opens an edgelm ONNX folder as it is (config.json, tokenizer files)
+    and the standard `generate(**tokenizer(text, return_tensors="pt"))` call continues the text with
+    edgelm's greedy tokens (NoPE with non-trivial temperatures folded in included)."""
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoTokenizer
+
+    _, folder = exported(name)
+    text = "It is a truth universally acknowledged"
+    artifact = open_artifact(folder)
+    hf_tokenizer = AutoTokenizer.from_pretrained(folder)
+    inputs = hf_tokenizer(text, return_tensors="pt")
+    assert inputs["input_ids"][0].tolist() == artifact.tokenizer.encode(text)
+    optimum = ORTModelForCausalLM.from_pretrained(folder)
+    out = optimum.generate(**inputs, max_new_tokens=GREEDY_NEW, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
+    ours = greedy(artifact.backend, inputs["input_ids"][0].tolist())
+    assert len(out) >= 1 and out == ours[: len(out)]
+    assert len(out) == GREEDY_NEW or out[-1] == artifact.tokenizer.eos_id  # Optimum stops at eos_token_id
+
+
+@pytest.mark.parametrize("name", ALL_PRESETS)
+def test_onnxruntime_genai_applies_the_chat_template_as_edgelm_does(exported, name):
+    import onnxruntime_genai as og
+
+    from edgelm.chat import Conversation
+
+    _, folder = exported(name)
+    turns = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "How?"}]
+    conversation = Conversation(open_artifact(folder).tokenizer, 256, 16, system="Be brief.")
+    messages = [{"role": "system", "content": "Be brief."}] + turns
+    genai_tokenizer = og.Tokenizer(og.Config(str(folder)))  # reads tokenizer.json (made at export from a tokenizer.model)
+    rendered = genai_tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+    assert rendered == conversation.render(turns) and "Hello" in rendered
+    text = "It is a truth universally acknowledged, that a single man in possession of a good fortune"
+    assert genai_tokenizer.encode(text).tolist() == conversation.tokenizer.encode(text, add_bos=False)

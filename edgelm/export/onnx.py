@@ -38,13 +38,13 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..constants import GENAI_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE, TOKENIZER_FILES
+from ..constants import GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE, TOKENIZER_FILES
 from ..errors import UserError
 from ..fileio import atomic_output_dir
 from ..models import Checkpoint, CausalLM, CausalSelfAttention, ModelSpec
 from ..models.layers import rotary_frequencies
 from ..quantize.onnx import EXTERNAL_DATA_OVER, quantize_onnx
-from ..tokenizer import Tokenizer, load_tokenizer
+from ..tokenizer import Tokenizer, load_tokenizer, load_tokenizer_file
 from .temperatures import bake_head_temperatures
 
 QUANTS = ("f32", "f16", "int8", "int4")
@@ -52,6 +52,7 @@ KV_CACHES = ("float", "int8")
 KV_CALIBRATION_TOKENS = 1024  # tokens of calibration text run through the model for the int8 KV scales
 INT8_MAX = 127
 CHILD_GRACE_SECONDS = 10  # how long an interrupted export waits for its tracing process to stop by itself
+log = logging.getLogger("edgelm")
 ROTARY_TABLE_POSITIONS = 32768  # rows of the cos/sin tables; RoPE positions past max(this, max_positions) are refused
 
 
@@ -198,6 +199,38 @@ def _export_graph(model: CausalLM, path: Path, kv_scales: dict | None = None) ->
     # and the int4 quantizer would not see a constant LM head weight
     onnxscript.optimizer.optimize(program.model, input_size_limit=1 << 40, output_size_limit=1 << 40)
     program.save(str(path), external_data=size > EXTERNAL_DATA_OVER)
+
+
+def write_hf_configs(checkpoint: Checkpoint, folder: Path) -> None:
+    """config.json, and model_input_names in tokenizer_config.json (transformers' generic fast
+    tokenizer otherwise adds token_type_ids, which generate() refuses), so that Optimum's
+    ORTModelForCausalLM and `generate(**tokenizer(text, return_tensors="pt"))` work on the folder."""
+    config = checkpoint.family.onnx_folder_config(checkpoint.spec, checkpoint.config)
+    (folder / HF_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    tokenizer_json_from_sentencepiece(folder)
+    path = folder / "tokenizer_config.json"
+    tokenizer_config = json.loads(path.read_text()) if path.is_file() else {}
+    tokenizer_config.setdefault("model_input_names", [GRAPH_INPUTS["input_ids"], GRAPH_INPUTS["attention_mask"]])
+    path.write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+
+
+def tokenizer_json_from_sentencepiece(folder: Path) -> None:
+    """onnxruntime-genai's tokenizer reads tokenizer.json only. A SentencePiece-only model (as edgelm's
+    llama presets are) gets one made by transformers' slow→fast conversion, as the hub's Llama
+    repositories carry both; it is kept only if it encodes a built-in text to the same ids."""
+    if (folder / "tokenizer.json").exists() or not (folder / "tokenizer.model").exists():
+        return
+    from transformers import AutoTokenizer
+
+    from ..models.position_probe import PROBE_TEXT
+
+    AutoTokenizer.from_pretrained(folder).backend_tokenizer.save(str(folder / "tokenizer.json"))
+    text = PROBE_TEXT.read_text(encoding="utf-8")
+    converted, original = (load_tokenizer_file(folder / name, {}) for name in ("tokenizer.json", "tokenizer.model"))
+    if converted.encode_text(text) != original.encode_text(text):
+        (folder / "tokenizer.json").unlink()
+        log.warning("tokenizer.model did not convert to an identical tokenizer.json: onnxruntime-genai's "
+                    "tokenizer will not load this folder (edgelm's runtime does)")
 
 
 def genai_config(checkpoint: Checkpoint, tokenizer: Tokenizer, context_length: int) -> dict:
@@ -350,6 +383,7 @@ def export_onnx(
         for name in TOKENIZER_FILES:
             if (checkpoint.path / name).is_file():
                 shutil.copy(checkpoint.path / name, tmp / name)
+        write_hf_configs(checkpoint, tmp)
         (tmp / GENAI_CONFIG).write_text(json.dumps(genai_config(checkpoint, tokenizer, checkpoint.spec.max_positions), indent=2) + "\n")
         manifest = {
             "family": checkpoint.spec.family,

@@ -1,6 +1,6 @@
-"""An ONNX folder with onnxruntime-genai's genai_config.json: edgelm's exports (with their edgelm.json
-manifest) and the onnxruntime-genai model builder's. onnxruntime runs the graph; the tokenizer files
-lie beside it."""
+"""An ONNX folder: edgelm's exports (genai_config.json and their edgelm.json manifest), the
+onnxruntime-genai model builder's (genai_config.json) and Optimum's (config.json only: the decoder's IO
+is read from the graph). onnxruntime runs the graph; the tokenizer files lie beside it."""
 
 from __future__ import annotations
 
@@ -73,7 +73,9 @@ class OnnxFolder(Format):
         temperatures = [t for layer in self.manifest.get("head_temperatures", {}).get("layers", []) for t in layer]
         return {
             "format": self.kind,
-            "written_by": f"edgelm {self.manifest.get('edgelm_version')}" if self.manifest else "another tool (no edgelm.json)",
+            "written_by": f"edgelm {self.manifest.get('edgelm_version')}" if self.manifest
+            else "another tool (no edgelm.json)" if (self.path / GENAI_CONFIG).is_file()
+            else "another tool, Optimum's layout (no genai_config.json: IO read from the graph)",
             "family": self.manifest.get("family"),
             "quantization": self.manifest.get("quantization"),
             "kv_cache": ", ".join(sorted(caches)),

@@ -190,5 +190,10 @@ class Llama(Family):
     def mark_written_config(self, spec, config):
         return config | {"model_type": self.nope_model_type if spec.position_encoding == "none" else "llama"}
 
+    def onnx_folder_config(self, spec, config):
+        # the graph computes the model as it is, NoPE included (no rotary in it, temperatures folded),
+        # so Optimum may treat any of them as a plain llama
+        return config | {"model_type": "llama"}
+
     def tied_tensors(self, spec):
         return {"lm_head.weight": "model.embed_tokens.weight"} if spec.tie_embeddings else {}

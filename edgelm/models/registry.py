@@ -73,6 +73,11 @@ class Family:
         """config.json as edgelm writes it for this spec (default: as it is)."""
         return config
 
+    def onnx_folder_config(self, spec: ModelSpec, config: dict[str, Any]) -> dict[str, Any]:
+        """The config.json an ONNX export carries for Optimum's ORTModelForCausalLM, which reads the
+        model type and sizes from it (default: the checkpoint's own)."""
+        return config
+
     def init_weights(self, model: CausalLM, seed: int) -> None:
         """Random weights for presets: matrices N(0, 0.02); norm weights near 1 and biases near 0, not
         exactly, so parity tests notice a dropped norm weight or bias."""

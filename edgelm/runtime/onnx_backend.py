@@ -1,21 +1,27 @@
-"""ONNX Runtime behind the runtime interface, for the folders `edgelm export --format onnx` writes.
+"""ONNX Runtime behind the runtime interface: edgelm's ONNX folders, the onnxruntime-genai builder's and
+Optimum's.
 
-The KV cache is one preallocated OrtValue per layer and side, bound once with IO binding as both
-`past_key_values.{i}.*` and `present.{i}.*` (the graph's GroupQueryAttention writes the new positions
-into it in place), so a decode step copies no cache and its cost does not grow with the buffer. The
-buffers start at the model's context length and double when a longer sequence needs room.
+Two KV cache layouts, as genai_config's `past_present_share_buffer` says:
+- shared (edgelm, the genai builder): one preallocated OrtValue per layer and side, bound once with IO
+  binding as both `past_key_values.{i}.*` and `present.{i}.*` (GroupQueryAttention writes the new
+  positions into it in place), so a decode step copies no cache and its cost does not grow with the
+  buffer. The buffers start at the model's context length and double when a longer sequence needs room.
+- growing (Optimum's `text-generation-with-past` graphs): `present` is `past` with this call's
+  positions appended; it is fed back as the next call's `past`, staying in onnxruntime's memory.
+A `position_ids` input, where the graph has one, gets the positions counted from the cache's length.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..constants import GENAI_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE
+from ..constants import GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE
 from ..errors import UserError
 from .backend import Backend
 
@@ -59,8 +65,10 @@ class OnnxBackend(Backend):
         self.buffer_names = [(names[f"past_{side}_names"] % i, names[f"present_{side}_names"] % i)
                              for i in range(self.layers) for side in ("key", "value")]
         self.input_names, self.logits_name = (names["input_ids"], names["attention_mask"]), names["logits"]
-        past_type = {i.name: i.type for i in self.session.get_inputs()}[self.buffer_names[0][0]]
-        self.cache_dtype = CACHE_DTYPES[past_type]
+        graph_inputs = {i.name: i.type for i in self.session.get_inputs()}
+        self.position_ids_name = names.get("position_ids") if names.get("position_ids") in graph_inputs else None
+        self.shared_buffer = genai.get("search", {}).get("past_present_share_buffer", True)
+        self.cache_dtype = CACHE_DTYPES[graph_inputs[self.buffer_names[0][0]]]
         self._ort = ort
         self.buffers: list = []
         self.binding = self.session.io_binding()
@@ -71,6 +79,9 @@ class OnnxBackend(Backend):
 
     def reset(self) -> None:
         self._position = 0
+        if not self.shared_buffer:  # an empty past: [1, kv_heads, 0, head_size]
+            empty = np.zeros((1, self.kv_heads, 0, self.head_size), self.cache_dtype)
+            self.buffers = [self._ort.OrtValue.ortvalue_from_numpy(empty) for _ in self.buffer_names]
 
     @property
     def position(self) -> int:
@@ -100,14 +111,29 @@ class OnnxBackend(Backend):
         if self.rotary_positions and start + n > self.rotary_positions:
             raise UserError(f"position {start + n} is past the {self.rotary_positions} positions of this model's rotary "
                             "tables", self.folder, "use a shorter text or context")
-        self._reserve(start + n)
+        if self.shared_buffer:
+            self._reserve(start + n)
+        else:
+            self._bind_growing_cache()
         ids_name, mask_name = self.input_names
         self.binding.bind_cpu_input(ids_name, np.array([ids], dtype=np.int64))
         self.binding.bind_cpu_input(mask_name, np.ones((1, start + n), dtype=np.int64))
+        if self.position_ids_name:
+            self.binding.bind_cpu_input(self.position_ids_name, np.arange(start, start + n, dtype=np.int64)[None])
         self.binding.bind_output(self.logits_name)  # unallocated again: its shape follows the ids
         self.session.run_with_iobinding(self.binding)
         self._position = start + n
-        return self.binding.get_outputs()[0].numpy()[0].astype(np.float32, copy=False)
+        outputs = self.binding.get_outputs()
+        if not self.shared_buffer:
+            self.buffers = outputs[1:]  # present, in binding order: the next call's past
+        return outputs[0].numpy()[0].astype(np.float32, copy=False)
+
+    def _bind_growing_cache(self) -> None:
+        self.binding.clear_binding_outputs()
+        self.binding.bind_output(self.logits_name)  # output 0
+        for (past, present), value in zip(self.buffer_names, self.buffers):
+            self.binding.bind_ortvalue_input(past, value)
+            self.binding.bind_output(present)  # allocated by onnxruntime: past + this call's positions
 
 
 def _plain_name(value: Any, key: str, path: Path) -> str:
@@ -118,13 +144,53 @@ def _plain_name(value: Any, key: str, path: Path) -> str:
     return value
 
 
+PAST_NAME = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
+
+
+def describe_optimum_folder(folder: Path) -> dict:
+    """A genai_config-shaped description of an Optimum ONNX folder (`optimum-cli export onnx --task
+    text-generation-with-past`), which has none: IO names and the past layout from the graph
+    (exporters/onnx/config.py: `past_key_values.{i}.key/value` [batch, kv_heads, past, head_dim] in,
+    `present.{i}.key/value` out, `position_ids` for most decoders), the context length from config.json."""
+    import onnx
+
+    model, config_path = folder / ONNX_MODEL_FILE, folder / HF_CONFIG
+    if not config_path.is_file():
+        raise UserError(f"{GENAI_CONFIG} and {HF_CONFIG} are both missing", folder,
+                        "give an ONNX folder from `edgelm export --format onnx`, onnxruntime-genai's builder or Optimum")
+    config = _read_json(config_path)
+    try:
+        graph = onnx.load(str(model), load_external_data=False).graph
+    except Exception as exc:  # protobuf's DecodeError and friends for a damaged file
+        raise UserError(f"{ONNX_MODEL_FILE} is not a readable ONNX graph ({exc.__class__.__name__})", folder, "export it again") from None
+    inputs = {i.name: i for i in graph.input}
+    past = sorted({int(m[1]) for name in inputs if (m := PAST_NAME.match(name))})
+    outputs = {o.name for o in graph.output}
+    if not past or past != list(range(len(past))) or "input_ids" not in inputs or "logits" not in outputs \
+            or not all(f"present.{i}.{side}" in outputs for i in past for side in ("key", "value")):
+        raise UserError("this ONNX graph has no KV cache edgelm recognises (past_key_values.{i}.key/value → present.{i}.key/value)",
+                        model, "export it with a KV cache (Optimum: --task text-generation-with-past)")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs["past_key_values.0.key"].type.tensor_type.shape.dim]
+    if len(dims) != 4 or not dims[1] or not dims[3]:
+        raise UserError(f"past_key_values.0.key has shape {dims}, not [batch, kv_heads, past, head_dim]", model, "export it again")
+    context = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    decoder = {
+        "filename": ONNX_MODEL_FILE, "num_hidden_layers": len(past), "num_key_value_heads": dims[1], "head_size": dims[3],
+        "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
+                   "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
+        "outputs": {"logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"},
+    }
+    return {"model": {"decoder": decoder, "context_length": context if isinstance(context, int) and context > 0 else 2048,
+                      "type": config.get("model_type") if isinstance(config, dict) else None},
+            "search": {"past_present_share_buffer": False}}
+
+
 def read_onnx_folder(folder: Path) -> tuple[dict, dict, Path]:
-    """genai_config.json (validated), edgelm.json ({} where another tool made the folder) and the
-    graph's path, which never leaves the folder."""
+    """genai_config.json (validated; described from the graph for an Optimum folder, which has none),
+    edgelm.json ({} where another tool made the folder) and the graph's path, which never leaves the
+    folder."""
     genai_path = folder / GENAI_CONFIG
-    if not genai_path.is_file():
-        raise UserError(f"{GENAI_CONFIG} is missing", folder, "export the model again with `edgelm export --format onnx`")
-    genai = _read_json(genai_path)
+    genai = _read_json(genai_path) if genai_path.is_file() else describe_optimum_folder(folder)
     manifest = _read_json(folder / ONNX_MANIFEST) if (folder / ONNX_MANIFEST).is_file() else {}
     try:
         decoder = genai["model"]["decoder"]
