@@ -116,6 +116,10 @@ def inspect(
 
 
 def _device(requested: str) -> str:
+    if requested not in ("auto", "cpu", "cuda"):
+        raise UserError(f"unknown --device {requested!r}", None, "use auto, cpu or cuda")
+    if requested == "cpu":
+        return requested  # without importing torch: running a GGUF or ONNX artifact does not need it
     import torch
 
     if requested == "auto":

@@ -11,7 +11,11 @@ GGUF_POSITION_ENCODING = "edgelm.position_encoding"
 GGUF_CONFIG = "edgelm.config"  # the source config.json, as JSON text
 GGUF_HEAD_TEMPERATURES = "edgelm.head_temperatures"  # provenance: already folded into the weights
 GGUF_HEAD_TEMPERATURES_BAKED = "edgelm.head_temperatures_baked"
-GGUF_TOKENIZER_FILE = "edgelm.tokenizer_file."  # + one of TOKENIZER_FILES: that file's bytes
+# + one of TOKENIZER_FILES: that file, a text file as a UTF-8 string, a binary one (tokenizer.model) as
+# base64 text under the _BASE64 prefix. Strings, not uint8 arrays: gguf-py's reader parses an array
+# element by element (a 270 kB tokenizer.json took 4.7 s to open; as a string, one read)
+GGUF_TOKENIZER_FILE = "edgelm.tokenizer_file."
+GGUF_TOKENIZER_FILE_BASE64 = "edgelm.tokenizer_file_base64."
 
 # --- Hugging Face-style tokenizer files (model folders, ONNX folders, GGUF extras, bundles) -----
 CHAT_TEMPLATE_FILE = "chat_template.jinja"  # transformers 5's place for the template, beside tokenizer_config.json

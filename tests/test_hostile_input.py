@@ -43,8 +43,11 @@ def test_gguf_tokenizer_file_names_cannot_escape(run_cli, gguf_file, tmp_path, n
 
 def test_gguf_tokenizer_file_of_wrong_type(run_cli, gguf_file, tmp_path):
     evil = rewrite_gguf(gguf_file, tmp_path / "evil.gguf", drop_keys={"edgelm.tokenizer_file.tokenizer.json"},
-                        add={"edgelm.tokenizer_file.tokenizer.json": ("not bytes", GGUFValueType.STRING)})
-    assert_user_error(run_cli("generate", evil, "--prompt", "x"), "is not an array of bytes")
+                        add={"edgelm.tokenizer_file.tokenizer.json": (7, GGUFValueType.INT32)})
+    assert_user_error(run_cli("generate", evil, "--prompt", "x"), "is not a text, base64 text or byte array file")
+    evil = rewrite_gguf(gguf_file, tmp_path / "evil64.gguf",
+                        add={"edgelm.tokenizer_file_base64.tokenizer.model": ("not base64!", GGUFValueType.STRING)})
+    assert_user_error(run_cli("generate", evil, "--prompt", "x"), "is not a text, base64 text or byte array file")
 
 
 def test_rewritten_gguf_still_runs(run_cli, gguf_file, tmp_path):

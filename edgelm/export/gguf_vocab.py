@@ -9,11 +9,13 @@ converter does, because llama.cpp needs one token per embedding row.
 
 from __future__ import annotations
 
+import base64
+
 import json
 
 from gguf import GGUFValueType, GGUFWriter, TokenType
 
-from ..constants import GGUF_TOKENIZER_FILE
+from ..constants import GGUF_TOKENIZER_FILE, GGUF_TOKENIZER_FILE_BASE64
 from ..tokenizer import JSONTokenizer, SentencePieceTokenizer, Tokenizer
 
 
@@ -101,4 +103,8 @@ def add_vocab(writer: GGUFWriter, tokenizer: Tokenizer, vocab_size: int) -> None
     # the source tokenizer files themselves, so edgelm's native executor tokenizes without llama.cpp
     for file in (tokenizer.file, tokenizer.file.parent / "tokenizer_config.json"):
         if file.is_file():
-            writer.add_key_value(GGUF_TOKENIZER_FILE + file.name, list(file.read_bytes()), GGUFValueType.ARRAY, GGUFValueType.UINT8)
+            data = file.read_bytes()
+            try:
+                writer.add_string(GGUF_TOKENIZER_FILE + file.name, data.decode("utf-8"))
+            except UnicodeDecodeError:  # tokenizer.model is a protobuf
+                writer.add_string(GGUF_TOKENIZER_FILE_BASE64 + file.name, base64.b64encode(data).decode("ascii"))

@@ -10,7 +10,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..constants import GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED, GGUF_VERSION, llama_cpp_archs
+from ..constants import (GGUF_FAMILY, GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED, GGUF_POSITION_ENCODING, GGUF_VERSION,
+                         llama_cpp_archs)
 from ..errors import UserError
 from .base import Artifact, Format, LoadOptions, register
 
@@ -43,24 +44,31 @@ class GGUF(Format):
         return "llama-cpp-python" if self.runs_on_llama_cpp else None
 
     def _edgelm_model(self):
-        """(family, spec) for a file edgelm wrote, else None; a file neither edgelm nor llama.cpp can run is refused."""
+        """(family, spec) for a file edgelm wrote, else None; a file neither edgelm nor llama.cpp can run is
+        refused. Rebuilding the spec imports torch and the families: the llama.cpp path does not need it."""
         if self.gguf.written_by_edgelm:
-            return self.gguf.edgelm_model()
-        if not self.runs_on_llama_cpp:
-            raise UserError(f"llama.cpp does not know arch {self.gguf.arch!r}, and edgelm did not write this file", self.path,
-                            "run it with a llama.cpp build that has that architecture, or export its source model with `edgelm export`")
+            from ..runtime.gguf_native import edgelm_model
+
+            return edgelm_model(self.gguf)
+        self._check_runnable()
         return None
 
+    def _check_runnable(self) -> None:
+        if not self.runs_on_llama_cpp and not self.gguf.written_by_edgelm:
+            raise UserError(f"llama.cpp does not know arch {self.gguf.arch!r}, and edgelm did not write this file", self.path,
+                            "run it with a llama.cpp build that has that architecture, or export its source model with `edgelm export`")
+
     def context_length(self) -> int:
-        model = self._edgelm_model()
-        return model[1].max_positions if model else int(self.gguf.hparam("context_length", 2048))
+        if self.runs_on_llama_cpp:  # edgelm writes the spec's max_positions there too
+            return int(self.gguf.hparam("context_length", 2048))
+        return self._edgelm_model()[1].max_positions
 
     def open(self, options: LoadOptions) -> Artifact:
         options.refuse_model_overrides(self.path, "GGUF file")
-        model = self._edgelm_model()
+        self._check_runnable()
         context = options.context_length or self.context_length()
-        details = {"family": model[0].name if model else None, "arch": self.gguf.arch,
-                   "position_encoding": model[1].position_encoding if model else None}
+        details = {"family": self.gguf.field(GGUF_FAMILY), "arch": self.gguf.arch,
+                   "position_encoding": self.gguf.field(GGUF_POSITION_ENCODING)}
         if self.runs_on_llama_cpp:
             from ..runtime.llama_cpp_backend import LlamaCppBackend, LlamaCppTokenizer
 
@@ -69,7 +77,8 @@ class GGUF(Format):
                                           self.gguf.field("tokenizer.chat_template"))
             engine = "llama.cpp"
         else:
-            from ..runtime.gguf_file import gguf_tokenizer, load_gguf_model
+            from ..runtime.gguf_file import gguf_tokenizer
+            from ..runtime.gguf_native import load_gguf_model
             from ..runtime.torch_backend import TorchBackend
 
             tokenizer = gguf_tokenizer(self.gguf)
@@ -125,9 +134,9 @@ class GGUF(Format):
     def bundle_into(self, folder: Path) -> dict[str, Any]:
         from gguf import LlamaFileType
 
-        model = self._edgelm_model()
+        self._check_runnable()
         shutil.copy(self.path, folder / self.path.name)
         file_type = self.gguf.field("general.file_type")
         quantization = LlamaFileType(file_type).name.removeprefix("MOSTLY_") if file_type in LlamaFileType._value2member_map_ else "unknown"
-        return {"format": "gguf", "family": model[0].name if model else None, "quantization": quantization,
+        return {"format": "gguf", "family": self.gguf.field(GGUF_FAMILY), "quantization": quantization,
                 "context_length": self.context_length(), "model": self.path.name, "arch": self.gguf.arch}
