@@ -13,13 +13,13 @@ import json
 import tempfile
 import zipfile
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .constants import BUNDLE_MANIFEST, BUNDLE_SAMPLING_DEFAULTS
 from .errors import UserError
-from .fileio import atomic_output_dir, atomic_output_file, refuse_overlap
+from .fileio import atomic_output_dir, atomic_output_file, is_plain_name, refuse_overlap
 
 MANIFEST_VERSION = 1
 # a zip is read before anything is unpacked, and refused past these (a bundle is a model and a few configs)
@@ -68,14 +68,6 @@ def make_bundle(artifact: Path, out: Path, zip_it: bool = False, force: bool = F
     return target
 
 
-def _plain(name: Any) -> bool:
-    """A plain file name at the top of the bundle: no folder, no way out."""
-    if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
-        return False
-    pure = PurePosixPath(name)
-    return len(pure.parts) == 1 and name not in (".", "..") and not Path(name).is_absolute()
-
-
 def check_manifest(manifest: Any, where: Path) -> dict:
     """The manifest's shape, before any file it names is opened."""
     def bad(what: str):
@@ -90,7 +82,7 @@ def check_manifest(manifest: Any, where: Path) -> dict:
     if not isinstance(files, dict) or not files:
         bad("'files' is not a table of files")
     for name, entry in files.items():
-        if not _plain(name):
+        if not is_plain_name(name):
             raise UserError(f"the manifest names {name!r}, outside the bundle", where, "files must stay inside the bundle: make it again")
         if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("bytes"), int)):
             bad(f"the entry of {name!r} needs a sha256 string and a bytes count")
@@ -133,7 +125,7 @@ def unpack_zip(bundle: Path, folder: Path) -> None:
     with archive:
         entries = archive.infolist()
         for entry in entries:
-            if not _plain(entry.filename):
+            if not is_plain_name(entry.filename):
                 raise UserError(f"the archive holds {entry.filename!r}, outside the bundle", bundle, "refused: make the bundle again")
         names = [e.filename for e in entries]
         if len(entries) > MAX_FILES or len(set(names)) != len(names):

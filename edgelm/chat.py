@@ -3,6 +3,9 @@ with the globals transformers' `apply_chat_template` provides), trimmed to fit t
 
 from __future__ import annotations
 
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .errors import UserError
@@ -21,11 +24,71 @@ def _raise(message: str):
     raise ValueError(message)
 
 
-def compile_template(source: str):
-    from jinja2 import TemplateError
+# Bounds on a template a stranger wrote, beyond what jinja2's sandbox blocks (attribute escapes, ranges
+# over 100,000): its rendered size, the size of one string or list product, the size of a power, and
+# its time (nested loops produce nothing to measure, so a timer).
+TEMPLATE_MAX_CHARS = 1_000_000
+TEMPLATE_MAX_EXPONENT = 1_000
+TEMPLATE_SECONDS = 2.0
+
+
+class TemplateLimit(Exception):
+    """A chat template ran past one of the bounds above."""
+
+
+def _bounded_environment():
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    class BoundedEnvironment(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "**" and isinstance(right, (int, float)) and abs(right) > TEMPLATE_MAX_EXPONENT:
+                raise TemplateLimit(f"a power with exponent {right}")
+            if operator == "*":
+                for sequence, count in ((left, right), (right, left)):
+                    if isinstance(sequence, (str, list, tuple)) and isinstance(count, int) and len(sequence) * count > TEMPLATE_MAX_CHARS:
+                        raise TemplateLimit(f"a product of {len(sequence) * count:,} items")
+            return super().call_binop(context, operator, left, right)
+
+    return BoundedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+
+@contextmanager
+def _time_limit(seconds: float):
+    """SIGALRM after `seconds`, where there is one (Unix, main thread); elsewhere no timer."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TemplateLimit(f"rendering for more than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def render_bounded(template, **variables) -> str:
+    """The template's text, refused (TemplateLimit) past TEMPLATE_MAX_CHARS or TEMPLATE_SECONDS."""
+    parts, size = [], 0
+    with _time_limit(TEMPLATE_SECONDS):
+        for chunk in template.generate(**variables):
+            size += len(chunk)
+            if size > TEMPLATE_MAX_CHARS:
+                raise TemplateLimit(f"more than {TEMPLATE_MAX_CHARS:,} characters of output")
+            parts.append(chunk)
+    return "".join(parts)
+
+
+def compile_template(source: str):
+    from jinja2 import TemplateError
+
+    environment = _bounded_environment()
     environment.globals["raise_exception"] = _raise
     try:
         return environment.from_string(source)
@@ -50,7 +113,9 @@ class Conversation:
         special = {name: self.tokenizer.config.get(name) for name in ("bos_token", "eos_token")}
         special = {k: (v.get("content") if isinstance(v, dict) else v) or "" for k, v in special.items()}
         try:
-            return self.template.render(messages=messages, add_generation_prompt=True, **special)
+            return render_bounded(self.template, messages=messages, add_generation_prompt=True, **special)
+        except TemplateLimit as exc:
+            raise UserError(f"the chat template was stopped: {exc}", None, "fix chat_template in tokenizer_config.json") from None
         except Exception as exc:  # the template's own raise_exception, undefined names, …
             raise UserError(f"the chat template failed to render ({exc})", None, "fix chat_template, or start without --system") from None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -137,6 +138,15 @@ ProviderOption = Annotated[str, typer.Option("--provider", help="onnxruntime exe
 GpuLayersOption = Annotated[int, typer.Option("--gpu-layers", min=0, help="Layers to offload to a GPU (llama.cpp builds with one).")]
 
 
+def _threads(requested: int | None) -> int | None:
+    """At most one thread per CPU: more only contend (onnxruntime with 10,000 threads never finished)."""
+    cores = os.cpu_count() or 1
+    if requested is not None and requested > cores:
+        info.print(f"note: --threads {requested} is more than the {cores} CPUs here; using {cores}", markup=False)
+        return cores
+    return requested
+
+
 def _load_options(position_encoding, head_temperatures, device, threads=None, gpu_layers=0, **extra):
     """LoadOptions from the shared command-line options; `extra`: the rest of LoadOptions' fields."""
     from .formats import LoadOptions
@@ -145,7 +155,7 @@ def _load_options(position_encoding, head_temperatures, device, threads=None, gp
         position_encoding=position_encoding.value if position_encoding else None,
         head_temperatures=head_temperatures,
         device=_device(device),
-        threads=threads,
+        threads=_threads(threads),
         gpu_layers=gpu_layers,
         **extra,
     )
@@ -178,6 +188,10 @@ def generate(
     from .runtime.generate import generate as run
     from .runtime.sampling import SamplingOptions
 
+    if repetition_penalty <= 0:  # it divides positive logits
+        raise UserError(f"--repetition-penalty must be above 0, not {repetition_penalty}", None, "1.0 turns it off")
+    if stop and "" in stop:
+        raise UserError("--stop \"\" would stop before the first token", None, "give the text to stop at, or drop --stop")
     artifact = open_artifact(path, _load_options(position_encoding, head_temperatures, device, threads, gpu_layers,
                                                  provider=provider, allow_pickle=allow_pickle))
     options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -403,6 +417,7 @@ def bench(
     from .benchmark import WARMUP_STEPS, bench as run
     from .formats import open_artifact
 
+    threads = _threads(threads)  # once: the raw engines get the same count
     context = prompt_tokens + WARMUP_STEPS + new_tokens + 2
     artifact = open_artifact(path, _load_options(None, None, "cpu", threads, context_length=context, provider=provider, allow_pickle=allow_pickle))
     text = DEFAULT_TEXT.read_text(encoding="utf-8") if DEFAULT_TEXT.is_file() else "It is a truth universally acknowledged. " * 200
@@ -473,7 +488,7 @@ def parity(
     if not text.is_file():
         raise UserError("text file not found", text, "give a UTF-8 text file with --text")
     ref = open_artifact(reference, LoadOptions(head_temperatures=head_temperatures, device=_device(device), allow_pickle=allow_pickle))
-    art = open_artifact(artifact_path, LoadOptions(threads=threads, context_length=tokens + 1, f32_kv_cache=True, all_logits=True))
+    art = open_artifact(artifact_path, LoadOptions(threads=_threads(threads), context_length=tokens + 1, f32_kv_cache=True, all_logits=True))
     ids = ref.tokenizer.encode(text.read_text(encoding="utf-8"))[:tokens + 1]
     if len(ids) < 3:
         raise UserError("the text is too short", text, "give a longer text")
@@ -527,6 +542,10 @@ def calibrate(
     from .fileio import atomic_output_file, refuse_existing
     from .models import open_checkpoint
     from .models.checkpoint import write_head_temperatures
+
+    for option, value in (("--init", init), ("--min", min_value)):
+        if not 0 < value < math.inf:  # a temperatures file edgelm reads back must hold positive, finite λ
+            raise UserError(f"{option} must be a positive number, not {value}", None, "the paper uses --init 1.6 --min 1.0")
     from .tokenizer import load_tokenizer
 
     refuse_existing(out_path, force)

@@ -8,9 +8,18 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 from .errors import UserError
+
+
+def is_plain_name(name: Any) -> bool:
+    """A plain file name for the top of a folder, from a file a stranger wrote (a manifest, a zip
+    entry, a genai_config `filename`): no folder part, no way out, no absolute path, on any OS."""
+    if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
+        return False
+    return len(PurePosixPath(name).parts) == 1 and name not in (".", "..") and not Path(name).is_absolute()
 
 
 def refuse_existing(target: Path, force: bool) -> None:

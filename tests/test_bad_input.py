@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,9 @@ def model(preset_dir, tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(preset_dir("tiny-rope"), folder)
     return folder
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "examples" / "models"
 
 
 def assert_user_error(result, *needles):
@@ -110,3 +114,45 @@ def test_position_encoding_the_family_lacks(run_cli, preset_dir):
 def test_unknown_preset_and_existing_output(run_cli, tmp_path, model):
     assert_user_error(run_cli("init", "tiny-mamba", tmp_path / "x"), "unknown preset", "tiny-rope")
     assert_user_error(run_cli("init", "tiny-rope", model), "output already exists", "--force")
+
+
+def test_threads_past_the_cpu_count_are_clamped(run_cli, tmp_path):
+    """--threads 10000 hung onnxruntime; it now runs with one thread per CPU, and says so."""
+    import json
+    import os
+
+    from edgelm.export.onnx import export_onnx
+    from edgelm.models import open_checkpoint
+
+    folder = export_onnx(open_checkpoint(SHIPPED / "tiny-rope"), tmp_path / "onnx", "int4").path
+    code, out, err = run_cli("generate", folder, "--prompt", "It is", "--max-new-tokens", 3, "--threads", 10000, "--json")
+    assert code == 0 and len(json.loads(out)["tokens"]) == 3
+    assert f"--threads 10000 is more than the {os.cpu_count()} CPUs here; using {os.cpu_count()}" in err
+
+
+def test_unknown_device_is_one_line(run_cli):
+    assert_user_error(run_cli("generate", SHIPPED / "tiny-rope", "--prompt", "x", "--device", "tpu"), "unknown --device 'tpu'", "auto, cpu or cuda")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--repetition-penalty", "0"], "--repetition-penalty must be above 0"),
+    (["--stop", ""], "--stop \"\" would stop before the first token"),
+])
+def test_sampling_options_that_would_do_nothing_useful(run_cli, args, needle):
+    assert_user_error(run_cli("generate", SHIPPED / "tiny-rope", "--prompt", "x", *args), needle)
+
+
+@pytest.mark.parametrize("args", [["--init", "-1"], ["--min", "-5"], ["--min", "0"], ["--init", "nan"]])
+def test_calibrate_refuses_temperatures_it_would_reject(run_cli, tmp_path, args):
+    text = tmp_path / "t.txt"
+    text.write_text("Some text. " * 100)
+    assert_user_error(run_cli("calibrate", SHIPPED / "tiny-nope", "--text", text, "--target-length", 512, "--out", tmp_path / "t.json",
+                              *args), "must be a positive number")
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_integer_tensors_are_refused_not_cast(model, run_cli):
+    tensors = load_file(model / "model.safetensors")
+    tensors["model.norm.weight"] = tensors["model.norm.weight"].to(torch.int8)
+    save_file(tensors, model / "model.safetensors")
+    assert_user_error(run_cli("inspect", model), "1 tensors are not floating point: model.norm.weight (I8)", "dequantize")

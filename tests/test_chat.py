@@ -100,3 +100,22 @@ def test_prompt_longer_than_the_context_is_refused_or_truncated(run_cli, preset_
     code, out, err = run_cli("generate", model, "--prompt", prompt, "--max-new-tokens", 4, "--truncate", "--json")
     assert code == 0, err
     assert len(json.loads(out)["tokens"]) == 4
+
+
+@pytest.mark.parametrize("template,why", [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "rendering for more than 2 s"),
+    ("{{ 'a' * 10000000000 }}", "a product of 10,000,000,000 items"),
+    ("{{ 9 ** 999999999 }}", "a power with exponent 999999999"),
+    ("{% for i in range(99999) %}{{ 'word ' * 100 }}{% endfor %}", "more than 1,000,000 characters"),
+])
+def test_hostile_template_is_stopped_in_one_line(template, why):
+    import time
+
+    tokenizer = load_tokenizer(MODEL)
+    tokenizer.config = dict(tokenizer.config, chat_template=template)
+    conversation = Conversation(tokenizer, 256, 16)
+    started = time.monotonic()
+    with pytest.raises(UserError, match="chat template was stopped") as raised:
+        conversation.render([{"role": "user", "content": "x"}])
+    assert why in str(raised.value)
+    assert time.monotonic() - started < 10  # bounded, not a hang (the timer is 2 s)

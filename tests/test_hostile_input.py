@@ -167,7 +167,6 @@ def test_onnx_model_path_stays_in_its_folder(run_cli, tmp_path, filename):
 def test_export_refuses_non_finite_weights(run_cli, preset_dir, tmp_path):
     import shutil
 
-    import torch
     from safetensors.torch import load_file, save_file
 
     model = tmp_path / "model"
@@ -175,9 +174,20 @@ def test_export_refuses_non_finite_weights(run_cli, preset_dir, tmp_path):
     tensors = load_file(model / "model.safetensors")
     tensors["model.layers.1.mlp.up_proj.weight"][3, 4] = float("inf")
     save_file(tensors, model / "model.safetensors")
-    assert_user_error(run_cli("export", model, "--quant", "f32", "--out", tmp_path / "m.gguf"),
-                      "model.layers.1.mlp.up_proj.weight holds NaN or infinite values")
-    assert not (tmp_path / "m.gguf").exists()
+    for fmt, out in (("gguf", tmp_path / "m.gguf"), ("onnx", tmp_path / "m-onnx")):
+        assert_user_error(run_cli("export", model, "--format", fmt, "--quant", "f32", "--out", out),
+                          "model.layers.1.mlp.up_proj.weight holds NaN or infinite values")
+        assert not out.exists()
+
+
+def test_onnx_f16_export_refuses_a_temperature_past_f16_range(run_cli, preset_dir, tmp_path):
+    import json
+
+    temps = tmp_path / "temps.json"
+    temps.write_text(json.dumps({"layers": [[1e30] * 8] * 4}))  # folded q weights ~1e28: fine in fp32, inf in f16
+    assert_user_error(run_cli("export", preset_dir("tiny-nope"), "--format", "onnx", "--quant", "f16", "--head-temperatures", temps,
+                              "--out", tmp_path / "m-onnx"), "beyond float16's 65504, so f16 would make it infinite")
+    assert [p.name for p in tmp_path.iterdir()] == ["temps.json"]
 
 
 def test_temperature_beyond_f16_is_refused_at_f16(run_cli, preset_dir, tmp_path):
@@ -186,5 +196,5 @@ def test_temperature_beyond_f16_is_refused_at_f16(run_cli, preset_dir, tmp_path)
     temps = tmp_path / "temps.json"
     temps.write_text(json.dumps({"layers": [[1e30] * 8] * 4}))
     assert_user_error(run_cli("export", preset_dir("tiny-nope"), "--head-temperatures", temps, "--out", tmp_path / "m.gguf"),
-                      "beyond float16's 65504", "--quant f32 or bf16")
+                      "beyond float16's 65504", "--quant f32 (or bf16 for GGUF)")
     assert [p.name for p in tmp_path.iterdir()] == ["temps.json"]

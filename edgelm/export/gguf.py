@@ -31,7 +31,7 @@ from ..models import Checkpoint
 from ..models.registry import expand_names
 from ..tokenizer import load_tokenizer
 from .gguf_vocab import add_vocab
-from .temperatures import bake_tensor, temperature_scales
+from .temperatures import bake_tensor, refuse_beyond_f16, refuse_non_finite, temperature_scales
 
 Q = GGMLQuantizationType
 FLOAT_TYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16}
@@ -93,9 +93,7 @@ def _tensors(checkpoint: Checkpoint, plan: dict[str, str]) -> Iterator[tuple[str
         if name in scales:
             tensor = bake_tensor(tensor, *scales[name])
         array = family.gguf_transform(spec, name, tensor).contiguous().numpy()
-        if not np.isfinite(array).all():
-            raise UserError(f"tensor {name} holds NaN or infinite values" + (" after folding the head temperatures" if name in scales else ""),
-                            checkpoint.path, "the checkpoint (or its temperatures) is damaged: fix it before exporting")
+        refuse_non_finite(name, bool(np.isfinite(array).all()), name in scales, checkpoint.path)
         yield gguf_name, array
 
 
@@ -107,16 +105,11 @@ def _tensor_type(shape: tuple[int, ...], wanted: GGMLQuantizationType) -> GGMLQu
     return Q.F16 if shape[-1] % block else wanted
 
 
-F16_MAX = float(np.finfo(np.float16).max)
-
-
 def _encode(name: str, array: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
     if qtype == Q.F32:
         return array.astype(np.float32)
-    largest = float(np.abs(array).max(initial=0.0))
-    if qtype != Q.BF16 and largest > F16_MAX:  # f16 would turn it into inf, and block quants scale in f16 too; bf16 has f32's range
-        raise UserError(f"tensor {name} reaches {largest:.3g}, beyond float16's {F16_MAX:.0f}, so {qtype.name} would make it infinite",
-                        None, "export with --quant f32 or bf16, or use smaller head temperatures")
+    if qtype != Q.BF16:  # f16 would turn it into inf, and block quants scale in f16 too; bf16 has f32's range
+        refuse_beyond_f16(name, float(np.abs(array).max(initial=0.0)), qtype.name)
     if qtype == Q.F16:
         return array.astype(np.float16)
     return quants.quantize(array.astype(np.float32), qtype)

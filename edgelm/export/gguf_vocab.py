@@ -13,7 +13,7 @@ import base64
 
 import json
 
-from gguf import GGUFValueType, GGUFWriter, TokenType
+from gguf import GGUFWriter, TokenType
 
 from ..constants import GGUF_TOKENIZER_FILE, GGUF_TOKENIZER_FILE_BASE64
 from ..tokenizer import JSONTokenizer, SentencePieceTokenizer, Tokenizer

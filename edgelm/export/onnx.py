@@ -45,7 +45,7 @@ from ..models import Checkpoint, CausalLM, CausalSelfAttention, ModelSpec
 from ..models.layers import rotary_frequencies
 from ..quantize.onnx import EXTERNAL_DATA_OVER, quantize_onnx
 from ..tokenizer import Tokenizer, load_tokenizer, load_tokenizer_file
-from .temperatures import bake_head_temperatures
+from .temperatures import bake_head_temperatures, refuse_beyond_f16, refuse_non_finite, temperature_scales
 
 QUANTS = ("f32", "f16", "int8", "int4")
 KV_CACHES = ("float", "int8")
@@ -299,16 +299,22 @@ def calibration_ids(tokenizer: Tokenizer, text_file: Path) -> torch.Tensor:
     return torch.tensor(ids)
 
 
-def _write_graph(checkpoint: Checkpoint, path: Path, kv_calibration_text: Path | None) -> tuple[list, list[str]]:
-    """The torch side of an export: load the model, fold its head temperatures, calibrate an int8 KV
-    cache on `kv_calibration_text` (None: a float cache), trace and save the graph. Returns the
-    temperature table and notes for the user."""
+def _write_graph(checkpoint: Checkpoint, path: Path, kv_calibration_text: Path | None, to_f16: bool) -> tuple[list, list[str]]:
+    """The torch side of an export: load the model, fold its head temperatures, check every weight
+    (finite; within float16's range when `to_f16`), calibrate an int8 KV cache on
+    `kv_calibration_text` (None: a float cache), trace and save the graph. Returns the temperature
+    table and notes for the user."""
     # the tracer's notes on dynamic axes, missing torchvision ops and pytree deprecations: none is the user's to act on
     warnings.filterwarnings("ignore", module="torch.onnx")
     warnings.filterwarnings("ignore", message=".*LeafSpec")
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     model = checkpoint.load_model()
     table = bake_head_temperatures(model, checkpoint.family)
+    folded = temperature_scales(checkpoint.family, checkpoint.spec, table)
+    for name, tensor in model.state_dict().items():
+        refuse_non_finite(name, bool(torch.isfinite(tensor).all()), name in folded, checkpoint.path)
+        if to_f16:
+            refuse_beyond_f16(name, float(tensor.abs().max()), "f16")
     notes, kv_scales = [], None
     if kv_calibration_text is not None:
         ids = calibration_ids(load_tokenizer(checkpoint.path), kv_calibration_text)
@@ -375,7 +381,8 @@ def export_onnx(
     tokenizer = load_tokenizer(checkpoint.path)
     with atomic_output_dir(out, force) as tmp:
         step("tracing the graph" + (" and calibrating the int8 KV cache" if kv_cache == "int8" else ""))
-        table, notes = _in_child_process(_write_graph, checkpoint, tmp / ONNX_MODEL_FILE, calibration_text if kv_cache == "int8" else None)
+        table, notes = _in_child_process(_write_graph, checkpoint, tmp / ONNX_MODEL_FILE, calibration_text if kv_cache == "int8" else None,
+                                         quant == "f16")
         if quant != "f32":
             step(f"quantizing to {quant}")
             notes += quantize_onnx(tmp / ONNX_MODEL_FILE, quant, int4_embedding, int8_lm_head)

@@ -50,3 +50,22 @@ def bake_head_temperatures(model: CausalLM, family: Family) -> torch.Tensor:
             param.copy_(bake_tensor(param, axis, scale.to(param.device)))
         model.set_head_temperatures(torch.ones_like(table))
     return table
+
+
+def refuse_non_finite(name: str, all_finite: bool, folded: bool, checkpoint_path) -> None:
+    """Both exporters check every tensor they write: a NaN or infinite weight (or one a 1e30
+    temperature made infinite) is refused, not passed on to a runtime that would print nothing."""
+    if not all_finite:
+        raise UserError(f"tensor {name} holds NaN or infinite values" + (" after folding the head temperatures" if folded else ""),
+                        checkpoint_path, "the checkpoint (or its temperatures) is damaged: fix it before exporting")
+
+
+F16_MAX = 65504.0  # float16's largest finite value
+
+
+def refuse_beyond_f16(name: str, largest: float, type_name: str) -> None:
+    """A weight past float16's range (a large head temperature folded in) would become infinite when
+    stored at f16 or block-quantized with f16 scales."""
+    if largest > F16_MAX:
+        raise UserError(f"tensor {name} reaches {largest:.3g}, beyond float16's {F16_MAX:.0f}, so {type_name} would make it infinite",
+                        None, "export with --quant f32 (or bf16 for GGUF), or use smaller head temperatures")

@@ -83,9 +83,25 @@ def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
         raise UserError("safetensors shard is missing", file, "the index names it: download every shard")
     try:
         with safe_open(str(file), framework="pt") as handle:
-            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+            slices = {name: handle.get_slice(name) for name in handle.keys()}
+            shapes = {name: tuple(piece.get_shape()) for name, piece in slices.items()}
+            dtypes = {name: piece.get_dtype() for name, piece in slices.items()}
     except Exception as exc:
         raise UserError(f"not a readable safetensors file ({exc})", file, "the file is truncated or damaged: re-download or re-export it") from None
+    _refuse_non_float({name: dtype for name, dtype in dtypes.items() if dtype not in FLOAT_DTYPES}, file)
+    return shapes
+
+
+# safetensors' float dtype names: weights are read as floats; an integer or bool tensor (a quantized
+# checkpoint's packed weights, a mask) would be cast into nonsense
+FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+
+
+def _refuse_non_float(wrong: dict[str, str], file: Path) -> None:
+    if wrong:
+        shown = ", ".join(f"{name} ({dtype})" for name, dtype in list(wrong.items())[:3])
+        raise UserError(f"{len(wrong)} tensors are not floating point: {shown}", file,
+                        "edgelm reads float16/bfloat16/float32 checkpoints; dequantize this one first")
 
 
 def _open_tensors(folder: Path, allow_pickle: bool) -> TensorSource:
@@ -118,6 +134,9 @@ def _open_tensors(folder: Path, allow_pickle: bool) -> TensorSource:
             tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as exc:
             raise UserError(f"cannot load pickle checkpoint ({exc})", path, "re-download it or convert it to safetensors") from None
+        if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+            raise UserError("the pickle does not hold a flat state dict of tensors", path, "convert it to safetensors")
+        _refuse_non_float({n: str(t.dtype).removeprefix("torch.") for n, t in tensors.items() if not t.dtype.is_floating_point}, path)
         return TensorSource({n: path for n in tensors}, {n: tuple(t.shape) for n, t in tensors.items()}, tensors)
     raise UserError("no weights found", folder, f"expected {SAFETENSORS} or {SAFETENSORS_INDEX} beside config.json")
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..constants import GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE
 from ..errors import UserError
+from ..fileio import is_plain_name
 from .backend import Backend
 
 PROVIDERS = {
@@ -138,7 +139,7 @@ class OnnxBackend(Backend):
 
 def _plain_name(value: Any, key: str, path: Path) -> str:
     """A file name from a config a stranger wrote: a plain base name, or refused."""
-    if not isinstance(value, str) or not value or value != Path(value).name or value in (".", ".."):
+    if not is_plain_name(value):
         raise UserError(f"{key} {value!r} is not a plain file name inside the folder", path,
                         "refused: a model file must lie in the folder itself; export it again")
     return value
