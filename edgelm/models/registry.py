@@ -125,7 +125,12 @@ def _lookup() -> dict[str, Family]:
 
 def family_for_config(config: dict[str, Any], config_path) -> Family:
     table = _lookup()
-    keys = list(config.get("architectures") or []) + [config.get("model_type")]
+    architectures, model_type = config.get("architectures") or [], config.get("model_type")
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures) \
+            or not isinstance(model_type, (str, type(None))):
+        raise UserError("config.json's architectures must be a list of names and model_type a name", config_path,
+                        "fix or re-download the file")
+    keys = architectures + [model_type]
     for key in keys:
         if key in table:
             return table[key]

@@ -66,6 +66,7 @@ class OnnxBackend(Backend):
         self.buffer_names = [(names[f"past_{side}_names"] % i, names[f"present_{side}_names"] % i)
                              for i in range(self.layers) for side in ("key", "value")]
         self.input_names, self.logits_name = (names["input_ids"], names["attention_mask"]), names["logits"]
+        self._check_against_graph(model)
         graph_inputs = {i.name: i.type for i in self.session.get_inputs()}
         self.position_ids_name = names.get("position_ids") if names.get("position_ids") in graph_inputs else None
         self.shared_buffer = genai.get("search", {}).get("past_present_share_buffer", True)
@@ -74,6 +75,24 @@ class OnnxBackend(Backend):
         self.buffers: list = []
         self.binding = self.session.io_binding()
         self.reset()
+
+    def _check_against_graph(self, model: Path) -> None:
+        """genai_config's decoder description must be the graph's: every past/present name it implies
+        present, no past input it leaves unfed, and the KV shape it states where the graph fixes one."""
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        wanted = [n for n in self.input_names if n not in inputs] + [n for n in (self.logits_name,) if n not in outputs]
+        wanted += [p for p, _ in self.buffer_names if p not in inputs] + [q for _, q in self.buffer_names if q not in outputs]
+        fed = set(self.input_names) | {p for p, _ in self.buffer_names} | {"position_ids"}
+        unfed = [n for n in inputs if n not in fed]
+        shape = inputs[self.buffer_names[0][0]].shape if not wanted else []
+        stated = [None, self.kv_heads, None, self.head_size]
+        mismatch = len(shape) != 4 or any(isinstance(d, int) and s is not None and d != s for d, s in zip(shape, stated))
+        if wanted or unfed or mismatch:
+            problem = (f"names the graph lacks: {', '.join(wanted[:4])}" if wanted else f"leaves graph inputs unfed: {', '.join(unfed[:4])}"
+                       if unfed else f"states KV [batch, {self.kv_heads}, past, {self.head_size}], the graph has {shape}")
+            raise UserError(f"{GENAI_CONFIG} does not describe this graph: it {problem}", model.parent,
+                            "export the model again (or fix the decoder section)")
 
     def close(self) -> None:
         self.binding = self.buffers = self.session = None
