@@ -101,7 +101,8 @@ def calibrate(
     settings: CalibrationSettings,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> CalibrationResult:
-    """Tune the model's temperatures in place (other weights untouched); Ctrl-C keeps the best so far."""
+    """Tune the model's temperatures in place (other weights untouched); Ctrl-C keeps the best so far,
+    λ = 1 included."""
     spec = model.spec
     model.eval()  # no dropout anywhere, but be explicit: only λ changes
     for param in model.parameters():
@@ -120,7 +121,11 @@ def calibrate(
         t.requires_grad_(True)
     optimizer = torch.optim.AdamW(temperatures, lr=settings.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(settings.seed)
+    # λ = 1 is a candidate too (where --min allows it): a run stopped early (Ctrl-C) or one that never
+    # improves keeps whichever of λ = 1, the initial λ and the tuned ones has the lowest held-out loss
     best_table, best_loss = model.head_temperatures().detach().clone(), heldout_loss(model, held)
+    if settings.min <= 1.0 and before <= best_loss:
+        best_table, best_loss = torch.ones(spec.num_layers, spec.num_heads), before
     losses: list[float] = []
     interrupted = False
     try:

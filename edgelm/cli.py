@@ -319,7 +319,7 @@ def export(
         for note in report.notes:
             info.print(f"note: {note}", markup=False)
         size = sum(p.stat().st_size for p in report.path.iterdir())
-        out.print(f"wrote {report.path} ({size / 1e6:.1f} MB, {quant}): model.onnx, genai_config.json, tokenizer, edgelm.json", markup=False)
+        out.print(f"wrote {report.path} ({size / 1e6:.1f} MB, {quant}): model.onnx, genai_config.json, config.json, tokenizer, edgelm.json", markup=False)
         return
     with Progress(console=info, transient=True, disable=as_json or not info.is_terminal) as progress:
         task = progress.add_task(f"exporting {type_name}", total=len(checkpoint.weight_names()))

@@ -89,3 +89,11 @@ def test_write_checkpoint_stores_headscale_tensors_and_pins_encoding(run_cli, pr
     assert checkpoint.spec.position_encoding == "rope"  # scale_param present, but the edgelm block decides
     table = torch.tensor(json.loads((tmp_path / "t.json").read_text())["layers"])
     assert torch.allclose(checkpoint.head_temperatures(), table, atol=1e-6)
+
+
+def test_a_run_that_never_beats_one_keeps_one(preset_dir):
+    """An initial λ worse than λ = 1 and no step to improve on it (as after an early Ctrl-C): λ = 1 stays."""
+    folder = preset_dir("tiny-nope")
+    model = open_checkpoint(folder).load_model()
+    result = calibrate(model, corpus_ids(folder), CalibrationSettings(target_length=LENGTH, steps=0, init=40.0, min=1.0))
+    assert torch.equal(result.table, torch.ones(4, 8)) and result.heldout_loss == result.heldout_loss_before
