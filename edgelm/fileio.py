@@ -3,6 +3,7 @@ target under a temporary name, fsync, and rename into place at the end."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -40,6 +41,10 @@ def _fsync_tree(path: Path) -> None:
             os.fsync(handle.fileno())
 
 
+# errors of the place written to, not of edgelm: a full disk, a quota, a read-only file system, permissions
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
 def _replace(tmp: Path, target: Path) -> None:
     if target.is_dir() and not target.is_symlink():
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
@@ -67,12 +72,22 @@ def _temporary_file(target: Path) -> Path:
 def _atomic(target: Path, force: bool, make_temporary) -> Iterator[Path]:
     target = Path(target)
     refuse_existing(target, force)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temporary(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = make_temporary(target)
+    except OSError as exc:  # a parent that is a file, a read-only or missing mount, no permission
+        blocking = next((p for p in [target.parent, *target.parent.parents] if p.exists() and not p.is_dir()), None)
+        why = f"{blocking} is a file, not a folder" if blocking else exc.strerror
+        raise UserError(f"cannot write here ({why})", target.parent, "choose an output in a folder you can write") from None
     try:
         yield tmp
         _fsync_tree(tmp)
         _replace(tmp, target)
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        raise UserError(f"writing the output failed ({exc.strerror}); nothing was left behind", target,
+                        "free some space or choose another output folder") from None
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

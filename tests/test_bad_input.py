@@ -156,3 +156,34 @@ def test_integer_tensors_are_refused_not_cast(model, run_cli):
     tensors["model.norm.weight"] = tensors["model.norm.weight"].to(torch.int8)
     save_file(tensors, model / "model.safetensors")
     assert_user_error(run_cli("inspect", model), "1 tensors are not floating point: model.norm.weight (I8)", "dequantize")
+
+
+def test_gguf_type_that_needs_an_importance_matrix(run_cli, tmp_path):
+    assert_user_error(run_cli("export", SHIPPED / "tiny-rope", "--gguf-type", "Q2_K_S", "--out", tmp_path / "m.gguf"),
+                      "Q2_K_S needs an importance matrix")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_under_a_file_is_one_line(run_cli, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    for command in (["export", SHIPPED / "tiny-rope", "--out", blocker / "m.gguf"],
+                    ["export", SHIPPED / "tiny-rope", "--format", "onnx", "--out", blocker / "m-onnx"],
+                    ["init", "tiny-rope", blocker / "sub" / "x"]):
+        assert_user_error(run_cli(*command), f"{blocker} is a file, not a folder")
+
+
+def test_a_full_disk_while_writing_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from edgelm import fileio
+    from edgelm.errors import UserError
+
+    def full(path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileio, "_fsync_tree", full)
+    with pytest.raises(UserError, match="No space left on device"):
+        with fileio.atomic_output_file(tmp_path / "out.bin") as tmp:
+            tmp.write_bytes(b"data")
+    assert list(tmp_path.iterdir()) == []

@@ -38,10 +38,12 @@ FLOAT_TYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16}
 QUANT_DEFAULTS = {"int8": "Q8_0", "int4": "Q4_K_M"}
 QUANTS = tuple(FLOAT_TYPES) + tuple(QUANT_DEFAULTS)
 # llama.cpp's quantized file types by name (Q4_0, Q5_K_M, …), read off gguf-py's enum
+# (less Q2_K_S, which llama.cpp's quantizer makes only with an importance matrix edgelm does not compute)
+NEEDS_IMATRIX = {"Q2_K_S"}
 LLAMA_FILE_TYPES = {
     t.name.removeprefix("MOSTLY_"): t
     for t in LlamaFileType
-    if t.name.startswith("MOSTLY_Q") and not t.name.endswith("_MOE")
+    if t.name.startswith("MOSTLY_Q") and not t.name.endswith("_MOE") and t.name.removeprefix("MOSTLY_") not in NEEDS_IMATRIX
 }
 GGUF_PY_QUANTS = {"Q4_0": Q.Q4_0, "Q4_1": Q.Q4_1, "Q5_0": Q.Q5_0, "Q5_1": Q.Q5_1, "Q8_0": Q.Q8_0}
 NEAREST_GGUF_PY = {"Q2": "Q4_0", "Q3": "Q4_0", "Q4": "Q4_0", "Q5": "Q5_0", "Q6": "Q8_0", "Q8": "Q8_0"}
@@ -66,6 +68,9 @@ def resolve_type(quant: str, gguf_type: str | None) -> str:
     if gguf_type is None:
         return QUANT_DEFAULTS.get(quant, quant.upper())
     name = gguf_type.upper()
+    if name in NEEDS_IMATRIX:
+        raise UserError(f"--gguf-type {name} needs an importance matrix, which edgelm does not compute", None,
+                        "choose Q2_K or Q3_K_S, or quantize the f16 export with llama.cpp's llama-quantize --imatrix")
     if name not in LLAMA_FILE_TYPES and name.lower() not in FLOAT_TYPES:
         raise UserError(f"unknown --gguf-type {gguf_type!r}", None, f"choose one of {', '.join(['F32', 'F16', 'BF16', *LLAMA_FILE_TYPES])}")
     return name
@@ -165,7 +170,8 @@ def _quantize_with_llama_cpp(source: Path, target: Path, file_type: LlamaFileTyp
     params.ftype = int(file_type)
     params.nthread = os.cpu_count() or 1
     if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params) != 0:
-        raise RuntimeError(f"llama.cpp could not quantize {source} to {file_type.name}")
+        raise UserError(f"llama.cpp's quantizer refused to make {file_type.name.removeprefix('MOSTLY_')}", None,
+                        "choose another --gguf-type (Q4_K_M is the usual int4), or check the disk has room")
 
 
 def _types_in(path: Path) -> dict[str, str]:
