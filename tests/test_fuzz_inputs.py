@@ -1,7 +1,7 @@
 """Files a stranger wrote, generated: whatever a config.json, genai_config.json or bundle manifest
 holds, loading it either works or ends in the one-line UserError, never another exception.
 
-Each property starts from a valid file edgelm reads and replaces one key (or a nested key) with an
+Each property (config.json, genai_config.json, bundle manifests, the edgelm.*/arch keys of a native GGUF) starts from a valid file edgelm reads and replaces one key (or a nested key) with an
 arbitrary JSON value, the way a damaged or hostile file differs from a good one."""
 
 import json
@@ -115,3 +115,48 @@ def test_bundle_manifest_values(bundle_folder, tmp_path_factory, data):
     shutil.copytree(bundle_folder, folder)
     (folder / "edgelm.json").write_text(json.dumps(replace_key(manifest, path, data.draw(JSON_VALUES))))
     loads_or_user_error(lambda: verify_folder(folder))
+
+
+GGUF_VALUES = st.one_of(
+    st.tuples(st.text(max_size=40), st.just("STRING")),
+    st.tuples(st.integers(min_value=-(2**31), max_value=2**31 - 1), st.just("INT32")),
+    st.tuples(st.floats(width=32, allow_nan=True, allow_infinity=True), st.just("FLOAT32")),
+    st.tuples(st.booleans(), st.just("BOOL")),
+    st.tuples(st.lists(st.integers(min_value=0, max_value=255), max_size=16), st.just("UINT8_ARRAY")),
+)
+
+
+@pytest.fixture(scope="module")
+def native_gguf(preset_dir, tmp_path_factory):
+    """A tokenformer GGUF: edgelm's native executor reads every edgelm.* key of it."""
+    from edgelm.export.gguf import export_gguf
+    from edgelm.models import open_checkpoint
+
+    return export_gguf(open_checkpoint(preset_dir("tiny-tokenformer")), tmp_path_factory.mktemp("gguf") / "m.gguf", "f16").path
+
+
+@settings(max_examples=int(__import__("os").environ.get("EDGELM_FUZZ_EXAMPLES", 15)), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_gguf_edgelm_metadata_values(native_gguf, tmp_path_factory, data):
+    from gguf import GGUFReader, GGUFValueType
+
+    from edgelm.formats import open_artifact
+
+    from .gguf_edit import rewrite_gguf
+
+    keys = sorted(k for k in GGUFReader(str(native_gguf)).fields if k.startswith(("edgelm.", "tokenformer.")))
+    key = data.draw(st.sampled_from(keys))
+    value, kind = data.draw(GGUF_VALUES)
+    typed = {"STRING": (value, GGUFValueType.STRING), "INT32": (value, GGUFValueType.INT32),
+             "FLOAT32": (value, GGUFValueType.FLOAT32), "BOOL": (value, GGUFValueType.BOOL),
+             "UINT8_ARRAY": (value, GGUFValueType.ARRAY, GGUFValueType.UINT8)}[kind]
+    if kind == "UINT8_ARRAY" and not value:
+        return  # gguf-py cannot write an empty array
+    evil = rewrite_gguf(native_gguf, tmp_path_factory.mktemp("evil") / "m.gguf", drop_keys={key}, add={key: typed})
+
+    def run():
+        with open_artifact(evil) as artifact:
+            artifact.backend.prefill(artifact.tokenizer.encode("It is"))
+
+    loads_or_user_error(run)

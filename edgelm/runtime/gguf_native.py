@@ -34,7 +34,11 @@ def edgelm_model(gguf: GGUFFile) -> tuple[Family, ModelSpec]:
     except (json.JSONDecodeError, TypeError, ValueError, KeyError) as exc:  # MissingConfigKey is a KeyError
         raise UserError(f"{GGUF_CONFIG} does not describe a {family_name} model ({exc})", gguf.path,
                         "the file is damaged: re-export it") from None
-    return family, replace(spec, position_encoding=gguf.field(GGUF_POSITION_ENCODING))
+    encoding = gguf.field(GGUF_POSITION_ENCODING)
+    if encoding not in family.position_encodings:
+        raise UserError(f"{GGUF_POSITION_ENCODING} is {encoding!r}, not one of {', '.join(family.position_encodings)}", gguf.path,
+                        "the file is damaged: re-export it")
+    return family, replace(spec, position_encoding=encoding)
 
 
 def load_gguf_model(gguf: GGUFFile, device: str | torch.device = "cpu") -> CausalLM:
