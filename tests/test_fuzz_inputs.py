@@ -1,8 +1,9 @@
-"""Files a stranger wrote, generated: whatever a config.json, genai_config.json or bundle manifest
-holds, loading it either works or ends in the one-line UserError, never another exception.
+"""Files a stranger wrote, generated: whatever a config.json, genai_config.json, bundle manifest or
+native GGUF's metadata holds, loading it either works or ends in the one-line UserError, never another
+exception.
 
-Each property (config.json, genai_config.json, bundle manifests, the edgelm.*/arch keys of a native GGUF) starts from a valid file edgelm reads and replaces one key (or a nested key) with an
-arbitrary JSON value, the way a damaged or hostile file differs from a good one."""
+Each property starts from a valid file edgelm reads and replaces one key (or a nested key) with an
+arbitrary value, the way a damaged or hostile file differs from a good one."""
 
 import json
 import shutil
