@@ -9,13 +9,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .constants import TOKENIZER_FILES
 from .errors import UserError
 
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?$")
-DATA_FILES = [
-    "config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
-    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-]
+DATA_FILES = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json", *TOKENIZER_FILES]
 PICKLE_FILES = ["pytorch_model.bin", "pytorch_model.bin.index.json"]
 # huggingface_hub's cache layout: HF_HUB_CACHE/models--ORG--NAME/snapshots/<commit>/
 CACHE_FOLDER = re.compile(r"^models--(?P<org>[^/]+?)--(?P<name>[^/]+)$")
