@@ -96,6 +96,9 @@ def compile_template(source: str):
         raise UserError(f"the chat template does not compile ({exc})", None, "fix chat_template in tokenizer_config.json") from None
 
 
+PROBE_MESSAGE = "Hello there"
+
+
 @dataclass
 class Conversation:
     tokenizer: Tokenizer
@@ -105,8 +108,18 @@ class Conversation:
     turns: list[dict] = field(default_factory=list)  # user/assistant messages, oldest first
 
     def __post_init__(self) -> None:
-        self.template_source = self.tokenizer.chat_template or PLAIN_TEMPLATE
+        source = self.tokenizer.chat_template
+        if isinstance(source, list):  # transformers' named templates: [{"name": "default", "template": …}, …]
+            source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"), None)
+        if source is not None and not isinstance(source, str):
+            raise UserError(f"chat_template is a {type(source).__name__}, not a template text", None,
+                            "fix chat_template in tokenizer_config.json")
+        self.template_source = source or PLAIN_TEMPLATE
         self.template = compile_template(self.template_source)
+        # rendered once before the first turn, so a template that loses the conversation fails at start
+        if PROBE_MESSAGE not in self.render([{"role": "user", "content": PROBE_MESSAGE}]):
+            raise UserError(f"the chat template renders nothing of the conversation (a user message {PROBE_MESSAGE!r} is not in "
+                            "its output)", None, "fix chat_template in tokenizer_config.json")
 
     def render(self, turns: list[dict]) -> str:
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + turns

@@ -45,6 +45,8 @@ TemperaturesOption = Annotated[
 AllowPickleOption = Annotated[
     bool, typer.Option("--allow-pickle", help="Load a pickle .bin checkpoint with torch.load(weights_only=True).")
 ]
+SEED_MAX = 2**32 - 1  # llama.cpp's seeds are uint32; one range for every engine
+SeedOption = Annotated[Optional[int], typer.Option(min=0, max=SEED_MAX, help="Sampling seed (default: random).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 
 
@@ -77,7 +79,7 @@ def _root(
 def init(
     preset: Annotated[str, typer.Argument(help="Preset name; `edgelm init --list` shows them.")] = "",
     out_dir: Annotated[Optional[Path], typer.Argument(help="Folder to create.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of the random weights.")] = 0,
     force: Annotated[bool, typer.Option(help="Replace OUT_DIR if it exists.")] = False,
     list_presets: Annotated[bool, typer.Option("--list", help="List the presets.")] = False,
 ) -> None:
@@ -172,7 +174,7 @@ def generate(
     min_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.0,
     repetition_penalty: Annotated[float, typer.Option(min=0.0)] = 1.0,
     stop: Annotated[Optional[list[str]], typer.Option(help="Stop before this text (repeatable).")] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
+    seed: SeedOption = None,
     truncate: Annotated[bool, typer.Option(help="Keep the last tokens of a prompt longer than the context.")] = False,
     position_encoding: PositionEncodingOption = None,
     head_temperatures: TemperaturesOption = None,
@@ -208,6 +210,16 @@ def generate(
     out.print()
 
 
+def _read_text(path: Path, option: str = "--text") -> str:
+    """A text file given by `option`: UTF-8 text, or one line saying why not."""
+    if not path.is_file():
+        raise UserError("text file not found", path, f"give a UTF-8 text file with {option}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"the text is not UTF-8 (byte {exc.start}: {exc.reason})", path, "convert it to UTF-8, e.g. with iconv") from None
+
+
 @app.command()
 def perplexity(
     path: Annotated[Path, typer.Argument(help="A model folder, a .gguf file or an ONNX folder.")],
@@ -229,13 +241,12 @@ def perplexity(
     from .evaluate import perplexity as score
     from .formats import open_artifact
 
-    if not text.is_file():
-        raise UserError("text file not found", text, "give a UTF-8 text file with --text")
+    content = _read_text(text)
     if stride is not None and stride >= ctx:
         raise UserError(f"--stride {stride} must be below --ctx {ctx}", None, "each window needs at least one token of context")
     artifact = open_artifact(path, _load_options(position_encoding, head_temperatures, device, threads, context_length=ctx,
                                                  provider=provider, all_logits=True, allow_pickle=allow_pickle))
-    ids = artifact.tokenizer.encode(text.read_text(encoding="utf-8"))[:max_tokens]
+    ids = artifact.tokenizer.encode(content)[:max_tokens]
     if len(ids) < 2:
         raise UserError("the text has fewer than 2 tokens", text, "give a longer text")
     with Progress(console=info, transient=True, disable=as_json or not info.is_terminal) as progress:
@@ -288,6 +299,8 @@ def export(
         if calibration_text and kv_cache != "int8":
             raise UserError("--calibration-text calibrates --kv-cache int8", None, "add --kv-cache int8 or drop it")
         calibration_text = calibration_text or (CALIBRATION_TEXT if kv_cache == "int8" and CALIBRATION_TEXT.is_file() else None)
+        if calibration_text:
+            _read_text(calibration_text, "--calibration-text")  # refused here, before minutes of export
         if gguf_type:
             raise UserError("--gguf-type applies to --format gguf only", None, "drop it or choose --format gguf")
         type_name = quant
@@ -349,7 +362,7 @@ def chat(
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.7,
     top_k: Annotated[int, typer.Option(min=0)] = 40,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.95,
-    seed: Annotated[Optional[int], typer.Option()] = None,
+    seed: SeedOption = None,
     allow_pickle: AllowPickleOption = False,
     device: DeviceOption = "cpu",
     threads: ThreadsOption = None,
@@ -476,8 +489,8 @@ def parity(
     allow_pickle: AllowPickleOption = False,
     device: DeviceOption = "auto",
     threads: ThreadsOption = None,
-    max_kld: Annotated[Optional[float], typer.Option("--max-kld", help="Exit 1 when the mean KL divergence exceeds this.")] = None,
-    max_ppl_increase: Annotated[Optional[float], typer.Option("--max-ppl-increase", help="Exit 1 when perplexity rises by more than this fraction.")] = None,
+    max_kld: Annotated[Optional[float], typer.Option("--max-kld", min=0.0, help="Exit 1 when the mean KL divergence exceeds this.")] = None,
+    max_ppl_increase: Annotated[Optional[float], typer.Option("--max-ppl-increase", min=0.0, help="Exit 1 when perplexity rises by more than this fraction.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Numbers proving an artifact matches the full-precision torch reference (on CUDA when present)."""
@@ -485,11 +498,10 @@ def parity(
     from .formats import LoadOptions, open_artifact
 
     text = text or DEFAULT_TEXT
-    if not text.is_file():
-        raise UserError("text file not found", text, "give a UTF-8 text file with --text")
+    content = _read_text(text)
     ref = open_artifact(reference, LoadOptions(head_temperatures=head_temperatures, device=_device(device), allow_pickle=allow_pickle))
     art = open_artifact(artifact_path, LoadOptions(threads=_threads(threads), context_length=tokens + 1, f32_kv_cache=True, all_logits=True))
-    ids = ref.tokenizer.encode(text.read_text(encoding="utf-8"))[:tokens + 1]
+    ids = ref.tokenizer.encode(content)[:tokens + 1]
     if len(ids) < 3:
         raise UserError("the text is too short", text, "give a longer text")
     with info.status("comparing…"):
@@ -526,7 +538,7 @@ def calibrate(
     init: Annotated[float, typer.Option(help="Initial λ of every head (the paper: 1.6).")] = 1.6,
     min_value: Annotated[float, typer.Option("--min", help="Clamp λ to at least this after every step (the paper: 1.0).")] = 1.0,
     batch: Annotated[int, typer.Option(min=1)] = 1,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX)] = 0,
     uniform: Annotated[bool, typer.Option("--uniform", help="One λ for every head, by held-out loss over a grid.")] = False,
     write_checkpoint: Annotated[bool, typer.Option("--write-checkpoint", help="Also store λ as HeadScale tensors in the checkpoint.")] = False,
     position_encoding: PositionEncodingOption = None,
@@ -549,15 +561,14 @@ def calibrate(
     from .tokenizer import load_tokenizer
 
     refuse_existing(out_path, force)
-    if not text.is_file():
-        raise UserError("text file not found", text, "give a UTF-8 text file with --text")
+    content = _read_text(text)
     checkpoint = open_checkpoint(model_dir, position_encoding=position_encoding.value if position_encoding else None,
                                  allow_pickle=allow_pickle)
     training_length = (checkpoint.config.get("edgelm") or {}).get("training_length", checkpoint.spec.max_positions)
     if target_length <= training_length:
         info.print(f"warning: --target-length {target_length} is not above the training length {training_length}; "
                   "temperatures matter past it", markup=False)
-    ids = load_tokenizer(model_dir).encode(text.read_text(encoding="utf-8"))
+    ids = load_tokenizer(model_dir).encode(content)
     settings = CalibrationSettings(target_length=target_length, steps=steps, lr=lr, lr_late=lr_late, init=init,
                                    min=min_value, batch=batch, seed=seed, uniform=uniform)
     need = (settings.eval_windows + 1) * (target_length + 1)
@@ -599,8 +610,9 @@ def main() -> None:
         sys.exit(2)
     except typer.Abort:  # Ctrl-D at a prompt
         sys.exit(1)
-    except TyperException as exc:  # usage errors: click's own message, exit 2
-        exc.show()
+    except TyperException as exc:  # usage errors: click's message on the one line, exit 2
+        command = getattr(getattr(exc, "ctx", None), "command_path", "edgelm")
+        err.print(f"error: {exc.format_message()}; see `{command} --help`", markup=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     if code == INTERRUPTED:
         sys.stderr.write("\ninterrupted; nothing was left half-written\n")

@@ -72,9 +72,8 @@ def test_history_is_trimmed_oldest_first():
 def test_broken_template_is_a_user_error():
     tokenizer = load_tokenizer(MODEL)
     tokenizer.config = dict(tokenizer.config, chat_template="{% for m in messages %}{{ raise_exception('no roles') }}{% endfor %}")
-    conversation = Conversation(tokenizer, 256, 16)
     with pytest.raises(UserError, match="failed to render"):
-        conversation.render([{"role": "user", "content": "x"}])
+        Conversation(tokenizer, 256, 16)  # rendered once at the start, before the first turn
 
 
 def test_python_api_mirrors_the_cli(run_cli):
@@ -113,9 +112,8 @@ def test_hostile_template_is_stopped_in_one_line(template, why):
 
     tokenizer = load_tokenizer(MODEL)
     tokenizer.config = dict(tokenizer.config, chat_template=template)
-    conversation = Conversation(tokenizer, 256, 16)
     started = time.monotonic()
     with pytest.raises(UserError, match="chat template was stopped") as raised:
-        conversation.render([{"role": "user", "content": "x"}])
+        Conversation(tokenizer, 256, 16)  # rendered once at the start
     assert why in str(raised.value)
     assert time.monotonic() - started < 10  # bounded, not a hang (the timer is 2 s)

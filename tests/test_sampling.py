@@ -18,6 +18,12 @@ def test_greedy_top_k_top_p_min_p():
     assert Sampler(SamplingOptions(temperature=1.0, seed=7))(logits) == Sampler(SamplingOptions(temperature=1.0, seed=7))(logits)
 
 
+def test_a_vanishing_temperature_is_greedy_not_nan():
+    """Dividing raw logits by 1e-320 overflowed to inf − inf = NaN; the max is subtracted first."""
+    logits = np.array([3.0, 9.0, -2.0, 8.5], dtype=np.float32)
+    assert {Sampler(SamplingOptions(temperature=1e-320, seed=s))(logits) for s in range(20)} == {1}
+
+
 def test_repetition_penalty_demotes_seen_tokens():
     logits = np.array([2.0, 1.9, -1.0])
     assert Sampler(SamplingOptions(repetition_penalty=1.2))(logits, seen=[0]) == 1

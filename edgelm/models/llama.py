@@ -156,7 +156,7 @@ class Llama(Family):
 
     def spec_from_config(self, config):
         hidden, heads = config.size("hidden_size"), config.size("num_attention_heads")
-        head_dim = config.size("head_dim", hidden // heads)
+        head_dim = config.head_width("hidden_size", "num_attention_heads", "head_dim")
         config.implemented("hidden_act", ("silu",), "silu")
         # transformers 5 moved rope_theta into rope_parameters; older configs keep it at the top level
         rope = config.section("rope_parameters")

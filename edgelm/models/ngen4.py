@@ -151,9 +151,7 @@ class NGen4(Family):
 
     def spec_from_config(self, config):
         hidden, heads = config.size("n_embd"), config.size("n_head")
-        if hidden % heads:
-            raise ValueError(f"n_embd {hidden} is not a multiple of n_head {heads}")
-        head_dim = hidden // heads
+        head_dim = config.head_width("n_embd", "n_head")
         activation = config.implemented("activation_function", tuple(ACTIVATIONS), "gelu_new")
         return ModelSpec(
             family=self.name,

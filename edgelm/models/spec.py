@@ -36,7 +36,7 @@ class ModelSpec:
         if self.position_encoding not in POSITION_ENCODINGS:
             raise ValueError(f"position_encoding must be one of {POSITION_ENCODINGS}, not {self.position_encoding!r}")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError("num_heads must be a multiple of num_kv_heads")
+            raise ValueError(f"its {self.num_heads} attention heads are not a multiple of its {self.num_kv_heads} key/value heads")
         if self.rotary_dim % 2 or not 0 <= self.rotary_dim <= self.head_dim:
             raise ValueError("rotary_dim must be even and at most head_dim")
 

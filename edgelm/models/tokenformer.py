@@ -161,9 +161,7 @@ class TokenFormer(Family):
         for key, values in self.implemented_variants.items():
             config.implemented(key, values, values[0])
         hidden, heads = config.size("hidden_size"), config.size("num_attention_heads")
-        if hidden % heads:
-            raise ValueError(f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
-        head_dim = hidden // heads
+        head_dim = config.head_width("hidden_size", "num_attention_heads")
         return ModelSpec(
             family=self.name,
             vocab_size=config.size_or_rows("vocab_size", "sequential.0.word_embeddings.weight"),

@@ -72,6 +72,15 @@ class ConfigReader:
             raise ValueError(f"{keys[0]} = {int(value)} is out of range (at least {minimum})")
         return int(value)
 
+    def head_width(self, width_key: str, heads_key: str, explicit_key: str | None = None) -> int:
+        """Each head's width: `explicit_key` where the config gives it, else the width split evenly among the heads."""
+        if explicit_key and self(explicit_key, None) is not None:
+            return self.size(explicit_key)
+        width, heads = self.size(width_key), self.size(heads_key)
+        if width % heads:
+            raise ValueError(f"{width_key} {width} is not a multiple of {heads_key} {heads}")
+        return width // heads
+
     def number(self, key: str | tuple[str, ...], default: Any = ..., *, positive: bool = True) -> float:
         """A finite real (norm epsilon, rotary base, fraction)."""
         keys = (key,) if isinstance(key, str) else key

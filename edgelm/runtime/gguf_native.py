@@ -4,6 +4,7 @@ torch module rebuilt from a file edgelm wrote, its tensors dequantized by gguf-p
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -34,11 +35,28 @@ def edgelm_model(gguf: GGUFFile) -> tuple[Family, ModelSpec]:
     except (json.JSONDecodeError, TypeError, ValueError, KeyError) as exc:  # MissingConfigKey is a KeyError
         raise UserError(f"{GGUF_CONFIG} does not describe a {family_name} model ({exc})", gguf.path,
                         "the file is damaged: re-export it") from None
+    _check_architecture_keys(gguf, family, spec)
     encoding = gguf.field(GGUF_POSITION_ENCODING)
     if encoding not in family.position_encodings:
         raise UserError(f"{GGUF_POSITION_ENCODING} is {encoding!r}, not one of {', '.join(family.position_encodings)}", gguf.path,
                         "the file is damaged: re-export it")
     return family, replace(spec, position_encoding=encoding)
+
+
+def _check_architecture_keys(gguf: GGUFFile, family: Family, spec: ModelSpec) -> None:
+    """general.architecture and the `{arch}.*` keys (what a llama.cpp-style reader sees) must say what
+    edgelm.config says: a file edited in one place and not the other is refused, not run half-trusted."""
+    arch = family.gguf_arch(spec)
+    if gguf.arch != arch:
+        raise UserError(f"general.architecture is {gguf.arch!r}, but edgelm.family {family.name!r} is written as {arch!r}", gguf.path,
+                        "the file was damaged or edited: re-export it")
+    for key, expected in family.gguf_hparams(spec).items():
+        found = gguf.hparam(key)
+        same = (isinstance(found, (int, float)) and not isinstance(found, bool) and math.isclose(found, expected, rel_tol=1e-6)
+                if not isinstance(expected, bool) else found is expected)
+        if not same:
+            raise UserError(f"{arch}.{key} is {found!r}, but {GGUF_CONFIG} says {expected!r}", gguf.path,
+                            "the file was damaged or edited: re-export it")
 
 
 def load_gguf_model(gguf: GGUFFile, device: str | torch.device = "cpu") -> CausalLM:

@@ -30,7 +30,8 @@ class Sampler:
             logits[ids] = np.where(logits[ids] > 0, logits[ids] / o.repetition_penalty, logits[ids] * o.repetition_penalty)
         if o.temperature <= 0:
             return int(np.argmax(logits))
-        scores = logits.astype(np.float64) / o.temperature
+        with np.errstate(over="ignore"):  # max first: a tiny temperature sends the rest to -inf, never NaN
+            scores = (logits.astype(np.float64) - logits.max()) / o.temperature
         if o.top_k > 0 and o.top_k < scores.size:
             kth = np.partition(scores, -o.top_k)[-o.top_k]
             scores = np.where(scores < kth, -np.inf, scores)

@@ -1,0 +1,339 @@
+"""The catalogue of user mistakes and hostile files: one row per case, each a command line, what breaks
+the input first, and the text its one error line must hold. A new case is one row.
+
+Placeholders in a row's command line name private copies, made on first use for that case only:
+{model} tiny-rope's folder, {nope} tiny-nope's, {tokenformer} tiny-tokenformer's, {gguf} a native TokenFormer GGUF (edgelm parses all of its
+metadata), {onnx} tiny-rope's ONNX folder, {bundle} a bundle of that ONNX folder, {zip} the same zipped,
+{tmp} the case's empty scratch folder (and {text} a short text file in it)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from gguf import GGUFValueType
+
+NAN, INF = float("nan"), float("inf")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    argv: tuple[str, ...]
+    line: str  # a piece of the one error line
+    damage: Callable | None = None  # damage(workspace) breaks the copies before the command runs
+    exit_code: int = 2
+
+
+def case(name, argv, line, damage=None, exit_code=2) -> Case:
+    return Case(name, tuple(argv.split()) if isinstance(argv, str) else tuple(argv), line, damage, exit_code)
+
+
+# what breaks an input: each returns damage(workspace)
+def edit_json(target: str, name: str, change) -> Callable:
+    """`change`: a dict merged into the document, or a function of the document returning the new one."""
+    def damage(ws):
+        path = Path(ws[target]) / name
+        document = json.loads(path.read_text())
+        path.write_text(json.dumps(change(document) if callable(change) else {**document, **change}))
+    return damage
+
+
+def config(**changes) -> Callable:
+    return edit_json("model", "config.json", changes)
+
+
+def without_key(target: str, name: str, *path: str) -> Callable:
+    def change(document):
+        node = document
+        for key in path[:-1]:
+            node = node[key]
+        del node[path[-1]]
+        return document
+    return edit_json(target, name, change)
+
+
+def write(target: str, name: str, content: str | bytes) -> Callable:
+    def damage(ws):
+        path = Path(ws[target]) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return damage
+
+
+def remove(target: str, name: str) -> Callable:
+    return lambda ws: (Path(ws[target]) / name).unlink()
+
+
+def truncate(target: str, name: str = "") -> Callable:
+    def damage(ws):
+        path = Path(ws[target]) / name if name else Path(ws[target])
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    return damage
+
+
+def tensors(change) -> Callable:
+    def damage(ws):
+        from safetensors.torch import load_file, save_file
+
+        path = Path(ws["model"]) / "model.safetensors"
+        loaded = load_file(path)
+        change(loaded)
+        save_file(loaded, path)
+    return damage
+
+
+def set_tensor(name: str, value) -> Callable:
+    def change(loaded):
+        import torch
+
+        loaded[name] = value(loaded[name]) if callable(value) else torch.full_like(loaded[name], value)
+    return tensors(change)
+
+
+def gguf(add=None, drop_keys=(), drop_tensors=(), arch=None) -> Callable:
+    def damage(ws):
+        from .gguf_edit import rewrite_gguf
+
+        path = Path(ws["gguf"])
+        rewrite_gguf(path, path.with_suffix(".new"), add=add, drop_keys=set(drop_keys), drop_tensors=set(drop_tensors), arch=arch)
+        path.with_suffix(".new").replace(path)
+    return damage
+
+
+def gguf_key(key: str, value, vtype: GGUFValueType, sub_type: GGUFValueType | None = None) -> Callable:
+    return gguf(add={key: (value, vtype, *([sub_type] if sub_type else []))}, drop_keys=[key])
+
+
+def temperatures(content) -> Callable:
+    return write("tmp", "temps.json", content if isinstance(content, str) else json.dumps(content))
+
+
+def both(*damages) -> Callable:
+    return lambda ws: [d(ws) for d in damages]
+
+
+def genai(change) -> Callable:
+    return edit_json("onnx", "genai_config.json", change)
+
+
+def decoder(**changes) -> Callable:
+    def change(document):
+        document["model"]["decoder"].update(changes)
+        return document
+    return genai(change)
+
+
+def manifest(change) -> Callable:
+    return edit_json("bundle", "edgelm.json", change)
+
+
+def rezip(extra: dict[str, bytes] | None = None, rename: dict[str, str] | None = None) -> Callable:
+    """Replace {zip} by a zip of {bundle} with `extra` entries added and entries renamed."""
+    def damage(ws):
+        import zipfile
+
+        folder, archive = Path(ws["bundle"]), Path(ws["zip"])
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
+            for path in sorted(folder.iterdir()):
+                out.write(path, (rename or {}).get(path.name, path.name))
+            for name, data in (extra or {}).items():
+                out.writestr(name, data)
+    return damage
+
+
+def layers_of(value) -> dict:
+    return {"layers": [[value] * 8] * 4}
+
+
+GEN = "generate {model} --prompt x"
+TOKENFORMER_CONFIG = {"architectures": ["TokenFormerForCausalLM"], "model_type": "tokenformer", "hidden_size": 256, "num_layers": 4,
+                      "num_attention_heads": 4, "qkv_slot_num": 256, "proj_slot_num": 256, "ffn_slot_num": 1024, "vocab_size": 4096,
+                      "max_position_embeddings": 4096, "layer_norm_eps": 1e-05, "rotary_pct": 0.25, "rotary_emb_base": 10000.0}
+LLAMA_CONFIG_KEYS_NEEDED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+
+CASES: list[Case] = [
+    # --- a model folder and its config.json
+    case("folder does not exist", "inspect {tmp}/nowhere", "no such file or folder"),
+    case("config.json missing", "inspect {model}", "config.json is missing", remove("model", "config.json")),
+    case("config.json not JSON", "inspect {model}", "config.json is not valid JSON", write("model", "config.json", "{not json")),
+    case("config.json not UTF-8", "inspect {model}", "config.json is not valid JSON", write("model", "config.json", b'{"a": "\xff"}')),
+    case("config.json a list", "inspect {model}", "must hold a JSON object", write("model", "config.json", "[1, 2]")),
+    *[case(f"config lacks {key}", "inspect {model}", f"lacks '{key}'", without_key("model", "config.json", key))
+      for key in LLAMA_CONFIG_KEYS_NEEDED],
+    case("hidden_size negative", "inspect {model}", "hidden_size", config(hidden_size=-64)),
+    case("hidden_size zero", "inspect {model}", "hidden_size", config(hidden_size=0)),
+    case("hidden_size a float", "inspect {model}", "hidden_size", config(hidden_size=64.5)),
+    case("hidden_size a string", "inspect {model}", "hidden_size", config(hidden_size="64")),
+    case("hidden_size a boolean", "inspect {model}", "hidden_size", config(hidden_size=True)),
+    case("hidden_size a trillion", "inspect {model}", "hidden_size", config(hidden_size=10**12)),
+    case("heads do not divide hidden_size", "inspect {model}", "hidden_size 256 is not a multiple of num_attention_heads 12",
+         config(num_attention_heads=12, num_key_value_heads=4)),
+    case("kv heads do not divide heads", "inspect {model}", "8 attention heads are not a multiple of its 3 key/value heads",
+         config(num_key_value_heads=3)),
+    case("rms_norm_eps NaN", "inspect {model}", "rms_norm_eps", config(rms_norm_eps=NAN)),
+    case("rms_norm_eps negative", "inspect {model}", "rms_norm_eps", config(rms_norm_eps=-1e-5)),
+    case("rope_theta zero", "inspect {model}", "rope_theta", config(rope_theta=0)),
+    case("context length zero", "inspect {model}", "max_position_embeddings", config(max_position_embeddings=0)),
+    case("unknown architecture", "inspect {model}", "unknown architecture MambaForCausalLM",
+         config(architectures=["MambaForCausalLM"], model_type="mamba")),
+    case("architectures a string", "inspect {model}", "architectures", config(architectures="LlamaForCausalLM", model_type="mamba")),
+    case("remote code asked for", "inspect {model}", "unknown architecture",
+         config(architectures=["EvilForCausalLM"], model_type="evil", auto_map={"AutoModelForCausalLM": "evil.Evil"})),
+    case("position encoding the family lacks", "inspect {tokenformer} --position-encoding none", "not available for tokenformer"),
+    # --- its weights
+    case("no weights", "inspect {model}", "no weights found", remove("model", "model.safetensors")),
+    case("safetensors truncated", "inspect {model}", "truncated or damaged", truncate("model", "model.safetensors")),
+    case("safetensors garbage", "inspect {model}", "model.safetensors", write("model", "model.safetensors", b"\xff" * 64)),
+    case("safetensors header length huge", "inspect {model}", "model.safetensors",
+         write("model", "model.safetensors", (2**62).to_bytes(8, "little") + b"{}")),
+    case("a tensor missing", "inspect {model}", "model.layers.1.mlp.up_proj.weight",
+         tensors(lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))),
+    case("an unexpected tensor", "inspect {model}", "unexpected tensors",
+         tensors(lambda t: t.update({"model.layers.0.self_attn.rotary_emb.extra": t["model.norm.weight"][:3].clone()}))),
+    case("shapes not the config's", "inspect {model}", "shapes do not match", config(intermediate_size=1024)),
+    case("an integer tensor", "inspect {model}", "not floating point: model.norm.weight (I8)",
+         set_tensor("model.norm.weight", lambda t: t.to(__import__("torch").int8))),
+    case("pickle refused", "inspect {model}", "pickle checkpoint refused",
+         both(write("model", "pytorch_model.bin", b"\x80\x02}q\x00."), remove("model", "model.safetensors"))),
+    case("NaN weight at export", "export {model} --quant f32 --out {tmp}/m.gguf", "holds NaN or infinite values",
+         set_tensor("model.norm.weight", NAN)),
+    case("infinite weight at ONNX export", "export {model} --format onnx --quant f32 --out {tmp}/m", "holds NaN or infinite values",
+         set_tensor("lm_head.weight", INF)),
+    case("NaN weight at int8", "export {model} --format onnx --quant int8 --out {tmp}/m", "holds NaN or infinite values",
+         set_tensor("model.layers.0.mlp.down_proj.weight", NAN)),
+    # --- tokenizer files and chat templates
+    case("tokenizer.model garbage", GEN, "tokenizer.model", write("model", "tokenizer.model", b"\x00garbage")),
+    case("tokenizer_config.json not JSON", GEN, "tokenizer_config.json", write("model", "tokenizer_config.json", "{")),
+    case("tokenizer_config.json not UTF-8", GEN, "tokenizer_config.json", write("model", "tokenizer_config.json", b'{"x": "\xfe"}')),
+    case("tokenizer_config.json a list", GEN, "tokenizer_config.json", write("model", "tokenizer_config.json", "[]")),
+    case("chat template not a string", "chat {model}", "chat_template", edit_json("model", "tokenizer_config.json", {"chat_template": 7})),
+    case("chat template of bad syntax", "chat {model}", "chat template", edit_json("model", "tokenizer_config.json", {"chat_template": "{% for %}"})),
+    case("chat template renders nothing", "chat {model}", "renders nothing", edit_json("model", "tokenizer_config.json", {"chat_template": "{{ '' }}"})),
+    case("chat template loops forever", "chat {model}", "chat template",
+         edit_json("model", "tokenizer_config.json", {"chat_template": "{% for i in range(10**9) %}{% for j in range(10**9) %}x{% endfor %}{% endfor %}"})),
+    case("chat template multiplies a string", "chat {model}", "chat template",
+         edit_json("model", "tokenizer_config.json", {"chat_template": "{{ 'x' * 10**10 }}"})),
+    # --- head temperatures
+    case("temperatures of wrong shape", "inspect {model} --head-temperatures {tmp}/temps.json", "4 layers × 8 heads",
+         temperatures({"layers": [[1.0] * 8] * 3})),
+    case("temperatures not JSON", "inspect {model} --head-temperatures {tmp}/temps.json", "temps.json", temperatures("{")),
+    case("temperatures missing", "inspect {model} --head-temperatures {tmp}/none.json", "none.json"),
+    case("temperature negative", "inspect {model} --head-temperatures {tmp}/temps.json", "temps.json", temperatures(layers_of(-1.0))),
+    case("temperature zero", "inspect {model} --head-temperatures {tmp}/temps.json", "temps.json", temperatures(layers_of(0.0))),
+    case("temperature NaN", "inspect {model} --head-temperatures {tmp}/temps.json", "temps.json", temperatures('{"layers": [[NaN]]}')),
+    case("temperature a string", "inspect {model} --head-temperatures {tmp}/temps.json", "temps.json", temperatures(layers_of("hot"))),
+    case("temperature past f16", "export {nope} --head-temperatures {tmp}/temps.json --out {tmp}/m.gguf", "beyond float16's 65504",
+         temperatures(layers_of(1e30))),
+    # --- options
+    case("--max-new-tokens 0", GEN + " --max-new-tokens 0", "--max-new-tokens"),
+    case("--temperature negative", GEN + " --temperature -1", "--temperature"),
+    case("--top-p above 1", GEN + " --top-p 2", "--top-p"),
+    case("--top-k negative", GEN + " --top-k -1", "--top-k"),
+    case("--min-p above 1", GEN + " --min-p 1.5", "--min-p"),
+    case("--seed negative", GEN + " --seed -1", "--seed"),
+    case("--seed past 64 bits", GEN + " --seed 99999999999999999999999", "--seed"),
+    case("--repetition-penalty 0", GEN + " --repetition-penalty 0", "--repetition-penalty must be above 0"),
+    Case("--stop empty", (*GEN.split(), "--stop", ""), "--stop \"\" would stop before the first token"),
+    case("--device unknown", GEN + " --device tpu", "unknown --device 'tpu'"),
+    case("--threads 0", GEN + " --threads 0", "--threads"),
+    case("--gpu-layers negative", GEN + " --gpu-layers -5", "--gpu-layers"),
+    case("--provider unknown", "generate {onnx} --prompt x --provider abacus", "abacus"),
+    case("unknown option", GEN + " --temprature 1", "--temprature"),
+    case("--prompt missing", "generate {model}", "--prompt"),
+    case("perplexity --ctx 1", "perplexity {model} --text {text} --ctx 1", "--ctx"),
+    case("perplexity --stride past --ctx", "perplexity {model} --text {text} --ctx 8 --stride 8", "--stride 8 must be below --ctx 8"),
+    case("perplexity text missing", "perplexity {model} --text {tmp}/none.txt", "text file not found"),
+    case("perplexity text not UTF-8", "perplexity {model} --text {tmp}/latin1.txt", "UTF-8",
+         write("tmp", "latin1.txt", "caf\xe9 au lait ".encode("latin-1") * 20)),
+    case("perplexity text too short", "perplexity {model} --text {tmp}/short.txt", "fewer than 2 tokens", write("tmp", "short.txt", "")),
+    case("bench --new-tokens 0", "bench {model} --new-tokens 0", "--new-tokens"),
+    case("parity reference missing", "parity {onnx} --reference {tmp}/none", "no such file or folder"),
+    case("parity --tokens 1", "parity {onnx} --reference {model} --tokens 1", "--tokens"),
+    case("parity --max-kld negative", "parity {onnx} --reference {model} --max-kld -1", "--max-kld"),
+    # --- export and init outputs
+    case("export format unknown", "export {model} --format tflite --out {tmp}/m", "tflite"),
+    case("export quant unknown", "export {model} --quant int3 --out {tmp}/m.gguf", "int3"),
+    case("--gguf-type unknown", "export {model} --gguf-type Q9_X --out {tmp}/m.gguf", "Q9_X"),
+    case("--gguf-type needs an importance matrix", "export {model} --gguf-type Q2_K_S --out {tmp}/m.gguf", "Q2_K_S needs an importance matrix"),
+    case("export output exists", "export {model} --out {tmp}/m.gguf", "output already exists", write("tmp", "m.gguf", "x")),
+    case("export onto its input", "export {model} --out {model} --force", "overlaps the input"),
+    case("export onto its weights", "export {model} --out {model}/model.safetensors --force", "overlaps the input"),
+    case("export into its input", "export {model} --out {model}/sub --force", "overlaps the input"),
+    case("export under a file", "export {model} --out {tmp}/afile/m.gguf", "is a file, not a folder", write("tmp", "afile", "x")),
+    case("init unknown preset", "init tiny-mamba {tmp}/x", "unknown preset"),
+    case("init output exists", "init tiny-rope {model}", "output already exists"),
+    case("calibrate --init negative", "calibrate {nope} --text {text} --target-length 512 --out {tmp}/t.json --init -1", "must be a positive number"),
+    case("calibrate --min negative", "calibrate {nope} --text {text} --target-length 512 --out {tmp}/t.json --min -5", "must be a positive number"),
+    case("calibrate --min 0", "calibrate {nope} --text {text} --target-length 512 --out {tmp}/t.json --min 0", "must be a positive number"),
+    case("calibrate --init NaN", "calibrate {nope} --text {text} --target-length 512 --out {tmp}/t.json --init nan", "must be a positive number"),
+    # --- GGUF files
+    case("GGUF truncated", "generate {gguf} --prompt x", "gguf", truncate("gguf")),
+    case("not a GGUF", "generate {gguf} --prompt x", "gguf", lambda ws: Path(ws["gguf"]).write_bytes(b"PK\x03\x04" + b"\0" * 60)),
+    case("GGUF architecture not edgelm.family's", "generate {gguf} --prompt x", "general.architecture is 'mamba9'", gguf(arch="mamba9")),
+    case("GGUF tokenizer file escaping", "generate {gguf} --prompt x", "names a tokenizer file edgelm does not know",
+         gguf(add={"edgelm.tokenizer_file.../escaped.txt": ("owned", GGUFValueType.STRING)})),
+    case("GGUF tokenizer file absolute", "generate {gguf} --prompt x", "names a tokenizer file edgelm does not know",
+         gguf(add={"edgelm.tokenizer_file./tmp/escaped.txt": ("owned", GGUFValueType.STRING)})),
+    case("GGUF tokenizer file of wrong type", "generate {gguf} --prompt x", "is not a text, base64 text or byte array file",
+         gguf_key("edgelm.tokenizer_file.tokenizer.json", 7, GGUFValueType.INT32)),
+    case("GGUF tokenizer file bad base64", "generate {gguf} --prompt x", "is not a text, base64 text or byte array file",
+         gguf(add={"edgelm.tokenizer_file_base64.tokenizer.model": ("not base64!", GGUFValueType.STRING)})),
+    case("GGUF tokenizer.json not JSON", "generate {gguf} --prompt x", "tokenizer.json",
+         gguf_key("edgelm.tokenizer_file.tokenizer.json", "{", GGUFValueType.STRING)),
+    case("GGUF a tensor missing", "generate {gguf} --prompt x", "tensors missing", gguf(drop_tensors=["token_embd.weight"])),
+    case("GGUF position encoding empty", "generate {gguf} --prompt x", "edgelm.position_encoding",
+         gguf_key("edgelm.position_encoding", "", GGUFValueType.STRING)),
+    case("GGUF keys not edgelm.config's", "generate {gguf} --prompt x", "tokenformer.block_count is 'two', but edgelm.config says 4",
+         gguf_key("tokenformer.block_count", "two", GGUFValueType.STRING)),
+    case("GGUF block count huge", "generate {gguf} --prompt x", "tokenformer.block_count is 2147483648",
+         gguf_key("tokenformer.block_count", 2**31, GGUFValueType.UINT32)),
+    case("GGUF norm epsilon NaN", "generate {gguf} --prompt x", "tokenformer.attention.layer_norm_epsilon is nan",
+         gguf_key("tokenformer.attention.layer_norm_epsilon", NAN, GGUFValueType.FLOAT32)),
+    case("GGUF edgelm.config not JSON", "generate {gguf} --prompt x", "edgelm.config does not describe a tokenformer model",
+         gguf_key("edgelm.config", "{", GGUFValueType.STRING)),
+    case("GGUF edgelm.config layers negative", "generate {gguf} --prompt x", "num_layers",
+         gguf_key("edgelm.config", json.dumps({**TOKENFORMER_CONFIG, "num_layers": -4}), GGUFValueType.STRING)),
+    case("GGUF edgelm.config context zero", "generate {gguf} --prompt x", "max_position_embeddings",
+         gguf_key("edgelm.config", json.dumps({**TOKENFORMER_CONFIG, "max_position_embeddings": 0}), GGUFValueType.STRING)),
+    case("GGUF family unknown", "generate {gguf} --prompt x", "was not written by edgelm",
+         gguf_key("edgelm.family", "mamba", GGUFValueType.STRING)),
+    # --- ONNX folders
+    case("ONNX folder with no config at all", "generate {onnx} --prompt x", "genai_config.json and config.json are both missing",
+         both(remove("onnx", "genai_config.json"), remove("onnx", "config.json"))),
+    case("genai_config.json not JSON", "generate {onnx} --prompt x", "genai_config.json", write("onnx", "genai_config.json", "{")),
+    case("genai_config.json a list", "generate {onnx} --prompt x", "genai_config.json", write("onnx", "genai_config.json", "[]")),
+    case("ONNX filename escaping", "generate {onnx} --prompt x", "is not a plain file name inside the folder", decoder(filename="../x.onnx")),
+    case("ONNX filename absolute", "generate {onnx} --prompt x", "is not a plain file name inside the folder", decoder(filename="/etc/hostname")),
+    case("ONNX layer count a string", "generate {onnx} --prompt x", "num_hidden_layers", decoder(num_hidden_layers="two")),
+    case("ONNX layer count not the graph's", "generate {onnx} --prompt x", "graph inputs unfed: past_key_values.3.key",
+         decoder(num_hidden_layers=3)),
+    case("ONNX head size negative", "generate {onnx} --prompt x", "head_size", decoder(head_size=-8)),
+    case("ONNX context length a list", "generate {onnx} --prompt x", "context_length",
+         genai(lambda d: {**d, "model": {**d["model"], "context_length": [1]}})),
+    case("model.onnx missing", "generate {onnx} --prompt x", "model.onnx", remove("onnx", "model.onnx")),
+    case("model.onnx garbage", "generate {onnx} --prompt x", "model.onnx", write("onnx", "model.onnx", b"\x08\x07garbage")),
+    # --- bundles
+    case("manifest missing", "verify {bundle}", "no edgelm.json manifest", remove("bundle", "edgelm.json")),
+    case("manifest not JSON", "verify {bundle}", "not valid JSON", write("bundle", "edgelm.json", "{")),
+    case("manifest of another version", "verify {bundle}", "manifest_version 99", manifest({"manifest_version": 99})),
+    case("manifest files a list", "verify {bundle}", "'files' is not a table of files", manifest({"files": ["model.ort"]})),
+    case("manifest model outside", "verify {bundle}", "is not one of the files it lists", manifest({"model": "../outside.gguf"})),
+    case("manifest names a file outside", "verify {bundle}", "outside the bundle",
+         manifest(lambda m: {**m, "files": {**m["files"], "../x": {"sha256": "0" * 64, "bytes": 1}}})),
+    case("manifest entry without sha256", "verify {bundle}", "needs a sha256 string",
+         manifest(lambda m: {**m, "files": {k: {"bytes": v["bytes"]} for k, v in m["files"].items()}})),
+    case("bundle file changed", "verify {bundle}", "does not match its sha256", write("bundle", "genai_config.json", "{}")),
+    case("bundle file missing", "verify {bundle}", "is missing", remove("bundle", "genai_config.json")),
+    case("bundle file not listed", "verify {bundle}", "payload.sh is in the bundle but not in its manifest", write("bundle", "payload.sh", "echo hi")),
+    case("zip entry not listed", "verify {zip}", "zeros.bin is in the archive but not in its manifest", rezip(extra={"zeros.bin": b"\0" * (8 << 20)})),
+    case("zip entry escaping", "verify {zip}", "outside the bundle", rezip(extra={"../evil.txt": b"x"})),
+    case("zip not a zip", "verify {zip}", "not a readable zip", lambda ws: Path(ws["zip"]).write_bytes(b"PK\x05\x06garbage")),
+    case("zip without a manifest", "verify {zip}", "edgelm.json", rezip(rename={"edgelm.json": "manifest.txt"})),
+    case("bundle onto its input", "bundle {bundle} --out {bundle} --force", "overlaps the input"),
+    case("bundle output exists", "bundle {onnx} --out {bundle}", "output already exists"),
+    case("bundle a desktop-only GGUF", "bundle {gguf} --out {tmp}/b", "no mobile runtime can load this"),
+]
