@@ -20,7 +20,10 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=8,
 )
-FUZZ = settings(max_examples=int(__import__("os").environ.get("EDGELM_FUZZ_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def fuzz(examples: int):
+    """Hypothesis settings: `examples` cases in CI (a few seconds to a minute per reader), EDGELM_FUZZ_EXAMPLES to run more."""
+    count = int(__import__("os").environ.get("EDGELM_FUZZ_EXAMPLES", examples))
+    return settings(max_examples=count, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def replace_key(document: dict, path: list[str], value) -> dict:
@@ -46,7 +49,7 @@ def folders(preset_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["tiny-rope", "tiny-ngen4", "tiny-tokenformer"])
-@FUZZ
+@fuzz(300)
 @given(data=st.data())
 def test_config_json_values(folders, tmp_path_factory, name, data):
     from edgelm.models import open_checkpoint
@@ -76,7 +79,7 @@ GENAI_KEYS = [["model", "context_length"], ["model", "decoder", "filename"], ["m
               ["model", "decoder", "outputs"], ["model", "decoder"], ["model"], ["search"]]
 
 
-@FUZZ
+@fuzz(200)
 @given(path=st.sampled_from(GENAI_KEYS), value=JSON_VALUES)
 def test_genai_config_values(onnx_folder, tmp_path_factory, path, value):
     from edgelm.formats import open_artifact
@@ -103,7 +106,7 @@ def bundle_folder(onnx_folder, tmp_path_factory):
     return out
 
 
-@FUZZ
+@fuzz(200)
 @given(data=st.data())
 def test_bundle_manifest_values(bundle_folder, tmp_path_factory, data):
     from edgelm.bundle import verify_folder
@@ -136,8 +139,7 @@ def native_gguf(preset_dir, tmp_path_factory):
     return export_gguf(open_checkpoint(preset_dir("tiny-tokenformer")), tmp_path_factory.mktemp("gguf") / "m.gguf", "f16").path
 
 
-@settings(max_examples=int(__import__("os").environ.get("EDGELM_FUZZ_EXAMPLES", 15)), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@fuzz(40)  # each case writes a whole GGUF and runs it (~1 s)
 @given(data=st.data())
 def test_gguf_edgelm_metadata_values(native_gguf, tmp_path_factory, data):
     from gguf import GGUFReader, GGUFValueType
