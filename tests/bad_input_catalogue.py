@@ -24,11 +24,10 @@ class Case:
     argv: tuple[str, ...]
     line: str  # a piece of the one error line
     damage: Callable | None = None  # damage(workspace) breaks the copies before the command runs
-    exit_code: int = 2
 
 
-def case(name, argv, line, damage=None, exit_code=2) -> Case:
-    return Case(name, tuple(argv.split()) if isinstance(argv, str) else tuple(argv), line, damage, exit_code)
+def case(name, argv, line, damage=None) -> Case:
+    return Case(name, tuple(argv.split()), line, damage)
 
 
 # what breaks an input: each returns damage(workspace)

@@ -93,12 +93,9 @@ def test_catalogue(run_cli, originals, tmp_path, row):
     if row.damage:
         row.damage(workspace)
     scratch_before = sorted(p.name for p in Path(workspace["tmp"]).rglob("*"))
-    code, out, err = run_cli(*argv)
+    result = run_cli(*argv)
     assert sorted(p.name for p in Path(workspace["tmp"]).rglob("*")) == scratch_before, "a failed command left files"
-    assert code == row.exit_code, (code, out, err)
-    assert "Traceback" not in err and err.startswith("error: "), err
-    assert len(err.strip().splitlines()) == 1, err
-    assert row.line in err, (row.line, err)
+    assert_user_error(result, row.line)
 
 
 def test_catalogue_size():

@@ -6,6 +6,7 @@ Each property starts from a valid file edgelm reads and replaces one key (or a n
 arbitrary value, the way a damaged or hostile file differs from a good one."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -22,7 +23,7 @@ JSON_VALUES = st.recursive(
 )
 def fuzz(examples: int):
     """Hypothesis settings: `examples` cases in CI (a few seconds to a minute per reader), EDGELM_FUZZ_EXAMPLES to run more."""
-    count = int(__import__("os").environ.get("EDGELM_FUZZ_EXAMPLES", examples))
+    count = int(os.environ.get("EDGELM_FUZZ_EXAMPLES", examples))
     return settings(max_examples=count, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -85,7 +86,7 @@ def test_genai_config_values(onnx_folder, tmp_path_factory, path, value):
     from edgelm.formats import open_artifact
 
     folder = tmp_path_factory.mktemp("genai") / "m"
-    shutil.copytree(onnx_folder, folder, copy_function=lambda src, dst: __import__("os").symlink(src, dst))
+    shutil.copytree(onnx_folder, folder, copy_function=os.symlink)
     genai = json.loads((onnx_folder / "genai_config.json").read_text())
     (folder / "genai_config.json").unlink()
     (folder / "genai_config.json").write_text(json.dumps(replace_key(genai, path, value)))
