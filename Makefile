@@ -41,7 +41,26 @@ $(CONVERTER)/convert_hf_to_gguf.py: $(VENV)/.installed
 	mv build/sdist/llama_cpp_python-*/vendor/llama.cpp $(CONVERTER)
 	rm -rf build/sdist
 
-test: $(VENV)/.installed $(CONVERTER)/convert_hf_to_gguf.py
+# llama.cpp's llama-server, for the chat template under `--jinja` (llama-cpp-python ships no server, and its
+# libllama has no jinja engine): built from the same sdist's vendored llama.cpp, target llama-server only,
+# once per llama-cpp-python version, into a cache outside the clone (~10 min on 2 cores the first time)
+LLAMA_SERVER := build/llama-server
+SERVER_CACHE := $${XDG_CACHE_HOME:-$$HOME/.cache}/edgelm
+$(LLAMA_SERVER): $(VENV)/.installed
+	version=$$($(PY) -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))'); \
+	cached=$(SERVER_CACHE)/llama-server-$$version; \
+	if [ ! -x $$cached ]; then \
+		rm -rf build/server-src && mkdir -p build/server-src $(SERVER_CACHE) && \
+		$(PY) -m pip download -q --no-deps --no-binary :all: -d build/server-src "llama-cpp-python==$$version" && \
+		tar xzf build/server-src/llama_cpp_python-*.tar.gz -C build/server-src && \
+		cmake -S build/server-src/llama_cpp_python-*/vendor/llama.cpp -B build/server-src/build -DCMAKE_BUILD_TYPE=Release \
+			-DLLAMA_BUILD_SERVER=ON -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF > /dev/null && \
+		cmake --build build/server-src/build --target llama-server -j $$(nproc) > /dev/null && \
+		cp build/server-src/build/bin/llama-server $$cached.tmp && mv $$cached.tmp $$cached && rm -rf build/server-src; \
+	fi; \
+	ln -sf $$cached $@
+
+test: $(VENV)/.installed $(CONVERTER)/convert_hf_to_gguf.py $(LLAMA_SERVER)
 	$(PY) -m pytest -q
 
 clean:

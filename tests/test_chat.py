@@ -117,3 +117,65 @@ def test_hostile_template_is_stopped_in_one_line(template, why):
         Conversation(tokenizer, 256, 16)  # rendered once at the start
     assert why in str(raised.value)
     assert time.monotonic() - started < 10  # bounded, not a hang (the timer is 2 s)
+
+
+LLAMA_SERVER = Path(__file__).resolve().parents[1] / "build" / "llama-server"
+CHAT_TURNS = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "How?"}]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _llama_server_template(gguf: Path, messages: list[dict], log: Path) -> str:
+    """llama.cpp's own rendering: llama-server --jinja (its minja engine) on loopback, POST /apply-template."""
+    import json
+    import subprocess
+    import time
+    import urllib.request
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "wb") as out:
+        server = subprocess.Popen([LLAMA_SERVER, "-m", gguf, "--jinja", "--host", "127.0.0.1", "--port", str(port), "-c", "256",
+                                   "-t", "2", "--no-webui"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # /health answers 503 while the model loads
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        request = urllib.request.Request(f"{url}/apply-template", data=json.dumps({"messages": messages}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return json.loads(answer.read())["prompt"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.skipif(not LLAMA_SERVER.exists(), reason="build/llama-server is missing: `make test` builds it (make build/llama-server)")
+@pytest.mark.parametrize("name", ["tiny-rope", "tiny-nope"])
+def test_llama_server_jinja_renders_the_chat_template_as_edgelm_does(preset_dir, tmp_path, name):
+    """The chat template edgelm writes into a GGUF renders the same conversation (system, user, assistant
+    with eos, generation prompt) in llama.cpp's --jinja engine as in `edgelm chat`."""
+    from edgelm.export.gguf import export_gguf
+    from edgelm.formats import open_artifact
+    from edgelm.models import open_checkpoint
+
+    gguf = export_gguf(open_checkpoint(preset_dir(name)), tmp_path / "m.gguf", "f16").path
+    system = "Be brief."
+    rendered = _llama_server_template(gguf, [{"role": "system", "content": system}] + CHAT_TURNS, tmp_path / "server.log")
+    with open_artifact(gguf) as artifact:
+        assert artifact.engine == "llama.cpp"
+        ours = Conversation(artifact.tokenizer, 256, 16, system=system).render(CHAT_TURNS)
+    assert rendered == ours and "How?" in rendered and rendered.endswith("Assistant:")

@@ -70,7 +70,7 @@ def test_gguf_of_an_arch_nobody_runs(run_cli, converted, tmp_path):
     _, gguf = converted
     alien = rewrite_gguf(gguf, tmp_path / "alien.gguf", arch="mamba9")
     for command in (["inspect"], ["generate", "--prompt", "x"]):
-        assert_user_error(run_cli(command[0], alien, *command[1:]), "llama.cpp does not know arch 'mamba9'", "edgelm did not write")
+        assert_user_error(run_cli(command[0], alien, *command[1:]), "neither llama.cpp nor edgelm's ggml executor knows arch 'mamba9'")
 
 
 def test_tokenformer_gguf_bundles_only_for_desktops(run_cli, preset_dir, tmp_path):
@@ -84,7 +84,7 @@ def test_tokenformer_gguf_bundles_only_for_desktops(run_cli, preset_dir, tmp_pat
     code, _, err = run_cli("bundle", gguf, "--out", tmp_path / "b", "--allow-desktop-only")
     assert code == 0, err
     code, out, err = run_cli("generate", tmp_path / "b", "--prompt", "It is", "--max-new-tokens", 3, "--json")
-    assert code == 0 and json.loads(out)["engine"].startswith("edgelm native"), err
+    assert code == 0 and json.loads(out)["engine"].startswith("edgelm ggml executor"), err
 
 
 SHIPPED_ROPE = Path(__file__).resolve().parent.parent / "examples" / "models" / "tiny-rope"

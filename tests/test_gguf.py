@@ -1,4 +1,4 @@
-"""GGUF export: stock llama.cpp (llama-cpp-python) and edgelm's native executor against the torch
+"""GGUF export: stock llama.cpp (llama-cpp-python) and edgelm's ggml executor against the torch
 reference, tokenizer fidelity, quantized types, and bad input."""
 
 import json
@@ -45,7 +45,7 @@ def test_f32_gguf_matches_reference(preset_dir, tmp_path, name):
     checkpoint = open_checkpoint(folder, head_temperatures=temps)
     report = export_gguf(checkpoint, tmp_path / "model.gguf", "f32")
     artifact = open_artifact(report.path, LoadOptions(f32_kv_cache=True, all_logits=True, context_length=128, threads=2))
-    expected_engine = "edgelm native" if name == "tiny-tokenformer" else "llama.cpp"
+    expected_engine = "edgelm ggml" if name == "tiny-tokenformer" else "llama.cpp"
     assert artifact.engine.startswith(expected_engine)
     ids = torch.randint(0, checkpoint.spec.vocab_size, (PREFILL + DECODE,), generator=torch.Generator().manual_seed(1)).tolist()
     reference = run_positions(TorchBackend(checkpoint.load_model()), ids)

@@ -30,10 +30,12 @@ def artifacts(preset_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("artifacts")
     checkpoint = open_checkpoint(preset_dir("tiny-rope"))
     return {"gguf": export_gguf(checkpoint, root / "m.gguf", "int4").path,
-            "onnx": export_onnx(checkpoint, root / "m-onnx", "int4").path}
+            "onnx": export_onnx(checkpoint, root / "m-onnx", "int4").path,
+            # run by edgelm's ggml executor, not llama.cpp
+            "tokenformer gguf": export_gguf(open_checkpoint(preset_dir("tiny-tokenformer")), root / "tf.gguf", "int4").path}
 
 
-@pytest.mark.parametrize("kind", ["gguf", "onnx"])
+@pytest.mark.parametrize("kind", ["gguf", "onnx", "tokenformer gguf"])
 def test_generate_on_an_artifact_imports_no_torch(artifacts, kind):
     done = subprocess.run([sys.executable, "-c", CHECK, str(artifacts[kind])], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

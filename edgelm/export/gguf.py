@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType, quants
 
 from .. import __version__
@@ -145,7 +146,8 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     plan = _tensor_plan(checkpoint)
     types = {}
     for gguf_name, name in plan.items():
-        shape = checkpoint.tensors.shapes[family.tied_tensors(spec).get(name, name)]
+        source_shape = checkpoint.tensors.shapes[family.tied_tensors(spec).get(name, name)]
+        shape = tuple(family.gguf_transform(spec, name, torch.empty(source_shape, device="meta")).shape)
         qtype = types[gguf_name] = _tensor_type(shape, wanted)
         block, type_size = GGML_QUANT_SIZES[qtype]
         writer.add_tensor_info(gguf_name, shape, np.float32, int(np.prod(shape)) // block * type_size, raw_dtype=qtype)

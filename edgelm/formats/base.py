@@ -24,7 +24,7 @@ class LoadOptions:
     position_encoding: str | None = None  # model folders only
     head_temperatures: Path | None = None  # model folders only
     allow_pickle: bool = False  # model folders only
-    device: str = "cpu"  # torch reference and native GGUF executor
+    device: str = "cpu"  # torch reference; cuda also puts edgelm's ggml executor on a GPU
     threads: int | None = None  # llama.cpp and onnxruntime
     gpu_layers: int = 0  # llama.cpp offload, where the build has a GPU
     f32_kv_cache: bool = False  # llama.cpp: its default f16 cache alone costs ~1e-3 in logits

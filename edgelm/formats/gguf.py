@@ -1,7 +1,7 @@
 """A GGUF file: edgelm's own exports and any other that stock llama.cpp runs (llama.cpp's converter,
 files from the hub). llama.cpp runs every architecture it knows, with the vocabulary and chat template
-inside the file; edgelm's native executor runs the architectures only edgelm writes (tokenformer),
-from edgelm's metadata."""
+inside the file; edgelm's ggml executor runs the architectures only edgelm writes (tokenformer) on
+ggml's kernels, from the file's arch keys and tensors, with the tokenizer files edgelm stored."""
 
 from __future__ import annotations
 
@@ -40,6 +40,12 @@ class GGUF(Format):
         return self.gguf.arch in llama_cpp_archs()
 
     @property
+    def runs_on_ggml_executor(self) -> bool:
+        from ..runtime.ggml_archs import ARCH_GRAPHS
+
+        return self.gguf.arch in ARCH_GRAPHS
+
+    @property
     def raw_engine(self) -> str | None:
         return "llama-cpp-python" if self.runs_on_llama_cpp else None
 
@@ -54,14 +60,17 @@ class GGUF(Format):
         return None
 
     def _check_runnable(self) -> None:
-        if not self.runs_on_llama_cpp and not self.gguf.written_by_edgelm:
-            raise UserError(f"llama.cpp does not know arch {self.gguf.arch!r}, and edgelm did not write this file", self.path,
+        if not self.runs_on_llama_cpp and not self.runs_on_ggml_executor:
+            raise UserError(f"neither llama.cpp nor edgelm's ggml executor knows arch {self.gguf.arch!r}", self.path,
                             "run it with a llama.cpp build that has that architecture, or export its source model with `edgelm export`")
 
     def context_length(self) -> int:
-        if self.runs_on_llama_cpp:  # edgelm writes the spec's max_positions there too
-            return int(self.gguf.hparam("context_length", 2048))
-        return self._edgelm_model()[1].max_positions
+        """`{arch}.context_length`, which edgelm writes from the spec's max_positions."""
+        value = self.gguf.hparam("context_length", 2048)
+        if type(value) is not int or not 0 < value <= 1 << 24:
+            raise UserError(f"{self.gguf.arch}.context_length is {value!r}, not a whole number from 1 to {1 << 24}", self.path,
+                            "the file is damaged: export it again")
+        return value
 
     def open(self, options: LoadOptions) -> Artifact:
         options.refuse_model_overrides(self.path, "GGUF file")
@@ -77,13 +86,12 @@ class GGUF(Format):
                                           self.gguf.field("tokenizer.chat_template"))
             engine = "llama.cpp"
         else:
+            from ..runtime.ggml_executor import GGMLBackend
             from ..runtime.gguf_file import gguf_tokenizer
-            from ..runtime.gguf_native import load_gguf_model
-            from ..runtime.torch_backend import TorchBackend
 
             tokenizer = gguf_tokenizer(self.gguf)
-            backend = TorchBackend(load_gguf_model(self.gguf, options.device))
-            engine = f"edgelm native GGUF executor ({options.device})"
+            backend = GGMLBackend(self.gguf, context, options.threads, options.f32_kv_cache, gpu=options.gpu_layers > 0 or options.device == "cuda")
+            engine = f"edgelm ggml executor ({backend.device})"
         backend.context_length = context
         return Artifact(self.path, self, engine, tokenizer, backend, details)
 
@@ -93,7 +101,7 @@ class GGUF(Format):
             "format": self.kind,
             "family": model[0].name if model else None,
             "arch": gguf.arch,
-            "engine": "llama.cpp" if self.runs_on_llama_cpp else "edgelm native GGUF executor",
+            "engine": "llama.cpp" if self.runs_on_llama_cpp else "edgelm ggml executor",
             "written_by": f"edgelm {gguf.field(GGUF_VERSION)}" if gguf.written_by_edgelm else "another tool",
             "file_type": gguf.field("general.file_type"),
             "parameters": int(sum(t.n_elements for t in gguf.reader.tensors)),
@@ -129,7 +137,7 @@ class GGUF(Format):
     def mobile_refusal(self) -> str | None:
         if self.runs_on_llama_cpp:
             return None
-        return f"arch {self.gguf.arch!r} runs only on edgelm's native executor; no llama.cpp on a phone knows it"
+        return f"arch {self.gguf.arch!r} runs only on edgelm's ggml executor; no llama.cpp on a phone knows it"
 
     def bundle_into(self, folder: Path) -> dict[str, Any]:
         from gguf import LlamaFileType

@@ -142,7 +142,7 @@ class Llama(Family):
             return hparams | {"rope.dimension_count": spec.rotary_dim, "rope.freq_base": spec.rope_theta}
         return hparams | {"rope.scaling.finetuned": False, "logit_scale": 1.0}
 
-    def gguf_transform(self, spec, name, tensor, inverse=False):
+    def gguf_transform(self, spec, name, tensor):
         """q/k rows from Hugging Face's rotate-half order to GGML's interleaved pairs (as llama.cpp's
         converter, LlamaModel.permute); NoPE has no rotary, so its weights stay as they are."""
         if spec.position_encoding != "rope":
@@ -151,8 +151,7 @@ class Llama(Family):
         if heads is None:
             return tensor
         rows, cols = tensor.shape
-        split = (heads, rows // heads // 2, 2, cols) if inverse else (heads, 2, rows // heads // 2, cols)
-        return tensor.reshape(split).swapaxes(1, 2).reshape(rows, cols)
+        return tensor.reshape(heads, 2, rows // heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
     def spec_from_config(self, config):
         hidden, heads = config.size("hidden_size"), config.size("num_attention_heads")

@@ -60,9 +60,9 @@ class Family:
     def gguf_hparams(self, spec: ModelSpec) -> dict[str, int | float | bool]:
         raise NotImplementedError
 
-    def gguf_transform(self, spec: ModelSpec, name: str, tensor: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-        """Reorder a tensor from the checkpoint layout into the one llama.cpp expects, or back with
-        `inverse` (default: no reordering)."""
+    def gguf_transform(self, spec: ModelSpec, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """Reorder a tensor from the checkpoint layout into the one the GGUF arch's runtime expects
+        (default: as it is). Shapes may change: the writer reads them off the transform of a meta tensor."""
         return tensor
 
     def tied_tensors(self, spec: ModelSpec) -> dict[str, str]:

@@ -184,6 +184,11 @@ class TokenFormer(Family):
     def build(self, spec):
         return TokenFormerForCausalLM(spec)
 
+    def gguf_transform(self, spec, name, tensor):
+        """V_p [n, d_out] is stored transposed, [d_out, n] (ggml [n, d_out]), as llama.cpp stores a
+        Linear's weight: ggml's mul_mat then multiplies the quantized rows in place (runtime/ggml_archs.py)."""
+        return tensor.t() if name.endswith("value_param_tokens") else tensor
+
     def query_tensors(self, spec, layer):
         # q = A·V_p: scaling V_p's columns of head h scales that head's queries
         return [(f"sequential.{layer + 2}.attention.query.value_param_tokens", 1)]

@@ -1,5 +1,6 @@
-"""edgelm's native GGUF executor, for the archs stock llama.cpp cannot run (tokenformer): the family's
-torch module rebuilt from a file edgelm wrote, its tensors dequantized by gguf-py."""
+"""The edgelm model a GGUF edgelm wrote describes (edgelm.family, edgelm.config), rebuilt as a family and
+spec for `inspect`, and checked against the arch keys a runtime executes from: a file edited in one place
+and not the other is refused. Imports torch and the families; running a GGUF needs none of this."""
 
 from __future__ import annotations
 
@@ -7,15 +8,9 @@ import json
 import math
 from dataclasses import replace
 
-import numpy as np
-import torch
-from gguf import quants
-
 from ..constants import GGUF_CONFIG, GGUF_FAMILY, GGUF_POSITION_ENCODING
 from ..errors import UserError
-from ..models import FAMILIES, CausalLM, Family, ModelSpec
-from ..models.checkpoint import empty_model
-from ..models.registry import expand_names
+from ..models import FAMILIES, Family, ModelSpec
 from ..models.util import ConfigReader
 from .gguf_file import GGUFFile
 
@@ -35,12 +30,13 @@ def edgelm_model(gguf: GGUFFile) -> tuple[Family, ModelSpec]:
     except (json.JSONDecodeError, TypeError, ValueError, KeyError) as exc:  # MissingConfigKey is a KeyError
         raise UserError(f"{GGUF_CONFIG} does not describe a {family_name} model ({exc})", gguf.path,
                         "the file is damaged: re-export it") from None
-    _check_architecture_keys(gguf, family, spec)
     encoding = gguf.field(GGUF_POSITION_ENCODING)
     if encoding not in family.position_encodings:
         raise UserError(f"{GGUF_POSITION_ENCODING} is {encoding!r}, not one of {', '.join(family.position_encodings)}", gguf.path,
                         "the file is damaged: re-export it")
-    return family, replace(spec, position_encoding=encoding)
+    spec = replace(spec, position_encoding=encoding)
+    _check_architecture_keys(gguf, family, spec)
+    return family, spec
 
 
 def _check_architecture_keys(gguf: GGUFFile, family: Family, spec: ModelSpec) -> None:
@@ -52,37 +48,10 @@ def _check_architecture_keys(gguf: GGUFFile, family: Family, spec: ModelSpec) ->
                         "the file was damaged or edited: re-export it")
     for key, expected in family.gguf_hparams(spec).items():
         found = gguf.hparam(key)
-        same = (isinstance(found, (int, float)) and not isinstance(found, bool) and math.isclose(found, expected, rel_tol=1e-6)
-                if not isinstance(expected, bool) else found is expected)
+        if isinstance(expected, bool):
+            same = found is expected
+        else:  # stored as float32: equal to ~1e-7
+            same = type(found) in (int, float) and math.isclose(found, expected, rel_tol=1e-6)
         if not same:
             raise UserError(f"{arch}.{key} is {found!r}, but {GGUF_CONFIG} says {expected!r}", gguf.path,
                             "the file was damaged or edited: re-export it")
-
-
-def load_gguf_model(gguf: GGUFFile, device: str | torch.device = "cpu") -> CausalLM:
-    """Dequantize (gguf.quants) every tensor back into the family's fp32 module. Head temperatures
-    are already folded into the weights, so the module runs with λ = 1."""
-    family, spec = edgelm_model(gguf)
-    model = empty_model(family, spec, device)
-    to_checkpoint = {g: c for c, g in expand_names(family.gguf_tensor_names, spec.num_layers).items()}
-    aliases = family.tied_tensors(spec)
-    targets = model.state_dict(keep_vars=True)
-    present = {t.name for t in gguf.reader.tensors}
-    unknown = sorted(n for n in present if to_checkpoint.get(n) not in targets.keys() | aliases.keys())
-    missing = sorted(g for g, c in to_checkpoint.items() if c in targets and c not in aliases and g not in present)
-    wrong_shape = sorted(t.name for t in gguf.reader.tensors if t.name in to_checkpoint and to_checkpoint[t.name] in targets
-                         and int(t.n_elements) != targets[to_checkpoint[t.name]].numel())
-    for problem, names in (("missing", missing), ("not part of the model", unknown), ("of the wrong size", wrong_shape)):
-        if names:  # the module was built empty: every tensor must be there, or it would run on uninitialised memory
-            raise UserError(f"{len(names)} tensors {problem}: {', '.join(names[:5])}{' …' if len(names) > 5 else ''}",
-                            gguf.path, "the file is damaged: export it again")
-    with torch.no_grad():
-        for tensor in gguf.reader.tensors:
-            name = to_checkpoint[tensor.name]
-            if name in aliases:
-                continue  # written for llama.cpp; the module shares its source
-            values = quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
-            values = torch.from_numpy(values.reshape(targets[name].shape))
-            targets[name].copy_(family.gguf_transform(spec, name, values, inverse=True))
-        model.set_head_temperatures(torch.ones(spec.num_layers, spec.num_heads))
-    return model.eval()
