@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from gguf import GGUFValueType
 
 NAN, INF = float("nan"), float("inf")
@@ -93,12 +94,13 @@ def set_tensor(name: str, value) -> Callable:
     return tensors(change)
 
 
-def gguf(add=None, drop_keys=(), drop_tensors=(), arch=None) -> Callable:
+def gguf(add=None, drop_keys=(), drop_tensors=(), arch=None, replace_tensors=None) -> Callable:
     def damage(ws):
         from .gguf_edit import rewrite_gguf
 
         path = Path(ws["gguf"])
-        rewrite_gguf(path, path.with_suffix(".new"), add=add, drop_keys=set(drop_keys), drop_tensors=set(drop_tensors), arch=arch)
+        rewrite_gguf(path, path.with_suffix(".new"), add=add, drop_keys=set(drop_keys), drop_tensors=set(drop_tensors), arch=arch,
+                     replace_tensors=replace_tensors)
         path.with_suffix(".new").replace(path)
     return damage
 
@@ -299,6 +301,8 @@ CASES: list[Case] = [
          gguf_key("tokenformer.attention.head_count", 3, GGUFValueType.UINT32)),
     case("GGUF rotary dims odd", "generate {gguf} --prompt x", "tokenformer.rope.dimension_count is 7",
          gguf_key("tokenformer.rope.dimension_count", 7, GGUFValueType.UINT32)),
+    case("GGUF a weight of integer type", "generate {gguf} --prompt x", "1 tensors of a type edgelm's executor does not run: blk.0.ffn.key_tokens",
+         gguf(replace_tensors={"blk.0.ffn.key_tokens": np.zeros((1024, 256), dtype=np.int32)})),
     case("GGUF context past memory", "generate {gguf} --prompt x", "of KV cache",
          gguf_key("tokenformer.context_length", 1 << 24, GGUFValueType.UINT32)),
     case("GGUF block count huge", "generate {gguf} --prompt x", "tokenformer.block_count is 2147483648",

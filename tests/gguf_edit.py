@@ -9,8 +9,9 @@ from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
 
 def rewrite_gguf(source: Path, target: Path, add: dict[str, tuple] | None = None, drop_keys=(), drop_tensors=(),
-                 arch: str | None = None) -> Path:
-    """`add`: key → (value, GGUFValueType[, sub type for arrays]); `arch`: another general.architecture."""
+                 arch: str | None = None, replace_tensors: dict | None = None) -> Path:
+    """`add`: key → (value, GGUFValueType[, sub type for arrays]); `arch`: another general.architecture;
+    `replace_tensors`: name → numpy array written in its place (its dtype becomes the GGML type)."""
     reader = GGUFReader(str(source))
     arch = arch or reader.fields["general.architecture"].contents()
     writer = GGUFWriter(str(target), arch)
@@ -22,7 +23,9 @@ def rewrite_gguf(source: Path, target: Path, add: dict[str, tuple] | None = None
     for key, (value, vtype, *sub) in (add or {}).items():
         writer.add_key_value(key, value, vtype, *sub)
     for tensor in reader.tensors:
-        if tensor.name not in drop_tensors:
+        if tensor.name in (replace_tensors or {}):
+            writer.add_tensor(tensor.name, replace_tensors[tensor.name])
+        elif tensor.name not in drop_tensors:
             shape = list(reversed([int(d) for d in tensor.shape]))  # gguf-py reads ggml's order (fastest first)
             writer.add_tensor(tensor.name, tensor.data, raw_shape=shape if tensor.data.dtype.kind == "u" else None,
                               raw_dtype=tensor.tensor_type)
