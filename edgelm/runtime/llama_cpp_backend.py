@@ -76,9 +76,12 @@ class LlamaCppTokenizer(Tokenizer):
     def __init__(self, llm, path: Path, add_bos: bool, chat_template: str | None):
         self.llm = llm
         self.vocab_size = llm.n_vocab()
-        super().__init__(path, {"add_bos_token": add_bos, "chat_template": chat_template})
-        self.bos_id = _token_or_none(llm.token_bos())
-        self.eos_id = _token_or_none(llm.token_eos())
+        bos, eos = _token_or_none(llm.token_bos()), _token_or_none(llm.token_eos())
+        # their texts, which chat templates print ({{ bos_token }}, {{ eos_token }}) as llama.cpp's --jinja passes them
+        special = {name: llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+                   for name, token in (("bos_token", bos), ("eos_token", eos)) if token is not None}
+        super().__init__(path, {"add_bos_token": add_bos, "chat_template": chat_template, **special})
+        self.bos_id, self.eos_id = bos, eos
 
     def encode_text(self, text):
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
