@@ -113,7 +113,7 @@ def _tensor_type(shape: tuple[int, ...], wanted: GGMLQuantizationType) -> GGMLQu
 
 def _encode(name: str, array: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
     if qtype == Q.F32:
-        return array.astype(np.float32)
+        return array.astype(np.float32, copy=False)  # already f32: a copy would double the largest tensor's memory
     if qtype != Q.BF16:  # f16 would turn it into inf, and block quants scale in f16 too; bf16 has f32's range
         refuse_beyond_f16(name, float(np.abs(array).max(initial=0.0)), qtype.name)
     if qtype == Q.F16:
