@@ -1,15 +1,19 @@
-"""What a mobile app ships: a self-describing, checksummed folder (optionally zipped).
+"""What a mobile app or a web page ships: a self-describing, checksummed folder (optionally zipped).
 
-The artifact's format writes what a phone needs (formats/*.bundle_into: an ONNX folder becomes ONNX
-Runtime's mobile format plus its required-operators config; a GGUF is copied); this module adds the
-manifest `edgelm.json` — family, quantization, context length, sampling defaults, the sha256 and size
-of every file, the edgelm version — and checks a bundle against it (`verify_bundle`).
+The artifact's format writes the model files (formats/*.bundle_into for a phone: an ONNX folder becomes
+ONNX Runtime's mobile format plus its required-operators config, a GGUF is copied; web_bundle_into for a
+browser: an ONNX export as it is); for the web target this module adds the page (edgelm/assets/web) and
+the pinned onnxruntime-web and tokenizers.js files it runs on, so the folder works offline from any
+static server. Both get the manifest `edgelm.json` — family, quantization, context length, sampling
+defaults, the sha256 and size of every file, the edgelm version — and `verify_bundle` checks a bundle
+against it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import tempfile
 import zipfile
 from contextlib import contextmanager
@@ -17,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .constants import BUNDLE_MANIFEST, BUNDLE_SAMPLING_DEFAULTS
+from .constants import BUNDLE_MANIFEST, BUNDLE_SAMPLING_DEFAULTS, WEB_PAGE_FILES, WEB_RUNTIME_FILES
 from .errors import UserError
 from .fileio import atomic_output_dir, atomic_output_file, is_plain_name, refuse_overlap
 
@@ -26,6 +30,10 @@ MANIFEST_VERSION = 1
 MAX_FILES = 64
 MAX_UNPACKED_BYTES = 64 << 30
 MAX_MANIFEST_BYTES = 1 << 20
+TARGETS = ("mobile", "web")
+WEB_ASSETS = Path(__file__).parent / "assets" / "web"
+# where `make web-runtime` installs the pinned npm packages (web/package.json) in a checkout
+DEFAULT_WEB_RUNTIME = Path(__file__).resolve().parents[1] / "web" / "node_modules"
 
 
 def sha256(path: Path) -> str:
@@ -36,36 +44,59 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fill(fmt, folder: Path) -> None:
-    facts = fmt.bundle_into(folder)
+def _web_files(fmt, folder: Path, runtime: Path) -> dict[str, Any]:
+    """The model (the format's web_bundle_into), the page, and the runtime's files from `runtime`, a
+    node_modules folder holding the pinned versions."""
+    facts = fmt.web_bundle_into(folder)
+    for name in WEB_PAGE_FILES:
+        shutil.copy(WEB_ASSETS / name, folder / name)
+    versions = {}
+    for package, (version, files) in WEB_RUNTIME_FILES.items():
+        package_json = runtime / package / "package.json"
+        found = json.loads(package_json.read_text()).get("version") if package_json.is_file() else None
+        if found != version:
+            raise UserError(f"the web bundle runs on {package} {version}; {runtime} holds {found or 'none'}", runtime,
+                            "run `make web-runtime` (npm ci in web/), or pass --web-runtime NODE_MODULES holding that version")
+        for name in files:
+            copied = f"{package.split('/')[-1]}.{name}" if name == "LICENSE" else Path(name).name
+            shutil.copy(runtime / package / name, folder / copied)
+        versions[package] = version
+    return facts | {"name": fmt.path.name, "web_runtime": versions}
+
+
+def _fill(fmt, folder: Path, target: str, web_runtime: Path) -> None:
+    facts = fmt.bundle_into(folder) if target == "mobile" else _web_files(fmt, folder, web_runtime)
     files = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in sorted(folder.iterdir())}
-    manifest = {"manifest_version": MANIFEST_VERSION} | facts | {
+    manifest = {"manifest_version": MANIFEST_VERSION, "target": target} | facts | {
         "sampling_defaults": BUNDLE_SAMPLING_DEFAULTS, "files": files, "edgelm_version": __version__}
     (folder / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def make_bundle(artifact: Path, out: Path, zip_it: bool = False, force: bool = False, allow_desktop_only: bool = False) -> Path:
+def make_bundle(artifact: Path, out: Path, zip_it: bool = False, force: bool = False, allow_desktop_only: bool = False,
+                target: str = "mobile", web_runtime: Path | None = None) -> Path:
     from .formats import detect
 
     artifact, out = Path(artifact), Path(out)
+    if target not in TARGETS:
+        raise UserError(f"unknown --target {target!r}", None, f"choose one of {', '.join(TARGETS)}")
     fmt = detect(artifact)
-    refusal = fmt.mobile_refusal()
+    refusal = fmt.mobile_refusal() if target == "mobile" else None
     if refusal and not allow_desktop_only:
         raise UserError(f"no mobile runtime can load this: {refusal}", artifact,
                         "export a format phones run (e.g. an architecture llama.cpp knows, or ONNX), or pass --allow-desktop-only")
-    target = out.with_suffix(".zip") if zip_it else out
-    refuse_overlap(target, artifact)
+    destination = out.with_suffix(".zip") if zip_it else out
+    refuse_overlap(destination, artifact)
     if not zip_it:
-        with atomic_output_dir(target, force) as tmp:
-            _fill(fmt, tmp)
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as staging, atomic_output_file(target, force) as zip_tmp:
-        _fill(fmt, Path(staging))
+        with atomic_output_dir(destination, force) as tmp:
+            _fill(fmt, tmp, target, web_runtime or DEFAULT_WEB_RUNTIME)
+        return destination
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=destination.parent) as staging, atomic_output_file(destination, force) as zip_tmp:
+        _fill(fmt, Path(staging), target, web_runtime or DEFAULT_WEB_RUNTIME)
         with zipfile.ZipFile(zip_tmp, "w", zipfile.ZIP_DEFLATED) as archive:
             for path in sorted(Path(staging).iterdir()):
                 archive.write(path, path.name)
-    return target
+    return destination
 
 
 def check_manifest(manifest: Any, where: Path) -> dict:

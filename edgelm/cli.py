@@ -457,16 +457,20 @@ def bench(
 def bundle(
     artifact_path: Annotated[Path, typer.Argument(help="A .gguf file or an ONNX folder.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Bundle folder to create.")],
+    target: Annotated[str, typer.Option("--target", help="mobile (an app's files) | web (a static page on onnxruntime-web: WebGPU, else WASM).")] = "mobile",
+    web_runtime: Annotated[Optional[Path], typer.Option("--web-runtime", help="node_modules holding the pinned onnxruntime-web and tokenizers.js (default: the checkout's web/node_modules, `make web-runtime`).")] = None,
     zip_it: Annotated[bool, typer.Option("--zip", help="Write OUT.zip instead of a folder.")] = False,
     allow_desktop_only: Annotated[bool, typer.Option("--allow-desktop-only", help="Bundle a format no mobile runtime loads (e.g. a TokenFormer GGUF).")] = False,
     force: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
 ) -> None:
-    """A self-describing, checksummed folder a mobile app ships (ONNX as ORT mobile format + operator config)."""
+    """A self-describing, checksummed folder a mobile app ships (ONNX as ORT mobile format + operator config),
+    or with --target web a static page that runs the ONNX export in the browser."""
     from .bundle import make_bundle
 
     with info.status("bundling…"):
-        target = make_bundle(artifact_path, out_dir, zip_it, force, allow_desktop_only)
-    out.print(f"wrote {target}", markup=False)
+        written = make_bundle(artifact_path, out_dir, zip_it, force, allow_desktop_only, target, web_runtime)
+    out.print(f"wrote {written}" + (f" (serve it, e.g. `python -m http.server -d {written}`, and open index.html)" if target == "web" else ""),
+              markup=False)
 
 
 @app.command()

@@ -39,3 +39,14 @@ def llama_cpp_archs() -> frozenset[str]:
     from gguf import MODEL_ARCH_NAMES
 
     return frozenset(MODEL_ARCH_NAMES.values())
+
+# --- web bundles (edgelm bundle --target web) ---------------------------------------------------------
+# The npm packages the page runs on, pinned as in web/package.json, and the files of each it vendors (a
+# flat folder: the bundle's plain-name checks apply): onnxruntime-web's WebGPU build (WebGPU, else WASM)
+# and the WASM binary it loads for both, tokenizers.js for tokenizer.json.
+WEB_RUNTIME_FILES = {
+    "onnxruntime-web": ("1.30.0", ("dist/ort.webgpu.min.mjs", "dist/ort-wasm-simd-threaded.asyncify.mjs",
+                                   "dist/ort-wasm-simd-threaded.asyncify.wasm")),
+    "@huggingface/tokenizers": ("0.2.0", ("dist/tokenizers.min.mjs", "LICENSE")),
+}
+WEB_PAGE_FILES = ("index.html", "edgelm-web.js")  # edgelm/assets/web

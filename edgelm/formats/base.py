@@ -100,6 +100,12 @@ class Format(ABC):
         raise UserError(f"a {self.kind} is not bundled as it is", self.path,
                         "bundle a .gguf file or an ONNX folder: run `edgelm export` first")
 
+    def web_bundle_into(self, folder: Path) -> dict[str, Any]:
+        """Write the model files a browser page runs with onnxruntime-web into `folder`; return the
+        manifest's facts, as bundle_into does."""
+        raise UserError(f"the web bundle takes an ONNX export, not a {self.kind}", self.path,
+                        "export the model folder with `edgelm export MODEL_DIR --format onnx --quant int4`, then bundle that folder")
+
 
 FORMATS: list[type[Format]] = []  # in order of detection: the first whose detect() says yes decides
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..constants import BUNDLE_SAMPLING_DEFAULTS, GENAI_CONFIG, ONNX_MODEL_FILE, ORT_MODEL_FILE, REQUIRED_OPERATORS, TOKENIZER_FILES
 from ..errors import UserError
+from ..fileio import is_plain_name
 from .base import Artifact, Format, LoadOptions, register
 
 
@@ -93,6 +94,36 @@ class OnnxFolder(Format):
             "head_temperatures": {"baked_into_weights": self.manifest.get("head_temperatures", {}).get("baked_into_weights", False),
                                   "min": min(temperatures, default=None), "max": max(temperatures, default=None)},
         }
+
+    def web_bundle_into(self, folder: Path) -> dict[str, Any]:
+        """The graph as it is (onnxruntime-web runs the same GroupQueryAttention and MatMulNBits on WebGPU
+        and WASM), its external weights, genai_config.json (the page reads the IO names from it) and the
+        tokenizer files tokenizers.js reads."""
+        import onnx
+
+        if not (self.path / GENAI_CONFIG).is_file():
+            raise UserError(f"the web page reads the graph's IO from {GENAI_CONFIG}, which this folder lacks", self.path,
+                            "export the model with `edgelm export --format onnx` (or onnxruntime-genai's builder)")
+        graph = self._graph()
+        past = self.genai["model"]["decoder"]["inputs"].get("past_key_names", "past_key_values.%d.key").split("%d")[0]
+        caches = {i.type.tensor_type.elem_type for i in graph.input if i.name.startswith(past)}
+        if caches != {onnx.TensorProto.FLOAT}:
+            names = ", ".join(sorted(onnx.TensorProto.DataType.Name(c).lower() for c in caches))
+            raise UserError(f"this graph keeps its KV cache in {names}; the web page feeds a float32 cache", self.path,
+                            "export again without --kv-cache int8 (and at --quant int4, int8 or f32)")
+        if not (self.path / "tokenizer.json").is_file():
+            raise UserError("the web page tokenizes with tokenizer.json, which this folder lacks", self.path,
+                            "export the model again with this edgelm (it converts a tokenizer.model)")
+        external = sorted({entry.value for tensor in graph.initializer for entry in tensor.external_data if entry.key == "location"})
+        for name in external:
+            if not is_plain_name(name) or not (self.path / name).is_file():
+                raise UserError(f"the graph's external weights {name!r} are not a file inside the folder", self.path, "export the model again")
+        for name in [self.model_file.name, *external, GENAI_CONFIG, *(n for n in TOKENIZER_FILES if (self.path / n).is_file())]:
+            shutil.copy(self.path / name, folder / name)
+        return {"format": "onnx (web)", "family": self.manifest.get("family"), "quantization": self.manifest.get("quantization"),
+                "context_length": self.genai["model"]["context_length"], "model": self.model_file.name, "external_data": external,
+                "position_encoding": self.manifest.get("position_encoding"),
+                "rotary_table_positions": self.manifest.get("rotary_table_positions", 0)}
 
     def weight_bytes(self) -> int:
         consumers: dict[str, set[str]] = {}

@@ -1,0 +1,128 @@
+// edgelm's web runtime: the same KV-cache loop as edgelm's onnxruntime backend (edgelm/runtime/onnx_backend.py),
+// on onnxruntime-web (WebGPU where the browser has an adapter, WASM otherwise), with the model's own
+// tokenizer.json through Hugging Face's tokenizers.js. Everything is read from this folder: no network.
+import * as ort from "./ort.webgpu.min.mjs";
+import { Tokenizer } from "./tokenizers.min.mjs";
+
+ort.env.wasm.wasmPaths = new URL("./", import.meta.url).href;
+ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+
+const json = async (path) => (await fetch(path)).json();
+
+// "webgpu" when navigator.gpu gives an adapter, else "wasm"; the reason is kept for the page and the test
+export async function pickBackend(requested) {
+  if (requested === "wasm") return { backend: "wasm", reason: "asked for wasm" };
+  if (!navigator.gpu) return { backend: "wasm", reason: "this browser has no navigator.gpu" };
+  const adapter = await navigator.gpu.requestAdapter();
+  if (!adapter) return { backend: "wasm", reason: "navigator.gpu.requestAdapter() gave no adapter" };
+  const info = adapter.info || {};
+  return { backend: "webgpu", reason: `adapter ${info.vendor || "?"} ${info.architecture || ""}`.trim() };
+}
+
+export class EdgelmModel {
+  static async load(folder, requested) {
+    const model = new EdgelmModel();
+    model.manifest = await json(`${folder}/edgelm.json`);  // the bundle's manifest
+    model.genai = await json(`${folder}/genai_config.json`);
+    model.tokenizer = new Tokenizer(await json(`${folder}/tokenizer.json`), await json(`${folder}/tokenizer_config.json`));
+    model.tokenizerConfig = await json(`${folder}/tokenizer_config.json`);
+    Object.assign(model, await pickBackend(requested));
+    const decoder = model.genai.model.decoder;
+    const options = { executionProviders: [model.backend], graphOptimizationLevel: "all" };
+    if (model.backend === "webgpu") options.preferredOutputLocation = "gpu-buffer";  // the cache stays on the GPU
+    const external = model.manifest.external_data || [];
+    if (external.length) options.externalData = external.map((name) => ({ path: name, data: `${folder}/${name}` }));
+    model.session = await ort.InferenceSession.create(`${folder}/${decoder.filename}`, options);
+    model.layers = decoder.num_hidden_layers;
+    model.kvShape = [1, decoder.num_key_value_heads, model.genai.model.context_length, decoder.head_size];
+    const names = { ...decoder.inputs, ...decoder.outputs };
+    model.names = names;
+    model.cacheNames = [];
+    for (let i = 0; i < model.layers; i++)
+      for (const side of ["key", "value"])
+        model.cacheNames.push([names[`past_${side}_names`].replace("%d", i), names[`present_${side}_names`].replace("%d", i)]);
+    model.reset();
+    return model;
+  }
+
+  reset() {
+    // one buffer per layer and side, [1, kv_heads, context, head_size]: GroupQueryAttention writes the new
+    // positions into it (past_present_share_buffer), and each step's present is the next step's past
+    const size = this.kvShape.reduce((a, b) => a * b, 1);
+    this.cache = this.cacheNames.map(() => new ort.Tensor("float32", new Float32Array(size), this.kvShape));
+    this.position = 0;
+  }
+
+  encode(text) {
+    const ids = this.tokenizer.encode(text, { add_special_tokens: false }).ids;
+    const bos = this.tokenizer.token_to_id(this.tokenizerConfig.bos_token?.content ?? this.tokenizerConfig.bos_token);
+    return this.tokenizerConfig.add_bos_token && bos !== undefined ? [bos, ...ids] : ids;
+  }
+
+  decode(ids) {
+    return ids.length ? this.tokenizer.decode(ids, { skip_special_tokens: true }) : "";
+  }
+
+  // logits [vocab] of the token after the last of `ids`, appending ids to the cache
+  async forward(ids) {
+    const n = ids.length, total = this.position + n;
+    const feeds = {
+      [this.names.input_ids]: new ort.Tensor("int64", BigInt64Array.from(ids.map(BigInt)), [1, n]),
+      [this.names.attention_mask]: new ort.Tensor("int64", new BigInt64Array(total).fill(1n), [1, total]),
+    };
+    this.cacheNames.forEach(([past], i) => { feeds[past] = this.cache[i]; });
+    const out = await this.session.run(feeds);
+    const old = this.cache;
+    this.cache = this.cacheNames.map(([, present]) => out[present]);
+    old.forEach((t) => t.location === "gpu-buffer" && t.dispose());
+    const logits = out[this.names.logits];
+    const data = logits.location === "gpu-buffer" ? await logits.getData(true) : logits.data;
+    const vocab = logits.dims[logits.dims.length - 1];
+    this.position = total;
+    return data.subarray(data.length - vocab);
+  }
+
+  // greedy unless temperature > 0 (then top-p sampling); yields {id, text} per new token
+  async *generate(prompt, { maxNewTokens = 32, temperature = 0, topP = 1, seed = 1 } = {}) {
+    this.reset();
+    const ids = this.encode(prompt);
+    let random = mulberry32(seed);
+    let logits = await this.forward(ids);
+    const generated = [];
+    const eos = this.genai.model.eos_token_id;
+    for (let step = 0; step < maxNewTokens; step++) {
+      const id = temperature > 0 ? sample(logits, temperature, topP, random) : argmax(logits);
+      if (id === eos || (Array.isArray(eos) && eos.includes(id))) break;
+      const before = this.decode(generated);
+      generated.push(id);
+      yield { id, text: this.decode(generated).slice(before.length) };  // the whole text decoded: pieces of one character join
+      if (step + 1 < maxNewTokens) logits = await this.forward([id]);
+    }
+  }
+}
+
+function argmax(values) {
+  let best = 0;
+  for (let i = 1; i < values.length; i++) if (values[i] > values[best]) best = i;
+  return best;
+}
+
+function sample(logits, temperature, topP, random) {
+  const max = Math.max(...logits);
+  const weights = Array.from(logits, (v, i) => [Math.exp((v - max) / temperature), i]).sort((a, b) => b[0] - a[0]);
+  const total = weights.reduce((s, [w]) => s + w, 0);
+  let kept = 0, cut = weights.length;
+  for (let i = 0; i < weights.length; i++) { kept += weights[i][0] / total; if (kept >= topP) { cut = i + 1; break; } }
+  let r = random() * weights.slice(0, cut).reduce((s, [w]) => s + w, 0);
+  for (const [w, i] of weights.slice(0, cut)) { r -= w; if (r <= 0) return i; }
+  return weights[0][1];
+}
+
+function mulberry32(seed) {
+  return () => {
+    seed |= 0; seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
