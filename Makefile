@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 EDGELM := $(VENV)/bin/edgelm
 DEMO_DIR := build/demo
 
-.PHONY: demo test clean
+.PHONY: demo test clean web-runtime chromium
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,7 +60,22 @@ $(LLAMA_SERVER): $(VENV)/.installed
 	fi; \
 	ln -sf $$cached $@
 
-test: $(VENV)/.installed $(CONVERTER)/convert_hf_to_gguf.py $(LLAMA_SERVER)
+# the web bundle's runtime, onnxruntime-web and tokenizers.js, pinned by web/package-lock.json (npm registry)
+WEB_RUNTIME := web/node_modules/.package-lock.json
+$(WEB_RUNTIME): web/package.json web/package-lock.json
+	npm ci --prefix web --no-audit --no-fund --ignore-scripts
+	touch $@
+
+web-runtime: $(WEB_RUNTIME)
+
+# Debian's Chromium for the browser test (tests/test_web.py), installed when make runs as root, as CI does;
+# elsewhere the test reports that it skipped and why
+chromium:
+	@command -v chromium > /dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; } || \
+		echo "note: no chromium, and not root to install it: tests/test_web.py will skip"
+
+test: $(VENV)/.installed $(CONVERTER)/convert_hf_to_gguf.py $(LLAMA_SERVER) $(WEB_RUNTIME) chromium
 	$(PY) -m pytest -q
 
 clean:

@@ -34,7 +34,8 @@ export class EdgelmModel {
     if (external.length) options.externalData = external.map((name) => ({ path: name, data: `${folder}/${name}` }));
     model.session = await ort.InferenceSession.create(`${folder}/${decoder.filename}`, options);
     model.layers = decoder.num_hidden_layers;
-    model.kvShape = [1, decoder.num_key_value_heads, model.genai.model.context_length, decoder.head_size];
+    model.contextLength = model.genai.model.context_length;
+    model.emptyCache = [1, decoder.num_key_value_heads, 0, decoder.head_size];
     const names = { ...decoder.inputs, ...decoder.outputs };
     model.names = names;
     model.cacheNames = [];
@@ -46,10 +47,13 @@ export class EdgelmModel {
   }
 
   reset() {
-    // one buffer per layer and side, [1, kv_heads, context, head_size]: GroupQueryAttention writes the new
-    // positions into it (past_present_share_buffer), and each step's present is the next step's past
-    const size = this.kvShape.reduce((a, b) => a * b, 1);
-    this.cache = this.cacheNames.map(() => new ort.Tensor("float32", new Float32Array(size), this.kvShape));
+    // The cache grows: each step's present, [1, kv_heads, past + n, head_size], is the next step's past
+    // (GroupQueryAttention appends when its past is shorter than the buffer; Optimum's graphs run this way
+    // in edgelm's Python backend). edgelm's CPU loop instead binds one full-length buffer as both past
+    // and present, written in place; onnxruntime-web cannot bind a WASM tensor to an input and an output
+    // at once, so that buffer would be copied in and out whole at every step (tiny-rope f32 on WASM:
+    // 24 ms a token with a 4,096-position buffer, 6 ms growing).
+    this.cache = this.cacheNames.map(() => new ort.Tensor("float32", new Float32Array(0), this.emptyCache));
     this.position = 0;
   }
 
@@ -66,6 +70,7 @@ export class EdgelmModel {
   // logits [vocab] of the token after the last of `ids`, appending ids to the cache
   async forward(ids) {
     const n = ids.length, total = this.position + n;
+    if (total > this.contextLength) throw new Error(`${total} tokens exceed the model's context of ${this.contextLength}`);
     const feeds = {
       [this.names.input_ids]: new ort.Tensor("int64", BigInt64Array.from(ids.map(BigInt)), [1, n]),
       [this.names.attention_mask]: new ort.Tensor("int64", new BigInt64Array(total).fill(1n), [1, total]),
@@ -86,7 +91,9 @@ export class EdgelmModel {
   async *generate(prompt, { maxNewTokens = 32, temperature = 0, topP = 1, seed = 1 } = {}) {
     this.reset();
     const ids = this.encode(prompt);
-    let random = mulberry32(seed);
+    if (ids.length >= this.contextLength) throw new Error(`the prompt is ${ids.length} tokens, the context holds ${this.contextLength}`);
+    maxNewTokens = Math.min(maxNewTokens, this.contextLength - ids.length);
+    const random = mulberry32(seed);
     let logits = await this.forward(ids);
     const generated = [];
     const eos = this.genai.model.eos_token_id;

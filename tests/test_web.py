@@ -1,0 +1,121 @@
+"""`edgelm bundle --target web` in a real browser: the shipped tiny-rope and tiny-nope, exported to ONNX
+int4 and bundled, generate in headless Chromium (onnxruntime-web) the same greedy tokens as `edgelm
+generate` on the same ONNX folder — on the WASM backend always, on WebGPU where the browser gets an
+adapter (SwiftShader here, no GPU); a run without one is skipped, with the browser's reason.
+
+The browser's kernels add in another order than onnxruntime's native CPU ones (WASM's 128-bit SIMD
+against AVX2/AVX-512; WebGPU's shaders), so a near-tie can flip: the tokens must equal edgelm's up to the
+first position where edgelm's two best logits are within NEAR_TIE, and there the page must pick edgelm's
+runner-up (seen on both backends: tiny-nope's 12th token, a gap of 0.0013); the test prints how many
+tokens were equal."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .browser import CHROMIUM, run_page
+from .test_bad_input import assert_user_error
+
+SHIPPED = Path(__file__).resolve().parents[1] / "examples" / "models"
+CALIBRATION_TEXT = Path(__file__).resolve().parents[1] / "examples" / "data" / "emma.txt"
+PROMPT, NEW_TOKENS = "It is a truth universally acknowledged", 16
+NEAR_TIE = 0.01  # logits
+WEB_RUNTIME = Path(__file__).resolve().parents[1] / "web" / "node_modules"
+
+
+def _missing() -> str | None:
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -e '.[test]')"
+    if not CHROMIUM:
+        return "no chromium on PATH (`make test` installs Debian's chromium when run as root)"
+    if not (WEB_RUNTIME / "onnxruntime-web" / "package.json").is_file():
+        return "web/node_modules is missing (`make web-runtime`)"
+    return None
+
+
+needs_browser = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
+
+
+@pytest.fixture(scope="module")
+def web_bundles(tmp_path_factory):
+    """name → (web bundle, prompt ids, edgelm's greedy tokens on the ONNX folder it was made from, and at
+    each of them the gap between edgelm's best and second-best logit, and the second-best token)."""
+    from edgelm.bundle import make_bundle
+    from edgelm.export.onnx import export_onnx
+    from edgelm.formats import open_artifact
+    from edgelm.models import open_checkpoint
+    from edgelm.runtime.generate import generate_from_ids
+
+    made = {}
+    root = tmp_path_factory.mktemp("web")
+
+    def get(name):
+        if name not in made:
+            folder = export_onnx(open_checkpoint(SHIPPED / name), root / f"{name}-onnx", "int4").path
+            with open_artifact(folder) as artifact:
+                prompt_ids = artifact.tokenizer.encode(PROMPT)
+                expected = [piece.token for piece in generate_from_ids(artifact.backend, artifact.tokenizer, prompt_ids, NEW_TOKENS)]
+                artifact.backend.reset()
+                logits = artifact.backend.forward(prompt_ids + expected)[len(prompt_ids) - 1:-1]  # row i predicts expected[i]
+            order = logits.argsort(axis=-1)
+            gaps = [float(row[o[-1]] - row[o[-2]]) for row, o in zip(logits, order)]
+            made[name] = make_bundle(folder, root / f"{name}-web", target="web"), prompt_ids, expected, gaps, order[:, -2].tolist()
+        return made[name]
+
+    return get
+
+
+@needs_browser
+@pytest.mark.parametrize("backend", ["wasm", "webgpu"])
+@pytest.mark.parametrize("name", ["tiny-rope", "tiny-nope"])
+def test_browser_generates_edgelm_greedy_tokens(web_bundles, tmp_path, name, backend):
+    bundle, prompt_ids, expected, gaps, runners_up = web_bundles(name)
+    result = run_page(bundle, backend, PROMPT, NEW_TOKENS, screenshot=tmp_path / "page.png")
+    assert "error" not in result, result
+    if backend == "webgpu" and result["backend"] != "webgpu":
+        pytest.skip(f"Chromium gave no WebGPU adapter: {result['reason']}")
+    assert result["backend"] == backend, result
+    assert result["prompt_ids"] == prompt_ids, "tokenizers.js encodes the prompt as edgelm does"
+    assert result["tok_s"] > 0 and (tmp_path / "page.png").stat().st_size > 0
+    ids = result["ids"]
+    same = next((i for i, (a, b) in enumerate(zip(ids, expected)) if a != b), len(expected))
+    print(f"{name} on {backend} ({result['reason']}): {same} of {len(expected)} tokens equal edgelm's, {result['tok_s']:.1f} tok/s")
+    if same < len(expected):
+        assert gaps[same] < NEAR_TIE and ids[same] == runners_up[same], (same, ids, expected, gaps[same])
+    else:
+        assert len(ids) == len(expected)
+
+
+@needs_browser
+def test_web_bundle_verifies_and_runs_in_edgelm(run_cli, web_bundles):
+    bundle, _, expected, _, _ = web_bundles("tiny-rope")
+    manifest = json.loads((bundle / "edgelm.json").read_text())
+    assert manifest["target"] == "web" and manifest["web_runtime"] == {"onnxruntime-web": "1.30.0", "@huggingface/tokenizers": "0.2.0"}
+    code, out, err = run_cli("verify", bundle)
+    assert code == 0 and "model.onnx loads" in out, err
+    code, out, err = run_cli("generate", bundle, "--prompt", PROMPT, "--max-new-tokens", NEW_TOKENS, "--json")
+    assert code == 0 and json.loads(out)["tokens"] == expected, err
+
+
+def test_web_bundle_bad_input(run_cli, preset_dir, tmp_path):
+    from edgelm.export.gguf import export_gguf
+    from edgelm.export.onnx import export_onnx
+    from edgelm.models import open_checkpoint
+
+    checkpoint = open_checkpoint(preset_dir("tiny-rope"))
+    gguf = export_gguf(checkpoint, tmp_path / "m.gguf", "int4").path
+    assert_user_error(run_cli("bundle", gguf, "--target", "web", "--out", tmp_path / "w"),
+                      "the web bundle takes an ONNX export", "edgelm export MODEL_DIR --format onnx --quant int4")
+    int8_cache = export_onnx(checkpoint, tmp_path / "kv8", "int4", kv_cache="int8", calibration_text=CALIBRATION_TEXT).path
+    assert_user_error(run_cli("bundle", int8_cache, "--target", "web", "--out", tmp_path / "w"),
+                      "keeps its KV cache in int8", "without --kv-cache int8")
+    onnx = export_onnx(checkpoint, tmp_path / "onnx", "int4").path
+    assert_user_error(run_cli("bundle", onnx, "--target", "tv", "--out", tmp_path / "w"), "unknown --target 'tv'")
+    assert_user_error(run_cli("bundle", onnx, "--target", "web", "--web-runtime", tmp_path, "--out", tmp_path / "w"),
+                      "runs on onnxruntime-web 1.30.0", "holds none", "make web-runtime")
+    (tmp_path / "w").mkdir()
+    assert_user_error(run_cli("bundle", onnx, "--target", "web", "--out", tmp_path / "w"), "already exists")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kv8", "m.gguf", "onnx", "w"]
