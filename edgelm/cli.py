@@ -137,7 +137,7 @@ DeviceOption = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (
 
 ThreadsOption = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads (llama.cpp).")]
 ProviderOption = Annotated[str, typer.Option("--provider", help="onnxruntime execution provider: cpu, xnnpack, coreml, nnapi, qnn, webgpu, cuda, …")]
-GpuLayersOption = Annotated[int, typer.Option("--gpu-layers", min=0, help="Layers to offload to a GPU (llama.cpp builds with one).")]
+GpuLayersOption = Annotated[int, typer.Option("--gpu-layers", min=0, help="Layers to offload to a GPU (llama.cpp builds with one); edgelm's ggml executor puts all on the GPU for any value > 0.")]
 
 
 def _threads(requested: int | None) -> int | None:
