@@ -32,8 +32,8 @@ class TokenFormerGraph(ArchGraph):
         self.heads = self.size("attention.head_count", self.hidden)
         self.eps = self.number("attention.layer_norm_epsilon")
         self.rope_base = self.number("rope.freq_base")
-        self.slots = {"attn_q": self.size("qkv_slot_count"), "attn_k": self.size("qkv_slot_count"),
-                      "attn_v": self.size("qkv_slot_count"), "attn_output": self.size("proj_slot_count"),
+        qkv = self.size("qkv_slot_count")
+        self.slots = {"attn_q": qkv, "attn_k": qkv, "attn_v": qkv, "attn_output": self.size("proj_slot_count"),
                       "ffn": self.size("feed_forward_length")}
         if self.hidden % self.heads:
             self.refuse(f"{self.arch}.embedding_length {self.hidden} is not a multiple of attention.head_count {self.heads}")
@@ -67,8 +67,9 @@ class TokenFormerGraph(ArchGraph):
         def rotary(x):  # [hd, heads, n]: GPT-NeoX rotate-half on the first rotary_dims of each head
             if not self.rotary_dims:
                 return x
+            # n_ctx_orig 0 and ext_factor 0: no YaRN, plain θ_i = base^(-2i/d) rotation
             return ggml.ggml_rope_ext(ctx, x, inputs.positions, None, self.rotary_dims, ggml.GGML_ROPE_TYPE_NEOX,
-                                      self.gguf.hparam("context_length") or 0, self.rope_base, 1.0, 0.0, 1.0, 0.0, 0.0)
+                                      0, self.rope_base, 1.0, 0.0, 1.0, 0.0, 0.0)
 
         def cached(layer_cache):  # the first n_kv positions of a cache [d, context] as [hd, n_kv, heads]
             size = layer_cache.contents.nb[0]

@@ -115,7 +115,7 @@ function argmax(values) {
 }
 
 function sample(logits, temperature, topP, random) {
-  const max = Math.max(...logits);
+  const max = logits[argmax(logits)];  // not Math.max(...logits): a 100k-entry spread overflows the stack
   const weights = Array.from(logits, (v, i) => [Math.exp((v - max) / temperature), i]).sort((a, b) => b[0] - a[0]);
   const total = weights.reduce((s, [w]) => s + w, 0);
   let kept = 0, cut = weights.length;
