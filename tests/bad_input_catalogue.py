@@ -328,6 +328,8 @@ CASES: list[Case] = [
     case("ONNX layer count not the graph's", "generate {onnx} --prompt x", "graph inputs unfed: past_key_values.3.key",
          decoder(num_hidden_layers=3)),
     case("ONNX head size negative", "generate {onnx} --prompt x", "head_size", decoder(head_size=-8)),
+    case("ONNX context past memory (found by the fuzz suite)", "generate {onnx} --prompt x", "GB of KV cache",
+         genai(lambda d: {**d, "model": {**d["model"], "context_length": 99001194}})),
     case("ONNX context length a list", "generate {onnx} --prompt x", "context_length",
          genai(lambda d: {**d, "model": {**d["model"], "context_length": [1]}})),
     case("model.onnx missing", "generate {onnx} --prompt x", "model.onnx", remove("onnx", "model.onnx")),

@@ -3,9 +3,13 @@ kept inside the backend, and return fp32 logits for each of them."""
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import numpy as np
+
+from ..errors import UserError
 
 
 class Backend(ABC):
@@ -33,3 +37,21 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Free native resources (sessions, model memory); the backend is not used afterwards."""
+
+
+def available_memory() -> int:
+    """Bytes the kernel says can be allocated without swapping (MemAvailable), else all physical memory."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def refuse_cache_past_memory(needed: int, positions: int, path: Path, key: str) -> None:
+    """A KV cache sized from a context length a stranger wrote is refused before it is allocated, not by
+    a MemoryError traceback or the OOM killer."""
+    if needed > available_memory():
+        raise UserError(f"a context of {positions} tokens needs {needed / 1e9:.1f} GB of KV cache, more than the "
+                        f"{available_memory() / 1e9:.1f} GB available", path,
+                        f"{key} is past what this machine holds: export the model again with a shorter context")

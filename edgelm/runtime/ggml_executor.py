@@ -11,7 +11,6 @@ compute buffers) behind the runtime's Backend interface.
 from __future__ import annotations
 
 import ctypes
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -21,7 +20,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ..errors import UserError
-from .backend import Backend
+from .backend import Backend, refuse_cache_past_memory
 from .gguf_file import GGUFFile
 
 TENSOR_ALIGNMENT = 32  # ggml's CPU buffers need tensor data on 32-byte boundaries
@@ -107,15 +106,6 @@ class _Graph:
 
     def free(self) -> None:
         ggml.ggml_free(self.ctx)
-
-
-def _available_memory() -> int:
-    """Bytes the kernel says can be allocated without swapping (MemAvailable), else all physical memory."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _buffer_from_pointer():
@@ -208,11 +198,8 @@ class GGMLBackend(Backend):
 
     def _make_cache(self, gtype: int) -> None:
         arch = self.arch
-        needed = 2 * arch.layers * arch.kv_width * self.context_length * (4 if gtype == ggml.GGML_TYPE_F32 else 2)
-        if needed > _available_memory():  # a context a stranger wrote: refused before the allocation, not by the OOM killer
-            raise UserError(f"a context of {self.context_length} tokens needs {needed / 1e9:.1f} GB of KV cache, more than the "
-                            f"{_available_memory() / 1e9:.1f} GB available", self.gguf.path,
-                            f"{self.arch.arch}.context_length is past what this machine holds: export the model again with a shorter one")
+        refuse_cache_past_memory(2 * arch.layers * arch.kv_width * self.context_length * (4 if gtype == ggml.GGML_TYPE_F32 else 2),
+                                 self.context_length, self.gguf.path, f"{arch.arch}.context_length")
         self.cache_ctx = ggml.ggml_init(ggml.ggml_init_params(mem_size=ggml.ggml_tensor_overhead() * (2 * arch.layers + 1),
                                                                mem_buffer=None, no_alloc=True))
         self.cache = [(_tensor(self.cache_ctx, gtype, (arch.kv_width, self.context_length)),

@@ -24,7 +24,7 @@ import numpy as np
 from ..constants import GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE
 from ..errors import UserError
 from ..fileio import is_plain_name
-from .backend import Backend
+from .backend import Backend, refuse_cache_past_memory
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "xnnpack": "XnnpackExecutionProvider",
@@ -114,6 +114,8 @@ class OnnxBackend(Backend):
         if length <= capacity:
             return
         capacity = max(length, 2 * capacity, self.context_length)
+        refuse_cache_past_memory(len(self.buffer_names) * self.kv_heads * capacity * self.head_size * np.dtype(self.cache_dtype).itemsize,
+                                 capacity, self.folder / GENAI_CONFIG, "model.context_length")
         grown = []
         self.binding.clear_binding_outputs()
         self.binding.bind_output(self.logits_name)  # output 0; forward rebinds it in place
