@@ -52,8 +52,7 @@ def _web_files(fmt, folder: Path, runtime: Path) -> dict[str, Any]:
         shutil.copy(WEB_ASSETS / name, folder / name)
     versions = {}
     for package, (version, files) in WEB_RUNTIME_FILES.items():
-        package_json = runtime / package / "package.json"
-        found = json.loads(package_json.read_text()).get("version") if package_json.is_file() else None
+        found = _package_version(runtime / package / "package.json")
         if found != version:
             raise UserError(f"the web bundle runs on {package} {version}; {runtime} holds {found or 'none'}", runtime,
                             "run `make web-runtime` (npm ci in web/), or pass --web-runtime NODE_MODULES holding that version")
@@ -62,6 +61,14 @@ def _web_files(fmt, folder: Path, runtime: Path) -> dict[str, Any]:
             shutil.copy(runtime / package / name, folder / copied)
         versions[package] = version
     return facts | {"name": fmt.path.name, "web_runtime": versions}
+
+
+def _package_version(package_json: Path) -> Any:
+    """The version a package.json states; None for a missing or unreadable one (a folder the user named)."""
+    try:
+        return json.loads(package_json.read_text(encoding="utf-8")).get("version")
+    except (OSError, ValueError, AttributeError):  # missing, not JSON or not UTF-8, not an object
+        return None
 
 
 def _fill(fmt, folder: Path, target: str, web_runtime: Path) -> None:
@@ -86,13 +93,14 @@ def make_bundle(artifact: Path, out: Path, zip_it: bool = False, force: bool = F
                         "export a format phones run (e.g. an architecture llama.cpp knows, or ONNX), or pass --allow-desktop-only")
     destination = out.with_suffix(".zip") if zip_it else out
     refuse_overlap(destination, artifact)
+    runtime = web_runtime or DEFAULT_WEB_RUNTIME
     if not zip_it:
         with atomic_output_dir(destination, force) as tmp:
-            _fill(fmt, tmp, target, web_runtime or DEFAULT_WEB_RUNTIME)
+            _fill(fmt, tmp, target, runtime)
         return destination
     destination.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=destination.parent) as staging, atomic_output_file(destination, force) as zip_tmp:
-        _fill(fmt, Path(staging), target, web_runtime or DEFAULT_WEB_RUNTIME)
+        _fill(fmt, Path(staging), target, runtime)
         with zipfile.ZipFile(zip_tmp, "w", zipfile.ZIP_DEFLATED) as archive:
             for path in sorted(Path(staging).iterdir()):
                 archive.write(path, path.name)

@@ -1,4 +1,4 @@
-"""edgelm's native GGUF executor, for the archs stock llama.cpp cannot run (tokenformer): ggml's own CPU
+"""edgelm's ggml executor, for the GGUF archs stock llama.cpp cannot run (tokenformer): ggml's own CPU
 kernels, through ggml-python, compute the arch's graph on the file's tensors where they lie — the GGUF
 is memory-mapped and its quantized matrices (Q4_0, Q8_0, F16, …) are multiplied in place, as llama.cpp
 does. No torch: the tensors are never dequantized.
@@ -99,7 +99,6 @@ class _Graph:
         self.inputs = Inputs(*(_input(self.ctx, t, ne) for t, ne in (
             (ggml.GGML_TYPE_I32, (n_tokens,)), (ggml.GGML_TYPE_I32, (n_tokens,)), (ggml.GGML_TYPE_I64, (n_tokens,)),
             (ggml.GGML_TYPE_F16, (n_kv, n_tokens)))))
-        self.n_tokens, self.n_kv = n_tokens, n_kv
         self.logits = build(self.ctx, self.graph, self.inputs, n_tokens, n_kv)
         ggml.ggml_set_output(self.logits)
         ggml.ggml_build_forward_expand(self.graph, self.logits)
