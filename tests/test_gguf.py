@@ -151,10 +151,7 @@ def test_bench_reports_rates_and_the_raw_engine(run_cli, preset_dir, tmp_path):
 @pytest.mark.parametrize("fmt", ["gguf", "onnx"])
 def test_interrupted_export_leaves_nothing(run_cli, preset_dir, tmp_path, monkeypatch, fmt):
     import edgelm.export.gguf as gguf_export
-    import edgelm.export.onnx as onnx_export
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+    from edgelm.export.weights import ExportedWeights
 
     if fmt == "gguf":
         real = gguf_export._tensors
@@ -167,7 +164,15 @@ def test_interrupted_export_leaves_nothing(run_cli, preset_dir, tmp_path, monkey
 
         monkeypatch.setattr(gguf_export, "_tensors", some_then_interrupt)
     else:
-        monkeypatch.setattr(onnx_export, "_in_child_process", interrupted)  # Ctrl-C while the graph is traced
+        real_get, calls = ExportedWeights.get, []
+
+        def get_then_interrupt(self, name):  # a few weights reach the file, then Ctrl-C
+            calls.append(name)
+            if len(calls) == 5:
+                raise KeyboardInterrupt
+            return real_get(self, name)
+
+        monkeypatch.setattr(ExportedWeights, "get", get_then_interrupt)
     out = tmp_path / "out"
     code, _, err = run_cli("export", preset_dir("tiny-rope"), "--format", fmt, "--quant", "f32", "--out", out)
     assert code == 130 and "nothing was left half-written" in err

@@ -1,7 +1,7 @@
 """torch checkpoint → one .gguf file.
 
-Tensors stream one at a time from the memory-mapped safetensors through one generator
-(`_tensors`: tied-alias resolution, temperature fold in fp32, the family's layout transform), so
+Tensors stream one at a time from the memory-mapped safetensors (export/weights.py: tied-alias
+resolution, temperature fold in fp32, finiteness check; then the family's layout transform), so
 memory stays at about one tensor. Architectures stock llama.cpp knows are quantized by llama.cpp's
 own quantizer (`llama_model_quantize`, through llama-cpp-python) from an f32 file written beside the
 target; for an edgelm-defined architecture (tokenformer) gguf-py's `gguf.quants` quantizes each tensor
@@ -32,7 +32,8 @@ from ..models import Checkpoint
 from ..models.registry import expand_names
 from ..tokenizer import load_tokenizer
 from .gguf_vocab import add_vocab
-from .temperatures import bake_tensor, refuse_beyond_f16, refuse_non_finite, temperature_scales
+from .temperatures import refuse_beyond_f16
+from .weights import ExportedWeights
 
 Q = GGMLQuantizationType
 FLOAT_TYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16}
@@ -89,18 +90,11 @@ def _tensor_plan(checkpoint: Checkpoint) -> dict[str, str]:
 
 
 def _tensors(checkpoint: Checkpoint, plan: dict[str, str]) -> Iterator[tuple[str, np.ndarray]]:
-    """The one place weights change on the way out: tied alias → its source, head temperatures folded
-    in fp32 (export/temperatures.py), then the family's layout transform."""
-    family, spec = checkpoint.family, checkpoint.spec
-    aliases = family.tied_tensors(spec)
-    scales = temperature_scales(family, spec, checkpoint.head_temperatures())
+    """Each tensor as export/weights.py gives it (aliases resolved, temperatures folded, checked),
+    in the family's GGUF layout."""
+    weights = ExportedWeights(checkpoint)
     for gguf_name, name in plan.items():
-        tensor = checkpoint.tensors.get(aliases.get(name, name)).float()
-        if name in scales:
-            tensor = bake_tensor(tensor, *scales[name])
-        array = family.gguf_transform(spec, name, tensor).contiguous().numpy()
-        refuse_non_finite(name, bool(np.isfinite(array).all()), name in scales, checkpoint.path)
-        yield gguf_name, array
+        yield gguf_name, checkpoint.family.gguf_transform(checkpoint.spec, name, weights.get(name)).contiguous().numpy()
 
 
 def _tensor_type(shape: tuple[int, ...], wanted: GGMLQuantizationType) -> GGMLQuantizationType:

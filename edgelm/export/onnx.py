@@ -25,17 +25,17 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import shutil
-import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx_ir as ir
 import onnxscript.optimizer
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from .. import __version__
 from ..constants import GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE, TOKENIZER_FILES
@@ -45,13 +45,13 @@ from ..models import Checkpoint, CausalLM, CausalSelfAttention, ModelSpec
 from ..models.layers import rotary_frequencies
 from ..quantize.onnx import EXTERNAL_DATA_OVER, quantize_onnx
 from ..tokenizer import Tokenizer, load_tokenizer, load_tokenizer_file
-from .temperatures import bake_head_temperatures, refuse_beyond_f16, refuse_non_finite, temperature_scales
+from .temperatures import refuse_beyond_f16
+from .weights import ExportedWeights
 
 QUANTS = ("f32", "f16", "int8", "int4")
 KV_CACHES = ("float", "int8")
 KV_CALIBRATION_TOKENS = 1024  # tokens of calibration text run through the model for the int8 KV scales
 INT8_MAX = 127
-CHILD_GRACE_SECONDS = 10  # how long an interrupted export waits for its tracing process to stop by itself
 log = logging.getLogger("edgelm")
 ROTARY_TABLE_POSITIONS = 32768  # rows of the cos/sin tables; RoPE positions past max(this, max_positions) are refused
 
@@ -74,10 +74,10 @@ def io_names(num_layers: int) -> tuple[list[str], list[str]]:
     return inputs, outputs
 
 
-def kv_cache_scales(model: CausalLM, ids: torch.Tensor, window: int) -> dict[CausalSelfAttention, tuple[torch.Tensor, torch.Tensor]]:
+def kv_cache_scales(model: CausalLM, ids: torch.Tensor, window: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per-channel int8 scales (largest |value| / 127) of every attention's keys and values over `ids`
     run in windows of `window` tokens, shaped as GroupQueryAttention's PER_CHANNEL k_scale / v_scale
-    [kv_heads · head_dim]. Keys are seen before rotary: the op turns each pair of channels (i, i + r/2)
+    [kv_heads · head_dim], by the attention module's name. Keys are seen before rotary: the op turns each pair of channels (i, i + r/2)
     by a position-dependent angle, so what bounds both channels at every position is the pair's norm."""
     spec = model.spec
     largest: dict[CausalSelfAttention, list[torch.Tensor]] = {}
@@ -94,8 +94,8 @@ def kv_cache_scales(model: CausalLM, ids: torch.Tensor, window: int) -> dict[Cau
             found = [torch.maximum(a, b) for a, b in zip(largest[module], found)]
         largest[module] = found
 
-    attentions = [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
-    hooks = [m.register_forward_pre_hook(record) for m in attentions]
+    attentions = {name: m for name, m in model.named_modules() if isinstance(m, CausalSelfAttention)}
+    hooks = [m.register_forward_pre_hook(record) for m in attentions.values()]
     try:
         with torch.no_grad():
             for start in range(0, ids.numel(), window):
@@ -104,7 +104,7 @@ def kv_cache_scales(model: CausalLM, ids: torch.Tensor, window: int) -> dict[Cau
         for hook in hooks:
             hook.remove()
     # a channel that never moved still needs a positive scale
-    return {m: tuple((t.flatten() / INT8_MAX).clamp_min(1e-8) for t in largest[m]) for m in attentions}
+    return {name: tuple((t.flatten() / INT8_MAX).clamp_min(1e-8) for t in largest[m]) for name, m in attentions.items()}
 
 
 class GroupQueryAttention(nn.Module):
@@ -142,20 +142,18 @@ class GroupQueryAttention(nn.Module):
 
 
 def with_group_query_attention(model: CausalLM, kv_scales: dict | None = None) -> CausalLM:
-    """The model with every CausalSelfAttention replaced by a GroupQueryAttention node (temperatures
-    must already be folded into the weights: the node has none); `kv_scales` from kv_cache_scales
-    make the KV buffers int8."""
+    """The model with every CausalSelfAttention replaced by a GroupQueryAttention node, which applies
+    no head temperatures (the weights it is given have them folded in); `kv_scales` from
+    kv_cache_scales make the KV buffers int8."""
     spec = model.spec
     tables = None
     if spec.rotated_dims:
         angles = torch.arange(rotary_table_positions(spec)).float()[:, None] * rotary_frequencies(spec.rotated_dims, spec.rope_theta)
         tables = (angles.cos(), angles.sin())  # [positions, rotated_dims / 2]
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if isinstance(child, CausalSelfAttention):
-                if not torch.all(child.head_temperature == 1):
-                    raise ValueError("fold the head temperatures into the weights before exporting")
-                setattr(parent, name, GroupQueryAttention(spec, tables, kv_scales[child] if kv_scales else None))
+    for name, child in list(model.named_modules()):
+        if isinstance(child, CausalSelfAttention):
+            owner, _, attribute = name.rpartition(".")
+            setattr(model.get_submodule(owner), attribute, GroupQueryAttention(spec, tables, kv_scales[name] if kv_scales else None))
     return model
 
 
@@ -181,9 +179,15 @@ def _example_inputs(spec: ModelSpec, cache_dtype: torch.dtype) -> tuple[torch.Te
     return (torch.randint(0, spec.vocab_size, (batch, seq)), torch.ones(batch, past + seq, dtype=torch.long), *buffers)
 
 
-def _export_graph(model: CausalLM, path: Path, kv_scales: dict | None = None) -> None:
-    spec = model.spec
-    size = sum(p.numel() * p.element_size() for p in model.parameters())
+WRAPPER_PREFIX = "model."  # DecoderWithPast's attribute: graph weight names are it + the module's state dict names
+
+
+def _traced_graph(checkpoint: Checkpoint, kv_scales: dict | None) -> ir.Model:
+    """The decoder graph, traced over fake weights (shapes without data: nothing is read or
+    allocated, whatever the model's size); its weight initializers are filled by _fill_weights."""
+    spec = checkpoint.spec
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model = checkpoint.family.build(spec).eval()
     wrapper = DecoderWithPast(with_group_query_attention(model, kv_scales)).eval()
     inputs, outputs = io_names(spec.num_layers)
     batch, seq, capacity = torch.export.Dim("batch"), torch.export.Dim("sequence"), torch.export.Dim("capacity")
@@ -192,13 +196,53 @@ def _export_graph(model: CausalLM, path: Path, kv_scales: dict | None = None) ->
     with torch.no_grad():
         program = torch.onnx.export(
             wrapper, _example_inputs(spec, torch.int8 if kv_scales else torch.float32), dynamo=True, input_names=inputs, output_names=outputs,
-            dynamic_shapes=dynamic, optimize=True, verbose=False,
+            dynamic_shapes=dynamic, optimize=False, verbose=False,
         )
-    # fold what depends on weights only, however large: a tied LM head is a Transpose of the embedding,
-    # which the exporter's size limits leave in the graph, so every call would transpose vocab × hidden
-    # and the int4 quantizer would not see a constant LM head weight
-    onnxscript.optimizer.optimize(program.model, input_size_limit=1 << 40, output_size_limit=1 << 40)
-    program.save(str(path), external_data=size > EXTERNAL_DATA_OVER)
+    return program.model
+
+
+def _lazy_weight(weights: ExportedWeights, name: str, perm: list[int] | None, to_f16: bool) -> ir.LazyTensor:
+    """The checkpoint tensor `name` as export/weights.py gives it, permuted by `perm`, read when
+    the graph is written and let go after (ir.save writes one tensor at a time)."""
+    shape = weights.shapes[name]
+    if perm:
+        shape = tuple(shape[p] for p in perm)
+
+    def load() -> ir.Tensor:
+        tensor = weights.get(name)
+        if to_f16:
+            refuse_beyond_f16(name, float(tensor.abs().max()), "f16")
+        return ir.Tensor((tensor.permute(perm) if perm else tensor).contiguous().numpy())
+
+    return ir.LazyTensor(load, dtype=ir.DataType.FLOAT, shape=ir.Shape(shape))
+
+
+def _fill_weights(model: ir.Model, weights: ExportedWeights, to_f16: bool) -> None:
+    """Give each fake weight of the traced graph its checkpoint tensor, lazily. A Linear's weight
+    enters the graph as Transpose(W) → MatMul: that Transpose is folded here into a transposed
+    initializer (lazy too), so the MatMul's weight is a constant the int4 quantizer finds, and no
+    runtime transposes vocab × hidden per call for a tied LM head."""
+    graph = model.graph
+    filled: dict[str, str] = {}  # initializer name → module name
+    for value in graph.initializers.values():
+        if isinstance(getattr(value.const_value, "raw", None), FakeTensor):
+            name = value.name.removeprefix(WRAPPER_PREFIX)
+            if name not in weights.shapes:
+                raise ValueError(f"the traced graph has a weight {value.name} that is no tensor of the checkpoint")
+            value.const_value = _lazy_weight(weights, name, None, to_f16)
+            filled[value.name] = name
+    for node in list(graph):
+        source = node.inputs[0] if node.inputs else None
+        if node.op_type == "Transpose" and source is not None and source.name in filled and source.is_initializer():
+            perm = list(node.attributes["perm"].as_ints())
+            folded = ir.Value(name=f"{source.name}.transposed", type=source.type,
+                              const_value=_lazy_weight(weights, filled[source.name], perm, to_f16))
+            folded.shape = folded.const_value.shape
+            graph.register_initializer(folded)
+            node.outputs[0].replace_all_uses_with(folded)
+            graph.remove(node, safe=True)
+    for name in [n for n, v in graph.initializers.items() if not v.uses() and not v.is_graph_output()]:
+        graph.initializers.pop(name)
 
 
 def write_hf_configs(checkpoint: Checkpoint, folder: Path) -> None:
@@ -299,66 +343,27 @@ def calibration_ids(tokenizer: Tokenizer, text_file: Path) -> torch.Tensor:
     return torch.tensor(ids)
 
 
-def _write_graph(checkpoint: Checkpoint, path: Path, kv_calibration_text: Path | None, to_f16: bool) -> tuple[list, list[str]]:
-    """The torch side of an export: load the model, fold its head temperatures, check every weight
-    (finite; within float16's range when `to_f16`), calibrate an int8 KV cache on
-    `kv_calibration_text` (None: a float cache), trace and save the graph. Returns the temperature
-    table and notes for the user."""
+def _write_graph(checkpoint: Checkpoint, path: Path, kv_calibration_text: Path | None, to_f16: bool) -> list[str]:
+    """The torch side of an export: trace the graph over fake weights, calibrate an int8 KV cache on
+    `kv_calibration_text` with the torch model (None: a float cache), and write the graph with each
+    weight streamed from the checkpoint (temperatures folded, checked finite and, when `to_f16`,
+    within float16's range). Returns notes for the user."""
     # the tracer's notes on dynamic axes, missing torchvision ops and pytree deprecations: none is the user's to act on
     warnings.filterwarnings("ignore", module="torch.onnx")
     warnings.filterwarnings("ignore", message=".*LeafSpec")
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    model = checkpoint.load_model()
-    table = bake_head_temperatures(model, checkpoint.family)
-    folded = temperature_scales(checkpoint.family, checkpoint.spec, table)
-    for name, tensor in model.state_dict().items():
-        refuse_non_finite(name, bool(torch.isfinite(tensor).all()), name in folded, checkpoint.path)
-        if to_f16:
-            refuse_beyond_f16(name, float(tensor.abs().max()), "f16")
     notes, kv_scales = [], None
     if kv_calibration_text is not None:
         ids = calibration_ids(load_tokenizer(checkpoint.path), kv_calibration_text)
-        kv_scales = kv_cache_scales(model, ids, min(checkpoint.spec.max_positions, 512))
+        kv_scales = kv_cache_scales(checkpoint.load_model(), ids, min(checkpoint.spec.max_positions, 512))
         notes.append(f"KV cache: int8, per-channel scales from the largest |key| and |value| over {ids.numel()} "
                      f"tokens of {kv_calibration_text.name}; larger values are clipped")
-    _export_graph(model, path, kv_scales)
-    return table.tolist(), notes
-
-
-def _in_child_process(function: Callable, *args):
-    """function(*args) in a fresh interpreter, so all it allocated is returned when it ends: the traced
-    graph outlives torch.onnx.export (onnxscript 0.7.2's module-level rewrite rules keep the last graph
-    they matched) and with it the fp32 weights, which would stay resident through quantization (1.1B:
-    4.6 GB). Costs about 2 s of imports. Ctrl-C stops both (a child still busy after
-    CHILD_GRACE_SECONDS is terminated)."""
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_run_and_send, args=(sender, function, args))
-    child.start()
-    sender.close()
-    try:
-        succeeded, value, child_traceback = receiver.recv()
-    except EOFError:  # it died without a word (killed, out of memory)
-        child.join()
-        raise RuntimeError(f"the export process ended without a result (exit code {child.exitcode})") from None
-    finally:
-        child.join(CHILD_GRACE_SECONDS)  # after Ctrl-C, the child stops at its next Python line
-        if child.is_alive():
-            child.terminate()
-            child.join()
-    if not succeeded:
-        value.add_note(f"in the export process:\n{child_traceback}")
-        raise value
-    return value
-
-
-def _run_and_send(connection, function: Callable, args: tuple) -> None:
-    try:
-        connection.send((True, function(*args), None))
-    except Exception as exc:  # handed to the parent, which raises it
-        connection.send((False, exc, traceback.format_exc()))
-    except KeyboardInterrupt:  # Ctrl-C reaches the whole terminal group: the parent reports it
-        pass
+    model = _traced_graph(checkpoint, kv_scales)
+    weights = ExportedWeights(checkpoint)
+    _fill_weights(model, weights, to_f16)
+    onnxscript.optimizer.optimize(model)  # folds the small constants only: the weights stay lazy
+    ir.save(model, path, external_data=path.name + ".data" if weights.fp32_bytes() > EXTERNAL_DATA_OVER else None)
+    return notes
 
 
 @dataclass
@@ -381,8 +386,7 @@ def export_onnx(
     tokenizer = load_tokenizer(checkpoint.path)
     with atomic_output_dir(out, force) as tmp:
         step("tracing the graph" + (" and calibrating the int8 KV cache" if kv_cache == "int8" else ""))
-        table, notes = _in_child_process(_write_graph, checkpoint, tmp / ONNX_MODEL_FILE, calibration_text if kv_cache == "int8" else None,
-                                         quant == "f16")
+        notes = _write_graph(checkpoint, tmp / ONNX_MODEL_FILE, calibration_text if kv_cache == "int8" else None, quant == "f16")
         if quant != "f32":
             step(f"quantizing to {quant}")
             notes += quantize_onnx(tmp / ONNX_MODEL_FILE, quant, int4_embedding, int8_lm_head)
@@ -395,7 +399,7 @@ def export_onnx(
         manifest = {
             "family": checkpoint.spec.family,
             "position_encoding": checkpoint.spec.position_encoding,
-            "head_temperatures": {"layers": table, "baked_into_weights": True},
+            "head_temperatures": {"layers": checkpoint.head_temperatures().tolist(), "baked_into_weights": True},
             "quantization": quant,
             "int4_options": {"embedding": int4_embedding, "lm_head_int8": int8_lm_head} if quant == "int4" else None,
             "kv_cache": kv_cache,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UserError
-from ..models import CausalLM, Family, ModelSpec
+from ..models import Family, ModelSpec
 
 
 def temperature_scales(family: Family, spec: ModelSpec, table: torch.Tensor) -> dict[str, tuple[int, torch.Tensor]]:
@@ -38,18 +38,6 @@ def bake_tensor(tensor: torch.Tensor, axis: int, scale: torch.Tensor) -> torch.T
     shape[axis] = scale.numel()
     baked.narrow(axis, 0, scale.numel()).mul_(scale.view(shape))
     return baked
-
-
-def bake_head_temperatures(model: CausalLM, family: Family) -> torch.Tensor:
-    """Fold the model's temperatures into its query weights in place; the model then runs with all
-    λ = 1 and gives the same logits. Returns the table that was folded, for provenance."""
-    table = model.head_temperatures().clone()
-    with torch.no_grad():
-        for name, (axis, scale) in temperature_scales(family, model.spec, table).items():
-            param = model.get_parameter(name)
-            param.copy_(bake_tensor(param, axis, scale.to(param.device)))
-        model.set_head_temperatures(torch.ones_like(table))
-    return table
 
 
 def refuse_non_finite(name: str, all_finite: bool, folded: bool, checkpoint_path) -> None:

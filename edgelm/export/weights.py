@@ -1,0 +1,42 @@
+"""The one place weights change on the way out, shared by the GGUF and ONNX writers.
+
+A tied alias resolves to its source, head temperatures fold into the query weights in fp32
+(export/temperatures.py), and every tensor is checked finite, one tensor at a time from the
+memory-mapped checkpoint: a writer that asks for them in turn holds about one tensor, whatever the
+model's size (llama.cpp's converter streams its lazy tensors the same way).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..models import Checkpoint
+from .temperatures import bake_tensor, refuse_non_finite, temperature_scales
+
+FP32_BYTES = 4
+
+
+class ExportedWeights:
+    """The model's tensors as an export writes them, by module name (the family module's state dict)."""
+
+    def __init__(self, checkpoint: Checkpoint, temperatures: torch.Tensor | None = None):
+        """`temperatures`: the [num_layers, num_heads] table to fold (default: the checkpoint's)."""
+        self.checkpoint = checkpoint
+        self.temperatures = checkpoint.head_temperatures() if temperatures is None else temperatures
+        self.shapes = checkpoint.module_shapes  # tied aliases included
+        self._scales = temperature_scales(checkpoint.family, checkpoint.spec, self.temperatures)
+        self._aliases = checkpoint.family.tied_tensors(checkpoint.spec)
+
+    def get(self, name: str) -> torch.Tensor:
+        """fp32, temperatures folded, refused when not finite."""
+        tensor = self.checkpoint.tensors.get(self._aliases.get(name, name)).float()
+        if name in self._scales:
+            tensor = bake_tensor(tensor, *self._scales[name])
+        refuse_non_finite(name, bool(torch.isfinite(tensor).all()), name in self._scales, self.checkpoint.path)
+        return tensor
+
+    def fp32_bytes(self) -> int:
+        """Bytes of every distinct tensor at fp32 (a tied alias counts once)."""
+        return FP32_BYTES * sum(math.prod(shape) for name, shape in self.shapes.items() if name not in self._aliases)
