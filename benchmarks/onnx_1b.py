@@ -8,6 +8,11 @@ on the same checkpoint, run by onnxruntime-genai. Each edgelm export is made wit
 int8 KV cache (`--kv-cache int8`).
 
     python benchmarks/onnx_1b.py [--work DIR] [--tokens 32] [--threads 2] [--models nope rope] [--kv-caches float int8]
+                                 [--builder-python PYTHON]
+
+onnxruntime-genai 0.18's builder imports model classes from transformers 5, while Optimum (edgelm's test
+extra) holds transformers below 4.58: `--builder-python` names an interpreter whose transformers is newer,
+e.g. a venv with `pip install "transformers>=5"` and a .pth file pointing at edgelm's site-packages.
 
 Targets (issue #4): decode at 2048 ≥ 0.85 × decode at 64 (RoPE, edgelm); edgelm's int4 decode ≥ the builder's.
 """
@@ -34,6 +39,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", nargs="+", choices=sorted(PRESETS), default=sorted(PRESETS))
     parser.add_argument("--kv-caches", nargs="+", choices=["float", "int8"], default=["float", "int8"])
+    parser.add_argument("--builder-python", default=sys.executable, help="interpreter that runs onnxruntime-genai's builder")
     args = parser.parse_args()
     from edgelm.benchmark import WARMUP_STEPS, genai_generation, time_generation
     from edgelm.formats import LoadOptions, open_artifact
@@ -54,7 +60,7 @@ def main() -> None:
                                                              "--kv-cache", kv_cache, "--out", made[exporter]])
             if key == "rope":
                 made["builder"] = work / f"{key}-builder"
-                exports[f"{key} builder"] = run_measured([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", model,
+                exports[f"{key} builder"] = run_measured([args.builder_python, "-m", "onnxruntime_genai.models.builder", "-i", model,
                                                           "-o", made["builder"], "-p", "int4", "-e", "cpu", "-c", work / "cache"])
             for exporter, folder in made.items():
                 exports[f"{key} {exporter}"]["bytes"] = folder_bytes(folder)

@@ -43,7 +43,7 @@ from ..errors import UserError
 from ..fileio import atomic_output_dir
 from ..models import Checkpoint, CausalLM, CausalSelfAttention, ModelSpec
 from ..models.layers import rotary_frequencies
-from ..quantize.onnx import EXTERNAL_DATA_OVER, quantize_onnx
+from ..quantize.onnx import quantize_int4, quantize_onnx, save_ir
 from ..tokenizer import Tokenizer, load_tokenizer, load_tokenizer_file
 from .temperatures import refuse_beyond_f16
 from .weights import ExportedWeights
@@ -343,11 +343,12 @@ def calibration_ids(tokenizer: Tokenizer, text_file: Path) -> torch.Tensor:
     return torch.tensor(ids)
 
 
-def _write_graph(checkpoint: Checkpoint, path: Path, kv_calibration_text: Path | None, to_f16: bool) -> list[str]:
-    """The torch side of an export: trace the graph over fake weights, calibrate an int8 KV cache on
-    `kv_calibration_text` with the torch model (None: a float cache), and write the graph with each
-    weight streamed from the checkpoint (temperatures folded, checked finite and, when `to_f16`,
-    within float16's range). Returns notes for the user."""
+def _write_graph(checkpoint: Checkpoint, path: Path, kv_calibration_text: Path | None, quant: str,
+                 int4_embedding: bool = False, int8_lm_head: bool = False) -> list[str]:
+    """Trace the graph over fake weights, calibrate an int8 KV cache on `kv_calibration_text` with the
+    torch model (None: a float cache), and write the graph with each weight streamed from the
+    checkpoint (temperatures folded, checked finite and, for f16, within float16's range); int4
+    quantizes each weight on its way (quantize/onnx.py). Returns notes for the user."""
     # the tracer's notes on dynamic axes, missing torchvision ops and pytree deprecations: none is the user's to act on
     warnings.filterwarnings("ignore", module="torch.onnx")
     warnings.filterwarnings("ignore", message=".*LeafSpec")
@@ -359,10 +360,11 @@ def _write_graph(checkpoint: Checkpoint, path: Path, kv_calibration_text: Path |
         notes.append(f"KV cache: int8, per-channel scales from the largest |key| and |value| over {ids.numel()} "
                      f"tokens of {kv_calibration_text.name}; larger values are clipped")
     model = _traced_graph(checkpoint, kv_scales)
-    weights = ExportedWeights(checkpoint)
-    _fill_weights(model, weights, to_f16)
+    _fill_weights(model, ExportedWeights(checkpoint), quant == "f16")
     onnxscript.optimizer.optimize(model)  # folds the small constants only: the weights stay lazy
-    ir.save(model, path, external_data=path.name + ".data" if weights.fp32_bytes() > EXTERNAL_DATA_OVER else None)
+    if quant == "int4":
+        notes += quantize_int4(model, int4_embedding, int8_lm_head)
+    save_ir(model, path)
     return notes
 
 
@@ -385,11 +387,13 @@ def export_onnx(
     step = on_step or (lambda _: None)
     tokenizer = load_tokenizer(checkpoint.path)
     with atomic_output_dir(out, force) as tmp:
-        step("tracing the graph" + (" and calibrating the int8 KV cache" if kv_cache == "int8" else ""))
-        notes = _write_graph(checkpoint, tmp / ONNX_MODEL_FILE, calibration_text if kv_cache == "int8" else None, quant == "f16")
-        if quant != "f32":
+        step("tracing the graph" + (" and calibrating the int8 KV cache" if kv_cache == "int8" else "")
+             + (", writing int4 weights" if quant == "int4" else ""))
+        notes = _write_graph(checkpoint, tmp / ONNX_MODEL_FILE, calibration_text if kv_cache == "int8" else None, quant,
+                             int4_embedding, int8_lm_head)
+        if quant in ("int8", "f16"):
             step(f"quantizing to {quant}")
-            notes += quantize_onnx(tmp / ONNX_MODEL_FILE, quant, int4_embedding, int8_lm_head)
+            notes += quantize_onnx(tmp / ONNX_MODEL_FILE, quant)
         step("writing configs")
         for name in TOKENIZER_FILES:
             if (checkpoint.path / name).is_file():

@@ -15,9 +15,6 @@ import torch
 from ..models import Checkpoint
 from .temperatures import bake_tensor, refuse_non_finite, temperature_scales
 
-FP32_BYTES = 4
-
-
 class ExportedWeights:
     """The model's tensors as an export writes them, by module name (the family module's state dict)."""
 
@@ -34,9 +31,6 @@ class ExportedWeights:
         tensor = self.checkpoint.tensors.get(self._aliases.get(name, name)).float()
         if name in self._scales:
             tensor = bake_tensor(tensor, *self._scales[name])
-        refuse_non_finite(name, bool(torch.isfinite(tensor).all()), name in self._scales, self.checkpoint.path)
+        low, high = (float(x) for x in tensor.aminmax())  # one pass, no mask allocated; NaN propagates to both
+        refuse_non_finite(name, math.isfinite(low) and math.isfinite(high), name in self._scales, self.checkpoint.path)
         return tensor
-
-    def fp32_bytes(self) -> int:
-        """Bytes of every distinct tensor at fp32 (a tied alias counts once)."""
-        return FP32_BYTES * sum(math.prod(shape) for name, shape in self.shapes.items() if name not in self._aliases)

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
-import onnx.external_data_helper
+import onnx_ir as ir
 
-EXTERNAL_DATA_OVER = 2 * 1024**3  # protobuf's limit: larger models keep weights beside the graph
+# weights go beside the graph (model.onnx.data, as onnxruntime-genai's builder writes) above this:
+# protobuf refuses messages over 2 GB, and a single-file save serializes the whole model in memory
+# (1.1B int4: 3.7 GB peak against 1.7 written tensor by tensor)
+EXTERNAL_DATA_OVER = 256 * 1024**2
 
 INT4_BLOCK = 32
 # accuracy_level 4: int8 activations in MatMulNBits (measured 3.8x faster than fp32 per decode token
@@ -16,8 +19,8 @@ INT4_ACCURACY_LEVEL = 4
 
 
 def save_onnx(model: onnx.ModelProto, path: Path) -> None:
-    """Save `model` at `path`, its weights in `path`.data when the graph would pass protobuf's 2 GB limit;
-    a weights file left from the graph it replaces is removed."""
+    """Save `model` at `path`, its weights in `path`.data when over EXTERNAL_DATA_OVER; a weights file
+    left from the graph it replaces is removed."""
     data = path.with_name(path.name + ".data")
     data.unlink(missing_ok=True)
     weights = sum(len(t.raw_data) for t in model.graph.initializer)
@@ -27,54 +30,93 @@ def save_onnx(model: onnx.ModelProto, path: Path) -> None:
         onnx.save(model, str(path))
 
 
-def lm_head_node(model: onnx.ModelProto) -> str:
-    """The name of the MatMul that produces `logits`."""
-    for node in model.graph.node:
-        if "logits" in node.output and node.op_type == "MatMul":
-            return node.name
+def save_ir(model: ir.Model, path: Path) -> None:
+    """save_onnx for an onnx_ir model, whose initializers may be lazy: ir.save evaluates and writes
+    them one at a time."""
+    weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    ir.save(model, path, external_data=path.name + ".data" if weights > EXTERNAL_DATA_OVER else None)
+
+
+def _lm_head(graph: ir.Graph) -> ir.Node:
+    """The MatMul that produces `logits`."""
+    for node in graph:
+        if node.op_type == "MatMul" and any(v.name == "logits" for v in node.outputs):
+            return node
     raise ValueError("no MatMul produces logits")
 
 
-def _int4(model: onnx.ModelProto, embedding: bool, int8_lm_head: bool) -> tuple[onnx.ModelProto, list[str]]:
+def _weight_config(bits: int, ops: tuple[str, ...]):
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig
+
+    return DefaultWeightOnlyQuantConfig(block_size=INT4_BLOCK, is_symmetric=True, accuracy_level=INT4_ACCURACY_LEVEL, bits=bits,
+                                        op_types_to_quantize=ops, quant_axes=(("MatMul", 0), ("Gather", 1)))
+
+
+def _quantize_one(model: ir.Model, node: ir.Node, config) -> None:
+    """onnxruntime's MatMulNBitsQuantizer on `node` alone: a one-node model holding only its weight
+    (read now, from a lazy initializer) goes through the quantizer, and the nodes and initializers it
+    returns take the node's place. The weight's float data is let go when this returns."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    graph = model.graph
+    weight = next(v for v in node.inputs if v is not None and v.is_initializer())
+    activations = [v for v in node.inputs if v is not None and not v.is_initializer()]
+    # built in place: helper.make_graph/make_model would copy the weight's bytes twice more
+    one_node = onnx.ModelProto(ir_version=model.ir_version,
+                               opset_import=[onnx.helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()])
+    one_node.graph.name = "one_weight"
+    one_node.graph.node.append(ir.serde.serialize_node(node))
+    one_node.graph.input.extend(ir.serde.serialize_value(v) for v in activations)
+    one_node.graph.output.extend(ir.serde.serialize_value(v) for v in node.outputs)
+    tensor = one_node.graph.initializer.add()
+    ir.serde.serialize_tensor_into(tensor, weight.const_value)
+    tensor.name = weight.name
+    quantizer = MatMulNBitsQuantizer(one_node, algo_config=config)
+    quantizer.process()
+    quantized = ir.from_proto(quantizer.model.model)
+    new_graph = quantized.graph
+    new_nodes, new_outputs = list(new_graph), list(new_graph.outputs)
+    for mine, theirs in zip(activations, new_graph.inputs):
+        theirs.replace_all_uses_with(mine)
+    new_graph.outputs.clear()
+    new_graph.remove(new_nodes)
+    for value in list(new_graph.initializers.values()):
+        new_graph.initializers.pop(value.name)
+        # copied out: a tensor still backed by the quantizer's protobuf keeps that whole message (the
+        # float weight included) alive
+        value.const_value = ir.Tensor(value.const_value.numpy(), dtype=value.const_value.dtype, name=value.name)
+        graph.register_initializer(value)
+    ir.convenience.replace_nodes_and_values(graph, node, [node], new_nodes, list(node.outputs), new_outputs)
+    if not weight.uses():
+        graph.initializers.pop(weight.name)
+    for domain, version in quantized.opset_imports.items():  # com.microsoft for MatMulNBits; opset 21 for an int4 Gather
+        model.opset_imports[domain] = max(version, model.opset_imports.get(domain, 0))
+    model.ir_version = max(model.ir_version, quantized.ir_version)
+
+
+def quantize_int4(model: ir.Model, embedding: bool = False, int8_lm_head: bool = False) -> list[str]:
+    """int4 weights as the graph is written: every MatMul (and with `embedding` the embedding Gather)
+    whose weight is a constant becomes onnxruntime's MatMulNBits (GatherBlockQuantized), one weight
+    at a time (_quantize_one), so memory holds the int4 model and one float weight, never the float
+    model; `int8_lm_head` keeps the LM head at 8 bits. Returns notes for the user."""
     import logging
 
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line per node
-    head = [lm_head_node(model)] if int8_lm_head else []
+    head = _lm_head(model.graph) if int8_lm_head else None
     ops = ("MatMul", "Gather") if embedding else ("MatMul",)
-    config = DefaultWeightOnlyQuantConfig(block_size=INT4_BLOCK, is_symmetric=True, accuracy_level=INT4_ACCURACY_LEVEL,
-                                          op_types_to_quantize=ops, quant_axes=(("MatMul", 0), ("Gather", 1)))
-    quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=head, algo_config=config)
-    quantizer.process()
-    model = quantizer.model.model
+    for node in list(model.graph):
+        weights = [v for v in node.inputs if v is not None and v.is_initializer() and v.shape is not None and len(v.shape) == 2]
+        if node.op_type in ops and weights:
+            _quantize_one(model, node, _weight_config(8 if node is head else 4, ops))
     notes = [f"int4: MatMulNBits, block {INT4_BLOCK}, symmetric, accuracy_level {INT4_ACCURACY_LEVEL}"
              + (", embedding as GatherBlockQuantized int4" if embedding else "")]
-    if head:
-        config = DefaultWeightOnlyQuantConfig(block_size=INT4_BLOCK, is_symmetric=True, accuracy_level=INT4_ACCURACY_LEVEL, bits=8)
-        quantizer = MatMulNBitsQuantizer(model, nodes_to_include=head, algo_config=config)
-        quantizer.process()
-        model = quantizer.model.model
-        notes.append(f"LM head ({head[0]}): MatMulNBits 8 bits, block {INT4_BLOCK}")
-    return model, notes
+    if head is not None:
+        notes.append(f"LM head ({head.name}): MatMulNBits 8 bits, block {INT4_BLOCK}")
+    return notes
 
 
-def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    return [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-
-
-def _location(tensor: onnx.TensorProto) -> str:
-    return next(e.value for e in tensor.external_data if e.key == "location")
-
-
-def _set_location(tensor: onnx.TensorProto, location: str) -> None:
-    next(e for e in tensor.external_data if e.key == "location").value = location
-
-
-def quantize_onnx(path: Path, quant: str, int4_embedding: bool = False, int8_lm_head: bool = False) -> list[str]:
-    """Rewrite the graph at `path` (and its weights file) in place; returns notes for the user. int4
-    reads the float weights one at a time (1.1B: peak memory about the int4 model, not the fp32 one).
-    `int4_embedding`, `int8_lm_head`: with int4, also quantize the embedding Gather; keep the LM head at 8 bits."""
+def quantize_onnx(path: Path, quant: str) -> list[str]:
+    """int8 or f16: rewrite the float graph at `path` (and its weights file) in place; returns notes for the user."""
     if quant == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -85,15 +127,6 @@ def quantize_onnx(path: Path, quant: str, int4_embedding: bool = False, int8_lm_
         tmp.unlink()
         tmp.with_name(tmp.name + ".data").unlink()
         notes = ["int8: dynamic quantization, QInt8 weights on every MatMul"]
-    elif quant == "int4":
-        model = onnx.load(str(path), load_external_data=False)
-        external = _external_tensors(model)
-        for tensor in external:  # the quantizer reads each weight through a memory map when it quantizes it
-            _set_location(tensor, str(path.with_name(_location(tensor)).resolve()))
-        model, notes = _int4(model, int4_embedding, int8_lm_head)
-        for tensor in _external_tensors(model):  # what stayed float (norms, an fp32 embedding) is read in now
-            _set_location(tensor, Path(_location(tensor)).name)
-        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     elif quant == "f16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
