@@ -288,13 +288,14 @@ def export(
     onnxruntime-genai load), head temperatures folded into the weights."""
     from rich.progress import Progress
 
-    from .export.gguf import export_gguf, resolve_type
     from .fileio import refuse_overlap
-    from .export.onnx import check_quant_options, export_onnx
     from .hub import HUB_ID, is_hub_id
     from .models import open_checkpoint
 
+    # one exporter imported, not both: the ONNX one brings the tracer (~70 MB resident)
     if format is ExportFormat.onnx:
+        from .export.onnx import check_quant_options, export_onnx
+
         check_quant_options(quant, int4_embedding, int8_lm_head, kv_cache)  # before anything is read
         if calibration_text and kv_cache != "int8":
             raise UserError("--calibration-text calibrates --kv-cache int8", None, "add --kv-cache int8 or drop it")
@@ -305,6 +306,8 @@ def export(
             raise UserError("--gguf-type applies to --format gguf only", None, "drop it or choose --format gguf")
         type_name = quant
     else:
+        from .export.gguf import export_gguf, resolve_type
+
         if int4_embedding or int8_lm_head:
             raise UserError("--int4-embedding and --int8-lm-head apply to --format onnx only", None,
                             "drop them, or use --gguf-type to pick a llama.cpp type")

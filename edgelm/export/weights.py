@@ -28,7 +28,7 @@ class ExportedWeights:
 
     def get(self, name: str) -> torch.Tensor:
         """fp32, temperatures folded, refused when not finite."""
-        tensor = self.checkpoint.tensors.get(self._aliases.get(name, name)).float()
+        tensor = self.checkpoint.tensors.get(self._aliases.get(name, name), torch.float32)
         if name in self._scales:
             tensor = bake_tensor(tensor, *self._scales[name])
         low, high = (float(x) for x in tensor.aminmax())  # one pass, no mask allocated; NaN propagates to both

@@ -34,6 +34,7 @@ CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_NAMES = ("pytorch_model.bin", "model.bin")
+CONVERT_BLOCK_BYTES = 16 << 20  # TensorSource.get converts this much of a tensor at a time
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 
 
@@ -65,15 +66,28 @@ class TensorSource:
     def names(self) -> list[str]:
         return list(self.shapes)
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The tensor as stored, or converted to `dtype` a block of rows at a time, so the stored copy
+        and the converted one are never both whole in memory (1.1B's bf16 embedding to fp32: 262 MB
+        at the peak instead of 393)."""
         if self._pickled is not None:
-            return self._pickled[name]
+            tensor = self._pickled[name]
+            return tensor if dtype is None else tensor.to(dtype)
         file = self.files[name]
         try:
-            # a mapping per read: the pages it touched leave the process with it, so streaming a
-            # checkpoint tensor by tensor keeps resident memory at about one tensor, not the whole file
+            # a mapping per read: the pages it touched leave the process with it (mapped file pages
+            # count as resident), so streaming a checkpoint keeps memory at about one tensor
             with safe_open(str(file), framework="pt") as handle:
-                return handle.get_tensor(name)
+                shape = handle.get_slice(name).get_shape()
+                if dtype is None or not shape:
+                    tensor = handle.get_tensor(name)
+                    return tensor if dtype is None else tensor.to(dtype)
+            converted = torch.empty(shape, dtype=dtype)
+            rows = max(1, CONVERT_BLOCK_BYTES // max(1, converted[0].nbytes))
+            for start in range(0, shape[0], rows):
+                with safe_open(str(file), framework="pt") as handle:
+                    converted[start:start + rows].copy_(handle.get_slice(name)[start:start + rows])
+            return converted
         except Exception as exc:  # safetensors raises its own error types for truncated data
             raise UserError(f"cannot read tensor {name} ({exc})", file, "the file is damaged: re-download or re-export it") from None
 
@@ -207,7 +221,7 @@ class Checkpoint:
         targets = model.state_dict(keep_vars=True)
         with torch.no_grad():
             for name in self.weight_names():
-                targets[name].copy_(self.tensors.get(name).to(torch.float32))
+                targets[name].copy_(self.tensors.get(name, torch.float32))
             model.set_head_temperatures(self.head_temperatures().to(device))
         return model.eval()
 
