@@ -362,9 +362,17 @@ def _write_graph(checkpoint: Checkpoint, path: Path, kv_calibration_text: Path |
     model = _traced_graph(checkpoint, kv_scales)
     _fill_weights(model, ExportedWeights(checkpoint), quant == "f16")
     onnxscript.optimizer.optimize(model)  # folds the small constants only: the weights stay lazy
-    if quant == "int4":
-        notes += quantize_int4(model, int4_embedding, int8_lm_head)
-    save_ir(model, path)
+    try:
+        if quant == "int4":
+            notes += quantize_int4(model, int4_embedding, int8_lm_head)
+        save_ir(model, path)
+    except Exception as exc:  # onnx_ir wraps what a lazy weight raised (a refused tensor) in its SerdeError
+        cause = exc
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None
     return notes
 
 

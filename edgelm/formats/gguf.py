@@ -74,14 +74,20 @@ class GGUF(Format):
 
     def open(self, options: LoadOptions) -> Artifact:
         options.refuse_model_overrides(self.path, "GGUF file")
-        self._check_runnable()
         context = options.context_length or self.context_length()
         details = {"family": self.gguf.field(GGUF_FAMILY), "arch": self.gguf.arch,
                    "position_encoding": self.gguf.field(GGUF_POSITION_ENCODING)}
-        if self.runs_on_llama_cpp:
+        # the executor's own archs first; anything else goes to llama.cpp, whose list of archs (gguf-py's,
+        # ~50 ms to import) is read only when it refuses the file, to say why in one line
+        if not self.runs_on_ggml_executor:
             from ..runtime.llama_cpp_backend import LlamaCppBackend, LlamaCppTokenizer
 
-            backend = LlamaCppBackend(self.path, context, options.threads, options.gpu_layers, options.f32_kv_cache, options.all_logits)
+            try:
+                backend = LlamaCppBackend(self.path, context, options.threads, options.gpu_layers, options.f32_kv_cache, options.all_logits)
+            except ValueError:  # llama-cpp-python's "Failed to load model from file"
+                self._check_runnable()
+                raise UserError("llama.cpp could not load this GGUF", self.path,
+                                "the file is damaged or needs a newer llama.cpp: export it again or update llama-cpp-python") from None
             tokenizer = LlamaCppTokenizer(backend.llm, self.path, bool(self.gguf.field("tokenizer.ggml.add_bos_token", False)),
                                           self.gguf.field("tokenizer.chat_template"))
             engine = "llama.cpp"

@@ -17,7 +17,6 @@ from typing import ClassVar
 
 import ggml
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ..errors import UserError
 from .backend import Backend, refuse_cache_past_memory
@@ -26,9 +25,9 @@ from .gguf_file import GGUFFile
 TENSOR_ALIGNMENT = 32  # ggml's CPU buffers need tensor data on 32-byte boundaries
 MAX_NODES = 8192
 KV_PAD = 256  # attention reads the cache in multiples of this many positions, so one decode graph serves 256 steps
-Q = GGMLQuantizationType
 # what ggml's CPU mul_mat and get_rows take as weights (an integer type would abort the process); vectors stay F32
-MATRIX_TYPES = {Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K}
+MATRIX_TYPES = {getattr(ggml, f"GGML_TYPE_{name}") for name in
+                ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")}
 
 
 @dataclass(frozen=True)
@@ -167,7 +166,7 @@ class GGMLBackend(Backend):
             "of the wrong shape": [n for n, t in present.items() if n in expected and tuple(int(d) for d in t.shape) != expected[n]],
             "not aligned to 32 bytes": [n for n, t in present.items() if t.data_offset % TENSOR_ALIGNMENT],
             "of a type edgelm's executor does not run": [n for n, t in present.items() if n in expected and t.tensor_type not in (
-                {Q.F32} if len(expected[n]) == 1 else MATRIX_TYPES) or int(t.shape[0]) % GGML_QUANT_SIZES[t.tensor_type][0]],
+                {ggml.GGML_TYPE_F32} if len(expected[n]) == 1 else MATRIX_TYPES) or int(t.shape[0]) % ggml.ggml_blck_size(t.tensor_type)],
         }
         for problem, names in problems.items():
             if names:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import ggml
-from gguf import GGUFReader, GGUFValueType
 
 from ..constants import GGUF_FAMILY, GGUF_TOKENIZER_FILE, GGUF_TOKENIZER_FILE_BASE64, TOKENIZER_FILES
 from ..errors import UserError
@@ -42,8 +41,12 @@ class GGUFFile:
         weakref.finalize(self, ggml.gguf_free, header)
 
     @property
-    def reader(self) -> GGUFReader:
+    def reader(self):
+        """gguf-py's GGUFReader over the file (imported here: gguf-py and its yaml cost ~70 ms of every
+        start that only runs the file)."""
         if self._reader is None:
+            from gguf import GGUFReader
+
             try:
                 self._reader = GGUFReader(str(self.path))
             except Exception as exc:  # gguf-py raises ValueError, struct errors, IndexError… on bad files
@@ -102,6 +105,8 @@ def stored_tokenizer_files(gguf: GGUFFile) -> dict[str, bytes]:
     name. A name is a key a stranger wrote: only the plain file names of TOKENIZER_FILES are accepted, so
     no name can lead a write outside the folder the files are unpacked into. Files edgelm wrote before
     storing strings hold uint8 arrays; those are read too."""
+    from gguf import GGUFValueType
+
     found = {}
     for key, field in gguf.reader.fields.items():
         prefix = next((p for p in (GGUF_TOKENIZER_FILE_BASE64, GGUF_TOKENIZER_FILE) if key.startswith(p)), None)
