@@ -133,6 +133,36 @@ def test_int4_and_int8_quantize_matmuls(exported, tmp_path):
         assert np.isfinite(logits).all()
 
 
+@pytest.mark.parametrize("options", [{}, {"int4_embedding": True, "int8_lm_head": True}], ids=["plain", "embedding+head"])
+def test_int4_written_weight_by_weight_equals_onnxruntime_quantizing_the_whole_graph(exported, tmp_path, options):
+    """edgelm quantizes each weight alone as the graph is written; onnxruntime's documented use runs
+    MatMulNBitsQuantizer once over the whole fp32 graph. Both must give the same graph and bytes."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    checkpoint, f32 = exported("tiny-ngen4")  # tied LM head: the embedding feeds a Gather and the head
+    ours = onnx.load(str(export_onnx(checkpoint, tmp_path / "q", "int4", **options).path / "model.onnx"))
+    ops = ("MatMul", "Gather") if options else ("MatMul",)
+    whole = onnx.load(str(f32 / "model.onnx"))
+    head = [n.name for n in whole.graph.node if "logits" in n.output] if options else []
+    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, op_types_to_quantize=ops,
+                                          quant_axes=(("MatMul", 0), ("Gather", 1)))
+    quantizer = MatMulNBitsQuantizer(whole, nodes_to_exclude=head, algo_config=config)
+    quantizer.process()
+    if head:
+        config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, bits=8)
+        quantizer = MatMulNBitsQuantizer(quantizer.model.model, nodes_to_include=head, algo_config=config)
+        quantizer.process()
+    theirs = quantizer.model.model
+
+    def summary(model):
+        nodes = sorted((n.op_type, tuple(sorted((a.name, onnx.helper.get_attribute_value(a)) for a in n.attribute
+                                                if a.type == onnx.AttributeProto.INT))) for n in model.graph.node)
+        return nodes, sorted(t.raw_data for t in model.graph.initializer)
+
+    assert summary(ours) == summary(theirs)
+
+
 def test_int4_options_quantize_the_embedding_and_keep_the_lm_head_at_8_bits(exported, tmp_path):
     """tiny-ngen4 ties its LM head to the embedding: the head must still be a constant the quantizer sees."""
     import onnx
