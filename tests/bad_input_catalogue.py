@@ -94,11 +94,11 @@ def set_tensor(name: str, value) -> Callable:
     return tensors(change)
 
 
-def gguf(add=None, drop_keys=(), drop_tensors=(), arch=None, replace_tensors=None) -> Callable:
+def gguf(add=None, drop_keys=(), drop_tensors=(), arch=None, replace_tensors=None, key="gguf") -> Callable:
     def damage(ws):
         from .gguf_edit import rewrite_gguf
 
-        path = Path(ws["gguf"])
+        path = Path(ws[key])
         rewrite_gguf(path, path.with_suffix(".new"), add=add, drop_keys=set(drop_keys), drop_tensors=set(drop_tensors), arch=arch,
                      replace_tensors=replace_tensors)
         path.with_suffix(".new").replace(path)
@@ -287,6 +287,8 @@ CASES: list[Case] = [
     case("GGUF tokenizer.json not JSON", "generate {gguf} --prompt x", "tokenizer.json",
          gguf_key("edgelm.tokenizer_file.tokenizer.json", "{", GGUFValueType.STRING)),
     case("GGUF a tensor missing", "generate {gguf} --prompt x", "tensors missing", gguf(drop_tensors=["token_embd.weight"])),
+    case("llama GGUF llama.cpp refuses (a tensor missing)", "generate {llama_gguf} --prompt x", "llama.cpp could not load this GGUF",
+         gguf(drop_tensors=["output_norm.weight"], key="llama_gguf")),
     case("GGUF position encoding empty", "inspect {gguf}", "edgelm.position_encoding",
          gguf_key("edgelm.position_encoding", "", GGUFValueType.STRING)),
     case("GGUF keys not edgelm.config's", "inspect {gguf}", "tokenformer.block_count is 'two', but edgelm.config says 4",

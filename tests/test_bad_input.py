@@ -50,6 +50,8 @@ def originals(preset_dir, tmp_path_factory):
             return preset_dir(presets[key])
         if key == "gguf":  # edgelm's own executor reads every metadata key of a TokenFormer GGUF
             return export_gguf(open_checkpoint(get("tokenformer")), root / "model.gguf", "f32").path
+        if key == "llama_gguf":  # llama.cpp runs it
+            return export_gguf(open_checkpoint(get("model")), root / "llama.gguf", "f16").path
         if key == "onnx":
             return export_onnx(open_checkpoint(get("model")), root / "onnx", "f32").path
         if key == "bundle":

@@ -77,8 +77,9 @@ def io_names(num_layers: int) -> tuple[list[str], list[str]]:
 def kv_cache_scales(model: CausalLM, ids: torch.Tensor, window: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per-channel int8 scales (largest |value| / 127) of every attention's keys and values over `ids`
     run in windows of `window` tokens, shaped as GroupQueryAttention's PER_CHANNEL k_scale / v_scale
-    [kv_heads · head_dim], by the attention module's name. Keys are seen before rotary: the op turns each pair of channels (i, i + r/2)
-    by a position-dependent angle, so what bounds both channels at every position is the pair's norm."""
+    [kv_heads · head_dim], by the attention module's name. Keys are seen before rotary: the op turns
+    each pair of channels (i, i + r/2) by a position-dependent angle, so what bounds both channels at
+    every position is the pair's norm."""
     spec = model.spec
     largest: dict[CausalSelfAttention, list[torch.Tensor]] = {}
 
