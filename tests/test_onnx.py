@@ -133,6 +133,23 @@ def test_int4_and_int8_quantize_matmuls(exported, tmp_path):
         assert np.isfinite(logits).all()
 
 
+def test_weights_beside_the_graph_run_as_the_single_file_does(exported, tmp_path, monkeypatch):
+    """Above EXTERNAL_DATA_OVER (256 MB: every real-size model) the weights go to model.onnx.data; a tiny
+    model is made to cross it. onnxruntime (edgelm's runtime) and onnxruntime-genai must load the folder
+    and give what the single-file export gives."""
+    import edgelm.quantize.onnx as onnx_quantize
+
+    checkpoint, _ = exported("tiny-rope")
+    single = export_onnx(checkpoint, tmp_path / "single", "int4").path
+    monkeypatch.setattr(onnx_quantize, "EXTERNAL_DATA_OVER", 0)
+    beside = export_onnx(checkpoint, tmp_path / "beside", "int4").path
+    assert not (single / "model.onnx.data").exists()
+    assert (beside / "model.onnx.data").stat().st_size > 10 * (beside / "model.onnx").stat().st_size
+    ids = list(range(5, 40))
+    assert np.array_equal(open_artifact(beside).backend.forward(ids), open_artifact(single).backend.forward(ids))
+    assert genai_greedy(beside) == genai_greedy(single)
+
+
 @pytest.mark.parametrize("options", [{}, {"int4_embedding": True, "int8_lm_head": True}], ids=["plain", "embedding+head"])
 def test_int4_written_weight_by_weight_equals_onnxruntime_quantizing_the_whole_graph(exported, tmp_path, options):
     """edgelm quantizes each weight alone as the graph is written; onnxruntime's documented use runs
