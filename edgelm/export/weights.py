@@ -15,15 +15,16 @@ import torch
 from ..models import Checkpoint
 from .temperatures import bake_tensor, refuse_non_finite, temperature_scales
 
+
 class ExportedWeights:
     """The model's tensors as an export writes them, by module name (the family module's state dict)."""
 
     def __init__(self, checkpoint: Checkpoint, temperatures: torch.Tensor | None = None):
         """`temperatures`: the [num_layers, num_heads] table to fold (default: the checkpoint's)."""
         self.checkpoint = checkpoint
-        self.temperatures = checkpoint.head_temperatures() if temperatures is None else temperatures
         self.shapes = checkpoint.module_shapes  # tied aliases included
-        self._scales = temperature_scales(checkpoint.family, checkpoint.spec, self.temperatures)
+        table = checkpoint.head_temperatures() if temperatures is None else temperatures
+        self._scales = temperature_scales(checkpoint.family, checkpoint.spec, table)
         self._aliases = checkpoint.family.tied_tensors(checkpoint.spec)
 
     def get(self, name: str) -> torch.Tensor:

@@ -51,7 +51,8 @@ def available_memory() -> int:
 def refuse_cache_past_memory(needed: int, positions: int, path: Path, key: str) -> None:
     """A KV cache sized from a context length a stranger wrote is refused before it is allocated, not by
     a MemoryError traceback or the OOM killer."""
-    if needed > available_memory():
+    available = available_memory()
+    if needed > available:
         raise UserError(f"a context of {positions} tokens needs {needed / 1e9:.1f} GB of KV cache, more than the "
-                        f"{available_memory() / 1e9:.1f} GB available", path,
+                        f"{available / 1e9:.1f} GB available", path,
                         f"{key} is past what this machine holds: export the model again with a shorter context")
