@@ -4,6 +4,7 @@ reference, tokenizer fidelity, quantized types, and bad input."""
 import json
 import os
 
+import gguf
 import numpy as np
 import pytest
 import torch
@@ -69,6 +70,43 @@ def test_nope_exports_as_granite_with_temperatures_folded(preset_dir, tmp_path):
     q = next(t for t in gguf.reader.tensors if t.name == "blk.0.attn_q.weight")
     source = checkpoint.tensors.get("model.layers.0.self_attn.q_proj.weight")
     assert torch.allclose(torch.from_numpy(np.array(q.data)), source * table[0].repeat_interleave(32)[:, None])
+
+
+@pytest.mark.parametrize("quant", ["f16", "int8"])
+def test_tensors_written_a_block_of_rows_at_a_time_equal_the_whole_tensor_encoded(preset_dir, tmp_path, monkeypatch, quant):
+    """Unchanged tensors (the embedding here) stream in row blocks; every tensor in the file must
+    hold the bytes gguf-py makes of the whole tensor (float16 cast, or `gguf.quants` Q8_0)."""
+    from gguf import GGUFReader
+
+    import edgelm.export.gguf as gguf_export
+    import edgelm.models.checkpoint as checkpoint_module
+    from edgelm.export.weights import ExportedWeights
+
+    monkeypatch.setattr(checkpoint_module, "CONVERT_BLOCK_BYTES", 4096)  # the 4096×256 embedding: 1024 blocks of 4 rows
+    blocks = {}
+    real_row_blocks = ExportedWeights.row_blocks
+
+    def counted(self, name):
+        for block in real_row_blocks(self, name):
+            blocks[name] = blocks.get(name, 0) + 1
+            yield block
+
+    monkeypatch.setattr(ExportedWeights, "row_blocks", counted)
+    checkpoint = open_checkpoint(preset_dir("tiny-tokenformer"))  # gguf-py encodes its quants: no llama.cpp in between
+    report = export_gguf(checkpoint, tmp_path / "m.gguf", quant)
+    assert blocks["sequential.0.word_embeddings.weight"] == 1024
+
+    monkeypatch.setattr(checkpoint_module, "CONVERT_BLOCK_BYTES", 1 << 40)
+    weights = ExportedWeights(checkpoint)
+    plan = gguf_export._tensor_plan(checkpoint)
+    written = GGUFReader(str(report.path)).tensors
+    assert len(written) == len(plan)
+    for tensor in written:
+        name = plan[tensor.name]
+        whole = checkpoint.family.gguf_transform(checkpoint.spec, name, weights.get(name)).contiguous().numpy()
+        expected = whole.astype(np.float32) if tensor.tensor_type.name == "F32" else (
+            whole.astype(np.float16) if tensor.tensor_type.name == "F16" else gguf.quants.quantize(whole, tensor.tensor_type))
+        assert np.array(tensor.data).tobytes() == expected.tobytes(), tensor.name
 
 
 @pytest.mark.parametrize("name", ["tiny-rope", "tiny-ngen4"])
@@ -150,29 +188,17 @@ def test_bench_reports_rates_and_the_raw_engine(run_cli, preset_dir, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["gguf", "onnx"])
 def test_interrupted_export_leaves_nothing(run_cli, preset_dir, tmp_path, monkeypatch, fmt):
-    import edgelm.export.gguf as gguf_export
-    from edgelm.export.weights import ExportedWeights
+    from edgelm.models.checkpoint import TensorSource
 
-    if fmt == "gguf":
-        real = gguf_export._tensors
+    real_blocks, calls = TensorSource.row_blocks, []
 
-        def some_then_interrupt(*args, **kwargs):  # a few tensors reach the file, then Ctrl-C
-            for i, item in enumerate(real(*args, **kwargs)):
-                if i == 5:
-                    raise KeyboardInterrupt
-                yield item
+    def read_then_interrupt(self, name, dtype):  # a few weights reach the file, then Ctrl-C
+        calls.append(name)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_blocks(self, name, dtype)
 
-        monkeypatch.setattr(gguf_export, "_tensors", some_then_interrupt)
-    else:
-        real_get, calls = ExportedWeights.get, []
-
-        def get_then_interrupt(self, name):  # a few weights reach the file, then Ctrl-C
-            calls.append(name)
-            if len(calls) == 5:
-                raise KeyboardInterrupt
-            return real_get(self, name)
-
-        monkeypatch.setattr(ExportedWeights, "get", get_then_interrupt)
+    monkeypatch.setattr(TensorSource, "row_blocks", read_then_interrupt)
     out = tmp_path / "out"
     code, _, err = run_cli("export", preset_dir("tiny-rope"), "--format", fmt, "--quant", "f32", "--out", out)
     assert code == 130 and "nothing was left half-written" in err

@@ -1,17 +1,17 @@
 """torch checkpoint → one .gguf file.
 
 Tensors stream one at a time from the memory-mapped safetensors (export/weights.py: tied-alias
-resolution, temperature fold in fp32, finiteness check; then the family's layout transform), so
-memory stays at about one tensor. Architectures stock llama.cpp knows are quantized by llama.cpp's
-own quantizer (`llama_model_quantize`, through llama-cpp-python) from an f32 file written beside the
-target; for an edgelm-defined architecture (tokenformer) gguf-py's `gguf.quants` quantizes each tensor
+resolution, temperature fold in fp32, finiteness check; then the family's layout transform), and a
+tensor that goes out unchanged (the embedding, the output head: the largest) streams a block of rows
+at a time, so memory stays at about one layer's tensor. Architectures stock llama.cpp knows are
+quantized by llama.cpp's own quantizer (quantize/llama_cpp.py, in a process of its own) from an f32
+file written beside the target; for an edgelm-defined architecture (tokenformer) gguf-py's `gguf.quants` quantizes each tensor
 (Q8_0/Q4_0/Q5_0, bit-identical to llama.cpp), since llama.cpp's quantizer refuses unknown archs.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 from collections import Counter
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType, quants
+from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, GGUFValueType, GGUFWriter, LlamaFileType, quants
 
 from .. import __version__
 from ..constants import (GGUF_CONFIG, GGUF_FAMILY, GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED,
@@ -31,6 +31,7 @@ from ..fileio import atomic_output_file
 from ..models import Checkpoint
 from ..models.registry import expand_names
 from ..tokenizer import load_tokenizer
+from ..quantize.llama_cpp import quantize_gguf
 from .gguf_vocab import add_vocab
 from .temperatures import refuse_beyond_f16
 from .weights import ExportedWeights
@@ -89,12 +90,32 @@ def _tensor_plan(checkpoint: Checkpoint) -> dict[str, str]:
     return {names[n]: n for n in names if n in module_names}
 
 
-def _tensors(checkpoint: Checkpoint, plan: dict[str, str]) -> Iterator[tuple[str, np.ndarray]]:
-    """Each tensor as export/weights.py gives it (aliases resolved, temperatures folded, checked),
-    in the family's GGUF layout."""
-    weights = ExportedWeights(checkpoint)
-    for gguf_name, name in plan.items():
-        yield gguf_name, checkpoint.family.gguf_transform(checkpoint.spec, name, weights.get(name)).contiguous().numpy()
+class _RowStream:
+    """A tensor gguf-py's writer writes a block of rows at a time. `GGUFWriter.write_tensor_data`
+    asks only for `nbytes` and `tofile(file)` — what gguf-py's own lazy tensors (gguf/lazy.py,
+    `LazyNumpyTensor.tofile`) offer it — so the 1.1B embedding (262 MB in f32) is never whole."""
+
+    def __init__(self, nbytes: int, blocks: Callable[[], Iterator[np.ndarray]]):
+        self.nbytes = nbytes
+        self._blocks = blocks
+
+    def tofile(self, file) -> None:
+        written = 0
+        for block in self._blocks():
+            block.tofile(file)
+            written += block.nbytes
+        # the writer checked the declared size against the tensor info; hold the blocks to it too
+        assert written == self.nbytes, f"wrote {written} bytes of a {self.nbytes}-byte tensor"
+
+
+def _tensor_data(checkpoint: Checkpoint, weights: ExportedWeights, gguf_name: str, name: str,
+                 qtype: GGMLQuantizationType, nbytes: int, streamed: bool) -> np.ndarray | _RowStream:
+    """The tensor as export/weights.py gives it (aliases resolved, temperatures folded, checked), in
+    the family's GGUF layout, encoded as `qtype`: whole, or (`streamed`) a block of rows at a time."""
+    if streamed:  # blocks of whole rows: float conversion and block quantization work row by row
+        return _RowStream(nbytes, lambda: (_encode(gguf_name, block.numpy(), qtype) for block in weights.row_blocks(name)))
+    array = checkpoint.family.gguf_transform(checkpoint.spec, name, weights.get(name)).contiguous().numpy()
+    return _encode(gguf_name, array, qtype)
 
 
 def _tensor_type(shape: tuple[int, ...], wanted: GGMLQuantizationType) -> GGMLQuantizationType:
@@ -116,7 +137,8 @@ def _encode(name: str, array: np.ndarray, qtype: GGMLQuantizationType) -> np.nda
 
 
 def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, file_type: LlamaFileType,
-           on_tensor: Callable[[str], None] | None) -> dict[str, GGMLQuantizationType]:
+           on_tensor: Callable[[str], None] | None) -> dict[str, str]:
+    """Write the GGUF; returns each tensor's GGML type name."""
     family, spec = checkpoint.family, checkpoint.spec
     arch = family.gguf_arch(spec)
     writer = GGUFWriter(str(path), arch)
@@ -138,40 +160,26 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     add_vocab(writer, load_tokenizer(checkpoint.path), spec.vocab_size)
 
     plan = _tensor_plan(checkpoint)
-    types = {}
+    weights = ExportedWeights(checkpoint)
+    types, sizes, streamed = {}, {}, {}
     for gguf_name, name in plan.items():
-        source_shape = checkpoint.tensors.shapes[family.tied_tensors(spec).get(name, name)]
-        shape = tuple(family.gguf_transform(spec, name, torch.empty(source_shape, device="meta")).shape)
+        source = torch.empty(checkpoint.tensors.shapes[family.tied_tensors(spec).get(name, name)], device="meta")
+        layout = family.gguf_transform(spec, name, source)
+        shape = tuple(layout.shape)
         qtype = types[gguf_name] = _tensor_type(shape, wanted)
         block, type_size = GGML_QUANT_SIZES[qtype]
-        writer.add_tensor_info(gguf_name, shape, np.float32, int(np.prod(shape)) // block * type_size, raw_dtype=qtype)
+        sizes[gguf_name] = int(np.prod(shape)) // block * type_size
+        streamed[gguf_name] = layout is source and weights.unchanged(name)  # the family's transform left it as stored
+        writer.add_tensor_info(gguf_name, shape, np.float32, sizes[gguf_name], raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    for gguf_name, array in _tensors(checkpoint, plan):
-        writer.write_tensor_data(_encode(gguf_name, array, types[gguf_name]))
+    for gguf_name, name in plan.items():
+        writer.write_tensor_data(_tensor_data(checkpoint, weights, gguf_name, name, types[gguf_name], sizes[gguf_name], streamed[gguf_name]))
         if on_tensor:
             on_tensor(gguf_name)
     writer.close()
-    return types
-
-
-def _quantize_with_llama_cpp(source: Path, target: Path, file_type: LlamaFileType) -> None:
-    import llama_cpp
-
-    # llama.cpp logs a line per tensor through llama-cpp-python's logger; edgelm prints its own summary
-    # (Llama(verbose=False) sets the same level)
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = int(file_type)
-    params.nthread = os.cpu_count() or 1
-    if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params) != 0:
-        raise UserError(f"llama.cpp's quantizer refused to make {file_type.name.removeprefix('MOSTLY_')}", None,
-                        "choose another --gguf-type (Q4_K_M is the usual int4), or check the disk has room")
-
-
-def _types_in(path: Path) -> dict[str, str]:
-    return {t.name: t.tensor_type.name for t in GGUFReader(str(path)).tensors}
+    return {name: qtype.name for name, qtype in types.items()}
 
 
 def export_gguf(
@@ -194,13 +202,13 @@ def export_gguf(
         if type_name.lower() in FLOAT_TYPES:
             qtype = FLOAT_TYPES[type_name.lower()]
             file_type = {Q.F32: LlamaFileType.ALL_F32, Q.F16: LlamaFileType.MOSTLY_F16, Q.BF16: LlamaFileType.MOSTLY_BF16}[qtype]
-            _write(checkpoint, tmp, qtype, file_type, on_tensor)
+            written = _write(checkpoint, tmp, qtype, file_type, on_tensor)
         elif arch in llama_cpp_archs():
             fd, name = tempfile.mkstemp(prefix=f".{out.name}.f32-", suffix=".gguf", dir=out.parent)
             os.close(fd)
             try:
                 _write(checkpoint, Path(name), Q.F32, LlamaFileType.ALL_F32, on_tensor)
-                _quantize_with_llama_cpp(Path(name), tmp, LLAMA_FILE_TYPES[type_name])
+                written = quantize_gguf(Path(name), tmp, int(LLAMA_FILE_TYPES[type_name]), type_name)
             finally:
                 Path(name).unlink(missing_ok=True)
         else:
@@ -208,7 +216,6 @@ def export_gguf(
             if native != type_name:
                 notes.append(f"{type_name} needs llama.cpp's quantizer, which does not know arch {arch!r}; "
                              f"gguf-py quantized to {native}, the nearest type it can produce")
-            _write(checkpoint, tmp, GGUF_PY_QUANTS[native], LLAMA_FILE_TYPES[native], on_tensor)
+            written = _write(checkpoint, tmp, GGUF_PY_QUANTS[native], LLAMA_FILE_TYPES[native], on_tensor)
             type_name = native
-        written = _types_in(tmp)
     return GGUFReport(out, arch, type_name, written, notes)

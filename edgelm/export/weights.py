@@ -9,6 +9,7 @@ model's size (llama.cpp's converter streams its lazy tensors the same way).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -29,9 +30,27 @@ class ExportedWeights:
 
     def get(self, name: str) -> torch.Tensor:
         """fp32, temperatures folded, refused when not finite."""
-        tensor = self.checkpoint.tensors.get(self._aliases.get(name, name), torch.float32)
+        tensor = self.checkpoint.tensors.get(self._source(name), torch.float32)
         if name in self._scales:
             tensor = bake_tensor(tensor, *self._scales[name])
+        self._check_finite(name, tensor)
+        return tensor
+
+    def unchanged(self, name: str) -> bool:
+        """Whether the tensor goes out as stored (no temperature folds into it), so a writer may
+        stream it a block of rows at a time with `row_blocks`."""
+        return name not in self._scales
+
+    def row_blocks(self, name: str) -> Iterator[torch.Tensor]:
+        """An unchanged tensor in fp32, a block of rows at a time, each refused when not finite."""
+        assert self.unchanged(name), name
+        for block in self.checkpoint.tensors.row_blocks(self._source(name), torch.float32):
+            self._check_finite(name, block)
+            yield block
+
+    def _source(self, name: str) -> str:
+        return self._aliases.get(name, name)
+
+    def _check_finite(self, name: str, tensor: torch.Tensor) -> None:
         low, high = (float(x) for x in tensor.aminmax())  # one pass, no mask allocated; NaN propagates to both
         refuse_non_finite(name, math.isfinite(low) and math.isfinite(high), name in self._scales, self.checkpoint.path)
-        return tensor

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch.overrides import TorchFunctionMode
 
 from ..errors import UserError
 from ..hub import known_facts, resolve_model
@@ -34,7 +36,7 @@ CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_NAMES = ("pytorch_model.bin", "model.bin")
-CONVERT_BLOCK_BYTES = 16 << 20  # TensorSource.get converts this much of a tensor at a time
+CONVERT_BLOCK_BYTES = 16 << 20  # TensorSource converts (and streams) this much of a tensor at a time
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 
 
@@ -70,26 +72,50 @@ class TensorSource:
         """The tensor as stored, or converted to `dtype` a block of rows at a time, so the stored copy
         and the converted one are never both whole in memory (1.1B's bf16 embedding to fp32: 262 MB
         at the peak instead of 393)."""
+        if dtype is None or self._pickled is not None or not self.shapes[name]:
+            return self._whole(name, dtype)
+        converted = torch.empty(self.shapes[name], dtype=dtype)
+        start = 0
+        for block in self.row_blocks(name, dtype):
+            converted[start:start + len(block)] = block
+            start += len(block)
+        return converted
+
+    def row_blocks(self, name: str, dtype: torch.dtype) -> Iterator[torch.Tensor]:
+        """The tensor converted to `dtype`, CONVERT_BLOCK_BYTES of converted rows at a time (a 0-d
+        tensor, or one from a pickle, comes whole)."""
+        shape = self.shapes[name]
+        if self._pickled is not None or not shape:
+            yield self._whole(name, dtype)
+            return
+        row_bytes = math.prod(shape[1:]) * torch.empty((), dtype=dtype).element_size()
+        rows = max(1, CONVERT_BLOCK_BYTES // max(1, row_bytes))
+        file = self.files[name]
+        for start in range(0, shape[0], rows):
+            try:
+                # a mapping per block: the pages it touched leave the process with it (mapped file
+                # pages count as resident), so streaming a checkpoint keeps memory at about one block
+                with safe_open(str(file), framework="pt") as handle:
+                    block = handle.get_slice(name)[start:start + rows]
+            except Exception as exc:  # safetensors raises its own error types for truncated data
+                raise _damaged(name, exc, file) from None
+            yield block.to(dtype)
+
+    def _whole(self, name: str, dtype: torch.dtype | None) -> torch.Tensor:
         if self._pickled is not None:
             tensor = self._pickled[name]
-            return tensor if dtype is None else tensor.to(dtype)
-        file = self.files[name]
-        try:
-            # a mapping per read: the pages it touched leave the process with it (mapped file pages
-            # count as resident), so streaming a checkpoint keeps memory at about one tensor
-            with safe_open(str(file), framework="pt") as handle:
-                shape = handle.get_slice(name).get_shape()
-                if dtype is None or not shape:
-                    tensor = handle.get_tensor(name)
-                    return tensor if dtype is None else tensor.to(dtype)
-            converted = torch.empty(shape, dtype=dtype)
-            rows = max(1, CONVERT_BLOCK_BYTES // max(1, converted[0].nbytes))
-            for start in range(0, shape[0], rows):
+        else:
+            file = self.files[name]
+            try:
                 with safe_open(str(file), framework="pt") as handle:
-                    converted[start:start + rows].copy_(handle.get_slice(name)[start:start + rows])
-            return converted
-        except Exception as exc:  # safetensors raises its own error types for truncated data
-            raise UserError(f"cannot read tensor {name} ({exc})", file, "the file is damaged: re-download or re-export it") from None
+                    tensor = handle.get_tensor(name)
+            except Exception as exc:  # safetensors raises its own error types for truncated data
+                raise _damaged(name, exc, file) from None
+        return tensor if dtype is None else tensor.to(dtype)
+
+
+def _damaged(name: str, exc: Exception, file: Path) -> UserError:
+    return UserError(f"cannot read tensor {name} ({exc})", file, "the file is damaged: re-download or re-export it")
 
 
 def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
@@ -234,10 +260,28 @@ class Checkpoint:
         return sum(math.prod(self.module_shapes[n]) for n in self.weight_names())  # a tied tensor counts once
 
 
+class _SkipInit(TorchFunctionMode):
+    """Skips `torch.nn.init`'s functions while a module is built on the meta device. Meta tensors have
+    no values to initialise, yet torch computes meta `normal_`/`uniform_` through its Python reference
+    kernels, whose first use imports torch._dynamo and sympy: 1.2 s and 75 MB on every checkpoint open."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            # each fills its tensor in place and returns it; torch passes it by keyword
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+def meta_model(family: Family, spec: ModelSpec) -> CausalLM:
+    """The family's module on the meta device: shapes and structure, no storage, no init."""
+    with torch.device("meta"), _SkipInit():
+        return family.build(spec)
+
+
 def empty_model(family: Family, spec: ModelSpec, device: str | torch.device) -> CausalLM:
     """The family's module with uninitialised fp32 storage (no time spent on random init), ties kept."""
-    with torch.device("meta"):
-        model = family.build(spec)
+    model = meta_model(family, spec)
     model.to_empty(device=device)
     for alias, source in family.tied_tensors(spec).items():  # to_empty unties shared tensors
         owner, _, attribute = alias.rpartition(".")
@@ -318,8 +362,7 @@ def open_checkpoint(
 
 def _check_tensors(family: Family, spec: ModelSpec, tensors: TensorSource, folder: Path) -> dict[str, tuple[int, ...]]:
     """The module's tensor shapes, after checking the checkpoint supplies exactly those."""
-    with torch.device("meta"):
-        expected = {n: tuple(t.shape) for n, t in family.build(spec).state_dict().items()}
+    expected = {n: tuple(t.shape) for n, t in meta_model(family, spec).state_dict().items()}
     aliases = family.tied_tensors(spec)
     template = family.head_temperature_tensor
     temperature_names = {template.format(bid=i) for i in range(spec.num_layers)} if template else set()

@@ -1,0 +1,59 @@
+"""llama.cpp's own quantizer (`llama_model_quantize`, through llama-cpp-python), in a process of its own.
+
+The export that calls it has imported torch and the model families (~0.3 GB resident); the quantizer
+holds about the largest tensor in f32 (1.1B's embedding: 262 MB) plus its quantized copy. Run in the
+exporting process the two add up (1.1B → Q4_K_M: 0.62 GB peak); here the quantizer's process imports
+only llama-cpp-python, as llama.cpp's own `llama-quantize` runs apart from its converter.
+
+    python -m edgelm.quantize.llama_cpp SOURCE.gguf TARGET.gguf FILE_TYPE   (a LlamaFileType number)
+    → TARGET.gguf, and on stdout {tensor name: GGML type name} as JSON
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+
+REFUSED = 3  # the exit status for "llama_model_quantize returned an error"
+
+
+def quantize_gguf(source: Path, target: Path, file_type: int, type_name: str) -> dict[str, str]:
+    """Write `target`, `source` (an f32 GGUF of an arch llama.cpp knows) quantized to `file_type`;
+    returns the GGML type name llama.cpp chose for each tensor, as gguf-py reads them from `target`."""
+    done = subprocess.run([sys.executable, "-m", __name__, str(source), str(target), str(file_type)],
+                          capture_output=True, text=True, errors="replace")
+    if done.returncode == 0:
+        return json.loads(done.stdout.splitlines()[-1])  # the last line: llama.cpp may print before it
+    if done.returncode == REFUSED:
+        raise UserError(f"llama.cpp's quantizer refused to make {type_name}", None,
+                        "choose another --gguf-type (Q4_K_M is the usual int4), or check the disk has room")
+    last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+    raise UserError(f"llama.cpp's quantizer stopped before making {type_name} ({last})", None,
+                    "check the disk has room and memory is free, then export again")
+
+
+def _main(source: str, target: str, file_type: str) -> int:
+    import logging
+
+    import llama_cpp
+
+    # llama.cpp logs a line per tensor through llama-cpp-python's logger; the export prints its own summary
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(file_type)
+    params.nthread = os.cpu_count() or 1
+    if llama_cpp.llama_model_quantize(source.encode(), target.encode(), params) != 0:
+        return REFUSED
+    from gguf import GGUFReader  # read here too: its parse of a 32k-token vocabulary holds ~70 MB
+
+    print(json.dumps({t.name: t.tensor_type.name for t in GGUFReader(target).tensors}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(*sys.argv[1:]))
