@@ -13,16 +13,47 @@ EDGELM = [sys.executable, "-m", "edgelm"]
 
 
 def run_measured(command: list[str]) -> dict:
-    """Run `command`; its wall seconds and peak RSS in bytes (of the process and the children it waited for)."""
+    """Run `command`; its wall seconds, `peak_rss` in bytes (the largest of the process and the children
+    it waited for: the kernel's ru_maxrss) and `peak_rss_tree` (the largest sum over the process and its
+    live descendants, sampled every 0.1 s from /proc: a command that runs a helper process, as a GGUF
+    export runs llama.cpp's quantizer, holds both at once; 0 where /proc is missing)."""
     with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: a chatty command would block on a full pipe
         start = time.time()
         process = subprocess.Popen([str(c) for c in command], stdout=log, stderr=subprocess.STDOUT, text=True)
-        _, status, usage = os.wait4(process.pid, 0)
+        tree_peak = 0
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            tree_peak = max(tree_peak, _tree_rss(process.pid))
+            time.sleep(0.1)
         seconds = time.time() - start
         if os.waitstatus_to_exitcode(status) != 0:
             log.seek(0)
             raise RuntimeError(f"{' '.join(map(str, command))} failed:\n{log.read()[-2000:]}")
-    return {"seconds": seconds, "peak_rss": usage.ru_maxrss * 1024}
+    return {"seconds": seconds, "peak_rss": usage.ru_maxrss * 1024, "peak_rss_tree": tree_peak}
+
+
+def _tree_rss(root: int) -> int:
+    """Resident bytes of `root` and its descendants now (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) if entry.name.isdigit() else None
+        except OSError:  # the process ended while read
+            continue
+        if parent is not None:
+            children.setdefault(parent, []).append(int(entry.name))
+    total, pending = 0, [root]
+    while pending:
+        pid = pending.pop()
+        pending += children.get(pid, [])
+        try:
+            total += next(int(line.split()[1]) * 1024 for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                          if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):  # ended, or a zombie without VmRSS
+            pass
+    return total
 
 
 def folder_bytes(path: Path) -> int:

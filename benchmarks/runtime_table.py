@@ -55,14 +55,14 @@ def main() -> None:
             run_measured([*EDGELM, "init", preset, model])
             for fmt, quant, suffix in FORMATS:
                 artifact = Path(tmp) / f"{preset}-{quant}{suffix}"
-                export = run_measured([*EDGELM, "export", model, "--format", fmt, "--quant", quant, "--out", artifact])
+                run_measured([*EDGELM, "export", model, "--format", fmt, "--quant", quant, "--out", artifact])  # cost: export_cost.py
                 first = bench(artifact, CONTEXTS[0], args.tokens, args.threads)
                 # the raw engine in a run of its own: loading it too would count in the first run's peak RSS
                 raw = bench(artifact, CONTEXTS[0], args.tokens, args.threads, compare=True)
                 decode = {CONTEXTS[0]: first["decode_tok_s"]}
                 decode.update({c: bench(artifact, c, args.tokens, args.threads)["decode_tok_s"] for c in CONTEXTS[1:]})
                 rows.append({"model": name, "format": fmt.upper(), "quant": quant, "engine": first["engine"],
-                             "bytes": folder_bytes(artifact), "export_s": export["seconds"], "export_rss": export["peak_rss"],
+                             "bytes": folder_bytes(artifact),
                              "ttft": first["time_to_first_token_s"], "rss": first["peak_rss_bytes"], "decode": decode,
                              "roofline": first["roofline_fraction"], "raw": raw.get("edgelm_over_raw"), "raw_engine": raw.get("raw_engine")})
                 print(rows[-1], flush=True)
@@ -81,17 +81,17 @@ def write_report(rows: list[dict], args) -> None:
     for r in rows:
         raw = f"{r['raw']:.2f} ({r['raw_engine']})" if r["raw"] else "— (no raw engine)"
         measured[(r["model"], r["format"], r["quant"])] = (
-            f"| {r['model']} | {r['format']} | {r['quant']} | {r['engine']} | {r['bytes'] / 1e9:.2f} | {r['export_s']:.0f} | "
-            f"{r['export_rss'] / 1e9:.1f} | {r['ttft']:.2f} | {r['rss'] / 1e9:.2f} | "
+            f"| {r['model']} | {r['format']} | {r['quant']} | {r['engine']} | {r['bytes'] / 1e9:.2f} | "
+            f"{r['ttft']:.2f} | {r['rss'] / 1e9:.2f} | "
             + " | ".join(f"{r['decode'][c]:.1f}" for c in CONTEXTS) + f" | {r['roofline']:.0%} | {raw} |")
     kept = [] if set(args.models) == set(PRESETS) else _table_rows(DOCS / "benchmarks.md")
     table = {_row_key(line): line for line in kept} | measured  # a measured row replaces its old one in place
     runs = f"{', '.join(args.models)}: {machine}" if kept else machine
     lines = [
         f"<!-- table: written by benchmarks/runtime_table.py --threads {args.threads} --tokens {args.tokens}; {runs} -->",
-        "| model | format | quant | engine | size GB | export s | export peak RSS GB | TTFT 128 tok s | peak RSS GB | "
+        "| model | format | quant | engine | size GB | TTFT 128 tok s | peak RSS GB | "
         + " | ".join(f"decode @{c}" for c in CONTEXTS) + " | roofline | edgelm / raw engine |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(CONTEXTS) + "---:|---|",
+        "|---|---|---|---|---:|---:|---:|" + "---:|" * len(CONTEXTS) + "---:|---|",
         *table.values(),
     ]
     replace_marked_block(DOCS / "benchmarks.md", "\n".join(lines) + "\n<!-- /table -->")
@@ -99,7 +99,7 @@ def write_report(rows: list[dict], args) -> None:
     for line in table.values():
         cells = [c.strip() for c in line.strip("|").split("|")]
         style = "-" if cells[1] == "GGUF" else "--"
-        axis.plot(CONTEXTS, [float(c) for c in cells[9:9 + len(CONTEXTS)]], style, marker="o", label=" ".join(cells[:3]))
+        axis.plot(CONTEXTS, [float(c) for c in cells[7:7 + len(CONTEXTS)]], style, marker="o", label=" ".join(cells[:3]))
     axis.set_xscale("log", base=2)
     axis.set_xlabel("context (tokens already in the KV cache)")
     axis.set_ylabel("decode tok/s")

@@ -180,6 +180,50 @@ def test_int4_written_weight_by_weight_equals_onnxruntime_quantizing_the_whole_g
     assert summary(ours) == summary(theirs)
 
 
+@pytest.mark.parametrize("name", ["tiny-rope", "tiny-ngen4"])
+def test_int8_written_weight_by_weight_equals_quantize_dynamic_over_the_whole_graph(exported, tmp_path, name):
+    """onnxruntime's documented int8 path is `quantize_dynamic` over the whole fp32 graph, which
+    quantizes an activation once for all the MatMuls that read it (tiny-rope's q/k/v and gate/up;
+    tiny-ngen4 fuses them). edgelm's weight-by-weight int8 must give the same nodes, by name, wired the
+    same way, and the same bytes: a DynamicQuantizeLinear made twice would be an extra node."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    checkpoint, f32 = exported(name)
+    ours = onnx.load(str(export_onnx(checkpoint, tmp_path / "q", "int8").path / "model.onnx"))
+    quantize_dynamic(f32 / "model.onnx", tmp_path / "theirs.onnx", weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    theirs = onnx.load(str(tmp_path / "theirs.onnx"))
+
+    def summary(model):
+        nodes = sorted((n.op_type, n.name, tuple(n.input), tuple(n.output),
+                        tuple(sorted((a.name, str(onnx.helper.get_attribute_value(a))) for a in n.attribute))) for n in model.graph.node)
+        return nodes, {t.name: onnx.numpy_helper.to_array(t).tobytes() for t in model.graph.initializer}
+
+    assert summary(ours) == summary(theirs)
+
+
+@pytest.mark.parametrize("name", ["tiny-nope", "tiny-ngen4"])
+def test_f16_written_weight_by_weight_equals_convert_float_to_float16_over_the_whole_graph(exported, tmp_path, name):
+    """onnxruntime's f16 conversion, `convert_float_to_float16(keep_io_types=False)` over the whole fp32
+    graph, against edgelm's (the converter over the graph with the weights as data-less inputs, each
+    weight converted as it is written): same nodes by name and wiring, same value types, same bytes."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    checkpoint, f32 = exported(name)
+    ours = onnx.load(str(export_onnx(checkpoint, tmp_path / "h", "f16").path / "model.onnx"))
+    theirs = convert_float_to_float16(onnx.load(str(f32 / "model.onnx")), keep_io_types=False)
+
+    def summary(model):
+        graph = model.graph
+        nodes = sorted((n.op_type, n.name, tuple(n.input), tuple(n.output),
+                        tuple(sorted((a.name, str(onnx.helper.get_attribute_value(a))) for a in n.attribute))) for n in graph.node)
+        types = sorted((v.name, v.type.tensor_type.elem_type) for v in [*graph.input, *graph.output])
+        return nodes, types, {t.name: (t.data_type, onnx.numpy_helper.to_array(t).tobytes()) for t in graph.initializer}
+
+    assert summary(ours) == summary(theirs)
+
+
 def test_int4_options_quantize_the_embedding_and_keep_the_lm_head_at_8_bits(exported, tmp_path):
     """tiny-ngen4 ties its LM head to the embedding: the head must still be a constant the quantizer sees."""
     import onnx

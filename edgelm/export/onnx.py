@@ -43,7 +43,7 @@ from ..errors import UserError
 from ..fileio import atomic_output_dir
 from ..models import Checkpoint, CausalLM, CausalSelfAttention, ModelSpec
 from ..models.layers import rotary_frequencies
-from ..quantize.onnx import quantize_int4, quantize_onnx, save_ir
+from ..quantize.onnx import F16_NOTE, convert_f16, quantize_int4, quantize_int8, save_ir
 from ..tokenizer import Tokenizer, load_tokenizer, load_tokenizer_file
 from .temperatures import refuse_beyond_f16
 from .weights import ExportedWeights
@@ -348,8 +348,8 @@ def _write_graph(checkpoint: Checkpoint, path: Path, kv_calibration_text: Path |
                  int4_embedding: bool = False, int8_lm_head: bool = False) -> list[str]:
     """Trace the graph over fake weights, calibrate an int8 KV cache on `kv_calibration_text` with the
     torch model (None: a float cache), and write the graph with each weight streamed from the
-    checkpoint (temperatures folded, checked finite and, for f16, within float16's range); int4
-    quantizes each weight on its way (quantize/onnx.py). Returns notes for the user."""
+    checkpoint (temperatures folded, checked finite and, for f16, within float16's range); int4, int8
+    and f16 convert each weight on its way (quantize/onnx.py). Returns notes for the user."""
     # the tracer's notes on dynamic axes, missing torchvision ops and pytree deprecations: none is the user's to act on
     warnings.filterwarnings("ignore", module="torch.onnx")
     warnings.filterwarnings("ignore", message=".*LeafSpec")
@@ -366,6 +366,11 @@ def _write_graph(checkpoint: Checkpoint, path: Path, kv_calibration_text: Path |
     try:
         if quant == "int4":
             notes += quantize_int4(model, int4_embedding, int8_lm_head)
+        elif quant == "int8":
+            notes += quantize_int8(model)
+        elif quant == "f16":
+            model = convert_f16(model)
+            notes.append(F16_NOTE)
         save_ir(model, path)
     except Exception as exc:  # onnx_ir wraps what a lazy weight raised (a refused tensor) in its SerdeError
         cause = exc
@@ -397,12 +402,9 @@ def export_onnx(
     tokenizer = load_tokenizer(checkpoint.path)
     with atomic_output_dir(out, force) as tmp:
         step("tracing the graph" + (" and calibrating the int8 KV cache" if kv_cache == "int8" else "")
-             + (", writing int4 weights" if quant == "int4" else ""))
+             + (f", writing {quant} weights" if quant != "f32" else ""))
         notes = _write_graph(checkpoint, tmp / ONNX_MODEL_FILE, calibration_text if kv_cache == "int8" else None, quant,
                              int4_embedding, int8_lm_head)
-        if quant in ("int8", "f16"):
-            step(f"quantizing to {quant}")
-            notes += quantize_onnx(tmp / ONNX_MODEL_FILE, quant)
         step("writing configs")
         for name in TOKENIZER_FILES:
             if (checkpoint.path / name).is_file():

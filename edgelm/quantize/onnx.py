@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -18,21 +21,9 @@ INT4_BLOCK = 32
 INT4_ACCURACY_LEVEL = 4
 
 
-def save_onnx(model: onnx.ModelProto, path: Path) -> None:
-    """Save `model` at `path`, its weights in `path`.data when over EXTERNAL_DATA_OVER; a weights file
-    left from the graph it replaces is removed."""
-    data = path.with_name(path.name + ".data")
-    data.unlink(missing_ok=True)
-    weights = sum(len(t.raw_data) for t in model.graph.initializer)
-    if weights > EXTERNAL_DATA_OVER:
-        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
-    else:
-        onnx.save(model, str(path))
-
-
 def save_ir(model: ir.Model, path: Path) -> None:
-    """save_onnx for an onnx_ir model, whose initializers may be lazy: ir.save evaluates and writes
-    them one at a time."""
+    """Save `model` at `path`, its weights in `path`.data when over EXTERNAL_DATA_OVER; its
+    initializers may be lazy: ir.save evaluates and writes them one at a time."""
     weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
     ir.save(model, path, external_data=path.name + ".data" if weights > EXTERNAL_DATA_OVER else None)
 
@@ -52,12 +43,12 @@ def _weight_config(bits: int, ops: tuple[str, ...]):
                                         op_types_to_quantize=ops, quant_axes=(("MatMul", 0), ("Gather", 1)))
 
 
-def _quantize_one(model: ir.Model, node: ir.Node, config) -> None:
-    """onnxruntime's MatMulNBitsQuantizer on `node` alone: a one-node model holding only its weight
-    (read now, from a lazy initializer) goes through the quantizer, and the nodes and initializers it
-    returns take the node's place. The weight's float data is let go when this returns."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
+def _quantize_one(model: ir.Model, node: ir.Node, quantize: Callable[[onnx.ModelProto], onnx.ModelProto]) -> None:
+    """An onnxruntime quantizer (`quantize`) on `node` alone: a one-node model holding only its weight
+    (read now, from a lazy initializer) goes through it, and the nodes and initializers it returns
+    take the node's place; a node it returns that the graph already has (by name: int8's
+    DynamicQuantizeLinear of an activation several MatMuls read) is not added twice. The weight's
+    float data is let go when this returns."""
     graph = model.graph
     weight = next(v for v in node.inputs if v is not None and v.is_initializer())
     activations = [v for v in node.inputs if v is not None and not v.is_initializer()]
@@ -71,13 +62,16 @@ def _quantize_one(model: ir.Model, node: ir.Node, config) -> None:
     tensor = one_node.graph.initializer.add()
     ir.serde.serialize_tensor_into(tensor, weight.const_value)
     tensor.name = weight.name
-    quantizer = MatMulNBitsQuantizer(one_node, algo_config=config)
-    quantizer.process()
-    quantized = ir.from_proto(quantizer.model.model)
+    quantized = ir.from_proto(quantize(one_node))
     new_graph = quantized.graph
-    new_nodes, new_outputs = list(new_graph), list(new_graph.outputs)
     for mine, theirs in zip(activations, new_graph.inputs):
         theirs.replace_all_uses_with(mine)
+    present = {n.name: n for n in graph if n.op_type == "DynamicQuantizeLinear"}
+    for duplicate in [n for n in new_graph if n.name in present]:
+        for theirs, mine in zip(duplicate.outputs, present[duplicate.name].outputs):
+            theirs.replace_all_uses_with(mine)
+        new_graph.remove(duplicate)
+    new_nodes, new_outputs = list(new_graph), list(new_graph.outputs)
     new_graph.outputs.clear()
     new_graph.remove(new_nodes)
     for value in list(new_graph.initializers.values()):
@@ -94,20 +88,67 @@ def _quantize_one(model: ir.Model, node: ir.Node, config) -> None:
     model.ir_version = max(model.ir_version, quantized.ir_version)
 
 
+def _weighted(graph: ir.Graph, ops: tuple[str, ...]) -> list[ir.Node]:
+    """The nodes of `ops` with a constant 2-D weight, in graph order."""
+    return [node for node in graph if node.op_type in ops
+            and any(v is not None and v.is_initializer() and v.shape is not None and len(v.shape) == 2 for v in node.inputs)]
+
+
+def _matmul_nbits(one_node: onnx.ModelProto, config) -> onnx.ModelProto:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(one_node, algo_config=config)
+    quantizer.process()
+    return quantizer.model.model
+
+
+class _WithoutPreProcessAdvice(logging.Filter):
+    """quantize_dynamic advises through the root logger, on every call, running its pre-processing
+    (shape inference and graph optimization, for static quantization of vision models): called once
+    per weight it would print that a hundred times."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Please consider to run pre-processing")
+
+
+def _quantize_dynamic(one_node: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxruntime's `quantize_dynamic` (QInt8 weights, per tensor, on MatMul), which writes its
+    result to a file."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="edgelm-int8-") as folder:
+        out = Path(folder) / "quantized.onnx"
+        quantize_dynamic(one_node, out, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+        return onnx.load(str(out))
+
+
+def quantize_int8(model: ir.Model) -> list[str]:
+    """int8 weights as the graph is written, as quantize_int4 does: every MatMul whose weight is a
+    constant goes alone through onnxruntime's `quantize_dynamic`, whose nodes (DynamicQuantizeLinear
+    of the activation, shared by the MatMuls that read it; MatMulInteger; the scale Muls) replace it.
+    Returns notes for the user."""
+    root = logging.getLogger()
+    advice = _WithoutPreProcessAdvice()
+    root.addFilter(advice)
+    try:
+        for node in _weighted(model.graph, ("MatMul",)):
+            _quantize_one(model, node, _quantize_dynamic)
+    finally:
+        root.removeFilter(advice)
+    return ["int8: dynamic quantization, QInt8 weights on every MatMul"]
+
+
 def quantize_int4(model: ir.Model, embedding: bool = False, int8_lm_head: bool = False) -> list[str]:
     """int4 weights as the graph is written: every MatMul (and with `embedding` the embedding Gather)
     whose weight is a constant becomes onnxruntime's MatMulNBits (GatherBlockQuantized), one weight
     at a time (_quantize_one), so memory holds the int4 model and one float weight, never the float
     model; `int8_lm_head` keeps the LM head at 8 bits. Returns notes for the user."""
-    import logging
-
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line per node
     head = _lm_head(model.graph) if int8_lm_head else None
     ops = ("MatMul", "Gather") if embedding else ("MatMul",)
-    for node in list(model.graph):
-        weights = [v for v in node.inputs if v is not None and v.is_initializer() and v.shape is not None and len(v.shape) == 2]
-        if node.op_type in ops and weights:
-            _quantize_one(model, node, _weight_config(8 if node is head else 4, ops))
+    for node in _weighted(model.graph, ops):
+        config = _weight_config(8 if node is head else 4, ops)
+        _quantize_one(model, node, lambda one_node: _matmul_nbits(one_node, config))
     notes = [f"int4: MatMulNBits, block {INT4_BLOCK}, symmetric, accuracy_level {INT4_ACCURACY_LEVEL}"
              + (", embedding as GatherBlockQuantized int4" if embedding else "")]
     if head is not None:
@@ -115,28 +156,34 @@ def quantize_int4(model: ir.Model, embedding: bool = False, int8_lm_head: bool =
     return notes
 
 
-def quantize_onnx(path: Path, quant: str) -> list[str]:
-    """int8 or f16: rewrite the float graph at `path` (and its weights file) in place; returns notes for the user."""
-    if quant == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+def convert_f16(model: ir.Model) -> ir.Model:
+    """f16 as the graph is written: onnxruntime's `convert_float_to_float16` rewrites the graph (types,
+    casts around the ops it keeps in fp32) with the checkpoint's weights standing in as graph inputs
+    of their type and shape but no data — whole, 1.1B's fp32 weights are 4.4 GB, past protobuf's 2 GB —,
+    then each weight returns as an initializer that converts, when written, through the converter's
+    own `convert_np_to_float16` (which also rounds magnitudes below float16's smallest subnormal up
+    to it, as it does to initializers). Returns the converted model."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16, convert_np_to_float16
 
-        tmp = path.with_name(path.stem + ".int8.onnx")
-        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                         use_external_data_format=True)
-        model = onnx.load(str(tmp))
-        tmp.unlink()
-        tmp.with_name(tmp.name + ".data").unlink()
-        notes = ["int8: dynamic quantization, QInt8 weights on every MatMul"]
-    elif quant == "f16":
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+    graph = model.graph
+    weights = {name: value.const_value for name, value in graph.initializers.items() if isinstance(value.const_value, ir.LazyTensor)}
+    for name in weights:
+        graph.inputs.append(graph.initializers.pop(name))
+    # inputs and outputs in fp16 too: a KV buffer bound as both past and present must be one tensor,
+    # which a cast at the graph's edge would split
+    converted = ir.from_proto(convert_float_to_float16(ir.serde.serialize_model(model), keep_io_types=False))
+    graph = converted.graph
+    for value in [v for v in graph.inputs if v.name in weights]:
+        graph.inputs.remove(value)
+        weight = weights[value.name]
+        if value.dtype == ir.DataType.FLOAT16:
+            weight = ir.LazyTensor(lambda weight=weight: ir.Tensor(convert_np_to_float16(weight.numpy())),
+                                   dtype=ir.DataType.FLOAT16, shape=weight.shape)
+        value.const_value = weight
+        graph.register_initializer(value)
+    return converted
 
-        # inputs and outputs in fp16 too: a KV buffer bound as both past and present must be one tensor,
-        # which a cast at the graph's edge would split
-        model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=False)
-        notes = ["f16: weights, KV cache and compute in fp16 (logits are returned as fp16); ONNX Runtime's CPU "
-                 "provider lacks fp16 kernels for some ops and inserts casts there, so f16 mainly pays on GPU and "
-                 "mobile providers"]
-    else:
-        raise ValueError(quant)
-    save_onnx(model, path)
-    return notes
+
+F16_NOTE = ("f16: weights, KV cache and compute in fp16 (logits are returned as fp16); ONNX Runtime's CPU "
+            "provider lacks fp16 kernels for some ops and inserts casts there, so f16 mainly pays on GPU and "
+            "mobile providers")
