@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from . import __version__
 from .errors import UserError
@@ -24,9 +22,38 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)  # errors and failed checks: always shown
-info = Console(stderr=True, highlight=False, soft_wrap=True)  # progress, notes, warnings: silenced by --quiet
+
+
+class _Console:
+    """A rich Console made on first use. `generate` streams plain text and never needs one: importing
+    rich was 2.5 of the 9 MB a tiny model's `edgelm generate` held over llama-cpp-python's own script."""
+
+    def __init__(self, stderr: bool = False):
+        self._stderr = stderr
+        self._console = None
+        self._quiet = False
+
+    @property
+    def quiet(self) -> bool:
+        return self._quiet
+
+    @quiet.setter
+    def quiet(self, value: bool) -> None:
+        self._quiet = value
+        if self._console is not None:
+            self._console.quiet = value
+
+    def __getattr__(self, name: str):  # what this class lacks: the Console's own methods
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True, quiet=self._quiet)
+        return getattr(self._console, name)
+
+
+out = _Console()
+err = _Console(stderr=True)  # errors and failed checks: always shown
+info = _Console(stderr=True)  # progress, notes, warnings: silenced by --quiet
 
 
 class PositionEncoding(str, Enum):
@@ -112,6 +139,8 @@ def inspect(
     if as_json:
         out.print_json(json.dumps(info))
         return
+    from rich.table import Table
+
     table = Table(title=str(path), show_header=False)
     for key, value in info.items():
         table.add_row(key, value if isinstance(value, str) else json.dumps(value))
@@ -204,10 +233,11 @@ def generate(
         text = "".join(p.text for p in collected)
         out.print_json(json.dumps({"prompt": prompt, "text": text, "tokens": [p.token for p in collected], "engine": artifact.engine}))
         return
-    out.print(prompt, end="", style="bold", markup=False)
+    sys.stdout.write(prompt)
     for piece in pieces:
-        out.print(piece.text, end="", markup=False)
-    out.print()
+        sys.stdout.write(piece.text)
+        sys.stdout.flush()  # each piece as it comes
+    sys.stdout.write("\n")
 
 
 def _read_text(path: Path, option: str = "--text") -> str:
@@ -444,6 +474,8 @@ def bench(
     if as_json:
         out.print_json(json.dumps(report))
         return
+    from rich.table import Table
+
     table = Table(title=f"{path} ({artifact.engine})", show_header=False)
     table.add_row("time to first token", f"{result.time_to_first_token_s * 1000:.1f} ms ({result.prompt_tokens} prompt tokens)")
     table.add_row("prefill", f"{result.prefill_tok_s:.1f} tok/s")
@@ -523,6 +555,8 @@ def parity(
         out.print_json(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None
                                    for k, v in (result | {"failed": failed}).items()}))
     else:
+        from rich.table import Table
+
         table = Table(title=f"{artifact_path} vs {reference}", show_header=False)
         for key, value in result.items():
             table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))

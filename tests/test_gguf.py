@@ -109,6 +109,19 @@ def test_tensors_written_a_block_of_rows_at_a_time_equal_the_whole_tensor_encode
         assert np.array(tensor.data).tobytes() == expected.tobytes(), tensor.name
 
 
+def test_llama_cpp_quantizer_process_failing_is_one_user_error(tmp_path):
+    """The quantizer runs in a process of its own: llama.cpp refusing (here: a source that is no GGUF)
+    comes back as one UserError, not a traceback, and leaves no target."""
+    from edgelm.errors import UserError
+    from edgelm.quantize.llama_cpp import quantize_gguf
+
+    source = tmp_path / "source.gguf"
+    source.write_bytes(b"not a gguf file at all")
+    with pytest.raises(UserError, match="llama.cpp's quantizer refused to make Q4_K_M"):
+        quantize_gguf(source, tmp_path / "target.gguf", 15, "Q4_K_M")  # 15: LLAMA_FTYPE_MOSTLY_Q4_K_M
+    assert not (tmp_path / "target.gguf").exists()
+
+
 @pytest.mark.parametrize("name", ["tiny-rope", "tiny-ngen4"])
 def test_llama_cpp_tokenizes_like_the_source_tokenizer(preset_dir, tmp_path, name):
     """≥ 1000 corpus lines plus unicode edge cases; detokenization round-trips."""

@@ -2,11 +2,12 @@
 
 Tensors stream one at a time from the memory-mapped safetensors (export/weights.py: tied-alias
 resolution, temperature fold in fp32, finiteness check; then the family's layout transform), and a
-tensor that goes out unchanged (the embedding, the output head: the largest) streams a block of rows
-at a time, so memory stays at about one layer's tensor. Architectures stock llama.cpp knows are
+tensor that goes out unchanged (the embedding, the output head, the MLP's) streams a block of rows at
+a time, so memory stays at about one attention projection. Architectures stock llama.cpp knows are
 quantized by llama.cpp's own quantizer (quantize/llama_cpp.py, in a process of its own) from an f32
-file written beside the target; for an edgelm-defined architecture (tokenformer) gguf-py's `gguf.quants` quantizes each tensor
-(Q8_0/Q4_0/Q5_0, bit-identical to llama.cpp), since llama.cpp's quantizer refuses unknown archs.
+file written beside the target; for an edgelm-defined architecture (tokenformer) gguf-py's
+`gguf.quants` quantizes each tensor (Q8_0/Q4_0/Q5_0, bit-identical to llama.cpp), since llama.cpp's
+quantizer refuses unknown archs.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from ..errors import UserError
 from ..fileio import atomic_output_file
 from ..models import Checkpoint
 from ..models.registry import expand_names
-from ..tokenizer import load_tokenizer
 from ..quantize.llama_cpp import quantize_gguf
+from ..tokenizer import load_tokenizer
 from .gguf_vocab import add_vocab
 from .temperatures import refuse_beyond_f16
 from .weights import ExportedWeights
