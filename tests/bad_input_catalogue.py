@@ -179,6 +179,8 @@ CASES: list[Case] = [
     case("rms_norm_eps negative", "inspect {model}", "rms_norm_eps", config(rms_norm_eps=-1e-5)),
     case("rope_theta zero", "inspect {model}", "rope_theta", config(rope_theta=0)),
     case("context length zero", "inspect {model}", "max_position_embeddings", config(max_position_embeddings=0)),
+    case("a billion layers (found by the fuzz suite: hours building the module)", "inspect {model}",
+         "describes 1000000000 layers, more than the weights' 39 tensors", config(num_hidden_layers=10**9)),
     case("unknown architecture", "inspect {model}", "unknown architecture MambaForCausalLM",
          config(architectures=["MambaForCausalLM"], model_type="mamba")),
     case("architectures a string", "inspect {model}", "architectures", config(architectures="LlamaForCausalLM", model_type="mamba")),

@@ -362,6 +362,9 @@ def open_checkpoint(
 
 def _check_tensors(family: Family, spec: ModelSpec, tensors: TensorSource, folder: Path) -> dict[str, tuple[int, ...]]:
     """The module's tensor shapes, after checking the checkpoint supplies exactly those."""
+    if spec.num_layers > len(tensors.shapes):  # every layer holds a tensor; a billion-layer module would take hours to build
+        raise UserError(f"config.json describes {spec.num_layers} layers, more than the weights' {len(tensors.shapes)} tensors", folder,
+                        "the weights do not match config.json: re-download or re-export them")
     expected = {n: tuple(t.shape) for n, t in meta_model(family, spec).state_dict().items()}
     aliases = family.tied_tensors(spec)
     template = family.head_temperature_tensor

@@ -11,6 +11,7 @@ only llama-cpp-python, as llama.cpp's own `llama-quantize` runs apart from its c
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import subprocess
@@ -25,6 +26,7 @@ REFUSED = 3  # the exit status for "llama_model_quantize returned an error"
 def quantize_gguf(source: Path, target: Path, file_type: int, type_name: str) -> dict[str, str]:
     """Write `target`, `source` (an f32 GGUF of an arch llama.cpp knows) quantized to `file_type`;
     returns the GGML type name llama.cpp chose for each tensor, as gguf-py reads them from `target`."""
+    _give_back_freed_heap()
     done = subprocess.run([sys.executable, "-m", __name__, str(source), str(target), str(file_type)],
                           capture_output=True, text=True, errors="replace")
     if done.returncode == 0:
@@ -35,6 +37,15 @@ def quantize_gguf(source: Path, target: Path, file_type: int, type_name: str) ->
     last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
     raise UserError(f"llama.cpp's quantizer stopped before making {type_name} ({last})", None,
                     "check the disk has room and memory is free, then export again")
+
+
+def _give_back_freed_heap() -> None:
+    """glibc keeps the heap pages of the tensors the export just wrote and freed (0–100 MB measured on
+    1.1B); `malloc_trim` returns them before the quantizer's process starts. Elsewhere, nothing to do."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError, TypeError):  # not glibc (macOS, musl: no malloc_trim; Windows: no CDLL(None))
+        pass
 
 
 def _main(source: str, target: str, file_type: str) -> int:
