@@ -37,13 +37,13 @@ def run_measured(command: list[str]) -> dict:
 def _tree_rss(root: int) -> int:
     """Resident bytes of `root` and its descendants now (Linux /proc)."""
     children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
+    pids = [entry for entry in Path("/proc").iterdir() if entry.name.isdigit()] if Path("/proc/self/stat").exists() else []
+    for entry in pids:
         try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) if entry.name.isdigit() else None
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])  # field 4, after "(comm)"
         except OSError:  # the process ended while read
             continue
-        if parent is not None:
-            children.setdefault(parent, []).append(int(entry.name))
+        children.setdefault(parent, []).append(int(entry.name))
     total, pending = 0, [root]
     while pending:
         pid = pending.pop()

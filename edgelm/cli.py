@@ -26,7 +26,7 @@ app = typer.Typer(
 
 class _Console:
     """A rich Console made on first use. `generate` streams plain text and never needs one: importing
-    rich was 2.5 of the 9 MB a tiny model's `edgelm generate` held over llama-cpp-python's own script."""
+    rich was 2.5 of the 11 MB a tiny model's `edgelm generate` held over llama-cpp-python's own script."""
 
     def __init__(self, stderr: bool = False):
         self._stderr = stderr

@@ -109,12 +109,13 @@ class _RowStream:
         assert written == self.nbytes, f"wrote {written} bytes of a {self.nbytes}-byte tensor"
 
 
-def _tensor_data(checkpoint: Checkpoint, weights: ExportedWeights, gguf_name: str, name: str,
-                 qtype: GGMLQuantizationType, nbytes: int, streamed: bool) -> np.ndarray | _RowStream:
+def _tensor_data(weights: ExportedWeights, gguf_name: str, name: str, qtype: GGMLQuantizationType,
+                 nbytes: int, streamed: bool) -> np.ndarray | _RowStream:
     """The tensor as export/weights.py gives it (aliases resolved, temperatures folded, checked), in
     the family's GGUF layout, encoded as `qtype`: whole, or (`streamed`) a block of rows at a time."""
     if streamed:  # blocks of whole rows: float conversion and block quantization work row by row
         return _RowStream(nbytes, lambda: (_encode(gguf_name, block.numpy(), qtype) for block in weights.row_blocks(name)))
+    checkpoint = weights.checkpoint
     array = checkpoint.family.gguf_transform(checkpoint.spec, name, weights.get(name)).contiguous().numpy()
     return _encode(gguf_name, array, qtype)
 
@@ -164,7 +165,7 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     weights = ExportedWeights(checkpoint)
     types, sizes, streamed = {}, {}, {}
     for gguf_name, name in plan.items():
-        source = torch.empty(checkpoint.tensors.shapes[family.tied_tensors(spec).get(name, name)], device="meta")
+        source = torch.empty(weights.shapes[name], device="meta")
         layout = family.gguf_transform(spec, name, source)
         shape = tuple(layout.shape)
         qtype = types[gguf_name] = _tensor_type(shape, wanted)
@@ -176,7 +177,7 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     for gguf_name, name in plan.items():
-        writer.write_tensor_data(_tensor_data(checkpoint, weights, gguf_name, name, types[gguf_name], sizes[gguf_name], streamed[gguf_name]))
+        writer.write_tensor_data(_tensor_data(weights, gguf_name, name, types[gguf_name], sizes[gguf_name], streamed[gguf_name]))
         if on_tensor:
             on_tensor(gguf_name)
     writer.close()

@@ -88,7 +88,7 @@ class TensorSource:
         if self._pickled is not None or not shape:
             yield self._whole(name, dtype)
             return
-        row_bytes = math.prod(shape[1:]) * torch.empty((), dtype=dtype).element_size()
+        row_bytes = math.prod(shape[1:]) * dtype.itemsize
         rows = max(1, CONVERT_BLOCK_BYTES // max(1, row_bytes))
         file = self.files[name]
         for start in range(0, shape[0], rows):

@@ -1,9 +1,10 @@
 """llama.cpp's own quantizer (`llama_model_quantize`, through llama-cpp-python), in a process of its own.
 
-The export that calls it has imported torch and the model families (~0.3 GB resident); the quantizer
-holds about the largest tensor in f32 (1.1B's embedding: 262 MB) plus its quantized copy. Run in the
-exporting process the two add up (1.1B → Q4_K_M: 0.62 GB peak); here the quantizer's process imports
-only llama-cpp-python, as llama.cpp's own `llama-quantize` runs apart from its converter.
+The export that calls it has imported torch and the model families (~0.25 GB resident); the quantizer
+holds about the largest tensor in f32 (1.1B's embedding: 262 MB) plus its quantized copy. In one
+process the two added up to 0.62–0.65 GB (1.1B → Q4_K_M); apart, neither process passes 0.37 GB (the
+waiting exporter and the quantizer together still reach ~0.62). The quantizer's process imports only
+llama-cpp-python, as llama.cpp's own `llama-quantize` runs apart from its converter.
 
     python -m edgelm.quantize.llama_cpp SOURCE.gguf TARGET.gguf FILE_TYPE   (a LlamaFileType number)
     → TARGET.gguf, and on stdout {tensor name: GGML type name} as JSON
