@@ -11,11 +11,12 @@ against it.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import lzma
 import shutil
 import tempfile
 import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,25 +24,19 @@ from typing import Any
 from . import __version__
 from .constants import BUNDLE_MANIFEST, BUNDLE_SAMPLING_DEFAULTS, WEB_PAGE_FILES, WEB_RUNTIME_FILES
 from .errors import UserError
-from .fileio import atomic_output_dir, atomic_output_file, is_plain_name, refuse_overlap
+from .artifact_files import find_member, member, parse_json, read_json, read_json_object, sha256, user_file
+from .fileio import WRITE_ERRNOS, atomic_output_dir, atomic_output_file, is_plain_name, refuse_overlap
 
 MANIFEST_VERSION = 1
 # a zip is read before anything is unpacked, and refused past these (a bundle is a model and a few configs)
 MAX_FILES = 64
 MAX_UNPACKED_BYTES = 64 << 30
 MAX_MANIFEST_BYTES = 1 << 20
+VERIFY_CONTEXT = 8  # the context verify opens the model with: one token goes through it
 TARGETS = ("mobile", "web")
 WEB_ASSETS = Path(__file__).parent / "assets" / "web"
 # where `make web-runtime` installs the pinned npm packages (web/package.json) in a checkout
 DEFAULT_WEB_RUNTIME = Path(__file__).resolve().parents[1] / "web" / "node_modules"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _web_files(fmt, folder: Path, runtime: Path) -> dict[str, Any]:
@@ -66,8 +61,8 @@ def _web_files(fmt, folder: Path, runtime: Path) -> dict[str, Any]:
 def _package_version(package_json: Path) -> Any:
     """The version a package.json states; None for a missing or unreadable one (a folder the user named)."""
     try:
-        return json.loads(package_json.read_text(encoding="utf-8")).get("version")
-    except (OSError, ValueError, AttributeError):  # missing, not JSON or not UTF-8, not an object
+        return read_json_object(user_file(package_json, "--web-runtime", MAX_MANIFEST_BYTES, "package.json")).get("version")
+    except UserError:  # missing, not JSON or not UTF-8, not an object
         return None
 
 
@@ -91,6 +86,8 @@ def make_bundle(artifact: Path, out: Path, zip_it: bool = False, force: bool = F
     if refusal and not allow_desktop_only:
         raise UserError(f"no mobile runtime can load this: {refusal}", artifact,
                         "export a format phones run (e.g. an architecture llama.cpp knows, or ONNX), or pass --allow-desktop-only")
+    if not out.name:  # typer makes `--out ''` the current folder
+        raise UserError(f"--out {str(out)!r} is not a name for the bundle", None, "give the bundle's path")
     destination = out.with_suffix(".zip") if zip_it else out
     refuse_overlap(destination, artifact)
     runtime = web_runtime or DEFAULT_WEB_RUNTIME
@@ -98,8 +95,7 @@ def make_bundle(artifact: Path, out: Path, zip_it: bool = False, force: bool = F
         with atomic_output_dir(destination, force) as tmp:
             _fill(fmt, tmp, target, runtime)
         return destination
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=destination.parent) as staging, atomic_output_file(destination, force) as zip_tmp:
+    with atomic_output_file(destination, force) as zip_tmp, tempfile.TemporaryDirectory(dir=destination.parent) as staging:
         _fill(fmt, Path(staging), target, runtime)
         with zipfile.ZipFile(zip_tmp, "w", zipfile.ZIP_DEFLATED) as archive:
             for path in sorted(Path(staging).iterdir()):
@@ -132,13 +128,10 @@ def check_manifest(manifest: Any, where: Path) -> dict:
 
 
 def _read_manifest(folder: Path) -> dict:
-    path = folder / BUNDLE_MANIFEST
-    if not path.is_file():
+    path = find_member(folder, BUNDLE_MANIFEST, MAX_MANIFEST_BYTES, "the manifest")
+    if path is None:
         raise UserError(f"no {BUNDLE_MANIFEST} manifest", folder, "give a folder made by `edgelm bundle`")
-    try:
-        return check_manifest(json.loads(path.read_text(encoding="utf-8")), path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"the manifest is not valid JSON ({exc})", path, "make the bundle again") from None
+    return check_manifest(read_json(path, MAX_MANIFEST_BYTES, "the manifest"), path)
 
 
 def _check_folder(folder: Path, manifest: dict) -> None:
@@ -149,50 +142,92 @@ def _check_folder(folder: Path, manifest: dict) -> None:
                         "a bundle holds exactly what its manifest lists: remove it or make the bundle again")
     for name, entry in files.items():
         path = folder / name
-        if path.is_symlink() or not path.is_file():
-            raise UserError(f"{name} is missing", folder, "the bundle is incomplete: copy it again")
+        if path.is_symlink():  # a bundle is copied as plain files: a link in one was put there
+            raise UserError(f"{name} is a link, not a file of the bundle", folder, "refused: copy the bundle again")
+        member(folder, name, fix="the bundle is incomplete: copy it again")
         if path.stat().st_size != entry["bytes"] or sha256(path) != entry["sha256"]:
             raise UserError(f"{name} does not match its sha256 in the manifest", path, "the file was changed or damaged: copy the bundle again")
 
 
+# zip read errors: a bad CRC (BadZipFile), an encrypted entry (RuntimeError), an unknown compression method
+# (NotImplementedError), a corrupt deflate or bzip2/lzma stream (zlib.error, OSError, EOFError, LZMAError)
+ZIP_READ_ERRORS = (zipfile.BadZipFile, RuntimeError, NotImplementedError, zlib.error, EOFError, OSError, ValueError, lzma.LZMAError)
+MAX_PACKING_RATIO = 100  # deflate reaches ~1000:1 on zeros; weights pack ~1.1:1, JSON and tokenizers ~5:1
+RATIO_FLOOR_BYTES = 1 << 20  # entries this small unpack without the ratio check
+
+
 def unpack_zip(bundle: Path, folder: Path) -> None:
-    """The zip's directory and manifest are read and checked before anything is written."""
+    """The zip's directory and manifest are read and checked before anything is written; the bytes written
+    are counted, against the manifest, the entry's packed size and the free space."""
     try:
         archive = zipfile.ZipFile(bundle)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise UserError(f"not a readable zip ({exc})", bundle, "copy the bundle again") from None
     with archive:
-        entries = archive.infolist()
-        for entry in entries:
-            if not is_plain_name(entry.filename):
-                raise UserError(f"the archive holds {entry.filename!r}, outside the bundle", bundle, "refused: make the bundle again")
-        names = [e.filename for e in entries]
-        if len(entries) > MAX_FILES or len(set(names)) != len(names):
-            raise UserError(f"the archive holds {len(entries)} entries ({len(set(names))} names); a bundle has at most {MAX_FILES}", bundle,
-                            "refused: make the bundle again")
-        if BUNDLE_MANIFEST not in names:
-            raise UserError(f"no {BUNDLE_MANIFEST} manifest in the archive", bundle, "give a zip made by `edgelm bundle --zip`")
-        info = archive.getinfo(BUNDLE_MANIFEST)
-        if info.file_size > MAX_MANIFEST_BYTES:
-            raise UserError(f"the manifest would unpack to {info.file_size} bytes", bundle, "refused: make the bundle again")
         try:
-            manifest = check_manifest(json.loads(archive.read(BUNDLE_MANIFEST)), bundle)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"the manifest is not valid JSON ({exc})", bundle, "make the bundle again") from None
-        for entry in entries:
-            expected = BUNDLE_MANIFEST if entry.filename == BUNDLE_MANIFEST else manifest["files"].get(entry.filename)
-            if expected is None:
-                raise UserError(f"{entry.filename} is in the archive but not in its manifest", bundle, "refused: make the bundle again")
-            if expected != BUNDLE_MANIFEST and entry.file_size != expected["bytes"]:
-                raise UserError(f"{entry.filename} would unpack to {entry.file_size} bytes, the manifest says {expected['bytes']}", bundle,
+            _unpack_checked(archive, bundle, folder)
+        except UserError:
+            raise
+        except ZIP_READ_ERRORS as exc:
+            if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+                raise UserError(f"unpacking the bundle failed ({exc.strerror})", folder, "free some space in the temporary folder (TMPDIR)") from None
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise UserError(f"the archive cannot be read ({type(exc).__name__}: {first})", bundle, "copy the bundle again") from None
+
+
+def _unpack_checked(archive: zipfile.ZipFile, bundle: Path, folder: Path) -> None:
+    entries = archive.infolist()
+    for entry in entries:
+        if not is_plain_name(entry.filename):
+            raise UserError(f"the archive holds {entry.filename!r}, outside the bundle", bundle, "refused: make the bundle again")
+    names = [e.filename for e in entries]
+    if len(entries) > MAX_FILES or len(set(names)) != len(names):
+        raise UserError(f"the archive holds {len(entries)} entries ({len(set(names))} names); a bundle has at most {MAX_FILES}", bundle,
+                        "refused: make the bundle again")
+    if BUNDLE_MANIFEST not in names:
+        raise UserError(f"no {BUNDLE_MANIFEST} manifest in the archive", bundle, "give a zip made by `edgelm bundle --zip`")
+    info = archive.getinfo(BUNDLE_MANIFEST)
+    if info.file_size > MAX_MANIFEST_BYTES:
+        raise UserError(f"the manifest would unpack to {info.file_size} bytes", bundle, "refused: make the bundle again")
+    manifest = check_manifest(parse_json(_read_entry(archive, info, MAX_MANIFEST_BYTES), bundle, "the manifest", MAX_MANIFEST_BYTES), bundle)
+    for entry in entries:
+        expected = BUNDLE_MANIFEST if entry.filename == BUNDLE_MANIFEST else manifest["files"].get(entry.filename)
+        if expected is None:
+            raise UserError(f"{entry.filename} is in the archive but not in its manifest", bundle, "refused: make the bundle again")
+        if expected != BUNDLE_MANIFEST and entry.file_size != expected["bytes"]:
+            raise UserError(f"{entry.filename} would unpack to {entry.file_size} bytes, the manifest says {expected['bytes']}", bundle,
+                            "refused: make the bundle again")
+    for entry in entries:
+        if entry.flag_bits & 0x1:
+            raise UserError(f"{entry.filename} is encrypted in the archive", bundle, "refused: make the bundle again without a password")
+        if entry.file_size > RATIO_FLOOR_BYTES and entry.file_size > MAX_PACKING_RATIO * max(entry.compress_size, 1):
+            raise UserError(f"{entry.filename} would unpack {entry.file_size / max(entry.compress_size, 1):.0f} times its packed size",
+                            bundle, "refused as a zip bomb: make the bundle again")
+    total = sum(e.file_size for e in entries)
+    free = shutil.disk_usage(folder).free
+    if total > MAX_UNPACKED_BYTES or total > free:
+        raise UserError(f"the archive would unpack to {total / 1e9:.1f} GB ({free / 1e9:.1f} GB free where it unpacks)", bundle,
+                        "refused: make the bundle again, or point TMPDIR at a larger disk")
+    for entry in entries:
+        with open(folder / entry.filename, "wb") as target:  # an output: a fresh private folder
+            for block in _entry_blocks(archive, entry, entry.file_size):
+                target.write(block)
+
+
+def _entry_blocks(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, limit: int):
+    """An entry's bytes, counted as they come: past `limit` (what the directory declared) is refused."""
+    written = 0
+    with archive.open(entry) as source:
+        for block in iter(lambda: source.read(1 << 20), b""):
+            written += len(block)
+            if written > limit:
+                raise UserError(f"{entry.filename} unpacks past the {limit} bytes the archive declares", Path(archive.filename or ""),
                                 "refused: make the bundle again")
-        total = sum(e.file_size for e in entries)
-        if total > MAX_UNPACKED_BYTES:
-            raise UserError(f"the archive would unpack to {total / 1e9:.1f} GB", bundle, "refused: make the bundle again")
-        for entry in entries:  # zipfile stops a member at its declared size, which was checked above
-            with archive.open(entry) as source, open(folder / entry.filename, "wb") as target:
-                for block in iter(lambda: source.read(1 << 20), b""):
-                    target.write(block)
+            yield block
+
+
+def _read_entry(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, limit: int) -> bytes:
+    return b"".join(_entry_blocks(archive, entry, min(limit, entry.file_size)))
 
 
 @contextmanager
@@ -213,11 +248,20 @@ def verify_folder(folder: Path) -> dict:
     return manifest
 
 
-def verify_bundle(bundle: Path) -> dict:
-    """Every hash, no path leaving the bundle, and a load of the model; returns the manifest."""
-    from .formats import bundled_format
+def verify_bundle(bundle: Path) -> tuple[dict, dict]:
+    """Every hash, no path leaving the bundle, and the model opened by the runtime that would run it, one
+    token through it; returns the manifest and what the model itself says it is (Format.identity)."""
+    import numpy as np
+
+    from .formats import LoadOptions, bundled_format
 
     with unpacked(Path(bundle)) as folder:
         manifest = verify_folder(folder)
-        bundled_format(folder, manifest)  # reads and validates the model's header
-    return manifest
+        model = bundled_format(folder, manifest)
+        identity = model.identity()
+        with model.open(LoadOptions(context_length=VERIFY_CONTEXT)) as artifact:
+            token = artifact.tokenizer.bos_id if artifact.tokenizer.bos_id is not None else 0
+            logits = artifact.backend.forward([token])
+        if not logits.size or not np.isfinite(logits).all():
+            raise UserError(f"{manifest['model']} loads but one token through it gives no finite logits", folder, "make the bundle again")
+    return manifest, identity

@@ -242,12 +242,9 @@ def generate(
 
 def _read_text(path: Path, option: str = "--text") -> str:
     """A text file given by `option`: UTF-8 text, or one line saying why not."""
-    if not path.is_file():
-        raise UserError("text file not found", path, f"give a UTF-8 text file with {option}")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"the text is not UTF-8 (byte {exc.start}: {exc.reason})", path, "convert it to UTF-8, e.g. with iconv") from None
+    from .artifact_files import MAX_TEXT_BYTES, read_text, user_file
+
+    return read_text(user_file(path, option, MAX_TEXT_BYTES, "text file"), MAX_TEXT_BYTES, "the text")
 
 
 @app.command()
@@ -466,7 +463,7 @@ def bench(
     threads = _threads(threads)  # once: the raw engines get the same count
     context = prompt_tokens + WARMUP_STEPS + new_tokens + 2
     artifact = open_artifact(path, _load_options(None, None, "cpu", threads, context_length=context, provider=provider, allow_pickle=allow_pickle))
-    text = DEFAULT_TEXT.read_text(encoding="utf-8") if DEFAULT_TEXT.is_file() else "It is a truth universally acknowledged. " * 200
+    text = _read_text(DEFAULT_TEXT) if DEFAULT_TEXT.is_file() else "It is a truth universally acknowledged. " * 200
     prompt = (artifact.tokenizer.encode(text) * (1 + prompt_tokens // 1000))[:prompt_tokens]
     with info.status("timing…"):
         result = run(artifact, prompt, new_tokens, compare, threads)
@@ -513,9 +510,9 @@ def verify(bundle_path: Annotated[Path, typer.Argument(help="A bundle folder or 
     """Check every file's sha256 against the manifest and load the model."""
     from .bundle import verify_bundle
 
-    manifest = verify_bundle(bundle_path)
-    out.print(f"ok: {len(manifest['files'])} files match their sha256, nothing else in the bundle; {manifest['model']} loads "
-              f"({manifest['family']}, {manifest['format']}, {manifest['quantization']})", markup=False)
+    manifest, model = verify_bundle(bundle_path)
+    out.print(f"ok: {len(manifest['files'])} files match their sha256, nothing else in the bundle; {manifest['model']} loads and runs "
+              f"({model['family']}, {model['format']}, {model['quantization']})", markup=False)
 
 
 @app.command()

@@ -23,9 +23,22 @@ def is_plain_name(name: Any) -> bool:
     return len(PurePosixPath(name).parts) == 1 and name not in (".", "..") and not Path(name).is_absolute()
 
 
-def refuse_existing(target: Path, force: bool) -> None:
-    if target.exists() and not force:
+def refuse_existing(target: Path, force: bool, kind: str | None = None) -> None:
+    """An output that exists needs --force; and even then not a link, not the current folder or one
+    holding it, and not a folder where a file goes (or the reverse): --force replaces an output, it
+    does not guess which of two things was meant."""
+    if not os.path.lexists(target):
+        return
+    if not force:
         raise UserError("output already exists", target, "choose another path or pass --force to replace it")
+    if target.is_symlink():
+        raise UserError("the output is a symbolic link; --force replaces files and folders, not links", target,
+                        "remove the link or give the path it points to")
+    if Path.cwd().resolve().is_relative_to(target.resolve()):
+        raise UserError("the output would replace the current folder", target, "give the output a name of its own")
+    if kind == "folder" and not target.is_dir() or kind == "file" and target.is_dir():
+        there = "a folder" if target.is_dir() else "a file"
+        raise UserError(f"the output is a {kind} but {there} is there", target, f"remove it or choose another path")
 
 
 def _umask() -> int:
@@ -68,14 +81,28 @@ def _temporary_file(target: Path) -> Path:
     return Path(name)
 
 
+def _missing_parents(folder: Path) -> list[Path]:
+    """The folders mkdir(parents=True) would make for `folder`, deepest first."""
+    missing = []
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
 @contextmanager
-def _atomic(target: Path, force: bool, make_temporary) -> Iterator[Path]:
-    target = Path(target)
-    refuse_existing(target, force)
+def _atomic(target: Path, force: bool, make_temporary, kind: str) -> Iterator[Path]:
+    if not str(target) or not Path(target).name:  # '' and '/': typer makes `--out ''` the current folder
+        raise UserError(f"{str(target)!r} is not a name for the output", None, "give the output's path")
+    target = Path(os.path.abspath(target))  # '.', '..' and 'x/..' become the folders they name
+    refuse_existing(target, force, kind)
+    made = _missing_parents(target.parent)
+    succeeded = False
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = make_temporary(target)
     except OSError as exc:  # a parent that is a file, a read-only or missing mount, no permission
+        _remove_empty(made)
         blocking = next((p for p in [target.parent, *target.parent.parents] if p.exists() and not p.is_dir()), None)
         why = f"{blocking} is a file, not a folder" if blocking else exc.strerror
         raise UserError(f"cannot write here ({why})", target.parent, "choose an output in a folder you can write") from None
@@ -83,6 +110,7 @@ def _atomic(target: Path, force: bool, make_temporary) -> Iterator[Path]:
         yield tmp
         _fsync_tree(tmp)
         _replace(tmp, target)
+        succeeded = True
     except OSError as exc:
         if exc.errno not in WRITE_ERRNOS:
             raise
@@ -93,16 +121,27 @@ def _atomic(target: Path, force: bool, make_temporary) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        if not succeeded:
+            _remove_empty(made)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """A failed output leaves no folders it made for itself (deepest first; one that is not empty stays)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def atomic_output_dir(target: Path, force: bool = False):
     """Yields an empty temporary folder beside `target`; it becomes `target` only if the block succeeds."""
-    return _atomic(target, force, _temporary_dir)
+    return _atomic(target, force, _temporary_dir, "folder")
 
 
 def atomic_output_file(target: Path, force: bool = False):
     """Yields a temporary file path beside `target`; it becomes `target` only if the block succeeds."""
-    return _atomic(target, force, _temporary_file)
+    return _atomic(target, force, _temporary_file, "file")
 
 
 def refuse_overlap(target: Path, *sources: Path) -> None:

@@ -6,6 +6,7 @@ progress bars. edgelm asks only for data files — config, weights, tokenizer �
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -13,6 +14,10 @@ from .constants import TOKENIZER_FILES
 from .errors import UserError
 
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?$")
+# a revision: a 40-hex commit, or a branch or tag name as git allows one (components that do not start with a
+# dot, no '..', no '.lock' ending; the hub's 'refs/pr/N' included): never a path that leaves refs/ or snapshots/
+REVISION_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
 DATA_FILES = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json", *TOKENIZER_FILES]
 PICKLE_FILES = ["pytorch_model.bin", "pytorch_model.bin.index.json"]
 # huggingface_hub's cache layout: HF_HUB_CACHE/models--ORG--NAME/snapshots/<commit>/
@@ -54,6 +59,26 @@ def known_facts(folder: Path) -> tuple[str, dict[str, str]] | None:
     return (repo, facts) if facts else None
 
 
+def is_revision(text: str) -> bool:
+    parts = text.split("/")
+    return bool(COMMIT.match(text)) or (len(text) <= 255 and all(REVISION_PART.match(p) and not p.endswith(".lock") for p in parts)
+                                        and ".." not in text)
+
+
+def _inside_cache(folder: Path, repo: str) -> Path:
+    """The snapshot huggingface_hub answered must be snapshots/<40-hex commit> of the repo's own cache
+    folder: a refs/<branch> file holding '../../x' would make it any folder on the disk."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    snapshots = Path(os.path.realpath(Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model") / "snapshots"))
+    real = Path(os.path.realpath(folder))
+    if real.parent != snapshots or not COMMIT.match(real.name):
+        raise UserError(f"the Hugging Face cache resolves {repo} to {real}, outside its snapshots folder", snapshots.parent,
+                        "refused: the cache's refs/ files were changed; delete this repo's cache folder and download it again")
+    return folder
+
+
 def resolve_model(text: str | Path, allow_pickle: bool = False) -> Path:
     """A local path as it is; a hub id → its snapshot folder in the Hugging Face cache, downloaded
     (data files only) unless offline."""
@@ -61,6 +86,9 @@ def resolve_model(text: str | Path, allow_pickle: bool = False) -> Path:
         return Path(text)
     found = HUB_ID.match(str(text))
     repo, revision = found["repo"], found["revision"]
+    if revision is not None and not is_revision(revision):
+        raise UserError(f"{revision!r} is not a branch, tag or commit name", None,
+                        "give ORG/NAME@REVISION with a branch or tag name (main, v1.0, refs/pr/1) or a 40-hex commit")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
@@ -84,6 +112,7 @@ def resolve_model(text: str | Path, allow_pickle: bool = False) -> Path:
     except (HfHubHTTPError, OSError) as exc:  # the hub's other answers, network and disk errors
         answer = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"cannot fetch {repo} from the hub ({answer})", None, "check the connection, or give a local folder") from None
+    folder = _inside_cache(folder, repo)
     if not allow_pickle and not any(folder.glob("*.safetensors")):
         raise UserError(f"{repo} has no safetensors weights", folder,
                         "if it publishes only pytorch_model.bin, pass --allow-pickle (loaded with torch.load(weights_only=True))")

@@ -4,10 +4,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from .artifact_files import MAX_JSON_BYTES, MAX_TEMPLATE_BYTES, MAX_TOKENIZER_BYTES, find_member, read_json_object, read_text
 from .constants import CHAT_TEMPLATE_FILE
 from .errors import UserError
 
@@ -17,6 +17,8 @@ class Tokenizer:
     def __init__(self, file: Path, config: dict[str, Any]):
         self.file = file
         self.config = config
+        # the files read (load_tokenizer adds tokenizer_config.json), by name: what a GGUF export stores
+        self.files: dict[str, Path] = {file.name: file}
         self.add_bos = bool(config.get("add_bos_token", False))
         self.bos_id = self.token_id(config.get("bos_token"))
         self.eos_id = self.token_id(config.get("eos_token"))
@@ -95,23 +97,18 @@ BACKENDS = {"tokenizer.json": JSONTokenizer, "tokenizer.model": SentencePieceTok
 
 def load_tokenizer(folder: str | Path) -> Tokenizer:
     folder = Path(folder)
-    file = next((folder / name for name in BACKENDS if (folder / name).is_file()), None)
+    found = ((name, find_member(folder, name, MAX_TOKENIZER_BYTES)) for name in BACKENDS)
+    name, file = next(((name, path) for name, path in found if path is not None), (None, None))
     if file is None:
         raise UserError("no tokenizer found", folder, "put tokenizer.json or tokenizer.model beside config.json")
-    config_path = folder / "tokenizer_config.json"
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"tokenizer_config.json is not valid JSON ({exc})", config_path, "fix or re-download it") from None
-    if not isinstance(config, dict):
-        raise UserError("tokenizer_config.json must hold a JSON object", config_path, "fix or re-download it")
-    template = folder / CHAT_TEMPLATE_FILE  # where transformers 5, Optimum and genai's builder write it
-    if config.get("chat_template") is None and template.is_file():
-        try:
-            config = {**config, "chat_template": template.read_text(encoding="utf-8")}
-        except UnicodeDecodeError:
-            raise UserError(f"{CHAT_TEMPLATE_FILE} is not UTF-8 text", template, "fix or re-download it") from None
-    return load_tokenizer_file(file, config)
+    config_path = find_member(folder, "tokenizer_config.json", MAX_JSON_BYTES)
+    config = read_json_object(config_path, what="tokenizer_config.json") if config_path else {}
+    template = find_member(folder, CHAT_TEMPLATE_FILE, MAX_TEMPLATE_BYTES)  # where transformers 5, Optimum and genai's builder write it
+    if config.get("chat_template") is None and template is not None:
+        config = {**config, "chat_template": read_text(template, MAX_TEMPLATE_BYTES, CHAT_TEMPLATE_FILE)}
+    tokenizer = load_tokenizer_file(file, config)
+    tokenizer.files = {name: file} | ({"tokenizer_config.json": config_path} if config_path else {})
+    return tokenizer
 
 
 def load_tokenizer_file(file: Path, config: dict[str, Any]) -> Tokenizer:

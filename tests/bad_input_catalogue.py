@@ -161,7 +161,7 @@ CASES: list[Case] = [
     case("folder does not exist", "inspect {tmp}/nowhere", "no such file or folder"),
     case("config.json missing", "inspect {model}", "config.json is missing", remove("model", "config.json")),
     case("config.json not JSON", "inspect {model}", "config.json is not valid JSON", write("model", "config.json", "{not json")),
-    case("config.json not UTF-8", "inspect {model}", "config.json is not valid JSON", write("model", "config.json", b'{"a": "\xff"}')),
+    case("config.json not UTF-8", "inspect {model}", "config.json is not UTF-8 text", write("model", "config.json", b'{"a": "\xff"}')),
     case("config.json a list", "inspect {model}", "must hold a JSON object", write("model", "config.json", "[1, 2]")),
     *[case(f"config lacks {key}", "inspect {model}", f"lacks '{key}'", without_key("model", "config.json", key))
       for key in LLAMA_CONFIG_KEYS_NEEDED],
@@ -313,7 +313,7 @@ CASES: list[Case] = [
          gguf_key("tokenformer.block_count", 2**31, GGUFValueType.UINT32)),
     case("GGUF norm epsilon NaN", "generate {gguf} --prompt x", "tokenformer.attention.layer_norm_epsilon is nan",
          gguf_key("tokenformer.attention.layer_norm_epsilon", NAN, GGUFValueType.FLOAT32)),
-    case("GGUF edgelm.config not JSON", "inspect {gguf}", "edgelm.config does not describe a tokenformer model",
+    case("GGUF edgelm.config not JSON", "inspect {gguf}", "edgelm.config is not valid JSON",
          gguf_key("edgelm.config", "{", GGUFValueType.STRING)),
     case("GGUF edgelm.config layers negative", "inspect {gguf}", "num_layers",
          gguf_key("edgelm.config", json.dumps({**TOKENFORMER_CONFIG, "num_layers": -4}), GGUFValueType.STRING)),

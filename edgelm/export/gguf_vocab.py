@@ -15,6 +15,7 @@ import json
 
 from gguf import GGUFWriter, TokenType
 
+from ..artifact_files import MAX_TOKENIZER_BYTES, read_bytes, read_json
 from ..constants import GGUF_TOKENIZER_FILE, GGUF_TOKENIZER_FILE_BASE64
 from ..tokenizer import JSONTokenizer, SentencePieceTokenizer, Tokenizer
 
@@ -62,7 +63,7 @@ def _pre_tokenizer_name(data: dict) -> str:
 
 
 def _bpe(writer: GGUFWriter, tokenizer: JSONTokenizer, vocab_size: int) -> None:
-    data = json.loads(tokenizer.file.read_text(encoding="utf-8"))
+    data = read_json(tokenizer.file, what="tokenizer.json")
     if data["model"]["type"] != "BPE":
         raise ValueError(f"tokenizer.json model {data['model']['type']} is not BPE")
     by_id = {i: t for t, i in tokenizer.backend.get_vocab(with_added_tokens=True).items()}
@@ -101,10 +102,9 @@ def add_vocab(writer: GGUFWriter, tokenizer: Tokenizer, vocab_size: int) -> None
     if tokenizer.chat_template:
         writer.add_chat_template(tokenizer.chat_template)
     # the source tokenizer files themselves, so edgelm's native executor tokenizes without llama.cpp
-    for file in (tokenizer.file, tokenizer.file.parent / "tokenizer_config.json"):
-        if file.is_file():
-            data = file.read_bytes()
-            try:
-                writer.add_string(GGUF_TOKENIZER_FILE + file.name, data.decode("utf-8"))
-            except UnicodeDecodeError:  # tokenizer.model is a protobuf
-                writer.add_string(GGUF_TOKENIZER_FILE_BASE64 + file.name, base64.b64encode(data).decode("ascii"))
+    for name, file in tokenizer.files.items():
+        data = read_bytes(file, MAX_TOKENIZER_BYTES, name)
+        try:
+            writer.add_string(GGUF_TOKENIZER_FILE + name, data.decode("utf-8"))
+        except UnicodeDecodeError:  # tokenizer.model is a protobuf
+            writer.add_string(GGUF_TOKENIZER_FILE_BASE64 + name, base64.b64encode(data).decode("ascii"))

@@ -38,6 +38,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from .. import __version__
+from ..artifact_files import MAX_TEXT_BYTES, find_member, member, read_json_object, read_text, sha256, user_file
 from ..constants import GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE, TOKENIZER_FILES
 from ..errors import UserError
 from ..fileio import atomic_output_dir
@@ -254,7 +255,7 @@ def write_hf_configs(checkpoint: Checkpoint, folder: Path) -> None:
     (folder / HF_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     tokenizer_json_from_sentencepiece(folder)
     path = folder / "tokenizer_config.json"
-    tokenizer_config = json.loads(path.read_text()) if path.is_file() else {}
+    tokenizer_config = read_json_object(path) if path.is_file() else {}  # the copy in the output folder
     tokenizer_config.setdefault("model_input_names", [GRAPH_INPUTS["input_ids"], GRAPH_INPUTS["attention_mask"]])
     path.write_text(json.dumps(tokenizer_config, indent=2) + "\n")
 
@@ -313,10 +314,8 @@ def genai_config(checkpoint: Checkpoint, tokenizer: Tokenizer, context_length: i
 
 def checkpoint_hash(checkpoint: Checkpoint) -> str:
     digest = hashlib.sha256()
-    for file in sorted(set(checkpoint.tensors.files.values())) + [checkpoint.path / "config.json"]:
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+    for file in sorted(set(checkpoint.tensors.files.values())) + [member(checkpoint.path, "config.json")]:
+        sha256(file, digest)
     return digest.hexdigest()
 
 
@@ -334,10 +333,7 @@ def check_quant_options(quant: str, int4_embedding: bool = False, int8_lm_head: 
 
 def calibration_ids(tokenizer: Tokenizer, text_file: Path) -> torch.Tensor:
     """The first KV_CALIBRATION_TOKENS tokens of `text_file`."""
-    try:
-        text = text_file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read the calibration text ({exc.__class__.__name__})", text_file, "give a UTF-8 text file") from None
+    text = read_text(user_file(text_file, "--calibration-text", MAX_TEXT_BYTES, "text file"), what="the calibration text")
     ids = tokenizer.encode(text[: 20 * KV_CALIBRATION_TOKENS])[:KV_CALIBRATION_TOKENS]
     if len(ids) < 64:
         raise UserError(f"the calibration text has {len(ids)} tokens", text_file, "give a text of at least 64 tokens (1024 are used)")
@@ -407,8 +403,8 @@ def export_onnx(
                              int4_embedding, int8_lm_head)
         step("writing configs")
         for name in TOKENIZER_FILES:
-            if (checkpoint.path / name).is_file():
-                shutil.copy(checkpoint.path / name, tmp / name)
+            if (source := find_member(checkpoint.path, name)) is not None:
+                shutil.copyfile(source, tmp / name)
         write_hf_configs(checkpoint, tmp)
         (tmp / GENAI_CONFIG).write_text(json.dumps(genai_config(checkpoint, tokenizer, checkpoint.spec.max_positions), indent=2) + "\n")
         manifest = {

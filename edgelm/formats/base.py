@@ -65,6 +65,7 @@ class Artifact:
 
 class Format(ABC):
     kind: ClassVar[str]  # how edgelm names it to a user ("gguf", "onnx folder", …)
+    bundled: ClassVar[bool] = True  # what a bundle may hold as its model (not a bundle, not a checkpoint folder)
 
     def __init__(self, path: Path):
         self.path = path
@@ -84,6 +85,11 @@ class Format(ABC):
     @abstractmethod
     def weight_bytes(self) -> int:
         """Bytes of weights one decode step reads (an embedding table only gathered does not count)."""
+
+    def identity(self) -> dict[str, Any]:
+        """format, family and quantization as the model file itself states them (`verify` prints these,
+        never a manifest's word)."""
+        raise UserError(f"a {self.kind} is not what a bundle holds", self.path, "make the bundle again with `edgelm bundle`")
 
     @property
     def raw_engine(self) -> str | None:

@@ -3,23 +3,24 @@ format it holds. A zip is unpacked into a temporary folder that lives as long as
 
 from __future__ import annotations
 
-import json
 import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
+from ..artifact_files import find_member, read_json_object
 from ..constants import BUNDLE_MANIFEST
+from ..errors import UserError
 from .base import FORMATS, Artifact, Format, LoadOptions, register
 
 
 def _is_bundle_folder(path: Path) -> bool:
-    manifest = path / BUNDLE_MANIFEST
-    if not manifest.is_file() or manifest.stat().st_size > (1 << 20):
-        return False
+    from ..bundle import MAX_MANIFEST_BYTES
+
     try:
-        return "files" in json.loads(manifest.read_text(encoding="utf-8"))  # an ONNX export's edgelm.json has none
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+        manifest = find_member(path, BUNDLE_MANIFEST, MAX_MANIFEST_BYTES)
+        return manifest is not None and "files" in read_json_object(manifest)  # an ONNX export's edgelm.json has none
+    except UserError:
         return False
 
 
@@ -28,16 +29,15 @@ def bundled_format(folder: Path, manifest: dict) -> Format:
     file or the folder."""
     for candidate in (folder / manifest["model"], folder):
         for cls in FORMATS:
-            if cls is not Bundle and cls.detect(candidate):
+            if cls.bundled and cls.detect(candidate):
                 return cls(candidate)
-    from ..errors import UserError
-
     raise UserError(f"the bundle's model {manifest['model']} is of no format edgelm reads", folder, "make the bundle again")
 
 
 @register
 class Bundle(Format):
     kind = "bundle"
+    bundled = False
 
     @classmethod
     def detect(cls, path: Path) -> bool:

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ..artifact_files import read_prefix
 from ..constants import (GGUF_FAMILY, GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED, GGUF_POSITION_ENCODING, GGUF_VERSION,
                          llama_cpp_archs)
 from ..errors import UserError
@@ -24,10 +25,7 @@ class GGUF(Format):
 
     @classmethod
     def detect(cls, path: Path) -> bool:
-        if not path.is_file():
-            return False
-        with open(path, "rb") as handle:
-            return path.suffix == ".gguf" or handle.read(4) == MAGIC
+        return path.is_file() and (path.suffix == ".gguf" or read_prefix(path, 4) == MAGIC)
 
     def __init__(self, path: Path):
         from ..runtime.gguf_file import open_gguf
@@ -145,12 +143,17 @@ class GGUF(Format):
             return None
         return f"arch {self.gguf.arch!r} runs only on edgelm's ggml executor; no llama.cpp on a phone knows it"
 
-    def bundle_into(self, folder: Path) -> dict[str, Any]:
+    def _quantization(self) -> str:
         from gguf import LlamaFileType
 
-        self._check_runnable()
-        shutil.copy(self.path, folder / self.path.name)
         file_type = self.gguf.field("general.file_type")
-        quantization = LlamaFileType(file_type).name.removeprefix("MOSTLY_") if file_type in LlamaFileType._value2member_map_ else "unknown"
-        return {"format": "gguf", "family": self.gguf.field(GGUF_FAMILY), "quantization": quantization,
+        return LlamaFileType(file_type).name.removeprefix("MOSTLY_") if file_type in LlamaFileType._value2member_map_ else "unknown"
+
+    def identity(self) -> dict[str, Any]:
+        return {"format": self.kind, "family": self.gguf.field(GGUF_FAMILY) or self.gguf.arch, "quantization": self._quantization()}
+
+    def bundle_into(self, folder: Path) -> dict[str, Any]:
+        self._check_runnable()
+        shutil.copyfile(self.path, folder / self.path.name)
+        return {"format": "gguf", "family": self.gguf.field(GGUF_FAMILY), "quantization": self._quantization(),
                 "context_length": self.context_length(), "model": self.path.name, "arch": self.gguf.arch}

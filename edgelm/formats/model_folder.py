@@ -22,6 +22,7 @@ def _temperature_summary(table) -> dict[str, Any]:
 @register
 class ModelFolder(Format):
     kind = "model folder"
+    bundled = False
 
     @classmethod
     def detect(cls, path: Path) -> bool:

@@ -14,8 +14,12 @@ from typing import Any
 
 from ..constants import BUNDLE_SAMPLING_DEFAULTS, GENAI_CONFIG, ONNX_MODEL_FILE, ORT_MODEL_FILE, REQUIRED_OPERATORS, TOKENIZER_FILES
 from ..errors import UserError
-from ..fileio import is_plain_name
+from ..artifact_files import contained, find_member, member, read_prefix
 from .base import Artifact, Format, LoadOptions, register
+
+
+# onnxruntime's quantized operators (MatMulNBits: 4 bits unless told otherwise) → what edgelm calls the quantization
+QUANTIZED_OPS = {"MatMulNBits": "int4", "GatherBlockQuantized": "int4", "MatMulInteger": "int8", "DynamicQuantizeLinear": "int8"}
 
 
 @register
@@ -111,19 +115,36 @@ class OnnxFolder(Format):
             names = ", ".join(sorted(onnx.TensorProto.DataType.Name(c).lower() for c in caches))
             raise UserError(f"this graph keeps its KV cache in {names}; the web page feeds a float32 cache", self.path,
                             "export again without --kv-cache int8 (and at --quant int4, int8 or f32)")
-        if not (self.path / "tokenizer.json").is_file():
+        if find_member(self.path, "tokenizer.json") is None:
             raise UserError("the web page tokenizes with tokenizer.json, which this folder lacks", self.path,
                             "export the model again with this edgelm (it converts a tokenizer.model)")
         external = sorted({entry.value for tensor in graph.initializer for entry in tensor.external_data if entry.key == "location"})
-        for name in external:
-            if not is_plain_name(name) or not (self.path / name).is_file():
-                raise UserError(f"the graph's external weights {name!r} are not a file inside the folder", self.path, "export the model again")
-        for name in [self.model_file.name, *external, GENAI_CONFIG, *(n for n in TOKENIZER_FILES if (self.path / n).is_file())]:
-            shutil.copy(self.path / name, folder / name)
+        files = [member(self.path, name, what="the graph's external weights") for name in [self.model_file.name, *external, GENAI_CONFIG]]
+        files += [path for name in TOKENIZER_FILES if (path := find_member(self.path, name)) is not None]
+        for path in files:
+            shutil.copyfile(path, folder / path.name)
         return {"format": "onnx (web)", "family": self.manifest.get("family"), "quantization": self.manifest.get("quantization"),
                 "context_length": self.genai["model"]["context_length"], "model": self.model_file.name, "external_data": external,
                 "position_encoding": self.manifest.get("position_encoding"),
                 "rotary_table_positions": self.manifest.get("rotary_table_positions", 0)}
+
+    def identity(self) -> dict[str, Any]:
+        """The quantization from the operators the graph holds (an ORT-format graph's op names are
+        plain strings in its flatbuffer), the family from genai_config's model type, which
+        onnxruntime-genai runs it as."""
+        ort_format = read_prefix(self.model_file, 8)[4:8] == b"ORTM"
+        if ort_format:
+            ops = contained(self.model_file, QUANTIZED_OPS)
+            floats = "float"
+        else:
+            import onnx
+
+            graph = self._graph()
+            ops = {node.op_type for node in graph.node}
+            floats = "f16" if any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer) else "f32"
+        quantized = sorted({QUANTIZED_OPS[op] for op in ops if op in QUANTIZED_OPS})
+        return {"format": "onnx (ORT format)" if ort_format else "onnx", "family": self.genai["model"].get("type"),
+                "quantization": "+".join(quantized) or floats}
 
     def weight_bytes(self) -> int:
         consumers: dict[str, set[str]] = {}
@@ -143,7 +164,7 @@ class OnnxFolder(Format):
     def bundle_into(self, folder: Path) -> dict[str, Any]:
         """The graph in ONNX Runtime's mobile format (onnxruntime's own converter) with the
         required-operators config it writes for a reduced-size build; genai_config.json pointing at it."""
-        shutil.copy(self.model_file, folder / ONNX_MODEL_FILE)
+        shutil.copyfile(self.model_file, folder / ONNX_MODEL_FILE)  # read_onnx_folder checked it (artifact_files.member)
         subprocess.run(
             [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(folder / ONNX_MODEL_FILE),
              "--output_dir", str(folder), "--optimization_style", "Fixed"],
@@ -158,8 +179,8 @@ class OnnxFolder(Format):
         genai.setdefault("search", {}).update({"do_sample": True, **BUNDLE_SAMPLING_DEFAULTS})
         (folder / GENAI_CONFIG).write_text(json.dumps(genai, indent=2) + "\n")
         for name in TOKENIZER_FILES:
-            if (self.path / name).is_file():
-                shutil.copy(self.path / name, folder / name)
+            if (source := find_member(self.path, name)) is not None:
+                shutil.copyfile(source, folder / name)
         return {"format": "onnx (ORT mobile format)", "family": self.manifest.get("family"),
                 "quantization": self.manifest.get("quantization"), "context_length": genai["model"]["context_length"],
                 "model": ORT_MODEL_FILE}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -24,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.overrides import TorchFunctionMode
 
+from ..artifact_files import MAX_JSON_BYTES, find_member, member, read_json, user_file
 from ..errors import UserError
 from ..hub import known_facts, resolve_model
 from .layers import CausalLM
@@ -38,6 +40,7 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_NAMES = ("pytorch_model.bin", "model.bin")
 CONVERT_BLOCK_BYTES = 16 << 20  # TensorSource converts (and streams) this much of a tensor at a time
 PICKLE_INDEX = "pytorch_model.bin.index.json"
+MAX_TEMPERATURES_BYTES = 16 << 20  # a λ per head and layer: kilobytes
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -45,15 +48,12 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise UserError("no such folder", folder, "give the path of a model folder (config.json + model.safetensors)")
     if not folder.is_dir():
         raise UserError("not a model folder", folder, "give the folder that holds config.json, not a file in it")
-    path = folder / CONFIG
-    if not path.is_file():
-        raise UserError("config.json is missing", path, "a model folder needs config.json beside its weights")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"config.json is not valid JSON ({exc})", path, "fix or re-download the file") from None
+    path = find_member(folder, CONFIG, MAX_JSON_BYTES)
+    if path is None:
+        raise UserError("config.json is missing", folder / CONFIG, "a model folder needs config.json beside its weights")
+    config = read_json(path, what=CONFIG)
     if not isinstance(config, dict):
-        raise UserError("config.json must hold a JSON object", path, "fix or re-download the file")
+        raise UserError("config.json must hold a JSON object", folder / CONFIG, "fix or re-download the file")
     return config
 
 
@@ -119,8 +119,6 @@ def _damaged(name: str, exc: Exception, file: Path) -> UserError:
 
 
 def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
-    if not file.is_file():
-        raise UserError("safetensors shard is missing", file, "the index names it: download every shard")
     try:
         with safe_open(str(file), framework="pt") as handle:
             slices = {name: handle.get_slice(name) for name in handle.keys()}
@@ -144,23 +142,30 @@ def _refuse_non_float(wrong: dict[str, str], file: Path) -> None:
                         "edgelm reads float16/bfloat16/float32 checkpoints; dequantize this one first")
 
 
+def _shards(index: Path, folder: Path) -> list[Path]:
+    """The shard files a safetensors index names, each a plain name of a file in the folder."""
+    document = read_json(index)
+    weight_map = document.get("weight_map") if isinstance(document, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+        raise UserError("invalid safetensors index: it needs a \"weight_map\" of tensor name → shard file name", index,
+                        "fix or re-download it")
+    return [member(folder, shard, what="the index's shard", fix="the index names it: download every shard")
+            for shard in sorted(set(weight_map.values()))]
+
+
 def _open_tensors(folder: Path, allow_pickle: bool) -> TensorSource:
-    single, index = folder / SAFETENSORS, folder / SAFETENSORS_INDEX
-    if single.exists():
+    single, index = find_member(folder, SAFETENSORS), find_member(folder, SAFETENSORS_INDEX)
+    if single is not None:
         shapes = _safetensors_shapes(single)
         return TensorSource({name: single for name in shapes}, shapes)
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise UserError(f"invalid safetensors index ({exc})", index, "it needs a \"weight_map\" of tensor name → shard file") from None
+    if index is not None:
         files, shapes = {}, {}
-        for shard in sorted(set(weight_map.values())):
-            for name, shape in _safetensors_shapes(folder / shard).items():
-                files[name], shapes[name] = folder / shard, shape
+        for shard in _shards(index, folder):
+            for name, shape in _safetensors_shapes(shard).items():
+                files[name], shapes[name] = shard, shape
         return TensorSource(files, shapes)
-    pickles = [folder / n for n in PICKLE_NAMES if (folder / n).exists()]
-    if pickles or (folder / PICKLE_INDEX).exists():
+    pickles = [p for p in (find_member(folder, n) for n in PICKLE_NAMES) if p is not None]
+    if pickles or os.path.lexists(folder / PICKLE_INDEX):
         path = pickles[0] if pickles else folder / PICKLE_INDEX
         if not allow_pickle:
             raise UserError(
@@ -392,14 +397,13 @@ def _check_tensors(family: Family, spec: ModelSpec, tensors: TensorSource, folde
 
 def read_head_temperatures(path: str | Path, spec: ModelSpec) -> torch.Tensor:
     """A temperatures file: JSON `{"layers": [[λ per head], …]}`, one list per layer."""
-    path = Path(path)
+    path = user_file(Path(path), "--head-temperatures", MAX_TEMPERATURES_BYTES, "temperatures file")
+    document = read_json(path, MAX_TEMPERATURES_BYTES, "the temperatures file")
     try:
-        layers = json.loads(path.read_text())["layers"]
-        table = torch.tensor(layers, dtype=torch.float32)
-    except FileNotFoundError:
-        raise UserError("temperatures file not found", path, "give a JSON file {\"layers\": [[λ per head], …]}") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"not a temperatures file ({exc})", path, "expected JSON {\"layers\": [[λ per head], …]}, one list per layer") from None
+        table = torch.tensor(document["layers"], dtype=torch.float32)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        raise UserError(f"not a temperatures file ({exc.__class__.__name__}: {str(exc)[:120]})", path,
+                        "expected JSON {\"layers\": [[λ per head], …]}, one list per layer") from None
     if tuple(table.shape) != (spec.num_layers, spec.num_heads):
         raise UserError(
             f"temperatures have shape {list(table.shape)}, the model has {spec.num_layers} layers × {spec.num_heads} heads",

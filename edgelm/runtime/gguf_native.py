@@ -4,10 +4,10 @@ and not the other is refused. Imports torch and the families; running a GGUF nee
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import replace
 
+from ..artifact_files import parse_json
 from ..constants import GGUF_CONFIG, GGUF_FAMILY, GGUF_POSITION_ENCODING
 from ..errors import UserError
 from ..models import FAMILIES, Family, ModelSpec
@@ -25,9 +25,10 @@ def edgelm_model(gguf: GGUFFile) -> tuple[Family, ModelSpec]:
             "run it with llama.cpp, or export the model with `edgelm export`",
         )
     family = FAMILIES[family_name]
+    document = parse_json(config, gguf.path, GGUF_CONFIG)
     try:
-        spec = family.spec_from_config(ConfigReader(json.loads(config)))
-    except (json.JSONDecodeError, TypeError, ValueError, KeyError) as exc:  # MissingConfigKey is a KeyError
+        spec = family.spec_from_config(ConfigReader(document))
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # MissingConfigKey is a KeyError
         raise UserError(f"{GGUF_CONFIG} does not describe a {family_name} model ({exc})", gguf.path,
                         "the file is damaged: re-export it") from None
     encoding = gguf.field(GGUF_POSITION_ENCODING)

@@ -13,14 +13,13 @@ A `position_ids` input, where the graph has one, gets the positions counted from
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from ..artifact_files import find_member, member, read_json
 from ..constants import GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE
 from ..errors import UserError
 from ..fileio import is_plain_name
@@ -158,14 +157,6 @@ class OnnxBackend(Backend):
             self.binding.bind_output(present)  # allocated by onnxruntime: past + this call's positions
 
 
-def _plain_name(value: Any, key: str, path: Path) -> str:
-    """A file name from a config a stranger wrote: a plain base name, or refused."""
-    if not is_plain_name(value):
-        raise UserError(f"{key} {value!r} is not a plain file name inside the folder", path,
-                        "refused: a model file must lie in the folder itself; export it again")
-    return value
-
-
 PAST_NAME = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 
 
@@ -176,11 +167,11 @@ def describe_optimum_folder(folder: Path) -> dict:
     `present.{i}.key/value` out, `position_ids` for most decoders), the context length from config.json."""
     import onnx
 
-    model, config_path = folder / ONNX_MODEL_FILE, folder / HF_CONFIG
-    if not config_path.is_file():
+    model, config_path = member(folder, ONNX_MODEL_FILE), find_member(folder, HF_CONFIG)
+    if config_path is None:
         raise UserError(f"{GENAI_CONFIG} and {HF_CONFIG} are both missing", folder,
                         "give an ONNX folder from `edgelm export --format onnx`, onnxruntime-genai's builder or Optimum")
-    config = _read_json(config_path)
+    config = read_json(config_path, what=HF_CONFIG)
     try:
         graph = onnx.load(str(model), load_external_data=False).graph
     except Exception as exc:  # protobuf's DecodeError and friends for a damaged file
@@ -211,9 +202,10 @@ def read_onnx_folder(folder: Path) -> tuple[dict, dict, Path]:
     """genai_config.json (validated; described from the graph for an Optimum folder, which has none),
     edgelm.json ({} where another tool made the folder) and the graph's path, which never leaves the
     folder."""
-    genai_path = folder / GENAI_CONFIG
-    genai = _read_json(genai_path) if genai_path.is_file() else describe_optimum_folder(folder)
-    manifest = _read_json(folder / ONNX_MANIFEST) if (folder / ONNX_MANIFEST).is_file() else {}
+    genai_path, manifest_path = folder / GENAI_CONFIG, find_member(folder, ONNX_MANIFEST)
+    genai_file = find_member(folder, GENAI_CONFIG)
+    genai = read_json(genai_file, what=GENAI_CONFIG) if genai_file else describe_optimum_folder(folder)
+    manifest = read_json(manifest_path, what=ONNX_MANIFEST) if manifest_path else {}
     try:
         decoder = genai["model"]["decoder"]
         for key in ("num_hidden_layers", "num_key_value_heads", "head_size"):
@@ -221,7 +213,10 @@ def read_onnx_folder(folder: Path) -> tuple[dict, dict, Path]:
                 raise TypeError(f"model.decoder.{key} is {decoder[key]!r}, not a positive integer")
         if not isinstance(genai["model"]["context_length"], int) or genai["model"]["context_length"] <= 0:
             raise TypeError(f"model.context_length is {genai['model']['context_length']!r}, not a positive integer")
-        filename = _plain_name(decoder.get("filename", ONNX_MODEL_FILE), "model.decoder.filename", genai_path)
+        filename = decoder.get("filename", ONNX_MODEL_FILE)
+        if not is_plain_name(filename):
+            raise UserError(f"model.decoder.filename {filename!r} is not a plain file name inside the folder", genai_path,
+                            "refused: a model file must lie in the folder itself; export it again")
         names = {**decoder.get("inputs", {}), **decoder.get("outputs", {})}
         if not all(isinstance(v, str) for v in names.values()):
             raise TypeError("model.decoder.inputs/outputs hold names that are not strings")
@@ -230,14 +225,5 @@ def read_onnx_folder(folder: Path) -> tuple[dict, dict, Path]:
                         "export the model again") from None
     if not isinstance(manifest, dict):
         raise UserError(f"{ONNX_MANIFEST} is not a JSON object", folder / ONNX_MANIFEST, "export the model again")
-    model = folder / filename
-    if not model.is_file():
-        raise UserError(f"{filename} is missing", folder, "export the model again with `edgelm export --format onnx`")
+    model = member(folder, filename, fix="export the model again with `edgelm export --format onnx`")
     return genai, manifest, model
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path.name} is not valid JSON ({exc})", path, "export the model again") from None

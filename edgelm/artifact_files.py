@@ -1,0 +1,212 @@
+"""The untrusted boundary: the one way a file name written inside an artifact (an index's shard, a
+genai_config `filename`, a manifest entry, a tokenizer file beside a config) becomes a file edgelm
+reads, and the one bounded reader for every JSON and text file.
+
+A name becomes a path only through `member`: a plain name (no folder part, nothing absolute), whose
+link, if it is one, resolves inside the artifact's folder — or, for a Hugging Face cache snapshot,
+inside that repository's own `blobs` folder, where huggingface_hub's snapshot links point — and that
+is a regular file (no FIFO, device or folder), no larger than the reader's limit. (The path returned
+keeps the name: onnxruntime finds external data beside the graph's path, and a hub blob's name is its
+hash. A link swapped between the check and the open is outside what this guards: whoever can write
+into the folder while edgelm reads it can also change the files themselves.) Files a user names on the command line (`--text`, `--head-temperatures`) are the user's
+choice of place, but still go through the same regular-file and size checks (`user_file`).
+
+Every read of bytes goes through `_open_regular`: opened non-blocking (a FIFO cannot hang the open),
+checked to be a regular file by its descriptor, and read to at most the limit. JSON is parsed with a
+nesting-depth bound (Python's json recurses: '[' * 100000 is a RecursionError), text must be UTF-8.
+tests/test_boundary.py fails when a module other than the allowed ones opens a path itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .fileio import is_plain_name
+
+MAX_JSON_BYTES = 64 << 20  # the largest JSON edgelm parses itself: a tokenizer.json of a 250k vocabulary is ~20 MB
+MAX_JSON_DEPTH = 64  # configs nest 4-6 deep; a depth past this is a bomb, not a config
+MAX_TEXT_BYTES = 256 << 20  # a --text to score or calibrate on (a novel is ~1 MB; wikitext-103's test split 1.3 MB)
+MAX_TEMPLATE_BYTES = 1 << 20  # a chat template (published ones are a few kB)
+MAX_TOKENIZER_BYTES = 256 << 20  # tokenizer.json / tokenizer.model, read whole by their libraries
+# huggingface_hub's cache: models--ORG--NAME/snapshots/<commit>/<file> -> ../../blobs/<hash>
+_HUB_REPO_FOLDER = re.compile(r"^models--[^/]+--[^/]+$")
+
+
+def _roots(folder: Path) -> list[Path]:
+    """Where a link in `folder` may lead: the folder itself, and for a hub cache snapshot its repo's blobs."""
+    real = Path(os.path.realpath(folder))
+    roots = [real]
+    if real.parent.name == "snapshots" and _HUB_REPO_FOLDER.match(real.parent.parent.name):
+        roots.append(real.parent.parent / "blobs")
+    return roots
+
+
+def _refuse_special(info: os.stat_result, path: Path, what: str) -> None:
+    if stat.S_ISDIR(info.st_mode):
+        raise UserError(f"{what} is a folder, not a file", path, "give a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{what} is not a regular file (a FIFO, socket or device)", path, "refused: give a regular file")
+
+
+def _refuse_size(size: int, limit: int, path: Path, what: str) -> None:
+    if size > limit:
+        raise UserError(f"{what} is {size:,} bytes; edgelm reads at most {limit:,} for it", path, "refused: the file is not what it claims")
+
+
+def find_member(folder: Path, name: Any, limit: int | None = None, what: str | None = None) -> Path | None:
+    """The path of the regular file `name` in `folder`, or None when there is no entry of that name;
+    refused (UserError) when the name or its link leads out of the folder, or it is not a regular file
+    of at most `limit` bytes."""
+    what = what or str(name)
+    if not is_plain_name(name):
+        raise UserError(f"{what} {name!r} is not a plain file name inside the folder", folder,
+                        "refused: an artifact's files lie in its folder; make or download it again")
+    entry = Path(folder) / name
+    if not os.path.lexists(entry):
+        return None
+    real = Path(os.path.realpath(entry))
+    if not any(real.is_relative_to(root) for root in _roots(Path(folder))):
+        raise UserError(f"{name} is a link to {real}, outside the artifact's folder", entry,
+                        "refused: copy the file into the folder if you mean it")
+    try:
+        info = os.stat(real)
+    except OSError:
+        return None  # a dangling link: as missing
+    _refuse_special(info, entry, name)
+    if limit is not None:
+        _refuse_size(info.st_size, limit, entry, name)
+    return entry
+
+
+def member(folder: Path, name: Any, limit: int | None = None, what: str | None = None, fix: str = "make or download it again") -> Path:
+    """As find_member, with a missing file refused too."""
+    found = find_member(folder, name, limit, what)
+    if found is None:
+        raise UserError(f"{name} is missing", Path(folder), fix)
+    return found
+
+
+def user_file(path: Path, option: str, limit: int, what: str = "file") -> Path:
+    """A file the user named on the command line: wherever it is, but a regular file of at most `limit` bytes."""
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"{what} not found", path, f"give a {what} with {option}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read the {what} ({exc.strerror})", path, f"give a readable {what} with {option}") from None
+    _refuse_special(info, path, f"the {what}")
+    _refuse_size(info.st_size, limit, path, f"the {what}")
+    return path
+
+
+def read_bytes(path: Path, limit: int, what: str = "the file") -> bytes:
+    """At most `limit` bytes of a regular file, refusing a longer one (a file can grow after a stat)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise UserError(f"{what} is missing", path, "give the file") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} ({exc.strerror})", path, "check the file and its permissions") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        _refuse_special(info, Path(path), what)
+        _refuse_size(info.st_size, limit, Path(path), what)
+        try:
+            data = handle.read(limit + 1)
+        except OSError as exc:
+            raise UserError(f"cannot read {what} ({exc.strerror})", path, "check the file") from None
+    _refuse_size(len(data), limit, Path(path), what)
+    return data
+
+
+def decode_text(data: bytes, path: Path | None, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} is not UTF-8 text (byte {exc.start}: {exc.reason})", path, "convert it to UTF-8 or re-download it") from None
+
+
+def read_text(path: Path, limit: int = MAX_TEXT_BYTES, what: str | None = None) -> str:
+    what = what or Path(path).name
+    return decode_text(read_bytes(path, limit, what), path, what)
+
+
+def _depth(text: str) -> int:
+    """The deepest nesting of brackets outside strings (a scan before json recurses into it)."""
+    brackets = re.sub(r'"(?:[^"\\]|\\.)*"', "", text) if "[" in text or "{" in text else ""
+    depth = deepest = 0
+    for char in re.findall(r"[\[\]{}]", brackets):
+        depth += 1 if char in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def parse_json(text: str | bytes, path: Path | None, what: str, limit: int = MAX_JSON_BYTES) -> Any:
+    """A JSON document from a file or a string a stranger wrote: at most `limit` bytes and MAX_JSON_DEPTH deep."""
+    if isinstance(text, bytes):
+        _refuse_size(len(text), limit, path, what)
+        text = decode_text(text, path, what)
+    elif len(text) > limit:
+        _refuse_size(len(text.encode("utf-8")), limit, path, what)
+    if _depth(text) > MAX_JSON_DEPTH:
+        raise UserError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels", path, "refused: no config nests that deep; re-download it")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, and int('9' * 5000)'s digit limit
+        raise UserError(f"{what} is not valid JSON ({str(exc).splitlines()[0][:200]})", path, "fix or re-download it") from None
+
+
+def read_json(path: Path, limit: int = MAX_JSON_BYTES, what: str | None = None) -> Any:
+    what = what or Path(path).name
+    return parse_json(read_bytes(path, limit, what), path, what, limit)
+
+
+def read_json_object(path: Path, limit: int = MAX_JSON_BYTES, what: str | None = None) -> dict:
+    document = read_json(path, limit, what)
+    if not isinstance(document, dict):
+        raise UserError(f"{what or Path(path).name} must hold a JSON object", path, "fix or re-download it")
+    return document
+
+
+def read_prefix(path: Path, size: int) -> bytes:
+    """The first `size` bytes of a regular file (a magic number), b'' for anything else."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return b""
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read(size) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+
+
+def contained(path: Path, needles) -> set:
+    """Which of `needles` (strings) occur in a regular file's bytes, read a block at a time."""
+    wanted = {needle: needle.encode() for needle in needles}
+    overlap = max((len(b) for b in wanted.values()), default=1)
+    found, tail = set(), b""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as handle:
+        _refuse_special(os.fstat(fd), Path(path), Path(path).name)
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            window = tail + block
+            found |= {needle for needle, raw in wanted.items() if raw in window}
+            tail = window[-overlap:]
+    return found
+
+
+def sha256(path: Path, digest=None) -> str:
+    """The sha256 of a regular file read a block at a time (fed into `digest` when given: several files' bytes as one)."""
+    digest = digest or hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as handle:
+        _refuse_special(os.fstat(fd), Path(path), Path(path).name)
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
