@@ -261,7 +261,7 @@ def verify_bundle(bundle: Path) -> tuple[dict, dict]:
         identity = model.identity()
         with model.open(LoadOptions(context_length=VERIFY_CONTEXT)) as artifact:
             token = artifact.tokenizer.bos_id if artifact.tokenizer.bos_id is not None else 0
-            logits = artifact.backend.forward([token])
+            logits = artifact.backend.prefill([token])
         if not logits.size or not np.isfinite(logits).all():
             raise UserError(f"{manifest['model']} loads but one token through it gives no finite logits", folder, "make the bundle again")
     return manifest, identity

@@ -4,6 +4,7 @@ is read from the graph). onnxruntime runs the graph; the tokenizer files lie bes
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
@@ -173,7 +174,7 @@ class OnnxFolder(Format):
         (folder / ONNX_MODEL_FILE).unlink()
         for config in list(folder.glob(f"*.{REQUIRED_OPERATORS}")) + list(folder.glob(REQUIRED_OPERATORS)):
             config.rename(folder / REQUIRED_OPERATORS)
-        genai = json.loads(json.dumps(self.genai))
+        genai = copy.deepcopy(self.genai)
         genai["model"]["decoder"]["filename"] = ORT_MODEL_FILE
         # onnxruntime-genai samples with what its search section says: the bundle's defaults go there
         genai.setdefault("search", {}).update({"do_sample": True, **BUNDLE_SAMPLING_DEFAULTS})

@@ -1,0 +1,641 @@
+"""The untrusted boundary (edgelm/artifact_files.py), attacked as a layer: every way into a reader — a
+link, an index naming a shard, a hub revision, a zip entry that will not unpack, a FIFO, a device, a
+nested JSON — and every output path a user can mistype. Issue 25, findings 1, 2, 3, 5, 6, 7 and 8.
+
+The property tests at the end build artifacts whose entries hypothesis draws (links in and out, hard
+links, FIFOs, folders, nested JSON, indexes naming odd shards) and run every command that reads them in
+process, asserting: nothing outside the artifact is opened (an audit hook on "open" for Python's reads,
+an atime canary for the C libraries'), exit 0 or exit 2 with one line, no traceback, bounded time."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from .test_bad_input import assert_user_error
+
+EDGELM = Path(__file__).resolve().parent.parent / "edgelm"
+
+
+# --- one way to open: a reader that opens a path itself fails here ------------------------------------
+READ_CALLS = re.compile(r"(?<![\w.])open\(|\.read_text\(|\.read_bytes\(|json\.loads?\(|safe_open\(|\.from_file\(|onnx\.load\(|"
+                        r"GGUFReader\(|shutil\.copy\w*\(|torch\.load\(|InferenceSession\(|gguf_init_from_file\(|Path\([^)]*\)\.open\(")
+# module → calls allowed there, and why. Everything else reads through artifact_files.
+ALLOWED = {
+    "artifact_files.py": "the boundary itself",
+    "fileio.py": "fsyncs outputs it wrote",
+    "runtime/backend.py": "/proc/meminfo",
+    "quantize/llama_cpp.py": "reads back the GGUF it wrote; json of its own subprocess's line",
+    "quantize/onnx.py": "loads back the graph it wrote",
+    "models/presets.py": "copies edgelm's own assets",
+    "models/position_probe.py": "edgelm's own probe text",
+}
+# calls on paths artifact_files already checked (member/find_member/user_file): the C libraries open them by name
+CHECKED_PATH_CALLS = {
+    ("models/checkpoint.py", "safe_open("): "shards from member()",
+    ("models/checkpoint.py", "torch.load("): "the pickle from find_member()",
+    ("tokenizer.py", ".from_file("): "tokenizer.json from find_member()",
+    ("runtime/onnx_backend.py", "InferenceSession("): "model file from member()",
+    ("runtime/onnx_backend.py", "onnx.load("): "model.onnx from member()",
+    ("formats/onnx.py", "onnx.load("): "model_file from member()",
+    ("formats/onnx.py", "shutil.copy"): "files from member()/find_member()",
+    ("formats/gguf.py", "shutil.copy"): "the user's GGUF file itself",
+    ("runtime/gguf_file.py", "GGUFReader("): "the user's GGUF file itself",
+    ("runtime/gguf_file.py", "gguf_init_from_file("): "the user's GGUF file itself",
+    ("export/onnx.py", "shutil.copy"): "tokenizer files from find_member()",
+    ("export/onnx.py", ".read_text("): "edgelm's own probe text",
+    ("bundle.py", "open("): "writes zip entries into its own fresh folder",
+    ("bundle.py", "shutil.copy"): "edgelm's web page and the --web-runtime the user named",
+}
+
+
+STRINGS = re.compile(r"\"(?:[^\"\\\\]|\\\\.)*\"|'(?:[^'\\\\]|\\\\.)*'")
+
+
+def test_no_reader_opens_a_path_itself():
+    offenders, used = [], set()
+    for path in sorted(EDGELM.rglob("*.py")):
+        name = path.relative_to(EDGELM).as_posix()
+        if name in ALLOWED:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = STRINGS.sub('""', line).split("#")[0]
+            for found in READ_CALLS.finditer(code):
+                call = found.group(0)
+                allowed = [(m, c) for m, c in CHECKED_PATH_CALLS if name == m and call.startswith(c)]
+                used.update(allowed)
+                if not allowed and not code.lstrip().startswith("def "):
+                    offenders.append(f"{name}:{number}: {line.strip()}")
+    assert not offenders, "read through edgelm/artifact_files.py:\n" + "\n".join(offenders)
+    assert used == set(CHECKED_PATH_CALLS), f"allowed but no longer there: {set(CHECKED_PATH_CALLS) - used}"
+
+
+# --- fixtures ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def made(preset_dir, tmp_path_factory):
+    from edgelm.bundle import make_bundle
+    from edgelm.export.gguf import export_gguf
+    from edgelm.export.onnx import export_onnx
+    from edgelm.models import open_checkpoint
+
+    root = tmp_path_factory.mktemp("boundary")
+    model = preset_dir("tiny-rope")
+    gguf = export_gguf(open_checkpoint(model), root / "m.gguf", "f16").path
+    onnx = export_onnx(open_checkpoint(model), root / "onnx", "f32").path
+    return {"model": model, "gguf": gguf, "onnx": onnx, "bundle": make_bundle(gguf, root / "bundle"),
+            "zip": make_bundle(gguf, root / "bundle-zip", zip_it=True)}
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A folder outside every artifact, with a canary whose every read shows in its atime."""
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    canary = folder / "canary.txt"
+    canary.write_text("CANARY secret\n")
+    os.utime(canary, (0, canary.stat().st_mtime))  # relatime updates an atime older than the mtime on any read
+    return canary
+
+
+def canary_untouched(canary: Path) -> bool:
+    return canary.stat().st_atime == 0
+
+
+def copy_of(source: Path, target: Path) -> Path:
+    (shutil.copytree if source.is_dir() else shutil.copyfile)(source, target)
+    return target
+
+
+# --- finding 1: links out of the folder ---------------------------------------------------------------
+@pytest.mark.parametrize("name", ["special_tokens_map.json", "tokenizer.json", "chat_template.jinja", "model.onnx", "genai_config.json"])
+def test_onnx_folder_links_out_are_refused(run_cli, made, tmp_path, outside, name):
+    folder = copy_of(made["onnx"], tmp_path / "onnx")
+    if (folder / name).exists():
+        (folder / name).unlink()
+    (folder / name).symlink_to(outside)
+    for command in (["bundle", folder, "--out", tmp_path / "b", "--target", "web"], ["generate", folder, "--prompt", "x"], ["inspect", folder]):
+        code, out, err = run_cli(*command)
+        reads = command[0] == "bundle" or name in ("model.onnx", "genai_config.json") or command[0] == "generate" and name != "special_tokens_map.json"
+        if not reads:
+            assert code == 0, err  # a file this command does not read
+        else:
+            assert_user_error((code, out, err), f"{name} is a link to {outside}, outside the artifact's folder")
+    assert canary_untouched(outside) and not (tmp_path / "b").exists()
+
+
+def test_links_inside_the_folder_are_followed(run_cli, made, tmp_path):
+    folder = copy_of(made["model"], tmp_path / "model")
+    (folder / "real").mkdir()
+    (folder / "config.json").rename(folder / "real" / "config.json")
+    (folder / "config.json").symlink_to("real/config.json")
+    code, out, err = run_cli("inspect", folder, "--json")
+    assert code == 0 and json.loads(out)["family"] == "llama", err
+
+
+def test_model_folder_file_linked_out_is_refused(run_cli, made, tmp_path, outside):
+    for name in ("config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"):
+        folder = copy_of(made["model"], tmp_path / name)
+        (folder / name).unlink()
+        (folder / name).symlink_to(outside)
+        assert_user_error(run_cli("generate", folder, "--prompt", "x"), "outside the artifact's folder", name)
+    assert canary_untouched(outside)
+
+
+# --- finding 2: a safetensors index ---------------------------------------------------------------------
+def _indexed(made, tmp_path, weight_map) -> Path:
+    folder = copy_of(made["model"], tmp_path / "indexed")
+    (folder / "model.safetensors").rename(folder / "shard-1.safetensors")
+    (folder / "model.safetensors.index.json").write_bytes(weight_map if isinstance(weight_map, bytes) else json.dumps(weight_map).encode())
+    return folder
+
+
+@pytest.mark.parametrize("shard", ["../outside/canary.safetensors", "{outside}", "sub/shard-1.safetensors", "", ".."])
+def test_index_shards_stay_in_the_folder(run_cli, made, tmp_path, outside, shard):
+    shutil.copyfile(made["model"] / "model.safetensors", outside.parent / "canary.safetensors")
+    folder = _indexed(made, tmp_path, {"weight_map": {"model.embed_tokens.weight": shard.format(outside=outside.parent / "canary.safetensors")}})
+    for command in (["inspect", folder], ["export", folder, "--out", tmp_path / "m.gguf"]):
+        assert_user_error(run_cli(*command), "is not a plain file name inside the folder")
+    assert not (tmp_path / "m.gguf").exists()
+
+
+@pytest.mark.parametrize("index", [b'{"weight_map": {"a": "\xff"}}', {"weight_map": ["a"]}, {"weight_map": {"a": 1}},
+                                   {"weight_map": {"a": "shard-1.safetensors", "b": 2}}, {"weight_map": {"a": ["x"]}}, [1], {}])
+def test_malformed_index_is_one_line(run_cli, made, tmp_path, index):
+    folder = _indexed(made, tmp_path, index)
+    code, out, err = run_cli("inspect", folder)
+    assert_user_error((code, out, err))
+    assert "index" in err or "UTF-8" in err
+
+
+def test_an_index_of_real_shards_loads(run_cli, made, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = copy_of(made["model"], tmp_path / "sharded")
+    tensors = load_file(folder / "model.safetensors")
+    names = sorted(tensors)
+    (folder / "model.safetensors").unlink()
+    halves = {"a.safetensors": names[: len(names) // 2], "b.safetensors": names[len(names) // 2:]}
+    for shard, part in halves.items():
+        save_file({n: tensors[n] for n in part}, str(folder / shard))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {n: s for s, part in halves.items() for n in part}}))
+    code, out, err = run_cli("generate", folder, "--prompt", "It is", "--max-new-tokens", 2)
+    assert code == 0, err
+
+
+# --- finding 3: hub revisions ---------------------------------------------------------------------------
+def edgelm_offline(hf_home: Path, *args) -> tuple[int, str, str]:
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "edgelm", *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.fixture(scope="module")
+def hub_home(made, tmp_path_factory):
+    from .published_layouts import write_hub_cache
+
+    home = tmp_path_factory.mktemp("hf")
+    write_hub_cache(home, "edgelm-test/tiny", made["model"])
+    return home
+
+
+def test_hub_revisions_cannot_walk_out(hub_home, tmp_path):
+    victim = tmp_path / "victim"
+    copy_of(hub_home / "hub" / "models--edgelm-test--tiny" / "snapshots" / "0123456789abcdef0123456789abcdef01234567", victim)
+    code, out, err = edgelm_offline(hub_home, "inspect", "edgelm-test/tiny@main", "--json")
+    assert code == 0 and json.loads(out)["family"] == "llama", err  # the hub cache's links into blobs/ are followed
+    for revision in ("../../../x/ref", f"/{victim}", "main/../../x", ".hidden", "x.lock"):
+        code, out, err = edgelm_offline(hub_home, "inspect", f"edgelm-test/tiny@{revision}")
+        assert code == 2 and err.count("\n") == 1 and "is not a branch, tag or commit name" in err, err
+    refs = hub_home / "hub" / "models--edgelm-test--tiny" / "refs"
+    (refs / "evil").write_text("../../../../" + str(victim.relative_to("/")))
+    (refs / "up").write_text("../../")
+    for revision in ("evil", "up"):
+        code, out, err = edgelm_offline(hub_home, "inspect", f"edgelm-test/tiny@{revision}")
+        assert code == 2 and err.count("\n") == 1 and ("outside its snapshots folder" in err or "not in the Hugging Face cache" in err), err
+
+
+def test_hub_snapshot_link_out_of_blobs_is_refused(hub_home, tmp_path, outside):
+    snapshot = next((hub_home / "hub").glob("models--*/snapshots/*"))
+    config = snapshot / "config.json"
+    target = os.readlink(config)
+    config.unlink()
+    config.symlink_to(outside)
+    try:
+        code, out, err = edgelm_offline(hub_home, "inspect", snapshot)
+        assert code == 2 and "outside the artifact's folder" in err and err.count("\n") == 1, err
+    finally:
+        config.unlink()
+        config.symlink_to(target)
+    assert canary_untouched(outside)
+
+
+# --- finding 5: verify proves what it prints --------------------------------------------------------------
+def _manifest(folder: Path, change) -> None:
+    manifest = json.loads((folder / "edgelm.json").read_text())
+    change(manifest)
+    (folder / "edgelm.json").write_text(json.dumps(manifest))
+
+
+def _list(folder: Path, manifest: dict, name: str) -> None:
+    from edgelm.artifact_files import sha256
+
+    manifest["files"][name] = {"sha256": sha256(folder / name), "bytes": (folder / name).stat().st_size}
+
+
+def test_verify_prints_what_the_model_says(run_cli, made, tmp_path):
+    folder = copy_of(made["bundle"], tmp_path / "b")
+    _manifest(folder, lambda m: m.update(family="tokenformer", quantization="Q2_K", format="onnx"))
+    code, out, err = run_cli("verify", folder)
+    assert code == 0 and "loads and runs (llama, gguf, F16)" in out, (out, err)
+
+
+@pytest.mark.parametrize("payload", [b"hello\n", "zip"])
+def test_verify_loads_the_model(run_cli, made, tmp_path, payload):
+    folder = copy_of(made["bundle"], tmp_path / "b")
+    name = "notes.txt" if payload != "zip" else "inner.zip"
+    if payload == "zip":
+        shutil.copyfile(made["zip"], folder / name)
+    else:
+        (folder / name).write_bytes(payload)
+
+    def change(manifest):
+        old = manifest["model"]
+        (folder / old).unlink()
+        del manifest["files"][old]
+        _list(folder, manifest, name)
+        manifest.update(model=name, family="llama", format="gguf", quantization="Q4_K_M")
+
+    _manifest(folder, change)
+    assert_user_error(run_cli("verify", folder), "is of no format edgelm reads")
+
+
+# --- finding 6: zips ------------------------------------------------------------------------------------------
+def _rezip(source: Path, target: Path, edit) -> Path:
+    """A copy of the zip whose raw bytes `edit` changes (entries stored, so offsets are plain)."""
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as copy:
+        for info in original.infolist():
+            copy.writestr(info.filename, original.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    data = bytearray(target.read_bytes())
+    edit(data)
+    target.write_bytes(bytes(data))
+    return target
+
+
+def _entry_offsets(path: Path, name: str) -> tuple[int, int]:
+    """(local header offset, central directory entry offset) of `name`."""
+    data = path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        local, central = archive.getinfo(name).header_offset, archive.start_dir
+    while data[central + 46:central + 46 + len(name)] != name.encode():
+        central = data.index(b"PK\x01\x02", central + 4)
+    return local, central
+
+
+def _model_entry(made) -> str:
+    return json.loads((made["bundle"] / "edgelm.json").read_text())["model"]
+
+
+@pytest.mark.parametrize("damage", ["crc", "encrypted", "method 99", "deflate"])
+def test_zip_read_errors_are_one_line(run_cli, made, tmp_path, monkeypatch, damage):
+    name = _model_entry(made)
+    probe = _rezip(made["zip"], tmp_path / "probe.zip", lambda data: None)
+    local, central = _entry_offsets(probe, name)
+
+    def edit(data: bytearray):
+        if damage == "crc":
+            for at in (local + 14, central + 16):
+                data[at] ^= 0xFF
+        elif damage == "encrypted":
+            for at in (local + 6, central + 8):
+                data[at] |= 0x01
+        elif damage == "method 99":
+            for at in (local + 8, central + 10):
+                data[at:at + 2] = (99).to_bytes(2, "little")
+        else:
+            start = local + 30 + int.from_bytes(data[local + 26:local + 28], "little") + int.from_bytes(data[local + 28:local + 30], "little")
+            data[start:start + 64] = b"\xff" * 64
+
+    bad = _rezip(made["zip"], tmp_path / "bad.zip", edit)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    for command in (["verify", bad], ["generate", bad, "--prompt", "x"]):
+        assert_user_error(run_cli(*command), "bad.zip")
+    assert list(scratch.iterdir()) == []
+
+
+def test_zip_bomb_is_refused_before_unpacking(run_cli, made, tmp_path, monkeypatch):
+    """The manifest (the attacker's) declares 64 MB of zeros, packed to ~64 kB: refused from the directory."""
+    import hashlib
+
+    folder = copy_of(made["bundle"], tmp_path / "b")
+    zeros = b"\0" * (64 << 20)
+    _manifest(folder, lambda m: m["files"].update({"zeros.bin": {"sha256": hashlib.sha256(b"").hexdigest(), "bytes": len(zeros)}}))
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
+        for path in folder.iterdir():
+            out.write(path, path.name)
+        out.writestr("zeros.bin", zeros)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert_user_error(run_cli("verify", archive), "zeros.bin would unpack", "times its packed size")
+    assert list(scratch.iterdir()) == []
+
+
+# --- finding 7: unbounded reads -------------------------------------------------------------------------------
+@contextmanager
+def deadline(seconds: int):
+    def stop(*_):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _special(kind: str, path: Path) -> Path:
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "sparse":
+        with open(path, "wb") as handle:
+            handle.truncate(20 << 30)  # 20 GB, no blocks
+    elif kind == "zero":
+        path.symlink_to("/dev/zero")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["zero", "fifo", "folder", "sparse"])
+def test_option_files_are_bounded(run_cli, made, tmp_path, kind):
+    special = _special(kind, tmp_path / "special")
+    with deadline(60):
+        assert_user_error(run_cli("generate", made["model"], "--prompt", "x", "--head-temperatures", special), "special")
+        assert_user_error(run_cli("perplexity", made["model"], "--text", special), "special")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "sparse"])
+@pytest.mark.parametrize("name", ["config.json", "tokenizer_config.json", "tokenizer.model"])
+def test_artifact_files_are_bounded(run_cli, made, tmp_path, kind, name):
+    folder = copy_of(made["model"], tmp_path / "model")
+    (folder / name).unlink()
+    _special(kind, folder / name)
+    with deadline(60):
+        assert_user_error(run_cli("generate", folder, "--prompt", "x"), name)
+
+
+NESTED = "[" * 100000 + "]" * 100000
+
+
+@pytest.mark.parametrize("target,name,command", [
+    ("model", "config.json", "inspect"), ("model", "tokenizer_config.json", "generate"), ("onnx", "genai_config.json", "inspect"),
+    ("onnx", "edgelm.json", "inspect"), ("onnx", "config.json", "inspect"), ("bundle", "edgelm.json", "verify"),
+    ("model", "model.safetensors.index.json", "inspect"), ("temperatures", "t.json", "generate"), ("zip", "edgelm.json", "verify"),
+])
+def test_nested_json_is_one_line(run_cli, made, tmp_path, target, name, command):
+    if target == "temperatures":
+        (tmp_path / name).write_text('{"layers": ' + NESTED + "}")
+        argv = ["generate", made["model"], "--prompt", "x", "--head-temperatures", tmp_path / name]
+    elif target == "zip":
+        folder = copy_of(made["bundle"], tmp_path / "b")
+        archive = tmp_path / "nested.zip"
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
+            for path in folder.iterdir():
+                out.writestr(path.name, NESTED if path.name == name else path.read_bytes())
+        argv = ["verify", archive]
+    else:
+        folder = copy_of(made[target], tmp_path / target)
+        if name == "model.safetensors.index.json":
+            (folder / "model.safetensors").unlink()
+        if target == "onnx" and name == "config.json":  # read for Optimum's layout, which has no genai_config.json
+            (folder / "genai_config.json").unlink()
+        (folder / name).write_text(NESTED)
+        argv = {"inspect": ["inspect", folder], "generate": ["generate", folder, "--prompt", "x"], "verify": ["verify", folder]}[command]
+    assert_user_error(run_cli(*argv), "nests deeper than 64 levels")
+
+
+def test_gguf_stored_config_nested(run_cli, made, tmp_path):
+    from gguf import GGUFValueType
+
+    from .gguf_edit import rewrite_gguf
+    from edgelm.export.gguf import export_gguf
+    from edgelm.models import open_checkpoint
+    from edgelm.models.presets import write_preset
+
+    native = export_gguf(open_checkpoint(write_preset("tiny-tokenformer", tmp_path / "tf", seed=1)), tmp_path / "tf.gguf", "f32").path
+    for key in ("edgelm.config", "edgelm.tokenizer_file.tokenizer_config.json"):
+        evil = rewrite_gguf(native, tmp_path / "evil.gguf", drop_keys={key}, add={key: (NESTED, GGUFValueType.STRING)})
+        assert_user_error(run_cli("inspect" if key == "edgelm.config" else "generate", evil, *([] if key == "edgelm.config" else ["--prompt", "x"])),
+                          "nests deeper than 64 levels")
+
+
+# --- finding 8: output paths ---------------------------------------------------------------------------------------
+def test_force_onto_a_link_or_the_wrong_kind(run_cli, made, tmp_path, monkeypatch):
+    folder = tmp_path / "real"
+    folder.mkdir()
+    (tmp_path / "link").symlink_to(folder)
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir").mkdir()
+    cases = [(["init", "tiny-rope", tmp_path / "link", "--force"], "symbolic link"),
+             (["init", "tiny-rope", tmp_path / "file", "--force"], "the output is a folder but a file is there"),
+             (["export", made["model"], "--format", "onnx", "--out", tmp_path / "file", "--force"], "the output is a folder but a file is there"),
+             (["export", made["model"], "--out", tmp_path / "dir", "--force"], "the output is a file but a folder is there"),
+             (["export", made["model"], "--format", "onnx", "--out", tmp_path / "link", "--force"], "symbolic link")]
+    for argv, line in cases:
+        assert_user_error(run_cli(*argv), line)
+    assert (tmp_path / "file").read_text() == "x" and (tmp_path / "link").is_symlink() and list(folder.iterdir()) == []
+    monkeypatch.chdir(folder)
+    for out in ("", ".", ".."):
+        for argv in (["init", "tiny-rope", out, "--force"], ["export", made["model"], "--out", out, "--force"],
+                     ["bundle", made["gguf"], "--out", out, "--force"]):
+            assert_user_error(run_cli(*argv))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file", "link", "real"] and list(folder.iterdir()) == []
+
+
+def test_bundle_zip_onto_a_read_only_place(run_cli, made, tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    assert_user_error(run_cli("bundle", made["gguf"], "--out", tmp_path / "ro" / "b", "--zip"), "Read-only file system")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_export_leaves_no_parent_folders(run_cli, made, tmp_path):
+    temperatures = tmp_path / "t.json"
+    temperatures.write_text(json.dumps({"layers": [[1e30] * 8] * 4}))  # refused while writing: beyond f16
+    assert_user_error(run_cli("export", made["model"], "--head-temperatures", temperatures, "--out", tmp_path / "a" / "b" / "m.gguf"))
+    assert [p.name for p in tmp_path.iterdir()] == ["t.json"]
+
+
+# --- property tests: artifacts drawn by hypothesis, every command that reads them ------------------------------------
+CASES = int(os.environ.get("EDGELM_BOUNDARY_EXAMPLES", 12))
+TREATMENTS = ["keep", "link inside", "link to canary", "link to a copy outside", "hard link", "fifo", "folder", "dangling link",
+              "nested json", "absent"]
+opened: list[str] = []
+
+
+def _audit(event, args):
+    if event == "open" and opened is not None and isinstance(args[0], (str, bytes, os.PathLike)):
+        opened.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)
+
+
+def _treat(folder: Path, name: str, treatment: str, canary: Path, linked: Path) -> None:
+    entry = folder / name
+    original = folder / f".original-{name}"
+    if os.path.lexists(entry):
+        entry.rename(original)
+    if treatment == "keep":
+        original.rename(entry)
+    elif treatment == "link inside":
+        entry.symlink_to(original.name)
+    elif treatment == "link to canary":
+        entry.symlink_to(canary)
+    elif treatment == "link to a copy outside":
+        outside_copy = canary.parent / name
+        shutil.copyfile(original, outside_copy)
+        os.utime(outside_copy, (0, outside_copy.stat().st_mtime))
+        entry.symlink_to(outside_copy)
+    elif treatment == "hard link":  # an inode the folder holds: a hard link needs read access to its target to be made
+        shutil.copyfile(original, linked / name)
+        os.link(linked / name, entry)
+    elif treatment == "fifo":
+        os.mkfifo(entry)
+    elif treatment == "folder":
+        entry.mkdir()
+    elif treatment == "dangling link":
+        entry.symlink_to(folder / "nowhere")
+    elif treatment == "nested json":
+        entry.write_text("[" * 5000 + "]" * 5000)
+    if os.path.lexists(original) and treatment != "link inside":
+        original.unlink()
+
+
+def _check_run(run_cli, argv, canary: Path, artifact: Path, counts: dict) -> None:
+    opened.clear()
+    with deadline(120):
+        code, out, err = run_cli(*argv)
+    outside = canary.parent
+    reads = [p for p in opened if Path(os.path.realpath(p)).is_relative_to(outside)]
+    assert not reads, (argv, reads)
+    assert all(f.stat().st_atime == 0 for f in outside.iterdir()), (argv, "a file outside the artifact was read")
+    assert "Traceback" not in err, (argv, err)
+    assert code in (0, 2), (argv, code, err)
+    if code == 2:
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), (argv, err)
+    counts[f"{argv[0]} exit {code}"] = counts.get(f"{argv[0]} exit {code}", 0) + 1
+
+
+def property_settings():
+    return settings(max_examples=CASES, deadline=None, derandomize=os.environ.get("CI") == "true",
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def _workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prop")
+    (root / "outside").mkdir()
+    (root / "linked").mkdir()
+    canary = root / "outside" / "canary.txt"
+    canary.write_text("CANARY")
+    os.utime(canary, (0, canary.stat().st_mtime))
+    return root, canary
+
+
+COUNTS: dict[str, dict] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_counts():
+    yield
+    for test, counts in COUNTS.items():
+        print(f"\n{test}: {sum(counts.values())} command runs: {dict(sorted(counts.items()))}")
+
+
+SHARD_NAMES = st.sampled_from(["shard.safetensors", "../outside/canary.txt", "/etc/hostname", "sub/shard.safetensors", "", ".",
+                               "shard.safetensors/..", "..\\shard.safetensors", "shard.safetensors\0"]) | st.text(max_size=12)
+
+
+@property_settings()
+@given(data=st.data())
+def test_model_folders_drawn(run_cli, made, tmp_path_factory, data):
+    root, canary = _workspace(tmp_path_factory)
+    folder = copy_of(made["model"], root / "model")
+    if data.draw(st.booleans(), "sharded"):
+        (folder / "model.safetensors").rename(folder / "shard.safetensors")
+        from safetensors import safe_open
+
+        with safe_open(str(folder / "shard.safetensors"), framework="pt") as handle:
+            names = list(handle.keys())
+        shard = data.draw(SHARD_NAMES, "shard name")
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {n: shard if i == 0 else "shard.safetensors"
+                                                                                         for i, n in enumerate(names)}}))
+    for name in sorted(p.name for p in folder.iterdir()):
+        _treat(folder, name, data.draw(st.sampled_from(TREATMENTS), name), canary, root / "linked")
+    counts = COUNTS.setdefault("model folders", {})
+    for argv in (["inspect", folder], ["generate", folder, "--prompt", "It is", "--max-new-tokens", 1],
+                 ["export", folder, "--out", root / "out.gguf", "--quant", "f32"]):
+        _check_run(run_cli, argv, canary, folder, counts)
+
+
+@property_settings()
+@given(data=st.data())
+def test_onnx_folders_drawn(run_cli, made, tmp_path_factory, data):
+    root, canary = _workspace(tmp_path_factory)
+    folder = copy_of(made["onnx"], root / "onnx")
+    for name in sorted(p.name for p in folder.iterdir()):
+        _treat(folder, name, data.draw(st.sampled_from(TREATMENTS), name), canary, root / "linked")
+    counts = COUNTS.setdefault("onnx folders", {})
+    for argv in (["inspect", folder], ["generate", folder, "--prompt", "It is", "--max-new-tokens", 1],
+                 ["bundle", folder, "--out", root / "web", "--target", "web", "--web-runtime", root / "linked"]):
+        _check_run(run_cli, argv, canary, folder, counts)
+
+
+@property_settings()
+@given(data=st.data())
+def test_bundles_drawn(run_cli, made, tmp_path_factory, data):
+    root, canary = _workspace(tmp_path_factory)
+    folder = copy_of(made["bundle"], root / "bundle")
+    for name in sorted(p.name for p in folder.iterdir()):
+        _treat(folder, name, data.draw(st.sampled_from(TREATMENTS), name), canary, root / "linked")
+    if data.draw(st.booleans(), "zipped"):
+        archive = root / "bundle.zip"
+        with zipfile.ZipFile(archive, "w", data.draw(st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED]), "method")) as out:
+            for path in folder.iterdir():
+                if path.is_file() and not path.is_symlink():
+                    out.write(path, data.draw(st.sampled_from([path.name, "../" + path.name, path.name + "/"]), "entry name"))
+        target = archive
+    else:
+        target = folder
+    counts = COUNTS.setdefault("bundles", {})
+    for argv in (["verify", target], ["generate", target, "--prompt", "It is", "--max-new-tokens", 1], ["inspect", target]):
+        _check_run(run_cli, argv, canary, target, counts)
