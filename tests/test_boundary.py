@@ -496,9 +496,11 @@ def test_a_failed_export_leaves_no_parent_folders(run_cli, made, tmp_path):
 
 
 # --- property tests: artifacts drawn by hypothesis, every command that reads them ------------------------------------
-CASES = int(os.environ.get("EDGELM_BOUNDARY_EXAMPLES", 12))
+CASES = int(os.environ.get("EDGELM_BOUNDARY_EXAMPLES", 10))
 TREATMENTS = ["keep", "link inside", "link to canary", "link to a copy outside", "hard link", "fifo", "folder", "dangling link",
               "nested json", "absent"]
+# "keep" weighted so that some artifacts stay whole and the commands' success paths run too
+DRAWN = st.sampled_from(["keep"] * 3 + ["link inside", "hard link"]) | st.sampled_from(TREATMENTS)
 opened: list[str] = []
 
 
@@ -600,7 +602,7 @@ def test_model_folders_drawn(run_cli, made, tmp_path_factory, data):
         (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {n: shard if i == 0 else "shard.safetensors"
                                                                                          for i, n in enumerate(names)}}))
     for name in sorted(p.name for p in folder.iterdir()):
-        _treat(folder, name, data.draw(st.sampled_from(TREATMENTS), name), canary, root / "linked")
+        _treat(folder, name, data.draw(DRAWN, name), canary, root / "linked")
     counts = COUNTS.setdefault("model folders", {})
     for argv in (["inspect", folder], ["generate", folder, "--prompt", "It is", "--max-new-tokens", 1],
                  ["export", folder, "--out", root / "out.gguf", "--quant", "f32"]):
@@ -613,7 +615,7 @@ def test_onnx_folders_drawn(run_cli, made, tmp_path_factory, data):
     root, canary = _workspace(tmp_path_factory)
     folder = copy_of(made["onnx"], root / "onnx")
     for name in sorted(p.name for p in folder.iterdir()):
-        _treat(folder, name, data.draw(st.sampled_from(TREATMENTS), name), canary, root / "linked")
+        _treat(folder, name, data.draw(DRAWN, name), canary, root / "linked")
     counts = COUNTS.setdefault("onnx folders", {})
     for argv in (["inspect", folder], ["generate", folder, "--prompt", "It is", "--max-new-tokens", 1],
                  ["bundle", folder, "--out", root / "web", "--target", "web", "--web-runtime", root / "linked"]):
@@ -626,7 +628,7 @@ def test_bundles_drawn(run_cli, made, tmp_path_factory, data):
     root, canary = _workspace(tmp_path_factory)
     folder = copy_of(made["bundle"], root / "bundle")
     for name in sorted(p.name for p in folder.iterdir()):
-        _treat(folder, name, data.draw(st.sampled_from(TREATMENTS), name), canary, root / "linked")
+        _treat(folder, name, data.draw(DRAWN, name), canary, root / "linked")
     if data.draw(st.booleans(), "zipped"):
         archive = root / "bundle.zip"
         with zipfile.ZipFile(archive, "w", data.draw(st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED]), "method")) as out:
