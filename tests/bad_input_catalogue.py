@@ -370,5 +370,9 @@ CASES: list[Case] = [
     case("zip without a manifest", "verify {zip}", "edgelm.json", rezip(rename={"edgelm.json": "manifest.txt"})),
     case("bundle onto its input", "bundle {bundle} --out {bundle} --force", "overlaps the input"),
     case("bundle output exists", "bundle {onnx} --out {bundle}", "output already exists"),
+    case("genai_config search a list", "bundle {onnx} --out {tmp}/b", "search is a list, not an object of options",
+         genai(lambda d: {**d, "search": [1, 2]})),
+    case("genai_config decoder.inputs a list", "bundle {onnx} --out {tmp}/b", "model.decoder.inputs is a list",
+         decoder(inputs=["input_ids"])),
     case("bundle a desktop-only GGUF", "bundle {gguf} --out {tmp}/b", "no mobile runtime can load this"),
 ]

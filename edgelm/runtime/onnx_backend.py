@@ -222,6 +222,11 @@ def read_onnx_folder(folder: Path) -> tuple[dict, dict, Path]:
         if not isinstance(genai["model"]["context_length"], int) or genai["model"]["context_length"] <= 0:
             raise TypeError(f"model.context_length is {genai['model']['context_length']!r}, not a positive integer")
         filename = _plain_name(decoder.get("filename", ONNX_MODEL_FILE), "model.decoder.filename", genai_path)
+        for section in ("inputs", "outputs"):
+            if not isinstance(decoder.get(section, {}), dict):
+                raise TypeError(f"model.decoder.{section} is a {type(decoder[section]).__name__}, not an object of names")
+        if not isinstance(genai.get("search", {}), dict):
+            raise TypeError(f"search is a {type(genai['search']).__name__}, not an object of options")
         names = {**decoder.get("inputs", {}), **decoder.get("outputs", {})}
         if not all(isinstance(v, str) for v in names.values()):
             raise TypeError("model.decoder.inputs/outputs hold names that are not strings")
