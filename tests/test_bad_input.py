@@ -183,3 +183,13 @@ def test_a_full_disk_while_writing_leaves_nothing(tmp_path, monkeypatch):
         with fileio.atomic_output_file(tmp_path / "out.bin") as tmp:
             tmp.write_bytes(b"data")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_error_lines_show_paths_not_their_repr():
+    """An OSError made from a Path prints it as PosixPath('…'); the one line shows the path itself."""
+    from edgelm.errors import UserError
+
+    error = OSError(2, "No such file or directory", Path("/gone/it's here"))
+    assert "PosixPath" in str(error)
+    line = UserError(f"cannot read it ({error})", Path("/model"), "fix it").line()
+    assert line == "/model: cannot read it ([Errno 2] No such file or directory: \"/gone/it's here\") — fix it"
