@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .models import CausalLM
+from .numbers import POSITIVE
 
 UNIFORM_GRID = (0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.4, 1.6)
 
@@ -33,6 +34,12 @@ class CalibrationSettings:
     eval_every: int = 25
     eval_windows: int = 4
     uniform: bool = False
+
+    def __post_init__(self) -> None:
+        """ValueError before minutes of work: AdamW raised on a negative rate only at its first step, and a
+        NaN one trained NaN temperatures."""
+        for name in ("lr", "lr_late", "init", "min"):
+            POSITIVE.check(name, getattr(self, name))
 
 
 @dataclass

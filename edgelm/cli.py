@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 from enum import Enum
@@ -15,6 +14,7 @@ import typer
 
 from . import __version__
 from .errors import UserError
+from .numbers import NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, not_finite
 
 app = typer.Typer(
     help="Export small causal language models to GGUF and ONNX for phones and laptop CPUs.",
@@ -72,9 +72,36 @@ TemperaturesOption = Annotated[
 AllowPickleOption = Annotated[
     bool, typer.Option("--allow-pickle", help="Load a pickle .bin checkpoint with torch.load(weights_only=True).")
 ]
-SEED_MAX = 2**32 - 1  # llama.cpp's seeds are uint32; one range for every engine
 SeedOption = Annotated[Optional[int], typer.Option(min=0, max=SEED_MAX, help="Sampling seed (default: random).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+
+
+def number(allowed: NumberRange):
+    """The parser of every float option: a finite number in a NumberRange (numbers.py, which SamplingOptions
+    checks with too), else click's one usage line. click's FloatRange let NaN through every bound."""
+
+    def parse(value) -> float:
+        problem = allowed.why_not(value)
+        if problem:
+            raise typer.BadParameter(problem)  # "Invalid value for '--top-p': must be …"
+        return float(value)
+
+    parse.__name__ = "number"  # what --help shows for the option's type
+    return parse
+
+
+def _report_numbers(result: dict, as_json: bool, show) -> None:
+    """Print a command's result (JSON under --json, else `show()`); a result number that is NaN or infinite
+    fails the command: JSON `null` in its place, one line on stderr, exit 1 (never a `NaN` and exit 0)."""
+    bad = not_finite(result)
+    if as_json:
+        out.print_json(json.dumps({k: None if k in bad else v for k, v in result.items()}))
+    elif not bad:
+        show()
+    if bad:
+        err.print(f"error: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not a finite number: the model computed NaN or "
+                  "infinity (damaged weights, or values past what its runtime's number type holds)", markup=False)
+        raise typer.Exit(1)
 
 
 def _version(value: bool) -> None:
@@ -197,11 +224,11 @@ def generate(
     path: Annotated[Path, typer.Argument(help="A model folder, a .gguf file or an ONNX folder.")],
     prompt: Annotated[str, typer.Option(help="Text to continue.")],
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
-    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.0,
+    temperature: Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["temperature"]), help="0 = greedy.")] = 0.0,
     top_k: Annotated[int, typer.Option(min=0)] = 0,
-    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
-    min_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.0,
-    repetition_penalty: Annotated[float, typer.Option(min=0.0)] = 1.0,
+    top_p: Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["top_p"]))] = 1.0,
+    min_p: Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["min_p"]))] = 0.0,
+    repetition_penalty: Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["repetition_penalty"]), help="1 = off.")] = 1.0,
     stop: Annotated[Optional[list[str]], typer.Option(help="Stop before this text (repeatable).")] = None,
     seed: SeedOption = None,
     truncate: Annotated[bool, typer.Option(help="Keep the last tokens of a prompt longer than the context.")] = False,
@@ -219,8 +246,6 @@ def generate(
     from .runtime.generate import generate as run
     from .runtime.sampling import SamplingOptions
 
-    if repetition_penalty <= 0:  # it divides positive logits
-        raise UserError(f"--repetition-penalty must be above 0, not {repetition_penalty}", None, "1.0 turns it off")
     if stop and "" in stop:
         raise UserError("--stop \"\" would stop before the first token", None, "give the text to stop at, or drop --stop")
     artifact = open_artifact(path, _load_options(position_encoding, head_temperatures, device, threads, gpu_layers,
@@ -279,10 +304,8 @@ def perplexity(
     with Progress(console=info, transient=True, disable=as_json or not info.is_terminal) as progress:
         task = progress.add_task("scoring", total=None)
         result = score(artifact.backend, ids, ctx, stride, on_window=lambda i, n: progress.update(task, completed=i, total=n))
-    if as_json:
-        out.print_json(json.dumps(result.as_dict() | {"engine": artifact.engine}))
-    else:
-        out.print(f"perplexity {result.perplexity:.3f} over {result.tokens} tokens (ctx {result.ctx}, stride {result.stride}; {artifact.engine})")
+    _report_numbers(result.as_dict() | {"engine": artifact.engine}, as_json, lambda: out.print(
+        f"perplexity {result.perplexity:.3f} over {result.tokens} tokens (ctx {result.ctx}, stride {result.stride}; {artifact.engine})"))
 
 
 DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "examples" / "data" / "persuasion.txt"  # held out from training
@@ -389,9 +412,9 @@ def chat(
     path: Annotated[Path, typer.Argument(help="A model folder, a .gguf file or an ONNX folder.")],
     system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
-    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.7,
+    temperature: Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["temperature"]), help="0 = greedy.")] = 0.7,
     top_k: Annotated[int, typer.Option(min=0)] = 40,
-    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.95,
+    top_p: Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["top_p"]))] = 0.95,
     seed: SeedOption = None,
     allow_pickle: AllowPickleOption = False,
     device: DeviceOption = "cpu",
@@ -468,21 +491,22 @@ def bench(
     with info.status("timing…"):
         result = run(artifact, prompt, new_tokens, compare, threads)
     report = result.as_dict() | {"engine": artifact.engine}
-    if as_json:
-        out.print_json(json.dumps(report))
-        return
-    from rich.table import Table
 
-    table = Table(title=f"{path} ({artifact.engine})", show_header=False)
-    table.add_row("time to first token", f"{result.time_to_first_token_s * 1000:.1f} ms ({result.prompt_tokens} prompt tokens)")
-    table.add_row("prefill", f"{result.prefill_tok_s:.1f} tok/s")
-    table.add_row("decode", f"{result.decode_tok_s:.2f} tok/s ({result.new_tokens} tokens)")
-    table.add_row("peak RSS", f"{result.peak_rss_bytes / 1e6:.0f} MB")
-    table.add_row("decode roofline", f"{report['roofline_tok_s']:.1f} tok/s = {result.copy_bandwidth_bytes_s / 1e9:.1f} GB/s copy ÷ "
-                  f"{result.weight_bytes / 1e6:.1f} MB weights; reached {report['roofline_fraction']:.0%}")
-    if result.raw_decode_tok_s:
-        table.add_row(f"raw {result.raw_engine}", f"{result.raw_decode_tok_s:.2f} tok/s; edgelm/raw = {report['edgelm_over_raw']:.3f}")
-    out.print(table)
+    def show() -> None:
+        from rich.table import Table
+
+        table = Table(title=f"{path} ({artifact.engine})", show_header=False)
+        table.add_row("time to first token", f"{result.time_to_first_token_s * 1000:.1f} ms ({result.prompt_tokens} prompt tokens)")
+        table.add_row("prefill", f"{result.prefill_tok_s:.1f} tok/s")
+        table.add_row("decode", f"{result.decode_tok_s:.2f} tok/s ({result.new_tokens} tokens)")
+        table.add_row("peak RSS", f"{result.peak_rss_bytes / 1e6:.0f} MB")
+        table.add_row("decode roofline", f"{report['roofline_tok_s']:.1f} tok/s = {result.copy_bandwidth_bytes_s / 1e9:.1f} GB/s copy ÷ "
+                      f"{result.weight_bytes / 1e6:.1f} MB weights; reached {report['roofline_fraction']:.0%}")
+        if result.raw_decode_tok_s:
+            table.add_row(f"raw {result.raw_engine}", f"{result.raw_decode_tok_s:.2f} tok/s; edgelm/raw = {report['edgelm_over_raw']:.3f}")
+        out.print(table)
+
+    _report_numbers(report, as_json, show)
 
 
 @app.command()
@@ -525,8 +549,8 @@ def parity(
     allow_pickle: AllowPickleOption = False,
     device: DeviceOption = "auto",
     threads: ThreadsOption = None,
-    max_kld: Annotated[Optional[float], typer.Option("--max-kld", min=0.0, help="Exit 1 when the mean KL divergence exceeds this.")] = None,
-    max_ppl_increase: Annotated[Optional[float], typer.Option("--max-ppl-increase", min=0.0, help="Exit 1 when perplexity rises by more than this fraction.")] = None,
+    max_kld: Annotated[Optional[float], typer.Option("--max-kld", parser=number(NON_NEGATIVE), help="Exit 1 when the mean KL divergence exceeds this.")] = None,
+    max_ppl_increase: Annotated[Optional[float], typer.Option("--max-ppl-increase", parser=number(NON_NEGATIVE), help="Exit 1 when perplexity rises by more than this fraction.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Numbers proving an artifact matches the full-precision torch reference (on CUDA when present)."""
@@ -546,11 +570,10 @@ def parity(
     failed = [name for name, limit, value in [("mean KL divergence", max_kld, report.mean_kld),
                                                ("perplexity increase", max_ppl_increase, report.perplexity_change)]
               if limit is not None and not value <= limit]  # NaN is never within a limit
-    if not report.finite:
+    if not_finite(result):
         failed.append("finite logits")
     if as_json:
-        out.print_json(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None
-                                   for k, v in (result | {"failed": failed}).items()}))
+        out.print_json(json.dumps({k: None if k in not_finite(result) else v for k, v in (result | {"failed": failed}).items()}))
     else:
         from rich.table import Table
 
@@ -571,10 +594,10 @@ def calibrate(
     target_length: Annotated[int, typer.Option("--target-length", min=2, help="Sequence length to tune at.")],
     out_path: Annotated[Path, typer.Option("--out", help="Temperatures JSON to write.")],
     steps: Annotated[int, typer.Option(min=0)] = 200,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate for the first half of the steps.")] = 0.1,
-    lr_late: Annotated[float, typer.Option("--lr-late", help="Learning rate for the second half.")] = 0.05,
-    init: Annotated[float, typer.Option(help="Initial λ of every head (the paper: 1.6).")] = 1.6,
-    min_value: Annotated[float, typer.Option("--min", help="Clamp λ to at least this after every step (the paper: 1.0).")] = 1.0,
+    lr: Annotated[float, typer.Option(parser=number(POSITIVE), help="AdamW learning rate for the first half of the steps.")] = 0.1,
+    lr_late: Annotated[float, typer.Option("--lr-late", parser=number(POSITIVE), help="Learning rate for the second half.")] = 0.05,
+    init: Annotated[float, typer.Option(parser=number(POSITIVE), help="Initial λ of every head (the paper: 1.6).")] = 1.6,
+    min_value: Annotated[float, typer.Option("--min", parser=number(POSITIVE), help="Clamp λ to at least this after every step (the paper: 1.0).")] = 1.0,
     batch: Annotated[int, typer.Option(min=1)] = 1,
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX)] = 0,
     uniform: Annotated[bool, typer.Option("--uniform", help="One λ for every head, by held-out loss over a grid.")] = False,
@@ -593,9 +616,6 @@ def calibrate(
     from .models import open_checkpoint
     from .models.checkpoint import write_head_temperatures
 
-    for option, value in (("--init", init), ("--min", min_value)):
-        if not 0 < value < math.inf:  # a temperatures file edgelm reads back must hold positive, finite λ
-            raise UserError(f"{option} must be a positive number, not {value}", None, "the paper uses --init 1.6 --min 1.0")
     from .tokenizer import load_tokenizer
 
     refuse_existing(out_path, force)
@@ -646,6 +666,9 @@ def main() -> None:
     except UserError as exc:
         err.print(f"error: {exc.line()}", markup=False, soft_wrap=True)
         sys.exit(2)
+    except NotFinite as exc:  # the command ran and its result is no number: a failed check, as parity's limits
+        err.print(f"error: {exc}", markup=False, soft_wrap=True)
+        sys.exit(1)
     except typer.Abort:  # Ctrl-D at a prompt
         sys.exit(1)
     except TyperException as exc:  # usage errors: click's message on the one line, exit 2

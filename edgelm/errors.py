@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+# str(OSError) shows the path it was given with repr: "No such file: PosixPath('/x')" → "No such file: '/x'"
+_PATH_REPR = re.compile(r"\b(?:Posix|Windows|Pure\w*)?Path\(('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\)")
 
 
 class UserError(Exception):
@@ -21,4 +25,4 @@ class UserError(Exception):
         parts = [f"{self.path}: {self.what}" if self.path is not None else self.what]
         if self.fix:
             parts.append(self.fix)
-        return " — ".join(parts)
+        return _PATH_REPR.sub(r"\1", " — ".join(parts))

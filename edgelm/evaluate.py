@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .numbers import exp_or_inf
 from .runtime.backend import Backend
 
 
@@ -54,7 +55,7 @@ def perplexity(
     nll, count = 0.0, 0
     for i, (begin, end, first) in enumerate(spans):
         backend.reset()
-        logits = torch.from_numpy(backend.forward(list(ids[begin:end])))
+        logits = torch.from_numpy(backend.forward(list(ids[begin:end]))).double()  # finite but huge logits stay finite
         # logits at position p predict token p + 1
         targets = tokens[first:end]
         scores = logits[first - begin - 1 : end - begin - 1]
@@ -62,7 +63,7 @@ def perplexity(
         count += len(targets)
         if on_window:
             on_window(i + 1, len(spans))
-    return PerplexityResult(math.exp(nll / count), count, ctx, stride)
+    return PerplexityResult(exp_or_inf(nll / count), count, ctx, stride)
 
 
 def unigram_perplexity(train_ids: Sequence[int], eval_ids: Sequence[int], vocab_size: int) -> float:
@@ -88,6 +89,6 @@ def fixed_target_perplexity(
     for j in range(windows):
         end = longest + (j + 1) * targets
         backend.reset()
-        logits = torch.from_numpy(backend.forward(list(ids[end - length : end])))
+        logits = torch.from_numpy(backend.forward(list(ids[end - length : end]))).double()
         nll += F.cross_entropy(logits[-targets - 1 : -1], tokens[end - targets : end], reduction="sum").item()
-    return PerplexityResult(math.exp(nll / (windows * targets)), windows * targets, length, targets)
+    return PerplexityResult(exp_or_inf(nll / (windows * targets)), windows * targets, length, targets)

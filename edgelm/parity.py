@@ -3,12 +3,12 @@ the first `prefill` tokens in one call, the rest one at a time."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .numbers import exp_or_inf
 from .runtime.backend import Backend
 
 
@@ -22,11 +22,6 @@ class ParityReport:
     top1_agreement: float
     reference_perplexity: float
     artifact_perplexity: float
-
-    @property
-    def finite(self) -> bool:
-        """Whether every number is a number: a NaN or infinite logit makes none of them meaningful."""
-        return all(math.isfinite(v) for v in (self.max_abs_logit_diff, self.mean_kld, self.reference_perplexity, self.artifact_perplexity))
 
     @property
     def perplexity_change(self) -> float:
@@ -66,6 +61,6 @@ def compare(reference: Backend, artifact: Backend, ids: Sequence[int], prefill: 
         mean_kld=float(kld.mean()),
         max_kld=float(kld.max()),
         top1_agreement=float((ref.argmax(-1) == art.argmax(-1)).mean()),
-        reference_perplexity=math.exp(-ref_lp[rows, targets].mean()),
-        artifact_perplexity=math.exp(-art_lp[rows, targets].mean()),
+        reference_perplexity=exp_or_inf(-ref_lp[rows, targets].mean()),
+        artifact_perplexity=exp_or_inf(-art_lp[rows, targets].mean()),
     )

@@ -116,6 +116,36 @@ def test_pickle_refused_unless_allowed(run_cli, model):
     assert json.loads(out)["family"] == "llama"
 
 
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned",))
+
+
+def test_a_pickle_with_code_is_one_line_without_torchs_advice(run_cli, model):
+    """torch's refusal was several lines and advised weights_only=False; the line keeps only its reason."""
+    (model / "model.safetensors").unlink()
+    torch.save({"x": _RunsCode()}, model / "pytorch_model.bin")
+    code, out, err = run_cli("inspect", model, "--allow-pickle")
+    assert_user_error((code, out, err), "cannot load pickle checkpoint", "posix.system", "convert it to safetensors")
+    assert "weights_only" not in err and "pwned" not in out
+
+
+def test_genai_config_without_decoder_inputs_bundles_for_the_web(tmp_path):
+    """decoder.inputs is optional (onnxruntime-genai defaults the names): the web bundle read it with [] and crashed."""
+    from edgelm.export.onnx import export_onnx
+    from edgelm.formats.onnx import OnnxFolder
+    from edgelm.models import open_checkpoint
+
+    folder = export_onnx(open_checkpoint(SHIPPED / "tiny-rope"), tmp_path / "onnx", "f32").path
+    genai = json.loads((folder / "genai_config.json").read_text())
+    del genai["model"]["decoder"]["inputs"]
+    (folder / "genai_config.json").write_text(json.dumps(genai))
+    (tmp_path / "web").mkdir()
+    assert OnnxFolder(folder).web_bundle_into(tmp_path / "web")["model"] == "model.onnx"
+
+
 def test_threads_past_the_cpu_count_are_clamped(run_cli, tmp_path):
     """--threads 10000 hung onnxruntime; it now runs with one thread per CPU, and says so."""
     import json
@@ -153,3 +183,13 @@ def test_a_full_disk_while_writing_leaves_nothing(tmp_path, monkeypatch):
         with fileio.atomic_output_file(tmp_path / "out.bin") as tmp:
             tmp.write_bytes(b"data")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_error_lines_show_paths_not_their_repr():
+    """An OSError made from a Path prints it as PosixPath('…'); the one line shows the path itself."""
+    from edgelm.errors import UserError
+
+    error = OSError(2, "No such file or directory", Path("/gone/it's here"))
+    assert "PosixPath" in str(error)
+    line = UserError(f"cannot read it ({error})", Path("/model"), "fix it").line()
+    assert line == "/model: cannot read it ([Errno 2] No such file or directory: \"/gone/it's here\") — fix it"

@@ -119,6 +119,79 @@ def test_hostile_template_is_stopped_in_one_line(template, why):
     assert time.monotonic() - started < 10  # bounded, not a hang (the timer is 2 s)
 
 
+# One C call that allocates at once, or a loop: each stopped by the forked child's address-space limit or
+# deadline (edgelm/chat.py), whichever string method or filter does it.
+HOSTILE_TEMPLATES = [
+    "{{ 'x'.ljust(1500000000) }}",
+    "{{ 'x'.rjust(10**9) }}{{ 'x'.center(10**9) }}",
+    "{{ '1'.zfill(10**9) }}",
+    "{{ '\t'.expandtabs(10**9) }}",
+    "{{ '%01500000000d' % 1 }}",
+    "{{ '%*d' % (10**9, 1) }}",
+    "{{ '{:>1000000000}'.format(1) }}",
+    "{{ ('x'*40000)|replace('x','x'*40000)|length }}",
+    "{{ ('x'*40000).replace('x','x'*40000)|length }}",
+    "{{ 'x'|center(10**9) }}",
+    "{{ ('a\n'*500000)|indent(10**4)|length }}",
+    "{{ (['x'*900000]*1000)|join|length }}",
+    "{% set ns = namespace(s='ab') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+    "{{ lipsum(10**7)|length }}",
+    "{{ (range(99999)|list|string)|length * 1 }}{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
+]
+
+
+def test_hostile_templates_stop_in_one_line_in_bounded_memory(tmp_path):
+    """Each hostile template in a fresh interpreter: stopped in one UserError line; the rendering children's
+    peak RSS (getrusage of the reaped children) stays under 300 MB. Before, 'x'.ljust reached 1.5 GB and
+    '%01500000000d' 28 s and 5.9 GB."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "render.py"
+    script.write_text(
+        "import json, resource, sys, time\n"
+        "from edgelm.chat import Conversation\nfrom edgelm.errors import UserError\nfrom edgelm.tokenizer import load_tokenizer\n"
+        f"tokenizer = load_tokenizer({str(MODEL)!r})\nresults = []\n"
+        "for template in json.loads(sys.argv[1]):\n"
+        "    tokenizer.config = dict(tokenizer.config, chat_template=template)\n"
+        "    start = time.monotonic()\n"
+        "    try:\n        Conversation(tokenizer, 256, 16)\n        results.append(['rendered', 0])\n"
+        "    except UserError as exc:\n        results.append([exc.line(), time.monotonic() - start])\n"
+        "print(json.dumps({'results': results, 'child_peak_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))\n")
+    done = subprocess.run([sys.executable, script, json.dumps(HOSTILE_TEMPLATES)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    for template, (line, seconds) in zip(HOSTILE_TEMPLATES, report["results"]):
+        assert "chat template was stopped" in line and "\n" not in line, (template, line)
+        assert seconds < 10, (template, seconds)  # bounded, not a hang (the deadline is 2 s)
+    assert report["child_peak_kb"] < 300 * 1024, report
+
+
+REAL_TEMPLATES = {  # as the published tokenizer_config.json files hold them
+    "llama-3": "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + "
+               "'<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + "
+               "content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}",
+    "chatml (qwen2)": "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a "
+                      "helpful assistant.<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+                      "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
+    "mistral [INST]": "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+                      "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+                      "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+                      "{{ message['content'] + eos_token}}{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}",
+}
+
+
+@pytest.mark.parametrize("name", REAL_TEMPLATES)
+def test_real_templates_render_in_the_bounded_child(name):
+    tokenizer = load_tokenizer(MODEL)
+    tokenizer.config = dict(tokenizer.config, chat_template=REAL_TEMPLATES[name], bos_token="<s>", eos_token="</s>")
+    conversation = Conversation(tokenizer, 256, 16)
+    text = conversation.render([{"role": "user", "content": "Hello \ud83d\ude00 é"}, {"role": "assistant", "content": "Hi."},
+                                {"role": "user", "content": "How?"}])
+    assert "Hello \ud83d\ude00 é" in text and "Hi." in text and text.rstrip().endswith(("How? [/INST]", "assistant", "assistant<|end_header_id|>"))
+
+
 LLAMA_SERVER = Path(__file__).resolve().parents[1] / "build" / "llama-server"
 CHAT_TURNS = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "How?"}]
 

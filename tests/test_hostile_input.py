@@ -198,3 +198,28 @@ def test_temperature_beyond_f16_is_refused_at_f16(run_cli, preset_dir, tmp_path)
     assert_user_error(run_cli("export", preset_dir("tiny-nope"), "--head-temperatures", temps, "--out", tmp_path / "m.gguf"),
                       "beyond float16's 65504", "--quant f32 (or bf16 for GGUF)")
     assert [p.name for p in tmp_path.iterdir()] == ["temps.json"]
+
+
+def test_llama_cpp_gguf_context_past_memory_is_refused_before_llama_cpp_allocates(run_cli, preset_dir, tmp_path, monkeypatch):
+    """A llama.cpp GGUF declaring 2^24 positions skipped the KV memory check: 60 s of allocation, then
+    'the file is damaged'. The cache is sized from the keys llama.cpp sizes it by (tiny-rope: 1024 bytes per
+    position at f16, llama.cpp's own 'KV buffer size = 2.00 MiB' at 2048) and refused before Llama() runs."""
+    from edgelm.formats.gguf import GGUF
+    from edgelm.runtime import backend, llama_cpp_backend
+
+    exported = export_gguf(open_checkpoint(preset_dir("tiny-rope")), tmp_path / "m.gguf", "f16").path
+    assert GGUF(exported).llama_cpp_cache_bytes(2048, False) == 2 * 2**20
+    huge = rewrite_gguf(exported, tmp_path / "huge.gguf", add={"llama.context_length": (1 << 24, GGUFValueType.UINT32)},
+                        drop_keys={"llama.context_length"})
+    monkeypatch.setattr(backend, "available_memory", lambda: 8 << 30)  # this machine's 21 GB would hold the 17 GB
+
+    def never(*args, **kwargs):
+        raise AssertionError("llama.cpp was asked to allocate")
+
+    monkeypatch.setattr(llama_cpp_backend.LlamaCppBackend, "__init__", never)
+    assert_user_error(run_cli("generate", huge, "--prompt", "x"), "a context of 16777216 tokens needs 17.2 GB of KV cache",
+                      "llama.context_length is past what this machine holds")
+    text = tmp_path / "t.txt"
+    text.write_text("It is a truth. " * 20)
+    assert_user_error(run_cli("perplexity", huge, "--text", text, "--ctx", 10_000_000), "a context of 10000000 tokens needs",
+                      "the context asked for is past")

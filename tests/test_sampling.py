@@ -1,6 +1,7 @@
 """The one sampler and the streaming loop, on synthetic logits (no model needed)."""
 
 import numpy as np
+import pytest
 
 from edgelm.runtime.backend import Backend
 from edgelm.runtime.generate import generate_from_ids
@@ -28,6 +29,37 @@ def test_repetition_penalty_demotes_seen_tokens():
     logits = np.array([2.0, 1.9, -1.0])
     assert Sampler(SamplingOptions(repetition_penalty=1.2))(logits, seen=[0]) == 1
     assert Sampler(SamplingOptions(repetition_penalty=1.0))(logits, seen=[0]) == 0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("options", [SamplingOptions(), SamplingOptions(temperature=0.8, top_p=0.9, seed=0)])
+def test_a_non_finite_logit_row_is_refused_not_sampled(bad, options):
+    """Greedy argmax of a NaN row was token 0 (eos: an empty reply, exit 0); sampling one raised numpy's
+    'probabilities contain NaN'. Every row the sampler sees passes one finite check."""
+    from edgelm.numbers import NotFinite
+
+    logits = np.array([1.0, 2.0, 0.5], dtype=np.float32)
+    logits[1] = bad
+    with pytest.raises(NotFinite, match="NaN or infinite logits"):
+        Sampler(options)(logits)
+
+
+@pytest.mark.parametrize("field", ["temperature", "top_p", "min_p", "repetition_penalty"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_sampling_options_refuse_what_the_command_line_refuses(field, value):
+    """The Python API checks with the same ranges (numbers.SAMPLING_RANGES) as the options' parser."""
+    with pytest.raises(ValueError, match=f"{field} must be a finite number"):
+        SamplingOptions(**{field: value})
+
+
+def test_extreme_but_valid_options_never_make_nan():
+    """A penalty of 1e-300 made a seen logit +inf (then inf − inf = NaN); top_p 0 kept no token at all."""
+    logits = np.array([3.0, 2.0, -1.0], dtype=np.float32)
+    for options in (SamplingOptions(temperature=1.0, repetition_penalty=1e-300, seed=0),
+                    SamplingOptions(temperature=1.0, repetition_penalty=1e300, seed=0),
+                    SamplingOptions(temperature=1.0, top_p=0.0, seed=0)):
+        assert Sampler(options)(logits, seen=[0, 2]) in (0, 1, 2)
+    assert Sampler(SamplingOptions(temperature=1.0, top_p=0.0, seed=0))(logits) == 0
 
 
 class Scripted(Backend):

@@ -70,6 +70,25 @@ class GGUF(Format):
                             "the file is damaged: export it again")
         return value
 
+    def llama_cpp_cache_bytes(self, context: int, f32: bool) -> int:
+        """The KV cache llama.cpp allocates for `context` positions, from the same keys it sizes it by: per
+        layer, context × kv heads × (key + value length), f16 unless f32 is asked for. A key that is no
+        whole number counts 0: llama.cpp refuses such a file before it allocates."""
+        def whole(key: str, default=0):
+            value = self.gguf.hparam(key, default)
+            if isinstance(value, (list, tuple)):  # per-layer head counts
+                return [v for v in value if type(v) is int and v >= 0]
+            return value if type(value) is int and value >= 0 else 0
+
+        layers, heads = whole("block_count"), whole("attention.head_count")
+        heads = max(heads, default=0) if isinstance(heads, list) else heads
+        width = whole("embedding_length")
+        key_length = whole("attention.key_length", width // heads if heads else 0)
+        value_length = whole("attention.value_length", key_length)
+        kv_heads = whole("attention.head_count_kv", heads)
+        per_position = sum(kv_heads) if isinstance(kv_heads, list) else layers * kv_heads
+        return context * per_position * (key_length + value_length) * (4 if f32 else 2)
+
     def open(self, options: LoadOptions) -> Artifact:
         options.refuse_model_overrides(self.path, "GGUF file")
         context = options.context_length or self.context_length()
@@ -78,8 +97,12 @@ class GGUF(Format):
         # the executor's own archs first; anything else goes to llama.cpp, whose list of archs (gguf-py's,
         # ~50 ms to import) is read only when it refuses the file, to say why in one line
         if not self.runs_on_ggml_executor:
+            from ..runtime.backend import refuse_cache_past_memory
             from ..runtime.llama_cpp_backend import LlamaCppBackend, LlamaCppTokenizer
 
+            # before llama.cpp allocates: a file declaring 2^24 positions spent 60 s allocating, then failed
+            refuse_cache_past_memory(self.llama_cpp_cache_bytes(context, options.f32_kv_cache), context, self.path,
+                                     "the context asked for" if options.context_length else f"{self.gguf.arch}.context_length")
             try:
                 backend = LlamaCppBackend(self.path, context, options.threads, options.gpu_layers, options.f32_kv_cache, options.all_logits)
             except ValueError:  # llama-cpp-python's "Failed to load model from file"

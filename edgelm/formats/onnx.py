@@ -110,7 +110,7 @@ class OnnxFolder(Format):
             raise UserError(f"the web page reads the graph's IO from {GENAI_CONFIG}, which this folder lacks", self.path,
                             "export the model with `edgelm export --format onnx` (or onnxruntime-genai's builder)")
         graph = self._graph()
-        past = self.genai["model"]["decoder"]["inputs"].get("past_key_names", "past_key_values.%d.key").split("%d")[0]
+        past = self.genai["model"]["decoder"].get("inputs", {}).get("past_key_names", "past_key_values.%d.key").split("%d")[0]
         caches = {i.type.tensor_type.elem_type for i in graph.input if i.name.startswith(past)}
         if caches != {onnx.TensorProto.FLOAT}:
             names = ", ".join(sorted(onnx.TensorProto.DataType.Name(c).lower() for c in caches))

@@ -177,8 +177,12 @@ def _open_tensors(folder: Path, allow_pickle: bool) -> TensorSource:
             raise UserError("sharded pickle checkpoints are not supported", path, "convert it to safetensors")
         try:
             tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as exc:
-            raise UserError(f"cannot load pickle checkpoint ({exc})", path, "re-download it or convert it to safetensors") from None
+        except Exception as exc:  # torch's refusal is many lines and suggests weights_only=False: its reason only
+            lines = [line.strip().removeprefix("WeightsUnpickler error:").strip() for line in str(exc).splitlines()]
+            reason = next((line for line in lines if line and "weights_only" not in line
+                           and not line.startswith(("Weights only load failed", "Check the documentation"))), type(exc).__name__)
+            raise UserError(f"cannot load pickle checkpoint ({reason[:200]})", path,
+                            "edgelm loads only tensors from a pickle: convert it to safetensors, or re-download it") from None
         if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
             raise UserError("the pickle does not hold a flat state dict of tensors", path, "convert it to safetensors")
         _refuse_non_float({n: str(t.dtype).removeprefix("torch.") for n, t in tensors.items() if not t.dtype.is_floating_point}, path)

@@ -217,6 +217,11 @@ def read_onnx_folder(folder: Path) -> tuple[dict, dict, Path]:
         if not is_plain_name(filename):
             raise UserError(f"model.decoder.filename {filename!r} is not a plain file name inside the folder", genai_path,
                             "refused: a model file must lie in the folder itself; export it again")
+        for section in ("inputs", "outputs"):
+            if not isinstance(decoder.get(section, {}), dict):
+                raise TypeError(f"model.decoder.{section} is a {type(decoder[section]).__name__}, not an object of names")
+        if not isinstance(genai.get("search", {}), dict):
+            raise TypeError(f"search is a {type(genai['search']).__name__}, not an object of options")
         names = {**decoder.get("inputs", {}), **decoder.get("outputs", {})}
         if not all(isinstance(v, str) for v in names.values()):
             raise TypeError("model.decoder.inputs/outputs hold names that are not strings")

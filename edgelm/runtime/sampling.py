@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..numbers import SAMPLING_RANGES, SEED_MAX, NotFinite
+
 
 @dataclass(frozen=True)
 class SamplingOptions:
@@ -16,6 +18,14 @@ class SamplingOptions:
     repetition_penalty: float = 1.0  # CTRL (Keskar et al. 2019): seen tokens' logits / p if > 0, × p if < 0
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        """ValueError for a value out of range: NaN passed `<= 0` checks and made NaN probabilities."""
+        for name, allowed in SAMPLING_RANGES.items():
+            object.__setattr__(self, name, allowed.check(name, getattr(self, name)))
+        for name, value, high in (("top_k", self.top_k, None), ("seed", self.seed, SEED_MAX)):
+            if value is not None and (type(value) is not int or value < 0 or (high is not None and value > high)):
+                raise ValueError(f"{name} must be a whole number from 0" + (f" to {high}" if high else "") + f", not {value!r}")
+
 
 class Sampler:
     def __init__(self, options: SamplingOptions):
@@ -23,11 +33,19 @@ class Sampler:
         self.rng = np.random.default_rng(options.seed)
 
     def __call__(self, logits: np.ndarray, seen: list[int] | tuple[int, ...] = ()) -> int:
+        """NotFinite when a logit is NaN or infinite: argmax of a NaN row is token 0 (an empty reply that
+        looked like success), and sampling one raised numpy's 'probabilities contain NaN'."""
+        low, high = logits.min(), logits.max()  # NaN propagates to both; no mask allocated
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise NotFinite("the model gave NaN or infinite logits (damaged weights, or values past what its runtime's "
+                            "number type holds): nothing to choose a token from")
         o = self.options
         if o.repetition_penalty != 1.0 and len(seen):
-            logits = logits.copy()
+            logits = logits.astype(np.float64)  # a copy; a penalty of 1e-300 or 1e300 stays finite (clipped), never NaN later
             ids = np.unique(np.asarray(seen))
-            logits[ids] = np.where(logits[ids] > 0, logits[ids] / o.repetition_penalty, logits[ids] * o.repetition_penalty)
+            with np.errstate(over="ignore"):
+                penalized = np.where(logits[ids] > 0, logits[ids] / o.repetition_penalty, logits[ids] * o.repetition_penalty)
+            logits[ids] = np.clip(penalized, -np.finfo(np.float64).max, np.finfo(np.float64).max)
         if o.temperature <= 0:
             return int(np.argmax(logits))
         with np.errstate(over="ignore"):  # max first: a tiny temperature sends the rest to -inf, never NaN
@@ -43,6 +61,7 @@ class Sampler:
         if o.top_p < 1.0:  # keep the smallest set of most likely tokens whose mass reaches top_p
             order = np.argsort(-probs)
             keep = np.cumsum(probs[order]) - probs[order] < o.top_p
+            keep[0] = True  # the most likely token always stays (llama.cpp's min_keep = 1): top_p 0 is greedy
             mask = np.zeros_like(probs, dtype=bool)
             mask[order[keep]] = True
             probs = np.where(mask, probs, 0.0)

@@ -1,0 +1,67 @@
+"""The one gate for numbers: the ranges of float options (the command line's option type and the Python
+API's SamplingOptions check with `NumberRange.check`), and the finite check on what a model computed.
+Imports nothing heavy: the command line builds its option types from it at import."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class NumberRange:
+    """Finite numbers from `low` (excluded when `low_open`) to `high` (None: no bound)."""
+
+    low: float = 0.0
+    high: float | None = None
+    low_open: bool = False
+
+    def describe(self) -> str:
+        low = f"above {self.low:g}" if self.low_open else f"from {self.low:g}"
+        return f"a finite number {low}" + (f" to {self.high:g}" if self.high is not None else "")
+
+    def why_not(self, value) -> str | None:
+        """What is wrong with `value` ("must be …, not nan"), or None when it is in range. NaN and ±inf
+        are in no range: NaN passed every `<= 0` check it met."""
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return f"must be {self.describe()}, not {value!r}"
+        below = number <= self.low if self.low_open else number < self.low
+        if not math.isfinite(number) or below or (self.high is not None and number > self.high):
+            return f"must be {self.describe()}, not {value}"
+        return None
+
+    def check(self, name: str, value) -> float:
+        """`value` as a float, or ValueError naming `name`."""
+        problem = self.why_not(value)
+        if problem:
+            raise ValueError(f"{name} {problem}")
+        return float(value)
+
+
+NON_NEGATIVE = NumberRange(0.0)
+POSITIVE = NumberRange(0.0, low_open=True)
+FRACTION = NumberRange(0.0, 1.0)
+# each sampling option's range: SamplingOptions checks with it, and the command line's options are typed by it
+SAMPLING_RANGES = {"temperature": NON_NEGATIVE, "top_p": FRACTION, "min_p": FRACTION, "repetition_penalty": POSITIVE}
+SEED_MAX = 2**32 - 1  # llama.cpp's seeds are uint32; one range for every engine
+
+
+class NotFinite(Exception):
+    """A number the model computed (a logit, a perplexity, a parity metric) is NaN or infinite: the command
+    ran, and its result is no number. The command line prints one line and exits 1, as a failed check."""
+
+
+def exp_or_inf(x: float) -> float:
+    """math.exp, but infinity past float64's range instead of OverflowError (a perplexity of finite but
+    huge logits): the result gate then reports it as not finite."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
+def not_finite(values: dict) -> list[str]:
+    """The keys of `values` whose value is a float that is NaN or infinite."""
+    return [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]

@@ -1,0 +1,112 @@
+"""The one gate for numbers: a model that computes NaN or infinity fails the command (exit 1, one line,
+strict JSON with null under --json) on every engine, never `NaN` and exit 0, never a traceback."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from edgelm.export.gguf import export_gguf
+from edgelm.models import open_checkpoint
+
+from .gguf_edit import rewrite_gguf
+
+NAN = float("nan")
+
+
+def _scaled_lm_head(source, target, factor):
+    shutil.copytree(source, target)
+    tensors = load_file(target / "model.safetensors")
+    tensors["lm_head.weight"] = tensors["lm_head.weight"] * factor
+    save_file(tensors, target / "model.safetensors")
+    return target
+
+
+def _nan_norm_gguf(folder, target):
+    """An f32 export whose output norm a stranger set to NaN (export itself refuses NaN weights)."""
+    exported = export_gguf(open_checkpoint(folder), target.with_suffix(".src.gguf"), "f32").path
+    return rewrite_gguf(exported, target, replace_tensors={"output_norm.weight": np.full(256, NAN, np.float32)})
+
+
+def _nan_norm_onnx(folder, target):
+    import onnx
+    from onnx import numpy_helper
+
+    from edgelm.export.onnx import export_onnx
+
+    exported = export_onnx(open_checkpoint(folder), target, "f32").path
+    model = onnx.load(str(exported / "model.onnx"))
+    norms = [t for t in model.graph.initializer if len(t.dims) == 1 and "norm" in t.name]
+    norms[-1].CopyFrom(numpy_helper.from_array(np.full(list(norms[-1].dims), NAN, np.float32), norms[-1].name))
+    onnx.save(model, str(exported / "model.onnx"))
+    return exported
+
+
+ENGINES = {
+    "torch": lambda pd, tmp: _scaled_lm_head(pd("tiny-rope"), tmp / "m", NAN),
+    "llama.cpp": lambda pd, tmp: _nan_norm_gguf(pd("tiny-rope"), tmp / "m.gguf"),
+    "ggml executor": lambda pd, tmp: _nan_norm_gguf(pd("tiny-tokenformer"), tmp / "m.gguf"),
+    "onnxruntime": lambda pd, tmp: _nan_norm_onnx(pd("tiny-rope"), tmp / "m-onnx"),
+}
+
+
+@pytest.fixture
+def text(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text("It is a truth universally acknowledged, that a single man. " * 4)
+    return path
+
+
+def assert_failed_in_one_line(result, needle):
+    code, out, err = result
+    assert code == 1, (code, out, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert needle in err, err
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_nan_logits_fail_perplexity_and_generate(run_cli, preset_dir, tmp_path, text, engine):
+    """perplexity printed `NaN` (not JSON) and exited 0; greedy generate picked token 0 (eos): an empty reply, exit 0."""
+    model = ENGINES[engine](preset_dir, tmp_path)
+    code, out, err = run_cli("perplexity", model, "--text", text, "--ctx", 16, "--json")
+    assert code == 1, (out, err)
+    report = json.loads(out)  # strict JSON: no bare NaN
+    assert report["perplexity"] is None and report["tokens"] > 0
+    assert "perplexity is not a finite number" in err
+    assert_failed_in_one_line(run_cli("perplexity", model, "--text", text, "--ctx", 16), "perplexity is not a finite number")
+    for sampling in ([], ["--temperature", "0.8", "--seed", "1"]):
+        assert_failed_in_one_line(run_cli("generate", model, "--prompt", "It is", "--max-new-tokens", 2, *sampling),
+                                  "NaN or infinite logits")
+    assert_failed_in_one_line(run_cli("bench", model, "--prompt-tokens", 2, "--new-tokens", 1), "NaN or infinite logits")
+
+
+def test_finite_but_huge_logits_are_no_overflow_traceback(run_cli, preset_dir, tmp_path, text):
+    """Logits near float32's limit raised OverflowError in math.exp of the mean loss (perplexity and parity)."""
+    reference = preset_dir("tiny-rope")
+    huge = _scaled_lm_head(reference, tmp_path / "huge", 1e33)
+    code, out, err = run_cli("perplexity", huge, "--text", text, "--ctx", 16, "--json")
+    assert code == 1 and json.loads(out)["perplexity"] is None and "Traceback" not in err, err
+    code, out, err = run_cli("parity", huge, "--reference", reference, "--tokens", 8, "--device", "cpu", "--json")
+    assert code == 1 and "Traceback" not in err, err
+    report = json.loads(out)
+    assert report["artifact_perplexity"] is None and "finite logits" in report["failed"]
+
+
+def test_calibration_settings_refuse_what_the_options_refuse():
+    from edgelm.calibrate import CalibrationSettings
+
+    for field in ("lr", "lr_late", "init", "min"):
+        for value in (NAN, -1.0, 0.0, float("inf")):
+            with pytest.raises(ValueError, match=f"{field} must be a finite number above 0"):
+                CalibrationSettings(target_length=8, **{field: value})
+
+
+def test_torch_reference_gives_nan_for_nan_weights(preset_dir, tmp_path):
+    """The fixture above is what it says: the damaged folder's logits are NaN (not refused on load)."""
+    from edgelm.formats import LoadOptions, open_artifact
+
+    artifact = open_artifact(ENGINES["torch"](preset_dir, tmp_path), LoadOptions(device="cpu"))
+    assert torch.isnan(torch.from_numpy(artifact.backend.forward([1, 2]))).all()
