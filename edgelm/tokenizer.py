@@ -98,8 +98,9 @@ class SentencePieceTokenizer(Tokenizer):
         """The config's special tokens (bos/eos/unk/pad…, additional, added ones marked special) and the
         model's control and unknown pieces, which llama.cpp's vocabulary marks special."""
         names = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
-        declared = [self.config.get(name) for name in names] + list(self.config.get("additional_special_tokens") or [])
-        declared += [t for t in (self.config.get("added_tokens_decoder") or {}).values() if isinstance(t, dict) and t.get("special")]
+        extra, added = self.config.get("additional_special_tokens"), self.config.get("added_tokens_decoder")
+        declared = [self.config.get(name) for name in names] + (extra if isinstance(extra, list) else [])
+        declared += [t for t in added.values() if isinstance(t, dict) and t.get("special")] if isinstance(added, dict) else []
         for token in declared:
             text = token.get("content") if isinstance(token, dict) else token
             if isinstance(text, str):

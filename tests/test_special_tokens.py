@@ -91,3 +91,21 @@ def test_every_chat_turn_is_transformers_apply_chat_template(tokenizer_source, k
         bos = artifact.tokenizer.bos_id
         if "bos_token" in (artifact.tokenizer.chat_template or ""):
             assert ids.count(bos) == 3 and [bos, bos] not in [ids[i:i + 2] for i in range(len(ids))]  # one per user turn
+
+
+@pytest.mark.parametrize("config", [
+    {"additional_special_tokens": "abc"},  # a string, not a list: not three one-letter special tokens
+    {"added_tokens_decoder": ["<s>"]},
+    {"added_tokens_decoder": {"5": {"content": "", "special": True}}},  # an empty text matches nowhere
+])
+def test_a_strange_tokenizer_config_changes_nothing_of_sentencepiece(preset_dir, config):
+    import json
+
+    from edgelm.tokenizer import load_tokenizer_file
+
+    folder = preset_dir("tiny-rope")
+    base = json.loads((folder / "tokenizer_config.json").read_text())
+    plain = load_tokenizer_file(folder / "tokenizer.model", base)
+    strange = load_tokenizer_file(folder / "tokenizer.model", {**base, **config})
+    for text in TEXTS + ["a b c abc"]:
+        assert strange.encode(text, special=True) == plain.encode(text, special=True), text
