@@ -200,7 +200,9 @@ class Conversation:
         self.turns.append({"role": "user", "content": user})
         dropped = 0
         while True:
-            ids = self.tokenizer.encode(self.render(self.turns), add_bos=False)
+            # the rendered template is text in which special tokens are tokens, and it prints its own bos:
+            # as transformers' apply_chat_template(tokenize=True) and llama.cpp's chat encode it
+            ids = self.tokenizer.encode(self.render(self.turns), add_bos=False, special=True)
             if len(ids) + self.reply_budget <= self.context_length or len(self.turns) <= 1:
                 return ids, dropped
             self.turns = self.turns[2:] if len(self.turns) > 2 else self.turns[1:]  # oldest exchange first

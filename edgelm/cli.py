@@ -420,6 +420,7 @@ def chat(
     device: DeviceOption = "cpu",
     threads: ThreadsOption = None,
     provider: ProviderOption = "cpu",
+    verbose_prompt: Annotated[bool, typer.Option("--verbose-prompt", help="Print each turn's prompt tokens (id -> text), as llama.cpp's --verbose-prompt does.")] = False,
 ) -> None:
     """Streaming chat with a KV cache. /reset clears the history, /exit (or Ctrl-D) leaves; Ctrl-C stops a reply."""
     import time
@@ -457,6 +458,8 @@ def chat(
             ids, dropped = conversation.prompt_ids(user)
             if dropped:
                 out.print(f"[dim]dropped the {dropped} oldest exchange(s) to fit the {artifact.backend.context_length}-token context[/dim]")
+            if verbose_prompt:
+                info.print(f"prompt: {len(ids)} tokens\n" + "\n".join(f"{i:6d} -> {artifact.tokenizer.decode([i])!r}" for i in ids), markup=False)
             for piece in generate_from_ids(artifact.backend, artifact.tokenizer, ids, max_new_tokens, options):
                 out.print(piece.text, end="", markup=False)
                 reply += piece.text

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,15 @@ class Tokenizer:
     def chat_template(self) -> str | None:
         return self.config.get("chat_template")
 
-    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
-        """Token ids; a bos token leads when the tokenizer config asks for one (or `add_bos` says so)."""
-        ids = self.encode_text(text)
+    def encode(self, text: str, add_bos: bool | None = None, special: bool = True) -> list[int]:
+        """Token ids; a bos token leads when the tokenizer config asks for one (or `add_bos` says so).
+
+        `special`: the text of a special token (`<|endoftext|>`, `<s>`, ChatML's `<|im_start|>`) becomes its
+        id, as in transformers' `tokenizer(text)` and `apply_chat_template(tokenize=True)`, llama.cpp's `-p`
+        prompt and the chat it renders (`parse_special=true`). False spells them out as ordinary text
+        (transformers' `split_special_tokens=True`, llama.cpp's `parse_special=false`). Every tokenizer kind
+        honours it, so one text gives one list of ids in every format."""
+        ids = self.encode_text(text, special)
         if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
             ids = [self.bos_id] + ids
         return ids
@@ -41,7 +48,7 @@ class Tokenizer:
     # What each backend provides:
     vocab_size: int
 
-    def encode_text(self, text: str) -> list[int]:
+    def encode_text(self, text: str, special: bool = True) -> list[int]:
         raise NotImplementedError
 
     def decode(self, ids: list[int]) -> str:
@@ -61,7 +68,9 @@ class JSONTokenizer(Tokenizer):
         self.vocab_size = self.backend.get_vocab_size()
         super().__init__(file, config)
 
-    def encode_text(self, text):
+    def encode_text(self, text, special=True):
+        # tokenizers matches added tokens in the text; `encode_special_tokens` spells the special ones out
+        self.backend.encode_special_tokens = not special
         return self.backend.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids):
@@ -80,9 +89,37 @@ class SentencePieceTokenizer(Tokenizer):
         self.backend = sentencepiece.SentencePieceProcessor(model_file=str(file))
         self.vocab_size = self.backend.get_piece_size()
         super().__init__(file, config)
+        # sentencepiece never reads a control token in text (`<s>` is three pieces): they are split out
+        # first, as transformers' tokenizer and llama.cpp do; each stretch between gets sentencepiece's
+        # dummy prefix, as under transformers' `legacy` (its default) and in llama.cpp
+        self.specials = {text: found for text in self._special_texts() if text and (found := self.lookup(text)) is not None}
+        by_length = sorted(self.specials, key=len, reverse=True)  # the longest match wins, as in transformers' trie
+        self.special_pattern = re.compile("|".join(map(re.escape, by_length))) if by_length else None
 
-    def encode_text(self, text):
-        return self.backend.encode_as_ids(text)
+    def _special_texts(self):
+        """The config's special tokens (bos/eos/unk/pad…, additional, added ones marked special) and the
+        model's control and unknown pieces, which llama.cpp's vocabulary marks special."""
+        names = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+        extra, added = self.config.get("additional_special_tokens"), self.config.get("added_tokens_decoder")
+        declared = [self.config.get(name) for name in names] + (extra if isinstance(extra, list) else [])
+        declared += [t for t in added.values() if isinstance(t, dict) and t.get("special")] if isinstance(added, dict) else []
+        for token in declared:
+            text = token.get("content") if isinstance(token, dict) else token
+            if isinstance(text, str):
+                yield text
+        for piece in range(self.vocab_size):
+            if self.backend.is_control(piece) or self.backend.is_unknown(piece):
+                yield self.backend.id_to_piece(piece)
+
+    def encode_text(self, text, special=True):
+        if not special or self.special_pattern is None:
+            return self.backend.encode_as_ids(text)
+        ids, start = [], 0
+        for match in self.special_pattern.finditer(text):
+            ids += self.backend.encode_as_ids(text[start:match.start()]) if match.start() > start else []
+            ids.append(self.specials[match.group()])
+            start = match.end()
+        return ids + (self.backend.encode_as_ids(text[start:]) if start < len(text) else [])
 
     def decode(self, ids):
         return self.backend.decode_ids(ids)

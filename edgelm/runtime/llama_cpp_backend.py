@@ -83,8 +83,8 @@ class LlamaCppTokenizer(Tokenizer):
         super().__init__(path, {"add_bos_token": add_bos, "chat_template": chat_template, **special})
         self.bos_id, self.eos_id = bos, eos
 
-    def encode_text(self, text):
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+    def encode_text(self, text, special=True):
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
     def decode(self, ids):
         return self.llm.detokenize(ids).decode("utf-8", errors="replace")
