@@ -40,6 +40,8 @@ class _Recorder(TorchFunctionMode):
         super().__init__()
         self.imatrix = imatrix
         self.running: list[tuple[str, nn.Module]] = []
+        self.fed_by: dict[str, str] = {}  # weight name → the norm module whose output it multiplies
+        self.norm_outputs: dict[int, tuple[str, torch.Tensor]] = {}  # this forward's, held so ids stay unique
         self.hooks = []
         for name, module in model.named_modules():
             if any(True for _ in module.parameters(recurse=False)):
@@ -47,7 +49,9 @@ class _Recorder(TorchFunctionMode):
                 self.hooks.append(module.register_forward_hook(self._leave))
 
     def _leave(self, module, args, output) -> None:  # a forward hook that returns something replaces the output
-        self.running.pop()
+        name, _ = self.running.pop()
+        if isinstance(output, torch.Tensor) and all(p.dim() == 1 for p in module.parameters(recurse=False)):
+            self.norm_outputs[id(output)] = (name, output)  # a norm's (affine) output
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in _MATMULS and self.running and len(args) >= 2 and isinstance(args[1], torch.Tensor):
@@ -55,8 +59,12 @@ class _Recorder(TorchFunctionMode):
             storage = args[1].untyped_storage().data_ptr()
             for pname, param in module.named_parameters(recurse=False):
                 if param.dim() == 2 and param.untyped_storage().data_ptr() == storage:
+                    weight = f"{prefix}.{pname}" if prefix else pname
                     rows = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-                    self.imatrix.add(f"{prefix}.{pname}" if prefix else pname, rows.square().sum(0).numpy(), rows.shape[0])
+                    self.imatrix.add(weight, rows.square().sum(0).numpy(), rows.shape[0])
+                    norm = self.norm_outputs.get(id(args[0]))
+                    if norm is not None and norm[1] is args[0]:
+                        self.fed_by[weight] = norm[0]
         return func(*args, **(kwargs or {}))
 
     def close(self) -> None:
@@ -74,8 +82,10 @@ def collect(model: CausalLM, chunks: Sequence[Sequence[int]], datasets: Iterable
         with recorder:
             for chunk in chunks:
                 model(torch.tensor([list(chunk)]))
+                recorder.norm_outputs.clear()
     finally:
         recorder.close()
+    imatrix.fed_by = recorder.fed_by
     return imatrix
 
 
@@ -85,6 +95,8 @@ def calibration_chunks(tokenizer, texts: Sequence[Path], chunks: int = CHUNKS, s
     per_text = [len(range(i, chunks, len(texts))) for i in range(len(texts))]
     windows: list[list[list[int]]] = []
     for path, count in zip(texts, per_text):
+        if not count:  # more texts than chunks
+            continue
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:

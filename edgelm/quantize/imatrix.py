@@ -30,6 +30,9 @@ class ImportanceMatrix:
     datasets: list[str] = field(default_factory=list)
     chunk_count: int = 0
     chunk_size: int = 0
+    # not in the file: which weights multiply a norm's output directly (weight → norm module name), so
+    # a per-channel scale can fold exactly into that norm (quantize/awq.py)
+    fed_by: dict[str, str] = field(default_factory=dict)
 
     def mean_squares(self, name: str) -> np.ndarray:
         """in_sum2 / counts, what llama.cpp's quantizer weighs each column by."""
