@@ -331,6 +331,8 @@ def export(
     int8_lm_head: Annotated[bool, typer.Option("--int8-lm-head", help="ONNX int4: keep the LM head at 8 bits.")] = False,
     kv_cache: Annotated[str, typer.Option("--kv-cache", help="ONNX: float | int8 (KV buffers in int8, per-channel scales calibrated on --calibration-text).")] = "float",
     calibration_text: Annotated[Optional[Path], typer.Option("--calibration-text", help="ONNX --kv-cache int8: UTF-8 text to calibrate on (default: a shipped training novel).")] = None,
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="int4: calibrate on this UTF-8 text (16 chunks × 256 tokens; GGUF: llama.cpp importance matrix, ONNX: activation-aware scales). Default: the five shipped training novels in examples/data (persuasion.txt is held out).")] = None,
+    no_calibration: Annotated[bool, typer.Option("--no-calibration", help="int4: quantize without calibration (the stock quantizers).")] = False,
     force: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -342,6 +344,16 @@ def export(
     from .hub import HUB_ID, is_hub_id
     from .models import open_checkpoint
 
+    from .quantize.calibration import DEFAULT_TEXTS
+
+    if (calibration or no_calibration) and quant != "int4":
+        raise UserError("--calibration and --no-calibration apply to --quant int4", None, "add --quant int4 or drop them")
+    if calibration and no_calibration:
+        raise UserError("--calibration and --no-calibration contradict each other", None, "keep one")
+    if calibration:
+        _read_text(calibration, "--calibration")  # refused here, before minutes of export
+    calibration_texts = [] if quant != "int4" or no_calibration else [calibration] if calibration else \
+        [p for p in DEFAULT_TEXTS if p.is_file()]
     # one exporter imported, not both: the ONNX one brings the tracer (~70 MB resident)
     if format is ExportFormat.onnx:
         from .export.onnx import check_quant_options, export_onnx
@@ -378,7 +390,7 @@ def export(
         with info.status("exporting to ONNX…") as status:
             report = export_onnx(checkpoint, target, quant, force, on_step=lambda text: status.update(text + "…"),
                                  int4_embedding=int4_embedding, int8_lm_head=int8_lm_head, kv_cache=kv_cache,
-                                 calibration_text=calibration_text)
+                                 calibration_text=calibration_text, calibration=calibration_texts)
         if as_json:
             out.print_json(json.dumps({"path": str(report.path), "quant": quant, "notes": report.notes}))
             return
@@ -389,7 +401,8 @@ def export(
         return
     with Progress(console=info, transient=True, disable=as_json or not info.is_terminal) as progress:
         task = progress.add_task(f"exporting {type_name}", total=len(checkpoint.weight_names()))
-        report = export_gguf(checkpoint, target, quant, gguf_type, force, on_tensor=lambda _: progress.advance(task))
+        report = export_gguf(checkpoint, target, quant, gguf_type, force, on_tensor=lambda _: progress.advance(task),
+                             calibration=calibration_texts)
     summary = {
         "path": str(report.path), "arch": report.arch, "file_type": report.file_type,
         "bytes": report.path.stat().st_size, "tensor_types": report.type_counts(), "notes": report.notes,

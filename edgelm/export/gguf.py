@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from ..errors import UserError
 from ..fileio import atomic_output_file
 from ..models import Checkpoint
 from ..models.registry import expand_names
+from ..quantize.imatrix import write_gguf as write_imatrix
 from ..quantize.llama_cpp import quantize_gguf
 from ..tokenizer import load_tokenizer
 from .gguf_vocab import add_vocab
@@ -184,6 +185,20 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     return {name: qtype.name for name, qtype in types.items()}
 
 
+def _write_imatrix(checkpoint: Checkpoint, texts: Sequence[Path], path: Path) -> str:
+    """One pass of the torch reference over `texts`, its importance matrix written at `path` under
+    the GGUF tensor names. Returns a note for the user."""
+    from ..quantize.calibration import calibration_chunks, collect
+
+    chunks = calibration_chunks(load_tokenizer(checkpoint.path), texts)
+    model = checkpoint.load_model()
+    imatrix = collect(model, chunks, [p.name for p in texts])
+    del model  # before llama.cpp's quantizer starts
+    names = write_imatrix(imatrix, {source: gguf for gguf, source in _tensor_plan(checkpoint).items()}, path)
+    return (f"importance matrix: {len(names)} weights, {imatrix.chunk_count} chunks × {imatrix.chunk_size} tokens of "
+            + ", ".join(p.name for p in texts))
+
+
 def export_gguf(
     checkpoint: Checkpoint,
     out: Path,
@@ -191,7 +206,10 @@ def export_gguf(
     gguf_type: str | None = None,
     force: bool = False,
     on_tensor: Callable[[str], None] | None = None,
+    calibration: Sequence[Path] = (),
 ) -> GGUFReport:
+    """`calibration`: texts for an importance matrix (quantize/calibration.py) that llama.cpp's
+    quantizer weighs its rounding errors by; used for the types llama.cpp's quantizer makes."""
     family, spec = checkpoint.family, checkpoint.spec
     type_name = resolve_type(quant, gguf_type)
     try:
@@ -208,13 +226,20 @@ def export_gguf(
         elif arch in llama_cpp_archs():
             fd, name = tempfile.mkstemp(prefix=f".{out.name}.f32-", suffix=".gguf", dir=out.parent)
             os.close(fd)
+            imatrix = Path(name).with_suffix(".imatrix.gguf") if calibration else None
             try:
+                if imatrix:
+                    notes.append(_write_imatrix(checkpoint, calibration, imatrix))
                 _write(checkpoint, Path(name), Q.F32, LlamaFileType.ALL_F32, on_tensor)
-                written = quantize_gguf(Path(name), tmp, int(LLAMA_FILE_TYPES[type_name]), type_name)
+                written = quantize_gguf(Path(name), tmp, int(LLAMA_FILE_TYPES[type_name]), type_name, imatrix)
             finally:
                 Path(name).unlink(missing_ok=True)
+                if imatrix:
+                    imatrix.unlink(missing_ok=True)
         else:
             native = type_name if type_name in GGUF_PY_QUANTS else NEAREST_GGUF_PY[type_name[:2]]
+            if calibration:
+                notes.append("no importance matrix: gguf-py's quantizer, which quantizes this arch, takes none")
             if native != type_name:
                 notes.append(f"{type_name} needs llama.cpp's quantizer, which does not know arch {arch!r}; "
                              f"gguf-py quantized to {native}, the nearest type it can produce")

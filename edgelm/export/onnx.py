@@ -27,7 +27,7 @@ import logging
 import math
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -340,8 +340,24 @@ def calibration_ids(tokenizer: Tokenizer, text_file: Path) -> torch.Tensor:
     return torch.tensor(ids)
 
 
+def activation_folds(checkpoint: Checkpoint, texts: Sequence[Path]) -> tuple[dict, str]:
+    """AWQ scales (quantize/awq.py) from one calibration pass over `texts`, and a note for the user."""
+    from ..quantize.awq import ALPHA, norm_folds
+    from ..quantize.calibration import calibration_chunks, collect
+
+    model = checkpoint.load_model()
+    imatrix = collect(model, calibration_chunks(load_tokenizer(checkpoint.path), texts), [p.name for p in texts])
+    norms = {name: [f"{name}.{p}" for p, _ in m.named_parameters(recurse=False)] for name, m in model.named_modules()
+             if all(p.dim() == 1 for p in m.parameters(recurse=False))}
+    tied = {n for pair in checkpoint.family.tied_tensors(checkpoint.spec).items() for n in pair}
+    folds = norm_folds(imatrix, norms, tied)
+    scaled = sum(1 for _, (axis, _) in folds.items() if axis == 1)
+    return folds, (f"int4: activation-aware scales (AWQ, α {ALPHA}) on the {scaled} weights that read a norm, folded into it; "
+                   f"from {imatrix.chunk_count} chunks × {imatrix.chunk_size} tokens of " + ", ".join(p.name for p in texts))
+
+
 def _write_graph(checkpoint: Checkpoint, path: Path, kv_calibration_text: Path | None, quant: str,
-                 int4_embedding: bool = False, int8_lm_head: bool = False) -> list[str]:
+                 int4_embedding: bool = False, int8_lm_head: bool = False, calibration: Sequence[Path] = ()) -> list[str]:
     """Trace the graph over fake weights, calibrate an int8 KV cache on `kv_calibration_text` with the
     torch model (None: a float cache), and write the graph with each weight streamed from the
     checkpoint (temperatures folded, checked finite and, for f16, within float16's range); int4, int8
@@ -356,8 +372,12 @@ def _write_graph(checkpoint: Checkpoint, path: Path, kv_calibration_text: Path |
         kv_scales = kv_cache_scales(checkpoint.load_model(), ids, min(checkpoint.spec.max_positions, 512))
         notes.append(f"KV cache: int8, per-channel scales from the largest |key| and |value| over {ids.numel()} "
                      f"tokens of {kv_calibration_text.name}; larger values are clipped")
+    folds = None
+    if calibration and quant == "int4":
+        folds, note = activation_folds(checkpoint, calibration)
+        notes.append(note)
     model = _traced_graph(checkpoint, kv_scales)
-    _fill_weights(model, ExportedWeights(checkpoint), quant == "f16")
+    _fill_weights(model, ExportedWeights(checkpoint, folds=folds), quant == "f16")
     onnxscript.optimizer.optimize(model)  # folds the small constants only: the weights stay lazy
     try:
         if quant == "int4":
@@ -388,6 +408,7 @@ class ONNXReport:
 def export_onnx(
     checkpoint: Checkpoint, out: Path, quant: str = "f32", force: bool = False, on_step: Callable[[str], None] | None = None,
     int4_embedding: bool = False, int8_lm_head: bool = False, kv_cache: str = "float", calibration_text: Path | None = None,
+    calibration: Sequence[Path] = (),
 ) -> ONNXReport:
     """`int4_embedding`, `int8_lm_head`: int4 options (embedding Gather at int4 too; LM head at 8 bits).
     `kv_cache="int8"`: int8 KV buffers, scales calibrated on `calibration_text`."""
@@ -400,7 +421,7 @@ def export_onnx(
         step("tracing the graph" + (" and calibrating the int8 KV cache" if kv_cache == "int8" else "")
              + (f", writing {quant} weights" if quant != "f32" else ""))
         notes = _write_graph(checkpoint, tmp / ONNX_MODEL_FILE, calibration_text if kv_cache == "int8" else None, quant,
-                             int4_embedding, int8_lm_head)
+                             int4_embedding, int8_lm_head, calibration)
         step("writing configs")
         for name in TOKENIZER_FILES:
             if (source := find_member(checkpoint.path, name)) is not None:

@@ -20,26 +20,31 @@ from .temperatures import bake_tensor, refuse_non_finite, temperature_scales
 class ExportedWeights:
     """The model's tensors as an export writes them, by module name (the family module's state dict)."""
 
-    def __init__(self, checkpoint: Checkpoint, temperatures: torch.Tensor | None = None):
-        """`temperatures`: the [num_layers, num_heads] table to fold (default: the checkpoint's)."""
+    def __init__(self, checkpoint: Checkpoint, temperatures: torch.Tensor | None = None,
+                 folds: dict[str, tuple[int, torch.Tensor]] | None = None):
+        """`temperatures`: the [num_layers, num_heads] table to fold (default: the checkpoint's).
+        `folds`: more exact per-channel scales, {name: (axis, scale)} (quantize/awq.py)."""
         self.checkpoint = checkpoint
         self.shapes = checkpoint.module_shapes  # tied aliases included
         table = checkpoint.head_temperatures() if temperatures is None else temperatures
         self._scales = temperature_scales(checkpoint.family, checkpoint.spec, table)
         self._aliases = checkpoint.family.tied_tensors(checkpoint.spec)
+        self._folds = folds or {}
 
     def get(self, name: str) -> torch.Tensor:
         """fp32, temperatures folded, refused when not finite."""
         tensor = self.checkpoint.tensors.get(self._source(name), torch.float32)
         if name in self._scales:
             tensor = bake_tensor(tensor, *self._scales[name])
+        if name in self._folds:
+            tensor = bake_tensor(tensor, *self._folds[name])
         self._check_finite(name, tensor)
         return tensor
 
     def unchanged(self, name: str) -> bool:
         """Whether the tensor goes out as stored (no temperature folds into it), so a writer may
         stream it a block of rows at a time with `row_blocks`."""
-        return name not in self._scales
+        return name not in self._scales and name not in self._folds
 
     def row_blocks(self, name: str) -> Iterator[torch.Tensor]:
         """An unchanged tensor in fp32, a block of rows at a time, each refused when not finite."""

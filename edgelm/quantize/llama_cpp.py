@@ -6,8 +6,12 @@ process the two added up to 0.62–0.65 GB (1.1B → Q4_K_M); apart, neither pro
 waiting exporter and the quantizer together still reach ~0.62). The quantizer's process imports only
 llama-cpp-python, as llama.cpp's own `llama-quantize` runs apart from its converter.
 
-    python -m edgelm.quantize.llama_cpp SOURCE.gguf TARGET.gguf FILE_TYPE   (a LlamaFileType number)
+    python -m edgelm.quantize.llama_cpp SOURCE.gguf TARGET.gguf FILE_TYPE [IMATRIX.gguf]
     → TARGET.gguf, and on stdout {tensor name: GGML type name} as JSON
+
+With an importance matrix (llama.cpp's imatrix.gguf, quantize/imatrix.py), the process hands it to
+`llama_model_quantize` as llama-quantize does: each entry's in_sum2 / counts, as an array of
+`llama_model_imatrix_data` ended by a NULL name (`llama_model_quantize_params.imatrix`).
 """
 
 from __future__ import annotations
@@ -19,16 +23,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import UserError
 
 REFUSED = 3  # the exit status for "llama_model_quantize returned an error"
 
 
-def quantize_gguf(source: Path, target: Path, file_type: int, type_name: str) -> dict[str, str]:
-    """Write `target`, `source` (an f32 GGUF of an arch llama.cpp knows) quantized to `file_type`;
-    returns the GGML type name llama.cpp chose for each tensor, as gguf-py reads them from `target`."""
+def quantize_gguf(source: Path, target: Path, file_type: int, type_name: str, imatrix: Path | None = None) -> dict[str, str]:
+    """Write `target`, `source` (an f32 GGUF of an arch llama.cpp knows) quantized to `file_type`,
+    weighing rounding errors by `imatrix` (an imatrix.gguf) when given; returns the GGML type name
+    llama.cpp chose for each tensor, as gguf-py reads them from `target`."""
     _give_back_freed_heap()
-    done = subprocess.run([sys.executable, "-m", __name__, str(source), str(target), str(file_type)],
+    done = subprocess.run([sys.executable, "-m", __name__, str(source), str(target), str(file_type), *([str(imatrix)] if imatrix else [])],
                           capture_output=True, text=True, errors="replace")
     if done.returncode == 0:
         return json.loads(done.stdout.splitlines()[-1])  # the last line: llama.cpp may print before it
@@ -49,7 +56,24 @@ def _give_back_freed_heap() -> None:
         pass
 
 
-def _main(source: str, target: str, file_type: str) -> int:
+def _imatrix_array(path: str, llama_cpp):
+    """llama-quantize's `load_imatrix` + its array: {name: in_sum2 / counts} as the C struct array the
+    quantizer reads, NULL-terminated. Returns the array and the buffers it points into (keep both)."""
+    from .imatrix import read_gguf_mean_squares  # gguf-py and numpy only: no torch here
+
+    entries = {name: np.ascontiguousarray(values, dtype=np.float32) for name, values in read_gguf_mean_squares(Path(path)).items()}
+    array = (llama_cpp.llama_model_imatrix_data * (len(entries) + 1))()
+    names = []
+    for slot, (name, values) in zip(array, entries.items()):
+        names.append(name.encode())
+        slot.name = names[-1]
+        slot.data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        slot.size = values.size
+    array[len(entries)].name = None
+    return array, (entries, names)
+
+
+def _main(source: str, target: str, file_type: str, imatrix: str | None = None) -> int:
     import logging
 
     import llama_cpp
@@ -59,6 +83,9 @@ def _main(source: str, target: str, file_type: str) -> int:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(file_type)
     params.nthread = os.cpu_count() or 1
+    if imatrix:
+        array, keep = _imatrix_array(imatrix, llama_cpp)
+        params.imatrix = ctypes.cast(array, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     if llama_cpp.llama_model_quantize(source.encode(), target.encode(), params) != 0:
         return REFUSED
     from gguf import GGUFReader  # read here too: its parse of a 32k-token vocabulary holds ~70 MB
