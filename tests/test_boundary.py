@@ -39,6 +39,7 @@ ALLOWED = {
     "runtime/backend.py": "/proc/meminfo",
     "quantize/llama_cpp.py": "reads back the GGUF it wrote; json of its own subprocess's line",
     "quantize/onnx.py": "loads back the graph it wrote",
+    "quantize/imatrix.py": "reads back the imatrix.gguf it wrote",
     "models/presets.py": "copies edgelm's own assets",
     "models/position_probe.py": "edgelm's own probe text",
 }
@@ -57,6 +58,7 @@ CHECKED_PATH_CALLS = {
     ("export/onnx.py", "shutil.copy"): "tokenizer files from find_member()",
     ("export/onnx.py", ".read_text("): "edgelm's own probe text",
     ("bundle.py", "open("): "writes zip entries into its own fresh folder",
+    ("chat.py", "open("): "/proc/self/status and the pipe to its own template-rendering child",
     ("bundle.py", "shutil.copy"): "edgelm's web page and the --web-runtime the user named",
 }
 

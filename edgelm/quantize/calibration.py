@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..artifact_files import MAX_TEXT_BYTES, read_text, user_file
 from ..errors import UserError
 from ..models import CausalLM
 from .imatrix import ImportanceMatrix
@@ -97,10 +98,7 @@ def calibration_chunks(tokenizer, texts: Sequence[Path], chunks: int = CHUNKS, s
     for path, count in zip(texts, per_text):
         if not count:  # more texts than chunks
             continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"cannot read the calibration text ({exc.__class__.__name__})", path, "give a UTF-8 text file") from None
+        text = read_text(user_file(path, "--calibration", MAX_TEXT_BYTES, "calibration text"), MAX_TEXT_BYTES, "the calibration text")
         ids = tokenizer.encode(text[: CHARS_PER_TOKEN * size * count])
         found = [ids[i * size:(i + 1) * size] for i in range(min(count, len(ids) // size))]
         if not found:
