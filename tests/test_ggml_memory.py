@@ -4,10 +4,13 @@ ggml free; the second, longer prompt corrupted the heap). Each run is a subproce
 fails the test instead of killing pytest; its logits must equal a freshly opened backend's, which catches
 stale buffers and stale cache rows that do not crash. valgrind runs the same script: `make memcheck`."""
 
+import ctypes
 import json
 import os
+import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +85,26 @@ def test_generate_on_one_model_over_prompts_of_changing_length(tokenformer_gguf)
         fresh.append(model.generate(prompt, max_new_tokens=6))
         model.artifact.backend.close()
     assert json.loads(done.stdout.splitlines()[-1]) == fresh
+
+
+def declared_in_ctypes(function) -> bool:
+    """ctypes passes and returns exactly these types; any other restype (a Python type, a NewType) is a
+    callable ctypes hands the result as a 32-bit C int, cutting a pointer or a size_t."""
+    ctypes_types = (ctypes._SimpleCData, ctypes._Pointer, ctypes.Structure, ctypes.Union, ctypes.Array, ctypes._CFuncPtr)
+    return all(kind is None or isinstance(kind, type) and issubclass(kind, ctypes_types)
+               for kind in [function.restype, *(function.argtypes or [])])
+
+
+def test_every_ggml_function_edgelm_calls_is_declared_in_ctypes_types():
+    """ggml-python 0.0.45 declares some results as NewTypes of int (ggml_backend_cpu_buffer_from_ptr,
+    which the executor binds again); a call edgelm adds to one of those fails here, not in a user's heap."""
+    import ggml
+
+    runtime = Path(__file__).parents[1] / "edgelm"
+    called = {name for path in runtime.rglob("*.py") for name in re.findall(r"\bggml\.((?:ggml|gguf)_\w+)\s*\(", path.read_text())}
+    functions = {name: getattr(ggml, name) for name in called if isinstance(getattr(ggml, name), ctypes._CFuncPtr)}
+    assert {"ggml_backend_tensor_set", "ggml_gallocr_alloc_graph", "gguf_get_tensor_offset"} <= set(functions)
+    assert [name for name, function in sorted(functions.items()) if not declared_in_ctypes(function)] == []
+    cut = ctypes.CDLL(None).getpid
+    cut.restype = typing.NewType("pointer", int)
+    assert not declared_in_ctypes(cut)

@@ -121,8 +121,12 @@ class _Graph:
 
 
 def _buffer_from_pointer():
-    """ggml_backend_cpu_buffer_from_ptr, bound again: ggml-python 0.0.45 declares its result as a Python int
-    type, which ctypes reads as a 32-bit C int, cutting the 64-bit pointer (a crash at first use)."""
+    """ggml_backend_cpu_buffer_from_ptr, bound again. ggml-backend.h:
+        ggml_backend_buffer_t ggml_backend_cpu_buffer_from_ptr(void * ptr, size_t size);
+    ggml-python 0.0.45 declares its result as ggml_backend_buffer_t, a NewType of int: a Python callable,
+    whose argument ctypes reads as a 32-bit C int, cutting the 64-bit pointer (a crash at first use). Of
+    the functions edgelm calls it is the only one declared wrong (each checked against the headers of the
+    ggml ggml-python vendors; tests/test_ggml_memory.py checks that the rest stay declared in ctypes types)."""
     function = ctypes.CDLL(ggml.lib._name).ggml_backend_cpu_buffer_from_ptr  # a handle of our own: ggml's stays as it is
     function.argtypes, function.restype = [ctypes.c_void_p, ctypes.c_size_t], ctypes.c_void_p
     return function
