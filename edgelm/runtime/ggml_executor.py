@@ -223,6 +223,8 @@ class GGMLBackend(Backend):
         ggml.ggml_backend_buffer_clear(self.cache_buffer, 0)  # masked positions are read: zeros, never NaN
 
     def reset(self) -> None:
+        """Position 0. The cache keeps its rows: rows past the position are masked (attention gives them weight
+        0) until a forward writes them, so forward() appends at `position` whatever the cache held before."""
         self._position = 0
 
     @property
