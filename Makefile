@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 EDGELM := $(VENV)/bin/edgelm
 DEMO_DIR := build/demo
 
-.PHONY: demo test clean web-runtime chromium
+.PHONY: demo test clean web-runtime chromium memcheck
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,30 @@ chromium:
 	@command -v chromium > /dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; } || \
 		echo "note: no chromium, and not root to install it: tests/test_web.py will skip"
+
+# valgrind over edgelm's ggml executor (issue 29), not part of `make test`: one backend over prompts of
+# changing length, every heap access checked (--undef-value-errors=no: invalid reads, writes and frees only;
+# CPython's own uninitialised-value reports are noise; tests/valgrind.supp: glibc's). ggml-python's wheel is built with -march=native,
+# whose AVX-512 valgrind cannot decode, so the same ggml (the vendored copy in ggml-python's sdist) is built
+# once more with AVX2 and debug lines, and ggml-python's bindings are copied beside it under build/memcheck.
+MEMCHECK := build/memcheck
+$(MEMCHECK)/ggml/lib/libggml-cpu.so: $(VENV)/.installed
+	@command -v valgrind > /dev/null || { echo "make memcheck needs valgrind: apt-get install valgrind"; exit 2; }
+	rm -rf $(MEMCHECK) && mkdir -p $(MEMCHECK)/src
+	$(PY) -m pip download -q --no-deps --no-binary :all: -d $(MEMCHECK)/src \
+		"ggml-python==$$($(PY) -c 'import importlib.metadata as m; print(m.version("ggml-python"))')"
+	tar xzf $(MEMCHECK)/src/ggml_python-*.tar.gz -C $(MEMCHECK)/src
+	cmake -S $(MEMCHECK)/src/ggml_python-*/vendor/ggml -B $(MEMCHECK)/build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_SHARED_LIBS=ON \
+		-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON > /dev/null
+	cmake --build $(MEMCHECK)/build -j $$(nproc) > /dev/null
+	cp -r $$($(PY) -c 'import importlib.util as u; print(u.find_spec("ggml").submodule_search_locations[0])') $(MEMCHECK)/ggml
+	cp -L $(MEMCHECK)/build/src/libggml*.so $(MEMCHECK)/ggml/lib/
+
+memcheck: $(MEMCHECK)/ggml/lib/libggml-cpu.so
+	$(EDGELM) --quiet export examples/models/tiny-tokenformer --format gguf --quant int4 --out $(MEMCHECK)/tf.gguf
+	PYTHONPATH=$(CURDIR)/$(MEMCHECK):$(CURDIR) PYTHONMALLOC=malloc valgrind -q --error-exitcode=99 --undef-value-errors=no \
+		--suppressions=tests/valgrind.supp $(PY) tests/ggml_prompt_sequence.py $(MEMCHECK)/tf.gguf $(MEMCHECK)/logits.npz 512 4 4 40 2 300
+	@echo "memcheck: valgrind found no invalid read, write or free over prompts of 4, 40, 2 and 300 tokens"
 
 test: $(VENV)/.installed $(CONVERTER)/convert_hf_to_gguf.py $(LLAMA_SERVER) $(WEB_RUNTIME) chromium
 	$(PY) -m pytest -q

@@ -89,11 +89,21 @@ def register_arch(cls: type[ArchGraph]) -> type[ArchGraph]:
 
 
 class _Graph:
-    """A ggml compute graph with the inputs it reads; the context holds only tensor metadata."""
+    """A ggml compute graph, the inputs it reads and the compute buffer its tensors point into, made and freed
+    together: the context holds the tensors' metadata, an allocator of the graph's own their data.
 
-    def __init__(self, build: Callable, n_tokens: int, n_kv: int):
+    Why its own: ggml's graph allocator (ggml-alloc.c) gives a graph's tensors their addresses once (at the
+    next ggml_gallocr_alloc_graph a tensor whose data is set is skipped) and, when a later graph needs more
+    than its buffer holds, frees that buffer for a bigger one (ggml_gallocr_reserve → ggml_vbuffer_free). A
+    graph kept for reuse on an allocator shared with other graphs is left pointing into freed memory as
+    soon as a longer prompt comes: issue 29's heap corruption (the decode graph wrote into, and read its
+    ggml_backend_buffer from, the buffer a 25-token prefill had freed). A graph alone on its allocator keeps
+    its addresses for its whole life; a decode graph allocated once serves every step it is reused for."""
+
+    def __init__(self, backend, build: Callable, n_tokens: int, n_kv: int):
         size = ggml.ggml_tensor_overhead() * MAX_NODES + ggml.ggml_graph_overhead_custom(MAX_NODES, False)
         self.ctx = ggml.ggml_init(ggml.ggml_init_params(mem_size=size, mem_buffer=None, no_alloc=True))
+        self.allocator = ggml.ggml_gallocr_new(ggml.ggml_backend_get_default_buffer_type(backend))
         self.graph = ggml.ggml_new_graph_custom(self.ctx, MAX_NODES, False)
         self.inputs = Inputs(*(_input(self.ctx, t, ne) for t, ne in (
             (ggml.GGML_TYPE_I32, (n_tokens,)), (ggml.GGML_TYPE_I32, (n_tokens,)), (ggml.GGML_TYPE_I64, (n_tokens,)),
@@ -101,14 +111,22 @@ class _Graph:
         self.logits = build(self.ctx, self.graph, self.inputs, n_tokens, n_kv)
         ggml.ggml_set_output(self.logits)
         ggml.ggml_build_forward_expand(self.graph, self.logits)
+        if not ggml.ggml_gallocr_alloc_graph(self.allocator, self.graph):
+            self.free()
+            raise MemoryError("ggml could not allocate the compute buffer")
 
     def free(self) -> None:
+        ggml.ggml_gallocr_free(self.allocator)
         ggml.ggml_free(self.ctx)
 
 
 def _buffer_from_pointer():
-    """ggml_backend_cpu_buffer_from_ptr, bound again: ggml-python 0.0.45 declares its result as a Python int
-    type, which ctypes reads as a 32-bit C int, cutting the 64-bit pointer (a crash at first use)."""
+    """ggml_backend_cpu_buffer_from_ptr, bound again. ggml-backend.h:
+        ggml_backend_buffer_t ggml_backend_cpu_buffer_from_ptr(void * ptr, size_t size);
+    ggml-python 0.0.45 declares its result as ggml_backend_buffer_t, a NewType of int: a Python callable,
+    whose argument ctypes reads as a 32-bit C int, cutting the 64-bit pointer (a crash at first use). Of
+    the functions edgelm calls it is the only one declared wrong (each checked against the headers of the
+    ggml ggml-python vendors; tests/test_ggml_memory.py checks that the rest stay declared in ctypes types)."""
     function = ctypes.CDLL(ggml.lib._name).ggml_backend_cpu_buffer_from_ptr  # a handle of our own: ggml's stays as it is
     function.argtypes, function.restype = [ctypes.c_void_p, ctypes.c_size_t], ctypes.c_void_p
     return function
@@ -131,7 +149,7 @@ def _set(tensor, array: np.ndarray) -> None:
 
 class GGMLBackend(Backend):
     """Owns ggml's resources for one GGUF: the backend, the weights (on the CPU, views of the memory-mapped
-    file), the KV cache, the compute allocator and the decode graphs. close() frees them.
+    file), the KV cache and the decode graphs with their compute buffers. close() frees them.
 
     gpu: the whole graph on the first GPU backend the ggml-python build has (CUDA, Vulkan, Metal), weights
     copied there once; refused in one line where it has none. Not tested here: no machine here has a GPU."""
@@ -152,7 +170,6 @@ class GGMLBackend(Backend):
         self.device = ggml.ggml_backend_name(self.backend).decode()
         self._load_weights(on_cpu=not gpu)
         self._make_cache(ggml.GGML_TYPE_F32 if f32_kv_cache else ggml.GGML_TYPE_F16)
-        self.allocator = ggml.ggml_gallocr_new(ggml.ggml_backend_get_default_buffer_type(self.backend))
         self.decode_graphs: dict[int, _Graph] = {}
         self._position = 0
 
@@ -206,6 +223,8 @@ class GGMLBackend(Backend):
         ggml.ggml_backend_buffer_clear(self.cache_buffer, 0)  # masked positions are read: zeros, never NaN
 
     def reset(self) -> None:
+        """Position 0. The cache keeps its rows: rows past the position are masked (attention gives them weight
+        0) until a forward writes them, so forward() appends at `position` whatever the cache held before."""
         self._position = 0
 
     @property
@@ -217,9 +236,9 @@ class GGMLBackend(Backend):
             return self.arch.build(ctx, graph, self.weights, self.cache, inputs, n, kv, last_only)
 
         if n_tokens > 1:
-            return _Graph(build, n_tokens, n_kv)
+            return _Graph(self.backend, build, n_tokens, n_kv)
         if n_kv not in self.decode_graphs:  # (a single token's logits are its last row either way)  # one per 256 positions of context, built once
-            self.decode_graphs[n_kv] = _Graph(build, n_tokens, n_kv)
+            self.decode_graphs[n_kv] = _Graph(self.backend, build, n_tokens, n_kv)
         return self.decode_graphs[n_kv]
 
     def _run(self, ids: list[int], last_only: bool) -> np.ndarray:
@@ -233,8 +252,6 @@ class GGMLBackend(Backend):
         n_kv = min(self.context_length, -(-(past + n) // KV_PAD) * KV_PAD)
         graph = self._graph(n, n_kv, last_only)
         try:
-            if not ggml.ggml_gallocr_alloc_graph(self.allocator, graph.graph):
-                raise MemoryError("ggml could not allocate the compute buffer")
             positions = np.arange(past, past + n, dtype=np.int32)
             _set(graph.inputs.tokens, np.asarray(ids, dtype=np.int32))
             _set(graph.inputs.positions, positions)
@@ -246,7 +263,7 @@ class GGMLBackend(Backend):
             logits = np.empty((1 if last_only else n, self.arch.vocab_size), dtype=np.float32)
             ggml.ggml_backend_tensor_get(graph.logits, logits.ctypes.data, 0, logits.nbytes)
         finally:
-            if n > 1:  # a prefill's graph is used once
+            if n > 1:  # a prefill's graph is used once: its compute buffer goes with it
                 graph.free()
         self._position = past + n
         return logits
@@ -261,7 +278,7 @@ class GGMLBackend(Backend):
         for graph in self.decode_graphs.values():
             graph.free()
         self.decode_graphs.clear()
-        for free, handle in ((ggml.ggml_gallocr_free, "allocator"), (ggml.ggml_backend_buffer_free, "cache_buffer"),
+        for free, handle in ((ggml.ggml_backend_buffer_free, "cache_buffer"),
                              (ggml.ggml_free, "cache_ctx"), (ggml.ggml_backend_buffer_free, "weight_buffer"),
                              (ggml.ggml_free, "weight_ctx"), (ggml.ggml_backend_free, "backend")):
             if getattr(self, handle, None) is not None:
