@@ -69,14 +69,8 @@ def one_turn(child, user: str) -> tuple[list[int], str]:
     return ids, reply[:-1]
 
 
-def _cell(name, form):
-    marks = ()
-    if (name, form) == ("tiny-tokenformer", "gguf"):
-        marks = pytest.mark.xfail(strict=False, reason="heap corruption fixed on branch tfheap")
-    return pytest.param(name, form, marks=marks, id=f"{name}-{form}")
-
-
-@pytest.mark.parametrize("name,form", [_cell(name, form) for name in TINY for form in ("folder", "gguf", "onnx")])
+@pytest.mark.parametrize("name,form", [pytest.param(name, form, id=f"{name}-{form}")
+                                       for name in TINY for form in ("folder", "gguf", "onnx")])
 def test_six_turns_in_a_terminal_prompt_the_model_as_transformers_renders_the_chat(chat_artifact, name, form):
     from transformers import AutoTokenizer
 
