@@ -76,6 +76,9 @@ class Preset:
         return family, spec, family.build(spec)
 
 
+# Llama 3.2's rotary: θ 500000, rope_scaling llama3 (factor 32, original 8192 positions)
+LLAMA3_ROPE = dict(rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
 TINY_LLAMA = dict(vocab_size=TINY_VOCAB, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                   num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096)
 
@@ -87,6 +90,10 @@ PRESETS: dict[str, Preset] = {
     "tokenformer-450m": Preset(_tokenformer(24, 1024, 16), "bpe", torch.float32, description="TokenFormer 450M"),
     "tiny-nope": Preset(_llama(**TINY_LLAMA), "sentencepiece", torch.float32, True, "4-layer llama, no position encoding"),
     "tiny-rope": Preset(_llama(**TINY_LLAMA), "sentencepiece", torch.float32, description="4-layer llama, RoPE, GQA"),
+    "tiny-llama3": Preset(_llama(**TINY_LLAMA, **LLAMA3_ROPE, tie_word_embeddings=True), "sentencepiece", torch.float32,
+                          description="4-layer llama, Llama 3.2's rope_scaling llama3, tied embeddings"),
+    "tiny-smollm2": Preset(_llama(**TINY_LLAMA, rope_theta=100000.0, tie_word_embeddings=True), "sentencepiece", torch.float32,
+                           description="4-layer llama, tied embeddings, as SmolLM2"),
     "tiny-ngen4": Preset(
         _ngen4(vocab_size=TINY_VOCAB, n_positions=4096, n_embd=256, n_layer=4, n_head=4, n_inner=1024),
         "bpe", torch.float32, description="4-layer ngen4, rope_pct 0.5",
