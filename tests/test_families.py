@@ -14,6 +14,7 @@ from edgelm.models import FAMILIES, open_checkpoint
 FAMILY_PRESETS = {
     "llama": ["tiny-nope", "tiny-rope", "tiny-llama3", "tiny-smollm2"],
     "ngen4": ["tiny-ngen4"],
+    "qwen2": ["tiny-qwen2"],
     "tokenformer": ["tiny-tokenformer"],
 }
 ALL_PRESETS = [p for presets in FAMILY_PRESETS.values() for p in presets]

@@ -25,15 +25,17 @@ from .util import ConfigReader, UnsupportedConfigValue
 @dataclass(frozen=True)
 class LlamaConfig:
     intermediate_size: int  # SwiGLU width
+    qkv_bias: bool = False  # q/k/v projections with a bias (Qwen2)
 
 
 class LlamaAttention(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         d, hd = spec.hidden_size, spec.head_dim
-        self.q_proj = nn.Linear(d, spec.num_heads * hd, bias=False)
-        self.k_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=False)
-        self.v_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=False)
+        bias = spec.family_config.qkv_bias
+        self.q_proj = nn.Linear(d, spec.num_heads * hd, bias=bias)
+        self.k_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=bias)
+        self.v_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=bias)
         self.o_proj = nn.Linear(spec.num_heads * hd, d, bias=False)
         self.attention = CausalSelfAttention(spec)
         self.spec = spec
