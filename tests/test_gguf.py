@@ -98,7 +98,7 @@ def test_tensors_written_a_block_of_rows_at_a_time_equal_the_whole_tensor_encode
 
     monkeypatch.setattr(checkpoint_module, "CONVERT_BLOCK_BYTES", 1 << 40)
     weights = ExportedWeights(checkpoint)
-    wholes = {name: tensor for source in gguf_export._tensor_plan(checkpoint, weights)
+    wholes = {name: tensor for source in gguf_export._sources(checkpoint, weights)
               for name, tensor in gguf_export.gguf_tensor_data(weights, source).items()}
     written = GGUFReader(str(report.path)).tensors
     assert len(written) == len(wholes)

@@ -91,7 +91,7 @@ class _Source:
     streamed: bool = False  # one output, left as stored: written a block of rows at a time
 
 
-def _tensor_plan(checkpoint: Checkpoint, weights: ExportedWeights) -> list[_Source]:
+def _sources(checkpoint: Checkpoint, weights: ExportedWeights) -> list[_Source]:
     """Every GGUF tensor, by the source it comes from; an unmapped checkpoint tensor is an error."""
     family, spec = checkpoint.family, checkpoint.spec
     names = expand_names(family.gguf_tensor_names, spec.num_layers)
@@ -107,6 +107,12 @@ def _tensor_plan(checkpoint: Checkpoint, weights: ExportedWeights) -> list[_Sour
         streamed = len(outputs) == 1 and next(iter(outputs.values())) is source and weights.unchanged(name)
         plan.append(_Source(name, names[name], outputs, streamed))
     return [source for source in plan if source.outputs]
+
+
+def _tensor_plan(checkpoint: Checkpoint) -> dict[str, str]:
+    """GGUF name → the checkpoint tensor it is made from (the extra tensors, made from the spec, are not in it)."""
+    return {gguf_name: source.name for source in _sources(checkpoint, ExportedWeights(checkpoint)) if source.name
+            for gguf_name in source.outputs}
 
 
 def gguf_tensor_data(weights: ExportedWeights, source: _Source) -> dict[str, torch.Tensor]:
@@ -192,7 +198,7 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     add_vocab(writer, load_tokenizer(checkpoint.path), spec.vocab_size)
 
     weights = ExportedWeights(checkpoint)
-    plan = _tensor_plan(checkpoint, weights)
+    plan = _sources(checkpoint, weights)
     types, sizes = {}, {}
     for source in plan:
         for gguf_name, tensor in source.outputs.items():
