@@ -12,8 +12,9 @@ from edgelm.models import FAMILIES, open_checkpoint
 # One tiny preset per registered family (a NoPE and a RoPE one for llama). A family added without
 # an entry here fails test_every_family_has_a_test.
 FAMILY_PRESETS = {
-    "llama": ["tiny-nope", "tiny-rope"],
+    "llama": ["tiny-nope", "tiny-rope", "tiny-llama3", "tiny-smollm2"],
     "ngen4": ["tiny-ngen4"],
+    "qwen2": ["tiny-qwen2"],
     "tokenformer": ["tiny-tokenformer"],
 }
 ALL_PRESETS = [p for presets in FAMILY_PRESETS.values() for p in presets]

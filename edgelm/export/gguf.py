@@ -81,15 +81,50 @@ def resolve_type(quant: str, gguf_type: str | None) -> str:
     return name
 
 
-def _tensor_plan(checkpoint: Checkpoint) -> dict[str, str]:
-    """GGUF name → checkpoint name, for every tensor of the model; an unmapped tensor is an error."""
+@dataclass
+class _Source:
+    """One source of GGUF tensors, in writing order: a checkpoint tensor by module name (its GGUF name
+    declared in gguf_tensor_names), or, with `name` None, the family's extra tensors."""
+
+    name: str | None
+    gguf_name: str | None
+    outputs: dict[str, torch.Tensor]  # GGUF name → tensor: meta (shape only) for a checkpoint tensor
+    streamed: bool = False  # one output, left as stored: written a block of rows at a time
+
+
+def _sources(checkpoint: Checkpoint, weights: ExportedWeights) -> list[_Source]:
+    """Every GGUF tensor, by the source it comes from; an unmapped checkpoint tensor is an error."""
     family, spec = checkpoint.family, checkpoint.spec
     names = expand_names(family.gguf_tensor_names, spec.num_layers)
     module_names = checkpoint.weight_names() + list(family.tied_tensors(spec))
     unmapped = [n for n in module_names if n not in names]
     if unmapped:
         raise ValueError(f"{family.name} declares no GGUF name for {unmapped}")
-    return {names[n]: n for n in names if n in module_names}
+    plan = [_Source(None, None, dict(family.gguf_extra_tensors(spec)))]
+    for name in (n for n in names if n in module_names):
+        source = torch.empty(weights.shapes[name], device="meta")
+        outputs = dict(family.gguf_tensors(spec, name, names[name], source))
+        # the family's transform left it as stored
+        streamed = len(outputs) == 1 and next(iter(outputs.values())) is source and weights.unchanged(name)
+        plan.append(_Source(name, names[name], outputs, streamed))
+    return [source for source in plan if source.outputs]
+
+
+def _tensor_plan(checkpoint: Checkpoint) -> dict[str, str]:
+    """GGUF name → the checkpoint tensor it is made from (the extra tensors, made from the spec, are not in it)."""
+    return {gguf_name: source.name for source in _sources(checkpoint, ExportedWeights(checkpoint)) if source.name
+            for gguf_name in source.outputs}
+
+
+def gguf_tensor_data(weights: ExportedWeights, source: _Source) -> dict[str, torch.Tensor]:
+    """The source's GGUF tensors with data: the checkpoint tensor as export/weights.py gives it
+    (aliases resolved, temperatures folded, checked), through the family's `gguf_tensors`."""
+    if source.name is None:
+        return source.outputs
+    checkpoint = weights.checkpoint
+    outputs = dict(checkpoint.family.gguf_tensors(checkpoint.spec, source.name, source.gguf_name, weights.get(source.name)))
+    assert outputs.keys() == source.outputs.keys(), (source.name, list(outputs))
+    return outputs
 
 
 class _RowStream:
@@ -110,15 +145,16 @@ class _RowStream:
         assert written == self.nbytes, f"wrote {written} bytes of a {self.nbytes}-byte tensor"
 
 
-def _tensor_data(weights: ExportedWeights, gguf_name: str, name: str, qtype: GGMLQuantizationType,
-                 nbytes: int, streamed: bool) -> np.ndarray | _RowStream:
-    """The tensor as export/weights.py gives it (aliases resolved, temperatures folded, checked), in
-    the family's GGUF layout, encoded as `qtype`: whole, or (`streamed`) a block of rows at a time."""
-    if streamed:  # blocks of whole rows: float conversion and block quantization work row by row
-        return _RowStream(nbytes, lambda: (_encode(gguf_name, block.numpy(), qtype) for block in weights.row_blocks(name)))
-    checkpoint = weights.checkpoint
-    array = checkpoint.family.gguf_transform(checkpoint.spec, name, weights.get(name)).contiguous().numpy()
-    return _encode(gguf_name, array, qtype)
+def _tensor_data(weights: ExportedWeights, source: _Source, types: dict[str, GGMLQuantizationType],
+                 sizes: dict[str, int]) -> Iterator[np.ndarray | _RowStream]:
+    """The source's GGUF tensors encoded as `types`: whole, or (`streamed`) a block of rows at a time."""
+    if source.streamed:  # blocks of whole rows: float conversion and block quantization work row by row
+        [gguf_name] = source.outputs
+        qtype = types[gguf_name]
+        yield _RowStream(sizes[gguf_name], lambda: (_encode(gguf_name, block.numpy(), qtype) for block in weights.row_blocks(source.name)))
+        return
+    for gguf_name, tensor in gguf_tensor_data(weights, source).items():
+        yield _encode(gguf_name, tensor.contiguous().numpy(), types[gguf_name])
 
 
 def _tensor_type(shape: tuple[int, ...], wanted: GGMLQuantizationType) -> GGMLQuantizationType:
@@ -162,25 +198,24 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     writer.add_bool(GGUF_HEAD_TEMPERATURES_BAKED, True)
     add_vocab(writer, load_tokenizer(checkpoint.path), spec.vocab_size)
 
-    plan = _tensor_plan(checkpoint)
     weights = ExportedWeights(checkpoint)
-    types, sizes, streamed = {}, {}, {}
-    for gguf_name, name in plan.items():
-        source = torch.empty(weights.shapes[name], device="meta")
-        layout = family.gguf_transform(spec, name, source)
-        shape = tuple(layout.shape)
-        qtype = types[gguf_name] = _tensor_type(shape, wanted)
-        block, type_size = GGML_QUANT_SIZES[qtype]
-        sizes[gguf_name] = int(np.prod(shape)) // block * type_size
-        streamed[gguf_name] = layout is source and weights.unchanged(name)  # the family's transform left it as stored
-        writer.add_tensor_info(gguf_name, shape, np.float32, sizes[gguf_name], raw_dtype=qtype)
+    plan = _sources(checkpoint, weights)
+    types, sizes = {}, {}
+    for source in plan:
+        for gguf_name, tensor in source.outputs.items():
+            shape = tuple(tensor.shape)
+            qtype = types[gguf_name] = _tensor_type(shape, wanted)
+            block, type_size = GGML_QUANT_SIZES[qtype]
+            sizes[gguf_name] = int(np.prod(shape)) // block * type_size
+            writer.add_tensor_info(gguf_name, shape, np.float32, sizes[gguf_name], raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    for gguf_name, name in plan.items():
-        writer.write_tensor_data(_tensor_data(weights, gguf_name, name, types[gguf_name], sizes[gguf_name], streamed[gguf_name]))
-        if on_tensor:
-            on_tensor(gguf_name)
+    for source in plan:
+        for gguf_name, data in zip(source.outputs, _tensor_data(weights, source, types, sizes)):
+            writer.write_tensor_data(data)
+            if on_tensor:
+                on_tensor(gguf_name)
     writer.close()
     return {name: qtype.name for name, qtype in types.items()}
 

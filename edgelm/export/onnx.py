@@ -150,7 +150,7 @@ def with_group_query_attention(model: CausalLM, kv_scales: dict | None = None) -
     spec = model.spec
     tables = None
     if spec.rotated_dims:
-        angles = torch.arange(rotary_table_positions(spec)).float()[:, None] * rotary_frequencies(spec.rotated_dims, spec.rope_theta)
+        angles = torch.arange(rotary_table_positions(spec)).float()[:, None] * rotary_frequencies(spec.rotated_dims, spec.rope_theta, spec.rope_scaling)
         tables = (angles.cos(), angles.sin())  # [positions, rotated_dims / 2]
     for name, child in list(model.named_modules()):
         if isinstance(child, CausalSelfAttention):

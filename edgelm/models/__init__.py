@@ -3,7 +3,7 @@
 Importing this package registers every family.
 """
 
-from . import llama, ngen4, tokenformer  # noqa: F401  (registration by import)
+from . import llama, ngen4, qwen2, tokenformer  # noqa: F401  (registration by import)
 from .checkpoint import Checkpoint, open_checkpoint, read_head_temperatures, save_checkpoint
 from .layers import CausalLM, CausalSelfAttention, KVCache
 from .registry import FAMILIES, Family

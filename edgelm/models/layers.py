@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spec import ModelSpec
+from .spec import Llama3RopeScaling, ModelSpec
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -22,20 +22,40 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def rotary_frequencies(rotary_dim: int, theta: float, device: torch.device | None = None) -> torch.Tensor:
-    """[rotary_dim / 2] angular frequencies θ^(-2i/rotary_dim) (RoFormer, Su et al. 2021, eq. 15)."""
-    return 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64, device=device).float() / rotary_dim))
+def rotary_frequencies(rotary_dim: int, theta: float, scaling: Llama3RopeScaling | None = None,
+                       device: torch.device | None = None) -> torch.Tensor:
+    """[rotary_dim / 2] angular frequencies θ^(-2i/rotary_dim) (RoFormer, Su et al. 2021, eq. 15),
+    each divided by its `scaling` factor when the model declares one."""
+    base = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64, device=device).float() / rotary_dim))
+    return base if scaling is None else base / rotary_frequency_factors(base, scaling)
 
 
-def apply_rotary(x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, theta: float) -> torch.Tensor:
-    """Rotary embedding in the Hugging Face / GPT-NeoX rotate-half convention on the first `rotary_dim`
-    dims of each head (RoFormer, Su et al. 2021, eq. 34); the other dims pass through unchanged.
+def rotary_frequency_factors(frequencies: torch.Tensor, scaling: Llama3RopeScaling) -> torch.Tensor:
+    """What each frequency is divided by under Llama 3's scaling: transformers'
+    `_compute_llama3_parameters` (modeling_rope_utils.py) computes the divided frequencies, llama.cpp
+    stores these divisors as the `rope_freqs.weight` tensor (its converter's
+    `LlamaModel.generate_extra_tensors`); in f32 and in the converter's order of operations, so the
+    GGUF tensor equals the converter's bit for bit."""
+    low_freq_wavelength = scaling.original_max_positions / scaling.low_freq_factor
+    high_freq_wavelength = scaling.original_max_positions / scaling.high_freq_factor
+    wavelength = 2 * math.pi / frequencies
+    smooth = (scaling.original_max_positions / wavelength - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+    between = 1 / ((1 - smooth) / scaling.factor + smooth)
+    factors = torch.where(wavelength > low_freq_wavelength, torch.full_like(frequencies, scaling.factor), between)
+    return torch.where(wavelength < high_freq_wavelength, torch.ones_like(frequencies), factors)
 
-    x: [batch, heads, seq, head_dim]; positions: [batch, seq].
+
+def apply_rotary(x: torch.Tensor, positions: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding in the Hugging Face / GPT-NeoX rotate-half convention on the first
+    2·len(frequencies) dims of each head (RoFormer, Su et al. 2021, eq. 34); the other dims pass
+    through unchanged.
+
+    x: [batch, heads, seq, head_dim]; positions: [batch, seq]; frequencies: [rotary_dim / 2].
     """
+    rotary_dim = 2 * frequencies.shape[0]
     if rotary_dim == 0:
         return x
-    freqs = positions[:, :, None].float() * rotary_frequencies(rotary_dim, theta, x.device)  # [batch, seq, rotary_dim/2]
+    freqs = positions[:, :, None].float() * frequencies  # [batch, seq, rotary_dim/2]
     angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # [batch, 1, seq, rotary_dim]
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
@@ -71,8 +91,9 @@ class CausalSelfAttention(nn.Module):
         """Returns the heads' outputs [batch, seq, heads·head_dim] and the cache with this call's keys
         and values appended."""
         spec = self.spec
-        q = apply_rotary(split_heads(q, spec.num_heads), positions, spec.rotated_dims, spec.rope_theta)
-        k = apply_rotary(split_heads(k, spec.num_kv_heads), positions, spec.rotated_dims, spec.rope_theta)
+        frequencies = rotary_frequencies(spec.rotated_dims, spec.rope_theta, spec.rope_scaling, q.device)
+        q = apply_rotary(split_heads(q, spec.num_heads), positions, frequencies)
+        k = apply_rotary(split_heads(k, spec.num_kv_heads), positions, frequencies)
         v = split_heads(v, spec.num_kv_heads)
         if past is not None:
             k = torch.cat((past[0], k), dim=2)

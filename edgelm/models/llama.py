@@ -1,4 +1,5 @@
-"""llama: TinyLlama 1.1B (RoPE) and TinyLlama-NoPE-1.1B (no position encoding).
+"""llama: TinyLlama 1.1B (RoPE), TinyLlama-NoPE-1.1B (no position encoding), Llama 3.x (rope_scaling
+"llama3", tied embeddings) and SmolLM2 (tied embeddings).
 
 RMSNorm, SwiGLU MLP, grouped-query attention, tied or untied embeddings; Hugging Face
 `LlamaForCausalLM` checkpoint names. NoPE checkpoints carry HeadScale temperatures as
@@ -10,27 +11,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from gguf import MODEL_TENSOR, TENSOR_NAMES
 from torch import nn
 
-from .layers import CausalLM, CausalSelfAttention, RMSNorm
+from .layers import CausalLM, CausalSelfAttention, RMSNorm, rotary_frequencies, rotary_frequency_factors
 from .registry import Family, register
-from .spec import ModelSpec
+from .spec import Llama3RopeScaling, ModelSpec
+from .util import ConfigReader, UnsupportedConfigValue
 
 
 @dataclass(frozen=True)
 class LlamaConfig:
     intermediate_size: int  # SwiGLU width
+    qkv_bias: bool = False  # q/k/v projections with a bias (Qwen2)
 
 
 class LlamaAttention(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         d, hd = spec.hidden_size, spec.head_dim
-        self.q_proj = nn.Linear(d, spec.num_heads * hd, bias=False)
-        self.k_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=False)
-        self.v_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=False)
+        bias = spec.family_config.qkv_bias
+        self.q_proj = nn.Linear(d, spec.num_heads * hd, bias=bias)
+        self.k_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=bias)
+        self.v_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=bias)
         self.o_proj = nn.Linear(spec.num_heads * hd, d, bias=False)
         self.attention = CausalSelfAttention(spec)
         self.spec = spec
@@ -102,6 +107,7 @@ class Llama(Family):
     model_types = ("llama", nope_model_type)
     position_encodings = ("rope", "none")
     head_temperature_tensor = "model.layers.{bid}.self_attn.scale_param"
+    gguf_omits_tied = True  # llama.cpp's llama and granite read token_embd when output.weight is absent
 
     gguf_tensor_names = {
         "model.embed_tokens.weight": TENSOR_NAMES[MODEL_TENSOR.TOKEN_EMBD] + ".weight",
@@ -142,6 +148,13 @@ class Llama(Family):
             return hparams | {"rope.dimension_count": spec.rotary_dim, "rope.freq_base": spec.rope_theta}
         return hparams | {"rope.scaling.finetuned": False, "logit_scale": 1.0}
 
+    def gguf_extra_tensors(self, spec):
+        """Llama 3's scaling as llama.cpp's converter writes it: no key, a `rope_freqs.weight` tensor of
+        each frequency's divisor, which llama.cpp's llama arch applies when the file has one."""
+        if spec.rope_scaling is not None and spec.rotated_dims:
+            factors = rotary_frequency_factors(rotary_frequencies(spec.rotary_dim, spec.rope_theta), spec.rope_scaling)
+            yield TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight", factors.to(torch.float32)
+
     def gguf_transform(self, spec, name, tensor):
         """q/k rows from Hugging Face's rotate-half order to GGML's interleaved pairs (as llama.cpp's
         converter, LlamaModel.permute); NoPE has no rotary, so its weights stay as they are."""
@@ -161,8 +174,6 @@ class Llama(Family):
         rope = config.section("rope_parameters")
         theta = rope.number("rope_theta", config.number("rope_theta", 10000.0))
         partial = rope.number("partial_rotary_factor", config.number("partial_rotary_factor", 1.0))
-        rope.implemented("rope_type", ("default",), "default")
-        config.section("rope_scaling").implemented("rope_type", ("default",), "default")
         return ModelSpec(
             family=self.name,
             vocab_size=config.size("vocab_size"),
@@ -176,6 +187,7 @@ class Llama(Family):
             position_encoding="rope",
             rope_theta=theta,
             rotary_dim=int(head_dim * partial),
+            rope_scaling=rope_scaling(config),
             tie_embeddings=bool(config("tie_word_embeddings", False)),
             family_config=LlamaConfig(intermediate_size=config.size("intermediate_size")),
         )
@@ -187,12 +199,33 @@ class Llama(Family):
         return [(f"model.layers.{layer}.self_attn.q_proj.weight", 0)]
 
     def mark_written_config(self, spec, config):
-        return config | {"model_type": self.nope_model_type if spec.position_encoding == "none" else "llama"}
+        return config | {"model_type": self.nope_model_type if spec.position_encoding == "none" else self.model_types[0]}
 
     def onnx_folder_config(self, spec, config):
         # the graph computes the model as it is, NoPE included (no rotary in it, temperatures folded),
-        # so Optimum may treat any of them as a plain llama
-        return config | {"model_type": "llama"}
+        # so Optimum may treat any of them as the published family
+        return config | {"model_type": self.model_types[0]}
 
     def tied_tensors(self, spec):
         return {"lm_head.weight": "model.embed_tokens.weight"} if spec.tie_embeddings else {}
+
+
+ROPE_TYPES = ("default", "llama3")
+
+
+def rope_scaling(config: ConfigReader) -> Llama3RopeScaling | None:
+    """The rotary scaling a Hugging Face config declares: in `rope_scaling` (transformers 4; older
+    files name the kind `type`) or in `rope_parameters` (transformers 5). Kinds edgelm does not
+    compute (linear, dynamic, yarn, …) are refused, not run as unscaled."""
+    for section in (config.section("rope_parameters"), config.section("rope_scaling")):
+        kind = section.first(("rope_type", "type"), "default")
+        if kind not in ROPE_TYPES:
+            raise UnsupportedConfigValue("rope_type", kind, ROPE_TYPES)
+        if kind == "llama3":
+            return Llama3RopeScaling(
+                factor=section.number("factor"),
+                low_freq_factor=section.number("low_freq_factor"),
+                high_freq_factor=section.number("high_freq_factor"),
+                original_max_positions=section.size("original_max_position_embeddings"),
+            )
+    return None

@@ -8,6 +8,7 @@ preset's vocabulary is larger than the shipped tokenizer's; ids past the tokeniz
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -34,6 +35,17 @@ def _llama(**overrides: Any) -> dict[str, Any]:
         "vocab_size": 32000, "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
         "num_attention_heads": 32, "num_key_value_heads": 4, "max_position_embeddings": 2048,
         "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False,
+    }
+    return config | overrides
+
+
+def _qwen2(**overrides: Any) -> dict[str, Any]:
+    """Qwen2.5-0.5B's config.json."""
+    config = {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+        "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+        "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": True, "use_sliding_window": False,
     }
     return config | overrides
 
@@ -67,6 +79,7 @@ class Preset:
     # carry them; config.json declares it (written_config)
     nope: bool = False
     description: str = field(default="")
+    chat_template: str | None = None  # replaces the shipped tokenizer's, as the family publishes its own
 
     def build(self) -> tuple[Family, ModelSpec, CausalLM]:
         family = family_for_config(self.config, "preset")
@@ -76,6 +89,11 @@ class Preset:
         return family, spec, family.build(spec)
 
 
+# Llama 3.2's rotary: θ 500000, rope_scaling llama3 (factor 32, original 8192 positions)
+LLAMA3_ROPE = dict(rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 TINY_LLAMA = dict(vocab_size=TINY_VOCAB, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                   num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096)
 
@@ -87,6 +105,12 @@ PRESETS: dict[str, Preset] = {
     "tokenformer-450m": Preset(_tokenformer(24, 1024, 16), "bpe", torch.float32, description="TokenFormer 450M"),
     "tiny-nope": Preset(_llama(**TINY_LLAMA), "sentencepiece", torch.float32, True, "4-layer llama, no position encoding"),
     "tiny-rope": Preset(_llama(**TINY_LLAMA), "sentencepiece", torch.float32, description="4-layer llama, RoPE, GQA"),
+    "tiny-llama3": Preset(_llama(**TINY_LLAMA, **LLAMA3_ROPE, tie_word_embeddings=True), "sentencepiece", torch.float32,
+                          description="4-layer llama, Llama 3.2's rope_scaling llama3, tied embeddings"),
+    "tiny-smollm2": Preset(_llama(**TINY_LLAMA, rope_theta=100000.0, tie_word_embeddings=True), "sentencepiece", torch.float32,
+                           description="4-layer llama, tied embeddings, as SmolLM2"),
+    "tiny-qwen2": Preset(_qwen2(**TINY_LLAMA), "sentencepiece", torch.float32, chat_template=CHATML,
+                         description="4-layer qwen2, q/k/v biases, tied embeddings, ChatML"),
     "tiny-ngen4": Preset(
         _ngen4(vocab_size=TINY_VOCAB, n_positions=4096, n_embd=256, n_layer=4, n_head=4, n_inner=1024),
         "bpe", torch.float32, description="4-layer ngen4, rope_pct 0.5",
@@ -112,5 +136,8 @@ def write_preset(name: str, out: Path, seed: int = 0, force: bool = False) -> Pa
     family.init_weights(model, seed)
     with atomic_output_dir(out, force) as tmp:
         copy_tokenizer(preset.tokenizer, tmp)
+        if preset.chat_template is not None:
+            tokenizer_config = json.loads((tmp / "tokenizer_config.json").read_text())
+            (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config | {"chat_template": preset.chat_template}, indent=2))
         save_checkpoint(model, family, preset.config, tmp, preset.dtype, with_temperatures=preset.nope)
     return out

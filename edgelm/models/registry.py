@@ -9,6 +9,7 @@ nothing outside a family's own file branches on its name.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -53,6 +54,10 @@ class Family:
     # GGUF facts: architecture name, checkpoint → GGUF tensor names (templates with {bid}), and the
     # architecture's hyperparameter keys (without the "ARCH." prefix).
     gguf_tensor_names: ClassVar[dict[str, str]] = {}
+    # The arch's runtime reads a tied alias from its source when the GGUF lacks it (llama.cpp's
+    # llama, granite and qwen2 load token_embd when output.weight is absent), so the GGUF holds the
+    # tensor once, as llama.cpp's converter writes it.
+    gguf_omits_tied: ClassVar[bool] = False
 
     def gguf_arch(self, spec: ModelSpec) -> str:
         raise NotImplementedError
@@ -60,10 +65,24 @@ class Family:
     def gguf_hparams(self, spec: ModelSpec) -> dict[str, int | float | bool]:
         raise NotImplementedError
 
+    def gguf_tensors(self, spec: ModelSpec, name: str, gguf_name: str, tensor: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        """What checkpoint tensor `name` (declared as `gguf_name`) becomes in the GGUF, as llama.cpp's
+        converter's `modify_tensors`: nothing (dropped), one tensor (renamed, reordered) or several
+        (split). The writer runs it on meta tensors first to learn names and shapes. Default: the
+        declared name and `gguf_transform`, a tied alias dropped where the arch reads its source."""
+        if self.gguf_omits_tied and name in self.tied_tensors(spec):
+            return
+        yield gguf_name, self.gguf_transform(spec, name, tensor)
+
     def gguf_transform(self, spec: ModelSpec, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """Reorder a tensor from the checkpoint layout into the one the GGUF arch's runtime expects
         (default: as it is). Shapes may change: the writer reads them off the transform of a meta tensor."""
         return tensor
+
+    def gguf_extra_tensors(self, spec: ModelSpec) -> Iterator[tuple[str, torch.Tensor]]:
+        """Tensors the GGUF arch reads that no checkpoint tensor holds, computed from the spec (the
+        converter's `generate_extra_tensors`: Llama 3's rope_freqs)."""
+        return iter(())
 
     def tied_tensors(self, spec: ModelSpec) -> dict[str, str]:
         """{alias: source} for tensors that share storage; a checkpoint may omit the alias."""

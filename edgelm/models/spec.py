@@ -9,6 +9,23 @@ POSITION_ENCODINGS = ("rope", "none")
 
 
 @dataclass(frozen=True)
+class Llama3RopeScaling:
+    """Rotary frequencies rescaled by wavelength, as Llama 3.1+ declares in `rope_scaling` with
+    rope_type "llama3": wavelengths shorter than original_max_positions / high_freq_factor keep their
+    frequency, those longer than original_max_positions / low_freq_factor are divided by `factor`,
+    and those between are interpolated (layers.rotary_frequency_factors computes it)."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_positions: int
+
+    def __post_init__(self) -> None:
+        if self.high_freq_factor <= self.low_freq_factor:
+            raise ValueError("rope_scaling's high_freq_factor must be larger than its low_freq_factor")
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Dimensions and choices of a decoder-only causal LM.
 
@@ -29,6 +46,7 @@ class ModelSpec:
     position_encoding: str  # "rope" | "none"
     rope_theta: float = 10000.0
     rotary_dim: int = 0  # leading dims of each head that rotate when position_encoding is "rope"
+    rope_scaling: Llama3RopeScaling | None = None  # None: the plain θ^(-2i/d) frequencies
     tie_embeddings: bool = False
     family_config: Any = None
 

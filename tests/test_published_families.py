@@ -1,0 +1,301 @@
+"""The RoPE families people put on devices — Llama 3.x (rope_scaling "llama3", tied), Qwen2/2.5
+(q/k/v biases, tied) and SmolLM2 (plain llama, tied) — against independent references only: tiny
+random models built by transformers' own config classes and `save_pretrained`, run by transformers'
+own `LlamaForCausalLM` / `Qwen2ForCausalLM`; the GGUF against what llama.cpp's `convert_hf_to_gguf.py`
+writes for the same folder, run in stock llama.cpp; the ONNX in onnxruntime and onnxruntime-genai.
+
+The folders carry the SentencePiece tokenizer `edgelm init tiny-rope` writes (as TinyLlama does),
+which the converter accepts for both llama and qwen2; a Llama 3 / Qwen2 byte-level BPE
+tokenizer.json, whose pre-tokenizer llama.cpp's converter recognises only by the hash of the
+published vocabularies, is not what these folders compare.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from gguf import GGUFReader
+
+from edgelm.export.gguf import export_gguf
+from edgelm.export.onnx import export_onnx
+from edgelm.formats import open_artifact
+from edgelm.models import open_checkpoint
+from edgelm.models.presets import copy_tokenizer
+
+CONVERTER = Path(__file__).resolve().parent.parent / "build" / "llama.cpp-converter" / "convert_hf_to_gguf.py"
+SIZES = dict(vocab_size=4096, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=True)
+# original_max_position_embeddings 64 puts the 32-wide heads' wavelengths (6 to 35 000 positions) in
+# all three of Llama 3's bands (kept, interpolated, divided by `factor`) within a short sequence
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 64}
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")  # Qwen2's, less its default system turn
+POSITIONS = 48
+TOL = 1e-4  # fp32 logits, edgelm's torch module vs transformers
+TOL_GGUF = 1e-4  # f32 GGUF in llama.cpp (its own kernels, f32 KV cache) vs transformers; measured ≤ 8.4e-7
+
+
+def hf_config(family):
+    if family == "llama3":
+        return transformers.LlamaConfig(**SIZES, rope_theta=10000.0, rope_scaling=LLAMA3_SCALING)
+    if family == "qwen2":
+        return transformers.Qwen2Config(**SIZES, rope_theta=1000000.0, use_sliding_window=False)
+    return transformers.LlamaConfig(**SIZES, rope_theta=100000.0)  # smollm2: plain llama, tied
+
+
+def hf_class(family):
+    return transformers.Qwen2ForCausalLM if family == "qwen2" else transformers.LlamaForCausalLM
+
+
+FAMILIES = ["llama3", "qwen2", "smollm2"]
+
+
+def write_hf_folder(folder: Path, family: str):
+    config = hf_config(family)
+    config._attn_implementation = "eager"
+    torch.manual_seed({"llama3": 1, "qwen2": 2, "smollm2": 3}[family])
+    model = hf_class(family)(config).eval()
+    with torch.no_grad():  # norms and biases off their init values, so a dropped one shows
+        for name, param in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                param.add_(0.1 * torch.randn_like(param))
+    model.save_pretrained(folder)
+    copy_tokenizer("sentencepiece", folder)
+    if family == "qwen2":
+        tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+        (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config | {"chat_template": CHATML}))
+    return model
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    made = {}
+
+    def get(family):
+        if family not in made:
+            folder = tmp_path_factory.mktemp(family) / "model"
+            made[family] = folder, write_hf_folder(folder, family)
+        return made[family]
+
+    return get
+
+
+def ids_for(spec, n=POSITIONS):
+    return torch.randint(0, spec.vocab_size, (1, n), generator=torch.Generator().manual_seed(7))
+
+
+def hf_logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_torch_logits_equal_transformers(published, family):
+    folder, hf = published(family)
+    checkpoint = open_checkpoint(folder, position_encoding="rope")  # random llama weights: nothing else can tell
+    assert checkpoint.spec.tie_embeddings and "lm_head.weight" not in checkpoint.tensors.shapes
+    ids = ids_for(checkpoint.spec)
+    with torch.no_grad():
+        ours = checkpoint.load_model()(ids)[0]
+    delta = (ours - hf_logits(hf, ids)).abs().max().item()
+    print(f"\n{family}: torch vs transformers max |Δlogit| {delta:.3g}")
+    assert delta <= TOL
+
+
+def test_llama3_scaling_changes_the_logits(published):
+    """The reference above would not notice a scaling ignored unless it moves the logits well past TOL."""
+    folder, hf = published("llama3")
+    plain = hf_class("llama3")(hf_config("smollm2").__class__(**{**hf.config.to_dict(), "rope_scaling": None})).eval()
+    plain.load_state_dict(hf.state_dict())
+    ids = ids_for(open_checkpoint(folder, position_encoding="rope").spec)
+    assert (hf_logits(plain, ids) - hf_logits(hf, ids)).abs().max().item() > 100 * TOL
+
+
+def test_unimplemented_rope_scaling_is_refused(tmp_path):
+    from edgelm.errors import UserError
+
+    write_hf_folder(tmp_path, "smollm2")
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(config | {"rope_scaling": {"type": "linear", "factor": 2.0}}))
+    with pytest.raises(UserError, match="rope_type = 'linear' is not implemented"):
+        open_checkpoint(tmp_path, position_encoding="rope")
+
+
+@pytest.fixture(scope="module")
+def converted(published, tmp_path_factory):
+    """family → (edgelm's f16 GGUF, the converter's f16 GGUF) of the same folder."""
+    if not CONVERTER.is_file():
+        pytest.skip(f"{CONVERTER} is missing: `make test` fetches it")
+    made = {}
+
+    def get(family, outtype="f16"):
+        if (family, outtype) not in made:
+            folder, _ = published(family)
+            root = tmp_path_factory.mktemp(f"{family}-{outtype}")
+            theirs = root / "converter.gguf"
+            subprocess.run([sys.executable, str(CONVERTER), str(folder), "--outfile", str(theirs), "--outtype", outtype],
+                           check=True, capture_output=True, text=True)
+            ours = export_gguf(open_checkpoint(folder, position_encoding="rope"), root / "edgelm.gguf", outtype).path
+            made[family, outtype] = ours, theirs
+        return made[family, outtype]
+
+    return get
+
+
+def tensors(path):
+    return {t.name: t for t in GGUFReader(str(path)).tensors}
+
+
+@pytest.mark.parametrize("outtype", ["f16", "f32"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gguf_tensors_equal_the_converters(converted, family, outtype):
+    ours, theirs = (tensors(p) for p in converted(family, outtype))
+    assert sorted(ours) == sorted(theirs)
+    assert "output.weight" not in ours  # tied: llama.cpp reads token_embd
+    assert ("rope_freqs.weight" in ours) == (family == "llama3")
+    for name, tensor in theirs.items():
+        mine = ours[name]
+        assert (list(mine.shape), mine.tensor_type) == (list(tensor.shape), tensor.tensor_type), name
+        assert np.array(mine.data).tobytes() == np.array(tensor.data).tobytes(), name
+
+
+def arch_keys(path):
+    reader = GGUFReader(str(path))
+    arch = reader.fields["general.architecture"].contents()
+    return arch, {k: f.contents() for k, f in reader.fields.items() if k.startswith(arch + ".")}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gguf_arch_keys_equal_the_converters(converted, family):
+    (our_arch, ours), (their_arch, theirs) = (arch_keys(p) for p in converted(family))
+    assert our_arch == their_arch == ("qwen2" if family == "qwen2" else "llama")
+    for key, value in theirs.items():
+        assert ours.get(key) == pytest.approx(value), key
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tied_gguf_is_as_small_as_the_converters(converted, family):
+    """The same tensor bytes; the files differ by edgelm's own keys (its config, provenance and the
+    tokenizer files it carries for `edgelm chat`), a few general keys and the padding to the data's
+    alignment."""
+    paths = converted(family)
+    ours, theirs = (p.stat().st_size for p in paths)
+    our_data, their_data = (sum(int(t.n_bytes) for t in tensors(p).values()) for p in paths)
+    own_keys = sum(sum(part.nbytes for part in field.parts)
+                   for key, field in GGUFReader(str(paths[0])).fields.items() if key.startswith("edgelm."))
+    print(f"\n{family} f16 GGUF: edgelm {ours} B ({our_data} B of tensors, {own_keys} B of edgelm keys), "
+          f"convert_hf_to_gguf {theirs} B ({their_data} B of tensors)")
+    assert our_data == their_data
+    assert ours - own_keys <= theirs + 1024  # the untied f16 output would add 1 MB
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gguf_runs_in_llama_cpp_as_transformers(published, converted, family):
+    from llama_cpp import Llama
+
+    folder, hf = published(family)
+    ours, _ = converted(family, "f32")
+    llm = Llama(model_path=str(ours), n_ctx=128, logits_all=True, n_threads=2, verbose=False, type_k=0, type_v=0)  # 0: f32 KV
+    ids = ids_for(open_checkpoint(folder, position_encoding="rope").spec)
+    llm.eval(ids[0].tolist())
+    got = np.array(llm.scores[: ids.shape[1]])
+    delta = float(np.abs(got - hf_logits(hf, ids)[0].numpy()).max())
+    print(f"\n{family}: f32 GGUF in llama.cpp vs transformers max |Δlogit| {delta:.3g}")
+    assert delta <= TOL_GGUF
+
+
+GREEDY_PROMPT, GREEDY_NEW = [1, 600, 367, 261, 1871, 452, 4033, 1188], 16
+
+
+def reference_greedy(hf):
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([GREEDY_PROMPT]), max_new_tokens=GREEDY_NEW, do_sample=False, min_new_tokens=GREEDY_NEW,
+                          pad_token_id=0)
+    return out[0, len(GREEDY_PROMPT):].tolist()
+
+
+def backend_greedy(backend):
+    logits, tokens = backend.prefill(GREEDY_PROMPT), []
+    for _ in range(GREEDY_NEW):
+        tokens.append(int(np.argmax(logits)))
+        logits = backend.decode(tokens[-1])
+    return tokens
+
+
+def genai_greedy(folder):
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(GREEDY_PROMPT) + GREEDY_NEW, min_length=len(GREEDY_PROMPT) + GREEDY_NEW, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(np.array([GREEDY_PROMPT], dtype=np.int32))
+    tokens = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        tokens.append(int(generator.get_next_tokens()[0]))
+    return tokens
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_onnx_greedy_equals_transformers(published, tmp_path, family):
+    folder, hf = published(family)
+    onnx = export_onnx(open_checkpoint(folder, position_encoding="rope"), tmp_path / "onnx", "f32").path
+    expected = reference_greedy(hf)
+    assert backend_greedy(open_artifact(onnx).backend) == expected  # onnxruntime
+    assert genai_greedy(onnx) == expected
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen2"])
+def test_nope_with_head_temperatures_equals_transformers_without_rotary(published, tmp_path, family, monkeypatch):
+    """NoPE and head temperatures on a published family: transformers with rotary made the identity
+    and each head's q_proj rows (and bias) multiplied by λ_h, against edgelm's torch module and its
+    f32 GGUF in llama.cpp (arch granite)."""
+    from llama_cpp import Llama
+
+    folder, hf = published(family)
+    model = hf_class(family)(hf.config).eval()
+    model.load_state_dict(hf.state_dict())
+    table = 0.5 + torch.rand(2, 4, generator=torch.Generator().manual_seed(5))
+    (tmp_path / "temps.json").write_text(json.dumps({"layers": table.tolist()}))
+    with torch.no_grad():
+        for layer, row in zip(model.model.layers, table):
+            scale = row.repeat_interleave(32)
+            layer.self_attn.q_proj.weight.mul_(scale[:, None])
+            if layer.self_attn.q_proj.bias is not None:
+                layer.self_attn.q_proj.bias.mul_(scale)
+    module = sys.modules[type(model).__module__]
+    monkeypatch.setattr(module, "apply_rotary_pos_emb", lambda q, k, *args, **kwargs: (q, k))
+    checkpoint = open_checkpoint(folder, position_encoding="none", head_temperatures=tmp_path / "temps.json")
+    ids = ids_for(checkpoint.spec)
+    expected = hf_logits(model, ids)
+    with torch.no_grad():
+        assert (checkpoint.load_model()(ids)[0] - expected).abs().max().item() <= TOL
+    gguf = export_gguf(checkpoint, tmp_path / "nope.gguf", "f32").path
+    assert "output.weight" not in tensors(gguf)
+    llm = Llama(model_path=str(gguf), n_ctx=128, logits_all=True, n_threads=2, verbose=False, type_k=0, type_v=0)
+    llm.eval(ids[0].tolist())
+    delta = float(np.abs(np.array(llm.scores[: ids.shape[1]]) - expected[0].numpy()).max())
+    print(f"\n{family} NoPE + temperatures: f32 GGUF (granite) in llama.cpp vs transformers max |Δlogit| {delta:.3g}")
+    assert delta <= TOL_GGUF
+
+
+def test_edgelm_nope_folder_reopens_as_its_family(published, tmp_path):
+    """A NoPE Qwen2 edgelm writes says so in config.json and reads back as qwen2 without rotary."""
+    from edgelm.models import save_checkpoint
+
+    folder, _ = published("qwen2")
+    checkpoint = open_checkpoint(folder, position_encoding="none")
+    out = tmp_path / "nope"
+    out.mkdir()
+    shutil.copy(folder / "tokenizer.model", out)
+    save_checkpoint(checkpoint.load_model(), checkpoint.family, checkpoint.config, out, torch.float32, with_temperatures=False)
+    again = open_checkpoint(out)
+    assert (again.family.name, again.spec.position_encoding) == ("qwen2", "none")
