@@ -164,7 +164,7 @@ def _device(requested: str) -> str:
 DeviceOption = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto: CUDA when a GPU is present).")]
 
 
-ThreadsOption = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads (llama.cpp).")]
+ThreadsOption = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads (default: the physical cores, as llama.cpp and onnxruntime choose).")]
 ProviderOption = Annotated[str, typer.Option("--provider", help="onnxruntime execution provider: cpu, xnnpack, coreml, nnapi, qnn, webgpu, cuda, …")]
 GpuLayersOption = Annotated[int, typer.Option("--gpu-layers", min=0, help="Layers to offload to a GPU (llama.cpp builds with one); edgelm's ggml executor puts all on the GPU for any value > 0.")]
 
@@ -480,6 +480,7 @@ def bench(
     table.add_row("time to first token", f"{result.time_to_first_token_s * 1000:.1f} ms ({result.prompt_tokens} prompt tokens)")
     table.add_row("prefill", f"{result.prefill_tok_s:.1f} tok/s")
     table.add_row("decode", f"{result.decode_tok_s:.2f} tok/s ({result.new_tokens} tokens)")
+    table.add_row("threads", f"{result.threads}" + (" (both engines)" if result.raw_engine else ""))
     table.add_row("peak RSS", f"{result.peak_rss_bytes / 1e6:.0f} MB")
     table.add_row("decode roofline", f"{report['roofline_tok_s']:.1f} tok/s = {result.copy_bandwidth_bytes_s / 1e9:.1f} GB/s copy ÷ "
                   f"{result.weight_bytes / 1e6:.1f} MB weights; reached {report['roofline_fraction']:.0%}")

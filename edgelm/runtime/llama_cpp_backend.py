@@ -4,13 +4,12 @@ The same object tokenizes, with the vocabulary inside the GGUF (`LlamaCppTokeniz
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..tokenizer import Tokenizer
-from .backend import Backend
+from .backend import Backend, default_threads
 
 GGML_TYPE_F32 = 0
 
@@ -27,7 +26,8 @@ class LlamaCppBackend(Backend):
             model_path=str(path),
             n_ctx=context_length,
             n_batch=min(context_length, 512),
-            n_threads=threads or os.cpu_count(),
+            n_threads=threads or default_threads(),
+            n_threads_batch=threads or default_threads(),  # llama-cpp-python's default: every logical CPU
             n_gpu_layers=gpu_layers,
             logits_all=all_logits,
             verbose=False,

@@ -14,7 +14,6 @@ A `position_ids` input, where the graph has one, gets the positions counted from
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import numpy as np
 from ..constants import GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE
 from ..errors import UserError
 from ..fileio import is_plain_name
-from .backend import Backend, refuse_cache_past_memory
+from .backend import Backend, default_threads, refuse_cache_past_memory
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "xnnpack": "XnnpackExecutionProvider",
@@ -45,7 +44,7 @@ def session_for(model: Path, threads: int | None, provider: str):
         raise UserError(f"provider {provider!r} is not in this onnxruntime build", model,
                         f"this build has {', '.join(short)}; install the onnxruntime package built for {provider}")
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.intra_op_num_threads = threads or default_threads()
     options.log_severity_level = 3
     return ort.InferenceSession(str(model), options, providers=[name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"])
 
