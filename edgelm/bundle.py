@@ -219,5 +219,5 @@ def verify_bundle(bundle: Path) -> dict:
 
     with unpacked(Path(bundle)) as folder:
         manifest = verify_folder(folder)
-        bundled_format(folder, manifest)  # reads and validates the model's header
+        bundled_format(folder, manifest).check_bundled()  # reads and validates the model's header; the app's runtime loads it
     return manifest

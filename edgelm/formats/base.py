@@ -100,6 +100,9 @@ class Format(ABC):
         raise UserError(f"a {self.kind} is not bundled as it is", self.path,
                         "bundle a .gguf file or an ONNX folder: run `edgelm export` first")
 
+    def check_bundled(self) -> None:
+        """`edgelm verify`: what the app's own runtime needs beyond the files edgelm reads (raise UserError)."""
+
     def web_bundle_into(self, folder: Path) -> dict[str, Any]:
         """Write the model files a browser page runs with onnxruntime-web into `folder`; return the
         manifest's facts, as bundle_into does."""
