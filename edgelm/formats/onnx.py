@@ -48,8 +48,7 @@ class OnnxFolder(Format):
         except Exception as exc:  # onnxruntime raises its own types for a damaged graph
             raise UserError(f"onnxruntime cannot load {self.model_file.name} ({str(exc).splitlines()[0][:200]})", self.path,
                             "export the model again") from None
-        if options.context_length:
-            backend.context_length = options.context_length
+        backend.context_length = options.context_for(backend.context_length)
         details = {k: self.manifest.get(k) for k in ("family", "position_encoding", "quantization")}
         return Artifact(self.path, self, f"onnxruntime ({options.provider})", load_tokenizer(self.path), backend, details)
 
