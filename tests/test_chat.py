@@ -179,8 +179,10 @@ def test_llama_server_jinja_renders_the_chat_template_as_edgelm_does(preset_dir,
         assert artifact.engine == "llama.cpp"
         ours = Conversation(artifact.tokenizer, 256, 16, system=system).render(CHAT_TURNS)
         eos = artifact.tokenizer.config["eos_token"]
-    # the eos text after the assistant's turn: before the fix, edgelm's GGUF chat rendered {{ eos_token }} empty
-    assert rendered == ours and "How?" in rendered and eos in rendered.split("Hi.", 1)[1], (rendered, ours)
+    # the eos text after the assistant's turn where the template prints it (the [INST] one; the BPE presets'
+    # rwkv-world text has none): before the fix, edgelm's GGUF chat rendered {{ eos_token }} empty
+    prints_eos = "eos_token" in artifact.tokenizer.chat_template
+    assert rendered == ours and "How?" in rendered and (eos in rendered.split("Hi.", 1)[1] or not prints_eos), (rendered, ours)
 
 
 SHIPPED = Path(__file__).resolve().parents[1] / "examples" / "models"
