@@ -71,4 +71,5 @@ def refuse_cache_past_memory(needed: int, positions: int, path: Path, key: str) 
     if needed > available:
         raise UserError(f"a context of {positions} tokens needs {needed / 1e9:.1f} GB of KV cache, more than the "
                         f"{available / 1e9:.1f} GB available", path,
-                        f"{key} is past what this machine holds: export the model again with a shorter context")
+                        f"give a smaller --ctx-size (context_length in Python); if {key} is what asks for it, export the model "
+                        "again with a shorter context")
