@@ -203,8 +203,9 @@ def describe_optimum_folder(folder: Path) -> dict:
         "outputs": {"logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"},
     }
     logits = [d.dim_value if d.HasField("dim_value") else None for d in next(o for o in graph.output if o.name == "logits").type.tensor_type.shape.dim]
+    vocab = logits[-1] if logits and logits[-1] else config.get("vocab_size")
     model = {"decoder": decoder, "context_length": context if _positive_int(context) else 2048, "type": config.get("model_type"),
-             "vocab_size": logits[-1] if logits and logits[-1] else config.get("vocab_size")}
+             "vocab_size": vocab if _positive_int(vocab) else None}
     # what onnxruntime-genai reads beyond the IO, where its model builder takes it (config.json): a bundle
     # for a phone carries them (formats/onnx.py: bundle_into); edgelm's own runtime needs none of them
     decoder |= {key: config[key] for key in ("num_attention_heads", "hidden_size") if _positive_int(config.get(key))}
@@ -216,8 +217,8 @@ def describe_optimum_folder(folder: Path) -> dict:
     return {"model": {k: v for k, v in model.items() if v is not None}, "search": {"past_present_share_buffer": False}}
 
 
-# the fields onnxruntime-genai needs to run a decoder (without vocab_size it refuses to generate; without
-# the token ids and dims its generator and tokenizer misbehave), as its model builder writes them
+# what onnxruntime-genai's model builder writes beyond the IO and genai reads: without vocab_size its
+# generator refuses to start ("vocab_size must be 1 or greater, is 0"); eos ends generation, pad pads a batch
 GENAI_MODEL_FIELDS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
 GENAI_DECODER_FIELDS = ("num_attention_heads", "hidden_size")
 
