@@ -25,6 +25,28 @@ class Model:
     def generate(self, prompt: str, max_new_tokens: int = 64, truncate: bool = False, **sampling) -> str:
         return "".join(piece.text for piece in self.stream(prompt, max_new_tokens, truncate, **sampling))
 
+    def chat(self, messages: list[dict], max_new_tokens: int = 128, stream: bool = False, stop: tuple[str, ...] = (),
+             **sampling) -> str | Iterator[Piece]:
+        """The assistant's reply to `messages` ([{"role": "system" | "user" | "assistant", "content": …}, …],
+        ending with the user's turn), rendered with the model's chat template as `edgelm chat` renders it;
+        the oldest exchanges are dropped when the conversation and `max_new_tokens` outgrow the context.
+        `stream=True` gives the pieces as they come; `stop`: texts to stop before (repeatable in the CLI);
+        sampling as SamplingOptions (temperature, top_k, top_p, min_p, repetition_penalty, seed)."""
+        from .chat import Conversation
+        from .runtime.generate import generate_from_ids
+
+        messages = list(messages)
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages):
+            raise ValueError('messages are dicts {"role": str, "content": str}')
+        if not messages or messages[-1]["role"] != "user":
+            raise ValueError("the last message is the user's turn the reply answers")
+        system = messages[0]["content"] if messages[0]["role"] == "system" else None
+        conversation = Conversation(self.tokenizer, self.artifact.backend.context_length, max_new_tokens, system)
+        conversation.turns = messages[1 if system is not None else 0:-1]
+        ids, _ = conversation.prompt_ids(messages[-1]["content"])
+        pieces = generate_from_ids(self.artifact.backend, self.tokenizer, ids, max_new_tokens, SamplingOptions(**sampling), tuple(stop))
+        return pieces if stream else "".join(piece.text for piece in pieces)
+
     def perplexity(self, text: str, ctx: int = 256, stride: int | None = None) -> float:
         from .evaluate import perplexity
 
@@ -32,5 +54,6 @@ class Model:
 
 
 def load(path: str | Path, **options) -> Model:
-    """Open a model folder, .gguf file or ONNX folder; options as LoadOptions (device, threads, provider, …)."""
+    """Open a model folder, .gguf file or ONNX folder; options as LoadOptions (device, threads, provider,
+    context_length: the KV cache's tokens, default the model's training context up to 4096, …)."""
     return Model(open_artifact(path, LoadOptions(**options)))

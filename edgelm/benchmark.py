@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .formats import Artifact
-from .runtime.backend import Backend
+from .runtime.backend import Backend, default_threads
 from .runtime.sampling import Sampler, SamplingOptions
 
 
@@ -27,6 +27,7 @@ class BenchResult:
     peak_rss_bytes: int
     weight_bytes: int
     copy_bandwidth_bytes_s: float
+    threads: int
     raw_engine: str | None = None
     raw_decode_tok_s: float | None = None
 
@@ -94,11 +95,12 @@ def time_generation(backend: Backend, prompt: list[int], new_tokens: int) -> tup
     return _timed(first_token, next_token, new_tokens)
 
 
-def llama_cpp_generation(path: Path, prompt: list[int], new_tokens: int, threads: int | None) -> tuple[float, float]:
-    """The same through llama-cpp-python's own eval/sample loop."""
+def llama_cpp_generation(path: Path, prompt: list[int], new_tokens: int, threads: int) -> tuple[float, float]:
+    """The same through llama-cpp-python's own eval/sample loop, on `threads` for prefill and decode."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), n_ctx=len(prompt) + WARMUP_STEPS + new_tokens + 1, n_threads=threads, verbose=False)
+    llm = Llama(model_path=str(path), n_ctx=len(prompt) + WARMUP_STEPS + new_tokens + 1, n_threads=threads, n_threads_batch=threads,
+                verbose=False)
 
     def next_token():
         llm.eval([llm.sample(top_k=1)])
@@ -106,15 +108,14 @@ def llama_cpp_generation(path: Path, prompt: list[int], new_tokens: int, threads
     return _timed(lambda: llm.eval(prompt), next_token, new_tokens)
 
 
-def genai_generation(folder: Path, prompt: list[int], new_tokens: int, threads: int | None) -> tuple[float, float]:
-    """The same through onnxruntime-genai's generator on an ONNX folder."""
+def genai_generation(folder: Path, prompt: list[int], new_tokens: int, threads: int) -> tuple[float, float]:
+    """The same through onnxruntime-genai's generator on an ONNX folder, its session on `threads`."""
     import json
 
     import onnxruntime_genai as og
 
     config = og.Config(str(folder))
-    if threads:
-        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
     model = og.Model(config)
     params = og.GeneratorParams(model)
     total = len(prompt) + 1 + WARMUP_STEPS + new_tokens
@@ -131,18 +132,21 @@ def genai_generation(folder: Path, prompt: list[int], new_tokens: int, threads: 
 RAW_ENGINES = {"llama-cpp-python": llama_cpp_generation, "onnxruntime-genai": genai_generation}
 
 
-def raw_generation(artifact: Artifact, prompt: list[int], new_tokens: int, threads: int | None) -> tuple[str, float, float] | None:
+def raw_generation(artifact: Artifact, prompt: list[int], new_tokens: int, threads: int) -> tuple[str, float, float] | None:
     """(engine, seconds to the first token, decode tok/s) through the artifact's raw engine, if it has one."""
     engine = artifact.format.raw_engine
     return (engine, *RAW_ENGINES[engine](artifact.path, prompt, new_tokens, threads)) if engine else None
 
 
 def bench(artifact: Artifact, prompt: list[int], new_tokens: int, compare: bool = False, threads: int | None = None) -> BenchResult:
+    """`threads`: what `artifact` was opened with (None: the engines' default, default_threads()); the raw
+    engine and the bandwidth copy get the same count, so the ratio compares engines, not thread counts."""
+    threads = threads or default_threads()
     first, decode = time_generation(artifact.backend, prompt, new_tokens)
     raw = raw_generation(artifact, prompt, new_tokens, threads) if compare else None
     return BenchResult(
         prompt_tokens=len(prompt), new_tokens=new_tokens, time_to_first_token_s=first, prefill_tok_s=len(prompt) / first,
         decode_tok_s=decode, peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        weight_bytes=artifact.format.weight_bytes(), copy_bandwidth_bytes_s=copy_bandwidth(threads),
+        weight_bytes=artifact.format.weight_bytes(), copy_bandwidth_bytes_s=copy_bandwidth(threads), threads=threads,
         raw_engine=raw[0] if raw else None, raw_decode_tok_s=raw[2] if raw else None,
     )

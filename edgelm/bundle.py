@@ -259,6 +259,7 @@ def verify_bundle(bundle: Path) -> tuple[dict, dict]:
         manifest = verify_folder(folder)
         model = bundled_format(folder, manifest)
         identity = model.identity()
+        model.check_bundled()  # what the app's own runtime needs (onnxruntime-genai for ONNX)
         with model.open(LoadOptions(context_length=VERIFY_CONTEXT)) as artifact:
             token = artifact.tokenizer.bos_id if artifact.tokenizer.bos_id is not None else 0
             logits = artifact.backend.prefill([token])

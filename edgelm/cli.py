@@ -191,7 +191,12 @@ def _device(requested: str) -> str:
 DeviceOption = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto: CUDA when a GPU is present).")]
 
 
-ThreadsOption = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads (llama.cpp).")]
+CtxSizeOption = Annotated[Optional[int], typer.Option("--ctx-size", "-c", min=2, help="Context in tokens, the KV cache's size (default: the model's training context, at most 4096; as llama.cpp's -c).")]
+RepetitionPenaltyOption = Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["repetition_penalty"]), help="Divide positive logits of seen tokens by this (1.0: off).")]
+TopPOption = Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["top_p"]))]
+MinPOption = Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["min_p"]))]
+StopOption = Annotated[Optional[list[str]], typer.Option(help="Stop before this text (repeatable).")]
+ThreadsOption = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads (default: the physical cores, as llama.cpp and onnxruntime choose).")]
 ProviderOption = Annotated[str, typer.Option("--provider", help="onnxruntime execution provider: cpu, xnnpack, coreml, nnapi, qnn, webgpu, cuda, …")]
 GpuLayersOption = Annotated[int, typer.Option("--gpu-layers", min=0, help="Layers to offload to a GPU (llama.cpp builds with one); edgelm's ggml executor puts all on the GPU for any value > 0.")]
 
@@ -219,18 +224,44 @@ def _load_options(position_encoding, head_temperatures, device, threads=None, gp
     )
 
 
+def _check_stop(stop: list[str] | None) -> None:
+    if stop and "" in stop:
+        raise UserError("--stop \"\" would stop before the first token", None, "give the text to stop at, or drop --stop")
+
+
+def _prompt_text(prompt: str | None, file: Path | None) -> str:
+    """--prompt TEXT, --file FILE (llama.cpp's -f), or standard input for `--prompt -` or a pipe."""
+    if prompt is not None and file is not None:
+        raise UserError("--prompt and --file both give the prompt", None, "give one of them")
+    if file is not None:
+        return _read_text(file, "--file")
+    piped = sys.stdin is not None and not sys.stdin.isatty() and sys.stdin.readable()
+    if prompt == "-" or (prompt is None and piped):
+        try:
+            return sys.stdin.read()
+        except UnicodeDecodeError as exc:
+            raise UserError(f"standard input is not UTF-8 (byte {exc.start}: {exc.reason})", None, "convert it to UTF-8, e.g. with iconv") from None
+        except (OSError, AttributeError):  # closed or not readable
+            raise UserError("--prompt - reads standard input, which cannot be read here", None, "give --prompt TEXT or --file FILE") from None
+    if prompt is None:
+        raise UserError("no prompt", None, "give --prompt TEXT, --file FILE, or pipe the text in (--prompt - reads standard input)")
+    return prompt
+
+
 @app.command()
 def generate(
     path: Annotated[Path, typer.Argument(help="A model folder, a .gguf file or an ONNX folder.")],
-    prompt: Annotated[str, typer.Option(help="Text to continue.")],
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Text to continue; '-' reads standard input, as does a pipe without --prompt.")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Read the prompt from this UTF-8 file (llama.cpp's -f).")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     temperature: Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["temperature"]), help="0 = greedy.")] = 0.0,
     top_k: Annotated[int, typer.Option(min=0)] = 0,
-    top_p: Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["top_p"]))] = 1.0,
-    min_p: Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["min_p"]))] = 0.0,
-    repetition_penalty: Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["repetition_penalty"]), help="1 = off.")] = 1.0,
-    stop: Annotated[Optional[list[str]], typer.Option(help="Stop before this text (repeatable).")] = None,
+    top_p: TopPOption = 1.0,
+    min_p: MinPOption = 0.0,
+    repetition_penalty: RepetitionPenaltyOption = 1.0,
+    stop: StopOption = None,
     seed: SeedOption = None,
+    ctx_size: CtxSizeOption = None,
     truncate: Annotated[bool, typer.Option(help="Keep the last tokens of a prompt longer than the context.")] = False,
     position_encoding: PositionEncodingOption = None,
     head_temperatures: TemperaturesOption = None,
@@ -246,17 +277,17 @@ def generate(
     from .runtime.generate import generate as run
     from .runtime.sampling import SamplingOptions
 
-    if stop and "" in stop:
-        raise UserError("--stop \"\" would stop before the first token", None, "give the text to stop at, or drop --stop")
+    _check_stop(stop)
+    prompt = _prompt_text(prompt, file)
     artifact = open_artifact(path, _load_options(position_encoding, head_temperatures, device, threads, gpu_layers,
-                                                 provider=provider, allow_pickle=allow_pickle))
+                                                 provider=provider, allow_pickle=allow_pickle, context_length=ctx_size))
     options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                               repetition_penalty=repetition_penalty, seed=seed)
     pieces = run(artifact.backend, artifact.tokenizer, prompt, max_new_tokens, options, tuple(stop or ()), truncate)
     if as_json:
         collected = list(pieces)
         text = "".join(p.text for p in collected)
-        out.print_json(json.dumps({"prompt": prompt, "text": text, "tokens": [p.token for p in collected], "engine": artifact.engine}))
+        out.print_json(json.dumps({"prompt": prompt, "text": text, "tokens": [p.token for p in collected if p.token is not None], "engine": artifact.engine}))
         return
     sys.stdout.write(prompt)
     for piece in pieces:
@@ -321,7 +352,7 @@ class ExportFormat(str, Enum):
 def export(
     model_dir: Annotated[Path, typer.Argument(help="A model folder.")],
     format: Annotated[ExportFormat, typer.Option("--format", help="Output format.")] = ExportFormat.gguf,
-    quant: Annotated[str, typer.Option(help="f32 | f16 | bf16 (GGUF) | int8 | int4 (GGUF: Q8_0, Q4_K_M; ONNX: MatMul int8, MatMulNBits int4).")] = "f16",
+    quant: Annotated[str, typer.Option(help="f32 | f16 | bf16 (GGUF) | int8 | int4 (GGUF: Q8_0, Q4_K_M; ONNX: MatMul int8, MatMulNBits int4); GGUF also takes llama.cpp's type names (q4_k_m, Q5_K_S, …).")] = "f16",
     gguf_type: Annotated[Optional[str], typer.Option("--gguf-type", help="A llama.cpp type name (Q4_0, Q5_K_M, …) instead of --quant's default.")] = None,
     out_path: Annotated[Optional[Path], typer.Option("--out", help="Output file or folder (default: beside MODEL_DIR).")] = None,
     position_encoding: PositionEncodingOption = None,
@@ -329,6 +360,8 @@ def export(
     allow_pickle: AllowPickleOption = False,
     int4_embedding: Annotated[bool, typer.Option("--int4-embedding", help="ONNX int4: quantize the embedding table too (GatherBlockQuantized).")] = False,
     int8_lm_head: Annotated[bool, typer.Option("--int8-lm-head", help="ONNX int4: keep the LM head at 8 bits.")] = False,
+    int4_block_size: Annotated[Optional[int], typer.Option("--int4-block-size", help="ONNX int4: weights sharing one scale (16, 32, 64, 128, 256; MatMulNBits' block_size; default 32).")] = None,
+    int4_accuracy_level: Annotated[Optional[int], typer.Option("--int4-accuracy-level", help="ONNX int4: MatMulNBits' compute type: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations (default 4).")] = None,
     kv_cache: Annotated[str, typer.Option("--kv-cache", help="ONNX: float | int8 (KV buffers in int8, per-channel scales calibrated on --calibration-text).")] = "float",
     calibration_text: Annotated[Optional[Path], typer.Option("--calibration-text", help="ONNX --kv-cache int8: UTF-8 text to calibrate on (default: a shipped training novel).")] = None,
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="int4: calibrate on this UTF-8 text (16 chunks × 256 tokens; GGUF: llama.cpp importance matrix, ONNX: activation-aware scales). Default: the five shipped training novels in examples/data (persuasion.txt is held out).")] = None,
@@ -354,11 +387,13 @@ def export(
         _read_text(calibration, "--calibration")  # refused here, before minutes of export
     calibration_texts = [] if quant != "int4" or no_calibration else [calibration] if calibration else \
         [p for p in DEFAULT_TEXTS if p.is_file()]
+    int4 = {name: value for name, value in (("int4_block_size", int4_block_size), ("int4_accuracy_level", int4_accuracy_level))
+            if value is not None}
     # one exporter imported, not both: the ONNX one brings the tracer (~70 MB resident)
     if format is ExportFormat.onnx:
         from .export.onnx import check_quant_options, export_onnx
 
-        check_quant_options(quant, int4_embedding, int8_lm_head, kv_cache)  # before anything is read
+        check_quant_options(quant, int4_embedding, int8_lm_head, kv_cache, **int4)  # before anything is read
         if calibration_text and kv_cache != "int8":
             raise UserError("--calibration-text calibrates --kv-cache int8", None, "add --kv-cache int8 or drop it")
         calibration_text = calibration_text or (CALIBRATION_TEXT if kv_cache == "int8" and CALIBRATION_TEXT.is_file() else None)
@@ -370,8 +405,8 @@ def export(
     else:
         from .export.gguf import export_gguf, resolve_type
 
-        if int4_embedding or int8_lm_head:
-            raise UserError("--int4-embedding and --int8-lm-head apply to --format onnx only", None,
+        if int4_embedding or int8_lm_head or int4:
+            raise UserError("--int4-embedding, --int8-lm-head, --int4-block-size and --int4-accuracy-level apply to --format onnx only", None,
                             "drop them, or use --gguf-type to pick a llama.cpp type")
         if kv_cache != "float" or calibration_text:
             raise UserError("--kv-cache and --calibration-text apply to --format onnx only", None,
@@ -390,7 +425,7 @@ def export(
         with info.status("exporting to ONNX…") as status:
             report = export_onnx(checkpoint, target, quant, force, on_step=lambda text: status.update(text + "…"),
                                  int4_embedding=int4_embedding, int8_lm_head=int8_lm_head, kv_cache=kv_cache,
-                                 calibration_text=calibration_text, calibration=calibration_texts)
+                                 **int4, calibration_text=calibration_text, calibration=calibration_texts)
         if as_json:
             out.print_json(json.dumps({"path": str(report.path), "quant": quant, "notes": report.notes}))
             return
@@ -427,11 +462,16 @@ def chat(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
     temperature: Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["temperature"]), help="0 = greedy.")] = 0.7,
     top_k: Annotated[int, typer.Option(min=0)] = 40,
-    top_p: Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["top_p"]))] = 0.95,
+    top_p: TopPOption = 0.95,
+    min_p: MinPOption = 0.0,
+    repetition_penalty: RepetitionPenaltyOption = 1.0,
+    stop: StopOption = None,
     seed: SeedOption = None,
+    ctx_size: CtxSizeOption = None,
     allow_pickle: AllowPickleOption = False,
     device: DeviceOption = "cpu",
     threads: ThreadsOption = None,
+    gpu_layers: GpuLayersOption = 0,
     provider: ProviderOption = "cpu",
     verbose_prompt: Annotated[bool, typer.Option("--verbose-prompt", help="Print each turn's prompt tokens (id -> text), as llama.cpp's --verbose-prompt does.")] = False,
 ) -> None:
@@ -443,10 +483,13 @@ def chat(
     from .runtime.generate import generate_from_ids
     from .runtime.sampling import SamplingOptions
 
-    artifact = open_artifact(path, _load_options(None, None, device, threads, provider=provider, allow_pickle=allow_pickle))
+    _check_stop(stop)
+    artifact = open_artifact(path, _load_options(None, None, device, threads, gpu_layers, provider=provider, allow_pickle=allow_pickle,
+                                                 context_length=ctx_size))
     conversation = Conversation(artifact.tokenizer, artifact.backend.context_length, max_new_tokens, system)
     conversation.render([{"role": "user", "content": "check"}])  # a broken template fails now, not mid-chat
-    options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                              repetition_penalty=repetition_penalty, seed=seed)
     template = "the model's chat template" if artifact.tokenizer.chat_template else "a plain User:/Assistant: template (the model has none)"
     out.print(f"[dim]{path} on {artifact.engine}, {template}; /reset, /exit[/dim]")
     while True:
@@ -473,10 +516,10 @@ def chat(
                 out.print(f"[dim]dropped the {dropped} oldest exchange(s) to fit the {artifact.backend.context_length}-token context[/dim]")
             if verbose_prompt:
                 info.print(f"prompt: {len(ids)} tokens\n" + "\n".join(f"{i:6d} -> {artifact.tokenizer.decode([i])!r}" for i in ids), markup=False)
-            for piece in generate_from_ids(artifact.backend, artifact.tokenizer, ids, max_new_tokens, options):
+            for piece in generate_from_ids(artifact.backend, artifact.tokenizer, ids, max_new_tokens, options, tuple(stop or ())):
                 out.print(piece.text, end="", markup=False)
                 reply += piece.text
-                count += 1
+                count += piece.token is not None
         except KeyboardInterrupt:
             out.print(" [dim](stopped)[/dim]", end="")
         conversation.add_reply(reply.strip())
@@ -515,6 +558,7 @@ def bench(
         table.add_row("time to first token", f"{result.time_to_first_token_s * 1000:.1f} ms ({result.prompt_tokens} prompt tokens)")
         table.add_row("prefill", f"{result.prefill_tok_s:.1f} tok/s")
         table.add_row("decode", f"{result.decode_tok_s:.2f} tok/s ({result.new_tokens} tokens)")
+        table.add_row("threads", f"{result.threads}" + (" (both engines)" if result.raw_engine else ""))
         table.add_row("peak RSS", f"{result.peak_rss_bytes / 1e6:.0f} MB")
         table.add_row("decode roofline", f"{report['roofline_tok_s']:.1f} tok/s = {result.copy_bandwidth_bytes_s / 1e9:.1f} GB/s copy ÷ "
                       f"{result.weight_bytes / 1e6:.1f} MB weights; reached {report['roofline_fraction']:.0%}")

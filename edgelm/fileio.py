@@ -38,7 +38,7 @@ def refuse_existing(target: Path, force: bool, kind: str | None = None) -> None:
         raise UserError("the output would replace the current folder", target, "give the output a name of its own")
     if kind == "folder" and not target.is_dir() or kind == "file" and target.is_dir():
         there = "a folder" if target.is_dir() else "a file"
-        raise UserError(f"the output is a {kind} but {there} is there", target, f"remove it or choose another path")
+        raise UserError(f"the output is a {kind} but {there} is there", target, "remove it or choose another path")
 
 
 def _umask() -> int:

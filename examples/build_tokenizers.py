@@ -25,13 +25,22 @@ OUT = REPO / "edgelm" / "assets" / "tokenizers"
 TRAIN_NOVELS = ["emma", "mansfield_park", "northanger_abbey", "pride_and_prejudice", "sense_and_sensibility"]
 VOCAB_SIZE = 4096
 
-# A plain chat template: role-labelled turns, end-of-text after each reply. Role names are spelled out
-# rather than `| capitalize`d: onnxruntime-genai's template engine has no such filter.
+# A plain chat template: role-labelled turns separated by a blank line, in the text of llama.cpp's
+# "rwkv-world" format, which its C API (llama_chat_apply_template, what its Android and iOS examples call)
+# recognises by the `'User: '` line below and renders identically; jinja engines (transformers, llama.cpp
+# --jinja, onnxruntime-genai) render the same text. Role names are spelled out rather than `| capitalize`d:
+# onnxruntime-genai's template engine has no such filter.
 BPE_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] == 'user' %}User{% elif message['role'] == 'assistant' %}"
-    "Assistant{% else %}System{% endif %}: {{ message['content'] }}\n"
-    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}Assistant:{% endif %}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{{- 'User: ' + message['content']|trim + '\\n\\n' -}}"
+    "{%- if loop.last and add_generation_prompt -%}{{- 'Assistant:' -}}{%- endif -%}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{- 'Assistant: ' + message['content']|trim + '\\n\\n' -}}"
+    "{%- else -%}"
+    "{{- 'System: ' + message['content']|trim + '\\n\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
 )
 # The Llama-2 chat format TinyLlama-Chat-style models use.
 LLAMA_CHAT_TEMPLATE = (

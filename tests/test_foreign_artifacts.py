@@ -157,3 +157,59 @@ def test_chat_template_from_chat_template_jinja():
 
     tokenizer = load_tokenizer(BUILDER_FOLDER)
     assert tokenizer.chat_template == (BUILDER_FOLDER / "chat_template.jinja").read_text()
+
+
+def test_optimum_folder_bundled_for_a_phone_runs_in_onnxruntime_genai(run_cli, optimum_folder, tmp_path):
+    """The genai_config edgelm writes for a folder that had none (Optimum's) is one onnxruntime-genai runs:
+    vocab size, head count, hidden size and bos/eos/pad ids from config.json and the graph; its greedy tokens
+    are edgelm's; `verify` runs it there too, and says why when genai cannot."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    assert run_cli("bundle", optimum_folder, "--out", tmp_path / "b")[0] == 0
+    genai = json.loads((tmp_path / "b" / "genai_config.json").read_text())["model"]
+    assert {k: genai[k] for k in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")} == \
+        {"vocab_size": 4096, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+    assert (genai["decoder"]["num_attention_heads"], genai["decoder"]["hidden_size"]) == (8, 256)
+    code, out, err = run_cli("verify", tmp_path / "b")
+    assert code == 0 and out.startswith("ok:"), err
+    code, out, err = run_cli("generate", SHIPPED_ROPE, "--prompt", "It is a truth universally acknowledged", "--max-new-tokens", 24, "--json")
+    assert code == 0, err
+    expected = json.loads(out)["tokens"]
+    model = og.Model(str(tmp_path / "b"))
+    prompt = og.Tokenizer(model).encode("It is a truth universally acknowledged")
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + len(expected), do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(np.array([prompt], dtype=np.int32))
+    tokens = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        tokens.append(int(generator.get_next_tokens()[0]))
+    assert tokens == expected
+
+    # a bundle whose genai_config lacks vocab_size, its manifest made to match: genai's own reason
+    config = tmp_path / "b" / "genai_config.json"
+    broken = json.loads(config.read_text())
+    del broken["model"]["vocab_size"]
+    config.write_text(json.dumps(broken))
+    manifest = json.loads((tmp_path / "b" / "edgelm.json").read_text())
+    from edgelm.bundle import sha256
+
+    manifest["files"]["genai_config.json"] = {"sha256": sha256(config), "bytes": config.stat().st_size}
+    (tmp_path / "b" / "edgelm.json").write_text(json.dumps(manifest))
+    assert_user_error(run_cli("verify", tmp_path / "b"), "onnxruntime-genai cannot run this bundle", "vocab_size")
+
+
+def test_optimum_folder_without_the_dims_genai_needs_is_refused_for_a_phone(run_cli, optimum_folder, tmp_path):
+    folder = tmp_path / "opt"
+    folder.mkdir()
+    for path in optimum_folder.iterdir():
+        (folder / path.name).symlink_to(path)
+    config = json.loads((optimum_folder / "config.json").read_text())
+    del config["num_attention_heads"], config["eos_token_id"], config["bos_token_id"]
+    (folder / "config.json").unlink()
+    (folder / "config.json").write_text(json.dumps(config))
+    assert_user_error(run_cli("bundle", folder, "--out", tmp_path / "b"), "onnxruntime-genai on a phone needs",
+                      "model.bos_token_id", "model.decoder.num_attention_heads", "config.json")
+    assert not (tmp_path / "b").exists()

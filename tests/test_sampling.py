@@ -100,3 +100,15 @@ def test_stream_stops_at_eos_and_at_stop_strings():
     assert "".join(p.text for p in pieces) == "bcde" and len(pieces) == 4
     pieces = list(generate_from_ids(Scripted(script), Letters(), [0, 0], max_new_tokens=10, stop=("d",)))
     assert "".join(p.text for p in pieces) == "bc"
+
+
+def test_a_stop_string_spanning_tokens_stops_and_nothing_of_it_shows():
+    """Chat's stop strings ("\\nUser:") are several tokens: text that could begin one is held back until it
+    does or does not; a held end that never completes comes out last, as a piece without a token."""
+    script = [0, 1, 2, 3, 4, 7]  # b c d e <eos>
+    pieces = list(generate_from_ids(Scripted(script), Letters(), [0, 0], max_new_tokens=10, stop=("cd",)))
+    assert [p.text for p in pieces] == ["b", "", ""] and [p.token for p in pieces] == [1, 2, 3]
+    pieces = list(generate_from_ids(Scripted(script), Letters(), [0, 0], max_new_tokens=10, stop=("dex",)))
+    assert "".join(p.text for p in pieces) == "bcde" and [p.token for p in pieces] == [1, 2, 3, 4, None]
+    pieces = list(generate_from_ids(Scripted(script), Letters(), [0, 0], max_new_tokens=3, stop=("dx",)))
+    assert [p.text for p in pieces] == ["b", "c", "", "d"] and pieces[-1].token is None  # the budget ends on a held "d"

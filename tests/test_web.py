@@ -10,6 +10,8 @@ runner-up (seen on both backends: tiny-nope's 12th token, a gap of 0.0013); the 
 tokens were equal."""
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -119,3 +121,58 @@ def test_web_bundle_bad_input(run_cli, preset_dir, tmp_path):
     (tmp_path / "w").mkdir()
     assert_user_error(run_cli("bundle", onnx, "--target", "web", "--out", tmp_path / "w"), "already exists")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kv8", "m.gguf", "onnx", "w"]
+
+
+NODE = shutil.which("node")
+PICK_BACKEND = """
+import { pathToFileURL } from "node:url";
+globalThis.self = globalThis;
+const { pickBackend } = await import(pathToFileURL(process.argv[1]).href);
+const results = [];
+for (const [requested, gpu] of JSON.parse(process.argv[2])) {
+  const adapter = gpu && gpu.adapter && { ...gpu.adapter, requestAdapterInfo: gpu.legacy_info && (async () => gpu.legacy_info) };
+  Object.defineProperty(globalThis, "navigator", { value: gpu ? { gpu: { requestAdapter: async () => adapter || null } } : {}, configurable: true });
+  results.push(await pickBackend(requested));
+}
+console.log(JSON.stringify(results));
+"""
+
+
+@pytest.mark.skipif(NODE is None, reason="no node on PATH")
+def test_page_counts_a_software_webgpu_adapter_as_no_gpu(tmp_path):
+    """The page's backend choice (edgelm-web.js pickBackend) under Node, with navigator.gpu faked as the
+    adapters browsers report: SwiftShader (what headless Chromium gives without a GPU), a fallback adapter,
+    a pre-127 Chrome that has only requestAdapterInfo(), and a real GPU; ?backend= forces either side."""
+    for name in ("edgelm-web.js",):
+        shutil.copy(Path(__file__).resolve().parents[1] / "edgelm" / "assets" / "web" / name, tmp_path / name)
+    (tmp_path / "ort.webgpu.min.mjs").write_text("export const env = { wasm: {} };\n")  # the runtime is not needed to choose
+    (tmp_path / "tokenizers.min.mjs").write_text("export class Tokenizer {}\n")
+    swiftshader = {"info": {"vendor": "google", "architecture": "swiftshader", "description": "SwiftShader Device (Subzero)"}}
+    nvidia = {"info": {"vendor": "nvidia", "architecture": "ampere"}}
+    cases = [
+        ["auto", {"adapter": swiftshader}], ["webgpu", {"adapter": swiftshader}], ["auto", {"adapter": nvidia}],
+        ["auto", {"adapter": {"isFallbackAdapter": True, "info": {"vendor": "", "architecture": ""}}}],
+        ["auto", {"adapter": {}, "legacy_info": {"vendor": "google", "architecture": "swiftshader"}}],
+        ["auto", None], ["auto", {"adapter": None}], ["wasm", {"adapter": nvidia}],
+    ]
+    run = subprocess.run([NODE, "--input-type=module", "-e", PICK_BACKEND, str(tmp_path / "edgelm-web.js"), json.dumps(cases)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    picked = json.loads(run.stdout)
+    assert [p["backend"] for p in picked] == ["wasm", "webgpu", "webgpu", "wasm", "wasm", "wasm", "wasm", "wasm"], picked
+    assert "software" in picked[0]["reason"] and "google swiftshader" in picked[0]["reason"] and "?backend=webgpu" in picked[0]["reason"]
+    assert picked[1]["reason"] == "asked for webgpu: adapter google swiftshader"
+    assert picked[2]["reason"] == "adapter nvidia ampere"
+    page = (Path(__file__).resolve().parents[1] / "edgelm" / "assets" / "web" / "index.html").read_text()
+    assert all(f'href="?backend={b}"' in page for b in ("auto", "webgpu", "wasm")) and 'params.get("backend")' in page
+
+
+@needs_browser
+def test_browser_auto_runs_wasm_on_a_software_adapter(web_bundles, tmp_path):
+    bundle, prompt_ids, _, _, _ = web_bundles("tiny-rope")
+    result = run_page(bundle, "auto", PROMPT, 4)
+    assert "error" not in result, result
+    if result["backend"] == "webgpu":
+        pytest.skip(f"Chromium gave a hardware adapter: {result['reason']}")
+    assert result["backend"] == "wasm" and result["prompt_ids"] == prompt_ids, result
+    print(result["reason"])

@@ -67,9 +67,17 @@ class GGUFReport:
 
 
 def resolve_type(quant: str, gguf_type: str | None) -> str:
-    """The GGML file type name for --quant / --gguf-type."""
-    if quant not in QUANTS:
-        raise UserError(f"unknown --quant {quant!r}", None, f"choose one of {', '.join(QUANTS)}")
+    """The GGML file type name for --quant / --gguf-type; --quant also takes llama.cpp's type names
+    (llama-quantize's Q4_K_M, Q8_0, …, any case), as --gguf-type does."""
+    if quant.lower() in QUANTS:
+        quant = quant.lower()
+    elif quant.upper() in LLAMA_FILE_TYPES or quant.upper() in NEEDS_IMATRIX:
+        if gguf_type is not None and gguf_type.upper() != quant.upper():
+            raise UserError(f"--quant {quant} and --gguf-type {gguf_type} name two types", None, "give one of them")
+        quant, gguf_type = "f16", quant
+    else:
+        raise UserError(f"unknown --quant {quant!r}", None, f"choose one of {', '.join(QUANTS)}, or a llama.cpp type "
+                        f"({', '.join(LLAMA_FILE_TYPES)})")
     if gguf_type is None:
         return QUANT_DEFAULTS.get(quant, quant.upper())
     name = gguf_type.upper()

@@ -44,7 +44,8 @@ from ..errors import UserError
 from ..fileio import atomic_output_dir
 from ..models import Checkpoint, CausalLM, CausalSelfAttention, ModelSpec
 from ..models.layers import rotary_frequencies
-from ..quantize.onnx import F16_NOTE, convert_f16, quantize_int4, quantize_int8, save_ir
+from ..quantize.onnx import (F16_NOTE, INT4_ACCURACY_LEVEL, INT4_ACCURACY_LEVELS, INT4_BLOCK, INT4_BLOCK_SIZES, convert_f16, quantize_int4,
+                              quantize_int8, save_ir)
 from ..tokenizer import Tokenizer, load_tokenizer, load_tokenizer_file
 from .temperatures import refuse_beyond_f16
 from .weights import ExportedWeights
@@ -319,11 +320,20 @@ def checkpoint_hash(checkpoint: Checkpoint) -> str:
     return digest.hexdigest()
 
 
-def check_quant_options(quant: str, int4_embedding: bool = False, int8_lm_head: bool = False, kv_cache: str = "float") -> None:
+def check_quant_options(quant: str, int4_embedding: bool = False, int8_lm_head: bool = False, kv_cache: str = "float",
+                        int4_block_size: int = INT4_BLOCK, int4_accuracy_level: int = INT4_ACCURACY_LEVEL) -> None:
     if quant not in QUANTS:
-        raise UserError(f"unknown --quant {quant!r} for ONNX", None, f"choose one of {', '.join(QUANTS)}")
-    if (int4_embedding or int8_lm_head) and quant != "int4":
-        raise UserError("--int4-embedding and --int8-lm-head refine --quant int4", None, "add --quant int4 or drop them")
+        raise UserError(f"unknown --quant {quant!r} for ONNX", None, f"choose one of {', '.join(QUANTS)}"
+                        + (" (llama.cpp's type names are for --format gguf)" if quant.lower() not in QUANTS else ""))
+    if (int4_embedding or int8_lm_head or int4_block_size != INT4_BLOCK or int4_accuracy_level != INT4_ACCURACY_LEVEL) and quant != "int4":
+        raise UserError("--int4-embedding, --int8-lm-head, --int4-block-size and --int4-accuracy-level refine --quant int4", None,
+                        "add --quant int4 or drop them")
+    if int4_block_size not in INT4_BLOCK_SIZES:
+        raise UserError(f"--int4-block-size {int4_block_size} is not one MatMulNBits takes", None,
+                        f"choose one of {', '.join(map(str, INT4_BLOCK_SIZES))}")
+    if int4_accuracy_level not in INT4_ACCURACY_LEVELS:
+        raise UserError(f"--int4-accuracy-level {int4_accuracy_level} is not one MatMulNBits takes", None,
+                        "choose 0 (unset), 1 (fp32), 2 (fp16), 3 (bf16) or 4 (int8)")
     if kv_cache not in KV_CACHES:
         raise UserError(f"unknown --kv-cache {kv_cache!r}", None, f"choose one of {', '.join(KV_CACHES)}")
     if kv_cache == "int8" and quant == "f16":
@@ -357,7 +367,8 @@ def activation_folds(checkpoint: Checkpoint, texts: Sequence[Path]) -> tuple[dic
 
 
 def _write_graph(checkpoint: Checkpoint, path: Path, kv_calibration_text: Path | None, quant: str,
-                 int4_embedding: bool = False, int8_lm_head: bool = False, calibration: Sequence[Path] = ()) -> list[str]:
+                 int4_embedding: bool = False, int8_lm_head: bool = False, calibration: Sequence[Path] = (),
+                 int4_block_size: int = INT4_BLOCK, int4_accuracy_level: int = INT4_ACCURACY_LEVEL) -> list[str]:
     """Trace the graph over fake weights, calibrate an int8 KV cache on `kv_calibration_text` with the
     torch model (None: a float cache), and write the graph with each weight streamed from the
     checkpoint (temperatures folded, checked finite and, for f16, within float16's range); int4, int8
@@ -381,7 +392,7 @@ def _write_graph(checkpoint: Checkpoint, path: Path, kv_calibration_text: Path |
     onnxscript.optimizer.optimize(model)  # folds the small constants only: the weights stay lazy
     try:
         if quant == "int4":
-            notes += quantize_int4(model, int4_embedding, int8_lm_head)
+            notes += quantize_int4(model, int4_embedding, int8_lm_head, int4_block_size, int4_accuracy_level)
         elif quant == "int8":
             notes += quantize_int8(model)
         elif quant == "f16":
@@ -408,11 +419,12 @@ class ONNXReport:
 def export_onnx(
     checkpoint: Checkpoint, out: Path, quant: str = "f32", force: bool = False, on_step: Callable[[str], None] | None = None,
     int4_embedding: bool = False, int8_lm_head: bool = False, kv_cache: str = "float", calibration_text: Path | None = None,
-    calibration: Sequence[Path] = (),
+    calibration: Sequence[Path] = (), int4_block_size: int = INT4_BLOCK, int4_accuracy_level: int = INT4_ACCURACY_LEVEL,
 ) -> ONNXReport:
-    """`int4_embedding`, `int8_lm_head`: int4 options (embedding Gather at int4 too; LM head at 8 bits).
+    """`int4_embedding`, `int8_lm_head`, `int4_block_size`, `int4_accuracy_level`: int4 options (embedding
+    Gather at int4 too; LM head at 8 bits; weights per scale; MatMulNBits' compute type).
     `kv_cache="int8"`: int8 KV buffers, scales calibrated on `calibration_text`."""
-    check_quant_options(quant, int4_embedding, int8_lm_head, kv_cache)
+    check_quant_options(quant, int4_embedding, int8_lm_head, kv_cache, int4_block_size, int4_accuracy_level)
     if kv_cache == "int8" and calibration_text is None:
         raise UserError("--kv-cache int8 needs a calibration text", None, "add --calibration-text FILE")
     step = on_step or (lambda _: None)
@@ -421,7 +433,7 @@ def export_onnx(
         step("tracing the graph" + (" and calibrating the int8 KV cache" if kv_cache == "int8" else "")
              + (f", writing {quant} weights" if quant != "f32" else ""))
         notes = _write_graph(checkpoint, tmp / ONNX_MODEL_FILE, calibration_text if kv_cache == "int8" else None, quant,
-                             int4_embedding, int8_lm_head, calibration)
+                             int4_embedding, int8_lm_head, calibration, int4_block_size, int4_accuracy_level)
         step("writing configs")
         for name in TOKENIZER_FILES:
             if (source := find_member(checkpoint.path, name)) is not None:
@@ -433,7 +445,8 @@ def export_onnx(
             "position_encoding": checkpoint.spec.position_encoding,
             "head_temperatures": {"layers": checkpoint.head_temperatures().tolist(), "baked_into_weights": True},
             "quantization": quant,
-            "int4_options": {"embedding": int4_embedding, "lm_head_int8": int8_lm_head} if quant == "int4" else None,
+            "int4_options": {"embedding": int4_embedding, "lm_head_int8": int8_lm_head, "block_size": int4_block_size,
+                             "accuracy_level": int4_accuracy_level} if quant == "int4" else None,
             "kv_cache": kv_cache,
             "rotary_table_positions": rotary_table_positions(checkpoint.spec),
             "source_checkpoint_sha256": checkpoint_hash(checkpoint),

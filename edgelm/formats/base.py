@@ -8,6 +8,7 @@ benchmarks ask `detect` and never test paths themselves.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,10 @@ from ..errors import UserError
 from ..hub import resolve_model
 from ..runtime.backend import Backend
 from ..tokenizer import Tokenizer
+
+
+DEFAULT_CONTEXT_LENGTH = 4096
+log = logging.getLogger("edgelm")
 
 
 @dataclass(frozen=True)
@@ -29,8 +34,17 @@ class LoadOptions:
     gpu_layers: int = 0  # llama.cpp offload, where the build has a GPU
     f32_kv_cache: bool = False  # llama.cpp: its default f16 cache alone costs ~1e-3 in logits
     all_logits: bool = False  # llama.cpp: keep every position's logits (parity, perplexity), not only the last
-    context_length: int | None = None  # default: the model's
+    context_length: int | None = None  # tokens the KV cache holds; default: the model's, at most DEFAULT_CONTEXT_LENGTH
     provider: str = "cpu"  # onnxruntime execution provider
+
+    def context_for(self, trained: int) -> int:
+        """The context a generation backend allocates: the one asked for, else the model's training context
+        up to DEFAULT_CONTEXT_LENGTH (a GGUF declaring 131,072 positions allocated all of them: 6.8 s and
+        210 MB to open a 10 MB model). llama-cpp-python's Llama defaults to 512, llama-cli to the training
+        context; above the training context a model sees positions it never learned, as llama.cpp warns."""
+        if self.context_length and self.context_length > trained:
+            log.info(f"a context of {self.context_length} tokens is above the model's training context of {trained}")
+        return self.context_length or min(trained, DEFAULT_CONTEXT_LENGTH)
 
     def refuse_model_overrides(self, path: Path, kind: str) -> None:
         """An exported artifact carries its position encoding and temperatures inside."""
@@ -105,6 +119,9 @@ class Format(ABC):
         quantization, context_length, model)."""
         raise UserError(f"a {self.kind} is not bundled as it is", self.path,
                         "bundle a .gguf file or an ONNX folder: run `edgelm export` first")
+
+    def check_bundled(self) -> None:
+        """`edgelm verify`: what the app's own runtime needs beyond the files edgelm reads (raise UserError)."""
 
     def web_bundle_into(self, folder: Path) -> dict[str, Any]:
         """Write the model files a browser page runs with onnxruntime-web into `folder`; return the

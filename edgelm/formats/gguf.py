@@ -91,7 +91,7 @@ class GGUF(Format):
 
     def open(self, options: LoadOptions) -> Artifact:
         options.refuse_model_overrides(self.path, "GGUF file")
-        context = options.context_length or self.context_length()
+        context = options.context_for(self.context_length())
         details = {"family": self.gguf.field(GGUF_FAMILY), "arch": self.gguf.arch,
                    "position_encoding": self.gguf.field(GGUF_POSITION_ENCODING)}
         # the executor's own archs first; anything else goes to llama.cpp, whose list of archs (gguf-py's,

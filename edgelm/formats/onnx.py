@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..constants import BUNDLE_SAMPLING_DEFAULTS, GENAI_CONFIG, ONNX_MODEL_FILE, ORT_MODEL_FILE, REQUIRED_OPERATORS, TOKENIZER_FILES
+from ..constants import BUNDLE_SAMPLING_DEFAULTS, GENAI_CONFIG, HF_CONFIG, ONNX_MODEL_FILE, ORT_MODEL_FILE, REQUIRED_OPERATORS, TOKENIZER_FILES
 from ..errors import UserError
 from ..artifact_files import contained, find_member, member, read_prefix
 from .base import Artifact, Format, LoadOptions, register
@@ -53,8 +53,7 @@ class OnnxFolder(Format):
         except Exception as exc:  # onnxruntime raises its own types for a damaged graph
             raise UserError(f"onnxruntime cannot load {self.model_file.name} ({str(exc).splitlines()[0][:200]})", self.path,
                             "export the model again") from None
-        if options.context_length:
-            backend.context_length = options.context_length
+        backend.context_length = options.context_for(backend.context_length)
         details = {k: self.manifest.get(k) for k in ("family", "position_encoding", "quantization")}
         return Artifact(self.path, self, f"onnxruntime ({options.provider})", load_tokenizer(self.path), backend, details)
 
@@ -162,9 +161,34 @@ class OnnxFolder(Format):
             total += int(external["length"]) if "length" in external else len(tensor.raw_data)
         return total
 
+    def check_bundled(self) -> None:
+        """The folder in onnxruntime-genai, which an app runs it with (edgelm's runtime reads only the IO
+        from genai_config.json): the model and tokenizer load and one token is generated."""
+        import numpy as np
+        import onnxruntime_genai as og
+
+        try:
+            model = og.Model(str(self.path))
+            og.Tokenizer(model)
+            params = og.GeneratorParams(model)
+            params.set_search_options(max_length=2, do_sample=False)
+            generator = og.Generator(model, params)
+            generator.append_tokens(np.array([[self.genai["model"].get("bos_token_id", 0)]], dtype=np.int32))
+            generator.generate_next_token()
+        except Exception as exc:  # onnxruntime-genai raises RuntimeError with its reason
+            raise UserError(f"onnxruntime-genai cannot run this bundle ({str(exc).splitlines()[0][:200]})", self.path,
+                            "make the bundle again with this edgelm") from None
+
     def bundle_into(self, folder: Path) -> dict[str, Any]:
         """The graph in ONNX Runtime's mobile format (onnxruntime's own converter) with the
         required-operators config it writes for a reduced-size build; genai_config.json pointing at it."""
+        from ..runtime.onnx_backend import missing_genai_fields
+
+        missing = missing_genai_fields(self.genai)
+        if missing:  # a folder without genai_config.json (Optimum's) describes itself from its config.json
+            raise UserError(f"onnxruntime-genai on a phone needs {', '.join(missing)}, which neither {GENAI_CONFIG} nor "
+                            f"{HF_CONFIG} states", self.path, f"add them to {HF_CONFIG} (vocab_size, num_attention_heads, "
+                            "hidden_size, bos/eos/pad_token_id) or export with `edgelm export --format onnx`")
         shutil.copyfile(self.model_file, folder / ONNX_MODEL_FILE)  # read_onnx_folder checked it (artifact_files.member)
         subprocess.run(
             [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(folder / ONNX_MODEL_FILE),

@@ -16,9 +16,11 @@ import onnx_ir as ir
 EXTERNAL_DATA_OVER = 256 * 1024**2
 
 INT4_BLOCK = 32
+INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits: a power of two from 16 (the genai builder's choices)
 # accuracy_level 4: int8 activations in MatMulNBits (measured 3.8x faster than fp32 per decode token
-# on a 56M model, against 2.1x at the default level)
+# on a 56M model, against 2.1x at the default level); 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8
 INT4_ACCURACY_LEVEL = 4
+INT4_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
 
 def save_ir(model: ir.Model, path: Path) -> None:
@@ -36,10 +38,10 @@ def _lm_head(graph: ir.Graph) -> ir.Node:
     raise ValueError("no MatMul produces logits")
 
 
-def _weight_config(bits: int, ops: tuple[str, ...]):
+def _weight_config(bits: int, ops: tuple[str, ...], block_size: int = INT4_BLOCK, accuracy_level: int = INT4_ACCURACY_LEVEL):
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig
 
-    return DefaultWeightOnlyQuantConfig(block_size=INT4_BLOCK, is_symmetric=True, accuracy_level=INT4_ACCURACY_LEVEL, bits=bits,
+    return DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level, bits=bits,
                                         op_types_to_quantize=ops, quant_axes=(("MatMul", 0), ("Gather", 1)))
 
 
@@ -146,24 +148,26 @@ def quantize_int8(model: ir.Model) -> list[str]:
     return ["int8: dynamic quantization, QInt8 weights on every MatMul"]
 
 
-def quantize_int4(model: ir.Model, embedding: bool = False, int8_lm_head: bool = False) -> list[str]:
+def quantize_int4(model: ir.Model, embedding: bool = False, int8_lm_head: bool = False, block_size: int = INT4_BLOCK,
+                  accuracy_level: int = INT4_ACCURACY_LEVEL) -> list[str]:
     """int4 weights as the graph is written: every MatMul (and with `embedding` the embedding Gather)
     whose weight is a constant becomes onnxruntime's MatMulNBits (GatherBlockQuantized), one weight
     at a time (_quantize_one), so memory holds the int4 model and one float weight, never the float
-    model; `int8_lm_head` keeps the LM head at 8 bits. Returns notes for the user."""
+    model; `int8_lm_head` keeps the LM head at 8 bits; `block_size` weights share a scale, `accuracy_level`
+    is MatMulNBits' compute type (onnxruntime's names). Returns notes for the user."""
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line per node
     head = _lm_head(model.graph) if int8_lm_head else None
     ops = ("MatMul", "Gather") if embedding else ("MatMul",)
 
     def quantize(node: ir.Node) -> Callable[[onnx.ModelProto], onnx.ModelProto]:
-        config = _weight_config(8 if node is head else 4, ops)
+        config = _weight_config(8 if node is head else 4, ops, block_size, accuracy_level)
         return lambda one_node: _matmul_nbits(one_node, config)
 
     _quantize_each(model, ops, quantize)
-    notes = [f"int4: MatMulNBits, block {INT4_BLOCK}, symmetric, accuracy_level {INT4_ACCURACY_LEVEL}"
+    notes = [f"int4: MatMulNBits, block {block_size}, symmetric, accuracy_level {accuracy_level}"
              + (", embedding as GatherBlockQuantized int4" if embedding else "")]
     if head is not None:
-        notes.append(f"LM head ({head.name}): MatMulNBits 8 bits, block {INT4_BLOCK}")
+        notes.append(f"LM head ({head.name}): MatMulNBits 8 bits, block {block_size}")
     return notes
 
 

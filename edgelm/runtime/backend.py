@@ -39,6 +39,22 @@ class Backend(ABC):
         """Free native resources (sessions, model memory); the backend is not used afterwards."""
 
 
+def default_threads() -> int:
+    """The CPU threads every engine gets when none are asked for: the physical cores this process may run
+    on, as llama.cpp (cpu_get_num_physical_cores) and onnxruntime (its default intra-op pool) choose them.
+    A core's second hyperthread shares its vector units and cache, so in decode's matrix-vector products it
+    only contends; on a busy machine every logical CPU also means waiting for the slowest thread at each
+    barrier. Where the topology cannot be read, half the logical CPUs, as llama-cpp-python's `Llama` takes."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in allowed:
+        try:  # the CPUs sharing this one's core, e.g. "0,4" or "0-1"; one entry per physical core
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            return max(len(allowed) // 2, 1)
+    return max(len(cores), 1)
+
+
 def available_memory() -> int:
     """Bytes the kernel says can be allocated without swapping (MemAvailable), else all physical memory."""
     try:
@@ -55,4 +71,5 @@ def refuse_cache_past_memory(needed: int, positions: int, path: Path, key: str) 
     if needed > available:
         raise UserError(f"a context of {positions} tokens needs {needed / 1e9:.1f} GB of KV cache, more than the "
                         f"{available / 1e9:.1f} GB available", path,
-                        f"{key} is past what this machine holds: export the model again with a shorter context")
+                        f"give a smaller --ctx-size (context_length in Python); if {key} is what asks for it, export the model "
+                        "again with a shorter context")

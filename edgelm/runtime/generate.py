@@ -14,8 +14,8 @@ from .sampling import Sampler, SamplingOptions
 
 @dataclass
 class Piece:
-    token: int
-    text: str  # new text this token completes (may be "" while a multi-byte character is open)
+    token: int | None  # None: the last piece, releasing text held back while it could have begun a stop string
+    text: str  # new text this token completes ("" while a multi-byte character or a possible stop string is open)
 
 
 def generate(
@@ -60,21 +60,30 @@ def _stream(backend, tokenizer, ids, max_new_tokens, options, stop) -> Iterator[
     logits = backend.prefill(ids)
     produced: list[int] = []
     shown = tokenizer.decode(ids)  # decode with the prompt, so a leading space is not lost
+    text = shown
     for _ in range(max_new_tokens):
         token = sampler(logits, ids + produced)
         if token == tokenizer.eos_id:
-            return
+            break
         produced.append(token)
         text = tokenizer.decode(ids + produced)
         if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
             yield Piece(token, "")
         else:
-            new = text[len(shown):]
-            hit = min((i for i in (new.find(s) for s in stop) if i >= 0), default=-1)
+            # a stop string may span tokens: search all text not yet shown, and hold back an end that could begin one
+            hit = min((i for i in (text.find(s, len(shown)) for s in stop) if i >= 0), default=-1)
             if hit >= 0:  # a stop string: yield what precedes it, then end
-                yield Piece(token, new[:hit])
+                yield Piece(token, text[len(shown):hit])
                 return
-            yield Piece(token, new)
-            shown = text
+            end = len(text) - _stop_prefix(text, stop, len(shown))
+            yield Piece(token, text[len(shown):end])
+            shown = text[:end]
         if len(produced) < max_new_tokens:
             logits = backend.decode(token)
+    if produced and not text.endswith("\ufffd") and len(text) > len(shown):  # held back, and no stop string came
+        yield Piece(None, text[len(shown):])
+
+
+def _stop_prefix(text: str, stop: tuple[str, ...], start: int) -> int:
+    """Length of the longest end of text[start:] that is the beginning of a stop string."""
+    return max((n for s in stop for n in range(min(len(s) - 1, len(text) - start), 0, -1) if text.endswith(s[:n])), default=0)

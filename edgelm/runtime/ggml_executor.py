@@ -19,7 +19,7 @@ import ggml
 import numpy as np
 
 from ..errors import UserError
-from .backend import Backend, refuse_cache_past_memory
+from .backend import Backend, default_threads, refuse_cache_past_memory
 from .gguf_file import GGUFFile
 
 TENSOR_ALIGNMENT = 32  # ggml's CPU buffers need tensor data on 32-byte boundaries
@@ -165,8 +165,7 @@ class GGMLBackend(Backend):
                                 "drop --gpu-layers, or install ggml-python built for one (cmake.args=-DGGML_CUDA=ON or -DGGML_VULKAN=ON)")
         else:
             self.backend = ggml.ggml_backend_cpu_init()
-            if threads:
-                ggml.ggml_backend_cpu_set_n_threads(self.backend, threads)
+            ggml.ggml_backend_cpu_set_n_threads(self.backend, threads or default_threads())  # ggml's own default: 4
         self.device = ggml.ggml_backend_name(self.backend).decode()
         self._load_weights(on_cpu=not gpu)
         self._make_cache(ggml.GGML_TYPE_F32 if f32_kv_cache else ggml.GGML_TYPE_F16)

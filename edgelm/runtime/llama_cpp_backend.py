@@ -4,15 +4,16 @@ The same object tokenizes, with the vocabulary inside the GGUF (`LlamaCppTokeniz
 
 from __future__ import annotations
 
-import os
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from ..tokenizer import Tokenizer
-from .backend import Backend
+from .backend import Backend, default_threads
 
 GGML_TYPE_F32 = 0
+log = logging.getLogger("edgelm")
 
 
 class LlamaCppBackend(Backend):
@@ -20,14 +21,19 @@ class LlamaCppBackend(Backend):
                  f32_kv_cache: bool = False, all_logits: bool = False):
         """`all_logits`: keep every position's logits (parity, perplexity); otherwise llama.cpp computes
         only the last one, as chat and generation need."""
+        import llama_cpp
         from llama_cpp import Llama
 
+        if gpu_layers and not llama_cpp.llama_supports_gpu_offload():
+            log.info(f"--gpu-layers {gpu_layers}: this llama-cpp-python build has no GPU backend, so every layer runs on the CPU "
+                     "(install it built for one, e.g. CMAKE_ARGS=-DGGML_CUDA=on)")
         cache_types = {"type_k": GGML_TYPE_F32, "type_v": GGML_TYPE_F32} if f32_kv_cache else {}
         self.llm = Llama(
             model_path=str(path),
             n_ctx=context_length,
             n_batch=min(context_length, 512),
-            n_threads=threads or os.cpu_count(),
+            n_threads=threads or default_threads(),
+            n_threads_batch=threads or default_threads(),  # llama-cpp-python's default: every logical CPU
             n_gpu_layers=gpu_layers,
             logits_all=all_logits,
             verbose=False,

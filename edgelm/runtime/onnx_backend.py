@@ -13,9 +13,9 @@ A `position_ids` input, where the graph has one, gets the positions counted from
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from ..artifact_files import find_member, member, read_json
 from ..constants import GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE
 from ..errors import UserError
 from ..fileio import is_plain_name
-from .backend import Backend, refuse_cache_past_memory
+from .backend import Backend, default_threads, refuse_cache_past_memory
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "xnnpack": "XnnpackExecutionProvider",
@@ -44,7 +44,7 @@ def session_for(model: Path, threads: int | None, provider: str):
         raise UserError(f"provider {provider!r} is not in this onnxruntime build", model,
                         f"this build has {', '.join(short)}; install the onnxruntime package built for {provider}")
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.intra_op_num_threads = threads or default_threads()
     options.log_severity_level = 3
     return ort.InferenceSession(str(model), options, providers=[name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"])
 
@@ -186,16 +186,47 @@ def describe_optimum_folder(folder: Path) -> dict:
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs["past_key_values.0.key"].type.tensor_type.shape.dim]
     if len(dims) != 4 or not dims[1] or not dims[3]:
         raise UserError(f"past_key_values.0.key has shape {dims}, not [batch, kv_heads, past, head_dim]", model, "export it again")
-    context = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    config = config if isinstance(config, dict) else {}
+    context = config.get("max_position_embeddings")
     decoder = {
         "filename": ONNX_MODEL_FILE, "num_hidden_layers": len(past), "num_key_value_heads": dims[1], "head_size": dims[3],
         "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
                    "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
         "outputs": {"logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"},
     }
-    return {"model": {"decoder": decoder, "context_length": context if isinstance(context, int) and context > 0 else 2048,
-                      "type": config.get("model_type") if isinstance(config, dict) else None},
-            "search": {"past_present_share_buffer": False}}
+    logits = [d.dim_value if d.HasField("dim_value") else None for d in next(o for o in graph.output if o.name == "logits").type.tensor_type.shape.dim]
+    vocab = logits[-1] if logits and logits[-1] else config.get("vocab_size")
+    model = {"decoder": decoder, "context_length": context if _positive_int(context) else 2048, "type": config.get("model_type"),
+             "vocab_size": vocab if _positive_int(vocab) else None}
+    # what onnxruntime-genai reads beyond the IO, where its model builder takes it (config.json): a bundle
+    # for a phone carries them (formats/onnx.py: bundle_into); edgelm's own runtime needs none of them
+    decoder |= {key: config[key] for key in ("num_attention_heads", "hidden_size") if _positive_int(config.get(key))}
+    eos = config.get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) and eos else eos  # the first of several, as the builder takes for pad
+    tokens = {"eos_token_id": eos, "bos_token_id": config.get("bos_token_id", eos),
+              "pad_token_id": config.get("pad_token_id") if config.get("pad_token_id") is not None else eos}
+    model |= {key: value for key, value in tokens.items() if _token_id(value)}
+    return {"model": {k: v for k, v in model.items() if v is not None}, "search": {"past_present_share_buffer": False}}
+
+
+# what onnxruntime-genai's model builder writes beyond the IO and genai reads: without vocab_size its
+# generator refuses to start ("vocab_size must be 1 or greater, is 0"); eos ends generation, pad pads a batch
+GENAI_MODEL_FIELDS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
+GENAI_DECODER_FIELDS = ("num_attention_heads", "hidden_size")
+
+
+def missing_genai_fields(genai: dict) -> list[str]:
+    model = genai.get("model", {})
+    return [f"model.{k}" for k in GENAI_MODEL_FIELDS if k not in model] + \
+        [f"model.decoder.{k}" for k in GENAI_DECODER_FIELDS if k not in model.get("decoder", {})]
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def read_onnx_folder(folder: Path) -> tuple[dict, dict, Path]:

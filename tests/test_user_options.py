@@ -1,0 +1,233 @@
+"""The defaults and options llama.cpp and Optimum users expect: threads as the engines choose them (and
+the same on both sides of `bench --compare`), a context size, a prompt from a file or a pipe, chat with
+stop strings and a repetition penalty (and from Python), llama.cpp's quant names, ONNX int4 block size and
+accuracy level, a note where --gpu-layers finds no GPU."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .test_bad_input import assert_user_error
+
+MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "tiny-rope"
+PROMPT = "It is a truth universally acknowledged"
+
+
+@pytest.fixture(scope="module")
+def gguf(tmp_path_factory):
+    from edgelm.export.gguf import export_gguf
+    from edgelm.models import open_checkpoint
+
+    return export_gguf(open_checkpoint(MODEL), tmp_path_factory.mktemp("gguf") / "tiny-rope-f16.gguf", "f16").path
+
+
+def _cpuinfo_cores() -> int | None:
+    """Distinct (physical id, core id) pairs of the CPUs this process may use, from /proc/cpuinfo: another
+    source than the sysfs thread-sibling lists default_threads() reads."""
+    try:
+        blocks = Path("/proc/cpuinfo").read_text().strip().split("\n\n")
+    except OSError:
+        return None
+    cores = set()
+    for block in blocks:
+        fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        if "core id" not in fields:
+            return None
+        if int(fields["processor"]) in os.sched_getaffinity(0):
+            cores.add((fields.get("physical id"), fields["core id"]))
+    return len(cores)
+
+
+def test_default_threads_are_the_physical_cores_in_every_engine(gguf, tmp_path):
+    from edgelm.export.onnx import export_onnx
+    from edgelm.formats import open_artifact
+    from edgelm.models import open_checkpoint
+    from edgelm.runtime.backend import default_threads
+
+    expected = _cpuinfo_cores()
+    if expected is None:
+        pytest.skip("/proc/cpuinfo names no cores here")
+    assert default_threads() == expected <= os.cpu_count()
+    with open_artifact(gguf) as artifact:
+        assert artifact.engine == "llama.cpp"
+        assert (artifact.backend.llm.n_threads, artifact.backend.llm.n_threads_batch) == (expected, expected)
+    onnx = export_onnx(open_checkpoint(MODEL), tmp_path / "onnx", "f32").path
+    with open_artifact(onnx) as artifact:
+        assert artifact.backend.session.get_session_options().intra_op_num_threads == expected
+
+
+@pytest.mark.parametrize("threads", [None, 1])
+def test_bench_compare_times_both_engines_on_the_same_threads(run_cli, gguf, monkeypatch, threads):
+    """Every llama.cpp context bench opens (edgelm's backend, llama-cpp-python's own loop) gets one count
+    for decode and for prompt batches: before, edgelm took every logical CPU and the raw engine half."""
+    import llama_cpp
+
+    from edgelm.runtime.backend import default_threads
+
+    seen = []
+
+    class Recorded(llama_cpp.Llama):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append((self.n_threads, self.n_threads_batch))
+
+    monkeypatch.setattr(llama_cpp, "Llama", Recorded)
+    extra = ["--threads", str(threads)] if threads else []
+    code, out, err = run_cli("bench", gguf, "--prompt-tokens", 8, "--new-tokens", 4, "--compare", "--json", *extra)
+    assert code == 0, err
+    report = json.loads(out)
+    want = threads or default_threads()
+    assert report["threads"] == want and report["raw_engine"] == "llama-cpp-python"
+    assert seen == [(want, want), (want, want)]
+
+
+def _long_context_gguf(gguf: Path, target: Path) -> Path:
+    from gguf import GGUFValueType
+
+    from .gguf_edit import rewrite_gguf
+
+    return rewrite_gguf(gguf, target, add={"llama.context_length": (131072, GGUFValueType.UINT32)}, drop_keys=("llama.context_length",))
+
+
+def test_context_defaults_to_the_training_context_up_to_4096(run_cli, gguf, tmp_path, caplog, capsys):
+    import edgelm
+    from edgelm.formats import open_artifact
+
+    long = _long_context_gguf(gguf, tmp_path / "long.gguf")
+    with open_artifact(long) as artifact:
+        assert artifact.backend.context_length == 4096 and artifact.backend.llm.n_ctx() == 4096  # before: 131,072 allocated
+    with open_artifact(gguf) as artifact:
+        assert artifact.backend.llm.n_ctx() == 4096  # the training context, when it is below the cap
+    model = edgelm.load(long, context_length=8192)
+    assert model.artifact.backend.llm.n_ctx() == 8192
+    model.artifact.close()
+    with caplog.at_level("INFO", logger="edgelm"):
+        assert edgelm.load(MODEL, context_length=5000).artifact.backend.context_length == 5000
+    assert "above the model's training context of 4096" in caplog.text
+    capsys.readouterr()  # the note, printed by the handler an earlier command installed
+    long_prompt = " ".join([PROMPT] * 8)
+    assert_user_error(run_cli("generate", long, "--prompt", long_prompt, "-c", 32), "the context holds 32")
+    code, out, err = run_cli("generate", long, "--prompt", long_prompt, "--ctx-size", 32, "--truncate", "--max-new-tokens", 4, "--json")
+    assert code == 0 and len(json.loads(out)["tokens"]) == 4, err
+
+
+def _edgelm(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgelm", *map(str, args)], input=stdin, capture_output=True, text=True, timeout=300)
+
+
+def test_prompt_from_a_file_from_standard_input_and_from_a_pipe(tmp_path):
+    (tmp_path / "prompt.txt").write_text(PROMPT, encoding="utf-8")
+    gen = ["generate", MODEL, "--max-new-tokens", 6, "--json"]
+    runs = [_edgelm(*gen, "--prompt", PROMPT, stdin=""), _edgelm(*gen, "--file", tmp_path / "prompt.txt", stdin=""),
+            _edgelm(*gen, "-f", tmp_path / "prompt.txt"), _edgelm(*gen, "--prompt", "-", stdin=PROMPT), _edgelm(*gen, stdin=PROMPT)]
+    assert all(run.returncode == 0 for run in runs), [run.stderr for run in runs]
+    results = [json.loads(run.stdout) for run in runs]
+    assert all(r["prompt"] == PROMPT and r["tokens"] == results[0]["tokens"] for r in results), results
+    both = _edgelm(*gen, "--prompt", PROMPT, "--file", tmp_path / "prompt.txt")
+    assert both.returncode == 2 and "--prompt and --file both give the prompt" in both.stderr
+    missing = _edgelm(*gen, "--file", tmp_path / "none.txt")
+    assert missing.returncode == 2 and "text file not found" in missing.stderr and "--file" in missing.stderr
+
+
+def _chat_reply(*options: str, said: str = "Good morning, how do you do?") -> str:
+    """The first reply of a piped `edgelm chat`, greedy."""
+    run = _edgelm("chat", MODEL, "--temperature", 0, "--max-new-tokens", 16, *options, stdin=said + "\n")
+    assert run.returncode == 0, run.stderr
+    return run.stdout.split("> ", 1)[1].rsplit("\n", 3)[0]  # between the first prompt and "N tokens, … tok/s"
+
+
+def test_chat_has_stop_strings_and_a_repetition_penalty():
+    reply = _chat_reply()
+    words = reply.split()
+    stop = " ".join(words[3:5])  # two words: several tokens, so the stop string spans tokens
+    stopped = _chat_reply("--stop", stop)
+    assert stopped == reply[: reply.index(stop)] and stop not in stopped, (reply, stopped)
+    assert _chat_reply("--repetition-penalty", "1.5") != reply
+    run = _edgelm("chat", MODEL, "--repetition-penalty", 0, stdin="hi\n")
+    assert run.returncode == 2 and "--repetition-penalty must be above 0" in run.stderr
+
+
+def test_python_chat_renders_as_transformers_and_answers_as_the_cli():
+    from transformers import AutoTokenizer
+
+    import edgelm
+
+    model = edgelm.load(MODEL)
+    said = "Good morning, how do you do?"
+    assert model.chat([{"role": "user", "content": said}], max_new_tokens=16, temperature=0) == _chat_reply(said=said)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"},
+                {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "How?"}]
+    rendered = AutoTokenizer.from_pretrained(MODEL).apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    reply = model.chat(messages, max_new_tokens=12)
+    assert reply == model.generate(rendered, max_new_tokens=12) and reply
+    pieces = list(model.chat(messages, max_new_tokens=12, stream=True))
+    assert "".join(p.text for p in pieces) == reply
+    assert model.chat(messages, max_new_tokens=12, stop=[reply[3:9]]) == reply[: reply.index(reply[3:9])]
+    for bad in ([], [{"role": "assistant", "content": "Hi."}], [{"role": "user"}]):
+        with pytest.raises(ValueError):
+            model.chat(bad)
+
+
+def _gguf_types(path: Path) -> tuple:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    return reader.fields["general.file_type"].contents(), sorted((t.name, t.tensor_type.name) for t in reader.tensors)
+
+
+def test_quant_takes_llama_cpp_type_names(run_cli, tmp_path):
+    """llama-quantize's names (from gguf-py's LlamaFileType) in any case, as --gguf-type gives them."""
+    for quant, gguf_type in (("q4_k_m", "Q4_K_M"), ("Q8_0", "Q8_0"), ("q5_k_s", "Q5_K_S")):
+        assert run_cli("export", MODEL, "--quant", quant, "--out", tmp_path / f"{quant}.gguf")[0] == 0
+        assert run_cli("export", MODEL, "--quant", "f16", "--gguf-type", gguf_type, "--out", tmp_path / f"{gguf_type}-t.gguf")[0] == 0
+        assert _gguf_types(tmp_path / f"{quant}.gguf") == _gguf_types(tmp_path / f"{gguf_type}-t.gguf")
+    import shutil
+
+    copy = shutil.copytree(MODEL, tmp_path / "models" / "tiny-rope")
+    assert run_cli("export", copy, "--quant", "Q4_K_M")[0] == 0  # the default name says the type
+    assert (copy.parent / "tiny-rope-q4_k_m.gguf").is_file()
+    assert_user_error(run_cli("export", MODEL, "--quant", "q4_k_x", "--out", tmp_path / "x.gguf"), "unknown --quant 'q4_k_x'", "Q4_K_M")
+    assert_user_error(run_cli("export", MODEL, "--quant", "Q8_0", "--gguf-type", "Q4_0", "--out", tmp_path / "x.gguf"), "name two types")
+    assert_user_error(run_cli("export", MODEL, "--format", "onnx", "--quant", "q4_k_m", "--out", tmp_path / "x"),
+                      "unknown --quant 'q4_k_m' for ONNX", "--format gguf")
+
+
+def test_onnx_int4_block_size_and_accuracy_level(run_cli, tmp_path):
+    import onnx
+
+    def matmul_nbits(folder: Path) -> set:
+        graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+        return {(a["block_size"], a["accuracy_level"]) for a in
+                ({x.name: onnx.helper.get_attribute_value(x) for x in n.attribute} for n in graph.node if n.op_type == "MatMulNBits")}
+
+    assert run_cli("export", MODEL, "--format", "onnx", "--quant", "int4", "--out", tmp_path / "default")[0] == 0
+    code, _, err = run_cli("export", MODEL, "--format", "onnx", "--quant", "int4", "--int4-block-size", 128, "--int4-accuracy-level", 1,
+                           "--out", tmp_path / "b128")
+    assert code == 0 and "block 128" in err and "accuracy_level 1" in err, err
+    assert matmul_nbits(tmp_path / "default") == {(32, 4)} and matmul_nbits(tmp_path / "b128") == {(128, 1)}
+    manifest = json.loads((tmp_path / "b128" / "edgelm.json").read_text())["int4_options"]
+    assert (manifest["block_size"], manifest["accuracy_level"]) == (128, 1)
+    code, out, err = run_cli("generate", tmp_path / "b128", "--prompt", PROMPT, "--max-new-tokens", 4, "--json")
+    assert code == 0 and len(json.loads(out)["tokens"]) == 4, err
+    onnx_export = ["export", MODEL, "--format", "onnx", "--out", tmp_path / "x"]
+    assert_user_error(run_cli(*onnx_export, "--quant", "int4", "--int4-block-size", 48), "--int4-block-size 48", "16, 32, 64, 128, 256")
+    assert_user_error(run_cli(*onnx_export, "--quant", "int4", "--int4-accuracy-level", 5), "--int4-accuracy-level 5", "4 (int8)")
+    assert_user_error(run_cli(*onnx_export, "--quant", "int8", "--int4-block-size", 64), "refine --quant int4")
+    assert_user_error(run_cli("export", MODEL, "--quant", "int4", "--int4-accuracy-level", 1, "--out", tmp_path / "x.gguf"),
+                      "apply to --format onnx only")
+
+
+def test_gpu_layers_without_a_gpu_build_says_it_runs_on_the_cpu(run_cli, gguf):
+    import llama_cpp
+
+    if llama_cpp.llama_supports_gpu_offload():
+        pytest.skip("this llama-cpp-python build offloads to a GPU")
+    code, out, err = run_cli("generate", gguf, "--prompt", PROMPT, "--max-new-tokens", 2, "--gpu-layers", 99)
+    assert code == 0 and "note: --gpu-layers 99: this llama-cpp-python build has no GPU backend" in err, err
+    code, out, err = run_cli("generate", gguf, "--prompt", PROMPT, "--max-new-tokens", 2)
+    assert code == 0 and "gpu-layers" not in err
