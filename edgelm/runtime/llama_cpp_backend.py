@@ -22,6 +22,7 @@ class LlamaCppBackend(Backend):
         only the last one, as chat and generation need."""
         from llama_cpp import Llama
 
+        super().__init__()
         cache_types = {"type_k": GGML_TYPE_F32, "type_v": GGML_TYPE_F32} if f32_kv_cache else {}
         self.llm = Llama(
             model_path=str(path),
@@ -36,32 +37,25 @@ class LlamaCppBackend(Backend):
         self.all_logits = all_logits
         self.context_length = context_length
 
-    def reset(self) -> None:
-        self.llm.reset()
+    def _truncate(self, length: int) -> int:
+        if not length or not self.llm._ctx.kv_cache_seq_rm(-1, length, -1):  # a recurrent model's state cannot be cut
+            self.llm.reset()
+            return 0
+        self.llm.n_tokens = length
+        return length
 
-    @property
-    def position(self) -> int:
-        return self.llm.n_tokens
+    def _evaluate(self, ids: list[int], last_only: bool) -> np.ndarray:
+        import llama_cpp
 
-    def forward(self, ids: list[int]) -> np.ndarray:
-        if not self.all_logits and len(ids) > 1:
+        if not self.all_logits and not last_only and len(ids) > 1:
             raise RuntimeError("LlamaCppBackend keeps only the last logits: open it with all_logits=True")
         start = self.llm.n_tokens
         self.llm.eval(ids)
-        return np.array(self.llm.scores[start : self.llm.n_tokens], dtype=np.float32)
-
-    def prefill(self, ids: list[int]) -> np.ndarray:
-        import llama_cpp
-
-        self.llm.eval(ids)
         if self.all_logits:
-            return np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32)
+            return np.array(self.llm.scores[self.llm.n_tokens - 1 if last_only else start : self.llm.n_tokens], dtype=np.float32)
         # without logits_all llama-cpp-python stores no scores; the context holds the last token's row
         row = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
-        return np.ctypeslib.as_array(row, shape=(self.llm.n_vocab(),)).astype(np.float32)
-
-    def decode(self, token: int) -> np.ndarray:
-        return self.prefill([token])
+        return np.ctypeslib.as_array(row, shape=(1, self.llm.n_vocab())).astype(np.float32)
 
     def close(self) -> None:
         self.llm.close()
