@@ -28,16 +28,15 @@ REPLY = 12
 USER = ["Good morning, how do you do?", "Tell me about Anne Elliot and her father.", "Why did she refuse him?",
         "What happened at Lyme?", "And Captain Wentworth?", "Was Lady Russell right?", "How does the story end?"]
 
-# (model, format) per backend, and the largest |logit difference| between a reused prefix and a full
-# prefill of the same prompt. A reused prefix runs the same kernels over different batch splits: fp32
-# torch and onnxruntime differ in the last bits of their sums; llama.cpp's f16 cache and the ggml
-# executor's F16 matrices differ a little more.
+# (model, format) per backend, and the largest |logit difference| allowed between a reused prefix and a
+# full prefill of the same prompt: the same kernels over different batch splits. Measured: torch and
+# onnxruntime (fp32) 2.9e-6 and 3.8e-6, llama.cpp 0, the ggml executor (F16 matrices and cache) 1.6e-3.
 BACKENDS = {
     "torch": ("tiny-nope", None, 1e-4),
     "llama.cpp": ("tiny-rope", "gguf", 1e-3),
     "onnx shared buffer": ("tiny-nope", "onnx", 1e-4),
     "onnx growing past (Optimum)": ("tiny-rope", "optimum", 1e-4),
-    "ggml executor (tokenformer)": ("tiny-tokenformer", "gguf", 2e-2),
+    "ggml executor (tokenformer)": ("tiny-tokenformer", "gguf", 5e-3),
 }
 HEAP_BUG = pytest.mark.xfail(strict=False, run=False, reason=(
     "issue 29: the ggml executor corrupts the heap on a second prompt (its decode graph points into a compute buffer a "
