@@ -38,10 +38,13 @@ class LlamaCppBackend(Backend):
         self.context_length = context_length
 
     def _truncate(self, length: int) -> int:
-        if not length or not self.llm._ctx.kv_cache_seq_rm(-1, length, -1):  # a recurrent model's state cannot be cut
+        import llama_cpp
+
+        # seq_id -1: every sequence; False where the cache cannot be cut there (a recurrent model's state)
+        if not length or not llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.llm.ctx), -1, length, -1):
             self.llm.reset()
             return 0
-        self.llm.n_tokens = length
+        self.llm.n_tokens = length  # where llama-cpp-python's eval appends next
         return length
 
     def _evaluate(self, ids: list[int], last_only: bool) -> np.ndarray:
