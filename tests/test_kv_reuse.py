@@ -192,3 +192,17 @@ def test_streamed_text_is_the_full_decode(tmp_path, preset_dir):
             assert after == " " + alone
             spaced.append(tokenizer.kind)
     assert len(set(kinds)) == 3 and len(kinds) == 4 and spaced == ["sentencepiece (tokenizer.model)"]  # llama.cpp keeps the space alone too
+
+
+def test_python_api_reuses_the_previous_prompt():
+    """`edgelm.load(...).generate` twice: the second prompt extends the first, and the same text comes out
+    as from a fresh model."""
+    import edgelm
+
+    model, fresh = edgelm.load(MODELS / "tiny-rope"), edgelm.load(MODELS / "tiny-rope")
+    first, longer = "It is a truth", "It is a truth universally acknowledged, that a single man"
+    model.generate(first, max_new_tokens=4)
+    backend, before = model.artifact.backend, model.artifact.backend.evaluated
+    text = model.generate(longer, max_new_tokens=8)
+    assert backend.evaluated - before == len(model.tokenizer.encode(longer)) - len(model.tokenizer.encode(first)) + 7
+    assert text == fresh.generate(longer, max_new_tokens=8)
