@@ -66,23 +66,19 @@ class Scripted(Backend):
     """Emits a fixed token sequence greedily."""
 
     def __init__(self, script, vocab=8):
-        self.script, self.vocab, self.context_length, self.n = script, vocab, 100, 0
+        super().__init__()
+        self.script, self.vocab, self.context_length = script, vocab, 100
 
-    def reset(self):
-        self.n = 0
+    def _truncate(self, length):
+        return length
 
-    @property
-    def position(self):
-        return self.n
-
-    def forward(self, ids):
+    def _evaluate(self, ids, last_only):
         rows = []
-        for _ in ids:
-            self.n += 1
+        for n in range(self.position + 1, self.position + len(ids) + 1):
             row = np.zeros(self.vocab, np.float32)
-            row[self.script[min(self.n - 1, len(self.script) - 1)]] = 1
+            row[self.script[min(n - 1, len(self.script) - 1)]] = 1
             rows.append(row)
-        return np.stack(rows)
+        return np.stack(rows[-1:] if last_only else rows)
 
 
 class Letters:

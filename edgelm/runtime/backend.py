@@ -1,5 +1,10 @@
 """What every generation backend provides: run tokens through the model, appending them to a KV cache
-kept inside the backend, and return fp32 logits for each of them."""
+kept inside the backend, and return fp32 logits for each of them.
+
+The base class keeps the token ids the cache holds (`cached_ids`), so a prompt that shares a prefix
+with them evaluates only the rest (`prefill`), as llama.cpp's server and llama-cpp-python's
+`create_chat_completion` do: a chat turn costs its new tokens, not the whole conversation. Each backend
+provides only `_evaluate` (append tokens, return logits) and `_truncate` (drop cache positions)."""
 
 from __future__ import annotations
 
@@ -15,25 +20,65 @@ from ..errors import UserError
 class Backend(ABC):
     context_length: int
 
-    @abstractmethod
-    def reset(self) -> None:
-        """Forget the cache: the next call starts at position 0."""
+    def __init__(self) -> None:
+        self.cached_ids: list[int] = []  # the token at each cache position, in order
+        self.evaluated = 0  # tokens run through the model since this backend opened
 
     @abstractmethod
-    def forward(self, ids: list[int]) -> np.ndarray:
-        """Append `ids` to the cache; logits [len(ids), vocab] (fp32), row i predicting the token after ids[i]."""
+    def _evaluate(self, ids: list[int], last_only: bool) -> np.ndarray:
+        """Run `ids` at positions position.. (writing their K and V there); logits [len(ids), vocab]
+        (fp32), row i predicting the token after ids[i], or only the last row where `last_only`."""
+
+    @abstractmethod
+    def _truncate(self, length: int) -> int:
+        """Forget cache positions `length` and later; returns how many it kept: `length`, or 0 where the
+        cache cannot be cut there (a recurrent model's state in llama.cpp)."""
 
     @property
-    @abstractmethod
     def position(self) -> int:
         """Tokens in the cache."""
+        return len(self.cached_ids)
+
+    def forward(self, ids: list[int]) -> np.ndarray:
+        """Append `ids` to the cache; logits [len(ids), vocab] (fp32), row i predicting the token after ids[i]."""
+        return self._append(ids, last_only=False)
 
     def prefill(self, ids: list[int]) -> np.ndarray:
-        """Logits [vocab] for the token after the last of `ids`."""
-        return self.forward(ids)[-1]
+        """Logits [vocab] for the token after the last of `ids`; the cache then holds exactly `ids`. Only
+        what `ids` do not share with the cache is evaluated, and at least the last token (its logits
+        are not kept)."""
+        if not ids:
+            raise ValueError("prefill needs at least one token")
+        shared = 0
+        for cached, new in zip(self.cached_ids, ids[:-1]):
+            if cached != new:
+                break
+            shared += 1
+        self.rewind(shared)
+        return self._append(ids[self.position:], last_only=True)[-1]
 
     def decode(self, token: int) -> np.ndarray:
-        return self.forward([token])[-1]
+        return self._append([token], last_only=True)[-1]
+
+    def rewind(self, length: int) -> None:
+        """Keep the first `length` positions of the cache."""
+        if length < len(self.cached_ids):
+            del self.cached_ids[self._truncate(length):]
+
+    def reset(self) -> None:
+        """Forget the cache: the next call starts at position 0."""
+        self._truncate(0)
+        self.cached_ids.clear()
+
+    def _append(self, ids: list[int], last_only: bool) -> np.ndarray:
+        try:
+            logits = self._evaluate(ids, last_only)
+        except BaseException:  # an error or Ctrl-C part way: positions past the kept ones cannot be trusted
+            del self.cached_ids[self._truncate(len(self.cached_ids)):]
+            raise
+        self.cached_ids += ids
+        self.evaluated += len(ids)
+        return logits
 
     def close(self) -> None:
         """Free native resources (sessions, model memory); the backend is not used afterwards."""

@@ -155,6 +155,7 @@ class GGMLBackend(Backend):
     copied there once; refused in one line where it has none. Not tested here: no machine here has a GPU."""
 
     def __init__(self, gguf: GGUFFile, context_length: int, threads: int | None, f32_kv_cache: bool = False, gpu: bool = False):
+        super().__init__()
         self.gguf, self.context_length = gguf, context_length
         self.arch = ARCH_GRAPHS[gguf.arch](gguf)
         self._check_tensors()
@@ -170,7 +171,6 @@ class GGMLBackend(Backend):
         self._load_weights(on_cpu=not gpu)
         self._make_cache(ggml.GGML_TYPE_F32 if f32_kv_cache else ggml.GGML_TYPE_F16)
         self.decode_graphs: dict[int, _Graph] = {}
-        self._position = 0
 
     def _check_tensors(self) -> None:
         """Every expected tensor present with its shape, nothing else, data aligned for ggml's kernels:
@@ -221,14 +221,8 @@ class GGMLBackend(Backend):
         self.cache_buffer = ggml.ggml_backend_alloc_ctx_tensors(self.cache_ctx, self.backend)
         ggml.ggml_backend_buffer_clear(self.cache_buffer, 0)  # masked positions are read: zeros, never NaN
 
-    def reset(self) -> None:
-        """Position 0. The cache keeps its rows: rows past the position are masked (attention gives them weight
-        0) until a forward writes them, so forward() appends at `position` whatever the cache held before."""
-        self._position = 0
-
-    @property
-    def position(self) -> int:
-        return self._position
+    def _truncate(self, length: int) -> int:
+        return length  # the mask hides cache rows past the position; the next tokens overwrite them
 
     def _graph(self, n_tokens: int, n_kv: int, last_only: bool) -> _Graph:
         def build(ctx, graph, inputs, n, kv):
@@ -240,8 +234,8 @@ class GGMLBackend(Backend):
             self.decode_graphs[n_kv] = _Graph(self.backend, build, n_tokens, n_kv)
         return self.decode_graphs[n_kv]
 
-    def _run(self, ids: list[int], last_only: bool) -> np.ndarray:
-        n, past = len(ids), self._position
+    def _evaluate(self, ids: list[int], last_only: bool) -> np.ndarray:
+        n, past = len(ids), self.position
         if past + n > self.context_length:
             raise ValueError(f"{past + n} tokens exceed the context of {self.context_length}")
         bad = [i for i in ids if not 0 <= i < self.arch.vocab_size]
@@ -264,14 +258,7 @@ class GGMLBackend(Backend):
         finally:
             if n > 1:  # a prefill's graph is used once: its compute buffer goes with it
                 graph.free()
-        self._position = past + n
         return logits
-
-    def forward(self, ids: list[int]) -> np.ndarray:
-        return self._run(ids, last_only=False)
-
-    def prefill(self, ids: list[int]) -> np.ndarray:
-        return self._run(ids, last_only=True)[-1]
 
     def close(self) -> None:
         for graph in self.decode_graphs.values():

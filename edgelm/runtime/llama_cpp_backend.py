@@ -24,6 +24,7 @@ class LlamaCppBackend(Backend):
         import llama_cpp
         from llama_cpp import Llama
 
+        super().__init__()
         if gpu_layers and not llama_cpp.llama_supports_gpu_offload():
             log.info(f"--gpu-layers {gpu_layers}: this llama-cpp-python build has no GPU backend, so every layer runs on the CPU "
                      "(install it built for one, e.g. CMAKE_ARGS=-DGGML_CUDA=on)")
@@ -42,32 +43,28 @@ class LlamaCppBackend(Backend):
         self.all_logits = all_logits
         self.context_length = context_length
 
-    def reset(self) -> None:
-        self.llm.reset()
+    def _truncate(self, length: int) -> int:
+        import llama_cpp
 
-    @property
-    def position(self) -> int:
-        return self.llm.n_tokens
+        # seq_id -1: every sequence; False where the cache cannot be cut there (a recurrent model's state)
+        if not length or not llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.llm.ctx), -1, length, -1):
+            self.llm.reset()
+            return 0
+        self.llm.n_tokens = length  # where llama-cpp-python's eval appends next
+        return length
 
-    def forward(self, ids: list[int]) -> np.ndarray:
-        if not self.all_logits and len(ids) > 1:
+    def _evaluate(self, ids: list[int], last_only: bool) -> np.ndarray:
+        import llama_cpp
+
+        if not self.all_logits and not last_only and len(ids) > 1:
             raise RuntimeError("LlamaCppBackend keeps only the last logits: open it with all_logits=True")
         start = self.llm.n_tokens
         self.llm.eval(ids)
-        return np.array(self.llm.scores[start : self.llm.n_tokens], dtype=np.float32)
-
-    def prefill(self, ids: list[int]) -> np.ndarray:
-        import llama_cpp
-
-        self.llm.eval(ids)
         if self.all_logits:
-            return np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32)
+            return np.array(self.llm.scores[self.llm.n_tokens - 1 if last_only else start : self.llm.n_tokens], dtype=np.float32)
         # without logits_all llama-cpp-python stores no scores; the context holds the last token's row
         row = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
-        return np.ctypeslib.as_array(row, shape=(self.llm.n_vocab(),)).astype(np.float32)
-
-    def decode(self, token: int) -> np.ndarray:
-        return self.prefill([token])
+        return np.ctypeslib.as_array(row, shape=(1, self.llm.n_vocab())).astype(np.float32)
 
     def close(self) -> None:
         self.llm.close()

@@ -9,6 +9,9 @@ Two KV cache layouts, as genai_config's `past_present_share_buffer` says:
 - growing (Optimum's `text-generation-with-past` graphs): `present` is `past` with this call's
   positions appended; it is fed back as the next call's `past`, staying in onnxruntime's memory.
 A `position_ids` input, where the graph has one, gets the positions counted from the cache's length.
+Rewinding the cache (a prompt sharing only part of what it holds): the shared buffer needs nothing, the
+attention mask's width says how many positions GroupQueryAttention reads and the next call overwrites
+the rest; a growing past is sliced.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class OnnxBackend(Backend):
     def __init__(self, model: Path, genai: dict, manifest: dict, threads: int | None = None, provider: str = "cpu"):
         import onnxruntime as ort
 
+        super().__init__()
         decoder = genai["model"]["decoder"]
         self.folder = model.parent
         self.session = session_for(model, threads, provider)
@@ -73,7 +77,7 @@ class OnnxBackend(Backend):
         self._ort = ort
         self.buffers: list = []
         self.binding = self.session.io_binding()
-        self.reset()
+        self._truncate(0)
 
     def _check_against_graph(self, model: Path) -> None:
         """genai_config's decoder description must be the graph's: every past/present name it implies
@@ -96,15 +100,13 @@ class OnnxBackend(Backend):
     def close(self) -> None:
         self.binding = self.buffers = self.session = None
 
-    def reset(self) -> None:
-        self._position = 0
-        if not self.shared_buffer:  # an empty past: [1, kv_heads, 0, head_size]
-            empty = np.zeros((1, self.kv_heads, 0, self.head_size), self.cache_dtype)
-            self.buffers = [self._ort.OrtValue.ortvalue_from_numpy(empty) for _ in self.buffer_names]
-
-    @property
-    def position(self) -> int:
-        return self._position
+    def _truncate(self, length: int) -> int:
+        if self.shared_buffer:
+            return length  # the attention mask's width bounds what is read; the next call overwrites the rest
+        kept = ([value.numpy()[:, :, :length] for value in self.buffers] if length else  # [1, kv_heads, past, head_size]
+                [np.zeros((1, self.kv_heads, 0, self.head_size), self.cache_dtype)] * len(self.buffer_names))
+        self.buffers = [self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array)) for array in kept]
+        return length
 
     def _reserve(self, length: int) -> None:
         """Buffers of at least `length` positions, keeping the first `position` ones, each bound once as
@@ -120,15 +122,15 @@ class OnnxBackend(Backend):
         self.binding.bind_output(self.logits_name)  # output 0; forward rebinds it in place
         for i, (past, present) in enumerate(self.buffer_names):
             array = np.zeros((1, self.kv_heads, capacity, self.head_size), self.cache_dtype)
-            if self.buffers and self._position:
-                array[:, :, : self._position] = self.buffers[i].numpy()[:, :, : self._position]
+            if self.buffers and self.position:
+                array[:, :, : self.position] = self.buffers[i].numpy()[:, :, : self.position]
             grown.append(self._ort.OrtValue.ortvalue_from_numpy(array))
             self.binding.bind_ortvalue_input(past, grown[-1])
             self.binding.bind_ortvalue_output(present, grown[-1])
         self.buffers = grown
 
-    def forward(self, ids: list[int]) -> np.ndarray:
-        start, n = self._position, len(ids)
+    def _evaluate(self, ids: list[int], last_only: bool) -> np.ndarray:
+        start, n = self.position, len(ids)
         if self.rotary_positions and start + n > self.rotary_positions:
             raise UserError(f"position {start + n} is past the {self.rotary_positions} positions of this model's rotary "
                             "tables", self.folder, "use a shorter text or context")
@@ -143,11 +145,11 @@ class OnnxBackend(Backend):
             self.binding.bind_cpu_input(self.position_ids_name, np.arange(start, start + n, dtype=np.int64)[None])
         self.binding.bind_output(self.logits_name)  # unallocated again: its shape follows the ids
         self.session.run_with_iobinding(self.binding)
-        self._position = start + n
         outputs = self.binding.get_outputs()
         if not self.shared_buffer:
             self.buffers = outputs[1:]  # present, in binding order: the next call's past
-        return outputs[0].numpy()[0].astype(np.float32, copy=False)
+        logits = outputs[0].numpy()[0]
+        return (logits[-1:] if last_only else logits).astype(np.float32, copy=False)
 
     def _bind_growing_cache(self) -> None:
         self.binding.clear_binding_outputs()

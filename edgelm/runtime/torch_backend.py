@@ -11,19 +11,18 @@ from .backend import Backend
 
 class TorchBackend(Backend):
     def __init__(self, model: CausalLM):
+        super().__init__()
         self.model = model
         self.device = next(model.parameters()).device
         self.context_length = model.spec.max_positions
         self.cache: KVCache | None = None
 
-    def reset(self) -> None:
-        self.cache = None
-
-    @property
-    def position(self) -> int:
-        return self.cache[0][0].shape[2] if self.cache else 0
+    def _truncate(self, length: int) -> int:
+        # K and V are [batch, kv_heads, positions, head_dim] per layer
+        self.cache = [(k[:, :, :length], v[:, :, :length]) for k, v in self.cache] if self.cache and length else None
+        return length
 
     @torch.no_grad()
-    def forward(self, ids: list[int]) -> np.ndarray:
+    def _evaluate(self, ids: list[int], last_only: bool) -> np.ndarray:
         logits, self.cache = self.model(torch.tensor([ids], device=self.device), self.cache)
-        return logits[0].float().cpu().numpy()
+        return logits[0, -1:].float().cpu().numpy() if last_only else logits[0].float().cpu().numpy()
