@@ -198,13 +198,17 @@ class Conversation:
     def prompt_ids(self, user: str) -> tuple[list[int], int]:
         """Token ids for the history plus this user turn, and how many old turns were dropped to fit."""
         self.turns.append({"role": "user", "content": user})
-        dropped = 0
+        dropped, room = 0, self.context_length - self.reply_budget
         while True:
             # the rendered template is text in which special tokens are tokens, and it prints its own bos:
             # as transformers' apply_chat_template(tokenize=True) and llama.cpp's chat encode it
             ids = self.tokenizer.encode(self.render(self.turns), add_bos=False, special=True)
-            if len(ids) + self.reply_budget <= self.context_length or len(self.turns) <= 1:
+            if len(ids) <= room or len(self.turns) <= 1:
                 return ids, dropped
+            # once something must go, free half the room, as llama.cpp's context shift discards half the
+            # history: what follows the system prompt moved and is evaluated again, so this happens seldom
+            # and the turns after it reuse the cache
+            room = (self.context_length - self.reply_budget) // 2
             self.turns = self.turns[2:] if len(self.turns) > 2 else self.turns[1:]  # oldest exchange first
             dropped += 1
 
