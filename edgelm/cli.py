@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
+from .console import LazyConsole, Progress
 from .errors import UserError
 
 app = typer.Typer(
@@ -24,36 +25,9 @@ app = typer.Typer(
 )
 
 
-class _Console:
-    """A rich Console made on first use. `generate` streams plain text and never needs one: importing
-    rich was 2.5 of the 11 MB a tiny model's `edgelm generate` held over llama-cpp-python's own script."""
-
-    def __init__(self, stderr: bool = False):
-        self._stderr = stderr
-        self._console = None
-        self._quiet = False
-
-    @property
-    def quiet(self) -> bool:
-        return self._quiet
-
-    @quiet.setter
-    def quiet(self, value: bool) -> None:
-        self._quiet = value
-        if self._console is not None:
-            self._console.quiet = value
-
-    def __getattr__(self, name: str):  # what this class lacks: the Console's own methods
-        if self._console is None:
-            from rich.console import Console
-
-            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True, quiet=self._quiet)
-        return getattr(self._console, name)
-
-
-out = _Console()
-err = _Console(stderr=True)  # errors and failed checks: always shown
-info = _Console(stderr=True)  # progress, notes, warnings: silenced by --quiet
+out = LazyConsole()
+err = LazyConsole(stderr=True)  # errors and failed checks: always shown
+info = LazyConsole(stderr=True)  # progress, notes, warnings: silenced by --quiet
 
 
 class PositionEncoding(str, Enum):
@@ -266,8 +240,6 @@ def perplexity(
     as_json: JsonOption = False,
 ) -> None:
     """Sliding-window perplexity of a text."""
-    from rich.progress import Progress
-
     from .evaluate import perplexity as score
     from .formats import open_artifact
 
@@ -279,9 +251,8 @@ def perplexity(
     ids = artifact.tokenizer.encode(content)[:max_tokens]
     if len(ids) < 2:
         raise UserError("the text has fewer than 2 tokens", text, "give a longer text")
-    with Progress(console=info, transient=True, disable=as_json or not info.is_terminal) as progress:
-        task = progress.add_task("scoring", total=None)
-        result = score(artifact.backend, ids, ctx, stride, on_window=lambda i, n: progress.update(task, completed=i, total=n))
+    with Progress(info, "scoring windows", enabled=not as_json) as progress:
+        result = score(artifact.backend, ids, ctx, stride, on_window=lambda i, n: progress.update(i, n))
     if as_json:
         out.print_json(json.dumps(result.as_dict() | {"engine": artifact.engine}))
     else:
@@ -290,6 +261,13 @@ def perplexity(
 
 DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "examples" / "data" / "persuasion.txt"  # held out from training
 CALIBRATION_TEXT = DEFAULT_TEXT.with_name("emma.txt")  # a training novel
+
+
+def _spinner() -> tuple:
+    """A progress display's columns for a step of unknown length."""
+    from rich.progress import SpinnerColumn, TextColumn
+
+    return SpinnerColumn(), TextColumn("{task.description}…")
 
 
 class ExportFormat(str, Enum):
@@ -316,8 +294,6 @@ def export(
 ) -> None:
     """Export a model folder to GGUF (one file llama.cpp loads) or ONNX (a folder ONNX Runtime and
     onnxruntime-genai load), head temperatures folded into the weights."""
-    from rich.progress import Progress
-
     from .fileio import refuse_overlap
     from .hub import HUB_ID, is_hub_id
     from .models import open_checkpoint
@@ -355,8 +331,8 @@ def export(
     target = out_path or stem.parent / f"{stem.name}-{type_name.lower()}{suffix}"
     refuse_overlap(target, checkpoint.path)
     if format is ExportFormat.onnx:
-        with info.status("exporting to ONNX…") as status:
-            report = export_onnx(checkpoint, target, quant, force, on_step=lambda text: status.update(text + "…"),
+        with Progress(info, "exporting to ONNX", enabled=not as_json, columns=_spinner) as progress:
+            report = export_onnx(checkpoint, target, quant, force, on_step=lambda text: progress.stage(f"exporting to ONNX: {text}"),
                                  int4_embedding=int4_embedding, int8_lm_head=int8_lm_head, kv_cache=kv_cache,
                                  calibration_text=calibration_text)
         if as_json:
@@ -367,9 +343,8 @@ def export(
         size = sum(p.stat().st_size for p in report.path.iterdir())
         out.print(f"wrote {report.path} ({size / 1e6:.1f} MB, {quant}): model.onnx, genai_config.json, config.json, tokenizer, edgelm.json", markup=False)
         return
-    with Progress(console=info, transient=True, disable=as_json or not info.is_terminal) as progress:
-        task = progress.add_task(f"exporting {type_name}", total=len(checkpoint.weight_names()))
-        report = export_gguf(checkpoint, target, quant, gguf_type, force, on_tensor=lambda _: progress.advance(task))
+    with Progress(info, f"exporting {type_name}", len(checkpoint.weight_names()), enabled=not as_json) as progress:
+        report = export_gguf(checkpoint, target, quant, gguf_type, force, on_tensor=lambda _: progress.advance())
     summary = {
         "path": str(report.path), "arch": report.arch, "file_type": report.file_type,
         "bytes": report.path.stat().st_size, "tensor_types": report.type_counts(), "notes": report.notes,
@@ -518,6 +493,27 @@ def verify(bundle_path: Annotated[Path, typer.Argument(help="A bundle folder or 
               f"({manifest['family']}, {manifest['format']}, {manifest['quantization']})", markup=False)
 
 
+def _say_temperatures(artifact_path: Path, recorded, given: Path | None) -> None:
+    """One line when parity's reference runs with head temperatures the artifact records, or a warning when
+    --head-temperatures (which wins) differs from them: the numbers then measure that difference too."""
+    import numpy as np
+
+    try:
+        table = np.asarray(recorded, dtype=np.float32)
+    except (TypeError, ValueError):  # not a table of numbers; with no --head-temperatures the reference refused it
+        table = None
+    if recorded is None or (given is None and np.all(table == 1)):
+        return
+    if given is None:
+        info.print(f"note: the reference runs with the head temperatures {artifact_path} records (λ from {table.min():.4g} to "
+                   f"{table.max():.4g}), folded into it at export", markup=False)
+        return
+    layers = np.asarray(json.loads(given.read_text())["layers"], dtype=np.float32)  # a valid file: the reference read it
+    if table is None or layers.shape != table.shape or not np.allclose(layers, table, rtol=1e-6, atol=0):
+        info.print(f"warning: --head-temperatures {given} differs from the λ {artifact_path} records (folded into it at export); "
+                   "the reference runs with the file's: drop the option to compare with what was exported", markup=False)
+
+
 @app.command()
 def parity(
     artifact_path: Annotated[Path, typer.Argument(help="A .gguf file, an ONNX folder or a bundle.")],
@@ -538,12 +534,14 @@ def parity(
 
     text = text or DEFAULT_TEXT
     content = _read_text(text)
-    ref = open_artifact(reference, LoadOptions(head_temperatures=head_temperatures, device=_device(device), allow_pickle=allow_pickle))
     art = open_artifact(artifact_path, LoadOptions(threads=_threads(threads), context_length=tokens + 1, f32_kv_cache=True, all_logits=True))
+    recorded = art.format.recorded_temperatures()  # the reference runs with the λ the export folded in
+    ref = open_artifact(reference, LoadOptions(head_temperatures=head_temperatures or recorded, device=_device(device), allow_pickle=allow_pickle))
+    _say_temperatures(artifact_path, recorded, head_temperatures)
     ids = ref.tokenizer.encode(content)[:tokens + 1]
     if len(ids) < 3:
         raise UserError("the text is too short", text, "give a longer text")
-    with info.status("comparing…"):
+    with Progress(info, "comparing", enabled=not as_json, columns=_spinner):
         report = compare(ref.backend, art.backend, ids)
     result = report.as_dict() | {"reference": f"{reference} ({ref.engine})", "artifact": f"{artifact_path} ({art.engine})"}
     failed = [name for name, limit, value in [("mean KL divergence", max_kld, report.mean_kld),
@@ -589,8 +587,6 @@ def calibrate(
     as_json: JsonOption = False,
 ) -> None:
     """Tune per-head attention temperatures at a longer length (HeadScale), every weight frozen."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     from .calibrate import CalibrationSettings, calibrate as run
     from .fileio import atomic_output_file, refuse_existing
     from .models import open_checkpoint
@@ -619,10 +615,18 @@ def calibrate(
     model = checkpoint.load_model(_device(device))
     if not model.attention_modules():
         raise UserError("this model has no attention heads to scale", model_dir, "calibration applies to attention models")
-    columns = (TextColumn("[bold]calibrating"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
-    with Progress(*columns, console=info, transient=True, disable=as_json or not info.is_terminal) as progress:
-        task = progress.add_task("calibrate", total=steps, loss=float("nan"))
-        result = run(model, ids, settings, on_step=lambda i, n, loss: progress.update(task, completed=i, total=n, loss=loss))
+
+    def columns():
+        from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
+
+        return (TextColumn("[bold]calibrating"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"),
+                TimeRemainingColumn())
+
+    def line(progress):
+        return f"calibrating: step {progress.completed}/{progress.total}, loss {progress.fields['loss']:.4f}"
+
+    with Progress(info, "calibrate", steps, enabled=not as_json, columns=columns, line=line, loss=float("nan")) as progress:
+        result = run(model, ids, settings, on_step=lambda i, n, loss: progress.update(i, n, loss=loss))
     with atomic_output_file(out_path, force) as tmp:
         tmp.write_text(json.dumps(result.as_json(), indent=2) + "\n")
     if write_checkpoint:

@@ -53,6 +53,11 @@ class OnnxFolder(Format):
         details = {k: self.manifest.get(k) for k in ("family", "position_encoding", "quantization")}
         return Artifact(self.path, self, f"onnxruntime ({options.provider})", load_tokenizer(self.path), backend, details)
 
+    def recorded_temperatures(self) -> Any:
+        """The [layers][heads] λ folded into the weights at export (edgelm.json), None for another tool's folder."""
+        recorded = self.manifest.get("head_temperatures")
+        return recorded.get("layers") if isinstance(recorded, dict) else None
+
     def _graph(self):
         import onnx
 
@@ -123,7 +128,8 @@ class OnnxFolder(Format):
         return {"format": "onnx (web)", "family": self.manifest.get("family"), "quantization": self.manifest.get("quantization"),
                 "context_length": self.genai["model"]["context_length"], "model": self.model_file.name, "external_data": external,
                 "position_encoding": self.manifest.get("position_encoding"),
-                "rotary_table_positions": self.manifest.get("rotary_table_positions", 0)}
+                "rotary_table_positions": self.manifest.get("rotary_table_positions", 0),
+                "head_temperatures": self.manifest.get("head_temperatures")}
 
     def weight_bytes(self) -> int:
         consumers: dict[str, set[str]] = {}
@@ -162,5 +168,5 @@ class OnnxFolder(Format):
                 shutil.copy(self.path / name, folder / name)
         return {"format": "onnx (ORT mobile format)", "family": self.manifest.get("family"),
                 "quantization": self.manifest.get("quantization"), "context_length": genai["model"]["context_length"],
-                "model": ORT_MODEL_FILE}
+                "model": ORT_MODEL_FILE, "head_temperatures": self.manifest.get("head_temperatures")}
 

@@ -14,6 +14,7 @@ from ..errors import UserError
 
 class Backend(ABC):
     context_length: int
+    all_logits: bool = True  # forward() gives every position's logits; llama.cpp opened for generation gives the last only
 
     @abstractmethod
     def reset(self) -> None:
