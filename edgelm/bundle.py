@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import zipfile
@@ -32,8 +33,10 @@ MAX_UNPACKED_BYTES = 64 << 30
 MAX_MANIFEST_BYTES = 1 << 20
 TARGETS = ("mobile", "web")
 WEB_ASSETS = Path(__file__).parent / "assets" / "web"
-# where `make web-runtime` installs the pinned npm packages (web/package.json) in a checkout
-DEFAULT_WEB_RUNTIME = Path(__file__).resolve().parents[1] / "web" / "node_modules"
+# the web runtime: --web-runtime, else this variable, else a checkout's web/node_modules (`make web-runtime` installs
+# the npm packages web/package.json pins); an installed edgelm has no checkout, and the error says the npm step
+WEB_RUNTIME_ENV = "EDGELM_WEB_RUNTIME"
+CHECKOUT_WEB = Path(__file__).resolve().parents[1] / "web"
 
 
 def sha256(path: Path) -> str:
@@ -46,21 +49,32 @@ def sha256(path: Path) -> str:
 
 def _web_files(fmt, folder: Path, runtime: Path) -> dict[str, Any]:
     """The model (the format's web_bundle_into), the page, and the runtime's files from `runtime`, a
-    node_modules folder holding the pinned versions."""
+    node_modules folder holding the pinned versions (checked before the model is copied)."""
+    versions = {}
+    for package, (version, _) in WEB_RUNTIME_FILES.items():
+        found = _package_version(runtime / package / "package.json")
+        if found != version:
+            raise UserError(f"the web bundle runs on {package} {version}; {runtime} holds {found or 'none'}", runtime, _web_runtime_fix())
+        versions[package] = version
     facts = fmt.web_bundle_into(folder)
     for name in WEB_PAGE_FILES:
         shutil.copy(WEB_ASSETS / name, folder / name)
-    versions = {}
-    for package, (version, files) in WEB_RUNTIME_FILES.items():
-        found = _package_version(runtime / package / "package.json")
-        if found != version:
-            raise UserError(f"the web bundle runs on {package} {version}; {runtime} holds {found or 'none'}", runtime,
-                            "run `make web-runtime` (npm ci in web/), or pass --web-runtime NODE_MODULES holding that version")
+    for package, (_, files) in WEB_RUNTIME_FILES.items():
         for name in files:
             copied = f"{package.split('/')[-1]}.{name}" if name == "LICENSE" else Path(name).name
             shutil.copy(runtime / package / name, folder / copied)
-        versions[package] = version
     return facts | {"name": fmt.path.name, "web_runtime": versions}
+
+
+def web_runtime_folder(given: Path | None) -> Path:
+    """The node_modules folder a web bundle copies its runtime from."""
+    return given or (Path(os.environ[WEB_RUNTIME_ENV]) if os.environ.get(WEB_RUNTIME_ENV) else CHECKOUT_WEB / "node_modules")
+
+
+def _web_runtime_fix() -> str:
+    packages = " ".join(f"{name}@{version}" for name, (version, _) in WEB_RUNTIME_FILES.items())
+    npm = f"`npm install --prefix DIR {packages}`, then pass --web-runtime DIR/node_modules or set {WEB_RUNTIME_ENV}=DIR/node_modules"
+    return f"run `make web-runtime` (npm ci in web/), or {npm}" if (CHECKOUT_WEB / "package.json").is_file() else npm
 
 
 def _package_version(package_json: Path) -> Any:
@@ -93,7 +107,7 @@ def make_bundle(artifact: Path, out: Path, zip_it: bool = False, force: bool = F
                         "export a format phones run (e.g. an architecture llama.cpp knows, or ONNX), or pass --allow-desktop-only")
     destination = out.with_suffix(".zip") if zip_it else out
     refuse_overlap(destination, artifact)
-    runtime = web_runtime or DEFAULT_WEB_RUNTIME
+    runtime = web_runtime_folder(web_runtime)
     if not zip_it:
         with atomic_output_dir(destination, force) as tmp:
             _fill(fmt, tmp, target, runtime)

@@ -214,6 +214,12 @@ def generate(
     sys.stdout.write("\n")
 
 
+# shipped with the package (an installed edgelm has no examples/): the openings of examples/data's novels, as long as
+# a default reads (parity's 256 positions, bench's prompt, the int8 KV calibration's first 20,480 characters; ~24 KB each)
+DEFAULT_TEXT = Path(__file__).parent / "assets" / "text" / "persuasion-opening.txt"  # held out from training
+CALIBRATION_TEXT = DEFAULT_TEXT.with_name("emma-opening.txt")  # a training novel
+
+
 def _read_text(path: Path, option: str = "--text") -> str:
     """A text file given by `option`: UTF-8 text, or one line saying why not."""
     if not path.is_file():
@@ -227,7 +233,7 @@ def _read_text(path: Path, option: str = "--text") -> str:
 @app.command()
 def perplexity(
     path: Annotated[Path, typer.Argument(help="A model folder, a .gguf file or an ONNX folder.")],
-    text: Annotated[Path, typer.Option(help="UTF-8 text file to score.")],
+    text: Annotated[Optional[Path], typer.Option(help="UTF-8 text file to score (default: the opening of the held-out novel, shipped with edgelm).")] = None,
     ctx: Annotated[int, typer.Option(min=2, help="Window length in tokens.")] = 256,
     stride: Annotated[Optional[int], typer.Option(min=1, help="New tokens scored per window (default ctx - 1).")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(min=2, help="Score only the first N tokens of the text.")] = None,
@@ -243,6 +249,7 @@ def perplexity(
     from .evaluate import perplexity as score
     from .formats import open_artifact
 
+    text = text or DEFAULT_TEXT
     content = _read_text(text)
     if stride is not None and stride >= ctx:
         raise UserError(f"--stride {stride} must be below --ctx {ctx}", None, "each window needs at least one token of context")
@@ -257,10 +264,6 @@ def perplexity(
         out.print_json(json.dumps(result.as_dict() | {"engine": artifact.engine}))
     else:
         out.print(f"perplexity {result.perplexity:.3f} over {result.tokens} tokens (ctx {result.ctx}, stride {result.stride}; {artifact.engine})")
-
-
-DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "examples" / "data" / "persuasion.txt"  # held out from training
-CALIBRATION_TEXT = DEFAULT_TEXT.with_name("emma.txt")  # a training novel
 
 
 def _spinner() -> tuple:
@@ -288,7 +291,7 @@ def export(
     int4_embedding: Annotated[bool, typer.Option("--int4-embedding", help="ONNX int4: quantize the embedding table too (GatherBlockQuantized).")] = False,
     int8_lm_head: Annotated[bool, typer.Option("--int8-lm-head", help="ONNX int4: keep the LM head at 8 bits.")] = False,
     kv_cache: Annotated[str, typer.Option("--kv-cache", help="ONNX: float | int8 (KV buffers in int8, per-channel scales calibrated on --calibration-text).")] = "float",
-    calibration_text: Annotated[Optional[Path], typer.Option("--calibration-text", help="ONNX --kv-cache int8: UTF-8 text to calibrate on (default: a shipped training novel).")] = None,
+    calibration_text: Annotated[Optional[Path], typer.Option("--calibration-text", help="ONNX --kv-cache int8: UTF-8 text to calibrate on (default: the opening of a training novel, shipped with edgelm).")] = None,
     force: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -305,7 +308,7 @@ def export(
         check_quant_options(quant, int4_embedding, int8_lm_head, kv_cache)  # before anything is read
         if calibration_text and kv_cache != "int8":
             raise UserError("--calibration-text calibrates --kv-cache int8", None, "add --kv-cache int8 or drop it")
-        calibration_text = calibration_text or (CALIBRATION_TEXT if kv_cache == "int8" and CALIBRATION_TEXT.is_file() else None)
+        calibration_text = calibration_text or (CALIBRATION_TEXT if kv_cache == "int8" else None)
         if calibration_text:
             _read_text(calibration_text, "--calibration-text")  # refused here, before minutes of export
         if gguf_type:
@@ -441,7 +444,7 @@ def bench(
     threads = _threads(threads)  # once: the raw engines get the same count
     context = prompt_tokens + WARMUP_STEPS + new_tokens + 2
     artifact = open_artifact(path, _load_options(None, None, "cpu", threads, context_length=context, provider=provider, allow_pickle=allow_pickle))
-    text = DEFAULT_TEXT.read_text(encoding="utf-8") if DEFAULT_TEXT.is_file() else "It is a truth universally acknowledged. " * 200
+    text = DEFAULT_TEXT.read_text(encoding="utf-8")
     prompt = (artifact.tokenizer.encode(text) * (1 + prompt_tokens // 1000))[:prompt_tokens]
     with info.status("timing…"):
         result = run(artifact, prompt, new_tokens, compare, threads)
@@ -468,7 +471,7 @@ def bundle(
     artifact_path: Annotated[Path, typer.Argument(help="A .gguf file or an ONNX folder.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Bundle folder to create.")],
     target: Annotated[str, typer.Option("--target", help="mobile (an app's files) | web (a static page on onnxruntime-web: WebGPU, else WASM).")] = "mobile",
-    web_runtime: Annotated[Optional[Path], typer.Option("--web-runtime", help="node_modules holding the pinned onnxruntime-web and tokenizers.js (default: the checkout's web/node_modules, `make web-runtime`).")] = None,
+    web_runtime: Annotated[Optional[Path], typer.Option("--web-runtime", help="node_modules holding the pinned onnxruntime-web and tokenizers.js (default: $EDGELM_WEB_RUNTIME, else a checkout's web/node_modules from `make web-runtime`).")] = None,
     zip_it: Annotated[bool, typer.Option("--zip", help="Write OUT.zip instead of a folder.")] = False,
     allow_desktop_only: Annotated[bool, typer.Option("--allow-desktop-only", help="Bundle a format no mobile runtime loads (e.g. a TokenFormer GGUF).")] = False,
     force: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
@@ -518,7 +521,7 @@ def _say_temperatures(artifact_path: Path, recorded, given: Path | None) -> None
 def parity(
     artifact_path: Annotated[Path, typer.Argument(help="A .gguf file, an ONNX folder or a bundle.")],
     reference: Annotated[Path, typer.Option(help="The model folder it was exported from.")],
-    text: Annotated[Optional[Path], typer.Option(help="Text to compare on (default: the shipped held-out novel).")] = None,
+    text: Annotated[Optional[Path], typer.Option(help="Text to compare on (default: the opening of the held-out novel, shipped with edgelm).")] = None,
     tokens: Annotated[int, typer.Option(min=3, help="Positions compared: half prefilled, half decoded one at a time.")] = 256,
     head_temperatures: TemperaturesOption = None,
     allow_pickle: AllowPickleOption = False,
