@@ -7,6 +7,7 @@ Hub ids resolve through an offline huggingface_hub cache holding tiny models in 
 (published_layouts.py). A command is changed only where it cannot run quickly as written (SLOWER), and
 left out only with a reason (LEFT_OUT): a command added to the docs runs here unchanged, or fails."""
 
+import io
 import os
 import re
 import shlex
@@ -89,6 +90,7 @@ def argv(command: str) -> list[str]:
 def run_in_terminal(command: str, cwd: Path, env: dict) -> tuple[int, str]:
     words = argv(command)
     child = pexpect.spawn(words[0], words[1:], cwd=str(cwd), env=env, encoding="utf-8", timeout=TIMEOUT_S, dimensions=(40, 120))
+    child.logfile_read = seen = io.StringIO()  # everything the terminal showed, not only what followed the last match
     if command.startswith(CHAT_LINE):
         child.expect("/reset, /exit")
         child.expect("> ")
@@ -98,7 +100,7 @@ def run_in_terminal(command: str, cwd: Path, env: dict) -> tuple[int, str]:
         child.sendline("/exit")
     child.expect(pexpect.EOF)
     child.close()
-    return child.exitstatus if child.exitstatus is not None else -child.signalstatus, child.before or ""
+    return child.exitstatus if child.exitstatus is not None else -child.signalstatus, seen.getvalue()
 
 
 def run_piped(command: str, cwd: Path, env: dict) -> tuple[int, str]:
@@ -169,5 +171,5 @@ def test_the_readme_python_block_runs_on_each_artifact_it_names(exported, model)
         source = block.replace('edgelm.load("examples/models/tiny-nope")', f'edgelm.load("{model}")')
         done = subprocess.run([sys.executable, "-c", source], cwd=exported, capture_output=True, text=True, timeout=TIMEOUT_S)
         assert done.returncode == 0, done.stderr[-2000:]
-        perplexity = float(done.stdout.strip().splitlines()[-1])
+        perplexity = float(re.search(r"([\d.]+)\s*$", done.stdout)[1])  # the last print; the streamed text ends without a newline
         assert 1 < perplexity < 1000  # the trained model on held-out text: tens to a few hundred
