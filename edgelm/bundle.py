@@ -49,20 +49,19 @@ def sha256(path: Path) -> str:
 
 def _web_files(fmt, folder: Path, runtime: Path) -> dict[str, Any]:
     """The model (the format's web_bundle_into), the page, and the runtime's files from `runtime`, a
-    node_modules folder holding the pinned versions (checked before the model is copied)."""
-    versions = {}
-    for package, (version, _) in WEB_RUNTIME_FILES.items():
-        found = _package_version(runtime / package / "package.json")
-        if found != version:
-            raise UserError(f"the web bundle runs on {package} {version}; {runtime} holds {found or 'none'}", runtime, _web_runtime_fix())
-        versions[package] = version
+    node_modules folder holding the pinned versions."""
     facts = fmt.web_bundle_into(folder)
     for name in WEB_PAGE_FILES:
         shutil.copy(WEB_ASSETS / name, folder / name)
-    for package, (_, files) in WEB_RUNTIME_FILES.items():
+    versions = {}
+    for package, (version, files) in WEB_RUNTIME_FILES.items():
+        found = _package_version(runtime / package / "package.json")
+        if found != version:
+            raise UserError(f"the web bundle runs on {package} {version}; {runtime} holds {found or 'none'}", runtime, _web_runtime_fix())
         for name in files:
             copied = f"{package.split('/')[-1]}.{name}" if name == "LICENSE" else Path(name).name
             shutil.copy(runtime / package / name, folder / copied)
+        versions[package] = version
     return facts | {"name": fmt.path.name, "web_runtime": versions}
 
 
