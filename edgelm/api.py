@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from .formats import Artifact, LoadOptions, open_artifact
@@ -13,9 +14,10 @@ from .runtime.sampling import SamplingOptions
 class Model:
     """A model folder, .gguf file or ONNX folder, ready to generate."""
 
-    def __init__(self, artifact: Artifact):
+    def __init__(self, artifact: Artifact, options: LoadOptions | None = None):
         self.artifact = artifact
         self.tokenizer = artifact.tokenizer
+        self.options = options or LoadOptions()
 
     def stream(self, prompt: str, max_new_tokens: int = 64, truncate: bool = False, **sampling) -> Iterator[Piece]:
         """Pieces of text as they are produced (see SamplingOptions for temperature, top_k, top_p, seed);
@@ -48,12 +50,20 @@ class Model:
         return pieces if stream else "".join(piece.text for piece in pieces)
 
     def perplexity(self, text: str, ctx: int = 256, stride: int | None = None) -> float:
+        """Sliding-window perplexity, as `edgelm perplexity`. A backend that keeps only the last position's
+        logits (llama.cpp opened for generation) scores on a second opening of the file with every
+        position's logits and a `ctx`-token context, as the command opens it, closed afterwards."""
         from .evaluate import perplexity
 
-        return perplexity(self.artifact.backend, self.tokenizer.encode(text), ctx, stride).perplexity
+        ids = self.tokenizer.encode(text)
+        if self.artifact.backend.all_logits:
+            return perplexity(self.artifact.backend, ids, ctx, stride).perplexity
+        with open_artifact(self.artifact.path, replace(self.options, all_logits=True, context_length=ctx)) as scorer:
+            return perplexity(scorer.backend, ids, ctx, stride).perplexity
 
 
 def load(path: str | Path, **options) -> Model:
     """Open a model folder, .gguf file or ONNX folder; options as LoadOptions (device, threads, provider,
     context_length: the KV cache's tokens, default the model's training context up to 4096, …)."""
-    return Model(open_artifact(path, LoadOptions(**options)))
+    options = LoadOptions(**options)
+    return Model(open_artifact(path, options), options)

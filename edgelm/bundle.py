@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import lzma
+import os
 import shutil
 import tempfile
 import zipfile
@@ -35,8 +36,10 @@ MAX_MANIFEST_BYTES = 1 << 20
 VERIFY_CONTEXT = 8  # the context verify opens the model with: one token goes through it
 TARGETS = ("mobile", "web")
 WEB_ASSETS = Path(__file__).parent / "assets" / "web"
-# where `make web-runtime` installs the pinned npm packages (web/package.json) in a checkout
-DEFAULT_WEB_RUNTIME = Path(__file__).resolve().parents[1] / "web" / "node_modules"
+# the web runtime: --web-runtime, else this variable, else a checkout's web/node_modules (`make web-runtime` installs
+# the npm packages web/package.json pins); an installed edgelm has no checkout, and the error says the npm step
+WEB_RUNTIME_ENV = "EDGELM_WEB_RUNTIME"
+CHECKOUT_WEB = Path(__file__).resolve().parents[1] / "web"
 
 
 def _web_files(fmt, folder: Path, runtime: Path) -> dict[str, Any]:
@@ -49,13 +52,23 @@ def _web_files(fmt, folder: Path, runtime: Path) -> dict[str, Any]:
     for package, (version, files) in WEB_RUNTIME_FILES.items():
         found = _package_version(runtime / package / "package.json")
         if found != version:
-            raise UserError(f"the web bundle runs on {package} {version}; {runtime} holds {found or 'none'}", runtime,
-                            "run `make web-runtime` (npm ci in web/), or pass --web-runtime NODE_MODULES holding that version")
+            raise UserError(f"the web bundle runs on {package} {version}; {runtime} holds {found or 'none'}", runtime, _web_runtime_fix())
         for name in files:
             copied = f"{package.split('/')[-1]}.{name}" if name == "LICENSE" else Path(name).name
             shutil.copy(runtime / package / name, folder / copied)
         versions[package] = version
     return facts | {"name": fmt.path.name, "web_runtime": versions}
+
+
+def web_runtime_folder(given: Path | None) -> Path:
+    """The node_modules folder a web bundle copies its runtime from."""
+    return given or (Path(os.environ[WEB_RUNTIME_ENV]) if os.environ.get(WEB_RUNTIME_ENV) else CHECKOUT_WEB / "node_modules")
+
+
+def _web_runtime_fix() -> str:
+    packages = " ".join(f"{name}@{version}" for name, (version, _) in WEB_RUNTIME_FILES.items())
+    npm = f"`npm install --prefix DIR {packages}`, then pass --web-runtime DIR/node_modules or set {WEB_RUNTIME_ENV}=DIR/node_modules"
+    return f"run `make web-runtime` (npm ci in web/), or {npm}" if (CHECKOUT_WEB / "package.json").is_file() else npm
 
 
 def _package_version(package_json: Path) -> Any:
@@ -90,7 +103,7 @@ def make_bundle(artifact: Path, out: Path, zip_it: bool = False, force: bool = F
         raise UserError(f"--out {str(out)!r} is not a name for the bundle", None, "give the bundle's path")
     destination = out.with_suffix(".zip") if zip_it else out
     refuse_overlap(destination, artifact)
-    runtime = web_runtime or DEFAULT_WEB_RUNTIME
+    runtime = web_runtime_folder(web_runtime)
     if not zip_it:
         with atomic_output_dir(destination, force) as tmp:
             _fill(fmt, tmp, target, runtime)

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
+from .console import LazyConsole, Progress
 from .errors import UserError
 from .numbers import NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, not_finite
 
@@ -24,36 +25,9 @@ app = typer.Typer(
 )
 
 
-class _Console:
-    """A rich Console made on first use. `generate` streams plain text and never needs one: importing
-    rich was 2.5 of the 11 MB a tiny model's `edgelm generate` held over llama-cpp-python's own script."""
-
-    def __init__(self, stderr: bool = False):
-        self._stderr = stderr
-        self._console = None
-        self._quiet = False
-
-    @property
-    def quiet(self) -> bool:
-        return self._quiet
-
-    @quiet.setter
-    def quiet(self, value: bool) -> None:
-        self._quiet = value
-        if self._console is not None:
-            self._console.quiet = value
-
-    def __getattr__(self, name: str):  # what this class lacks: the Console's own methods
-        if self._console is None:
-            from rich.console import Console
-
-            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True, quiet=self._quiet)
-        return getattr(self._console, name)
-
-
-out = _Console()
-err = _Console(stderr=True)  # errors and failed checks: always shown
-info = _Console(stderr=True)  # progress, notes, warnings: silenced by --quiet
+out = LazyConsole()
+err = LazyConsole(stderr=True)  # errors and failed checks: always shown
+info = LazyConsole(stderr=True)  # progress, notes, warnings: silenced by --quiet
 
 
 class PositionEncoding(str, Enum):
@@ -296,6 +270,12 @@ def generate(
     sys.stdout.write("\n")
 
 
+# shipped with the package (an installed edgelm has no examples/): the openings of examples/data's novels, as long as
+# a default reads (parity's 256 positions, bench's prompt, the int8 KV calibration's first 20,480 characters; ~24 KB each)
+DEFAULT_TEXT = Path(__file__).parent / "assets" / "text" / "persuasion-opening.txt"  # held out from training
+CALIBRATION_TEXT = DEFAULT_TEXT.with_name("emma-opening.txt")  # a training novel
+
+
 def _read_text(path: Path, option: str = "--text") -> str:
     """A text file given by `option`: UTF-8 text, or one line saying why not."""
     from .artifact_files import MAX_TEXT_BYTES, read_text, user_file
@@ -306,7 +286,7 @@ def _read_text(path: Path, option: str = "--text") -> str:
 @app.command()
 def perplexity(
     path: Annotated[Path, typer.Argument(help="A model folder, a .gguf file or an ONNX folder.")],
-    text: Annotated[Path, typer.Option(help="UTF-8 text file to score.")],
+    text: Annotated[Optional[Path], typer.Option(help="UTF-8 text file to score (default: the opening of the held-out novel, shipped with edgelm).")] = None,
     ctx: Annotated[int, typer.Option(min=2, help="Window length in tokens.")] = 256,
     stride: Annotated[Optional[int], typer.Option(min=1, help="New tokens scored per window (default ctx - 1).")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(min=2, help="Score only the first N tokens of the text.")] = None,
@@ -319,11 +299,10 @@ def perplexity(
     as_json: JsonOption = False,
 ) -> None:
     """Sliding-window perplexity of a text."""
-    from rich.progress import Progress
-
     from .evaluate import perplexity as score
     from .formats import open_artifact
 
+    text = text or DEFAULT_TEXT
     content = _read_text(text)
     if stride is not None and stride >= ctx:
         raise UserError(f"--stride {stride} must be below --ctx {ctx}", None, "each window needs at least one token of context")
@@ -332,15 +311,17 @@ def perplexity(
     ids = artifact.tokenizer.encode(content)[:max_tokens]
     if len(ids) < 2:
         raise UserError("the text has fewer than 2 tokens", text, "give a longer text")
-    with Progress(console=info, transient=True, disable=as_json or not info.is_terminal) as progress:
-        task = progress.add_task("scoring", total=None)
-        result = score(artifact.backend, ids, ctx, stride, on_window=lambda i, n: progress.update(task, completed=i, total=n))
+    with Progress(info, "scoring windows", enabled=not as_json) as progress:
+        result = score(artifact.backend, ids, ctx, stride, on_window=lambda i, n: progress.update(i, n))
     _report_numbers(result.as_dict() | {"engine": artifact.engine}, as_json, lambda: out.print(
         f"perplexity {result.perplexity:.3f} over {result.tokens} tokens (ctx {result.ctx}, stride {result.stride}; {artifact.engine})"))
 
 
-DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "examples" / "data" / "persuasion.txt"  # held out from training
-CALIBRATION_TEXT = DEFAULT_TEXT.with_name("emma.txt")  # a training novel
+def _spinner() -> tuple:
+    """A progress display's columns for a step of unknown length."""
+    from rich.progress import SpinnerColumn, TextColumn
+
+    return SpinnerColumn(), TextColumn("{task.description}…")
 
 
 class ExportFormat(str, Enum):
@@ -363,16 +344,14 @@ def export(
     int4_block_size: Annotated[Optional[int], typer.Option("--int4-block-size", help="ONNX int4: weights sharing one scale (16, 32, 64, 128, 256; MatMulNBits' block_size; default 32).")] = None,
     int4_accuracy_level: Annotated[Optional[int], typer.Option("--int4-accuracy-level", help="ONNX int4: MatMulNBits' compute type: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations (default 4).")] = None,
     kv_cache: Annotated[str, typer.Option("--kv-cache", help="ONNX: float | int8 (KV buffers in int8, per-channel scales calibrated on --calibration-text).")] = "float",
-    calibration_text: Annotated[Optional[Path], typer.Option("--calibration-text", help="ONNX --kv-cache int8: UTF-8 text to calibrate on (default: a shipped training novel).")] = None,
-    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="int4: calibrate on this UTF-8 text (16 chunks × 256 tokens; GGUF: llama.cpp importance matrix, ONNX: activation-aware scales). Default: the five shipped training novels in examples/data (persuasion.txt is held out).")] = None,
+    calibration_text: Annotated[Optional[Path], typer.Option("--calibration-text", help="ONNX --kv-cache int8: UTF-8 text to calibrate on (default: the opening of a training novel, shipped with edgelm).")] = None,
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="int4: calibrate on this UTF-8 text (16 chunks × 256 tokens; GGUF: llama.cpp importance matrix, ONNX: activation-aware scales). Default: the openings of the five novels the shipped models trained on, shipped with edgelm (persuasion, held out, is not among them).")] = None,
     no_calibration: Annotated[bool, typer.Option("--no-calibration", help="int4: quantize without calibration (the stock quantizers).")] = False,
     force: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Export a model folder to GGUF (one file llama.cpp loads) or ONNX (a folder ONNX Runtime and
     onnxruntime-genai load), head temperatures folded into the weights."""
-    from rich.progress import Progress
-
     from .fileio import refuse_overlap
     from .hub import HUB_ID, is_hub_id
     from .models import open_checkpoint
@@ -386,7 +365,7 @@ def export(
     if calibration:
         _read_text(calibration, "--calibration")  # refused here, before minutes of export
     calibration_texts = [] if quant != "int4" or no_calibration else [calibration] if calibration else \
-        [p for p in DEFAULT_TEXTS if p.is_file()]
+        list(DEFAULT_TEXTS)
     int4 = {name: value for name, value in (("int4_block_size", int4_block_size), ("int4_accuracy_level", int4_accuracy_level))
             if value is not None}
     # one exporter imported, not both: the ONNX one brings the tracer (~70 MB resident)
@@ -396,7 +375,7 @@ def export(
         check_quant_options(quant, int4_embedding, int8_lm_head, kv_cache, **int4)  # before anything is read
         if calibration_text and kv_cache != "int8":
             raise UserError("--calibration-text calibrates --kv-cache int8", None, "add --kv-cache int8 or drop it")
-        calibration_text = calibration_text or (CALIBRATION_TEXT if kv_cache == "int8" and CALIBRATION_TEXT.is_file() else None)
+        calibration_text = calibration_text or (CALIBRATION_TEXT if kv_cache == "int8" else None)
         if calibration_text:
             _read_text(calibration_text, "--calibration-text")  # refused here, before minutes of export
         if gguf_type:
@@ -422,8 +401,8 @@ def export(
     target = out_path or stem.parent / f"{stem.name}-{type_name.lower()}{suffix}"
     refuse_overlap(target, checkpoint.path)
     if format is ExportFormat.onnx:
-        with info.status("exporting to ONNX…") as status:
-            report = export_onnx(checkpoint, target, quant, force, on_step=lambda text: status.update(text + "…"),
+        with Progress(info, "exporting to ONNX", enabled=not as_json, columns=_spinner) as progress:
+            report = export_onnx(checkpoint, target, quant, force, on_step=lambda text: progress.stage(f"exporting to ONNX: {text}"),
                                  int4_embedding=int4_embedding, int8_lm_head=int8_lm_head, kv_cache=kv_cache,
                                  **int4, calibration_text=calibration_text, calibration=calibration_texts)
         if as_json:
@@ -434,9 +413,8 @@ def export(
         size = sum(p.stat().st_size for p in report.path.iterdir())
         out.print(f"wrote {report.path} ({size / 1e6:.1f} MB, {quant}): model.onnx, genai_config.json, config.json, tokenizer, edgelm.json", markup=False)
         return
-    with Progress(console=info, transient=True, disable=as_json or not info.is_terminal) as progress:
-        task = progress.add_task(f"exporting {type_name}", total=len(checkpoint.weight_names()))
-        report = export_gguf(checkpoint, target, quant, gguf_type, force, on_tensor=lambda _: progress.advance(task),
+    with Progress(info, f"exporting {type_name}", len(checkpoint.weight_names()), enabled=not as_json) as progress:
+        report = export_gguf(checkpoint, target, quant, gguf_type, force, on_tensor=lambda _: progress.advance(),
                              calibration=calibration_texts)
     summary = {
         "path": str(report.path), "arch": report.arch, "file_type": report.file_type,
@@ -545,7 +523,7 @@ def bench(
     threads = _threads(threads)  # once: the raw engines get the same count
     context = prompt_tokens + WARMUP_STEPS + new_tokens + 2
     artifact = open_artifact(path, _load_options(None, None, "cpu", threads, context_length=context, provider=provider, allow_pickle=allow_pickle))
-    text = _read_text(DEFAULT_TEXT) if DEFAULT_TEXT.is_file() else "It is a truth universally acknowledged. " * 200
+    text = _read_text(DEFAULT_TEXT)
     prompt = (artifact.tokenizer.encode(text) * (1 + prompt_tokens // 1000))[:prompt_tokens]
     with info.status("timing…"):
         result = run(artifact, prompt, new_tokens, compare, threads)
@@ -574,7 +552,7 @@ def bundle(
     artifact_path: Annotated[Path, typer.Argument(help="A .gguf file or an ONNX folder.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Bundle folder to create.")],
     target: Annotated[str, typer.Option("--target", help="mobile (an app's files) | web (a static page on onnxruntime-web: WebGPU, else WASM).")] = "mobile",
-    web_runtime: Annotated[Optional[Path], typer.Option("--web-runtime", help="node_modules holding the pinned onnxruntime-web and tokenizers.js (default: the checkout's web/node_modules, `make web-runtime`).")] = None,
+    web_runtime: Annotated[Optional[Path], typer.Option("--web-runtime", help="node_modules holding the pinned onnxruntime-web and tokenizers.js (default: $EDGELM_WEB_RUNTIME, else a checkout's web/node_modules from `make web-runtime`).")] = None,
     zip_it: Annotated[bool, typer.Option("--zip", help="Write OUT.zip instead of a folder.")] = False,
     allow_desktop_only: Annotated[bool, typer.Option("--allow-desktop-only", help="Bundle a format no mobile runtime loads (e.g. a TokenFormer GGUF).")] = False,
     force: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
@@ -599,11 +577,32 @@ def verify(bundle_path: Annotated[Path, typer.Argument(help="A bundle folder or 
               f"({model['family']}, {model['format']}, {model['quantization']})", markup=False)
 
 
+def _say_temperatures(artifact_path: Path, recorded, given: Path | None) -> None:
+    """One line when parity's reference runs with head temperatures the artifact records, or a warning when
+    --head-temperatures (which wins) differs from them: the numbers then measure that difference too."""
+    import numpy as np
+
+    try:
+        table = np.asarray(recorded, dtype=np.float32)
+    except (TypeError, ValueError):  # not a table of numbers; with no --head-temperatures the reference refused it
+        table = None
+    if recorded is None or (given is None and np.all(table == 1)):
+        return
+    if given is None:
+        info.print(f"note: the reference runs with the head temperatures {artifact_path} records (λ from {table.min():.4g} to "
+                   f"{table.max():.4g}), folded into it at export", markup=False)
+        return
+    layers = np.asarray(json.loads(given.read_text())["layers"], dtype=np.float32)  # a valid file: the reference read it
+    if table is None or layers.shape != table.shape or not np.allclose(layers, table, rtol=1e-6, atol=0):
+        info.print(f"warning: --head-temperatures {given} differs from the λ {artifact_path} records (folded into it at export); "
+                   "the reference runs with the file's: drop the option to compare with what was exported", markup=False)
+
+
 @app.command()
 def parity(
     artifact_path: Annotated[Path, typer.Argument(help="A .gguf file, an ONNX folder or a bundle.")],
     reference: Annotated[Path, typer.Option(help="The model folder it was exported from.")],
-    text: Annotated[Optional[Path], typer.Option(help="Text to compare on (default: the shipped held-out novel).")] = None,
+    text: Annotated[Optional[Path], typer.Option(help="Text to compare on (default: the opening of the held-out novel, shipped with edgelm).")] = None,
     tokens: Annotated[int, typer.Option(min=3, help="Positions compared: half prefilled, half decoded one at a time.")] = 256,
     head_temperatures: TemperaturesOption = None,
     allow_pickle: AllowPickleOption = False,
@@ -619,12 +618,14 @@ def parity(
 
     text = text or DEFAULT_TEXT
     content = _read_text(text)
-    ref = open_artifact(reference, LoadOptions(head_temperatures=head_temperatures, device=_device(device), allow_pickle=allow_pickle))
     art = open_artifact(artifact_path, LoadOptions(threads=_threads(threads), context_length=tokens + 1, f32_kv_cache=True, all_logits=True))
+    recorded = art.format.recorded_temperatures()  # the reference runs with the λ the export folded in
+    ref = open_artifact(reference, LoadOptions(head_temperatures=head_temperatures or recorded, device=_device(device), allow_pickle=allow_pickle))
+    _say_temperatures(artifact_path, recorded, head_temperatures)
     ids = ref.tokenizer.encode(content)[:tokens + 1]
     if len(ids) < 3:
         raise UserError("the text is too short", text, "give a longer text")
-    with info.status("comparing…"):
+    with Progress(info, "comparing", enabled=not as_json, columns=_spinner):
         report = compare(ref.backend, art.backend, ids)
     result = report.as_dict() | {"reference": f"{reference} ({ref.engine})", "artifact": f"{artifact_path} ({art.engine})"}
     failed = [name for name, limit, value in [("mean KL divergence", max_kld, report.mean_kld),
@@ -669,8 +670,6 @@ def calibrate(
     as_json: JsonOption = False,
 ) -> None:
     """Tune per-head attention temperatures at a longer length (HeadScale), every weight frozen."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     from .calibrate import CalibrationSettings, calibrate as run
     from .fileio import atomic_output_file, refuse_existing
     from .models import open_checkpoint
@@ -696,10 +695,18 @@ def calibrate(
     model = checkpoint.load_model(_device(device))
     if not model.attention_modules():
         raise UserError("this model has no attention heads to scale", model_dir, "calibration applies to attention models")
-    columns = (TextColumn("[bold]calibrating"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
-    with Progress(*columns, console=info, transient=True, disable=as_json or not info.is_terminal) as progress:
-        task = progress.add_task("calibrate", total=steps, loss=float("nan"))
-        result = run(model, ids, settings, on_step=lambda i, n, loss: progress.update(task, completed=i, total=n, loss=loss))
+
+    def columns():
+        from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
+
+        return (TextColumn("[bold]calibrating"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"),
+                TimeRemainingColumn())
+
+    def line(progress):
+        return f"calibrating: step {progress.completed}/{progress.total}, loss {progress.fields['loss']:.4f}"
+
+    with Progress(info, "calibrate", steps, enabled=not as_json, columns=columns, line=line, loss=float("nan")) as progress:
+        result = run(model, ids, settings, on_step=lambda i, n, loss: progress.update(i, n, loss=loss))
     with atomic_output_file(out_path, force) as tmp:
         tmp.write_text(json.dumps(result.as_json(), indent=2) + "\n")
     if write_checkpoint:

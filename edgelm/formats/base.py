@@ -27,7 +27,7 @@ log = logging.getLogger("edgelm")
 @dataclass(frozen=True)
 class LoadOptions:
     position_encoding: str | None = None  # model folders only
-    head_temperatures: Path | None = None  # model folders only
+    head_temperatures: Path | list | None = None  # model folders only: a file, or a [layers][heads] table
     allow_pickle: bool = False  # model folders only
     device: str = "cpu"  # torch reference; cuda also puts edgelm's ggml executor on a GPU
     threads: int | None = None  # llama.cpp and onnxruntime
@@ -91,6 +91,11 @@ class Format(ABC):
 
     @abstractmethod
     def open(self, options: LoadOptions) -> Artifact: ...
+
+    def recorded_temperatures(self) -> Any:
+        """The head temperatures an export folded into its weights, as [layers][heads] λ, so a comparison with
+        the source model runs the source with them; None where the format records none."""
+        return None
 
     @abstractmethod
     def describe(self, options: LoadOptions) -> dict[str, Any]:

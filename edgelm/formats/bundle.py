@@ -38,6 +38,7 @@ def bundled_format(folder: Path, manifest: dict) -> Format:
 class Bundle(Format):
     kind = "bundle"
     bundled = False
+    _opened: Format | None = None  # the bundled model's format, once open() has unpacked it
 
     @classmethod
     def detect(cls, path: Path) -> bool:
@@ -73,9 +74,19 @@ class Bundle(Format):
                 cleanup()
             raise
         artifact.path, artifact.format = self.path, self
+        self._opened = inner
         artifact.details |= {"bundle": {k: manifest.get(k) for k in ("format", "quantization", "edgelm_version")}}
         artifact.cleanups += cleanups
         return artifact
+
+    def recorded_temperatures(self) -> Any:
+        """The bundled model's, read from the copy an open artifact runs (a zip is unpacked once)."""
+        from ..bundle import unpacked
+
+        if self._opened is not None:
+            return self._opened.recorded_temperatures()
+        with unpacked(self.path) as folder:
+            return self._inside(folder)[1].recorded_temperatures()
 
     def describe(self, options: LoadOptions) -> dict[str, Any]:
         from ..bundle import unpacked

@@ -122,6 +122,15 @@ class GGUF(Format):
         backend.context_length = context
         return Artifact(self.path, self, engine, tokenizer, backend, details)
 
+    def recorded_temperatures(self) -> list[list[float]] | None:
+        """The λ edgelm folded into the weights at export, stored flat: one row per layer (block_count). None for
+        another tool's file; a value that is no table of numbers is refused when the reference checks it."""
+        flat, layers = self.gguf.field(GGUF_HEAD_TEMPERATURES), self.gguf.hparam("block_count")
+        if flat is None or type(layers) is not int or layers <= 0 or len(flat) % layers:
+            return flat
+        heads = len(flat) // layers
+        return [list(flat[i * heads:(i + 1) * heads]) for i in range(layers)]
+
     def describe(self, options: LoadOptions) -> dict[str, Any]:
         gguf, model = self.gguf, self._edgelm_model()
         facts = {

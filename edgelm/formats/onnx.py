@@ -57,6 +57,11 @@ class OnnxFolder(Format):
         details = {k: self.manifest.get(k) for k in ("family", "position_encoding", "quantization")}
         return Artifact(self.path, self, f"onnxruntime ({options.provider})", load_tokenizer(self.path), backend, details)
 
+    def recorded_temperatures(self) -> Any:
+        """The [layers][heads] λ folded into the weights at export (edgelm.json), None for another tool's folder."""
+        recorded = self.manifest.get("head_temperatures")
+        return recorded.get("layers") if isinstance(recorded, dict) else None
+
     def _graph(self):
         import onnx
 
@@ -126,7 +131,8 @@ class OnnxFolder(Format):
         return {"format": "onnx (web)", "family": self.manifest.get("family"), "quantization": self.manifest.get("quantization"),
                 "context_length": self.genai["model"]["context_length"], "model": self.model_file.name, "external_data": external,
                 "position_encoding": self.manifest.get("position_encoding"),
-                "rotary_table_positions": self.manifest.get("rotary_table_positions", 0)}
+                "rotary_table_positions": self.manifest.get("rotary_table_positions", 0),
+                "head_temperatures": self.manifest.get("head_temperatures")}
 
     def identity(self) -> dict[str, Any]:
         """The quantization from the operators the graph holds (an ORT-format graph's op names are
@@ -208,5 +214,5 @@ class OnnxFolder(Format):
                 shutil.copyfile(source, folder / name)
         return {"format": "onnx (ORT mobile format)", "family": self.manifest.get("family"),
                 "quantization": self.manifest.get("quantization"), "context_length": genai["model"]["context_length"],
-                "model": ORT_MODEL_FILE}
+                "model": ORT_MODEL_FILE, "head_temperatures": self.manifest.get("head_temperatures")}
 

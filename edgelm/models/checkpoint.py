@@ -210,15 +210,15 @@ class Checkpoint:
     tensors: TensorSource
     position_encoding_rule: str
     temperature_source: str
-    temperatures_file: Path | None
+    temperature_table: torch.Tensor | None  # given (--head-temperatures, or recorded by an export), else None
     module_shapes: dict[str, tuple[int, ...]]  # the family module's state dict, tied aliases included
     position_encoding_perplexities: dict[str, float] | None = None  # when measured: encoding → probe perplexity
 
     def head_temperatures(self) -> torch.Tensor:
         """[num_layers, num_heads] λ table the model runs with."""
         spec = self.spec
-        if self.temperatures_file is not None:
-            return read_head_temperatures(self.temperatures_file, spec)
+        if self.temperature_table is not None:
+            return self.temperature_table.clone()
         template = self.family.head_temperature_tensor
         if template and template.format(bid=0) in self.tensors.shapes:
             return torch.stack([self.tensors.get(template.format(bid=i)).float() for i in range(spec.num_layers)])
@@ -336,9 +336,10 @@ def open_checkpoint(
     folder: str | Path,
     *,
     position_encoding: str | None = None,
-    head_temperatures: str | Path | None = None,
+    head_temperatures: str | Path | list | None = None,
     allow_pickle: bool = False,
 ) -> Checkpoint:
+    """`head_temperatures`: a temperatures file, or a [layers][heads] table (what an export records)."""
     folder = resolve_model(folder, allow_pickle)
     config = read_config(folder)
     config_path = folder / CONFIG
@@ -358,10 +359,13 @@ def open_checkpoint(
     spec = replace(spec, position_encoding=encoding)
     shapes = _check_tensors(family, spec, tensors, folder)
     checkpoint = Checkpoint(folder, config, family, spec, tensors, rule, "default (all 1.0)", None, shapes)
-    if head_temperatures is not None:
-        checkpoint.temperatures_file = Path(head_temperatures)
+    if isinstance(head_temperatures, (str, Path)):
+        checkpoint.temperature_table = read_head_temperatures(head_temperatures, spec)
         checkpoint.temperature_source = f"file {head_temperatures}"
-        read_head_temperatures(checkpoint.temperatures_file, spec)  # validate now, not at first use
+    elif head_temperatures is not None:
+        checkpoint.temperature_table = checked_temperatures(head_temperatures, spec, folder / CONFIG,
+                                                            "they were recorded for another model: give the folder it was exported from")
+        checkpoint.temperature_source = "the table recorded in an export"
     elif family.head_temperature_tensor and family.head_temperature_tensor.format(bid=0) in tensors.shapes:
         checkpoint.temperature_source = "checkpoint tensors " + family.head_temperature_tensor
     if declared is None:
@@ -404,15 +408,25 @@ def read_head_temperatures(path: str | Path, spec: ModelSpec) -> torch.Tensor:
     path = user_file(Path(path), "--head-temperatures", MAX_TEMPERATURES_BYTES, "temperatures file")
     document = read_json(path, MAX_TEMPERATURES_BYTES, "the temperatures file")
     try:
-        table = torch.tensor(document["layers"], dtype=torch.float32)
-    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        layers = document["layers"]
+    except (KeyError, TypeError) as exc:
         raise UserError(f"not a temperatures file ({exc.__class__.__name__}: {str(exc)[:120]})", path,
                         "expected JSON {\"layers\": [[λ per head], …]}, one list per layer") from None
+    return checked_temperatures(layers, spec, path)
+
+
+def checked_temperatures(layers: Any, spec: ModelSpec, path: Path, fix: str = "calibrate this model or give its own temperatures file") -> torch.Tensor:
+    """A [num_layers, num_heads] table of finite, positive λ from nested lists; `path` and `fix` for a refusal."""
+    try:
+        table = torch.tensor(layers, dtype=torch.float32)
+    except (TypeError, ValueError, IndexError, RuntimeError) as exc:
+        raise UserError(f"not a temperatures table ({exc.__class__.__name__}: {str(exc)[:120]})", path,
+                        "expected {\"layers\": [[λ per head], …]}, one list per layer") from None
     if tuple(table.shape) != (spec.num_layers, spec.num_heads):
         raise UserError(
             f"temperatures have shape {list(table.shape)}, the model has {spec.num_layers} layers × {spec.num_heads} heads",
             path,
-            "calibrate this model or give its own temperatures file",
+            fix,
         )
     if not torch.isfinite(table).all() or (table <= 0).any():
         raise UserError("temperatures must be finite and positive", path, "fix the values")

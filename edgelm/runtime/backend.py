@@ -19,6 +19,7 @@ from ..errors import UserError
 
 class Backend(ABC):
     context_length: int
+    all_logits: bool = True  # forward() gives every position's logits; llama.cpp opened for generation gives the last only
 
     def __init__(self) -> None:
         self.cached_ids: list[int] = []  # the token at each cache position, in order

@@ -1,0 +1,121 @@
+"""What the command line prints with: three lazily made rich consoles and a progress display.
+
+rich is imported on first use: `generate` streams plain text and never needs it (importing rich was 2.5 of
+the 11 MB a tiny model's `edgelm generate` held over llama-cpp-python's own script). `LazyConsole`
+forwards method calls (`print`, `status`, `is_terminal`, …) to the Console it makes; anything handed to
+rich itself gets the real Console from `.console`, since rich enters a console as a context manager and
+keeps it by identity (a forwarding object there crashed export, perplexity and calibrate in a terminal).
+`Progress` is the only place that builds a rich progress display.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+PLAIN_INTERVAL_S = 5.0  # piped: at most one progress line this often (a 10-minute calibrate prints ~120)
+
+
+class LazyConsole:
+    """A rich Console made on first use; `.console` is the Console itself, the only thing to give rich."""
+
+    def __init__(self, stderr: bool = False):
+        self._stderr = stderr
+        self._console: Console | None = None
+        self._quiet = False
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True, quiet=self._quiet)
+        return self._console
+
+    @property
+    def quiet(self) -> bool:
+        return self._quiet
+
+    @quiet.setter
+    def quiet(self, value: bool) -> None:
+        self._quiet = value
+        if self._console is not None:
+            self._console.quiet = value
+
+    def __getattr__(self, name: str) -> Any:  # what this class lacks: the Console's own methods
+        if name.startswith("__"):  # protocols (copy, pickle) look these up: never make a Console for them
+            raise AttributeError(name)
+        return getattr(self.console, name)
+
+
+class Progress:
+    """Progress of one long step on `console` (stderr). On a terminal a rich bar, removed when done. Piped, a
+    plain line every `interval` seconds while the step runs, and one at the end when any was printed (as
+    llama.cpp and Optimum keep printing into a log), so a quick run prints nothing. Nothing with --quiet or
+    `enabled=False`.
+
+    `line(progress)` words the plain line (default: label, completed/total; the seconds so far are added);
+    `columns()` gives the bar's rich columns (default: rich's); `fields` are the task's extra fields, as rich's.
+    Use as a context manager; report with `update(completed, total, **fields)`, `advance()` or `stage(label)`."""
+
+    def __init__(self, console: LazyConsole, label: str, total: int | None = None, *, enabled: bool = True,
+                 columns: Callable[[], tuple] | None = None, line: Callable[[Progress], str] | None = None,
+                 interval: float | None = None, **fields: Any):
+        self._console, self.label, self.total = console, label, total
+        self._columns, self._line = columns, line
+        self._interval = PLAIN_INTERVAL_S if interval is None else interval
+        self._mode = None if not enabled or console.quiet else "bar" if console.is_terminal else "plain"
+        self._bar = self._task = self._beat = None
+        self._done = threading.Event()
+        self._printed = False
+        self.completed, self.fields, self.started = 0, fields, time.monotonic()
+
+    def __enter__(self) -> Progress:
+        self.started = time.monotonic()
+        if self._mode == "bar":
+            from rich.progress import Progress as Bar
+
+            self._bar = Bar(*(self._columns() if self._columns else ()), console=self._console.console, transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(self.label, total=self.total, **self.fields)
+        elif self._mode == "plain":
+            self._beat = threading.Thread(target=self._beating, name="edgelm-progress", daemon=True)
+            self._beat.start()
+        return self
+
+    def update(self, completed: int, total: int | None = None, **fields: Any) -> None:
+        self.completed, self.total = completed, total if total is not None else self.total
+        self.fields.update(fields)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=completed, total=self.total, **fields)
+
+    def advance(self, steps: int = 1) -> None:
+        self.update(self.completed + steps)
+
+    def stage(self, label: str) -> None:
+        self.label = label
+        if self._bar is not None:
+            self._bar.update(self._task, description=label)
+
+    def text(self) -> str:
+        words = self._line(self) if self._line else self.label + (f": {self.completed}/{self.total}" if self.total else "")
+        return f"{words} ({time.monotonic() - self.started:.0f} s)"
+
+    def _beating(self) -> None:
+        while not self._done.wait(self._interval):
+            self._console.print(self.text(), markup=False, highlight=False)
+            self._printed = True
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+        if self._beat is not None:
+            self._done.set()
+            self._beat.join()
+            if self._printed and exc[0] is None:
+                self._console.print(self.text(), markup=False, highlight=False)  # a log shows the step finished
