@@ -592,7 +592,9 @@ def _say_temperatures(artifact_path: Path, recorded, given: Path | None) -> None
         info.print(f"note: the reference runs with the head temperatures {artifact_path} records (λ from {table.min():.4g} to "
                    f"{table.max():.4g}), folded into it at export", markup=False)
         return
-    layers = np.asarray(json.loads(given.read_text())["layers"], dtype=np.float32)  # a valid file: the reference read it
+    from .artifact_files import read_json
+
+    layers = np.asarray(read_json(given, what="the temperatures file")["layers"], dtype=np.float32)  # valid: the reference read it
     if table is None or layers.shape != table.shape or not np.allclose(layers, table, rtol=1e-6, atol=0):
         info.print(f"warning: --head-temperatures {given} differs from the λ {artifact_path} records (folded into it at export); "
                    "the reference runs with the file's: drop the option to compare with what was exported", markup=False)

@@ -42,5 +42,10 @@ def run_cli(capsys, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _deterministic():
+def _deterministic(monkeypatch):
     torch.manual_seed(0)
+    # piped progress prints a line every PLAIN_INTERVAL_S: on a loaded machine a slow step would add lines
+    # to an error's stderr that a quick one does not; tests of that progress set the interval themselves
+    from edgelm import console
+
+    monkeypatch.setattr(console, "PLAIN_INTERVAL_S", 3600.0)

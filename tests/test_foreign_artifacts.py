@@ -4,6 +4,7 @@ every command with llama.cpp's own vocabulary; an ONNX folder written by Optimum
 passes parity; a format nobody on a phone runs is not bundled."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -205,10 +206,10 @@ def test_optimum_folder_without_the_dims_genai_needs_is_refused_for_a_phone(run_
     folder = tmp_path / "opt"
     folder.mkdir()
     for path in optimum_folder.iterdir():
-        (folder / path.name).symlink_to(path)
+        if path.name != "config.json":  # hard links: a symbolic link out of the folder is refused before the check here
+            os.link(path, folder / path.name)
     config = json.loads((optimum_folder / "config.json").read_text())
     del config["num_attention_heads"], config["eos_token_id"], config["bos_token_id"]
-    (folder / "config.json").unlink()
     (folder / "config.json").write_text(json.dumps(config))
     assert_user_error(run_cli("bundle", folder, "--out", tmp_path / "b"), "onnxruntime-genai on a phone needs",
                       "model.bos_token_id", "model.decoder.num_attention_heads", "config.json")

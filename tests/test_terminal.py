@@ -97,8 +97,7 @@ print(json.dumps({"first": first, "streamed": streamed, "scores": scores,
 """
 
 
-@pytest.mark.parametrize("kind", ["model folder", "gguf (llama.cpp)", pytest.param("gguf (ggml executor)", marks=pytest.mark.xfail(
-    reason="issue 29 item 2 (another branch): the ggml executor corrupts the heap on a second, longer prompt")), "onnx folder", "bundle"])
+@pytest.mark.parametrize("kind", ["model folder", "gguf (llama.cpp)", "gguf (ggml executor)", "onnx folder", "bundle"])
 def test_every_api_method_works_at_the_defaults_on_every_kind(artifacts, kind):
     """The README's example on each kind, options left at their defaults (a GGUF on llama.cpp raised
     "LlamaCppBackend keeps only the last logits" from perplexity); in a process of its own, so a native
