@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 
 from ..models import Checkpoint
-from .temperatures import bake_tensor, refuse_non_finite, temperature_scales
+from .temperatures import bake_tensor, refuse_attention_beyond_f16, refuse_non_finite, temperature_scales
 
 
 class ExportedWeights:
@@ -30,9 +30,17 @@ class ExportedWeights:
         self._scales = temperature_scales(checkpoint.family, checkpoint.spec, table)
         self._aliases = checkpoint.family.tied_tensors(checkpoint.spec)
         self._folds = folds or {}
+        self._attention_bounded = False
+
+    def _bound_attention(self) -> None:
+        """Once, before the first tensor goes out: q, k and v must fit the f16 the runtime holds them in."""
+        if not self._attention_bounded:
+            self._attention_bounded = True
+            refuse_attention_beyond_f16(self.checkpoint.family, self.checkpoint.spec, self.get, self.checkpoint.path)
 
     def get(self, name: str) -> torch.Tensor:
-        """fp32, temperatures folded, refused when not finite."""
+        """fp32, temperatures folded, refused when not finite or when q, k or v could pass f16."""
+        self._bound_attention()
         tensor = self.checkpoint.tensors.get(self._source(name), torch.float32)
         if name in self._scales:
             tensor = bake_tensor(tensor, *self._scales[name])
@@ -49,6 +57,7 @@ class ExportedWeights:
     def row_blocks(self, name: str) -> Iterator[torch.Tensor]:
         """An unchanged tensor in fp32, a block of rows at a time, each refused when not finite."""
         assert self.unchanged(name), name
+        self._bound_attention()
         for block in self.checkpoint.tensors.row_blocks(self._source(name), torch.float32):
             self._check_finite(name, block)
             yield block
