@@ -30,17 +30,12 @@ class ExportedWeights:
         self._scales = temperature_scales(checkpoint.family, checkpoint.spec, table)
         self._aliases = checkpoint.family.tied_tensors(checkpoint.spec)
         self._folds = folds or {}
-        self._attention_bounded = False
-
-    def _bound_attention(self) -> None:
-        """Once, before the first tensor goes out: q, k and v must fit the f16 the runtime holds them in."""
-        if not self._attention_bounded:
-            self._attention_bounded = True
-            refuse_attention_beyond_f16(self.checkpoint.family, self.checkpoint.spec, self.get, self.checkpoint.path)
+        # before any tensor goes out (an ONNX graph pass may read one lazily): q, k and v must fit the
+        # f16 the runtime holds them in, whatever the file's dtype
+        refuse_attention_beyond_f16(checkpoint.family, checkpoint.spec, self.get, checkpoint.path)
 
     def get(self, name: str) -> torch.Tensor:
-        """fp32, temperatures folded, refused when not finite or when q, k or v could pass f16."""
-        self._bound_attention()
+        """fp32, temperatures folded, refused when not finite."""
         tensor = self.checkpoint.tensors.get(self._source(name), torch.float32)
         if name in self._scales:
             tensor = bake_tensor(tensor, *self._scales[name])
@@ -57,7 +52,6 @@ class ExportedWeights:
     def row_blocks(self, name: str) -> Iterator[torch.Tensor]:
         """An unchanged tensor in fp32, a block of rows at a time, each refused when not finite."""
         assert self.unchanged(name), name
-        self._bound_attention()
         for block in self.checkpoint.tensors.row_blocks(self._source(name), torch.float32):
             self._check_finite(name, block)
             yield block
