@@ -153,3 +153,36 @@ def test_shipped_models_are_far_inside_the_f16_attention_bound(name):
     largest = max(attention_bound(entry, weights.get) for layer in range(spec.num_layers)
                   for entry in family.attention_inputs(spec, layer))
     assert 0 < largest < 0.01 * F16_MAX, largest
+
+
+@pytest.mark.parametrize("name", ["tiny-nope", "tiny-rope", "tiny-ngen4", "tiny-tokenformer"])
+def test_the_f16_attention_bound_is_never_below_what_the_model_computes(name):
+    """The bound is sufficient: the queries (the projection's output, before rotary) and the cached keys
+    and values (after it) of a forward pass over random tokens, with head temperatures of 3, stay under it."""
+    from pathlib import Path
+
+    from edgelm.export.temperatures import attention_bound
+    from edgelm.export.weights import ExportedWeights
+
+    checkpoint = open_checkpoint(Path(__file__).parents[1] / "examples" / "models" / name)
+    spec, family = checkpoint.spec, checkpoint.family
+    table = torch.full((spec.num_layers, spec.num_heads), 3.0)
+    weights = ExportedWeights(checkpoint, temperatures=table)
+    model = checkpoint.load_model()
+    model.set_head_temperatures(torch.ones_like(table))  # the folded weights below carry λ
+    model.load_state_dict({n: weights.get(n) for n in model.state_dict() if n in weights.shapes}, strict=False)
+    queries = {}
+    for layer in range(spec.num_layers):
+        entry = family.attention_inputs(spec, layer)[0]
+        module = model.get_submodule(entry.weight.rsplit(".", 1)[0])
+        module.register_forward_hook(lambda m, i, out, layer=layer, e=entry: queries.__setitem__(layer, out[..., e.start:e.stop]))
+    ids = torch.randint(0, spec.vocab_size, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, cache = model(ids)
+    for layer, (keys, values) in enumerate(cache):
+        entries = {e.what: e for e in family.attention_inputs(spec, layer)}
+        rotation = 2 ** -0.5 if entries["queries"].rotates else 1.0  # the hook sees q before rotary
+        for what, seen, bound in (("queries", queries[layer], attention_bound(entries["queries"], weights.get) * rotation),
+                                  ("keys", keys, attention_bound(entries["keys"], weights.get)),
+                                  ("values", values, attention_bound(entries["values"], weights.get))):
+            assert 0 < float(seen.abs().max()) <= bound * (1 + 1e-5), (layer, what, float(seen.abs().max()), bound)
