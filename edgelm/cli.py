@@ -610,6 +610,7 @@ def parity(
     allow_pickle: AllowPickleOption = False,
     device: DeviceOption = "auto",
     threads: ThreadsOption = None,
+    f32_kv_cache: Annotated[bool, typer.Option("--f32-kv-cache", help="GGUF: run the artifact with an f32 KV cache. By default it runs with the f16 cache llama.cpp and `chat` use, so the numbers (and a NaN from keys, values or queries past float16's range) are what users get.")] = False,
     max_kld: Annotated[Optional[float], typer.Option("--max-kld", parser=number(NON_NEGATIVE), help="Exit 1 when the mean KL divergence exceeds this.")] = None,
     max_ppl_increase: Annotated[Optional[float], typer.Option("--max-ppl-increase", parser=number(NON_NEGATIVE), help="Exit 1 when perplexity rises by more than this fraction.")] = None,
     as_json: JsonOption = False,
@@ -620,7 +621,7 @@ def parity(
 
     text = text or DEFAULT_TEXT
     content = _read_text(text)
-    art = open_artifact(artifact_path, LoadOptions(threads=_threads(threads), context_length=tokens + 1, f32_kv_cache=True, all_logits=True))
+    art = open_artifact(artifact_path, LoadOptions(threads=_threads(threads), context_length=tokens + 1, f32_kv_cache=f32_kv_cache, all_logits=True))
     recorded = art.format.recorded_temperatures()  # the reference runs with the λ the export folded in
     ref = open_artifact(reference, LoadOptions(head_temperatures=head_temperatures or recorded, device=_device(device), allow_pickle=allow_pickle))
     _say_temperatures(artifact_path, recorded, head_temperatures)

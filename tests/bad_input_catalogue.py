@@ -150,6 +150,11 @@ def layers_of(value) -> dict:
     return {"layers": [[value] * 8] * 4}
 
 
+def one_head(value) -> dict:
+    """Layer 0's head 0 at `value`, every other head at 1."""
+    return {"layers": [[value] + [1.0] * 7] + [[1.0] * 8] * 3}
+
+
 GEN = "generate {model} --prompt x"
 TOKENFORMER_CONFIG = {"architectures": ["TokenFormerForCausalLM"], "model_type": "tokenformer", "hidden_size": 256, "num_layers": 4,
                       "num_attention_heads": 4, "qkv_slot_num": 256, "proj_slot_num": 256, "ffn_slot_num": 1024, "vocab_size": 4096,
@@ -229,8 +234,15 @@ CASES: list[Case] = [
     case("temperature zero", "inspect {model} --head-temperatures {tmp}/temps.json", "temps.json", temperatures(layers_of(0.0))),
     case("temperature NaN", "inspect {model} --head-temperatures {tmp}/temps.json", "temps.json", temperatures('{"layers": [[NaN]]}')),
     case("temperature a string", "inspect {model} --head-temperatures {tmp}/temps.json", "temps.json", temperatures(layers_of("hot"))),
-    case("temperature past f16", "export {nope} --head-temperatures {tmp}/temps.json --out {tmp}/m.gguf", "beyond float16's 65504",
+    case("temperature past f16", "export {nope} --head-temperatures {tmp}/temps.json --out {tmp}/m.gguf", "past float16's 65504",
          temperatures(layers_of(1e30))),
+    # an f32 file holds the folded weights, but llama.cpp's f16 KV cache and ONNX Runtime's fp16 attention do not:
+    # one head at 1e30 ran NaN there; the bound on layer 0's queries is ~1e31
+    case("temperature past the f16 KV cache (f32 GGUF)", "export {nope} --quant f32 --head-temperatures {tmp}/temps.json --out {tmp}/m.gguf",
+         "layer 0's queries (model.layers.0.self_attn.q_proj.weight) to ", temperatures(one_head(1e30))),
+    case("temperature past fp16 attention (f32 ONNX)",
+         "export {nope} --format onnx --quant f32 --head-temperatures {tmp}/temps.json --out {tmp}/m-onnx",
+         "past float16's 65504, which llama.cpp's f16 KV cache and ONNX Runtime's fp16 attention compute in", temperatures(one_head(1e30))),
     # --- options
     case("--max-new-tokens 0", GEN + " --max-new-tokens 0", "--max-new-tokens"),
     case("--temperature negative", GEN + " --temperature -1", "--temperature"),

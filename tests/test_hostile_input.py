@@ -180,23 +180,37 @@ def test_export_refuses_non_finite_weights(run_cli, preset_dir, tmp_path):
         assert not out.exists()
 
 
-def test_onnx_f16_export_refuses_a_temperature_past_f16_range(run_cli, preset_dir, tmp_path):
-    import json
+def _with_huge_mlp_weight(source, target):
+    """A weight past float16's range outside attention (so the q/k/v bound does not see it first)."""
+    import shutil
 
-    temps = tmp_path / "temps.json"
-    temps.write_text(json.dumps({"layers": [[1e30] * 8] * 4}))  # folded q weights ~1e28: fine in fp32, inf in f16
-    assert_user_error(run_cli("export", preset_dir("tiny-nope"), "--format", "onnx", "--quant", "f16", "--head-temperatures", temps,
-                              "--out", tmp_path / "m-onnx"), "beyond float16's 65504, so f16 would make it infinite")
-    assert [p.name for p in tmp_path.iterdir()] == ["temps.json"]
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, target)
+    tensors = load_file(target / "model.safetensors")
+    tensors["model.layers.1.mlp.up_proj.weight"][3, 4] = 1e6
+    save_file(tensors, target / "model.safetensors")
+    return target
 
 
-def test_temperature_beyond_f16_is_refused_at_f16(run_cli, preset_dir, tmp_path):
+def test_f16_export_refuses_a_weight_past_f16_range(run_cli, preset_dir, tmp_path):
+    model = _with_huge_mlp_weight(preset_dir("tiny-nope"), tmp_path / "model")
+    assert_user_error(run_cli("export", model, "--format", "onnx", "--quant", "f16", "--out", tmp_path / "m-onnx"),
+                      "beyond float16's 65504, so f16 would make it infinite")
+    assert_user_error(run_cli("export", model, "--out", tmp_path / "m.gguf"), "beyond float16's 65504", "--quant f32 (or bf16 for GGUF)")
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_temperature_past_f16_is_refused_at_every_quant(run_cli, preset_dir, tmp_path):
+    """λ = 1e30 folds into q weights of ~1e28: fine in an f32 file, infinite in the f16 the runtime computes
+    attention in, so it is refused at f32 too (bad_input_catalogue.py has the one-head rows)."""
     import json
 
     temps = tmp_path / "temps.json"
     temps.write_text(json.dumps({"layers": [[1e30] * 8] * 4}))
-    assert_user_error(run_cli("export", preset_dir("tiny-nope"), "--head-temperatures", temps, "--out", tmp_path / "m.gguf"),
-                      "beyond float16's 65504", "--quant f32 (or bf16 for GGUF)")
+    for quant in ("f32", "f16", "int8"):
+        assert_user_error(run_cli("export", preset_dir("tiny-nope"), "--quant", quant, "--head-temperatures", temps,
+                                  "--out", tmp_path / "m.gguf"), "layer 0's queries", "past float16's 65504", "smaller head temperatures")
     assert [p.name for p in tmp_path.iterdir()] == ["temps.json"]
 
 

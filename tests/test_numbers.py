@@ -110,3 +110,79 @@ def test_torch_reference_gives_nan_for_nan_weights(preset_dir, tmp_path):
 
     artifact = open_artifact(ENGINES["torch"](preset_dir, tmp_path), LoadOptions(device="cpu"))
     assert torch.isnan(torch.from_numpy(artifact.backend.forward([1, 2]))).all()
+
+
+def test_parity_runs_the_f16_kv_cache_users_get(run_cli, preset_dir, tmp_path):
+    """An f32 GGUF whose layer-0 head-0 queries carry λ = 1e30 (export refuses that now, so a stranger folds
+    it in with gguf-py, and records it as edgelm does) runs NaN under llama.cpp's default f16 KV cache,
+    which converts Q to f16. `parity` opened it with an f32 cache and called it fine; now it runs the
+    cache users get, and --f32-kv-cache still isolates the weights."""
+    from gguf import GGUFReader, GGUFValueType
+
+    from edgelm.constants import GGUF_HEAD_TEMPERATURES
+
+    reference = preset_dir("tiny-nope")
+    exported = export_gguf(open_checkpoint(reference), tmp_path / "src.gguf", "f32").path
+    spec = open_checkpoint(reference).spec
+    query = next(t for t in GGUFReader(str(exported)).tensors if t.name == "blk.0.attn_q.weight")
+    hot = np.array(query.data, dtype=np.float32)  # [out, in]: head 0 is the first head_dim rows
+    hot[:spec.head_dim] *= 1e30
+    table = [1e30] + [1.0] * (spec.num_layers * spec.num_heads - 1)
+    artifact = rewrite_gguf(exported, tmp_path / "hot.gguf", replace_tensors={"blk.0.attn_q.weight": hot},
+                            add={GGUF_HEAD_TEMPERATURES: (table, GGUFValueType.ARRAY, GGUFValueType.FLOAT32)},
+                            drop_keys={GGUF_HEAD_TEMPERATURES})
+    args = ("parity", artifact, "--reference", reference, "--tokens", 16, "--device", "cpu", "--json")
+    code, out, err = run_cli(*args)
+    assert code == 1 and "finite logits" in json.loads(out)["failed"], (code, out, err)
+    code, out, err = run_cli(*args, "--f32-kv-cache", "--max-kld", "1e-3")
+    assert code == 0, (out, err)  # the weights themselves match the reference with λ = 1e30
+
+
+@pytest.mark.parametrize("name", ["tiny-nope", "tiny-rope", "tiny-ngen4", "tiny-tokenformer"])
+def test_shipped_models_are_far_inside_the_f16_attention_bound(name):
+    """A false refusal of a real model is worse than a missed one: the trained models' largest q/k/v bound
+    is about 1e-3 of float16's range (measured: ngen4 4.1e-4, nope 1.8e-4, rope 4.5e-4, tokenformer 1.0e-3)."""
+    from pathlib import Path
+
+    from edgelm.export.temperatures import F16_MAX, attention_bound
+    from edgelm.export.weights import ExportedWeights
+
+    checkpoint = open_checkpoint(Path(__file__).parents[1] / "examples" / "models" / name)
+    weights = ExportedWeights(checkpoint)  # the export check itself passes
+    spec, family = checkpoint.spec, checkpoint.family
+    largest = max(attention_bound(entry, weights.get) for layer in range(spec.num_layers)
+                  for entry in family.attention_inputs(spec, layer))
+    assert 0 < largest < 0.01 * F16_MAX, largest
+
+
+@pytest.mark.parametrize("name", ["tiny-nope", "tiny-rope", "tiny-ngen4", "tiny-tokenformer"])
+def test_the_f16_attention_bound_is_never_below_what_the_model_computes(name):
+    """The bound is sufficient: the queries (the projection's output, before rotary) and the cached keys
+    and values (after it) of a forward pass over random tokens, with head temperatures of 3, stay under it."""
+    from pathlib import Path
+
+    from edgelm.export.temperatures import attention_bound
+    from edgelm.export.weights import ExportedWeights
+
+    checkpoint = open_checkpoint(Path(__file__).parents[1] / "examples" / "models" / name)
+    spec, family = checkpoint.spec, checkpoint.family
+    table = torch.full((spec.num_layers, spec.num_heads), 3.0)
+    weights = ExportedWeights(checkpoint, temperatures=table)
+    model = checkpoint.load_model()
+    model.set_head_temperatures(torch.ones_like(table))  # the folded weights below carry λ
+    model.load_state_dict({n: weights.get(n) for n in model.state_dict() if n in weights.shapes}, strict=False)
+    queries = {}
+    for layer in range(spec.num_layers):
+        entry = family.attention_inputs(spec, layer)[0]
+        module = model.get_submodule(entry.weight.rsplit(".", 1)[0])
+        module.register_forward_hook(lambda m, i, out, layer=layer, e=entry: queries.__setitem__(layer, out[..., e.start:e.stop]))
+    ids = torch.randint(0, spec.vocab_size, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, cache = model(ids)
+    for layer, (keys, values) in enumerate(cache):
+        entries = {e.what: e for e in family.attention_inputs(spec, layer)}
+        rotation = 2 ** -0.5 if entries["queries"].rotates else 1.0  # the hook sees q before rotary
+        for what, seen, bound in (("queries", queries[layer], attention_bound(entries["queries"], weights.get) * rotation),
+                                  ("keys", keys, attention_bound(entries["keys"], weights.get)),
+                                  ("values", values, attention_bound(entries["values"], weights.get))):
+            assert 0 < float(seen.abs().max()) <= bound * (1 + 1e-5), (layer, what, float(seen.abs().max()), bound)

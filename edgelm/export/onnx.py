@@ -387,8 +387,9 @@ def _write_graph(checkpoint: Checkpoint, path: Path, kv_calibration_text: Path |
     if calibration and quant == "int4":
         folds, note = activation_folds(checkpoint, calibration)
         notes.append(note)
+    weights = ExportedWeights(checkpoint, folds=folds)  # refuses q/k/v past f16 before the tracer's seconds
     model = _traced_graph(checkpoint, kv_scales)
-    _fill_weights(model, ExportedWeights(checkpoint, folds=folds), quant == "f16")
+    _fill_weights(model, weights, quant == "f16")
     onnxscript.optimizer.optimize(model)  # folds the small constants only: the weights stay lazy
     try:
         if quant == "int4":

@@ -9,6 +9,9 @@ exact through them.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 
 from ..errors import UserError
@@ -57,3 +60,46 @@ def refuse_beyond_f16(name: str, largest: float, type_name: str) -> None:
     if largest > F16_MAX:
         raise UserError(f"tensor {name} reaches {largest:.3g}, beyond float16's {F16_MAX:.0f}, so {type_name} would make it infinite",
                         None, "export with --quant f32 (or bf16 for GGUF), or use smaller head temperatures")
+
+
+def refuse_attention_beyond_f16(family: Family, spec: ModelSpec, get: Callable[[str], torch.Tensor], checkpoint_path) -> None:
+    """Refuses weights whose queries, keys or values can pass float16's range at run time, whatever
+    the file's dtype: llama.cpp stores K and V in its default f16 KV cache and converts Q to f16 for
+    the attention product, ONNX Runtime's fp16 attention holds all three in f16, so one out-of-range
+    value there is infinite and the reply NaN (an f32 export with a λ = 1e30 temperature did that).
+
+    A sufficient bound, from the weights alone: an output is w·(g ⊙ u + b) + c with ‖u‖₂ ≤ √n
+    (models/registry.py AttentionInput), so |output| ≤ √n·‖w ⊙ g‖₂ + |w·b + c| (Cauchy–Schwarz;
+    tighter than Σ|w|·max|x| by up to √n, and still never below the true maximum); rotary mixes
+    outputs in pairs, which can grow one by √2. `get` returns a tensor as exported (fp32, folded)."""
+    for layer in range(spec.num_layers):
+        inputs = family.attention_inputs(spec, layer)
+        if inputs is None:
+            # no description of how this family makes q, k and v: bound what the temperatures fold
+            # touches, the query weights themselves
+            for name, _ in family.query_tensors(spec, layer) or []:
+                largest = float(get(name).abs().max())
+                if largest > F16_MAX:
+                    _refuse_attention(layer, f"query tensor {name}", largest, checkpoint_path)
+            continue
+        for entry in inputs:
+            bound = attention_bound(entry, get)
+            if bound > F16_MAX:
+                _refuse_attention(layer, f"{entry.what} ({entry.weight})", bound, checkpoint_path)
+
+
+def attention_bound(entry, get: Callable[[str], torch.Tensor]) -> float:
+    """The largest |output| `entry` (an AttentionInput) can produce, by the bound above."""
+    weight = get(entry.weight).double().narrow(entry.axis, entry.start, entry.stop - entry.start)
+    weight = weight.movedim(entry.axis, 0).reshape(entry.stop - entry.start, -1)  # [outputs, inputs]
+    gain = get(entry.norm_weight).double() if entry.norm_weight else torch.ones(weight.shape[1], dtype=torch.float64)
+    shift = get(entry.norm_bias).double() if entry.norm_bias else torch.zeros(weight.shape[1], dtype=torch.float64)
+    offset = get(entry.bias).double()[entry.start:entry.stop] if entry.bias else 0.0
+    bounds = math.sqrt(weight.shape[1]) * (weight * gain).norm(dim=1) + (weight @ shift + offset).abs()
+    return float(bounds.max()) * (math.sqrt(2) if entry.rotates else 1.0)
+
+
+def _refuse_attention(layer: int, what: str, bound: float, checkpoint_path) -> None:
+    raise UserError(f"the weights (with any head temperatures folded in) can scale layer {layer}'s {what} to {bound:.3g}, "
+                    f"past float16's {F16_MAX:.0f}, which llama.cpp's f16 KV cache and ONNX Runtime's fp16 attention compute in",
+                    checkpoint_path, "give smaller head temperatures (or fix the checkpoint's weights)")

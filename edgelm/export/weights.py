@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 
 from ..models import Checkpoint
-from .temperatures import bake_tensor, refuse_non_finite, temperature_scales
+from .temperatures import bake_tensor, refuse_attention_beyond_f16, refuse_non_finite, temperature_scales
 
 
 class ExportedWeights:
@@ -30,6 +30,9 @@ class ExportedWeights:
         self._scales = temperature_scales(checkpoint.family, checkpoint.spec, table)
         self._aliases = checkpoint.family.tied_tensors(checkpoint.spec)
         self._folds = folds or {}
+        # before any tensor goes out (an ONNX graph pass may read one lazily): q, k and v must fit the
+        # f16 the runtime holds them in, whatever the file's dtype
+        refuse_attention_beyond_f16(checkpoint.family, checkpoint.spec, self.get, checkpoint.path)
 
     def get(self, name: str) -> torch.Tensor:
         """fp32, temperatures folded, refused when not finite."""

@@ -17,7 +17,7 @@ from gguf import MODEL_TENSOR, TENSOR_NAMES
 from torch import nn
 
 from .layers import CausalLM, CausalSelfAttention, RMSNorm, rotary_frequencies, rotary_frequency_factors
-from .registry import Family, register
+from .registry import AttentionInput, Family, register
 from .spec import Llama3RopeScaling, ModelSpec
 from .util import ConfigReader, UnsupportedConfigValue
 
@@ -197,6 +197,16 @@ class Llama(Family):
 
     def query_tensors(self, spec, layer):
         return [(f"model.layers.{layer}.self_attn.q_proj.weight", 0)]
+
+    def attention_inputs(self, spec, layer):
+        prefix = f"model.layers.{layer}."
+        bias = spec.family_config.qkv_bias
+        rotates = spec.rotated_dims > 0
+        return [AttentionInput(what, f"{prefix}self_attn.{proj}.weight", 0, 0, heads * spec.head_dim,
+                               f"{prefix}self_attn.{proj}.bias" if bias else None, f"{prefix}input_layernorm.weight",
+                               rotates=rotates and what != "values")
+                for what, proj, heads in (("queries", "q_proj", spec.num_heads), ("keys", "k_proj", spec.num_kv_heads),
+                                          ("values", "v_proj", spec.num_kv_heads))]
 
     def mark_written_config(self, spec, config):
         return config | {"model_type": self.nope_model_type if spec.position_encoding == "none" else self.model_types[0]}

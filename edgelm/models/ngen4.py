@@ -18,7 +18,7 @@ from gguf import MODEL_TENSOR, TENSOR_NAMES
 from torch import nn
 
 from .layers import CausalLM, CausalSelfAttention
-from .registry import Family, register
+from .registry import AttentionInput, Family, register
 from .spec import ModelSpec
 
 
@@ -176,6 +176,12 @@ class NGen4(Family):
     def query_tensors(self, spec, layer):
         # fused c_attn: rows [q; k; v], so q is the first n_embd rows of the weight and the bias
         return [(f"transformer.h.{layer}.attn.c_attn.weight", 0), (f"transformer.h.{layer}.attn.c_attn.bias", 0)]
+
+    def attention_inputs(self, spec, layer):
+        prefix, d = f"transformer.h.{layer}.", spec.hidden_size
+        return [AttentionInput(what, f"{prefix}attn.c_attn.weight", 0, i * d, (i + 1) * d, f"{prefix}attn.c_attn.bias",
+                               f"{prefix}ln_1.weight", f"{prefix}ln_1.bias", rotates=spec.rotated_dims > 0 and what != "values")
+                for i, what in enumerate(("queries", "keys", "values"))]
 
     def tied_tensors(self, spec):
         return {"lm_head.weight": "transformer.wte.weight"} if spec.tie_embeddings else {}

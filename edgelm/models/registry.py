@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -20,6 +21,25 @@ from .spec import ModelSpec
 from .util import ConfigReader
 
 FAMILIES: dict[str, "Family"] = {}
+
+
+@dataclass(frozen=True)
+class AttentionInput:
+    """How a layer makes its queries, keys or values: `weight`'s entries [start, stop) along
+    `axis` are the outputs, each a dot product of that output's weights with an input vector
+    g ⊙ u + b (g, b: `norm_weight`, `norm_bias` when the input is an affine norm's output, else 1
+    and 0) whose u has L2 norm at most √(its length), plus `bias`'s entry. RMSNorm and LayerNorm
+    outputs are such u before their affine; so is a Pattention's GeLU(L2-normalised scores)·√n.
+    Export bounds every output from this (export/temperatures.py) without running the model."""
+    what: str  # "queries" | "keys" | "values"
+    weight: str
+    axis: int  # the output axis of `weight`: 0 for an nn.Linear [out, in]
+    start: int
+    stop: int
+    bias: str | None = None
+    norm_weight: str | None = None
+    norm_bias: str | None = None
+    rotates: bool = False  # rotary mixes each pair of outputs, so one output can reach the pair's L2 norm
 
 
 class Family:
@@ -50,6 +70,12 @@ class Family:
         not linear in one weight, e.g. a per-head q-norm after the projection): export then refuses
         a temperature table other than all 1.0."""
         raise NotImplementedError
+
+    def attention_inputs(self, spec: ModelSpec, layer: int) -> list[AttentionInput] | None:
+        """How layer `layer` makes the queries, keys and values a runtime may hold in f16 (llama.cpp's
+        f16 KV cache, ONNX Runtime's fp16 attention). None: not known, and export bounds only the
+        query tensors the temperatures fold into (`query_tensors`) by their own size."""
+        return None
 
     # GGUF facts: architecture name, checkpoint → GGUF tensor names (templates with {bid}), and the
     # architecture's hyperparameter keys (without the "ARCH." prefix).

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import CausalLM, CausalSelfAttention
-from .registry import Family, register
+from .registry import AttentionInput, Family, register
 from .spec import ModelSpec
 
 
@@ -192,3 +192,10 @@ class TokenFormer(Family):
     def query_tensors(self, spec, layer):
         # q = A·V_p: scaling V_p's columns of head h scales that head's queries
         return [(f"sequential.{layer + 2}.attention.query.value_param_tokens", 1)]
+
+    def attention_inputs(self, spec, layer):
+        # a Pattention's output is GeLU(s)·V_p with s L2-normalised to √n and |GeLU(s)| ≤ |s|: the
+        # input norm carries no affine, and each output is bounded by √n·‖its column of V_p‖
+        return [AttentionInput(what, f"sequential.{layer + 2}.attention.{side}.value_param_tokens", 1, 0, spec.hidden_size,
+                               rotates=spec.rotated_dims > 0 and what != "values")
+                for what, side in (("queries", "query"), ("keys", "key"), ("values", "value"))]
