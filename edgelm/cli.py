@@ -333,6 +333,7 @@ def export(
     calibration_text: Annotated[Optional[Path], typer.Option("--calibration-text", help="ONNX --kv-cache int8: UTF-8 text to calibrate on (default: a shipped training novel).")] = None,
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="int4: calibrate on this UTF-8 text (16 chunks × 256 tokens; GGUF: llama.cpp importance matrix, ONNX: activation-aware scales). Default: the five shipped training novels in examples/data (persuasion.txt is held out).")] = None,
     no_calibration: Annotated[bool, typer.Option("--no-calibration", help="int4: quantize without calibration (the stock quantizers).")] = False,
+    no_certificate: Annotated[bool, typer.Option("--no-certificate", help="Skip the parity certificate (KLD, ΔPPL, top-1 on 128 held-out positions and a golden probe `edgelm verify` re-runs), stored in the artifact by default.")] = False,
     force: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -390,7 +391,7 @@ def export(
         with info.status("exporting to ONNX…") as status:
             report = export_onnx(checkpoint, target, quant, force, on_step=lambda text: status.update(text + "…"),
                                  int4_embedding=int4_embedding, int8_lm_head=int8_lm_head, kv_cache=kv_cache,
-                                 calibration_text=calibration_text, calibration=calibration_texts)
+                                 calibration_text=calibration_text, calibration=calibration_texts, certificate=not no_certificate)
         if as_json:
             out.print_json(json.dumps({"path": str(report.path), "quant": quant, "notes": report.notes}))
             return
@@ -402,7 +403,7 @@ def export(
     with Progress(console=info, transient=True, disable=as_json or not info.is_terminal) as progress:
         task = progress.add_task(f"exporting {type_name}", total=len(checkpoint.weight_names()))
         report = export_gguf(checkpoint, target, quant, gguf_type, force, on_tensor=lambda _: progress.advance(task),
-                             calibration=calibration_texts)
+                             calibration=calibration_texts, certificate=not no_certificate)
     summary = {
         "path": str(report.path), "arch": report.arch, "file_type": report.file_type,
         "bytes": report.path.stat().st_size, "tensor_types": report.type_counts(), "notes": report.notes,
@@ -546,13 +547,43 @@ def bundle(
 
 
 @app.command()
-def verify(bundle_path: Annotated[Path, typer.Argument(help="A bundle folder or .zip from `edgelm bundle`.")]) -> None:
-    """Check every file's sha256 against the manifest and load the model."""
-    from .bundle import verify_bundle
+def verify(
+    artifact_path: Annotated[Path, typer.Argument(help="A .gguf file, an ONNX folder, or a bundle folder or .zip from `edgelm bundle`.")],
+    reference: Annotated[Optional[Path], typer.Option(help="The model folder it was exported from: recompute the whole parity certificate and compare.")] = None,
+    threads: ThreadsOption = None,
+    device: Annotated[str, typer.Option("--device", help="Where --reference's torch model runs: auto | cpu | cuda.")] = "cpu",
+    as_json: JsonOption = False,
+) -> None:
+    """Re-run the artifact's parity certificate probe on this machine's runtime (a bundle: every file's
+    sha256 against its manifest first); --reference recomputes the whole certificate."""
+    from .bundle import check_runs, verify_bundle
+    from .certificate import verify as check
+    from .formats import detect
+    from .formats.bundle import Bundle
 
-    manifest, model = verify_bundle(bundle_path)
-    out.print(f"ok: {len(manifest['files'])} files match their sha256, nothing else in the bundle; {manifest['model']} loads and runs "
-              f"({model['family']}, {model['format']}, {model['quantization']})", markup=False)
+    fmt = detect(artifact_path)
+    if not fmt.bundled and not isinstance(fmt, Bundle):
+        raise UserError(f"verify checks an exported artifact, not a {fmt.kind}", artifact_path,
+                        "give a .gguf file, an ONNX folder or a bundle (`edgelm export` makes the first two)")
+    threads, device = _threads(threads), _device(device)
+    if isinstance(fmt, Bundle):
+        manifest, model, result = verify_bundle(artifact_path, lambda inner: check(inner, reference, threads, device))
+        lines = [f"ok: {len(manifest['files'])} files match their sha256, nothing else in the bundle; {manifest['model']} loads and runs "
+                 f"({model['family']}, {model['format']}, {model['quantization']})"]
+    else:
+        check_runs(fmt, artifact_path.name, artifact_path, "export it again")
+        result = check(fmt, reference, threads, device)
+        lines = [f"{artifact_path.name} loads and runs"]
+    if as_json:
+        out.print_json(json.dumps({"ok": result.ok, "certificate": result.certificate, "engine_version": result.engine_version,
+                                   "probe": result.probe.as_dict() if result.probe else None,
+                                   "recomputed": result.recomputed, "differences": result.differences}))
+    else:
+        for line in lines + result.lines(reference):
+            out.print(line, markup=False)
+    if not result.ok:
+        err.print(f"verify failed: {result.failure()}", markup=False)
+        raise typer.Exit(1)
 
 
 @app.command()
