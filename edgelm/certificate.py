@@ -164,9 +164,10 @@ def certify(checkpoint, fmt, device: str = "cpu", threads: int | None = None) ->
     from .parity import compare_logits, run_with_cache
     from .tokenizer import load_tokenizer
 
-    ids, text_sha = evaluation_ids(load_tokenizer(checkpoint.path), checkpoint.spec.max_positions)
+    tokenizer = load_tokenizer(checkpoint.path)
+    ids, text_sha = evaluation_ids(tokenizer, checkpoint.spec.max_positions)
     reference = reference_logits(checkpoint, ids, device)
-    context = max(len(ids), len(load_tokenizer(checkpoint.path).encode(PROBE_PROMPT)) + PROBE_STEPS)
+    context = max(len(ids), len(tokenizer.encode(PROBE_PROMPT)) + PROBE_STEPS)
     with fmt.open(probe_options(context, threads)) as artifact:
         report = compare_logits(reference, run_with_cache(artifact.backend, ids, len(ids) // 2), ids)
         probe = make_probe(artifact)
