@@ -548,7 +548,7 @@ def bundle(
 
 @app.command()
 def verify(
-    artifact_path: Annotated[Path, typer.Argument(help="A .gguf file, an ONNX folder, or a bundle folder or .zip from `edgelm bundle`.")],
+    artifact_path: Annotated[Path, typer.Argument(help="A .gguf file, an ONNX folder from `edgelm export`, or a bundle folder or .zip from `edgelm bundle`.")],
     reference: Annotated[Optional[Path], typer.Option(help="The model folder it was exported from: recompute the whole parity certificate and compare.")] = None,
     threads: ThreadsOption = None,
     device: Annotated[str, typer.Option("--device", help="Where --reference's torch model runs: auto | cpu | cuda.")] = "cpu",
@@ -558,22 +558,21 @@ def verify(
     sha256 against its manifest first); --reference recomputes the whole certificate."""
     from .bundle import check_runs, verify_bundle
     from .certificate import verify as check
+    from .constants import ONNX_MANIFEST
     from .formats import detect
-    from .formats.bundle import Bundle
 
     fmt = detect(artifact_path)
-    if not fmt.bundled and not isinstance(fmt, Bundle):
-        raise UserError(f"verify checks an exported artifact, not a {fmt.kind}", artifact_path,
-                        "give a .gguf file, an ONNX folder or a bundle (`edgelm export` makes the first two)")
     threads, device = _threads(threads), _device(device)
-    if isinstance(fmt, Bundle):
-        manifest, model, result = verify_bundle(artifact_path, lambda inner: check(inner, reference, threads, device))
-        lines = [f"ok: {len(manifest['files'])} files match their sha256, nothing else in the bundle; {manifest['model']} loads and runs "
-                 f"({model['family']}, {model['format']}, {model['quantization']})"]
-    else:
+    # a GGUF file or an ONNX export (its edgelm.json) is checked as itself; anything else as a bundle, whose
+    # checks say what is missing (a bundle folder without its manifest is refused, not run as an ONNX folder)
+    if fmt.bundled and (artifact_path.is_file() or (artifact_path / ONNX_MANIFEST).is_file()):
         check_runs(fmt, artifact_path.name, artifact_path, "export it again")
         result = check(fmt, reference, threads, device)
         lines = [f"{artifact_path.name} loads and runs"]
+    else:
+        manifest, model, result = verify_bundle(artifact_path, lambda inner: check(inner, reference, threads, device))
+        lines = [f"ok: {len(manifest['files'])} files match their sha256, nothing else in the bundle; {manifest['model']} loads and runs "
+                 f"({model['family']}, {model['format']}, {model['quantization']})"]
     if as_json:
         out.print_json(json.dumps({"ok": result.ok, "certificate": result.certificate, "engine_version": result.engine_version,
                                    "probe": result.probe.as_dict() if result.probe else None,
