@@ -361,7 +361,8 @@ class Verification:
         """What `edgelm verify` prints about the certificate."""
         c = self.certificate
         if c is None:
-            return ["no certificate: the artifact carries no parity certificate (made by another tool or an older edgelm); nothing to re-run"]
+            return ["no certificate: the artifact carries no parity certificate (made by another tool or an older edgelm); nothing to re-run"
+                    + (" or compare (`edgelm parity ARTIFACT --reference MODEL_DIR` measures it)" if reference else "")]
         p = self.probe
         lines = [f"certificate: mean KLD {c['mean_kld']:.3g} (max {c['max_kld']:.3g}), ΔPPL {100 * c['perplexity_change']:+.2f} %, "
                  f"top-1 {100 * c['top1_agreement']:.1f} % over {c['positions']} positions of {c['text']} against the reference "
