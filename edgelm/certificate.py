@@ -139,11 +139,12 @@ def evaluation_ids(tokenizer, max_positions: int) -> tuple[list[int], str]:
 
 def reference_logits(checkpoint, ids: Sequence[int], device: str = "cpu") -> np.ndarray:
     """The fp32 torch reference's logits over `ids` in one pass (within 1e-5 of `edgelm parity`'s
-    cached run on tiny-nope, and 7× faster: 0.5 s against 3.3 s), the model freed before the artifact
-    is opened, so the two are never held at once."""
-    from .runtime.torch_backend import TorchBackend
+    cached run on tiny-nope, and 7× faster: 0.5 s against 3.3 s), its weights streamed from the
+    checkpoint (models/streamed.py: about one weight in memory, not the model). The artifact is
+    opened only after."""
+    from .models.streamed import streamed_logits
 
-    return TorchBackend(checkpoint.load_model(device)).forward(list(ids))
+    return streamed_logits(checkpoint, ids, device)
 
 
 def reference_sha256(checkpoint) -> str:

@@ -79,6 +79,18 @@ def verify_passes(run_cli, path: Path, *args) -> str:
     return out
 
 
+@pytest.mark.parametrize("source", ["tiny-nope", "tiny-rope", "tiny-ngen4", "tiny-tokenformer", "tiny-llama3", "tiny-qwen2"])
+def test_streamed_reference_is_the_loaded_model_bit_for_bit(source, preset_dir):
+    """The certificate's reference streams its weights (models/streamed.py); it must compute what the
+    loaded fp32 model computes: shipped trained models, and presets with a tied LM head (llama3, qwen2)."""
+    from edgelm.models.streamed import streamed_logits
+    from edgelm.runtime.torch_backend import TorchBackend
+
+    checkpoint = open_checkpoint(MODELS / source if (MODELS / source).is_dir() else preset_dir(source))
+    ids = list(range(3, 67))
+    np.testing.assert_array_equal(streamed_logits(checkpoint, ids), TorchBackend(checkpoint.load_model()).forward(ids))
+
+
 def test_gguf_certificate_keys_as_gguf_py_reads_them(exports):
     """The keys are in the final Q4_K_M file (added after llama.cpp's quantizer), typed, and the probe
     is JSON text; the numbers are the ones `edgelm parity` reports, over POSITIONS positions."""
