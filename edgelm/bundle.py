@@ -5,8 +5,8 @@ ONNX Runtime's mobile format plus its required-operators config, a GGUF is copie
 browser: an ONNX export as it is); for the web target this module adds the page (edgelm/assets/web) and
 the pinned onnxruntime-web and tokenizers.js files it runs on, so the folder works offline from any
 static server. Both get the manifest `edgelm.json` — family, quantization, context length, sampling
-defaults, the sha256 and size of every file, the edgelm version — and `verify_bundle` checks a bundle
-against it.
+defaults, the sha256 and size of every file, the edgelm version, the artifact's parity certificate
+(certificate.py; null where it has none) — and `verify_bundle` checks a bundle against it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -261,21 +262,30 @@ def verify_folder(folder: Path) -> dict:
     return manifest
 
 
-def verify_bundle(bundle: Path) -> tuple[dict, dict]:
-    """Every hash, no path leaving the bundle, and the model opened by the runtime that would run it, one
-    token through it; returns the manifest and what the model itself says it is (Format.identity)."""
+def check_runs(model, name: str, where: Path, fix: str = "make the bundle again") -> None:
+    """The model opened by the runtime that would run it, one token through it, finite logits out."""
     import numpy as np
 
-    from .formats import LoadOptions, bundled_format
+    from .formats import LoadOptions
+
+    with model.open(LoadOptions(context_length=VERIFY_CONTEXT)) as artifact:
+        token = artifact.tokenizer.bos_id if artifact.tokenizer.bos_id is not None else 0
+        logits = artifact.backend.prefill([token])
+    if not logits.size or not np.isfinite(logits).all():
+        raise UserError(f"{name} loads but one token through it gives no finite logits", where, fix)
+
+
+def verify_bundle(bundle: Path, check: Callable[[Any], Any] | None = None) -> tuple[dict, dict, Any]:
+    """Every hash, no path leaving the bundle, and the model opened by the runtime that would run it, one
+    token through it; returns the manifest, what the model itself says it is (Format.identity), and
+    what `check` (given the bundled Format, while the bundle is unpacked) returns."""
+    from .formats import bundled_format
 
     with unpacked(Path(bundle)) as folder:
         manifest = verify_folder(folder)
         model = bundled_format(folder, manifest)
         identity = model.identity()
         model.check_bundled()  # what the app's own runtime needs (onnxruntime-genai for ONNX)
-        with model.open(LoadOptions(context_length=VERIFY_CONTEXT)) as artifact:
-            token = artifact.tokenizer.bos_id if artifact.tokenizer.bos_id is not None else 0
-            logits = artifact.backend.prefill([token])
-        if not logits.size or not np.isfinite(logits).all():
-            raise UserError(f"{manifest['model']} loads but one token through it gives no finite logits", folder, "make the bundle again")
-    return manifest, identity
+        check_runs(model, manifest["model"], folder)
+        checked = check(model) if check else None
+    return manifest, identity, checked

@@ -345,8 +345,9 @@ def export(
     int4_accuracy_level: Annotated[Optional[int], typer.Option("--int4-accuracy-level", help="ONNX int4: MatMulNBits' compute type: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations (default 4).")] = None,
     kv_cache: Annotated[str, typer.Option("--kv-cache", help="ONNX: float | int8 (KV buffers in int8, per-channel scales calibrated on --calibration-text).")] = "float",
     calibration_text: Annotated[Optional[Path], typer.Option("--calibration-text", help="ONNX --kv-cache int8: UTF-8 text to calibrate on (default: the opening of a training novel, shipped with edgelm).")] = None,
-    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="int4: calibrate on this UTF-8 text (16 chunks × 256 tokens; GGUF: llama.cpp importance matrix, ONNX: activation-aware scales). Default: the openings of the five novels the shipped models trained on, shipped with edgelm (persuasion, held out, is not among them).")] = None,
-    no_calibration: Annotated[bool, typer.Option("--no-calibration", help="int4: quantize without calibration (the stock quantizers).")] = False,
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="int4: calibrate on the openings of the five novels the shipped models trained on, shipped with edgelm (16 chunks × 256 tokens; GGUF: llama.cpp's importance matrix, ONNX: activation-aware scales). Off by default: on the shipped models it helps some and not others (docs/fidelity.md).")] = False,
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="int4: calibrate on this UTF-8 text instead (implies --calibrate).")] = None,
+    no_certificate: Annotated[bool, typer.Option("--no-certificate", help="Skip the parity certificate (KLD, ΔPPL, top-1 on 128 held-out positions and a golden probe `edgelm verify` re-runs), stored in the artifact by default.")] = False,
     force: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -355,17 +356,13 @@ def export(
     from .fileio import refuse_overlap
     from .hub import HUB_ID, is_hub_id
     from .models import open_checkpoint
-
     from .quantize.calibration import DEFAULT_TEXTS
 
-    if (calibration or no_calibration) and quant != "int4":
-        raise UserError("--calibration and --no-calibration apply to --quant int4", None, "add --quant int4 or drop them")
-    if calibration and no_calibration:
-        raise UserError("--calibration and --no-calibration contradict each other", None, "keep one")
+    if (calibration or calibrate) and quant != "int4":
+        raise UserError("--calibrate and --calibration apply to --quant int4", None, "add --quant int4 or drop them")
     if calibration:
         _read_text(calibration, "--calibration")  # refused here, before minutes of export
-    calibration_texts = [] if quant != "int4" or no_calibration else [calibration] if calibration else \
-        list(DEFAULT_TEXTS)
+    calibration_texts = [calibration] if calibration else list(DEFAULT_TEXTS) if calibrate else []
     int4 = {name: value for name, value in (("int4_block_size", int4_block_size), ("int4_accuracy_level", int4_accuracy_level))
             if value is not None}
     # one exporter imported, not both: the ONNX one brings the tracer (~70 MB resident)
@@ -404,7 +401,7 @@ def export(
         with Progress(info, "exporting to ONNX", enabled=not as_json, columns=_spinner) as progress:
             report = export_onnx(checkpoint, target, quant, force, on_step=lambda text: progress.stage(f"exporting to ONNX: {text}"),
                                  int4_embedding=int4_embedding, int8_lm_head=int8_lm_head, kv_cache=kv_cache,
-                                 **int4, calibration_text=calibration_text, calibration=calibration_texts)
+                                 **int4, calibration_text=calibration_text, calibration=calibration_texts, certificate=not no_certificate)
         if as_json:
             out.print_json(json.dumps({"path": str(report.path), "quant": quant, "notes": report.notes}))
             return
@@ -415,7 +412,7 @@ def export(
         return
     with Progress(info, f"exporting {type_name}", len(checkpoint.weight_names()), enabled=not as_json) as progress:
         report = export_gguf(checkpoint, target, quant, gguf_type, force, on_tensor=lambda _: progress.advance(),
-                             calibration=calibration_texts)
+                             calibration=calibration_texts, certificate=not no_certificate)
     summary = {
         "path": str(report.path), "arch": report.arch, "file_type": report.file_type,
         "bytes": report.path.stat().st_size, "tensor_types": report.type_counts(), "notes": report.notes,
@@ -568,13 +565,42 @@ def bundle(
 
 
 @app.command()
-def verify(bundle_path: Annotated[Path, typer.Argument(help="A bundle folder or .zip from `edgelm bundle`.")]) -> None:
-    """Check every file's sha256 against the manifest and load the model."""
-    from .bundle import verify_bundle
+def verify(
+    artifact_path: Annotated[Path, typer.Argument(help="A .gguf file, an ONNX folder from `edgelm export`, or a bundle folder or .zip from `edgelm bundle`.")],
+    reference: Annotated[Optional[Path], typer.Option(help="The model folder it was exported from: recompute the whole parity certificate and compare.")] = None,
+    threads: ThreadsOption = None,
+    device: Annotated[str, typer.Option("--device", help="Where --reference's torch model runs: auto | cpu | cuda.")] = "cpu",
+    as_json: JsonOption = False,
+) -> None:
+    """Re-run the artifact's parity certificate probe on this machine's runtime (a bundle: every file's
+    sha256 against its manifest first); --reference recomputes the whole certificate."""
+    from .bundle import check_runs, verify_bundle
+    from .certificate import verify as check
+    from .constants import ONNX_MANIFEST
+    from .formats import detect
 
-    manifest, model = verify_bundle(bundle_path)
-    out.print(f"ok: {len(manifest['files'])} files match their sha256, nothing else in the bundle; {manifest['model']} loads and runs "
-              f"({model['family']}, {model['format']}, {model['quantization']})", markup=False)
+    fmt = detect(artifact_path)
+    threads, device = _threads(threads), _device(device)
+    # a GGUF file or an ONNX export (its edgelm.json) is checked as itself; anything else as a bundle, whose
+    # checks say what is missing (a bundle folder without its manifest is refused, not run as an ONNX folder)
+    if fmt.bundled and (artifact_path.is_file() or (artifact_path / ONNX_MANIFEST).is_file()):
+        check_runs(fmt, artifact_path.name, artifact_path, "export it again")
+        result = check(fmt, reference, threads, device)
+        lines = [f"{artifact_path.name} loads and runs"]
+    else:
+        manifest, model, result = verify_bundle(artifact_path, lambda inner: check(inner, reference, threads, device))
+        lines = [f"ok: {len(manifest['files'])} files match their sha256, nothing else in the bundle; {manifest['model']} loads and runs "
+                 f"({model['family']}, {model['format']}, {model['quantization']})"]
+    if as_json:
+        out.print_json(json.dumps({"ok": result.ok, "certificate": result.certificate, "engine_version": result.engine_version,
+                                   "probe": result.probe.as_dict() if result.probe else None,
+                                   "recomputed": result.recomputed, "differences": result.differences}))
+    else:
+        for line in lines + result.lines(reference):
+            out.print(line, markup=False)
+    if not result.ok:
+        err.print(f"verify failed: {result.failure()}", markup=False)
+        raise typer.Exit(1)
 
 
 def _say_temperatures(artifact_path: Path, recorded, given: Path | None) -> None:

@@ -11,6 +11,7 @@ GGUF_POSITION_ENCODING = "edgelm.position_encoding"
 GGUF_CONFIG = "edgelm.config"  # the source config.json, as JSON text
 GGUF_HEAD_TEMPERATURES = "edgelm.head_temperatures"  # provenance: already folded into the weights
 GGUF_HEAD_TEMPERATURES_BAKED = "edgelm.head_temperatures_baked"
+GGUF_PARITY = "edgelm.parity."  # + each field of the parity certificate (certificate.py), the probe as JSON text
 # + one of TOKENIZER_FILES: that file, a text file as a UTF-8 string, a binary one (tokenizer.model) as
 # base64 text under the _BASE64 prefix. Strings, not uint8 arrays: gguf-py's reader parses an array
 # element by element (a 270 kB tokenizer.json took 4.7 s to open; as a string, one read)
@@ -27,6 +28,8 @@ ONNX_MODEL_FILE = "model.onnx"
 ORT_MODEL_FILE = "model.ort"  # ONNX Runtime's mobile format, in bundles
 GENAI_CONFIG = "genai_config.json"  # onnxruntime-genai's
 ONNX_MANIFEST = "edgelm.json"  # edgelm's facts about an ONNX export
+PARITY_CERTIFICATE = "parity_certificate"  # its key in an ONNX export's edgelm.json and in a bundle's manifest
+ONNX_METADATA_PARITY = "edgelm.parity"  # the certificate as JSON in the graph's metadata_props
 
 # --- bundles ---------------------------------------------------------------------------------------
 BUNDLE_MANIFEST = "edgelm.json"

@@ -47,8 +47,12 @@ def run_with_cache(backend: Backend, ids: Sequence[int], prefill: int) -> np.nda
 def compare(reference: Backend, artifact: Backend, ids: Sequence[int], prefill: int | None = None) -> ParityReport:
     """Logits at every position but the last are compared; perplexity scores ids[1:]."""
     prefill = len(ids) // 2 if prefill is None else prefill
-    ref = run_with_cache(reference, ids, prefill)[:-1]
-    art = run_with_cache(artifact, ids, prefill)[:-1]
+    return compare_logits(run_with_cache(reference, ids, prefill), run_with_cache(artifact, ids, prefill), ids)
+
+
+def compare_logits(reference: np.ndarray, artifact: np.ndarray, ids: Sequence[int]) -> ParityReport:
+    """`compare` on logits already computed (run_with_cache), so the two models need not be held at once."""
+    ref, art = reference[:-1], artifact[:-1]
     diff = np.abs(ref - art)
     ref_lp, art_lp = _log_softmax(ref), _log_softmax(art)
     kld = (np.exp(ref_lp) * (ref_lp - art_lp)).sum(-1)

@@ -104,8 +104,9 @@ def test_calibrated_gguf_int4_is_closer_to_the_reference(gguf_pair):
 def test_calibrated_onnx_int4_is_closer_to_the_reference(tmp_path):
     """Measured: MatMulNBits RTN mean KLD 0.00428 → 0.00410 with AWQ scales folded into the norms."""
     checkpoint = open_checkpoint(MODEL)
-    stock = export_onnx(checkpoint, tmp_path / "stock", "int4")
-    calibrated = export_onnx(checkpoint, tmp_path / "calibrated", "int4", calibration=DEFAULT_TEXTS)
+    # no certificate: its JSON in the graph's metadata_props differs in length between the two
+    stock = export_onnx(checkpoint, tmp_path / "stock", "int4", certificate=False)
+    calibrated = export_onnx(checkpoint, tmp_path / "calibrated", "int4", calibration=DEFAULT_TEXTS, certificate=False)
     assert any("activation-aware" in note for note in calibrated.notes)
     assert (stock.path / "model.onnx").stat().st_size == (calibrated.path / "model.onnx").stat().st_size
     before, after = mean_kld(stock.path), mean_kld(calibrated.path)

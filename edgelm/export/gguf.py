@@ -250,9 +250,13 @@ def export_gguf(
     force: bool = False,
     on_tensor: Callable[[str], None] | None = None,
     calibration: Sequence[Path] = (),
+    certificate: bool = True,
 ) -> GGUFReport:
     """`calibration`: texts for an importance matrix (quantize/calibration.py) that llama.cpp's
-    quantizer weighs its rounding errors by; used for the types llama.cpp's quantizer makes."""
+    quantizer weighs its rounding errors by; used for the types llama.cpp's quantizer makes.
+    `certificate`: compute the parity certificate on the finished file, by the runtime that runs it,
+    and add its `edgelm.parity.*` keys (certificate.py) — after llama.cpp's quantizer, which copies
+    the source file's keys: a certificate of the f32 intermediate would certify another file."""
     family, spec = checkpoint.family, checkpoint.spec
     type_name = resolve_type(quant, gguf_type)
     try:
@@ -288,4 +292,8 @@ def export_gguf(
                              f"gguf-py quantized to {native}, the nearest type it can produce")
             written = _write(checkpoint, tmp, GGUF_PY_QUANTS[native], LLAMA_FILE_TYPES[native], on_tensor)
             type_name = native
+        if certificate:
+            from ..certificate import certify_gguf
+
+            notes.append(certify_gguf(checkpoint, tmp))
     return GGUFReport(out, arch, type_name, written, notes)

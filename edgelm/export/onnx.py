@@ -21,7 +21,6 @@ a quarter of the bytes to hold and read (1.1B at 2048 positions: 92 → 23 MB).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -38,7 +37,8 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from .. import __version__
-from ..artifact_files import MAX_TEXT_BYTES, find_member, member, read_json_object, read_text, sha256, user_file
+from ..artifact_files import MAX_TEXT_BYTES, find_member, read_json_object, read_text, user_file
+from ..certificate import certify_onnx, reference_sha256
 from ..constants import GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE, TOKENIZER_FILES
 from ..errors import UserError
 from ..fileio import atomic_output_dir
@@ -313,13 +313,6 @@ def genai_config(checkpoint: Checkpoint, tokenizer: Tokenizer, context_length: i
     }
 
 
-def checkpoint_hash(checkpoint: Checkpoint) -> str:
-    digest = hashlib.sha256()
-    for file in sorted(set(checkpoint.tensors.files.values())) + [member(checkpoint.path, "config.json")]:
-        sha256(file, digest)
-    return digest.hexdigest()
-
-
 def check_quant_options(quant: str, int4_embedding: bool = False, int8_lm_head: bool = False, kv_cache: str = "float",
                         int4_block_size: int = INT4_BLOCK, int4_accuracy_level: int = INT4_ACCURACY_LEVEL) -> None:
     if quant not in QUANTS:
@@ -421,10 +414,12 @@ def export_onnx(
     checkpoint: Checkpoint, out: Path, quant: str = "f32", force: bool = False, on_step: Callable[[str], None] | None = None,
     int4_embedding: bool = False, int8_lm_head: bool = False, kv_cache: str = "float", calibration_text: Path | None = None,
     calibration: Sequence[Path] = (), int4_block_size: int = INT4_BLOCK, int4_accuracy_level: int = INT4_ACCURACY_LEVEL,
+    certificate: bool = True,
 ) -> ONNXReport:
     """`int4_embedding`, `int8_lm_head`, `int4_block_size`, `int4_accuracy_level`: int4 options (embedding
     Gather at int4 too; LM head at 8 bits; weights per scale; MatMulNBits' compute type).
-    `kv_cache="int8"`: int8 KV buffers, scales calibrated on `calibration_text`."""
+    `kv_cache="int8"`: int8 KV buffers, scales calibrated on `calibration_text`. `certificate`: the
+    parity certificate, computed on the finished folder by onnxruntime (certificate.py)."""
     check_quant_options(quant, int4_embedding, int8_lm_head, kv_cache, int4_block_size, int4_accuracy_level)
     if kv_cache == "int8" and calibration_text is None:
         raise UserError("--kv-cache int8 needs a calibration text", None, "add --calibration-text FILE")
@@ -450,9 +445,12 @@ def export_onnx(
                              "accuracy_level": int4_accuracy_level} if quant == "int4" else None,
             "kv_cache": kv_cache,
             "rotary_table_positions": rotary_table_positions(checkpoint.spec),
-            "source_checkpoint_sha256": checkpoint_hash(checkpoint),
+            "source_checkpoint_sha256": reference_sha256(checkpoint),
             "config": checkpoint.config,
             "edgelm_version": __version__,
         }
         (tmp / ONNX_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if certificate:
+            step("computing the parity certificate")
+            notes.append(certify_onnx(checkpoint, tmp))
     return ONNXReport(out, quant, notes)

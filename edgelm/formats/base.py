@@ -110,6 +110,10 @@ class Format(ABC):
         never a manifest's word)."""
         raise UserError(f"a {self.kind} is not what a bundle holds", self.path, "make the bundle again with `edgelm bundle`")
 
+    def certificate(self) -> dict[str, Any] | None:
+        """The parity certificate the artifact carries (certificate.py), unchecked; None where it has none."""
+        return None
+
     @property
     def raw_engine(self) -> str | None:
         """The engine that runs this without edgelm, for `bench --compare` (a key of benchmark.RAW_ENGINES)."""

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..artifact_files import read_prefix
 from ..constants import (GGUF_FAMILY, GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED, GGUF_POSITION_ENCODING, GGUF_VERSION,
-                         llama_cpp_archs)
+                         PARITY_CERTIFICATE, llama_cpp_archs)
 from ..errors import UserError
 from .base import Artifact, Format, LoadOptions, register
 
@@ -97,6 +97,8 @@ class GGUF(Format):
         # the executor's own archs first; anything else goes to llama.cpp, whose list of archs (gguf-py's,
         # ~50 ms to import) is read only when it refuses the file, to say why in one line
         if not self.runs_on_ggml_executor:
+            from llama_cpp import __version__ as llama_cpp_version
+
             from ..runtime.backend import refuse_cache_past_memory
             from ..runtime.llama_cpp_backend import LlamaCppBackend, LlamaCppTokenizer
 
@@ -112,13 +114,17 @@ class GGUF(Format):
             tokenizer = LlamaCppTokenizer(backend.llm, self.path, bool(self.gguf.field("tokenizer.ggml.add_bos_token", False)),
                                           self.gguf.field("tokenizer.chat_template"))
             engine = "llama.cpp"
+            details["engine_version"] = f"llama-cpp-python {llama_cpp_version}"
         else:
+            from ggml import __version__ as ggml_version
+
             from ..runtime.ggml_executor import GGMLBackend
             from ..runtime.gguf_file import gguf_tokenizer
 
             tokenizer = gguf_tokenizer(self.gguf)
             backend = GGMLBackend(self.gguf, context, options.threads, options.f32_kv_cache, gpu=options.gpu_layers > 0 or options.device == "cuda")
             engine = f"edgelm ggml executor ({backend.device})"
+            details["engine_version"] = f"ggml-python {ggml_version}"
         backend.context_length = context
         return Artifact(self.path, self, engine, tokenizer, backend, details)
 
@@ -164,6 +170,11 @@ class GGUF(Format):
                                   "min": min(temperatures), "max": max(temperatures)},
         }
 
+    def certificate(self) -> dict[str, Any] | None:
+        from ..certificate import read_from_gguf
+
+        return read_from_gguf(self.gguf)
+
     def weight_bytes(self) -> int:
         tensors = {t.name: int(t.n_bytes) for t in self.gguf.reader.tensors}
         if "output.weight" in tensors:  # untied: token_embd is only gathered
@@ -188,4 +199,5 @@ class GGUF(Format):
         self._check_runnable()
         shutil.copyfile(self.path, folder / self.path.name)
         return {"format": "gguf", "family": self.gguf.field(GGUF_FAMILY), "quantization": self._quantization(),
-                "context_length": self.context_length(), "model": self.path.name, "arch": self.gguf.arch}
+                "context_length": self.context_length(), "model": self.path.name, "arch": self.gguf.arch,
+                PARITY_CERTIFICATE: self.certificate()}

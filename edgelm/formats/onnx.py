@@ -13,7 +13,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..constants import BUNDLE_SAMPLING_DEFAULTS, GENAI_CONFIG, HF_CONFIG, ONNX_MODEL_FILE, ORT_MODEL_FILE, REQUIRED_OPERATORS, TOKENIZER_FILES
+from ..constants import (BUNDLE_SAMPLING_DEFAULTS, GENAI_CONFIG, HF_CONFIG, ONNX_MODEL_FILE, ORT_MODEL_FILE, PARITY_CERTIFICATE,
+                         REQUIRED_OPERATORS, TOKENIZER_FILES)
 from ..errors import UserError
 from ..artifact_files import contained, find_member, member, read_prefix
 from .base import Artifact, Format, LoadOptions, register
@@ -42,6 +43,8 @@ class OnnxFolder(Format):
         self.genai, self.manifest, self.model_file = read_onnx_folder(path)
 
     def open(self, options: LoadOptions) -> Artifact:
+        from onnxruntime import __version__ as onnxruntime_version
+
         from ..runtime.onnx_backend import OnnxBackend
         from ..tokenizer import load_tokenizer
 
@@ -55,6 +58,7 @@ class OnnxFolder(Format):
                             "export the model again") from None
         backend.context_length = options.context_for(backend.context_length)
         details = {k: self.manifest.get(k) for k in ("family", "position_encoding", "quantization")}
+        details["engine_version"] = f"onnxruntime {onnxruntime_version}"
         return Artifact(self.path, self, f"onnxruntime ({options.provider})", load_tokenizer(self.path), backend, details)
 
     def recorded_temperatures(self) -> Any:
@@ -132,7 +136,7 @@ class OnnxFolder(Format):
                 "context_length": self.genai["model"]["context_length"], "model": self.model_file.name, "external_data": external,
                 "position_encoding": self.manifest.get("position_encoding"),
                 "rotary_table_positions": self.manifest.get("rotary_table_positions", 0),
-                "head_temperatures": self.manifest.get("head_temperatures")}
+                "head_temperatures": self.manifest.get("head_temperatures"), PARITY_CERTIFICATE: self.certificate()}
 
     def identity(self) -> dict[str, Any]:
         """The quantization from the operators the graph holds (an ORT-format graph's op names are
@@ -151,6 +155,10 @@ class OnnxFolder(Format):
         quantized = sorted({QUANTIZED_OPS[op] for op in ops if op in QUANTIZED_OPS})
         return {"format": "onnx (ORT format)" if ort_format else "onnx", "family": self.genai["model"].get("type"),
                 "quantization": "+".join(quantized) or floats}
+
+    def certificate(self) -> dict[str, Any] | None:
+        """From edgelm.json: an export's, or a bundle's manifest, which copies it."""
+        return self.manifest.get(PARITY_CERTIFICATE)
 
     def weight_bytes(self) -> int:
         consumers: dict[str, set[str]] = {}
@@ -214,5 +222,5 @@ class OnnxFolder(Format):
                 shutil.copyfile(source, folder / name)
         return {"format": "onnx (ORT mobile format)", "family": self.manifest.get("family"),
                 "quantization": self.manifest.get("quantization"), "context_length": genai["model"]["context_length"],
-                "model": ORT_MODEL_FILE, "head_temperatures": self.manifest.get("head_temperatures")}
+                "model": ORT_MODEL_FILE, "head_temperatures": self.manifest.get("head_temperatures"), PARITY_CERTIFICATE: self.certificate()}
 

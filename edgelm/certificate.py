@@ -1,0 +1,436 @@
+"""A parity certificate inside every artifact edgelm exports: evidence, computed at export on the final
+file by the runtime that runs it, of how close it is to the full-precision reference — and a golden
+probe anyone can re-run with `edgelm verify` to see whether this machine's runtime computes the same.
+
+What it holds (a flat table; GGUF stores each entry as an `edgelm.parity.<name>` key, the probe as
+JSON text; ONNX stores the table as JSON in edgelm.json's `parity_certificate` and in the graph's
+metadata_props `edgelm.parity`; bundle manifests copy it):
+- `positions` (POSITIONS of the held-out EVALUATION_TEXT, half prefilled, half decoded one at a
+  time), `mean_kld`, `max_kld`, `perplexity_change`, `top1_agreement`, `reference_perplexity`,
+  `artifact_perplexity`, `max_abs_logit_diff`: edgelm.parity's numbers against the fp32 torch reference;
+- `reference_sha256` (the checkpoint's safetensors files and config.json, as ONNX's edgelm.json has
+  long stated it), `text` and `text_sha256` (the evaluation text's file);
+- `edgelm_version`, `engine` and `engine_version` (the package that ran the artifact);
+- `probe`: PROBE_PROMPT's ids, PROBE_STEPS greedy tokens, and at each step the PROBE_TOP_K highest
+  logits and their ids.
+
+Verifying re-runs the probe and requires the same tokenization, the same greedy tokens, and the
+certified top-k logits within PROBE_RTOL of the probe's largest |logit| (docs/certificate.md: the
+tolerance against the measured run-to-run, thread-count and tampering effects). A certificate is
+evidence, not a signature: whoever rewrites the weights can rewrite it too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .artifact_files import MAX_TEXT_BYTES, parse_json, read_text, sha256
+from .errors import UserError
+
+CERTIFICATE_VERSION = 1
+# the held-out novel (the shipped models never trained on it); its first POSITIONS + 1 tokens
+EVALUATION_TEXT = Path(__file__).resolve().parent / "assets" / "text" / "persuasion-opening.txt"  # held out; shipped with the package
+POSITIONS = 128  # short, so export stays fast: ~1 s on the tiny models
+CHARS_PER_TOKEN = 20  # a text's first CHARS_PER_TOKEN · POSITIONS characters hold the tokens needed
+PROBE_PROMPT = "Sir Walter Elliot, of Kellynch Hall, in Somersetshire, was a man who"
+PROBE_STEPS = 8
+PROBE_TOP_K = 8
+PROBE_RTOL = 1e-3  # of the probe's largest |logit|; docs/certificate.md has the measurements behind it
+# a probe from a file a stranger wrote is bounded before anything runs
+MAX_PROBE_TOKENS, MAX_PROBE_STEPS, MAX_PROBE_K = 512, 64, 64
+MAX_CERTIFICATE_BYTES = 1 << 20
+NUMBERS = ("mean_kld", "max_kld", "perplexity_change", "top1_agreement", "reference_perplexity", "artifact_perplexity",
+           "max_abs_logit_diff")
+STRINGS = ("edgelm_version", "engine", "engine_version", "reference_sha256", "text", "text_sha256")
+COUNTS = ("certificate_version", "positions")
+
+
+# --- running the probe ------------------------------------------------------------------------------
+
+def probe_options(context: int, threads: int | None = None):
+    """How the probe and the parity numbers run the artifact: an f32 KV cache (llama.cpp's default f16
+    cache moves logits by ~1e-3 by itself) and every position's logits."""
+    from .formats import LoadOptions
+
+    return LoadOptions(context_length=context, f32_kv_cache=True, all_logits=True, threads=threads)
+
+
+def _greedy(backend, prompt_ids: Sequence[int], steps: int) -> tuple[list[int], np.ndarray]:
+    """`steps` greedy tokens and the logits each was chosen from [steps, vocab]."""
+    backend.reset()
+    rows = [backend.prefill(list(prompt_ids))]
+    tokens = [int(rows[-1].argmax())]
+    for _ in range(steps - 1):
+        rows.append(backend.decode(tokens[-1]))
+        tokens.append(int(rows[-1].argmax()))
+    return tokens, np.stack(rows).astype(np.float32)
+
+
+def make_probe(artifact) -> dict[str, Any]:
+    prompt_ids = artifact.tokenizer.encode(PROBE_PROMPT)
+    tokens, rows = _greedy(artifact.backend, prompt_ids, PROBE_STEPS)
+    top = np.argsort(-rows, axis=1, kind="stable")[:, :PROBE_TOP_K]
+    return {"prompt": PROBE_PROMPT, "prompt_ids": [int(i) for i in prompt_ids], "greedy_tokens": tokens,
+            "top_k_ids": top.tolist(), "top_k_logits": np.take_along_axis(rows, top, 1).astype(float).tolist()}
+
+
+@dataclass
+class ProbeCheck:
+    """The probe re-run here against the certified one."""
+
+    tokenization_equal: bool
+    greedy_equal: bool
+    max_abs_diff: float  # over the certified top-k logits
+    tolerance: float  # PROBE_RTOL × the certified probe's largest |logit|
+    certified_tokens: list[int]
+    tokens: list[int]
+
+    @property
+    def ok(self) -> bool:
+        return self.tokenization_equal and self.greedy_equal and self.max_abs_diff <= self.tolerance
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "tokenization_equal": self.tokenization_equal, "greedy_equal": self.greedy_equal,
+                "max_abs_logit_diff": self.max_abs_diff, "tolerance": self.tolerance, "relative_tolerance": PROBE_RTOL,
+                "certified_greedy_tokens": self.certified_tokens, "greedy_tokens": self.tokens}
+
+
+def check_probe(artifact, probe: dict[str, Any], where: Path) -> ProbeCheck:
+    """Re-run a (validated) probe: its prompt ids as stored, so a changed tokenizer and changed weights
+    are told apart."""
+    if max(probe["prompt_ids"]) >= artifact.tokenizer.vocab_size:
+        _bad(where, f"the probe's prompt holds id {max(probe['prompt_ids'])}, past the vocabulary's {artifact.tokenizer.vocab_size}")
+    steps = len(probe["greedy_tokens"])
+    tokens, rows = _greedy(artifact.backend, probe["prompt_ids"], steps)
+    ids = np.asarray(probe["top_k_ids"], dtype=np.int64)
+    if ids.max() >= rows.shape[1]:
+        _bad(where, f"the probe's top_k_ids hold id {ids.max()}, past the {rows.shape[1]} logits")
+    certified = np.asarray(probe["top_k_logits"], dtype=np.float64)
+    found = np.take_along_axis(rows.astype(np.float64), ids, 1)
+    diff = float(np.abs(found - certified).max()) if np.isfinite(found).all() else math.inf
+    return ProbeCheck(
+        tokenization_equal=artifact.tokenizer.encode(probe["prompt"]) == probe["prompt_ids"],
+        greedy_equal=tokens == probe["greedy_tokens"],
+        max_abs_diff=diff,
+        tolerance=PROBE_RTOL * float(np.abs(certified).max()),
+        certified_tokens=list(probe["greedy_tokens"]),
+        tokens=tokens,
+    )
+
+
+# --- computing a certificate --------------------------------------------------------------------------
+
+def evaluation_ids(tokenizer, max_positions: int) -> tuple[list[int], str]:
+    """The first POSITIONS + 1 tokens of the evaluation text (fewer where the model holds fewer), and the text's sha256."""
+    text = read_text(EVALUATION_TEXT, MAX_TEXT_BYTES, "the evaluation text")
+    ids = tokenizer.encode(text[: CHARS_PER_TOKEN * POSITIONS])[: min(POSITIONS, max_positions - 1) + 1]
+    return ids, sha256(EVALUATION_TEXT)
+
+
+def reference_logits(checkpoint, ids: Sequence[int], device: str = "cpu") -> np.ndarray:
+    """The fp32 torch reference's logits over `ids` in one pass (within 1e-5 of `edgelm parity`'s
+    cached run on tiny-nope, and 7× faster: 0.5 s against 3.3 s), its weights streamed from the
+    checkpoint (models/streamed.py: about one weight in memory, not the model). The artifact is
+    opened only after."""
+    from .models.streamed import streamed_logits
+
+    return streamed_logits(checkpoint, ids, device)
+
+
+def reference_sha256(checkpoint) -> str:
+    """The checkpoint's weight files and config.json, as one sha256."""
+    import hashlib
+
+    from .artifact_files import member
+
+    digest = hashlib.sha256()
+    for file in sorted(set(checkpoint.tensors.files.values())) + [member(checkpoint.path, "config.json")]:
+        sha256(file, digest)
+    return digest.hexdigest()
+
+
+def certify(checkpoint, fmt, device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
+    """The certificate of the artifact `fmt` (an opened Format: the final file, before it is renamed
+    into place) against `checkpoint`."""
+    from .parity import compare_logits, run_with_cache
+    from .tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(checkpoint.path)
+    ids, text_sha = evaluation_ids(tokenizer, checkpoint.spec.max_positions)
+    reference = reference_logits(checkpoint, ids, device)
+    context = max(len(ids), len(tokenizer.encode(PROBE_PROMPT)) + PROBE_STEPS)
+    with fmt.open(probe_options(context, threads)) as artifact:
+        report = compare_logits(reference, run_with_cache(artifact.backend, ids, len(ids) // 2), ids)
+        probe = make_probe(artifact)
+        engine, engine_version = artifact.engine, artifact.details.get("engine_version", "unknown")
+    numbers = report.as_dict()
+    return ({"certificate_version": CERTIFICATE_VERSION, "positions": report.positions}
+            | {name: float(numbers[name]) for name in NUMBERS}
+            | {"edgelm_version": __version__, "engine": engine, "engine_version": engine_version,
+               "reference_sha256": reference_sha256(checkpoint), "text": EVALUATION_TEXT.name, "text_sha256": text_sha,
+               "probe": probe})
+
+
+def evaluation_text_missing() -> str | None:
+    """Why no certificate can be computed here, or None."""
+    return None if EVALUATION_TEXT.is_file() else f"no parity certificate: the evaluation text {EVALUATION_TEXT} is not here"
+
+
+def summary(certificate: dict[str, Any]) -> str:
+    """One line for the export's notes."""
+    return (f"parity certificate: {certificate['positions']} positions of {certificate['text']}: mean KLD {certificate['mean_kld']:.2g}, "
+            f"ΔPPL {100 * certificate['perplexity_change']:+.2f} %, top-1 {100 * certificate['top1_agreement']:.1f} % "
+            f"({certificate['engine']}); probe: {len(certificate['probe']['greedy_tokens'])} greedy tokens, "
+            f"top-{len(certificate['probe']['top_k_ids'][0])} logits — `edgelm verify` re-runs it")
+
+
+def certify_gguf(checkpoint, path: Path) -> str:
+    """Certify the GGUF at `path` (the exporter's temporary file) and write the keys into it; the note."""
+    from .formats.gguf import GGUF
+
+    if missing := evaluation_text_missing():
+        return missing
+    certificate = certify(checkpoint, GGUF(path))
+    write_into_gguf(path, certificate)
+    return summary(certificate)
+
+
+def certify_onnx(checkpoint, folder: Path) -> str:
+    """Certify the ONNX folder (the exporter's temporary one, edgelm.json written) and store it; the note."""
+    from .constants import ONNX_MANIFEST, ONNX_MODEL_FILE
+    from .formats.onnx import OnnxFolder
+
+    if missing := evaluation_text_missing():
+        return missing
+    certificate = certify(checkpoint, OnnxFolder(folder))
+    write_into_onnx(folder, folder / ONNX_MODEL_FILE, folder / ONNX_MANIFEST, certificate)
+    return summary(certificate)
+
+
+# --- reading a certificate a stranger may have written -------------------------------------------------
+
+def _bad(where: Path, what: str):
+    raise UserError(f"the parity certificate is damaged: {what}", where, "export the model again, or verify without trusting it")
+
+
+def _int_list(value: Any, where: Path, what: str, limit: int) -> list[int]:
+    if not isinstance(value, list) or not 0 < len(value) <= limit or not all(type(v) is int and v >= 0 for v in value):
+        _bad(where, f"{what} is not a list of 1 to {limit} token ids")
+    return value
+
+
+def validate(certificate: Any, where: Path) -> dict[str, Any]:
+    """A certificate's shape and bounds, before its probe runs; refused in one line when it is not one."""
+    if not isinstance(certificate, dict):
+        _bad(where, "not a table of fields")
+    if certificate.get("certificate_version") != CERTIFICATE_VERSION:
+        raise UserError(f"parity certificate version {certificate.get('certificate_version')!r}; this edgelm reads {CERTIFICATE_VERSION}",
+                        where, "verify with the edgelm that made it, or export again")
+    for name in NUMBERS:
+        if not isinstance(certificate.get(name), (int, float)) or isinstance(certificate.get(name), bool):
+            _bad(where, f"{name} is not a number")
+    for name in STRINGS:
+        if not isinstance(certificate.get(name), str):
+            _bad(where, f"{name} is not text")
+    probe = certificate.get("probe")
+    if not isinstance(probe, dict) or not isinstance(probe.get("prompt"), str):
+        _bad(where, "the probe has no prompt")
+    _int_list(probe.get("prompt_ids"), where, "the probe's prompt_ids", MAX_PROBE_TOKENS)
+    tokens = _int_list(probe.get("greedy_tokens"), where, "the probe's greedy_tokens", MAX_PROBE_STEPS)
+    ids, logits = probe.get("top_k_ids"), probe.get("top_k_logits")
+    if not isinstance(ids, list) or not isinstance(logits, list) or len(ids) != len(tokens) or len(logits) != len(tokens):
+        _bad(where, "the probe's top_k_ids and top_k_logits need one row per greedy token")
+    for row_ids, row_logits in zip(ids, logits):
+        _int_list(row_ids, where, "a top_k_ids row", MAX_PROBE_K)
+        if not isinstance(row_logits, list) or len(row_logits) != len(row_ids) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row_logits):
+            _bad(where, "a top_k_logits row is not finite numbers, one per id")
+    return certificate
+
+
+def from_json(text: str, where: Path) -> dict[str, Any]:
+    return parse_json(text, where, "the parity certificate", MAX_CERTIFICATE_BYTES)
+
+
+# --- storing it --------------------------------------------------------------------------------------
+
+def write_into_gguf(path: Path, certificate: dict[str, Any]) -> None:
+    """Rewrite the GGUF at `path` with the certificate's `edgelm.parity.*` keys (gguf-py's writer, as its
+    gguf_new_metadata.py copies a file with new metadata: every key and tensor as read, the new keys
+    added), through a temporary file beside it renamed over it: one copy of the file."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    from .constants import GGUF_PARITY
+
+    reader = GGUFReader(str(path))
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.certified-", dir=path.parent)
+    os.close(fd)
+    try:
+        writer = GGUFWriter(name, reader.fields["general.architecture"].contents())
+        for key, found in reader.fields.items():
+            if key.startswith("GGUF.") or key == "general.architecture" or key.startswith(GGUF_PARITY):
+                continue
+            sub_type = found.types[-1] if found.types[0] == GGUFValueType.ARRAY else None
+            writer.add_key_value(key, found.contents(), found.types[0], sub_type=sub_type)
+        for key, value in certificate.items():
+            if isinstance(value, dict):
+                writer.add_string(GGUF_PARITY + key, json.dumps(value, separators=(",", ":")))
+            elif isinstance(value, str):
+                writer.add_string(GGUF_PARITY + key, value)
+            elif isinstance(value, int):
+                writer.add_uint32(GGUF_PARITY + key, value)
+            else:
+                writer.add_float64(GGUF_PARITY + key, value)
+        for tensor in reader.tensors:
+            writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for tensor in reader.tensors:
+            writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
+        writer.close()
+        os.chmod(name, os.stat(path).st_mode & 0o777)
+        os.replace(name, path)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def read_from_gguf(gguf) -> dict[str, Any] | None:
+    """The certificate in a GGUFFile's `edgelm.parity.*` keys; None where it has none."""
+    from .constants import GGUF_PARITY
+
+    if gguf.field(GGUF_PARITY + "certificate_version") is None:
+        return None
+    certificate = {name: gguf.field(GGUF_PARITY + name) for name in COUNTS + NUMBERS + STRINGS}
+    probe = gguf.field(GGUF_PARITY + "probe")
+    certificate["probe"] = from_json(probe, gguf.path) if isinstance(probe, str) else None
+    return certificate
+
+
+def write_into_onnx(folder: Path, model_file: Path, manifest_file: Path, certificate: dict[str, Any]) -> None:
+    """The certificate into the ONNX folder's edgelm.json (`parity_certificate`) and the graph's
+    metadata_props (`edgelm.parity`, for whoever has only the graph: onnxruntime's
+    `get_modelmeta().custom_metadata_map` reads it). The graph is read without its external weights
+    and written back beside itself: only the graph's own bytes are copied."""
+    import onnx
+
+    from .artifact_files import read_json_object
+    from .constants import ONNX_METADATA_PARITY, PARITY_CERTIFICATE
+
+    model = onnx.load(str(model_file), load_external_data=False)
+    kept = [p for p in model.metadata_props if p.key != ONNX_METADATA_PARITY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=ONNX_METADATA_PARITY, value=json.dumps(certificate, separators=(",", ":")))
+    staged = folder / f".{model_file.name}.certified"
+    onnx.save(model, str(staged))
+    os.replace(staged, model_file)
+    manifest = read_json_object(manifest_file) | {PARITY_CERTIFICATE: certificate}
+    staged = folder / f".{manifest_file.name}.certified"
+    staged.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(staged, manifest_file)
+
+
+# --- verifying ---------------------------------------------------------------------------------------
+
+@dataclass
+class Verification:
+    """What `edgelm verify` found for one artifact."""
+
+    certificate: dict[str, Any] | None
+    engine: str = ""
+    engine_version: str = ""
+    probe: ProbeCheck | None = None
+    recomputed: dict[str, Any] | None = None  # with --reference: the certificate computed again here
+    differences: list[str] = field(default_factory=list)  # --reference: fields outside their tolerance
+
+    @property
+    def ok(self) -> bool:
+        return self.certificate is None or (self.probe is not None and self.probe.ok and not self.differences)
+
+    def lines(self, reference: Path | None = None) -> list[str]:
+        """What `edgelm verify` prints about the certificate."""
+        c = self.certificate
+        if c is None:
+            return ["no certificate: the artifact carries no parity certificate (made by another tool or an older edgelm); nothing to re-run"
+                    + (" or compare (`edgelm parity ARTIFACT --reference MODEL_DIR` measures it)" if reference else "")]
+        p = self.probe
+        lines = [f"certificate: mean KLD {c['mean_kld']:.3g} (max {c['max_kld']:.3g}), ΔPPL {100 * c['perplexity_change']:+.2f} %, "
+                 f"top-1 {100 * c['top1_agreement']:.1f} % over {c['positions']} positions of {c['text']} against the reference "
+                 f"(sha256 {c['reference_sha256'][:16]}…); made by edgelm {c['edgelm_version']} on {c['engine']}, {c['engine_version']}",
+                 f"probe {'matches' if p.ok else 'DIFFERS'}: {len(p.certified_tokens)} greedy tokens {'equal' if p.greedy_equal else 'differ'}, "
+                 f"top-{len(c['probe']['top_k_ids'][0])} logits max |Δ| {p.max_abs_diff:.3g} (tolerance {p.tolerance:.3g} = "
+                 f"{PROBE_RTOL:g} × largest |logit|), tokenization {'equal' if p.tokenization_equal else 'differs'}; "
+                 f"run here on {self.engine}, {self.engine_version}"]
+        if self.engine_version != c["engine_version"]:
+            lines.append(f"note: certified on {c['engine_version']}, run here on {self.engine_version}: a different engine may "
+                         "compute slightly different logits")
+        if self.recomputed is not None:
+            r = self.recomputed
+            lines.append(f"recomputed against {reference}: mean KLD {r['mean_kld']:.3g}, ΔPPL {100 * r['perplexity_change']:+.2f} %, "
+                         f"top-1 {100 * r['top1_agreement']:.1f} %: " + ("every field within tolerance" if not self.differences
+                                                                         else "; ".join(self.differences)))
+        return lines
+
+    def failure(self) -> str:
+        """Why it failed, in one line."""
+        p = self.probe
+        reasons = []
+        if not p.tokenization_equal:
+            reasons.append("the tokenizer encodes the probe's prompt differently")
+        if not p.greedy_equal:
+            reasons.append(f"greedy tokens {p.tokens}, certified {p.certified_tokens}")
+        if not p.max_abs_diff <= p.tolerance:
+            reasons.append(f"top-k logits moved by {p.max_abs_diff:.3g}, past the tolerance {p.tolerance:.3g}")
+        reasons += self.differences
+        return ("the artifact does not compute what its certificate says: " if not p.ok else "the recomputed certificate differs: ") \
+            + "; ".join(reasons)
+
+
+# --reference: how far recomputed numbers may move (the reference runs here too: torch on another CPU or GPU)
+NUMBER_RTOL, NUMBER_ATOL = 0.05, 1e-5
+
+
+def compare_certificates(certified: dict[str, Any], fresh: dict[str, Any]) -> list[str]:
+    """The fields of a recomputed certificate outside their tolerance, each as one line."""
+    differences = []
+    for name in ("reference_sha256", "text_sha256", "positions"):
+        if certified[name] != fresh[name]:
+            differences.append(f"{name}: certified {certified[name]}, here {fresh[name]}")
+    for name in NUMBERS:
+        limit = NUMBER_ATOL + NUMBER_RTOL * abs(certified[name])
+        if name == "top1_agreement":  # one position's argmax may flip at a near-tie
+            limit = max(limit, 1 / max(certified["positions"], 1))
+        if not abs(fresh[name] - certified[name]) <= limit:
+            differences.append(f"{name}: certified {certified[name]:.6g}, here {fresh[name]:.6g} (tolerance {limit:.2g})")
+    return differences
+
+
+def verify(fmt, reference: Path | None = None, threads: int | None = None, device: str = "cpu") -> Verification:
+    """Re-run the probe of `fmt`'s certificate on this machine's runtime; with `reference`, recompute
+    the whole certificate against that model folder and compare it too."""
+    found = fmt.certificate()
+    if found is None:
+        return Verification(None)
+    validate(found, fmt.path)
+    with fmt.open(probe_options(len(found["probe"]["prompt_ids"]) + len(found["probe"]["greedy_tokens"]), threads)) as artifact:
+        probe = check_probe(artifact, found["probe"], fmt.path)
+        engine, engine_version = artifact.engine, artifact.details.get("engine_version", "unknown")
+    result = Verification(found, engine, engine_version, probe)
+    if reference is not None:
+        from .models import open_checkpoint
+
+        checkpoint = open_checkpoint(reference)
+        result.recomputed = certify(checkpoint, fmt, device, threads)
+        result.differences = compare_certificates(found, result.recomputed)
+    return result

@@ -1,0 +1,242 @@
+"""The parity certificate every export carries (edgelm/certificate.py), and `edgelm verify` re-running
+its probe: passes on an untouched export, fails when one weight of the artifact is changed — a GGUF
+run by llama.cpp (tiny-nope Q4_K_M), a GGUF run by edgelm's ggml executor (tiny-tokenformer, gguf-py's
+Q4_0) and an ONNX folder run by onnxruntime (tiny-nope int4). The certificate is read back by the
+other projects' own readers (gguf-py's GGUFReader, onnxruntime's model metadata) and its probe is
+recomputed with llama-cpp-python's own API, not with edgelm's backend.
+
+Tolerance: PROBE_RTOL (1e-3 of the probe's largest |logit|). On this machine the probe re-runs
+bit-identically at 1–8 threads on all three runtimes, and one int4 weight moved by 8 quantization
+steps moves it by 1–6× the tolerance (the weights chosen below); docs/certificate.md has the spread."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES, GGUFReader, GGUFValueType
+
+from edgelm.certificate import POSITIONS, PROBE_STEPS, PROBE_TOP_K
+from edgelm.export.gguf import export_gguf
+from edgelm.export.onnx import export_onnx
+from edgelm.models import open_checkpoint
+
+from .test_bad_input import assert_user_error
+
+MODELS = Path(__file__).resolve().parent.parent / "examples" / "models"
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("certified")
+    made = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            model, fmt = name.rsplit(".", 1)
+            checkpoint = open_checkpoint(MODELS / model)
+            if fmt == "gguf":
+                made[name] = export_gguf(checkpoint, folder / name, "int4").path
+            elif fmt == "onnx":
+                made[name] = export_onnx(checkpoint, folder / name, "int4").path
+            else:  # "plain": an artifact without a certificate, as an older edgelm wrote it
+                made[name] = export_gguf(checkpoint, folder / f"{model}-plain.gguf", "int8", certificate=False).path
+        return made[name]
+
+    return get
+
+
+def flip_gguf_weight(source: Path, target: Path, tensor: str) -> Path:
+    """`target`: `source` with one weight of `tensor` changed — in its first block, the low nibble of the
+    last byte (in Q4_0 and Q4_K the 4-bit quants end the block) XOR 8: that weight moves by 8 steps.
+    Where the tensor's data lies comes from gguf-py's reader."""
+    shutil.copyfile(source, target)
+    found = {t.name: t for t in GGUFReader(str(source)).tensors}[tensor]
+    block_bytes = GGML_QUANT_SIZES[found.tensor_type][1]
+    offset = int(found.data_offset) + block_bytes - 1
+    with open(target, "r+b") as file:
+        file.seek(offset)
+        byte = file.read(1)[0]
+        file.seek(offset)
+        file.write(bytes([byte ^ 0x08]))
+    return target
+
+
+def verify_fails(run_cli, path: Path) -> str:
+    code, out, err = run_cli("verify", path)
+    assert code == 1, (code, out, err)
+    assert "probe DIFFERS" in out and "verify failed: the artifact does not compute what its certificate says" in err, (out, err)
+    return out
+
+
+def verify_passes(run_cli, path: Path, *args) -> str:
+    code, out, err = run_cli("verify", path, *args)
+    assert code == 0, (code, out, err)
+    assert "probe matches" in out and "max |Δ| 0 " in out, out  # bit-identical on the machine that made it
+    return out
+
+
+@pytest.mark.parametrize("source", ["tiny-nope", "tiny-rope", "tiny-ngen4", "tiny-tokenformer", "tiny-llama3", "tiny-qwen2"])
+def test_streamed_reference_is_the_loaded_model_bit_for_bit(source, preset_dir):
+    """The certificate's reference streams its weights (models/streamed.py); it must compute what the
+    loaded fp32 model computes: shipped trained models, and presets with a tied LM head (llama3, qwen2)."""
+    from edgelm.models.streamed import streamed_logits
+    from edgelm.runtime.torch_backend import TorchBackend
+
+    checkpoint = open_checkpoint(MODELS / source if (MODELS / source).is_dir() else preset_dir(source))
+    ids = list(range(3, 67))
+    np.testing.assert_array_equal(streamed_logits(checkpoint, ids), TorchBackend(checkpoint.load_model()).forward(ids))
+
+
+def test_gguf_certificate_keys_as_gguf_py_reads_them(exports):
+    """The keys are in the final Q4_K_M file (added after llama.cpp's quantizer), typed, and the probe
+    is JSON text; the numbers are the ones `edgelm parity` reports, over POSITIONS positions."""
+    fields = GGUFReader(str(exports("tiny-nope.gguf"))).fields
+    assert fields["general.file_type"].contents() == 15  # MOSTLY_Q4_K_M: the quantizer's output, not the f32 intermediate
+    types = {key.removeprefix("edgelm.parity."): field.types[0] for key, field in fields.items() if key.startswith("edgelm.parity.")}
+    assert types["certificate_version"] == types["positions"] == GGUFValueType.UINT32
+    assert all(types[k] == GGUFValueType.FLOAT64 for k in ("mean_kld", "max_kld", "perplexity_change", "top1_agreement"))
+    assert all(types[k] == GGUFValueType.STRING for k in ("reference_sha256", "text_sha256", "engine_version", "probe"))
+    value = {k: fields["edgelm.parity." + k].contents() for k in types}
+    assert value["positions"] == POSITIONS and value["text"] == "persuasion.txt" and value["engine"] == "llama.cpp"
+    assert value["engine_version"].startswith("llama-cpp-python ")
+    assert 0 < value["mean_kld"] < 0.02 and value["max_kld"] >= value["mean_kld"] and 0.9 < value["top1_agreement"] <= 1
+    probe = json.loads(value["probe"])
+    assert len(probe["greedy_tokens"]) == PROBE_STEPS and np.shape(probe["top_k_logits"]) == (PROBE_STEPS, PROBE_TOP_K)
+
+
+def test_gguf_probe_is_what_llama_cpp_itself_computes(exports):
+    """The certified probe recomputed with llama-cpp-python's own Llama (f32 KV cache, as certified):
+    the same greedy tokens and top-k logits, so the certificate describes the final file as llama.cpp runs it."""
+    from llama_cpp import GGML_TYPE_F32, Llama
+
+    path = exports("tiny-nope.gguf")
+    probe = json.loads(GGUFReader(str(path)).fields["edgelm.parity.probe"].contents())
+    llm = Llama(model_path=str(path), n_ctx=64, logits_all=True, type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, n_threads=1, verbose=False)
+    try:
+        assert llm.tokenize(probe["prompt"].encode(), add_bos=True, special=True) == probe["prompt_ids"]
+        llm.eval(probe["prompt_ids"])
+        tokens, rows = [], []
+        for _ in range(PROBE_STEPS):
+            rows.append(np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32))
+            tokens.append(int(rows[-1].argmax()))
+            llm.eval([tokens[-1]])
+    finally:
+        llm.close()
+    assert tokens == probe["greedy_tokens"]
+    found = np.take_along_axis(np.stack(rows), np.asarray(probe["top_k_ids"]), 1)
+    np.testing.assert_allclose(found, probe["top_k_logits"], rtol=0, atol=1e-5)
+
+
+def test_gguf_verify_passes_untouched_and_fails_with_one_weight_changed(exports, run_cli, tmp_path):
+    path = exports("tiny-nope.gguf")
+    out = verify_passes(run_cli, path)
+    assert "llama-cpp-python" in out and "tolerance" in out
+    verify_fails(run_cli, flip_gguf_weight(path, tmp_path / "one-weight.gguf", "blk.0.attn_output.weight"))
+
+
+def test_llama_cpps_quantizer_copies_the_keys_so_the_certificate_is_made_after_it(tmp_path, run_cli):
+    """llama_model_quantize copies every key of its source (llama-quant.cpp: gguf_set_kv(ctx_out, meta)):
+    a certified f16 file quantized by it carries the f16's certificate, and verify catches it. Hence the
+    exporter certifies the quantizer's output, not its f32 input."""
+    from gguf import LlamaFileType
+
+    from edgelm.quantize.llama_cpp import quantize_gguf
+
+    f16 = export_gguf(open_checkpoint(MODELS / "tiny-nope"), tmp_path / "f16.gguf", "f16").path
+    verify_passes(run_cli, f16)
+    requantized = tmp_path / "requantized.gguf"
+    quantize_gguf(f16, requantized, int(LlamaFileType.MOSTLY_Q4_K_M), "Q4_K_M")
+    fields = GGUFReader(str(requantized)).fields
+    assert fields["general.file_type"].contents() == 15 and "edgelm.parity.probe" in fields
+    verify_fails(run_cli, requantized)
+
+
+def test_tokenformer_gguf_on_the_ggml_executor(exports, run_cli, tmp_path):
+    path = exports("tiny-tokenformer.gguf")
+    assert GGUFReader(str(path)).fields["edgelm.parity.engine"].contents().startswith("edgelm ggml executor")
+    verify_passes(run_cli, path)
+    verify_fails(run_cli, flip_gguf_weight(path, tmp_path / "one-weight.gguf", "blk.0.attn_q.key_tokens"))
+
+
+def test_onnx_certificate_in_edgelm_json_and_the_graphs_metadata(exports, run_cli, tmp_path):
+    import onnx
+    import onnxruntime
+
+    folder = exports("tiny-nope.onnx")
+    manifest = json.loads((folder / "edgelm.json").read_text())
+    metadata = onnxruntime.InferenceSession(str(folder / "model.onnx")).get_modelmeta().custom_metadata_map
+    assert json.loads(metadata["edgelm.parity"]) == manifest["parity_certificate"]
+    assert manifest["parity_certificate"]["engine_version"] == f"onnxruntime {onnxruntime.__version__}"
+    verify_passes(run_cli, folder)
+
+    # one weight of the first MatMulNBits (the low nibble of its packed B's first byte) moved by 8 steps
+    changed = tmp_path / "one-weight-onnx"
+    shutil.copytree(folder, changed)
+    model = onnx.load(str(changed / "model.onnx"))
+    node = next(n for n in model.graph.node if n.op_type == "MatMulNBits")
+    weights = next(t for t in model.graph.initializer if t.name == node.input[1])
+    packed = bytearray(weights.raw_data)
+    packed[0] ^= 0x08
+    weights.raw_data = bytes(packed)
+    onnx.save(model, str(changed / "model.onnx"))
+    verify_fails(run_cli, changed)
+
+
+def test_bundles_carry_it_and_verify_runs_the_probe(exports, run_cli, tmp_path):
+    """The mobile bundle of an ONNX export holds the graph in ORT format (optimized by onnxruntime's
+    converter): its probe still matches bit for bit; a GGUF bundle carries the keys in the file."""
+    for name in ("tiny-nope.onnx", "tiny-nope.gguf"):
+        bundle = tmp_path / f"{name}-bundle"
+        assert run_cli("bundle", exports(name), "--out", bundle)[0] == 0
+        manifest = json.loads((bundle / "edgelm.json").read_text())
+        assert manifest["parity_certificate"]["probe"]["greedy_tokens"]
+        out = verify_passes(run_cli, bundle)
+        assert out.startswith("ok: ") and "files match their sha256" in out
+
+
+def test_reference_recomputes_the_whole_certificate(exports, run_cli):
+    path = exports("tiny-nope.gguf")
+    code, out, err = run_cli("verify", path, "--reference", MODELS / "tiny-nope")
+    assert code == 0 and "every field within tolerance" in out, (out, err)
+    code, out, err = run_cli("verify", path, "--reference", MODELS / "tiny-rope", "--json")
+    assert code == 1 and "the recomputed certificate differs" in err, err
+    result = json.loads(out)
+    assert not result["ok"] and any(d.startswith("reference_sha256: certified") for d in result["differences"])
+    assert result["probe"]["ok"]  # the artifact itself computes what was certified: the reference is another model
+
+
+def test_an_artifact_without_a_certificate_verifies_as_before(exports, run_cli):
+    path = exports("tiny-nope.plain")
+    assert not any(k.startswith("edgelm.parity.") for k in GGUFReader(str(path)).fields)
+    code, out, err = run_cli("verify", path)
+    assert code == 0 and "loads and runs" in out and "no certificate" in out, (out, err)
+
+
+@pytest.mark.parametrize("probe, needle", [
+    ("[1, 2", "not valid JSON"),
+    (json.dumps({"prompt": "x", "prompt_ids": [1], "greedy_tokens": [1, 2], "top_k_ids": [[1]], "top_k_logits": [[0.5]]}),
+     "one row per greedy token"),
+    (json.dumps({"prompt": "x", "prompt_ids": [10 ** 9], "greedy_tokens": [1], "top_k_ids": [[1]], "top_k_logits": [[0.5]]}),
+     "past the vocabulary"),
+])
+def test_a_damaged_certificate_is_one_line(exports, run_cli, tmp_path, capsys, probe, needle):
+    """A stranger's certificate (written with gguf-py's own gguf_new_metadata) is checked before its
+    probe runs: exit 2, one line."""
+    from gguf import GGUFWriter
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    reader = GGUFReader(str(exports("tiny-nope.gguf")))
+    damaged = tmp_path / "damaged.gguf"
+    writer = GGUFWriter(str(damaged), reader.fields["general.architecture"].contents())
+    copy_with_new_metadata(reader, writer, {"edgelm.parity.probe": MetadataDetails(GGUFValueType.STRING, probe)}, [])
+    capsys.readouterr()  # gguf-py's progress bar
+    assert_user_error(run_cli("verify", damaged), needle)
+
+
+def test_verify_refuses_a_model_folder(run_cli):
+    assert_user_error(run_cli("verify", MODELS / "tiny-nope"), "no edgelm.json manifest")
+
