@@ -101,7 +101,7 @@ def test_gguf_certificate_keys_as_gguf_py_reads_them(exports):
     assert all(types[k] == GGUFValueType.FLOAT64 for k in ("mean_kld", "max_kld", "perplexity_change", "top1_agreement"))
     assert all(types[k] == GGUFValueType.STRING for k in ("reference_sha256", "text_sha256", "engine_version", "probe"))
     value = {k: fields["edgelm.parity." + k].contents() for k in types}
-    assert value["positions"] == POSITIONS and value["text"] == "persuasion.txt" and value["engine"] == "llama.cpp"
+    assert value["positions"] == POSITIONS and value["text"] == "persuasion-opening.txt" and value["engine"] == "llama.cpp"
     assert value["engine_version"].startswith("llama-cpp-python ")
     assert 0 < value["mean_kld"] < 0.02 and value["max_kld"] >= value["mean_kld"] and 0.9 < value["top1_agreement"] <= 1
     probe = json.loads(value["probe"])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from .genai import genai_greedy
 from .gguf_edit import rewrite_gguf
 from .test_bad_input import assert_user_error
 
@@ -164,7 +165,6 @@ def test_optimum_folder_bundled_for_a_phone_runs_in_onnxruntime_genai(run_cli, o
     """The genai_config edgelm writes for a folder that had none (Optimum's) is one onnxruntime-genai runs:
     vocab size, head count, hidden size and bos/eos/pad ids from config.json and the graph; its greedy tokens
     are edgelm's; `verify` runs it there too, and says why when genai cannot."""
-    import numpy as np
     import onnxruntime_genai as og
 
     assert run_cli("bundle", optimum_folder, "--out", tmp_path / "b")[0] == 0
@@ -177,17 +177,8 @@ def test_optimum_folder_bundled_for_a_phone_runs_in_onnxruntime_genai(run_cli, o
     code, out, err = run_cli("generate", SHIPPED_ROPE, "--prompt", "It is a truth universally acknowledged", "--max-new-tokens", 24, "--json")
     assert code == 0, err
     expected = json.loads(out)["tokens"]
-    model = og.Model(str(tmp_path / "b"))
-    prompt = og.Tokenizer(model).encode("It is a truth universally acknowledged")
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(prompt) + len(expected), do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(np.array([prompt], dtype=np.int32))
-    tokens = []
-    while not generator.is_done():
-        generator.generate_next_token()
-        tokens.append(int(generator.get_next_tokens()[0]))
-    assert tokens == expected
+    prompt = [int(i) for i in og.Tokenizer(og.Model(str(tmp_path / "b"))).encode("It is a truth universally acknowledged")]
+    assert genai_greedy(tmp_path / "b", prompt, len(expected)) == expected
 
     # a bundle whose genai_config lacks vocab_size, its manifest made to match: genai's own reason
     config = tmp_path / "b" / "genai_config.json"

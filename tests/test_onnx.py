@@ -12,6 +12,7 @@ from edgelm.models import open_checkpoint
 from edgelm.formats import open_artifact
 from edgelm.runtime.torch_backend import TorchBackend
 
+from .genai import genai_greedy as genai_greedy_from
 from .test_families import ALL_PRESETS
 from .test_gguf import DECODE, PREFILL, run_positions, temperatures_file
 
@@ -88,18 +89,7 @@ GREEDY_PROMPT, GREEDY_NEW = [1, 600, 367, 261, 1871, 452, 4033, 1188], 24
 
 
 def genai_greedy(folder):
-    import onnxruntime_genai as og
-
-    genai = og.Model(str(folder))
-    params = og.GeneratorParams(genai)
-    params.set_search_options(max_length=len(GREEDY_PROMPT) + GREEDY_NEW, do_sample=False)
-    generator = og.Generator(genai, params)
-    generator.append_tokens(np.array([GREEDY_PROMPT], dtype=np.int32))
-    tokens = []
-    while not generator.is_done():
-        generator.generate_next_token()
-        tokens.append(int(generator.get_next_tokens()[0]))
-    return tokens
+    return genai_greedy_from(folder, GREEDY_PROMPT, GREEDY_NEW)
 
 
 def greedy(backend, prompt=GREEDY_PROMPT):

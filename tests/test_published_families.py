@@ -28,6 +28,8 @@ from edgelm.formats import open_artifact
 from edgelm.models import open_checkpoint
 from edgelm.models.presets import copy_tokenizer
 
+from .genai import genai_greedy as genai_greedy_from
+
 CONVERTER = Path(__file__).resolve().parent.parent / "build" / "llama.cpp-converter" / "convert_hf_to_gguf.py"
 SIZES = dict(vocab_size=4096, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=True)
@@ -230,18 +232,7 @@ def backend_greedy(backend):
 
 
 def genai_greedy(folder):
-    import onnxruntime_genai as og
-
-    model = og.Model(str(folder))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(GREEDY_PROMPT) + GREEDY_NEW, min_length=len(GREEDY_PROMPT) + GREEDY_NEW, do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(np.array([GREEDY_PROMPT], dtype=np.int32))
-    tokens = []
-    while not generator.is_done():
-        generator.generate_next_token()
-        tokens.append(int(generator.get_next_tokens()[0]))
-    return tokens
+    return genai_greedy_from(folder, GREEDY_PROMPT, GREEDY_NEW, exact_length=True)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
