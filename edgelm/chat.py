@@ -8,6 +8,7 @@ import select
 import signal
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from .errors import UserError
 from .tokenizer import Tokenizer
@@ -153,6 +154,9 @@ def render_bounded(source: str, **variables) -> str:
 def _compile(source: str):
     environment = _bounded_environment()
     environment.globals["raise_exception"] = _raise
+    # transformers' apply_chat_template gives templates the local time (chat_template_utils.py), and so does
+    # llama.cpp's --jinja: Llama 3.x's template prints "Today Date: " from it, else a fixed 26 Jul 2024
+    environment.globals["strftime_now"] = lambda format: datetime.now().strftime(str(format))
     return environment.from_string(source)
 
 
