@@ -645,3 +645,27 @@ def test_bundles_drawn(run_cli, made, tmp_path_factory, data):
     counts = COUNTS.setdefault("bundles", {})
     for argv in (["verify", target], ["generate", target, "--prompt", "It is", "--max-new-tokens", 1], ["inspect", target]):
         _check_run(run_cli, argv, canary, target, counts)
+
+
+# --- GGUF float hyperparameters, which llama.cpp trusts ------------------------------------------------------
+@pytest.mark.parametrize("key,value", [("attention.layer_norm_rms_epsilon", float("nan")), ("attention.layer_norm_rms_epsilon", -1.0),
+                                       ("rope.freq_base", float("inf"))], ids=["eps-nan", "eps-negative", "rope-base-inf"])
+def test_gguf_float_hparams_are_checked_before_llama_cpp(made, tmp_path, key, value):
+    """A NaN or negative RMSNorm epsilon aborted the whole process inside ggml (GGML_ASSERT(eps >= 0.0f),
+    exit 134 and a gdb backtrace) in generate, verify, bench and parity. The value is patched into the
+    file's bytes (the key's uint32 type, then the float32), so no writer of ours is involved."""
+    import struct
+    import subprocess
+    import sys
+
+    data = bytearray(made["gguf"].read_bytes())
+    name = f"llama.{key}".encode()
+    at = data.index(name) + len(name)
+    assert struct.unpack_from("<I", data, at)[0] == 6  # GGUF_TYPE_FLOAT32
+    struct.pack_into("<f", data, at + 4, value)
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(bytes(data))
+    for command in (["generate", str(bad), "--prompt", "Hi", "--max-new-tokens", "2"], ["verify", str(bad)]):
+        done = subprocess.run([sys.executable, "-m", "edgelm", *command], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, (command, done.returncode, done.stderr[-2000:])
+        assert done.stderr.strip().splitlines() == [done.stderr.strip()] and f"llama.{key}" in done.stderr, done.stderr

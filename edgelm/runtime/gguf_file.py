@@ -5,6 +5,7 @@ rebuilds edgelm's model description for `inspect`."""
 from __future__ import annotations
 
 import base64
+import math
 import tempfile
 import weakref
 from pathlib import Path
@@ -97,7 +98,25 @@ def open_gguf(path: str | Path) -> GGUFFile:
                             "the file is truncated or damaged: export it again")
     if not isinstance(gguf.arch, str):
         raise UserError("not a valid GGUF file (no general.architecture text)", path, "the file is damaged: export it again")
+    _refuse_bad_float_hparams(gguf)
     return gguf
+
+
+def _refuse_bad_float_hparams(gguf: GGUFFile) -> None:
+    """Every float hyperparameter (`{arch}.*`) finite, and every norm epsilon ≥ 0, before an engine reads
+    them: llama.cpp builds its graph with a NaN or negative RMSNorm epsilon and aborts the process in
+    ggml's `GGML_ASSERT(eps >= 0.0f)`; a NaN rope base or scale runs NaN logits."""
+    prefix = f"{gguf.arch}."
+    for i in range(ggml.gguf_get_n_kv(gguf._header)):
+        if ggml.gguf_get_kv_type(gguf._header, i) not in (ggml.GGUF_TYPE_FLOAT32, ggml.GGUF_TYPE_FLOAT64):
+            continue
+        key = ggml.gguf_get_key(gguf._header, i).decode("utf-8", errors="replace")
+        if not key.startswith(prefix):
+            continue
+        value = _SCALARS[ggml.gguf_get_kv_type(gguf._header, i)](gguf._header, i)
+        if not math.isfinite(value) or ("epsilon" in key and value < 0):
+            raise UserError(f"{key} is {value!r}, not a finite number" + (" ≥ 0" if "epsilon" in key else ""), gguf.path,
+                            "the file is damaged: export it again")
 
 
 def stored_tokenizer_files(gguf: GGUFFile) -> dict[str, bytes]:
