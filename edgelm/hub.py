@@ -40,6 +40,13 @@ def is_hub_id(text: str) -> bool:
     return HUB_ID.match(text) is not None and not Path(text).exists()
 
 
+def _looks_local(repo: str) -> bool:
+    """A missing path that reads as ORG/NAME: its first part is a folder here (`build/model.gguf`), or
+    its name ends as the files edgelm opens do."""
+    first, _, name = repo.partition("/")
+    return Path(first).is_dir() or name.lower().endswith((".gguf", ".zip", ".onnx", ".json", ".safetensors"))
+
+
 def hub_id_of(folder: Path) -> str | None:
     """ORG/NAME for a folder inside huggingface_hub's cache, else None."""
     parts = folder.resolve().parts
@@ -103,6 +110,9 @@ def resolve_model(text: str | Path, allow_pickle: bool = False) -> Path:
     except RepositoryNotFoundError:
         raise UserError(f"no model {repo} on the hub (or it is private)", None, "check the id, or log in with `hf auth login`") from None
     except LocalEntryNotFoundError:
+        if _looks_local(repo):
+            raise UserError("no such file or folder (nor a model of that name in the Hugging Face cache)", Path(text),
+                            "check the path") from None
         raise UserError(
             f"{repo}{'@' + revision if revision else ''} is not in the Hugging Face cache and the hub cannot be reached (offline)",
             None, "download it once online (unset HF_HUB_OFFLINE), or give a local folder",

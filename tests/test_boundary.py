@@ -230,6 +230,17 @@ def test_hub_revisions_cannot_walk_out(hub_home, tmp_path):
         assert code == 2 and err.count("\n") == 1 and ("outside its snapshots folder" in err or "not in the Hugging Face cache" in err), err
 
 
+def test_a_missing_path_is_not_called_a_hub_model(hub_home, tmp_path, monkeypatch):
+    """`build/model.gguf` reads as ORG/NAME; missing, it was reported as a hub model not in the cache."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "build").mkdir()
+    for missing in ("build/model.gguf", "elsewhere/model.gguf"):
+        code, out, err = edgelm_offline(hub_home, "generate", missing, "--prompt", "Hi")
+        assert code == 2 and err.count("\n") == 1 and "no such file or folder" in err, err
+    code, out, err = edgelm_offline(hub_home, "generate", "someorg/somemodel", "--prompt", "Hi")
+    assert code == 2 and "not in the Hugging Face cache" in err, err
+
+
 def test_hub_snapshot_link_out_of_blobs_is_refused(hub_home, tmp_path, outside):
     snapshot = next((hub_home / "hub").glob("models--*/snapshots/*"))
     config = snapshot / "config.json"
