@@ -25,7 +25,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import UserError
 from .fileio import is_plain_name
@@ -137,6 +137,20 @@ def decode_text(data: bytes, path: Path | None, what: str) -> str:
 def read_text(path: Path, limit: int = MAX_TEXT_BYTES, what: str | None = None) -> str:
     what = what or Path(path).name
     return decode_text(read_bytes(path, limit, what), path, what)
+
+
+def read_stream(stream: BinaryIO, limit: int, what: str, line: bool = False) -> str:
+    """At most `limit` bytes of UTF-8 text from a pipe (standard input): all of it, or one line where
+    `line` (with its newline; "" at the end of the input). A pipe has no size to check first, so `--prompt -` from /dev/zero read
+    until the process was killed at 16.7 GB."""
+    try:
+        data = stream.readline(limit + 1) if line else stream.read(limit + 1)
+    except OSError as exc:
+        raise UserError(f"cannot read {what} ({exc.strerror})", None, "check what is piped in") from None
+    if len(data) > limit:
+        raise UserError(f"{what} holds more than {limit:,} bytes{' in one line' if line else ''}; edgelm reads at most that", None,
+                        "give a shorter text")
+    return decode_text(data, None, what)
 
 
 def _depth(text: str) -> int:

@@ -211,15 +211,32 @@ def _prompt_text(prompt: str | None, file: Path | None) -> str:
         return _read_text(file, "--file")
     piped = sys.stdin is not None and not sys.stdin.isatty() and sys.stdin.readable()
     if prompt == "-" or (prompt is None and piped):
+        from .artifact_files import MAX_TEXT_BYTES, read_stream
+
         try:
-            return sys.stdin.read()
-        except UnicodeDecodeError as exc:
-            raise UserError(f"standard input is not UTF-8 (byte {exc.start}: {exc.reason})", None, "convert it to UTF-8, e.g. with iconv") from None
-        except (OSError, AttributeError):  # closed or not readable
+            return read_stream(sys.stdin.buffer, MAX_TEXT_BYTES, "standard input")
+        except (OSError, AttributeError, ValueError):  # closed or not readable
             raise UserError("--prompt - reads standard input, which cannot be read here", None, "give --prompt TEXT or --file FILE") from None
     if prompt is None:
         raise UserError("no prompt", None, "give --prompt TEXT, --file FILE, or pipe the text in (--prompt - reads standard input)")
     return prompt
+
+
+MAX_CHAT_MESSAGE_BYTES = 1 << 20  # a typed or piped chat turn: ~250,000 tokens, far past any context edgelm runs
+
+
+def _read_turn() -> str:
+    """The next chat message: input() with line editing in a terminal; from a pipe a bounded line (a pipe
+    from /dev/zero is one endless line, which input() read until memory ran out)."""
+    if sys.stdin is None or sys.stdin.isatty():
+        return input("> ")
+    from .artifact_files import read_stream
+
+    print("> ", end="", flush=True)
+    line = read_stream(sys.stdin.buffer, MAX_CHAT_MESSAGE_BYTES, "a chat message on standard input", line=True)
+    if not line:
+        raise EOFError
+    return line.removesuffix("\n")
 
 
 @app.command()
@@ -469,7 +486,7 @@ def chat(
     out.print(f"[dim]{path} on {artifact.engine}, {template}; /reset, /exit[/dim]")
     while True:
         try:
-            user = input("> ")
+            user = _read_turn()
         except EOFError:
             out.print()
             return

@@ -680,3 +680,16 @@ def test_gguf_float_hparams_are_checked_before_llama_cpp(made, tmp_path, key, va
         done = subprocess.run([sys.executable, "-m", "edgelm", *command], capture_output=True, text=True, timeout=300)
         assert done.returncode == 2 and "Traceback" not in done.stderr, (command, done.returncode, done.stderr[-2000:])
         assert done.stderr.strip().splitlines() == [done.stderr.strip()] and f"llama.{key}" in done.stderr, done.stderr
+
+
+def test_standard_input_is_bounded(made):
+    """`--prompt -` and a piped chat from /dev/zero read until the OOM killer came (16.7 GB); `--file`
+    had its limit, a pipe none. Now both read at most their limit and say so in one line."""
+    import subprocess
+    import sys
+
+    for command in (["generate", str(made["gguf"]), "--prompt", "-", "--max-new-tokens", "2"], ["chat", str(made["gguf"])]):
+        with open("/dev/zero", "rb") as zeros:
+            done = subprocess.run([sys.executable, "-m", "edgelm", *command], stdin=zeros, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, (command, done.returncode, done.stderr[-2000:])
+        assert len(done.stderr.strip().splitlines()) == 1 and "edgelm reads at most" in done.stderr, done.stderr
