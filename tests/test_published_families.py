@@ -120,13 +120,33 @@ def test_llama3_scaling_changes_the_logits(published):
     assert (hf_logits(plain, ids) - hf_logits(hf, ids)).abs().max().item() > 100 * TOL
 
 
+def test_linear_scaling_equals_transformers(tmp_path):
+    """Linear rope scaling (every frequency / factor) as the typed encoding (models/positions.py)
+    computes it, against transformers' LlamaForCausalLM with the same config. (Partial rotary is
+    compared with GPT-NeoX's own code in test_families.py: transformers 4.57's Llama rotates whole heads.)"""
+    rope = {"rope_scaling": {"rope_type": "linear", "factor": 4.0}}
+    config = transformers.LlamaConfig(**SIZES, rope_theta=10000.0, **rope)
+    config._attn_implementation = "eager"
+    torch.manual_seed(4)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    hf.save_pretrained(tmp_path)
+    copy_tokenizer("sentencepiece", tmp_path)
+    checkpoint = open_checkpoint(tmp_path, position_encoding="rope")
+    ids = ids_for(checkpoint.spec)
+    with torch.no_grad():
+        ours = checkpoint.load_model()(ids)[0]
+    delta = (ours - hf_logits(hf, ids)).abs().max().item()
+    print(f"\n{rope}: torch vs transformers max |Δlogit| {delta:.3g}")
+    assert delta <= TOL
+
+
 def test_unimplemented_rope_scaling_is_refused(tmp_path):
     from edgelm.errors import UserError
 
     write_hf_folder(tmp_path, "smollm2")
     config = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps(config | {"rope_scaling": {"type": "linear", "factor": 2.0}}))
-    with pytest.raises(UserError, match="rope_type = 'linear' is not implemented"):
+    (tmp_path / "config.json").write_text(json.dumps(config | {"rope_scaling": {"type": "dynamic", "factor": 2.0}}))
+    with pytest.raises(UserError, match="rope_type = 'dynamic' is not implemented"):
         open_checkpoint(tmp_path, position_encoding="rope")
 
 

@@ -194,7 +194,7 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     if wanted not in FLOAT_TYPES.values():
         writer.add_quantization_version(GGML_QUANT_VERSION)
     for key, value in family.gguf_hparams(spec).items():
-        vtype = {bool: GGUFValueType.BOOL, int: GGUFValueType.UINT32, float: GGUFValueType.FLOAT32}[type(value)]
+        vtype = {bool: GGUFValueType.BOOL, int: GGUFValueType.UINT32, float: GGUFValueType.FLOAT32, str: GGUFValueType.STRING}[type(value)]
         writer.add_key_value(f"{arch}.{key}", value, vtype)
     table = checkpoint.head_temperatures()
     writer.add_string(GGUF_VERSION, __version__)

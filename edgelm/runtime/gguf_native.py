@@ -5,7 +5,6 @@ and not the other is refused. Imports torch and the families; running a GGUF nee
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 from ..artifact_files import parse_json
 from ..constants import GGUF_CONFIG, GGUF_FAMILY, GGUF_POSITION_ENCODING
@@ -32,10 +31,10 @@ def edgelm_model(gguf: GGUFFile) -> tuple[Family, ModelSpec]:
         raise UserError(f"{GGUF_CONFIG} does not describe a {family_name} model ({exc})", gguf.path,
                         "the file is damaged: re-export it") from None
     encoding = gguf.field(GGUF_POSITION_ENCODING)
-    if encoding not in family.position_encodings:
-        raise UserError(f"{GGUF_POSITION_ENCODING} is {encoding!r}, not one of {', '.join(family.position_encodings)}", gguf.path,
+    if encoding not in spec.position_encodings:
+        raise UserError(f"{GGUF_POSITION_ENCODING} is {encoding!r}, not one of {', '.join(spec.position_encodings)}", gguf.path,
                         "the file is damaged: re-export it")
-    spec = replace(spec, position_encoding=encoding)
+    spec = spec.with_position_encoding(encoding)
     _check_architecture_keys(gguf, family, spec)
     return family, spec
 
