@@ -4,11 +4,10 @@ and not the other is refused. Imports torch and the families; running a GGUF nee
 
 from __future__ import annotations
 
-import math
-
 from ..artifact_files import parse_json
 from ..constants import GGUF_CONFIG, GGUF_FAMILY, GGUF_POSITION_ENCODING
 from ..errors import UserError
+from ..gguf_keys import arch_key_type, same_value
 from ..models import FAMILIES, Family, ModelSpec
 from ..models.util import ConfigReader
 from .gguf_file import GGUFFile
@@ -48,10 +47,6 @@ def _check_architecture_keys(gguf: GGUFFile, family: Family, spec: ModelSpec) ->
                         "the file was damaged or edited: re-export it")
     for key, expected in family.gguf_hparams(spec).items():
         found = gguf.hparam(key)
-        if isinstance(expected, bool):
-            same = found is expected
-        else:  # stored as float32: equal to ~1e-7
-            same = type(found) in (int, float) and math.isclose(found, expected, rel_tol=1e-6)
-        if not same:
+        if not same_value(arch_key_type(key), found, expected):
             raise UserError(f"{arch}.{key} is {found!r}, but {GGUF_CONFIG} says {expected!r}", gguf.path,
                             "the file was damaged or edited: re-export it")
