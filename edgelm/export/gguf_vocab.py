@@ -54,11 +54,36 @@ def _sentencepiece(writer: GGUFWriter, tokenizer: SentencePieceTokenizer, vocab_
     writer.add_unk_token_id(sp.unk_id())
 
 
+# Split regexes of tokenizer.json pre-tokenizers that llama.cpp re-implements, by its name for them
+# (`tokenizer.ggml.pre`; llama-vocab.cpp keeps each original regex beside its rewrite). llama.cpp's
+# converter tells them apart by hashing the tokenizer's output on a check text, which recognises only
+# the published vocabularies; the regex is what decides the split, so it is what is compared here.
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+SPLIT_PRE_TOKENIZERS = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2"}
+
+
+def _is_byte_level(step: dict, use_regex: bool) -> bool:
+    return step.get("type") == "ByteLevel" and step.get("use_regex", True) is use_regex and not step.get("add_prefix_space", False)
+
+
 def _pre_tokenizer_name(data: dict) -> str:
-    """llama.cpp's name for the pre-tokenizer of a tokenizer.json (only the ones edgelm can vouch for)."""
+    """llama.cpp's name for the pre-tokenizer of a tokenizer.json (only the ones edgelm can vouch for):
+    GPT-2's (ByteLevel with its own regex), SmolLM's (single digits, then GPT-2's), and a Split
+    regex then ByteLevel without one as Llama 3 ("llama-bpe") and Qwen2 publish theirs."""
     pre = data.get("pre_tokenizer") or {}
-    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space", False):
+    if _is_byte_level(pre, True):
         return "gpt-2"  # GPT-2's split regex, then byte-level mapping: GPT-2 and GPT-NeoX style
+    steps = (pre.get("pretokenizers") or []) if pre.get("type") == "Sequence" else []
+    if len(steps) == 2 and _is_byte_level(steps[1], True) and steps[0] == {"type": "Digits", "individual_digits": True}:
+        return "smollm"  # llama.cpp's smollm: "\\p{N}", then GPT-2's regex
+    if len(steps) == 2 and _is_byte_level(steps[1], False) and steps[0].get("type") == "Split" \
+            and steps[0].get("behavior") == "Isolated" and not steps[0].get("invert", False):
+        name = SPLIT_PRE_TOKENIZERS.get((steps[0].get("pattern") or {}).get("Regex"))
+        if name:
+            return name
     raise ValueError(f"pre-tokenizer {json.dumps(pre)[:80]} has no llama.cpp equivalent edgelm knows")
 
 
