@@ -12,28 +12,21 @@ defaults, the sha256 and size of every file, the edgelm version, the artifact's 
 from __future__ import annotations
 
 import json
-import lzma
 import os
 import shutil
 import tempfile
 import zipfile
-import zlib
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .constants import BUNDLE_MANIFEST, BUNDLE_SAMPLING_DEFAULTS, WEB_PAGE_FILES, WEB_RUNTIME_FILES
 from .errors import UserError
-from .artifact_files import find_member, member, parse_json, read_json, read_json_object, sha256, user_file
-from .fileio import WRITE_ERRNOS, atomic_output_dir, atomic_output_file, is_plain_name, refuse_overlap
+from .artifact_files import read_json_object, sha256, user_file
+from .bundle_files import MANIFEST_VERSION, MAX_MANIFEST_BYTES, unpacked, verify_folder
+from .fileio import atomic_output_dir, atomic_output_file, refuse_overlap
 
-MANIFEST_VERSION = 1
-# a zip is read before anything is unpacked, and refused past these (a bundle is a model and a few configs)
-MAX_FILES = 64
-MAX_UNPACKED_BYTES = 64 << 30
-MAX_MANIFEST_BYTES = 1 << 20
 VERIFY_CONTEXT = 8  # the context verify opens the model with: one token goes through it
 TARGETS = ("mobile", "web")
 WEB_ASSETS = Path(__file__).parent / "assets" / "web"
@@ -115,151 +108,6 @@ def make_bundle(artifact: Path, out: Path, zip_it: bool = False, force: bool = F
             for path in sorted(Path(staging).iterdir()):
                 archive.write(path, path.name)
     return destination
-
-
-def check_manifest(manifest: Any, where: Path) -> dict:
-    """The manifest's shape, before any file it names is opened."""
-    def bad(what: str):
-        raise UserError(f"the manifest is not valid: {what}", where, "make the bundle again with `edgelm bundle`")
-
-    if not isinstance(manifest, dict):
-        bad("not a JSON object")
-    if manifest.get("manifest_version", MANIFEST_VERSION) != MANIFEST_VERSION:
-        raise UserError(f"manifest_version {manifest.get('manifest_version')!r}; this edgelm reads version {MANIFEST_VERSION}", where,
-                        "make the bundle again with this edgelm, or use the edgelm that made it")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        bad("'files' is not a table of files")
-    for name, entry in files.items():
-        if not is_plain_name(name):
-            raise UserError(f"the manifest names {name!r}, outside the bundle", where, "files must stay inside the bundle: make it again")
-        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("bytes"), int)):
-            bad(f"the entry of {name!r} needs a sha256 string and a bytes count")
-    model = manifest.get("model")
-    if not isinstance(model, str) or model not in files:
-        bad(f"the model {model!r} is not one of the files it lists")
-    return manifest
-
-
-def _read_manifest(folder: Path) -> dict:
-    path = find_member(folder, BUNDLE_MANIFEST, MAX_MANIFEST_BYTES, "the manifest")
-    if path is None:
-        raise UserError(f"no {BUNDLE_MANIFEST} manifest", folder, "give a folder made by `edgelm bundle`")
-    return check_manifest(read_json(path, MAX_MANIFEST_BYTES, "the manifest"), path)
-
-
-def _check_folder(folder: Path, manifest: dict) -> None:
-    files = manifest["files"]
-    extra = sorted(p.name for p in folder.iterdir() if p.name != BUNDLE_MANIFEST and p.name not in files)
-    if extra:
-        raise UserError(f"{extra[0]} is in the bundle but not in its manifest", folder,
-                        "a bundle holds exactly what its manifest lists: remove it or make the bundle again")
-    for name, entry in files.items():
-        path = folder / name
-        if path.is_symlink():  # a bundle is copied as plain files: a link in one was put there
-            raise UserError(f"{name} is a link, not a file of the bundle", folder, "refused: copy the bundle again")
-        member(folder, name, fix="the bundle is incomplete: copy it again")
-        if path.stat().st_size != entry["bytes"] or sha256(path) != entry["sha256"]:
-            raise UserError(f"{name} does not match its sha256 in the manifest", path, "the file was changed or damaged: copy the bundle again")
-
-
-# zip read errors: a bad CRC (BadZipFile), an encrypted entry (RuntimeError), an unknown compression method
-# (NotImplementedError), a corrupt deflate or bzip2/lzma stream (zlib.error, OSError, EOFError, LZMAError)
-ZIP_READ_ERRORS = (zipfile.BadZipFile, RuntimeError, NotImplementedError, zlib.error, EOFError, OSError, ValueError, lzma.LZMAError)
-MAX_PACKING_RATIO = 100  # deflate reaches ~1000:1 on zeros; weights pack ~1.1:1, JSON and tokenizers ~5:1
-RATIO_FLOOR_BYTES = 1 << 20  # entries this small unpack without the ratio check
-
-
-def unpack_zip(bundle: Path, folder: Path) -> None:
-    """The zip's directory and manifest are read and checked before anything is written; the bytes written
-    are counted, against the manifest, the entry's packed size and the free space."""
-    try:
-        archive = zipfile.ZipFile(bundle)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise UserError(f"not a readable zip ({exc})", bundle, "copy the bundle again") from None
-    with archive:
-        try:
-            _unpack_checked(archive, bundle, folder)
-        except UserError:
-            raise
-        except ZIP_READ_ERRORS as exc:
-            if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
-                raise UserError(f"unpacking the bundle failed ({exc.strerror})", folder, "free some space in the temporary folder (TMPDIR)") from None
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise UserError(f"the archive cannot be read ({type(exc).__name__}: {first})", bundle, "copy the bundle again") from None
-
-
-def _unpack_checked(archive: zipfile.ZipFile, bundle: Path, folder: Path) -> None:
-    entries = archive.infolist()
-    for entry in entries:
-        if not is_plain_name(entry.filename):
-            raise UserError(f"the archive holds {entry.filename!r}, outside the bundle", bundle, "refused: make the bundle again")
-    names = [e.filename for e in entries]
-    if len(entries) > MAX_FILES or len(set(names)) != len(names):
-        raise UserError(f"the archive holds {len(entries)} entries ({len(set(names))} names); a bundle has at most {MAX_FILES}", bundle,
-                        "refused: make the bundle again")
-    if BUNDLE_MANIFEST not in names:
-        raise UserError(f"no {BUNDLE_MANIFEST} manifest in the archive", bundle, "give a zip made by `edgelm bundle --zip`")
-    info = archive.getinfo(BUNDLE_MANIFEST)
-    if info.file_size > MAX_MANIFEST_BYTES:
-        raise UserError(f"the manifest would unpack to {info.file_size} bytes", bundle, "refused: make the bundle again")
-    manifest = check_manifest(parse_json(_read_entry(archive, info, MAX_MANIFEST_BYTES), bundle, "the manifest", MAX_MANIFEST_BYTES), bundle)
-    for entry in entries:
-        expected = BUNDLE_MANIFEST if entry.filename == BUNDLE_MANIFEST else manifest["files"].get(entry.filename)
-        if expected is None:
-            raise UserError(f"{entry.filename} is in the archive but not in its manifest", bundle, "refused: make the bundle again")
-        if expected != BUNDLE_MANIFEST and entry.file_size != expected["bytes"]:
-            raise UserError(f"{entry.filename} would unpack to {entry.file_size} bytes, the manifest says {expected['bytes']}", bundle,
-                            "refused: make the bundle again")
-    for entry in entries:
-        if entry.flag_bits & 0x1:
-            raise UserError(f"{entry.filename} is encrypted in the archive", bundle, "refused: make the bundle again without a password")
-        if entry.file_size > RATIO_FLOOR_BYTES and entry.file_size > MAX_PACKING_RATIO * max(entry.compress_size, 1):
-            raise UserError(f"{entry.filename} would unpack {entry.file_size / max(entry.compress_size, 1):.0f} times its packed size",
-                            bundle, "refused as a zip bomb: make the bundle again")
-    total = sum(e.file_size for e in entries)
-    free = shutil.disk_usage(folder).free
-    if total > MAX_UNPACKED_BYTES or total > free:
-        raise UserError(f"the archive would unpack to {total / 1e9:.1f} GB ({free / 1e9:.1f} GB free where it unpacks)", bundle,
-                        "refused: make the bundle again, or point TMPDIR at a larger disk")
-    for entry in entries:
-        with open(folder / entry.filename, "wb") as target:  # an output: a fresh private folder
-            for block in _entry_blocks(archive, entry, entry.file_size):
-                target.write(block)
-
-
-def _entry_blocks(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, limit: int):
-    """An entry's bytes, counted as they come: past `limit` (what the directory declared) is refused."""
-    written = 0
-    with archive.open(entry) as source:
-        for block in iter(lambda: source.read(1 << 20), b""):
-            written += len(block)
-            if written > limit:
-                raise UserError(f"{entry.filename} unpacks past the {limit} bytes the archive declares", Path(archive.filename or ""),
-                                "refused: make the bundle again")
-            yield block
-
-
-def _read_entry(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, limit: int) -> bytes:
-    return b"".join(_entry_blocks(archive, entry, min(limit, entry.file_size)))
-
-
-@contextmanager
-def unpacked(bundle: Path):
-    """The bundle's folder: the folder itself, or a zip unpacked into a temporary one for the block."""
-    if bundle.is_dir():
-        yield bundle
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        unpack_zip(bundle, Path(folder))
-        yield Path(folder)
-
-
-def verify_folder(folder: Path) -> dict:
-    """Every file's size and hash, nothing outside the manifest; returns the manifest."""
-    manifest = _read_manifest(folder)
-    _check_folder(folder, manifest)
-    return manifest
 
 
 def check_runs(model, name: str, where: Path, fix: str = "make the bundle again") -> None:

@@ -15,6 +15,7 @@ import typer
 from . import __version__
 from .console import LazyConsole, Progress
 from .errors import UserError
+from .exporters import EXPORTERS
 from .numbers import NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, not_finite
 
 app = typer.Typer(
@@ -290,7 +291,6 @@ def generate(
 # shipped with the package (an installed edgelm has no examples/): the openings of examples/data's novels, as long as
 # a default reads (parity's 256 positions, bench's prompt, the int8 KV calibration's first 20,480 characters; ~24 KB each)
 DEFAULT_TEXT = Path(__file__).parent / "assets" / "text" / "persuasion-opening.txt"  # held out from training
-CALIBRATION_TEXT = DEFAULT_TEXT.with_name("emma-opening.txt")  # a training novel
 
 
 def _read_text(path: Path, option: str = "--text") -> str:
@@ -341,9 +341,7 @@ def _spinner() -> tuple:
     return SpinnerColumn(), TextColumn("{task.description}…")
 
 
-class ExportFormat(str, Enum):
-    gguf = "gguf"
-    onnx = "onnx"
+ExportFormat = Enum("ExportFormat", {name: name for name in EXPORTERS}, type=str)  # the registered exporters
 
 
 @app.command()
@@ -370,6 +368,7 @@ def export(
 ) -> None:
     """Export a model folder to GGUF (one file llama.cpp loads) or ONNX (a folder ONNX Runtime and
     onnxruntime-genai load), head temperatures folded into the weights."""
+    from .exporters import ExportOptions
     from .fileio import refuse_overlap
     from .hub import HUB_ID, is_hub_id
     from .models import open_checkpoint
@@ -379,72 +378,30 @@ def export(
         raise UserError("--calibrate and --calibration apply to --quant int4", None, "add --quant int4 or drop them")
     if calibration:
         _read_text(calibration, "--calibration")  # refused here, before minutes of export
-    calibration_texts = [calibration] if calibration else list(DEFAULT_TEXTS) if calibrate else []
-    int4 = {name: value for name, value in (("int4_block_size", int4_block_size), ("int4_accuracy_level", int4_accuracy_level))
-            if value is not None}
-    # one exporter imported, not both: the ONNX one brings the tracer (~70 MB resident)
-    if format is ExportFormat.onnx:
-        from .export.onnx import check_quant_options, export_onnx
-
-        check_quant_options(quant, int4_embedding, int8_lm_head, kv_cache, **int4)  # before anything is read
-        if calibration_text and kv_cache != "int8":
-            raise UserError("--calibration-text calibrates --kv-cache int8", None, "add --kv-cache int8 or drop it")
-        calibration_text = calibration_text or (CALIBRATION_TEXT if kv_cache == "int8" else None)
-        if calibration_text:
-            _read_text(calibration_text, "--calibration-text")  # refused here, before minutes of export
-        if gguf_type:
-            raise UserError("--gguf-type applies to --format gguf only", None, "drop it or choose --format gguf")
-        type_name = quant
-    else:
-        from .export.gguf import export_gguf, resolve_type
-
-        if int4_embedding or int8_lm_head or int4:
-            raise UserError("--int4-embedding, --int8-lm-head, --int4-block-size and --int4-accuracy-level apply to --format onnx only", None,
-                            "drop them, or use --gguf-type to pick a llama.cpp type")
-        if kv_cache != "float" or calibration_text:
-            raise UserError("--kv-cache and --calibration-text apply to --format onnx only", None,
-                            "drop them: llama.cpp chooses its KV cache type when it loads the file")
-        type_name = resolve_type(quant, gguf_type)  # a bad --quant fails before anything is read
+    calibration_texts = (calibration,) if calibration else tuple(DEFAULT_TEXTS) if calibrate else ()
+    exporter = EXPORTERS[format.value]
+    options = exporter.check(ExportOptions(
+        quant=quant, gguf_type=gguf_type, int4_embedding=int4_embedding, int8_lm_head=int8_lm_head, int4_block_size=int4_block_size,
+        int4_accuracy_level=int4_accuracy_level, kv_cache=kv_cache, calibration_text=calibration_text, calibration=calibration_texts,
+        certificate=not no_certificate, force=force))
     checkpoint = open_checkpoint(
         model_dir, position_encoding=position_encoding.value if position_encoding else None,
         head_temperatures=head_temperatures, allow_pickle=allow_pickle,
     )
-    suffix = "-onnx" if format is ExportFormat.onnx else ".gguf"
     # beside the model folder; for a hub id in the current folder, never inside the Hugging Face cache
     stem = (Path.cwd() / HUB_ID.match(str(model_dir))["repo"].split("/")[1]) if is_hub_id(str(model_dir)) else model_dir.resolve()
-    target = out_path or stem.parent / f"{stem.name}-{type_name.lower()}{suffix}"
+    target = out_path or exporter.default_output(stem, options)
     refuse_overlap(target, checkpoint.path)
-    if format is ExportFormat.onnx:
-        with Progress(info, "exporting to ONNX", enabled=not as_json, columns=_spinner) as progress:
-            report = export_onnx(checkpoint, target, quant, force, on_step=lambda text: progress.stage(f"exporting to ONNX: {text}"),
-                                 int4_embedding=int4_embedding, int8_lm_head=int8_lm_head, kv_cache=kv_cache,
-                                 **int4, calibration_text=calibration_text, calibration=calibration_texts, certificate=not no_certificate)
-        if as_json:
-            out.print_json(json.dumps({"path": str(report.path), "quant": quant, "notes": report.notes}))
-            return
-        for note in report.notes:
-            info.print(f"note: {note}", markup=False)
-        size = sum(p.stat().st_size for p in report.path.iterdir())
-        out.print(f"wrote {report.path} ({size / 1e6:.1f} MB, {quant}): model.onnx, genai_config.json, config.json, tokenizer, edgelm.json", markup=False)
-        return
-    with Progress(info, f"exporting {type_name}", len(checkpoint.weight_names()), enabled=not as_json) as progress:
-        report = export_gguf(checkpoint, target, quant, gguf_type, force, on_tensor=lambda _: progress.advance(),
-                             calibration=calibration_texts, certificate=not no_certificate)
-    summary = {
-        "path": str(report.path), "arch": report.arch, "file_type": report.file_type,
-        "bytes": report.path.stat().st_size, "tensor_types": report.type_counts(), "notes": report.notes,
-    }
+    title, steps = exporter.progress(checkpoint, options)
+    with Progress(info, title, steps, enabled=not as_json, **({} if steps else {"columns": _spinner})) as progress:
+        result = exporter.export(checkpoint, target, options, progress)
     if as_json:
-        out.print_json(json.dumps(summary | {"tensors": report.tensor_types}))
+        out.print_json(json.dumps(result.summary))
         return
-    for note in report.notes:
+    for note in result.notes:
         info.print(f"note: {note}", markup=False, soft_wrap=True)
-    main_type = max(report.type_counts(), key=report.type_counts().get)
-    others = {n: t for n, t in report.tensor_types.items() if t not in (main_type, "F32")}
-    out.print(f"wrote {report.path} ({summary['bytes'] / 1e6:.1f} MB, arch {report.arch}, {report.file_type})", markup=False)
-    out.print("tensor types: " + ", ".join(f"{t} ×{n}" for t, n in report.type_counts().items()) + " (F32: norms and biases)")
-    for name, kind in others.items():
-        out.print(f"  {name}: {kind}", markup=False)
+    for line in result.lines:
+        out.print(line, markup=False)
 
 
 @app.command()

@@ -113,7 +113,7 @@ def bundle_folder(onnx_folder, tmp_path_factory):
 @fuzz(200)
 @given(data=st.data())
 def test_bundle_manifest_values(bundle_folder, tmp_path_factory, data):
-    from edgelm.bundle import verify_folder
+    from edgelm.bundle_files import verify_folder
 
     manifest = json.loads((bundle_folder / "edgelm.json").read_text())
     key = data.draw(st.sampled_from(sorted(manifest)))

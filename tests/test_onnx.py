@@ -243,7 +243,7 @@ def test_int8_kv_cache_stays_close_to_the_reference(exported, tmp_path, name):
     a key's scale bounds it at every position (the pair norm), NoPE that temperatures do not touch keys."""
     import onnx
 
-    from edgelm.cli import CALIBRATION_TEXT
+    from edgelm.exporters import KV_CALIBRATION_TEXT as CALIBRATION_TEXT
 
     checkpoint, _ = exported(name)
     folder = export_onnx(checkpoint, tmp_path / "kv8", "f32", kv_cache="int8", calibration_text=CALIBRATION_TEXT).path

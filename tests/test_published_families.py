@@ -120,13 +120,43 @@ def test_llama3_scaling_changes_the_logits(published):
     assert (hf_logits(plain, ids) - hf_logits(hf, ids)).abs().max().item() > 100 * TOL
 
 
+def test_linear_scaling_equals_transformers(tmp_path):
+    """Linear rope scaling (every frequency / factor) as the typed encoding (models/positions.py)
+    computes it, against transformers' LlamaForCausalLM with the same config: the torch module, and
+    the f32 GGUF (rope.scaling.type linear, rope.scaling.factor) in stock llama.cpp. (Partial rotary is
+    compared with GPT-NeoX's own code in test_families.py: transformers 4.57's Llama rotates whole heads.)"""
+    from llama_cpp import Llama
+
+    config = transformers.LlamaConfig(**SIZES, rope_theta=10000.0, rope_scaling={"rope_type": "linear", "factor": 4.0})
+    config._attn_implementation = "eager"
+    torch.manual_seed(4)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    hf.save_pretrained(tmp_path / "model")
+    copy_tokenizer("sentencepiece", tmp_path / "model")
+    checkpoint = open_checkpoint(tmp_path / "model", position_encoding="rope")
+    ids = ids_for(checkpoint.spec)
+    expected = hf_logits(hf, ids)
+    unscaled = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**config.to_dict(), "rope_scaling": None})).eval()
+    unscaled.load_state_dict(hf.state_dict())
+    assert (hf_logits(unscaled, ids) - expected).abs().max().item() > 100 * TOL  # the scaling shows in the logits
+    with torch.no_grad():
+        delta = (checkpoint.load_model()(ids)[0] - expected).abs().max().item()
+    gguf = export_gguf(checkpoint, tmp_path / "m.gguf", "f32", certificate=False).path
+    assert arch_keys(gguf)[1]["llama.rope.scaling.type"] == "linear"
+    llm = Llama(model_path=str(gguf), n_ctx=128, logits_all=True, n_threads=2, verbose=False, type_k=0, type_v=0)  # 0: f32 KV
+    llm.eval(ids[0].tolist())
+    delta_gguf = float(np.abs(np.array(llm.scores[: ids.shape[1]]) - expected[0].numpy()).max())
+    print(f"\nlinear scaling: torch vs transformers max |Δlogit| {delta:.3g}, f32 GGUF in llama.cpp {delta_gguf:.3g}")
+    assert delta <= TOL and delta_gguf <= TOL_GGUF
+
+
 def test_unimplemented_rope_scaling_is_refused(tmp_path):
     from edgelm.errors import UserError
 
     write_hf_folder(tmp_path, "smollm2")
     config = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps(config | {"rope_scaling": {"type": "linear", "factor": 2.0}}))
-    with pytest.raises(UserError, match="rope_type = 'linear' is not implemented"):
+    (tmp_path / "config.json").write_text(json.dumps(config | {"rope_scaling": {"type": "dynamic", "factor": 2.0}}))
+    with pytest.raises(UserError, match="rope_type = 'dynamic' is not implemented"):
         open_checkpoint(tmp_path, position_encoding="rope")
 
 

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, GGUFValueType, GGUFWriter, LlamaFileType, quants
+from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter, LlamaFileType, quants
 
 from .. import __version__
 from ..constants import (GGUF_CONFIG, GGUF_FAMILY, GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED,
                          GGUF_POSITION_ENCODING, GGUF_VERSION, llama_cpp_archs)
 from ..errors import UserError
 from ..fileio import atomic_output_file
+from ..gguf_keys import arch_key_type
 from ..models import Checkpoint
 from ..models.registry import expand_names
 from ..quantize.imatrix import write_gguf as write_imatrix
@@ -194,8 +195,7 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     if wanted not in FLOAT_TYPES.values():
         writer.add_quantization_version(GGML_QUANT_VERSION)
     for key, value in family.gguf_hparams(spec).items():
-        vtype = {bool: GGUFValueType.BOOL, int: GGUFValueType.UINT32, float: GGUFValueType.FLOAT32}[type(value)]
-        writer.add_key_value(f"{arch}.{key}", value, vtype)
+        writer.add_key_value(f"{arch}.{key}", value, arch_key_type(key))
     table = checkpoint.head_temperatures()
     writer.add_string(GGUF_VERSION, __version__)
     writer.add_string(GGUF_FAMILY, family.name)
@@ -261,7 +261,8 @@ def export_gguf(
     type_name = resolve_type(quant, gguf_type)
     try:
         arch = family.gguf_arch(spec)
-        family.gguf_hparams(spec)
+        for key in family.gguf_hparams(spec):
+            arch_key_type(key)
     except ValueError as exc:
         raise UserError(f"cannot export this {family.name} model to GGUF: {exc}", checkpoint.path / "config.json") from None
     notes: list[str] = []

@@ -43,7 +43,6 @@ from ..constants import GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE,
 from ..errors import UserError
 from ..fileio import atomic_output_dir
 from ..models import Checkpoint, CausalLM, CausalSelfAttention, ModelSpec
-from ..models.layers import rotary_frequencies
 from ..quantize.onnx import (F16_NOTE, INT4_ACCURACY_LEVEL, INT4_ACCURACY_LEVELS, INT4_BLOCK, INT4_BLOCK_SIZES, convert_f16, quantize_int4,
                               quantize_int8, save_ir)
 from ..tokenizer import Tokenizer, load_tokenizer, load_tokenizer_file
@@ -151,8 +150,7 @@ def with_group_query_attention(model: CausalLM, kv_scales: dict | None = None) -
     spec = model.spec
     tables = None
     if spec.rotated_dims:
-        angles = torch.arange(rotary_table_positions(spec)).float()[:, None] * rotary_frequencies(spec.rotated_dims, spec.rope_theta, spec.rope_scaling)
-        tables = (angles.cos(), angles.sin())  # [positions, rotated_dims / 2]
+        tables = spec.positions.tables(rotary_table_positions(spec))  # [positions, rotated_dims / 2]
     for name, child in list(model.named_modules()):
         if isinstance(child, CausalSelfAttention):
             owner, _, attribute = name.rpartition(".")

@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from ..artifact_files import find_member, read_json_object
+from ..bundle_files import MAX_MANIFEST_BYTES, unpack_zip, unpacked, verify_folder
 from ..constants import BUNDLE_MANIFEST
 from ..errors import UserError
 from .base import FORMATS, Artifact, Format, LoadOptions, register
 
 
 def _is_bundle_folder(path: Path) -> bool:
-    from ..bundle import MAX_MANIFEST_BYTES
-
     try:
         manifest = find_member(path, BUNDLE_MANIFEST, MAX_MANIFEST_BYTES)
         return manifest is not None and "files" in read_json_object(manifest)  # an ONNX export's edgelm.json has none
@@ -47,14 +46,10 @@ class Bundle(Format):
         return path.is_file() and (path.suffix == ".zip" or zipfile.is_zipfile(path))
 
     def _inside(self, folder: Path) -> tuple[dict, Format]:
-        from ..bundle import verify_folder
-
         manifest = verify_folder(folder)
         return manifest, bundled_format(folder, manifest)
 
     def open(self, options: LoadOptions) -> Artifact:
-        from ..bundle import unpack_zip
-
         cleanups = []
         folder = self.path
         if not self.path.is_dir():
@@ -81,16 +76,12 @@ class Bundle(Format):
 
     def recorded_temperatures(self) -> Any:
         """The bundled model's, read from the copy an open artifact runs (a zip is unpacked once)."""
-        from ..bundle import unpacked
-
         if self._opened is not None:
             return self._opened.recorded_temperatures()
         with unpacked(self.path) as folder:
             return self._inside(folder)[1].recorded_temperatures()
 
     def describe(self, options: LoadOptions) -> dict[str, Any]:
-        from ..bundle import unpacked
-
         with unpacked(self.path) as folder:
             manifest, inner = self._inside(folder)
             facts = inner.describe(options)
@@ -98,7 +89,5 @@ class Bundle(Format):
                         "sampling_defaults": manifest.get("sampling_defaults")}
 
     def weight_bytes(self) -> int:
-        from ..bundle import unpacked
-
         with unpacked(self.path) as folder:
             return self._inside(folder)[1].weight_bytes()

@@ -67,7 +67,7 @@ class ModelFolder(Format):
             "position_encoding_rule": checkpoint.position_encoding_rule,
             "position_encoding_perplexities": checkpoint.position_encoding_perplexities,
             "rotary_dims": spec.rotated_dims,
-            "rope_theta": spec.rope_theta if spec.rotated_dims else None,
+            "rope_theta": getattr(spec.positions, "theta", None) if spec.rotated_dims else None,
             "head_temperatures": _temperature_summary(checkpoint.head_temperatures()),
             "head_temperature_source": checkpoint.temperature_source,
             "tokenizer": {

@@ -16,7 +16,7 @@ import math
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -240,12 +240,12 @@ class Checkpoint:
         except UserError:
             raise UserError(f"nothing declares whether this {self.family.name} checkpoint uses rotary position encoding, "
                             "and without a tokenizer edgelm cannot measure it", self.path / CONFIG, fix) from None
-        result = probe_position_encoding(lambda spec: self._load(spec, "cpu"), self.spec, self.family.position_encodings, tokenizer)
+        result = probe_position_encoding(lambda spec: self._load(spec, "cpu"), self.spec, tokenizer)
         if result.choice is None:
             raise UserError(
                 f"cannot tell whether this {self.family.name} checkpoint uses rotary position encoding: "
                 f"{result.summary()}, neither clearly better (untrained weights?)", self.path / CONFIG, fix)
-        self.spec = replace(self.spec, position_encoding=result.choice)
+        self.spec = self.spec.with_position_encoding(result.choice)
         self.position_encoding_rule = f"measured ({result.summary()})"
         self.position_encoding_perplexities = result.perplexities
         log.info(f"position encoding {result.choice!r}, measured: {result.summary()} "
@@ -327,7 +327,7 @@ def _declared_position_encoding(
         return "none", f"HeadScale tensors ({template.rsplit('.', 1)[-1]}) in the checkpoint"
     if known and "position_encoding" in known[1]:
         return known[1]["position_encoding"], f"known published checkpoint {known[0]}"
-    if len(family.position_encodings) == 1 or family.position_encoding_key in config:
+    if len(spec.position_encodings) == 1 or family.position_encoding_key in config:
         return spec.position_encoding, "config.json"
     return None
 
@@ -350,13 +350,13 @@ def open_checkpoint(
     config = reader.resolved()
     declared = _declared_position_encoding(family, spec, config, tensors.names(), position_encoding, folder)
     encoding, rule = declared or (spec.position_encoding, "measured")  # tensor shapes do not depend on it
-    if encoding not in family.position_encodings:
+    if encoding not in spec.position_encodings:
         raise UserError(
             f"position encoding {encoding!r} (from the {rule}) is not available for {family.name}",
             config_path,
-            f"{family.name} supports {', '.join(family.position_encodings)}",
+            f"{family.name} supports {', '.join(spec.position_encodings)}",
         )
-    spec = replace(spec, position_encoding=encoding)
+    spec = spec.with_position_encoding(encoding)
     shapes = _check_tensors(family, spec, tensors, folder)
     checkpoint = Checkpoint(folder, config, family, spec, tensors, rule, "default (all 1.0)", None, shapes)
     if isinstance(head_temperatures, (str, Path)):

@@ -1,4 +1,5 @@
-"""Pieces every family shares: rotary embedding, causal attention with KV cache and head temperatures.
+"""Pieces every family shares: causal attention with KV cache and head temperatures (position
+encodings: positions.py).
 
 KV cache layout (also the ONNX `past_key_values.{i}.key/value` layout): one `(key, value)` pair per
 layer, each `[batch, kv_heads, positions, head_dim]`, keys stored after rotary.
@@ -12,55 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spec import Llama3RopeScaling, ModelSpec
+from .positions import Rotation
+from .spec import ModelSpec
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def rotary_frequencies(rotary_dim: int, theta: float, scaling: Llama3RopeScaling | None = None,
-                       device: torch.device | None = None) -> torch.Tensor:
-    """[rotary_dim / 2] angular frequencies θ^(-2i/rotary_dim) (RoFormer, Su et al. 2021, eq. 15),
-    each divided by its `scaling` factor when the model declares one."""
-    base = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64, device=device).float() / rotary_dim))
-    return base if scaling is None else base / rotary_frequency_factors(base, scaling)
-
-
-def rotary_frequency_factors(frequencies: torch.Tensor, scaling: Llama3RopeScaling) -> torch.Tensor:
-    """What each frequency is divided by under Llama 3's scaling: transformers'
-    `_compute_llama3_parameters` (modeling_rope_utils.py) computes the divided frequencies, llama.cpp
-    stores these divisors as the `rope_freqs.weight` tensor (its converter's
-    `LlamaModel.generate_extra_tensors`); in f32 and in the converter's order of operations, so the
-    GGUF tensor equals the converter's bit for bit."""
-    low_freq_wavelength = scaling.original_max_positions / scaling.low_freq_factor
-    high_freq_wavelength = scaling.original_max_positions / scaling.high_freq_factor
-    wavelength = 2 * math.pi / frequencies
-    smooth = (scaling.original_max_positions / wavelength - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
-    between = 1 / ((1 - smooth) / scaling.factor + smooth)
-    factors = torch.where(wavelength > low_freq_wavelength, torch.full_like(frequencies, scaling.factor), between)
-    return torch.where(wavelength < high_freq_wavelength, torch.ones_like(frequencies), factors)
-
-
-def apply_rotary(x: torch.Tensor, positions: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding in the Hugging Face / GPT-NeoX rotate-half convention on the first
-    2·len(frequencies) dims of each head (RoFormer, Su et al. 2021, eq. 34); the other dims pass
-    through unchanged.
-
-    x: [batch, heads, seq, head_dim]; positions: [batch, seq]; frequencies: [rotary_dim / 2].
-    """
-    rotary_dim = 2 * frequencies.shape[0]
-    if rotary_dim == 0:
-        return x
-    freqs = positions[:, :, None].float() * frequencies  # [batch, seq, rotary_dim/2]
-    angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # [batch, 1, seq, rotary_dim]
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
-    rot = rot * cos + rotate_half(rot) * sin
-    return torch.cat((rot, rest), dim=-1)
 
 
 def default_positions(batch: int, seq: int, past: int, device: torch.device) -> torch.Tensor:
@@ -84,16 +40,15 @@ class CausalSelfAttention(nn.Module):
         q: torch.Tensor,  # [batch, seq, heads·head_dim]
         k: torch.Tensor,  # [batch, seq, kv_heads·head_dim]
         v: torch.Tensor,  # [batch, seq, kv_heads·head_dim]
-        positions: torch.Tensor,  # [batch, seq]
+        rotation: Rotation,  # the model's positions.rotation for this call's positions
         past: tuple[torch.Tensor, torch.Tensor] | None,  # [batch, kv_heads, past, head_dim] each
         attention_mask: torch.Tensor | None,  # [batch, past + seq], 1 = attend, 0 = padding
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Returns the heads' outputs [batch, seq, heads·head_dim] and the cache with this call's keys
         and values appended."""
         spec = self.spec
-        frequencies = rotary_frequencies(spec.rotated_dims, spec.rope_theta, spec.rope_scaling, q.device)
-        q = apply_rotary(split_heads(q, spec.num_heads), positions, frequencies)
-        k = apply_rotary(split_heads(k, spec.num_kv_heads), positions, frequencies)
+        q = spec.positions.rotate(split_heads(q, spec.num_heads), rotation)
+        k = spec.positions.rotate(split_heads(k, spec.num_kv_heads), rotation)
         v = split_heads(v, spec.num_kv_heads)
         if past is not None:
             k = torch.cat((past[0], k), dim=2)
@@ -182,18 +137,21 @@ class CausalLM(nn.Module):
         past = past_key_values[0][0].shape[2] if past_key_values else 0
         if position_ids is None:
             position_ids = default_positions(input_ids.shape[0], input_ids.shape[1], past, input_ids.device)
-        x = self.embed(input_ids)
+        x = self.embed(input_ids, position_ids)
+        rotation = self.spec.positions.rotation(position_ids)  # once for every layer
         present: KVCache = []
         for i, block in enumerate(self.blocks()):
-            x, kv = block(x, position_ids, past_key_values[i] if past_key_values else None, attention_mask)
+            x, kv = block(x, rotation, past_key_values[i] if past_key_values else None, attention_mask)
             present.append(kv)
         return self.logits(x), present
 
     # What each family provides:
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:  # [batch, seq] -> [batch, seq, hidden]
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """[batch, seq] token ids and positions -> [batch, seq, hidden]; a LearnedAbsolute family adds
+        its position table's rows here."""
         raise NotImplementedError
 
-    def blocks(self) -> list[nn.Module]:  # in order; each: (x, positions, past, attention_mask) -> (x, (k, v))
+    def blocks(self) -> list[nn.Module]:  # in order; each: (x, rotation, past, attention_mask) -> (x, (k, v))
         raise NotImplementedError
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:  # final norm and LM head

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from gguf import MODEL_TENSOR, TENSOR_NAMES
 from torch import nn
 
-from .layers import CausalLM, CausalSelfAttention, RMSNorm, rotary_frequencies, rotary_frequency_factors
-from .registry import AttentionInput, Family, register
-from .spec import Llama3RopeScaling, ModelSpec
-from .util import ConfigReader, UnsupportedConfigValue
+from .layers import CausalLM, CausalSelfAttention, RMSNorm
+from .positions import Llama3Scaling, NoPositions, Rotary, rope_scaling
+from .registry import AttentionInput, Family, register, rope_hparams
+from .spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,8 @@ class LlamaAttention(nn.Module):
         self.attention = CausalSelfAttention(spec)
         self.spec = spec
 
-    def forward(self, x, positions, past, attention_mask):
-        out, present = self.attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), positions, past, attention_mask)
+    def forward(self, x, rotation, past, attention_mask):
+        out, present = self.attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), rotation, past, attention_mask)
         return self.o_proj(out), present
 
 
@@ -64,8 +64,8 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.norm_eps)
         self.mlp = LlamaMLP(spec)
 
-    def forward(self, x, positions, past, attention_mask):
-        attn, present = self.self_attn(self.input_layernorm(x), positions, past, attention_mask)
+    def forward(self, x, rotation, past, attention_mask):
+        attn, present = self.self_attn(self.input_layernorm(x), rotation, past, attention_mask)
         x = x + attn
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, present
@@ -87,7 +87,7 @@ class LlamaForCausalLM(CausalLM):
         if spec.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def embed(self, input_ids):
+    def embed(self, input_ids, positions):
         return self.model.embed_tokens(input_ids)
 
     def blocks(self):
@@ -105,7 +105,6 @@ class Llama(Family):
     # does not know ("does not recognize this architecture") instead of running it with rotary
     nope_model_type = "edgelm_nope_llama"
     model_types = ("llama", nope_model_type)
-    position_encodings = ("rope", "none")
     head_temperature_tensor = "model.layers.{bid}.self_attn.scale_param"
     gguf_omits_tied = True  # llama.cpp's llama and granite read token_embd when output.weight is absent
 
@@ -127,7 +126,7 @@ class Llama(Family):
     def gguf_arch(self, spec):
         # llama.cpp's llama arch always rotates (it rejects rope.dimension_count != head_dim); its
         # granite arch with rope.scaling.finetuned = false and neutral scales is llama without rotary.
-        return "llama" if spec.position_encoding == "rope" else "granite"
+        return "llama" if isinstance(spec.positions, Rotary) else "granite"
 
     def gguf_hparams(self, spec):
         hparams = {
@@ -142,23 +141,24 @@ class Llama(Family):
             "attention.layer_norm_rms_epsilon": spec.norm_eps,
             "vocab_size": spec.vocab_size,
         }
-        if spec.position_encoding == "rope":
-            if spec.rotary_dim != spec.head_dim:
+        if isinstance(spec.positions, Rotary):
+            if spec.rotated_dims != spec.head_dim:
                 raise ValueError("llama.cpp's llama arch cannot rotate only part of each head")
-            return hparams | {"rope.dimension_count": spec.rotary_dim, "rope.freq_base": spec.rope_theta}
+            return hparams | rope_hparams(spec.positions)
         return hparams | {"rope.scaling.finetuned": False, "logit_scale": 1.0}
 
     def gguf_extra_tensors(self, spec):
         """Llama 3's scaling as llama.cpp's converter writes it: no key, a `rope_freqs.weight` tensor of
         each frequency's divisor, which llama.cpp's llama arch applies when the file has one."""
-        if spec.rope_scaling is not None and spec.rotated_dims:
-            factors = rotary_frequency_factors(rotary_frequencies(spec.rotary_dim, spec.rope_theta), spec.rope_scaling)
+        positions = spec.positions
+        if isinstance(positions, Rotary) and isinstance(positions.scaling, Llama3Scaling):
+            factors = positions.scaling.factors(positions.base_frequencies())
             yield TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight", factors.to(torch.float32)
 
     def gguf_transform(self, spec, name, tensor):
         """q/k rows from Hugging Face's rotate-half order to GGML's interleaved pairs (as llama.cpp's
         converter, LlamaModel.permute); NoPE has no rotary, so its weights stay as they are."""
-        if spec.position_encoding != "rope":
+        if not spec.rotated_dims:
             return tensor
         heads = {"q_proj": spec.num_heads, "k_proj": spec.num_kv_heads}.get(name.split(".")[-2])
         if heads is None:
@@ -174,6 +174,7 @@ class Llama(Family):
         rope = config.section("rope_parameters")
         theta = rope.number("rope_theta", config.number("rope_theta", 10000.0))
         partial = rope.number("partial_rotary_factor", config.number("partial_rotary_factor", 1.0))
+        rotary = Rotary(theta=theta, dims=int(head_dim * partial), scaling=rope_scaling(config))
         return ModelSpec(
             family=self.name,
             vocab_size=config.size("vocab_size"),
@@ -184,10 +185,8 @@ class Llama(Family):
             head_dim=head_dim,
             max_positions=config.size("max_position_embeddings", 2048),
             norm_eps=config.number("rms_norm_eps", 1e-6),
-            position_encoding="rope",
-            rope_theta=theta,
-            rotary_dim=int(head_dim * partial),
-            rope_scaling=rope_scaling(config),
+            positions=rotary,
+            position_alternatives=(NoPositions(),),
             tie_embeddings=bool(config("tie_word_embeddings", False)),
             family_config=LlamaConfig(intermediate_size=config.size("intermediate_size")),
         )
@@ -209,7 +208,7 @@ class Llama(Family):
                                           ("values", "v_proj", spec.num_kv_heads))]
 
     def mark_written_config(self, spec, config):
-        return config | {"model_type": self.nope_model_type if spec.position_encoding == "none" else self.model_types[0]}
+        return config | {"model_type": self.nope_model_type if isinstance(spec.positions, NoPositions) else self.model_types[0]}
 
     def onnx_folder_config(self, spec, config):
         # the graph computes the model as it is, NoPE included (no rotary in it, temperatures folded),
@@ -219,23 +218,3 @@ class Llama(Family):
     def tied_tensors(self, spec):
         return {"lm_head.weight": "model.embed_tokens.weight"} if spec.tie_embeddings else {}
 
-
-ROPE_TYPES = ("default", "llama3")
-
-
-def rope_scaling(config: ConfigReader) -> Llama3RopeScaling | None:
-    """The rotary scaling a Hugging Face config declares: in `rope_scaling` (transformers 4; older
-    files name the kind `type`) or in `rope_parameters` (transformers 5). Kinds edgelm does not
-    compute (linear, dynamic, yarn, …) are refused, not run as unscaled."""
-    for section in (config.section("rope_parameters"), config.section("rope_scaling")):
-        kind = section.first(("rope_type", "type"), "default")
-        if kind not in ROPE_TYPES:
-            raise UnsupportedConfigValue("rope_type", kind, ROPE_TYPES)
-        if kind == "llama3":
-            return Llama3RopeScaling(
-                factor=section.number("factor"),
-                low_freq_factor=section.number("low_freq_factor"),
-                high_freq_factor=section.number("high_freq_factor"),
-                original_max_positions=section.size("original_max_position_embeddings"),
-            )
-    return None

@@ -18,7 +18,8 @@ from gguf import MODEL_TENSOR, TENSOR_NAMES
 from torch import nn
 
 from .layers import CausalLM, CausalSelfAttention
-from .registry import AttentionInput, Family, register
+from .positions import NoPositions, Rotary
+from .registry import AttentionInput, Family, register, rope_hparams
 from .spec import ModelSpec
 
 
@@ -50,9 +51,9 @@ class NGen4Attention(nn.Module):
         self.attention = CausalSelfAttention(spec)
         self.spec = spec
 
-    def forward(self, x, positions, past, attention_mask):
+    def forward(self, x, rotation, past, attention_mask):
         q, k, v = self.c_attn(x).split(self.spec.hidden_size, dim=-1)
-        out, present = self.attention(q, k, v, positions, past, attention_mask)
+        out, present = self.attention(q, k, v, rotation, past, attention_mask)
         return self.c_proj(out), present
 
 
@@ -75,8 +76,8 @@ class NGen4Block(nn.Module):
         self.ln_2 = nn.LayerNorm(spec.hidden_size, eps=spec.norm_eps)
         self.mlp = NGen4MLP(spec)
 
-    def forward(self, x, positions, past, attention_mask):
-        attn, present = self.attn(self.ln_1(x), positions, past, attention_mask)
+    def forward(self, x, rotation, past, attention_mask):
+        attn, present = self.attn(self.ln_1(x), rotation, past, attention_mask)
         x = x + attn
         x = x + self.mlp(self.ln_2(x))
         return x, present
@@ -98,7 +99,7 @@ class NGen4ForCausalLM(CausalLM):
         if spec.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
 
-    def embed(self, input_ids):
+    def embed(self, input_ids, positions):
         return self.transformer.wte(input_ids)
 
     def blocks(self):
@@ -113,7 +114,6 @@ class NGen4(Family):
     name = "ngen4"
     architectures = ("NGen4ForCausalLM",)
     model_types = ("ngen4",)
-    position_encodings = ("rope", "none")
     position_encoding_key = "use_rope"
     # llama.cpp's gptneox arch: fused qkv as [all q; all k; all v] (this layout already), biases, LayerNorm
     gguf_tensor_names = {
@@ -144,8 +144,7 @@ class NGen4(Family):
             "feed_forward_length": spec.family_config.n_inner,
             "attention.head_count": spec.num_heads,
             "attention.layer_norm_epsilon": spec.norm_eps,
-            "rope.dimension_count": spec.rotated_dims,
-            "rope.freq_base": spec.rope_theta,
+            **rope_hparams(spec.positions),
             "use_parallel_residual": False,
         }
 
@@ -153,6 +152,7 @@ class NGen4(Family):
         hidden, heads = config.size("n_embd"), config.size("n_head")
         head_dim = config.head_width("n_embd", "n_head")
         activation = config.implemented("activation_function", tuple(ACTIVATIONS), "gelu_new")
+        rotary = Rotary(theta=config.number("rope_theta", 10000.0), dims=int(head_dim * config.number("rope_pct", 1.0)) // 2 * 2)
         return ModelSpec(
             family=self.name,
             vocab_size=config.size("vocab_size"),
@@ -163,9 +163,8 @@ class NGen4(Family):
             head_dim=head_dim,
             max_positions=config.size("n_positions", 2048),
             norm_eps=config.number("layer_norm_epsilon", 1e-5),
-            position_encoding="rope" if config("use_rope", True) else "none",
-            rope_theta=config.number("rope_theta", 10000.0),
-            rotary_dim=int(head_dim * config.number("rope_pct", 1.0)) // 2 * 2,
+            positions=rotary if config("use_rope", True) else NoPositions(),
+            position_alternatives=(rotary, NoPositions()),
             tie_embeddings=bool(config("tie_word_embeddings", True)),
             family_config=NGen4Config(n_inner=config.size("n_inner", 4 * hidden), activation=activation),
         )

@@ -13,7 +13,7 @@ margin sits between those.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import resources
 
 import torch
@@ -40,14 +40,14 @@ class ProbeResult:
 
 
 @torch.no_grad()
-def probe_position_encoding(load_model, spec, encodings: tuple[str, ...], tokenizer) -> ProbeResult:
+def probe_position_encoding(load_model, spec, tokenizer) -> ProbeResult:
     """`load_model(spec)` → the model with that spec's position encoding (weights read each time, so
     only one copy is in memory)."""
     ids = tokenizer.encode(PROBE_TEXT.read_text(encoding="utf-8"))[: min(PROBE_TOKENS, spec.max_positions)]
     ids = torch.tensor([i for i in ids if i < spec.vocab_size])[None]
     perplexities = {}
-    for encoding in encodings:
-        model = load_model(replace(spec, position_encoding=encoding))
+    for encoding in spec.position_encodings:
+        model = load_model(spec.with_position_encoding(encoding))
         logits, _ = model(ids)
         loss = torch.nn.functional.cross_entropy(logits[0, :-1].float(), ids[0, 1:])
         perplexities[encoding] = math.exp(loss.item())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -85,7 +85,7 @@ class Preset:
         family = family_for_config(self.config, "preset")
         spec = family.spec_from_config(ConfigReader(self.config))
         if self.nope:
-            spec = replace(spec, position_encoding="none")
+            spec = spec.with_position_encoding("none")
         return family, spec, family.build(spec)
 
 

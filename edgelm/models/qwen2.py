@@ -12,6 +12,7 @@ from dataclasses import replace
 from gguf import MODEL_TENSOR, TENSOR_NAMES
 
 from .llama import Llama
+from .positions import Rotary
 from .registry import register
 
 
@@ -40,11 +41,11 @@ class Qwen2(Llama):
 
     def gguf_arch(self, spec):
         # without rotary, llama.cpp's granite arch (which loads optional q/k/v biases) is Qwen2 too
-        return "qwen2" if spec.position_encoding == "rope" else "granite"
+        return "qwen2" if isinstance(spec.positions, Rotary) else "granite"
 
     def gguf_hparams(self, spec):
-        if spec.rope_scaling is not None and spec.position_encoding == "rope":
-            raise ValueError("llama.cpp's qwen2 arch reads no rope frequency factors (rope_scaling llama3)")
+        if isinstance(spec.positions, Rotary) and spec.positions.scaling is not None:
+            raise ValueError(f"llama.cpp's qwen2 arch reads no rope frequency scaling (rope_scaling {spec.positions.scaling.rope_type})")
         return super().gguf_hparams(spec)
 
     def gguf_transform(self, spec, name, tensor):

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import UserError
 from .layers import CausalLM
+from .positions import LinearScaling, PositionEncoding, Rotary
 from .spec import ModelSpec
 from .util import ConfigReader
 
@@ -46,9 +47,8 @@ class Family:
     name: ClassVar[str]
     architectures: ClassVar[tuple[str, ...]]  # config.json "architectures" entries
     model_types: ClassVar[tuple[str, ...]]  # config.json "model_type" values
-    position_encodings: ClassVar[tuple[str, ...]] = ("rope",)
     # config.json key that declares the position encoding, when the family's published layout has
-    # one; without it (llama) a family with two encodings has it measured (position_probe.py)
+    # one; without it (llama) weights with two possible encodings have it measured (position_probe.py)
     position_encoding_key: ClassVar[str | None] = None
     # Checkpoint tensor holding λ for layer {bid}, shape [num_heads], when the family has one.
     head_temperature_tensor: ClassVar[str | None] = None
@@ -136,6 +136,18 @@ class Family:
                     param.copy_(noise * 0.02)
                 else:
                     param.copy_(1.0 + noise * 0.1)
+
+
+def rope_hparams(positions: PositionEncoding) -> dict[str, int | float | str]:
+    """The rotary keys of a llama.cpp arch (without the "ARCH." prefix), read off the typed encoding:
+    width and base; a linear scaling as llama.cpp's converter writes it (rope.scaling.type/factor).
+    Llama 3's scaling has no key: llama.cpp reads it as the rope_freqs tensor (Llama.gguf_extra_tensors)."""
+    if not isinstance(positions, Rotary):
+        return {"rope.dimension_count": 0}
+    hparams: dict[str, int | float | str] = {"rope.dimension_count": positions.dims, "rope.freq_base": positions.theta}
+    if isinstance(positions.scaling, LinearScaling):
+        hparams |= {"rope.scaling.type": "linear", "rope.scaling.factor": positions.scaling.factor}
+    return hparams
 
 
 _PLACEHOLDER = re.compile(r"\{(bid|L)([+-]\d+)?\}")

@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-POSITION_ENCODINGS = ("rope", "none")
-
-
-@dataclass(frozen=True)
-class Llama3RopeScaling:
-    """Rotary frequencies rescaled by wavelength, as Llama 3.1+ declares in `rope_scaling` with
-    rope_type "llama3": wavelengths shorter than original_max_positions / high_freq_factor keep their
-    frequency, those longer than original_max_positions / low_freq_factor are divided by `factor`,
-    and those between are interpolated (layers.rotary_frequency_factors computes it)."""
-
-    factor: float
-    low_freq_factor: float
-    high_freq_factor: float
-    original_max_positions: int
-
-    def __post_init__(self) -> None:
-        if self.high_freq_factor <= self.low_freq_factor:
-            raise ValueError("rope_scaling's high_freq_factor must be larger than its low_freq_factor")
+from .positions import PositionEncoding
 
 
 @dataclass(frozen=True)
@@ -31,7 +14,9 @@ class ModelSpec:
 
     The fields every family has are shared; what only one family has (an MLP width, an activation,
     Pattention's parameter-token counts) is in `family_config`, a frozen dataclass of that family's
-    own file.
+    own file. `positions` is the encoding the model runs with; `position_alternatives` are the
+    others the same weights may be run with (a RoPE layout whose checkpoint may be NoPE), which
+    `--position-encoding`, a declaration or the position probe choose among by name.
     """
 
     family: str
@@ -43,22 +28,39 @@ class ModelSpec:
     head_dim: int
     max_positions: int
     norm_eps: float
-    position_encoding: str  # "rope" | "none"
-    rope_theta: float = 10000.0
-    rotary_dim: int = 0  # leading dims of each head that rotate when position_encoding is "rope"
-    rope_scaling: Llama3RopeScaling | None = None  # None: the plain θ^(-2i/d) frequencies
+    positions: PositionEncoding
+    position_alternatives: tuple[PositionEncoding, ...] = ()
     tie_embeddings: bool = False
     family_config: Any = None
 
     def __post_init__(self) -> None:
-        if self.position_encoding not in POSITION_ENCODINGS:
-            raise ValueError(f"position_encoding must be one of {POSITION_ENCODINGS}, not {self.position_encoding!r}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"its {self.num_heads} attention heads are not a multiple of its {self.num_kv_heads} key/value heads")
-        if self.rotary_dim % 2 or not 0 <= self.rotary_dim <= self.head_dim:
-            raise ValueError("rotary_dim must be even and at most head_dim")
+        if any(p.rotated_dims > self.head_dim for p in self.position_choices):
+            raise ValueError("the rotary width must be at most head_dim")
+
+    @property
+    def position_choices(self) -> tuple[PositionEncoding, ...]:
+        return (self.positions, *(p for p in self.position_alternatives if p != self.positions))
+
+    @property
+    def position_encodings(self) -> tuple[str, ...]:
+        """Names of the encodings these weights may be run with."""
+        return tuple(p.name for p in self.position_choices)
+
+    @property
+    def position_encoding(self) -> str:
+        return self.positions.name
 
     @property
     def rotated_dims(self) -> int:
-        """Dims of each head the rotary embedding touches: 0 without position encoding."""
-        return self.rotary_dim if self.position_encoding == "rope" else 0
+        """Dims of each head the rotary embedding touches: 0 without rotary."""
+        return self.positions.rotated_dims
+
+    def with_position_encoding(self, name: str) -> "ModelSpec":
+        """The spec run with the encoding called `name`; ValueError when these weights have none such."""
+        for choice in self.position_choices:
+            if choice.name == name:
+                return replace(self, positions=choice)
+        raise ValueError(f"position encoding {name!r} is not one of {', '.join(self.position_encodings)}")
+

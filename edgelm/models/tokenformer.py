@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import CausalLM, CausalSelfAttention
-from .registry import AttentionInput, Family, register
+from .positions import Rotary
+from .registry import AttentionInput, Family, register, rope_hparams
 from .spec import ModelSpec
 
 
@@ -57,8 +58,8 @@ class TokenFormerAttention(nn.Module):
         self.attention = CausalSelfAttention(spec)
         self.spec = spec
 
-    def forward(self, x, positions, past, attention_mask):
-        out, present = self.attention(self.query(x), self.key(x), self.value(x), positions, past, attention_mask)
+    def forward(self, x, rotation, past, attention_mask):
+        out, present = self.attention(self.query(x), self.key(x), self.value(x), rotation, past, attention_mask)
         return self.proj(out), present
 
 
@@ -70,8 +71,8 @@ class TokenFormerLayer(nn.Module):
         self.post_attention_layernorm = nn.LayerNorm(spec.hidden_size, eps=spec.norm_eps, elementwise_affine=False)
         self.mlp = Pattention(spec.hidden_size, spec.hidden_size, spec.family_config.ffn_slots)
 
-    def forward(self, x, positions, past, attention_mask):
-        attn, present = self.attention(self.input_layernorm(x), positions, past, attention_mask)
+    def forward(self, x, rotation, past, attention_mask):
+        attn, present = self.attention(self.input_layernorm(x), rotation, past, attention_mask)
         x = x + attn
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, present
@@ -98,7 +99,7 @@ class TokenFormerForCausalLM(CausalLM):
         stages[str(spec.num_layers + 3)] = TokenFormerFinalNorm(spec)
         self.sequential = nn.ModuleDict(stages)
 
-    def embed(self, input_ids):
+    def embed(self, input_ids, positions):
         return self.sequential["0"].word_embeddings(input_ids)
 
     def blocks(self):
@@ -135,8 +136,7 @@ class TokenFormer(Family):
             "block_count": spec.num_layers,
             "attention.head_count": spec.num_heads,
             "attention.layer_norm_epsilon": spec.norm_eps,
-            "rope.dimension_count": spec.rotated_dims,
-            "rope.freq_base": spec.rope_theta,
+            **rope_hparams(spec.positions),
             "qkv_slot_count": spec.family_config.qkv_slots,
             "proj_slot_count": spec.family_config.proj_slots,
             "feed_forward_length": spec.family_config.ffn_slots,
@@ -172,10 +172,8 @@ class TokenFormer(Family):
             head_dim=head_dim,
             max_positions=config.size(("max_position_embeddings", "seq_length"), 2048),
             norm_eps=config.number(("layer_norm_eps", "layernorm_epsilon"), 1e-5),
-            position_encoding="rope",
-            rope_theta=config.number("rotary_emb_base", 10000.0),
             # GPT-NeoX rotates int(head_dim · rotary_pct) dims (megatron/model/tokenformer.py)
-            rotary_dim=int(head_dim * config.number("rotary_pct", 0.25)) // 2 * 2,
+            positions=Rotary(theta=config.number("rotary_emb_base", 10000.0), dims=int(head_dim * config.number("rotary_pct", 0.25)) // 2 * 2),
             tie_embeddings=True,
             family_config=TokenFormerConfig(qkv_slots=config.size("qkv_slot_num"), proj_slots=config.size("proj_slot_num"),
                                             ffn_slots=config.size("ffn_slot_num")),

@@ -4,12 +4,10 @@ and not the other is refused. Imports torch and the families; running a GGUF nee
 
 from __future__ import annotations
 
-import math
-from dataclasses import replace
-
 from ..artifact_files import parse_json
 from ..constants import GGUF_CONFIG, GGUF_FAMILY, GGUF_POSITION_ENCODING
 from ..errors import UserError
+from ..gguf_keys import arch_key_type, same_value
 from ..models import FAMILIES, Family, ModelSpec
 from ..models.util import ConfigReader
 from .gguf_file import GGUFFile
@@ -32,10 +30,10 @@ def edgelm_model(gguf: GGUFFile) -> tuple[Family, ModelSpec]:
         raise UserError(f"{GGUF_CONFIG} does not describe a {family_name} model ({exc})", gguf.path,
                         "the file is damaged: re-export it") from None
     encoding = gguf.field(GGUF_POSITION_ENCODING)
-    if encoding not in family.position_encodings:
-        raise UserError(f"{GGUF_POSITION_ENCODING} is {encoding!r}, not one of {', '.join(family.position_encodings)}", gguf.path,
+    if encoding not in spec.position_encodings:
+        raise UserError(f"{GGUF_POSITION_ENCODING} is {encoding!r}, not one of {', '.join(spec.position_encodings)}", gguf.path,
                         "the file is damaged: re-export it")
-    spec = replace(spec, position_encoding=encoding)
+    spec = spec.with_position_encoding(encoding)
     _check_architecture_keys(gguf, family, spec)
     return family, spec
 
@@ -49,10 +47,6 @@ def _check_architecture_keys(gguf: GGUFFile, family: Family, spec: ModelSpec) ->
                         "the file was damaged or edited: re-export it")
     for key, expected in family.gguf_hparams(spec).items():
         found = gguf.hparam(key)
-        if isinstance(expected, bool):
-            same = found is expected
-        else:  # stored as float32: equal to ~1e-7
-            same = type(found) in (int, float) and math.isclose(found, expected, rel_tol=1e-6)
-        if not same:
+        if not same_value(arch_key_type(key), found, expected):
             raise UserError(f"{arch}.{key} is {found!r}, but {GGUF_CONFIG} says {expected!r}", gguf.path,
                             "the file was damaged or edited: re-export it")

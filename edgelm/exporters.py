@@ -1,0 +1,181 @@
+"""The export formats, registered as the artifact formats are (formats/base.py): each declares its
+`--format` name, which options are its own (the others refuse them, with the fix), how its output is
+named, what it reports. `edgelm export` parses the options, asks the exporter, prints.
+
+Only the exporter asked for is imported (edgelm.export.gguf or .onnx, when it runs): the ONNX one
+brings the tracer (~70 MB resident), and the commands that run an artifact import neither.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .errors import UserError
+
+EXPORTERS: dict[str, "Exporter"] = {}
+KV_CALIBRATION_TEXT = Path(__file__).parent / "assets" / "text" / "emma-opening.txt"  # a training novel
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Every option of `edgelm export` that shapes the artifact, at its default when not given."""
+
+    quant: str = "f16"
+    gguf_type: str | None = None  # GGUF: a llama.cpp type name instead of --quant's default
+    int4_embedding: bool = False  # ONNX int4
+    int8_lm_head: bool = False  # ONNX int4
+    int4_block_size: int | None = None  # ONNX int4
+    int4_accuracy_level: int | None = None  # ONNX int4
+    kv_cache: str = "float"  # ONNX
+    calibration_text: Path | None = None  # ONNX --kv-cache int8
+    calibration: tuple[Path, ...] = ()  # int4 calibration texts (both formats)
+    certificate: bool = True
+    force: bool = False
+
+    def given(self, names: tuple[str, ...]) -> bool:
+        """Whether any of the options `names` differs from its default."""
+        defaults = {f.name: f.default for f in fields(self)}
+        return any(getattr(self, name) != defaults[name] for name in names)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Options of another format: given to this one, refused with `message` and `fix`."""
+
+    options: tuple[str, ...]
+    message: str
+    fix: str
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    summary: dict[str, Any]  # what --json prints
+    notes: list[str]
+    lines: list[str]  # what a person reads after the notes
+
+
+class Exporter(ABC):
+    name: ClassVar[str]  # the --format value
+    suffix: ClassVar[str]  # of the default output, after "{model}-{type}"
+    refuses: ClassVar[tuple[Refusal, ...]] = ()
+
+    def check(self, options: ExportOptions) -> ExportOptions:
+        """The options resolved and checked before anything is read (a bad one fails in a second, not
+        after minutes of export)."""
+        for refusal in self.refuses:
+            if options.given(refusal.options):
+                raise UserError(refusal.message, None, refusal.fix)
+        return options
+
+    @abstractmethod
+    def type_name(self, options: ExportOptions) -> str:
+        """The quantization the output is named by."""
+
+    def default_output(self, stem: Path, options: ExportOptions) -> Path:
+        return stem.parent / f"{stem.name}-{self.type_name(options).lower()}{self.suffix}"
+
+    @abstractmethod
+    def progress(self, checkpoint, options: ExportOptions) -> tuple[str, int | None]:
+        """The progress display's title and number of steps (None: a spinner with a stage text)."""
+
+    @abstractmethod
+    def export(self, checkpoint, target: Path, options: ExportOptions, progress) -> ExportResult:
+        """`progress`: console.Progress (advance, stage)."""
+
+
+def register(cls: type[Exporter]) -> type[Exporter]:
+    EXPORTERS[cls.name] = cls()
+    return cls
+
+
+@register
+class GGUFExporter(Exporter):
+    name = "gguf"
+    suffix = ".gguf"
+    refuses = (
+        Refusal(("int4_embedding", "int8_lm_head", "int4_block_size", "int4_accuracy_level"),
+                "--int4-embedding, --int8-lm-head, --int4-block-size and --int4-accuracy-level apply to --format onnx only",
+                "drop them, or use --gguf-type to pick a llama.cpp type"),
+        Refusal(("kv_cache", "calibration_text"), "--kv-cache and --calibration-text apply to --format onnx only",
+                "drop them: llama.cpp chooses its KV cache type when it loads the file"),
+    )
+
+    def check(self, options):
+        options = super().check(options)
+        self.type_name(options)  # a bad --quant fails before anything is read
+        return options
+
+    def type_name(self, options):
+        from .export.gguf import resolve_type
+
+        return resolve_type(options.quant, options.gguf_type)
+
+    def progress(self, checkpoint, options):
+        return f"exporting {self.type_name(options)}", len(checkpoint.weight_names())
+
+    def export(self, checkpoint, target, options, progress):
+        from .export.gguf import export_gguf
+
+        report = export_gguf(checkpoint, target, options.quant, options.gguf_type, options.force, on_tensor=lambda _: progress.advance(),
+                             calibration=list(options.calibration), certificate=options.certificate)
+        summary = {
+            "path": str(report.path), "arch": report.arch, "file_type": report.file_type,
+            "bytes": report.path.stat().st_size, "tensor_types": report.type_counts(), "notes": report.notes,
+        }
+        main_type = max(report.type_counts(), key=report.type_counts().get)
+        others = {n: t for n, t in report.tensor_types.items() if t not in (main_type, "F32")}
+        lines = [f"wrote {report.path} ({summary['bytes'] / 1e6:.1f} MB, arch {report.arch}, {report.file_type})",
+                 "tensor types: " + ", ".join(f"{t} ×{n}" for t, n in report.type_counts().items()) + " (F32: norms and biases)",
+                 *(f"  {name}: {kind}" for name, kind in others.items())]
+        return ExportResult(report.path, summary | {"tensors": report.tensor_types}, report.notes, lines)
+
+
+@register
+class ONNXExporter(Exporter):
+    name = "onnx"
+    suffix = "-onnx"
+    refuses = (Refusal(("gguf_type",), "--gguf-type applies to --format gguf only", "drop it or choose --format gguf"),)
+
+    def check(self, options):
+        from .export.onnx import check_quant_options
+
+        int4 = {name: value for name, value in (("int4_block_size", options.int4_block_size),
+                                                ("int4_accuracy_level", options.int4_accuracy_level)) if value is not None}
+        check_quant_options(options.quant, options.int4_embedding, options.int8_lm_head, options.kv_cache, **int4)
+        if options.calibration_text and options.kv_cache != "int8":
+            raise UserError("--calibration-text calibrates --kv-cache int8", None, "add --kv-cache int8 or drop it")
+        text = options.calibration_text or (KV_CALIBRATION_TEXT if options.kv_cache == "int8" else None)
+        if text:
+            read_user_text(text, "--calibration-text")  # refused here, before minutes of export
+        return replace(super().check(options), calibration_text=text)
+
+    def type_name(self, options):
+        return options.quant
+
+    def progress(self, checkpoint, options):
+        return "exporting to ONNX", None
+
+    def export(self, checkpoint, target, options, progress):
+        from .export.onnx import export_onnx
+
+        int4 = {name: value for name, value in (("int4_block_size", options.int4_block_size),
+                                                ("int4_accuracy_level", options.int4_accuracy_level)) if value is not None}
+        report = export_onnx(checkpoint, target, options.quant, options.force,
+                             on_step=lambda text: progress.stage(f"exporting to ONNX: {text}"),
+                             int4_embedding=options.int4_embedding, int8_lm_head=options.int8_lm_head, kv_cache=options.kv_cache,
+                             **int4, calibration_text=options.calibration_text, calibration=list(options.calibration),
+                             certificate=options.certificate)
+        size = sum(p.stat().st_size for p in report.path.iterdir())
+        lines = [f"wrote {report.path} ({size / 1e6:.1f} MB, {options.quant}): model.onnx, genai_config.json, config.json, tokenizer, edgelm.json"]
+        return ExportResult(report.path, {"path": str(report.path), "quant": options.quant, "notes": report.notes}, report.notes, lines)
+
+
+def read_user_text(path: Path, option: str) -> str:
+    """A text file given by `option`: UTF-8 text, or one line saying why not."""
+    from .artifact_files import MAX_TEXT_BYTES, read_text, user_file
+
+    return read_text(user_file(path, option, MAX_TEXT_BYTES, "text file"), MAX_TEXT_BYTES, "the text")

@@ -1,0 +1,189 @@
+"""Position encodings: how a model learns where each token sits, as one typed value per model.
+
+`ModelSpec.positions` is one of NoPositions (NoPE), Rotary (RoPE: base θ, how many leading dims of
+each head rotate, an optional frequency scaling) or LearnedAbsolute (a table of position vectors
+added to the token embeddings, GPT-2's wpe). The torch model rotates with `Rotary.rotation` /
+`Rotary.rotate`, the ONNX graph takes its cos/sin tables from `Rotary.tables`, and the GGUF mapping
+reads the same fields (export/gguf_mapping.py), so each number is computed in one place.
+
+Scalings are Hugging Face's `rope_scaling` kinds edgelm computes: linear (every frequency divided
+by `factor`) and llama3 (by wavelength band); the rest are refused where a config is read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from .util import ConfigReader, UnsupportedConfigValue
+
+Rotation = tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin), each [batch, 1, seq, rotated dims]; None: nothing rotates
+
+
+class RopeScaling:
+    rope_type: ClassVar[str]
+
+    def factors(self, frequencies: torch.Tensor) -> torch.Tensor:
+        """What each frequency θ^(-2i/d) is divided by."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class LinearScaling(RopeScaling):
+    """Position interpolation (Chen et al. 2023): every frequency divided by `factor`, as
+    transformers' `_compute_linear_scaling_rope_parameters`."""
+
+    rope_type: ClassVar[str] = "linear"
+    factor: float
+
+    def __post_init__(self) -> None:
+        if not self.factor > 0:
+            raise ValueError("rope_scaling's factor must be positive")
+
+    def factors(self, frequencies):
+        return torch.full_like(frequencies, self.factor)
+
+
+@dataclass(frozen=True)
+class Llama3Scaling(RopeScaling):
+    """Rotary frequencies rescaled by wavelength, as Llama 3.1+ declares in `rope_scaling` with
+    rope_type "llama3": wavelengths shorter than original_max_positions / high_freq_factor keep their
+    frequency, those longer than original_max_positions / low_freq_factor are divided by `factor`,
+    and those between are interpolated."""
+
+    rope_type: ClassVar[str] = "llama3"
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_positions: int
+
+    def __post_init__(self) -> None:
+        if self.high_freq_factor <= self.low_freq_factor:
+            raise ValueError("rope_scaling's high_freq_factor must be larger than its low_freq_factor")
+
+    def factors(self, frequencies):
+        """transformers' `_compute_llama3_parameters` (modeling_rope_utils.py) computes the divided
+        frequencies, llama.cpp stores these divisors as the `rope_freqs.weight` tensor (its
+        converter's `LlamaModel.generate_extra_tensors`); in f32 and in the converter's order of
+        operations, so the GGUF tensor equals the converter's bit for bit."""
+        low_freq_wavelength = self.original_max_positions / self.low_freq_factor
+        high_freq_wavelength = self.original_max_positions / self.high_freq_factor
+        wavelength = 2 * math.pi / frequencies
+        smooth = (self.original_max_positions / wavelength - self.low_freq_factor) / (self.high_freq_factor - self.low_freq_factor)
+        between = 1 / ((1 - smooth) / self.factor + smooth)
+        factors = torch.where(wavelength > low_freq_wavelength, torch.full_like(frequencies, self.factor), between)
+        return torch.where(wavelength < high_freq_wavelength, torch.ones_like(frequencies), factors)
+
+
+class PositionEncoding:
+    name: ClassVar[str]  # what `--position-encoding`, inspect and the export manifests call it
+    rotated_dims: ClassVar[int] = 0
+
+    def rotation(self, positions: torch.Tensor) -> Rotation:
+        """Per-call rotary state for positions [batch, seq], computed once for all layers."""
+        return None
+
+    def rotate(self, x: torch.Tensor, rotation: Rotation) -> torch.Tensor:
+        return x
+
+
+@dataclass(frozen=True)
+class NoPositions(PositionEncoding):
+    """NoPE: attention alone, causally masked, tells tokens apart (Kazemnejad et al. 2023)."""
+
+    name: ClassVar[str] = "none"
+
+
+@dataclass(frozen=True)
+class Rotary(PositionEncoding):
+    """RoPE (RoFormer, Su et al. 2021) in the Hugging Face / GPT-NeoX rotate-half convention on the
+    first `dims` of each head (partial rotary: NeoX's rotary_pct, Phi's partial_rotary_factor)."""
+
+    name: ClassVar[str] = "rope"
+    theta: float
+    dims: int
+    scaling: RopeScaling | None = None
+
+    def __post_init__(self) -> None:
+        if self.dims % 2 or self.dims < 0:
+            raise ValueError("the rotary width must be even")
+        if not self.theta > 0:
+            raise ValueError("rope_theta must be positive")
+
+    @property
+    def rotated_dims(self) -> int:  # type: ignore[override]
+        return self.dims
+
+    def base_frequencies(self, device: torch.device | None = None) -> torch.Tensor:
+        """[dims / 2] angular frequencies θ^(-2i/dims) (RoFormer eq. 15), before scaling."""
+        return 1.0 / (self.theta ** (torch.arange(0, self.dims, 2, dtype=torch.int64, device=device).float() / self.dims))
+
+    def frequencies(self, device: torch.device | None = None) -> torch.Tensor:
+        base = self.base_frequencies(device)
+        return base if self.scaling is None else base / self.scaling.factors(base)
+
+    def angles(self, positions: torch.Tensor) -> torch.Tensor:
+        """positions [...] → angles [..., dims / 2]."""
+        return positions[..., None].float() * self.frequencies(positions.device)
+
+    def tables(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [count, dims / 2] for positions 0..count-1 (onnxruntime's rotary caches)."""
+        angles = self.angles(torch.arange(count))
+        return angles.cos(), angles.sin()
+
+    def rotation(self, positions):
+        if self.dims == 0:
+            return None
+        angles = self.angles(positions)  # [batch, seq, dims/2]
+        angles = torch.cat((angles, angles), dim=-1)[:, None]  # [batch, 1, seq, dims]
+        return angles.cos(), angles.sin()
+
+    def rotate(self, x, rotation):
+        """x: [batch, heads, seq, head_dim]; the dims past `dims` pass through unchanged (eq. 34)."""
+        if rotation is None:
+            return x
+        cos, sin = (t.to(x.dtype) for t in rotation)
+        rot, rest = x[..., :self.dims], x[..., self.dims:]
+        rot = rot * cos + rotate_half(rot) * sin
+        return torch.cat((rot, rest), dim=-1)
+
+
+@dataclass(frozen=True)
+class LearnedAbsolute(PositionEncoding):
+    """A trained vector per position, added to the token embedding (GPT-2's wpe): the family's
+    `embed` adds its table's rows for the positions it is given; attention does nothing more."""
+
+    name: ClassVar[str] = "learned"
+    max_positions: int
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+SCALINGS = {cls.rope_type: cls for cls in (LinearScaling, Llama3Scaling)}
+ROPE_TYPES = ("default", *SCALINGS)
+
+
+def rope_scaling(config: ConfigReader) -> RopeScaling | None:
+    """The rotary scaling a Hugging Face config declares: in `rope_scaling` (transformers 4; older
+    files name the kind `type`) or in `rope_parameters` (transformers 5). Kinds edgelm does not
+    compute (dynamic, yarn, longrope, …) are refused, not run as unscaled."""
+    for section in (config.section("rope_parameters"), config.section("rope_scaling")):
+        kind = section.first(("rope_type", "type"), "default")
+        if kind not in ROPE_TYPES:
+            raise UnsupportedConfigValue("rope_type", kind, ROPE_TYPES)
+        if kind == "linear":
+            return LinearScaling(factor=section.number("factor"))
+        if kind == "llama3":
+            return Llama3Scaling(
+                factor=section.number("factor"),
+                low_freq_factor=section.number("low_freq_factor"),
+                high_freq_factor=section.number("high_freq_factor"),
+                original_max_positions=section.size("original_max_position_embeddings"),
+            )
+    return None
