@@ -491,6 +491,7 @@ def chat(
         if not user.strip():
             continue
         start, count, reply = time.time(), 0, ""
+        drafted, accepted = artifact.backend.drafted, artifact.backend.accepted
         try:
             ids, dropped = conversation.prompt_ids(user)
             if dropped:
@@ -506,7 +507,9 @@ def chat(
             out.print(" [dim](stopped)[/dim]", end="")
         conversation.add_reply(reply.strip())
         rate = count / max(time.time() - start, 1e-9)
-        out.print(f"\n[dim]{count} tokens, {rate:.1f} tok/s[/dim]")
+        drafted, accepted = artifact.backend.drafted - drafted, artifact.backend.accepted - accepted
+        lookup = f", {accepted}/{drafted} drafted tokens taken" if drafted else ""  # as llama.cpp's lookup reports n_drafted, n_accept
+        out.print(f"\n[dim]{count} tokens, {rate:.1f} tok/s{lookup}[/dim]")
 
 
 @app.command()

@@ -157,6 +157,7 @@ def test_ngram_lookup_drafts_what_followed_the_latest_match():
     assert NgramLookup([1, 2, 3], 3).draft(4) == []  # nothing repeats
     assert NgramLookup([7, 7, 7], 2).draft(5) == [7]  # the draft ends where the sequence does
     assert lookup.draft(0) == []
+    assert NgramLookup([5, 1, 2, 9, 2], longest=3, shortest=2).draft(3) == []  # only "2" recurs: too short a match
 
 
 def test_cli_draft_option_changes_no_greedy_token(run_cli, artifact_path):

@@ -9,6 +9,10 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from ..numbers import LOOKUP_NGRAM
+
+# the shortest n-gram a draft comes from (a shorter `lookup_ngram` is taken as asked): a single token that
+# occurred before predicts its next one too rarely, and each wrong draft costs a wider forward
+LOOKUP_NGRAM_MIN = 2
 from ..tokenizer import Tokenizer
 from .backend import Backend
 from .sampling import Sampler, SamplingOptions
@@ -130,7 +134,7 @@ def _tokens(backend: Backend, sampler: Sampler, ids: list[int], limit: int, draf
     gives the next token as a plain step would. The cache is then cut back to the tokens taken, before
     any of them is yielded: a consumer that stops early leaves a cache that holds exactly its ids."""
     seen = list(ids)  # the prompt and the tokens produced so far
-    lookup = NgramLookup(seen, ngram) if draft else None
+    lookup = NgramLookup(seen, ngram, LOOKUP_NGRAM_MIN) if draft else None
     token = sampler(backend.prefill(ids), seen)
     left = limit  # tokens still to produce, `token` among them
     size = draft  # drafts a step: down one after a rejection, up two after a draft taken whole (transformers' assisted generation)
@@ -169,13 +173,14 @@ def _tokens(backend: Backend, sampler: Sampler, ids: list[int], limit: int, draf
 
 class NgramLookup:
     """Drafts from the token sequence itself, as llama-cpp-python's LlamaPromptLookupDecoding and
-    llama.cpp's lookup example do: the longest n-gram (`longest` tokens down to one) that ends the
+    llama.cpp's lookup example do: the longest n-gram (`longest` tokens down to `shortest`) that ends the
     sequence and occurred before, and the tokens that followed its latest occurrence. An index from each
     n-gram to where its latest continuation starts, updated per token, keeps a step's cost independent
     of the length of the chat (LlamaPromptLookupDecoding scans the whole sequence each step)."""
 
-    def __init__(self, ids: list[int], longest: int):
+    def __init__(self, ids: list[int], longest: int, shortest: int = 1):
         self.ids: list[int] = []
+        self.shortest = min(shortest, longest)
         self.index: list[dict[tuple[int, ...], int]] = [{} for _ in range(longest)]  # [n - 1]: n-gram → start of what followed it
         for token in ids:
             self.add(token)
@@ -193,7 +198,7 @@ class NgramLookup:
         ids = self.ids
         if count <= 0:
             return []
-        for n in range(min(len(self.index), len(ids) - 1), 0, -1):
+        for n in range(min(len(self.index), len(ids) - 1), self.shortest - 1, -1):
             start = self.index[n - 1].get(tuple(ids[-n:]))
             if start is not None:
                 return ids[start:start + count]
