@@ -59,13 +59,16 @@ class Edgelm:
         ids, _ = self.conversation.prompt_ids(user)
         backend = self.artifact.backend
         self.prompt_tokens, before = len(ids), getattr(backend, "evaluated", 0)
+        rejected_before = getattr(backend, "drafted", 0) - getattr(backend, "accepted", 0)
         reply = []
         pieces = (reply.append(p.text) for p in generate_from_ids(self.artifact.backend, self.artifact.tokenizer, ids,
                                                                   self.new_tokens, SamplingOptions()))
         result = timed(pieces)
         # prompt tokens run through the model (not the decode steps: one after each token but the last, or
-        # after the last where eos ended the reply); all of them where the backend keeps no count (before reuse)
+        # after the last where eos ended the reply, nor the drafts prompt lookup verified and rejected); all of
+        # them where the backend keeps no count (before reuse)
         decode_steps = result[2] - (result[2] == self.new_tokens)
+        decode_steps += getattr(backend, "drafted", 0) - getattr(backend, "accepted", 0) - rejected_before
         self.evaluated = backend.evaluated - before - decode_steps if hasattr(backend, "evaluated") else len(ids)
         self.conversation.add_reply("".join(reply).strip())
         return result

@@ -7,7 +7,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from .formats import Artifact, LoadOptions, open_artifact
-from .runtime.generate import Piece, generate as run
+from .numbers import LOOKUP_NGRAM
+from .runtime.generate import Piece
+from .runtime.generate import generate as run
 from .runtime.sampling import SamplingOptions
 
 
@@ -19,21 +21,27 @@ class Model:
         self.tokenizer = artifact.tokenizer
         self.options = options or LoadOptions()
 
-    def stream(self, prompt: str, max_new_tokens: int = 64, truncate: bool = False, **sampling) -> Iterator[Piece]:
+    def stream(self, prompt: str, max_new_tokens: int = 64, truncate: bool = False, draft: int | None = None,
+               lookup_ngram: int = LOOKUP_NGRAM, **sampling) -> Iterator[Piece]:
         """Pieces of text as they are produced (see SamplingOptions for temperature, top_k, top_p, seed);
-        `truncate` keeps the end of a prompt longer than the context."""
-        return run(self.artifact.backend, self.tokenizer, prompt, max_new_tokens, SamplingOptions(**sampling), truncate=truncate)
+        `truncate` keeps the end of a prompt longer than the context. `draft`: tokens prompt-lookup
+        decoding drafts from n-grams (up to `lookup_ngram` long) of the text so far and verifies in one
+        step (0: off; None: the backend's default, docs/benchmarks.md); greedy output is the same either way."""
+        return run(self.artifact.backend, self.tokenizer, prompt, max_new_tokens, SamplingOptions(**sampling), truncate=truncate,
+                   draft=draft, lookup_ngram=lookup_ngram)
 
-    def generate(self, prompt: str, max_new_tokens: int = 64, truncate: bool = False, **sampling) -> str:
-        return "".join(piece.text for piece in self.stream(prompt, max_new_tokens, truncate, **sampling))
+    def generate(self, prompt: str, max_new_tokens: int = 64, truncate: bool = False, draft: int | None = None,
+                 lookup_ngram: int = LOOKUP_NGRAM, **sampling) -> str:
+        return "".join(piece.text for piece in self.stream(prompt, max_new_tokens, truncate, draft, lookup_ngram, **sampling))
 
     def chat(self, messages: list[dict], max_new_tokens: int = 128, stream: bool = False, stop: tuple[str, ...] = (),
-             **sampling) -> str | Iterator[Piece]:
+             draft: int | None = None, lookup_ngram: int = LOOKUP_NGRAM, **sampling) -> str | Iterator[Piece]:
         """The assistant's reply to `messages` ([{"role": "system" | "user" | "assistant", "content": …}, …],
         ending with the user's turn), rendered with the model's chat template as `edgelm chat` renders it;
         the oldest exchanges are dropped when the conversation and `max_new_tokens` outgrow the context.
         `stream=True` gives the pieces as they come; `stop`: texts to stop before (repeatable in the CLI);
-        sampling as SamplingOptions (temperature, top_k, top_p, min_p, repetition_penalty, seed)."""
+        sampling as SamplingOptions (temperature, top_k, top_p, min_p, repetition_penalty, seed); `draft`,
+        `lookup_ngram`: prompt-lookup decoding, as in `stream`."""
         from .chat import Conversation
         from .runtime.generate import generate_from_ids
 
@@ -46,7 +54,8 @@ class Model:
         conversation = Conversation(self.tokenizer, self.artifact.backend.context_length, max_new_tokens, system)
         conversation.turns = messages[1 if system is not None else 0:-1]
         ids, _ = conversation.prompt_ids(messages[-1]["content"])
-        pieces = generate_from_ids(self.artifact.backend, self.tokenizer, ids, max_new_tokens, SamplingOptions(**sampling), tuple(stop))
+        pieces = generate_from_ids(self.artifact.backend, self.tokenizer, ids, max_new_tokens, SamplingOptions(**sampling), tuple(stop),
+                                   draft, lookup_ngram)
         return pieces if stream else "".join(piece.text for piece in pieces)
 
     def perplexity(self, text: str, ctx: int = 256, stride: int | None = None) -> float:

@@ -16,7 +16,7 @@ from . import __version__
 from .console import LazyConsole, Progress
 from .errors import UserError
 from .exporters import EXPORTERS
-from .numbers import NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, not_finite
+from .numbers import LOOKUP_NGRAM, NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, not_finite
 
 app = typer.Typer(
     help="Export small causal language models to GGUF and ONNX for phones and laptop CPUs.",
@@ -173,6 +173,8 @@ MinPOption = Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["min_p"
 StopOption = Annotated[Optional[list[str]], typer.Option(help="Stop before this text (repeatable).")]
 ThreadsOption = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads (default: the physical cores, as llama.cpp and onnxruntime choose).")]
 ProviderOption = Annotated[str, typer.Option("--provider", help="onnxruntime execution provider: cpu, xnnpack, coreml, nnapi, qnn, webgpu, cuda, …")]
+DraftOption = Annotated[Optional[int], typer.Option("--draft", min=0, help="Prompt-lookup decoding: tokens drafted from the text so far and verified in one step (0: off; default: on only for the engines where it measured faster, docs/benchmarks.md). Greedy output is the same either way.")]
+LookupNgramOption = Annotated[int, typer.Option("--lookup-ngram", min=1, help="Prompt-lookup decoding: the longest n-gram of the last tokens looked up in the text so far.")]
 GpuLayersOption = Annotated[int, typer.Option("--gpu-layers", min=0, help="Layers to offload to a GPU (llama.cpp builds with one); edgelm's ggml executor puts all on the GPU for any value > 0.")]
 
 
@@ -262,6 +264,8 @@ def generate(
     threads: ThreadsOption = None,
     gpu_layers: GpuLayersOption = 0,
     provider: ProviderOption = "cpu",
+    draft: DraftOption = None,
+    lookup_ngram: LookupNgramOption = LOOKUP_NGRAM,
     as_json: JsonOption = False,
 ) -> None:
     """Continue a prompt, streaming tokens as they come."""
@@ -275,7 +279,7 @@ def generate(
                                                  provider=provider, allow_pickle=allow_pickle, context_length=ctx_size))
     options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                               repetition_penalty=repetition_penalty, seed=seed)
-    pieces = run(artifact.backend, artifact.tokenizer, prompt, max_new_tokens, options, tuple(stop or ()), truncate)
+    pieces = run(artifact.backend, artifact.tokenizer, prompt, max_new_tokens, options, tuple(stop or ()), truncate, draft, lookup_ngram)
     if as_json:
         collected = list(pieces)
         text = "".join(p.text for p in collected)
@@ -423,6 +427,8 @@ def chat(
     gpu_layers: GpuLayersOption = 0,
     provider: ProviderOption = "cpu",
     verbose_prompt: Annotated[bool, typer.Option("--verbose-prompt", help="Print each turn's prompt tokens (id -> text), as llama.cpp's --verbose-prompt does.")] = False,
+    draft: DraftOption = None,
+    lookup_ngram: LookupNgramOption = LOOKUP_NGRAM,
 ) -> None:
     """Streaming chat with a KV cache. /reset clears the history, /exit (or Ctrl-D) leaves; Ctrl-C stops a reply."""
     import time
@@ -459,13 +465,15 @@ def chat(
         if not user.strip():
             continue
         start, count, reply = time.time(), 0, ""
+        drafted, accepted = artifact.backend.drafted, artifact.backend.accepted
         try:
             ids, dropped = conversation.prompt_ids(user)
             if dropped:
                 out.print(f"[dim]dropped the {dropped} oldest exchange(s) to fit the {artifact.backend.context_length}-token context[/dim]")
             if verbose_prompt:
                 info.print(f"prompt: {len(ids)} tokens\n" + "\n".join(f"{i:6d} -> {artifact.tokenizer.decode([i])!r}" for i in ids), markup=False)
-            for piece in generate_from_ids(artifact.backend, artifact.tokenizer, ids, max_new_tokens, options, tuple(stop or ())):
+            for piece in generate_from_ids(artifact.backend, artifact.tokenizer, ids, max_new_tokens, options, tuple(stop or ()),
+                                           draft, lookup_ngram):
                 out.print(piece.text, end="", markup=False)
                 reply += piece.text
                 count += piece.token is not None
@@ -473,7 +481,9 @@ def chat(
             out.print(" [dim](stopped)[/dim]", end="")
         conversation.add_reply(reply.strip())
         rate = count / max(time.time() - start, 1e-9)
-        out.print(f"\n[dim]{count} tokens, {rate:.1f} tok/s[/dim]")
+        drafted, accepted = artifact.backend.drafted - drafted, artifact.backend.accepted - accepted
+        lookup = f", {accepted}/{drafted} drafted tokens taken" if drafted else ""  # as llama.cpp's lookup reports n_drafted, n_accept
+        out.print(f"\n[dim]{count} tokens, {rate:.1f} tok/s{lookup}[/dim]")
 
 
 @app.command()

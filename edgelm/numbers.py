@@ -46,6 +46,7 @@ FRACTION = NumberRange(0.0, 1.0)
 # each sampling option's range: SamplingOptions checks with it, and the command line's options are typed by it
 SAMPLING_RANGES = {"temperature": NON_NEGATIVE, "top_p": FRACTION, "min_p": FRACTION, "repetition_penalty": POSITIVE}
 SEED_MAX = 2**32 - 1  # llama.cpp's seeds are uint32; one range for every engine
+LOOKUP_NGRAM = 3  # the longest n-gram prompt-lookup decoding matches (llama.cpp's lookup: 4; LlamaPromptLookupDecoding: 2)
 
 
 class NotFinite(Exception):

@@ -118,7 +118,7 @@ def test_each_turn_evaluates_only_its_new_tokens(artifact_path, kind):
         ids, dropped = conversation.prompt_ids(user)
         assert not dropped
         shared, before = shared_prefix(backend.cached_ids, ids), backend.evaluated
-        pieces = list(generate_from_ids(backend, tokenizer, ids, REPLY, SamplingOptions()))
+        pieces = list(generate_from_ids(backend, tokenizer, ids, REPLY, SamplingOptions(), draft=0))  # one token a step
         decode_steps = len(pieces) - (len(pieces) == REPLY)  # no step after the last token, nor for eos
         assert backend.evaluated - before == len(ids) - shared + decode_steps
         assert backend.cached_ids[: len(ids)] == ids

@@ -20,10 +20,12 @@ from ..errors import UserError
 class Backend(ABC):
     context_length: int
     all_logits: bool = True  # forward() gives every position's logits; llama.cpp opened for generation gives the last only
+    lookup_draft: int = 0  # tokens prompt-lookup decoding drafts by default (generate.py); 0: off, where it did not measure faster
 
     def __init__(self) -> None:
         self.cached_ids: list[int] = []  # the token at each cache position, in order
         self.evaluated = 0  # tokens run through the model since this backend opened
+        self.drafted = self.accepted = 0  # prompt-lookup tokens verified, and taken, since this backend opened
 
     @abstractmethod
     def _evaluate(self, ids: list[int], last_only: bool) -> np.ndarray:

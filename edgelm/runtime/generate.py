@@ -1,5 +1,6 @@
 """Streaming generation over any backend: prefill the prompt, then sample and decode token by token,
-yielding text as it becomes valid UTF-8."""
+yielding text as it becomes valid UTF-8; with prompt-lookup decoding, several tokens a step where the
+conversation already holds what comes next."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..errors import UserError
+from ..numbers import LOOKUP_NGRAM
+
+# the shortest n-gram a draft comes from (a shorter `lookup_ngram` is taken as asked): a single token that
+# occurred before predicts its next one too rarely, and each wrong draft costs a wider forward
+LOOKUP_NGRAM_MIN = 2
 from ..tokenizer import Tokenizer
 from .backend import Backend
 from .sampling import Sampler, SamplingOptions
@@ -26,15 +32,18 @@ def generate(
     options: SamplingOptions = SamplingOptions(),
     stop: tuple[str, ...] = (),
     truncate: bool = False,
+    draft: int | None = None,
+    lookup_ngram: int = LOOKUP_NGRAM,
 ) -> Iterator[Piece]:
     """`truncate`: a prompt the context cannot hold keeps its last tokens, leaving room for
-    `max_new_tokens` (at most half the context), as llama.cpp's examples keep the end of a long prompt."""
+    `max_new_tokens` (at most half the context), as llama.cpp's examples keep the end of a long prompt.
+    `draft`, `lookup_ngram`: prompt-lookup decoding (see `generate_from_ids`)."""
     ids = tokenizer.encode(prompt)
     if not ids:
         raise UserError("the prompt is empty after tokenization", None, "give a non-empty --prompt")
     if truncate and len(ids) >= backend.context_length:
         ids = ids[-(backend.context_length - min(max_new_tokens, backend.context_length // 2)):]
-    return generate_from_ids(backend, tokenizer, ids, max_new_tokens, options, stop)
+    return generate_from_ids(backend, tokenizer, ids, max_new_tokens, options, stop, draft, lookup_ngram)
 
 
 def generate_from_ids(
@@ -44,15 +53,27 @@ def generate_from_ids(
     max_new_tokens: int = 64,
     options: SamplingOptions = SamplingOptions(),
     stop: tuple[str, ...] = (),
+    draft: int | None = None,
+    lookup_ngram: int = LOOKUP_NGRAM,
 ) -> Iterator[Piece]:
     """Prefill `ids` (evaluating only what the backend's cache does not already hold), then sample until
-    eos, a stop string or `max_new_tokens`."""
+    eos, a stop string or `max_new_tokens`.
+
+    Prompt-lookup decoding: at each step up to `draft` tokens are drafted from the conversation itself
+    (the longest n-gram of its last tokens, up to `lookup_ngram`, found earlier: what followed it there)
+    and verified in one forward; `draft` 0 turns it off, None takes the backend's default (on only where
+    it measured faster, docs/benchmarks.md). Greedy output is plain decoding's; sampled output follows
+    the same distribution (speculative sampling's acceptance rule), not the same draws of a seed."""
+    draft = backend.lookup_draft if draft is None else draft
+    if type(draft) is not int or draft < 0 or type(lookup_ngram) is not int or lookup_ngram < 1:
+        raise ValueError(f"draft must be a whole number from 0 and lookup_ngram one from 1, not {draft!r} and {lookup_ngram!r}")
     if len(ids) >= backend.context_length:
         raise UserError(
             f"the prompt is {len(ids)} tokens, the context holds {backend.context_length}", None,
             "shorten the prompt, or pass --truncate to keep its last tokens",
         )
-    return _stream(backend, tokenizer, ids, min(max_new_tokens, backend.context_length - len(ids)), options, stop)
+    limit = min(max_new_tokens, backend.context_length - len(ids))
+    return _stream(tokenizer, ids, _tokens(backend, Sampler(options), ids, limit, draft, lookup_ngram), stop)
 
 
 class TextStream:
@@ -83,19 +104,13 @@ class TextStream:
         return new
 
 
-def _stream(backend, tokenizer, ids, max_new_tokens, options, stop) -> Iterator[Piece]:
-    """The backend's cache keeps what it shares with `ids` (an earlier turn of the same chat): only the
-    rest is evaluated."""
-    sampler = Sampler(options)
-    logits = backend.prefill(ids)
-    seen = list(ids)  # the prompt and the tokens produced so far
+def _stream(tokenizer, ids, tokens, stop) -> Iterator[Piece]:
+    """The text of `tokens` as it becomes valid, until eos or a stop string."""
     text = TextStream(tokenizer, ids)
     pending = ""  # decoded but not yet shown: an end that could begin a stop string
-    for produced in range(1, max_new_tokens + 1):
-        token = sampler(logits, seen)
+    for token in tokens:
         if token == tokenizer.eos_id:
             break
-        seen.append(token)
         pending += text.add(token)
         # a stop string may span tokens: it can only begin in what is held back or in the new text
         hit = min((i for i in (pending.find(s) for s in stop) if i >= 0), default=-1)
@@ -105,10 +120,89 @@ def _stream(backend, tokenizer, ids, max_new_tokens, options, stop) -> Iterator[
         end = len(pending) - _stop_prefix(pending, stop)
         yield Piece(token, pending[:end])
         pending = pending[end:]
-        if produced < max_new_tokens:
-            logits = backend.decode(token)
     if pending:  # held back, and no stop string came
         yield Piece(None, pending)
+
+
+def _tokens(backend: Backend, sampler: Sampler, ids: list[int], limit: int, draft: int, ngram: int) -> Iterator[int]:
+    """Up to `limit` tokens after `ids` (eos among them; the caller stops there). The backend's cache keeps
+    what it shares with `ids` (an earlier turn of the same chat): only the rest is evaluated.
+
+    Each token is evaluated with the tokens drafted after it in one forward: row i of its logits is
+    what decoding would have computed after the token and the first i drafts, so the drafts are taken
+    while each is the token the sampler chooses (verifies) there, and the row after the last one taken
+    gives the next token as a plain step would. The cache is then cut back to the tokens taken, before
+    any of them is yielded: a consumer that stops early leaves a cache that holds exactly its ids."""
+    seen = list(ids)  # the prompt and the tokens produced so far
+    lookup = NgramLookup(seen, ngram, LOOKUP_NGRAM_MIN) if draft else None
+    token = sampler(backend.prefill(ids), seen)
+    left = limit  # tokens still to produce, `token` among them
+    size = draft  # drafts a step: down one after a rejection, up two after a draft taken whole (transformers' assisted generation)
+    while True:
+        seen.append(token)
+        if lookup is not None:
+            lookup.add(token)
+        yield token
+        left -= 1
+        if not left:
+            return
+        # drafts and the token after them fit in what is left (and so in the context: limit saw to that)
+        guesses = lookup.draft(min(size, left - 1)) if lookup is not None else []
+        if not guesses:
+            token = sampler(backend.decode(token), seen)
+            continue
+        start, before = backend.position, len(seen)
+        rows = backend.forward([token, *guesses])
+        for row, guess in zip(rows, guesses):
+            token = sampler.verify(row, seen, guess)
+            if token != guess:
+                break
+            seen.append(token)
+        else:
+            token = sampler(rows[-1], seen)
+        taken = seen[before:]
+        size = min(size + 2, draft) if len(taken) == len(guesses) else max(size - 1, 1)
+        backend.drafted += len(guesses)
+        backend.accepted += len(taken)
+        backend.rewind(start + 1 + len(taken))
+        left -= len(taken)  # each taken draft counts as a step of its own would
+        for accepted in taken:
+            lookup.add(accepted)
+            yield accepted
+
+
+class NgramLookup:
+    """Drafts from the token sequence itself, as llama-cpp-python's LlamaPromptLookupDecoding and
+    llama.cpp's lookup example do: the longest n-gram (`longest` tokens down to `shortest`) that ends the
+    sequence and occurred before, and the tokens that followed its latest occurrence. An index from each
+    n-gram to where its latest continuation starts, updated per token, keeps a step's cost independent
+    of the length of the chat (LlamaPromptLookupDecoding scans the whole sequence each step)."""
+
+    def __init__(self, ids: list[int], longest: int, shortest: int = 1):
+        self.ids: list[int] = []
+        self.shortest = min(shortest, longest)
+        self.index: list[dict[tuple[int, ...], int]] = [{} for _ in range(longest)]  # [n - 1]: n-gram → start of what followed it
+        for token in ids:
+            self.add(token)
+
+    def add(self, token: int) -> None:
+        ids = self.ids
+        ids.append(token)
+        end = len(ids) - 1  # `token` continues the n-grams that end just before it
+        for n, index in enumerate(self.index, 1):
+            if end >= n:
+                index[tuple(ids[end - n:end])] = end
+
+    def draft(self, count: int) -> list[int]:
+        """Up to `count` tokens; [] where no n-gram ending the sequence occurred before."""
+        ids = self.ids
+        if count <= 0:
+            return []
+        for n in range(min(len(self.index), len(ids) - 1), self.shortest - 1, -1):
+            start = self.index[n - 1].get(tuple(ids[-n:]))
+            if start is not None:
+                return ids[start:start + count]
+        return []
 
 
 def _stop_prefix(text: str, stop: tuple[str, ...]) -> int:

@@ -25,6 +25,7 @@ from .gguf_file import GGUFFile
 TENSOR_ALIGNMENT = 32  # ggml's CPU buffers need tensor data on 32-byte boundaries
 MAX_NODES = 8192
 KV_PAD = 256  # attention reads the cache in multiples of this many positions, so one decode graph serves 256 steps
+STEP_TOKENS = 17  # a forward of at most this many tokens with every row's logits is a decode step (prompt lookup's verify: a token and its drafts), its graph kept
 # what ggml's CPU mul_mat and get_rows take as weights (an integer type would abort the process); vectors stay F32
 MATRIX_TYPES = {getattr(ggml, f"GGML_TYPE_{name}") for name in
                 ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")}
@@ -171,6 +172,7 @@ class GGMLBackend(Backend):
         self._load_weights(on_cpu=not gpu)
         self._make_cache(ggml.GGML_TYPE_F32 if f32_kv_cache else ggml.GGML_TYPE_F16)
         self.decode_graphs: dict[int, _Graph] = {}
+        self.step_graphs: dict[tuple[int, int], _Graph] = {}  # (tokens, n_kv) → a verify step's graph, for the latest n_kv only
 
     def _check_tensors(self) -> None:
         """Every expected tensor present with its shape, nothing else, data aligned for ggml's kernels:
@@ -228,8 +230,14 @@ class GGMLBackend(Backend):
         def build(ctx, graph, inputs, n, kv):
             return self.arch.build(ctx, graph, self.weights, self.cache, inputs, n, kv, last_only)
 
-        if n_tokens > 1:
+        if n_tokens > 1 and (last_only or n_tokens > STEP_TOKENS):  # a prompt's: used once
             return _Graph(self.backend, build, n_tokens, n_kv)
+        if n_tokens > 1:  # built once per size while the cache's length stays within the same 256 positions
+            if any(kv != n_kv for _, kv in self.step_graphs):
+                self._free_step_graphs()
+            if (n_tokens, n_kv) not in self.step_graphs:
+                self.step_graphs[n_tokens, n_kv] = _Graph(self.backend, build, n_tokens, n_kv)
+            return self.step_graphs[n_tokens, n_kv]
         if n_kv not in self.decode_graphs:  # (a single token's logits are its last row either way)  # one per 256 positions of context, built once
             self.decode_graphs[n_kv] = _Graph(self.backend, build, n_tokens, n_kv)
         return self.decode_graphs[n_kv]
@@ -256,14 +264,20 @@ class GGMLBackend(Backend):
             logits = np.empty((1 if last_only else n, self.arch.vocab_size), dtype=np.float32)
             ggml.ggml_backend_tensor_get(graph.logits, logits.ctypes.data, 0, logits.nbytes)
         finally:
-            if n > 1:  # a prefill's graph is used once: its compute buffer goes with it
-                graph.free()
+            if graph is not self.decode_graphs.get(n_kv) and graph is not self.step_graphs.get((n, n_kv)):
+                graph.free()  # a prefill's graph is used once: its compute buffer goes with it
         return logits
+
+    def _free_step_graphs(self) -> None:
+        for graph in self.step_graphs.values():
+            graph.free()
+        self.step_graphs.clear()
 
     def close(self) -> None:
         for graph in self.decode_graphs.values():
             graph.free()
         self.decode_graphs.clear()
+        self._free_step_graphs()
         for free, handle in ((ggml.ggml_backend_buffer_free, "cache_buffer"),
                              (ggml.ggml_free, "cache_ctx"), (ggml.ggml_backend_buffer_free, "weight_buffer"),
                              (ggml.ggml_free, "weight_ctx"), (ggml.ggml_backend_free, "backend")):

@@ -42,6 +42,9 @@ class LlamaCppBackend(Backend):
         )
         self.all_logits = all_logits
         self.context_length = context_length
+        # rows for several positions without logits_all (prompt lookup's verify step): a batch of our own that
+        # asks llama_decode for each token's logits, as llama.cpp's speculative examples set batch.logits[i]
+        self.batch = llama_cpp.llama_batch_init(self.llm.n_batch, 0, 1)
 
     def _truncate(self, length: int) -> int:
         import llama_cpp
@@ -57,7 +60,7 @@ class LlamaCppBackend(Backend):
         import llama_cpp
 
         if not self.all_logits and not last_only and len(ids) > 1:
-            raise RuntimeError("LlamaCppBackend keeps only the last logits: open it with all_logits=True")
+            return np.concatenate([self._rows(ids[i:i + self.llm.n_batch]) for i in range(0, len(ids), self.llm.n_batch)])
         start = self.llm.n_tokens
         self.llm.eval(ids)
         if self.all_logits:
@@ -66,7 +69,31 @@ class LlamaCppBackend(Backend):
         row = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
         return np.ctypeslib.as_array(row, shape=(1, self.llm.n_vocab())).astype(np.float32)
 
+    def _rows(self, ids: list[int]) -> np.ndarray:
+        """Every row's logits for at most n_batch tokens appended in one llama_decode, where the `Llama`
+        (opened without logits_all) would compute only the last; its token count follows, as its eval's does."""
+        import llama_cpp
+
+        start, n, batch = self.llm.n_tokens, len(ids), self.batch
+        for i, token in enumerate(ids):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, start + i, 1, True
+            batch.seq_id[i][0] = 0
+        batch.n_tokens = n
+        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.llm.ctx), -1, start, -1)  # as Llama.eval: nothing stale past it
+        status = llama_cpp.llama_decode(self.llm.ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode returned {status}")
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.llm.ctx), shape=(n, self.llm.n_vocab())).astype(np.float32)
+        self.llm.input_ids[start:start + n] = ids
+        self.llm.n_tokens += n
+        return logits
+
     def close(self) -> None:
+        import llama_cpp
+
+        if self.batch is not None:
+            llama_cpp.llama_batch_free(self.batch)
+            self.batch = None
         self.llm.close()
 
 

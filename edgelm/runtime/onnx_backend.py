@@ -53,6 +53,7 @@ def session_for(model: Path, threads: int | None, provider: str):
 
 
 class OnnxBackend(Backend):
+    lookup_draft = 4  # prompt lookup measured faster (docs/benchmarks.md): a run of 5 tokens costs little more than 1
     def __init__(self, model: Path, genai: dict, manifest: dict, threads: int | None = None, provider: str = "cpu"):
         import onnxruntime as ort
 

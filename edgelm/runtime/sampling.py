@@ -33,8 +33,32 @@ class Sampler:
         self.rng = np.random.default_rng(options.seed)
 
     def __call__(self, logits: np.ndarray, seen: list[int] | tuple[int, ...] = ()) -> int:
-        """NotFinite when a logit is NaN or infinite: argmax of a NaN row is token 0 (an empty reply that
-        looked like success), and sampling one raised numpy's 'probabilities contain NaN'."""
+        probs = self.distribution(logits, seen)
+        if isinstance(probs, int):
+            return probs
+        return int(self.rng.choice(probs.size, p=probs))
+
+    def verify(self, logits: np.ndarray, seen: list[int] | tuple[int, ...], guess: int) -> int:
+        """The token to take where a draft proposed `guess`: `guess` itself when it is accepted, otherwise
+        another. Greedy: the argmax, so the output is plain greedy decoding's. Sampling: speculative
+        sampling's rule (Leviathan et al. 2023; Chen et al. 2023) for a draft that proposes one token with
+        certainty: accept it with probability p(guess), else draw from p without it, renormalized; the
+        token taken is distributed as p exactly, as if sampled directly."""
+        probs = self.distribution(logits, seen)
+        if isinstance(probs, int):
+            return probs
+        if not 0 <= guess < probs.size:  # a prompt id past the model's vocabulary: never drawn
+            return int(self.rng.choice(probs.size, p=probs))
+        if self.rng.random() < probs[guess]:
+            return guess
+        rest = probs.copy()
+        rest[guess] = 0.0
+        return int(self.rng.choice(rest.size, p=rest / rest.sum()))
+
+    def distribution(self, logits: np.ndarray, seen: list[int] | tuple[int, ...] = ()) -> np.ndarray | int:
+        """The probabilities the next token is drawn from (float64 [vocab]), or the token itself where
+        decoding is greedy. NotFinite when a logit is NaN or infinite: argmax of a NaN row is token 0 (an
+        empty reply that looked like success), and sampling one raised numpy's 'probabilities contain NaN'."""
         low, high = logits.min(), logits.max()  # NaN propagates to both; no mask allocated
         if not (np.isfinite(low) and np.isfinite(high)):
             raise NotFinite("the model gave NaN or infinite logits (damaged weights, or values past what its runtime's "
@@ -66,4 +90,4 @@ class Sampler:
             mask[order[keep]] = True
             probs = np.where(mask, probs, 0.0)
             probs /= probs.sum()
-        return int(self.rng.choice(probs.size, p=probs))
+        return probs

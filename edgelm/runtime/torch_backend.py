@@ -10,6 +10,7 @@ from .backend import Backend
 
 
 class TorchBackend(Backend):
+    lookup_draft = 4  # prompt lookup measured faster (docs/benchmarks.md): a forward of 5 tokens costs little more than 1
     def __init__(self, model: CausalLM):
         super().__init__()
         self.model = model
