@@ -69,6 +69,7 @@ def test_a_loaded_prompt_cache_gives_the_logits_of_a_full_prefill(artifact_path,
     writer.close()
 
     reader, fresh = open_backend(path), open_backend(path)
+    conversation = Conversation(reader.tokenizer, CONTEXT, REPLY, system=SYSTEM)  # the writer's tokenizer closed with it
     assert PromptCache(file, path, reader.backend).load(preamble).startswith(f"prompt cache: loaded {len(preamble)} tokens")
     assert reader.backend.cached_ids == preamble and reader.backend.evaluated == 0
     worst, drops, evaluated = chat_turns(reader.backend, reader.tokenizer, conversation, fresh.backend)
@@ -120,7 +121,7 @@ def test_the_file_it_wrote_loads(gguf_pair):
     ("declared sizes past its bytes", "damaged"),
     ("another model", "made for another model"),
     ("another system prompt", "another system prompt"),
-    ("arrays of another shape", "cache arrays"),
+    ("arrays of another shape", "not a llama.cpp sequence state"),
 ])
 def test_a_cache_that_does_not_fit_is_ignored_with_a_note(gguf_pair, tmp_path, damage, why):
     nope, rope, cache = gguf_pair
@@ -151,6 +152,34 @@ def test_a_cache_that_does_not_fit_is_ignored_with_a_note(gguf_pair, tmp_path, d
     note, position = load_note(model, copy_to(tmp_path, cache, data), system)
     assert why in note and "ignored" in note and "\n" not in note
     assert position == 0  # nothing was loaded
+
+
+@pytest.mark.parametrize("forgery", ["shape", "dtype", "missing", "extra", "ids"])
+def test_arrays_unlike_the_backends_cache_are_ignored(tmp_path, forgery):
+    """The array backends (torch here; ONNX and the ggml executor share the check, runtime/backend.py
+    `load_state`): each array is held to kv_layout before it is used."""
+    from safetensors.numpy import load, save_file
+
+    model = MODELS / "tiny-nope"
+    with open_backend(model) as artifact:
+        preamble = Conversation(artifact.tokenizer, CONTEXT, REPLY, system=SYSTEM).preamble_ids()
+        artifact.backend.prefill(preamble)
+        cache = PromptCache(tmp_path / "cache", model, artifact.backend)
+        cache.save()
+        arrays, identity = load((tmp_path / "cache").read_bytes()), cache._identity()
+    if forgery == "shape":
+        arrays["kv.3"] = arrays["kv.3"][:, :1]
+    elif forgery == "dtype":
+        arrays["kv.0"] = arrays["kv.0"].astype(np.float16)
+    elif forgery == "missing":
+        del arrays["kv.7"]
+    elif forgery == "extra":
+        arrays["kv.99"] = arrays["kv.0"]
+    else:
+        arrays["ids"] = arrays["ids"].astype(np.int32)
+    save_file(arrays, str(tmp_path / "cache"), metadata=identity)
+    note, position = load_note(model, tmp_path / "cache")
+    assert "ignored" in note and position == 0
 
 
 def forged_llama_state(cache: Path, mutate) -> bytes:
