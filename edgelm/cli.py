@@ -450,7 +450,7 @@ def chat(
     provider: ProviderOption = "cpu",
     verbose_prompt: Annotated[bool, typer.Option("--verbose-prompt", help="Print each turn's prompt tokens (id -> text), as llama.cpp's --verbose-prompt does.")] = False,
     prompt_cache: Annotated[Optional[Path], typer.Option("--prompt-cache", help="A file keeping the KV cache after the system prompt, as llama.cpp's --prompt-cache: loaded at start where it was made for this model and system prompt, else written, so the first turn evaluates only its own tokens.")] = None,
-    context_shift: Annotated[Optional[bool], typer.Option("--context-shift/--no-context-shift", help="When the context is full, drop the oldest exchanges from the KV cache and keep the rest without evaluating it again (llama.cpp's context shift); only for models without position encoding (NoPE). Not exact: the kept tokens were computed with the dropped text before them. Default: on for NoPE.")] = None,
+    context_shift: Annotated[bool, typer.Option("--context-shift", help="When the context is full, drop the oldest exchanges from the KV cache and keep the rest without evaluating it again (llama.cpp's context shift); only for models without position encoding (NoPE). Not exact: the kept tokens were computed with the dropped text in view (docs/formats.md).")] = False,
 ) -> None:
     """Streaming chat with a KV cache. /reset clears the history, /exit (or Ctrl-D) leaves; Ctrl-C stops a reply."""
     import time
@@ -473,17 +473,11 @@ def chat(
     if context_shift and not backend.position_free:
         info.print("note: --context-shift needs a model without position encoding (NoPE) on the torch, ONNX or ggml executor "
                    "backend; a full context is evaluated again", markup=False)
-    backend.context_shift = context_shift is not False and backend.position_free
+    backend.context_shift = context_shift and backend.position_free
     if prompt_cache:
-        from .runtime.prompt_cache import PromptCache
+        from .runtime.prompt_cache import start_from
 
-        cache = PromptCache(prompt_cache, artifact.path, backend)
-        preamble, before = conversation.preamble_ids(), backend.evaluated
-        note = cache.load(preamble)
-        if backend.cached_ids != preamble:
-            backend.prefill(preamble)
-            note = ((note + "; ") if note else "") + cache.save()
-        out.print(f"{note} ({backend.evaluated - before} evaluated)", style="dim", markup=False, highlight=False)
+        out.print(start_from(prompt_cache, artifact.path, backend, conversation.preamble_ids()), style="dim", markup=False, highlight=False)
     while True:
         try:
             user = input("> ")

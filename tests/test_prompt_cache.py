@@ -355,6 +355,19 @@ def test_a_rope_model_never_shifts():
     assert drops >= 1 and worst <= 1e-4
 
 
+def test_the_python_api_takes_the_prompt_cache(tmp_path):
+    import edgelm
+
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": USER[0]}]
+    evaluated, replies = [], []
+    for _ in range(2):  # two starts: the first writes the file, the second loads it
+        model = edgelm.load(MODELS / "tiny-nope", context_length=CONTEXT)
+        replies.append(model.chat(messages, max_new_tokens=4, temperature=0, prompt_cache=tmp_path / "api.cache"))
+        evaluated.append(model.artifact.backend.evaluated)
+        model.artifact.close()
+    assert replies[0] == replies[1] and evaluated[1] < evaluated[0] - 20
+
+
 # --- a person's run ---
 
 def test_a_second_start_with_the_prompt_cache_evaluates_fewer_tokens(gguf_pair, tmp_path):

@@ -156,3 +156,19 @@ class PromptCache:
         finally:
             temporary.unlink(missing_ok=True)
         return f"prompt cache: wrote {self.backend.position} tokens to {self.path}"
+
+
+def start_from(path: Path, model: Path, backend: Backend, preamble: list[int]) -> str:
+    """The backend's cache holding `preamble` at the start of a chat: already (the same chat), loaded from
+    the file at `path`, or evaluated and written there. Returns what happened, as one line."""
+    before = backend.evaluated
+    if not preamble:
+        return "prompt cache: nothing precedes the first user message in this chat template, so there is nothing to keep"
+    if backend.cached_ids[: len(preamble)] == preamble:
+        return f"prompt cache: {len(preamble)} tokens already in the KV cache"
+    cache = PromptCache(path, model, backend)
+    note = cache.load(preamble)
+    if backend.cached_ids != preamble:
+        backend.prefill(preamble)
+        note = (f"{note}; " if note else "") + cache.save()
+    return f"{note} ({backend.evaluated - before} evaluated)"
