@@ -82,13 +82,13 @@ def shift(args) -> None:
     shifting, exact, fresh = (open_artifact(args.artifact, options) for _ in range(3))
     if not shifting.backend.position_free:
         raise SystemExit(f"{args.artifact} has position encoding: its cache is never shifted")
-    shifting.backend.context_shift = True
     tokenizer = exact.tokenizer
     conversation = Conversation(tokenizer, args.context, args.new_tokens, "You are Miss Austen, and you answer in her manner.")
     timings, kl, agree, drops = {"shift": [], "re-evaluate": []}, [], [], 0
     for turn in range(args.turns):
         ids, dropped = conversation.prompt_ids(f"{words(3000 + 37 * turn, 30)}?")
         drops += dropped
+        shifting.backend.context_shift = bool(dropped)  # as chat sets it: past what this turn dropped only
         results = {}
         for name, artifact in (("shift", shifting), ("re-evaluate", exact)):
             start = time.perf_counter()

@@ -39,7 +39,7 @@ class Model:
         sampling as SamplingOptions (temperature, top_k, top_p, min_p, repetition_penalty, seed).
         `prompt_cache`: a file keeping the KV cache after the system prompt (`chat --prompt-cache`), loaded
         where the backend does not hold it yet, else written; `context_shift`: a NoPE model's cache is
-        shifted when old exchanges are dropped (`chat --context-shift`; not exactly a fresh prefill)."""
+        shifted past the old exchanges this call drops (`chat --context-shift`; not exactly a fresh prefill)."""
         from .chat import Conversation
         from .runtime.generate import generate_from_ids
 
@@ -52,12 +52,12 @@ class Model:
         conversation = Conversation(self.tokenizer, self.artifact.backend.context_length, max_new_tokens, system)
         conversation.turns = messages[1 if system is not None else 0:-1]
         backend = self.artifact.backend
-        backend.context_shift = context_shift and backend.position_free
         if prompt_cache is not None:
             from .runtime.prompt_cache import start_from
 
             log.info(start_from(Path(prompt_cache), self.artifact.path, backend, conversation.preamble_ids()))
-        ids, _ = conversation.prompt_ids(messages[-1]["content"])
+        ids, dropped = conversation.prompt_ids(messages[-1]["content"])
+        backend.context_shift = context_shift and bool(dropped)  # only past exchanges this call dropped
         pieces = generate_from_ids(self.artifact.backend, self.tokenizer, ids, max_new_tokens, SamplingOptions(**sampling), tuple(stop))
         return pieces if stream else "".join(piece.text for piece in pieces)
 

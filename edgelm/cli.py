@@ -473,7 +473,7 @@ def chat(
     if context_shift and not backend.position_free:
         info.print("note: --context-shift needs a model without position encoding (NoPE) on the torch, ONNX or ggml executor "
                    "backend; a full context is evaluated again", markup=False)
-    backend.context_shift = context_shift and backend.position_free
+    context_shift = context_shift and backend.position_free
     if prompt_cache:
         from .runtime.prompt_cache import start_from
 
@@ -500,6 +500,7 @@ def chat(
             ids, dropped = conversation.prompt_ids(user)
             if dropped:
                 out.print(f"[dim]dropped the {dropped} oldest exchange(s) to fit the {artifact.backend.context_length}-token context[/dim]")
+            backend.context_shift = context_shift and bool(dropped)  # only past what was dropped, never elsewhere
             if verbose_prompt:
                 info.print(f"prompt: {len(ids)} tokens\n" + "\n".join(f"{i:6d} -> {artifact.tokenizer.decode([i])!r}" for i in ids), markup=False)
             for piece in generate_from_ids(artifact.backend, artifact.tokenizer, ids, max_new_tokens, options, tuple(stop or ())):

@@ -37,9 +37,10 @@ class Backend(ABC):
     def __init__(self) -> None:
         self.cached_ids: list[int] = []  # the token at each cache position, in order
         self.evaluated = 0  # tokens run through the model since this backend opened
-        # prefill may drop a span of the cache and move what follows it down instead of evaluating it again;
-        # only where position_free, and not exact: the kept keys and values were computed with the dropped
-        # text before them (docs/formats.md, "Context shift")
+        # the next prefill may drop a span of the cache and move what follows it down instead of evaluating
+        # it again; only where position_free, and not exact: the kept keys and values were computed with the
+        # dropped text before them (docs/formats.md, "Context shift"). Chat sets it for a turn that dropped
+        # old exchanges only.
         self.context_shift = False
 
     @abstractmethod
