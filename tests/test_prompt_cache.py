@@ -344,6 +344,20 @@ def test_the_nope_shift_equals_attention_over_the_kept_positions(artifact_path, 
         artifact.close()
 
 
+@pytest.mark.parametrize("tail", [8, 20])
+def test_the_shift_keeps_what_follows_the_dropped_span_and_evaluates_the_rest(tail):
+    """A + B + C cached, A + C asked for: C moves down and only the last token is evaluated; a C too short
+    to anchor the shift (at most 8 tokens besides the last) is evaluated again as without the shift."""
+    backend = open_backend(MODELS / "tiny-nope").backend
+    a, b, c = list(range(10, 30)), list(range(100, 140)), list(range(300, 300 + tail))
+    backend.prefill(a + b + c)
+    backend.context_shift = True
+    before = backend.evaluated
+    backend.prefill(a + c)
+    assert backend.cached_ids == a + c
+    assert backend.evaluated - before == (1 if tail > 9 else tail)
+
+
 def test_a_rope_model_never_shifts():
     """Keys rotated by their position cannot move: with context_shift asked for, a RoPE model still gives
     the logits of a full prefill at every turn, across the drop."""

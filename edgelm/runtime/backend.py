@@ -159,7 +159,7 @@ class Backend(ABC):
         then holds. The span is the one after which the longest run of ids[shared:] follows (at least
         SHIFT_ANCHOR tokens), found from the positions where its first SHIFT_ANCHOR tokens occur."""
         cached, anchor = self.cached_ids, ids[shared: shared + self.SHIFT_ANCHOR]
-        if len(anchor) < self.SHIFT_ANCHOR or self.kv_layout() is None:
+        if len(ids) - 1 - shared < self.SHIFT_ANCHOR or self.kv_layout() is None:  # the last token is always evaluated
             return shared
         best, start = 0, None
         for p in range(shared + 1, len(cached) - self.SHIFT_ANCHOR + 1):
