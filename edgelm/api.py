@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,8 @@ from .numbers import LOOKUP_NGRAM
 from .runtime.generate import Piece
 from .runtime.generate import generate as run
 from .runtime.sampling import SamplingOptions
+
+log = logging.getLogger("edgelm")
 
 
 class Model:
@@ -35,13 +38,17 @@ class Model:
         return "".join(piece.text for piece in self.stream(prompt, max_new_tokens, truncate, draft, lookup_ngram, **sampling))
 
     def chat(self, messages: list[dict], max_new_tokens: int = 128, stream: bool = False, stop: tuple[str, ...] = (),
-             draft: int | None = None, lookup_ngram: int = LOOKUP_NGRAM, **sampling) -> str | Iterator[Piece]:
+             draft: int | None = None, lookup_ngram: int = LOOKUP_NGRAM, prompt_cache: str | Path | None = None,
+             context_shift: bool = False, **sampling) -> str | Iterator[Piece]:
         """The assistant's reply to `messages` ([{"role": "system" | "user" | "assistant", "content": …}, …],
         ending with the user's turn), rendered with the model's chat template as `edgelm chat` renders it;
         the oldest exchanges are dropped when the conversation and `max_new_tokens` outgrow the context.
         `stream=True` gives the pieces as they come; `stop`: texts to stop before (repeatable in the CLI);
         sampling as SamplingOptions (temperature, top_k, top_p, min_p, repetition_penalty, seed); `draft`,
-        `lookup_ngram`: prompt-lookup decoding, as in `stream`."""
+        `lookup_ngram`: prompt-lookup decoding, as in `stream`. `prompt_cache`: a file keeping the KV cache
+        after the system prompt (`chat --prompt-cache`), loaded where the backend does not hold it yet, else
+        written; `context_shift`: a NoPE model's cache is shifted past the old exchanges this call drops
+        (`chat --context-shift`; not exactly a fresh prefill)."""
         from .chat import Conversation
         from .runtime.generate import generate_from_ids
 
@@ -53,8 +60,14 @@ class Model:
         system = messages[0]["content"] if messages[0]["role"] == "system" else None
         conversation = Conversation(self.tokenizer, self.artifact.backend.context_length, max_new_tokens, system)
         conversation.turns = messages[1 if system is not None else 0:-1]
-        ids, _ = conversation.prompt_ids(messages[-1]["content"])
-        pieces = generate_from_ids(self.artifact.backend, self.tokenizer, ids, max_new_tokens, SamplingOptions(**sampling), tuple(stop),
+        backend = self.artifact.backend
+        if prompt_cache is not None:
+            from .runtime.prompt_cache import start_from
+
+            log.info(start_from(Path(prompt_cache), self.artifact.path, backend, conversation.preamble_ids()))
+        ids, dropped = conversation.prompt_ids(messages[-1]["content"])
+        backend.context_shift = context_shift and bool(dropped)  # only past exchanges this call dropped
+        pieces = generate_from_ids(backend, self.tokenizer, ids, max_new_tokens, SamplingOptions(**sampling), tuple(stop),
                                    draft, lookup_ngram)
         return pieces if stream else "".join(piece.text for piece in pieces)
 

@@ -199,6 +199,17 @@ class Conversation:
         except Exception as exc:  # the template's own raise_exception, undefined names, …
             raise UserError(f"the chat template failed to render ({exc})", None, "fix chat_template, or start without --system") from None
 
+    def preamble_ids(self) -> list[int]:
+        """The tokens every first turn begins with, whatever the user writes: the template's opening and the
+        system prompt (the common prefix of two renders with different user messages). What a prompt cache
+        (runtime/prompt_cache.py) holds."""
+        first, second = (self.tokenizer.encode(self.render([{"role": "user", "content": text}]), add_bos=False, special=True)
+                         for text in (PROBE_MESSAGE, "Quartz"))
+        shared = 0
+        while shared < min(len(first), len(second)) and first[shared] == second[shared]:
+            shared += 1
+        return first[:shared]
+
     def prompt_ids(self, user: str) -> tuple[list[int], int]:
         """Token ids for the history plus this user turn, and how many old turns were dropped to fit."""
         self.turns.append({"role": "user", "content": user})

@@ -429,6 +429,8 @@ def chat(
     verbose_prompt: Annotated[bool, typer.Option("--verbose-prompt", help="Print each turn's prompt tokens (id -> text), as llama.cpp's --verbose-prompt does.")] = False,
     draft: DraftOption = None,
     lookup_ngram: LookupNgramOption = LOOKUP_NGRAM,
+    prompt_cache: Annotated[Optional[Path], typer.Option("--prompt-cache", help="A file keeping the KV cache after the system prompt, as llama.cpp's --prompt-cache: loaded at start where it was made for this model and system prompt, else written, so the first turn evaluates only its own tokens.")] = None,
+    context_shift: Annotated[bool, typer.Option("--context-shift", help="When the context is full, drop the oldest exchanges from the KV cache and keep the rest without evaluating it again (llama.cpp's context shift); only for models without position encoding (NoPE). Not exact: the kept tokens were computed with the dropped text in view (docs/formats.md).")] = False,
 ) -> None:
     """Streaming chat with a KV cache. /reset clears the history, /exit (or Ctrl-D) leaves; Ctrl-C stops a reply."""
     import time
@@ -447,6 +449,15 @@ def chat(
                               repetition_penalty=repetition_penalty, seed=seed)
     template = "the model's chat template" if artifact.tokenizer.chat_template else "a plain User:/Assistant: template (the model has none)"
     out.print(f"[dim]{path} on {artifact.engine}, {template}; /reset, /exit[/dim]")
+    backend = artifact.backend
+    if context_shift and not backend.position_free:
+        info.print("note: --context-shift needs a model without position encoding (NoPE) on the torch, ONNX or ggml executor "
+                   "backend; a full context is evaluated again", markup=False)
+    context_shift = context_shift and backend.position_free
+    if prompt_cache:
+        from .runtime.prompt_cache import start_from
+
+        out.print(start_from(prompt_cache, artifact.path, backend, conversation.preamble_ids()), style="dim", markup=False, highlight=False)
     while True:
         try:
             user = _read_turn()
@@ -464,16 +475,19 @@ def chat(
             continue
         if not user.strip():
             continue
-        start, count, reply = time.time(), 0, ""
-        drafted, accepted = artifact.backend.drafted, artifact.backend.accepted
+        start, count, reply, before, evaluated = time.time(), 0, "", backend.evaluated, None
+        drafted, accepted = backend.drafted, backend.accepted
         try:
             ids, dropped = conversation.prompt_ids(user)
             if dropped:
                 out.print(f"[dim]dropped the {dropped} oldest exchange(s) to fit the {artifact.backend.context_length}-token context[/dim]")
+            backend.context_shift = context_shift and bool(dropped)  # only past what was dropped, never elsewhere
             if verbose_prompt:
                 info.print(f"prompt: {len(ids)} tokens\n" + "\n".join(f"{i:6d} -> {artifact.tokenizer.decode([i])!r}" for i in ids), markup=False)
             for piece in generate_from_ids(artifact.backend, artifact.tokenizer, ids, max_new_tokens, options, tuple(stop or ()),
                                            draft, lookup_ngram):
+                if evaluated is None:  # the prompt's evaluation is done once the first token is out
+                    evaluated = backend.evaluated - before
                 out.print(piece.text, end="", markup=False)
                 reply += piece.text
                 count += piece.token is not None
@@ -481,9 +495,10 @@ def chat(
             out.print(" [dim](stopped)[/dim]", end="")
         conversation.add_reply(reply.strip())
         rate = count / max(time.time() - start, 1e-9)
-        drafted, accepted = artifact.backend.drafted - drafted, artifact.backend.accepted - accepted
+        drafted, accepted = backend.drafted - drafted, backend.accepted - accepted
         lookup = f", {accepted}/{drafted} drafted tokens taken" if drafted else ""  # as llama.cpp's lookup reports n_drafted, n_accept
-        out.print(f"\n[dim]{count} tokens, {rate:.1f} tok/s{lookup}[/dim]")
+        prompt = f"; {evaluated} prompt tokens evaluated" if evaluated is not None else ""
+        out.print(f"\n[dim]{count} tokens, {rate:.1f} tok/s{lookup}{prompt}[/dim]")
 
 
 @app.command()

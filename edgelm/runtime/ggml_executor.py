@@ -226,6 +226,28 @@ class GGMLBackend(Backend):
     def _truncate(self, length: int) -> int:
         return length  # the mask hides cache rows past the position; the next tokens overwrite them
 
+    kv_axis = 0  # each layer's K and V: one row of kv_width values per position
+
+    @property
+    def position_free(self) -> bool:
+        return not getattr(self.arch, "rotary_dims", True)  # an arch without rotary has no position in its keys
+
+    def kv_layout(self):
+        dtype = np.float32 if self.cache[0][0].contents.type == ggml.GGML_TYPE_F32 else np.float16
+        return [((-1, self.arch.kv_width), np.dtype(dtype))] * (2 * len(self.cache))
+
+    def _kv_arrays(self):
+        arrays = []
+        for (_, dtype), tensor in zip(self.kv_layout(), (side for layer in self.cache for side in layer)):
+            array = np.empty((self.position, self.arch.kv_width), dtype)
+            ggml.ggml_backend_tensor_get(tensor, array.ctypes.data, 0, array.nbytes)
+            arrays.append(array)
+        return arrays
+
+    def _set_kv_arrays(self, arrays):
+        for array, tensor in zip(arrays, (side for layer in self.cache for side in layer)):
+            _set(tensor, array)  # rows past these stay as they were: the mask hides them
+
     def _graph(self, n_tokens: int, n_kv: int, last_only: bool) -> _Graph:
         def build(ctx, graph, inputs, n, kv):
             return self.arch.build(ctx, graph, self.weights, self.cache, inputs, n, kv, last_only)

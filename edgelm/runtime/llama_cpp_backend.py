@@ -4,13 +4,14 @@ The same object tokenizes, with the vocabulary inside the GGUF (`LlamaCppTokeniz
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from ..tokenizer import Tokenizer
-from .backend import Backend, default_threads
+from .backend import Backend, StateMismatch, default_threads
 
 GGML_TYPE_F32 = 0
 log = logging.getLogger("edgelm")
@@ -45,6 +46,7 @@ class LlamaCppBackend(Backend):
         # rows for several positions without logits_all (prompt lookup's verify step): a batch of our own that
         # asks llama_decode for each token's logits, as llama.cpp's speculative examples set batch.logits[i]
         self.batch = llama_cpp.llama_batch_init(self.llm.n_batch, 0, 1)
+        self.f32_kv_cache = f32_kv_cache
 
     def _truncate(self, length: int) -> int:
         import llama_cpp
@@ -95,6 +97,54 @@ class LlamaCppBackend(Backend):
             llama_cpp.llama_batch_free(self.batch)
             self.batch = None
         self.llm.close()
+
+    # The cache saved and loaded as llama.cpp's own sequence state (llama_state_seq_get_data/set_data,
+    # what llama-cli's --prompt-cache writes for a whole context). Not shifted: llama.cpp's K-shift
+    # (llama_memory_seq_add) re-rotates keys, and on the no-rotary granite arch edgelm writes for NoPE
+    # llama-cpp-python 0.3.36 aborts in it (GGML_ASSERT(buffer)), so a full context is evaluated again.
+
+    def state_signature(self) -> str:
+        import llama_cpp
+
+        return f"llama.cpp sequence state, llama-cpp-python {llama_cpp.__version__}, {'f32' if self.f32_kv_cache else 'f16'} cache"
+
+    def state_bytes_per_position(self) -> int:
+        import llama_cpp
+
+        model = self.llm.model
+        width = max(llama_cpp.llama_model_n_embd(model), 1) * 2  # K and V rows are at most the model's width each (GQA: less)
+        return 64 + llama_cpp.llama_model_n_layer(model) * 2 * width * (4 if self.f32_kv_cache else 2)
+
+    def save_state(self) -> dict[str, np.ndarray]:
+        import llama_cpp
+
+        size = llama_cpp.llama_state_seq_get_size(self.llm.ctx, 0)
+        state = np.zeros(size, np.uint8)
+        written = llama_cpp.llama_state_seq_get_data(self.llm.ctx, state.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), size, 0)
+        return {"ids": np.array(self.cached_ids, dtype=np.int64), "llama_state": state[:written]}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        import llama_cpp
+
+        ids, state = arrays.get("ids"), arrays.get("llama_state")
+        if set(arrays) != {"ids", "llama_state"} or ids.dtype != np.int64 or ids.ndim != 1 or state.dtype != np.uint8 or state.ndim != 1:
+            raise StateMismatch("it is not a llama.cpp sequence state")
+        if not 0 < len(ids) < self.context_length or (ids < 0).any() or (ids >= self.llm.n_vocab()).any():
+            raise StateMismatch("its token ids do not fit this model's vocabulary and context")
+        # llama.cpp reads the bytes with bounds checks of its own; its size is held to what that many tokens take first
+        if len(state) > 1024 + len(ids) * self.state_bytes_per_position():
+            raise StateMismatch(f"its {len(state):,}-byte state is larger than {len(ids)} tokens take")
+        self.reset()
+        state = np.ascontiguousarray(state)
+        read = llama_cpp.llama_state_seq_set_data(self.llm.ctx, state.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), len(state), 0)
+        memory = llama_cpp.llama_get_memory(self.llm.ctx)
+        if read != len(state) or llama_cpp.llama_memory_seq_pos_min(memory, 0) != 0 or \
+                llama_cpp.llama_memory_seq_pos_max(memory, 0) != len(ids) - 1:
+            self.reset()
+            raise StateMismatch("llama.cpp did not take its state for the tokens it names")
+        self.llm.n_tokens = len(ids)
+        self.llm.input_ids[: len(ids)] = ids
+        self.cached_ids = [int(i) for i in ids]
 
 
 class LlamaCppTokenizer(Tokenizer):

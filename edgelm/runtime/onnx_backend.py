@@ -75,6 +75,8 @@ class OnnxBackend(Backend):
         self.position_ids_name = names.get("position_ids") if names.get("position_ids") in graph_inputs else None
         self.shared_buffer = genai.get("search", {}).get("past_present_share_buffer", True)
         self.cache_dtype = CACHE_DTYPES[graph_inputs[self.buffer_names[0][0]]]
+        # an export that says it has no position encoding and feeds none: keys and values carry no position
+        self.position_free = manifest.get("position_encoding") == "none" and not self.rotary_positions and not self.position_ids_name
         self._ort = ort
         self.buffers: list = []
         self.binding = self.session.io_binding()
@@ -119,16 +121,21 @@ class OnnxBackend(Backend):
         refuse_cache_past_memory(len(self.buffer_names) * self.kv_heads * capacity * self.head_size * np.dtype(self.cache_dtype).itemsize,
                                  capacity, self.folder / GENAI_CONFIG, "model.context_length")
         grown = []
-        self.binding.clear_binding_outputs()
-        self.binding.bind_output(self.logits_name)  # output 0; forward rebinds it in place
-        for i, (past, present) in enumerate(self.buffer_names):
+        for i in range(len(self.buffer_names)):
             array = np.zeros((1, self.kv_heads, capacity, self.head_size), self.cache_dtype)
             if self.buffers and self.position:
                 array[:, :, : self.position] = self.buffers[i].numpy()[:, :, : self.position]
-            grown.append(self._ort.OrtValue.ortvalue_from_numpy(array))
-            self.binding.bind_ortvalue_input(past, grown[-1])
-            self.binding.bind_ortvalue_output(present, grown[-1])
-        self.buffers = grown
+            grown.append(array)
+        self._bind_shared(grown)
+
+    def _bind_shared(self, arrays: list[np.ndarray]) -> None:
+        """`arrays` as the shared buffers, each bound once as both past input and present output."""
+        self.binding.clear_binding_outputs()
+        self.binding.bind_output(self.logits_name)  # output 0; forward rebinds it in place
+        self.buffers = [self._ort.OrtValue.ortvalue_from_numpy(array) for array in arrays]
+        for (past, present), value in zip(self.buffer_names, self.buffers):
+            self.binding.bind_ortvalue_input(past, value)
+            self.binding.bind_ortvalue_output(present, value)
 
     def _evaluate(self, ids: list[int], last_only: bool) -> np.ndarray:
         start, n = self.position, len(ids)
@@ -158,6 +165,24 @@ class OnnxBackend(Backend):
         for (past, present), value in zip(self.buffer_names, self.buffers):
             self.binding.bind_ortvalue_input(past, value)
             self.binding.bind_output(present)  # allocated by onnxruntime: past + this call's positions
+
+
+    def kv_layout(self):
+        return [((1, self.kv_heads, -1, self.head_size), np.dtype(self.cache_dtype))] * len(self.buffer_names)
+
+    def _kv_arrays(self):
+        return [value.numpy()[:, :, : self.position] for value in self.buffers]
+
+    def _set_kv_arrays(self, arrays):
+        length = arrays[0].shape[2]
+        if not self.shared_buffer:
+            self.buffers = [self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array)) for array in arrays]
+            return
+        capacity = max(length, self.context_length)
+        full = [np.zeros((1, self.kv_heads, capacity, self.head_size), self.cache_dtype) for _ in arrays]
+        for target, array in zip(full, arrays):
+            target[:, :, :length] = array
+        self._bind_shared(full)
 
 
 PAST_NAME = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")

@@ -17,6 +17,7 @@ class TorchBackend(Backend):
         self.device = next(model.parameters()).device
         self.context_length = model.spec.max_positions
         self.cache: KVCache | None = None
+        self.position_free = model.spec.position_encoding == "none"
 
     def _truncate(self, length: int) -> int:
         # K and V are [batch, kv_heads, positions, head_dim] per layer
@@ -27,3 +28,15 @@ class TorchBackend(Backend):
     def _evaluate(self, ids: list[int], last_only: bool) -> np.ndarray:
         logits, self.cache = self.model(torch.tensor([ids], device=self.device), self.cache)
         return logits[0, -1:].float().cpu().numpy() if last_only else logits[0].float().cpu().numpy()
+
+    def kv_layout(self):
+        spec = self.model.spec
+        dtype = np.dtype(str(next(self.model.parameters()).dtype).removeprefix("torch."))
+        return [((1, spec.num_kv_heads, -1, spec.head_dim), dtype)] * (2 * spec.num_layers)
+
+    def _kv_arrays(self):
+        return [side.cpu().numpy() for layer in self.cache or () for side in layer]
+
+    def _set_kv_arrays(self, arrays):
+        tensors = [torch.from_numpy(np.array(a)).to(self.device) for a in arrays]
+        self.cache = list(zip(tensors[0::2], tensors[1::2])) if tensors and tensors[0].shape[2] else None

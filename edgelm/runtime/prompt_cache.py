@@ -1,0 +1,172 @@
+"""A saved system prompt (`chat --prompt-cache FILE`, as llama.cpp's --prompt-cache): the KV cache after
+the system prompt and the chat template's preamble, written once and loaded at the next start, so the
+first turn evaluates only its own tokens.
+
+The file is safetensors (never pickle): the token ids the cache holds ("ids") and the backend's state
+(runtime/backend.py `save_state`: its K/V arrays, or llama.cpp's sequence state as bytes), with metadata
+naming the model it was made from (a fingerprint of the artifact's files) and the backend's cache form.
+It is untrusted input: a file that is no prompt cache at all (another file named by mistake, random
+bytes, a symlink, a folder) is refused, since writing would destroy it; one made for another model,
+engine or system prompt, or damaged, is ignored with a note and rebuilt. Sizes are checked before
+anything is read or handed to an engine: the header against a small bound, the file against what the
+context's tokens can take, each array against the backend's layout (safetensors checks the offsets)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from .backend import Backend, StateMismatch
+
+FORMAT = "edgelm prompt cache"
+VERSION = "1"
+HEADER_LIMIT = 1 << 20  # bytes of safetensors JSON header: ours is well under 1 KB
+SAMPLE_BLOCKS, SAMPLE_BYTES = 64, 4096
+
+
+def fingerprint(path: Path, skip: Path | None = None) -> str:
+    """A SHA-256 over each file of the artifact (a file, or a folder's files): its name, size, first and
+    last 64 KiB and SAMPLE_BLOCKS blocks spread through it. Hashing a 600 MB GGUF whole costs more than
+    the prefill the cache saves; two models differ in their sizes, headers or weights, which these
+    samples read."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.resolve() != skip)
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path) if file != path else file.name}\0{size}\0".encode())
+        offsets = sorted({0, max(size - 65536, 0), *(size * i // SAMPLE_BLOCKS for i in range(SAMPLE_BLOCKS))})
+        with open(file, "rb") as handle:
+            for offset in offsets:
+                handle.seek(offset)
+                digest.update(handle.read(65536 if offset in (0, max(size - 65536, 0)) else SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+@dataclass
+class PromptCache:
+    """The file at `path` for the model at `model` run by `backend`."""
+
+    path: Path
+    model: Path
+    backend: Backend
+
+    def __post_init__(self) -> None:
+        try:
+            self.backend.state_signature()
+        except StateMismatch:
+            raise UserError(f"--prompt-cache: {type(self.backend).__name__} cannot save its KV cache", self.path,
+                            "drop --prompt-cache, or run a GGUF or ONNX export of the model") from None
+        if not self.path.parent.is_dir():
+            raise UserError("--prompt-cache: its folder does not exist", self.path, "give a path in an existing folder")
+        self._check_kind()
+
+    def _check_kind(self) -> None:
+        """A path that exists must be a regular file (not a symlink, folder, FIFO or device) holding a prompt
+        cache: anything else would be read blind or overwritten."""
+        try:
+            mode = os.lstat(self.path).st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISREG(mode):
+            what = "a symlink" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+            raise UserError(f"--prompt-cache is {what}", self.path, "give the path of a regular file (it is created if missing)")
+        if self._metadata() is None:
+            raise UserError("--prompt-cache names a file that is not an edgelm prompt cache; it is left as it is", self.path,
+                            "give another path, or delete the file")
+
+    def _metadata(self) -> dict | None:
+        """The safetensors header's __metadata__ where it is a prompt cache's, else None: read from the
+        first bytes only, under HEADER_LIMIT."""
+        with open(self.path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                return None
+            (length,) = struct.unpack("<Q", head)
+            if not 2 <= length <= HEADER_LIMIT:
+                return None
+            try:
+                header = json.loads(handle.read(length))
+            except (UnicodeDecodeError, ValueError):
+                return None
+        metadata = header.get("__metadata__") if isinstance(header, dict) else None
+        return metadata if isinstance(metadata, dict) and metadata.get("format") == FORMAT else None
+
+    def _identity(self) -> dict[str, str]:
+        if not hasattr(self, "_model_fingerprint"):  # once: the artifact does not change while it is open
+            self._model_fingerprint = fingerprint(self.model, skip=self.path.resolve())
+        return {"format": FORMAT, "version": VERSION, "model": self._model_fingerprint, "backend": self.backend.state_signature()}
+
+    def load(self, prefix: list[int]) -> str | None:
+        """Load the saved cache into the backend where it was made for this model and backend and its
+        tokens begin `prefix`; returns a note saying what happened (None: there is no file yet)."""
+        if not self.path.exists():
+            return None
+        why = self._why_not(prefix)
+        if why:
+            self.backend.reset()
+            return f"prompt cache {self.path} ignored ({why}); it is written again"
+        return f"prompt cache: loaded {self.backend.position} tokens from {self.path}"
+
+    def _why_not(self, prefix: list[int]) -> str | None:
+        from safetensors import SafetensorError
+        from safetensors.numpy import load
+
+        self._check_kind()  # between the start and now the file may have changed
+        metadata, identity = self._metadata(), self._identity()
+        for key, what in (("version", "another version of the format"), ("model", "made for another model"),
+                          ("backend", "made by another engine or cache type")):
+            if metadata.get(key) != identity[key]:
+                return what
+        limit = 1024 + HEADER_LIMIT + self.backend.context_length * self.backend.state_bytes_per_position()
+        if self.path.stat().st_size > limit:
+            return f"{self.path.stat().st_size:,} bytes, more than a {self.backend.context_length}-token context takes"
+        try:
+            arrays = load(self.path.read_bytes())
+        except (SafetensorError, ValueError, OSError) as exc:
+            return f"damaged: {str(exc).splitlines()[0][:120]}"
+        ids = arrays.get("ids")
+        if ids is None or ids.ndim != 1 or not len(ids) or len(ids) > len(prefix) or ids.tolist() != prefix[: len(ids)]:
+            return "it holds another system prompt"
+        try:
+            self.backend.load_state(arrays)
+        except StateMismatch as exc:
+            self.backend.reset()
+            return str(exc)
+        return None
+
+    def save(self) -> str:
+        """Write the backend's cache (atomically: a temporary file beside the target, then renamed)."""
+        from safetensors.numpy import save_file
+
+        self._check_kind()
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            save_file(self.backend.save_state(), str(temporary), metadata=self._identity())
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            raise UserError(f"--prompt-cache could not be written ({exc.strerror})", self.path, "give a writable path") from None
+        finally:
+            temporary.unlink(missing_ok=True)
+        return f"prompt cache: wrote {self.backend.position} tokens to {self.path}"
+
+
+def start_from(path: Path, model: Path, backend: Backend, preamble: list[int]) -> str:
+    """The backend's cache holding `preamble` at the start of a chat: already (the same chat), loaded from
+    the file at `path`, or evaluated and written there. Returns what happened, as one line."""
+    before = backend.evaluated
+    if not preamble:
+        return "prompt cache: nothing precedes the first user message in this chat template, so there is nothing to keep"
+    if backend.cached_ids[: len(preamble)] == preamble:
+        return f"prompt cache: {len(preamble)} tokens already in the KV cache"
+    cache = PromptCache(path, model, backend)
+    note = cache.load(preamble)
+    if backend.cached_ids != preamble:
+        backend.prefill(preamble)
+        note = (f"{note}; " if note else "") + cache.save()
+    return f"{note} ({backend.evaluated - before} evaluated)"
