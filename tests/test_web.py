@@ -92,6 +92,7 @@ def test_browser_generates_edgelm_greedy_tokens(web_bundles, tmp_path, name, bac
     assert result["load_ms"] > 0 and result["first_token_ms"] > 0
     if backend == "wasm":  # served by `edgelm serve`'s server: isolated, so onnxruntime-web's WASM gets every core
         assert result["cross_origin_isolated"] is True and result["threads"].endswith("threads (cross-origin isolated)"), result
+        assert result["note"].startswith("int4 runs slowly on WASM")  # the bundles here are int4
     ids = result["ids"]
     same = next((i for i, (a, b) in enumerate(zip(ids, expected)) if a != b), len(expected))
     print(f"{name} on {backend} ({result['reason']}): {same} of {len(expected)} tokens equal edgelm's, {result['tok_s']:.1f} tok/s")
@@ -191,7 +192,7 @@ def test_browser_auto_runs_wasm_on_a_software_adapter(web_bundles, tmp_path):
 @needs_browser
 def test_page_says_why_wasm_has_one_thread_without_isolation(web_bundles):
     """Served as `python -m http.server` serves it (no COOP/COEP), the page still runs, on one thread, and says why."""
-    bundle, prompt_ids, expected, _, _ = web_bundles("tiny-rope")
+    bundle, _, expected, _, _ = web_bundles("tiny-rope")
     result = run_page(bundle, "wasm", PROMPT, 2, isolated=False)
     assert "error" not in result, result
     assert result["cross_origin_isolated"] is False and result["ids"] == expected[:2], result
@@ -252,8 +253,11 @@ def test_serve_command_prints_its_address_and_stops_on_ctrl_c(web_bundles, run_c
     from edgelm.export.onnx import export_onnx
     from edgelm.models import open_checkpoint
 
-    mobile = make_bundle(export_onnx(open_checkpoint(preset_dir("tiny-rope")), tmp_path / "onnx", "int4").path, tmp_path / "m")
-    assert_user_error(run_cli("serve", mobile), "a mobile bundle, not a web page", "--target web")
+    onnx = export_onnx(open_checkpoint(preset_dir("tiny-rope")), tmp_path / "onnx", "int4").path
+    assert_user_error(run_cli("serve", make_bundle(onnx, tmp_path / "m")), "a mobile bundle, not a web page", "--target web")
+    code, out, err = run_cli("bundle", onnx, "--target", "web", "--out", tmp_path / "w")
+    assert code == 0 and f"edgelm serve {tmp_path / 'w'}" in out, err
+    assert "no int4 kernel" in err and "bundle an int8 export" in err  # the page says it too, on WASM
 
 
 # The 1.1B-shaped int4 bundle (~0.9 GB) in the browser: ~10 minutes on 2 cores (preset, export, page), so
