@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 import http.server
 import re
+import socket
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -104,22 +106,36 @@ class BundleHandler(http.server.SimpleHTTPRequestHandler):
             left -= len(block)
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # a tab closed mid-download: not an error of the server
+            return
+        super().handle_error(request, client_address)
+
+
 def web_bundle_folder(bundle: Path) -> tuple[Path, frozenset[str]]:
     """The folder to serve and the names in it to serve: a web bundle's, checked for its manifest and page
     (not the files' hashes: that is `edgelm verify`)."""
-    from .artifact_files import read_json
+    from .artifact_files import read_json_object
 
     bundle = Path(bundle)
     if not bundle.is_dir():
-        fix = "unzip it first (`edgelm serve` serves a folder)" if bundle.suffix == ".zip" and bundle.is_file() else "give the folder `edgelm bundle --target web --out DIR` wrote"
-        raise UserError("not a web bundle folder", bundle, fix)
+        zipped = bundle.suffix == ".zip" and bundle.is_file()
+        raise UserError("not a web bundle folder", bundle,
+                        "unzip it first (`edgelm serve` serves a folder)" if zipped else "give the folder `edgelm bundle --target web --out DIR` wrote")
     manifest_path = bundle / BUNDLE_MANIFEST
     if not manifest_path.is_file():
         raise UserError(f"no {BUNDLE_MANIFEST} manifest", bundle, "give the folder `edgelm bundle --target web --out DIR` wrote")
-    manifest = check_manifest(read_json(manifest_path, what="the manifest"), manifest_path)
-    if manifest.get("target") != "web" or "index.html" not in manifest["files"]:
-        raise UserError(f"a {manifest.get('target', 'mobile')} bundle, not a web page", bundle,
-                        "make one with `edgelm bundle ONNX_FOLDER --target web --out DIR`")
+    manifest = read_json_object(manifest_path, what="the manifest")
+    if manifest.get("target") != "web":
+        target = manifest.get("target")
+        what = f"a {target} bundle, not a web page" if isinstance(target, str) else "not a web bundle (its edgelm.json names no target: an export?)"
+        raise UserError(what, bundle, "make one with `edgelm bundle ONNX_FOLDER --target web --out DIR`")
+    check_manifest(manifest, manifest_path)
+    if "index.html" not in manifest["files"]:
+        raise UserError("the web bundle lists no index.html", manifest_path, "make the bundle again with `edgelm bundle --target web`")
     return bundle.resolve(), frozenset(manifest["files"]) | {BUNDLE_MANIFEST}
 
 
@@ -127,12 +143,12 @@ def make_server(bundle: Path, host: str = "127.0.0.1", port: int = 8000, quiet: 
     """A server for the bundle, bound (port 0: any free port; `server.server_port` says which)."""
     folder, files = web_bundle_folder(bundle)
     handler = functools.partial(type("Handler", (BundleHandler,), {"quiet": quiet, "files": files}), directory=str(folder))
+    server_class = type("Server", (_Server,), {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})
     try:
-        server = http.server.ThreadingHTTPServer((host, port), handler)
+        server = server_class((host, port), handler)
     except OSError as exc:
         raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc})", None,
                         "pick another --port (0 picks a free one) or --host") from None
-    server.daemon_threads = True
     return server
 
 

@@ -255,6 +255,7 @@ def test_serve_command_prints_its_address_and_stops_on_ctrl_c(web_bundles, run_c
 
     onnx = export_onnx(open_checkpoint(preset_dir("tiny-rope")), tmp_path / "onnx", "int4").path
     assert_user_error(run_cli("serve", make_bundle(onnx, tmp_path / "m")), "a mobile bundle, not a web page", "--target web")
+    assert_user_error(run_cli("serve", onnx), "not a web bundle", "edgelm bundle ONNX_FOLDER --target web")
     code, out, err = run_cli("bundle", onnx, "--target", "web", "--out", tmp_path / "w")
     assert code == 0 and f"edgelm serve {tmp_path / 'w'}" in out, err
     assert "no int4 kernel" in err and "bundle an int8 export" in err  # the page says it too, on WASM

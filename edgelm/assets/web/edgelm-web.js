@@ -15,25 +15,23 @@ ort.env.wasm.numThreads = wasmThreads;
 
 const json = async (path) => (await fetch(path)).json();
 
-// The bytes of `path`, counted as they arrive: onProgress(bytes so far) after every chunk.
-async function fetchCounted(path, onProgress) {
+// The bytes of `path`, counted as they arrive: onProgress(bytes so far) after every chunk. Written into one
+// buffer of the size the manifest states (a 0.9 GB weights file is not held twice while it arrives).
+async function fetchCounted(path, expected, onProgress) {
   const response = await fetch(path);
   if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
-  const size = Number(response.headers.get("Content-Length")) || 0;
   const reader = response.body.getReader();
-  const chunks = [];
+  const bytes = new Uint8Array(expected);
   let loaded = 0;
   for (;;) {
     const { done, value } = await reader.read();
     if (done) break;
-    chunks.push(value);
+    if (loaded + value.length > expected) throw new Error(`${path} is larger than the ${expected} bytes edgelm.json lists: make the bundle again`);
+    bytes.set(value, loaded);
     loaded += value.length;
     onProgress(loaded);
   }
-  if (chunks.length === 1) return chunks[0];
-  const bytes = new Uint8Array(size && size === loaded ? size : loaded);
-  let at = 0;
-  for (const chunk of chunks) { bytes.set(chunk, at); at += chunk.length; }
+  if (loaded !== expected) throw new Error(`${path} has ${loaded} bytes, edgelm.json lists ${expected}: make the bundle again`);
   return bytes;
 }
 
@@ -86,10 +84,10 @@ export class EdgelmModel {
     // the graph and its external weights fetched here, not by onnxruntime-web, so the page can count the bytes
     const external = model.manifest.external_data || [];
     const names = [decoder.filename, ...external];
-    const sizes = names.map((name) => model.manifest.files[name]?.bytes || 0);
+    const sizes = names.map((name) => model.manifest.files[name]?.bytes ?? 0);
     const total = sizes.reduce((a, b) => a + b, 0), loaded = names.map(() => 0);
     const report = () => onStatus({ phase: "download", loaded: loaded.reduce((a, b) => a + b, 0), total });
-    const bytes = await Promise.all(names.map((name, i) => fetchCounted(`${folder}/${name}`, (n) => { loaded[i] = n; report(); })));
+    const bytes = await Promise.all(names.map((name, i) => fetchCounted(`${folder}/${name}`, sizes[i], (n) => { loaded[i] = n; report(); })));
     if (external.length) options.externalData = external.map((name, i) => ({ path: name, data: bytes[i + 1] }));
     onStatus({ phase: "session", total });
     model.session = await ort.InferenceSession.create(bytes[0], options);
