@@ -564,7 +564,7 @@ def bundle(
               markup=False)
     if target == "web" and not zip_it and json.loads((written / "edgelm.json").read_text()).get("quantization") == "int4":
         info.print("note: int4 runs on WebGPU; on WASM (browsers without a GPU) onnxruntime-web has no int4 kernel and dequantizes "
-                   "every weight at every step (a 1.1B model: ~16 s a token): for those, bundle an int8 export (docs/web.md)", markup=False)
+                   "every weight at every step (a 1.1B model: ~20 s a token): for those, bundle an int8 export (docs/web.md)", markup=False)
 
 
 @app.command()

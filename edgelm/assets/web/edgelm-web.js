@@ -61,7 +61,7 @@ export async function pickBackend(requested = "auto") {
 
 // onnxruntime-web's WASM build has no 4-bit kernel: MatMulNBits dequantizes its whole weight to float at every
 // call (a 2048×5632 matrix: 190 ms on one thread, against 8 ms for the same MatMul in int8, MatMulInteger on
-// WASM SIMD); at 1.1B parameters that is ~16 s a token. WebGPU has the kernel.
+// WASM SIMD); at 1.1B parameters, ~20 s a token. WebGPU has the kernel.
 export function wasmNote(quantization) {
   return quantization === "int4"
     ? "int4 runs slowly on WASM (onnxruntime-web dequantizes every int4 weight at every step): for browsers without a GPU, bundle an int8 export"
