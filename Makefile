@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 EDGELM := $(VENV)/bin/edgelm
 DEMO_DIR := build/demo
 
-.PHONY: demo test clean web-runtime chromium memcheck
+.PHONY: demo test clean web-runtime chromium memcheck test-web-real-size
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -101,6 +101,10 @@ memcheck: $(MEMCHECK)/ggml/lib/libggml-cpu.so
 
 test: $(VENV)/.installed $(CONVERTER)/convert_hf_to_gguf.py $(LLAMA_SERVER) $(WEB_RUNTIME) chromium
 	$(PY) -m pytest -q
+
+# the 1.1B-shaped int4 web bundle in headless Chromium, against edgelm's tokens (~10 min on 2 cores; not in `test`)
+test-web-real-size: $(VENV)/.installed $(WEB_RUNTIME) chromium
+	EDGELM_WEB_REAL_SIZE=1 $(PY) -m pytest -q -s tests/test_web.py -k real_size
 
 clean:
 	rm -rf $(VENV) build

@@ -559,8 +559,33 @@ def bundle(
 
     with info.status("bundling…"):
         written = make_bundle(artifact_path, out_dir, zip_it, force, allow_desktop_only, target, web_runtime)
-    out.print(f"wrote {written}" + (f" (serve it, e.g. `python -m http.server -d {written}`, and open index.html)" if target == "web" else ""),
+    out.print(f"wrote {written}" + (f" (serve it with `edgelm serve {written}` and open the address it prints)" if target == "web" else ""),
               markup=False)
+    if target == "web" and not zip_it and json.loads((written / "edgelm.json").read_text()).get("quantization") == "int4":
+        info.print("note: int4 runs on WebGPU; on WASM (browsers without a GPU) onnxruntime-web has no int4 kernel and dequantizes "
+                   "every weight at every step (a 1.1B model: ~20 s a token): for those, bundle an int8 export (docs/web.md)", markup=False)
+
+
+@app.command()
+def serve(
+    bundle_dir: Annotated[Path, typer.Argument(help="A web bundle folder from `edgelm bundle --target web`.")],
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")] = 8000,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+) -> None:
+    """Serve a web bundle cross-origin isolated (COOP/COEP headers), so onnxruntime-web's WASM runs on every
+    core; Ctrl+C stops."""
+    from .web_serve import ISOLATION_HEADERS, make_server, server_url
+
+    server = make_server(bundle_dir, host, port)
+    headers = ", ".join(f"{k}: {v}" for k, v in list(ISOLATION_HEADERS.items())[:2])
+    out.print(f"serving {bundle_dir} at {server_url(server)} (cross-origin isolated: {headers}); Ctrl+C stops", markup=False)
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 @app.command()

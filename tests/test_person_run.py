@@ -12,8 +12,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pexpect
@@ -32,12 +34,16 @@ SLOWER = {
         (["--steps", "2"], "200 steps at length 1024 take minutes on 2 cores; 2 steps run the same code"),
     "edgelm calibrate examples/models/tiny-nope --text TRAIN.txt --target-length 2048 --out temps.json":
         (["--steps", "2"], "200 steps at length 2048 take minutes on 2 cores; 2 steps run the same code"),
+    "edgelm serve build/rope-web": (["--port", "0"], "any free port: port 8000 may be taken where the suite runs"),
 }
 # doc command → why it is not run here
 LEFT_OUT: dict[str, str] = {}
 # what a document's placeholders stand for, made in its folder before its commands run
 PLACEHOLDER_FILES = {"TRAIN.txt": REPO / "examples" / "data" / "emma.txt"}
 CHAT_LINE = "edgelm chat "  # interactive: one question from stdin, then /exit (the chat matrix is test_chat.py's)
+# runs until Ctrl+C: its page is fetched at the address it prints (the isolation header checked), then SIGINT
+SERVE_LINE = "edgelm serve "
+SERVED = re.compile(r" at (http://\S+/) ")
 
 
 def fenced_blocks(doc: Path, language: str) -> list[str]:
@@ -98,12 +104,36 @@ def run_in_terminal(command: str, cwd: Path, env: dict) -> tuple[int, str]:
         child.expect(r"\d+ tokens, [\d.]+ tok/s")
         child.expect("> ")
         child.sendline("/exit")
+    if command.startswith(SERVE_LINE):
+        child.expect(SERVED)
+        fetch_isolated(child.match[1])
+        child.sendintr()
     child.expect(pexpect.EOF)
     child.close()
     return child.exitstatus if child.exitstatus is not None else -child.signalstatus, seen.getvalue()
 
 
+def fetch_isolated(url: str) -> None:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        assert response.status == 200 and response.headers["Cross-Origin-Opener-Policy"] == "same-origin", url
+
+
+def run_server_piped(command: str, cwd: Path, env: dict) -> tuple[int, str]:
+    child = subprocess.Popen(argv(command), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = child.stdout.readline()
+        served = SERVED.search(line)
+        if served:
+            fetch_isolated(served[1])
+    finally:
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=TIMEOUT_S)
+    return child.returncode, line + out + err
+
+
 def run_piped(command: str, cwd: Path, env: dict) -> tuple[int, str]:
+    if command.startswith(SERVE_LINE):
+        return run_server_piped(command, cwd, env)
     stdin = "Good morning\n/exit\n" if command.startswith(CHAT_LINE) else ""
     done = subprocess.run(argv(command), cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=TIMEOUT_S)
     return done.returncode, done.stdout + done.stderr
@@ -120,6 +150,8 @@ def problems(command: str, code: int, output: str, terminal: bool) -> list[str]:
         found.append("the cursor left hidden")
     if command.startswith(CHAT_LINE) and "tok/s" not in output:
         found.append("no reply")
+    if command.startswith(SERVE_LINE) and not SERVED.search(output):
+        found.append("no address served")
     return [f"{command!r}: {', '.join(found)}\n{output[-1500:]}"] if found else []
 
 

@@ -5,9 +5,35 @@ import * as ort from "./ort.webgpu.min.mjs";
 import { Tokenizer } from "./tokenizers.min.mjs";
 
 ort.env.wasm.wasmPaths = new URL("./", import.meta.url).href;
-ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+// WASM threads share one SharedArrayBuffer, which browsers allow only in a cross-origin isolated page
+// (served with COOP same-origin + COEP require-corp: `edgelm serve BUNDLE`); anywhere else, one thread.
+export const wasmThreads = self.crossOriginIsolated ? Math.max(1, navigator.hardwareConcurrency || 1) : 1;
+export const threadsReason = self.crossOriginIsolated
+  ? `${wasmThreads} threads (cross-origin isolated)`
+  : "1 thread: this page is not cross-origin isolated (its server sends no COOP/COEP headers); serve it with `edgelm serve DIR` for every core";
+ort.env.wasm.numThreads = wasmThreads;
 
 const json = async (path) => (await fetch(path)).json();
+
+// The bytes of `path`, counted as they arrive: onProgress(bytes so far) after every chunk. Written into one
+// buffer of the size the manifest states (a 0.9 GB weights file is not held twice while it arrives).
+async function fetchCounted(path, expected, onProgress) {
+  const response = await fetch(path);
+  if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+  const reader = response.body.getReader();
+  const bytes = new Uint8Array(expected);
+  let loaded = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    if (loaded + value.length > expected) throw new Error(`${path} is larger than the ${expected} bytes edgelm.json lists: make the bundle again`);
+    bytes.set(value, loaded);
+    loaded += value.length;
+    onProgress(loaded);
+  }
+  if (loaded !== expected) throw new Error(`${path} has ${loaded} bytes, edgelm.json lists ${expected}: make the bundle again`);
+  return bytes;
+}
 
 // A software adapter (Chrome's SwiftShader, or one the browser marks as fallback) emulates the GPU on
 // the CPU's cores: ~20× slower than WASM on the same page (0.8 tok/s against 16.9), so it counts as no GPU.
@@ -33,8 +59,19 @@ export async function pickBackend(requested = "auto") {
   return { backend: "webgpu", reason: `${requested === "webgpu" ? "asked for webgpu: " : ""}adapter ${name}` };
 }
 
+// onnxruntime-web's WASM build has no 4-bit kernel: MatMulNBits dequantizes its whole weight to float at every
+// call (a 2048×5632 matrix: 190 ms on one thread, against 8 ms for the same MatMul in int8, MatMulInteger on
+// WASM SIMD); at 1.1B parameters, ~20 s a token. WebGPU has the kernel.
+export function wasmNote(quantization) {
+  return quantization === "int4"
+    ? "int4 runs slowly on WASM (onnxruntime-web dequantizes every int4 weight at every step): for browsers without a GPU, bundle an int8 export"
+    : "";
+}
+
 export class EdgelmModel {
-  static async load(folder, requested) {
+  // onStatus({phase, ...}) reports what loading is doing: "download" {loaded, total} (bytes of the graph and
+  // its external weights), then "session" (onnxruntime-web builds the session: weights into WASM memory)
+  static async load(folder, requested, onStatus = () => {}) {
     const model = new EdgelmModel();
     model.manifest = await json(`${folder}/edgelm.json`);  // the bundle's manifest
     model.genai = await json(`${folder}/genai_config.json`);
@@ -44,18 +81,27 @@ export class EdgelmModel {
     const decoder = model.genai.model.decoder;
     const options = { executionProviders: [model.backend], graphOptimizationLevel: "all" };
     if (model.backend === "webgpu") options.preferredOutputLocation = "gpu-buffer";  // the cache stays on the GPU
+    // the graph and its external weights fetched here, not by onnxruntime-web, so the page can count the bytes
     const external = model.manifest.external_data || [];
-    if (external.length) options.externalData = external.map((name) => ({ path: name, data: `${folder}/${name}` }));
-    model.session = await ort.InferenceSession.create(`${folder}/${decoder.filename}`, options);
+    const names = [decoder.filename, ...external];
+    const sizes = names.map((name) => model.manifest.files[name]?.bytes ?? 0);
+    const total = sizes.reduce((a, b) => a + b, 0), loaded = names.map(() => 0);
+    const report = () => onStatus({ phase: "download", loaded: loaded.reduce((a, b) => a + b, 0), total });
+    const bytes = await Promise.all(names.map((name, i) => fetchCounted(`${folder}/${name}`, sizes[i], (n) => { loaded[i] = n; report(); })));
+    if (external.length) options.externalData = external.map((name, i) => ({ path: name, data: bytes[i + 1] }));
+    onStatus({ phase: "session", total });
+    model.session = await ort.InferenceSession.create(bytes[0], options);
+    model.threads = model.backend === "wasm" ? threadsReason : "";
+    model.note = model.backend === "wasm" ? wasmNote(model.manifest.quantization) : "";
     model.layers = decoder.num_hidden_layers;
     model.contextLength = model.genai.model.context_length;
     model.emptyCache = [1, decoder.num_key_value_heads, 0, decoder.head_size];
-    const names = { ...decoder.inputs, ...decoder.outputs };
-    model.names = names;
+    const io = { ...decoder.inputs, ...decoder.outputs };
+    model.names = io;
     model.cacheNames = [];
     for (let i = 0; i < model.layers; i++)
       for (const side of ["key", "value"])
-        model.cacheNames.push([names[`past_${side}_names`].replace("%d", i), names[`present_${side}_names`].replace("%d", i)]);
+        model.cacheNames.push([io[`past_${side}_names`].replace("%d", i), io[`present_${side}_names`].replace("%d", i)]);
     model.reset();
     return model;
   }
@@ -102,12 +148,14 @@ export class EdgelmModel {
   }
 
   // greedy unless temperature > 0 (then top-p sampling); yields {id, text} per new token
-  async *generate(prompt, { maxNewTokens = 32, temperature = 0, topP = 1, seed = 1 } = {}) {
+  // onStatus({phase: "prefill", tokens}) before the prompt goes through the model
+  async *generate(prompt, { maxNewTokens = 32, temperature = 0, topP = 1, seed = 1, onStatus = () => {} } = {}) {
     this.reset();
     const ids = this.encode(prompt);
     if (ids.length >= this.contextLength) throw new Error(`the prompt is ${ids.length} tokens, the context holds ${this.contextLength}`);
     maxNewTokens = Math.min(maxNewTokens, this.contextLength - ids.length);
     const random = mulberry32(seed);
+    onStatus({ phase: "prefill", tokens: ids.length });
     let logits = await this.forward(ids);
     const generated = [];
     const eos = this.genai.model.eos_token_id;

@@ -1,0 +1,171 @@
+"""Serve a web bundle (`edgelm bundle --target web`) the way its page runs fastest: cross-origin isolated.
+
+onnxruntime-web's WASM backend runs on several threads only in a cross-origin isolated page
+(`self.crossOriginIsolated`: SharedArrayBuffer is allowed), which takes two response headers a plain static
+server does not send: `Cross-Origin-Opener-Policy: same-origin` and `Cross-Origin-Embedder-Policy:
+require-corp`. This server sends them (and `Cross-Origin-Resource-Policy: same-origin`, which require-corp
+asks of every subresource), serves .mjs as JavaScript and .wasm as application/wasm (WebAssembly's
+streaming compile refuses any other type), and answers byte ranges (`Range: bytes=a-b`) so a client can
+fetch a large external-data file in pieces. Only the bundle's own files are served, read-only, and only
+the ones its manifest lists (and the manifest).
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import re
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .bundle import check_manifest
+from .constants import BUNDLE_MANIFEST
+from .errors import UserError
+
+ISOLATION_HEADERS = {
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+MIME_TYPES = {
+    ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".mjs": "text/javascript; charset=utf-8",
+    ".wasm": "application/wasm", ".json": "application/json", ".onnx": "application/octet-stream",
+    ".data": "application/octet-stream", ".ort": "application/octet-stream", ".png": "image/png",
+}
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+_BLOCK = 1 << 20
+
+
+class BundleHandler(http.server.SimpleHTTPRequestHandler):
+    """A static handler for one bundle folder: isolation headers on every answer, the bundle's MIME
+    types, single byte ranges, no directory listings and nothing outside the folder's top level."""
+
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **MIME_TYPES}
+    quiet = True
+    files: frozenset[str] = frozenset()  # the names it serves: the manifest's files and the manifest
+
+    def end_headers(self) -> None:
+        for name, value in ISOLATION_HEADERS.items():
+            self.send_header(name, value)
+        self.send_header("Cache-Control", "no-cache")  # a bundle made again under the same name is not served stale
+        super().end_headers()
+
+    def log_message(self, format: str, *args) -> None:
+        if not self.quiet:
+            super().log_message(format, *args)
+
+    def list_directory(self, path) -> None:  # a bundle is a page, not a file index
+        self.send_error(404, "no listing")
+
+    def send_head(self):
+        path = Path(self.translate_path(self.path))
+        if path.is_dir():
+            path = path / "index.html"
+        if path.parent != Path(self.directory) or path.name not in self.files or not path.is_file() or path.is_symlink():
+            self.send_error(404, "not a file of this bundle")
+            return None
+        size = path.stat().st_size
+        wanted = _RANGE.match(self.headers.get("Range", "").strip())
+        start, end = 0, size - 1
+        if wanted and (wanted[1] or wanted[2]):
+            if wanted[1]:
+                start, end = int(wanted[1]), min(int(wanted[2]) if wanted[2] else size - 1, size - 1)
+            else:  # bytes=-N: the last N
+                start = max(size - int(wanted[2]), 0)
+            if start > end or start >= size:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Type", self.guess_type(str(path)))
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Last-Modified", self.date_time_string(int(path.stat().st_mtime)))
+        self.end_headers()
+        handle = open(path, "rb")  # noqa: SIM115  (send_head's contract: the open file, which the base class closes)
+        handle.seek(start)
+        self._left = end - start + 1
+        return handle
+
+    def copyfile(self, source, outputfile) -> None:
+        left = self._left
+        while left > 0:
+            block = source.read(min(_BLOCK, left))
+            if not block:
+                break
+            outputfile.write(block)
+            left -= len(block)
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # a tab closed mid-download: not an error of the server
+            return
+        super().handle_error(request, client_address)
+
+
+def web_bundle_folder(bundle: Path) -> tuple[Path, frozenset[str]]:
+    """The folder to serve and the names in it to serve: a web bundle's, checked for its manifest and page
+    (not the files' hashes: that is `edgelm verify`)."""
+    from .artifact_files import read_json_object
+
+    bundle = Path(bundle)
+    if not bundle.is_dir():
+        zipped = bundle.suffix == ".zip" and bundle.is_file()
+        raise UserError("not a web bundle folder", bundle,
+                        "unzip it first (`edgelm serve` serves a folder)" if zipped else "give the folder `edgelm bundle --target web --out DIR` wrote")
+    manifest_path = bundle / BUNDLE_MANIFEST
+    if not manifest_path.is_file():
+        raise UserError(f"no {BUNDLE_MANIFEST} manifest", bundle, "give the folder `edgelm bundle --target web --out DIR` wrote")
+    manifest = read_json_object(manifest_path, what="the manifest")
+    if manifest.get("target") != "web":
+        target = manifest.get("target")
+        what = f"a {target} bundle, not a web page" if isinstance(target, str) else "not a web bundle (its edgelm.json names no target: an export?)"
+        raise UserError(what, bundle, "make one with `edgelm bundle ONNX_FOLDER --target web --out DIR`")
+    check_manifest(manifest, manifest_path)
+    if "index.html" not in manifest["files"]:
+        raise UserError("the web bundle lists no index.html", manifest_path, "make the bundle again with `edgelm bundle --target web`")
+    return bundle.resolve(), frozenset(manifest["files"]) | {BUNDLE_MANIFEST}
+
+
+def make_server(bundle: Path, host: str = "127.0.0.1", port: int = 8000, quiet: bool = True) -> http.server.ThreadingHTTPServer:
+    """A server for the bundle, bound (port 0: any free port; `server.server_port` says which)."""
+    folder, files = web_bundle_folder(bundle)
+    handler = functools.partial(type("Handler", (BundleHandler,), {"quiet": quiet, "files": files}), directory=str(folder))
+    server_class = type("Server", (_Server,), {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})
+    try:
+        server = server_class((host, port), handler)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc})", None,
+                        "pick another --port (0 picks a free one) or --host") from None
+    return server
+
+
+def server_url(server: http.server.ThreadingHTTPServer) -> str:
+    host, port = server.server_address[:2]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
+
+
+@contextmanager
+def serving(bundle: Path, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """The bundle served in a background thread for the block; yields its URL."""
+    server = make_server(bundle, host, port)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server_url(server).rstrip("/")
+    finally:
+        server.shutdown()
+        server.server_close()
