@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import folder_bytes  # noqa: E402
+from edgelm.errors import UserError  # noqa: E402
 from edgelm.formats import LoadOptions, open_artifact  # noqa: E402
 from edgelm.models import open_checkpoint  # noqa: E402
 from edgelm.parity import compare  # noqa: E402
@@ -32,12 +33,20 @@ METHODS = {
     "Q8_0": ("gguf", {"quant": "int8"}),
     "Q4_K_M stock": ("gguf", {"quant": "int4", "calibrated": False}),
     "Q4_K_M imatrix": ("gguf", {"quant": "int4", "calibrated": True}),
+    # size-budgeted mixed precision (quantize/mixed.py), the budget the stock Q4_K_M file's size in this run
+    "Q4_K_M-size mixed": ("gguf", {"quant": "int4", "calibrated": False, "max_size_of": "Q4_K_M stock"}),
+    "Q4_K_M-size mixed imatrix": ("gguf", {"quant": "int4", "calibrated": True, "max_size_of": "Q4_K_M stock"}),
     "ONNX int4 RTN (stock)": ("onnx", {"quant": "int4", "calibrated": False}),
     "ONNX int4 calibrated": ("onnx", {"quant": "int4", "calibrated": True}),
+    # the cheap wins: the LM head at 8 bits; and the fp32 embedding table at int4, which pays for it
+    "ONNX int4 + 8-bit LM head": ("onnx", {"quant": "int4", "calibrated": False, "int8_lm_head": True}),
+    "ONNX int4 + int4 embedding + 8-bit LM head": ("onnx", {"quant": "int4", "calibrated": False, "int8_lm_head": True,
+                                                          "int4_embedding": True}),
 }
 
 
-def export(model_dir: Path, out: Path, fmt: str, quant: str, calibrated: bool | None = None) -> Path:
+def export(model_dir: Path, out: Path, fmt: str, quant: str, calibrated: bool | None = None, max_size: int | None = None,
+           **onnx_options) -> Path:
     from edgelm.quantize.calibration import DEFAULT_TEXTS
 
     checkpoint = open_checkpoint(model_dir)
@@ -45,10 +54,10 @@ def export(model_dir: Path, out: Path, fmt: str, quant: str, calibrated: bool | 
     if fmt == "gguf":
         from edgelm.export.gguf import export_gguf
 
-        return export_gguf(checkpoint, out, quant, calibration=texts).path
+        return export_gguf(checkpoint, out, quant, calibration=texts, max_size=max_size).path
     from edgelm.export.onnx import export_onnx
 
-    return export_onnx(checkpoint, out, quant, calibration=texts).path
+    return export_onnx(checkpoint, out, quant, calibration=texts, **onnx_options).path
 
 
 def measure(model_dir: Path, artifact: Path, tokens: int) -> dict:
@@ -71,13 +80,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgelm-fidelity-") as folder:
         for model in args.models.split(","):
             model_dir = ROOT / "examples" / "models" / model
+            sizes: dict[str, int] = {}
             for method in args.methods.split(","):
                 fmt, options = METHODS[method]
+                options = dict(options)
+                if "max_size_of" in options:
+                    anchor = options.pop("max_size_of")
+                    if anchor not in sizes:
+                        sizes[anchor] = folder_bytes(export(model_dir, Path(folder) / f"{model}-anchor.gguf", *METHODS[anchor][0:1],
+                                                            **METHODS[anchor][1]))
+                    options["max_size"] = sizes[anchor]
                 out = Path(folder) / f"{model}-{method.replace(' ', '_')}{'.gguf' if fmt == 'gguf' else '-onnx'}"
-                path = export(model_dir, out, fmt, **options)
+                try:
+                    path = export(model_dir, out, fmt, **options)
+                except UserError as exc:  # e.g. --max-size on an arch llama.cpp's quantizer does not know
+                    print(f"{model:17} {method:24} not made: {exc}", flush=True)
+                    continue
+                sizes[method] = folder_bytes(path)
                 row = {"model": model, "method": method, "format": fmt} | measure(model_dir, path, args.tokens)
                 rows.append(row)
-                print(f"{model:17} {method:24} {row['bytes'] / 1e6:6.2f} MB  KLD {row['mean_kld']:.5f}  "
+                print(f"{model:17} {method:30} {row['bytes'] / 1e6:6.2f} MB  KLD {row['mean_kld']:.5f}  "
                       f"ΔPPL {100 * row['ppl_change']:+6.2f} %  top-1 {100 * row['top1']:5.1f} %  ({row['positions']} positions)", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

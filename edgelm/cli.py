@@ -347,6 +347,7 @@ def export(
     calibration_text: Annotated[Optional[Path], typer.Option("--calibration-text", help="ONNX --kv-cache int8: UTF-8 text to calibrate on (default: the opening of a training novel, shipped with edgelm).")] = None,
     calibrate: Annotated[bool, typer.Option("--calibrate", help="int4: calibrate on the openings of the five novels the shipped models trained on, shipped with edgelm (16 chunks × 256 tokens; GGUF: llama.cpp's importance matrix, ONNX: activation-aware scales). Off by default: on the shipped models it helps some and not others (docs/fidelity.md).")] = False,
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="int4: calibrate on this UTF-8 text instead (implies --calibrate).")] = None,
+    max_size: Annotated[Optional[str], typer.Option("--max-size", help="Quantized: the file's (GGUF) or folder's (ONNX int4) largest size (bytes, or 3.5MB, 3.3MiB); each weight's type (GGUF: Q3_K…Q8_0; ONNX: 4 or 8 bits) is then chosen by its measured sensitivity (KLD on the calibration text when it alone is quantized), within the budget.")] = None,
     no_certificate: Annotated[bool, typer.Option("--no-certificate", help="Skip the parity certificate (KLD, ΔPPL, top-1 on 128 held-out positions and a golden probe `edgelm verify` re-runs), stored in the artifact by default.")] = False,
     force: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
     as_json: JsonOption = False,
@@ -363,6 +364,10 @@ def export(
     if calibration:
         _read_text(calibration, "--calibration")  # refused here, before minutes of export
     calibration_texts = [calibration] if calibration else list(DEFAULT_TEXTS) if calibrate else []
+    if max_size is not None:  # size-budgeted mixed precision (quantize/mixed.py)
+        from .quantize.mixed import parse_size
+
+        max_size = parse_size(max_size)
     int4 = {name: value for name, value in (("int4_block_size", int4_block_size), ("int4_accuracy_level", int4_accuracy_level))
             if value is not None}
     # one exporter imported, not both: the ONNX one brings the tracer (~70 MB resident)
@@ -401,7 +406,8 @@ def export(
         with Progress(info, "exporting to ONNX", enabled=not as_json, columns=_spinner) as progress:
             report = export_onnx(checkpoint, target, quant, force, on_step=lambda text: progress.stage(f"exporting to ONNX: {text}"),
                                  int4_embedding=int4_embedding, int8_lm_head=int8_lm_head, kv_cache=kv_cache,
-                                 **int4, calibration_text=calibration_text, calibration=calibration_texts, certificate=not no_certificate)
+                                 **int4, calibration_text=calibration_text, calibration=calibration_texts, certificate=not no_certificate,
+                                 max_size=max_size)
         if as_json:
             out.print_json(json.dumps({"path": str(report.path), "quant": quant, "notes": report.notes}))
             return
@@ -412,7 +418,7 @@ def export(
         return
     with Progress(info, f"exporting {type_name}", len(checkpoint.weight_names()), enabled=not as_json) as progress:
         report = export_gguf(checkpoint, target, quant, gguf_type, force, on_tensor=lambda _: progress.advance(),
-                             calibration=calibration_texts, certificate=not no_certificate)
+                             calibration=calibration_texts, certificate=not no_certificate, max_size=max_size)
     summary = {
         "path": str(report.path), "arch": report.arch, "file_type": report.file_type,
         "bytes": report.path.stat().st_size, "tensor_types": report.type_counts(), "notes": report.notes,

@@ -252,15 +252,15 @@ def _mixed_types(checkpoint: Checkpoint, f32: Path, texts: Sequence[Path], imatr
     texts = texts or DEFAULT_TEXTS
     plan = _tensor_plan(checkpoint)
     model = checkpoint.load_model()
-    found = mixed.units(model, plan)
-    floats = sum(4 * u.rows * u.per_row * len(u.gguf_names) for u in found)
+    found = mixed.units(model, plan, mixed.gguf_sizes)
+    parameters = model.state_dict()
+    floats = sum(4 * parameters[u.param].numel() * len(u.names) for u in found)
     fixed = f32.stat().st_size - floats + mixed.ALIGNMENT * len(plan) + mixed.CERTIFICATE_RESERVE
-    mixed.allocate(  # a budget below the smallest file is refused before any measuring
-                   [mixed.Unit(u.param, u.gguf_names, u.rows, u.per_row, u.candidates, {t: 0.0 for t in u.candidates})
-                    for u in found], budget, fixed, type_name)
+    mixed.allocate([mixed.Unit(u.param, u.names, u.sizes, dict.fromkeys(u.sizes, 0.0)) for u in found],  # refused before measuring
+                   budget, fixed, type_name)
     chunks = calibration_chunks(load_tokenizer(checkpoint.path), texts, mixed.CHUNKS, mixed.CHUNK_TOKENS)
     importance = None if imatrix is None else {u.param: imatrix.mean_squares(u.param) for u in found if u.param in imatrix.sums}
-    mixed.measure(model, chunks, found, importance)
+    mixed.measure(model, chunks, found, mixed.ggml_trip(), mixed.MEASURED_TYPE, importance)
     del model
     choice = mixed.allocate(found, budget, fixed, type_name)
     counts = Counter(choice.values())

@@ -35,6 +35,9 @@ NOTE_KEY = "edgelm.quantize.mixed"  # the file's record of the budget and the pr
 # room kept for the certificate's edgelm.parity.* keys, added after the quantizer (2.7 KB measured on tiny-nope:
 # a fixed-size probe, 8 greedy tokens and top-8 logits)
 CERTIFICATE_RESERVE = 8 * 1024
+# room kept for model.onnx's graph itself (nodes, names, shapes: ~70 KB for the tiny models' int4 graphs) and the
+# manifest, written after the choice
+ONNX_GRAPH_RESERVE = 160 * 1024
 # GGUF aligns each tensor's data to 32 bytes (general.alignment): room left per tensor for the padding
 ALIGNMENT = 32
 
@@ -85,41 +88,46 @@ def round_trip(weight: np.ndarray, type_name: str, importance: np.ndarray | None
 
 @dataclass
 class Unit:
-    """One weight of the reference and the GGUF tensors made from it (two when an LM head is tied to
-    the embedding: both take one type, since the reference cannot quantize them apart)."""
+    """One weight of the reference and the artifact tensors made from it (two when an LM head is tied
+    to the embedding: both take one type, since the reference cannot quantize them apart)."""
 
     param: str
-    gguf_names: list[str]
-    rows: int  # of one GGUF tensor
-    per_row: int
-    candidates: tuple[str, ...] = ()
-    kld: dict[str, float] = field(default_factory=dict)  # type → measured (MEASURED_TYPE) or predicted KLD
+    names: list[str]  # the artifact's tensors made from it
+    sizes: dict[str, int]  # type → bytes of one of them, cheapest first: the candidates
+    kld: dict[str, float] = field(default_factory=dict)  # type → measured (the measured type) or predicted KLD
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        return tuple(self.sizes)
 
     def bytes(self, type_name: str) -> int:
-        return len(self.gguf_names) * type_bytes(type_name, self.rows, self.per_row)
+        return len(self.names) * self.sizes[type_name]
 
 
-def units(model: torch.nn.Module, plan: dict[str, str]) -> list[Unit]:
-    """The 2-D weights of `model` that GGUF tensors are made from (`plan`: GGUF name → source name),
-    grouped by the parameter they share. A weight whose rows fill no candidate's block is left out
-    (llama.cpp's own fallback types it)."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
+def units(model: torch.nn.Module, plan: dict[str, str], sizes) -> list[Unit]:
+    """The 2-D weights of `model` that artifact tensors are made from (`plan`: artifact name → source
+    name), grouped by the parameter they share; `sizes(rows, per_row)`: {type: bytes} of the types
+    such a weight can take, cheapest first (a weight with none is left to the quantizer's own choice)."""
     tensors = model.state_dict(keep_vars=True)
     found: dict[int, Unit] = {}
-    for gguf_name, source in plan.items():
+    for name, source in plan.items():
         tensor = tensors.get(source)
         if tensor is None or tensor.dim() != 2:
             continue
-        rows, per_row = tensor.shape
         key = tensor.untyped_storage().data_ptr()
         if key in found:
-            found[key].gguf_names.append(gguf_name)
-            continue
-        fits = tuple(t for t in CANDIDATES if per_row % GGML_QUANT_SIZES[GGMLQuantizationType[t]][0] == 0)
-        if MEASURED_TYPE in fits:
-            found[key] = Unit(source, [gguf_name], rows, per_row, fits)
+            found[key].names.append(name)
+        elif fits := sizes(*tensor.shape):
+            found[key] = Unit(source, [name], fits)
     return list(found.values())
+
+
+def gguf_sizes(rows: int, per_row: int) -> dict[str, int]:
+    """The GGML candidates whose block divides the row, when MEASURED_TYPE is among them."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    fits = {t: type_bytes(t, rows, per_row) for t in CANDIDATES if per_row % GGML_QUANT_SIZES[GGMLQuantizationType[t]][0] == 0}
+    return fits if MEASURED_TYPE in fits else {}
 
 
 def _kld(reference_logp: torch.Tensor, logits: torch.Tensor) -> float:
@@ -128,11 +136,12 @@ def _kld(reference_logp: torch.Tensor, logits: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def measure(model, chunks: list[list[int]], found: list[Unit], importance: dict[str, np.ndarray] | None = None,
-            on_unit=None) -> None:
-    """Fill each unit's `kld`: measured at MEASURED_TYPE over `chunks`, predicted for its other candidates
-    (`importance`: source name → per-column mean squares, weighing both the quantizer and the errors)."""
-    lib = _ggml_base()
+def measure(model, chunks: list[list[int]], found: list[Unit], trip, measured_type: str,
+            importance: dict[str, np.ndarray] | None = None, on_unit=None) -> None:
+    """Fill each unit's `kld`: measured at `measured_type` over `chunks`, predicted for its other
+    candidates; `trip(weight, type, column importance or None)` → the weight quantized and back as the
+    artifact's quantizer makes it; `importance`: source name → per-column mean squares, weighing the
+    errors (and the quantizer, where it takes them)."""
     ids = torch.tensor(chunks)
     reference = F.log_softmax(model(ids)[0].double(), dim=-1)
     tensors = model.state_dict(keep_vars=True)
@@ -141,15 +150,20 @@ def measure(model, chunks: list[list[int]], found: list[Unit], importance: dict[
         original = param.data.clone()
         weight = original.numpy()
         columns = None if importance is None else importance.get(unit.param)
-        trips = {t: round_trip(weight, t, columns, lib) for t in unit.candidates}
-        param.data.copy_(torch.from_numpy(trips[MEASURED_TYPE]))
+        trips = {t: trip(weight, t, columns) for t in unit.candidates}
+        param.data.copy_(torch.from_numpy(trips[measured_type]))
         measured = _kld(reference, model(ids)[0])
         param.data.copy_(original)
-        weigh = np.ones(unit.per_row) if columns is None else columns.astype(np.float64)
+        weigh = np.ones(weight.shape[1]) if columns is None else columns.astype(np.float64)
         errors = {t: float((np.square(trip.astype(np.float64) - weight) * weigh).sum()) for t, trip in trips.items()}
-        unit.kld = {t: measured * errors[t] / max(errors[MEASURED_TYPE], 1e-30) for t in unit.candidates}
+        unit.kld = {t: measured * errors[t] / max(errors[measured_type], 1e-30) for t in unit.candidates}
         if on_unit:
             on_unit(unit)
+
+
+def ggml_trip():
+    lib = _ggml_base()
+    return lambda weight, type_name, columns: round_trip(weight, type_name, columns, lib)
 
 
 def allocate(found: list[Unit], budget: int, fixed: int, what: str) -> dict[str, str]:
@@ -158,8 +172,8 @@ def allocate(found: list[Unit], budget: int, fixed: int, what: str) -> dict[str,
     choice = {u.param: u.candidates[0] for u in found}
     spent = fixed + sum(u.bytes(choice[u.param]) for u in found)
     if spent > budget:
-        raise UserError(f"--max-size {budget} bytes is below the smallest {what} mixed-precision file ({spent} bytes, every "
-                        f"weight {CANDIDATES[0]})", None, f"give --max-size {spent} or more")
+        raise UserError(f"--max-size {budget} bytes is below the smallest {what} mixed-precision export ({spent} bytes, every "
+                        "weight at its cheapest type)", None, f"give --max-size {spent} or more")
     while True:
         best = None
         for u in found:
@@ -177,9 +191,46 @@ def allocate(found: list[Unit], budget: int, fixed: int, what: str) -> dict[str,
 
 
 def overrides(found: list[Unit], choice: dict[str, str]) -> dict[str, str]:
-    """{GGUF tensor name: GGML type name} for llama.cpp's tt_overrides."""
-    return {name: choice[u.param] for u in found for name in u.gguf_names}
+    """{artifact tensor name: type name} (GGUF: for llama.cpp's tt_overrides)."""
+    return {name: choice[u.param] for u in found for name in u.names}
 
 
 def predicted_kld(found: list[Unit], choice: dict[str, str]) -> float:
     return sum(u.kld[choice[u.param]] for u in found)
+
+
+# --- ONNX: MatMulNBits at 4 or 8 bits per weight ----------------------------------------------------------
+
+def matmul_nbits_sizes(block: int):
+    """{"int4", "int8"} → bytes of a symmetric MatMulNBits weight of a Linear [out, in]: the packed
+    blocks and one fp32 scale per block (symmetric: no zero points)."""
+    def sizes(out: int, inputs: int) -> dict[str, int]:
+        blocks = out * -(-inputs // block)
+        return {"int4": blocks * (block // 2 + 4), "int8": blocks * (block + 4)}
+    return sizes
+
+
+def matmul_nbits_trip(block: int):
+    """A Linear weight [out, in] through onnxruntime's own MatMulNBits quantizer (the C++ kernel its
+    MatMulNBitsQuantizer calls, symmetric, `block` rows of the transposed weight per scale) and back."""
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
+
+    def trip(weight: np.ndarray, type_name: str, columns) -> np.ndarray:
+        bits = {"int4": 4, "int8": 8}[type_name]
+        out, inputs = weight.shape
+        blocks = -(-inputs // block)
+        transposed = np.zeros((blocks * block, out), dtype=np.float32)  # MatMul's [K, N], K padded to whole blocks
+        transposed[:inputs] = weight.T
+        packed = np.zeros((out, blocks, block * bits // 8), dtype=np.uint8)
+        per_byte = 8 // bits
+        zero_points = np.zeros((out, -(-blocks // per_byte)), dtype=np.uint8)
+        scales = np.zeros((out, blocks), dtype=np.float32)
+        (quantize_matmul_4bits if bits == 4 else quantize_matmul_8bits)(packed, transposed, scales, zero_points, block, out,
+                                                                         blocks * block, True)
+        if bits == 4:  # two per byte, the first in the low nibble
+            levels = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(out, blocks, block)
+        else:
+            levels = packed
+        values = (levels.astype(np.float32) - 2 ** (bits - 1)) * scales[..., None]
+        return values.reshape(out, blocks * block)[:, :inputs]
+    return trip
