@@ -375,7 +375,13 @@ def _eight_bit_choice(checkpoint: Checkpoint, model: ir.Model, texts: Sequence[P
         weight = next((v for v in node.inputs if v is not None and v.is_initializer()), None)
         if node.op_type == "MatMul" and weight is not None and weight.shape is not None and len(weight.shape) == 2:
             plan[weight.name] = weight.name.removeprefix(WRAPPER_PREFIX).removesuffix(".transposed")
-    fixed = other_bytes + mixed.ONNX_GRAPH_RESERVE + mixed.CERTIFICATE_RESERVE
+    # model.onnx besides its weights: the nodes the quantizer keeps, as serialized now; for each MatMul it
+    # replaces, room for its MatMulNBits node and scales; the values' types; the certificate; edgelm.json
+    structure = sum(ir.serde.serialize_node(node).ByteSize() for node in graph
+                    if not (node.op_type == "MatMul" and any(v is not None and v.name in plan for v in node.inputs)))
+    structure += sum(ir.serde.serialize_value(v).ByteSize() for v in (*graph.inputs, *graph.outputs))
+    structure += sum(ir.serde.serialize_value(v).ByteSize() for node in graph for v in node.outputs)  # value_info
+    fixed = other_bytes + structure + mixed.ONNX_PER_MATMUL * len(plan) + mixed.ONNX_MANIFEST_RESERVE + mixed.CERTIFICATE_RESERVE
     for name, value in graph.initializers.items():  # the rest: norms, tables, the embedding (int4 with --int4-embedding)
         if name not in plan and value.const_value is not None:
             shape = value.const_value.shape

@@ -35,9 +35,10 @@ NOTE_KEY = "edgelm.quantize.mixed"  # the file's record of the budget and the pr
 # room kept for the certificate's edgelm.parity.* keys, added after the quantizer (2.7 KB measured on tiny-nope:
 # a fixed-size probe, 8 greedy tokens and top-8 logits)
 CERTIFICATE_RESERVE = 8 * 1024
-# room kept for model.onnx's graph itself (nodes, names, shapes: ~70 KB for the tiny models' int4 graphs) and the
-# manifest, written after the choice
-ONNX_GRAPH_RESERVE = 160 * 1024
+# ONNX: room kept per MatMul for the MatMulNBits node that replaces it and its initializers' names and shapes
+# (~300 bytes measured), and for edgelm.json (6.1 KB on tiny-nope, its certificate included)
+ONNX_PER_MATMUL = 512
+ONNX_MANIFEST_RESERVE = 12 * 1024
 # GGUF aligns each tensor's data to 32 bytes (general.alignment): room left per tensor for the padding
 ALIGNMENT = 32
 
