@@ -90,3 +90,30 @@ def test_budgeted_export_fits_records_its_types_and_verifies(run_cli, tmp_path):
 
     code, out, err = run_cli("verify", path)
     assert code == 0 and "probe matches" in out, (code, out, err)
+
+
+def test_onnx_budgeted_export_fits_keeps_chosen_matmuls_at_8_bits_and_verifies(run_cli, tmp_path):
+    """ONNX int4 with the int4 embedding under a budget: the folder fits, MatMulNBits carries both 4
+    and 8 bits (the choice, recorded in the graph, and the budget in edgelm.json), verify passes."""
+    import json
+
+    import onnx
+
+    budget = 4_600_000
+    folder = tmp_path / "mixed-onnx"
+    code, out, err = run_cli("export", MODEL, "--format", "onnx", "--quant", "int4", "--int4-embedding", "--max-size", str(budget),
+                             "--out", folder)
+    assert code == 0, (code, out, err)
+    assert sum(p.stat().st_size for p in folder.iterdir()) <= budget
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    bits = [next(a.i for a in node.attribute if a.name == "bits") for node in graph.node if node.op_type == "MatMulNBits"]
+    assert set(bits) == {4, 8}, bits
+    assert json.loads((folder / "edgelm.json").read_text())["int4_options"]["max_size"] == budget
+    code, out, err = run_cli("verify", folder)
+    assert code == 0 and "probe matches" in out, (code, out, err)
+
+
+def test_onnx_max_size_with_int8_lm_head_refused(run_cli, tmp_path):
+    code, _, err = run_cli("export", MODEL, "--format", "onnx", "--quant", "int4", "--int8-lm-head", "--max-size", "9MB",
+                           "--out", tmp_path / "o")
+    assert code == 2 and "--max-size" in err and "Traceback" not in err
