@@ -93,7 +93,7 @@ def svg_plot(rows: list[dict], path: Path) -> None:
         x_lo, x_hi = math.floor(x_lo) - 0.5, math.ceil(x_hi) + 0.5
         inner = width - 30
 
-        def x(mb: float) -> float:
+        def x(mb: float, x0=x0, x_lo=x_lo, x_hi=x_hi, inner=inner) -> float:
             return x0 + (mb - x_lo) / (x_hi - x_lo) * inner
 
         def y(kld: float) -> float:

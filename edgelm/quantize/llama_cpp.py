@@ -110,7 +110,7 @@ def _main(source: str, target: str, file_type: str, imatrix: str = "", tensor_ty
         params.imatrix = ctypes.cast(array, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     if tensor_types:
         mixed = json.loads(tensor_types)
-        overrides, kept = _overrides_array(mixed["types"], llama_cpp)
+        overrides, _patterns = _overrides_array(mixed["types"], llama_cpp)
         params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
         if mixed["note"]:
             kv = (llama_cpp.llama_model_kv_override * 2)()

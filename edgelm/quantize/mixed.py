@@ -214,7 +214,10 @@ def matmul_nbits_sizes(block: int):
 def matmul_nbits_trip(block: int):
     """A Linear weight [out, in] through onnxruntime's own MatMulNBits quantizer (the C++ kernel its
     MatMulNBitsQuantizer calls, symmetric, `block` rows of the transposed weight per scale) and back."""
-    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
+    from onnxruntime.capi._pybind_state import (
+        quantize_matmul_4bits,
+        quantize_matmul_8bits,
+    )
 
     def trip(weight: np.ndarray, type_name: str, columns) -> np.ndarray:
         bits = {"int4": 4, "int8": 8}[type_name]
