@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import folder_bytes  # noqa: E402
+from edgelm.errors import UserError  # noqa: E402
 from edgelm.formats import LoadOptions, open_artifact  # noqa: E402
 from edgelm.models import open_checkpoint  # noqa: E402
 from edgelm.parity import compare  # noqa: E402
@@ -32,12 +33,23 @@ METHODS = {
     "Q8_0": ("gguf", {"quant": "int8"}),
     "Q4_K_M stock": ("gguf", {"quant": "int4", "calibrated": False}),
     "Q4_K_M imatrix": ("gguf", {"quant": "int4", "calibrated": True}),
+    # size-budgeted mixed precision (quantize/mixed.py), the budget the stock Q4_K_M file's size in this run
+    "Q4_K_M-size mixed": ("gguf", {"quant": "int4", "calibrated": False, "max_size_of": "Q4_K_M stock"}),
+    "Q4_K_M-size mixed imatrix": ("gguf", {"quant": "int4", "calibrated": True, "max_size_of": "Q4_K_M stock"}),
     "ONNX int4 RTN (stock)": ("onnx", {"quant": "int4", "calibrated": False}),
     "ONNX int4 calibrated": ("onnx", {"quant": "int4", "calibrated": True}),
+    # size-budgeted: MatMuls at 8 bits by measured sensitivity within the RTN folder's size in this run
+    "ONNX RTN-size mixed + int4 embedding": ("onnx", {"quant": "int4", "calibrated": False, "int4_embedding": True,
+                                                      "max_size_of": "ONNX int4 RTN (stock)"}),
+    # the cheap wins: the LM head at 8 bits; and the fp32 embedding table at int4, which pays for it
+    "ONNX int4 + 8-bit LM head": ("onnx", {"quant": "int4", "calibrated": False, "int8_lm_head": True}),
+    "ONNX int4 + int4 embedding + 8-bit LM head": ("onnx", {"quant": "int4", "calibrated": False, "int8_lm_head": True,
+                                                          "int4_embedding": True}),
 }
 
 
-def export(model_dir: Path, out: Path, fmt: str, quant: str, calibrated: bool | None = None) -> Path:
+def export(model_dir: Path, out: Path, fmt: str, quant: str, calibrated: bool | None = None, max_size: int | None = None,
+           **onnx_options) -> Path:
     from edgelm.quantize.calibration import DEFAULT_TEXTS
 
     checkpoint = open_checkpoint(model_dir)
@@ -45,10 +57,10 @@ def export(model_dir: Path, out: Path, fmt: str, quant: str, calibrated: bool | 
     if fmt == "gguf":
         from edgelm.export.gguf import export_gguf
 
-        return export_gguf(checkpoint, out, quant, calibration=texts).path
+        return export_gguf(checkpoint, out, quant, calibration=texts, max_size=max_size).path
     from edgelm.export.onnx import export_onnx
 
-    return export_onnx(checkpoint, out, quant, calibration=texts).path
+    return export_onnx(checkpoint, out, quant, calibration=texts, max_size=max_size, **onnx_options).path
 
 
 def measure(model_dir: Path, artifact: Path, tokens: int) -> dict:
@@ -60,24 +72,92 @@ def measure(model_dir: Path, artifact: Path, tokens: int) -> dict:
             "top1": report.top1_agreement, "positions": report.positions}
 
 
+def svg_plot(rows: list[dict], path: Path) -> None:
+    """Mean KLD (log scale) against size, one panel per model, one colour per method: an SVG written
+    by hand (matplotlib is not among edgelm's dependencies)."""
+    import math
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"]
+    width, height, left, top, bottom = 300, 240, 60, 30, 40
+    low = math.floor(math.log10(min(r["mean_kld"] for r in rows)))
+    high = math.ceil(math.log10(max(r["mean_kld"] for r in rows)))
+    legend_height = 18 * len(methods) + 10
+    total_w, total_h = left + width * len(models) + 20, top + height + bottom + legend_height
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_w}" height="{total_h}" font-family="sans-serif" font-size="11">',
+           f'<rect width="{total_w}" height="{total_h}" fill="white"/>']
+    for i, model in enumerate(models):
+        mine = [r for r in rows if r["model"] == model]
+        x0, x_lo, x_hi = left + i * width, min(r["bytes"] for r in mine) / 1e6, max(r["bytes"] for r in mine) / 1e6
+        x_lo, x_hi = math.floor(x_lo) - 0.5, math.ceil(x_hi) + 0.5
+        inner = width - 30
+
+        def x(mb: float, x0=x0, x_lo=x_lo, x_hi=x_hi, inner=inner) -> float:
+            return x0 + (mb - x_lo) / (x_hi - x_lo) * inner
+
+        def y(kld: float) -> float:
+            return top + (high - math.log10(kld)) / (high - low) * height
+
+        out.append(f'<rect x="{x0}" y="{top}" width="{inner}" height="{height}" fill="none" stroke="#888"/>')
+        out.append(f'<text x="{x0 + inner / 2}" y="{top - 10}" text-anchor="middle" font-weight="bold">{model}</text>')
+        for mb in range(int(x_lo) + 1, int(x_hi) + 1):
+            out.append(f'<text x="{x(mb):.1f}" y="{top + height + 14}" text-anchor="middle">{mb}</text>')
+        out.append(f'<text x="{x0 + inner / 2}" y="{top + height + 30}" text-anchor="middle">size (MB)</text>')
+        for exp in range(low, high + 1):
+            out.append(f'<line x1="{x0}" x2="{x0 + inner}" y1="{y(10 ** exp):.1f}" y2="{y(10 ** exp):.1f}" stroke="#ddd"/>')
+            if i == 0:
+                out.append(f'<text x="{x0 - 5}" y="{y(10 ** exp) + 4:.1f}" text-anchor="end">1e{exp}</text>')
+        for r in mine:
+            colour = colours[methods.index(r["method"]) % len(colours)]
+            out.append(f'<circle cx="{x(r["bytes"] / 1e6):.1f}" cy="{y(r["mean_kld"]):.1f}" r="4" fill="{colour}">'
+                       f'<title>{r["method"]}: {r["bytes"] / 1e6:.2f} MB, KLD {r["mean_kld"]:.5f}</title></circle>')
+    out.append(f'<text x="14" y="{top + height / 2}" transform="rotate(-90 14 {top + height / 2})" text-anchor="middle">mean KLD</text>')
+    for j, method in enumerate(methods):
+        ly = top + height + bottom + 12 + 18 * j
+        out.append(f'<circle cx="{left + 6}" cy="{ly - 4}" r="4" fill="{colours[j % len(colours)]}"/>')
+        out.append(f'<text x="{left + 16}" y="{ly}">{method}</text>')
+    out.append("</svg>")
+    path.write_text("\n".join(out) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--plot", nargs="+", type=Path, metavar=("SVG", "JSON"),
+                        help="write the KLD-against-size plot of these JSON results (of --json) to SVG, and stop")
     args = parser.parse_args()
+    if args.plot:
+        svg_plot([row for saved in args.plot[1:] for row in json.loads(saved.read_text())], args.plot[0])
+        return
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgelm-fidelity-") as folder:
         for model in args.models.split(","):
             model_dir = ROOT / "examples" / "models" / model
+            sizes: dict[str, int] = {}
             for method in args.methods.split(","):
                 fmt, options = METHODS[method]
+                options = dict(options)
+                if "max_size_of" in options:
+                    anchor = options.pop("max_size_of")
+                    if anchor not in sizes:
+                        anchor_fmt = METHODS[anchor][0]
+                        sizes[anchor] = folder_bytes(export(model_dir, Path(folder) / f"{model}-anchor{'.gguf' if anchor_fmt == 'gguf' else '-onnx'}",
+                                                            anchor_fmt, **METHODS[anchor][1]))
+                    options["max_size"] = sizes[anchor]
                 out = Path(folder) / f"{model}-{method.replace(' ', '_')}{'.gguf' if fmt == 'gguf' else '-onnx'}"
-                path = export(model_dir, out, fmt, **options)
+                try:
+                    path = export(model_dir, out, fmt, **options)
+                except UserError as exc:  # e.g. --max-size on an arch llama.cpp's quantizer does not know
+                    print(f"{model:17} {method:24} not made: {exc}", flush=True)
+                    continue
+                sizes[method] = folder_bytes(path)
                 row = {"model": model, "method": method, "format": fmt} | measure(model_dir, path, args.tokens)
                 rows.append(row)
-                print(f"{model:17} {method:24} {row['bytes'] / 1e6:6.2f} MB  KLD {row['mean_kld']:.5f}  "
+                print(f"{model:17} {method:30} {row['bytes'] / 1e6:6.2f} MB  KLD {row['mean_kld']:.5f}  "
                       f"ΔPPL {100 * row['ppl_change']:+6.2f} %  top-1 {100 * row['top1']:5.1f} %  ({row['positions']} positions)", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

@@ -366,6 +366,7 @@ def export(
     calibration_text: Annotated[Optional[Path], typer.Option("--calibration-text", help="ONNX --kv-cache int8: UTF-8 text to calibrate on (default: the opening of a training novel, shipped with edgelm).")] = None,
     calibrate: Annotated[bool, typer.Option("--calibrate", help="int4: calibrate on the openings of the five novels the shipped models trained on, shipped with edgelm (16 chunks × 256 tokens; GGUF: llama.cpp's importance matrix, ONNX: activation-aware scales). Off by default: on the shipped models it helps some and not others (docs/fidelity.md).")] = False,
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="int4: calibrate on this UTF-8 text instead (implies --calibrate).")] = None,
+    max_size: Annotated[Optional[str], typer.Option("--max-size", help="Quantized: the file's (GGUF) or folder's (ONNX int4) largest size (bytes, or 3.5MB, 3.3MiB); each weight's type (GGUF: Q3_K…Q8_0; ONNX: 4 or 8 bits) is then chosen by its measured sensitivity (KLD on the calibration text when it alone is quantized), within the budget.")] = None,
     no_certificate: Annotated[bool, typer.Option("--no-certificate", help="Skip the parity certificate (KLD, ΔPPL, top-1 on 128 held-out positions and a golden probe `edgelm verify` re-runs), stored in the artifact by default.")] = False,
     force: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
     as_json: JsonOption = False,
@@ -383,11 +384,15 @@ def export(
     if calibration:
         _read_text(calibration, "--calibration")  # refused here, before minutes of export
     calibration_texts = (calibration,) if calibration else tuple(DEFAULT_TEXTS) if calibrate else ()
+    if max_size is not None:  # size-budgeted mixed precision (quantize/mixed.py)
+        from .quantize.mixed import parse_size
+
+        max_size = parse_size(max_size)
     exporter = EXPORTERS[format.value]
     options = exporter.check(ExportOptions(
         quant=quant, gguf_type=gguf_type, int4_embedding=int4_embedding, int8_lm_head=int8_lm_head, int4_block_size=int4_block_size,
         int4_accuracy_level=int4_accuracy_level, kv_cache=kv_cache, calibration_text=calibration_text, calibration=calibration_texts,
-        certificate=not no_certificate, force=force))
+        certificate=not no_certificate, force=force, max_size=max_size))
     checkpoint = open_checkpoint(
         model_dir, position_encoding=position_encoding.value if position_encoding else None,
         head_temperatures=head_temperatures, allow_pickle=allow_pickle,

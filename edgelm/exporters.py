@@ -34,6 +34,7 @@ class ExportOptions:
     calibration: tuple[Path, ...] = ()  # int4 calibration texts (both formats)
     certificate: bool = True
     force: bool = False
+    max_size: int | None = None  # quantized: the output's largest size in bytes, types chosen by measured sensitivity
 
     def given(self, names: tuple[str, ...]) -> bool:
         """Whether any of the options `names` differs from its default."""
@@ -121,7 +122,7 @@ class GGUFExporter(Exporter):
         from .export.gguf import export_gguf
 
         report = export_gguf(checkpoint, target, options.quant, options.gguf_type, options.force, on_tensor=lambda _: progress.advance(),
-                             calibration=list(options.calibration), certificate=options.certificate)
+                             calibration=list(options.calibration), certificate=options.certificate, max_size=options.max_size)
         summary = {
             "path": str(report.path), "arch": report.arch, "file_type": report.file_type,
             "bytes": report.path.stat().st_size, "tensor_types": report.type_counts(), "notes": report.notes,
@@ -168,7 +169,7 @@ class ONNXExporter(Exporter):
                              on_step=lambda text: progress.stage(f"exporting to ONNX: {text}"),
                              int4_embedding=options.int4_embedding, int8_lm_head=options.int8_lm_head, kv_cache=options.kv_cache,
                              **int4, calibration_text=options.calibration_text, calibration=list(options.calibration),
-                             certificate=options.certificate)
+                             certificate=options.certificate, max_size=options.max_size)
         size = sum(p.stat().st_size for p in report.path.iterdir())
         lines = [f"wrote {report.path} ({size / 1e6:.1f} MB, {options.quant}): model.onnx, genai_config.json, config.json, tokenizer, edgelm.json"]
         return ExportResult(report.path, {"path": str(report.path), "quant": options.quant, "notes": report.notes}, report.notes, lines)

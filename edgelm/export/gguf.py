@@ -228,9 +228,9 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     return {name: qtype.name for name, qtype in types.items()}
 
 
-def _write_imatrix(checkpoint: Checkpoint, texts: Sequence[Path], path: Path) -> str:
+def _write_imatrix(checkpoint: Checkpoint, texts: Sequence[Path], path: Path):
     """One pass of the torch reference over `texts`, its importance matrix written at `path` under
-    the GGUF tensor names. Returns a note for the user."""
+    the GGUF tensor names. Returns a note for the user and the matrix."""
     from ..quantize.calibration import calibration_chunks, collect
 
     chunks = calibration_chunks(load_tokenizer(checkpoint.path), texts)
@@ -239,7 +239,37 @@ def _write_imatrix(checkpoint: Checkpoint, texts: Sequence[Path], path: Path) ->
     del model  # before llama.cpp's quantizer starts
     names = write_imatrix(imatrix, {source: gguf for gguf, source in _tensor_plan(checkpoint).items()}, path)
     return (f"importance matrix: {len(names)} weights, {imatrix.chunk_count} chunks × {imatrix.chunk_size} tokens of "
-            + ", ".join(p.name for p in texts))
+            + ", ".join(p.name for p in texts)), imatrix
+
+
+def _mixed_types(checkpoint: Checkpoint, f32: Path, texts: Sequence[Path], imatrix, budget: int, type_name: str):
+    """Per-tensor GGML types within `budget` bytes (quantize/mixed.py): each weight's KLD measured on
+    `texts` (the built-in calibration text when none), the greedy allocation over the bytes the f32
+    file's other contents leave. Returns {GGUF name: type}, the note for the file, and notes for the user."""
+    from ..quantize import mixed
+    from ..quantize.calibration import DEFAULT_TEXTS, calibration_chunks
+
+    texts = texts or DEFAULT_TEXTS
+    plan = _tensor_plan(checkpoint)
+    model = checkpoint.load_model()
+    found = mixed.units(model, plan, mixed.gguf_sizes)
+    parameters = model.state_dict()
+    floats = sum(4 * parameters[u.param].numel() * len(u.names) for u in found)
+    fixed = f32.stat().st_size - floats + mixed.ALIGNMENT * len(plan) + mixed.CERTIFICATE_RESERVE
+    mixed.allocate([mixed.Unit(u.param, u.names, u.sizes, dict.fromkeys(u.sizes, 0.0)) for u in found],  # refused before measuring
+                   budget, fixed, type_name)
+    chunks = calibration_chunks(load_tokenizer(checkpoint.path), texts, mixed.CHUNKS, mixed.CHUNK_TOKENS)
+    importance = None if imatrix is None else {u.param: imatrix.mean_squares(u.param) for u in found if u.param in imatrix.sums}
+    mixed.measure(model, chunks, found, mixed.ggml_trip(), mixed.MEASURED_TYPE, importance)
+    del model
+    choice = mixed.allocate(found, budget, fixed, type_name)
+    counts = Counter(choice.values())
+    predicted = mixed.predicted_kld(found, choice)
+    notes = [f"mixed precision within {budget} bytes: " + ", ".join(f"{n} × {t}" for t, n in sorted(counts.items()))
+             + f" (each weight's KLD measured alone at {mixed.MEASURED_TYPE} on {len(chunks)} × {mixed.CHUNK_TOKENS} tokens of "
+             + ", ".join(p.name for p in texts) + f"; predicted sum {predicted:.5f})"]
+    note = (mixed.NOTE_KEY, f"max_size={budget} predicted_kld={predicted:.6f} measured={mixed.MEASURED_TYPE}")
+    return mixed.overrides(found, choice), note, notes
 
 
 def export_gguf(
@@ -251,12 +281,15 @@ def export_gguf(
     on_tensor: Callable[[str], None] | None = None,
     calibration: Sequence[Path] = (),
     certificate: bool = True,
+    max_size: int | None = None,
 ) -> GGUFReport:
     """`calibration`: texts for an importance matrix (quantize/calibration.py) that llama.cpp's
     quantizer weighs its rounding errors by; used for the types llama.cpp's quantizer makes.
     `certificate`: compute the parity certificate on the finished file, by the runtime that runs it,
     and add its `edgelm.parity.*` keys (certificate.py) — after llama.cpp's quantizer, which copies
-    the source file's keys: a certificate of the f32 intermediate would certify another file."""
+    the source file's keys: a certificate of the f32 intermediate would certify another file.
+    `max_size`: bytes the file may take; each weight's type is then chosen by its measured sensitivity
+    (quantize/mixed.py) instead of llama.cpp's recipe for `quant`."""
     family, spec = checkpoint.family, checkpoint.spec
     type_name = resolve_type(quant, gguf_type)
     try:
@@ -268,6 +301,9 @@ def export_gguf(
     notes: list[str] = []
     with atomic_output_file(out, force) as tmp:
         if type_name.lower() in FLOAT_TYPES:
+            if max_size is not None:
+                raise UserError(f"--max-size chooses among quantized types, and {type_name} is not one", None,
+                                "add --quant int4 (or another quantized type), or leave out --max-size")
             qtype = FLOAT_TYPES[type_name.lower()]
             file_type = {Q.F32: LlamaFileType.ALL_F32, Q.F16: LlamaFileType.MOSTLY_F16, Q.BF16: LlamaFileType.MOSTLY_BF16}[qtype]
             written = _write(checkpoint, tmp, qtype, file_type, on_tensor)
@@ -276,15 +312,24 @@ def export_gguf(
             os.close(fd)
             imatrix = Path(name).with_suffix(".imatrix.gguf") if calibration else None
             try:
+                matrix = None
                 if imatrix:
-                    notes.append(_write_imatrix(checkpoint, calibration, imatrix))
+                    note, matrix = _write_imatrix(checkpoint, calibration, imatrix)
+                    notes.append(note)
                 _write(checkpoint, Path(name), Q.F32, LlamaFileType.ALL_F32, on_tensor)
-                written = quantize_gguf(Path(name), tmp, int(LLAMA_FILE_TYPES[type_name]), type_name, imatrix)
+                types, key = None, None
+                if max_size is not None:
+                    types, key, chosen = _mixed_types(checkpoint, Path(name), calibration, matrix, max_size, type_name)
+                    notes += chosen
+                written = quantize_gguf(Path(name), tmp, int(LLAMA_FILE_TYPES[type_name]), type_name, imatrix, types, key)
             finally:
                 Path(name).unlink(missing_ok=True)
                 if imatrix:
                     imatrix.unlink(missing_ok=True)
         else:
+            if max_size is not None:
+                raise UserError(f"--max-size needs llama.cpp's quantizer, which does not know arch {arch!r}", checkpoint.path / "config.json",
+                                "export without --max-size")
             native = type_name if type_name in GGUF_PY_QUANTS else NEAREST_GGUF_PY[type_name[:2]]
             if calibration:
                 notes.append("no importance matrix: gguf-py's quantizer, which quantizes this arch, takes none")
@@ -297,4 +342,7 @@ def export_gguf(
             from ..certificate import certify_gguf
 
             notes.append(certify_gguf(checkpoint, tmp))
+        if max_size is not None and tmp.stat().st_size > max_size:  # the allocation's estimate of the other bytes fell short
+            raise UserError(f"the mixed-precision file came out at {tmp.stat().st_size} bytes, over --max-size {max_size}", out,
+                            f"give --max-size {tmp.stat().st_size} or more")
     return GGUFReport(out, arch, type_name, written, notes)

@@ -357,13 +357,55 @@ def activation_folds(checkpoint: Checkpoint, texts: Sequence[Path]) -> tuple[dic
                    f"from {imatrix.chunk_count} chunks × {imatrix.chunk_size} tokens of " + ", ".join(p.name for p in texts))
 
 
+def _eight_bit_choice(checkpoint: Checkpoint, model: ir.Model, texts: Sequence[Path], budget: int, other_bytes: int,
+                      int4_embedding: bool, block: int) -> tuple[set[str], list[str]]:
+    """The MatMul weights (initializer names) to keep at 8 bits within `budget` bytes for the folder
+    (quantize/mixed.py): each weight's KLD measured with it alone through MatMulNBits int4, on `texts`
+    (the built-in calibration text when none); `other_bytes`: the folder's files besides model.onnx."""
+    from ..quantize import mixed
+    from ..quantize.calibration import DEFAULT_TEXTS, calibration_chunks
+
+    texts = texts or DEFAULT_TEXTS
+    sizes = mixed.matmul_nbits_sizes(block)
+    graph = model.graph
+    plan = {}  # MatMul weight initializer → the checkpoint tensor it is made from
+    for node in graph:
+        weight = next((v for v in node.inputs if v is not None and v.is_initializer()), None)
+        if node.op_type == "MatMul" and weight is not None and weight.shape is not None and len(weight.shape) == 2:
+            plan[weight.name] = weight.name.removeprefix(WRAPPER_PREFIX).removesuffix(".transposed")
+    # model.onnx besides its weights: the nodes the quantizer keeps, as serialized now; for each MatMul it
+    # replaces, room for its MatMulNBits node and scales; the values' types; the certificate; edgelm.json
+    structure = sum(ir.serde.serialize_node(node).ByteSize() for node in graph
+                    if not (node.op_type == "MatMul" and any(v is not None and v.name in plan for v in node.inputs)))
+    structure += sum(ir.serde.serialize_value(v).ByteSize() for v in (*graph.inputs, *graph.outputs))
+    structure += sum(ir.serde.serialize_value(v).ByteSize() for node in graph for v in node.outputs)  # value_info
+    fixed = other_bytes + structure + mixed.ONNX_PER_MATMUL * len(plan) + mixed.ONNX_MANIFEST_RESERVE + mixed.CERTIFICATE_RESERVE
+    for name, value in graph.initializers.items():  # the rest: norms, tables, the embedding (int4 with --int4-embedding)
+        if name not in plan and value.const_value is not None:
+            shape = value.const_value.shape
+            fixed += sizes(shape[1], shape[0])["int4"] if int4_embedding and len(shape) == 2 else value.const_value.nbytes
+    torch_model = checkpoint.load_model()
+    found = mixed.units(torch_model, plan, lambda out, inputs: sizes(out, inputs))
+    mixed.allocate([mixed.Unit(u.param, u.names, u.sizes, dict.fromkeys(u.sizes, 0.0)) for u in found], budget, fixed, "int4")
+    chunks = calibration_chunks(load_tokenizer(checkpoint.path), texts, mixed.CHUNKS, mixed.CHUNK_TOKENS)
+    mixed.measure(torch_model, chunks, found, mixed.matmul_nbits_trip(block), "int4")
+    choice = mixed.allocate(found, budget, fixed, "int4")
+    eight = {name for name, bits in mixed.overrides(found, choice).items() if bits == "int8"}
+    note = (f"mixed precision within {budget} bytes: {len(eight)} of {len(plan)} MatMuls at 8 bits (each weight's KLD "
+            f"measured alone at int4 on {len(chunks)} × {mixed.CHUNK_TOKENS} tokens of " + ", ".join(p.name for p in texts)
+            + f"; predicted sum {mixed.predicted_kld(found, choice):.5f})")
+    return eight, [note]
+
+
 def _write_graph(checkpoint: Checkpoint, path: Path, kv_calibration_text: Path | None, quant: str,
                  int4_embedding: bool = False, int8_lm_head: bool = False, calibration: Sequence[Path] = (),
-                 int4_block_size: int = INT4_BLOCK, int4_accuracy_level: int = INT4_ACCURACY_LEVEL) -> list[str]:
+                 int4_block_size: int = INT4_BLOCK, int4_accuracy_level: int = INT4_ACCURACY_LEVEL,
+                 budget: tuple[int, int] | None = None) -> list[str]:
     """Trace the graph over fake weights, calibrate an int8 KV cache on `kv_calibration_text` with the
     torch model (None: a float cache), and write the graph with each weight streamed from the
     checkpoint (temperatures folded, checked finite and, for f16, within float16's range); int4, int8
-    and f16 convert each weight on its way (quantize/onnx.py). Returns notes for the user."""
+    and f16 convert each weight on its way (quantize/onnx.py); `budget` (bytes for the folder, bytes of
+    its other files): int4 with MatMuls kept at 8 bits by measured sensitivity. Returns notes for the user."""
     # the tracer's notes on dynamic axes, missing torchvision ops and pytree deprecations: none is the user's to act on
     warnings.filterwarnings("ignore", module="torch.onnx")
     warnings.filterwarnings("ignore", message=".*LeafSpec")
@@ -382,9 +424,13 @@ def _write_graph(checkpoint: Checkpoint, path: Path, kv_calibration_text: Path |
     model = _traced_graph(checkpoint, kv_scales)
     _fill_weights(model, weights, quant == "f16")
     onnxscript.optimizer.optimize(model)  # folds the small constants only: the weights stay lazy
+    eight_bit: set[str] = set()
+    if budget is not None:
+        eight_bit, chosen = _eight_bit_choice(checkpoint, model, calibration, *budget, int4_embedding, int4_block_size)
+        notes += chosen
     try:
         if quant == "int4":
-            notes += quantize_int4(model, int4_embedding, int8_lm_head, int4_block_size, int4_accuracy_level)
+            notes += quantize_int4(model, int4_embedding, int8_lm_head, int4_block_size, int4_accuracy_level, eight_bit)
         elif quant == "int8":
             notes += quantize_int8(model)
         elif quant == "f16":
@@ -412,12 +458,16 @@ def export_onnx(
     checkpoint: Checkpoint, out: Path, quant: str = "f32", force: bool = False, on_step: Callable[[str], None] | None = None,
     int4_embedding: bool = False, int8_lm_head: bool = False, kv_cache: str = "float", calibration_text: Path | None = None,
     calibration: Sequence[Path] = (), int4_block_size: int = INT4_BLOCK, int4_accuracy_level: int = INT4_ACCURACY_LEVEL,
-    certificate: bool = True,
+    certificate: bool = True, max_size: int | None = None,
 ) -> ONNXReport:
     """`int4_embedding`, `int8_lm_head`, `int4_block_size`, `int4_accuracy_level`: int4 options (embedding
     Gather at int4 too; LM head at 8 bits; weights per scale; MatMulNBits' compute type).
     `kv_cache="int8"`: int8 KV buffers, scales calibrated on `calibration_text`. `certificate`: the
-    parity certificate, computed on the finished folder by onnxruntime (certificate.py)."""
+    parity certificate, computed on the finished folder by onnxruntime (certificate.py). `max_size`: bytes
+    the folder may take; int4's MatMuls are then kept at 8 bits by measured sensitivity (quantize/mixed.py)."""
+    if max_size is not None and (quant != "int4" or int8_lm_head):
+        raise UserError("--max-size chooses which MatMuls of --quant int4 stay at 8 bits (the LM head too)", None,
+                        "use it with --quant int4, without --int8-lm-head")
     check_quant_options(quant, int4_embedding, int8_lm_head, kv_cache, int4_block_size, int4_accuracy_level)
     if kv_cache == "int8" and calibration_text is None:
         raise UserError("--kv-cache int8 needs a calibration text", None, "add --calibration-text FILE")
@@ -426,21 +476,22 @@ def export_onnx(
     with atomic_output_dir(out, force) as tmp:
         step("tracing the graph" + (" and calibrating the int8 KV cache" if kv_cache == "int8" else "")
              + (f", writing {quant} weights" if quant != "f32" else ""))
-        notes = _write_graph(checkpoint, tmp / ONNX_MODEL_FILE, calibration_text if kv_cache == "int8" else None, quant,
-                             int4_embedding, int8_lm_head, calibration, int4_block_size, int4_accuracy_level)
-        step("writing configs")
+        step("writing configs")  # first: a --max-size budget counts them
         for name in TOKENIZER_FILES:
             if (source := find_member(checkpoint.path, name)) is not None:
                 shutil.copyfile(source, tmp / name)
         write_hf_configs(checkpoint, tmp)
         (tmp / GENAI_CONFIG).write_text(json.dumps(genai_config(checkpoint, tokenizer, checkpoint.spec.max_positions), indent=2) + "\n")
+        budget = None if max_size is None else (max_size, sum(p.stat().st_size for p in tmp.iterdir()))
+        notes = _write_graph(checkpoint, tmp / ONNX_MODEL_FILE, calibration_text if kv_cache == "int8" else None, quant,
+                             int4_embedding, int8_lm_head, calibration, int4_block_size, int4_accuracy_level, budget)
         manifest = {
             "family": checkpoint.spec.family,
             "position_encoding": checkpoint.spec.position_encoding,
             "head_temperatures": {"layers": checkpoint.head_temperatures().tolist(), "baked_into_weights": True},
             "quantization": quant,
             "int4_options": {"embedding": int4_embedding, "lm_head_int8": int8_lm_head, "block_size": int4_block_size,
-                             "accuracy_level": int4_accuracy_level} if quant == "int4" else None,
+                             "accuracy_level": int4_accuracy_level, "max_size": max_size} if quant == "int4" else None,
             "kv_cache": kv_cache,
             "rotary_table_positions": rotary_table_positions(checkpoint.spec),
             "source_checkpoint_sha256": reference_sha256(checkpoint),
@@ -451,4 +502,8 @@ def export_onnx(
         if certificate:
             step("computing the parity certificate")
             notes.append(certify_onnx(checkpoint, tmp))
+        size = sum(p.stat().st_size for p in tmp.iterdir())
+        if max_size is not None and size > max_size:  # the allocation's estimate of the other bytes fell short
+            raise UserError(f"the mixed-precision folder came out at {size} bytes, over --max-size {max_size}", out,
+                            f"give --max-size {size} or more")
     return ONNXReport(out, quant, notes)

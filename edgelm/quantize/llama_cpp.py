@@ -6,12 +6,15 @@ process the two added up to 0.62–0.65 GB (1.1B → Q4_K_M); apart, neither pro
 waiting exporter and the quantizer together still reach ~0.62). The quantizer's process imports only
 llama-cpp-python, as llama.cpp's own `llama-quantize` runs apart from its converter.
 
-    python -m edgelm.quantize.llama_cpp SOURCE.gguf TARGET.gguf FILE_TYPE [IMATRIX.gguf]
+    python -m edgelm.quantize.llama_cpp SOURCE.gguf TARGET.gguf FILE_TYPE [IMATRIX.gguf|""] [TYPES.json]
     → TARGET.gguf, and on stdout {tensor name: GGML type name} as JSON
 
 With an importance matrix (llama.cpp's imatrix.gguf, quantize/imatrix.py), the process hands it to
 `llama_model_quantize` as llama-quantize does: each entry's in_sum2 / counts, as an array of
-`llama_model_imatrix_data` ended by a NULL name (`llama_model_quantize_params.imatrix`).
+`llama_model_imatrix_data` ended by a NULL name (`llama_model_quantize_params.imatrix`). With
+{tensor name: GGML type name} (quantize/mixed.py's choice), each tensor gets its type through
+`llama_model_quantize_params.tt_overrides` (an anchored pattern per tensor, ended by a NULL pattern),
+as llama-quantize's `--tensor-type NAME=TYPE` hands them over.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,12 +34,16 @@ from ..errors import UserError
 REFUSED = 3  # the exit status for "llama_model_quantize returned an error"
 
 
-def quantize_gguf(source: Path, target: Path, file_type: int, type_name: str, imatrix: Path | None = None) -> dict[str, str]:
+def quantize_gguf(source: Path, target: Path, file_type: int, type_name: str, imatrix: Path | None = None,
+                  tensor_types: dict[str, str] | None = None, note: tuple[str, str] | None = None) -> dict[str, str]:
     """Write `target`, `source` (an f32 GGUF of an arch llama.cpp knows) quantized to `file_type`,
-    weighing rounding errors by `imatrix` (an imatrix.gguf) when given; returns the GGML type name
-    llama.cpp chose for each tensor, as gguf-py reads them from `target`."""
+    weighing rounding errors by `imatrix` (an imatrix.gguf) when given, `tensor_types` ({tensor name:
+    GGML type name}) overriding llama.cpp's choice for those tensors, `note` a (key, string of at most
+    127 bytes) added to the file's metadata (llama-quantize's --override-kv); returns the GGML type name of
+    each tensor, as gguf-py reads them from `target`."""
     _give_back_freed_heap()
-    done = subprocess.run([sys.executable, "-m", __name__, str(source), str(target), str(file_type), *([str(imatrix)] if imatrix else [])],
+    types = [json.dumps({"types": tensor_types, "note": note})] if tensor_types else []
+    done = subprocess.run([sys.executable, "-m", __name__, str(source), str(target), str(file_type), str(imatrix or ""), *types],
                           capture_output=True, text=True, errors="replace")
     if done.returncode == 0:
         return json.loads(done.stdout.splitlines()[-1])  # the last line: llama.cpp may print before it
@@ -73,7 +81,21 @@ def _imatrix_array(path: str, llama_cpp):
     return array, (entries, names)
 
 
-def _main(source: str, target: str, file_type: str, imatrix: str | None = None) -> int:
+def _overrides_array(tensor_types: dict[str, str], llama_cpp):
+    """{tensor name: type name} as llama.cpp's NULL-terminated `llama_model_tensor_override` array:
+    each pattern matches that one name (std::regex_search, so anchored and escaped)."""
+    from gguf import GGMLQuantizationType
+
+    array = (llama_cpp.llama_model_tensor_override * (len(tensor_types) + 1))()
+    patterns = [("^" + re.escape(name) + "$").encode() for name in tensor_types]
+    for slot, pattern, type_name in zip(array, patterns, tensor_types.values()):
+        slot.pattern = pattern
+        slot.type = int(GGMLQuantizationType[type_name])
+    array[len(tensor_types)].pattern = None
+    return array, patterns
+
+
+def _main(source: str, target: str, file_type: str, imatrix: str = "", tensor_types: str = "") -> int:
     import logging
 
     import llama_cpp
@@ -86,6 +108,16 @@ def _main(source: str, target: str, file_type: str, imatrix: str | None = None) 
     if imatrix:
         array, keep = _imatrix_array(imatrix, llama_cpp)
         params.imatrix = ctypes.cast(array, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    if tensor_types:
+        mixed = json.loads(tensor_types)
+        overrides, _patterns = _overrides_array(mixed["types"], llama_cpp)
+        params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+        if mixed["note"]:
+            kv = (llama_cpp.llama_model_kv_override * 2)()
+            kv[0].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+            kv[0].key = mixed["note"][0].encode()
+            kv[0].value.val_str = mixed["note"][1].encode()[:127]
+            params.kv_overrides = ctypes.cast(kv, ctypes.POINTER(llama_cpp.llama_model_kv_override))
     if llama_cpp.llama_model_quantize(source.encode(), target.encode(), params) != 0:
         return REFUSED
     from gguf import GGUFReader  # read here too: its parse of a 32k-token vocabulary holds ~70 MB

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import onnx
@@ -149,18 +149,20 @@ def quantize_int8(model: ir.Model) -> list[str]:
 
 
 def quantize_int4(model: ir.Model, embedding: bool = False, int8_lm_head: bool = False, block_size: int = INT4_BLOCK,
-                  accuracy_level: int = INT4_ACCURACY_LEVEL) -> list[str]:
+                  accuracy_level: int = INT4_ACCURACY_LEVEL, eight_bit: Collection[str] = ()) -> list[str]:
     """int4 weights as the graph is written: every MatMul (and with `embedding` the embedding Gather)
     whose weight is a constant becomes onnxruntime's MatMulNBits (GatherBlockQuantized), one weight
     at a time (_quantize_one), so memory holds the int4 model and one float weight, never the float
     model; `int8_lm_head` keeps the LM head at 8 bits; `block_size` weights share a scale, `accuracy_level`
-    is MatMulNBits' compute type (onnxruntime's names). Returns notes for the user."""
+    is MatMulNBits' compute type (onnxruntime's names); the MatMuls whose weight (initializer) is named
+    in `eight_bit` take 8 bits too (quantize/mixed.py's choice). Returns notes for the user."""
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line per node
     head = _lm_head(model.graph) if int8_lm_head else None
     ops = ("MatMul", "Gather") if embedding else ("MatMul",)
 
     def quantize(node: ir.Node) -> Callable[[onnx.ModelProto], onnx.ModelProto]:
-        config = _weight_config(8 if node is head else 4, ops, block_size, accuracy_level)
+        weight = next(v.name for v in node.inputs if v is not None and v.is_initializer())
+        config = _weight_config(8 if node is head or weight in eight_bit else 4, ops, block_size, accuracy_level)
         return lambda one_node: _matmul_nbits(one_node, config)
 
     _quantize_each(model, ops, quantize)
