@@ -51,7 +51,7 @@ def main() -> None:
     print(f"{'artifact':<40} {'engine':<28} {'decode tok/s (median)':>22} {'ratio to first (median of rounds)':>34}")
     for path, artifact in zip(args.artifacts, artifacts):
         ratios = [a / b for a, b in zip(rates[path], rates[first])]
-        print(f"{str(path):<40} {artifact.engine[:28]:<28} {statistics.median(rates[path]):>22.1f} {statistics.median(ratios):>34.3f}"
+        print(f"{path!s:<40} {artifact.engine[:28]:<28} {statistics.median(rates[path]):>22.1f} {statistics.median(ratios):>34.3f}"
               f"   rounds: {' '.join(f'{r:.2f}' for r in ratios)}")
     for path, artifact in zip(args.artifacts, artifacts):
         ops = graph_ops(artifact.backend)

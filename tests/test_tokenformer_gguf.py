@@ -13,6 +13,7 @@ from edgelm.formats import LoadOptions, open_artifact
 from edgelm.gguf_layout import tokenformer as layout
 from edgelm.models import open_checkpoint
 from edgelm.models.registry import expand_names
+
 from .gguf_edit import rewrite_gguf
 from .test_bad_input import assert_user_error
 
@@ -33,8 +34,8 @@ def test_the_layout_maps_every_checkpoint_tensor_once(preset_dir):
 def test_the_file_holds_q_k_v_stacked_as_declared(exported):
     checkpoint, path = exported
     tensors = {t.name: t for t in GGUFReader(str(path)).tensors}
-    read = lambda name: torch.from_numpy(np.array(tensors[name].data))  # noqa: E731  (numpy order: outermost first)
-    source = lambda name: checkpoint.tensors.get(name).float()  # noqa: E731
+    read = lambda name: torch.from_numpy(np.array(tensors[name].data))  # numpy order: outermost first
+    source = lambda name: checkpoint.tensors.get(name).float()
     for bid in range(checkpoint.spec.num_layers):
         parts = [f"sequential.{bid + 2}.attention.{p}" for p in ("query", "key", "value")]
         assert torch.equal(read(f"blk.{bid}.attn_qkv.key_tokens"), torch.stack([source(f"{p}.key_param_tokens") for p in parts]))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Key", "Tensor", "VOCAB"]
+__all__ = ["VOCAB", "Key", "Tensor"]
 
 VOCAB = "vocab"  # a shape entry: the embedding's rows (no key holds the vocabulary size; the tokenizer does)
 

@@ -98,10 +98,10 @@ class TokenFormerGraph(ArchGraph):
             q = ggml.ggml_view_3d(ctx, qk, hd, heads, n_tokens, hd * f32, d * f32, 0)
             attended = ggml.ggml_flash_attn_ext(ctx, ggml.ggml_permute(ctx, q, 0, 2, 1, 3), cached(k_cache), cached(v_cache),
                                                 inputs.mask, 1.0 / math.sqrt(hd), 0.0, 0.0)  # [hd, heads, n]
-            block = lambda tensor: weights[tensor.name.format(bid=i)]  # noqa: E731
-            x = ggml.ggml_add(ctx, x, pattention(ggml.ggml_reshape_2d(ctx, attended, d, n_tokens),
-                                                 block(layout.OUTPUT_KEYS), block(layout.OUTPUT_VALUES)))
-            x = ggml.ggml_add(ctx, x, pattention(ggml.ggml_norm(ctx, x, self.eps), block(layout.FFN_KEYS), block(layout.FFN_VALUES)))
+            output, ffn = ([weights[t.name.format(bid=i)] for t in pair] for pair in ((layout.OUTPUT_KEYS, layout.OUTPUT_VALUES),
+                                                                                   (layout.FFN_KEYS, layout.FFN_VALUES)))
+            x = ggml.ggml_add(ctx, x, pattention(ggml.ggml_reshape_2d(ctx, attended, d, n_tokens), *output))
+            x = ggml.ggml_add(ctx, x, pattention(ggml.ggml_norm(ctx, x, self.eps), *ffn))
         if last_only and n_tokens > 1:
             stride = x.contents.nb[1]
             x = ggml.ggml_view_2d(ctx, x, d, 1, stride, (n_tokens - 1) * stride)
