@@ -41,6 +41,7 @@ ARCH_KEYS: dict[str, GGUFValueType] = {
         # edgelm-defined: tokenformer's Pattention parameter-token counts (runtime/ggml_archs.py reads them)
         ("{arch}.qkv_slot_count", T.UINT32),
         ("{arch}.proj_slot_count", T.UINT32),
+        ("{arch}.layout_version", T.UINT32),  # tokenformer's layout (gguf_layout/tokenformer.py)
     ]
 }
 

@@ -322,7 +322,7 @@ CASES: list[Case] = [
          gguf_key("tokenformer.block_count", "two", GGUFValueType.STRING)),
     case("GGUF block count not a number", "generate {gguf} --prompt x", "tokenformer.block_count is 'two', not a whole number",
          gguf_key("tokenformer.block_count", "two", GGUFValueType.STRING)),
-    case("GGUF block count one more", "generate {gguf} --prompt x", "10 tensors missing: blk.4.attn_k",
+    case("GGUF block count one more", "generate {gguf} --prompt x", "6 tensors missing: blk.4.attn_output",
          gguf_key("tokenformer.block_count", 5, GGUFValueType.UINT32)),
     case("GGUF slots not the tensors'", "generate {gguf} --prompt x", "tensors of the wrong shape: blk.0.ffn.key_tokens",
          gguf_key("tokenformer.feed_forward_length", 512, GGUFValueType.UINT32)),

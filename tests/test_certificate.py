@@ -159,7 +159,7 @@ def test_tokenformer_gguf_on_the_ggml_executor(exports, run_cli, tmp_path):
     path = exports("tiny-tokenformer.gguf")
     assert GGUFReader(str(path)).fields["edgelm.parity.engine"].contents().startswith("edgelm ggml executor")
     verify_passes(run_cli, path)
-    verify_fails(run_cli, flip_gguf_weight(path, tmp_path / "one-weight.gguf", "blk.0.attn_q.key_tokens"))
+    verify_fails(run_cli, flip_gguf_weight(path, tmp_path / "one-weight.gguf", "blk.0.attn_qkv.key_tokens"))
 
 
 def test_onnx_certificate_in_edgelm_json_and_the_graphs_metadata(exports, run_cli, tmp_path):

@@ -93,34 +93,58 @@ def resolve_type(quant: str, gguf_type: str | None) -> str:
 @dataclass
 class _Source:
     """One source of GGUF tensors, in writing order: a checkpoint tensor by module name (its GGUF name
-    declared in gguf_tensor_names), or, with `name` None, the family's extra tensors."""
+    declared in gguf_tensor_names), several (`stacked`, `name` the first) that declare one GGUF name,
+    stacked in declaration order along a new outermost axis, or, with `name` None, the family's extra tensors."""
 
     name: str | None
     gguf_name: str | None
     outputs: dict[str, torch.Tensor]  # GGUF name → tensor: meta (shape only) for a checkpoint tensor
     streamed: bool = False  # one output, left as stored: written a block of rows at a time
+    stacked: tuple[str, ...] = ()
 
 
 def _sources(checkpoint: Checkpoint, weights: ExportedWeights) -> list[_Source]:
-    """Every GGUF tensor, by the source it comes from; an unmapped checkpoint tensor is an error."""
+    """Every GGUF tensor, by the source it comes from; an unmapped checkpoint tensor, or a stack with a
+    part missing, is an error."""
     family, spec = checkpoint.family, checkpoint.spec
     names = expand_names(family.gguf_tensor_names, spec.num_layers)
     module_names = checkpoint.weight_names() + list(family.tied_tensors(spec))
     unmapped = [n for n in module_names if n not in names]
     if unmapped:
         raise ValueError(f"{family.name} declares no GGUF name for {unmapped}")
+    parts: dict[str, list[str]] = {}  # GGUF name → the checkpoint names that declare it, in declaration order
+    for name, gguf_name in names.items():
+        parts.setdefault(gguf_name, []).append(name)
     plan = [_Source(None, None, dict(family.gguf_extra_tensors(spec)))]
-    for name in (n for n in names if n in module_names):
-        source = torch.empty(weights.shapes[name], device="meta")
-        outputs = dict(family.gguf_tensors(spec, name, names[name], source))
-        # the family's transform left it as stored
-        streamed = len(outputs) == 1 and next(iter(outputs.values())) is source and weights.unchanged(name)
-        plan.append(_Source(name, names[name], outputs, streamed))
+    for gguf_name, stack in parts.items():
+        present = [n for n in stack if n in module_names]
+        if len(stack) > 1:
+            if len(present) < len(stack):
+                raise ValueError(f"{family.name} stacks {stack} into {gguf_name}, but the checkpoint lacks "
+                                 f"{[n for n in stack if n not in present]}")
+            slices = [_stack_part(family, spec, n, gguf_name, torch.empty(weights.shapes[n], device="meta")) for n in stack]
+            plan.append(_Source(stack[0], gguf_name, {gguf_name: torch.stack(slices)}, stacked=tuple(stack)))
+            continue
+        for name in present:
+            source = torch.empty(weights.shapes[name], device="meta")
+            outputs = dict(family.gguf_tensors(spec, name, gguf_name, source))
+            # the family's transform left it as stored
+            streamed = len(outputs) == 1 and next(iter(outputs.values())) is source and weights.unchanged(name)
+            plan.append(_Source(name, gguf_name, outputs, streamed))
     return [source for source in plan if source.outputs]
 
 
+def _stack_part(family, spec, name: str, gguf_name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """One slice of a stacked GGUF tensor: the family's transform of one checkpoint tensor, which must
+    give exactly that tensor."""
+    outputs = dict(family.gguf_tensors(spec, name, gguf_name, tensor))
+    assert list(outputs) == [gguf_name], (name, list(outputs))
+    return outputs[gguf_name]
+
+
 def _tensor_plan(checkpoint: Checkpoint) -> dict[str, str]:
-    """GGUF name → the checkpoint tensor it is made from (the extra tensors, made from the spec, are not in it)."""
+    """GGUF name → the checkpoint tensor it is made from (the extra tensors, made from the spec, are not
+    in it; a stacked tensor names its first part)."""
     return {gguf_name: source.name for source in _sources(checkpoint, ExportedWeights(checkpoint)) if source.name
             for gguf_name in source.outputs}
 
@@ -131,7 +155,10 @@ def gguf_tensor_data(weights: ExportedWeights, source: _Source) -> dict[str, tor
     if source.name is None:
         return source.outputs
     checkpoint = weights.checkpoint
-    outputs = dict(checkpoint.family.gguf_tensors(checkpoint.spec, source.name, source.gguf_name, weights.get(source.name)))
+    family, spec = checkpoint.family, checkpoint.spec
+    if source.stacked:
+        return {source.gguf_name: torch.stack([_stack_part(family, spec, n, source.gguf_name, weights.get(n)) for n in source.stacked])}
+    outputs = dict(family.gguf_tensors(spec, source.name, source.gguf_name, weights.get(source.name)))
     assert outputs.keys() == source.outputs.keys(), (source.name, list(outputs))
     return outputs
 

@@ -77,8 +77,9 @@ class Family:
         query tensors the temperatures fold into (`query_tensors`) by their own size."""
         return None
 
-    # GGUF facts: architecture name, checkpoint → GGUF tensor names (templates with {bid}), and the
-    # architecture's hyperparameter keys (without the "ARCH." prefix).
+    # GGUF facts: architecture name, checkpoint → GGUF tensor names (templates with {bid}; checkpoint
+    # tensors that name one GGUF tensor are stacked into it, in this order, along a new outermost axis),
+    # and the architecture's hyperparameter keys (without the "ARCH." prefix).
     gguf_tensor_names: ClassVar[dict[str, str]] = {}
     # The arch's runtime reads a tied alias from its source when the GGUF lacks it (llama.cpp's
     # llama, granite and qwen2 load token_embd when output.weight is absent), so the GGUF holds the

@@ -13,6 +13,7 @@ Checkpoint names follow the published GPT-NeoX pipeline layout: `sequential.0.wo
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -20,10 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..gguf_layout import tokenformer as layout
 from .layers import CausalLM, CausalSelfAttention
 from .positions import Rotary
-from .registry import AttentionInput, Family, register, rope_hparams
+from .registry import AttentionInput, Family, expand_names, register
 from .spec import ModelSpec
+
+
+@functools.cache
+def _transposed_sources(layers: int) -> frozenset[str]:
+    return frozenset(expand_names({s: t.name for t in layout.TENSORS if t.transposed for s in t.sources}, layers))
 
 
 @dataclass(frozen=True)
@@ -115,32 +122,31 @@ class TokenFormer(Family):
     name = "tokenformer"
     architectures = ("TokenFormerForCausalLM",)
     model_types = ("tokenformer",)
-    # edgelm-defined GGUF arch (llama.cpp does not know it; edgelm's native executor runs it)
-    gguf_tensor_names = {
-        "sequential.0.word_embeddings.weight": "token_embd.weight",
-        **{f"sequential.{{bid+2}}.attention.{ours}.{side}_param_tokens": f"blk.{{bid}}.{theirs}.{side}_tokens"
-           for ours, theirs in [("query", "attn_q"), ("key", "attn_k"), ("value", "attn_v"), ("proj", "attn_output")]
-           for side in ("key", "value")},
-        **{f"sequential.{{bid+2}}.mlp.{side}_param_tokens": f"blk.{{bid}}.ffn.{side}_tokens" for side in ("key", "value")},
-        "sequential.{L+3}.norm.weight": "output_norm.weight",
-        "sequential.{L+3}.norm.bias": "output_norm.bias",
-    }
+    # edgelm-defined GGUF arch (llama.cpp does not know it; edgelm's native executor runs it), its
+    # layout declared once in gguf_layout/tokenformer.py; stacked sources are listed in stacking order
+    gguf_tensor_names = {source: tensor.name for tensor in layout.TENSORS for source in tensor.sources}
 
     def gguf_arch(self, spec):
-        return "tokenformer"
+        return layout.ARCH
 
     def gguf_hparams(self, spec):
-        return {
-            "context_length": spec.max_positions,
-            "embedding_length": spec.hidden_size,
-            "block_count": spec.num_layers,
-            "attention.head_count": spec.num_heads,
-            "attention.layer_norm_epsilon": spec.norm_eps,
-            **rope_hparams(spec.positions),
-            "qkv_slot_count": spec.family_config.qkv_slots,
-            "proj_slot_count": spec.family_config.proj_slots,
-            "feed_forward_length": spec.family_config.ffn_slots,
+        rotary = spec.positions if isinstance(spec.positions, Rotary) else None
+        values = {
+            layout.CONTEXT_LENGTH: spec.max_positions,
+            layout.EMBEDDING_LENGTH: spec.hidden_size,
+            layout.BLOCK_COUNT: spec.num_layers,
+            layout.HEAD_COUNT: spec.num_heads,
+            layout.LAYER_NORM_EPS: spec.norm_eps,
+            layout.ROPE_DIMENSIONS: spec.rotated_dims,
+            layout.ROPE_FREQ_BASE: rotary.theta if rotary else 10000.0,  # unread without rotated dimensions
+            layout.QKV_SLOTS: spec.family_config.qkv_slots,
+            layout.PROJ_SLOTS: spec.family_config.proj_slots,
+            layout.FFN_SLOTS: spec.family_config.ffn_slots,
+            layout.VERSION: layout.LAYOUT_VERSION,
         }
+        assert set(values) == set(layout.KEYS)
+        # the writer types a value by its Python type: int → UINT32, float → FLOAT32, as declared
+        return {key.name: (float if key.value_type == "FLOAT32" else int)(value) for key, value in values.items()}
 
     # GPT-NeoX variants the published config.json can name; edgelm implements the ones TokenFormer
     # was trained with (megatron/model/norms.py, tokenformer.py) and refuses the rest rather than
@@ -183,9 +189,9 @@ class TokenFormer(Family):
         return TokenFormerForCausalLM(spec)
 
     def gguf_transform(self, spec, name, tensor):
-        """V_p [n, d_out] is stored transposed, [d_out, n] (ggml [n, d_out]), as llama.cpp stores a
-        Linear's weight: ggml's mul_mat then multiplies the quantized rows in place (runtime/ggml_archs.py)."""
-        return tensor.t() if name.endswith("value_param_tokens") else tensor
+        """Sources the layout declares transposed (V_p [n, d_out] as [d_out, n], ggml [n, d_out], as
+        llama.cpp stores a Linear's weight: ggml's mul_mat then multiplies the quantized rows in place)."""
+        return tensor.t() if name in _transposed_sources(spec.num_layers) else tensor
 
     def query_tensors(self, spec, layer):
         # q = A·V_p: scaling V_p's columns of head h scales that head's queries

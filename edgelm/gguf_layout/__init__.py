@@ -1,0 +1,35 @@
+"""GGUF layouts edgelm defines, declared once and read by both sides, as llama.cpp's converter and loader
+share gguf-py's constants.py (MODEL_TENSORS, TENSOR_NAMES, Keys): the writer (a family's GGUF mapping)
+and edgelm's ggml executor (runtime/ggml_archs.py). No torch, no gguf-py here: the runtime imports it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["VOCAB", "Key", "Tensor"]
+
+VOCAB = "vocab"  # a shape entry: the embedding's rows (no key holds the vocabulary size; the tokenizer does)
+
+
+@dataclass(frozen=True)
+class Key:
+    """`{arch}.{name}`, of GGUF value type `value_type` (a name of gguf-py's GGUFValueType)."""
+
+    name: str
+    value_type: str
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One GGUF tensor. `name` is a template over the block number `{bid}`; `sources` the checkpoint
+    tensors it is made from (templates as the family's checkpoint names them), several stacked in this
+    order along a new outermost axis; `transposed`: each source is stored transposed. `shape`: ggml's
+    (ne0 first), each entry a whole number, a Key whose value it is, or VOCAB."""
+
+    name: str
+    sources: tuple[str, ...]
+    shape: tuple[int | Key | str, ...]
+    transposed: bool = False
+
+    def names(self, layers: int) -> list[str]:
+        return [self.name.format(bid=bid) for bid in range(layers)] if "{bid}" in self.name else [self.name]
