@@ -58,7 +58,7 @@ CHECKED_PATH_CALLS = {
     ("export/onnx.py", "shutil.copy"): "tokenizer files from find_member()",
     ("export/onnx.py", ".read_text("): "edgelm's own probe text",
     ("bundle.py", "open("): "writes zip entries into its own fresh folder",
-    ("chat.py", "open("): "/proc/self/status and the pipe to its own template-rendering child",
+    ("chat_template.py", "open("): "/proc/self/status",
     ("bundle.py", "shutil.copy"): "edgelm's web page and the --web-runtime the user named",
     ("certificate.py", "GGUFReader("): "the GGUF the exporter just wrote, to add the certificate's keys",
     ("certificate.py", "onnx.load("): "the graph the exporter just wrote, to add the certificate to its metadata_props",
