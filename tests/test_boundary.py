@@ -285,6 +285,52 @@ def test_verify_loads_the_model(run_cli, made, tmp_path, payload):
     assert_user_error(run_cli("verify", folder), "is of no format edgelm reads")
 
 
+# a certificate a stranger wrote: every field `verify` prints or computes with is checked before the probe runs
+def _ragged(c):
+    c["probe"]["top_k_ids"][0].pop()
+    c["probe"]["top_k_logits"][0].pop()
+
+
+HOSTILE_CERTIFICATES = {
+    "mean_kld must be a finite number from 0, not nan": lambda c: c.update(mean_kld=float("nan")),  # printed nan, --json wrote NaN
+    "perplexity_change must be a finite number from -1, not inf": lambda c: c.update(perplexity_change=float("inf")),
+    "mean_kld must be a finite number from 0, not -5": lambda c: c.update(mean_kld=-5),
+    "top1_agreement must be a finite number from 0 to 1, not 7": lambda c: c.update(top1_agreement=7),
+    "positions is not a count": lambda c: c.update(positions="9\nverify: ok"),  # printed as two lines
+    "positions is not a count ": lambda c: c.update(positions=10**30),
+    "text is not one line of printable text": lambda c: c.update(text="x\nok: everything matches"),
+    "engine_version is not one line of printable text": lambda c: c.update(engine_version="\x1b[2J\x1b[32mok"),  # a terminal escape
+    "edgelm_version is not one line of printable text": lambda c: c.update(edgelm_version="x" * 500_000),
+    "reference_sha256 is not a sha256": lambda c: c.update(reference_sha256="made by the vendor"),
+    "top_k_ids rows differ in length": _ragged,  # was a numpy ValueError traceback
+    "certificate_version is not an integer": lambda c: c.update(certificate_version=True),
+    "the probe has no prompt of at most 4096 characters": lambda c: c["probe"].update(prompt="hello " * 100_000),
+    "past the vocabulary's": lambda c: c["probe"].update(prompt_ids=[2**70]),
+}
+
+
+@pytest.mark.parametrize("why", HOSTILE_CERTIFICATES)
+def test_hostile_certificates_are_one_line(run_cli, made, tmp_path, why):
+    folder = copy_of(made["onnx"], tmp_path / "onnx")
+    _manifest(folder, lambda m: HOSTILE_CERTIFICATES[why](m["parity_certificate"]))
+    for extra in ([], ["--json"]):
+        assert_user_error(run_cli("verify", folder, *extra), "parity certificate", why.strip())
+
+
+@pytest.mark.parametrize("key,value,why", [("mean_kld", (float("nan"), "FLOAT64"), "not nan"),
+                                           ("text", ("x\nok", "STRING"), "text is not one line"),
+                                           ("positions", (1.5, "FLOAT32"), "positions is not a count")])
+def test_hostile_gguf_certificate_keys(run_cli, made, tmp_path, key, value, why):
+    from gguf import GGUFValueType
+
+    from .gguf_edit import rewrite_gguf
+    from edgelm.constants import GGUF_PARITY
+
+    evil = rewrite_gguf(made["gguf"], tmp_path / "evil.gguf", drop_keys={GGUF_PARITY + key},
+                        add={GGUF_PARITY + key: (value[0], getattr(GGUFValueType, value[1]))})
+    assert_user_error(run_cli("verify", evil), why)
+
+
 # --- finding 6: zips ------------------------------------------------------------------------------------------
 def _rezip(source: Path, target: Path, edit) -> Path:
     """A copy of the zip whose raw bytes `edit` changes (entries stored, so offsets are plain)."""
