@@ -139,6 +139,22 @@ def read_text(path: Path, limit: int = MAX_TEXT_BYTES, what: str | None = None) 
     return decode_text(read_bytes(path, limit, what), path, what)
 
 
+def read_stream_text(stream, limit: int = MAX_TEXT_BYTES, what: str = "standard input") -> str:
+    """UTF-8 text from a pipe or redirect (`--prompt -`): at most `limit` bytes, read a block at a time and
+    refused past it (`< /dev/zero` read whole was a MemoryError, or the machine's memory), decoded strictly
+    (Python's own stdin decoding lets bad bytes through as surrogates that fail later)."""
+    source = getattr(stream, "buffer", stream)
+    data = bytearray()
+    while len(data) <= limit:
+        block = source.read(min(1 << 20, limit + 1 - len(data)))
+        if not block:
+            break
+        data += block
+    if len(data) > limit:
+        raise UserError(f"{what} holds more than {limit:,} bytes; edgelm reads at most that", None, "give a shorter text")
+    return decode_text(bytes(data), None, what)
+
+
 def _depth(text: str) -> int:
     """The deepest nesting of brackets outside strings (a scan before json recurses into it)."""
     brackets = re.sub(r'"(?:[^"\\]|\\.)*"', "", text) if "[" in text or "{" in text else ""

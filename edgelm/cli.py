@@ -211,11 +211,11 @@ def _prompt_text(prompt: str | None, file: Path | None) -> str:
         return _read_text(file, "--file")
     piped = sys.stdin is not None and not sys.stdin.isatty() and sys.stdin.readable()
     if prompt == "-" or (prompt is None and piped):
+        from .artifact_files import read_stream_text
+
         try:
-            return sys.stdin.read()
-        except UnicodeDecodeError as exc:
-            raise UserError(f"standard input is not UTF-8 (byte {exc.start}: {exc.reason})", None, "convert it to UTF-8, e.g. with iconv") from None
-        except (OSError, AttributeError):  # closed or not readable
+            return read_stream_text(sys.stdin)
+        except (OSError, AttributeError, ValueError):  # closed or not readable
             raise UserError("--prompt - reads standard input, which cannot be read here", None, "give --prompt TEXT or --file FILE") from None
     if prompt is None:
         raise UserError("no prompt", None, "give --prompt TEXT, --file FILE, or pipe the text in (--prompt - reads standard input)")

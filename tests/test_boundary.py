@@ -827,3 +827,15 @@ def hub_is_branch(revision: str) -> bool:
     from edgelm.hub import is_revision
 
     return is_revision(revision)
+
+
+@pytest.mark.parametrize("source,why", [("/dev/zero", "holds more than 268,435,456 bytes"), (b"\xff\xfe bad", "standard input is not UTF-8")])
+def test_prompt_from_standard_input_is_bounded(run_cli, made, monkeypatch, source, why):
+    """`--prompt - < /dev/zero` read until memory ran out (a MemoryError traceback under a 4 GB ulimit);
+    bytes that are not UTF-8 came through Python's stdin as surrogates and failed later in a traceback."""
+    import io
+
+    raw = open(source, "rb") if isinstance(source, str) else io.BytesIO(source)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(raw))
+    with deadline(60):
+        assert_user_error(run_cli("generate", made["gguf"], "--prompt", "-", "--max-new-tokens", 1), why)
