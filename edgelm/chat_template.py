@@ -29,6 +29,7 @@ import signal
 import struct
 import threading
 import time
+from datetime import datetime
 
 TEMPLATE_MAX_CHARS = 1_000_000
 TEMPLATE_MAX_EXPONENT = 1_000
@@ -64,6 +65,9 @@ def _bounded_environment():
 
     environment = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True)
     environment.globals["raise_exception"] = _raise
+    # transformers' apply_chat_template gives templates the local time (chat_template_utils.py), and so does
+    # llama.cpp's --jinja: Llama 3.x's template prints "Today Date: " from it, else a fixed 26 Jul 2024
+    environment.globals["strftime_now"] = lambda format: datetime.now().strftime(str(format))
     return environment
 
 

@@ -2,7 +2,7 @@
 (q/k/v biases, tied) and SmolLM2 (plain llama, tied) — against independent references only: tiny
 random models built by transformers' own config classes and `save_pretrained`, run by transformers'
 own `LlamaForCausalLM` / `Qwen2ForCausalLM`; the GGUF against what llama.cpp's `convert_hf_to_gguf.py`
-writes for the same folder, run in stock llama.cpp; the ONNX in onnxruntime and onnxruntime-genai.
+writes for the same folder, run in stock llama.cpp; the ONNX in onnxruntime, onnxruntime-genai and Optimum.
 
 The folders carry the SentencePiece tokenizer `edgelm init tiny-rope` writes (as TinyLlama does),
 which the converter accepts for both llama and qwen2; a Llama 3 / Qwen2 byte-level BPE
@@ -242,6 +242,12 @@ def test_onnx_greedy_equals_transformers(published, tmp_path, family):
     expected = reference_greedy(hf)
     assert backend_greedy(open_artifact(onnx).backend) == expected  # onnxruntime
     assert genai_greedy(onnx) == expected
+    from optimum.onnxruntime import ORTModelForCausalLM  # Optimum opens the folder as it is (its config.json)
+
+    optimum = ORTModelForCausalLM.from_pretrained(onnx)
+    out = optimum.generate(torch.tensor([GREEDY_PROMPT]), max_new_tokens=GREEDY_NEW, min_new_tokens=GREEDY_NEW, do_sample=False,
+                           pad_token_id=0)
+    assert out[0, len(GREEDY_PROMPT):].tolist() == expected
 
 
 @pytest.mark.parametrize("family", ["llama3", "qwen2"])

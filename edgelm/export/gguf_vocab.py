@@ -10,8 +10,8 @@ converter does, because llama.cpp needs one token per embedding row.
 from __future__ import annotations
 
 import base64
-
 import json
+from dataclasses import dataclass
 
 from gguf import GGUFWriter, TokenType
 
@@ -54,12 +54,67 @@ def _sentencepiece(writer: GGUFWriter, tokenizer: SentencePieceTokenizer, vocab_
     writer.add_unk_token_id(sp.unk_id())
 
 
+# The split regexes of published byte-level BPE tokenizers, as their tokenizer.json spells them. llama.cpp
+# names each by its pre-tokenizer type (`tokenizer.ggml.pre`) and carries its own port of the regex
+# (src/llama-vocab.cpp, llm_tokenizer_bpe); its converter recognises a vocabulary only by hashing the
+# published tokens' output (convert_hf_to_gguf.py get_vocab_base_pre), so a model trained with the same
+# pre-tokenizer and its own vocabulary is recognised here by the structure itself.
+LLAMA3_SPLIT = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+                "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+QWEN2_SPLIT = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+               "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}  # GPT-2's split inside
+BYTE_LEVEL_NO_SPLIT = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}
+
+
+def _split(regex: str) -> dict:
+    return {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}
+
+
+@dataclass(frozen=True)
+class PreTokenizer:
+    """A pre-tokenizer llama.cpp implements: its `tokenizer.ggml.pre` name, the tokenizer.json
+    `pre_tokenizer` steps (the fields that change the split), the BPE model's `ignore_merges`, which
+    llama.cpp fixes per name (true for llama-bpe: a word already in the vocabulary is one token), and
+    the normalizers under which llama.cpp, which normalises nothing, splits the same."""
+    name: str
+    steps: tuple[dict, ...]
+    ignore_merges: bool = False
+    normalizers: tuple[str | None, ...] = (None,)
+
+
+PRE_TOKENIZERS = (
+    PreTokenizer("gpt-2", (BYTE_LEVEL,)),  # GPT-2 and GPT-NeoX
+    PreTokenizer("llama-bpe", (_split(LLAMA3_SPLIT), BYTE_LEVEL_NO_SPLIT), ignore_merges=True),  # Llama 3.x
+    # Qwen2/2.5 normalise to NFC first: text already in NFC (what keyboards and most files hold) splits the same
+    PreTokenizer("qwen2", (_split(QWEN2_SPLIT), BYTE_LEVEL_NO_SPLIT), normalizers=(None, "NFC")),
+    PreTokenizer("smollm", ({"type": "Digits", "individual_digits": True}, BYTE_LEVEL)),  # SmolLM/SmolLM2, StarCoder
+)
+
+
+def _steps(pre: dict) -> list[dict]:
+    """The pre-tokenizer as a list of steps, each with only the fields that change the split (not
+    `trim_offsets`, which changes offsets only), tokenizers' defaults filled in."""
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    kept = []
+    for step in steps:
+        step = {key: value for key, value in step.items() if key != "trim_offsets"}
+        if step.get("type") == "ByteLevel":
+            step = {"add_prefix_space": True, "use_regex": True} | step
+        kept.append(step)
+    return kept
+
+
 def _pre_tokenizer_name(data: dict) -> str:
     """llama.cpp's name for the pre-tokenizer of a tokenizer.json (only the ones edgelm can vouch for)."""
     pre = data.get("pre_tokenizer") or {}
-    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space", False):
-        return "gpt-2"  # GPT-2's split regex, then byte-level mapping: GPT-2 and GPT-NeoX style
-    raise ValueError(f"pre-tokenizer {json.dumps(pre)[:80]} has no llama.cpp equivalent edgelm knows")
+    normalizer = (data.get("normalizer") or {}).get("type")
+    ignore_merges = bool(data["model"].get("ignore_merges", False))
+    for known in PRE_TOKENIZERS:
+        if _steps(pre) == list(known.steps) and ignore_merges == known.ignore_merges and normalizer in known.normalizers:
+            return known.name
+    raise ValueError(f"pre-tokenizer {json.dumps(pre)[:80]} (normalizer {normalizer}, ignore_merges {ignore_merges}) "
+                     f"has no llama.cpp equivalent edgelm knows ({', '.join(p.name for p in PRE_TOKENIZERS)})")
 
 
 def _bpe(writer: GGUFWriter, tokenizer: JSONTokenizer, vocab_size: int) -> None:
