@@ -57,7 +57,13 @@ def main() -> None:
             direct.append(time.perf_counter() - start)
         q = lambda xs, p: sorted(xs)[int(p * (len(xs) - 1))] * 1000  # noqa: E731
         rows.append((name, statistics.median(bounded) * 1000, q(bounded, 0.9), statistics.median(direct) * 1000))
-    print(f"process RSS {rss_mb(os.getpid()):.0f} MB, {args.renders} renders per template, conversation growing to {args.renders} messages\n")
+    print(f"process RSS {rss_mb(os.getpid()):.0f} MB, {args.renders} renders per template, conversation growing to {args.renders} messages")
+    worker = getattr(getattr(__import__("edgelm.chat_template").chat_template, "_worker", None), "pid", None)
+    if worker:  # the render worker (this checkout has one): what it holds of its own, the rest shared with this process
+        with open(f"/proc/{worker}/smaps_rollup") as rollup:
+            fields = {line.split(":")[0]: int(line.split()[1]) for line in rollup if line.split(":")[0] in ("Rss", "Pss", "Private_Dirty")}
+        print(f"render worker: RSS {fields['Rss'] / 1024:.0f} MB, PSS {fields['Pss'] / 1024:.0f} MB, private {fields['Private_Dirty'] / 1024:.1f} MB")
+    print()
     print("| template | bounded render median ms | p90 ms | in-process render median ms |")
     print("|---|---|---|---|")
     for name, median, p90, direct in rows:
