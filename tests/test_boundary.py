@@ -839,3 +839,17 @@ def test_prompt_from_standard_input_is_bounded(run_cli, made, monkeypatch, sourc
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(raw))
     with deadline(60):
         assert_user_error(run_cli("generate", made["gguf"], "--prompt", "-", "--max-new-tokens", 1), why)
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "sparse"])
+def test_hub_ref_of_the_wrong_kind_is_one_line(run_cli, made, tmp_path, kind):
+    """Found by test_hub_caches_drawn: refs/main made a folder was an IsADirectoryError traceback (Python's
+    file object was made on the descriptor before it was checked to be a regular file)."""
+    from .published_layouts import write_hub_cache
+
+    snapshot = write_hub_cache(tmp_path / "home", HUB_REPO, made["model"], HUB_COMMIT)
+    ref = snapshot.parent.parent / "refs" / "main"
+    ref.unlink()
+    _special(kind, ref)
+    with hub_cache(tmp_path / "home" / "hub"), deadline(60):
+        assert_user_error(run_cli("inspect", HUB_REPO), "refs/main")
