@@ -107,18 +107,29 @@ def user_file(path: Path, option: str, limit: int, what: str = "file") -> Path:
     return path
 
 
+def _open_regular(path: Path, what: str):
+    """A binary file object on `path`, opened non-blocking (a FIFO cannot hang the open) and refused unless
+    its descriptor is a regular file: checked before Python's file object is made, which raises
+    IsADirectoryError on a folder (a hub cache's refs/main made a folder was a traceback)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        _refuse_special(os.fstat(fd), Path(path), what)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
 def read_bytes(path: Path, limit: int, what: str = "the file") -> bytes:
     """At most `limit` bytes of a regular file, refusing a longer one (a file can grow after a stat)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        handle = _open_regular(path, what)
     except FileNotFoundError:
         raise UserError(f"{what} is missing", path, "give the file") from None
     except OSError as exc:
         raise UserError(f"cannot read {what} ({exc.strerror})", path, "check the file and its permissions") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        _refuse_special(info, Path(path), what)
-        _refuse_size(info.st_size, limit, Path(path), what)
+    with handle:
+        _refuse_size(os.fstat(handle.fileno()).st_size, limit, Path(path), what)
         try:
             data = handle.read(limit + 1)
         except OSError as exc:
@@ -140,17 +151,25 @@ def read_text(path: Path, limit: int = MAX_TEXT_BYTES, what: str | None = None) 
 
 
 def read_stream(stream: BinaryIO, limit: int, what: str, line: bool = False) -> str:
-    """At most `limit` bytes of UTF-8 text from a pipe (standard input): all of it, or one line where
-    `line` (with its newline; "" at the end of the input). A pipe has no size to check first, so `--prompt -` from /dev/zero read
-    until the process was killed at 16.7 GB."""
+    """At most `limit` bytes of UTF-8 text from a pipe or redirect (standard input): all of it, read a
+    block at a time, or one line where `line` (with its newline; "" at the end of the input); refused past
+    the limit (`--prompt - < /dev/zero` read until the process was killed at 16.7 GB) and decoded strictly
+    (Python's own stdin decoding lets bad bytes through as surrogates that fail later)."""
+    data = bytearray()
     try:
-        data = stream.readline(limit + 1) if line else stream.read(limit + 1)
+        if line:
+            data += stream.readline(limit + 1)
+        while not line and len(data) <= limit:
+            block = stream.read(min(1 << 20, limit + 1 - len(data)))
+            if not block:
+                break
+            data += block
     except OSError as exc:
         raise UserError(f"cannot read {what} ({exc.strerror})", None, "check what is piped in") from None
     if len(data) > limit:
         raise UserError(f"{what} holds more than {limit:,} bytes{' in one line' if line else ''}; edgelm reads at most that", None,
                         "give a shorter text")
-    return decode_text(data, None, what)
+    return decode_text(bytes(data), None, what)
 
 
 def _depth(text: str) -> int:
@@ -193,11 +212,11 @@ def read_json_object(path: Path, limit: int = MAX_JSON_BYTES, what: str | None =
 def read_prefix(path: Path, size: int) -> bytes:
     """The first `size` bytes of a regular file (a magic number), b'' for anything else."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
+        handle = _open_regular(path, Path(path).name)
+    except (OSError, UserError):
         return b""
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read(size) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    with handle:
+        return handle.read(size)
 
 
 def contained(path: Path, needles) -> set:
@@ -205,9 +224,7 @@ def contained(path: Path, needles) -> set:
     wanted = {needle: needle.encode() for needle in needles}
     overlap = max((len(b) for b in wanted.values()), default=1)
     found, tail = set(), b""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb") as handle:
-        _refuse_special(os.fstat(fd), Path(path), Path(path).name)
+    with _open_regular(path, Path(path).name) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             window = tail + block
             found |= {needle for needle, raw in wanted.items() if raw in window}
@@ -218,9 +235,7 @@ def contained(path: Path, needles) -> set:
 def sha256(path: Path, digest=None) -> str:
     """The sha256 of a regular file read a block at a time (fed into `digest` when given: several files' bytes as one)."""
     digest = digest or hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb") as handle:
-        _refuse_special(os.fstat(fd), Path(path), Path(path).name)
+    with _open_regular(path, Path(path).name) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

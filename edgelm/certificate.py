@@ -36,6 +36,7 @@ import numpy as np
 from . import __version__
 from .artifact_files import MAX_TEXT_BYTES, parse_json, read_text, sha256
 from .errors import UserError
+from .numbers import FRACTION, NON_NEGATIVE, POSITIVE, NumberRange
 
 CERTIFICATE_VERSION = 1
 # the held-out novel (the shipped models never trained on it); its first POSITIONS + 1 tokens
@@ -49,9 +50,16 @@ PROBE_RTOL = 1e-3  # of the probe's largest |logit|; docs/certificate.md has the
 # a probe from a file a stranger wrote is bounded before anything runs
 MAX_PROBE_TOKENS, MAX_PROBE_STEPS, MAX_PROBE_K = 512, 64, 64
 MAX_CERTIFICATE_BYTES = 1 << 20
-NUMBERS = ("mean_kld", "max_kld", "perplexity_change", "top1_agreement", "reference_perplexity", "artifact_perplexity",
-           "max_abs_logit_diff")
+MAX_PROBE_PROMPT_CHARS = 4096
+MAX_POSITIONS = 1 << 20
+MAX_FIELD_CHARS = 256  # a version, an engine's name, a file name: printed by `verify`
+# each number's range, checked by the one gate (numbers.py) before it is printed or compared
+NUMBER_RANGES = {"mean_kld": NON_NEGATIVE, "max_kld": NON_NEGATIVE, "perplexity_change": NumberRange(-1.0),
+                 "top1_agreement": FRACTION, "reference_perplexity": POSITIVE, "artifact_perplexity": POSITIVE,
+                 "max_abs_logit_diff": NON_NEGATIVE}
+NUMBERS = tuple(NUMBER_RANGES)
 STRINGS = ("edgelm_version", "engine", "engine_version", "reference_sha256", "text", "text_sha256")
+HASHES = ("reference_sha256", "text_sha256")
 COUNTS = ("certificate_version", "positions")
 
 
@@ -236,15 +244,27 @@ def validate(certificate: Any, where: Path) -> dict[str, Any]:
     if certificate.get("certificate_version") != CERTIFICATE_VERSION:
         raise UserError(f"parity certificate version {certificate.get('certificate_version')!r}; this edgelm reads {CERTIFICATE_VERSION}",
                         where, "verify with the edgelm that made it, or export again")
-    for name in NUMBERS:
-        if not isinstance(certificate.get(name), (int, float)) or isinstance(certificate.get(name), bool):
-            _bad(where, f"{name} is not a number")
+    if type(certificate["certificate_version"]) is not int:  # True and 1.0 compare equal to 1
+        _bad(where, "certificate_version is not an integer")
+    positions = certificate.get("positions")
+    if type(positions) is not int or not 0 < positions <= MAX_POSITIONS:
+        _bad(where, f"positions is not a count from 1 to {MAX_POSITIONS}")
+    for name, bounds in NUMBER_RANGES.items():
+        value = certificate.get(name)
+        problem = "is not a number" if not isinstance(value, (int, float)) or isinstance(value, bool) else bounds.why_not(value)
+        if problem:
+            _bad(where, f"{name} {problem}" if isinstance(value, (int, float)) else f"{name} is not a number")
     for name in STRINGS:
-        if not isinstance(certificate.get(name), str):
-            _bad(where, f"{name} is not text")
+        value = certificate.get(name)
+        # printed by verify: one line of printable text (no newline to forge a line, no terminal escape)
+        if not isinstance(value, str) or not 0 < len(value) <= MAX_FIELD_CHARS or not value.isprintable():
+            _bad(where, f"{name} is not one line of printable text of at most {MAX_FIELD_CHARS} characters")
+    for name in HASHES:
+        if not all(c in "0123456789abcdef" for c in certificate[name]) or len(certificate[name]) != 64:
+            _bad(where, f"{name} is not a sha256")
     probe = certificate.get("probe")
-    if not isinstance(probe, dict) or not isinstance(probe.get("prompt"), str):
-        _bad(where, "the probe has no prompt")
+    if not isinstance(probe, dict) or not isinstance(probe.get("prompt"), str) or len(probe["prompt"]) > MAX_PROBE_PROMPT_CHARS:
+        _bad(where, f"the probe has no prompt of at most {MAX_PROBE_PROMPT_CHARS} characters")
     _int_list(probe.get("prompt_ids"), where, "the probe's prompt_ids", MAX_PROBE_TOKENS)
     tokens = _int_list(probe.get("greedy_tokens"), where, "the probe's greedy_tokens", MAX_PROBE_STEPS)
     ids, logits = probe.get("top_k_ids"), probe.get("top_k_logits")
@@ -252,6 +272,8 @@ def validate(certificate: Any, where: Path) -> dict[str, Any]:
         _bad(where, "the probe's top_k_ids and top_k_logits need one row per greedy token")
     for row_ids, row_logits in zip(ids, logits):
         _int_list(row_ids, where, "a top_k_ids row", MAX_PROBE_K)
+        if len(row_ids) != len(ids[0]):
+            _bad(where, "the probe's top_k_ids rows differ in length")
         if not isinstance(row_logits, list) or len(row_logits) != len(row_ids) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row_logits):
             _bad(where, "a top_k_logits row is not finite numbers, one per id")

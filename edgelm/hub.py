@@ -72,16 +72,52 @@ def is_revision(text: str) -> bool:
                                         and ".." not in text)
 
 
-def _inside_cache(folder: Path, repo: str) -> Path:
-    """The snapshot huggingface_hub answered must be snapshots/<40-hex commit> of the repo's own cache
-    folder: a refs/<branch> file holding '../../x' would make it any folder on the disk."""
+def _repo_cache(repo: str) -> Path:
+    """huggingface_hub's cache folder for a model repo: HF_HUB_CACHE/models--ORG--NAME."""
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
 
-    snapshots = Path(os.path.realpath(Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model") / "snapshots"))
+    return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model")
+
+
+def _refuse_links_below(storage: Path, relative: str) -> None:
+    """No part of `relative` under the repo's cache folder may be a symbolic link: huggingface_hub makes
+    links only from a snapshot's files into blobs/, never of refs/, snapshots/ or a commit's folder."""
+    path = storage
+    for part in Path(relative).parts:
+        path = path / part
+        if os.path.islink(path):
+            raise UserError(f"the Hugging Face cache's {path.relative_to(storage)} is a link to {os.path.realpath(path)}", storage,
+                            "refused: huggingface_hub makes no such link; delete this repo's cache folder and download it again")
+
+
+def _check_ref(repo: str, revision: str) -> None:
+    """Before huggingface_hub reads refs/<revision> (as it does offline or when the hub cannot be reached:
+    a plain open and read whole), it must be what huggingface_hub writes there: a regular file, no link,
+    holding a 40-hex commit. A link to /etc/shadow, a FIFO (the open hangs), /dev/zero (the read never
+    ends) or '../../x' is refused here, before anything is opened outside the cache."""
+    from .artifact_files import read_bytes
+
+    storage = _repo_cache(repo)
+    ref = storage / "refs" / revision
+    if not os.path.lexists(ref):
+        return  # huggingface_hub finds no ref: its own error, or the download
+    _refuse_links_below(storage, f"refs/{revision}")
+    content = read_bytes(ref, 64, f"the cache's refs/{revision}")
+    if not COMMIT.match(content.decode("ascii", "replace")):
+        raise UserError(f"the Hugging Face cache's refs/{revision} holds {content[:64]!r}, not a commit", ref,
+                        "refused: delete this repo's cache folder and download it again")
+
+
+def _inside_cache(folder: Path, repo: str) -> Path:
+    """The snapshot huggingface_hub answered must be snapshots/<40-hex commit> of the repo's own cache
+    folder, reached without a link: a refs/<branch> file holding '../../x', or snapshots/ linked elsewhere,
+    would make it any folder on the disk."""
+    storage = _repo_cache(repo)
+    name = Path(folder).name
     real = Path(os.path.realpath(folder))
-    if real.parent != snapshots or not COMMIT.match(real.name):
-        raise UserError(f"the Hugging Face cache resolves {repo} to {real}, outside its snapshots folder", snapshots.parent,
+    if not COMMIT.match(name) or real != Path(os.path.realpath(storage)) / "snapshots" / name:
+        raise UserError(f"the Hugging Face cache resolves {repo} to {real}, outside its snapshots folder", storage,
                         "refused: the cache's refs/ files were changed; delete this repo's cache folder and download it again")
     return folder
 
@@ -101,6 +137,8 @@ def resolve_model(text: str | Path, allow_pickle: bool = False) -> Path:
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
     patterns = DATA_FILES + (PICKLE_FILES if allow_pickle else [])
+    if not COMMIT.match(revision or ""):
+        _check_ref(repo, revision or "main")
     try:
         folder = Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
     except RevisionNotFoundError:

@@ -138,6 +138,36 @@ def test_parity_runs_the_f16_kv_cache_users_get(run_cli, preset_dir, tmp_path):
     assert code == 0, (out, err)  # the weights themselves match the reference with λ = 1e30
 
 
+@pytest.mark.parametrize("quant,cache", [("f32", "float"), ("f16", "float16"), ("int8", "float"), ("int4", "float")])
+def test_onnx_parity_runs_the_kv_cache_the_graph_declares(run_cli, preset_dir, tmp_path, monkeypatch, quant, cache):
+    """An ONNX export's KV cache type is the graph's: fp16 at --quant f16, fp32 at f32, int8 and int4 (int8
+    with --kv-cache int8), and ONNX Runtime, onnxruntime-genai and edgelm's backend all allocate the buffers
+    the graph declares, so `parity` measures what users run. With one layer-0 head at λ = 5e5 (export refuses
+    that now; a stranger's exporter need not, so the check is switched off here), the f16 graph's queries
+    pass 65504 and parity fails on NaN logits; the f32, int8 and int4 graphs hold them and pass."""
+    import onnx
+
+    from edgelm.export import weights
+    from edgelm.export.onnx import export_onnx
+    from edgelm.formats import LoadOptions, open_artifact
+
+    monkeypatch.setattr(weights, "refuse_attention_beyond_f16", lambda *args: None)
+    reference = preset_dir("tiny-rope")
+    spec = open_checkpoint(reference).spec
+    table = [[5e5] + [1.0] * (spec.num_heads - 1)] + [[1.0] * spec.num_heads] * (spec.num_layers - 1)
+    folder = export_onnx(open_checkpoint(reference, head_temperatures=table), tmp_path / "onnx", quant, certificate=False).path
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    declared = {onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type).lower() for i in graph.input if i.name.startswith("past_key_values")}
+    assert declared == {cache}
+    backend = open_artifact(folder, LoadOptions()).backend
+    assert np.dtype(backend.cache_dtype) == {"float": np.float32, "float16": np.float16}[cache]
+    code, out, err = run_cli("parity", folder, "--reference", reference, "--tokens", 16, "--device", "cpu", "--json")
+    if quant == "f16":
+        assert code == 1 and "finite logits" in json.loads(out)["failed"], (code, out, err)
+    else:
+        assert code == 0 and json.loads(out)["mean_kld"] < 0.05, (code, out, err)
+
+
 @pytest.mark.parametrize("name", ["tiny-nope", "tiny-rope", "tiny-ngen4", "tiny-tokenformer"])
 def test_shipped_models_are_far_inside_the_f16_attention_bound(name):
     """A false refusal of a real model is worse than a missed one: the trained models' largest q/k/v bound
