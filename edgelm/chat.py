@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .artifact_files import MAX_TEMPLATE_BYTES
 from .chat_template import TemplateLimit, render_bounded
 from .errors import UserError
 from .tokenizer import Tokenizer
@@ -22,6 +23,10 @@ PLAIN_TEMPLATE = (
 PROBE_MESSAGE = "Hello there"
 
 
+# where a template lives: a folder's tokenizer_config.json or chat_template.jinja, a GGUF's key
+FIX_TEMPLATE = "fix the model's chat template (tokenizer_config.json or chat_template.jinja; in a GGUF, tokenizer.chat_template)"
+
+
 @dataclass
 class Conversation:
     tokenizer: Tokenizer
@@ -36,12 +41,16 @@ class Conversation:
             source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"), None)
         if source is not None and not isinstance(source, str):
             raise UserError(f"chat_template is a {type(source).__name__}, not a template text", None,
-                            "fix chat_template in tokenizer_config.json")
+                            FIX_TEMPLATE)
+        if source is not None and len(source.encode("utf-8", "surrogatepass")) > MAX_TEMPLATE_BYTES:
+            # a folder's template file is refused at this size when it is read; a GGUF's key here
+            raise UserError(f"the chat template is {len(source):,} characters; edgelm renders at most {MAX_TEMPLATE_BYTES:,} bytes of "
+                            "template (published ones are a few kB)", None, FIX_TEMPLATE)
         self.template_source = source or PLAIN_TEMPLATE
         # rendered once before the first turn, so a template that loses the conversation fails at start
         if PROBE_MESSAGE not in self.render([{"role": "user", "content": PROBE_MESSAGE}]):
             raise UserError(f"the chat template renders nothing of the conversation (a user message {PROBE_MESSAGE!r} is not in "
-                            "its output)", None, "fix chat_template in tokenizer_config.json")
+                            "its output)", None, FIX_TEMPLATE)
 
     def render(self, turns: list[dict]) -> str:
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + turns
@@ -52,9 +61,9 @@ class Conversation:
         try:
             return render_bounded(self.template_source, messages=messages, add_generation_prompt=True, **special)
         except TemplateSyntaxError as exc:
-            raise UserError(f"the chat template does not compile ({exc.message})", None, "fix chat_template in tokenizer_config.json") from None
+            raise UserError(f"the chat template does not compile ({exc.message})", None, FIX_TEMPLATE) from None
         except TemplateLimit as exc:
-            raise UserError(f"the chat template was stopped: {exc}", None, "fix chat_template in tokenizer_config.json") from None
+            raise UserError(f"the chat template was stopped: {exc}", None, FIX_TEMPLATE) from None
         except Exception as exc:  # the template's own raise_exception, undefined names, …
             raise UserError(f"the chat template failed to render ({exc})", None, "fix chat_template, or start without --system") from None
 

@@ -67,6 +67,8 @@ def generate_from_ids(
     draft = backend.lookup_draft if draft is None else draft
     if type(draft) is not int or draft < 0 or type(lookup_ngram) is not int or lookup_ngram < 1:
         raise ValueError(f"draft must be a whole number from 0 and lookup_ngram one from 1, not {draft!r} and {lookup_ngram!r}")
+    if type(max_new_tokens) is not int or max_new_tokens < 1:  # the CLI's option has min=1; the Python API comes here
+        raise ValueError(f"max_new_tokens must be a whole number from 1, not {max_new_tokens!r}")
     if len(ids) >= backend.context_length:
         raise UserError(
             f"the prompt is {len(ids)} tokens, the context holds {backend.context_length}", None,
