@@ -566,7 +566,9 @@ def bundle(
         written = make_bundle(artifact_path, out_dir, zip_it, force, allow_desktop_only, target, web_runtime)
     out.print(f"wrote {written}" + (f" (serve it with `edgelm serve {written}` and open the address it prints)" if target == "web" else ""),
               markup=False)
-    if target == "web" and not zip_it and json.loads((written / "edgelm.json").read_text()).get("quantization") == "int4":
+    from .artifact_files import read_json_object
+
+    if target == "web" and not zip_it and read_json_object(written / "edgelm.json").get("quantization") == "int4":
         info.print("note: int4 runs on WebGPU; on WASM (browsers without a GPU) onnxruntime-web has no int4 kernel and dequantizes "
                    "every weight at every step (a 1.1B model: ~20 s a token): for those, bundle an int8 export (docs/web.md)", markup=False)
 

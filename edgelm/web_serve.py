@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .bundle import check_manifest
+from .bundle_files import check_manifest
 from .constants import BUNDLE_MANIFEST
 from .errors import UserError
 

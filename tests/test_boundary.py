@@ -57,7 +57,11 @@ CHECKED_PATH_CALLS = {
     ("runtime/gguf_file.py", "gguf_init_from_file("): "the user's GGUF file itself",
     ("export/onnx.py", "shutil.copy"): "tokenizer files from find_member()",
     ("export/onnx.py", ".read_text("): "edgelm's own probe text",
-    ("bundle.py", "open("): "writes zip entries into its own fresh folder",
+    ("bundle_files.py", "open("): "writes zip entries into its own fresh folder",
+    ("web_serve.py", "open("): "a file the bundle's checked manifest lists, in the bundle's own folder, no link (send_head)",
+    ("runtime/prompt_cache.py", "json.loads("): "the prompt cache's header, read bounded to HEADER_LIMIT",
+    ("runtime/prompt_cache.py", "open("): "the --prompt-cache file after _check_kind (a regular file, no link; its header "
+                                          "bounded), and the artifact's own files, sampled for its fingerprint",
     ("chat_template.py", "open("): "/proc/self/status",
     ("bundle.py", "shutil.copy"): "edgelm's web page and the --web-runtime the user named",
     ("certificate.py", "GGUFReader("): "the GGUF the exporter just wrote, to add the certificate's keys",

@@ -84,9 +84,10 @@ class PreTokenizer:
 
 
 PRE_TOKENIZERS = (
-    PreTokenizer("gpt-2", (BYTE_LEVEL,)),  # GPT-2 and GPT-NeoX
+    PreTokenizer("gpt-2", (BYTE_LEVEL,), normalizers=(None, "NFC")),  # GPT-2; GPT-NeoX (and TokenFormer) under NFC
     PreTokenizer("llama-bpe", (_split(LLAMA3_SPLIT), BYTE_LEVEL_NO_SPLIT), ignore_merges=True),  # Llama 3.x
-    # Qwen2/2.5 normalise to NFC first: text already in NFC (what keyboards and most files hold) splits the same
+    # Qwen2/2.5 and GPT-NeoX normalise to NFC first, which llama.cpp does not: text already in NFC (what
+    # keyboards and most files hold) splits the same
     PreTokenizer("qwen2", (_split(QWEN2_SPLIT), BYTE_LEVEL_NO_SPLIT), normalizers=(None, "NFC")),
     PreTokenizer("smollm", ({"type": "Digits", "individual_digits": True}, BYTE_LEVEL)),  # SmolLM/SmolLM2, StarCoder
 )

@@ -66,7 +66,8 @@ class ConfigReader:
         """A dimension: an integer (JSON may write 256.0) from `minimum` up to 2³¹."""
         keys = (key,) if isinstance(key, str) else key
         value = self.first(keys, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf") \
+                or value != int(value):
             raise ValueError(f"{keys[0]} must be an integer, not {value!r}")
         if not minimum <= value < MAX_SIZE:
             raise ValueError(f"{keys[0]} = {int(value)} is out of range (at least {minimum})")

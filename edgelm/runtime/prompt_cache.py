@@ -21,6 +21,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..artifact_files import read_bytes
 from ..errors import UserError
 from .backend import Backend, StateMismatch
 
@@ -127,7 +128,7 @@ class PromptCache:
         if self.path.stat().st_size > limit:
             return f"{self.path.stat().st_size:,} bytes, more than a {self.backend.context_length}-token context takes"
         try:
-            arrays = load(self.path.read_bytes())
+            arrays = load(read_bytes(self.path, limit, "the prompt cache"))
         except (SafetensorError, ValueError, OSError) as exc:
             return f"damaged: {str(exc).splitlines()[0][:120]}"
         ids = arrays.get("ids")
