@@ -149,11 +149,22 @@ def main() -> None:
     print(f"{args.artifact.name}, {args.threads} threads, {args.new_tokens} new tokens a turn, greedy")
     print(f"| turn | prompt tokens | edgelm evaluates | edgelm first token | {raw.name} | ratio | edgelm decode tok/s | {raw.name} |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    raw_full = None
     for number, user in enumerate(user_messages(args.turns), 1):
-        (first, rate, _), (raw_first, raw_rate, _) = (engine.turn(user) for engine in engines)  # interleaved
+        first, rate, _ = engines[0].turn(user)  # interleaved, turn by turn
+        if raw_full is None:
+            try:
+                raw_first, raw_rate, _ = engines[1].turn(user)
+            except (ValueError, RuntimeError) as exc:  # the raw engines drop nothing: "exceed(s) context window / max length"
+                raw_full = str(exc)
+        if raw_full is not None:  # a chat the raw engine cannot go on with
+            print(f"| {number} | {engines[0].prompt_tokens} | {engines[0].evaluated} | {first:.3f} s | context full | – | {rate:.1f} | – |",
+                  flush=True)
+            continue
         print(f"| {number} | {engines[0].prompt_tokens} | {engines[0].evaluated} | {first:.3f} s | {raw_first:.3f} s | {first / raw_first:.2f} | "
               f"{rate:.1f} | {raw_rate:.1f} |", flush=True)
-
+    if raw_full is not None:
+        print(f"\n{raw.name} stopped with a full context: {raw_full}")
 
 if __name__ == "__main__":
     main()
