@@ -905,3 +905,10 @@ def test_hub_ref_of_the_wrong_kind_is_one_line(run_cli, made, tmp_path, kind):
     _special(kind, ref)
     with hub_cache(tmp_path / "home" / "hub"), deadline(60):
         assert_user_error(run_cli("inspect", HUB_REPO), "refs/main")
+
+
+def test_an_onnx_context_past_memory_is_refused_as_it_opens(run_cli, made):
+    """`chat -c 100000000` on an ONNX folder printed its banner and took a message before refusing."""
+    code, out, err = run_cli("chat", made["onnx"], "-c", 100_000_000)
+    last = err.strip().splitlines()[-1]  # after the note that the context is above the training context
+    assert code == 2 and last.startswith("error: ") and "of KV cache" in last and out == "" and "Traceback" not in err, (code, out, err)

@@ -57,6 +57,7 @@ class OnnxFolder(Format):
             raise UserError(f"onnxruntime cannot load {self.model_file.name} ({str(exc).splitlines()[0][:200]})", self.path,
                             "export the model again") from None
         backend.context_length = options.context_for(backend.context_length)
+        backend.refuse_cache_past_memory()
         details = {k: self.manifest.get(k) for k in ("family", "position_encoding", "quantization")}
         details["engine_version"] = f"onnxruntime {onnxruntime_version}"
         return Artifact(self.path, self, f"onnxruntime ({options.provider})", load_tokenizer(self.path), backend, details)

@@ -111,6 +111,14 @@ class OnnxBackend(Backend):
         self.buffers = [self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array)) for array in kept]
         return length
 
+    def refuse_cache_past_memory(self) -> None:
+        """The whole context's cache, refused when the machine cannot hold it as the artifact opens (as the
+        GGUF path does), not at the first prefill: `chat -c 100000000` printed its banner and took a
+        message first."""
+        refuse_cache_past_memory(len(self.buffer_names) * self.kv_heads * self.context_length * self.head_size
+                                 * np.dtype(self.cache_dtype).itemsize, self.context_length, self.folder / GENAI_CONFIG,
+                                 "model.context_length")
+
     def _reserve(self, length: int) -> None:
         """Buffers of at least `length` positions, keeping the first `position` ones, each bound once as
         both past input and present output."""
