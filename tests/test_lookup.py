@@ -19,22 +19,15 @@ from edgelm.models import open_checkpoint
 from edgelm.runtime.generate import NgramLookup, generate_from_ids
 from edgelm.runtime.sampling import Sampler, SamplingOptions
 
+# (model, format, largest |logit difference|) per backend: the verify step's rows against single-token
+# decoding are the same kernels over a different batch split, as test_kv_reuse.py's prefix reuse is
+from .test_kv_reuse import BACKENDS
+
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "examples" / "models"
 PASSAGE = " ".join((REPO / "examples" / "data" / "persuasion.txt").read_text(encoding="utf-8").split()[3000:3060])
 USER = [f"Repeat this passage word for word:\n\n{PASSAGE}", "Why did Anne refuse him?", "And what of Captain Wentworth?"]
 CONTEXT, REPLY = 384, 32
-
-# (model, format) per backend; the verify step's rows against single-token decoding, largest |logit
-# difference| allowed: the same kernels over a different batch split (as tests/test_kv_reuse.py measures)
-BACKENDS = {
-    "torch": ("tiny-nope", None, 1e-4),
-    "llama.cpp": ("tiny-rope", "gguf", 1e-3),
-    "onnx shared buffer": ("tiny-nope", "onnx", 1e-4),
-    "onnx growing past (Optimum)": ("tiny-rope", "optimum", 1e-4),
-    "ggml executor (tokenformer)": ("tiny-tokenformer", "gguf", 5e-3),
-}
-
 
 @pytest.fixture(scope="module")
 def artifact_path(tmp_path_factory):
