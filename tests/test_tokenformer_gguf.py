@@ -10,9 +10,9 @@ from gguf import GGUFReader, GGUFValueType
 
 from edgelm.export.gguf import export_gguf
 from edgelm.formats import LoadOptions, open_artifact
+from edgelm.gguf_layout import expand_names
 from edgelm.gguf_layout import tokenformer as layout
 from edgelm.models import open_checkpoint
-from edgelm.models.registry import expand_names
 
 from .gguf_edit import rewrite_gguf
 from .test_bad_input import assert_user_error

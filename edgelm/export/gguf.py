@@ -22,19 +22,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter, LlamaFileType, quants
+from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, GGUFValueType, GGUFWriter, LlamaFileType, quants
 
 from .. import __version__
 from ..constants import (GGUF_CONFIG, GGUF_FAMILY, GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED,
                          GGUF_POSITION_ENCODING, GGUF_VERSION, llama_cpp_archs)
 from ..errors import UserError
 from ..fileio import atomic_output_file
-from ..gguf_keys import arch_key_type
+from ..gguf_keys import declared
+from ..gguf_layout import expand_names
 from ..models import Checkpoint
-from ..models.registry import expand_names
 from ..quantize.imatrix import write_gguf as write_imatrix
 from ..quantize.llama_cpp import quantize_gguf
 from ..tokenizer import load_tokenizer
+from .gguf_mapping import gguf_mapping
 from .gguf_vocab import add_vocab
 from .temperatures import refuse_beyond_f16
 from .weights import ExportedWeights
@@ -93,8 +94,8 @@ def resolve_type(quant: str, gguf_type: str | None) -> str:
 @dataclass
 class _Source:
     """One source of GGUF tensors, in writing order: a checkpoint tensor by module name (its GGUF name
-    declared in gguf_tensor_names), several (`stacked`, `name` the first) that declare one GGUF name,
-    stacked in declaration order along a new outermost axis, or, with `name` None, the family's extra tensors."""
+    declared in its GGUF mapping's tensor_names), several (`stacked`, `name` the first) that declare one GGUF name,
+    stacked in declaration order along a new outermost axis, or, with `name` None, the mapping's extra tensors."""
 
     name: str | None
     gguf_name: str | None
@@ -107,7 +108,8 @@ def _sources(checkpoint: Checkpoint, weights: ExportedWeights) -> list[_Source]:
     """Every GGUF tensor, by the source it comes from; an unmapped checkpoint tensor, or a stack with a
     part missing, is an error."""
     family, spec = checkpoint.family, checkpoint.spec
-    names = expand_names(family.gguf_tensor_names, spec.num_layers)
+    mapping = gguf_mapping(family)
+    names = expand_names(mapping.tensor_names, spec.num_layers)
     module_names = checkpoint.weight_names() + list(family.tied_tensors(spec))
     unmapped = [n for n in module_names if n not in names]
     if unmapped:
@@ -115,29 +117,29 @@ def _sources(checkpoint: Checkpoint, weights: ExportedWeights) -> list[_Source]:
     parts: dict[str, list[str]] = {}  # GGUF name → the checkpoint names that declare it, in declaration order
     for name, gguf_name in names.items():
         parts.setdefault(gguf_name, []).append(name)
-    plan = [_Source(None, None, dict(family.gguf_extra_tensors(spec)))]
+    plan = [_Source(None, None, dict(mapping.extra_tensors(spec)))]
     for gguf_name, stack in parts.items():
         present = [n for n in stack if n in module_names]
         if len(stack) > 1:
             if len(present) < len(stack):
                 raise ValueError(f"{family.name} stacks {stack} into {gguf_name}, but the checkpoint lacks "
                                  f"{[n for n in stack if n not in present]}")
-            slices = [_stack_part(family, spec, n, gguf_name, torch.empty(weights.shapes[n], device="meta")) for n in stack]
+            slices = [_stack_part(mapping, spec, n, gguf_name, torch.empty(weights.shapes[n], device="meta")) for n in stack]
             plan.append(_Source(stack[0], gguf_name, {gguf_name: torch.stack(slices)}, stacked=tuple(stack)))
             continue
         for name in present:
             source = torch.empty(weights.shapes[name], device="meta")
-            outputs = dict(family.gguf_tensors(spec, name, gguf_name, source))
-            # the family's transform left it as stored
+            outputs = dict(mapping.tensors(spec, name, gguf_name, source))
+            # the mapping's transform left it as stored
             streamed = len(outputs) == 1 and next(iter(outputs.values())) is source and weights.unchanged(name)
             plan.append(_Source(name, gguf_name, outputs, streamed))
     return [source for source in plan if source.outputs]
 
 
-def _stack_part(family, spec, name: str, gguf_name: str, tensor: torch.Tensor) -> torch.Tensor:
-    """One slice of a stacked GGUF tensor: the family's transform of one checkpoint tensor, which must
+def _stack_part(mapping, spec, name: str, gguf_name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """One slice of a stacked GGUF tensor: the mapping's transform of one checkpoint tensor, which must
     give exactly that tensor."""
-    outputs = dict(family.gguf_tensors(spec, name, gguf_name, tensor))
+    outputs = dict(mapping.tensors(spec, name, gguf_name, tensor))
     assert list(outputs) == [gguf_name], (name, list(outputs))
     return outputs[gguf_name]
 
@@ -151,14 +153,14 @@ def _tensor_plan(checkpoint: Checkpoint) -> dict[str, str]:
 
 def gguf_tensor_data(weights: ExportedWeights, source: _Source) -> dict[str, torch.Tensor]:
     """The source's GGUF tensors with data: the checkpoint tensor as export/weights.py gives it
-    (aliases resolved, temperatures folded, checked), through the family's `gguf_tensors`."""
+    (aliases resolved, temperatures folded, checked), through the GGUF mapping's `tensors`."""
     if source.name is None:
         return source.outputs
     checkpoint = weights.checkpoint
-    family, spec = checkpoint.family, checkpoint.spec
+    mapping, spec = gguf_mapping(checkpoint.family), checkpoint.spec
     if source.stacked:
-        return {source.gguf_name: torch.stack([_stack_part(family, spec, n, source.gguf_name, weights.get(n)) for n in source.stacked])}
-    outputs = dict(family.gguf_tensors(spec, source.name, source.gguf_name, weights.get(source.name)))
+        return {source.gguf_name: torch.stack([_stack_part(mapping, spec, n, source.gguf_name, weights.get(n)) for n in source.stacked])}
+    outputs = dict(mapping.tensors(spec, source.name, source.gguf_name, weights.get(source.name)))
     assert outputs.keys() == source.outputs.keys(), (source.name, list(outputs))
     return outputs
 
@@ -215,14 +217,15 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
            on_tensor: Callable[[str], None] | None) -> dict[str, str]:
     """Write the GGUF; returns each tensor's GGML type name."""
     family, spec = checkpoint.family, checkpoint.spec
-    arch = family.gguf_arch(spec)
+    mapping = gguf_mapping(family)
+    arch = mapping.arch(spec)
     writer = GGUFWriter(str(path), arch)
     writer.add_name(checkpoint.path.resolve().name)
     writer.add_file_type(file_type)
     if wanted not in FLOAT_TYPES.values():
         writer.add_quantization_version(GGML_QUANT_VERSION)
-    for key, value in family.gguf_hparams(spec).items():
-        writer.add_key_value(f"{arch}.{key}", value, arch_key_type(key))
+    for key, value in mapping.hparams(spec).items():
+        writer.add_key_value(f"{arch}.{declared(key).name}", value, GGUFValueType[key.value_type])
     table = checkpoint.head_temperatures()
     writer.add_string(GGUF_VERSION, __version__)
     writer.add_string(GGUF_FAMILY, family.name)
@@ -320,9 +323,10 @@ def export_gguf(
     family, spec = checkpoint.family, checkpoint.spec
     type_name = resolve_type(quant, gguf_type)
     try:
-        arch = family.gguf_arch(spec)
-        for key in family.gguf_hparams(spec):
-            arch_key_type(key)
+        mapping = gguf_mapping(family)
+        arch = mapping.arch(spec)
+        for key in mapping.hparams(spec):
+            declared(key)
     except ValueError as exc:
         raise UserError(f"cannot export this {family.name} model to GGUF: {exc}", checkpoint.path / "config.json") from None
     notes: list[str] = []

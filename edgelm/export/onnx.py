@@ -46,6 +46,7 @@ from ..models import Checkpoint, CausalLM, CausalSelfAttention, ModelSpec
 from ..quantize.onnx import (F16_NOTE, INT4_ACCURACY_LEVEL, INT4_ACCURACY_LEVELS, INT4_BLOCK, INT4_BLOCK_SIZES, convert_f16, quantize_int4,
                               quantize_int8, save_ir)
 from ..tokenizer import Tokenizer, load_tokenizer, load_tokenizer_file
+from .onnx_mapping import onnx_mapping
 from .temperatures import refuse_beyond_f16
 from .weights import ExportedWeights
 
@@ -250,7 +251,7 @@ def write_hf_configs(checkpoint: Checkpoint, folder: Path) -> None:
     """config.json, and model_input_names in tokenizer_config.json (transformers' generic fast
     tokenizer otherwise adds token_type_ids, which generate() refuses), so that Optimum's
     ORTModelForCausalLM and `generate(**tokenizer(text, return_tensors="pt"))` work on the folder."""
-    config = checkpoint.family.onnx_folder_config(checkpoint.spec, checkpoint.config)
+    config = onnx_mapping(checkpoint.family).folder_config(checkpoint.spec, checkpoint.config)
     (folder / HF_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     tokenizer_json_from_sentencepiece(folder)
     path = folder / "tokenizer_config.json"

@@ -1,12 +1,15 @@
-"""GGUF layouts edgelm defines, declared once and read by both sides, as llama.cpp's converter and loader
-share gguf-py's constants.py (MODEL_TENSORS, TENSOR_NAMES, Keys): the writer (a family's GGUF mapping)
-and edgelm's ggml executor (runtime/ggml_archs.py). No torch, no gguf-py here: the runtime imports it."""
+"""How a GGUF layout is declared, once, and read by both sides, as llama.cpp's converter and loader
+share gguf-py's constants.py (MODEL_TENSORS, TENSOR_NAMES, Keys): the writer (a family's GGUF mapping,
+export/gguf_mapping.py) and edgelm's ggml executor (runtime/ggml_archs.py). Every arch key is a `Key`
+(llama.cpp's in gguf_keys.py, an edgelm-defined arch's in its module here); tensor names are templates
+over `{bid}`. No torch, no gguf-py here: the runtime imports it."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-__all__ = ["VOCAB", "Key", "Tensor"]
+__all__ = ["VOCAB", "Key", "Tensor", "expand_names"]
 
 VOCAB = "vocab"  # a shape entry: the embedding's rows (no key holds the vocabulary size; the tokenizer does)
 
@@ -33,3 +36,19 @@ class Tensor:
 
     def names(self, layers: int) -> list[str]:
         return [self.name.format(bid=bid) for bid in range(layers)] if "{bid}" in self.name else [self.name]
+
+
+_PLACEHOLDER = re.compile(r"\{(bid|L)([+-]\d+)?\}")
+
+
+def expand_names(mapping: dict[str, str], num_layers: int) -> dict[str, str]:
+    """Concrete names from templates: `{bid}` (and `{bid+2}`) runs over the layers, `{L+3}` counts from
+    the number of layers L, as pipeline-stage layouts (GPT-NeoX, TokenFormer) number their stages."""
+    concrete = {}
+    for source, target in mapping.items():
+        per_layer = "{bid" in source or "{bid" in target
+        for bid in range(num_layers) if per_layer else [0]:
+            values = {"bid": bid, "L": num_layers}
+            fill = lambda m: str(values[m.group(1)] + int(m.group(2) or 0))  # noqa: E731
+            concrete[_PLACEHOLDER.sub(fill, source)] = _PLACEHOLDER.sub(fill, target)
+    return concrete

@@ -1,5 +1,5 @@
 """TokenFormer's GGUF layout (an edgelm-defined arch: llama.cpp has none), read by its writer
-(models/tokenformer.py) and by edgelm's ggml executor (runtime/ggml_archs.py).
+(families/tokenformer.py, TokenFormerGguf) and by edgelm's ggml executor (runtime/ggml_archs.py).
 
 Layout 2 stores what lets the executor fuse a block's q, k and v Pattentions, which all read the same
 normalised input: their key-parameter tokens stacked into one tensor (one key product; its rows are

@@ -1,15 +1,13 @@
-"""Torch reference models: one spec type, one file per family, a registry, checkpoint loading.
-
-Importing this package registers every family.
+"""Torch reference models: one spec type, the shared parts families build on, a registry, checkpoint
+loading. The families themselves are in edgelm/families/, registered on first lookup (`families()`).
 """
 
-from . import llama, ngen4, qwen2, tokenformer  # noqa: F401  (registration by import)
 from .checkpoint import Checkpoint, open_checkpoint, read_head_temperatures, save_checkpoint
 from .layers import CausalLM, CausalSelfAttention, KVCache
-from .registry import FAMILIES, Family
+from .registry import Family, families
 from .spec import ModelSpec
 
 __all__ = [
-    "FAMILIES", "CausalLM", "CausalSelfAttention", "Checkpoint", "Family", "KVCache", "ModelSpec",
+    "CausalLM", "CausalSelfAttention", "Checkpoint", "Family", "KVCache", "ModelSpec", "families",
     "open_checkpoint", "read_head_temperatures", "save_checkpoint",
 ]

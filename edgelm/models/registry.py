@@ -3,13 +3,13 @@
 A family is a set of declared facts (which config names it answers to, which position encodings it
 supports, where a checkpoint keeps head temperatures, which tensors are tied) plus two functions:
 config.json → ModelSpec, and ModelSpec → torch module. Loading, export and runtime read these facts;
-nothing outside a family's own file branches on its name.
+nothing outside a family's own file branches on its name. How each format writes a family is not
+here: the family's file (edgelm/families/) declares it beside the model, on the export layer's bases.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
+import importlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -17,7 +17,6 @@ import torch
 
 from ..errors import UserError
 from .layers import CausalLM
-from .positions import LinearScaling, PositionEncoding, Rotary
 from .spec import ModelSpec
 from .util import ConfigReader
 
@@ -77,51 +76,12 @@ class Family:
         query tensors the temperatures fold into (`query_tensors`) by their own size."""
         return None
 
-    # GGUF facts: architecture name, checkpoint → GGUF tensor names (templates with {bid}; checkpoint
-    # tensors that name one GGUF tensor are stacked into it, in this order, along a new outermost axis),
-    # and the architecture's hyperparameter keys (without the "ARCH." prefix).
-    gguf_tensor_names: ClassVar[dict[str, str]] = {}
-    # The arch's runtime reads a tied alias from its source when the GGUF lacks it (llama.cpp's
-    # llama, granite and qwen2 load token_embd when output.weight is absent), so the GGUF holds the
-    # tensor once, as llama.cpp's converter writes it.
-    gguf_omits_tied: ClassVar[bool] = False
-
-    def gguf_arch(self, spec: ModelSpec) -> str:
-        raise NotImplementedError
-
-    def gguf_hparams(self, spec: ModelSpec) -> dict[str, int | float | bool]:
-        raise NotImplementedError
-
-    def gguf_tensors(self, spec: ModelSpec, name: str, gguf_name: str, tensor: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
-        """What checkpoint tensor `name` (declared as `gguf_name`) becomes in the GGUF, as llama.cpp's
-        converter's `modify_tensors`: nothing (dropped), one tensor (renamed, reordered) or several
-        (split). The writer runs it on meta tensors first to learn names and shapes. Default: the
-        declared name and `gguf_transform`, a tied alias dropped where the arch reads its source."""
-        if self.gguf_omits_tied and name in self.tied_tensors(spec):
-            return
-        yield gguf_name, self.gguf_transform(spec, name, tensor)
-
-    def gguf_transform(self, spec: ModelSpec, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """Reorder a tensor from the checkpoint layout into the one the GGUF arch's runtime expects
-        (default: as it is). Shapes may change: the writer reads them off the transform of a meta tensor."""
-        return tensor
-
-    def gguf_extra_tensors(self, spec: ModelSpec) -> Iterator[tuple[str, torch.Tensor]]:
-        """Tensors the GGUF arch reads that no checkpoint tensor holds, computed from the spec (the
-        converter's `generate_extra_tensors`: Llama 3's rope_freqs)."""
-        return iter(())
-
     def tied_tensors(self, spec: ModelSpec) -> dict[str, str]:
         """{alias: source} for tensors that share storage; a checkpoint may omit the alias."""
         return {}
 
     def mark_written_config(self, spec: ModelSpec, config: dict[str, Any]) -> dict[str, Any]:
         """config.json as edgelm writes it for this spec (default: as it is)."""
-        return config
-
-    def onnx_folder_config(self, spec: ModelSpec, config: dict[str, Any]) -> dict[str, Any]:
-        """The config.json an ONNX export carries for Optimum's ORTModelForCausalLM, which reads the
-        model type and sizes from it (default: the checkpoint's own)."""
         return config
 
     def init_weights(self, model: CausalLM, seed: int) -> None:
@@ -139,43 +99,22 @@ class Family:
                     param.copy_(1.0 + noise * 0.1)
 
 
-def rope_hparams(positions: PositionEncoding) -> dict[str, int | float | str]:
-    """The rotary keys of a llama.cpp arch (without the "ARCH." prefix), read off the typed encoding:
-    width and base; a linear scaling as llama.cpp's converter writes it (rope.scaling.type/factor).
-    Llama 3's scaling has no key: llama.cpp reads it as the rope_freqs tensor (Llama.gguf_extra_tensors)."""
-    if not isinstance(positions, Rotary):
-        return {"rope.dimension_count": 0}
-    hparams: dict[str, int | float | str] = {"rope.dimension_count": positions.dims, "rope.freq_base": positions.theta}
-    if isinstance(positions.scaling, LinearScaling):
-        hparams |= {"rope.scaling.type": "linear", "rope.scaling.factor": positions.scaling.factor}
-    return hparams
-
-
-_PLACEHOLDER = re.compile(r"\{(bid|L)([+-]\d+)?\}")
-
-
-def expand_names(mapping: dict[str, str], num_layers: int) -> dict[str, str]:
-    """Concrete names from templates: `{bid}` (and `{bid+2}`) runs over the layers, `{L+3}` counts from
-    the number of layers L, as pipeline-stage layouts (GPT-NeoX, TokenFormer) number their stages."""
-    concrete = {}
-    for source, target in mapping.items():
-        per_layer = "{bid" in source or "{bid" in target
-        for bid in range(num_layers) if per_layer else [0]:
-            values = {"bid": bid, "L": num_layers}
-            fill = lambda m: str(values[m.group(1)] + int(m.group(2) or 0))  # noqa: E731
-            concrete[_PLACEHOLDER.sub(fill, source)] = _PLACEHOLDER.sub(fill, target)
-    return concrete
-
-
 def register(cls: type[Family]) -> type[Family]:
     """Class decorator: make a family known to the loader, export and runtime."""
     FAMILIES[cls.name] = cls()
     return cls
 
 
+def families() -> dict[str, Family]:
+    """Every family, by name. The first call imports edgelm.families, whose modules register
+    themselves (one file per family, found by pkgutil): a family is added by adding its file."""
+    importlib.import_module("edgelm.families")
+    return FAMILIES
+
+
 def _lookup() -> dict[str, Family]:
     table = {}
-    for family in FAMILIES.values():
+    for family in families().values():
         for key in family.architectures + family.model_types:
             table[key] = family
     return table

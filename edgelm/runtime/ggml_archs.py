@@ -22,7 +22,7 @@ RMS_EPS = 1e-30
 @register_arch
 class TokenFormerGraph(ArchGraph):
     """TokenFormer (Wang et al. 2024; megatron/model/tokenformer.py of the authors' repository), the
-    forward pass of edgelm/models/tokenformer.py: every projection is a Pattention
+    forward pass of edgelm/families/tokenformer.py: every projection is a Pattention
         S = X·K_pᵀ,  A = GELU_erf(S / ‖S‖₂ · √n),  O = A·V_p
     over the layout of gguf_layout/tokenformer.py: a block's q, k and v Pattentions run as one key product,
     one normalisation of the three groups of scores, one batched value product and one rotary over q and k."""

@@ -1,14 +1,16 @@
 """The edgelm model a GGUF edgelm wrote describes (edgelm.family, edgelm.config), rebuilt as a family and
-spec for `inspect`, and checked against the arch keys a runtime executes from: a file edited in one place
-and not the other is refused. Imports torch and the families; running a GGUF needs none of this."""
+spec for `inspect`, and checked against the arch keys a runtime executes from (the family's GGUF mapping):
+a file edited in one place and not the other is refused. Imports torch, the families and their GGUF
+mappings; running a GGUF needs none of this."""
 
 from __future__ import annotations
 
 from ..artifact_files import parse_json
 from ..constants import GGUF_CONFIG, GGUF_FAMILY, GGUF_POSITION_ENCODING
 from ..errors import UserError
-from ..gguf_keys import arch_key_type, same_value
-from ..models import FAMILIES, Family, ModelSpec
+from ..export.gguf_mapping import gguf_mapping
+from ..gguf_keys import same_value
+from ..models import Family, ModelSpec, families
 from ..models.util import ConfigReader
 from .gguf_file import GGUFFile
 
@@ -16,13 +18,13 @@ from .gguf_file import GGUFFile
 def edgelm_model(gguf: GGUFFile) -> tuple[Family, ModelSpec]:
     """Family and spec from the edgelm.* keys; a GGUF edgelm did not write cannot be rebuilt."""
     family_name, config = gguf.field(GGUF_FAMILY), gguf.field(GGUF_CONFIG)
-    if family_name not in FAMILIES or config is None:
+    if family_name not in families() or config is None:
         raise UserError(
             f"this GGUF (arch {gguf.arch!r}) was not written by edgelm, and edgelm's own executor runs only those",
             gguf.path,
             "run it with llama.cpp, or export the model with `edgelm export`",
         )
-    family = FAMILIES[family_name]
+    family = families()[family_name]
     document = parse_json(config, gguf.path, GGUF_CONFIG)
     try:
         spec = family.spec_from_config(ConfigReader(document))
@@ -41,12 +43,13 @@ def edgelm_model(gguf: GGUFFile) -> tuple[Family, ModelSpec]:
 def _check_architecture_keys(gguf: GGUFFile, family: Family, spec: ModelSpec) -> None:
     """general.architecture and the `{arch}.*` keys (what a llama.cpp-style reader sees) must say what
     edgelm.config says: a file edited in one place and not the other is refused, not run half-trusted."""
-    arch = family.gguf_arch(spec)
+    mapping = gguf_mapping(family)
+    arch = mapping.arch(spec)
     if gguf.arch != arch:
         raise UserError(f"general.architecture is {gguf.arch!r}, but edgelm.family {family.name!r} is written as {arch!r}", gguf.path,
                         "the file was damaged or edited: re-export it")
-    for key, expected in family.gguf_hparams(spec).items():
-        found = gguf.hparam(key)
-        if not same_value(arch_key_type(key), found, expected):
-            raise UserError(f"{arch}.{key} is {found!r}, but {GGUF_CONFIG} says {expected!r}", gguf.path,
+    for key, expected in mapping.hparams(spec).items():
+        found = gguf.hparam(key.name)
+        if not same_value(key, found, expected):
+            raise UserError(f"{arch}.{key.name} is {found!r}, but {GGUF_CONFIG} says {expected!r}", gguf.path,
                             "the file was damaged or edited: re-export it")

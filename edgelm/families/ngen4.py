@@ -5,6 +5,7 @@ MLP (c_fc → activation → c_proj); wte with lm_head tied to it; RoPE on rope_
 Tensor layout (no public reference code; documented in docs/formats.md): `transformer.wte.weight`,
 `transformer.h.{i}.{ln_1,attn.c_attn,attn.c_proj,ln_2,mlp.c_fc,mlp.c_proj}.{weight,bias}`,
 `transformer.ln_f.{weight,bias}`; Linear weights are [out, in] (torch `nn.Linear`, not GPT-2 Conv1D).
+In GGUF, llama.cpp's gptneox arch.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import torch.nn.functional as F
 from gguf import MODEL_TENSOR, TENSOR_NAMES
 from torch import nn
 
-from .layers import CausalLM, CausalSelfAttention
-from .positions import NoPositions, Rotary
-from .registry import AttentionInput, Family, register, rope_hparams
-from .spec import ModelSpec
+from .. import gguf_keys as keys
+from ..export.gguf_mapping import GgufMapping, register_gguf, rope_hparams
+from ..models.layers import CausalLM, CausalSelfAttention
+from ..models.positions import NoPositions, Rotary
+from ..models.registry import AttentionInput, Family, register
+from ..models.spec import ModelSpec
 
 
 def gelu_new(x: torch.Tensor) -> torch.Tensor:
@@ -115,39 +118,6 @@ class NGen4(Family):
     architectures = ("NGen4ForCausalLM",)
     model_types = ("ngen4",)
     position_encoding_key = "use_rope"
-    # llama.cpp's gptneox arch: fused qkv as [all q; all k; all v] (this layout already), biases, LayerNorm
-    gguf_tensor_names = {
-        "transformer.wte.weight": TENSOR_NAMES[MODEL_TENSOR.TOKEN_EMBD] + ".weight",
-        "transformer.ln_f.weight": TENSOR_NAMES[MODEL_TENSOR.OUTPUT_NORM] + ".weight",
-        "transformer.ln_f.bias": TENSOR_NAMES[MODEL_TENSOR.OUTPUT_NORM] + ".bias",
-        "lm_head.weight": TENSOR_NAMES[MODEL_TENSOR.OUTPUT] + ".weight",  # gptneox requires it even when tied
-        **{
-            f"transformer.h.{{bid}}.{ours}.{kind}": f"{TENSOR_NAMES[theirs]}.{kind}"
-            for ours, theirs in [
-                ("ln_1", MODEL_TENSOR.ATTN_NORM), ("attn.c_attn", MODEL_TENSOR.ATTN_QKV), ("attn.c_proj", MODEL_TENSOR.ATTN_OUT),
-                ("ln_2", MODEL_TENSOR.FFN_NORM), ("mlp.c_fc", MODEL_TENSOR.FFN_UP), ("mlp.c_proj", MODEL_TENSOR.FFN_DOWN),
-            ]
-            for kind in ("weight", "bias")
-        },
-    }
-
-    def gguf_arch(self, spec):
-        return "gptneox"
-
-    def gguf_hparams(self, spec):
-        if spec.family_config.activation not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ValueError(f"llama.cpp's gptneox arch uses tanh GELU, not {spec.family_config.activation}")
-        return {
-            "context_length": spec.max_positions,
-            "embedding_length": spec.hidden_size,
-            "block_count": spec.num_layers,
-            "feed_forward_length": spec.family_config.n_inner,
-            "attention.head_count": spec.num_heads,
-            "attention.layer_norm_epsilon": spec.norm_eps,
-            **rope_hparams(spec.positions),
-            "use_parallel_residual": False,
-        }
-
     def spec_from_config(self, config):
         hidden, heads = config.size("n_embd"), config.size("n_head")
         head_dim = config.head_width("n_embd", "n_head")
@@ -184,3 +154,40 @@ class NGen4(Family):
 
     def tied_tensors(self, spec):
         return {"lm_head.weight": "transformer.wte.weight"} if spec.tie_embeddings else {}
+
+
+@register_gguf
+class NGen4Gguf(GgufMapping):
+    family = NGen4
+    # llama.cpp's gptneox arch: fused qkv as [all q; all k; all v] (this layout already), biases, LayerNorm
+    tensor_names = {
+        "transformer.wte.weight": TENSOR_NAMES[MODEL_TENSOR.TOKEN_EMBD] + ".weight",
+        "transformer.ln_f.weight": TENSOR_NAMES[MODEL_TENSOR.OUTPUT_NORM] + ".weight",
+        "transformer.ln_f.bias": TENSOR_NAMES[MODEL_TENSOR.OUTPUT_NORM] + ".bias",
+        "lm_head.weight": TENSOR_NAMES[MODEL_TENSOR.OUTPUT] + ".weight",  # gptneox requires it even when tied
+        **{
+            f"transformer.h.{{bid}}.{ours}.{kind}": f"{TENSOR_NAMES[theirs]}.{kind}"
+            for ours, theirs in [
+                ("ln_1", MODEL_TENSOR.ATTN_NORM), ("attn.c_attn", MODEL_TENSOR.ATTN_QKV), ("attn.c_proj", MODEL_TENSOR.ATTN_OUT),
+                ("ln_2", MODEL_TENSOR.FFN_NORM), ("mlp.c_fc", MODEL_TENSOR.FFN_UP), ("mlp.c_proj", MODEL_TENSOR.FFN_DOWN),
+            ]
+            for kind in ("weight", "bias")
+        },
+    }
+
+    def arch(self, spec):
+        return "gptneox"
+
+    def hparams(self, spec):
+        if spec.family_config.activation not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"llama.cpp's gptneox arch uses tanh GELU, not {spec.family_config.activation}")
+        return {
+            keys.CONTEXT_LENGTH: spec.max_positions,
+            keys.EMBEDDING_LENGTH: spec.hidden_size,
+            keys.BLOCK_COUNT: spec.num_layers,
+            keys.FEED_FORWARD_LENGTH: spec.family_config.n_inner,
+            keys.HEAD_COUNT: spec.num_heads,
+            keys.LAYERNORM_EPS: spec.norm_eps,
+            **rope_hparams(spec.positions),
+            keys.USE_PARALLEL_RESIDUAL: False,
+        }

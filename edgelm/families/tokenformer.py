@@ -21,11 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..export.gguf_mapping import GgufMapping, register_gguf
+from ..gguf_layout import expand_names
 from ..gguf_layout import tokenformer as layout
-from .layers import CausalLM, CausalSelfAttention
-from .positions import Rotary
-from .registry import AttentionInput, Family, expand_names, register
-from .spec import ModelSpec
+from ..models.layers import CausalLM, CausalSelfAttention
+from ..models.positions import Rotary
+from ..models.registry import AttentionInput, Family, register
+from ..models.spec import ModelSpec
 
 
 @functools.cache
@@ -122,32 +124,6 @@ class TokenFormer(Family):
     name = "tokenformer"
     architectures = ("TokenFormerForCausalLM",)
     model_types = ("tokenformer",)
-    # edgelm-defined GGUF arch (llama.cpp does not know it; edgelm's native executor runs it), its
-    # layout declared once in gguf_layout/tokenformer.py; stacked sources are listed in stacking order
-    gguf_tensor_names = {source: tensor.name for tensor in layout.TENSORS for source in tensor.sources}
-
-    def gguf_arch(self, spec):
-        return layout.ARCH
-
-    def gguf_hparams(self, spec):
-        rotary = spec.positions if isinstance(spec.positions, Rotary) else None
-        values = {
-            layout.CONTEXT_LENGTH: spec.max_positions,
-            layout.EMBEDDING_LENGTH: spec.hidden_size,
-            layout.BLOCK_COUNT: spec.num_layers,
-            layout.HEAD_COUNT: spec.num_heads,
-            layout.LAYER_NORM_EPS: spec.norm_eps,
-            layout.ROPE_DIMENSIONS: spec.rotated_dims,
-            layout.ROPE_FREQ_BASE: rotary.theta if rotary else 10000.0,  # unread without rotated dimensions
-            layout.QKV_SLOTS: spec.family_config.qkv_slots,
-            layout.PROJ_SLOTS: spec.family_config.proj_slots,
-            layout.FFN_SLOTS: spec.family_config.ffn_slots,
-            layout.VERSION: layout.LAYOUT_VERSION,
-        }
-        assert set(values) == set(layout.KEYS)
-        # the writer types a value by its Python type: int → UINT32, float → FLOAT32, as declared
-        return {key.name: (float if key.value_type == "FLOAT32" else int)(value) for key, value in values.items()}
-
     # GPT-NeoX variants the published config.json can name; edgelm implements the ones TokenFormer
     # was trained with (megatron/model/norms.py, tokenformer.py) and refuses the rest rather than
     # computing a different model
@@ -188,11 +164,6 @@ class TokenFormer(Family):
     def build(self, spec):
         return TokenFormerForCausalLM(spec)
 
-    def gguf_transform(self, spec, name, tensor):
-        """Sources the layout declares transposed (V_p [n, d_out] as [d_out, n], ggml [n, d_out], as
-        llama.cpp stores a Linear's weight: ggml's mul_mat then multiplies the quantized rows in place)."""
-        return tensor.t() if name in _transposed_sources(spec.num_layers) else tensor
-
     def query_tensors(self, spec, layer):
         # q = A·V_p: scaling V_p's columns of head h scales that head's queries
         return [(f"sequential.{layer + 2}.attention.query.value_param_tokens", 1)]
@@ -203,3 +174,37 @@ class TokenFormer(Family):
         return [AttentionInput(what, f"sequential.{layer + 2}.attention.{side}.value_param_tokens", 1, 0, spec.hidden_size,
                                rotates=spec.rotated_dims > 0 and what != "values")
                 for what, side in (("queries", "query"), ("keys", "key"), ("values", "value"))]
+
+
+@register_gguf
+class TokenFormerGguf(GgufMapping):
+    family = TokenFormer
+    # edgelm-defined GGUF arch (llama.cpp does not know it; edgelm's native executor runs it), its
+    # layout declared once in gguf_layout/tokenformer.py; stacked sources are listed in stacking order
+    tensor_names = {source: tensor.name for tensor in layout.TENSORS for source in tensor.sources}
+
+    def arch(self, spec):
+        return layout.ARCH
+
+    def hparams(self, spec):
+        rotary = spec.positions if isinstance(spec.positions, Rotary) else None
+        values = {
+            layout.CONTEXT_LENGTH: spec.max_positions,
+            layout.EMBEDDING_LENGTH: spec.hidden_size,
+            layout.BLOCK_COUNT: spec.num_layers,
+            layout.HEAD_COUNT: spec.num_heads,
+            layout.LAYER_NORM_EPS: spec.norm_eps,
+            layout.ROPE_DIMENSIONS: spec.rotated_dims,
+            layout.ROPE_FREQ_BASE: rotary.theta if rotary else 10000.0,  # unread without rotated dimensions
+            layout.QKV_SLOTS: spec.family_config.qkv_slots,
+            layout.PROJ_SLOTS: spec.family_config.proj_slots,
+            layout.FFN_SLOTS: spec.family_config.ffn_slots,
+            layout.VERSION: layout.LAYOUT_VERSION,
+        }
+        assert set(values) == set(layout.KEYS)
+        return values
+
+    def transform(self, spec, name, tensor):
+        """Sources the layout declares transposed (V_p [n, d_out] as [d_out, n], ggml [n, d_out], as
+        llama.cpp stores a Linear's weight: ggml's mul_mat then multiplies the quantized rows in place)."""
+        return tensor.t() if name in _transposed_sources(spec.num_layers) else tensor

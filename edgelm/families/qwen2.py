@@ -2,7 +2,8 @@
 
 Llama's block with a bias on the q, k and v projections (none on o_proj), tied embeddings at the
 small sizes, ChatML chat template in tokenizer_config.json. Sliding-window attention, which the
-published configs switch off (`use_sliding_window: false`), is refused when switched on.
+published configs switch off (`use_sliding_window: false`), is refused when switched on. In GGUF,
+llama.cpp's qwen2 arch (llama's keys, the biases, no q/k permutation); in ONNX, llama's mapping.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from dataclasses import replace
 
 from gguf import MODEL_TENSOR, TENSOR_NAMES
 
-from .llama import Llama
-from .positions import Rotary
-from .registry import register
+from ..export.gguf_mapping import register_gguf
+from ..export.onnx_mapping import register_onnx
+from ..models.positions import Rotary
+from ..models.registry import register
+from .llama import Llama, LlamaGguf, LlamaOnnx
 
 
 @register
@@ -24,12 +27,6 @@ class Qwen2(Llama):
     model_types = ("qwen2", nope_model_type)
     # every published Qwen2 rotates: its model_type declares it (edgelm's NoPE folders say so first)
     position_encoding_key = "model_type"
-    gguf_omits_tied = True  # llama.cpp's qwen2 reads token_embd when output.weight is absent
-
-    gguf_tensor_names = Llama.gguf_tensor_names | {
-        f"model.layers.{{bid}}.self_attn.{proj}.bias": TENSOR_NAMES[tensor] + ".bias"
-        for proj, tensor in (("q_proj", MODEL_TENSOR.ATTN_Q), ("k_proj", MODEL_TENSOR.ATTN_K), ("v_proj", MODEL_TENSOR.ATTN_V))
-    }
 
     def spec_from_config(self, config):
         config.implemented("use_sliding_window", (False,), False)
@@ -39,16 +36,32 @@ class Qwen2(Llama):
     def query_tensors(self, spec, layer):
         return super().query_tensors(spec, layer) + [(f"model.layers.{layer}.self_attn.q_proj.bias", 0)]
 
-    def gguf_arch(self, spec):
+
+@register_gguf
+class Qwen2Gguf(LlamaGguf):
+    family = Qwen2
+    omits_tied = True  # llama.cpp's qwen2 reads token_embd when output.weight is absent
+
+    tensor_names = LlamaGguf.tensor_names | {
+        f"model.layers.{{bid}}.self_attn.{proj}.bias": TENSOR_NAMES[tensor] + ".bias"
+        for proj, tensor in (("q_proj", MODEL_TENSOR.ATTN_Q), ("k_proj", MODEL_TENSOR.ATTN_K), ("v_proj", MODEL_TENSOR.ATTN_V))
+    }
+
+    def arch(self, spec):
         # without rotary, llama.cpp's granite arch (which loads optional q/k/v biases) is Qwen2 too
         return "qwen2" if isinstance(spec.positions, Rotary) else "granite"
 
-    def gguf_hparams(self, spec):
+    def hparams(self, spec):
         if isinstance(spec.positions, Rotary) and spec.positions.scaling is not None:
             raise ValueError(f"llama.cpp's qwen2 arch reads no rope frequency scaling (rope_scaling {spec.positions.scaling.rope_type})")
-        return super().gguf_hparams(spec)
+        return super().hparams(spec)
 
-    def gguf_transform(self, spec, name, tensor):
+    def transform(self, spec, name, tensor):
         """As it is: llama.cpp's qwen2 rotates in Hugging Face's rotate-half (NEOX) order, so its
         converter does not permute q/k as it does for llama."""
         return tensor
+
+
+@register_onnx
+class Qwen2Onnx(LlamaOnnx):
+    family = Qwen2

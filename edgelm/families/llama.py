@@ -16,10 +16,13 @@ import torch.nn.functional as F
 from gguf import MODEL_TENSOR, TENSOR_NAMES
 from torch import nn
 
-from .layers import CausalLM, CausalSelfAttention, RMSNorm
-from .positions import Llama3Scaling, NoPositions, Rotary, rope_scaling
-from .registry import AttentionInput, Family, register, rope_hparams
-from .spec import ModelSpec
+from .. import gguf_keys as keys
+from ..export.gguf_mapping import GgufMapping, register_gguf, rope_hparams
+from ..export.onnx_mapping import OnnxMapping, register_onnx
+from ..models.layers import CausalLM, CausalSelfAttention, RMSNorm
+from ..models.positions import Llama3Scaling, NoPositions, Rotary, rope_scaling
+from ..models.registry import AttentionInput, Family, register
+from ..models.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -106,66 +109,6 @@ class Llama(Family):
     nope_model_type = "edgelm_nope_llama"
     model_types = ("llama", nope_model_type)
     head_temperature_tensor = "model.layers.{bid}.self_attn.scale_param"
-    gguf_omits_tied = True  # llama.cpp's llama and granite read token_embd when output.weight is absent
-
-    gguf_tensor_names = {
-        "model.embed_tokens.weight": TENSOR_NAMES[MODEL_TENSOR.TOKEN_EMBD] + ".weight",
-        "model.norm.weight": TENSOR_NAMES[MODEL_TENSOR.OUTPUT_NORM] + ".weight",
-        "lm_head.weight": TENSOR_NAMES[MODEL_TENSOR.OUTPUT] + ".weight",
-        "model.layers.{bid}.input_layernorm.weight": TENSOR_NAMES[MODEL_TENSOR.ATTN_NORM] + ".weight",
-        "model.layers.{bid}.self_attn.q_proj.weight": TENSOR_NAMES[MODEL_TENSOR.ATTN_Q] + ".weight",
-        "model.layers.{bid}.self_attn.k_proj.weight": TENSOR_NAMES[MODEL_TENSOR.ATTN_K] + ".weight",
-        "model.layers.{bid}.self_attn.v_proj.weight": TENSOR_NAMES[MODEL_TENSOR.ATTN_V] + ".weight",
-        "model.layers.{bid}.self_attn.o_proj.weight": TENSOR_NAMES[MODEL_TENSOR.ATTN_OUT] + ".weight",
-        "model.layers.{bid}.post_attention_layernorm.weight": TENSOR_NAMES[MODEL_TENSOR.FFN_NORM] + ".weight",
-        "model.layers.{bid}.mlp.gate_proj.weight": TENSOR_NAMES[MODEL_TENSOR.FFN_GATE] + ".weight",
-        "model.layers.{bid}.mlp.up_proj.weight": TENSOR_NAMES[MODEL_TENSOR.FFN_UP] + ".weight",
-        "model.layers.{bid}.mlp.down_proj.weight": TENSOR_NAMES[MODEL_TENSOR.FFN_DOWN] + ".weight",
-    }
-
-    def gguf_arch(self, spec):
-        # llama.cpp's llama arch always rotates (it rejects rope.dimension_count != head_dim); its
-        # granite arch with rope.scaling.finetuned = false and neutral scales is llama without rotary.
-        return "llama" if isinstance(spec.positions, Rotary) else "granite"
-
-    def gguf_hparams(self, spec):
-        hparams = {
-            "context_length": spec.max_positions,
-            "embedding_length": spec.hidden_size,
-            "block_count": spec.num_layers,
-            "feed_forward_length": spec.family_config.intermediate_size,
-            "attention.head_count": spec.num_heads,
-            "attention.head_count_kv": spec.num_kv_heads,
-            "attention.key_length": spec.head_dim,
-            "attention.value_length": spec.head_dim,
-            "attention.layer_norm_rms_epsilon": spec.norm_eps,
-            "vocab_size": spec.vocab_size,
-        }
-        if isinstance(spec.positions, Rotary):
-            if spec.rotated_dims != spec.head_dim:
-                raise ValueError("llama.cpp's llama arch cannot rotate only part of each head")
-            return hparams | rope_hparams(spec.positions)
-        return hparams | {"rope.scaling.finetuned": False, "logit_scale": 1.0}
-
-    def gguf_extra_tensors(self, spec):
-        """Llama 3's scaling as llama.cpp's converter writes it: no key, a `rope_freqs.weight` tensor of
-        each frequency's divisor, which llama.cpp's llama arch applies when the file has one."""
-        positions = spec.positions
-        if isinstance(positions, Rotary) and isinstance(positions.scaling, Llama3Scaling):
-            factors = positions.scaling.factors(positions.base_frequencies())
-            yield TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight", factors.to(torch.float32)
-
-    def gguf_transform(self, spec, name, tensor):
-        """q/k rows from Hugging Face's rotate-half order to GGML's interleaved pairs (as llama.cpp's
-        converter, LlamaModel.permute); NoPE has no rotary, so its weights stay as they are."""
-        if not spec.rotated_dims:
-            return tensor
-        heads = {"q_proj": spec.num_heads, "k_proj": spec.num_kv_heads}.get(name.split(".")[-2])
-        if heads is None:
-            return tensor
-        rows, cols = tensor.shape
-        return tensor.reshape(heads, 2, rows // heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)
-
     def spec_from_config(self, config):
         hidden, heads = config.size("hidden_size"), config.size("num_attention_heads")
         head_dim = config.head_width("hidden_size", "num_attention_heads", "head_dim")
@@ -210,11 +153,80 @@ class Llama(Family):
     def mark_written_config(self, spec, config):
         return config | {"model_type": self.nope_model_type if isinstance(spec.positions, NoPositions) else self.model_types[0]}
 
-    def onnx_folder_config(self, spec, config):
-        # the graph computes the model as it is, NoPE included (no rotary in it, temperatures folded),
-        # so Optimum may treat any of them as the published family
-        return config | {"model_type": self.model_types[0]}
-
     def tied_tensors(self, spec):
         return {"lm_head.weight": "model.embed_tokens.weight"} if spec.tie_embeddings else {}
 
+
+
+@register_gguf
+class LlamaGguf(GgufMapping):
+    family = Llama
+    omits_tied = True  # llama.cpp's llama and granite read token_embd when output.weight is absent
+
+    tensor_names = {
+        "model.embed_tokens.weight": TENSOR_NAMES[MODEL_TENSOR.TOKEN_EMBD] + ".weight",
+        "model.norm.weight": TENSOR_NAMES[MODEL_TENSOR.OUTPUT_NORM] + ".weight",
+        "lm_head.weight": TENSOR_NAMES[MODEL_TENSOR.OUTPUT] + ".weight",
+        "model.layers.{bid}.input_layernorm.weight": TENSOR_NAMES[MODEL_TENSOR.ATTN_NORM] + ".weight",
+        "model.layers.{bid}.self_attn.q_proj.weight": TENSOR_NAMES[MODEL_TENSOR.ATTN_Q] + ".weight",
+        "model.layers.{bid}.self_attn.k_proj.weight": TENSOR_NAMES[MODEL_TENSOR.ATTN_K] + ".weight",
+        "model.layers.{bid}.self_attn.v_proj.weight": TENSOR_NAMES[MODEL_TENSOR.ATTN_V] + ".weight",
+        "model.layers.{bid}.self_attn.o_proj.weight": TENSOR_NAMES[MODEL_TENSOR.ATTN_OUT] + ".weight",
+        "model.layers.{bid}.post_attention_layernorm.weight": TENSOR_NAMES[MODEL_TENSOR.FFN_NORM] + ".weight",
+        "model.layers.{bid}.mlp.gate_proj.weight": TENSOR_NAMES[MODEL_TENSOR.FFN_GATE] + ".weight",
+        "model.layers.{bid}.mlp.up_proj.weight": TENSOR_NAMES[MODEL_TENSOR.FFN_UP] + ".weight",
+        "model.layers.{bid}.mlp.down_proj.weight": TENSOR_NAMES[MODEL_TENSOR.FFN_DOWN] + ".weight",
+    }
+
+    def arch(self, spec):
+        # llama.cpp's llama arch always rotates (it rejects rope.dimension_count != head_dim); its
+        # granite arch with rope.scaling.finetuned = false and neutral scales is llama without rotary.
+        return "llama" if isinstance(spec.positions, Rotary) else "granite"
+
+    def hparams(self, spec):
+        hparams = {
+            keys.CONTEXT_LENGTH: spec.max_positions,
+            keys.EMBEDDING_LENGTH: spec.hidden_size,
+            keys.BLOCK_COUNT: spec.num_layers,
+            keys.FEED_FORWARD_LENGTH: spec.family_config.intermediate_size,
+            keys.HEAD_COUNT: spec.num_heads,
+            keys.HEAD_COUNT_KV: spec.num_kv_heads,
+            keys.KEY_LENGTH: spec.head_dim,
+            keys.VALUE_LENGTH: spec.head_dim,
+            keys.LAYERNORM_RMS_EPS: spec.norm_eps,
+            keys.VOCAB_SIZE: spec.vocab_size,
+        }
+        if isinstance(spec.positions, Rotary):
+            if spec.rotated_dims != spec.head_dim:
+                raise ValueError("llama.cpp's llama arch cannot rotate only part of each head")
+            return hparams | rope_hparams(spec.positions)
+        return hparams | {keys.ROPE_SCALING_FINETUNED: False, keys.LOGIT_SCALE: 1.0}
+
+    def extra_tensors(self, spec):
+        """Llama 3's scaling as llama.cpp's converter writes it: no key, a `rope_freqs.weight` tensor of
+        each frequency's divisor, which llama.cpp's llama arch applies when the file has one."""
+        positions = spec.positions
+        if isinstance(positions, Rotary) and isinstance(positions.scaling, Llama3Scaling):
+            factors = positions.scaling.factors(positions.base_frequencies())
+            yield TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight", factors.to(torch.float32)
+
+    def transform(self, spec, name, tensor):
+        """q/k rows from Hugging Face's rotate-half order to GGML's interleaved pairs (as llama.cpp's
+        converter, LlamaModel.permute); NoPE has no rotary, so its weights stay as they are."""
+        if not spec.rotated_dims:
+            return tensor
+        heads = {"q_proj": spec.num_heads, "k_proj": spec.num_kv_heads}.get(name.split(".")[-2])
+        if heads is None:
+            return tensor
+        rows, cols = tensor.shape
+        return tensor.reshape(heads, 2, rows // heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+
+@register_onnx
+class LlamaOnnx(OnnxMapping):
+    family = Llama
+
+    def folder_config(self, spec, config):
+        # the graph computes the model as it is, NoPE included (no rotary in it, temperatures folded),
+        # so Optimum may treat any of them as the published family
+        return config | {"model_type": self.family.model_types[0]}
