@@ -4,7 +4,8 @@
 RMSNorm, SwiGLU MLP, grouped-query attention, tied or untied embeddings; Hugging Face
 `LlamaForCausalLM` checkpoint names. NoPE checkpoints carry HeadScale temperatures as
 `model.layers.{i}.self_attn.scale_param` ([num_heads]; the NoPE paper's code computes
-`q *= scale_param[h] / sqrt(head_dim)`).
+`q *= scale_param[h] / sqrt(head_dim)`). In GGUF, llama.cpp's llama arch (granite for NoPE); in ONNX,
+the published model_type for Optimum.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ class Llama(Family):
     nope_model_type = "edgelm_nope_llama"
     model_types = ("llama", nope_model_type)
     head_temperature_tensor = "model.layers.{bid}.self_attn.scale_param"
+
     def spec_from_config(self, config):
         hidden, heads = config.size("hidden_size"), config.size("num_attention_heads")
         head_dim = config.head_width("hidden_size", "num_attention_heads", "head_dim")

@@ -118,6 +118,7 @@ class NGen4(Family):
     architectures = ("NGen4ForCausalLM",)
     model_types = ("ngen4",)
     position_encoding_key = "use_rope"
+
     def spec_from_config(self, config):
         hidden, heads = config.size("n_embd"), config.size("n_head")
         head_dim = config.head_width("n_embd", "n_head")
