@@ -2,6 +2,8 @@
 straightforward implementations written here, independently of edgelm's module code."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -24,6 +26,18 @@ PREFILL = 40  # positions in the prefill; then tokens are decoded one at a time
 
 def test_every_family_has_a_test():
     assert set(families()) == set(FAMILY_PRESETS), "add the new family's tiny preset to FAMILY_PRESETS"
+
+
+def test_the_models_layer_imports_no_format_code():
+    """edgelm/models is the torch reference alone: how a format writes a family is in the family's file
+    (edgelm/families/), on the export layer's mapping bases; data flows models → export → formats."""
+    check = ("import importlib, pkgutil, sys, edgelm.models as m\n"
+             "for info in pkgutil.iter_modules(m.__path__): importlib.import_module('edgelm.models.' + info.name)\n"
+             "print(sorted(n for n in sys.modules if n.split('.')[0] in ('gguf', 'onnx', 'onnxruntime', 'ggml')\n"
+             "             or n.startswith(('edgelm.export', 'edgelm.families', 'edgelm.formats', 'edgelm.runtime'))))")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 def load(preset_dir, name):
