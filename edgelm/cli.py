@@ -16,7 +16,7 @@ from . import __version__
 from .console import LazyConsole, Progress
 from .errors import UserError
 from .exporters import EXPORTERS
-from .numbers import LOOKUP_NGRAM, NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, not_finite
+from .numbers import LOOKUP_NGRAM, LOOKUP_NGRAM_MAX, NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, not_finite
 
 app = typer.Typer(
     help="Export small causal language models to GGUF and ONNX for phones and laptop CPUs.",
@@ -174,7 +174,7 @@ StopOption = Annotated[Optional[list[str]], typer.Option(help="Stop before this 
 ThreadsOption = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads (default: the physical cores, as llama.cpp and onnxruntime choose).")]
 ProviderOption = Annotated[str, typer.Option("--provider", help="onnxruntime execution provider: cpu, xnnpack, coreml, nnapi, qnn, webgpu, cuda, …")]
 DraftOption = Annotated[Optional[int], typer.Option("--draft", min=0, help="Prompt-lookup decoding: tokens drafted from the text so far and verified in one step (0: off; default: on only for the engines where it measured faster, docs/benchmarks.md). Greedy output is the same either way.")]
-LookupNgramOption = Annotated[int, typer.Option("--lookup-ngram", min=1, help="Prompt-lookup decoding: the longest n-gram of the last tokens looked up in the text so far.")]
+LookupNgramOption = Annotated[int, typer.Option("--lookup-ngram", min=1, max=LOOKUP_NGRAM_MAX, help="Prompt-lookup decoding: the longest n-gram of the last tokens looked up in the text so far.")]
 GpuLayersOption = Annotated[int, typer.Option("--gpu-layers", min=0, help="Layers to offload to a GPU (llama.cpp builds with one); edgelm's ggml executor puts all on the GPU for any value > 0.")]
 
 
