@@ -107,6 +107,16 @@ class ProbeCheck:
     def ok(self) -> bool:
         return self.tokenization_equal and self.greedy_equal and self.max_abs_diff <= self.tolerance
 
+    def greedy_summary(self) -> str:
+        """'8 greedy tokens equal', or from which one on they differ (greedy decoding goes its own way after
+        the first different token: 'differ from token 3 of 8', not '8 differ')."""
+        count = len(self.certified_tokens)
+        if self.greedy_equal:
+            return f"{count} greedy tokens equal"
+        first = next((i for i, (a, b) in enumerate(zip(self.certified_tokens, self.tokens)) if a != b),
+                     min(len(self.tokens), count))
+        return f"greedy tokens differ from token {first + 1} of {count}"
+
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "tokenization_equal": self.tokenization_equal, "greedy_equal": self.greedy_equal,
                 "max_abs_logit_diff": self.max_abs_diff, "tolerance": self.tolerance, "relative_tolerance": PROBE_RTOL,
@@ -390,7 +400,7 @@ class Verification:
         lines = [f"certificate: mean KLD {c['mean_kld']:.3g} (max {c['max_kld']:.3g}), ΔPPL {100 * c['perplexity_change']:+.2f} %, "
                  f"top-1 {100 * c['top1_agreement']:.1f} % over {c['positions']} positions of {c['text']} against the reference "
                  f"(sha256 {c['reference_sha256'][:16]}…); made by edgelm {c['edgelm_version']} on {c['engine']}, {c['engine_version']}",
-                 f"probe {'matches' if p.ok else 'DIFFERS'}: {len(p.certified_tokens)} greedy tokens {'equal' if p.greedy_equal else 'differ'}, "
+                 f"probe {'matches' if p.ok else 'DIFFERS'}: {p.greedy_summary()}, "
                  f"top-{len(c['probe']['top_k_ids'][0])} logits max |Δ| {p.max_abs_diff:.3g} (tolerance {p.tolerance:.3g} = "
                  f"{PROBE_RTOL:g} × largest |logit|), tokenization {'equal' if p.tokenization_equal else 'differs'}; "
                  f"run here on {self.engine}, {self.engine_version}"]

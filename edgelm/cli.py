@@ -16,7 +16,7 @@ from . import __version__
 from .console import LazyConsole, Progress
 from .errors import UserError
 from .exporters import EXPORTERS
-from .numbers import LOOKUP_NGRAM, NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, not_finite
+from .numbers import LOOKUP_NGRAM, LOOKUP_NGRAM_MAX, NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, not_finite
 
 app = typer.Typer(
     help="Export small causal language models to GGUF and ONNX for phones and laptop CPUs.",
@@ -174,7 +174,7 @@ StopOption = Annotated[Optional[list[str]], typer.Option(help="Stop before this 
 ThreadsOption = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads (default: the physical cores, as llama.cpp and onnxruntime choose).")]
 ProviderOption = Annotated[str, typer.Option("--provider", help="onnxruntime execution provider: cpu, xnnpack, coreml, nnapi, qnn, webgpu, cuda, …")]
 DraftOption = Annotated[Optional[int], typer.Option("--draft", min=0, help="Prompt-lookup decoding: tokens drafted from the text so far and verified in one step (0: off; default: on only for the engines where it measured faster, docs/benchmarks.md). Greedy output is the same either way.")]
-LookupNgramOption = Annotated[int, typer.Option("--lookup-ngram", min=1, help="Prompt-lookup decoding: the longest n-gram of the last tokens looked up in the text so far.")]
+LookupNgramOption = Annotated[int, typer.Option("--lookup-ngram", min=1, max=LOOKUP_NGRAM_MAX, help="Prompt-lookup decoding: the longest n-gram of the last tokens looked up in the text so far.")]
 GpuLayersOption = Annotated[int, typer.Option("--gpu-layers", min=0, help="Layers to offload to a GPU (llama.cpp builds with one); edgelm's ggml executor puts all on the GPU for any value > 0.")]
 
 
@@ -446,6 +446,10 @@ def chat(
     from .runtime.sampling import SamplingOptions
 
     _check_stop(stop)
+    if prompt_cache:
+        from .runtime.prompt_cache import check_path
+
+        check_path(prompt_cache)  # before the model loads, as every other option's refusal
     artifact = open_artifact(path, _load_options(None, None, device, threads, gpu_layers, provider=provider, allow_pickle=allow_pickle,
                                                  context_length=ctx_size))
     conversation = Conversation(artifact.tokenizer, artifact.backend.context_length, max_new_tokens, system)
@@ -453,7 +457,9 @@ def chat(
     options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                               repetition_penalty=repetition_penalty, seed=seed)
     template = "the model's chat template" if artifact.tokenizer.chat_template else "a plain User:/Assistant: template (the model has none)"
-    out.print(f"[dim]{path} on {artifact.engine}, {template}; /reset, /exit[/dim]")
+    # replies alone on standard output; the banner and each turn's counts on standard error, as llama.cpp's
+    # llama-cli keeps its logs and timings there (a pipe reading the replies got them mixed in)
+    info.print(f"[dim]{path} on {artifact.engine}, {template}; /reset, /exit[/dim]")
     backend = artifact.backend
     if context_shift and not backend.position_free:
         info.print("note: --context-shift needs a model without position encoding (NoPE) on the torch, ONNX or ggml executor "
@@ -462,7 +468,7 @@ def chat(
     if prompt_cache:
         from .runtime.prompt_cache import start_from
 
-        out.print(start_from(prompt_cache, artifact.path, backend, conversation.preamble_ids()), style="dim", markup=False, highlight=False)
+        info.print(start_from(prompt_cache, artifact.path, backend, conversation.preamble_ids()), style="dim", markup=False, highlight=False)
     while True:
         try:
             user = _read_turn()
@@ -476,7 +482,7 @@ def chat(
             return
         if user.strip() == "/reset":
             conversation.reset()
-            out.print("[dim]history cleared[/dim]")
+            info.print("[dim]history cleared[/dim]")
             continue
         if not user.strip():
             continue
@@ -485,7 +491,7 @@ def chat(
         try:
             ids, dropped = conversation.prompt_ids(user)
             if dropped:
-                out.print(f"[dim]dropped the {dropped} oldest exchange(s) to fit the {artifact.backend.context_length}-token context[/dim]")
+                info.print(f"[dim]dropped the {dropped} oldest exchange(s) to fit the {artifact.backend.context_length}-token context[/dim]")
             backend.context_shift = context_shift and bool(dropped)  # only past what was dropped, never elsewhere
             if verbose_prompt:
                 info.print(f"prompt: {len(ids)} tokens\n" + "\n".join(f"{i:6d} -> {artifact.tokenizer.decode([i])!r}" for i in ids), markup=False)
@@ -503,7 +509,8 @@ def chat(
         drafted, accepted = backend.drafted - drafted, backend.accepted - accepted
         lookup = f", {accepted}/{drafted} drafted tokens taken" if drafted else ""  # as llama.cpp's lookup reports n_drafted, n_accept
         prompt = f"; {evaluated} prompt tokens evaluated" if evaluated is not None else ""
-        out.print(f"\n[dim]{count} tokens, {rate:.1f} tok/s{lookup}{prompt}[/dim]")
+        out.print()
+        info.print(f"[dim]{count} tokens, {rate:.1f} tok/s{lookup}{prompt}[/dim]")
 
 
 @app.command()

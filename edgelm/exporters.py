@@ -129,7 +129,9 @@ class GGUFExporter(Exporter):
         }
         main_type = max(report.type_counts(), key=report.type_counts().get)
         others = {n: t for n, t in report.tensor_types.items() if t not in (main_type, "F32")}
-        lines = [f"wrote {report.path} ({summary['bytes'] / 1e6:.1f} MB, arch {report.arch}, {report.file_type})",
+        # under --max-size the types are the plan's, whatever file type llama.cpp's quantizer records
+        kind = "types chosen within --max-size" if options.max_size is not None else report.file_type
+        lines = [f"wrote {report.path} ({summary['bytes'] / 1e6:.1f} MB, arch {report.arch}, {kind})",
                  "tensor types: " + ", ".join(f"{t} ×{n}" for t, n in report.type_counts().items()) + " (F32: norms and biases)",
                  *(f"  {name}: {kind}" for name, kind in others.items())]
         return ExportResult(report.path, summary | {"tensors": report.tensor_types}, report.notes, lines)
@@ -171,7 +173,8 @@ class ONNXExporter(Exporter):
                              **int4, calibration_text=options.calibration_text, calibration=list(options.calibration),
                              certificate=options.certificate, max_size=options.max_size)
         size = sum(p.stat().st_size for p in report.path.iterdir())
-        lines = [f"wrote {report.path} ({size / 1e6:.1f} MB, {options.quant}): model.onnx, genai_config.json, config.json, tokenizer, edgelm.json"]
+        kind = "4/8-bit MatMuls chosen within --max-size" if options.max_size is not None else options.quant
+        lines = [f"wrote {report.path} ({size / 1e6:.1f} MB, {kind}): model.onnx, genai_config.json, config.json, tokenizer, edgelm.json"]
         return ExportResult(report.path, {"path": str(report.path), "quant": options.quant, "notes": report.notes}, report.notes, lines)
 
 

@@ -47,6 +47,9 @@ FRACTION = NumberRange(0.0, 1.0)
 SAMPLING_RANGES = {"temperature": NON_NEGATIVE, "top_p": FRACTION, "min_p": FRACTION, "repetition_penalty": POSITIVE}
 SEED_MAX = 2**32 - 1  # llama.cpp's seeds are uint32; one range for every engine
 LOOKUP_NGRAM = 3  # the longest n-gram prompt-lookup decoding matches (llama.cpp's lookup: 4; LlamaPromptLookupDecoding: 2)
+# its bound: the index keeps one table per length and each token costs O(n²), so 10^11 ran out of memory;
+# llama.cpp's lookup caps n at LLAMA_NGRAM_MAX = 4, and matches longer than 16 tokens are already verbatim copies
+LOOKUP_NGRAM_MAX = 16
 
 
 class NotFinite(Exception):

@@ -36,7 +36,9 @@ MIME_TYPES = {
     ".wasm": "application/wasm", ".json": "application/json", ".onnx": "application/octet-stream",
     ".data": "application/octet-stream", ".ort": "application/octet-stream", ".png": "image/png",
 }
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+# one range, each bound at most 18 digits (below 2**63; Python's int() refuses strings past 4,300 digits, which
+# was a traceback in the handler and a dropped connection)
+_RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})$")
 _BLOCK = 1 << 20
 
 
@@ -62,16 +64,22 @@ class BundleHandler(http.server.SimpleHTTPRequestHandler):
         self.send_error(404, "no listing")
 
     def send_head(self):
+        url_path = self.path.split("?", 1)[0].split("#", 1)[0]
         path = Path(self.translate_path(self.path))
         if path.is_dir():
             path = path / "index.html"
+        elif url_path.endswith("/"):  # /index.html/ names a folder: there is none
+            self.send_error(404, "not a file of this bundle")
+            return None
         if path.parent != Path(self.directory) or path.name not in self.files or not path.is_file() or path.is_symlink():
             self.send_error(404, "not a file of this bundle")
             return None
         size = path.stat().st_size
         wanted = _RANGE.match(self.headers.get("Range", "").strip())
         start, end = 0, size - 1
-        if wanted and (wanted[1] or wanted[2]):
+        # RFC 9110 §14.2: a range the server cannot parse, or whose last byte comes before its first, is
+        # ignored (the whole file, 200); one that starts past the end is unsatisfiable (416)
+        if wanted and (wanted[1] or wanted[2]) and not (wanted[1] and wanted[2] and int(wanted[2]) < int(wanted[1])):
             if wanted[1]:
                 start, end = int(wanted[1]), min(int(wanted[2]) if wanted[2] else size - 1, size - 1)
             else:  # bytes=-N: the last N
@@ -118,15 +126,17 @@ class _Server(http.server.ThreadingHTTPServer):
 def web_bundle_folder(bundle: Path) -> tuple[Path, frozenset[str]]:
     """The folder to serve and the names in it to serve: a web bundle's, checked for its manifest and page
     (not the files' hashes: that is `edgelm verify`)."""
-    from .artifact_files import read_json_object
+    from .artifact_files import find_member, read_json_object
 
     bundle = Path(bundle)
     if not bundle.is_dir():
         zipped = bundle.suffix == ".zip" and bundle.is_file()
         raise UserError("not a web bundle folder", bundle,
                         "unzip it first (`edgelm serve` serves a folder)" if zipped else "give the folder `edgelm bundle --target web --out DIR` wrote")
-    manifest_path = bundle / BUNDLE_MANIFEST
-    if not manifest_path.is_file():
+    # the manifest as every reader of an artifact takes a file: a link out of the folder, a FIFO or a
+    # device is refused in one line (a link to /etc/passwd was opened and parsed)
+    manifest_path = find_member(bundle, BUNDLE_MANIFEST, what="the manifest")
+    if manifest_path is None:
         raise UserError(f"no {BUNDLE_MANIFEST} manifest", bundle, "give the folder `edgelm bundle --target web --out DIR` wrote")
     manifest = read_json_object(manifest_path, what="the manifest")
     if manifest.get("target") != "web":

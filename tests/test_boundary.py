@@ -60,7 +60,7 @@ CHECKED_PATH_CALLS = {
     ("bundle_files.py", "open("): "writes zip entries into its own fresh folder",
     ("web_serve.py", "open("): "a file the bundle's checked manifest lists, in the bundle's own folder, no link (send_head)",
     ("runtime/prompt_cache.py", "json.loads("): "the prompt cache's header, read bounded to HEADER_LIMIT",
-    ("runtime/prompt_cache.py", "open("): "the --prompt-cache file after _check_kind (a regular file, no link; its header "
+    ("runtime/prompt_cache.py", "open("): "the --prompt-cache file after check_path (a regular file, no link; its header "
                                           "bounded), and the artifact's own files, sampled for its fingerprint",
     ("chat_template.py", "open("): "/proc/self/status",
     ("bundle.py", "shutil.copy"): "edgelm's web page and the --web-runtime the user named",

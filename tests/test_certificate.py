@@ -240,3 +240,14 @@ def test_a_damaged_certificate_is_one_line(exports, run_cli, tmp_path, capsys, p
 def test_verify_refuses_a_model_folder(run_cli):
     assert_user_error(run_cli("verify", MODELS / "tiny-nope"), "no edgelm.json manifest")
 
+
+
+def test_probe_says_where_greedy_tokens_part():
+    """One changed token is reported where it is, not as every token differing (greedy decoding goes its own
+    way after the first difference)."""
+    from edgelm.certificate import ProbeCheck
+
+    check = ProbeCheck(True, False, 0.0, 1.0, [5, 6, 7, 8], [5, 6, 9, 8])
+    assert check.greedy_summary() == "greedy tokens differ from token 3 of 4"
+    assert ProbeCheck(True, False, 0.0, 1.0, [5, 6, 7, 8], [5, 6]).greedy_summary() == "greedy tokens differ from token 3 of 4"
+    assert ProbeCheck(True, True, 0.0, 1.0, [5, 6], [5, 6]).greedy_summary() == "2 greedy tokens equal"

@@ -168,6 +168,9 @@ def test_cli_draft_option_changes_no_greedy_token(run_cli, artifact_path):
         assert code == 0, err
         outputs.append(json.loads(out)["tokens"])
     assert outputs[0] == outputs[1] and len(outputs[0]) == 24
+    # the n-gram index holds a table per length: 10^11 ran out of memory; past the bound is one line
+    code, _, err = run_cli("generate", path, "--prompt", "x", "--draft", "4", "--lookup-ngram", "99999999999")
+    assert code == 2 and "--lookup-ngram" in err and "1<=x<=16" in err and "Traceback" not in err, err
 
 
 def test_python_api_takes_draft(artifact_path):
@@ -178,4 +181,6 @@ def test_python_api_takes_draft(artifact_path):
     assert model.generate(prompt, 24, draft=0) == model.generate(prompt, 24, draft=6, lookup_ngram=2)
     with pytest.raises(ValueError, match="draft"):
         model.generate(prompt, 4, draft=-1)
+    with pytest.raises(ValueError, match="lookup_ngram one from 1 to 16"):
+        model.generate(prompt, 4, draft=4, lookup_ngram=17)
     model.artifact.close()

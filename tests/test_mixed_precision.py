@@ -41,12 +41,13 @@ def test_allocation_stays_within_the_budget_and_spends_it_where_kld_falls_most()
         mixed.allocate(found, smallest - 1, fixed, "Q4_K_M")
 
 
-@pytest.mark.parametrize("text, size", [("3500000", 3_500_000), ("3.5MB", 3_500_000), ("3.5 mib", int(3.5 * 2**20)), ("900KB", 900_000)])
+@pytest.mark.parametrize("text, size", [("3500000", 3_500_000), ("3.5MB", 3_500_000), ("3.5 mib", int(3.5 * 2**20)), ("900KB", 900_000),
+                                        ("1" + "0" * 29, 10**29), ("0.5KB", 500)])
 def test_sizes_read_as_llama_cpp_and_disk_tools_write_them(text, size):
     assert mixed.parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "big", "-3MB", "3 parsecs", "1e6"])
+@pytest.mark.parametrize("text", ["", "big", "-3MB", "3 parsecs", "1e6", "1.5", "2.5B"])
 def test_a_size_that_is_not_one_is_refused(text):
     with pytest.raises(UserError, match="--max-size"):
         mixed.parse_size(text)
@@ -76,6 +77,7 @@ def test_budgeted_export_fits_records_its_types_and_verifies(run_cli, tmp_path):
     code, out, err = run_cli("export", MODEL, "--quant", "int4", "--max-size", str(budget), "--out", path)
     assert code == 0, (code, out, err)
     assert path.stat().st_size <= budget < STOCK_Q4_K_M
+    assert "types chosen within --max-size" in out and "Q4_K_M)" not in out, out  # not the quantizer's file type
     reader = GGUFReader(path)
     types = {t.name: t.tensor_type.name for t in reader.tensors}
     quantized = {t for t in types.values() if t != "F32"}
@@ -105,6 +107,7 @@ def test_onnx_budgeted_export_fits_keeps_chosen_matmuls_at_8_bits_and_verifies(r
                              "--out", folder)
     assert code == 0, (code, out, err)
     assert sum(p.stat().st_size for p in folder.iterdir()) <= budget
+    assert "4/8-bit MatMuls chosen within --max-size" in out, out
     graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
     bits = [next(a.i for a in node.attribute if a.name == "bits") for node in graph.node if node.op_type == "MatMulNBits"]
     assert set(bits) == {4, 8}, bits

@@ -138,7 +138,8 @@ def _chat_reply(*options: str, said: str = "Good morning, how do you do?") -> st
     """The first reply of a piped `edgelm chat`, greedy."""
     run = _edgelm("chat", MODEL, "--temperature", 0, "--max-new-tokens", 16, *options, stdin=said + "\n")
     assert run.returncode == 0, run.stderr
-    return run.stdout.split("> ", 1)[1].rsplit("\n", 3)[0]  # between the first prompt and "N tokens, … tok/s"
+    assert "tok/s" not in run.stdout and "tok/s" in run.stderr  # counts go to standard error, as llama-cli's timings
+    return run.stdout.split("> ", 1)[1].split("\n> ", 1)[0]  # between the first prompt and the next
 
 
 def test_chat_has_stop_strings_and_a_repetition_penalty():

@@ -18,6 +18,7 @@ import ctypes
 import re
 import sys
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +45,15 @@ ALIGNMENT = 32
 
 
 def parse_size(text: str) -> int:
-    """'3.5MB', '3500000', '3.3MiB', '900 KB' → bytes (KB/MB/GB decimal, KiB/MiB/GiB binary)."""
+    """'3.5MB', '3500000', '3.3MiB', '900 KB' → bytes (KB/MB/GB decimal, KiB/MiB/GiB binary), computed in
+    decimal (a float turned 10^29 into 99999999999999991433150857216); bytes themselves are whole."""
     found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
     if not found or found.group(2).upper() not in SIZE_UNITS:
         raise UserError(f"--max-size {text!r} is not a size", None, "give bytes or a size such as 3.5MB or 3.3MiB")
-    return int(float(found.group(1)) * SIZE_UNITS[found.group(2).upper()])
+    size = Decimal(found.group(1)) * SIZE_UNITS[found.group(2).upper()]
+    if size != size.to_integral_value() and SIZE_UNITS[found.group(2).upper()] == 1:
+        raise UserError(f"--max-size {text!r} is not a whole number of bytes", None, "give bytes or a size such as 3.5MB or 3.3MiB")
+    return int(size)
 
 
 def _ggml_base():

@@ -8,14 +8,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..errors import UserError
-from ..numbers import LOOKUP_NGRAM
+from ..numbers import LOOKUP_NGRAM, LOOKUP_NGRAM_MAX
+from ..tokenizer import Tokenizer
+from .backend import Backend
+from .sampling import Sampler, SamplingOptions
 
 # the shortest n-gram a draft comes from (a shorter `lookup_ngram` is taken as asked): a single token that
 # occurred before predicts its next one too rarely, and each wrong draft costs a wider forward
 LOOKUP_NGRAM_MIN = 2
-from ..tokenizer import Tokenizer
-from .backend import Backend
-from .sampling import Sampler, SamplingOptions
 
 
 @dataclass
@@ -65,8 +65,9 @@ def generate_from_ids(
     it measured faster, docs/benchmarks.md). Greedy output is plain decoding's; sampled output follows
     the same distribution (speculative sampling's acceptance rule), not the same draws of a seed."""
     draft = backend.lookup_draft if draft is None else draft
-    if type(draft) is not int or draft < 0 or type(lookup_ngram) is not int or lookup_ngram < 1:
-        raise ValueError(f"draft must be a whole number from 0 and lookup_ngram one from 1, not {draft!r} and {lookup_ngram!r}")
+    if type(draft) is not int or draft < 0 or type(lookup_ngram) is not int or not 1 <= lookup_ngram <= LOOKUP_NGRAM_MAX:
+        raise ValueError(f"draft must be a whole number from 0 and lookup_ngram one from 1 to {LOOKUP_NGRAM_MAX}, "
+                         f"not {draft!r} and {lookup_ngram!r}")
     if type(max_new_tokens) is not int or max_new_tokens < 1:  # the CLI's option has min=1; the Python API comes here
         raise ValueError(f"max_new_tokens must be a whole number from 1, not {max_new_tokens!r}")
     if len(ids) >= backend.context_length:

@@ -63,40 +63,7 @@ class PromptCache:
         except StateMismatch:
             raise UserError(f"--prompt-cache: {type(self.backend).__name__} cannot save its KV cache", self.path,
                             "drop --prompt-cache, or run a GGUF or ONNX export of the model") from None
-        if not self.path.parent.is_dir():
-            raise UserError("--prompt-cache: its folder does not exist", self.path, "give a path in an existing folder")
-        self._check_kind()
-
-    def _check_kind(self) -> None:
-        """A path that exists must be a regular file (not a symlink, folder, FIFO or device) holding a prompt
-        cache: anything else would be read blind or overwritten."""
-        try:
-            mode = os.lstat(self.path).st_mode
-        except FileNotFoundError:
-            return
-        if not stat.S_ISREG(mode):
-            what = "a symlink" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
-            raise UserError(f"--prompt-cache is {what}", self.path, "give the path of a regular file (it is created if missing)")
-        if self._metadata() is None:
-            raise UserError("--prompt-cache names a file that is not an edgelm prompt cache; it is left as it is", self.path,
-                            "give another path, or delete the file")
-
-    def _metadata(self) -> dict | None:
-        """The safetensors header's __metadata__ where it is a prompt cache's, else None: read from the
-        first bytes only, under HEADER_LIMIT."""
-        with open(self.path, "rb") as handle:
-            head = handle.read(8)
-            if len(head) < 8:
-                return None
-            (length,) = struct.unpack("<Q", head)
-            if not 2 <= length <= HEADER_LIMIT:
-                return None
-            try:
-                header = json.loads(handle.read(length))
-            except (UnicodeDecodeError, ValueError):
-                return None
-        metadata = header.get("__metadata__") if isinstance(header, dict) else None
-        return metadata if isinstance(metadata, dict) and metadata.get("format") == FORMAT else None
+        check_path(self.path)
 
     def _identity(self) -> dict[str, str]:
         if not hasattr(self, "_model_fingerprint"):  # once: the artifact does not change while it is open
@@ -118,9 +85,10 @@ class PromptCache:
         from safetensors import SafetensorError
         from safetensors.numpy import load
 
-        self._check_kind()  # between the start and now the file may have changed
-        metadata, identity = self._metadata(), self._identity()
-        for key, what in (("version", "another version of the format"), ("model", "made for another model"),
+        check_path(self.path)  # between the start and now the file may have changed
+        metadata, identity = _metadata(self.path), self._identity()
+        for key, what in (("version", "another version of the format"),
+                          ("model", "made for another model file (each artifact, even another export of the same model, keeps its own)"),
                           ("backend", "made by another engine or cache type")):
             if metadata.get(key) != identity[key]:
                 return what
@@ -145,7 +113,7 @@ class PromptCache:
         """Write the backend's cache (atomically: a temporary file beside the target, then renamed)."""
         from safetensors.numpy import save_file
 
-        self._check_kind()
+        check_path(self.path)
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             save_file(self.backend.save_state(), str(temporary), metadata=self._identity())
@@ -155,6 +123,42 @@ class PromptCache:
         finally:
             temporary.unlink(missing_ok=True)
         return f"prompt cache: wrote {self.backend.position} tokens to {self.path}"
+
+
+def check_path(path: Path) -> None:
+    """A --prompt-cache path, checked before any model loads: in an existing folder, and where it exists a
+    regular file (not a symlink, folder, FIFO or device) holding a prompt cache: anything else would be read
+    blind or overwritten."""
+    if not path.parent.is_dir():
+        raise UserError("--prompt-cache: its folder does not exist", path, "give a path in an existing folder")
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        what = "a symlink" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise UserError(f"--prompt-cache is {what}", path, "give the path of a regular file (it is created if missing)")
+    if _metadata(path) is None:
+        raise UserError("--prompt-cache names a file that is not an edgelm prompt cache; it is left as it is", path,
+                        "give another path, or delete the file")
+
+
+def _metadata(path: Path) -> dict | None:
+    """The safetensors header's __metadata__ where it is a prompt cache's, else None: read from the
+    first bytes only, under HEADER_LIMIT."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return None
+        (length,) = struct.unpack("<Q", head)
+        if not 2 <= length <= HEADER_LIMIT:
+            return None
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, ValueError):
+            return None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) and metadata.get("format") == FORMAT else None
 
 
 def start_from(path: Path, model: Path, backend: Backend, preamble: list[int]) -> str:
