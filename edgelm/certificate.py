@@ -65,12 +65,13 @@ COUNTS = ("certificate_version", "positions")
 
 # --- running the probe ------------------------------------------------------------------------------
 
-def probe_options(context: int, threads: int | None = None):
-    """How the probe and the parity numbers run the artifact: an f32 KV cache (llama.cpp's default f16
-    cache moves logits by ~1e-3 by itself) and every position's logits."""
+def probe_options(fmt, context: int, threads: int | None = None):
+    """How the probe and the parity numbers run the artifact: an f32 KV cache where its engine has the
+    choice (llama.cpp's default f16 cache moves logits by ~1e-3 by itself; an ONNX graph's cache type is
+    fixed at export) and every position's logits."""
     from .formats import LoadOptions
 
-    return LoadOptions(context_length=context, f32_kv_cache=True, all_logits=True, threads=threads)
+    return LoadOptions(context_length=context, f32_kv_cache="f32_kv_cache" in fmt.honoured, all_logits=True, threads=threads)
 
 
 def _greedy(backend, prompt_ids: Sequence[int], steps: int) -> tuple[list[int], np.ndarray]:
@@ -177,7 +178,7 @@ def certify(checkpoint, fmt, device: str = "cpu", threads: int | None = None) ->
     ids, text_sha = evaluation_ids(tokenizer, checkpoint.spec.max_positions)
     reference = reference_logits(checkpoint, ids, device)
     context = max(len(ids), len(tokenizer.encode(PROBE_PROMPT)) + PROBE_STEPS)
-    with fmt.open(probe_options(context, threads)) as artifact:
+    with fmt.open(probe_options(fmt, context, threads)) as artifact:
         report = compare_logits(reference, run_with_cache(artifact.backend, ids, len(ids) // 2), ids)
         probe = make_probe(artifact)
         engine, engine_version = artifact.engine, artifact.details.get("engine_version", "unknown")
@@ -445,7 +446,7 @@ def verify(fmt, reference: Path | None = None, threads: int | None = None, devic
     if found is None:
         return Verification(None)
     validate(found, fmt.path)
-    with fmt.open(probe_options(len(found["probe"]["prompt_ids"]) + len(found["probe"]["greedy_tokens"]), threads)) as artifact:
+    with fmt.open(probe_options(fmt, len(found["probe"]["prompt_ids"]) + len(found["probe"]["greedy_tokens"]), threads)) as artifact:
         probe = check_probe(artifact, found["probe"], fmt.path)
         engine, engine_version = artifact.engine, artifact.details.get("engine_version", "unknown")
     result = Verification(found, engine, engine_version, probe)

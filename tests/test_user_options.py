@@ -231,3 +231,27 @@ def test_gpu_layers_without_a_gpu_build_says_it_runs_on_the_cpu(run_cli, gguf):
     assert code == 0 and "note: --gpu-layers 99: this llama-cpp-python build has no GPU backend" in err, err
     code, out, err = run_cli("generate", gguf, "--prompt", PROMPT, "--max-new-tokens", 2)
     assert code == 0 and "gpu-layers" not in err
+
+
+@pytest.fixture(scope="module")
+def onnx_folder(tmp_path_factory):
+    from edgelm.export.onnx import export_onnx
+    from edgelm.models import open_checkpoint
+
+    return export_onnx(open_checkpoint(MODEL), tmp_path_factory.mktemp("onnx") / "onnx", "f32").path
+
+
+@pytest.mark.parametrize("artifact,args,needles", [
+    ("onnx", ("parity", "{path}", "--reference", MODEL, "--tokens", 4, "--f32-kv-cache"), ("--f32-kv-cache", "fixed at export")),
+    ("onnx", ("generate", "{path}", "--prompt", PROMPT, "--gpu-layers", 2), ("--gpu-layers", "--provider cuda")),
+    ("gguf", ("generate", "{path}", "--prompt", PROMPT, "--provider", "xnnpack"), ("--provider", "--gpu-layers N")),
+    ("gguf", ("perplexity", "{path}", "--provider", "cuda"), ("--provider",)),
+    ("model", ("generate", "{path}", "--prompt", PROMPT, "--gpu-layers", 1), ("--gpu-layers", "--device cuda")),
+    ("model", ("generate", "{path}", "--prompt", PROMPT, "--provider", "cuda"), ("--provider", "--device cuda")),
+])
+def test_an_option_the_artifacts_engine_has_no_use_for_is_refused(run_cli, gguf, onnx_folder, artifact, args, needles):
+    """`parity --f32-kv-cache` on an ONNX folder ran the graph's own cache and said nothing; --gpu-layers and
+    --provider were as silently dropped by the engines without them. Each is one line naming the file."""
+    path = {"onnx": onnx_folder, "gguf": gguf, "model": MODEL}[artifact]
+    result = run_cli(*[str(path) if a == "{path}" else a for a in args])
+    assert_user_error(result, *needles, str(path))

@@ -27,6 +27,7 @@ QUANTIZED_OPS = {"MatMulNBits": "int4", "GatherBlockQuantized": "int4", "MatMulI
 @register
 class OnnxFolder(Format):
     kind = "onnx folder"
+    honoured = frozenset({"provider"})
 
     @property
     def raw_engine(self) -> str | None:
@@ -49,6 +50,7 @@ class OnnxFolder(Format):
         from ..tokenizer import load_tokenizer
 
         options.refuse_model_overrides(self.path, "ONNX folder")
+        options.refuse_unused(self.path, self.kind, self.honoured)
         try:
             backend = OnnxBackend(self.model_file, self.genai, self.manifest, options.threads, options.provider)
         except UserError:
