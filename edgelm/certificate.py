@@ -10,7 +10,9 @@ metadata_props `edgelm.parity`; bundle manifests copy it):
   `artifact_perplexity`, `max_abs_logit_diff`: edgelm.parity's numbers against the fp32 torch reference;
 - `reference_sha256` (the checkpoint's safetensors files and config.json, as ONNX's edgelm.json has
   long stated it), `text` and `text_sha256` (the evaluation text's file);
-- `edgelm_version`, `engine` and `engine_version` (the package that ran the artifact);
+- `edgelm_version`, `engine` and `engine_version` (the package that ran the artifact), and `kv_cache`, its
+  KV cache's number type (float32 for a GGUF; an ONNX graph's own); a certificate without it (an older
+  edgelm's) was measured with float32 where the engine had the choice;
 - `probe`: PROBE_PROMPT's ids, PROBE_STEPS greedy tokens, and at each step the PROBE_TOP_K highest
   logits and their ids.
 
@@ -65,13 +67,22 @@ COUNTS = ("certificate_version", "positions")
 
 # --- running the probe ------------------------------------------------------------------------------
 
-def probe_options(fmt, context: int, threads: int | None = None):
-    """How the probe and the parity numbers run the artifact: an f32 KV cache where its engine has the
-    choice (llama.cpp's default f16 cache moves logits by ~1e-3 by itself; an ONNX graph's cache type is
-    fixed at export) and every position's logits."""
+CERTIFIED_KV_CACHE = "float32"  # where the engine has the choice: llama.cpp's default f16 cache moves logits by ~1e-3 by itself
+KV_CACHE_TYPES = ("float32", "float16", "bfloat16", "int8")
+
+
+def probe_options(fmt, context: int, threads: int | None = None, kv_cache: str = CERTIFIED_KV_CACHE):
+    """How the probe and the parity numbers run the artifact: with the KV cache `kv_cache` where its engine
+    has the choice (an ONNX graph's cache type is fixed at export) and every position's logits."""
     from .formats import LoadOptions
 
-    return LoadOptions(context_length=context, f32_kv_cache="f32_kv_cache" in fmt.honoured, all_logits=True, threads=threads)
+    return LoadOptions(context_length=context, f32_kv_cache=kv_cache == "float32" and "f32_kv_cache" in fmt.honoured,
+                       all_logits=True, threads=threads)
+
+
+def certified_kv_cache(certificate: dict[str, Any]) -> str:
+    """The KV cache type a (validated) certificate was measured with."""
+    return certificate.get("kv_cache") or CERTIFIED_KV_CACHE
 
 
 def _greedy(backend, prompt_ids: Sequence[int], steps: int) -> tuple[list[int], np.ndarray]:
@@ -168,7 +179,7 @@ def reference_sha256(checkpoint) -> str:
     return digest.hexdigest()
 
 
-def certify(checkpoint, fmt, device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
+def certify(checkpoint, fmt, device: str = "cpu", threads: int | None = None, kv_cache: str = CERTIFIED_KV_CACHE) -> dict[str, Any]:
     """The certificate of the artifact `fmt` (an opened Format: the final file, before it is renamed
     into place) against `checkpoint`."""
     from .parity import compare_logits, run_with_cache
@@ -178,14 +189,15 @@ def certify(checkpoint, fmt, device: str = "cpu", threads: int | None = None) ->
     ids, text_sha = evaluation_ids(tokenizer, checkpoint.spec.max_positions)
     reference = reference_logits(checkpoint, ids, device)
     context = max(len(ids), len(tokenizer.encode(PROBE_PROMPT)) + PROBE_STEPS)
-    with fmt.open(probe_options(fmt, context, threads)) as artifact:
+    with fmt.open(probe_options(fmt, context, threads, kv_cache)) as artifact:
         report = compare_logits(reference, run_with_cache(artifact.backend, ids, len(ids) // 2), ids)
         probe = make_probe(artifact)
         engine, engine_version = artifact.engine, artifact.details.get("engine_version", "unknown")
+        kv_cache = artifact.backend.kv_cache_type()
     numbers = report.as_dict()
     return ({"certificate_version": CERTIFICATE_VERSION, "positions": report.positions}
             | {name: float(numbers[name]) for name in NUMBERS}
-            | {"edgelm_version": __version__, "engine": engine, "engine_version": engine_version,
+            | {"edgelm_version": __version__, "engine": engine, "engine_version": engine_version, "kv_cache": kv_cache,
                "reference_sha256": reference_sha256(checkpoint), "text": EVALUATION_TEXT.name, "text_sha256": text_sha,
                "probe": probe})
 
@@ -260,6 +272,8 @@ def validate(certificate: Any, where: Path) -> dict[str, Any]:
         # printed by verify: one line of printable text (no newline to forge a line, no terminal escape)
         if not isinstance(value, str) or not 0 < len(value) <= MAX_FIELD_CHARS or not value.isprintable():
             _bad(where, f"{name} is not one line of printable text of at most {MAX_FIELD_CHARS} characters")
+    if "kv_cache" in certificate and certificate["kv_cache"] not in KV_CACHE_TYPES:
+        _bad(where, f"kv_cache is not one of {', '.join(KV_CACHE_TYPES)}")
     for name in HASHES:
         if not all(c in "0123456789abcdef" for c in certificate[name]) or len(certificate[name]) != 64:
             _bad(where, f"{name} is not a sha256")
@@ -335,6 +349,8 @@ def read_from_gguf(gguf) -> dict[str, Any] | None:
     if gguf.field(GGUF_PARITY + "certificate_version") is None:
         return None
     certificate = {name: gguf.field(GGUF_PARITY + name) for name in COUNTS + NUMBERS + STRINGS}
+    if gguf.field(GGUF_PARITY + "kv_cache") is not None:  # absent in an older edgelm's
+        certificate["kv_cache"] = gguf.field(GGUF_PARITY + "kv_cache")
     probe = gguf.field(GGUF_PARITY + "probe")
     certificate["probe"] = from_json(probe, gguf.path) if isinstance(probe, str) else None
     return certificate
@@ -390,7 +406,8 @@ class Verification:
         p = self.probe
         lines = [f"certificate: mean KLD {c['mean_kld']:.3g} (max {c['max_kld']:.3g}), ΔPPL {100 * c['perplexity_change']:+.2f} %, "
                  f"top-1 {100 * c['top1_agreement']:.1f} % over {c['positions']} positions of {c['text']} against the reference "
-                 f"(sha256 {c['reference_sha256'][:16]}…); made by edgelm {c['edgelm_version']} on {c['engine']}, {c['engine_version']}",
+                 f"(sha256 {c['reference_sha256'][:16]}…); made by edgelm {c['edgelm_version']} on {c['engine']}, {c['engine_version']}, "
+                 f"{certified_kv_cache(c)} KV cache",
                  f"probe {'matches' if p.ok else 'DIFFERS'}: {len(p.certified_tokens)} greedy tokens {'equal' if p.greedy_equal else 'differ'}, "
                  f"top-{len(c['probe']['top_k_ids'][0])} logits max |Δ| {p.max_abs_diff:.3g} (tolerance {p.tolerance:.3g} = "
                  f"{PROBE_RTOL:g} × largest |logit|), tokenization {'equal' if p.tokenization_equal else 'differs'}; "
@@ -446,7 +463,8 @@ def verify(fmt, reference: Path | None = None, threads: int | None = None, devic
     if found is None:
         return Verification(None)
     validate(found, fmt.path)
-    with fmt.open(probe_options(fmt, len(found["probe"]["prompt_ids"]) + len(found["probe"]["greedy_tokens"]), threads)) as artifact:
+    context = len(found["probe"]["prompt_ids"]) + len(found["probe"]["greedy_tokens"])
+    with fmt.open(probe_options(fmt, context, threads, certified_kv_cache(found))) as artifact:  # the cache it was measured with
         probe = check_probe(artifact, found["probe"], fmt.path)
         engine, engine_version = artifact.engine, artifact.details.get("engine_version", "unknown")
     result = Verification(found, engine, engine_version, probe)
@@ -454,6 +472,6 @@ def verify(fmt, reference: Path | None = None, threads: int | None = None, devic
         from .models import open_checkpoint
 
         checkpoint = open_checkpoint(reference)
-        result.recomputed = certify(checkpoint, fmt, device, threads)
+        result.recomputed = certify(checkpoint, fmt, device, threads, certified_kv_cache(found))
         result.differences = compare_certificates(found, result.recomputed)
     return result

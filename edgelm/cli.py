@@ -657,6 +657,23 @@ def _say_temperatures(artifact_path: Path, recorded, given: Path | None) -> None
                    "the reference runs with the file's: drop the option to compare with what was exported", markup=False)
 
 
+def _say_certificate_cache(artifact_path: Path, art, kv_cache: str) -> None:
+    """A note when the artifact's parity certificate was measured with another KV cache type than this run
+    (a GGUF's with float32, parity's default llama.cpp's float16): its numbers and these differ by that too."""
+    from .certificate import certified_kv_cache, validate
+
+    try:
+        certificate = art.format.certificate()
+        if certificate is not None:
+            validate(certificate, artifact_path)
+    except UserError:  # a damaged certificate is verify's to report; parity measures the artifact itself
+        return
+    if certificate is not None and certified_kv_cache(certificate) != kv_cache:
+        info.print(f"note: the parity certificate in {artifact_path} was measured with a {certified_kv_cache(certificate)} KV cache, "
+                   f"this run uses {kv_cache}" + (" (add --f32-kv-cache to compare like with like)"
+                                                   if "f32_kv_cache" in art.format.honoured else ""), markup=False)
+
+
 @app.command()
 def parity(
     artifact_path: Annotated[Path, typer.Argument(help="A .gguf file, an ONNX folder or a bundle.")],
@@ -687,7 +704,9 @@ def parity(
         raise UserError("the text is too short", text, "give a longer text")
     with Progress(info, "comparing", enabled=not as_json, columns=_spinner):
         report = compare(ref.backend, art.backend, ids)
-    result = report.as_dict() | {"reference": f"{reference} ({ref.engine})", "artifact": f"{artifact_path} ({art.engine})"}
+    result = report.as_dict() | {"reference": f"{reference} ({ref.engine})", "artifact": f"{artifact_path} ({art.engine})",
+                                 "kv_cache": art.backend.kv_cache_type()}
+    _say_certificate_cache(artifact_path, art, result["kv_cache"])
     failed = [name for name, limit, value in [("mean KL divergence", max_kld, report.mean_kld),
                                                ("perplexity increase", max_ppl_increase, report.perplexity_change)]
               if limit is not None and not value <= limit]  # NaN is never within a limit

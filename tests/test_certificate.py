@@ -240,3 +240,21 @@ def test_a_damaged_certificate_is_one_line(exports, run_cli, tmp_path, capsys, p
 def test_verify_refuses_a_model_folder(run_cli):
     assert_user_error(run_cli("verify", MODELS / "tiny-nope"), "no edgelm.json manifest")
 
+
+
+def test_the_certificate_records_its_kv_cache_and_parity_says_when_it_runs_another(exports, run_cli):
+    """A GGUF's certificate is measured with an f32 KV cache, `parity` runs llama.cpp's default f16 one: the
+    certificate records which, parity reports its own and says how to compare like with like; with
+    --f32-kv-cache it measures as the certificate did (the same numbers, up to the reference's one-pass run)."""
+    path = exports("tiny-nope.gguf")
+    assert GGUFReader(str(path)).fields["edgelm.parity.kv_cache"].contents() == "float32"
+    args = ("parity", path, "--reference", MODELS / "tiny-nope", "--tokens", POSITIONS, "--device", "cpu", "--json")
+    code, out, err = run_cli(*args)
+    assert code == 0 and json.loads(out)["kv_cache"] == "float16", (code, out, err)
+    assert "measured with a float32 KV cache, this run uses float16 (add --f32-kv-cache" in err, err
+    code, out, err = run_cli(*args, "--f32-kv-cache")
+    assert code == 0 and json.loads(out)["kv_cache"] == "float32" and "KV cache" not in err, (code, out, err)
+    certified = {k: GGUFReader(str(path)).fields["edgelm.parity." + k].contents() for k in ("mean_kld", "top1_agreement")}
+    assert abs(json.loads(out)["mean_kld"] - certified["mean_kld"]) <= 1e-5 + 1e-3 * certified["mean_kld"], (out, certified)
+    code, out, _ = run_cli("verify", path)
+    assert code == 0 and "float32 KV cache" in out, out

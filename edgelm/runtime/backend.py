@@ -113,6 +113,12 @@ class Backend(ABC):
         is not kept as arrays edgelm can read and write."""
         return None
 
+    def kv_cache_type(self) -> str:
+        """The KV cache's number type as numpy names it ("float32", "float16", "int8"): what a parity
+        measurement ran with, recorded so two measurements are compared like with like."""
+        layout = self.kv_layout()
+        return np.dtype(layout[0][1]).name if layout else "unknown"
+
     def _kv_arrays(self) -> list[np.ndarray]:
         """The cache's arrays for positions 0..position, in kv_layout's order."""
         raise NotImplementedError
