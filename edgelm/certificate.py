@@ -38,7 +38,7 @@ import numpy as np
 from . import __version__
 from .artifact_files import MAX_TEXT_BYTES, parse_json, read_text, sha256
 from .errors import UserError
-from .numbers import FRACTION, NON_NEGATIVE, POSITIVE, NumberRange
+from .numbers import FRACTION, NON_NEGATIVE, POSITIVE, NumberRange, is_count, is_number
 
 CERTIFICATE_VERSION = 1
 # the held-out novel (the shipped models never trained on it); its first POSITIONS + 1 tokens
@@ -245,7 +245,7 @@ def _bad(where: Path, what: str):
 
 
 def _int_list(value: Any, where: Path, what: str, limit: int) -> list[int]:
-    if not isinstance(value, list) or not 0 < len(value) <= limit or not all(type(v) is int and v >= 0 for v in value):
+    if not isinstance(value, list) or not 0 < len(value) <= limit or not all(is_count(v) for v in value):
         _bad(where, f"{what} is not a list of 1 to {limit} token ids")
     return value
 
@@ -257,16 +257,17 @@ def validate(certificate: Any, where: Path) -> dict[str, Any]:
     if certificate.get("certificate_version") != CERTIFICATE_VERSION:
         raise UserError(f"parity certificate version {certificate.get('certificate_version')!r}; this edgelm reads {CERTIFICATE_VERSION}",
                         where, "verify with the edgelm that made it, or export again")
-    if type(certificate["certificate_version"]) is not int:  # True and 1.0 compare equal to 1
+    if not is_count(certificate["certificate_version"]):  # True and 1.0 compare equal to 1
         _bad(where, "certificate_version is not an integer")
     positions = certificate.get("positions")
-    if type(positions) is not int or not 0 < positions <= MAX_POSITIONS:
+    if not is_count(positions, 1) or positions > MAX_POSITIONS:
         _bad(where, f"positions is not a count from 1 to {MAX_POSITIONS}")
     for name, bounds in NUMBER_RANGES.items():
         value = certificate.get(name)
-        problem = "is not a number" if not isinstance(value, (int, float)) or isinstance(value, bool) else bounds.why_not(value)
-        if problem:
-            _bad(where, f"{name} {problem}" if isinstance(value, (int, float)) else f"{name} is not a number")
+        if not is_number(value):
+            _bad(where, f"{name} is not a number")
+        if problem := bounds.why_not(value):
+            _bad(where, f"{name} {problem}")
     for name in STRINGS:
         value = certificate.get(name)
         # printed by verify: one line of printable text (no newline to forge a line, no terminal escape)
@@ -290,7 +291,7 @@ def validate(certificate: Any, where: Path) -> dict[str, Any]:
         if len(row_ids) != len(ids[0]):
             _bad(where, "the probe's top_k_ids rows differ in length")
         if not isinstance(row_logits, list) or len(row_logits) != len(row_ids) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row_logits):
+                is_number(v) and math.isfinite(v) for v in row_logits):
             _bad(where, "a top_k_logits row is not finite numbers, one per id")
     return certificate
 

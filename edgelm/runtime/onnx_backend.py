@@ -26,6 +26,7 @@ from ..artifact_files import find_member, member, read_json
 from ..constants import GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE
 from ..errors import UserError
 from ..fileio import is_plain_name
+from ..numbers import is_count
 from .backend import Backend, default_threads, refuse_cache_past_memory
 
 PROVIDERS = {
@@ -232,16 +233,16 @@ def describe_optimum_folder(folder: Path) -> dict:
     }
     logits = [d.dim_value if d.HasField("dim_value") else None for d in next(o for o in graph.output if o.name == "logits").type.tensor_type.shape.dim]
     vocab = logits[-1] if logits and logits[-1] else config.get("vocab_size")
-    model = {"decoder": decoder, "context_length": context if _positive_int(context) else 2048, "type": config.get("model_type"),
-             "vocab_size": vocab if _positive_int(vocab) else None}
+    model = {"decoder": decoder, "context_length": context if is_count(context, 1) else 2048, "type": config.get("model_type"),
+             "vocab_size": vocab if is_count(vocab, 1) else None}
     # what onnxruntime-genai reads beyond the IO, where its model builder takes it (config.json): a bundle
     # for a phone carries them (formats/onnx.py: bundle_into); edgelm's own runtime needs none of them
-    decoder |= {key: config[key] for key in ("num_attention_heads", "hidden_size") if _positive_int(config.get(key))}
+    decoder |= {key: config[key] for key in ("num_attention_heads", "hidden_size") if is_count(config.get(key), 1)}
     eos = config.get("eos_token_id")
     eos = eos[0] if isinstance(eos, list) and eos else eos  # the first of several, as the builder takes for pad
     tokens = {"eos_token_id": eos, "bos_token_id": config.get("bos_token_id", eos),
               "pad_token_id": config.get("pad_token_id") if config.get("pad_token_id") is not None else eos}
-    model |= {key: value for key, value in tokens.items() if _token_id(value)}
+    model |= {key: value for key, value in tokens.items() if is_count(value)}
     return {"model": {k: v for k, v in model.items() if v is not None}, "search": {"past_present_share_buffer": False}}
 
 
@@ -257,12 +258,8 @@ def missing_genai_fields(genai: dict) -> list[str]:
         [f"model.decoder.{k}" for k in GENAI_DECODER_FIELDS if k not in model.get("decoder", {})]
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _token_id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+DECODER_NAMES = ("input_ids", "attention_mask", "logits")
+LAYER_NAME_PATTERNS = ("past_key_names", "past_value_names", "present_key_names", "present_value_names")
 
 
 def read_onnx_folder(folder: Path) -> tuple[dict, dict, Path]:
@@ -276,9 +273,9 @@ def read_onnx_folder(folder: Path) -> tuple[dict, dict, Path]:
     try:
         decoder = genai["model"]["decoder"]
         for key in ("num_hidden_layers", "num_key_value_heads", "head_size"):
-            if not isinstance(decoder[key], int) or isinstance(decoder[key], bool) or decoder[key] <= 0:
+            if not is_count(decoder[key], 1):
                 raise TypeError(f"model.decoder.{key} is {decoder[key]!r}, not a positive integer")
-        if not isinstance(genai["model"]["context_length"], int) or genai["model"]["context_length"] <= 0:
+        if not is_count(genai["model"]["context_length"], 1):  # true was a context of 1
             raise TypeError(f"model.context_length is {genai['model']['context_length']!r}, not a positive integer")
         filename = decoder.get("filename", ONNX_MODEL_FILE)
         if not is_plain_name(filename):
@@ -289,13 +286,24 @@ def read_onnx_folder(folder: Path) -> tuple[dict, dict, Path]:
                 raise TypeError(f"model.decoder.{section} is a {type(decoder[section]).__name__}, not an object of names")
         if not isinstance(genai.get("search", {}), dict):
             raise TypeError(f"search is a {type(genai['search']).__name__}, not an object of options")
+        if not isinstance(genai.get("search", {}).get("past_present_share_buffer", True), bool):
+            raise TypeError(f"search.past_present_share_buffer is {genai['search']['past_present_share_buffer']!r}, not true or false")
         names = {**decoder.get("inputs", {}), **decoder.get("outputs", {})}
         if not all(isinstance(v, str) for v in names.values()):
             raise TypeError("model.decoder.inputs/outputs hold names that are not strings")
+        lacking = [key for key in DECODER_NAMES + LAYER_NAME_PATTERNS if key not in names]
+        if lacking:
+            raise TypeError(f"model.decoder.inputs/outputs name no {', '.join(lacking[:3])}")
+        for key in LAYER_NAME_PATTERNS:  # onnxruntime-genai formats each with the layer's index
+            if not re.fullmatch(r"[^%]*%d[^%]*", names[key].replace("%%", "")):
+                raise TypeError(f"model.decoder's {key} {names[key][:80]!r} is not a name with one %d for the layer")
     except (KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"{GENAI_CONFIG} is not a decoder description edgelm can run ({exc.__class__.__name__}: {exc})", genai_path,
                         "export the model again") from None
     if not isinstance(manifest, dict):
         raise UserError(f"{ONNX_MANIFEST} is not a JSON object", folder / ONNX_MANIFEST, "export the model again")
+    if not is_count(manifest.get("rotary_table_positions", 0)):
+        raise UserError(f"{ONNX_MANIFEST}'s rotary_table_positions is {manifest['rotary_table_positions']!r}, not a count of positions",
+                        folder / ONNX_MANIFEST, "export the model again")
     model = member(folder, filename, fix="export the model again with `edgelm export --format onnx`")
     return genai, manifest, model
