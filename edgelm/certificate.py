@@ -36,15 +36,15 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .artifact_files import MAX_TEXT_BYTES, parse_json, read_text, sha256
+from .artifact_files import parse_json, sha256
 from .errors import UserError
 from .numbers import FRACTION, NON_NEGATIVE, POSITIVE, NumberRange, is_count, is_number
+from .tokenizer import leading_ids
 
 CERTIFICATE_VERSION = 1
 # the held-out novel (the shipped models never trained on it); its first POSITIONS + 1 tokens
 EVALUATION_TEXT = Path(__file__).resolve().parent / "assets" / "text" / "persuasion-opening.txt"  # held out; shipped with the package
 POSITIONS = 128  # short, so export stays fast: ~1 s on the tiny models
-CHARS_PER_TOKEN = 20  # a text's first CHARS_PER_TOKEN · POSITIONS characters hold the tokens needed
 PROBE_PROMPT = "Sir Walter Elliot, of Kellynch Hall, in Somersetshire, was a man who"
 PROBE_STEPS = 8
 PROBE_TOP_K = 8
@@ -152,8 +152,7 @@ def check_probe(artifact, probe: dict[str, Any], where: Path) -> ProbeCheck:
 
 def evaluation_ids(tokenizer, max_positions: int) -> tuple[list[int], str]:
     """The first POSITIONS + 1 tokens of the evaluation text (fewer where the model holds fewer), and the text's sha256."""
-    text = read_text(EVALUATION_TEXT, MAX_TEXT_BYTES, "the evaluation text")
-    ids = tokenizer.encode(text[: CHARS_PER_TOKEN * POSITIONS])[: min(POSITIONS, max_positions - 1) + 1]
+    ids = leading_ids(tokenizer, EVALUATION_TEXT, min(POSITIONS, max_positions - 1) + 1, "the evaluation text")
     return ids, sha256(EVALUATION_TEXT)
 
 

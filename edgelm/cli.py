@@ -304,6 +304,20 @@ def _read_text(path: Path, option: str = "--text") -> str:
     return read_text(user_file(path, option, MAX_TEXT_BYTES, "text file"), MAX_TEXT_BYTES, "the text")
 
 
+def _text_file(path: Path) -> Path:
+    """--text, of which only the head is read: a regular file of any size."""
+    from .artifact_files import user_file
+
+    return user_file(path, "--text", None, "text file")
+
+
+def _leading_ids(tokenizer, path: Path, count: int) -> list[int]:
+    """The first `count` token ids of --text, reading and encoding only its head."""
+    from .tokenizer import leading_ids
+
+    return leading_ids(tokenizer, _text_file(path), count)
+
+
 @app.command()
 def perplexity(
     path: Annotated[Path, typer.Argument(help="A model folder, a .gguf file or an ONNX folder.")],
@@ -324,12 +338,16 @@ def perplexity(
     from .formats import open_artifact
 
     text = text or DEFAULT_TEXT
-    content = _read_text(text)
+    if max_tokens is None:
+        content = _read_text(text)  # the whole text is scored
+    else:
+        content = None  # only its head is read and encoded, below; the file is checked now
+        _text_file(text)
     if stride is not None and stride >= ctx:
         raise UserError(f"--stride {stride} must be below --ctx {ctx}", None, "each window needs at least one token of context")
     artifact = open_artifact(path, _load_options(position_encoding, head_temperatures, device, threads, context_length=ctx,
                                                  provider=provider, all_logits=True, allow_pickle=allow_pickle))
-    ids = artifact.tokenizer.encode(content)[:max_tokens]
+    ids = artifact.tokenizer.encode(content) if content is not None else _leading_ids(artifact.tokenizer, text, max_tokens)
     if len(ids) < 2:
         raise UserError("the text has fewer than 2 tokens", text, "give a longer text")
     with Progress(info, "scoring windows", enabled=not as_json) as progress:
@@ -694,12 +712,12 @@ def parity(
     from .formats import LoadOptions, open_artifact
 
     text = text or DEFAULT_TEXT
-    content = _read_text(text)
+    _text_file(text)  # refused before the models load
     art = open_artifact(artifact_path, LoadOptions(threads=_threads(threads), context_length=tokens + 1, f32_kv_cache=f32_kv_cache, all_logits=True))
     recorded = art.format.recorded_temperatures()  # the reference runs with the λ the export folded in
     ref = open_artifact(reference, LoadOptions(head_temperatures=head_temperatures or recorded, device=_device(device), allow_pickle=allow_pickle))
     _say_temperatures(artifact_path, recorded, head_temperatures)
-    ids = ref.tokenizer.encode(content)[:tokens + 1]
+    ids = _leading_ids(ref.tokenizer, text, tokens + 1)  # only the head a 256 MB text needs
     if len(ids) < 3:
         raise UserError("the text is too short", text, "give a longer text")
     with Progress(info, "comparing", enabled=not as_json, columns=_spinner):

@@ -255,3 +255,40 @@ def test_an_option_the_artifacts_engine_has_no_use_for_is_refused(run_cli, gguf,
     path = {"onnx": onnx_folder, "gguf": gguf, "model": MODEL}[artifact]
     result = run_cli(*[str(path) if a == "{path}" else a for a in args])
     assert_user_error(result, *needles, str(path))
+
+
+def test_parity_and_perplexity_read_only_the_head_of_a_huge_text(run_cli, gguf, tmp_path, monkeypatch):
+    """parity (--tokens) and perplexity (--max-tokens) read and encoded the whole --text before cutting it to
+    the window: a 2 GiB text (here sparse: NULs after the novel's opening) was refused past 256 MB and
+    would have cost its whole encoding. Now only its head is read, and the numbers are the plain text's."""
+    from edgelm import cli, tokenizer
+
+    plain, huge = tmp_path / "plain.txt", tmp_path / "huge.txt"
+    plain.write_bytes(cli.DEFAULT_TEXT.read_bytes())
+    huge.write_bytes(cli.DEFAULT_TEXT.read_bytes())
+    os.truncate(huge, 2 << 30)
+    sizes = []
+    real = tokenizer.read_text_head
+    monkeypatch.setattr(tokenizer, "read_text_head", lambda path, size, what: sizes.append(size) or real(path, size, what))
+    for args in [("perplexity", gguf, "--max-tokens", 200, "--json"),
+                 ("parity", gguf, "--reference", MODEL, "--tokens", 64, "--device", "cpu", "--json")]:
+        (code, out, err), (huge_code, huge_out, huge_err) = [run_cli(*args, "--text", text) for text in (plain, huge)]
+        assert code == huge_code == 0, (err, huge_err)
+        assert json.loads(out) == json.loads(huge_out)
+    assert sizes and max(sizes) <= 64 << 10, sizes  # bytes read of the 2 GiB
+
+
+@pytest.mark.parametrize("model", ["tiny-nope", "tiny-rope", "tiny-ngen4", "tiny-tokenformer"])
+def test_the_head_of_a_text_encodes_as_the_whole(model, tmp_path):
+    """leading_ids (parity, perplexity --max-tokens, calibration, the certificate) gives the first ids of
+    encoding the whole file, for every shipped text and tokenizer, whatever the count; and where the head
+    is cut inside a character of several bytes."""
+    from edgelm.tokenizer import leading_ids, load_tokenizer
+
+    tok = load_tokenizer(MODEL.parent / model)
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text("Café crème, naïve — 日本語のテキスト 🙂🙂 ½ Ωmega\n" * 3000, encoding="utf-8")
+    for text in sorted((Path(__file__).resolve().parents[1] / "edgelm" / "assets" / "text").glob("*.txt")) + [mixed]:
+        whole = tok.encode(text.read_text(encoding="utf-8"))
+        for count in (1, 2, 3, 129, 257, 1024, 4096, len(whole), len(whole) + 10):
+            assert leading_ids(tok, text, count) == whole[:count], (text.name, count)
