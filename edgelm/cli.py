@@ -556,7 +556,8 @@ def bench(
         table.add_row("prefill", f"{result.prefill_tok_s:.1f} tok/s")
         table.add_row("decode", f"{result.decode_tok_s:.2f} tok/s ({result.new_tokens} tokens)")
         table.add_row("threads", f"{result.threads}" + (" (both engines)" if result.raw_engine else ""))
-        table.add_row("peak RSS", f"{result.peak_rss_bytes / 1e6:.0f} MB")
+        table.add_row("peak RSS", f"{result.peak_rss_bytes / 1e6:.0f} MB running the model; {result.command_peak_rss_bytes / 1e6:.0f} MB "
+                      f"for the whole bench ({'the raw engine and ' if result.raw_engine else ''}the roofline's bandwidth copy included)")
         table.add_row("decode roofline", f"{report['roofline_tok_s']:.1f} tok/s = {result.copy_bandwidth_bytes_s / 1e9:.1f} GB/s copy ÷ "
                       f"{result.weight_bytes / 1e6:.1f} MB weights; reached {report['roofline_fraction']:.0%}")
         if result.raw_decode_tok_s:
