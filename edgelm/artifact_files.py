@@ -56,9 +56,9 @@ def _refuse_special(info: os.stat_result, path: Path, what: str) -> None:
         raise UserError(f"{what} is not a regular file (a FIFO, socket or device)", path, "refused: give a regular file")
 
 
-def _refuse_size(size: int, limit: int, path: Path, what: str) -> None:
+def _refuse_size(size: int, limit: int, path: Path, what: str, fix: str = "refused: the file is not what it claims") -> None:
     if size > limit:
-        raise UserError(f"{what} is {size:,} bytes; edgelm reads at most {limit:,} for it", path, "refused: the file is not what it claims")
+        raise UserError(f"{what} is {size:,} bytes; edgelm reads at most {limit:,} for it", path, fix)
 
 
 def find_member(folder: Path, name: Any, limit: int | None = None, what: str | None = None) -> Path | None:
@@ -105,8 +105,8 @@ def user_file(path: Path, option: str, limit: int | None, what: str = "file") ->
     except OSError as exc:
         raise UserError(f"cannot read the {what} ({exc.strerror})", path, f"give a readable {what} with {option}") from None
     _refuse_special(info, path, f"the {what}")
-    if limit is not None:
-        _refuse_size(info.st_size, limit, path, f"the {what}")
+    if limit is not None:  # the user's choice of file, too large for what it is given as; not a forgery
+        _refuse_size(info.st_size, limit, path, f"the {what}", f"give a {what} of at most {limit:,} bytes with {option}")
     return path
 
 

@@ -55,6 +55,14 @@ def without_key(target: str, name: str, *path: str) -> Callable:
     return edit_json(target, name, change)
 
 
+def sparse(target: str, name: str, size: int) -> Callable:
+    """A file of `size` bytes that takes no disk blocks."""
+    def damage(ws):
+        with open(Path(ws[target]) / name, "wb") as handle:
+            handle.truncate(size)
+    return damage
+
+
 def write(target: str, name: str, content: str | bytes) -> Callable:
     def damage(ws):
         path = Path(ws[target]) / name
@@ -235,6 +243,9 @@ CASES: list[Case] = [
     case("temperature zero", "inspect {model} --head-temperatures {tmp}/temps.json", "temps.json", temperatures(layers_of(0.0))),
     case("temperature NaN", "inspect {model} --head-temperatures {tmp}/temps.json", "temps.json", temperatures('{"layers": [[NaN]]}')),
     case("temperature a string", "inspect {model} --head-temperatures {tmp}/temps.json", "temps.json", temperatures(layers_of("hot"))),
+    case("prompt file of 405 MB (was: 'not what it claims')", "generate {model} --file {tmp}/big.txt",
+         "the text file is 405,000,000 bytes; edgelm reads at most 268,435,456 for it — give a text file of at most 268,435,456 bytes with --file",
+         sparse("tmp", "big.txt", 405_000_000)),
     case("temperature a boolean (was read as 1.0)", "inspect {model} --head-temperatures {tmp}/temps.json",
          "the table holds something other than numbers", temperatures(layers_of(True))),
     case("temperature past f16", "export {nope} --head-temperatures {tmp}/temps.json --out {tmp}/m.gguf", "past float16's 65504",
