@@ -137,6 +137,7 @@ def _serve(requests: int, replies: int) -> None:
         import resource
 
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it kills the worker
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler (cli.main's), which unwinds a stack it forked
         # the parent's other descriptors (model files, a server's sockets) are not the worker's to hold open:
         # a connection the parent closes must close
         low, high = sorted((requests, replies))

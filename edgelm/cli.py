@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -820,14 +821,38 @@ def calibrate(
 
 
 INTERRUPTED = 130  # what typer returns for Ctrl-C
+TERMINATED = 143  # 128 + SIGTERM: what a shell reports for a process SIGTERM ended
+
+
+class Terminated(BaseException):
+    """SIGTERM (a service manager, `kill`, a CI timeout), raised where the command is so that it unwinds as for
+    Ctrl-C: atomic outputs and temporary folders are removed on the way out. A BaseException, not a
+    KeyboardInterrupt: chat and calibrate take Ctrl-C as "stop this reply / keep the best so far" and go on."""
+
+
+def _terminate(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+    raise Terminated
 
 
 def main() -> None:
-    """Run the CLI: a user mistake is one line and exit 2; Ctrl-C says nothing was left half-written."""
+    """Run the CLI: a user mistake is one line and exit 2; Ctrl-C (exit 130) and SIGTERM (exit 143) say nothing
+    was left half-written, without a traceback."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        _run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # main() called in a longer-lived process (tests) leaves it as it was
+
+
+def _run() -> None:
     from typer.exceptions import TyperException
 
     try:
         code = app(standalone_mode=False)
+    except Terminated:
+        sys.stderr.write("\nterminated; nothing was left half-written\n")
+        sys.exit(TERMINATED)
     except UserError as exc:
         err.print(f"error: {exc.line()}", markup=False, soft_wrap=True)
         sys.exit(2)
