@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from .test_bad_input import assert_user_error
@@ -301,3 +302,12 @@ def test_bench_reports_the_whole_commands_peak_rss_too(gguf):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["command_peak_rss_bytes"] >= 1 << 30 > report["peak_rss_bytes"] > 0, report
+
+
+def test_an_onnx_kv_cache_type_edgelm_does_not_run_is_named(run_cli, onnx_folder, monkeypatch):
+    """A graph whose KV inputs are of a type edgelm has no buffers for (here: float32 made unknown) was a
+    KeyError inside the backend, reported as 'onnxruntime cannot load model.onnx'."""
+    from edgelm.runtime import onnx_backend
+
+    monkeypatch.setattr(onnx_backend, "CACHE_DTYPES", {"tensor(float16)": np.float16})
+    assert_user_error(run_cli("generate", onnx_folder, "--prompt", PROMPT), "the graph's KV cache is tensor(float); edgelm runs tensor(float16)")

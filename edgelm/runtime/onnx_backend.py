@@ -75,7 +75,11 @@ class OnnxBackend(Backend):
         graph_inputs = {i.name: i.type for i in self.session.get_inputs()}
         self.position_ids_name = names.get("position_ids") if names.get("position_ids") in graph_inputs else None
         self.shared_buffer = genai.get("search", {}).get("past_present_share_buffer", True)
-        self.cache_dtype = CACHE_DTYPES[graph_inputs[self.buffer_names[0][0]]]
+        cache_type = graph_inputs[self.buffer_names[0][0]]
+        if cache_type not in CACHE_DTYPES:  # was a KeyError, reported as "onnxruntime cannot load model.onnx"
+            raise UserError(f"the graph's KV cache is {cache_type}; edgelm runs {', '.join(CACHE_DTYPES)}", model.parent,
+                            "export the model again with `edgelm export --format onnx`")
+        self.cache_dtype = CACHE_DTYPES[cache_type]
         # an export that says it has no position encoding and feeds none: keys and values carry no position
         self.position_free = manifest.get("position_encoding") == "none" and not self.rotary_positions and not self.position_ids_name
         self._ort = ort
