@@ -311,3 +311,19 @@ def test_an_onnx_kv_cache_type_edgelm_does_not_run_is_named(run_cli, onnx_folder
 
     monkeypatch.setattr(onnx_backend, "CACHE_DTYPES", {"tensor(float16)": np.float16})
     assert_user_error(run_cli("generate", onnx_folder, "--prompt", PROMPT), "the graph's KV cache is tensor(float); edgelm runs tensor(float16)")
+
+
+def test_threads_applies_to_a_model_folder(run_cli, monkeypatch):
+    """--threads was silently ignored by the torch backend (a model folder): it now sets torch's threads
+    while the model computes, and leaves the process's setting as it was."""
+    import torch
+
+    from edgelm.models import CausalLM
+
+    before = torch.get_num_threads()
+    threads = 1 if before != 1 else 2
+    seen, real = [], CausalLM.forward
+    monkeypatch.setattr(CausalLM, "forward", lambda self, *a, **k: seen.append(torch.get_num_threads()) or real(self, *a, **k))
+    code, _, err = run_cli("generate", MODEL, "--prompt", PROMPT, "--max-new-tokens", 2, "--threads", threads)
+    assert code == 0, err
+    assert seen and set(seen) == {threads} and torch.get_num_threads() == before, (seen, before)

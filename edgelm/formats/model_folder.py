@@ -41,7 +41,7 @@ class ModelFolder(Format):
 
         options.refuse_unused(self.path, self.kind, self.honoured)
         checkpoint = self._checkpoint(options)
-        backend = TorchBackend(checkpoint.load_model(options.device))
+        backend = TorchBackend(checkpoint.load_model(options.device), options.threads)
         backend.context_length = options.context_for(backend.context_length)  # a limit only: torch's cache grows
         details = {"family": checkpoint.spec.family, "position_encoding": checkpoint.spec.position_encoding}
         return Artifact(self.path, self, f"torch ({options.device})", load_tokenizer(self.path), backend, details)
