@@ -83,11 +83,9 @@ def _render(template, variables: dict) -> str:
 
 def _address_space() -> int | None:
     """This process's mapped bytes (VmSize), where /proc says (Linux)."""
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
-    except (OSError, StopIteration, ValueError):
-        return None
+    from .runtime.backend import proc_bytes
+
+    return proc_bytes("/proc/self/status", "VmSize")
 
 
 # --- the worker (the forked child) -----------------------------------------------------------------------
