@@ -389,9 +389,9 @@ CASES: list[Case] = [
     case("genai_config KV names two %d", "generate {onnx} --prompt x", "present_value_names 'present.%d.%d' is not a name with one %d",
          genai(lambda d: {**d, "model": {**d["model"], "decoder": {**d["model"]["decoder"], "outputs": {
              **d["model"]["decoder"]["outputs"], "present_value_names": "present.%d.%d"}}}})),
-    case("genai_config without a logits name", "generate {onnx} --prompt x", "model.decoder.inputs/outputs name no logits",
+    case("genai_config logits name not the graph's", "generate {onnx} --prompt x", "genai_config.json does not describe this graph: it names the graph lacks: scores",
          genai(lambda d: {**d, "model": {**d["model"], "decoder": {**d["model"]["decoder"], "outputs": {
-             k: v for k, v in d["model"]["decoder"]["outputs"].items() if k != "logits"}}}})),
+             **d["model"]["decoder"]["outputs"], "logits": "scores"}}}})),
     case("edgelm.json rotary positions a boolean", "generate {onnx} --prompt x", "rotary_table_positions is True, not a count",
          edit_json("onnx", "edgelm.json", {"rotary_table_positions": True})),
     case("model.onnx missing", "generate {onnx} --prompt x", "model.onnx", remove("onnx", "model.onnx")),

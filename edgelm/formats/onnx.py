@@ -83,9 +83,11 @@ class OnnxFolder(Format):
         external weights)."""
         import onnx
 
+        from ..runtime.onnx_backend import decoder_names
+
         graph = self._graph()
         decoder = self.genai["model"]["decoder"]
-        past = decoder.get("inputs", {}).get("past_key_names", "past_key_values.%d.key").split("%d")[0]
+        past = decoder_names(decoder)["past_key_names"].split("%d")[0]
         caches = {onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type).lower() for i in graph.input if i.name.startswith(past)}
         temperatures = [t for layer in self.manifest.get("head_temperatures", {}).get("layers", []) for t in layer]
         return {

@@ -67,7 +67,7 @@ class OnnxBackend(Backend):
         self.context_length = genai["model"]["context_length"]
         self.rotary_positions = manifest.get("rotary_table_positions", 0)  # 0: no rotary, no limit
         # (past input, present output) names per buffer, from the patterns genai_config.json declares
-        names = {**decoder["inputs"], **decoder["outputs"]}
+        names = decoder_names(decoder)
         self.buffer_names = [(names[f"past_{side}_names"] % i, names[f"present_{side}_names"] % i)
                              for i in range(self.layers) for side in ("key", "value")]
         self.input_names, self.logits_name = (names["input_ids"], names["attention_mask"]), names["logits"]
@@ -262,8 +262,16 @@ def missing_genai_fields(genai: dict) -> list[str]:
         [f"model.decoder.{k}" for k in GENAI_DECODER_FIELDS if k not in model.get("decoder", {})]
 
 
-DECODER_NAMES = ("input_ids", "attention_mask", "logits")
+# onnxruntime-genai's names where genai_config's decoder.inputs/outputs leave one out (its Config::Defaults)
+DEFAULT_DECODER_NAMES = {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
+                         "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value",
+                         "logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"}
 LAYER_NAME_PATTERNS = ("past_key_names", "past_value_names", "present_key_names", "present_value_names")
+
+
+def decoder_names(decoder: dict) -> dict:
+    """The decoder's input and output names as onnxruntime-genai reads them: genai_config's, else its defaults."""
+    return DEFAULT_DECODER_NAMES | decoder.get("inputs", {}) | decoder.get("outputs", {})
 
 
 def read_onnx_folder(folder: Path) -> tuple[dict, dict, Path]:
@@ -292,12 +300,9 @@ def read_onnx_folder(folder: Path) -> tuple[dict, dict, Path]:
             raise TypeError(f"search is a {type(genai['search']).__name__}, not an object of options")
         if not isinstance(genai.get("search", {}).get("past_present_share_buffer", True), bool):
             raise TypeError(f"search.past_present_share_buffer is {genai['search']['past_present_share_buffer']!r}, not true or false")
-        names = {**decoder.get("inputs", {}), **decoder.get("outputs", {})}
+        names = decoder_names(decoder)
         if not all(isinstance(v, str) for v in names.values()):
             raise TypeError("model.decoder.inputs/outputs hold names that are not strings")
-        lacking = [key for key in DECODER_NAMES + LAYER_NAME_PATTERNS if key not in names]
-        if lacking:
-            raise TypeError(f"model.decoder.inputs/outputs name no {', '.join(lacking[:3])}")
         for key in LAYER_NAME_PATTERNS:  # onnxruntime-genai formats each with the layer's index
             if not re.fullmatch(r"[^%]*%d[^%]*", names[key].replace("%%", "")):
                 raise TypeError(f"model.decoder's {key} {names[key][:80]!r} is not a name with one %d for the layer")
