@@ -19,6 +19,7 @@ tests/test_boundary.py fails when a module other than the allowed ones opens a p
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -55,9 +56,9 @@ def _refuse_special(info: os.stat_result, path: Path, what: str) -> None:
         raise UserError(f"{what} is not a regular file (a FIFO, socket or device)", path, "refused: give a regular file")
 
 
-def _refuse_size(size: int, limit: int, path: Path, what: str) -> None:
+def _refuse_size(size: int, limit: int, path: Path, what: str, fix: str = "refused: the file is not what it claims") -> None:
     if size > limit:
-        raise UserError(f"{what} is {size:,} bytes; edgelm reads at most {limit:,} for it", path, "refused: the file is not what it claims")
+        raise UserError(f"{what} is {size:,} bytes; edgelm reads at most {limit:,} for it", path, fix)
 
 
 def find_member(folder: Path, name: Any, limit: int | None = None, what: str | None = None) -> Path | None:
@@ -93,8 +94,9 @@ def member(folder: Path, name: Any, limit: int | None = None, what: str | None =
     return found
 
 
-def user_file(path: Path, option: str, limit: int, what: str = "file") -> Path:
-    """A file the user named on the command line: wherever it is, but a regular file of at most `limit` bytes."""
+def user_file(path: Path, option: str, limit: int | None, what: str = "file") -> Path:
+    """A file the user named on the command line: wherever it is, but a regular file of at most `limit`
+    bytes (None: of any size, for a reader that reads only its start)."""
     path = Path(path)
     try:
         info = os.stat(path)
@@ -103,7 +105,8 @@ def user_file(path: Path, option: str, limit: int, what: str = "file") -> Path:
     except OSError as exc:
         raise UserError(f"cannot read the {what} ({exc.strerror})", path, f"give a readable {what} with {option}") from None
     _refuse_special(info, path, f"the {what}")
-    _refuse_size(info.st_size, limit, path, f"the {what}")
+    if limit is not None:  # the user's choice of file, too large for what it is given as; not a forgery
+        _refuse_size(info.st_size, limit, path, f"the {what}", f"give a {what} of at most {limit:,} bytes with {option}")
     return path
 
 
@@ -120,15 +123,18 @@ def _open_regular(path: Path, what: str):
     return os.fdopen(fd, "rb")
 
 
-def read_bytes(path: Path, limit: int, what: str = "the file") -> bytes:
-    """At most `limit` bytes of a regular file, refusing a longer one (a file can grow after a stat)."""
+def _open_for_reading(path: Path, what: str):
     try:
-        handle = _open_regular(path, what)
+        return _open_regular(path, what)
     except FileNotFoundError:
         raise UserError(f"{what} is missing", path, "give the file") from None
     except OSError as exc:
         raise UserError(f"cannot read {what} ({exc.strerror})", path, "check the file and its permissions") from None
-    with handle:
+
+
+def read_bytes(path: Path, limit: int, what: str = "the file") -> bytes:
+    """At most `limit` bytes of a regular file, refusing a longer one (a file can grow after a stat)."""
+    with _open_for_reading(path, what) as handle:
         _refuse_size(os.fstat(handle.fileno()).st_size, limit, Path(path), what)
         try:
             data = handle.read(limit + 1)
@@ -148,6 +154,22 @@ def decode_text(data: bytes, path: Path | None, what: str) -> str:
 def read_text(path: Path, limit: int = MAX_TEXT_BYTES, what: str | None = None) -> str:
     what = what or Path(path).name
     return decode_text(read_bytes(path, limit, what), path, what)
+
+
+def read_text_head(path: Path, size: int, what: str) -> tuple[str, bool]:
+    """The first `size` bytes of a regular file as UTF-8 text (a character the cut splits is left out), and
+    whether that is the whole file: a text used only in part (parity's positions, perplexity's --max-tokens,
+    a calibration's first windows) is read only in part, whatever its size."""
+    with _open_for_reading(path, what) as handle:
+        try:
+            data = handle.read(size + 1)
+        except OSError as exc:
+            raise UserError(f"cannot read {what} ({exc.strerror})", path, "check the file") from None
+    whole = len(data) <= size
+    try:
+        return codecs.getincrementaldecoder("utf-8")().decode(data[:size], final=whole), whole
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} is not UTF-8 text (byte {exc.start}: {exc.reason})", path, "convert it to UTF-8 or re-download it") from None
 
 
 def read_stream(stream: BinaryIO, limit: int, what: str, line: bool = False) -> str:

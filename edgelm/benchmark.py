@@ -24,7 +24,8 @@ class BenchResult:
     time_to_first_token_s: float
     prefill_tok_s: float
     decode_tok_s: float
-    peak_rss_bytes: int
+    peak_rss_bytes: int  # the process's peak once edgelm has opened and run the model (before the raw engine and the copy)
+    command_peak_rss_bytes: int  # the whole bench: the raw engine and the roofline's bandwidth copy included, children too
     weight_bytes: int
     copy_bandwidth_bytes_s: float
     threads: int
@@ -59,6 +60,19 @@ def copy_bandwidth(threads: int | None = None, megabytes: int = 512, repeats: in
         best = min(best, time.perf_counter() - start)
     torch.set_num_threads(previous)
     return 2 * source.numel() * source.element_size() / best
+
+
+def peak_rss(who: int) -> int:
+    """The largest resident set so far, in bytes, of this process (RUSAGE_SELF) or of the largest child it
+    waited for (RUSAGE_CHILDREN). This process's from /proc's VmHWM where there is one: Linux's ru_maxrss
+    keeps the peak of the process it was forked from (`edgelm bench` started by a 1.6 GB pytest reported
+    1.6 GB), VmHWM is this program's own; else ru_maxrss (KiB on Linux, bytes on macOS)."""
+    import sys
+
+    from .runtime.backend import proc_bytes
+
+    own = proc_bytes("/proc/self/status", "VmHWM") if who == resource.RUSAGE_SELF else None
+    return own if own is not None else resource.getrusage(who).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 WARMUP_STEPS = 4  # untimed decode steps first: a fresh session's first steps fault pages and grow arenas
@@ -143,10 +157,13 @@ def bench(artifact: Artifact, prompt: list[int], new_tokens: int, compare: bool 
     engine and the bandwidth copy get the same count, so the ratio compares engines, not thread counts."""
     threads = threads or default_threads()
     first, decode = time_generation(artifact.backend, prompt, new_tokens)
+    edgelm_peak = peak_rss(resource.RUSAGE_SELF)  # before the raw engine runs in this process and the copy allocates
     raw = raw_generation(artifact, prompt, new_tokens, threads) if compare else None
+    bandwidth = copy_bandwidth(threads)
     return BenchResult(
         prompt_tokens=len(prompt), new_tokens=new_tokens, time_to_first_token_s=first, prefill_tok_s=len(prompt) / first,
-        decode_tok_s=decode, peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        weight_bytes=artifact.format.weight_bytes(), copy_bandwidth_bytes_s=copy_bandwidth(threads), threads=threads,
+        decode_tok_s=decode, peak_rss_bytes=edgelm_peak,
+        command_peak_rss_bytes=max(peak_rss(resource.RUSAGE_SELF), peak_rss(resource.RUSAGE_CHILDREN)),
+        weight_bytes=artifact.format.weight_bytes(), copy_bandwidth_bytes_s=bandwidth, threads=threads,
         raw_engine=raw[0] if raw else None, raw_decode_tok_s=raw[2] if raw else None,
     )

@@ -18,6 +18,7 @@ from .artifact_files import find_member, member, parse_json, read_json, sha256
 from .constants import BUNDLE_MANIFEST
 from .errors import UserError
 from .fileio import WRITE_ERRNOS, is_plain_name
+from .numbers import is_count
 
 MANIFEST_VERSION = 1
 # a zip is read before anything is unpacked, and refused past these (a bundle is a model and a few configs)
@@ -33,7 +34,8 @@ def check_manifest(manifest: Any, where: Path) -> dict:
 
     if not isinstance(manifest, dict):
         bad("not a JSON object")
-    if manifest.get("manifest_version", MANIFEST_VERSION) != MANIFEST_VERSION:
+    version = manifest.get("manifest_version", MANIFEST_VERSION)
+    if version != MANIFEST_VERSION or not is_count(version):  # True == 1
         raise UserError(f"manifest_version {manifest.get('manifest_version')!r}; this edgelm reads version {MANIFEST_VERSION}", where,
                         "make the bundle again with this edgelm, or use the edgelm that made it")
     files = manifest.get("files")
@@ -42,8 +44,10 @@ def check_manifest(manifest: Any, where: Path) -> dict:
     for name, entry in files.items():
         if not is_plain_name(name):
             raise UserError(f"the manifest names {name!r}, outside the bundle", where, "files must stay inside the bundle: make it again")
-        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("bytes"), int)):
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and "bytes" in entry):
             bad(f"the entry of {name!r} needs a sha256 string and a bytes count")
+        if not is_count(entry["bytes"]):  # -5 was reported as a sha256 mismatch, true was a count of 1
+            bad(f"the entry of {name!r} says its size is {entry['bytes']!r} bytes, not a count of 0 or more")
     model = manifest.get("model")
     if not isinstance(model, str) or model not in files:
         bad(f"the model {model!r} is not one of the files it lists")

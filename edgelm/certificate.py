@@ -10,7 +10,9 @@ metadata_props `edgelm.parity`; bundle manifests copy it):
   `artifact_perplexity`, `max_abs_logit_diff`: edgelm.parity's numbers against the fp32 torch reference;
 - `reference_sha256` (the checkpoint's safetensors files and config.json, as ONNX's edgelm.json has
   long stated it), `text` and `text_sha256` (the evaluation text's file);
-- `edgelm_version`, `engine` and `engine_version` (the package that ran the artifact);
+- `edgelm_version`, `engine` and `engine_version` (the package that ran the artifact), and `kv_cache`, its
+  KV cache's number type (float32 for a GGUF; an ONNX graph's own); a certificate without it (an older
+  edgelm's) was measured with float32 where the engine had the choice;
 - `probe`: PROBE_PROMPT's ids, PROBE_STEPS greedy tokens, and at each step the PROBE_TOP_K highest
   logits and their ids.
 
@@ -34,15 +36,15 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .artifact_files import MAX_TEXT_BYTES, parse_json, read_text, sha256
+from .artifact_files import parse_json, sha256
 from .errors import UserError
-from .numbers import FRACTION, NON_NEGATIVE, POSITIVE, NumberRange
+from .numbers import FRACTION, NON_NEGATIVE, POSITIVE, NumberRange, is_count, is_number
+from .tokenizer import leading_ids
 
 CERTIFICATE_VERSION = 1
 # the held-out novel (the shipped models never trained on it); its first POSITIONS + 1 tokens
 EVALUATION_TEXT = Path(__file__).resolve().parent / "assets" / "text" / "persuasion-opening.txt"  # held out; shipped with the package
 POSITIONS = 128  # short, so export stays fast: ~1 s on the tiny models
-CHARS_PER_TOKEN = 20  # a text's first CHARS_PER_TOKEN · POSITIONS characters hold the tokens needed
 PROBE_PROMPT = "Sir Walter Elliot, of Kellynch Hall, in Somersetshire, was a man who"
 PROBE_STEPS = 8
 PROBE_TOP_K = 8
@@ -65,12 +67,22 @@ COUNTS = ("certificate_version", "positions")
 
 # --- running the probe ------------------------------------------------------------------------------
 
-def probe_options(context: int, threads: int | None = None):
-    """How the probe and the parity numbers run the artifact: an f32 KV cache (llama.cpp's default f16
-    cache moves logits by ~1e-3 by itself) and every position's logits."""
+CERTIFIED_KV_CACHE = "float32"  # where the engine has the choice: llama.cpp's default f16 cache moves logits by ~1e-3 by itself
+KV_CACHE_TYPES = ("float32", "float16", "bfloat16", "int8")
+
+
+def probe_options(fmt, context: int, threads: int | None = None, kv_cache: str = CERTIFIED_KV_CACHE):
+    """How the probe and the parity numbers run the artifact: with the KV cache `kv_cache` where its engine
+    has the choice (an ONNX graph's cache type is fixed at export) and every position's logits."""
     from .formats import LoadOptions
 
-    return LoadOptions(context_length=context, f32_kv_cache=True, all_logits=True, threads=threads)
+    return LoadOptions(context_length=context, f32_kv_cache=kv_cache == "float32" and "f32_kv_cache" in fmt.honoured,
+                       all_logits=True, threads=threads)
+
+
+def certified_kv_cache(certificate: dict[str, Any]) -> str:
+    """The KV cache type a (validated) certificate was measured with."""
+    return certificate.get("kv_cache") or CERTIFIED_KV_CACHE
 
 
 def _greedy(backend, prompt_ids: Sequence[int], steps: int) -> tuple[list[int], np.ndarray]:
@@ -150,8 +162,7 @@ def check_probe(artifact, probe: dict[str, Any], where: Path) -> ProbeCheck:
 
 def evaluation_ids(tokenizer, max_positions: int) -> tuple[list[int], str]:
     """The first POSITIONS + 1 tokens of the evaluation text (fewer where the model holds fewer), and the text's sha256."""
-    text = read_text(EVALUATION_TEXT, MAX_TEXT_BYTES, "the evaluation text")
-    ids = tokenizer.encode(text[: CHARS_PER_TOKEN * POSITIONS])[: min(POSITIONS, max_positions - 1) + 1]
+    ids = leading_ids(tokenizer, EVALUATION_TEXT, min(POSITIONS, max_positions - 1) + 1, "the evaluation text")
     return ids, sha256(EVALUATION_TEXT)
 
 
@@ -177,7 +188,7 @@ def reference_sha256(checkpoint) -> str:
     return digest.hexdigest()
 
 
-def certify(checkpoint, fmt, device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
+def certify(checkpoint, fmt, device: str = "cpu", threads: int | None = None, kv_cache: str = CERTIFIED_KV_CACHE) -> dict[str, Any]:
     """The certificate of the artifact `fmt` (an opened Format: the final file, before it is renamed
     into place) against `checkpoint`."""
     from .parity import compare_logits, run_with_cache
@@ -187,14 +198,15 @@ def certify(checkpoint, fmt, device: str = "cpu", threads: int | None = None) ->
     ids, text_sha = evaluation_ids(tokenizer, checkpoint.spec.max_positions)
     reference = reference_logits(checkpoint, ids, device)
     context = max(len(ids), len(tokenizer.encode(PROBE_PROMPT)) + PROBE_STEPS)
-    with fmt.open(probe_options(context, threads)) as artifact:
+    with fmt.open(probe_options(fmt, context, threads, kv_cache)) as artifact:
         report = compare_logits(reference, run_with_cache(artifact.backend, ids, len(ids) // 2), ids)
         probe = make_probe(artifact)
         engine, engine_version = artifact.engine, artifact.details.get("engine_version", "unknown")
+        kv_cache = artifact.backend.kv_cache_type()
     numbers = report.as_dict()
     return ({"certificate_version": CERTIFICATE_VERSION, "positions": report.positions}
             | {name: float(numbers[name]) for name in NUMBERS}
-            | {"edgelm_version": __version__, "engine": engine, "engine_version": engine_version,
+            | {"edgelm_version": __version__, "engine": engine, "engine_version": engine_version, "kv_cache": kv_cache,
                "reference_sha256": reference_sha256(checkpoint), "text": EVALUATION_TEXT.name, "text_sha256": text_sha,
                "probe": probe})
 
@@ -242,7 +254,7 @@ def _bad(where: Path, what: str):
 
 
 def _int_list(value: Any, where: Path, what: str, limit: int) -> list[int]:
-    if not isinstance(value, list) or not 0 < len(value) <= limit or not all(type(v) is int and v >= 0 for v in value):
+    if not isinstance(value, list) or not 0 < len(value) <= limit or not all(is_count(v) for v in value):
         _bad(where, f"{what} is not a list of 1 to {limit} token ids")
     return value
 
@@ -254,21 +266,24 @@ def validate(certificate: Any, where: Path) -> dict[str, Any]:
     if certificate.get("certificate_version") != CERTIFICATE_VERSION:
         raise UserError(f"parity certificate version {certificate.get('certificate_version')!r}; this edgelm reads {CERTIFICATE_VERSION}",
                         where, "verify with the edgelm that made it, or export again")
-    if type(certificate["certificate_version"]) is not int:  # True and 1.0 compare equal to 1
+    if not is_count(certificate["certificate_version"]):  # True and 1.0 compare equal to 1
         _bad(where, "certificate_version is not an integer")
     positions = certificate.get("positions")
-    if type(positions) is not int or not 0 < positions <= MAX_POSITIONS:
+    if not is_count(positions, 1) or positions > MAX_POSITIONS:
         _bad(where, f"positions is not a count from 1 to {MAX_POSITIONS}")
     for name, bounds in NUMBER_RANGES.items():
         value = certificate.get(name)
-        problem = "is not a number" if not isinstance(value, (int, float)) or isinstance(value, bool) else bounds.why_not(value)
-        if problem:
-            _bad(where, f"{name} {problem}" if isinstance(value, (int, float)) else f"{name} is not a number")
+        if not is_number(value):
+            _bad(where, f"{name} is not a number")
+        if problem := bounds.why_not(value):
+            _bad(where, f"{name} {problem}")
     for name in STRINGS:
         value = certificate.get(name)
         # printed by verify: one line of printable text (no newline to forge a line, no terminal escape)
         if not isinstance(value, str) or not 0 < len(value) <= MAX_FIELD_CHARS or not value.isprintable():
             _bad(where, f"{name} is not one line of printable text of at most {MAX_FIELD_CHARS} characters")
+    if "kv_cache" in certificate and certificate["kv_cache"] not in KV_CACHE_TYPES:
+        _bad(where, f"kv_cache is not one of {', '.join(KV_CACHE_TYPES)}")
     for name in HASHES:
         if not all(c in "0123456789abcdef" for c in certificate[name]) or len(certificate[name]) != 64:
             _bad(where, f"{name} is not a sha256")
@@ -285,7 +300,7 @@ def validate(certificate: Any, where: Path) -> dict[str, Any]:
         if len(row_ids) != len(ids[0]):
             _bad(where, "the probe's top_k_ids rows differ in length")
         if not isinstance(row_logits, list) or len(row_logits) != len(row_ids) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row_logits):
+                is_number(v) and math.isfinite(v) for v in row_logits):
             _bad(where, "a top_k_logits row is not finite numbers, one per id")
     return certificate
 
@@ -344,6 +359,8 @@ def read_from_gguf(gguf) -> dict[str, Any] | None:
     if gguf.field(GGUF_PARITY + "certificate_version") is None:
         return None
     certificate = {name: gguf.field(GGUF_PARITY + name) for name in COUNTS + NUMBERS + STRINGS}
+    if gguf.field(GGUF_PARITY + "kv_cache") is not None:  # absent in an older edgelm's
+        certificate["kv_cache"] = gguf.field(GGUF_PARITY + "kv_cache")
     probe = gguf.field(GGUF_PARITY + "probe")
     certificate["probe"] = from_json(probe, gguf.path) if isinstance(probe, str) else None
     return certificate
@@ -399,7 +416,8 @@ class Verification:
         p = self.probe
         lines = [f"certificate: mean KLD {c['mean_kld']:.3g} (max {c['max_kld']:.3g}), ΔPPL {100 * c['perplexity_change']:+.2f} %, "
                  f"top-1 {100 * c['top1_agreement']:.1f} % over {c['positions']} positions of {c['text']} against the reference "
-                 f"(sha256 {c['reference_sha256'][:16]}…); made by edgelm {c['edgelm_version']} on {c['engine']}, {c['engine_version']}",
+                 f"(sha256 {c['reference_sha256'][:16]}…); made by edgelm {c['edgelm_version']} on {c['engine']}, {c['engine_version']}, "
+                 f"{certified_kv_cache(c)} KV cache",
                  f"probe {'matches' if p.ok else 'DIFFERS'}: {p.greedy_summary()}, "
                  f"top-{len(c['probe']['top_k_ids'][0])} logits max |Δ| {p.max_abs_diff:.3g} (tolerance {p.tolerance:.3g} = "
                  f"{PROBE_RTOL:g} × largest |logit|), tokenization {'equal' if p.tokenization_equal else 'differs'}; "
@@ -455,7 +473,8 @@ def verify(fmt, reference: Path | None = None, threads: int | None = None, devic
     if found is None:
         return Verification(None)
     validate(found, fmt.path)
-    with fmt.open(probe_options(len(found["probe"]["prompt_ids"]) + len(found["probe"]["greedy_tokens"]), threads)) as artifact:
+    context = len(found["probe"]["prompt_ids"]) + len(found["probe"]["greedy_tokens"])
+    with fmt.open(probe_options(fmt, context, threads, certified_kv_cache(found))) as artifact:  # the cache it was measured with
         probe = check_probe(artifact, found["probe"], fmt.path)
         engine, engine_version = artifact.engine, artifact.details.get("engine_version", "unknown")
     result = Verification(found, engine, engine_version, probe)
@@ -463,6 +482,6 @@ def verify(fmt, reference: Path | None = None, threads: int | None = None, devic
         from .models import open_checkpoint
 
         checkpoint = open_checkpoint(reference)
-        result.recomputed = certify(checkpoint, fmt, device, threads)
+        result.recomputed = certify(checkpoint, fmt, device, threads, certified_kv_cache(found))
         result.differences = compare_certificates(found, result.recomputed)
     return result

@@ -83,11 +83,9 @@ def _render(template, variables: dict) -> str:
 
 def _address_space() -> int | None:
     """This process's mapped bytes (VmSize), where /proc says (Linux)."""
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
-    except (OSError, StopIteration, ValueError):
-        return None
+    from .runtime.backend import proc_bytes
+
+    return proc_bytes("/proc/self/status", "VmSize")
 
 
 # --- the worker (the forked child) -----------------------------------------------------------------------
@@ -137,6 +135,7 @@ def _serve(requests: int, replies: int) -> None:
         import resource
 
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it kills the worker
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler (cli.main's), which unwinds a stack it forked
         # the parent's other descriptors (model files, a server's sockets) are not the worker's to hold open:
         # a connection the parent closes must close
         low, high = sorted((requests, replies))

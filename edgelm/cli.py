@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -304,6 +305,20 @@ def _read_text(path: Path, option: str = "--text") -> str:
     return read_text(user_file(path, option, MAX_TEXT_BYTES, "text file"), MAX_TEXT_BYTES, "the text")
 
 
+def _text_file(path: Path) -> Path:
+    """--text, of which only the head is read: a regular file of any size."""
+    from .artifact_files import user_file
+
+    return user_file(path, "--text", None, "text file")
+
+
+def _leading_ids(tokenizer, path: Path, count: int) -> list[int]:
+    """The first `count` token ids of --text, reading and encoding only its head."""
+    from .tokenizer import leading_ids
+
+    return leading_ids(tokenizer, _text_file(path), count)
+
+
 @app.command()
 def perplexity(
     path: Annotated[Path, typer.Argument(help="A model folder, a .gguf file or an ONNX folder.")],
@@ -324,12 +339,16 @@ def perplexity(
     from .formats import open_artifact
 
     text = text or DEFAULT_TEXT
-    content = _read_text(text)
+    if max_tokens is None:
+        content = _read_text(text)  # the whole text is scored
+    else:
+        content = None  # only its head is read and encoded, below; the file is checked now
+        _text_file(text)
     if stride is not None and stride >= ctx:
         raise UserError(f"--stride {stride} must be below --ctx {ctx}", None, "each window needs at least one token of context")
     artifact = open_artifact(path, _load_options(position_encoding, head_temperatures, device, threads, context_length=ctx,
                                                  provider=provider, all_logits=True, allow_pickle=allow_pickle))
-    ids = artifact.tokenizer.encode(content)[:max_tokens]
+    ids = artifact.tokenizer.encode(content) if content is not None else _leading_ids(artifact.tokenizer, text, max_tokens)
     if len(ids) < 2:
         raise UserError("the text has fewer than 2 tokens", text, "give a longer text")
     with Progress(info, "scoring windows", enabled=not as_json) as progress:
@@ -545,7 +564,8 @@ def bench(
         table.add_row("prefill", f"{result.prefill_tok_s:.1f} tok/s")
         table.add_row("decode", f"{result.decode_tok_s:.2f} tok/s ({result.new_tokens} tokens)")
         table.add_row("threads", f"{result.threads}" + (" (both engines)" if result.raw_engine else ""))
-        table.add_row("peak RSS", f"{result.peak_rss_bytes / 1e6:.0f} MB")
+        table.add_row("peak RSS", f"{result.peak_rss_bytes / 1e6:.0f} MB running the model; {result.command_peak_rss_bytes / 1e6:.0f} MB "
+                      f"for the whole bench ({'the raw engine and ' if result.raw_engine else ''}the roofline's bandwidth copy included)")
         table.add_row("decode roofline", f"{report['roofline_tok_s']:.1f} tok/s = {result.copy_bandwidth_bytes_s / 1e9:.1f} GB/s copy ÷ "
                       f"{result.weight_bytes / 1e6:.1f} MB weights; reached {report['roofline_fraction']:.0%}")
         if result.raw_decode_tok_s:
@@ -664,6 +684,23 @@ def _say_temperatures(artifact_path: Path, recorded, given: Path | None) -> None
                    "the reference runs with the file's: drop the option to compare with what was exported", markup=False)
 
 
+def _say_certificate_cache(artifact_path: Path, art, kv_cache: str) -> None:
+    """A note when the artifact's parity certificate was measured with another KV cache type than this run
+    (a GGUF's with float32, parity's default llama.cpp's float16): its numbers and these differ by that too."""
+    from .certificate import certified_kv_cache, validate
+
+    try:
+        certificate = art.format.certificate()
+        if certificate is not None:
+            validate(certificate, artifact_path)
+    except UserError:  # a damaged certificate is verify's to report; parity measures the artifact itself
+        return
+    if certificate is not None and certified_kv_cache(certificate) != kv_cache:
+        info.print(f"note: the parity certificate in {artifact_path} was measured with a {certified_kv_cache(certificate)} KV cache, "
+                   f"this run uses {kv_cache}" + (" (add --f32-kv-cache to compare like with like)"
+                                                   if "f32_kv_cache" in art.format.honoured else ""), markup=False)
+
+
 @app.command()
 def parity(
     artifact_path: Annotated[Path, typer.Argument(help="A .gguf file, an ONNX folder or a bundle.")],
@@ -684,17 +721,19 @@ def parity(
     from .formats import LoadOptions, open_artifact
 
     text = text or DEFAULT_TEXT
-    content = _read_text(text)
+    _text_file(text)  # refused before the models load
     art = open_artifact(artifact_path, LoadOptions(threads=_threads(threads), context_length=tokens + 1, f32_kv_cache=f32_kv_cache, all_logits=True))
     recorded = art.format.recorded_temperatures()  # the reference runs with the λ the export folded in
     ref = open_artifact(reference, LoadOptions(head_temperatures=head_temperatures or recorded, device=_device(device), allow_pickle=allow_pickle))
     _say_temperatures(artifact_path, recorded, head_temperatures)
-    ids = ref.tokenizer.encode(content)[:tokens + 1]
+    ids = _leading_ids(ref.tokenizer, text, tokens + 1)  # only the head a 256 MB text needs
     if len(ids) < 3:
         raise UserError("the text is too short", text, "give a longer text")
     with Progress(info, "comparing", enabled=not as_json, columns=_spinner):
         report = compare(ref.backend, art.backend, ids)
-    result = report.as_dict() | {"reference": f"{reference} ({ref.engine})", "artifact": f"{artifact_path} ({art.engine})"}
+    result = report.as_dict() | {"reference": f"{reference} ({ref.engine})", "artifact": f"{artifact_path} ({art.engine})",
+                                 "kv_cache": art.backend.kv_cache_type()}
+    _say_certificate_cache(artifact_path, art, result["kv_cache"])
     failed = [name for name, limit, value in [("mean KL divergence", max_kld, report.mean_kld),
                                                ("perplexity increase", max_ppl_increase, report.perplexity_change)]
               if limit is not None and not value <= limit]  # NaN is never within a limit
@@ -789,14 +828,38 @@ def calibrate(
 
 
 INTERRUPTED = 130  # what typer returns for Ctrl-C
+TERMINATED = 143  # 128 + SIGTERM: what a shell reports for a process SIGTERM ended
+
+
+class Terminated(BaseException):
+    """SIGTERM (a service manager, `kill`, a CI timeout), raised where the command is so that it unwinds as for
+    Ctrl-C: atomic outputs and temporary folders are removed on the way out. A BaseException, not a
+    KeyboardInterrupt: chat and calibrate take Ctrl-C as "stop this reply / keep the best so far" and go on."""
+
+
+def _terminate(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+    raise Terminated
 
 
 def main() -> None:
-    """Run the CLI: a user mistake is one line and exit 2; Ctrl-C says nothing was left half-written."""
+    """Run the CLI: a user mistake is one line and exit 2; Ctrl-C (exit 130) and SIGTERM (exit 143) say nothing
+    was left half-written, without a traceback."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        _run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # main() called in a longer-lived process (tests) leaves it as it was
+
+
+def _run() -> None:
     from typer.exceptions import TyperException
 
     try:
         code = app(standalone_mode=False)
+    except Terminated:
+        sys.stderr.write("\nterminated; nothing was left half-written\n")
+        sys.exit(TERMINATED)
     except UserError as exc:
         err.print(f"error: {exc.line()}", markup=False, soft_wrap=True)
         sys.exit(2)

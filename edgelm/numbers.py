@@ -52,6 +52,25 @@ LOOKUP_NGRAM = 3  # the longest n-gram prompt-lookup decoding matches (llama.cpp
 LOOKUP_NGRAM_MAX = 16
 
 
+def is_number(value) -> bool:
+    """A number as JSON means one: an int or a float, never a bool. Python's True is the int 1, so a JSON
+    `true` passed every isinstance(value, (int, float)) check and was read as 1.0. Every number read from a
+    file a user or a stranger wrote goes through this, is_count or is_number_table."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_count(value, minimum: int = 0) -> bool:
+    """A JSON integer (not a bool, not 2.0) of at least `minimum`."""
+    return type(value) is int and value >= minimum
+
+
+def is_number_table(value) -> bool:
+    """Nested lists whose leaves are all numbers (is_number): a table torch or numpy may then convert."""
+    if isinstance(value, list):
+        return all(is_number_table(item) for item in value)
+    return is_number(value)
+
+
 class NotFinite(Exception):
     """A number the model computed (a logit, a perplexity, a parity metric) is NaN or infinite: the command
     ran, and its result is no number. The command line prints one line and exits 1, as a failed check."""

@@ -55,6 +55,14 @@ def without_key(target: str, name: str, *path: str) -> Callable:
     return edit_json(target, name, change)
 
 
+def sparse(target: str, name: str, size: int) -> Callable:
+    """A file of `size` bytes that takes no disk blocks."""
+    def damage(ws):
+        with open(Path(ws[target]) / name, "wb") as handle:
+            handle.truncate(size)
+    return damage
+
+
 def write(target: str, name: str, content: str | bytes) -> Callable:
     def damage(ws):
         path = Path(ws[target]) / name
@@ -175,7 +183,8 @@ CASES: list[Case] = [
     case("hidden_size a float", "inspect {model}", "hidden_size", config(hidden_size=64.5)),
     case("hidden_size a string", "inspect {model}", "hidden_size", config(hidden_size="64")),
     case("hidden_size a boolean", "inspect {model}", "hidden_size", config(hidden_size=True)),
-    case("hidden_size a trillion", "inspect {model}", "hidden_size", config(hidden_size=10**12)),
+    case("hidden_size a trillion", "inspect {model}", "hidden_size = 1,000,000,000,000 is out of range: a dimension is from 1 to 2,147,483,647",
+         config(hidden_size=10**12)),
     case("heads do not divide hidden_size", "inspect {model}", "hidden_size 256 is not a multiple of num_attention_heads 12",
          config(num_attention_heads=12, num_key_value_heads=4)),
     case("kv heads do not divide heads", "inspect {model}", "8 attention heads are not a multiple of its 3 key/value heads",
@@ -234,6 +243,11 @@ CASES: list[Case] = [
     case("temperature zero", "inspect {model} --head-temperatures {tmp}/temps.json", "temps.json", temperatures(layers_of(0.0))),
     case("temperature NaN", "inspect {model} --head-temperatures {tmp}/temps.json", "temps.json", temperatures('{"layers": [[NaN]]}')),
     case("temperature a string", "inspect {model} --head-temperatures {tmp}/temps.json", "temps.json", temperatures(layers_of("hot"))),
+    case("prompt file of 405 MB (was: 'not what it claims')", "generate {model} --file {tmp}/big.txt",
+         "the text file is 405,000,000 bytes; edgelm reads at most 268,435,456 for it — give a text file of at most 268,435,456 bytes with --file",
+         sparse("tmp", "big.txt", 405_000_000)),
+    case("temperature a boolean (was read as 1.0)", "inspect {model} --head-temperatures {tmp}/temps.json",
+         "the table holds something other than numbers", temperatures(layers_of(True))),
     case("temperature past f16", "export {nope} --head-temperatures {tmp}/temps.json --out {tmp}/m.gguf", "past float16's 65504",
          temperatures(layers_of(1e30))),
     # an f32 file holds the folded weights, but llama.cpp's f16 KV cache and ONNX Runtime's fp16 attention do not:
@@ -362,6 +376,24 @@ CASES: list[Case] = [
          genai(lambda d: {**d, "model": {**d["model"], "context_length": 99001194}})),
     case("ONNX context length a list", "generate {onnx} --prompt x", "context_length",
          genai(lambda d: {**d, "model": {**d["model"], "context_length": [1]}})),
+    case("ONNX context length a boolean (was a context of 1)", "generate {onnx} --prompt x", "model.context_length is True, not a positive integer",
+         genai(lambda d: {**d, "model": {**d["model"], "context_length": True}})),
+    case("ONNX layer count a boolean", "generate {onnx} --prompt x", "num_hidden_layers is True", decoder(num_hidden_layers=True)),
+    case("genai_config share buffer a string", "generate {onnx} --prompt x", "search.past_present_share_buffer is 'yes', not true or false",
+         genai(lambda d: {**d, "search": {**d.get("search", {}), "past_present_share_buffer": "yes"}})),
+    case("genai_config KV names a %s format (was: cannot load model.onnx)", "generate {onnx} --prompt x",
+         "genai_config.json is not a decoder description edgelm can run (TypeError: model.decoder's past_key_names 'past_key_values.%s.key' "
+         "is not a name with one %d for the layer)",
+         genai(lambda d: {**d, "model": {**d["model"], "decoder": {**d["model"]["decoder"], "inputs": {
+             **d["model"]["decoder"]["inputs"], "past_key_names": "past_key_values.%s.key"}}}})),
+    case("genai_config KV names two %d", "generate {onnx} --prompt x", "present_value_names 'present.%d.%d' is not a name with one %d",
+         genai(lambda d: {**d, "model": {**d["model"], "decoder": {**d["model"]["decoder"], "outputs": {
+             **d["model"]["decoder"]["outputs"], "present_value_names": "present.%d.%d"}}}})),
+    case("genai_config logits name not the graph's", "generate {onnx} --prompt x", "genai_config.json does not describe this graph: it names the graph lacks: scores",
+         genai(lambda d: {**d, "model": {**d["model"], "decoder": {**d["model"]["decoder"], "outputs": {
+             **d["model"]["decoder"]["outputs"], "logits": "scores"}}}})),
+    case("edgelm.json rotary positions a boolean", "generate {onnx} --prompt x", "rotary_table_positions is True, not a count",
+         edit_json("onnx", "edgelm.json", {"rotary_table_positions": True})),
     case("model.onnx missing", "generate {onnx} --prompt x", "model.onnx", remove("onnx", "model.onnx")),
     case("model.onnx garbage", "generate {onnx} --prompt x", "model.onnx", write("onnx", "model.onnx", b"\x08\x07garbage")),
     # --- bundles
@@ -374,6 +406,11 @@ CASES: list[Case] = [
          manifest(lambda m: {**m, "files": {**m["files"], "../x": {"sha256": "0" * 64, "bytes": 1}}})),
     case("manifest entry without sha256", "verify {bundle}", "needs a sha256 string",
          manifest(lambda m: {**m, "files": {k: {"bytes": v["bytes"]} for k, v in m["files"].items()}})),
+    case("manifest bytes negative (was: a sha256 mismatch)", "verify {bundle}", "says its size is -5 bytes, not a count of 0 or more",
+         manifest(lambda m: {**m, "files": {k: {**v, "bytes": -5} for k, v in m["files"].items()}})),
+    case("manifest bytes a boolean", "verify {bundle}", "says its size is True bytes",
+         manifest(lambda m: {**m, "files": {k: {**v, "bytes": True} for k, v in m["files"].items()}})),
+    case("manifest version a boolean", "verify {bundle}", "manifest_version True", manifest({"manifest_version": True})),
     case("bundle file changed", "verify {bundle}", "does not match its sha256", write("bundle", "genai_config.json", "{}")),
     case("bundle file missing", "verify {bundle}", "is missing", remove("bundle", "genai_config.json")),
     case("bundle file not listed", "verify {bundle}", "payload.sh is in the bundle but not in its manifest", write("bundle", "payload.sh", "echo hi")),

@@ -36,7 +36,7 @@ READ_CALLS = re.compile(r"(?<![\w.])open\(|\.read_text\(|\.read_bytes\(|json\.lo
 ALLOWED = {
     "artifact_files.py": "the boundary itself",
     "fileio.py": "fsyncs outputs it wrote",
-    "runtime/backend.py": "/proc/meminfo",
+    "runtime/backend.py": "/proc/meminfo and /proc/self/status (proc_bytes)",
     "quantize/llama_cpp.py": "reads back the GGUF it wrote; json of its own subprocess's line",
     "quantize/onnx.py": "loads back the graph it wrote",
     "quantize/imatrix.py": "reads back the imatrix.gguf it wrote",
@@ -62,7 +62,6 @@ CHECKED_PATH_CALLS = {
     ("runtime/prompt_cache.py", "json.loads("): "the prompt cache's header, read bounded to HEADER_LIMIT",
     ("runtime/prompt_cache.py", "open("): "the --prompt-cache file after check_path (a regular file, no link; its header "
                                           "bounded), and the artifact's own files, sampled for its fingerprint",
-    ("chat_template.py", "open("): "/proc/self/status",
     ("bundle.py", "shutil.copy"): "edgelm's web page and the --web-runtime the user named",
     ("certificate.py", "GGUFReader("): "the GGUF the exporter just wrote, to add the certificate's keys",
     ("certificate.py", "onnx.load("): "the graph the exporter just wrote, to add the certificate to its metadata_props",

@@ -251,3 +251,21 @@ def test_probe_says_where_greedy_tokens_part():
     assert check.greedy_summary() == "greedy tokens differ from token 3 of 4"
     assert ProbeCheck(True, False, 0.0, 1.0, [5, 6, 7, 8], [5, 6]).greedy_summary() == "greedy tokens differ from token 3 of 4"
     assert ProbeCheck(True, True, 0.0, 1.0, [5, 6], [5, 6]).greedy_summary() == "2 greedy tokens equal"
+
+
+def test_the_certificate_records_its_kv_cache_and_parity_says_when_it_runs_another(exports, run_cli):
+    """A GGUF's certificate is measured with an f32 KV cache, `parity` runs llama.cpp's default f16 one: the
+    certificate records which, parity reports its own and says how to compare like with like; with
+    --f32-kv-cache it measures as the certificate did (the same numbers, up to the reference's one-pass run)."""
+    path = exports("tiny-nope.gguf")
+    assert GGUFReader(str(path)).fields["edgelm.parity.kv_cache"].contents() == "float32"
+    args = ("parity", path, "--reference", MODELS / "tiny-nope", "--tokens", POSITIONS, "--device", "cpu", "--json")
+    code, out, err = run_cli(*args)
+    assert code == 0 and json.loads(out)["kv_cache"] == "float16", (code, out, err)
+    assert "measured with a float32 KV cache, this run uses float16 (add --f32-kv-cache" in err, err
+    code, out, err = run_cli(*args, "--f32-kv-cache")
+    assert code == 0 and json.loads(out)["kv_cache"] == "float32" and "KV cache" not in err, (code, out, err)
+    certified = {k: GGUFReader(str(path)).fields["edgelm.parity." + k].contents() for k in ("mean_kld", "top1_agreement")}
+    assert abs(json.loads(out)["mean_kld"] - certified["mean_kld"]) <= 1e-5 + 1e-3 * certified["mean_kld"], (out, certified)
+    code, out, _ = run_cli("verify", path)
+    assert code == 0 and "float32 KV cache" in out, out

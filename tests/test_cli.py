@@ -1,6 +1,9 @@
 """The commands a user runs: init and inspect."""
 
 import json
+from pathlib import Path
+
+import pytest
 
 from edgelm.models.presets import PRESETS
 
@@ -60,3 +63,69 @@ def test_every_tiny_preset_loads_as_it_was_built(preset_dir):
     for name in ("tiny-nope", "tiny-rope", "tiny-ngen4", "tiny-tokenformer"):
         _, spec, _ = PRESETS[name].build()
         assert open_checkpoint(preset_dir(name)).spec == spec, name
+
+
+# a child that runs `edgelm ARGS` and sends itself SIGTERM on the Nth call of MODULE:ATTRIBUTE, mid-command
+_SIGTERM_AT = """
+import importlib, os, signal, sys
+module, path, nth, *argv = sys.argv[1:]
+owner = importlib.import_module(module)
+*parents, name = path.split(".")
+for parent in parents:
+    owner = getattr(owner, parent)
+real, calls = getattr(owner, name), []
+def wrapper(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == int(nth):
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(*args, **kwargs)
+setattr(owner, name, wrapper)
+sys.argv = ["edgelm", *argv]
+from edgelm.cli import main
+main()
+"""
+_MODEL = str(Path(__file__).resolve().parents[1] / "examples" / "models" / "tiny-rope")
+_TEXT = str(Path(__file__).resolve().parents[1] / "edgelm" / "assets" / "text" / "emma-opening.txt")
+
+
+@pytest.mark.parametrize("hook,args", [
+    ("edgelm.parity:compare_logits", ["parity", _MODEL, "--reference", _MODEL, "--tokens", "16", "--device", "cpu"]),
+    ("edgelm.evaluate:perplexity", ["perplexity", _MODEL, "--max-tokens", "64"]),
+    ("edgelm.runtime.generate:_tokens", ["generate", _MODEL, "--prompt", "It is", "--max-new-tokens", "4"]),
+    ("edgelm.benchmark:copy_bandwidth", ["bench", _MODEL, "--prompt-tokens", "8", "--new-tokens", "2"]),
+    ("edgelm.models.checkpoint:TensorSource.row_blocks#5", ["export", _MODEL, "--quant", "f32", "--out", "{out}/m.gguf"]),
+    ("edgelm.models.checkpoint:TensorSource.row_blocks#5", ["export", _MODEL, "--format", "onnx", "--quant", "f32", "--out", "{out}/m"]),
+    ("edgelm.calibrate:heldout_loss", ["calibrate", _MODEL, "--text", _TEXT, "--target-length", "64", "--steps", "2", "--out", "{out}/t.json"]),
+])
+def test_sigterm_mid_command_exits_143_without_a_traceback(tmp_path, hook, args):
+    """SIGTERM (a service manager, `kill`, a CI timeout) once ended `parity` with a KeyboardInterrupt
+    traceback, and by default ends a Python process with its atomic outputs' temporary files left behind:
+    now every command unwinds as for Ctrl-C, says so in one line, and exits 143 (128 + SIGTERM)."""
+    import subprocess
+    import sys
+
+    target, _, nth = hook.partition("#")
+    out = tmp_path / "out"
+    out.mkdir()
+    child = subprocess.run([sys.executable, "-c", _SIGTERM_AT, *target.split(":"), nth or "1", *[a.replace("{out}", str(out)) for a in args]],
+                           capture_output=True, text=True, timeout=600)
+    assert child.returncode == 143, (child.returncode, child.stderr[-2000:])
+    assert "Traceback" not in child.stderr and child.stderr.strip().splitlines()[-1] == "terminated; nothing was left half-written", child.stderr
+    assert list(out.iterdir()) == []  # the atomic output's temporary file or folder removed
+
+
+def test_sigterm_to_a_waiting_chat_exits_143(tmp_path):
+    """A real SIGTERM from outside, while chat waits for the next message on a pipe."""
+    import signal
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-m", "edgelm", "chat", _MODEL], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert "/reset, /exit" in child.stdout.readline()  # the banner: the model is open, the prompt next
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 143 and "Traceback" not in err and "terminated; nothing was left half-written" in err, (child.returncode, err)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from .test_bad_input import assert_user_error
@@ -232,3 +233,103 @@ def test_gpu_layers_without_a_gpu_build_says_it_runs_on_the_cpu(run_cli, gguf):
     assert code == 0 and "note: --gpu-layers 99: this llama-cpp-python build has no GPU backend" in err, err
     code, out, err = run_cli("generate", gguf, "--prompt", PROMPT, "--max-new-tokens", 2)
     assert code == 0 and "gpu-layers" not in err
+
+
+@pytest.fixture(scope="module")
+def onnx_folder(tmp_path_factory):
+    from edgelm.export.onnx import export_onnx
+    from edgelm.models import open_checkpoint
+
+    return export_onnx(open_checkpoint(MODEL), tmp_path_factory.mktemp("onnx") / "onnx", "f32").path
+
+
+@pytest.mark.parametrize("artifact,args,needles", [
+    ("onnx", ("parity", "{path}", "--reference", MODEL, "--tokens", 4, "--f32-kv-cache"), ("--f32-kv-cache", "fixed at export")),
+    ("onnx", ("generate", "{path}", "--prompt", PROMPT, "--gpu-layers", 2), ("--gpu-layers", "--provider cuda")),
+    ("gguf", ("generate", "{path}", "--prompt", PROMPT, "--provider", "xnnpack"), ("--provider", "--gpu-layers N")),
+    ("gguf", ("perplexity", "{path}", "--provider", "cuda"), ("--provider",)),
+    ("model", ("generate", "{path}", "--prompt", PROMPT, "--gpu-layers", 1), ("--gpu-layers", "--device cuda")),
+    ("model", ("generate", "{path}", "--prompt", PROMPT, "--provider", "cuda"), ("--provider", "--device cuda")),
+])
+def test_an_option_the_artifacts_engine_has_no_use_for_is_refused(run_cli, gguf, onnx_folder, artifact, args, needles):
+    """`parity --f32-kv-cache` on an ONNX folder ran the graph's own cache and said nothing; --gpu-layers and
+    --provider were as silently dropped by the engines without them. Each is one line naming the file."""
+    path = {"onnx": onnx_folder, "gguf": gguf, "model": MODEL}[artifact]
+    result = run_cli(*[str(path) if a == "{path}" else a for a in args])
+    assert_user_error(result, *needles, str(path))
+
+
+def test_parity_and_perplexity_read_only_the_head_of_a_huge_text(run_cli, gguf, tmp_path, monkeypatch):
+    """parity (--tokens) and perplexity (--max-tokens) read and encoded the whole --text before cutting it to
+    the window: a 2 GiB text (here sparse: NULs after the novel's opening) was refused past 256 MB and
+    would have cost its whole encoding. Now only its head is read, and the numbers are the plain text's."""
+    from edgelm import cli, tokenizer
+
+    plain, huge = tmp_path / "plain.txt", tmp_path / "huge.txt"
+    plain.write_bytes(cli.DEFAULT_TEXT.read_bytes())
+    huge.write_bytes(cli.DEFAULT_TEXT.read_bytes())
+    os.truncate(huge, 2 << 30)
+    sizes = []
+    real = tokenizer.read_text_head
+    monkeypatch.setattr(tokenizer, "read_text_head", lambda path, size, what: sizes.append(size) or real(path, size, what))
+    for args in [("perplexity", gguf, "--max-tokens", 200, "--json"),
+                 ("parity", gguf, "--reference", MODEL, "--tokens", 64, "--device", "cpu", "--json")]:
+        (code, out, err), (huge_code, huge_out, huge_err) = [run_cli(*args, "--text", text) for text in (plain, huge)]
+        assert code == huge_code == 0, (err, huge_err)
+        assert json.loads(out) == json.loads(huge_out)
+    assert sizes and max(sizes) <= 64 << 10, sizes  # bytes read of the 2 GiB
+
+
+@pytest.mark.parametrize("model", ["tiny-nope", "tiny-rope", "tiny-ngen4", "tiny-tokenformer"])
+def test_the_head_of_a_text_encodes_as_the_whole(model, tmp_path):
+    """leading_ids (parity, perplexity --max-tokens, calibration, the certificate) gives the first ids of
+    encoding the whole file, for every shipped text and tokenizer, whatever the count; and where the head
+    is cut inside a character of several bytes."""
+    from edgelm.tokenizer import leading_ids, load_tokenizer
+
+    tok = load_tokenizer(MODEL.parent / model)
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text("Café crème, naïve — 日本語のテキスト 🙂🙂 ½ Ωmega\n" * 3000, encoding="utf-8")
+    for text in sorted((Path(__file__).resolve().parents[1] / "edgelm" / "assets" / "text").glob("*.txt")) + [mixed]:
+        whole = tok.encode(text.read_text(encoding="utf-8"))
+        for count in (1, 2, 3, 129, 257, 1024, 4096, len(whole), len(whole) + 10):
+            assert leading_ids(tok, text, count) == whole[:count], (text.name, count)
+
+
+def test_bench_reports_the_whole_commands_peak_rss_too(gguf):
+    """bench reported 72 MB of peak RSS, measured before its roofline copy (2 × 512 MiB) made the process
+    1.3 GB: now the model's run and the whole command's peak, each labelled. Started by a process holding
+    1.2 GB (this one, below), it reported that process's peak too: Linux's ru_maxrss survives fork and exec,
+    so its own is read from /proc's VmHWM."""
+    fat = bytearray(1200 << 20)
+    fat[::4096] = b"\1" * len(range(0, len(fat), 4096))  # touched: resident
+    result = _edgelm("bench", str(gguf), "--prompt-tokens", "8", "--new-tokens", "4", "--threads", "1", "--json")
+    del fat
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["command_peak_rss_bytes"] >= 1 << 30 > report["peak_rss_bytes"] > 0, report
+
+
+def test_an_onnx_kv_cache_type_edgelm_does_not_run_is_named(run_cli, onnx_folder, monkeypatch):
+    """A graph whose KV inputs are of a type edgelm has no buffers for (here: float32 made unknown) was a
+    KeyError inside the backend, reported as 'onnxruntime cannot load model.onnx'."""
+    from edgelm.runtime import onnx_backend
+
+    monkeypatch.setattr(onnx_backend, "CACHE_DTYPES", {"tensor(float16)": np.float16})
+    assert_user_error(run_cli("generate", onnx_folder, "--prompt", PROMPT), "the graph's KV cache is tensor(float); edgelm runs tensor(float16)")
+
+
+def test_threads_applies_to_a_model_folder(run_cli, monkeypatch):
+    """--threads was silently ignored by the torch backend (a model folder): it now sets torch's threads
+    while the model computes, and leaves the process's setting as it was."""
+    import torch
+
+    from edgelm.models import CausalLM
+
+    before = torch.get_num_threads()
+    threads = 1 if before != 1 else 2
+    seen, real = [], CausalLM.forward
+    monkeypatch.setattr(CausalLM, "forward", lambda self, *a, **k: seen.append(torch.get_num_threads()) or real(self, *a, **k))
+    code, _, err = run_cli("generate", MODEL, "--prompt", PROMPT, "--max-new-tokens", 2, "--threads", threads)
+    assert code == 0, err
+    assert seen and set(seen) == {threads} and torch.get_num_threads() == before, (seen, before)

@@ -37,7 +37,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from .. import __version__
-from ..artifact_files import MAX_TEXT_BYTES, find_member, read_json_object, read_text, user_file
+from ..artifact_files import find_member, read_json_object, user_file
 from ..certificate import certify_onnx, reference_sha256
 from ..constants import GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE, TOKENIZER_FILES
 from ..errors import UserError
@@ -45,7 +45,7 @@ from ..fileio import atomic_output_dir
 from ..models import Checkpoint, CausalLM, CausalSelfAttention, ModelSpec
 from ..quantize.onnx import (F16_NOTE, INT4_ACCURACY_LEVEL, INT4_ACCURACY_LEVELS, INT4_BLOCK, INT4_BLOCK_SIZES, convert_f16, quantize_int4,
                               quantize_int8, save_ir)
-from ..tokenizer import Tokenizer, load_tokenizer, load_tokenizer_file
+from ..tokenizer import Tokenizer, leading_ids, load_tokenizer, load_tokenizer_file
 from .onnx_mapping import onnx_mapping
 from .temperatures import refuse_beyond_f16
 from .weights import ExportedWeights
@@ -335,8 +335,7 @@ def check_quant_options(quant: str, int4_embedding: bool = False, int8_lm_head: 
 
 def calibration_ids(tokenizer: Tokenizer, text_file: Path) -> torch.Tensor:
     """The first KV_CALIBRATION_TOKENS tokens of `text_file`."""
-    text = read_text(user_file(text_file, "--calibration-text", MAX_TEXT_BYTES, "text file"), what="the calibration text")
-    ids = tokenizer.encode(text[: 20 * KV_CALIBRATION_TOKENS])[:KV_CALIBRATION_TOKENS]
+    ids = leading_ids(tokenizer, user_file(text_file, "--calibration-text", None, "text file"), KV_CALIBRATION_TOKENS, "the calibration text")
     if len(ids) < 64:
         raise UserError(f"the calibration text has {len(ids)} tokens", text_file, "give a text of at least 64 tokens (1024 are used)")
     return torch.tensor(ids)

@@ -24,6 +24,21 @@ DEFAULT_CONTEXT_LENGTH = 4096
 log = logging.getLogger("edgelm")
 
 
+# runtime options one engine honours and another has no use for: LoadOptions field -> (its default, the
+# command line's flag, what it applies to, what to do instead per format kind; else "drop FLAG")
+RUNTIME_OPTIONS = {
+    "f32_kv_cache": (False, "--f32-kv-cache", "a GGUF file (llama.cpp's and the ggml executor's KV cache type)",
+                     {"onnx folder": "drop --f32-kv-cache: an ONNX graph's KV cache type is fixed at export (float32 at "
+                                     "--quant f32, int8 and int4; float16 at f16)"}),
+    "gpu_layers": (0, "--gpu-layers", "a GGUF file (llama.cpp's layer offload)",
+                   {"onnx folder": "drop --gpu-layers; --provider cuda (or another GPU provider) runs an ONNX folder on a GPU",
+                    "model folder": "drop --gpu-layers; --device cuda runs a model folder on a GPU"}),
+    "provider": ("cpu", "--provider", "an ONNX folder (onnxruntime's execution provider)",
+                 {"gguf": "drop --provider; --gpu-layers N offloads a GGUF to a GPU",
+                  "model folder": "drop --provider; --device cuda runs a model folder on a GPU"}),
+}
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     position_encoding: str | None = None  # model folders only
@@ -45,6 +60,14 @@ class LoadOptions:
         if self.context_length and self.context_length > trained:
             log.info(f"a context of {self.context_length} tokens is above the model's training context of {trained}")
         return self.context_length or min(trained, DEFAULT_CONTEXT_LENGTH)
+
+    def refuse_unused(self, path: Path, kind: str, honoured: frozenset) -> None:
+        """One line for a runtime option set away from its default that this format's engine has no use for
+        (`parity --f32-kv-cache` on an ONNX folder ran its own cache type and said nothing), as llama.cpp and
+        onnxruntime refuse an option they do not know rather than run without it."""
+        for name, (default, flag, applies, fix) in RUNTIME_OPTIONS.items():
+            if name not in honoured and getattr(self, name) != default:
+                raise UserError(f"{flag} applies to {applies}, not to a {kind}", path, fix.get(kind, f"drop {flag}"))
 
     def refuse_model_overrides(self, path: Path, kind: str) -> None:
         """An exported artifact carries its position encoding and temperatures inside."""
@@ -80,6 +103,7 @@ class Artifact:
 class Format(ABC):
     kind: ClassVar[str]  # how edgelm names it to a user ("gguf", "onnx folder", …)
     bundled: ClassVar[bool] = True  # what a bundle may hold as its model (not a bundle, not a checkpoint folder)
+    honoured: ClassVar[frozenset] = frozenset()  # the RUNTIME_OPTIONS its engine uses (open() refuses the others)
 
     def __init__(self, path: Path):
         self.path = path

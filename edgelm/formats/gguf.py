@@ -22,6 +22,7 @@ MAGIC = b"GGUF"
 @register
 class GGUF(Format):
     kind = "gguf"
+    honoured = frozenset({"f32_kv_cache", "gpu_layers"})
 
     @classmethod
     def detect(cls, path: Path) -> bool:
@@ -91,6 +92,7 @@ class GGUF(Format):
 
     def open(self, options: LoadOptions) -> Artifact:
         options.refuse_model_overrides(self.path, "GGUF file")
+        options.refuse_unused(self.path, self.kind, self.honoured)
         context = options.context_for(self.context_length())
         details = {"family": self.gguf.field(GGUF_FAMILY), "arch": self.gguf.arch,
                    "position_encoding": self.gguf.field(GGUF_POSITION_ENCODING)}

@@ -27,6 +27,7 @@ QUANTIZED_OPS = {"MatMulNBits": "int4", "GatherBlockQuantized": "int4", "MatMulI
 @register
 class OnnxFolder(Format):
     kind = "onnx folder"
+    honoured = frozenset({"provider"})
 
     @property
     def raw_engine(self) -> str | None:
@@ -49,6 +50,7 @@ class OnnxFolder(Format):
         from ..tokenizer import load_tokenizer
 
         options.refuse_model_overrides(self.path, "ONNX folder")
+        options.refuse_unused(self.path, self.kind, self.honoured)
         try:
             backend = OnnxBackend(self.model_file, self.genai, self.manifest, options.threads, options.provider)
         except UserError:
@@ -81,9 +83,11 @@ class OnnxFolder(Format):
         external weights)."""
         import onnx
 
+        from ..runtime.onnx_backend import decoder_names
+
         graph = self._graph()
         decoder = self.genai["model"]["decoder"]
-        past = decoder.get("inputs", {}).get("past_key_names", "past_key_values.%d.key").split("%d")[0]
+        past = decoder_names(decoder)["past_key_names"].split("%d")[0]
         caches = {onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type).lower() for i in graph.input if i.name.startswith(past)}
         temperatures = [t for layer in self.manifest.get("head_temperatures", {}).get("layers", []) for t in layer]
         return {

@@ -28,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 from ..artifact_files import MAX_JSON_BYTES, find_member, member, read_json, user_file
 from ..errors import UserError
 from ..hub import known_facts, resolve_model
+from ..numbers import is_number_table
 from .layers import CausalLM
 from .registry import Family, family_for_config
 from .spec import ModelSpec
@@ -418,6 +419,8 @@ def read_head_temperatures(path: str | Path, spec: ModelSpec) -> torch.Tensor:
 def checked_temperatures(layers: Any, spec: ModelSpec, path: Path, fix: str = "calibrate this model or give its own temperatures file") -> torch.Tensor:
     """A [num_layers, num_heads] table of finite, positive λ from nested lists; `path` and `fix` for a refusal."""
     try:
+        if not is_number_table(layers):  # torch.tensor reads a JSON true as 1.0
+            raise TypeError("the table holds something other than numbers (true, false, null or text)")
         table = torch.tensor(layers, dtype=torch.float32)
     except (TypeError, ValueError, IndexError, RuntimeError) as exc:
         raise UserError(f"not a temperatures table ({exc.__class__.__name__}: {str(exc)[:120]})", path,

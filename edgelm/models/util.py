@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..numbers import is_number
+
 MAX_SIZE = 1 << 31  # larger than any dimension of a model that fits in memory
 
 
@@ -66,11 +68,10 @@ class ConfigReader:
         """A dimension: an integer (JSON may write 256.0) from `minimum` up to 2³¹."""
         keys = (key,) if isinstance(key, str) else key
         value = self.first(keys, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf") \
-                or value != int(value):
+        if not is_number(value) or value != value or abs(value) == float("inf") or value != int(value):
             raise ValueError(f"{keys[0]} must be an integer, not {value!r}")
         if not minimum <= value < MAX_SIZE:
-            raise ValueError(f"{keys[0]} = {int(value)} is out of range (at least {minimum})")
+            raise ValueError(f"{keys[0]} = {int(value):,} is out of range: a dimension is from {minimum} to {MAX_SIZE - 1:,}")
         return int(value)
 
     def head_width(self, width_key: str, heads_key: str, explicit_key: str | None = None) -> int:
@@ -86,7 +87,7 @@ class ConfigReader:
         """A finite real (norm epsilon, rotary base, fraction)."""
         keys = (key,) if isinstance(key, str) else key
         value = self.first(keys, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+        if not is_number(value) or value != value or abs(value) == float("inf"):
             raise ValueError(f"{keys[0]} must be a finite number, not {value!r}")
         if positive and value <= 0:
             raise ValueError(f"{keys[0]} must be positive, not {value!r}")

@@ -16,18 +16,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..artifact_files import MAX_TEXT_BYTES, read_text, user_file
+from ..artifact_files import user_file
 from ..errors import UserError
 from ..models import CausalLM
+from ..tokenizer import leading_ids
 from .imatrix import ImportanceMatrix
 
-# the built-in calibration text: the openings (~24 KB each, more than the CHARS_PER_TOKEN · tokens read
-# from each) of the five novels the shipped models trained on, shipped with the package (persuasion, the
-# sixth, is held out for evaluation: parity and benchmarks score on it)
+# the built-in calibration text: the openings (~24 KB each, more than the tokens read from each) of the
+# five novels the shipped models trained on, shipped with the package (persuasion, the sixth, is held out
+# for evaluation: parity and benchmarks score on it)
 DEFAULT_TEXTS = tuple(Path(__file__).resolve().parents[1] / "assets" / "text" / f"{name}-opening.txt" for name in
                       ("emma", "mansfield-park", "northanger-abbey", "pride-and-prejudice", "sense-and-sensibility"))
 CHUNKS, CHUNK_TOKENS = 16, 256  # 4096 tokens: seconds on a laptop CPU for the shipped tiny models
-CHARS_PER_TOKEN = 8  # generous: a text's first CHARS_PER_TOKEN · tokens characters hold the tokens asked for
 
 _MATMULS = {F.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__}
 
@@ -99,8 +99,7 @@ def calibration_chunks(tokenizer, texts: Sequence[Path], chunks: int = CHUNKS, s
     for path, count in zip(texts, per_text):
         if not count:  # more texts than chunks
             continue
-        text = read_text(user_file(path, "--calibration", MAX_TEXT_BYTES, "calibration text"), MAX_TEXT_BYTES, "the calibration text")
-        ids = tokenizer.encode(text[: CHARS_PER_TOKEN * size * count])
+        ids = leading_ids(tokenizer, user_file(path, "--calibration", None, "calibration text"), size * count, "the calibration text")
         found = [ids[i * size:(i + 1) * size] for i in range(min(count, len(ids) // size))]
         if not found:
             raise UserError(f"the calibration text has {len(ids)} tokens", path, f"give a text of at least {size} tokens")

@@ -113,6 +113,12 @@ class Backend(ABC):
         is not kept as arrays edgelm can read and write."""
         return None
 
+    def kv_cache_type(self) -> str:
+        """The KV cache's number type as numpy names it ("float32", "float16", "int8"): what a parity
+        measurement ran with, recorded so two measurements are compared like with like."""
+        layout = self.kv_layout()
+        return np.dtype(layout[0][1]).name if layout else "unknown"
+
     def _kv_arrays(self) -> list[np.ndarray]:
         """The cache's arrays for positions 0..position, in kv_layout's order."""
         raise NotImplementedError
@@ -197,13 +203,20 @@ def default_threads() -> int:
     return max(len(cores), 1)
 
 
+def proc_bytes(file: str, key: str) -> int | None:
+    """A `key:  N kB` line of a /proc file (/proc/meminfo, /proc/self/status) in bytes; None where there is
+    no /proc (not Linux) or no such line."""
+    try:
+        with open(file) as lines:
+            return next(int(line.split()[1]) * 1024 for line in lines if line.startswith(key + ":"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
 def available_memory() -> int:
     """Bytes the kernel says can be allocated without swapping (MemAvailable), else all physical memory."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    found = proc_bytes("/proc/meminfo", "MemAvailable")
+    return found if found is not None else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def refuse_cache_past_memory(needed: int, positions: int, path: Path, key: str) -> None:

@@ -103,6 +103,9 @@ class LlamaCppBackend(Backend):
     # (llama_memory_seq_add) re-rotates keys, and on the no-rotary granite arch edgelm writes for NoPE
     # llama-cpp-python 0.3.36 aborts in it (GGML_ASSERT(buffer)), so a full context is evaluated again.
 
+    def kv_cache_type(self) -> str:
+        return "float32" if self.f32_kv_cache else "float16"
+
     def state_signature(self) -> str:
         import llama_cpp
 

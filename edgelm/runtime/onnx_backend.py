@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from ..artifact_files import find_member, member, read_json
 from ..constants import GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE
 from ..errors import UserError
 from ..fileio import is_plain_name
+from ..numbers import is_count
 from .backend import Backend, default_threads, refuse_cache_past_memory
 
 PROVIDERS = {
@@ -66,7 +66,7 @@ class OnnxBackend(Backend):
         self.context_length = genai["model"]["context_length"]
         self.rotary_positions = manifest.get("rotary_table_positions", 0)  # 0: no rotary, no limit
         # (past input, present output) names per buffer, from the patterns genai_config.json declares
-        names = {**decoder["inputs"], **decoder["outputs"]}
+        names = decoder_names(decoder)
         self.buffer_names = [(names[f"past_{side}_names"] % i, names[f"present_{side}_names"] % i)
                              for i in range(self.layers) for side in ("key", "value")]
         self.input_names, self.logits_name = (names["input_ids"], names["attention_mask"]), names["logits"]
@@ -74,7 +74,11 @@ class OnnxBackend(Backend):
         graph_inputs = {i.name: i.type for i in self.session.get_inputs()}
         self.position_ids_name = names.get("position_ids") if names.get("position_ids") in graph_inputs else None
         self.shared_buffer = genai.get("search", {}).get("past_present_share_buffer", True)
-        self.cache_dtype = CACHE_DTYPES[graph_inputs[self.buffer_names[0][0]]]
+        cache_type = graph_inputs[self.buffer_names[0][0]]
+        if cache_type not in CACHE_DTYPES:  # was a KeyError, reported as "onnxruntime cannot load model.onnx"
+            raise UserError(f"the graph's KV cache is {cache_type}; edgelm runs {', '.join(CACHE_DTYPES)}", model.parent,
+                            "export the model again with `edgelm export --format onnx`")
+        self.cache_dtype = CACHE_DTYPES[cache_type]
         # an export that says it has no position encoding and feeds none: keys and values carry no position
         self.position_free = manifest.get("position_encoding") == "none" and not self.rotary_positions and not self.position_ids_name
         self._ort = ort
@@ -232,16 +236,16 @@ def describe_optimum_folder(folder: Path) -> dict:
     }
     logits = [d.dim_value if d.HasField("dim_value") else None for d in next(o for o in graph.output if o.name == "logits").type.tensor_type.shape.dim]
     vocab = logits[-1] if logits and logits[-1] else config.get("vocab_size")
-    model = {"decoder": decoder, "context_length": context if _positive_int(context) else 2048, "type": config.get("model_type"),
-             "vocab_size": vocab if _positive_int(vocab) else None}
+    model = {"decoder": decoder, "context_length": context if is_count(context, 1) else 2048, "type": config.get("model_type"),
+             "vocab_size": vocab if is_count(vocab, 1) else None}
     # what onnxruntime-genai reads beyond the IO, where its model builder takes it (config.json): a bundle
     # for a phone carries them (formats/onnx.py: bundle_into); edgelm's own runtime needs none of them
-    decoder |= {key: config[key] for key in ("num_attention_heads", "hidden_size") if _positive_int(config.get(key))}
+    decoder |= {key: config[key] for key in ("num_attention_heads", "hidden_size") if is_count(config.get(key), 1)}
     eos = config.get("eos_token_id")
     eos = eos[0] if isinstance(eos, list) and eos else eos  # the first of several, as the builder takes for pad
     tokens = {"eos_token_id": eos, "bos_token_id": config.get("bos_token_id", eos),
               "pad_token_id": config.get("pad_token_id") if config.get("pad_token_id") is not None else eos}
-    model |= {key: value for key, value in tokens.items() if _token_id(value)}
+    model |= {key: value for key, value in tokens.items() if is_count(value)}
     return {"model": {k: v for k, v in model.items() if v is not None}, "search": {"past_present_share_buffer": False}}
 
 
@@ -257,12 +261,16 @@ def missing_genai_fields(genai: dict) -> list[str]:
         [f"model.decoder.{k}" for k in GENAI_DECODER_FIELDS if k not in model.get("decoder", {})]
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+# onnxruntime-genai's names where genai_config's decoder.inputs/outputs leave one out (its Config::Defaults)
+DEFAULT_DECODER_NAMES = {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
+                         "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value",
+                         "logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"}
+LAYER_NAME_PATTERNS = ("past_key_names", "past_value_names", "present_key_names", "present_value_names")
 
 
-def _token_id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+def decoder_names(decoder: dict) -> dict:
+    """The decoder's input and output names as onnxruntime-genai reads them: genai_config's, else its defaults."""
+    return DEFAULT_DECODER_NAMES | decoder.get("inputs", {}) | decoder.get("outputs", {})
 
 
 def read_onnx_folder(folder: Path) -> tuple[dict, dict, Path]:
@@ -276,9 +284,9 @@ def read_onnx_folder(folder: Path) -> tuple[dict, dict, Path]:
     try:
         decoder = genai["model"]["decoder"]
         for key in ("num_hidden_layers", "num_key_value_heads", "head_size"):
-            if not isinstance(decoder[key], int) or isinstance(decoder[key], bool) or decoder[key] <= 0:
+            if not is_count(decoder[key], 1):
                 raise TypeError(f"model.decoder.{key} is {decoder[key]!r}, not a positive integer")
-        if not isinstance(genai["model"]["context_length"], int) or genai["model"]["context_length"] <= 0:
+        if not is_count(genai["model"]["context_length"], 1):  # true was a context of 1
             raise TypeError(f"model.context_length is {genai['model']['context_length']!r}, not a positive integer")
         filename = decoder.get("filename", ONNX_MODEL_FILE)
         if not is_plain_name(filename):
@@ -289,13 +297,21 @@ def read_onnx_folder(folder: Path) -> tuple[dict, dict, Path]:
                 raise TypeError(f"model.decoder.{section} is a {type(decoder[section]).__name__}, not an object of names")
         if not isinstance(genai.get("search", {}), dict):
             raise TypeError(f"search is a {type(genai['search']).__name__}, not an object of options")
-        names = {**decoder.get("inputs", {}), **decoder.get("outputs", {})}
+        if not isinstance(genai.get("search", {}).get("past_present_share_buffer", True), bool):
+            raise TypeError(f"search.past_present_share_buffer is {genai['search']['past_present_share_buffer']!r}, not true or false")
+        names = decoder_names(decoder)
         if not all(isinstance(v, str) for v in names.values()):
             raise TypeError("model.decoder.inputs/outputs hold names that are not strings")
+        for key in LAYER_NAME_PATTERNS:  # onnxruntime-genai formats each with the layer's index
+            if not re.fullmatch(r"[^%]*%d[^%]*", names[key].replace("%%", "")):
+                raise TypeError(f"model.decoder's {key} {names[key][:80]!r} is not a name with one %d for the layer")
     except (KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"{GENAI_CONFIG} is not a decoder description edgelm can run ({exc.__class__.__name__}: {exc})", genai_path,
                         "export the model again") from None
     if not isinstance(manifest, dict):
         raise UserError(f"{ONNX_MANIFEST} is not a JSON object", folder / ONNX_MANIFEST, "export the model again")
+    if not is_count(manifest.get("rotary_table_positions", 0)):
+        raise UserError(f"{ONNX_MANIFEST}'s rotary_table_positions is {manifest['rotary_table_positions']!r}, not a count of positions",
+                        folder / ONNX_MANIFEST, "export the model again")
     model = member(folder, filename, fix="export the model again with `edgelm export --format onnx`")
     return genai, manifest, model

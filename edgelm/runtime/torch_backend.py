@@ -11,9 +11,10 @@ from .backend import Backend
 
 class TorchBackend(Backend):
     lookup_draft = 4  # prompt lookup measured faster (docs/benchmarks.md): a forward of 5 tokens costs little more than 1
-    def __init__(self, model: CausalLM):
+    def __init__(self, model: CausalLM, threads: int | None = None):
         super().__init__()
         self.model = model
+        self.threads = threads  # torch's intra-op threads while this model computes (None: torch's default)
         self.device = next(model.parameters()).device
         self.context_length = model.spec.max_positions
         self.cache: KVCache | None = None
@@ -26,7 +27,13 @@ class TorchBackend(Backend):
 
     @torch.no_grad()
     def _evaluate(self, ids: list[int], last_only: bool) -> np.ndarray:
-        logits, self.cache = self.model(torch.tensor([ids], device=self.device), self.cache)
+        previous = torch.get_num_threads()
+        if self.threads:  # set per call and restored: a process-wide setting, and the caller may run other torch work
+            torch.set_num_threads(self.threads)
+        try:
+            logits, self.cache = self.model(torch.tensor([ids], device=self.device), self.cache)
+        finally:
+            torch.set_num_threads(previous)
         return logits[0, -1:].float().cpu().numpy() if last_only else logits[0].float().cpu().numpy()
 
     def kv_layout(self):
