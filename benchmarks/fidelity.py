@@ -31,11 +31,15 @@ HELD_OUT = ROOT / "examples" / "data" / "persuasion.txt"
 # method name → (format, export keyword arguments); the anchors first
 METHODS = {
     "Q8_0": ("gguf", {"quant": "int8"}),
+    # TokenFormer's int4 before K-quants (gguf-py's Q4_0); llama.cpp's Q4_0 for the llama-family models
+    "Q4_0": ("gguf", {"quant": "Q4_0", "calibrated": False}),
     "Q4_K_M stock": ("gguf", {"quant": "int4", "calibrated": False}),
     "Q4_K_M imatrix": ("gguf", {"quant": "int4", "calibrated": True}),
     # size-budgeted mixed precision (quantize/mixed.py), the budget the stock Q4_K_M file's size in this run
     "Q4_K_M-size mixed": ("gguf", {"quant": "int4", "calibrated": False, "max_size_of": "Q4_K_M stock"}),
     "Q4_K_M-size mixed imatrix": ("gguf", {"quant": "int4", "calibrated": True, "max_size_of": "Q4_K_M stock"}),
+    # within Q4_0's size (TokenFormer's int4 before K-quants)
+    "Q4_0-size mixed imatrix": ("gguf", {"quant": "int4", "calibrated": True, "max_size_of": "Q4_0"}),
     "ONNX int4 RTN (stock)": ("onnx", {"quant": "int4", "calibrated": False}),
     "ONNX int4 calibrated": ("onnx", {"quant": "int4", "calibrated": True}),
     # size-budgeted: MatMuls at 8 bits by measured sensitivity within the RTN folder's size in this run

@@ -111,6 +111,17 @@ class Family:
         converter's `generate_extra_tensors`: Llama 3's rope_freqs)."""
         return iter(())
 
+    def gguf_tensor_roles(self, spec: ModelSpec) -> dict[str, tuple[str, int]]:
+        """For an arch llama.cpp's quantizer does not know (edgelm quantizes it with ggml's
+        quantizer): GGUF tensor name → (llama.cpp tensor category whose K-quant recipe rule it
+        follows, its block number). Tensors left out take the file type's base type."""
+        return {}
+
+    def gguf_transposed(self, spec: ModelSpec) -> frozenset[str]:
+        """The checkpoint tensors `gguf_transform` stores transposed (a quantizer's rows are then the
+        checkpoint's columns)."""
+        return frozenset()
+
     def tied_tensors(self, spec: ModelSpec) -> dict[str, str]:
         """{alias: source} for tensors that share storage; a checkpoint may omit the alias."""
         return {}
