@@ -34,9 +34,10 @@ RECIPES = {
     "Q5_K_S": ("Q5_K", {OUTPUT: lambda i, n: "Q6_K"}),
     "Q6_K": ("Q6_K", {}),
 }
-# llama.cpp's fallback for a row that does not fill a 256-wide K-quant block (llama-quant.cpp)
+# llama.cpp's fallback for a row that does not fill a 256-wide K-quant block (llama-quant.cpp), whose
+# 32-wide blocks a row may not fill either: then F16, as edgelm's writer keeps such rows
 FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
-QK_K = 256
+QK_K, QK_FALLBACK = 256, 32
 
 
 def recipe_type(file_type: str, role: str | None, layer: int, layers: int, per_row: int) -> str:
@@ -45,7 +46,9 @@ def recipe_type(file_type: str, role: str | None, layer: int, layers: int, per_r
     base, rules = RECIPES[file_type]
     rule = rules.get(role)
     chosen = (rule(layer, layers) if rule else None) or base
-    return chosen if per_row % QK_K == 0 else FALLBACK[chosen]
+    if per_row % QK_K == 0:
+        return chosen
+    return FALLBACK[chosen] if per_row % QK_FALLBACK == 0 else "F16"
 
 
 def quantize(array: np.ndarray, type_name: str, importance: np.ndarray | None = None) -> np.ndarray:
