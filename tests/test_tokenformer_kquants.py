@@ -126,3 +126,10 @@ def test_max_size_mixes_k_quants_within_q4_0s_size(files, run_cli, tmp_path):
     assert set(matrices.values()) <= {"Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"} and len(set(matrices.values())) > 1, types
     assert "max_size=" in reader.fields["edgelm.quantize.mixed"].contents()
     assert reader.fields["edgelm.parity.mean_kld"].contents() < KLD_TOLERANCE
+
+
+def test_rows_that_fill_no_k_quant_block_take_llama_cpps_fallback_or_f16():
+    assert ggml_quants.recipe_type("Q4_K_M", None, 0, 4, 256) == "Q4_K"
+    assert ggml_quants.recipe_type("Q4_K_M", "attn_qkv", 0, 4, 96) == "Q5_1"  # Q5_K's fallback
+    assert ggml_quants.recipe_type("Q4_K_M", "output", 0, 4, 96) == "Q8_0"  # Q6_K's
+    assert ggml_quants.recipe_type("Q4_K_M", None, 0, 4, 48) == "F16"  # not even a 32-wide block
