@@ -6,12 +6,20 @@ For each model and method: export, then `edgelm.parity.compare` (the numbers `ed
 on the first TOKENS+1 tokens of the held-out persuasion.txt: file size, mean KL(reference ‖ artifact),
 ΔPPL, top-1 agreement. Calibrated methods take their statistics from the built-in calibration text
 (16 chunks × 256 tokens of the five training novels), never from persuasion.txt.
+
+llama.cpp's own imatrix workflow, where its tools are built (`--llama-tools DIR` holding llama-imatrix
+and llama-quantize; default $LLAMA_CPP_TOOLS; rows skipped with a note when absent): edgelm's f16 GGUF →
+`llama-imatrix` over the same 16 × 256-token windows (decoded to text, `-c 256`) → `llama-quantize
+--imatrix … Q4_K_M`; and `llama-quantize --imatrix` fed edgelm's own imatrix.gguf, which shows that
+llama.cpp's tool reads the file edgelm writes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,11 +39,20 @@ HELD_OUT = ROOT / "examples" / "data" / "persuasion.txt"
 # method name → (format, export keyword arguments); the anchors first
 METHODS = {
     "Q8_0": ("gguf", {"quant": "int8"}),
+    # TokenFormer's int4 before K-quants (gguf-py's Q4_0); llama.cpp's Q4_0 for the llama-family models
+    "Q4_0": ("gguf", {"quant": "Q4_0", "calibrated": False}),
     "Q4_K_M stock": ("gguf", {"quant": "int4", "calibrated": False}),
     "Q4_K_M imatrix": ("gguf", {"quant": "int4", "calibrated": True}),
     # size-budgeted mixed precision (quantize/mixed.py), the budget the stock Q4_K_M file's size in this run
     "Q4_K_M-size mixed": ("gguf", {"quant": "int4", "calibrated": False, "max_size_of": "Q4_K_M stock"}),
     "Q4_K_M-size mixed imatrix": ("gguf", {"quant": "int4", "calibrated": True, "max_size_of": "Q4_K_M stock"}),
+    # within Q4_0's size (TokenFormer's int4 before K-quants)
+    "Q4_0-size mixed imatrix": ("gguf", {"quant": "int4", "calibrated": True, "max_size_of": "Q4_0"}),
+    # llama.cpp's tools (--llama-tools): its imatrix and quantizer; then edgelm's imatrix in llama-quantize;
+    # then edgelm's mixed precision within the llama.cpp file's size
+    "llama.cpp imatrix Q4_K_M": ("llama.cpp", {"imatrix_by": "llama-imatrix"}),
+    "llama-quantize with edgelm's imatrix": ("llama.cpp", {"imatrix_by": "edgelm"}),
+    "llama.cpp-size mixed imatrix": ("gguf", {"quant": "int4", "calibrated": True, "max_size_of": "llama.cpp imatrix Q4_K_M"}),
     "ONNX int4 RTN (stock)": ("onnx", {"quant": "int4", "calibrated": False}),
     "ONNX int4 calibrated": ("onnx", {"quant": "int4", "calibrated": True}),
     # size-budgeted: MatMuls at 8 bits by measured sensitivity within the RTN folder's size in this run
@@ -48,10 +65,12 @@ METHODS = {
 }
 
 
-def export(model_dir: Path, out: Path, fmt: str, quant: str, calibrated: bool | None = None, max_size: int | None = None,
-           **onnx_options) -> Path:
+def export(model_dir: Path, out: Path, fmt: str, quant: str = "int4", calibrated: bool | None = None, max_size: int | None = None,
+           tools: Path | None = None, imatrix_by: str = "", **onnx_options) -> Path:
     from edgelm.quantize.calibration import DEFAULT_TEXTS
 
+    if fmt == "llama.cpp":
+        return llama_cpp_export(model_dir, out, tools, imatrix_by)
     checkpoint = open_checkpoint(model_dir)
     texts = DEFAULT_TEXTS if calibrated else ()
     if fmt == "gguf":
@@ -61,6 +80,42 @@ def export(model_dir: Path, out: Path, fmt: str, quant: str, calibrated: bool | 
     from edgelm.export.onnx import export_onnx
 
     return export_onnx(checkpoint, out, quant, calibration=texts, max_size=max_size, **onnx_options).path
+
+
+class NotMade(Exception):
+    """A llama.cpp row that cannot be made here (its tools not built, or an arch llama.cpp does not know)."""
+
+
+def llama_cpp_export(model_dir: Path, out: Path, tools: Path | None, imatrix_by: str) -> Path:
+    """llama.cpp's workflow on edgelm's f16 GGUF: an importance matrix by `llama-imatrix` on the
+    calibration windows edgelm uses (or edgelm's own imatrix.gguf), then `llama-quantize --imatrix`."""
+    from edgelm.constants import llama_cpp_archs
+    from edgelm.export.gguf_mapping import gguf_mapping
+    from edgelm.export.gguf import _write_imatrix, export_gguf
+    from edgelm.quantize.calibration import DEFAULT_TEXTS, calibration_chunks
+    from edgelm.tokenizer import load_tokenizer
+
+    missing = [n for n in ("llama-imatrix", "llama-quantize") if tools is None or not (tools / n).is_file()]
+    if missing:
+        raise NotMade(f"llama.cpp's {', '.join(missing)} not built (give --llama-tools DIR or $LLAMA_CPP_TOOLS)")
+    checkpoint = open_checkpoint(model_dir)
+    arch = gguf_mapping(checkpoint.family).arch(checkpoint.spec)
+    if arch not in llama_cpp_archs():
+        raise NotMade(f"llama.cpp does not know arch {arch!r}")
+    f16 = export_gguf(checkpoint, out.with_suffix(".f16.gguf"), "f16", certificate=False).path
+    imatrix = out.with_suffix(".imatrix.gguf")
+    if imatrix_by == "edgelm":
+        _write_imatrix(checkpoint, DEFAULT_TEXTS, imatrix)
+    else:
+        tokenizer = load_tokenizer(model_dir)
+        text = out.with_suffix(".calibration.txt")
+        text.write_text("".join(tokenizer.decode(chunk) for chunk in calibration_chunks(tokenizer, DEFAULT_TEXTS)), encoding="utf-8")
+        subprocess.run([str(tools / "llama-imatrix"), "-m", str(f16), "-f", str(text), "-o", str(imatrix), "-c", "256", "-b", "256",
+                        "--chunks", "16", "-t", str(os.cpu_count() or 1), "--no-ppl"], check=True, capture_output=True)
+    subprocess.run([str(tools / "llama-quantize"), "--imatrix", str(imatrix), str(f16), str(out), "Q4_K_M"], check=True,
+                   capture_output=True)
+    f16.unlink()
+    return out
 
 
 def measure(model_dir: Path, artifact: Path, tokens: int) -> dict:
@@ -127,6 +182,8 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--llama-tools", type=Path, default=os.environ.get("LLAMA_CPP_TOOLS"),
+                        help="folder of llama.cpp's llama-imatrix and llama-quantize (for the llama.cpp rows)")
     parser.add_argument("--plot", nargs="+", type=Path, metavar=("SVG", "JSON"),
                         help="write the KLD-against-size plot of these JSON results (of --json) to SVG, and stop")
     args = parser.parse_args()
@@ -145,13 +202,17 @@ def main() -> None:
                     anchor = options.pop("max_size_of")
                     if anchor not in sizes:
                         anchor_fmt = METHODS[anchor][0]
-                        sizes[anchor] = folder_bytes(export(model_dir, Path(folder) / f"{model}-anchor{'.gguf' if anchor_fmt == 'gguf' else '-onnx'}",
-                                                            anchor_fmt, **METHODS[anchor][1]))
+                        try:
+                            sizes[anchor] = folder_bytes(export(model_dir, Path(folder) / f"{model}-anchor{'-onnx' if anchor_fmt == 'onnx' else '.gguf'}",
+                                                                anchor_fmt, tools=args.llama_tools, **METHODS[anchor][1]))
+                        except (UserError, NotMade) as exc:
+                            print(f"{model:17} {method:24} not made: its budget's {anchor} not made: {exc}", flush=True)
+                            continue
                     options["max_size"] = sizes[anchor]
-                out = Path(folder) / f"{model}-{method.replace(' ', '_')}{'.gguf' if fmt == 'gguf' else '-onnx'}"
+                out = Path(folder) / f"{model}-{method.replace(' ', '_').replace(chr(39), '')}{'-onnx' if fmt == 'onnx' else '.gguf'}"
                 try:
-                    path = export(model_dir, out, fmt, **options)
-                except UserError as exc:  # e.g. --max-size on an arch llama.cpp's quantizer does not know
+                    path = export(model_dir, out, fmt, tools=args.llama_tools, **options)
+                except (UserError, NotMade) as exc:  # e.g. llama.cpp's tools not built; llama.cpp's on TokenFormer
                     print(f"{model:17} {method:24} not made: {exc}", flush=True)
                     continue
                 sizes[method] = folder_bytes(path)

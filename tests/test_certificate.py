@@ -1,7 +1,7 @@
 """The parity certificate every export carries (edgelm/certificate.py), and `edgelm verify` re-running
 its probe: passes on an untouched export, fails when one weight of the artifact is changed — a GGUF
-run by llama.cpp (tiny-nope Q4_K_M), a GGUF run by edgelm's ggml executor (tiny-tokenformer, gguf-py's
-Q4_0) and an ONNX folder run by onnxruntime (tiny-nope int4). The certificate is read back by the
+run by llama.cpp (tiny-nope Q4_K_M), a GGUF run by edgelm's ggml executor (tiny-tokenformer, Q4_K_M by
+ggml's quantizer) and an ONNX folder run by onnxruntime (tiny-nope int4). The certificate is read back by the
 other projects' own readers (gguf-py's GGUFReader, onnxruntime's model metadata) and its probe is
 recomputed with llama-cpp-python's own API, not with edgelm's backend.
 
@@ -51,7 +51,7 @@ def exports(tmp_path_factory):
 
 def flip_gguf_weight(source: Path, target: Path, tensor: str) -> Path:
     """`target`: `source` with one weight of `tensor` changed — in its first block, the low nibble of the
-    last byte (in Q4_0 and Q4_K the 4-bit quants end the block) XOR 8: that weight moves by 8 steps.
+    last byte (in Q4_0, Q4_K and Q5_K the low 4 bits of the quants end the block) XOR 8: that weight moves by 8 steps.
     Where the tensor's data lies comes from gguf-py's reader."""
     shutil.copyfile(source, target)
     found = {t.name: t for t in GGUFReader(str(source)).tensors}[tensor]

@@ -159,10 +159,14 @@ def test_llama_cpp_quantizes_llama(preset_dir, tmp_path, quant, expected):
     assert np.isfinite(logits).all()
 
 
-def test_tokenformer_quantizes_with_gguf_py_and_says_so(preset_dir, tmp_path):
-    report = export_gguf(open_checkpoint(preset_dir("tiny-tokenformer")), tmp_path / "q.gguf", "int4")
-    assert report.file_type == "Q4_0" and report.notes and "Q4_K_M" in report.notes[0]
-    assert report.type_counts() == {"Q4_0": 25, "F32": 2}  # per block: q·k·v stacked (2), output (2), FFN (2)
+def test_tokenformer_quantizes_types_it_cannot_make_to_the_nearest_and_says_so(preset_dir, tmp_path):
+    """K-quant file types by ggml's quantizer (test_tokenformer_kquants.py); Q3_K_M, which llama.cpp's
+    recipe would mix with Q2_K…Q5_K, becomes the nearest type edgelm makes for an arch of its own."""
+    report = export_gguf(open_checkpoint(preset_dir("tiny-tokenformer")), tmp_path / "q.gguf", "Q3_K_M", certificate=False)
+    assert report.file_type == "Q4_K_S" and report.notes and "Q3_K_M" in report.notes[0]
+    # per block: q·k·v stacked (2), output (2), FFN (2), all Q4_K (Q4_K_S's ffn_down gets Q5_K below block
+    # n/8: none of 4); the tied LM head Q6_K
+    assert report.type_counts() == {"Q6_K": 1, "Q4_K": 24, "F32": 2}
 
 
 def test_gguf_bad_input(run_cli, preset_dir, tmp_path):
@@ -219,10 +223,10 @@ def test_interrupted_export_leaves_nothing(run_cli, preset_dir, tmp_path, monkey
 
 
 def test_quiet_silences_notes_but_not_errors(run_cli, preset_dir, tmp_path):
-    folder = preset_dir("tiny-tokenformer")
-    code, _, err = run_cli("export", folder, "--quant", "int4", "--out", tmp_path / "a.gguf")
-    assert code == 0 and "note: " in err and "Q4_K_M" in err
-    code, _, err = run_cli("--quiet", "export", folder, "--quant", "int4", "--out", tmp_path / "b.gguf")
+    folder = preset_dir("tiny-tokenformer")  # Q3_K_M: a type edgelm makes the nearest of for this arch, and says so
+    code, _, err = run_cli("export", folder, "--quant", "Q3_K_M", "--out", tmp_path / "a.gguf")
+    assert code == 0 and "note: " in err and "Q3_K_M" in err
+    code, _, err = run_cli("--quiet", "export", folder, "--quant", "Q3_K_M", "--out", tmp_path / "b.gguf")
     assert code == 0 and err == ""
-    code, _, err = run_cli("--quiet", "export", folder, "--quant", "int4", "--out", tmp_path / "b.gguf")
+    code, _, err = run_cli("--quiet", "export", folder, "--quant", "Q3_K_M", "--out", tmp_path / "b.gguf")
     assert code == 2 and "output already exists" in err

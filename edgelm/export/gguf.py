@@ -5,9 +5,11 @@ resolution, temperature fold in fp32, finiteness check; then the family's layout
 tensor that goes out unchanged (the embedding, the output head, the MLP's) streams a block of rows at
 a time, so memory stays at about one attention projection. Architectures stock llama.cpp knows are
 quantized by llama.cpp's own quantizer (quantize/llama_cpp.py, in a process of its own) from an f32
-file written beside the target; for an edgelm-defined architecture (tokenformer) gguf-py's
-`gguf.quants` quantizes each tensor (Q8_0/Q4_0/Q5_0, bit-identical to llama.cpp), since llama.cpp's
-quantizer refuses unknown archs.
+file written beside the target. llama.cpp's quantizer refuses an edgelm-defined architecture
+(tokenformer): its K-quant file types (Q4_K_M, …) are made by ggml's own quantizer, tensor by tensor,
+with llama.cpp's recipe over the roles its layout declares and the importance matrix when calibrated
+(quantize/ggml_quants.py); its legacy types (Q8_0/Q4_0/Q5_0, bit-identical to llama.cpp) by gguf-py's
+`gguf.quants`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ..fileio import atomic_output_file
 from ..gguf_keys import declared
 from ..gguf_layout import expand_names
 from ..models import Checkpoint
+from ..quantize import ggml_quants, mixed
 from ..quantize.imatrix import write_gguf as write_imatrix
 from ..quantize.llama_cpp import quantize_gguf
 from ..tokenizer import load_tokenizer
@@ -53,7 +56,8 @@ LLAMA_FILE_TYPES = {
     if t.name.startswith("MOSTLY_Q") and not t.name.endswith("_MOE") and t.name.removeprefix("MOSTLY_") not in NEEDS_IMATRIX
 }
 GGUF_PY_QUANTS = {"Q4_0": Q.Q4_0, "Q4_1": Q.Q4_1, "Q5_0": Q.Q5_0, "Q5_1": Q.Q5_1, "Q8_0": Q.Q8_0}
-NEAREST_GGUF_PY = {"Q2": "Q4_0", "Q3": "Q4_0", "Q4": "Q4_0", "Q5": "Q5_0", "Q6": "Q8_0", "Q8": "Q8_0"}
+# what an edgelm-defined arch gets for a file type neither gguf-py nor ggml_quants' recipes make
+NEAREST_NATIVE = {"Q2": "Q4_K_S", "Q3": "Q4_K_S", "Q4": "Q4_K_M", "Q5": "Q5_K_M", "Q6": "Q6_K", "Q8": "Q8_0"}
 
 
 @dataclass
@@ -184,15 +188,16 @@ class _RowStream:
 
 
 def _tensor_data(weights: ExportedWeights, source: _Source, types: dict[str, GGMLQuantizationType],
-                 sizes: dict[str, int]) -> Iterator[np.ndarray | _RowStream]:
+                 sizes: dict[str, int], importance: dict[str, np.ndarray]) -> Iterator[np.ndarray | _RowStream]:
     """The source's GGUF tensors encoded as `types`: whole, or (`streamed`) a block of rows at a time."""
     if source.streamed:  # blocks of whole rows: float conversion and block quantization work row by row
         [gguf_name] = source.outputs
-        qtype = types[gguf_name]
-        yield _RowStream(sizes[gguf_name], lambda: (_encode(gguf_name, block.numpy(), qtype) for block in weights.row_blocks(source.name)))
+        qtype, columns = types[gguf_name], importance.get(gguf_name)
+        yield _RowStream(sizes[gguf_name], lambda: (_encode(gguf_name, block.numpy(), qtype, columns)
+                                                    for block in weights.row_blocks(source.name)))
         return
     for gguf_name, tensor in gguf_tensor_data(weights, source).items():
-        yield _encode(gguf_name, tensor.contiguous().numpy(), types[gguf_name])
+        yield _encode(gguf_name, tensor.contiguous().numpy(), types[gguf_name], importance.get(gguf_name))
 
 
 def _tensor_type(shape: tuple[int, ...], wanted: GGMLQuantizationType) -> GGMLQuantizationType:
@@ -203,19 +208,25 @@ def _tensor_type(shape: tuple[int, ...], wanted: GGMLQuantizationType) -> GGMLQu
     return Q.F16 if shape[-1] % block else wanted
 
 
-def _encode(name: str, array: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+def _encode(name: str, array: np.ndarray, qtype: GGMLQuantizationType, importance: np.ndarray | None = None) -> np.ndarray:
+    """`importance`: per-column weights (one row per stacked matrix) for ggml's quantizer."""
     if qtype == Q.F32:
         return array.astype(np.float32, copy=False)  # already f32: a copy would double the largest tensor's memory
     if qtype != Q.BF16:  # f16 would turn it into inf, and block quants scale in f16 too; bf16 has f32's range
         refuse_beyond_f16(name, float(np.abs(array).max(initial=0.0)), qtype.name)
     if qtype == Q.F16:
         return array.astype(np.float16)
-    return quants.quantize(array.astype(np.float32), qtype)
+    if qtype in GGUF_PY_QUANTS.values():
+        return quants.quantize(array.astype(np.float32), qtype)
+    return ggml_quants.quantize(array, qtype.name, importance)
 
 
 def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, file_type: LlamaFileType,
-           on_tensor: Callable[[str], None] | None) -> dict[str, str]:
-    """Write the GGUF; returns each tensor's GGML type name."""
+           on_tensor: Callable[[str], None] | None, chosen: dict[str, str] | None = None,
+           importance: dict[str, np.ndarray] | None = None, note: tuple[str, str] | None = None) -> dict[str, str]:
+    """Write the GGUF, each matrix as `wanted` or its `chosen` type ({GGUF name: GGML type name}),
+    weighing ggml's rounding errors by `importance` ({GGUF name: per-column weights}), `note` a
+    (key, string) added to its metadata; returns each tensor's GGML type name."""
     family, spec = checkpoint.family, checkpoint.spec
     mapping = gguf_mapping(family)
     arch = mapping.arch(spec)
@@ -235,6 +246,8 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     writer.add_array(GGUF_HEAD_TEMPERATURES, [float(x) for x in table.flatten()])
     writer.add_bool(GGUF_HEAD_TEMPERATURES_BAKED, True)
     add_vocab(writer, load_tokenizer(checkpoint.path), spec.vocab_size)
+    if note:
+        writer.add_string(*note)
 
     weights = ExportedWeights(checkpoint)
     plan = _sources(checkpoint, weights)
@@ -242,7 +255,7 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     for source in plan:
         for gguf_name, tensor in source.outputs.items():
             shape = tuple(tensor.shape)
-            qtype = types[gguf_name] = _tensor_type(shape, wanted)
+            qtype = types[gguf_name] = Q[chosen[gguf_name]] if chosen and gguf_name in chosen else _tensor_type(shape, wanted)
             block, type_size = GGML_QUANT_SIZES[qtype]
             sizes[gguf_name] = int(np.prod(shape)) // block * type_size
             writer.add_tensor_info(gguf_name, shape, np.float32, sizes[gguf_name], raw_dtype=qtype)
@@ -250,7 +263,7 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     for source in plan:
-        for gguf_name, data in zip(source.outputs, _tensor_data(weights, source, types, sizes)):
+        for gguf_name, data in zip(source.outputs, _tensor_data(weights, source, types, sizes, importance or {})):
             writer.write_tensor_data(data)
             if on_tensor:
                 on_tensor(gguf_name)
@@ -258,39 +271,76 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     return {name: qtype.name for name, qtype in types.items()}
 
 
-def _write_imatrix(checkpoint: Checkpoint, texts: Sequence[Path], path: Path):
-    """One pass of the torch reference over `texts`, its importance matrix written at `path` under
-    the GGUF tensor names. Returns a note for the user and the matrix."""
+def _calibrate(checkpoint: Checkpoint, texts: Sequence[Path]):
+    """One pass of the torch reference over `texts`: its importance matrix (by module tensor name)."""
     from ..quantize.calibration import calibration_chunks, collect
 
     chunks = calibration_chunks(load_tokenizer(checkpoint.path), texts)
     model = checkpoint.load_model()
     imatrix = collect(model, chunks, [p.name for p in texts])
-    del model  # before llama.cpp's quantizer starts
+    del model  # before a quantizer starts
+    return imatrix
+
+
+def _imatrix_note(weights: int, imatrix, texts: Sequence[Path]) -> str:
+    return (f"importance matrix: {weights} weights, {imatrix.chunk_count} chunks × {imatrix.chunk_size} tokens of "
+            + ", ".join(p.name for p in texts))
+
+
+def _write_imatrix(checkpoint: Checkpoint, texts: Sequence[Path], path: Path):
+    """The importance matrix of `texts`, written at `path` under the GGUF tensor names. Returns a note
+    for the user and the matrix."""
+    imatrix = _calibrate(checkpoint, texts)
     names = write_imatrix(imatrix, {source: gguf for gguf, source in _tensor_plan(checkpoint).items()}, path)
-    return (f"importance matrix: {len(names)} weights, {imatrix.chunk_count} chunks × {imatrix.chunk_size} tokens of "
-            + ", ".join(p.name for p in texts)), imatrix
+    return _imatrix_note(len(names), imatrix, texts), imatrix
 
 
-def _mixed_types(checkpoint: Checkpoint, f32: Path, texts: Sequence[Path], imatrix, budget: int, type_name: str):
-    """Per-tensor GGML types within `budget` bytes (quantize/mixed.py): each weight's KLD measured on
-    `texts` (the built-in calibration text when none), the greedy allocation over the bytes the f32
-    file's other contents leave. Returns {GGUF name: type}, the note for the file, and notes for the user."""
-    from ..quantize import mixed
+def _importance(checkpoint: Checkpoint, imatrix) -> dict[str, np.ndarray]:
+    """{GGUF name: the per-column mean squares ggml's quantizer weighs its errors by}: a stacked
+    tensor one row per part, in stacking order (each of its matrices quantized with its own)."""
+    out = {}
+    for source in _sources(checkpoint, ExportedWeights(checkpoint)):
+        parts = source.stacked or (source.name,)
+        if source.name is None or len(source.outputs) != 1 or not all(p in imatrix.sums for p in parts):
+            continue
+        [(gguf_name, tensor)] = source.outputs.items()
+        columns = np.stack([imatrix.mean_squares(p) for p in parts])
+        # the layout stores each matrix with the dimension its product contracts along its rows
+        assert columns.shape[-1] == tensor.shape[-1], (gguf_name, columns.shape, tuple(tensor.shape))
+        out[gguf_name] = columns if source.stacked else columns[0]
+    return out
+
+
+def _recipe_types(checkpoint: Checkpoint, type_name: str) -> dict[str, str]:
+    """{GGUF name: GGML type} of every matrix: llama.cpp's `type_name` recipe over the roles the
+    family declares (quantize/ggml_quants.py)."""
+    family, spec = checkpoint.family, checkpoint.spec
+    roles = gguf_mapping(family).tensor_roles(spec)
+    return {gguf_name: ggml_quants.recipe_type(type_name, *roles.get(gguf_name, (None, 0)), spec.num_layers, tensor.shape[-1])
+            for source in _sources(checkpoint, ExportedWeights(checkpoint)) for gguf_name, tensor in source.outputs.items()
+            if tensor.dim() >= 2}
+
+
+def _mixed_types(checkpoint: Checkpoint, f32: Path, texts: Sequence[Path], imatrix, budget: int, type_name: str, trip):
+    """Per-tensor GGML types within `budget` bytes (quantize/mixed.py): each weight (or stack of
+    weights) its KLD measured on `texts` (the built-in calibration text when none) after `trip` through
+    the file's quantizer, the greedy allocation over the bytes the f32 file's other contents leave.
+    Returns {GGUF name: type}, the note for the file, and notes for the user."""
     from ..quantize.calibration import DEFAULT_TEXTS, calibration_chunks
 
     texts = texts or DEFAULT_TEXTS
-    plan = _tensor_plan(checkpoint)
+    plan = {gguf_name: source.stacked or source.name for source in _sources(checkpoint, ExportedWeights(checkpoint))
+            if source.name for gguf_name in source.outputs}
     model = checkpoint.load_model()
-    found = mixed.units(model, plan, mixed.gguf_sizes)
+    found = mixed.units(model, plan, mixed.gguf_sizes, gguf_mapping(checkpoint.family).transposed(checkpoint.spec))
     parameters = model.state_dict()
-    floats = sum(4 * parameters[u.param].numel() * len(u.names) for u in found)
+    floats = sum(4 * parameters[p].numel() * len(u.names) for u in found for p in u.params)
     fixed = f32.stat().st_size - floats + mixed.ALIGNMENT * len(plan) + mixed.CERTIFICATE_RESERVE
     mixed.allocate([mixed.Unit(u.param, u.names, u.sizes, dict.fromkeys(u.sizes, 0.0)) for u in found],  # refused before measuring
                    budget, fixed, type_name)
     chunks = calibration_chunks(load_tokenizer(checkpoint.path), texts, mixed.CHUNKS, mixed.CHUNK_TOKENS)
-    importance = None if imatrix is None else {u.param: imatrix.mean_squares(u.param) for u in found if u.param in imatrix.sums}
-    mixed.measure(model, chunks, found, mixed.ggml_trip(), mixed.MEASURED_TYPE, importance)
+    importance = None if imatrix is None else {p: imatrix.mean_squares(p) for u in found for p in u.params if p in imatrix.sums}
+    mixed.measure(model, chunks, found, trip, mixed.MEASURED_TYPE, importance)
     del model
     choice = mixed.allocate(found, budget, fixed, type_name)
     counts = Counter(choice.values())
@@ -300,6 +350,32 @@ def _mixed_types(checkpoint: Checkpoint, f32: Path, texts: Sequence[Path], imatr
              + ", ".join(p.name for p in texts) + f"; predicted sum {predicted:.5f})"]
     note = (mixed.NOTE_KEY, f"max_size={budget} predicted_kld={predicted:.6f} measured={mixed.MEASURED_TYPE}")
     return mixed.overrides(found, choice), note, notes
+
+
+def _write_ggml_quants(checkpoint: Checkpoint, path: Path, type_name: str, on_tensor, calibration: Sequence[Path],
+                       max_size: int | None, notes: list[str]) -> dict[str, str]:
+    """An arch llama.cpp's quantizer does not know, as a K-quant file type: ggml's quantizer with
+    llama.cpp's recipe for `type_name` (or, with `max_size`, the mixed-precision choice, measured
+    through the same quantizer), weighing errors by the calibration's importance matrix when given."""
+    imatrix = importance = None
+    if calibration:
+        imatrix = _calibrate(checkpoint, calibration)
+        importance = _importance(checkpoint, imatrix)
+        notes.append(_imatrix_note(len(importance), imatrix, calibration) + " (ggml's quantizer)")
+    types, note = _recipe_types(checkpoint, type_name), None
+    if max_size is not None:  # the f32 file, as llama.cpp's path has it: the allocation's measure of the other bytes
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.f32-", suffix=".gguf", dir=path.parent)
+        os.close(fd)
+        try:
+            _write(checkpoint, Path(name), Q.F32, LlamaFileType.ALL_F32, None)
+            chosen, note, chosen_notes = _mixed_types(checkpoint, Path(name), calibration, imatrix, max_size, type_name,
+                                                      ggml_quants.round_trip)
+        finally:
+            Path(name).unlink(missing_ok=True)
+        types |= chosen
+        notes += chosen_notes
+    return _write(checkpoint, path, Q[ggml_quants.RECIPES[type_name][0]], LLAMA_FILE_TYPES[type_name], on_tensor, types,
+                  importance, note)
 
 
 def export_gguf(
@@ -350,7 +426,8 @@ def export_gguf(
                 _write(checkpoint, Path(name), Q.F32, LlamaFileType.ALL_F32, on_tensor)
                 types, key = None, None
                 if max_size is not None:
-                    types, key, chosen = _mixed_types(checkpoint, Path(name), calibration, matrix, max_size, type_name)
+                    types, key, chosen = _mixed_types(checkpoint, Path(name), calibration, matrix, max_size, type_name,
+                                                      mixed.ggml_trip())
                     notes += chosen
                 written = quantize_gguf(Path(name), tmp, int(LLAMA_FILE_TYPES[type_name]), type_name, imatrix, types, key)
             finally:
@@ -358,16 +435,19 @@ def export_gguf(
                 if imatrix:
                     imatrix.unlink(missing_ok=True)
         else:
-            if max_size is not None:
-                raise UserError(f"--max-size needs llama.cpp's quantizer, which does not know arch {arch!r}", checkpoint.path / "config.json",
-                                "export without --max-size")
-            native = type_name if type_name in GGUF_PY_QUANTS else NEAREST_GGUF_PY[type_name[:2]]
-            if calibration:
-                notes.append("no importance matrix: gguf-py's quantizer, which quantizes this arch, takes none")
+            native = type_name if type_name in GGUF_PY_QUANTS or type_name in ggml_quants.RECIPES else NEAREST_NATIVE[type_name[:2]]
             if native != type_name:
                 notes.append(f"{type_name} needs llama.cpp's quantizer, which does not know arch {arch!r}; "
-                             f"gguf-py quantized to {native}, the nearest type it can produce")
-            written = _write(checkpoint, tmp, GGUF_PY_QUANTS[native], LLAMA_FILE_TYPES[native], on_tensor)
+                             f"quantized to {native}, the nearest type edgelm makes for it")
+            if native in ggml_quants.RECIPES:  # ggml's quantizer, llama.cpp's recipe, the importance matrix when calibrated
+                written = _write_ggml_quants(checkpoint, tmp, native, on_tensor, calibration, max_size, notes)
+            else:
+                if max_size is not None:
+                    raise UserError(f"--max-size chooses among K-quants, which {native} is not", None,
+                                    "give --quant int4 (Q4_K_M), or leave out --max-size")
+                if calibration:
+                    notes.append(f"no importance matrix: gguf-py's quantizer, which makes {native}, takes none")
+                written = _write(checkpoint, tmp, GGUF_PY_QUANTS[native], LLAMA_FILE_TYPES[native], on_tensor)
             type_name = native
         if certificate:
             from ..certificate import certify_gguf

@@ -55,6 +55,17 @@ class GgufMapping:
         converter's `generate_extra_tensors`: Llama 3's rope_freqs)."""
         return iter(())
 
+    def tensor_roles(self, spec: ModelSpec) -> dict[str, tuple[str, int]]:
+        """For an arch llama.cpp's quantizer does not know (edgelm quantizes it with ggml's
+        quantizer): GGUF tensor name → (llama.cpp tensor category whose K-quant recipe rule it
+        follows, its block number). Tensors left out take the file type's base type."""
+        return {}
+
+    def transposed(self, spec: ModelSpec) -> frozenset[str]:
+        """The checkpoint tensors `transform` stores transposed (a quantizer's rows are then the
+        checkpoint's columns)."""
+        return frozenset()
+
 
 def register_gguf(cls: type[GgufMapping]) -> type[GgufMapping]:
     """Class decorator: the GGUF mapping of `cls.family`, which the class itself must name (a subclass

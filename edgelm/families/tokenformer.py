@@ -208,3 +208,10 @@ class TokenFormerGguf(GgufMapping):
         """Sources the layout declares transposed (V_p [n, d_out] as [d_out, n], ggml [n, d_out], as
         llama.cpp stores a Linear's weight: ggml's mul_mat then multiplies the quantized rows in place)."""
         return tensor.t() if name in _transposed_sources(spec.num_layers) else tensor
+
+    def tensor_roles(self, spec):
+        return {name: (tensor.role, bid) for tensor in layout.TENSORS if tensor.role
+                for bid, name in enumerate(tensor.names(spec.num_layers))}
+
+    def transposed(self, spec):
+        return _transposed_sources(spec.num_layers)

@@ -27,12 +27,15 @@ class Tensor:
     """One GGUF tensor. `name` is a template over the block number `{bid}`; `sources` the checkpoint
     tensors it is made from (templates as the family's checkpoint names them), several stacked in this
     order along a new outermost axis; `transposed`: each source is stored transposed. `shape`: ggml's
-    (ne0 first), each entry a whole number, a Key whose value it is, or VOCAB."""
+    (ne0 first), each entry a whole number, a Key whose value it is, or VOCAB. `role`: the llama.cpp
+    tensor category whose rule of the K-quant recipes it follows (quantize/ggml_quants.py: "output",
+    "attn_qkv", "ffn_down"); None, the file type's base type."""
 
     name: str
     sources: tuple[str, ...]
     shape: tuple[int | Key | str, ...]
     transposed: bool = False
+    role: str | None = None
 
     def names(self, layers: int) -> list[str]:
         return [self.name.format(bid=bid) for bid in range(layers)] if "{bid}" in self.name else [self.name]

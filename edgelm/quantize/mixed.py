@@ -95,12 +95,20 @@ def round_trip(weight: np.ndarray, type_name: str, importance: np.ndarray | None
 @dataclass
 class Unit:
     """One weight of the reference and the artifact tensors made from it (two when an LM head is tied
-    to the embedding: both take one type, since the reference cannot quantize them apart)."""
+    to the embedding: both take one type, since the reference cannot quantize them apart); or several
+    weights of the same shape stacked into one artifact tensor (`parts`, `param` the first), which
+    takes one type, so they are measured together."""
 
     param: str
     names: list[str]  # the artifact's tensors made from it
     sizes: dict[str, int]  # type → bytes of one of them, cheapest first: the candidates
     kld: dict[str, float] = field(default_factory=dict)  # type → measured (the measured type) or predicted KLD
+    parts: tuple[str, ...] = ()  # the stacked weights, `param` first; () for one weight
+    transposed: bool = False  # the artifact stores the weight transposed: its rows are the reference's columns
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        return self.parts or (self.param,)
 
     @property
     def candidates(self) -> tuple[str, ...]:
@@ -110,21 +118,28 @@ class Unit:
         return len(self.names) * self.sizes[type_name]
 
 
-def units(model: torch.nn.Module, plan: dict[str, str], sizes) -> list[Unit]:
+def units(model: torch.nn.Module, plan: dict[str, str | tuple[str, ...]], sizes, transposed: frozenset[str] = frozenset()) -> list[Unit]:
     """The 2-D weights of `model` that artifact tensors are made from (`plan`: artifact name → source
-    name), grouped by the parameter they share; `sizes(rows, per_row)`: {type: bytes} of the types
-    such a weight can take, cheapest first (a weight with none is left to the quantizer's own choice)."""
+    name, or the source names stacked into it), grouped by the parameter they share; `sizes(rows,
+    per_row)`: {type: bytes} of the types such a weight (a stack: all its rows) can take, cheapest
+    first (a weight with none is left to the quantizer's own choice); `transposed`: the sources the
+    artifact stores transposed."""
     tensors = model.state_dict(keep_vars=True)
     found: dict[int, Unit] = {}
     for name, source in plan.items():
-        tensor = tensors.get(source)
-        if tensor is None or tensor.dim() != 2:
+        parts = (source,) if isinstance(source, str) else tuple(source)
+        stack = [tensors.get(p) for p in parts]
+        tensor = stack[0]
+        if any(t is None or t.dim() != 2 or t.shape != tensor.shape for t in stack):
             continue
         key = tensor.untyped_storage().data_ptr()
         if key in found:
             found[key].names.append(name)
-        elif fits := sizes(*tensor.shape):
-            found[key] = Unit(source, [name], fits)
+        else:
+            flip = parts[0] in transposed
+            rows, per_row = tensor.shape[::-1] if flip else tensor.shape
+            if fits := sizes(len(parts) * rows, per_row):
+                found[key] = Unit(parts[0], [name], fits, parts=parts if len(parts) > 1 else (), transposed=flip)
     return list(found.values())
 
 
@@ -152,16 +167,22 @@ def measure(model, chunks: list[list[int]], found: list[Unit], trip, measured_ty
     reference = F.log_softmax(model(ids)[0].double(), dim=-1)
     tensors = model.state_dict(keep_vars=True)
     for unit in found:
-        param = tensors[unit.param]
-        original = param.data.clone()
-        weight = original.numpy()
-        columns = None if importance is None else importance.get(unit.param)
-        trips = {t: trip(weight, t, columns) for t in unit.candidates}
-        param.data.copy_(torch.from_numpy(trips[measured_type]))
+        errors = dict.fromkeys(unit.candidates, 0.0)
+        originals = {}
+        for name in unit.params:  # a stack's weights quantized together, as the one tensor holds them
+            param = tensors[name]
+            original = originals[name] = param.data.clone()
+            weight = original.numpy().T if unit.transposed else original.numpy()  # as the artifact's rows hold it
+            columns = None if importance is None else importance.get(name)
+            trips = {t: trip(weight, t, columns) for t in unit.candidates}
+            measured_weight = torch.from_numpy(trips[measured_type])
+            param.data.copy_(measured_weight.T if unit.transposed else measured_weight)
+            weigh = np.ones(weight.shape[1]) if columns is None else columns.astype(np.float64)
+            for t, values in trips.items():
+                errors[t] += float((np.square(values.astype(np.float64) - weight) * weigh).sum())
         measured = _kld(reference, model(ids)[0])
-        param.data.copy_(original)
-        weigh = np.ones(weight.shape[1]) if columns is None else columns.astype(np.float64)
-        errors = {t: float((np.square(trip.astype(np.float64) - weight) * weigh).sum()) for t, trip in trips.items()}
+        for name, original in originals.items():
+            tensors[name].data.copy_(original)
         unit.kld = {t: measured * errors[t] / max(errors[measured_type], 1e-30) for t in unit.candidates}
         if on_unit:
             on_unit(unit)
