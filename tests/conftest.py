@@ -1,3 +1,4 @@
+import signal
 import sys
 from pathlib import Path
 
@@ -8,6 +9,12 @@ from edgelm.cli import main
 from edgelm.models.presets import write_preset
 
 TINY = ("tiny-nope", "tiny-rope", "tiny-ngen4", "tiny-tokenformer")
+
+# A shell without job control starts `cmd &` with SIGINT ignored, and children inherit an ignored signal
+# through exec: the tests' Ctrl-C to `edgelm serve` or `chat` then did nothing and the suite waited
+# (a suite started in the background hung at 66 %). The suite's children get Ctrl-C as a terminal gives it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
