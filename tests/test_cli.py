@@ -120,12 +120,18 @@ def test_sigterm_to_a_waiting_chat_exits_143(tmp_path):
     import subprocess
     import sys
 
+    import threading
+
     child = subprocess.Popen([sys.executable, "-m", "edgelm", "chat", _MODEL], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(300, child.kill)  # a banner that never comes fails the test instead of hanging the suite
+    watchdog.start()
     try:
-        assert "/reset, /exit" in child.stdout.readline()  # the banner: the model is open, the prompt next
+        banner = child.stderr.readline()  # on stderr, as llama-cli's logs: the model is open, the prompt next
+        assert "/reset, /exit" in banner, banner
         child.send_signal(signal.SIGTERM)
         _, err = child.communicate(timeout=60)
     finally:
+        watchdog.cancel()
         child.kill()
     assert child.returncode == 143 and "Traceback" not in err and "terminated; nothing was left half-written" in err, (child.returncode, err)
