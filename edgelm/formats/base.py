@@ -24,7 +24,7 @@ DEFAULT_CONTEXT_LENGTH = 4096
 log = logging.getLogger("edgelm")
 
 
-# runtime options one engine honours and another has no use for: LoadOptions field -> (the values that ask for
+# load options one engine honours and another has no use for: LoadOptions field -> (the values that ask for
 # nothing, the command line's flag, what it applies to, what to do instead per format kind; else "drop FLAG")
 RUNTIME_OPTIONS = {
     "f32_kv_cache": ((False,), "--f32-kv-cache", "a GGUF file (llama.cpp's and the ggml executor's KV cache type)",
@@ -45,6 +45,7 @@ RUNTIME_OPTIONS = {
     "device": (("cpu", "auto"), "--device", "a model folder (the torch reference) and a GGUF edgelm's ggml executor runs",
                {"onnx folder": "drop --device; --provider cuda (onnxruntime's CUDA execution provider) runs an ONNX folder on a GPU",
                 "gguf": "llama.cpp runs this file: drop --device; --gpu-layers N offloads N layers to a GPU (llama.cpp's -ngl)"}),
+    "allow_pickle": ((False,), "--allow-pickle", "a model folder whose weights are a pickle (pytorch_model.bin)", {}),
 }
 
 

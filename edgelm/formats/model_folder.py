@@ -22,7 +22,7 @@ def _temperature_summary(table) -> dict[str, Any]:
 @register
 class ModelFolder(Format):
     kind = "model folder"
-    honoured = frozenset({"f32_kv_cache", "device"})  # the fp32 torch reference's cache is float32 anyway
+    honoured = frozenset({"f32_kv_cache", "device", "allow_pickle"})  # the fp32 torch reference's cache is float32 anyway
     bundled = False
 
     @classmethod
