@@ -151,16 +151,10 @@ def inspect(
 
 
 def _device(requested: str) -> str:
+    """--device as asked, checked by name: auto is resolved by the engine that takes a device (an explicit
+    device on one that does not is refused: LoadOptions.refuse_unused), so auto works everywhere."""
     if requested not in ("auto", "cpu", "cuda"):
         raise UserError(f"unknown --device {requested!r}", None, "use auto, cpu or cuda")
-    if requested == "cpu":
-        return requested  # without importing torch: running a GGUF or ONNX artifact does not need it
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda, but torch sees no CUDA GPU", None, "use --device cpu or auto")
     return requested
 
 
@@ -636,9 +630,10 @@ def verify(
     from .certificate import verify as check
     from .constants import ONNX_MANIFEST
     from .formats import detect
+    from .formats.base import resolve_device
 
     fmt = detect(artifact_path)
-    threads, device = _threads(threads), _device(device)
+    threads, device = _threads(threads), resolve_device(_device(device))
     # a GGUF file or an ONNX export (its edgelm.json) is checked as itself; anything else as a bundle, whose
     # checks say what is missing (a bundle folder without its manifest is refused, not run as an ONNX folder)
     if fmt.bundled and (artifact_path.is_file() or (artifact_path / ONNX_MANIFEST).is_file()):
@@ -778,6 +773,7 @@ def calibrate(
     """Tune per-head attention temperatures at a longer length (HeadScale), every weight frozen."""
     from .calibrate import CalibrationSettings, calibrate as run
     from .fileio import atomic_output_file, refuse_existing
+    from .formats.base import resolve_device
     from .models import open_checkpoint
     from .models.checkpoint import write_head_temperatures
 
@@ -798,7 +794,7 @@ def calibrate(
     if len(ids) < need:
         raise UserError(f"the text is {len(ids)} tokens; length {target_length} needs at least {need} "
                         f"({settings.eval_windows} held-out windows and one to train on)", text, "give a longer text or a smaller --target-length")
-    model = checkpoint.load_model(_device(device))
+    model = checkpoint.load_model(resolve_device(_device(device)))
     if not model.attention_modules():
         raise UserError("this model has no attention heads to scale", model_dir, "calibration applies to attention models")
 

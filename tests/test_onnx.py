@@ -302,6 +302,32 @@ def test_onnx_bad_input(run_cli, exported, tmp_path):
     assert manifest["family"] == "llama" and len(manifest["source_checkpoint_sha256"]) == 64
 
 
+def test_open_reports_only_onnxruntimes_load_errors_as_an_unloadable_file(exported, run_cli, tmp_path, monkeypatch):
+    """open() turned every exception into 'onnxruntime cannot load model.onnx': a bug in edgelm's backend read
+    as a damaged file. A graph onnxruntime refuses stays one line; edgelm's own error is not hidden."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgelm.runtime.onnx_backend import OnnxBackend
+
+    from .test_bad_input import assert_user_error
+
+    _, folder = exported("tiny-rope")
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("NoSuchOperator", ["x"], ["y"])], "g", value[:1], value[1:])
+    onnx.save(helper.make_model(graph), copy / "model.onnx")  # a well-formed protobuf onnxruntime refuses: InvalidGraph
+    assert_user_error(run_cli("generate", copy, "--prompt", "Hello"), "onnxruntime cannot load model.onnx", "INVALID_GRAPH", str(copy))
+
+    def bug(self, model):
+        raise ZeroDivisionError("a bug in edgelm")
+
+    monkeypatch.setattr(OnnxBackend, "_check_against_graph", bug)
+    with pytest.raises(ZeroDivisionError):  # before: UserError "onnxruntime cannot load model.onnx (a bug in edgelm)"
+        open_artifact(folder)
+
+
 def test_inspect_reads_an_onnx_folder(run_cli, exported):
     checkpoint, folder = exported("tiny-nope")
     code, out, err = run_cli("inspect", folder, "--json")

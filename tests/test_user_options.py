@@ -250,13 +250,54 @@ def onnx_folder(tmp_path_factory):
     ("gguf", ("perplexity", "{path}", "--provider", "cuda"), ("--provider",)),
     ("model", ("generate", "{path}", "--prompt", PROMPT, "--gpu-layers", 1), ("--gpu-layers", "--device cuda")),
     ("model", ("generate", "{path}", "--prompt", PROMPT, "--provider", "cuda"), ("--provider", "--device cuda")),
+    ("onnx", ("generate", "{path}", "--prompt", PROMPT, "--allow-pickle"), ("--allow-pickle applies to a model folder", "drop --allow-pickle")),
+    ("gguf", ("perplexity", "{path}", "--allow-pickle"), ("--allow-pickle applies to a model folder", "drop --allow-pickle")),
 ])
 def test_an_option_the_artifacts_engine_has_no_use_for_is_refused(run_cli, gguf, onnx_folder, artifact, args, needles):
     """`parity --f32-kv-cache` on an ONNX folder ran the graph's own cache and said nothing; --gpu-layers and
-    --provider were as silently dropped by the engines without them. Each is one line naming the file."""
+    --provider were as silently dropped by the engines without them, --allow-pickle by every exported
+    artifact. Each is one line naming the file."""
     path = {"onnx": onnx_folder, "gguf": gguf, "model": MODEL}[artifact]
     result = run_cli(*[str(path) if a == "{path}" else a for a in args])
     assert_user_error(result, *needles, str(path))
+
+
+def test_an_explicit_device_on_an_engine_without_one_is_refused(run_cli, gguf, onnx_folder, monkeypatch):
+    """On a GPU machine `--device cuda` ran an ONNX folder and a llama.cpp GGUF on the CPU and said nothing
+    (torch's view of the GPU stands in for one here); now one line names the option their engine takes."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    result = run_cli("generate", onnx_folder, "--prompt", PROMPT, "--max-new-tokens", 2, "--device", "cuda")
+    assert_user_error(result, "--device applies to a model folder", "--provider cuda", str(onnx_folder))
+    result = run_cli("perplexity", gguf, "--device", "cuda")
+    assert_user_error(result, "--device", "llama.cpp runs this file", "--gpu-layers N", str(gguf))
+
+
+def test_device_auto_runs_every_engine_on_a_gpu_machine(run_cli, gguf, onnx_folder, monkeypatch):
+    """auto is cuda wherever torch sees a GPU: an ONNX folder and a GGUF llama.cpp runs take it as asking
+    for nothing (their GPU options are --provider and --gpu-layers), as parity's default --device auto."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for path, engine in [(onnx_folder, "onnxruntime (cpu)"), (gguf, "llama.cpp")]:
+        code, out, err = run_cli("generate", path, "--prompt", PROMPT, "--max-new-tokens", 2, "--device", "auto", "--json")
+        assert code == 0 and json.loads(out)["engine"] == engine, err
+
+
+def test_device_reaches_the_engines_that_take_it(run_cli, preset_dir, tmp_path):
+    """A model folder (torch) and a GGUF edgelm's ggml executor runs take --device cuda: not refused by the
+    table, they ask torch for the GPU this machine lacks."""
+    import torch
+
+    from edgelm.export.gguf import export_gguf
+    from edgelm.models import open_checkpoint
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    tokenformer = export_gguf(open_checkpoint(preset_dir("tiny-tokenformer")), tmp_path / "tf.gguf", "f32", certificate=False).path
+    for path in [MODEL, tokenformer]:
+        assert_user_error(run_cli("generate", path, "--prompt", PROMPT, "--device", "cuda"), "torch sees no CUDA GPU")
 
 
 def test_parity_and_perplexity_read_only_the_head_of_a_huge_text(run_cli, gguf, tmp_path, monkeypatch):

@@ -24,19 +24,42 @@ DEFAULT_CONTEXT_LENGTH = 4096
 log = logging.getLogger("edgelm")
 
 
-# runtime options one engine honours and another has no use for: LoadOptions field -> (its default, the
-# command line's flag, what it applies to, what to do instead per format kind; else "drop FLAG")
+# load options one engine honours and another has no use for: LoadOptions field -> (the values that ask for
+# nothing, the command line's flag, what it applies to, what to do instead per format kind; else "drop FLAG")
 RUNTIME_OPTIONS = {
-    "f32_kv_cache": (False, "--f32-kv-cache", "a GGUF file (llama.cpp's and the ggml executor's KV cache type)",
+    "f32_kv_cache": ((False,), "--f32-kv-cache", "a GGUF file (llama.cpp's and the ggml executor's KV cache type)",
                      {"onnx folder": "drop --f32-kv-cache: an ONNX graph's KV cache type is fixed at export (float32 at "
                                      "--quant f32, int8 and int4; float16 at f16)"}),
-    "gpu_layers": (0, "--gpu-layers", "a GGUF file (llama.cpp's layer offload)",
+    "gpu_layers": ((0,), "--gpu-layers", "a GGUF file (llama.cpp's layer offload)",
                    {"onnx folder": "drop --gpu-layers; --provider cuda (or another GPU provider) runs an ONNX folder on a GPU",
                     "model folder": "drop --gpu-layers; --device cuda runs a model folder on a GPU"}),
-    "provider": ("cpu", "--provider", "an ONNX folder (onnxruntime's execution provider)",
+    "provider": (("cpu",), "--provider", "an ONNX folder (onnxruntime's execution provider)",
                  {"gguf": "drop --provider; --gpu-layers N offloads a GGUF to a GPU",
                   "model folder": "drop --provider; --device cuda runs a model folder on a GPU"}),
+    # --device places torch's tensors (and edgelm's ggml executor's graph). onnxruntime and llama.cpp users place
+    # work with their engine's own option, which edgelm also takes: an execution provider (CUDA's needs the
+    # onnxruntime-gpu package) and a count of offloaded layers (llama.cpp's -ngl, bounded by GPU memory).
+    # Mapping cuda onto either would guess a package or a layer count, and give one knob two names; an explicit
+    # device is refused with the option to use. auto asks for nothing: it is cuda on any GPU machine, where
+    # every engine still runs as its own options say.
+    "device": (("cpu", "auto"), "--device", "a model folder (the torch reference) and a GGUF edgelm's ggml executor runs",
+               {"onnx folder": "drop --device; --provider cuda (onnxruntime's CUDA execution provider) runs an ONNX folder on a GPU",
+                "gguf": "llama.cpp runs this file: drop --device; --gpu-layers N offloads N layers to a GPU (llama.cpp's -ngl)"}),
+    "allow_pickle": ((False,), "--allow-pickle", "a model folder whose weights are a pickle (pytorch_model.bin)", {}),
 }
+
+
+def resolve_device(requested: str) -> str:
+    """The torch device a --device names: auto is cuda where torch sees a CUDA GPU, else cpu."""
+    if requested == "cpu":
+        return requested  # without importing torch: running a GGUF or ONNX artifact does not need it
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but torch sees no CUDA GPU", None, "use --device cpu or auto")
+    return requested
 
 
 @dataclass(frozen=True)
@@ -44,7 +67,7 @@ class LoadOptions:
     position_encoding: str | None = None  # model folders only
     head_temperatures: Path | list | None = None  # model folders only: a file, or a [layers][heads] table
     allow_pickle: bool = False  # model folders only
-    device: str = "cpu"  # torch reference; cuda also puts edgelm's ggml executor on a GPU
+    device: str = "cpu"  # as asked (auto, cpu, cuda): the torch reference's; cuda also puts edgelm's ggml executor on a GPU
     threads: int | None = None  # llama.cpp and onnxruntime
     gpu_layers: int = 0  # llama.cpp offload, where the build has a GPU
     f32_kv_cache: bool = False  # llama.cpp: its default f16 cache alone costs ~1e-3 in logits
@@ -65,9 +88,13 @@ class LoadOptions:
         """One line for a runtime option set away from its default that this format's engine has no use for
         (`parity --f32-kv-cache` on an ONNX folder ran its own cache type and said nothing), as llama.cpp and
         onnxruntime refuse an option they do not know rather than run without it."""
-        for name, (default, flag, applies, fix) in RUNTIME_OPTIONS.items():
-            if name not in honoured and getattr(self, name) != default:
+        for name, (unasked, flag, applies, fix) in RUNTIME_OPTIONS.items():
+            if name not in honoured and getattr(self, name) not in unasked:
                 raise UserError(f"{flag} applies to {applies}, not to a {kind}", path, fix.get(kind, f"drop {flag}"))
+
+    def resolved_device(self) -> str:
+        """The device the engines that take --device run on (resolve_device)."""
+        return resolve_device(self.device)
 
     def refuse_model_overrides(self, path: Path, kind: str) -> None:
         """An exported artifact carries its position encoding and temperatures inside."""

@@ -92,7 +92,7 @@ class GGUF(Format):
 
     def open(self, options: LoadOptions) -> Artifact:
         options.refuse_model_overrides(self.path, "GGUF file")
-        options.refuse_unused(self.path, self.kind, self.honoured)
+        options.refuse_unused(self.path, self.kind, self.honoured | ({"device"} if self.runs_on_ggml_executor else set()))
         context = options.context_for(self.context_length())
         details = {"family": self.gguf.field(GGUF_FAMILY), "arch": self.gguf.arch,
                    "position_encoding": self.gguf.field(GGUF_POSITION_ENCODING)}
@@ -124,7 +124,7 @@ class GGUF(Format):
             from ..runtime.gguf_file import gguf_tokenizer
 
             tokenizer = gguf_tokenizer(self.gguf)
-            backend = GGMLBackend(self.gguf, context, options.threads, options.f32_kv_cache, gpu=options.gpu_layers > 0 or options.device == "cuda")
+            backend = GGMLBackend(self.gguf, context, options.threads, options.f32_kv_cache, gpu=options.gpu_layers > 0 or options.resolved_device() == "cuda")
             engine = f"edgelm ggml executor ({backend.device})"
             details["engine_version"] = f"ggml-python {ggml_version}"
         backend.context_length = context

@@ -22,7 +22,7 @@ def _temperature_summary(table) -> dict[str, Any]:
 @register
 class ModelFolder(Format):
     kind = "model folder"
-    honoured = frozenset({"f32_kv_cache"})  # the fp32 torch reference's cache is float32 anyway
+    honoured = frozenset({"f32_kv_cache", "device", "allow_pickle"})  # the fp32 torch reference's cache is float32 anyway
     bundled = False
 
     @classmethod
@@ -41,10 +41,11 @@ class ModelFolder(Format):
 
         options.refuse_unused(self.path, self.kind, self.honoured)
         checkpoint = self._checkpoint(options)
-        backend = TorchBackend(checkpoint.load_model(options.device), options.threads)
+        device = options.resolved_device()
+        backend = TorchBackend(checkpoint.load_model(device), options.threads)
         backend.context_length = options.context_for(backend.context_length)  # a limit only: torch's cache grows
         details = {"family": checkpoint.spec.family, "position_encoding": checkpoint.spec.position_encoding}
-        return Artifact(self.path, self, f"torch ({options.device})", load_tokenizer(self.path), backend, details)
+        return Artifact(self.path, self, f"torch ({device})", load_tokenizer(self.path), backend, details)
 
     def describe(self, options: LoadOptions) -> dict[str, Any]:
         from ..tokenizer import load_tokenizer

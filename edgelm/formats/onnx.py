@@ -51,13 +51,7 @@ class OnnxFolder(Format):
 
         options.refuse_model_overrides(self.path, "ONNX folder")
         options.refuse_unused(self.path, self.kind, self.honoured)
-        try:
-            backend = OnnxBackend(self.model_file, self.genai, self.manifest, options.threads, options.provider)
-        except UserError:
-            raise
-        except Exception as exc:  # onnxruntime raises its own types for a damaged graph
-            raise UserError(f"onnxruntime cannot load {self.model_file.name} ({str(exc).splitlines()[0][:200]})", self.path,
-                            "export the model again") from None
+        backend = OnnxBackend(self.model_file, self.genai, self.manifest, options.threads, options.provider)
         backend.context_length = options.context_for(backend.context_length)
         backend.refuse_cache_past_memory()
         details = {k: self.manifest.get(k) for k in ("family", "position_encoding", "quantization")}

@@ -49,7 +49,22 @@ def session_for(model: Path, threads: int | None, provider: str):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(model), options, providers=[name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(model), options, providers=[name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"])
+    except unloadable_errors() as exc:
+        raise UserError(f"onnxruntime cannot load {model.name} ({str(exc).splitlines()[0][:200]})", model.parent,
+                        "export the model again") from None
+
+
+def unloadable_errors() -> tuple[type[Exception], ...]:
+    """onnxruntime's own exception types that mean it cannot load the file: a damaged protobuf, an invalid
+    graph, an operator no kernel of this build runs, external data it cannot read or refuses. Only these:
+    any other exception while opening is a bug in edgelm (or an execution provider failing), and was
+    reported as a damaged file when open() caught every exception."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    return (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.NotImplemented, ort_errors.NoSuchFile,
+            ort_errors.NoModel, ort_errors.Fail, ort_errors.InvalidArgument)
 
 
 class OnnxBackend(Backend):
