@@ -12,6 +12,15 @@ and llama-quantize; default $LLAMA_CPP_TOOLS; rows skipped with a note when abse
 `llama-imatrix` over the same 16 × 256-token windows (decoded to text, `-c 256`) → `llama-quantize
 --imatrix … Q4_K_M`; and `llama-quantize --imatrix` fed edgelm's own imatrix.gguf, which shows that
 llama.cpp's tool reads the file edgelm writes.
+
+onnxruntime-genai's model builder (`python -m onnxruntime_genai.models.builder -p int4 -e cpu`, block 32,
+symmetric, accuracy_level 4 — the same MatMulNBits settings as edgelm's int4), where it runs (`--genai-python
+PY`, default $EDGELM_GENAI_PYTHON, else this interpreter; rows skipped with a note when it cannot import):
+its default RTN, `algo_config=k_quant` and `algo_config=k_quant_mixed` (k_quant with the LM head and
+llama.cpp's "mixed" layers at int8), on a Hugging Face folder written from the shipped checkpoint (the head
+temperatures λ folded into q_proj; a NoPE model as SmolLM3ForCausalLM with every layer's `no_rope_layers`
+0, the builder's one llama with RoPE switched off per layer); edgelm opens the builder's folder as it opens
+any ONNX folder. The builder keeps the embedding table at fp32.
 """
 
 from __future__ import annotations
@@ -54,6 +63,19 @@ METHODS = {
     "llama-quantize with edgelm's imatrix": ("llama.cpp", {"imatrix_by": "edgelm"}),
     "llama.cpp-size mixed imatrix": ("gguf", {"quant": "int4", "calibrated": True, "max_size_of": "llama.cpp imatrix Q4_K_M"}),
     "ONNX int4 RTN (stock)": ("onnx", {"quant": "int4", "calibrated": False}),
+    # onnxruntime-genai's model builder (--genai-python): its RTN, k_quant, k_quant_mixed
+    "genai builder int4 RTN": ("genai", {"extra_options": ()}),
+    "genai builder int4 k_quant": ("genai", {"extra_options": ("algo_config=k_quant",)}),
+    "genai builder int4 k_quant_mixed": ("genai", {"extra_options": ("algo_config=k_quant_mixed",)}),
+    # edgelm's calibrated size-budgeted int4 within each builder file's size in this run
+    "ONNX k_quant-size mixed calibrated": ("onnx", {"quant": "int4", "calibrated": True, "max_size_of": "genai builder int4 k_quant"}),
+    "ONNX k_quant_mixed-size mixed calibrated": ("onnx", {"quant": "int4", "calibrated": True,
+                                                         "max_size_of": "genai builder int4 k_quant_mixed"}),
+    # the same budgets with the embedding Gather at int4 too (the builder keeps it fp32), which frees bytes
+    "ONNX k_quant-size mixed calibrated + int4 embedding": ("onnx", {"quant": "int4", "calibrated": True, "int4_embedding": True,
+                                                                    "max_size_of": "genai builder int4 k_quant"}),
+    "ONNX k_quant_mixed-size mixed calibrated + int4 embedding": ("onnx", {"quant": "int4", "calibrated": True, "int4_embedding": True,
+                                                                          "max_size_of": "genai builder int4 k_quant_mixed"}),
     "ONNX int4 calibrated": ("onnx", {"quant": "int4", "calibrated": True}),
     # size-budgeted: MatMuls at 8 bits by measured sensitivity within the RTN folder's size in this run
     "ONNX RTN-size mixed + int4 embedding": ("onnx", {"quant": "int4", "calibrated": False, "int4_embedding": True,
@@ -66,11 +88,14 @@ METHODS = {
 
 
 def export(model_dir: Path, out: Path, fmt: str, quant: str = "int4", calibrated: bool | None = None, max_size: int | None = None,
-           tools: Path | None = None, imatrix_by: str = "", **onnx_options) -> Path:
+           tools: Path | None = None, imatrix_by: str = "", genai_python: str = sys.executable, extra_options: tuple = (),
+           **onnx_options) -> Path:
     from edgelm.quantize.calibration import DEFAULT_TEXTS
 
     if fmt == "llama.cpp":
         return llama_cpp_export(model_dir, out, tools, imatrix_by)
+    if fmt == "genai":
+        return genai_builder_export(model_dir, out, genai_python, extra_options)
     checkpoint = open_checkpoint(model_dir)
     texts = DEFAULT_TEXTS if calibrated else ()
     if fmt == "gguf":
@@ -118,9 +143,88 @@ def llama_cpp_export(model_dir: Path, out: Path, tools: Path | None, imatrix_by:
     return out
 
 
+def hf_llama_folder(model_dir: Path, out: Path) -> Path:
+    """The shipped llama checkpoint as a folder transformers (and so the genai builder) loads as its own:
+    λ folded into q_proj (the reference computes q·λ_h), edgelm's keys dropped; NoPE as SmolLM3 with no
+    layer rotated (transformers' llama always rotates)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from edgelm.constants import TOKENIZER_FILES
+
+    checkpoint = open_checkpoint(model_dir)
+    spec = checkpoint.spec
+    if checkpoint.config.get("architectures") != ["LlamaForCausalLM"]:
+        raise NotMade(f"the genai builder takes this comparison's Hugging Face llama; {model_dir.name} is "
+                      f"{checkpoint.config.get('architectures')}")
+    if spec.rotated_dims not in (0, spec.head_dim):
+        raise NotMade(f"partial rotary ({spec.rotated_dims} of {spec.head_dim} dims) has no Hugging Face llama form")
+    temperatures = checkpoint.head_temperatures()
+    template = checkpoint.family.head_temperature_tensor
+    tensors = {}
+    for name in checkpoint.tensors.names():
+        if template and any(name == template.format(bid=i) for i in range(spec.num_layers)):
+            continue
+        tensors[name] = checkpoint.tensors.get(name).float().contiguous()
+    for layer in range(spec.num_layers):
+        q = f"model.layers.{layer}.self_attn.q_proj.weight"
+        tensors[q] = (tensors[q].view(spec.num_heads, spec.head_dim, -1) * temperatures[layer].view(-1, 1, 1)).reshape(tensors[q].shape)
+    config = {k: v for k, v in checkpoint.config.items() if k != "edgelm"} | {"model_type": "llama", "torch_dtype": "float32"}
+    if spec.rotated_dims == 0:
+        config |= {"architectures": ["SmolLM3ForCausalLM"], "model_type": "smollm3", "no_rope_layers": [0] * spec.num_layers,
+                   "layer_types": ["full_attention"] * spec.num_layers, "use_sliding_window": False,
+                   "pad_token_id": checkpoint.config.get("pad_token_id")}  # SmolLM3's default is 128004
+    out.mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    for name in TOKENIZER_FILES:
+        if (model_dir / name).is_file():
+            shutil.copy(model_dir / name, out / name)
+    return out
+
+
+# The builder (0.18.0) turns a SmolLM3 NoPE layer's fused rotary off but leaves `rope` on, so it asks for a
+# separate RotaryEmbedding on a position_ids input the CPU graph does not have (KeyError 'position_ids'):
+# the layer is built with no rotary at all, as SmolLM3 defines it; the weights and quantizer are untouched.
+GENAI_BUILDER = """
+import runpy
+import onnxruntime_genai.models.builder  # puts its folder on sys.path: the builder imports `builders` top-level
+from builders.smollm import SmolLM3Model
+
+def make_attention(self, layer_id, attention, root_input, make=SmolLM3Model.make_attention, **kwargs):
+    rope = self.attention_attrs["rope"]
+    self.attention_attrs["rope"] = bool(self.no_rope_layers[layer_id])
+    make(self, layer_id, attention, root_input, **kwargs)
+    self.attention_attrs["rope"] = rope
+
+SmolLM3Model.make_attention = make_attention
+runpy.run_module("onnxruntime_genai.models.builder", run_name="__main__")
+"""
+
+
+def genai_builder_export(model_dir: Path, out: Path, python: str, extra_options: tuple) -> Path:
+    """onnxruntime-genai's model builder, int4 for the CPU, on `hf_llama_folder`; its own defaults otherwise."""
+    probe = subprocess.run([python, "-c", "import onnxruntime_genai.models.builder"], capture_output=True, text=True, check=False)
+    if probe.returncode:
+        raise NotMade(f"onnxruntime-genai's builder does not import under {python} "
+                      f"({(probe.stderr.strip().splitlines() or ['?'])[-1]}); give --genai-python")
+    source = hf_llama_folder(model_dir, out.with_name(out.name + "-hf"))
+    command = [python, "-c", GENAI_BUILDER, "-i", str(source), "-o", str(out), "-p", "int4", "-e", "cpu",
+               "-c", str(out.with_name(out.name + "-cache"))]
+    if extra_options:
+        command += ["--extra_options", *extra_options]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise NotMade(f"the genai builder failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return out
+
+
 def measure(model_dir: Path, artifact: Path, tokens: int) -> dict:
     ref = open_artifact(model_dir, LoadOptions())
-    art = open_artifact(artifact, LoadOptions(context_length=tokens + 1, f32_kv_cache=True, all_logits=True))
+    # llama.cpp's f16 KV cache alone costs ~1e-3 in logits; an ONNX graph's cache type is fixed at export
+    # (and its folder refuses the option)
+    art = open_artifact(artifact, LoadOptions(context_length=tokens + 1, f32_kv_cache=artifact.suffix == ".gguf", all_logits=True))
     ids = ref.tokenizer.encode(HELD_OUT.read_text(encoding="utf-8")[: 20 * tokens])[: tokens + 1]
     report = compare(ref.backend, art.backend, ids)
     return {"bytes": folder_bytes(artifact), "mean_kld": report.mean_kld, "ppl_change": report.perplexity_change,
@@ -184,6 +288,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--llama-tools", type=Path, default=os.environ.get("LLAMA_CPP_TOOLS"),
                         help="folder of llama.cpp's llama-imatrix and llama-quantize (for the llama.cpp rows)")
+    parser.add_argument("--genai-python", default=os.environ.get("EDGELM_GENAI_PYTHON", sys.executable),
+                        help="a Python whose onnxruntime-genai model builder imports (for the genai builder rows)")
     parser.add_argument("--plot", nargs="+", type=Path, metavar=("SVG", "JSON"),
                         help="write the KLD-against-size plot of these JSON results (of --json) to SVG, and stop")
     args = parser.parse_args()
@@ -203,15 +309,16 @@ def main() -> None:
                     if anchor not in sizes:
                         anchor_fmt = METHODS[anchor][0]
                         try:
-                            sizes[anchor] = folder_bytes(export(model_dir, Path(folder) / f"{model}-anchor{'-onnx' if anchor_fmt == 'onnx' else '.gguf'}",
-                                                                anchor_fmt, tools=args.llama_tools, **METHODS[anchor][1]))
+                            sizes[anchor] = folder_bytes(export(model_dir, Path(folder) / f"{model}-anchor-{anchor.replace(' ', '_').replace(chr(39), '')}{'-onnx' if anchor_fmt in ('onnx', 'genai') else '.gguf'}",
+                                                                anchor_fmt, tools=args.llama_tools, genai_python=args.genai_python,
+                                                                **METHODS[anchor][1]))
                         except (UserError, NotMade) as exc:
                             print(f"{model:17} {method:24} not made: its budget's {anchor} not made: {exc}", flush=True)
                             continue
                     options["max_size"] = sizes[anchor]
-                out = Path(folder) / f"{model}-{method.replace(' ', '_').replace(chr(39), '')}{'-onnx' if fmt == 'onnx' else '.gguf'}"
+                out = Path(folder) / f"{model}-{method.replace(' ', '_').replace(chr(39), '')}{'-onnx' if fmt in ('onnx', 'genai') else '.gguf'}"
                 try:
-                    path = export(model_dir, out, fmt, tools=args.llama_tools, **options)
+                    path = export(model_dir, out, fmt, tools=args.llama_tools, genai_python=args.genai_python, **options)
                 except (UserError, NotMade) as exc:  # e.g. llama.cpp's tools not built; llama.cpp's on TokenFormer
                     print(f"{model:17} {method:24} not made: {exc}", flush=True)
                     continue

@@ -380,10 +380,15 @@ def _eight_bit_choice(checkpoint: Checkpoint, model: ir.Model, texts: Sequence[P
     structure += sum(ir.serde.serialize_value(v).ByteSize() for v in (*graph.inputs, *graph.outputs))
     structure += sum(ir.serde.serialize_value(v).ByteSize() for node in graph for v in node.outputs)  # value_info
     fixed = other_bytes + structure + mixed.ONNX_PER_MATMUL * len(plan) + mixed.ONNX_MANIFEST_RESERVE + mixed.CERTIFICATE_RESERVE
-    for name, value in graph.initializers.items():  # the rest: norms, tables, the embedding (int4 with --int4-embedding)
+    # the rest: norms, tables, the embedding (int4 with --int4-embedding: the 2-D tables a Gather reads, as
+    # quantize_int4 picks them; RoPE's cos/sin tables are 2-D too but stay fp32 — counted at int4 they hid
+    # 3.7 MB of tiny-rope's folder and every MatMul went to 8 bits, over the budget)
+    gathered = {v.name for node in graph if node.op_type == "Gather" for v in node.inputs
+                if v is not None and v.is_initializer() and v.shape is not None and len(v.shape) == 2}
+    for name, value in graph.initializers.items():
         if name not in plan and value.const_value is not None:
             shape = value.const_value.shape
-            fixed += sizes(shape[1], shape[0])["int4"] if int4_embedding and len(shape) == 2 else value.const_value.nbytes
+            fixed += sizes(shape[1], shape[0])["int4"] if int4_embedding and name in gathered else value.const_value.nbytes
     torch_model = checkpoint.load_model()
     found = mixed.units(torch_model, plan, lambda out, inputs: sizes(out, inputs))
     mixed.allocate([mixed.Unit(u.param, u.names, u.sizes, dict.fromkeys(u.sizes, 0.0)) for u in found], budget, fixed, "int4")
