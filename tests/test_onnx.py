@@ -9,7 +9,8 @@ import torch
 
 from edgelm.export.onnx import export_onnx
 from edgelm.models import open_checkpoint
-from edgelm.formats import open_artifact
+from edgelm.errors import UserError
+from edgelm.formats import LoadOptions, open_artifact
 from edgelm.runtime.torch_backend import TorchBackend
 
 from .genai import genai_greedy as genai_greedy_from
@@ -48,6 +49,24 @@ def test_f32_onnx_matches_reference_batch_1(exported, name):
     # GroupQueryAttention counts positions itself: no family's graph takes position_ids
     assert [i.name for i in artifact.backend.session.get_inputs()][:2] == ["input_ids", "attention_mask"]
     assert "position_ids" not in {i.name for i in artifact.backend.session.get_inputs()}
+
+
+def test_rotary_tables_cover_the_models_own_positions_and_no_more(exported):
+    """The cos/sin tables have max_position_embeddings rows, as genai_config's context_length says and as
+    onnxruntime-genai's builder sizes its caches (32,768 rows before: 2 × 2.1 MB of fp32 in an int4 tiny-rope);
+    a prefill of all 4,096 positions runs, the token after it is refused in one line."""
+    import onnx
+
+    checkpoint, folder = exported("tiny-rope")
+    rows = checkpoint.spec.max_positions
+    tables = [t for t in onnx.load(folder / "model.onnx", load_external_data=False).graph.initializer
+              if list(t.dims) == [rows, checkpoint.spec.rotated_dims // 2]]
+    assert len(tables) == 2 and json.loads((folder / "edgelm.json").read_text())["rotary_table_positions"] == rows
+    artifact = open_artifact(folder, LoadOptions(context_length=rows + 8))
+    ids = torch.randint(0, checkpoint.spec.vocab_size, (rows,), generator=torch.Generator().manual_seed(3)).tolist()
+    assert np.isfinite(artifact.backend.forward(ids)).all()
+    with pytest.raises(UserError, match=f"position {rows + 1} is past the {rows} positions of this model's rotary tables"):
+        artifact.backend.forward([ids[0]])
 
 
 @pytest.mark.parametrize("name", ["tiny-nope", "tiny-tokenformer"])
