@@ -3,6 +3,7 @@ artifact, and `parity` against the reference an artifact was exported from (its 
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,29 @@ def test_piped_a_long_step_prints_a_plain_line_every_interval(run_cli, monkeypat
     assert "\x1b" not in err  # plain text into a log
     code, out, err = run_cli("--quiet", *args, "--out", tmp_path / "b.json")
     assert code == 0 and "calibrating" not in err, err
+
+
+def test_piped_gguf_export_reports_llama_cpps_quantizer_tensor_by_tensor(run_cli, monkeypatch, tmp_path):
+    """After the f32 intermediate (the count of weights) llama.cpp's quantizer ran with no word: a 1.1B Q4_K_M
+    export sat at "exporting Q4_K_M: 201/201" for 4 of its 5 minutes. Now each of its tensors is counted,
+    as llama-quantize prints them, and the certificate's step is named."""
+    from gguf import GGUFReader
+
+    from edgelm.quantize.llama_cpp import quantize_gguf
+
+    f32 = tmp_path / "r32.gguf"
+    code, _, err = run_cli("export", REPO / "examples" / "models" / "tiny-rope", "--format", "gguf", "--quant", "f32", "--out", f32)
+    assert code == 0, err
+    started = []
+    quantize_gguf(f32, tmp_path / "q.gguf", 15, "Q4_K_M", on_tensor=lambda n, total: started.append((n, total)))  # 15: Q4_K_M
+    count = len(GGUFReader(tmp_path / "q.gguf").tensors)
+    assert started == [(n, count) for n in range(1, count + 1)]
+    monkeypatch.setattr(console, "PLAIN_INTERVAL_S", 0.01)
+    code, _, err = run_cli("export", REPO / "examples" / "models" / "tiny-rope", "--format", "gguf", "--quant", "int4",
+                           "--out", tmp_path / "r.gguf")
+    assert code == 0, err
+    assert re.search(r"^exporting Q4_K_M: llama\.cpp's quantizer: \d+/\d+ \(", err, re.M), err
+    assert re.search(r"^exporting Q4_K_M: parity certificate", err, re.M), err
 
 
 def test_a_quick_piped_step_prints_no_progress(run_cli, tmp_path):

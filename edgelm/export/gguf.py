@@ -388,8 +388,13 @@ def export_gguf(
     calibration: Sequence[Path] = (),
     certificate: bool = True,
     max_size: int | None = None,
+    on_step: Callable[[str], None] | None = None,
+    on_quantized: Callable[[int, int], None] | None = None,
 ) -> GGUFReport:
-    """`calibration`: texts for an importance matrix (quantize/calibration.py) that llama.cpp's
+    """`on_tensor(name)` as each tensor is written (the f32 intermediate's, where llama.cpp quantizes);
+    `on_step(text)` as a step without a count begins, `on_quantized(n, total)` as llama.cpp's quantizer
+    starts its n-th tensor (the f32 write is a fifth of a 1.1B Q4_K_M export; the quantizer most of the rest).
+    `calibration`: texts for an importance matrix (quantize/calibration.py) that llama.cpp's
     quantizer weighs its rounding errors by; used for the types llama.cpp's quantizer makes.
     `certificate`: compute the parity certificate on the finished file, by the runtime that runs it,
     and add its `edgelm.parity.*` keys (certificate.py) — after llama.cpp's quantizer, which copies
@@ -406,6 +411,7 @@ def export_gguf(
     except ValueError as exc:
         raise UserError(f"cannot export this {family.name} model to GGUF: {exc}", checkpoint.path / "config.json") from None
     notes: list[str] = []
+    step = on_step or (lambda _: None)
     with atomic_output_file(out, force) as tmp:
         if type_name.lower() in FLOAT_TYPES:
             if max_size is not None:
@@ -421,15 +427,20 @@ def export_gguf(
             try:
                 matrix = None
                 if imatrix:
+                    step("importance matrix")
                     note, matrix = _write_imatrix(checkpoint, calibration, imatrix)
                     notes.append(note)
+                step("")
                 _write(checkpoint, Path(name), Q.F32, LlamaFileType.ALL_F32, on_tensor)
                 types, key = None, None
                 if max_size is not None:
+                    step("measuring each tensor's types for --max-size")
                     types, key, chosen = _mixed_types(checkpoint, Path(name), calibration, matrix, max_size, type_name,
                                                       mixed.ggml_trip())
                     notes += chosen
-                written = quantize_gguf(Path(name), tmp, int(LLAMA_FILE_TYPES[type_name]), type_name, imatrix, types, key)
+                step("llama.cpp's quantizer")
+                written = quantize_gguf(Path(name), tmp, int(LLAMA_FILE_TYPES[type_name]), type_name, imatrix, types, key,
+                                        on_tensor=on_quantized)
             finally:
                 Path(name).unlink(missing_ok=True)
                 if imatrix:
@@ -452,6 +463,7 @@ def export_gguf(
         if certificate:
             from ..certificate import certify_gguf
 
+            step("parity certificate")
             notes.append(certify_gguf(checkpoint, tmp))
         if max_size is not None and tmp.stat().st_size > max_size:  # the allocation's estimate of the other bytes fell short
             raise UserError(f"the mixed-precision file came out at {tmp.stat().st_size} bytes, over --max-size {max_size}", out,
