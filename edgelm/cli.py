@@ -152,7 +152,7 @@ def inspect(
 
 def _device(requested: str) -> str:
     """--device as asked, checked by name: auto is resolved by the engine that takes a device (an explicit
-    device on one that does not is refused: LoadOptions.refuse_unused), so auto works everywhere."""
+    device on one that does not is refused: Format.check_options), so auto works everywhere."""
     if requested not in ("auto", "cpu", "cuda"):
         raise UserError(f"unknown --device {requested!r}", None, "use auto, cpu or cuda")
     return requested

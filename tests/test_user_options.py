@@ -251,12 +251,18 @@ def onnx_folder(tmp_path_factory):
     ("model", ("generate", "{path}", "--prompt", PROMPT, "--gpu-layers", 1), ("--gpu-layers", "--device cuda")),
     ("model", ("generate", "{path}", "--prompt", PROMPT, "--provider", "cuda"), ("--provider", "--device cuda")),
     ("onnx", ("generate", "{path}", "--prompt", PROMPT, "--allow-pickle"), ("--allow-pickle applies to a model folder", "drop --allow-pickle")),
-    ("gguf", ("perplexity", "{path}", "--allow-pickle"), ("--allow-pickle applies to a model folder", "drop --allow-pickle")),
+    ("gguf", ("perplexity", "{path}", "--allow-pickle"), ("--allow-pickle applies to a model folder", "not to a GGUF file", "drop --allow-pickle")),
+    # inspect passes the same gate as every command that runs the artifact (it accepted these and said nothing)
+    ("onnx", ("inspect", "{path}", "--allow-pickle"), ("--allow-pickle applies to a model folder", "not to an ONNX folder")),
+    ("gguf", ("inspect", "{path}", "--allow-pickle"), ("--allow-pickle applies to a model folder", "drop --allow-pickle")),
+    ("gguf", ("inspect", "{path}", "--position-encoding", "none"), ("a GGUF file carries its position encoding", "drop --position-encoding")),
+    ("onnx", ("inspect", "{path}", "--head-temperatures", MODEL), ("an ONNX folder carries its position encoding",)),
 ])
 def test_an_option_the_artifacts_engine_has_no_use_for_is_refused(run_cli, gguf, onnx_folder, artifact, args, needles):
     """`parity --f32-kv-cache` on an ONNX folder ran the graph's own cache and said nothing; --gpu-layers and
     --provider were as silently dropped by the engines without them, --allow-pickle by every exported
-    artifact. Each is one line naming the file."""
+    artifact, and `inspect` took --allow-pickle, --position-encoding and --head-temperatures on any artifact.
+    Each is one line naming the file."""
     path = {"onnx": onnx_folder, "gguf": gguf, "model": MODEL}[artifact]
     result = run_cli(*[str(path) if a == "{path}" else a for a in args])
     assert_user_error(result, *needles, str(path))

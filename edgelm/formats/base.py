@@ -84,22 +84,22 @@ class LoadOptions:
             log.info(f"a context of {self.context_length} tokens is above the model's training context of {trained}")
         return self.context_length or min(trained, DEFAULT_CONTEXT_LENGTH)
 
-    def refuse_unused(self, path: Path, kind: str, honoured: frozenset) -> None:
+    def refuse_unused(self, path: Path, kind: str, noun: str, honoured: frozenset) -> None:
         """One line for a runtime option set away from its default that this format's engine has no use for
         (`parity --f32-kv-cache` on an ONNX folder ran its own cache type and said nothing), as llama.cpp and
         onnxruntime refuse an option they do not know rather than run without it."""
         for name, (unasked, flag, applies, fix) in RUNTIME_OPTIONS.items():
             if name not in honoured and getattr(self, name) not in unasked:
-                raise UserError(f"{flag} applies to {applies}, not to a {kind}", path, fix.get(kind, f"drop {flag}"))
+                raise UserError(f"{flag} applies to {applies}, not to {noun}", path, fix.get(kind, f"drop {flag}"))
 
     def resolved_device(self) -> str:
         """The device the engines that take --device run on (resolve_device)."""
         return resolve_device(self.device)
 
-    def refuse_model_overrides(self, path: Path, kind: str) -> None:
+    def refuse_model_overrides(self, path: Path, noun: str) -> None:
         """An exported artifact carries its position encoding and temperatures inside."""
         if self.position_encoding or self.head_temperatures:
-            raise UserError(f"a {kind} carries its position encoding and temperatures inside", path,
+            raise UserError(f"{noun} carries its position encoding and temperatures inside", path,
                             "drop --position-encoding/--head-temperatures, or export again with them")
 
 
@@ -129,8 +129,10 @@ class Artifact:
 
 class Format(ABC):
     kind: ClassVar[str]  # how edgelm names it to a user ("gguf", "onnx folder", …)
+    noun: ClassVar[str]  # the same in a sentence ("a GGUF file", "an ONNX folder", …)
     bundled: ClassVar[bool] = True  # what a bundle may hold as its model (not a bundle, not a checkpoint folder)
-    honoured: ClassVar[frozenset] = frozenset()  # the RUNTIME_OPTIONS its engine uses (open() refuses the others)
+    honoured: ClassVar[frozenset] = frozenset()  # the RUNTIME_OPTIONS its engine uses (check_options refuses the others)
+    takes_model_overrides: ClassVar[bool] = False  # --position-encoding and --head-temperatures (a checkpoint's)
 
     def __init__(self, path: Path):
         self.path = path
@@ -141,7 +143,19 @@ class Format(ABC):
         """Whether `path` is this format; cheap (names, magic bytes, a small JSON), never trusting it."""
 
     @abstractmethod
-    def open(self, options: LoadOptions) -> Artifact: ...
+    def open(self, options: LoadOptions) -> Artifact:
+        """The artifact ready to run; begins with check_options, as describe does."""
+
+    def check_options(self, options: LoadOptions) -> None:
+        """The one gate for options against this format, passed by open() and describe() alike (`inspect
+        x.gguf --allow-pickle` was accepted and ignored while `generate` refused it)."""
+        if not self.takes_model_overrides:
+            options.refuse_model_overrides(self.path, self.noun)
+        options.refuse_unused(self.path, self.kind, self.noun, self.honoured_options())
+
+    def honoured_options(self) -> frozenset:
+        """The RUNTIME_OPTIONS this file's engine uses (a format whose engine depends on the file overrides it)."""
+        return self.honoured
 
     def recorded_temperatures(self) -> Any:
         """The head temperatures an export folded into its weights, as [layers][heads] λ, so a comparison with
@@ -150,7 +164,7 @@ class Format(ABC):
 
     @abstractmethod
     def describe(self, options: LoadOptions) -> dict[str, Any]:
-        """What `edgelm inspect` prints, as plain data."""
+        """What `edgelm inspect` prints, as plain data; begins with check_options, as open does."""
 
     @abstractmethod
     def weight_bytes(self) -> int:

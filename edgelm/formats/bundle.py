@@ -36,6 +36,7 @@ def bundled_format(folder: Path, manifest: dict) -> Format:
 @register
 class Bundle(Format):
     kind = "bundle"
+    noun = "a bundle"
     bundled = False
     _opened: Format | None = None  # the bundled model's format, once open() has unpacked it
 

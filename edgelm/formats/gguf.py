@@ -22,6 +22,7 @@ MAGIC = b"GGUF"
 @register
 class GGUF(Format):
     kind = "gguf"
+    noun = "a GGUF file"
     honoured = frozenset({"f32_kv_cache", "gpu_layers"})
 
     @classmethod
@@ -91,8 +92,7 @@ class GGUF(Format):
         return context * per_position * (key_length + value_length) * (4 if f32 else 2)
 
     def open(self, options: LoadOptions) -> Artifact:
-        options.refuse_model_overrides(self.path, "GGUF file")
-        options.refuse_unused(self.path, self.kind, self.honoured | ({"device"} if self.runs_on_ggml_executor else set()))
+        self.check_options(options)
         context = options.context_for(self.context_length())
         details = {"family": self.gguf.field(GGUF_FAMILY), "arch": self.gguf.arch,
                    "position_encoding": self.gguf.field(GGUF_POSITION_ENCODING)}
@@ -139,7 +139,12 @@ class GGUF(Format):
         heads = len(flat) // layers
         return [list(flat[i * heads:(i + 1) * heads]) for i in range(layers)]
 
+    def honoured_options(self) -> frozenset:
+        """llama.cpp's options, and --device where edgelm's ggml executor runs the file."""
+        return self.honoured | ({"device"} if self.runs_on_ggml_executor else set())
+
     def describe(self, options: LoadOptions) -> dict[str, Any]:
+        self.check_options(options)
         gguf, model = self.gguf, self._edgelm_model()
         facts = {
             "format": self.kind,

@@ -22,6 +22,8 @@ def _temperature_summary(table) -> dict[str, Any]:
 @register
 class ModelFolder(Format):
     kind = "model folder"
+    noun = "a model folder"
+    takes_model_overrides = True
     honoured = frozenset({"f32_kv_cache", "device", "allow_pickle"})  # the fp32 torch reference's cache is float32 anyway
     bundled = False
 
@@ -39,7 +41,7 @@ class ModelFolder(Format):
         from ..runtime.torch_backend import TorchBackend
         from ..tokenizer import load_tokenizer
 
-        options.refuse_unused(self.path, self.kind, self.honoured)
+        self.check_options(options)
         checkpoint = self._checkpoint(options)
         device = options.resolved_device()
         backend = TorchBackend(checkpoint.load_model(device), options.threads)
@@ -50,6 +52,7 @@ class ModelFolder(Format):
     def describe(self, options: LoadOptions) -> dict[str, Any]:
         from ..tokenizer import load_tokenizer
 
+        self.check_options(options)
         checkpoint = self._checkpoint(options)
         spec = checkpoint.spec
         tokenizer = load_tokenizer(self.path)

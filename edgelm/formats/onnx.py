@@ -27,6 +27,7 @@ QUANTIZED_OPS = {"MatMulNBits": "int4", "GatherBlockQuantized": "int4", "MatMulI
 @register
 class OnnxFolder(Format):
     kind = "onnx folder"
+    noun = "an ONNX folder"
     honoured = frozenset({"provider"})
 
     @property
@@ -49,8 +50,7 @@ class OnnxFolder(Format):
         from ..runtime.onnx_backend import OnnxBackend
         from ..tokenizer import load_tokenizer
 
-        options.refuse_model_overrides(self.path, "ONNX folder")
-        options.refuse_unused(self.path, self.kind, self.honoured)
+        self.check_options(options)
         backend = OnnxBackend(self.model_file, self.genai, self.manifest, options.threads, options.provider)
         backend.context_length = options.context_for(backend.context_length)
         backend.refuse_cache_past_memory()
@@ -79,6 +79,7 @@ class OnnxFolder(Format):
 
         from ..runtime.onnx_backend import decoder_names
 
+        self.check_options(options)
         graph = self._graph()
         decoder = self.genai["model"]["decoder"]
         past = decoder_names(decoder)["past_key_names"].split("%d")[0]
