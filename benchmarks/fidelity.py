@@ -238,7 +238,8 @@ def svg_plot(rows: list[dict], path: Path) -> None:
 
     models = list(dict.fromkeys(r["model"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"]
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22",
+               "#000000", "#aec7e8", "#ff9896", "#98df8a"]
     width, height, left, top, bottom = 300, 240, 60, 30, 40
     low = math.floor(math.log10(min(r["mean_kld"] for r in rows)))
     high = math.ceil(math.log10(max(r["mean_kld"] for r in rows)))
