@@ -147,7 +147,7 @@ class Format(ABC):
         """The artifact ready to run; begins with check_options, as describe does."""
 
     def check_options(self, options: LoadOptions) -> None:
-        """The one gate for options against this format, passed by open() and describe() alike (`inspect
+        """The one gate for options against this format, passed by `open` and `describe` alike (`inspect
         x.gguf --allow-pickle` was accepted and ignored while `generate` refused it)."""
         if not self.takes_model_overrides:
             options.refuse_model_overrides(self.path, self.noun)

@@ -60,7 +60,7 @@ def unloadable_errors() -> tuple[type[Exception], ...]:
     """onnxruntime's own exception types that mean it cannot load the file: a damaged protobuf, an invalid
     graph, an operator no kernel of this build runs, external data it cannot read or refuses. Only these:
     any other exception while opening is a bug in edgelm (or an execution provider failing), and was
-    reported as a damaged file when open() caught every exception."""
+    reported as a damaged file when the folder's opening caught every exception."""
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
     return (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.NotImplemented, ort_errors.NoSuchFile,
