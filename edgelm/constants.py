@@ -10,6 +10,7 @@ GGUF_FAMILY = "edgelm.family"
 GGUF_POSITION_ENCODING = "edgelm.position_encoding"
 GGUF_CONFIG = "edgelm.config"  # the source config.json, as JSON text
 GGUF_HEAD_TEMPERATURES = "edgelm.head_temperatures"  # provenance: already folded into the weights
+GGUF_CONTEXT_LIMIT = 1 << 24  # positions a GGUF may declare: edgelm writes and reads no more (a context past it is no edge model)
 GGUF_HEAD_TEMPERATURES_BAKED = "edgelm.head_temperatures_baked"
 GGUF_PARITY = "edgelm.parity."  # + each field of the parity certificate (certificate.py), the probe as JSON text
 # + one of TOKENIZER_FILES: that file, a text file as a UTF-8 string, a binary one (tokenizer.model) as

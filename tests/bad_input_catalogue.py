@@ -192,6 +192,8 @@ CASES: list[Case] = [
     case("rms_norm_eps NaN", "inspect {model}", "rms_norm_eps", config(rms_norm_eps=NAN)),
     case("rms_norm_eps negative", "inspect {model}", "rms_norm_eps", config(rms_norm_eps=-1e-5)),
     case("rope_theta zero", "inspect {model}", "rope_theta", config(rope_theta=0)),
+    case("2,000,000,000 positions at GGUF export (written, then refused by edgelm's own reader as damaged)",
+         "export {model} --quant int4 --out {tmp}/m.gguf", "a GGUF holds at most 16,777,216", config(max_position_embeddings=2_000_000_000)),
     case("context length zero", "inspect {model}", "max_position_embeddings", config(max_position_embeddings=0)),
     case("a billion layers (found by the fuzz suite: hours building the module)", "inspect {model}",
          "describes 1000000000 layers, more than the weights' 39 tensors", config(num_hidden_layers=10**9)),

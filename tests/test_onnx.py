@@ -69,6 +69,22 @@ def test_rotary_tables_cover_the_models_own_positions_and_no_more(exported):
         artifact.backend.forward([ids[0]])
 
 
+def test_rotary_tables_stop_at_the_limit_whatever_positions_a_config_declares(preset_dir, tmp_path):
+    """A config declaring 2,000,000,000 positions asked torch for a 16 GB arange at export (a traceback, or the
+    machine's memory); the tables stop at ROTARY_TABLE_LIMIT rows, genai_config's context_length with them,
+    and the export says so in a note."""
+    from edgelm.export.onnx import ROTARY_TABLE_LIMIT
+
+    folder = tmp_path / "model"
+    shutil.copytree(preset_dir("tiny-rope"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 2_000_000_000}))
+    report = export_onnx(open_checkpoint(folder), tmp_path / "onnx", "f32", certificate=False)
+    assert json.loads((report.path / "genai_config.json").read_text())["model"]["context_length"] == ROTARY_TABLE_LIMIT
+    assert json.loads((report.path / "edgelm.json").read_text())["rotary_table_positions"] == ROTARY_TABLE_LIMIT
+    assert any("cover the first 131,072 of the model's 2,000,000,000 positions" in note for note in report.notes), report.notes
+
+
 @pytest.mark.parametrize("name", ["tiny-nope", "tiny-tokenformer"])
 def test_f32_onnx_matches_reference_batch_3(exported, name):
     """Three rows through the graph directly, one KV buffer per layer and side bound as past and present."""

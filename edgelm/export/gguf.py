@@ -27,7 +27,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, GGUFValueType, GGUFWriter, LlamaFileType, quants
 
 from .. import __version__
-from ..constants import (GGUF_CONFIG, GGUF_FAMILY, GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED,
+from ..constants import (GGUF_CONFIG, GGUF_CONTEXT_LIMIT, GGUF_FAMILY, GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED,
                          GGUF_POSITION_ENCODING, GGUF_VERSION, llama_cpp_archs)
 from ..errors import UserError
 from ..fileio import atomic_output_file
@@ -410,6 +410,9 @@ def export_gguf(
             declared(key)
     except ValueError as exc:
         raise UserError(f"cannot export this {family.name} model to GGUF: {exc}", checkpoint.path / "config.json") from None
+    if spec.max_positions > GGUF_CONTEXT_LIMIT:  # refused before minutes of writing a file no reader of edgelm's opens
+        raise UserError(f"the model declares {spec.max_positions:,} positions; a GGUF holds at most {GGUF_CONTEXT_LIMIT:,}",
+                        checkpoint.path / "config.json", "set max_position_embeddings to the context the model was trained for")
     notes: list[str] = []
     step = on_step or (lambda _: None)
     with atomic_output_file(out, force) as tmp:

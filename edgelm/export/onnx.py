@@ -57,11 +57,19 @@ INT8_MAX = 127
 log = logging.getLogger("edgelm")
 
 
+ROTARY_TABLE_LIMIT = 131072  # rows at most (Llama 3.x's context): a config's 2,000,000,000 positions asked for 16 GB of arange
+
+
 def rotary_table_positions(spec: ModelSpec) -> int:
     """Rows of the cos/sin tables: the model's own max_position_embeddings, as onnxruntime-genai's builder sizes
-    its cos/sin caches and as genai_config's context_length already says; RoPE positions past it are
-    refused. (32,768 rows before: 2 × 2.1 MB of fp32 tables in an 8 MB int4 tiny-rope, 2 × 0.26 MB now.)"""
-    return spec.max_positions if spec.rotated_dims else 0
+    its cos/sin caches, up to ROTARY_TABLE_LIMIT; RoPE positions past them are refused. (32,768 rows before:
+    2 × 2.1 MB of fp32 tables in an 8 MB int4 tiny-rope, 2 × 0.26 MB now.)"""
+    return min(spec.max_positions, ROTARY_TABLE_LIMIT) if spec.rotated_dims else 0
+
+
+def context_positions(spec: ModelSpec) -> int:
+    """The positions the graph runs (genai_config's context_length): the rotary tables', or the model's."""
+    return rotary_table_positions(spec) or spec.max_positions
 
 
 # the graph's input and output names, in onnxruntime-genai's keys (genai_config.json declares them)
@@ -488,10 +496,13 @@ def export_onnx(
             if (source := find_member(checkpoint.path, name)) is not None:
                 shutil.copyfile(source, tmp / name)
         write_hf_configs(checkpoint, tmp)
-        (tmp / GENAI_CONFIG).write_text(json.dumps(genai_config(checkpoint, tokenizer, checkpoint.spec.max_positions), indent=2) + "\n")
+        (tmp / GENAI_CONFIG).write_text(json.dumps(genai_config(checkpoint, tokenizer, context_positions(checkpoint.spec)), indent=2) + "\n")
         budget = None if max_size is None else (max_size, sum(p.stat().st_size for p in tmp.iterdir()))
         notes = _write_graph(checkpoint, tmp / ONNX_MODEL_FILE, calibration_text if kv_cache == "int8" else None, quant,
                              int4_embedding, int8_lm_head, calibration, int4_block_size, int4_accuracy_level, budget)
+        if context_positions(checkpoint.spec) < checkpoint.spec.max_positions:
+            notes.append(f"the rotary tables cover the first {context_positions(checkpoint.spec):,} of the model's "
+                         f"{checkpoint.spec.max_positions:,} positions (genai_config's context_length; a longer context is refused)")
         manifest = {
             "family": checkpoint.spec.family,
             "position_encoding": checkpoint.spec.position_encoding,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifact_files import read_prefix
-from ..constants import (GGUF_FAMILY, GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED, GGUF_POSITION_ENCODING, GGUF_VERSION,
+from ..constants import (GGUF_CONTEXT_LIMIT, GGUF_FAMILY, GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED, GGUF_POSITION_ENCODING, GGUF_VERSION,
                          PARITY_CERTIFICATE, llama_cpp_archs)
 from ..errors import UserError
 from .base import Artifact, Format, LoadOptions, register
@@ -67,8 +67,8 @@ class GGUF(Format):
     def context_length(self) -> int:
         """`{arch}.context_length`, which edgelm writes from the spec's max_positions."""
         value = self.gguf.hparam("context_length", 2048)
-        if type(value) is not int or not 0 < value <= 1 << 24:
-            raise UserError(f"{self.gguf.arch}.context_length is {value!r}, not a whole number from 1 to {1 << 24}", self.path,
+        if type(value) is not int or not 0 < value <= GGUF_CONTEXT_LIMIT:
+            raise UserError(f"{self.gguf.arch}.context_length is {value!r}, not a whole number from 1 to {GGUF_CONTEXT_LIMIT}", self.path,
                             "the file is damaged: export it again")
         return value
 
