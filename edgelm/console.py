@@ -102,6 +102,16 @@ class Progress:
         if self._bar is not None:
             self._bar.update(self._task, description=label)
 
+    def step(self, label: str, total: int | None) -> None:
+        """A new step counted from 0 of its own `total`; None: uncounted (a pulsing bar, no count in the plain
+        line), where a stale count would show the step before it as this one's (100 % at its start)."""
+        self.label, self.completed, self.total = label, 0, total
+        if self._bar is not None:
+            for task in self._bar.tasks:  # rich's update() reads total=None as "unchanged"; the task itself takes it
+                if task.id == self._task:
+                    task.total = total
+            self._bar.update(self._task, description=label, completed=0)
+
     def text(self) -> str:
         words = self._line(self) if self._line else self.label + (f": {self.completed}/{self.total}" if self.total else "")
         return f"{words} ({time.monotonic() - self.started:.0f} s)"

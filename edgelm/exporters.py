@@ -121,10 +121,11 @@ class GGUFExporter(Exporter):
     def export(self, checkpoint, target, options, progress):
         from .export.gguf import export_gguf
 
-        title = self.progress(checkpoint, options)[0]
+        title, steps = self.progress(checkpoint, options)
         report = export_gguf(checkpoint, target, options.quant, options.gguf_type, options.force, on_tensor=lambda _: progress.advance(),
                              calibration=list(options.calibration), certificate=options.certificate, max_size=options.max_size,
-                             on_step=lambda text: progress.stage(f"{title}: {text}" if text else title), on_quantized=progress.update)
+                             on_step=lambda text: progress.step(f"{title}: {text}" if text else title, None if text else steps),
+                             on_quantized=progress.update)
         summary = {
             "path": str(report.path), "arch": report.arch, "file_type": report.file_type,
             "bytes": report.path.stat().st_size, "tensor_types": report.type_counts(), "notes": report.notes,

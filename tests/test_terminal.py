@@ -2,6 +2,7 @@
 artifact, and `parity` against the reference an artifact was exported from (its head temperatures)."""
 
 import ast
+import io
 import json
 import re
 import subprocess
@@ -195,3 +196,21 @@ def test_parity_of_an_export_at_the_default_temperatures_says_nothing_about_them
 def test_recorded_temperatures_for_another_model_are_refused_in_one_line(calibrated, run_cli):
     code, out, err = run_cli("parity", calibrated["gguf"], "--reference", REPO / "examples" / "models" / "tiny-ngen4", "--device", "cpu")
     assert code == 2 and err.count("\n") == 1 and "recorded for another model" in err, err
+
+
+def test_a_step_without_a_count_drops_the_count_of_the_step_before():
+    """llama.cpp's quantizer started at "100 %" (the f32 write's count) and the parity certificate kept it:
+    an uncounted step shows no count (a pulsing bar on a terminal), a counted one starts from 0."""
+    from rich.console import Console
+
+    lazy = console.LazyConsole(stderr=True)
+    lazy._console = Console(file=io.StringIO(), force_terminal=True)  # a terminal: the rich bar
+    with console.Progress(lazy, "exporting Q4_K_M", 39) as progress:
+        progress.update(39)
+        progress.step("exporting Q4_K_M: parity certificate", None)
+        assert progress.text().startswith("exporting Q4_K_M: parity certificate (") and "39" not in progress.text()
+        assert [task.total for task in progress._bar.tasks] == [None] and progress._bar.tasks[0].completed == 0
+        progress.step("exporting Q4_K_M: llama.cpp's quantizer", None)
+        progress.update(3, 40)
+        assert progress.text().startswith("exporting Q4_K_M: llama.cpp's quantizer: 3/40 (")
+        assert [task.total for task in progress._bar.tasks] == [40]
