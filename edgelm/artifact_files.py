@@ -28,7 +28,7 @@ import stat
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import UserError
+from .errors import NotUtf8Text, UserError
 from .fileio import is_plain_name
 
 MAX_JSON_BYTES = 64 << 20  # the largest JSON edgelm parses itself: a tokenizer.json of a 250k vocabulary is ~20 MB
@@ -191,7 +191,10 @@ def read_stream(stream: BinaryIO, limit: int, what: str, line: bool = False) -> 
     if len(data) > limit:
         raise UserError(f"{what} holds more than {limit:,} bytes{' in one line' if line else ''}; edgelm reads at most that", None,
                         "give a shorter text")
-    return decode_text(bytes(data), None, what)
+    try:
+        return bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise NotUtf8Text(f"{what} is not UTF-8 text (byte {exc.start}: {exc.reason})", None, "convert it to UTF-8") from None
 
 
 def _depth(text: str) -> int:

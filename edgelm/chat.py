@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from .artifact_files import MAX_TEMPLATE_BYTES
 from .chat_template import TemplateLimit, render_bounded
 from .errors import UserError
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, unicode_text
 
 # Used when neither the tokenizer config nor the GGUF carries a template (roles spelled out, not
 # `| capitalize`d, as in the shipped tokenizers: onnxruntime-genai's template engine lacks that filter).
@@ -36,6 +36,8 @@ class Conversation:
     turns: list[dict] = field(default_factory=list)  # user/assistant messages, oldest first
 
     def __post_init__(self) -> None:
+        if self.system is not None:
+            unicode_text(self.system)
         source = self.tokenizer.chat_template
         if isinstance(source, list):  # transformers' named templates: [{"name": "default", "template": …}, …]
             source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"), None)
@@ -79,20 +81,27 @@ class Conversation:
         return first[:shared]
 
     def prompt_ids(self, user: str) -> tuple[list[int], int]:
-        """Token ids for the history plus this user turn, and how many old turns were dropped to fit."""
-        self.turns.append({"role": "user", "content": user})
+        """Token ids for the history plus this user turn, and how many old turns were dropped to fit. A turn
+        refused (not UTF-8 text; too long for the context with the reply's room, even alone) leaves the
+        history as it was, so a chat can go on from it."""
+        turns = [*self.turns, {"role": "user", "content": unicode_text(user)}]
         dropped, room = 0, self.context_length - self.reply_budget
         while True:
             # the rendered template is text in which special tokens are tokens, and it prints its own bos:
             # as transformers' apply_chat_template(tokenize=True) and llama.cpp's chat encode it
-            ids = self.tokenizer.encode(self.render(self.turns), add_bos=False, special=True)
-            if len(ids) <= room or len(self.turns) <= 1:
+            ids = self.tokenizer.encode(self.render(turns), add_bos=False, special=True)
+            if len(ids) <= room:
+                self.turns = turns
                 return ids, dropped
+            if len(turns) <= 1:
+                raise UserError(f"this message takes {len(ids):,} tokens with the chat template; the {self.context_length:,}-token "
+                                f"context keeps {self.reply_budget:,} for the reply", None,
+                                "send a shorter message, or a larger context (-c) or fewer --max-new-tokens")
             # once something must go, free half the room, as llama.cpp's context shift discards half the
             # history: what follows the system prompt moved and is evaluated again, so this happens seldom
             # and the turns after it reuse the cache
             room = (self.context_length - self.reply_budget) // 2
-            self.turns = self.turns[2:] if len(self.turns) > 2 else self.turns[1:]  # oldest exchange first
+            turns = turns[2:] if len(turns) > 2 else turns[1:]  # oldest exchange first
             dropped += 1
 
     def add_reply(self, text: str) -> None:

@@ -15,7 +15,7 @@ import typer
 
 from . import __version__
 from .console import LazyConsole, Progress
-from .errors import UserError
+from .errors import NotUtf8Text, UserError
 from .exporters import EXPORTERS
 from .numbers import LOOKUP_NGRAM, LOOKUP_NGRAM_MAX, NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, not_finite
 
@@ -225,12 +225,12 @@ MAX_CHAT_MESSAGE_BYTES = 1 << 20  # a typed or piped chat turn: ~250,000 tokens,
 
 def _read_turn() -> str:
     """The next chat message: input() with line editing in a terminal; from a pipe a bounded line (a pipe
-    from /dev/zero is one endless line, which input() read until memory ran out)."""
+    from /dev/zero is one endless line, which input() read until memory ran out), its prompt on stderr."""
     if sys.stdin is None or sys.stdin.isatty():
         return input("> ")
     from .artifact_files import read_stream
 
-    print("> ", end="", flush=True)
+    print("> ", end="", flush=True, file=sys.stderr)  # stdout holds the replies alone
     line = read_stream(sys.stdin.buffer, MAX_CHAT_MESSAGE_BYTES, "a chat message on standard input", line=True)
     if not line:
         raise EOFError
@@ -491,6 +491,9 @@ def chat(
         except KeyboardInterrupt:
             out.print()
             continue
+        except NotUtf8Text as exc:  # this line is refused and was read whole: the chat goes on (a line over the limit ends it)
+            err.print(f"error: {exc.line()}", markup=False, soft_wrap=True)
+            continue
         if user.strip() == "/exit":
             return
         if user.strip() == "/reset":
@@ -500,7 +503,7 @@ def chat(
         if not user.strip():
             continue
         start, count, reply, before, evaluated = time.time(), 0, "", backend.evaluated, None
-        drafted, accepted = backend.drafted, backend.accepted
+        drafted, accepted, history = backend.drafted, backend.accepted, list(conversation.turns)
         try:
             ids, dropped = conversation.prompt_ids(user)
             if dropped:
@@ -517,6 +520,12 @@ def chat(
                 count += piece.token is not None
         except KeyboardInterrupt:
             out.print(" [dim](stopped)[/dim]", end="")
+        except UserError as exc:  # this turn only (a message too long even alone, …): the history is as it was
+            conversation.turns = history
+            if reply:
+                out.print()
+            err.print(f"error: {exc.line()}", markup=False, soft_wrap=True)
+            continue
         conversation.add_reply(reply.strip())
         rate = count / max(time.time() - start, 1e-9)
         drafted, accepted = backend.drafted - drafted, backend.accepted - accepted
@@ -633,6 +642,9 @@ def verify(
     from .formats.base import resolve_device
 
     fmt = detect(artifact_path)
+    if fmt.checkpoint:  # nothing was certified (was "no edgelm.json manifest — give a bundle")
+        raise UserError(f"verify checks what `edgelm export` or `edgelm bundle` made; this is {fmt.noun}, which carries no parity "
+                        "certificate", artifact_path, f"export it (`edgelm export {artifact_path}`), then verify the export")
     threads, device = _threads(threads), resolve_device(_device(device))
     # a GGUF file or an ONNX export (its edgelm.json) is checked as itself; anything else as a bundle, whose
     # checks say what is missing (a bundle folder without its manifest is refused, not run as an ONNX folder)

@@ -26,3 +26,7 @@ class UserError(Exception):
         if self.fix:
             parts.append(self.fix)
         return _PATH_REPR.sub(r"\1", " — ".join(parts))
+
+
+class NotUtf8Text(UserError):
+    """A text that is not UTF-8, read whole: what follows it can still be read (chat goes on to the next message)."""

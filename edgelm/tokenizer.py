@@ -11,7 +11,20 @@ from typing import Any
 from .artifact_files import (MAX_JSON_BYTES, MAX_TEMPLATE_BYTES, MAX_TEXT_BYTES, MAX_TOKENIZER_BYTES, find_member, read_json_object,
                              read_text, read_text_head)
 from .constants import CHAT_TEMPLATE_FILE
-from .errors import UserError
+from .errors import NotUtf8Text, UserError
+
+def unicode_text(text: str) -> str:
+    """`text`, refused in one line where it holds a lone surrogate: Python keeps a byte that is not UTF-8 in a
+    command-line argument or a terminal's input so (PEP 383), and tokenizers ("TextInputSequence must be
+    str") and llama.cpp's tokenizer (UnicodeEncodeError) then fail with a traceback. Every text reaches a
+    model through Tokenizer.encode, so the check is here once, whatever it came from."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise NotUtf8Text(f"the text holds a byte that is not UTF-8 (character {exc.start + 1})", None,
+                        "give UTF-8 text (a terminal's or argument's bytes in another encoding: convert them with iconv)") from None
+    return text
+
 
 HEAD_BYTES_PER_TOKEN = 16  # a first read of a text's head: ~4 bytes a token in English prose, so usually one read
 HEAD_MARGIN_TOKENS = 16  # tokens past those wanted, so the cut (a word split in two) cannot change the ones kept
@@ -56,7 +69,7 @@ class Tokenizer:
         prompt and the chat it renders (`parse_special=true`). False spells them out as ordinary text
         (transformers' `split_special_tokens=True`, llama.cpp's `parse_special=false`). Every tokenizer kind
         honours it, so one text gives one list of ids in every format."""
-        ids = self.encode_text(text, special)
+        ids = self.encode_text(unicode_text(text), special)
         if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
             ids = [self.bos_id] + ids
         return ids

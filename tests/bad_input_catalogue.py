@@ -192,6 +192,15 @@ CASES: list[Case] = [
     case("rms_norm_eps NaN", "inspect {model}", "rms_norm_eps", config(rms_norm_eps=NAN)),
     case("rms_norm_eps negative", "inspect {model}", "rms_norm_eps", config(rms_norm_eps=-1e-5)),
     case("rope_theta zero", "inspect {model}", "rope_theta", config(rope_theta=0)),
+    case("rope_scaling factor past float32 (torch overflowed at export, gguf-py at packing)", "inspect {model}", "past float32's range",
+         config(rope_scaling={"rope_type": "linear", "factor": 1e308})),
+    case("rope_theta past float32", "inspect {model}", "rope_theta = 1e+300 is past float32's range", config(rope_theta=1e300)),
+    # a byte that is not UTF-8 in an argument reaches Python as a lone surrogate (PEP 383): tokenizers and llama.cpp's
+    # tokenizer failed with a traceback
+    case("--prompt with a byte that is not UTF-8 (model folder)", "generate {model} --prompt caf\udce9", "not UTF-8"),
+    case("--prompt with a byte that is not UTF-8 (ONNX)", "generate {onnx} --prompt caf\udce9", "not UTF-8"),
+    case("--prompt with a byte that is not UTF-8 (llama.cpp's tokenizer)", "generate {llama_gguf} --prompt caf\udce9", "not UTF-8"),
+    case("--system with a byte that is not UTF-8", "chat {model} --system caf\udce9", "not UTF-8"),
     case("2,000,000,000 positions at GGUF export (written, then refused by edgelm's own reader as damaged)",
          "export {model} --quant int4 --out {tmp}/m.gguf", "a GGUF holds at most 16,777,216", config(max_position_embeddings=2_000_000_000)),
     case("context length zero", "inspect {model}", "max_position_embeddings", config(max_position_embeddings=0)),

@@ -296,3 +296,32 @@ def test_llama_cpp_c_api_renders_the_shipped_chat_template_as_edgelm_does(tmp_pa
     assert _llama_cpp_c_api_render(template, [{"role": "system", "content": "Be brief."}] + turns) == ours
     assert "User: And you?" in ours and ours.endswith("Assistant:")
     assert _llama_cpp_c_api_render(template.replace("'User: '", "'Human: '"), turns) is None  # the C API does refuse an unknown one
+
+
+def test_a_refused_message_is_one_line_and_the_chat_goes_on():
+    """A message that is not UTF-8 (piped here; in a terminal it arrives as a lone surrogate) and one too long for
+    the context even alone ended the chat (a traceback in a terminal; exit 2 piped, with "pass --truncate", an
+    option chat does not have). Each is now one line on stderr; the history stays as it was and the next
+    message is answered; the prompt is on stderr, the replies alone on stdout."""
+    import subprocess
+
+    messages = b"Hello\ncaf\xe9 bad\n" + b"word " * 3000 + b"\nAfter?\n"
+    done = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(MODEL), "-c", "512", "--max-new-tokens", "4"],
+                          input=messages, capture_output=True, timeout=300)
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0 and "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if "error: " in line]
+    assert len(errors) == 2 and "not UTF-8 text" in errors[0] and "takes 3,0" in errors[1] and "--truncate" not in err, err
+    assert "> " not in out and len([line for line in out.splitlines() if line.strip()]) == 2, out  # two replies
+    assert err.count("prompt tokens evaluated") == 2
+
+
+def test_conversation_keeps_its_history_when_a_message_is_refused():
+    conversation = Conversation(load_tokenizer(MODEL), context_length=80, reply_budget=20)
+    conversation.prompt_ids("Hello")
+    conversation.add_reply("Hi.")
+    before = list(conversation.turns)
+    for message in ("caf\udce9", "word " * 200):
+        with pytest.raises(UserError):
+            conversation.prompt_ids(message)
+        assert conversation.turns == before

@@ -54,7 +54,8 @@ def test_f32_onnx_matches_reference_batch_1(exported, name):
 def test_rotary_tables_cover_the_models_own_positions_and_no_more(exported):
     """The cos/sin tables have max_position_embeddings rows, as genai_config's context_length says and as
     onnxruntime-genai's builder sizes its caches (32,768 rows before: 2 × 2.1 MB of fp32 in an int4 tiny-rope);
-    a prefill of all 4,096 positions runs, the token after it is refused in one line."""
+    a context past them is refused as the folder opens (it was accepted, and the prompt streamed before the
+    refusal); a prefill of all 4,096 positions runs, the token after it is refused in one line."""
     import onnx
 
     checkpoint, folder = exported("tiny-rope")
@@ -62,7 +63,9 @@ def test_rotary_tables_cover_the_models_own_positions_and_no_more(exported):
     tables = [t for t in onnx.load(folder / "model.onnx", load_external_data=False).graph.initializer
               if list(t.dims) == [rows, checkpoint.spec.rotated_dims // 2]]
     assert len(tables) == 2 and json.loads((folder / "edgelm.json").read_text())["rotary_table_positions"] == rows
-    artifact = open_artifact(folder, LoadOptions(context_length=rows + 8))
+    with pytest.raises(UserError, match=f"a context of {rows + 8:,} tokens is past the {rows:,} positions of this model's rotary tables"):
+        open_artifact(folder, LoadOptions(context_length=rows + 8))  # refused as it opens, before a token runs
+    artifact = open_artifact(folder, LoadOptions(context_length=rows))
     ids = torch.randint(0, checkpoint.spec.vocab_size, (rows,), generator=torch.Generator().manual_seed(3)).tolist()
     assert np.isfinite(artifact.backend.forward(ids)).all()
     with pytest.raises(UserError, match=f"position {rows + 1} is past the {rows} positions of this model's rotary tables"):

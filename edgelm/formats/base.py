@@ -81,7 +81,7 @@ class LoadOptions:
         210 MB to open a 10 MB model). llama-cpp-python's Llama defaults to 512, llama-cli to the training
         context; above the training context a model sees positions it never learned, as llama.cpp warns."""
         if self.context_length and self.context_length > trained:
-            log.info(f"a context of {self.context_length} tokens is above the model's training context of {trained}")
+            log.info(f"a context of {self.context_length} tokens is above the {trained} positions the model declares")
         return self.context_length or min(trained, DEFAULT_CONTEXT_LENGTH)
 
     def refuse_unused(self, path: Path, kind: str, noun: str, honoured: frozenset) -> None:
@@ -132,7 +132,7 @@ class Format(ABC):
     noun: ClassVar[str]  # the same in a sentence ("a GGUF file", "an ONNX folder", …)
     bundled: ClassVar[bool] = True  # what a bundle may hold as its model (not a bundle, not a checkpoint folder)
     honoured: ClassVar[frozenset] = frozenset()  # the RUNTIME_OPTIONS its engine uses (check_options refuses the others)
-    takes_model_overrides: ClassVar[bool] = False  # --position-encoding and --head-temperatures (a checkpoint's)
+    checkpoint: ClassVar[bool] = False  # a training checkpoint: takes --position-encoding and --head-temperatures, carries no certificate
 
     def __init__(self, path: Path):
         self.path = path
@@ -149,7 +149,7 @@ class Format(ABC):
     def check_options(self, options: LoadOptions) -> None:
         """The one gate for options against this format, passed by `open` and `describe` alike (`inspect
         x.gguf --allow-pickle` was accepted and ignored while `generate` refused it)."""
-        if not self.takes_model_overrides:
+        if not self.checkpoint:
             options.refuse_model_overrides(self.path, self.noun)
         options.refuse_unused(self.path, self.kind, self.noun, self.honoured_options())
 

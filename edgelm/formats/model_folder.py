@@ -23,7 +23,7 @@ def _temperature_summary(table) -> dict[str, Any]:
 class ModelFolder(Format):
     kind = "model folder"
     noun = "a model folder"
-    takes_model_overrides = True
+    checkpoint = True
     honoured = frozenset({"f32_kv_cache", "device", "allow_pickle"})  # the fp32 torch reference's cache is float32 anyway
     bundled = False
 

@@ -52,6 +52,10 @@ class OnnxFolder(Format):
 
         self.check_options(options)
         backend = OnnxBackend(self.model_file, self.genai, self.manifest, options.threads, options.provider)
+        asked = options.context_length or backend.context_length
+        if backend.rotary_positions and asked > backend.rotary_positions:  # refused before any token, not at it
+            raise UserError(f"a context of {asked:,} tokens is past the {backend.rotary_positions:,} positions of this "
+                            "model's rotary tables", self.path, f"use a context of {backend.rotary_positions:,} tokens or less")
         backend.context_length = options.context_for(backend.context_length)
         backend.refuse_cache_past_memory()
         details = {k: self.manifest.get(k) for k in ("family", "position_encoding", "quantization")}

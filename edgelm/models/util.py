@@ -7,6 +7,7 @@ from typing import Any
 
 from ..numbers import is_number
 
+FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
 MAX_SIZE = 1 << 31  # larger than any dimension of a model that fits in memory
 
 
@@ -89,6 +90,8 @@ class ConfigReader:
         value = self.first(keys, default)
         if not is_number(value) or value != value or abs(value) == float("inf"):
             raise ValueError(f"{keys[0]} must be a finite number, not {value!r}")
+        if abs(value) > FLOAT32_MAX:  # a GGUF key, an ONNX initializer and the torch model hold it in float32
+            raise ValueError(f"{keys[0]} = {value!r} is past float32's range (±{FLOAT32_MAX:.3g}), in which every engine holds it")
         if positive and value <= 0:
             raise ValueError(f"{keys[0]} must be positive, not {value!r}")
         return float(value)
