@@ -57,7 +57,8 @@ def check_manifest(manifest: Any, where: Path) -> dict:
 def _read_manifest(folder: Path) -> dict:
     path = find_member(folder, BUNDLE_MANIFEST, MAX_MANIFEST_BYTES, "the manifest")
     if path is None:
-        raise UserError(f"no {BUNDLE_MANIFEST} manifest", folder, "give a folder made by `edgelm bundle`")
+        raise UserError(f"no {BUNDLE_MANIFEST} manifest", folder, "give what `edgelm export` made (a .gguf file, an ONNX folder) "
+                        "or `edgelm bundle` made: a model folder carries no parity certificate")
     return check_manifest(read_json(path, MAX_MANIFEST_BYTES, "the manifest"), path)
 
 

@@ -642,9 +642,6 @@ def verify(
     from .formats.base import resolve_device
 
     fmt = detect(artifact_path)
-    if fmt.checkpoint:  # nothing was certified (was "no edgelm.json manifest — give a bundle")
-        raise UserError(f"verify checks what `edgelm export` or `edgelm bundle` made; this is {fmt.noun}, which carries no parity "
-                        "certificate", artifact_path, f"export it (`edgelm export {artifact_path}`), then verify the export")
     threads, device = _threads(threads), resolve_device(_device(device))
     # a GGUF file or an ONNX export (its edgelm.json) is checked as itself; anything else as a bundle, whose
     # checks say what is missing (a bundle folder without its manifest is refused, not run as an ONNX folder)

@@ -52,12 +52,11 @@ class OnnxFolder(Format):
 
         self.check_options(options)
         backend = OnnxBackend(self.model_file, self.genai, self.manifest, options.threads, options.provider)
-        asked = options.context_length or backend.context_length
-        if backend.rotary_positions and asked > backend.rotary_positions:  # refused before any token, not at it
-            raise UserError(f"a context of {asked:,} tokens is past the {backend.rotary_positions:,} positions of this "
-                            "model's rotary tables", self.path, f"use a context of {backend.rotary_positions:,} tokens or less")
         backend.context_length = options.context_for(backend.context_length)
         backend.refuse_cache_past_memory()
+        if backend.rotary_positions and backend.context_length > backend.rotary_positions:  # refused before any token, not at it
+            raise UserError(f"a context of {backend.context_length:,} tokens is past the {backend.rotary_positions:,} positions of this "
+                            "model's rotary tables", self.path, f"use a context of {backend.rotary_positions:,} tokens or less")
         details = {k: self.manifest.get(k) for k in ("family", "position_encoding", "quantization")}
         details["engine_version"] = f"onnxruntime {onnxruntime_version}"
         return Artifact(self.path, self, f"onnxruntime ({options.provider})", load_tokenizer(self.path), backend, details)
