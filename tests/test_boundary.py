@@ -912,3 +912,12 @@ def test_an_onnx_context_past_memory_is_refused_as_it_opens(run_cli, made):
     code, out, err = run_cli("chat", made["onnx"], "-c", 100_000_000)
     last = err.strip().splitlines()[-1]  # after the note that the context is above the training context
     assert code == 2 and last.startswith("error: ") and "of KV cache" in last and out == "" and "Traceback" not in err, (code, out, err)
+
+
+def test_a_zipped_bundles_refusals_name_the_zip(made, run_cli):
+    """A zip's model runs from a temporary folder, and a refusal about it named that folder
+    ("/tmp/edgelm-bundle-…: --allow-pickle applies to …"), gone by the time the line is read: it names the zip."""
+    for args, needle in [(("generate", made["zip"], "--prompt", "x", "--allow-pickle"), "--allow-pickle applies"),
+                         (("inspect", made["zip"], "--position-encoding", "none"), "carries its position encoding")]:
+        code, out, err = run_cli(*args)
+        assert code == 2 and err.startswith(f"error: {made['zip']}: ") and needle in err and "edgelm-bundle-" not in err, err

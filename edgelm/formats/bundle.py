@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,18 @@ class Bundle(Format):
         manifest = verify_folder(folder)
         return manifest, bundled_format(folder, manifest)
 
+    @contextmanager
+    def _named_by_bundle(self, folder: Path):
+        """A zip's model runs from a temporary folder, gone by the time a refusal is read ("/tmp/edgelm-bundle-…:
+        --allow-pickle applies to …"): a one-line error about a file there names the zip the user gave."""
+        try:
+            yield
+        except UserError as exc:
+            if folder == self.path or exc.path is None or not (exc.path == folder or folder in exc.path.parents):
+                raise
+            inside = exc.path.relative_to(folder).as_posix()
+            raise UserError(f"{exc.what} (its {inside})" if inside != "." else exc.what, self.path, exc.fix) from None
+
     def open(self, options: LoadOptions) -> Artifact:
         cleanups = []
         folder = self.path
@@ -63,8 +76,9 @@ class Bundle(Format):
                 raise
             folder = Path(scratch.name)
         try:
-            manifest, inner = self._inside(folder)
-            artifact = inner.open(options)
+            with self._named_by_bundle(folder):
+                manifest, inner = self._inside(folder)
+                artifact = inner.open(options)
         except BaseException:
             for cleanup in cleanups:
                 cleanup()
@@ -83,7 +97,7 @@ class Bundle(Format):
             return self._inside(folder)[1].recorded_temperatures()
 
     def describe(self, options: LoadOptions) -> dict[str, Any]:
-        with unpacked(self.path) as folder:
+        with unpacked(self.path) as folder, self._named_by_bundle(folder):
             manifest, inner = self._inside(folder)
             facts = inner.describe(options)
         return facts | {"format": f"bundle of {facts['format']}", "files": len(manifest["files"]), "verified": True,
