@@ -144,11 +144,17 @@ def read_bytes(path: Path, limit: int, what: str = "the file") -> bytes:
     return data
 
 
+def _not_utf8(exc: UnicodeDecodeError, path: Path | None, what: str) -> NotUtf8Text:
+    """The one line for bytes that are not UTF-8: a file's (`path`) may be re-downloaded, a stream's not."""
+    return NotUtf8Text(f"{what} is not UTF-8 text (byte {exc.start}: {exc.reason})", path,
+                       "convert it to UTF-8" + (" or re-download it" if path is not None else ""))
+
+
 def decode_text(data: bytes, path: Path | None, what: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{what} is not UTF-8 text (byte {exc.start}: {exc.reason})", path, "convert it to UTF-8 or re-download it") from None
+        raise _not_utf8(exc, path, what) from None
 
 
 def read_text(path: Path, limit: int = MAX_TEXT_BYTES, what: str | None = None) -> str:
@@ -169,7 +175,7 @@ def read_text_head(path: Path, size: int, what: str) -> tuple[str, bool]:
     try:
         return codecs.getincrementaldecoder("utf-8")().decode(data[:size], final=whole), whole
     except UnicodeDecodeError as exc:
-        raise UserError(f"{what} is not UTF-8 text (byte {exc.start}: {exc.reason})", path, "convert it to UTF-8 or re-download it") from None
+        raise _not_utf8(exc, path, what) from None
 
 
 def read_stream(stream: BinaryIO, limit: int, what: str, line: bool = False) -> str:
@@ -191,10 +197,7 @@ def read_stream(stream: BinaryIO, limit: int, what: str, line: bool = False) -> 
     if len(data) > limit:
         raise UserError(f"{what} holds more than {limit:,} bytes{' in one line' if line else ''}; edgelm reads at most that", None,
                         "give a shorter text")
-    try:
-        return bytes(data).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise NotUtf8Text(f"{what} is not UTF-8 text (byte {exc.start}: {exc.reason})", None, "convert it to UTF-8") from None
+    return decode_text(bytes(data), None, what)
 
 
 def _depth(text: str) -> int:

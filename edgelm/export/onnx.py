@@ -55,8 +55,6 @@ KV_CACHES = ("float", "int8")
 KV_CALIBRATION_TOKENS = 1024  # tokens of calibration text run through the model for the int8 KV scales
 INT8_MAX = 127
 log = logging.getLogger("edgelm")
-
-
 ROTARY_TABLE_LIMIT = 131072  # rows at most (Llama 3.x's context): a config's 2,000,000,000 positions asked for 16 GB of arange
 
 
@@ -496,12 +494,13 @@ def export_onnx(
             if (source := find_member(checkpoint.path, name)) is not None:
                 shutil.copyfile(source, tmp / name)
         write_hf_configs(checkpoint, tmp)
-        (tmp / GENAI_CONFIG).write_text(json.dumps(genai_config(checkpoint, tokenizer, context_positions(checkpoint.spec)), indent=2) + "\n")
+        context = context_positions(checkpoint.spec)
+        (tmp / GENAI_CONFIG).write_text(json.dumps(genai_config(checkpoint, tokenizer, context), indent=2) + "\n")
         budget = None if max_size is None else (max_size, sum(p.stat().st_size for p in tmp.iterdir()))
         notes = _write_graph(checkpoint, tmp / ONNX_MODEL_FILE, calibration_text if kv_cache == "int8" else None, quant,
                              int4_embedding, int8_lm_head, calibration, int4_block_size, int4_accuracy_level, budget)
-        if context_positions(checkpoint.spec) < checkpoint.spec.max_positions:
-            notes.append(f"the rotary tables cover the first {context_positions(checkpoint.spec):,} of the model's "
+        if context < checkpoint.spec.max_positions:
+            notes.append(f"the rotary tables cover the first {context:,} of the model's "
                          f"{checkpoint.spec.max_positions:,} positions (genai_config's context_length; a longer context is refused)")
         manifest = {
             "family": checkpoint.spec.family,
