@@ -4,7 +4,7 @@ with their names from gguf-py's `Keys` (what llama.cpp's converter writes and it
 edgelm-defined arch's are declared in its layout module (gguf_layout/tokenformer.py), which edgelm's
 ggml executor reads too, and indexed here, not spelled again. The writer (export/gguf.py) writes each
 key with its declared type and refuses one not declared; the reader that checks a GGUF against its
-edgelm.config (runtime/gguf_native.py) compares by the same type.
+edgelm.config (formats/gguf_native.py) compares by the same type.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def test_zero_steps_at_one_equals_the_uncalibrated_model(preset_dir):
 
 
 def test_cli_file_round_trips_through_export(run_cli, preset_dir, tmp_path):
-    from edgelm.runtime.gguf_file import open_gguf
+    from edgelm.formats.gguf_file import open_gguf
 
     folder = preset_dir("tiny-nope")
     text = tmp_path / "text.txt"

@@ -57,7 +57,7 @@ def test_f32_gguf_matches_reference(preset_dir, tmp_path, name):
 
 
 def test_nope_exports_as_granite_with_temperatures_folded(preset_dir, tmp_path):
-    from edgelm.runtime.gguf_file import open_gguf
+    from edgelm.formats.gguf_file import open_gguf
 
     checkpoint = open_checkpoint(preset_dir("tiny-nope"), head_temperatures=temperatures_file(tmp_path, open_checkpoint(preset_dir("tiny-nope")).spec))
     export_gguf(checkpoint, tmp_path / "nope.gguf", "f32")

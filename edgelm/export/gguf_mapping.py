@@ -1,7 +1,7 @@
 """How a family's checkpoint becomes a GGUF: one `GgufMapping` subclass per family, registered with
 `@register_gguf` and looked up by family (as llama.cpp's converter's `ModelBase.register`), declared in
 the family's file (edgelm/families/). The torch model knows nothing of it; the writer (export/gguf.py)
-and the GGUF checker (runtime/gguf_native.py) read it."""
+and the GGUF checker (formats/gguf_native.py) read it."""
 
 from __future__ import annotations
 

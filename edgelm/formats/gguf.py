@@ -30,7 +30,7 @@ class GGUF(Format):
         return path.is_file() and (path.suffix == ".gguf" or read_prefix(path, 4) == MAGIC)
 
     def __init__(self, path: Path):
-        from ..runtime.gguf_file import open_gguf
+        from .gguf_file import open_gguf
 
         super().__init__(path)
         self.gguf = open_gguf(path)
@@ -53,7 +53,7 @@ class GGUF(Format):
         """(family, spec) for a file edgelm wrote, else None; a file neither edgelm nor llama.cpp can run is
         refused. Rebuilding the spec imports torch and the families: the llama.cpp path does not need it."""
         if self.gguf.written_by_edgelm:
-            from ..runtime.gguf_native import edgelm_model
+            from .gguf_native import edgelm_model
 
             return edgelm_model(self.gguf)
         self._check_runnable()
@@ -121,7 +121,7 @@ class GGUF(Format):
             from ggml import __version__ as ggml_version
 
             from ..runtime.ggml_executor import GGMLBackend
-            from ..runtime.gguf_file import gguf_tokenizer
+            from .gguf_file import gguf_tokenizer
 
             tokenizer = gguf_tokenizer(self.gguf)
             backend = GGMLBackend(self.gguf, context, options.threads, options.f32_kv_cache, gpu=options.gpu_layers > 0 or options.resolved_device() == "cuda")

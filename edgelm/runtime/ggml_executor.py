@@ -13,14 +13,16 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import ggml
 import numpy as np
 
 from ..errors import UserError
 from .backend import Backend, default_threads, refuse_cache_past_memory
-from .gguf_file import GGUFFile
+
+if TYPE_CHECKING:  # the reader lives with the formats; the executor only runs what it opened
+    from ..formats.gguf_file import GGUFFile
 
 TENSOR_ALIGNMENT = 32  # ggml's CPU buffers need tensor data on 32-byte boundaries
 MAX_NODES = 8192
