@@ -50,7 +50,6 @@ class Model:
         written; `context_shift`: a NoPE model's cache is shifted past the old exchanges this call drops
         (`chat --context-shift`; not exactly a fresh prefill)."""
         from .chat import Conversation
-        from .runtime.generate import generate_from_ids
 
         messages = list(messages)
         if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages):
@@ -65,10 +64,8 @@ class Model:
             from .runtime.prompt_cache import start_from
 
             log.info(start_from(Path(prompt_cache), self.artifact.path, backend, conversation.preamble_ids()))
-        ids, dropped = conversation.prompt_ids(messages[-1]["content"])
-        backend.context_shift = context_shift and bool(dropped)  # only past exchanges this call dropped
-        pieces = generate_from_ids(backend, self.tokenizer, ids, max_new_tokens, SamplingOptions(**sampling), tuple(stop),
-                                   draft, lookup_ngram)
+        pieces = iter(conversation.turn(messages[-1]["content"], backend, max_new_tokens, SamplingOptions(**sampling), tuple(stop),
+                                        draft, lookup_ngram, context_shift))
         return pieces if stream else "".join(piece.text for piece in pieces)
 
     def perplexity(self, text: str, ctx: int = 256, stride: int | None = None) -> float:

@@ -4,12 +4,20 @@ chat_template.py), trimmed to fit the context."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .artifact_files import MAX_TEMPLATE_BYTES
 from .chat_template import TemplateLimit, render_bounded
 from .errors import UserError
+from .numbers import LOOKUP_NGRAM
 from .tokenizer import Tokenizer, unicode_text
+
+if TYPE_CHECKING:
+    from .runtime.backend import Backend
+    from .runtime.generate import Piece
+    from .runtime.sampling import SamplingOptions
 
 # Used when neither the tokenizer config nor the GGUF carries a template (roles spelled out, not
 # `| capitalize`d, as in the shipped tokenizers: onnxruntime-genai's template engine lacks that filter).
@@ -107,5 +115,61 @@ class Conversation:
     def add_reply(self, text: str) -> None:
         self.turns.append({"role": "assistant", "content": text})
 
+    def turn(self, user: str, backend: Backend, max_new_tokens: int, sampling: SamplingOptions, stop: tuple[str, ...] = (),
+             draft: int | None = None, lookup_ngram: int = LOOKUP_NGRAM, context_shift: bool = False) -> Turn:
+        """The next turn, `user`'s message on this history: rendered, trimmed to fit and tokenized now (a
+        message refused here leaves the history as it was); iterating it streams the reply."""
+        history = list(self.turns)
+        ids, dropped = self.prompt_ids(user)
+        return Turn(self, history, ids, dropped, backend, max_new_tokens, sampling, stop, draft, lookup_ngram, context_shift)
+
     def reset(self) -> None:
         self.turns = []
+
+
+@dataclass
+class Turn:
+    """One reply, streamed on the cache the backend holds (runtime/backend.py: only what the cache does not
+    share with the prompt is evaluated), and what it cost, as `edgelm chat` reports it after each turn.
+    The reply joins the history when the stream ends, also when the caller stops it early (Ctrl-C): what
+    was said stays said. A refusal part way (runtime's UserError) puts the history back as it was."""
+
+    conversation: Conversation
+    history: list[dict]
+    ids: list[int]
+    dropped: int  # oldest exchanges dropped to fit the context
+    backend: Backend
+    max_new_tokens: int
+    sampling: SamplingOptions
+    stop: tuple[str, ...]
+    draft: int | None
+    lookup_ngram: int
+    context_shift: bool  # shift a NoPE cache past what was dropped instead of evaluating it again
+    evaluated: int | None = None  # prompt tokens run through the model, known once the first piece is out
+    tokens: int = 0
+    drafted: int = 0  # prompt-lookup tokens verified, and taken, this turn
+    accepted: int = 0
+
+    def __iter__(self) -> Iterator[Piece]:
+        from .runtime.generate import generate_from_ids
+
+        backend, reply, refused = self.backend, [], False
+        backend.context_shift = self.context_shift and backend.position_free and bool(self.dropped)  # only past what was dropped
+        evaluated, drafted, accepted = backend.evaluated, backend.drafted, backend.accepted
+        try:
+            for piece in generate_from_ids(backend, self.conversation.tokenizer, self.ids, self.max_new_tokens, self.sampling,
+                                           self.stop, self.draft, self.lookup_ngram):
+                if self.evaluated is None:  # the prompt's evaluation is done once the first piece is out
+                    self.evaluated = backend.evaluated - evaluated
+                self.tokens += piece.token is not None
+                reply.append(piece.text)
+                yield piece
+        except UserError:
+            refused = True
+            self.conversation.turns = self.history
+            raise
+        finally:
+            backend.context_shift = False
+            self.drafted, self.accepted = backend.drafted - drafted, backend.accepted - accepted
+            if not refused:
+                self.conversation.add_reply("".join(reply).strip())

@@ -455,7 +455,6 @@ def chat(
 
     from .chat import Conversation
     from .formats import open_artifact
-    from .runtime.generate import generate_from_ids
     from .runtime.sampling import SamplingOptions
 
     _check_stop(stop)
@@ -502,37 +501,33 @@ def chat(
             continue
         if not user.strip():
             continue
-        start, count, reply, before, evaluated = time.time(), 0, "", backend.evaluated, None
-        drafted, accepted, history = backend.drafted, backend.accepted, list(conversation.turns)
+        start, turn, pieces = time.time(), None, None
         try:
-            ids, dropped = conversation.prompt_ids(user)
-            if dropped:
-                info.print(f"[dim]dropped the {dropped} oldest exchange(s) to fit the {artifact.backend.context_length}-token context[/dim]")
-            backend.context_shift = context_shift and bool(dropped)  # only past what was dropped, never elsewhere
+            turn = conversation.turn(user, backend, max_new_tokens, options, tuple(stop or ()), draft, lookup_ngram, context_shift)
+            if turn.dropped:
+                info.print(f"[dim]dropped the {turn.dropped} oldest exchange(s) to fit the {backend.context_length}-token context[/dim]")
             if verbose_prompt:
-                info.print(f"prompt: {len(ids)} tokens\n" + "\n".join(f"{i:6d} -> {artifact.tokenizer.decode([i])!r}" for i in ids), markup=False)
-            for piece in generate_from_ids(artifact.backend, artifact.tokenizer, ids, max_new_tokens, options, tuple(stop or ()),
-                                           draft, lookup_ngram):
-                if evaluated is None:  # the prompt's evaluation is done once the first token is out
-                    evaluated = backend.evaluated - before
+                info.print(f"prompt: {len(turn.ids)} tokens\n" + "\n".join(f"{i:6d} -> {artifact.tokenizer.decode([i])!r}" for i in turn.ids),
+                           markup=False)
+            pieces = iter(turn)
+            for piece in pieces:
                 out.print(piece.text, end="", markup=False)
-                reply += piece.text
-                count += piece.token is not None
         except KeyboardInterrupt:
+            if pieces is None:  # before the reply began: nothing of this turn is kept
+                out.print()
+                continue
+            pieces.close()  # the reply so far joins the history
             out.print(" [dim](stopped)[/dim]", end="")
         except UserError as exc:  # this turn only (a message too long even alone, …): the history is as it was
-            conversation.turns = history
-            if reply:
+            if turn is not None and turn.tokens:
                 out.print()
             err.print(f"error: {exc.line()}", markup=False, soft_wrap=True)
             continue
-        conversation.add_reply(reply.strip())
-        rate = count / max(time.time() - start, 1e-9)
-        drafted, accepted = backend.drafted - drafted, backend.accepted - accepted
-        lookup = f", {accepted}/{drafted} drafted tokens taken" if drafted else ""  # as llama.cpp's lookup reports n_drafted, n_accept
-        prompt = f"; {evaluated} prompt tokens evaluated" if evaluated is not None else ""
+        rate = turn.tokens / max(time.time() - start, 1e-9)
+        lookup = f", {turn.accepted}/{turn.drafted} drafted tokens taken" if turn.drafted else ""  # as llama.cpp's lookup reports n_drafted, n_accept
+        prompt = f"; {turn.evaluated} prompt tokens evaluated" if turn.evaluated is not None else ""
         out.print()
-        info.print(f"[dim]{count} tokens, {rate:.1f} tok/s{lookup}{prompt}[/dim]")
+        info.print(f"[dim]{turn.tokens} tokens, {rate:.1f} tok/s{lookup}{prompt}[/dim]")
 
 
 @app.command()

@@ -325,3 +325,35 @@ def test_conversation_keeps_its_history_when_a_message_is_refused():
         with pytest.raises(UserError):
             conversation.prompt_ids(message)
         assert conversation.turns == before
+
+
+def test_a_turn_keeps_what_was_said_when_stopped_and_nothing_when_refused():
+    """Conversation.turn is the one turn loop of `edgelm chat` and `Model.chat`: a reply stopped part way
+    (Ctrl-C: the stream closed early) joins the history as far as it went; a refusal while generating puts the
+    history back; the next turn's prompt reuses the cache the stopped turn left (only the new text is evaluated)."""
+    from edgelm.formats import LoadOptions, open_artifact
+    from edgelm.runtime.sampling import SamplingOptions
+
+    artifact = open_artifact(MODEL, LoadOptions())
+    conversation = Conversation(artifact.tokenizer, artifact.backend.context_length, 16)
+    greedy = SamplingOptions(temperature=0.0)
+    full = conversation.turn("Good morning.", artifact.backend, 16, greedy)
+    whole = "".join(piece.text for piece in full)
+    assert conversation.turns[-1] == {"role": "assistant", "content": whole.strip()} and full.tokens >= 1
+    assert full.evaluated == len(full.ids)  # a fresh cache: the whole prompt
+
+    stopped = conversation.turn("Tell me more.", artifact.backend, 16, greedy)
+    pieces = iter(stopped)
+    first = next(pieces).text
+    pieces.close()  # what the CLI does on Ctrl-C
+    assert conversation.turns[-2:] == [{"role": "user", "content": "Tell me more."}, {"role": "assistant", "content": first.strip()}]
+    after = conversation.turn("And then?", artifact.backend, 16, greedy)
+    assert "".join(piece.text for piece in after) is not None
+    assert after.evaluated < len(after.ids) // 2, (after.evaluated, len(after.ids))  # the history was in the cache
+
+    before = list(conversation.turns)
+    refused = conversation.turn("Once more.", artifact.backend, 16, greedy)
+    refused.ids = refused.ids + [artifact.backend.context_length] * artifact.backend.context_length  # past the context: refused
+    with pytest.raises(UserError):
+        list(refused)
+    assert conversation.turns == before
