@@ -636,6 +636,9 @@ def verify(
     from .formats import detect
     from .formats.base import resolve_device
 
+    if device != "cpu" and reference is None:  # the probe runs on the artifact's own engine; only the reference is torch's
+        raise UserError(f"--device {device} sets where --reference's torch model runs, and no --reference was given", None,
+                        "add --reference MODEL_DIR, or drop --device (the probe runs on the artifact's engine)")
     fmt = detect(artifact_path)
     threads, device = _threads(threads), resolve_device(_device(device))
     # a GGUF file or an ONNX export (its edgelm.json) is checked as itself; anything else as a bundle, whose

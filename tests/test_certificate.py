@@ -241,6 +241,13 @@ def test_verify_refuses_a_model_folder(run_cli):
     assert_user_error(run_cli("verify", MODELS / "tiny-nope"), "no edgelm.json manifest", "a model folder carries no parity certificate")
 
 
+def test_verify_device_without_reference_is_refused(run_cli, exports):
+    """--device places --reference's torch model; given alone it did nothing, and `--device cuda` on a machine
+    without a GPU said torch sees none, for a GGUF that torch never runs."""
+    for device in ("cuda", "auto"):
+        assert_user_error(run_cli("verify", exports("tiny-nope.gguf"), "--device", device), "no --reference was given", "drop --device")
+
+
 
 def test_probe_says_where_greedy_tokens_part():
     """One changed token is reported where it is, not as every token differing (greedy decoding goes its own
