@@ -456,3 +456,48 @@ def test_onnxruntime_genai_applies_the_chat_template_as_edgelm_does(exported, na
     assert rendered == conversation.render(turns) and "Hello" in rendered
     text = "It is a truth universally acknowledged, that a single man in possession of a good fortune"
     assert genai_tokenizer.encode(text).tolist() == conversation.tokenizer.encode(text, add_bos=False)
+
+
+LIBRARY_SOURCE = r"""
+#include <stdio.h>
+__attribute__((constructor)) static void loaded(void) { FILE *f = fopen(MARKER, "a"); if (f) { fputs("loaded\n", f); fclose(f); } }
+int RegisterCustomOps(void *options, const void *api) { return 0; }
+"""
+
+
+@pytest.mark.parametrize("option", [("custom_ops_library", "libcustom.so"), ("custom_ops_library", "/abs/libcustom.so"),
+                                    ("provider_options", [{"qnn": {"backend_path": "libcustom.so"}}])])
+def test_a_library_named_in_genai_config_is_never_loaded(run_cli, exported, tmp_path, option):
+    """A stranger's finding: a bundle whose genai_config named `session_options.custom_ops_library` (its own .so,
+    listed with its sha256 in the manifest) made `edgelm verify` load it in onnxruntime-genai's check: native
+    code from the bundle's author, run by verify; `bundle` copied the option from an ONNX folder. Each path in is
+    now refused in one line, and the library is not loaded."""
+    import hashlib
+    import shutil
+    import subprocess
+
+    _, folder = exported("tiny-rope")
+    assert run_cli("bundle", folder, "--out", tmp_path / "b")[0] == 0
+    marker = tmp_path / "LOADED"
+    library = tmp_path / "b" / "libcustom.so"
+    if shutil.which("gcc"):
+        (tmp_path / "lib.c").write_text(LIBRARY_SOURCE.replace("MARKER", json.dumps(str(marker))))
+        subprocess.run(["gcc", "-shared", "-fPIC", "-o", library, tmp_path / "lib.c"], check=True)
+    else:
+        library.write_bytes(b"\x7fELF")  # the refusal comes before any load either way
+    key, value = option
+    value = str(tmp_path / "b" / "libcustom.so") if value == "/abs/libcustom.so" else value
+    for root in (tmp_path / "b", shutil.copytree(folder, tmp_path / "folder")):
+        genai = json.loads((root / "genai_config.json").read_text())
+        genai["model"]["decoder"].setdefault("session_options", {})[key] = value
+        (root / "genai_config.json").write_text(json.dumps(genai))
+    manifest = json.loads((tmp_path / "b" / "edgelm.json").read_text())
+    for name in ("genai_config.json", "libcustom.so"):
+        data = (tmp_path / "b" / name).read_bytes()
+        manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (tmp_path / "b" / "edgelm.json").write_text(json.dumps(manifest))
+    for command in (("verify", tmp_path / "b"), ("generate", tmp_path / "folder", "--prompt", "Hi"),
+                    ("bundle", tmp_path / "folder", "--out", tmp_path / "b2"), ("inspect", tmp_path / "folder")):
+        code, _, err = run_cli(*command)
+        assert code == 2 and "names a file for onnxruntime-genai to load" in err and len(err.strip().splitlines()) == 1, (command, err)
+    assert not marker.exists() and not (tmp_path / "b2").exists()

@@ -288,6 +288,28 @@ def decoder_names(decoder: dict) -> dict:
     return DEFAULT_DECODER_NAMES | decoder.get("inputs", {}) | decoder.get("outputs", {})
 
 
+# onnxruntime-genai loads, as native code, a shared library its config names: session_options'
+# custom_ops_library (RegisterCustomOps), and execution providers' library options (QNN's backend_path, …)
+LIBRARY_SUFFIX = re.compile(r"\.(so|dll|dylib)(\.[0-9]+)*$", re.IGNORECASE)
+
+
+def refuse_loaded_code(node, where: str, path: Path) -> None:
+    """Anywhere in genai_config.json (the decoder's session_options, a pipeline stage's, a provider's options):
+    a `custom_ops_library`, or an option naming a path or a library, is refused. Whoever wrote the folder
+    would choose the code that onnxruntime-genai runs inside edgelm (`verify` of a bundle, onnxruntime-genai's
+    check) and inside the app a bundle ships to; edgelm runs no checkpoint's code."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        here = f"{where}.{key}" if where else str(key)
+        names_code = key == "custom_ops_library" or (
+            "session_options" in here and isinstance(value, str) and isinstance(key, str)
+            and (key.lower().endswith(("path", "library", "lib")) or LIBRARY_SUFFIX.search(value) or "/" in value or "\\" in value))
+        if names_code:
+            raise UserError(f"{GENAI_CONFIG} names a file for onnxruntime-genai to load ({here} = {str(value)[:80]!r}); edgelm runs no "
+                            "library or file a model folder names", path, f"remove {here}, or set it in your own app's code")
+        refuse_loaded_code(value, here, path)
+
+
 def read_onnx_folder(folder: Path) -> tuple[dict, dict, Path]:
     """genai_config.json (validated; described from the graph for an Optimum folder, which has none),
     edgelm.json ({} where another tool made the folder) and the graph's path, which never leaves the
@@ -296,6 +318,7 @@ def read_onnx_folder(folder: Path) -> tuple[dict, dict, Path]:
     genai_file = find_member(folder, GENAI_CONFIG)
     genai = read_json(genai_file, what=GENAI_CONFIG) if genai_file else describe_optimum_folder(folder)
     manifest = read_json(manifest_path, what=ONNX_MANIFEST) if manifest_path else {}
+    refuse_loaded_code(genai, "", genai_path)
     try:
         decoder = genai["model"]["decoder"]
         for key in ("num_hidden_layers", "num_key_value_heads", "head_size"):
