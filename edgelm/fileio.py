@@ -34,6 +34,9 @@ def refuse_existing(target: Path, force: bool, kind: str | None = None) -> None:
     if target.is_symlink():
         raise UserError("the output is a symbolic link; --force replaces files and folders, not links", target,
                         "remove the link or give the path it points to")
+    if not (target.is_file() or target.is_dir()):  # a device node, FIFO or socket: /dev/null as root was replaced by a file
+        raise UserError("the output is not a file or a folder (a device, pipe or socket); --force replaces files and folders", target,
+                        "give the output a path of its own")
     if Path.cwd().resolve().is_relative_to(target.resolve()):
         raise UserError("the output would replace the current folder", target, "give the output a name of its own")
     if kind == "folder" and not target.is_dir() or kind == "file" and target.is_dir():

@@ -539,6 +539,29 @@ def test_force_onto_a_link_or_the_wrong_kind(run_cli, made, tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file", "link", "real"] and list(folder.iterdir()) == []
 
 
+def test_force_never_replaces_a_device_or_a_pipe(run_cli, made, tmp_path):
+    """A stranger's finding: `export … --out /dev/null --force`, run as root, replaced the system's /dev/null
+    with a regular file (exit 0); a FIFO likewise. --force replaces files and folders only, for every command
+    that writes (export, calibrate, bundle, bundle --zip all go through fileio.refuse_existing)."""
+    import stat
+
+    fifo = tmp_path / "pipe.gguf"
+    os.mkfifo(fifo)
+    (tmp_path / "z.zip").unlink(missing_ok=True)
+    os.mkfifo(tmp_path / "z.zip")
+    cases = [["export", made["model"], "--quant", "f32", "--no-certificate", "--out", fifo, "--force"],
+             ["export", made["model"], "--format", "onnx", "--out", fifo, "--force"],
+             ["bundle", made["gguf"], "--out", tmp_path / "z", "--zip", "--force"]]
+    if os.geteuid() == 0:  # a device node of our own (only root may make one): the same bytes as /dev/null
+        os.mknod(tmp_path / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        cases.append(["export", made["model"], "--quant", "f32", "--no-certificate", "--out", tmp_path / "null", "--force"])
+    for argv in cases:
+        assert_user_error(run_cli(*argv), "not a file or a folder")
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and stat.S_ISFIFO((tmp_path / "z.zip").lstat().st_mode)
+    if os.geteuid() == 0:
+        assert stat.S_ISCHR((tmp_path / "null").lstat().st_mode)
+
+
 def test_bundle_zip_onto_a_read_only_place(run_cli, made, tmp_path, monkeypatch):
     import errno
     import tempfile
