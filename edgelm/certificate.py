@@ -10,6 +10,8 @@ metadata_props `edgelm.parity`; bundle manifests copy it):
   `artifact_perplexity`, `max_abs_logit_diff`: edgelm.parity's numbers against the fp32 torch reference;
 - `reference_sha256` (the checkpoint's safetensors files and config.json, as ONNX's edgelm.json has
   long stated it), `text` and `text_sha256` (the evaluation text's file);
+- `weights_sha256` (the artifact's own weights, Format.weights_sha256: a byte of a weight the probe
+  does not reach still fails `verify`); absent from an older edgelm's certificate and an ORT-format graph's;
 - `edgelm_version`, `engine` and `engine_version` (the package that ran the artifact), and `kv_cache`, its
   KV cache's number type (float32 for a GGUF; an ONNX graph's own); a certificate without it (an older
   edgelm's) was measured with float32 where the engine had the choice;
@@ -62,6 +64,7 @@ NUMBER_RANGES = {"mean_kld": NON_NEGATIVE, "max_kld": NON_NEGATIVE, "perplexity_
 NUMBERS = tuple(NUMBER_RANGES)
 STRINGS = ("edgelm_version", "engine", "engine_version", "reference_sha256", "text", "text_sha256")
 HASHES = ("reference_sha256", "text_sha256")
+WEIGHTS_HASH = "weights_sha256"  # optional: an older edgelm's certificate has none
 COUNTS = ("certificate_version", "positions")
 
 
@@ -204,11 +207,12 @@ def certify(checkpoint, fmt, device: str = "cpu", threads: int | None = None, kv
         engine, engine_version = artifact.engine, artifact.details.get("engine_version", "unknown")
         kv_cache = artifact.backend.kv_cache_type()
     numbers = report.as_dict()
+    weights = fmt.weights_sha256()
     return ({"certificate_version": CERTIFICATE_VERSION, "positions": report.positions}
             | {name: float(numbers[name]) for name in NUMBERS}
             | {"edgelm_version": __version__, "engine": engine, "engine_version": engine_version, "kv_cache": kv_cache,
                "reference_sha256": reference_sha256(checkpoint), "text": EVALUATION_TEXT.name, "text_sha256": text_sha,
-               "probe": probe})
+               "probe": probe} | ({WEIGHTS_HASH: weights} if weights else {}))
 
 
 def evaluation_text_missing() -> str | None:
@@ -284,8 +288,8 @@ def validate(certificate: Any, where: Path) -> dict[str, Any]:
             _bad(where, f"{name} is not one line of printable text of at most {MAX_FIELD_CHARS} characters")
     if "kv_cache" in certificate and certificate["kv_cache"] not in KV_CACHE_TYPES:
         _bad(where, f"kv_cache is not one of {', '.join(KV_CACHE_TYPES)}")
-    for name in HASHES:
-        if not all(c in "0123456789abcdef" for c in certificate[name]) or len(certificate[name]) != 64:
+    for name in HASHES + ((WEIGHTS_HASH,) if WEIGHTS_HASH in certificate else ()):
+        if not isinstance(certificate[name], str) or not all(c in "0123456789abcdef" for c in certificate[name]) or len(certificate[name]) != 64:
             _bad(where, f"{name} is not a sha256")
     probe = certificate.get("probe")
     if not isinstance(probe, dict) or not isinstance(probe.get("prompt"), str) or len(probe["prompt"]) > MAX_PROBE_PROMPT_CHARS:
@@ -359,8 +363,9 @@ def read_from_gguf(gguf) -> dict[str, Any] | None:
     if gguf.field(GGUF_PARITY + "certificate_version") is None:
         return None
     certificate = {name: gguf.field(GGUF_PARITY + name) for name in COUNTS + NUMBERS + STRINGS}
-    if gguf.field(GGUF_PARITY + "kv_cache") is not None:  # absent in an older edgelm's
-        certificate["kv_cache"] = gguf.field(GGUF_PARITY + "kv_cache")
+    for name in ("kv_cache", WEIGHTS_HASH):  # absent in an older edgelm's
+        if gguf.field(GGUF_PARITY + name) is not None:
+            certificate[name] = gguf.field(GGUF_PARITY + name)
     probe = gguf.field(GGUF_PARITY + "probe")
     certificate["probe"] = from_json(probe, gguf.path) if isinstance(probe, str) else None
     return certificate
@@ -402,10 +407,18 @@ class Verification:
     probe: ProbeCheck | None = None
     recomputed: dict[str, Any] | None = None  # with --reference: the certificate computed again here
     differences: list[str] = field(default_factory=list)  # --reference: fields outside their tolerance
+    weights_sha256: str | None = None  # computed here, where the certificate records one and the format has one
+
+    @property
+    def weights_equal(self) -> bool | None:
+        if self.certificate is None or WEIGHTS_HASH not in self.certificate or self.weights_sha256 is None:
+            return None
+        return self.weights_sha256 == self.certificate[WEIGHTS_HASH]
 
     @property
     def ok(self) -> bool:
-        return self.certificate is None or (self.probe is not None and self.probe.ok and not self.differences)
+        return self.certificate is None or (self.probe is not None and self.probe.ok and not self.differences
+                                            and self.weights_equal is not False)
 
     def lines(self, reference: Path | None = None) -> list[str]:
         """What `edgelm verify` prints about the certificate."""
@@ -422,6 +435,13 @@ class Verification:
                  f"top-{len(c['probe']['top_k_ids'][0])} logits max |Δ| {p.max_abs_diff:.3g} (tolerance {p.tolerance:.3g} = "
                  f"{PROBE_RTOL:g} × largest |logit|), tokenization {'equal' if p.tokenization_equal else 'differs'}; "
                  f"run here on {self.engine}, {self.engine_version}"]
+        if self.weights_equal is not None:
+            lines.append(f"weights: sha256 {self.weights_sha256[:16]}… " + ("matches the certificate's" if self.weights_equal else
+                                                                          f"DIFFERS from the certified {c[WEIGHTS_HASH][:16]}…"))
+        elif WEIGHTS_HASH not in c:
+            lines.append("weights: the certificate records no sha256 of them (an older edgelm's)")
+        else:
+            lines.append("weights: not hashed here: an ORT-format graph, whose file the bundle manifest's sha256 covers")
         if self.engine_version != c["engine_version"]:
             lines.append(f"note: certified on {c['engine_version']}, run here on {self.engine_version}: a different engine may "
                          "compute slightly different logits")
@@ -436,6 +456,9 @@ class Verification:
         """Why it failed, in one line."""
         p = self.probe
         reasons = []
+        if self.weights_equal is False:
+            reasons.append(f"its weights are not the certified ones (sha256 {self.weights_sha256[:16]}…, certified "
+                           f"{self.certificate[WEIGHTS_HASH][:16]}…)")
         if not p.tokenization_equal:
             reasons.append("the tokenizer encodes the probe's prompt differently")
         if not p.greedy_equal:
@@ -443,7 +466,8 @@ class Verification:
         if not p.max_abs_diff <= p.tolerance:
             reasons.append(f"top-k logits moved by {p.max_abs_diff:.3g}, past the tolerance {p.tolerance:.3g}")
         reasons += self.differences
-        return ("the artifact does not compute what its certificate says: " if not p.ok else "the recomputed certificate differs: ") \
+        return ("the artifact does not compute what its certificate says: " if not p.ok
+                else "the artifact is not what was certified: " if self.weights_equal is False else "the recomputed certificate differs: ") \
             + "; ".join(reasons)
 
 
@@ -477,7 +501,7 @@ def verify(fmt, reference: Path | None = None, threads: int | None = None, devic
     with fmt.open(probe_options(fmt, context, threads, certified_kv_cache(found))) as artifact:  # the cache it was measured with
         probe = check_probe(artifact, found["probe"], fmt.path)
         engine, engine_version = artifact.engine, artifact.details.get("engine_version", "unknown")
-    result = Verification(found, engine, engine_version, probe)
+    result = Verification(found, engine, engine_version, probe, weights_sha256=fmt.weights_sha256() if WEIGHTS_HASH in found else None)
     if reference is not None:
         from .models import open_checkpoint
 

@@ -653,7 +653,7 @@ def verify(
                  f"({model['family']}, {model['format']}, {model['quantization']})"]
     if as_json:
         out.print_json(json.dumps({"ok": result.ok, "certificate": result.certificate, "engine_version": result.engine_version,
-                                   "probe": result.probe.as_dict() if result.probe else None,
+                                   "probe": result.probe.as_dict() if result.probe else None, "weights_sha256_equal": result.weights_equal,
                                    "recomputed": result.recomputed, "differences": result.differences}))
     else:
         for line in lines + result.lines(reference):

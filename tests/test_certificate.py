@@ -276,3 +276,38 @@ def test_the_certificate_records_its_kv_cache_and_parity_says_when_it_runs_anoth
     assert abs(json.loads(out)["mean_kld"] - certified["mean_kld"]) <= 1e-5 + 1e-3 * certified["mean_kld"], (out, certified)
     code, out, _ = run_cli("verify", path)
     assert code == 0 and "float32 KV cache" in out, out
+
+
+def test_a_weight_the_probe_never_reaches_still_fails_verify(exports, run_cli, tmp_path):
+    """A stranger's finding: one byte flipped in the last row of the embedding (a token the probe never
+    reads), or a row of it copied over another's, passed `verify` (probe max |Δ| 0, exit 0): the probe sees
+    what 16 tokens compute, not every weight. The certificate now records the artifact's weights' sha256
+    (Format.weights_sha256), and verify checks it: GGUF (as llama.cpp reads the bytes) and ONNX (every
+    initializer, inline or external)."""
+    import onnx
+
+    gguf = exports("tiny-nope.gguf")
+    out = verify_passes(run_cli, gguf)
+    assert "weights: sha256" in out and "matches the certificate's" in out
+    tampered = tmp_path / "row.gguf"
+    shutil.copyfile(gguf, tampered)
+    embedding = {t.name: t for t in GGUFReader(str(gguf)).tensors}["token_embd.weight"]
+    with open(tampered, "r+b") as file:
+        file.seek(int(embedding.data_offset) + int(embedding.n_bytes) - 1)  # the last token's row
+        byte = file.read(1)[0]
+        file.seek(-1, 1)
+        file.write(bytes([byte ^ 0x01]))
+    code, out, err = run_cli("verify", tampered)
+    assert code == 1 and "probe matches" in out and "DIFFERS from the certified" in out, (out, err)
+    assert "verify failed: the artifact is not what was certified: its weights are not the certified ones" in err, err
+
+    folder = exports("tiny-nope.onnx")
+    out = verify_passes(run_cli, folder)
+    assert "matches the certificate's" in out
+    copy = shutil.copytree(folder, tmp_path / "onnx")
+    model = onnx.load(str(copy / "model.onnx"))
+    tensor = next(t for t in model.graph.initializer if t.raw_data and len(t.raw_data) > 64)
+    tensor.raw_data = tensor.raw_data[:-1] + bytes([tensor.raw_data[-1] ^ 0x01])
+    onnx.save(model, str(copy / "model.onnx"))
+    code, out, err = run_cli("verify", copy)
+    assert code == 1 and "DIFFERS from the certified" in out and "its weights are not the certified ones" in err, (out, err)

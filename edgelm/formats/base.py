@@ -179,6 +179,12 @@ class Format(ABC):
         """The parity certificate the artifact carries (certificate.py), unchecked; None where it has none."""
         return None
 
+    def weights_sha256(self) -> str | None:
+        """One sha256 over the artifact's weights (each tensor's name, type, shape and bytes, in file order),
+        which the certificate records and `verify` checks: a changed weight is caught whatever the probe
+        computes. None where the format has no such hash (its files' sha256 in a bundle manifest cover it)."""
+        return None
+
     @property
     def raw_engine(self) -> str | None:
         """The engine that runs this without edgelm, for `bench --compare` (a key of benchmark.RAW_ENGINES)."""

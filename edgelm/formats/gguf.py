@@ -182,6 +182,17 @@ class GGUF(Format):
 
         return read_from_gguf(self.gguf)
 
+    def weights_sha256(self) -> str:
+        import hashlib
+
+        import numpy as np
+
+        digest = hashlib.sha256()
+        for tensor in self.gguf.reader.tensors:  # the memory map's bytes, as llama.cpp reads them
+            digest.update(f"{tensor.name}\0{int(tensor.tensor_type)}\0{[int(d) for d in tensor.shape]}\0".encode())
+            digest.update(np.ascontiguousarray(tensor.data).view(np.uint8))
+        return digest.hexdigest()
+
     def weight_bytes(self) -> int:
         tensors = {t.name: int(t.n_bytes) for t in self.gguf.reader.tensors}
         if "output.weight" in tensors:  # untied: token_embd is only gathered

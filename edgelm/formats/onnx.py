@@ -163,6 +163,31 @@ class OnnxFolder(Format):
         """From edgelm.json: an export's, or a bundle's manifest, which copies it."""
         return self.manifest.get(PARITY_CERTIFICATE)
 
+    def weights_sha256(self) -> str | None:
+        """Over the graph's initializers: inline ones as serialized, external ones as the bytes their
+        location, offset and length name. None for an ORT-format graph (a mobile bundle's model.ort: the
+        bundle manifest's sha256 covers it)."""
+        import hashlib
+
+        if read_prefix(self.model_file, 8)[4:8] == b"ORTM":
+            return None
+        digest = hashlib.sha256()
+        for tensor in self._graph().initializer:
+            external = {entry.key: entry.value for entry in tensor.external_data}
+            if "location" not in external:
+                digest.update(tensor.SerializeToString())
+                continue
+            digest.update(f"{tensor.name}\0{tensor.data_type}\0{list(tensor.dims)}\0".encode())
+            try:
+                offset, length = int(external.get("offset", 0)), int(external["length"]) if "length" in external else -1
+            except ValueError:
+                raise UserError(f"{tensor.name}'s external data offset or length is not a number", self.model_file,
+                                "export the model again") from None
+            with open(member(self.path, external["location"], what="the graph's external weights"), "rb") as handle:
+                handle.seek(max(offset, 0))
+                digest.update(handle.read(length))
+        return digest.hexdigest()
+
     def weight_bytes(self) -> int:
         consumers: dict[str, set[str]] = {}
         graph = self._graph()
