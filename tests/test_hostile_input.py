@@ -237,3 +237,37 @@ def test_llama_cpp_gguf_context_past_memory_is_refused_before_llama_cpp_allocate
     text.write_text("It is a truth. " * 20)
     assert_user_error(run_cli("perplexity", huge, "--text", text, "--ctx", 10_000_000), "a context of 10000000 tokens needs",
                       "if the context asked for is what asks for it")
+
+
+@pytest.fixture(scope="module")
+def llama_gguf(tmp_path_factory):
+    from pathlib import Path
+
+    models = Path(__file__).resolve().parents[1] / "examples" / "models"
+    return export_gguf(open_checkpoint(models / "tiny-rope"), tmp_path_factory.mktemp("llama") / "rope.gguf", "f32",
+                       certificate=False).path
+
+
+@pytest.mark.parametrize("key,value,vtype,needle", [
+    ("llama.block_count", 0, GGUFValueType.UINT32, "block_count is 0, not from 1 to 512"),
+    ("llama.block_count", 600, GGUFValueType.UINT32, "block_count is 600"),
+    ("llama.expert_count", 8, GGUFValueType.UINT32, "expert_count 8 with expert_used_count 0"),
+    ("llama.expert_used_count", 2, GGUFValueType.UINT32, "expert_count 0 and expert_used_count 2"),
+    ("llama.rope.scaling.type", "bogus", GGUFValueType.STRING, "rope.scaling.type is 'bogus'"),
+])
+def test_keys_llama_cpp_asserts_on_are_refused_before_it_loads(run_cli, llama_gguf, tmp_path, key, value, vtype, needle):
+    """A stranger's finding: one key changed (block_count 0, an expert_count added) and llama.cpp aborted the
+    process in load_hparams' GGML_ASSERTs: exit 134 and no message from verify, generate and chat; bundle
+    shipped the file. Each is now one line, exit 2, from every command that opens a GGUF."""
+    evil = rewrite_gguf(llama_gguf, tmp_path / "evil.gguf", drop_keys={key}, add={key: (value, vtype)})
+    for command in (("generate", evil, "--prompt", "x"), ("verify", evil), ("inspect", evil), ("bundle", evil, "--out", tmp_path / "b")):
+        assert_user_error(run_cli(*command), needle)
+
+
+def test_tokenformer_without_rotary_runs(run_cli, gguf_file, tmp_path):
+    """rope.dimension_count 0 (no rotary: the graph reads no positions) aborted ggml ('tensor buffer not set'):
+    the executor set an input the graph had left unallocated."""
+    no_rotary = rewrite_gguf(gguf_file, tmp_path / "nope.gguf", drop_keys={"tokenformer.rope.dimension_count"},
+                             add={"tokenformer.rope.dimension_count": (0, GGUFValueType.UINT32)})
+    code, out, err = run_cli("generate", no_rotary, "--prompt", "It is", "--max-new-tokens", 4)
+    assert code == 0 and out.strip(), err

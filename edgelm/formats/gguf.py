@@ -19,6 +19,45 @@ from .base import Artifact, Format, LoadOptions, register
 MAGIC = b"GGUF"
 
 
+# llama.cpp's limits (src/llama-hparams.h) and its rope scaling names (llama-model.cpp LLAMA_ROPE_SCALING_TYPES)
+LLAMA_MAX_LAYERS, LLAMA_MAX_EXPERTS = 512, 1024
+LLAMA_ROPE_SCALING = ("none", "linear", "yarn", "longrope")
+
+
+def refuse_what_llama_cpp_asserts(gguf) -> None:
+    """The hyperparameters llama.cpp checks with GGML_ASSERT while it loads a file (llama-model.cpp,
+    load_hparams, llama-cpp-python 0.3.36's vendored copy): an assert aborts the whole process (exit 134,
+    no message), where edgelm says what is wrong in one line. A stranger's file with block_count 0, or an
+    expert_count without experts, killed verify, generate and chat."""
+    def count(key: str, default: int = 0) -> int | list:
+        value = gguf.hparam(key, default)
+        if isinstance(value, (list, tuple)) and key == "expert_used_count":  # per layer
+            value = max(value, default=0)
+        if type(value) is not int or value < 0:
+            bad(f"{key} is {value!r}, not a whole number")
+        return value
+
+    def bad(what: str):
+        raise UserError(f"{gguf.arch}.{what} (llama.cpp would abort on it)", gguf.path, "the file is damaged: export it again")
+
+    layers = count("block_count")
+    if not 0 < layers <= LLAMA_MAX_LAYERS:
+        bad(f"block_count is {layers}, not from 1 to {LLAMA_MAX_LAYERS}")
+    if count("nextn_predict_layers") > layers:
+        bad(f"nextn_predict_layers is past block_count {layers}")
+    experts, used = count("expert_count"), count("expert_used_count")
+    groups, groups_used = count("expert_group_count"), count("expert_group_used_count")
+    if experts > LLAMA_MAX_EXPERTS or used > experts:
+        bad(f"expert_count {experts} and expert_used_count {used}: at most {LLAMA_MAX_EXPERTS} experts, using at most as many")
+    if experts and (not used or groups >= experts or groups > 1 and (experts % groups or not 0 < groups_used < groups)):
+        bad(f"expert_count {experts} with expert_used_count {used}, expert_group_count {groups}, expert_group_used_count {groups_used}")
+    if not experts and groups:
+        bad(f"expert_group_count is {groups} without experts")
+    scaling = gguf.hparam("rope.scaling.type", "linear")
+    if scaling not in LLAMA_ROPE_SCALING:
+        bad(f"rope.scaling.type is {str(scaling)[:40]!r}, not one of {', '.join(LLAMA_ROPE_SCALING)}")
+
+
 @register
 class GGUF(Format):
     kind = "gguf"
@@ -34,6 +73,8 @@ class GGUF(Format):
 
         super().__init__(path)
         self.gguf = open_gguf(path)
+        if not self.runs_on_ggml_executor:
+            refuse_what_llama_cpp_asserts(self.gguf)
 
     @property
     def runs_on_llama_cpp(self) -> bool:

@@ -146,6 +146,8 @@ def _input(ctx, gtype: int, ne: tuple[int, ...]):
 
 
 def _set(tensor, array: np.ndarray) -> None:
+    if not tensor.contents.buffer:  # an input this arch's graph does not read (positions, where no rotary reads them): unallocated
+        return
     array = np.ascontiguousarray(array)
     ggml.ggml_backend_tensor_set(tensor, array.ctypes.data, 0, array.nbytes)
 
