@@ -154,7 +154,7 @@ def test_a_cache_that_does_not_fit_is_ignored_with_a_note(gguf_pair, tmp_path, d
     assert position == 0  # nothing was loaded
 
 
-@pytest.mark.parametrize("forgery", ["shape", "dtype", "missing", "extra", "ids"])
+@pytest.mark.parametrize("forgery", ["shape", "dtype", "missing", "extra", "ids", "nan", "inf"])
 def test_arrays_unlike_the_backends_cache_are_ignored(tmp_path, forgery):
     """The array backends (torch here; ONNX and the ggml executor share the check, runtime/backend.py
     `load_state`): each array is held to kv_layout before it is used."""
@@ -175,11 +175,15 @@ def test_arrays_unlike_the_backends_cache_are_ignored(tmp_path, forgery):
         del arrays["kv.7"]
     elif forgery == "extra":
         arrays["kv.99"] = arrays["kv.0"]
+    elif forgery in ("nan", "inf"):  # a stranger's: the right shapes, every value NaN (or inf) — it ran, replying newlines
+        arrays = {k: (np.full_like(a, float(forgery)) if k != "ids" else a) for k, a in arrays.items()}
     else:
         arrays["ids"] = arrays["ids"].astype(np.int32)
     save_file(arrays, str(tmp_path / "cache"), metadata=identity)
     note, position = load_note(model, tmp_path / "cache")
     assert "ignored" in note and position == 0
+    if forgery in ("nan", "inf"):
+        assert "NaN or infinite" in note
 
 
 def forged_llama_state(cache: Path, mutate) -> bytes:

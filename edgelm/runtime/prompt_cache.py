@@ -99,6 +99,12 @@ class PromptCache:
             arrays = load(read_bytes(self.path, limit, "the prompt cache"))
         except (SafetensorError, ValueError, OSError) as exc:
             return f"damaged: {str(exc).splitlines()[0][:120]}"
+        import numpy as np
+
+        # a NaN or infinite key or value runs: the ggml executor printed newlines, ONNX and torch stopped on NaN
+        # logits without naming this file (llama.cpp's state is opaque bytes, checked by llama.cpp)
+        if any(a.dtype.kind == "f" and not np.isfinite(a).all() for name, a in arrays.items() if name != "ids"):
+            return "damaged: its KV cache holds NaN or infinite values"
         ids = arrays.get("ids")
         if ids is None or ids.ndim != 1 or not len(ids) or len(ids) > len(prefix) or ids.tolist() != prefix[: len(ids)]:
             return "it holds another system prompt"
