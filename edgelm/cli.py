@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from enum import Enum
@@ -471,7 +472,7 @@ def chat(
     template = "the model's chat template" if artifact.tokenizer.chat_template else "a plain User:/Assistant: template (the model has none)"
     # replies alone on standard output; the banner and each turn's counts on standard error, as llama.cpp's
     # llama-cli keeps its logs and timings there (a pipe reading the replies got them mixed in)
-    info.print(f"[dim]{path} on {artifact.engine}, {template}; /reset, /exit[/dim]")
+    info.print(f"[dim]{path} on {artifact.engine}, {template}; /reset, /exit, /help[/dim]")
     backend = artifact.backend
     if context_shift and not backend.position_free:
         info.print("note: --context-shift needs a model without position encoding (NoPE) on the torch, ONNX or ggml executor "
@@ -498,6 +499,10 @@ def chat(
         if user.strip() == "/reset":
             conversation.reset()
             info.print("[dim]history cleared[/dim]")
+            continue
+        if re.fullmatch(r"/[A-Za-z?]+", user.strip()):  # a command word, not a message (llama-cli's commands are the same shape)
+            known = "/reset clears the history, /exit (or Ctrl-D) leaves, Ctrl-C stops a reply"
+            info.print(known if user.strip() in ("/help", "/?") else f"unknown command {user.strip()}: {known}", markup=False)
             continue
         if not user.strip():
             continue

@@ -357,3 +357,16 @@ def test_a_turn_keeps_what_was_said_when_stopped_and_nothing_when_refused():
     with pytest.raises(UserError):
         list(refused)
     assert conversation.turns == before
+
+
+def test_help_and_unknown_commands_are_answered_by_chat_not_the_model():
+    """A stranger's finding: `/help` went to the model as a message (and took a turn of the history). A command
+    word now gets the list of commands on stderr; a message that merely starts with / still goes to the model."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(MODEL), "--max-new-tokens", "3", "--temperature", "0"],
+                          input=b"/help\n/bogus\n/usr/bin is a path\n", capture_output=True, timeout=300)
+    err = done.stderr.decode()
+    assert done.returncode == 0 and "Traceback" not in err, err
+    assert "/reset clears the history" in err and "unknown command /bogus" in err, err
+    assert err.count("prompt tokens evaluated") == 1, err  # only the message was a turn
