@@ -31,7 +31,7 @@ PLAIN_TEMPLATE = (
 PROBE_MESSAGE = "Hello there"
 
 
-# where a template lives: a folder's tokenizer_config.json or chat_template.jinja, a GGUF's key
+# where a template lives: a folder's tokenizer_config.json or chat_template.jinja, a GGUF's key; each error names the file
 FIX_TEMPLATE = "fix the model's chat template (tokenizer_config.json or chat_template.jinja; in a GGUF, tokenizer.chat_template)"
 
 
@@ -50,17 +50,17 @@ class Conversation:
         if isinstance(source, list):  # transformers' named templates: [{"name": "default", "template": …}, …]
             source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"), None)
         if source is not None and not isinstance(source, str):
-            raise UserError(f"chat_template is a {type(source).__name__}, not a template text", None,
+            raise UserError(f"chat_template is a {type(source).__name__}, not a template text", self.tokenizer.template_file,
                             FIX_TEMPLATE)
         if source is not None and len(source.encode("utf-8", "surrogatepass")) > MAX_TEMPLATE_BYTES:
             # a folder's template file is refused at this size when it is read; a GGUF's key here
             raise UserError(f"the chat template is {len(source):,} characters; edgelm renders at most {MAX_TEMPLATE_BYTES:,} bytes of "
-                            "template (published ones are a few kB)", None, FIX_TEMPLATE)
+                            "template (published ones are a few kB)", self.tokenizer.template_file, FIX_TEMPLATE)
         self.template_source = source or PLAIN_TEMPLATE
         # rendered once before the first turn, so a template that loses the conversation fails at start
         if PROBE_MESSAGE not in self.render([{"role": "user", "content": PROBE_MESSAGE}]):
             raise UserError(f"the chat template renders nothing of the conversation (a user message {PROBE_MESSAGE!r} is not in "
-                            "its output)", None, FIX_TEMPLATE)
+                            "its output)", self.tokenizer.template_file, FIX_TEMPLATE)
 
     def render(self, turns: list[dict]) -> str:
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + turns
@@ -68,14 +68,17 @@ class Conversation:
         special = {k: (v.get("content") if isinstance(v, dict) else v) or "" for k, v in special.items()}
         from jinja2 import TemplateSyntaxError
 
+        where = self.tokenizer.template_file if self.template_source is not PLAIN_TEMPLATE else None
         try:
             return render_bounded(self.template_source, messages=messages, add_generation_prompt=True, **special)
         except TemplateSyntaxError as exc:
-            raise UserError(f"the chat template does not compile ({exc.message})", None, FIX_TEMPLATE) from None
+            raise UserError(f"the chat template does not compile ({exc.message})", where, FIX_TEMPLATE) from None
         except TemplateLimit as exc:
-            raise UserError(f"the chat template was stopped: {exc}", None, FIX_TEMPLATE) from None
+            raise UserError(f"the chat template was stopped: {exc}", where, FIX_TEMPLATE) from None
         except Exception as exc:  # the template's own raise_exception, undefined names, …
-            raise UserError(f"the chat template failed to render ({exc})", None, "fix chat_template, or start without --system") from None
+            # a template may refuse a system message (raise_exception('System role not supported')): only then is --system the way out
+            raise UserError(f"the chat template failed to render ({exc})", where,
+                            FIX_TEMPLATE + (", or start without --system" if self.system else "")) from None
 
     def preamble_ids(self) -> list[int]:
         """The tokens every first turn begins with, whatever the user writes: the template's opening and the

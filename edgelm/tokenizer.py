@@ -53,6 +53,7 @@ class Tokenizer:
         self.config = config
         # the files read (load_tokenizer adds tokenizer_config.json), by name: what a GGUF export stores
         self.files: dict[str, Path] = {file.name: file}
+        self.template_file: Path | None = None  # where chat_template was read: an error in it names this file
         self.add_bos = bool(config.get("add_bos_token", False))
         self.bos_id = self.token_id(config.get("bos_token"))
         self.eos_id = self.token_id(config.get("eos_token"))
@@ -174,10 +175,13 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
     config_path = find_member(folder, "tokenizer_config.json", MAX_JSON_BYTES)
     config = read_json_object(config_path, what="tokenizer_config.json") if config_path else {}
     template = find_member(folder, CHAT_TEMPLATE_FILE, MAX_TEMPLATE_BYTES)  # where transformers 5, Optimum and genai's builder write it
+    template_file = config_path if config.get("chat_template") is not None else None
     if config.get("chat_template") is None and template is not None:
         config = {**config, "chat_template": read_text(template, MAX_TEMPLATE_BYTES, CHAT_TEMPLATE_FILE)}
+        template_file = template
     tokenizer = load_tokenizer_file(file, config)
     tokenizer.files = {name: file} | ({"tokenizer_config.json": config_path} if config_path else {})
+    tokenizer.template_file = template_file
     return tokenizer
 
 

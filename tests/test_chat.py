@@ -370,3 +370,26 @@ def test_help_and_unknown_commands_are_answered_by_chat_not_the_model():
     assert done.returncode == 0 and "Traceback" not in err, err
     assert "/reset clears the history" in err and "unknown command /bogus" in err, err
     assert err.count("prompt tokens evaluated") == 1, err  # only the message was a turn
+
+
+@pytest.mark.parametrize("where", ["tokenizer_config.json", "chat_template.jinja"])
+def test_a_template_error_names_its_file_and_the_fix_that_applies(tmp_path, where):
+    """A stranger's finding: a template that fails to render said 'fix chat_template, or start without --system'
+    with no file named, where no --system was given. The line names the file the template came from; --system
+    is suggested only when one was given."""
+    import json
+    import shutil
+
+    folder = shutil.copytree(MODEL, tmp_path / "model")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    if where == "tokenizer_config.json":
+        config["chat_template"] = "{{ foo.bar.baz }}"
+    else:
+        (folder / "chat_template.jinja").write_text("{{ foo.bar.baz }}")
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    for system in (None, "Be brief."):
+        with pytest.raises(UserError) as raised:
+            Conversation(load_tokenizer(folder), 256, 16, system)
+        line = raised.value.line()
+        assert "failed to render" in line and str(folder / where) in line and ("--system" in line) == (system is not None), line

@@ -157,4 +157,6 @@ def gguf_tokenizer(gguf: GGUFFile) -> Tokenizer:
     with tempfile.TemporaryDirectory() as folder:
         for name, data in files.items():
             (Path(folder) / name).write_bytes(data)
-        return load_tokenizer(folder)
+        tokenizer = load_tokenizer(folder)
+    tokenizer.template_file = gguf.path if tokenizer.chat_template is not None else None  # not the temporary folder
+    return tokenizer

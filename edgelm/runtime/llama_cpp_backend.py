@@ -164,6 +164,7 @@ class LlamaCppTokenizer(Tokenizer):
         special = {name: llm.detokenize([token], special=True).decode("utf-8", errors="replace")
                    for name, token in (("bos_token", bos), ("eos_token", eos)) if token is not None}
         super().__init__(path, {"add_bos_token": add_bos, "chat_template": chat_template, **special})
+        self.template_file = path if chat_template is not None else None  # its tokenizer.chat_template key
         self.bos_id, self.eos_id = bos, eos
 
     def encode_text(self, text, special=True):
