@@ -440,6 +440,7 @@ def chat(
     stop: StopOption = None,
     seed: SeedOption = None,
     ctx_size: CtxSizeOption = None,
+    position_encoding: PositionEncodingOption = None,
     allow_pickle: AllowPickleOption = False,
     device: DeviceOption = "cpu",
     threads: ThreadsOption = None,
@@ -463,7 +464,7 @@ def chat(
         from .runtime.prompt_cache import check_path
 
         check_path(prompt_cache)  # before the model loads, as every other option's refusal
-    artifact = open_artifact(path, _load_options(None, None, device, threads, gpu_layers, provider=provider, allow_pickle=allow_pickle,
+    artifact = open_artifact(path, _load_options(position_encoding, None, device, threads, gpu_layers, provider=provider, allow_pickle=allow_pickle,
                                                  context_length=ctx_size))
     conversation = Conversation(artifact.tokenizer, artifact.backend.context_length, max_new_tokens, system)
     conversation.render([{"role": "user", "content": "check"}])  # a broken template fails now, not mid-chat
@@ -543,6 +544,7 @@ def bench(
     threads: ThreadsOption = None,
     provider: ProviderOption = "cpu",
     compare: Annotated[bool, typer.Option("--compare", help="Also time the raw engine on the same file.")] = False,
+    position_encoding: PositionEncodingOption = None,
     allow_pickle: AllowPickleOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -552,7 +554,8 @@ def bench(
 
     threads = _threads(threads)  # once: the raw engines get the same count
     context = prompt_tokens + WARMUP_STEPS + new_tokens + 2
-    artifact = open_artifact(path, _load_options(None, None, "cpu", threads, context_length=context, provider=provider, allow_pickle=allow_pickle))
+    artifact = open_artifact(path, _load_options(position_encoding, None, "cpu", threads, context_length=context, provider=provider,
+                                                 allow_pickle=allow_pickle))
     text = _read_text(DEFAULT_TEXT)
     prompt = (artifact.tokenizer.encode(text) * (1 + prompt_tokens // 1000))[:prompt_tokens]
     with info.status("timing…"):
@@ -731,7 +734,8 @@ def parity(
     _text_file(text)  # refused before the models load
     art = open_artifact(artifact_path, LoadOptions(threads=_threads(threads), context_length=tokens + 1, f32_kv_cache=f32_kv_cache, all_logits=True))
     recorded = art.format.recorded_temperatures()  # the reference runs with the λ the export folded in
-    ref = open_artifact(reference, LoadOptions(head_temperatures=head_temperatures or recorded, device=_device(device), allow_pickle=allow_pickle))
+    ref = open_artifact(reference, LoadOptions(head_temperatures=head_temperatures or recorded, device=_device(device), allow_pickle=allow_pickle,
+                                               position_encoding=art.format.recorded_position_encoding()))
     _say_temperatures(artifact_path, recorded, head_temperatures)
     ids = _leading_ids(ref.tokenizer, text, tokens + 1)  # only the head a 256 MB text needs
     if len(ids) < 3:

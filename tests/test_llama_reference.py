@@ -108,3 +108,36 @@ def test_position_encoding_rules_in_order(tmp_path):
     assert (block.spec.position_encoding, block.position_encoding_rule) == ("none", "edgelm block in config.json")
     option = open_checkpoint(tmp_path, position_encoding="rope")
     assert (option.spec.position_encoding, option.position_encoding_rule) == ("rope", "--position-encoding option")
+
+
+def test_a_folder_declaring_no_position_encoding_runs_where_the_error_says(run_cli, tmp_path):
+    """A stranger's finding: for a published Llama folder that declares no position encoding (random weights:
+    measuring cannot decide), parity, verify --reference, chat and bench said 'pass --position-encoding', an
+    option they did not take. parity and verify --reference now run the reference with the encoding the artifact
+    records (and its λ); chat and bench take the option."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    models = Path(__file__).resolve().parents[1] / "examples" / "models"
+    config = transformers.LlamaConfig(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
+    torch.manual_seed(5)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "hf")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (models / "tiny-rope" / name).is_file():
+            shutil.copy(models / "tiny-rope" / name, tmp_path / "hf" / name)
+    code, _, err = run_cli("export", tmp_path / "hf", "--quant", "f32", "--out", tmp_path / "m.gguf")
+    assert code == 2 and "--position-encoding" in err, err  # the export takes the option the line names
+    code, _, err = run_cli("export", tmp_path / "hf", "--quant", "f32", "--position-encoding", "rope", "--out", tmp_path / "m.gguf")
+    assert code == 0, err
+    code, _, err = run_cli("parity", tmp_path / "m.gguf", "--reference", tmp_path / "hf", "--tokens", 16, "--f32-kv-cache", "--device", "cpu")
+    assert code == 0, err
+    code, out, err = run_cli("verify", tmp_path / "m.gguf", "--reference", tmp_path / "hf")
+    assert code == 0 and "every field within tolerance" in out, (out, err)
+    code, _, err = run_cli("bench", tmp_path / "hf", "--position-encoding", "rope", "--prompt-tokens", 8, "--new-tokens", 2)
+    assert code == 0, err
+    done = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(tmp_path / "hf"), "--position-encoding", "rope",
+                           "--max-new-tokens", "2"], input=b"Hello\n", capture_output=True, timeout=300)
+    assert done.returncode == 0 and b"prompt tokens evaluated" in done.stderr, done.stderr.decode()

@@ -162,6 +162,12 @@ class Format(ABC):
         the source model runs the source with them; None where the format records none."""
         return None
 
+    def recorded_position_encoding(self) -> str | None:
+        """The position encoding the export ran its model with ("rope", "none", …), so a comparison with the
+        source model runs the source the same way even where its config.json declares none; None where the
+        format records none."""
+        return None
+
     @abstractmethod
     def describe(self, options: LoadOptions) -> dict[str, Any]:
         """What `edgelm inspect` prints, as plain data; begins with check_options, as open does."""

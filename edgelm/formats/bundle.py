@@ -89,12 +89,18 @@ class Bundle(Format):
         artifact.cleanups += cleanups
         return artifact
 
-    def recorded_temperatures(self) -> Any:
-        """The bundled model's, read from the copy an open artifact runs (a zip is unpacked once)."""
+    def _recorded(self, fact: str) -> Any:
+        """The bundled model's `fact`, read from the copy an open artifact runs (a zip is unpacked once)."""
         if self._opened is not None:
-            return self._opened.recorded_temperatures()
+            return getattr(self._opened, fact)()
         with unpacked(self.path) as folder:
-            return self._inside(folder)[1].recorded_temperatures()
+            return getattr(self._inside(folder)[1], fact)()
+
+    def recorded_temperatures(self) -> Any:
+        return self._recorded("recorded_temperatures")
+
+    def recorded_position_encoding(self) -> str | None:
+        return self._recorded("recorded_position_encoding")
 
     def describe(self, options: LoadOptions) -> dict[str, Any]:
         with unpacked(self.path) as folder, self._named_by_bundle(folder):

@@ -171,6 +171,10 @@ class GGUF(Format):
         backend.context_length = context
         return Artifact(self.path, self, engine, tokenizer, backend, details)
 
+    def recorded_position_encoding(self) -> str | None:
+        recorded = self.gguf.field(GGUF_POSITION_ENCODING)
+        return recorded if isinstance(recorded, str) else None
+
     def recorded_temperatures(self) -> list[list[float]] | None:
         """The λ edgelm folded into the weights at export, stored flat: one row per layer (block_count). None for
         another tool's file; a value that is no table of numbers is refused when the reference checks it."""

@@ -66,6 +66,10 @@ class OnnxFolder(Format):
         recorded = self.manifest.get("head_temperatures")
         return recorded.get("layers") if isinstance(recorded, dict) else None
 
+    def recorded_position_encoding(self) -> str | None:
+        recorded = self.manifest.get("position_encoding")
+        return recorded if isinstance(recorded, str) else None
+
     def _graph(self):
         import onnx
 
