@@ -398,6 +398,12 @@ def test_bundle_and_verify(run_cli, exported, tmp_path):
     assert manifest["family"] == "llama" and set(manifest["files"]) >= {"model.ort", "tokenizer.model"}
     code, out, err = run_cli("verify", bundle)
     assert code == 0 and "match their sha256" in out, err
+    # inspect and bench read the ORT-format graph through onnxruntime (onnx cannot parse it: a stranger's finding)
+    code, out, err = run_cli("inspect", bundle, "--json")
+    assert code == 0 and json.loads(out)["operators"] == {} and json.loads(out)["kv_cache"] == "float", (out, err)
+    assert json.loads(out)["position_encoding"] == manifest["position_encoding"] == "rope"
+    code, out, err = run_cli("bench", bundle, "--prompt-tokens", 8, "--new-tokens", 2, "--json")
+    assert code == 0 and json.loads(out)["decode_tok_s"] > 0, err
     code, _, err = run_cli("bundle", folder, "--out", tmp_path / "z", "--zip")
     assert code == 0 and run_cli("verify", tmp_path / "z.zip")[0] == 0
 

@@ -70,6 +70,11 @@ class OnnxFolder(Format):
         recorded = self.manifest.get("position_encoding")
         return recorded if isinstance(recorded, str) else None
 
+    @property
+    def ort_format(self) -> bool:
+        """The graph is in ONNX Runtime's flatbuffer format (a mobile bundle's model.ort), which onnx cannot read."""
+        return read_prefix(self.model_file, 8)[4:8] == b"ORTM"
+
     def _graph(self):
         import onnx
 
@@ -87,10 +92,19 @@ class OnnxFolder(Format):
         from ..runtime.onnx_backend import decoder_names
 
         self.check_options(options)
-        graph = self._graph()
         decoder = self.genai["model"]["decoder"]
         past = decoder_names(decoder)["past_key_names"].split("%d")[0]
-        caches = {onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type).lower() for i in graph.input if i.name.startswith(past)}
+        if self.ort_format:  # onnxruntime reads its own format: the inputs from a session, the quantized operators from the file's strings
+            import onnxruntime
+
+            inputs = onnxruntime.InferenceSession(str(self.model_file), providers=["CPUExecutionProvider"]).get_inputs()
+            caches = {i.type.removeprefix("tensor(").removesuffix(")") for i in inputs if i.name.startswith(past)}
+            caches = {"float" if c == "float" else c for c in caches}
+            operators = {op: "present" for op in sorted(contained(self.model_file, QUANTIZED_OPS))}
+        else:
+            graph = self._graph()
+            caches = {onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type).lower() for i in graph.input if i.name.startswith(past)}
+            operators = dict(Counter(node.op_type for node in graph.node).most_common())
         temperatures = [t for layer in self.manifest.get("head_temperatures", {}).get("layers", []) for t in layer]
         return {
             "format": self.kind,
@@ -100,7 +114,7 @@ class OnnxFolder(Format):
             "family": self.manifest.get("family"),
             "quantization": self.manifest.get("quantization"),
             "kv_cache": ", ".join(sorted(caches)),
-            "operators": dict(Counter(node.op_type for node in graph.node).most_common()),
+            "operators": operators,
             "bytes": sum(f.stat().st_size for f in self.path.iterdir() if f.is_file()),
             "vocab_size": self.genai["model"].get("vocab_size"),
             "hidden_size": decoder.get("hidden_size"),
@@ -149,7 +163,7 @@ class OnnxFolder(Format):
         """The quantization from the operators the graph holds (an ORT-format graph's op names are
         plain strings in its flatbuffer), the family from genai_config's model type, which
         onnxruntime-genai runs it as."""
-        ort_format = read_prefix(self.model_file, 8)[4:8] == b"ORTM"
+        ort_format = self.ort_format
         if ort_format:
             ops = contained(self.model_file, QUANTIZED_OPS)
             floats = "float"
@@ -173,7 +187,7 @@ class OnnxFolder(Format):
         bundle manifest's sha256 covers it)."""
         import hashlib
 
-        if read_prefix(self.model_file, 8)[4:8] == b"ORTM":
+        if self.ort_format:
             return None
         digest = hashlib.sha256()
         for tensor in self._graph().initializer:
@@ -193,6 +207,8 @@ class OnnxFolder(Format):
         return digest.hexdigest()
 
     def weight_bytes(self) -> int:
+        if self.ort_format:  # its initializers are not readable here: the whole file, the embedding table included
+            return self.model_file.stat().st_size
         consumers: dict[str, set[str]] = {}
         graph = self._graph()
         for node in graph.node:
@@ -254,5 +270,6 @@ class OnnxFolder(Format):
                 shutil.copyfile(source, folder / name)
         return {"format": "onnx (ORT mobile format)", "family": self.manifest.get("family"),
                 "quantization": self.manifest.get("quantization"), "context_length": genai["model"]["context_length"],
-                "model": ORT_MODEL_FILE, "head_temperatures": self.manifest.get("head_temperatures"), PARITY_CERTIFICATE: self.certificate()}
+                "model": ORT_MODEL_FILE, "position_encoding": self.manifest.get("position_encoding"),
+                "head_temperatures": self.manifest.get("head_temperatures"), PARITY_CERTIFICATE: self.certificate()}
 
