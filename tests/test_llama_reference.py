@@ -141,3 +141,24 @@ def test_a_folder_declaring_no_position_encoding_runs_where_the_error_says(run_c
     done = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(tmp_path / "hf"), "--position-encoding", "rope",
                            "--max-new-tokens", "2"], input=b"Hello\n", capture_output=True, timeout=300)
     assert done.returncode == 0 and b"prompt tokens evaluated" in done.stderr, done.stderr.decode()
+
+
+@pytest.mark.parametrize("parameters, refused", [
+    ({"rope_type": "default", "rope_theta": 10.0}, "rope_theta, rope_type"),  # a stranger's: ran θ 10 with llama3 scaling
+    ({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 8192}, "factor"),
+    ({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 8192}, None),  # the same facts twice, as a converted config may carry them
+])
+def test_rope_parameters_beside_rope_scaling_must_agree(tmp_path, parameters, refused):
+    hf_llama(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.update(rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+                  rope_parameters=parameters)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    if refused:
+        with pytest.raises(UserError, match=f"disagree on {refused}"):
+            open_checkpoint(tmp_path, position_encoding="rope")
+    else:
+        assert open_checkpoint(tmp_path, position_encoding="rope").spec.positions.scaling.factor == 32.0

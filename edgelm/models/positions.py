@@ -169,10 +169,32 @@ SCALINGS = {cls.rope_type: cls for cls in (LinearScaling, Llama3Scaling)}
 ROPE_TYPES = ("default", *SCALINGS)
 
 
+def refuse_two_rotary_declarations(config: ConfigReader) -> None:
+    """transformers 5's `rope_parameters` beside transformers 4's `rope_scaling` and top-level `rope_theta`,
+    saying different things (a kind, a factor, θ): which one a reader follows differs between versions and
+    readers (a stranger's config ran θ 10 with llama3 scaling here, something else in transformers 5.25),
+    so a config that disagrees with itself is refused; the same facts twice are fine."""
+    new, old = config.section("rope_parameters").config, config.section("rope_scaling").config
+    if not new:
+        return
+    old = {("rope_type" if key == "type" else key): value for key, value in old.items()}
+    if old:
+        old.setdefault("rope_type", "default")
+    if "rope_theta" in config.config:
+        old["rope_theta"] = config.config["rope_theta"]
+    new = {("rope_type" if key == "type" else key): value for key, value in new.items()}
+    new.setdefault("rope_type", "default")
+    differing = sorted(key for key in new.keys() & old.keys() if new[key] != old[key])
+    if differing:
+        raise ValueError(f"rope_parameters and rope_scaling/rope_theta disagree on {', '.join(differing)} "
+                         f"({', '.join(f'{new[k]!r} against {old[k]!r}' for k in differing)}); keep one declaration")
+
+
 def rope_scaling(config: ConfigReader) -> RopeScaling | None:
     """The rotary scaling a Hugging Face config declares: in `rope_scaling` (transformers 4; older
     files name the kind `type`) or in `rope_parameters` (transformers 5). Kinds edgelm does not
     compute (dynamic, yarn, longrope, …) are refused, not run as unscaled."""
+    refuse_two_rotary_declarations(config)
     for section in (config.section("rope_parameters"), config.section("rope_scaling")):
         kind = section.first(("rope_type", "type"), "default")
         if kind not in ROPE_TYPES:
