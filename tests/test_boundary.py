@@ -51,6 +51,8 @@ CHECKED_PATH_CALLS = {
     ("runtime/onnx_backend.py", "InferenceSession("): "model file from member()",
     ("runtime/onnx_backend.py", "onnx.load("): "model.onnx from member()",
     ("formats/onnx.py", "onnx.load("): "model_file from member()",
+    ("formats/onnx.py", "InferenceSession("): "an ORT-format model_file from member(), described by onnxruntime",
+    ("formats/onnx.py", "open("): "external weights from member(), hashed for the certificate's weights_sha256",
     ("formats/onnx.py", "shutil.copy"): "files from member()/find_member()",
     ("formats/gguf.py", "shutil.copy"): "the user's GGUF file itself",
     ("formats/gguf_file.py", "GGUFReader("): "the user's GGUF file itself",

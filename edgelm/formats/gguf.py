@@ -40,6 +40,8 @@ def refuse_what_llama_cpp_asserts(gguf) -> None:
     def bad(what: str):
         raise UserError(f"{gguf.arch}.{what} (llama.cpp would abort on it)", gguf.path, "the file is damaged: export it again")
 
+    if gguf.hparam("block_count") is None:  # not an arch llama.cpp knows, or a file without it: llama.cpp refuses it cleanly
+        return
     layers = count("block_count")
     if not 0 < layers <= LLAMA_MAX_LAYERS:
         bad(f"block_count is {layers}, not from 1 to {LLAMA_MAX_LAYERS}")
