@@ -507,3 +507,25 @@ def test_a_library_named_in_genai_config_is_never_loaded(run_cli, exported, tmp_
         code, _, err = run_cli(*command)
         assert code == 2 and "names a file for onnxruntime-genai to load" in err and len(err.strip().splitlines()) == 1, (command, err)
     assert not marker.exists() and not (tmp_path / "b2").exists()
+
+
+@pytest.mark.parametrize("padding", ["comment", "files"])
+def test_a_manifest_past_its_bound_is_refused_not_taken_for_an_onnx_folder(run_cli, exported, tmp_path, padding):
+    """A stranger's finding: a mobile bundle with a changed model.ort, its edgelm.json padded past 1 MiB (a long
+    field, or 20,000 made-up files), was no longer detected as a bundle: it ran as the ONNX folder around it,
+    every sha256 skipped, and verify said ok."""
+    _, folder = exported("tiny-rope")
+    assert run_cli("bundle", folder, "--out", tmp_path / "b")[0] == 0
+    bundle = tmp_path / "b"
+    manifest = json.loads((bundle / "edgelm.json").read_text())
+    if padding == "comment":
+        manifest["comment"] = "x" * (1 << 20)
+    else:
+        manifest["files"].update({f"f{i}.bin": {"sha256": "0" * 64, "bytes": 1} for i in range(20000)})
+    (bundle / "edgelm.json").write_text(json.dumps(manifest))
+    data = bytearray((bundle / "model.ort").read_bytes())
+    data[-100] ^= 1
+    (bundle / "model.ort").write_bytes(bytes(data))
+    for command in (("verify", bundle), ("generate", bundle, "--prompt", "Emma"), ("inspect", bundle)):
+        code, _, err = run_cli(*command)
+        assert code == 2 and "edgelm.json is" in err and "reads at most" in err, (command, err)

@@ -17,11 +17,15 @@ from .base import FORMATS, Artifact, Format, LoadOptions, register
 
 
 def _is_bundle_folder(path: Path) -> bool:
+    """A folder holding an edgelm.json with a `files` list (an ONNX export's edgelm.json has none) — or one
+    whose edgelm.json cannot be read within a manifest's bounds: that folder is claimed, so the bundle reader
+    refuses it in one line. Unclaimed, it ran as the ONNX folder around it with every checksum skipped (a
+    stranger padded a tampered bundle's manifest past 1 MiB: verify said ok)."""
     try:
         manifest = find_member(path, BUNDLE_MANIFEST, MAX_MANIFEST_BYTES)
-        return manifest is not None and "files" in read_json_object(manifest)  # an ONNX export's edgelm.json has none
+        return manifest is not None and "files" in read_json_object(manifest)
     except UserError:
-        return False
+        return True
 
 
 def bundled_format(folder: Path, manifest: dict) -> Format:
