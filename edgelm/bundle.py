@@ -101,13 +101,34 @@ def make_bundle(artifact: Path, out: Path, zip_it: bool = False, force: bool = F
     if not zip_it:
         with atomic_output_dir(destination, force) as tmp:
             _fill(fmt, tmp, target, runtime)
+            _check_made(tmp, artifact)
         return destination
     with atomic_output_file(destination, force) as zip_tmp, tempfile.TemporaryDirectory(dir=destination.parent) as staging:
         _fill(fmt, Path(staging), target, runtime)
+        _check_made(Path(staging), artifact)
         with zipfile.ZipFile(zip_tmp, "w", zipfile.ZIP_DEFLATED) as archive:
             for path in sorted(Path(staging).iterdir()):
                 archive.write(path, path.name)
     return destination
+
+
+def _check_made(folder: Path, artifact: Path) -> None:
+    """The bundle just made, checked as `verify` checks one, before it is renamed into place: a bundle its
+    runtime cannot load is refused now, not shipped (a stranger's tokenizer.json that no tokenizer reads was
+    bundled with exit 0, and verify refused the bundle afterwards). A refusal names the file the user gave."""
+    from .formats import bundled_format
+
+    try:
+        manifest = verify_folder(folder)
+        model = bundled_format(folder, manifest)
+        model.check_bundled()
+        check_runs(model, manifest["model"], folder)
+    except UserError as exc:
+        if exc.path is None or not (exc.path == folder or folder in exc.path.parents):
+            raise
+        inside = exc.path.relative_to(folder)
+        source = artifact / inside if artifact.is_dir() and (artifact / inside).exists() else artifact
+        raise UserError(f"the bundle made from it would not load: {exc.what}", source, "fix the artifact, or export it again") from None
 
 
 def check_runs(model, name: str, where: Path, fix: str = "make the bundle again") -> None:

@@ -529,3 +529,32 @@ def test_a_manifest_past_its_bound_is_refused_not_taken_for_an_onnx_folder(run_c
     for command in (("verify", bundle), ("generate", bundle, "--prompt", "Emma"), ("inspect", bundle)):
         code, _, err = run_cli(*command)
         assert code == 2 and "edgelm.json is" in err and "reads at most" in err, (command, err)
+
+
+@pytest.mark.parametrize("damage", ["external data truncated", "tokenizer nobody reads"])
+def test_bundle_refuses_what_its_runtime_could_not_load(run_cli, exported, tmp_path, damage):
+    """A stranger's findings: `bundle` of a folder whose external weights were truncated (or a FIFO) ended in
+    onnxruntime's converter's CalledProcessError, a 48-line traceback; a tokenizer.json of nested brackets was
+    bundled with exit 0, and the bundle then failed verify. The bundle made is checked as verify checks one,
+    before it is renamed into place: one line, exit 2, nothing at --out."""
+    import shutil
+
+    import onnx
+
+    _, folder = exported("tiny-rope")
+    copy = shutil.copytree(folder, tmp_path / "folder")
+    if damage == "external data truncated":
+        model = onnx.load(str(copy / "model.onnx"))
+        onnx.save_model(model, str(copy / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="model.onnx.data", size_threshold=1024)
+        with open(copy / "model.onnx.data", "r+b") as data:
+            data.truncate(1000)
+        needle = "could not convert the graph"
+    else:
+        (copy / "tokenizer.json").write_text("[" * 20000 + "]" * 20000)
+        needle = "the bundle made from it would not load"
+    for zipped in ((), ("--zip",)):
+        code, _, err = run_cli("bundle", copy, "--out", tmp_path / "b", *zipped)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "b.zip").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]

@@ -252,11 +252,15 @@ class OnnxFolder(Format):
                             f"{HF_CONFIG} states", self.path, f"add them to {HF_CONFIG} (vocab_size, num_attention_heads, "
                             "hidden_size, bos/eos/pad_token_id) or export with `edgelm export --format onnx`")
         shutil.copyfile(self.model_file, folder / ONNX_MODEL_FILE)  # read_onnx_folder checked it (artifact_files.member)
-        subprocess.run(
+        converted = subprocess.run(
             [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(folder / ONNX_MODEL_FILE),
              "--output_dir", str(folder), "--optimization_style", "Fixed"],
-            check=True, capture_output=True, text=True,
+            capture_output=True, text=True,
         )
+        if converted.returncode:  # a graph onnxruntime cannot load (its external weights truncated, a FIFO, …)
+            reason = next((line for line in reversed(converted.stderr.splitlines()) if line.strip()), "no message")
+            raise UserError(f"onnxruntime's ORT-format converter could not convert the graph ({reason.strip()[:200]})", self.model_file,
+                            "check that the folder runs (`edgelm generate FOLDER`), or export it again")
         (folder / ONNX_MODEL_FILE).unlink()
         for config in list(folder.glob(f"*.{REQUIRED_OPERATORS}")) + list(folder.glob(REQUIRED_OPERATORS)):
             config.rename(folder / REQUIRED_OPERATORS)
