@@ -25,17 +25,36 @@ class Model:
         self.options = options or LoadOptions()
 
     def stream(self, prompt: str, max_new_tokens: int = 64, truncate: bool = False, draft: int | None = None,
-               lookup_ngram: int = LOOKUP_NGRAM, **sampling) -> Iterator[Piece]:
+               lookup_ngram: int = LOOKUP_NGRAM, stop: tuple[str, ...] = (), **sampling) -> Iterator[Piece]:
         """Pieces of text as they are produced (see SamplingOptions for temperature, top_k, top_p, seed);
-        `truncate` keeps the end of a prompt longer than the context. `draft`: tokens prompt-lookup
-        decoding drafts from n-grams (up to `lookup_ngram` long) of the text so far and verifies in one
-        step (0: off; None: the backend's default, docs/benchmarks.md); greedy output is the same either way."""
-        return run(self.artifact.backend, self.tokenizer, prompt, max_new_tokens, SamplingOptions(**sampling), truncate=truncate,
-                   draft=draft, lookup_ngram=lookup_ngram)
+        `truncate` keeps the end of a prompt longer than the context; `stop`: texts to stop before, as
+        `--stop`. `draft`: tokens prompt-lookup decoding drafts from n-grams (up to `lookup_ngram` long) of
+        the text so far and verifies in one step (0: off; None: the backend's default, docs/benchmarks.md);
+        greedy output is the same either way. One generation runs at a time (see `_exclusive`)."""
+        return self._exclusive(run(self.artifact.backend, self.tokenizer, prompt, max_new_tokens, SamplingOptions(**sampling),
+                                   tuple(stop), truncate=truncate, draft=draft, lookup_ngram=lookup_ngram))
 
     def generate(self, prompt: str, max_new_tokens: int = 64, truncate: bool = False, draft: int | None = None,
-                 lookup_ngram: int = LOOKUP_NGRAM, **sampling) -> str:
-        return "".join(piece.text for piece in self.stream(prompt, max_new_tokens, truncate, draft, lookup_ngram, **sampling))
+                 lookup_ngram: int = LOOKUP_NGRAM, stop: tuple[str, ...] = (), **sampling) -> str:
+        return "".join(piece.text for piece in self.stream(prompt, max_new_tokens, truncate, draft, lookup_ngram, stop, **sampling))
+
+    def _exclusive(self, pieces: Iterator[Piece]) -> Iterator[Piece]:
+        """The model has one KV cache: a stream left part read while another generation (or perplexity) runs
+        would go on from the other's cache, silently another text (a stranger's finding). Each generation
+        takes the cache when it is started; a stream that lost it raises at its next piece."""
+        self._owner = owner = object()
+
+        def guarded() -> Iterator[Piece]:
+            while True:
+                if self._owner is not owner:
+                    raise RuntimeError("this stream's model ran another generation since it started; a model streams one "
+                                       "generation at a time: read a stream to its end before starting the next, or load the model twice")
+                piece = next(pieces, None)
+                if piece is None:
+                    return
+                yield piece
+
+        return guarded()
 
     def chat(self, messages: list[dict], max_new_tokens: int = 128, stream: bool = False, stop: tuple[str, ...] = (),
              draft: int | None = None, lookup_ngram: int = LOOKUP_NGRAM, prompt_cache: str | Path | None = None,
@@ -64,17 +83,19 @@ class Model:
             from .runtime.prompt_cache import start_from
 
             log.info(start_from(Path(prompt_cache), self.artifact.path, backend, conversation.preamble_ids()))
-        pieces = iter(conversation.turn(messages[-1]["content"], backend, max_new_tokens, SamplingOptions(**sampling), tuple(stop),
-                                        draft, lookup_ngram, context_shift))
+        pieces = self._exclusive(iter(conversation.turn(messages[-1]["content"], backend, max_new_tokens, SamplingOptions(**sampling),
+                                                        tuple(stop), draft, lookup_ngram, context_shift)))
         return pieces if stream else "".join(piece.text for piece in pieces)
 
     def perplexity(self, text: str, ctx: int = 256, stride: int | None = None) -> float:
         """Sliding-window perplexity, as `edgelm perplexity`. A backend that keeps only the last position's
         logits (llama.cpp opened for generation) scores on a second opening of the file with every
         position's logits and a `ctx`-token context, as the command opens it, closed afterwards."""
-        from .evaluate import perplexity
+        from .evaluate import check_windows, perplexity
 
         ids = self.tokenizer.encode(text)
+        check_windows(len(ids), ctx, stride)  # before a second opening of the file with a context of ctx
+        self._owner = object()  # it resets the cache: a stream still open has lost it
         if self.artifact.backend.all_logits:
             return perplexity(self.artifact.backend, ids, ctx, stride).perplexity
         with open_artifact(self.artifact.path, replace(self.options, all_logits=True, context_length=ctx)) as scorer:

@@ -40,6 +40,18 @@ def windows(n_tokens: int, ctx: int, stride: int) -> list[tuple[int, int, int]]:
     return spans
 
 
+def check_windows(tokens: int, ctx: int, stride: int | None) -> int:
+    """The stride for windows of `ctx` tokens over `tokens`, each value checked and named as the caller gave
+    it (the Python API's perplexity(ctx=0) said "stride must be in 1..ctx-1"; an empty text divided by zero)."""
+    if type(ctx) is not int or ctx < 2:
+        raise ValueError(f"ctx must be a whole number of tokens from 2, not {ctx!r}")
+    if stride is not None and (type(stride) is not int or not 0 < stride < ctx):
+        raise ValueError(f"stride must be a whole number from 1 to ctx - 1 ({ctx - 1}), not {stride!r}")
+    if tokens < 2:
+        raise ValueError(f"the text has {tokens} token{'s' * (tokens != 1)}; perplexity needs at least 2")
+    return stride or ctx - 1
+
+
 def perplexity(
     backend: Backend,
     ids: Sequence[int],
@@ -47,9 +59,7 @@ def perplexity(
     stride: int | None = None,
     on_window: Callable[[int, int], None] | None = None,
 ) -> PerplexityResult:
-    stride = stride or ctx - 1
-    if not 0 < stride < ctx:
-        raise ValueError("stride must be in 1..ctx-1")
+    stride = check_windows(len(ids), ctx, stride)
     tokens = torch.tensor(ids, dtype=torch.long)
     spans = windows(len(ids), ctx, stride)
     nll, count = 0.0, 0

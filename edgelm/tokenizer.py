@@ -17,7 +17,10 @@ def unicode_text(text: str) -> str:
     """`text`, refused in one line where it holds a lone surrogate: Python keeps a byte that is not UTF-8 in a
     command-line argument or a terminal's input so (PEP 383), and tokenizers ("TextInputSequence must be
     str") and llama.cpp's tokenizer (UnicodeEncodeError) then fail with a traceback. Every text reaches a
-    model through Tokenizer.encode, so the check is here once, whatever it came from."""
+    model through Tokenizer.encode, so the check is here once, whatever it came from (and a text that is no
+    str at all, bytes from the Python API, is a TypeError saying so, not an AttributeError deep inside)."""
+    if not isinstance(text, str):
+        raise TypeError(f"a text is a str, not {type(text).__name__}" + (" (decode the bytes first)" if isinstance(text, bytes) else ""))
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:

@@ -393,3 +393,29 @@ def test_a_template_error_names_its_file_and_the_fix_that_applies(tmp_path, wher
             Conversation(load_tokenizer(folder), 256, 16, system)
         line = raised.value.line()
         assert "failed to render" in line and str(folder / where) in line and ("--system" in line) == (system is not None), line
+
+
+def test_python_api_streams_one_at_a_time_and_says_what_is_wrong():
+    """A stranger's findings on the Python API: a generate() while a stream was part read made that stream go
+    on from the other's cache (another text, silently); perplexity("") divided by zero; perplexity(ctx=0)
+    named `stride`; generate(b"Hello") was an AttributeError; generate(stop=…) a TypeError naming
+    SamplingOptions. Each now raises what it means, or works."""
+    import edgelm
+
+    model = edgelm.load(MODEL)
+    whole = [piece.text for piece in model.stream("Emma", max_new_tokens=12, temperature=0)]
+    interrupted = model.stream("Emma", max_new_tokens=12, temperature=0)
+    first = [next(interrupted).text, next(interrupted).text]
+    assert first == whole[:2]
+    model.generate("Mr. Knightley was", max_new_tokens=3, temperature=0)
+    with pytest.raises(RuntimeError, match="one generation at a time"):
+        next(interrupted)
+    assert [piece.text for piece in model.stream("Emma", max_new_tokens=12, temperature=0)] == whole  # a fresh stream is whole
+    with pytest.raises(ValueError, match="perplexity needs at least 2"):
+        model.perplexity("")
+    with pytest.raises(ValueError, match="ctx must be a whole number of tokens from 2, not 0"):
+        model.perplexity("It is a truth universally acknowledged", ctx=0)
+    with pytest.raises(TypeError, match="a text is a str, not bytes"):
+        model.generate(b"Hello")
+    stopped = model.generate("It is a truth universally acknowledged", max_new_tokens=40, temperature=0, stop=[","])
+    assert "," not in stopped
