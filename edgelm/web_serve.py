@@ -66,11 +66,13 @@ class BundleHandler(http.server.SimpleHTTPRequestHandler):
     def send_head(self):
         url_path = self.path.split("?", 1)[0].split("#", 1)[0]
         path = Path(self.translate_path(self.path))
-        if path.is_dir():
+        if path == Path(self.directory):
             path = path / "index.html"
         elif url_path.endswith("/"):  # /index.html/ names a folder: there is none
             self.send_error(404, "not a file of this bundle")
             return None
+        # the name first, the file system after: a 300-character name made is_dir() raise ENAMETOOLONG (a traceback
+        # and a dropped connection, a stranger's finding); only the manifest's names ever reach the disk
         if path.parent != Path(self.directory) or path.name not in self.files or not path.is_file() or path.is_symlink():
             self.send_error(404, "not a file of this bundle")
             return None

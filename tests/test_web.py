@@ -234,7 +234,8 @@ def test_serve_isolates_types_ranges_and_serves_only_the_bundle(web_bundles, tmp
         for wanted in ("bytes=-" + "9" * 5000, "bytes=" + "9" * 5000 + "-", "bytes=0-" + "9" * 5000, "bytes=5-2", "items=0-1"):
             code, headers, body = _get(f"{url}/{wasm.name}", {"Range": wanted})
             assert code == 200 and body == data, wanted[:20]
-        for path in ("stray.txt", "../secret.txt", "%2e%2e/secret.txt", "nothing.js", "index.html/"):
+        # the long names made is_dir() raise ENAMETOOLONG: a traceback and a dropped connection (a stranger's finding)
+        for path in ("stray.txt", "../secret.txt", "%2e%2e/secret.txt", "nothing.js", "index.html/", "a" * 300, "a/" * 3000):
             code, headers, body = _get(f"{url}/{path}")
             assert code == 404 and b"outside" not in body and headers["Cross-Origin-Embedder-Policy"] == "require-corp", path
 
