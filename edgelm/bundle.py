@@ -95,6 +95,7 @@ def make_bundle(artifact: Path, out: Path, zip_it: bool = False, force: bool = F
                         "export a format phones run (e.g. an architecture llama.cpp knows, or ONNX), or pass --allow-desktop-only")
     if not out.name:  # typer makes `--out ''` the current folder
         raise UserError(f"--out {str(out)!r} is not a name for the bundle", None, "give the bundle's path")
+    zip_it = zip_it or out.suffix.lower() == ".zip"  # `--out app.zip` means a zip (it made a folder named app.zip)
     destination = out.with_suffix(".zip") if zip_it else out
     refuse_overlap(destination, artifact)
     runtime = web_runtime_folder(web_runtime)

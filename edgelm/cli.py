@@ -587,7 +587,7 @@ def bundle(
     out_dir: Annotated[Path, typer.Option("--out", help="Bundle folder to create.")],
     target: Annotated[str, typer.Option("--target", help="mobile (an app's files) | web (a static page on onnxruntime-web: WebGPU, else WASM).")] = "mobile",
     web_runtime: Annotated[Optional[Path], typer.Option("--web-runtime", help="node_modules holding the pinned onnxruntime-web and tokenizers.js (default: $EDGELM_WEB_RUNTIME, else a checkout's web/node_modules from `make web-runtime`).")] = None,
-    zip_it: Annotated[bool, typer.Option("--zip", help="Write OUT.zip instead of a folder.")] = False,
+    zip_it: Annotated[bool, typer.Option("--zip", help="Write OUT.zip instead of a folder (also when --out ends in .zip).")] = False,
     allow_desktop_only: Annotated[bool, typer.Option("--allow-desktop-only", help="Bundle a format no mobile runtime loads (e.g. a TokenFormer GGUF).")] = False,
     force: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
 ) -> None:
@@ -730,8 +730,13 @@ def parity(
     from .parity import compare
     from .formats import LoadOptions, open_artifact
 
+    from .formats import detect
+
     text = text or DEFAULT_TEXT
     _text_file(text)  # refused before the models load
+    if not (given := detect(reference, allow_pickle)).checkpoint:  # an export as the reference said it "carries its position encoding inside"
+        raise UserError(f"--reference is {given.noun}; parity compares against the full-precision model folder "
+                        "the artifact was exported from", reference, "give that model folder (config.json and its weights)")
     art = open_artifact(artifact_path, LoadOptions(threads=_threads(threads), context_length=tokens + 1, f32_kv_cache=f32_kv_cache, all_logits=True))
     recorded = art.format.recorded_temperatures()  # the reference runs with the λ the export folded in
     ref = open_artifact(reference, LoadOptions(head_temperatures=head_temperatures or recorded, device=_device(device), allow_pickle=allow_pickle,

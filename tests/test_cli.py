@@ -137,3 +137,15 @@ def test_sigterm_to_a_waiting_chat_exits_143(tmp_path):
         watchdog.cancel()
         child.kill()
     assert child.returncode == 143 and "Traceback" not in err and "terminated; nothing was left half-written" in err, (child.returncode, err)
+
+
+def test_parity_reference_must_be_a_model_folder(run_cli, tmp_path):
+    """A stranger's finding: an ONNX export as --reference said 'an ONNX folder carries its position encoding and
+    temperatures inside — drop --position-encoding/--head-temperatures', options never given."""
+    from edgelm.export.gguf import export_gguf
+    from edgelm.models import open_checkpoint
+
+    models = Path(__file__).resolve().parents[1] / "examples" / "models"
+    gguf = export_gguf(open_checkpoint(models / "tiny-rope"), tmp_path / "a.gguf", "f32", certificate=False).path
+    code, _, err = run_cli("parity", gguf, "--reference", gguf)
+    assert code == 2 and "--reference is a GGUF file; parity compares against the full-precision model folder" in err, err

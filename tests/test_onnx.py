@@ -1,6 +1,7 @@
 """ONNX export: ONNX Runtime and onnxruntime-genai against the torch reference, and bad input."""
 
 import json
+import zipfile
 import shutil
 
 import numpy as np
@@ -406,6 +407,8 @@ def test_bundle_and_verify(run_cli, exported, tmp_path):
     assert code == 0 and json.loads(out)["decode_tok_s"] > 0, err
     code, _, err = run_cli("bundle", folder, "--out", tmp_path / "z", "--zip")
     assert code == 0 and run_cli("verify", tmp_path / "z.zip")[0] == 0
+    code, _, err = run_cli("bundle", folder, "--out", tmp_path / "named.zip")  # a .zip name is a zip (was a folder so named)
+    assert code == 0 and zipfile.is_zipfile(tmp_path / "named.zip"), err
 
     with open(bundle / "tokenizer.model", "ab") as handle:  # tampered
         handle.write(b"x")
