@@ -24,7 +24,7 @@ from . import __version__
 from .constants import BUNDLE_MANIFEST, BUNDLE_SAMPLING_DEFAULTS, WEB_PAGE_FILES, WEB_RUNTIME_FILES
 from .errors import UserError
 from .artifact_files import read_json_object, sha256, user_file
-from .bundle_files import MANIFEST_VERSION, MAX_MANIFEST_BYTES, unpacked, verify_folder
+from .bundle_files import MANIFEST_VERSION, MAX_MANIFEST_BYTES, path_inside, unpacked, verify_folder
 from .fileio import atomic_output_dir, atomic_output_file, refuse_overlap
 
 VERIFY_CONTEXT = 8  # the context verify opens the model with: one token goes through it
@@ -117,17 +117,11 @@ def _check_made(folder: Path, artifact: Path) -> None:
     """The bundle just made, checked as `verify` checks one, before it is renamed into place: a bundle its
     runtime cannot load is refused now, not shipped (a stranger's tokenizer.json that no tokenizer reads was
     bundled with exit 0, and verify refused the bundle afterwards). A refusal names the file the user gave."""
-    from .formats import bundled_format
-
     try:
-        manifest = verify_folder(folder)
-        model = bundled_format(folder, manifest)
-        model.check_bundled()
-        check_runs(model, manifest["model"], folder)
+        _check_folder(folder)
     except UserError as exc:
-        if exc.path is None or not (exc.path == folder or folder in exc.path.parents):
+        if (inside := path_inside(exc, folder)) is None:
             raise
-        inside = exc.path.relative_to(folder)
         source = artifact / inside if artifact.is_dir() and (artifact / inside).exists() else artifact
         raise UserError(f"the bundle made from it would not load: {exc.what}", source, "fix the artifact, or export it again") from None
 
@@ -149,13 +143,20 @@ def verify_bundle(bundle: Path, check: Callable[[Any], Any] | None = None) -> tu
     """Every hash, no path leaving the bundle, and the model opened by the runtime that would run it, one
     token through it; returns the manifest, what the model itself says it is (Format.identity), and
     what `check` (given the bundled Format, while the bundle is unpacked) returns."""
-    from .formats import bundled_format
-
     with unpacked(Path(bundle)) as folder:
-        manifest = verify_folder(folder)
-        model = bundled_format(folder, manifest)
-        identity = model.identity()
-        model.check_bundled()  # what the app's own runtime needs (onnxruntime-genai for ONNX)
-        check_runs(model, manifest["model"], folder)
+        manifest, model, identity = _check_folder(folder)
         checked = check(model) if check else None
     return manifest, identity, checked
+
+
+def _check_folder(folder: Path) -> tuple[dict, Any, dict]:
+    """A bundle folder's hashes and files against its manifest, what its model says it is, the model in what
+    the app's own runtime needs (onnxruntime-genai for ONNX) and one token through the runtime that would run it."""
+    from .formats import bundled_format
+
+    manifest = verify_folder(folder)
+    model = bundled_format(folder, manifest)
+    identity = model.identity()
+    model.check_bundled()
+    check_runs(model, manifest["model"], folder)
+    return manifest, model, identity

@@ -169,6 +169,14 @@ def unpacked(bundle: Path):
         yield Path(folder)
 
 
+def path_inside(exc: UserError, folder: Path) -> Path | None:
+    """Where in `folder` a one-line error points (relative; "." for the folder itself), None when it names
+    no path there: a refusal about a temporary folder is re-pointed to the path the user gave."""
+    if exc.path is None or not (exc.path == folder or folder in exc.path.parents):
+        return None
+    return exc.path.relative_to(folder)
+
+
 def verify_folder(folder: Path) -> dict:
     """Every file's size and hash, nothing outside the manifest; returns the manifest."""
     manifest = _read_manifest(folder)

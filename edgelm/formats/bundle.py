@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifact_files import find_member, read_json_object
-from ..bundle_files import MAX_MANIFEST_BYTES, unpack_zip, unpacked, verify_folder
+from ..bundle_files import MAX_MANIFEST_BYTES, path_inside, unpack_zip, unpacked, verify_folder
 from ..constants import BUNDLE_MANIFEST
 from ..errors import UserError
 from .base import FORMATS, Artifact, Format, LoadOptions, register
@@ -62,10 +62,9 @@ class Bundle(Format):
         try:
             yield
         except UserError as exc:
-            if folder == self.path or exc.path is None or not (exc.path == folder or folder in exc.path.parents):
+            if folder == self.path or (inside := path_inside(exc, folder)) is None:
                 raise
-            inside = exc.path.relative_to(folder).as_posix()
-            raise UserError(f"{exc.what} (its {inside})" if inside != "." else exc.what, self.path, exc.fix) from None
+            raise UserError(f"{exc.what} (its {inside.as_posix()})" if inside != Path(".") else exc.what, self.path, exc.fix) from None
 
     def open(self, options: LoadOptions) -> Artifact:
         cleanups = []

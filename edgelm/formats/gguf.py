@@ -29,7 +29,7 @@ def refuse_what_llama_cpp_asserts(gguf) -> None:
     load_hparams, llama-cpp-python 0.3.36's vendored copy): an assert aborts the whole process (exit 134,
     no message), where edgelm says what is wrong in one line. A stranger's file with block_count 0, or an
     expert_count without experts, killed verify, generate and chat."""
-    def count(key: str, default: int = 0) -> int | list:
+    def count(key: str, default: int = 0) -> int:
         value = gguf.hparam(key, default)
         if isinstance(value, (list, tuple)) and key == "expert_used_count":  # per layer
             value = max(value, default=0)

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from .base import Artifact, Format, LoadOptions, register
 
 
 # onnxruntime's quantized operators (MatMulNBits: 4 bits unless told otherwise) → what edgelm calls the quantization
+HASH_BLOCK = 1 << 24  # bytes of external weights read at once while hashing them
 QUANTIZED_OPS = {"MatMulNBits": "int4", "GatherBlockQuantized": "int4", "MatMulInteger": "int8", "DynamicQuantizeLinear": "int8"}
 
 
@@ -70,7 +72,7 @@ class OnnxFolder(Format):
         recorded = self.manifest.get("position_encoding")
         return recorded if isinstance(recorded, str) else None
 
-    @property
+    @cached_property
     def ort_format(self) -> bool:
         """The graph is in ONNX Runtime's flatbuffer format (a mobile bundle's model.ort), which onnx cannot read."""
         return read_prefix(self.model_file, 8)[4:8] == b"ORTM"
@@ -99,7 +101,6 @@ class OnnxFolder(Format):
 
             inputs = onnxruntime.InferenceSession(str(self.model_file), providers=["CPUExecutionProvider"]).get_inputs()
             caches = {i.type.removeprefix("tensor(").removesuffix(")") for i in inputs if i.name.startswith(past)}
-            caches = {"float" if c == "float" else c for c in caches}
             operators = {op: "present" for op in sorted(contained(self.model_file, QUANTIZED_OPS))}
         else:
             graph = self._graph()
@@ -203,7 +204,10 @@ class OnnxFolder(Format):
                                 "export the model again") from None
             with open(member(self.path, external["location"], what="the graph's external weights"), "rb") as handle:
                 handle.seek(max(offset, 0))
-                digest.update(handle.read(length))
+                left = length if length >= 0 else float("inf")
+                while left and (block := handle.read(int(min(left, HASH_BLOCK)))):  # bounded memory for a GB of weights
+                    digest.update(block)
+                    left -= len(block)
         return digest.hexdigest()
 
     def weight_bytes(self) -> int:
