@@ -271,3 +271,19 @@ def test_tokenformer_without_rotary_runs(run_cli, gguf_file, tmp_path):
                              add={"tokenformer.rope.dimension_count": (0, GGUFValueType.UINT32)})
     code, out, err = run_cli("generate", no_rotary, "--prompt", "It is", "--max-new-tokens", 4)
     assert code == 0 and out.strip(), err
+
+
+def test_llama_cpp_log_lines_do_not_reach_the_terminal(preset_dir, tmp_path):
+    """A GGUF declaring 1 position, run with -c 8: edgelm's note is the one line on stderr. llama.cpp's own
+    'n_ctx_seq (256) > n_ctx_train (1)' came too: llama-cpp-python maps ggml's WARN level onto ERROR and
+    prints it with verbose=False (stranger finding)."""
+    import subprocess
+    import sys
+
+    exported = export_gguf(open_checkpoint(preset_dir("tiny-rope")), tmp_path / "m.gguf", "f16").path
+    short = rewrite_gguf(exported, tmp_path / "short.gguf", add={"llama.context_length": (1, GGUFValueType.UINT32)},
+                         drop_keys={"llama.context_length"})
+    done = subprocess.run([sys.executable, "-m", "edgelm", "generate", short, "--prompt", "It is", "--max-new-tokens", "2", "-c", "8"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == ["note: a context of 8 tokens is above the 1 positions the model declares"], done.stderr

@@ -15,6 +15,21 @@ from .backend import Backend, StateMismatch, default_threads
 
 GGML_TYPE_F32 = 0
 log = logging.getLogger("edgelm")
+llama_log = logging.getLogger("edgelm.llama_cpp")
+_quiet_log = None  # the callback, kept referenced while llama.cpp may call it
+
+
+def _route_llama_cpp_log() -> None:
+    """llama.cpp's log lines go to the `edgelm.llama_cpp` logger at debug level, not to stderr. edgelm reports
+    what matters in its own line (a load failure, a context above the model's); llama-cpp-python's callback
+    maps ggml's levels as they were before ggml added DEBUG (its WARN lands on ERROR), so with verbose=False
+    llama.cpp's warnings were printed ("n_ctx_seq (256) > n_ctx_train (1)") and its errors dropped."""
+    global _quiet_log
+    import llama_cpp
+
+    if _quiet_log is None:
+        _quiet_log = llama_cpp.llama_log_callback(lambda level, text, _user_data: llama_log.debug(text.decode("utf-8", "replace").rstrip("\n")))
+        llama_cpp.llama_log_set(_quiet_log, ctypes.c_void_p(0))
 
 
 class LlamaCppBackend(Backend):
@@ -26,6 +41,7 @@ class LlamaCppBackend(Backend):
         from llama_cpp import Llama
 
         super().__init__()
+        _route_llama_cpp_log()
         if gpu_layers and not llama_cpp.llama_supports_gpu_offload():
             log.info(f"--gpu-layers {gpu_layers}: this llama-cpp-python build has no GPU backend, so every layer runs on the CPU "
                      "(install it built for one, e.g. CMAKE_ARGS=-DGGML_CUDA=on)")
