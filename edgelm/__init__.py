@@ -5,7 +5,14 @@
     print(model.generate("It is a truth universally acknowledged", max_new_tokens=20))
 """
 
+import os
+
 __version__ = "0.1.0"
+
+# onnxruntime (1.32) and onnxruntime-genai record usage events (a device id, the OS and CPU, error messages) in
+# ~/.cache/Microsoft/DeveloperTools for upload, unless this is set before they load: edgelm works offline and
+# writes only what the user names. A value the user set is kept.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
 def load(path, **options):

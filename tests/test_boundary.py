@@ -946,3 +946,19 @@ def test_a_zipped_bundles_refusals_name_the_zip(made, run_cli):
                          (("inspect", made["zip"], "--position-encoding", "none"), "carries its position encoding")]:
         code, out, err = run_cli(*args)
         assert code == 2 and err.startswith(f"error: {made['zip']}: ") and needle in err and "edgelm-bundle-" not in err, err
+
+
+def test_onnxruntime_telemetry_writes_nothing_under_home(made, tmp_path):
+    """Stranger finding: every ONNX command let onnxruntime 1.32 and onnxruntime-genai record usage events (a
+    device id, the OS, the CPU, error messages) in ~/.cache/Microsoft/DeveloperTools for upload. edgelm sets
+    ORT_DISABLE_TELEMETRY before they load. The session runs in onnxruntime, verify's check in genai."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"} | {"HOME": str(home)}
+    for command in (["generate", made["onnx"], "--prompt", "It is", "--max-new-tokens", "2"], ["verify", made["onnx"]]):
+        done = subprocess.run([sys.executable, "-m", "edgelm", *map(str, command)], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []

@@ -381,3 +381,16 @@ def test_threads_applies_to_a_model_folder(run_cli, monkeypatch):
     code, _, err = run_cli("generate", MODEL, "--prompt", PROMPT, "--max-new-tokens", 2, "--threads", threads)
     assert code == 0, err
     assert seen and set(seen) == {threads} and torch.get_num_threads() == before, (seen, before)
+
+
+@pytest.mark.parametrize("name,value", [("context_length", -5), ("context_length", 2.5), ("context_length", True), ("context_length", 0),
+                                        ("context_length", 1), ("threads", 0), ("threads", 1.5), ("gpu_layers", -1)])
+def test_python_load_refuses_counts_that_are_no_whole_number_in_range(gguf, name, value):
+    """Stranger finding: edgelm.load(…, context_length=-5) on a TokenFormer GGUF aborted in ggml (exit 134),
+    2.5 on a model folder decoded forever, True 'held True tokens', -5 on a llama.cpp GGUF blamed the file."""
+    import edgelm
+
+    with pytest.raises(ValueError, match=f"{name} must be a whole number from"):
+        edgelm.load(gguf, **{name: value})
+    with pytest.raises(ValueError, match=f"{name} must be a whole number from"):
+        edgelm.load(MODEL, **{name: value})

@@ -75,6 +75,14 @@ class LoadOptions:
     context_length: int | None = None  # tokens the KV cache holds; default: the model's, at most DEFAULT_CONTEXT_LENGTH
     provider: str = "cpu"  # onnxruntime execution provider
 
+    def __post_init__(self):
+        """The counts checked where every opening passes (the CLI's options have their own minimums; the Python
+        API came straight here: context_length -5 aborted ggml, 2.5 decoded forever, True held 'True' tokens)."""
+        for name, low in (("context_length", 2), ("threads", 1), ("gpu_layers", 0)):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value < low):
+                raise ValueError(f"{name} must be a whole number from {low}" + (" or None" if name != "gpu_layers" else "") + f", not {value!r}")
+
     def context_for(self, trained: int) -> int:
         """The context a generation backend allocates: the one asked for, else the model's training context
         up to DEFAULT_CONTEXT_LENGTH (a GGUF declaring 131,072 positions allocated all of them: 6.8 s and
