@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .console import LazyConsole, Progress
+from .console import LazyConsole, OutputLost, Progress, guarded_streams
 from .errors import NotUtf8Text, UserError
 from .exporters import EXPORTERS
 from .numbers import LOOKUP_NGRAM, LOOKUP_NGRAM_MAX, NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, not_finite
@@ -846,6 +847,7 @@ def calibrate(
 
 INTERRUPTED = 130  # what typer returns for Ctrl-C
 TERMINATED = 143  # 128 + SIGTERM: what a shell reports for a process SIGTERM ended
+BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 
 class Terminated(BaseException):
@@ -863,10 +865,21 @@ def main() -> None:
     """Run the CLI: a user mistake is one line and exit 2; Ctrl-C (exit 130) and SIGTERM (exit 143) say nothing
     was left half-written, without a traceback."""
     previous = signal.signal(signal.SIGTERM, _terminate)
+    streams = guarded_streams()
     try:
         _run()
     finally:
         signal.signal(signal.SIGTERM, previous)  # main() called in a longer-lived process (tests) leaves it as it was
+        sys.stdin, sys.stdout, sys.stderr = streams
+
+
+def _quiet_stdout() -> None:
+    """Point descriptor 1 at os.devnull, so the interpreter's own flush at exit does not fail a second time
+    ("Exception ignored … BrokenPipeError")."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    except OSError:
+        pass
 
 
 def _run() -> None:
@@ -874,12 +887,19 @@ def _run() -> None:
 
     try:
         code = app(standalone_mode=False)
+        sys.stdout.flush()  # what is still buffered fails here, in the command, not at the interpreter's exit
     except Terminated:
         sys.stderr.write("\nterminated; nothing was left half-written\n")
         sys.exit(TERMINATED)
     except UserError as exc:
         err.print(f"error: {exc.line()}", markup=False, soft_wrap=True)
         sys.exit(2)
+    except OutputLost as exc:  # the result did not arrive: a failure, said where it can be (stderr may be gone too)
+        _quiet_stdout()
+        if exc.errno == errno.EPIPE:  # the reader left (`| head`): quiet, with the status a shell gives a process SIGPIPE ends
+            sys.exit(BROKEN_PIPE)
+        err.print(f"error: could not write to standard output ({exc}); nothing more was written", markup=False, soft_wrap=True)
+        sys.exit(1)
     except NotFinite as exc:  # the command ran and its result is no number: a failed check, as parity's limits
         err.print(f"error: {exc}", markup=False, soft_wrap=True)
         sys.exit(1)

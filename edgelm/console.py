@@ -129,3 +129,69 @@ class Progress:
             self._beat.join()
             if self._printed and exc[0] is None:
                 self._console.print(self.text(), markup=False, highlight=False)  # a log shows the step finished
+
+
+class OutputLost(Exception):
+    """Standard output refused a write (a full device, a closed descriptor, a reader gone): the command's result
+    did not arrive, so the command fails. `errno` is the write's."""
+
+    def __init__(self, why: str, errno: int | None):
+        super().__init__(why)
+        self.errno = errno
+
+
+class _Guarded:
+    """A standard stream whose failures are handled: stdout's become OutputLost; stderr's are dropped (a note
+    that cannot be shown must not fail a command whose result arrived). Everything else is the stream's."""
+
+    def __init__(self, stream, lost: bool):
+        self._stream, self._lost = stream, lost
+
+    def _call(self, name: str, *args):
+        try:
+            return getattr(self._stream, name)(*args)
+        except (OSError, ValueError) as exc:  # ValueError: a write to a stream already closed
+            if self._lost:
+                raise OutputLost(getattr(exc, "strerror", None) or str(exc), getattr(exc, "errno", None)) from None
+            return None
+
+    def write(self, text: str):
+        return self._call("write", text)
+
+    def flush(self):
+        return self._call("flush")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def guarded_streams() -> tuple:
+    """Install guarded stdout and stderr (a closed one reads as os.devnull: stdout then loses what is written
+    to it) and an empty stdin for a closed one; returns the previous three, to put back."""
+    import os
+    import sys
+
+    previous = sys.stdin, sys.stdout, sys.stderr
+    sys.stdout = _Guarded(sys.stdout, lost=True) if sys.stdout is not None else _Guarded(_Closed(), lost=True)
+    sys.stderr = _Guarded(sys.stderr if sys.stderr is not None else open(os.devnull, "w"), lost=False)
+    if sys.stdin is None:  # `<&-`: nothing to read, as at the end of a file
+        sys.stdin = open(os.devnull)
+    return previous
+
+
+class _Closed:
+    """Standard output closed by the caller (`>&-`): every write fails."""
+
+    encoding = "utf-8"
+
+    def write(self, text: str):
+        raise OSError(9, "standard output is closed")
+
+    def flush(self):
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        raise OSError(9, "standard output is closed")

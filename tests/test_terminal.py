@@ -214,3 +214,36 @@ def test_a_step_without_a_count_drops_the_count_of_the_step_before():
         progress.update(3, 40)
         assert progress.text().startswith("exporting Q4_K_M: llama.cpp's quantizer: 3/40 (")
         assert [task.total for task in progress._bar.tasks] == [40]
+
+
+MODEL = REPO / "examples" / "models" / "tiny-rope"
+STREAM_CASES = {  # shell redirection → (exit code, the stderr lines' start, what reaches stdout)
+    "stdout full": ("generate {m} --prompt Hi --max-new-tokens 4 > /dev/full", 1, ["error: could not write to standard output (No space left on device)"]),
+    "json to a full stdout": ("inspect {m} --json > /dev/full", 1, ["error: could not write to standard output (No space left on device)"]),
+    "help to a full stdout": ("generate --help > /dev/full", 1, ["error: could not write to standard output (No space left on device)"]),
+    "stdout closed": ("generate {m} --prompt Hi --max-new-tokens 4 >&-", 1, ["error: could not write to standard output (standard output is closed)"]),
+    "chat with stdout closed": ("echo hi | edgelm -q chat {m} --max-new-tokens 4 >&-", 1, ["error: could not write to standard output (standard output is closed)"]),
+    "reader gone": ("generate {m} --prompt Hi --max-new-tokens 200 | head -c 2 >/dev/null; exit ${{PIPESTATUS[0]}}", 141, []),
+    "chat with stdin closed": ("-q chat {m} <&-", 0, []),
+    "chat with stderr full": ("echo hi | edgelm chat {m} --max-new-tokens 4 2>/dev/full", 0, None),
+}
+
+
+@pytest.mark.parametrize("case", STREAM_CASES)
+def test_standard_streams_that_fail(case, tmp_path):
+    """Stranger findings: a full or closed stdout was a traceback (or exit 0 in chat, every reply lost), a
+    closed stdin 'lost sys.stdin', and a full stderr failed chat before its first reply. Now stdout's failure is
+    one line and exit 1 (141, silent, when the reader left), a closed stdin is an empty input, and notes that
+    cannot be shown fail nothing."""
+    command, code, lines = STREAM_CASES[case]
+    edgelm = f"{sys.executable} -m edgelm"
+    script = command.format(m=MODEL)
+    script = script.replace("| edgelm ", f"| {edgelm} ") if script.startswith("echo") else f"{edgelm} {script}"
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == code, (script, done.stderr)
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+    if lines is not None:
+        got = [line.removeprefix("> ") for line in done.stderr.splitlines() if line.removeprefix("> ").strip()]  # chat's prompt
+        assert len(got) == len(lines) and all(g.startswith(w) for g, w in zip(got, lines)), (script, done.stderr)
+    if case == "chat with stderr full":
+        assert done.stdout.strip(), "the reply reached stdout"
