@@ -195,9 +195,8 @@ def certify(checkpoint, fmt, device: str = "cpu", threads: int | None = None, kv
     """The certificate of the artifact `fmt` (an opened Format: the final file, before it is renamed
     into place) against `checkpoint`."""
     from .parity import compare_logits, run_with_cache
-    from .tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(checkpoint.path)
+    tokenizer = checkpoint.tokenizer()
     ids, text_sha = evaluation_ids(tokenizer, checkpoint.spec.max_positions)
     reference = reference_logits(checkpoint, ids, device)
     context = max(len(ids), len(tokenizer.encode(PROBE_PROMPT)) + PROBE_STEPS)

@@ -114,6 +114,11 @@ def _atomic(target: Path, force: bool, make_temporary, kind: str) -> Iterator[Pa
         _fsync_tree(tmp)
         _replace(tmp, target)
         succeeded = True
+    except UserError as exc:  # a check of the output as made (the certificate opens it) names the temporary path
+        if exc.path is None or not (exc.path == tmp or tmp in exc.path.parents):
+            raise
+        raise UserError(f"{exc.what} (the output, checked before it was written; nothing was written)",
+                        target / exc.path.relative_to(tmp), exc.fix) from None
     except OSError as exc:
         if exc.errno not in WRITE_ERRNOS:
             raise

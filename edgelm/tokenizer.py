@@ -65,6 +65,15 @@ class Tokenizer:
     def chat_template(self) -> str | None:
         return self.config.get("chat_template")
 
+    def check_fits(self, rows: int) -> None:
+        """Refuse a tokenizer with an id past the model's embedding rows: it gave tracebacks (an index out of range
+        in torch, onnxruntime's Gather) or an ONNX export that failed at its first such token. Fewer ids than
+        rows is how models are published (an embedding padded to a round size: Qwen2.5 151,936 rows for 151,665
+        tokens), as transformers and llama.cpp's converter take it."""
+        if self.highest_id >= rows:
+            raise UserError(f"the tokenizer has token ids up to {self.highest_id}; the model's embedding has {rows} rows (ids 0 to {rows - 1})",
+                            self.file, "give the tokenizer the model was trained with")
+
     def encode(self, text: str, add_bos: bool | None = None, special: bool = True) -> list[int]:
         """Token ids; a bos token leads when the tokenizer config asks for one (or `add_bos` says so).
 
@@ -84,6 +93,7 @@ class Tokenizer:
 
     # What each backend provides:
     vocab_size: int
+    highest_id: int  # added tokens included
 
     def encode_text(self, text: str, special: bool = True) -> list[int]:
         raise NotImplementedError
@@ -103,6 +113,7 @@ class JSONTokenizer(Tokenizer):
 
         self.backend = Backend.from_file(str(file))
         self.vocab_size = self.backend.get_vocab_size()
+        self.highest_id = max(self.backend.get_vocab(with_added_tokens=True).values(), default=-1)
         super().__init__(file, config)
 
     def encode_text(self, text, special=True):
@@ -125,6 +136,7 @@ class SentencePieceTokenizer(Tokenizer):
 
         self.backend = sentencepiece.SentencePieceProcessor(model_file=str(file))
         self.vocab_size = self.backend.get_piece_size()
+        self.highest_id = self.vocab_size - 1
         super().__init__(file, config)
         # sentencepiece never reads a control token in text (`<s>` is three pieces): they are split out
         # first, as transformers' tokenizer and llama.cpp do; each stretch between gets sentencepiece's

@@ -1,6 +1,8 @@
 """Files from the internet that were made to hurt: nothing is written outside the output, and each is
 refused with one line and exit 2."""
 
+from pathlib import Path
+
 import pytest
 from gguf import GGUFValueType
 
@@ -287,3 +289,84 @@ def test_llama_cpp_log_lines_do_not_reach_the_terminal(preset_dir, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == ["note: a context of 8 tokens is above the 1 positions the model declares"], done.stderr
+
+
+SHIPPED_ROPE = Path(__file__).resolve().parents[1] / "examples" / "models" / "tiny-rope"  # a tokenizer.json, 4096 rows
+
+
+def _with_tokenizer(source, target, change):
+    import json
+    import shutil
+
+    shutil.copytree(source, target)
+    data = json.loads((target / "tokenizer.json").read_text())
+    change(data)
+    (target / "tokenizer.json").write_text(json.dumps(data))
+    return target
+
+
+def _token_past_the_embedding(data):
+    data["added_tokens"].append({"id": 4096, "content": "<x>", "single_word": False, "lstrip": False, "rstrip": False,
+                                 "normalized": False, "special": True})
+
+
+COMMANDS_ON_A_FOLDER = {
+    "generate": ["generate", "{m}", "--prompt", "<x> hi"], "inspect": ["inspect", "{m}"],
+    "export gguf": ["export", "{m}", "--out", "{t}/x.gguf"], "export onnx": ["export", "{m}", "--format", "onnx", "--out", "{t}/x-onnx"],
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS_ON_A_FOLDER)
+def test_a_tokenizer_with_ids_past_the_embedding_is_refused(run_cli, tmp_path, command):
+    """Stranger finding: an added token with id 4096 beside a 4096-row embedding was a traceback in generate
+    (torch's index out of range) and export --format gguf, and an ONNX export exited 0 and failed at the token."""
+    folder = _with_tokenizer(SHIPPED_ROPE, tmp_path / "m", _token_past_the_embedding)
+    args = [a.format(m=folder, t=tmp_path) for a in COMMANDS_ON_A_FOLDER[command]]
+    assert_user_error(run_cli(*args), "m/tokenizer.json: the tokenizer has token ids up to 4096; the model's embedding has 4096 rows")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_an_onnx_folder_whose_tokenizer_passes_its_embedding_is_refused(run_cli, tmp_path):
+    """The same tokenizer put into an ONNX folder afterwards: refused at opening against genai_config's vocab_size;
+    and a graph that fails on its tokens at run time is one line, not onnxruntime's traceback."""
+    import json
+
+    from edgelm.export.onnx import export_onnx
+
+    folder = export_onnx(open_checkpoint(SHIPPED_ROPE), tmp_path / "onnx", "f32").path
+    data = json.loads((folder / "tokenizer.json").read_text())
+    _token_past_the_embedding(data)
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    assert_user_error(run_cli("generate", folder, "--prompt", "<x> hi"), "onnx/tokenizer.json: the tokenizer has token ids up to 4096")
+    genai = json.loads((folder / "genai_config.json").read_text())
+    genai["model"]["vocab_size"] = 5000  # a folder that lies about its embedding gets to the graph
+    (folder / "genai_config.json").write_text(json.dumps(genai))
+    assert_user_error(run_cli("generate", folder, "--prompt", "<x> hi"), "onnxruntime could not run model.onnx on these tokens")
+
+
+def test_a_bpe_tokenizer_without_merges_is_refused_before_a_gguf_is_made(run_cli, tmp_path):
+    """Stranger finding: llama.cpp loads no GGUF whose BPE vocabulary has no merges; the export's own check of the
+    file blamed the temporary file ('.s.gguf.partial-…: the file is damaged')."""
+    def no_merges(data):
+        data["model"]["merges"] = []
+
+    folder = _with_tokenizer(SHIPPED_ROPE, tmp_path / "m", no_merges)
+    assert_user_error(run_cli("export", folder, "--out", tmp_path / "s.gguf"), "m/tokenizer.json: this BPE tokenizer has no merges")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_an_error_about_the_output_being_made_names_the_output(tmp_path):
+    """A check of the output as made (the certificate opens it) names the temporary path: re-pointed at the target."""
+    from edgelm.errors import UserError
+    from edgelm.fileio import atomic_output_dir, atomic_output_file
+
+    with pytest.raises(UserError) as raised:
+        with atomic_output_file(tmp_path / "x.gguf") as made:
+            raise UserError("llama.cpp could not load this GGUF", made, "export it again")
+    assert raised.value.line() == (f"{tmp_path / 'x.gguf'}: llama.cpp could not load this GGUF (the output, checked before it was written; "
+                                   "nothing was written) — export it again")
+    with pytest.raises(UserError) as raised:
+        with atomic_output_dir(tmp_path / "out") as made:
+            raise UserError("bad", made / "genai_config.json")
+    assert raised.value.path == tmp_path / "out" / "genai_config.json"
+    assert list(tmp_path.iterdir()) == []

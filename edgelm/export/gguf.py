@@ -37,7 +37,6 @@ from ..models import Checkpoint
 from ..quantize import ggml_quants, mixed
 from ..quantize.imatrix import write_gguf as write_imatrix
 from ..quantize.llama_cpp import quantize_gguf
-from ..tokenizer import load_tokenizer
 from .gguf_mapping import gguf_mapping
 from .gguf_vocab import add_vocab
 from .temperatures import refuse_beyond_f16
@@ -245,7 +244,7 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     # provenance only: the temperatures are already folded into the query weights
     writer.add_array(GGUF_HEAD_TEMPERATURES, [float(x) for x in table.flatten()])
     writer.add_bool(GGUF_HEAD_TEMPERATURES_BAKED, True)
-    add_vocab(writer, load_tokenizer(checkpoint.path), spec.vocab_size)
+    add_vocab(writer, checkpoint.tokenizer(), spec.vocab_size)
     if note:
         writer.add_string(*note)
 
@@ -275,7 +274,7 @@ def _calibrate(checkpoint: Checkpoint, texts: Sequence[Path]):
     """One pass of the torch reference over `texts`: its importance matrix (by module tensor name)."""
     from ..quantize.calibration import calibration_chunks, collect
 
-    chunks = calibration_chunks(load_tokenizer(checkpoint.path), texts)
+    chunks = calibration_chunks(checkpoint.tokenizer(), texts)
     model = checkpoint.load_model()
     imatrix = collect(model, chunks, [p.name for p in texts])
     del model  # before a quantizer starts
@@ -338,7 +337,7 @@ def _mixed_types(checkpoint: Checkpoint, f32: Path, texts: Sequence[Path], imatr
     fixed = f32.stat().st_size - floats + mixed.ALIGNMENT * len(plan) + mixed.CERTIFICATE_RESERVE
     mixed.allocate([mixed.Unit(u.param, u.names, u.sizes, dict.fromkeys(u.sizes, 0.0)) for u in found],  # refused before measuring
                    budget, fixed, type_name)
-    chunks = calibration_chunks(load_tokenizer(checkpoint.path), texts, mixed.CHUNKS, mixed.CHUNK_TOKENS)
+    chunks = calibration_chunks(checkpoint.tokenizer(), texts, mixed.CHUNKS, mixed.CHUNK_TOKENS)
     importance = None if imatrix is None else {p: imatrix.mean_squares(p) for u in found for p in u.params if p in imatrix.sums}
     mixed.measure(model, chunks, found, trip, mixed.MEASURED_TYPE, importance)
     del model

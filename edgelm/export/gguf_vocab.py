@@ -17,6 +17,7 @@ from gguf import GGUFWriter, TokenType
 
 from ..artifact_files import MAX_TOKENIZER_BYTES, read_bytes, read_json
 from ..constants import GGUF_TOKENIZER_FILE, GGUF_TOKENIZER_FILE_BASE64
+from ..errors import UserError
 from ..tokenizer import JSONTokenizer, SentencePieceTokenizer, Tokenizer
 
 
@@ -125,15 +126,18 @@ def _bpe(writer: GGUFWriter, tokenizer: JSONTokenizer, vocab_size: int) -> None:
     by_id = {i: t for t, i in tokenizer.backend.get_vocab(with_added_tokens=True).items()}
     added = {t["id"]: t for t in data.get("added_tokens", [])}
     tokens, types = [], []
-    for i in range(len(by_id)):
-        tokens.append(by_id[i])
+    for i in range(tokenizer.highest_id + 1):  # an id the tokenizer skips is an unused token, as a padded row
+        tokens.append(by_id.get(i, f"[PAD{i}]"))
         if i in added:
             types.append(TokenType.CONTROL if added[i].get("special") else TokenType.USER_DEFINED)
         else:
-            types.append(TokenType.NORMAL)
+            types.append(TokenType.NORMAL if i in by_id else TokenType.UNUSED)
     scores = [0.0] * len(tokens)
     _pad(tokens, scores, types, vocab_size)
     merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
+    if not merges:  # llama.cpp: "cannot find tokenizer merges in model file", for a GGUF that looked written
+        raise UserError("this BPE tokenizer has no merges, and llama.cpp loads no GGUF without them", tokenizer.file,
+                        "give the model's tokenizer.json with its merges, or export to ONNX")
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(_pre_tokenizer_name(data))
     writer.add_token_list(tokens)

@@ -45,7 +45,7 @@ from ..fileio import atomic_output_dir
 from ..models import Checkpoint, CausalLM, CausalSelfAttention, ModelSpec
 from ..quantize.onnx import (F16_NOTE, INT4_ACCURACY_LEVEL, INT4_ACCURACY_LEVELS, INT4_BLOCK, INT4_BLOCK_SIZES, convert_f16, quantize_int4,
                               quantize_int8, save_ir)
-from ..tokenizer import Tokenizer, leading_ids, load_tokenizer, load_tokenizer_file
+from ..tokenizer import Tokenizer, leading_ids, load_tokenizer_file
 from .onnx_mapping import onnx_mapping
 from .temperatures import refuse_beyond_f16
 from .weights import ExportedWeights
@@ -355,7 +355,7 @@ def activation_folds(checkpoint: Checkpoint, texts: Sequence[Path]) -> tuple[dic
     from ..quantize.calibration import calibration_chunks, collect
 
     model = checkpoint.load_model()
-    imatrix = collect(model, calibration_chunks(load_tokenizer(checkpoint.path), texts), [p.name for p in texts])
+    imatrix = collect(model, calibration_chunks(checkpoint.tokenizer(), texts), [p.name for p in texts])
     norms = {name: [f"{name}.{p}" for p, _ in m.named_parameters(recurse=False)] for name, m in model.named_modules()
              if all(p.dim() == 1 for p in m.parameters(recurse=False))}
     tied = {n for pair in checkpoint.family.tied_tensors(checkpoint.spec).items() for n in pair}
@@ -400,7 +400,7 @@ def _eight_bit_choice(checkpoint: Checkpoint, model: ir.Model, texts: Sequence[P
     torch_model = checkpoint.load_model()
     found = mixed.units(torch_model, plan, lambda out, inputs: sizes(out, inputs))
     mixed.allocate([mixed.Unit(u.param, u.names, u.sizes, dict.fromkeys(u.sizes, 0.0)) for u in found], budget, fixed, "int4")
-    chunks = calibration_chunks(load_tokenizer(checkpoint.path), texts, mixed.CHUNKS, mixed.CHUNK_TOKENS)
+    chunks = calibration_chunks(checkpoint.tokenizer(), texts, mixed.CHUNKS, mixed.CHUNK_TOKENS)
     mixed.measure(torch_model, chunks, found, mixed.matmul_nbits_trip(block), "int4")
     choice = mixed.allocate(found, budget, fixed, "int4")
     eight = {name for name, bits in mixed.overrides(found, choice).items() if bits == "int8"}
@@ -425,7 +425,7 @@ def _write_graph(checkpoint: Checkpoint, path: Path, kv_calibration_text: Path |
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     notes, kv_scales = [], None
     if kv_calibration_text is not None:
-        ids = calibration_ids(load_tokenizer(checkpoint.path), kv_calibration_text)
+        ids = calibration_ids(checkpoint.tokenizer(), kv_calibration_text)
         kv_scales = kv_cache_scales(checkpoint.load_model(), ids, min(checkpoint.spec.max_positions, 512))
         notes.append(f"KV cache: int8, per-channel scales from the largest |key| and |value| over {ids.numel()} "
                      f"tokens of {kv_calibration_text.name}; larger values are clipped")
@@ -485,7 +485,7 @@ def export_onnx(
     if kv_cache == "int8" and calibration_text is None:
         raise UserError("--kv-cache int8 needs a calibration text", None, "add --calibration-text FILE")
     step = on_step or (lambda _: None)
-    tokenizer = load_tokenizer(checkpoint.path)
+    tokenizer = checkpoint.tokenizer()
     with atomic_output_dir(out, force) as tmp:
         step("tracing the graph" + (" and calibrating the int8 KV cache" if kv_cache == "int8" else "")
              + (f", writing {quant} weights" if quant != "f32" else ""))

@@ -39,23 +39,21 @@ class ModelFolder(Format):
 
     def open(self, options: LoadOptions) -> Artifact:
         from ..runtime.torch_backend import TorchBackend
-        from ..tokenizer import load_tokenizer
 
         self.check_options(options)
         checkpoint = self._checkpoint(options)
+        tokenizer = checkpoint.tokenizer()  # before minutes of loading weights
         device = options.resolved_device()
         backend = TorchBackend(checkpoint.load_model(device), options.threads)
         backend.context_length = options.context_for(backend.context_length)  # a limit only: torch's cache grows
         details = {"family": checkpoint.spec.family, "position_encoding": checkpoint.spec.position_encoding}
-        return Artifact(self.path, self, f"torch ({device})", load_tokenizer(self.path), backend, details)
+        return Artifact(self.path, self, f"torch ({device})", tokenizer, backend, details)
 
     def describe(self, options: LoadOptions) -> dict[str, Any]:
-        from ..tokenizer import load_tokenizer
-
         self.check_options(options)
         checkpoint = self._checkpoint(options)
         spec = checkpoint.spec
-        tokenizer = load_tokenizer(self.path)
+        tokenizer = checkpoint.tokenizer()
         return {
             "format": self.kind,
             "family": spec.family,

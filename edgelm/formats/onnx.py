@@ -17,6 +17,7 @@ from typing import Any
 from ..constants import (BUNDLE_SAMPLING_DEFAULTS, GENAI_CONFIG, HF_CONFIG, ONNX_MODEL_FILE, ORT_MODEL_FILE, PARITY_CERTIFICATE,
                          REQUIRED_OPERATORS, TOKENIZER_FILES)
 from ..errors import UserError
+from ..numbers import is_count
 from ..artifact_files import contained, find_member, member, read_prefix
 from .base import Artifact, Format, LoadOptions, register
 
@@ -61,7 +62,10 @@ class OnnxFolder(Format):
                             "model's rotary tables", self.path, f"use a context of {backend.rotary_positions:,} tokens or less")
         details = {k: self.manifest.get(k) for k in ("family", "position_encoding", "quantization")}
         details["engine_version"] = f"onnxruntime {onnxruntime_version}"
-        return Artifact(self.path, self, f"onnxruntime ({options.provider})", load_tokenizer(self.path), backend, details)
+        tokenizer = load_tokenizer(self.path)
+        if is_count(rows := self.genai["model"].get("vocab_size"), 1):
+            tokenizer.check_fits(rows)
+        return Artifact(self.path, self, f"onnxruntime ({options.provider})", tokenizer, backend, details)
 
     def recorded_temperatures(self) -> Any:
         """The [layers][heads] λ folded into the weights at export (edgelm.json), None for another tool's folder."""

@@ -225,6 +225,14 @@ class Checkpoint:
             return torch.stack([self.tensors.get(template.format(bid=i)).float() for i in range(spec.num_layers)])
         return torch.ones(spec.num_layers, spec.num_heads)
 
+    def tokenizer(self):
+        """The folder's tokenizer, checked against the model's embedding (Tokenizer.check_fits)."""
+        from ..tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(self.path)
+        tokenizer.check_fits(self.spec.vocab_size)
+        return tokenizer
+
     def load_model(self, device: str | torch.device = "cpu") -> CausalLM:
         """The fp32 torch reference, weights copied one tensor at a time."""
         return self._load(self.spec, device)

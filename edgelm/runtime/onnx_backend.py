@@ -74,7 +74,7 @@ class OnnxBackend(Backend):
 
         super().__init__()
         decoder = genai["model"]["decoder"]
-        self.folder = model.parent
+        self.folder, self.model_name = model.parent, model.name
         self.session = session_for(model, threads, provider)
         self.layers = decoder["num_hidden_layers"]
         self.kv_heads, self.head_size = decoder["num_key_value_heads"], decoder["head_size"]
@@ -179,7 +179,12 @@ class OnnxBackend(Backend):
         if self.position_ids_name:
             self.binding.bind_cpu_input(self.position_ids_name, np.arange(start, start + n, dtype=np.int64)[None])
         self.binding.bind_output(self.logits_name)  # unallocated again: its shape follows the ids
-        self.session.run_with_iobinding(self.binding)
+        try:
+            self.session.run_with_iobinding(self.binding)
+        except (RuntimeError, *unloadable_errors()) as exc:  # a graph that loads and fails on these ids (a Gather past the
+            # embedding's rows: onnxruntime's run raises a plain RuntimeError, "Error in execution: …")
+            raise UserError(f"onnxruntime could not run {self.model_name} on these tokens ({str(exc).splitlines()[0][:200]})",
+                            self.folder, "the folder's files do not fit together: export it again") from None
         outputs = self.binding.get_outputs()
         if not self.shared_buffer:
             self.buffers = outputs[1:]  # present, in binding order: the next call's past
