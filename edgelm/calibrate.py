@@ -90,7 +90,7 @@ def heldout_loss(model: CausalLM, held: torch.Tensor) -> float:
 def _uniform(model: CausalLM, held: torch.Tensor, settings: CalibrationSettings, on_step) -> tuple[torch.Tensor, list[float]]:
     spec = model.spec
     best, best_loss, losses = 1.0, math.inf, []
-    grid = [g for g in UNIFORM_GRID if g >= settings.min]
+    grid = [g for g in UNIFORM_GRID if g >= settings.min] or [settings.min]  # a --min above the grid: λ = min
     for i, value in enumerate(grid):
         model.set_head_temperatures(torch.full((spec.num_layers, spec.num_heads), value))
         loss = heldout_loss(model, held)
@@ -122,7 +122,9 @@ def calibrate(
         model.set_head_temperatures(table)
         return CalibrationResult(table, settings, before, heldout_loss(model, held), losses)
 
-    model.set_head_temperatures(torch.full((spec.num_layers, spec.num_heads), settings.init))
+    # the start honours --min as every step's clamp does (--min 3 with the default --init 1.6 kept λ = 1.6 when
+    # no tuned table did better on the held-out windows)
+    model.set_head_temperatures(torch.full((spec.num_layers, spec.num_heads), max(settings.init, settings.min)))
     temperatures = [a.head_temperature for a in model.attention_modules()]
     for t in temperatures:
         t.requires_grad_(True)

@@ -793,6 +793,8 @@ def calibrate(
     as_json: JsonOption = False,
 ) -> None:
     """Tune per-head attention temperatures at a longer length (HeadScale), every weight frozen."""
+    import torch
+
     from .calibrate import CalibrationSettings, calibrate as run
     from .fileio import atomic_output_file, refuse_existing
     from .formats.base import resolve_device
@@ -816,6 +818,10 @@ def calibrate(
     if len(ids) < need:
         raise UserError(f"the text is {len(ids)} tokens; length {target_length} needs at least {need} "
                         f"({settings.eval_windows} held-out windows and one to train on)", text, "give a longer text or a smaller --target-length")
+    windows = (len(ids) - settings.eval_windows * (target_length + 1)) // (target_length + 1)
+    if batch > windows:  # --batch 100000 grew past all memory (killed at 23 GB) before its first step
+        raise UserError(f"--batch {batch} is more than the {windows} windows of {target_length + 1} tokens the text has to train on",
+                        text, f"give --batch {windows} or less, or a longer text")
     model = checkpoint.load_model(resolve_device(_device(device)))
     if not model.attention_modules():
         raise UserError("this model has no attention heads to scale", model_dir, "calibration applies to attention models")
@@ -830,7 +836,13 @@ def calibrate(
         return f"calibrating: step {progress.completed}/{progress.total}, loss {progress.fields['loss']:.4f}"
 
     with Progress(info, "calibrate", steps, enabled=not as_json, columns=columns, line=line, loss=float("nan")) as progress:
-        result = run(model, ids, settings, on_step=lambda i, n, loss: progress.update(i, n, loss=loss))
+        try:
+            result = run(model, ids, settings, on_step=lambda i, n, loss: progress.update(i, n, loss=loss))
+        except RuntimeError as exc:  # torch's allocators: CPU "DefaultCPUAllocator: can't allocate memory", CUDA's OutOfMemoryError
+            if "allocate" not in str(exc) and not isinstance(exc, torch.OutOfMemoryError):
+                raise
+            raise UserError(f"not enough memory for --batch {batch} windows of {target_length + 1} tokens", None,
+                            "give a smaller --batch or --target-length") from None
     with atomic_output_file(out_path, force) as tmp:
         tmp.write_text(json.dumps(result.as_json(), indent=2) + "\n")
     if write_checkpoint:

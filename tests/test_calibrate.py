@@ -5,11 +5,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from edgelm.calibrate import CalibrationSettings, calibrate, heldout_loss, split_ids
 from edgelm.models import open_checkpoint
 from edgelm.tokenizer import load_tokenizer
+
+from .test_bad_input import assert_user_error
 
 CORPUS = Path(__file__).resolve().parents[1] / "examples" / "data" / "emma.txt"
 LENGTH = 96
@@ -97,3 +100,32 @@ def test_a_run_that_never_beats_one_keeps_one(preset_dir):
     model = open_checkpoint(folder).load_model()
     result = calibrate(model, corpus_ids(folder), CalibrationSettings(target_length=LENGTH, steps=0, init=40.0, min=1.0))
     assert torch.equal(result.table, torch.ones(4, 8)) and result.heldout_loss == result.heldout_loss_before
+
+
+@pytest.mark.parametrize("uniform", [False, True], ids=["headscale", "uniform"])
+def test_every_temperature_honours_min(preset_dir, uniform):
+    """Stranger finding: --min 3 with the default --init 1.6 gave λ = 1.6 everywhere (the start was kept when no
+    step did better on the held-out windows); --uniform with a --min above its grid gave 1."""
+    folder = preset_dir("tiny-nope")
+    model = open_checkpoint(folder).load_model()
+    result = calibrate(model, corpus_ids(folder), CalibrationSettings(target_length=LENGTH, steps=2, min=3.0, eval_every=1, uniform=uniform))
+    assert bool((result.table >= 3.0).all()), result.table
+
+
+def test_a_batch_past_the_text_or_the_memory_is_one_line(run_cli, preset_dir, tmp_path, monkeypatch):
+    """Stranger finding: --batch 100000 grew until the process was killed (23 GB), or under a memory limit was
+    torch's allocator traceback."""
+    import edgelm.calibrate
+
+    folder = preset_dir("tiny-nope")
+    text = tmp_path / "text.txt"
+    text.write_text(CORPUS.read_text(encoding="utf-8")[:60_000])
+    args = ("-q", "calibrate", folder, "--text", text, "--target-length", LENGTH, "--out", tmp_path / "t.json", "--steps", 1)
+    assert_user_error(run_cli(*args, "--batch", 100_000), "text.txt: --batch 100000 is more than the", "windows of 97 tokens")
+
+    def no_memory(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to allocate 3276800000 bytes.")
+
+    monkeypatch.setattr(edgelm.calibrate, "calibrate", no_memory)
+    assert_user_error(run_cli(*args, "--batch", 2), "not enough memory for --batch 2 windows of 97 tokens")
+    assert not (tmp_path / "t.json").exists()
