@@ -394,3 +394,14 @@ def test_python_load_refuses_counts_that_are_no_whole_number_in_range(gguf, name
         edgelm.load(gguf, **{name: value})
     with pytest.raises(ValueError, match=f"{name} must be a whole number from"):
         edgelm.load(MODEL, **{name: value})
+
+
+def test_generate_says_when_the_context_ends_the_reply(run_cli):
+    """Stranger finding: generate -c 16 --max-new-tokens 100 stopped after 13 tokens with exit 0 and no word."""
+    code, out, err = run_cli("generate", MODEL, "--prompt", "Hello", "--max-new-tokens", 100, "-c", 16, "--json")
+    assert code == 0, err
+    produced = len(json.loads(out)["tokens"])  # no eos from this model in 13 tokens: the context ended the reply
+    assert err.strip() == f"note: the 16-token context leaves room for {produced} new tokens after the {16 - produced}-token prompt, not 100: " \
+                          "the reply ends there at the latest"
+    code, out, err = run_cli("generate", MODEL, "--prompt", "Hello", "--max-new-tokens", 4, "-c", 16)
+    assert code == 0 and err == "", err

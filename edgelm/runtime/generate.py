@@ -4,6 +4,7 @@ conversation already holds what comes next."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ from ..numbers import LOOKUP_NGRAM, LOOKUP_NGRAM_MAX
 from ..tokenizer import Tokenizer
 from .backend import Backend
 from .sampling import Sampler, SamplingOptions
+
+log = logging.getLogger("edgelm")
 
 # the shortest n-gram a draft comes from (a shorter `lookup_ngram` is taken as asked): a single token that
 # occurred before predicts its next one too rarely, and each wrong draft costs a wider forward
@@ -72,10 +75,13 @@ def generate_from_ids(
         raise ValueError(f"max_new_tokens must be a whole number from 1, not {max_new_tokens!r}")
     if len(ids) >= backend.context_length:
         raise UserError(
-            f"the prompt is {len(ids)} tokens, the context holds {backend.context_length}", None,
-            "shorten the prompt, or pass --truncate to keep its last tokens",
+            f"the prompt is {len(ids)} tokens and the context holds {backend.context_length}, with no room for a reply", None,
+            "shorten the prompt, give a larger context (--ctx-size), or pass --truncate to keep the prompt's last tokens",
         )
     limit = min(max_new_tokens, backend.context_length - len(ids))
+    if limit < max_new_tokens:  # said before the stream, which otherwise just ends (a stranger's finding)
+        log.info(f"the {backend.context_length}-token context leaves room for {limit} new tokens after the {len(ids)}-token prompt, "
+                 f"not {max_new_tokens}: the reply ends there at the latest")
     return _stream(tokenizer, ids, _tokens(backend, Sampler(options), ids, limit, draft, lookup_ngram), stop)
 
 
