@@ -453,7 +453,7 @@ def chat(
     prompt_cache: Annotated[Optional[Path], typer.Option("--prompt-cache", help="A file keeping the KV cache after the system prompt, as llama.cpp's --prompt-cache: loaded at start where it was made for this model and system prompt, else written, so the first turn evaluates only its own tokens.")] = None,
     context_shift: Annotated[bool, typer.Option("--context-shift", help="When the context is full, drop the oldest exchanges from the KV cache and keep the rest without evaluating it again (llama.cpp's context shift); only for models without position encoding (NoPE). Not exact: the kept tokens were computed with the dropped text in view (docs/formats.md).")] = False,
 ) -> None:
-    """Streaming chat with a KV cache. /reset clears the history, /exit (or Ctrl-D) leaves; Ctrl-C stops a reply."""
+    """Streaming chat with a KV cache. /reset clears the history, /exit (or Ctrl-D) leaves; Ctrl-C stops a reply; // starts a message with /."""
     import time
 
     from .chat import Conversation
@@ -496,15 +496,23 @@ def chat(
         except NotUtf8Text as exc:  # this line is refused and was read whole: the chat goes on (a line over the limit ends it)
             err.print(f"error: {exc.line()}", markup=False, soft_wrap=True)
             continue
-        if user.strip() == "/exit":
-            return
-        if user.strip() == "/reset":
-            conversation.reset()
-            info.print("[dim]history cleared[/dim]")
-            continue
-        if re.fullmatch(r"/[A-Za-z?]+", user.strip()):  # a command word, not a message (llama-cli's commands are the same shape)
-            known = "/reset clears the history, /exit (or Ctrl-D) leaves, Ctrl-C stops a reply"
-            info.print(known if user.strip() in ("/help", "/?") else f"unknown command {user.strip()}: {known}", markup=False)
+        # a command word, alone or with more after it, is never sent as a message (llama-cli's commands have the same
+        # shape; `/reset now` went to the model as text); `//…` sends a message that begins with `/`
+        command = re.fullmatch(r"(/[A-Za-z?]+)(\s.*)?", user.strip(), re.DOTALL)
+        if user.lstrip().startswith("//"):
+            user = user.lstrip()[1:]
+        elif command:
+            word, rest = command[1], (command[2] or "").strip()
+            known = "/reset clears the history, /exit (or Ctrl-D) leaves, Ctrl-C stops a reply; start a message with // to send one beginning with /"
+            if word in CHAT_COMMANDS and rest:
+                info.print(f"{word} takes nothing after it ({known})", markup=False)
+            elif word == "/exit":
+                return
+            elif word == "/reset":
+                conversation.reset()
+                info.print("[dim]history cleared[/dim]")
+            else:
+                info.print(known if word in ("/help", "/?") else f"unknown command {word}: {known}", markup=False)
             continue
         if not user.strip():
             continue
@@ -857,6 +865,7 @@ def calibrate(
               f"{report['heldout_perplexity']} ({report['method']}); λ in [{result.table.min():.3f}, {result.table.max():.3f}]; wrote {out_path}", markup=False)
 
 
+CHAT_COMMANDS = ("/exit", "/reset", "/help", "/?")
 INTERRUPTED = 130  # what typer returns for Ctrl-C
 TERMINATED = 143  # 128 + SIGTERM: what a shell reports for a process SIGTERM ended
 BROKEN_PIPE = 141  # 128 + SIGPIPE

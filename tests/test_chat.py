@@ -365,11 +365,14 @@ def test_help_and_unknown_commands_are_answered_by_chat_not_the_model():
     import subprocess
 
     done = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(MODEL), "--max-new-tokens", "3", "--temperature", "0"],
-                          input=b"/help\n/bogus\n/usr/bin is a path\n", capture_output=True, timeout=300)
+                          input=b"/help\n/bogus\n/usr/bin is a path\n/system Be brief.\n/reset now\n//etc is a folder\n/exit now\n",
+                          capture_output=True, timeout=300)
     err = done.stderr.decode()
     assert done.returncode == 0 and "Traceback" not in err, err
     assert "/reset clears the history" in err and "unknown command /bogus" in err, err
-    assert err.count("prompt tokens evaluated") == 1, err  # only the message was a turn
+    # a command word with more after it (a stranger's finding: `/reset now`, `/system …` went to the model as text)
+    assert "unknown command /system" in err and "/reset takes nothing after it" in err and "/exit takes nothing after it" in err, err
+    assert err.count("prompt tokens evaluated") == 2, err  # only the two messages were turns (`//etc …` sends `/etc …`)
 
 
 @pytest.mark.parametrize("where", ["tokenizer_config.json", "chat_template.jinja"])
