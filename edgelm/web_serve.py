@@ -42,12 +42,18 @@ _RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})$")
 _BLOCK = 1 << 20
 
 
+REQUEST_TIMEOUT_S = 30
+
+
 class BundleHandler(http.server.SimpleHTTPRequestHandler):
     """A static handler for one bundle folder: isolation headers on every answer, the bundle's MIME
     types, single byte ranges, no directory listings and nothing outside the folder's top level."""
 
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **MIME_TYPES}
     quiet = True
+    # seconds a connection may wait on the client: one that sent half a request (or `GET /` without HTTP/1.x, which
+    # waits for headers) held its thread for ever (a stranger's slowloris finding); socketserver closes it on timeout
+    timeout = REQUEST_TIMEOUT_S
     files: frozenset[str] = frozenset()  # the names it serves: the manifest's files and the manifest
 
     def end_headers(self) -> None:

@@ -241,6 +241,28 @@ def test_serve_isolates_types_ranges_and_serves_only_the_bundle(web_bundles, tmp
 
 
 @needs_runtime
+@pytest.mark.parametrize("sent", [b"GET / HTTP/1.1\r\nHost: x\r\n", b"GET /\r\n", b""], ids=["half the headers", "no version", "nothing"])
+def test_serve_closes_a_connection_that_stops_sending(web_bundles, monkeypatch, sent):
+    """A stranger's slowloris finding: half a request (or `GET /` with no HTTP version, or nothing) held a server
+    thread for ever; the connection is now closed after BundleHandler.timeout seconds without a byte."""
+    import socket
+    import time
+
+    from edgelm import web_serve
+
+    assert web_serve.BundleHandler.timeout and web_serve.BundleHandler.timeout <= 60  # socketserver's default None: no limit
+    monkeypatch.setattr(web_serve.BundleHandler, "timeout", 1)  # the same limit, short for the test
+    with web_serve.serving(web_bundles("tiny-rope")[0]) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as client:
+            client.sendall(sent)
+            started = time.monotonic()
+            while client.recv(65536):  # `GET /` without a version is answered HTTP/0.9-style, then closed
+                pass
+            assert time.monotonic() - started < 20
+
+
+@needs_runtime
 def test_serve_command_prints_its_address_and_stops_on_ctrl_c(web_bundles, run_cli, tmp_path, preset_dir):
     bundle = web_bundles("tiny-rope")[0]
     child = subprocess.Popen([sys.executable, "-m", "edgelm", "serve", str(bundle), "--port", "0"], stdout=subprocess.PIPE,
