@@ -569,6 +569,9 @@ def bench(
     prompt = (artifact.tokenizer.encode(text) * (1 + prompt_tokens // 1000))[:prompt_tokens]
     with info.status("timing…"):
         result = run(artifact, prompt, new_tokens, compare, threads)
+    if compare and not result.raw_engine:  # said, not an empty row (a TokenFormer GGUF, a model folder)
+        info.print(f"note: --compare: no engine but edgelm's runs {artifact.format.noun} ({artifact.engine}); only edgelm was timed",
+                   markup=False)
     report = result.as_dict() | {"engine": artifact.engine}
 
     def show() -> None:

@@ -405,3 +405,11 @@ def test_generate_says_when_the_context_ends_the_reply(run_cli):
                           "the reply ends there at the latest"
     code, out, err = run_cli("generate", MODEL, "--prompt", "Hello", "--max-new-tokens", 4, "-c", 16)
     assert code == 0 and err == "", err
+
+
+def test_bench_compare_says_when_there_is_no_raw_engine(run_cli):
+    """Stranger finding: --compare on a model folder or a TokenFormer GGUF printed no raw row and no word."""
+    code, out, err = run_cli("bench", MODEL, "--compare", "--prompt-tokens", 8, "--new-tokens", 2, "--threads", 1, "--json")
+    assert code == 0, err
+    assert json.loads(out)["raw_engine"] is None
+    assert "note: --compare: no engine but edgelm's runs a model folder (torch (cpu)); only edgelm was timed" in err, err
