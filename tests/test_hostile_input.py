@@ -238,7 +238,7 @@ def test_llama_cpp_gguf_context_past_memory_is_refused_before_llama_cpp_allocate
     text = tmp_path / "t.txt"
     text.write_text("It is a truth. " * 20)
     assert_user_error(run_cli("perplexity", huge, "--text", text, "--ctx", 10_000_000), "a context of 10000000 tokens needs",
-                      "if the context asked for is what asks for it")
+                      "if the context asked for is what asks for it", "--ctx in perplexity, --tokens in parity")
 
 
 @pytest.fixture(scope="module")

@@ -219,6 +219,10 @@ def available_memory() -> int:
     return found if found is not None else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+# what sets the context in each command (a stranger's finding: parity and bench were told to use --ctx-size, which they lack)
+CONTEXT_OPTIONS = "--ctx-size in generate and chat, --ctx in perplexity, --tokens in parity, --prompt-tokens and --new-tokens in bench; context_length in Python"
+
+
 def refuse_cache_past_memory(needed: int, positions: int, path: Path, key: str) -> None:
     """A KV cache sized from a context length a stranger wrote is refused before it is allocated, not by
     a MemoryError traceback or the OOM killer."""
@@ -226,5 +230,5 @@ def refuse_cache_past_memory(needed: int, positions: int, path: Path, key: str) 
     if needed > available:
         raise UserError(f"a context of {positions} tokens needs {needed / 1e9:.1f} GB of KV cache, more than the "
                         f"{available / 1e9:.1f} GB available", path,
-                        f"give a smaller --ctx-size (context_length in Python); if {key} is what asks for it, export the model "
-                        "again with a shorter context")
+                        f"ask for a shorter context ({CONTEXT_OPTIONS}); if {key} is what asks for it, export the model again with a "
+                        "shorter context")
