@@ -11,6 +11,7 @@ defaults, the sha256 and size of every file, the edgelm version, the artifact's 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .constants import BUNDLE_MANIFEST, BUNDLE_SAMPLING_DEFAULTS, WEB_PAGE_FILES, WEB_RUNTIME_FILES
+from .constants import BUNDLE_MANIFEST, BUNDLE_SAMPLING_DEFAULTS, WEB_PAGE_FILES, WEB_RUNTIME_FILES, WEB_RUNTIME_MAX_BYTES
 from .errors import UserError
 from .artifact_files import read_json_object, sha256, user_file
 from .bundle_files import MANIFEST_VERSION, MAX_MANIFEST_BYTES, path_inside, unpacked, verify_folder
@@ -47,9 +48,16 @@ def _web_files(fmt, folder: Path, runtime: Path) -> dict[str, Any]:
         found = _package_version(runtime / package / "package.json")
         if found != version:
             raise UserError(f"the web bundle runs on {package} {version}; {runtime} holds {found or 'none'}", runtime, _web_runtime_fix())
-        for name in files:
+        for name, pinned in files.items():
             copied = f"{package.split('/')[-1]}.{name}" if name == "LICENSE" else Path(name).name
-            shutil.copy(runtime / package / name, folder / copied)
+            given = runtime / package / name
+            try:  # one bounded read of a regular file, hashed as it is written (a missing one was a traceback)
+                data = user_file(given, "--web-runtime", WEB_RUNTIME_MAX_BYTES, name).read_bytes()
+            except UserError as exc:
+                raise UserError(f"{exc.what}: {runtime} is not an install of {package} {version}", given, _web_runtime_fix()) from None
+            if hashlib.sha256(data).hexdigest() != pinned:
+                raise UserError(f"not {package} {version}'s {name} (its sha256 differs from the published file's)", given, _web_runtime_fix())
+            (folder / copied).write_bytes(data)
         versions[package] = version
     return facts | {"name": fmt.path.name, "web_runtime": versions}
 

@@ -47,10 +47,19 @@ def llama_cpp_archs() -> frozenset[str]:
 # --- web bundles (edgelm bundle --target web) ---------------------------------------------------------
 # The npm packages the page runs on, pinned as in web/package.json, and the files of each it vendors (a
 # flat folder: the bundle's plain-name checks apply): onnxruntime-web's WebGPU build (WebGPU, else WASM)
-# and the WASM binary it loads for both, tokenizers.js for tokenizer.json.
+# and the WASM binary it loads for both, tokenizers.js for tokenizer.json. Each file's sha256 is that of the
+# pinned package's (npm ci of web/package-lock.json, whose integrity hashes npm checks): a folder whose
+# package.json states the version while its files are other code, or none, is refused, not bundled.
 WEB_RUNTIME_FILES = {
-    "onnxruntime-web": ("1.30.0", ("dist/ort.webgpu.min.mjs", "dist/ort-wasm-simd-threaded.asyncify.mjs",
-                                   "dist/ort-wasm-simd-threaded.asyncify.wasm")),
-    "@huggingface/tokenizers": ("0.2.0", ("dist/tokenizers.min.mjs", "LICENSE")),
+    "onnxruntime-web": ("1.30.0", {
+        "dist/ort.webgpu.min.mjs": "3dffff71811bc13a3a3d9591c57ca5ee5735b8f5f3eaf789510b02bb040ae3a0",
+        "dist/ort-wasm-simd-threaded.asyncify.mjs": "3d1c85995364bb643302fc6fd877a0c3ba5ae72401815e0f24828a53d9191e28",
+        "dist/ort-wasm-simd-threaded.asyncify.wasm": "39f9f0894d478800487ed9f7dbe92618498db320cf55c8e3d89adff8dce658da",
+    }),
+    "@huggingface/tokenizers": ("0.2.0", {
+        "dist/tokenizers.min.mjs": "258e46332101335ce8d95aed7745b19ac3b46d37f3e159a89cf894c2ea9b1d3a",
+        "LICENSE": "c71d239df91726fc519c6eb72d318ec65820627232b2f796219e87dcf35d0ab4",
+    }),
 }
+WEB_RUNTIME_MAX_BYTES = 64 << 20  # the largest vendored file, the WASM binary, is 26.8 MB
 WEB_PAGE_FILES = ("index.html", "edgelm-web.js")  # edgelm/assets/web

@@ -64,7 +64,9 @@ CHECKED_PATH_CALLS = {
     ("runtime/prompt_cache.py", "json.loads("): "the prompt cache's header, read bounded to HEADER_LIMIT",
     ("runtime/prompt_cache.py", "open("): "the --prompt-cache file after check_path (a regular file, no link; its header "
                                           "bounded), and the artifact's own files, sampled for its fingerprint",
-    ("bundle.py", "shutil.copy"): "edgelm's web page and the --web-runtime the user named",
+    ("bundle.py", "shutil.copy"): "edgelm's web page",
+    ("bundle.py", ".read_bytes("): "the --web-runtime the user named: each file a regular one, bounded, its sha256 the pinned package's",
+    ("console.py", "open("): "os.devnull, for a standard stream the caller closed",
     ("certificate.py", "GGUFReader("): "the GGUF the exporter just wrote, to add the certificate's keys",
     ("certificate.py", "onnx.load("): "the graph the exporter just wrote, to add the certificate to its metadata_props",
 }

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from edgelm.constants import WEB_RUNTIME_FILES
+
 from .browser import CHROMIUM, run_page
 from .test_bad_input import assert_user_error
 
@@ -129,6 +131,21 @@ def test_web_bundle_bad_input(run_cli, preset_dir, tmp_path):
     assert_user_error(run_cli("bundle", onnx, "--target", "tv", "--out", tmp_path / "w"), "unknown --target 'tv'")
     assert_user_error(run_cli("bundle", onnx, "--target", "web", "--web-runtime", tmp_path, "--out", tmp_path / "w"),
                       "runs on onnxruntime-web 1.30.0", "holds none", "make web-runtime")
+    # a runtime whose package.json states the pinned version, with a file missing or another file in its place (a
+    # stranger's finding: a traceback, or a bundle of placeholder files that verify called fine)
+    fake = tmp_path / "fake"
+    for package, (version, files) in WEB_RUNTIME_FILES.items():
+        (fake / package).mkdir(parents=True)
+        (fake / package / "package.json").write_text(json.dumps({"name": package, "version": version}))
+    assert_user_error(run_cli("bundle", onnx, "--target", "web", "--web-runtime", fake, "--out", tmp_path / "w"),
+                      "fake/onnxruntime-web/dist/ort.webgpu.min.mjs: dist/ort.webgpu.min.mjs not found", "is not an install of onnxruntime-web 1.30.0")
+    for package, (_, files) in WEB_RUNTIME_FILES.items():
+        for name in files:
+            (fake / package / name).parent.mkdir(parents=True, exist_ok=True)
+            (fake / package / name).write_text("// placeholder\n")
+    assert_user_error(run_cli("bundle", onnx, "--target", "web", "--web-runtime", fake, "--out", tmp_path / "w"),
+                      "not onnxruntime-web 1.30.0's dist/ort.webgpu.min.mjs (its sha256 differs from the published file's)")
+    shutil.rmtree(fake)
     (tmp_path / "w").mkdir()
     assert_user_error(run_cli("bundle", onnx, "--target", "web", "--out", tmp_path / "w"), "already exists")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kv8", "m.gguf", "onnx", "w"]
