@@ -32,7 +32,7 @@ class Model:
         the text so far and verifies in one step (0: off; None: the backend's default, docs/benchmarks.md);
         greedy output is the same either way. One generation runs at a time (see `_exclusive`)."""
         return self._exclusive(run(self.artifact.backend, self.tokenizer, prompt, max_new_tokens, SamplingOptions(**sampling),
-                                   tuple(stop), truncate=truncate, draft=draft, lookup_ngram=lookup_ngram))
+                                   _stops(stop), truncate=truncate, draft=draft, lookup_ngram=lookup_ngram))
 
     def generate(self, prompt: str, max_new_tokens: int = 64, truncate: bool = False, draft: int | None = None,
                  lookup_ngram: int = LOOKUP_NGRAM, stop: tuple[str, ...] = (), **sampling) -> str:
@@ -84,7 +84,7 @@ class Model:
 
             log.info(start_from(Path(prompt_cache), self.artifact.path, backend, conversation.preamble_ids()))
         pieces = self._exclusive(iter(conversation.turn(messages[-1]["content"], backend, max_new_tokens, SamplingOptions(**sampling),
-                                                        tuple(stop), draft, lookup_ngram, context_shift)))
+                                                        _stops(stop), draft, lookup_ngram, context_shift)))
         return pieces if stream else "".join(piece.text for piece in pieces)
 
     def perplexity(self, text: str, ctx: int = 256, stride: int | None = None) -> float:
@@ -100,6 +100,11 @@ class Model:
             return perplexity(self.artifact.backend, ids, ctx, stride).perplexity
         with open_artifact(self.artifact.path, replace(self.options, all_logits=True, context_length=ctx)) as scorer:
             return perplexity(scorer.backend, ids, ctx, stride).perplexity
+
+
+def _stops(stop: str | tuple[str, ...] | list[str]) -> tuple:
+    """stop= as the texts to stop at: one text is one stop string (tuple("\n\n") made two one-character ones)."""
+    return (stop,) if isinstance(stop, str) else tuple(stop)
 
 
 def load(path: str | Path, **options) -> Model:

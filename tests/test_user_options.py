@@ -413,3 +413,19 @@ def test_bench_compare_says_when_there_is_no_raw_engine(run_cli):
     assert code == 0, err
     assert json.loads(out)["raw_engine"] is None
     assert "note: --compare: no engine but edgelm's runs a model folder (torch (cpu)); only edgelm was timed" in err, err
+
+
+def test_python_stop_takes_one_text_or_several_and_refuses_an_empty_one():
+    """Stranger finding: generate(stop=[""]) returned '' where the CLI refuses --stop ""; and a str was split into
+    one-character stop strings (tuple(", a"))."""
+    import edgelm
+
+    model = edgelm.load(MODEL)
+    whole = model.generate(PROMPT, max_new_tokens=12)
+    cut = next(i for i in range(2, len(whole)) if whole[i] == " " and whole[:i].strip())  # a two-character stop inside the reply
+    stop = whole[cut - 1:cut + 1]
+    assert model.generate(PROMPT, max_new_tokens=12, stop=stop) == whole[:whole.find(stop)]
+    assert model.generate(PROMPT, max_new_tokens=12, stop=[stop]) == whole[:whole.find(stop)]
+    for bad in ([""], ["x", ""], [3]):
+        with pytest.raises(ValueError, match="stop must be a list of non-empty texts"):
+            model.generate(PROMPT, max_new_tokens=4, stop=bad)

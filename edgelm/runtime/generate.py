@@ -43,7 +43,7 @@ def generate(
     `draft`, `lookup_ngram`: prompt-lookup decoding (see `generate_from_ids`)."""
     ids = tokenizer.encode(prompt)
     if not ids:
-        raise UserError("the prompt is empty after tokenization", None, "give a non-empty --prompt")
+        raise UserError("the prompt is empty after tokenization", None, "give a prompt with some text (--prompt; the prompt in Python)")
     if truncate and len(ids) >= backend.context_length:
         ids = ids[-(backend.context_length - min(max_new_tokens, backend.context_length // 2)):]
     return generate_from_ids(backend, tokenizer, ids, max_new_tokens, options, stop, draft, lookup_ngram)
@@ -73,6 +73,8 @@ def generate_from_ids(
                          f"not {draft!r} and {lookup_ngram!r}")
     if type(max_new_tokens) is not int or max_new_tokens < 1:  # the CLI's option has min=1; the Python API comes here
         raise ValueError(f"max_new_tokens must be a whole number from 1, not {max_new_tokens!r}")
+    if any(type(s) is not str or not s for s in stop):  # as the CLI refuses --stop ""
+        raise ValueError(f"stop must be a list of non-empty texts, not {stop!r} (an empty one would stop before the first token)")
     if len(ids) >= backend.context_length:
         raise UserError(
             f"the prompt is {len(ids)} tokens and the context holds {backend.context_length}, with no room for a reply", None,
