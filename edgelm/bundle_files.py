@@ -58,7 +58,8 @@ def _read_manifest(folder: Path) -> dict:
     path = find_member(folder, BUNDLE_MANIFEST, MAX_MANIFEST_BYTES, "the manifest")
     if path is None:
         raise UserError(f"no {BUNDLE_MANIFEST} manifest", folder, "give what `edgelm export` made (a .gguf file, an ONNX folder) "
-                        "or `edgelm bundle` made: a model folder carries no parity certificate")
+                        f"or `edgelm bundle` made: a folder without {BUNDLE_MANIFEST} (a model folder, another tool's ONNX export, "
+                        "a bundle whose manifest was removed) carries no parity certificate to verify")
     return check_manifest(read_json(path, MAX_MANIFEST_BYTES, "the manifest"), path)
 
 

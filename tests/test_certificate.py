@@ -238,7 +238,7 @@ def test_a_damaged_certificate_is_one_line(exports, run_cli, tmp_path, capsys, p
 
 
 def test_verify_refuses_a_model_folder(run_cli):
-    assert_user_error(run_cli("verify", MODELS / "tiny-nope"), "no edgelm.json manifest", "a model folder carries no parity certificate")
+    assert_user_error(run_cli("verify", MODELS / "tiny-nope"), "no edgelm.json manifest", "a folder without edgelm.json (a model folder, another tool's ONNX export", "carries no parity certificate to verify")
 
 
 def test_verify_device_without_reference_is_refused(run_cli, exports):
