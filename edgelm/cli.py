@@ -51,7 +51,16 @@ AllowPickleOption = Annotated[
     bool, typer.Option("--allow-pickle", help="Load a pickle .bin checkpoint with torch.load(weights_only=True).")
 ]
 SeedOption = Annotated[Optional[int], typer.Option(min=0, max=SEED_MAX, help="Sampling seed (default: random).")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+_asked = {"json": False}  # what the command line asked for that the error paths need (set while parsing)
+
+
+def _json_asked(value: bool) -> bool:
+    _asked["json"] = value
+    return value
+
+
+JsonOption = Annotated[bool, typer.Option("--json", callback=_json_asked,
+                                          help="Print one JSON object instead of a table (on failure: {\"error\": …, \"exit_code\": …}).")]
 
 
 def number(allowed: NumberRange):
@@ -897,6 +906,17 @@ def main() -> None:
         sys.stdin, sys.stdout, sys.stderr = streams
 
 
+def _json_failure(message: str, code: int) -> None:
+    """Under --json a failure is a JSON object on stdout too, so a program reading it has something to parse (as
+    npm --json answers an error), beside the one line on stderr."""
+    if _asked["json"]:
+        try:
+            sys.stdout.write(json.dumps({"error": message, "exit_code": code}) + "\n")
+            sys.stdout.flush()
+        except OutputLost:
+            _quiet_stdout()
+
+
 def _quiet_stdout() -> None:
     """Point descriptor 1 at os.devnull, so the interpreter's own flush at exit does not fail a second time
     ("Exception ignored … BrokenPipeError")."""
@@ -909,6 +929,7 @@ def _quiet_stdout() -> None:
 def _run() -> None:
     from typer.exceptions import TyperException
 
+    _asked["json"] = False
     try:
         code = app(standalone_mode=False)
         sys.stdout.flush()  # what is still buffered fails here, in the command, not at the interpreter's exit
@@ -917,6 +938,7 @@ def _run() -> None:
         sys.exit(TERMINATED)
     except UserError as exc:
         err.print(f"error: {exc.line()}", markup=False, soft_wrap=True)
+        _json_failure(exc.line(), 2)
         sys.exit(2)
     except OutputLost as exc:  # the result did not arrive: a failure, said where it can be (stderr may be gone too)
         _quiet_stdout()
@@ -932,6 +954,7 @@ def _run() -> None:
     except TyperException as exc:  # usage errors: click's message on the one line, exit 2
         command = getattr(getattr(exc, "ctx", None), "command_path", "edgelm")
         err.print(f"error: {exc.format_message()}; see `{command} --help`", markup=False, soft_wrap=True)
+        _json_failure(f"{exc.format_message()}; see `{command} --help`", exc.exit_code)
         sys.exit(exc.exit_code)
     if code == INTERRUPTED:
         sys.stderr.write("\ninterrupted; nothing was left half-written\n")

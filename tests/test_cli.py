@@ -149,3 +149,17 @@ def test_parity_reference_must_be_a_model_folder(run_cli, tmp_path):
     gguf = export_gguf(open_checkpoint(models / "tiny-rope"), tmp_path / "a.gguf", "f32", certificate=False).path
     code, _, err = run_cli("parity", gguf, "--reference", gguf)
     assert code == 2 and "--reference is a GGUF file; parity compares against the full-precision model folder" in err, err
+
+
+@pytest.mark.parametrize("args,code,words", [
+    (["inspect", "nonexist", "--json"], 2, "nonexist: no such file or folder"),
+    (["generate", "nonexist", "--prompt", "hi", "--json"], 2, "nonexist: no such file or folder"),
+    (["generate", "nonexist", "--json", "--temperature", "-1", "--prompt", "hi"], 2, "Invalid value for '--temperature'"),
+])
+def test_json_failures_are_a_json_object_too(run_cli, args, code, words):
+    """Stranger finding: under --json a failure printed nothing on stdout, leaving a program nothing to parse."""
+    got, out, err = run_cli(*args)
+    assert got == code and err.startswith("error: ") and len(err.strip().splitlines()) == 1, (got, out, err)
+    answer = json.loads(out)
+    assert answer["exit_code"] == code and words in answer["error"] and answer["error"] in err, answer
+    assert run_cli(*[a for a in args if a != "--json"])[1] == ""  # without --json, stdout stays empty
