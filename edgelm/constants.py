@@ -63,3 +63,10 @@ WEB_RUNTIME_FILES = {
 }
 WEB_RUNTIME_MAX_BYTES = 64 << 20  # the largest vendored file, the WASM binary, is 26.8 MB
 WEB_PAGE_FILES = ("index.html", "edgelm-web.js")  # edgelm/assets/web
+
+# llama.cpp's SentencePiece tokenizer spells a character it has no piece for as byte pieces, and with none it throws
+# out of llama_tokenize (unordered_map::at): the process aborts, exit 134 (a stranger's tokenizer trained without
+# byte_fallback, given "日本"). Refused at GGUF export and at opening a GGUF.
+NO_BYTE_PIECES = ("SentencePiece tokenizer has no byte pieces (trained without byte_fallback): llama.cpp aborts the process on any "
+                  "character outside its pieces")
+GGUF_TOKEN_TYPE_BYTE = 6  # gguf-py's TokenType.BYTE, llama.cpp's LLAMA_TOKEN_TYPE_BYTE

@@ -370,3 +370,28 @@ def test_an_error_about_the_output_being_made_names_the_output(tmp_path):
             raise UserError("bad", made / "genai_config.json")
     assert raised.value.path == tmp_path / "out" / "genai_config.json"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sentencepiece_tokenizer_without_byte_pieces_never_reaches_llama_cpp(run_cli, preset_dir, tmp_path):
+    """Stranger finding: a tokenizer.model trained without byte_fallback exported to GGUF (exit 0), then any character
+    outside its pieces ("日本") made llama.cpp throw out of llama_tokenize: the process aborted, exit 134. Refused at
+    export, and a GGUF whose llama vocabulary has no byte tokens is refused when opened."""
+    import shutil
+
+    import sentencepiece as spm
+    from gguf import GGUFReader
+
+    text = tmp_path / "text.txt"
+    text.write_text((Path(__file__).resolve().parents[1] / "examples" / "data" / "emma.txt").read_text(encoding="utf-8")[:200_000])
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "sp"), vocab_size=400, model_type="bpe", minloglevel=2)
+    folder = shutil.copytree(preset_dir("tiny-rope"), tmp_path / "m")
+    shutil.copy(tmp_path / "sp.model", folder / "tokenizer.model")
+    assert_user_error(run_cli("export", folder, "--out", tmp_path / "sp.gguf"), "m/tokenizer.model: this SentencePiece tokenizer has no byte pieces")
+    assert not (tmp_path / "sp.gguf").exists()
+
+    exported = export_gguf(open_checkpoint(preset_dir("tiny-rope")), tmp_path / "ok.gguf", "f16").path
+    types = [int(t) for t in GGUFReader(str(exported)).fields["tokenizer.ggml.token_type"].contents()]
+    assert 6 in types
+    unbytes = rewrite_gguf(exported, tmp_path / "nobytes.gguf", drop_keys={"tokenizer.ggml.token_type"},
+                           add={"tokenizer.ggml.token_type": ([1 if t == 6 else t for t in types], GGUFValueType.ARRAY, GGUFValueType.INT32)})
+    assert_user_error(run_cli("generate", unbytes, "--prompt", "日本"), "nobytes.gguf: its SentencePiece (llama) vocabulary has no byte pieces")

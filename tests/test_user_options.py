@@ -396,6 +396,16 @@ def test_python_load_refuses_counts_that_are_no_whole_number_in_range(gguf, name
         edgelm.load(MODEL, **{name: value})
 
 
+@pytest.mark.parametrize("name,value,words", [("threads", 10**6, "threads must be at most the"), ("device", "tpu", "device must be one of auto, cpu, cuda")])
+def test_python_load_refuses_more_threads_than_cpus_and_unknown_devices(gguf, name, value, words):
+    """Stranger finding: threads=10**6 on an ONNX folder grew to 8 GB and never opened (the CLI caps --threads);
+    device="tpu" was torch's own error from deep in Module.to."""
+    import edgelm
+
+    with pytest.raises(ValueError, match=words):
+        edgelm.load(MODEL, **{name: value})
+
+
 def test_generate_says_when_the_context_ends_the_reply(run_cli):
     """Stranger finding: generate -c 16 --max-new-tokens 100 stopped after 13 tokens with exit 0 and no word."""
     code, out, err = run_cli("generate", MODEL, "--prompt", "Hello", "--max-new-tokens", 100, "-c", 16, "--json")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from gguf import GGUFWriter, TokenType
 
 from ..artifact_files import MAX_TOKENIZER_BYTES, read_bytes, read_json
-from ..constants import GGUF_TOKENIZER_FILE, GGUF_TOKENIZER_FILE_BASE64
+from ..constants import GGUF_TOKENIZER_FILE, GGUF_TOKENIZER_FILE_BASE64, NO_BYTE_PIECES
 from ..errors import UserError
 from ..tokenizer import JSONTokenizer, SentencePieceTokenizer, Tokenizer
 
@@ -46,6 +46,8 @@ def _sentencepiece(writer: GGUFWriter, tokenizer: SentencePieceTokenizer, vocab_
             types.append(TokenType.BYTE)
         else:
             types.append(TokenType.NORMAL)
+    if TokenType.BYTE not in types:
+        raise UserError(f"this {NO_BYTE_PIECES}", tokenizer.file, "retrain the tokenizer with byte_fallback=true, or export to ONNX")
     _pad(tokens, scores, types, vocab_size)
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")

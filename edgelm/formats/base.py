@@ -9,6 +9,7 @@ benchmarks ask `detect` and never test paths themselves.
 from __future__ import annotations
 
 import logging
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,9 @@ RUNTIME_OPTIONS = {
 }
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
 def resolve_device(requested: str) -> str:
     """The torch device a --device names: auto is cuda where torch sees a CUDA GPU, else cpu."""
     if requested == "cpu":
@@ -82,6 +86,11 @@ class LoadOptions:
             value = getattr(self, name)
             if value is not None and (type(value) is not int or value < low):
                 raise ValueError(f"{name} must be a whole number from {low}" + (" or None" if name != "gpu_layers" else "") + f", not {value!r}")
+        cores = os.cpu_count() or 1
+        if self.threads is not None and self.threads > cores:  # onnxruntime with 10^6 threads grew to 8 GB and never opened
+            raise ValueError(f"threads must be at most the {cores} CPUs here, not {self.threads}")
+        if self.device not in DEVICES:  # device="tpu" was torch's own error from deep in Module.to
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
 
     def context_for(self, trained: int) -> int:
         """The context a generation backend allocates: the one asked for, else the model's training context

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifact_files import read_prefix
-from ..constants import (GGUF_CONTEXT_LIMIT, GGUF_FAMILY, GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED, GGUF_POSITION_ENCODING, GGUF_VERSION,
+from ..constants import (GGUF_TOKEN_TYPE_BYTE, NO_BYTE_PIECES, GGUF_CONTEXT_LIMIT, GGUF_FAMILY, GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED, GGUF_POSITION_ENCODING, GGUF_VERSION,
                          PARITY_CERTIFICATE, llama_cpp_archs)
 from ..errors import UserError
 from .base import Artifact, Format, LoadOptions, register
@@ -40,6 +40,9 @@ def refuse_what_llama_cpp_asserts(gguf) -> None:
     def bad(what: str):
         raise UserError(f"{gguf.arch}.{what} (llama.cpp would abort on it)", gguf.path, "the file is damaged: export it again")
 
+    if gguf.field("tokenizer.ggml.model") == "llama" and GGUF_TOKEN_TYPE_BYTE not in (gguf.field("tokenizer.ggml.token_type") or ()):
+        raise UserError(f"its {NO_BYTE_PIECES.replace('tokenizer', '(llama) vocabulary')}", gguf.path,
+                        "export the model again with a tokenizer trained with byte_fallback, or export it to ONNX")
     if gguf.hparam("block_count") is None:  # not an arch llama.cpp knows, or a file without it: llama.cpp refuses it cleanly
         return
     layers = count("block_count")
