@@ -97,11 +97,13 @@ class Conversation:
         history as it was, so a chat can go on from it."""
         turns = [*self.turns, {"role": "user", "content": unicode_text(user)}]
         dropped, room = 0, self.context_length - self.reply_budget
+        whole = room  # the message alone may take all of it (a stranger's finding: after two exchanges a 3,011-token
+        # message was refused in a 4,096 context, held to the half-room target meant for history)
         while True:
             # the rendered template is text in which special tokens are tokens, and it prints its own bos:
             # as transformers' apply_chat_template(tokenize=True) and llama.cpp's chat encode it
             ids = self.tokenizer.encode(self.render(turns), add_bos=False, special=True)
-            if len(ids) <= room:
+            if len(ids) <= room or len(turns) <= 1 and len(ids) <= whole:
                 self.turns = turns
                 return ids, dropped
             if len(turns) <= 1:

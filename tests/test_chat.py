@@ -69,6 +69,23 @@ def test_history_is_trimmed_oldest_first():
     assert all("number 0" not in t["content"] for t in conversation.turns)  # the oldest went first
 
 
+def test_a_message_that_fits_alone_is_taken_after_any_history():
+    """Stranger finding: after two exchanges a message of 3,011 tokens was refused in a 4,096 context with a 400-token
+    reply budget ("takes 3,011 tokens … keeps 400 for the reply"), though it fits alone: dropping history aims at half
+    the room, and the message alone was held to that half. Here: a 200-token context, 20 for the reply."""
+    tokenizer = load_tokenizer(MODEL)
+    conversation = Conversation(tokenizer, context_length=200, reply_budget=20)
+    for i in range(2):
+        conversation.prompt_ids(f"Question {i}.")
+        conversation.add_reply("An answer of some length. " * 3)
+    words = ["word"]
+    while len(tokenizer.encode(conversation.render([{"role": "user", "content": " ".join(words)}]), add_bos=False)) <= 120:
+        words.append("word")  # between half the room (90) and the room (180)
+    message = " ".join(words)
+    ids, dropped = conversation.prompt_ids(message)
+    assert dropped == 2 and 90 < len(ids) <= 180 and conversation.turns == [{"role": "user", "content": message}]
+
+
 def test_broken_template_is_a_user_error():
     tokenizer = load_tokenizer(MODEL)
     tokenizer.config = dict(tokenizer.config, chat_template="{% for m in messages %}{{ raise_exception('no roles') }}{% endfor %}")
