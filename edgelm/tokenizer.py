@@ -195,6 +195,11 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
         config = {**config, "chat_template": read_text(template, MAX_TEMPLATE_BYTES, CHAT_TEMPLATE_FILE)}
         template_file = template
     tokenizer = load_tokenizer_file(file, config)
+    for role in ("bos_token", "eos_token"):  # named, yet no token of the vocabulary: the folder ran without a bos or an eos,
+        named = config.get(role)  # and its GGUF left llama.cpp to guess both (token 11, '+') — a stranger's finding
+        if (named.get("content") if isinstance(named, dict) else named) and getattr(tokenizer, role.replace("_token", "_id")) is None:
+            raise UserError(f"{role} {str(named.get('content') if isinstance(named, dict) else named)[:40]!r} is no token of {name}",
+                            config_path, f"name a token {name} has, or drop {role}")
     tokenizer.files = {name: file} | ({"tokenizer_config.json": config_path} if config_path else {})
     tokenizer.template_file = template_file
     return tokenizer

@@ -395,3 +395,18 @@ def test_a_sentencepiece_tokenizer_without_byte_pieces_never_reaches_llama_cpp(r
     unbytes = rewrite_gguf(exported, tmp_path / "nobytes.gguf", drop_keys={"tokenizer.ggml.token_type"},
                            add={"tokenizer.ggml.token_type": ([1 if t == 6 else t for t in types], GGUFValueType.ARRAY, GGUFValueType.INT32)})
     assert_user_error(run_cli("generate", unbytes, "--prompt", "日本"), "nobytes.gguf: its SentencePiece (llama) vocabulary has no byte pieces")
+
+
+@pytest.mark.parametrize("role", ["bos_token", "eos_token"])
+def test_a_special_token_the_vocabulary_lacks_is_refused(run_cli, tmp_path, role):
+    """Stranger finding: tokenizer_config.json naming bos_token '<s>' and eos_token '</s>' that tokenizer.json lacks ran
+    with neither (no word), and its GGUF had no bos/eos keys, so llama.cpp took token 11 ('+') for both."""
+    import json
+
+    folder = _with_tokenizer(SHIPPED_ROPE, tmp_path / "m", lambda data: None)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config[role] = {"bos_token": "<s>", "eos_token": {"content": "</s>", "special": True}}[role]
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    for args in (["generate", folder, "--prompt", "It is"], ["export", folder, "--out", tmp_path / "x.gguf"]):
+        assert_user_error(run_cli(*args), f"m/tokenizer_config.json: {role} '{'<s>' if role == 'bos_token' else '</s>'}' is no token of tokenizer.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
