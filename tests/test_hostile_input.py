@@ -410,3 +410,11 @@ def test_a_special_token_the_vocabulary_lacks_is_refused(run_cli, tmp_path, role
     for args in (["generate", folder, "--prompt", "It is"], ["export", folder, "--out", tmp_path / "x.gguf"]):
         assert_user_error(run_cli(*args), f"m/tokenizer_config.json: {role} '{'<s>' if role == 'bos_token' else '</s>'}' is no token of tokenizer.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_a_context_llama_cpp_cannot_allocate_is_not_called_a_damaged_file(run_cli, preset_dir, tmp_path):
+    """Stranger finding: -c 10,000,000 on a tiny GGUF passed the KV-cache check (10 GB) and llama.cpp then failed to
+    allocate 176 GB of compute buffers, reported as 'the file is damaged'. Now the context is named."""
+    exported = export_gguf(open_checkpoint(preset_dir("tiny-rope")), tmp_path / "m.gguf", "f16").path
+    assert_user_error(run_cli("-q", "generate", exported, "--prompt", "x", "-c", 10_000_000),
+                      "m.gguf: llama.cpp could not allocate a context of 10,000,000 tokens", "ask for a shorter context (--ctx-size")

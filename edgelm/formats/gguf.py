@@ -147,7 +147,7 @@ class GGUF(Format):
         if not self.runs_on_ggml_executor:
             from llama_cpp import __version__ as llama_cpp_version
 
-            from ..runtime.backend import refuse_cache_past_memory
+            from ..runtime.backend import CONTEXT_OPTIONS, refuse_cache_past_memory
             from ..runtime.llama_cpp_backend import LlamaCppBackend, LlamaCppTokenizer
 
             # before llama.cpp allocates: a file declaring 2^24 positions spent 60 s allocating, then failed
@@ -155,7 +155,10 @@ class GGUF(Format):
                                      "the context asked for" if options.context_length else f"{self.gguf.arch}.context_length")
             try:
                 backend = LlamaCppBackend(self.path, context, options.threads, options.gpu_layers, options.f32_kv_cache, options.all_logits)
-            except ValueError:  # llama-cpp-python's "Failed to load model from file"
+            except ValueError as exc:  # llama-cpp-python's "Failed to load model from file" / "Failed to create llama_context"
+                if "llama_context" in str(exc):  # the model loaded; its context did not (-c 10^7: 176 GB of attention buffers)
+                    raise UserError(f"llama.cpp could not allocate a context of {context:,} tokens (its KV cache and compute "
+                                    "buffers) on this machine", self.path, f"ask for a shorter context ({CONTEXT_OPTIONS})") from None
                 self._check_runnable()
                 raise UserError("llama.cpp could not load this GGUF", self.path,
                                 "the file is damaged or needs a newer llama.cpp: export it again or update llama-cpp-python") from None
