@@ -40,7 +40,7 @@ def refuse_what_llama_cpp_asserts(gguf) -> None:
     def bad(what: str):
         raise UserError(f"{gguf.arch}.{what} (llama.cpp would abort on it)", gguf.path, "the file is damaged: export it again")
 
-    if gguf.field("tokenizer.ggml.model") == "llama" and GGUF_TOKEN_TYPE_BYTE not in (gguf.field("tokenizer.ggml.token_type") or ()):
+    if gguf.field("tokenizer.ggml.model") == "llama" and not (gguf.int32_array("tokenizer.ggml.token_type") == GGUF_TOKEN_TYPE_BYTE).any():
         raise UserError(f"its {NO_BYTE_PIECES.replace('tokenizer', '(llama) vocabulary')}", gguf.path,
                         "export the model again with a tokenizer trained with byte_fallback, or export it to ONNX")
     if gguf.hparam("block_count") is None:  # not an arch llama.cpp knows, or a file without it: llama.cpp refuses it cleanly

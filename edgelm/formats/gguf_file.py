@@ -5,6 +5,7 @@ rebuilds edgelm's model description for `inspect`."""
 from __future__ import annotations
 
 import base64
+import ctypes
 import math
 import tempfile
 import weakref
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import ggml
+import numpy as np
 
 from ..constants import GGUF_FAMILY, GGUF_TOKENIZER_FILE, GGUF_TOKENIZER_FILE_BASE64, TOKENIZER_FILES
 from ..errors import UserError
@@ -68,6 +70,19 @@ class GGUFFile:
             value = _SCALARS[kind](self._header, found)
             return value if kind in (ggml.GGUF_TYPE_FLOAT32, ggml.GGUF_TYPE_FLOAT64, ggml.GGUF_TYPE_BOOL) else int(value)
         return self.reader.fields[key].contents()  # an array
+
+    def int32_array(self, key: str) -> np.ndarray:
+        """An INT32 array key (a vocabulary's token types) read through ggml's C parser, which holds it already:
+        `field` goes through gguf-py's GGUFReader, which parses the whole file and builds a Python list of every
+        element (a Llama 3 vocabulary: 128,256) on each opening of a file that is only to be run. Empty: no such
+        key, or not an INT32 array."""
+        found = ggml.gguf_find_key(self._header, key.encode())
+        count = 0 if found < 0 or ggml.gguf_get_kv_type(self._header, found) != ggml.GGUF_TYPE_ARRAY \
+            or ggml.gguf_get_arr_type(self._header, found) != ggml.GGUF_TYPE_INT32 else ggml.gguf_get_arr_n(self._header, found)
+        if not count:
+            return np.zeros(0, dtype=np.int32)
+        data = ctypes.cast(ggml.gguf_get_arr_data(self._header, found), ctypes.POINTER(ctypes.c_int32))
+        return np.ctypeslib.as_array(data, (count,)).copy()
 
     @property
     def arch(self) -> str:
