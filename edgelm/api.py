@@ -70,6 +70,8 @@ class Model:
         (`chat --context-shift`; not exactly a fresh prefill)."""
         from .chat import Conversation
 
+        if not isinstance(messages, (list, tuple)):
+            raise TypeError(f'messages is a list of dicts {{"role": str, "content": str}}, not {type(messages).__name__}')
         messages = list(messages)
         if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages):
             raise ValueError('messages are dicts {"role": str, "content": str}')
@@ -103,8 +105,15 @@ class Model:
 
 
 def _stops(stop: str | tuple[str, ...] | list[str]) -> tuple:
-    """stop= as the texts to stop at: one text is one stop string (tuple("\n\n") made two one-character ones)."""
-    return (stop,) if isinstance(stop, str) else tuple(stop)
+    """stop= as the texts to stop at: one text is one stop string (tuple("\n\n") made two one-character ones);
+    what is neither a text nor a collection of them is refused by the same check as a bad entry (stop=5 was
+    Python's "'int' object is not iterable")."""
+    if isinstance(stop, str):
+        return (stop,)
+    try:
+        return tuple(stop)
+    except TypeError:
+        return (stop,)
 
 
 def load(path: str | Path, **options) -> Model:

@@ -921,9 +921,15 @@ def _quiet_stdout() -> None:
     """Point descriptor 1 at os.devnull, so the interpreter's own flush at exit does not fail a second time
     ("Exception ignored … BrokenPipeError")."""
     try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(devnull, 1)
     except OSError:
         pass
+    finally:
+        os.close(devnull)
 
 
 def _run() -> None:
@@ -952,6 +958,9 @@ def _run() -> None:
     except typer.Abort:  # Ctrl-D at a prompt
         sys.exit(1)
     except TyperException as exc:  # usage errors: click's message on the one line, exit 2
+        # a usage error can come before click reached --json (`edgelm generate --bogus --json`): a program that
+        # asked for JSON still gets its object
+        _asked["json"] = _asked["json"] or "--json" in sys.argv[1:sys.argv.index("--") if "--" in sys.argv else None]
         command = getattr(getattr(exc, "ctx", None), "command_path", "edgelm")
         err.print(f"error: {exc.format_message()}; see `{command} --help`", markup=False, soft_wrap=True)
         _json_failure(f"{exc.format_message()}; see `{command} --help`", exc.exit_code)

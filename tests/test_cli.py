@@ -155,6 +155,7 @@ def test_parity_reference_must_be_a_model_folder(run_cli, tmp_path):
     (["inspect", "nonexist", "--json"], 2, "nonexist: no such file or folder"),
     (["generate", "nonexist", "--prompt", "hi", "--json"], 2, "nonexist: no such file or folder"),
     (["generate", "nonexist", "--json", "--temperature", "-1", "--prompt", "hi"], 2, "Invalid value for '--temperature'"),
+    (["generate", "nonexist", "--bogus", "--json"], 2, "No such option: --bogus"),  # click stopped before it read --json
 ])
 def test_json_failures_are_a_json_object_too(run_cli, args, code, words):
     """Stranger finding: under --json a failure printed nothing on stdout, leaving a program nothing to parse."""

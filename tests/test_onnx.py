@@ -89,6 +89,22 @@ def test_rotary_tables_stop_at_the_limit_whatever_positions_a_config_declares(pr
     assert any("cover the first 131,072 of the model's 2,000,000,000 positions" in note for note in report.notes), report.notes
 
 
+def test_the_written_config_takes_bos_and_eos_from_the_tokenizer_not_the_source_config(preset_dir, tmp_path):
+    """Stranger finding: a source config.json's eos_token_id past the vocabulary was copied into the ONNX folder's
+    config.json, which Optimum's generate() stops at; edgelm and genai_config ran by the tokenizer's."""
+    from edgelm.tokenizer import load_tokenizer
+
+    folder = tmp_path / "model"
+    shutil.copytree(preset_dir("tiny-rope"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"eos_token_id": 99_999, "bos_token_id": [7, 8]}))
+    tokenizer = load_tokenizer(folder)
+    out = export_onnx(open_checkpoint(folder), tmp_path / "onnx", "f32", certificate=False).path
+    written, genai = (json.loads((out / name).read_text()) for name in ("config.json", "genai_config.json"))
+    assert (written["bos_token_id"], written["eos_token_id"]) == (tokenizer.bos_id, tokenizer.eos_id) != (None, None)
+    assert (genai["model"]["bos_token_id"], genai["model"]["eos_token_id"]) == (tokenizer.bos_id, tokenizer.eos_id)
+
+
 @pytest.mark.parametrize("name", ["tiny-nope", "tiny-tokenformer"])
 def test_f32_onnx_matches_reference_batch_3(exported, name):
     """Three rows through the graph directly, one KV buffer per layer and side bound as past and present."""

@@ -436,6 +436,17 @@ def test_python_stop_takes_one_text_or_several_and_refuses_an_empty_one():
     stop = whole[cut - 1:cut + 1]
     assert model.generate(PROMPT, max_new_tokens=12, stop=stop) == whole[:whole.find(stop)]
     assert model.generate(PROMPT, max_new_tokens=12, stop=[stop]) == whole[:whole.find(stop)]
-    for bad in ([""], ["x", ""], [3]):
+    for bad in ([""], ["x", ""], [3], 5):  # stop=5 was Python's "'int' object is not iterable"
         with pytest.raises(ValueError, match="stop must be a list of non-empty texts"):
             model.generate(PROMPT, max_new_tokens=4, stop=bad)
+
+
+def test_python_chat_names_what_messages_must_be():
+    """Stranger finding: chat(None) and chat("hello") were Python's "'NoneType' object is not iterable" and a
+    ValueError about dicts for a text."""
+    import edgelm
+
+    model = edgelm.load(MODEL)
+    for bad in (None, "hello", {"role": "user", "content": "hi"}):
+        with pytest.raises(TypeError, match=r'messages is a list of dicts \{"role": str, "content": str\}, not '):
+            model.chat(bad, max_new_tokens=2)

@@ -43,6 +43,7 @@ from ..constants import GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE,
 from ..errors import UserError
 from ..fileio import atomic_output_dir
 from ..models import Checkpoint, CausalLM, CausalSelfAttention, ModelSpec
+from ..models.checkpoint import with_token_ids
 from ..quantize.onnx import (F16_NOTE, INT4_ACCURACY_LEVEL, INT4_ACCURACY_LEVELS, INT4_BLOCK, INT4_BLOCK_SIZES, convert_f16, quantize_int4,
                               quantize_int8, save_ir)
 from ..tokenizer import Tokenizer, leading_ids, load_tokenizer_file
@@ -259,7 +260,7 @@ def write_hf_configs(checkpoint: Checkpoint, folder: Path) -> None:
     """config.json, and model_input_names in tokenizer_config.json (transformers' generic fast
     tokenizer otherwise adds token_type_ids, which generate() refuses), so that Optimum's
     ORTModelForCausalLM and `generate(**tokenizer(text, return_tensors="pt"))` work on the folder."""
-    config = onnx_mapping(checkpoint.family).folder_config(checkpoint.spec, checkpoint.config)
+    config = with_token_ids(onnx_mapping(checkpoint.family).folder_config(checkpoint.spec, checkpoint.config), checkpoint.tokenizer())
     (folder / HF_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     tokenizer_json_from_sentencepiece(folder)
     path = folder / "tokenizer_config.json"
@@ -290,7 +291,9 @@ def tokenizer_json_from_sentencepiece(folder: Path) -> None:
 def genai_config(checkpoint: Checkpoint, tokenizer: Tokenizer, context_length: int) -> dict:
     """onnxruntime-genai's description of a decoder over one shared KV buffer per layer."""
     spec = checkpoint.spec
-    eos = tokenizer.eos_id if tokenizer.eos_id is not None else checkpoint.config.get("eos_token_id", 0)
+    stated = checkpoint.config.get("eos_token_id")  # only where the tokenizer names none, and only an id it has
+    eos = tokenizer.eos_id if tokenizer.eos_id is not None else (
+        stated if type(stated) is int and 0 <= stated < spec.vocab_size else 0)
     bos = tokenizer.bos_id if tokenizer.bos_id is not None else eos
     return {
         "model": {

@@ -452,13 +452,20 @@ def written_config(family: Family, spec: ModelSpec, config: dict[str, Any], fold
 
     config = {**config, "edgelm": {**(config.get("edgelm") or {}), "position_encoding": spec.position_encoding}}
     if any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
-        tokenizer = load_tokenizer(folder)
-        for key, value in (("bos_token_id", tokenizer.bos_id), ("eos_token_id", tokenizer.eos_id)):
-            if value is None:
-                config.pop(key, None)
-            else:
-                config[key] = value
+        config = with_token_ids(config, load_tokenizer(folder))
     return family.mark_written_config(spec, config)
+
+
+def with_token_ids(config: dict[str, Any], tokenizer) -> dict[str, Any]:
+    """`config` with bos/eos_token_id those of `tokenizer`, which edgelm itself runs by: the source's
+    own values (an id past the vocabulary, a stale one) never reach the config.json a written model carries."""
+    config = dict(config)
+    for key, value in (("bos_token_id", tokenizer.bos_id), ("eos_token_id", tokenizer.eos_id)):
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    return config
 
 
 def save_checkpoint(
