@@ -50,7 +50,10 @@ METHODS = {
     "Q8_0": ("gguf", {"quant": "int8"}),
     # TokenFormer's int4 before K-quants (gguf-py's Q4_0); llama.cpp's Q4_0 for the llama-family models
     "Q4_0": ("gguf", {"quant": "Q4_0", "calibrated": False}),
-    "Q4_K_M stock": ("gguf", {"quant": "int4", "calibrated": False}),
+    # llama.cpp's recipe as written: for TokenFormer (ggml's quantizer) K-quant value tokens too, where
+    # edgelm's int4 gives them 32-wide types (gguf_layout.Tensor.max_input_block)
+    "Q4_K_M stock": ("gguf", {"quant": "int4", "calibrated": False, "as_written": True}),
+    "Q4_K_M (edgelm's int4)": ("gguf", {"quant": "int4", "calibrated": False}),
     "Q4_K_M imatrix": ("gguf", {"quant": "int4", "calibrated": True}),
     # size-budgeted mixed precision (quantize/mixed.py), the budget the stock Q4_K_M file's size in this run
     "Q4_K_M-size mixed": ("gguf", {"quant": "int4", "calibrated": False, "max_size_of": "Q4_K_M stock"}),
@@ -89,7 +92,7 @@ METHODS = {
 
 def export(model_dir: Path, out: Path, fmt: str, quant: str = "int4", calibrated: bool | None = None, max_size: int | None = None,
            tools: Path | None = None, imatrix_by: str = "", genai_python: str = sys.executable, extra_options: tuple = (),
-           **onnx_options) -> Path:
+           as_written: bool = False, **onnx_options) -> Path:
     from edgelm.quantize.calibration import DEFAULT_TEXTS
 
     if fmt == "llama.cpp":
@@ -99,8 +102,11 @@ def export(model_dir: Path, out: Path, fmt: str, quant: str = "int4", calibrated
     checkpoint = open_checkpoint(model_dir)
     texts = DEFAULT_TEXTS if calibrated else ()
     if fmt == "gguf":
-        from edgelm.export.gguf import export_gguf
+        from edgelm.export.gguf import LLAMA_FILE_TYPES, Q, _recipe_types, _write, export_gguf, gguf_mapping, llama_cpp_archs
 
+        if as_written and gguf_mapping(checkpoint.family).arch(checkpoint.spec) not in llama_cpp_archs():
+            _write(checkpoint, out, Q.Q4_K, LLAMA_FILE_TYPES["Q4_K_M"], None, _recipe_types(checkpoint, "Q4_K_M", input_blocks=False))
+            return out
         return export_gguf(checkpoint, out, quant, calibration=texts, max_size=max_size).path
     from edgelm.export.onnx import export_onnx
 

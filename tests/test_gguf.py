@@ -164,9 +164,9 @@ def test_tokenformer_quantizes_types_it_cannot_make_to_the_nearest_and_says_so(p
     recipe would mix with Q2_K…Q5_K, becomes the nearest type edgelm makes for an arch of its own."""
     report = export_gguf(open_checkpoint(preset_dir("tiny-tokenformer")), tmp_path / "q.gguf", "Q3_K_M", certificate=False)
     assert report.file_type == "Q4_K_S" and report.notes and "Q3_K_M" in report.notes[0]
-    # per block: q·k·v stacked (2), output (2), FFN (2), all Q4_K (Q4_K_S's ffn_down gets Q5_K below block
-    # n/8: none of 4); the tied LM head Q6_K
-    assert report.type_counts() == {"Q6_K": 1, "Q4_K": 24, "F32": 2}
+    # per block: q·k·v stacked (2), output (2), FFN (2): the key tokens Q4_K (Q4_K_S's ffn_down gets Q5_K
+    # below block n/8: none of 4), the value tokens its 32-wide fallback Q5_0; the tied LM head Q6_K
+    assert report.type_counts() == {"Q6_K": 1, "Q4_K": 12, "Q5_0": 12, "F32": 2}
 
 
 def test_gguf_bad_input(run_cli, preset_dir, tmp_path):

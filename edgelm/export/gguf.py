@@ -215,9 +215,9 @@ def _encode(name: str, array: np.ndarray, qtype: GGMLQuantizationType, importanc
         refuse_beyond_f16(name, float(np.abs(array).max(initial=0.0)), qtype.name)
     if qtype == Q.F16:
         return array.astype(np.float16)
-    if qtype in GGUF_PY_QUANTS.values():
+    if qtype in GGUF_PY_QUANTS.values() and importance is None:
         return quants.quantize(array.astype(np.float32), qtype)
-    return ggml_quants.quantize(array, qtype.name, importance)
+    return ggml_quants.quantize(array, qtype.name, importance)  # ggml's quantizer takes the importance of its 32-wide types too
 
 
 def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, file_type: LlamaFileType,
@@ -310,12 +310,16 @@ def _importance(checkpoint: Checkpoint, imatrix) -> dict[str, np.ndarray]:
     return out
 
 
-def _recipe_types(checkpoint: Checkpoint, type_name: str) -> dict[str, str]:
+def _recipe_types(checkpoint: Checkpoint, type_name: str, input_blocks: bool = True) -> dict[str, str]:
     """{GGUF name: GGML type} of every matrix: llama.cpp's `type_name` recipe over the roles the
-    family declares (quantize/ggml_quants.py)."""
+    family declares (quantize/ggml_quants.py), a 32-wide type where the layout bounds a tensor's input
+    block; `input_blocks=False`: the recipe as llama.cpp writes it, the baseline benchmarks/fidelity.py
+    and the tests measure that against."""
     family, spec = checkpoint.family, checkpoint.spec
     roles = gguf_mapping(family).tensor_roles(spec)
-    return {gguf_name: ggml_quants.recipe_type(type_name, *roles.get(gguf_name, (None, 0)), spec.num_layers, tensor.shape[-1])
+    blocks = gguf_mapping(family).input_blocks(spec) if input_blocks else {}
+    return {gguf_name: ggml_quants.recipe_type(type_name, *roles.get(gguf_name, (None, 0)), spec.num_layers, tensor.shape[-1],
+                                               blocks.get(gguf_name))
             for source in _sources(checkpoint, ExportedWeights(checkpoint)) for gguf_name, tensor in source.outputs.items()
             if tensor.dim() >= 2}
 
@@ -331,7 +335,10 @@ def _mixed_types(checkpoint: Checkpoint, f32: Path, texts: Sequence[Path], imatr
     plan = {gguf_name: source.stacked or source.name for source in _sources(checkpoint, ExportedWeights(checkpoint))
             if source.name for gguf_name in source.outputs}
     model = checkpoint.load_model()
-    found = mixed.units(model, plan, mixed.gguf_sizes, gguf_mapping(checkpoint.family).transposed(checkpoint.spec))
+    mapping = gguf_mapping(checkpoint.family)
+    blocks = mapping.input_blocks(checkpoint.spec)
+    found = mixed.units(model, plan, lambda name, rows, per_row: mixed.gguf_sizes(rows, per_row, blocks.get(name)),
+                        mapping.transposed(checkpoint.spec))
     parameters = model.state_dict()
     floats = sum(4 * parameters[p].numel() * len(u.names) for u in found for p in u.params)
     fixed = f32.stat().st_size - floats + mixed.ALIGNMENT * len(plan) + mixed.CERTIFICATE_RESERVE
@@ -344,10 +351,11 @@ def _mixed_types(checkpoint: Checkpoint, f32: Path, texts: Sequence[Path], imatr
     choice = mixed.allocate(found, budget, fixed, type_name)
     counts = Counter(choice.values())
     predicted = mixed.predicted_kld(found, choice)
+    measured = "/".join(dict.fromkeys(u.measured or mixed.MEASURED_TYPE for u in found))
     notes = [f"mixed precision within {budget} bytes: " + ", ".join(f"{n} × {t}" for t, n in sorted(counts.items()))
-             + f" (each weight's KLD measured alone at {mixed.MEASURED_TYPE} on {len(chunks)} × {mixed.CHUNK_TOKENS} tokens of "
+             + f" (each weight's KLD measured alone at {measured} on {len(chunks)} × {mixed.CHUNK_TOKENS} tokens of "
              + ", ".join(p.name for p in texts) + f"; predicted sum {predicted:.5f})"]
-    note = (mixed.NOTE_KEY, f"max_size={budget} predicted_kld={predicted:.6f} measured={mixed.MEASURED_TYPE}")
+    note = (mixed.NOTE_KEY, f"max_size={budget} predicted_kld={predicted:.6f} measured={measured}")
     return mixed.overrides(found, choice), note, notes
 
 

@@ -61,6 +61,11 @@ class GgufMapping:
         follows, its block number). Tensors left out take the file type's base type."""
         return {}
 
+    def input_blocks(self, spec: ModelSpec) -> dict[str, int]:
+        """GGUF tensor name → the widest block its product's other operand may be quantized in
+        (gguf_layout.Tensor.max_input_block); tensors left out take any type."""
+        return {}
+
     def transposed(self, spec: ModelSpec) -> frozenset[str]:
         """The checkpoint tensors `transform` stores transposed (a quantizer's rows are then the
         checkpoint's columns)."""

@@ -401,7 +401,7 @@ def _eight_bit_choice(checkpoint: Checkpoint, model: ir.Model, texts: Sequence[P
             shape = value.const_value.shape
             fixed += sizes(shape[1], shape[0])["int4"] if int4_embedding and name in gathered else value.const_value.nbytes
     torch_model = checkpoint.load_model()
-    found = mixed.units(torch_model, plan, lambda out, inputs: sizes(out, inputs))
+    found = mixed.units(torch_model, plan, lambda name, out, inputs: sizes(out, inputs))
     mixed.allocate([mixed.Unit(u.param, u.names, u.sizes, dict.fromkeys(u.sizes, 0.0)) for u in found], budget, fixed, "int4")
     chunks = calibration_chunks(checkpoint.tokenizer(), texts, mixed.CHUNKS, mixed.CHUNK_TOKENS)
     mixed.measure(torch_model, chunks, found, mixed.matmul_nbits_trip(block), "int4")

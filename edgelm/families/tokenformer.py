@@ -213,5 +213,9 @@ class TokenFormerGguf(GgufMapping):
         return {name: (tensor.role, bid) for tensor in layout.TENSORS if tensor.role
                 for bid, name in enumerate(tensor.names(spec.num_layers))}
 
+    def input_blocks(self, spec):
+        return {name: tensor.max_input_block for tensor in layout.TENSORS if tensor.max_input_block
+                for name in tensor.names(spec.num_layers)}
+
     def transposed(self, spec):
         return _transposed_sources(spec.num_layers)

@@ -29,13 +29,17 @@ class Tensor:
     order along a new outermost axis; `transposed`: each source is stored transposed. `shape`: ggml's
     (ne0 first), each entry a whole number, a Key whose value it is, or VOCAB. `role`: the llama.cpp
     tensor category whose rule of the K-quant recipes it follows (quantize/ggml_quants.py: "output",
-    "attn_qkv", "ffn_down"); None, the file type's base type."""
+    "attn_qkv", "ffn_down"); None, the file type's base type. `max_input_block`: the widest block in which
+    the runtime may quantize the other operand of this tensor's product (a K-quant's dot product quantizes it
+    to Q8_K, one scale per 256 values; the 32-wide types to Q8_0/Q8_1, one per 32): where the input is too
+    heavy-tailed for one scale per 256, 32, and the tensor takes llama.cpp's 32-wide fallback types."""
 
     name: str
     sources: tuple[str, ...]
     shape: tuple[int | Key | str, ...]
     transposed: bool = False
     role: str | None = None
+    max_input_block: int | None = None
 
     def names(self, layers: int) -> list[str]:
         return [self.name.format(bid=bid) for bid in range(layers)] if "{bid}" in self.name else [self.name]

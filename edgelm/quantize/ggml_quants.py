@@ -40,13 +40,25 @@ FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 QK_K, QK_FALLBACK = 256, 32
 
 
-def recipe_type(file_type: str, role: str | None, layer: int, layers: int, per_row: int) -> str:
+def input_block(type_name: str) -> int:
+    """The block in which ggml's CPU dot product of a `type_name` matrix quantizes the other operand: its
+    vec_dot_type (ggml-cpu.c's type traits), Q8_K for the K-quants (256 values a scale), Q8_0/Q8_1 (32)
+    for the 32-wide types, none (1) for floats."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]][0]
+    return QK_K if block == QK_K else (QK_FALLBACK if block > 1 else 1)
+
+
+def recipe_type(file_type: str, role: str | None, layer: int, layers: int, per_row: int, max_input_block: int | None = None) -> str:
     """The GGML type llama.cpp's quantizer gives a tensor of `role` (in block `layer` of `layers`)
-    in a `file_type` file, its rows `per_row` wide."""
+    in a `file_type` file, its rows `per_row` wide; with `max_input_block` (gguf_layout.Tensor), a
+    K-quant whose dot product would quantize the input in wider blocks takes its 32-wide fallback, as a
+    row too narrow for a K-quant block does."""
     base, rules = RECIPES[file_type]
     rule = rules.get(role)
     chosen = (rule(layer, layers) if rule else None) or base
-    if per_row % QK_K == 0:
+    if per_row % QK_K == 0 and input_block(chosen) <= (max_input_block or QK_K):
         return chosen
     return FALLBACK[chosen] if per_row % QK_FALLBACK == 0 else "F16"
 

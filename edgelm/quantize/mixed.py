@@ -27,9 +27,13 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 
-# GGML types the allocation chooses among, cheapest first (bits per weight: 3.44, 4.5, 5.5, 6.56, 8.5)
+# GGML types the allocation chooses among, cheapest first (bits per weight: 3.44, 4.5, 5.5, 6.56, 8.5), and
+# the one each weight is measured at; a weight whose input must be quantized in blocks of 32
+# (gguf_layout.Tensor.max_input_block) chooses among the 32-wide types (4.5, 5, 5.5, 6, 8.5), measured at Q4_0
 CANDIDATES = ("Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 MEASURED_TYPE = "Q4_K"
+NARROW_CANDIDATES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+NARROW_MEASURED_TYPE = "Q4_0"
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 CHUNKS, CHUNK_TOKENS = 4, 256  # the calibration text each weight's KLD is measured on: one forward per weight
 NOTE_KEY = "edgelm.quantize.mixed"  # the file's record of the budget and the predicted KLD (the types are the tensors')
@@ -105,6 +109,7 @@ class Unit:
     kld: dict[str, float] = field(default_factory=dict)  # type → measured (the measured type) or predicted KLD
     parts: tuple[str, ...] = ()  # the stacked weights, `param` first; () for one weight
     transposed: bool = False  # the artifact stores the weight transposed: its rows are the reference's columns
+    measured: str | None = None  # the type its KLD is measured at, where not the one `measure` is given
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -120,10 +125,10 @@ class Unit:
 
 def units(model: torch.nn.Module, plan: dict[str, str | tuple[str, ...]], sizes, transposed: frozenset[str] = frozenset()) -> list[Unit]:
     """The 2-D weights of `model` that artifact tensors are made from (`plan`: artifact name → source
-    name, or the source names stacked into it), grouped by the parameter they share; `sizes(rows,
-    per_row)`: {type: bytes} of the types such a weight (a stack: all its rows) can take, cheapest
-    first (a weight with none is left to the quantizer's own choice); `transposed`: the sources the
-    artifact stores transposed."""
+    name, or the source names stacked into it), grouped by the parameter they share; `sizes(name, rows,
+    per_row)`: {type: bytes} of the types the artifact tensor `name` (a stack: all its rows) can take,
+    cheapest first (a weight with none is left to the quantizer's own choice); `transposed`: the sources
+    the artifact stores transposed."""
     tensors = model.state_dict(keep_vars=True)
     found: dict[int, Unit] = {}
     for name, source in plan.items():
@@ -138,17 +143,23 @@ def units(model: torch.nn.Module, plan: dict[str, str | tuple[str, ...]], sizes,
         else:
             flip = parts[0] in transposed
             rows, per_row = tensor.shape[::-1] if flip else tensor.shape
-            if fits := sizes(len(parts) * rows, per_row):
-                found[key] = Unit(parts[0], [name], fits, parts=parts if len(parts) > 1 else (), transposed=flip)
+            if fits := sizes(name, len(parts) * rows, per_row):
+                measured = NARROW_MEASURED_TYPE if NARROW_MEASURED_TYPE in fits and MEASURED_TYPE not in fits else None
+                found[key] = Unit(parts[0], [name], fits, parts=parts if len(parts) > 1 else (), transposed=flip, measured=measured)
     return list(found.values())
 
 
-def gguf_sizes(rows: int, per_row: int) -> dict[str, int]:
-    """The GGML candidates whose block divides the row, when MEASURED_TYPE is among them."""
+def gguf_sizes(rows: int, per_row: int, max_input_block: int | None = None) -> dict[str, int]:
+    """The GGML candidates whose block divides the row, when the type they are measured at is among them;
+    with `max_input_block` below a K-quant's (gguf_layout.Tensor), the 32-wide types."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    fits = {t: type_bytes(t, rows, per_row) for t in CANDIDATES if per_row % GGML_QUANT_SIZES[GGMLQuantizationType[t]][0] == 0}
-    return fits if MEASURED_TYPE in fits else {}
+    from .ggml_quants import QK_K
+
+    narrow = (max_input_block or QK_K) < QK_K
+    candidates, measured = (NARROW_CANDIDATES, NARROW_MEASURED_TYPE) if narrow else (CANDIDATES, MEASURED_TYPE)
+    fits = {t: type_bytes(t, rows, per_row) for t in candidates if per_row % GGML_QUANT_SIZES[GGMLQuantizationType[t]][0] == 0}
+    return fits if measured in fits else {}
 
 
 def _kld(reference_logp: torch.Tensor, logits: torch.Tensor) -> float:
@@ -167,6 +178,7 @@ def measure(model, chunks: list[list[int]], found: list[Unit], trip, measured_ty
     reference = F.log_softmax(model(ids)[0].double(), dim=-1)
     tensors = model.state_dict(keep_vars=True)
     for unit in found:
+        at = unit.measured or measured_type
         errors = dict.fromkeys(unit.candidates, 0.0)
         originals = {}
         for name in unit.params:  # a stack's weights quantized together, as the one tensor holds them
@@ -175,7 +187,7 @@ def measure(model, chunks: list[list[int]], found: list[Unit], trip, measured_ty
             weight = original.numpy().T if unit.transposed else original.numpy()  # as the artifact's rows hold it
             columns = None if importance is None else importance.get(name)
             trips = {t: trip(weight, t, columns) for t in unit.candidates}
-            measured_weight = torch.from_numpy(trips[measured_type])
+            measured_weight = torch.from_numpy(trips[at])
             param.data.copy_(measured_weight.T if unit.transposed else measured_weight)
             weigh = np.ones(weight.shape[1]) if columns is None else columns.astype(np.float64)
             for t, values in trips.items():
@@ -183,7 +195,7 @@ def measure(model, chunks: list[list[int]], found: list[Unit], trip, measured_ty
         measured = _kld(reference, model(ids)[0])
         for name, original in originals.items():
             tensors[name].data.copy_(original)
-        unit.kld = {t: measured * errors[t] / max(errors[measured_type], 1e-30) for t in unit.candidates}
+        unit.kld = {t: measured * errors[t] / max(errors[at], 1e-30) for t in unit.candidates}
         if on_unit:
             on_unit(unit)
 
