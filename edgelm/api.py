@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +24,10 @@ class Model:
         self.artifact = artifact
         self.tokenizer = artifact.tokenizer
         self.options = options or LoadOptions()
+        # the backends are not thread-safe (two threads in one llama.cpp context aborted the process): every
+        # call into the backend holds this; a whole call (generate, chat, perplexity) holds it to its end, so
+        # threads sharing a model are served one after another
+        self._lock = threading.RLock()
 
     def stream(self, prompt: str, max_new_tokens: int = 64, truncate: bool = False, draft: int | None = None,
                lookup_ngram: int = LOOKUP_NGRAM, stop: tuple[str, ...] = (), **sampling) -> Iterator[Piece]:
@@ -36,20 +41,25 @@ class Model:
 
     def generate(self, prompt: str, max_new_tokens: int = 64, truncate: bool = False, draft: int | None = None,
                  lookup_ngram: int = LOOKUP_NGRAM, stop: tuple[str, ...] = (), **sampling) -> str:
-        return "".join(piece.text for piece in self.stream(prompt, max_new_tokens, truncate, draft, lookup_ngram, stop, **sampling))
+        with self._lock:  # another thread's call waits for this one, rather than take its cache halfway
+            return "".join(piece.text for piece in self.stream(prompt, max_new_tokens, truncate, draft, lookup_ngram, stop, **sampling))
 
     def _exclusive(self, pieces: Iterator[Piece]) -> Iterator[Piece]:
         """The model has one KV cache: a stream left part read while another generation (or perplexity) runs
         would go on from the other's cache, silently another text (a stranger's finding). Each generation
-        takes the cache when it is started; a stream that lost it raises at its next piece."""
-        self._owner = owner = object()
+        takes the cache when it is started; a stream that lost it raises at its next piece. The check and
+        each step are one, under the model's lock: another thread's stream cannot step between them."""
+        with self._lock:
+            self._owner = owner = object()
 
         def guarded() -> Iterator[Piece]:
             while True:
-                if self._owner is not owner:
-                    raise RuntimeError("this stream's model ran another generation since it started; a model streams one "
-                                       "generation at a time: read a stream to its end before starting the next, or load the model twice")
-                piece = next(pieces, None)
+                with self._lock:
+                    if self._owner is not owner:
+                        raise RuntimeError("this stream's model ran another generation since it started; a model streams one "
+                                           "generation at a time: read a stream to its end before starting the next, or load "
+                                           "the model twice")
+                    piece = next(pieces, None)
                 if piece is None:
                     return
                 yield piece
@@ -81,13 +91,15 @@ class Model:
         conversation = Conversation(self.tokenizer, self.artifact.backend.context_length, max_new_tokens, system)
         conversation.turns = messages[1 if system is not None else 0:-1]
         backend = self.artifact.backend
-        if prompt_cache is not None:
-            from .runtime.prompt_cache import start_from
+        with self._lock:
+            if prompt_cache is not None:
+                from .runtime.prompt_cache import start_from
 
-            log.info(start_from(Path(prompt_cache), self.artifact.path, backend, conversation.preamble_ids()))
-        pieces = self._exclusive(iter(conversation.turn(messages[-1]["content"], backend, max_new_tokens, SamplingOptions(**sampling),
-                                                        _stops(stop), draft, lookup_ngram, context_shift)))
-        return pieces if stream else "".join(piece.text for piece in pieces)
+                log.info(start_from(Path(prompt_cache), self.artifact.path, backend, conversation.preamble_ids()))
+            pieces = self._exclusive(iter(conversation.turn(messages[-1]["content"], backend, max_new_tokens,
+                                                            SamplingOptions(**sampling), _stops(stop), draft, lookup_ngram,
+                                                            context_shift)))
+            return pieces if stream else "".join(piece.text for piece in pieces)
 
     def perplexity(self, text: str, ctx: int = 256, stride: int | None = None) -> float:
         """Sliding-window perplexity, as `edgelm perplexity`. A backend that keeps only the last position's
@@ -97,9 +109,10 @@ class Model:
 
         ids = self.tokenizer.encode(text)
         check_windows(len(ids), ctx, stride)  # before a second opening of the file with a context of ctx
-        self._owner = object()  # it resets the cache: a stream still open has lost it
-        if self.artifact.backend.all_logits:
-            return perplexity(self.artifact.backend, ids, ctx, stride).perplexity
+        with self._lock:
+            self._owner = object()  # it resets the cache: a stream still open has lost it
+            if self.artifact.backend.all_logits:
+                return perplexity(self.artifact.backend, ids, ctx, stride).perplexity
         with open_artifact(self.artifact.path, replace(self.options, all_logits=True, context_length=ctx)) as scorer:
             return perplexity(scorer.backend, ids, ctx, stride).perplexity
 

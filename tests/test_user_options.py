@@ -450,3 +450,42 @@ def test_python_chat_names_what_messages_must_be():
     for bad in (None, "hello", {"role": "user", "content": "hi"}):
         with pytest.raises(TypeError, match=r'messages is a list of dicts \{"role": str, "content": str\}, not '):
             model.chat(bad, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("name,fmt", [("tiny-rope", "gguf"), ("tiny-tokenformer", "gguf"), ("tiny-rope", "folder")])
+def test_threads_sharing_one_model_are_served_one_after_another(name, fmt, tmp_path):
+    """Stranger finding: four threads calling generate() on one loaded GGUF aborted the process in llama.cpp
+    (GGML_ASSERT, exit 134); on edgelm's executor one thread silently got another text. Each thread now gets
+    the text the same call gives alone; a stream another thread's call overtook raises, never mixes."""
+    import threading
+
+    import edgelm
+    from edgelm.export.gguf import export_gguf
+    from edgelm.models import open_checkpoint
+
+    folder = MODEL.parent / name
+    path = folder if fmt == "folder" else export_gguf(open_checkpoint(folder), tmp_path / "m.gguf", "f16", certificate=False).path
+    model = edgelm.load(path)
+    alone = model.generate(PROMPT, max_new_tokens=12, temperature=0)
+    got = []
+
+    def work():
+        try:
+            got.append(model.generate(PROMPT, max_new_tokens=12, temperature=0))
+        except Exception as exc:  # noqa: BLE001 - what a thread met is the result
+            got.append(repr(exc))
+
+    for _ in range(2):
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert got == [alone] * 8, got
+    stream = model.stream(PROMPT, max_new_tokens=12, temperature=0)
+    next(stream)
+    other = threading.Thread(target=work)
+    other.start()
+    other.join()
+    with pytest.raises(RuntimeError, match="ran another generation since it started"):
+        list(stream)
