@@ -111,6 +111,22 @@ def test_torch_logits_equal_transformers(published, family):
     assert delta <= TOL
 
 
+def test_defaults_decide_rotary_as_transformers_runs_it_or_refuse(published):
+    """Stranger finding: a Llama 3.x folder saved by transformers (rope_parameters rope_type llama3) ran without
+    rotary by default — the measurement chose "none" at perplexities 2,299 / 2,122 over 600 tokens, no better
+    than a uniform guess — and generated other text than transformers. A llama3 scaling declares rotary; an
+    untrained folder that declares nothing (SmolLM2-shaped random weights) is refused, not guessed."""
+    from edgelm.errors import UserError
+
+    folder, _ = published("llama3")
+    checkpoint = open_checkpoint(folder)
+    assert (checkpoint.spec.position_encoding, checkpoint.position_encoding_rule) == (
+        "rope", "rotary scaling in config.json (rope_type llama3)")
+    folder, _ = published("smollm2")
+    with pytest.raises(UserError, match="neither better than a uniform guess over its"):
+        open_checkpoint(folder)
+
+
 def test_llama3_scaling_changes_the_logits(published):
     """The reference above would not notice a scaling ignored unless it moves the logits well past TOL."""
     folder, hf = published("llama3")

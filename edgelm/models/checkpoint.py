@@ -253,7 +253,8 @@ class Checkpoint:
         if result.choice is None:
             raise UserError(
                 f"cannot tell whether this {self.family.name} checkpoint uses rotary position encoding: "
-                f"{result.summary()}, neither clearly better (untrained weights?)", self.path / CONFIG, fix)
+                f"{result.summary()}: neither clearly better, or neither better than a uniform guess over its "
+                f"{self.spec.vocab_size:,} tokens (untrained weights?)", self.path / CONFIG, fix)
         self.spec = self.spec.with_position_encoding(result.choice)
         self.position_encoding_rule = f"measured ({result.summary()})"
         self.position_encoding_perplexities = result.perplexities
@@ -338,7 +339,24 @@ def _declared_position_encoding(
         return known[1]["position_encoding"], f"known published checkpoint {known[0]}"
     if len(spec.position_encodings) == 1 or family.position_encoding_key in config:
         return spec.position_encoding, "config.json"
+    if "rope" in spec.position_encodings and (scaling := _declared_rotary_scaling(config)):
+        # a Llama 3.x config (rope_type llama3) scales rotary frequencies: only a rotary model has any
+        return "rope", f"rotary scaling in config.json (rope_type {scaling})"
     return None
+
+
+def _declared_rotary_scaling(config: dict[str, Any]) -> str | None:
+    """The kind of rotary scaling config.json declares (rope_scaling / rope_parameters), None for none."""
+    from .positions import rope_scaling
+
+    reader = ConfigReader(config)
+    try:
+        if rope_scaling(reader) is None:
+            return None
+    except ValueError:  # refused where the spec was read; nothing declared here
+        return None
+    kinds = (section.first(("rope_type", "type"), "default") for section in (reader.section("rope_parameters"), reader.section("rope_scaling")))
+    return next(kind for kind in kinds if kind != "default")
 
 
 def open_checkpoint(
