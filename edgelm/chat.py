@@ -61,6 +61,16 @@ class Conversation:
         if PROBE_MESSAGE not in self.render([{"role": "user", "content": PROBE_MESSAGE}]):
             raise UserError(f"the chat template renders nothing of the conversation (a user message {PROBE_MESSAGE!r} is not in "
                             "its output)", self.tokenizer.template_file, FIX_TEMPLATE)
+        # a chat whose every message must be refused is refused at its start (a stranger's finding: `-c 2` with
+        # 128 tokens kept for the reply, or a system prompt longer than the context, started and then blamed
+        # each message; with --prompt-cache the system prompt overflowed the cache: a traceback)
+        preamble = len(self.preamble_ids())
+        if preamble + self.reply_budget >= self.context_length:
+            what = f"the system prompt and the template's opening take {preamble:,} tokens, " if self.system else ""
+            raise UserError(f"no message fits: {what}the reply keeps {self.reply_budget:,} and the context holds "
+                            f"{self.context_length:,}", None,
+                            "give a larger context (-c)" + (", fewer --max-new-tokens or a shorter --system" if self.system
+                                                              else " or fewer --max-new-tokens"))
 
     def render(self, turns: list[dict]) -> str:
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + turns

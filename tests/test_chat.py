@@ -439,3 +439,27 @@ def test_python_api_streams_one_at_a_time_and_says_what_is_wrong():
         model.generate(b"Hello")
     stopped = model.generate("It is a truth universally acknowledged", max_new_tokens=40, temperature=0, stop=[","])
     assert "," not in stopped
+
+
+@pytest.mark.parametrize("args,words", [
+    (["-c", "2"], "no message fits: the reply keeps 128 and the context holds 2 — give a larger context (-c) or fewer --max-new-tokens"),
+    (["-c", "64", "--max-new-tokens", "4", "--system", "word " * 100],
+     "no message fits: the system prompt and the template's opening take"),
+    (["-c", "64", "--max-new-tokens", "4", "--system", "word " * 100, "--prompt-cache", "{tmp}/p.cache"], "no message fits"),
+])
+def test_a_chat_no_message_can_fit_is_refused_at_its_start(args, words, tmp_path):
+    """Stranger finding: `chat -c 2` (128 tokens kept for the reply) and a system prompt longer than the context
+    started, then blamed every message; with --prompt-cache on a GGUF the system prompt overflowed llama.cpp's
+    context: a traceback. Refused before the first message, exit 2, one line; no cache written."""
+    import subprocess
+
+    from edgelm.export.gguf import export_gguf
+    from edgelm.models import open_checkpoint
+
+    gguf = export_gguf(open_checkpoint(MODEL), tmp_path / "m.gguf", "f16", certificate=False).path
+    for artifact in (MODEL, gguf):
+        done = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(artifact), *[a.format(tmp=tmp_path) for a in args]],
+                              input=b"hi\n", capture_output=True, timeout=300)
+        err = done.stderr.decode()
+        assert done.returncode == 2 and err.count("\n") == 1 and words in err and "Traceback" not in err, err
+    assert not (tmp_path / "p.cache").exists()
