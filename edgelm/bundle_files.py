@@ -110,9 +110,11 @@ def _unpack_checked(archive: zipfile.ZipFile, bundle: Path, folder: Path) -> Non
         if not is_plain_name(entry.filename):
             raise UserError(f"the archive holds {entry.filename!r}, outside the bundle", bundle, "refused: make the bundle again")
     names = [e.filename for e in entries]
-    if len(entries) > MAX_FILES or len(set(names)) != len(names):
-        raise UserError(f"the archive holds {len(entries)} entries ({len(set(names))} names); a bundle has at most {MAX_FILES}", bundle,
+    if len(entries) > MAX_FILES:
+        raise UserError(f"the archive holds {len(entries)} entries; a bundle has at most {MAX_FILES}", bundle,
                         "refused: make the bundle again")
+    if twice := sorted({name for name in names if names.count(name) > 1}):  # which copy an unzipper keeps differs
+        raise UserError(f"the archive holds {', '.join(map(repr, twice))} more than once", bundle, "refused: make the bundle again")
     if BUNDLE_MANIFEST not in names:
         raise UserError(f"no {BUNDLE_MANIFEST} manifest in the archive", bundle, "give a zip made by `edgelm bundle --zip`")
     info = archive.getinfo(BUNDLE_MANIFEST)

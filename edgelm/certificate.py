@@ -65,6 +65,7 @@ NUMBERS = tuple(NUMBER_RANGES)
 STRINGS = ("edgelm_version", "engine", "engine_version", "reference_sha256", "text", "text_sha256")
 HASHES = ("reference_sha256", "text_sha256")
 WEIGHTS_HASH = "weights_sha256"  # optional: an older edgelm's certificate has none
+SETTINGS_HASH = "settings_sha256"  # optional too (edgelm ≤ 2026-12-05 wrote none): Format.settings_sha256
 COUNTS = ("certificate_version", "positions")
 
 
@@ -206,12 +207,12 @@ def certify(checkpoint, fmt, device: str = "cpu", threads: int | None = None, kv
         engine, engine_version = artifact.engine, artifact.details.get("engine_version", "unknown")
         kv_cache = artifact.backend.kv_cache_type()
     numbers = report.as_dict()
-    weights = fmt.weights_sha256()
+    weights, settings = fmt.weights_sha256(), fmt.settings_sha256()
     return ({"certificate_version": CERTIFICATE_VERSION, "positions": report.positions}
             | {name: float(numbers[name]) for name in NUMBERS}
             | {"edgelm_version": __version__, "engine": engine, "engine_version": engine_version, "kv_cache": kv_cache,
                "reference_sha256": reference_sha256(checkpoint), "text": EVALUATION_TEXT.name, "text_sha256": text_sha,
-               "probe": probe} | ({WEIGHTS_HASH: weights} if weights else {}))
+               "probe": probe} | ({WEIGHTS_HASH: weights} if weights else {}) | ({SETTINGS_HASH: settings} if settings else {}))
 
 
 def evaluation_text_missing() -> str | None:
@@ -287,7 +288,7 @@ def validate(certificate: Any, where: Path) -> dict[str, Any]:
             _bad(where, f"{name} is not one line of printable text of at most {MAX_FIELD_CHARS} characters")
     if "kv_cache" in certificate and certificate["kv_cache"] not in KV_CACHE_TYPES:
         _bad(where, f"kv_cache is not one of {', '.join(KV_CACHE_TYPES)}")
-    for name in HASHES + ((WEIGHTS_HASH,) if WEIGHTS_HASH in certificate else ()):
+    for name in HASHES + tuple(name for name in (WEIGHTS_HASH, SETTINGS_HASH) if name in certificate):
         if not isinstance(certificate[name], str) or not all(c in "0123456789abcdef" for c in certificate[name]) or len(certificate[name]) != 64:
             _bad(where, f"{name} is not a sha256")
     probe = certificate.get("probe")
@@ -362,7 +363,7 @@ def read_from_gguf(gguf) -> dict[str, Any] | None:
     if gguf.field(GGUF_PARITY + "certificate_version") is None:
         return None
     certificate = {name: gguf.field(GGUF_PARITY + name) for name in COUNTS + NUMBERS + STRINGS}
-    for name in ("kv_cache", WEIGHTS_HASH):  # absent in an older edgelm's
+    for name in ("kv_cache", WEIGHTS_HASH, SETTINGS_HASH):  # absent in an older edgelm's
         if gguf.field(GGUF_PARITY + name) is not None:
             certificate[name] = gguf.field(GGUF_PARITY + name)
     probe = gguf.field(GGUF_PARITY + "probe")
@@ -407,6 +408,7 @@ class Verification:
     recomputed: dict[str, Any] | None = None  # with --reference: the certificate computed again here
     differences: list[str] = field(default_factory=list)  # --reference: fields outside their tolerance
     weights_sha256: str | None = None  # computed here, where the certificate records one and the format has one
+    settings_sha256: str | None = None  # likewise (not for a bundle's model: the manifest's sha256 cover its files)
 
     @property
     def weights_equal(self) -> bool | None:
@@ -415,9 +417,15 @@ class Verification:
         return self.weights_sha256 == self.certificate[WEIGHTS_HASH]
 
     @property
+    def settings_equal(self) -> bool | None:
+        if self.certificate is None or SETTINGS_HASH not in self.certificate or self.settings_sha256 is None:
+            return None
+        return self.settings_sha256 == self.certificate[SETTINGS_HASH]
+
+    @property
     def ok(self) -> bool:
         return self.certificate is None or (self.probe is not None and self.probe.ok and not self.differences
-                                            and self.weights_equal is not False)
+                                            and self.weights_equal is not False and self.settings_equal is not False)
 
     def lines(self, reference: Path | None = None) -> list[str]:
         """What `edgelm verify` prints about the certificate."""
@@ -441,6 +449,13 @@ class Verification:
             lines.append("weights: the certificate records no sha256 of them (an older edgelm's)")
         else:
             lines.append("weights: not hashed here: an ORT-format graph, whose file the bundle manifest's sha256 covers")
+        if self.settings_equal is not None:
+            lines.append(f"tokenizer, template and settings: sha256 {self.settings_sha256[:16]}… " + (
+                "matches the certificate's" if self.settings_equal else f"DIFFER from the certified {c[SETTINGS_HASH][:16]}…"))
+        elif SETTINGS_HASH not in c:
+            lines.append("tokenizer, template and settings: the certificate records no sha256 of them (an older edgelm's)")
+        else:
+            lines.append("tokenizer, template and settings: covered by the bundle manifest's sha256")
         if self.engine_version != c["engine_version"]:
             lines.append(f"note: certified on {c['engine_version']}, run here on {self.engine_version}: a different engine may "
                          "compute slightly different logits")
@@ -458,6 +473,9 @@ class Verification:
         if self.weights_equal is False:
             reasons.append(f"its weights are not the certified ones (sha256 {self.weights_sha256[:16]}…, certified "
                            f"{self.certificate[WEIGHTS_HASH][:16]}…)")
+        if self.settings_equal is False:
+            reasons.append("its tokenizer, chat template or settings are not the certified ones (sha256 "
+                           f"{self.settings_sha256[:16]}…, certified {self.certificate[SETTINGS_HASH][:16]}…)")
         if not p.tokenization_equal:
             reasons.append("the tokenizer encodes the probe's prompt differently")
         if not p.greedy_equal:
@@ -466,7 +484,8 @@ class Verification:
             reasons.append(f"top-k logits moved by {p.max_abs_diff:.3g}, past the tolerance {p.tolerance:.3g}")
         reasons += self.differences
         return ("the artifact does not compute what its certificate says: " if not p.ok
-                else "the artifact is not what was certified: " if self.weights_equal is False else "the recomputed certificate differs: ") \
+                else "the artifact is not what was certified: " if False in (self.weights_equal, self.settings_equal)
+            else "the recomputed certificate differs: ") \
             + "; ".join(reasons)
 
 
@@ -489,9 +508,10 @@ def compare_certificates(certified: dict[str, Any], fresh: dict[str, Any]) -> li
     return differences
 
 
-def verify(fmt, reference: Path | None = None, threads: int | None = None, device: str = "cpu") -> Verification:
+def verify(fmt, reference: Path | None = None, threads: int | None = None, device: str = "cpu", bundled: bool = False) -> Verification:
     """Re-run the probe of `fmt`'s certificate on this machine's runtime; with `reference`, recompute
-    the whole certificate against that model folder and compare it too."""
+    the whole certificate against that model folder and compare it too. `bundled`: `fmt` is a bundle's
+    model, whose files its manifest's sha256 cover (bundling rewrites an ONNX folder's genai_config)."""
     found = fmt.certificate()
     if found is None:
         return Verification(None)
@@ -500,7 +520,8 @@ def verify(fmt, reference: Path | None = None, threads: int | None = None, devic
     with fmt.open(probe_options(fmt, context, threads, certified_kv_cache(found))) as artifact:  # the cache it was measured with
         probe = check_probe(artifact, found["probe"], fmt.path)
         engine, engine_version = artifact.engine, artifact.details.get("engine_version", "unknown")
-    result = Verification(found, engine, engine_version, probe, weights_sha256=fmt.weights_sha256() if WEIGHTS_HASH in found else None)
+    result = Verification(found, engine, engine_version, probe, weights_sha256=fmt.weights_sha256() if WEIGHTS_HASH in found else None,
+                          settings_sha256=fmt.settings_sha256() if SETTINGS_HASH in found and not bundled else None)
     if reference is not None:
         from .models import open_checkpoint
 

@@ -531,7 +531,7 @@ def chat(
             if turn.dropped:
                 info.print(f"[dim]dropped the {turn.dropped} oldest exchange(s) to fit the {backend.context_length}-token context[/dim]")
             if verbose_prompt:
-                info.print(f"prompt: {len(turn.ids)} tokens\n" + "\n".join(f"{i:6d} -> {artifact.tokenizer.decode([i])!r}" for i in turn.ids),
+                info.print(f"prompt: {len(turn.ids)} tokens\n" + "\n".join(f"{i:6d} -> {artifact.tokenizer.token_text(i)!r}" for i in turn.ids),
                            markup=False)
             pieces = iter(turn)
             for piece in pieces:
@@ -677,12 +677,13 @@ def verify(
         result = check(fmt, reference, threads, device)
         lines = [f"{artifact_path.name} loads and runs"]
     else:
-        manifest, model, result = verify_bundle(artifact_path, lambda inner: check(inner, reference, threads, device))
+        manifest, model, result = verify_bundle(artifact_path, lambda inner: check(inner, reference, threads, device, bundled=True))
         lines = [f"ok: {len(manifest['files'])} files match their sha256, nothing else in the bundle; {manifest['model']} loads and runs "
                  f"({model['family']}, {model['format']}, {model['quantization']})"]
     if as_json:
         out.print_json(json.dumps({"ok": result.ok, "certificate": result.certificate, "engine_version": result.engine_version,
                                    "probe": result.probe.as_dict() if result.probe else None, "weights_sha256_equal": result.weights_equal,
+                                   "settings_sha256_equal": result.settings_equal,
                                    "recomputed": result.recomputed, "differences": result.differences}))
     else:
         for line in lines + result.lines(reference):
@@ -715,10 +716,13 @@ def _say_temperatures(artifact_path: Path, recorded, given: Path | None) -> None
                    "the reference runs with the file's: drop the option to compare with what was exported", markup=False)
 
 
-def _say_certificate_cache(artifact_path: Path, art, kv_cache: str) -> None:
+def _say_certificate(artifact_path: Path, art, kv_cache: str, reference: Path, allow_pickle: bool) -> None:
     """A note when the artifact's parity certificate was measured with another KV cache type than this run
-    (a GGUF's with float32, parity's default llama.cpp's float16): its numbers and these differ by that too."""
-    from .certificate import certified_kv_cache, validate
+    (a GGUF's with float32, parity's default llama.cpp's float16): its numbers and these differ by that too;
+    and when --reference is not the model it was measured against (a stranger's run compared a NoPE GGUF
+    with tiny-rope and no word)."""
+    from .certificate import certified_kv_cache, reference_sha256, validate
+    from .models import open_checkpoint
 
     try:
         certificate = art.format.certificate()
@@ -730,6 +734,12 @@ def _say_certificate_cache(artifact_path: Path, art, kv_cache: str) -> None:
         info.print(f"note: the parity certificate in {artifact_path} was measured with a {certified_kv_cache(certificate)} KV cache, "
                    f"this run uses {kv_cache}" + (" (add --f32-kv-cache to compare like with like)"
                                                    if "f32_kv_cache" in art.format.honoured else ""), markup=False)
+    if certificate is None:
+        return
+    checkpoint = open_checkpoint(reference, position_encoding=art.format.recorded_position_encoding(), allow_pickle=allow_pickle)
+    if (here := reference_sha256(checkpoint)) != certificate["reference_sha256"]:
+        info.print(f"note: {reference} is not the model the parity certificate in {artifact_path} was measured against (its weights "
+                   f"and config.json hash to {here[:16]}…, certified {certificate['reference_sha256'][:16]}…)", markup=False)
 
 
 @app.command()
@@ -770,7 +780,7 @@ def parity(
         report = compare(ref.backend, art.backend, ids)
     result = report.as_dict() | {"reference": f"{reference} ({ref.engine})", "artifact": f"{artifact_path} ({art.engine})",
                                  "kv_cache": art.backend.kv_cache_type()}
-    _say_certificate_cache(artifact_path, art, result["kv_cache"])
+    _say_certificate(artifact_path, art, result["kv_cache"], reference, allow_pickle)
     failed = [name for name, limit, value in [("mean KL divergence", max_kld, report.mean_kld),
                                                ("perplexity increase", max_ppl_increase, report.perplexity_change)]
               if limit is not None and not value <= limit]  # NaN is never within a limit

@@ -101,6 +101,10 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         raise NotImplementedError
 
+    def token_text(self, token: int) -> str:
+        """One token's text for a person reading the prompt (chat --verbose-prompt), control tokens spelled out."""
+        return self.decode([token])
+
     def lookup(self, token: str) -> int | None:
         raise NotImplementedError
 

@@ -137,6 +137,20 @@ def test_zip_is_checked_before_anything_is_unpacked(run_cli, bundle_folder, tmp_
     assert list((tmp_path / "scratch").iterdir()) == []
 
 
+def test_a_zip_holding_a_name_twice_says_so(run_cli, bundle_folder, tmp_path):
+    """Stranger finding: refused, but as "the archive holds 7 entries (6 names); a bundle has at most 64"."""
+    import warnings
+    import zipfile
+
+    archive = tmp_path / "twice.zip"
+    with zipfile.ZipFile(archive, "w") as out, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name it is asked to write
+        for path in bundle_folder.iterdir():
+            out.write(path, path.name)
+        out.write(bundle_folder / "edgelm.json", "edgelm.json")
+    assert_user_error(run_cli("verify", archive), "the archive holds 'edgelm.json' more than once")
+
+
 @pytest.mark.parametrize("target", ["{model}", "{model}/model.safetensors", "{model}/sub"])
 def test_export_never_replaces_its_input(run_cli, preset_dir, tmp_path, target):
     import shutil

@@ -26,7 +26,7 @@ from edgelm.chat import Conversation
 from edgelm.errors import UserError
 from edgelm.export.gguf import export_gguf
 from edgelm.models import open_checkpoint
-from edgelm.runtime.prompt_cache import PromptCache, fingerprint
+from edgelm.runtime.prompt_cache import PromptCache, contents_digest, fingerprint
 from tests.test_kv_reuse import BACKENDS, CONTEXT, KINDS, MODELS, REPLY, USER, artifact_path, open_backend, shared_prefix  # noqa: F401
 
 SHIFT_CONTEXT = 256
@@ -147,7 +147,7 @@ def test_a_cache_that_does_not_fit_is_ignored_with_a_note(gguf_pair, tmp_path, d
             identity = PromptCache(tmp_path / "x", nope, artifact.backend)._identity()
         arrays = load(data)
         arrays = {"ids": arrays["ids"], "kv.0": np.zeros((4, 4), np.float16)}
-        save_file(arrays, str(tmp_path / "forged"), metadata=identity)
+        save_file(arrays, str(tmp_path / "forged"), metadata=identity | {"sha256": contents_digest(arrays)})
         data = (tmp_path / "forged").read_bytes()
     note, position = load_note(model, copy_to(tmp_path, cache, data), system)
     assert why in note and "ignored" in note and "\n" not in note
@@ -179,7 +179,7 @@ def test_arrays_unlike_the_backends_cache_are_ignored(tmp_path, forgery):
         arrays = {k: (np.full_like(a, float(forgery)) if k != "ids" else a) for k, a in arrays.items()}
     else:
         arrays["ids"] = arrays["ids"].astype(np.int32)
-    save_file(arrays, str(tmp_path / "cache"), metadata=identity)
+    save_file(arrays, str(tmp_path / "cache"), metadata=identity | {"sha256": contents_digest(arrays)})  # a forger checksums
     note, position = load_note(model, tmp_path / "cache")
     assert "ignored" in note and position == 0
     if forgery in ("nan", "inf"):
@@ -193,7 +193,23 @@ def forged_llama_state(cache: Path, mutate) -> bytes:
     with safe_open(str(cache), "numpy") as handle:
         metadata, arrays = handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()}
     arrays["llama_state"] = mutate(arrays["llama_state"].copy(), arrays["ids"])
-    return save(arrays, metadata=metadata)
+    return save(arrays, metadata=metadata | {"sha256": contents_digest(arrays)})  # a forger's own checksum: llama.cpp reads it
+
+
+def test_a_llama_state_changed_after_it_was_written_is_ignored(gguf_pair, tmp_path):
+    """Stranger finding: NaN written over the K rows of a GGUF prompt cache's llama.cpp state loaded silently
+    ("loaded 14 tokens") and the chat replied "the the the"; llama.cpp's state is bytes only llama.cpp parses.
+    The contents' SHA-256, written with them, no longer matches: ignored with a note, nothing loaded."""
+    from safetensors import safe_open
+    from safetensors.numpy import save
+
+    nope, _, cache = gguf_pair
+    with safe_open(str(cache), "numpy") as handle:
+        metadata, arrays = handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()}
+    state = arrays["llama_state"].copy()
+    state[len(state) // 2: len(state) // 2 + 64] = np.frombuffer(np.full(32, np.nan, np.float16).tobytes(), np.uint8)
+    note, position = load_note(nope, copy_to(tmp_path, cache, save(arrays | {"llama_state": state}, metadata=metadata)))
+    assert "ignored (damaged: its contents do not match the SHA-256 written with them)" in note and position == 0
 
 
 def test_tampered_llama_state_never_crashes_llama_cpp(gguf_pair, tmp_path):

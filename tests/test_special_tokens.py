@@ -109,3 +109,20 @@ def test_a_strange_tokenizer_config_changes_nothing_of_sentencepiece(preset_dir,
     strange = load_tokenizer_file(folder / "tokenizer.model", {**base, **config})
     for text in TEXTS + ["a b c abc"]:
         assert strange.encode(text, special=True) == plain.encode(text, special=True), text
+
+
+def test_verbose_prompt_spells_a_control_token_on_a_gguf_as_in_the_folder(tmp_path):
+    """Stranger finding: `chat --verbose-prompt` on a GGUF showed `1 -> ''` where the folder and ONNX show
+    `1 -> '<|im_start|>'`: llama.cpp renders a control token as nothing unless asked to."""
+    from pathlib import Path
+
+    import edgelm
+    from edgelm.export.gguf import export_gguf
+    from edgelm.models import open_checkpoint
+
+    folder = Path(__file__).resolve().parents[1] / "examples" / "models" / "tiny-nope"
+    gguf = export_gguf(open_checkpoint(folder), tmp_path / "m.gguf", "f16", certificate=False).path
+    shown = [edgelm.load(path).tokenizer for path in (folder, gguf)]
+    eos = shown[0].eos_id
+    assert shown[1].decode([eos]) == ""  # what the prompt listing printed before
+    assert shown[0].token_text(eos) == shown[1].token_text(eos) == "<|endoftext|>"

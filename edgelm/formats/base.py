@@ -208,6 +208,13 @@ class Format(ABC):
         computes. None where the format has no such hash (its files' sha256 in a bundle manifest cover it)."""
         return None
 
+    def settings_sha256(self) -> str | None:
+        """One sha256 over what the artifact runs by besides its weights and graph — its tokenizer, chat
+        template, token ids and generation settings — which the certificate records and `verify` checks:
+        a swapped vocabulary entry or an injected template the probe's prompt never meets still fails it.
+        None where the format has none (a bundle's files' sha256 in its manifest cover them)."""
+        return None
+
     @property
     def raw_engine(self) -> str | None:
         """The engine that runs this without edgelm, for `bench --compare` (a key of benchmark.RAW_ENGINES)."""

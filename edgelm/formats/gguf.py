@@ -246,6 +246,23 @@ class GGUF(Format):
             digest.update(np.ascontiguousarray(tensor.data).view(np.uint8))
         return digest.hexdigest()
 
+    def settings_sha256(self) -> str:
+        """Over every metadata key and value (as read: the certificate's rewrite keeps them) but the
+        certificate's own edgelm.parity.* keys and the header's counts."""
+        import hashlib
+        import json
+
+        from ..constants import GGUF_PARITY
+
+        digest = hashlib.sha256()
+        for key, found in self.gguf.reader.fields.items():
+            if key.startswith("GGUF.") or key.startswith(GGUF_PARITY):
+                continue
+            value = found.contents()
+            digest.update(json.dumps([key, [int(t) for t in found.types], value.hex() if isinstance(value, bytes) else value],
+                                     ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        return digest.hexdigest()
+
     def weight_bytes(self) -> int:
         tensors = {t.name: int(t.n_bytes) for t in self.gguf.reader.tensors}
         if "output.weight" in tensors:  # untied: token_embd is only gathered

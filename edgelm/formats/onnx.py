@@ -186,6 +186,24 @@ class OnnxFolder(Format):
         """From edgelm.json: an export's, or a bundle's manifest, which copies it."""
         return self.manifest.get(PARITY_CERTIFICATE)
 
+    def settings_sha256(self) -> str | None:
+        """Over the folder's files but the graph, its external weights and edgelm.json (which holds the
+        certificate): tokenizer files, chat template, genai_config.json, config.json — each name and bytes."""
+        import hashlib
+
+        from ..artifact_files import sha256
+        from ..constants import ONNX_MANIFEST
+
+        if self.ort_format:
+            return None
+        graph = {self.model_file.name, ONNX_MANIFEST} | {entry.value for tensor in self._graph().initializer
+                                                         for entry in tensor.external_data if entry.key == "location"}
+        digest = hashlib.sha256()
+        for file in sorted(self.path.iterdir()):
+            if file.name not in graph and not file.name.startswith(".") and file.is_file():
+                digest.update(f"{file.name}\0{sha256(file)}\0".encode())
+        return digest.hexdigest()
+
     def weights_sha256(self) -> str | None:
         """Over the graph's initializers: inline ones as serialized, external ones as the bytes their
         location, offset and length name. None for an ORT-format graph (a mobile bundle's model.ort: the

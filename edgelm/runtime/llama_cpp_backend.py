@@ -189,6 +189,10 @@ class LlamaCppTokenizer(Tokenizer):
     def decode(self, ids):
         return self.llm.detokenize(ids).decode("utf-8", errors="replace")
 
+    def token_text(self, token):
+        # llama.cpp renders a control token as nothing unless asked (a stranger saw `1 -> ''` for <|im_start|>)
+        return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
     def lookup(self, token):
         ids = self.llm.tokenize(token.encode("utf-8"), add_bos=False, special=True)
         return ids[0] if len(ids) == 1 else None

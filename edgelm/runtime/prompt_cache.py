@@ -9,7 +9,9 @@ It is untrusted input: a file that is no prompt cache at all (another file named
 bytes, a symlink, a folder) is refused, since writing would destroy it; one made for another model,
 engine or system prompt, or damaged, is ignored with a note and rebuilt. Sizes are checked before
 anything is read or handed to an engine: the header against a small bound, the file against what the
-context's tokens can take, each array against the backend's layout (safetensors checks the offsets)."""
+context's tokens can take, each array against the backend's layout (safetensors checks the offsets), and
+the contents against the SHA-256 written with them (llama.cpp's state is bytes only llama.cpp parses: a
+stranger's NaN written into its K rows loaded silently and the chat replied "the the the")."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from ..errors import UserError
 from .backend import Backend, StateMismatch
 
 FORMAT = "edgelm prompt cache"
-VERSION = "1"
+VERSION = "2"  # 2: the contents' SHA-256 in the metadata
 HEADER_LIMIT = 1 << 20  # bytes of safetensors JSON header: ours is well under 1 KB
 SAMPLE_BLOCKS, SAMPLE_BYTES = 64, 4096
 
@@ -46,6 +48,18 @@ def fingerprint(path: Path, skip: Path | None = None) -> str:
             for offset in offsets:
                 handle.seek(offset)
                 digest.update(handle.read(65536 if offset in (0, max(size - 65536, 0)) else SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def contents_digest(arrays: dict) -> str:
+    """SHA-256 over the arrays (name, dtype, shape, bytes) in name order: what the file holds, whatever the order."""
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
+        digest.update(memoryview(array).cast("B"))
     return digest.hexdigest()
 
 
@@ -99,6 +113,8 @@ class PromptCache:
             arrays = load(read_bytes(self.path, limit, "the prompt cache"))
         except (SafetensorError, ValueError, OSError) as exc:
             return f"damaged: {str(exc).splitlines()[0][:120]}"
+        if metadata.get("sha256") != contents_digest(arrays):
+            return "damaged: its contents do not match the SHA-256 written with them"
         import numpy as np
 
         # a NaN or infinite key or value runs: the ggml executor printed newlines, ONNX and torch stopped on NaN
@@ -122,7 +138,8 @@ class PromptCache:
         check_path(self.path)
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            save_file(self.backend.save_state(), str(temporary), metadata=self._identity())
+            state = self.backend.save_state()
+            save_file(state, str(temporary), metadata=self._identity() | {"sha256": contents_digest(state)})
             os.replace(temporary, self.path)
         except OSError as exc:
             raise UserError(f"--prompt-cache could not be written ({exc.strerror})", self.path, "give a writable path") from None
