@@ -138,9 +138,13 @@ def init(
     out.print(f"wrote {preset} to {out_dir}")
 
 
+# what every command that runs a model takes (formats/: a bundle opens as the model inside it)
+ArtifactArgument = Annotated[Path, typer.Argument(help="A model folder, a .gguf file, an ONNX folder, or a bundle folder or .zip "
+                                                       "from `edgelm bundle`.")]
+
 @app.command()
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A model folder, a .gguf file or an ONNX folder.")],
+    path: ArtifactArgument,
     position_encoding: PositionEncodingOption = None,
     head_temperatures: TemperaturesOption = None,
     allow_pickle: AllowPickleOption = False,
@@ -250,7 +254,7 @@ def _read_turn() -> str:
 
 @app.command()
 def generate(
-    path: Annotated[Path, typer.Argument(help="A model folder, a .gguf file or an ONNX folder.")],
+    path: ArtifactArgument,
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Text to continue; '-' reads standard input, as does a pipe without --prompt.")] = None,
     file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Read the prompt from this UTF-8 file (llama.cpp's -f).")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
@@ -326,7 +330,7 @@ def _leading_ids(tokenizer, path: Path, count: int) -> list[int]:
 
 @app.command()
 def perplexity(
-    path: Annotated[Path, typer.Argument(help="A model folder, a .gguf file or an ONNX folder.")],
+    path: ArtifactArgument,
     text: Annotated[Optional[Path], typer.Option(help="UTF-8 text file to score (default: the opening of the held-out novel, shipped with edgelm).")] = None,
     ctx: Annotated[int, typer.Option(min=2, help="Window length in tokens.")] = 256,
     stride: Annotated[Optional[int], typer.Option(min=1, help="New tokens scored per window (default ctx - 1).")] = None,
@@ -439,7 +443,7 @@ def export(
 
 @app.command()
 def chat(
-    path: Annotated[Path, typer.Argument(help="A model folder, a .gguf file or an ONNX folder.")],
+    path: ArtifactArgument,
     system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
     temperature: Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["temperature"]), help="0 = greedy.")] = 0.7,
@@ -556,7 +560,7 @@ def chat(
 
 @app.command()
 def bench(
-    path: Annotated[Path, typer.Argument(help="A model folder, a .gguf file or an ONNX folder.")],
+    path: ArtifactArgument,
     prompt_tokens: Annotated[int, typer.Option(min=1)] = 128,
     new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     threads: ThreadsOption = None,

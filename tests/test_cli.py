@@ -164,3 +164,10 @@ def test_json_failures_are_a_json_object_too(run_cli, args, code, words):
     answer = json.loads(out)
     assert answer["exit_code"] == code and words in answer["error"] and answer["error"] in err, answer
     assert run_cli(*[a for a in args if a != "--json"])[1] == ""  # without --json, stdout stays empty
+
+
+@pytest.mark.parametrize("command", ["inspect", "generate", "perplexity", "chat", "bench"])
+def test_every_command_that_runs_a_model_says_it_takes_a_bundle(run_cli, command):
+    """Stranger finding: `chat --help` named a model folder, a .gguf file or an ONNX folder; a bundle works too."""
+    code, out, _ = run_cli(command, "--help")
+    assert code == 0 and "bundle folder or .zip" in " ".join(out.split()), out
