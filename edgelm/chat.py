@@ -64,7 +64,8 @@ class Conversation:
         # a chat whose every message must be refused is refused at its start (a stranger's finding: `-c 2` with
         # 128 tokens kept for the reply, or a system prompt longer than the context, started and then blamed
         # each message; with --prompt-cache the system prompt overflowed the cache: a traceback)
-        preamble = len(self.preamble_ids())
+        self._preamble = self._shared_opening()
+        preamble = len(self._preamble)
         if preamble + self.reply_budget >= self.context_length:
             what = f"the system prompt and the template's opening take {preamble:,} tokens, " if self.system else ""
             raise UserError(f"no message fits: {what}the reply keeps {self.reply_budget:,} and the context holds "
@@ -92,8 +93,11 @@ class Conversation:
 
     def preamble_ids(self) -> list[int]:
         """The tokens every first turn begins with, whatever the user writes: the template's opening and the
-        system prompt (the common prefix of two renders with different user messages). What a prompt cache
-        (runtime/prompt_cache.py) holds."""
+        system prompt. What a prompt cache (runtime/prompt_cache.py) holds; found once, at the start."""
+        return list(self._preamble)
+
+    def _shared_opening(self) -> list[int]:
+        """The common prefix of two renders with different user messages."""
         first, second = (self.tokenizer.encode(self.render([{"role": "user", "content": text}]), add_bos=False, special=True)
                          for text in (PROBE_MESSAGE, "Quartz"))
         shared = 0

@@ -480,8 +480,7 @@ def chat(
         check_path(prompt_cache)  # before the model loads, as every other option's refusal
     artifact = open_artifact(path, _load_options(position_encoding, None, device, threads, gpu_layers, provider=provider, allow_pickle=allow_pickle,
                                                  context_length=ctx_size))
-    conversation = Conversation(artifact.tokenizer, artifact.backend.context_length, max_new_tokens, system)
-    conversation.render([{"role": "user", "content": "check"}])  # a broken template fails now, not mid-chat
+    conversation = Conversation(artifact.tokenizer, artifact.backend.context_length, max_new_tokens, system)  # a broken template fails here
     options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                               repetition_penalty=repetition_penalty, seed=seed)
     template = "the model's chat template" if artifact.tokenizer.chat_template else "a plain User:/Assistant: template (the model has none)"
