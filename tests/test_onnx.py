@@ -411,6 +411,9 @@ def test_bundle_and_verify(run_cli, exported, tmp_path):
     assert code == 0, err
     bundle = tmp_path / "b"
     assert {"model.ort", "required_operators.config", "genai_config.json", "edgelm.json"} <= {p.name for p in bundle.iterdir()}
+    # the reduced-build config names the graph by its name in the bundle, not by the temporary folder it was made in
+    config = (bundle / "required_operators.config").read_text()
+    assert "# - model.ort\n" in config and str(tmp_path) not in config and "com.microsoft;1;" in config, config
     manifest = json.loads((bundle / "edgelm.json").read_text())
     assert manifest["family"] == "llama" and set(manifest["files"]) >= {"model.ort", "tokenizer.model"}
     code, out, err = run_cli("verify", bundle)

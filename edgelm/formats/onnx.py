@@ -290,6 +290,11 @@ class OnnxFolder(Format):
         (folder / ONNX_MODEL_FILE).unlink()
         for config in list(folder.glob(f"*.{REQUIRED_OPERATORS}")) + list(folder.glob(REQUIRED_OPERATORS)):
             config.rename(folder / REQUIRED_OPERATORS)
+        # the converter names the graph it read by its absolute path, here the bundle's temporary folder
+        # ("# - /home/me/.b.partial-x1y2/model.ort"): a build path in a shipped file, different every run
+        config = folder / REQUIRED_OPERATORS
+        config.write_text("".join(f"# - {ORT_MODEL_FILE}\n" if line.startswith("# - ") else line
+                                  for line in config.read_text().splitlines(keepends=True)))
         genai = copy.deepcopy(self.genai)
         genai["model"]["decoder"]["filename"] = ORT_MODEL_FILE
         # onnxruntime-genai samples with what its search section says: the bundle's defaults go there
