@@ -315,9 +315,9 @@ def _recipe_types(checkpoint: Checkpoint, type_name: str, input_blocks: bool = T
     family declares (quantize/ggml_quants.py), a 32-wide type where the layout bounds a tensor's input
     block; `input_blocks=False`: the recipe as llama.cpp writes it, the baseline benchmarks/fidelity.py
     and the tests measure that against."""
-    family, spec = checkpoint.family, checkpoint.spec
-    roles = gguf_mapping(family).tensor_roles(spec)
-    blocks = gguf_mapping(family).input_blocks(spec) if input_blocks else {}
+    mapping, spec = gguf_mapping(checkpoint.family), checkpoint.spec
+    roles = mapping.tensor_roles(spec)
+    blocks = mapping.input_blocks(spec) if input_blocks else {}
     return {gguf_name: ggml_quants.recipe_type(type_name, *roles.get(gguf_name, (None, 0)), spec.num_layers, tensor.shape[-1],
                                                blocks.get(gguf_name))
             for source in _sources(checkpoint, ExportedWeights(checkpoint)) for gguf_name, tensor in source.outputs.items()

@@ -349,14 +349,11 @@ def _declared_rotary_scaling(config: dict[str, Any]) -> str | None:
     """The kind of rotary scaling config.json declares (rope_scaling / rope_parameters), None for none."""
     from .positions import rope_scaling
 
-    reader = ConfigReader(config)
     try:
-        if rope_scaling(reader) is None:
-            return None
+        scaling = rope_scaling(ConfigReader(config))
     except ValueError:  # refused where the spec was read; nothing declared here
         return None
-    kinds = (section.first(("rope_type", "type"), "default") for section in (reader.section("rope_parameters"), reader.section("rope_scaling")))
-    return next(kind for kind in kinds if kind != "default")
+    return scaling.rope_type if scaling is not None else None
 
 
 def open_checkpoint(
