@@ -36,6 +36,8 @@ ONNX_METADATA_PARITY = "edgelm.parity"  # the certificate as JSON in the graph's
 BUNDLE_MANIFEST = "edgelm.json"
 BUNDLE_SAMPLING_DEFAULTS = {"temperature": 0.7, "top_k": 40, "top_p": 0.95}  # in the manifest and genai_config's search
 REQUIRED_OPERATORS = "required_operators.config"
+# llama.cpp's LLAMA_MAX_LAYERS (llama-hparams.h): the most blocks a GGUF or a genai_config.json may state
+LLAMA_MAX_LAYERS = 512
 
 
 def llama_cpp_archs() -> frozenset[str]:

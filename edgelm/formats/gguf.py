@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifact_files import read_prefix
-from ..constants import (GGUF_TOKEN_TYPE_BYTE, NO_BYTE_PIECES, GGUF_CONTEXT_LIMIT, GGUF_FAMILY, GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED, GGUF_POSITION_ENCODING, GGUF_VERSION,
+from ..constants import (LLAMA_MAX_LAYERS, GGUF_TOKEN_TYPE_BYTE, NO_BYTE_PIECES, GGUF_CONTEXT_LIMIT, GGUF_FAMILY, GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED, GGUF_POSITION_ENCODING, GGUF_VERSION,
                          PARITY_CERTIFICATE, llama_cpp_archs)
 from ..errors import UserError
 from .base import Artifact, Format, LoadOptions, register
@@ -20,7 +20,7 @@ MAGIC = b"GGUF"
 
 
 # llama.cpp's limits (src/llama-hparams.h) and its rope scaling names (llama-model.cpp LLAMA_ROPE_SCALING_TYPES)
-LLAMA_MAX_LAYERS, LLAMA_MAX_EXPERTS = 512, 1024
+LLAMA_MAX_EXPERTS = 1024
 LLAMA_ROPE_SCALING = ("none", "linear", "yarn", "longrope")
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact_files import find_member, member, read_json
-from ..constants import GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE
+from ..constants import GENAI_CONFIG, HF_CONFIG, LLAMA_MAX_LAYERS, ONNX_MANIFEST, ONNX_MODEL_FILE
 from ..errors import UserError
 from ..fileio import is_plain_name
-from ..numbers import is_count
+from ..numbers import FRACTION, NON_NEGATIVE, POSITIVE, NumberRange, is_count
 from .backend import Backend, default_threads, refuse_cache_past_memory
 
 PROVIDERS = {
@@ -315,6 +315,43 @@ def refuse_loaded_code(node, where: str, path: Path) -> None:
         refuse_loaded_code(value, here, path)
 
 
+# genai_config.json's numbers as onnxruntime-genai reads them: (section, key, required, check). A count's bound is
+# what it allocates by (one name and one cache buffer per layer: 10^9 layers ran the machine out of memory)
+GENAI_COUNTS = [("model.decoder", "num_hidden_layers", True, 1, LLAMA_MAX_LAYERS), ("model.decoder", "num_key_value_heads", True, 1, None),
+                ("model.decoder", "head_size", True, 1, None), ("model.decoder", "num_attention_heads", False, 1, None),
+                ("model.decoder", "hidden_size", False, 1, None), ("model", "context_length", True, 1, None),
+                ("model", "vocab_size", False, 1, None), ("model", "bos_token_id", False, 0, None), ("model", "pad_token_id", False, 0, None),
+                ("search", "max_length", False, 1, None), ("search", "min_length", False, 0, None), ("search", "top_k", False, 0, None),
+                ("search", "num_beams", False, 1, None), ("search", "num_return_sequences", False, 1, None)]
+GENAI_RANGES = {"temperature": NON_NEGATIVE, "top_p": FRACTION, "repetition_penalty": POSITIVE,
+                "length_penalty": NumberRange(float("-inf"))}  # a finite number: NumberRange admits no inf nor NaN
+
+
+def _check_genai_numbers(genai: dict) -> None:
+    """Every number genai_config.json states, as a count in its bounds or a finite number in its range
+    (TypeError naming the first that is not): `num_attention_heads: -8` and `search.temperature: NaN`
+    passed, and reached onnxruntime-genai in a bundle."""
+    sections = {"model": genai["model"], "model.decoder": genai["model"]["decoder"], "search": genai.get("search", {})}
+    for name, section in sections.items():
+        if not isinstance(section, dict):
+            raise TypeError(f"{name} is a {type(section).__name__}, not an object" + (" of options" if name == "search" else ""))
+    for section, key, required, low, high in GENAI_COUNTS:
+        if key not in sections[section] and not required:
+            continue
+        value = sections[section][key]
+        if not is_count(value, low) or (high is not None and value > high):
+            raise TypeError(f"{section}.{key} is {value!r}, not an integer " + (f"from {low} to {high}" if high else f"of at least {low}"))
+    eos = genai["model"].get("eos_token_id", 0)
+    if not all(is_count(i) for i in (eos if isinstance(eos, list) else [eos])):
+        raise TypeError(f"model.eos_token_id is {eos!r}, not a token id or a list of them")
+    for key, allowed in GENAI_RANGES.items():
+        if key in sections["search"] and (problem := allowed.why_not(sections["search"][key])):
+            raise TypeError(f"search.{key} {problem}")
+    for key in ("do_sample", "past_present_share_buffer"):
+        if not isinstance(sections["search"].get(key, False), bool):
+            raise TypeError(f"search.{key} is {sections['search'][key]!r}, not true or false")
+
+
 def read_onnx_folder(folder: Path) -> tuple[dict, dict, Path]:
     """genai_config.json (validated; described from the graph for an Optimum folder, which has none),
     edgelm.json ({} where another tool made the folder) and the graph's path, which never leaves the
@@ -326,11 +363,7 @@ def read_onnx_folder(folder: Path) -> tuple[dict, dict, Path]:
     refuse_loaded_code(genai, "", genai_path)
     try:
         decoder = genai["model"]["decoder"]
-        for key in ("num_hidden_layers", "num_key_value_heads", "head_size"):
-            if not is_count(decoder[key], 1):
-                raise TypeError(f"model.decoder.{key} is {decoder[key]!r}, not a positive integer")
-        if not is_count(genai["model"]["context_length"], 1):  # true was a context of 1
-            raise TypeError(f"model.context_length is {genai['model']['context_length']!r}, not a positive integer")
+        _check_genai_numbers(genai)
         filename = decoder.get("filename", ONNX_MODEL_FILE)
         if not is_plain_name(filename):
             raise UserError(f"model.decoder.filename {filename!r} is not a plain file name inside the folder", genai_path,
@@ -338,10 +371,6 @@ def read_onnx_folder(folder: Path) -> tuple[dict, dict, Path]:
         for section in ("inputs", "outputs"):
             if not isinstance(decoder.get(section, {}), dict):
                 raise TypeError(f"model.decoder.{section} is a {type(decoder[section]).__name__}, not an object of names")
-        if not isinstance(genai.get("search", {}), dict):
-            raise TypeError(f"search is a {type(genai['search']).__name__}, not an object of options")
-        if not isinstance(genai.get("search", {}).get("past_present_share_buffer", True), bool):
-            raise TypeError(f"search.past_present_share_buffer is {genai['search']['past_present_share_buffer']!r}, not true or false")
         names = decoder_names(decoder)
         if not all(isinstance(v, str) for v in names.values()):
             raise TypeError("model.decoder.inputs/outputs hold names that are not strings")
