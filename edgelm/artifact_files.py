@@ -260,6 +260,19 @@ def contained(path: Path, needles) -> set:
     return found
 
 
+def artifact_sha256(path: Path) -> str:
+    """What identifies an artifact as a whole, for comparing with the hash its publisher gives: a file's
+    (a GGUF, a bundle's zip) sha256 as `sha256sum` prints it; a folder's, the sha256 of its files'
+    `sha256sum` lines in name order — `cd FOLDER && LC_ALL=C sha256sum * | sha256sum` where every entry is a
+    file. Everything else `verify` checks lies inside the artifact, where whoever edits it rewrites it too."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256(path)
+    lines = "".join(f"{sha256(file)}  {file.name}\n" for file in sorted(path.iterdir(), key=lambda f: f.name.encode("utf-8", "surrogateescape"))
+                    if file.is_file())
+    return hashlib.sha256(lines.encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def sha256(path: Path, digest=None) -> str:
     """The sha256 of a regular file read a block at a time (fed into `digest` when given: several files' bytes as one)."""
     digest = digest or hashlib.sha256()

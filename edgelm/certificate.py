@@ -424,17 +424,20 @@ class Verification:
 
     @property
     def ok(self) -> bool:
-        return self.certificate is None or (self.probe is not None and self.probe.ok and not self.differences
-                                            and self.weights_equal is not False and self.settings_equal is not False)
+        """Whether the certificate holds here. An artifact without one fails: `verify X && ship` passed a
+        file whose certificate a stranger had stripped, as it passes another tool's."""
+        return self.certificate is not None and self.probe is not None and self.probe.ok and not self.differences \
+            and self.weights_equal is not False and self.settings_equal is not False
 
     def lines(self, reference: Path | None = None) -> list[str]:
         """What `edgelm verify` prints about the certificate."""
         c = self.certificate
         if c is None:
-            return ["no certificate: the artifact carries no parity certificate (made by another tool or an older edgelm); nothing to re-run"
-                    + (" or compare (`edgelm parity ARTIFACT --reference MODEL_DIR` measures it)" if reference else "")]
+            return ["no certificate: the artifact carries no parity certificate (made by another tool, an older edgelm, "
+                    "`export --no-certificate`, or stripped); nothing to re-run" + (" or compare" if reference else "")]
         p = self.probe
-        lines = [f"certificate: mean KLD {c['mean_kld']:.3g} (max {c['max_kld']:.3g}), ΔPPL {100 * c['perplexity_change']:+.2f} %, "
+        lines = [("certificate (its numbers as recorded at export: --reference recomputes them)" if reference is None else "certificate")
+                 + f": mean KLD {c['mean_kld']:.3g} (max {c['max_kld']:.3g}), ΔPPL {100 * c['perplexity_change']:+.2f} %, "
                  f"top-1 {100 * c['top1_agreement']:.1f} % over {c['positions']} positions of {c['text']} against the reference "
                  f"(sha256 {c['reference_sha256'][:16]}…); made by edgelm {c['edgelm_version']} on {c['engine']}, {c['engine_version']}, "
                  f"{certified_kv_cache(c)} KV cache",
@@ -468,6 +471,9 @@ class Verification:
 
     def failure(self) -> str:
         """Why it failed, in one line."""
+        if self.certificate is None:
+            return ("the artifact carries no parity certificate: nothing shows it matches a reference model "
+                    "(`edgelm parity ARTIFACT --reference MODEL_DIR` measures it; `edgelm export` writes one)")
         p = self.probe
         reasons = []
         if self.weights_equal is False:

@@ -658,10 +658,13 @@ def verify(
     reference: Annotated[Optional[Path], typer.Option(help="The model folder it was exported from: recompute the whole parity certificate and compare.")] = None,
     threads: ThreadsOption = None,
     device: Annotated[str, typer.Option("--device", help="Where --reference's torch model runs: auto | cpu | cuda.")] = "cpu",
+    expected_sha256: Annotated[Optional[str], typer.Option("--sha256", help="The sha256 its publisher gives: of the file (sha256sum FILE), or of a folder (`LC_ALL=C sha256sum * | sha256sum` inside it). Fails when the artifact's differs.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Re-run the artifact's parity certificate probe on this machine's runtime (a bundle: every file's
-    sha256 against its manifest first); --reference recomputes the whole certificate."""
+    sha256 against its manifest first); --reference recomputes the whole certificate; --sha256 checks
+    the artifact is the one its publisher gave. Fails (exit 1) on an artifact without a certificate."""
+    from .artifact_files import artifact_sha256
     from .bundle import check_runs, verify_bundle
     from .certificate import verify as check
     from .constants import ONNX_MANIFEST
@@ -671,6 +674,9 @@ def verify(
     if device != "cpu" and reference is None:  # the probe runs on the artifact's own engine; only the reference is torch's
         raise UserError(f"--device {device} sets where --reference's torch model runs, and no --reference was given", None,
                         "add --reference MODEL_DIR, or drop --device (the probe runs on the artifact's engine)")
+    if expected_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", expected_sha256):
+        raise UserError(f"--sha256 {expected_sha256[:80]!r} is not a sha256 (64 hexadecimal digits)", None,
+                        "give the hash its publisher lists, as sha256sum prints it")
     fmt = detect(artifact_path)
     threads, device = _threads(threads), resolve_device(_device(device))
     # a GGUF file or an ONNX export (its edgelm.json) is checked as itself; anything else as a bundle, whose
@@ -681,16 +687,29 @@ def verify(
         lines = [f"{artifact_path.name} loads and runs"]
     else:
         manifest, model, result = verify_bundle(artifact_path, lambda inner: check(inner, reference, threads, device, bundled=True))
-        lines = [f"ok: {len(manifest['files'])} files match their sha256, nothing else in the bundle; {manifest['model']} loads and runs "
+        lines = [f"bundle: {len(manifest['files'])} files match their sha256, nothing else in the bundle; {manifest['model']} loads and runs "
                  f"({model['family']}, {model['format']}, {model['quantization']})"]
+    # what every check above reads lies inside the artifact, and whoever edits it can rewrite it too (a stranger
+    # edited a bundle's template and its manifest's sha256, and forged a GGUF's certified numbers): only a hash
+    # from outside, its publisher's, says the artifact is the one published
+    identity = artifact_sha256(artifact_path)
+    published = None if expected_sha256 is None else identity == expected_sha256.lower()
+    lines.append(f"sha256 {identity} (of the {'folder' if artifact_path.is_dir() else 'file'}): " + (
+        "the artifact checked above is not signed; compare this with the sha256 its publisher gives, or pass --sha256"
+        if published is None else "equals --sha256" if published else f"DIFFERS from --sha256 {expected_sha256.lower()}"))
     if as_json:
-        out.print_json(json.dumps({"ok": result.ok, "certificate": result.certificate, "engine_version": result.engine_version,
+        out.print_json(json.dumps({"ok": result.ok and published is not False, "certificate": result.certificate,
+                                   "engine_version": result.engine_version,
                                    "probe": result.probe.as_dict() if result.probe else None, "weights_sha256_equal": result.weights_equal,
-                                   "settings_sha256_equal": result.settings_equal,
+                                   "settings_sha256_equal": result.settings_equal, "sha256": identity, "sha256_equal": published,
                                    "recomputed": result.recomputed, "differences": result.differences}))
     else:
-        for line in lines + result.lines(reference):
+        for line in lines[:-1] + result.lines(reference) + lines[-1:]:
             out.print(line, markup=False)
+    if published is False:
+        err.print(f"verify failed: {artifact_path} is not the artifact published with sha256 {expected_sha256.lower()} (its sha256 is "
+                  f"{identity})", markup=False)
+        raise typer.Exit(1)
     if not result.ok:
         err.print(f"verify failed: {result.failure()}", markup=False)
         raise typer.Exit(1)

@@ -195,7 +195,7 @@ def test_bundles_carry_it_and_verify_runs_the_probe(exports, run_cli, tmp_path):
         manifest = json.loads((bundle / "edgelm.json").read_text())
         assert manifest["parity_certificate"]["probe"]["greedy_tokens"]
         out = verify_passes(run_cli, bundle)
-        assert out.startswith("ok: ") and "files match their sha256" in out
+        assert out.startswith("bundle: ") and "files match their sha256" in out
 
 
 def test_reference_recomputes_the_whole_certificate(exports, run_cli):
@@ -209,11 +209,37 @@ def test_reference_recomputes_the_whole_certificate(exports, run_cli):
     assert result["probe"]["ok"]  # the artifact itself computes what was certified: the reference is another model
 
 
-def test_an_artifact_without_a_certificate_verifies_as_before(exports, run_cli):
+def test_an_artifact_without_a_certificate_fails(exports, run_cli):
+    """It loads and runs, and verify says so, but nothing shows it matches a model: exit 1 (a stranger stripped
+    a GGUF's certificate and `verify X && ship` passed it)."""
     path = exports("tiny-nope.plain")
     assert not any(k.startswith("edgelm.parity.") for k in GGUFReader(str(path)).fields)
     code, out, err = run_cli("verify", path)
-    assert code == 0 and "loads and runs" in out and "no certificate" in out, (out, err)
+    assert code == 1 and "loads and runs" in out and "no certificate" in out, (out, err)
+    assert "verify failed: the artifact carries no parity certificate" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_only_a_hash_from_outside_says_the_artifact_is_the_published_one(exports, run_cli, tmp_path):
+    """Every check verify runs reads the artifact, which whoever edits it rewrites too: forged certified numbers
+    are printed as recorded, not as proven; --sha256 compares the artifact with its publisher's hash (a file's as
+    sha256sum prints it, a folder's as `LC_ALL=C sha256sum * | sha256sum` there)."""
+    import hashlib
+    import subprocess
+
+    path = exports("tiny-nope.gguf")
+    published = hashlib.sha256(path.read_bytes()).hexdigest()
+    code, out, err = run_cli("verify", path)
+    assert code == 0 and "its numbers as recorded at export: --reference recomputes them" in out, (out, err)
+    assert f"sha256 {published} (of the file): the artifact checked above is not signed" in out, out
+    code, out, err = run_cli("verify", path, "--sha256", published.upper(), "--json")
+    assert code == 0 and json.loads(out)["sha256_equal"] is True, (out, err)
+    code, out, err = run_cli("verify", path, "--sha256", "0" * 64)
+    assert code == 1 and f"DIFFERS from --sha256 {'0' * 64}" in out and f"its sha256 is {published}" in err, (out, err)
+    assert_user_error(run_cli("verify", path, "--sha256", "abc"), "--sha256 'abc' is not a sha256", "as sha256sum prints it")
+    folder = exports("tiny-nope.onnx")
+    by_shell = subprocess.run("LC_ALL=C sha256sum * | sha256sum", shell=True, cwd=folder, capture_output=True, text=True, check=True)
+    code, out, err = run_cli("verify", folder, "--sha256", by_shell.stdout.split()[0])
+    assert code == 0 and "(of the folder): equals --sha256" in out, (out, err)
 
 
 @pytest.mark.parametrize("probe, needle", [

@@ -18,7 +18,7 @@ from ..constants import (BUNDLE_SAMPLING_DEFAULTS, GENAI_CONFIG, HF_CONFIG, ONNX
                          REQUIRED_OPERATORS, TOKENIZER_FILES)
 from ..errors import UserError
 from ..numbers import is_count
-from ..artifact_files import contained, find_member, member, read_prefix
+from ..artifact_files import contained, find_member, member, read_prefix, read_text
 from .base import Artifact, Format, LoadOptions, register
 
 
@@ -294,7 +294,7 @@ class OnnxFolder(Format):
         # ("# - /home/me/.b.partial-x1y2/model.ort"): a build path in a shipped file, different every run
         config = folder / REQUIRED_OPERATORS
         config.write_text("".join(f"# - {ORT_MODEL_FILE}\n" if line.startswith("# - ") else line
-                                  for line in config.read_text().splitlines(keepends=True)))
+                                  for line in read_text(config, what="onnxruntime's required-operators config").splitlines(keepends=True)))
         genai = copy.deepcopy(self.genai)
         genai["model"]["decoder"]["filename"] = ORT_MODEL_FILE
         # onnxruntime-genai samples with what its search section says: the bundle's defaults go there
