@@ -18,6 +18,7 @@ import typer
 from . import __version__
 from .console import LazyConsole, OutputLost, Progress, guarded_streams
 from .errors import NotUtf8Text, UserError
+from .fileio import stopped
 from .exporters import EXPORTERS
 from .numbers import LOOKUP_NGRAM, LOOKUP_NGRAM_MAX, NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, not_finite
 
@@ -923,19 +924,52 @@ class Terminated(BaseException):
 
 def _terminate(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+    stopped(Terminated)
     raise Terminated
+
+
+def _interrupt(signum, frame) -> None:
+    """Ctrl-C as Python's own handler (KeyboardInterrupt), counted for the atomic outputs (fileio._Stops)."""
+    stopped(KeyboardInterrupt)
+    raise KeyboardInterrupt
+
+
+def _unraisable(hook):
+    """sys.unraisablehook, but a stop raised where Python cannot raise it (a finalizer, a weakref callback) is not
+    printed as a traceback ("Exception ignored in … KeyboardInterrupt"): the next atomic output raises it again."""
+    def quiet(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated)):
+            hook(unraisable)
+    return quiet
 
 
 def main() -> None:
     """Run the CLI: a user mistake is one line and exit 2; Ctrl-C (exit 130) and SIGTERM (exit 143) say nothing
     was left half-written, without a traceback."""
     previous = signal.signal(signal.SIGTERM, _terminate)
+    previous_interrupt = signal.signal(signal.SIGINT, _interrupt) if signal.getsignal(signal.SIGINT) is signal.default_int_handler else None
+    hook, sys.unraisablehook = sys.unraisablehook, _unraisable(sys.unraisablehook)
     streams = guarded_streams()
     try:
         _run()
     finally:
         signal.signal(signal.SIGTERM, previous)  # main() called in a longer-lived process (tests) leaves it as it was
+        if previous_interrupt is not None:
+            signal.signal(signal.SIGINT, previous_interrupt)
+        sys.unraisablehook = hook
         sys.stdin, sys.stdout, sys.stderr = streams
+
+
+def entry() -> None:
+    """The `edgelm` program: main(), then the interpreter's exit. Python takes a moment to tear down torch and
+    onnxruntime after the command is done, and resets its own signal handlers to the system's first: a Ctrl-C then
+    killed the process by SIGINT (a stranger's export had written its file and its last line; the shell saw 130).
+    Once main() is done, Ctrl-C is ignored: the command's status is the one it exits with (SIGTERM still ends it)."""
+    try:
+        main()
+    finally:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # kept through finalization, unlike a handler of Python's
 
 
 def _json_failure(message: str, code: int) -> None:
@@ -974,6 +1008,9 @@ def _run() -> None:
     except Terminated:
         sys.stderr.write("\nterminated; nothing was left half-written\n")
         sys.exit(TERMINATED)
+    except KeyboardInterrupt:  # past the command's own handling (typer's: exit 130), e.g. while its last line was printed
+        sys.stderr.write("\ninterrupted; nothing was left half-written\n")
+        sys.exit(INTERRUPTED)
     except UserError as exc:
         err.print(f"error: {exc.line()}", markup=False, soft_wrap=True)
         _json_failure(exc.line(), 2)

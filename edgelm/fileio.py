@@ -44,6 +44,22 @@ def refuse_existing(target: Path, force: bool, kind: str | None = None) -> None:
         raise UserError(f"the output is a {kind} but {there} is there", target, "remove it or choose another path")
 
 
+class _Stops:
+    """The stop signals (Ctrl-C, SIGTERM) this process received, counted by `stopped`, which the command
+    line's handlers call. Python drops an exception its signal handler raises while a finalizer or a weakref
+    callback runs ("Exception ignored in …"), and the interrupted code goes on: a stranger's Ctrl-C late in an
+    export was dropped so, and the export wrote its output and exited 0. An atomic output that a stop
+    arrived during is not renamed into place: the stop is raised again there."""
+
+    count = 0
+    last: type[BaseException] = KeyboardInterrupt
+
+
+def stopped(kind: type[BaseException]) -> None:
+    _Stops.count += 1
+    _Stops.last = kind
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -100,7 +116,7 @@ def _atomic(target: Path, force: bool, make_temporary, kind: str) -> Iterator[Pa
     target = Path(os.path.abspath(target))  # '.', '..' and 'x/..' become the folders they name
     refuse_existing(target, force, kind)
     made = _missing_parents(target.parent)
-    succeeded = False
+    succeeded, stops = False, _Stops.count
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = make_temporary(target)
@@ -111,6 +127,8 @@ def _atomic(target: Path, force: bool, make_temporary, kind: str) -> Iterator[Pa
         raise UserError(f"cannot write here ({why})", target.parent, "choose an output in a folder you can write") from None
     try:
         yield tmp
+        if _Stops.count != stops:  # a stop that reached no exception handler (above): the command is to end, unwritten
+            raise _Stops.last
         _fsync_tree(tmp)
         _replace(tmp, target)
         succeeded = True
