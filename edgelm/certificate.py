@@ -533,7 +533,7 @@ def verify(fmt, reference: Path | None = None, threads: int | None = None, devic
 
         # the source as the export ran it: its position encoding and the head temperatures it folded in, as parity does
         checkpoint = open_checkpoint(reference, position_encoding=fmt.recorded_position_encoding(),
-                                     head_temperatures=fmt.recorded_temperatures())
+                                     head_temperatures=fmt.checked_temperatures())
         result.recomputed = certify(checkpoint, fmt, device, threads, certified_kv_cache(found))
         result.differences = compare_certificates(found, result.recomputed)
     return result

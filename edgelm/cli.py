@@ -792,7 +792,8 @@ def parity(
         raise UserError(f"--reference is {given.noun}; parity compares against the full-precision model folder "
                         "the artifact was exported from", reference, "give that model folder (config.json and its weights)")
     art = open_artifact(artifact_path, LoadOptions(threads=_threads(threads), context_length=tokens + 1, f32_kv_cache=f32_kv_cache, all_logits=True))
-    recorded = art.format.recorded_temperatures()  # the reference runs with the λ the export folded in
+    # the reference runs with the λ the export folded in (checked, naming the artifact, when it is to run with them)
+    recorded = art.format.recorded_temperatures() if head_temperatures else art.format.checked_temperatures()
     ref = open_artifact(reference, LoadOptions(head_temperatures=head_temperatures or recorded, device=_device(device), allow_pickle=allow_pickle,
                                                position_encoding=art.format.recorded_position_encoding()))
     _say_temperatures(artifact_path, recorded, head_temperatures)

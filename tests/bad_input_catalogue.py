@@ -302,6 +302,9 @@ CASES: list[Case] = [
     case("perplexity text too short", "perplexity {model} --text {tmp}/short.txt", "fewer than 2 tokens", write("tmp", "short.txt", "")),
     case("bench --new-tokens 0", "bench {model} --new-tokens 0", "--new-tokens"),
     case("parity reference missing", "parity {onnx} --reference {tmp}/none", "no such file or folder"),
+    case("ONNX edgelm.json records NaN head temperatures (stranger round 6: blamed on the reference's config.json)",
+         "parity {onnx} --reference {model}", "the head temperatures it records (an ONNX folder's edgelm.json head_temperatures",
+         edit_json("onnx", "edgelm.json", lambda d: {**d, "head_temperatures": {"layers": [[float("nan")] * 8] * 4, "baked_into_weights": False}})),
     case("parity --tokens 1", "parity {onnx} --reference {model} --tokens 1", "--tokens"),
     case("parity --max-kld negative", "parity {onnx} --reference {model} --max-kld -1", "--max-kld"),
     # --- export and init outputs

@@ -179,6 +179,24 @@ class Format(ABC):
         the source model runs the source with them; None where the format records none."""
         return None
 
+    def checked_temperatures(self) -> list[list[float]] | None:
+        """recorded_temperatures, refused in one line naming this artifact unless a [layers][heads] table of
+        finite, positive λ: parity runs the reference with it, and NaN written into an export's edgelm.json was
+        refused as the reference's config.json's fault."""
+        import math
+
+        from ..numbers import is_number
+
+        table = self.recorded_temperatures()
+        if table is None:
+            return None
+        rows = table if isinstance(table, list) and table and all(isinstance(row, list) and row for row in table) else None
+        if rows is None or len({len(row) for row in rows}) != 1 or not all(is_number(v) and math.isfinite(v) and v > 0 for row in rows for v in row):
+            raise UserError("the head temperatures it records (an ONNX folder's edgelm.json head_temperatures, a GGUF's "
+                            "edgelm.head_temperatures) are not a [layers][heads] table of finite, positive λ", self.path,
+                            "export it again (or give parity --head-temperatures FILE)")
+        return table
+
     def recorded_position_encoding(self) -> str | None:
         """The position encoding the export ran its model with ("rope", "none", …), so a comparison with the
         source model runs the source the same way even where its config.json declares none; None where the
