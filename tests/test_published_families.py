@@ -288,6 +288,8 @@ def test_onnx_greedy_equals_transformers(published, tmp_path, family):
     expected = reference_greedy(hf)
     assert backend_greedy(open_artifact(onnx).backend) == expected  # onnxruntime
     assert genai_greedy(onnx) == expected
+    # the model type onnxruntime-genai's own builder writes for the family (what `verify` prints as its family)
+    assert json.loads((onnx / "genai_config.json").read_text())["model"]["type"] == ("qwen2" if family == "qwen2" else "llama")
     from optimum.onnxruntime import ORTModelForCausalLM  # Optimum opens the folder as it is (its config.json)
 
     optimum = ORTModelForCausalLM.from_pretrained(onnx)

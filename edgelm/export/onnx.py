@@ -312,7 +312,7 @@ def genai_config(checkpoint: Checkpoint, tokenizer: Tokenizer, context_length: i
             },
             "eos_token_id": eos,
             "pad_token_id": eos,
-            "type": "llama",
+            "type": onnx_mapping(checkpoint.family).genai_type,
             "vocab_size": spec.vocab_size,
         },
         "search": {

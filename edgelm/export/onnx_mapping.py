@@ -14,6 +14,9 @@ ONNX_MAPPINGS: dict[str, "OnnxMapping"] = {}
 
 class OnnxMapping:
     family: ClassVar[type[Family]]
+    # genai_config.json's model.type, as onnxruntime-genai's model builder writes it for the published family
+    # (its "llama", "qwen2", …: one decoder-only model class in genai); "llama" for families it has no name for
+    genai_type: ClassVar[str] = "llama"
 
     def folder_config(self, spec: ModelSpec, config: dict[str, Any]) -> dict[str, Any]:
         """The config.json an ONNX export carries for Optimum's ORTModelForCausalLM, which reads the

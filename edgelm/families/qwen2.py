@@ -65,3 +65,4 @@ class Qwen2Gguf(LlamaGguf):
 @register_onnx
 class Qwen2Onnx(LlamaOnnx):
     family = Qwen2
+    genai_type = "qwen2"
