@@ -429,7 +429,8 @@ def export(
     # beside the model folder; for a hub id in the current folder, never inside the Hugging Face cache
     stem = (Path.cwd() / HUB_ID.match(str(model_dir))["repo"].split("/")[1]) if is_hub_id(str(model_dir)) else model_dir.resolve()
     target = out_path or exporter.default_output(stem, options)
-    refuse_overlap(target, checkpoint.path)
+    # every input, not only the model folder: `--out T.txt --calibration T.txt --force` replaced the text by a GGUF
+    refuse_overlap(target, checkpoint.path, *[p for p in (calibration, calibration_text, head_temperatures) if p is not None])
     title, steps = exporter.progress(checkpoint, options)
     with Progress(info, title, steps, enabled=not as_json, **({} if steps else {"columns": _spinner})) as progress:
         result = exporter.export(checkpoint, target, options, progress)
@@ -850,7 +851,8 @@ def calibrate(
     import torch
 
     from .calibrate import CalibrationSettings, calibrate as run
-    from .fileio import atomic_output_file, refuse_existing
+    from .fileio import atomic_output_file, refuse_existing, refuse_overlap
+    from .hub import resolve_model
     from .formats.base import resolve_device
     from .models import open_checkpoint
     from .models.checkpoint import write_head_temperatures
@@ -858,6 +860,8 @@ def calibrate(
     from .tokenizer import load_tokenizer
 
     refuse_existing(out_path, force)
+    # --out onto the model's own config.json or weights, or onto the training text, replaced them (with --force)
+    refuse_overlap(out_path, text, resolve_model(model_dir, allow_pickle))
     content = _read_text(text)
     checkpoint = open_checkpoint(model_dir, position_encoding=position_encoding.value if position_encoding else None,
                                  allow_pickle=allow_pickle)
