@@ -28,6 +28,28 @@ class Model:
         # call into the backend holds this; a whole call (generate, chat, perplexity) holds it to its end, so
         # threads sharing a model are served one after another
         self._lock = threading.RLock()
+        self._closed = False
+
+    def close(self) -> None:
+        """Free the engine's memory (a llama.cpp context, an onnxruntime session, ggml's buffers) now rather than
+        when the model is collected; a closed model refuses every call. `with edgelm.load(…) as model:` closes it."""
+        with self._lock:
+            self._owner = object()  # a stream still open has lost its cache
+            if not self._closed:
+                self._closed = True
+                self.artifact.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _backend(self):
+        """The backend, or RuntimeError once closed (its native memory is freed: a call into it would crash)."""
+        if self._closed:
+            raise RuntimeError("this model is closed: load it again")
+        return self.artifact.backend
 
     def stream(self, prompt: str, max_new_tokens: int = 64, truncate: bool = False, draft: int | None = None,
                lookup_ngram: int = LOOKUP_NGRAM, stop: tuple[str, ...] = (), **sampling) -> Iterator[Piece]:
@@ -36,7 +58,7 @@ class Model:
         `--stop`. `draft`: tokens prompt-lookup decoding drafts from n-grams (up to `lookup_ngram` long) of
         the text so far and verifies in one step (0: off; None: the backend's default, docs/benchmarks.md);
         greedy output is the same either way. One generation runs at a time (see `_exclusive`)."""
-        return self._exclusive(run(self.artifact.backend, self.tokenizer, prompt, max_new_tokens, SamplingOptions(**sampling),
+        return self._exclusive(run(self._backend(), self.tokenizer, prompt, max_new_tokens, SamplingOptions(**sampling),
                                    _stops(stop), truncate=truncate, draft=draft, lookup_ngram=lookup_ngram))
 
     def generate(self, prompt: str, max_new_tokens: int = 64, truncate: bool = False, draft: int | None = None,
@@ -55,6 +77,7 @@ class Model:
         def guarded() -> Iterator[Piece]:
             while True:
                 with self._lock:
+                    self._backend()  # closed meanwhile: say so, not "ran another generation"
                     if self._owner is not owner:
                         raise RuntimeError("this stream's model ran another generation since it started; a model streams one "
                                            "generation at a time: read a stream to its end before starting the next, or load "
@@ -88,9 +111,9 @@ class Model:
         if not messages or messages[-1]["role"] != "user":
             raise ValueError("the last message is the user's turn the reply answers")
         system = messages[0]["content"] if messages[0]["role"] == "system" else None
-        conversation = Conversation(self.tokenizer, self.artifact.backend.context_length, max_new_tokens, system)
+        backend = self._backend()
+        conversation = Conversation(self.tokenizer, backend.context_length, max_new_tokens, system)
         conversation.turns = messages[1 if system is not None else 0:-1]
-        backend = self.artifact.backend
         with self._lock:
             if prompt_cache is not None:
                 from .runtime.prompt_cache import start_from
@@ -107,11 +130,12 @@ class Model:
         position's logits and a `ctx`-token context, as the command opens it, closed afterwards."""
         from .evaluate import check_windows, perplexity
 
+        self._backend()  # closed: refused before the tokenizer, which may be the closed engine's
         ids = self.tokenizer.encode(text)
         check_windows(len(ids), ctx, stride)  # before a second opening of the file with a context of ctx
         with self._lock:
             self._owner = object()  # it resets the cache: a stream still open has lost it
-            if self.artifact.backend.all_logits:
+            if self._backend().all_logits:
                 return perplexity(self.artifact.backend, ids, ctx, stride).perplexity
         with open_artifact(self.artifact.path, replace(self.options, all_logits=True, context_length=ctx)) as scorer:
             return perplexity(scorer.backend, ids, ctx, stride).perplexity

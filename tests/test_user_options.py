@@ -489,3 +489,28 @@ def test_threads_sharing_one_model_are_served_one_after_another(name, fmt, tmp_p
     other.join()
     with pytest.raises(RuntimeError, match="ran another generation since it started"):
         list(stream)
+
+
+@pytest.mark.parametrize("name,fmt", [("tiny-rope", "gguf"), ("tiny-tokenformer", "gguf"), ("tiny-rope", "folder")])
+def test_a_model_closes_and_then_refuses_every_call(name, fmt, tmp_path):
+    """Stranger finding (round 7): a Model had no close() and no `with`: its engine's memory stayed until the object
+    was collected. Once closed, every call (a stream already open too) raises instead of calling into freed memory;
+    edgelm.UserError is what a bad path raises, exported beside load."""
+    import edgelm
+    from edgelm.export.gguf import export_gguf
+    from edgelm.models import open_checkpoint
+
+    assert {"load", "UserError"} <= set(dir(edgelm)) and "os" not in dir(edgelm)
+    with pytest.raises(edgelm.UserError, match="no such file or folder"):
+        edgelm.load(tmp_path / "nowhere")
+    folder = MODEL.parent / name
+    path = folder if fmt == "folder" else export_gguf(open_checkpoint(folder), tmp_path / "m.gguf", "f16", certificate=False).path
+    with edgelm.load(path) as model:
+        assert model.generate(PROMPT, max_new_tokens=2, temperature=0)
+        stream = model.stream(PROMPT, max_new_tokens=8, temperature=0)
+        next(stream)
+    for call in (lambda: model.generate(PROMPT, max_new_tokens=2), lambda: list(stream), lambda: model.perplexity(PROMPT * 4, ctx=8),
+                 lambda: model.chat([{"role": "user", "content": "hi"}], max_new_tokens=2)):
+        with pytest.raises(RuntimeError, match="this model is closed: load it again"):
+            call()
+    model.close()  # a second close does nothing

@@ -112,6 +112,7 @@ class LlamaCppBackend(Backend):
         if self.batch is not None:
             llama_cpp.llama_batch_free(self.batch)
             self.batch = None
+        self.llm.edgelm_closed = True  # the tokenizer shares it: llama-cpp-python's tokenize on a closed Llama segfaults
         self.llm.close()
 
     # The cache saved and loaded as llama.cpp's own sequence state (llama_state_seq_get_data/set_data,
@@ -183,15 +184,21 @@ class LlamaCppTokenizer(Tokenizer):
         self.template_file = path if chat_template is not None else None  # its tokenizer.chat_template key
         self.bos_id, self.eos_id = bos, eos
 
+    def _open(self):
+        """The Llama, or RuntimeError once its model is closed: llama-cpp-python reads freed memory (a segfault)."""
+        if getattr(self.llm, "edgelm_closed", False):
+            raise RuntimeError("this model is closed: load it again")
+        return self.llm
+
     def encode_text(self, text, special=True):
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+        return self._open().tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
     def decode(self, ids):
-        return self.llm.detokenize(ids).decode("utf-8", errors="replace")
+        return self._open().detokenize(ids).decode("utf-8", errors="replace")
 
     def token_text(self, token):
         # llama.cpp renders a control token as nothing unless asked (a stranger saw `1 -> ''` for <|im_start|>)
-        return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+        return self._open().detokenize([token], special=True).decode("utf-8", errors="replace")
 
     def lookup(self, token):
         ids = self.llm.tokenize(token.encode("utf-8"), add_bos=False, special=True)
