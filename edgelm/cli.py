@@ -51,7 +51,7 @@ TemperaturesOption = Annotated[
 AllowPickleOption = Annotated[
     bool, typer.Option("--allow-pickle", help="Load a pickle .bin checkpoint with torch.load(weights_only=True).")
 ]
-SeedOption = Annotated[Optional[int], typer.Option(min=0, max=SEED_MAX, help="Sampling seed (default: random).")]
+SeedOption = Annotated[Optional[int], typer.Option("--seed", "-s", min=0, max=SEED_MAX, help="Sampling seed (default: random; llama.cpp's -s).")]
 _asked = {"json": False}  # what the command line asked for that the error paths need (set while parsing)
 
 
@@ -178,11 +178,14 @@ DeviceOption = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (
 
 
 CtxSizeOption = Annotated[Optional[int], typer.Option("--ctx-size", "-c", min=2, help="Context in tokens, the KV cache's size (default: the model's training context, at most 4096; as llama.cpp's -c).")]
-RepetitionPenaltyOption = Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["repetition_penalty"]), help="Divide positive logits of seen tokens by this (1.0: off).")]
+RepetitionPenaltyOption = Annotated[float, typer.Option("--repetition-penalty", "--repeat-penalty", parser=number(SAMPLING_RANGES["repetition_penalty"]), help="Divide positive logits of seen tokens by this (1.0: off; llama.cpp's --repeat-penalty).")]
+# llama.cpp's names beside edgelm's (its -n/--n-predict, --temp, -t, -s, --repeat-penalty): what its users type
+MaxNewTokensOption = Annotated[int, typer.Option("--max-new-tokens", "-n", "--n-predict", min=1, help="Tokens to generate at most (llama.cpp's -n).")]
+TemperatureOption = Annotated[float, typer.Option("--temperature", "--temp", parser=number(SAMPLING_RANGES["temperature"]), help="0 = greedy (llama.cpp's --temp).")]
 TopPOption = Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["top_p"]))]
 MinPOption = Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["min_p"]))]
 StopOption = Annotated[Optional[list[str]], typer.Option(help="Stop before this text (repeatable).")]
-ThreadsOption = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads (default: the physical cores, as llama.cpp and onnxruntime choose).")]
+ThreadsOption = Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="CPU threads (default: the physical cores, as llama.cpp and onnxruntime choose; llama.cpp's -t).")]
 ProviderOption = Annotated[str, typer.Option("--provider", help="onnxruntime execution provider: cpu, xnnpack, coreml, nnapi, qnn, webgpu, cuda, …")]
 DraftOption = Annotated[Optional[int], typer.Option("--draft", min=0, help="Prompt-lookup decoding: tokens drafted from the text so far and verified in one step (0: off; default: on only for the engines where it measured faster, docs/benchmarks.md). Greedy output is the same either way.")]
 LookupNgramOption = Annotated[int, typer.Option("--lookup-ngram", min=1, max=LOOKUP_NGRAM_MAX, help="Prompt-lookup decoding: the longest n-gram of the last tokens looked up in the text so far.")]
@@ -258,8 +261,8 @@ def generate(
     path: ArtifactArgument,
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Text to continue; '-' reads standard input, as does a pipe without --prompt.")] = None,
     file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Read the prompt from this UTF-8 file (llama.cpp's -f).")] = None,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
-    temperature: Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["temperature"]), help="0 = greedy.")] = 0.0,
+    max_new_tokens: MaxNewTokensOption = 64,
+    temperature: TemperatureOption = 0.0,
     top_k: Annotated[int, typer.Option(min=0)] = 0,
     top_p: TopPOption = 1.0,
     min_p: MinPOption = 0.0,
@@ -420,7 +423,7 @@ def export(
     exporter = EXPORTERS[format.value]
     options = exporter.check(ExportOptions(
         quant=quant, gguf_type=gguf_type, int4_embedding=int4_embedding, int8_lm_head=int8_lm_head, int4_block_size=int4_block_size,
-        int4_accuracy_level=int4_accuracy_level, kv_cache=kv_cache, calibration_text=calibration_text, calibration=calibration_texts,
+        int4_accuracy_level=int4_accuracy_level, kv_cache=kv_cache.lower(), calibration_text=calibration_text, calibration=calibration_texts,
         certificate=not no_certificate, force=force, max_size=max_size))
     checkpoint = open_checkpoint(
         model_dir, position_encoding=position_encoding.value if position_encoding else None,
@@ -447,8 +450,8 @@ def export(
 def chat(
     path: ArtifactArgument,
     system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
-    temperature: Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["temperature"]), help="0 = greedy.")] = 0.7,
+    max_new_tokens: MaxNewTokensOption = 128,
+    temperature: TemperatureOption = 0.7,
     top_k: Annotated[int, typer.Option(min=0)] = 40,
     top_p: TopPOption = 0.95,
     min_p: MinPOption = 0.0,

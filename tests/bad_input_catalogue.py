@@ -302,6 +302,12 @@ CASES: list[Case] = [
     case("perplexity text too short", "perplexity {model} --text {tmp}/short.txt", "fewer than 2 tokens", write("tmp", "short.txt", "")),
     case("bench --new-tokens 0", "bench {model} --new-tokens 0", "--new-tokens"),
     case("parity reference missing", "parity {onnx} --reference {tmp}/none", "no such file or folder"),
+    # llama.cpp's conventions (stranger round 7): a conflict is named, a type edgelm does not make says where it is made
+    case("export --quant int8 with a 4-bit --gguf-type (wrote Q4_0 silently)", "export {model} --quant int8 --gguf-type Q4_0 --out {tmp}/m.gguf",
+         "--quant int8 and --gguf-type Q4_0 name two precisions"),
+    case("export --gguf-type IQ4_XS", "export {model} --gguf-type IQ4_XS --out {tmp}/m.gguf", "edgelm does not make --gguf-type 'IQ4_XS'"),
+    case("generate --provider unknown (was: install the onnxruntime package built for bogus)", "generate {onnx} --prompt x --provider bogus",
+         "unknown provider 'bogus'"),
     # --force replaces an output, never an input (stranger round 7: each of these replaced its input and exited 0)
     case("calibrate --out onto the model's config.json", "calibrate {model} --text {text} --target-length 64 --out {model}/config.json --force",
          "the output overlaps the input"),

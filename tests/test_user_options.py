@@ -514,3 +514,18 @@ def test_a_model_closes_and_then_refuses_every_call(name, fmt, tmp_path):
         with pytest.raises(RuntimeError, match="this model is closed: load it again"):
             call()
     model.close()  # a second close does nothing
+
+
+def test_llama_cpp_option_names_and_type_names_are_taken(run_cli):
+    """What llama.cpp's users type (stranger round 7: "No such option" for -n, --temp, -t, -s, --repeat-penalty; MOSTLY_Q4_K_M, as
+    gguf-py's LlamaFileType spells it and the README promised, refused; --provider CPU and --kv-cache INT8 refused for their case)."""
+    from edgelm.export.gguf import resolve_type
+    from edgelm.runtime.onnx_backend import PROVIDERS
+
+    long = run_cli("generate", MODEL, "--prompt", PROMPT, "--max-new-tokens", 6, "--temperature", 0.8, "--seed", 3, "--threads", 1,
+                   "--repetition-penalty", 1.2, "--json")
+    short = run_cli("generate", MODEL, "-p", PROMPT, "-n", 6, "--temp", 0.8, "-s", 3, "-t", 1, "--repeat-penalty", 1.2, "--json")
+    assert long[0] == short[0] == 0 and json.loads(long[1])["tokens"] == json.loads(short[1])["tokens"], (long, short)
+    assert run_cli("generate", MODEL, "--n-predict", 2, "--prompt", PROMPT)[0] == 0
+    assert resolve_type("f16", "MOSTLY_Q4_K_M") == resolve_type("int4", "q4_k_m") == "Q4_K_M" and resolve_type("f16", "ALL_F32") == "F32"
+    assert PROVIDERS.get("CPU".lower()) == "CPUExecutionProvider"

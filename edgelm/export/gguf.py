@@ -85,12 +85,19 @@ def resolve_type(quant: str, gguf_type: str | None) -> str:
                         f"({', '.join(LLAMA_FILE_TYPES)})")
     if gguf_type is None:
         return QUANT_DEFAULTS.get(quant, quant.upper())
-    name = gguf_type.upper()
+    # gguf-py's LlamaFileType names them MOSTLY_Q4_K_M, ALL_F32: the README's promise, with or without the prefix
+    name = gguf_type.upper().removeprefix("MOSTLY_").removeprefix("ALL_")
     if name in NEEDS_IMATRIX:
         raise UserError(f"--gguf-type {name} needs an importance matrix, which edgelm does not compute", None,
                         "choose Q2_K or Q3_K_S, or quantize the f16 export with llama.cpp's llama-quantize --imatrix")
     if name not in LLAMA_FILE_TYPES and name.lower() not in FLOAT_TYPES:
-        raise UserError(f"unknown --gguf-type {gguf_type!r}", None, f"choose one of {', '.join(['F32', 'F16', 'BF16', *LLAMA_FILE_TYPES])}")
+        made_elsewhere = f"MOSTLY_{name}" in LlamaFileType.__members__  # IQ4_XS, TQ1_0, …: llama.cpp's, not made here
+        raise UserError(f"{'edgelm does not make' if made_elsewhere else 'unknown'} --gguf-type {gguf_type!r}", None,
+                        f"choose one of {', '.join(['F32', 'F16', 'BF16', *LLAMA_FILE_TYPES])}"
+                        + ("; or quantize the f16 export with llama.cpp's llama-quantize" if made_elsewhere else ""))
+    if quant in QUANT_DEFAULTS and not name.startswith(QUANT_DEFAULTS[quant][:2]):  # int8 → Q8_*, int4 → Q4_*
+        raise UserError(f"--quant {quant} and --gguf-type {gguf_type} name two precisions", None,
+                        f"give --gguf-type alone, or one of --quant {quant}'s types (Q{QUANT_DEFAULTS[quant][1]}_…)")
     return name
 
 

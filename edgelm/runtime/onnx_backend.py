@@ -40,10 +40,13 @@ CACHE_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "ten
 def session_for(model: Path, threads: int | None, provider: str):
     import onnxruntime as ort
 
-    name = PROVIDERS.get(provider, provider)
+    name = PROVIDERS.get(provider.lower(), provider)  # cpu, CPU or CPUExecutionProvider
     available = ort.get_available_providers()
     if name not in available:
         short = [k for k, v in PROVIDERS.items() if v in available]
+        if name not in PROVIDERS.values() and name not in ort.get_all_providers():
+            raise UserError(f"unknown provider {provider!r}", model, f"choose one of {', '.join(PROVIDERS)} (or onnxruntime's "
+                            f"name, e.g. CPUExecutionProvider); this build has {', '.join(short)}")
         raise UserError(f"provider {provider!r} is not in this onnxruntime build", model,
                         f"this build has {', '.join(short)}; install the onnxruntime package built for {provider}")
     options = ort.SessionOptions()
