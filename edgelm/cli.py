@@ -795,15 +795,18 @@ def parity(
     if not (given := detect(reference, allow_pickle)).checkpoint:  # an export as the reference said it "carries its position encoding inside"
         raise UserError(f"--reference is {given.noun}; parity compares against the full-precision model folder "
                         "the artifact was exported from", reference, "give that model folder (config.json and its weights)")
-    art = open_artifact(artifact_path, LoadOptions(threads=_threads(threads), context_length=tokens + 1, f32_kv_cache=f32_kv_cache, all_logits=True))
+    fmt = detect(artifact_path)
     # the reference runs with the λ the export folded in (checked, naming the artifact, when it is to run with them)
-    recorded = art.format.recorded_temperatures() if head_temperatures else art.format.checked_temperatures()
+    recorded = fmt.recorded_temperatures() if head_temperatures else fmt.checked_temperatures()
     ref = open_artifact(reference, LoadOptions(head_temperatures=head_temperatures or recorded, device=_device(device), allow_pickle=allow_pickle,
-                                               position_encoding=art.format.recorded_position_encoding()))
+                                               position_encoding=fmt.recorded_position_encoding()))
     _say_temperatures(artifact_path, recorded, head_temperatures)
     ids = _leading_ids(ref.tokenizer, text, tokens + 1)  # only the head a 256 MB text needs
     if len(ids) < 3:
         raise UserError("the text is too short", text, "give a longer text")
+    # a context for the tokens the text has, not for --tokens: 100,000 asked of a 6,763-token text was refused by an
+    # ONNX export's 4,096-position rotary tables, and allocated 100,001 positions of llama.cpp's cache
+    art = fmt.open(LoadOptions(threads=_threads(threads), context_length=len(ids), f32_kv_cache=f32_kv_cache, all_logits=True))
     with Progress(info, "comparing", enabled=not as_json, columns=_spinner):
         report = compare(ref.backend, art.backend, ids)
     result = report.as_dict() | {"reference": f"{reference} ({ref.engine})", "artifact": f"{artifact_path} ({art.engine})",

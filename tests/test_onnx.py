@@ -580,3 +580,18 @@ def test_bundle_refuses_what_its_runtime_could_not_load(run_cli, exported, tmp_p
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "b").exists() and not (tmp_path / "b.zip").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+
+
+def test_parity_measures_the_tokens_a_short_text_has(run_cli, exported, tmp_path):
+    """Stranger finding (round 7): `parity --tokens 100000` of a 6,763-token text asked the ONNX export for a
+    100,001-token context, past its 4,096-position rotary tables, and was refused (llama.cpp allocated it all); and
+    `generate -c 8192` said such a context runs, then refused it."""
+    from pathlib import Path
+
+    checkpoint, folder = exported("tiny-rope")
+    text = tmp_path / "short.txt"
+    text.write_text((Path(__file__).parents[1] / "examples" / "data" / "persuasion.txt").read_text()[:3000])
+    code, out, err = run_cli("parity", folder, "--reference", checkpoint.path, "--tokens", 100000, "--text", text, "--json")
+    assert code == 0 and 500 < json.loads(out)["positions"] < 4096, (code, out, err)
+    code, _, err = run_cli("generate", folder, "--prompt", "It is", "-c", 8192)
+    assert code == 2 and "past the 4,096 positions of this model's rotary tables" in err and "is above the" not in err, err

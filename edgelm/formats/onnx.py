@@ -55,11 +55,13 @@ class OnnxFolder(Format):
 
         self.check_options(options)
         backend = OnnxBackend(self.model_file, self.genai, self.manifest, options.threads, options.provider)
+        wanted = options.context_length or 0
+        if backend.rotary_positions and wanted > backend.rotary_positions:  # refused before any token, and before context_for's
+            # note that a context past the trained one runs: past the tables it cannot
+            raise UserError(f"a context of {wanted:,} tokens is past the {backend.rotary_positions:,} positions of this "
+                            "model's rotary tables", self.path, f"use a context of {backend.rotary_positions:,} tokens or less")
         backend.context_length = options.context_for(backend.context_length)
         backend.refuse_cache_past_memory()
-        if backend.rotary_positions and backend.context_length > backend.rotary_positions:  # refused before any token, not at it
-            raise UserError(f"a context of {backend.context_length:,} tokens is past the {backend.rotary_positions:,} positions of this "
-                            "model's rotary tables", self.path, f"use a context of {backend.rotary_positions:,} tokens or less")
         details = {k: self.manifest.get(k) for k in ("family", "position_encoding", "quantization")}
         details["engine_version"] = f"onnxruntime {onnxruntime_version}"
         tokenizer = load_tokenizer(self.path)
