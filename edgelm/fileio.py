@@ -4,7 +4,9 @@ target under a temporary name, fsync, and rename into place at the end."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -87,6 +89,51 @@ def _replace(tmp: Path, target: Path) -> None:
         os.replace(tmp, target)
 
 
+def _hold(target: Path) -> tuple[int, Path]:
+    """A lock held for as long as an output to `target` is being made (flock on a lock file of its own beside it,
+    released when the process ends, however it ends), by which a later write to the same target tells a killed run's
+    leftovers from a running one's files. Not a lock on the temporary output: the certificate's rewrite renames a
+    new file over it."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.partial-", suffix=".lock", dir=target.parent)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd, Path(name)
+
+
+def _leftovers(target: Path) -> list[Path]:
+    """What a write to `target` makes beside it under a hidden name: the temporary output (`.NAME.partial-*`), the
+    files made on the way to it (`.NAME.f32-*`, `..NAME.partial-*.certified-*`) and a replaced folder (`.NAME.old-*`)."""
+    ours = re.compile(rf"\.\.?{re.escape(target.name)}\.(partial|f32|old)-")
+    try:
+        return [p for p in target.parent.iterdir() if ours.match(p.name)]
+    except OSError:
+        return []
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Temporary outputs a killed run left beside `target` (SIGKILL or a power cut: nothing could remove them, and a
+    stranger found 21 MB of hidden files next to their export), removed by the next write to the same target, unless
+    a running process holds one of them: then they are that run's."""
+    found = _leftovers(target)
+    for lock in (p for p in found if p.name.endswith(".lock") and p.is_file() and not p.is_symlink()):
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # an export to this target is running
+        finally:
+            os.close(fd)
+    for path in found:
+        if ".old-" in path.name and not os.path.lexists(target):  # killed between two renames: the old output is all there is
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def _temporary_dir(target: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the result is an ordinary folder
@@ -116,11 +163,16 @@ def _atomic(target: Path, force: bool, make_temporary, kind: str) -> Iterator[Pa
     target = Path(os.path.abspath(target))  # '.', '..' and 'x/..' become the folders they name
     refuse_existing(target, force, kind)
     made = _missing_parents(target.parent)
-    succeeded, stops = False, _Stops.count
+    succeeded, stops, hold = False, _Stops.count, None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(target)
+        hold, lock = _hold(target)
         tmp = make_temporary(target)
     except OSError as exc:  # a parent that is a file, a read-only or missing mount, no permission
+        if hold is not None:
+            lock.unlink(missing_ok=True)
+            os.close(hold)
         _remove_empty(made)
         blocking = next((p for p in [target.parent, *target.parent.parents] if p.exists() and not p.is_dir()), None)
         why = f"{blocking} is a file, not a folder" if blocking else exc.strerror
@@ -147,6 +199,8 @@ def _atomic(target: Path, force: bool, make_temporary, kind: str) -> Iterator[Pa
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)
+        os.close(hold)
         if not succeeded:
             _remove_empty(made)
 

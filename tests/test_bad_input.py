@@ -222,6 +222,41 @@ def test_a_stop_python_drops_still_keeps_the_output_from_being_written(tmp_path,
     assert "Exception ignored" not in capfd.readouterr().err
 
 
+def test_a_killed_run_s_leftovers_go_with_the_next_write_to_the_same_target(tmp_path):
+    """Stranger finding (round 7): a SIGKILLed export left `.k.gguf.partial-*` (3.7 MB), `.X.gguf.f32-*.gguf` (21 MB)
+    or `.X.partial-*/` beside the output, hidden, and a later export to the same --out left them there. The next write
+    to that target removes them, unless a running write holds its lock (then they are that run's); others' files stay."""
+    import fcntl
+    import os
+
+    from edgelm.fileio import atomic_output_file
+
+    target = tmp_path / "m.gguf"
+    leftovers = [tmp_path / ".m.gguf.partial-k1", tmp_path / ".m.gguf.f32-k2.gguf", tmp_path / "..m.gguf.partial-k1.certified-k3",
+                 tmp_path / ".m.gguf.partial-k4.lock"]
+    for path in leftovers:
+        path.write_bytes(b"x" * 100)
+    (tmp_path / ".m.gguf.partial-k5").mkdir()
+    others = [tmp_path / ".other.gguf.partial-1", tmp_path / "m.gguf.partial-visible"]
+    for path in others:
+        path.write_bytes(b"mine")
+    running = tmp_path / ".m.gguf.partial-run.lock"
+    running.write_bytes(b"")
+    held = os.open(running, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # another export to this target, still running
+    try:
+        with atomic_output_file(target) as tmp:
+            tmp.write_bytes(b"one")
+        assert all(p.exists() for p in leftovers)  # the running one's, perhaps: left alone
+    finally:
+        os.close(held)
+    running.unlink()
+    with atomic_output_file(target, force=True) as tmp:
+        tmp.write_bytes(b"two")
+    assert target.read_bytes() == b"two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in [target, *others])
+
+
 def test_error_lines_show_paths_not_their_repr():
     """An OSError made from a Path prints it as PosixPath('…'); the one line shows the path itself."""
     from edgelm.errors import UserError

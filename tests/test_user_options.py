@@ -152,7 +152,7 @@ def test_chat_has_stop_strings_and_a_repetition_penalty():
     assert stopped == reply[: reply.index(stop)] and stop not in stopped, (reply, stopped)
     assert _chat_reply("--repetition-penalty", "1.5") != reply
     run = _edgelm("chat", MODEL, "--repetition-penalty", 0, stdin="hi\n")
-    assert run.returncode == 2 and "'--repetition-penalty': must be a finite number above 0, not 0" in run.stderr
+    assert run.returncode == 2 and "'--repeat-penalty': must be a finite number above 0, not 0" in run.stderr
 
 
 def test_python_chat_renders_as_transformers_and_answers_as_the_cli():
