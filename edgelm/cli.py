@@ -577,6 +577,7 @@ def bench(
     """Time to first token, prefill and decode tok/s, peak RSS, decode roofline; --compare with the raw engine."""
     from .benchmark import WARMUP_STEPS, bench as run
     from .formats import open_artifact
+    from .runtime.backend import default_threads as _default_threads
 
     threads = _threads(threads)  # once: the raw engines get the same count
     context = prompt_tokens + WARMUP_STEPS + new_tokens + 2
@@ -584,12 +585,17 @@ def bench(
                                                  allow_pickle=allow_pickle))
     text = _read_text(DEFAULT_TEXT)
     prompt = (artifact.tokenizer.encode(text) * (1 + prompt_tokens // 1000))[:prompt_tokens]
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1  # before the bench's own threads add to it
     with info.status("timing…"):
         result = run(artifact, prompt, new_tokens, compare, threads)
+    if load > cores - (threads or _default_threads()) + 0.5:  # a stranger saw decode at 2 and at 1,459 tok/s on one busy machine, unwarned
+        info.print(f"note: the load average was {load:.1f} on {cores} CPUs: other work shares the cores this bench's threads use, and "
+                   "llama.cpp's and ggml's threads wait by spinning, so one run can be many times slower than the next; time on a "
+                   "quiet machine, or with fewer --threads", markup=False)
     if compare and not result.raw_engine:  # said, not an empty row (a TokenFormer GGUF, a model folder)
         info.print(f"note: --compare: no engine but edgelm's runs {artifact.format.noun} ({artifact.engine}); only edgelm was timed",
                    markup=False)
-    report = result.as_dict() | {"engine": artifact.engine}
+    report = result.as_dict() | {"engine": artifact.engine, "load_average": round(load, 2)}
 
     def show() -> None:
         from rich.table import Table
