@@ -105,8 +105,11 @@ def make_bundle(artifact: Path, out: Path, zip_it: bool = False, force: bool = F
         raise UserError(f"--out {str(out)!r} is not a name for the bundle", None, "give the bundle's path")
     zip_it = zip_it or out.suffix.lower() == ".zip"  # `--out app.zip` means a zip (it made a folder named app.zip)
     destination = out.with_suffix(".zip") if zip_it else out
+    refuse_overlap(destination, artifact)
     runtime = web_runtime_folder(web_runtime)
-    refuse_overlap(destination, artifact, *([runtime] if target == "web" else []))
+    if target == "web" and Path(os.path.abspath(destination)) in (Path(os.path.abspath(runtime)), *Path(os.path.abspath(runtime)).parents):
+        # --force would replace the runtime the bundle copies from (a bundle inside it replaces nothing)
+        raise UserError(f"the output would replace the web runtime {runtime}", destination, "write the bundle somewhere else")
     if not zip_it:
         with atomic_output_dir(destination, force) as tmp:
             _fill(fmt, tmp, target, runtime)
