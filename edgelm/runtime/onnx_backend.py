@@ -318,7 +318,7 @@ def refuse_loaded_code(node, where: str, path: Path) -> None:
         refuse_loaded_code(value, here, path)
 
 
-# genai_config.json's numbers as onnxruntime-genai reads them: (section, key, required, check). A count's bound is
+# genai_config.json's numbers as onnxruntime-genai reads them: (section, key, required, lowest, highest or None). A count's bound is
 # what it allocates by (one name and one cache buffer per layer: 10^9 layers ran the machine out of memory)
 GENAI_COUNTS = [("model.decoder", "num_hidden_layers", True, 1, LLAMA_MAX_LAYERS), ("model.decoder", "num_key_value_heads", True, 1, None),
                 ("model.decoder", "head_size", True, 1, None), ("model.decoder", "num_attention_heads", False, 1, None),
