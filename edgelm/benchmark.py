@@ -31,6 +31,10 @@ class BenchResult:
     threads: int
     raw_engine: str | None = None
     raw_decode_tok_s: float | None = None
+    repetitions: int = 1
+    time_to_first_token_s_runs: list[float] | None = None  # each run's, in the order run; the fields above are medians
+    decode_tok_s_runs: list[float] | None = None
+    raw_decode_tok_s_runs: list[float] | None = None
 
     @property
     def roofline_tok_s(self) -> float:
@@ -109,8 +113,12 @@ def time_generation(backend: Backend, prompt: list[int], new_tokens: int) -> tup
     return _timed(first_token, next_token, new_tokens)
 
 
-def llama_cpp_generation(path: Path, prompt: list[int], new_tokens: int, threads: int) -> tuple[float, float]:
-    """The same through llama-cpp-python's own eval/sample loop, on `threads` for prefill and decode."""
+Run = Callable[[], tuple[float, float]]  # one timed generation: (seconds to the first token, decode tok/s)
+
+
+def llama_cpp_runner(path: Path, prompt: list[int], new_tokens: int, threads: int) -> Run:
+    """llama-cpp-python's own eval/sample loop on `threads` for prefill and decode, the model opened once:
+    each run starts from an empty cache (eval drops what lies past n_tokens)."""
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(path), n_ctx=len(prompt) + WARMUP_STEPS + new_tokens + 1, n_threads=threads, n_threads_batch=threads,
@@ -119,11 +127,16 @@ def llama_cpp_generation(path: Path, prompt: list[int], new_tokens: int, threads
     def next_token():
         llm.eval([llm.sample(top_k=1)])
 
-    return _timed(lambda: llm.eval(prompt), next_token, new_tokens)
+    def run():
+        llm.reset()
+        return _timed(lambda: llm.eval(prompt), next_token, new_tokens)
+
+    return run
 
 
-def genai_generation(folder: Path, prompt: list[int], new_tokens: int, threads: int) -> tuple[float, float]:
-    """The same through onnxruntime-genai's generator on an ONNX folder, its session on `threads`."""
+def genai_runner(folder: Path, prompt: list[int], new_tokens: int, threads: int) -> Run:
+    """onnxruntime-genai's generator on an ONNX folder, its session on `threads`, the model opened once and
+    a new generator for each run."""
     import json
 
     import onnxruntime_genai as og
@@ -131,39 +144,59 @@ def genai_generation(folder: Path, prompt: list[int], new_tokens: int, threads: 
     config = og.Config(str(folder))
     config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
     model = og.Model(config)
-    params = og.GeneratorParams(model)
     total = len(prompt) + 1 + WARMUP_STEPS + new_tokens
-    params.set_search_options(max_length=total, min_length=total, do_sample=False)
-    generator = og.Generator(model, params)
 
-    def first_token():
-        generator.append_tokens(np.array([prompt], dtype=np.int32))
-        generator.generate_next_token()
+    def run():
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=total, min_length=total, do_sample=False)
+        generator = og.Generator(model, params)
 
-    return _timed(first_token, generator.generate_next_token, new_tokens)
+        def first_token():
+            generator.append_tokens(np.array([prompt], dtype=np.int32))
+            generator.generate_next_token()
 
+        return _timed(first_token, generator.generate_next_token, new_tokens)
 
-RAW_ENGINES = {"llama-cpp-python": llama_cpp_generation, "onnxruntime-genai": genai_generation}
-
-
-def raw_generation(artifact: Artifact, prompt: list[int], new_tokens: int, threads: int) -> tuple[str, float, float] | None:
-    """(engine, seconds to the first token, decode tok/s) through the artifact's raw engine, if it has one."""
-    engine = artifact.format.raw_engine
-    return (engine, *RAW_ENGINES[engine](artifact.path, prompt, new_tokens, threads)) if engine else None
+    return run
 
 
-def bench(artifact: Artifact, prompt: list[int], new_tokens: int, compare: bool = False, threads: int | None = None) -> BenchResult:
+def llama_cpp_generation(path: Path, prompt: list[int], new_tokens: int, threads: int) -> tuple[float, float]:
+    """One run of llama_cpp_runner."""
+    return llama_cpp_runner(path, prompt, new_tokens, threads)()
+
+
+def genai_generation(folder: Path, prompt: list[int], new_tokens: int, threads: int) -> tuple[float, float]:
+    """One run of genai_runner."""
+    return genai_runner(folder, prompt, new_tokens, threads)()
+
+
+RAW_ENGINES = {"llama-cpp-python": llama_cpp_runner, "onnxruntime-genai": genai_runner}
+
+
+def bench(artifact: Artifact, prompt: list[int], new_tokens: int, compare: bool = False, threads: int | None = None,
+          repetitions: int = 5) -> BenchResult:
     """`threads`: what `artifact` was opened with (None: the engines' default, default_threads()); the raw
-    engine and the bandwidth copy get the same count, so the ratio compares engines, not thread counts."""
+    engine and the bandwidth copy get the same count, so the ratio compares engines, not thread counts.
+    `repetitions` runs of each engine, interleaved (as llama-bench's -r, default 5): the rates reported are
+    the medians, each run's kept beside them, because one run on a shared machine can be many times slower."""
     threads = threads or default_threads()
-    first, decode = time_generation(artifact.backend, prompt, new_tokens)
-    edgelm_peak = peak_rss(resource.RUSAGE_SELF)  # before the raw engine runs in this process and the copy allocates
-    raw = raw_generation(artifact, prompt, new_tokens, threads) if compare else None
+    edgelm_runs = [time_generation(artifact.backend, prompt, new_tokens)]
+    edgelm_peak = peak_rss(resource.RUSAGE_SELF)  # before the raw engine opens in this process and the copy allocates
+    engine = artifact.format.raw_engine if compare else None
+    raw = RAW_ENGINES[engine](artifact.path, prompt, new_tokens, threads) if engine else None
+    raw_runs = [raw()] if raw else []
+    for _ in range(repetitions - 1):
+        edgelm_runs.append(time_generation(artifact.backend, prompt, new_tokens))
+        if raw:
+            raw_runs.append(raw())
     bandwidth = copy_bandwidth(threads)
+    first = float(np.median([run[0] for run in edgelm_runs]))
     return BenchResult(
         prompt_tokens=len(prompt), new_tokens=new_tokens, time_to_first_token_s=first, prefill_tok_s=len(prompt) / first,
-        decode_tok_s=decode, peak_rss_bytes=edgelm_peak,
+        decode_tok_s=float(np.median([run[1] for run in edgelm_runs])), peak_rss_bytes=edgelm_peak,
         command_peak_rss_bytes=max(peak_rss(resource.RUSAGE_SELF), peak_rss(resource.RUSAGE_CHILDREN)),
         weight_bytes=artifact.format.weight_bytes(), copy_bandwidth_bytes_s=bandwidth, threads=threads,
-        raw_engine=raw[0] if raw else None, raw_decode_tok_s=raw[2] if raw else None,
+        raw_engine=engine, raw_decode_tok_s=float(np.median([run[1] for run in raw_runs])) if raw_runs else None,
+        repetitions=repetitions, time_to_first_token_s_runs=[run[0] for run in edgelm_runs],
+        decode_tok_s_runs=[run[1] for run in edgelm_runs], raw_decode_tok_s_runs=[run[1] for run in raw_runs] or None,
     )

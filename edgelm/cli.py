@@ -570,11 +570,12 @@ def bench(
     threads: ThreadsOption = None,
     provider: ProviderOption = "cpu",
     compare: Annotated[bool, typer.Option("--compare", help="Also time the raw engine on the same file.")] = False,
+    repetitions: Annotated[int, typer.Option("--repetitions", "-r", min=1, help="Runs of each engine, interleaved; the medians are reported with each run's range (llama-bench's -r).")] = 5,
     position_encoding: PositionEncodingOption = None,
     allow_pickle: AllowPickleOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Time to first token, prefill and decode tok/s, peak RSS, decode roofline; --compare with the raw engine."""
+    """Time to first token, prefill and decode tok/s (medians of --repetitions runs), peak RSS, decode roofline; --compare with the raw engine."""
     from .benchmark import WARMUP_STEPS, bench as run
     from .formats import open_artifact
     from .runtime.backend import default_threads as _default_threads
@@ -587,7 +588,7 @@ def bench(
     prompt = (artifact.tokenizer.encode(text) * (1 + prompt_tokens // 1000))[:prompt_tokens]
     load, cores = os.getloadavg()[0], os.cpu_count() or 1  # before the bench's own threads add to it
     with info.status("timing…"):
-        result = run(artifact, prompt, new_tokens, compare, threads)
+        result = run(artifact, prompt, new_tokens, compare, threads, repetitions)
     if load > cores - (threads or _default_threads()) + 0.5:  # a stranger saw decode at 2 and at 1,459 tok/s on one busy machine, unwarned
         info.print(f"note: the load average was {load:.1f} on {cores} CPUs: other work shares the cores this bench's threads use, and "
                    "llama.cpp's and ggml's threads wait by spinning, so one run can be many times slower than the next; time on a "
@@ -601,16 +602,21 @@ def bench(
         from rich.table import Table
 
         table = Table(title=f"{path} ({artifact.engine})", show_header=False)
-        table.add_row("time to first token", f"{result.time_to_first_token_s * 1000:.1f} ms ({result.prompt_tokens} prompt tokens)")
+        def spread(runs: list[float], scale: float = 1.0, digits: int = 2) -> str:
+            return f"; {min(runs) * scale:.{digits}f}–{max(runs) * scale:.{digits}f} over {len(runs)} runs" if len(runs) > 1 else ""
+
+        table.add_row("time to first token", f"{result.time_to_first_token_s * 1000:.1f} ms ({result.prompt_tokens} prompt tokens"
+                      f"{spread(result.time_to_first_token_s_runs, 1000, 1)})")
         table.add_row("prefill", f"{result.prefill_tok_s:.1f} tok/s")
-        table.add_row("decode", f"{result.decode_tok_s:.2f} tok/s ({result.new_tokens} tokens)")
+        table.add_row("decode", f"{result.decode_tok_s:.2f} tok/s ({result.new_tokens} tokens{spread(result.decode_tok_s_runs)})")
         table.add_row("threads", f"{result.threads}" + (" (both engines)" if result.raw_engine else ""))
         table.add_row("peak RSS", f"{result.peak_rss_bytes / 1e6:.0f} MB running the model; {result.command_peak_rss_bytes / 1e6:.0f} MB "
                       f"for the whole bench ({'the raw engine and ' if result.raw_engine else ''}the roofline's bandwidth copy included)")
         table.add_row("decode roofline", f"{report['roofline_tok_s']:.1f} tok/s = {result.copy_bandwidth_bytes_s / 1e9:.1f} GB/s copy ÷ "
                       f"{result.weight_bytes / 1e6:.1f} MB weights; reached {report['roofline_fraction']:.0%}")
         if result.raw_decode_tok_s:
-            table.add_row(f"raw {result.raw_engine}", f"{result.raw_decode_tok_s:.2f} tok/s; edgelm/raw = {report['edgelm_over_raw']:.3f}")
+            table.add_row(f"raw {result.raw_engine}", f"{result.raw_decode_tok_s:.2f} tok/s ({spread(result.raw_decode_tok_s_runs)[2:] or 'one run'}); "
+                          f"edgelm/raw = {report['edgelm_over_raw']:.3f}")
         out.print(table)
 
     _report_numbers(report, as_json, show)

@@ -446,6 +446,7 @@ def test_bench_compares_with_onnxruntime_genai(run_cli, exported):
     report = json.loads(out)
     assert report["engine"] == "onnxruntime (cpu)" and report["raw_engine"] == "onnxruntime-genai"
     assert report["decode_tok_s"] > 0 and report["raw_decode_tok_s"] > 0 and report["edgelm_over_raw"] > 0
+    assert len(report["raw_decode_tok_s_runs"]) == report["repetitions"] == 5  # one generator a run, the model opened once
 
 
 @pytest.mark.parametrize("name", ["tiny-nope", "tiny-rope"])
@@ -595,3 +596,6 @@ def test_parity_measures_the_tokens_a_short_text_has(run_cli, exported, tmp_path
     assert code == 0 and 500 < json.loads(out)["positions"] < 4096, (code, out, err)
     code, _, err = run_cli("generate", folder, "--prompt", "It is", "-c", 8192)
     assert code == 2 and "past the 4,096 positions of this model's rotary tables" in err and "is above the" not in err, err
+    # a text longer than the tables: the fix names the option of each command that sets the context
+    code, _, err = run_cli("parity", folder, "--reference", checkpoint.path, "--tokens", 6000)
+    assert code == 2 and "past the 4,096 positions" in err and "--tokens in parity" in err, err

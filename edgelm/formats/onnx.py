@@ -50,6 +50,7 @@ class OnnxFolder(Format):
     def open(self, options: LoadOptions) -> Artifact:
         from onnxruntime import __version__ as onnxruntime_version
 
+        from ..runtime.backend import CONTEXT_OPTIONS
         from ..runtime.onnx_backend import OnnxBackend
         from ..tokenizer import load_tokenizer
 
@@ -59,7 +60,7 @@ class OnnxFolder(Format):
         if backend.rotary_positions and wanted > backend.rotary_positions:  # refused before any token, and before context_for's
             # note that a context past the trained one runs: past the tables it cannot
             raise UserError(f"a context of {wanted:,} tokens is past the {backend.rotary_positions:,} positions of this "
-                            "model's rotary tables", self.path, f"use a context of {backend.rotary_positions:,} tokens or less")
+                            "model's rotary tables", self.path, f"use a context of {backend.rotary_positions:,} tokens or less ({CONTEXT_OPTIONS})")
         backend.context_length = options.context_for(backend.context_length)
         backend.refuse_cache_past_memory()
         details = {k: self.manifest.get(k) for k in ("family", "position_encoding", "quantization")}
