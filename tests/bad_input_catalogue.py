@@ -345,6 +345,9 @@ CASES: list[Case] = [
     case("not a GGUF", "generate {gguf} --prompt x", "gguf", lambda ws: Path(ws["gguf"]).write_bytes(b"PK\x03\x04" + b"\0" * 60)),
     case("GGUF architecture not edgelm.family's", "inspect {gguf}", "general.architecture is 'mamba9'", gguf(arch="mamba9")),
     case("GGUF architecture no runtime knows", "generate {gguf} --prompt x", "nor edgelm's ggml executor knows arch 'mamba9'", gguf(arch="mamba9")),
+    # a stranger relabelled a llama GGUF: it was diagnosed as TokenFormer's first layout
+    case("llama GGUF relabelled tokenformer", "generate {llama_gguf} --prompt x", "none of its tokenformer.* keys",
+         gguf(arch="tokenformer", key="llama_gguf")),
     case("GGUF tokenizer file escaping", "generate {gguf} --prompt x", "names a tokenizer file edgelm does not know",
          gguf(add={"edgelm.tokenizer_file.../escaped.txt": ("owned", GGUFValueType.STRING)})),
     case("GGUF tokenizer file absolute", "generate {gguf} --prompt x", "names a tokenizer file edgelm does not know",

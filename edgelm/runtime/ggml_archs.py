@@ -32,6 +32,10 @@ class TokenFormerGraph(ArchGraph):
     def __init__(self, gguf):
         super().__init__(gguf)
         version = self.gguf.hparam(layout.VERSION.name)
+        if all(self.gguf.hparam(key.name) is None for key in layout.KEYS):  # a stranger's llama file relabelled: not layout 1
+            raise UserError(f"general.architecture says {self.arch!r}, yet the file has none of its {self.arch}.* keys "
+                            f"({self.arch}.{layout.EMBEDDING_LENGTH.name}, …): it is not a TokenFormer GGUF", gguf.path,
+                            "export the model again with edgelm, or check the file's general.architecture")
         if version != layout.LAYOUT_VERSION:
             written = f"layout {version!r}" if version is not None else "the layout before q, k and v were stacked"
             raise UserError(f"this TokenFormer GGUF has {written}; this edgelm runs layout {layout.LAYOUT_VERSION}", gguf.path,
