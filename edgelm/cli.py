@@ -151,7 +151,8 @@ def inspect(
     allow_pickle: AllowPickleOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Format, family, dims, parameter count, position encoding and which rule decided it, temperatures, tokenizer."""
+    """Format, family, dims, parameter count, position encoding and which rule decided it, temperatures, tokenizer: what
+    the files say, read without loading the weights (as llama.cpp's gguf-dump); `edgelm verify` loads and runs it."""
     from .formats import detect
 
     info = detect(path, allow_pickle).describe(_load_options(position_encoding, head_temperatures, "cpu", allow_pickle=allow_pickle))
