@@ -16,7 +16,7 @@ from typing import Any
 
 from .artifact_files import find_member, member, parse_json, read_json, sha256
 from .constants import BUNDLE_MANIFEST
-from .errors import UserError
+from .errors import UserError, WriteFailed
 from .fileio import WRITE_ERRNOS, is_plain_name
 from .numbers import is_count
 
@@ -99,7 +99,7 @@ def unpack_zip(bundle: Path, folder: Path) -> None:
             raise
         except ZIP_READ_ERRORS as exc:
             if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
-                raise UserError(f"unpacking the bundle failed ({exc.strerror})", folder, "free some space in the temporary folder (TMPDIR)") from None
+                raise WriteFailed(f"unpacking the bundle failed ({exc.strerror})", folder, "free some space in the temporary folder (TMPDIR)") from None
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise UserError(f"the archive cannot be read ({type(exc).__name__}: {first})", bundle, "copy the bundle again") from None
 

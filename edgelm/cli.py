@@ -1037,8 +1037,8 @@ def _run() -> None:
         sys.exit(INTERRUPTED)
     except UserError as exc:
         err.print(f"error: {exc.line()}", markup=False, soft_wrap=True)
-        _json_failure(exc.line(), 2)
-        sys.exit(2)
+        _json_failure(exc.line(), exc.exit_code)
+        sys.exit(exc.exit_code)
     except OutputLost as exc:  # the result did not arrive: a failure, said where it can be (stderr may be gone too)
         _quiet_stdout()
         if exc.errno == errno.EPIPE:  # the reader left (`| head`): quiet, with the status a shell gives a process SIGPIPE ends

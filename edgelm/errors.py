@@ -1,4 +1,4 @@
-"""The one error type for user mistakes: the CLI prints it as one line and exits with code 2."""
+"""The one error type for user mistakes: the CLI prints it as one line and exits with its exit_code (2)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ class UserError(Exception):
     The message says what is wrong, in which file, and what to do about it.
     """
 
+    exit_code = 2
+
     def __init__(self, what: str, path: str | Path | None = None, fix: str | None = None):
         self.what = what
         self.path = Path(path) if path is not None else None
@@ -30,3 +32,10 @@ class UserError(Exception):
 
 class NotUtf8Text(UserError):
     """A text that is not UTF-8, read whole: what follows it can still be read (chat goes on to the next message)."""
+
+
+class WriteFailed(UserError):
+    """Output the command made and could not write (a full disk, a quota): said in one line as a mistake is,
+    with exit code 1, as README's exit codes have it: the command ran, its result did not arrive."""
+
+    exit_code = 1

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, WriteFailed
 
 
 def is_plain_name(name: Any) -> bool:
@@ -23,6 +23,16 @@ def is_plain_name(name: Any) -> bool:
     if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
         return False
     return len(PurePosixPath(name).parts) == 1 and name not in (".", "..") and not Path(name).is_absolute()
+
+
+def refuse_non_utf8(path: Path, what: str) -> None:
+    """llama.cpp, onnxruntime and safetensors take a path as UTF-8: one with other bytes in its name (which Linux
+    allows) was a UnicodeEncodeError or pybind11 traceback, or "the file is damaged", in every command."""
+    try:
+        os.fsdecode(os.fsencode(path)).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"the {what}'s path {os.fsencode(path)!r} is not UTF-8 text; llama.cpp, onnxruntime and safetensors "
+                        "open UTF-8 paths only", None, "rename it (or the folder holding it) with UTF-8 characters") from None
 
 
 def refuse_existing(target: Path, force: bool, kind: str | None = None) -> None:
@@ -44,6 +54,26 @@ def refuse_existing(target: Path, force: bool, kind: str | None = None) -> None:
     if kind == "folder" and not target.is_dir() or kind == "file" and target.is_dir():
         there = "a folder" if target.is_dir() else "a file"
         raise UserError(f"the output is a {kind} but {there} is there", target, "remove it or choose another path")
+    if target.is_dir() and (held := _not_an_output(target)):
+        raise UserError(f"the output is a folder that holds no model ({held}); --force replaces a model folder, an ONNX export or "
+                        "a bundle, not any folder", target, "remove it yourself or choose another path")
+
+
+# what each folder edgelm writes holds at its top: a model folder (init) config.json, an ONNX export
+# genai_config.json and model.onnx, a bundle edgelm.json
+OUTPUT_FOLDER_MARKERS = ("config.json", "genai_config.json", "model.onnx", "edgelm.json")
+
+
+def _not_an_output(folder: Path) -> str | None:
+    """A few of the names in `folder` if it is not empty and holds none of OUTPUT_FOLDER_MARKERS: --force took a
+    stranger's folder holding a git repository and their notes for an old export, and deleted it."""
+    try:
+        names = sorted(p.name for p in folder.iterdir())
+    except OSError:  # unreadable: replacing it fails later, in one line
+        return None
+    if not names or any((folder / marker).is_file() for marker in OUTPUT_FOLDER_MARKERS):
+        return None
+    return ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
 
 
 class _Stops:
@@ -60,6 +90,22 @@ class _Stops:
 def stopped(kind: type[BaseException]) -> None:
     _Stops.count += 1
     _Stops.last = kind
+
+
+# the longest part of an output's name its hidden working files repeat: a file system takes 255 bytes a name, and
+# ".NAME.partial-XXXXXXXX.lock" (or a certificate's rewrite of that partial) added up to 40 more to a name that fit
+HIDDEN_STEM_BYTES = 120
+
+
+def _hidden_stem(target: Path) -> str:
+    return os.fsdecode(os.fsencode(target.name)[:HIDDEN_STEM_BYTES])
+
+
+def hidden_prefix(target: Path, what: str) -> str:
+    """The prefix of a hidden working file beside the output `target` (`what`: partial, f32, old). Files made
+    beside the partial output (a certificate's rewrite, `..NAME.partial-X.certified-Y`) take its name whole: it is
+    at most HIDDEN_STEM_BYTES + 18 bytes."""
+    return f".{_hidden_stem(target)}.{what}-"
 
 
 def _umask() -> int:
@@ -79,9 +125,22 @@ def _fsync_tree(path: Path) -> None:
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
-def _replace(tmp: Path, target: Path) -> None:
-    if target.is_dir() and not target.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+def _write_failed(exc: OSError) -> str | None:
+    """Why writing failed, if the place written to failed it. numpy's tofile, with which gguf-py writes a tensor,
+    reports a short write with no errno ("1048576 requested and 423856 written"): a GGUF export onto a full
+    disk was a traceback."""
+    if exc.errno in WRITE_ERRNOS:
+        return exc.strerror
+    if exc.errno is None and " requested and " in str(exc):
+        return "the file system took only part of a write: a full disk or a file size limit"
+    return None
+
+
+def _replace(tmp: Path, target: Path, force: bool) -> None:
+    if not force:  # no clobbering, atomically: two exports to one new path both said "wrote" and the second won
+        _rename_new(tmp, target)
+    elif target.is_dir() and not target.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=hidden_prefix(target, "old"), dir=target.parent))
         os.rename(target, old / target.name)
         os.rename(tmp, target)
         shutil.rmtree(old)
@@ -89,12 +148,38 @@ def _replace(tmp: Path, target: Path) -> None:
         os.replace(tmp, target)
 
 
+def _rename_new(tmp: Path, target: Path) -> None:
+    """Rename `tmp` to `target` unless something came there since the output was begun: a file by a hard link, which
+    fails where the name exists (where links cannot be made, a check just before), a folder by rename, which
+    fails onto a folder that is not empty."""
+    appeared = UserError("output already exists: it was written while this command worked (another edgelm run?); this "
+                         "output was not written", target, "choose another path or pass --force to replace it")
+    try:
+        if tmp.is_dir():
+            os.rename(tmp, target)
+            return
+        try:
+            os.link(tmp, target)
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                raise
+            if os.path.lexists(target):
+                raise appeared from None
+            os.rename(tmp, target)
+            return
+        os.unlink(tmp)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+            raise appeared from None
+        raise
+
+
 def _hold(target: Path) -> tuple[int, Path]:
     """A lock held for as long as an output to `target` is being made (flock on a lock file of its own beside it,
     released when the process ends, however it ends), by which a later write to the same target tells a killed run's
     leftovers from a running one's files. Not a lock on the temporary output: the certificate's rewrite renames a
     new file over it."""
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.partial-", suffix=".lock", dir=target.parent)
+    fd, name = tempfile.mkstemp(prefix=hidden_prefix(target, "partial"), suffix=".lock", dir=target.parent)
     fcntl.flock(fd, fcntl.LOCK_EX)
     return fd, Path(name)
 
@@ -102,7 +187,7 @@ def _hold(target: Path) -> tuple[int, Path]:
 def _leftovers(target: Path) -> list[Path]:
     """What a write to `target` makes beside it under a hidden name: the temporary output (`.NAME.partial-*`), the
     files made on the way to it (`.NAME.f32-*`, `..NAME.partial-*.certified-*`) and a replaced folder (`.NAME.old-*`)."""
-    ours = re.compile(rf"\.\.?{re.escape(target.name)}\.(partial|f32|old)-")
+    ours = re.compile(rf"\.\.?{re.escape(_hidden_stem(target))}\.(partial|f32|old)-")
     try:
         return [p for p in target.parent.iterdir() if ours.match(p.name)]
     except OSError:
@@ -135,13 +220,13 @@ def _remove_leftovers(target: Path) -> None:
 
 
 def _temporary_dir(target: Path) -> Path:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=hidden_prefix(target, "partial"), dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the result is an ordinary folder
     return tmp
 
 
 def _temporary_file(target: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.partial-", dir=target.parent)
+    fd, name = tempfile.mkstemp(prefix=hidden_prefix(target, "partial"), dir=target.parent)
     os.close(fd)
     os.chmod(name, 0o666 & ~_umask())  # mkstemp makes 0600; the result is an ordinary file
     return Path(name)
@@ -161,6 +246,7 @@ def _atomic(target: Path, force: bool, make_temporary, kind: str) -> Iterator[Pa
     if not str(target) or not Path(target).name:  # '' and '/': typer makes `--out ''` the current folder
         raise UserError(f"{str(target)!r} is not a name for the output", None, "give the output's path")
     target = Path(os.path.abspath(target))  # '.', '..' and 'x/..' become the folders they name
+    refuse_non_utf8(target, "output")
     refuse_existing(target, force, kind)
     made = _missing_parents(target.parent)
     succeeded, stops, hold = False, _Stops.count, None
@@ -182,7 +268,7 @@ def _atomic(target: Path, force: bool, make_temporary, kind: str) -> Iterator[Pa
         if _Stops.count != stops:  # a stop that reached no exception handler (above): the command is to end, unwritten
             raise _Stops.last
         _fsync_tree(tmp)
-        _replace(tmp, target)
+        _replace(tmp, target, force)
         succeeded = True
     except UserError as exc:  # a check of the output as made (the certificate opens it) names the temporary path
         if exc.path is None or not (exc.path == tmp or tmp in exc.path.parents):
@@ -190,10 +276,10 @@ def _atomic(target: Path, force: bool, make_temporary, kind: str) -> Iterator[Pa
         raise UserError(f"{exc.what} (the output, checked before it was written; nothing was written)",
                         target / exc.path.relative_to(tmp), exc.fix) from None
     except OSError as exc:
-        if exc.errno not in WRITE_ERRNOS:
+        if (why := _write_failed(exc)) is None:
             raise
-        raise UserError(f"writing the output failed ({exc.strerror}); nothing was left behind", target,
-                        "free some space or choose another output folder") from None
+        raise WriteFailed(f"writing the output failed ({why}); nothing was left behind", target,
+                          "free some space or choose another output folder") from None
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -185,6 +185,99 @@ def test_a_full_disk_while_writing_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("fmt", ["gguf", "onnx"])
+def test_output_past_a_file_size_limit_is_one_line_and_exit_1(tmp_path, fmt):
+    """Stranger finding (round 8): a GGUF export onto a full disk was a traceback — gguf-py writes tensors with
+    numpy's tofile, whose short write carries no errno — and the ONNX export's one line exited 2, where README
+    gives output that cannot be written exit 1. A 2 MB file size limit (ulimit -f, SIGXFSZ ignored, as a shell
+    with `trap '' XFSZ` runs it) makes the same short writes without a small disk."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))
+
+    out = tmp_path / ("m.gguf" if fmt == "gguf" else "m-onnx")
+    done = subprocess.run([sys.executable, "-m", "edgelm", "export", str(SHIPPED / "tiny-rope"), "--format", fmt, "--quant", "f32",
+                           "--out", str(out), "--json"], capture_output=True, text=True, preexec_fn=limited, timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and lines[-1].startswith(f"error: {out}: writing the output failed ("), done.stderr
+    assert "Traceback" not in done.stderr and json.loads(done.stdout)["exit_code"] == 1, done.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_utf8_paths_are_one_line(run_cli, tmp_path, originals):
+    """Stranger finding (round 8): a model, GGUF or ONNX folder whose path held a byte that is not UTF-8 (Linux allows
+    it) was a UnicodeEncodeError or pybind11 traceback, or "the file is damaged"; an output path likewise. llama.cpp,
+    onnxruntime and safetensors take UTF-8 paths: every such input and output is refused in one line."""
+    import os
+    import shutil
+
+    bad = os.fsdecode(b"bad\xff")
+    model, gguf, onnx = tmp_path / bad, tmp_path / f"{bad}.gguf", tmp_path / f"{bad}-onnx"
+    shutil.copytree(SHIPPED / "tiny-rope", model)
+    shutil.copy(originals("llama_gguf"), gguf)
+    shutil.copytree(originals("onnx"), onnx)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for command in (["generate", gguf, "--prompt", "x"], ["generate", onnx, "--prompt", "x"], ["verify", gguf],
+                    ["export", model, "--out", tmp_path / "ok.gguf"], ["inspect", model]):
+        assert_user_error(run_cli(*command), "model's path b'", "is not UTF-8 text")
+    for command in (["export", SHIPPED / "tiny-rope", "--out", tmp_path / f"{bad}-out.gguf"],
+                    ["export", SHIPPED / "tiny-rope", "--format", "onnx", "--out", tmp_path / bad / "sub" / "out"],
+                    ["bundle", originals("llama_gguf"), "--out", tmp_path / f"{bad}-bundle"]):
+        assert_user_error(run_cli(*command), "output's path b'", "is not UTF-8 text")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "onnx"])
+def test_the_longest_output_names_the_file_system_takes_are_written(run_cli, tmp_path, fmt):
+    """Stranger finding (round 8): a 220-byte GGUF name was a mkstemp traceback and 230–245 bytes "cannot write here
+    (File name too long)", though the file system takes 255: the hidden working files beside the output repeated its
+    whole name. They keep at most fileio.HIDDEN_STEM_BYTES of it."""
+    out = tmp_path / ("N" * (250 - len(fmt)) + "." + fmt)
+    code, _, err = run_cli("export", SHIPPED / "tiny-rope", "--format", fmt, "--quant", "int4", "--out", out)
+    assert code == 0, err
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_force_replaces_an_output_folder_not_any_folder(run_cli, tmp_path):
+    """Stranger finding (round 8): `export --out DIR --force` (and bundle, init) replaced any folder, a git repository
+    and notes included. --force now replaces an empty folder or one holding what edgelm's folder outputs hold."""
+    victim = tmp_path / "victim"
+    (victim / "project" / ".git").mkdir(parents=True)
+    (victim / "project" / "notes.txt").write_text("mine")
+    for command in (["export", SHIPPED / "tiny-rope", "--format", "onnx", "--out", victim, "--force"],
+                    ["init", "tiny-rope", victim, "--force"]):
+        assert_user_error(run_cli(*command), "holds no model (project)", "remove it yourself or choose another path")
+    assert (victim / "project" / "notes.txt").read_text() == "mine"
+    out = tmp_path / "out"
+    for _ in range(2):  # an ONNX export replaces itself; an empty folder is replaced
+        code, _, err = run_cli("export", SHIPPED / "tiny-rope", "--format", "onnx", "--quant", "int4", "--out", out, "--force")
+        assert code == 0, err
+    (tmp_path / "empty").mkdir()
+    assert run_cli("init", "tiny-rope", tmp_path / "empty", "--force")[0] == 0
+
+
+def test_two_writes_to_one_new_output_do_not_both_win(tmp_path):
+    """Stranger finding (round 8): two exports to one new path without --force both passed the check that it did not
+    exist, both said "wrote", and the second replaced the first. The output now lands only where nothing came in
+    the meantime (a hard link for a file, rename for a folder); the later one is refused in one line."""
+    from edgelm.errors import UserError
+    from edgelm.fileio import atomic_output_dir, atomic_output_file
+
+    for atomic, make in ((atomic_output_file, lambda p: p.write_text("first")), (atomic_output_dir, lambda p: (p.mkdir(), (p / "f").write_text("first")))):
+        target = tmp_path / atomic.__name__
+        with pytest.raises(UserError, match="output already exists: it was written while this command worked"):
+            with atomic(target) as tmp:
+                (tmp / "f" if tmp.is_dir() else tmp).write_text("second")
+                make(target)  # the other run finishes first
+        assert (target / "f" if target.is_dir() else target).read_text() == "first"
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
 class _Thing:
     pass
 

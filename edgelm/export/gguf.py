@@ -30,7 +30,7 @@ from .. import __version__
 from ..constants import (GGUF_CONFIG, GGUF_CONTEXT_LIMIT, GGUF_FAMILY, GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED,
                          GGUF_POSITION_ENCODING, GGUF_VERSION, llama_cpp_archs)
 from ..errors import UserError
-from ..fileio import atomic_output_file
+from ..fileio import atomic_output_file, hidden_prefix
 from ..gguf_keys import declared
 from ..gguf_layout import expand_names
 from ..models import Checkpoint
@@ -438,7 +438,7 @@ def export_gguf(
             file_type = {Q.F32: LlamaFileType.ALL_F32, Q.F16: LlamaFileType.MOSTLY_F16, Q.BF16: LlamaFileType.MOSTLY_BF16}[qtype]
             written = _write(checkpoint, tmp, qtype, file_type, on_tensor)
         elif arch in llama_cpp_archs():
-            fd, name = tempfile.mkstemp(prefix=f".{out.name}.f32-", suffix=".gguf", dir=out.parent)
+            fd, name = tempfile.mkstemp(prefix=hidden_prefix(out, "f32"), suffix=".gguf", dir=out.parent)
             os.close(fd)
             imatrix = Path(name).with_suffix(".imatrix.gguf") if calibration else None
             try:

@@ -54,9 +54,12 @@ def _quantize_one(model: ir.Model, node: ir.Node, quantize: Callable[[onnx.Model
     graph = model.graph
     weight = next(v for v in node.inputs if v is not None and v.is_initializer())
     activations = [v for v in node.inputs if v is not None and not v.is_initializer()]
+    opsets = dict(model.opset_imports)
+    if node.op_type == "Gather":  # an int4 Gather's data is opset 21's INT4: given a lower opset, the quantizer raised it
+        opsets[""] = max(opsets.get("", 0), 21)  # with a warning that the model "may not be valid", past --quiet
     # built in place: helper.make_graph/make_model would copy the weight's bytes twice more
     one_node = onnx.ModelProto(ir_version=model.ir_version,
-                               opset_import=[onnx.helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()])
+                               opset_import=[onnx.helper.make_opsetid(domain, version) for domain, version in opsets.items()])
     one_node.graph.name = "one_weight"
     one_node.graph.node.append(ir.serde.serialize_node(node))
     one_node.graph.input.extend(ir.serde.serialize_value(v) for v in activations)
