@@ -151,8 +151,10 @@ def _not_utf8(exc: UnicodeDecodeError, path: Path | None, what: str) -> NotUtf8T
 
 
 def decode_text(data: bytes, path: Path | None, what: str) -> str:
+    """UTF-8 text without the byte-order mark Windows' Notepad writes first (a stranger's prompt file began with
+    U+FEFF, which generate echoed and continued from, and perplexity counted as tokens)."""
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise _not_utf8(exc, path, what) from None
 
@@ -173,7 +175,7 @@ def read_text_head(path: Path, size: int, what: str) -> tuple[str, bool]:
             raise UserError(f"cannot read {what} ({exc.strerror})", path, "check the file") from None
     whole = len(data) <= size
     try:
-        return codecs.getincrementaldecoder("utf-8")().decode(data[:size], final=whole), whole
+        return codecs.getincrementaldecoder("utf-8-sig")().decode(data[:size], final=whole), whole
     except UnicodeDecodeError as exc:
         raise _not_utf8(exc, path, what) from None
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .artifact_files import read_json
+from .constants import GENAI_CONFIG
 from .formats import Artifact
 from .runtime.backend import Backend, default_threads
 from .runtime.sampling import Sampler, SamplingOptions
@@ -82,14 +84,17 @@ def peak_rss(who: int) -> int:
 WARMUP_STEPS = 4  # untimed decode steps first: a fresh session's first steps fault pages and grow arenas
 
 
-def _timed(first_token: Callable[[], None], next_token: Callable[[], None], new_tokens: int) -> tuple[float, float]:
-    """(seconds for `first_token`, tok/s of `new_tokens` calls of `next_token` after WARMUP_STEPS untimed ones):
-    one timing loop for every engine, so their numbers compare."""
-    start = time.perf_counter()
-    first_token()
-    first = time.perf_counter() - start
-    for _ in range(WARMUP_STEPS):
+def _timed(first_token: Callable[[list[int]], None], next_token: Callable[[], None], prompt: list[int], new_tokens: int) -> tuple[float, float]:
+    """(seconds for `first_token(prompt)`, which starts a generation from an empty cache, and tok/s of `new_tokens`
+    calls of `next_token` after it): one timing loop for every engine, so their numbers compare. An untimed warm-up
+    generation comes first, one prompt token and up to WARMUP_STEPS steps, within the positions the timed one takes
+    (prompt + new tokens): a bench that fills the model's context exactly was refused when the warm-up came on top."""
+    first_token(prompt[:1])
+    for _ in range(min(WARMUP_STEPS, len(prompt) + new_tokens - 1)):
         next_token()
+    start = time.perf_counter()
+    first_token(prompt)
+    first = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(new_tokens):
         next_token()
@@ -99,18 +104,18 @@ def _timed(first_token: Callable[[], None], next_token: Callable[[], None], new_
 def time_generation(backend: Backend, prompt: list[int], new_tokens: int) -> tuple[float, float]:
     """(seconds to the first token, decode tok/s) for greedy generation through edgelm's backend."""
     sampler = Sampler(SamplingOptions())
-    backend.reset()
     token = None
 
-    def first_token():
+    def first_token(ids: list[int]):
         nonlocal token
-        token = sampler(backend.prefill(prompt))
+        backend.reset()
+        token = sampler(backend.prefill(ids))
 
     def next_token():
         nonlocal token
         token = sampler(backend.decode(token))
 
-    return _timed(first_token, next_token, new_tokens)
+    return _timed(first_token, next_token, prompt, new_tokens)
 
 
 Run = Callable[[], tuple[float, float]]  # one timed generation: (seconds to the first token, decode tok/s)
@@ -118,25 +123,24 @@ Run = Callable[[], tuple[float, float]]  # one timed generation: (seconds to the
 
 def llama_cpp_runner(path: Path, prompt: list[int], new_tokens: int, threads: int) -> Run:
     """llama-cpp-python's own eval/sample loop on `threads` for prefill and decode, the model opened once:
-    each run starts from an empty cache (eval drops what lies past n_tokens)."""
+    each generation starts from an empty cache (eval drops what lies past n_tokens)."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), n_ctx=len(prompt) + WARMUP_STEPS + new_tokens + 1, n_threads=threads, n_threads_batch=threads,
-                verbose=False)
+    llm = Llama(model_path=str(path), n_ctx=len(prompt) + new_tokens, n_threads=threads, n_threads_batch=threads, verbose=False)
+
+    def first_token(ids: list[int]):
+        llm.reset()
+        llm.eval(ids)
 
     def next_token():
         llm.eval([llm.sample(top_k=1)])
 
-    def run():
-        llm.reset()
-        return _timed(lambda: llm.eval(prompt), next_token, new_tokens)
-
-    return run
+    return lambda: _timed(first_token, next_token, prompt, new_tokens)
 
 
 def genai_runner(folder: Path, prompt: list[int], new_tokens: int, threads: int) -> Run:
     """onnxruntime-genai's generator on an ONNX folder, its session on `threads`, the model opened once and
-    a new generator for each run."""
+    a new generator for each generation."""
     import json
 
     import onnxruntime_genai as og
@@ -144,20 +148,22 @@ def genai_runner(folder: Path, prompt: list[int], new_tokens: int, threads: int)
     config = og.Config(str(folder))
     config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
     model = og.Model(config)
-    total = len(prompt) + 1 + WARMUP_STEPS + new_tokens
+    # genai counts the token a step makes in the sequence, edgelm the one it feeds: at a full context genai has
+    # one step fewer to time
+    context = read_json(folder / GENAI_CONFIG)["model"]["context_length"]
+    steps = min(new_tokens, context - len(prompt) - 1)
+    total = len(prompt) + 1 + steps
+    generator = None
 
-    def run():
+    def first_token(ids: list[int]):
+        nonlocal generator
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=total, min_length=total, do_sample=False)
         generator = og.Generator(model, params)
+        generator.append_tokens(np.array([ids], dtype=np.int32))
+        generator.generate_next_token()
 
-        def first_token():
-            generator.append_tokens(np.array([prompt], dtype=np.int32))
-            generator.generate_next_token()
-
-        return _timed(first_token, generator.generate_next_token, new_tokens)
-
-    return run
+    return lambda: _timed(first_token, lambda: generator.generate_next_token(), prompt, steps)
 
 
 def llama_cpp_generation(path: Path, prompt: list[int], new_tokens: int, threads: int) -> tuple[float, float]:

@@ -81,8 +81,10 @@ def _package_version(package_json: Path) -> Any:
         return None
 
 
-def _fill(fmt, folder: Path, target: str, web_runtime: Path) -> None:
+def _fill(fmt, folder: Path, target: str, web_runtime: Path, desktop_only: str | None = None) -> None:
     facts = fmt.bundle_into(folder) if target == "mobile" else _web_files(fmt, folder, web_runtime)
+    if desktop_only:  # --allow-desktop-only: said in the manifest an app reads, not only at bundling
+        facts["desktop_only"] = desktop_only
     files = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in sorted(folder.iterdir())}
     manifest = {"manifest_version": MANIFEST_VERSION, "target": target} | facts | {
         "sampling_defaults": BUNDLE_SAMPLING_DEFAULTS, "files": files, "edgelm_version": __version__}
@@ -104,7 +106,8 @@ def make_bundle(artifact: Path, out: Path, zip_it: bool = False, force: bool = F
     if not out.name:  # typer makes `--out ''` the current folder
         raise UserError(f"--out {str(out)!r} is not a name for the bundle", None, "give the bundle's path")
     zip_it = zip_it or out.suffix.lower() == ".zip"  # `--out app.zip` means a zip (it made a folder named app.zip)
-    destination = out.with_suffix(".zip") if zip_it else out
+    # OUT.zip as asked: --out b.ZIP was written to b.zip, and --out app.v2 --zip to app.zip
+    destination = out.with_name(out.name + ".zip") if zip_it and out.suffix.lower() != ".zip" else out
     refuse_overlap(destination, artifact)
     runtime = web_runtime_folder(web_runtime)
     if target == "web" and Path(os.path.abspath(destination)) in (Path(os.path.abspath(runtime)), *Path(os.path.abspath(runtime)).parents):
@@ -112,11 +115,11 @@ def make_bundle(artifact: Path, out: Path, zip_it: bool = False, force: bool = F
         raise UserError(f"the output would replace the web runtime {runtime}", destination, "write the bundle somewhere else")
     if not zip_it:
         with atomic_output_dir(destination, force) as tmp:
-            _fill(fmt, tmp, target, runtime)
+            _fill(fmt, tmp, target, runtime, refusal)
             _check_made(tmp, artifact)
         return destination
     with atomic_output_file(destination, force) as zip_tmp, tempfile.TemporaryDirectory(dir=destination.parent) as staging:
-        _fill(fmt, Path(staging), target, runtime)
+        _fill(fmt, Path(staging), target, runtime, refusal)
         _check_made(Path(staging), artifact)
         with zipfile.ZipFile(zip_tmp, "w", zipfile.ZIP_DEFLATED) as archive:
             for path in sorted(Path(staging).iterdir()):

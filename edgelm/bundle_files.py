@@ -136,9 +136,12 @@ def _unpack_checked(archive: zipfile.ZipFile, bundle: Path, folder: Path) -> Non
                             bundle, "refused as a zip bomb: make the bundle again")
     total = sum(e.file_size for e in entries)
     free = shutil.disk_usage(folder).free
-    if total > MAX_UNPACKED_BYTES or total > free:
-        raise UserError(f"the archive would unpack to {total / 1e9:.1f} GB ({free / 1e9:.1f} GB free where it unpacks)", bundle,
-                        "refused: make the bundle again, or point TMPDIR at a larger disk")
+    if total > MAX_UNPACKED_BYTES:
+        raise UserError(f"the archive would unpack to {total / 1e9:.1f} GB, past the {MAX_UNPACKED_BYTES / 1e9:.0f} GB a bundle may hold",
+                        bundle, "refused: make the bundle again")
+    if total > free:  # the bundle is fine: the place it unpacks is not (a stranger's 1 MB TMPDIR read "0.0 GB … make the bundle again")
+        raise WriteFailed(f"the archive unpacks to {total / 1e6:,.1f} MB and {folder.parent} has {free / 1e6:,.1f} MB free", bundle,
+                          "free some space there, or point TMPDIR at a larger disk")
     for entry in entries:
         with open(folder / entry.filename, "wb") as target:  # an output: a fresh private folder
             for block in _entry_blocks(archive, entry, entry.file_size):

@@ -221,20 +221,26 @@ def _check_stop(stop: list[str] | None) -> None:
         raise UserError("--stop \"\" would stop before the first token", None, "give the text to stop at, or drop --stop")
 
 
+STDIN_NAMES = ("-", "/dev/stdin")  # --file names for standard input, as llama.cpp's `-f /dev/stdin` reads it (a pipe is no regular file)
+
+
 def _prompt_text(prompt: str | None, file: Path | None) -> str:
     """--prompt TEXT, --file FILE (llama.cpp's -f), or standard input for `--prompt -` or a pipe."""
     if prompt is not None and file is not None:
         raise UserError("--prompt and --file both give the prompt", None, "give one of them")
-    if file is not None:
+    if file is not None and str(file) not in STDIN_NAMES:
         return _read_text(file, "--file")
     piped = sys.stdin is not None and not sys.stdin.isatty() and sys.stdin.readable()
-    if prompt == "-" or (prompt is None and piped):
+    if prompt == "-" or file is not None or (prompt is None and piped):
         from .artifact_files import MAX_TEXT_BYTES, read_stream
 
         try:
-            return read_stream(sys.stdin.buffer, MAX_TEXT_BYTES, "standard input")
+            text = read_stream(sys.stdin.buffer, MAX_TEXT_BYTES, "standard input")
         except (OSError, AttributeError, ValueError):  # closed or not readable
             raise UserError("--prompt - reads standard input, which cannot be read here", None, "give --prompt TEXT or --file FILE") from None
+        if not text:  # a closed stdin (`<&-`) reads as /dev/null: it was "the prompt is empty after tokenization"
+            raise UserError("no prompt: standard input is empty", None, "give --prompt TEXT, --file FILE, or pipe the text in")
+        return text
     if prompt is None:
         raise UserError("no prompt", None, "give --prompt TEXT, --file FILE, or pipe the text in (--prompt - reads standard input)")
     return prompt
@@ -397,8 +403,8 @@ def export(
     int4_accuracy_level: Annotated[Optional[int], typer.Option("--int4-accuracy-level", help="ONNX int4: MatMulNBits' compute type: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations (default 4).")] = None,
     kv_cache: Annotated[str, typer.Option("--kv-cache", help="ONNX: float | int8 (KV buffers in int8, per-channel scales calibrated on --calibration-text).")] = "float",
     calibration_text: Annotated[Optional[Path], typer.Option("--calibration-text", help="ONNX --kv-cache int8: UTF-8 text to calibrate on (default: the opening of a training novel, shipped with edgelm).")] = None,
-    calibrate: Annotated[bool, typer.Option("--calibrate", help="int4: calibrate on the openings of the five novels the shipped models trained on, shipped with edgelm (16 chunks × 256 tokens; GGUF: llama.cpp's importance matrix, ONNX: activation-aware scales). Off by default: on the shipped models it helps some and not others (docs/fidelity.md).")] = False,
-    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="int4: calibrate on this UTF-8 text instead (implies --calibrate).")] = None,
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="int4 (GGUF: any quantized type): calibrate on the openings of the five novels the shipped models trained on, shipped with edgelm (16 chunks × 256 tokens; GGUF: llama.cpp's importance matrix, ONNX: activation-aware scales). Off by default: on the shipped models it helps some and not others (docs/fidelity.md).")] = False,
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="int4 (GGUF: any quantized type): calibrate on this UTF-8 text instead (implies --calibrate).")] = None,
     max_size: Annotated[Optional[str], typer.Option("--max-size", help="Quantized: the file's (GGUF) or folder's (ONNX int4) largest size (bytes, or 3.5MB, 3.3MiB); each weight's type (GGUF: Q3_K…Q8_0; ONNX: 4 or 8 bits) is then chosen by its measured sensitivity (KLD on the calibration text when it alone is quantized), within the budget.")] = None,
     no_certificate: Annotated[bool, typer.Option("--no-certificate", help="Skip the parity certificate (KLD, ΔPPL, top-1 on 128 held-out positions and a golden probe `edgelm verify` re-runs), stored in the artifact by default.")] = False,
     force: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
@@ -412,8 +418,6 @@ def export(
     from .models import open_checkpoint
     from .quantize.calibration import DEFAULT_TEXTS
 
-    if (calibration or calibrate) and quant != "int4":
-        raise UserError("--calibrate and --calibration apply to --quant int4", None, "add --quant int4 or drop them")
     if calibration:
         _read_text(calibration, "--calibration")  # refused here, before minutes of export
     calibration_texts = (calibration,) if calibration else tuple(DEFAULT_TEXTS) if calibrate else ()
@@ -432,7 +436,7 @@ def export(
     )
     # beside the model folder; for a hub id in the current folder, never inside the Hugging Face cache
     stem = (Path.cwd() / HUB_ID.match(str(model_dir))["repo"].split("/")[1]) if is_hub_id(str(model_dir)) else model_dir.resolve()
-    target = out_path or exporter.default_output(stem, options)
+    target = exporter.output(stem, options, out_path)
     # every input, not only the model folder: `--out T.txt --calibration T.txt --force` replaced the text by a GGUF
     refuse_overlap(target, checkpoint.path, *[p for p in (calibration, calibration_text, head_temperatures) if p is not None])
     title, steps = exporter.progress(checkpoint, options)
@@ -577,12 +581,12 @@ def bench(
     as_json: JsonOption = False,
 ) -> None:
     """Time to first token, prefill and decode tok/s (medians of --repetitions runs), peak RSS, decode roofline; --compare with the raw engine."""
-    from .benchmark import WARMUP_STEPS, bench as run
+    from .benchmark import bench as run
     from .formats import open_artifact
     from .runtime.backend import default_threads as _default_threads
 
     threads = _threads(threads)  # once: the raw engines get the same count
-    context = prompt_tokens + WARMUP_STEPS + new_tokens + 2
+    context = prompt_tokens + new_tokens  # the warm-up runs within it: a bench may fill the model's context exactly
     artifact = open_artifact(path, _load_options(position_encoding, None, "cpu", threads, context_length=context, provider=provider,
                                                  allow_pickle=allow_pickle))
     text = _read_text(DEFAULT_TEXT)
@@ -715,8 +719,11 @@ def verify(
     lines.append(f"sha256 {identity} (of the {'folder' if artifact_path.is_dir() else 'file'}): " + (
         "the artifact checked above is not signed; compare this with the sha256 its publisher gives, or pass --sha256"
         if published is None else "equals --sha256" if published else f"DIFFERS from --sha256 {expected_sha256.lower()}"))
+    # why it failed, in the JSON too (a stranger's verify --json without a certificate said only "differences": [])
+    failed = ([f"not the artifact published with sha256 {expected_sha256.lower()}"] if published is False else []) + (
+        [] if result.ok else [result.failure()])
     if as_json:
-        out.print_json(json.dumps({"ok": result.ok and published is not False, "certificate": result.certificate,
+        out.print_json(json.dumps({"ok": not failed, "failed": failed, "certificate": result.certificate,
                                    "engine_version": result.engine_version,
                                    "probe": result.probe.as_dict() if result.probe else None, "weights_sha256_equal": result.weights_equal,
                                    "settings_sha256_equal": result.settings_equal, "sha256": identity, "sha256_equal": published,
@@ -817,6 +824,9 @@ def parity(
     ids = _leading_ids(ref.tokenizer, text, tokens + 1)  # only the head a 256 MB text needs
     if len(ids) < 3:
         raise UserError("the text is too short", text, "give a longer text")
+    if len(ids) <= tokens:  # said, not a context the user never asked for in a later line (round 8)
+        info.print(f"note: the text holds {len(ids):,} tokens: parity compares {len(ids) - 1:,} positions, not --tokens {tokens:,}",
+                   markup=False)
     # a context for the tokens the text has, not for --tokens: 100,000 asked of a 6,763-token text was refused by an
     # ONNX export's 4,096-position rotary tables, and allocated 100,001 positions of llama.cpp's cache
     art = fmt.open(LoadOptions(threads=_threads(threads), context_length=len(ids), f32_kv_cache=f32_kv_cache, all_logits=True))

@@ -62,6 +62,7 @@ class ExportResult:
 class Exporter(ABC):
     name: ClassVar[str]  # the --format value
     suffix: ClassVar[str]  # of the default output, after "{model}-{type}"
+    writes_file: ClassVar[bool] = False  # a file (an --out that is a folder then holds it), else a folder
     refuses: ClassVar[tuple[Refusal, ...]] = ()
 
     def check(self, options: ExportOptions) -> ExportOptions:
@@ -78,6 +79,13 @@ class Exporter(ABC):
 
     def default_output(self, stem: Path, options: ExportOptions) -> Path:
         return stem.parent / f"{stem.name}-{self.type_name(options).lower()}{self.suffix}"
+
+    def output(self, stem: Path, options: ExportOptions, out: Path | None) -> Path:
+        """--out, or the default beside the model; a file's default name inside --out where that is a folder, as
+        llama.cpp's converter does with --outfile DIR (a stranger's `--out ex/` was told to remove the folder)."""
+        if out is None or self.writes_file and out.is_dir() and not out.is_symlink():
+            return (out or stem.parent) / self.default_output(stem, options).name
+        return out
 
     @abstractmethod
     def progress(self, checkpoint, options: ExportOptions) -> tuple[str, int | None]:
@@ -97,6 +105,7 @@ def register(cls: type[Exporter]) -> type[Exporter]:
 class GGUFExporter(Exporter):
     name = "gguf"
     suffix = ".gguf"
+    writes_file = True
     refuses = (
         Refusal(("int4_embedding", "int8_lm_head", "int4_block_size", "int4_accuracy_level"),
                 "--int4-embedding, --int8-lm-head, --int4-block-size and --int4-accuracy-level apply to --format onnx only",
@@ -107,7 +116,10 @@ class GGUFExporter(Exporter):
 
     def check(self, options):
         options = super().check(options)
-        self.type_name(options)  # a bad --quant fails before anything is read
+        type_name = self.type_name(options)  # a bad --quant fails before anything is read
+        if options.calibration and type_name.lower() in ("f32", "f16", "bf16"):  # any quantized type takes an importance matrix
+            raise UserError("--calibrate and --calibration apply to a quantized type", None,
+                            "add --quant int4 (or int8, or a llama.cpp type such as q4_k_m), or drop them")
         return options
 
     def type_name(self, options):
@@ -152,6 +164,8 @@ class ONNXExporter(Exporter):
         int4 = {name: value for name, value in (("int4_block_size", options.int4_block_size),
                                                 ("int4_accuracy_level", options.int4_accuracy_level)) if value is not None}
         check_quant_options(options.quant, options.int4_embedding, options.int8_lm_head, options.kv_cache, **int4)
+        if options.calibration and options.quant != "int4":  # activation-aware scales for MatMulNBits
+            raise UserError("--calibrate and --calibration apply to --quant int4", None, "add --quant int4 or drop them")
         if options.calibration_text and options.kv_cache != "int8":
             raise UserError("--calibration-text calibrates --kv-cache int8", None, "add --kv-cache int8 or drop it")
         text = options.calibration_text or (KV_CALIBRATION_TEXT if options.kv_cache == "int8" else None)
@@ -178,7 +192,8 @@ class ONNXExporter(Exporter):
         size = sum(p.stat().st_size for p in report.path.iterdir())
         kind = "4/8-bit MatMuls chosen within --max-size" if options.max_size is not None else options.quant
         lines = [f"wrote {report.path} ({size / 1e6:.1f} MB, {kind}): model.onnx, genai_config.json, config.json, tokenizer, edgelm.json"]
-        return ExportResult(report.path, {"path": str(report.path), "quant": options.quant, "notes": report.notes}, report.notes, lines)
+        summary = {"path": str(report.path), "quant": options.quant, "bytes": size, "notes": report.notes}  # bytes: the folder's, as GGUF's file's
+        return ExportResult(report.path, summary, report.notes, lines)
 
 
 def read_user_text(path: Path, option: str) -> str:

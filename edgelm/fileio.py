@@ -121,18 +121,22 @@ def _fsync_tree(path: Path) -> None:
             os.fsync(handle.fileno())
 
 
-# errors of the place written to, not of edgelm: a full disk, a quota, a read-only file system, permissions
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+# errors of the place written to, not of edgelm: a full disk, a quota, a file size limit; a read-only file system, permissions
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+WRITE_ERRNOS = DISK_FULL_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM}
 
 
-def _write_failed(exc: OSError) -> str | None:
-    """Why writing failed, if the place written to failed it. numpy's tofile, with which gguf-py writes a tensor,
-    reports a short write with no errno ("1048576 requested and 423856 written"): a GGUF export onto a full
-    disk was a traceback."""
-    if exc.errno in WRITE_ERRNOS:
-        return exc.strerror
-    if exc.errno is None and " requested and " in str(exc):
+def write_failure(exc: BaseException) -> str | None:
+    """Why writing failed, if the place written to failed it. Not every writer says so with an OSError's errno:
+    numpy's tofile, with which gguf-py writes a tensor, reports a short write with none ("1048576 requested and
+    423856 written"), and safetensors a SafetensorError ("I/O error: No space left on device (os error 28)"): a
+    GGUF export and calibrate --write-checkpoint onto a full disk were tracebacks."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.strerror if exc.errno in WRITE_ERRNOS else None
+    if isinstance(exc, OSError) and " requested and " in str(exc):
         return "the file system took only part of a write: a full disk or a file size limit"
+    if type(exc).__name__ == "SafetensorError" and (code := re.search(r"\(os error (\d+)\)", str(exc))):
+        return os.strerror(int(code[1])) if int(code[1]) in WRITE_ERRNOS else None
     return None
 
 
@@ -275,8 +279,8 @@ def _atomic(target: Path, force: bool, make_temporary, kind: str) -> Iterator[Pa
             raise
         raise UserError(f"{exc.what} (the output, checked before it was written; nothing was written)",
                         target / exc.path.relative_to(tmp), exc.fix) from None
-    except OSError as exc:
-        if (why := _write_failed(exc)) is None:
+    except Exception as exc:
+        if (why := write_failure(exc)) is None:
             raise
         raise WriteFailed(f"writing the output failed ({why}); nothing was left behind", target,
                           "free some space or choose another output folder") from None

@@ -185,12 +185,9 @@ def test_a_full_disk_while_writing_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("fmt", ["gguf", "onnx"])
-def test_output_past_a_file_size_limit_is_one_line_and_exit_1(tmp_path, fmt):
-    """Stranger finding (round 8): a GGUF export onto a full disk was a traceback — gguf-py writes tensors with
-    numpy's tofile, whose short write carries no errno — and the ONNX export's one line exited 2, where README
-    gives output that cannot be written exit 1. A 2 MB file size limit (ulimit -f, SIGXFSZ ignored, as a shell
-    with `trap '' XFSZ` runs it) makes the same short writes without a small disk."""
+def _past_a_file_size_limit(*args):
+    """edgelm ARGS under a 2 MB file size limit (ulimit -f, SIGXFSZ ignored, as a shell with `trap '' XFSZ` runs
+    it): the short writes of a full disk, without a small disk."""
     import resource
     import signal
     import subprocess
@@ -200,13 +197,73 @@ def test_output_past_a_file_size_limit_is_one_line_and_exit_1(tmp_path, fmt):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))
 
+    return subprocess.run([sys.executable, "-m", "edgelm", *map(str, args)], capture_output=True, text=True, preexec_fn=limited, timeout=300)
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "onnx"])
+def test_output_past_a_file_size_limit_is_one_line_and_exit_1(tmp_path, fmt):
+    """Stranger finding (round 8): a GGUF export onto a full disk was a traceback — gguf-py writes tensors with
+    numpy's tofile, whose short write carries no errno — and the ONNX export's one line exited 2, where README
+    gives output that cannot be written exit 1."""
     out = tmp_path / ("m.gguf" if fmt == "gguf" else "m-onnx")
-    done = subprocess.run([sys.executable, "-m", "edgelm", "export", str(SHIPPED / "tiny-rope"), "--format", fmt, "--quant", "f32",
-                           "--out", str(out), "--json"], capture_output=True, text=True, preexec_fn=limited, timeout=300)
+    done = _past_a_file_size_limit("export", SHIPPED / "tiny-rope", "--format", fmt, "--quant", "f32", "--out", out, "--json")
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and lines[-1].startswith(f"error: {out}: writing the output failed ("), done.stderr
     assert "Traceback" not in done.stderr and json.loads(done.stdout)["exit_code"] == 1, done.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_past_a_file_size_limit_is_kept_whole(tmp_path):
+    """Stranger finding (round 8): calibrate --write-checkpoint onto a full disk was safetensors' SafetensorError
+    traceback ("I/O error: No space left on device (os error 28)"); the checkpoint stayed whole, and still does."""
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(SHIPPED / "tiny-nope", model)
+    before = (model / "model.safetensors").read_bytes()
+    done = _past_a_file_size_limit("calibrate", model, "--text", SHIPPED.parent / "data" / "emma.txt", "--target-length", 512,
+                                   "--steps", 1, "--write-checkpoint", "--out", tmp_path / "t.json")
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith(
+        f"error: {model / 'model.safetensors'}: writing the output failed (File too large)"), done.stderr
+    assert (model / "model.safetensors").read_bytes() == before and sorted(p.name for p in model.iterdir()) == sorted(
+        p.name for p in (SHIPPED / "tiny-nope").iterdir())
+
+
+def test_a_bundle_zip_with_no_room_to_unpack_blames_the_room(run_cli, originals, monkeypatch):
+    """Stranger finding (round 8): a 7.6 MB bundle zip with TMPDIR on a 1 MB disk read "would unpack to 0.0 GB (0.0 GB
+    free where it unpacks) — refused: make the bundle again": sizes rounded to nothing, and the bundle blamed."""
+    import collections
+
+    from edgelm import bundle_files
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(bundle_files.shutil, "disk_usage", lambda path: usage(1 << 20, 0, 1 << 20))
+    code, _, err = run_cli("generate", originals("zip"), "--prompt", "x")
+    assert code == 1 and "MB and " in err and "has 1.0 MB free — free some space there, or point TMPDIR at a larger disk" in err, err
+    assert "make the bundle again" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_zip_bundle_is_written_where_asked(run_cli, originals, tmp_path):
+    """Stranger finding (round 8): `bundle --out b.ZIP` wrote b.zip, a path not asked for (and `--out app.v2 --zip`
+    app.zip): OUT.zip as the help says, OUT itself when it ends in .zip in any case."""
+    for out, zip_option, written in (("b.ZIP", [], "b.ZIP"), ("app.v2", ["--zip"], "app.v2.zip")):
+        code, stdout, err = run_cli("bundle", originals("llama_gguf"), "--out", tmp_path / out, *zip_option)
+        assert code == 0 and stdout.strip() == f"wrote {tmp_path / written}", (stdout, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.v2.zip", "b.ZIP"]
+
+
+def test_a_mobile_bundle_keeps_the_graph_facts(run_cli, originals, tmp_path):
+    """Stranger finding (round 8): a mobile bundle's manifest dropped the export's kv_cache and rotary_table_positions,
+    so an app could not tell an int8 cache, and edgelm's runtime, which reads the bundle's manifest, ran a context
+    past the rotary tables the export refuses; a TokenFormer GGUF bundled with --allow-desktop-only said nothing of it."""
+    from edgelm.artifact_files import read_json_object
+
+    manifest = read_json_object(originals("bundle") / "edgelm.json")
+    assert manifest["kv_cache"] == "float" and manifest["rotary_table_positions"] == 4096
+    assert_user_error(run_cli("generate", originals("bundle"), "--prompt", "x", "-c", 5000), "past the 4,096 positions of this model's rotary tables")
+    code, _, err = run_cli("bundle", originals("gguf"), "--out", tmp_path / "tf", "--allow-desktop-only")
+    assert code == 0, err
+    assert "ggml executor" in read_json_object(tmp_path / "tf" / "edgelm.json")["desktop_only"]
 
 
 def test_non_utf8_paths_are_one_line(run_cli, tmp_path, originals):

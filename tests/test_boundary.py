@@ -530,17 +530,19 @@ def test_force_onto_a_link_or_the_wrong_kind(run_cli, made, tmp_path, monkeypatc
     cases = [(["init", "tiny-rope", tmp_path / "link", "--force"], "symbolic link"),
              (["init", "tiny-rope", tmp_path / "file", "--force"], "the output is a folder but a file is there"),
              (["export", made["model"], "--format", "onnx", "--out", tmp_path / "file", "--force"], "the output is a folder but a file is there"),
-             (["export", made["model"], "--out", tmp_path / "dir", "--force"], "the output is a file but a folder is there"),
              (["export", made["model"], "--format", "onnx", "--out", tmp_path / "link", "--force"], "symbolic link")]
     for argv, line in cases:
         assert_user_error(run_cli(*argv), line)
     assert (tmp_path / "file").read_text() == "x" and (tmp_path / "link").is_symlink() and list(folder.iterdir()) == []
     monkeypatch.chdir(folder)
     for out in ("", ".", ".."):
-        for argv in (["init", "tiny-rope", out, "--force"], ["export", made["model"], "--out", out, "--force"],
-                     ["bundle", made["gguf"], "--out", out, "--force"]):
+        for argv in (["init", "tiny-rope", out, "--force"], ["bundle", made["gguf"], "--out", out, "--force"]):
             assert_user_error(run_cli(*argv))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file", "link", "real"] and list(folder.iterdir()) == []
+    # a file output into a folder takes its default name there, as llama.cpp's converter's --outfile DIR (round 8: a
+    # stranger's `--out ex/` was told to remove the folder)
+    code, _, err = run_cli("export", made["model"], "--quant", "f32", "--no-certificate", "--out", tmp_path / "dir")
+    assert code == 0 and [p.name for p in (tmp_path / "dir").iterdir()] == [f"{Path(made['model']).name}-f32.gguf"], err
 
 
 def test_force_never_replaces_a_device_or_a_pipe(run_cli, made, tmp_path):

@@ -217,6 +217,8 @@ def test_an_artifact_without_a_certificate_fails(exports, run_cli):
     code, out, err = run_cli("verify", path)
     assert code == 1 and "loads and runs" in out and "no certificate" in out, (out, err)
     assert "verify failed: the artifact carries no parity certificate" in err and len(err.strip().splitlines()) == 1, err
+    code, out, _ = run_cli("verify", path, "--json")  # round 8: the JSON said only "differences": []
+    assert code == 1 and json.loads(out)["failed"] == [err.strip().removeprefix("verify failed: ")], out
 
 
 def test_only_a_hash_from_outside_says_the_artifact_is_the_published_one(exports, run_cli, tmp_path):

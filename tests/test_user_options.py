@@ -124,13 +124,17 @@ def _edgelm(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
 def test_prompt_from_a_file_from_standard_input_and_from_a_pipe(tmp_path):
     (tmp_path / "prompt.txt").write_text(PROMPT, encoding="utf-8")
     gen = ["generate", MODEL, "--max-new-tokens", 6, "--json"]
+    # `-f /dev/stdin` as llama.cpp reads it (round 8: "not a regular file" for a pipe), and `--file -`
     runs = [_edgelm(*gen, "--prompt", PROMPT, stdin=""), _edgelm(*gen, "--file", tmp_path / "prompt.txt", stdin=""),
-            _edgelm(*gen, "-f", tmp_path / "prompt.txt"), _edgelm(*gen, "--prompt", "-", stdin=PROMPT), _edgelm(*gen, stdin=PROMPT)]
+            _edgelm(*gen, "-f", tmp_path / "prompt.txt"), _edgelm(*gen, "--prompt", "-", stdin=PROMPT), _edgelm(*gen, stdin=PROMPT),
+            _edgelm(*gen, "-f", "/dev/stdin", stdin=PROMPT), _edgelm(*gen, "--file", "-", stdin=PROMPT)]
     assert all(run.returncode == 0 for run in runs), [run.stderr for run in runs]
     results = [json.loads(run.stdout) for run in runs]
     assert all(r["prompt"] == PROMPT and r["tokens"] == results[0]["tokens"] for r in results), results
     both = _edgelm(*gen, "--prompt", PROMPT, "--file", tmp_path / "prompt.txt")
     assert both.returncode == 2 and "--prompt and --file both give the prompt" in both.stderr
+    empty = _edgelm(*gen, stdin="")  # round 8: a closed or empty stdin was "the prompt is empty after tokenization"
+    assert empty.returncode == 2 and "no prompt: standard input is empty" in empty.stderr, empty.stderr
     missing = _edgelm(*gen, "--file", tmp_path / "none.txt")
     assert missing.returncode == 2 and "text file not found" in missing.stderr and "--file" in missing.stderr
 
@@ -528,7 +532,33 @@ def test_llama_cpp_option_names_and_type_names_are_taken(run_cli):
     assert long[0] == short[0] == 0 and json.loads(long[1])["tokens"] == json.loads(short[1])["tokens"], (long, short)
     assert run_cli("generate", MODEL, "--n-predict", 2, "--prompt", PROMPT)[0] == 0
     assert resolve_type("f16", "MOSTLY_Q4_K_M") == resolve_type("int4", "q4_k_m") == "Q4_K_M" and resolve_type("f16", "ALL_F32") == "F32"
+    # round 8: --quant took the names without the prefix only
+    assert resolve_type("MOSTLY_Q4_0", None) == "Q4_0" and resolve_type("mostly_q4_k_m", "Q4_K_M") == "Q4_K_M"
+    assert resolve_type("ALL_F32", None) == "F32"
     assert PROVIDERS.get("CPU".lower()) == "CPUExecutionProvider"
+
+
+def test_calibrate_takes_llama_cpp_type_names(run_cli, tmp_path):
+    """Stranger finding (round 8): `--quant q4_k_m --calibrate` (the type --quant int4 makes) was refused with "apply
+    to --quant int4", while `--quant int4 --gguf-type Q4_K_S --calibrate` ran. For GGUF any quantized type takes the
+    importance matrix; ONNX calibrates int4."""
+    code, out, err = run_cli("export", MODEL, "--quant", "q4_k_s", "--calibrate", "--out", tmp_path / "c.gguf", "--no-certificate", "--json")
+    assert code == 0 and json.loads(out)["file_type"] == "Q4_K_S" and "importance matrix" in " ".join(json.loads(out)["notes"]), (out, err)
+    code, _, err = run_cli("export", MODEL, "--quant", "f16", "--calibrate", "--out", tmp_path / "f.gguf")
+    assert code == 2 and "apply to a quantized type" in err, err
+    code, _, err = run_cli("export", MODEL, "--format", "onnx", "--quant", "int8", "--calibrate", "--out", tmp_path / "o")
+    assert code == 2 and "apply to --quant int4" in err, err
+
+
+def test_a_byte_order_mark_is_not_text(run_cli, tmp_path):
+    """Stranger finding (round 8): a prompt file saved by Windows' Notepad begins with a UTF-8 byte-order mark, which
+    generate echoed and continued from and perplexity counted as tokens."""
+    plain, marked = tmp_path / "plain.txt", tmp_path / "marked.txt"
+    plain.write_text(PROMPT)
+    marked.write_bytes(b"\xef\xbb\xbf" + PROMPT.encode())
+    results = [run_cli("generate", MODEL, "--file", path, "-n", 3, "--json") for path in (plain, marked)]
+    assert results[0][0] == results[1][0] == 0 and json.loads(results[0][1]) == json.loads(results[1][1]), results
+    assert json.loads(results[1][1])["prompt"] == PROMPT
 
 
 def test_bench_says_when_other_work_shares_its_cores(run_cli, monkeypatch):

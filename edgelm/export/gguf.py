@@ -74,10 +74,13 @@ class GGUFReport:
 def resolve_type(quant: str, gguf_type: str | None) -> str:
     """The GGML file type name for --quant / --gguf-type; --quant also takes llama.cpp's type names
     (llama-quantize's Q4_K_M, Q8_0, …, any case), as --gguf-type does."""
-    if quant.lower() in QUANTS:
-        quant = quant.lower()
-    elif quant.upper() in LLAMA_FILE_TYPES or quant.upper() in NEEDS_IMATRIX:
-        if gguf_type is not None and gguf_type.upper() != quant.upper():
+    def llama_name(text: str) -> str:  # gguf-py's LlamaFileType spells them MOSTLY_Q4_K_M, ALL_F32: with or without the prefix
+        return text.upper().removeprefix("MOSTLY_").removeprefix("ALL_")
+
+    if quant.lower() in QUANTS or llama_name(quant).lower() in FLOAT_TYPES:
+        quant = llama_name(quant).lower()
+    elif llama_name(quant) in LLAMA_FILE_TYPES or llama_name(quant) in NEEDS_IMATRIX:
+        if gguf_type is not None and llama_name(gguf_type) != llama_name(quant):
             raise UserError(f"--quant {quant} and --gguf-type {gguf_type} name two types", None, "give one of them")
         quant, gguf_type = "f16", quant
     else:
@@ -85,8 +88,7 @@ def resolve_type(quant: str, gguf_type: str | None) -> str:
                         f"({', '.join(LLAMA_FILE_TYPES)})")
     if gguf_type is None:
         return QUANT_DEFAULTS.get(quant, quant.upper())
-    # gguf-py's LlamaFileType names them MOSTLY_Q4_K_M, ALL_F32: the README's promise, with or without the prefix
-    name = gguf_type.upper().removeprefix("MOSTLY_").removeprefix("ALL_")
+    name = llama_name(gguf_type)
     if name in NEEDS_IMATRIX:
         raise UserError(f"--gguf-type {name} needs an importance matrix, which edgelm does not compute", None,
                         "choose Q2_K or Q3_K_S, or quantize the f16 export with llama.cpp's llama-quantize --imatrix")

@@ -164,7 +164,7 @@ class OnnxFolder(Format):
         return {"format": "onnx (web)", "family": self.manifest.get("family"), "quantization": self.manifest.get("quantization"),
                 "context_length": self.genai["model"]["context_length"], "model": self.model_file.name, "external_data": external,
                 "position_encoding": self.manifest.get("position_encoding"),
-                "rotary_table_positions": self.manifest.get("rotary_table_positions", 0),
+                "kv_cache": self.manifest.get("kv_cache", "float"), "rotary_table_positions": self.manifest.get("rotary_table_positions", 0),
                 "head_temperatures": self.manifest.get("head_temperatures"), PARITY_CERTIFICATE: self.certificate()}
 
     def identity(self) -> dict[str, Any]:
@@ -306,8 +306,11 @@ class OnnxFolder(Format):
         for name in TOKENIZER_FILES:
             if (source := find_member(self.path, name)) is not None:
                 shutil.copyfile(source, folder / name)
+        # the graph's facts an app (and edgelm's runtime, which reads the bundle's manifest) needs: without
+        # rotary_table_positions a mobile bundle ran a context past its rotary tables, which the export refuses
         return {"format": "onnx (ORT mobile format)", "family": self.manifest.get("family"),
                 "quantization": self.manifest.get("quantization"), "context_length": genai["model"]["context_length"],
                 "model": ORT_MODEL_FILE, "position_encoding": self.manifest.get("position_encoding"),
+                "kv_cache": self.manifest.get("kv_cache", "float"), "rotary_table_positions": self.manifest.get("rotary_table_positions", 0),
                 "head_temperatures": self.manifest.get("head_temperatures"), PARITY_CERTIFICATE: self.certificate()}
 

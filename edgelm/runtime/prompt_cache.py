@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifact_files import read_bytes
-from ..errors import UserError
+from ..errors import UserError, WriteFailed
+from ..fileio import DISK_FULL_ERRNOS, write_failure
 from .backend import Backend, StateMismatch
 
 FORMAT = "edgelm prompt cache"
@@ -141,8 +142,12 @@ class PromptCache:
             state = self.backend.save_state()
             save_file(state, str(temporary), metadata=self._identity() | {"sha256": contents_digest(state)})
             os.replace(temporary, self.path)
-        except OSError as exc:
-            raise UserError(f"--prompt-cache could not be written ({exc.strerror})", self.path, "give a writable path") from None
+        except Exception as exc:
+            if (why := write_failure(exc)) is not None and not isinstance(exc, OSError) or getattr(exc, "errno", 0) in DISK_FULL_ERRNOS:
+                raise WriteFailed(f"--prompt-cache could not be written ({why})", self.path, "free some space or give another path") from None
+            if isinstance(exc, OSError):  # a folder there, no such folder, no permission: the path given
+                raise UserError(f"--prompt-cache could not be written ({exc.strerror})", self.path, "give a writable path") from None
+            raise
         finally:
             temporary.unlink(missing_ok=True)
         return f"prompt cache: wrote {self.backend.position} tokens to {self.path}"
