@@ -977,6 +977,31 @@ def _unraisable(hook):
     return quiet
 
 
+QUIET = ("-q", "--quiet")
+
+
+def _quiet_first(args: list[str]) -> list[str]:
+    """`edgelm generate M -q` read as `edgelm -q generate M`: --quiet is the program's option, and a stranger typed it
+    after the command, as other CLIs take it ("No such option: -q"). A -q that is an option's value (`-p -q`) stays."""
+    group = typer.main.get_command(app)
+    first = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
+    command = group.commands.get(args[first]) if first is not None else None
+    if command is None:
+        return args
+    takes_value = {name for p in command.params if p.param_type_name == "option" and not p.is_flag and not p.count for name in p.opts}
+    rest, hoisted, after_value = [], [], False
+    for i, arg in enumerate(args[first + 1:], first + 1):
+        if arg == "--":
+            rest += args[i:]
+            break
+        if arg in QUIET and not after_value:
+            hoisted.append(arg)
+        else:
+            rest.append(arg)
+        after_value = arg in takes_value and not after_value
+    return hoisted + args[:first + 1] + rest
+
+
 def main() -> None:
     """Run the CLI: a user mistake is one line and exit 2; Ctrl-C (exit 130) and SIGTERM (exit 143) say nothing
     was left half-written, without a traceback."""
@@ -1037,7 +1062,7 @@ def _run() -> None:
 
     _asked["json"] = False
     try:
-        code = app(standalone_mode=False)
+        code = app(args=_quiet_first(sys.argv[1:]), standalone_mode=False)
         sys.stdout.flush()  # what is still buffered fails here, in the command, not at the interpreter's exit
     except Terminated:
         sys.stderr.write("\nterminated; nothing was left half-written\n")

@@ -550,6 +550,16 @@ def test_calibrate_takes_llama_cpp_type_names(run_cli, tmp_path):
     assert code == 2 and "apply to --quant int4" in err, err
 
 
+def test_quiet_after_the_command(run_cli):
+    """Stranger finding (round 8): `edgelm generate … -q` was "No such option: -q": --quiet is the program's option,
+    and it is taken after the command too; a -q that is an option's value (`--prompt -q`) stays that value."""
+    loud = run_cli("generate", MODEL, "-p", PROMPT, "-n", 2, "-c", 5000)
+    quiet = run_cli("generate", MODEL, "-p", PROMPT, "-n", 2, "-c", 5000, "-q")
+    assert loud[0] == quiet[0] == 0 and "note: a context of 5000 tokens" in loud[2] and quiet[2] == "", (loud, quiet)
+    code, out, err = run_cli("generate", MODEL, "-n", 2, "--prompt", "-q", "--json")
+    assert code == 0 and json.loads(out)["prompt"] == "-q", (out, err)
+
+
 def test_a_byte_order_mark_is_not_text(run_cli, tmp_path):
     """Stranger finding (round 8): a prompt file saved by Windows' Notepad begins with a UTF-8 byte-order mark, which
     generate echoed and continued from and perplexity counted as tokens."""
