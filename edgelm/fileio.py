@@ -55,25 +55,35 @@ def refuse_existing(target: Path, force: bool, kind: str | None = None) -> None:
         there = "a folder" if target.is_dir() else "a file"
         raise UserError(f"the output is a {kind} but {there} is there", target, "remove it or choose another path")
     if target.is_dir() and (held := _not_an_output(target)):
-        raise UserError(f"the output is a folder that holds no model ({held}); --force replaces a model folder, an ONNX export or "
-                        "a bundle, not any folder", target, "remove it yourself or choose another path")
+        raise UserError(f"the output is a folder that holds what no edgelm output holds ({held}); --force replaces a model folder, "
+                        "an ONNX export or a bundle edgelm wrote, not any folder", target, "remove it yourself or choose another path")
 
 
 # what each folder edgelm writes holds at its top: a model folder (init) config.json, an ONNX export
 # genai_config.json and model.onnx, a bundle edgelm.json
 OUTPUT_FOLDER_MARKERS = ("config.json", "genai_config.json", "model.onnx", "edgelm.json")
+# the files of edgelm's folder outputs (model folder, ONNX export, mobile and web bundle), by suffix, and the names
+# without one of those: a folder --force replaces holds nothing else, no subfolder and no hidden entry
+OUTPUT_FILE_SUFFIXES = (".json", ".safetensors", ".model", ".onnx", ".data", ".ort", ".config", ".jinja", ".gguf", ".html",
+                        ".js", ".mjs", ".wasm", ".LICENSE")
+OUTPUT_FILE_NAMES = ("merges.txt", "README.md")
 
 
 def _not_an_output(folder: Path) -> str | None:
-    """A few of the names in `folder` if it is not empty and holds none of OUTPUT_FOLDER_MARKERS: --force took a
-    stranger's folder holding a git repository and their notes for an old export, and deleted it."""
+    """A few of the entries of `folder` no edgelm output holds, or a word that it holds no model, if --force is not to
+    replace it: a stranger's --force deleted a folder holding a git repository and notes, and then (round 9) an app's
+    folder holding a config.json, and a model folder's clone with its .git and notes."""
     try:
-        names = sorted(p.name for p in folder.iterdir())
+        entries = sorted(folder.iterdir())
     except OSError:  # unreadable: replacing it fails later, in one line
         return None
-    if not names or any((folder / marker).is_file() for marker in OUTPUT_FOLDER_MARKERS):
-        return None
-    return ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+    foreign = [p.name + ("/" if p.is_dir() else "") for p in entries
+               if p.name.startswith(".") or p.is_dir() or not (p.name.endswith(OUTPUT_FILE_SUFFIXES) or p.name in OUTPUT_FILE_NAMES)]
+    if foreign:
+        return ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
+    if entries and not any((folder / marker).is_file() for marker in OUTPUT_FOLDER_MARKERS):
+        return "no config.json, genai_config.json, model.onnx or edgelm.json"
+    return None
 
 
 class _Stops:

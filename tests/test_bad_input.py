@@ -308,8 +308,19 @@ def test_force_replaces_an_output_folder_not_any_folder(run_cli, tmp_path):
     (victim / "project" / "notes.txt").write_text("mine")
     for command in (["export", SHIPPED / "tiny-rope", "--format", "onnx", "--out", victim, "--force"],
                     ["init", "tiny-rope", victim, "--force"]):
-        assert_user_error(run_cli(*command), "holds no model (project)", "remove it yourself or choose another path")
+        assert_user_error(run_cli(*command), "holds what no edgelm output holds (project/)", "remove it yourself or choose another path")
     assert (victim / "project" / "notes.txt").read_text() == "mine"
+    # round 9: a folder passed as a model's by holding a config.json, and a model folder's clone with its .git and notes
+    app, clone = tmp_path / "app", tmp_path / "clone"
+    app.mkdir()
+    (app / "config.json").write_text('{"port": 80}')
+    (app / "main.py").write_text("print(1)")
+    shutil.copytree(SHIPPED / "tiny-rope", clone)
+    (clone / ".git").mkdir()
+    (clone / "my_notes.txt").write_text("mine")
+    assert_user_error(run_cli("init", "tiny-rope", app, "--force"), "(main.py)")
+    assert_user_error(run_cli("init", "tiny-rope", clone, "--force"), "(.git/, my_notes.txt)")
+    assert (app / "main.py").exists() and (clone / "my_notes.txt").exists()
     out = tmp_path / "out"
     for _ in range(2):  # an ONNX export replaces itself; an empty folder is replaced
         code, _, err = run_cli("export", SHIPPED / "tiny-rope", "--format", "onnx", "--quant", "int4", "--out", out, "--force")
