@@ -18,7 +18,7 @@ import typer
 from . import __version__
 from .console import LazyConsole, OutputLost, Progress, guarded_streams
 from .errors import NotUtf8Text, UserError
-from .fileio import stopped
+from .fileio import DISK_FULL_ERRNOS, stopped
 from .exporters import EXPORTERS
 from .numbers import LOOKUP_NGRAM, LOOKUP_NGRAM_MAX, NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, not_finite
 
@@ -1079,6 +1079,16 @@ def _run() -> None:
         if exc.errno == errno.EPIPE:  # the reader left (`| head`): quiet, with the status a shell gives a process SIGPIPE ends
             sys.exit(BROKEN_PIPE)
         err.print(f"error: could not write to standard output ({exc}); nothing more was written", markup=False, soft_wrap=True)
+        sys.exit(1)
+    except OSError as exc:  # the place written to, met outside an atomic output: torch's optimizer asks tempfile for a folder
+        if "No usable temporary directory" in str(exc):  # (calibrate on a full /tmp and /var/tmp was a traceback)
+            message = "no usable temporary folder: TMPDIR, /tmp and /var/tmp are full or cannot be written — free some space or set TMPDIR"
+        elif getattr(exc, "errno", None) in DISK_FULL_ERRNOS:
+            message = f"writing failed ({exc.strerror}) — free some space"
+        else:
+            raise
+        err.print(f"error: {message}", markup=False, soft_wrap=True)
+        _json_failure(message, 1)
         sys.exit(1)
     except NotFinite as exc:  # the command ran and its result is no number: a failed check, as parity's limits
         err.print(f"error: {exc}", markup=False, soft_wrap=True)

@@ -35,6 +35,19 @@ def refuse_non_utf8(path: Path, what: str) -> None:
                         "open UTF-8 paths only", None, "rename it (or the folder holding it) with UTF-8 characters") from None
 
 
+NAME_MAX = 255  # bytes a name may have on Linux's and macOS's file systems (NAME_MAX), PATH_MAX 4096 for a whole path
+
+
+def refuse_long_names(path: Path, what: str) -> None:
+    """A name past NAME_MAX (or a path past PATH_MAX) in one line: `bundle --zip --out <255 bytes>` (259 with .zip) and
+    `inspect <300 bytes>` were ENAMETOOLONG tracebacks, and `edgelm.load` raised a bare OSError."""
+    long = next((part for part in Path(path).parts if len(os.fsencode(part)) > NAME_MAX), None)
+    if long is not None or len(os.fsencode(path)) > 4096:
+        size = len(os.fsencode(long)) if long is not None else len(os.fsencode(path))
+        raise UserError(f"the {what}'s {'name' if long is not None else 'path'} is {size:,} bytes; file systems take at most "
+                        f"{NAME_MAX if long is not None else 4096:,}", None, f"give the {what} a shorter name")
+
+
 def refuse_existing(target: Path, force: bool, kind: str | None = None) -> None:
     """An output that exists needs --force; and even then not a link, not the current folder or one
     holding it, and not a folder where a file goes (or the reverse): --force replaces an output, it
@@ -261,6 +274,7 @@ def _atomic(target: Path, force: bool, make_temporary, kind: str) -> Iterator[Pa
         raise UserError(f"{str(target)!r} is not a name for the output", None, "give the output's path")
     target = Path(os.path.abspath(target))  # '.', '..' and 'x/..' become the folders they name
     refuse_non_utf8(target, "output")
+    refuse_long_names(target, "output")
     refuse_existing(target, force, kind)
     made = _missing_parents(target.parent)
     succeeded, stops, hold = False, _Stops.count, None
@@ -292,7 +306,7 @@ def _atomic(target: Path, force: bool, make_temporary, kind: str) -> Iterator[Pa
     except Exception as exc:
         if (why := write_failure(exc)) is None:
             raise
-        raise WriteFailed(f"writing the output failed ({why}); nothing was left behind", target,
+        raise WriteFailed(f"writing the output failed ({why}); no part of it was left behind", target,
                           "free some space or choose another output folder") from None
     finally:
         if tmp.is_dir():

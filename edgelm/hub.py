@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .constants import TOKENIZER_FILES
 from .errors import UserError
-from .fileio import refuse_non_utf8
+from .fileio import refuse_long_names, refuse_non_utf8
 
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?$")
 # a revision: a 40-hex commit, or a branch or tag name as git allows one (components that do not start with a
@@ -128,6 +128,7 @@ def resolve_model(text: str | Path, allow_pickle: bool = False) -> Path:
     (data files only) unless offline."""
     if not is_hub_id(str(text)):
         refuse_non_utf8(Path(text), "model")
+        refuse_long_names(Path(text), "model")
         return Path(text)
     found = HUB_ID.match(str(text))
     repo, revision = found["repo"], found["revision"]

@@ -266,6 +266,43 @@ def test_a_mobile_bundle_keeps_the_graph_facts(run_cli, originals, tmp_path):
     assert "ggml executor" in read_json_object(tmp_path / "tf" / "edgelm.json")["desktop_only"]
 
 
+def test_no_usable_temporary_folder_is_one_line(run_cli, tmp_path, monkeypatch):
+    """Stranger finding (round 9): calibrate with /tmp and /var/tmp full was a traceback: torch's optimizer asks
+    tempfile for a folder, which raises FileNotFoundError("No usable temporary directory found in …"). Raised here
+    where it was met (AdamW), as tempfile raises it."""
+    import errno
+
+    import torch
+
+    def no_folder(*args, **kwargs):
+        raise FileNotFoundError(errno.ENOENT, "No usable temporary directory found in ['/tmp', '/var/tmp', '/usr/tmp']")
+
+    monkeypatch.setattr(torch.optim, "AdamW", no_folder)
+    code, _, err = run_cli("calibrate", SHIPPED / "tiny-nope", "--text", SHIPPED.parent / "data" / "emma.txt", "--target-length", 512,
+                           "--steps", 1, "--out", tmp_path / "t.json")
+    assert code == 1 and err.strip().splitlines()[-1].startswith("error: no usable temporary folder"), err
+    assert "Traceback" not in err and list(tmp_path.iterdir()) == []
+
+
+def test_long_names_are_one_line(run_cli, originals, tmp_path):
+    """Stranger finding (round 9): names past the file system's 255 bytes were tracebacks (`bundle --zip --out <255>`
+    became 259 bytes with .zip; `inspect <300>`), and `edgelm.load` raised a bare OSError; a 255-byte --prompt-cache
+    failed on its longer hidden temporary name."""
+    import edgelm
+
+    assert_user_error(run_cli("bundle", originals("llama_gguf"), "--zip", "--out", tmp_path / ("a" * 255)), "the output's name is 259 bytes")
+    assert_user_error(run_cli("inspect", tmp_path / ("a" * 300)), "the model's name is 300 bytes")
+    with pytest.raises(edgelm.UserError, match="the model's name is 300 bytes"):
+        edgelm.load(str(tmp_path / ("a" * 300)))
+    import subprocess
+    import sys
+
+    cache = tmp_path / ("c" * 255)
+    done = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(originals("llama_gguf")), "-n", "1", "--prompt-cache", str(cache)],
+                          input="x\n", capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and cache.is_file(), done.stderr
+
+
 def test_non_utf8_paths_are_one_line(run_cli, tmp_path, originals):
     """Stranger finding (round 8): a model, GGUF or ONNX folder whose path held a byte that is not UTF-8 (Linux allows
     it) was a UnicodeEncodeError or pybind11 traceback, or "the file is damaged"; an output path likewise. llama.cpp,
@@ -287,6 +324,17 @@ def test_non_utf8_paths_are_one_line(run_cli, tmp_path, originals):
                     ["bundle", originals("llama_gguf"), "--out", tmp_path / f"{bad}-bundle"]):
         assert_user_error(run_cli(*command), "output's path b'", "is not UTF-8 text")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+    # round 9: a text whose name is not UTF-8 is read (Python opens any name): its name, escaped, goes into the imatrix;
+    # an ONNX folder holding a file with such a name is verified (its settings hash takes the name's bytes)
+    text = tmp_path / f"{bad}.txt"
+    text.write_text((SHIPPED.parent / "data" / "emma.txt").read_text()[:20000])
+    code, _, err = run_cli("export", SHIPPED / "tiny-rope", "--quant", "int4", "--calibration", text, "--no-certificate", "--out", tmp_path / "c.gguf")
+    assert code == 0, err
+    odd = tmp_path / "odd-onnx"
+    shutil.copytree(originals("onnx"), odd)
+    (odd / bad).write_text("x")
+    code, out, err = run_cli("verify", odd)
+    assert code in (0, 1) and "Traceback" not in err and "loads and runs" in out, (code, out, err)
 
 
 @pytest.mark.parametrize("fmt", ["gguf", "onnx"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -204,7 +205,7 @@ class OnnxFolder(Format):
         digest = hashlib.sha256()
         for file in sorted(self.path.iterdir()):
             if file.name not in graph and not file.name.startswith(".") and file.is_file():
-                digest.update(f"{file.name}\0{sha256(file)}\0".encode())
+                digest.update(os.fsencode(file.name) + f"\0{sha256(file)}\0".encode())  # a name's bytes: any a folder holds
         return digest.hexdigest()
 
     def weights_sha256(self) -> str | None:

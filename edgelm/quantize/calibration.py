@@ -8,6 +8,7 @@ graph (tools/imatrix/imatrix.cpp: `acc[j] += x[j] * x[j]`, `counts += rows`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -78,7 +79,9 @@ class _Recorder(TorchFunctionMode):
 def collect(model: CausalLM, chunks: Sequence[Sequence[int]], datasets: Iterable[str]) -> ImportanceMatrix:
     """Run `model` over each chunk of token ids (one forward each, from position 0, as llama-imatrix
     evaluates its chunks) and collect the importance matrix."""
-    imatrix = ImportanceMatrix(datasets=list(datasets), chunk_count=len(chunks), chunk_size=len(chunks[0]) if chunks else 0)
+    # names, stored as UTF-8 strings: a file name whose bytes are not UTF-8 (a stranger's --calibration) with them escaped
+    names = [os.fsencode(name).decode("utf-8", "backslashreplace") for name in datasets]
+    imatrix = ImportanceMatrix(datasets=names, chunk_count=len(chunks), chunk_size=len(chunks[0]) if chunks else 0)
     recorder = _Recorder(model, imatrix)
     try:
         with recorder:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..artifact_files import read_bytes
 from ..errors import UserError, WriteFailed
-from ..fileio import DISK_FULL_ERRNOS, write_failure
+from ..fileio import DISK_FULL_ERRNOS, hidden_prefix, write_failure
 from .backend import Backend, StateMismatch
 
 FORMAT = "edgelm prompt cache"
@@ -137,7 +137,7 @@ class PromptCache:
         from safetensors.numpy import save_file
 
         check_path(self.path)
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        temporary = self.path.with_name(f"{hidden_prefix(self.path, 'partial')}{os.getpid()}.tmp")  # a 255-byte name fits
         try:
             state = self.backend.save_state()
             save_file(state, str(temporary), metadata=self._identity() | {"sha256": contents_digest(state)})
