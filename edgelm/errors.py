@@ -9,6 +9,12 @@ from pathlib import Path
 _PATH_REPR = re.compile(r"\b(?:Posix|Windows|Pure\w*)?Path\(('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\)")
 
 
+def shown(path: str | Path) -> str:
+    """A path as a line shows it: bytes that are not UTF-8 (which Python keeps as surrogates, printed as
+    "bad" and U+DCFF in one line and as a bytes repr in another) as backslash-x escapes, bad\\xff."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class UserError(Exception):
     """A mistake in what the user gave us (a path, a file, an option), never a bug in edgelm.
 
@@ -24,7 +30,7 @@ class UserError(Exception):
         super().__init__(self.line())
 
     def line(self) -> str:
-        parts = [f"{self.path}: {self.what}" if self.path is not None else self.what]
+        parts = [f"{shown(self.path)}: {self.what}" if self.path is not None else self.what]
         if self.fix:
             parts.append(self.fix)
         return _PATH_REPR.sub(r"\1", " — ".join(parts))

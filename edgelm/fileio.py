@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import UserError, WriteFailed
+from .errors import UserError, WriteFailed, shown
 
 
 def is_plain_name(name: Any) -> bool:
@@ -31,7 +31,7 @@ def refuse_non_utf8(path: Path, what: str) -> None:
     try:
         os.fsdecode(os.fsencode(path)).encode("utf-8")
     except UnicodeEncodeError:
-        raise UserError(f"the {what}'s path {os.fsencode(path)!r} is not UTF-8 text; llama.cpp, onnxruntime and safetensors "
+        raise UserError(f"the {what}'s path {shown(path)} is not UTF-8 text; llama.cpp, onnxruntime and safetensors "
                         "open UTF-8 paths only", None, "rename it (or the folder holding it) with UTF-8 characters") from None
 
 
@@ -77,8 +77,8 @@ def refuse_existing(target: Path, force: bool, kind: str | None = None) -> None:
 OUTPUT_FOLDER_MARKERS = ("config.json", "genai_config.json", "model.onnx", "edgelm.json")
 # the files of edgelm's folder outputs (model folder, ONNX export, mobile and web bundle), by suffix, and the names
 # without one of those: a folder --force replaces holds nothing else, no subfolder and no hidden entry
-OUTPUT_FILE_SUFFIXES = (".json", ".safetensors", ".model", ".onnx", ".data", ".ort", ".config", ".jinja", ".gguf", ".html",
-                        ".js", ".mjs", ".wasm", ".LICENSE")
+OUTPUT_FILE_SUFFIXES = (".json", ".safetensors", ".model", ".onnx", ".data", ".onnx_data", ".ort", ".config", ".jinja", ".gguf",
+                        ".html", ".js", ".mjs", ".wasm", ".LICENSE")  # .onnx_data: Optimum's external weights
 OUTPUT_FILE_NAMES = ("merges.txt", "README.md")
 
 

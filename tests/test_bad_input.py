@@ -318,12 +318,17 @@ def test_non_utf8_paths_are_one_line(run_cli, tmp_path, originals):
     before = sorted(p.name for p in tmp_path.iterdir())
     for command in (["generate", gguf, "--prompt", "x"], ["generate", onnx, "--prompt", "x"], ["verify", gguf],
                     ["export", model, "--out", tmp_path / "ok.gguf"], ["inspect", model]):
-        assert_user_error(run_cli(*command), "model's path b'", "is not UTF-8 text")
+        assert_user_error(run_cli(*command), "model's path ", "bad\\xff", "is not UTF-8 text")
     for command in (["export", SHIPPED / "tiny-rope", "--out", tmp_path / f"{bad}-out.gguf"],
                     ["export", SHIPPED / "tiny-rope", "--format", "onnx", "--out", tmp_path / bad / "sub" / "out"],
                     ["bundle", originals("llama_gguf"), "--out", tmp_path / f"{bad}-bundle"]):
-        assert_user_error(run_cli(*command), "output's path b'", "is not UTF-8 text")
+        assert_user_error(run_cli(*command), "output's path ", "bad\\xff", "is not UTF-8 text")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+    # a path a mistake names is shown with the same escapes (round 9: `bad\udcff` in one line, `b'bad\xff'` in another)
+    bad_json = tmp_path / f"{bad}.json"
+    bad_json.write_text('{"layers": [[1.0]]}')
+    assert_user_error(run_cli("inspect", SHIPPED / "tiny-rope", "--head-temperatures", bad_json), "bad\\xff.json")
+    bad_json.unlink()
     # round 9: a text whose name is not UTF-8 is read (Python opens any name): its name, escaped, goes into the imatrix;
     # an ONNX folder holding a file with such a name is verified (its settings hash takes the name's bytes)
     text = tmp_path / f"{bad}.txt"
