@@ -143,7 +143,9 @@ class PromptCache:
             save_file(state, str(temporary), metadata=self._identity() | {"sha256": contents_digest(state)})
             os.replace(temporary, self.path)
         except Exception as exc:
-            if (why := write_failure(exc)) is not None and not isinstance(exc, OSError) or getattr(exc, "errno", 0) in DISK_FULL_ERRNOS:
+            # room: safetensors' own error for any write failure, an OSError only for a full disk, quota or size limit
+            why = write_failure(exc)
+            if why is not None and (not isinstance(exc, OSError) or exc.errno in DISK_FULL_ERRNOS):
                 raise WriteFailed(f"--prompt-cache could not be written ({why})", self.path, "free some space or give another path") from None
             if isinstance(exc, OSError):  # a folder there, no such folder, no permission: the path given
                 raise UserError(f"--prompt-cache could not be written ({exc.strerror})", self.path, "give a writable path") from None
