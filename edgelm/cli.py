@@ -880,6 +880,7 @@ def calibrate(
     import torch
 
     from .calibrate import CalibrationSettings, calibrate as run
+    from .models.registry import refuse_unfoldable_temperatures
     from .fileio import atomic_output_file, refuse_existing, refuse_overlap
     from .hub import resolve_model
     from .formats.base import resolve_device
@@ -894,6 +895,7 @@ def calibrate(
     content = _read_text(text)
     checkpoint = open_checkpoint(model_dir, position_encoding=position_encoding.value if position_encoding else None,
                                  allow_pickle=allow_pickle)
+    refuse_unfoldable_temperatures(checkpoint.family, checkpoint.spec, model_dir, "no export could carry the temperatures calibrate finds for it")
     training_length = (checkpoint.config.get("edgelm") or {}).get("training_length", checkpoint.spec.max_positions)
     if target_length <= training_length:
         info.print(f"warning: --target-length {target_length} is not above the training length {training_length}; "

@@ -79,7 +79,7 @@ def verify_passes(run_cli, path: Path, *args) -> str:
     return out
 
 
-@pytest.mark.parametrize("source", ["tiny-nope", "tiny-rope", "tiny-ngen4", "tiny-tokenformer", "tiny-llama3", "tiny-qwen2"])
+@pytest.mark.parametrize("source", ["tiny-nope", "tiny-rope", "tiny-ngen4", "tiny-tokenformer", "tiny-llama3", "tiny-qwen2", "tiny-qwen3"])
 def test_streamed_reference_is_the_loaded_model_bit_for_bit(source, preset_dir):
     """The certificate's reference streams its weights (models/streamed.py); it must compute what the
     loaded fp32 model computes: shipped trained models, and presets with a tied LM head (llama3, qwen2)."""

@@ -17,6 +17,7 @@ FAMILY_PRESETS = {
     "llama": ["tiny-nope", "tiny-rope", "tiny-llama3", "tiny-smollm2"],
     "ngen4": ["tiny-ngen4"],
     "qwen2": ["tiny-qwen2"],
+    "qwen3": ["tiny-qwen3"],
     "tokenformer": ["tiny-tokenformer"],
 }
 ALL_PRESETS = [p for presets in FAMILY_PRESETS.values() for p in presets]

@@ -1,11 +1,12 @@
 """The RoPE families people put on devices — Llama 3.x (rope_scaling "llama3", tied), Qwen2/2.5
-(q/k/v biases, tied) and SmolLM2 (plain llama, tied) — against independent references only: tiny
-random models built by transformers' own config classes and `save_pretrained`, run by transformers'
-own `LlamaForCausalLM` / `Qwen2ForCausalLM`; the GGUF against what llama.cpp's `convert_hf_to_gguf.py`
+(q/k/v biases, tied), Qwen3 (per-head q/k norms, a head_dim of its own, tied) and SmolLM2 (plain
+llama, tied) — against independent references only: tiny random models built by transformers' own
+config classes and `save_pretrained`, run by transformers' own `LlamaForCausalLM` /
+`Qwen2ForCausalLM` / `Qwen3ForCausalLM`; the GGUF against what llama.cpp's `convert_hf_to_gguf.py`
 writes for the same folder, run in stock llama.cpp; the ONNX in onnxruntime, onnxruntime-genai and Optimum.
 
 The folders carry the SentencePiece tokenizer `edgelm init tiny-rope` writes (as TinyLlama does),
-which the converter accepts for both llama and qwen2; a Llama 3 / Qwen2 byte-level BPE
+which the converter accepts for llama, qwen2 and qwen3; a Llama 3 / Qwen2 byte-level BPE
 tokenizer.json, whose pre-tokenizer llama.cpp's converter recognises only by the hash of the
 published vocabularies, is not what these folders compare.
 """
@@ -49,20 +50,27 @@ def hf_config(family):
         return transformers.LlamaConfig(**SIZES, rope_theta=10000.0, rope_scaling=LLAMA3_SCALING)
     if family == "qwen2":
         return transformers.Qwen2Config(**SIZES, rope_theta=1000000.0, use_sliding_window=False)
+    if family == "qwen3":  # 48-wide heads, not hidden / heads = 32, as Qwen3's 128 is not
+        return transformers.Qwen3Config(**SIZES, head_dim=48, rope_theta=1000000.0, use_sliding_window=False)
     return transformers.LlamaConfig(**SIZES, rope_theta=100000.0)  # smollm2: plain llama, tied
 
 
+HF_CLASSES = {"qwen2": transformers.Qwen2ForCausalLM, "qwen3": transformers.Qwen3ForCausalLM}
+ARCHES = {"qwen2": "qwen2", "qwen3": "qwen3"}  # llama.cpp's arch and genai's model type; llama for the rest
+
+
 def hf_class(family):
-    return transformers.Qwen2ForCausalLM if family == "qwen2" else transformers.LlamaForCausalLM
+    return HF_CLASSES.get(family, transformers.LlamaForCausalLM)
 
 
-FAMILIES = ["llama3", "qwen2", "smollm2"]
+FAMILIES = ["llama3", "qwen2", "smollm2", "qwen3"]
+CHATML_FAMILIES = ("qwen2", "qwen3")
 
 
 def write_hf_folder(folder: Path, family: str):
     config = hf_config(family)
     config._attn_implementation = "eager"
-    torch.manual_seed({"llama3": 1, "qwen2": 2, "smollm2": 3}[family])
+    torch.manual_seed({"llama3": 1, "qwen2": 2, "smollm2": 3, "qwen3": 6}[family])
     model = hf_class(family)(config).eval()
     with torch.no_grad():  # norms and biases off their init values, so a dropped one shows
         for name, param in model.named_parameters():
@@ -70,7 +78,7 @@ def write_hf_folder(folder: Path, family: str):
                 param.add_(0.1 * torch.randn_like(param))
     model.save_pretrained(folder)
     copy_tokenizer("sentencepiece", folder)
-    if family == "qwen2":
+    if family in CHATML_FAMILIES:
         tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
         (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config | {"chat_template": CHATML}))
     return model
@@ -223,7 +231,7 @@ def arch_keys(path):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_gguf_arch_keys_equal_the_converters(converted, family):
     (our_arch, ours), (their_arch, theirs) = (arch_keys(p) for p in converted(family))
-    assert our_arch == their_arch == ("qwen2" if family == "qwen2" else "llama")
+    assert our_arch == their_arch == ARCHES.get(family, "llama")
     for key, value in theirs.items():
         assert ours.get(key) == pytest.approx(value), key
 
@@ -289,7 +297,12 @@ def test_onnx_greedy_equals_transformers(published, tmp_path, family):
     assert backend_greedy(open_artifact(onnx).backend) == expected  # onnxruntime
     assert genai_greedy(onnx) == expected
     # the model type onnxruntime-genai's own builder writes for the family (what `verify` prints as its family)
-    assert json.loads((onnx / "genai_config.json").read_text())["model"]["type"] == ("qwen2" if family == "qwen2" else "llama")
+    assert json.loads((onnx / "genai_config.json").read_text())["model"]["type"] == ARCHES.get(family, "llama")
+    if getattr(hf.config, "head_dim", None) not in (None, hf.config.hidden_size // hf.config.num_attention_heads):
+        # Optimum 2.1's ORTModelForCausalLM sizes its empty cache hidden_size // heads wide for every model
+        # type but a few of Gemma's, gpt_oss and nemotron (optimum/onnxruntime/modeling_decoder.py), so it
+        # refuses the cache of a Qwen3 (head_dim 128 at 0.6B, where hidden_size / heads is 64)
+        return
     from optimum.onnxruntime import ORTModelForCausalLM  # Optimum opens the folder as it is (its config.json)
 
     optimum = ORTModelForCausalLM.from_pretrained(onnx)
@@ -344,3 +357,26 @@ def test_edgelm_nope_folder_reopens_as_its_family(published, tmp_path):
     save_checkpoint(checkpoint.load_model(), checkpoint.family, checkpoint.config, out, torch.float32, with_temperatures=False)
     again = open_checkpoint(out)
     assert (again.family.name, again.spec.position_encoding) == ("qwen2", "none")
+
+
+def test_qwen3_takes_no_head_temperatures(published, tmp_path):
+    """Qwen3's q-norm divides away any scale of a head's query projection, and its one weight is shared
+    by every head: no exported file can carry λ. A table other than all 1 is refused where it is given,
+    and `calibrate` refuses before it trains (it ran 130 s and wrote a table no export could use)."""
+    from edgelm.errors import UserError
+
+    folder, _ = published("qwen3")
+    table = torch.ones(2, 4)
+    assert open_checkpoint(folder, head_temperatures=table.tolist()).spec.family == "qwen3"  # λ = 1: nothing to fold
+    table[1, 2] = 1.5
+    (tmp_path / "temps.json").write_text(json.dumps({"layers": table.tolist()}))
+    for given in (tmp_path / "temps.json", table.tolist()):
+        with pytest.raises(UserError, match="head temperatures cannot be folded into a qwen3 model's weights"):
+            open_checkpoint(folder, head_temperatures=given)
+    text = tmp_path / "text.txt"
+    text.write_text("It is a truth universally acknowledged. " * 400)
+    done = subprocess.run([sys.executable, "-m", "edgelm", "calibrate", str(folder), "--text", str(text), "--target-length", "64",
+                           "--out", str(tmp_path / "out.json")], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr.count("\n")) == (2, 1), done.stderr
+    assert "head temperatures cannot be folded into a qwen3 model's weights" in done.stderr
+    assert not (tmp_path / "out.json").exists()

@@ -1,8 +1,10 @@
-"""The chat templates Llama 3.2, Qwen2.5 and SmolLM2 publish, as edgelm, onnxruntime-genai and llama.cpp's
+"""The chat templates Llama 3.2, Qwen2.5, Qwen3 and SmolLM2 publish, as edgelm, onnxruntime-genai and llama.cpp's
 `llama-server --jinja` render them, against transformers' own `apply_chat_template`.
 
 The templates are the publishers' text (Llama 3.2's from llama.cpp's models/templates, Qwen2.5's and
-SmolLM2's from their tokenizer_config.json), with their special tokens in a byte-level BPE trained here
+SmolLM2's from their tokenizer_config.json; Qwen3's as its release's tokenizer_config.json carries it,
+put together from two public copies that agree line for line where both have it, not compared with
+the hub's file here), with their special tokens in a byte-level BPE trained here
 (the published vocabularies are not on this machine) and each family's special-token names. Each
 conversation is three user turns, with and without a system prompt: Qwen2.5 and SmolLM2 write their own
 default system turn when none is given; Llama 3.2 prints today's date from `strftime_now`.
@@ -174,6 +176,97 @@ QWEN_25 = """{%- if tools %}
 {%- endif %}
 """
 
+QWEN_3 = """{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content + '\\n\\n' }}
+    {%- endif %}
+    {{- "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}
+{%- else %}
+    {%- if messages[0].role == 'system' %}
+        {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
+    {%- endif %}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if message.content is string %}
+        {%- set content = message.content %}
+    {%- else %}
+        {%- set content = '' %}
+    {%- endif %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>' + '\\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set reasoning_content = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- else %}
+            {%- if '</think>' in content %}
+                {%- set reasoning_content = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}
+                {%- set content = content.split('</think>')[-1].lstrip('\\n') %}
+            {%- endif %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {%- if loop.last or (not loop.last and reasoning_content) %}
+                {{- '<|im_start|>' + message.role + '\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}
+            {%- else %}
+                {{- '<|im_start|>' + message.role + '\\n' + content }}
+            {%- endif %}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\\n' + content }}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and content) or (not loop.first) %}
+                    {{- '\\n' }}
+                {%- endif %}
+                {%- if tool_call.function %}
+                    {%- set tool_call = tool_call.function %}
+                {%- endif %}
+                {{- '<tool_call>\\n{"name": "' }}
+                {{- tool_call.name }}
+                {{- '", "arguments": ' }}
+                {%- if tool_call.arguments is string %}
+                    {{- tool_call.arguments }}
+                {%- else %}
+                    {{- tool_call.arguments | tojson }}
+                {%- endif %}
+                {{- '}\\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\\n<tool_response>\\n' }}
+        {{- content }}
+        {{- '\\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\\n\\n</think>\\n\\n' }}
+    {%- endif %}
+{%- endif %}
+"""
+
 SMOLLM2 = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are "
            "a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role'] "
            "+ '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
@@ -186,7 +279,9 @@ PUBLISHED = {
     "llama3.2": (transformers.LlamaConfig, LLAMA_32, {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}),
     "qwen2.5": (transformers.Qwen2Config, QWEN_25, {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}),
     "smollm2": (transformers.LlamaConfig, SMOLLM2, {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}),
+    "qwen3": (transformers.Qwen3Config, QWEN_3, {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}),
 }
+MODEL_CLASSES = {transformers.Qwen2Config: transformers.Qwen2ForCausalLM, transformers.Qwen3Config: transformers.Qwen3ForCausalLM}
 SYSTEM = "You are a patient reader of Jane Austen."
 EXCHANGES = [("Who is Emma Woodhouse?", "The heroine of Emma."), ("Where does she live?", "At Hartfield, in Highbury."),
              ("And Mr. Knightley?", "Her neighbour at Donwell Abbey.")]
@@ -216,8 +311,7 @@ def published(tmp_path_factory, tokenizer_json):
             config = config_class(vocab_size=Tokenizer.from_file(str(tokenizer_json)).get_vocab_size(), hidden_size=64,
                                   intermediate_size=128, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
                                   max_position_embeddings=512, tie_word_embeddings=True)
-            (transformers.Qwen2ForCausalLM if config_class is transformers.Qwen2Config else transformers.LlamaForCausalLM)(
-                config).save_pretrained(folder)
+            MODEL_CLASSES.get(config_class, transformers.LlamaForCausalLM)(config).save_pretrained(folder)
             (folder / "tokenizer.json").write_bytes(tokenizer_json.read_bytes())
             (folder / "tokenizer_config.json").write_text(json.dumps(specials | {
                 "chat_template": template, "add_bos_token": False, "tokenizer_class": "PreTrainedTokenizerFast"}))

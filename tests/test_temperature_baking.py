@@ -1,9 +1,11 @@
 """Folding head temperatures into the query weights (as both exporters get them from
-export/weights.py) gives the same logits with λ = 1, every family."""
+export/weights.py) gives the same logits with λ = 1, every family that declares where they fold;
+a family that declares they cannot (Qwen3's per-head q-norm) refuses a table other than all 1."""
 
 import pytest
 import torch
 
+from edgelm.errors import UserError
 from edgelm.export.weights import ExportedWeights
 from edgelm.models import open_checkpoint
 
@@ -22,6 +24,11 @@ def test_baked_model_equals_model_with_temperatures(preset_dir, name):
     model.set_head_temperatures(table)
     ids = torch.randint(0, spec.vocab_size, (1, 32))
     expected, _ = model(ids)
+    if checkpoint.family.query_tensors(spec, 0) is None:
+        with pytest.raises(UserError, match=f"head temperatures cannot be folded into a {spec.family} model's weights"):
+            ExportedWeights(checkpoint, table)
+        ExportedWeights(checkpoint, torch.ones_like(table))  # λ = 1 folds nothing: exported as it is
+        return
     weights = ExportedWeights(checkpoint, table)
     baked_model = checkpoint.load_model()
     baked_model.load_state_dict({name: weights.get(name) for name in checkpoint.weight_names()}, strict=False)

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import UserError
 from ..models import Family, ModelSpec
+from ..models.registry import refuse_unfoldable_temperatures
 
 
 def temperature_scales(family: Family, spec: ModelSpec, table: torch.Tensor) -> dict[str, tuple[int, torch.Tensor]]:
@@ -23,13 +24,10 @@ def temperature_scales(family: Family, spec: ModelSpec, table: torch.Tensor) -> 
     scales = {}
     if (table == 1).all():
         return scales
+    refuse_unfoldable_temperatures(family, spec, None, "export it without --head-temperatures (all λ = 1)")
     for layer, row in enumerate(table.float()):
         per_entry = row.repeat_interleave(spec.head_dim)  # [num_heads·head_dim], head-major
-        tensors = family.query_tensors(spec, layer)
-        if tensors is None:
-            raise UserError(f"head temperatures cannot be folded into a {family.name} model's weights", None,
-                            "export it without --head-temperatures (all λ = 1)")
-        for name, axis in tensors:
+        for name, axis in family.query_tensors(spec, layer):
             scales[name] = (axis, per_entry)
     return scales
 

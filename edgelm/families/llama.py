@@ -30,6 +30,7 @@ from ..models.spec import ModelSpec
 class LlamaConfig:
     intermediate_size: int  # SwiGLU width
     qkv_bias: bool = False  # q/k/v projections with a bias (Qwen2)
+    qk_norm: bool = False  # an RMSNorm over each head's query and key before rotary (Qwen3)
 
 
 class LlamaAttention(nn.Module):
@@ -41,11 +42,18 @@ class LlamaAttention(nn.Module):
         self.k_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=bias)
         self.v_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=bias)
         self.o_proj = nn.Linear(spec.num_heads * hd, d, bias=False)
+        if spec.family_config.qk_norm:  # one weight of head_dim, shared by every head
+            self.q_norm = RMSNorm(hd, spec.norm_eps)
+            self.k_norm = RMSNorm(hd, spec.norm_eps)
         self.attention = CausalSelfAttention(spec)
         self.spec = spec
 
     def forward(self, x, rotation, past, attention_mask):
-        out, present = self.attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), rotation, past, attention_mask)
+        q, k = self.q_proj(x), self.k_proj(x)  # [batch, seq, heads·head_dim], [batch, seq, kv_heads·head_dim]
+        if self.spec.family_config.qk_norm:
+            q = self.q_norm(q.unflatten(-1, (-1, self.spec.head_dim))).flatten(-2)  # per head: [batch, seq, heads, head_dim]
+            k = self.k_norm(k.unflatten(-1, (-1, self.spec.head_dim))).flatten(-2)
+        out, present = self.attention(q, k, self.v_proj(x), rotation, past, attention_mask)
         return self.o_proj(out), present
 
 

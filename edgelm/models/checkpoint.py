@@ -30,7 +30,7 @@ from ..errors import UserError
 from ..hub import known_facts, resolve_model
 from ..numbers import is_number_table
 from .layers import CausalLM
-from .registry import Family, family_for_config
+from .registry import Family, family_for_config, refuse_unfoldable_temperatures
 from .spec import ModelSpec
 from .util import ConfigReader, MissingConfigKey
 
@@ -392,6 +392,9 @@ def open_checkpoint(
         checkpoint.temperature_source = "the table recorded in an export"
     elif family.head_temperature_tensor and family.head_temperature_tensor.format(bid=0) in tensors.shapes:
         checkpoint.temperature_source = "checkpoint tensors " + family.head_temperature_tensor
+    if checkpoint.temperature_table is not None and not bool((checkpoint.temperature_table == 1).all()):
+        refuse_unfoldable_temperatures(family, spec, head_temperatures if isinstance(head_temperatures, (str, Path)) else folder,
+                                       "run it without --head-temperatures (all λ = 1)")
     if declared is None:
         checkpoint.measure_position_encoding()
     return checkpoint

@@ -50,6 +50,18 @@ def _qwen2(**overrides: Any) -> dict[str, Any]:
     return config | overrides
 
 
+def _qwen3(**overrides: Any) -> dict[str, Any]:
+    """Qwen3-0.6B's config.json."""
+    config = {
+        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_act": "silu",
+        "vocab_size": 151936, "hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28,
+        "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 40960,
+        "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": True, "attention_bias": False,
+        "use_sliding_window": False,
+    }
+    return config | overrides
+
+
 def _ngen4(**overrides: Any) -> dict[str, Any]:
     config = {
         "architectures": ["NGen4ForCausalLM"], "model_type": "ngen4", "vocab_size": 50257,
@@ -111,6 +123,9 @@ PRESETS: dict[str, Preset] = {
                            description="4-layer llama, tied embeddings, as SmolLM2"),
     "tiny-qwen2": Preset(_qwen2(**TINY_LLAMA), "sentencepiece", torch.float32, chat_template=CHATML,
                          description="4-layer qwen2, q/k/v biases, tied embeddings, ChatML"),
+    "qwen3-0.6b": Preset(_qwen3(), "bpe", torch.bfloat16, chat_template=CHATML, description="Qwen3-0.6B shapes, q/k norms"),
+    "tiny-qwen3": Preset(_qwen3(**TINY_LLAMA, head_dim=64), "sentencepiece", torch.float32, chat_template=CHATML,
+                         description="4-layer qwen3, q/k norms, 64-wide heads (not hidden / heads), tied embeddings, ChatML"),
     "tiny-ngen4": Preset(
         _ngen4(vocab_size=TINY_VOCAB, n_positions=4096, n_embd=256, n_layer=4, n_head=4, n_inner=1024),
         "bpe", torch.float32, description="4-layer ngen4, rope_pct 0.5",

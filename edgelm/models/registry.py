@@ -23,6 +23,13 @@ from .util import ConfigReader
 FAMILIES: dict[str, "Family"] = {}
 
 
+def refuse_unfoldable_temperatures(family: "Family", spec: ModelSpec, path, fix: str) -> None:
+    """A family whose queries are not linear in one weight (`query_tensors` None: Qwen3's per-head
+    q-norm) cannot carry head temperatures in any exported file, so no command takes a table for it."""
+    if family.query_tensors(spec, 0) is None:
+        raise UserError(f"head temperatures cannot be folded into a {family.name} model's weights", path, fix)
+
+
 @dataclass(frozen=True)
 class AttentionInput:
     """How a layer makes its queries, keys or values: `weight`'s entries [start, stop) along
