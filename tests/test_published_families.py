@@ -184,6 +184,22 @@ def test_unimplemented_rope_scaling_is_refused(tmp_path):
         open_checkpoint(tmp_path, position_encoding="rope")
 
 
+@pytest.mark.parametrize("declared", [{"partial_rotary_factor": 0.5}, {"rope_parameters": {"rope_theta": 1e5, "rope_type": "default",
+                                      "partial_rotary_factor": 0.5}}, {"attention_bias": True}, {"mlp_bias": True}])
+def test_llama_variants_transformers_runs_otherwise_are_refused_by_their_key(tmp_path, declared):
+    """Stranger round 10: a LlamaConfig(partial_rotary_factor=0.5) folder ran rotating half of each head where
+    transformers' LlamaForCausalLM rotates all of it (5.x; 4.57 fails), other greedy tokens with no word; one with
+    attention_bias was refused for its tensors, not for the key that declares them."""
+    from edgelm.errors import UserError
+
+    write_hf_folder(tmp_path, "smollm2")
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(config | declared))
+    key = next(k for k in ("partial_rotary_factor", "attention_bias", "mlp_bias") if k in json.dumps(declared))
+    with pytest.raises(UserError, match=f"{key} = .* is not implemented"):
+        open_checkpoint(tmp_path, position_encoding="rope")
+
+
 @pytest.fixture(scope="module")
 def converted(published, tmp_path_factory):
     """family → (edgelm's f16 GGUF, the converter's f16 GGUF) of the same folder."""

@@ -123,11 +123,16 @@ class Llama(Family):
         hidden, heads = config.size("hidden_size"), config.size("num_attention_heads")
         head_dim = config.head_width("hidden_size", "num_attention_heads", "head_dim")
         config.implemented("hidden_act", ("silu",), "silu")
+        config.implemented("attention_bias", (False,), False)  # transformers' Llama: biases on q, k, v and o
+        config.implemented("mlp_bias", (False,), False)
         # transformers 5 moved rope_theta into rope_parameters; older configs keep it at the top level
         rope = config.section("rope_parameters")
         theta = rope.number("rope_theta", config.number("rope_theta", 10000.0))
-        partial = rope.number("partial_rotary_factor", config.number("partial_rotary_factor", 1.0))
-        rotary = Rotary(theta=theta, dims=int(head_dim * partial), scaling=rope_scaling(config))
+        # transformers' LlamaForCausalLM, the reference for this layout, rotates whole heads whatever
+        # partial_rotary_factor says (5.x), or fails on one below 1 (4.57): refused, not run one of two ways
+        for section in (rope, config):
+            section.implemented("partial_rotary_factor", (1.0,), 1.0)
+        rotary = Rotary(theta=theta, dims=head_dim, scaling=rope_scaling(config))
         return ModelSpec(
             family=self.name,
             vocab_size=config.size("vocab_size"),

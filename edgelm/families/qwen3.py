@@ -30,7 +30,6 @@ class Qwen3(Llama):
 
     def spec_from_config(self, config):
         config.implemented("use_sliding_window", (False,), False)
-        config.implemented("attention_bias", (False,), False)
         spec = super().spec_from_config(config)
         return replace(spec, position_alternatives=(), family_config=replace(spec.family_config, qk_norm=True))
 
