@@ -15,6 +15,15 @@ def shown(path: str | Path) -> str:
     return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def one_line(text: str) -> str:
+    """`text` as one line of printable characters: a newline, a terminal escape or a bidirectional override
+    that a file put into a message (a chat template's raise_exception, a file name, a tokenizer's error)
+    is shown as its escape — \\n, \\x1b, \\u202e — never forging a line or reaching the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class UserError(Exception):
     """A mistake in what the user gave us (a path, a file, an option), never a bug in edgelm.
 
@@ -33,7 +42,7 @@ class UserError(Exception):
         parts = [f"{shown(self.path)}: {self.what}" if self.path is not None else self.what]
         if self.fix:
             parts.append(self.fix)
-        return _PATH_REPR.sub(r"\1", " — ".join(parts))
+        return one_line(_PATH_REPR.sub(r"\1", " — ".join(parts)))
 
 
 class NotUtf8Text(UserError):

@@ -4,7 +4,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -109,13 +112,53 @@ class Tokenizer:
         raise NotImplementedError
 
 
+@contextmanager
+def _panic_message_held():
+    """Rust's panic hook writes 'thread ... panicked at ...' (and, under RUST_BACKTRACE, a backtrace) to
+    file descriptor 2 before pyo3 raises: while tokenizers runs, descriptor 2 is a pipe, whose content is
+    dropped after a panic (the one line says it) and written to stderr otherwise. The pipe does not block
+    its writer: past its 64 KB a write fails (EAGAIN) instead of hanging the process."""
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    saved = os.dup(2)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    panicked = False
+    try:
+        yield
+    except BaseException as exc:
+        panicked = type(exc).__name__ == "PanicException"
+        raise
+    finally:
+        os.dup2(saved, 2)  # closes the pipe's last write end: the read below ends
+        os.close(saved)
+        with os.fdopen(read_end, "rb") as held:
+            written = held.read()
+        if written and not panicked:
+            os.write(2, written)
+
+
+def _rust_panic(exc: BaseException, file: Path, doing: str) -> BaseException:
+    """tokenizers is Rust: where a file's own rules fail (a pre-tokenizer regex that backtracks past
+    onig's retry limit), it panics, and pyo3 raises PanicException, a BaseException that no `except
+    Exception` catches — a traceback. As one line, naming the tokenizer file; anything else as it is."""
+    if type(exc).__name__ != "PanicException":
+        return exc
+    return UserError(f"the tokenizer failed while {doing} ({str(exc).splitlines()[0][:200] if str(exc) else 'a panic in tokenizers'})",
+                     file, "its normalizer or pre-tokenizer rules cannot run on this text: give the tokenizer.json the model was published with")
+
+
 class JSONTokenizer(Tokenizer):
     kind = "bpe (tokenizer.json)"
 
     def __init__(self, file: Path, config: dict[str, Any]):
         from tokenizers import Tokenizer as Backend
 
-        self.backend = Backend.from_file(str(file))
+        try:
+            self.backend = Backend.from_file(str(file))
+        except BaseException as exc:
+            raise _rust_panic(exc, file, "reading it") from None
         self.vocab_size = self.backend.get_vocab_size()
         self.highest_id = max(self.backend.get_vocab(with_added_tokens=True).values(), default=-1)
         super().__init__(file, config)
@@ -123,10 +166,17 @@ class JSONTokenizer(Tokenizer):
     def encode_text(self, text, special=True):
         # tokenizers matches added tokens in the text; `encode_special_tokens` spells the special ones out
         self.backend.encode_special_tokens = not special
-        return self.backend.encode(text, add_special_tokens=False).ids
+        try:
+            with _panic_message_held():
+                return self.backend.encode(text, add_special_tokens=False).ids
+        except BaseException as exc:
+            raise _rust_panic(exc, self.file, "encoding a text") from None
 
     def decode(self, ids):
-        return self.backend.decode(ids, skip_special_tokens=False)
+        try:
+            return self.backend.decode(ids, skip_special_tokens=False)
+        except BaseException as exc:
+            raise _rust_panic(exc, self.file, "decoding ids") from None
 
     def lookup(self, token):
         return self.backend.token_to_id(token)

@@ -245,6 +245,10 @@ CASES: list[Case] = [
          edit_json("model", "tokenizer_config.json", {"chat_template": "{% for i in range(10**9) %}{% for j in range(10**9) %}x{% endfor %}{% endfor %}"})),
     case("chat template multiplies a string", "chat {model}", "chat template",
          edit_json("model", "tokenizer_config.json", {"chat_template": "{{ 'x' * 10**10 }}"})),
+    case("chat template raises a message of many lines and terminal escapes", "chat {model}", "forged\\nok: verified\\x1b]52;c;ZZ\\x07",
+         edit_json("model", "tokenizer_config.json", {"chat_template": "{{ raise_exception('forged\\nok: verified\\x1b]52;c;ZZ\\x07') }}"})),
+    case("prompt cache whose header nests past json's recursion", "chat {model} --prompt-cache {tmp}/deep.cache", "not an edgelm prompt cache",
+         write("tmp", "deep.cache", (200_000).to_bytes(8, "little") + b"[" * 100_000 + b"]" * 100_000)),
     # --- head temperatures
     case("temperatures of wrong shape", "inspect {model} --head-temperatures {tmp}/temps.json", "4 layers × 8 heads",
          temperatures({"layers": [[1.0] * 8] * 3})),

@@ -432,3 +432,28 @@ def test_a_context_llama_cpp_cannot_allocate_is_not_called_a_damaged_file(run_cl
     exported = export_gguf(open_checkpoint(preset_dir("tiny-rope")), tmp_path / "m.gguf", "f16").path
     assert_user_error(run_cli("-q", "generate", exported, "--prompt", "x", "-c", 10_000_000),
                       "m.gguf: llama.cpp could not allocate a context of 10,000,000 tokens", "ask for a shorter context (--ctx-size")
+
+
+def _backtracking_split(data):
+    """A pre-tokenizer regex whose backtracking passes onig's retry limit on a sentence ending in '!'."""
+    data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "(\\w+\\s?)*$"}, "behavior": "Isolated", "invert": False}, data["pre_tokenizer"]]}
+
+
+@pytest.mark.parametrize("command", [["generate", "{m}", "--prompt", "It is a truth universally acknowledged that a single man in possession!"],
+                                     ["perplexity", "{m}", "--text", "{t}/text.txt", "--ctx", "64"]])
+def test_a_tokenizer_whose_rules_panic_is_one_line(tmp_path, command):
+    """Stranger round 10: tokenizers (Rust) panics on such a regex; pyo3's PanicException is a BaseException
+    that `except Exception` missed (a traceback, exit 1), and Rust's panic hook wrote 'thread … panicked'
+    and a backtrace (RUST_BACKTRACE=1) to descriptor 2 before it. Now the whole stderr is one line, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    model = _with_tokenizer(SHIPPED_ROPE, tmp_path / "m", _backtracking_split)
+    (tmp_path / "text.txt").write_text("It is a truth universally acknowledged that a single man in possession!\n" * 20)
+    argv = [arg.format(m=model, t=tmp_path) for arg in command]
+    done = subprocess.run([sys.executable, "-m", "edgelm", *argv], capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"RUST_BACKTRACE": "1"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [done.stderr.strip()] and "the tokenizer failed while encoding a text" in done.stderr, done.stderr

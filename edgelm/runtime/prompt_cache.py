@@ -16,14 +16,13 @@ stranger's NaN written into its K rows loaded silently and the chat replied "the
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifact_files import read_bytes
+from ..artifact_files import parse_json, read_bytes
 from ..errors import UserError, WriteFailed
 from ..fileio import DISK_FULL_ERRNOS, hidden_prefix, write_failure
 from .backend import Backend, StateMismatch
@@ -183,9 +182,9 @@ def _metadata(path: Path) -> dict | None:
         (length,) = struct.unpack("<Q", head)
         if not 2 <= length <= HEADER_LIMIT:
             return None
-        try:
-            header = json.loads(handle.read(length))
-        except (UnicodeDecodeError, ValueError):
+        try:  # bounded like every JSON a stranger wrote: '[' * 100000 was a RecursionError traceback
+            header = parse_json(handle.read(length), path, "--prompt-cache's header", HEADER_LIMIT)
+        except UserError:
             return None
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     return metadata if isinstance(metadata, dict) and metadata.get("format") == FORMAT else None
