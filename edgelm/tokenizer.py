@@ -32,6 +32,15 @@ def unicode_text(text: str) -> str:
     return text
 
 
+# Token texts that end a generation wherever a vocabulary has them, as llama.cpp decides its end-of-generation
+# ids beside eos (llama-cpp-python 0.3.36's vendored src/llama-vocab.cpp): a chat stops at the end-of-turn marker
+# its template writes (ChatML's <|im_end|>, Llama 3's <|eot_id|>) in every format, as llama.cpp's chat does
+END_OF_GENERATION_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "<end_of_turn>",
+                           "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>",
+                           "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>", "<\uff5cend\u2581of\u2581sentence\uff5c>", "[e~[")
+# where transformers reads the ids its generate stops at (an int or a list: Llama 3.x Instruct lists three)
+END_ID_FILES = ("config.json", "generation_config.json")
+
 HEAD_BYTES_PER_TOKEN = 16  # a first read of a text's head: ~4 bytes a token in English prose, so usually one read
 HEAD_MARGIN_TOKENS = 16  # tokens past those wanted, so the cut (a word split in two) cannot change the ones kept
 
@@ -63,6 +72,17 @@ class Tokenizer:
         self.add_bos = bool(config.get("add_bos_token", False))
         self.bos_id = self.token_id(config.get("bos_token"))
         self.eos_id = self.token_id(config.get("eos_token"))
+        named = (self.lookup(text) for text in END_OF_GENERATION_TEXTS)
+        self.end_ids = frozenset(i for i in (self.eos_id, *named) if i is not None)
+
+    def ends_reply(self, token: int) -> bool:
+        """Whether generating `token` ends the reply: eos, a token llama.cpp ends a generation at by its text, or
+        one the model folder's config.json / generation_config.json names as eos_token_id."""
+        return token in self.end_ids
+
+    def end_id_list(self) -> list[int]:
+        """The end ids as config.json and genai_config.json state several: eos first (Optimum pads with it)."""
+        return ([self.eos_id] if self.eos_id is not None else []) + sorted(self.end_ids - {self.eos_id})
 
     @property
     def chat_template(self) -> str | None:
@@ -256,7 +276,26 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
                             config_path, f"name a token {name} has, or drop {role}")
     tokenizer.files = {name: file} | ({"tokenizer_config.json": config_path} if config_path else {})
     tokenizer.template_file = template_file
+    tokenizer.end_ids |= stated_end_ids(folder, tokenizer.highest_id)
     return tokenizer
+
+
+def stated_end_ids(folder: Path, highest_id: int) -> frozenset[int]:
+    """The eos_token_id (an id or a list) of the folder's config.json and generation_config.json, which
+    transformers' generate stops at; ids past the vocabulary (a stale config) are left out, as
+    written_config leaves them out of what edgelm writes."""
+    ids: set[int] = set()
+    for name in END_ID_FILES:
+        path = find_member(folder, name, MAX_JSON_BYTES)
+        stated = read_json_object(path, what=name).get("eos_token_id") if path else None
+        if stated is None:
+            continue
+        listed = stated if isinstance(stated, list) else [stated]
+        if not all(type(i) is int for i in listed):
+            raise UserError(f"{name}'s eos_token_id is {str(stated)[:80]}, not a token id or a list of them", path,
+                            "fix the file or re-download it")
+        ids.update(i for i in listed if 0 <= i <= highest_id)
+    return frozenset(ids)
 
 
 def load_tokenizer_file(file: Path, config: dict[str, Any]) -> Tokenizer:

@@ -295,6 +295,7 @@ def genai_config(checkpoint: Checkpoint, tokenizer: Tokenizer, context_length: i
     eos = tokenizer.eos_id if tokenizer.eos_id is not None else (
         stated if type(stated) is int and 0 <= stated < spec.vocab_size else 0)
     bos = tokenizer.bos_id if tokenizer.bos_id is not None else eos
+    ends = tokenizer.end_id_list() if tokenizer.eos_id is not None else [eos]  # genai stops at any of a list
     return {
         "model": {
             "bos_token_id": bos,
@@ -310,7 +311,7 @@ def genai_config(checkpoint: Checkpoint, tokenizer: Tokenizer, context_length: i
                 "num_hidden_layers": spec.num_layers,
                 "num_key_value_heads": spec.num_kv_heads,
             },
-            "eos_token_id": eos,
+            "eos_token_id": ends if len(ends) > 1 else eos,
             "pad_token_id": eos,
             "type": onnx_mapping(checkpoint.family).genai_type,
             "vocab_size": spec.vocab_size,

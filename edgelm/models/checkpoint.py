@@ -475,10 +475,12 @@ def written_config(family: Family, spec: ModelSpec, config: dict[str, Any], fold
 
 
 def with_token_ids(config: dict[str, Any], tokenizer) -> dict[str, Any]:
-    """`config` with bos/eos_token_id those of `tokenizer`, which edgelm itself runs by: the source's
+    """`config` with bos/eos_token_id those of `tokenizer` (eos_token_id a list where more than eos ends a
+    reply: Tokenizer.end_id_list), which edgelm itself runs by: the source's
     own values (an id past the vocabulary, a stale one) never reach the config.json a written model carries."""
     config = dict(config)
-    for key, value in (("bos_token_id", tokenizer.bos_id), ("eos_token_id", tokenizer.eos_id)):
+    ends = tokenizer.end_id_list()  # several, as Llama 3.x Instruct states them, where the reply can end at more than eos
+    for key, value in (("bos_token_id", tokenizer.bos_id), ("eos_token_id", ends if len(ends) > 1 else tokenizer.eos_id)):
         if value is None:
             config.pop(key, None)
         else:

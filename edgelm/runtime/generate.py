@@ -116,11 +116,11 @@ class TextStream:
 
 
 def _stream(tokenizer, ids, tokens, stop) -> Iterator[Piece]:
-    """The text of `tokens` as it becomes valid, until eos or a stop string."""
+    """The text of `tokens` as it becomes valid, until an end token (Tokenizer.ends_reply) or a stop string."""
     text = TextStream(tokenizer, ids)
     pending = ""  # decoded but not yet shown: an end that could begin a stop string
     for token in tokens:
-        if token == tokenizer.eos_id:
+        if tokenizer.ends_reply(token):
             break
         pending += text.add(token)
         # a stop string may span tokens: it can only begin in what is held back or in the new text

@@ -184,6 +184,13 @@ class LlamaCppTokenizer(Tokenizer):
         self.template_file = path if chat_template is not None else None  # its tokenizer.chat_template key
         self.bos_id, self.eos_id = bos, eos
 
+    def ends_reply(self, token):
+        # llama.cpp's own end-of-generation set for this file (eos, eot, eom and the texts it knows), which its
+        # create_chat_completion stops at
+        import llama_cpp
+
+        return bool(llama_cpp.llama_vocab_is_eog(self._open()._model.vocab, token))
+
     def _open(self):
         """The Llama, or RuntimeError once its model is closed: llama-cpp-python reads freed memory (a segfault)."""
         if getattr(self.llm, "edgelm_closed", False):
