@@ -28,7 +28,7 @@ import stat
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import NotUtf8Text, UserError
+from .errors import RefusedText, UserError
 from .fileio import is_plain_name
 
 MAX_JSON_BYTES = 64 << 20  # the largest JSON edgelm parses itself: a tokenizer.json of a 250k vocabulary is ~20 MB
@@ -144,9 +144,9 @@ def read_bytes(path: Path, limit: int, what: str = "the file") -> bytes:
     return data
 
 
-def _not_utf8(exc: UnicodeDecodeError, path: Path | None, what: str) -> NotUtf8Text:
+def _not_utf8(exc: UnicodeDecodeError, path: Path | None, what: str) -> RefusedText:
     """The one line for bytes that are not UTF-8: a file's (`path`) may be re-downloaded, a stream's not."""
-    return NotUtf8Text(f"{what} is not UTF-8 text (byte {exc.start}: {exc.reason})", path,
+    return RefusedText(f"{what} is not UTF-8 text (byte {exc.start}: {exc.reason})", path,
                        "convert it to UTF-8" + (" or re-download it" if path is not None else ""))
 
 

@@ -17,7 +17,7 @@ import typer
 
 from . import __version__
 from .console import LazyConsole, OutputLost, Progress, guarded_streams
-from .errors import NotUtf8Text, UserError
+from .errors import RefusedText, UserError
 from .fileio import DISK_FULL_ERRNOS, stopped
 from .exporters import EXPORTERS
 from .numbers import LOOKUP_NGRAM, LOOKUP_NGRAM_MAX, NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, not_finite
@@ -249,11 +249,28 @@ def _prompt_text(prompt: str | None, file: Path | None) -> str:
 MAX_CHAT_MESSAGE_BYTES = 1 << 20  # a typed or piped chat turn: ~250,000 tokens, far past any context edgelm runs
 
 
+def _line_editor() -> None:
+    """GNU readline (or libedit) under input() in a terminal, as Python's own prompt has it: arrows edit the
+    line and recall earlier messages, and the line is read key by key, not as the terminal's cooked line,
+    which keeps only 4,095 bytes (a pasted 8,000-character message lost its end with no word; Left sent
+    ESC [ D to the model as text). Tab inserts itself: a message is text, not a file name to complete."""
+    try:
+        import readline
+    except ImportError:  # a Python built without it: the terminal's own line
+        return
+    readline.parse_and_bind("bind ^I ed-insert" if "libedit" in (readline.__doc__ or "") else "tab: self-insert")
+
+
 def _read_turn() -> str:
-    """The next chat message: input() with line editing in a terminal; from a pipe a bounded line (a pipe
-    from /dev/zero is one endless line, which input() read until memory ran out), its prompt on stderr."""
+    """The next chat message: input() with line editing in a terminal (_line_editor); from a pipe a bounded
+    line (a pipe from /dev/zero is one endless line, which input() read until memory ran out), its prompt on
+    stderr. Either way a message past MAX_CHAT_MESSAGE_BYTES is refused."""
     if sys.stdin is None or sys.stdin.isatty():
-        return input("> ")
+        line = input("> ")
+        if len(line.encode("utf-8", "surrogateescape")) > MAX_CHAT_MESSAGE_BYTES:
+            raise RefusedText(f"a chat message holds more than {MAX_CHAT_MESSAGE_BYTES:,} bytes; edgelm reads at most that", None,
+                              "send a shorter message")
+        return line
     from .artifact_files import read_stream
 
     print("> ", end="", flush=True, file=sys.stderr)  # stdout holds the replies alone
@@ -506,6 +523,8 @@ def chat(
         from .runtime.prompt_cache import start_from
 
         info.print(start_from(prompt_cache, artifact.path, backend, conversation.preamble_ids()), style="dim", markup=False, highlight=False)
+    if sys.stdin is not None and sys.stdin.isatty():
+        _line_editor()
     while True:
         try:
             user = _read_turn()
@@ -515,7 +534,7 @@ def chat(
         except KeyboardInterrupt:
             out.print()
             continue
-        except NotUtf8Text as exc:  # this line is refused and was read whole: the chat goes on (a line over the limit ends it)
+        except RefusedText as exc:  # this line is refused and was read whole: the chat goes on (a piped line over the limit ends it)
             err.print(f"error: {exc.line()}", markup=False, soft_wrap=True)
             continue
         # a command word, alone or with more after it, is never sent as a message (llama-cli's commands have the same

@@ -45,8 +45,9 @@ class UserError(Exception):
         return one_line(_PATH_REPR.sub(r"\1", " — ".join(parts)))
 
 
-class NotUtf8Text(UserError):
-    """A text that is not UTF-8, read whole: what follows it can still be read (chat goes on to the next message)."""
+class RefusedText(UserError):
+    """A text refused whole (not UTF-8, or a terminal line past the limit) after it was read: what follows it
+    can still be read (chat goes on to the next message)."""
 
 
 class WriteFailed(UserError):

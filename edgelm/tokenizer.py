@@ -14,7 +14,7 @@ from typing import Any
 from .artifact_files import (MAX_JSON_BYTES, MAX_TEMPLATE_BYTES, MAX_TEXT_BYTES, MAX_TOKENIZER_BYTES, find_member, read_json_object,
                              read_text, read_text_head)
 from .constants import CHAT_TEMPLATE_FILE
-from .errors import NotUtf8Text, UserError
+from .errors import RefusedText, UserError
 
 def unicode_text(text: str) -> str:
     """`text`, refused in one line where it holds a lone surrogate: Python keeps a byte that is not UTF-8 in a
@@ -27,7 +27,7 @@ def unicode_text(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise NotUtf8Text(f"the text holds a byte that is not UTF-8 (character {exc.start + 1})", None,
+        raise RefusedText(f"the text holds a byte that is not UTF-8 (character {exc.start + 1})", None,
                         "give UTF-8 text (a terminal's or argument's bytes in another encoding: convert them with iconv)") from None
     return text
 

@@ -56,6 +56,29 @@ def test_ctrl_c_stops_the_reply_and_keeps_the_session():
     child.expect(pexpect.EOF)
 
 
+def test_a_terminal_line_is_edited_and_read_whole():
+    """Stranger round 10: chat read the terminal's cooked line, which keeps 4,095 bytes — a pasted 8,000-character
+    message lost its end with no word — and has no editing: Left sent ESC [ D to the model as text. Under
+    readline the whole message arrives, Left moves the cursor and Up recalls the last message."""
+    child = spawn("--max-new-tokens", "1", "--verbose-prompt")
+    child.expect("> ")
+    message = "word " * 1599 + "ZQZQ"  # 8,000 characters
+    child.send(message + "\r")
+    child.expect(r"prompt: (\d+) tokens")
+    child.expect(r"tok/s; (\d+) prompt tokens evaluated")
+    assert "Z" in child.before and int(child.match.group(1)) > 1600  # the end arrived: ~one token a word
+    child.expect("> ")
+    child.send("abc\x1b[DX\r")  # type abc, Left, X, Enter
+    child.expect("prompt tokens evaluated")
+    assert "'X'" in child.before and "\\x1b" not in child.before and "'[D'" not in child.before
+    child.expect("> ")
+    child.send("\x1b[A\r")  # Up, Enter: the last message again
+    child.expect("prompt tokens evaluated")
+    assert "'X'" in child.before
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+
+
 def test_history_is_trimmed_oldest_first():
     conversation = Conversation(load_tokenizer(MODEL), context_length=80, reply_budget=20)
     total_dropped = 0
