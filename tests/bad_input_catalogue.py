@@ -360,6 +360,8 @@ CASES: list[Case] = [
          gguf_key("edgelm.tokenizer_file.tokenizer.json", 7, GGUFValueType.INT32)),
     case("GGUF tokenizer file bad base64", "generate {gguf} --prompt x", "is not a text, base64 text or byte array file",
          gguf(add={"edgelm.tokenizer_file_base64.tokenizer.model": ("not base64!", GGUFValueType.STRING)})),
+    case("GGUF chat template past 1 MB", "generate {gguf} --prompt x", "holds 1,048,577 bytes of text",
+         gguf_key("tokenizer.chat_template", "x" * (2**20 + 1), GGUFValueType.STRING)),
     case("GGUF tokenizer.json not JSON", "generate {gguf} --prompt x", "tokenizer.json",
          gguf_key("edgelm.tokenizer_file.tokenizer.json", "{", GGUFValueType.STRING)),
     case("GGUF a tensor missing", "generate {gguf} --prompt x", "tensors missing", gguf(drop_tensors=["token_embd.weight"])),

@@ -15,6 +15,7 @@ from typing import Any
 import ggml
 import numpy as np
 
+from ..artifact_files import MAX_TEMPLATE_BYTES, MAX_TOKENIZER_BYTES
 from ..constants import GGUF_FAMILY, GGUF_TOKENIZER_FILE, GGUF_TOKENIZER_FILE_BASE64, TOKENIZER_FILES
 from ..errors import UserError
 from ..tokenizer import Tokenizer, load_tokenizer
@@ -97,6 +98,37 @@ class GGUFFile:
         return ggml.gguf_find_key(self._header, GGUF_FAMILY.encode()) >= 0
 
 
+# a string key's length without a copy: ggml-python's gguf_get_val_str returns a Python bytes of it (`cdll[name]`
+# is a function object of our own, so ggml-python's keeps its restype)
+_STRING_AT = next(cdll for cdll in ggml.lib._libraries if hasattr(cdll, "gguf_get_val_str"))["gguf_get_val_str"]
+_STRING_AT.argtypes, _STRING_AT.restype = [ctypes.c_void_p, ctypes.c_int64], ctypes.c_void_p
+_STRLEN = ctypes.CDLL(None).strlen
+_STRLEN.argtypes, _STRLEN.restype = [ctypes.c_void_p], ctypes.c_size_t
+
+
+def _string_limit(key: str) -> int:
+    """The longest text a string key may hold: the limits edgelm puts on the same things as files."""
+    if key.startswith(GGUF_TOKENIZER_FILE):
+        return MAX_TOKENIZER_BYTES
+    if key.startswith(GGUF_TOKENIZER_FILE_BASE64):
+        return MAX_TOKENIZER_BYTES * 4 // 3 + 4
+    return MAX_TEMPLATE_BYTES  # a chat template, a name, a license, edgelm's config and certificate: a few kB
+
+
+def _refuse_long_strings(header, path: Path) -> None:
+    """A string key past its limit, refused before llama.cpp or Python copies it: a 600 MB tokenizer.chat_template
+    took `generate`, which never renders it, to 3.7 GB (llama-cpp-python reads every key into a dict) and a
+    MemoryError traceback."""
+    for i in range(ggml.gguf_get_n_kv(header)):
+        if ggml.gguf_get_kv_type(header, i) != ggml.GGUF_TYPE_STRING:
+            continue
+        key = ggml.gguf_get_key(header, i).decode("utf-8", errors="replace")
+        length, limit = _STRLEN(_STRING_AT(header, i)), _string_limit(key)
+        if length > limit:
+            raise UserError(f"metadata key {key[:80]!r} holds {length:,} bytes of text; edgelm reads at most {limit:,} there", path,
+                            "no model needs that much text there: re-download or export it again")
+
+
 def open_gguf(path: str | Path) -> GGUFFile:
     path = Path(path)
     if not path.is_file():
@@ -105,6 +137,7 @@ def open_gguf(path: str | Path) -> GGUFFile:
     if not header:
         raise UserError("not a valid GGUF file (ggml's parser refused its header)", path, "the file is truncated or damaged: export it again")
     gguf = GGUFFile(path, header)
+    _refuse_long_strings(header, path)
     size, data = path.stat().st_size, ggml.gguf_get_data_offset(header)
     for i in range(ggml.gguf_get_n_tensors(header)):  # every tensor's data must lie inside the file
         if data + ggml.gguf_get_tensor_offset(header, i) + ggml.gguf_get_tensor_size(header, i) > size:
