@@ -370,7 +370,23 @@ def _change_genai_eos(folder: Path) -> None:
     path.write_text(json.dumps(config), encoding="utf-8")
 
 
-@pytest.mark.parametrize("change", ["gguf chat template", "gguf eos id", "onnx vocabulary", "onnx chat template", "onnx genai eos"])
+def _edit_manifest(**said):
+    def change(folder: Path) -> None:
+        import json
+
+        path = folder / "edgelm.json"
+        path.write_text(json.dumps(json.loads(path.read_text(encoding="utf-8")) | said), encoding="utf-8")
+    return change
+
+
+MANIFEST_EDITS = {  # stranger round 10: both passed verify, the first steering parity's reference, the second the context refusal
+    "onnx recorded temperatures": _edit_manifest(head_temperatures={"layers": [[3.0] * 8] * 4, "baked_into_weights": False}),
+    "onnx rotary table length": _edit_manifest(rotary_table_positions=2**40),
+}
+
+
+@pytest.mark.parametrize("change", ["gguf chat template", "gguf eos id", "onnx vocabulary", "onnx chat template", "onnx genai eos",
+                                    *MANIFEST_EDITS])
 def test_a_tokenizer_or_template_changed_after_export_fails_verify(exports, run_cli, tmp_path, change):
     """Stranger finding: two vocabulary entries swapped in an ONNX export's tokenizer.json, a chat template with
     an injected instruction (ONNX and GGUF), another eos id in genai_config.json or the GGUF passed `verify`
@@ -392,7 +408,7 @@ def test_a_tokenizer_or_template_changed_after_export_fails_verify(exports, run_
         source = exports("tiny-nope.onnx")
         tampered = shutil.copytree(source, tmp_path / "onnx")
         {"onnx vocabulary": _swap_vocabulary_entries, "onnx chat template": _inject_template,
-         "onnx genai eos": _change_genai_eos}[change](tampered)
+         "onnx genai eos": _change_genai_eos, **MANIFEST_EDITS}[change](tampered)
     assert "tokenizer, template and settings: sha256" in verify_passes(run_cli, source)
     code, out, err = run_cli("verify", tampered)
     assert code == 1 and "probe matches" in out and "DIFFER from the certified" in out, (out, err)

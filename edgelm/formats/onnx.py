@@ -191,9 +191,12 @@ class OnnxFolder(Format):
         return self.manifest.get(PARITY_CERTIFICATE)
 
     def settings_sha256(self) -> str | None:
-        """Over the folder's files but the graph, its external weights and edgelm.json (which holds the
-        certificate): tokenizer files, chat template, genai_config.json, config.json — each name and bytes."""
+        """Over the folder's files but the graph and its external weights — tokenizer files, chat template,
+        genai_config.json, config.json, each name and bytes — and what edgelm.json says besides the
+        certificate it holds (its recorded head temperatures and rotary table length steer parity and the
+        context refusal: forged, they passed verify), as canonical JSON."""
         import hashlib
+        import json
 
         from ..artifact_files import sha256
         from ..constants import ONNX_MANIFEST
@@ -206,6 +209,8 @@ class OnnxFolder(Format):
         for file in sorted(self.path.iterdir()):
             if file.name not in graph and not file.name.startswith(".") and file.is_file():
                 digest.update(os.fsencode(file.name) + f"\0{sha256(file)}\0".encode())  # a name's bytes: any a folder holds
+        said = {key: value for key, value in self.manifest.items() if key != PARITY_CERTIFICATE}
+        digest.update(ONNX_MANIFEST.encode() + b"\0" + json.dumps(said, sort_keys=True).encode() + b"\0")
         return digest.hexdigest()
 
     def weights_sha256(self) -> str | None:
