@@ -679,11 +679,14 @@ def serve(
 ) -> None:
     """Serve a web bundle cross-origin isolated (COOP/COEP headers), so onnxruntime-web's WASM runs on every
     core; Ctrl+C stops."""
-    from .web_serve import ISOLATION_HEADERS, make_server, server_url
+    from .web_serve import ISOLATION_HEADERS, every_interface, make_server, server_url
 
     server = make_server(bundle_dir, host, port)
     headers = ", ".join(f"{k}: {v}" for k, v in list(ISOLATION_HEADERS.items())[:2])
     out.print(f"serving {bundle_dir} at {server_url(server)} (cross-origin isolated: {headers}); Ctrl+C stops", markup=False)
+    if every_interface(server):  # `--host ''` (an unset $HOST) bound every interface under a banner naming 127.0.0.1
+        info.print(f"note: listening on every interface ({server.server_address[0] or '0.0.0.0'}): other machines on the "
+                   "network can fetch the bundle", markup=False)
     sys.stdout.flush()
     try:
         server.serve_forever()

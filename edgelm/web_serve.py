@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import ipaddress
 import re
 import socket
 import sys
@@ -36,9 +37,13 @@ MIME_TYPES = {
     ".wasm": "application/wasm", ".json": "application/json", ".onnx": "application/octet-stream",
     ".data": "application/octet-stream", ".ort": "application/octet-stream", ".png": "image/png",
 }
-# one range, each bound at most 18 digits (below 2**63; Python's int() refuses strings past 4,300 digits, which
-# was a traceback in the handler and a dropped connection)
-_RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})$")
+# one range: each bound read as at most 18 digits (below 2**63; Python's int() refuses strings past 4,300 digits, which
+# was a traceback in the handler and a dropped connection); a longer last byte is past any file: the end (RFC 9110
+# §14.1.2 clamps a last byte past the end; bytes=0-99999999999999999999 had the whole file, 200, bytes=0-860 a 206)
+_RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})(\d*)$")
+# what a page served to this machine only may be asked for as: a browser sends the Host it resolved, so a page from
+# another site whose name was made to resolve to 127.0.0.1 (DNS rebinding) asks with that site's name and is refused
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 _BLOCK = 1 << 20
 
 
@@ -60,6 +65,7 @@ class BundleHandler(http.server.SimpleHTTPRequestHandler):
         for name, value in ISOLATION_HEADERS.items():
             self.send_header(name, value)
         self.send_header("Cache-Control", "no-cache")  # a bundle made again under the same name is not served stale
+        self.send_header("X-Content-Type-Options", "nosniff")  # each file as the type it is served as, never sniffed
         super().end_headers()
 
     def log_message(self, format: str, *args) -> None:
@@ -70,6 +76,10 @@ class BundleHandler(http.server.SimpleHTTPRequestHandler):
         self.send_error(404, "no listing")
 
     def send_head(self):
+        if self.server.loopback and _host_name(self.headers.get("Host", "localhost")) not in LOOPBACK_HOSTS \
+                and not _host_name(self.headers.get("Host", "")).endswith(".localhost"):
+            self.send_error(403, "this server answers requests to localhost only")
+            return None
         url_path = self.path.split("?", 1)[0].split("#", 1)[0]
         path = Path(self.translate_path(self.path))
         if path == Path(self.directory):
@@ -89,9 +99,9 @@ class BundleHandler(http.server.SimpleHTTPRequestHandler):
         # ignored (the whole file, 200); one that starts past the end is unsatisfiable (416)
         if wanted and (wanted[1] or wanted[2]) and not (wanted[1] and wanted[2] and int(wanted[2]) < int(wanted[1])):
             if wanted[1]:
-                start, end = int(wanted[1]), min(int(wanted[2]) if wanted[2] else size - 1, size - 1)
+                start, end = int(wanted[1]), min(int(wanted[2]) if wanted[2] and not wanted[3] else size - 1, size - 1)
             else:  # bytes=-N: the last N
-                start = max(size - int(wanted[2]), 0)
+                start = 0 if wanted[3] else max(size - int(wanted[2]), 0)
             if start > end or start >= size:
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{size}")
@@ -122,8 +132,21 @@ class BundleHandler(http.server.SimpleHTTPRequestHandler):
             left -= len(block)
 
 
+def _host_name(host: str) -> str:
+    """The name in a Host header, without its port: 'localhost:8000' → 'localhost', '[::1]:8000' → '::1'."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
+
+    @property
+    def loopback(self) -> bool:
+        """Bound to this machine alone (127.0.0.0/8, ::1): requests must name it."""
+        return ipaddress.ip_address(self.server_address[0]).is_loopback
 
     def handle_error(self, request, client_address) -> None:
         if isinstance(sys.exc_info()[1], ConnectionError):  # a tab closed mid-download: not an error of the server
@@ -135,6 +158,7 @@ def web_bundle_folder(bundle: Path) -> tuple[Path, frozenset[str]]:
     """The folder to serve and the names in it to serve: a web bundle's, checked for its manifest and page
     (not the files' hashes: that is `edgelm verify`)."""
     from .artifact_files import find_member, read_json_object
+    from .bundle_files import MAX_MANIFEST_BYTES
 
     bundle = Path(bundle)
     if not bundle.is_dir():
@@ -146,7 +170,7 @@ def web_bundle_folder(bundle: Path) -> tuple[Path, frozenset[str]]:
     manifest_path = find_member(bundle, BUNDLE_MANIFEST, what="the manifest")
     if manifest_path is None:
         raise UserError(f"no {BUNDLE_MANIFEST} manifest", bundle, "give the folder `edgelm bundle --target web --out DIR` wrote")
-    manifest = read_json_object(manifest_path, what="the manifest")
+    manifest = read_json_object(manifest_path, MAX_MANIFEST_BYTES, what="the manifest")  # the bound verify reads it under
     if manifest.get("target") != "web":
         target = manifest.get("target")
         what = f"a {target} bundle, not a web page" if isinstance(target, str) else "not a web bundle (its edgelm.json names no target: an export?)"
@@ -172,8 +196,13 @@ def make_server(bundle: Path, host: str = "127.0.0.1", port: int = 8000, quiet: 
 
 def server_url(server: http.server.ThreadingHTTPServer) -> str:
     host, port = server.server_address[:2]
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
+    shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}/"
+
+
+def every_interface(server: http.server.ThreadingHTTPServer) -> bool:
+    """Bound to every interface (--host 0.0.0.0, '' or ::): other machines on the network reach it."""
+    return ipaddress.ip_address(server.server_address[0]).is_unspecified
 
 
 @contextmanager

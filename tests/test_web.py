@@ -248,9 +248,22 @@ def test_serve_isolates_types_ranges_and_serves_only_the_bundle(web_bundles, tmp
         assert code == 416 and headers["Content-Range"] == f"bytes */{len(data)}"
         # ranges it cannot parse (past int()'s 4,300 digits was a traceback and a dropped connection) or whose
         # last byte precedes its first are ignored, as RFC 9110 says: the whole file
-        for wanted in ("bytes=-" + "9" * 5000, "bytes=" + "9" * 5000 + "-", "bytes=0-" + "9" * 5000, "bytes=5-2", "items=0-1"):
+        for wanted in ("bytes=" + "9" * 5000 + "-", "bytes=5-2", "items=0-1"):
             code, headers, body = _get(f"{url}/{wasm.name}", {"Range": wanted})
             assert code == 200 and body == data, wanted[:20]
+        # a last byte past the end, however long its number, is the end (RFC 9110 §14.1.2): stranger round 10 had a 200
+        # for bytes=0-99999999999999999999 and a 206 for bytes=0-860
+        for wanted in ("bytes=0-" + "9" * 20, "bytes=0-" + "9" * 5000, "bytes=-" + "9" * 5000):
+            code, headers, body = _get(f"{url}/{wasm.name}", {"Range": wanted})
+            assert code == 206 and body == data and headers["Content-Range"] == f"bytes 0-{len(data) - 1}/{len(data)}", wanted[:20]
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        # bound to 127.0.0.1, it answers requests naming this machine only: a page whose name was made to resolve to
+        # 127.0.0.1 (DNS rebinding) asks with its own name
+        port = url.rsplit(":", 1)[1]
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "app.localhost"):
+            assert _get(url + "/", {"Host": host})[0] == 200, host
+        for host in (f"attacker.example:{port}", "attacker.example", f"127.0.0.1.attacker.example:{port}"):
+            assert _get(url + "/", {"Host": host})[0] == 403, host
         # the long names made is_dir() raise ENAMETOOLONG: a traceback and a dropped connection (a stranger's finding)
         for path in ("stray.txt", "../secret.txt", "%2e%2e/secret.txt", "nothing.js", "index.html/", "a" * 300, "a/" * 3000):
             code, headers, body = _get(f"{url}/{path}")
@@ -292,7 +305,16 @@ def test_serve_command_prints_its_address_and_stops_on_ctrl_c(web_bundles, run_c
     finally:
         child.send_signal(signal.SIGINT)
         _, err = child.communicate(timeout=60)
-    assert child.returncode == 0 and "Traceback" not in err, err
+    assert child.returncode == 0 and "Traceback" not in err and "every interface" not in err, err
+    # `--host ''` (an unset $HOST in a script) binds every interface: said, where the banner named 127.0.0.1 alone
+    child = subprocess.Popen([sys.executable, "-m", "edgelm", "serve", str(bundle), "--port", "0", "--host", ""], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=os.environ)
+    try:
+        assert "cross-origin isolated" in child.stdout.readline()
+        assert "note: listening on every interface (0.0.0.0): other machines on the network can fetch the bundle" in child.stderr.readline()
+    finally:
+        child.send_signal(signal.SIGINT)
+        child.communicate(timeout=60)
     assert_user_error(run_cli("serve", tmp_path), "no edgelm.json manifest", "edgelm bundle --target web")
     # the manifest is read as any artifact's file: a link out of the folder or a FIFO is refused, not opened
     (tmp_path / "outside.json").write_text(json.dumps({"target": "web", "files": {}}))
