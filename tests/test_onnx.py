@@ -599,3 +599,15 @@ def test_parity_measures_the_tokens_a_short_text_has(run_cli, exported, tmp_path
     # a text longer than the tables: the fix names the option of each command that sets the context
     code, _, err = run_cli("parity", folder, "--reference", checkpoint.path, "--tokens", 6000)
     assert code == 2 and "past the 4,096 positions" in err and "--tokens in parity" in err, err
+
+
+def test_a_rotary_too_narrow_for_group_query_attention_is_refused_before_the_export(preset_dir, tmp_path):
+    """Stranger round 10: onnxruntime's GroupQueryAttention needs cos/sin tables a multiple of 8 wide; an NGen4
+    rotating 8 dims of its 64-wide heads (rope_pct 0.125) failed only when the finished folder was run, with
+    onnxruntime's own log line and "export it again". Now one line before any work, pointing at GGUF."""
+    folder = shutil.copytree(preset_dir("tiny-ngen4"), tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"rope_pct": 0.125}))
+    with pytest.raises(UserError, match="rotates 8 dims of each head; onnxruntime's GroupQueryAttention needs a multiple of 16"):
+        export_onnx(open_checkpoint(folder), tmp_path / "onnx", "f32")
+    assert not (tmp_path / "onnx").exists()

@@ -153,6 +153,20 @@ class GroupQueryAttention(nn.Module):
         return out, (key_buffer, value_buffer)
 
 
+# onnxruntime's GroupQueryAttention takes cos/sin tables of width (rotated dims / 2) that is a multiple of 8
+# (its check: "cos_cache dimension 1 must be <= head_size / 2 and a multiple of 8")
+ROTARY_TABLE_MULTIPLE = 8
+
+
+def refuse_rotary_group_query_attention_cannot_run(checkpoint: Checkpoint) -> None:
+    """Before any work: a partial rotary too narrow for onnxruntime's kernel (an NGen4 with 64-wide heads and
+    rope_pct 0.125 rotates 8 dims) failed only when the finished folder was run, after the whole export."""
+    rotated = checkpoint.spec.rotated_dims
+    if rotated and (rotated // 2) % ROTARY_TABLE_MULTIPLE:
+        raise UserError(f"the model rotates {rotated} dims of each head; onnxruntime's GroupQueryAttention needs a multiple of "
+                        f"{2 * ROTARY_TABLE_MULTIPLE}", checkpoint.path, "export it to GGUF, which llama.cpp runs at any rotary width")
+
+
 def with_group_query_attention(model: CausalLM, kv_scales: dict | None = None) -> CausalLM:
     """The model with every CausalSelfAttention replaced by a GroupQueryAttention node, which applies
     no head temperatures (the weights it is given have them folded in); `kv_scales` from
@@ -486,6 +500,7 @@ def export_onnx(
         raise UserError("--max-size chooses which MatMuls of --quant int4 stay at 8 bits (the LM head too)", None,
                         "use it with --quant int4, without --int8-lm-head")
     check_quant_options(quant, int4_embedding, int8_lm_head, kv_cache, int4_block_size, int4_accuracy_level)
+    refuse_rotary_group_query_attention_cannot_run(checkpoint)
     if kv_cache == "int8" and calibration_text is None:
         raise UserError("--kv-cache int8 needs a calibration text", None, "add --calibration-text FILE")
     step = on_step or (lambda _: None)

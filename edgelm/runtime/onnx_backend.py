@@ -51,7 +51,9 @@ def session_for(model: Path, threads: int | None, provider: str):
                         f"this build has {', '.join(short)}; install the onnxruntime package built for {provider}")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
-    options.log_severity_level = 3
+    # fatal only: an error while loading or running is raised as an exception, which edgelm says in its one line;
+    # at 3 (error) onnxruntime also printed its own coloured [E:onnxruntime …] line to stderr first
+    options.log_severity_level = 4
     try:
         return ort.InferenceSession(str(model), options, providers=[name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"])
     except unloadable_errors() as exc:
