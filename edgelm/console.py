@@ -10,6 +10,8 @@ keeps it by identity (a forwarding object there crashed export, perplexity and c
 
 from __future__ import annotations
 
+import os
+
 import threading
 import time
 from collections.abc import Callable
@@ -34,7 +36,10 @@ class LazyConsole:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True, quiet=self._quiet)
+            # NO_COLOR (no-color.org): rich drops colours but kept dim and bold (ESC[2m on every chat turn's count, a
+            # stranger's finding); without a colour system it writes no style at all
+            plain = {"color_system": None} if os.environ.get("NO_COLOR") else {}
+            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True, quiet=self._quiet, **plain)
         return self._console
 
     @property
