@@ -108,8 +108,12 @@ class Model:
         messages = list(messages)
         if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages):
             raise ValueError('messages are dicts {"role": str, "content": str}')
+        roles = ("system", "user", "assistant")
+        if unknown := next((f"message {i}'s role is {m['role'][:40]!r}" for i, m in enumerate(messages) if m["role"] not in roles), None):
+            raise ValueError(f"{unknown}, not one of {', '.join(roles)}")
         if not messages or messages[-1]["role"] != "user":
-            raise ValueError("the last message is the user's turn the reply answers")
+            raise ValueError("the reply answers the user's turn, so the last message is the user's" +
+                             (f", not the {messages[-1]['role']}'s" if messages else ": the list is empty"))
         system = messages[0]["content"] if messages[0]["role"] == "system" else None
         backend = self._backend()
         conversation = Conversation(self.tokenizer, backend.context_length, max_new_tokens, system)
@@ -125,19 +129,23 @@ class Model:
             return pieces if stream else "".join(piece.text for piece in pieces)
 
     def perplexity(self, text: str, ctx: int = 256, stride: int | None = None) -> float:
-        """Sliding-window perplexity, as `edgelm perplexity`. A backend that keeps only the last position's
-        logits (llama.cpp opened for generation) scores on a second opening of the file with every
-        position's logits and a `ctx`-token context, as the command opens it, closed afterwards."""
+        """Sliding-window perplexity, as `edgelm perplexity`. The loaded model scores where it keeps every
+        position's logits and its context holds a window; otherwise (llama.cpp opened for generation, or a
+        window past the loaded context) a second opening of the file with every position's logits and a
+        context of one window, as the command opens it, closed afterwards: every format gives a number for
+        the same call (a window past the context was a number on torch and ONNX, a ValueError on the ggml
+        executor and a UserError on llama.cpp, a stranger's finding)."""
         from .evaluate import check_windows, perplexity
 
         self._backend()  # closed: refused before the tokenizer, which may be the closed engine's
         ids = self.tokenizer.encode(text)
         check_windows(len(ids), ctx, stride)  # before a second opening of the file with a context of ctx
+        window = min(ctx, len(ids))  # a text shorter than ctx is one window of its length
         with self._lock:
             self._owner = object()  # it resets the cache: a stream still open has lost it
-            if self._backend().all_logits:
+            if self._backend().all_logits and window <= self.artifact.backend.context_length:
                 return perplexity(self.artifact.backend, ids, ctx, stride).perplexity
-        with open_artifact(self.artifact.path, replace(self.options, all_logits=True, context_length=ctx)) as scorer:
+        with open_artifact(self.artifact.path, replace(self.options, all_logits=True, context_length=window)) as scorer:
             return perplexity(scorer.backend, ids, ctx, stride).perplexity
 
 

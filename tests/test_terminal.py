@@ -134,6 +134,31 @@ def test_every_api_method_works_at_the_defaults_on_every_kind(artifacts, kind):
     assert 1 < found["scores"][0] < 1e4 and found["scores"][1] == pytest.approx(found["scores"][0], rel=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["model folder", "gguf (llama.cpp)", "gguf (ggml executor)", "onnx folder"])
+def test_api_perplexity_past_the_loaded_context_scores_as_a_model_loaded_with_it(artifacts, kind):
+    """Stranger round 10: loaded with context_length=64, perplexity(ctx=128) was a number on torch and ONNX, a
+    ValueError on the ggml executor; ctx=10**9 a UserError naming CLI flags on llama.cpp, a number elsewhere.
+    Now a window past the loaded context is scored on an opening with one window's context: the number a model
+    loaded with that context gives, in every format."""
+    text = TEXT.read_text(encoding="utf-8")[:3000]
+    with edgelm.load(artifacts[kind], context_length=64) as small, edgelm.load(artifacts[kind], context_length=128) as large:
+        assert small.perplexity(text, ctx=128) == pytest.approx(large.perplexity(text, ctx=128), rel=1e-4)
+    with edgelm.load(artifacts[kind]) as model:
+        whole = model.perplexity(text, ctx=10**9)  # one window of the text's length
+        assert whole == pytest.approx(model.perplexity(text, ctx=len(model.tokenizer.encode(text))), rel=1e-4)
+
+
+def test_api_chat_names_what_is_wrong_with_the_messages(artifacts):
+    """Stranger round 10: an unknown role and a list ending with the assistant's turn both said "the last message
+    is the user's turn the reply answers"."""
+    with edgelm.load(artifacts["model folder"]) as model:
+        with pytest.raises(ValueError, match="message 0's role is 'wizard', not one of system, user, assistant"):
+            model.chat([{"role": "wizard", "content": "hi"}], max_new_tokens=2)
+        with pytest.raises(ValueError, match="the last message is the user's, not the assistant's"):
+            model.chat([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], max_new_tokens=2)
+        assert model.chat([{"role": "user", "content": "hi"}], max_new_tokens=2)
+
+
 def test_api_perplexity_on_a_gguf_equals_the_command(artifacts, run_cli, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text(TEXT.read_text(encoding="utf-8")[:6000], encoding="utf-8")

@@ -78,7 +78,8 @@ def generate_from_ids(
     if len(ids) >= backend.context_length:
         raise UserError(
             f"the prompt is {len(ids)} tokens and the context holds {backend.context_length}, with no room for a reply", None,
-            "shorten the prompt, give a larger context (--ctx-size), or pass --truncate to keep the prompt's last tokens",
+            "shorten the prompt, give a larger context (--ctx-size; context_length= in Python), or pass --truncate "
+            "(truncate=True) to keep the prompt's last tokens",
         )
     limit = min(max_new_tokens, backend.context_length - len(ids))
     if limit < max_new_tokens:  # said before the stream, which otherwise just ends (a stranger's finding)
