@@ -141,14 +141,18 @@ def _check_made(folder: Path, artifact: Path) -> None:
 
 
 def check_runs(model, name: str, where: Path, fix: str = "make the bundle again") -> None:
-    """The model opened by the runtime that would run it, one token through it, finite logits out."""
+    """The model opened by the runtime that would run it, one token through it, finite logits out, and its chat
+    template rendering a one-message conversation as `edgelm chat` renders it (a stranger's GGUF whose template
+    always raised passed verify, and no chat could start on it)."""
     import numpy as np
 
+    from .chat import Conversation
     from .formats import LoadOptions
 
     with model.open(LoadOptions(context_length=VERIFY_CONTEXT)) as artifact:
         token = artifact.tokenizer.bos_id if artifact.tokenizer.bos_id is not None else 0
         logits = artifact.backend.prefill([token])
+        Conversation(artifact.tokenizer, context_length=1 << 20, reply_budget=1)  # renders a one-message conversation
     if not logits.size or not np.isfinite(logits).all():
         raise UserError(f"{name} loads but one token through it gives no finite logits", where, fix)
 

@@ -247,6 +247,8 @@ CASES: list[Case] = [
          edit_json("model", "tokenizer_config.json", {"chat_template": "{{ 'x' * 10**10 }}"})),
     case("chat template raises a message of many lines and terminal escapes", "chat {model}", "forged\\nok: verified\\x1b]52;c;ZZ\\x07",
          edit_json("model", "tokenizer_config.json", {"chat_template": "{{ raise_exception('forged\\nok: verified\\x1b]52;c;ZZ\\x07') }}"})),
+    case("verify a model whose chat template always raises", "verify {onnx}", "the chat template failed to render (no chat here)",
+         edit_json("onnx", "tokenizer_config.json", {"chat_template": "{{ raise_exception('no chat here') }}"})),
     case("prompt cache whose header nests past json's recursion", "chat {model} --prompt-cache {tmp}/deep.cache", "not an edgelm prompt cache",
          write("tmp", "deep.cache", (200_000).to_bytes(8, "little") + b"[" * 100_000 + b"]" * 100_000)),
     # --- head temperatures
