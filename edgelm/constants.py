@@ -16,6 +16,9 @@ GGUF_PARITY = "edgelm.parity."  # + each field of the parity certificate (certif
 # + one of TOKENIZER_FILES: that file, a text file as a UTF-8 string, a binary one (tokenizer.model) as
 # base64 text under the _BASE64 prefix. Strings, not uint8 arrays: gguf-py's reader parses an array
 # element by element (a 270 kB tokenizer.json took 4.7 s to open; as a string, one read)
+# llama.cpp ends a generation at eos, at the tokens these keys name (gguf-py's Keys.Tokenizer.EOT_ID, EOM_ID) and at the
+# token texts it knows (tokenizer.END_OF_GENERATION_TEXTS): the two ids besides eos a GGUF can state
+GGUF_END_TOKEN_KEYS = ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
 GGUF_TOKENIZER_FILE = "edgelm.tokenizer_file."
 GGUF_TOKENIZER_FILE_BASE64 = "edgelm.tokenizer_file_base64."
 

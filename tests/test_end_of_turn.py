@@ -39,7 +39,7 @@ def write_folder(folder: Path, eos_token: str, ends_with: str, stated_eos: list[
     tokenizer = Tokenizer.from_file(str(SHIPPED_BPE / "tokenizer.json"))
     tokenizer.add_special_tokens(["<|im_start|>", "<|im_end|>"])
     tokenizer.save(str(folder / "tokenizer.json"))
-    ids = {text: tokenizer.token_to_id(text) for text in ("<|im_start|>", "<|im_end|>", "<|endoftext|>")}
+    ids = {text: tokenizer.token_to_id(text) for text in ("<|im_start|>", "<|im_end|>", "<|endoftext|>", ".")}
     ids["word"] = tokenizer.encode(" H").ids[0]
     special = {"special": True, "lstrip": False, "rstrip": False, "normalized": False, "single_word": False}
     (folder / "tokenizer_config.json").write_text(json.dumps({
@@ -106,6 +106,27 @@ def test_every_eos_config_json_lists_ends_a_reply_in_every_format(tmp_path):
     assert json.loads((onnx / "genai_config.json").read_text())["model"]["eos_token_id"] == [ids["<|im_end|>"], ids["<|endoftext|>"]]
     assert json.loads((onnx / "config.json").read_text())["eos_token_id"] == [ids["<|im_end|>"], ids["<|endoftext|>"]]
     assert genai_greedy(onnx, prompt, 6) == [ids["word"], ids["<|endoftext|>"]]
+
+
+def test_a_listed_eos_llama_cpp_knows_no_text_for_ends_the_gguf_reply_too(tmp_path):
+    """Stranger round 10b: generation_config.json listing '.' beside eos ended the folder's and the ONNX export's
+    replies, not the GGUF's (it stated eos alone, and llama.cpp ends at no '.' by its text). The GGUF states it as
+    llama.cpp's end-of-turn id; llama-cpp-python's create_chat_completion stops there too."""
+    from llama_cpp import Llama
+
+    write_folder(tmp_path / "model", "<|im_end|>", ends_with=".", stated_eos=["<|im_end|>", "."])
+    got = replies(tmp_path / "model", tmp_path)
+    assert {form: got[form] for form in ("folder", "gguf", "onnx")} == {"folder": " H", "gguf": " H", "onnx": " H"}
+    llm = Llama(model_path=str(got["paths"]["gguf"]), n_ctx=256, verbose=False)
+    assert llm.create_chat_completion(MESSAGES, max_tokens=6, temperature=0)["choices"][0]["message"]["content"] == " H"
+
+
+def test_more_listed_eos_than_a_gguf_can_state_is_refused(tmp_path):
+    from edgelm.errors import UserError
+
+    write_folder(tmp_path / "model", "<|im_end|>", ends_with=".", stated_eos=["<|im_end|>", ".", "word", "<|im_start|>"])
+    with pytest.raises(UserError, match="lists 4 eos_token_id values, 3 of them no end-of-turn token llama.cpp knows"):
+        export_gguf(open_checkpoint(tmp_path / "model", position_encoding="rope"), tmp_path / "m.gguf", "f32", certificate=False)
 
 
 @pytest.mark.parametrize("stated", [{"eos_token_id": "2"}, {"eos_token_id": [1, "x"]}])

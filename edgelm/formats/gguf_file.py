@@ -16,7 +16,7 @@ import ggml
 import numpy as np
 
 from ..artifact_files import MAX_TEMPLATE_BYTES, MAX_TOKENIZER_BYTES
-from ..constants import GGUF_FAMILY, GGUF_TOKENIZER_FILE, GGUF_TOKENIZER_FILE_BASE64, TOKENIZER_FILES
+from ..constants import GGUF_END_TOKEN_KEYS, GGUF_FAMILY, GGUF_TOKENIZER_FILE, GGUF_TOKENIZER_FILE_BASE64, TOKENIZER_FILES
 from ..errors import UserError
 from ..tokenizer import Tokenizer, load_tokenizer
 
@@ -207,4 +207,7 @@ def gguf_tokenizer(gguf: GGUFFile) -> Tokenizer:
             (Path(folder) / name).write_bytes(data)
         tokenizer = load_tokenizer(folder)
     tokenizer.template_file = gguf.path if tokenizer.chat_template is not None else None  # not the temporary folder
+    # the ids besides eos a reply ends at, which the export states as llama.cpp's end-of-turn and end-of-message ids
+    tokenizer.end_ids |= {i for key in GGUF_END_TOKEN_KEYS
+                          if type(i := gguf.field(key)) is int and 0 <= i <= tokenizer.highest_id}
     return tokenizer
