@@ -160,10 +160,15 @@ def inspect(
         out.print_json(json.dumps(info))
         return
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=str(path), show_header=False)
+    from .errors import one_line, shown
+
+    # what the files say, as one line of printable text a cell (a GGUF's tokenizer.ggml.model holding a newline and
+    # ESC[31m forged a row and coloured the terminal); rich markup in a value stays text
+    table = Table(title=one_line(shown(path)), show_header=False)
     for key, value in info.items():
-        table.add_row(key, value if isinstance(value, str) else json.dumps(value))
+        table.add_row(Text(one_line(key)), Text(one_line(value if isinstance(value, str) else json.dumps(value))))
     out.print(table)
 
 

@@ -457,3 +457,14 @@ def test_a_tokenizer_whose_rules_panic_is_one_line(tmp_path, command):
                           env=os.environ | {"RUST_BACKTRACE": "1"})
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines() == [done.stderr.strip()] and "the tokenizer failed while encoding a text" in done.stderr, done.stderr
+
+
+def test_gguf_metadata_past_its_bound_is_one_line(run_cli, gguf_file, monkeypatch):
+    """Stranger round 10b: the string-key limit did not bound a key's name or one text entry of an array (a 700 MB
+    tokenizer.ggml.tokens entry reached llama.cpp, 3.2 GB peak); the whole metadata before the tensors' data is
+    bounded now (a 400 MB entry: one line in 2.8 s). Here the bound is lowered below this small file's metadata."""
+    from edgelm.formats import gguf_file
+
+    monkeypatch.setattr(gguf_file, "MAX_METADATA_BYTES", 1000)
+    for command in (["inspect", gguf_file], ["generate", gguf_file, "--prompt", "x"], ["verify", gguf_file]):
+        assert_user_error(run_cli(*command), "its metadata takes", "bytes before the tensors' data; edgelm reads at most 1,000")

@@ -115,10 +115,19 @@ def _string_limit(key: str) -> int:
     return MAX_TEMPLATE_BYTES  # a chat template, a name, a license, edgelm's config and certificate: a few kB
 
 
+# the metadata and tensor descriptions before the data: a 262k-token vocabulary with its merges takes ~30 MB, and
+# edgelm's own GGUFs add the tokenizer files they store (at most MAX_TOKENIZER_BYTES)
+MAX_METADATA_BYTES = MAX_TOKENIZER_BYTES + (64 << 20)
+
+
 def _refuse_long_strings(header, path: Path) -> None:
     """A string key past its limit, refused before llama.cpp or Python copies it: a 600 MB tokenizer.chat_template
     took `generate`, which never renders it, to 3.7 GB (llama-cpp-python reads every key into a dict) and a
-    MemoryError traceback."""
+    MemoryError traceback. A key's name and an array's text entries (a 700 MB one in tokenizer.ggml.tokens) are
+    bounded by the size of the whole metadata."""
+    if (metadata := ggml.gguf_get_data_offset(header)) > MAX_METADATA_BYTES:
+        raise UserError(f"its metadata takes {metadata:,} bytes before the tensors' data; edgelm reads at most {MAX_METADATA_BYTES:,}",
+                        path, "no model needs that much (a 262k-token vocabulary takes ~30 MB): re-download or export it again")
     for i in range(ggml.gguf_get_n_kv(header)):
         if ggml.gguf_get_kv_type(header, i) != ggml.GGUF_TYPE_STRING:
             continue
