@@ -463,8 +463,8 @@ def test_gguf_metadata_past_its_bound_is_one_line(run_cli, gguf_file, monkeypatc
     """Stranger round 10b: the string-key limit did not bound a key's name or one text entry of an array (a 700 MB
     tokenizer.ggml.tokens entry reached llama.cpp, 3.2 GB peak); the whole metadata before the tensors' data is
     bounded now (a 400 MB entry: one line in 2.8 s). Here the bound is lowered below this small file's metadata."""
-    from edgelm.formats import gguf_file
+    from edgelm.formats import gguf_file as reader
 
-    monkeypatch.setattr(gguf_file, "MAX_METADATA_BYTES", 1000)
+    monkeypatch.setattr(reader, "MAX_METADATA_BYTES", 1000)
     for command in (["inspect", gguf_file], ["generate", gguf_file, "--prompt", "x"], ["verify", gguf_file]):
         assert_user_error(run_cli(*command), "its metadata takes", "bytes before the tensors' data; edgelm reads at most 1,000")
