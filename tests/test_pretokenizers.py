@@ -102,6 +102,6 @@ def test_a_pre_tokenizer_llama_cpp_lacks_is_refused(tmp_path, changed):
     data = json.loads(train(*PUBLISHED["llama-bpe"]).to_str())
     changed(data)
     folder = published_folder(tmp_path, Tokenizer.from_str(json.dumps(data)))
-    with pytest.raises((UserError, ValueError), match="no llama.cpp equivalent"):
+    with pytest.raises(UserError, match="no llama.cpp equivalent"):  # one line (a ValueError was a traceback: stranger round 10b)
         export_gguf(open_checkpoint(folder, position_encoding="rope"), tmp_path / "m.gguf", "f32")
     assert not (tmp_path / "m.gguf").exists()

@@ -109,16 +109,18 @@ def _steps(pre: dict) -> list[dict]:
     return kept
 
 
-def _pre_tokenizer_name(data: dict) -> str:
-    """llama.cpp's name for the pre-tokenizer of a tokenizer.json (only the ones edgelm can vouch for)."""
+def _pre_tokenizer_name(data: dict, path) -> str:
+    """llama.cpp's name for the pre-tokenizer of a tokenizer.json (only the ones edgelm can vouch for); another is
+    refused in one line (a stranger's Split regex before the pre-tokenizer was a ValueError traceback)."""
     pre = data.get("pre_tokenizer") or {}
     normalizer = (data.get("normalizer") or {}).get("type")
     ignore_merges = bool(data["model"].get("ignore_merges", False))
     for known in PRE_TOKENIZERS:
         if _steps(pre) == list(known.steps) and ignore_merges == known.ignore_merges and normalizer in known.normalizers:
             return known.name
-    raise ValueError(f"pre-tokenizer {json.dumps(pre)[:80]} (normalizer {normalizer}, ignore_merges {ignore_merges}) "
-                     f"has no llama.cpp equivalent edgelm knows ({', '.join(p.name for p in PRE_TOKENIZERS)})")
+    raise UserError(f"its pre-tokenizer {json.dumps(pre)[:80]} (normalizer {normalizer}, ignore_merges {ignore_merges}) has no "
+                    f"llama.cpp equivalent edgelm knows ({', '.join(p.name for p in PRE_TOKENIZERS)}), so llama.cpp would split text "
+                    "otherwise", path, "export to ONNX, whose runtimes read tokenizer.json as it is")
 
 
 def _bpe(writer: GGUFWriter, tokenizer: JSONTokenizer, vocab_size: int) -> None:
@@ -141,7 +143,7 @@ def _bpe(writer: GGUFWriter, tokenizer: JSONTokenizer, vocab_size: int) -> None:
         raise UserError("this BPE tokenizer has no merges, and llama.cpp loads no GGUF without them", tokenizer.file,
                         "give the model's tokenizer.json with its merges, or export to ONNX")
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(_pre_tokenizer_name(data))
+    writer.add_tokenizer_pre(_pre_tokenizer_name(data, tokenizer.file))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
