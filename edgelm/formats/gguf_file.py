@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import ctypes
 import math
+import struct
 import tempfile
 import weakref
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import ggml
 import numpy as np
 
-from ..artifact_files import MAX_TEMPLATE_BYTES, MAX_TOKENIZER_BYTES
+from ..artifact_files import MAX_TEMPLATE_BYTES, MAX_TOKENIZER_BYTES, read_prefix
 from ..constants import GGUF_END_TOKEN_KEYS, GGUF_FAMILY, GGUF_TOKENIZER_FILE, GGUF_TOKENIZER_FILE_BASE64, TOKENIZER_FILES
 from ..errors import UserError
 from ..tokenizer import Tokenizer, load_tokenizer
@@ -138,10 +139,30 @@ def _refuse_long_strings(header, path: Path) -> None:
                             "no model needs that much text there: re-download or export it again")
 
 
+# ggml's parser looks each new key and tensor name up among those before it (a duplicate check): n² in C, where no
+# signal reaches Python — a stranger's 3M-key file (98 MB) ran past 11 minutes and ignored Ctrl-C. A model's GGUF
+# holds tens of keys (a vocabulary is one array key) and hundreds to thousands of tensors.
+MAX_KEYS = 4096
+MAX_TENSORS = 65536
+
+
+def _refuse_counts(path: Path) -> None:
+    """The header's key and tensor counts (GGUF: magic, uint32 version, uint64 tensor count, uint64 key count, little
+    endian), read before ggml parses what they count."""
+    head = read_prefix(path, 24)
+    if len(head) < 24:
+        return  # ggml's parser refuses it in its own words
+    tensors, keys = struct.unpack_from("<QQ", head, 8)
+    if keys > MAX_KEYS or tensors > MAX_TENSORS:
+        raise UserError(f"its header declares {keys:,} metadata keys and {tensors:,} tensors; edgelm reads at most {MAX_KEYS:,} "
+                        f"and {MAX_TENSORS:,}", path, "no model has that many: re-download or export it again")
+
+
 def open_gguf(path: str | Path) -> GGUFFile:
     path = Path(path)
     if not path.is_file():
         raise UserError("no such file", path, "give the path of a .gguf file")
+    _refuse_counts(path)
     header = ggml.gguf_init_from_file(str(path).encode(), ggml.gguf_init_params(no_alloc=True, ctx=None))
     if not header:
         raise UserError("not a valid GGUF file (ggml's parser refused its header)", path, "the file is truncated or damaged: export it again")
