@@ -61,7 +61,6 @@ CHECKED_PATH_CALLS = {
     ("export/onnx.py", ".read_text("): "edgelm's own probe text",
     ("bundle_files.py", "open("): "writes zip entries into its own fresh folder",
     ("web_serve.py", "open("): "a file the bundle's checked manifest lists, in the bundle's own folder, no link (send_head)",
-    ("runtime/prompt_cache.py", "json.loads("): "the prompt cache's header, read bounded to HEADER_LIMIT",
     ("runtime/prompt_cache.py", "open("): "the --prompt-cache file after check_path (a regular file, no link; its header "
                                           "bounded), and the artifact's own files, sampled for its fingerprint",
     ("bundle.py", "shutil.copy"): "edgelm's web page",
