@@ -86,6 +86,9 @@ class Letters:
 
     eos_id = 7
 
+    def ends_reply(self, token):  # Tokenizer's contract: what ends a reply
+        return token == self.eos_id
+
     def decode(self, ids):
         return "".join(chr(ord("a") + i) for i in ids)
 
