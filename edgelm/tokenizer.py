@@ -72,8 +72,9 @@ class Tokenizer:
         self.add_bos = bool(config.get("add_bos_token", False))
         self.bos_id = self.token_id(config.get("bos_token"))
         self.eos_id = self.token_id(config.get("eos_token"))
-        named = (self.lookup(text) for text in END_OF_GENERATION_TEXTS)
-        self.end_ids = frozenset(i for i in (self.eos_id, *named) if i is not None)
+        # the ids llama.cpp ends a generation at by their text (a GGUF export states only the others)
+        self.named_end_ids = frozenset(i for i in map(self.lookup, END_OF_GENERATION_TEXTS) if i is not None)
+        self.end_ids = self.named_end_ids | ({self.eos_id} if self.eos_id is not None else set())
 
     def ends_reply(self, token: int) -> bool:
         """Whether generating `token` ends the reply: eos, a token llama.cpp ends a generation at by its text, or
@@ -194,7 +195,8 @@ class JSONTokenizer(Tokenizer):
 
     def decode(self, ids):
         try:
-            return self.backend.decode(ids, skip_special_tokens=False)
+            with _panic_message_held():
+                return self.backend.decode(ids, skip_special_tokens=False)
         except BaseException as exc:
             raise _rust_panic(exc, self.file, "decoding ids") from None
 

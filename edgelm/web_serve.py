@@ -76,8 +76,8 @@ class BundleHandler(http.server.SimpleHTTPRequestHandler):
         self.send_error(404, "no listing")
 
     def send_head(self):
-        if self.server.loopback and _host_name(self.headers.get("Host", "localhost")) not in LOOPBACK_HOSTS \
-                and not _host_name(self.headers.get("Host", "")).endswith(".localhost"):
+        host = _host_name(self.headers.get("Host", "localhost"))
+        if self.server.loopback and host not in LOOPBACK_HOSTS and not host.endswith(".localhost"):
             self.send_error(403, "this server answers requests to localhost only")
             return None
         url_path = self.path.split("?", 1)[0].split("#", 1)[0]
@@ -143,10 +143,10 @@ def _host_name(host: str) -> str:
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    @property
-    def loopback(self) -> bool:
-        """Bound to this machine alone (127.0.0.0/8, ::1): requests must name it."""
-        return ipaddress.ip_address(self.server_address[0]).is_loopback
+    def server_bind(self) -> None:
+        super().server_bind()
+        # bound to this machine alone (127.0.0.0/8, ::1): requests must name it
+        self.loopback = ipaddress.ip_address(self.server_address[0]).is_loopback
 
     def handle_error(self, request, client_address) -> None:
         if isinstance(sys.exc_info()[1], ConnectionError):  # a tab closed mid-download: not an error of the server

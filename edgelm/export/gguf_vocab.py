@@ -18,7 +18,7 @@ from gguf import GGUFWriter, TokenType
 from ..artifact_files import MAX_TOKENIZER_BYTES, read_bytes, read_json
 from ..constants import GGUF_END_TOKEN_KEYS, GGUF_TOKENIZER_FILE, GGUF_TOKENIZER_FILE_BASE64, NO_BYTE_PIECES
 from ..errors import UserError
-from ..tokenizer import END_OF_GENERATION_TEXTS, JSONTokenizer, SentencePieceTokenizer, Tokenizer
+from ..tokenizer import JSONTokenizer, SentencePieceTokenizer, Tokenizer
 
 
 def _pad(tokens: list[str], scores: list[float], types: list[int], vocab_size: int) -> None:
@@ -156,8 +156,7 @@ def extra_end_ids(tokenizer: Tokenizer) -> list[int]:
     """The ids the model's config lists as eos_token_id besides eos that llama.cpp would not end at by their text
     (a stranger's generation_config.json listing '.' ended the folder's and the ONNX export's replies, not the
     GGUF's); past the two GGUF_END_TOKEN_KEYS hold, refused: no GGUF could end where the model does."""
-    by_text = {tokenizer.lookup(text) for text in END_OF_GENERATION_TEXTS} - {None}
-    extra = sorted(tokenizer.end_ids - by_text - {tokenizer.eos_id})
+    extra = sorted(tokenizer.end_ids - tokenizer.named_end_ids - {tokenizer.eos_id})
     if len(extra) > len(GGUF_END_TOKEN_KEYS):
         raise UserError(f"the model's config lists {len(extra) + 1} eos_token_id values, {len(extra)} of them no end-of-turn "
                         f"token llama.cpp knows by its text; a GGUF can state {len(GGUF_END_TOKEN_KEYS)} besides eos", tokenizer.file,

@@ -121,11 +121,11 @@ def _string_limit(key: str) -> int:
 MAX_METADATA_BYTES = MAX_TOKENIZER_BYTES + (64 << 20)
 
 
-def _refuse_long_strings(header, path: Path) -> None:
-    """A string key past its limit, refused before llama.cpp or Python copies it: a 600 MB tokenizer.chat_template
-    took `generate`, which never renders it, to 3.7 GB (llama-cpp-python reads every key into a dict) and a
-    MemoryError traceback. A key's name and an array's text entries (a 700 MB one in tokenizer.ggml.tokens) are
-    bounded by the size of the whole metadata."""
+def _refuse_oversized_metadata(header, path: Path) -> None:
+    """Metadata past MAX_METADATA_BYTES in all, or a string key past its limit, refused before llama.cpp or Python
+    copies it: a 600 MB tokenizer.chat_template took `generate`, which never renders it, to 3.7 GB (llama-cpp-python
+    reads every key into a dict) and a MemoryError traceback. A key's name and an array's text entries (a 700 MB one
+    in tokenizer.ggml.tokens) are bounded by the size of the whole metadata."""
     if (metadata := ggml.gguf_get_data_offset(header)) > MAX_METADATA_BYTES:
         raise UserError(f"its metadata takes {metadata:,} bytes before the tensors' data; edgelm reads at most {MAX_METADATA_BYTES:,}",
                         path, "no model needs that much (a 262k-token vocabulary takes ~30 MB): re-download or export it again")
@@ -167,7 +167,7 @@ def open_gguf(path: str | Path) -> GGUFFile:
     if not header:
         raise UserError("not a valid GGUF file (ggml's parser refused its header)", path, "the file is truncated or damaged: export it again")
     gguf = GGUFFile(path, header)
-    _refuse_long_strings(header, path)
+    _refuse_oversized_metadata(header, path)
     size, data = path.stat().st_size, ggml.gguf_get_data_offset(header)
     for i in range(ggml.gguf_get_n_tensors(header)):  # every tensor's data must lie inside the file
         if data + ggml.gguf_get_tensor_offset(header, i) + ggml.gguf_get_tensor_size(header, i) > size:

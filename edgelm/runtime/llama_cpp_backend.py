@@ -183,13 +183,16 @@ class LlamaCppTokenizer(Tokenizer):
         super().__init__(path, {"add_bos_token": add_bos, "chat_template": chat_template, **special})
         self.template_file = path if chat_template is not None else None  # its tokenizer.chat_template key
         self.bos_id, self.eos_id = bos, eos
+        self._ends_reply: dict[int, bool] = {}
 
     def ends_reply(self, token):
         # llama.cpp's own end-of-generation set for this file (eos, eot, eom and the texts it knows), which its
-        # create_chat_completion stops at
-        import llama_cpp
+        # create_chat_completion stops at; asked once a token id (a ctypes call each generated token before)
+        if (ends := self._ends_reply.get(token)) is None:
+            import llama_cpp
 
-        return bool(llama_cpp.llama_vocab_is_eog(self._open()._model.vocab, token))
+            ends = self._ends_reply[token] = bool(llama_cpp.llama_vocab_is_eog(self._open()._model.vocab, token))
+        return ends
 
     def _open(self):
         """The Llama, or RuntimeError once its model is closed: llama-cpp-python reads freed memory (a segfault)."""
