@@ -69,9 +69,13 @@ class Tokenizer:
         # the files read (load_tokenizer adds tokenizer_config.json), by name: what a GGUF export stores
         self.files: dict[str, Path] = {file.name: file}
         self.template_file: Path | None = None  # where chat_template was read: an error in it names this file
-        self.add_bos = bool(config.get("add_bos_token", False))
         self.bos_id = self.token_id(config.get("bos_token"))
         self.eos_id = self.token_id(config.get("eos_token"))
+        # tokenizer_config.json's add_bos_token where it states one; otherwise whether the tokenizer itself puts bos
+        # first (Llama 3.x's tokenizer.json does, by its post-processor, and its config says nothing), which is what
+        # transformers' tokenizer(text) adds and what llama.cpp's converter (gguf-py's SpecialVocab) writes as add_bos
+        stated = config.get("add_bos_token")
+        self.add_bos = bool(stated) if stated is not None else self.bos_id is not None and self.leading_special_ids() == [self.bos_id]
         # the ids llama.cpp ends a generation at by their text (a GGUF export states only the others)
         self.named_end_ids = frozenset(i for i in map(self.lookup, END_OF_GENERATION_TEXTS) if i is not None)
         self.end_ids = self.named_end_ids | ({self.eos_id} if self.eos_id is not None else set())
@@ -124,6 +128,10 @@ class Tokenizer:
 
     def decode(self, ids: list[int]) -> str:
         raise NotImplementedError
+
+    def leading_special_ids(self) -> list[int]:
+        """The ids the tokenizer's own rules put before a text's (none where it has no such rules)."""
+        return []
 
     def token_text(self, token: int) -> str:
         """One token's text for a person reading the prompt (chat --verbose-prompt), control tokens spelled out."""
@@ -192,6 +200,15 @@ class JSONTokenizer(Tokenizer):
                 return self.backend.encode(text, add_special_tokens=False).ids
         except BaseException as exc:
             raise _rust_panic(exc, self.file, "encoding a text") from None
+
+    def leading_special_ids(self):
+        # the post-processor's (TemplateProcessing, RobertaProcessing) ids before the text's, as tokenizers marks them
+        try:
+            with _panic_message_held():
+                encoding = self.backend.encode("a", add_special_tokens=True)
+        except BaseException as exc:
+            raise _rust_panic(exc, self.file, "encoding a text") from None
+        return encoding.ids[: encoding.special_tokens_mask.index(0)] if 0 in encoding.special_tokens_mask else []
 
     def decode(self, ids):
         try:

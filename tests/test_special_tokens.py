@@ -126,3 +126,68 @@ def test_verbose_prompt_spells_a_control_token_on_a_gguf_as_in_the_folder(tmp_pa
     eos = shown[0].eos_id
     assert shown[1].decode([eos]) == ""  # what the prompt listing printed before
     assert shown[0].token_text(eos) == shown[1].token_text(eos) == "<|endoftext|>"
+
+
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+
+def write_llama3_folder(folder: Path, post_processor: bool) -> Path:
+    """A Llama-3.2-shaped folder as published: a byte-level BPE tokenizer.json that puts <|begin_of_text|> first by its
+    post-processor (Llama 3.x's file: ByteLevel then TemplateProcessing, single "<|begin_of_text|> $A"), a
+    tokenizer_config.json naming bos and eos and stating no add_bos_token, tiny weights by transformers' LlamaConfig."""
+    import json
+
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=LLAMA3_SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tokenizer.train_from_iterator([(SHIPPED / "tiny-rope" / "README.md").read_text()] + TEXTS, trainer)
+    if post_processor:
+        bos = tokenizer.token_to_id("<|begin_of_text|>")
+        tokenizer.post_processor = processors.Sequence([
+            processors.ByteLevel(add_prefix_space=True, trim_offsets=False, use_regex=True),
+            processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B:1",
+                                          special_tokens=[("<|begin_of_text|>", bos)])])
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=tokenizer.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)).save_pretrained(folder)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "tokenizer_class": "PreTrainedTokenizerFast"}))
+    return folder
+
+
+@pytest.mark.parametrize("post_processor", [True, False])
+def test_bos_from_the_tokenizer_json_post_processor_as_transformers_and_llama_cpp_read_it(tmp_path, post_processor):
+    """Stranger finding: a Llama 3.x folder (bos put first by tokenizer.json's post-processor, no add_bos_token in
+    tokenizer_config.json) ran without bos in every format and its GGUF said add_bos_token false, where transformers'
+    tokenizer(text) and llama.cpp's converter (gguf-py's SpecialVocab) add it. Prompt ids equal transformers' in the
+    folder, the GGUF (llama.cpp's own tokenizer) and the ONNX export; the GGUF's add_bos is the converter's."""
+    import json
+
+    import gguf
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
+    from edgelm.export.gguf import export_gguf
+    from edgelm.export.onnx import export_onnx
+    from edgelm.models import open_checkpoint
+
+    folder = write_llama3_folder(tmp_path / "llama3", post_processor)
+    checkpoint = open_checkpoint(folder, position_encoding="rope")
+    gguf_path = export_gguf(checkpoint, tmp_path / "m.gguf", "f16", certificate=False).path
+    onnx_path = export_onnx(checkpoint, tmp_path / "onnx", "f32", certificate=False).path
+    add_bos = GGUFReader(gguf_path).fields["tokenizer.ggml.add_bos_token"]
+    assert bool(add_bos.parts[add_bos.data[0]][0]) == gguf.SpecialVocab(folder, load_merges=False).add_special_token.get("bos", False) \
+        == post_processor
+    assert json.loads((onnx_path / "tokenizer_config.json").read_text()).get("add_bos_token", False) == post_processor  # the web page's key
+    reference = AutoTokenizer.from_pretrained(folder)
+    for path in (folder, gguf_path, onnx_path):
+        options = LoadOptions(position_encoding="rope" if path == folder else None, context_length=256, threads=2)
+        with open_artifact(path, options) as artifact:
+            for text in TEXTS:
+                assert artifact.tokenizer.encode(text) == reference(text)["input_ids"], (path.name, text)

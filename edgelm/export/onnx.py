@@ -274,12 +274,15 @@ def write_hf_configs(checkpoint: Checkpoint, folder: Path) -> None:
     """config.json, and model_input_names in tokenizer_config.json (transformers' generic fast
     tokenizer otherwise adds token_type_ids, which generate() refuses), so that Optimum's
     ORTModelForCausalLM and `generate(**tokenizer(text, return_tensors="pt"))` work on the folder."""
-    config = with_token_ids(onnx_mapping(checkpoint.family).folder_config(checkpoint.spec, checkpoint.config), checkpoint.tokenizer())
+    tokenizer = checkpoint.tokenizer()
+    config = with_token_ids(onnx_mapping(checkpoint.family).folder_config(checkpoint.spec, checkpoint.config), tokenizer)
     (folder / HF_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     tokenizer_json_from_sentencepiece(folder)
     path = folder / "tokenizer_config.json"
     tokenizer_config = read_json_object(path) if path.is_file() else {}  # the copy in the output folder
     tokenizer_config.setdefault("model_input_names", [GRAPH_INPUTS["input_ids"], GRAPH_INPUTS["attention_mask"]])
+    if tokenizer.add_bos:  # stated, where the tokenizer.json's post-processor alone said it: the web page reads this key
+        tokenizer_config.setdefault("add_bos_token", True)
     path.write_text(json.dumps(tokenizer_config, indent=2) + "\n")
 
 
