@@ -79,6 +79,12 @@ class Tokenizer:
         # the ids llama.cpp ends a generation at by their text (a GGUF export states only the others)
         self.named_end_ids = frozenset(i for i in map(self.lookup, END_OF_GENERATION_TEXTS) if i is not None)
         self.end_ids = self.named_end_ids | ({self.eos_id} if self.eos_id is not None else set())
+        self.config_bos_id: int | None = None  # config.json's bos_token_id, where the tokenizer names no bos (load_tokenizer)
+
+    @property
+    def declared_bos_id(self) -> int | None:
+        """The bos id a written model states (config.json, GGUF): the tokenizer's, else config.json's. Only bos_id is ever added."""
+        return self.bos_id if self.bos_id is not None else self.config_bos_id
 
     def ends_reply(self, token: int) -> bool:
         """Whether generating `token` ends the reply: eos, a token llama.cpp ends a generation at by its text, or
@@ -296,7 +302,18 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
     tokenizer.files = {name: file} | ({"tokenizer_config.json": config_path} if config_path else {})
     tokenizer.template_file = template_file
     tokenizer.end_ids |= stated_end_ids(folder, tokenizer.highest_id)
+    if tokenizer.bos_id is None:
+        tokenizer.config_bos_id = stated_bos_id(folder, tokenizer.highest_id)
     return tokenizer
+
+
+def stated_bos_id(folder: Path, highest_id: int) -> int | None:
+    """config.json's bos_token_id where it is a token of the vocabulary: Qwen2.5 and Qwen3 name no bos token in
+    tokenizer_config.json, yet state one there, which llama.cpp's converter writes (gguf-py's SpecialVocab reads
+    config.json for the ids the tokenizer leaves unset); a GGUF without it had llama.cpp guess 11."""
+    path = find_member(folder, "config.json", MAX_JSON_BYTES)
+    stated = read_json_object(path, what="config.json").get("bos_token_id") if path else None
+    return stated if type(stated) is int and 0 <= stated <= highest_id else None
 
 
 def stated_end_ids(folder: Path, highest_id: int) -> frozenset[int]:

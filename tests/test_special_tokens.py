@@ -128,13 +128,17 @@ def test_verbose_prompt_spells_a_control_token_on_a_gguf_as_in_the_folder(tmp_pa
     assert shown[0].token_text(eos) == shown[1].token_text(eos) == "<|endoftext|>"
 
 
-LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+BPE_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|endoftext|>",
+                "<|im_start|>", "<|im_end|>"]
+LLAMA3_TOKENIZER_CONFIG = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "tokenizer_class": "PreTrainedTokenizerFast"}
+QWEN_TOKENIZER_CONFIG = {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "tokenizer_class": "Qwen2Tokenizer"}
 
 
-def write_llama3_folder(folder: Path, post_processor: bool) -> Path:
-    """A Llama-3.2-shaped folder as published: a byte-level BPE tokenizer.json that puts <|begin_of_text|> first by its
-    post-processor (Llama 3.x's file: ByteLevel then TemplateProcessing, single "<|begin_of_text|> $A"), a
-    tokenizer_config.json naming bos and eos and stating no add_bos_token, tiny weights by transformers' LlamaConfig."""
+def write_bpe_folder(folder: Path, post_processor: bool, tokenizer_config: dict, config_class: str = "LlamaConfig", **config) -> Path:
+    """A folder shaped as Llama 3.x and Qwen2.5 publish theirs: a byte-level BPE tokenizer.json (with `post_processor`,
+    Llama 3.x's: ByteLevel then TemplateProcessing, single "<|begin_of_text|> $A", putting bos first), the
+    tokenizer_config.json given (Llama 3.x's names bos and eos and states no add_bos_token; Qwen's names no bos), tiny
+    weights by transformers' own config class, with `config` (Qwen's config.json states a bos_token_id)."""
     import json
 
     import transformers
@@ -143,7 +147,7 @@ def write_llama3_folder(folder: Path, post_processor: bool) -> Path:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=LLAMA3_SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=BPE_SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tokenizer.train_from_iterator([(SHIPPED / "tiny-rope" / "README.md").read_text()] + TEXTS, trainer)
     if post_processor:
@@ -152,12 +156,12 @@ def write_llama3_folder(folder: Path, post_processor: bool) -> Path:
             processors.ByteLevel(add_prefix_space=True, trim_offsets=False, use_regex=True),
             processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B:1",
                                           special_tokens=[("<|begin_of_text|>", bos)])])
-    transformers.LlamaForCausalLM(transformers.LlamaConfig(
+    config = getattr(transformers, config_class)(
         vocab_size=tokenizer.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)).save_pretrained(folder)
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, **config)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     tokenizer.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "tokenizer_class": "PreTrainedTokenizerFast"}))
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     return folder
 
 
@@ -177,7 +181,7 @@ def test_bos_from_the_tokenizer_json_post_processor_as_transformers_and_llama_cp
     from edgelm.export.onnx import export_onnx
     from edgelm.models import open_checkpoint
 
-    folder = write_llama3_folder(tmp_path / "llama3", post_processor)
+    folder = write_bpe_folder(tmp_path / "llama3", post_processor, LLAMA3_TOKENIZER_CONFIG)
     checkpoint = open_checkpoint(folder, position_encoding="rope")
     gguf_path = export_gguf(checkpoint, tmp_path / "m.gguf", "f16", certificate=False).path
     onnx_path = export_onnx(checkpoint, tmp_path / "onnx", "f32", certificate=False).path
@@ -191,3 +195,34 @@ def test_bos_from_the_tokenizer_json_post_processor_as_transformers_and_llama_cp
         with open_artifact(path, options) as artifact:
             for text in TEXTS:
                 assert artifact.tokenizer.encode(text) == reference(text)["input_ids"], (path.name, text)
+
+
+def test_bos_id_of_a_qwen_folder_as_llama_cpp_converter_writes_it(tmp_path):
+    """Stranger finding: Qwen2.5 and Qwen3 name no bos token in tokenizer_config.json yet state bos_token_id
+    (<|endoftext|>) in config.json; edgelm's GGUF left it out, and llama.cpp guessed 11 (',' in Qwen's vocabulary).
+    The GGUF states what gguf-py's SpecialVocab (llama.cpp's converter) reads, the ONNX configs what config.json says;
+    no bos is added to a prompt, as transformers adds none."""
+    import json
+
+    import gguf
+    from gguf import GGUFReader
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from edgelm.export.gguf import export_gguf
+    from edgelm.export.onnx import export_onnx
+    from edgelm.models import open_checkpoint
+
+    vocab = Tokenizer.from_file(str(write_bpe_folder(tmp_path / "probe", False, QWEN_TOKENIZER_CONFIG, "Qwen2Config") / "tokenizer.json"))
+    published = vocab.token_to_id("<|endoftext|>")
+    folder = write_bpe_folder(tmp_path / "qwen", False, QWEN_TOKENIZER_CONFIG, "Qwen2Config", bos_token_id=published,
+                              eos_token_id=vocab.token_to_id("<|im_end|>"))
+    assert json.loads((folder / "config.json").read_text())["bos_token_id"] == published
+    checkpoint = open_checkpoint(folder, position_encoding="rope")
+    written = GGUFReader(export_gguf(checkpoint, tmp_path / "m.gguf", "f16", certificate=False).path).fields["tokenizer.ggml.bos_token_id"]
+    assert int(written.parts[written.data[0]][0]) == gguf.SpecialVocab(folder, load_merges=False).special_token_ids["bos"] == published
+    onnx_path = export_onnx(checkpoint, tmp_path / "onnx", "f32", certificate=False).path
+    assert json.loads((onnx_path / "config.json").read_text())["bos_token_id"] == published
+    assert json.loads((onnx_path / "genai_config.json").read_text())["model"]["bos_token_id"] == published
+    text = TEXTS[0]
+    assert checkpoint.tokenizer().encode(text) == AutoTokenizer.from_pretrained(folder)(text)["input_ids"]  # no bos added

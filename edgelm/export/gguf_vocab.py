@@ -166,8 +166,8 @@ def extra_end_ids(tokenizer: Tokenizer) -> list[int]:
 
 def add_vocab(writer: GGUFWriter, tokenizer: Tokenizer, vocab_size: int) -> None:
     WRITERS[type(tokenizer)](writer, tokenizer, vocab_size)
-    if tokenizer.bos_id is not None:
-        writer.add_bos_token_id(tokenizer.bos_id)
+    if tokenizer.declared_bos_id is not None:
+        writer.add_bos_token_id(tokenizer.declared_bos_id)
     if tokenizer.eos_id is not None:
         writer.add_eos_token_id(tokenizer.eos_id)
     for key, token in zip(GGUF_END_TOKEN_KEYS, extra_end_ids(tokenizer)):

@@ -311,7 +311,7 @@ def genai_config(checkpoint: Checkpoint, tokenizer: Tokenizer, context_length: i
     stated = checkpoint.config.get("eos_token_id")  # only where the tokenizer names none, and only an id it has
     eos = tokenizer.eos_id if tokenizer.eos_id is not None else (
         stated if type(stated) is int and 0 <= stated < spec.vocab_size else 0)
-    bos = tokenizer.bos_id if tokenizer.bos_id is not None else eos
+    bos = tokenizer.declared_bos_id if tokenizer.declared_bos_id is not None else eos
     ends = tokenizer.end_id_list() if tokenizer.eos_id is not None else [eos]  # genai stops at any of a list
     return {
         "model": {

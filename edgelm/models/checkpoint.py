@@ -480,7 +480,7 @@ def with_token_ids(config: dict[str, Any], tokenizer) -> dict[str, Any]:
     own values (an id past the vocabulary, a stale one) never reach the config.json a written model carries."""
     config = dict(config)
     ends = tokenizer.end_id_list()  # several, as Llama 3.x Instruct states them, where the reply can end at more than eos
-    for key, value in (("bos_token_id", tokenizer.bos_id), ("eos_token_id", ends if len(ends) > 1 else tokenizer.eos_id)):
+    for key, value in (("bos_token_id", tokenizer.declared_bos_id), ("eos_token_id", ends if len(ends) > 1 else tokenizer.eos_id)):
         if value is None:
             config.pop(key, None)
         else:
