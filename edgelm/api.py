@@ -91,16 +91,17 @@ class Model:
 
     def chat(self, messages: list[dict], max_new_tokens: int = 128, stream: bool = False, stop: tuple[str, ...] = (),
              draft: int | None = None, lookup_ngram: int = LOOKUP_NGRAM, prompt_cache: str | Path | None = None,
-             context_shift: bool = False, **sampling) -> str | Iterator[Piece]:
-        """The assistant's reply to `messages` ([{"role": "system" | "user" | "assistant", "content": …}, …],
-        ending with the user's turn), rendered with the model's chat template as `edgelm chat` renders it;
+             context_shift: bool = False, chat_template_kwargs: dict | None = None, **sampling) -> str | Iterator[Piece]:
+        """The assistant's reply to `messages` ([{"role": "system" | "user" | "assistant" | "tool", "content": …}, …],
+        ending with the user's turn or a tool's result), rendered with the model's chat template as `edgelm chat` renders it;
         the oldest exchanges are dropped when the conversation and `max_new_tokens` outgrow the context.
         `stream=True` gives the pieces as they come; `stop`: texts to stop before (repeatable in the CLI);
         sampling as SamplingOptions (temperature, top_k, top_p, min_p, repetition_penalty, seed); `draft`,
         `lookup_ngram`: prompt-lookup decoding, as in `stream`. `prompt_cache`: a file keeping the KV cache
         after the system prompt (`chat --prompt-cache`), loaded where the backend does not hold it yet, else
         written; `context_shift`: a NoPE model's cache is shifted past the old exchanges this call drops
-        (`chat --context-shift`; not exactly a fresh prefill)."""
+        (`chat --context-shift`; not exactly a fresh prefill). `chat_template_kwargs`: the template's other variables,
+        as transformers' apply_chat_template(**kwargs) and llama-server take them ({"enable_thinking": False})."""
         from .chat import Conversation
 
         if not isinstance(messages, (list, tuple)):
@@ -108,15 +109,16 @@ class Model:
         messages = list(messages)
         if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages):
             raise ValueError('messages are dicts {"role": str, "content": str}')
-        roles = ("system", "user", "assistant")
+        roles = ("system", "user", "assistant", "tool")  # the roles transformers' and llama.cpp's templates render
         if unknown := next((f"message {i}'s role is {m['role'][:40]!r}" for i, m in enumerate(messages) if m["role"] not in roles), None):
             raise ValueError(f"{unknown}, not one of {', '.join(roles)}")
-        if not messages or messages[-1]["role"] != "user":
-            raise ValueError("the reply answers the user's turn, so the last message is the user's" +
+        if not messages or messages[-1]["role"] not in ("user", "tool"):
+            raise ValueError("the reply answers the user's turn or a tool's result, so the last message is one of them" +
                              (f", not the {messages[-1]['role']}'s" if messages else ": the list is empty"))
         system = messages[0]["content"] if messages[0]["role"] == "system" else None
         backend = self._backend()
-        conversation = Conversation(self.tokenizer, backend.context_length, max_new_tokens, system)
+        conversation = Conversation(self.tokenizer, backend.context_length, max_new_tokens, system,
+                                    template_kwargs={} if chat_template_kwargs is None else chat_template_kwargs)
         conversation.turns = messages[1 if system is not None else 0:-1]
         with self._lock:
             if prompt_cache is not None:
@@ -125,7 +127,7 @@ class Model:
                 log.info(start_from(Path(prompt_cache), self.artifact.path, backend, conversation.preamble_ids()))
             pieces = self._exclusive(iter(conversation.turn(messages[-1]["content"], backend, max_new_tokens,
                                                             SamplingOptions(**sampling), _stops(stop), draft, lookup_ngram,
-                                                            context_shift)))
+                                                            context_shift, messages[-1]["role"])))
             return pieces if stream else "".join(piece.text for piece in pieces)
 
     def perplexity(self, text: str, ctx: int = 256, stride: int | None = None) -> float:

@@ -29,6 +29,7 @@ PLAIN_TEMPLATE = (
 
 
 PROBE_MESSAGE = "Hello there"
+TEMPLATE_VARIABLES = ("messages", "add_generation_prompt", "bos_token", "eos_token")  # what render passes itself
 
 
 # where a template lives: a folder's tokenizer_config.json or chat_template.jinja, a GGUF's key; each error names the file
@@ -41,11 +42,19 @@ class Conversation:
     context_length: int
     reply_budget: int
     system: str | None = None
-    turns: list[dict] = field(default_factory=list)  # user/assistant messages, oldest first
+    turns: list[dict] = field(default_factory=list)  # user/assistant (and tool) messages, oldest first
+    # variables the template reads besides the conversation, as transformers' apply_chat_template(**kwargs) and
+    # llama-server's chat_template_kwargs pass them (Qwen3's enable_thinking)
+    template_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.system is not None:
             unicode_text(self.system)
+        if not isinstance(self.template_kwargs, dict) or not all(isinstance(k, str) for k in self.template_kwargs):
+            raise TypeError("the chat template's variables are a dict of names to values, as {\"enable_thinking\": false}")
+        if taken := sorted(set(self.template_kwargs) & set(TEMPLATE_VARIABLES)):
+            raise UserError(f"the chat template's variable {taken[0]} is set by edgelm, not by chat_template_kwargs", None,
+                            f"leave out {', '.join(taken)}")
         source = self.tokenizer.chat_template
         if isinstance(source, list):  # transformers' named templates: [{"name": "default", "template": …}, …]
             source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"), None)
@@ -81,7 +90,7 @@ class Conversation:
 
         where = self.tokenizer.template_file if self.template_source is not PLAIN_TEMPLATE else None
         try:
-            return render_bounded(self.template_source, messages=messages, add_generation_prompt=True, **special)
+            return render_bounded(self.template_source, **self.template_kwargs, messages=messages, add_generation_prompt=True, **special)
         except TemplateSyntaxError as exc:
             raise UserError(f"the chat template does not compile ({exc.message})", where, FIX_TEMPLATE) from None
         except TemplateLimit as exc:
@@ -105,11 +114,11 @@ class Conversation:
             shared += 1
         return first[:shared]
 
-    def prompt_ids(self, user: str) -> tuple[list[int], int]:
-        """Token ids for the history plus this user turn, and how many old turns were dropped to fit. A turn
-        refused (not UTF-8 text; too long for the context with the reply's room, even alone) leaves the
-        history as it was, so a chat can go on from it."""
-        turns = [*self.turns, {"role": "user", "content": unicode_text(user)}]
+    def prompt_ids(self, user: str, role: str = "user") -> tuple[list[int], int]:
+        """Token ids for the history plus this user turn (or a tool's result, `role` "tool"), and how many old
+        turns were dropped to fit. A turn refused (not UTF-8 text; too long for the context with the reply's
+        room, even alone) leaves the history as it was, so a chat can go on from it."""
+        turns = [*self.turns, {"role": role, "content": unicode_text(user)}]
         dropped, room = 0, self.context_length - self.reply_budget
         whole = room  # the message alone may take all of it (a stranger's finding: after two exchanges a 3,011-token
         # message was refused in a 4,096 context, held to the half-room target meant for history)
@@ -135,11 +144,11 @@ class Conversation:
         self.turns.append({"role": "assistant", "content": text})
 
     def turn(self, user: str, backend: Backend, max_new_tokens: int, sampling: SamplingOptions, stop: tuple[str, ...] = (),
-             draft: int | None = None, lookup_ngram: int = LOOKUP_NGRAM, context_shift: bool = False) -> Turn:
-        """The next turn, `user`'s message on this history: rendered, trimmed to fit and tokenized now (a
+             draft: int | None = None, lookup_ngram: int = LOOKUP_NGRAM, context_shift: bool = False, role: str = "user") -> Turn:
+        """The next turn, `user`'s message (`role`'s) on this history: rendered, trimmed to fit and tokenized now (a
         message refused here leaves the history as it was); iterating it streams the reply."""
         history = list(self.turns)
-        ids, dropped = self.prompt_ids(user)
+        ids, dropped = self.prompt_ids(user, role)
         return Turn(self, history, ids, dropped, backend, max_new_tokens, sampling, stop, draft, lookup_ngram, context_shift)
 
     def reset(self) -> None:

@@ -221,6 +221,19 @@ def _load_options(position_encoding, head_temperatures, device, threads=None, gp
     )
 
 
+def _json_object(text: str | None, option: str, example: str) -> dict:
+    """An option's JSON object ({} where not given), or one line saying what it is instead."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UserError(f"{option} is not JSON ({exc})", None, f"give a JSON object, as {example}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{option} is a JSON {type(value).__name__}, not an object", None, f"give a JSON object, as {example}")
+    return value
+
+
 def _check_stop(stop: list[str] | None) -> None:
     if stop and "" in stop:
         raise UserError("--stop \"\" would stop before the first token", None, "give the text to stop at, or drop --stop")
@@ -497,6 +510,7 @@ def chat(
     lookup_ngram: LookupNgramOption = LOOKUP_NGRAM,
     prompt_cache: Annotated[Optional[Path], typer.Option("--prompt-cache", help="A file keeping the KV cache after the system prompt, as llama.cpp's --prompt-cache: loaded at start where it was made for this model and system prompt, else written, so the first turn evaluates only its own tokens.")] = None,
     context_shift: Annotated[bool, typer.Option("--context-shift", help="When the context is full, drop the oldest exchanges from the KV cache and keep the rest without evaluating it again (llama.cpp's context shift); only for models without position encoding (NoPE). Not exact: the kept tokens were computed with the dropped text in view (docs/formats.md).")] = False,
+    chat_template_kwargs: Annotated[Optional[str], typer.Option("--chat-template-kwargs", metavar="JSON", help="The chat template's other variables, a JSON object, as llama.cpp's --chat-template-kwargs: '{\"enable_thinking\": false}' turns Qwen3's thinking off.")] = None,
 ) -> None:
     """Streaming chat with a KV cache. /reset clears the history, /exit (or Ctrl-D) leaves; Ctrl-C stops a reply; // starts a message with /."""
     import time
@@ -506,13 +520,15 @@ def chat(
     from .runtime.sampling import SamplingOptions
 
     _check_stop(stop)
+    template_kwargs = _json_object(chat_template_kwargs, "--chat-template-kwargs", '\'{"enable_thinking": false}\'')
     if prompt_cache:
         from .runtime.prompt_cache import check_path
 
         check_path(prompt_cache)  # before the model loads, as every other option's refusal
     artifact = open_artifact(path, _load_options(position_encoding, None, device, threads, gpu_layers, provider=provider, allow_pickle=allow_pickle,
                                                  context_length=ctx_size))
-    conversation = Conversation(artifact.tokenizer, artifact.backend.context_length, max_new_tokens, system)  # a broken template fails here
+    conversation = Conversation(artifact.tokenizer, artifact.backend.context_length, max_new_tokens, system,  # a broken template fails here
+                                template_kwargs=template_kwargs)
     options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                               repetition_penalty=repetition_penalty, seed=seed)
     template = "the model's chat template" if artifact.tokenizer.chat_template else "a plain User:/Assistant: template (the model has none)"

@@ -270,7 +270,22 @@ class SentencePieceTokenizer(Tokenizer):
         return ids + (self.backend.encode_as_ids(text[start:]) if start < len(text) else [])
 
     def decode(self, ids):
-        return self.backend.decode_ids(ids)
+        # sentencepiece drops control tokens from its text; transformers' decode keeps their text (a model's <think>,
+        # a </s> mid-reply), as tokenizers and llama.cpp's detokenize(special=True) do: decoded between them, each
+        # stretch after the first keeps the space its leading '▁' means (sentencepiece strips it as a text's start)
+        control = set(self.specials.values())
+        text, run = [], []
+        for token in [*ids, None]:
+            if token is not None and token not in control:
+                run.append(token)
+                continue
+            if run:
+                spaced = bool(text) and self.backend.id_to_piece(run[0]).startswith("\u2581")
+                text.append(" " * spaced + self.backend.decode_ids(run))
+                run = []
+            if token is not None:
+                text.append(self.backend.id_to_piece(token))
+        return "".join(text)
 
     def lookup(self, token):
         found = self.backend.piece_to_id(token)

@@ -384,3 +384,36 @@ def test_llama_server_jinja_renders_as_transformers(published, tmp_path, family)
     gguf = export_gguf(open_checkpoint(folder, position_encoding="rope"), tmp_path / "m.gguf", "f16", certificate=False).path
     messages = list(conversations())[-1]  # the longest, with the system prompt
     assert _llama_server_template(gguf, messages, tmp_path / "server.log") == reference(folder, messages)[0]
+
+
+TOOL_RESULT = [{"role": "user", "content": "Is it raining at Hartfield?"}, {"role": "assistant", "content": "Let me look."},
+               {"role": "tool", "content": '{"weather": "rain"}'}]
+
+
+@pytest.mark.parametrize("form", ["folder", "gguf"])
+def test_qwen3_thinking_off_and_a_tool_result_render_as_transformers(published, tmp_path, run_cli, form):
+    """Stranger findings: Qwen3's thinking could not be switched off (nothing set the template's enable_thinking,
+    which transformers' apply_chat_template(enable_thinking=False) and llama-server's chat_template_kwargs set), and
+    Model.chat refused a tool's result (role "tool"), which Qwen's templates render. Both as transformers gives them."""
+    import edgelm
+
+    folder = published("qwen3")
+    path = folder if form == "folder" else export_gguf(open_checkpoint(folder, position_encoding="rope"), tmp_path / "m.gguf",
+                                                        "f16", certificate=False).path
+    hf = transformers.AutoTokenizer.from_pretrained(folder)
+    cases = [([{"role": "user", "content": EXCHANGES[0][0]}], {"enable_thinking": False}), (TOOL_RESULT, {})]
+    options = LoadOptions(context_length=512, position_encoding="rope" if form == "folder" else None)
+    with open_artifact(path, options) as artifact:
+        for messages, variables in cases:
+            conversation = Conversation(artifact.tokenizer, 512, 16, template_kwargs=variables)
+            conversation.turns = messages[:-1]
+            ids, _ = conversation.prompt_ids(messages[-1]["content"], messages[-1]["role"])
+            expected = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, **variables)
+            assert ids == list(expected["input_ids"] if isinstance(expected, dict) else expected)
+            assert (hf.decode(ids).endswith("<think>\n\n</think>\n\n")) == bool(variables)
+    model = edgelm.load(path, position_encoding="rope" if form == "folder" else None, context_length=512)
+    assert isinstance(model.chat(TOOL_RESULT, max_new_tokens=2, chat_template_kwargs={"enable_thinking": False}), str)
+    for given, words in (("[false]", "is a JSON list, not an object"), ("{enable_thinking: false}", "is not JSON"),
+                         ('{"messages": []}', "variable messages is set by edgelm")):
+        code, out, err = run_cli("chat", path, "--chat-template-kwargs", given)
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err

@@ -204,11 +204,9 @@ class LlamaCppTokenizer(Tokenizer):
         return self._open().tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
     def decode(self, ids):
-        return self._open().detokenize(ids).decode("utf-8", errors="replace")
-
-    def token_text(self, token):
-        # llama.cpp renders a control token as nothing unless asked (a stranger saw `1 -> ''` for <|im_start|>)
-        return self._open().detokenize([token], special=True).decode("utf-8", errors="replace")
+        # special tokens' text kept, as transformers' decode and edgelm's other tokenizers keep it (a Qwen3 reply's
+        # <think> marked special vanished on the GGUF alone, a stranger's finding)
+        return self._open().detokenize(ids, special=True).decode("utf-8", errors="replace")
 
     def lookup(self, token):
         ids = self.llm.tokenize(token.encode("utf-8"), add_bos=False, special=True)
