@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .certificate import check_holds
 from .constants import BUNDLE_MANIFEST, BUNDLE_SAMPLING_DEFAULTS, WEB_PAGE_FILES, WEB_RUNTIME_FILES, WEB_RUNTIME_MAX_BYTES
 from .errors import UserError
 from .artifact_files import read_json_object, sha256, user_file
@@ -99,6 +100,7 @@ def make_bundle(artifact: Path, out: Path, zip_it: bool = False, force: bool = F
     if target not in TARGETS:
         raise UserError(f"unknown --target {target!r}", None, f"choose one of {', '.join(TARGETS)}")
     fmt = detect(artifact)
+    check_holds(fmt)
     refusal = fmt.mobile_refusal() if target == "mobile" else None
     if refusal and not allow_desktop_only:
         raise UserError(f"no mobile runtime can load this: {refusal}", artifact,

@@ -495,6 +495,22 @@ class Verification:
             + "; ".join(reasons)
 
 
+def check_holds(fmt) -> None:
+    """Refuse an artifact whose weights or settings are not the ones its certificate records, before it is bundled: the
+    bundle's manifest would take the sha256 of the changed files, and `verify` passed the bundle (a stranger's GGUF with
+    an edited chat template, eos id and context failed `verify` and passed it bundled)."""
+    found = fmt.certificate()
+    if found is None:
+        return
+    validate(found, fmt.path)
+    for key, what, here in ((WEIGHTS_HASH, "weights", fmt.weights_sha256), (SETTINGS_HASH, "tokenizer, chat template or settings",
+                                                                             fmt.settings_sha256)):
+        if key in found and (digest := here()) is not None and digest != found[key]:
+            raise UserError(f"its {what} are not the ones its parity certificate was made for (sha256 {digest[:16]}…, certified "
+                            f"{found[key][:16]}…): a bundle of it would carry a certificate that does not hold", fmt.path,
+                            "export it again from its model folder (`edgelm verify` says what differs)")
+
+
 # --reference: how far recomputed numbers may move (the reference runs here too: torch on another CPU or GPU)
 NUMBER_RTOL, NUMBER_ATOL = 0.05, 1e-5
 
@@ -517,7 +533,8 @@ def compare_certificates(certified: dict[str, Any], fresh: dict[str, Any]) -> li
 def verify(fmt, reference: Path | None = None, threads: int | None = None, device: str = "cpu", bundled: bool = False) -> Verification:
     """Re-run the probe of `fmt`'s certificate on this machine's runtime; with `reference`, recompute
     the whole certificate against that model folder and compare it too. `bundled`: `fmt` is a bundle's
-    model, whose files its manifest's sha256 cover (bundling rewrites an ONNX folder's genai_config)."""
+    model, whose settings are checked only where the bundle holds the artifact as it is (a GGUF; bundling rewrites an
+    ONNX folder's genai_config, and `bundle` checked them against the certificate: check_holds)."""
     found = fmt.certificate()
     if found is None:
         return Verification(None)
@@ -527,7 +544,7 @@ def verify(fmt, reference: Path | None = None, threads: int | None = None, devic
         probe = check_probe(artifact, found["probe"], fmt.path)
         engine, engine_version = artifact.engine, artifact.details.get("engine_version", "unknown")
     result = Verification(found, engine, engine_version, probe, weights_sha256=fmt.weights_sha256() if WEIGHTS_HASH in found else None,
-                          settings_sha256=fmt.settings_sha256() if SETTINGS_HASH in found and not bundled else None)
+                          settings_sha256=fmt.settings_sha256() if SETTINGS_HASH in found and (fmt.bundled_as_is or not bundled) else None)
     if reference is not None:
         from .models import open_checkpoint
 

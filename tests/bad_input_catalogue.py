@@ -176,6 +176,9 @@ CASES: list[Case] = [
     case("config.json not JSON", "inspect {model}", "config.json is not valid JSON", write("model", "config.json", "{not json")),
     case("config.json not UTF-8", "inspect {model}", "config.json is not UTF-8 text", write("model", "config.json", b'{"a": "\xff"}')),
     case("config.json a list", "inspect {model}", "must hold a JSON object", write("model", "config.json", "[1, 2]")),
+    # stranger round 11: an ONNX export carried a 1.1 MB config into an edgelm.json no command would read back
+    case("config.json past what an export carries", "export {model} --format onnx --out {tmp}/big", "edgelm carries at most 131,072",
+         config(task_specific_params={"summarization": "x" * 140_000})),
     *[case(f"config lacks {key}", "inspect {model}", f"lacks '{key}'", without_key("model", "config.json", key))
       for key in LLAMA_CONFIG_KEYS_NEEDED],
     case("hidden_size negative", "inspect {model}", "hidden_size", config(hidden_size=-64)),

@@ -11,6 +11,7 @@ steps moves it by 1–6× the tolerance (the weights chosen below); docs/certifi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -391,8 +392,9 @@ def test_a_tokenizer_or_template_changed_after_export_fails_verify(exports, run_
     """Stranger finding: two vocabulary entries swapped in an ONNX export's tokenizer.json, a chat template with
     an injected instruction (ONNX and GGUF), another eos id in genai_config.json or the GGUF passed `verify`
     (even with --reference): the certificate covered the weights and a probe of one prompt. It now records
-    the sha256 of what the artifact runs by besides its weights (Format.settings_sha256); a bundle's model is
-    covered by its manifest's sha256 instead (the bundle tests)."""
+    the sha256 of what the artifact runs by besides its weights (Format.settings_sha256). Stranger round 11: such an
+    artifact bundled (exit 0), and verify passed the bundle, whose manifest took the changed files' sha256; `bundle`
+    refuses it now."""
     if change.startswith("gguf"):  # in place, as gguf-py's gguf_set_metadata.py edits a value (the file's size unchanged)
         source = exports("tiny-nope.gguf")
         tampered = Path(shutil.copyfile(source, tmp_path / "t.gguf"))
@@ -414,6 +416,26 @@ def test_a_tokenizer_or_template_changed_after_export_fails_verify(exports, run_
     assert code == 1 and "probe matches" in out and "DIFFER from the certified" in out, (out, err)
     assert ("verify failed: the artifact is not what was certified: its tokenizer, chat template or settings are not the "
             "certified ones") in err, err
+    for target in ("mobile", "web"):
+        code, _, err = run_cli("bundle", tampered, "--target", target, "--out", tmp_path / target)
+        assert code == 2 and "a bundle of it would carry a certificate that does not hold" in err, err
+        assert not (tmp_path / target).exists()
+
+
+def test_a_gguf_changed_inside_its_bundle_fails_verify(exports, run_cli, tmp_path):
+    """A bundle holds a GGUF as it is, so verify checks its settings against the certificate there too: a bundle whose
+    GGUF's eos id was changed and its manifest's sha256 made again (by hand, past `bundle`'s refusal) fails."""
+    bundle = tmp_path / "bundle"
+    assert run_cli("bundle", exports("tiny-nope.gguf"), "--out", bundle)[0] == 0
+    manifest = json.loads((bundle / "edgelm.json").read_text())
+    model = bundle / manifest["model"]
+    reader = GGUFReader(str(model), "r+")
+    reader.fields["tokenizer.ggml.eos_token_id"].parts[-1][0] = 5
+    del reader
+    manifest["files"][model.name]["sha256"] = hashlib.sha256(model.read_bytes()).hexdigest()
+    (bundle / "edgelm.json").write_text(json.dumps(manifest))
+    code, out, err = run_cli("verify", bundle)
+    assert code == 1 and "DIFFER from the certified" in out, (out, err)
 
 
 def test_parity_says_when_its_reference_is_not_the_certified_model(exports, run_cli):

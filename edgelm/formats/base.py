@@ -150,6 +150,7 @@ class Format(ABC):
     bundled: ClassVar[bool] = True  # what a bundle may hold as its model (not a bundle, not a checkpoint folder)
     honoured: ClassVar[frozenset] = frozenset()  # the RUNTIME_OPTIONS its engine uses (check_options refuses the others)
     checkpoint: ClassVar[bool] = False  # a training checkpoint: takes --position-encoding and --head-temperatures, carries no certificate
+    bundled_as_is: ClassVar[bool] = False  # a bundle holds the artifact's files unchanged: verify checks its settings_sha256 there too
 
     def __init__(self, path: Path):
         self.path = path

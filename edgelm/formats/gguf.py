@@ -68,6 +68,7 @@ class GGUF(Format):
     kind = "gguf"
     noun = "a GGUF file"
     honoured = frozenset({"f32_kv_cache", "gpu_layers"})
+    bundled_as_is = True  # bundle_into copies the file
 
     @classmethod
     def detect(cls, path: Path) -> bool:

@@ -42,6 +42,9 @@ PICKLE_NAMES = ("pytorch_model.bin", "model.bin")
 CONVERT_BLOCK_BYTES = 16 << 20  # TensorSource converts (and streams) this much of a tensor at a time
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 MAX_TEMPERATURES_BYTES = 16 << 20  # a λ per head and layer: kilobytes
+# config.json: published causal LMs' are 1–10 kB. Every export carries it (a GGUF's edgelm.config key, an ONNX folder's
+# edgelm.json), which edgelm reads back under 1 MB: a 1.1 MB config exported with exit 0 into a folder no command opened
+MAX_CONFIG_BYTES = 128 << 10
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -52,6 +55,9 @@ def read_config(folder: Path) -> dict[str, Any]:
     path = find_member(folder, CONFIG, MAX_JSON_BYTES)
     if path is None:
         raise UserError("config.json is missing", folder / CONFIG, "a model folder needs config.json beside its weights")
+    if (size := path.stat().st_size) > MAX_CONFIG_BYTES:
+        raise UserError(f"config.json is {size:,} bytes; edgelm carries at most {MAX_CONFIG_BYTES:,} of it into an export (published "
+                        "models' are a few kB)", path, "leave out what no model reads (task_specific_params, large tables)")
     config = read_json(path, what=CONFIG)
     if not isinstance(config, dict):
         raise UserError("config.json must hold a JSON object", folder / CONFIG, "fix or re-download the file")
