@@ -172,7 +172,8 @@ def unpacked(bundle: Path):
         return
     with tempfile.TemporaryDirectory() as folder:
         unpack_zip(bundle, Path(folder))
-        yield Path(folder)
+        with errors_named_for(Path(folder), bundle):  # verify named /tmp/tmpXXXX for a zip's missing model (a stranger's finding)
+            yield Path(folder)
 
 
 def path_inside(exc: UserError, folder: Path) -> Path | None:
@@ -181,6 +182,18 @@ def path_inside(exc: UserError, folder: Path) -> Path | None:
     if exc.path is None or not (exc.path == folder or folder in exc.path.parents):
         return None
     return exc.path.relative_to(folder)
+
+
+@contextmanager
+def errors_named_for(folder: Path, given: Path):
+    """A one-line error about a file in `folder` (a zip's temporary unpacking) re-pointed to `given`, the zip the user
+    gave, naming the file inside it."""
+    try:
+        yield
+    except UserError as exc:
+        if folder == given or (inside := path_inside(exc, folder)) is None:
+            raise
+        raise UserError(f"{exc.what} (its {inside.as_posix()})" if inside != Path(".") else exc.what, given, exc.fix) from None
 
 
 def verify_folder(folder: Path) -> dict:

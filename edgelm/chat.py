@@ -28,6 +28,23 @@ PLAIN_TEMPLATE = (
 )
 
 
+# llama.cpp's fallback where a model has no template (llama_chat_apply_template's chatml), used where the vocabulary has
+# ChatML's markers: a Qwen-like model without a template then ends its reply at <|im_end|> as it was trained to
+CHATML_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CHATML_MARKERS = ("<|im_start|>", "<|im_end|>")
+
+
+def fallback_template(tokenizer: Tokenizer) -> tuple[str, str]:
+    """The template for a model that carries none, and how the chat names it: ChatML where the vocabulary has its
+    markers, as llama.cpp falls back to it; else plain User:/Assistant: lines."""
+    if all(tokenizer.lookup(marker) is not None for marker in CHATML_MARKERS):
+        return CHATML_TEMPLATE, "ChatML (the model has no template; its vocabulary has ChatML's markers)"
+    return PLAIN_TEMPLATE, "a plain User:/Assistant: template (the model has none)"
+
+
 PROBE_MESSAGE = "Hello there"
 TEMPLATE_VARIABLES = ("messages", "add_generation_prompt", "bos_token", "eos_token")  # what render passes itself
 
@@ -65,7 +82,7 @@ class Conversation:
             # a folder's template file is refused at this size when it is read; a GGUF's key here
             raise UserError(f"the chat template is {len(source):,} characters; edgelm renders at most {MAX_TEMPLATE_BYTES:,} bytes of "
                             "template (published ones are a few kB)", self.tokenizer.template_file, FIX_TEMPLATE)
-        self.template_source = source or PLAIN_TEMPLATE
+        self.template_source, self.template_name = (source, "the model's chat template") if source else fallback_template(self.tokenizer)
         # rendered once before the first turn, so a template that loses the conversation fails at start
         if PROBE_MESSAGE not in self.render([{"role": "user", "content": PROBE_MESSAGE}]):
             raise UserError(f"the chat template renders nothing of the conversation (a user message {PROBE_MESSAGE!r} is not in "
@@ -88,7 +105,7 @@ class Conversation:
         special = {k: (v.get("content") if isinstance(v, dict) else v) or "" for k, v in special.items()}
         from jinja2 import TemplateSyntaxError
 
-        where = self.tokenizer.template_file if self.template_source is not PLAIN_TEMPLATE else None
+        where = self.tokenizer.template_file if self.template_source not in (PLAIN_TEMPLATE, CHATML_TEMPLATE) else None
         try:
             return render_bounded(self.template_source, **self.template_kwargs, messages=messages, add_generation_prompt=True, **special)
         except TemplateSyntaxError as exc:

@@ -531,10 +531,9 @@ def chat(
                                 template_kwargs=template_kwargs)
     options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                               repetition_penalty=repetition_penalty, seed=seed)
-    template = "the model's chat template" if artifact.tokenizer.chat_template else "a plain User:/Assistant: template (the model has none)"
     # replies alone on standard output; the banner and each turn's counts on standard error, as llama.cpp's
     # llama-cli keeps its logs and timings there (a pipe reading the replies got them mixed in)
-    info.print(f"[dim]{path} on {artifact.engine}, {template}; /reset, /exit, /help[/dim]")
+    info.print(f"[dim]{path} on {artifact.engine}, {conversation.template_name}; /reset, /exit, /help[/dim]")
     backend = artifact.backend
     if context_shift and not backend.position_free:
         info.print("note: --context-shift needs a model without position encoding (NoPE) on the torch, ONNX or ggml executor "
@@ -590,8 +589,9 @@ def chat(
             for piece in pieces:
                 out.print(piece.text, end="", markup=False)
         except KeyboardInterrupt:
-            if pieces is None:  # before the reply began: nothing of this turn is kept
+            if pieces is None:  # while the template rendered, before the reply began: nothing of this turn is kept, and it says so
                 out.print()
+                info.print("[dim](not sent: the history is as it was)[/dim]")
                 continue
             pieces.close()  # the reply so far joins the history
             out.print(" [dim](stopped)[/dim]", end="")
@@ -604,7 +604,7 @@ def chat(
         lookup = f", {turn.accepted}/{turn.drafted} drafted tokens taken" if turn.drafted else ""  # as llama.cpp's lookup reports n_drafted, n_accept
         prompt = f"; {turn.evaluated} prompt tokens evaluated" if turn.evaluated is not None else ""
         out.print()
-        info.print(f"[dim]{turn.tokens} tokens, {rate:.1f} tok/s{lookup}{prompt}[/dim]")
+        info.print(f"[dim]{turn.tokens} token{'' if turn.tokens == 1 else 's'}, {rate:.1f} tok/s{lookup}{prompt}[/dim]")
 
 
 @app.command()

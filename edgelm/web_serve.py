@@ -22,6 +22,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from .bundle_files import check_manifest
 from .constants import BUNDLE_MANIFEST
@@ -43,7 +44,8 @@ MIME_TYPES = {
 _RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})(\d*)$")
 # what a page served to this machine only may be asked for as: a browser sends the Host it resolved, so a page from
 # another site whose name was made to resolve to 127.0.0.1 (DNS rebinding) asks with that site's name and is refused
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+_HOST = re.compile(r"(?P<name>\[::1\]|[a-z0-9-]+(?:\.[a-z0-9-]+)*)(?::\d{1,5})?")
 _BLOCK = 1 << 20
 
 
@@ -76,8 +78,16 @@ class BundleHandler(http.server.SimpleHTTPRequestHandler):
         self.send_error(404, "no listing")
 
     def send_head(self):
-        host = _host_name(self.headers.get("Host", "localhost"))
-        if self.server.loopback and host not in LOOPBACK_HOSTS and not host.endswith(".localhost"):
+        # a request's target in absolute form (http://host:port/path), which RFC 9112 §3.2.2 says a server must take: its
+        # host, not the Host header's, names the server; a stranger's `GET http://127.0.0.1:PORT/edgelm.json` was a 404
+        target = urlsplit(self.path) if self.path.lower().startswith(("http://", "https://")) else None
+        named = self.headers.get_all("Host") or []
+        if target is not None:
+            self.path, named = urlunsplit(("", "", target.path or "/", target.query, "")), [target.netloc]
+        if len(named) != 1:  # RFC 9112 §3.2: none in an HTTP/1.1 request, or more than one, is a 400
+            self.send_error(400, "a request names its server in one Host header")
+            return None
+        if self.server.loopback and not _names_loopback(named[0]):
             self.send_error(403, "this server answers requests to localhost only")
             return None
         url_path = self.path.split("?", 1)[0].split("#", 1)[0]
@@ -132,12 +142,12 @@ class BundleHandler(http.server.SimpleHTTPRequestHandler):
             left -= len(block)
 
 
-def _host_name(host: str) -> str:
-    """The name in a Host header, without its port: 'localhost:8000' → 'localhost', '[::1]:8000' → '::1'."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[1:].partition("]")[0]
-    return host.rpartition(":")[0] if host.count(":") == 1 else host
+def _names_loopback(host: str) -> bool:
+    """Whether a Host header's value (RFC 9110 §7.2: a name and an optional port) names this machine: localhost, a
+    name under .localhost (RFC 6761), 127.0.0.1 or [::1]. Anything else is refused whole, not parsed leniently:
+    127.0.0.1:80@evil.com, localhost:evil and a..localhost were taken for localhost."""
+    found = _HOST.fullmatch(host.strip().lower())
+    return found is not None and (found["name"] in LOOPBACK_HOSTS or found["name"].endswith(".localhost"))
 
 
 class _Server(http.server.ThreadingHTTPServer):

@@ -140,14 +140,16 @@ def manifest(change) -> Callable:
     return edit_json("bundle", "edgelm.json", change)
 
 
-def rezip(extra: dict[str, bytes] | None = None, rename: dict[str, str] | None = None) -> Callable:
-    """Replace {zip} by a zip of {bundle} with `extra` entries added and entries renamed."""
+def rezip(extra: dict[str, bytes] | None = None, rename: dict[str, str] | None = None, only: tuple[str, ...] | None = None) -> Callable:
+    """Replace {zip} by a zip of {bundle} with `extra` entries added and entries renamed (`only` these of its files)."""
     def damage(ws):
         import zipfile
 
         folder, archive = Path(ws["bundle"]), Path(ws["zip"])
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
             for path in sorted(folder.iterdir()):
+                if only is not None and path.name not in only:
+                    continue
                 out.write(path, (rename or {}).get(path.name, path.name))
             for name, data in (extra or {}).items():
                 out.writestr(name, data)
@@ -204,6 +206,8 @@ CASES: list[Case] = [
     case("--prompt with a byte that is not UTF-8 (ONNX)", "generate {onnx} --prompt caf\udce9", "not UTF-8"),
     case("--prompt with a byte that is not UTF-8 (llama.cpp's tokenizer)", "generate {llama_gguf} --prompt caf\udce9", "not UTF-8"),
     case("--system with a byte that is not UTF-8", "chat {model} --system caf\udce9", "not UTF-8"),
+    case("--prompt-cache path with a byte that is not UTF-8", "chat {model} --prompt-cache {tmp}/bad\udcff.bin",
+         "bad\\xff.bin is not UTF-8 text"),  # stranger round 11: written, exit 0
     case("2,000,000,000 positions at GGUF export (written, then refused by edgelm's own reader as damaged)",
          "export {model} --quant int4 --out {tmp}/m.gguf", "a GGUF holds at most 16,777,216", config(max_position_embeddings=2_000_000_000)),
     case("context length zero", "inspect {model}", "max_position_embeddings", config(max_position_embeddings=0)),
@@ -475,6 +479,8 @@ CASES: list[Case] = [
     case("zip entry escaping", "verify {zip}", "outside the bundle", rezip(extra={"../evil.txt": b"x"})),
     case("zip not a zip", "verify {zip}", "not a readable zip", lambda ws: Path(ws["zip"]).write_bytes(b"PK\x05\x06garbage")),
     case("zip without a manifest", "verify {zip}", "edgelm.json", rezip(rename={"edgelm.json": "manifest.txt"})),
+    # stranger round 11: verify named the temporary folder it unpacked into (/tmp/tmpXXXX: model.ort is missing)
+    case("zip holding only its manifest", "verify {zip}", "bundle-zip.zip: ", rezip(only=("edgelm.json",))),
     case("bundle onto its input", "bundle {bundle} --out {bundle} --force", "overlaps the input"),
     case("bundle output exists", "bundle {onnx} --out {bundle}", "output already exists"),
     case("genai_config search a list", "bundle {onnx} --out {tmp}/b", "search is a list, not an object of options",

@@ -31,7 +31,7 @@ def test_chat_streams_replies_resets_and_exits():
     child = spawn("--max-new-tokens", "12", "--seed", "1", "--system", "You are Miss Austen.")
     child.expect("> ")
     child.sendline("Good morning, how do you do?")
-    child.expect(r"(\d+) tokens, ([\d.]+) tok/s")
+    child.expect(r"(\d+) tokens?, ([\d.]+) tok/s")
     assert 1 <= int(child.match.group(1)) <= 12
     child.expect("> ")
     child.sendline("/reset")
@@ -486,3 +486,30 @@ def test_a_chat_no_message_can_fit_is_refused_at_its_start(args, words, tmp_path
         err = done.stderr.decode()
         assert done.returncode == 2 and err.count("\n") == 1 and words in err and "Traceback" not in err, err
     assert not (tmp_path / "p.cache").exists()
+
+
+def test_ctrl_c_while_the_template_renders_says_the_message_was_not_sent(tmp_path):
+    """Stranger round 11: a Ctrl-C while the chat template rendered a turn (here one slow from the second turn on)
+    dropped the typed message without a word; it says so now, and the chat goes on from the history as it was."""
+    import json
+    import shutil
+
+    folder = shutil.copytree(MODEL, tmp_path / "model")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    slow = "{% if messages|length > 2 %}{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{% endif %}"
+    (folder / "tokenizer_config.json").write_text(json.dumps(config | {"chat_template": slow + config["chat_template"]}))
+    child = pexpect.spawn(sys.executable, ["-m", "edgelm", "chat", str(folder), "--max-new-tokens", "3"], encoding="utf-8",
+                          timeout=90, dimensions=(40, 200), preexec_fn=_default_sigint)
+    child.expect("> ")
+    child.sendline("one")
+    child.expect(r"tok/s")
+    child.expect("> ")
+    child.sendline("two")
+    child.expect_exact("two")
+    child.sendintr()
+    child.expect_exact("(not sent: the history is as it was)")
+    child.expect("> ")
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0

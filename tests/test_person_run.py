@@ -101,7 +101,7 @@ def run_in_terminal(command: str, cwd: Path, env: dict) -> tuple[int, str]:
         child.expect("/reset, /exit")
         child.expect("> ")
         child.sendline("Good morning")
-        child.expect(r"\d+ tokens, [\d.]+ tok/s")
+        child.expect(r"\d+ tokens?, [\d.]+ tok/s")
         child.expect("> ")
         child.sendline("/exit")
     if command.startswith(SERVE_LINE):

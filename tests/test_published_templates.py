@@ -11,6 +11,7 @@ default system turn when none is given; Llama 3.2 prints today's date from `strf
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import transformers
@@ -417,3 +418,42 @@ def test_qwen3_thinking_off_and_a_tool_result_render_as_transformers(published, 
                          ('{"messages": []}', "variable messages is set by edgelm")):
         code, out, err = run_cli("chat", path, "--chat-template-kwargs", given)
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def _llama_cpp_chatml(messages) -> str:
+    """llama.cpp's own rendering of `messages` by its built-in chatml template (llama_chat_apply_template, the C API its
+    Android and iOS examples call), which it falls back to for a model without a template."""
+    import ctypes
+
+    import llama_cpp
+
+    chat = (llama_cpp.llama_chat_message * len(messages))(
+        *[llama_cpp.llama_chat_message(role=m["role"].encode(), content=m["content"].encode()) for m in messages])
+    buffer = ctypes.create_string_buffer(1 << 16)
+    length = llama_cpp.llama_chat_apply_template(b"chatml", chat, len(messages), True, buffer, len(buffer))
+    assert 0 < length <= len(buffer)
+    return buffer.raw[:length].decode()
+
+
+def test_a_chatml_vocabulary_without_a_template_chats_in_chatml_as_llama_cpp(published, tmp_path):
+    """Stranger finding: a model whose vocabulary has <|im_start|> and <|im_end|> and no chat template chatted in plain
+    User:/Assistant: lines, which it never saw in training; llama.cpp falls back to ChatML. Rendered as llama.cpp's
+    chatml renders it; a vocabulary without those markers keeps the plain template."""
+    import shutil
+
+    folder = shutil.copytree(published("qwen2.5"), tmp_path / "untemplated")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "chat_template"}))
+    with open_artifact(folder, LoadOptions(context_length=512, position_encoding="rope")) as artifact:
+        for messages in conversations():
+            conversation = Conversation(artifact.tokenizer, 512, 16, messages[0]["content"] if messages[0]["role"] == "system" else None)
+            assert conversation.template_name.startswith("ChatML")
+            conversation.turns = messages[1 if conversation.system else 0:-1]
+            assert conversation.render(conversation.turns + messages[-1:]) == _llama_cpp_chatml(messages)
+    from edgelm.chat import PLAIN_TEMPLATE
+    from edgelm.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(Path(__file__).resolve().parents[1] / "examples" / "models" / "tiny-rope")  # no ChatML markers
+    tokenizer.config = {k: v for k, v in tokenizer.config.items() if k != "chat_template"}
+    plain = Conversation(tokenizer, 512, 16)
+    assert plain.template_source == PLAIN_TEMPLATE and plain.template_name.startswith("a plain")

@@ -152,9 +152,9 @@ def test_api_chat_names_what_is_wrong_with_the_messages(artifacts):
     """Stranger round 10: an unknown role and a list ending with the assistant's turn both said "the last message
     is the user's turn the reply answers"."""
     with edgelm.load(artifacts["model folder"]) as model:
-        with pytest.raises(ValueError, match="message 0's role is 'wizard', not one of system, user, assistant"):
+        with pytest.raises(ValueError, match="message 0's role is 'wizard', not one of system, user, assistant, tool"):
             model.chat([{"role": "wizard", "content": "hi"}], max_new_tokens=2)
-        with pytest.raises(ValueError, match="the last message is the user's, not the assistant's"):
+        with pytest.raises(ValueError, match="the last message is one of them, not the assistant's"):
             model.chat([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], max_new_tokens=2)
         assert model.chat([{"role": "user", "content": "hi"}], max_new_tokens=2)
 

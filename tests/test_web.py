@@ -224,6 +224,16 @@ def _get(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
         return error.code, dict(error.headers), error.read()
 
 
+def _raw_status(url: str, request: bytes) -> int:
+    """The status code of a request sent as bytes, headers urllib would not send (two Host headers, none)."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as client:
+        client.sendall(request)
+        return int(client.makefile("rb").readline().split()[1])
+
+
 @needs_runtime
 def test_serve_isolates_types_ranges_and_serves_only_the_bundle(web_bundles, tmp_path):
     from edgelm.web_serve import serving
@@ -262,8 +272,16 @@ def test_serve_isolates_types_ranges_and_serves_only_the_bundle(web_bundles, tmp
         port = url.rsplit(":", 1)[1]
         for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "app.localhost"):
             assert _get(url + "/", {"Host": host})[0] == 200, host
-        for host in (f"attacker.example:{port}", "attacker.example", f"127.0.0.1.attacker.example:{port}"):
-            assert _get(url + "/", {"Host": host})[0] == 403, host
+        for host in (f"attacker.example:{port}", "attacker.example", f"127.0.0.1.attacker.example:{port}",
+                     "127.0.0.1:80@attacker.example", "localhost:attacker", "a..localhost", "localhost:99999999"):
+            assert _get(url + "/", {"Host": host})[0] == 403, host  # stranger round 11: the middle three had a 200
+        # one Host header, as RFC 9112 §3.2 asks (none, or two whose first was local, had a 200); a request target in
+        # absolute form names the server itself (§3.2.2: it was a 404)
+        for request, code in ((b"GET /edgelm.json HTTP/1.1\r\n", 400),
+                              (b"GET /edgelm.json HTTP/1.1\r\nHost: localhost\r\nHost: attacker.example\r\n", 400),
+                              (f"GET {url}/edgelm.json HTTP/1.1\r\nHost: attacker.example\r\n".encode(), 200),
+                              (b"GET http://attacker.example/edgelm.json HTTP/1.1\r\nHost: localhost\r\n", 403)):
+            assert _raw_status(url, request + b"Connection: close\r\n\r\n") == code, request
         # the long names made is_dir() raise ENAMETOOLONG: a traceback and a dropped connection (a stranger's finding)
         for path in ("stray.txt", "../secret.txt", "%2e%2e/secret.txt", "nothing.js", "index.html/", "a" * 300, "a/" * 3000):
             code, headers, body = _get(f"{url}/{path}")

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import tempfile
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..artifact_files import find_member, read_json_object
-from ..bundle_files import MAX_MANIFEST_BYTES, path_inside, unpack_zip, unpacked, verify_folder
+from ..bundle_files import MAX_MANIFEST_BYTES, errors_named_for, unpack_zip, unpacked, verify_folder
 from ..constants import BUNDLE_MANIFEST
 from ..errors import UserError
 from .base import FORMATS, Artifact, Format, LoadOptions, register
@@ -55,17 +54,6 @@ class Bundle(Format):
         manifest = verify_folder(folder)
         return manifest, bundled_format(folder, manifest)
 
-    @contextmanager
-    def _named_by_bundle(self, folder: Path):
-        """A zip's model runs from a temporary folder, gone by the time a refusal is read ("/tmp/edgelm-bundle-…:
-        --allow-pickle applies to …"): a one-line error about a file there names the zip the user gave."""
-        try:
-            yield
-        except UserError as exc:
-            if folder == self.path or (inside := path_inside(exc, folder)) is None:
-                raise
-            raise UserError(f"{exc.what} (its {inside.as_posix()})" if inside != Path(".") else exc.what, self.path, exc.fix) from None
-
     def open(self, options: LoadOptions) -> Artifact:
         cleanups = []
         folder = self.path
@@ -79,7 +67,7 @@ class Bundle(Format):
                 raise
             folder = Path(scratch.name)
         try:
-            with self._named_by_bundle(folder):
+            with errors_named_for(folder, self.path):
                 manifest, inner = self._inside(folder)
                 artifact = inner.open(options)
         except BaseException:
@@ -106,7 +94,7 @@ class Bundle(Format):
         return self._recorded("recorded_position_encoding")
 
     def describe(self, options: LoadOptions) -> dict[str, Any]:
-        with unpacked(self.path) as folder, self._named_by_bundle(folder):
+        with unpacked(self.path) as folder:
             manifest, inner = self._inside(folder)
             facts = inner.describe(options)
         return facts | {"format": f"bundle of {facts['format']}", "files": len(manifest["files"]), "verified": True,

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifact_files import parse_json, read_bytes
-from ..errors import UserError, WriteFailed
-from ..fileio import DISK_FULL_ERRNOS, hidden_prefix, write_failure
+from ..errors import UserError, WriteFailed, one_line, shown
+from ..fileio import DISK_FULL_ERRNOS, hidden_prefix, refuse_long_names, refuse_non_utf8, write_failure
 from .backend import Backend, StateMismatch
 
 FORMAT = "edgelm prompt cache"
@@ -92,8 +92,8 @@ class PromptCache:
         why = self._why_not(prefix)
         if why:
             self.backend.reset()
-            return f"prompt cache {self.path} ignored ({why}); it is written again"
-        return f"prompt cache: loaded {self.backend.position} tokens from {self.path}"
+            return f"prompt cache {_shown(self.path)} ignored ({why}); it is written again"
+        return f"prompt cache: loaded {self.backend.position} tokens from {_shown(self.path)}"
 
     def _why_not(self, prefix: list[int]) -> str | None:
         from safetensors import SafetensorError
@@ -151,13 +151,20 @@ class PromptCache:
             raise
         finally:
             temporary.unlink(missing_ok=True)
-        return f"prompt cache: wrote {self.backend.position} tokens to {self.path}"
+        return f"prompt cache: wrote {self.backend.position} tokens to {_shown(self.path)}"
+
+
+def _shown(path: Path) -> str:
+    """The path in a note line: escapes for bytes that are not UTF-8 and for a newline or terminal escape in its name."""
+    return one_line(shown(path))
 
 
 def check_path(path: Path) -> None:
     """A --prompt-cache path, checked before any model loads: in an existing folder, and where it exists a
     regular file (not a symlink, folder, FIFO or device) holding a prompt cache: anything else would be read
     blind or overwritten."""
+    refuse_non_utf8(path, "prompt cache")  # as every output's: a stranger's bad\xff.bin was written, exit 0
+    refuse_long_names(path, "prompt cache")
     if not path.parent.is_dir():
         raise UserError("--prompt-cache: its folder does not exist", path, "give a path in an existing folder")
     try:
