@@ -23,7 +23,7 @@ from typing import Any
 
 from . import __version__
 from .certificate import check_holds
-from .constants import BUNDLE_MANIFEST, BUNDLE_SAMPLING_DEFAULTS, WEB_PAGE_FILES, WEB_RUNTIME_FILES, WEB_RUNTIME_MAX_BYTES
+from .constants import BUNDLE_MANIFEST, SAMPLING_DEFAULTS, WEB_PAGE_FILES, WEB_RUNTIME_FILES, WEB_RUNTIME_MAX_BYTES
 from .errors import UserError
 from .artifact_files import read_json_object, sha256, user_file
 from .bundle_files import MANIFEST_VERSION, MAX_MANIFEST_BYTES, path_inside, unpacked, verify_folder
@@ -88,7 +88,7 @@ def _fill(fmt, folder: Path, target: str, web_runtime: Path, desktop_only: str |
         facts["desktop_only"] = desktop_only
     files = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in sorted(folder.iterdir())}
     manifest = {"manifest_version": MANIFEST_VERSION, "target": target} | facts | {
-        "sampling_defaults": BUNDLE_SAMPLING_DEFAULTS, "files": files, "edgelm_version": __version__}
+        "sampling_defaults": fmt.stated_sampling() or SAMPLING_DEFAULTS, "files": files, "edgelm_version": __version__}
     (folder / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 

@@ -18,6 +18,7 @@ import typer
 from . import __version__
 from .console import LazyConsole, OutputLost, Progress, guarded_streams
 from .errors import RefusedText, UserError
+from .constants import SAMPLING_DEFAULTS
 from .fileio import DISK_FULL_ERRNOS, stopped
 from .exporters import EXPORTERS
 from .numbers import LOOKUP_NGRAM, LOOKUP_NGRAM_MAX, NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, not_finite
@@ -491,11 +492,12 @@ def chat(
     path: ArtifactArgument,
     system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
     max_new_tokens: MaxNewTokensOption = 128,
-    temperature: TemperatureOption = 0.7,
-    top_k: Annotated[int, typer.Option(min=0)] = 40,
-    top_p: TopPOption = 0.95,
-    min_p: MinPOption = 0.0,
-    repetition_penalty: RepetitionPenaltyOption = 1.0,
+    # each default: what the model's files recommend (docs/formats.md), else SAMPLING_DEFAULTS
+    temperature: Annotated[Optional[float], typer.Option("--temperature", "--temp", parser=number(SAMPLING_RANGES["temperature"]), help="0 = greedy (llama.cpp's --temp). Default: the model's recommendation, else 0.7.")] = None,
+    top_k: Annotated[Optional[int], typer.Option(min=0, help="Default: the model's recommendation, else 40.")] = None,
+    top_p: Annotated[Optional[float], typer.Option(parser=number(SAMPLING_RANGES["top_p"]), help="Default: the model's recommendation, else 0.95.")] = None,
+    min_p: Annotated[Optional[float], typer.Option(parser=number(SAMPLING_RANGES["min_p"]), help="Default: the model's recommendation, else 0 (off).")] = None,
+    repetition_penalty: Annotated[Optional[float], typer.Option("--repetition-penalty", "--repeat-penalty", parser=number(SAMPLING_RANGES["repetition_penalty"]), help="Divide positive logits of seen tokens by this (llama.cpp's --repeat-penalty). Default: the model's recommendation, else 1.0 (off).")] = None,
     stop: StopOption = None,
     seed: SeedOption = None,
     ctx_size: CtxSizeOption = None,
@@ -529,11 +531,16 @@ def chat(
                                                  context_length=ctx_size))
     conversation = Conversation(artifact.tokenizer, artifact.backend.context_length, max_new_tokens, system,  # a broken template fails here
                                 template_kwargs=template_kwargs)
-    options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                              repetition_penalty=repetition_penalty, seed=seed)
+    # the sampling the model's files recommend (generation_config.json, a GGUF's general.sampling.*, genai_config's search),
+    # else edgelm's chat defaults, as llama.cpp's chat takes a GGUF's; what is given on the command line wins
+    recommended = artifact.format.stated_sampling()
+    given = {name: value for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("min_p", min_p),
+                                             ("repetition_penalty", repetition_penalty)) if value is not None}
+    options = SamplingOptions(**(recommended or SAMPLING_DEFAULTS) | given, seed=seed)
     # replies alone on standard output; the banner and each turn's counts on standard error, as llama.cpp's
     # llama-cli keeps its logs and timings there (a pipe reading the replies got them mixed in)
-    info.print(f"[dim]{path} on {artifact.engine}, {conversation.template_name}; /reset, /exit, /help[/dim]")
+    sampled = "; sampling as the model recommends: " + ", ".join(f"{k} {v:g}" for k, v in recommended.items()) if recommended else ""
+    info.print(f"[dim]{path} on {artifact.engine}, {conversation.template_name}{sampled}; /reset, /exit, /help[/dim]")
     backend = artifact.backend
     if context_shift and not backend.position_free:
         info.print("note: --context-shift needs a model without position encoding (NoPE) on the torch, ONNX or ggml executor "

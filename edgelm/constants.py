@@ -19,6 +19,10 @@ GGUF_PARITY = "edgelm.parity."  # + each field of the parity certificate (certif
 # llama.cpp ends a generation at eos, at the tokens these keys name (gguf-py's Keys.Tokenizer.EOT_ID, EOM_ID) and at the
 # token texts it knows (tokenizer.END_OF_GENERATION_TEXTS): the two ids besides eos a GGUF can state
 GGUF_END_TOKEN_KEYS = ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
+# the recommended sampling llama.cpp's converter writes from generation_config.json (gguf-py's metadata.py) and its
+# common arguments take as defaults, by SamplingOptions' names
+GGUF_SAMPLING_KEYS = {"temperature": "general.sampling.temp", "top_k": "general.sampling.top_k", "top_p": "general.sampling.top_p",
+                      "min_p": "general.sampling.min_p", "repetition_penalty": "general.sampling.penalty_repeat"}
 GGUF_TOKENIZER_FILE = "edgelm.tokenizer_file."
 GGUF_TOKENIZER_FILE_BASE64 = "edgelm.tokenizer_file_base64."
 
@@ -37,7 +41,7 @@ ONNX_METADATA_PARITY = "edgelm.parity"  # the certificate as JSON in the graph's
 
 # --- bundles ---------------------------------------------------------------------------------------
 BUNDLE_MANIFEST = "edgelm.json"
-BUNDLE_SAMPLING_DEFAULTS = {"temperature": 0.7, "top_k": 40, "top_p": 0.95}  # in the manifest and genai_config's search
+SAMPLING_DEFAULTS = {"temperature": 0.7, "top_k": 40, "top_p": 0.95}  # chat's and a bundle's where the model recommends none
 REQUIRED_OPERATORS = "required_operators.config"
 # llama.cpp's LLAMA_MAX_LAYERS (llama-hparams.h): the most blocks a GGUF or a genai_config.json may state
 LLAMA_MAX_LAYERS = 512

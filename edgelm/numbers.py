@@ -45,6 +45,29 @@ POSITIVE = NumberRange(0.0, low_open=True)
 FRACTION = NumberRange(0.0, 1.0)
 # each sampling option's range: SamplingOptions checks with it, and the command line's options are typed by it
 SAMPLING_RANGES = {"temperature": NON_NEGATIVE, "top_p": FRACTION, "min_p": FRACTION, "repetition_penalty": POSITIVE}
+SAMPLING_NAMES = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")  # what a model's files may recommend
+
+
+def stated_sampling(values: dict, rename: dict[str, str] | None = None) -> tuple[dict, str | None]:
+    """The sampling a model's files recommend, under SamplingOptions' names (`rename`: a file's name → ours, as GGUF's
+    temp → temperature), each through the gate its option has; and what is wrong with the first bad one (None where
+    none is): the caller refuses it in one line naming the file."""
+    found = {}
+    for key, value in values.items():
+        name = (rename or {}).get(key, key)
+        if name not in SAMPLING_NAMES or value is None:
+            continue
+        if name == "top_k":
+            if not is_count(value):
+                return {}, f"top_k must be a whole number from 0, not {str(value)[:40]}"
+            found[name] = value
+        elif not is_number(value) or (problem := SAMPLING_RANGES[name].why_not(value)):
+            return {}, f"{name} {problem if is_number(value) else f'must be a number, not {str(value)[:40]}'}"
+        else:
+            found[name] = float(value)
+    return found, None
+
+
 SEED_MAX = 2**32 - 1  # llama.cpp's seeds are uint32; one range for every engine
 LOOKUP_NGRAM = 3  # the longest n-gram prompt-lookup decoding matches (llama.cpp's lookup: 4; LlamaPromptLookupDecoding: 2)
 # its bound: the index keeps one table per length and each token costs O(n²), so 10^11 ran out of memory;

@@ -28,7 +28,7 @@ from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, GGU
 
 from .. import __version__
 from ..constants import (GGUF_CONFIG, GGUF_CONTEXT_LIMIT, GGUF_FAMILY, GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED,
-                         GGUF_POSITION_ENCODING, GGUF_VERSION, llama_cpp_archs)
+                         GGUF_POSITION_ENCODING, GGUF_SAMPLING_KEYS, GGUF_VERSION, llama_cpp_archs)
 from ..errors import UserError
 from ..fileio import atomic_output_file, hidden_prefix
 from ..gguf_keys import declared
@@ -254,6 +254,8 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     writer.add_array(GGUF_HEAD_TEMPERATURES, [float(x) for x in table.flatten()])
     writer.add_bool(GGUF_HEAD_TEMPERATURES_BAKED, True)
     add_vocab(writer, checkpoint.tokenizer(), spec.vocab_size)
+    for name, value in checkpoint.recommended_sampling().items():  # as llama.cpp's converter writes generation_config.json's
+        (writer.add_int32 if name == "top_k" else writer.add_float32)(GGUF_SAMPLING_KEYS[name], value)
     if note:
         writer.add_string(*note)
 

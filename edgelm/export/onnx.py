@@ -337,8 +337,16 @@ def genai_config(checkpoint: Checkpoint, tokenizer: Tokenizer, context_length: i
             "do_sample": False, "max_length": context_length, "min_length": 0, "num_beams": 1,
             "num_return_sequences": 1, "past_present_share_buffer": True, "repetition_penalty": 1.0,
             "temperature": 1.0, "top_k": 1, "top_p": 1.0,
+            **({"do_sample": True, **genai_search(recommended)} if (recommended := checkpoint.recommended_sampling()) else {}),
         },
     }
+
+
+def genai_search(sampling: dict) -> dict:
+    """genai_config's search options for SamplingOptions' values, the rest as onnxruntime-genai's builder defaults them
+    (it writes generation_config.json's sampling there); genai has no min_p."""
+    return {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0} | {
+        name: value for name, value in sampling.items() if name != "min_p"}
 
 
 def check_quant_options(quant: str, int4_embedding: bool = False, int8_lm_head: bool = False, kv_cache: str = "float",

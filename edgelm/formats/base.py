@@ -221,6 +221,11 @@ class Format(ABC):
         """The parity certificate the artifact carries (certificate.py), unchecked; None where it has none."""
         return None
 
+    def stated_sampling(self) -> dict[str, Any]:
+        """The sampling the artifact's files recommend, under SamplingOptions' names ({} where they recommend none):
+        `chat`'s defaults and a bundle's, as llama.cpp takes a GGUF's general.sampling.* and onnxruntime-genai its search."""
+        return {}
+
     def weights_sha256(self) -> str | None:
         """One sha256 over the artifact's weights (each tensor's name, type, shape and bytes, in file order),
         which the certificate records and `verify` checks: a changed weight is caught whatever the probe

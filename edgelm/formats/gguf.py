@@ -231,6 +231,15 @@ class GGUF(Format):
                                   "min": min(temperatures), "max": max(temperatures)},
         }
 
+    def stated_sampling(self) -> dict[str, Any]:
+        from ..constants import GGUF_SAMPLING_KEYS
+        from ..numbers import stated_sampling
+
+        found, problem = stated_sampling({name: self.gguf.field(key) for name, key in GGUF_SAMPLING_KEYS.items()})
+        if problem:
+            raise UserError(f"its general.sampling.* keys: {problem}", self.path, "fix the key (gguf-py's gguf_set_metadata.py) or drop it")
+        return found
+
     def certificate(self) -> dict[str, Any] | None:
         from ..certificate import read_from_gguf
 

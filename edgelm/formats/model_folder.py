@@ -49,6 +49,11 @@ class ModelFolder(Format):
         details = {"family": checkpoint.spec.family, "position_encoding": checkpoint.spec.position_encoding}
         return Artifact(self.path, self, f"torch ({device})", tokenizer, backend, details)
 
+    def stated_sampling(self) -> dict[str, Any]:
+        from ..models.checkpoint import recommended_sampling
+
+        return recommended_sampling(self.path)
+
     def describe(self, options: LoadOptions) -> dict[str, Any]:
         self.check_options(options)
         checkpoint = self._checkpoint(options)

@@ -15,7 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ..constants import (BUNDLE_SAMPLING_DEFAULTS, GENAI_CONFIG, HF_CONFIG, ONNX_MODEL_FILE, ORT_MODEL_FILE, PARITY_CERTIFICATE,
+from ..constants import (GENAI_CONFIG, HF_CONFIG, ONNX_MODEL_FILE, ORT_MODEL_FILE, PARITY_CERTIFICATE, SAMPLING_DEFAULTS,
                          REQUIRED_OPERATORS, TOKENIZER_FILES)
 from ..errors import UserError
 from ..numbers import is_count
@@ -186,6 +186,20 @@ class OnnxFolder(Format):
         return {"format": "onnx (ORT format)" if ort_format else "onnx", "family": self.genai["model"].get("type"),
                 "quantization": "+".join(quantized) or floats}
 
+    def stated_sampling(self) -> dict[str, Any]:
+        """genai_config's search where it samples (do_sample: true), as onnxruntime-genai's generator does."""
+        from ..numbers import stated_sampling
+
+        search = self.genai.get("search")
+        if not isinstance(search, dict) or search.get("do_sample") is not True:
+            return {}
+        found, problem = stated_sampling(search)
+        if problem:
+            raise UserError(f"genai_config.json's search: {problem}", self.path / GENAI_CONFIG, "fix the file or export it again")
+        if found.get("repetition_penalty") == 1.0:  # the search section always states one; 1.0 is none
+            del found["repetition_penalty"]
+        return found
+
     def certificate(self) -> dict[str, Any] | None:
         """From edgelm.json: an export's, or a bundle's manifest, which copies it."""
         return self.manifest.get(PARITY_CERTIFICATE)
@@ -304,10 +318,12 @@ class OnnxFolder(Format):
         config = folder / REQUIRED_OPERATORS
         config.write_text("".join(f"# - {ORT_MODEL_FILE}\n" if line.startswith("# - ") else line
                                   for line in read_text(config, what="onnxruntime's required-operators config").splitlines(keepends=True)))
+        from ..export.onnx import genai_search
+
         genai = copy.deepcopy(self.genai)
         genai["model"]["decoder"]["filename"] = ORT_MODEL_FILE
-        # onnxruntime-genai samples with what its search section says: the bundle's defaults go there
-        genai.setdefault("search", {}).update({"do_sample": True, **BUNDLE_SAMPLING_DEFAULTS})
+        # onnxruntime-genai samples with what its search section says: the model's recommendation, else the bundle's defaults
+        genai.setdefault("search", {}).update({"do_sample": True, **genai_search(self.stated_sampling() or SAMPLING_DEFAULTS)})
         (folder / GENAI_CONFIG).write_text(json.dumps(genai, indent=2) + "\n")
         for name in TOKENIZER_FILES:
             if (source := find_member(self.path, name)) is not None:

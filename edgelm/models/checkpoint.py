@@ -25,10 +25,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.overrides import TorchFunctionMode
 
-from ..artifact_files import MAX_JSON_BYTES, find_member, member, read_json, user_file
+from ..artifact_files import MAX_JSON_BYTES, find_member, member, read_json, read_json_object, user_file
 from ..errors import UserError
 from ..hub import known_facts, resolve_model
-from ..numbers import is_number_table
+from ..numbers import is_number_table, stated_sampling
 from .layers import CausalLM
 from .registry import Family, family_for_config, refuse_unfoldable_temperatures
 from .spec import ModelSpec
@@ -36,6 +36,7 @@ from .util import ConfigReader, MissingConfigKey
 
 log = logging.getLogger("edgelm")
 CONFIG = "config.json"
+GENERATION_CONFIG = "generation_config.json"
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_NAMES = ("pytorch_model.bin", "model.bin")
@@ -231,6 +232,9 @@ class Checkpoint:
             return torch.stack([self.tensors.get(template.format(bid=i)).float() for i in range(spec.num_layers)])
         return torch.ones(spec.num_layers, spec.num_heads)
 
+    def recommended_sampling(self) -> dict[str, Any]:
+        return recommended_sampling(self.path)
+
     def tokenizer(self):
         """The folder's tokenizer, checked against the model's embedding (Tokenizer.check_fits)."""
         from ..tokenizer import load_tokenizer
@@ -360,6 +364,20 @@ def _declared_rotary_scaling(config: dict[str, Any]) -> str | None:
     except ValueError:  # refused where the spec was read; nothing declared here
         return None
     return scaling.rope_type if scaling is not None else None
+
+
+def recommended_sampling(folder: Path) -> dict[str, Any]:
+    """The sampling generation_config.json recommends where it asks for sampling (do_sample: true; transformers'
+    generate is greedy otherwise): what llama.cpp's converter writes as general.sampling.* and onnxruntime-genai's
+    builder into genai_config's search, under SamplingOptions' names (Qwen3: temperature 0.6, top_k 20, top_p 0.95)."""
+    path = find_member(folder, GENERATION_CONFIG, MAX_JSON_BYTES)
+    config = read_json_object(path, what=GENERATION_CONFIG) if path else {}
+    if config.get("do_sample") is not True:
+        return {}
+    found, problem = stated_sampling(config)
+    if problem:
+        raise UserError(f"{GENERATION_CONFIG}'s {problem}", path, "fix the file or re-download it")
+    return found
 
 
 def open_checkpoint(

@@ -1,0 +1,75 @@
+"""The sampling a model's publisher recommends (generation_config.json with do_sample: true; Qwen3's temperature 0.6,
+top_k 20, top_p 0.95) travels as llama.cpp's converter and onnxruntime-genai's builder carry it — a GGUF's
+general.sampling.* keys, genai_config's search — and is what `edgelm chat` and a bundle sample with unless told
+otherwise (a stranger's finding: it was ignored everywhere, chat sampling at edgelm's 0.7/40/0.95)."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from gguf import GGUFReader
+from gguf.metadata import Metadata
+
+from edgelm.bundle import make_bundle
+from edgelm.constants import GGUF_SAMPLING_KEYS, SAMPLING_DEFAULTS
+from edgelm.export.gguf import export_gguf
+from edgelm.export.onnx import export_onnx
+from edgelm.formats import detect
+from edgelm.models import open_checkpoint
+
+MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "tiny-rope"
+QWEN3 = {"do_sample": True, "temperature": 0.6, "top_k": 20, "top_p": 0.95, "eos_token_id": 0}  # Qwen3's, its eos ours
+
+
+@pytest.fixture(scope="module")
+def recommending(tmp_path_factory):
+    folder = shutil.copytree(MODEL, tmp_path_factory.mktemp("qwen3like") / "model")
+    (folder / "generation_config.json").write_text(json.dumps(QWEN3))
+    checkpoint = open_checkpoint(folder)
+    root = folder.parent
+    return folder, export_gguf(checkpoint, root / "m.gguf", "f16", certificate=False).path, \
+        export_onnx(checkpoint, root / "onnx", "f32", certificate=False).path
+
+
+def test_exports_carry_it_as_llama_cpp_and_genai_write_it(recommending):
+    folder, gguf, onnx = recommending
+    converter = Metadata.load(None, folder)  # gguf-py's reading of generation_config.json, which convert_hf_to_gguf.py writes
+    fields = GGUFReader(gguf).fields
+    written = {name: fields[key].contents() for name, key in GGUF_SAMPLING_KEYS.items() if key in fields}
+    assert written == pytest.approx({"temperature": converter.sampling_temp, "top_k": converter.sampling_top_k,
+                                     "top_p": converter.sampling_top_p})
+    search = json.loads((onnx / "genai_config.json").read_text())["search"]
+    assert search["do_sample"] is True and {k: search[k] for k in ("temperature", "top_k", "top_p")} == {
+        k: QWEN3[k] for k in ("temperature", "top_k", "top_p")}
+    for path in (folder, gguf, onnx):
+        assert detect(path).stated_sampling() == pytest.approx({k: QWEN3[k] for k in ("temperature", "top_k", "top_p")}), path
+
+
+def test_a_model_that_does_not_ask_for_sampling_states_none(tmp_path):
+    folder = shutil.copytree(MODEL, tmp_path / "model")
+    (folder / "generation_config.json").write_text(json.dumps({**QWEN3, "do_sample": False}))  # transformers: greedy
+    gguf = export_gguf(open_checkpoint(folder), tmp_path / "m.gguf", "f16", certificate=False).path
+    assert not any(key.startswith("general.sampling") for key in GGUFReader(gguf).fields)
+    assert detect(folder).stated_sampling() == detect(gguf).stated_sampling() == {}
+
+
+def test_chat_samples_with_it_unless_told_and_bundles_carry_it(recommending, tmp_path):
+    folder, gguf, onnx = recommending
+    for path in (folder, gguf, onnx):
+        chat = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(path), "-n", "2"], input="hi\n", capture_output=True,
+                              text=True, timeout=300)
+        assert chat.returncode == 0 and "sampling as the model recommends: " in chat.stderr and "top_k 20" in chat.stderr, chat.stderr
+    plain = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(MODEL), "-n", "2"], input="hi\n", capture_output=True,
+                           text=True, timeout=300)
+    assert plain.returncode == 0 and "sampling as the model recommends" not in plain.stderr
+    bundle = make_bundle(gguf, tmp_path / "bundle")
+    assert json.loads((bundle / "edgelm.json").read_text())["sampling_defaults"] == pytest.approx(
+        {k: QWEN3[k] for k in ("temperature", "top_k", "top_p")})
+    mobile = make_bundle(onnx, tmp_path / "mobile")
+    search = json.loads((mobile / "genai_config.json").read_text())["search"]
+    assert search["do_sample"] is True and search["top_k"] == 20
+    plain_gguf = export_gguf(open_checkpoint(MODEL), tmp_path / "plain.gguf", "f16", certificate=False).path
+    assert json.loads((make_bundle(plain_gguf, tmp_path / "plain") / "edgelm.json").read_text())["sampling_defaults"] == SAMPLING_DEFAULTS
