@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from .formats import Artifact, LoadOptions, open_artifact
@@ -163,8 +163,18 @@ def _stops(stop: str | tuple[str, ...] | list[str]) -> tuple:
         return (stop,)
 
 
+# llama-cpp-python's `Llama(...)` names for LoadOptions' fields: what its users type first (a stranger's n_ctx= met
+# "LoadOptions.__init__() got an unexpected keyword argument")
+LLAMA_CPP_NAMES = {"n_ctx": "context_length", "n_threads": "threads", "n_gpu_layers": "gpu_layers"}
+
+
 def load(path: str | Path, **options) -> Model:
     """Open a model folder, .gguf file or ONNX folder; options as LoadOptions (device, threads, provider,
     context_length: the KV cache's tokens, default the model's training context up to 4096, …)."""
+    taken = [f.name for f in fields(LoadOptions)]
+    if unknown := [name for name in options if name not in taken]:
+        named = [f"{name} (llama-cpp-python's name; edgelm's is {LLAMA_CPP_NAMES[name]})" if name in LLAMA_CPP_NAMES else name
+                 for name in unknown]
+        raise TypeError(f"edgelm.load() takes no option {', '.join(named)}; its options are {', '.join(taken)}")
     options = LoadOptions(**options)
     return Model(open_artifact(path, options), options)

@@ -79,6 +79,9 @@ def number(allowed: NumberRange):
     return parse
 
 
+PERCENT_SHOWN = ("perplexity_change", "top1_agreement")  # fractions a person reads as percent (export notes, verify)
+
+
 def _report_numbers(result: dict, as_json: bool, show) -> None:
     """Print a command's result (JSON under --json, else `show()`); a result number that is NaN or infinite
     fails the command: JSON `null` in its place, one line on stderr, exit 1 (never a `NaN` and exit 0)."""
@@ -897,7 +900,10 @@ def parity(
 
         table = Table(title=f"{artifact_path} vs {reference}", show_header=False)
         for key, value in result.items():
-            table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+            shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+            if key in PERCENT_SHOWN and isinstance(value, float):  # the fraction --json gives, and the percent certificates print
+                shown += f" ({100 * value:{'+' if key == 'perplexity_change' else ''}.2f} %)"
+            table.add_row(key, shown)
         out.print(table)
         for name in failed:
             err.print(f"parity check failed: {'the artifact gave NaN or infinite logits' if name == 'finite logits' else name + ' above the limit'}")

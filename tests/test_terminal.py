@@ -159,6 +159,12 @@ def test_api_chat_names_what_is_wrong_with_the_messages(artifacts):
         assert model.chat([{"role": "user", "content": "hi"}], max_new_tokens=2)
 
 
+def test_api_load_names_llama_cpp_pythons_option_names():
+    """Stranger round 11: edgelm.load(path, n_ctx=512) raised "LoadOptions.__init__() got an unexpected keyword argument"."""
+    with pytest.raises(TypeError, match=r"no option n_ctx \(llama-cpp-python's name; edgelm's is context_length\)"):
+        edgelm.load(REPO / "examples" / "models" / "tiny-rope", n_ctx=512)
+
+
 def test_api_perplexity_on_a_gguf_equals_the_command(artifacts, run_cli, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text(TEXT.read_text(encoding="utf-8")[:6000], encoding="utf-8")

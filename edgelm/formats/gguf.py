@@ -206,7 +206,7 @@ class GGUF(Format):
             "arch": gguf.arch,
             "engine": "llama.cpp" if self.runs_on_llama_cpp else "edgelm ggml executor",
             "written_by": f"edgelm {gguf.field(GGUF_VERSION)}" if gguf.written_by_edgelm else "another tool",
-            "file_type": gguf.field("general.file_type"),
+            "file_type": self._quantization(),  # llama.cpp's name (Q4_K_M), not general.file_type's number (15)
             "parameters": int(sum(t.n_elements for t in gguf.reader.tensors)),
             "tensor_types": dict(Counter(t.tensor_type.name for t in gguf.reader.tensors)),
             "tokenizer_model": gguf.field("tokenizer.ggml.model"),
