@@ -227,12 +227,14 @@ def _load_options(position_encoding, head_temperatures, device, threads=None, gp
 
 def _json_object(text: str | None, option: str, example: str) -> dict:
     """An option's JSON object ({} where not given), or one line saying what it is instead."""
+    from .artifact_files import MAX_JSON_DEPTH, parse_json
+
     if text is None:
         return {}
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise UserError(f"{option} is not JSON ({exc})", None, f"give a JSON object, as {example}") from None
+    try:  # bounded as every JSON a stranger writes: 1 MB, MAX_JSON_DEPTH deep
+        value = parse_json(text, None, option, limit=1 << 20)
+    except UserError as exc:
+        raise UserError(exc.what, None, f"give a JSON object at most {MAX_JSON_DEPTH} deep, as {example}") from None
     if not isinstance(value, dict):
         raise UserError(f"{option} is a JSON {type(value).__name__}, not an object", None, f"give a JSON object, as {example}")
     return value

@@ -220,8 +220,12 @@ class OnnxFolder(Format):
         graph = {self.model_file.name, ONNX_MANIFEST} | {entry.value for tensor in self._graph().initializer
                                                          for entry in tensor.external_data if entry.key == "location"}
         digest = hashlib.sha256()
-        for file in sorted(self.path.iterdir()):
-            if file.name not in graph and not file.name.startswith(".") and file.is_file():
+        for entry in sorted(self.path.iterdir()):
+            if entry.name in graph or entry.name.startswith(".") or (entry.is_dir() and not entry.is_symlink()):
+                continue
+            # as every reader takes an artifact's file: a link out of the folder, a FIFO or a device is refused (hashing
+            # followed a link to a file outside, and `bundle`, which hashes first, named the certificate, not the link)
+            if (file := find_member(self.path, entry.name)) is not None:
                 digest.update(os.fsencode(file.name) + f"\0{sha256(file)}\0".encode())  # a name's bytes: any a folder holds
         said = {key: value for key, value in self.manifest.items() if key != PARITY_CERTIFICATE}
         digest.update(ONNX_MANIFEST.encode() + b"\0" + json.dumps(said, sort_keys=True).encode() + b"\0")

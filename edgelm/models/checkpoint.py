@@ -56,12 +56,12 @@ def read_config(folder: Path) -> dict[str, Any]:
     path = find_member(folder, CONFIG, MAX_JSON_BYTES)
     if path is None:
         raise UserError("config.json is missing", folder / CONFIG, "a model folder needs config.json beside its weights")
-    if (size := path.stat().st_size) > MAX_CONFIG_BYTES:
-        raise UserError(f"config.json is {size:,} bytes; edgelm carries at most {MAX_CONFIG_BYTES:,} of it into an export (published "
-                        "models' are a few kB)", path, "leave out what no model reads (task_specific_params, large tables)")
     config = read_json(path, what=CONFIG)
     if not isinstance(config, dict):
         raise UserError("config.json must hold a JSON object", folder / CONFIG, "fix or re-download the file")
+    if (size := path.stat().st_size) > MAX_CONFIG_BYTES:
+        raise UserError(f"config.json is {size:,} bytes; edgelm carries at most {MAX_CONFIG_BYTES:,} of it into an export (published "
+                        "models' are a few kB)", path, "leave out what no model reads (task_specific_params, large tables)")
     return config
 
 
