@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from .artifact_files import find_member, member, parse_json, read_json, sha256
-from .constants import BUNDLE_MANIFEST
+from .constants import BUNDLE_MANIFEST, GGUF_CONTEXT_LIMIT as MAX_CONTEXT
 from .errors import UserError, WriteFailed
 from .fileio import WRITE_ERRNOS, is_plain_name
-from .numbers import is_count
+from .numbers import is_count, stated_sampling
 
 MANIFEST_VERSION = 1
 # a zip is read before anything is unpacked, and refused past these (a bundle is a model and a few configs)
@@ -51,6 +51,12 @@ def check_manifest(manifest: Any, where: Path) -> dict:
     model = manifest.get("model")
     if not isinstance(model, str) or model not in files:
         bad(f"the model {model!r} is not one of the files it lists")
+    # what an app reads from it, through the gates edgelm's own options have (NaN, -1 and 2^62 passed verify)
+    sampling = manifest.get("sampling_defaults", {})
+    if not isinstance(sampling, dict) or (problem := stated_sampling(sampling)[1]):
+        bad(f"its sampling_defaults: {problem if isinstance(sampling, dict) else 'not a table'}")
+    if "context_length" in manifest and not (is_count(manifest["context_length"], 1) and manifest["context_length"] <= MAX_CONTEXT):
+        bad(f"its context_length {str(manifest['context_length'])[:40]} is not a count from 1 to {MAX_CONTEXT:,}")
     return manifest
 
 

@@ -5,6 +5,7 @@ Imports nothing heavy: the command line builds its option types from it at impor
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 
 
@@ -57,15 +58,27 @@ def stated_sampling(values: dict, rename: dict[str, str] | None = None) -> tuple
         name = (rename or {}).get(key, key)
         if name not in SAMPLING_NAMES or value is None:
             continue
-        if name == "top_k":
-            if not is_count(value):
-                return {}, f"top_k must be a whole number from 0, not {str(value)[:40]}"
+        if name == "top_k":  # an int32 where GGUF and genai_config store it
+            if not is_count(value) or value > INT32_MAX:
+                return {}, f"top_k must be a whole number from 0 to {INT32_MAX}, not {str(value)[:40]}"
             found[name] = value
-        elif not is_number(value) or (problem := SAMPLING_RANGES[name].why_not(value)):
+        elif not is_number(value) or (problem := SAMPLING_RANGES[name].why_not(as_float32(value))):
             return {}, f"{name} {problem if is_number(value) else f'must be a number, not {str(value)[:40]}'}"
         else:
             found[name] = float(value)
     return found, None
+
+
+INT32_MAX = 2**31 - 1
+
+
+def as_float32(value: float) -> float:
+    """`value` as a float32 holds it (GGUF's sampling keys): infinity past its range (1e39 was a struct.error traceback at
+    export), 0.0 below its smallest (a repetition_penalty of 1e-320 was written as 0, which every reader refuses)."""
+    try:
+        return struct.unpack("<f", struct.pack("<f", value))[0]
+    except OverflowError:
+        return math.inf
 
 
 SEED_MAX = 2**32 - 1  # llama.cpp's seeds are uint32; one range for every engine

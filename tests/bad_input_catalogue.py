@@ -374,6 +374,15 @@ CASES: list[Case] = [
          write("model", "generation_config.json", '{"do_sample": true, "top_k": "20"}')),
     case("generation_config.json sampling temperature NaN", "chat {model}", "generation_config.json's temperature must be a finite number",
          write("model", "generation_config.json", '{"do_sample": true, "temperature": NaN}')),
+    # stranger round 11b: past float32 / int32 (GGUF's types) they were struct tracebacks at export, or written as 0
+    case("generation_config.json temperature past float32", "export {model} --out {tmp}/m.gguf", "temperature must be a finite number",
+         write("model", "generation_config.json", '{"do_sample": true, "temperature": 1e39}')),
+    case("generation_config.json repetition penalty below float32", "export {model} --out {tmp}/m.gguf", "not 0.0",
+         write("model", "generation_config.json", '{"do_sample": true, "repetition_penalty": 1e-320}')),
+    case("generation_config.json top_k past int32", "export {model} --format onnx --out {tmp}/o", "to 2147483647",
+         write("model", "generation_config.json", '{"do_sample": true, "top_k": 99999999999999999999999}')),
+    case("generation_config.json do_sample a text", "chat {model}", "do_sample is yes, not true or false",
+         write("model", "generation_config.json", '{"do_sample": "yes", "temperature": 0.5}')),
     case("GGUF recommended temperature negative", "chat {llama_gguf}", "general.sampling.* keys: temperature must be a finite number from 0",
          gguf(add={"general.sampling.temp": (-1.0, GGUFValueType.FLOAT32)}, drop_keys={"general.sampling.temp"}, key="llama_gguf")),
     case("GGUF recommended top_k negative", "chat {llama_gguf}", "top_k must be a whole number from 0",
@@ -490,6 +499,11 @@ CASES: list[Case] = [
     case("zip without a manifest", "verify {zip}", "edgelm.json", rezip(rename={"edgelm.json": "manifest.txt"})),
     # stranger round 11: verify named the temporary folder it unpacked into (/tmp/tmpXXXX: model.ort is missing)
     case("zip holding only its manifest", "verify {zip}", "bundle-zip.zip: ", rezip(only=("edgelm.json",))),
+    # stranger round 11b: what an app reads from the manifest passed verify with NaN, -1 and 2^62 in it
+    case("manifest sampling NaN", "verify {bundle}", "its sampling_defaults: temperature must be a finite number",
+         manifest(lambda m: {**m, "sampling_defaults": {"temperature": float("nan")}})),
+    case("manifest context length past any", "verify {bundle}", "its context_length 4611686018427387904 is not a count",
+         manifest(lambda m: {**m, "context_length": 2**62})),
     case("bundle onto its input", "bundle {bundle} --out {bundle} --force", "overlaps the input"),
     case("bundle output exists", "bundle {onnx} --out {bundle}", "output already exists"),
     case("genai_config search a list", "bundle {onnx} --out {tmp}/b", "search is a list, not an object of options",

@@ -372,6 +372,9 @@ def recommended_sampling(folder: Path) -> dict[str, Any]:
     builder into genai_config's search, under SamplingOptions' names (Qwen3: temperature 0.6, top_k 20, top_p 0.95)."""
     path = find_member(folder, GENERATION_CONFIG, MAX_JSON_BYTES)
     config = read_json_object(path, what=GENERATION_CONFIG) if path else {}
+    if not isinstance(config.get("do_sample", False), bool):
+        raise UserError(f"{GENERATION_CONFIG}'s do_sample is {str(config['do_sample'])[:40]}, not true or false", path,
+                        "fix the file or re-download it")
     if config.get("do_sample") is not True:
         return {}
     found, problem = stated_sampling(config)
