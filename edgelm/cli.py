@@ -541,10 +541,13 @@ def chat(
     recommended = artifact.format.stated_sampling()
     given = {name: value for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("min_p", min_p),
                                              ("repetition_penalty", repetition_penalty)) if value is not None}
-    options = SamplingOptions(**(recommended or SAMPLING_DEFAULTS) | given, seed=seed)
+    options = SamplingOptions(**SAMPLING_DEFAULTS | recommended | given, seed=seed)  # what the files leave out: edgelm's, as llama.cpp's
     # replies alone on standard output; the banner and each turn's counts on standard error, as llama.cpp's
     # llama-cli keeps its logs and timings there (a pipe reading the replies got them mixed in)
-    sampled = "; sampling as the model recommends: " + ", ".join(f"{k} {v:g}" for k, v in recommended.items()) if recommended else ""
+    used = ", ".join(f"{name} {getattr(options, name):g}" for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
+                     if name in SAMPLING_DEFAULTS or name in recommended or name in given)
+    source = " and ".join(([] if not recommended else ["as the model recommends"]) + ([] if not given else ["as given"])) or "edgelm's defaults"
+    sampled = f"; sampling {used} ({source})"
     info.print(f"[dim]{path} on {artifact.engine}, {conversation.template_name}{sampled}; /reset, /exit, /help[/dim]")
     backend = artifact.backend
     if context_shift and not backend.position_free:

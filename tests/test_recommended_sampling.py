@@ -48,6 +48,16 @@ def test_exports_carry_it_as_llama_cpp_and_genai_write_it(recommending):
         assert detect(path).stated_sampling() == pytest.approx({k: QWEN3[k] for k in ("temperature", "top_k", "top_p")}), path
 
 
+def test_what_the_file_leaves_out_is_filled_alike_in_every_format(tmp_path):
+    """Stranger finding: Llama 3.2 Instruct's generation_config.json gives no top_k; the folder and GGUF then sampled with
+    none, the ONNX export with the genai builder's 50. Every format now fills it as chat does (edgelm's 40, llama.cpp's)."""
+    folder = shutil.copytree(MODEL, tmp_path / "model")
+    (folder / "generation_config.json").write_text(json.dumps({"do_sample": True, "temperature": 0.6, "top_p": 0.9}))
+    onnx = export_onnx(open_checkpoint(folder), tmp_path / "onnx", "f32", certificate=False).path
+    search = json.loads((onnx / "genai_config.json").read_text())["search"]
+    assert (search["temperature"], search["top_p"], search["top_k"]) == (0.6, 0.9, SAMPLING_DEFAULTS["top_k"])
+
+
 def test_a_model_that_does_not_ask_for_sampling_states_none(tmp_path):
     folder = shutil.copytree(MODEL, tmp_path / "model")
     (folder / "generation_config.json").write_text(json.dumps({**QWEN3, "do_sample": False}))  # transformers: greedy
@@ -61,10 +71,16 @@ def test_chat_samples_with_it_unless_told_and_bundles_carry_it(recommending, tmp
     for path in (folder, gguf, onnx):
         chat = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(path), "-n", "2"], input="hi\n", capture_output=True,
                               text=True, timeout=300)
-        assert chat.returncode == 0 and "sampling as the model recommends: " in chat.stderr and "top_k 20" in chat.stderr, chat.stderr
+        assert chat.returncode == 0 and "sampling temperature 0.6, top_k 20, top_p 0.95 (as the model recommends)" in chat.stderr, chat.stderr
+    given = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(gguf), "-n", "2", "--temp", "1.2"], input="hi\n",
+                           capture_output=True, text=True, timeout=300)  # the banner says what is used (a stranger's finding)
+    assert "sampling temperature 1.2, top_k 20, top_p 0.95 (as the model recommends and as given)" in given.stderr, given.stderr
     plain = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(MODEL), "-n", "2"], input="hi\n", capture_output=True,
                            text=True, timeout=300)
-    assert plain.returncode == 0 and "sampling as the model recommends" not in plain.stderr
+    assert plain.returncode == 0 and "sampling temperature 0.7, top_k 40, top_p 0.95 (edgelm's defaults)" in plain.stderr
+    bundled = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(make_bundle(onnx, tmp_path / "chat-bundle")), "-n", "2"],
+                             input="hi\n", capture_output=True, text=True, timeout=300)  # chat on a bundle used edgelm's defaults
+    assert "sampling temperature 0.6, top_k 20, top_p 0.95 (as the model recommends)" in bundled.stderr, bundled.stderr
     bundle = make_bundle(gguf, tmp_path / "bundle")
     assert json.loads((bundle / "edgelm.json").read_text())["sampling_defaults"] == pytest.approx(
         {k: QWEN3[k] for k in ("temperature", "top_k", "top_p")})

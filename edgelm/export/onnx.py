@@ -39,7 +39,7 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from .. import __version__
 from ..artifact_files import find_member, read_json_object, user_file
 from ..certificate import certify_onnx, reference_sha256
-from ..constants import GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE, TOKENIZER_FILES
+from ..constants import GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE, SAMPLING_DEFAULTS, TOKENIZER_FILES
 from ..errors import UserError
 from ..fileio import atomic_output_dir
 from ..models import Checkpoint, CausalLM, CausalSelfAttention, ModelSpec
@@ -343,10 +343,10 @@ def genai_config(checkpoint: Checkpoint, tokenizer: Tokenizer, context_length: i
 
 
 def genai_search(sampling: dict) -> dict:
-    """genai_config's search options for SamplingOptions' values, the rest as onnxruntime-genai's builder defaults them
-    (it writes generation_config.json's sampling there); genai has no min_p."""
-    return {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0} | {
-        name: value for name, value in sampling.items() if name != "min_p"}
+    """genai_config's search options for SamplingOptions' values (onnxruntime-genai's builder writes generation_config.json's
+    sampling there), the ones not given as edgelm's chat fills them (SAMPLING_DEFAULTS: llama.cpp's top_k 40, where the
+    builder and transformers take 50), so a model samples alike in every format; genai has no min_p."""
+    return {"repetition_penalty": 1.0} | SAMPLING_DEFAULTS | {name: value for name, value in sampling.items() if name != "min_p"}
 
 
 def check_quant_options(quant: str, int4_embedding: bool = False, int8_lm_head: bool = False, kv_cache: str = "float",

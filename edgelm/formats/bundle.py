@@ -43,6 +43,7 @@ class Bundle(Format):
     noun = "a bundle"
     bundled = False
     _opened: Format | None = None  # the bundled model's format, once open() has unpacked it
+    _manifest: dict | None = None  # its manifest, likewise
 
     @classmethod
     def detect(cls, path: Path) -> bool:
@@ -75,7 +76,7 @@ class Bundle(Format):
                 cleanup()
             raise
         artifact.path, artifact.format = self.path, self
-        self._opened = inner
+        self._opened, self._manifest = inner, manifest
         artifact.details |= {"bundle": {k: manifest.get(k) for k in ("format", "quantization", "edgelm_version")}}
         artifact.cleanups += cleanups
         return artifact
@@ -86,6 +87,14 @@ class Bundle(Format):
             return getattr(self._opened, fact)()
         with unpacked(self.path) as folder:
             return getattr(self._inside(folder)[1], fact)()
+
+    def stated_sampling(self) -> dict[str, Any]:
+        """What the bundle samples with, as its manifest states it for an app (check_manifest gated it): chat on a bundle
+        sampled with edgelm's defaults instead (a stranger's finding)."""
+        if self._manifest is None:
+            with unpacked(self.path) as folder:
+                self._manifest = self._inside(folder)[0]
+        return dict(self._manifest.get("sampling_defaults") or {})
 
     def recorded_temperatures(self) -> Any:
         return self._recorded("recorded_temperatures")
