@@ -45,6 +45,15 @@ class Model:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def recommended_sampling(self) -> dict:
+        """The sampling the model's files recommend, filled as `edgelm chat` fills it (temperature, top_k, top_p, …):
+        `chat` and `generate` are greedy unless given sampling options; `model.chat(messages, **model.recommended_sampling)`
+        samples as the CLI's chat does."""
+        from .constants import SAMPLING_DEFAULTS
+
+        return SAMPLING_DEFAULTS | self.artifact.format.stated_sampling()
+
     def _backend(self):
         """The backend, or RuntimeError once closed (its native memory is freed: a call into it would crash)."""
         if self._closed:
@@ -107,14 +116,22 @@ class Model:
         if not isinstance(messages, (list, tuple)):
             raise TypeError(f'messages is a list of dicts {{"role": str, "content": str}}, not {type(messages).__name__}')
         messages = list(messages)
-        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages):
-            raise ValueError('messages are dicts {"role": str, "content": str}')
-        roles = ("system", "user", "assistant", "tool")  # the roles transformers' and llama.cpp's templates render
+        # an assistant's tool call may have no content (OpenAI's and transformers' form: content None beside tool_calls);
+        # other keys (tool_calls, name, tool_call_id) reach the template as they are
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and (isinstance(m.get("content"), str) or
+                   m.get("content") is None and m["role"] == "assistant" and "tool_calls" in m) for m in messages):
+            raise ValueError('messages are dicts {"role": str, "content": str} (an assistant\'s with "tool_calls" may have content None)')
+        # the roles published templates render (Llama 3.x's ipython, OpenAI's developer)
+        roles = ("system", "developer", "user", "assistant", "tool", "ipython")
         if unknown := next((f"message {i}'s role is {m['role'][:40]!r}" for i, m in enumerate(messages) if m["role"] not in roles), None):
             raise ValueError(f"{unknown}, not one of {', '.join(roles)}")
-        if not messages or messages[-1]["role"] not in ("user", "tool"):
+        if not messages or messages[-1]["role"] not in ("user", "tool", "ipython"):
             raise ValueError("the reply answers the user's turn or a tool's result, so the last message is one of them" +
                              (f", not the {messages[-1]['role']}'s" if messages else ": the list is empty"))
+        if unknown := sorted(set(sampling) - set(SAMPLING_OPTIONS)):
+            variable = " (a chat template's variable goes in chat_template_kwargs={...})" if unknown[0] not in LOAD_OPTIONS else \
+                " (an option of edgelm.load)"
+            raise TypeError(f"chat() takes no argument {unknown[0]}{variable}; its sampling options are {', '.join(SAMPLING_OPTIONS)}")
         system = messages[0]["content"] if messages[0]["role"] == "system" else None
         backend = self._backend()
         conversation = Conversation(self.tokenizer, backend.context_length, max_new_tokens, system,
@@ -122,7 +139,9 @@ class Model:
         conversation.turns = messages[1 if system is not None else 0:-1]
         with self._lock:
             if prompt_cache is not None:
-                from .runtime.prompt_cache import start_from
+                from .runtime.prompt_cache import check_path, start_from
+
+                check_path(Path(prompt_cache))  # also where the cache is held already (a bad path passed from the second call)
 
                 log.info(start_from(Path(prompt_cache), self.artifact.path, backend, conversation.preamble_ids()))
             pieces = self._exclusive(iter(conversation.turn(messages[-1]["content"], backend, max_new_tokens,
@@ -163,6 +182,9 @@ def _stops(stop: str | tuple[str, ...] | list[str]) -> tuple:
         return (stop,)
 
 
+SAMPLING_OPTIONS = tuple(f.name for f in fields(SamplingOptions))
+LOAD_OPTIONS = tuple(f.name for f in fields(LoadOptions))
+
 # llama-cpp-python's `Llama(...)` names for LoadOptions' fields: what its users type first (a stranger's n_ctx= met
 # "LoadOptions.__init__() got an unexpected keyword argument")
 LLAMA_CPP_NAMES = {"n_ctx": "context_length", "n_threads": "threads", "n_gpu_layers": "gpu_layers"}
@@ -171,10 +193,9 @@ LLAMA_CPP_NAMES = {"n_ctx": "context_length", "n_threads": "threads", "n_gpu_lay
 def load(path: str | Path, **options) -> Model:
     """Open a model folder, .gguf file or ONNX folder; options as LoadOptions (device, threads, provider,
     context_length: the KV cache's tokens, default the model's training context up to 4096, …)."""
-    taken = [f.name for f in fields(LoadOptions)]
-    if unknown := [name for name in options if name not in taken]:
+    if unknown := [name for name in options if name not in LOAD_OPTIONS]:
         named = [f"{name} (llama-cpp-python's name; edgelm's is {LLAMA_CPP_NAMES[name]})" if name in LLAMA_CPP_NAMES else name
                  for name in unknown]
-        raise TypeError(f"edgelm.load() takes no option {', '.join(named)}; its options are {', '.join(taken)}")
+        raise TypeError(f"edgelm.load() takes no option {', '.join(named)}; its options are {', '.join(LOAD_OPTIONS)}")
     options = LoadOptions(**options)
     return Model(open_artifact(path, options), options)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .artifact_files import MAX_TEMPLATE_BYTES
-from .chat_template import TemplateLimit, render_bounded
+from .chat_template import TEMPLATE_GLOBALS, TemplateLimit, render_bounded
 from .errors import UserError
 from .numbers import LOOKUP_NGRAM
 from .tokenizer import Tokenizer, unicode_text
@@ -47,6 +47,40 @@ def fallback_template(tokenizer: Tokenizer) -> tuple[str, str]:
 
 PROBE_MESSAGE = "Hello there"
 TEMPLATE_VARIABLES = ("messages", "add_generation_prompt", "bos_token", "eos_token")  # what render passes itself
+MAX_TEMPLATE_VARIABLES_BYTES = 1 << 20
+
+
+def check_template_variables(variables) -> dict:
+    """chat_template_kwargs as a template can take them: names a template reads (none that edgelm, chat_template.py's
+    sandbox or jinja sets: `self` clashed with jinja's own argument, and the template was blamed) to JSON data at most
+    1 MB as JSON and MAX_JSON_DEPTH deep (a lambda or a 10,000-deep list failed inside the renderer, blamed on the
+    template). TypeError / ValueError, as for any other argument."""
+    import json
+
+    from jinja2.defaults import DEFAULT_NAMESPACE
+
+    from .artifact_files import parse_json
+
+    if not isinstance(variables, dict):
+        raise TypeError(f"the chat template's variables are a dict of names to values, as {{\"enable_thinking\": False}}, "
+                        f"not {type(variables).__name__}")
+    reserved = {*TEMPLATE_VARIABLES, *DEFAULT_NAMESPACE, *TEMPLATE_GLOBALS, "self"}
+    for name in variables:
+        if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+            raise ValueError(f"the chat template's variable {str(name)[:40]!r} is not a name a template reads")
+        if name in reserved:
+            raise ValueError(f"the chat template's variable {name} is set by edgelm or jinja, not by chat_template_kwargs")
+    try:
+        text = json.dumps(variables, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise TypeError(f"the chat template's variables hold what is not JSON data ({str(exc)[:120]})") from None
+    if len(text) > MAX_TEMPLATE_VARIABLES_BYTES:
+        raise ValueError(f"the chat template's variables take {len(text):,} bytes as JSON; at most {MAX_TEMPLATE_VARIABLES_BYTES:,}")
+    try:
+        parse_json(text, None, "the chat template's variables")  # its depth bound
+    except UserError as exc:
+        raise ValueError(exc.what) from None
+    return variables
 
 
 # where a template lives: a folder's tokenizer_config.json or chat_template.jinja, a GGUF's key; each error names the file
@@ -67,11 +101,7 @@ class Conversation:
     def __post_init__(self) -> None:
         if self.system is not None:
             unicode_text(self.system)
-        if not isinstance(self.template_kwargs, dict) or not all(isinstance(k, str) for k in self.template_kwargs):
-            raise TypeError("the chat template's variables are a dict of names to values, as {\"enable_thinking\": false}")
-        if taken := sorted(set(self.template_kwargs) & set(TEMPLATE_VARIABLES)):
-            raise UserError(f"the chat template's variable {taken[0]} is set by edgelm, not by chat_template_kwargs", None,
-                            f"leave out {', '.join(taken)}")
+        check_template_variables(self.template_kwargs)
         source = self.tokenizer.chat_template
         if isinstance(source, list):  # transformers' named templates: [{"name": "default", "template": …}, …]
             source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"), None)

@@ -31,6 +31,8 @@ import threading
 import time
 from datetime import datetime
 
+TEMPLATE_GLOBALS = ("raise_exception", "strftime_now")  # what the sandbox gives a template beside jinja's own names
+
 TEMPLATE_MAX_CHARS = 1_000_000
 TEMPLATE_MAX_EXPONENT = 1_000
 TEMPLATE_SECONDS = 2.0

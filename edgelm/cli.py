@@ -522,12 +522,16 @@ def chat(
     """Streaming chat with a KV cache. /reset clears the history, /exit (or Ctrl-D) leaves; Ctrl-C stops a reply; // starts a message with /."""
     import time
 
-    from .chat import Conversation
+    from .chat import Conversation, check_template_variables
     from .formats import open_artifact
     from .runtime.sampling import SamplingOptions
 
     _check_stop(stop)
     template_kwargs = _json_object(chat_template_kwargs, "--chat-template-kwargs", '\'{"enable_thinking": false}\'')
+    try:
+        check_template_variables(template_kwargs)
+    except ValueError as exc:
+        raise UserError(f"--chat-template-kwargs: {exc}", None, "give the variables the model's template reads") from None
     if prompt_cache:
         from .runtime.prompt_cache import check_path
 

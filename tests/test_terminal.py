@@ -152,11 +152,43 @@ def test_api_chat_names_what_is_wrong_with_the_messages(artifacts):
     """Stranger round 10: an unknown role and a list ending with the assistant's turn both said "the last message
     is the user's turn the reply answers"."""
     with edgelm.load(artifacts["model folder"]) as model:
-        with pytest.raises(ValueError, match="message 0's role is 'wizard', not one of system, user, assistant, tool"):
+        with pytest.raises(ValueError, match="message 0's role is 'wizard', not one of system, developer, user, assistant, tool, ipython"):
             model.chat([{"role": "wizard", "content": "hi"}], max_new_tokens=2)
         with pytest.raises(ValueError, match="the last message is one of them, not the assistant's"):
             model.chat([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], max_new_tokens=2)
         assert model.chat([{"role": "user", "content": "hi"}], max_new_tokens=2)
+
+
+def test_api_chat_arguments_as_transformers_takes_them(artifacts, tmp_path):
+    """Stranger round 11b: an assistant's tool call with content None (OpenAI's and transformers' form), the ipython and
+    developer roles, and enable_thinking=False given as a sampling option (a TypeError naming SamplingOptions); template
+    variables that are not data or that edgelm sets were blamed on the model's template; a bad prompt_cache path passed
+    from the second call on."""
+    with edgelm.load(artifacts["model folder"]) as model:
+        call = [{"role": "user", "content": "weather?"}, {"role": "assistant", "content": None, "tool_calls": [
+            {"type": "function", "function": {"name": "weather", "arguments": {}}}]}, {"role": "tool", "content": "21C"}]
+        assert isinstance(model.chat(call, max_new_tokens=2), str)
+        for role in ("ipython", "developer"):
+            assert isinstance(model.chat([{"role": role, "content": "x"}, {"role": "user", "content": "hi"}], max_new_tokens=2), str)
+        with pytest.raises(TypeError, match=r"no argument enable_thinking \(a chat template's variable goes in chat_template_kwargs"):
+            model.chat([{"role": "user", "content": "hi"}], enable_thinking=False)
+        for variables, error, words in (({"self": 1}, ValueError, "set by edgelm or jinja"), ({"raise_exception": 1}, ValueError, "set by"),
+                                        ({"f": lambda: 1}, TypeError, "not JSON data"), ({"deep": [[[[]]]] * 2}, None, None)):
+            if error is None:
+                assert isinstance(model.chat([{"role": "user", "content": "hi"}], max_new_tokens=1, chat_template_kwargs=variables), str)
+                continue
+            with pytest.raises(error, match=words):
+                model.chat([{"role": "user", "content": "hi"}], max_new_tokens=1, chat_template_kwargs=variables)
+        nested = []
+        for _ in range(200):
+            nested = [nested]
+        with pytest.raises(ValueError, match="nests deeper"):
+            model.chat([{"role": "user", "content": "hi"}], max_new_tokens=1, chat_template_kwargs={"deep": nested})
+        system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+        model.chat(system, max_new_tokens=1, prompt_cache=tmp_path / "a.cache")
+        with pytest.raises(edgelm.UserError, match="is a folder"):
+            model.chat(system, max_new_tokens=1, prompt_cache=tmp_path)
+        assert model.recommended_sampling == {"temperature": 0.7, "top_k": 40, "top_p": 0.95}
 
 
 def test_api_load_names_llama_cpp_pythons_option_names():
