@@ -66,6 +66,10 @@ STRINGS = ("edgelm_version", "engine", "engine_version", "reference_sha256", "te
 HASHES = ("reference_sha256", "text_sha256")
 WEIGHTS_HASH = "weights_sha256"  # optional: an older edgelm's certificate has none
 SETTINGS_HASH = "settings_sha256"  # optional too (edgelm ≤ 2026-12-05 wrote none): Format.settings_sha256
+GRAPH_HASH = "graph_sha256"  # optional too (since stranger round 11b; ONNX only): Format.graph_sha256
+# each optional hash: what Verification and check_holds call it, and the Format method that computes it
+OPTIONAL_HASHES = {WEIGHTS_HASH: ("weights", "weights_sha256"), SETTINGS_HASH: ("tokenizer, chat template or settings", "settings_sha256"),
+                   GRAPH_HASH: ("graph", "graph_sha256")}
 COUNTS = ("certificate_version", "positions")
 
 
@@ -207,12 +211,12 @@ def certify(checkpoint, fmt, device: str = "cpu", threads: int | None = None, kv
         engine, engine_version = artifact.engine, artifact.details.get("engine_version", "unknown")
         kv_cache = artifact.backend.kv_cache_type()
     numbers = report.as_dict()
-    weights, settings = fmt.weights_sha256(), fmt.settings_sha256()
+    hashes = {key: digest for key, (_, method) in OPTIONAL_HASHES.items() if (digest := getattr(fmt, method)())}
     return ({"certificate_version": CERTIFICATE_VERSION, "positions": report.positions}
             | {name: float(numbers[name]) for name in NUMBERS}
             | {"edgelm_version": __version__, "engine": engine, "engine_version": engine_version, "kv_cache": kv_cache,
                "reference_sha256": reference_sha256(checkpoint), "text": EVALUATION_TEXT.name, "text_sha256": text_sha,
-               "probe": probe} | ({WEIGHTS_HASH: weights} if weights else {}) | ({SETTINGS_HASH: settings} if settings else {}))
+               "probe": probe} | hashes)
 
 
 def evaluation_text_missing() -> str | None:
@@ -288,7 +292,7 @@ def validate(certificate: Any, where: Path) -> dict[str, Any]:
             _bad(where, f"{name} is not one line of printable text of at most {MAX_FIELD_CHARS} characters")
     if "kv_cache" in certificate and certificate["kv_cache"] not in KV_CACHE_TYPES:
         _bad(where, f"kv_cache is not one of {', '.join(KV_CACHE_TYPES)}")
-    for name in HASHES + tuple(name for name in (WEIGHTS_HASH, SETTINGS_HASH) if name in certificate):
+    for name in HASHES + tuple(name for name in OPTIONAL_HASHES if name in certificate):
         if not isinstance(certificate[name], str) or not all(c in "0123456789abcdef" for c in certificate[name]) or len(certificate[name]) != 64:
             _bad(where, f"{name} is not a sha256")
     probe = certificate.get("probe")
@@ -409,6 +413,7 @@ class Verification:
     differences: list[str] = field(default_factory=list)  # --reference: fields outside their tolerance
     weights_sha256: str | None = None  # computed here, where the certificate records one and the format has one
     settings_sha256: str | None = None  # likewise (not for a bundle's model: the manifest's sha256 cover its files)
+    graph_sha256: str | None = None  # likewise (an ONNX graph's nodes; not an ORT-format one)
 
     @property
     def weights_equal(self) -> bool | None:
@@ -423,11 +428,17 @@ class Verification:
         return self.settings_sha256 == self.certificate[SETTINGS_HASH]
 
     @property
+    def graph_equal(self) -> bool | None:
+        if self.certificate is None or GRAPH_HASH not in self.certificate or self.graph_sha256 is None:
+            return None
+        return self.graph_sha256 == self.certificate[GRAPH_HASH]
+
+    @property
     def ok(self) -> bool:
         """Whether the certificate holds here. An artifact without one fails: `verify X && ship` passed a
         file whose certificate a stranger had stripped, as it passes another tool's."""
         return self.certificate is not None and self.probe is not None and self.probe.ok and not self.differences \
-            and self.weights_equal is not False and self.settings_equal is not False
+            and False not in (self.weights_equal, self.settings_equal, self.graph_equal)
 
     def lines(self, reference: Path | None = None) -> list[str]:
         """What `edgelm verify` prints about the certificate."""
@@ -452,6 +463,9 @@ class Verification:
             lines.append("weights: the certificate records no sha256 of them (an older edgelm's)")
         else:
             lines.append("weights: not hashed here: an ORT-format graph, whose file the bundle manifest's sha256 covers")
+        if self.graph_equal is not None:
+            lines.append(f"graph: sha256 {self.graph_sha256[:16]}… " + ("matches the certificate's" if self.graph_equal else
+                                                                        f"DIFFERS from the certified {c[GRAPH_HASH][:16]}…"))
         if self.settings_equal is not None:
             lines.append(f"tokenizer, template and settings: sha256 {self.settings_sha256[:16]}… " + (
                 "matches the certificate's" if self.settings_equal else f"DIFFER from the certified {c[SETTINGS_HASH][:16]}…"))
@@ -479,6 +493,9 @@ class Verification:
         if self.weights_equal is False:
             reasons.append(f"its weights are not the certified ones (sha256 {self.weights_sha256[:16]}…, certified "
                            f"{self.certificate[WEIGHTS_HASH][:16]}…)")
+        if self.graph_equal is False:
+            reasons.append(f"its graph is not the certified one (sha256 {self.graph_sha256[:16]}…, certified "
+                           f"{self.certificate[GRAPH_HASH][:16]}…)")
         if self.settings_equal is False:
             reasons.append("its tokenizer, chat template or settings are not the certified ones (sha256 "
                            f"{self.settings_sha256[:16]}…, certified {self.certificate[SETTINGS_HASH][:16]}…)")
@@ -490,7 +507,7 @@ class Verification:
             reasons.append(f"top-k logits moved by {p.max_abs_diff:.3g}, past the tolerance {p.tolerance:.3g}")
         reasons += self.differences
         return ("the artifact does not compute what its certificate says: " if not p.ok
-                else "the artifact is not what was certified: " if False in (self.weights_equal, self.settings_equal)
+                else "the artifact is not what was certified: " if False in (self.weights_equal, self.settings_equal, self.graph_equal)
             else "the recomputed certificate differs: ") \
             + "; ".join(reasons)
 
@@ -503,10 +520,9 @@ def check_holds(fmt) -> None:
     if found is None:
         return
     validate(found, fmt.path)
-    for key, what, here in ((WEIGHTS_HASH, "weights", fmt.weights_sha256), (SETTINGS_HASH, "tokenizer, chat template or settings",
-                                                                             fmt.settings_sha256)):
-        if key in found and (digest := here()) is not None and digest != found[key]:
-            raise UserError(f"its {what} are not the ones its parity certificate was made for (sha256 {digest[:16]}…, certified "
+    for key, (what, method) in OPTIONAL_HASHES.items():
+        if key in found and (digest := getattr(fmt, method)()) is not None and digest != found[key]:
+            raise UserError(f"its {what} {'is not the one' if what == 'graph' else 'are not the ones'} its parity certificate was made for (sha256 {digest[:16]}…, certified "
                             f"{found[key][:16]}…): a bundle of it would carry a certificate that does not hold", fmt.path,
                             "export it again from its model folder (`edgelm verify` says what differs)")
 
@@ -544,7 +560,8 @@ def verify(fmt, reference: Path | None = None, threads: int | None = None, devic
         probe = check_probe(artifact, found["probe"], fmt.path)
         engine, engine_version = artifact.engine, artifact.details.get("engine_version", "unknown")
     result = Verification(found, engine, engine_version, probe, weights_sha256=fmt.weights_sha256() if WEIGHTS_HASH in found else None,
-                          settings_sha256=fmt.settings_sha256() if SETTINGS_HASH in found and (fmt.bundled_as_is or not bundled) else None)
+                          settings_sha256=fmt.settings_sha256() if SETTINGS_HASH in found and (fmt.bundled_as_is or not bundled) else None,
+                          graph_sha256=fmt.graph_sha256() if GRAPH_HASH in found else None)
     if reference is not None:
         from .models import open_checkpoint
 

@@ -788,7 +788,7 @@ def verify(
         out.print_json(json.dumps({"ok": not failed, "failed": failed, "certificate": result.certificate,
                                    "engine_version": result.engine_version,
                                    "probe": result.probe.as_dict() if result.probe else None, "weights_sha256_equal": result.weights_equal,
-                                   "settings_sha256_equal": result.settings_equal, "sha256": identity, "sha256_equal": published,
+                                   "settings_sha256_equal": result.settings_equal, "graph_sha256_equal": result.graph_equal, "sha256": identity, "sha256_equal": published,
                                    "recomputed": result.recomputed, "differences": result.differences}))
     else:
         for line in lines[:-1] + result.lines(reference) + lines[-1:]:

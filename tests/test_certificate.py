@@ -187,6 +187,38 @@ def test_onnx_certificate_in_edgelm_json_and_the_graphs_metadata(exports, run_cl
     verify_fails(run_cli, changed)
 
 
+@pytest.mark.parametrize("change", ["attention window", "logits mask"])
+def test_an_onnx_graph_changed_past_the_probes_reach_fails_verify_and_bundle(exports, run_cli, tmp_path, change):
+    """Stranger round 11b: an attention window of 48 set on every GroupQueryAttention (the probe's 37 tokens fit inside it)
+    and a Constant mask added to the logits (two ids the probe never ranks) passed verify and bundle: the certificate
+    covered the initializers, not the nodes. It records the graph's sha256 too (Format.graph_sha256)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    folder = exports("tiny-nope.onnx")
+    changed = shutil.copytree(folder, tmp_path / "onnx")
+    model = onnx.load(str(changed / "model.onnx"), load_external_data=False)
+    if change == "attention window":
+        for node in model.graph.node:
+            if node.op_type == "GroupQueryAttention":
+                node.attribute.append(helper.make_attribute("local_window_size", 48))
+    else:
+        logits = model.graph.output[0].name
+        producer = next(n for n in model.graph.node if logits in n.output)
+        producer.output[list(producer.output).index(logits)] = "unmasked_logits"
+        mask = np.zeros(json.loads((changed / "config.json").read_text())["vocab_size"], np.float32)
+        mask[[3, 5]] = -1e4
+        model.graph.node.extend([helper.make_node("Constant", [], ["logits_mask"], value=numpy_helper.from_array(mask)),
+                                 helper.make_node("Add", ["unmasked_logits", "logits_mask"], [logits])])
+    onnx.save(model, str(changed / "model.onnx"))
+    assert "graph: sha256" in verify_passes(run_cli, folder)
+    code, out, err = run_cli("verify", changed)
+    assert code == 1 and "graph: sha256" in out and "DIFFERS from the certified" in out and "its graph is not the certified one" in err, \
+        (out, err)
+    code, _, err = run_cli("bundle", changed, "--out", tmp_path / "bundle")
+    assert code == 2 and "its graph is not the one its parity certificate was made for" in err and not (tmp_path / "bundle").exists(), err
+
+
 def test_bundles_carry_it_and_verify_runs_the_probe(exports, run_cli, tmp_path):
     """The mobile bundle of an ONNX export holds the graph in ORT format (optimized by onnxruntime's
     converter): its probe still matches bit for bit; a GGUF bundle carries the keys in the file."""

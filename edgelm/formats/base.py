@@ -232,6 +232,11 @@ class Format(ABC):
         computes. None where the format has no such hash (its files' sha256 in a bundle manifest cover it)."""
         return None
 
+    def graph_sha256(self) -> str | None:
+        """One sha256 over the computation the artifact describes besides its weights, where the format carries one (an
+        ONNX graph's nodes); None where the format's runtime defines it (a GGUF's arch and keys: settings_sha256)."""
+        return None
+
     def settings_sha256(self) -> str | None:
         """One sha256 over what the artifact runs by besides its weights and graph — its tokenizer, chat
         template, token ids and generation settings — which the certificate records and `verify` checks:

@@ -85,14 +85,17 @@ class OnnxFolder(Format):
         """The graph is in ONNX Runtime's flatbuffer format (a mobile bundle's model.ort), which onnx cannot read."""
         return read_prefix(self.model_file, 8)[4:8] == b"ORTM"
 
-    def _graph(self):
+    def _model(self):
         import onnx
 
         try:
-            return onnx.load(str(self.model_file), load_external_data=False).graph
+            return onnx.load(str(self.model_file), load_external_data=False)
         except Exception as exc:  # protobuf's DecodeError and friends for a damaged file
             raise UserError(f"{self.model_file.name} is not a readable ONNX graph ({exc.__class__.__name__})", self.path,
                             "export the model again") from None
+
+    def _graph(self):
+        return self._model().graph
 
     def describe(self, options: LoadOptions) -> dict[str, Any]:
         """The manifest, genai_config's dims, and the graph's operators and KV cache type (read without its
@@ -257,6 +260,23 @@ class OnnxFolder(Format):
                 while left and (block := handle.read(int(min(left, HASH_BLOCK)))):  # bounded memory for a GB of weights
                     digest.update(block)
                     left -= len(block)
+        return digest.hexdigest()
+
+    def graph_sha256(self) -> str | None:
+        """Over what the graph computes besides its weights: each node as serialized (operator, domain, inputs, outputs,
+        attributes, a Constant's value, a subgraph), the graph's inputs and outputs, its opsets; not its initializers
+        (weights_sha256) nor the model's metadata, where the certificate is written. A stranger's logits mask added as a
+        Constant and an attention window set on GroupQueryAttention, both past the probe's reach, passed verify. None for
+        an ORT-format graph."""
+        import hashlib
+
+        if self.ort_format:
+            return None
+        model = self._model()
+        digest = hashlib.sha256()
+        for part in (*model.graph.node, *model.graph.input, *model.graph.output, *model.opset_import):
+            serialized = part.SerializeToString(deterministic=True)
+            digest.update(len(serialized).to_bytes(8, "little") + serialized)
         return digest.hexdigest()
 
     def weight_bytes(self) -> int:
