@@ -20,8 +20,8 @@ def _default_sigint():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def spawn(*args):
-    child = pexpect.spawn(sys.executable, ["-m", "edgelm", "chat", str(MODEL), *args], encoding="utf-8", timeout=90,
+def spawn(*args, model=MODEL):
+    child = pexpect.spawn(sys.executable, ["-m", "edgelm", "chat", str(model), *args], encoding="utf-8", timeout=90,
                           dimensions=(40, 200), preexec_fn=_default_sigint)
     child.expect("/reset, /exit")
     return child
@@ -498,8 +498,7 @@ def test_ctrl_c_while_the_template_renders_says_the_message_was_not_sent(tmp_pat
     config = json.loads((folder / "tokenizer_config.json").read_text())
     slow = "{% if messages|length > 2 %}{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{% endif %}"
     (folder / "tokenizer_config.json").write_text(json.dumps(config | {"chat_template": slow + config["chat_template"]}))
-    child = pexpect.spawn(sys.executable, ["-m", "edgelm", "chat", str(folder), "--max-new-tokens", "3"], encoding="utf-8",
-                          timeout=90, dimensions=(40, 200), preexec_fn=_default_sigint)
+    child = spawn("--max-new-tokens", "3", model=folder)
     child.expect("> ")
     child.sendline("one")
     child.expect(r"tok/s")
