@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .artifact_files import MAX_TEMPLATE_BYTES
+from .artifact_files import MAX_TEMPLATE_BYTES, read_text
 from .chat_template import TEMPLATE_GLOBALS, TemplateLimit, render_bounded
 from .errors import UserError
 from .numbers import LOOKUP_NGRAM
@@ -97,26 +98,31 @@ class Conversation:
     # variables the template reads besides the conversation, as transformers' apply_chat_template(**kwargs) and
     # llama-server's chat_template_kwargs pass them (Qwen3's enable_thinking)
     template_kwargs: dict = field(default_factory=dict)
+    # a template file in place of the model's (`chat --chat-template-file`, llama.cpp's flag; checked by user_file)
+    template_file: Path | None = None
 
     def __post_init__(self) -> None:
         if self.system is not None:
             unicode_text(self.system)
         check_template_variables(self.template_kwargs)
-        source = self.tokenizer.chat_template
+        source = self.tokenizer.chat_template if self.template_file is None else read_text(self.template_file, MAX_TEMPLATE_BYTES,
+                                                                                           "--chat-template-file")
+        self.where = self.template_file or self.tokenizer.template_file  # the file an error in the template names
         if isinstance(source, list):  # transformers' named templates: [{"name": "default", "template": …}, …]
             source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"), None)
         if source is not None and not isinstance(source, str):
-            raise UserError(f"chat_template is a {type(source).__name__}, not a template text", self.tokenizer.template_file,
+            raise UserError(f"chat_template is a {type(source).__name__}, not a template text", self.where,
                             FIX_TEMPLATE)
         if source is not None and len(source.encode("utf-8", "surrogatepass")) > MAX_TEMPLATE_BYTES:
             # a folder's template file is refused at this size when it is read; a GGUF's key here
             raise UserError(f"the chat template is {len(source):,} characters; edgelm renders at most {MAX_TEMPLATE_BYTES:,} bytes of "
-                            "template (published ones are a few kB)", self.tokenizer.template_file, FIX_TEMPLATE)
-        self.template_source, self.template_name = (source, "the model's chat template") if source else fallback_template(self.tokenizer)
+                            "template (published ones are a few kB)", self.where, FIX_TEMPLATE)
+        given = (source, f"the chat template of {self.template_file}" if self.template_file else "the model's chat template")
+        self.template_source, self.template_name = given if source else fallback_template(self.tokenizer)
         # rendered once before the first turn, so a template that loses the conversation fails at start
         if PROBE_MESSAGE not in self.render([{"role": "user", "content": PROBE_MESSAGE}]):
             raise UserError(f"the chat template renders nothing of the conversation (a user message {PROBE_MESSAGE!r} is not in "
-                            "its output)", self.tokenizer.template_file, FIX_TEMPLATE)
+                            "its output)", self.where, FIX_TEMPLATE)
         # a chat whose every message must be refused is refused at its start (a stranger's finding: `-c 2` with
         # 128 tokens kept for the reply, or a system prompt longer than the context, started and then blamed
         # each message; with --prompt-cache the system prompt overflowed the cache: a traceback)
@@ -135,7 +141,7 @@ class Conversation:
         special = {k: (v.get("content") if isinstance(v, dict) else v) or "" for k, v in special.items()}
         from jinja2 import TemplateSyntaxError
 
-        where = self.tokenizer.template_file if self.template_source not in (PLAIN_TEMPLATE, CHATML_TEMPLATE) else None
+        where = self.where if self.template_source not in (PLAIN_TEMPLATE, CHATML_TEMPLATE) else None
         try:
             return render_bounded(self.template_source, **self.template_kwargs, messages=messages, add_generation_prompt=True, **special)
         except TemplateSyntaxError as exc:

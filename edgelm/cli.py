@@ -225,6 +225,13 @@ def _load_options(position_encoding, head_temperatures, device, threads=None, gp
     )
 
 
+VerbosePromptOption = Annotated[bool, typer.Option("--verbose-prompt", help="Print the prompt's tokens (id -> text) on stderr, as llama.cpp's --verbose-prompt does (chat: each turn's).")]
+
+
+def _print_prompt(tokenizer, ids: list[int]) -> None:
+    info.print(f"prompt: {len(ids)} tokens\n" + "\n".join(f"{i:6d} -> {tokenizer.token_text(i)!r}" for i in ids), markup=False)
+
+
 def _json_object(text: str | None, option: str, example: str) -> dict:
     """An option's JSON object ({} where not given), or one line saying what it is instead."""
     from .artifact_files import MAX_JSON_DEPTH, parse_json
@@ -328,6 +335,7 @@ def generate(
     provider: ProviderOption = "cpu",
     draft: DraftOption = None,
     lookup_ngram: LookupNgramOption = LOOKUP_NGRAM,
+    verbose_prompt: VerbosePromptOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Continue a prompt, streaming tokens as they come."""
@@ -341,6 +349,8 @@ def generate(
                                                  provider=provider, allow_pickle=allow_pickle, context_length=ctx_size))
     options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                               repetition_penalty=repetition_penalty, seed=seed)
+    if verbose_prompt:
+        _print_prompt(artifact.tokenizer, artifact.tokenizer.encode(prompt))
     pieces = run(artifact.backend, artifact.tokenizer, prompt, max_new_tokens, options, tuple(stop or ()), truncate, draft, lookup_ngram)
     if as_json:
         collected = list(pieces)
@@ -512,11 +522,12 @@ def chat(
     threads: ThreadsOption = None,
     gpu_layers: GpuLayersOption = 0,
     provider: ProviderOption = "cpu",
-    verbose_prompt: Annotated[bool, typer.Option("--verbose-prompt", help="Print each turn's prompt tokens (id -> text), as llama.cpp's --verbose-prompt does.")] = False,
+    verbose_prompt: VerbosePromptOption = False,
     draft: DraftOption = None,
     lookup_ngram: LookupNgramOption = LOOKUP_NGRAM,
     prompt_cache: Annotated[Optional[Path], typer.Option("--prompt-cache", help="A file keeping the KV cache after the system prompt, as llama.cpp's --prompt-cache: loaded at start where it was made for this model and system prompt, else written, so the first turn evaluates only its own tokens.")] = None,
     context_shift: Annotated[bool, typer.Option("--context-shift", help="When the context is full, drop the oldest exchanges from the KV cache and keep the rest without evaluating it again (llama.cpp's context shift); only for models without position encoding (NoPE). Not exact: the kept tokens were computed with the dropped text in view (docs/formats.md).")] = False,
+    chat_template_file: Annotated[Optional[Path], typer.Option("--chat-template-file", help="A jinja chat template file in place of the model's, as llama.cpp's --chat-template-file.")] = None,
     chat_template_kwargs: Annotated[Optional[str], typer.Option("--chat-template-kwargs", metavar="JSON", help="The chat template's other variables, a JSON object, as llama.cpp's --chat-template-kwargs: '{\"enable_thinking\": false}' turns Qwen3's thinking off.")] = None,
 ) -> None:
     """Streaming chat with a KV cache. /reset clears the history, /exit (or Ctrl-D) leaves; Ctrl-C stops a reply; // starts a message with /."""
@@ -532,6 +543,10 @@ def chat(
         check_template_variables(template_kwargs)
     except ValueError as exc:
         raise UserError(f"--chat-template-kwargs: {exc}", None, "give the variables the model's template reads") from None
+    if chat_template_file is not None:
+        from .artifact_files import MAX_TEMPLATE_BYTES, user_file
+
+        user_file(chat_template_file, "--chat-template-file", MAX_TEMPLATE_BYTES, "chat template file")
     if prompt_cache:
         from .runtime.prompt_cache import check_path
 
@@ -539,7 +554,7 @@ def chat(
     artifact = open_artifact(path, _load_options(position_encoding, None, device, threads, gpu_layers, provider=provider, allow_pickle=allow_pickle,
                                                  context_length=ctx_size))
     conversation = Conversation(artifact.tokenizer, artifact.backend.context_length, max_new_tokens, system,  # a broken template fails here
-                                template_kwargs=template_kwargs)
+                                template_kwargs=template_kwargs, template_file=chat_template_file)
     # the sampling the model's files recommend (generation_config.json, a GGUF's general.sampling.*, genai_config's search),
     # else edgelm's chat defaults, as llama.cpp's chat takes a GGUF's; what is given on the command line wins
     recommended = artifact.format.stated_sampling()
@@ -602,8 +617,7 @@ def chat(
             if turn.dropped:
                 info.print(f"[dim]dropped the {turn.dropped} oldest exchange(s) to fit the {backend.context_length}-token context[/dim]")
             if verbose_prompt:
-                info.print(f"prompt: {len(turn.ids)} tokens\n" + "\n".join(f"{i:6d} -> {artifact.tokenizer.token_text(i)!r}" for i in turn.ids),
-                           markup=False)
+                _print_prompt(artifact.tokenizer, turn.ids)
             pieces = iter(turn)
             for piece in pieces:
                 out.print(piece.text, end="", markup=False)

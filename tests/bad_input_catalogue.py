@@ -206,6 +206,8 @@ CASES: list[Case] = [
     case("--prompt with a byte that is not UTF-8 (ONNX)", "generate {onnx} --prompt caf\udce9", "not UTF-8"),
     case("--prompt with a byte that is not UTF-8 (llama.cpp's tokenizer)", "generate {llama_gguf} --prompt caf\udce9", "not UTF-8"),
     case("--system with a byte that is not UTF-8", "chat {model} --system caf\udce9", "not UTF-8"),
+    case("--chat-template-file missing", "chat {model} --chat-template-file {tmp}/none.jinja", "chat template file not found"),
+    case("--chat-template-file not a template", "chat {model} --chat-template-file {text}", "renders nothing of the conversation"),
     case("--prompt-cache path with a byte that is not UTF-8", "chat {model} --prompt-cache {tmp}/bad\udcff.bin",
          "bad\\xff.bin is not UTF-8 text"),  # stranger round 11: written, exit 0
     case("2,000,000,000 positions at GGUF export (written, then refused by edgelm's own reader as damaged)",

@@ -512,3 +512,19 @@ def test_ctrl_c_while_the_template_renders_says_the_message_was_not_sent(tmp_pat
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_a_chat_template_file_replaces_the_models_and_generate_lists_its_prompt(tmp_path, run_cli):
+    """llama.cpp's --chat-template-file and generate's --verbose-prompt, which a stranger reached for (round 11b)."""
+    import subprocess
+
+    template = tmp_path / "turns.jinja"
+    template.write_text("{% for m in messages %}<<{{ m.role }}>>{{ m.content }}\n{% endfor %}<<assistant>>")
+    chat = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(MODEL), "-n", "2", "--chat-template-file", str(template),
+                           "--verbose-prompt"], input="hi\n", capture_output=True, text=True, timeout=300)
+    ids = load_tokenizer(MODEL).encode("<<user>>hi\n<<assistant>>", add_bos=False)
+    assert chat.returncode == 0 and f"the chat template of {template}" in chat.stderr and f"prompt: {len(ids)} tokens" in chat.stderr, \
+        chat.stderr
+    code, out, err = run_cli("generate", MODEL, "-p", "It is", "-n", "2", "--verbose-prompt")
+    ids = load_tokenizer(MODEL).encode("It is")
+    assert code == 0 and f"prompt: {len(ids)} tokens" in err and f"{ids[0]:6d} -> 'It'" in err and out.startswith("It is"), (out, err)
