@@ -75,10 +75,8 @@ def check_template_variables(variables) -> dict:
         text = json.dumps(variables, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise TypeError(f"the chat template's variables hold what is not JSON data ({str(exc)[:120]})") from None
-    if len(text) > MAX_TEMPLATE_VARIABLES_BYTES:
-        raise ValueError(f"the chat template's variables take {len(text):,} bytes as JSON; at most {MAX_TEMPLATE_VARIABLES_BYTES:,}")
     try:
-        parse_json(text, None, "the chat template's variables")  # its depth bound
+        parse_json(text, None, "the chat template's variables", MAX_TEMPLATE_VARIABLES_BYTES)  # its size and depth bounds
     except UserError as exc:
         raise ValueError(exc.what) from None
     return variables
