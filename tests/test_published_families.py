@@ -1,5 +1,5 @@
 """The RoPE families people put on devices — Llama 3.x (rope_scaling "llama3", tied), Qwen2/2.5
-(q/k/v biases, tied), Qwen3 (per-head q/k norms, a head_dim of its own, tied) and SmolLM2 (plain
+(q/k/v biases, tied; with YaRN as Qwen's model cards configure it for long contexts), Qwen3 (per-head q/k norms, a head_dim of its own, tied) and SmolLM2 (plain
 llama, tied) — against independent references only: tiny random models built by transformers' own
 config classes and `save_pretrained`, run by transformers' own `LlamaForCausalLM` /
 `Qwen2ForCausalLM` / `Qwen3ForCausalLM`; the GGUF against what llama.cpp's `convert_hf_to_gguf.py`
@@ -38,6 +38,10 @@ SIZES = dict(vocab_size=4096, hidden_size=128, intermediate_size=256, num_hidden
 # all three of Llama 3's bands (kept, interpolated, divided by `factor`) within a short sequence
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                   "original_max_position_embeddings": 64}
+# Qwen2.5's long-context setting as its model card gives it ({"type": "yarn", "factor": 4.0,
+# "original_max_position_embeddings": 32768}), with the original context at a quarter of SIZES' 512
+# positions as there: the 32-wide heads' dims 0-3 keep their frequency, 5-15 are interpolated, 4 blended
+QWEN_YARN = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")  # Qwen2's, less its default system turn
 POSITIONS = 48
@@ -50,27 +54,29 @@ def hf_config(family):
         return transformers.LlamaConfig(**SIZES, rope_theta=10000.0, rope_scaling=LLAMA3_SCALING)
     if family == "qwen2":
         return transformers.Qwen2Config(**SIZES, rope_theta=1000000.0, use_sliding_window=False)
+    if family == "qwen2-yarn":
+        return transformers.Qwen2Config(**SIZES, rope_theta=1000000.0, use_sliding_window=False, rope_scaling=QWEN_YARN)
     if family == "qwen3":  # 48-wide heads, not hidden / heads = 32, as Qwen3's 128 is not
         return transformers.Qwen3Config(**SIZES, head_dim=48, rope_theta=1000000.0, use_sliding_window=False)
     return transformers.LlamaConfig(**SIZES, rope_theta=100000.0)  # smollm2: plain llama, tied
 
 
-HF_CLASSES = {"qwen2": transformers.Qwen2ForCausalLM, "qwen3": transformers.Qwen3ForCausalLM}
-ARCHES = {"qwen2": "qwen2", "qwen3": "qwen3"}  # llama.cpp's arch and genai's model type; llama for the rest
+HF_CLASSES = {"qwen2": transformers.Qwen2ForCausalLM, "qwen2-yarn": transformers.Qwen2ForCausalLM, "qwen3": transformers.Qwen3ForCausalLM}
+ARCHES = {"qwen2": "qwen2", "qwen2-yarn": "qwen2", "qwen3": "qwen3"}  # llama.cpp's arch and genai's model type; llama for the rest
 
 
 def hf_class(family):
     return HF_CLASSES.get(family, transformers.LlamaForCausalLM)
 
 
-FAMILIES = ["llama3", "qwen2", "smollm2", "qwen3"]
-CHATML_FAMILIES = ("qwen2", "qwen3")
+FAMILIES = ["llama3", "qwen2", "qwen2-yarn", "smollm2", "qwen3"]
+CHATML_FAMILIES = ("qwen2", "qwen2-yarn", "qwen3")
 
 
 def write_hf_folder(folder: Path, family: str):
     config = hf_config(family)
     config._attn_implementation = "eager"
-    torch.manual_seed({"llama3": 1, "qwen2": 2, "smollm2": 3, "qwen3": 6}[family])
+    torch.manual_seed({"llama3": 1, "qwen2": 2, "qwen2-yarn": 8, "smollm2": 3, "qwen3": 6}[family])
     model = hf_class(family)(config).eval()
     with torch.no_grad():  # norms and biases off their init values, so a dropped one shows
         for name, param in model.named_parameters():
@@ -135,10 +141,11 @@ def test_defaults_decide_rotary_as_transformers_runs_it_or_refuse(published):
         open_checkpoint(folder)
 
 
-def test_llama3_scaling_changes_the_logits(published):
-    """The reference above would not notice a scaling ignored unless it moves the logits well past TOL."""
-    folder, hf = published("llama3")
-    plain = hf_class("llama3")(hf_config("smollm2").__class__(**{**hf.config.to_dict(), "rope_scaling": None})).eval()
+@pytest.mark.parametrize("family", ["llama3", "qwen2-yarn"])
+def test_rope_scaling_changes_the_logits(published, family):
+    """The references above would not notice a scaling ignored unless it moves the logits well past TOL."""
+    folder, hf = published(family)
+    plain = hf_class(family)(hf.config.__class__(**{**hf.config.to_dict(), "rope_scaling": None})).eval()
     plain.load_state_dict(hf.state_dict())
     ids = ids_for(open_checkpoint(folder, position_encoding="rope").spec)
     assert (hf_logits(plain, ids) - hf_logits(hf, ids)).abs().max().item() > 100 * TOL
@@ -172,6 +179,44 @@ def test_linear_scaling_equals_transformers(tmp_path):
     delta_gguf = float(np.abs(np.array(llm.scores[: ids.shape[1]]) - expected[0].numpy()).max())
     print(f"\nlinear scaling: torch vs transformers max |Δlogit| {delta:.3g}, f32 GGUF in llama.cpp {delta_gguf:.3g}")
     assert delta <= TOL and delta_gguf <= TOL_GGUF
+
+
+def test_yarn_transformers_computes_and_llama_cpp_does_not(tmp_path):
+    """YaRN with its own beta_fast, beta_slow and attention_factor: the torch module equals transformers; llama.cpp's
+    qwen2 reads none of those three keys (it runs 32, 1 and 0.1·ln(factor) + 1), so the GGUF export is refused
+    with the reason, before any file is written, and the ONNX export (whose rotary tables carry them) runs."""
+    from edgelm.errors import UserError
+
+    scaling = {**QWEN_YARN, "beta_fast": 16.0, "beta_slow": 2.0, "attention_factor": 1.3}
+    config = transformers.Qwen2Config(**SIZES, rope_theta=1000000.0, use_sliding_window=False, rope_scaling=scaling)
+    config._attn_implementation = "eager"
+    torch.manual_seed(9)
+    hf = transformers.Qwen2ForCausalLM(config).eval()
+    hf.save_pretrained(tmp_path / "model")
+    copy_tokenizer("sentencepiece", tmp_path / "model")
+    checkpoint = open_checkpoint(tmp_path / "model", position_encoding="rope")
+    ids = ids_for(checkpoint.spec)
+    with torch.no_grad():
+        assert (checkpoint.load_model()(ids)[0] - hf_logits(hf, ids)).abs().max().item() <= TOL
+    with pytest.raises((UserError, ValueError), match="llama.cpp runs YaRN with beta_fast 32, beta_slow 1"):
+        export_gguf(checkpoint, tmp_path / "m.gguf", "f32", certificate=False)
+    assert not list(tmp_path.glob("m.gguf*"))
+    onnx = export_onnx(checkpoint, tmp_path / "onnx", "f32").path
+    last = open_artifact(onnx).backend.prefill(ids[0].tolist())
+    assert float(np.abs(last - hf_logits(hf, ids)[0, -1].numpy()).max()) <= TOL
+
+
+@pytest.mark.parametrize("declared", [{"truncate": False}, {"mscale": 1.0, "mscale_all_dim": 0.707}, {"beta_fast": 1.0}])
+def test_yarn_variants_computed_otherwise_are_refused(tmp_path, declared):
+    """gpt-oss's untruncated ramp and DeepSeek's mscale pair change what transformers computes: refused by their
+    key, not run as plain YaRN; a beta_fast at or below beta_slow has no ramp."""
+    from edgelm.errors import UserError
+
+    write_hf_folder(tmp_path, "smollm2")
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(config | {"rope_scaling": {**QWEN_YARN, **declared}}))
+    with pytest.raises(UserError, match="truncate = False is not implemented|mscale = 1.0 is not implemented|beta_fast must be larger"):
+        open_checkpoint(tmp_path, position_encoding="rope")
 
 
 def test_unimplemented_rope_scaling_is_refused(tmp_path):
@@ -308,7 +353,13 @@ def genai_greedy(folder):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_onnx_greedy_equals_transformers(published, tmp_path, family):
     folder, hf = published(family)
-    onnx = export_onnx(open_checkpoint(folder, position_encoding="rope"), tmp_path / "onnx", "f32").path
+    checkpoint = open_checkpoint(folder, position_encoding="rope")
+    onnx = export_onnx(checkpoint, tmp_path / "onnx", "f32").path
+    ids = ids_for(checkpoint.spec)
+    last = open_artifact(onnx).backend.prefill(ids[0].tolist())  # the logits, not only their argmax
+    delta = float(np.abs(last - hf_logits(hf, ids)[0, -1].numpy()).max())
+    print(f"\n{family}: f32 ONNX in onnxruntime vs transformers max |Δlogit| at position {POSITIONS} {delta:.3g}")
+    assert delta <= TOL
     expected = reference_greedy(hf)
     assert backend_greedy(open_artifact(onnx).backend) == expected  # onnxruntime
     assert genai_greedy(onnx) == expected

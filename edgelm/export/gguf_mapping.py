@@ -10,9 +10,9 @@ from typing import ClassVar
 
 import torch
 
-from ..gguf_keys import ROPE_DIMENSION_COUNT, ROPE_FREQ_BASE, ROPE_SCALING_FACTOR, ROPE_SCALING_TYPE
+from ..gguf_keys import ROPE_DIMENSION_COUNT, ROPE_FREQ_BASE, ROPE_SCALING_FACTOR, ROPE_SCALING_ORIG_CTX_LEN, ROPE_SCALING_TYPE
 from ..gguf_layout import Key
-from ..models.positions import LinearScaling, PositionEncoding, Rotary
+from ..models.positions import LinearScaling, PositionEncoding, Rotary, YarnScaling
 from ..models.registry import Family, families
 from ..models.spec import ModelSpec
 
@@ -89,11 +89,22 @@ def gguf_mapping(family: Family) -> GgufMapping:
 
 def rope_hparams(positions: PositionEncoding) -> dict[Key, int | float | str]:
     """The rotary keys of a llama.cpp arch, read off the typed encoding: width and base; a linear scaling
-    as llama.cpp's converter writes it (rope.scaling.type/factor). Llama 3's scaling has no key:
-    llama.cpp reads it as the rope_freqs tensor (LlamaGguf.extra_tensors)."""
+    and YaRN as llama.cpp's converter writes them (rope.scaling.type/factor, YaRN's original context).
+    Llama 3's scaling has no key: llama.cpp reads it as the rope_freqs tensor (LlamaGguf.extra_tensors)."""
     if not isinstance(positions, Rotary):
         return {ROPE_DIMENSION_COUNT: 0}
     hparams: dict[Key, int | float | str] = {ROPE_DIMENSION_COUNT: positions.dims, ROPE_FREQ_BASE: positions.theta}
-    if isinstance(positions.scaling, LinearScaling):
-        hparams |= {ROPE_SCALING_TYPE: "linear", ROPE_SCALING_FACTOR: positions.scaling.factor}
+    scaling = positions.scaling
+    if isinstance(scaling, LinearScaling):
+        hparams |= {ROPE_SCALING_TYPE: "linear", ROPE_SCALING_FACTOR: scaling.factor}
+    if isinstance(scaling, YarnScaling):
+        # llama.cpp's llama and qwen2 read no yarn_beta_* or yarn_attn_factor key (only grok and mistral3 do,
+        # src/models/*.cpp): they run YaRN with beta 32 and 1 and the factor's own mscale, so a file asking
+        # for other values would run them otherwise
+        if (scaling.beta_fast, scaling.beta_slow, scaling.attention_factor) != (32.0, 1.0, scaling.default_attention_factor):
+            raise ValueError("llama.cpp runs YaRN with beta_fast 32, beta_slow 1 and attention_factor 0.1·ln(factor) + 1 "
+                             f"only, not {scaling.beta_fast:g}, {scaling.beta_slow:g} and {scaling.attention_factor:g}: "
+                             "export this model to ONNX")
+        hparams |= {ROPE_SCALING_TYPE: "yarn", ROPE_SCALING_FACTOR: scaling.factor,
+                    ROPE_SCALING_ORIG_CTX_LEN: scaling.original_max_positions}
     return hparams

@@ -222,7 +222,7 @@ class LlamaGguf(GgufMapping):
         each frequency's divisor, which llama.cpp's llama arch applies when the file has one."""
         positions = spec.positions
         if isinstance(positions, Rotary) and isinstance(positions.scaling, Llama3Scaling):
-            factors = positions.scaling.factors(positions.base_frequencies())
+            factors = positions.scaling.factors(positions.base_frequencies(), positions.theta)
             yield TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight", factors.to(torch.float32)
 
     def transform(self, spec, name, tensor):

@@ -14,7 +14,7 @@ from gguf import MODEL_TENSOR, TENSOR_NAMES
 
 from ..export.gguf_mapping import register_gguf
 from ..export.onnx_mapping import register_onnx
-from ..models.positions import Rotary
+from ..models.positions import Llama3Scaling, Rotary
 from ..models.registry import register
 from .llama import Llama, LlamaGguf, LlamaOnnx
 
@@ -52,8 +52,8 @@ class Qwen2Gguf(LlamaGguf):
         return "qwen2" if isinstance(spec.positions, Rotary) else "granite"
 
     def hparams(self, spec):
-        if isinstance(spec.positions, Rotary) and spec.positions.scaling is not None:
-            raise ValueError(f"llama.cpp's qwen2 arch reads no rope frequency scaling (rope_scaling {spec.positions.scaling.rope_type})")
+        if isinstance(spec.positions, Rotary) and isinstance(spec.positions.scaling, Llama3Scaling):
+            raise ValueError("llama.cpp's qwen2 arch reads no rope_freqs tensor, which holds Llama 3's rope scaling")
         return super().hparams(spec)
 
     def transform(self, spec, name, tensor):

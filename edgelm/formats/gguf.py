@@ -227,6 +227,7 @@ class GGUF(Format):
             "context_length": spec.max_positions,
             "position_encoding": spec.position_encoding,
             "rotary_dims": spec.rotated_dims,
+            "rope_scaling": spec.positions.scaling_summary(),
             "head_temperatures": {"baked_into_weights": bool(gguf.field(GGUF_HEAD_TEMPERATURES_BAKED, False)),
                                   "min": min(temperatures), "max": max(temperatures)},
         }

@@ -77,6 +77,7 @@ class ModelFolder(Format):
             "position_encoding_perplexities": checkpoint.position_encoding_perplexities,
             "rotary_dims": spec.rotated_dims,
             "rope_theta": getattr(spec.positions, "theta", None) if spec.rotated_dims else None,
+            "rope_scaling": spec.positions.scaling_summary(),
             "head_temperatures": _temperature_summary(checkpoint.head_temperatures()),
             "head_temperature_source": checkpoint.temperature_source,
             "tokenizer": {

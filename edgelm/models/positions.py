@@ -7,13 +7,14 @@ added to the token embeddings, GPT-2's wpe). The torch model rotates with `Rotar
 reads the same fields (export/gguf_mapping.py), so each number is computed in one place.
 
 Scalings are Hugging Face's `rope_scaling` kinds edgelm computes: linear (every frequency divided
-by `factor`) and llama3 (by wavelength band); the rest are refused where a config is read.
+by `factor`), llama3 (by wavelength band) and yarn (blended by a ramp, cos and sin scaled); the rest
+are refused where a config is read.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import torch
@@ -25,9 +26,10 @@ Rotation = tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin), each [batch, 
 
 class RopeScaling:
     rope_type: ClassVar[str]
+    attention_factor: float = 1.0  # what cos and sin are multiplied by (YaRN's mscale); 1 for the others
 
-    def factors(self, frequencies: torch.Tensor) -> torch.Tensor:
-        """What each frequency θ^(-2i/d) is divided by."""
+    def factors(self, frequencies: torch.Tensor, theta: float) -> torch.Tensor:
+        """What each frequency θ^(-2i/d) of `frequencies` [d / 2] is divided by."""
         raise NotImplementedError
 
 
@@ -43,7 +45,7 @@ class LinearScaling(RopeScaling):
         if not self.factor > 0:
             raise ValueError("rope_scaling's factor must be positive")
 
-    def factors(self, frequencies):
+    def factors(self, frequencies, theta):
         return torch.full_like(frequencies, self.factor)
 
 
@@ -64,7 +66,7 @@ class Llama3Scaling(RopeScaling):
         if self.high_freq_factor <= self.low_freq_factor:
             raise ValueError("rope_scaling's high_freq_factor must be larger than its low_freq_factor")
 
-    def factors(self, frequencies):
+    def factors(self, frequencies, theta):
         """transformers' `_compute_llama3_parameters` (modeling_rope_utils.py) computes the divided
         frequencies, llama.cpp stores these divisors as the `rope_freqs.weight` tensor (its
         converter's `LlamaModel.generate_extra_tensors`); in f32 and in the converter's order of
@@ -78,6 +80,52 @@ class Llama3Scaling(RopeScaling):
         return torch.where(wavelength < high_freq_wavelength, torch.ones_like(frequencies), factors)
 
 
+@dataclass(frozen=True)
+class YarnScaling(RopeScaling):
+    """YaRN (Peng et al. 2023, "YaRN: Efficient Context Window Extension of Large Language Models", §3.2-3.4),
+    as Qwen2.5 and Qwen3 declare it for long contexts: frequencies that turn fewer than `beta_slow` times
+    in the original context are divided by `factor`, those that turn more than `beta_fast` times are kept,
+    a linear ramp over the dims between blends the two; cos and sin are multiplied by 0.1·ln(factor) + 1.
+    transformers' `_compute_yarn_parameters` (modeling_rope_utils.py) and llama.cpp's `rope_yarn` /
+    `ggml_rope_yarn_corr_dims` (ggml-cpu/ops.cpp, ggml.c) compute the same: the ramp's ends floored and
+    ceiled, clamped to [0, d - 1]; a `truncate: false` (gpt-oss) or DeepSeek's mscale pair is refused
+    where the config is read."""
+
+    rope_type: ClassVar[str] = "yarn"
+    factor: float
+    original_max_positions: int
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    attention_factor: float = 0.0  # 0: 0.1·ln(factor) + 1, the paper's √(1/t) (its eq. 22), as transformers' default
+
+    def __post_init__(self) -> None:
+        if not self.factor > 0:
+            raise ValueError("rope_scaling's factor must be positive")
+        if not self.beta_fast > self.beta_slow > 0:
+            raise ValueError("rope_scaling's beta_fast must be larger than its beta_slow, and both positive")
+        if not self.attention_factor:
+            object.__setattr__(self, "attention_factor", self.default_attention_factor)
+
+    @property
+    def default_attention_factor(self) -> float:
+        return 1.0 if self.factor <= 1 else 0.1 * math.log(self.factor) + 1.0
+
+    def factors(self, frequencies, theta):
+        dims = 2 * frequencies.shape[-1]
+
+        def dim_turning(rotations: float) -> float:
+            """The dim index i whose wavelength 2π·θ^(2i/d) fits `rotations` times in the original context."""
+            return dims * math.log(self.original_max_positions / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+        low = max(math.floor(dim_turning(self.beta_fast)), 0)
+        high = min(math.ceil(dim_turning(self.beta_slow)), dims - 1)
+        index = torch.arange(frequencies.shape[-1], dtype=torch.float32, device=frequencies.device)
+        # share of the kept (extrapolated) frequency: 1 below `low`, 0 above `high`
+        kept = 1 - ((index - low) / max(high - low, 0.001)).clamp(0, 1)
+        scaled = frequencies / self.factor * (1 - kept) + frequencies * kept
+        return frequencies / scaled
+
+
 class PositionEncoding:
     name: ClassVar[str]  # what `--position-encoding`, inspect and the export manifests call it
     rotated_dims: ClassVar[int] = 0
@@ -88,6 +136,10 @@ class PositionEncoding:
 
     def rotate(self, x: torch.Tensor, rotation: Rotation) -> torch.Tensor:
         return x
+
+    def scaling_summary(self) -> dict | None:
+        """The rotary scaling as `inspect` shows it: its kind and every value it runs with, defaults included."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -123,7 +175,14 @@ class Rotary(PositionEncoding):
 
     def frequencies(self, device: torch.device | None = None) -> torch.Tensor:
         base = self.base_frequencies(device)
-        return base if self.scaling is None else base / self.scaling.factors(base)
+        return base if self.scaling is None else base / self.scaling.factors(base, self.theta)
+
+    @property
+    def attention_factor(self) -> float:
+        return 1.0 if self.scaling is None else self.scaling.attention_factor
+
+    def scaling_summary(self):
+        return None if self.scaling is None else {"rope_type": self.scaling.rope_type, **asdict(self.scaling)}  # type: ignore[call-overload]
 
     def angles(self, positions: torch.Tensor) -> torch.Tensor:
         """positions [...] → angles [..., dims / 2]."""
@@ -132,14 +191,14 @@ class Rotary(PositionEncoding):
     def tables(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin [count, dims / 2] for positions 0..count-1 (onnxruntime's rotary caches)."""
         angles = self.angles(torch.arange(count))
-        return angles.cos(), angles.sin()
+        return angles.cos() * self.attention_factor, angles.sin() * self.attention_factor
 
     def rotation(self, positions):
         if self.dims == 0:
             return None
         angles = self.angles(positions)  # [batch, seq, dims/2]
         angles = torch.cat((angles, angles), dim=-1)[:, None]  # [batch, 1, seq, dims]
-        return angles.cos(), angles.sin()
+        return angles.cos() * self.attention_factor, angles.sin() * self.attention_factor
 
     def rotate(self, x, rotation):
         """x: [batch, heads, seq, head_dim]; the dims past `dims` pass through unchanged (eq. 34)."""
@@ -165,7 +224,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-SCALINGS = {cls.rope_type: cls for cls in (LinearScaling, Llama3Scaling)}
+SCALINGS = {cls.rope_type: cls for cls in (LinearScaling, Llama3Scaling, YarnScaling)}
 ROPE_TYPES = ("default", *SCALINGS)
 
 
@@ -193,7 +252,7 @@ def refuse_two_rotary_declarations(config: ConfigReader) -> None:
 def rope_scaling(config: ConfigReader) -> RopeScaling | None:
     """The rotary scaling a Hugging Face config declares: in `rope_scaling` (transformers 4; older
     files name the kind `type`) or in `rope_parameters` (transformers 5). Kinds edgelm does not
-    compute (dynamic, yarn, longrope, …) are refused, not run as unscaled."""
+    compute (dynamic, longrope, …) are refused, not run as unscaled."""
     refuse_two_rotary_declarations(config)
     for section in (config.section("rope_parameters"), config.section("rope_scaling")):
         kind = section.first(("rope_type", "type"), "default")
@@ -208,4 +267,23 @@ def rope_scaling(config: ConfigReader) -> RopeScaling | None:
                 high_freq_factor=section.number("high_freq_factor"),
                 original_max_positions=section.size("original_max_position_embeddings"),
             )
+        if kind == "yarn":
+            return yarn_scaling(section, config)
     return None
+
+
+def yarn_scaling(section: ConfigReader, config: ConfigReader) -> YarnScaling:
+    """The keys transformers' `_compute_yarn_parameters` reads, with its defaults: the original context
+    from max_position_embeddings when the section names none; the variants it computes another way
+    refused by their key."""
+    section.implemented("truncate", (True,), True)
+    for key in ("mscale", "mscale_all_dim"):  # DeepSeek's attention factor: a ratio of two mscales
+        if section(key, None) is not None:
+            raise UnsupportedConfigValue(key, section(key), (None,))
+    return YarnScaling(
+        factor=section.number("factor"),
+        original_max_positions=section.size("original_max_position_embeddings", config.size("max_position_embeddings")),
+        beta_fast=section.number("beta_fast", 32.0),
+        beta_slow=section.number("beta_slow", 1.0),
+        attention_factor=section.number("attention_factor") if section("attention_factor", None) is not None else 0.0,
+    )
