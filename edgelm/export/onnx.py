@@ -44,6 +44,7 @@ from ..errors import UserError
 from ..fileio import atomic_output_dir
 from ..models import Checkpoint, CausalLM, CausalSelfAttention, ModelSpec
 from ..models.checkpoint import with_token_ids
+from ..models.positions import LearnedAbsolute
 from ..quantize.onnx import (F16_NOTE, INT4_ACCURACY_LEVEL, INT4_ACCURACY_LEVELS, INT4_BLOCK, INT4_BLOCK_SIZES, convert_f16, quantize_int4,
                               quantize_int8, save_ir)
 from ..tokenizer import Tokenizer, leading_ids, load_tokenizer_file
@@ -191,7 +192,11 @@ class DecoderWithPast(nn.Module):
 
     def forward(self, input_ids, attention_mask, *flat):
         buffers = [(flat[2 * i], flat[2 * i + 1]) for i in range(len(flat) // 2)]
-        positions = torch.zeros_like(input_ids)  # unused: GroupQueryAttention counts positions itself
+        if isinstance(self.model.spec.positions, LearnedAbsolute):  # the family's embed reads its table at them
+            # each new token's position is the count of attended tokens before it, as GroupQueryAttention's seqlens_k
+            positions = (attention_mask.cumsum(-1)[:, -input_ids.shape[1]:] - 1).clamp(min=0)
+        else:
+            positions = torch.zeros_like(input_ids)  # unused: GroupQueryAttention counts positions itself
         logits, present = self.model(input_ids, buffers, attention_mask, positions)
         return (logits, *[t for kv in present for t in kv])
 

@@ -438,7 +438,8 @@ def _check_tensors(family: Family, spec: ModelSpec, tensors: TensorSource, folde
     temperature_names = {template.format(bid=i) for i in range(spec.num_layers)} if template else set()
     present = set(tensors.names())
     missing = [n for n in expected if n not in present and n not in aliases]
-    unexpected = [n for n in tensors.names() if n not in expected and n not in temperature_names]
+    unused = family.unused_tensors(spec)
+    unexpected = [n for n in tensors.names() if n not in expected and n not in temperature_names and n not in unused]
     if missing:
         raise UserError(f"{len(missing)} tensors missing: {_listed(missing)}", folder, "the weights do not match config.json: re-download or re-export them")
     if unexpected:

@@ -87,6 +87,11 @@ class Family:
         """{alias: source} for tensors that share storage; a checkpoint may omit the alias."""
         return {}
 
+    def unused_tensors(self, spec: ModelSpec) -> set[str]:
+        """Checkpoint tensors a published layout may carry that are no part of the model (GPT-2's saved causal
+        mask buffers): accepted when present, never read."""
+        return set()
+
     def mark_written_config(self, spec: ModelSpec, config: dict[str, Any]) -> dict[str, Any]:
         """config.json as edgelm writes it for this spec (default: as it is)."""
         return config
