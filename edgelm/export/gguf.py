@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, GGUFValueType, GGUFWriter, LlamaFileType, quants
+from gguf import (GGML_QUANT_SIZES, GGML_QUANT_VERSION, MODEL_TENSOR, TENSOR_NAMES, GGMLQuantizationType, GGUFValueType, GGUFWriter,
+                  LlamaFileType, quants)
 
 from .. import __version__
 from ..constants import (GGUF_CONFIG, GGUF_CONTEXT_LIMIT, GGUF_FAMILY, GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED,
@@ -208,9 +209,13 @@ def _tensor_data(weights: ExportedWeights, source: _Source, types: dict[str, GGM
         yield _encode(gguf_name, tensor.contiguous().numpy(), types[gguf_name], importance.get(gguf_name))
 
 
-def _tensor_type(shape: tuple[int, ...], wanted: GGMLQuantizationType) -> GGMLQuantizationType:
-    """1-D tensors (norms, biases) stay f32, as in llama.cpp; rows that don't fill a block fall back to f16."""
-    if len(shape) < 2:
+# matrices llama.cpp's converter and quantizer keep in f32 whatever the file type (learned positions: GPT-2's wpe)
+F32_MATRICES = frozenset({TENSOR_NAMES[MODEL_TENSOR.POS_EMBD] + ".weight"})
+
+
+def _tensor_type(name: str, shape: tuple[int, ...], wanted: GGMLQuantizationType) -> GGMLQuantizationType:
+    """1-D tensors (norms, biases) and F32_MATRICES stay f32, as in llama.cpp; rows that don't fill a block fall back to f16."""
+    if len(shape) < 2 or name in F32_MATRICES:
         return Q.F32
     block = GGML_QUANT_SIZES[wanted][0]  # 1 for float types
     return Q.F16 if shape[-1] % block else wanted
@@ -265,7 +270,7 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     for source in plan:
         for gguf_name, tensor in source.outputs.items():
             shape = tuple(tensor.shape)
-            qtype = types[gguf_name] = Q[chosen[gguf_name]] if chosen and gguf_name in chosen else _tensor_type(shape, wanted)
+            qtype = types[gguf_name] = Q[chosen[gguf_name]] if chosen and gguf_name in chosen else _tensor_type(gguf_name, shape, wanted)
             block, type_size = GGML_QUANT_SIZES[qtype]
             sizes[gguf_name] = int(np.prod(shape)) // block * type_size
             writer.add_tensor_info(gguf_name, shape, np.float32, sizes[gguf_name], raw_dtype=qtype)
@@ -332,7 +337,7 @@ def _recipe_types(checkpoint: Checkpoint, type_name: str, input_blocks: bool = T
     return {gguf_name: ggml_quants.recipe_type(type_name, *roles.get(gguf_name, (None, 0)), spec.num_layers, tensor.shape[-1],
                                                blocks.get(gguf_name))
             for source in _sources(checkpoint, ExportedWeights(checkpoint)) for gguf_name, tensor in source.outputs.items()
-            if tensor.dim() >= 2}
+            if tensor.dim() >= 2 and gguf_name not in F32_MATRICES}
 
 
 def _mixed_types(checkpoint: Checkpoint, f32: Path, texts: Sequence[Path], imatrix, budget: int, type_name: str, trip):

@@ -175,6 +175,9 @@ def add_vocab(writer: GGUFWriter, tokenizer: Tokenizer, vocab_size: int) -> None
     pad_id = tokenizer.token_id(tokenizer.config.get("pad_token"))
     if pad_id is not None:
         writer.add_pad_token_id(pad_id)
+    unk_id = tokenizer.token_id(tokenizer.config.get("unk_token")) if isinstance(tokenizer, JSONTokenizer) else None
+    if unk_id is not None:  # as the converter's SpecialVocab (a SentencePiece vocabulary's is written with its pieces)
+        writer.add_unk_token_id(unk_id)
     writer.add_add_bos_token(tokenizer.add_bos)
     writer.add_add_eos_token(bool(tokenizer.config.get("add_eos_token", False)))
     if tokenizer.chat_template:
