@@ -62,7 +62,7 @@ class Model:
 
     def stream(self, prompt: str, max_new_tokens: int = 64, truncate: bool = False, draft: int | None = None,
                lookup_ngram: int = LOOKUP_NGRAM, stop: tuple[str, ...] = (), **sampling) -> Iterator[Piece]:
-        """Pieces of text as they are produced (see SamplingOptions for temperature, top_k, top_p, seed);
+        """Pieces of text as they are produced (see SamplingOptions for temperature, top_k, top_p, seed, ignore_eos);
         `truncate` keeps the end of a prompt longer than the context; `stop`: texts to stop before, as
         `--stop`. `draft`: tokens prompt-lookup decoding drafts from n-grams (up to `lookup_ngram` long) of
         the text so far and verifies in one step (0: off; None: the backend's default, docs/benchmarks.md);

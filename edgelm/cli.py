@@ -336,6 +336,7 @@ def generate(
     draft: DraftOption = None,
     lookup_ngram: LookupNgramOption = LOOKUP_NGRAM,
     verbose_prompt: VerbosePromptOption = False,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Never end at an end-of-text token: generate --max-new-tokens tokens (llama.cpp's --ignore-eos).")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Continue a prompt, streaming tokens as they come."""
@@ -348,7 +349,7 @@ def generate(
     artifact = open_artifact(path, _load_options(position_encoding, head_temperatures, device, threads, gpu_layers,
                                                  provider=provider, allow_pickle=allow_pickle, context_length=ctx_size))
     options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                              repetition_penalty=repetition_penalty, seed=seed)
+                              repetition_penalty=repetition_penalty, seed=seed, ignore_eos=ignore_eos)
     if verbose_prompt:
         _print_prompt(artifact.tokenizer, artifact.tokenizer.encode(prompt))
     pieces = run(artifact.backend, artifact.tokenizer, prompt, max_new_tokens, options, tuple(stop or ()), truncate, draft, lookup_ngram)

@@ -85,6 +85,7 @@ class Letters:
     """Token i is the letter 'a' + i; 7 is the end."""
 
     eos_id = 7
+    end_ids = frozenset({7})
 
     def ends_reply(self, token):  # Tokenizer's contract: what ends a reply
         return token == self.eos_id
@@ -99,6 +100,19 @@ def test_stream_stops_at_eos_and_at_stop_strings():
     assert "".join(p.text for p in pieces) == "bcde" and len(pieces) == 4
     pieces = list(generate_from_ids(Scripted(script), Letters(), [0, 0], max_new_tokens=10, stop=("d",)))
     assert "".join(p.text for p in pieces) == "bc"
+
+
+def test_ignore_eos_never_chooses_an_end_token():
+    """llama.cpp's --ignore-eos: the end token's logit is -inf, so the reply runs to max_new_tokens; greedy takes the
+    runner-up where eos would have won, sampling never draws it."""
+    script = [0, 1, 2, 3, 4, 7, 7, 7]  # b c d e <eos> <eos> …
+    pieces = list(generate_from_ids(Scripted(script), Letters(), [0, 0], max_new_tokens=8, options=SamplingOptions(ignore_eos=True)))
+    assert [p.token for p in pieces] == [1, 2, 3, 4, 0, 0, 0, 0]  # row [0 … 0 1] without its 1: the argmax of zeros
+    logits = np.log(np.array([0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.3]))
+    assert 7 not in {Sampler(SamplingOptions(temperature=1.0, seed=s, ignore_eos=True), {7})(logits) for s in range(100)}
+    assert 7 in {Sampler(SamplingOptions(temperature=1.0, seed=s), {7})(logits) for s in range(100)}
+    with pytest.raises(ValueError, match="ignore_eos must be True or False"):
+        SamplingOptions(ignore_eos="yes")
 
 
 def test_a_stop_string_spanning_tokens_stops_and_nothing_of_it_shows():

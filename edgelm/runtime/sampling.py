@@ -17,9 +17,12 @@ class SamplingOptions:
     min_p: float = 0.0  # drop tokens below min_p × the most likely token's probability
     repetition_penalty: float = 1.0  # CTRL (Keskar et al. 2019): seen tokens' logits / p if > 0, × p if < 0
     seed: int | None = None
+    ignore_eos: bool = False  # never choose a token that ends the reply (llama.cpp's --ignore-eos: its logit set to -inf)
 
     def __post_init__(self) -> None:
         """ValueError for a value out of range: NaN passed `<= 0` checks and made NaN probabilities."""
+        if type(self.ignore_eos) is not bool:
+            raise ValueError(f"ignore_eos must be True or False, not {self.ignore_eos!r}")
         for name, allowed in SAMPLING_RANGES.items():
             object.__setattr__(self, name, allowed.check(name, getattr(self, name)))
         for name, value, high in (("top_k", self.top_k, None), ("seed", self.seed, SEED_MAX)):
@@ -28,9 +31,11 @@ class SamplingOptions:
 
 
 class Sampler:
-    def __init__(self, options: SamplingOptions):
+    def __init__(self, options: SamplingOptions, end_ids: frozenset[int] | set[int] = frozenset()):
+        """`end_ids`: the tokens that end a reply (Tokenizer.end_ids), never chosen under `ignore_eos`."""
         self.options = options
         self.rng = np.random.default_rng(options.seed)
+        self.banned = np.array(sorted(end_ids), dtype=np.int64) if options.ignore_eos else np.zeros(0, dtype=np.int64)
 
     def __call__(self, logits: np.ndarray, seen: list[int] | tuple[int, ...] = ()) -> int:
         probs = self.distribution(logits, seen)
@@ -70,6 +75,9 @@ class Sampler:
             with np.errstate(over="ignore"):
                 penalized = np.where(logits[ids] > 0, logits[ids] / o.repetition_penalty, logits[ids] * o.repetition_penalty)
             logits[ids] = np.clip(penalized, -np.finfo(np.float64).max, np.finfo(np.float64).max)
+        if self.banned.size:
+            logits = logits.astype(np.float64)  # a copy: the backend's row stays as it was
+            logits[self.banned[self.banned < logits.size]] = -np.inf
         if o.temperature <= 0:
             return int(np.argmax(logits))
         with np.errstate(over="ignore"):  # max first: a tiny temperature sends the rest to -inf, never NaN
