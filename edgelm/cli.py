@@ -898,6 +898,10 @@ def parity(
     ref = open_artifact(reference, LoadOptions(head_temperatures=head_temperatures or recorded, device=_device(device), allow_pickle=allow_pickle,
                                                position_encoding=fmt.recorded_position_encoding()))
     _say_temperatures(artifact_path, recorded, head_temperatures)
+    table = getattr(ref.backend.model.spec.positions, "max_positions", None)  # a learned position table ends there
+    if table is not None and tokens >= table:
+        info.print(f"note: the model has learned {table:,} positions: parity compares {table - 1:,}, not --tokens {tokens:,}", markup=False)
+        tokens = table - 1
     ids = _leading_ids(ref.tokenizer, text, tokens + 1)  # only the head a 256 MB text needs
     if len(ids) < 3:
         raise UserError("the text is too short", text, "give a longer text")

@@ -20,7 +20,6 @@ from torch import nn
 
 from .. import gguf_keys as keys
 from ..export.gguf_mapping import GgufMapping, register_gguf
-from ..export.onnx_mapping import OnnxMapping, register_onnx
 from ..models.layers import CausalLM, CausalSelfAttention
 from ..models.positions import LearnedAbsolute
 from ..models.registry import AttentionInput, Family, register
@@ -202,9 +201,3 @@ class GPT2Gguf(GgufMapping):
     def transform(self, spec, name, tensor):
         """Conv1D [in, out] → ggml's [out, in] rows, as the converter's GPT2Model.modify_tensors."""
         return tensor.t() if name.endswith(tuple(f"{m}.weight" for m in CONV1D_WEIGHTS)) and ".h." in name else tensor
-
-
-@register_onnx
-class GPT2Onnx(OnnxMapping):
-    family = GPT2
-    genai_type = "gpt2"
