@@ -19,8 +19,8 @@ from .test_families import ALL_PRESETS
 PREFILL, DECODE = 48, 24  # 72 positions compared: a prefill, then one token at a time
 TOL = 1e-4
 # llama.cpp's CPU GELU (gptneox) reads a table indexed by the fp16-rounded input (GGML_GELU_FP16), which
-# alone moves the tiny ngen4's logits by ~5e-4; every other op is fp32.
-TOL_GGUF = {"tiny-ngen4": 1e-3}
+# alone moves the tiny ngen4's logits by ~5e-4 (gpt2's by 5.2e-4, the same GELU); every other op is fp32.
+TOL_GGUF = {"tiny-ngen4": 1e-3, "tiny-gpt2": 1e-3}
 
 
 def temperatures_file(tmp_path, spec):

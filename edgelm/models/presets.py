@@ -72,6 +72,16 @@ def _ngen4(**overrides: Any) -> dict[str, Any]:
     return config | overrides
 
 
+def _gpt2(**overrides: Any) -> dict[str, Any]:
+    """openai-community/gpt2's config.json (124M), less its task-specific params."""
+    config = {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
+        "vocab_size": 50257, "n_positions": 1024, "n_ctx": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
+        "n_inner": None, "layer_norm_epsilon": 1e-5, "scale_attn_weights": True,
+    }
+    return config | overrides
+
+
 def _tokenformer(layers: int, hidden: int, heads: int, **overrides: Any) -> dict[str, Any]:
     config = {
         "architectures": ["TokenFormerForCausalLM"], "model_type": "tokenformer", "vocab_size": 50304,
@@ -130,6 +140,9 @@ PRESETS: dict[str, Preset] = {
         _ngen4(vocab_size=TINY_VOCAB, n_positions=4096, n_embd=256, n_layer=4, n_head=4, n_inner=1024),
         "bpe", torch.float32, description="4-layer ngen4, rope_pct 0.5",
     ),
+    "gpt2-124m": Preset(_gpt2(), "bpe", torch.float32, description="GPT-2 124M shapes, learned positions"),
+    "tiny-gpt2": Preset(_gpt2(vocab_size=TINY_VOCAB, n_embd=256, n_layer=4, n_head=4),
+                        "bpe", torch.float32, description="4-layer gpt2, learned positions, Conv1D layout"),
     "tiny-tokenformer": Preset(
         _tokenformer(4, 256, 4, vocab_size=TINY_VOCAB, max_position_embeddings=4096, ffn_slot_num=1024),
         "bpe", torch.float32, description="4-layer tokenformer",
