@@ -176,3 +176,15 @@ def test_onnx_greedy_equals_transformers(published, tmp_path):
     assert tokens == expected  # onnxruntime
     assert genai_greedy(onnx, PROMPT, NEW, exact_length=True) == expected
     assert json.loads((onnx / "config.json").read_text())["model_type"] == "gpt2"
+
+
+def test_a_context_past_the_learned_positions_is_refused(published, converted, tmp_path):
+    from edgelm.errors import UserError
+    from edgelm.formats import LoadOptions
+
+    folder, _ = published
+    onnx = export_onnx(open_checkpoint(folder), tmp_path / "onnx", "f32").path
+    for artifact in (folder, converted("f32")[0], converted("f32")[1], onnx):  # the converter's GGUF too
+        with pytest.raises(UserError, match=f"past the {POSITIONS} positions this model has learned"):
+            open_artifact(artifact, LoadOptions(context_length=POSITIONS + 1))
+        assert open_artifact(artifact, LoadOptions(context_length=POSITIONS)).backend

@@ -101,6 +101,13 @@ class LoadOptions:
             log.info(f"a context of {self.context_length} tokens is above the {trained} positions the model declares")
         return self.context_length or min(trained, DEFAULT_CONTEXT_LENGTH)
 
+    def refuse_past_learned_positions(self, table: int | None, path: Path) -> None:
+        """A model with learned positions (GPT-2's wpe) has no vector past its table: a longer context is refused
+        here, not an IndexError in torch, an abort in llama.cpp or positions read out of bounds in onnxruntime."""
+        if table and self.context_length and self.context_length > table:
+            raise UserError(f"a context of {self.context_length:,} tokens is past the {table:,} positions this model has learned",
+                            path, f"use a context of {table:,} tokens or less")
+
     def refuse_unused(self, path: Path, kind: str, noun: str, honoured: frozenset) -> None:
         """One line for a runtime option set away from its default that this format's engine has no use for
         (`parity --f32-kv-cache` on an ONNX folder ran its own cache type and said nothing), as llama.cpp and

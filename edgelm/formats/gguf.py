@@ -140,6 +140,8 @@ class GGUF(Format):
 
     def open(self, options: LoadOptions) -> Artifact:
         self.check_options(options)
+        if self.gguf.has_tensor("position_embd.weight"):  # llama.cpp: one row per trained position
+            options.refuse_past_learned_positions(self.context_length(), self.path)
         context = options.context_for(self.context_length())
         details = {"family": self.gguf.field(GGUF_FAMILY), "arch": self.gguf.arch,
                    "position_encoding": self.gguf.field(GGUF_POSITION_ENCODING)}

@@ -45,6 +45,9 @@ class GGUFFile:
         self.path, self._header, self._reader = path, header, None
         weakref.finalize(self, ggml.gguf_free, header)
 
+    def has_tensor(self, name: str) -> bool:
+        return ggml.gguf_find_tensor(self._header, name.encode()) >= 0
+
     @property
     def reader(self):
         """gguf-py's GGUFReader over the file (imported here: gguf-py and its yaml cost ~70 ms of every

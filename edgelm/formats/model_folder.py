@@ -42,6 +42,7 @@ class ModelFolder(Format):
 
         self.check_options(options)
         checkpoint = self._checkpoint(options)
+        options.refuse_past_learned_positions(getattr(checkpoint.spec.positions, "max_positions", None), self.path)
         tokenizer = checkpoint.tokenizer()  # before minutes of loading weights
         device = options.resolved_device()
         backend = TorchBackend(checkpoint.load_model(device), options.threads)

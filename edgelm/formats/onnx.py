@@ -62,6 +62,8 @@ class OnnxFolder(Format):
             # note that a context past the trained one runs: past the tables it cannot
             raise UserError(f"a context of {wanted:,} tokens is past the {backend.rotary_positions:,} positions of this "
                             "model's rotary tables", self.path, f"use a context of {backend.rotary_positions:,} tokens or less ({CONTEXT_OPTIONS})")
+        if self.manifest.get("position_encoding") == "learned":
+            options.refuse_past_learned_positions(backend.context_length, self.path)
         backend.context_length = options.context_for(backend.context_length)
         backend.refuse_cache_past_memory()
         details = {k: self.manifest.get(k) for k in ("family", "position_encoding", "quantization")}
