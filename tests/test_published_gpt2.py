@@ -176,6 +176,11 @@ def test_onnx_greedy_equals_transformers(published, tmp_path):
     assert tokens == expected  # onnxruntime
     assert genai_greedy(onnx, PROMPT, NEW, exact_length=True) == expected
     assert json.loads((onnx / "config.json").read_text())["model_type"] == "gpt2"
+    from optimum.onnxruntime import ORTModelForCausalLM  # warns that its gpt2 wants position_ids; runs without them
+
+    out = ORTModelForCausalLM.from_pretrained(onnx).generate(torch.tensor([PROMPT]), max_new_tokens=NEW, min_new_tokens=NEW,
+                                                             do_sample=False, pad_token_id=0)
+    assert out[0, len(PROMPT):].tolist() == expected
 
 
 def test_a_context_past_the_learned_positions_is_refused(published, converted, tmp_path):
