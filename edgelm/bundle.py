@@ -172,11 +172,12 @@ def verify_bundle(bundle: Path, check: Callable[[Any], Any] | None = None) -> tu
 def _check_folder(folder: Path) -> tuple[dict, Any, dict]:
     """A bundle folder's hashes and files against its manifest, what its model says it is, the model in what
     the app's own runtime needs (onnxruntime-genai for ONNX) and one token through the runtime that would run it."""
-    from .formats import bundled_format
+    from .formats.bundle import bundled_format, check_manifest_facts
 
     manifest = verify_folder(folder)
     model = bundled_format(folder, manifest)
     identity = model.identity()
+    check_manifest_facts(manifest, model, folder)
     model.check_bundled()
     check_runs(model, manifest["model"], folder)
     return manifest, model, identity

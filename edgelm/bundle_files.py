@@ -18,7 +18,7 @@ from .artifact_files import find_member, member, parse_json, read_json, sha256
 from .constants import BUNDLE_MANIFEST, GGUF_CONTEXT_LIMIT as MAX_CONTEXT
 from .errors import UserError, WriteFailed
 from .fileio import WRITE_ERRNOS, is_plain_name
-from .numbers import is_count, stated_sampling
+from .numbers import SAMPLING_NAMES, is_count, stated_sampling
 
 MANIFEST_VERSION = 1
 # a zip is read before anything is unpacked, and refused past these (a bundle is a model and a few configs)
@@ -55,6 +55,8 @@ def check_manifest(manifest: Any, where: Path) -> dict:
     sampling = manifest.get("sampling_defaults", {})
     if not isinstance(sampling, dict) or (problem := stated_sampling(sampling)[1]):
         bad(f"its sampling_defaults: {problem if isinstance(sampling, dict) else 'not a table'}")
+    if unknown := sorted(set(sampling) - set(SAMPLING_NAMES)):  # a stray "seed" or "foo" was a TypeError traceback in chat
+        bad(f"its sampling_defaults name {str(unknown[0])[:40]!r}, not one of {', '.join(SAMPLING_NAMES)}")
     if "context_length" in manifest and not (is_count(manifest["context_length"], 1) and manifest["context_length"] <= MAX_CONTEXT):
         bad(f"its context_length {str(manifest['context_length'])[:40]} is not a count from 1 to {MAX_CONTEXT:,}")
     return manifest

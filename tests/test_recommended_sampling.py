@@ -88,4 +88,24 @@ def test_chat_samples_with_it_unless_told_and_bundles_carry_it(recommending, tmp
     search = json.loads((mobile / "genai_config.json").read_text())["search"]
     assert search["do_sample"] is True and search["top_k"] == 20
     plain_gguf = export_gguf(open_checkpoint(MODEL), tmp_path / "plain.gguf", "f16", certificate=False).path
-    assert json.loads((make_bundle(plain_gguf, tmp_path / "plain") / "edgelm.json").read_text())["sampling_defaults"] == SAMPLING_DEFAULTS
+    plain_bundle = make_bundle(plain_gguf, tmp_path / "plain")
+    assert json.loads((plain_bundle / "edgelm.json").read_text())["sampling_defaults"] == SAMPLING_DEFAULTS
+    chat = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(plain_bundle), "-n", "2"], input="hi\n", capture_output=True,
+                          text=True, timeout=300)  # stranger round 12: "(as the model recommends)" for edgelm's defaults
+    assert "sampling temperature 0.7, top_k 40, top_p 0.95 (edgelm's defaults)" in chat.stderr, chat.stderr
+
+
+@pytest.mark.parametrize("forged", [{"sampling_defaults": {"temperature": 2.0, "top_k": 0, "top_p": 1.0}}, {"family": "tokenformer"},
+                                    {"quantization": "F32"}, {"context_length": 64}, {"arch": "gpt2"}])
+def test_a_manifest_edited_after_bundling_is_refused_where_the_model_says_otherwise(recommending, tmp_path, forged):
+    """Stranger round 12: a bundle's manifest edited after bundling passed verify, chat sampled with its forged temperature
+    while apps on the same GGUF did not, and inspect printed the forged family as verified. Every fact the bundled files
+    state too is theirs, checked wherever a bundle is opened."""
+    _, gguf, _ = recommending
+    bundle = make_bundle(gguf, tmp_path / "bundle")
+    manifest = json.loads((bundle / "edgelm.json").read_text())
+    (bundle / "edgelm.json").write_text(json.dumps(manifest | forged))
+    key = next(iter(forged))
+    for command in (["verify", str(bundle)], ["inspect", str(bundle)], ["chat", str(bundle), "-n", "1"]):
+        run = subprocess.run([sys.executable, "-m", "edgelm", *command], input="hi\n", capture_output=True, text=True, timeout=300)
+        assert run.returncode == 2 and f"the manifest states {key}" in run.stderr and run.stderr.count("\n") == 1, (command, run.stderr)

@@ -266,6 +266,12 @@ class Format(ABC):
         raise UserError(f"a {self.kind} is not bundled as it is", self.path,
                         "bundle a .gguf file or an ONNX folder: run `edgelm export` first")
 
+    def bundled_facts(self) -> dict[str, Any]:
+        """What a bundle's manifest says of this bundled model that the model's own files state as well, as they state
+        it: `verify` refuses a manifest saying otherwise (an edited family, quantization or context passed it, and
+        inspect printed them as verified)."""
+        return {}
+
     def check_bundled(self) -> None:
         """`edgelm verify`: what the app's own runtime needs beyond the files edgelm reads (raise UserError)."""
 

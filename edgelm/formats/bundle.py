@@ -3,6 +3,7 @@ format it holds. A zip is unpacked into a temporary folder that lives as long as
 
 from __future__ import annotations
 
+import json
 import tempfile
 import zipfile
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 from ..artifact_files import find_member, read_json_object
 from ..bundle_files import MAX_MANIFEST_BYTES, errors_named_for, unpack_zip, unpacked, verify_folder
-from ..constants import BUNDLE_MANIFEST
+from ..constants import BUNDLE_MANIFEST, PARITY_CERTIFICATE, SAMPLING_DEFAULTS
 from ..errors import UserError
 from .base import FORMATS, Artifact, Format, LoadOptions, register
 
@@ -37,6 +38,32 @@ def bundled_format(folder: Path, manifest: dict) -> Format:
     raise UserError(f"the bundle's model {manifest['model']} is of no format edgelm reads", folder, "make the bundle again")
 
 
+def _sampling(values: dict) -> dict:
+    """Sampling as it runs: what a file leaves out, filled as chat fills it."""
+    return {"repetition_penalty": 1.0, "min_p": 0.0} | SAMPLING_DEFAULTS | values
+
+
+def check_manifest_facts(manifest: dict, model, folder: Path) -> None:
+    """Every fact the manifest states that the bundled model's files state too — its sampling (a GGUF's general.sampling.*,
+    genai_config's search), family, quantization, context, certificate — must be theirs: a manifest edited after
+    bundling passed verify, and chat sampled with its forged temperature while apps on the same files did not."""
+    stated = model.bundled_facts() | {"sampling_defaults": _sampling(model.stated_sampling() or SAMPLING_DEFAULTS)}
+    said = manifest | {"sampling_defaults": _sampling(manifest.get("sampling_defaults") or {})}
+    for key, value in stated.items():
+        if said.get(key) == value:
+            continue
+        if key == PARITY_CERTIFICATE:
+            shown, theirs = "a parity certificate", "another one"
+        elif isinstance(value, dict) and isinstance(said.get(key), dict):
+            differing = sorted(name for name in value.keys() | said[key].keys() if said[key].get(name) != value.get(name))
+            shown = f"{key} " + ", ".join(f"{name} {json.dumps(said[key].get(name))}" for name in differing)
+            theirs = ", ".join(f"{name} {json.dumps(value.get(name))}" for name in differing)
+        else:
+            shown, theirs = f"{key} {json.dumps(said.get(key))[:60]}", json.dumps(value)[:60]
+        raise UserError(f"the manifest states {shown}; the bundled {manifest['model']} says {theirs}", folder / BUNDLE_MANIFEST,
+                        "the manifest was changed after bundling: make the bundle again with `edgelm bundle`")
+
+
 @register
 class Bundle(Format):
     kind = "bundle"
@@ -53,7 +80,9 @@ class Bundle(Format):
 
     def _inside(self, folder: Path) -> tuple[dict, Format]:
         manifest = verify_folder(folder)
-        return manifest, bundled_format(folder, manifest)
+        inner = bundled_format(folder, manifest)
+        check_manifest_facts(manifest, inner, folder)
+        return manifest, inner
 
     def open(self, options: LoadOptions) -> Artifact:
         cleanups = []
@@ -89,12 +118,9 @@ class Bundle(Format):
             return getattr(self._inside(folder)[1], fact)()
 
     def stated_sampling(self) -> dict[str, Any]:
-        """What the bundle samples with, as its manifest states it for an app (check_manifest gated it): chat on a bundle
-        sampled with edgelm's defaults instead (a stranger's finding)."""
-        if self._manifest is None:
-            with unpacked(self.path) as folder:
-                self._manifest = self._inside(folder)[0]
-        return dict(self._manifest.get("sampling_defaults") or {})
+        """What the bundled model's own files recommend (a GGUF's general.sampling.*, the bundle's genai_config search),
+        as the app's runtime reads them, not the manifest's copy: chat sampled with a manifest's forged temperature."""
+        return self._recorded("stated_sampling")
 
     def recorded_temperatures(self) -> Any:
         return self._recorded("recorded_temperatures")

@@ -296,9 +296,11 @@ class GGUF(Format):
     def identity(self) -> dict[str, Any]:
         return {"format": self.kind, "family": self.gguf.field(GGUF_FAMILY) or self.gguf.arch, "quantization": self._quantization()}
 
+    def bundled_facts(self) -> dict[str, Any]:
+        return {"format": "gguf", "family": self.gguf.field(GGUF_FAMILY), "quantization": self._quantization(),
+                "context_length": self.context_length(), "arch": self.gguf.arch, PARITY_CERTIFICATE: self.certificate()}
+
     def bundle_into(self, folder: Path) -> dict[str, Any]:
         self._check_runnable()
         shutil.copyfile(self.path, folder / self.path.name)
-        return {"format": "gguf", "family": self.gguf.field(GGUF_FAMILY), "quantization": self._quantization(),
-                "context_length": self.context_length(), "model": self.path.name, "arch": self.gguf.arch,
-                PARITY_CERTIFICATE: self.certificate()}
+        return self.bundled_facts() | {"model": self.path.name}

@@ -191,6 +191,11 @@ class OnnxFolder(Format):
         return {"format": "onnx (ORT format)" if ort_format else "onnx", "family": self.genai["model"].get("type"),
                 "quantization": "+".join(quantized) or floats}
 
+    def bundled_facts(self) -> dict[str, Any]:
+        """The context genai_config states (a bundled ORT graph's family, position encoding and head temperatures are
+        the manifest's alone: edgelm.json is not bundled)."""
+        return {"context_length": self.genai["model"]["context_length"]}
+
     def stated_sampling(self) -> dict[str, Any]:
         """genai_config's search where it samples (do_sample: true), as onnxruntime-genai's generator does."""
         from ..numbers import stated_sampling
