@@ -542,8 +542,9 @@ def chat(
     template_kwargs = _json_object(chat_template_kwargs, "--chat-template-kwargs", '\'{"enable_thinking": false}\'')
     try:
         check_template_variables(template_kwargs)
-    except ValueError as exc:
-        raise UserError(f"--chat-template-kwargs: {exc}", None, "give the variables the model's template reads") from None
+    except (TypeError, ValueError) as exc:  # NaN, Infinity and 1e999 parse as JSON here, and were a TypeError traceback
+        raise UserError(f"--chat-template-kwargs: {exc}", None, "give the variables the model's template reads, "
+                        "as JSON data (no NaN or Infinity)") from None
     if chat_template_file is not None:
         from .artifact_files import MAX_TEMPLATE_BYTES, user_file
 

@@ -415,7 +415,8 @@ def test_qwen3_thinking_off_and_a_tool_result_render_as_transformers(published, 
     model = edgelm.load(path, position_encoding="rope" if form == "folder" else None, context_length=512)
     assert isinstance(model.chat(TOOL_RESULT, max_new_tokens=2, chat_template_kwargs={"enable_thinking": False}), str)
     for given, words in (("[false]", "is a JSON list, not an object"), ("{enable_thinking: false}", "is not valid JSON"),
-                         ('{"messages": []}', "variable messages is set by edgelm")):
+                         ('{"messages": []}', "variable messages is set by edgelm"),
+                         ('{"a": NaN}', "not JSON data"), ('{"a": 1e999}', "not JSON data")):  # stranger round 12: tracebacks
         code, out, err = run_cli("chat", path, "--chat-template-kwargs", given)
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
 
