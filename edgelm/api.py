@@ -111,7 +111,7 @@ class Model:
         written; `context_shift`: a NoPE model's cache is shifted past the old exchanges this call drops
         (`chat --context-shift`; not exactly a fresh prefill). `chat_template_kwargs`: the template's other variables,
         as transformers' apply_chat_template(**kwargs) and llama-server take them ({"enable_thinking": False})."""
-        from .chat import Conversation
+        from .chat import Conversation, check_messages
 
         if not isinstance(messages, (list, tuple)):
             raise TypeError(f'messages is a list of dicts {{"role": str, "content": str}}, not {type(messages).__name__}')
@@ -132,6 +132,7 @@ class Model:
             variable = " (a chat template's variable goes in chat_template_kwargs={...})" if unknown[0] not in LOAD_OPTIONS else \
                 " (an option of edgelm.load)"
             raise TypeError(f"chat() takes no argument {unknown[0]}{variable}; its sampling options are {', '.join(SAMPLING_OPTIONS)}")
+        check_messages(messages)
         system = messages[0]["content"] if messages[0]["role"] == "system" else None
         backend = self._backend()
         conversation = Conversation(self.tokenizer, backend.context_length, max_new_tokens, system,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .artifact_files import MAX_TEMPLATE_BYTES, read_text
-from .chat_template import TEMPLATE_GLOBALS, TemplateLimit, render_bounded
+from .chat_template import TEMPLATE_GLOBALS, TEMPLATE_MAX_CHARS, TemplateLimit, render_bounded
 from .errors import UserError
 from .numbers import LOOKUP_NGRAM
 from .tokenizer import Tokenizer, unicode_text
@@ -56,11 +56,9 @@ def check_template_variables(variables) -> dict:
     sandbox or jinja sets: `self` clashed with jinja's own argument, and the template was blamed) to JSON data at most
     1 MB as JSON and MAX_JSON_DEPTH deep (a lambda or a 10,000-deep list failed inside the renderer, blamed on the
     template). TypeError / ValueError, as for any other argument."""
-    import json
 
     from jinja2.defaults import DEFAULT_NAMESPACE
 
-    from .artifact_files import parse_json
 
     if not isinstance(variables, dict):
         raise TypeError(f"the chat template's variables are a dict of names to values, as {{\"enable_thinking\": False}}, "
@@ -71,15 +69,33 @@ def check_template_variables(variables) -> dict:
             raise ValueError(f"the chat template's variable {str(name)[:40]!r} is not a name a template reads")
         if name in reserved:
             raise ValueError(f"the chat template's variable {name} is set by edgelm or jinja, not by chat_template_kwargs")
+    check_json_data(variables, "the chat template's variables", MAX_TEMPLATE_VARIABLES_BYTES)
+    return variables
+
+
+def check_json_data(value, what: str, limit: int) -> None:
+    """`value` as JSON data a template can take, at most `limit` bytes as JSON and MAX_JSON_DEPTH deep: TypeError for what is
+    not JSON data (a lambda, NaN), ValueError for what is too large or too deep (it failed inside the renderer, blamed
+    on the model's template)."""
+    import json
+
+    from .artifact_files import parse_json
+
     try:
-        text = json.dumps(variables, allow_nan=False)
+        text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
-        raise TypeError(f"the chat template's variables hold what is not JSON data ({str(exc)[:120]})") from None
+        raise TypeError(f"{what}: not JSON data ({str(exc)[:120]})") from None
     try:
-        parse_json(text, None, "the chat template's variables", MAX_TEMPLATE_VARIABLES_BYTES)  # its size and depth bounds
+        parse_json(text, None, what, limit)  # its size and depth bounds
     except UserError as exc:
         raise ValueError(exc.what) from None
-    return variables
+
+
+def check_messages(messages: list[dict]) -> None:
+    """A conversation given in Python as a template can render it: JSON data (a tool call's arguments nested 100,000
+    deep failed inside the renderer), no larger than a rendered chat may be (a 10 MB message stopped the template,
+    and the model's template was blamed)."""
+    check_json_data(messages, "the conversation", TEMPLATE_MAX_CHARS)
 
 
 # where a template lives: a folder's tokenizer_config.json or chat_template.jinja, a GGUF's key; each error names the file
@@ -145,6 +161,10 @@ class Conversation:
         except TemplateSyntaxError as exc:
             raise UserError(f"the chat template does not compile ({exc.message})", where, FIX_TEMPLATE) from None
         except TemplateLimit as exc:
+            given = sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
+            if 2 * given > TEMPLATE_MAX_CHARS:  # the output holds every message: then the messages, not the template, are too long
+                raise UserError(f"the conversation's messages hold {given:,} characters, and a rendered chat holds at most "
+                                f"{TEMPLATE_MAX_CHARS:,}", None, "send a shorter message (/reset clears the history)") from None
             raise UserError(f"the chat template was stopped: {exc}", where, FIX_TEMPLATE) from None
         except Exception as exc:  # the template's own raise_exception, undefined names, …
             # a template may refuse a system message (raise_exception('System role not supported')): only then is --system the way out

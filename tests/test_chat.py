@@ -528,3 +528,14 @@ def test_a_chat_template_file_replaces_the_models_and_generate_lists_its_prompt(
     code, out, err = run_cli("generate", MODEL, "-p", "It is", "-n", "2", "--verbose-prompt")
     ids = load_tokenizer(MODEL).encode("It is")
     assert code == 0 and f"prompt: {len(ids)} tokens" in err and f"{ids[0]:6d} -> 'It'" in err and out.startswith("It is"), (out, err)
+
+
+def test_a_message_too_long_for_any_render_is_the_messages_fault_not_the_templates():
+    """Stranger round 12: a 999,990-character message stopped the template at its 1,000,000-character bound, and the line
+    said to fix the model's chat template; the chat goes on."""
+    import subprocess
+
+    run = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(MODEL), "-n", "2"], input="a " * 499_995 + "\nhello\n",
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "the conversation's messages hold 999,990 characters" in run.stderr, run.stderr
+    assert "fix the model's chat template" not in run.stderr and "tok/s" in run.stderr

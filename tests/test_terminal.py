@@ -184,6 +184,13 @@ def test_api_chat_arguments_as_transformers_takes_them(artifacts, tmp_path):
             nested = [nested]
         with pytest.raises(ValueError, match="nests deeper"):
             model.chat([{"role": "user", "content": "hi"}], max_new_tokens=1, chat_template_kwargs={"deep": nested})
+        # stranger round 12: the caller's own messages, too large or nested too deep, were blamed on the model's template
+        with pytest.raises(ValueError, match="the conversation is 10,000,033 bytes"):
+            model.chat([{"role": "user", "content": "x" * 10_000_000}], max_new_tokens=1)
+        deep_call = [{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [
+            {"type": "function", "function": {"name": "f", "arguments": nested}}]}, {"role": "user", "content": "y"}]
+        with pytest.raises(ValueError, match="nests deeper"):
+            model.chat(deep_call, max_new_tokens=1)
         system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
         model.chat(system, max_new_tokens=1, prompt_cache=tmp_path / "a.cache")
         with pytest.raises(edgelm.UserError, match="is a folder"):
