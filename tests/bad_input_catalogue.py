@@ -258,6 +258,9 @@ CASES: list[Case] = [
          edit_json("model", "tokenizer_config.json", {"chat_template": "{{ raise_exception('forged\\nok: verified\\x1b]52;c;ZZ\\x07') }}"})),
     case("verify a model whose chat template always raises", "verify {onnx}", "the chat template failed to render (no chat here)",
          edit_json("onnx", "tokenizer_config.json", {"chat_template": "{{ raise_exception('no chat here') }}"})),
+    # stranger round 12: a stray sparse file beside the graph was hashed in full (20 GB: a minute)
+    case("verify an ONNX folder with a stray sparse file", "verify {onnx}", "notes.bin is 21,474,836,480 bytes; edgelm reads at most",
+         sparse("onnx", "notes.bin", 20 << 30)),
     case("prompt cache whose header nests past json's recursion", "chat {model} --prompt-cache {tmp}/deep.cache", "not an edgelm prompt cache",
          write("tmp", "deep.cache", (200_000).to_bytes(8, "little") + b"[" * 100_000 + b"]" * 100_000)),
     # --- head temperatures

@@ -222,7 +222,7 @@ class OnnxFolder(Format):
         import hashlib
         import json
 
-        from ..artifact_files import sha256
+        from ..artifact_files import MAX_TOKENIZER_BYTES, sha256
         from ..constants import ONNX_MANIFEST
 
         if self.ort_format:
@@ -235,7 +235,8 @@ class OnnxFolder(Format):
                 continue
             # as every reader takes an artifact's file: a link out of the folder, a FIFO or a device is refused (hashing
             # followed a link to a file outside, and `bundle`, which hashes first, named the certificate, not the link)
-            if (file := find_member(self.path, entry.name)) is not None:
+            # bounded as the largest settings file edgelm reads (a tokenizer): a stray 20 GB sparse file was hashed for a minute
+            if (file := find_member(self.path, entry.name, MAX_TOKENIZER_BYTES, "a file beside the graph")) is not None:
                 digest.update(os.fsencode(file.name) + f"\0{sha256(file)}\0".encode())  # a name's bytes: any a folder holds
         said = {key: value for key, value in self.manifest.items() if key != PARITY_CERTIFICATE}
         digest.update(ONNX_MANIFEST.encode() + b"\0" + json.dumps(said, sort_keys=True).encode() + b"\0")
