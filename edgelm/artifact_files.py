@@ -265,8 +265,8 @@ def contained(path: Path, needles) -> set:
 def artifact_sha256(path: Path) -> str:
     """What identifies an artifact as a whole, for comparing with the hash its publisher gives: a file's
     (a GGUF, a bundle's zip) sha256 as `sha256sum` prints it; a folder's, the sha256 of its files'
-    `sha256sum` lines in name order — `cd FOLDER && LC_ALL=C sha256sum * | sha256sum` where every entry is a
-    file. Everything else `verify` checks lies inside the artifact, where whoever edits it rewrites it too."""
+    `sha256sum` lines in byte order of their names, hidden files included, subfolders not — in bash,
+    `cd FOLDER && (export LC_ALL=C; shopt -s dotglob; sha256sum * 2>/dev/null | sha256sum)` (docs/certificate.md). Everything else `verify` checks lies inside the artifact, where whoever edits it rewrites it too."""
     path = Path(path)
     if not path.is_dir():
         return sha256(path)
