@@ -305,7 +305,7 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
     config = read_json_object(config_path, what="tokenizer_config.json") if config_path else {}
     template = find_member(folder, CHAT_TEMPLATE_FILE, MAX_TEMPLATE_BYTES)  # where transformers 5, Optimum and genai's builder write it
     template_file = config_path if config.get("chat_template") is not None else None
-    if config.get("chat_template") is None and template is not None:
+    if template is not None:  # the file wins over tokenizer_config.json's key, as transformers' from_pretrained reads them
         config = {**config, "chat_template": read_text(template, MAX_TEMPLATE_BYTES, CHAT_TEMPLATE_FILE)}
         template_file = template
     tokenizer = load_tokenizer_file(file, config)

@@ -103,3 +103,31 @@ def test_the_worker_ends_with_its_parent(tmp_path):
             break
         time.sleep(0.05)
     assert not os.path.exists(f"/proc/{pid}")  # it read EOF on its requests and exited (init reaped it)
+
+
+def test_chat_template_jinja_wins_over_tokenizer_config_as_transformers_reads_them(tmp_path):
+    """Stranger round 12: a folder with both a tokenizer_config.json template and a different chat_template.jinja
+    rendered the config's in edgelm (folder, GGUF, ONNX) and genai, the file's in transformers; the ONNX export
+    shipped both. transformers' from_pretrained lets the file win: so does edgelm, and the export states it in both."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from edgelm.export.onnx import write_hf_configs
+    from edgelm.models import open_checkpoint
+    from edgelm.tokenizer import load_tokenizer
+
+    folder = shutil.copytree(Path(__file__).resolve().parents[1] / "examples" / "models" / "tiny-rope", tmp_path / "model")
+    (folder / "chat_template.jinja").write_text("{% for m in messages %}FILE {{ m.content }}\n{% endfor %}"
+                                                "{% if add_generation_prompt %}ANSWER:{% endif %}")
+    assert json.loads((folder / "tokenizer_config.json").read_text())["chat_template"]  # the other one
+    expected = AutoTokenizer.from_pretrained(folder).chat_template
+    assert load_tokenizer(folder).chat_template == expected and expected.startswith("{% for m in messages %}FILE")
+    out = tmp_path / "onnx"
+    out.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(folder / name, out / name)
+    write_hf_configs(open_checkpoint(folder), out)
+    assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == expected  # what onnxruntime-genai reads

@@ -39,7 +39,7 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from .. import __version__
 from ..artifact_files import find_member, read_json_object, user_file
 from ..certificate import certify_onnx, reference_sha256
-from ..constants import GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE, SAMPLING_DEFAULTS, TOKENIZER_FILES
+from ..constants import CHAT_TEMPLATE_FILE, GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE, SAMPLING_DEFAULTS, TOKENIZER_FILES
 from ..errors import UserError
 from ..fileio import atomic_output_dir
 from ..models import Checkpoint, CausalLM, CausalSelfAttention, ModelSpec
@@ -288,6 +288,8 @@ def write_hf_configs(checkpoint: Checkpoint, folder: Path) -> None:
     tokenizer_config.setdefault("model_input_names", [GRAPH_INPUTS["input_ids"], GRAPH_INPUTS["attention_mask"]])
     if tokenizer.add_bos:  # stated, where the tokenizer.json's post-processor alone said it: the web page reads this key
         tokenizer_config.setdefault("add_bos_token", True)
+    if (folder / CHAT_TEMPLATE_FILE).is_file():  # transformers reads the file, onnxruntime-genai the key: both the template edgelm uses
+        tokenizer_config["chat_template"] = tokenizer.chat_template
     path.write_text(json.dumps(tokenizer_config, indent=2) + "\n")
 
 
