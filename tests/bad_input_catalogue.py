@@ -476,6 +476,13 @@ CASES: list[Case] = [
     case("genai_config logits name not the graph's", "generate {onnx} --prompt x", "genai_config.json does not describe this graph: it names the graph lacks: scores",
          genai(lambda d: {**d, "model": {**d["model"], "decoder": {**d["model"]["decoder"], "outputs": {
              **d["model"]["decoder"]["outputs"], "logits": "scores"}}}})),
+    # stranger round 12: a role named twice ran with exit 0 (garbage text) or was a traceback in perplexity
+    case("genai_config logits named a present buffer", "generate {onnx} --prompt x", "it names 'present.0.key' for two roles",
+         genai(lambda d: {**d, "model": {**d["model"], "decoder": {**d["model"]["decoder"], "outputs": {
+             **d["model"]["decoder"]["outputs"], "logits": "present.0.key"}}}})),
+    case("genai_config position_ids named the attention mask", "perplexity {onnx}", "it names 'attention_mask' for two roles",
+         genai(lambda d: {**d, "model": {**d["model"], "decoder": {**d["model"]["decoder"], "inputs": {
+             **d["model"]["decoder"]["inputs"], "position_ids": "attention_mask"}}}})),
     case("edgelm.json rotary positions a boolean", "generate {onnx} --prompt x", "rotary_table_positions is True, not a count",
          edit_json("onnx", "edgelm.json", {"rotary_table_positions": True})),
     case("model.onnx missing", "generate {onnx} --prompt x", "model.onnx", remove("onnx", "model.onnx")),

@@ -78,7 +78,7 @@ class OnnxBackend(Backend):
         import onnxruntime as ort
 
         super().__init__()
-        decoder = genai["model"]["decoder"]
+        decoder = self._decoder = genai["model"]["decoder"]
         self.folder, self.model_name = model.parent, model.name
         self.session = session_for(model, threads, provider)
         self.layers = decoder["num_hidden_layers"]
@@ -110,7 +110,20 @@ class OnnxBackend(Backend):
         """genai_config's decoder description must be the graph's: every past/present name it implies
         present, no past input it leaves unfed, and the KV shape it states where the graph fixes one."""
         inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = {o.name for o in self.session.get_outputs()}
+        output_shapes = {o.name: o.shape for o in self.session.get_outputs()}
+        outputs = set(output_shapes)
+        # one graph name per role: logits named "present.0.key", or position_ids named "attention_mask", ran with exit 0
+        roles = [*self.input_names, *(p for p, _ in self.buffer_names), self.logits_name, *(q for _, q in self.buffer_names)]
+        position_ids = decoder_names(self._decoder).get("position_ids")
+        if position_ids in inputs:
+            roles.append(position_ids)
+        if twice := next((name for i, name in enumerate(roles) if name in roles[:i]), None):
+            raise UserError(f"{GENAI_CONFIG} does not describe this graph: it names {str(twice)[:80]!r} for two roles", model.parent,
+                            "export the model again (or fix the decoder section)")
+        if self.logits_name in output_shapes and len(output_shapes[self.logits_name]) != 3:
+            raise UserError(f"{GENAI_CONFIG} does not describe this graph: its logits {self.logits_name[:80]!r} are an output of "
+                            f"shape {output_shapes[self.logits_name]}, not [batch, positions, vocabulary]", model.parent,
+                            "export the model again (or fix the decoder section)")
         wanted = [n for n in self.input_names if n not in inputs] + [n for n in (self.logits_name,) if n not in outputs]
         wanted += [p for p, _ in self.buffer_names if p not in inputs] + [q for _, q in self.buffer_names if q not in outputs]
         fed = set(self.input_names) | {p for p, _ in self.buffer_names} | {"position_ids"}
