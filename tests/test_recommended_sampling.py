@@ -109,3 +109,12 @@ def test_a_manifest_edited_after_bundling_is_refused_where_the_model_says_otherw
     for command in (["verify", str(bundle)], ["inspect", str(bundle)], ["chat", str(bundle), "-n", "1"]):
         run = subprocess.run([sys.executable, "-m", "edgelm", *command], input="hi\n", capture_output=True, text=True, timeout=300)
         assert run.returncode == 2 and f"the manifest states {key}" in run.stderr and run.stderr.count("\n") == 1, (command, run.stderr)
+
+
+def test_onnx_export_says_it_cannot_carry_min_p(tmp_path):
+    """Stranger round 12: a recommended min_p was dropped from the ONNX export (onnxruntime-genai has no min_p) without a word."""
+    folder = shutil.copytree(MODEL, tmp_path / "model")
+    (folder / "generation_config.json").write_text(json.dumps({**QWEN3, "min_p": 0.05}))
+    report = export_onnx(open_checkpoint(folder), tmp_path / "onnx", "f32", certificate=False)
+    assert any("recommends min_p 0.05; onnxruntime-genai has no min_p" in note for note in report.notes), report.notes
+    assert "min_p" not in json.loads((report.path / "genai_config.json").read_text())["search"]

@@ -536,6 +536,9 @@ def export_onnx(
         budget = None if max_size is None else (max_size, sum(p.stat().st_size for p in tmp.iterdir()))
         notes = _write_graph(checkpoint, tmp / ONNX_MODEL_FILE, calibration_text if kv_cache == "int8" else None, quant,
                              int4_embedding, int8_lm_head, calibration, int4_block_size, int4_accuracy_level, budget)
+        if (min_p := checkpoint.recommended_sampling().get("min_p")) is not None:  # said, not dropped (stranger round 12)
+            notes.append(f"the model recommends min_p {min_p:g}; onnxruntime-genai has no min_p, so genai_config.json's search "
+                         "and chat on this folder sample without it (its GGUF export keeps it)")
         if context < checkpoint.spec.max_positions:
             notes.append(f"the rotary tables cover the first {context:,} of the model's "
                          f"{checkpoint.spec.max_positions:,} positions (genai_config's context_length; a longer context is refused)")
