@@ -142,9 +142,8 @@ class Model:
             if prompt_cache is not None:
                 from .runtime.prompt_cache import check_path, start_from
 
-                check_path(Path(prompt_cache))  # also where the cache is held already (a bad path passed from the second call)
-
-                log.info(start_from(Path(prompt_cache), self.artifact.path, backend, conversation.preamble_ids()))
+                path = check_path(prompt_cache)  # also where the cache is held already (a bad path passed from the second call)
+                log.info(start_from(path, self.artifact.path, backend, conversation.preamble_ids()))
             pieces = self._exclusive(iter(conversation.turn(messages[-1]["content"], backend, max_new_tokens,
                                                             SamplingOptions(**sampling), _stops(stop), draft, lookup_ngram,
                                                             context_shift, messages[-1]["role"])))

@@ -526,7 +526,7 @@ def chat(
     verbose_prompt: VerbosePromptOption = False,
     draft: DraftOption = None,
     lookup_ngram: LookupNgramOption = LOOKUP_NGRAM,
-    prompt_cache: Annotated[Optional[Path], typer.Option("--prompt-cache", help="A file keeping the KV cache after the system prompt, as llama.cpp's --prompt-cache: loaded at start where it was made for this model and system prompt, else written, so the first turn evaluates only its own tokens.")] = None,
+    prompt_cache: Annotated[Optional[str], typer.Option("--prompt-cache", metavar="FILE", help="A file keeping the KV cache after the system prompt, as llama.cpp's --prompt-cache: loaded at start where it was made for this model and system prompt, else written, so the first turn evaluates only its own tokens.")] = None,
     context_shift: Annotated[bool, typer.Option("--context-shift", help="When the context is full, drop the oldest exchanges from the KV cache and keep the rest without evaluating it again (llama.cpp's context shift); only for models without position encoding (NoPE). Not exact: the kept tokens were computed with the dropped text in view (docs/formats.md).")] = False,
     chat_template_file: Annotated[Optional[Path], typer.Option("--chat-template-file", help="A jinja chat template file in place of the model's, as llama.cpp's --chat-template-file.")] = None,
     chat_template_kwargs: Annotated[Optional[str], typer.Option("--chat-template-kwargs", metavar="JSON", help="The chat template's other variables, a JSON object, as llama.cpp's --chat-template-kwargs: '{\"enable_thinking\": false}' turns Qwen3's thinking off.")] = None,
@@ -549,10 +549,11 @@ def chat(
         from .artifact_files import MAX_TEMPLATE_BYTES, user_file
 
         user_file(chat_template_file, "--chat-template-file", MAX_TEMPLATE_BYTES, "chat template file")
-    if prompt_cache:
+    cache_path = None
+    if prompt_cache is not None:
         from .runtime.prompt_cache import check_path
 
-        check_path(prompt_cache)  # before the model loads, as every other option's refusal
+        cache_path = check_path(prompt_cache)  # before the model loads, as every other option's refusal
     artifact = open_artifact(path, _load_options(position_encoding, None, device, threads, gpu_layers, provider=provider, allow_pickle=allow_pickle,
                                                  context_length=ctx_size))
     conversation = Conversation(artifact.tokenizer, artifact.backend.context_length, max_new_tokens, system,  # a broken template fails here
@@ -575,10 +576,10 @@ def chat(
         info.print("note: --context-shift needs a model without position encoding (NoPE) on the torch, ONNX or ggml executor "
                    "backend; a full context is evaluated again", markup=False)
     context_shift = context_shift and backend.position_free
-    if prompt_cache:
+    if cache_path is not None:
         from .runtime.prompt_cache import start_from
 
-        info.print(start_from(prompt_cache, artifact.path, backend, conversation.preamble_ids()), style="dim", markup=False, highlight=False)
+        info.print(start_from(cache_path, artifact.path, backend, conversation.preamble_ids()), style="dim", markup=False, highlight=False)
     if sys.stdin is not None and sys.stdin.isatty():
         _line_editor()
     while True:
@@ -894,6 +895,10 @@ def parity(
         raise UserError(f"--reference is {given.noun}; parity compares against the full-precision model folder "
                         "the artifact was exported from", reference, "give that model folder (config.json and its weights)")
     fmt = detect(artifact_path)
+    if head_temperatures is None:  # the reference takes the artifact's record: its certificate vouches for it
+        from .certificate import check_recorded_settings
+
+        check_recorded_settings(fmt)
     # the reference runs with the λ the export folded in (checked, naming the artifact, when it is to run with them)
     recorded = fmt.recorded_temperatures() if head_temperatures else fmt.checked_temperatures()
     ref = open_artifact(reference, LoadOptions(head_temperatures=head_temperatures or recorded, device=_device(device), allow_pickle=allow_pickle,

@@ -426,3 +426,14 @@ def test_a_second_start_with_the_prompt_cache_evaluates_fewer_tokens(gguf_pair, 
         assert child.exitstatus == 0
     print(f"\nevaluated before the first token: {evaluated[0]} (first start), {evaluated[1]} (second start, {held} loaded)")
     assert evaluated[1] == evaluated[0] - held and held > 5
+
+
+def test_a_prompt_cache_path_that_names_no_file_is_refused(tmp_path):
+    """Stranger rounds 11 and 12: `--prompt-cache ""` was reported as the folder "." and `--prompt-cache dir/` wrote a
+    file named `dir`."""
+    nope = MODELS / "tiny-nope"
+    for given in ("", str(tmp_path / "dir") + "/"):
+        run = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(nope), "--prompt-cache", given], input="/exit\n",
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 2 and f"--prompt-cache {given!r} names no file" in run.stderr, run.stderr
+    assert list(tmp_path.iterdir()) == []

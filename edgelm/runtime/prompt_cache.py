@@ -159,10 +159,14 @@ def _shown(path: Path) -> str:
     return one_line(shown(path))
 
 
-def check_path(path: Path) -> None:
-    """A --prompt-cache path, checked before any model loads: in an existing folder, and where it exists a
-    regular file (not a symlink, folder, FIFO or device) holding a prompt cache: anything else would be read
-    blind or overwritten."""
+def check_path(given: str | Path) -> Path:
+    """A --prompt-cache path as given, checked before any model loads: a file's name (not "", which typer made the
+    current folder, nor one ending in a separator, which named a file `dir` for `dir/`), in an existing folder, and
+    where it exists a regular file (not a symlink, folder, FIFO or device) holding a prompt cache: anything else would
+    be read blind or overwritten. The path to use."""
+    if isinstance(given, str) and (not given or given.endswith(("/", os.sep))):
+        raise UserError(f"--prompt-cache {given!r} names no file", Path(given or "."), "give the path of a file (it is created if missing)")
+    path = Path(given)
     refuse_non_utf8(path, "prompt cache")  # as every output's: a stranger's bad\xff.bin was written, exit 0
     refuse_long_names(path, "prompt cache")
     if not path.parent.is_dir():
@@ -170,13 +174,14 @@ def check_path(path: Path) -> None:
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
-        return
+        return path
     if not stat.S_ISREG(mode):
         what = "a symlink" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
         raise UserError(f"--prompt-cache is {what}", path, "give the path of a regular file (it is created if missing)")
     if _metadata(path) is None:
         raise UserError("--prompt-cache names a file that is not an edgelm prompt cache; it is left as it is", path,
                         "give another path, or delete the file")
+    return path
 
 
 def _metadata(path: Path) -> dict | None:
