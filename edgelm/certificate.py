@@ -527,6 +527,21 @@ def check_holds(fmt) -> None:
                             "export it again from its model folder (`edgelm verify` says what differs)")
 
 
+def check_recorded_settings(fmt) -> None:
+    """parity's reference runs with the head temperatures and position encoding the artifact records: where its certificate
+    says its settings changed after export, that record is refused, not trusted (a stranger's edited λ in edgelm.json turned
+    an honest export's mean KLD 0.0048 into 0.10 with exit 0; rescaled weights with a matching λ would pass as faithful)."""
+    found = fmt.certificate()
+    if found is None or SETTINGS_HASH not in found:
+        return
+    validate(found, fmt.path)
+    if (digest := fmt.settings_sha256()) is not None and digest != found[SETTINGS_HASH]:
+        raise UserError("its settings, among them the head temperatures and position encoding it records for the reference, are "
+                        "not the ones its parity certificate was made for", fmt.path,
+                        "pass --head-temperatures (and --position-encoding) for the reference yourself, or export it again "
+                        "(`edgelm verify` says what differs)")
+
+
 # --reference: how far recomputed numbers may move (the reference runs here too: torch on another CPU or GPU)
 NUMBER_RTOL, NUMBER_ATOL = 0.05, 1e-5
 

@@ -482,3 +482,21 @@ def test_parity_says_when_its_reference_is_not_the_certified_model(exports, run_
     assert code == 0 and f"note: {MODELS / 'tiny-rope'} is not the model the parity certificate in {gguf} was measured against" in err, err
     code, _, err = run_cli("parity", gguf, "--reference", MODELS / "tiny-nope", "--tokens", "8")
     assert code == 0 and "is not the model" not in err, err
+
+
+def test_parity_refuses_a_recorded_reference_its_certificate_does_not_vouch_for(exports, run_cli, tmp_path):
+    """Stranger round 12: parity ran the reference with the head temperatures an edited edgelm.json recorded (mean KLD 0.0048
+    became 0.10, exit 0). Where the certificate says the settings changed, the record is refused; given explicitly, it runs."""
+    import shutil
+
+    folder = shutil.copytree(exports("tiny-nope.onnx"), tmp_path / "forged")
+    manifest = json.loads((folder / "edgelm.json").read_text())
+    layers = manifest["head_temperatures"]["layers"]
+    manifest["head_temperatures"]["layers"] = [[3.0] * len(row) for row in layers]
+    (folder / "edgelm.json").write_text(json.dumps(manifest))
+    assert_user_error(run_cli("parity", folder, "--reference", MODELS / "tiny-nope", "--tokens", "16"),
+                      "not the ones its parity certificate was made for", "pass --head-temperatures")
+    (tmp_path / "temps.json").write_text(json.dumps({"layers": layers}))
+    code, out, err = run_cli("parity", folder, "--reference", MODELS / "tiny-nope", "--tokens", "16", "--head-temperatures",
+                             tmp_path / "temps.json")
+    assert code == 0, err
