@@ -52,6 +52,14 @@ def test_sampling_options_refuse_what_the_command_line_refuses(field, value):
         SamplingOptions(**{field: value})
 
 
+@pytest.mark.parametrize("value", ["0.5", True, None])
+def test_sampling_options_take_numbers_not_their_text(value):
+    """Stranger round 12: generate(temperature="0.5") ran; a wrong type is a TypeError, as for any Python argument."""
+    with pytest.raises(TypeError, match="temperature must be a number"):
+        SamplingOptions(temperature=value)
+    assert SamplingOptions(temperature=np.float32(0.5), top_p=1).temperature == 0.5
+
+
 def test_extreme_but_valid_options_never_make_nan():
     """A penalty of 1e-300 made a seen logit +inf (then inf − inf = NaN); top_p 0 kept no token at all."""
     logits = np.array([3.0, 2.0, -1.0], dtype=np.float32)

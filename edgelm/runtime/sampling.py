@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
 
@@ -24,7 +25,10 @@ class SamplingOptions:
         if type(self.ignore_eos) is not bool:
             raise ValueError(f"ignore_eos must be True or False, not {self.ignore_eos!r}")
         for name, allowed in SAMPLING_RANGES.items():
-            object.__setattr__(self, name, allowed.check(name, getattr(self, name)))
+            value = getattr(self, name)
+            if not isinstance(value, Real) or isinstance(value, bool):  # "0.5" passed float(); the CLI parses its text itself
+                raise TypeError(f"{name} must be a number, not {type(value).__name__} {str(value)[:40]!r}")
+            object.__setattr__(self, name, allowed.check(name, value))
         for name, value, high in (("top_k", self.top_k, None), ("seed", self.seed, SEED_MAX)):
             if value is not None and (type(value) is not int or value < 0 or (high is not None and value > high)):
                 raise ValueError(f"{name} must be a whole number from 0" + (f" to {high}" if high else "") + f", not {value!r}")
