@@ -151,6 +151,16 @@ def test_rope_scaling_changes_the_logits(published, family):
     assert (hf_logits(plain, ids) - hf_logits(hf, ids)).abs().max().item() > 100 * TOL
 
 
+def saved(model_class, config, seed: int, folder: Path):
+    """A random transformers model of `config`, saved with the tokenizer, and edgelm's checkpoint of the folder."""
+    config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    hf = model_class(config).eval()
+    hf.save_pretrained(folder)
+    copy_tokenizer("sentencepiece", folder)
+    return hf, open_checkpoint(folder, position_encoding="rope")
+
+
 def test_linear_scaling_equals_transformers(tmp_path):
     """Linear rope scaling (every frequency / factor) as the typed encoding (models/positions.py)
     computes it, against transformers' LlamaForCausalLM with the same config: the torch module, and
@@ -159,12 +169,7 @@ def test_linear_scaling_equals_transformers(tmp_path):
     from llama_cpp import Llama
 
     config = transformers.LlamaConfig(**SIZES, rope_theta=10000.0, rope_scaling={"rope_type": "linear", "factor": 4.0})
-    config._attn_implementation = "eager"
-    torch.manual_seed(4)
-    hf = transformers.LlamaForCausalLM(config).eval()
-    hf.save_pretrained(tmp_path / "model")
-    copy_tokenizer("sentencepiece", tmp_path / "model")
-    checkpoint = open_checkpoint(tmp_path / "model", position_encoding="rope")
+    hf, checkpoint = saved(transformers.LlamaForCausalLM, config, 4, tmp_path / "model")
     ids = ids_for(checkpoint.spec)
     expected = hf_logits(hf, ids)
     unscaled = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**config.to_dict(), "rope_scaling": None})).eval()
@@ -189,12 +194,7 @@ def test_yarn_transformers_computes_and_llama_cpp_does_not(tmp_path):
 
     scaling = {**QWEN_YARN, "beta_fast": 16.0, "beta_slow": 2.0, "attention_factor": 1.3}
     config = transformers.Qwen2Config(**SIZES, rope_theta=1000000.0, use_sliding_window=False, rope_scaling=scaling)
-    config._attn_implementation = "eager"
-    torch.manual_seed(9)
-    hf = transformers.Qwen2ForCausalLM(config).eval()
-    hf.save_pretrained(tmp_path / "model")
-    copy_tokenizer("sentencepiece", tmp_path / "model")
-    checkpoint = open_checkpoint(tmp_path / "model", position_encoding="rope")
+    hf, checkpoint = saved(transformers.Qwen2ForCausalLM, config, 9, tmp_path / "model")
     ids = ids_for(checkpoint.spec)
     with torch.no_grad():
         assert (checkpoint.load_model()(ids)[0] - hf_logits(hf, ids)).abs().max().item() <= TOL
