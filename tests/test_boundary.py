@@ -275,11 +275,14 @@ def _list(folder: Path, manifest: dict, name: str) -> None:
     manifest["files"][name] = {"sha256": sha256(folder / name), "bytes": (folder / name).stat().st_size}
 
 
-def test_verify_prints_what_the_model_says(run_cli, made, tmp_path):
+def test_verify_prints_what_the_model_says_and_refuses_a_manifest_saying_otherwise(run_cli, made, tmp_path):
+    """verify prints the model file's own facts; a manifest stating others (round 12: they were printed by inspect as
+    verified, and chat sampled with a forged temperature) is refused."""
+    code, out, err = run_cli("verify", copy_of(made["bundle"], tmp_path / "honest"))
+    assert code == 0 and "loads and runs (llama, gguf, F16)" in out, (out, err)
     folder = copy_of(made["bundle"], tmp_path / "b")
     _manifest(folder, lambda m: m.update(family="tokenformer", quantization="Q2_K", format="onnx"))
-    code, out, err = run_cli("verify", folder)
-    assert code == 0 and "loads and runs (llama, gguf, F16)" in out, (out, err)
+    assert_user_error(run_cli("verify", folder), 'the manifest states format "onnx"; the bundled', "make the bundle again")
 
 
 @pytest.mark.parametrize("payload", [b"hello\n", "zip"])
