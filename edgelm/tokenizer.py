@@ -91,6 +91,11 @@ class Tokenizer:
         one the model folder's config.json / generation_config.json names as eos_token_id."""
         return token in self.end_ids
 
+    def every_end_id(self) -> frozenset[int]:
+        """Every token that ends a reply (what `ignore_eos` bans): end_ids, and where an engine decides by its own
+        vocabulary (llama.cpp's end-of-generation flags), every token it says so of."""
+        return frozenset(self.end_ids)
+
     def end_id_list(self) -> list[int]:
         """The end ids as config.json and genai_config.json state several: eos first (Optimum pads with it)."""
         return ([self.eos_id] if self.eos_id is not None else []) + sorted(self.end_ids - {self.eos_id})

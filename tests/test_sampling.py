@@ -95,6 +95,9 @@ class Letters:
     eos_id = 7
     end_ids = frozenset({7})
 
+    def every_end_id(self):
+        return self.end_ids
+
     def ends_reply(self, token):  # Tokenizer's contract: what ends a reply
         return token == self.eos_id
 

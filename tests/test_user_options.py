@@ -582,3 +582,22 @@ def test_bench_says_when_other_work_shares_its_cores(run_cli, monkeypatch):
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     code, out, err = run_cli("bench", MODEL, "--prompt-tokens", 8, "--new-tokens", 2, "--threads", 1, "--json")
     assert code == 0 and "load average" not in err, err
+
+
+def test_ignore_eos_bans_every_end_token_the_engine_knows(tmp_path):
+    """Stranger round 12b: on a GGUF whose end token was config.json's (written as its eot), --ignore-eos still stopped
+    there: llama.cpp's own end-of-generation set is banned, as its --ignore-eos does."""
+    import shutil
+
+    from edgelm.export.gguf import export_gguf
+    from edgelm.models import open_checkpoint
+
+    folder = shutil.copytree(MODEL, tmp_path / "model")
+    first = json.loads(_edgelm("generate", folder, "-p", PROMPT, "-n", 1, "--json").stdout)["tokens"][0]
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": first}))  # the reply's first token ends it
+    gguf = export_gguf(open_checkpoint(folder), tmp_path / "m.gguf", "f16", certificate=False).path
+    for path in (folder, gguf):
+        ended = json.loads(_edgelm("generate", path, "-p", PROMPT, "-n", 6, "--json").stdout)
+        assert ended["tokens"] == [], (path, ended)
+        run = _edgelm("generate", path, "-p", PROMPT, "-n", 6, "--json", "--ignore-eos")
+        assert run.returncode == 0 and len(json.loads(run.stdout)["tokens"]) == 6 and first not in json.loads(run.stdout)["tokens"], run

@@ -194,6 +194,11 @@ class LlamaCppTokenizer(Tokenizer):
             ends = self._ends_reply[token] = bool(llama_cpp.llama_vocab_is_eog(self._open()._model.vocab, token))
         return ends
 
+    def every_end_id(self):
+        # the GGUF's eot/eom keys and the texts llama.cpp knows end a generation too (--ignore-eos on a GGUF whose
+        # end token was config.json's, written as its eot, still stopped there: a stranger's finding)
+        return super().every_end_id() | {token for token in range(self.vocab_size) if self.ends_reply(token)}
+
     def _open(self):
         """The Llama, or RuntimeError once its model is closed: llama-cpp-python reads freed memory (a segfault)."""
         if getattr(self.llm, "edgelm_closed", False):
