@@ -43,7 +43,7 @@ runpy.run_path({d!r} + "/convert_hf_to_gguf.py", run_name="__main__")
 """
 
 
-def write_gpt2_folder(folder: Path, legacy_buffers: bool = False):
+def write_gpt2_folder(folder: Path, legacy_buffers: torch.dtype | None = None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     folder.mkdir(parents=True)
@@ -69,12 +69,12 @@ def write_gpt2_folder(folder: Path, legacy_buffers: bool = False):
             elif name.endswith("wpe.weight"):
                 param.mul_(10)
     model.save_pretrained(folder)
-    if legacy_buffers:  # transformers before 4.32 saved the causal mask buffers with the weights
+    if legacy_buffers:  # transformers before 4.32 saved the causal mask buffers with the weights (uint8 in 4.2x, then bool)
         from safetensors.torch import load_file, save_file
 
         tensors = load_file(folder / "model.safetensors")
         for i in range(config.n_layer):
-            tensors[f"transformer.h.{i}.attn.bias"] = torch.ones(POSITIONS, POSITIONS).tril().view(1, 1, POSITIONS, POSITIONS)
+            tensors[f"transformer.h.{i}.attn.bias"] = torch.ones(POSITIONS, POSITIONS).tril().view(1, 1, POSITIONS, POSITIONS).to(legacy_buffers)
             tensors[f"transformer.h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
         save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     return model
@@ -97,7 +97,7 @@ def reference_greedy(hf):
     return out[0, len(PROMPT):].tolist()
 
 
-@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("legacy", [None, torch.float32, torch.uint8, torch.bool])  # round 12b: uint8 was refused
 def test_torch_logits_equal_transformers(tmp_path, legacy):
     hf = write_gpt2_folder(tmp_path / "model", legacy)
     checkpoint = open_checkpoint(tmp_path / "model")

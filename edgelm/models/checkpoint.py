@@ -68,10 +68,14 @@ def read_config(folder: Path) -> dict[str, Any]:
 class TensorSource:
     """Name → shape from file headers, and one tensor at a time on request."""
 
-    def __init__(self, files: dict[str, Path], shapes: dict[str, tuple[int, ...]], pickled: dict[str, torch.Tensor] | None = None):
+    def __init__(self, files: dict[str, Path], shapes: dict[str, tuple[int, ...]], pickled: dict[str, torch.Tensor] | None = None,
+                 non_float: dict[str, str] | None = None):
         self.files = files  # tensor name → file holding it
         self.shapes = shapes
         self._pickled = pickled
+        # name → dtype of the tensors that are not floats: refused once the family says which tensors it reads
+        # (a GPT-2 checkpoint's uint8 attn.bias mask is no weight; a quantized model's packed integers are)
+        self.non_float = non_float or {}
 
     def names(self) -> list[str]:
         return list(self.shapes)
@@ -126,7 +130,8 @@ def _damaged(name: str, exc: Exception, file: Path) -> UserError:
     return UserError(f"cannot read tensor {name} ({exc})", file, "the file is damaged: re-download or re-export it")
 
 
-def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+def _safetensors_shapes(file: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Each tensor's shape, and the dtypes of those that are not floats."""
     try:
         with safe_open(str(file), framework="pt") as handle:
             slices = {name: handle.get_slice(name) for name in handle.keys()}
@@ -134,8 +139,7 @@ def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
             dtypes = {name: piece.get_dtype() for name, piece in slices.items()}
     except Exception as exc:
         raise UserError(f"not a readable safetensors file ({exc})", file, "the file is truncated or damaged: re-download or re-export it") from None
-    _refuse_non_float({name: dtype for name, dtype in dtypes.items() if dtype not in FLOAT_DTYPES}, file)
-    return shapes
+    return shapes, {name: dtype for name, dtype in dtypes.items() if dtype not in FLOAT_DTYPES}
 
 
 # safetensors' float dtype names: weights are read as floats; an integer or bool tensor (a quantized
@@ -164,14 +168,16 @@ def _shards(index: Path, folder: Path) -> list[Path]:
 def _open_tensors(folder: Path, allow_pickle: bool) -> TensorSource:
     single, index = find_member(folder, SAFETENSORS), find_member(folder, SAFETENSORS_INDEX)
     if single is not None:
-        shapes = _safetensors_shapes(single)
-        return TensorSource({name: single for name in shapes}, shapes)
+        shapes, non_float = _safetensors_shapes(single)
+        return TensorSource({name: single for name in shapes}, shapes, non_float=non_float)
     if index is not None:
-        files, shapes = {}, {}
+        files, shapes, non_float = {}, {}, {}
         for shard in _shards(index, folder):
-            for name, shape in _safetensors_shapes(shard).items():
+            shard_shapes, shard_non_float = _safetensors_shapes(shard)
+            for name, shape in shard_shapes.items():
                 files[name], shapes[name] = shard, shape
-        return TensorSource(files, shapes)
+            non_float |= shard_non_float
+        return TensorSource(files, shapes, non_float=non_float)
     pickles = [p for p in (find_member(folder, n) for n in PICKLE_NAMES) if p is not None]
     if pickles or os.path.lexists(folder / PICKLE_INDEX):
         path = pickles[0] if pickles else folder / PICKLE_INDEX
@@ -193,8 +199,8 @@ def _open_tensors(folder: Path, allow_pickle: bool) -> TensorSource:
                             "edgelm loads only tensors from a pickle: convert it to safetensors, or re-download it") from None
         if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
             raise UserError("the pickle does not hold a flat state dict of tensors", path, "convert it to safetensors")
-        _refuse_non_float({n: str(t.dtype).removeprefix("torch.") for n, t in tensors.items() if not t.dtype.is_floating_point}, path)
-        return TensorSource({n: path for n in tensors}, {n: tuple(t.shape) for n, t in tensors.items()}, tensors)
+        return TensorSource({n: path for n in tensors}, {n: tuple(t.shape) for n, t in tensors.items()}, tensors,
+                            {n: str(t.dtype).removeprefix("torch.") for n, t in tensors.items() if not t.dtype.is_floating_point})
     raise UserError("no weights found", folder, f"expected {SAFETENSORS} or {SAFETENSORS_INDEX} beside config.json")
 
 
@@ -439,6 +445,8 @@ def _check_tensors(family: Family, spec: ModelSpec, tensors: TensorSource, folde
     present = set(tensors.names())
     missing = [n for n in expected if n not in present and n not in aliases]
     unused = family.unused_tensors(spec)
+    if refused := {name: dtype for name, dtype in tensors.non_float.items() if name not in unused}:
+        _refuse_non_float(refused, tensors.files[next(iter(refused))])
     unexpected = [n for n in tensors.names() if n not in expected and n not in temperature_names and n not in unused]
     if missing:
         raise UserError(f"{len(missing)} tensors missing: {_listed(missing)}", folder, "the weights do not match config.json: re-download or re-export them")
