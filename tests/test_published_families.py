@@ -206,16 +206,19 @@ def test_yarn_transformers_computes_and_llama_cpp_does_not(tmp_path):
     assert float(np.abs(last - hf_logits(hf, ids)[0, -1].numpy()).max()) <= TOL
 
 
-@pytest.mark.parametrize("declared", [{"truncate": False}, {"mscale": 1.0, "mscale_all_dim": 0.707}, {"beta_fast": 1.0}])
+@pytest.mark.parametrize("declared", [{"truncate": False}, {"mscale": 1.0, "mscale_all_dim": 0.707}, {"beta_fast": 1.0},
+                                      {"factor": 1e-30}])
 def test_yarn_variants_computed_otherwise_are_refused(tmp_path, declared):
     """gpt-oss's untruncated ramp and DeepSeek's mscale pair change what transformers computes: refused by their
-    key, not run as plain YaRN; a beta_fast at or below beta_slow has no ramp."""
+    key, not run as plain YaRN; a beta_fast at or below beta_slow has no ramp; a factor below 1 shrinks no context
+    (transformers warns; at 1e-30 its float32 rounding and ours drifted 0.29 apart, round 12b)."""
     from edgelm.errors import UserError
 
     write_hf_folder(tmp_path, "smollm2")
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(config | {"rope_scaling": {**QWEN_YARN, **declared}}))
-    with pytest.raises(UserError, match="truncate = False is not implemented|mscale = 1.0 is not implemented|beta_fast must be larger"):
+    with pytest.raises(UserError, match="truncate = False is not implemented|mscale = 1.0 is not implemented|beta_fast must be larger|"
+                                        "factor must be at least 1"):
         open_checkpoint(tmp_path, position_encoding="rope")
 
 

@@ -99,8 +99,8 @@ class YarnScaling(RopeScaling):
     attention_factor: float = 0.0  # 0: 0.1·ln(factor) + 1, the paper's √(1/t) (its eq. 22), as transformers' default
 
     def __post_init__(self) -> None:
-        if not self.factor > 0:
-            raise ValueError("rope_scaling's factor must be positive")
+        if not self.factor >= 1:  # transformers warns "factor field must be a float or int >= 1"; 1e-30 drifted from it by 0.29
+            raise ValueError(f"rope_scaling's factor must be at least 1 for YaRN, which extends a context, not {self.factor:g}")
         if not self.beta_fast > self.beta_slow > 0:
             raise ValueError("rope_scaling's beta_fast must be larger than its beta_slow, and both positive")
         if not self.attention_factor:
