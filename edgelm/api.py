@@ -120,7 +120,7 @@ class Model:
         # other keys (tool_calls, name, tool_call_id) reach the template as they are
         if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and (isinstance(m.get("content"), str) or
                    m.get("content") is None and m["role"] == "assistant" and "tool_calls" in m) for m in messages):
-            raise ValueError('messages are dicts {"role": str, "content": str} (an assistant\'s with "tool_calls" may have content None)')
+            raise TypeError('messages are dicts {"role": str, "content": str} (an assistant\'s with "tool_calls" may have content None)')
         # the roles published templates render (Llama 3.x's ipython, OpenAI's developer)
         roles = ("system", "developer", "user", "assistant", "tool", "ipython")
         if unknown := next((f"message {i}'s role is {m['role'][:40]!r}" for i, m in enumerate(messages) if m["role"] not in roles), None):

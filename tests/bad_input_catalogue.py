@@ -210,6 +210,7 @@ CASES: list[Case] = [
     case("--chat-template-file not a template", "chat {model} --chat-template-file {text}", "renders nothing of the conversation"),
     case("--prompt-cache path with a byte that is not UTF-8", "chat {model} --prompt-cache {tmp}/bad\udcff.bin",
          "bad\\xff.bin is not UTF-8 text"),  # stranger round 11: written, exit 0
+    case("--prompt-cache a file whose read fails", "chat {model} --prompt-cache /proc/self/mem", "cannot read the prompt cache"),
     case("--prompt-cache a folder's path", "chat {model} --prompt-cache {tmp}/cache/", "names no file"),  # round 12: wrote a file `cache`
     case("2,000,000,000 positions at GGUF export (written, then refused by edgelm's own reader as damaged)",
          "export {model} --quant int4 --out {tmp}/m.gguf", "a GGUF holds at most 16,777,216", config(max_position_embeddings=2_000_000_000)),

@@ -122,7 +122,7 @@ def test_ignore_eos_never_chooses_an_end_token():
     logits = np.log(np.array([0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.3]))
     assert 7 not in {Sampler(SamplingOptions(temperature=1.0, seed=s, ignore_eos=True), {7})(logits) for s in range(100)}
     assert 7 in {Sampler(SamplingOptions(temperature=1.0, seed=s), {7})(logits) for s in range(100)}
-    with pytest.raises(ValueError, match="ignore_eos must be True or False"):
+    with pytest.raises(TypeError, match="ignore_eos must be True or False"):
         SamplingOptions(ignore_eos="yes")
 
 

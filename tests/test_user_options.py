@@ -175,8 +175,11 @@ def test_python_chat_renders_as_transformers_and_answers_as_the_cli():
     pieces = list(model.chat(messages, max_new_tokens=12, stream=True))
     assert "".join(p.text for p in pieces) == reply
     assert model.chat(messages, max_new_tokens=12, stop=[reply[3:9]]) == reply[: reply.index(reply[3:9])]
-    for bad in ([], [{"role": "assistant", "content": "Hi."}], [{"role": "user"}]):
+    for bad in ([], [{"role": "assistant", "content": "Hi."}]):
         with pytest.raises(ValueError):
+            model.chat(bad)
+    for bad in ([{"role": "user"}], [{"role": "user", "content": b"hi"}]):  # a wrong type: TypeError (round 12b: ValueError)
+        with pytest.raises(TypeError, match="messages are dicts"):
             model.chat(bad)
 
 

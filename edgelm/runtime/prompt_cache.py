@@ -178,7 +178,12 @@ def check_path(given: str | Path) -> Path:
     if not stat.S_ISREG(mode):
         what = "a symlink" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
         raise UserError(f"--prompt-cache is {what}", path, "give the path of a regular file (it is created if missing)")
-    if _metadata(path) is None:
+    try:
+        metadata = _metadata(path)
+    except OSError as exc:  # /proc/self/mem is a "regular file" whose read fails: a traceback (stranger round 12b)
+        raise UserError(f"cannot read the prompt cache ({exc.strerror})", path, "give the path of a prompt cache edgelm wrote, "
+                        "or of a file to create") from None
+    if metadata is None:
         raise UserError("--prompt-cache names a file that is not an edgelm prompt cache; it is left as it is", path,
                         "give another path, or delete the file")
     return path

@@ -23,7 +23,7 @@ class SamplingOptions:
     def __post_init__(self) -> None:
         """ValueError for a value out of range: NaN passed `<= 0` checks and made NaN probabilities."""
         if type(self.ignore_eos) is not bool:
-            raise ValueError(f"ignore_eos must be True or False, not {self.ignore_eos!r}")
+            raise TypeError(f"ignore_eos must be True or False, not {self.ignore_eos!r}")
         for name, allowed in SAMPLING_RANGES.items():
             value = getattr(self, name)
             if not isinstance(value, Real) or isinstance(value, bool):  # "0.5" passed float(); the CLI parses its text itself
