@@ -383,13 +383,17 @@ def write_into_onnx(folder: Path, model_file: Path, manifest_file: Path, certifi
     import onnx
 
     from .artifact_files import read_json_object
-    from .constants import ONNX_METADATA_PARITY, PARITY_CERTIFICATE
+    from .constants import ONNX_METADATA_FACTS, ONNX_METADATA_PARITY, PARITY_CERTIFICATE
+    from .formats.onnx import recorded_facts
 
     model = onnx.load(str(model_file), load_external_data=False)
-    kept = [p for p in model.metadata_props if p.key != ONNX_METADATA_PARITY]
+    kept = [p for p in model.metadata_props if p.key not in (ONNX_METADATA_PARITY, ONNX_METADATA_FACTS)]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     model.metadata_props.add(key=ONNX_METADATA_PARITY, value=json.dumps(certificate, separators=(",", ":")))
+    # and what edgelm.json records that runs the graph: a mobile bundle's manifest, which carries them, is checked against it
+    model.metadata_props.add(key=ONNX_METADATA_FACTS, value=json.dumps(recorded_facts(read_json_object(manifest_file)),
+                                                                       separators=(",", ":")))
     staged = folder / f".{model_file.name}.certified"
     onnx.save(model, str(staged))
     os.replace(staged, model_file)

@@ -38,6 +38,7 @@ GENAI_CONFIG = "genai_config.json"  # onnxruntime-genai's
 ONNX_MANIFEST = "edgelm.json"  # edgelm's facts about an ONNX export
 PARITY_CERTIFICATE = "parity_certificate"  # its key in an ONNX export's edgelm.json and in a bundle's manifest
 ONNX_METADATA_PARITY = "edgelm.parity"  # the certificate as JSON in the graph's metadata_props
+ONNX_METADATA_FACTS = "edgelm.facts"  # beside it: what edgelm.json records that runs the graph (formats/onnx.py recorded_facts)
 
 # --- bundles ---------------------------------------------------------------------------------------
 BUNDLE_MANIFEST = "edgelm.json"

@@ -500,3 +500,26 @@ def test_parity_refuses_a_recorded_reference_its_certificate_does_not_vouch_for(
     code, out, err = run_cli("parity", folder, "--reference", MODELS / "tiny-nope", "--tokens", "16", "--head-temperatures",
                              tmp_path / "temps.json")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("forged", [{"family": "ngen4"}, {"position_encoding": "rope"}, {"kv_cache": "int8"},
+                                    {"rotary_table_positions": 1_000_000}, {"quantization": "f32"}, "certificate"])
+def test_a_mobile_bundle_manifest_is_checked_against_the_graph_it_bundles(exports, run_cli, tmp_path, forged):
+    """Stranger round 12b: an ONNX mobile bundle's manifest edited after bundling (family, position encoding, KV cache,
+    rotary table length, its certificate's numbers) passed verify, and inspect and parity read the forged values. A
+    certified graph carries the certificate and the facts edgelm.json records in its metadata_props, model.ort too."""
+    from edgelm.bundle import make_bundle
+
+    bundle = make_bundle(exports("tiny-nope.onnx"), tmp_path / "bundle")
+    code, out, err = run_cli("verify", bundle)
+    assert code == 0, err
+    manifest = json.loads((bundle / "edgelm.json").read_text())
+    if forged == "certificate":
+        manifest["parity_certificate"]["mean_kld"] = 0.0
+        key = "a parity certificate"
+    else:
+        manifest |= forged
+        key = next(iter(forged))
+    (bundle / "edgelm.json").write_text(json.dumps(manifest))
+    for command in ("verify", "inspect"):
+        assert_user_error(run_cli(command, bundle), f"the manifest states {key}", "the manifest was changed after bundling")

@@ -93,6 +93,11 @@ def test_chat_samples_with_it_unless_told_and_bundles_carry_it(recommending, tmp
     chat = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(plain_bundle), "-n", "2"], input="hi\n", capture_output=True,
                           text=True, timeout=300)  # stranger round 12: "(as the model recommends)" for edgelm's defaults
     assert "sampling temperature 0.7, top_k 40, top_p 0.95 (edgelm's defaults)" in chat.stderr, chat.stderr
+    plain_onnx = make_bundle(export_onnx(open_checkpoint(MODEL), tmp_path / "plain-onnx", "f32", certificate=False).path,
+                             tmp_path / "plain-mobile")  # round 12b: an ONNX bundle said "(as the model recommends)"
+    chat = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(plain_onnx), "-n", "2"], input="hi\n", capture_output=True,
+                          text=True, timeout=300)
+    assert "sampling temperature 0.7, top_k 40, top_p 0.95 (edgelm's defaults)" in chat.stderr, chat.stderr
 
 
 @pytest.mark.parametrize("forged", [{"sampling_defaults": {"temperature": 2.0, "top_k": 0, "top_p": 1.0}}, {"family": "tokenformer"},

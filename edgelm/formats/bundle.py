@@ -119,8 +119,10 @@ class Bundle(Format):
 
     def stated_sampling(self) -> dict[str, Any]:
         """What the bundled model's own files recommend (a GGUF's general.sampling.*, the bundle's genai_config search),
-        as the app's runtime reads them, not the manifest's copy: chat sampled with a manifest's forged temperature."""
-        return self._recorded("stated_sampling")
+        as the app's runtime reads them, not the manifest's copy: chat sampled with a manifest's forged temperature. An ONNX
+        bundle of a model that recommends nothing holds edgelm's defaults in its genai_config: they are said to be those."""
+        found = self._recorded("stated_sampling")
+        return {} if _sampling(found) == _sampling(SAMPLING_DEFAULTS) else found
 
     def recorded_temperatures(self) -> Any:
         return self._recorded("recorded_temperatures")

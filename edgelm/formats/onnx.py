@@ -19,13 +19,22 @@ from ..constants import (GENAI_CONFIG, HF_CONFIG, ONNX_MODEL_FILE, ORT_MODEL_FIL
                          REQUIRED_OPERATORS, TOKENIZER_FILES)
 from ..errors import UserError
 from ..numbers import is_count
-from ..artifact_files import contained, find_member, member, read_prefix, read_text
+from ..artifact_files import contained, find_member, member, parse_json, read_prefix, read_text
 from .base import Artifact, Format, LoadOptions, register
 
 
 # onnxruntime's quantized operators (MatMulNBits: 4 bits unless told otherwise) → what edgelm calls the quantization
 HASH_BLOCK = 1 << 24  # bytes of external weights read at once while hashing them
 QUANTIZED_OPS = {"MatMulNBits": "int4", "GatherBlockQuantized": "int4", "MatMulInteger": "int8", "DynamicQuantizeLinear": "int8"}
+
+
+def recorded_facts(manifest: dict) -> dict[str, Any]:
+    """What an export's edgelm.json records that runs it (a mobile bundle's manifest carries it for edgelm's runtime, and
+    parity's reference reads it): also stored in a certified graph's metadata_props (`edgelm.facts`), where a
+    bundle's manifest is checked against it."""
+    return {"family": manifest.get("family"), "quantization": manifest.get("quantization"),
+            "position_encoding": manifest.get("position_encoding"), "kv_cache": manifest.get("kv_cache", "float"),
+            "rotary_table_positions": manifest.get("rotary_table_positions", 0), "head_temperatures": manifest.get("head_temperatures")}
 
 
 @register
@@ -167,11 +176,8 @@ class OnnxFolder(Format):
         files += [path for name in TOKENIZER_FILES if (path := find_member(self.path, name)) is not None]
         for path in files:
             shutil.copyfile(path, folder / path.name)
-        return {"format": "onnx (web)", "family": self.manifest.get("family"), "quantization": self.manifest.get("quantization"),
-                "context_length": self.genai["model"]["context_length"], "model": self.model_file.name, "external_data": external,
-                "position_encoding": self.manifest.get("position_encoding"),
-                "kv_cache": self.manifest.get("kv_cache", "float"), "rotary_table_positions": self.manifest.get("rotary_table_positions", 0),
-                "head_temperatures": self.manifest.get("head_temperatures"), PARITY_CERTIFICATE: self.certificate()}
+        return {"format": "onnx (web)", "context_length": self.genai["model"]["context_length"], "model": self.model_file.name,
+                "external_data": external, **recorded_facts(self.manifest), PARITY_CERTIFICATE: self.certificate()}
 
     def identity(self) -> dict[str, Any]:
         """The quantization from the operators the graph holds (an ORT-format graph's op names are
@@ -192,9 +198,34 @@ class OnnxFolder(Format):
                 "quantization": "+".join(quantized) or floats}
 
     def bundled_facts(self) -> dict[str, Any]:
-        """The context genai_config states (a bundled ORT graph's family, position encoding and head temperatures are
-        the manifest's alone: edgelm.json is not bundled)."""
-        return {"context_length": self.genai["model"]["context_length"]}
+        """The context genai_config states, and the parity certificate the graph itself carries in its metadata_props (a
+        forged manifest certificate, mean KLD 0, passed verify). A bundled ORT graph's family, position encoding and head
+        temperatures are the manifest's alone: edgelm.json is not bundled."""
+
+        from ..constants import ONNX_METADATA_FACTS, ONNX_METADATA_PARITY
+
+        metadata = self._ort_metadata() if self.ort_format else {p.key: p.value for p in self._model().metadata_props}
+        carried = metadata.get(ONNX_METADATA_PARITY)
+        facts = {"context_length": self.genai["model"]["context_length"],
+                 PARITY_CERTIFICATE: None if carried is None else parse_json(carried, self.model_file, "the graph's parity certificate")}
+        if (recorded := metadata.get(ONNX_METADATA_FACTS)) is not None:  # a certified export's graph records them too
+            facts |= parse_json(recorded, self.model_file, "the graph's recorded facts")
+        return facts
+
+    def _ort_metadata(self) -> dict[str, str]:
+        """An ORT-format graph's metadata_props, read from its flatbuffer with onnxruntime's own schema, no session."""
+        import mmap
+
+        from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs.InferenceSession import InferenceSession
+
+        with open(self.model_file, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
+            try:
+                model = InferenceSession.GetRootAsInferenceSession(buffer, 0).Model()
+                entries = [model.MetadataProps(i) for i in range(model.MetadataPropsLength())] if model is not None else []
+                return {entry.Key().decode(errors="replace"): entry.Value().decode(errors="replace") for entry in entries}
+            except Exception:  # flatbuffers reads offsets the file gives: a damaged one raises anything
+                raise UserError(f"{self.model_file.name} is not a readable ORT-format graph", self.model_file,
+                                "make the bundle again") from None
 
     def stated_sampling(self) -> dict[str, Any]:
         """genai_config's search where it samples (do_sample: true), as onnxruntime-genai's generator does."""
@@ -362,9 +393,6 @@ class OnnxFolder(Format):
                 shutil.copyfile(source, folder / name)
         # the graph's facts an app (and edgelm's runtime, which reads the bundle's manifest) needs: without
         # rotary_table_positions a mobile bundle ran a context past its rotary tables, which the export refuses
-        return {"format": "onnx (ORT mobile format)", "family": self.manifest.get("family"),
-                "quantization": self.manifest.get("quantization"), "context_length": genai["model"]["context_length"],
-                "model": ORT_MODEL_FILE, "position_encoding": self.manifest.get("position_encoding"),
-                "kv_cache": self.manifest.get("kv_cache", "float"), "rotary_table_positions": self.manifest.get("rotary_table_positions", 0),
-                "head_temperatures": self.manifest.get("head_temperatures"), PARITY_CERTIFICATE: self.certificate()}
+        return {"format": "onnx (ORT mobile format)", "context_length": genai["model"]["context_length"], "model": ORT_MODEL_FILE,
+                **recorded_facts(self.manifest), PARITY_CERTIFICATE: self.certificate()}
 
