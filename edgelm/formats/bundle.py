@@ -70,7 +70,6 @@ class Bundle(Format):
     noun = "a bundle"
     bundled = False
     _opened: Format | None = None  # the bundled model's format, once open() has unpacked it
-    _manifest: dict | None = None  # its manifest, likewise
 
     @classmethod
     def detect(cls, path: Path) -> bool:
@@ -105,7 +104,7 @@ class Bundle(Format):
                 cleanup()
             raise
         artifact.path, artifact.format = self.path, self
-        self._opened, self._manifest = inner, manifest
+        self._opened = inner
         artifact.details |= {"bundle": {k: manifest.get(k) for k in ("format", "quantization", "edgelm_version")}}
         artifact.cleanups += cleanups
         return artifact
