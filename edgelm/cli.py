@@ -895,12 +895,12 @@ def parity(
         raise UserError(f"--reference is {given.noun}; parity compares against the full-precision model folder "
                         "the artifact was exported from", reference, "give that model folder (config.json and its weights)")
     fmt = detect(artifact_path)
+    # the reference runs with the λ the export folded in (checked, naming the artifact, when it is to run with them)
+    recorded = fmt.recorded_temperatures() if head_temperatures else fmt.checked_temperatures()
     if head_temperatures is None:  # the reference takes the artifact's record: its certificate vouches for it
         from .certificate import check_recorded_settings
 
         check_recorded_settings(fmt)
-    # the reference runs with the λ the export folded in (checked, naming the artifact, when it is to run with them)
-    recorded = fmt.recorded_temperatures() if head_temperatures else fmt.checked_temperatures()
     ref = open_artifact(reference, LoadOptions(head_temperatures=head_temperatures or recorded, device=_device(device), allow_pickle=allow_pickle,
                                                position_encoding=fmt.recorded_position_encoding()))
     _say_temperatures(artifact_path, recorded, head_temperatures)
