@@ -125,6 +125,24 @@ def test_torch_logits_equal_transformers(published, family):
     assert delta <= TOL
 
 
+@pytest.mark.parametrize("family", ["smollm2", "qwen2"])
+def test_a_body_only_checkpoint_loads_as_transformers_loads_it(published, family, tmp_path):
+    """A tied model saved from its body alone (`LlamaModel`/`Qwen2Model`'s tensor names, no `model.` prefix) under a
+    config naming the model with a head: transformers' from_pretrained adds its base_model_prefix; so does edgelm."""
+    from safetensors.torch import load_file, save_file
+
+    folder, hf = published(family)
+    body = tmp_path / "model"
+    shutil.copytree(folder, body)
+    tensors = load_file(folder / "model.safetensors")
+    save_file({n.removeprefix("model."): t for n, t in tensors.items()}, body / "model.safetensors", metadata={"format": "pt"})
+    checkpoint = open_checkpoint(body, position_encoding="rope")
+    ids = ids_for(checkpoint.spec)
+    assert torch.equal(hf_logits(hf_class(family).from_pretrained(body, attn_implementation="eager").eval(), ids), hf_logits(hf, ids))
+    with torch.no_grad():
+        assert (checkpoint.load_model()(ids)[0] - hf_logits(hf, ids)).abs().max().item() <= TOL
+
+
 def test_defaults_decide_rotary_as_transformers_runs_it_or_refuse(published):
     """Stranger finding: a Llama 3.x folder saved by transformers (rope_parameters rope_type llama3) ran without
     rotary by default — the measurement chose "none" at perplexities 2,299 / 2,122 over 600 tokens, no better

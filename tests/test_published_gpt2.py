@@ -193,3 +193,35 @@ def test_a_context_past_the_learned_positions_is_refused(published, converted, t
         with pytest.raises(UserError, match=f"past the {POSITIONS} positions this model has learned"):
             open_artifact(artifact, LoadOptions(context_length=POSITIONS + 1))
         assert open_artifact(artifact, LoadOptions(context_length=POSITIONS)).backend
+
+
+def test_a_body_only_checkpoint_loads_as_openai_community_gpt2s(tmp_path):
+    """openai-community/gpt2's model.safetensors holds `GPT2Model`'s tensors (wte.weight, h.0.attn.c_attn.weight,
+    the float32 h.{i}.attn.bias masks, no transformer. prefix, no lm_head) under a config naming GPT2LMHeadModel:
+    transformers and the converter read it; so does edgelm, with the same logits and the converter's tensors."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "model"
+    hf = write_gpt2_folder(folder, legacy_buffers=torch.float32)
+    tensors = load_file(folder / "model.safetensors")
+    save_file({name.removeprefix("transformer."): t for name, t in tensors.items()}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    assert not any(name.startswith("transformer.") for name in load_file(folder / "model.safetensors"))
+    ids = ids_for()
+    with torch.no_grad():
+        reloaded = transformers.GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").eval()
+        assert torch.equal(reloaded(ids).logits, hf(ids).logits)  # the fixture is what transformers loads as this model
+        delta = (open_checkpoint(folder).load_model()(ids)[0] - hf(ids).logits).abs().max().item()
+    print(f"\ngpt2, body-only checkpoint: torch vs transformers max |Δlogit| {delta:.3g}")
+    assert delta <= TOL
+    if not (CONVERTER_DIR / "convert_hf_to_gguf.py").is_file():
+        pytest.skip(f"{CONVERTER_DIR} is missing: `make test` fetches it")
+    # the converter (this version) stops at the h.{i}.attn.bias masks ("Can not map tensor"): compared without them
+    save_file({n: t for n, t in load_file(folder / "model.safetensors").items() if not n.endswith((".attn.bias", ".attn.masked_bias"))},
+              folder / "model.safetensors", metadata={"format": "pt"})
+    theirs = tmp_path / "converter.gguf"
+    subprocess.run([sys.executable, "-c", CONVERT.format(d=str(CONVERTER_DIR)), str(folder), "--outfile", str(theirs),
+                    "--outtype", "f32"], check=True, capture_output=True, text=True)
+    ours = export_gguf(open_checkpoint(folder), tmp_path / "edgelm.gguf", "f32").path
+    mine, their = ({t.name: np.array(t.data).tobytes() for t in GGUFReader(str(p)).tensors} for p in (ours, theirs))
+    assert mine == their

@@ -6,6 +6,8 @@ Every projection is a transformers `Conv1D`: its weight is stored [in, out] (the
 `nn.Linear`'s), so this module keeps that layout and checkpoint tensors load as they are.
 Checkpoints saved by transformers before 4.32 carry the causal mask `h.{i}.attn.bias` and
 `h.{i}.attn.masked_bias` as tensors: read and dropped (`unused_tensors`), as the converter drops them.
+The published openai-community/gpt2 weights are the body's alone, named without `transformer.`
+(`base_model_prefix`); its lm_head is the tied wte.
 In GGUF, llama.cpp's gpt2 arch (Conv1D weights transposed, as its converter's GPT2Model); in ONNX,
 the traced graph with the position table read at the positions the attention mask gives.
 """
@@ -116,6 +118,7 @@ class GPT2(Family):
     name = "gpt2"
     architectures = ("GPT2LMHeadModel",)
     model_types = ("gpt2",)
+    base_model_prefix = "transformer"  # openai-community/gpt2's own weights are `GPT2Model`'s: wte.weight, h.0.ln_1.weight, …
 
     def spec_from_config(self, config):
         hidden, heads = config.size("n_embd"), config.size("n_head")

@@ -117,6 +117,7 @@ class Llama(Family):
     # does not know ("does not recognize this architecture") instead of running it with rotary
     nope_model_type = "edgelm_nope_llama"
     model_types = ("llama", nope_model_type)
+    base_model_prefix = "model"  # a `LlamaModel` checkpoint (the body alone) names its tensors embed_tokens.weight, layers.0…
     head_temperature_tensor = "model.layers.{bid}.self_attn.scale_param"
 
     def spec_from_config(self, config):

@@ -76,6 +76,20 @@ class TensorSource:
         # name → dtype of the tensors that are not floats: refused once the family says which tensors it reads
         # (a GPT-2 checkpoint's uint8 attn.bias mask is no weight; a quantized model's packed integers are)
         self.non_float = non_float or {}
+        self._stored: dict[str, str] = {}  # name → the name its file stores it under, where they differ
+
+    def with_base_prefix(self, prefix: str) -> None:
+        """A checkpoint of the body alone (transformers' `GPT2Model`, as openai-community/gpt2 is published) names
+        its tensors without the `prefix.` the model with a head puts before them: name them as that model does,
+        as transformers' from_pretrained and llama.cpp's converter accept both. Nothing changes when any tensor
+        already carries the prefix."""
+        if not prefix or any(name.startswith(prefix + ".") for name in self.shapes):
+            return
+        renamed = {name: f"{prefix}.{name}" for name in self.shapes}
+        self.files = {renamed[n]: file for n, file in self.files.items()}
+        self.shapes = {renamed[n]: shape for n, shape in self.shapes.items()}
+        self.non_float = {renamed[n]: dtype for n, dtype in self.non_float.items()}
+        self._stored = {new: self._stored.get(old, old) for old, new in renamed.items()}
 
     def names(self) -> list[str]:
         return list(self.shapes)
@@ -108,19 +122,20 @@ class TensorSource:
                 # a mapping per block: the pages it touched leave the process with it (mapped file
                 # pages count as resident), so streaming a checkpoint keeps memory at about one block
                 with safe_open(str(file), framework="pt") as handle:
-                    block = handle.get_slice(name)[start:start + rows]
+                    block = handle.get_slice(self._stored.get(name, name))[start:start + rows]
             except Exception as exc:  # safetensors raises its own error types for truncated data
                 raise _damaged(name, exc, file) from None
             yield block.to(dtype)
 
     def _whole(self, name: str, dtype: torch.dtype | None) -> torch.Tensor:
+        stored = self._stored.get(name, name)
         if self._pickled is not None:
-            tensor = self._pickled[name]
+            tensor = self._pickled[stored]
         else:
             file = self.files[name]
             try:
                 with safe_open(str(file), framework="pt") as handle:
-                    tensor = handle.get_tensor(name)
+                    tensor = handle.get_tensor(stored)
             except Exception as exc:  # safetensors raises its own error types for truncated data
                 raise _damaged(name, exc, file) from None
         return tensor if dtype is None else tensor.to(dtype)
@@ -402,6 +417,7 @@ def open_checkpoint(
     config_path = folder / CONFIG
     family = family_for_config(config, config_path)
     tensors = _open_tensors(folder, allow_pickle)
+    tensors.with_base_prefix(family.base_model_prefix)
     reader = ConfigReader(config, tensors.shapes)
     spec = _spec_from_config(family, reader, config_path)
     config = reader.resolved()

@@ -58,6 +58,9 @@ class Family:
     position_encoding_key: ClassVar[str | None] = None
     # Checkpoint tensor holding λ for layer {bid}, shape [num_heads], when the family has one.
     head_temperature_tensor: ClassVar[str | None] = None
+    # transformers' `base_model_prefix`: the module holding the body in the model with a head; a checkpoint
+    # saved from the body alone names its tensors without it (TensorSource.with_base_prefix)
+    base_model_prefix: ClassVar[str] = ""
 
     def spec_from_config(self, config: ConfigReader) -> ModelSpec:
         """The family's config mapping: every layout of config.json it is published in → ModelSpec.
