@@ -375,7 +375,7 @@ def test_open_reports_only_onnxruntimes_load_errors_as_an_unloadable_file(export
     onnx.save(helper.make_model(graph), copy / "model.onnx")  # a well-formed protobuf onnxruntime refuses: InvalidGraph
     assert_user_error(run_cli("generate", copy, "--prompt", "Hello"), "onnxruntime cannot load model.onnx", "INVALID_GRAPH", str(copy))
 
-    def bug(self, model):
+    def bug(self, model, position_ids):
         raise ZeroDivisionError("a bug in edgelm")
 
     monkeypatch.setattr(OnnxBackend, "_check_against_graph", bug)

@@ -78,7 +78,7 @@ class OnnxBackend(Backend):
         import onnxruntime as ort
 
         super().__init__()
-        decoder = self._decoder = genai["model"]["decoder"]
+        decoder = genai["model"]["decoder"]
         self.folder, self.model_name = model.parent, model.name
         self.session = session_for(model, threads, provider)
         self.layers = decoder["num_hidden_layers"]
@@ -90,7 +90,7 @@ class OnnxBackend(Backend):
         self.buffer_names = [(names[f"past_{side}_names"] % i, names[f"present_{side}_names"] % i)
                              for i in range(self.layers) for side in ("key", "value")]
         self.input_names, self.logits_name = (names["input_ids"], names["attention_mask"]), names["logits"]
-        self._check_against_graph(model)
+        self._check_against_graph(model, names.get("position_ids"))
         graph_inputs = {i.name: i.type for i in self.session.get_inputs()}
         self.position_ids_name = names.get("position_ids") if names.get("position_ids") in graph_inputs else None
         self.shared_buffer = genai.get("search", {}).get("past_present_share_buffer", True)
@@ -106,7 +106,7 @@ class OnnxBackend(Backend):
         self.binding = self.session.io_binding()
         self._truncate(0)
 
-    def _check_against_graph(self, model: Path) -> None:
+    def _check_against_graph(self, model: Path, position_ids: str | None) -> None:
         """genai_config's decoder description must be the graph's: every past/present name it implies
         present, no past input it leaves unfed, and the KV shape it states where the graph fixes one."""
         inputs = {i.name: i for i in self.session.get_inputs()}
@@ -114,7 +114,6 @@ class OnnxBackend(Backend):
         outputs = set(output_shapes)
         # one graph name per role: logits named "present.0.key", or position_ids named "attention_mask", ran with exit 0
         roles = [*self.input_names, *(p for p, _ in self.buffer_names), self.logits_name, *(q for _, q in self.buffer_names)]
-        position_ids = decoder_names(self._decoder).get("position_ids")
         if position_ids in inputs:
             roles.append(position_ids)
         if twice := next((name for i, name in enumerate(roles) if name in roles[:i]), None):
