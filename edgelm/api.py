@@ -102,7 +102,8 @@ class Model:
              draft: int | None = None, lookup_ngram: int = LOOKUP_NGRAM, prompt_cache: str | Path | None = None,
              context_shift: bool = False, chat_template_kwargs: dict | None = None, **sampling) -> str | Iterator[Piece]:
         """The assistant's reply to `messages` ([{"role": "system" | "user" | "assistant" | "tool", "content": …}, …],
-        ending with the user's turn or a tool's result), rendered with the model's chat template as `edgelm chat` renders it;
+        ending with the user's turn or a tool's result; a content may be OpenAI's text parts, joined by newlines as
+        llama-server joins them), rendered with the model's chat template as `edgelm chat` renders it;
         the oldest exchanges are dropped when the conversation and `max_new_tokens` outgrow the context.
         `stream=True` gives the pieces as they come; `stop`: texts to stop before (repeatable in the CLI);
         sampling as SamplingOptions (temperature, top_k, top_p, min_p, repetition_penalty, seed); `draft`,
@@ -115,7 +116,7 @@ class Model:
 
         if not isinstance(messages, (list, tuple)):
             raise TypeError(f'messages is a list of dicts {{"role": str, "content": str}}, not {type(messages).__name__}')
-        messages = list(messages)
+        messages = [_text_content(m) for m in messages]
         # an assistant's tool call may have no content (OpenAI's and transformers' form: content None beside tool_calls);
         # other keys (tool_calls, name, tool_call_id) reach the template as they are
         if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and (isinstance(m.get("content"), str) or
@@ -168,6 +169,19 @@ class Model:
                 return perplexity(self.artifact.backend, ids, ctx, stride).perplexity
         with open_artifact(self.artifact.path, replace(self.options, all_logits=True, context_length=window)) as scorer:
             return perplexity(scorer.backend, ids, ctx, stride).perplexity
+
+
+def _text_content(message):
+    """OpenAI's content parts ([{"type": "text", "text": …}, …]) as one text, joined by newlines, as llama-server gives them
+    to a template that does not ask for typed content (common/chat.cpp, concat_typed_text); a part of another type (an image)
+    is refused, as llama-server refuses it: these models read text."""
+    if not isinstance(message, dict) or not isinstance(content := message.get("content"), list):
+        return message
+    if not all(isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str) for part in content):
+        kinds = sorted({str(part.get("type"))[:40] if isinstance(part, dict) else type(part).__name__ for part in content} - {"text"})
+        raise TypeError(f"a message's content parts are {{\"type\": \"text\", \"text\": str}}: these models read text, "
+                        f"not {', '.join(kinds) or 'text parts without a text'}")
+    return {**message, "content": "\n".join(part["text"] for part in content)}
 
 
 def _stops(stop: str | tuple[str, ...] | list[str]) -> tuple:

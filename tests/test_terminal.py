@@ -198,6 +198,20 @@ def test_api_chat_arguments_as_transformers_takes_them(artifacts, tmp_path):
         assert model.recommended_sampling == {"temperature": 0.7, "top_k": 40, "top_p": 0.95}
 
 
+def test_api_chat_takes_openai_text_parts_as_llama_server_joins_them(artifacts):
+    """OpenAI's content parts were a TypeError; llama-server joins text parts with newlines for a template that does not
+    ask for typed content (common/chat.cpp) and refuses other part types: the same reply as the joined text, greedy."""
+    with edgelm.load(artifacts["model folder"]) as model:
+        parts = [{"role": "user", "content": [{"type": "text", "text": "It is a truth"}, {"type": "text", "text": "universally"}]}]
+        assert model.chat(parts, max_new_tokens=8) == model.chat([{"role": "user", "content": "It is a truth\nuniversally"}],
+                                                                 max_new_tokens=8)
+        image = {"type": "image_url", "image_url": {"url": "data:,"}}
+        with pytest.raises(TypeError, match="these models read text, not image_url"):
+            model.chat([{"role": "user", "content": [{"type": "text", "text": "see"}, image]}], max_new_tokens=2)
+        with pytest.raises(TypeError, match="not text parts without a text"):
+            model.chat([{"role": "user", "content": [{"type": "text", "text": 5}]}], max_new_tokens=2)
+
+
 def test_api_load_names_llama_cpp_pythons_option_names():
     """Stranger round 11: edgelm.load(path, n_ctx=512) raised "LoadOptions.__init__() got an unexpected keyword argument"."""
     with pytest.raises(TypeError, match=r"no option n_ctx \(llama-cpp-python's name; edgelm's is context_length\)"):
