@@ -15,10 +15,9 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-import ggml
-
 from edgelm.benchmark import time_generation
 from edgelm.formats import LoadOptions, open_artifact
+from edgelm.ggml_python import ggml
 
 NO_KERNEL = {"NONE", "VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"}
 

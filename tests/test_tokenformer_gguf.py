@@ -48,7 +48,7 @@ def test_the_file_holds_q_k_v_stacked_as_declared(exported):
 def test_a_decode_step_runs_one_key_and_one_value_product_for_q_k_v(exported):
     """Per block: q·k·v keys, q·k·v values (batched), output keys and values, FFN keys and values; plus
     the LM head: 6·L + 1 matrix products (layout 1 ran 10·L + 1), one rotary over q and k per block."""
-    import ggml
+    from edgelm.ggml_python import ggml
 
     checkpoint, path = exported
     backend = open_artifact(path, LoadOptions(context_length=64, threads=1)).backend

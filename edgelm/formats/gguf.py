@@ -170,7 +170,7 @@ class GGUF(Format):
             engine = "llama.cpp"
             details["engine_version"] = f"llama-cpp-python {llama_cpp_version}"
         else:
-            from ggml import __version__ as ggml_version
+            from ..ggml_python import ggml
 
             from ..runtime.ggml_executor import GGMLBackend
             from .gguf_file import gguf_tokenizer
@@ -178,7 +178,7 @@ class GGUF(Format):
             tokenizer = gguf_tokenizer(self.gguf)
             backend = GGMLBackend(self.gguf, context, options.threads, options.f32_kv_cache, gpu=options.gpu_layers > 0 or options.resolved_device() == "cuda")
             engine = f"edgelm ggml executor ({backend.device})"
-            details["engine_version"] = f"ggml-python {ggml_version}"
+            details["engine_version"] = f"ggml-python {ggml.__version__}"
         backend.context_length = context
         return Artifact(self.path, self, engine, tokenizer, backend, details)
 

@@ -13,12 +13,12 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-import ggml
 import numpy as np
 
 from ..artifact_files import MAX_TEMPLATE_BYTES, MAX_TOKENIZER_BYTES, read_prefix
 from ..constants import GGUF_END_TOKEN_KEYS, GGUF_FAMILY, GGUF_TOKENIZER_FILE, GGUF_TOKENIZER_FILE_BASE64, TOKENIZER_FILES
 from ..errors import UserError
+from ..ggml_python import ggml
 from ..tokenizer import Tokenizer, load_tokenizer
 
 

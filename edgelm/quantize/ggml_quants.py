@@ -68,7 +68,7 @@ def quantize(array: np.ndarray, type_name: str, importance: np.ndarray | None = 
     row]); `importance`: per-column weights of the rounding error, [per_row] or one per leading slice
     [..., per_row] (a stack of matrices, each with its own statistics), as llama.cpp's quantizer
     hands each expert of a 3-D tensor its own slice of the importance matrix."""
-    import ggml
+    from ..ggml_python import ggml
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     qtype = GGMLQuantizationType[type_name]

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import math
 
-import ggml
-
 from ..errors import UserError
+from ..ggml_python import ggml
 from ..gguf_layout import VOCAB, Key
 from ..gguf_layout import tokenformer as layout
 from .ggml_executor import ARCH_GRAPHS, ArchGraph, Inputs, register_arch

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-import ggml
 import numpy as np
 
 from ..errors import UserError
+from ..ggml_python import ggml
 from .backend import Backend, default_threads, refuse_cache_past_memory
 
 if TYPE_CHECKING:  # the reader lives with the formats; the executor only runs what it opened
