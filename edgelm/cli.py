@@ -922,9 +922,10 @@ def parity(
     result = report.as_dict() | {"reference": f"{reference} ({ref.engine})", "artifact": f"{artifact_path} ({art.engine})",
                                  "kv_cache": art.backend.kv_cache_type()}
     _say_certificate(artifact_path, art, result["kv_cache"], reference, allow_pickle)
-    failed = [name for name, limit, value in [("mean KL divergence", max_kld, report.mean_kld),
-                                               ("perplexity increase", max_ppl_increase, report.perplexity_change)]
-              if limit is not None and not value <= limit]  # NaN is never within a limit
+    over = {name: f"{name} {value:.6g} above the limit {limit:g}" for name, limit, value in
+            [("mean KL divergence", max_kld, report.mean_kld), ("perplexity increase", max_ppl_increase, report.perplexity_change)]
+            if limit is not None and not value <= limit}  # NaN is never within a limit
+    failed = list(over)
     if not_finite(result):
         failed.append("finite logits")
     if as_json:
@@ -940,7 +941,7 @@ def parity(
             table.add_row(key, shown)
         out.print(table)
         for name in failed:
-            err.print(f"parity check failed: {'the artifact gave NaN or infinite logits' if name == 'finite logits' else name + ' above the limit'}")
+            err.print(f"parity check failed: {over.get(name, 'the artifact gave NaN or infinite logits')}")
     if failed:
         raise typer.Exit(1)
 

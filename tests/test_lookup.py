@@ -179,8 +179,9 @@ def test_python_api_takes_draft(artifact_path):
     model = edgelm.load(artifact_path("tiny-nope", "onnx"), context_length=CONTEXT)
     prompt = PASSAGE + "\n\n" + PASSAGE[:40]
     assert model.generate(prompt, 24, draft=0) == model.generate(prompt, 24, draft=6, lookup_ngram=2)
-    with pytest.raises(ValueError, match="draft"):
+    with pytest.raises(ValueError, match="^draft must be a whole number from 0, not -1$"):
         model.generate(prompt, 4, draft=-1)
-    with pytest.raises(ValueError, match="lookup_ngram one from 1 to 16"):
-        model.generate(prompt, 4, draft=4, lookup_ngram=17)
+    for wrong in (0, 17):  # each option named alone (stranger 21: lookup_ngram=0 said "not 0 and 0")
+        with pytest.raises(ValueError, match=f"^lookup_ngram must be a whole number from 1 to 16, not {wrong}$"):
+            model.generate(prompt, 4, draft=4, lookup_ngram=wrong)
     model.artifact.close()

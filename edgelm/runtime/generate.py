@@ -68,9 +68,10 @@ def generate_from_ids(
     it measured faster, docs/benchmarks.md). Greedy output is plain decoding's; sampled output follows
     the same distribution (speculative sampling's acceptance rule), not the same draws of a seed."""
     draft = backend.lookup_draft if draft is None else draft
-    if type(draft) is not int or draft < 0 or type(lookup_ngram) is not int or not 1 <= lookup_ngram <= LOOKUP_NGRAM_MAX:
-        raise ValueError(f"draft must be a whole number from 0 and lookup_ngram one from 1 to {LOOKUP_NGRAM_MAX}, "
-                         f"not {draft!r} and {lookup_ngram!r}")
+    if type(draft) is not int or draft < 0:
+        raise ValueError(f"draft must be a whole number from 0, not {draft!r}")
+    if type(lookup_ngram) is not int or not 1 <= lookup_ngram <= LOOKUP_NGRAM_MAX:
+        raise ValueError(f"lookup_ngram must be a whole number from 1 to {LOOKUP_NGRAM_MAX}, not {lookup_ngram!r}")
     if type(max_new_tokens) is not int or max_new_tokens < 1:  # the CLI's option has min=1; the Python API comes here
         raise ValueError(f"max_new_tokens must be a whole number from 1, not {max_new_tokens!r}")
     if any(type(s) is not str or not s for s in stop):  # as the CLI refuses --stop ""
