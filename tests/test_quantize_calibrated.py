@@ -88,12 +88,19 @@ def test_imatrix_reaches_llama_cpps_quantizer(gguf_pair):
     """Same types, same size, different bytes: the importance matrix went through params.imatrix."""
     stock, calibrated = gguf_pair
     assert stock.tensor_types == calibrated.tensor_types
-    assert stock.path.stat().st_size == calibrated.path.stat().st_size
+    assert len({sum(int(t.n_bytes) for t in GGUFReader(r.path).tensors) for r in gguf_pair}) == 1  # the keys below differ
     assert stock.path.read_bytes() != calibrated.path.read_bytes()
     assert any("importance matrix" in note for note in calibrated.notes)
     a, b = ({t.name: np.asarray(t.data) for t in GGUFReader(r.path).tensors} for r in gguf_pair)
     changed = {n for n in a if a[n].tobytes() != b[n].tobytes()}
     assert "blk.0.attn_q.weight" in changed and "token_embd.weight" not in changed  # no imatrix entry for a lookup
+    # what llama-quantize records of its --imatrix (stranger 20: nothing showed the file was calibrated)
+    fields = [GGUFReader(r.path).fields for r in gguf_pair]
+    assert not any(key.startswith("quantize.imatrix.") for key in fields[0])
+    recorded = {key: (field.contents(), field.types) for key, field in fields[1].items() if key.startswith("quantize.imatrix.")}
+    assert recorded == {"quantize.imatrix.dataset": (DEFAULT_TEXTS[0].name, [GGUFValueType.STRING]),
+                        "quantize.imatrix.entries_count": (29, [GGUFValueType.UINT32]),  # 7 per layer × 4 and the output
+                        "quantize.imatrix.chunks_count": (16, [GGUFValueType.UINT32])}
 
 
 def test_calibrated_gguf_int4_is_closer_to_the_reference(gguf_pair):

@@ -68,6 +68,14 @@ def test_int4_is_llama_cpps_q4_k_m_recipe_with_32_wide_value_tokens(files):
         assert GGUFReader(str(report.path)).fields["general.file_type"].contents() == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
 
 
+def test_a_calibrated_file_records_its_imatrix_as_llama_quantize_does(files):
+    _, made = files
+    fields = GGUFReader(made["imatrix"].path).fields
+    assert fields["quantize.imatrix.dataset"].contents() == DEFAULT_TEXTS[0].name
+    assert fields["quantize.imatrix.chunks_count"].contents() > 0 and fields["quantize.imatrix.entries_count"].contents() > 0
+    assert "quantize.imatrix.dataset" not in GGUFReader(made["plain"].path).fields
+
+
 def test_each_stacked_matrix_is_quantized_with_its_own_importance(files, imatrix):
     """blk.1's q·k·v value tokens: each slice is ggml's Q5_1 of that Pattention's V_p (transposed) weighed
     by that Pattention's own column statistics — not another's, and not none."""

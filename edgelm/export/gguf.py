@@ -36,6 +36,7 @@ from ..gguf_keys import declared
 from ..gguf_layout import expand_names
 from ..models import Checkpoint
 from ..quantize import ggml_quants, mixed
+from ..quantize.imatrix import quantize_keys as imatrix_quantize_keys
 from ..quantize.imatrix import write_gguf as write_imatrix
 from ..quantize.llama_cpp import quantize_gguf
 from .gguf_mapping import gguf_mapping
@@ -236,10 +237,10 @@ def _encode(name: str, array: np.ndarray, qtype: GGMLQuantizationType, importanc
 
 def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, file_type: LlamaFileType,
            on_tensor: Callable[[str], None] | None, chosen: dict[str, str] | None = None,
-           importance: dict[str, np.ndarray] | None = None, note: tuple[str, str] | None = None) -> dict[str, str]:
+           importance: dict[str, np.ndarray] | None = None, metadata: dict[str, str | int] | None = None) -> dict[str, str]:
     """Write the GGUF, each matrix as `wanted` or its `chosen` type ({GGUF name: GGML type name}),
-    weighing ggml's rounding errors by `importance` ({GGUF name: per-column weights}), `note` a
-    (key, string) added to its metadata; returns each tensor's GGML type name."""
+    weighing ggml's rounding errors by `importance` ({GGUF name: per-column weights}), `metadata`
+    ({key: string or integer}) added as they are; returns each tensor's GGML type name."""
     family, spec = checkpoint.family, checkpoint.spec
     mapping = gguf_mapping(family)
     arch = mapping.arch(spec)
@@ -261,8 +262,8 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     add_vocab(writer, checkpoint.tokenizer(), spec.vocab_size)
     for name, value in checkpoint.recommended_sampling().items():  # as llama.cpp's converter writes generation_config.json's
         (writer.add_int32 if name == "top_k" else writer.add_float32)(GGUF_SAMPLING_KEYS[name], value)
-    if note:
-        writer.add_string(*note)
+    for key, value in (metadata or {}).items():
+        writer.add_string(key, value) if isinstance(value, str) else writer.add_uint32(key, value)
 
     weights = ExportedWeights(checkpoint)
     plan = _sources(checkpoint, weights)
@@ -304,10 +305,10 @@ def _imatrix_note(weights: int, imatrix, texts: Sequence[Path]) -> str:
 
 def _write_imatrix(checkpoint: Checkpoint, texts: Sequence[Path], path: Path):
     """The importance matrix of `texts`, written at `path` under the GGUF tensor names. Returns a note
-    for the user and the matrix."""
+    for the user, the matrix and the keys llama-quantize records of it."""
     imatrix = _calibrate(checkpoint, texts)
     names = write_imatrix(imatrix, {source: gguf for gguf, source in _tensor_plan(checkpoint).items()}, path)
-    return _imatrix_note(len(names), imatrix, texts), imatrix
+    return _imatrix_note(len(names), imatrix, texts), imatrix, imatrix_quantize_keys(imatrix, len(names))
 
 
 def _importance(checkpoint: Checkpoint, imatrix) -> dict[str, np.ndarray]:
@@ -371,8 +372,8 @@ def _mixed_types(checkpoint: Checkpoint, f32: Path, texts: Sequence[Path], imatr
     notes = [f"mixed precision within {budget} bytes: " + ", ".join(f"{n} × {t}" for t, n in sorted(counts.items()))
              + f" (each weight's KLD measured alone at {measured} on {len(chunks)} × {mixed.CHUNK_TOKENS} tokens of "
              + ", ".join(p.name for p in texts) + f"; predicted sum {predicted:.5f})"]
-    note = (mixed.NOTE_KEY, f"max_size={budget} predicted_kld={predicted:.6f} measured={measured}")
-    return mixed.overrides(found, choice), note, notes
+    key = {mixed.NOTE_KEY: f"max_size={budget} predicted_kld={predicted:.6f} measured={measured}"}
+    return mixed.overrides(found, choice), key, notes
 
 
 def _write_ggml_quants(checkpoint: Checkpoint, path: Path, type_name: str, on_tensor, calibration: Sequence[Path],
@@ -381,24 +382,27 @@ def _write_ggml_quants(checkpoint: Checkpoint, path: Path, type_name: str, on_te
     llama.cpp's recipe for `type_name` (or, with `max_size`, the mixed-precision choice, measured
     through the same quantizer), weighing errors by the calibration's importance matrix when given."""
     imatrix = importance = None
+    metadata = {}
     if calibration:
         imatrix = _calibrate(checkpoint, calibration)
         importance = _importance(checkpoint, imatrix)
         notes.append(_imatrix_note(len(importance), imatrix, calibration) + " (ggml's quantizer)")
-    types, note = _recipe_types(checkpoint, type_name), None
+        metadata |= imatrix_quantize_keys(imatrix, len(importance))
+    types = _recipe_types(checkpoint, type_name)
     if max_size is not None:  # the f32 file, as llama.cpp's path has it: the allocation's measure of the other bytes
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.f32-", suffix=".gguf", dir=path.parent)
         os.close(fd)
         try:
             _write(checkpoint, Path(name), Q.F32, LlamaFileType.ALL_F32, None)
-            chosen, note, chosen_notes = _mixed_types(checkpoint, Path(name), calibration, imatrix, max_size, type_name,
-                                                      ggml_quants.round_trip)
+            chosen, key, chosen_notes = _mixed_types(checkpoint, Path(name), calibration, imatrix, max_size, type_name,
+                                                     ggml_quants.round_trip)
+            metadata |= key
         finally:
             Path(name).unlink(missing_ok=True)
         types |= chosen
         notes += chosen_notes
     return _write(checkpoint, path, Q[ggml_quants.RECIPES[type_name][0]], LLAMA_FILE_TYPES[type_name], on_tensor, types,
-                  importance, note)
+                  importance, metadata)
 
 
 def export_gguf(
@@ -451,21 +455,22 @@ def export_gguf(
             os.close(fd)
             imatrix = Path(name).with_suffix(".imatrix.gguf") if calibration else None
             try:
-                matrix = None
+                matrix, metadata = None, {}
                 if imatrix:
                     step("importance matrix")
-                    note, matrix = _write_imatrix(checkpoint, calibration, imatrix)
+                    note, matrix, metadata = _write_imatrix(checkpoint, calibration, imatrix)
                     notes.append(note)
                 step("")
                 _write(checkpoint, Path(name), Q.F32, LlamaFileType.ALL_F32, on_tensor)
-                types, key = None, None
+                types = None
                 if max_size is not None:
                     step("measuring each tensor's types for --max-size")
                     types, key, chosen = _mixed_types(checkpoint, Path(name), calibration, matrix, max_size, type_name,
                                                       mixed.ggml_trip())
+                    metadata |= key
                     notes += chosen
                 step("llama.cpp's quantizer")
-                written = quantize_gguf(Path(name), tmp, int(LLAMA_FILE_TYPES[type_name]), type_name, imatrix, types, key,
+                written = quantize_gguf(Path(name), tmp, int(LLAMA_FILE_TYPES[type_name]), type_name, imatrix, types, metadata,
                                         on_tensor=on_quantized)
             finally:
                 Path(name).unlink(missing_ok=True)

@@ -16,6 +16,9 @@ import numpy as np
 
 GENERAL_TYPE = "general.type"
 DATASETS, CHUNK_COUNT, CHUNK_SIZE = "imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size"
+# what llama-quantize records in a file it quantized with an imatrix (tools/quantize/quantize.cpp, through --override-kv)
+QUANTIZE_DATASET, QUANTIZE_ENTRIES, QUANTIZE_CHUNKS = ("quantize.imatrix.dataset", "quantize.imatrix.entries_count",
+                                                       "quantize.imatrix.chunks_count")
 SUMS, COUNTS = ".in_sum2", ".counts"
 
 
@@ -44,6 +47,14 @@ class ImportanceMatrix:
             self.counts[name] += rows
         else:
             self.sums[name], self.counts[name] = sums, rows
+
+
+def quantize_keys(imatrix: ImportanceMatrix, entries: int) -> dict[str, str | int]:
+    """The keys llama-quantize adds to a file quantized with `imatrix` of `entries` weights, so gguf-dump shows it was
+    calibrated and on what: its first dataset (llama.cpp records one), entries and chunks. Its quantize.imatrix.file,
+    the path of the matrix given, is left out: edgelm's matrix lives in a temporary file."""
+    return {QUANTIZE_DATASET: imatrix.datasets[0] if imatrix.datasets else "", QUANTIZE_ENTRIES: entries,
+            QUANTIZE_CHUNKS: imatrix.chunk_count}
 
 
 def write_gguf(imatrix: ImportanceMatrix, gguf_names: dict[str, str], path: Path) -> list[str]:

@@ -6,7 +6,7 @@ process the two added up to 0.62–0.65 GB (1.1B → Q4_K_M); apart, neither pro
 waiting exporter and the quantizer together still reach ~0.62). The quantizer's process imports only
 llama-cpp-python, as llama.cpp's own `llama-quantize` runs apart from its converter.
 
-    python -m edgelm.quantize.llama_cpp SOURCE.gguf TARGET.gguf FILE_TYPE [IMATRIX.gguf|""] [TYPES.json]
+    python -m edgelm.quantize.llama_cpp SOURCE.gguf TARGET.gguf FILE_TYPE [IMATRIX.gguf|""] [{"types": …, "metadata": …}]
     → TARGET.gguf; on stdout a line `PROGRESS n total` as llama.cpp starts each tensor (its own
       "[  n/total]" log line, as llama-quantize prints it), then {tensor name: GGML type name} as JSON
 
@@ -15,7 +15,8 @@ With an importance matrix (llama.cpp's imatrix.gguf, quantize/imatrix.py), the p
 `llama_model_imatrix_data` ended by a NULL name (`llama_model_quantize_params.imatrix`). With
 {tensor name: GGML type name} (quantize/mixed.py's choice), each tensor gets its type through
 `llama_model_quantize_params.tt_overrides` (an anchored pattern per tensor, ended by a NULL pattern),
-as llama-quantize's `--tensor-type NAME=TYPE` hands them over.
+as llama-quantize's `--tensor-type NAME=TYPE` hands them over; metadata keys through `kv_overrides`, as its
+`--override-kv` and its own record of the imatrix.
 """
 
 from __future__ import annotations
@@ -41,16 +42,16 @@ LLAMA_LOG_ERROR = 3  # ggml_log_level
 
 
 def quantize_gguf(source: Path, target: Path, file_type: int, type_name: str, imatrix: Path | None = None,
-                  tensor_types: dict[str, str] | None = None, note: tuple[str, str] | None = None,
+                  tensor_types: dict[str, str] | None = None, metadata: dict[str, str | int] | None = None,
                   on_tensor: Callable[[int, int], None] | None = None) -> dict[str, str]:
     """Write `target`, `source` (an f32 GGUF of an arch llama.cpp knows) quantized to `file_type`,
     weighing rounding errors by `imatrix` (an imatrix.gguf) when given, `tensor_types` ({tensor name:
-    GGML type name}) overriding llama.cpp's choice for those tensors, `note` a (key, string of at most
-    127 bytes) added to the file's metadata (llama-quantize's --override-kv); `on_tensor(n, total)` as
+    GGML type name}) overriding llama.cpp's choice for those tensors, `metadata` ({key: string of at most
+    127 bytes, or integer}) added to the file's (llama-quantize's --override-kv); `on_tensor(n, total)` as
     llama.cpp starts the n-th tensor (this step is most of a 1.1B export: 4 of its 5 minutes on 2 cores);
     returns the GGML type name of each tensor, as gguf-py reads them from `target`."""
     _give_back_freed_heap()
-    types = [json.dumps({"types": tensor_types, "note": note})] if tensor_types else []
+    types = [json.dumps({"types": tensor_types or {}, "metadata": metadata or {}})] if tensor_types or metadata else []
     command = [sys.executable, "-m", __name__, str(source), str(target), str(file_type), str(imatrix or ""), *types]
     lines = []
     with tempfile.TemporaryFile("w+", errors="replace") as stderr:  # a file, not a pipe: nothing to drain while stdout is read
@@ -122,7 +123,20 @@ def _overrides_array(tensor_types: dict[str, str], llama_cpp):
     return array, patterns
 
 
-def _main(source: str, target: str, file_type: str, imatrix: str = "", tensor_types: str = "") -> int:
+def _kv_overrides_array(metadata: dict[str, str | int], llama_cpp):
+    """{key: value} as llama.cpp's `llama_model_kv_override` array, ended by an empty key; llama_model_quantize
+    writes a string as it is and an integer as uint32 (llama-quant.cpp)."""
+    array = (llama_cpp.llama_model_kv_override * (len(metadata) + 1))()
+    for slot, (key, value) in zip(array, metadata.items()):
+        slot.key = key.encode()
+        if isinstance(value, str):
+            slot.tag, slot.value.val_str = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, value.encode()[:127]
+        else:
+            slot.tag, slot.value.val_i64 = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, value
+    return array
+
+
+def _main(source: str, target: str, file_type: str, imatrix: str = "", settings: str = "") -> int:
     import llama_cpp
 
     @llama_cpp.llama_log_callback
@@ -142,16 +156,13 @@ def _main(source: str, target: str, file_type: str, imatrix: str = "", tensor_ty
     if imatrix:
         array, keep = _imatrix_array(imatrix, llama_cpp)
         params.imatrix = ctypes.cast(array, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
-    if tensor_types:
-        mixed = json.loads(tensor_types)
-        overrides, _patterns = _overrides_array(mixed["types"], llama_cpp)
+    given = json.loads(settings) if settings else {}
+    if given.get("types"):
+        overrides, _patterns = _overrides_array(given["types"], llama_cpp)
         params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
-        if mixed["note"]:
-            kv = (llama_cpp.llama_model_kv_override * 2)()
-            kv[0].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
-            kv[0].key = mixed["note"][0].encode()
-            kv[0].value.val_str = mixed["note"][1].encode()[:127]
-            params.kv_overrides = ctypes.cast(kv, ctypes.POINTER(llama_cpp.llama_model_kv_override))
+    if given.get("metadata"):
+        kv = _kv_overrides_array(given["metadata"], llama_cpp)
+        params.kv_overrides = ctypes.cast(kv, ctypes.POINTER(llama_cpp.llama_model_kv_override))
     if llama_cpp.llama_model_quantize(source.encode(), target.encode(), params) != 0:
         return REFUSED
     from gguf import GGUFReader  # read here too: its parse of a 32k-token vocabulary holds ~70 MB

@@ -38,7 +38,7 @@ SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10
 CHUNKS, CHUNK_TOKENS = 4, 256  # the calibration text each weight's KLD is measured on: one forward per weight
 NOTE_KEY = "edgelm.quantize.mixed"  # the file's record of the budget and the predicted KLD (the types are the tensors')
 # room kept for the certificate's edgelm.parity.* keys, added after the quantizer (2.7 KB measured on tiny-nope:
-# a fixed-size probe, 8 greedy tokens and top-8 logits)
+# a fixed-size probe, 8 greedy tokens and top-8 logits), and for the mixed and quantize.imatrix.* notes (~0.3 KB)
 CERTIFICATE_RESERVE = 8 * 1024
 # ONNX: room kept per MatMul for the MatMulNBits node that replaces it and its initializers' names and shapes
 # (~300 bytes measured), and for edgelm.json (6.1 KB on tiny-nope, its certificate included)
