@@ -9,7 +9,15 @@ backend 477 to ggml-python's older ggml (`LD_DEBUG=bindings`), and llama.cpp com
 llama-cpp-python had loaded first). With llama-cpp-python first, its libraries stay local to it and each package binds
 to its own ggml."""
 
-import llama_cpp  # noqa: F401  (first: see above)
+import logging
+import sys
+
+if "ggml" in sys.modules and "llama_cpp" not in sys.modules:  # a caller's script imported ggml-python before edgelm
+    logging.getLogger("edgelm").warning(
+        "ggml-python was imported before llama-cpp-python: llama.cpp in this process will run ggml-python's ggml, not its own "
+        "(import edgelm or llama_cpp before ggml)")
+
+import llama_cpp  # noqa: E402, F401  (first: see above)
 
 import ggml  # noqa: E402
 

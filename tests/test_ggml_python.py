@@ -55,3 +55,12 @@ def test_ggml_python_is_imported_in_one_place():
     found = [str(p.relative_to(REPO)) for folder in ("edgelm", "tests", "benchmarks", "examples") for p in (REPO / folder).rglob("*.py")
              if direct.search(p.read_text(encoding="utf-8")) and p.name != "ggml_python.py"]
     assert not found
+
+
+def test_a_script_that_imported_ggml_python_first_is_told():
+    script = "import ggml, logging; logging.basicConfig(); import edgelm.ggml_python"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(REPO)})
+    assert result.returncode == 0 and "ggml-python was imported before llama-cpp-python" in result.stderr, result.stderr
+    quiet = subprocess.run([sys.executable, "-c", "import logging; logging.basicConfig(); import edgelm.ggml_python"],
+                           capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(REPO)})
+    assert quiet.returncode == 0 and "imported before" not in quiet.stderr
