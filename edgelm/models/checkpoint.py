@@ -464,6 +464,11 @@ def _check_tensors(family: Family, spec: ModelSpec, tensors: TensorSource, folde
     if refused := {name: dtype for name, dtype in tensors.non_float.items() if name not in unused}:
         _refuse_non_float(refused, tensors.files[next(iter(refused))])
     unexpected = [n for n in tensors.names() if n not in expected and n not in temperature_names and n not in unused]
+    prefix = family.base_model_prefix + "."
+    if bare := [n for n in missing if n.startswith(prefix) and n.removeprefix(prefix) in present]:
+        # transformers' from_pretrained would initialise these at random (it adds the prefix to all or to none)
+        raise UserError(f"{len(bare)} tensors are named without the {prefix[:-1]!r} prefix the others carry: {_listed(bare)}",
+                        folder, f"name every tensor with {prefix!r} or none (a body-only checkpoint names none)")
     if missing:
         raise UserError(f"{len(missing)} tensors missing: {_listed(missing)}", folder, "the weights do not match config.json: re-download or re-export them")
     if unexpected:
