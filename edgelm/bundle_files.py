@@ -16,7 +16,7 @@ from typing import Any
 
 from .artifact_files import find_member, member, parse_json, read_json, sha256
 from .constants import BUNDLE_MANIFEST, GGUF_CONTEXT_LIMIT as MAX_CONTEXT
-from .errors import UserError, WriteFailed
+from .errors import ArtifactMismatch, UserError, WriteFailed
 from .fileio import WRITE_ERRNOS, is_plain_name
 from .numbers import SAMPLING_NAMES, is_count, stated_sampling
 
@@ -75,15 +75,15 @@ def _check_folder(folder: Path, manifest: dict) -> None:
     files = manifest["files"]
     extra = sorted(p.name for p in folder.iterdir() if p.name != BUNDLE_MANIFEST and p.name not in files)
     if extra:
-        raise UserError(f"{extra[0]} is in the bundle but not in its manifest", folder,
+        raise ArtifactMismatch(f"{extra[0]} is in the bundle but not in its manifest", folder,
                         "a bundle holds exactly what its manifest lists: remove it or make the bundle again")
     for name, entry in files.items():
         path = folder / name
         if path.is_symlink():  # a bundle is copied as plain files: a link in one was put there
-            raise UserError(f"{name} is a link, not a file of the bundle", folder, "refused: copy the bundle again")
+            raise ArtifactMismatch(f"{name} is a link, not a file of the bundle", folder, "refused: copy the bundle again")
         member(folder, name, fix="the bundle is incomplete: copy it again")
         if path.stat().st_size != entry["bytes"] or sha256(path) != entry["sha256"]:
-            raise UserError(f"{name} does not match its sha256 in the manifest", path, "the file was changed or damaged: copy the bundle again")
+            raise ArtifactMismatch(f"{name} does not match its sha256 in the manifest", path, "the file was changed or damaged: copy the bundle again")
 
 
 # zip read errors: a bad CRC (BadZipFile), an encrypted entry (RuntimeError), an unknown compression method
@@ -122,7 +122,7 @@ def _unpack_checked(archive: zipfile.ZipFile, bundle: Path, folder: Path) -> Non
         raise UserError(f"the archive holds {len(entries)} entries; a bundle has at most {MAX_FILES}", bundle,
                         "refused: make the bundle again")
     if twice := sorted({name for name in names if names.count(name) > 1}):  # which copy an unzipper keeps differs
-        raise UserError(f"the archive holds {', '.join(map(repr, twice))} more than once", bundle, "refused: make the bundle again")
+        raise ArtifactMismatch(f"the archive holds {', '.join(map(repr, twice))} more than once", bundle, "refused: make the bundle again")
     if BUNDLE_MANIFEST not in names:
         raise UserError(f"no {BUNDLE_MANIFEST} manifest in the archive", bundle, "give a zip made by `edgelm bundle --zip`")
     info = archive.getinfo(BUNDLE_MANIFEST)
@@ -132,9 +132,9 @@ def _unpack_checked(archive: zipfile.ZipFile, bundle: Path, folder: Path) -> Non
     for entry in entries:
         expected = BUNDLE_MANIFEST if entry.filename == BUNDLE_MANIFEST else manifest["files"].get(entry.filename)
         if expected is None:
-            raise UserError(f"{entry.filename} is in the archive but not in its manifest", bundle, "refused: make the bundle again")
+            raise ArtifactMismatch(f"{entry.filename} is in the archive but not in its manifest", bundle, "refused: make the bundle again")
         if expected != BUNDLE_MANIFEST and entry.file_size != expected["bytes"]:
-            raise UserError(f"{entry.filename} would unpack to {entry.file_size} bytes, the manifest says {expected['bytes']}", bundle,
+            raise ArtifactMismatch(f"{entry.filename} would unpack to {entry.file_size} bytes, the manifest says {expected['bytes']}", bundle,
                             "refused: make the bundle again")
     for entry in entries:
         if entry.flag_bits & 0x1:
@@ -201,7 +201,7 @@ def errors_named_for(folder: Path, given: Path):
     except UserError as exc:
         if folder == given or (inside := path_inside(exc, folder)) is None:
             raise
-        raise UserError(f"{exc.what} (its {inside.as_posix()})" if inside != Path(".") else exc.what, given, exc.fix) from None
+        raise type(exc)(f"{exc.what} (its {inside.as_posix()})" if inside != Path(".") else exc.what, given, exc.fix) from None
 
 
 def verify_folder(folder: Path) -> dict:

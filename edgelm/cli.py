@@ -17,7 +17,7 @@ import typer
 
 from . import __version__
 from .console import LazyConsole, OutputLost, Progress, guarded_streams
-from .errors import RefusedText, UserError
+from .errors import ArtifactMismatch, RefusedText, UserError
 from .constants import SAMPLING_DEFAULTS
 from .fileio import DISK_FULL_ERRNOS, stopped
 from .exporters import EXPORTERS
@@ -787,7 +787,13 @@ def verify(
         result = check(fmt, reference, threads, device)
         lines = [f"{artifact_path.name} loads and runs"]
     else:
-        manifest, model, result = verify_bundle(artifact_path, lambda inner: check(inner, reference, threads, device, bundled=True))
+        try:
+            manifest, model, result = verify_bundle(artifact_path, lambda inner: check(inner, reference, threads, device, bundled=True))
+        except ArtifactMismatch as exc:  # a bundle that is not what its manifest says fails the check, as a changed weight does
+            if as_json:
+                out.print_json(json.dumps({"ok": False, "failed": [exc.line()]}))
+            err.print(f"verify failed: {exc.line()}", markup=False)
+            raise typer.Exit(1) from None
         lines = [f"bundle: {len(manifest['files'])} files match their sha256, nothing else in the bundle; {manifest['model']} loads and runs "
                  f"({model['family']}, {model['format']}, {model['quantization']})"]
     # what every check above reads lies inside the artifact, and whoever edits it can rewrite it too (a stranger

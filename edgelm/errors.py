@@ -45,6 +45,12 @@ class UserError(Exception):
         return one_line(_PATH_REPR.sub(r"\1", " — ".join(parts)))
 
 
+class ArtifactMismatch(UserError):
+    """An artifact that is not what its own record says: a bundled file against its manifest's sha256 or size, a
+    file or archive entry the manifest does not list, one listed twice. Refused (exit 2) by the commands that
+    would run it; a failed check (exit 1) for `verify`, as a changed weight of a bare GGUF is."""
+
+
 class RefusedText(UserError):
     """A text refused whole (not UTF-8, or a terminal line past the limit) after it was read: what follows it
     can still be read (chat goes on to the next message)."""

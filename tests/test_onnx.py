@@ -432,8 +432,9 @@ def test_bundle_and_verify(run_cli, exported, tmp_path):
 
     with open(bundle / "tokenizer.model", "ab") as handle:  # tampered
         handle.write(b"x")
-    code, _, err = run_cli("verify", bundle)
-    assert code == 2 and "tokenizer.model does not match its sha256" in err
+    code, out, err = run_cli("verify", bundle, "--json")
+    assert code == 1 and err.startswith("verify failed: ") and "tokenizer.model does not match its sha256" in err
+    assert json.loads(out)["ok"] is False and "tokenizer.model does not match its sha256" in json.loads(out)["failed"][0]
     manifest["files"]["../escape.txt"] = {"sha256": "0" * 64, "bytes": 1}
     (bundle / "edgelm.json").write_text(json.dumps(manifest))
     code, _, err = run_cli("verify", bundle)
