@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .numbers import exp_or_inf
+from .numbers import check_count, exp_or_inf
 from .runtime.backend import Backend
 
 
@@ -43,10 +43,9 @@ def windows(n_tokens: int, ctx: int, stride: int) -> list[tuple[int, int, int]]:
 def check_windows(tokens: int, ctx: int, stride: int | None) -> int:
     """The stride for windows of `ctx` tokens over `tokens`, each value checked and named as the caller gave
     it (the Python API's perplexity(ctx=0) said "stride must be in 1..ctx-1"; an empty text divided by zero)."""
-    if type(ctx) is not int or ctx < 2:
-        raise ValueError(f"ctx must be a whole number of tokens from 2, not {ctx!r}")
-    if stride is not None and (type(stride) is not int or not 0 < stride < ctx):
-        raise ValueError(f"stride must be a whole number from 1 to ctx - 1 ({ctx - 1}), not {stride!r}")
+    check_count("ctx", ctx, 2, where=" (tokens)")
+    if stride is not None:
+        check_count("stride", stride, 1, ctx - 1, where=" (ctx - 1)")
     if tokens < 2:
         raise ValueError(f"the text has {tokens} token{'s' * (tokens != 1)}; perplexity needs at least 2")
     return stride or ctx - 1

@@ -88,6 +88,16 @@ LOOKUP_NGRAM = 3  # the longest n-gram prompt-lookup decoding matches (llama.cpp
 LOOKUP_NGRAM_MAX = 16
 
 
+def check_count(name: str, value, low: int, high: int | None = None, where: str = "") -> None:
+    """A count given in Python: TypeError when it is no whole number (2.5, "3", True; Python's own range("3") is a
+    TypeError), ValueError when it lies outside low..high. `where` follows the range in the message."""
+    span = f"from {low}" + (f" to {high}" if high is not None else "") + where
+    if type(value) is not int:
+        raise TypeError(f"{name} must be a whole number {span}, not {type(value).__name__} {str(value)[:40]!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be a whole number {span}, not {value!r}")
+
+
 def is_number(value) -> bool:
     """A number as JSON means one: an int or a float, never a bool. Python's True is the int 1, so a JSON
     `true` passed every isinstance(value, (int, float)) check and was read as 1.0. Every number read from a

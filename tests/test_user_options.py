@@ -397,10 +397,21 @@ def test_python_load_refuses_counts_that_are_no_whole_number_in_range(gguf, name
     2.5 on a model folder decoded forever, True 'held True tokens', -5 on a llama.cpp GGUF blamed the file."""
     import edgelm
 
-    with pytest.raises(ValueError, match=f"{name} must be a whole number from"):
+    error = ValueError if type(value) is int else TypeError  # a wrong type is a TypeError, as the README says (stranger 22)
+    with pytest.raises(error, match=f"{name} must be a whole number from"):
         edgelm.load(gguf, **{name: value})
-    with pytest.raises(ValueError, match=f"{name} must be a whole number from"):
+    with pytest.raises(error, match=f"{name} must be a whole number from"):
         edgelm.load(MODEL, **{name: value})
+
+
+@pytest.mark.parametrize("option", [{"draft": "3"}, {"draft": 1.5}, {"lookup_ngram": 2.0}, {"max_new_tokens": "3"}, {"seed": "1"},
+                                    {"top_k": 2.5}, {"draft": True}])
+def test_python_generate_calls_a_count_of_the_wrong_type_a_type_error(option):
+    """Stranger 22: these were ValueErrors, while temperature="0.5" was a TypeError and the README promises TypeError."""
+    import edgelm
+
+    with edgelm.load(MODEL) as model, pytest.raises(TypeError, match=f"{next(iter(option))} must be a whole number from"):
+        model.generate("Hello", **({"max_new_tokens": 2} | option))
 
 
 @pytest.mark.parametrize("name,value,words", [("threads", 10**6, "threads must be at most the"), ("device", "tpu", "device must be one of auto, cpu, cuda")])

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from ..errors import UserError
 from ..hub import resolve_model
+from ..numbers import check_count
 from ..runtime.backend import Backend
 from ..tokenizer import Tokenizer
 
@@ -84,8 +85,8 @@ class LoadOptions:
         API came straight here: context_length -5 aborted ggml, 2.5 decoded forever, True held 'True' tokens)."""
         for name, low in (("context_length", 2), ("threads", 1), ("gpu_layers", 0)):
             value = getattr(self, name)
-            if value is not None and (type(value) is not int or value < low):
-                raise ValueError(f"{name} must be a whole number from {low}" + (" or None" if name != "gpu_layers" else "") + f", not {value!r}")
+            if value is not None:
+                check_count(name, value, low, where=" or None" if name != "gpu_layers" else "")
         cores = os.cpu_count() or 1
         if self.threads is not None and self.threads > cores:  # onnxruntime with 10^6 threads grew to 8 GB and never opened
             raise ValueError(f"threads must be at most the {cores} CPUs here, not {self.threads}")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..errors import UserError
-from ..numbers import LOOKUP_NGRAM, LOOKUP_NGRAM_MAX
+from ..numbers import LOOKUP_NGRAM, LOOKUP_NGRAM_MAX, check_count
 from ..tokenizer import Tokenizer
 from .backend import Backend
 from .sampling import Sampler, SamplingOptions
@@ -68,12 +68,9 @@ def generate_from_ids(
     it measured faster, docs/benchmarks.md). Greedy output is plain decoding's; sampled output follows
     the same distribution (speculative sampling's acceptance rule), not the same draws of a seed."""
     draft = backend.lookup_draft if draft is None else draft
-    if type(draft) is not int or draft < 0:
-        raise ValueError(f"draft must be a whole number from 0, not {draft!r}")
-    if type(lookup_ngram) is not int or not 1 <= lookup_ngram <= LOOKUP_NGRAM_MAX:
-        raise ValueError(f"lookup_ngram must be a whole number from 1 to {LOOKUP_NGRAM_MAX}, not {lookup_ngram!r}")
-    if type(max_new_tokens) is not int or max_new_tokens < 1:  # the CLI's option has min=1; the Python API comes here
-        raise ValueError(f"max_new_tokens must be a whole number from 1, not {max_new_tokens!r}")
+    check_count("draft", draft, 0)
+    check_count("lookup_ngram", lookup_ngram, 1, LOOKUP_NGRAM_MAX)
+    check_count("max_new_tokens", max_new_tokens, 1)  # the CLI's option has min=1; the Python API comes here
     if any(type(s) is not str or not s for s in stop):  # as the CLI refuses --stop ""
         raise ValueError(f"stop must be a list of non-empty texts, not {stop!r} (an empty one would stop before the first token)")
     if len(ids) >= backend.context_length:

@@ -7,7 +7,7 @@ from numbers import Real
 
 import numpy as np
 
-from ..numbers import SAMPLING_RANGES, SEED_MAX, NotFinite
+from ..numbers import SAMPLING_RANGES, SEED_MAX, NotFinite, check_count
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ class SamplingOptions:
                 raise TypeError(f"{name} must be a number, not {type(value).__name__} {str(value)[:40]!r}")
             object.__setattr__(self, name, allowed.check(name, value))
         for name, value, high in (("top_k", self.top_k, None), ("seed", self.seed, SEED_MAX)):
-            if value is not None and (type(value) is not int or value < 0 or (high is not None and value > high)):
-                raise ValueError(f"{name} must be a whole number from 0" + (f" to {high}" if high else "") + f", not {value!r}")
+            if value is not None:
+                check_count(name, value, 0, high)
 
 
 class Sampler:
