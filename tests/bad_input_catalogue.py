@@ -424,6 +424,8 @@ CASES: list[Case] = [
          gguf_key("tokenformer.block_count", 2**31, GGUFValueType.UINT32)),
     case("GGUF norm epsilon NaN", "generate {gguf} --prompt x", "tokenformer.attention.layer_norm_epsilon is nan",
          gguf_key("tokenformer.attention.layer_norm_epsilon", NAN, GGUFValueType.FLOAT32)),
+    case("GGUF rope base zero", "generate {llama_gguf} --prompt x", "llama.rope.freq_base is 0.0, not a finite number > 0",
+         gguf(add={"llama.rope.freq_base": (0.0, GGUFValueType.FLOAT32)}, drop_keys={"llama.rope.freq_base"}, key="llama_gguf")),
     case("GGUF edgelm.config not JSON", "inspect {gguf}", "edgelm.config is not valid JSON",
          gguf_key("edgelm.config", "{", GGUFValueType.STRING)),
     case("GGUF edgelm.config layers negative", "inspect {gguf}", "num_layers",

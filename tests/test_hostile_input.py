@@ -1,6 +1,7 @@
 """Files from the internet that were made to hurt: nothing is written outside the output, and each is
 refused with one line and exit 2."""
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -287,6 +288,47 @@ def test_keys_llama_cpp_asserts_on_are_refused_before_it_loads(run_cli, llama_gg
     evil = rewrite_gguf(llama_gguf, tmp_path / "evil.gguf", drop_keys={key}, add={key: (value, vtype)})
     for command in (("generate", evil, "--prompt", "x"), ("verify", evil), ("inspect", evil), ("bundle", evil, "--out", tmp_path / "b")):
         assert_user_error(run_cli(*command), needle)
+
+
+def _vocab_edits(gguf_path):
+    from gguf import GGUFReader
+
+    tokens = list(GGUFReader(str(gguf_path)).fields["tokenizer.ggml.tokens"].contents())
+    tokens[300] = tokens[299]
+    return {
+        "no vocabulary": ({"tokenizer.ggml.model": ("none", GGUFValueType.STRING)}, "it has no vocabulary (tokenizer.ggml.model is 'none')"),
+        "a token twice": ({"tokenizer.ggml.tokens": (tokens, GGUFValueType.ARRAY, GGUFValueType.STRING)},
+                          f"its vocabulary holds the token {tokens[299]!r} 2 times"),
+        "bos to add, none given": ({"tokenizer.ggml.model": ("gemma4", GGUFValueType.STRING),  # no default bos id
+                                    "tokenizer.ggml.bos_token_id": (99999, GGUFValueType.UINT32),
+                                    "tokenizer.ggml.add_bos_token": (True, GGUFValueType.BOOL)}, "its vocabulary has no bos token"),
+    }
+
+
+@pytest.mark.parametrize("case", ["no vocabulary", "a token twice", "bos to add, none given"])
+def test_vocabularies_llama_cpp_aborts_on_are_refused(run_cli, llama_gguf, tmp_path, case):
+    """Stranger 24: tokenizer.ggml.model 'none' (a value llama.cpp accepts) or a vocabulary of one token 4,096 times
+    killed generate, verify and chat (SIGABRT in llama-vocab.cpp's asserts, a gdb backtrace or no word). Each file is
+    first shown to abort llama.cpp itself (tokenizing 'hi' with its bos), then refused in one line by every command."""
+    import subprocess
+    import sys
+
+    add, needle = _vocab_edits(llama_gguf)[case]
+    evil = rewrite_gguf(llama_gguf, tmp_path / "evil.gguf", drop_keys=set(add), add=add)
+    raw = subprocess.run([sys.executable, "-c", "import sys, llama_cpp; llama_cpp.Llama(sys.argv[1], verbose=False, n_ctx=64)"
+                          ".tokenize(b'hi', add_bos=True)", evil], capture_output=True, timeout=120)
+    assert raw.returncode == -signal.SIGABRT, raw.stderr[-300:]
+    for command in (("generate", evil, "--prompt", "x"), ("verify", evil), ("chat", evil), ("bundle", evil, "--out", tmp_path / "b")):
+        assert_user_error(run_cli(*command), needle)
+
+
+def test_a_bos_id_past_the_vocabulary_falls_back_as_in_llama_cpp(run_cli, llama_gguf, tmp_path):
+    """The control: a GPT-2 vocabulary's bos id past its end is replaced by llama.cpp's default (11), which it runs; so
+    does edgelm."""
+    add = {"tokenizer.ggml.bos_token_id": (99999, GGUFValueType.UINT32), "tokenizer.ggml.add_bos_token": (True, GGUFValueType.BOOL)}
+    odd = rewrite_gguf(llama_gguf, tmp_path / "odd.gguf", drop_keys=set(add), add=add)
+    code, out, err = run_cli("generate", odd, "--prompt", "It is", "--max-new-tokens", 2)
+    assert code == 0 and out.strip(), err
 
 
 def test_tokenformer_without_rotary_runs(run_cli, gguf_file, tmp_path):

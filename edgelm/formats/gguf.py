@@ -43,6 +43,7 @@ def refuse_what_llama_cpp_asserts(gguf) -> None:
     if gguf.field("tokenizer.ggml.model") == "llama" and not (gguf.int32_array("tokenizer.ggml.token_type") == GGUF_TOKEN_TYPE_BYTE).any():
         raise UserError(f"its {NO_BYTE_PIECES.replace('tokenizer', '(llama) vocabulary')}", gguf.path,
                         "export the model again with a tokenizer trained with byte_fallback, or export it to ONNX")
+    refuse_what_llama_cpp_vocab_asserts(gguf)
     if gguf.hparam("block_count") is None:  # not an arch llama.cpp knows, or a file without it: llama.cpp refuses it cleanly
         return
     layers = count("block_count")
@@ -61,6 +62,51 @@ def refuse_what_llama_cpp_asserts(gguf) -> None:
     scaling = gguf.hparam("rope.scaling.type", "linear")
     if scaling not in LLAMA_ROPE_SCALING:
         bad(f"rope.scaling.type is {str(scaling)[:40]!r}, not one of {', '.join(LLAMA_ROPE_SCALING)}")
+
+
+# the tokenizer models llama.cpp knows (llama-vocab.cpp, llama_vocab::impl::load, llama-cpp-python 0.3.36's vendored
+# copy), and for those whose tokenizer asserts that a special token it adds exists (SPM, BPE, WPM, UGM): their
+# default (bos, eos, sep) ids, None where there is none, and the ones they add by default (a BPE vocabulary's
+# default depends on its pre-tokenizer, so it counts as adding bos)
+LLAMA_VOCAB_MODELS = ("llama", "bert", "gpt2", "hybriddna", "whitespace", "t5", "rwkv", "test", "plamo2", "gemma4")
+LLAMA_VOCAB_SPECIALS = {
+    "llama": ((1, 2, None), ("bos",)), "bert": ((101, None, 102), ("bos", "sep")), "t5": ((None, 1, None), ("eos",)),
+    "gpt2": ((11, 11, None), ("bos",)), "hybriddna": ((11, 11, None), ("bos",)), "whitespace": ((11, 11, None), ("bos",)),
+    "gemma4": ((None, None, None), ("bos",)),
+}
+
+
+def refuse_what_llama_cpp_vocab_asserts(gguf) -> None:
+    """The vocabularies llama.cpp loads and then aborts on (GGML_ASSERT, exit 134) when it first tokenizes or
+    even while it loads (llama-vocab.cpp): no vocabulary at all (`tokenizer.ggml.model` "none"/"no_vocab": the
+    tokenizer is never built), two tokens with the same text (`id_to_token.size() == token_to_id.size()`; an empty
+    token counts as "[EMPTY_<id>]"), a bos, eos or sep token it is to add that the file leaves without an id in
+    the vocabulary, an RWKV vocabulary without a newline token. A stranger's file of each killed generate, chat
+    and verify. A model llama.cpp does not know, or a key of the wrong type, llama.cpp refuses in its own words."""
+    model = gguf.field("tokenizer.ggml.model")
+    if model in ("none", "no_vocab"):
+        raise UserError(f"it has no vocabulary (tokenizer.ggml.model is {model!r}): edgelm runs text through a model's own tokenizer",
+                        gguf.path, "use a GGUF that carries its vocabulary (llama.cpp's converter writes it)")
+    tokens = gguf.string_array("tokenizer.ggml.tokens")
+    if model not in LLAMA_VOCAB_MODELS or tokens is None:
+        return
+
+    def bad(what: str):
+        raise UserError(f"its vocabulary {what} (llama.cpp would abort on it)", gguf.path, "the file is damaged: export it again")
+
+    texts = Counter(token or f"[EMPTY_{i}]".encode() for i, token in enumerate(tokens))
+    if len(texts) != len(tokens):
+        repeated, times = texts.most_common(1)[0]
+        bad(f"holds the token {repeated.decode('utf-8', 'replace')[:40]!r} {times} times")
+    defaults, added = LLAMA_VOCAB_SPECIALS.get(model, ((None, None, None), ()))
+    in_vocab = lambda token_id: type(token_id) is int and 0 <= token_id < len(tokens)  # noqa: E731
+    for role, default in zip(("bos", "eos", "sep"), defaults):
+        adds = gguf.field(f"tokenizer.ggml.add_{role}_token", role in added)
+        given = gguf.field(f"tokenizer.ggml.{'seperator' if role == 'sep' else role}_token_id")  # llama.cpp's spelling
+        if model in LLAMA_VOCAB_SPECIALS and adds is True and not in_vocab(given) and not in_vocab(default):
+            bad(f"has no {role} token (tokenizer.ggml.add_{role}_token is true)")
+    if model == "rwkv" and not {b"\n", b"\\n"} & texts.keys():
+        bad("has no newline token")
 
 
 @register

@@ -89,6 +89,15 @@ class GGUFFile:
         data = ctypes.cast(ggml.gguf_get_arr_data(self._header, found), ctypes.POINTER(ctypes.c_int32))
         return np.ctypeslib.as_array(data, (count,)).copy()
 
+    def string_array(self, key: str) -> list[bytes] | None:
+        """A STRING array key (a vocabulary's tokens) as bytes, read through ggml's C parser; None: no such key,
+        or not a string array."""
+        found = ggml.gguf_find_key(self._header, key.encode())
+        if found < 0 or ggml.gguf_get_kv_type(self._header, found) != ggml.GGUF_TYPE_ARRAY \
+                or ggml.gguf_get_arr_type(self._header, found) != ggml.GGUF_TYPE_STRING:
+            return None
+        return [ggml.gguf_get_arr_str(self._header, found, i) for i in range(ggml.gguf_get_arr_n(self._header, found))]
+
     @property
     def arch(self) -> str:
         return self.field("general.architecture")
@@ -186,7 +195,8 @@ def open_gguf(path: str | Path) -> GGUFFile:
 def _refuse_bad_float_hparams(gguf: GGUFFile) -> None:
     """Every float hyperparameter (`{arch}.*`) finite, and every norm epsilon ≥ 0, before an engine reads
     them: llama.cpp builds its graph with a NaN or negative RMSNorm epsilon and aborts the process in
-    ggml's `GGML_ASSERT(eps >= 0.0f)`; a NaN rope base or scale runs NaN logits."""
+    ggml's `GGML_ASSERT(eps >= 0.0f)`; a NaN rope base or scale runs NaN logits, and so does a rope base of 0 or
+    below (ggml's rotation angles are base^(-2i/d))."""
     prefix = f"{gguf.arch}."
     for i in range(ggml.gguf_get_n_kv(gguf._header)):
         if ggml.gguf_get_kv_type(gguf._header, i) not in (ggml.GGUF_TYPE_FLOAT32, ggml.GGUF_TYPE_FLOAT64):
@@ -195,9 +205,9 @@ def _refuse_bad_float_hparams(gguf: GGUFFile) -> None:
         if not key.startswith(prefix):
             continue
         value = _SCALARS[ggml.gguf_get_kv_type(gguf._header, i)](gguf._header, i)
-        if not math.isfinite(value) or ("epsilon" in key and value < 0):
-            raise UserError(f"{key} is {value!r}, not a finite number" + (" ≥ 0" if "epsilon" in key else ""), gguf.path,
-                            "the file is damaged: export it again")
+        floor = " ≥ 0" if "epsilon" in key and value < 0 else " > 0" if key.endswith("rope.freq_base") and value <= 0 else ""
+        if not math.isfinite(value) or floor:
+            raise UserError(f"{key} is {value!r}, not a finite number{floor}", gguf.path, "the file is damaged: export it again")
 
 
 def stored_tokenizer_files(gguf: GGUFFile) -> dict[str, bytes]:
