@@ -9,7 +9,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from .formats import Artifact, LoadOptions, open_artifact
-from .numbers import LOOKUP_NGRAM
+from .numbers import LOOKUP_NGRAM, check_flag
 from .runtime.generate import Piece
 from .runtime.generate import generate as run
 from .runtime.sampling import SamplingOptions
@@ -67,6 +67,7 @@ class Model:
         `--stop`. `draft`: tokens prompt-lookup decoding drafts from n-grams (up to `lookup_ngram` long) of
         the text so far and verifies in one step (0: off; None: the backend's default, docs/benchmarks.md);
         greedy output is the same either way. One generation runs at a time (see `_exclusive`)."""
+        check_flag("truncate", truncate)
         return self._exclusive(run(self._backend(), self.tokenizer, prompt, max_new_tokens, SamplingOptions(**sampling),
                                    _stops(stop), truncate=truncate, draft=draft, lookup_ngram=lookup_ngram))
 
@@ -113,6 +114,9 @@ class Model:
         (`chat --context-shift`; not exactly a fresh prefill). `chat_template_kwargs`: the template's other variables,
         as transformers' apply_chat_template(**kwargs) and llama-server take them ({"enable_thinking": False})."""
         from .chat import Conversation, check_messages
+
+        check_flag("stream", stream)
+        check_flag("context_shift", context_shift)
 
         if not isinstance(messages, (list, tuple)):
             raise TypeError(f'messages is a list of dicts {{"role": str, "content": str}}, not {type(messages).__name__}')

@@ -98,6 +98,13 @@ def check_count(name: str, value, low: int, high: int | None = None, where: str 
         raise ValueError(f"{name} must be a whole number {span}, not {value!r}")
 
 
+def check_flag(name: str, value) -> None:
+    """A switch given in Python: True or False, else a TypeError. A string is truthy whatever it says: a stranger's
+    allow_pickle='false' (read from a config or an environment variable) unpickled the checkpoint it was to refuse."""
+    if type(value) is not bool:
+        raise TypeError(f"{name} must be True or False, not {type(value).__name__} {str(value)[:40]!r}")
+
+
 def is_number(value) -> bool:
     """A number as JSON means one: an int or a float, never a bool. Python's True is the int 1, so a JSON
     `true` passed every isinstance(value, (int, float)) check and was read as 1.0. Every number read from a

@@ -615,3 +615,31 @@ def test_ignore_eos_bans_every_end_token_the_engine_knows(tmp_path):
         assert ended["tokens"] == [], (path, ended)
         run = _edgelm("generate", path, "-p", PROMPT, "-n", 6, "--json", "--ignore-eos")
         assert run.returncode == 0 and len(json.loads(run.stdout)["tokens"]) == 6 and first not in json.loads(run.stdout)["tokens"], run
+
+
+@pytest.mark.parametrize("where,name", [("load", "allow_pickle"), ("load", "f32_kv_cache"), ("load", "all_logits"),
+                                        ("generate", "truncate"), ("generate", "ignore_eos"), ("chat", "stream"), ("chat", "context_shift")])
+def test_python_switches_take_true_or_false_only(tmp_path, where, name):
+    """Stranger 24: edgelm.load(folder, allow_pickle='false') unpickled the checkpoint (a string is truthy whatever it
+    says: a value from a config file or an environment variable); truncate='yes' ran. Every switch is one check."""
+    import shutil
+
+    import torch
+
+    import edgelm
+
+    if where == "load":
+        folder = tmp_path / "m"  # the shipped model's weights as a pickle: refused unless allow_pickle is True itself
+        shutil.copytree(MODEL, folder)
+        from safetensors.torch import load_file
+
+        torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+        (folder / "model.safetensors").unlink()
+        with pytest.raises(TypeError, match=f"{name} must be True or False, not str 'false'"):
+            edgelm.load(folder, **{name: "false"})
+        return
+    with edgelm.load(MODEL) as model, pytest.raises(TypeError, match=f"{name} must be True or False, not str 'false'"):
+        if where == "generate":
+            model.generate("Hello", max_new_tokens=2, **{name: "false"})
+        else:
+            model.chat([{"role": "user", "content": "Hello"}], max_new_tokens=2, **{name: "false"})

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from ..errors import UserError
 from ..hub import resolve_model
-from ..numbers import check_count
+from ..numbers import check_count, check_flag
 from ..runtime.backend import Backend
 from ..tokenizer import Tokenizer
 
@@ -83,6 +83,8 @@ class LoadOptions:
     def __post_init__(self):
         """The counts checked where every opening passes (the CLI's options have their own minimums; the Python
         API came straight here: context_length -5 aborted ggml, 2.5 decoded forever, True held 'True' tokens)."""
+        for name in ("allow_pickle", "f32_kv_cache", "all_logits"):
+            check_flag(name, getattr(self, name))
         for name, low in (("context_length", 2), ("threads", 1), ("gpu_layers", 0)):
             value = getattr(self, name)
             if value is not None:

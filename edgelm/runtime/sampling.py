@@ -7,7 +7,7 @@ from numbers import Real
 
 import numpy as np
 
-from ..numbers import SAMPLING_RANGES, SEED_MAX, NotFinite, check_count
+from ..numbers import SAMPLING_RANGES, SEED_MAX, NotFinite, check_count, check_flag
 
 
 @dataclass(frozen=True)
@@ -22,8 +22,7 @@ class SamplingOptions:
 
     def __post_init__(self) -> None:
         """ValueError for a value out of range: NaN passed `<= 0` checks and made NaN probabilities."""
-        if type(self.ignore_eos) is not bool:
-            raise TypeError(f"ignore_eos must be True or False, not {self.ignore_eos!r}")
+        check_flag("ignore_eos", self.ignore_eos)
         for name, allowed in SAMPLING_RANGES.items():
             value = getattr(self, name)
             if not isinstance(value, Real) or isinstance(value, bool):  # "0.5" passed float(); the CLI parses its text itself
