@@ -348,7 +348,7 @@ def stated_end_ids(folder: Path, highest_id: int) -> frozenset[int]:
             continue
         listed = stated if isinstance(stated, list) else [stated]
         if not all(type(i) is int for i in listed):
-            raise UserError(f"{name}'s eos_token_id is {str(stated)[:80]}, not a token id or a list of them", path,
+            raise UserError(f"{name}'s eos_token_id is {repr(stated)[:80]}, not a token id or a list of them", path,
                             "fix the file or re-download it")
         ids.update(i for i in listed if 0 <= i <= highest_id)
     return frozenset(ids)

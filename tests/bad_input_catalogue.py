@@ -197,6 +197,11 @@ CASES: list[Case] = [
     case("rms_norm_eps NaN", "inspect {model}", "rms_norm_eps", config(rms_norm_eps=NAN)),
     case("rms_norm_eps negative", "inspect {model}", "rms_norm_eps", config(rms_norm_eps=-1e-5)),
     case("rope_theta zero", "inspect {model}", "rope_theta", config(rope_theta=0)),
+    # a string is truthy whatever it says: "false" ran tied, the checkpoint's own lm_head.weight unread (stranger 24)
+    case("eos_token_id a string of digits", "generate {model} --prompt x", "config.json's eos_token_id is '0', not a token id",
+         config(eos_token_id="0")),
+    case("tie_word_embeddings a string", "generate {model} --prompt x", "tie_word_embeddings must be true or false, not 'false'",
+         config(tie_word_embeddings="false")),
     case("rope_scaling factor past float32 (torch overflowed at export, gguf-py at packing)", "inspect {model}", "past float32's range",
          config(rope_scaling={"rope_type": "linear", "factor": 1e308})),
     case("rope_theta past float32", "inspect {model}", "rope_theta = 1e+300 is past float32's range", config(rope_theta=1e300)),

@@ -138,7 +138,7 @@ class GPT2(Family):
             max_positions=positions,
             norm_eps=config.number("layer_norm_epsilon", 1e-5),
             positions=LearnedAbsolute(max_positions=positions),
-            tie_embeddings=bool(config("tie_word_embeddings", True)),
+            tie_embeddings=config.flag("tie_word_embeddings", True),
             family_config=GPT2Config(n_inner=config.size("n_inner", 4 * hidden)),  # null: 4 · n_embd
         )
 

@@ -146,7 +146,7 @@ class Llama(Family):
             norm_eps=config.number("rms_norm_eps", 1e-6),
             positions=rotary,
             position_alternatives=(NoPositions(),),
-            tie_embeddings=bool(config("tie_word_embeddings", False)),
+            tie_embeddings=config.flag("tie_word_embeddings", False),
             family_config=LlamaConfig(intermediate_size=config.size("intermediate_size")),
         )
 

@@ -134,9 +134,9 @@ class NGen4(Family):
             head_dim=head_dim,
             max_positions=config.size("n_positions", 2048),
             norm_eps=config.number("layer_norm_epsilon", 1e-5),
-            positions=rotary if config("use_rope", True) else NoPositions(),
+            positions=rotary if config.flag("use_rope", True) else NoPositions(),
             position_alternatives=(rotary, NoPositions()),
-            tie_embeddings=bool(config("tie_word_embeddings", True)),
+            tie_embeddings=config.flag("tie_word_embeddings", True),
             family_config=NGen4Config(n_inner=config.size("n_inner", 4 * hidden), activation=activation),
         )
 

@@ -96,6 +96,14 @@ class ConfigReader:
             raise ValueError(f"{keys[0]} must be positive, not {value!r}")
         return float(value)
 
+    def flag(self, key: str, default: bool) -> bool:
+        """A switch: JSON true or false. A string is truthy whatever it says: a stranger's "tie_word_embeddings":
+        "false" ran the model tied, its own lm_head.weight unread (transformers' PretrainedConfig keeps the string)."""
+        value = self(key, default)
+        if type(value) is not bool:
+            raise ValueError(f"{key} must be true or false, not {value!r}")
+        return value
+
     def implemented(self, key: str, values: tuple[Any, ...], default: Any = ...) -> Any:
         """The config's choice for `key`, which must be one of the `values` the family implements."""
         value = self(key, default)
