@@ -67,9 +67,12 @@ HASHES = ("reference_sha256", "text_sha256")
 WEIGHTS_HASH = "weights_sha256"  # optional: an older edgelm's certificate has none
 SETTINGS_HASH = "settings_sha256"  # optional too (edgelm ≤ 2026-12-05 wrote none): Format.settings_sha256
 GRAPH_HASH = "graph_sha256"  # optional too (since stranger round 11b; ONNX only): Format.graph_sha256
+# optional too (since stranger round 13; ONNX only): the tokenizer files and chat template alone, which a bundle copies as
+# they are, so verify checks them in a mobile bundle, where the bundle rewrote genai_config and settings_sha256 cannot hold
+TOKENIZER_HASH = "tokenizer_sha256"
 # each optional hash: what Verification and check_holds call it, and the Format method that computes it
 OPTIONAL_HASHES = {WEIGHTS_HASH: ("weights", "weights_sha256"), SETTINGS_HASH: ("tokenizer, chat template or settings", "settings_sha256"),
-                   GRAPH_HASH: ("graph", "graph_sha256")}
+                   GRAPH_HASH: ("graph", "graph_sha256"), TOKENIZER_HASH: ("tokenizer and chat template", "tokenizer_sha256")}
 COUNTS = ("certificate_version", "positions")
 
 
@@ -367,7 +370,7 @@ def read_from_gguf(gguf) -> dict[str, Any] | None:
     if gguf.field(GGUF_PARITY + "certificate_version") is None:
         return None
     certificate = {name: gguf.field(GGUF_PARITY + name) for name in COUNTS + NUMBERS + STRINGS}
-    for name in ("kv_cache", WEIGHTS_HASH, SETTINGS_HASH):  # absent in an older edgelm's
+    for name in ("kv_cache", *OPTIONAL_HASHES):  # absent in an older edgelm's
         if gguf.field(GGUF_PARITY + name) is not None:
             certificate[name] = gguf.field(GGUF_PARITY + name)
     probe = gguf.field(GGUF_PARITY + "probe")
@@ -415,34 +418,29 @@ class Verification:
     probe: ProbeCheck | None = None
     recomputed: dict[str, Any] | None = None  # with --reference: the certificate computed again here
     differences: list[str] = field(default_factory=list)  # --reference: fields outside their tolerance
-    weights_sha256: str | None = None  # computed here, where the certificate records one and the format has one
-    settings_sha256: str | None = None  # likewise (not for a bundle's model: the manifest's sha256 cover its files)
-    graph_sha256: str | None = None  # likewise (an ONNX graph's nodes; not an ORT-format one)
+    # the OPTIONAL_HASHES the certificate records, computed here where the format has them (an ORT-format graph has no
+    # weights or graph hash; a mobile bundle's settings are the bundle's, which its manifest's sha256 cover)
+    computed: dict[str, str] = field(default_factory=dict)
+
+    def equal(self, key: str) -> bool | None:
+        """Whether the artifact's `key` hash is the certified one; None where either side has none."""
+        if self.certificate is None or key not in self.certificate or key not in self.computed:
+            return None
+        return self.computed[key] == self.certificate[key]
 
     @property
-    def weights_equal(self) -> bool | None:
-        if self.certificate is None or WEIGHTS_HASH not in self.certificate or self.weights_sha256 is None:
-            return None
-        return self.weights_sha256 == self.certificate[WEIGHTS_HASH]
-
-    @property
-    def settings_equal(self) -> bool | None:
-        if self.certificate is None or SETTINGS_HASH not in self.certificate or self.settings_sha256 is None:
-            return None
-        return self.settings_sha256 == self.certificate[SETTINGS_HASH]
-
-    @property
-    def graph_equal(self) -> bool | None:
-        if self.certificate is None or GRAPH_HASH not in self.certificate or self.graph_sha256 is None:
-            return None
-        return self.graph_sha256 == self.certificate[GRAPH_HASH]
+    def hashes_hold(self) -> bool:
+        return False not in (self.equal(key) for key in OPTIONAL_HASHES)
 
     @property
     def ok(self) -> bool:
         """Whether the certificate holds here. An artifact without one fails: `verify X && ship` passed a
         file whose certificate a stranger had stripped, as it passes another tool's."""
-        return self.certificate is not None and self.probe is not None and self.probe.ok and not self.differences \
-            and False not in (self.weights_equal, self.settings_equal, self.graph_equal)
+        return self.certificate is not None and self.probe is not None and self.probe.ok and not self.differences and self.hashes_hold
+
+    def _hash_line(self, key: str, label: str) -> str:
+        digest, certified = self.computed[key], self.certificate[key]
+        return f"{label}: sha256 {digest[:16]}… " + ("matches the certificate's" if digest == certified else f"DIFFERS from the certified {certified[:16]}…")
 
     def lines(self, reference: Path | None = None) -> list[str]:
         """What `edgelm verify` prints about the certificate."""
@@ -460,23 +458,22 @@ class Verification:
                  f"top-{len(c['probe']['top_k_ids'][0])} logits max |Δ| {p.max_abs_diff:.3g} (tolerance {p.tolerance:.3g} = "
                  f"{PROBE_RTOL:g} × largest |logit|), tokenization {'equal' if p.tokenization_equal else 'differs'}; "
                  f"run here on {self.engine}, {self.engine_version}"]
-        if self.weights_equal is not None:
-            lines.append(f"weights: sha256 {self.weights_sha256[:16]}… " + ("matches the certificate's" if self.weights_equal else
-                                                                          f"DIFFERS from the certified {c[WEIGHTS_HASH][:16]}…"))
+        if self.equal(WEIGHTS_HASH) is not None:
+            lines.append(self._hash_line(WEIGHTS_HASH, "weights"))
         elif WEIGHTS_HASH not in c:
             lines.append("weights: the certificate records no sha256 of them (an older edgelm's)")
         else:
             lines.append("weights: not hashed here: an ORT-format graph, whose file the bundle manifest's sha256 covers")
-        if self.graph_equal is not None:
-            lines.append(f"graph: sha256 {self.graph_sha256[:16]}… " + ("matches the certificate's" if self.graph_equal else
-                                                                        f"DIFFERS from the certified {c[GRAPH_HASH][:16]}…"))
-        if self.settings_equal is not None:
-            lines.append(f"tokenizer, template and settings: sha256 {self.settings_sha256[:16]}… " + (
-                "matches the certificate's" if self.settings_equal else f"DIFFER from the certified {c[SETTINGS_HASH][:16]}…"))
+        if self.equal(GRAPH_HASH) is not None:
+            lines.append(self._hash_line(GRAPH_HASH, "graph"))
+        if self.equal(TOKENIZER_HASH) is not None:
+            lines.append(self._hash_line(TOKENIZER_HASH, "tokenizer and chat template"))
+        if self.equal(SETTINGS_HASH) is not None:
+            lines.append(self._hash_line(SETTINGS_HASH, "tokenizer, template and settings"))
         elif SETTINGS_HASH not in c:
             lines.append("tokenizer, template and settings: the certificate records no sha256 of them (an older edgelm's)")
         else:
-            lines.append("tokenizer, template and settings: covered by the bundle manifest's sha256")
+            lines.append("settings as the bundle wrote them (genai_config): covered by the bundle manifest's sha256")
         if self.engine_version != c["engine_version"]:
             lines.append(f"note: certified on {c['engine_version']}, run here on {self.engine_version}: a different engine may "
                          "compute slightly different logits")
@@ -494,15 +491,10 @@ class Verification:
                     "(`edgelm parity ARTIFACT --reference MODEL_DIR` measures it; `edgelm export` writes one)")
         p = self.probe
         reasons = []
-        if self.weights_equal is False:
-            reasons.append(f"its weights are not the certified ones (sha256 {self.weights_sha256[:16]}…, certified "
-                           f"{self.certificate[WEIGHTS_HASH][:16]}…)")
-        if self.graph_equal is False:
-            reasons.append(f"its graph is not the certified one (sha256 {self.graph_sha256[:16]}…, certified "
-                           f"{self.certificate[GRAPH_HASH][:16]}…)")
-        if self.settings_equal is False:
-            reasons.append("its tokenizer, chat template or settings are not the certified ones (sha256 "
-                           f"{self.settings_sha256[:16]}…, certified {self.certificate[SETTINGS_HASH][:16]}…)")
+        for key, (what, _) in OPTIONAL_HASHES.items():
+            if self.equal(key) is False:
+                reasons.append(f"its {what} {'is not the certified one' if what == 'graph' else 'are not the certified ones'} (sha256 "
+                               f"{self.computed[key][:16]}…, certified {self.certificate[key][:16]}…)")
         if not p.tokenization_equal:
             reasons.append("the tokenizer encodes the probe's prompt differently")
         if not p.greedy_equal:
@@ -511,7 +503,7 @@ class Verification:
             reasons.append(f"top-k logits moved by {p.max_abs_diff:.3g}, past the tolerance {p.tolerance:.3g}")
         reasons += self.differences
         return ("the artifact does not compute what its certificate says: " if not p.ok
-                else "the artifact is not what was certified: " if False in (self.weights_equal, self.settings_equal, self.graph_equal)
+                else "the artifact is not what was certified: " if not self.hashes_hold
             else "the recomputed certificate differs: ") \
             + "; ".join(reasons)
 
@@ -578,9 +570,9 @@ def verify(fmt, reference: Path | None = None, threads: int | None = None, devic
     with fmt.open(probe_options(fmt, context, threads, certified_kv_cache(found))) as artifact:  # the cache it was measured with
         probe = check_probe(artifact, found["probe"], fmt.path)
         engine, engine_version = artifact.engine, artifact.details.get("engine_version", "unknown")
-    result = Verification(found, engine, engine_version, probe, weights_sha256=fmt.weights_sha256() if WEIGHTS_HASH in found else None,
-                          settings_sha256=fmt.settings_sha256() if SETTINGS_HASH in found and (fmt.bundled_as_is or not bundled) else None,
-                          graph_sha256=fmt.graph_sha256() if GRAPH_HASH in found else None)
+    computed = {key: digest for key, (_, method) in OPTIONAL_HASHES.items()
+                if key in found and (key != SETTINGS_HASH or fmt.bundled_as_is or not bundled) and (digest := getattr(fmt, method)())}
+    result = Verification(found, engine, engine_version, probe, computed=computed)
     if reference is not None:
         from .models import open_checkpoint
 

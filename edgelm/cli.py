@@ -767,7 +767,7 @@ def verify(
     the artifact is the one its publisher gave. Fails (exit 1) on an artifact without a certificate."""
     from .artifact_files import artifact_sha256
     from .bundle import check_runs, verify_bundle
-    from .certificate import verify as check
+    from .certificate import OPTIONAL_HASHES, verify as check
     from .constants import ONNX_MANIFEST
     from .formats import detect
     from .formats.base import resolve_device
@@ -810,8 +810,8 @@ def verify(
     if as_json:
         out.print_json(json.dumps({"ok": not failed, "failed": failed, "certificate": result.certificate,
                                    "engine_version": result.engine_version,
-                                   "probe": result.probe.as_dict() if result.probe else None, "weights_sha256_equal": result.weights_equal,
-                                   "settings_sha256_equal": result.settings_equal, "graph_sha256_equal": result.graph_equal, "sha256": identity, "sha256_equal": published,
+                                   "probe": result.probe.as_dict() if result.probe else None,
+                                   **{f"{key}_equal": result.equal(key) for key in OPTIONAL_HASHES}, "sha256": identity, "sha256_equal": published,
                                    "recomputed": result.recomputed, "differences": result.differences}))
     else:
         for line in lines[:-1] + result.lines(reference) + lines[-1:]:

@@ -449,7 +449,7 @@ def test_a_tokenizer_or_template_changed_after_export_fails_verify(exports, run_
          "onnx genai eos": _change_genai_eos, **MANIFEST_EDITS}[change](tampered)
     assert "tokenizer, template and settings: sha256" in verify_passes(run_cli, source)
     code, out, err = run_cli("verify", tampered)
-    assert code == 1 and "probe matches" in out and "DIFFER from the certified" in out, (out, err)
+    assert code == 1 and "probe matches" in out and "DIFFERS from the certified" in out, (out, err)
     assert ("verify failed: the artifact is not what was certified: its tokenizer, chat template or settings are not the "
             "certified ones") in err, err
     for target in ("mobile", "web"):
@@ -471,7 +471,7 @@ def test_a_gguf_changed_inside_its_bundle_fails_verify(exports, run_cli, tmp_pat
     manifest["files"][model.name]["sha256"] = hashlib.sha256(model.read_bytes()).hexdigest()
     (bundle / "edgelm.json").write_text(json.dumps(manifest))
     code, out, err = run_cli("verify", bundle)
-    assert code == 1 and "DIFFER from the certified" in out, (out, err)
+    assert code == 1 and "DIFFERS from the certified" in out, (out, err)
 
 
 def test_parity_says_when_its_reference_is_not_the_certified_model(exports, run_cli):
@@ -540,3 +540,23 @@ def test_parity_numbers_do_not_depend_on_the_rows_compared_at_once(monkeypatch):
     assert blocks.keys() == whole.keys() and all(np.isclose(blocks[k], whole[k], rtol=1e-9) for k in whole), (blocks, whole)
     artifact[30, 5] = np.nan
     assert np.isnan(parity.compare_logits(reference, artifact, ids).max_abs_logit_diff)
+
+
+@pytest.mark.parametrize("change", ["chat template", "vocabulary"])
+def test_an_onnx_mobile_bundles_tokenizer_changed_inside_it_fails_verify(exports, run_cli, tmp_path, change):
+    """Stranger 24: a mobile bundle of an ONNX export whose tokenizer_config.json got an injected instruction, its sha256
+    made again in the bundle's manifest, passed verify (exit 0: 'covered by the bundle manifest's sha256'), and chat
+    rendered the injection. The bundle rewrites genai_config, so the settings hash cannot hold there; the tokenizer
+    files it copies as they are have a hash of their own in the certificate (tokenizer_sha256), checked in the bundle."""
+    bundle = tmp_path / "bundle"
+    assert run_cli("bundle", exports("tiny-nope.onnx"), "--target", "mobile", "--out", bundle)[0] == 0
+    code, out, err = run_cli("verify", bundle)
+    assert code == 0 and "tokenizer and chat template: sha256" in out and "matches the certificate's" in out, (out, err)
+    {"chat template": _inject_template, "vocabulary": _swap_vocabulary_entries}[change](bundle)
+    manifest = json.loads((bundle / "edgelm.json").read_text())
+    for name, entry in manifest["files"].items():
+        entry["sha256"], entry["bytes"] = hashlib.sha256((bundle / name).read_bytes()).hexdigest(), (bundle / name).stat().st_size
+    (bundle / "edgelm.json").write_text(json.dumps(manifest))
+    code, out, err = run_cli("verify", bundle)
+    assert code == 1 and "tokenizer and chat template: sha256" in out and "DIFFERS from the certified" in out, (out, err)
+    assert "its tokenizer and chat template are not the certified ones" in err, err

@@ -254,6 +254,12 @@ class Format(ABC):
         None where the format has none (a bundle's files' sha256 in its manifest cover them)."""
         return None
 
+    def tokenizer_sha256(self) -> str | None:
+        """One sha256 over the tokenizer files and chat template alone, where a bundle copies them as they are but
+        rewrites the other settings (an ONNX folder's genai_config): `verify` checks it in the bundle too. None where
+        settings_sha256 covers them in the bundle as well (a GGUF, bundled as it is)."""
+        return None
+
     @property
     def raw_engine(self) -> str | None:
         """The engine that runs this without edgelm, for `bench --compare` (a key of benchmark.RAW_ENGINES)."""

@@ -273,6 +273,20 @@ class OnnxFolder(Format):
         digest.update(ONNX_MANIFEST.encode() + b"\0" + json.dumps(said, sort_keys=True).encode() + b"\0")
         return digest.hexdigest()
 
+    def tokenizer_sha256(self) -> str:
+        """Over the tokenizer files and chat template (TOKENIZER_FILES: each present one's name and bytes), which
+        `bundle` copies unchanged: in a mobile bundle, where genai_config is the bundle's own, they are checked
+        against the certificate still (a stranger's template edit with the manifest's sha256 updated passed verify)."""
+        import hashlib
+
+        from ..artifact_files import MAX_TOKENIZER_BYTES, sha256
+
+        digest = hashlib.sha256()
+        for name in TOKENIZER_FILES:
+            if (file := find_member(self.path, name, MAX_TOKENIZER_BYTES)) is not None:
+                digest.update(name.encode() + f"\0{sha256(file)}\0".encode())
+        return digest.hexdigest()
+
     def weights_sha256(self) -> str | None:
         """Over the graph's initializers: inline ones as serialized, external ones as the bytes their
         location, offset and length name. None for an ORT-format graph (a mobile bundle's model.ort: the
