@@ -143,6 +143,26 @@ def test_a_body_only_checkpoint_loads_as_transformers_loads_it(published, family
         assert (checkpoint.load_model()(ids)[0] - hf_logits(hf, ids)).abs().max().item() <= TOL
 
 
+
+def test_a_body_named_alone_beside_its_head_is_refused_as_transformers_refuses_it(tmp_path):
+    """Stranger 24: the shipped tiny-rope (untied) with its body's tensors renamed without `model.` and lm_head.weight kept
+    was told '1 tensors missing: lm_head.weight', which the file holds. transformers' from_pretrained refuses such a state
+    dict ('corrupted'): so does edgelm, saying what it is."""
+    from safetensors.torch import load_file, save_file
+
+    from edgelm.errors import UserError
+
+    folder = tmp_path / "m"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "examples" / "models" / "tiny-rope", folder)
+    tensors = load_file(folder / "model.safetensors")
+    assert "lm_head.weight" in tensors
+    save_file({n.removeprefix("model."): t for n, t in tensors.items()}, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="The state dictionary of the model you are trying to load is corrupted"):
+        transformers.LlamaForCausalLM.from_pretrained(folder)
+    with pytest.raises(UserError, match=r"the body's tensors are named without the 'model' prefix \(a body-only checkpoint\) beside "
+                                        r"the head's lm_head\.weight"):
+        open_checkpoint(folder)
+
 def test_defaults_decide_rotary_as_transformers_runs_it_or_refuse(published):
     """Stranger finding: a Llama 3.x folder saved by transformers (rope_parameters rope_type llama3) ran without
     rotary by default — the measurement chose "none" at perplexities 2,299 / 2,122 over 600 tokens, no better

@@ -469,6 +469,12 @@ def _check_tensors(family: Family, spec: ModelSpec, tensors: TensorSource, folde
         # transformers' from_pretrained would initialise these at random (it adds the prefix to all or to none)
         raise UserError(f"{len(bare)} tensors are named without the {prefix[:-1]!r} prefix the others carry: {_listed(bare)}",
                         folder, f"name every tensor with {prefix!r} or none (a body-only checkpoint names none)")
+    if headed := [n for n in missing if not n.startswith(prefix) and prefix + n in present]:
+        # the body named as the body alone, beside the head's own tensors: transformers refuses it ("The state dictionary of
+        # the model you are trying to load is corrupted"); a stranger's file was told lm_head.weight is missing, which it holds
+        raise UserError(f"the body's tensors are named without the {prefix[:-1]!r} prefix (a body-only checkpoint) beside the head's "
+                        f"{_listed(headed)}", folder, f"name the body's tensors with {prefix!r}, as the model with its head saves them, "
+                        "or leave the head out")
     if missing:
         raise UserError(f"{len(missing)} tensors missing: {_listed(missing)}", folder, "the weights do not match config.json: re-download or re-export them")
     if unexpected:
