@@ -81,7 +81,7 @@ def refuse_what_llama_cpp_vocab_asserts(gguf) -> None:
     even while it loads (llama-vocab.cpp): no vocabulary at all (`tokenizer.ggml.model` "none"/"no_vocab": the
     tokenizer is never built), two tokens with the same text (`id_to_token.size() == token_to_id.size()`; an empty
     token counts as "[EMPTY_<id>]"), a bos, eos or sep token it is to add that the file leaves without an id in
-    the vocabulary, an RWKV vocabulary without a newline token. A stranger's file of each killed generate, chat
+    the vocabulary. A stranger's file of each killed generate, chat
     and verify. A model llama.cpp does not know, or a key of the wrong type, llama.cpp refuses in its own words."""
     model = gguf.field("tokenizer.ggml.model")
     if model in ("none", "no_vocab"):
@@ -105,8 +105,6 @@ def refuse_what_llama_cpp_vocab_asserts(gguf) -> None:
         given = gguf.field(f"tokenizer.ggml.{'seperator' if role == 'sep' else role}_token_id")  # llama.cpp's spelling
         if model in LLAMA_VOCAB_SPECIALS and adds is True and not in_vocab(given) and not in_vocab(default):
             bad(f"has no {role} token (tokenizer.ggml.add_{role}_token is true)")
-    if model == "rwkv" and not {b"\n", b"\\n"} & texts.keys():
-        bad("has no newline token")
 
 
 @register
