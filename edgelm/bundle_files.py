@@ -6,6 +6,7 @@ maker (bundle.py) checks what it made, so neither imports the other.
 from __future__ import annotations
 
 import lzma
+import os
 import shutil
 import tempfile
 import zipfile
@@ -125,6 +126,14 @@ def _unpack_checked(archive: zipfile.ZipFile, bundle: Path, folder: Path) -> Non
         raise ArtifactMismatch(f"the archive holds {', '.join(map(repr, twice))} more than once", bundle, "refused: make the bundle again")
     if BUNDLE_MANIFEST not in names:
         raise UserError(f"no {BUNDLE_MANIFEST} manifest in the archive", bundle, "give a zip made by `edgelm bundle --zip`")
+    # the file is the archive and nothing else: zipfile reads past bytes before the first entry or after the end record
+    # (a stranger's bundle with 1,000 bytes prepended or appended passed verify: one file, a bundle and something else)
+    with open(bundle, "rb") as handle:
+        head, _ = handle.read(4), handle.seek(-22, os.SEEK_END)
+        tail = handle.read(22)
+    if head != b"PK\x03\x04" or min((e.header_offset for e in entries), default=0) != 0 or tail[:4] != b"PK\x05\x06" or tail[-2:] != b"\0\0":
+        raise ArtifactMismatch("the file holds bytes before or after its zip archive", bundle,
+                               "refused: give the zip `edgelm bundle --zip` made, as it made it")
     info = archive.getinfo(BUNDLE_MANIFEST)
     if info.file_size > MAX_MANIFEST_BYTES:
         raise UserError(f"the manifest would unpack to {info.file_size} bytes", bundle, "refused: make the bundle again")

@@ -161,6 +161,23 @@ def test_a_zip_holding_a_name_twice_says_so(run_cli, bundle_folder, tmp_path):
     assert_verify_failed(run_cli("verify", archive), "the archive holds 'edgelm.json' more than once")
 
 
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_zip_with_bytes_around_it_fails_verify(run_cli, bundle_folder, tmp_path, where):
+    """Stranger 24: a bundle zip with 1,000 bytes prepended or appended passed verify (zipfile reads past them): one file
+    that is a bundle and something else. The genuine zip passes; with bytes around it, verify fails and generate refuses."""
+    import zipfile
+
+    archive = tmp_path / "b.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        for path in sorted(bundle_folder.iterdir()):
+            out.write(path, path.name)
+    assert run_cli("verify", archive)[0] == 0
+    junk = b"#!/bin/sh\necho hi\n" + b"x" * 1000
+    archive.write_bytes(junk + archive.read_bytes() if where == "before" else archive.read_bytes() + junk)
+    assert_verify_failed(run_cli("verify", archive), "the file holds bytes before or after its zip archive")
+    assert_user_error(run_cli("generate", archive, "--prompt", "x", "-n", 1), "the file holds bytes before or after its zip archive")
+
 @pytest.mark.parametrize("target", ["{model}", "{model}/model.safetensors", "{model}/sub"])
 def test_export_never_replaces_its_input(run_cli, preset_dir, tmp_path, target):
     import shutil
