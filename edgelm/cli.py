@@ -21,7 +21,7 @@ from .errors import ArtifactMismatch, RefusedText, UserError
 from .constants import SAMPLING_DEFAULTS
 from .fileio import DISK_FULL_ERRNOS, stopped
 from .exporters import EXPORTERS
-from .numbers import LOOKUP_NGRAM, LOOKUP_NGRAM_MAX, NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, not_finite
+from .numbers import LOOKUP_NGRAM, LOOKUP_NGRAM_MAX, NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, is_count, not_finite
 
 app = typer.Typer(
     help="Export small causal language models to GGUF and ONNX for phones and laptop CPUs.",
@@ -993,7 +993,11 @@ def calibrate(
     checkpoint = open_checkpoint(model_dir, position_encoding=position_encoding.value if position_encoding else None,
                                  allow_pickle=allow_pickle)
     refuse_unfoldable_temperatures(checkpoint.family, checkpoint.spec, model_dir, "no export could carry the temperatures calibrate finds for it")
-    training_length = (checkpoint.config.get("edgelm") or {}).get("training_length", checkpoint.spec.max_positions)
+    recorded = checkpoint.config.get("edgelm")
+    training_length = recorded.get("training_length", checkpoint.spec.max_positions) if isinstance(recorded, dict) else checkpoint.spec.max_positions
+    if not is_count(training_length, 1):  # a string met `<=` as a TypeError traceback
+        raise UserError(f"config.json's edgelm.training_length is {repr(training_length)[:40]}, not a whole number of tokens", model_dir,
+                        "fix it, or remove it (the model's max_position_embeddings counts then)")
     if target_length <= training_length:
         info.print(f"warning: --target-length {target_length} is not above the training length {training_length}; "
                   "temperatures matter past it", markup=False)

@@ -358,6 +358,8 @@ CASES: list[Case] = [
     case("export under a file", "export {model} --out {tmp}/afile/m.gguf", "is a file, not a folder", write("tmp", "afile", "x")),
     case("init unknown preset", "init tiny-mamba {tmp}/x", "unknown preset"),
     case("init output exists", "init tiny-rope {model}", "output already exists"),
+    case("calibrate on a config whose edgelm.training_length is text", "calibrate {model} --text {text} --target-length 64 --out {tmp}/t.json",
+         "config.json's edgelm.training_length is 'long', not a whole number of tokens", edit_json("model", "config.json", lambda c: {**c, "edgelm": {**c.get("edgelm", {}), "training_length": "long"}})),
     case("calibrate --init negative", "calibrate {nope} --text {text} --target-length 512 --out {tmp}/t.json --init -1", "must be a finite number above 0"),
     case("calibrate --min negative", "calibrate {nope} --text {text} --target-length 512 --out {tmp}/t.json --min -5", "must be a finite number above 0"),
     case("calibrate --min 0", "calibrate {nope} --text {text} --target-length 512 --out {tmp}/t.json --min 0", "must be a finite number above 0"),
