@@ -576,6 +576,7 @@ def chat(
         info.print("note: --context-shift needs a model without position encoding (NoPE) on the torch, ONNX or ggml executor "
                    "backend; a full context is evaluated again", markup=False)
     context_shift = context_shift and backend.position_free
+    trained = artifact.format.training_length()  # said once, where a turn first reaches past it
     if cache_path is not None:
         from .runtime.prompt_cache import start_from
 
@@ -619,6 +620,13 @@ def chat(
             turn = conversation.turn(user, backend, max_new_tokens, options, tuple(stop or ()), draft, lookup_ngram, context_shift)
             if turn.dropped:
                 info.print(f"[dim]dropped the {turn.dropped} oldest exchange(s) to fit the {backend.context_length}-token context[/dim]")
+            if trained and len(turn.ids) + max_new_tokens > trained and backend.context_length > trained:
+                # a stranger's chat of a model trained on 256 tokens (max_position_embeddings 4,096) fell into word salad
+                # from its third turn, with no word: past its training length a model is out of distribution
+                info.print(f"note: this turn reaches past the {trained:,} tokens the model was trained on (edgelm.training_length "
+                           f"in its config); replies may lose their way from here: `-c {trained}` keeps the chat within them, "
+                           "dropping the oldest exchanges", markup=False)
+                trained = None
             if verbose_prompt:
                 _print_prompt(artifact.tokenizer, turn.ids)
             pieces = iter(turn)

@@ -539,3 +539,22 @@ def test_a_message_too_long_for_any_render_is_the_messages_fault_not_the_templat
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and "the conversation's messages hold 999,990 characters" in run.stderr, run.stderr
     assert "fix the model's chat template" not in run.stderr and "tok/s" in run.stderr
+
+
+def test_chat_says_once_when_a_turn_reaches_past_the_training_length():
+    """Stranger 23: a chat with the shipped tiny-tokenformer (trained on 256 tokens, max_position_embeddings 4,096) fell
+    into word salad from its third turn with no word, and was coherent with -c 256. Where a turn's prompt and reply reach
+    past the training length the model's config records, chat says so once; within -c 256 it drops old exchanges instead."""
+    import subprocess
+
+    model = MODEL.parent / "tiny-tokenformer"
+    note = "note: this turn reaches past the 256 tokens the model was trained on"
+    messages = "Good morning!\nHow is Miss Elliot today?\nTell me about Captain Wentworth.\n"
+    done = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(model), "--temperature", "0", "--max-new-tokens", "100"],
+                          input=messages, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr.count(note) == 1 and "`-c 256` keeps the chat within them" in done.stderr, done.stderr
+    turns = done.stderr.split("prompt tokens evaluated")
+    assert note not in turns[0] + turns[1] and note in turns[2], done.stderr  # turns 1, 2: ≤ 123 + 100 tokens; turn 3 passes 256
+    done = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(model), "--temperature", "0", "--max-new-tokens", "100", "-c", "256"],
+                          input=messages, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and note not in done.stderr and "dropped the" in done.stderr, done.stderr

@@ -67,6 +67,15 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def recorded_training_length(config: Any) -> int | None:
+    """`edgelm.training_length` of a config document, where it is a whole number of tokens; else None."""
+    from ..numbers import is_count
+
+    recorded = config.get("edgelm") if isinstance(config, dict) else None
+    length = recorded.get("training_length") if isinstance(recorded, dict) else None
+    return length if is_count(length, 1) else None
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     position_encoding: str | None = None  # model folders only
@@ -207,6 +216,13 @@ class Format(ABC):
                             "edgelm.head_temperatures) are not a [layers][heads] table of finite, positive λ", self.path,
                             "export it again (or give parity --head-temperatures FILE)")
         return table
+
+    def training_length(self) -> int | None:
+        """The tokens the model was trained on where its config records them (`edgelm.training_length`, as
+        examples/train.py writes it, carried into a GGUF's edgelm.config and an ONNX folder's config.json): `chat`
+        says when a conversation reaches past them. None where nothing says (a model's max_position_embeddings
+        is what it may run, not what it learned: the shipped models declare 4,096 and were trained on 256)."""
+        return None
 
     def recorded_position_encoding(self) -> str | None:
         """The position encoding the export ran its model with ("rope", "none", …), so a comparison with the

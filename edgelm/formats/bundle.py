@@ -129,6 +129,9 @@ class Bundle(Format):
     def recorded_position_encoding(self) -> str | None:
         return self._recorded("recorded_position_encoding")
 
+    def training_length(self) -> int | None:
+        return self._recorded("training_length")
+
     def describe(self, options: LoadOptions) -> dict[str, Any]:
         with unpacked(self.path) as folder:
             manifest, inner = self._inside(folder)

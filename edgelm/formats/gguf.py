@@ -14,7 +14,7 @@ from ..artifact_files import read_prefix
 from ..constants import (LLAMA_MAX_LAYERS, GGUF_TOKEN_TYPE_BYTE, NO_BYTE_PIECES, GGUF_CONTEXT_LIMIT, GGUF_FAMILY, GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED, GGUF_POSITION_ENCODING, GGUF_VERSION,
                          PARITY_CERTIFICATE, llama_cpp_archs)
 from ..errors import UserError
-from .base import Artifact, Format, LoadOptions, register
+from .base import Artifact, Format, LoadOptions, recorded_training_length, register
 
 MAGIC = b"GGUF"
 
@@ -229,6 +229,13 @@ class GGUF(Format):
     def recorded_position_encoding(self) -> str | None:
         recorded = self.gguf.field(GGUF_POSITION_ENCODING)
         return recorded if isinstance(recorded, str) else None
+
+    def training_length(self) -> int | None:
+        from ..artifact_files import parse_json
+        from ..constants import GGUF_CONFIG
+
+        recorded = self.gguf.field(GGUF_CONFIG)
+        return recorded_training_length(parse_json(recorded, self.path, GGUF_CONFIG)) if isinstance(recorded, str) else None
 
     def recorded_temperatures(self) -> list[list[float]] | None:
         """The λ edgelm folded into the weights at export, stored flat: one row per layer (block_count). None for

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .base import Artifact, Format, LoadOptions, register
+from .base import Artifact, Format, LoadOptions, recorded_training_length, register
 
 
 def _temperature_summary(table) -> dict[str, Any]:
@@ -49,6 +49,11 @@ class ModelFolder(Format):
         backend.context_length = options.context_for(backend.context_length)  # a limit only: torch's cache grows
         details = {"family": checkpoint.spec.family, "position_encoding": checkpoint.spec.position_encoding}
         return Artifact(self.path, self, f"torch ({device})", tokenizer, backend, details)
+
+    def training_length(self) -> int | None:
+        from ..models.checkpoint import read_config
+
+        return recorded_training_length(read_config(self.path))
 
     def stated_sampling(self) -> dict[str, Any]:
         from ..models.checkpoint import recommended_sampling

@@ -20,7 +20,7 @@ from ..constants import (GENAI_CONFIG, HF_CONFIG, ONNX_MODEL_FILE, ORT_MODEL_FIL
 from ..errors import UserError
 from ..numbers import is_count
 from ..artifact_files import contained, find_member, member, parse_json, read_prefix, read_text
-from .base import Artifact, Format, LoadOptions, register
+from .base import Artifact, Format, LoadOptions, recorded_training_length, register
 
 
 # onnxruntime's quantized operators (MatMulNBits: 4 bits unless told otherwise) → what edgelm calls the quantization
@@ -86,6 +86,12 @@ class OnnxFolder(Format):
         """The [layers][heads] λ folded into the weights at export (edgelm.json), None for another tool's folder."""
         recorded = self.manifest.get("head_temperatures")
         return recorded.get("layers") if isinstance(recorded, dict) else None
+
+    def training_length(self) -> int | None:
+        from ..artifact_files import read_json
+
+        config = find_member(self.path, HF_CONFIG)
+        return None if config is None else recorded_training_length(read_json(config, what=HF_CONFIG))
 
     def recorded_position_encoding(self) -> str | None:
         recorded = self.manifest.get("position_encoding")
