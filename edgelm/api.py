@@ -68,11 +68,13 @@ class Model:
         the text so far and verifies in one step (0: off; None: the backend's default, docs/benchmarks.md);
         greedy output is the same either way. One generation runs at a time (see `_exclusive`)."""
         check_flag("truncate", truncate)
+        _refuse_unknown("stream", sampling)
         return self._exclusive(run(self._backend(), self.tokenizer, prompt, max_new_tokens, SamplingOptions(**sampling),
                                    _stops(stop), truncate=truncate, draft=draft, lookup_ngram=lookup_ngram))
 
     def generate(self, prompt: str, max_new_tokens: int = 64, truncate: bool = False, draft: int | None = None,
                  lookup_ngram: int = LOOKUP_NGRAM, stop: tuple[str, ...] = (), **sampling) -> str:
+        _refuse_unknown("generate", sampling)
         with self._lock:  # another thread's call waits for this one, rather than take its cache halfway
             return "".join(piece.text for piece in self.stream(prompt, max_new_tokens, truncate, draft, lookup_ngram, stop, **sampling))
 
@@ -133,10 +135,7 @@ class Model:
         if not messages or messages[-1]["role"] not in ("user", "tool", "ipython"):
             raise ValueError("the reply answers the user's turn or a tool's result, so the last message is one of them" +
                              (f", not the {messages[-1]['role']}'s" if messages else ": the list is empty"))
-        if unknown := sorted(set(sampling) - set(SAMPLING_OPTIONS)):
-            variable = " (a chat template's variable goes in chat_template_kwargs={...})" if unknown[0] not in LOAD_OPTIONS else \
-                " (an option of edgelm.load)"
-            raise TypeError(f"chat() takes no argument {unknown[0]}{variable}; its sampling options are {', '.join(SAMPLING_OPTIONS)}")
+        _refuse_unknown("chat", sampling, " (a chat template's variable goes in chat_template_kwargs={...})")
         check_messages(messages)
         system = messages[0]["content"] if messages[0]["role"] == "system" else None
         backend = self._backend()
@@ -202,6 +201,19 @@ def _stops(stop: str | tuple[str, ...] | list[str]) -> tuple:
 
 SAMPLING_OPTIONS = tuple(f.name for f in fields(SamplingOptions))
 LOAD_OPTIONS = tuple(f.name for f in fields(LoadOptions))
+# OpenAI's and llama-cpp-python's names for edgelm's arguments: what their users type first
+OTHER_NAMES = {"max_tokens": "max_new_tokens", "repeat_penalty": "repetition_penalty", "frequency_penalty": "repetition_penalty"}
+
+
+def _refuse_unknown(call: str, sampling: dict, otherwise: str = "") -> None:
+    """A keyword the call does not take, named with what it may be instead (a stranger's generate(max_tokens=3) met
+    "SamplingOptions.__init__() got an unexpected keyword argument")."""
+    if unknown := sorted(set(sampling) - set(SAMPLING_OPTIONS)):
+        name = unknown[0]
+        hint = f" (OpenAI's or llama-cpp-python's name; edgelm's is {OTHER_NAMES[name]})" if name in OTHER_NAMES else \
+            " (an option of edgelm.load)" if name in LOAD_OPTIONS else otherwise
+        raise TypeError(f"{call}() takes no argument {name}{hint}; its sampling options are {', '.join(SAMPLING_OPTIONS)}")
+
 
 # llama-cpp-python's `Llama(...)` names for LoadOptions' fields: what its users type first (a stranger's n_ctx= met
 # "LoadOptions.__init__() got an unexpected keyword argument")

@@ -1211,8 +1211,10 @@ def _run() -> None:
         # asked for JSON still gets its object
         _asked["json"] = _asked["json"] or "--json" in sys.argv[1:sys.argv.index("--") if "--" in sys.argv else None]
         command = getattr(getattr(exc, "ctx", None), "command_path", "edgelm")
-        err.print(f"error: {exc.format_message()}; see `{command} --help`", markup=False, soft_wrap=True)
-        _json_failure(f"{exc.format_message()}; see `{command} --help`", exc.exit_code)
+        # `edgelm` alone: click printed the help and raises with no message (a stranger saw "error: ; see …")
+        message = f"{exc.format_message().rstrip('.') or 'no command given'}; see `{command} --help`"
+        err.print(f"error: {message}", markup=False, soft_wrap=True)
+        _json_failure(message, exc.exit_code)
         sys.exit(exc.exit_code)
     if code == INTERRUPTED:
         sys.stderr.write("\ninterrupted; nothing was left half-written\n")

@@ -166,6 +166,14 @@ def test_json_failures_are_a_json_object_too(run_cli, args, code, words):
     assert run_cli(*[a for a in args if a != "--json"])[1] == ""  # without --json, stdout stays empty
 
 
+
+@pytest.mark.parametrize("args,line", [([], "error: no command given; see `"),
+                                       (["frobnicate"], "error: No such command 'frobnicate'; see `")])
+def test_a_usage_error_says_what_it_is_in_its_one_line(run_cli, args, line):
+    """Stranger 23: `edgelm` alone printed the help and then "error: ; see `edgelm --help`"; an unknown command ".;"."""
+    code, _, err = run_cli(*args)
+    assert code == 2 and err.strip().splitlines()[-1].startswith(line) and err.strip().endswith("edgelm --help`"), err
+
 @pytest.mark.parametrize("command", ["inspect", "generate", "perplexity", "chat", "bench"])
 def test_every_command_that_runs_a_model_says_it_takes_a_bundle(run_cli, command):
     """Stranger finding: `chat --help` named a model folder, a .gguf file or an ONNX folder; a bundle works too."""

@@ -643,3 +643,18 @@ def test_python_switches_take_true_or_false_only(tmp_path, where, name):
             model.generate("Hello", max_new_tokens=2, **{name: "false"})
         else:
             model.chat([{"role": "user", "content": "Hello"}], max_new_tokens=2, **{name: "false"})
+
+
+@pytest.mark.parametrize("call,name,words", [("generate", "max_tokens", "edgelm's is max_new_tokens"), ("stream", "repeat_penalty", "edgelm's is repetition_penalty"),
+                                             ("generate", "threads", "an option of edgelm.load"), ("chat", "max_tokens", "edgelm's is max_new_tokens"),
+                                             ("chat", "enable_thinking", "chat_template_kwargs")])
+def test_python_calls_name_an_argument_they_do_not_take(call, name, words):
+    """Stranger 23: generate('Hi', max_tokens=3), what an OpenAI user types, met "SamplingOptions.__init__() got an unexpected
+    keyword argument 'max_tokens'": neither the call nor the name to use."""
+    import edgelm
+
+    with edgelm.load(MODEL) as model, pytest.raises(TypeError, match=rf"{call}\(\) takes no argument {name} \(.*{words}"):
+        if call == "chat":
+            model.chat([{"role": "user", "content": "Hello"}], **{name: 3})
+        else:
+            getattr(model, call)("Hello", **{name: 3})
