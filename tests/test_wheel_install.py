@@ -96,3 +96,5 @@ def test_a_web_bundle_without_the_runtime_says_the_step_to_get_it(installed, tmp
     assert code == 2 and err.count("\n") == 1, err
     assert "npm install --prefix DIR onnxruntime-web@1.30.0 @huggingface/tokenizers@0.2.0" in err and "--web-runtime" in err, err
     assert "make web-runtime" not in err  # no checkout here
+    # stranger 23: it named "site-packages/web/node_modules", a checkout's path that an install never has
+    assert "from an npm node_modules folder, which an installed edgelm does not ship" in err and "site-packages" not in err, err
