@@ -331,6 +331,8 @@ CASES: list[Case] = [
     case("export --quant int8 with a 4-bit --gguf-type (wrote Q4_0 silently)", "export {model} --quant int8 --gguf-type Q4_0 --out {tmp}/m.gguf",
          "--quant int8 and --gguf-type Q4_0 name two precisions"),
     case("export --gguf-type IQ4_XS", "export {model} --gguf-type IQ4_XS --out {tmp}/m.gguf", "edgelm does not make --gguf-type 'IQ4_XS'"),
+    case("export --quant iq2_xs (stranger 23: 'unknown')", "export {model} --quant iq2_xs --out {tmp}/m.gguf",
+         "edgelm does not make --quant 'iq2_xs', a llama.cpp type llama-quantize makes"),
     case("generate --provider unknown (was: install the onnxruntime package built for bogus)", "generate {onnx} --prompt x --provider bogus",
          "unknown provider 'bogus'"),
     # --force replaces an output, never an input (stranger round 7: each of these replaced its input and exited 0)

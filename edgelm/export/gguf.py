@@ -85,6 +85,10 @@ def resolve_type(quant: str, gguf_type: str | None) -> str:
         if gguf_type is not None and llama_name(gguf_type) != llama_name(quant):
             raise UserError(f"--quant {quant} and --gguf-type {gguf_type} name two types", None, "give one of them")
         quant, gguf_type = "f16", quant
+    elif f"MOSTLY_{llama_name(quant)}" in LlamaFileType.__members__:  # IQ2_XS, TQ1_0, …: llama.cpp's, not made here (stranger 23)
+        raise UserError(f"edgelm does not make --quant {quant!r}, a llama.cpp type llama-quantize makes", None,
+                        f"choose one of {', '.join(QUANTS)} or {', '.join(LLAMA_FILE_TYPES)}; or export f16 and quantize that "
+                        "with llama.cpp's llama-quantize (the IQ types with --imatrix)")
     else:
         raise UserError(f"unknown --quant {quant!r}", None, f"choose one of {', '.join(QUANTS)}, or a llama.cpp type "
                         f"({', '.join(LLAMA_FILE_TYPES)})")
