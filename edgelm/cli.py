@@ -802,7 +802,7 @@ def verify(
                 out.print_json(json.dumps({"ok": False, "failed": [exc.line()]}))
             err.print(f"verify failed: {exc.line()}", markup=False)
             raise typer.Exit(1) from None
-        lines = [f"bundle: {len(manifest['files'])} files match their sha256, nothing else in the bundle; {manifest['model']} loads and runs "
+        lines = [f"bundle: {len(manifest['files'])} {'file matches its' if len(manifest['files']) == 1 else 'files match their'} sha256, nothing else in the bundle; {manifest['model']} loads and runs "
                  f"({model['family']}, {model['format']}, {model['quantization']})"]
     # what every check above reads lies inside the artifact, and whoever edits it can rewrite it too (a stranger
     # edited a bundle's template and its manifest's sha256, and forged a GGUF's certified numbers): only a hash
