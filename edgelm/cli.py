@@ -352,6 +352,9 @@ def generate(
                               repetition_penalty=repetition_penalty, seed=seed, ignore_eos=ignore_eos)
     if verbose_prompt:
         _print_prompt(artifact.tokenizer, artifact.tokenizer.encode(prompt))
+    if not as_json and (trained := artifact.format.training_length()):
+        _past_training(trained, len(artifact.tokenizer.encode(prompt)) + max_new_tokens, artifact.backend.context_length,
+                       "the prompt and its continuation", "the text may lose its way past them", "with --truncate keeps the prompt's last tokens within them")
     pieces = run(artifact.backend, artifact.tokenizer, prompt, max_new_tokens, options, tuple(stop or ()), truncate, draft, lookup_ngram)
     if as_json:
         collected = list(pieces)
@@ -363,6 +366,17 @@ def generate(
         sys.stdout.write(piece.text)
         sys.stdout.flush()  # each piece as it comes
     sys.stdout.write("\n")
+
+
+def _past_training(trained: int | None, reach: int, context: int, what: str, risk: str, keep: str) -> bool:
+    """A note, where `reach` tokens pass the `trained` the model's config records and the context lets them: a stranger's
+    chat of a model trained on 256 tokens (declaring 4,096 positions) fell into word salad from its third turn with no
+    word. Whether it was said."""
+    if not trained or reach <= trained or context <= trained:
+        return False
+    info.print(f"note: {what} reach{'es' if what == 'this turn' else ''} past the {trained:,} tokens the model was trained on "
+               f"(edgelm.training_length in its config); {risk}: `-c {trained}` {keep}", markup=False)
+    return True
 
 
 # shipped with the package (an installed edgelm has no examples/): the openings of examples/data's novels, as long as
@@ -620,13 +634,9 @@ def chat(
             turn = conversation.turn(user, backend, max_new_tokens, options, tuple(stop or ()), draft, lookup_ngram, context_shift)
             if turn.dropped:
                 info.print(f"[dim]dropped the {turn.dropped} oldest exchange(s) to fit the {backend.context_length}-token context[/dim]")
-            if trained and len(turn.ids) + max_new_tokens > trained and backend.context_length > trained:
-                # a stranger's chat of a model trained on 256 tokens (max_position_embeddings 4,096) fell into word salad
-                # from its third turn, with no word: past its training length a model is out of distribution
-                info.print(f"note: this turn reaches past the {trained:,} tokens the model was trained on (edgelm.training_length "
-                           f"in its config); replies may lose their way from here: `-c {trained}` keeps the chat within them, "
-                           "dropping the oldest exchanges", markup=False)
-                trained = None
+            if _past_training(trained, len(turn.ids) + max_new_tokens, backend.context_length, "this turn",
+                              "replies may lose their way from here", "keeps the chat within them, dropping the oldest exchanges"):
+                trained = None  # said once
             if verbose_prompt:
                 _print_prompt(artifact.tokenizer, turn.ids)
             pieces = iter(turn)
