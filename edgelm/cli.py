@@ -21,7 +21,7 @@ from .errors import ArtifactMismatch, RefusedText, UserError
 from .constants import SAMPLING_DEFAULTS
 from .fileio import DISK_FULL_ERRNOS, stopped
 from .exporters import EXPORTERS
-from .numbers import LOOKUP_NGRAM, LOOKUP_NGRAM_MAX, NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, is_count, not_finite
+from .numbers import HEAD_TEMPERATURE, LOOKUP_NGRAM, LOOKUP_NGRAM_MAX, NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, is_count, not_finite
 
 app = typer.Typer(
     help="Export small causal language models to GGUF and ONNX for phones and laptop CPUs.",
@@ -979,8 +979,8 @@ def calibrate(
     steps: Annotated[int, typer.Option(min=0)] = 200,
     lr: Annotated[float, typer.Option(parser=number(POSITIVE), help="AdamW learning rate for the first half of the steps.")] = 0.1,
     lr_late: Annotated[float, typer.Option("--lr-late", parser=number(POSITIVE), help="Learning rate for the second half.")] = 0.05,
-    init: Annotated[float, typer.Option(parser=number(POSITIVE), help="Initial λ of every head (the paper: 1.6).")] = 1.6,
-    min_value: Annotated[float, typer.Option("--min", parser=number(POSITIVE), help="Clamp λ to at least this after every step (the paper: 1.0).")] = 1.0,
+    init: Annotated[float, typer.Option(parser=number(HEAD_TEMPERATURE), help="Initial λ of every head (the paper: 1.6).")] = 1.6,
+    min_value: Annotated[float, typer.Option("--min", parser=number(HEAD_TEMPERATURE), help="Clamp λ to at least this after every step (the paper: 1.0).")] = 1.0,
     batch: Annotated[int, typer.Option(min=1)] = 1,
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX)] = 0,
     uniform: Annotated[bool, typer.Option("--uniform", help="One λ for every head, by held-out loss over a grid.")] = False,

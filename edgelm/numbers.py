@@ -43,6 +43,9 @@ class NumberRange:
 
 NON_NEGATIVE = NumberRange(0.0)
 POSITIVE = NumberRange(0.0, low_open=True)
+# a head temperature λ (calibrate's --init, --min): a float32 tensor's value; past ~10 a head's softmax is one-hot already
+# (a stranger's --init 1e39 overflowed float32 in a traceback)
+HEAD_TEMPERATURE = NumberRange(0.0, 1e4, low_open=True)
 FRACTION = NumberRange(0.0, 1.0)
 # each sampling option's range: SamplingOptions checks with it, and the command line's options are typed by it
 SAMPLING_RANGES = {"temperature": NON_NEGATIVE, "top_p": FRACTION, "min_p": FRACTION, "repetition_penalty": POSITIVE}

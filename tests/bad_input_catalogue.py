@@ -364,6 +364,8 @@ CASES: list[Case] = [
          "config.json's edgelm.training_length is 'long', not a whole number of tokens", edit_json("model", "config.json", lambda c: {**c, "edgelm": {**c.get("edgelm", {}), "training_length": "long"}})),
     case("calibrate --init negative", "calibrate {nope} --text {text} --target-length 512 --out {tmp}/t.json --init -1", "must be a finite number above 0"),
     case("calibrate --min negative", "calibrate {nope} --text {text} --target-length 512 --out {tmp}/t.json --min -5", "must be a finite number above 0"),
+    case("calibrate --init past float32 (stranger 25: a traceback)", "calibrate {nope} --text {text} --target-length 512 --out {tmp}/t.json --init 1e39",
+         "must be a finite number above 0 to 10000"),
     case("calibrate --min 0", "calibrate {nope} --text {text} --target-length 512 --out {tmp}/t.json --min 0", "must be a finite number above 0"),
     case("calibrate --lr NaN", "calibrate {nope} --text {text} --target-length 512 --out {tmp}/t.json --lr nan", "'--lr': must be a finite number above 0"),
     case("calibrate --lr negative", "calibrate {nope} --text {text} --target-length 512 --out {tmp}/t.json --lr -1", "'--lr': must be a finite number above 0"),

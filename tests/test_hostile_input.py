@@ -1,6 +1,7 @@
 """Files from the internet that were made to hurt: nothing is written outside the output, and each is
 refused with one line and exit 2."""
 
+import os
 import signal
 from pathlib import Path
 
@@ -319,21 +320,23 @@ def _vocab_edits(gguf_path):
         "bos to add, none given": ({"tokenizer.ggml.model": ("gemma4", GGUFValueType.STRING),  # no default bos id
                                     "tokenizer.ggml.bos_token_id": (99999, GGUFValueType.UINT32),
                                     "tokenizer.ggml.add_bos_token": (True, GGUFValueType.BOOL)}, "its vocabulary has no bos token"),
+        "RWKV without an unknown token": ({"tokenizer.ggml.model": ("rwkv", GGUFValueType.STRING),  # stranger 25
+                                           "tokenizer.ggml.unknown_token_id": (99999, GGUFValueType.UINT32)}, "its vocabulary has no unknown token"),
     }
 
 
-@pytest.mark.parametrize("case", ["no vocabulary", "a token twice", "bos to add, none given"])
+@pytest.mark.parametrize("case", ["no vocabulary", "a token twice", "bos to add, none given", "RWKV without an unknown token"])
 def test_vocabularies_llama_cpp_aborts_on_are_refused(run_cli, llama_gguf, tmp_path, case):
     """Stranger 24: tokenizer.ggml.model 'none' (a value llama.cpp accepts) or a vocabulary of one token 4,096 times
     killed generate, verify and chat (SIGABRT in llama-vocab.cpp's asserts, a gdb backtrace or no word). Each file is
-    first shown to abort llama.cpp itself (tokenizing 'hi' with its bos), then refused in one line by every command."""
+    first shown to abort llama.cpp itself (tokenizing 'héllo 😀' with its bos and back), then refused in one line by every command."""
     import subprocess
     import sys
 
     add, needle = _vocab_edits(llama_gguf)[case]
     evil = rewrite_gguf(llama_gguf, tmp_path / "evil.gguf", drop_keys=set(add), add=add)
-    raw = subprocess.run([sys.executable, "-c", "import sys, llama_cpp; llama_cpp.Llama(sys.argv[1], verbose=False, n_ctx=64)"
-                          ".tokenize(b'hi', add_bos=True)", evil], capture_output=True, timeout=120)
+    raw = subprocess.run([sys.executable, "-c", "import sys, llama_cpp; m = llama_cpp.Llama(sys.argv[1], verbose=False, n_ctx=64); "
+                          "m.detokenize(m.tokenize('héllo 😀'.encode(), add_bos=True))", evil], capture_output=True, timeout=120)
     assert raw.returncode == -signal.SIGABRT, raw.stderr[-300:]
     for command in (("generate", evil, "--prompt", "x"), ("verify", evil), ("chat", evil), ("bundle", evil, "--out", tmp_path / "b")):
         assert_user_error(run_cli(*command), needle)
@@ -547,3 +550,36 @@ def test_a_gguf_declaring_more_keys_than_a_model_has_is_refused_before_ggml_pars
     monkeypatch.setattr(reader, "MAX_KEYS", 10)
     for command in (["inspect", gguf_file], ["generate", gguf_file, "--prompt", "x"], ["verify", gguf_file]):
         assert_user_error(run_cli(*command), "metadata keys and", "edgelm reads at most 10 and 65,536")
+
+
+def test_verify_hashes_the_bytes_onnxruntime_reads_of_an_initializer_without_a_length(tmp_path):
+    """Stranger 25: an ONNX graph whose external initializer names no length, its file made a sparse 1 TiB: generate ran
+    in 2 s, the weights hash read to the end of the file. It takes the tensor's bytes, as onnxruntime reads them; a length
+    that is not the tensor's is refused. (The folder's own sha256 that verify prints still reads every byte.)"""
+    import subprocess
+    import sys
+
+    import onnx
+
+    from edgelm.export.onnx import export_onnx
+
+    folder = export_onnx(open_checkpoint(SHIPPED_ROPE), tmp_path / "onnx", "f32").path
+    model = onnx.load(str(folder / "model.onnx"))
+    onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True, location="weights.bin", size_threshold=1024)
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    tensor = next(t for t in model.graph.initializer if any(e.key == "location" for e in t.external_data))
+    entries = [(e.key, e.value) for e in tensor.external_data if e.key != "length"]
+    del tensor.external_data[:]
+    for key, value in entries:
+        tensor.external_data.add(key=key, value=value)
+    onnx.save(model, str(folder / "model.onnx"))
+    weights = folder / dict(entries)["location"]
+    with open(weights, "ab") as handle:  # bytes past the tensors: hashed before to the end of the file
+        handle.write(b"\0" * (1 << 20))
+    done = subprocess.run([sys.executable, "-m", "edgelm", "verify", str(folder)], capture_output=True, text=True, timeout=600)
+    assert done.returncode in (0, 1) and "Traceback" not in done.stderr, done.stderr[-2000:]
+    tensor.external_data.add(key="length", value="12")
+    onnx.save(model, str(folder / "model.onnx"))
+    done = subprocess.run([sys.executable, "-m", "edgelm", "verify", str(folder)], capture_output=True, text=True, timeout=600)
+    # onnxruntime refuses it as it opens the graph, before any hash: one line either way
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "model.onnx" in done.stderr, done.stderr[-2000:]

@@ -105,6 +105,10 @@ def refuse_what_llama_cpp_vocab_asserts(gguf) -> None:
         given = gguf.field(f"tokenizer.ggml.{'seperator' if role == 'sep' else role}_token_id")  # llama.cpp's spelling
         if model in LLAMA_VOCAB_SPECIALS and adds is True and not in_vocab(given) and not in_vocab(default):
             bad(f"has no {role} token (tokenizer.ggml.add_{role}_token is true)")
+    # RWKV's tokenizer gives a character it lacks the unknown token, which it has no default for: without one in the
+    # vocabulary, the id -1 went on and llama.cpp died of an uncaught std::out_of_range (stranger 25)
+    if model == "rwkv" and not in_vocab(gguf.field("tokenizer.ggml.unknown_token_id")):
+        bad("has no unknown token (tokenizer.ggml.unknown_token_id), which an RWKV tokenizer gives a character it lacks")
 
 
 @register
