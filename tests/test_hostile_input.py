@@ -1,7 +1,6 @@
 """Files from the internet that were made to hurt: nothing is written outside the output, and each is
 refused with one line and exit 2."""
 
-import os
 import signal
 from pathlib import Path
 
