@@ -81,8 +81,8 @@ def refuse_what_llama_cpp_vocab_asserts(gguf) -> None:
     even while it loads (llama-vocab.cpp): no vocabulary at all (`tokenizer.ggml.model` "none"/"no_vocab": the
     tokenizer is never built), two tokens with the same text (`id_to_token.size() == token_to_id.size()`; an empty
     token counts as "[EMPTY_<id>]"), a bos, eos or sep token it is to add that the file leaves without an id in
-    the vocabulary. A stranger's file of each killed generate, chat
-    and verify. A model llama.cpp does not know, or a key of the wrong type, llama.cpp refuses in its own words."""
+    the vocabulary, an RWKV vocabulary without an unknown token. A stranger's file of each killed generate, chat and
+    verify. A model llama.cpp does not know, or a key of the wrong type, llama.cpp refuses in its own words."""
     model = gguf.field("tokenizer.ggml.model")
     if model in ("none", "no_vocab"):
         raise UserError(f"it has no vocabulary (tokenizer.ggml.model is {model!r}): edgelm runs text through a model's own tokenizer",
