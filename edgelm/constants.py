@@ -39,6 +39,7 @@ ONNX_MANIFEST = "edgelm.json"  # edgelm's facts about an ONNX export
 PARITY_CERTIFICATE = "parity_certificate"  # its key in an ONNX export's edgelm.json and in a bundle's manifest
 ONNX_METADATA_PARITY = "edgelm.parity"  # the certificate as JSON in the graph's metadata_props
 ONNX_METADATA_FACTS = "edgelm.facts"  # beside it: what edgelm.json records that runs the graph (formats/onnx.py recorded_facts)
+ONNX_METADATA_GENAI = "edgelm.genai_config_sha256"  # a mobile bundle's graph: the sha256 of the genai_config.json bundled with it
 
 # --- bundles ---------------------------------------------------------------------------------------
 BUNDLE_MANIFEST = "edgelm.json"

@@ -189,6 +189,50 @@ def _rust_panic(exc: BaseException, file: Path, doing: str) -> BaseException:
                      file, "its normalizer or pre-tokenizer rules cannot run on this text: give the tokenizer.json the model was published with")
 
 
+# How many characters one character of text may become in a normalizer or decoder step, at worst: Unicode's longest
+# decompositions (U+FDFA is 18 characters under NFKD/NFKC; canonical forms 4), a lowercase of 3 (İ is 2), BERT's spaces
+# around a CJK character (×3) with its accents stripped (NFD) and lowercased; a step tokenizers adds later: 4.
+_STEP_GROWTH = {"NFKC": 18, "NFKD": 18, "NFC": 4, "NFD": 4, "Lowercase": 3, "BertNormalizer": 36, "ByteLevel": 4, "Strip": 1,
+                "StripAccents": 1, "Nmt": 1, "Metaspace": 1, "ByteFallback": 1, "Fuse": 1, "WordPiece": 1, "BPEDecoder": 1,
+                "CTC": 1}
+MAX_TEXT_GROWTH = 4096  # the most its rules may multiply a text by, at worst (T5's charsmap with NFKC after it: 1,188; Llama 2's: 4)
+
+
+def _growth(step: dict) -> int:
+    """The most one character may become through `step` (a normalizer's or decoder's serialized JSON), sequences multiplied."""
+    kind = step.get("type")
+    if kind == "Sequence":
+        growth = 1
+        for inner in step.get("normalizers") or step.get("decoders") or []:
+            growth *= _growth(inner)
+        return growth
+    if kind == "Replace":  # every match, an empty one of a regex too, becomes `content`: n characters at most n + 1 times
+        return 1 + len(step.get("content", ""))
+    if kind == "Prepend":
+        return 1 + len(step.get("prepend", ""))
+    if kind == "Precompiled":  # sentencepiece's charsmap: uint32 trie size, the trie, then NUL-ended replacement strings
+        import base64
+
+        blob = base64.b64decode(step.get("precompiled_charsmap") or b"")
+        trie = int.from_bytes(blob[:4], "little")
+        return max((len(text) for text in blob[4 + trie:].split(b"\0")), default=1) or 1
+    return _STEP_GROWTH.get(kind, 4)
+
+
+def _refuse_growing_rules(backend, file: Path) -> None:
+    """A normalizer or decoder that multiplies text past MAX_TEXT_GROWTH, refused as the file is read: a stranger's
+    Replace(' ' → 100 MB) aborted tokenizers (Rust's failed allocation: SIGABRT, no word) on a 16-word prompt."""
+    import json
+
+    for part in ("normalizer", "decoder"):
+        if (step := getattr(backend, part)) is None:
+            continue
+        if (growth := _growth(json.loads(step.__getstate__()))) > MAX_TEXT_GROWTH:
+            raise UserError(f"its {part} may turn one character into {growth:,} (edgelm takes at most {MAX_TEXT_GROWTH:,}): "
+                            "encoding a prompt would take memory without bound", file,
+                            "give the tokenizer.json the model was published with")
+
+
 class JSONTokenizer(Tokenizer):
     kind = "bpe (tokenizer.json)"
 
@@ -199,6 +243,7 @@ class JSONTokenizer(Tokenizer):
             self.backend = Backend.from_file(str(file))
         except BaseException as exc:
             raise _rust_panic(exc, file, "reading it") from None
+        _refuse_growing_rules(self.backend, file)
         self.vocab_size = self.backend.get_vocab_size()
         self.highest_id = max(self.backend.get_vocab(with_added_tokens=True).values(), default=-1)
         super().__init__(file, config)
@@ -358,5 +403,7 @@ def load_tokenizer_file(file: Path, config: dict[str, Any]) -> Tokenizer:
     """One tokenizer file (tokenizer.json or tokenizer.model) with the given tokenizer config."""
     try:
         return BACKENDS[file.name](file, config)
+    except UserError:
+        raise
     except Exception as exc:  # each library raises its own types for a damaged file
         raise UserError(f"cannot read the tokenizer ({exc})", file, "re-download or rebuild it") from None

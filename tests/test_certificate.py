@@ -560,3 +560,29 @@ def test_an_onnx_mobile_bundles_tokenizer_changed_inside_it_fails_verify(exports
     code, out, err = run_cli("verify", bundle)
     assert code == 1 and "tokenizer and chat template: sha256" in out and "DIFFERS from the certified" in out, (out, err)
     assert "its tokenizer and chat template are not the certified ones" in err, err
+
+
+@pytest.mark.parametrize("field", ["eos_token_id", "context_length", "search"])
+def test_an_onnx_mobile_bundles_genai_config_changed_inside_it_fails_verify(exports, run_cli, tmp_path, field):
+    """Stranger 25: a mobile bundle's genai_config.json with its eos id (or context, or search) edited, the manifest's
+    sha256 (and the facts it states beside) made again, passed verify, and onnxruntime-genai stopped at the forged eos. The bundle writes genai_config
+    itself, so the graph it converts carries that file's sha256 in its metadata, as it carries the certificate."""
+    bundle = tmp_path / "bundle"
+    assert run_cli("bundle", exports("tiny-nope.onnx"), "--target", "mobile", "--out", bundle)[0] == 0
+    assert run_cli("verify", bundle)[0] == 0
+    path = bundle / "genai_config.json"
+    genai = json.loads(path.read_text())
+    if field == "search":
+        genai["search"]["temperature"] = 1e-3
+    else:
+        genai["model"][field] = 5 if field == "eos_token_id" else 64
+    path.write_text(json.dumps(genai, indent=2) + "\n")
+    manifest = json.loads((bundle / "edgelm.json").read_text())
+    if field == "search":  # what the manifest states beside it too, as a careful forger would
+        manifest["sampling_defaults"]["temperature"] = 1e-3
+    elif field == "context_length":
+        manifest["context_length"] = 64
+    manifest["files"]["genai_config.json"] = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
+    (bundle / "edgelm.json").write_text(json.dumps(manifest))
+    assert_user_error(run_cli("verify", bundle), "genai_config.json is not the one bundled with model.ort",
+                      "make it again with `edgelm bundle`")

@@ -180,7 +180,7 @@ def test_optimum_folder_bundled_for_a_phone_runs_in_onnxruntime_genai(run_cli, o
     prompt = [int(i) for i in og.Tokenizer(og.Model(str(tmp_path / "b"))).encode("It is a truth universally acknowledged")]
     assert genai_greedy(tmp_path / "b", prompt, len(expected)) == expected
 
-    # a bundle whose genai_config lacks vocab_size, its manifest made to match: genai's own reason
+    # a bundle whose genai_config lost vocab_size afterwards, its manifest made to match: the graph's record of the file refuses it
     config = tmp_path / "b" / "genai_config.json"
     broken = json.loads(config.read_text())
     del broken["model"]["vocab_size"]
@@ -190,7 +190,7 @@ def test_optimum_folder_bundled_for_a_phone_runs_in_onnxruntime_genai(run_cli, o
 
     manifest["files"]["genai_config.json"] = {"sha256": sha256(config), "bytes": config.stat().st_size}
     (tmp_path / "b" / "edgelm.json").write_text(json.dumps(manifest))
-    assert_user_error(run_cli("verify", tmp_path / "b"), "onnxruntime-genai cannot run this bundle", "vocab_size")
+    assert_user_error(run_cli("verify", tmp_path / "b"), "genai_config.json is not the one bundled with model.ort", "edgelm bundle")
 
 
 def test_optimum_folder_without_the_dims_genai_needs_is_refused_for_a_phone(run_cli, optimum_folder, tmp_path):

@@ -4,6 +4,7 @@ refused with one line and exit 2."""
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 from gguf import GGUFValueType
 
@@ -529,6 +530,59 @@ def test_a_tokenizer_whose_rules_panic_is_one_line(tmp_path, command):
     assert done.stderr.splitlines() == [done.stderr.strip()] and "the tokenizer failed while encoding a text" in done.stderr, done.stderr
 
 
+def _charsmap(longest: int) -> str:
+    """sentencepiece's precompiled charsmap layout (uint32 trie size, trie, NUL-ended replacements), its longest given."""
+    import base64
+
+    return base64.b64encode((4).to_bytes(4, "little") + b"\0" * 4 + b"ab\0" + b"x" * longest + b"\0").decode()
+
+
+def _nmt_nfkc_charsmap() -> str:
+    """The charsmap sentencepiece builds for its default rule (nmt_nfkc: its longest replacement 33 bytes), as T5's has."""
+    import base64
+    import io
+
+    import sentencepiece
+    from sentencepiece import sentencepiece_model_pb2
+
+    written = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(input=str(SHIPPED_ROPE.parents[1] / "data" / "persuasion.txt"), model_writer=written,
+                                             vocab_size=100, normalization_rule_name="nmt_nfkc", minloglevel=2)
+    model = sentencepiece_model_pb2.ModelProto()
+    model.ParseFromString(written.getvalue())
+    return base64.b64encode(model.normalizer_spec.precompiled_charsmap).decode()
+
+
+HONEST_RULES = {  # Llama 2's (tokenizers' converter), T5's (sentencepiece's charsmap, then spaces folded) with NFKC after
+    "llama": lambda: {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
+                                                          {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
+    "t5 with nfkc": lambda: {"type": "Sequence", "normalizers": [
+        {"type": "Precompiled", "precompiled_charsmap": _nmt_nfkc_charsmap()},
+        {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}, {"type": "NFKC"}]},
+}
+GROWING_RULES = {
+    "one replace": lambda: {"type": "Replace", "pattern": {"String": " "}, "content": "x" * 100_000},
+    "replaces chained": lambda: {"type": "Sequence", "normalizers": [{"type": "Replace", "pattern": {"String": " "}, "content": " " * 16}] * 3},
+    "charsmap": lambda: {"type": "Precompiled", "precompiled_charsmap": _charsmap(5000)},
+}
+
+
+@pytest.mark.parametrize("rules", [*HONEST_RULES, *GROWING_RULES])
+def test_a_tokenizer_whose_rules_multiply_a_text_is_refused_as_it_is_read(run_cli, tmp_path, rules):
+    """Stranger 27: a normalizer Replace(' ' → 100 MB), in a tokenizer.json within every size bound, aborted tokenizers on a
+    16-word prompt (Rust's failed allocation: SIGABRT, nothing said; 1 MB a space: 2 GB for 3,000 words). How much one
+    character may become through the normalizer (and the decoder) is bounded as the file is read; the honest rules load."""
+    def set_rules(data):
+        data["normalizer"] = {**HONEST_RULES, **GROWING_RULES}[rules]()
+
+    model = _with_tokenizer(SHIPPED_ROPE, tmp_path / "m", set_rules)
+    result = run_cli("generate", model, "--prompt", "It is a truth", "--max-new-tokens", "1")
+    if rules in HONEST_RULES:
+        assert result[0] == 0, result
+    else:
+        assert_user_error(result, "tokenizer.json: its normalizer may turn one character into", "(edgelm takes at most 4,096)")
+
+
 def test_gguf_metadata_past_its_bound_is_one_line(run_cli, gguf_file, monkeypatch):
     """Stranger round 10b: the string-key limit did not bound a key's name or one text entry of an array (a 700 MB
     tokenizer.ggml.tokens entry reached llama.cpp, 3.2 GB peak); the whole metadata before the tensors' data is
@@ -551,10 +605,35 @@ def test_a_gguf_declaring_more_keys_than_a_model_has_is_refused_before_ggml_pars
         assert_user_error(run_cli(*command), "metadata keys and", "edgelm reads at most 10 and 65,536")
 
 
-def test_verify_hashes_the_bytes_onnxruntime_reads_of_an_initializer_without_a_length(tmp_path):
+def test_a_gguf_tensor_with_a_dimension_of_zero_is_refused_before_ggml_divides_by_it(run_cli, gguf_file, tmp_path):
+    """Stranger 27: token_embd.weight declared [d, 0] killed inspect, generate and verify with SIGFPE (ggml's parser divides
+    INT64_MAX by ne[1..3]; llama.cpp's loader too). The tensor table is read before ggml parses it."""
+    empty = rewrite_gguf(gguf_file, tmp_path / "empty.gguf", replace_tensors={"token_embd.weight": np.zeros((0, 16), np.float32)})
+    for command in (["inspect", empty], ["generate", empty, "--prompt", "x"], ["verify", empty]):
+        assert_user_error(run_cli(*command), "token_embd.weight has shape [16, 0]: a dimension of 0", "export it again")
+
+
+def test_a_gguf_holding_bytes_long_after_its_last_tensor_is_refused(run_cli, gguf_file, tmp_path):
+    """A GGUF with a sparse 20 GB tail ran as the model does, and `verify`'s sha256 of the file read the tail for 50 s (a
+    terabyte: most of an hour). Writers pad the last tensor to the alignment: a few bytes more still run, a megabyte
+    is refused by every command as it opens the file. The tail here is sparse: no disk is written."""
+    import shutil
+
+    padded = tmp_path / "padded.gguf"
+    shutil.copyfile(gguf_file, padded)
+    with open(padded, "ab") as handle:
+        handle.write(b"\0" * 1000)
+    assert run_cli("generate", padded, "--prompt", "x", "--max-new-tokens", "1")[0] == 0
+    with open(padded, "r+b") as handle:
+        handle.truncate(padded.stat().st_size + (20 << 30))
+    for command in (["verify", padded], ["generate", padded, "--prompt", "x"], ["inspect", padded]):
+        assert_user_error(run_cli(*command), "bytes after its last tensor", "export or download it again")
+
+
+def test_verify_hashes_the_bytes_onnxruntime_reads_of_an_initializer_without_a_length(tmp_path, run_cli):
     """Stranger 25: an ONNX graph whose external initializer names no length, its file made a sparse 1 TiB: generate ran
     in 2 s, the weights hash read to the end of the file. It takes the tensor's bytes, as onnxruntime reads them; a length
-    that is not the tensor's is refused. (The folder's own sha256 that verify prints still reads every byte.)"""
+    that is not the tensor's is refused, and so is a file holding more than its tensors, before verify's sha256 of the folder."""
     import subprocess
     import sys
 
@@ -573,10 +652,13 @@ def test_verify_hashes_the_bytes_onnxruntime_reads_of_an_initializer_without_a_l
         tensor.external_data.add(key=key, value=value)
     onnx.save(model, str(folder / "model.onnx"))
     weights = folder / dict(entries)["location"]
-    with open(weights, "ab") as handle:  # bytes past the tensors: hashed before to the end of the file
-        handle.write(b"\0" * (1 << 20))
+    with open(weights, "ab") as handle:  # bytes past the tensors, as much as onnx's alignment may leave: the tensors are hashed
+        handle.write(b"\0" * 4096)
     done = subprocess.run([sys.executable, "-m", "edgelm", "verify", str(folder)], capture_output=True, text=True, timeout=600)
     assert done.returncode in (0, 1) and "Traceback" not in done.stderr, done.stderr[-2000:]
+    with open(weights, "ab") as handle:  # a megabyte more (a terabyte, sparse, was read to its end by the folder's sha256)
+        handle.write(b"\0" * (1 << 20))
+    assert_user_error(run_cli("verify", folder), f"{weights.name} holds", "past the last tensor the graph reads from it")
     tensor.external_data.add(key="length", value="12")
     onnx.save(model, str(folder / "model.onnx"))
     done = subprocess.run([sys.executable, "-m", "edgelm", "verify", str(folder)], capture_output=True, text=True, timeout=600)

@@ -297,6 +297,10 @@ class Format(ABC):
         inspect printed them as verified)."""
         return {}
 
+    def check_extent(self) -> None:
+        """`verify`, before the sha256 of the whole artifact: refuse files that hold more than the format reads from them (a
+        sparse terabyte behind a graph that runs in seconds), so that hashing ends in the time the weights take."""
+
     def check_bundled(self) -> None:
         """`edgelm verify`: what the app's own runtime needs beyond the files edgelm reads (raise UserError)."""
 

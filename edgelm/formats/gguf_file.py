@@ -155,6 +155,7 @@ def _refuse_oversized_metadata(header, path: Path) -> None:
 # signal reaches Python — a stranger's 3M-key file (98 MB) ran past 11 minutes and ignored Ctrl-C. A model's GGUF
 # holds tens of keys (a vocabulary is one array key) and hundreds to thousands of tensors.
 MAX_KEYS = 4096
+TRAILING_SLACK = 1 << 16  # bytes a GGUF may hold after its last tensor's data (its writer pads to the alignment)
 MAX_TENSORS = 65536
 
 
@@ -170,22 +171,103 @@ def _refuse_counts(path: Path) -> None:
                         f"and {MAX_TENSORS:,}", path, "no model has that many: re-download or export it again")
 
 
+# GGUF value types (gguf-py's GGUFValueType) → bytes of a scalar; 8 is a string (uint64 length, bytes), 9 an array
+_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def _refuse_empty_dimensions(path: Path) -> None:
+    """A tensor declaring a dimension of 0 after its first, refused before ggml parses the tensor table: ggml's overflow
+    check divides INT64_MAX by each of ne[1..3] (gguf.cpp), and a stranger's `token_embd.weight` of [d, 0] killed every
+    command with SIGFPE, llama.cpp's own loader as well. The metadata is stepped over as gguf-py reads it (GGUF v2+:
+    little-endian uint64 lengths and counts); where it does not parse, ggml's parser refuses the file in its own words."""
+    import mmap
+
+    with open(path, "rb") as handle:
+        try:
+            data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # an empty file
+            return
+    with data:
+        end = min(len(data), 24 + MAX_METADATA_BYTES)
+
+        def take(fmt: str, at: int) -> tuple[Any, int]:
+            size = struct.calcsize(fmt)
+            if at + size > end:
+                raise EOFError
+            return struct.unpack_from(fmt, data, at)[0], at + size
+
+        def skip_value(kind: int, at: int) -> int:
+            if kind in _SCALAR_BYTES:
+                return at + _SCALAR_BYTES[kind]
+            if kind == 8:
+                length, at = take("<Q", at)
+                return at + length
+            if kind != 9:
+                raise EOFError
+            inner, at = take("<I", at)
+            count, at = take("<Q", at)
+            if inner in _SCALAR_BYTES:
+                return at + count * _SCALAR_BYTES[inner]
+            if inner != 8 or count > (end - at) // 8:
+                raise EOFError
+            for _ in range(count):  # a vocabulary: ~0.1 s for 128k tokens
+                length, at = take("<Q", at)
+                at += length
+            return at
+
+        try:
+            magic, at = take("<I", 0)
+            version, at = take("<I", at)
+            if magic != 0x46554747 or version < 2:  # "GGUF"
+                return
+            tensors, at = take("<Q", at)
+            keys, at = take("<Q", at)
+            for _ in range(keys):
+                length, at = take("<Q", at)
+                kind, at = take("<I", at + length)
+                at = skip_value(kind, at)
+            for _ in range(tensors):
+                length, at = take("<Q", at)
+                name = bytes(data[at:at + min(length, 200)]).decode("utf-8", errors="replace")
+                dims, at = take("<I", at + length)
+                if dims > 4:
+                    return
+                shape = []
+                for _ in range(dims):
+                    ne, at = take("<q", at)
+                    shape.append(ne)
+                if 0 in shape:  # no model holds an empty tensor
+                    raise UserError(f"not a valid GGUF file (tensor {name} has shape {shape}: a dimension of 0)", path,
+                                    "the file is damaged: export it again")
+                at += 12  # its type (uint32) and data offset (uint64)
+        except EOFError:
+            return
+
+
 def open_gguf(path: str | Path) -> GGUFFile:
     path = Path(path)
     if not path.is_file():
         raise UserError("no such file", path, "give the path of a .gguf file")
     _refuse_counts(path)
+    _refuse_empty_dimensions(path)
     header = ggml.gguf_init_from_file(str(path).encode(), ggml.gguf_init_params(no_alloc=True, ctx=None))
     if not header:
         raise UserError("not a valid GGUF file (ggml's parser refused its header)", path, "the file is truncated or damaged: export it again")
     gguf = GGUFFile(path, header)
     _refuse_oversized_metadata(header, path)
     size, data = path.stat().st_size, ggml.gguf_get_data_offset(header)
+    end = data
     for i in range(ggml.gguf_get_n_tensors(header)):  # every tensor's data must lie inside the file
-        if data + ggml.gguf_get_tensor_offset(header, i) + ggml.gguf_get_tensor_size(header, i) > size:
+        end = max(end, tensor_end := data + ggml.gguf_get_tensor_offset(header, i) + ggml.gguf_get_tensor_size(header, i))
+        if tensor_end > size:
             name = ggml.gguf_get_tensor_name(header, i).decode("utf-8", errors="replace")
             raise UserError(f"not a valid GGUF file (tensor {name} runs past the end of the file)", path,
                             "the file is truncated or damaged: export it again")
+    # and nothing long after them: a sparse 20 GB tail ran as the model does, and `verify`'s sha256 of the file read it
+    # for 50 s (a terabyte: most of an hour). GGUF writers pad the last tensor to the alignment, no more
+    if size > end + max(TRAILING_SLACK, ggml.gguf_get_alignment(header)):
+        raise UserError(f"not a valid GGUF file ({size - end:,} bytes after its last tensor)", path,
+                        "the file was changed after it was written: export or download it again")
     if not isinstance(gguf.arch, str):
         raise UserError("not a valid GGUF file (no general.architecture text)", path, "the file is damaged: export it again")
     _refuse_bad_float_hparams(gguf)

@@ -5,6 +5,7 @@ is read from the graph). onnxruntime runs the graph; the tokenizer files lie bes
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ..constants import (GENAI_CONFIG, HF_CONFIG, ONNX_MODEL_FILE, ORT_MODEL_FILE, PARITY_CERTIFICATE, SAMPLING_DEFAULTS,
+from ..constants import (GENAI_CONFIG, HF_CONFIG, ONNX_METADATA_GENAI, ONNX_MODEL_FILE, ORT_MODEL_FILE, PARITY_CERTIFICATE, SAMPLING_DEFAULTS,
                          REQUIRED_OPERATORS, TOKENIZER_FILES)
 from ..errors import UserError
 from ..numbers import is_count
@@ -25,6 +26,7 @@ from .base import Artifact, Format, LoadOptions, recorded_training_length, regis
 
 # onnxruntime's quantized operators (MatMulNBits: 4 bits unless told otherwise) → what edgelm calls the quantization
 HASH_BLOCK = 1 << 24  # bytes of external weights read at once while hashing them
+EXTERNAL_SLACK = 1 << 16  # bytes an external-data file may hold past its last tensor (onnx aligns tensors to 64 KiB at most)
 QUANTIZED_OPS = {"MatMulNBits": "int4", "GatherBlockQuantized": "int4", "MatMulInteger": "int8", "DynamicQuantizeLinear": "int8"}
 
 
@@ -256,7 +258,6 @@ class OnnxFolder(Format):
         genai_config.json, config.json, each name and bytes — and what edgelm.json says besides the
         certificate it holds (its recorded head temperatures and rotary table length steer parity and the
         context refusal: forged, they passed verify), as canonical JSON."""
-        import hashlib
         import json
 
         from ..artifact_files import MAX_TOKENIZER_BYTES, sha256
@@ -283,7 +284,6 @@ class OnnxFolder(Format):
         """Over the tokenizer files and chat template (TOKENIZER_FILES: each present one's name and bytes), which
         `bundle` copies unchanged: in a mobile bundle, where genai_config is the bundle's own, they are checked
         against the certificate still (a stranger's template edit with the manifest's sha256 updated passed verify)."""
-        import hashlib
 
         from ..artifact_files import MAX_TOKENIZER_BYTES, sha256
 
@@ -293,37 +293,56 @@ class OnnxFolder(Format):
                 digest.update(name.encode() + f"\0{sha256(file)}\0".encode())
         return digest.hexdigest()
 
-    def weights_sha256(self) -> str | None:
-        """Over the graph's initializers: inline ones as serialized, external ones as the bytes their
-        location, offset and length name. None for an ORT-format graph (a mobile bundle's model.ort: the
-        bundle manifest's sha256 covers it)."""
-        import hashlib
+    def _initializers(self):
+        """Each initializer with the external file, offset and length onnxruntime reads it from (None, 0, 0 inline).
+        An external file holding more than its tensors is refused (past EXTERNAL_SLACK bytes): a stranger's graph named a
+        sparse 1 TiB file, which ran in 2 s and which `verify`'s sha256 of the folder read to its end."""
         import math
 
         import onnx
 
-        if self.ort_format:
-            return None
-        digest = hashlib.sha256()
+        ends: dict[Path, int] = {}
         for tensor in self._graph().initializer:
             external = {entry.key: entry.value for entry in tensor.external_data}
             if "location" not in external:
-                digest.update(tensor.SerializeToString())
+                yield tensor, None, 0, 0
                 continue
-            digest.update(f"{tensor.name}\0{tensor.data_type}\0{list(tensor.dims)}\0".encode())
-            # the bytes onnxruntime reads: the tensor's, from its offset (a stranger's graph named a sparse 1 TiB file with no
-            # length: generate ran in 2 s, verify hashed to the end of the file past 120 s)
             tensor_bytes = math.prod(tensor.dims) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
             try:
                 offset, length = int(external.get("offset", 0)), int(external.get("length", tensor_bytes))
             except ValueError:
                 raise UserError(f"{tensor.name}'s external data offset or length is not a number", self.model_file,
                                 "export the model again") from None
-            if length != tensor_bytes:
-                raise UserError(f"{tensor.name}'s external data length is {length:,} bytes; its shape and type take {tensor_bytes:,}",
-                                self.model_file, "export the model again")
-            with open(member(self.path, external["location"], what="the graph's external weights"), "rb") as handle:
-                handle.seek(max(offset, 0))
+            if length != tensor_bytes or offset < 0:  # the bytes onnxruntime reads: the tensor's, from its offset
+                raise UserError(f"{tensor.name}'s external data takes {length:,} bytes from offset {offset:,}; its shape and type "
+                                f"take {tensor_bytes:,}", self.model_file, "export the model again")
+            file = member(self.path, external["location"], what="the graph's external weights")
+            ends[file] = max(ends.get(file, 0), offset + length)
+            yield tensor, file, offset, length
+        for file, end in ends.items():
+            if (size := file.stat().st_size) > end + EXTERNAL_SLACK:
+                raise UserError(f"{file.name} holds {size:,} bytes, {size - end:,} past the last tensor the graph reads from it",
+                                self.model_file, "export the model again (onnx.save writes no bytes after the last tensor)")
+
+    def check_extent(self) -> None:
+        if not self.ort_format:  # the bundle's manifest states each file's bytes
+            for _ in self._initializers():
+                pass
+
+    def weights_sha256(self) -> str | None:
+        """Over the graph's initializers: inline ones as serialized, external ones as the bytes their
+        location, offset and length name. None for an ORT-format graph (a mobile bundle's model.ort: the
+        bundle manifest's sha256 covers it)."""
+        if self.ort_format:
+            return None
+        digest = hashlib.sha256()
+        for tensor, file, offset, length in self._initializers():
+            if file is None:
+                digest.update(tensor.SerializeToString())
+                continue
+            digest.update(f"{tensor.name}\0{tensor.data_type}\0{list(tensor.dims)}\0".encode())
+            with open(file, "rb") as handle:
+                handle.seek(offset)
                 left = length
                 while left and (block := handle.read(int(min(left, HASH_BLOCK)))):  # bounded memory for a GB of weights
                     digest.update(block)
@@ -336,7 +355,6 @@ class OnnxFolder(Format):
         (weights_sha256) nor the model's metadata, where the certificate is written. A stranger's logits mask added as a
         Constant and an attention window set on GroupQueryAttention, both past the probe's reach, passed verify. None for
         an ORT-format graph."""
-        import hashlib
 
         if self.ort_format:
             return None
@@ -370,6 +388,12 @@ class OnnxFolder(Format):
         import numpy as np
         import onnxruntime_genai as og
 
+        from ..artifact_files import MAX_TOKENIZER_BYTES, sha256
+
+        if self.ort_format and (bundled := self._ort_metadata().get(ONNX_METADATA_GENAI)) is not None:
+            if sha256(member(self.path, GENAI_CONFIG, MAX_TOKENIZER_BYTES)) != bundled:
+                raise UserError(f"{GENAI_CONFIG} is not the one bundled with {self.model_file.name} (the graph records its sha256)",
+                                self.path / GENAI_CONFIG, "the bundle was changed after bundling: make it again with `edgelm bundle`")
         try:
             model = og.Model(str(self.path))
             og.Tokenizer(model)
@@ -392,7 +416,22 @@ class OnnxFolder(Format):
             raise UserError(f"onnxruntime-genai on a phone needs {', '.join(missing)}, which neither {GENAI_CONFIG} nor "
                             f"{HF_CONFIG} states", self.path, f"add them to {HF_CONFIG} (vocab_size, num_attention_heads, "
                             "hidden_size, bos/eos/pad_token_id) or export with `edgelm export --format onnx`")
-        shutil.copyfile(self.model_file, folder / ONNX_MODEL_FILE)  # read_onnx_folder checked it (artifact_files.member)
+        from ..export.onnx import genai_search
+
+        genai = copy.deepcopy(self.genai)
+        genai["model"]["decoder"]["filename"] = ORT_MODEL_FILE
+        # onnxruntime-genai samples with what its search section says: the model's recommendation, else the bundle's defaults
+        genai.setdefault("search", {}).update({"do_sample": True, **genai_search(self.stated_sampling() or SAMPLING_DEFAULTS)})
+        genai_bytes = (json.dumps(genai, indent=2) + "\n").encode()
+        # the bundle rewrites genai_config, so the certificate's settings hash cannot cover it: the graph carries the sha256 of
+        # the one bundled with it, as it carries the certificate (an eos id edited there, the manifest's sha256 made again,
+        # passed verify and stopped onnxruntime-genai at the forged token)
+        graph = self._model()  # read_onnx_folder checked the file (artifact_files.member); its external data stays named
+        kept = [p for p in graph.metadata_props if p.key != ONNX_METADATA_GENAI]
+        del graph.metadata_props[:]
+        graph.metadata_props.extend(kept)
+        graph.metadata_props.add(key=ONNX_METADATA_GENAI, value=hashlib.sha256(genai_bytes).hexdigest())
+        (folder / ONNX_MODEL_FILE).write_bytes(graph.SerializeToString())
         converted = subprocess.run(
             [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(folder / ONNX_MODEL_FILE),
              "--output_dir", str(folder), "--optimization_style", "Fixed"],
@@ -410,13 +449,7 @@ class OnnxFolder(Format):
         config = folder / REQUIRED_OPERATORS
         config.write_text("".join(f"# - {ORT_MODEL_FILE}\n" if line.startswith("# - ") else line
                                   for line in read_text(config, what="onnxruntime's required-operators config").splitlines(keepends=True)))
-        from ..export.onnx import genai_search
-
-        genai = copy.deepcopy(self.genai)
-        genai["model"]["decoder"]["filename"] = ORT_MODEL_FILE
-        # onnxruntime-genai samples with what its search section says: the model's recommendation, else the bundle's defaults
-        genai.setdefault("search", {}).update({"do_sample": True, **genai_search(self.stated_sampling() or SAMPLING_DEFAULTS)})
-        (folder / GENAI_CONFIG).write_text(json.dumps(genai, indent=2) + "\n")
+        (folder / GENAI_CONFIG).write_bytes(genai_bytes)
         for name in TOKENIZER_FILES:
             if (source := find_member(self.path, name)) is not None:
                 shutil.copyfile(source, folder / name)
