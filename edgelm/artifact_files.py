@@ -11,7 +11,7 @@ hash. A link swapped between the check and the open is outside what this guards:
 into the folder while edgelm reads it can also change the files themselves.) Files a user names on the command line (`--text`, `--head-temperatures`) are the user's
 choice of place, but still go through the same regular-file and size checks (`user_file`).
 
-Every read of bytes goes through `_open_regular`: opened non-blocking (a FIFO cannot hang the open),
+Every read of bytes goes through `open_regular`: opened non-blocking (a FIFO cannot hang the open),
 checked to be a regular file by its descriptor, and read to at most the limit. JSON is parsed with a
 nesting-depth bound (Python's json recurses: '[' * 100000 is a RecursionError), text must be UTF-8.
 tests/test_boundary.py fails when a module other than the allowed ones opens a path itself.
@@ -86,6 +86,23 @@ def find_member(folder: Path, name: Any, limit: int | None = None, what: str | N
     return entry
 
 
+def regular_members(folder: Path) -> list[Path]:
+    """Every regular file under `folder`, sorted, as find_member admits them: a link is followed only to a file inside
+    the folder (or a hub snapshot's blobs); a link out, a FIFO, a device, a dangling link are left out, a folder link not
+    entered (a stranger's link to /proc/kmsg hung `chat --prompt-cache`, which fingerprints every file)."""
+    roots, found = _roots(Path(folder)), []
+    for parent, _, names in os.walk(folder):  # followlinks=False
+        for name in names:
+            entry = Path(parent) / name
+            real = Path(os.path.realpath(entry))
+            try:
+                if any(real.is_relative_to(root) for root in roots) and stat.S_ISREG(os.stat(real).st_mode):
+                    found.append(entry)
+            except OSError:  # a dangling link
+                continue
+    return sorted(found)
+
+
 def member(folder: Path, name: Any, limit: int | None = None, what: str | None = None, fix: str = "make or download it again") -> Path:
     """As find_member, with a missing file refused too."""
     found = find_member(folder, name, limit, what)
@@ -110,7 +127,7 @@ def user_file(path: Path, option: str, limit: int | None, what: str = "file") ->
     return path
 
 
-def _open_regular(path: Path, what: str):
+def open_regular(path: Path, what: str):
     """A binary file object on `path`, opened non-blocking (a FIFO cannot hang the open) and refused unless
     its descriptor is a regular file: checked before Python's file object is made, which raises
     IsADirectoryError on a folder (a hub cache's refs/main made a folder was a traceback)."""
@@ -125,7 +142,7 @@ def _open_regular(path: Path, what: str):
 
 def _open_for_reading(path: Path, what: str):
     try:
-        return _open_regular(path, what)
+        return open_regular(path, what)
     except FileNotFoundError:
         raise UserError(f"{what} is missing", path, "give the file") from None
     except OSError as exc:
@@ -242,7 +259,7 @@ def read_json_object(path: Path, limit: int = MAX_JSON_BYTES, what: str | None =
 def read_prefix(path: Path, size: int) -> bytes:
     """The first `size` bytes of a regular file (a magic number), b'' for anything else."""
     try:
-        handle = _open_regular(path, Path(path).name)
+        handle = open_regular(path, Path(path).name)
     except (OSError, UserError):
         return b""
     with handle:
@@ -254,7 +271,7 @@ def contained(path: Path, needles) -> set:
     wanted = {needle: needle.encode() for needle in needles}
     overlap = max((len(b) for b in wanted.values()), default=1)
     found, tail = set(), b""
-    with _open_regular(path, Path(path).name) as handle:
+    with open_regular(path, Path(path).name) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             window = tail + block
             found |= {needle for needle, raw in wanted.items() if raw in window}
@@ -278,7 +295,7 @@ def artifact_sha256(path: Path) -> str:
 def sha256(path: Path, digest=None) -> str:
     """The sha256 of a regular file read a block at a time (fed into `digest` when given: several files' bytes as one)."""
     digest = digest or hashlib.sha256()
-    with _open_regular(path, Path(path).name) as handle:
+    with open_regular(path, Path(path).name) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

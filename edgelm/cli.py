@@ -654,6 +654,11 @@ def chat(
                 out.print()
             err.print(f"error: {exc.line()}", markup=False, soft_wrap=True)
             continue
+        except NotFinite as exc:  # a prompt cache is bytes llama.cpp parses: a forged one with NaN K rows loads (stranger 27)
+            if cache_path is None:
+                raise
+            raise NotFinite(f"{exc}; the system prompt's KV cache is kept in --prompt-cache {cache_path}: if the chat runs "
+                            "without it, that file is damaged: delete it") from None
         rate = turn.tokens / max(time.time() - start, 1e-9)
         lookup = f", {turn.accepted}/{turn.drafted} drafted tokens taken" if turn.drafted else ""  # as llama.cpp's lookup reports n_drafted, n_accept
         prompt = f"; {turn.evaluated} prompt tokens evaluated" if turn.evaluated is not None else ""

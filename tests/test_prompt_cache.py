@@ -283,7 +283,9 @@ def test_a_path_that_is_no_prompt_cache_is_refused_and_left_alone(gguf_pair, tmp
     assert len([line for line in run.stderr.splitlines() if line.strip()]) == 1 and "--prompt-cache" in run.stderr  # before the banner
 
 
-def test_the_fingerprint_tells_models_apart_and_ignores_the_cache_file(gguf_pair, tmp_path):
+def test_the_fingerprint_tells_models_apart_and_reads_only_the_artifacts_files(gguf_pair, tmp_path):
+    """Stranger 27: the fingerprint followed every link in a folder: a file outside was read into it, a link to /proc/kmsg
+    hung chat. It takes the files the artifact's readers admit (artifact_files.regular_members)."""
     nope, rope, _ = gguf_pair
     assert fingerprint(nope) != fingerprint(rope)
     changed = tmp_path / "changed.gguf"
@@ -294,9 +296,26 @@ def test_the_fingerprint_tells_models_apart_and_ignores_the_cache_file(gguf_pair
     folder = tmp_path / "folder"
     folder.mkdir()
     (folder / "model.onnx").write_bytes(b"graph")
-    before = fingerprint(folder, skip=(folder / "c").resolve())
-    (folder / "c").write_bytes(b"cache")
-    assert fingerprint(folder, skip=(folder / "c").resolve()) == before
+    before = fingerprint(folder)
+    outside = tmp_path / "secret.txt"
+    outside.write_text("outside")
+    (folder / "secret.txt").symlink_to(outside)
+    os.mkfifo(folder / "fifo")  # opened, it would block the chat
+    (folder / "outside-folder").symlink_to(tmp_path, target_is_directory=True)
+    assert fingerprint(folder) == before
+    (folder / "inside.onnx").symlink_to(folder / "model.onnx")  # a link inside the folder is one of its files
+    assert fingerprint(folder) != before
+
+
+def test_a_prompt_cache_inside_the_models_folder_is_refused(artifact_path, tmp_path):  # noqa: F811 (the fixture)
+    """Stranger 27: `chat FOLDER --prompt-cache FOLDER/cache.bin` wrote into the artifact (exit 0); verify then failed it and
+    a bundle refused every later command ("cache.bin is in the bundle but not in its manifest")."""
+    folder = artifact_path(*BACKENDS["onnx shared buffer"][:2])
+    before = sorted(p.name for p in folder.iterdir())
+    run = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(folder), "--prompt-cache", str(folder / "cache.bin")],
+                         input="/exit\n", capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "Traceback" not in run.stderr and "--prompt-cache lies inside the model's folder" in run.stderr, run.stderr
+    assert sorted(p.name for p in folder.iterdir()) == before
 
 
 # --- the NoPE context shift ---
@@ -437,3 +456,25 @@ def test_a_prompt_cache_path_that_names_no_file_is_refused(tmp_path):
                              capture_output=True, text=True, timeout=300)
         assert run.returncode == 2 and f"--prompt-cache {given!r} names no file" in run.stderr, run.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_nan_from_a_forged_llama_state_names_the_prompt_cache(gguf_pair, tmp_path):
+    """Stranger 27: NaN written over K rows of a llama.cpp state, its SHA-256 made again with edgelm's own digest, loads (the
+    checksum finds damage, not a forger) and the first turn failed "the model gave NaN … (damaged weights …)", naming no
+    cache: the next start loaded it again. The failure names the file the cache came from."""
+    nope, _, cache = gguf_pair
+
+    def nan_rows(state, ids):  # llama.cpp's sequence state: a 16-byte header, 12 bytes a cell, v_trans and the layer count
+        # (uint32 each), then layer 0's K type (int32), row size (uint64) and its rows: those made NaN (f16 0x7e00)
+        start = 16 + 12 * len(ids) + 8
+        row = int(np.frombuffer(state[start + 4: start + 12].tobytes(), np.uint64)[0])
+        state[start + 12: start + 12 + row * len(ids)] = np.frombuffer(np.full(row * len(ids) // 2, 0x7e00, np.uint16).tobytes(), np.uint8)
+        return state
+
+    forged = copy_to(tmp_path, cache, forged_llama_state(cache, nan_rows))
+    run = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(nope), "--prompt-cache", str(forged), "--system", SYSTEM,
+                          "-c", str(CONTEXT), "--threads", "2", "--temperature", "0", "--max-new-tokens", str(REPLY)], input="Hello there\n/exit\n",
+                         capture_output=True, text=True, timeout=300)
+    assert "prompt cache: loaded" in run.stderr, run.stderr
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert f"the system prompt's KV cache is kept in --prompt-cache {forged}" in run.stderr and "delete it" in run.stderr, run.stderr

@@ -11,7 +11,8 @@ engine or system prompt, or damaged, is ignored with a note and rebuilt. Sizes a
 anything is read or handed to an engine: the header against a small bound, the file against what the
 context's tokens can take, each array against the backend's layout (safetensors checks the offsets), and
 the contents against the SHA-256 written with them (llama.cpp's state is bytes only llama.cpp parses: a
-stranger's NaN written into its K rows loaded silently and the chat replied "the the the")."""
+stranger's NaN written into its K rows loaded silently and the chat replied "the the the"). The SHA-256 finds damage,
+not a forger, who can compute it again: such a file loads, and a NaN it brings fails the turn naming the file (cli.chat)."""
 
 from __future__ import annotations
 
@@ -33,18 +34,20 @@ HEADER_LIMIT = 1 << 20  # bytes of safetensors JSON header: ours is well under 1
 SAMPLE_BLOCKS, SAMPLE_BYTES = 64, 4096
 
 
-def fingerprint(path: Path, skip: Path | None = None) -> str:
+def fingerprint(path: Path) -> str:
     """A SHA-256 over each file of the artifact (a file, or a folder's files): its name, size, first and
     last 64 KiB and SAMPLE_BLOCKS blocks spread through it. Hashing a 600 MB GGUF whole costs more than
     the prefill the cache saves; two models differ in their sizes, headers or weights, which these
     samples read."""
+    from ..artifact_files import open_regular, regular_members
+
     digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.resolve() != skip)
+    files = [path] if path.is_file() else regular_members(path)
     for file in files:
-        size = file.stat().st_size
-        digest.update(f"{file.relative_to(path) if file != path else file.name}\0{size}\0".encode())
-        offsets = sorted({0, max(size - 65536, 0), *(size * i // SAMPLE_BLOCKS for i in range(SAMPLE_BLOCKS))})
-        with open(file, "rb") as handle:
+        with open_regular(file, file.name) as handle:  # non-blocking, a regular file: checked on the descriptor
+            size = os.fstat(handle.fileno()).st_size
+            digest.update(f"{file.relative_to(path) if file != path else file.name}\0{size}\0".encode())
+            offsets = sorted({0, max(size - 65536, 0), *(size * i // SAMPLE_BLOCKS for i in range(SAMPLE_BLOCKS))})
             for offset in offsets:
                 handle.seek(offset)
                 digest.update(handle.read(65536 if offset in (0, max(size - 65536, 0)) else SAMPLE_BYTES))
@@ -78,10 +81,14 @@ class PromptCache:
             raise UserError(f"--prompt-cache: {type(self.backend).__name__} cannot save its KV cache", self.path,
                             "drop --prompt-cache, or run a GGUF or ONNX export of the model") from None
         check_path(self.path)
+        model = self.model.resolve()
+        if self.path.resolve() == model or self.path.resolve().is_relative_to(model):  # an output inside its input
+            raise UserError("--prompt-cache lies inside the model's folder: a file there changes the artifact (`verify` fails it, "
+                            "a bundle refuses it)", self.path, "give a path outside the model's folder")
 
     def _identity(self) -> dict[str, str]:
         if not hasattr(self, "_model_fingerprint"):  # once: the artifact does not change while it is open
-            self._model_fingerprint = fingerprint(self.model, skip=self.path.resolve())
+            self._model_fingerprint = fingerprint(self.model)
         return {"format": FORMAT, "version": VERSION, "model": self._model_fingerprint, "backend": self.backend.state_signature()}
 
     def load(self, prefix: list[int]) -> str | None:
