@@ -80,10 +80,16 @@ class BundleHandler(http.server.SimpleHTTPRequestHandler):
     def send_head(self):
         # a request's target in absolute form (http://host:port/path), which RFC 9112 §3.2.2 says a server must take: its
         # host, not the Host header's, names the server; a stranger's `GET http://127.0.0.1:PORT/edgelm.json` was a 404
-        target = urlsplit(self.path) if self.path.lower().startswith(("http://", "https://")) else None
+        try:
+            target = urlsplit(self.path) if self.path.lower().startswith(("http://", "https://")) else None
+        except ValueError:  # `http://[::1/x`: "Invalid IPv6 URL" was a traceback and a dropped connection (stranger 27)
+            self.send_error(400, "not a valid request target")
+            return None
         named = self.headers.get_all("Host") or []
         if target is not None:
             self.path, named = urlunsplit(("", "", target.path or "/", target.query, "")), [target.netloc]
+        if not named and self.request_version == "HTTP/1.0":  # Host is HTTP/1.1's (RFC 9112 §3.2); a browser always sends
+            named = ["localhost"]  # one, so a page elsewhere cannot use its absence to pass the loopback check below
         if len(named) != 1:  # RFC 9112 §3.2: none in an HTTP/1.1 request, or more than one, is a 400
             self.send_error(400, "a request names its server in one Host header")
             return None

@@ -71,3 +71,22 @@ def test_another_layout_version_is_one_line(exported, run_cli, tmp_path, version
     wanted = "the layout before q, k and v were stacked" if version is None else f"layout {version}"
     assert_user_error(run_cli("generate", other, "--prompt", "x"), wanted, f"runs layout {layout.LAYOUT_VERSION}",
                       "export the model again")
+
+
+def test_a_long_prompt_runs_in_pieces_with_the_logits_of_one_graph(exported, monkeypatch):
+    """Stranger 27: a GGUF declaring 2^18 FFN slots asked ggml for the compute buffer of a 3,080-token prompt at once (a
+    MemoryError traceback). Prompts run in pieces of UBATCH tokens, as llama.cpp's n_ubatch: the logits of a prompt in
+    pieces of 7 equal those of one graph (all 40 rows, and a prefill's last), and the cache continues alike."""
+    from edgelm.runtime import ggml_executor
+
+    ids = [int(i) for i in np.random.default_rng(0).integers(5, 200, 40)]
+    results = {}
+    for ubatch in (512, 7):
+        monkeypatch.setattr(ggml_executor, "UBATCH", ubatch)
+        with open_artifact(exported[1], LoadOptions(context_length=128, threads=1)) as artifact:
+            rows = artifact.backend.forward(ids)
+            last = artifact.backend.prefill(ids[:33])
+            after = artifact.backend.decode(ids[33])
+        results[ubatch] = rows, last, after
+    for whole, pieces in zip(results[512], results[7]):
+        assert np.abs(whole - pieces).max() <= 1e-3, np.abs(whole - pieces).max()

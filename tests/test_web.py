@@ -280,7 +280,11 @@ def test_serve_isolates_types_ranges_and_serves_only_the_bundle(web_bundles, tmp
         for request, code in ((b"GET /edgelm.json HTTP/1.1\r\n", 400),
                               (b"GET /edgelm.json HTTP/1.1\r\nHost: localhost\r\nHost: attacker.example\r\n", 400),
                               (f"GET {url}/edgelm.json HTTP/1.1\r\nHost: attacker.example\r\n".encode(), 200),
-                              (b"GET http://attacker.example/edgelm.json HTTP/1.1\r\nHost: localhost\r\n", 403)):
+                              (b"GET http://attacker.example/edgelm.json HTTP/1.1\r\nHost: localhost\r\n", 403),
+                              # stranger 27: a target urlsplit refuses was a traceback and a dropped connection; HTTP/1.0
+                              # has no Host to send (a browser always sends one)
+                              (b"GET http://[::1/edgelm.json HTTP/1.1\r\nHost: localhost\r\n", 400),
+                              (b"GET /edgelm.json HTTP/1.0\r\n", 200)):
             assert _raw_status(url, request + b"Connection: close\r\n\r\n") == code, request
         # the long names made is_dir() raise ENAMETOOLONG: a traceback and a dropped connection (a stranger's finding)
         for path in ("stray.txt", "../secret.txt", "%2e%2e/secret.txt", "nothing.js", "index.html/", "a" * 300, "a/" * 3000):

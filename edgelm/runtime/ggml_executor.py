@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # the reader lives with the formats; the executor only runs w
 TENSOR_ALIGNMENT = 32  # ggml's CPU buffers need tensor data on 32-byte boundaries
 MAX_NODES = 8192
 KV_PAD = 256  # attention reads the cache in multiples of this many positions, so one decode graph serves 256 steps
+UBATCH = 512  # tokens in one graph at most (llama.cpp's n_ubatch): a prompt's compute buffer grows with its tokens
 STEP_TOKENS = 17  # a forward of at most this many tokens with every row's logits is a decode step (prompt lookup's verify: a token and its drafts), its graph kept
 # what ggml's CPU mul_mat and get_rows take as weights (an integer type would abort the process); vectors stay F32
 MATRIX_TYPES = {getattr(ggml, f"GGML_TYPE_{name}") for name in
@@ -116,7 +117,10 @@ class _Graph:
         ggml.ggml_build_forward_expand(self.graph, self.logits)
         if not ggml.ggml_gallocr_alloc_graph(self.allocator, self.graph):
             self.free()
-            raise MemoryError("ggml could not allocate the compute buffer")
+            # a stranger's GGUF declaring 2^18 FFN slots: its compute buffer for a prompt was a MemoryError traceback
+            raise UserError(f"ggml could not allocate the compute buffer for {n_tokens} tokens: the model's layers, as its "
+                            "GGUF declares them, need more memory than this machine has", None,
+                            "use a shorter context or prompt, or a machine with more memory; a model of this size should not need it")
 
     def free(self) -> None:
         ggml.ggml_gallocr_free(self.allocator)
@@ -269,13 +273,23 @@ class GGMLBackend(Backend):
         return self.decode_graphs[n_kv]
 
     def _evaluate(self, ids: list[int], last_only: bool) -> np.ndarray:
-        n, past = len(ids), self.position
-        if past + n > self.context_length:
-            raise ValueError(f"{past + n} tokens exceed the context of {self.context_length}")
+        past = self.position
+        if past + len(ids) > self.context_length:
+            raise ValueError(f"{past + len(ids)} tokens exceed the context of {self.context_length}")
         bad = [i for i in ids if not 0 <= i < self.arch.vocab_size]
         if bad:  # ggml's get_rows does not check: an id past the table would read outside it
             raise UserError(f"token id {bad[0]} is past the {self.arch.vocab_size} rows of token_embd.weight", self.gguf.path,
                             "the tokenizer stored in the file does not match its model: export it again")
+        rows = []
+        for start in range(0, len(ids), UBATCH):  # a long prompt in pieces, as llama.cpp's n_ubatch: each piece's own buffer
+            final = start + UBATCH >= len(ids)
+            logits = self._evaluate_at(ids[start:start + UBATCH], past + start, last_only)
+            if final or not last_only:
+                rows.append(logits)
+        return rows[0] if len(rows) == 1 else np.concatenate(rows)
+
+    def _evaluate_at(self, ids: list[int], past: int, last_only: bool) -> np.ndarray:
+        n = len(ids)
         n_kv = min(self.context_length, -(-(past + n) // KV_PAD) * KV_PAD)
         graph = self._graph(n, n_kv, last_only)
         try:
