@@ -20,6 +20,7 @@ from .console import LazyConsole, OutputLost, Progress, guarded_streams
 from .errors import ArtifactMismatch, RefusedText, UserError
 from .constants import SAMPLING_DEFAULTS
 from .fileio import DISK_FULL_ERRNOS, stopped
+from .stops import INTERRUPTED, TERMINATED, StopWatch
 from .exporters import EXPORTERS
 from .numbers import HEAD_TEMPERATURE, LOOKUP_NGRAM, LOOKUP_NGRAM_MAX, NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, is_count, not_finite
 
@@ -362,10 +363,12 @@ def generate(
         out.print_json(json.dumps({"prompt": prompt, "text": text, "tokens": [p.token for p in collected if p.token is not None], "engine": artifact.engine}))
         return
     sys.stdout.write(prompt)
-    for piece in pieces:
-        sys.stdout.write(piece.text)
-        sys.stdout.flush()  # each piece as it comes
-    sys.stdout.write("\n")
+    try:
+        for piece in pieces:
+            sys.stdout.write(piece.text)
+            sys.stdout.flush()  # each piece as it comes
+    finally:  # a failure's line after the text, not on it ("It is a trutherror: …", stranger 27)
+        sys.stdout.write("\n")
 
 
 def _past_training(trained: int | None, reach: int, context: int, what: str, risk: str, keep: str) -> bool:
@@ -1072,8 +1075,6 @@ def calibrate(
 
 
 CHAT_COMMANDS = ("/exit", "/reset", "/help", "/?")
-INTERRUPTED = 130  # what typer returns for Ctrl-C
-TERMINATED = 143  # 128 + SIGTERM: what a shell reports for a process SIGTERM ended
 BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 
@@ -1137,7 +1138,8 @@ def main() -> None:
     hook, sys.unraisablehook = sys.unraisablehook, _unraisable(sys.unraisablehook)
     streams = guarded_streams()
     try:
-        _run()
+        with StopWatch():  # a stop the main thread cannot take while native code computes
+            _run()
     finally:
         signal.signal(signal.SIGTERM, previous)  # main() called in a longer-lived process (tests) leaves it as it was
         if previous_interrupt is not None:

@@ -99,6 +99,9 @@ def _not_an_output(folder: Path) -> str | None:
     return None
 
 
+WRITING: dict[Path, Path] = {}  # each output being written: its temporary path → its lock file
+
+
 class _Stops:
     """The stop signals (Ctrl-C, SIGTERM) this process received, counted by `stopped`, which the command
     line's handlers call. Python drops an exception its signal handler raises while a finalizer or a weakref
@@ -113,6 +116,11 @@ class _Stops:
 def stopped(kind: type[BaseException]) -> None:
     _Stops.count += 1
     _Stops.last = kind
+
+
+def stops_taken() -> int:
+    """How many stops the command line's handlers have taken (stops.py watches for one they have not)."""
+    return _Stops.count
 
 
 # the longest part of an output's name its hidden working files repeat: a file system takes 255 bytes a name, and
@@ -283,6 +291,7 @@ def _atomic(target: Path, force: bool, make_temporary, kind: str) -> Iterator[Pa
         _remove_leftovers(target)
         hold, lock = _hold(target)
         tmp = make_temporary(target)
+        WRITING[tmp] = lock
     except OSError as exc:  # a parent that is a file, a read-only or missing mount, no permission
         if hold is not None:
             lock.unlink(missing_ok=True)
@@ -309,14 +318,26 @@ def _atomic(target: Path, force: bool, make_temporary, kind: str) -> Iterator[Pa
         raise WriteFailed(f"writing the output failed ({why}); no part of it was left behind", target,
                           "free some space or choose another output folder") from None
     finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-        lock.unlink(missing_ok=True)
+        _discard(tmp, lock)
+        WRITING.pop(tmp, None)
         os.close(hold)
         if not succeeded:
             _remove_empty(made)
+
+
+def _discard(tmp: Path, lock: Path) -> None:
+    if tmp.is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.unlink(missing_ok=True)
+    lock.unlink(missing_ok=True)
+
+
+def discard_unfinished() -> None:
+    """Remove every output still being written (its temporary file or folder and lock), for a process about to end
+    without unwinding (stops.py: a stop the main thread cannot take while native code runs)."""
+    for tmp, lock in list(WRITING.items()):
+        _discard(tmp, lock)
 
 
 def _remove_empty(folders: list[Path]) -> None:

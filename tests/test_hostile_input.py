@@ -664,3 +664,47 @@ def test_verify_hashes_the_bytes_onnxruntime_reads_of_an_initializer_without_a_l
     done = subprocess.run([sys.executable, "-m", "edgelm", "verify", str(folder)], capture_output=True, text=True, timeout=600)
     # onnxruntime refuses it as it opens the graph, before any hash: one line either way
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "model.onnx" in done.stderr, done.stderr[-2000:]
+
+
+def _looping_graph(folder: Path) -> None:
+    """The graph's logits plus 0 × Loop(10^15 trips of x + 1), the loop's start tied to the logits (nothing folds)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(folder / "model.onnx"))
+    graph = model.graph
+    for node in graph.node:
+        node.output[:] = ["raw_logits" if name == "logits" else name for name in node.output]
+    scalar = lambda name, kind: helper.make_tensor_value_info(name, kind, [])  # noqa: E731
+    body = helper.make_graph([helper.make_node("Identity", ["go"], ["go_on"]), helper.make_node("Add", ["x", "one"], ["x_next"])], "body",
+                             [scalar("i", TensorProto.INT64), scalar("go", TensorProto.BOOL), scalar("x", TensorProto.FLOAT)],
+                             [scalar("go_on", TensorProto.BOOL), scalar("x_next", TensorProto.FLOAT)],
+                             [numpy_helper.from_array(np.array(1.0, np.float32), "one")])
+    graph.initializer.extend([numpy_helper.from_array(np.array(10**15, np.int64), "trips"), numpy_helper.from_array(np.array(True), "go0"),
+                              numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    graph.node.extend([helper.make_node("ReduceMin", ["raw_logits"], ["low"], keepdims=0), helper.make_node("Mul", ["low", "zero"], ["start"]),
+                       helper.make_node("Loop", ["trips", "go0", "start"], ["looped"], body=body),
+                       helper.make_node("Mul", ["looped", "zero"], ["nothing"]), helper.make_node("Add", ["raw_logits", "nothing"], ["logits"])])
+    onnx.save(model, str(folder / "model.onnx"))
+
+
+def test_sigterm_ends_a_command_while_native_code_computes(tmp_path):
+    """Stranger 27: a graph looping 10^15 times held onnxruntime's run, where Python's SIGTERM handler never ran: `timeout
+    60` went unanswered for 11 minutes (SIGKILL ended it). A thread watching the signal wakeup descriptor ends the process
+    when the main thread has not taken the stop within stops.GRACE_S: exit 143, one line."""
+    import subprocess
+    import sys
+    import time
+
+    from edgelm.export.onnx import export_onnx
+
+    folder = export_onnx(open_checkpoint(SHIPPED_ROPE), tmp_path / "onnx", "f32", certificate=False).path
+    _looping_graph(folder)
+    process = subprocess.Popen([sys.executable, "-m", "edgelm", "generate", str(folder), "--prompt", "It is a truth", "-n", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(20)  # loaded, and in the graph's loop (a slow machine: still loading, which takes the stop at once too)
+    assert process.poll() is None, process.communicate()
+    process.terminate()
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 143 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(("terminated", "\nterminated")) and "nothing was left half-written" in err, err

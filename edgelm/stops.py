@@ -1,0 +1,67 @@
+"""Stops that native code would hold off. Python runs a signal's handler in the main thread between bytecodes, so
+while onnxruntime, llama.cpp or ggml computes (one call that may last minutes: a stranger's graph looping 10^15
+times) SIGTERM and Ctrl-C wait: `timeout`'s SIGTERM went unanswered for 11 minutes. A thread reading Python's
+signal wakeup descriptor (signal.set_wakeup_fd) sees each signal as it arrives; where the main thread has not taken
+it (cli's handlers count it: fileio.stopped) the process ends from this thread — SIGTERM after GRACE_S seconds, a
+Ctrl-C at the second one (the first says so: chat's Ctrl-C stops a reply, which a long prefill may delay) — with one
+line, the outputs still being written removed (fileio.discard_unfinished), and the status a stop gives."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+from .fileio import discard_unfinished, stops_taken
+
+GRACE_S = 3.0  # seconds the main thread has to take a SIGTERM before the process ends without it
+TERMINATED, INTERRUPTED = 143, 130  # 128 + the signal, as a shell reports a process it ended
+
+
+def _end(code: int, what: str) -> None:
+    discard_unfinished()
+    os.write(2, f"\n{what} while native code was computing; nothing was left half-written\n".encode())
+    os._exit(code)
+
+
+def _taken_within(seen: int, seconds: float) -> bool:
+    """Whether the main thread's handler counts a stop past `seen` within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if stops_taken() > seen:
+            return True
+        time.sleep(0.05)
+    return stops_taken() > seen
+
+
+def _watch(read_end: int) -> None:
+    waiting_interrupt = None  # _Stops.count when a Ctrl-C not yet taken arrived
+    while signals := os.read(read_end, 64):
+        for number in signals:
+            seen = stops_taken()
+            if number == signal.SIGTERM and not _taken_within(seen, GRACE_S):
+                _end(TERMINATED, "terminated")
+            if number == signal.SIGINT:
+                if waiting_interrupt is not None and stops_taken() == waiting_interrupt:
+                    _end(INTERRUPTED, "interrupted")
+                waiting_interrupt = None if _taken_within(seen, 1.0) else seen
+                if waiting_interrupt is not None:
+                    os.write(2, b"\nstopping when the model's current step ends; Ctrl-C again to quit now\n")
+    os.close(read_end)
+
+
+class StopWatch:
+    """Installed by cli.main for one command; removed when it returns (the wakeup descriptor is the process's one)."""
+
+    def __enter__(self) -> StopWatch:
+        self.read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        self.previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        self.write_end = write_end
+        threading.Thread(target=_watch, args=(self.read_end,), name="edgelm-stops", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.set_wakeup_fd(self.previous)
+        os.close(self.write_end)  # the thread's read ends
