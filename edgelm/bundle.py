@@ -24,7 +24,7 @@ from typing import Any
 from . import __version__
 from .certificate import check_holds
 from .constants import BUNDLE_MANIFEST, SAMPLING_DEFAULTS, WEB_PAGE_FILES, WEB_RUNTIME_FILES, WEB_RUNTIME_MAX_BYTES
-from .errors import UserError
+from .errors import ArtifactMismatch, UserError
 from .artifact_files import read_json_object, sha256, user_file
 from .bundle_files import MANIFEST_VERSION, MAX_MANIFEST_BYTES, path_inside, unpacked, verify_folder
 from .fileio import atomic_output_dir, atomic_output_file, refuse_overlap
@@ -55,7 +55,7 @@ def _web_files(fmt, folder: Path, runtime: Path) -> dict[str, Any]:
         if found != version:
             raise UserError(f"the web bundle runs on {package} {version}; {runtime} holds {found or 'none'}", runtime, _web_runtime_fix())
         for name, pinned in files.items():
-            copied = f"{package.split('/')[-1]}.{name}" if name == "LICENSE" else Path(name).name
+            copied = _bundled_name(package, name)
             given = runtime / package / name
             try:  # one bounded read of a regular file, hashed as it is written (a missing one was a traceback)
                 data = user_file(given, "--web-runtime", WEB_RUNTIME_MAX_BYTES, name).read_bytes()
@@ -66,6 +66,32 @@ def _web_files(fmt, folder: Path, runtime: Path) -> dict[str, Any]:
             (folder / copied).write_bytes(data)
         versions[package] = version
     return facts | {"name": fmt.path.name, "web_runtime": versions}
+
+
+def _bundled_name(package: str, name: str) -> str:
+    """A runtime file's name in a web bundle (one folder): its own, a license prefixed with its package's."""
+    return f"{package.split('/')[-1]}.{name}" if name == "LICENSE" else Path(name).name
+
+
+def _check_web_files(folder: Path, manifest: dict) -> None:
+    """A web bundle's page and runtime are the files edgelm writes: the page this edgelm's own (edgelm/assets/web), the
+    runtime files the pinned ones (WEB_RUNTIME_FILES' sha256). The manifest's hashes are the bundle's own word: a
+    stranger's `<script>` sending document.cookie away, added to index.html with the manifest's sha256 made again,
+    passed verify and `edgelm serve` served it."""
+    for name in WEB_PAGE_FILES:
+        if sha256(folder / name) != sha256(WEB_ASSETS / name):
+            raise ArtifactMismatch(f"{name} is not the page edgelm {__version__} writes", folder / name,
+                                   "the page was changed after bundling (or by another edgelm version): make the bundle again with `edgelm bundle`")
+    stated = manifest.get("web_runtime")
+    if stated != {package: version for package, (version, _) in WEB_RUNTIME_FILES.items()}:
+        raise ArtifactMismatch(f"the manifest states the web runtime {json.dumps(stated)[:120]}; edgelm {__version__} bundles "
+                               + ", ".join(f"{p} {v}" for p, (v, _) in WEB_RUNTIME_FILES.items()), folder / BUNDLE_MANIFEST,
+                               "make the bundle again with this edgelm")
+    for package, (version, files) in WEB_RUNTIME_FILES.items():
+        for name, pinned in files.items():
+            if sha256(folder / _bundled_name(package, name)) != pinned:
+                raise ArtifactMismatch(f"{_bundled_name(package, name)} is not {package} {version}'s published file", folder,
+                                       "the runtime was changed after bundling: make the bundle again with `edgelm bundle`")
 
 
 def web_runtime_folder(given: Path | None) -> Path:
@@ -180,6 +206,8 @@ def _check_folder(folder: Path) -> tuple[dict, Any, dict]:
     from .formats.bundle import bundled_format, check_manifest_facts
 
     manifest = verify_folder(folder)
+    if manifest.get("target") == "web":
+        _check_web_files(folder, manifest)
     model = bundled_format(folder, manifest)
     identity = model.identity()
     check_manifest_facts(manifest, model, folder)

