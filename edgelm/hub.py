@@ -154,9 +154,10 @@ def resolve_model(text: str | Path, allow_pickle: bool = False) -> Path:
         if _looks_local(repo):
             raise UserError("no such file or folder (nor a model of that name in the Hugging Face cache)", Path(text),
                             "check the path") from None
+        # a mistyped path reads as a hub id too: both are said (a stranger's `nonexistent/path` got advice about the hub only)
         raise UserError(
-            f"{repo}{'@' + revision if revision else ''} is not in the Hugging Face cache and the hub cannot be reached (offline)",
-            None, "download it once online (unset HF_HUB_OFFLINE), or give a local folder",
+            f"no file or folder {text} here, and {repo}{'@' + revision if revision else ''} is not in the Hugging Face cache "
+            "(the hub could not be reached)", None, "check the path; a hub model is downloaded once online (with HF_HUB_OFFLINE unset)",
         ) from None
     except HFValidationError as exc:
         raise UserError(f"not a valid hub id {text!r} ({exc})", None, "give ORG/NAME[@REVISION] or a local folder") from None

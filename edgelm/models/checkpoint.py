@@ -274,7 +274,8 @@ class Checkpoint:
         from ..tokenizer import load_tokenizer
         from .position_probe import probe_position_encoding
 
-        fix = "pass --position-encoding rope or none"
+        # the flag is per command (parity and verify read what the artifact records); config.json's block serves them all
+        fix = 'pass --position-encoding rope or none, or write {"edgelm": {"position_encoding": "rope"}} (or "none") into config.json'
         try:
             tokenizer = load_tokenizer(self.path)
         except UserError:

@@ -109,7 +109,7 @@ class PromptCache:
         check_path(self.path)  # between the start and now the file may have changed
         metadata, identity = _metadata(self.path), self._identity()
         for key, what in (("version", "another version of the format"),
-                          ("model", "made for another model file (each artifact, even another export of the same model, keeps its own)"),
+                          ("model", "made for another model file: each artifact, even another export of the same model, keeps its own"),
                           ("backend", "made by another engine or cache type")):
             if metadata.get(key) != identity[key]:
                 return what
