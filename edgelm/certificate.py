@@ -463,7 +463,10 @@ class Verification:
         elif WEIGHTS_HASH not in c:
             lines.append("weights: the certificate records no sha256 of them (an older edgelm's)")
         else:
-            lines.append("weights: not hashed here: an ORT-format graph, whose file the bundle manifest's sha256 covers")
+            # the manifest's sha256 is the bundle's own word, which whoever edits the graph writes again (stranger 27 swapped
+            # an embedding row the probe never reads): only the publisher's sha256 of the whole bundle covers these bytes
+            lines.append("weights: not hashed against the certificate (an ORT-format graph); the probe ran it, and only the "
+                         "publisher's sha256 of the bundle (below) shows its bytes are the ones published")
         if self.equal(GRAPH_HASH) is not None:
             lines.append(self._hash_line(GRAPH_HASH, "graph"))
         if self.equal(TOKENIZER_HASH) is not None:
@@ -473,7 +476,8 @@ class Verification:
         elif SETTINGS_HASH not in c:
             lines.append("tokenizer, template and settings: the certificate records no sha256 of them (an older edgelm's)")
         else:
-            lines.append("settings as the bundle wrote them (genai_config): covered by the bundle manifest's sha256")
+            lines.append("settings as the bundle wrote them (genai_config): checked against the sha256 its graph records (bundles "
+                         "edgelm made before 2026-12-07 record none)")
         if self.engine_version != c["engine_version"]:
             lines.append(f"note: certified on {c['engine_version']}, run here on {self.engine_version}: a different engine may "
                          "compute slightly different logits")

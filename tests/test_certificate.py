@@ -586,3 +586,16 @@ def test_an_onnx_mobile_bundles_genai_config_changed_inside_it_fails_verify(expo
     (bundle / "edgelm.json").write_text(json.dumps(manifest))
     assert_user_error(run_cli("verify", bundle), "genai_config.json is not the one bundled with model.ort",
                       "make it again with `edgelm bundle`")
+
+
+def test_a_mobile_bundles_empty_graph_is_named_as_empty(exports, run_cli, tmp_path):
+    """Stranger 27: a mobile bundle whose model.ort was emptied (the manifest made to match) was "the manifest states a
+    parity certificate; the bundled model.ort says another one": protobuf reads an empty file as an empty model."""
+    bundle = tmp_path / "bundle"
+    assert run_cli("bundle", exports("tiny-nope.onnx"), "--target", "mobile", "--out", bundle)[0] == 0
+    (bundle / "model.ort").write_bytes(b"")
+    manifest = json.loads((bundle / "edgelm.json").read_text())
+    manifest["files"]["model.ort"] = {"sha256": hashlib.sha256(b"").hexdigest(), "bytes": 0}
+    (bundle / "edgelm.json").write_text(json.dumps(manifest))
+    for command in ("verify", "inspect"):
+        assert_user_error(run_cli(command, bundle), "model.ort holds no graph (0 bytes)")

@@ -108,10 +108,14 @@ class OnnxFolder(Format):
         import onnx
 
         try:
-            return onnx.load(str(self.model_file), load_external_data=False)
+            model = onnx.load(str(self.model_file), load_external_data=False)
         except Exception as exc:  # protobuf's DecodeError and friends for a damaged file
             raise UserError(f"{self.model_file.name} is not a readable ONNX graph ({exc.__class__.__name__})", self.path,
                             "export the model again") from None
+        if not model.graph.node:  # protobuf reads an empty file as an empty model: a bundle's was "another certificate"
+            raise UserError(f"{self.model_file.name} holds no graph ({self.model_file.stat().st_size:,} bytes)", self.path,
+                            "export the model again")
+        return model
 
     def _graph(self):
         return self._model().graph
