@@ -708,3 +708,46 @@ def test_sigterm_ends_a_command_while_native_code_computes(tmp_path):
     out, err = process.communicate(timeout=60)
     assert process.returncode == 143 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith(("terminated", "\nterminated")) and "nothing was left half-written" in err, err
+
+
+def _graph_allocating_per_token(folder: Path, megabytes: int) -> None:
+    """The logits plus 0 × ReduceMax of a ConstantOfShape of `megabytes` MB per position the attention mask holds."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(folder / "model.onnx"))
+    graph = model.graph
+    for node in graph.node:
+        node.output[:] = ["raw_logits" if name == "logits" else name for name in node.output]
+    rows = megabytes * (1 << 20) // (4 * 16384)
+    graph.initializer.extend([numpy_helper.from_array(np.array([rows], np.int64), "rows_per_token"),
+                              numpy_helper.from_array(np.array([16384], np.int64), "width"),
+                              numpy_helper.from_array(np.array([1], np.int64), "one"), numpy_helper.from_array(np.array([2], np.int64), "two"),
+                              numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    graph.node.extend([helper.make_node("Shape", ["attention_mask"], ["mask_shape"]),
+                       helper.make_node("Slice", ["mask_shape", "one", "two"], ["positions"]),
+                       helper.make_node("Mul", ["positions", "rows_per_token"], ["rows"]),
+                       helper.make_node("Concat", ["rows", "width"], ["shape"], axis=0),
+                       helper.make_node("ConstantOfShape", ["shape"], ["bomb"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+                       helper.make_node("ReduceMax", ["bomb"], ["most"], keepdims=0), helper.make_node("Mul", ["most", "zero"], ["nothing"]),
+                       helper.make_node("Add", ["raw_logits", "nothing"], ["logits"])])
+    onnx.save(model, str(folder / "model.onnx"))
+
+
+def test_a_graph_allocating_without_bound_meets_onnxruntimes_bounded_arena(tmp_path):
+    """Stranger 27: a foreign graph's ConstantOfShape grew with the attention mask (330 MB a token; 6 GB in another), and
+    nothing bounded what onnxruntime allocated below the machine's memory: the OOM killer, no word. onnxruntime's CPU arena
+    is bounded (90 % of the memory available; here the availability is made 400 MB): the run fails, one line."""
+    import subprocess
+    import sys
+
+    from edgelm.export.onnx import export_onnx
+
+    folder = export_onnx(open_checkpoint(SHIPPED_ROPE), tmp_path / "onnx", "f32", certificate=False).path
+    _graph_allocating_per_token(folder, 100)  # a 6-token prompt asks for 600 MB
+    script = ("import sys\nfrom edgelm.runtime import onnx_backend\nonnx_backend.available_memory = lambda: 400 << 20\n"
+              "from edgelm.cli import entry\nsys.argv[0] = 'edgelm'\nentry()")
+    done = subprocess.run([sys.executable, "-c", script, "generate", str(folder), "--prompt", "It is a truth universally", "-n", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "onnxruntime could not allocate the memory model.onnx asks for" in done.stderr, done.stderr

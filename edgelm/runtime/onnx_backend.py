@@ -16,6 +16,7 @@ the rest; a growing past is sliced.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from ..constants import GENAI_CONFIG, HF_CONFIG, LLAMA_MAX_LAYERS, ONNX_MANIFEST
 from ..errors import UserError
 from ..fileio import is_plain_name
 from ..numbers import FRACTION, NON_NEGATIVE, POSITIVE, NumberRange, is_count
-from .backend import Backend, default_threads, refuse_cache_past_memory
+from .backend import Backend, available_memory, default_threads, refuse_cache_past_memory
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "xnnpack": "XnnpackExecutionProvider",
@@ -50,6 +51,9 @@ def session_for(model: Path, threads: int | None, provider: str):
         raise UserError(f"provider {provider!r} is not in this onnxruntime build", model,
                         f"this build has {', '.join(short)}; install the onnxruntime package built for {provider}")
     options = ort.SessionOptions()
+    if name == "CPUExecutionProvider":
+        _bound_cpu_arena(ort)
+        options.add_session_config_entry("session.use_env_allocators", "1")
     options.intra_op_num_threads = threads or default_threads()
     # fatal only: an error while loading or running is raised as an exception, which edgelm says in its one line;
     # at 3 (error) onnxruntime also printed its own coloured [E:onnxruntime …] line to stderr first
@@ -59,6 +63,19 @@ def session_for(model: Path, threads: int | None, provider: str):
     except unloadable_errors() as exc:
         raise UserError(f"onnxruntime cannot load {model.name} ({str(exc).splitlines()[0][:200]})", model.parent,
                         "export the model again") from None
+
+
+ARENA_SHARE = 0.9  # of the memory available when the first session opens: what onnxruntime's CPU arena may take in all
+
+
+@functools.cache
+def _bound_cpu_arena(ort) -> None:
+    """onnxruntime's CPU arena, bounded (OrtArenaCfg max_mem) and shared by the sessions of this process: a graph edgelm did
+    not write may allocate what it likes (a stranger's ConstantOfShape grew 330 MB a token, 6 GB in another), and past the
+    machine's memory the kernel's OOM killer ended the process with no word; bounded, onnxruntime's run fails, one line.
+    Requests are taken as they come (arena_extend_strategy 1, kSameAsRequested): doubling would reach the bound early."""
+    memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(memory, ort.OrtArenaCfg(int(available_memory() * ARENA_SHARE), 1, -1, -1))
 
 
 def unloadable_errors() -> tuple[type[Exception], ...]:
@@ -200,6 +217,10 @@ class OnnxBackend(Backend):
             self.session.run_with_iobinding(self.binding)
         except (RuntimeError, *unloadable_errors()) as exc:  # a graph that loads and fails on these ids (a Gather past the
             # embedding's rows: onnxruntime's run raises a plain RuntimeError, "Error in execution: …")
+            if "BFCArena" in str(exc) or "Failed to allocate memory" in str(exc):  # past the bounded arena (_bound_cpu_arena)
+                raise UserError(f"onnxruntime could not allocate the memory {self.model_name} asks for on these tokens (at most "
+                                f"{ARENA_SHARE:.0%} of the memory available is given to it)", self.folder,
+                                "use a shorter prompt or context; a graph edgelm exported needs far less") from None
             raise UserError(f"onnxruntime could not run {self.model_name} on these tokens ({str(exc).splitlines()[0][:200]})",
                             self.folder, "the folder's files do not fit together: export it again") from None
         outputs = self.binding.get_outputs()
