@@ -1077,6 +1077,19 @@ def calibrate(
               f"{report['heldout_perplexity']} ({report['method']}); λ in [{result.table.min():.3f}, {result.table.max():.3f}]; wrote {out_path}", markup=False)
 
 
+def _one_line_summaries() -> None:
+    """`edgelm --help` lists each command by its docstring's first paragraph, which typer shows with the source's line
+    breaks ("what⏎ the files say", a stranger's finding): the paragraph joined into one line, wrapped by the terminal."""
+    import inspect
+
+    for command in app.registered_commands:
+        if command.short_help is None and (doc := inspect.getdoc(command.callback)):
+            command.short_help = " ".join(doc.split("\n\n")[0].split())
+
+
+_one_line_summaries()
+
+
 CHAT_COMMANDS = ("/exit", "/reset", "/help", "/?")
 BROKEN_PIPE = 141  # 128 + SIGPIPE
 

@@ -179,3 +179,21 @@ def test_every_command_that_runs_a_model_says_it_takes_a_bundle(run_cli, command
     """Stranger finding: `chat --help` named a model folder, a .gguf file or an ONNX folder; a bundle works too."""
     code, out, _ = run_cli(command, "--help")
     assert code == 0 and "bundle folder or .zip" in " ".join(out.split()), out
+
+
+def test_the_command_list_gives_each_summary_on_one_line():
+    """Stranger 26: `edgelm --help` broke summaries where the docstring's source lines break ("tokenizer: what⏎ the files
+    say"): on a terminal wide enough, each command's first paragraph is one line."""
+    import inspect
+    import os
+    import subprocess
+    import sys
+
+    from edgelm.cli import app
+
+    done = subprocess.run([sys.executable, "-m", "edgelm", "--help"], capture_output=True, text=True, timeout=120,
+                          env=os.environ | {"COLUMNS": "400", "NO_COLOR": "1"})
+    assert done.returncode == 0, done.stderr
+    for command in app.registered_commands:
+        summary = " ".join(inspect.getdoc(command.callback).split("\n\n")[0].split())
+        assert any(summary in line for line in done.stdout.splitlines()), (command.callback.__name__, summary)
