@@ -811,7 +811,7 @@ def verify(
     if fmt.bundled and (artifact_path.is_file() or (artifact_path / ONNX_MANIFEST).is_file()):
         check_runs(fmt, artifact_path.name, artifact_path, "export it again")
         result = check(fmt, reference, threads, device)
-        lines = [f"{artifact_path.name} loads and runs"]
+        lines = [f"{artifact_path} loads and runs"]  # the path as given (a stranger read only its last part)
     else:
         try:
             manifest, model, result = verify_bundle(artifact_path, lambda inner: check(inner, reference, threads, device, bundled=True))
