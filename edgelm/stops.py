@@ -19,9 +19,12 @@ GRACE_S = 3.0  # seconds the main thread has to take a SIGTERM before the proces
 TERMINATED, INTERRUPTED = 143, 130  # 128 + the signal, as a shell reports a process it ended
 
 
+_STDERR = [2]  # the descriptor standard error had when the watch began: tokenizer calls point 2 at a pipe meanwhile
+
+
 def _end(code: int, what: str) -> None:
     discard_unfinished()
-    os.write(2, f"\n{what} while native code was computing; nothing was left half-written\n".encode())
+    os.write(_STDERR[0], f"\n{what} while native code was computing; nothing was left half-written\n".encode())
     os._exit(code)
 
 
@@ -47,7 +50,7 @@ def _watch(read_end: int) -> None:
                     _end(INTERRUPTED, "interrupted")
                 waiting_interrupt = None if _taken_within(seen, 1.0) else seen
                 if waiting_interrupt is not None:
-                    os.write(2, b"\nstopping when the model's current step ends; Ctrl-C again to quit now\n")
+                    os.write(_STDERR[0], b"\nstopping when the model's current step ends; Ctrl-C again to quit now\n")
     os.close(read_end)
 
 
@@ -55,6 +58,7 @@ class StopWatch:
     """Installed by cli.main for one command; removed when it returns (the wakeup descriptor is the process's one)."""
 
     def __enter__(self) -> StopWatch:
+        _STDERR[0] = os.dup(2)
         self.read_end, write_end = os.pipe()
         os.set_blocking(write_end, False)
         self.previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
@@ -65,3 +69,5 @@ class StopWatch:
     def __exit__(self, *exc) -> None:
         signal.set_wakeup_fd(self.previous)
         os.close(self.write_end)  # the thread's read ends
+        os.close(_STDERR[0])
+        _STDERR[0] = 2

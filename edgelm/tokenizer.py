@@ -195,6 +195,7 @@ def _rust_panic(exc: BaseException, file: Path, doing: str) -> BaseException:
 _STEP_GROWTH = {"NFKC": 18, "NFKD": 18, "NFC": 4, "NFD": 4, "Lowercase": 3, "BertNormalizer": 36, "ByteLevel": 4, "Strip": 1,
                 "StripAccents": 1, "Nmt": 1, "Metaspace": 1, "ByteFallback": 1, "Fuse": 1, "WordPiece": 1, "BPEDecoder": 1,
                 "CTC": 1}
+RUST_SECONDS, RUST_SECONDS_PER_ITEM = 30.0, 2e-5  # a tokenizers call's budget: ~1 µs a character honest, 20 µs allowed
 MAX_TEXT_GROWTH = 4096  # the most its rules may multiply a text by, at worst (T5's charsmap with NFKC after it: 1,188; Llama 2's: 4)
 
 
@@ -231,6 +232,25 @@ def _refuse_growing_rules(backend, file: Path) -> None:
             raise UserError(f"its {part} may turn one character into {growth:,} (edgelm takes at most {MAX_TEXT_GROWTH:,}): "
                             "encoding a prompt would take memory without bound", file,
                             "give the tokenizer.json the model was published with")
+    if backend.post_processor is not None and (added := _added_ids(json.loads(backend.post_processor.__getstate__()))) > MAX_ADDED_IDS:
+        raise UserError(f"its post-processor adds up to {added:,} ids to a text (edgelm takes at most {MAX_ADDED_IDS:,}): "
+                        "encoding a prompt would take memory without bound", file, "give the tokenizer.json the model was published with")
+
+
+MAX_ADDED_IDS = 256  # ids a post-processor may add around a text (a pair's template included): a bos and an eos in practice
+
+
+def _added_ids(step: dict) -> int:
+    """The most ids a post-processor adds to one encoding (its pair template's, the larger), sequences summed: a stranger's
+    TemplateProcessing repeated a special token of 10,000 ids 100,000 times, and encoding "a" built 10^9 (SIGABRT at 5 GB)."""
+    kind = step.get("type")
+    if kind == "Sequence":
+        return sum(_added_ids(inner) for inner in step.get("processors") or [])
+    if kind == "TemplateProcessing":
+        specials = step.get("special_tokens") or {}
+        return max((sum(len((specials.get(piece["SpecialToken"].get("id")) or {}).get("ids") or [1])
+                        for piece in step.get(template) or [] if "SpecialToken" in piece) for template in ("single", "pair")), default=0)
+    return 4  # BERT's, RoBERTa's: a CLS and SEPs; ByteLevel's: none
 
 
 class JSONTokenizer(Tokenizer):
@@ -251,27 +271,47 @@ class JSONTokenizer(Tokenizer):
     def encode_text(self, text, special=True):
         # tokenizers matches added tokens in the text; `encode_special_tokens` spells the special ones out
         self.backend.encode_special_tokens = not special
-        try:
-            with _panic_message_held():
-                return self.backend.encode(text, add_special_tokens=False).ids
-        except BaseException as exc:
-            raise _rust_panic(exc, self.file, "encoding a text") from None
+        return self._in_rust(lambda: self.backend.encode_batch([text], add_special_tokens=False)[0].ids, len(text),
+                             f"encoding a text of {len(text):,} characters")
 
     def leading_special_ids(self):
         # the post-processor's (TemplateProcessing, RobertaProcessing) ids before the text's, as tokenizers marks them
-        try:
-            with _panic_message_held():
-                encoding = self.backend.encode("a", add_special_tokens=True)
-        except BaseException as exc:
-            raise _rust_panic(exc, self.file, "encoding a text") from None
+        encoding = self._in_rust(lambda: self.backend.encode_batch(["a"], add_special_tokens=True)[0], 1, "encoding a text of 1 character")
         return encoding.ids[: encoding.special_tokens_mask.index(0)] if 0 in encoding.special_tokens_mask else []
 
     def decode(self, ids):
+        return self._in_rust(lambda: self.backend.decode_batch([ids], skip_special_tokens=False)[0], len(ids), f"decoding {len(ids):,} ids")
+
+    def _in_rust(self, call, size: int, doing: str):
+        """`call` into tokenizers on a thread of its own, given RUST_SECONDS + RUST_SECONDS_PER_ITEM × size to finish.
+        The *_batch calls release the GIL (`encode` holds it), so Python's stop watcher (stops.py) runs meanwhile: a
+        stranger's SIGTERM went unanswered while a pre-tokenizer regex (\\D{0,2500}\\D{0,2500}\\d, under onig's retry limit
+        at each start) took 0.05 s a character; past the budget such a text is refused in one line."""
+        import threading
+
+        done: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                done["value"] = call()
+            except BaseException as exc:  # a PanicException too: a BaseException
+                done["error"] = exc
+
+        budget = RUST_SECONDS + RUST_SECONDS_PER_ITEM * size
+        worker = threading.Thread(target=work, name="edgelm-tokenizer", daemon=True)
         try:
             with _panic_message_held():
-                return self.backend.decode(ids, skip_special_tokens=False)
+                worker.start()
+                worker.join(budget)
+                if "error" in done:  # raised inside: the panic's own message, held meanwhile, is dropped
+                    raise done["error"]
         except BaseException as exc:
-            raise _rust_panic(exc, self.file, "decoding ids") from None
+            raise _rust_panic(exc, self.file, doing) from None
+        if worker.is_alive():  # left to finish on its own: Rust code cannot be stopped from outside
+            raise UserError(f"the tokenizer took more than {budget:.0f} s {doing}", self.file,
+                            "its rules (a pre-tokenizer's regular expression?) cost without bound on this text: give the "
+                            "tokenizer.json the model was published with")
+        return done["value"]
 
     def lookup(self, token):
         return self.backend.token_to_id(token)

@@ -751,3 +751,88 @@ def test_a_graph_allocating_without_bound_meets_onnxruntimes_bounded_arena(tmp_p
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "onnxruntime could not allocate the memory model.onnx asks for" in done.stderr, done.stderr
+
+
+def test_a_gguf_tensor_table_past_the_metadata_bound_is_refused_before_ggml_reads_it(run_cli, tmp_path):
+    """Stranger 28: behind one 320 MB string key (sparse here) the tensor table lay past the pre-scan's reach, which gave up
+    silently, and ggml's parser divided by the zero dimension there: SIGFPE again. A table the scan cannot reach within
+    the metadata bound is refused."""
+    import struct
+
+    from edgelm.formats.gguf_file import MAX_METADATA_BYTES
+
+    def text(data: bytes) -> bytes:
+        return struct.pack("<Q", len(data)) + data
+
+    path = tmp_path / "far-table.gguf"
+    with open(path, "wb") as handle:
+        handle.write(b"GGUF" + struct.pack("<IQQ", 3, 1, 2))
+        handle.write(text(b"general.architecture") + struct.pack("<I", 8) + text(b"llama"))
+        handle.write(text(b"general.filler") + struct.pack("<I", 8) + struct.pack("<Q", MAX_METADATA_BYTES + 4096))
+        handle.seek(MAX_METADATA_BYTES + 4096, 1)  # a hole: nothing written
+        handle.write(text(b"token_embd.weight") + struct.pack("<I", 2) + struct.pack("<qq", 64, 0) + struct.pack("<IQ", 0, 0))
+        handle.write(b"\0" * 64)
+    for command in (["inspect", path], ["generate", path, "--prompt", "x"], ["verify", path]):
+        assert_user_error(run_cli(*command), "its metadata takes more than", "re-download or export it again")
+
+
+POST_PROCESSORS = {  # Llama 3's (transformers' converter: a bos before each sequence), and one repeating a 1,000-id token
+    "llama 3": ({"type": "TemplateProcessing",
+                 "single": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                 "pair": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                          {"SpecialToken": {"id": "<|endoftext|>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                 "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [0], "tokens": ["<|endoftext|>"]}}}, True),
+    "a token of 1,000 ids, 1,000 times": ({"type": "TemplateProcessing",
+                                           "single": [{"SpecialToken": {"id": "X", "type_id": 0}}] * 1000 + [{"Sequence": {"id": "A", "type_id": 0}}],
+                                           "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                                           "special_tokens": {"X": {"id": "X", "ids": [0] * 1000, "tokens": ["<|endoftext|>"] * 1000}}}, False),
+}
+
+
+@pytest.mark.parametrize("processor", POST_PROCESSORS)
+def test_a_post_processor_adding_ids_without_bound_is_refused_as_it_is_read(run_cli, tmp_path, processor):
+    """Stranger 28: a TemplateProcessing repeating a special token of 10,000 ids 100,000 times (a 5 MB tokenizer.json);
+    encoding "a" with special tokens, as edgelm asks which ids lead a text, built 10^9 ids (SIGABRT at 5.4 GB)."""
+    def set_processor(data):
+        data["post_processor"] = POST_PROCESSORS[processor][0]
+
+    model = _with_tokenizer(SHIPPED_ROPE, tmp_path / "m", set_processor)
+    result = run_cli("inspect", model)
+    if POST_PROCESSORS[processor][1]:
+        assert result[0] == 0, result
+    else:
+        assert_user_error(result, "its post-processor adds up to 1,000,000 ids", "(edgelm takes at most 256)")
+
+
+def _slow_split(data):  # onig's retry limit holds at each start, and every start pays it: ~0.05 s a character here
+    data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": r"\D{0,2500}\D{0,2500}\d"}, "behavior": "Isolated", "invert": False}, data["pre_tokenizer"]]}
+
+
+@pytest.mark.parametrize("stop", ["budget", "SIGTERM"])
+def test_a_tokenizer_that_takes_without_bound_is_stopped(tmp_path, stop):
+    """Stranger 28: a pre-tokenizer regex under onig's retry limit at each start took a 12,000-character prompt past 120 s
+    in Rust, and SIGTERM went unanswered (tokenizers' `encode` holds the GIL: the stop watcher could not run). Calls go
+    through the *_batch methods (the GIL released) on a thread given a budget: past it one line, exit 2; a SIGTERM
+    meanwhile ends the process (143). The budget is lowered to 2 s here."""
+    import subprocess
+    import sys
+    import time
+
+    model = _with_tokenizer(SHIPPED_ROPE, tmp_path / "m", _slow_split)
+    (tmp_path / "prompt.txt").write_text(("It is a truth universally acknowledged, that a single man in possession. " * 200)[:12000])
+    budget = 2 if stop == "budget" else 600
+    script = (f"import sys\nfrom edgelm import tokenizer\ntokenizer.RUST_SECONDS, tokenizer.RUST_SECONDS_PER_ITEM = {budget}, 0\n"
+              "from edgelm.cli import entry\nsys.argv[0] = 'edgelm'\nentry()")
+    process = subprocess.Popen([sys.executable, "-c", script, "generate", str(model), "--file", str(tmp_path / "prompt.txt"), "-n", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if stop == "SIGTERM":
+        time.sleep(15)
+        assert process.poll() is None, process.communicate()
+        process.terminate()
+    out, err = process.communicate(timeout=120)
+    if stop == "budget":
+        assert process.returncode == 2 and len(err.strip().splitlines()) == 1, err
+        assert "the tokenizer took more than 2 s encoding a text of 12,000 characters" in err, err
+    else:
+        assert process.returncode == 143 and "terminated" in err and "Traceback" not in err, err

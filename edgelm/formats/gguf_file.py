@@ -179,7 +179,8 @@ def _refuse_empty_dimensions(path: Path) -> None:
     """A tensor declaring a dimension of 0 after its first, refused before ggml parses the tensor table: ggml's overflow
     check divides INT64_MAX by each of ne[1..3] (gguf.cpp), and a stranger's `token_embd.weight` of [d, 0] killed every
     command with SIGFPE, llama.cpp's own loader as well. The metadata is stepped over as gguf-py reads it (GGUF v2+:
-    little-endian uint64 lengths and counts); where it does not parse, ggml's parser refuses the file in its own words."""
+    little-endian uint64 lengths and counts), up to the bound on metadata, past which the file is refused (stranger 28 put
+    the table past the scan's reach behind a 320 MB key); a file that ends first is ggml's parser's to refuse."""
     import mmap
 
     with open(path, "rb") as handle:
@@ -188,11 +189,13 @@ def _refuse_empty_dimensions(path: Path) -> None:
         except ValueError:  # an empty file
             return
     with data:
-        end = min(len(data), 24 + MAX_METADATA_BYTES)
-
         def take(fmt: str, at: int) -> tuple[Any, int]:
             size = struct.calcsize(fmt)
-            if at + size > end:
+            if at + size > 24 + MAX_METADATA_BYTES:  # the scan must reach every tensor's description, or ggml is not called
+                raise UserError(f"its metadata takes more than {MAX_METADATA_BYTES:,} bytes before the tensors' data; edgelm reads at "
+                                f"most {MAX_METADATA_BYTES:,}", path,
+                                "no model needs that much (a 262k-token vocabulary takes ~30 MB): re-download or export it again")
+            if at + size > len(data):
                 raise EOFError
             return struct.unpack_from(fmt, data, at)[0], at + size
 
@@ -208,7 +211,7 @@ def _refuse_empty_dimensions(path: Path) -> None:
             count, at = take("<Q", at)
             if inner in _SCALAR_BYTES:
                 return at + count * _SCALAR_BYTES[inner]
-            if inner != 8 or count > (end - at) // 8:
+            if inner != 8 or count > (len(data) - at) // 8:
                 raise EOFError
             for _ in range(count):  # a vocabulary: ~0.1 s for 128k tokens
                 length, at = take("<Q", at)
