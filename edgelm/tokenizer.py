@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .artifact_files import (MAX_JSON_BYTES, MAX_TEMPLATE_BYTES, MAX_TEXT_BYTES, MAX_TOKENIZER_BYTES, find_member, read_json_object,
-                             read_text, read_text_head)
+from .artifact_files import (MAX_JSON_BYTES, MAX_TEMPLATE_BYTES, MAX_TEXT_BYTES, MAX_TOKENIZER_BYTES, find_member, parse_json,
+                             read_json_object, read_text, read_text_head)
 from .constants import CHAT_TEMPLATE_FILE
 from .errors import RefusedText, UserError
 
@@ -223,16 +223,15 @@ def _growth(step: dict) -> int:
 def _refuse_growing_rules(backend, file: Path) -> None:
     """A normalizer or decoder that multiplies text past MAX_TEXT_GROWTH, refused as the file is read: a stranger's
     Replace(' ' → 100 MB) aborted tokenizers (Rust's failed allocation: SIGABRT, no word) on a 16-word prompt."""
-    import json
-
     for part in ("normalizer", "decoder"):
         if (step := getattr(backend, part)) is None:
             continue
-        if (growth := _growth(json.loads(step.__getstate__()))) > MAX_TEXT_GROWTH:
+        if (growth := _growth(parse_json(step.__getstate__(), file, f"its {part}", MAX_TOKENIZER_BYTES))) > MAX_TEXT_GROWTH:
             raise UserError(f"its {part} may turn one character into {growth:,} (edgelm takes at most {MAX_TEXT_GROWTH:,}): "
                             "encoding a prompt would take memory without bound", file,
                             "give the tokenizer.json the model was published with")
-    if backend.post_processor is not None and (added := _added_ids(json.loads(backend.post_processor.__getstate__()))) > MAX_ADDED_IDS:
+    processor = backend.post_processor
+    if processor is not None and (added := _added_ids(parse_json(processor.__getstate__(), file, "its post-processor", MAX_TOKENIZER_BYTES))) > MAX_ADDED_IDS:
         raise UserError(f"its post-processor adds up to {added:,} ids to a text (edgelm takes at most {MAX_ADDED_IDS:,}): "
                         "encoding a prompt would take memory without bound", file, "give the tokenizer.json the model was published with")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifact_files import MAX_TEMPLATE_BYTES, MAX_TOKENIZER_BYTES, read_prefix
+from ..artifact_files import MAX_TEMPLATE_BYTES, MAX_TOKENIZER_BYTES, open_regular, read_prefix
 from ..constants import GGUF_END_TOKEN_KEYS, GGUF_FAMILY, GGUF_TOKENIZER_FILE, GGUF_TOKENIZER_FILE_BASE64, TOKENIZER_FILES
 from ..errors import UserError
 from ..ggml_python import ggml
@@ -183,7 +183,7 @@ def _refuse_empty_dimensions(path: Path) -> None:
     the table past the scan's reach behind a 320 MB key); a file that ends first is ggml's parser's to refuse."""
     import mmap
 
-    with open(path, "rb") as handle:
+    with open_regular(path, path.name) as handle:
         try:
             data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         except ValueError:  # an empty file
