@@ -28,29 +28,30 @@ def _end(code: int, what: str) -> None:
     os._exit(code)
 
 
-def _taken_within(seen: int, seconds: float) -> bool:
-    """Whether the main thread's handler counts a stop past `seen` within `seconds`."""
+def _taken_within(arrived: int, seconds: float) -> bool:
+    """Whether the main thread's handlers have counted `arrived` stops in all within `seconds`."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if stops_taken() > seen:
-            return True
+    while stops_taken() < arrived and time.monotonic() < deadline:
         time.sleep(0.05)
-    return stops_taken() > seen
+    return stops_taken() >= arrived
 
 
-def _watch(read_end: int) -> None:
-    waiting_interrupt = None  # _Stops.count when a Ctrl-C not yet taken arrived
+def _watch(read_end: int, arrived: int) -> None:
+    """`arrived`: the stops counted so far; each SIGINT or SIGTERM read here is one more, which the main thread's handler
+    counts too once it runs (counting from the byte, not from when it is read: the handler may run first)."""
+    waiting = False  # a Ctrl-C the main thread has not taken
     while signals := os.read(read_end, 64):
         for number in signals:
-            seen = stops_taken()
-            if number == signal.SIGTERM and not _taken_within(seen, GRACE_S):
-                _end(TERMINATED, "terminated")
-            if number == signal.SIGINT:
-                if waiting_interrupt is not None and stops_taken() == waiting_interrupt:
-                    _end(INTERRUPTED, "interrupted")
-                waiting_interrupt = None if _taken_within(seen, 1.0) else seen
-                if waiting_interrupt is not None:
-                    os.write(_STDERR[0], b"\nstopping when the model's current step ends; Ctrl-C again to quit now\n")
+            if number not in (signal.SIGINT, signal.SIGTERM):
+                continue
+            waiting = waiting and stops_taken() < arrived
+            arrived += 1
+            if _taken_within(arrived, GRACE_S if number == signal.SIGTERM else 1.0):
+                continue
+            if number == signal.SIGTERM or waiting:
+                _end(TERMINATED if number == signal.SIGTERM else INTERRUPTED, "terminated" if number == signal.SIGTERM else "interrupted")
+            waiting = True
+            os.write(_STDERR[0], b"\nstopping when the model's current step ends; Ctrl-C again to quit now\n")
     os.close(read_end)
 
 
@@ -63,7 +64,7 @@ class StopWatch:
         os.set_blocking(write_end, False)
         self.previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
         self.write_end = write_end
-        threading.Thread(target=_watch, args=(self.read_end,), name="edgelm-stops", daemon=True).start()
+        threading.Thread(target=_watch, args=(self.read_end, stops_taken()), name="edgelm-stops", daemon=True).start()
         return self
 
     def __exit__(self, *exc) -> None:
