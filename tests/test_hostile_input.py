@@ -734,17 +734,43 @@ def _graph_allocating_per_token(folder: Path, megabytes: int) -> None:
     onnx.save(model, str(folder / "model.onnx"))
 
 
-def test_a_graph_allocating_without_bound_meets_onnxruntimes_bounded_arena(tmp_path):
-    """Stranger 27: a foreign graph's ConstantOfShape grew with the attention mask (330 MB a token; 6 GB in another), and
-    nothing bounded what onnxruntime allocated below the machine's memory: the OOM killer, no word. onnxruntime's CPU arena
-    is bounded (90 % of the memory available; here the availability is made 400 MB): the run fails, one line."""
+def _graph_copying_strings_per_token(folder: Path, megabytes: int) -> None:
+    """The logits plus 0 × the element count of a 1 MB string Expanded to `megabytes` copies per position: each copy is
+    a string on the C++ heap, outside onnxruntime's arena (which holds the 32-byte headers)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(folder / "model.onnx"))
+    graph = model.graph
+    for node in graph.node:
+        node.output[:] = ["raw_logits" if name == "logits" else name for name in node.output]
+    graph.initializer.extend([helper.make_tensor("text", TensorProto.STRING, [1], [b"x" * (1 << 20)]),
+                              numpy_helper.from_array(np.array([megabytes], np.int64), "copies"),
+                              numpy_helper.from_array(np.array([1], np.int64), "one"), numpy_helper.from_array(np.array([2], np.int64), "two"),
+                              numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    graph.node.extend([helper.make_node("Shape", ["attention_mask"], ["mask_shape"]),
+                       helper.make_node("Slice", ["mask_shape", "one", "two"], ["positions"]),
+                       helper.make_node("Mul", ["positions", "copies"], ["count"]),
+                       helper.make_node("Expand", ["text", "count"], ["texts"]),
+                       helper.make_node("Size", ["texts"], ["how_many"]), helper.make_node("Cast", ["how_many"], ["many"], to=TensorProto.FLOAT),
+                       helper.make_node("Mul", ["many", "zero"], ["nothing"]), helper.make_node("Add", ["raw_logits", "nothing"], ["logits"])])
+    onnx.save(model, str(folder / "model.onnx"))
+
+
+@pytest.mark.parametrize("allocates", ["in the arena", "strings on the heap"])
+def test_a_graph_allocating_without_bound_meets_onnxruntimes_bounds(tmp_path, allocates):
+    """Strangers 27 and 28: a foreign graph's ConstantOfShape grew with the attention mask (330 MB a token; 6 GB in
+    another), and nothing bounded what onnxruntime allocated below the machine's memory: the OOM killer, no word; bounded,
+    the arena's was passed by a string tensor's heap copies (5.6 GB). onnxruntime's CPU arena and the process's address
+    space while a graph runs are bounded (90 % of the memory available; here it is made 400 MB): the run fails, one line."""
     import subprocess
     import sys
 
     from edgelm.export.onnx import export_onnx
 
     folder = export_onnx(open_checkpoint(SHIPPED_ROPE), tmp_path / "onnx", "f32", certificate=False).path
-    _graph_allocating_per_token(folder, 100)  # a 6-token prompt asks for 600 MB
+    # a 6-token prompt asks for 600 MB
+    (_graph_allocating_per_token if allocates == "in the arena" else _graph_copying_strings_per_token)(folder, 100)
     script = ("import sys\nfrom edgelm.runtime import onnx_backend\nonnx_backend.available_memory = lambda: 400 << 20\n"
               "from edgelm.cli import entry\nsys.argv[0] = 'edgelm'\nentry()")
     done = subprocess.run([sys.executable, "-c", script, "generate", str(folder), "--prompt", "It is a truth universally", "-n", "1"],

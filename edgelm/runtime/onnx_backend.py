@@ -16,6 +16,7 @@ the rest; a growing past is sliced.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from pathlib import Path
@@ -27,7 +28,7 @@ from ..constants import GENAI_CONFIG, HF_CONFIG, LLAMA_MAX_LAYERS, ONNX_MANIFEST
 from ..errors import UserError
 from ..fileio import is_plain_name
 from ..numbers import FRACTION, NON_NEGATIVE, POSITIVE, NumberRange, is_count
-from .backend import Backend, available_memory, default_threads, refuse_cache_past_memory
+from .backend import Backend, available_memory, default_threads, proc_bytes, refuse_cache_past_memory
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "xnnpack": "XnnpackExecutionProvider",
@@ -78,6 +79,32 @@ def _bound_cpu_arena(ort) -> None:
     ort.create_and_register_allocator(memory, ort.OrtArenaCfg(int(available_memory() * ARENA_SHARE), 1, -1, -1))
 
 
+def address_limit() -> int | None:
+    """The address space the process may reach while onnxruntime runs a graph on the CPU: what it holds now and
+    ARENA_SHARE of the memory available (None without /proc)."""
+    used = proc_bytes("/proc/self/status", "VmSize")
+    return None if used is None else used + int(available_memory() * ARENA_SHARE)
+
+
+@contextlib.contextmanager
+def _address_space_bounded(limit: int | None):
+    """RLIMIT_AS at `limit` (address_limit, taken as the session opened) while onnxruntime runs, restored after: what a
+    graph allocates outside the arena — a string tensor's elements are heap copies, 1 MB each in a stranger's Expand
+    (5.6 GB at 4,000 a token) — fails as std::bad_alloc, one line, instead of meeting the OOM killer. Two system
+    calls a run; a GPU provider's sessions are not bounded (their drivers reserve address space of their own)."""
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    bounded = limit is not None and (before[0] == resource.RLIM_INFINITY or limit < before[0])
+    if bounded:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, before[1]))
+    try:
+        yield
+    finally:
+        if bounded:
+            resource.setrlimit(resource.RLIMIT_AS, before)
+
+
 def unloadable_errors() -> tuple[type[Exception], ...]:
     """onnxruntime's own exception types that mean it cannot load the file: a damaged protobuf, an invalid
     graph, an operator no kernel of this build runs, external data it cannot read or refuses. Only these:
@@ -98,6 +125,7 @@ class OnnxBackend(Backend):
         decoder = genai["model"]["decoder"]
         self.folder, self.model_name = model.parent, model.name
         self.session = session_for(model, threads, provider)
+        self.address_limit = address_limit() if self.session.get_providers()[0] == "CPUExecutionProvider" else None
         self.layers = decoder["num_hidden_layers"]
         self.kv_heads, self.head_size = decoder["num_key_value_heads"], decoder["head_size"]
         self.context_length = genai["model"]["context_length"]
@@ -214,10 +242,11 @@ class OnnxBackend(Backend):
             self.binding.bind_cpu_input(self.position_ids_name, np.arange(start, start + n, dtype=np.int64)[None])
         self.binding.bind_output(self.logits_name)  # unallocated again: its shape follows the ids
         try:
-            self.session.run_with_iobinding(self.binding)
+            with _address_space_bounded(self.address_limit):
+                self.session.run_with_iobinding(self.binding)
         except (RuntimeError, *unloadable_errors()) as exc:  # a graph that loads and fails on these ids (a Gather past the
             # embedding's rows: onnxruntime's run raises a plain RuntimeError, "Error in execution: …")
-            if "BFCArena" in str(exc) or "Failed to allocate memory" in str(exc):  # past the bounded arena (_bound_cpu_arena)
+            if any(sign in str(exc) for sign in ("BFCArena", "Failed to allocate memory", "bad_alloc")):  # past the bounds below
                 raise UserError(f"onnxruntime could not allocate the memory {self.model_name} asks for on these tokens (at most "
                                 f"{ARENA_SHARE:.0%} of the memory available is given to it)", self.folder,
                                 "use a shorter prompt or context; a graph edgelm exported needs far less") from None
