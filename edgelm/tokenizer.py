@@ -232,7 +232,8 @@ def _refuse_growing_rules(backend, file: Path) -> None:
                             "give the tokenizer.json the model was published with")
     processor = backend.post_processor
     if processor is not None and (added := _added_ids(parse_json(processor.__getstate__(), file, "its post-processor", MAX_TOKENIZER_BYTES))) > MAX_ADDED_IDS:
-        raise UserError(f"its post-processor adds up to {added:,} ids to a text (edgelm takes at most {MAX_ADDED_IDS:,}): "
+        raise UserError((f"its post-processor adds up to {added:,} ids to a text" if added < 1 << 62 else "its post-processor copies the text more than once")
+                        + f" (edgelm takes at most {MAX_ADDED_IDS:,} ids added, the text once): "
                         "encoding a prompt would take memory without bound", file, "give the tokenizer.json the model was published with")
 
 
@@ -241,14 +242,22 @@ MAX_ADDED_IDS = 256  # ids a post-processor may add around a text (a pair's temp
 
 def _added_ids(step: dict) -> int:
     """The most ids a post-processor adds to one encoding (its pair template's, the larger), sequences summed: a stranger's
-    TemplateProcessing repeated a special token of 10,000 ids 100,000 times, and encoding "a" built 10^9 (SIGABRT at 5 GB)."""
+    TemplateProcessing repeated a special token of 10,000 ids 100,000 times, and encoding "a" built 10^9 (SIGABRT at 5 GB).
+    A template naming a text ($A, $B) more than once copies it each time: counted as without bound."""
     kind = step.get("type")
     if kind == "Sequence":
         return sum(_added_ids(inner) for inner in step.get("processors") or [])
     if kind == "TemplateProcessing":
         specials = step.get("special_tokens") or {}
-        return max((sum(len((specials.get(piece["SpecialToken"].get("id")) or {}).get("ids") or [1])
-                        for piece in step.get(template) or [] if "SpecialToken" in piece) for template in ("single", "pair")), default=0)
+        added = 0
+        for template in ("single", "pair"):
+            pieces = step.get(template) or []
+            texts = [piece["Sequence"].get("id") for piece in pieces if "Sequence" in piece]
+            if len(texts) != len(set(texts)):  # each copy of a sequence copies the text: a stranger's $A 100,000 times (SIGABRT)
+                return 1 << 62
+            added = max(added, sum(len((specials.get(piece["SpecialToken"].get("id")) or {}).get("ids") or [1])
+                                   for piece in pieces if "SpecialToken" in piece))
+        return added
     return 4  # BERT's, RoBERTa's: a CLS and SEPs; ByteLevel's: none
 
 
@@ -445,4 +454,4 @@ def load_tokenizer_file(file: Path, config: dict[str, Any]) -> Tokenizer:
     except UserError:
         raise
     except Exception as exc:  # each library raises its own types for a damaged file
-        raise UserError(f"cannot read the tokenizer ({exc})", file, "re-download or rebuild it") from None
+        raise UserError(f"cannot read the tokenizer ({exc or type(exc).__name__})", file, "re-download or rebuild it") from None
