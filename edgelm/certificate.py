@@ -566,16 +566,18 @@ def verify(fmt, reference: Path | None = None, threads: int | None = None, devic
     the whole certificate against that model folder and compare it too. `bundled`: `fmt` is a bundle's
     model, whose settings are checked only where the bundle holds the artifact as it is (a GGUF; bundling rewrites an
     ONNX folder's genai_config, and `bundle` checked them against the certificate: check_holds)."""
-    found = fmt.certificate()
-    if found is None:
-        return Verification(None)
-    validate(found, fmt.path)
+    with fmt.parsed_once():  # the extent check and the hashes read one parse of an ONNX graph, released before the probe runs
+        fmt.check_extent()  # first: the artifact's sha256, which `verify` prints last, then ends in the time its weights take
+        found = fmt.certificate()
+        if found is None:
+            return Verification(None)
+        validate(found, fmt.path)
+        computed = {key: digest for key, (_, method) in OPTIONAL_HASHES.items()
+                    if key in found and (key != SETTINGS_HASH or fmt.bundled_as_is or not bundled) and (digest := getattr(fmt, method)())}
     context = len(found["probe"]["prompt_ids"]) + len(found["probe"]["greedy_tokens"])
     with fmt.open(probe_options(fmt, context, threads, certified_kv_cache(found))) as artifact:  # the cache it was measured with
         probe = check_probe(artifact, found["probe"], fmt.path)
         engine, engine_version = artifact.engine, artifact.details.get("engine_version", "unknown")
-    computed = {key: digest for key, (_, method) in OPTIONAL_HASHES.items()
-                if key in found and (key != SETTINGS_HASH or fmt.bundled_as_is or not bundled) and (digest := getattr(fmt, method)())}
     result = Verification(found, engine, engine_version, probe, computed=computed)
     if reference is not None:
         from .models import open_checkpoint

@@ -827,8 +827,7 @@ def verify(
                          + ", the published files")
     # what every check above reads lies inside the artifact, and whoever edits it can rewrite it too (a stranger
     # edited a bundle's template and its manifest's sha256, and forged a GGUF's certified numbers): only a hash
-    # from outside, its publisher's, says the artifact is the one published
-    fmt.check_extent()
+    # from outside, its publisher's, says the artifact is the one published (check's extent check bounded what it reads)
     identity = artifact_sha256(artifact_path)
     published = None if expected_sha256 is None else identity == expected_sha256.lower()
     lines.append(f"sha256 {identity} (of the {'folder' if artifact_path.is_dir() else 'file'}): " + (

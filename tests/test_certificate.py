@@ -187,6 +187,25 @@ def test_onnx_certificate_in_edgelm_json_and_the_graphs_metadata(exports, run_cl
     verify_fails(run_cli, changed)
 
 
+def test_verify_parses_an_onnx_graph_once_and_keeps_no_parse(exports, monkeypatch):
+    """verify's extent check and its weights, graph and settings hashes each parsed the graph (onnx.load of a 0.8 GB
+    inline graph: 0.8 s each); one parse serves them all now, and none is kept once they are done (the probe's
+    onnxruntime session, and a --reference run, would hold it beside theirs)."""
+    import onnx
+
+    from edgelm.certificate import verify
+    from edgelm.formats import detect
+
+    parses, load = [], onnx.load
+    monkeypatch.setattr(onnx, "load", lambda *args, **kwargs: parses.append(args[0]) or load(*args, **kwargs))
+    fmt = detect(exports("tiny-nope.onnx"))
+    result = verify(fmt)
+    assert result.ok and len(result.computed) == 4, result.computed
+    assert len(parses) == 1 and fmt._parsed is None, parses
+    fmt.weights_sha256()
+    assert len(parses) == 2  # outside verify nothing is kept
+
+
 @pytest.mark.parametrize("change", ["attention window", "logits mask"])
 def test_an_onnx_graph_changed_past_the_probes_reach_fails_verify_and_bundle(exports, run_cli, tmp_path, change):
     """Stranger round 11b: an attention window of 48 set on every GroupQueryAttention (the probe's 37 tokens fit inside it)

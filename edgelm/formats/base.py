@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -300,6 +301,12 @@ class Format(ABC):
     def check_extent(self) -> None:
         """`verify`, before the sha256 of the whole artifact: refuse files that hold more than the format reads from them (a
         sparse terabyte behind a graph that runs in seconds), so that hashing ends in the time the weights take."""
+
+    @contextmanager
+    def parsed_once(self):
+        """Within it, a format that parses its file to answer each question above parses it once (`verify`'s extent check
+        and hashes); outside it, no parse is kept, so a graph is not held in memory beside the runtime running it."""
+        yield
 
     def check_bundled(self) -> None:
         """`edgelm verify`: what the app's own runtime needs beyond the files edgelm reads (raise UserError)."""

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ class OnnxFolder(Format):
 
         super().__init__(path)
         self.genai, self.manifest, self.model_file = read_onnx_folder(path)
+        self._keeping_parse, self._parsed = False, None  # parsed_once
 
     def open(self, options: LoadOptions) -> Artifact:
         from onnxruntime import __version__ as onnxruntime_version
@@ -104,7 +106,19 @@ class OnnxFolder(Format):
         """The graph is in ONNX Runtime's flatbuffer format (a mobile bundle's model.ort), which onnx cannot read."""
         return read_prefix(self.model_file, 8)[4:8] == b"ORTM"
 
+    @contextmanager
+    def parsed_once(self):
+        # onnx.load of a 0.8 GB inline graph takes 0.8 s, and verify's extent check, weights, graph and settings hashes
+        # each parsed it; the first parse inside is kept until the block ends
+        self._keeping_parse = True
+        try:
+            yield
+        finally:
+            self._keeping_parse, self._parsed = False, None
+
     def _model(self):
+        if self._parsed is not None:
+            return self._parsed
         import onnx
 
         try:
@@ -115,6 +129,8 @@ class OnnxFolder(Format):
         if not model.graph.node:  # protobuf reads an empty file as an empty model: a bundle's was "another certificate"
             raise UserError(f"{self.model_file.name} holds no graph ({self.model_file.stat().st_size:,} bytes)", self.path,
                             "export the model again")
+        if self._keeping_parse:
+            self._parsed = model
         return model
 
     def _graph(self):
@@ -297,7 +313,7 @@ class OnnxFolder(Format):
                 digest.update(name.encode() + f"\0{sha256(file)}\0".encode())
         return digest.hexdigest()
 
-    def _initializers(self):
+    def _initializers(self) -> list[tuple[Any, Path | None, int, int]]:
         """Each initializer with the external file, offset and length onnxruntime reads it from (None, 0, 0 inline).
         An external file holding more than its tensors is refused (past EXTERNAL_SLACK bytes): a stranger's graph named a
         sparse 1 TiB file, which ran in 2 s and which `verify`'s sha256 of the folder read to its end."""
@@ -306,10 +322,11 @@ class OnnxFolder(Format):
         import onnx
 
         ends: dict[Path, int] = {}
+        initializers = []
         for tensor in self._graph().initializer:
             external = {entry.key: entry.value for entry in tensor.external_data}
             if "location" not in external:
-                yield tensor, None, 0, 0
+                initializers.append((tensor, None, 0, 0))
                 continue
             tensor_bytes = math.prod(tensor.dims) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
             try:
@@ -322,16 +339,16 @@ class OnnxFolder(Format):
                                 f"take {tensor_bytes:,}", self.model_file, "export the model again")
             file = member(self.path, external["location"], what="the graph's external weights")
             ends[file] = max(ends.get(file, 0), offset + length)
-            yield tensor, file, offset, length
+            initializers.append((tensor, file, offset, length))
         for file, end in ends.items():
             if (size := file.stat().st_size) > end + EXTERNAL_SLACK:
                 raise UserError(f"{file.name} holds {size:,} bytes, {size - end:,} past the last tensor the graph reads from it",
                                 self.model_file, "export the model again (onnx.save writes no bytes after the last tensor)")
+        return initializers
 
     def check_extent(self) -> None:
         if not self.ort_format:  # the bundle's manifest states each file's bytes
-            for _ in self._initializers():
-                pass
+            self._initializers()
 
     def weights_sha256(self) -> str | None:
         """Over the graph's initializers: inline ones as serialized, external ones as the bytes their
