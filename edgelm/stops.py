@@ -4,7 +4,9 @@ times) SIGTERM and Ctrl-C wait: `timeout`'s SIGTERM went unanswered for 11 minut
 signal wakeup descriptor (signal.set_wakeup_fd) sees each signal as it arrives; where the main thread has not taken
 it (cli's handlers count it: fileio.stopped) the process ends from this thread — SIGTERM after GRACE_S seconds, a
 Ctrl-C at the second one (the first says so: chat's Ctrl-C stops a reply, which a long prefill may delay) — with one
-line, the outputs still being written removed (fileio.discard_unfinished), and the status a stop gives."""
+line, the outputs still being written removed (fileio.discard_unfinished), and the status a stop gives. A native call
+that can be ended early registers how (`ends_early`: onnxruntime's RunOptions.terminate), and each stop ends it at once,
+so the main thread takes the stop as between two Python steps."""
 
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import NoReturn
 
 from .fileio import discard_unfinished, stops_taken
 
@@ -19,6 +24,7 @@ GRACE_S = 3.0  # seconds the main thread has to take a SIGTERM before the proces
 TERMINATED, INTERRUPTED = 143, 130  # 128 + the signal, as a shell reports a process it ended
 
 
+_ENDS: list[Callable[[], None]] = []  # how to end each native call in progress early (ends_early)
 _STDERR = [2]  # the descriptor standard error had when the watch began: tokenizer calls point 2 at a pipe meanwhile
 
 
@@ -46,6 +52,8 @@ def _watch(read_end: int, arrived: int) -> None:
                 continue
             waiting = waiting and stops_taken() < arrived
             arrived += 1
+            for end in list(_ENDS):
+                end()
             if _taken_within(arrived, GRACE_S if number == signal.SIGTERM else 1.0):
                 continue
             if number == signal.SIGTERM or waiting:
@@ -53,6 +61,25 @@ def _watch(read_end: int, arrived: int) -> None:
             waiting = True
             os.write(_STDERR[0], b"\nstopping when the model's current step ends; Ctrl-C again to quit now\n")
     os.close(read_end)
+
+
+@contextmanager
+def ends_early(end: Callable[[], None]):
+    """While in it, a stop's arrival calls `end` (from the watching thread) to end the native call in progress: a foreign
+    ONNX graph's 10^15-trip loop held a Ctrl-C off until the second one ended the process, and a chat lost its
+    conversation with it. The call, ended, raises its own error; the main thread's handler raises the stop there."""
+    _ENDS.append(end)
+    try:
+        yield
+    finally:
+        _ENDS.remove(end)
+
+
+def take_pending_stop() -> NoReturn:
+    """Where a native call a stop ended (ends_early) returns: the stop's handler is pending, and CPython runs a pending
+    handler as a Python function starts, this one included, so the handler's stop (cli's Terminated for SIGTERM) is
+    raised from here; Ctrl-C's where no handler raised one."""
+    raise KeyboardInterrupt
 
 
 class StopWatch:

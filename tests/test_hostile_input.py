@@ -710,6 +710,45 @@ def test_sigterm_ends_a_command_while_native_code_computes(tmp_path):
     assert err.strip().splitlines()[-1].startswith(("terminated", "\nterminated")) and "nothing was left half-written" in err, err
 
 
+def test_a_stop_ends_onnxruntimes_run_at_once_and_chat_goes_on(tmp_path):
+    """Past stranger 27's fix the graph's loop still held the first Ctrl-C off ("stopping when the model's current step
+    ends; Ctrl-C again to quit now": that step never ended) and chat lost its conversation to the second. A stop now
+    sets onnxruntime's RunOptions.terminate (stops.ends_early): Ctrl-C in a pseudo-terminal chat stops the reply and the
+    chat goes on to its next turn, twice; Ctrl-C and SIGTERM to `generate` end it as the main thread's stop (its own
+    line, without "while native code was computing"), each within 10 s where the loop runs for ever."""
+    import subprocess
+    import sys
+    import time
+
+    import pexpect
+
+    from edgelm.export.onnx import export_onnx
+
+    folder = export_onnx(open_checkpoint(SHIPPED_ROPE), tmp_path / "onnx", "f32", certificate=False).path
+    _looping_graph(folder)
+    child = pexpect.spawn(sys.executable, ["-m", "edgelm", "chat", str(folder)], encoding="utf-8", timeout=120, dimensions=(40, 120))
+    child.expect("\r\n> ")
+    for _ in range(2):
+        child.sendline("It is a truth")
+        time.sleep(8)  # in the loop (a slow machine: still in the prefill's first nodes, which the stop ends as well)
+        child.sendintr()
+        child.expect("(stopped)", timeout=10)
+        child.expect("\r\n> ", timeout=10)
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0 and "Ctrl-C again" not in child.before, child.before
+    for stop, code, line in ((signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")):
+        process = subprocess.Popen([sys.executable, "-m", "edgelm", "generate", str(folder), "--prompt", "It is a truth", "-n", "2"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # not ignored as a background job's
+        time.sleep(15)
+        assert process.poll() is None, process.communicate()
+        process.send_signal(stop)
+        _, err = process.communicate(timeout=10)
+        assert process.returncode == code and err.strip().splitlines()[-1] == f"{line}; nothing was left half-written", err
+
+
 def _graph_allocating_per_token(folder: Path, megabytes: int) -> None:
     """The logits plus 0 × ReduceMax of a ConstantOfShape of `megabytes` MB per position the attention mask holds."""
     import onnx

@@ -28,6 +28,7 @@ from ..constants import GENAI_CONFIG, HF_CONFIG, LLAMA_MAX_LAYERS, ONNX_MANIFEST
 from ..errors import UserError
 from ..fileio import is_plain_name
 from ..numbers import FRACTION, NON_NEGATIVE, POSITIVE, NumberRange, is_count
+from ..stops import ends_early, take_pending_stop
 from .backend import Backend, available_memory, default_threads, proc_bytes, refuse_cache_past_memory
 
 PROVIDERS = {
@@ -125,6 +126,7 @@ class OnnxBackend(Backend):
         decoder = genai["model"]["decoder"]
         self.folder, self.model_name = model.parent, model.name
         self.session = session_for(model, threads, provider)
+        self.run_options = ort.RunOptions()  # its terminate flag ends a run from the stop watcher (stops.ends_early)
         self.address_limit = address_limit() if self.session.get_providers()[0] == "CPUExecutionProvider" else None
         self.layers = decoder["num_hidden_layers"]
         self.kv_heads, self.head_size = decoder["num_key_value_heads"], decoder["head_size"]
@@ -242,10 +244,13 @@ class OnnxBackend(Backend):
             self.binding.bind_cpu_input(self.position_ids_name, np.arange(start, start + n, dtype=np.int64)[None])
         self.binding.bind_output(self.logits_name)  # unallocated again: its shape follows the ids
         try:
-            with _address_space_bounded(self.address_limit):
-                self.session.run_with_iobinding(self.binding)
+            with _address_space_bounded(self.address_limit), ends_early(self._end_run):
+                self.session.run_with_iobinding(self.binding, self.run_options)
         except (RuntimeError, *unloadable_errors()) as exc:  # a graph that loads and fails on these ids (a Gather past the
             # embedding's rows: onnxruntime's run raises a plain RuntimeError, "Error in execution: …")
+            if self.run_options.terminate:  # a stop ended the run: its handler, pending, raises it here
+                self.run_options.terminate = False
+                take_pending_stop()
             if any(sign in str(exc) for sign in ("BFCArena", "Failed to allocate memory", "bad_alloc")):  # past the bounds below
                 raise UserError(f"onnxruntime could not allocate the memory {self.model_name} asks for on these tokens (at most "
                                 f"{ARENA_SHARE:.0%} of the memory available is given to it)", self.folder,
@@ -257,6 +262,9 @@ class OnnxBackend(Backend):
             self.buffers = outputs[1:]  # present, in binding order: the next call's past
         logits = outputs[0].numpy()[0]
         return (logits[-1:] if last_only else logits).astype(np.float32, copy=False)
+
+    def _end_run(self) -> None:
+        self.run_options.terminate = True  # onnxruntime checks it between nodes, a Loop's body included
 
     def _bind_growing_cache(self) -> None:
         self.binding.clear_binding_outputs()
