@@ -243,13 +243,13 @@ class OnnxBackend(Backend):
         if self.position_ids_name:
             self.binding.bind_cpu_input(self.position_ids_name, np.arange(start, start + n, dtype=np.int64)[None])
         self.binding.bind_output(self.logits_name)  # unallocated again: its shape follows the ids
+        self.run_options.terminate = False  # a stop that came as the last run returned set it after its end: that stop is taken
         try:
             with _address_space_bounded(self.address_limit), ends_early(self._end_run):
                 self.session.run_with_iobinding(self.binding, self.run_options)
         except (RuntimeError, *unloadable_errors()) as exc:  # a graph that loads and fails on these ids (a Gather past the
             # embedding's rows: onnxruntime's run raises a plain RuntimeError, "Error in execution: …")
             if self.run_options.terminate:  # a stop ended the run: its handler, pending, raises it here
-                self.run_options.terminate = False
                 take_pending_stop()
             if any(sign in str(exc) for sign in ("BFCArena", "Failed to allocate memory", "bad_alloc")):  # past the bounds below
                 raise UserError(f"onnxruntime could not allocate the memory {self.model_name} asks for on these tokens (at most "
