@@ -15,6 +15,7 @@ from edgelm.models import families, open_checkpoint
 # an entry here fails test_every_family_has_a_test.
 FAMILY_PRESETS = {
     "llama": ["tiny-nope", "tiny-rope", "tiny-llama3", "tiny-smollm2"],
+    "gemma": ["tiny-gemma"],
     "gpt2": ["tiny-gpt2"],
     "ngen4": ["tiny-ngen4"],
     "qwen2": ["tiny-qwen2"],

@@ -58,25 +58,28 @@ def hf_config(family):
         return transformers.Qwen2Config(**SIZES, rope_theta=1000000.0, use_sliding_window=False, rope_scaling=QWEN_YARN)
     if family == "qwen3":  # 48-wide heads, not hidden / heads = 32, as Qwen3's 128 is not
         return transformers.Qwen3Config(**SIZES, head_dim=48, rope_theta=1000000.0, use_sliding_window=False)
+    if family == "gemma":  # 48-wide heads (not hidden / heads = 32), one KV head as Gemma 2B; GeGLU, (1 + w) norms, √d embedding
+        return transformers.GemmaConfig(**(SIZES | dict(num_key_value_heads=1)), head_dim=48, rope_theta=10000.0)
     return transformers.LlamaConfig(**SIZES, rope_theta=100000.0)  # smollm2: plain llama, tied
 
 
-HF_CLASSES = {"qwen2": transformers.Qwen2ForCausalLM, "qwen2-yarn": transformers.Qwen2ForCausalLM, "qwen3": transformers.Qwen3ForCausalLM}
-ARCHES = {"qwen2": "qwen2", "qwen2-yarn": "qwen2", "qwen3": "qwen3"}  # llama.cpp's arch and genai's model type; llama for the rest
+HF_CLASSES = {"qwen2": transformers.Qwen2ForCausalLM, "qwen2-yarn": transformers.Qwen2ForCausalLM, "qwen3": transformers.Qwen3ForCausalLM,
+              "gemma": transformers.GemmaForCausalLM}
+ARCHES = {"qwen2": "qwen2", "qwen2-yarn": "qwen2", "qwen3": "qwen3", "gemma": "gemma"}  # llama.cpp's arch and genai's model type; llama for the rest
 
 
 def hf_class(family):
     return HF_CLASSES.get(family, transformers.LlamaForCausalLM)
 
 
-FAMILIES = ["llama3", "qwen2", "qwen2-yarn", "smollm2", "qwen3"]
+FAMILIES = ["llama3", "qwen2", "qwen2-yarn", "smollm2", "qwen3", "gemma"]
 CHATML_FAMILIES = ("qwen2", "qwen2-yarn", "qwen3")
 
 
 def write_hf_folder(folder: Path, family: str):
     config = hf_config(family)
     config._attn_implementation = "eager"
-    torch.manual_seed({"llama3": 1, "qwen2": 2, "qwen2-yarn": 8, "smollm2": 3, "qwen3": 6}[family])
+    torch.manual_seed({"llama3": 1, "qwen2": 2, "qwen2-yarn": 8, "smollm2": 3, "qwen3": 6, "gemma": 9}[family])
     model = hf_class(family)(config).eval()
     with torch.no_grad():  # norms and biases off their init values, so a dropped one shows
         for name, param in model.named_parameters():

@@ -90,7 +90,7 @@ def attention_bound(entry, get: Callable[[str], torch.Tensor]) -> float:
     """The largest |output| `entry` (an AttentionInput) can produce, by the bound above."""
     weight = get(entry.weight).double().narrow(entry.axis, entry.start, entry.stop - entry.start)
     weight = weight.movedim(entry.axis, 0).reshape(entry.stop - entry.start, -1)  # [outputs, inputs]
-    gain = get(entry.norm_weight).double() if entry.norm_weight else torch.ones(weight.shape[1], dtype=torch.float64)
+    gain = get(entry.norm_weight).double() + entry.norm_offset if entry.norm_weight else torch.ones(weight.shape[1], dtype=torch.float64)
     shift = get(entry.norm_bias).double() if entry.norm_bias else torch.zeros(weight.shape[1], dtype=torch.float64)
     offset = get(entry.bias).double()[entry.start:entry.stop] if entry.bias else 0.0
     bounds = math.sqrt(weight.shape[1]) * (weight * gain).norm(dim=1) + (weight @ shift + offset).abs()

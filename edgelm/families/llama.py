@@ -31,6 +31,9 @@ class LlamaConfig:
     intermediate_size: int  # SwiGLU width
     qkv_bias: bool = False  # q/k/v projections with a bias (Qwen2)
     qk_norm: bool = False  # an RMSNorm over each head's query and key before rotary (Qwen3)
+    activation: str = "silu"  # the gated MLP's activation: silu (SwiGLU) or gelu_pytorch_tanh (GeGLU, Gemma)
+    norm_offset: float = 0.0  # every RMSNorm multiplies by (norm_offset + weight): Gemma stores weight - 1
+    embed_scale: float = 1.0  # the embedding's output times this (Gemma: √hidden_size)
 
 
 class LlamaAttention(nn.Module):
@@ -43,8 +46,8 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=bias)
         self.o_proj = nn.Linear(spec.num_heads * hd, d, bias=False)
         if spec.family_config.qk_norm:  # one weight of head_dim, shared by every head
-            self.q_norm = RMSNorm(hd, spec.norm_eps)
-            self.k_norm = RMSNorm(hd, spec.norm_eps)
+            self.q_norm = RMSNorm(hd, spec.norm_eps, spec.family_config.norm_offset)
+            self.k_norm = RMSNorm(hd, spec.norm_eps, spec.family_config.norm_offset)
         self.attention = CausalSelfAttention(spec)
         self.spec = spec
 
@@ -57,23 +60,28 @@ class LlamaAttention(nn.Module):
         return self.o_proj(out), present
 
 
+ACTIVATIONS = {"silu": F.silu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
+
+
 class LlamaMLP(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.gate_proj = nn.Linear(spec.hidden_size, spec.family_config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(spec.hidden_size, spec.family_config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(spec.family_config.intermediate_size, spec.hidden_size, bias=False)
+        self.activation = ACTIVATIONS[spec.family_config.activation]
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.activation(self.gate_proj(x)) * self.up_proj(x))
 
 
 class LlamaDecoderLayer(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
-        self.input_layernorm = RMSNorm(spec.hidden_size, spec.norm_eps)
+        offset = spec.family_config.norm_offset
+        self.input_layernorm = RMSNorm(spec.hidden_size, spec.norm_eps, offset)
         self.self_attn = LlamaAttention(spec)
-        self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.norm_eps)
+        self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.norm_eps, offset)
         self.mlp = LlamaMLP(spec)
 
     def forward(self, x, rotation, past, attention_mask):
@@ -88,7 +96,7 @@ class LlamaBody(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
         self.layers = nn.ModuleList(LlamaDecoderLayer(spec) for _ in range(spec.num_layers))
-        self.norm = RMSNorm(spec.hidden_size, spec.norm_eps)
+        self.norm = RMSNorm(spec.hidden_size, spec.norm_eps, spec.family_config.norm_offset)
 
 
 class LlamaForCausalLM(CausalLM):
@@ -100,7 +108,9 @@ class LlamaForCausalLM(CausalLM):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def embed(self, input_ids, positions):
-        return self.model.embed_tokens(input_ids)
+        scale = self.spec.family_config.embed_scale
+        x = self.model.embed_tokens(input_ids)
+        return x if scale == 1.0 else x * torch.tensor(scale, dtype=x.dtype)
 
     def blocks(self):
         return self.model.layers
@@ -123,7 +133,7 @@ class Llama(Family):
     def spec_from_config(self, config):
         hidden, heads = config.size("hidden_size"), config.size("num_attention_heads")
         head_dim = config.head_width("hidden_size", "num_attention_heads", "head_dim")
-        config.implemented("hidden_act", ("silu",), "silu")
+        activation = self.activation(config)
         config.implemented("attention_bias", (False,), False)  # transformers' Llama: biases on q, k, v and o
         config.implemented("mlp_bias", (False,), False)
         # transformers 5 moved rope_theta into rope_parameters; older configs keep it at the top level
@@ -147,8 +157,12 @@ class Llama(Family):
             positions=rotary,
             position_alternatives=(NoPositions(),),
             tie_embeddings=config.flag("tie_word_embeddings", False),
-            family_config=LlamaConfig(intermediate_size=config.size("intermediate_size")),
+            family_config=LlamaConfig(intermediate_size=config.size("intermediate_size"), activation=activation),
         )
+
+    def activation(self, config):
+        """The gated MLP's activation, as config.json names it (a key of ACTIVATIONS)."""
+        return config.implemented("hidden_act", ("silu",), "silu")
 
     def build(self, spec):
         return LlamaForCausalLM(spec)
@@ -162,7 +176,7 @@ class Llama(Family):
         rotates = spec.rotated_dims > 0
         return [AttentionInput(what, f"{prefix}self_attn.{proj}.weight", 0, 0, heads * spec.head_dim,
                                f"{prefix}self_attn.{proj}.bias" if bias else None, f"{prefix}input_layernorm.weight",
-                               rotates=rotates and what != "values")
+                               rotates=rotates and what != "values", norm_offset=spec.family_config.norm_offset)
                 for what, proj, heads in (("queries", "q_proj", spec.num_heads), ("keys", "k_proj", spec.num_kv_heads),
                                           ("values", "v_proj", spec.num_kv_heads))]
 

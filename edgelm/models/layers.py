@@ -84,12 +84,15 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm as Hugging Face Llama computes it (in fp32, then back to the input dtype)."""
+    """Root-mean-square norm as Hugging Face Llama computes it (in fp32, then back to the input dtype).
+    With an `offset` (Gemma: 1) the gain is offset + weight, multiplied in fp32 before the cast, as
+    transformers' GemmaRMSNorm does."""
 
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, offset: float = 0.0):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.offset = offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
@@ -97,6 +100,8 @@ class RMSNorm(nn.Module):
         # x / sqrt(·), not x * rsqrt(·) (equal to an ulp): onnxruntime fuses this form into one
         # SimplifiedLayerNormalization kernel, the other stays five ops per norm in exported graphs
         x = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.offset:
+            return (x * (self.offset + self.weight.float())).to(dtype)
         return self.weight * x.to(dtype)
 
 

@@ -62,6 +62,18 @@ def _qwen3(**overrides: Any) -> dict[str, Any]:
     return config | overrides
 
 
+def _gemma(**overrides: Any) -> dict[str, Any]:
+    """google/gemma-2b's config.json (no tie_word_embeddings key: tied, GemmaConfig's default)."""
+    config = {
+        "architectures": ["GemmaForCausalLM"], "model_type": "gemma", "hidden_act": "gelu", "head_dim": 256,
+        "vocab_size": 256000, "hidden_size": 2048, "intermediate_size": 16384, "num_hidden_layers": 18,
+        "num_attention_heads": 8, "num_key_value_heads": 1, "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "attention_bias": False,
+        "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0,
+    }
+    return config | overrides
+
+
 def _ngen4(**overrides: Any) -> dict[str, Any]:
     config = {
         "architectures": ["NGen4ForCausalLM"], "model_type": "ngen4", "vocab_size": 50257,
@@ -136,6 +148,9 @@ PRESETS: dict[str, Preset] = {
     "qwen3-0.6b": Preset(_qwen3(), "bpe", torch.bfloat16, chat_template=CHATML, description="Qwen3-0.6B shapes, q/k norms"),
     "tiny-qwen3": Preset(_qwen3(**TINY_LLAMA, head_dim=64), "sentencepiece", torch.float32, chat_template=CHATML,
                          description="4-layer qwen3, q/k norms, 64-wide heads (not hidden / heads), tied embeddings, ChatML"),
+    "gemma-2b": Preset(_gemma(), "sentencepiece", torch.bfloat16, description="Gemma 2B shapes, GeGLU, (1 + w) norms"),
+    "tiny-gemma": Preset(_gemma(**(TINY_LLAMA | dict(num_key_value_heads=1)), head_dim=64), "sentencepiece", torch.float32,
+                         description="4-layer gemma, GeGLU, (1 + w) norms, √d embedding scale, 64-wide heads, MQA, tied"),
     "tiny-ngen4": Preset(
         _ngen4(vocab_size=TINY_VOCAB, n_positions=4096, n_embd=256, n_layer=4, n_head=4, n_inner=1024),
         "bpe", torch.float32, description="4-layer ngen4, rope_pct 0.5",

@@ -47,6 +47,7 @@ class AttentionInput:
     norm_weight: str | None = None
     norm_bias: str | None = None
     rotates: bool = False  # rotary mixes each pair of outputs, so one output can reach the pair's L2 norm
+    norm_offset: float = 0.0  # the norm's gain is norm_offset + norm_weight (Gemma's RMSNorm: 1 + weight)
 
 
 class Family:
