@@ -120,3 +120,26 @@ def test_calibrated_onnx_int4_is_closer_to_the_reference(tmp_path):
     assert (stock.path / "model.onnx").stat().st_size == (calibrated.path / "model.onnx").stat().st_size
     before, after = mean_kld(stock.path), mean_kld(calibrated.path)
     assert after < before, (before, after)
+
+
+@pytest.mark.parametrize("name", ["tiny-rope", "tiny-gemma"])
+def test_activation_folds_leave_the_function_unchanged(preset_dir, name):
+    """AWQ's scales fold into the norms before the weights they scale, so the model computes the same
+    logits; a norm whose gain is 1 + weight (Gemma) cannot take 1/s in its weight and is left unscaled
+    (folding it anyway moved tiny-gemma's logits by 0.066)."""
+    import torch
+
+    from edgelm.export.onnx import activation_folds
+    from edgelm.export.temperatures import bake_tensor
+
+    checkpoint = open_checkpoint(preset_dir(name))
+    folds, _ = activation_folds(checkpoint, DEFAULT_TEXTS[:1])
+    model = checkpoint.load_model()
+    ids = torch.randint(0, checkpoint.spec.vocab_size, (1, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(ids)[0]
+        state = model.state_dict()
+        for tensor, (axis, scale) in folds.items():
+            state[tensor].copy_(bake_tensor(state[tensor], axis, scale))
+        assert (model(ids)[0] - reference).abs().max().item() <= 1e-5
+    assert bool(folds) == (name == "tiny-rope")

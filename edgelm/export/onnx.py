@@ -392,8 +392,9 @@ def activation_folds(checkpoint: Checkpoint, texts: Sequence[Path]) -> tuple[dic
 
     model = checkpoint.load_model()
     imatrix = collect(model, calibration_chunks(checkpoint.tokenizer(), texts), [p.name for p in texts])
+    # a norm whose gain is offset + weight (Gemma's 1 + w) cannot take 1/s multiplied into its weight: left unscaled
     norms = {name: [f"{name}.{p}" for p, _ in m.named_parameters(recurse=False)] for name, m in model.named_modules()
-             if all(p.dim() == 1 for p in m.parameters(recurse=False))}
+             if all(p.dim() == 1 for p in m.parameters(recurse=False)) and not getattr(m, "offset", 0)}
     tied = {n for pair in checkpoint.family.tied_tensors(checkpoint.spec).items() for n in pair}
     folds = norm_folds(imatrix, norms, tied)
     scaled = sum(1 for _, (axis, _) in folds.items() if axis == 1)
