@@ -1,5 +1,5 @@
 """The RoPE families people put on devices — Llama 3.x (rope_scaling "llama3", tied), Qwen2/2.5
-(q/k/v biases, tied; with YaRN as Qwen's model cards configure it for long contexts), Qwen3 (per-head q/k norms, a head_dim of its own, tied) and SmolLM2 (plain
+(q/k/v biases, tied; with YaRN as Qwen's model cards configure it for long contexts), Qwen3 (per-head q/k norms, a head_dim of its own, tied), Gemma (GeGLU, (1 + w) norms, √d embedding scale, tied) and SmolLM2 (plain
 llama, tied) — against independent references only: tiny random models built by transformers' own
 config classes and `save_pretrained`, run by transformers' own `LlamaForCausalLM` /
 `Qwen2ForCausalLM` / `Qwen3ForCausalLM`; the GGUF against what llama.cpp's `convert_hf_to_gguf.py`
