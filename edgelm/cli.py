@@ -475,6 +475,7 @@ def export(
     calibrate: Annotated[bool, typer.Option("--calibrate", help="int4 (GGUF: any quantized type): calibrate on the openings of the five novels the shipped models trained on, shipped with edgelm (16 chunks × 256 tokens; GGUF: llama.cpp's importance matrix, ONNX: activation-aware scales). Off by default: on the shipped models it helps some and not others (docs/fidelity.md).")] = False,
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="int4 (GGUF: any quantized type): calibrate on this UTF-8 text instead (implies --calibrate).")] = None,
     max_size: Annotated[Optional[str], typer.Option("--max-size", help="Quantized: the file's (GGUF) or folder's (ONNX int4) largest size (bytes, or 3.5MB, 3.3MiB); each weight's type (GGUF: Q3_K…Q8_0; ONNX: 4 or 8 bits) is then chosen by its measured sensitivity (KLD on the calibration text when it alone is quantized), within the budget.")] = None,
+    ctx_size: Annotated[Optional[int], typer.Option("--ctx-size", "-c", min=1, help="ONNX: the context the folder states, in tokens: genai_config's context_length and max_length (onnxruntime-genai allocates its KV cache for max_length where an app sets none) and the rotary tables' rows (default: the model's, at most 131,072).")] = None,
     no_certificate: Annotated[bool, typer.Option("--no-certificate", help="Skip the parity certificate (KLD, ΔPPL, top-1 on 128 held-out positions and a golden probe `edgelm verify` re-runs), stored in the artifact by default.")] = False,
     force: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
     as_json: JsonOption = False,
@@ -498,7 +499,7 @@ def export(
     options = exporter.check(ExportOptions(
         quant=quant, gguf_type=gguf_type, int4_embedding=int4_embedding, int8_lm_head=int8_lm_head, int4_block_size=int4_block_size,
         int4_accuracy_level=int4_accuracy_level, kv_cache=kv_cache.lower(), calibration_text=calibration_text, calibration=calibration_texts,
-        certificate=not no_certificate, force=force, max_size=max_size))
+        certificate=not no_certificate, force=force, max_size=max_size, context=ctx_size))
     checkpoint = open_checkpoint(
         model_dir, position_encoding=position_encoding.value if position_encoding else None,
         head_temperatures=head_temperatures, allow_pickle=allow_pickle,

@@ -35,6 +35,7 @@ class ExportOptions:
     certificate: bool = True
     force: bool = False
     max_size: int | None = None  # quantized: the output's largest size in bytes, types chosen by measured sensitivity
+    context: int | None = None  # ONNX: the positions the folder states (genai_config's context_length and max_length)
 
     def given(self, names: tuple[str, ...]) -> bool:
         """Whether any of the options `names` differs from its default."""
@@ -112,6 +113,8 @@ class GGUFExporter(Exporter):
                 "drop them, or use --gguf-type to pick a llama.cpp type"),
         Refusal(("kv_cache", "calibration_text"), "--kv-cache and --calibration-text apply to --format onnx only",
                 "drop them: llama.cpp chooses its KV cache type when it loads the file"),
+        Refusal(("context",), "--ctx-size applies to --format onnx only: llama.cpp chooses the context when it loads a GGUF",
+                "drop it, and give the context when you run the file (llama.cpp's -c, `edgelm chat -c`)"),
     )
 
     def check(self, options):
@@ -188,7 +191,7 @@ class ONNXExporter(Exporter):
                              on_step=lambda text: progress.stage(f"exporting to ONNX: {text}"),
                              int4_embedding=options.int4_embedding, int8_lm_head=options.int8_lm_head, kv_cache=options.kv_cache,
                              **int4, calibration_text=options.calibration_text, calibration=list(options.calibration),
-                             certificate=options.certificate, max_size=options.max_size)
+                             certificate=options.certificate, max_size=options.max_size, context=options.context)
         size = sum(p.stat().st_size for p in report.path.iterdir())
         kind = "4/8-bit MatMuls chosen within --max-size" if options.max_size is not None else options.quant
         lines = [f"wrote {report.path} ({size / 1e6:.1f} MB, {kind}): model.onnx, genai_config.json, config.json, tokenizer, edgelm.json"]

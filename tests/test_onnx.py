@@ -90,6 +90,57 @@ def test_rotary_tables_stop_at_the_limit_whatever_positions_a_config_declares(pr
     assert any("cover the first 131,072 of the model's 2,000,000,000 positions" in note for note in report.notes), report.notes
 
 
+def test_ctx_size_states_the_context_onnxruntime_genai_allocates_for(preset_dir, tmp_path, run_cli):
+    """onnxruntime-genai allocates its KV cache for genai_config's max_length up front (past_present_share_buffer) where
+    an app sets none: a tiny Llama 3 declaring 131,072 positions took 343 MB in a generator where 4,096 take 96 MB, and
+    its int4 graph held 16 MB of rotary tables (23.7 MB against 7.4). `export --ctx-size N` states N positions:
+    context_length, max_length and the tables' rows; onnxruntime-genai runs the folder, and a longer context is refused.
+    GGUF refuses the option (llama.cpp takes the context at load), and a learned position table caps it."""
+    import onnx
+    import onnxruntime_genai as og
+
+    from edgelm.export.onnx import _context_notes
+    from edgelm.models import families
+    from edgelm.models.util import ConfigReader
+
+    folder = tmp_path / "model"
+    shutil.copytree(preset_dir("tiny-llama3"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 131072}))
+    checkpoint = open_checkpoint(folder)
+    report = export_onnx(checkpoint, tmp_path / "onnx", "int4", certificate=False, context=1024)
+    genai = json.loads((report.path / "genai_config.json").read_text())
+    assert genai["model"]["context_length"] == genai["search"]["max_length"] == 1024
+    assert json.loads((report.path / "edgelm.json").read_text())["rotary_table_positions"] == 1024
+    rows = [list(t.dims) for t in onnx.load(report.path / "model.onnx", load_external_data=False).graph.initializer
+            if len(t.dims) == 2 and t.dims[1] == checkpoint.spec.rotated_dims // 2]
+    assert rows == [[1024, checkpoint.spec.rotated_dims // 2]] * 2, rows
+    assert any("cover the first 1,024 of the model's 131,072 positions (--ctx-size)" in note for note in report.notes), report.notes
+    model = og.Model(str(report.path))
+    generator = og.Generator(model, og.GeneratorParams(model))
+    generator.append_tokens(np.array([[1, 5, 9]], dtype=np.int32))
+    generator.generate_next_token()
+    with pytest.raises(UserError, match="a context of 2,000 tokens is past the 1,024 positions of this model's rotary tables"):
+        open_artifact(report.path, LoadOptions(context_length=2000))
+    code, _, err = run_cli("export", folder, "--format", "gguf", "--ctx-size", "512", "--out", tmp_path / "m.gguf")
+    assert code == 2 and "--ctx-size applies to --format onnx only" in err and not (tmp_path / "m.gguf").exists(), err
+    with pytest.raises(UserError, match="--ctx-size 5,000 is past the 1,024 positions this model has learned"):
+        export_onnx(open_checkpoint(preset_dir("tiny-gpt2")), tmp_path / "gpt2", "f32", certificate=False, context=5000)
+    # without --ctx-size, a context whose cache is past a gigabyte is said: Llama 3.2 1B's config.json (its published values)
+    llama32 = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192,
+               "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
+               "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "tie_word_embeddings": True, "hidden_act": "silu",
+               "rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}
+    spec = families()["llama"].spec_from_config(ConfigReader(llama32))
+    notes = _context_notes(spec, 131072, None, "float", "int4")
+    assert notes == ["onnxruntime-genai allocates the KV cache for genai_config's max_length, 131,072 positions: 8.6 GB, where "
+                     "an app sets no max_length; --ctx-size 4096 states a smaller context (268 MB)"], notes
+    assert _context_notes(spec, 4096, 4096, "float", "int4") == [
+        "the rotary tables and genai_config's context_length cover the first 4,096 of the model's 131,072 positions (--ctx-size); "
+        "a longer context is refused"]
+
+
 def test_the_written_config_takes_bos_and_eos_from_the_tokenizer_not_the_source_config(preset_dir, tmp_path):
     """Stranger finding: a source config.json's eos_token_id past the vocabulary was copied into the ONNX folder's
     config.json, which Optimum's generate() stops at; edgelm and genai_config ran by the tokenizer's."""

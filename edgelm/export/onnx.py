@@ -45,6 +45,7 @@ from ..fileio import atomic_output_dir
 from ..models import Checkpoint, CausalLM, CausalSelfAttention, ModelSpec
 from ..models.checkpoint import with_token_ids
 from ..models.positions import LearnedAbsolute
+from ..numbers import check_count
 from ..quantize.onnx import (F16_NOTE, INT4_ACCURACY_LEVEL, INT4_ACCURACY_LEVELS, INT4_BLOCK, INT4_BLOCK_SIZES, convert_f16, quantize_int4,
                               quantize_int8, save_ir)
 from ..tokenizer import Tokenizer, leading_ids, load_tokenizer_file
@@ -60,16 +61,32 @@ log = logging.getLogger("edgelm")
 ROTARY_TABLE_LIMIT = 131072  # rows at most (Llama 3.x's context): a config's 2,000,000,000 positions asked for 16 GB of arange
 
 
-def rotary_table_positions(spec: ModelSpec) -> int:
-    """Rows of the cos/sin tables: the model's own max_position_embeddings, as onnxruntime-genai's builder sizes
-    its cos/sin caches, up to ROTARY_TABLE_LIMIT; RoPE positions past them are refused. (32,768 rows before:
-    2 × 2.1 MB of fp32 tables in an 8 MB int4 tiny-rope, 2 × 0.26 MB now.)"""
-    return min(spec.max_positions, ROTARY_TABLE_LIMIT) if spec.rotated_dims else 0
+def rotary_table_positions(spec: ModelSpec, context: int | None = None) -> int:
+    """Rows of the cos/sin tables: `context` (export --ctx-size), else the model's own max_position_embeddings, as
+    onnxruntime-genai's builder sizes its cos/sin caches, up to ROTARY_TABLE_LIMIT; RoPE positions past them are
+    refused. (32,768 rows before: 2 × 2.1 MB of fp32 tables in an 8 MB int4 tiny-rope, 2 × 0.26 MB now.)"""
+    return min(context or spec.max_positions, ROTARY_TABLE_LIMIT) if spec.rotated_dims else 0
 
 
-def context_positions(spec: ModelSpec) -> int:
-    """The positions the graph runs (genai_config's context_length): the rotary tables', or the model's."""
-    return rotary_table_positions(spec) or spec.max_positions
+def context_positions(spec: ModelSpec, context: int | None = None) -> int:
+    """The positions the graph runs (genai_config's context_length and max_length): `context`, else the rotary
+    tables', or the model's."""
+    return context or rotary_table_positions(spec) or spec.max_positions
+
+
+def refuse_context(spec: ModelSpec, context: int, where: Path) -> None:
+    """export --ctx-size: within the rotary tables' limit and a learned position table; 1 or more."""
+    check_count("context", context, 1)
+    table = spec.max_positions if isinstance(spec.positions, LearnedAbsolute) else ROTARY_TABLE_LIMIT if spec.rotated_dims else None
+    if table is not None and context > table:
+        learned = isinstance(spec.positions, LearnedAbsolute)
+        raise UserError(f"--ctx-size {context:,} is past the {table:,} positions " + ("this model has learned" if learned else
+                        "of the rotary tables an ONNX export holds at most"), where, f"give --ctx-size {table:,} or less")
+
+
+def kv_cache_bytes(spec: ModelSpec, positions: int, itemsize: int) -> int:
+    """The KV buffers onnxruntime-genai allocates for `positions` (past_present_share_buffer: max_length of them)."""
+    return 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * positions * itemsize
 
 
 # the graph's input and output names, in onnxruntime-genai's keys (genai_config.json declares them)
@@ -168,14 +185,14 @@ def refuse_rotary_group_query_attention_cannot_run(checkpoint: Checkpoint) -> No
                         f"{2 * ROTARY_TABLE_MULTIPLE}", checkpoint.path, "export it to GGUF, which llama.cpp runs at any rotary width")
 
 
-def with_group_query_attention(model: CausalLM, kv_scales: dict | None = None) -> CausalLM:
+def with_group_query_attention(model: CausalLM, kv_scales: dict | None = None, context: int | None = None) -> CausalLM:
     """The model with every CausalSelfAttention replaced by a GroupQueryAttention node, which applies
     no head temperatures (the weights it is given have them folded in); `kv_scales` from
-    kv_cache_scales make the KV buffers int8."""
+    kv_cache_scales make the KV buffers int8; `context` sizes the rotary tables (rotary_table_positions)."""
     spec = model.spec
     tables = None
     if spec.rotated_dims:
-        tables = spec.positions.tables(rotary_table_positions(spec))  # [positions, rotated_dims / 2]
+        tables = spec.positions.tables(rotary_table_positions(spec, context))  # [positions, rotated_dims / 2]
     for name, child in list(model.named_modules()):
         if isinstance(child, CausalSelfAttention):
             owner, _, attribute = name.rpartition(".")
@@ -212,13 +229,13 @@ def _example_inputs(spec: ModelSpec, cache_dtype: torch.dtype) -> tuple[torch.Te
 WRAPPER_PREFIX = "model."  # DecoderWithPast's attribute: graph weight names are it + the module's state dict names
 
 
-def _traced_graph(checkpoint: Checkpoint, kv_scales: dict | None) -> ir.Model:
+def _traced_graph(checkpoint: Checkpoint, kv_scales: dict | None, context: int | None) -> ir.Model:
     """The decoder graph, traced over fake weights (shapes without data: nothing is read or
     allocated, whatever the model's size); its weight initializers are filled by _fill_weights."""
     spec = checkpoint.spec
     with FakeTensorMode(allow_non_fake_inputs=True):
         model = checkpoint.family.build(spec).eval()
-    wrapper = DecoderWithPast(with_group_query_attention(model, kv_scales)).eval()
+    wrapper = DecoderWithPast(with_group_query_attention(model, kv_scales, context)).eval()
     inputs, outputs = io_names(spec.num_layers)
     batch, seq, capacity = torch.export.Dim("batch"), torch.export.Dim("sequence"), torch.export.Dim("capacity")
     total = torch.export.Dim.DYNAMIC  # = past + sequence
@@ -450,12 +467,13 @@ def _eight_bit_choice(checkpoint: Checkpoint, model: ir.Model, texts: Sequence[P
 def _write_graph(checkpoint: Checkpoint, path: Path, kv_calibration_text: Path | None, quant: str,
                  int4_embedding: bool = False, int8_lm_head: bool = False, calibration: Sequence[Path] = (),
                  int4_block_size: int = INT4_BLOCK, int4_accuracy_level: int = INT4_ACCURACY_LEVEL,
-                 budget: tuple[int, int] | None = None) -> list[str]:
+                 budget: tuple[int, int] | None = None, context: int | None = None) -> list[str]:
     """Trace the graph over fake weights, calibrate an int8 KV cache on `kv_calibration_text` with the
     torch model (None: a float cache), and write the graph with each weight streamed from the
     checkpoint (temperatures folded, checked finite and, for f16, within float16's range); int4, int8
     and f16 convert each weight on its way (quantize/onnx.py); `budget` (bytes for the folder, bytes of
-    its other files): int4 with MatMuls kept at 8 bits by measured sensitivity. Returns notes for the user."""
+    its other files): int4 with MatMuls kept at 8 bits by measured sensitivity; `context`: the rotary tables' rows
+    (export --ctx-size). Returns notes for the user."""
     # the tracer's notes on dynamic axes, missing torchvision ops and pytree deprecations: none is the user's to act on
     warnings.filterwarnings("ignore", module="torch.onnx")
     warnings.filterwarnings("ignore", message=".*LeafSpec")
@@ -471,7 +489,7 @@ def _write_graph(checkpoint: Checkpoint, path: Path, kv_calibration_text: Path |
         folds, note = activation_folds(checkpoint, calibration)
         notes.append(note)
     weights = ExportedWeights(checkpoint, folds=folds)  # refuses q/k/v past f16 before the tracer's seconds
-    model = _traced_graph(checkpoint, kv_scales)
+    model = _traced_graph(checkpoint, kv_scales, context)
     _fill_weights(model, weights, quant == "f16")
     onnxscript.optimizer.optimize(model)  # folds the small constants only: the weights stay lazy
     eight_bit: set[str] = set()
@@ -497,6 +515,28 @@ def _write_graph(checkpoint: Checkpoint, path: Path, kv_calibration_text: Path |
     return notes
 
 
+GENAI_KV_NOTE_BYTES = 1 << 30  # a KV cache for genai_config's max_length past this gets a note: a phone has 4-8 GB in all
+
+
+def _context_notes(spec: ModelSpec, positions: int, context: int | None, kv_cache: str, quant: str) -> list[str]:
+    """What the context the folder states means: positions past the model's or short of them, and, where no --ctx-size
+    was given, the KV cache onnxruntime-genai allocates for it (Llama 3.2 1B's 131,072 positions: 8.6 GB of float32)."""
+    trained, notes = spec.max_positions, []
+    if positions > trained:
+        notes.append(f"a context of {positions:,} tokens is past the {trained:,} positions the model declares: it sees positions "
+                     "it never learned (llama.cpp warns alike)")
+    elif positions < trained:
+        cut = "rotary tables and " if spec.rotated_dims else ""
+        notes.append(f"the {cut}genai_config's context_length cover the first {positions:,} of the model's {trained:,} positions"
+                     + (" (--ctx-size)" if context else "") + "; a longer context is refused")
+    itemsize = 1 if kv_cache == "int8" else 2 if quant == "f16" else 4
+    if context is None and (size := kv_cache_bytes(spec, positions, itemsize)) > GENAI_KV_NOTE_BYTES:
+        notes.append(f"onnxruntime-genai allocates the KV cache for genai_config's max_length, {positions:,} positions: "
+                     f"{size / 1e9:.1f} GB, where an app sets no max_length; --ctx-size 4096 states a smaller context "
+                     f"({kv_cache_bytes(spec, 4096, itemsize) / 1e6:,.0f} MB)")
+    return notes
+
+
 @dataclass
 class ONNXReport:
     path: Path
@@ -508,18 +548,22 @@ def export_onnx(
     checkpoint: Checkpoint, out: Path, quant: str = "f32", force: bool = False, on_step: Callable[[str], None] | None = None,
     int4_embedding: bool = False, int8_lm_head: bool = False, kv_cache: str = "float", calibration_text: Path | None = None,
     calibration: Sequence[Path] = (), int4_block_size: int = INT4_BLOCK, int4_accuracy_level: int = INT4_ACCURACY_LEVEL,
-    certificate: bool = True, max_size: int | None = None,
+    certificate: bool = True, max_size: int | None = None, context: int | None = None,
 ) -> ONNXReport:
     """`int4_embedding`, `int8_lm_head`, `int4_block_size`, `int4_accuracy_level`: int4 options (embedding
     Gather at int4 too; LM head at 8 bits; weights per scale; MatMulNBits' compute type).
     `kv_cache="int8"`: int8 KV buffers, scales calibrated on `calibration_text`. `certificate`: the
     parity certificate, computed on the finished folder by onnxruntime (certificate.py). `max_size`: bytes
-    the folder may take; int4's MatMuls are then kept at 8 bits by measured sensitivity (quantize/mixed.py)."""
+    the folder may take; int4's MatMuls are then kept at 8 bits by measured sensitivity (quantize/mixed.py). `context`:
+    the positions the folder runs (genai_config's context_length and max_length, the rotary tables' rows; default the
+    model's): onnxruntime-genai allocates its KV cache for max_length where an app sets none."""
     if max_size is not None and (quant != "int4" or int8_lm_head):
         raise UserError("--max-size chooses which MatMuls of --quant int4 stay at 8 bits (the LM head too)", None,
                         "use it with --quant int4, without --int8-lm-head")
     check_quant_options(quant, int4_embedding, int8_lm_head, kv_cache, int4_block_size, int4_accuracy_level)
     refuse_rotary_group_query_attention_cannot_run(checkpoint)
+    if context is not None:
+        refuse_context(checkpoint.spec, context, checkpoint.path)
     if kv_cache == "int8" and calibration_text is None:
         raise UserError("--kv-cache int8 needs a calibration text", None, "add --calibration-text FILE")
     step = on_step or (lambda _: None)
@@ -532,17 +576,15 @@ def export_onnx(
             if (source := find_member(checkpoint.path, name)) is not None:
                 shutil.copyfile(source, tmp / name)
         write_hf_configs(checkpoint, tmp)
-        context = context_positions(checkpoint.spec)
-        (tmp / GENAI_CONFIG).write_text(json.dumps(genai_config(checkpoint, tokenizer, context), indent=2) + "\n")
+        positions = context_positions(checkpoint.spec, context)
+        (tmp / GENAI_CONFIG).write_text(json.dumps(genai_config(checkpoint, tokenizer, positions), indent=2) + "\n")
         budget = None if max_size is None else (max_size, sum(p.stat().st_size for p in tmp.iterdir()))
         notes = _write_graph(checkpoint, tmp / ONNX_MODEL_FILE, calibration_text if kv_cache == "int8" else None, quant,
-                             int4_embedding, int8_lm_head, calibration, int4_block_size, int4_accuracy_level, budget)
+                             int4_embedding, int8_lm_head, calibration, int4_block_size, int4_accuracy_level, budget, context)
         if (min_p := checkpoint.recommended_sampling().get("min_p")) is not None:  # said, not dropped (stranger round 12)
             notes.append(f"the model recommends min_p {min_p:g}; onnxruntime-genai has no min_p, so genai_config.json's search "
                          "and chat on this folder sample without it (its GGUF export keeps it)")
-        if context < checkpoint.spec.max_positions:
-            notes.append(f"the rotary tables cover the first {context:,} of the model's "
-                         f"{checkpoint.spec.max_positions:,} positions (genai_config's context_length; a longer context is refused)")
+        notes += _context_notes(checkpoint.spec, positions, context, kv_cache, quant)
         manifest = {
             "family": checkpoint.spec.family,
             "position_encoding": checkpoint.spec.position_encoding,
@@ -551,7 +593,7 @@ def export_onnx(
             "int4_options": {"embedding": int4_embedding, "lm_head_int8": int8_lm_head, "block_size": int4_block_size,
                              "accuracy_level": int4_accuracy_level, "max_size": max_size} if quant == "int4" else None,
             "kv_cache": kv_cache,
-            "rotary_table_positions": rotary_table_positions(checkpoint.spec),
+            "rotary_table_positions": rotary_table_positions(checkpoint.spec, context),
             "source_checkpoint_sha256": reference_sha256(checkpoint),
             "config": checkpoint.config,
             "edgelm_version": __version__,
