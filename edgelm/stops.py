@@ -11,6 +11,7 @@ so the main thread takes the stop as between two Python steps."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import threading
 import time
@@ -34,32 +35,49 @@ def _end(code: int, what: str) -> None:
     os._exit(code)
 
 
-def _taken_within(arrived: int, seconds: float) -> bool:
-    """Whether the main thread's handlers have counted `arrived` stops in all within `seconds`."""
+def _taken_within(before: int, seconds: float) -> bool:
+    """Whether the main thread's handlers have taken a stop since they had taken `before`, within `seconds`."""
     deadline = time.monotonic() + seconds
-    while stops_taken() < arrived and time.monotonic() < deadline:
+    while stops_taken() == before and time.monotonic() < deadline:
         time.sleep(0.05)
-    return stops_taken() >= arrived
+    return stops_taken() != before
 
 
-def _watch(read_end: int, arrived: int) -> None:
-    """`arrived`: the stops counted so far; each SIGINT or SIGTERM read here is one more, which the main thread's handler
-    counts too once it runs (counting from the byte, not from when it is read: the handler may run first)."""
+def _drain(read_end: int) -> bool:
+    """Read what the descriptor holds now, without waiting; False at its end."""
+    while select.select([read_end], [], [], 0)[0]:
+        if not os.read(read_end, 512):
+            return False
+    return True
+
+
+def _watch(read_end: int) -> None:
+    """Signals arriving before the main thread runs Python again are taken by one call of its handler (Python keeps one
+    flag a signal), while the descriptor holds a byte for each: five Ctrl-Cs 3 ms apart, counted one by one, were four
+    stops never taken, and ended a chat at its idle prompt. So the stops read at once, and those still pending when the
+    main thread takes them, are one stop; the handlers' count is read before each wait, so a handler that runs before
+    the byte is read counts too."""
     waiting = False  # a Ctrl-C the main thread has not taken
-    while signals := os.read(read_end, 64):
-        for number in signals:
-            if number not in (signal.SIGINT, signal.SIGTERM):
-                continue
-            waiting = waiting and stops_taken() < arrived
-            arrived += 1
+    while True:
+        before = stops_taken()
+        if not (signals := os.read(read_end, 512)):
+            break
+        numbers = {number for number in signals if number in (signal.SIGINT, signal.SIGTERM)}
+        if not numbers:
+            continue
+        if stops_taken() == before:  # a native call in progress: ended, where it says how (ends_early)
             for end in list(_ENDS):
                 end()
-            if _taken_within(arrived, GRACE_S if number == signal.SIGTERM else 1.0):
-                continue
-            if number == signal.SIGTERM or waiting:
-                _end(TERMINATED if number == signal.SIGTERM else INTERRUPTED, "terminated" if number == signal.SIGTERM else "interrupted")
-            waiting = True
-            os.write(_STDERR[0], b"\nstopping when the model's current step ends; Ctrl-C again to quit now\n")
+        terminate = signal.SIGTERM in numbers
+        if _taken_within(before, GRACE_S if terminate else 1.0):
+            waiting = False
+            if not _drain(read_end):  # bytes of signals that handler took along with this one
+                break
+            continue
+        if terminate or waiting:
+            _end(TERMINATED if terminate else INTERRUPTED, "terminated" if terminate else "interrupted")
+        waiting = True
+        os.write(_STDERR[0], b"\nstopping when the model's current step ends; Ctrl-C again to quit now\n")
     os.close(read_end)
 
 
@@ -91,7 +109,7 @@ class StopWatch:
         os.set_blocking(write_end, False)
         self.previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
         self.write_end = write_end
-        threading.Thread(target=_watch, args=(self.read_end, stops_taken()), name="edgelm-stops", daemon=True).start()
+        threading.Thread(target=_watch, args=(self.read_end,), name="edgelm-stops", daemon=True).start()
         return self
 
     def __exit__(self, *exc) -> None:

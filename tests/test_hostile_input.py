@@ -749,6 +749,38 @@ def test_a_stop_ends_onnxruntimes_run_at_once_and_chat_goes_on(tmp_path):
         assert process.returncode == code and err.strip().splitlines()[-1] == f"{line}; nothing was left half-written", err
 
 
+def test_a_burst_of_ctrl_c_is_one_stop_and_chat_goes_on(tmp_path):
+    """Stranger 32: five Ctrl-Cs 3 ms apart, 0.3 s into a 3,000-token message, stopped the reply, and ~2 s later, at the
+    idle prompt, the chat ended ("interrupted while native code was computing", exit 130, the conversation lost): Python
+    took them in one handler call, the stop watcher counted five. The chat now goes on: alive 4 s later, answering."""
+    import sys
+    import time
+
+    import pexpect
+
+    from edgelm.export.onnx import export_onnx
+
+    folder = export_onnx(open_checkpoint(SHIPPED_ROPE), tmp_path / "onnx", "f32", certificate=False).path
+    child = pexpect.spawn(sys.executable, ["-m", "edgelm", "chat", str(folder), "--temperature", "0", "-n", "8"], encoding="utf-8",
+                          timeout=120, dimensions=(40, 120))
+    child.delaybeforesend = None
+    child.expect("\r\n> ")
+    child.sendline("Anne walked in the garden with her sister and " * 300)
+    time.sleep(0.3)
+    for _ in range(5):
+        child.sendintr()
+        time.sleep(0.003)
+    child.expect("\r\n> ", timeout=60)
+    time.sleep(4)
+    assert child.isalive(), child.before
+    child.sendline("hello there")
+    child.expect("8 tokens", timeout=60)
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0 and "Ctrl-C again" not in child.before, child.before
+
+
 def _graph_allocating_per_token(folder: Path, megabytes: int) -> None:
     """The logits plus 0 × ReduceMax of a ConstantOfShape of `megabytes` MB per position the attention mask holds."""
     import onnx
