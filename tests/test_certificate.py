@@ -206,6 +206,32 @@ def test_verify_parses_an_onnx_graph_once_and_keeps_no_parse(exports, monkeypatc
     assert len(parses) == 2  # outside verify nothing is kept
 
 
+@pytest.mark.parametrize("marked", ["inline", "external"])
+def test_an_initializer_whose_external_entries_are_not_what_onnxruntime_reads_is_refused(exports, run_cli, tmp_path, marked):
+    """Stranger 32: a tensor that kept its external_data entries (the bytes verify hashed) but was marked DEFAULT over
+    other values inline (the bytes onnxruntime runs: data_location decides) passed verify, probe, weights and all, with
+    every embedding row the probe never reads swapped. A tensor is external where data_location says so; one naming
+    external data with its values inline, or marked external with values inline besides, is refused in one line."""
+    import onnx
+
+    folder = tmp_path / "onnx"
+    shutil.copytree(exports("tiny-nope.onnx"), folder)
+    model = onnx.load(str(folder / "model.onnx"))
+    onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True, location="weights.bin", size_threshold=1024)
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    tensor = next(t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
+    entries = {e.key: e.value for e in tensor.external_data}
+    start = int(entries.get("offset", 0))
+    values = bytearray((folder / "weights.bin").read_bytes()[start:start + int(entries["length"])])
+    values[-1] ^= 0x08
+    tensor.raw_data = bytes(values)
+    if marked == "inline":
+        tensor.data_location = onnx.TensorProto.DEFAULT
+    (folder / "model.onnx").write_bytes(model.SerializeToString())  # as it is: onnx.save would write raw_data out again
+    needle = "names external data but holds its values inline" if marked == "inline" else "is marked external but holds values inline as well"
+    assert_user_error(run_cli("verify", folder), tensor.name, needle)
+
+
 @pytest.mark.parametrize("change", ["attention window", "logits mask"])
 def test_an_onnx_graph_changed_past_the_probes_reach_fails_verify_and_bundle(exports, run_cli, tmp_path, change):
     """Stranger round 11b: an attention window of 48 set on every GroupQueryAttention (the probe's 37 tokens fit inside it)

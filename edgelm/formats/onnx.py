@@ -31,6 +31,14 @@ EXTERNAL_SLACK = 1 << 16  # bytes an external-data file may hold past its last t
 QUANTIZED_OPS = {"MatMulNBits": "int4", "GatherBlockQuantized": "int4", "MatMulInteger": "int8", "DynamicQuantizeLinear": "int8"}
 
 
+TENSOR_VALUE_FIELDS = ("raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+
+
+def _inline_fields(tensor) -> bool:
+    """Whether a TensorProto holds values in itself (onnx.proto: one of these fields, unless data_location is EXTERNAL)."""
+    return any(len(getattr(tensor, field)) for field in TENSOR_VALUE_FIELDS)
+
+
 def recorded_facts(manifest: dict) -> dict[str, Any]:
     """What an export's edgelm.json records that runs it (a mobile bundle's manifest carries it for edgelm's runtime, and
     parity's reference reads it): also stored in a certified graph's metadata_props (`edgelm.facts`), where a
@@ -199,7 +207,7 @@ class OnnxFolder(Format):
         if find_member(self.path, "tokenizer.json") is None:
             raise UserError("the web page tokenizes with tokenizer.json, which this folder lacks", self.path,
                             "export the model again with this edgelm (it converts a tokenizer.model)")
-        external = sorted({entry.value for tensor in graph.initializer for entry in tensor.external_data if entry.key == "location"})
+        external = sorted(file.name for file in self._external_files())
         files = [member(self.path, name, what="the graph's external weights") for name in [self.model_file.name, *external, GENAI_CONFIG]]
         files += [path for name in TOKENIZER_FILES if (path := find_member(self.path, name)) is not None]
         for path in files:
@@ -285,8 +293,7 @@ class OnnxFolder(Format):
 
         if self.ort_format:
             return None
-        graph = {self.model_file.name, ONNX_MANIFEST} | {entry.value for tensor in self._graph().initializer
-                                                         for entry in tensor.external_data if entry.key == "location"}
+        graph = {self.model_file.name, ONNX_MANIFEST} | {file.name for file in self._external_files()}
         digest = hashlib.sha256()
         for entry in sorted(self.path.iterdir()):
             if entry.name in graph or entry.name.startswith(".") or (entry.is_dir() and not entry.is_symlink()):
@@ -325,9 +332,17 @@ class OnnxFolder(Format):
         initializers = []
         for tensor in self._graph().initializer:
             external = {entry.key: entry.value for entry in tensor.external_data}
-            if "location" not in external:
+            # onnxruntime reads external data where data_location says EXTERNAL, and the inline fields otherwise: a
+            # stranger kept a tensor's external entries (which this hashed) over other bytes inline (which ran)
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                if external:
+                    raise UserError(f"{tensor.name} names external data but holds its values inline, which onnxruntime runs",
+                                    self.model_file, "export the model again")
                 initializers.append((tensor, None, 0, 0))
                 continue
+            if "location" not in external or _inline_fields(tensor):
+                raise UserError(f"{tensor.name} is marked external but " + ("names no file" if "location" not in external else
+                                "holds values inline as well"), self.model_file, "export the model again")
             tensor_bytes = math.prod(tensor.dims) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
             try:
                 offset, length = int(external.get("offset", 0)), int(external.get("length", tensor_bytes))
@@ -345,6 +360,10 @@ class OnnxFolder(Format):
                 raise UserError(f"{file.name} holds {size:,} bytes, {size - end:,} past the last tensor the graph reads from it",
                                 self.model_file, "export the model again (onnx.save writes no bytes after the last tensor)")
         return initializers
+
+    def _external_files(self) -> list[Path]:
+        """The files onnxruntime reads external initializers from, each once, in the graph's order."""
+        return list(dict.fromkeys(file for _, file, _, _ in self._initializers() if file is not None))
 
     def check_extent(self) -> None:
         if not self.ort_format:  # the bundle's manifest states each file's bytes
@@ -395,12 +414,11 @@ class OnnxFolder(Format):
             for name in node.input:
                 consumers.setdefault(name, set()).add(node.op_type)
         total = 0
-        for tensor in graph.initializer:
+        for tensor, file, _, length in self._initializers():
             uses = consumers.get(tensor.name)
             if uses and uses <= {"Gather", "GatherBlockQuantized"}:  # an embedding table: one row per token
                 continue
-            external = {entry.key: entry.value for entry in tensor.external_data}
-            total += int(external["length"]) if "length" in external else len(tensor.raw_data)
+            total += length if file is not None else len(tensor.raw_data)
         return total
 
     def check_bundled(self) -> None:
