@@ -205,7 +205,7 @@ def certify(checkpoint, fmt, device: str = "cpu", threads: int | None = None, kv
     from .parity import compare_logits, run_with_cache
 
     tokenizer = checkpoint.tokenizer()
-    ids, text_sha = evaluation_ids(tokenizer, checkpoint.spec.max_positions)
+    ids, text_sha = evaluation_ids(tokenizer, min(checkpoint.spec.max_positions, fmt.stated_context() or checkpoint.spec.max_positions))
     reference = reference_logits(checkpoint, ids, device)
     context = max(len(ids), len(tokenizer.encode(PROBE_PROMPT)) + PROBE_STEPS)
     with fmt.open(probe_options(fmt, context, threads, kv_cache)) as artifact:
@@ -220,6 +220,11 @@ def certify(checkpoint, fmt, device: str = "cpu", threads: int | None = None, kv
             | {"edgelm_version": __version__, "engine": engine, "engine_version": engine_version, "kv_cache": kv_cache,
                "reference_sha256": reference_sha256(checkpoint), "text": EVALUATION_TEXT.name, "text_sha256": text_sha,
                "probe": probe} | hashes)
+
+
+def probe_positions(tokenizer) -> int:
+    """The positions the probe runs: its prompt and greedy steps (the held-out text takes what the context holds)."""
+    return len(tokenizer.encode(PROBE_PROMPT)) + PROBE_STEPS
 
 
 def evaluation_text_missing() -> str | None:

@@ -122,6 +122,16 @@ def test_ctx_size_states_the_context_onnxruntime_genai_allocates_for(preset_dir,
     generator.generate_next_token()
     with pytest.raises(UserError, match="a context of 2,000 tokens is past the 1,024 positions of this model's rotary tables"):
         open_artifact(report.path, LoadOptions(context_length=2000))
+    # the certificate's held-out text takes what the stated context holds; its probe needs its prompt and steps
+    certified = export_onnx(checkpoint, tmp_path / "certified", "int4", context=100)
+    assert json.loads((certified.path / "edgelm.json").read_text())["parity_certificate"]["positions"] == 99
+    code, out, err = run_cli("verify", certified.path, "--reference", folder)
+    assert code == 0 and "probe matches" in out, (out, err)
+    with pytest.raises(UserError, match=r"the parity certificate's probe runs \d+ positions, more than --ctx-size 20"):
+        export_onnx(checkpoint, tmp_path / "short", "int4", context=20)
+    assert not (tmp_path / "short").exists()
+    code, _, err = run_cli("export", folder, "--format", "onnx", "--ctx-size", "1", "--out", tmp_path / "one")
+    assert code == 2 and "1 is not in the range x>=2" in err, err
     code, _, err = run_cli("export", folder, "--format", "gguf", "--ctx-size", "512", "--out", tmp_path / "m.gguf")
     assert code == 2 and "--ctx-size applies to --format onnx only" in err and not (tmp_path / "m.gguf").exists(), err
     with pytest.raises(UserError, match="--ctx-size 5,000 is past the 1,024 positions this model has learned"):

@@ -38,7 +38,7 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from .. import __version__
 from ..artifact_files import find_member, read_json_object, user_file
-from ..certificate import certify_onnx, reference_sha256
+from ..certificate import certify_onnx, probe_positions, reference_sha256
 from ..constants import CHAT_TEMPLATE_FILE, GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE, SAMPLING_DEFAULTS, TOKENIZER_FILES
 from ..errors import UserError
 from ..fileio import atomic_output_dir
@@ -75,8 +75,8 @@ def context_positions(spec: ModelSpec, context: int | None = None) -> int:
 
 
 def refuse_context(spec: ModelSpec, context: int, where: Path) -> None:
-    """export --ctx-size: within the rotary tables' limit and a learned position table; 1 or more."""
-    check_count("context", context, 1)
+    """export --ctx-size: within the rotary tables' limit and a learned position table; 2 or more (a prompt and a reply)."""
+    check_count("context", context, 2)
     table = spec.max_positions if isinstance(spec.positions, LearnedAbsolute) else ROTARY_TABLE_LIMIT if spec.rotated_dims else None
     if table is not None and context > table:
         learned = isinstance(spec.positions, LearnedAbsolute)
@@ -562,12 +562,15 @@ def export_onnx(
                         "use it with --quant int4, without --int8-lm-head")
     check_quant_options(quant, int4_embedding, int8_lm_head, kv_cache, int4_block_size, int4_accuracy_level)
     refuse_rotary_group_query_attention_cannot_run(checkpoint)
-    if context is not None:
-        refuse_context(checkpoint.spec, context, checkpoint.path)
     if kv_cache == "int8" and calibration_text is None:
         raise UserError("--kv-cache int8 needs a calibration text", None, "add --calibration-text FILE")
     step = on_step or (lambda _: None)
     tokenizer = checkpoint.tokenizer()
+    if context is not None:
+        refuse_context(checkpoint.spec, context, checkpoint.path)
+        if certificate and context < (probe := probe_positions(tokenizer)):  # refused before the export, not after it
+            raise UserError(f"the parity certificate's probe runs {probe} positions, more than --ctx-size {context}", checkpoint.path,
+                            f"give --ctx-size {probe} or more, or --no-certificate")
     with atomic_output_dir(out, force) as tmp:
         step("tracing the graph" + (" and calibrating the int8 KV cache" if kv_cache == "int8" else "")
              + (f", writing {quant} weights" if quant != "f32" else ""))

@@ -218,6 +218,11 @@ class Format(ABC):
                             "export it again (or give parity --head-temperatures FILE)")
         return table
 
+    def stated_context(self) -> int | None:
+        """The positions the artifact states it runs (an ONNX folder's genai_config context_length, which export
+        --ctx-size sets); None where its runtime takes the context at load (a GGUF)."""
+        return None
+
     def training_length(self) -> int | None:
         """The tokens the model was trained on where its config records them (`edgelm.training_length`, as
         examples/train.py writes it, carried into a GGUF's edgelm.config and an ONNX folder's config.json): `chat`

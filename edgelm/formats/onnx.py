@@ -99,6 +99,10 @@ class OnnxFolder(Format):
         recorded = self.manifest.get("head_temperatures")
         return recorded.get("layers") if isinstance(recorded, dict) else None
 
+    def stated_context(self) -> int | None:
+        context = self.genai["model"].get("context_length")
+        return context if is_count(context, 1) else None
+
     def training_length(self) -> int | None:
         from ..artifact_files import read_json
 
