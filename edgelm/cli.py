@@ -944,6 +944,10 @@ def parity(
     if table is not None and tokens >= table:
         info.print(f"note: the model has learned {table:,} positions: parity compares {table - 1:,}, not --tokens {tokens:,}", markup=False)
         tokens = table - 1
+    if (stated := fmt.stated_context()) is not None and tokens >= stated:  # export --ctx-size 100: the default 256 was refused
+        info.print(f"note: the artifact states a context of {stated:,} tokens: parity compares {stated - 1:,} positions, not --tokens "
+                   f"{tokens:,}", markup=False)
+        tokens = stated - 1
     ids = _leading_ids(ref.tokenizer, text, tokens + 1)  # only the head a 256 MB text needs
     if len(ids) < 3:
         raise UserError("the text is too short", text, "give a longer text")

@@ -127,6 +127,8 @@ def test_ctx_size_states_the_context_onnxruntime_genai_allocates_for(preset_dir,
     assert json.loads((certified.path / "edgelm.json").read_text())["parity_certificate"]["positions"] == 99
     code, out, err = run_cli("verify", certified.path, "--reference", folder)
     assert code == 0 and "probe matches" in out, (out, err)
+    code, out, err = run_cli("parity", certified.path, "--reference", folder)  # its default 256 positions were refused
+    assert code == 0 and "states a context of 100 tokens: parity compares 99 positions, not --tokens 256" in err, (out, err)
     with pytest.raises(UserError, match=r"the parity certificate's probe runs \d+ positions, more than --ctx-size 20"):
         export_onnx(checkpoint, tmp_path / "short", "int4", context=20)
     assert not (tmp_path / "short").exists()
