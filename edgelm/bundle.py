@@ -42,11 +42,11 @@ def _web_files(fmt, folder: Path, runtime: Path) -> dict[str, Any]:
     """The model (the format's web_bundle_into), the page, and the runtime's files from `runtime`, a
     node_modules folder holding the pinned versions."""
     wanted = ", ".join(f"{package} {version}" for package, (version, _) in WEB_RUNTIME_FILES.items())
+    facts = fmt.web_bundle_into(folder)  # first: a GGUF was sent to install npm packages before hearing it takes an ONNX export
     if not runtime.is_dir() and runtime == CHECKOUT_WEB / "node_modules" and not (CHECKOUT_WEB / "package.json").is_file():
         # an installed edgelm: the default is a checkout's folder, a path inside site-packages that never exists (stranger 23)
         raise UserError(f"a web bundle copies its runtime ({wanted}) from an npm node_modules folder, which an installed edgelm "
                         "does not ship", None, _web_runtime_fix())
-    facts = fmt.web_bundle_into(folder)
     for name in WEB_PAGE_FILES:
         shutil.copy(WEB_ASSETS / name, folder / name)
     versions = {}

@@ -98,3 +98,8 @@ def test_a_web_bundle_without_the_runtime_says_the_step_to_get_it(installed, tmp
     assert "make web-runtime" not in err  # no checkout here
     # stranger 23: it named "site-packages/web/node_modules", a checkout's path that an install never has
     assert "from an npm node_modules folder, which an installed edgelm does not ship" in err and "site-packages" not in err, err
+    # stranger 31: a GGUF was told to fetch the runtime first, and only then that a web bundle takes an ONNX export
+    code, out, err = edgelm(installed, "export", MODEL, "--format", "gguf", "--quant", "int4", "--out", "w.gguf", "--no-certificate")
+    assert code == 0, err
+    code, out, err = edgelm(installed, "bundle", "w.gguf", "--target", "web", "--out", "web")
+    assert code == 2 and err.count("\n") == 1 and "the web bundle takes an ONNX export, not a" in err and "npm" not in err, err
