@@ -182,7 +182,8 @@ def check_runs(model, name: str, where: Path, fix: str = "make the bundle again"
     from .chat import Conversation
     from .formats import LoadOptions
 
-    with model.open(LoadOptions(context_length=VERIFY_CONTEXT)) as artifact:
+    # within what the artifact states (an export --ctx-size 2 was refused for "a context of 8 tokens" it never asked for)
+    with model.open(LoadOptions(context_length=min(VERIFY_CONTEXT, model.stated_context() or VERIFY_CONTEXT))) as artifact:
         token = artifact.tokenizer.bos_id if artifact.tokenizer.bos_id is not None else 0
         logits = artifact.backend.prefill([token])
         Conversation(artifact.tokenizer, context_length=1 << 20, reply_budget=1)  # renders a one-message conversation

@@ -279,6 +279,7 @@ def _prompt_text(prompt: str | None, file: Path | None) -> str:
 
 
 MAX_CHAT_MESSAGE_BYTES = 1 << 20  # a typed or piped chat turn: ~250,000 tokens, far past any context edgelm runs
+PARITY_TOKENS = 256  # parity's default positions compared
 
 
 def _line_editor() -> None:
@@ -686,9 +687,11 @@ def bench(
     """Time to first token, prefill and decode tok/s (medians of --repetitions runs), peak RSS, decode roofline; --compare with the raw engine."""
     from .benchmark import bench as run
     from .formats import open_artifact
-    from .runtime.backend import default_threads as _default_threads
+    from .runtime.backend import physical_cores
 
-    threads = _threads(threads)  # once: the raw engines get the same count
+    # once: the raw engines get the same count; the physical cores, not the count chat and generate fit to the load (the
+    # last bench's own threads would lower the next one's: two benches back to back timed different counts)
+    threads = _threads(threads) or physical_cores()
     context = prompt_tokens + new_tokens  # the warm-up runs within it: a bench may fill the model's context exactly
     artifact = open_artifact(path, _load_options(position_encoding, None, "cpu", threads, context_length=context, provider=provider,
                                                  allow_pickle=allow_pickle))
@@ -697,7 +700,7 @@ def bench(
     load, cores = os.getloadavg()[0], os.cpu_count() or 1  # before the bench's own threads add to it
     with info.status("timing…"):
         result = run(artifact, prompt, new_tokens, compare, threads, repetitions)
-    if load > cores - (threads or _default_threads()) + 0.5:  # a stranger saw decode at 2 and at 1,459 tok/s on one busy machine, unwarned
+    if load > cores - threads + 0.5:  # a stranger saw decode at 2 and at 1,459 tok/s on one busy machine, unwarned
         info.print(f"note: the load average was {load:.1f} on {cores} CPUs: other work shares the cores this bench's threads use, and "
                    "llama.cpp's and ggml's threads wait by spinning, so one run can be many times slower than the next; time on a "
                    "quiet machine, or with fewer --threads", markup=False)
@@ -909,7 +912,7 @@ def parity(
     artifact_path: Annotated[Path, typer.Argument(help="A .gguf file, an ONNX folder or a bundle.")],
     reference: Annotated[Path, typer.Option(help="The model folder it was exported from.")],
     text: Annotated[Optional[Path], typer.Option(help="Text to compare on (default: the opening of the held-out novel, shipped with edgelm).")] = None,
-    tokens: Annotated[int, typer.Option(min=3, help="Positions compared: half prefilled, half decoded one at a time.")] = 256,
+    tokens: Annotated[int, typer.Option(min=3, help="Positions compared: half prefilled, half decoded one at a time.")] = PARITY_TOKENS,
     head_temperatures: TemperaturesOption = None,
     allow_pickle: AllowPickleOption = False,
     device: DeviceOption = "auto",
@@ -944,8 +947,12 @@ def parity(
     if table is not None and tokens >= table:
         info.print(f"note: the model has learned {table:,} positions: parity compares {table - 1:,}, not --tokens {tokens:,}", markup=False)
         tokens = table - 1
-    if (stated := fmt.stated_context()) is not None and tokens >= stated:  # export --ctx-size 100: the default 256 was refused
-        info.print(f"note: the artifact states a context of {stated:,} tokens: parity compares {stated - 1:,} positions, not --tokens "
+    if (stated := fmt.stated_context()) is not None and stated < 3:  # not "the text is too short"
+        raise UserError(f"the artifact states a context of {stated} tokens; parity compares at least 2 positions, 3 tokens", artifact_path,
+                        "export it with --ctx-size 3 or more")
+    if stated is not None and tokens >= stated and tokens == PARITY_TOKENS:  # export --ctx-size 100: the default was refused;
+        # a --tokens asked for past it is refused below, naming the option
+        info.print(f"note: the artifact states a context of {stated:,} tokens: parity compares {stated - 1:,} positions, not "
                    f"{tokens:,}", markup=False)
         tokens = stated - 1
     ids = _leading_ids(ref.tokenizer, text, tokens + 1)  # only the head a 256 MB text needs

@@ -232,6 +232,57 @@ def test_an_initializer_whose_external_entries_are_not_what_onnxruntime_reads_is
     assert_user_error(run_cli("verify", folder), tensor.name, needle)
 
 
+@pytest.mark.parametrize("place", ["constant", "if branch", "sparse initializer"])
+def test_every_tensor_onnxruntime_reads_is_in_a_hash(exports, tmp_path, place):
+    """Stranger 33: a Constant's value, or an initializer of an If branch, marked external into the weights file past
+    its last initializer, was added to the logits; its bytes were in no hash (the weights hash walked the top-level
+    initializers, the graph hash holds only their location), and changing them changed the text while verify passed.
+    Those bytes are in the weights hash now, and a sparse initializer (in no hash either) in the graph's."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgelm.formats.onnx import OnnxFolder
+
+    folder = tmp_path / "onnx"
+    shutil.copytree(exports("tiny-nope.onnx"), folder)
+    model = onnx.load(str(folder / "model.onnx"))
+    onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True, location="weights.bin", size_threshold=1024)
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    graph, weights = model.graph, folder / "weights.bin"
+    vocab = json.loads((folder / "genai_config.json").read_text())["model"]["vocab_size"]
+    offset = weights.stat().st_size
+    with open(weights, "ab") as file:
+        file.write(np.zeros(vocab, np.float32).tobytes())
+    bias = TensorProto(name="bias", data_type=TensorProto.FLOAT, dims=[vocab], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", "weights.bin"), ("offset", str(offset)), ("length", str(4 * vocab))):
+        bias.external_data.add(key=key, value=value)
+    for node in graph.node:
+        node.output[:] = ["raw_logits" if name == "logits" else name for name in node.output]
+    if place == "constant":
+        graph.node.append(helper.make_node("Constant", [], ["bias"], value=bias))
+    elif place == "if branch":
+        bias.name = "branch_bias"
+        out = helper.make_tensor_value_info("bias_out", TensorProto.FLOAT, [vocab])
+        branch = helper.make_graph([helper.make_node("Identity", ["branch_bias"], ["bias_out"])], "branch", [], [out], initializer=[bias])
+        graph.initializer.append(numpy_helper.from_array(np.array(True), "always"))
+        graph.node.append(helper.make_node("If", ["always"], ["bias"], then_branch=branch, else_branch=branch))
+    else:
+        values = numpy_helper.from_array(np.zeros(1, np.float32), "bias")
+        graph.sparse_initializer.append(helper.make_sparse_tensor(values, numpy_helper.from_array(np.array([0], np.int64), "at"), [vocab]))
+    graph.node.append(helper.make_node("Add", ["raw_logits", "bias"], ["logits"]))
+    (folder / "model.onnx").write_bytes(model.SerializeToString())
+    before = OnnxFolder(folder).weights_sha256(), OnnxFolder(folder).graph_sha256()
+    if place == "sparse initializer":
+        graph.sparse_initializer[0].values.float_data[:] = [-1e4]
+        (folder / "model.onnx").write_bytes(model.SerializeToString())
+    else:
+        with open(weights, "r+b") as file:
+            file.seek(offset + 4 * 975)
+            file.write(np.array([-1e4], np.float32).tobytes())
+    after = OnnxFolder(folder).weights_sha256(), OnnxFolder(folder).graph_sha256()
+    assert before != after and (before[1] == after[1]) == (place != "sparse initializer"), (before, after)
+
+
 @pytest.mark.parametrize("change", ["attention window", "logits mask"])
 def test_an_onnx_graph_changed_past_the_probes_reach_fails_verify_and_bundle(exports, run_cli, tmp_path, change):
     """Stranger round 11b: an attention window of 48 set on every GroupQueryAttention (the probe's 37 tokens fit inside it)

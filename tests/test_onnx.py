@@ -128,10 +128,15 @@ def test_ctx_size_states_the_context_onnxruntime_genai_allocates_for(preset_dir,
     code, out, err = run_cli("verify", certified.path, "--reference", folder)
     assert code == 0 and "probe matches" in out, (out, err)
     code, out, err = run_cli("parity", certified.path, "--reference", folder)  # its default 256 positions were refused
-    assert code == 0 and "states a context of 100 tokens: parity compares 99 positions, not --tokens 256" in err, (out, err)
+    assert code == 0 and "states a context of 100 tokens: parity compares 99 positions, not 256" in err, (out, err)
     with pytest.raises(UserError, match=r"the parity certificate's probe runs \d+ positions, more than --ctx-size 20"):
         export_onnx(checkpoint, tmp_path / "short", "int4", context=20)
     assert not (tmp_path / "short").exists()
+    tiny = export_onnx(checkpoint, tmp_path / "two", "f32", certificate=False, context=2).path  # stranger 33: the least context
+    code, out, err = run_cli("verify", tiny)  # no certificate (exit 1), and not "a context of 8 tokens" it never asked for
+    assert code == 1 and "loads and runs" in out and "context" not in err, (out, err)
+    code, _, err = run_cli("parity", tiny, "--reference", folder)
+    assert code == 2 and "states a context of 2 tokens; parity compares at least 2 positions" in err, err
     code, _, err = run_cli("export", folder, "--format", "onnx", "--ctx-size", "1", "--out", tmp_path / "one")
     assert code == 2 and "1 is not in the range x>=2" in err, err
     code, _, err = run_cli("export", folder, "--format", "gguf", "--ctx-size", "512", "--out", tmp_path / "m.gguf")
@@ -151,6 +156,22 @@ def test_ctx_size_states_the_context_onnxruntime_genai_allocates_for(preset_dir,
     assert _context_notes(spec, 4096, 4096, "float", "int4") == [
         "the rotary tables and genai_config's context_length cover the first 4,096 of the model's 131,072 positions (--ctx-size); "
         "a longer context is refused"]
+
+
+def test_a_folder_with_external_weights_bundles_for_a_phone(preset_dir, tmp_path, run_cli, monkeypatch):
+    """Stranger 33: every export past 256 MB keeps its weights in model.onnx.data, and `bundle` refused each (onnxruntime's
+    ORT-format converter, given the graph in the bundle's folder without them: "External data path validation failed").
+    The weights go beside the graph for the conversion and not into the bundle: model.ort holds them."""
+    import edgelm.quantize.onnx as quantize_onnx
+
+    monkeypatch.setattr(quantize_onnx, "EXTERNAL_DATA_OVER", 0)  # a tiny model written as a large one is
+    folder = export_onnx(open_checkpoint(preset_dir("tiny-rope")), tmp_path / "onnx", "int4").path
+    assert (folder / "model.onnx.data").is_file()
+    code, out, err = run_cli("bundle", folder, "--out", tmp_path / "bundle")
+    assert code == 0, err
+    assert not list((tmp_path / "bundle").glob("model.onnx*")), sorted(p.name for p in (tmp_path / "bundle").iterdir())
+    code, out, err = run_cli("verify", tmp_path / "bundle")
+    assert code == 0 and "probe matches" in out, (out, err)
 
 
 def test_the_written_config_takes_bos_and_eos_from_the_tokenizer_not_the_source_config(preset_dir, tmp_path):

@@ -39,6 +39,33 @@ def _inline_fields(tensor) -> bool:
     return any(len(getattr(tensor, field)) for field in TENSOR_VALUE_FIELDS)
 
 
+def _link_or_copy(source: Path, target: Path) -> None:
+    """`target` holding `source`'s bytes: a hard link where both lie on one file system, else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _tensors_beyond_initializers(graph):
+    """Every TensorProto of `graph` onnxruntime loads but its own initializers: its sparse initializers' values and
+    indices, each node attribute's tensors (a Constant's value), and, in each subgraph an attribute holds (If, Loop, Scan
+    bodies), its initializers and the same again — as onnx's external-data helper walks them."""
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attribute in node.attribute:
+            yield from ([attribute.t] if attribute.HasField("t") else [])
+            yield from attribute.tensors
+            for sparse in ([attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []) + list(attribute.sparse_tensors):
+                yield sparse.values
+                yield sparse.indices
+            for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from subgraph.initializer
+                yield from _tensors_beyond_initializers(subgraph)
+
+
 def recorded_facts(manifest: dict) -> dict[str, Any]:
     """What an export's edgelm.json records that runs it (a mobile bundle's manifest carries it for edgelm's runtime, and
     parity's reference reads it): also stored in a certified graph's metadata_props (`edgelm.facts`), where a
@@ -325,45 +352,53 @@ class OnnxFolder(Format):
         return digest.hexdigest()
 
     def _initializers(self) -> list[tuple[Any, Path | None, int, int]]:
-        """Each initializer with the external file, offset and length onnxruntime reads it from (None, 0, 0 inline).
-        An external file holding more than its tensors is refused (past EXTERNAL_SLACK bytes): a stranger's graph named a
-        sparse 1 TiB file, which ran in 2 s and which `verify`'s sha256 of the folder read to its end."""
-        import math
-
-        import onnx
-
+        """Each initializer with the external file, offset and length onnxruntime reads it from (None, 0, 0 inline), then
+        every other tensor it reads from a file: a Constant's value, a subgraph's initializer (an If or Loop body), a
+        sparse initializer's parts (a stranger's external Constant and If-branch initializer added to the logits bytes no
+        hash read). Those inline are part of the graph (graph_sha256). An external file holding more than its tensors is
+        refused (past EXTERNAL_SLACK bytes): a stranger's graph named a sparse 1 TiB file, which ran in 2 s and which
+        `verify`'s sha256 of the folder read to its end."""
+        graph = self._graph()
         ends: dict[Path, int] = {}
-        initializers = []
-        for tensor in self._graph().initializer:
-            external = {entry.key: entry.value for entry in tensor.external_data}
-            # onnxruntime reads external data where data_location says EXTERNAL, and the inline fields otherwise: a
-            # stranger kept a tensor's external entries (which this hashed) over other bytes inline (which ran)
-            if tensor.data_location != onnx.TensorProto.EXTERNAL:
-                if external:
-                    raise UserError(f"{tensor.name} names external data but holds its values inline, which onnxruntime runs",
-                                    self.model_file, "export the model again")
-                initializers.append((tensor, None, 0, 0))
-                continue
-            if "location" not in external or _inline_fields(tensor):
-                raise UserError(f"{tensor.name} is marked external but " + ("names no file" if "location" not in external else
-                                "holds values inline as well"), self.model_file, "export the model again")
-            tensor_bytes = math.prod(tensor.dims) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-            try:
-                offset, length = int(external.get("offset", 0)), int(external.get("length", tensor_bytes))
-            except ValueError:
-                raise UserError(f"{tensor.name}'s external data offset or length is not a number", self.model_file,
-                                "export the model again") from None
-            if length != tensor_bytes or offset < 0:  # the bytes onnxruntime reads: the tensor's, from its offset
-                raise UserError(f"{tensor.name}'s external data takes {length:,} bytes from offset {offset:,}; its shape and type "
-                                f"take {tensor_bytes:,}", self.model_file, "export the model again")
-            file = member(self.path, external["location"], what="the graph's external weights")
-            ends[file] = max(ends.get(file, 0), offset + length)
-            initializers.append((tensor, file, offset, length))
+        initializers = [(tensor, *self._placement(tensor, ends)) for tensor in graph.initializer]
+        initializers += [(tensor, *placed) for tensor in _tensors_beyond_initializers(graph)
+                         if (placed := self._placement(tensor, ends))[0] is not None]
         for file, end in ends.items():
             if (size := file.stat().st_size) > end + EXTERNAL_SLACK:
                 raise UserError(f"{file.name} holds {size:,} bytes, {size - end:,} past the last tensor the graph reads from it",
                                 self.model_file, "export the model again (onnx.save writes no bytes after the last tensor)")
         return initializers
+
+    def _placement(self, tensor, ends: dict[Path, int]) -> tuple[Path | None, int, int]:
+        """Where onnxruntime reads `tensor`'s values: (file, offset, length), or (None, 0, 0) inline; `ends` grows by the
+        bytes it reads of each file."""
+        import math
+
+        import onnx
+
+        external = {entry.key: entry.value for entry in tensor.external_data}
+        # onnxruntime reads external data where data_location says EXTERNAL, and the inline fields otherwise: a
+        # stranger kept a tensor's external entries (which this hashed) over other bytes inline (which ran)
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            if external:
+                raise UserError(f"{tensor.name} names external data but holds its values inline, which onnxruntime runs",
+                                self.model_file, "export the model again")
+            return None, 0, 0
+        if "location" not in external or _inline_fields(tensor):
+            raise UserError(f"{tensor.name} is marked external but " + ("names no file" if "location" not in external else
+                            "holds values inline as well"), self.model_file, "export the model again")
+        tensor_bytes = math.prod(tensor.dims) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        try:
+            offset, length = int(external.get("offset", 0)), int(external.get("length", tensor_bytes))
+        except ValueError:
+            raise UserError(f"{tensor.name}'s external data offset or length is not a number", self.model_file,
+                            "export the model again") from None
+        if length != tensor_bytes or offset < 0:  # the bytes onnxruntime reads: the tensor's, from its offset
+            raise UserError(f"{tensor.name}'s external data takes {length:,} bytes from offset {offset:,}; its shape and type "
+                            f"take {tensor_bytes:,}", self.model_file, "export the model again")
+        file = member(self.path, external["location"], what="the graph's external weights")
+        ends[file] = max(ends.get(file, 0), offset + length)
+        return file, offset, length
 
     def _external_files(self) -> list[Path]:
         """The files onnxruntime reads external initializers from, each once, in the graph's order."""
@@ -374,9 +409,9 @@ class OnnxFolder(Format):
             self._initializers()
 
     def weights_sha256(self) -> str | None:
-        """Over the graph's initializers: inline ones as serialized, external ones as the bytes their
-        location, offset and length name. None for an ORT-format graph (a mobile bundle's model.ort: the
-        bundle manifest's sha256 covers it)."""
+        """Over the graph's initializers, inline ones as serialized, external ones as the bytes their location, offset
+        and length name, then every other tensor onnxruntime reads from a file (_initializers). None for an ORT-format
+        graph (a mobile bundle's model.ort: the bundle manifest's sha256 covers it)."""
         if self.ort_format:
             return None
         digest = hashlib.sha256()
@@ -404,7 +439,8 @@ class OnnxFolder(Format):
             return None
         model = self._model()
         digest = hashlib.sha256()
-        for part in (*model.graph.node, *model.graph.input, *model.graph.output, *model.opset_import):
+        # sparse initializers last: a graph without them (every export's) keeps the digest its certificate recorded
+        for part in (*model.graph.node, *model.graph.input, *model.graph.output, *model.opset_import, *model.graph.sparse_initializer):
             serialized = part.SerializeToString(deterministic=True)
             digest.update(len(serialized).to_bytes(8, "little") + serialized)
         return digest.hexdigest()
@@ -475,6 +511,11 @@ class OnnxFolder(Format):
         graph.metadata_props.extend(kept)
         graph.metadata_props.add(key=ONNX_METADATA_GENAI, value=hashlib.sha256(genai_bytes).hexdigest())
         (folder / ONNX_MODEL_FILE).write_bytes(graph.SerializeToString())
+        # its external weights beside it, where its locations point (every export past 256 MB keeps them in model.onnx.data:
+        # the converter refused each with "External data path validation failed"); model.ort holds them, so they go after
+        beside = [folder / file.name for file in self._external_files()]
+        for file, placed in zip(self._external_files(), beside):
+            _link_or_copy(file, placed)
         converted = subprocess.run(
             [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(folder / ONNX_MODEL_FILE),
              "--output_dir", str(folder), "--optimization_style", "Fixed"],
@@ -484,7 +525,8 @@ class OnnxFolder(Format):
             reason = next((line for line in reversed(converted.stderr.splitlines()) if line.strip()), "no message")
             raise UserError(f"onnxruntime's ORT-format converter could not convert the graph ({reason.strip()[:200]})", self.model_file,
                             "check that the folder runs (`edgelm generate FOLDER`), or export it again")
-        (folder / ONNX_MODEL_FILE).unlink()
+        for file in [folder / ONNX_MODEL_FILE, *beside]:
+            file.unlink()
         for config in list(folder.glob(f"*.{REQUIRED_OPERATORS}")) + list(folder.glob(REQUIRED_OPERATORS)):
             config.rename(folder / REQUIRED_OPERATORS)
         # the converter names the graph it read by its absolute path, here the bundle's temporary folder
