@@ -232,7 +232,7 @@ def test_an_initializer_whose_external_entries_are_not_what_onnxruntime_reads_is
     assert_user_error(run_cli("verify", folder), tensor.name, needle)
 
 
-@pytest.mark.parametrize("place", ["constant", "if branch", "sparse initializer"])
+@pytest.mark.parametrize("place", ["constant", "if branch", "sparse initializer", "function", "function inline"])
 def test_every_tensor_onnxruntime_reads_is_in_a_hash(exports, tmp_path, place):
     """Stranger 33: a Constant's value, or an initializer of an If branch, marked external into the weights file past
     its last initializer, was added to the logits; its bytes were in no hash (the weights hash walked the top-level
@@ -266,21 +266,31 @@ def test_every_tensor_onnxruntime_reads_is_in_a_hash(exports, tmp_path, place):
         branch = helper.make_graph([helper.make_node("Identity", ["branch_bias"], ["bias_out"])], "branch", [], [out], initializer=[bias])
         graph.initializer.append(numpy_helper.from_array(np.array(True), "always"))
         graph.node.append(helper.make_node("If", ["always"], ["bias"], then_branch=branch, else_branch=branch))
+    elif place.startswith("function"):  # a local function whose Constant the graph's node runs
+        value = bias if place == "function" else numpy_helper.from_array(np.zeros(vocab, np.float32), "bias")
+        model.functions.append(helper.make_function("local", "Bias", [], ["bias"], [helper.make_node("Constant", [], ["bias"], value=value)],
+                                                    [helper.make_opsetid("", 17)]))
+        model.opset_import.append(helper.make_opsetid("local", 1))
+        graph.node.append(helper.make_node("Bias", [], ["bias"], domain="local"))
     else:
         values = numpy_helper.from_array(np.zeros(1, np.float32), "bias")
         graph.sparse_initializer.append(helper.make_sparse_tensor(values, numpy_helper.from_array(np.array([0], np.int64), "at"), [vocab]))
     graph.node.append(helper.make_node("Add", ["raw_logits", "bias"], ["logits"]))
     (folder / "model.onnx").write_bytes(model.SerializeToString())
     before = OnnxFolder(folder).weights_sha256(), OnnxFolder(folder).graph_sha256()
+    inline = place in ("sparse initializer", "function inline")
     if place == "sparse initializer":
         graph.sparse_initializer[0].values.float_data[:] = [-1e4]
+        (folder / "model.onnx").write_bytes(model.SerializeToString())
+    elif place == "function inline":
+        model.functions[0].node[0].attribute[0].t.raw_data = np.full(vocab, -1e4, np.float32).tobytes()
         (folder / "model.onnx").write_bytes(model.SerializeToString())
     else:
         with open(weights, "r+b") as file:
             file.seek(offset + 4 * 975)
             file.write(np.array([-1e4], np.float32).tobytes())
     after = OnnxFolder(folder).weights_sha256(), OnnxFolder(folder).graph_sha256()
-    assert before != after and (before[1] == after[1]) == (place != "sparse initializer"), (before, after)
+    assert before != after and (before[1] == after[1]) == (not inline), (before, after)
 
 
 @pytest.mark.parametrize("change", ["attention window", "logits mask"])

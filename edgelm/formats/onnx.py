@@ -47,14 +47,25 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def _tensors_beyond_initializers(graph):
-    """Every TensorProto of `graph` onnxruntime loads but its own initializers: its sparse initializers' values and
+def _tensors_beyond_initializers(model):
+    """Every TensorProto of `model` onnxruntime loads but its graph's initializers: sparse initializers' values and
     indices, each node attribute's tensors (a Constant's value), and, in each subgraph an attribute holds (If, Loop, Scan
-    bodies), its initializers and the same again — as onnx's external-data helper walks them."""
+    bodies), its initializers and the same again — as onnx's external-data helper walks them —, and the nodes of the
+    model's local functions."""
+    yield from _graph_tensors(model.graph)
+    for function in model.functions:
+        yield from _node_tensors(function.node)
+
+
+def _graph_tensors(graph):
     for sparse in graph.sparse_initializer:
         yield sparse.values
         yield sparse.indices
-    for node in graph.node:
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes):
+    for node in nodes:
         for attribute in node.attribute:
             yield from ([attribute.t] if attribute.HasField("t") else [])
             yield from attribute.tensors
@@ -63,7 +74,7 @@ def _tensors_beyond_initializers(graph):
                 yield sparse.indices
             for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
                 yield from subgraph.initializer
-                yield from _tensors_beyond_initializers(subgraph)
+                yield from _graph_tensors(subgraph)
 
 
 def recorded_facts(manifest: dict) -> dict[str, Any]:
@@ -354,14 +365,14 @@ class OnnxFolder(Format):
     def _initializers(self) -> list[tuple[Any, Path | None, int, int]]:
         """Each initializer with the external file, offset and length onnxruntime reads it from (None, 0, 0 inline), then
         every other tensor it reads from a file: a Constant's value, a subgraph's initializer (an If or Loop body), a
-        sparse initializer's parts (a stranger's external Constant and If-branch initializer added to the logits bytes no
-        hash read). Those inline are part of the graph (graph_sha256). An external file holding more than its tensors is
+        sparse initializer's parts, a local function's constants (a stranger's external Constant and If-branch initializer
+        added to the logits bytes no hash read). Those inline are part of the graph (graph_sha256). An external file holding more than its tensors is
         refused (past EXTERNAL_SLACK bytes): a stranger's graph named a sparse 1 TiB file, which ran in 2 s and which
         `verify`'s sha256 of the folder read to its end."""
-        graph = self._graph()
+        model = self._model()
         ends: dict[Path, int] = {}
-        initializers = [(tensor, *self._placement(tensor, ends)) for tensor in graph.initializer]
-        initializers += [(tensor, *placed) for tensor in _tensors_beyond_initializers(graph)
+        initializers = [(tensor, *self._placement(tensor, ends)) for tensor in model.graph.initializer]
+        initializers += [(tensor, *placed) for tensor in _tensors_beyond_initializers(model)
                          if (placed := self._placement(tensor, ends))[0] is not None]
         for file, end in ends.items():
             if (size := file.stat().st_size) > end + EXTERNAL_SLACK:
@@ -439,8 +450,10 @@ class OnnxFolder(Format):
             return None
         model = self._model()
         digest = hashlib.sha256()
-        # sparse initializers last: a graph without them (every export's) keeps the digest its certificate recorded
-        for part in (*model.graph.node, *model.graph.input, *model.graph.output, *model.opset_import, *model.graph.sparse_initializer):
+        # sparse initializers and local functions (whose nodes run as the graph's) last: a graph without them (every
+        # export's) keeps the digest its certificate recorded
+        for part in (*model.graph.node, *model.graph.input, *model.graph.output, *model.opset_import, *model.graph.sparse_initializer,
+                     *model.functions):
             serialized = part.SerializeToString(deterministic=True)
             digest.update(len(serialized).to_bytes(8, "little") + serialized)
         return digest.hexdigest()
@@ -513,8 +526,9 @@ class OnnxFolder(Format):
         (folder / ONNX_MODEL_FILE).write_bytes(graph.SerializeToString())
         # its external weights beside it, where its locations point (every export past 256 MB keeps them in model.onnx.data:
         # the converter refused each with "External data path validation failed"); model.ort holds them, so they go after
-        beside = [folder / file.name for file in self._external_files()]
-        for file, placed in zip(self._external_files(), beside):
+        external = self._external_files()
+        beside = [folder / file.name for file in external]
+        for file, placed in zip(external, beside):
             _link_or_copy(file, placed)
         converted = subprocess.run(
             [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(folder / ONNX_MODEL_FILE),
