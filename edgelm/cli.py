@@ -608,8 +608,9 @@ def chat(
         except EOFError:
             out.print()
             return
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # at the prompt: said how to leave (stranger 31 saw a fresh prompt and nothing else)
             out.print()
+            info.print("(Ctrl-C stops a reply; /exit or Ctrl-D leaves)", style="dim", markup=False, highlight=False)
             continue
         except RefusedText as exc:  # this line is refused and was read whole: the chat goes on (a piped line over the limit ends it)
             err.print(f"error: {exc.line()}", markup=False, soft_wrap=True)

@@ -52,6 +52,9 @@ def test_ctrl_c_stops_the_reply_and_keeps_the_session():
     child.expect(r"\(stopped\)")
     child.expect(r"tok/s")
     child.expect("> ")
+    child.sendintr()  # at the prompt: a fresh one, and how to leave
+    child.expect_exact("(Ctrl-C stops a reply; /exit or Ctrl-D leaves)")
+    child.expect("> ")
     child.sendline("/exit")
     child.expect(pexpect.EOF)
 
