@@ -214,12 +214,19 @@ def certify(checkpoint, fmt, device: str = "cpu", threads: int | None = None, kv
         engine, engine_version = artifact.engine, artifact.details.get("engine_version", "unknown")
         kv_cache = artifact.backend.kv_cache_type()
     numbers = report.as_dict()
-    hashes = {key: digest for key, (_, method) in OPTIONAL_HASHES.items() if (digest := getattr(fmt, method)())}
+    hashes = artifact_hashes(fmt)
     return ({"certificate_version": CERTIFICATE_VERSION, "positions": report.positions}
             | {name: float(numbers[name]) for name in NUMBERS}
             | {"edgelm_version": __version__, "engine": engine, "engine_version": engine_version, "kv_cache": kv_cache,
                "reference_sha256": reference_sha256(checkpoint), "text": EVALUATION_TEXT.name, "text_sha256": text_sha,
                "probe": probe} | hashes)
+
+
+def artifact_hashes(fmt, wanted=lambda key: True) -> dict[str, str]:
+    """The certificate's hashes of `fmt` (of those `wanted` keeps) that its format computes, from one parse of its file
+    (export's certificate, `bundle` and `verify` each parsed an ONNX graph once per hash)."""
+    with fmt.parsed_once():
+        return {key: digest for key, (_, method) in OPTIONAL_HASHES.items() if wanted(key) and (digest := getattr(fmt, method)())}
 
 
 def probe_positions(tokenizer) -> int:
@@ -525,8 +532,9 @@ def check_holds(fmt) -> None:
     if found is None:
         return
     validate(found, fmt.path)
-    for key, (what, method) in OPTIONAL_HASHES.items():
-        if key in found and (digest := getattr(fmt, method)()) is not None and digest != found[key]:
+    for key, digest in artifact_hashes(fmt, lambda key: key in found).items():
+        what = OPTIONAL_HASHES[key][0]
+        if digest != found[key]:
             raise UserError(f"its {what} {'is not the one' if what == 'graph' else 'are not the ones'} its parity certificate was made for (sha256 {digest[:16]}…, certified "
                             f"{found[key][:16]}…): a bundle of it would carry a certificate that does not hold", fmt.path,
                             "export it again from its model folder (`edgelm verify` says what differs)")
@@ -577,8 +585,7 @@ def verify(fmt, reference: Path | None = None, threads: int | None = None, devic
         if found is None:
             return Verification(None)
         validate(found, fmt.path)
-        computed = {key: digest for key, (_, method) in OPTIONAL_HASHES.items()
-                    if key in found and (key != SETTINGS_HASH or fmt.bundled_as_is or not bundled) and (digest := getattr(fmt, method)())}
+        computed = artifact_hashes(fmt, lambda key: key in found and (key != SETTINGS_HASH or fmt.bundled_as_is or not bundled))
     context = len(found["probe"]["prompt_ids"]) + len(found["probe"]["greedy_tokens"])
     with fmt.open(probe_options(fmt, context, threads, certified_kv_cache(found))) as artifact:  # the cache it was measured with
         probe = check_probe(artifact, found["probe"], fmt.path)

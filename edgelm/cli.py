@@ -913,7 +913,7 @@ def parity(
     artifact_path: Annotated[Path, typer.Argument(help="A .gguf file, an ONNX folder or a bundle.")],
     reference: Annotated[Path, typer.Option(help="The model folder it was exported from.")],
     text: Annotated[Optional[Path], typer.Option(help="Text to compare on (default: the opening of the held-out novel, shipped with edgelm).")] = None,
-    tokens: Annotated[int, typer.Option(min=3, help="Positions compared: half prefilled, half decoded one at a time.")] = PARITY_TOKENS,
+    tokens: Annotated[Optional[int], typer.Option(min=3, help=f"Positions compared: half prefilled, half decoded one at a time (default: {PARITY_TOKENS}, or what a context the artifact states holds).")] = None,
     head_temperatures: TemperaturesOption = None,
     allow_pickle: AllowPickleOption = False,
     device: DeviceOption = "auto",
@@ -931,6 +931,7 @@ def parity(
 
     text = text or DEFAULT_TEXT
     _text_file(text)  # refused before the models load
+    asked, tokens = tokens, tokens or PARITY_TOKENS
     if not (given := detect(reference, allow_pickle)).checkpoint:  # an export as the reference said it "carries its position encoding inside"
         raise UserError(f"--reference is {given.noun}; parity compares against the full-precision model folder "
                         "the artifact was exported from", reference, "give that model folder (config.json and its weights)")
@@ -951,7 +952,7 @@ def parity(
     if (stated := fmt.stated_context()) is not None and stated < 3:  # not "the text is too short"
         raise UserError(f"the artifact states a context of {stated} tokens; parity compares at least 2 positions, 3 tokens", artifact_path,
                         "export it with --ctx-size 3 or more")
-    if stated is not None and tokens >= stated and tokens == PARITY_TOKENS:  # export --ctx-size 100: the default was refused;
+    if stated is not None and tokens >= stated and asked is None:  # export --ctx-size 100: the default was refused;
         # a --tokens asked for past it is refused below, naming the option
         info.print(f"note: the artifact states a context of {stated:,} tokens: parity compares {stated - 1:,} positions, not "
                    f"{tokens:,}", markup=False)

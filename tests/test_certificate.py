@@ -196,14 +196,32 @@ def test_verify_parses_an_onnx_graph_once_and_keeps_no_parse(exports, monkeypatc
     from edgelm.certificate import verify
     from edgelm.formats import detect
 
+    fmt = detect(exports("tiny-nope.onnx"))  # exported before parses are counted
     parses, load = [], onnx.load
     monkeypatch.setattr(onnx, "load", lambda *args, **kwargs: parses.append(args[0]) or load(*args, **kwargs))
-    fmt = detect(exports("tiny-nope.onnx"))
     result = verify(fmt)
     assert result.ok and len(result.computed) == 4, result.computed
     assert len(parses) == 1 and fmt._parsed is None, parses
     fmt.weights_sha256()
     assert len(parses) == 2  # outside verify nothing is kept
+
+
+def test_certify_and_bundles_check_parse_an_onnx_graph_once(exports, monkeypatch):
+    """The review of the change above: export's certificate and bundle's check that the certificate holds computed the
+    same hashes one parse each (3 onnx.load calls each on an int4 export); they read one parse now, as verify does."""
+    import onnx
+
+    from edgelm.certificate import certify, check_holds
+    from edgelm.formats import detect
+
+    fmt = detect(exports("tiny-nope.onnx"))
+    parses, load = [], onnx.load
+    monkeypatch.setattr(onnx, "load", lambda *args, **kwargs: parses.append(args[0]) or load(*args, **kwargs))
+    check_holds(fmt)
+    assert len(parses) == 1 and fmt._parsed is None, parses
+    certificate = certify(open_checkpoint(MODELS / "tiny-nope"), fmt)
+    assert len(parses) == 2 and fmt._parsed is None, parses
+    assert {"weights_sha256", "graph_sha256"} <= certificate.keys(), certificate.keys()
 
 
 @pytest.mark.parametrize("marked", ["inline", "external"])

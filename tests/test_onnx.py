@@ -129,6 +129,8 @@ def test_ctx_size_states_the_context_onnxruntime_genai_allocates_for(preset_dir,
     assert code == 0 and "probe matches" in out, (out, err)
     code, out, err = run_cli("parity", certified.path, "--reference", folder)  # its default 256 positions were refused
     assert code == 0 and "states a context of 100 tokens: parity compares 99 positions, not 256" in err, (out, err)
+    code, out, err = run_cli("parity", certified.path, "--reference", folder, "--tokens", 256)  # asked for: refused, not clamped
+    assert code == 2 and "--tokens" in err and "parity compares 99" not in err, (out, err)
     with pytest.raises(UserError, match=r"the parity certificate's probe runs \d+ positions, more than --ctx-size 20"):
         export_onnx(checkpoint, tmp_path / "short", "int4", context=20)
     assert not (tmp_path / "short").exists()

@@ -61,11 +61,19 @@ log = logging.getLogger("edgelm")
 ROTARY_TABLE_LIMIT = 131072  # rows at most (Llama 3.x's context): a config's 2,000,000,000 positions asked for 16 GB of arange
 
 
+def position_limit(spec: ModelSpec) -> int | None:
+    """The most positions an ONNX graph of `spec` runs: a learned table's rows, the rotary tables' limit, or None (no
+    position encoding: none)."""
+    if isinstance(spec.positions, LearnedAbsolute):
+        return spec.max_positions
+    return ROTARY_TABLE_LIMIT if spec.rotated_dims else None
+
+
 def rotary_table_positions(spec: ModelSpec, context: int | None = None) -> int:
     """Rows of the cos/sin tables: `context` (export --ctx-size), else the model's own max_position_embeddings, as
-    onnxruntime-genai's builder sizes its cos/sin caches, up to ROTARY_TABLE_LIMIT; RoPE positions past them are
+    onnxruntime-genai's builder sizes its cos/sin caches, up to position_limit; RoPE positions past them are
     refused. (32,768 rows before: 2 × 2.1 MB of fp32 tables in an 8 MB int4 tiny-rope, 2 × 0.26 MB now.)"""
-    return min(context or spec.max_positions, ROTARY_TABLE_LIMIT) if spec.rotated_dims else 0
+    return min(context or spec.max_positions, position_limit(spec)) if spec.rotated_dims else 0
 
 
 def context_positions(spec: ModelSpec, context: int | None = None) -> int:
@@ -77,8 +85,7 @@ def context_positions(spec: ModelSpec, context: int | None = None) -> int:
 def refuse_context(spec: ModelSpec, context: int, where: Path) -> None:
     """export --ctx-size: within the rotary tables' limit and a learned position table; 2 or more (a prompt and a reply)."""
     check_count("context", context, 2)
-    table = spec.max_positions if isinstance(spec.positions, LearnedAbsolute) else ROTARY_TABLE_LIMIT if spec.rotated_dims else None
-    if table is not None and context > table:
+    if (table := position_limit(spec)) is not None and context > table:
         learned = isinstance(spec.positions, LearnedAbsolute)
         raise UserError(f"--ctx-size {context:,} is past the {table:,} positions " + ("this model has learned" if learned else
                         "of the rotary tables an ONNX export holds at most"), where, f"give --ctx-size {table:,} or less")

@@ -159,7 +159,10 @@ class OnnxFolder(Format):
     @contextmanager
     def parsed_once(self):
         # onnx.load of a 0.8 GB inline graph takes 0.8 s, and verify's extent check, weights, graph and settings hashes
-        # each parsed it; the first parse inside is kept until the block ends
+        # each parsed it; the first parse inside is kept until the outermost block ends
+        if self._keeping_parse:
+            yield
+            return
         self._keeping_parse = True
         try:
             yield
