@@ -308,6 +308,26 @@ def test_keys_llama_cpp_asserts_on_are_refused_before_it_loads(run_cli, llama_gg
         assert_user_error(run_cli(*command), needle)
 
 
+@pytest.mark.parametrize("kind", ["uint32", "float32", "int32 array", "string"])
+@pytest.mark.parametrize("which", ["llama", "tokenformer"])
+def test_an_edgelm_key_of_another_type_is_one_line_or_runs(run_cli, llama_gguf, gguf_file, tmp_path, kind, which):
+    """Stranger 35: edgelm.config holding a number (or an array) where JSON text belongs was a 53-line traceback from
+    `inspect`, the first command run on a downloaded file. Every edgelm.* key of a llama and a tokenformer GGUF retyped
+    in turn: inspect and generate either run or refuse it in one line, never a traceback."""
+    from gguf import GGUFReader
+
+    source = llama_gguf if which == "llama" else gguf_file
+    value = {"uint32": (5, GGUFValueType.UINT32), "float32": (0.5, GGUFValueType.FLOAT32),
+             "int32 array": ([1, 2], GGUFValueType.ARRAY, GGUFValueType.INT32), "string": ("x", GGUFValueType.STRING)}[kind]
+    keys = [key for key in GGUFReader(str(source)).fields if key.startswith("edgelm.")]
+    assert "edgelm.config" in keys and len(keys) >= 5, keys
+    for key in keys:
+        evil = rewrite_gguf(source, tmp_path / "evil.gguf", drop_keys={key}, add={key: value})
+        for command in (("inspect", evil), ("generate", evil, "--prompt", "It", "--max-new-tokens", 1)):
+            code, out, err = run_cli(*command)
+            assert code == 0 or (code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1), (key, command, code, err[-800:])
+
+
 def _vocab_edits(gguf_path):
     from gguf import GGUFReader
 

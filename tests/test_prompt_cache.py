@@ -104,6 +104,15 @@ def load_note(model: Path, file: Path, system: str = SYSTEM) -> tuple[str | None
         return note, artifact.backend.position
 
 
+def load_then_prefill(model: Path, file: Path) -> tuple[str | None, int]:
+    """As chat's first turn: the cache loaded (or ignored), then the preamble and a message evaluated after it."""
+    with open_backend(model) as artifact:
+        preamble = Conversation(artifact.tokenizer, CONTEXT, REPLY, system=SYSTEM).preamble_ids()
+        note = PromptCache(file, model, artifact.backend).load(preamble)
+        artifact.backend.prefill(preamble + preamble[-4:])
+        return note, artifact.backend.position
+
+
 def copy_to(tmp_path: Path, source: Path, data: bytes | None = None) -> Path:
     target = tmp_path / "cache"
     target.write_bytes(source.read_bytes() if data is None else data)
@@ -214,14 +223,18 @@ def test_a_llama_state_changed_after_it_was_written_is_ignored(gguf_pair, tmp_pa
 
 def test_tampered_llama_state_never_crashes_llama_cpp(gguf_pair, tmp_path):
     """llama.cpp's sequence state with this model's identity, its bytes changed (the header, cell positions,
-    layer counts, sizes, cut short, grown): every one is loaded or ignored, in a child process that
-    must exit cleanly (a native abort or segfault would kill it)."""
+    layer counts, sizes, cut short, grown): every one is loaded or ignored, and the turn after it runs, in a child
+    process that must exit cleanly (a native abort or segfault would kill it). Stranger 35: a cell's position set to
+    INT32_MAX was ignored but survived the reset, and every later llama_decode failed (a traceback at each start)."""
     nope, _, cache = gguf_pair
     rng = np.random.default_rng(0)
     forgeries = []
     size = len(forged_llama_state(cache, lambda s, i: s))
-    for k in range(40):
+    for k in range(44):
         def mutate(state, ids, k=k):
+            if k >= 40:  # llama.cpp 0.3.36's sequence state: 16 bytes of header, then 12 per cell, its position first
+                state[16 + 12 * (k - 40) * 3: 20 + 12 * (k - 40) * 3] = np.frombuffer(np.int32(2 ** 31 - 1).tobytes(), np.uint8)
+                return state
             if k < 24:  # a few bytes of the first 256: counts, positions, types and row sizes
                 where = rng.integers(0, min(256, len(state)), size=1 + k % 4)
                 state[where] = rng.integers(0, 256, size=len(where))
@@ -238,10 +251,10 @@ def test_tampered_llama_state_never_crashes_llama_cpp(gguf_pair, tmp_path):
     assert size > 1000
     script = textwrap.dedent(f"""
         import sys
-        from tests.test_prompt_cache import load_note
+        from tests.test_prompt_cache import load_then_prefill
         from pathlib import Path
         for path in sys.argv[1:]:
-            note, position = load_note(Path({str(nope)!r}), Path(path))
+            note, position = load_then_prefill(Path({str(nope)!r}), Path(path))
             print(position, note)
         print("done")
     """)

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..artifact_files import MAX_TEMPLATE_BYTES, MAX_TOKENIZER_BYTES, open_regular, read_prefix
-from ..constants import GGUF_END_TOKEN_KEYS, GGUF_FAMILY, GGUF_TOKENIZER_FILE, GGUF_TOKENIZER_FILE_BASE64, TOKENIZER_FILES
+from ..constants import (GGUF_CONFIG, GGUF_END_TOKEN_KEYS, GGUF_FAMILY, GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED,
+                         GGUF_POSITION_ENCODING, GGUF_TOKENIZER_FILE, GGUF_TOKENIZER_FILE_BASE64, GGUF_VERSION, TOKENIZER_FILES)
 from ..errors import UserError
 from ..ggml_python import ggml
 from ..tokenizer import Tokenizer, load_tokenizer
@@ -66,6 +67,10 @@ class GGUFFile:
         if found < 0:
             return default
         kind = ggml.gguf_get_kv_type(self._header, found)
+        if (declared := _EDGELM_KEY_TYPES.get(key)) is not None and \
+                (kind, ggml.gguf_get_arr_type(self._header, found) if kind == ggml.GGUF_TYPE_ARRAY else None) != declared:
+            raise UserError(f"metadata key {key!r} does not hold the {_TYPE_NAMES[declared]} edgelm writes there", self.path,
+                            "the file is damaged: export it again")
         if kind == ggml.GGUF_TYPE_STRING:
             try:
                 return ggml.gguf_get_val_str(self._header, found).decode("utf-8")
@@ -117,6 +122,17 @@ _STRING_AT = next(cdll for cdll in ggml.lib._libraries if hasattr(cdll, "gguf_ge
 _STRING_AT.argtypes, _STRING_AT.restype = [ctypes.c_void_p, ctypes.c_int64], ctypes.c_void_p
 _STRLEN = ctypes.CDLL(None).strlen
 _STRLEN.argtypes, _STRLEN.restype = [ctypes.c_void_p], ctypes.c_size_t
+
+
+# the type of each key of edgelm's own that export/gguf.py writes (the tokenizer files' keys, and the certificate's, are
+# checked where they are read): one with another type is refused for every reader at once, where each caller had taken
+# its type on trust (stranger 35: edgelm.config holding a number was a traceback from `inspect`)
+_EDGELM_KEY_TYPES = {GGUF_VERSION: (ggml.GGUF_TYPE_STRING, None), GGUF_FAMILY: (ggml.GGUF_TYPE_STRING, None),
+                     GGUF_POSITION_ENCODING: (ggml.GGUF_TYPE_STRING, None), GGUF_CONFIG: (ggml.GGUF_TYPE_STRING, None),
+                     GGUF_HEAD_TEMPERATURES: (ggml.GGUF_TYPE_ARRAY, ggml.GGUF_TYPE_FLOAT32),
+                     GGUF_HEAD_TEMPERATURES_BAKED: (ggml.GGUF_TYPE_BOOL, None)}
+_TYPE_NAMES = {(ggml.GGUF_TYPE_STRING, None): "text", (ggml.GGUF_TYPE_BOOL, None): "boolean",
+               (ggml.GGUF_TYPE_ARRAY, ggml.GGUF_TYPE_FLOAT32): "float32 array"}
 
 
 def _string_limit(key: str) -> int:

@@ -68,7 +68,11 @@ class LlamaCppBackend(Backend):
         import llama_cpp
 
         # seq_id -1: every sequence; False where the cache cannot be cut there (a recurrent model's state)
-        if not length or not llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.llm.ctx), -1, length, -1):
+        memory = llama_cpp.llama_get_memory(self.llm.ctx)
+        if not length or not llama_cpp.llama_memory_seq_rm(memory, -1, length, -1):
+            # every cell, whatever its position: seq_rm up to "-1" ends below INT32_MAX, and a forged prompt cache's cell
+            # there survived a reset, so every later llama_decode failed (stranger 35)
+            llama_cpp.llama_memory_clear(memory, False)
             self.llm.reset()
             return 0
         self.llm.n_tokens = length  # where llama-cpp-python's eval appends next
