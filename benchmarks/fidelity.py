@@ -1,10 +1,11 @@
 """Fidelity of int4 (and the Q8_0 anchor) against the fp32 torch reference, per shipped model.
 
-    python benchmarks/fidelity.py [--models tiny-nope,...] [--tokens 256] [--json out.json]
+    python benchmarks/fidelity.py [--models tiny-nope,...] [--tokens 256] [--windows 8] [--json out.json]
 
 For each model and method: export, then `edgelm.parity.compare` (the numbers `edgelm parity` prints)
-on the first TOKENS+1 tokens of the held-out persuasion.txt: file size, mean KL(reference ‖ artifact),
-ΔPPL, top-1 agreement. Calibrated methods take their statistics from the built-in calibration text
+on WINDOWS windows of TOKENS+1 tokens spread evenly over the held-out persuasion.txt, pooled (2,048
+positions by default; `--windows 1`: its first 256 alone, which the tables before 2026-12-07 used): file
+size, mean KL(reference ‖ artifact), ΔPPL, top-1 agreement. Calibrated methods take their statistics from the built-in calibration text
 (16 chunks × 256 tokens of the five training novels), never from persuasion.txt.
 
 llama.cpp's own imatrix workflow, where its tools are built (`--llama-tools DIR` holding llama-imatrix
@@ -40,7 +41,7 @@ from benchmarks.common import folder_bytes  # noqa: E402
 from edgelm.errors import UserError  # noqa: E402
 from edgelm.formats import LoadOptions, open_artifact  # noqa: E402
 from edgelm.models import open_checkpoint  # noqa: E402
-from edgelm.parity import compare  # noqa: E402
+from edgelm.parity import compare, pooled, spread_windows  # noqa: E402
 
 MODELS = ("tiny-nope", "tiny-rope", "tiny-ngen4", "tiny-tokenformer")
 HELD_OUT = ROOT / "examples" / "data" / "persuasion.txt"
@@ -226,13 +227,14 @@ def genai_builder_export(model_dir: Path, out: Path, python: str, extra_options:
     return out
 
 
-def measure(model_dir: Path, artifact: Path, tokens: int) -> dict:
+def measure(model_dir: Path, artifact: Path, tokens: int, windows: int) -> dict:
     ref = open_artifact(model_dir, LoadOptions())
     # llama.cpp's f16 KV cache alone costs ~1e-3 in logits; an ONNX graph's cache type is fixed at export
     # (and its folder refuses the option)
     art = open_artifact(artifact, LoadOptions(context_length=tokens + 1, f32_kv_cache=artifact.suffix == ".gguf", all_logits=True))
-    ids = ref.tokenizer.encode(HELD_OUT.read_text(encoding="utf-8")[: 20 * tokens])[: tokens + 1]
-    report = compare(ref.backend, art.backend, ids)
+    text = HELD_OUT.read_text(encoding="utf-8")
+    ids = ref.tokenizer.encode(text if windows > 1 else text[: 20 * tokens])
+    report = pooled([compare(ref.backend, art.backend, window) for window in spread_windows(ids, tokens + 1, windows)])
     return {"bytes": folder_bytes(artifact), "mean_kld": report.mean_kld, "ppl_change": report.perplexity_change,
             "top1": report.top1_agreement, "positions": report.positions}
 
@@ -291,7 +293,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--tokens", type=int, default=256, help="positions of each window")
+    parser.add_argument("--windows", type=int, default=8, help="windows of --tokens positions spread over the held-out novel "
+                        "(1: its opening alone, as before 2026-12-07)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--llama-tools", type=Path, default=os.environ.get("LLAMA_CPP_TOOLS"),
                         help="folder of llama.cpp's llama-imatrix and llama-quantize (for the llama.cpp rows)")
@@ -330,7 +334,7 @@ def main() -> None:
                     print(f"{model:17} {method:24} not made: {exc}", flush=True)
                     continue
                 sizes[method] = folder_bytes(path)
-                row = {"model": model, "method": method, "format": fmt} | measure(model_dir, path, args.tokens)
+                row = {"model": model, "method": method, "format": fmt} | measure(model_dir, path, args.tokens, args.windows)
                 rows.append(row)
                 print(f"{model:17} {method:30} {row['bytes'] / 1e6:6.2f} MB  KLD {row['mean_kld']:.5f}  "
                       f"ΔPPL {100 * row['ppl_change']:+6.2f} %  top-1 {100 * row['top1']:5.1f} %  ({row['positions']} positions)", flush=True)

@@ -1,6 +1,7 @@
 """Calibrated int4: llama.cpp's importance matrix from one torch pass (GGUF), activation-aware scales
-from the same statistics (ONNX). Measured on the shipped trained tiny-nope, scored on the first 256
-positions of the held-out persuasion.txt; the calibration text is the training novels."""
+from the same statistics (ONNX). Measured on the shipped trained tiny-nope, scored on 8 windows of 256
+positions spread over the held-out persuasion.txt (2,048 positions: its first 256 alone, the title page
+and a paragraph, gave verdicts the whole novel reversed); the calibration text is the training novels."""
 
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from edgelm.export.gguf import export_gguf
 from edgelm.export.onnx import export_onnx
 from edgelm.formats import LoadOptions, open_artifact
 from edgelm.models import open_checkpoint
-from edgelm.parity import compare
+from edgelm.parity import compare, pooled, spread_windows
 from edgelm.quantize.calibration import DEFAULT_TEXTS, calibration_chunks, collect
 from edgelm.quantize.imatrix import write_gguf
 from edgelm.tokenizer import load_tokenizer
@@ -20,7 +21,7 @@ from edgelm.tokenizer import load_tokenizer
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "examples" / "models" / "tiny-nope"
 HELD_OUT = ROOT / "examples" / "data" / "persuasion.txt"
-POSITIONS = 256
+POSITIONS, WINDOWS = 256, 8
 
 
 def mean_kld(artifact: Path) -> float:
@@ -28,8 +29,10 @@ def mean_kld(artifact: Path) -> float:
     # llama.cpp's KV cache in f32, as an int4 ONNX graph's already is (an ONNX folder refuses the option)
     f32_kv_cache = artifact.suffix == ".gguf"
     art = open_artifact(artifact, LoadOptions(context_length=POSITIONS + 1, f32_kv_cache=f32_kv_cache, all_logits=True))
-    ids = ref.tokenizer.encode(HELD_OUT.read_text(encoding="utf-8")[: 20 * POSITIONS])[: POSITIONS + 1]
-    return compare(ref.backend, art.backend, ids).mean_kld
+    windows = spread_windows(ref.tokenizer.encode(HELD_OUT.read_text(encoding="utf-8")), POSITIONS + 1, WINDOWS)
+    report = pooled([compare(ref.backend, art.backend, window) for window in windows])
+    assert report.positions == WINDOWS * POSITIONS
+    return report.mean_kld
 
 
 def test_default_calibration_is_the_training_novels_not_the_held_out_one():
@@ -104,14 +107,18 @@ def test_imatrix_reaches_llama_cpps_quantizer(gguf_pair):
 
 
 def test_calibrated_gguf_int4_is_closer_to_the_reference(gguf_pair):
-    """Measured: Q4_K_M mean KLD 0.00263 stock → 0.00223 with the importance matrix (−15 %)."""
+    """Measured over 2,048 held-out positions: Q4_K_M mean KLD 0.00185 stock → 0.00171 with the importance matrix (−8 %;
+    −15 % on the first 256 positions alone)."""
     stock, calibrated = gguf_pair
     before, after = mean_kld(stock.path), mean_kld(calibrated.path)
     assert after < 0.95 * before, (before, after)
 
 
-def test_calibrated_onnx_int4_is_closer_to_the_reference(tmp_path):
-    """Measured: MatMulNBits RTN mean KLD 0.00428 → 0.00410 with AWQ scales folded into the norms."""
+def test_calibrated_onnx_int4_moves_fidelity_as_documented(tmp_path):
+    """The AWQ fold does not help tiny-nope: over 2,048 held-out positions, MatMulNBits RTN mean KLD 0.00338 → 0.00356
+    with the scales folded into the norms (+5 %; docs/fidelity.md). On the first 256 positions alone it measured −4 %,
+    which this test asserted as "closer" until stranger 36 scored 8× the text. The ratio is pinned, so that a change to
+    the fold shows here, whichever way it moves."""
     checkpoint = open_checkpoint(MODEL)
     # no certificate: its JSON in the graph's metadata_props differs in length between the two
     stock = export_onnx(checkpoint, tmp_path / "stock", "int4", certificate=False)
@@ -119,7 +126,7 @@ def test_calibrated_onnx_int4_is_closer_to_the_reference(tmp_path):
     assert any("activation-aware" in note for note in calibrated.notes)
     assert (stock.path / "model.onnx").stat().st_size == (calibrated.path / "model.onnx").stat().st_size
     before, after = mean_kld(stock.path), mean_kld(calibrated.path)
-    assert after < before, (before, after)
+    assert 1.02 < after / before < 1.09, (before, after)
 
 
 @pytest.mark.parametrize("name", ["tiny-rope", "tiny-gemma"])
@@ -143,3 +150,17 @@ def test_activation_folds_leave_the_function_unchanged(preset_dir, name):
             state[tensor].copy_(bake_tensor(state[tensor], axis, scale))
         assert (model(ids)[0] - reference).abs().max().item() <= 1e-5
     assert bool(folds) == (name == "tiny-rope")
+
+
+def test_spread_windows_and_pooled_reports():
+    """The windows start at the text's start and end at its end, evenly apart; pooled numbers weigh each window by its
+    positions, and its perplexity is that of the pooled log-likelihood."""
+    from edgelm.parity import ParityReport
+
+    assert spread_windows(list(range(100)), 10, 4) == [list(range(s, s + 10)) for s in (0, 30, 60, 90)]
+    a = ParityReport(10, 1.0, 0.1, 0.002, 0.01, 0.9, 100.0, 110.0)
+    b = ParityReport(30, 2.0, 0.2, 0.004, 0.03, 0.8, 200.0, 200.0)
+    both = pooled([a, b])
+    assert (both.positions, both.max_abs_logit_diff, both.max_kld) == (40, 2.0, 0.03)
+    assert np.isclose(both.mean_kld, 0.0035) and np.isclose(both.top1_agreement, 0.825)
+    assert np.isclose(both.reference_perplexity, np.exp((10 * np.log(100) + 30 * np.log(200)) / 40))

@@ -42,22 +42,23 @@ def test_shipped_model_loads_with_its_card_and_perplexity(name):
 
 
 # Quantized artifacts of the trained models against the fp32 reference over 255 held-out positions
-# (128 prefilled, the rest decoded one at a time). Bounds are sanity bounds that catch a broken
-# conversion, well above the measured values the test prints.
+# (128 prefilled, the rest decoded one at a time). Each bound is about 3× the mean KLD measured here (in the comment;
+# the test prints it) and the ΔPPL measured plus 1–2 points, so that a conversion 10× worse fails: the bounds were
+# 20–140× the measured values, which a wrong block scale on a few layers would have passed (stranger 36).
 QUANTIZED = [
-    ("tiny-nope", "gguf", "int8", 0.01, 0.02),
-    ("tiny-nope", "gguf", "int4", 0.1, 0.15),
-    ("tiny-rope", "gguf", "int8", 0.01, 0.02),
-    ("tiny-rope", "gguf", "int4", 0.1, 0.15),
-    ("tiny-tokenformer", "gguf", "int4", 0.1, 0.15),
-    ("tiny-nope", "onnx", "int8", 0.05, 0.05),
-    ("tiny-nope", "onnx", "int4", 0.1, 0.15),
-    ("tiny-ngen4", "onnx", "int4", 0.1, 0.15),
+    ("tiny-nope", "gguf", "int8", 2.5e-4, 0.01, 0.97),  # KLD 7e-5, ΔPPL +0.05 %, top-1 99.6 %
+    ("tiny-nope", "gguf", "int4", 0.008, 0.035, 0.92),  # 0.00265, +1.43 %, 96.5 %
+    ("tiny-rope", "gguf", "int8", 2.5e-4, 0.01, 0.96),  # 7e-5, −0.10 %, 98.4 %
+    ("tiny-rope", "gguf", "int4", 0.008, 0.03, 0.92),  # 0.00266, +0.64 %, 94.9 %
+    ("tiny-tokenformer", "gguf", "int4", 0.002, 0.02, 0.92),  # 0.00058, +0.27 %, 95.3 %
+    ("tiny-nope", "onnx", "int8", 0.002, 0.01, 0.94),  # 0.00066, −0.21 %, 96.5 %
+    ("tiny-nope", "onnx", "int4", 0.013, 0.025, 0.91),  # 0.00428, +0.25 %, 93.7 %
+    ("tiny-ngen4", "onnx", "int4", 0.017, 0.03, 0.91),  # 0.00568, +0.73 %, 94.1 %
 ]
 
 
-@pytest.mark.parametrize("name,fmt,quant,max_mean_kld,max_ppl_increase", QUANTIZED)
-def test_quantized_export_stays_close(tmp_path, name, fmt, quant, max_mean_kld, max_ppl_increase):
+@pytest.mark.parametrize("name,fmt,quant,max_mean_kld,max_ppl_increase,min_top1", QUANTIZED)
+def test_quantized_export_stays_close(tmp_path, name, fmt, quant, max_mean_kld, max_ppl_increase, min_top1):
     from edgelm.parity import compare
 
     checkpoint = open_checkpoint(MODELS / name)
@@ -72,4 +73,4 @@ def test_quantized_export_stays_close(tmp_path, name, fmt, quant, max_mean_kld, 
     assert report.positions == 255
     assert report.mean_kld <= max_mean_kld
     assert report.perplexity_change <= max_ppl_increase
-    assert report.top1_agreement >= 0.8
+    assert report.top1_agreement >= min_top1
