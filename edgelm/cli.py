@@ -19,7 +19,7 @@ from . import __version__
 from .console import LazyConsole, OutputLost, Progress, guarded_streams
 from .errors import ArtifactMismatch, RefusedText, UserError
 from .constants import SAMPLING_DEFAULTS
-from .fileio import DISK_FULL_ERRNOS, stopped
+from .fileio import DISK_FULL_ERRNOS, refuse_existing, stopped
 from .stops import INTERRUPTED, TERMINATED, StopWatch
 from .exporters import EXPORTERS
 from .numbers import HEAD_TEMPERATURE, LOOKUP_NGRAM, LOOKUP_NGRAM_MAX, NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, is_count, not_finite
@@ -29,6 +29,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # click's plain help, wrapped to the terminal: rich's panels cut option names to "--max-new-tokens…" at 80 columns
+    # (stranger 34); as wide as the terminal, where click stops at 80 by default
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 10_000},
 )
 
 
@@ -139,6 +143,7 @@ def init(
         return
     if out_dir is None:
         raise UserError("OUT_DIR is missing", None, f"usage: edgelm init {preset} OUT_DIR")
+    refuse_existing(out_dir, force, "folder")  # before the spinner, which said "writing" first while the model was built (stranger 34)
     with info.status(f"writing {preset}…"):
         write_preset(preset, out_dir, seed=seed, force=force)
     out.print(f"wrote {preset} to {out_dir}")
@@ -188,7 +193,7 @@ def _device(requested: str) -> str:
 DeviceOption = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto: CUDA when a GPU is present).")]
 
 
-CtxSizeOption = Annotated[Optional[int], typer.Option("--ctx-size", "-c", min=2, help="Context in tokens, the KV cache's size (default: the model's training context, at most 4096; as llama.cpp's -c).")]
+CtxSizeOption = Annotated[Optional[int], typer.Option("--ctx-size", "-c", min=2, help="Context in tokens, the KV cache's size (default: the positions the model declares, max_position_embeddings or a GGUF's context_length, at most 4096; as llama.cpp's -c).")]
 RepetitionPenaltyOption = Annotated[float, typer.Option("--repetition-penalty", "--repeat-penalty", parser=number(SAMPLING_RANGES["repetition_penalty"]), help="Divide positive logits of seen tokens by this (1.0: off; llama.cpp's --repeat-penalty).")]
 # llama.cpp's names beside edgelm's (its -n/--n-predict, --temp, -t, -s, --repeat-penalty): what its users type
 MaxNewTokensOption = Annotated[int, typer.Option("--max-new-tokens", "-n", "--n-predict", min=1, help="Tokens to generate at most (llama.cpp's -n).")]
@@ -473,7 +478,7 @@ def export(
     int4_accuracy_level: Annotated[Optional[int], typer.Option("--int4-accuracy-level", help="ONNX int4: MatMulNBits' compute type: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations (default 4).")] = None,
     kv_cache: Annotated[str, typer.Option("--kv-cache", help="ONNX: float | int8 (KV buffers in int8, per-channel scales calibrated on --calibration-text).")] = "float",
     calibration_text: Annotated[Optional[Path], typer.Option("--calibration-text", help="ONNX --kv-cache int8: UTF-8 text to calibrate on (default: the opening of a training novel, shipped with edgelm).")] = None,
-    calibrate: Annotated[bool, typer.Option("--calibrate", help="int4 (GGUF: any quantized type): calibrate on the openings of the five novels the shipped models trained on, shipped with edgelm (16 chunks × 256 tokens; GGUF: llama.cpp's importance matrix, ONNX: activation-aware scales). Off by default: on the shipped models it helps some and not others (docs/fidelity.md).")] = False,
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="int4 (GGUF: any quantized type): calibrate on the openings of the five novels the shipped models trained on, shipped with edgelm (16 chunks × 256 tokens; GGUF: llama.cpp's importance matrix, ONNX: activation-aware scales). Off by default: over 2,048 held-out positions of the shipped models it lowers a GGUF's mean KLD by 0–8 % and raises an ONNX int4 export's by up to 7 % (docs/fidelity.md).")] = False,
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="int4 (GGUF: any quantized type): calibrate on this UTF-8 text instead (implies --calibrate).")] = None,
     max_size: Annotated[Optional[str], typer.Option("--max-size", help="Quantized: the file's (GGUF) or folder's (ONNX int4) largest size (bytes, or 3.5MB, 3.3MiB); each weight's type (GGUF: Q3_K…Q8_0; ONNX: 4 or 8 bits) is then chosen by its measured sensitivity (KLD on the calibration text when it alone is quantized), within the budget.")] = None,
     ctx_size: Annotated[Optional[int], typer.Option("--ctx-size", "-c", min=2, help="ONNX: the context the folder states, in tokens: genai_config's context_length and max_length (onnxruntime-genai allocates its KV cache for max_length where an app sets none) and the rotary tables' rows (default: the model's, at most 131,072).")] = None,
@@ -1021,7 +1026,7 @@ def calibrate(
 
     from .calibrate import CalibrationSettings, calibrate as run
     from .models.registry import refuse_unfoldable_temperatures
-    from .fileio import atomic_output_file, refuse_existing, refuse_overlap
+    from .fileio import atomic_output_file, refuse_overlap
     from .hub import resolve_model
     from .formats.base import resolve_device
     from .models import open_checkpoint
@@ -1062,15 +1067,16 @@ def calibrate(
     def columns():
         from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
-        return (TextColumn("[bold]calibrating"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"),
+        return (TextColumn("[bold]calibrating"), BarColumn(), TextColumn("{task.completed}/{task.total}{task.fields[loss]}"),
                 TimeRemainingColumn())
 
     def line(progress):
-        return f"calibrating: step {progress.completed}/{progress.total}, loss {progress.fields['loss']:.4f}"
+        return f"calibrating: step {progress.completed}/{progress.total}{progress.fields['loss']}"
 
-    with Progress(info, "calibrate", steps, enabled=not as_json, columns=columns, line=line, loss=float("nan")) as progress:
+    # no loss until the first step ends: "loss nan" there read as a failure (stranger 34)
+    with Progress(info, "calibrate", steps, enabled=not as_json, columns=columns, line=line, loss="") as progress:
         try:
-            result = run(model, ids, settings, on_step=lambda i, n, loss: progress.update(i, n, loss=loss))
+            result = run(model, ids, settings, on_step=lambda i, n, loss: progress.update(i, n, loss=f", loss {loss:.4f}"))
         except RuntimeError as exc:  # torch's allocators: CPU "DefaultCPUAllocator: can't allocate memory", CUDA's OutOfMemoryError
             if "allocate" not in str(exc) and not isinstance(exc, torch.OutOfMemoryError):
                 raise
@@ -1258,8 +1264,12 @@ def _run() -> None:
         # asked for JSON still gets its object
         _asked["json"] = _asked["json"] or "--json" in sys.argv[1:sys.argv.index("--") if "--" in sys.argv else None]
         command = getattr(getattr(exc, "ctx", None), "command_path", "edgelm")
-        # `edgelm` alone: click printed the help and raises with no message (a stranger saw "error: ; see …")
-        message = f"{exc.format_message().rstrip('.') or 'no command given'}; see `{command} --help`"
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `edgelm` alone: its message is the help, printed as `--help` prints it
+            # (a stranger saw "error: ; see …" when rich printed it)
+            err.print(exc.format_message(), markup=False, soft_wrap=True, highlight=False)
+            message = f"no command given; see `{command} --help`"
+        else:
+            message = f"{exc.format_message().rstrip('.')}; see `{command} --help`"
         err.print(f"error: {message}", markup=False, soft_wrap=True)
         _json_failure(message, exc.exit_code)
         sys.exit(exc.exit_code)

@@ -197,3 +197,25 @@ def test_the_command_list_gives_each_summary_on_one_line():
     for command in app.registered_commands:
         summary = " ".join(inspect.getdoc(command.callback).split("\n\n")[0].split())
         assert any(summary in line for line in done.stdout.splitlines()), (command.callback.__name__, summary)
+
+
+def test_help_names_every_option_whole_at_80_columns(run_cli, monkeypatch):
+    """Stranger 34: at 80 columns (a terminal, or a pipe) rich's help panels cut option names short — `--max-new-tokens…`,
+    `--repetition-pen…`, 11 in `generate --help` alone; a person could not learn them from the help. Every option's
+    every name now appears whole in its command's help, and nothing is cut with an ellipsis."""
+    import re
+
+    import typer.main
+
+    from edgelm.cli import app
+
+    monkeypatch.setenv("COLUMNS", "80")
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        code, out, err = run_cli(name, "--help")
+        assert code == 0 and not re.search(r"-[\w-]*…", out), (name, err)
+        assert max(map(len, out.splitlines())) <= 80, name
+        words = set(out.replace(",", " ").split())
+        for param in command.params:
+            if param.param_type_name == "option":
+                assert set(param.opts + param.secondary_opts) <= words, (name, param.opts, out)

@@ -54,6 +54,7 @@ def test_piped_a_long_step_prints_a_plain_line_every_interval(run_cli, monkeypat
     assert code == 0, err
     lines = [line for line in err.splitlines() if line.startswith("calibrating: step ")]
     assert lines and lines[-1].startswith("calibrating: step 3/3, loss "), err
+    assert not any("nan" in line for line in lines), lines  # stranger 34: "loss nan" until the first step ended
     assert "\x1b" not in err  # plain text into a log
     code, out, err = run_cli("--quiet", *args, "--out", tmp_path / "b.json")
     assert code == 0 and "calibrating" not in err, err
@@ -331,3 +332,14 @@ def test_standard_streams_that_fail(case, tmp_path):
         assert len(got) == len(lines) and all(g.startswith(w) for g, w in zip(got, lines)), (script, done.stderr)
     if case == "chat with stderr full":
         assert done.stdout.strip(), "the reply reached stdout"
+
+
+def test_init_over_an_existing_folder_is_refused_before_its_spinner(tmp_path):
+    """Stranger 34: in a terminal, `init tiny-rope DIR` over an existing DIR animated "writing tiny-rope…" while the model
+    was built, then refused the output. The refusal now comes first, and nothing is drawn."""
+    (tmp_path / "m").mkdir()
+    child = pexpect.spawn(sys.executable, ["-m", "edgelm", "init", "tiny-rope", str(tmp_path / "m")], encoding="utf-8",
+                          timeout=120, dimensions=(40, 120))
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 2 and "output already exists" in child.before and "writing" not in child.before, child.before
