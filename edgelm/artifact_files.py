@@ -246,16 +246,21 @@ def parse_json(text: str | bytes, path: Path | None, what: str, limit: int = MAX
         raise UserError(f"{what} is not valid JSON ({str(exc).splitlines()[0][:200]})", path, "fix or re-download it") from None
 
 
+def parse_json_object(text: str | bytes, path: Path | None, what: str, limit: int = MAX_JSON_BYTES) -> dict:
+    document = parse_json(text, path, what, limit)
+    if not isinstance(document, dict):
+        raise UserError(f"{what} must hold a JSON object", path, "fix or re-download it")
+    return document
+
+
 def read_json(path: Path, limit: int = MAX_JSON_BYTES, what: str | None = None) -> Any:
     what = what or Path(path).name
     return parse_json(read_bytes(path, limit, what), path, what, limit)
 
 
 def read_json_object(path: Path, limit: int = MAX_JSON_BYTES, what: str | None = None) -> dict:
-    document = read_json(path, limit, what)
-    if not isinstance(document, dict):
-        raise UserError(f"{what or Path(path).name} must hold a JSON object", path, "fix or re-download it")
-    return document
+    what = what or Path(path).name
+    return parse_json_object(read_bytes(path, limit, what), path, what, limit)
 
 
 def read_prefix(path: Path, size: int) -> bytes:

@@ -123,10 +123,7 @@ class Conversation:
                                                                                            "--chat-template-file")
         self.where = self.template_file or self.tokenizer.template_file  # the file an error in the template names
         if isinstance(source, list):  # transformers' named templates: [{"name": "default", "template": …}, …]
-            source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"), None)
-        if source is not None and not isinstance(source, str):
-            raise UserError(f"chat_template is a {type(source).__name__}, not a template text", self.where,
-                            FIX_TEMPLATE)
+            source = next((t["template"] for t in source if t["name"] == "default"), None)
         if source is not None and len(source.encode("utf-8", "surrogatepass")) > MAX_TEMPLATE_BYTES:
             # a folder's template file is refused at this size when it is read; a GGUF's key here
             raise UserError(f"the chat template is {len(source):,} characters; edgelm renders at most {MAX_TEMPLATE_BYTES:,} bytes of "

@@ -101,8 +101,18 @@ class Tokenizer:
         return ([self.eos_id] if self.eos_id is not None else []) + sorted(self.end_ids - {self.eos_id})
 
     @property
-    def chat_template(self) -> str | None:
-        return self.config.get("chat_template")
+    def chat_template(self) -> str | list[dict[str, str]] | None:
+        """The template text, or transformers' named templates ([{"name": …, "template": …}, …], as the converter
+        writes them); any other value is refused in one line for every reader (chat checked it, export's GGUF writer
+        met a dict as a traceback: stranger 37)."""
+        template = self.config.get("chat_template")
+        named = isinstance(template, list) and all(isinstance(t, dict) and isinstance(t.get("name"), str)
+                                                   and isinstance(t.get("template"), str) for t in template)
+        if template is None or isinstance(template, str) or named:
+            return template
+        raise UserError(f"chat_template is a {type(template).__name__}, not a template text or a list of named templates",
+                        self.template_file or self.file, "fix the model's chat template (tokenizer_config.json or chat_template.jinja; "
+                        "in a GGUF, tokenizer.chat_template)")
 
     def check_fits(self, rows: int) -> None:
         """Refuse a tokenizer with an id past the model's embedding rows: it gave tracebacks (an index out of range

@@ -1,6 +1,7 @@
 """Files from the internet that were made to hurt: nothing is written outside the output, and each is
 refused with one line and exit 2."""
 
+import shutil
 import signal
 from pathlib import Path
 
@@ -312,18 +313,20 @@ def test_keys_llama_cpp_asserts_on_are_refused_before_it_loads(run_cli, llama_gg
 @pytest.mark.parametrize("which", ["llama", "tokenformer"])
 def test_an_edgelm_key_of_another_type_is_one_line_or_runs(run_cli, llama_gguf, gguf_file, tmp_path, kind, which):
     """Stranger 35: edgelm.config holding a number (or an array) where JSON text belongs was a 53-line traceback from
-    `inspect`, the first command run on a downloaded file. Every edgelm.* key of a llama and a tokenformer GGUF retyped
-    in turn: inspect and generate either run or refuse it in one line, never a traceback."""
+    `inspect`, the first command run on a downloaded file; stranger 37: general.file_type as an array, from inspect and
+    bundle. Every edgelm.* key of a llama and a tokenformer GGUF, its file type and its chat template retyped in turn:
+    inspect, generate and bundle either run or refuse it in one line, never a traceback."""
     from gguf import GGUFReader
 
     source = llama_gguf if which == "llama" else gguf_file
     value = {"uint32": (5, GGUFValueType.UINT32), "float32": (0.5, GGUFValueType.FLOAT32),
              "int32 array": ([1, 2], GGUFValueType.ARRAY, GGUFValueType.INT32), "string": ("x", GGUFValueType.STRING)}[kind]
-    keys = [key for key in GGUFReader(str(source)).fields if key.startswith("edgelm.")]
+    keys = [key for key in GGUFReader(str(source)).fields if key.startswith("edgelm.") and not key.startswith("edgelm.parity.")]
     assert "edgelm.config" in keys and len(keys) >= 5, keys
-    for key in keys:
+    for key in keys + ["general.file_type", "tokenizer.chat_template"]:
         evil = rewrite_gguf(source, tmp_path / "evil.gguf", drop_keys={key}, add={key: value})
-        for command in (("inspect", evil), ("generate", evil, "--prompt", "It", "--max-new-tokens", 1)):
+        shutil.rmtree(tmp_path / "b", ignore_errors=True)
+        for command in (("inspect", evil), ("generate", evil, "--prompt", "It", "--max-new-tokens", 1), ("bundle", evil, "--out", tmp_path / "b")):
             code, out, err = run_cli(*command)
             assert code == 0 or (code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1), (key, command, code, err[-800:])
 
@@ -958,3 +961,58 @@ def test_a_tokenizer_that_takes_without_bound_is_stopped(tmp_path, stop):
         assert "the tokenizer took more than 2 s encoding a text of 12,000 characters" in err, err
     else:
         assert process.returncode == 143 and "terminated" in err and "Traceback" not in err, err
+
+
+@pytest.fixture(scope="module")
+def onnx_folder(tmp_path_factory):
+    from edgelm.export.onnx import export_onnx
+
+    models = Path(__file__).resolve().parents[1] / "examples" / "models"
+    return export_onnx(open_checkpoint(models / "tiny-rope"), tmp_path_factory.mktemp("onnx") / "rope", "f32", certificate=False).path
+
+
+@pytest.mark.parametrize("value", ["5", "[1]", "null", '"abc"'])
+def test_an_onnx_graphs_recorded_facts_that_are_no_object_are_one_line(run_cli, onnx_folder, tmp_path, value):
+    """Stranger 37: edgelm.facts in a graph's metadata_props holding 5, [1], null or a string was a traceback from `bundle`
+    (TypeError / ValueError merging it into the facts)."""
+    import onnx
+
+    folder = tmp_path / "evil"
+    shutil.copytree(onnx_folder, folder)
+    model = onnx.load(str(folder / "model.onnx"))
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, "edgelm.facts": value})
+    onnx.save(model, str(folder / "model.onnx"))
+    assert_user_error(run_cli("bundle", folder, "--out", tmp_path / "b"), "the graph's recorded facts must hold a JSON object")
+
+
+@pytest.mark.parametrize("value", [[1], {"layers": 5}, "x", {"layers": [5]}, {"layers": [[1.0, "x"]]}])
+def test_an_onnx_manifests_malformed_temperatures_are_one_line(run_cli, onnx_folder, tmp_path, value):
+    """Stranger 37: edgelm.json's head_temperatures as [1], {"layers": 5}, "x" or {"layers": [5]} was a traceback from
+    `inspect` ('list' object has no attribute 'get', 'int' object is not iterable). inspect reads the table as parity
+    does: one that is no [layers][heads] table of λ is refused in one line; one that is not even an object is no table."""
+    import json
+
+    folder = tmp_path / "evil"
+    shutil.copytree(onnx_folder, folder)
+    manifest = json.loads((folder / "edgelm.json").read_text())
+    (folder / "edgelm.json").write_text(json.dumps(manifest | {"head_temperatures": value}))
+    code, out, err = run_cli("inspect", folder)
+    assert code == 0 or (code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1), (code, err[-800:])
+    assert code == (0 if not isinstance(value, dict) else 2), (code, err)
+
+
+@pytest.mark.parametrize("template", [{"a": 1}, [1, 2], [{"name": "default"}], 5])
+def test_a_chat_template_that_is_no_text_is_one_line_for_export_and_chat(run_cli, preset_dir, tmp_path, template):
+    """Stranger 37: tokenizer_config.json's chat_template as a dict or a list of numbers was a traceback from
+    `export --format gguf` (gguf-py's add_chat_template), where chat refused it in one line. The tokenizer refuses it
+    for every reader; a list of named templates, as transformers saves several, is a template."""
+    import json
+
+    folder = tmp_path / "m"
+    shutil.copytree(preset_dir("tiny-rope"), folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps(config | {"chat_template": template}))
+    for command in (("export", folder, "--out", tmp_path / "m.gguf", "--no-certificate"), ("chat", folder)):
+        assert_user_error(run_cli(*command), f"chat_template is a {type(template).__name__}, not a template text")
+    assert not (tmp_path / "m.gguf").exists()
+

@@ -67,9 +67,9 @@ class GGUFFile:
         if found < 0:
             return default
         kind = ggml.gguf_get_kv_type(self._header, found)
-        if (declared := _EDGELM_KEY_TYPES.get(key)) is not None and \
+        if (declared := _DECLARED_TYPES.get(key)) is not None and \
                 (kind, ggml.gguf_get_arr_type(self._header, found) if kind == ggml.GGUF_TYPE_ARRAY else None) != declared:
-            raise UserError(f"metadata key {key!r} does not hold the {_TYPE_NAMES[declared]} edgelm writes there", self.path,
+            raise UserError(f"metadata key {key!r} does not hold the {_TYPE_NAMES[declared]} edgelm and llama.cpp read there", self.path,
                             "the file is damaged: export it again")
         if kind == ggml.GGUF_TYPE_STRING:
             try:
@@ -124,14 +124,18 @@ _STRLEN = ctypes.CDLL(None).strlen
 _STRLEN.argtypes, _STRLEN.restype = [ctypes.c_void_p], ctypes.c_size_t
 
 
-# the type of each key of edgelm's own that export/gguf.py writes (the tokenizer files' keys, and the certificate's, are
-# checked where they are read): one with another type is refused for every reader at once, where each caller had taken
-# its type on trust (stranger 35: edgelm.config holding a number was a traceback from `inspect`)
-_EDGELM_KEY_TYPES = {GGUF_VERSION: (ggml.GGUF_TYPE_STRING, None), GGUF_FAMILY: (ggml.GGUF_TYPE_STRING, None),
-                     GGUF_POSITION_ENCODING: (ggml.GGUF_TYPE_STRING, None), GGUF_CONFIG: (ggml.GGUF_TYPE_STRING, None),
-                     GGUF_HEAD_TEMPERATURES: (ggml.GGUF_TYPE_ARRAY, ggml.GGUF_TYPE_FLOAT32),
-                     GGUF_HEAD_TEMPERATURES_BAKED: (ggml.GGUF_TYPE_BOOL, None)}
-_TYPE_NAMES = {(ggml.GGUF_TYPE_STRING, None): "text", (ggml.GGUF_TYPE_BOOL, None): "boolean",
+# the type of each key of edgelm's own that export/gguf.py writes, and of the general and tokenizer keys whose type
+# llama.cpp's loader requires (GGUFMeta's get_key refuses another) and edgelm's readers use as such (the tokenizer files'
+# keys, the certificate's and the arch hyperparameters are checked where they are read): one with another type is
+# refused for every reader at once, where each caller had taken its type on trust (stranger 35: edgelm.config holding a
+# number was a traceback from `inspect`; stranger 37: general.file_type as an array, from `inspect` and `bundle`)
+_TEXT = (ggml.GGUF_TYPE_STRING, None)
+_DECLARED_TYPES = {GGUF_VERSION: _TEXT, GGUF_FAMILY: _TEXT, GGUF_POSITION_ENCODING: _TEXT, GGUF_CONFIG: _TEXT,
+                   GGUF_HEAD_TEMPERATURES: (ggml.GGUF_TYPE_ARRAY, ggml.GGUF_TYPE_FLOAT32),
+                   GGUF_HEAD_TEMPERATURES_BAKED: (ggml.GGUF_TYPE_BOOL, None),
+                   "general.architecture": _TEXT, "general.file_type": (ggml.GGUF_TYPE_UINT32, None),
+                   "tokenizer.chat_template": _TEXT}
+_TYPE_NAMES = {_TEXT: "text", (ggml.GGUF_TYPE_BOOL, None): "boolean", (ggml.GGUF_TYPE_UINT32, None): "uint32",
                (ggml.GGUF_TYPE_ARRAY, ggml.GGUF_TYPE_FLOAT32): "float32 array"}
 
 
@@ -350,7 +354,7 @@ def gguf_tokenizer(gguf: GGUFFile) -> Tokenizer:
         for name, data in files.items():
             (Path(folder) / name).write_bytes(data)
         tokenizer = load_tokenizer(folder)
-    tokenizer.template_file = gguf.path if tokenizer.chat_template is not None else None  # not the temporary folder
+    tokenizer.template_file = gguf.path if tokenizer.config.get("chat_template") is not None else None  # not the temporary folder
     # the ids besides eos a reply ends at, which the export states as llama.cpp's end-of-turn and end-of-message ids
     tokenizer.end_ids |= {i for key in GGUF_END_TOKEN_KEYS
                           if type(i := gguf.field(key)) is int and 0 <= i <= tokenizer.highest_id}

@@ -21,7 +21,7 @@ from ..constants import (GENAI_CONFIG, HF_CONFIG, ONNX_METADATA_GENAI, ONNX_MODE
                          REQUIRED_OPERATORS, TOKENIZER_FILES)
 from ..errors import UserError
 from ..numbers import is_count
-from ..artifact_files import contained, find_member, member, parse_json, read_prefix, read_text
+from ..artifact_files import contained, find_member, member, parse_json, parse_json_object, read_prefix, read_text
 from .base import Artifact, Format, LoadOptions, recorded_training_length, register
 
 
@@ -209,7 +209,9 @@ class OnnxFolder(Format):
             graph = self._graph()
             caches = {onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type).lower() for i in graph.input if i.name.startswith(past)}
             operators = dict(Counter(node.op_type for node in graph.node).most_common())
-        temperatures = [t for layer in self.manifest.get("head_temperatures", {}).get("layers", []) for t in layer]
+        # the λ table as parity reads it (a malformed one refused in one line: stranger 37's {"layers": 5} was a traceback)
+        temperatures = [t for layer in self.checked_temperatures() or [] for t in layer]
+        recorded = self.manifest.get("head_temperatures")
         return {
             "format": self.kind,
             "written_by": f"edgelm {self.manifest.get('edgelm_version')}" if self.manifest
@@ -229,7 +231,7 @@ class OnnxFolder(Format):
             "context_length": self.genai["model"]["context_length"],
             "position_encoding": self.manifest.get("position_encoding"),
             "rotary_table_positions": self.manifest.get("rotary_table_positions"),
-            "head_temperatures": {"baked_into_weights": self.manifest.get("head_temperatures", {}).get("baked_into_weights", False),
+            "head_temperatures": {"baked_into_weights": isinstance(recorded, dict) and recorded.get("baked_into_weights") is True,
                                   "min": min(temperatures, default=None), "max": max(temperatures, default=None)},
         }
 
@@ -290,7 +292,7 @@ class OnnxFolder(Format):
         facts = {"context_length": self.genai["model"]["context_length"],
                  PARITY_CERTIFICATE: None if carried is None else parse_json(carried, self.model_file, "the graph's parity certificate")}
         if (recorded := metadata.get(ONNX_METADATA_FACTS)) is not None:  # a certified export's graph records them too
-            facts |= parse_json(recorded, self.model_file, "the graph's recorded facts")
+            facts |= parse_json_object(recorded, self.model_file, "the graph's recorded facts")
         return facts
 
     def _ort_metadata(self) -> dict[str, str]:
