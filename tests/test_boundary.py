@@ -793,8 +793,10 @@ REVISIONS = st.sampled_from([None, "main", HUB_COMMIT, "v1.0", "refs/pr/1", "../
 @contextmanager
 def hub_cache(folder: Path):
     """huggingface_hub in this process reading `folder` as its cache, offline."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import reset_sessions
+    from huggingface_hub import constants, utils
+
+    # huggingface_hub 2 keeps no session to reset (what a plain `pip install` resolves; the [test] extra pins 1.x)
+    reset_sessions = getattr(utils, "reset_sessions", lambda: None)
 
     saved = constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE
     constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = str(folder), True

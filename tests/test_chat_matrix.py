@@ -47,7 +47,7 @@ def chat_artifact(tmp_path_factory):
 
 
 def transformers_ids(tokenizer, messages: list[dict]) -> list[int]:
-    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
     return list(ids["input_ids"] if isinstance(ids, dict) else ids)
 
 

@@ -96,7 +96,7 @@ def test_every_eos_config_json_lists_ends_a_reply_in_every_format(tmp_path):
 
     ids = write_folder(tmp_path / "model", "<|im_end|>", ends_with="<|endoftext|>", stated_eos=["<|im_end|>", "<|endoftext|>"])
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "model")
-    prompt = transformers.AutoTokenizer.from_pretrained(tmp_path / "model").apply_chat_template(MESSAGES, add_generation_prompt=True)
+    prompt = transformers.AutoTokenizer.from_pretrained(tmp_path / "model").apply_chat_template(MESSAGES, add_generation_prompt=True, return_dict=False)
     prompt = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
     out = hf.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False)[0, len(prompt):].tolist()
     assert out == [ids["word"], ids["<|endoftext|>"]]  # the reference stops at the second listed eos

@@ -344,7 +344,7 @@ def edgelm_render(tokenizer, messages):
 def reference(folder, messages):
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
     return text, list(ids["input_ids"] if isinstance(ids, dict) else ids)
 
 
@@ -409,7 +409,7 @@ def test_qwen3_thinking_off_and_a_tool_result_render_as_transformers(published, 
             conversation = Conversation(artifact.tokenizer, 512, 16, template_kwargs=variables)
             conversation.turns = messages[:-1]
             ids, _ = conversation.prompt_ids(messages[-1]["content"], messages[-1]["role"])
-            expected = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, **variables)
+            expected = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False, **variables)
             assert ids == list(expected["input_ids"] if isinstance(expected, dict) else expected)
             assert (hf.decode(ids).endswith("<think>\n\n</think>\n\n")) == bool(variables)
     model = edgelm.load(path, position_encoding="rope" if form == "folder" else None, context_length=512)

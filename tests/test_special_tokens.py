@@ -84,7 +84,7 @@ def test_every_chat_turn_is_transformers_apply_chat_template(tokenizer_source, k
         conversation = Conversation(artifact.tokenizer, 512, 16, system=MESSAGES[0]["content"])
         for turn in range(1, len(MESSAGES), 2):
             ids, dropped = conversation.prompt_ids(MESSAGES[turn]["content"])
-            expected = reference.apply_chat_template(MESSAGES[: turn + 1], tokenize=True, add_generation_prompt=True)
+            expected = reference.apply_chat_template(MESSAGES[: turn + 1], tokenize=True, add_generation_prompt=True, return_dict=False)
             assert dropped == 0 and ids == list(expected), f"turn {turn // 2 + 1}"
             if turn + 1 < len(MESSAGES):
                 conversation.add_reply(MESSAGES[turn + 1]["content"])
