@@ -233,7 +233,7 @@ def measure(model_dir: Path, artifact: Path, tokens: int, windows: int) -> dict:
     # (and its folder refuses the option)
     art = open_artifact(artifact, LoadOptions(context_length=tokens + 1, f32_kv_cache=artifact.suffix == ".gguf", all_logits=True))
     text = HELD_OUT.read_text(encoding="utf-8")
-    ids = ref.tokenizer.encode(text if windows > 1 else text[: 20 * tokens])
+    ids = ref.tokenizer.encode(text)
     report = pooled([compare(ref.backend, art.backend, window) for window in spread_windows(ids, tokens + 1, windows)])
     return {"bytes": folder_bytes(artifact), "mean_kld": report.mean_kld, "ppl_change": report.perplexity_change,
             "top1": report.top1_agreement, "positions": report.positions}
@@ -294,7 +294,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--tokens", type=int, default=256, help="positions of each window")
-    parser.add_argument("--windows", type=int, default=8, help="windows of --tokens positions spread over the held-out novel "
+    parser.add_argument("--windows", type=lambda n: int(n) if int(n) >= 1 else parser.error("--windows takes 1 or more"), default=8, help="windows of --tokens positions spread over the held-out novel "
                         "(1: its opening alone, as before 2026-12-07)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--llama-tools", type=Path, default=os.environ.get("LLAMA_CPP_TOOLS"),

@@ -102,17 +102,9 @@ class Tokenizer:
 
     @property
     def chat_template(self) -> str | list[dict[str, str]] | None:
-        """The template text, or transformers' named templates ([{"name": …, "template": …}, …], as the converter
-        writes them); any other value is refused in one line for every reader (chat checked it, export's GGUF writer
-        met a dict as a traceback: stranger 37)."""
-        template = self.config.get("chat_template")
-        named = isinstance(template, list) and all(isinstance(t, dict) and isinstance(t.get("name"), str)
-                                                   and isinstance(t.get("template"), str) for t in template)
-        if template is None or isinstance(template, str) or named:
-            return template
-        raise UserError(f"chat_template is a {type(template).__name__}, not a template text or a list of named templates",
-                        self.template_file or self.file, "fix the model's chat template (tokenizer_config.json or chat_template.jinja; "
-                        "in a GGUF, tokenizer.chat_template)")
+        """The template text, or transformers' named templates ([{"name": …, "template": …}, …]): load_tokenizer refused
+        any other value."""
+        return self.config.get("chat_template")
 
     def check_fits(self, rows: int) -> None:
         """Refuse a tokenizer with an id past the model's embedding rows: it gave tracebacks (an index out of range
@@ -416,6 +408,7 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
     if template is not None:  # the file wins over tokenizer_config.json's key, as transformers' from_pretrained reads them
         config = {**config, "chat_template": read_text(template, MAX_TEMPLATE_BYTES, CHAT_TEMPLATE_FILE)}
         template_file = template
+    check_chat_template(config.get("chat_template"), template_file)
     tokenizer = load_tokenizer_file(file, config)
     for role in ("bos_token", "eos_token"):  # named, yet no token of the vocabulary: the folder ran without a bos or an eos,
         named = config.get(role)  # and its GGUF left llama.cpp to guess both (token 11, '+') — a stranger's finding
@@ -428,6 +421,17 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
     if tokenizer.bos_id is None:
         tokenizer.config_bos_id = stated_bos_id(folder, tokenizer.highest_id)
     return tokenizer
+
+
+def check_chat_template(template: Any, where: Path | None) -> None:
+    """A chat template is text, or transformers' named templates ([{"name": …, "template": …}, …], as the converter
+    writes them); any other value is refused once, as the tokenizer loads, for every reader (chat checked it, export's GGUF
+    writer met a dict inside gguf-py and its ONNX writer shipped it: strangers 37 and 38)."""
+    named = isinstance(template, list) and all(isinstance(t, dict) and isinstance(t.get("name"), str)
+                                               and isinstance(t.get("template"), str) for t in template)
+    if not (template is None or isinstance(template, str) or named):
+        raise UserError(f"chat_template is a {type(template).__name__}, not a template text or a list of named templates", where,
+                        "fix the model's chat template (tokenizer_config.json or chat_template.jinja)")
 
 
 def stated_bos_id(folder: Path, highest_id: int) -> int | None:

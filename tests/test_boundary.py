@@ -795,7 +795,7 @@ def hub_cache(folder: Path):
     """huggingface_hub in this process reading `folder` as its cache, offline."""
     from huggingface_hub import constants, utils
 
-    # huggingface_hub 2 keeps no session to reset (what a plain `pip install` resolves; the [test] extra pins 1.x)
+    # huggingface_hub 2 keeps no session to reset (what a plain `pip install` resolves; CI's install resolves 0.36)
     reset_sessions = getattr(utils, "reset_sessions", lambda: None)
 
     saved = constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE

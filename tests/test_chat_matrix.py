@@ -48,7 +48,7 @@ def chat_artifact(tmp_path_factory):
 
 def transformers_ids(tokenizer, messages: list[dict]) -> list[int]:
     ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
-    return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    return list(ids)
 
 
 def one_turn(child, user: str) -> tuple[list[int], str]:

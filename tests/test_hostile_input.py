@@ -1004,15 +1004,28 @@ def test_an_onnx_manifests_malformed_temperatures_are_one_line(run_cli, onnx_fol
 @pytest.mark.parametrize("template", [{"a": 1}, [1, 2], [{"name": "default"}], 5])
 def test_a_chat_template_that_is_no_text_is_one_line_for_export_and_chat(run_cli, preset_dir, tmp_path, template):
     """Stranger 37: tokenizer_config.json's chat_template as a dict or a list of numbers was a traceback from
-    `export --format gguf` (gguf-py's add_chat_template), where chat refused it in one line. The tokenizer refuses it
-    for every reader; a list of named templates, as transformers saves several, is a template."""
+    `export --format gguf` (gguf-py's add_chat_template), where chat refused it in one line; reviewer 38: the ONNX export
+    shipped it. The tokenizer refuses it as it loads, for every reader; a list of named templates, as transformers saves
+    several, is a template. A GGUF carrying such a config among its stored tokenizer files is refused naming the GGUF."""
+    import base64
     import json
 
     folder = tmp_path / "m"
     shutil.copytree(preset_dir("tiny-rope"), folder)
     config = json.loads((folder / "tokenizer_config.json").read_text())
     (folder / "tokenizer_config.json").write_text(json.dumps(config | {"chat_template": template}))
-    for command in (("export", folder, "--out", tmp_path / "m.gguf", "--no-certificate"), ("chat", folder)):
-        assert_user_error(run_cli(*command), f"chat_template is a {type(template).__name__}, not a template text")
-    assert not (tmp_path / "m.gguf").exists()
+    needle = f"chat_template is a {type(template).__name__}, not a template text"
+    for command in (("export", folder, "--out", tmp_path / "m.gguf", "--no-certificate"), ("chat", folder),
+                    ("export", folder, "--format", "onnx", "--out", tmp_path / "m-onnx", "--no-certificate")):
+        assert_user_error(run_cli(*command), needle)
+    assert not (tmp_path / "m.gguf").exists() and not (tmp_path / "m-onnx").exists()
+    good = tmp_path / "good.gguf"
+    assert run_cli("export", preset_dir("tiny-tokenformer"), "--out", good, "--no-certificate")[0] == 0
+    stored = base64.b64encode(json.dumps(config | {"chat_template": template}).encode()).decode()
+    key = "edgelm.tokenizer_file_base64.tokenizer_config.json"
+    evil = rewrite_gguf(good, tmp_path / "evil.gguf", drop_keys={key, "edgelm.tokenizer_file.tokenizer_config.json"},
+                        add={key: (stored, GGUFValueType.STRING)})
+    code, _, err = run_cli("generate", evil, "--prompt", "It")
+    assert_user_error((code, _, err), needle)
+    assert err.startswith(f"error: {evil}: its stored tokenizer_config.json: "), err
 

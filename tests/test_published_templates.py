@@ -345,7 +345,7 @@ def reference(folder, messages):
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
-    return text, list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    return text, list(ids)
 
 
 @pytest.mark.parametrize("family", PUBLISHED)

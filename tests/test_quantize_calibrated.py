@@ -153,14 +153,21 @@ def test_activation_folds_leave_the_function_unchanged(preset_dir, name):
 
 
 def test_spread_windows_and_pooled_reports():
-    """The windows start at the text's start and end at its end, evenly apart; pooled numbers weigh each window by its
-    positions, and its perplexity is that of the pooled log-likelihood."""
+    """The windows start at the text's start, evenly apart and apart from each other (overlapping ones would count
+    positions twice: refused); pooled numbers weigh each window by its positions, its perplexity is that of the pooled
+    log-likelihood, and a NaN in any window carries (reviewer 38: Python's max dropped it, by window order)."""
     from edgelm.parity import ParityReport
 
     assert spread_windows(list(range(100)), 10, 4) == [list(range(s, s + 10)) for s in (0, 30, 60, 90)]
+    assert spread_windows(list(range(103)), 10, 4)[-1] == list(range(93, 103))
+    with pytest.raises(ValueError):
+        spread_windows(list(range(300)), 257, 8)
     a = ParityReport(10, 1.0, 0.1, 0.002, 0.01, 0.9, 100.0, 110.0)
     b = ParityReport(30, 2.0, 0.2, 0.004, 0.03, 0.8, 200.0, 200.0)
     both = pooled([a, b])
     assert (both.positions, both.max_abs_logit_diff, both.max_kld) == (40, 2.0, 0.03)
     assert np.isclose(both.mean_kld, 0.0035) and np.isclose(both.top1_agreement, 0.825)
     assert np.isclose(both.reference_perplexity, np.exp((10 * np.log(100) + 30 * np.log(200)) / 40))
+    broken = ParityReport(10, float("nan"), 0.1, 0.002, float("nan"), 0.9, 100.0, 110.0)
+    for order in ([a, broken], [broken, a]):
+        assert np.isnan(pooled(order).max_abs_logit_diff) and np.isnan(pooled(order).max_kld)

@@ -43,7 +43,7 @@ def test_shipped_model_loads_with_its_card_and_perplexity(name):
 
 # Quantized artifacts of the trained models against the fp32 reference over 255 held-out positions
 # (128 prefilled, the rest decoded one at a time). Each bound is about 3× the mean KLD measured here (in the comment;
-# the test prints it) and the ΔPPL measured plus 1–2 points, so that a conversion 10× worse fails: the bounds were
+# the test prints it) and the ΔPPL measured plus 1–2.5 points, so that a conversion 10× worse fails: the bounds were
 # 20–140× the measured values, which a wrong block scale on a few layers would have passed (stranger 36).
 QUANTIZED = [
     ("tiny-nope", "gguf", "int8", 2.5e-4, 0.01, 0.97),  # KLD 7e-5, ΔPPL +0.05 %, top-1 99.6 %

@@ -231,15 +231,14 @@ class GGUF(Format):
         return Artifact(self.path, self, engine, tokenizer, backend, details)
 
     def recorded_position_encoding(self) -> str | None:
-        recorded = self.gguf.field(GGUF_POSITION_ENCODING)
-        return recorded if isinstance(recorded, str) else None
+        return self.gguf.field(GGUF_POSITION_ENCODING)  # text or None: field() refuses another type
 
     def training_length(self) -> int | None:
         from ..artifact_files import parse_json
         from ..constants import GGUF_CONFIG
 
-        recorded = self.gguf.field(GGUF_CONFIG)
-        return recorded_training_length(parse_json(recorded, self.path, GGUF_CONFIG)) if isinstance(recorded, str) else None
+        recorded = self.gguf.field(GGUF_CONFIG)  # text or None: field() refuses another type
+        return None if recorded is None else recorded_training_length(parse_json(recorded, self.path, GGUF_CONFIG))
 
     def recorded_temperatures(self) -> list[list[float]] | None:
         """The λ edgelm folded into the weights at export, stored flat: one row per layer (block_count). None for

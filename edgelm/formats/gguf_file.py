@@ -353,8 +353,11 @@ def gguf_tokenizer(gguf: GGUFFile) -> Tokenizer:
     with tempfile.TemporaryDirectory() as folder:
         for name, data in files.items():
             (Path(folder) / name).write_bytes(data)
-        tokenizer = load_tokenizer(folder)
-    tokenizer.template_file = gguf.path if tokenizer.config.get("chat_template") is not None else None  # not the temporary folder
+        try:
+            tokenizer = load_tokenizer(folder)
+        except UserError as exc:  # named by the GGUF, not by a temporary folder that is gone when the line prints
+            raise UserError(f"its stored {exc.path.name + ': ' if exc.path else ''}{exc.what}", gguf.path, exc.fix) from None
+    tokenizer.template_file = gguf.path if tokenizer.chat_template is not None else None  # not the temporary folder
     # the ids besides eos a reply ends at, which the export states as llama.cpp's end-of-turn and end-of-message ids
     tokenizer.end_ids |= {i for key in GGUF_END_TOKEN_KEYS
                           if type(i := gguf.field(key)) is int and 0 <= i <= tokenizer.highest_id}

@@ -92,7 +92,7 @@ class ModelFolder(Format):
                 "bos_id": tokenizer.bos_id,
                 "eos_id": tokenizer.eos_id,
                 "add_bos": tokenizer.add_bos,
-                "chat_template": tokenizer.config.get("chat_template") is not None,
+                "chat_template": tokenizer.chat_template is not None,
             },
         }
 
