@@ -523,7 +523,9 @@ class OnnxFolder(Format):
         # the bundle rewrites genai_config, so the certificate's settings hash cannot cover it: the graph carries the sha256 of
         # the one bundled with it, as it carries the certificate (an eos id edited there, the manifest's sha256 made again,
         # passed verify and stopped onnxruntime-genai at the forged token)
-        graph = self._model()  # read_onnx_folder checked the file (artifact_files.member); its external data stays named
+        with self.parsed_once():  # one parse for the graph rewritten here and the external files it names (two before)
+            graph = self._model()  # read_onnx_folder checked the file (artifact_files.member); its external data stays named
+            external = self._external_files()
         kept = [p for p in graph.metadata_props if p.key != ONNX_METADATA_GENAI]
         del graph.metadata_props[:]
         graph.metadata_props.extend(kept)
@@ -531,7 +533,6 @@ class OnnxFolder(Format):
         (folder / ONNX_MODEL_FILE).write_bytes(graph.SerializeToString())
         # its external weights beside it, where its locations point (every export past 256 MB keeps them in model.onnx.data:
         # the converter refused each with "External data path validation failed"); model.ort holds them, so they go after
-        external = self._external_files()
         beside = [folder / file.name for file in external]
         for file, placed in zip(external, beside):
             _link_or_copy(file, placed)
