@@ -50,9 +50,9 @@ class Model:
         """The sampling the model's files recommend, filled as `edgelm chat` fills it (temperature, top_k, top_p, …):
         `chat` and `generate` are greedy unless given sampling options; `model.chat(messages, **model.recommended_sampling)`
         samples as the CLI's chat does."""
-        from .constants import SAMPLING_DEFAULTS
+        from .chat import chat_sampling
 
-        return SAMPLING_DEFAULTS | self.artifact.format.stated_sampling()
+        return chat_sampling(self.artifact.format.stated_sampling(), {})[0]
 
     def _backend(self):
         """The backend, or RuntimeError once closed (its native memory is freed: a call into it would crash)."""

@@ -50,6 +50,14 @@ class BenchResult:
         return asdict(self) | extra
 
 
+def prompt_ids(tokenizer, text: str, count: int) -> list[int]:
+    """`count` token ids of `text`, repeated as often as it takes: a bench's prompt of any length."""
+    ids = tokenizer.encode(text)
+    if not ids:
+        raise ValueError("the text encodes to no tokens")
+    return (ids * -(-count // len(ids)))[:count]
+
+
 def copy_bandwidth(threads: int | None = None, megabytes: int = 512, repeats: int = 5) -> float:
     """Memory bandwidth in bytes per second, STREAM-style: a large copy on `threads` threads (as many as
     the engine uses), counting the bytes read and the bytes written."""

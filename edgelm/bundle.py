@@ -17,9 +17,10 @@ import os
 import shutil
 import tempfile
 import zipfile
+from abc import abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from . import __version__
 from .certificate import check_holds
@@ -30,7 +31,6 @@ from .bundle_files import MANIFEST_VERSION, MAX_MANIFEST_BYTES, path_inside, unp
 from .fileio import atomic_output_dir, atomic_output_file, refuse_overlap
 
 VERIFY_CONTEXT = 8  # the context verify opens the model with: one token goes through it
-TARGETS = ("mobile", "web")
 WEB_ASSETS = Path(__file__).parent / "assets" / "web"
 # the web runtime: --web-runtime, else this variable, else a checkout's web/node_modules (`make web-runtime` installs
 # the npm packages web/package.json pins); an installed edgelm has no checkout, and the error says the npm step
@@ -113,12 +113,84 @@ def _package_version(package_json: Path) -> Any:
         return None
 
 
-def _fill(fmt, folder: Path, target: str, web_runtime: Path, desktop_only: str | None = None) -> None:
-    facts = fmt.bundle_into(folder) if target == "mobile" else _web_files(fmt, folder, web_runtime)
+class BundleTarget:
+    """What `--target NAME` ships: the model files (and any others) a runtime there needs, and the checks they get."""
+
+    name: ClassVar[str]
+
+    def refusal(self, fmt) -> str | None:
+        """Why no runtime of this target loads the artifact (--allow-desktop-only bundles it anyway); None where one does."""
+        return None
+
+    def check_destination(self, destination: Path, runtime: Path) -> None:
+        """Refuse an output that would replace what bundling reads."""
+
+    @abstractmethod
+    def fill(self, fmt, folder: Path, runtime: Path) -> dict[str, Any]:
+        """Write the bundle's files into `folder`; the facts the manifest states about them."""
+
+    def check_files(self, folder: Path, manifest: dict) -> None:
+        """ArtifactMismatch where a file beyond the model is not what this edgelm writes."""
+
+    def notes(self, written: Path, zipped: bool) -> tuple[str, list[str]]:
+        """What to say after "wrote PATH" on its line, and the notes after it."""
+        return "", []
+
+
+BUNDLE_TARGETS: dict[str, BundleTarget] = {}
+
+
+def register_target(cls: type[BundleTarget]) -> type[BundleTarget]:
+    BUNDLE_TARGETS[cls.name] = cls()
+    return cls
+
+
+@register_target
+class MobileTarget(BundleTarget):
+    name = "mobile"
+
+    def refusal(self, fmt):
+        return fmt.mobile_refusal()
+
+    def fill(self, fmt, folder, runtime):
+        return fmt.bundle_into(folder)
+
+
+@register_target
+class WebTarget(BundleTarget):
+    name = "web"
+
+    def check_destination(self, destination, runtime):
+        if Path(os.path.abspath(destination)) in (Path(os.path.abspath(runtime)), *Path(os.path.abspath(runtime)).parents):
+            # --force would replace the runtime the bundle copies from (a bundle inside it replaces nothing)
+            raise UserError(f"the output would replace the web runtime {runtime}", destination, "write the bundle somewhere else")
+
+    def fill(self, fmt, folder, runtime):
+        return _web_files(fmt, folder, runtime)
+
+    def check_files(self, folder, manifest):
+        _check_web_files(folder, manifest)
+
+    def notes(self, written, zipped):
+        notes = []
+        if not zipped and read_json_object(written / BUNDLE_MANIFEST).get("quantization") == "int4":
+            notes.append("int4 runs on WebGPU; on WASM (browsers without a GPU) onnxruntime-web has no int4 kernel and dequantizes "
+                         "every weight at every step (a 1.1B model: ~20 s a token): for those, bundle an int8 export (docs/web.md)")
+        return f" (serve it with `edgelm serve {written}` and open the address it prints)", notes
+
+
+def bundle_target(name: str) -> BundleTarget:
+    if name not in BUNDLE_TARGETS:
+        raise UserError(f"unknown --target {name!r}", None, f"choose one of {', '.join(BUNDLE_TARGETS)}")
+    return BUNDLE_TARGETS[name]
+
+
+def _fill(fmt, folder: Path, target: BundleTarget, web_runtime: Path, desktop_only: str | None = None) -> None:
+    facts = target.fill(fmt, folder, web_runtime)
     if desktop_only:  # --allow-desktop-only: said in the manifest an app reads, not only at bundling
         facts["desktop_only"] = desktop_only
     files = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in sorted(folder.iterdir())}
-    manifest = {"manifest_version": MANIFEST_VERSION, "target": target} | facts | {
+    manifest = {"manifest_version": MANIFEST_VERSION, "target": target.name} | facts | {
         "sampling_defaults": fmt.stated_sampling() or SAMPLING_DEFAULTS, "files": files, "edgelm_version": __version__}
     (folder / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
@@ -127,12 +199,10 @@ def make_bundle(artifact: Path, out: Path, zip_it: bool = False, force: bool = F
                 target: str = "mobile", web_runtime: Path | None = None) -> Path:
     from .formats import detect
 
-    artifact, out = Path(artifact), Path(out)
-    if target not in TARGETS:
-        raise UserError(f"unknown --target {target!r}", None, f"choose one of {', '.join(TARGETS)}")
+    artifact, out, target = Path(artifact), Path(out), bundle_target(target)
     fmt = detect(artifact)
     check_holds(fmt)
-    refusal = fmt.mobile_refusal() if target == "mobile" else None
+    refusal = target.refusal(fmt)
     if refusal and not allow_desktop_only:
         raise UserError(f"no mobile runtime can load this: {refusal}", artifact,
                         "export a format phones run (e.g. an architecture llama.cpp knows, or ONNX), or pass --allow-desktop-only")
@@ -143,9 +213,7 @@ def make_bundle(artifact: Path, out: Path, zip_it: bool = False, force: bool = F
     destination = out.with_name(out.name + ".zip") if zip_it and out.suffix.lower() != ".zip" else out
     refuse_overlap(destination, artifact)
     runtime = web_runtime_folder(web_runtime)
-    if target == "web" and Path(os.path.abspath(destination)) in (Path(os.path.abspath(runtime)), *Path(os.path.abspath(runtime)).parents):
-        # --force would replace the runtime the bundle copies from (a bundle inside it replaces nothing)
-        raise UserError(f"the output would replace the web runtime {runtime}", destination, "write the bundle somewhere else")
+    target.check_destination(destination, runtime)
     if not zip_it:
         with atomic_output_dir(destination, force) as tmp:
             _fill(fmt, tmp, target, runtime, refusal)
@@ -207,8 +275,8 @@ def _check_folder(folder: Path) -> tuple[dict, Any, dict]:
     from .formats.bundle import bundled_format, check_manifest_facts
 
     manifest = verify_folder(folder)
-    if manifest.get("target") == "web":
-        _check_web_files(folder, manifest)
+    if (target := BUNDLE_TARGETS.get(manifest.get("target"))) is not None:
+        target.check_files(folder, manifest)
     model = bundled_format(folder, manifest)
     identity = model.identity()
     check_manifest_facts(manifest, model, folder)

@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .errors import UserError
 from .models import CausalLM
-from .numbers import POSITIVE
+from .numbers import POSITIVE, is_count
 
 UNIFORM_GRID = (0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.4, 1.6)
 
@@ -67,10 +68,36 @@ class CalibrationResult:
         }
 
 
+def training_length(config: dict, max_positions: int, model_dir) -> int:
+    """The length the model trained at: config.json's edgelm.training_length, else its position count."""
+    recorded = config.get("edgelm")
+    length = recorded.get("training_length", max_positions) if isinstance(recorded, dict) else max_positions
+    if not is_count(length, 1):  # a string met `<=` as a TypeError traceback
+        raise UserError(f"config.json's edgelm.training_length is {repr(length)[:40]}, not a whole number of tokens", model_dir,
+                        "fix it, or remove it (the model's max_position_embeddings counts then)")
+    return length
+
+
+def _tokens_needed(length: int, eval_windows: int) -> int:
+    return (eval_windows + 1) * (length + 1)  # the held-out windows and one to train on
+
+
+def check_text(ids: list[int], settings: CalibrationSettings, text_path) -> None:
+    """One line, before the model loads, for a text too short to hold out and train on, or a --batch of more
+    windows than it has (--batch 100000 grew past all memory, killed at 23 GB, before its first step)."""
+    length, held = settings.target_length, settings.eval_windows
+    if len(ids) < (need := _tokens_needed(length, held)):
+        raise UserError(f"the text is {len(ids)} tokens; length {length} needs at least {need} "
+                        f"({held} held-out windows and one to train on)", text_path, "give a longer text or a smaller --target-length")
+    windows = (len(ids) - held * (length + 1)) // (length + 1)
+    if settings.batch > windows:
+        raise UserError(f"--batch {settings.batch} is more than the {windows} windows of {length + 1} tokens the text has to train on",
+                        text_path, f"give --batch {windows} or less, or a longer text")
+
+
 def split_ids(ids: list[int], length: int, eval_windows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Training stream and held-out windows [n, length + 1] cut from the end of the text."""
-    need = (eval_windows + 1) * (length + 1)
-    if len(ids) < need:
+    if len(ids) < (need := _tokens_needed(length, eval_windows)):
         raise ValueError(f"the text has {len(ids)} tokens; calibrating at length {length} needs at least {need}")
     tokens = torch.tensor(ids)
     held = tokens[len(tokens) - eval_windows * (length + 1) :].view(eval_windows, length + 1)

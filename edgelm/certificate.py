@@ -5,7 +5,7 @@ probe anyone can re-run with `edgelm verify` to see whether this machine's runti
 What it holds (a flat table; GGUF stores each entry as an `edgelm.parity.<name>` key, the probe as
 JSON text; ONNX stores the table as JSON in edgelm.json's `parity_certificate` and in the graph's
 metadata_props `edgelm.parity`; bundle manifests copy it):
-- `positions` (POSITIONS of the held-out EVALUATION_TEXT, half prefilled, half decoded one at a
+- `positions` (POSITIONS of the held-out HELD_OUT_TEXT, half prefilled, half decoded one at a
   time), `mean_kld`, `max_kld`, `perplexity_change`, `top1_agreement`, `reference_perplexity`,
   `artifact_perplexity`, `max_abs_logit_diff`: edgelm.parity's numbers against the fp32 torch reference;
 - `reference_sha256` (the checkpoint's safetensors files and config.json, as ONNX's edgelm.json has
@@ -39,13 +39,13 @@ import numpy as np
 
 from . import __version__
 from .artifact_files import parse_json, sha256
+from .constants import HELD_OUT_TEXT
 from .errors import UserError
 from .numbers import FRACTION, NON_NEGATIVE, POSITIVE, NumberRange, is_count, is_number
 from .tokenizer import leading_ids
 
 CERTIFICATE_VERSION = 1
 # the held-out novel (the shipped models never trained on it); its first POSITIONS + 1 tokens
-EVALUATION_TEXT = Path(__file__).resolve().parent / "assets" / "text" / "persuasion-opening.txt"  # held out; shipped with the package
 POSITIONS = 128  # short, so export stays fast: ~1 s on the tiny models
 PROBE_PROMPT = "Sir Walter Elliot, of Kellynch Hall, in Somersetshire, was a man who"
 PROBE_STEPS = 8
@@ -173,8 +173,8 @@ def check_probe(artifact, probe: dict[str, Any], where: Path) -> ProbeCheck:
 
 def evaluation_ids(tokenizer, max_positions: int) -> tuple[list[int], str]:
     """The first POSITIONS + 1 tokens of the evaluation text (fewer where the model holds fewer), and the text's sha256."""
-    ids = leading_ids(tokenizer, EVALUATION_TEXT, min(POSITIONS, max_positions - 1) + 1, "the evaluation text")
-    return ids, sha256(EVALUATION_TEXT)
+    ids = leading_ids(tokenizer, HELD_OUT_TEXT, min(POSITIONS, max_positions - 1) + 1, "the evaluation text")
+    return ids, sha256(HELD_OUT_TEXT)
 
 
 def reference_logits(checkpoint, ids: Sequence[int], device: str = "cpu") -> np.ndarray:
@@ -218,7 +218,7 @@ def certify(checkpoint, fmt, device: str = "cpu", threads: int | None = None, kv
     return ({"certificate_version": CERTIFICATE_VERSION, "positions": report.positions}
             | {name: float(numbers[name]) for name in NUMBERS}
             | {"edgelm_version": __version__, "engine": engine, "engine_version": engine_version, "kv_cache": kv_cache,
-               "reference_sha256": reference_sha256(checkpoint), "text": EVALUATION_TEXT.name, "text_sha256": text_sha,
+               "reference_sha256": reference_sha256(checkpoint), "text": HELD_OUT_TEXT.name, "text_sha256": text_sha,
                "probe": probe} | hashes)
 
 
@@ -236,7 +236,7 @@ def probe_positions(tokenizer) -> int:
 
 def evaluation_text_missing() -> str | None:
     """Why no certificate can be computed here, or None."""
-    return None if EVALUATION_TEXT.is_file() else f"no parity certificate: the evaluation text {EVALUATION_TEXT} is not here"
+    return None if HELD_OUT_TEXT.is_file() else f"no parity certificate: the evaluation text {HELD_OUT_TEXT} is not here"
 
 
 def summary(certificate: dict[str, Any]) -> str:

@@ -4,12 +4,14 @@ chat_template.py), trimmed to fit the context."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .artifact_files import MAX_TEMPLATE_BYTES, read_text
+from .constants import SAMPLING_DEFAULTS
 from .chat_template import TEMPLATE_GLOBALS, TEMPLATE_MAX_CHARS, TemplateLimit, render_bounded
 from .errors import UserError
 from .numbers import LOOKUP_NGRAM
@@ -36,6 +38,37 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 CHATML_MARKERS = ("<|im_start|>", "<|im_end|>")
+
+CHAT_COMMANDS = ("/exit", "/reset", "/help", "/?")
+CHAT_HELP = "/reset clears the history, /exit (or Ctrl-D) leaves, Ctrl-C stops a reply; start a message with // to send one beginning with /"
+SAMPLING_NAMES = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
+
+
+def read_chat_line(line: str) -> tuple[str, str]:
+    """What a typed line asks: ("send", the message), ("exit", ""), ("reset", "") or ("say", a note for the user). A
+    command word, alone or with more after it, is never sent as a message (llama-cli's commands have the same shape;
+    `/reset now` went to the model as text); `//…` sends a message that begins with `/`."""
+    if line.lstrip().startswith("//"):
+        return "send", line.lstrip()[1:]
+    command = re.fullmatch(r"(/[A-Za-z?]+)(\s.*)?", line.strip(), re.DOTALL)
+    if command is None:
+        return "send", line
+    word, rest = command[1], (command[2] or "").strip()
+    if word in CHAT_COMMANDS and rest:
+        return "say", f"{word} takes nothing after it ({CHAT_HELP})"
+    if word in ("/exit", "/reset"):
+        return word[1:], ""
+    return "say", CHAT_HELP if word in ("/help", "/?") else f"unknown command {word}: {CHAT_HELP}"
+
+
+def chat_sampling(recommended: dict, given: dict) -> tuple[dict, str]:
+    """The sampling a chat uses and a phrase saying so: what the model's files recommend (generation_config.json, a
+    GGUF's general.sampling.*, genai_config's search), else edgelm's chat defaults, as llama.cpp's chat takes a GGUF's;
+    what is given wins."""
+    values = SAMPLING_DEFAULTS | recommended | given
+    used = ", ".join(f"{name} {values[name]:g}" for name in SAMPLING_NAMES if name in values)
+    source = " and ".join((["as the model recommends"] if recommended else []) + (["as given"] if given else [])) or "edgelm's defaults"
+    return values, f"sampling {used} ({source})"
 
 
 def fallback_template(tokenizer: Tokenizer) -> tuple[str, str]:

@@ -17,12 +17,12 @@ import typer
 
 from . import __version__
 from .console import LazyConsole, OutputLost, Progress, guarded_streams
-from .errors import ArtifactMismatch, RefusedText, UserError
-from .constants import SAMPLING_DEFAULTS
+from .errors import RefusedText, UserError
+from .constants import HELD_OUT_TEXT
 from .fileio import DISK_FULL_ERRNOS, refuse_existing, stopped
 from .stops import INTERRUPTED, TERMINATED, StopWatch
-from .exporters import EXPORTERS
-from .numbers import HEAD_TEMPERATURE, LOOKUP_NGRAM, LOOKUP_NGRAM_MAX, NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, is_count, not_finite
+from .exporters import EXPORTERS, read_user_text
+from .numbers import HEAD_TEMPERATURE, LOOKUP_NGRAM, LOOKUP_NGRAM_MAX, NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, not_finite
 
 app = typer.Typer(
     help="Export small causal language models to GGUF and ONNX for phones and laptop CPUs.",
@@ -185,8 +185,10 @@ def inspect(
 def _device(requested: str) -> str:
     """--device as asked, checked by name: auto is resolved by the engine that takes a device (an explicit
     device on one that does not is refused: Format.check_options), so auto works everywhere."""
-    if requested not in ("auto", "cpu", "cuda"):
-        raise UserError(f"unknown --device {requested!r}", None, "use auto, cpu or cuda")
+    from .formats.base import DEVICES
+
+    if requested not in DEVICES:
+        raise UserError(f"unknown --device {requested!r}", None, f"use {', '.join(DEVICES[:-1])} or {DEVICES[-1]}")
     return requested
 
 
@@ -266,7 +268,7 @@ def _prompt_text(prompt: str | None, file: Path | None) -> str:
     if prompt is not None and file is not None:
         raise UserError("--prompt and --file both give the prompt", None, "give one of them")
     if file is not None and str(file) not in STDIN_NAMES:
-        return _read_text(file, "--file")
+        return read_user_text(file, "--file")
     piped = sys.stdin is not None and not sys.stdin.isatty() and sys.stdin.readable()
     if prompt == "-" or file is not None or (prompt is None and piped):
         from .artifact_files import MAX_TEXT_BYTES, read_stream
@@ -361,7 +363,7 @@ def generate(
         _print_prompt(artifact.tokenizer, artifact.tokenizer.encode(prompt))
     if not as_json and (trained := artifact.format.training_length()):
         _past_training(trained, len(artifact.tokenizer.encode(prompt)) + max_new_tokens, artifact.backend.context_length,
-                       "the prompt and its continuation", "the text may lose its way past them", "with --truncate keeps the prompt's last tokens within them")
+                       "the prompt and its continuation reach", "the text may lose its way past them", "with --truncate keeps the prompt's last tokens within them")
     pieces = run(artifact.backend, artifact.tokenizer, prompt, max_new_tokens, options, tuple(stop or ()), truncate, draft, lookup_ngram)
     if as_json:
         collected = list(pieces)
@@ -377,27 +379,15 @@ def generate(
         sys.stdout.write("\n")
 
 
-def _past_training(trained: int | None, reach: int, context: int, what: str, risk: str, keep: str) -> bool:
+def _past_training(trained: int | None, reach: int, context: int, what_reaches: str, risk: str, keep: str) -> bool:
     """A note, where `reach` tokens pass the `trained` the model's config records and the context lets them: a stranger's
     chat of a model trained on 256 tokens (declaring 4,096 positions) fell into word salad from its third turn with no
     word. Whether it was said."""
     if not trained or reach <= trained or context <= trained:
         return False
-    info.print(f"note: {what} reach{'es' if what == 'this turn' else ''} past the {trained:,} tokens the model was trained on "
+    info.print(f"note: {what_reaches} past the {trained:,} tokens the model was trained on "
                f"(edgelm.training_length in its config); {risk}: `-c {trained}` {keep}", markup=False)
     return True
-
-
-# shipped with the package (an installed edgelm has no examples/): the openings of examples/data's novels, as long as
-# a default reads (parity's 256 positions, bench's prompt, the int8 KV calibration's first 20,480 characters; ~24 KB each)
-DEFAULT_TEXT = Path(__file__).parent / "assets" / "text" / "persuasion-opening.txt"  # held out from training
-
-
-def _read_text(path: Path, option: str = "--text") -> str:
-    """A text file given by `option`: UTF-8 text, or one line saying why not."""
-    from .artifact_files import MAX_TEXT_BYTES, read_text, user_file
-
-    return read_text(user_file(path, option, MAX_TEXT_BYTES, "text file"), MAX_TEXT_BYTES, "the text")
 
 
 def _text_file(path: Path) -> Path:
@@ -433,9 +423,9 @@ def perplexity(
     from .evaluate import perplexity as score
     from .formats import open_artifact
 
-    text = text or DEFAULT_TEXT
+    text = text or HELD_OUT_TEXT
     if max_tokens is None:
-        content = _read_text(text)  # the whole text is scored
+        content = read_user_text(text, "--text")  # the whole text is scored
     else:
         content = None  # only its head is read and encoded, below; the file is checked now
         _text_file(text)
@@ -490,12 +480,10 @@ def export(
     onnxruntime-genai load), head temperatures folded into the weights."""
     from .exporters import ExportOptions
     from .fileio import refuse_overlap
-    from .hub import HUB_ID, is_hub_id
+    from .hub import output_stem
     from .models import open_checkpoint
     from .quantize.calibration import DEFAULT_TEXTS
 
-    if calibration:
-        _read_text(calibration, "--calibration")  # refused here, before minutes of export
     calibration_texts = (calibration,) if calibration else tuple(DEFAULT_TEXTS) if calibrate else ()
     if max_size is not None:  # size-budgeted mixed precision (quantize/mixed.py)
         from .quantize.mixed import parse_size
@@ -510,9 +498,7 @@ def export(
         model_dir, position_encoding=position_encoding.value if position_encoding else None,
         head_temperatures=head_temperatures, allow_pickle=allow_pickle,
     )
-    # beside the model folder; for a hub id in the current folder, never inside the Hugging Face cache
-    stem = (Path.cwd() / HUB_ID.match(str(model_dir))["repo"].split("/")[1]) if is_hub_id(str(model_dir)) else model_dir.resolve()
-    target = exporter.output(stem, options, out_path)
+    target = exporter.output(output_stem(model_dir), options, out_path)
     # every input, not only the model folder: `--out T.txt --calibration T.txt --force` replaced the text by a GGUF
     refuse_overlap(target, checkpoint.path, *[p for p in (calibration, calibration_text, head_temperatures) if p is not None])
     title, steps = exporter.progress(checkpoint, options)
@@ -558,7 +544,7 @@ def chat(
     """Streaming chat with a KV cache. /reset clears the history, /exit (or Ctrl-D) leaves; Ctrl-C stops a reply; // starts a message with /."""
     import time
 
-    from .chat import Conversation, check_template_variables
+    from .chat import Conversation, chat_sampling, check_template_variables, read_chat_line
     from .formats import open_artifact
     from .runtime.sampling import SamplingOptions
 
@@ -582,19 +568,13 @@ def chat(
                                                  context_length=ctx_size))
     conversation = Conversation(artifact.tokenizer, artifact.backend.context_length, max_new_tokens, system,  # a broken template fails here
                                 template_kwargs=template_kwargs, template_file=chat_template_file)
-    # the sampling the model's files recommend (generation_config.json, a GGUF's general.sampling.*, genai_config's search),
-    # else edgelm's chat defaults, as llama.cpp's chat takes a GGUF's; what is given on the command line wins
-    recommended = artifact.format.stated_sampling()
     given = {name: value for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("min_p", min_p),
                                              ("repetition_penalty", repetition_penalty)) if value is not None}
-    options = SamplingOptions(**SAMPLING_DEFAULTS | recommended | given, seed=seed)  # what the files leave out: edgelm's, as llama.cpp's
+    sampling, sampled = chat_sampling(artifact.format.stated_sampling(), given)
+    options = SamplingOptions(**sampling, seed=seed)
     # replies alone on standard output; the banner and each turn's counts on standard error, as llama.cpp's
     # llama-cli keeps its logs and timings there (a pipe reading the replies got them mixed in)
-    used = ", ".join(f"{name} {getattr(options, name):g}" for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
-                     if name in SAMPLING_DEFAULTS or name in recommended or name in given)
-    source = " and ".join(([] if not recommended else ["as the model recommends"]) + ([] if not given else ["as given"])) or "edgelm's defaults"
-    sampled = f"; sampling {used} ({source})"
-    info.print(f"[dim]{path} on {artifact.engine}, {conversation.template_name}{sampled}; /reset, /exit, /help[/dim]")
+    info.print(f"[dim]{path} on {artifact.engine}, {conversation.template_name}; {sampled}; /reset, /exit, /help[/dim]")
     backend = artifact.backend
     if context_shift and not backend.position_free:
         info.print("note: --context-shift needs a model without position encoding (NoPE) on the torch, ONNX or ggml executor "
@@ -620,23 +600,15 @@ def chat(
         except RefusedText as exc:  # this line is refused and was read whole: the chat goes on (a piped line over the limit ends it)
             err.print(f"error: {exc.line()}", markup=False, soft_wrap=True)
             continue
-        # a command word, alone or with more after it, is never sent as a message (llama-cli's commands have the same
-        # shape; `/reset now` went to the model as text); `//…` sends a message that begins with `/`
-        command = re.fullmatch(r"(/[A-Za-z?]+)(\s.*)?", user.strip(), re.DOTALL)
-        if user.lstrip().startswith("//"):
-            user = user.lstrip()[1:]
-        elif command:
-            word, rest = command[1], (command[2] or "").strip()
-            known = "/reset clears the history, /exit (or Ctrl-D) leaves, Ctrl-C stops a reply; start a message with // to send one beginning with /"
-            if word in CHAT_COMMANDS and rest:
-                info.print(f"{word} takes nothing after it ({known})", markup=False)
-            elif word == "/exit":
-                return
-            elif word == "/reset":
-                conversation.reset()
-                info.print("[dim]history cleared[/dim]")
-            else:
-                info.print(known if word in ("/help", "/?") else f"unknown command {word}: {known}", markup=False)
+        action, user = read_chat_line(user)
+        if action == "exit":
+            return
+        if action == "reset":
+            conversation.reset()
+            info.print("[dim]history cleared[/dim]")
+        elif action == "say":
+            info.print(user, markup=False)
+        if action != "send":
             continue
         if not user.strip():
             continue
@@ -645,7 +617,7 @@ def chat(
             turn = conversation.turn(user, backend, max_new_tokens, options, tuple(stop or ()), draft, lookup_ngram, context_shift)
             if turn.dropped:
                 info.print(f"[dim]dropped the {turn.dropped} oldest exchange(s) to fit the {backend.context_length}-token context[/dim]")
-            if _past_training(trained, len(turn.ids) + max_new_tokens, backend.context_length, "this turn",
+            if _past_training(trained, len(turn.ids) + max_new_tokens, backend.context_length, "this turn reaches",
                               "replies may lose their way from here", "keeps the chat within them, dropping the oldest exchanges"):
                 trained = None  # said once
             if verbose_prompt:
@@ -691,7 +663,7 @@ def bench(
     as_json: JsonOption = False,
 ) -> None:
     """Time to first token, prefill and decode tok/s (medians of --repetitions runs), peak RSS, decode roofline; --compare with the raw engine."""
-    from .benchmark import bench as run
+    from .benchmark import bench as run, prompt_ids
     from .formats import open_artifact
     from .runtime.backend import physical_cores
 
@@ -701,8 +673,7 @@ def bench(
     context = prompt_tokens + new_tokens  # the warm-up runs within it: a bench may fill the model's context exactly
     artifact = open_artifact(path, _load_options(position_encoding, None, "cpu", threads, context_length=context, provider=provider,
                                                  allow_pickle=allow_pickle))
-    text = _read_text(DEFAULT_TEXT)
-    prompt = (artifact.tokenizer.encode(text) * (1 + prompt_tokens // 1000))[:prompt_tokens]
+    prompt = prompt_ids(artifact.tokenizer, HELD_OUT_TEXT.read_text(encoding="utf-8"), prompt_tokens)
     load, cores = os.getloadavg()[0], os.cpu_count() or 1  # before the bench's own threads add to it
     with info.status("timing…"):
         result = run(artifact, prompt, new_tokens, compare, threads, repetitions)
@@ -751,17 +722,14 @@ def bundle(
 ) -> None:
     """A self-describing, checksummed folder a mobile app ships (ONNX as ORT mobile format + operator config),
     or with --target web a static page that runs the ONNX export in the browser."""
-    from .bundle import make_bundle
+    from .bundle import bundle_target, make_bundle
 
     with info.status("bundling…"):
         written = make_bundle(artifact_path, out_dir, zip_it, force, allow_desktop_only, target, web_runtime)
-    out.print(f"wrote {written}" + (f" (serve it with `edgelm serve {written}` and open the address it prints)" if target == "web" else ""),
-              markup=False)
-    from .artifact_files import read_json_object
-
-    if target == "web" and not zip_it and read_json_object(written / "edgelm.json").get("quantization") == "int4":
-        info.print("note: int4 runs on WebGPU; on WASM (browsers without a GPU) onnxruntime-web has no int4 kernel and dequantizes "
-                   "every weight at every step (a 1.1B model: ~20 s a token): for those, bundle an int8 export (docs/web.md)", markup=False)
+    said, notes = bundle_target(target).notes(written, written.is_file())
+    out.print(f"wrote {written}{said}", markup=False)
+    for note in notes:
+        info.print(f"note: {note}", markup=False)
 
 
 @app.command()
@@ -801,12 +769,7 @@ def verify(
     """Re-run the artifact's parity certificate probe on this machine's runtime (a bundle: every file's
     sha256 against its manifest first); --reference recomputes the whole certificate; --sha256 checks
     the artifact is the one its publisher gave. Fails (exit 1) on an artifact without a certificate."""
-    from .artifact_files import artifact_sha256
-    from .bundle import check_runs, verify_bundle
-    from .certificate import OPTIONAL_HASHES, verify as check
-    from .constants import ONNX_MANIFEST
-    from .formats import detect
-    from .formats.base import resolve_device
+    from .verify import verify_artifact
 
     if device != "cpu" and reference is None:  # the probe runs on the artifact's own engine; only the reference is torch's
         raise UserError(f"--device {device} sets where --reference's torch model runs, and no --reference was given", None,
@@ -814,103 +777,17 @@ def verify(
     if expected_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", expected_sha256):
         raise UserError(f"--sha256 {expected_sha256[:80]!r} is not a sha256 (64 hexadecimal digits)", None,
                         "give the hash its publisher lists, as sha256sum prints it")
-    fmt = detect(artifact_path)
-    threads, device = _threads(threads), resolve_device(_device(device))
-    # a GGUF file or an ONNX export (its edgelm.json) is checked as itself; anything else as a bundle, whose
-    # checks say what is missing (a bundle folder without its manifest is refused, not run as an ONNX folder)
-    if fmt.bundled and (artifact_path.is_file() or (artifact_path / ONNX_MANIFEST).is_file()):
-        check_runs(fmt, artifact_path.name, artifact_path, "export it again")
-        result = check(fmt, reference, threads, device)
-        lines = [f"{artifact_path} loads and runs"]  # the path as given (a stranger read only its last part)
-    else:
-        try:
-            manifest, model, result = verify_bundle(artifact_path, lambda inner: check(inner, reference, threads, device, bundled=True))
-        except ArtifactMismatch as exc:  # a bundle that is not what its manifest says fails the check, as a changed weight does
-            if as_json:
-                out.print_json(json.dumps({"ok": False, "failed": [exc.line()]}))
-            err.print(f"verify failed: {exc.line()}", markup=False)
-            raise typer.Exit(1) from None
-        lines = [f"bundle: {len(manifest['files'])} {'file matches its' if len(manifest['files']) == 1 else 'files match their'} sha256, nothing else in the bundle; {manifest['model']} loads and runs "
-                 f"({model['family']}, {model['format']}, {model['quantization']})"]
-        if manifest.get("target") == "web":
-            lines.append(f"web page: edgelm {__version__}'s own; runtime: " + ", ".join(f"{p} {v}" for p, v in manifest["web_runtime"].items())
-                         + ", the published files")
-    # what every check above reads lies inside the artifact, and whoever edits it can rewrite it too (a stranger
-    # edited a bundle's template and its manifest's sha256, and forged a GGUF's certified numbers): only a hash
-    # from outside, its publisher's, says the artifact is the one published (check's extent check bounded what it reads)
-    identity = artifact_sha256(artifact_path)
-    published = None if expected_sha256 is None else identity == expected_sha256.lower()
-    lines.append(f"sha256 {identity} (of the {'folder' if artifact_path.is_dir() else 'file'}): " + (
-        "the artifact checked above is not signed; compare this with the sha256 its publisher gives, or pass --sha256"
-        if published is None else "equals --sha256" if published else f"DIFFERS from --sha256 {expected_sha256.lower()}"))
-    # why it failed, in the JSON too (a stranger's verify --json without a certificate said only "differences": [])
-    failed = ([f"not the artifact published with sha256 {expected_sha256.lower()}"] if published is False else []) + (
-        [] if result.ok else [result.failure()])
+    from .formats.base import resolve_device
+
+    verdict = verify_artifact(artifact_path, reference, _threads(threads), resolve_device(_device(device)), expected_sha256)
     if as_json:
-        out.print_json(json.dumps({"ok": not failed, "failed": failed, "certificate": result.certificate,
-                                   "engine_version": result.engine_version,
-                                   "probe": result.probe.as_dict() if result.probe else None,
-                                   **{f"{key}_equal": result.equal(key) for key in OPTIONAL_HASHES}, "sha256": identity, "sha256_equal": published,
-                                   "recomputed": result.recomputed, "differences": result.differences}))
+        out.print_json(json.dumps(verdict.summary))
     else:
-        for line in lines[:-1] + result.lines(reference) + lines[-1:]:
+        for line in verdict.lines:
             out.print(line, markup=False)
-    if published is False:
-        err.print(f"verify failed: {artifact_path} is not the artifact published with sha256 {expected_sha256.lower()} (its sha256 is "
-                  f"{identity})", markup=False)
+    if verdict.failure:
+        err.print(f"verify failed: {verdict.failure}", markup=False)
         raise typer.Exit(1)
-    if not result.ok:
-        err.print(f"verify failed: {result.failure()}", markup=False)
-        raise typer.Exit(1)
-
-
-def _say_temperatures(artifact_path: Path, recorded, given: Path | None) -> None:
-    """One line when parity's reference runs with head temperatures the artifact records, or a warning when
-    --head-temperatures (which wins) differs from them: the numbers then measure that difference too."""
-    import numpy as np
-
-    try:
-        table = np.asarray(recorded, dtype=np.float32)
-    except (TypeError, ValueError):  # not a table of numbers; with no --head-temperatures the reference refused it
-        table = None
-    if recorded is None or (given is None and np.all(table == 1)):
-        return
-    if given is None:
-        info.print(f"note: the reference runs with the head temperatures {artifact_path} records (λ from {table.min():.4g} to "
-                   f"{table.max():.4g}), folded into it at export", markup=False)
-        return
-    from .artifact_files import read_json
-
-    layers = np.asarray(read_json(given, what="the temperatures file")["layers"], dtype=np.float32)  # valid: the reference read it
-    if table is None or layers.shape != table.shape or not np.allclose(layers, table, rtol=1e-6, atol=0):
-        info.print(f"warning: --head-temperatures {given} differs from the λ {artifact_path} records (folded into it at export); "
-                   "the reference runs with the file's: drop the option to compare with what was exported", markup=False)
-
-
-def _say_certificate(artifact_path: Path, art, kv_cache: str, reference: Path, allow_pickle: bool) -> None:
-    """A note when the artifact's parity certificate was measured with another KV cache type than this run
-    (a GGUF's with float32, parity's default llama.cpp's float16): its numbers and these differ by that too;
-    and when --reference is not the model it was measured against (a stranger's run compared a NoPE GGUF
-    with tiny-rope and no word)."""
-    from .certificate import certified_kv_cache, reference_sha256, validate
-    from .models import open_checkpoint
-
-    try:
-        certificate = art.format.certificate()
-        if certificate is not None:
-            validate(certificate, artifact_path)
-    except UserError:  # a damaged certificate is verify's to report; parity measures the artifact itself
-        return
-    if certificate is not None and certified_kv_cache(certificate) != kv_cache:
-        info.print(f"note: the parity certificate in {artifact_path} was measured with a {certified_kv_cache(certificate)} KV cache, "
-                   f"this run uses {kv_cache}" + (" (add --f32-kv-cache to compare like with like)"
-                                                   if "f32_kv_cache" in art.format.honoured else ""), markup=False)
-    if certificate is None:
-        return
-    checkpoint = open_checkpoint(reference, position_encoding=art.format.recorded_position_encoding(), allow_pickle=allow_pickle)
-    if (here := reference_sha256(checkpoint)) != certificate["reference_sha256"]:
-        info.print(f"note: {reference} is not the model the parity certificate in {artifact_path} was measured against (its weights "
-                   f"and config.json hash to {here[:16]}…, certified {certificate['reference_sha256'][:16]}…)", markup=False)
 
 
 @app.command()
@@ -929,14 +806,13 @@ def parity(
     as_json: JsonOption = False,
 ) -> None:
     """Numbers proving an artifact matches the full-precision torch reference (on CUDA when present)."""
-    from .parity import compare
+    from .parity import certificate_notes, compare, positions_to_compare, temperature_note
     from .formats import LoadOptions, open_artifact
 
     from .formats import detect
 
-    text = text or DEFAULT_TEXT
+    text = text or HELD_OUT_TEXT
     _text_file(text)  # refused before the models load
-    asked, tokens = tokens, tokens or PARITY_TOKENS
     if not (given := detect(reference, allow_pickle)).checkpoint:  # an export as the reference said it "carries its position encoding inside"
         raise UserError(f"--reference is {given.noun}; parity compares against the full-precision model folder "
                         "the artifact was exported from", reference, "give that model folder (config.json and its weights)")
@@ -949,20 +825,11 @@ def parity(
         check_recorded_settings(fmt)
     ref = open_artifact(reference, LoadOptions(head_temperatures=head_temperatures or recorded, device=_device(device), allow_pickle=allow_pickle,
                                                position_encoding=fmt.recorded_position_encoding()))
-    _say_temperatures(artifact_path, recorded, head_temperatures)
-    table = getattr(ref.backend.model.spec.positions, "max_positions", None)  # a learned position table ends there
-    if table is not None and tokens >= table and asked is None:  # the default clamped, as to a stated context below; a
-        # --tokens asked for past the table is refused when the artifact opens, naming the positions
-        info.print(f"note: the model has learned {table:,} positions: parity compares {table - 1:,}, not {tokens:,}", markup=False)
-        tokens = table - 1
-    if (stated := fmt.stated_context()) is not None and stated < 3:  # not "the text is too short"
-        raise UserError(f"the artifact states a context of {stated} tokens; parity compares at least 2 positions, 3 tokens", artifact_path,
-                        "export it with --ctx-size 3 or more")
-    if stated is not None and tokens >= stated and asked is None:  # export --ctx-size 100: the default was refused;
-        # a --tokens asked for past it is refused below, naming the option
-        info.print(f"note: the artifact states a context of {stated:,} tokens: parity compares {stated - 1:,} positions, not "
-                   f"{tokens:,}", markup=False)
-        tokens = stated - 1
+    if note := temperature_note(artifact_path, recorded, head_temperatures):
+        info.print(note, markup=False)
+    tokens, notes = positions_to_compare(tokens, PARITY_TOKENS, ref.backend.learned_positions, fmt.stated_context(), artifact_path)
+    for note in notes:
+        info.print(note, markup=False)
     ids = _leading_ids(ref.tokenizer, text, tokens + 1)  # only the head a 256 MB text needs
     if len(ids) < 3:
         raise UserError("the text is too short", text, "give a longer text")
@@ -976,7 +843,8 @@ def parity(
         report = compare(ref.backend, art.backend, ids)
     result = report.as_dict() | {"reference": f"{reference} ({ref.engine})", "artifact": f"{artifact_path} ({art.engine})",
                                  "kv_cache": art.backend.kv_cache_type()}
-    _say_certificate(artifact_path, art, result["kv_cache"], reference, allow_pickle)
+    for note in certificate_notes(artifact_path, art, result["kv_cache"], reference, allow_pickle):
+        info.print(note, markup=False)
     over = {name: f"{name} {value:.6g} above the limit {limit:g}" for name, limit, value in
             [("mean KL divergence", max_kld, report.mean_kld), ("perplexity increase", max_ppl_increase, report.perplexity_change)]
             if limit is not None and not value <= limit}  # NaN is never within a limit
@@ -1025,7 +893,7 @@ def calibrate(
     """Tune per-head attention temperatures at a longer length (HeadScale), every weight frozen."""
     import torch
 
-    from .calibrate import CalibrationSettings, calibrate as run
+    from .calibrate import CalibrationSettings, calibrate as run, check_text, training_length
     from .models.registry import refuse_unfoldable_temperatures
     from .fileio import atomic_output_file, refuse_overlap
     from .hub import resolve_model
@@ -1038,29 +906,17 @@ def calibrate(
     refuse_existing(out_path, force)
     # --out onto the model's own config.json or weights, or onto the training text, replaced them (with --force)
     refuse_overlap(out_path, text, resolve_model(model_dir, allow_pickle))
-    content = _read_text(text)
+    content = read_user_text(text, "--text")
     checkpoint = open_checkpoint(model_dir, position_encoding=position_encoding.value if position_encoding else None,
                                  allow_pickle=allow_pickle)
     refuse_unfoldable_temperatures(checkpoint.family, checkpoint.spec, model_dir, "no export could carry the temperatures calibrate finds for it")
-    recorded = checkpoint.config.get("edgelm")
-    training_length = recorded.get("training_length", checkpoint.spec.max_positions) if isinstance(recorded, dict) else checkpoint.spec.max_positions
-    if not is_count(training_length, 1):  # a string met `<=` as a TypeError traceback
-        raise UserError(f"config.json's edgelm.training_length is {repr(training_length)[:40]}, not a whole number of tokens", model_dir,
-                        "fix it, or remove it (the model's max_position_embeddings counts then)")
-    if target_length <= training_length:
-        info.print(f"warning: --target-length {target_length} is not above the training length {training_length}; "
+    if target_length <= (trained := training_length(checkpoint.config, checkpoint.spec.max_positions, model_dir)):
+        info.print(f"warning: --target-length {target_length} is not above the training length {trained}; "
                   "temperatures matter past it", markup=False)
     ids = load_tokenizer(model_dir).encode(content)
     settings = CalibrationSettings(target_length=target_length, steps=steps, lr=lr, lr_late=lr_late, init=init,
                                    min=min_value, batch=batch, seed=seed, uniform=uniform)
-    need = (settings.eval_windows + 1) * (target_length + 1)
-    if len(ids) < need:
-        raise UserError(f"the text is {len(ids)} tokens; length {target_length} needs at least {need} "
-                        f"({settings.eval_windows} held-out windows and one to train on)", text, "give a longer text or a smaller --target-length")
-    windows = (len(ids) - settings.eval_windows * (target_length + 1)) // (target_length + 1)
-    if batch > windows:  # --batch 100000 grew past all memory (killed at 23 GB) before its first step
-        raise UserError(f"--batch {batch} is more than the {windows} windows of {target_length + 1} tokens the text has to train on",
-                        text, f"give --batch {windows} or less, or a longer text")
+    check_text(ids, settings, text)
     model = checkpoint.load_model(resolve_device(_device(device)))
     if not model.attention_modules():
         raise UserError("this model has no attention heads to scale", model_dir, "calibration applies to attention models")
@@ -1110,7 +966,6 @@ def _one_line_summaries() -> None:
 _one_line_summaries()
 
 
-CHAT_COMMANDS = ("/exit", "/reset", "/help", "/?")
 BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 

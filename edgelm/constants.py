@@ -4,6 +4,15 @@ gguf-py's constants.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+# --- texts shipped with the package (an installed edgelm has no examples/) -----------------------
+# the openings (~24 KB each, more than any default reads) of the six novels in examples/data
+TEXTS = Path(__file__).resolve().parent / "assets" / "text"
+HELD_OUT_TEXT = TEXTS / "persuasion-opening.txt"  # held out from training: parity, perplexity, bench, the certificate
+TRAINING_TEXTS = tuple(TEXTS / f"{name}-opening.txt" for name in  # the five novels the shipped models trained on
+                       ("emma", "mansfield-park", "northanger-abbey", "pride-and-prejudice", "sense-and-sensibility"))
+
 # --- GGUF metadata edgelm adds beside llama.cpp's own keys ---------------------------------------
 GGUF_VERSION = "edgelm.version"
 GGUF_FAMILY = "edgelm.family"

@@ -13,10 +13,11 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .constants import TRAINING_TEXTS
 from .errors import UserError
 
 EXPORTERS: dict[str, "Exporter"] = {}
-KV_CALIBRATION_TEXT = Path(__file__).parent / "assets" / "text" / "emma-opening.txt"  # a training novel
+KV_CALIBRATION_TEXT = TRAINING_TEXTS[0]  # emma
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class Exporter(ABC):
         for refusal in self.refuses:
             if options.given(refusal.options):
                 raise UserError(refusal.message, None, refusal.fix)
+        if options.calibration and options.calibration != TRAINING_TEXTS:  # the built-in texts are edgelm's own
+            read_user_text(options.calibration[0], "--calibration")  # refused here, before minutes of export
         return options
 
     @abstractmethod

@@ -41,6 +41,12 @@ def is_hub_id(text: str) -> bool:
     return HUB_ID.match(text) is not None and not Path(text).exists()
 
 
+def output_stem(model: Path) -> Path:
+    """What an export's default output is named after: the model folder, or for a hub id a name in the current
+    folder (its repository's), never a path inside the Hugging Face cache."""
+    return Path.cwd() / HUB_ID.match(str(model))["repo"].split("/")[1] if is_hub_id(str(model)) else model.resolve()
+
+
 def _looks_local(repo: str) -> bool:
     """A missing path that reads as ORG/NAME: its first part is a folder here (`build/model.gguf`), or
     its name ends as the files edgelm opens do."""

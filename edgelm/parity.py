@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .errors import UserError
 from .numbers import exp_or_inf
 from .runtime.backend import Backend
 
@@ -111,3 +112,69 @@ def pooled(reports: Sequence[ParityReport]) -> ParityReport:
         reference_perplexity=exp_or_inf(mean(np.log(r.reference_perplexity) for r in reports)),
         artifact_perplexity=exp_or_inf(mean(np.log(r.artifact_perplexity) for r in reports)),
     )
+
+
+def positions_to_compare(asked: int | None, default: int, learned: int | None, stated: int | None, artifact_path) -> tuple[int, list[str]]:
+    """The positions parity compares, and a note for each time the default was clamped: to a learned position table
+    (`learned`: the reference has none past it) or to the context an artifact states (export --ctx-size 100 had the
+    default refused). A count asked for past either is refused where the artifact opens, naming the option."""
+    tokens, notes = asked or default, []
+    if learned is not None and tokens >= learned and asked is None:
+        notes.append(f"note: the model has learned {learned:,} positions: parity compares {learned - 1:,}, not {tokens:,}")
+        tokens = learned - 1
+    if stated is not None and stated < 3:  # not "the text is too short"
+        raise UserError(f"the artifact states a context of {stated} tokens; parity compares at least 2 positions, 3 tokens", artifact_path,
+                        "export it with --ctx-size 3 or more")
+    if stated is not None and tokens >= stated and asked is None:
+        notes.append(f"note: the artifact states a context of {stated:,} tokens: parity compares {stated - 1:,} positions, not {tokens:,}")
+        tokens = stated - 1
+    return tokens, notes
+
+
+def temperature_note(artifact_path, recorded, given) -> str | None:
+    """A note when the reference runs with head temperatures the artifact records, or a warning when
+    --head-temperatures (which wins) differs from them: the numbers then measure that difference too."""
+    try:
+        table = np.asarray(recorded, dtype=np.float32)
+    except (TypeError, ValueError):  # not a table of numbers; with no --head-temperatures the reference refused it
+        table = None
+    if recorded is None or (given is None and np.all(table == 1)):
+        return None
+    if given is None:
+        return (f"note: the reference runs with the head temperatures {artifact_path} records (λ from {table.min():.4g} to "
+                f"{table.max():.4g}), folded into it at export")
+    from .artifact_files import read_json
+
+    layers = np.asarray(read_json(given, what="the temperatures file")["layers"], dtype=np.float32)  # valid: the reference read it
+    if table is None or layers.shape != table.shape or not np.allclose(layers, table, rtol=1e-6, atol=0):
+        return (f"warning: --head-temperatures {given} differs from the λ {artifact_path} records (folded into it at export); "
+                "the reference runs with the file's: drop the option to compare with what was exported")
+    return None
+
+
+def certificate_notes(artifact_path, artifact, kv_cache: str, reference, allow_pickle: bool) -> list[str]:
+    """Notes when the artifact's parity certificate was measured with another KV cache type than this run
+    (a GGUF's with float32, parity's default llama.cpp's float16): its numbers and these differ by that too;
+    and when `reference` is not the model it was measured against (a stranger's run compared a NoPE GGUF
+    with tiny-rope and no word)."""
+    from .certificate import certified_kv_cache, reference_sha256, validate
+    from .models import open_checkpoint
+
+    try:
+        certificate = artifact.format.certificate()
+        if certificate is not None:
+            validate(certificate, artifact_path)
+    except UserError:  # a damaged certificate is verify's to report; parity measures the artifact itself
+        return []
+    if certificate is None:
+        return []
+    notes = []
+    if certified_kv_cache(certificate) != kv_cache:
+        notes.append(f"note: the parity certificate in {artifact_path} was measured with a {certified_kv_cache(certificate)} KV cache, "
+                     f"this run uses {kv_cache}" + (" (add --f32-kv-cache to compare like with like)"
+                                                     if "f32_kv_cache" in artifact.format.honoured else ""))
+    checkpoint = open_checkpoint(reference, position_encoding=artifact.format.recorded_position_encoding(), allow_pickle=allow_pickle)
+    if (here := reference_sha256(checkpoint)) != certificate["reference_sha256"]:
+        notes.append(f"note: {reference} is not the model the parity certificate in {artifact_path} was measured against (its weights "
+                     f"and config.json hash to {here[:16]}…, certified {certificate['reference_sha256'][:16]}…)")
+    return notes

@@ -15,6 +15,8 @@ def rewrite_gguf(source: Path, target: Path, add: dict[str, tuple] | None = None
     reader = GGUFReader(str(source))
     arch = arch or reader.fields["general.architecture"].contents()
     writer = GGUFWriter(str(target), arch)
+    if "general.architecture" in (add or {}):  # the writer sets it itself: `add` may retype it
+        del writer.kv_data[0]["general.architecture"]
     for key, field in reader.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture" or key in drop_keys:
             continue

@@ -314,7 +314,7 @@ def test_keys_llama_cpp_asserts_on_are_refused_before_it_loads(run_cli, llama_gg
 def test_an_edgelm_key_of_another_type_is_one_line_or_runs(run_cli, llama_gguf, gguf_file, tmp_path, kind, which):
     """Stranger 35: edgelm.config holding a number (or an array) where JSON text belongs was a 53-line traceback from
     `inspect`, the first command run on a downloaded file; stranger 37: general.file_type as an array, from inspect and
-    bundle. Every edgelm.* key of a llama and a tokenformer GGUF, its file type and its chat template retyped in turn:
+    bundle. Every edgelm.* key of a llama and a tokenformer GGUF, its architecture, file type and chat template retyped in turn:
     inspect, generate and bundle either run or refuse it in one line, never a traceback."""
     from gguf import GGUFReader
 
@@ -323,7 +323,7 @@ def test_an_edgelm_key_of_another_type_is_one_line_or_runs(run_cli, llama_gguf, 
              "int32 array": ([1, 2], GGUFValueType.ARRAY, GGUFValueType.INT32), "string": ("x", GGUFValueType.STRING)}[kind]
     keys = [key for key in GGUFReader(str(source)).fields if key.startswith("edgelm.") and not key.startswith("edgelm.parity.")]
     assert "edgelm.config" in keys and len(keys) >= 5, keys
-    for key in keys + ["general.file_type", "tokenizer.chat_template"]:
+    for key in keys + ["general.architecture", "general.file_type", "tokenizer.chat_template"]:
         evil = rewrite_gguf(source, tmp_path / "evil.gguf", drop_keys={key}, add={key: value})
         shutil.rmtree(tmp_path / "b", ignore_errors=True)
         for command in (("inspect", evil), ("generate", evil, "--prompt", "It", "--max-new-tokens", 1), ("bundle", evil, "--out", tmp_path / "b")):

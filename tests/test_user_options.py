@@ -330,8 +330,8 @@ def test_parity_and_perplexity_read_only_the_head_of_a_huge_text(run_cli, gguf, 
     from edgelm import cli, tokenizer
 
     plain, huge = tmp_path / "plain.txt", tmp_path / "huge.txt"
-    plain.write_bytes(cli.DEFAULT_TEXT.read_bytes())
-    huge.write_bytes(cli.DEFAULT_TEXT.read_bytes())
+    plain.write_bytes(cli.HELD_OUT_TEXT.read_bytes())
+    huge.write_bytes(cli.HELD_OUT_TEXT.read_bytes())
     os.truncate(huge, 2 << 30)
     sizes = []
     real = tokenizer.read_text_head

@@ -381,6 +381,9 @@ def test_serve_command_prints_its_address_and_stops_on_ctrl_c(web_bundles, run_c
     code, out, err = run_cli("bundle", onnx, "--target", "web", "--out", tmp_path / "w")
     assert code == 0 and f"edgelm serve {tmp_path / 'w'}" in out, err
     assert "no int4 kernel" in err and "bundle an int8 export" in err  # the page says it too, on WASM
+    # `--out w.zip` writes a zip without --zip: the note after it read w.zip/edgelm.json, exit 2 with the bundle written
+    code, out, err = run_cli("bundle", onnx, "--target", "web", "--out", tmp_path / "w.zip")
+    assert code == 0 and (tmp_path / "w.zip").is_file() and "Traceback" not in err and "error" not in err, err
 
 
 # The 1.1B-shaped int4 bundle (~0.9 GB) in the browser: ~10 minutes on 2 cores (preset, export, page), so

@@ -66,7 +66,7 @@ def edgelm(installed, *args):
 def test_the_environment_imports_the_wheel_not_the_checkout(installed):
     python, cwd = installed
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    found = subprocess.run([str(python), "-c", "import edgelm, edgelm.cli; print(edgelm.__file__); print(edgelm.cli.DEFAULT_TEXT)"],
+    found = subprocess.run([str(python), "-c", "import edgelm, edgelm.constants; print(edgelm.__file__); print(edgelm.constants.HELD_OUT_TEXT)"],
                            cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout.split()
     assert all(Path(p).is_relative_to(python.parents[1]) for p in found), found
     assert not Path(found[0]).is_relative_to(REPO)

@@ -350,7 +350,7 @@ def _mixed_types(checkpoint: Checkpoint, f32: Path, texts: Sequence[Path], imatr
     weights) its KLD measured on `texts` (the built-in calibration text when none) after `trip` through
     the file's quantizer, the greedy allocation over the bytes the f32 file's other contents leave.
     Returns {GGUF name: type}, the note for the file, and notes for the user."""
-    from ..quantize.calibration import DEFAULT_TEXTS, calibration_chunks
+    from ..quantize.calibration import DEFAULT_TEXTS
 
     texts = texts or DEFAULT_TEXTS
     plan = {gguf_name: source.stacked or source.name for source in _sources(checkpoint, ExportedWeights(checkpoint))
@@ -363,19 +363,13 @@ def _mixed_types(checkpoint: Checkpoint, f32: Path, texts: Sequence[Path], imatr
     parameters = model.state_dict()
     floats = sum(4 * parameters[p].numel() * len(u.names) for u in found for p in u.params)
     fixed = f32.stat().st_size - floats + mixed.ALIGNMENT * len(plan) + mixed.CERTIFICATE_RESERVE
-    mixed.allocate([mixed.Unit(u.param, u.names, u.sizes, dict.fromkeys(u.sizes, 0.0)) for u in found],  # refused before measuring
-                   budget, fixed, type_name)
-    chunks = calibration_chunks(checkpoint.tokenizer(), texts, mixed.CHUNKS, mixed.CHUNK_TOKENS)
     importance = None if imatrix is None else {p: imatrix.mean_squares(p) for u in found for p in u.params if p in imatrix.sums}
-    mixed.measure(model, chunks, found, trip, mixed.MEASURED_TYPE, importance)
+    choice, how = mixed.choose(model, found, budget, fixed, type_name, checkpoint.tokenizer(), texts, trip, mixed.MEASURED_TYPE, importance)
     del model
-    choice = mixed.allocate(found, budget, fixed, type_name)
     counts = Counter(choice.values())
     predicted = mixed.predicted_kld(found, choice)
     measured = "/".join(dict.fromkeys(u.measured or mixed.MEASURED_TYPE for u in found))
-    notes = [f"mixed precision within {budget} bytes: " + ", ".join(f"{n} × {t}" for t, n in sorted(counts.items()))
-             + f" (each weight's KLD measured alone at {measured} on {len(chunks)} × {mixed.CHUNK_TOKENS} tokens of "
-             + ", ".join(p.name for p in texts) + f"; predicted sum {predicted:.5f})"]
+    notes = [f"mixed precision within {budget} bytes: " + ", ".join(f"{n} × {t}" for t, n in sorted(counts.items())) + f" ({how})"]
     key = {mixed.NOTE_KEY: f"max_size={budget} predicted_kld={predicted:.6f} measured={measured}"}
     return mixed.overrides(found, choice), key, notes
 

@@ -39,9 +39,10 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from .. import __version__
 from ..artifact_files import find_member, read_json_object, user_file
 from ..certificate import certify_onnx, probe_positions, reference_sha256
-from ..constants import CHAT_TEMPLATE_FILE, GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE, SAMPLING_DEFAULTS, TOKENIZER_FILES
+from ..constants import CHAT_TEMPLATE_FILE, GENAI_CONFIG, HF_CONFIG, ONNX_MANIFEST, ONNX_MODEL_FILE, TOKENIZER_FILES
 from ..errors import UserError
 from ..fileio import atomic_output_dir
+from ..genai_config import genai_search
 from ..models import Checkpoint, CausalLM, CausalSelfAttention, ModelSpec
 from ..models.checkpoint import with_token_ids
 from ..models.positions import LearnedAbsolute
@@ -373,13 +374,6 @@ def genai_config(checkpoint: Checkpoint, tokenizer: Tokenizer, context_length: i
     }
 
 
-def genai_search(sampling: dict) -> dict:
-    """genai_config's search options for SamplingOptions' values (onnxruntime-genai's builder writes generation_config.json's
-    sampling there), the ones not given as edgelm's chat fills them (SAMPLING_DEFAULTS: llama.cpp's top_k 40, where the
-    builder and transformers take 50), so a model samples alike in every format; genai has no min_p."""
-    return {"repetition_penalty": 1.0} | SAMPLING_DEFAULTS | {name: value for name, value in sampling.items() if name != "min_p"}
-
-
 def check_quant_options(quant: str, int4_embedding: bool = False, int8_lm_head: bool = False, kv_cache: str = "float",
                         int4_block_size: int = INT4_BLOCK, int4_accuracy_level: int = INT4_ACCURACY_LEVEL) -> None:
     if quant not in QUANTS:
@@ -432,7 +426,7 @@ def _eight_bit_choice(checkpoint: Checkpoint, model: ir.Model, texts: Sequence[P
     (quantize/mixed.py): each weight's KLD measured with it alone through MatMulNBits int4, on `texts`
     (the built-in calibration text when none); `other_bytes`: the folder's files besides model.onnx."""
     from ..quantize import mixed
-    from ..quantize.calibration import DEFAULT_TEXTS, calibration_chunks
+    from ..quantize.calibration import DEFAULT_TEXTS
 
     texts = texts or DEFAULT_TEXTS
     sizes = mixed.matmul_nbits_sizes(block)
@@ -460,14 +454,9 @@ def _eight_bit_choice(checkpoint: Checkpoint, model: ir.Model, texts: Sequence[P
             fixed += sizes(shape[1], shape[0])["int4"] if int4_embedding and name in gathered else value.const_value.nbytes
     torch_model = checkpoint.load_model()
     found = mixed.units(torch_model, plan, lambda name, out, inputs: sizes(out, inputs))
-    mixed.allocate([mixed.Unit(u.param, u.names, u.sizes, dict.fromkeys(u.sizes, 0.0)) for u in found], budget, fixed, "int4")
-    chunks = calibration_chunks(checkpoint.tokenizer(), texts, mixed.CHUNKS, mixed.CHUNK_TOKENS)
-    mixed.measure(torch_model, chunks, found, mixed.matmul_nbits_trip(block), "int4")
-    choice = mixed.allocate(found, budget, fixed, "int4")
+    choice, how = mixed.choose(torch_model, found, budget, fixed, "int4", checkpoint.tokenizer(), texts, mixed.matmul_nbits_trip(block), "int4")
     eight = {name for name, bits in mixed.overrides(found, choice).items() if bits == "int8"}
-    note = (f"mixed precision within {budget} bytes: {len(eight)} of {len(plan)} MatMuls at 8 bits (each weight's KLD "
-            f"measured alone at int4 on {len(chunks)} × {mixed.CHUNK_TOKENS} tokens of " + ", ".join(p.name for p in texts)
-            + f"; predicted sum {mixed.predicted_kld(found, choice):.5f})")
+    note = f"mixed precision within {budget} bytes: {len(eight)} of {len(plan)} MatMuls at 8 bits ({how})"
     return eight, [note]
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from ..constants import (GENAI_CONFIG, HF_CONFIG, ONNX_METADATA_GENAI, ONNX_MODEL_FILE, ORT_MODEL_FILE, PARITY_CERTIFICATE, SAMPLING_DEFAULTS,
                          REQUIRED_OPERATORS, TOKENIZER_FILES)
 from ..errors import UserError
+from ..genai_config import decoder_names, genai_search, missing_genai_fields
 from ..numbers import is_count
 from ..artifact_files import contained, find_member, member, parse_json, parse_json_object, read_prefix, read_text
 from .base import Artifact, Format, LoadOptions, recorded_training_length, register
@@ -194,7 +195,6 @@ class OnnxFolder(Format):
         external weights)."""
         import onnx
 
-        from ..runtime.onnx_backend import decoder_names
 
         self.check_options(options)
         decoder = self.genai["model"]["decoder"]
@@ -506,14 +506,12 @@ class OnnxFolder(Format):
     def bundle_into(self, folder: Path) -> dict[str, Any]:
         """The graph in ONNX Runtime's mobile format (onnxruntime's own converter) with the
         required-operators config it writes for a reduced-size build; genai_config.json pointing at it."""
-        from ..runtime.onnx_backend import missing_genai_fields
 
         missing = missing_genai_fields(self.genai)
         if missing:  # a folder without genai_config.json (Optimum's) describes itself from its config.json
             raise UserError(f"onnxruntime-genai on a phone needs {', '.join(missing)}, which neither {GENAI_CONFIG} nor "
                             f"{HF_CONFIG} states", self.path, f"add them to {HF_CONFIG} (vocab_size, num_attention_heads, "
                             "hidden_size, bos/eos/pad_token_id) or export with `edgelm export --format onnx`")
-        from ..export.onnx import genai_search
 
         genai = copy.deepcopy(self.genai)
         genai["model"]["decoder"]["filename"] = ORT_MODEL_FILE

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from importlib import resources
 
 import torch
 
-PROBE_TEXT = resources.files("edgelm") / "assets" / "text" / "position_probe.txt"
+from ..constants import TEXTS
+
+PROBE_TEXT = TEXTS / "position_probe.txt"
 PROBE_TOKENS = 256
 CLEAR_MARGIN = math.log(1.02)  # nats per token: the better choice has ≥ 2 % lower perplexity
 

@@ -18,16 +18,14 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..artifact_files import user_file
+from ..constants import TRAINING_TEXTS
 from ..errors import UserError
 from ..models import CausalLM
 from ..tokenizer import leading_ids
 from .imatrix import ImportanceMatrix
 
-# the built-in calibration text: the openings (~24 KB each, more than the tokens read from each) of the
-# five novels the shipped models trained on, shipped with the package (persuasion, the sixth, is held out
-# for evaluation: parity and benchmarks score on it)
-DEFAULT_TEXTS = tuple(Path(__file__).resolve().parents[1] / "assets" / "text" / f"{name}-opening.txt" for name in
-                      ("emma", "mansfield-park", "northanger-abbey", "pride-and-prejudice", "sense-and-sensibility"))
+# the built-in calibration text: the training novels' openings (persuasion, the sixth, is held out for evaluation)
+DEFAULT_TEXTS = TRAINING_TEXTS
 CHUNKS, CHUNK_TOKENS = 16, 256  # 4096 tokens: seconds on a laptop CPU for the shipped tiny models
 
 _MATMULS = {F.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__}

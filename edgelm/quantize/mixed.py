@@ -229,6 +229,22 @@ def allocate(found: list[Unit], budget: int, fixed: int, what: str) -> dict[str,
         spent += cost
 
 
+def choose(model, found: list[Unit], budget: int, fixed: int, what: str, tokenizer, texts, trip, measured_type: str,
+           importance: dict[str, np.ndarray] | None = None) -> tuple[dict[str, str], str]:
+    """Both formats' sequence: `budget` refused before minutes of measuring where even every unit's cheapest type
+    exceeds it, each unit's KLD measured on CHUNKS × CHUNK_TOKENS tokens of `texts`, the greedy allocation. Returns the
+    choice and the note's account of it ("measured alone at … on … tokens of …; predicted sum …")."""
+    from .calibration import calibration_chunks
+
+    allocate([Unit(u.param, u.names, u.sizes, dict.fromkeys(u.sizes, 0.0)) for u in found], budget, fixed, what)
+    chunks = calibration_chunks(tokenizer, texts, CHUNKS, CHUNK_TOKENS)
+    measure(model, chunks, found, trip, measured_type, importance)
+    choice = allocate(found, budget, fixed, what)
+    at = "/".join(dict.fromkeys(u.measured or measured_type for u in found))
+    return choice, (f"each weight's KLD measured alone at {at} on {len(chunks)} × {CHUNK_TOKENS} tokens of "
+                    + ", ".join(p.name for p in texts) + f"; predicted sum {predicted_kld(found, choice):.5f}")
+
+
 def overrides(found: list[Unit], choice: dict[str, str]) -> dict[str, str]:
     """{artifact tensor name: type name} (GGUF: for llama.cpp's tt_overrides)."""
     return {name: choice[u.param] for u in found for name in u.names}

@@ -34,6 +34,7 @@ class Backend(ABC):
     lookup_draft: int = 0  # tokens prompt-lookup decoding drafts by default (generate.py); 0: off, where it did not measure faster
     kv_axis = 2  # the position axis of each array `_kv_arrays` gives
     position_free = False  # keys and values carry no position (NoPE): cache entries can move without re-evaluation
+    learned_positions: int | None = None  # where a learned position table ends (GPT-2's wpe): no position past it
     SHIFT_ANCHOR = 8  # tokens after a dropped span that must match before the cache is shifted past it
 
     def __init__(self) -> None:

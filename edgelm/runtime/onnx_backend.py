@@ -27,6 +27,7 @@ from ..artifact_files import find_member, member, read_json
 from ..constants import GENAI_CONFIG, HF_CONFIG, LLAMA_MAX_LAYERS, ONNX_MANIFEST, ONNX_MODEL_FILE
 from ..errors import UserError
 from ..fileio import is_plain_name
+from ..genai_config import LAYER_NAME_PATTERNS, decoder_names
 from ..numbers import FRACTION, NON_NEGATIVE, POSITIVE, NumberRange, is_count
 from ..stops import ends_early, take_pending_stop
 from .backend import Backend, available_memory, default_threads, proc_bytes, refuse_cache_past_memory
@@ -342,30 +343,6 @@ def describe_optimum_folder(folder: Path) -> dict:
               "pad_token_id": config.get("pad_token_id") if config.get("pad_token_id") is not None else eos}
     model |= {key: value for key, value in tokens.items() if is_count(value)}
     return {"model": {k: v for k, v in model.items() if v is not None}, "search": {"past_present_share_buffer": False}}
-
-
-# what onnxruntime-genai's model builder writes beyond the IO and genai reads: without vocab_size its
-# generator refuses to start ("vocab_size must be 1 or greater, is 0"); eos ends generation, pad pads a batch
-GENAI_MODEL_FIELDS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
-GENAI_DECODER_FIELDS = ("num_attention_heads", "hidden_size")
-
-
-def missing_genai_fields(genai: dict) -> list[str]:
-    model = genai.get("model", {})
-    return [f"model.{k}" for k in GENAI_MODEL_FIELDS if k not in model] + \
-        [f"model.decoder.{k}" for k in GENAI_DECODER_FIELDS if k not in model.get("decoder", {})]
-
-
-# onnxruntime-genai's names where genai_config's decoder.inputs/outputs leave one out (its Config::Defaults)
-DEFAULT_DECODER_NAMES = {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
-                         "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value",
-                         "logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"}
-LAYER_NAME_PATTERNS = ("past_key_names", "past_value_names", "present_key_names", "present_value_names")
-
-
-def decoder_names(decoder: dict) -> dict:
-    """The decoder's input and output names as onnxruntime-genai reads them: genai_config's, else its defaults."""
-    return DEFAULT_DECODER_NAMES | decoder.get("inputs", {}) | decoder.get("outputs", {})
 
 
 # onnxruntime-genai loads, as native code, a shared library its config names: session_options'

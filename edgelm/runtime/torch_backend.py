@@ -19,6 +19,7 @@ class TorchBackend(Backend):
         self.context_length = model.spec.max_positions
         self.cache: KVCache | None = None
         self.position_free = model.spec.position_encoding == "none"
+        self.learned_positions = getattr(model.spec.positions, "max_positions", None)
 
     def _truncate(self, length: int) -> int:
         # K and V are [batch, kv_heads, positions, head_dim] per layer
