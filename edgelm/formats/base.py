@@ -28,27 +28,20 @@ log = logging.getLogger("edgelm")
 
 
 # load options one engine honours and another has no use for: LoadOptions field -> (the values that ask for
-# nothing, the command line's flag, what it applies to, what to do instead per format kind; else "drop FLAG")
+# nothing, the command line's flag, what it applies to); what to do instead is each Format's `option_fixes`
+# (else "drop FLAG")
 RUNTIME_OPTIONS = {
-    "f32_kv_cache": ((False,), "--f32-kv-cache", "a GGUF file (llama.cpp's and the ggml executor's KV cache type)",
-                     {"onnx folder": "drop --f32-kv-cache: an ONNX graph's KV cache type is fixed at export (float32 at "
-                                     "--quant f32, int8 and int4; float16 at f16)"}),
-    "gpu_layers": ((0,), "--gpu-layers", "a GGUF file (llama.cpp's layer offload)",
-                   {"onnx folder": "drop --gpu-layers; --provider cuda (or another GPU provider) runs an ONNX folder on a GPU",
-                    "model folder": "drop --gpu-layers; --device cuda runs a model folder on a GPU"}),
-    "provider": (("cpu",), "--provider", "an ONNX folder (onnxruntime's execution provider)",
-                 {"gguf": "drop --provider; --gpu-layers N offloads a GGUF to a GPU",
-                  "model folder": "drop --provider; --device cuda runs a model folder on a GPU"}),
+    "f32_kv_cache": ((False,), "--f32-kv-cache", "a GGUF file (llama.cpp's and the ggml executor's KV cache type)"),
+    "gpu_layers": ((0,), "--gpu-layers", "a GGUF file (llama.cpp's layer offload)"),
+    "provider": (("cpu",), "--provider", "an ONNX folder (onnxruntime's execution provider)"),
     # --device places torch's tensors (and edgelm's ggml executor's graph). onnxruntime and llama.cpp users place
     # work with their engine's own option, which edgelm also takes: an execution provider (CUDA's needs the
     # onnxruntime-gpu package) and a count of offloaded layers (llama.cpp's -ngl, bounded by GPU memory).
     # Mapping cuda onto either would guess a package or a layer count, and give one knob two names; an explicit
     # device is refused with the option to use. auto asks for nothing: it is cuda on any GPU machine, where
     # every engine still runs as its own options say.
-    "device": (("cpu", "auto"), "--device", "a model folder (the torch reference) and a GGUF edgelm's ggml executor runs",
-               {"onnx folder": "drop --device; --provider cuda (onnxruntime's CUDA execution provider) runs an ONNX folder on a GPU",
-                "gguf": "llama.cpp runs this file: drop --device; --gpu-layers N offloads N layers to a GPU (llama.cpp's -ngl)"}),
-    "allow_pickle": ((False,), "--allow-pickle", "a model folder whose weights are a pickle (pytorch_model.bin)", {}),
+    "device": (("cpu", "auto"), "--device", "a model folder (the torch reference) and a GGUF edgelm's ggml executor runs"),
+    "allow_pickle": ((False,), "--allow-pickle", "a model folder whose weights are a pickle (pytorch_model.bin)"),
 }
 
 
@@ -121,13 +114,13 @@ class LoadOptions:
             raise UserError(f"a context of {self.context_length:,} tokens is past the {table:,} positions this model has learned",
                             path, f"use a context of {table:,} tokens or less")
 
-    def refuse_unused(self, path: Path, kind: str, noun: str, honoured: frozenset) -> None:
+    def refuse_unused(self, path: Path, noun: str, honoured: frozenset, fixes: dict[str, str]) -> None:
         """One line for a runtime option set away from its default that this format's engine has no use for
         (`parity --f32-kv-cache` on an ONNX folder ran its own cache type and said nothing), as llama.cpp and
         onnxruntime refuse an option they do not know rather than run without it."""
-        for name, (unasked, flag, applies, fix) in RUNTIME_OPTIONS.items():
+        for name, (unasked, flag, applies) in RUNTIME_OPTIONS.items():
             if name not in honoured and getattr(self, name) not in unasked:
-                raise UserError(f"{flag} applies to {applies}, not to {noun}", path, fix.get(kind, f"drop {flag}"))
+                raise UserError(f"{flag} applies to {applies}, not to {noun}", path, fixes.get(name, f"drop {flag}"))
 
     def resolved_device(self) -> str:
         """The device the engines that take --device run on (resolve_device)."""
@@ -169,6 +162,7 @@ class Format(ABC):
     noun: ClassVar[str]  # the same in a sentence ("a GGUF file", "an ONNX folder", …)
     bundled: ClassVar[bool] = True  # what a bundle may hold as its model (not a bundle, not a checkpoint folder)
     honoured: ClassVar[frozenset] = frozenset()  # the RUNTIME_OPTIONS its engine uses (check_options refuses the others)
+    option_fixes: ClassVar[dict[str, str]] = {}  # RUNTIME_OPTIONS name -> what to do instead, where not "drop FLAG"
     checkpoint: ClassVar[bool] = False  # a training checkpoint: takes --position-encoding and --head-temperatures, carries no certificate
     bundled_as_is: ClassVar[bool] = False  # a bundle holds the artifact's files unchanged: verify checks its settings_sha256 there too
 
@@ -189,7 +183,7 @@ class Format(ABC):
         x.gguf --allow-pickle` was accepted and ignored while `generate` refused it)."""
         if not self.checkpoint:
             options.refuse_model_overrides(self.path, self.noun)
-        options.refuse_unused(self.path, self.kind, self.noun, self.honoured_options())
+        options.refuse_unused(self.path, self.noun, self.honoured_options(), self.option_fixes)
 
     def honoured_options(self) -> frozenset:
         """The RUNTIME_OPTIONS this file's engine uses (a format whose engine depends on the file overrides it)."""

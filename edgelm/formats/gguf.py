@@ -116,6 +116,8 @@ class GGUF(Format):
     kind = "gguf"
     noun = "a GGUF file"
     honoured = frozenset({"f32_kv_cache", "gpu_layers"})
+    option_fixes = {"provider": "drop --provider; --gpu-layers N offloads a GGUF to a GPU",
+                    "device": "llama.cpp runs this file: drop --device; --gpu-layers N offloads N layers to a GPU (llama.cpp's -ngl)"}
     bundled_as_is = True  # bundle_into copies the file
 
     @classmethod

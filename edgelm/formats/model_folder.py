@@ -25,6 +25,8 @@ class ModelFolder(Format):
     noun = "a model folder"
     checkpoint = True
     honoured = frozenset({"f32_kv_cache", "device", "allow_pickle"})  # the fp32 torch reference's cache is float32 anyway
+    option_fixes = {"gpu_layers": "drop --gpu-layers; --device cuda runs a model folder on a GPU",
+                    "provider": "drop --provider; --device cuda runs a model folder on a GPU"}
     bundled = False
 
     @classmethod

@@ -92,6 +92,10 @@ class OnnxFolder(Format):
     kind = "onnx folder"
     noun = "an ONNX folder"
     honoured = frozenset({"provider"})
+    option_fixes = {"f32_kv_cache": "drop --f32-kv-cache: an ONNX graph's KV cache type is fixed at export (float32 at --quant f32, "
+                                    "int8 and int4; float16 at f16)",
+                    "gpu_layers": "drop --gpu-layers; --provider cuda (or another GPU provider) runs an ONNX folder on a GPU",
+                    "device": "drop --device; --provider cuda (onnxruntime's CUDA execution provider) runs an ONNX folder on a GPU"}
 
     @property
     def raw_engine(self) -> str | None:

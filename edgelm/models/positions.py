@@ -129,6 +129,7 @@ class YarnScaling(RopeScaling):
 class PositionEncoding:
     name: ClassVar[str]  # what `--position-encoding`, inspect and the export manifests call it
     rotated_dims: ClassVar[int] = 0
+    position_free: ClassVar[bool] = False  # keys and values carry no position: a KV cache's entries may move (context shift)
 
     def rotation(self, positions: torch.Tensor) -> Rotation:
         """Per-call rotary state for positions [batch, seq], computed once for all layers."""
@@ -147,6 +148,7 @@ class NoPositions(PositionEncoding):
     """NoPE: attention alone, causally masked, tells tokens apart (Kazemnejad et al. 2023)."""
 
     name: ClassVar[str] = "none"
+    position_free: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ class TorchBackend(Backend):
         self.device = next(model.parameters()).device
         self.context_length = model.spec.max_positions
         self.cache: KVCache | None = None
-        self.position_free = model.spec.position_encoding == "none"
+        self.position_free = model.spec.positions.position_free
         self.learned_positions = getattr(model.spec.positions, "max_positions", None)
 
     def _truncate(self, length: int) -> int:
