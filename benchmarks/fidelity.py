@@ -227,14 +227,17 @@ def genai_builder_export(model_dir: Path, out: Path, python: str, extra_options:
     return out
 
 
-def measure(model_dir: Path, artifact: Path, tokens: int, windows: int) -> dict:
-    ref = open_artifact(model_dir, LoadOptions())
+def held_out_windows(ref, tokens: int, windows: int) -> list[list[int]]:
+    """`windows` windows of `tokens` + 1 ids spread over the held-out novel, encoded once per model."""
+    return spread_windows(ref.tokenizer.encode(HELD_OUT.read_text(encoding="utf-8")), tokens + 1, windows)
+
+
+def measure(ref, artifact: Path, windows: list[list[int]]) -> dict:
     # llama.cpp's f16 KV cache alone costs ~1e-3 in logits; an ONNX graph's cache type is fixed at export
     # (and its folder refuses the option)
-    art = open_artifact(artifact, LoadOptions(context_length=tokens + 1, f32_kv_cache=artifact.suffix == ".gguf", all_logits=True))
-    text = HELD_OUT.read_text(encoding="utf-8")
-    ids = ref.tokenizer.encode(text)
-    report = pooled([compare(ref.backend, art.backend, window) for window in spread_windows(ids, tokens + 1, windows)])
+    art = open_artifact(artifact, LoadOptions(context_length=len(windows[0]), f32_kv_cache=artifact.suffix == ".gguf", all_logits=True))
+    with art:
+        report = pooled([compare(ref.backend, art.backend, window) for window in windows])
     return {"bytes": folder_bytes(artifact), "mean_kld": report.mean_kld, "ppl_change": report.perplexity_change,
             "top1": report.top1_agreement, "positions": report.positions}
 
@@ -289,12 +292,18 @@ def svg_plot(rows: list[dict], path: Path) -> None:
     path.write_text("\n".join(out) + "\n")
 
 
+def window_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 or more")
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--tokens", type=int, default=256, help="positions of each window")
-    parser.add_argument("--windows", type=lambda n: int(n) if int(n) >= 1 else parser.error("--windows takes 1 or more"), default=8, help="windows of --tokens positions spread over the held-out novel "
+    parser.add_argument("--windows", type=window_count, default=8, help="windows of --tokens positions spread over the held-out novel "
                         "(1: its opening alone, as before 2026-12-07)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--llama-tools", type=Path, default=os.environ.get("LLAMA_CPP_TOOLS"),
@@ -311,6 +320,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgelm-fidelity-") as folder:
         for model in args.models.split(","):
             model_dir = ROOT / "examples" / "models" / model
+            ref = open_artifact(model_dir, LoadOptions())  # the torch reference, loaded and the novel encoded once per model
+            windows = held_out_windows(ref, args.tokens, args.windows)
             sizes: dict[str, int] = {}
             for method in args.methods.split(","):
                 fmt, options = METHODS[method]
@@ -334,7 +345,7 @@ def main() -> None:
                     print(f"{model:17} {method:24} not made: {exc}", flush=True)
                     continue
                 sizes[method] = folder_bytes(path)
-                row = {"model": model, "method": method, "format": fmt} | measure(model_dir, path, args.tokens, args.windows)
+                row = {"model": model, "method": method, "format": fmt} | measure(ref, path, windows)
                 rows.append(row)
                 print(f"{model:17} {method:30} {row['bytes'] / 1e6:6.2f} MB  KLD {row['mean_kld']:.5f}  "
                       f"ΔPPL {100 * row['ppl_change']:+6.2f} %  top-1 {100 * row['top1']:5.1f} %  ({row['positions']} positions)", flush=True)
