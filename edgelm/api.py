@@ -29,6 +29,7 @@ class Model:
         # threads sharing a model are served one after another
         self._lock = threading.RLock()
         self._closed = False
+        self._chat_dropped: tuple[str | None, list[dict]] = (None, [])  # chat(): the system prompt and the messages dropped last
 
     def close(self) -> None:
         """Free the engine's memory (a llama.cpp context, an onnxruntime session, ggml's buffers) now rather than
@@ -107,7 +108,9 @@ class Model:
         """The assistant's reply to `messages` ([{"role": "system" | "user" | "assistant" | "tool", "content": …}, …],
         ending with the user's turn or a tool's result; a content may be OpenAI's text parts, joined by newlines as
         llama-server joins them), rendered with the model's chat template as `edgelm chat` renders it;
-        the oldest exchanges are dropped when the conversation and `max_new_tokens` outgrow the context.
+        the oldest exchanges are dropped when the conversation and `max_new_tokens` outgrow the context, down to half
+        of it, and stay dropped in the next call whose messages go on from these (as `edgelm chat` keeps its history), so
+        the calls after a drop evaluate only their new tokens.
         `stream=True` gives the pieces as they come; `stop`: texts to stop before (repeatable in the CLI);
         sampling as SamplingOptions (temperature, top_k, top_p, min_p, repetition_penalty, seed); `draft`,
         `lookup_ngram`: prompt-lookup decoding, as in `stream`. `prompt_cache`: a file keeping the KV cache
@@ -141,16 +144,24 @@ class Model:
         backend = self._backend()
         conversation = Conversation(self.tokenizer, backend.context_length, max_new_tokens, system,
                                     template_kwargs={} if chat_template_kwargs is None else chat_template_kwargs)
-        conversation.turns = messages[1 if system is not None else 0:-1]
+        history = messages[1 if system is not None else 0:-1]
         with self._lock:
+            # the messages the last call dropped to fit, where this history goes on from them, stay dropped, as `edgelm
+            # chat` keeps its history trimmed: the context fills seldom and the turns after reuse the cache (stranger 40:
+            # each call dropped afresh to half the room, so the kept window moved and every call re-evaluated ~200 tokens)
+            dropped_system, dropped = self._chat_dropped
+            skip = len(dropped) if dropped_system == system and len(history) > len(dropped) and history[:len(dropped)] == dropped else 0
+            conversation.turns = history[skip:]
             if prompt_cache is not None:
                 from .runtime.prompt_cache import check_path, start_from
 
                 path = check_path(prompt_cache)  # also where the cache is held already (a bad path passed from the second call)
                 log.info(start_from(path, self.artifact.path, backend, conversation.preamble_ids()))
-            pieces = self._exclusive(iter(conversation.turn(messages[-1]["content"], backend, max_new_tokens,
-                                                            SamplingOptions(**sampling), _stops(stop), draft, lookup_ngram,
-                                                            context_shift, messages[-1]["role"])))
+            turn = conversation.turn(messages[-1]["content"], backend, max_new_tokens, SamplingOptions(**sampling), _stops(stop),
+                                     draft, lookup_ngram, context_shift, messages[-1]["role"])
+            kept = len(conversation.turns) - 1  # of the history, beside the new message
+            self._chat_dropped = (system, [dict(m) for m in history[:len(history) - kept]])
+            pieces = self._exclusive(iter(turn))
             return pieces if stream else "".join(piece.text for piece in pieces)
 
     def perplexity(self, text: str, ctx: int = 256, stride: int | None = None) -> float:

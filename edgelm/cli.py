@@ -863,8 +863,8 @@ def parity(
                 shown += f" ({100 * value:{'+' if key == 'perplexity_change' else ''}.2f} %)"
             table.add_row(key, shown)
         out.print(table)
-        for name in failed:
-            err.print(f"parity check failed: {over.get(name, 'the artifact gave NaN or infinite logits')}")
+    for name in failed:  # why, on standard error, with --json too (as verify's)
+        err.print(f"parity check failed: {over.get(name, f'{report.nonfinite_side()} gave NaN or infinite logits')}", markup=False)
     if failed:
         raise typer.Exit(1)
 

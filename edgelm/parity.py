@@ -3,6 +3,7 @@ the first `prefill` tokens in one call, the rest one at a time."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -31,6 +32,12 @@ class ParityReport:
 
     def as_dict(self) -> dict:
         return asdict(self) | {"perplexity_change": self.perplexity_change}
+
+    def nonfinite_side(self) -> str:
+        """Which side's logits were NaN or infinite, as its perplexity shows (a non-finite logit in a row makes the
+        row's log-probabilities NaN): a reference run with λ = 1e38 gave NaN, and the failure blamed the artifact."""
+        reference, artifact = math.isfinite(self.reference_perplexity), math.isfinite(self.artifact_perplexity)
+        return "the reference" if artifact and not reference else "the reference and the artifact" if not (reference or artifact) else "the artifact"
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -206,3 +206,61 @@ def test_python_api_reuses_the_previous_prompt():
     text = model.generate(longer, max_new_tokens=8)
     assert backend.evaluated - before == len(model.tokenizer.encode(longer)) - len(model.tokenizer.encode(first)) + 7
     assert text == fresh.generate(longer, max_new_tokens=8)
+
+
+def _linear_drops(conversation: Conversation, user: str) -> tuple[list[int], int]:
+    """The drop rule as it was written before bisection, one exchange at a time: the reference for prompt_ids."""
+    turns = [*conversation.turns, {"role": "user", "content": user}]
+    room = whole = conversation.context_length - conversation.reply_budget
+    dropped = 0
+    while True:
+        ids = conversation.tokenizer.encode(conversation.render(turns), add_bos=False, special=True)
+        if len(ids) <= room or len(turns) <= 1 and len(ids) <= whole:
+            return ids, dropped
+        assert len(turns) > 1, "the message alone does not fit"
+        room = whole // 2
+        turns = turns[2:] if len(turns) > 2 else turns[1:]
+        dropped += 1
+
+
+def test_dropping_old_exchanges_renders_a_few_times_and_drops_as_one_at_a_time_did():
+    """Stranger 40: prompt_ids dropped one exchange at a time, rendering and encoding the rest after each: 13.7 s for a
+    history of 400 exchanges, paid on every Python-API call once the context was full. The fewest drops that fit are
+    found by bisection now: the same ids and count as one at a time, for histories of 1 to 120 exchanges of changing
+    lengths, in at most 2 + log2(exchanges) renders."""
+    rng = random.Random(0)
+    tokenizer = load_tokenizer(MODELS / "tiny-rope")
+    for exchanges in (0, 1, 2, 3, 7, 30, 120):
+        history = []
+        for i in range(exchanges):
+            history += [{"role": "user", "content": "word " * rng.randint(1, 60)},
+                        {"role": "assistant", "content": "reply " * rng.randint(1, 60)}]
+        for message in ("Hello.", "long " * 150):
+            conversation = Conversation(tokenizer, context_length=512, reply_budget=64)
+            conversation.turns = list(history)
+            expected = _linear_drops(conversation, message)
+            renders = []
+            render = conversation.render
+            conversation.render = lambda turns: renders.append(len(turns)) or render(turns)
+            assert conversation.prompt_ids(message) == expected, (exchanges, len(message))
+            assert len(renders) <= 2 + max(exchanges, 1).bit_length(), (exchanges, len(renders))
+
+
+def test_python_api_chat_keeps_what_it_dropped_so_later_turns_reuse_the_cache():
+    """Stranger 40: once the context was full, every model.chat(messages) dropped old exchanges afresh down to half the
+    room, so the kept window moved each call and each re-evaluated its whole prompt, where `edgelm chat` drops once and
+    then evaluates only each turn's new tokens. A call whose history goes on from the last call's now drops what that
+    call dropped. 24 turns in a 256-token context, each ~28 new prompt tokens and a 24-token reply (~52 evaluated):
+    a call evaluating over 75 tokens is one that dropped: 7 of 24 now (every third, as the half room allows), 19 before."""
+    import edgelm
+
+    model = edgelm.load(MODELS / "tiny-rope", context_length=256)
+    backend = model.artifact.backend
+    messages, evaluated = [], []
+    for i in range(24):
+        messages.append({"role": "user", "content": f"Tell me about the {i}th letter, briefly and kindly."})
+        before = backend.evaluated
+        reply = model.chat(messages, max_new_tokens=24)
+        evaluated.append(backend.evaluated - before)
+        messages.append({"role": "assistant", "content": reply})
+    assert max(evaluated) > 75 and sum(e > 75 for e in evaluated) <= 10, evaluated

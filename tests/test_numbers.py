@@ -3,6 +3,7 @@ strict JSON with null under --json) on every engine, never `NaN` and exit 0, nev
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,8 +136,22 @@ def test_parity_runs_the_f16_kv_cache_users_get(run_cli, preset_dir, tmp_path):
     args = ("parity", artifact, "--reference", reference, "--tokens", 16, "--device", "cpu", "--json")
     code, out, err = run_cli(*args)
     assert code == 1 and "finite logits" in json.loads(out)["failed"], (code, out, err)
+    assert "parity check failed: the artifact gave NaN or infinite logits" in err  # why, with --json too (stranger 42)
     code, out, err = run_cli(*args, "--f32-kv-cache", "--max-kld", "1e-3")
     assert code == 0, (out, err)  # the weights themselves match the reference with λ = 1e30
+
+
+def test_parity_names_the_side_whose_logits_are_not_finite(run_cli, tmp_path):
+    """Stranger 42: λ = 1e38 given to the reference alone (--head-temperatures) overflows its fp32 scores, and the
+    failure said the artifact gave NaN, whose perplexity was finite."""
+    shipped = Path(__file__).parents[1] / "examples" / "models" / "tiny-nope"
+    spec = open_checkpoint(shipped).spec
+    exported = export_gguf(open_checkpoint(shipped), tmp_path / "nope.gguf", "f32", certificate=False).path
+    (tmp_path / "huge.json").write_text(json.dumps({"layers": [[1e38] * spec.num_heads] * spec.num_layers}))
+    code, out, err = run_cli("parity", exported, "--reference", shipped, "--tokens", 8, "--device", "cpu", "--head-temperatures",
+                             tmp_path / "huge.json", "--json")
+    assert code == 1 and json.loads(out)["reference_perplexity"] is None and json.loads(out)["artifact_perplexity"] > 0, (code, out)
+    assert "parity check failed: the reference gave NaN or infinite logits" in err, err
 
 
 @pytest.mark.parametrize("quant,cache", [("f32", "float"), ("f16", "float16"), ("int8", "float"), ("int4", "float")])
@@ -173,8 +188,6 @@ def test_onnx_parity_runs_the_kv_cache_the_graph_declares(run_cli, preset_dir, t
 def test_shipped_models_are_far_inside_the_f16_attention_bound(name):
     """A false refusal of a real model is worse than a missed one: the trained models' largest q/k/v bound
     is about 1e-3 of float16's range (measured: ngen4 4.1e-4, nope 1.8e-4, rope 4.5e-4, tokenformer 1.0e-3)."""
-    from pathlib import Path
-
     from edgelm.export.temperatures import F16_MAX, attention_bound
     from edgelm.export.weights import ExportedWeights
 
