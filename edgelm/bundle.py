@@ -161,9 +161,11 @@ class WebTarget(BundleTarget):
     name = "web"
 
     def check_destination(self, destination, runtime):
-        if Path(os.path.abspath(destination)) in (Path(os.path.abspath(runtime)), *Path(os.path.abspath(runtime)).parents):
-            # --force would replace the runtime the bundle copies from (a bundle inside it replaces nothing)
+        destination, runtime_at = Path(os.path.abspath(destination)), Path(os.path.abspath(runtime))
+        if destination in (runtime_at, *runtime_at.parents):  # --force would replace the runtime the bundle copies from
             raise UserError(f"the output would replace the web runtime {runtime}", destination, "write the bundle somewhere else")
+        if runtime_at in destination.parents:  # an npm folder is npm's: a bundle there is written among its packages (stranger 42)
+            raise UserError(f"the output is inside the web runtime {runtime}", destination, "write the bundle somewhere else")
 
     def fill(self, fmt, folder, runtime):
         return _web_files(fmt, folder, runtime)

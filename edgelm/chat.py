@@ -50,10 +50,12 @@ def read_chat_line(line: str) -> tuple[str, str]:
     `/reset now` went to the model as text); `//…` sends a message that begins with `/`."""
     if line.lstrip().startswith("//"):
         return "send", line.lstrip()[1:]
-    command = re.fullmatch(r"(/[A-Za-z?]+)(\s.*)?", line.strip(), re.DOTALL)
+    # a `/` alone is a command word too, and commands are known in any case (stranger 42: `/` went to the model as a
+    # message and `/EXIT` was an unknown command)
+    command = re.fullmatch(r"(/[A-Za-z?]*)(\s.*)?", line.strip(), re.DOTALL)
     if command is None:
         return "send", line
-    word, rest = command[1], (command[2] or "").strip()
+    word, rest = command[1].lower(), (command[2] or "").strip()
     if word in CHAT_COMMANDS and rest:
         return "say", f"{word} takes nothing after it ({CHAT_HELP})"
     if word in ("/exit", "/reset"):
@@ -66,9 +68,16 @@ def chat_sampling(recommended: dict, given: dict) -> tuple[dict, str]:
     GGUF's general.sampling.*, genai_config's search), else edgelm's chat defaults, as llama.cpp's chat takes a GGUF's;
     what is given wins."""
     values = SAMPLING_DEFAULTS | recommended | given
-    used = ", ".join(f"{name} {values[name]:g}" for name in SAMPLING_NAMES if name in values)
-    source = " and ".join((["as the model recommends"] if recommended else []) + (["as given"] if given else [])) or "edgelm's defaults"
-    return values, f"sampling {used} ({source})"
+    # each value with where it came from, and none that cannot act: greedy picks the top token whatever top_k, top_p and
+    # min_p say (stranger 42: `--temp 0` read "temperature 0, top_k 40, top_p 0.95 (as given)")
+    shown = [name for name in SAMPLING_NAMES if name in values and not (values["temperature"] == 0 and name in ("top_k", "top_p", "min_p"))]
+    groups = []
+    for source, names in (("as given", given), ("as the model recommends", recommended), ("edgelm's defaults", SAMPLING_DEFAULTS)):
+        mine = [name for name in shown if name in names]
+        shown = [name for name in shown if name not in names]
+        if mine:
+            groups.append(", ".join(f"{name} {values[name]:g}" for name in mine) + f" ({source})")
+    return values, ("sampling greedy: " if values["temperature"] == 0 else "sampling ") + "; ".join(groups)
 
 
 def fallback_template(tokenizer: Tokenizer) -> tuple[str, str]:

@@ -205,7 +205,7 @@ MinPOption = Annotated[float, typer.Option(parser=number(SAMPLING_RANGES["min_p"
 StopOption = Annotated[Optional[list[str]], typer.Option(help="Stop before this text (repeatable).")]
 ThreadsOption = Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="CPU threads (default: the physical cores, as llama.cpp and onnxruntime choose; llama.cpp's -t).")]
 ProviderOption = Annotated[str, typer.Option("--provider", help="onnxruntime execution provider: cpu, xnnpack, coreml, nnapi, qnn, webgpu, cuda, …")]
-DraftOption = Annotated[Optional[int], typer.Option("--draft", min=0, help="Prompt-lookup decoding: tokens drafted from the text so far and verified in one step (0: off; default: on only for the engines where it measured faster, docs/benchmarks.md). Greedy output is the same either way.")]
+DraftOption = Annotated[Optional[int], typer.Option("--draft", min=0, help="Prompt-lookup decoding: tokens drafted from the text so far and verified in one step (0: off; default: on only for the engines where it measured faster, docs/benchmarks.md). Greedy output is the same either way, up to the engine's arithmetic at a near-tie (docs/benchmarks.md).")]
 LookupNgramOption = Annotated[int, typer.Option("--lookup-ngram", min=1, max=LOOKUP_NGRAM_MAX, help="Prompt-lookup decoding: the longest n-gram of the last tokens looked up in the text so far.")]
 GpuLayersOption = Annotated[int, typer.Option("--gpu-layers", min=0, help="Layers to offload to a GPU (llama.cpp builds with one); edgelm's ggml executor puts all on the GPU for any value > 0.")]
 
@@ -832,7 +832,8 @@ def parity(
         info.print(note, markup=False)
     ids = _leading_ids(ref.tokenizer, text, tokens + 1)  # only the head a 256 MB text needs
     if len(ids) < 3:
-        raise UserError("the text is too short", text, "give a longer text")
+        raise UserError(f"the text is {len(ids)} token{'s' * (len(ids) != 1)}; parity compares at least 2 positions, 3 tokens", text,
+                        "give a longer text")
     if len(ids) <= tokens:  # said, not a context the user never asked for in a later line (round 8)
         info.print(f"note: the text holds {len(ids):,} tokens: parity compares {len(ids) - 1:,} positions, not --tokens {tokens:,}",
                    markup=False)

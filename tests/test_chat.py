@@ -408,7 +408,7 @@ def test_help_and_unknown_commands_are_answered_by_chat_not_the_model():
     import subprocess
 
     done = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(MODEL), "--max-new-tokens", "3", "--temperature", "0"],
-                          input=b"/help\n/bogus\n/usr/bin is a path\n/system Be brief.\n/reset now\n//etc is a folder\n/exit now\n",
+                          input=b"/help\n/bogus\n/usr/bin is a path\n/system Be brief.\n/reset now\n//etc is a folder\n/exit now\n/\n/RESET\n",
                           capture_output=True, timeout=300)
     err = done.stderr.decode()
     assert done.returncode == 0 and "Traceback" not in err, err
@@ -416,6 +416,8 @@ def test_help_and_unknown_commands_are_answered_by_chat_not_the_model():
     # a command word with more after it (a stranger's finding: `/reset now`, `/system …` went to the model as text)
     assert "unknown command /system" in err and "/reset takes nothing after it" in err and "/exit takes nothing after it" in err, err
     assert err.count("prompt tokens evaluated") == 2, err  # only the two messages were turns (`//etc …` sends `/etc …`)
+    # stranger 42: `/` alone went to the model, `/RESET` was unknown
+    assert "unknown command /:" in err and "history cleared" in err, err
 
 
 @pytest.mark.parametrize("where", ["tokenizer_config.json", "chat_template.jinja"])

@@ -74,7 +74,10 @@ def test_chat_samples_with_it_unless_told_and_bundles_carry_it(recommending, tmp
         assert chat.returncode == 0 and "sampling temperature 0.6, top_k 20, top_p 0.95 (as the model recommends)" in chat.stderr, chat.stderr
     given = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(gguf), "-n", "2", "--temp", "1.2"], input="hi\n",
                            capture_output=True, text=True, timeout=300)  # the banner says what is used (a stranger's finding)
-    assert "sampling temperature 1.2, top_k 20, top_p 0.95 (as the model recommends and as given)" in given.stderr, given.stderr
+    assert "sampling temperature 1.2 (as given); top_k 20, top_p 0.95 (as the model recommends)" in given.stderr, given.stderr
+    greedy = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(MODEL), "-n", "2", "--temp", "0"], input="hi\n",
+                            capture_output=True, text=True, timeout=300)  # stranger 42: top_k and top_p were "as given" too
+    assert "sampling greedy: temperature 0 (as given); /reset" in greedy.stderr, greedy.stderr
     plain = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(MODEL), "-n", "2"], input="hi\n", capture_output=True,
                            text=True, timeout=300)
     assert plain.returncode == 0 and "sampling temperature 0.7, top_k 40, top_p 0.95 (edgelm's defaults)" in plain.stderr

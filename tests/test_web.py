@@ -155,7 +155,8 @@ def test_web_bundle_bad_input(run_cli, preset_dir, tmp_path):
                       "keeps its KV cache in int8", "without --kv-cache int8")
     onnx = export_onnx(checkpoint, tmp_path / "onnx", "int4").path
     assert_user_error(run_cli("bundle", onnx, "--target", "tv", "--out", tmp_path / "w"), "unknown --target 'tv'")
-    assert_user_error(run_cli("bundle", onnx, "--target", "web", "--web-runtime", tmp_path, "--out", tmp_path / "w"),
+    (tmp_path / "empty").mkdir()
+    assert_user_error(run_cli("bundle", onnx, "--target", "web", "--web-runtime", tmp_path / "empty", "--out", tmp_path / "w"),
                       "runs on onnxruntime-web 1.30.0", "holds none", "make web-runtime")
     # a runtime whose package.json states the pinned version, with a file missing or another file in its place (a
     # stranger's finding: a traceback, or a bundle of placeholder files that verify called fine)
@@ -171,10 +172,14 @@ def test_web_bundle_bad_input(run_cli, preset_dir, tmp_path):
             (fake / package / name).write_text("// placeholder\n")
     assert_user_error(run_cli("bundle", onnx, "--target", "web", "--web-runtime", fake, "--out", tmp_path / "w"),
                       "not onnxruntime-web 1.30.0's dist/ort.webgpu.min.mjs (its sha256 differs from the published file's)")
+    # a bundle inside the runtime's npm folder was written among its packages (stranger 42)
+    assert_user_error(run_cli("bundle", onnx, "--target", "web", "--web-runtime", fake, "--out", fake / "evil"),
+                      "the output is inside the web runtime", "write the bundle somewhere else")
+    assert not (fake / "evil").exists()
     shutil.rmtree(fake)
     (tmp_path / "w").mkdir()
     assert_user_error(run_cli("bundle", onnx, "--target", "web", "--out", tmp_path / "w"), "already exists")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["kv8", "m.gguf", "onnx", "w"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "kv8", "m.gguf", "onnx", "w"]
 
 
 NODE = shutil.which("node")

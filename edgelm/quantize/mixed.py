@@ -211,7 +211,7 @@ def allocate(found: list[Unit], budget: int, fixed: int, what: str) -> dict[str,
     choice = {u.param: u.candidates[0] for u in found}
     spent = fixed + sum(u.bytes(choice[u.param]) for u in found)
     if spent > budget:
-        raise UserError(f"--max-size {budget} bytes is below the smallest {what} mixed-precision export ({spent} bytes, every "
+        raise UserError(f"--max-size {budget} byte{'s' * (budget != 1)} is below the smallest {what} mixed-precision export ({spent} bytes, every "
                         "weight at its cheapest type)", None, f"give --max-size {spent} or more")
     while True:
         best = None
