@@ -673,7 +673,7 @@ def bench(
     context = prompt_tokens + new_tokens  # the warm-up runs within it: a bench may fill the model's context exactly
     artifact = open_artifact(path, _load_options(position_encoding, None, "cpu", threads, context_length=context, provider=provider,
                                                  allow_pickle=allow_pickle))
-    prompt = prompt_ids(artifact.tokenizer, HELD_OUT_TEXT.read_text(encoding="utf-8"), prompt_tokens)
+    prompt = prompt_ids(artifact.tokenizer, read_user_text(HELD_OUT_TEXT, "the held-out text"), prompt_tokens)
     load, cores = os.getloadavg()[0], os.cpu_count() or 1  # before the bench's own threads add to it
     with info.status("timing…"):
         result = run(artifact, prompt, new_tokens, compare, threads, repetitions)
