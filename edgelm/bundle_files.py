@@ -82,6 +82,8 @@ def _check_folder(folder: Path, manifest: dict) -> None:
         path = folder / name
         if path.is_symlink():  # a bundle is copied as plain files: a link in one was put there
             raise ArtifactMismatch(f"{name} is a link, not a file of the bundle", folder, "refused: copy the bundle again")
+        if not path.exists():  # a bundle short of what its manifest lists fails verify as a changed file does (stranger 42: exit 2)
+            raise ArtifactMismatch(f"{name} is in the manifest but not in the bundle", folder, "the bundle is incomplete: copy it again")
         member(folder, name, fix="the bundle is incomplete: copy it again")
         if path.stat().st_size != entry["bytes"] or sha256(path) != entry["sha256"]:
             raise ArtifactMismatch(f"{name} does not match its sha256 in the manifest", path, "the file was changed or damaged: copy the bundle again")
@@ -117,7 +119,12 @@ def _unpack_checked(archive: zipfile.ZipFile, bundle: Path, folder: Path) -> Non
     entries = archive.infolist()
     for entry in entries:
         if not is_plain_name(entry.filename):
-            raise UserError(f"the archive holds {entry.filename!r}, outside the bundle", bundle, "refused: make the bundle again")
+            parts = entry.filename.replace("\\", "/").split("/")
+            # a name that climbs out or starts at a root leaves the bundle; a folder inside it (a/b/c/) is not a bundle's
+            # file (stranger 42: that was "outside the bundle" too)
+            where = "outside the bundle" if ".." in parts or entry.filename.startswith(("/", "\\")) or ":" in parts[0] else \
+                "not a file at the top of the bundle (a bundle is one folder of files)"
+            raise UserError(f"the archive holds {entry.filename!r}, {where}", bundle, "refused: make the bundle again")
     names = [e.filename for e in entries]
     if len(entries) > MAX_FILES:
         raise UserError(f"the archive holds {len(entries)} entries; a bundle has at most {MAX_FILES}", bundle,

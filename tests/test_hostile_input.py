@@ -129,6 +129,16 @@ def test_verify_fails_files_the_manifest_does_not_list(run_cli, bundle_folder):
     assert_user_error(run_cli("generate", bundle_folder, "--prompt", "x", "-n", 1), "payload.sh is in the bundle but not in its manifest")
 
 
+def test_verify_fails_a_bundle_short_of_a_file_its_manifest_lists(run_cli, bundle_folder):
+    """Stranger 42: a changed or an added file failed verify (exit 1) and a removed one was refused as bad input
+    (exit 2, "is missing"): each is a bundle that is not what its manifest says."""
+    import json
+
+    name = json.loads((bundle_folder / "edgelm.json").read_text())["model"]
+    (bundle_folder / name).unlink()
+    assert_verify_failed(run_cli("verify", bundle_folder), f"{name} is in the manifest but not in the bundle")
+
+
 def test_verify_refuses_a_manifest_of_another_version(run_cli, bundle_folder):
     _edit_manifest(bundle_folder, lambda m: m.update(manifest_version=99))
     assert_user_error(run_cli("verify", bundle_folder), "manifest_version 99")
