@@ -31,6 +31,7 @@ from .bundle_files import MANIFEST_VERSION, MAX_MANIFEST_BYTES, path_inside, unp
 from .fileio import atomic_output_dir, atomic_output_file, refuse_overlap
 
 VERIFY_CONTEXT = 8  # the context verify opens the model with: one token goes through it
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # every entry's time in a bundle's zip: the earliest a zip records, as reproducible builds set it
 WEB_ASSETS = Path(__file__).parent / "assets" / "web"
 # the web runtime: --web-runtime, else this variable, else a checkout's web/node_modules (`make web-runtime` installs
 # the npm packages web/package.json pins); an installed edgelm has no checkout, and the error says the npm step
@@ -226,7 +227,12 @@ def make_bundle(artifact: Path, out: Path, zip_it: bool = False, force: bool = F
         _check_made(Path(staging), artifact)
         with zipfile.ZipFile(zip_tmp, "w", zipfile.ZIP_DEFLATED) as archive:
             for path in sorted(Path(staging).iterdir()):
-                archive.write(path, path.name)
+                # the same files give the same archive: no time or owner's mode in it (stranger 42: two zips of one bundle
+                # differed in their entries' times, so a publisher's sha256 could not be made again)
+                entry = zipfile.ZipInfo(path.name, date_time=ZIP_TIME)
+                entry.compress_type, entry.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
+                with path.open("rb") as source, archive.open(entry, "w") as target:
+                    shutil.copyfileobj(source, target, 1 << 20)
     return destination
 
 

@@ -129,6 +129,23 @@ def test_verify_fails_files_the_manifest_does_not_list(run_cli, bundle_folder):
     assert_user_error(run_cli("generate", bundle_folder, "--prompt", "x", "-n", 1), "payload.sh is in the bundle but not in its manifest")
 
 
+def test_a_bundle_zipped_twice_is_the_same_bytes(run_cli, gguf_file, tmp_path):
+    """Stranger 42: two zips of one GGUF's bundle differed (their entries' times), so a publisher's --sha256 could not
+    be made again. (A mobile bundle of an ONNX folder differs in model.ort still: onnxruntime's converter writes its
+    kernel type table in hash-map order; docs/mobile.md.)"""
+    import hashlib
+    import time
+
+    digests = []
+    for name in ("one.zip", "two.zip"):
+        assert run_cli("bundle", gguf_file, "--out", tmp_path / name, "--allow-desktop-only")[0] == 0
+        digests.append(hashlib.sha256((tmp_path / name).read_bytes()).hexdigest())
+        time.sleep(2.1)  # a zip's times have 2-second steps
+    assert digests[0] == digests[1]
+    code, out, err = run_cli("verify", tmp_path / "one.zip")
+    assert code == 0 and "bundle: 1 file matches its sha256" in out, (code, out, err)  # the zip verifies as before
+
+
 def test_verify_fails_a_bundle_short_of_a_file_its_manifest_lists(run_cli, bundle_folder):
     """Stranger 42: a changed or an added file failed verify (exit 1) and a removed one was refused as bad input
     (exit 2, "is missing"): each is a bundle that is not what its manifest says."""
