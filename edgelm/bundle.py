@@ -29,6 +29,7 @@ from .errors import ArtifactMismatch, UserError
 from .artifact_files import read_json_object, sha256, user_file
 from .bundle_files import MANIFEST_VERSION, MAX_MANIFEST_BYTES, path_inside, unpacked, verify_folder
 from .fileio import atomic_output_dir, atomic_output_file, refuse_overlap
+from .registry import registrar
 
 VERIFY_CONTEXT = 8  # the context verify opens the model with: one token goes through it
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # every entry's time in a bundle's zip: the earliest a zip records, as reproducible builds set it
@@ -139,11 +140,7 @@ class BundleTarget:
 
 
 BUNDLE_TARGETS: dict[str, BundleTarget] = {}
-
-
-def register_target(cls: type[BundleTarget]) -> type[BundleTarget]:
-    BUNDLE_TARGETS[cls.name] = cls()
-    return cls
+register_target = registrar(BUNDLE_TARGETS)
 
 
 @register_target

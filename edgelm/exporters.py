@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from .constants import TRAINING_TEXTS
 from .errors import UserError
+from .registry import registrar
 
 EXPORTERS: dict[str, "Exporter"] = {}
 KV_CALIBRATION_TEXT = TRAINING_TEXTS[0]  # emma
@@ -100,9 +101,7 @@ class Exporter(ABC):
         """`progress`: console.Progress (advance, stage)."""
 
 
-def register(cls: type[Exporter]) -> type[Exporter]:
-    EXPORTERS[cls.name] = cls()
-    return cls
+register = registrar(EXPORTERS)
 
 
 @register
