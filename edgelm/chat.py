@@ -164,18 +164,21 @@ class Conversation:
         source = self.tokenizer.chat_template if self.template_file is None else read_text(self.template_file, MAX_TEMPLATE_BYTES,
                                                                                            "--chat-template-file")
         self.where = self.template_file or self.tokenizer.template_file  # the file an error in the template names
+        # what to fix: the file given in place of the model's, else the model's own (stranger 43: a broken
+        # --chat-template-file was blamed on the model's files)
+        self.fix = FIX_TEMPLATE if self.template_file is None else "fix the template file given with --chat-template-file"
         if isinstance(source, list):  # transformers' named templates: [{"name": "default", "template": …}, …]
             source = next((t["template"] for t in source if t["name"] == "default"), None)
         if source is not None and len(source.encode("utf-8", "surrogatepass")) > MAX_TEMPLATE_BYTES:
             # a folder's template file is refused at this size when it is read; a GGUF's key here
             raise UserError(f"the chat template is {len(source):,} characters; edgelm renders at most {MAX_TEMPLATE_BYTES:,} bytes of "
-                            "template (published ones are a few kB)", self.where, FIX_TEMPLATE)
+                            "template (published ones are a few kB)", self.where, self.fix)
         given = (source, f"the chat template of {self.template_file}" if self.template_file else "the model's chat template")
         self.template_source, self.template_name = given if source else fallback_template(self.tokenizer)
         # rendered once before the first turn, so a template that loses the conversation fails at start
         if PROBE_MESSAGE not in self.render([{"role": "user", "content": PROBE_MESSAGE}]):
             raise UserError(f"the chat template renders nothing of the conversation (a user message {PROBE_MESSAGE!r} is not in "
-                            "its output)", self.where, FIX_TEMPLATE)
+                            "its output)", self.where, self.fix)
         # a chat whose every message must be refused is refused at its start (a stranger's finding: `-c 2` with
         # 128 tokens kept for the reply, or a system prompt longer than the context, started and then blamed
         # each message; with --prompt-cache the system prompt overflowed the cache: a traceback)
@@ -198,17 +201,17 @@ class Conversation:
         try:
             return render_bounded(self.template_source, **self.template_kwargs, messages=messages, add_generation_prompt=True, **special)
         except TemplateSyntaxError as exc:
-            raise UserError(f"the chat template does not compile ({exc.message})", where, FIX_TEMPLATE) from None
+            raise UserError(f"the chat template does not compile ({exc.message})", where, self.fix) from None
         except TemplateLimit as exc:
             given = sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
             if 2 * given > TEMPLATE_MAX_CHARS:  # the output holds every message: then the messages, not the template, are too long
                 raise UserError(f"the conversation's messages hold {given:,} characters, and a rendered chat holds at most "
                                 f"{TEMPLATE_MAX_CHARS:,}", None, "send a shorter message (/reset clears the history)") from None
-            raise UserError(f"the chat template was stopped: {exc}", where, FIX_TEMPLATE) from None
+            raise UserError(f"the chat template was stopped: {exc}", where, self.fix) from None
         except Exception as exc:  # the template's own raise_exception, undefined names, …
             # a template may refuse a system message (raise_exception('System role not supported')): only then is --system the way out
             raise UserError(f"the chat template failed to render ({exc})", where,
-                            FIX_TEMPLATE + (", or start without --system" if self.system else "")) from None
+                            self.fix + (", or start without --system" if self.system else "")) from None
 
     def preamble_ids(self) -> list[int]:
         """The tokens every first turn begins with, whatever the user writes: the template's opening and the

@@ -950,6 +950,9 @@ def calibrate(
         return
     if result.interrupted:
         info.print("interrupted: kept the best temperatures so far")
+    if bool((result.table == 1).all()):  # the best held-out loss was λ = 1's: the file changes nothing (stranger 43 read it as tuned)
+        info.print(f"note: no temperatures beat λ = 1 on the held-out windows in {len(result.losses)} steps, so the file holds λ = 1 "
+                   "(no change); more --steps, or a --target-length further past the training length, give them room", markup=False)
     out.print(f"held-out perplexity at length {target_length}: {report['heldout_perplexity_before']} with λ = 1 → "
               f"{report['heldout_perplexity']} ({report['method']}); λ in [{result.table.min():.3f}, {result.table.max():.3f}]; wrote {out_path}", markup=False)
 

@@ -213,6 +213,9 @@ CASES: list[Case] = [
     case("--system with a byte that is not UTF-8", "chat {model} --system caf\udce9", "not UTF-8"),
     case("--chat-template-file missing", "chat {model} --chat-template-file {tmp}/none.jinja", "chat template file not found"),
     case("--chat-template-file not a template", "chat {model} --chat-template-file {text}", "renders nothing of the conversation"),
+    # stranger 43: the fix named the model's template files
+    case("--chat-template-file broken", "chat {model} --chat-template-file {tmp}/broken.jinja", "fix the template file given with --chat-template-file",
+         write("tmp", "broken.jinja", "{% for m in messages %}{{ m.content }")),
     case("--prompt-cache path with a byte that is not UTF-8", "chat {model} --prompt-cache {tmp}/bad\udcff.bin",
          "bad\\xff.bin is not UTF-8 text"),  # stranger round 11: written, exit 0
     case("--prompt-cache a file whose read fails", "chat {model} --prompt-cache /proc/self/mem", "cannot read the prompt cache"),

@@ -129,3 +129,14 @@ def test_a_batch_past_the_text_or_the_memory_is_one_line(run_cli, preset_dir, tm
     monkeypatch.setattr(edgelm.calibrate, "calibrate", no_memory)
     assert_user_error(run_cli(*args, "--batch", 2), "not enough memory for --batch 2 windows of 97 tokens")
     assert not (tmp_path / "t.json").exists()
+
+
+def test_a_file_of_lambda_one_says_it_changes_nothing(run_cli, preset_dir, tmp_path):
+    """Stranger 43: a 5-step run wrote λ = 1 everywhere (no tuned table beat λ = 1 on the held-out windows) and
+    printed its summary as if it had tuned something. It says so now."""
+    folder = preset_dir("tiny-nope")
+    text = tmp_path / "text.txt"
+    text.write_text(CORPUS.read_text(encoding="utf-8")[:60_000])
+    code, out, err = run_cli("calibrate", folder, "--text", text, "--target-length", LENGTH, "--out", tmp_path / "t.json",
+                             "--steps", 0, "--init", 40)
+    assert code == 0 and "no temperatures beat λ = 1 on the held-out windows in 0 steps" in err, (code, err)

@@ -142,6 +142,7 @@ def test_prompt_longer_than_the_context_is_refused_or_truncated(run_cli, preset_
     code, out, err = run_cli("generate", model, "--prompt", prompt, "--max-new-tokens", 4, "--truncate", "--json")
     assert code == 0, err
     assert len(json.loads(out)["tokens"]) == 4
+    assert f"the model reads its last {context - 4:,}" in err, err  # said (stranger 43)
 
 
 @pytest.mark.parametrize("template,why", [

@@ -45,7 +45,11 @@ def generate(
     if not ids:
         raise UserError("the prompt is empty after tokenization", None, "give a prompt with some text (--prompt; the prompt in Python)")
     if truncate and len(ids) >= backend.context_length:
-        ids = ids[-(backend.context_length - min(max_new_tokens, backend.context_length // 2)):]
+        kept = backend.context_length - min(max_new_tokens, backend.context_length // 2)
+        # said (stranger 43: the whole prompt was echoed with no word of the 667 tokens the model never read)
+        log.info(f"--truncate: the prompt's {len(ids):,} tokens do not fit the {backend.context_length:,}-token context with the "
+                 f"reply's room; the model reads its last {kept:,}")
+        ids = ids[-kept:]
     return generate_from_ids(backend, tokenizer, ids, max_new_tokens, options, stop, draft, lookup_ngram)
 
 
