@@ -173,7 +173,7 @@ class WebTarget(BundleTarget):
 
     def notes(self, written, zipped):
         notes = []
-        if not zipped and read_json_object(written / BUNDLE_MANIFEST).get("quantization") == "int4":
+        if not zipped and "int4" in str(read_json_object(written / BUNDLE_MANIFEST).get("quantization")).split("+"):
             notes.append("int4 runs on WebGPU; on WASM (browsers without a GPU) onnxruntime-web has no int4 kernel and dequantizes "
                          "every weight at every step (a 1.1B model: ~20 s a token): for those, bundle an int8 export (docs/web.md)")
         return f" (serve it with `edgelm serve {written}` and open the address it prints)", notes

@@ -153,6 +153,18 @@ def test_genai_builder_folder_runs_and_passes_parity(run_cli):
     assert code == 0 and out.startswith("It is a truth"), err
 
 
+def test_genai_builder_folder_bundled_for_the_web_says_int4_is_slow_on_wasm(run_cli, tmp_path):
+    """No edgelm.json records the builder folder's quantization: the web bundle's manifest reads it from the graph's
+    MatMulNBits, so the page and `bundle` warn that int4 is slow on WASM (stranger 42: neither did)."""
+    runtime = Path(__file__).resolve().parents[1] / "web" / "node_modules"
+    if not (runtime / "onnxruntime-web" / "package.json").is_file():
+        pytest.skip("web/node_modules is missing (`make web-runtime`)")
+    code, out, err = run_cli("bundle", BUILDER_FOLDER, "--target", "web", "--out", tmp_path / "w")
+    assert code == 0, err
+    assert json.loads((tmp_path / "w" / "edgelm.json").read_text())["quantization"] == "int4"
+    assert "no int4 kernel" in err and "bundle an int8 export" in err
+
+
 def test_chat_template_from_chat_template_jinja():
     """transformers 5, Optimum and the genai builder put the template in chat_template.jinja."""
     from edgelm.tokenizer import load_tokenizer

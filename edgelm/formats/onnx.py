@@ -264,7 +264,13 @@ class OnnxFolder(Format):
         for path in files:
             shutil.copyfile(path, folder / path.name)
         return {"format": "onnx (web)", "context_length": self.genai["model"]["context_length"], "model": self.model_file.name,
-                "external_data": external, **recorded_facts(self.manifest), PARITY_CERTIFICATE: self.certificate()}
+                "external_data": external, **self._bundled_manifest_facts(), PARITY_CERTIFICATE: self.certificate()}
+
+    def _bundled_manifest_facts(self) -> dict[str, Any]:
+        """recorded_facts for a bundle's manifest, the quantization read from the graph's operators where no edgelm.json
+        records it: an onnxruntime-genai builder's int4 folder, bundled for the web, got no int4-on-WASM note (stranger 42)."""
+        facts = recorded_facts(self.manifest)
+        return facts | {"quantization": facts["quantization"] or self.identity()["quantization"]}
 
     def identity(self) -> dict[str, Any]:
         """The quantization from the operators the graph holds (an ORT-format graph's op names are
@@ -563,5 +569,5 @@ class OnnxFolder(Format):
         # the graph's facts an app (and edgelm's runtime, which reads the bundle's manifest) needs: without
         # rotary_table_positions a mobile bundle ran a context past its rotary tables, which the export refuses
         return {"format": "onnx (ORT mobile format)", "context_length": genai["model"]["context_length"], "model": ORT_MODEL_FILE,
-                **recorded_facts(self.manifest), PARITY_CERTIFICATE: self.certificate()}
+                **self._bundled_manifest_facts(), PARITY_CERTIFICATE: self.certificate()}
 

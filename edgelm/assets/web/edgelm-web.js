@@ -63,7 +63,7 @@ export async function pickBackend(requested = "auto") {
 // call (a 2048×5632 matrix: 190 ms on one thread, against 8 ms for the same MatMul in int8, MatMulInteger on
 // WASM SIMD); at 1.1B parameters, ~20 s a token. WebGPU has the kernel.
 export function wasmNote(quantization) {
-  return quantization === "int4"
+  return String(quantization).split("+").includes("int4")  // "int4+int8": a graph with both, read from its operators
     ? "int4 runs slowly on WASM (onnxruntime-web dequantizes every int4 weight at every step): for browsers without a GPU, bundle an int8 export"
     : "";
 }
