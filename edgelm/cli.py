@@ -1025,6 +1025,22 @@ def _quiet_first(args: list[str]) -> list[str]:
     return hoisted + args[:first + 1] + rest
 
 
+def _other_commands_option(exc: Exception) -> str | None:
+    """An option this command lacks that other commands take, said so: `chat --json` read "No such option: --json
+    (Possible options: --stop)", click's nearest spelling, not a command that has it. Click's spellings stay where
+    they share a word with the option (`generate --tokens`: --max-new-tokens)."""
+    if type(exc).__name__ != "NoSuchOption" or getattr(exc, "ctx", None) is None:
+        return None
+    takers = [name for name, command in typer.main.get_command(app).commands.items()
+              if any(exc.option_name in p.opts for p in command.params)]
+    if not takers:
+        return None
+    words = [word for word in exc.option_name.split("-") if len(word) > 2]
+    near = [option for option in exc.possibilities or () if any(word in option for word in words)]
+    return (f"`{exc.ctx.command_path}` has no {exc.option_name} option ({', '.join(takers)} "
+            f"{'takes' if len(takers) == 1 else 'take'} it" + (f"; did you mean {' or '.join(near)}?)" if near else ")"))
+
+
 def main() -> None:
     """Run the CLI: a user mistake is one line and exit 2; Ctrl-C (exit 130) and SIGTERM (exit 143) say nothing
     was left half-written, without a traceback."""
@@ -1129,7 +1145,7 @@ def _run() -> None:
             err.print(exc.format_message(), markup=False, soft_wrap=True, highlight=False)
             message = f"no command given; see `{command} --help`"
         else:
-            message = f"{exc.format_message().rstrip('.')}; see `{command} --help`"
+            message = f"{_other_commands_option(exc) or exc.format_message().rstrip('.')}; see `{command} --help`"
         err.print(f"error: {message}", markup=False, soft_wrap=True)
         _json_failure(message, exc.exit_code)
         sys.exit(exc.exit_code)

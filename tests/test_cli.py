@@ -167,6 +167,17 @@ def test_json_failures_are_a_json_object_too(run_cli, args, code, words):
 
 
 
+@pytest.mark.parametrize("args,line", [
+    (["chat", "m", "--json"], " chat` has no --json option (inspect, generate, "),  # click offered --stop
+    (["generate", "m", "--tokens", "3"], " generate` has no --tokens option (parity takes it; did you mean --max-new-tokens?); see `"),
+    (["inspect", "m", "--bogus"], "error: No such option: --bogus; see `"),
+])
+def test_an_option_of_other_commands_is_named_as_theirs(run_cli, args, line):
+    """Stranger 42: `chat --json` read "No such option: --json (Possible options: --stop)"."""
+    code, _, err = run_cli(*args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and line in err, err
+
+
 @pytest.mark.parametrize("args,line", [([], "error: no command given; see `"),
                                        (["frobnicate"], "error: No such command 'frobnicate'; see `")])
 def test_a_usage_error_says_what_it_is_in_its_one_line(run_cli, args, line):
