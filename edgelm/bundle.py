@@ -285,6 +285,7 @@ def _check_folder(folder: Path) -> tuple[dict, Any, dict]:
     model = bundled_format(folder, manifest)
     identity = model.identity()
     check_manifest_facts(manifest, model, folder)
-    model.check_bundled()
+    if (app_runtime := model.check_bundled()) is not None:
+        identity["app_runtime"] = app_runtime
     check_runs(model, manifest["model"], folder)
     return manifest, model, identity

@@ -42,7 +42,8 @@ def verify_artifact(path: Path, reference: Path | None, threads: int | None, dev
             return Verdict([], {"ok": False, "failed": [exc.line()]}, exc.line())
         count = len(manifest["files"])
         lines = [f"bundle: {count} {'file matches its' if count == 1 else 'files match their'} sha256, nothing else in the bundle; "
-                 f"{manifest['model']} loads and runs ({model['family']}, {model['format']}, {model['quantization']})"]
+                 f"{manifest['model']} loads and runs ({model['family']}, {model['format']}, {model['quantization']})"
+                 + (f"; {model['app_runtime']} runs it too (one token)" if "app_runtime" in model else "")]
         if manifest.get("target") == "web":
             lines.append(f"web page: edgelm {__version__}'s own; runtime: " + ", ".join(f"{p} {v}" for p, v in manifest["web_runtime"].items())
                          + ", the published files")

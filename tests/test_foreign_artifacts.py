@@ -186,6 +186,7 @@ def test_optimum_folder_bundled_for_a_phone_runs_in_onnxruntime_genai(run_cli, o
     assert (genai["decoder"]["num_attention_heads"], genai["decoder"]["hidden_size"]) == (8, 256)
     code, out, err = run_cli("verify", tmp_path / "b")  # it runs in genai; Optimum writes no parity certificate, so verify fails
     assert code == 1 and out.startswith("bundle: ") and "loads and runs" in out and "carries no parity certificate" in err, (out, err)
+    assert f"; onnxruntime-genai {og.__version__} runs it too (one token)" in out.splitlines()[0]  # what verify ran, itemised
     code, out, err = run_cli("generate", SHIPPED_ROPE, "--prompt", "It is a truth universally acknowledged", "--max-new-tokens", 24, "--json")
     assert code == 0, err
     expected = json.loads(out)["tokens"]

@@ -307,8 +307,10 @@ class Format(ABC):
         and hashes); outside it, no parse is kept, so a graph is not held in memory beside the runtime running it."""
         yield
 
-    def check_bundled(self) -> None:
-        """`edgelm verify`: what the app's own runtime needs beyond the files edgelm reads (raise UserError)."""
+    def check_bundled(self) -> str | None:
+        """`edgelm verify`: what the app's own runtime needs beyond the files edgelm reads (raise UserError); returns
+        that runtime's name and version where the model was run in it (verify names it), None where nothing ran."""
+        return None
 
     def web_bundle_into(self, folder: Path) -> dict[str, Any]:
         """Write the model files a browser page runs with onnxruntime-web into `folder`; return the

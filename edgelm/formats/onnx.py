@@ -489,7 +489,7 @@ class OnnxFolder(Format):
             total += length if file is not None else len(tensor.raw_data)
         return total
 
-    def check_bundled(self) -> None:
+    def check_bundled(self) -> str:
         """The folder in onnxruntime-genai, which an app runs it with (edgelm's runtime reads only the IO
         from genai_config.json): the model and tokenizer load and one token is generated."""
         import numpy as np
@@ -512,6 +512,7 @@ class OnnxFolder(Format):
         except Exception as exc:  # onnxruntime-genai raises RuntimeError with its reason
             raise UserError(f"onnxruntime-genai cannot run this bundle ({str(exc).splitlines()[0][:200]})", self.path,
                             "make the bundle again with this edgelm") from None
+        return f"onnxruntime-genai {og.__version__}"
 
     def bundle_into(self, folder: Path) -> dict[str, Any]:
         """The graph in ONNX Runtime's mobile format (onnxruntime's own converter) with the
