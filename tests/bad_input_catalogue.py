@@ -415,6 +415,17 @@ CASES: list[Case] = [
     case("GGUF a tensor missing", "generate {gguf} --prompt x", "tensors missing", gguf(drop_tensors=["token_embd.weight"])),
     case("llama GGUF llama.cpp refuses (a tensor missing)", "generate {llama_gguf} --prompt x", "llama.cpp could not load this GGUF",
          gguf(drop_tensors=["output_norm.weight"], key="llama_gguf")),
+    # per-block counts llama.cpp builds each block's graph from but checks tensors against at block 0's: a kv head count of
+    # [2, 2, 3, 2] aborted the process in ggml (stranger 44); inspect too, where the file carries no edgelm.config
+    case("llama GGUF per-block kv heads its tensors lack", "generate {llama_gguf} --prompt x", "blk.2.attn_k.weight has 64 rows",
+         gguf(add={"llama.attention.head_count_kv": ([2, 2, 3, 2], GGUFValueType.ARRAY, GGUFValueType.UINT32)},
+              drop_keys={"llama.attention.head_count_kv"}, key="llama_gguf")),
+    case("llama GGUF per-block feed-forward length 0", "inspect {llama_gguf}", "blk.1.ffn_gate.weight has 768 rows",
+         gguf(add={"llama.feed_forward_length": ([768, 0, 768, 768], GGUFValueType.ARRAY, GGUFValueType.INT32)},
+              drop_keys={"llama.feed_forward_length"} | {f"edgelm.{k}" for k in ("config", "family")}, key="llama_gguf")),
+    case("llama GGUF per-block heads fewer than blocks", "bundle {llama_gguf} --out {tmp}/b", "attention.head_count has 2 values for 4 blocks",
+         gguf(add={"llama.attention.head_count": ([8, 8], GGUFValueType.ARRAY, GGUFValueType.UINT32)},
+              drop_keys={"llama.attention.head_count"}, key="llama_gguf")),
     case("GGUF position encoding empty", "inspect {gguf}", "edgelm.position_encoding",
          gguf_key("edgelm.position_encoding", "", GGUFValueType.STRING)),
     case("GGUF keys not edgelm.config's", "inspect {gguf}", "tokenformer.block_count is 'two', but edgelm.config says 4",

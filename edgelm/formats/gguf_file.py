@@ -34,6 +34,9 @@ _SCALARS = {
     ggml.GGUF_TYPE_FLOAT32: ggml.gguf_get_val_f32, ggml.GGUF_TYPE_FLOAT64: ggml.gguf_get_val_f64,
     ggml.GGUF_TYPE_BOOL: ggml.gguf_get_val_bool,
 }
+_INTEGER_ARRAYS = {ggml.GGUF_TYPE_UINT8: "<u1", ggml.GGUF_TYPE_INT8: "<i1", ggml.GGUF_TYPE_UINT16: "<u2", ggml.GGUF_TYPE_INT16: "<i2",
+                   ggml.GGUF_TYPE_UINT32: "<u4", ggml.GGUF_TYPE_INT32: "<i4", ggml.GGUF_TYPE_UINT64: "<u8", ggml.GGUF_TYPE_INT64: "<i8"}
+MAX_LAYER_VALUES = 1 << 16  # a per-block array longer than any model's blocks is read as none
 
 
 class GGUFFile:
@@ -93,6 +96,24 @@ class GGUFFile:
             return np.zeros(0, dtype=np.int32)
         data = ctypes.cast(ggml.gguf_get_arr_data(self._header, found), ctypes.POINTER(ctypes.c_int32))
         return np.ctypeslib.as_array(data, (count,)).copy()
+
+    def layer_counts(self, key: str) -> int | list[int] | None:
+        """An architecture key that is a whole number or an array of them (one per block), read through ggml's C parser;
+        None where it is absent, or another type (or a negative number) anywhere."""
+        found = ggml.gguf_find_key(self._header, f"{self.arch}.{key}".encode())
+        if found < 0:
+            return None
+        kind = ggml.gguf_get_kv_type(self._header, found)
+        if kind != ggml.GGUF_TYPE_ARRAY:
+            value = self.hparam(key)
+            return value if type(value) is int and value >= 0 else None
+        dtype = _INTEGER_ARRAYS.get(ggml.gguf_get_arr_type(self._header, found))
+        count = ggml.gguf_get_arr_n(self._header, found)
+        if dtype is None or not 0 < count <= MAX_LAYER_VALUES:
+            return None
+        data = ctypes.cast(ggml.gguf_get_arr_data(self._header, found), ctypes.POINTER(ctypes.c_uint8))
+        values = np.frombuffer(np.ctypeslib.as_array(data, (count * np.dtype(dtype).itemsize,)).copy(), dtype=dtype)
+        return None if (values < 0).any() else [int(v) for v in values]
 
     def string_array(self, key: str) -> list[bytes] | None:
         """A STRING array key (a vocabulary's tokens) as bytes, read through ggml's C parser; None: no such key,
@@ -195,8 +216,9 @@ def _refuse_counts(path: Path) -> None:
 _SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 
 
-def _refuse_empty_dimensions(path: Path) -> None:
-    """A tensor declaring a dimension of 0 after its first, refused before ggml parses the tensor table: ggml's overflow
+def _tensor_shapes(path: Path) -> dict[str, list[int]] | None:
+    """Each tensor's shape (ggml's order) from the header; None where the scan ends before the table (a file ggml's
+    parser refuses in its own words). A tensor declaring a dimension of 0 after its first, refused before ggml parses the tensor table: ggml's overflow
     check divides INT64_MAX by each of ne[1..3] (gguf.cpp), and a stranger's `token_embd.weight` of [d, 0] killed every
     command with SIGFPE, llama.cpp's own loader as well. The metadata is stepped over as gguf-py reads it (GGUF v2+:
     little-endian uint64 lengths and counts), up to the bound on metadata, past which the file is refused (stranger 28 put
@@ -207,7 +229,8 @@ def _refuse_empty_dimensions(path: Path) -> None:
         try:
             data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         except ValueError:  # an empty file
-            return
+            return None
+    shapes = {}
     with data:
         def take(fmt: str, at: int) -> tuple[Any, int]:
             size = struct.calcsize(fmt)
@@ -242,7 +265,7 @@ def _refuse_empty_dimensions(path: Path) -> None:
             magic, at = take("<I", 0)
             version, at = take("<I", at)
             if magic != 0x46554747 or version < 2:  # "GGUF"
-                return
+                return None
             tensors, at = take("<Q", at)
             keys, at = take("<Q", at)
             for _ in range(keys):
@@ -254,7 +277,7 @@ def _refuse_empty_dimensions(path: Path) -> None:
                 name = bytes(data[at:at + min(length, 200)]).decode("utf-8", errors="replace")
                 dims, at = take("<I", at + length)
                 if dims > 4:
-                    return
+                    return None
                 shape = []
                 for _ in range(dims):
                     ne, at = take("<q", at)
@@ -262,9 +285,53 @@ def _refuse_empty_dimensions(path: Path) -> None:
                 if 0 in shape:  # no model holds an empty tensor
                     raise UserError(f"not a valid GGUF file (tensor {name} has shape {shape}: a dimension of 0)", path,
                                     "the file is damaged: export it again")
+                shapes[name] = shape
                 at += 12  # its type (uint32) and data offset (uint64)
         except EOFError:
-            return
+            return None
+    return shapes
+
+
+# llama.cpp reads these keys as one value for every block or one per block (llama-model-loader's get_key_or_arr) and
+# builds block N's graph from block N's value, but creates (and checks) each block's tensors at block 0's: a
+# head_count_kv of [2, 2, 3, 2] loaded and then killed the process in ggml's GGML_ASSERT(a->ne[0] == b->ne[0])
+# (stranger 44). Each tensor's rows are a fixed multiple of its block's value (head width, gate halves), so block N
+# must stand to block 0 as their values do. Rows are ggml's ne[1] (a weight's outputs), ffn_down's ne[0] its inputs.
+_PER_LAYER_TENSORS = (  # (tensor, axis, its rows' count from (heads, kv heads, feed-forward length))
+    ("attn_q.weight", 1, lambda heads, kv, ff: heads),
+    ("attn_k.weight", 1, lambda heads, kv, ff: kv),
+    ("attn_v.weight", 1, lambda heads, kv, ff: kv),
+    ("attn_qkv.weight", 1, lambda heads, kv, ff: heads + 2 * kv),
+    ("ffn_gate.weight", 1, lambda heads, kv, ff: ff),
+    ("ffn_up.weight", 1, lambda heads, kv, ff: ff),
+    ("ffn_down.weight", 0, lambda heads, kv, ff: ff),
+)
+_PER_LAYER_KEYS = ("attention.head_count", "attention.head_count_kv", "feed_forward_length")
+
+
+def _refuse_layer_counts_against_shapes(gguf: GGUFFile, shapes: dict[str, list[int]]) -> None:
+    """Per-block head counts and feed-forward lengths that the blocks' tensors do not have, refused before an engine
+    builds a graph from them (see _PER_LAYER_TENSORS); a file whose keys are one value each is llama.cpp's loader's to
+    check against its tensors, which it does."""
+    layers = gguf.hparam("block_count")
+    values = {key: gguf.layer_counts(key) for key in _PER_LAYER_KEYS}
+    if type(layers) is not int or not any(isinstance(v, list) for v in values.values()):
+        return
+    for key, value in values.items():
+        if isinstance(value, list) and len(value) != layers:
+            raise UserError(f"{gguf.arch}.{key} has {len(value)} values for {layers} blocks", gguf.path, "the file is damaged: export it again")
+    per_block = [tuple(v[i] if isinstance(v, list) else v if type(v) is int else None for v in values.values()) for i in range(layers)]
+    for tensor, axis, rows in _PER_LAYER_TENSORS:
+        found = [(i, shapes[f"blk.{i}.{tensor}"][axis]) for i in range(layers) if len(shapes.get(f"blk.{i}.{tensor}", ())) > axis]
+        if not found or any(None in per_block[i] for i, _ in found):
+            continue
+        first, first_rows = found[0]
+        for i, have in found:  # have / rows(i) == first_rows / rows(first), in whole numbers
+            if have * rows(*per_block[first]) != first_rows * rows(*per_block[i]):
+                raise UserError(f"blk.{i}.{tensor} has {have} rows along axis {axis}, which does not fit block {i}'s "
+                                f"{', '.join(f'{k} {v}' for k, v in zip(_PER_LAYER_KEYS, per_block[i]))} (block {first}: {first_rows} "
+                                f"for {', '.join(map(str, per_block[first]))})", gguf.path,
+                                "the file's per-block counts and tensors disagree; it is damaged or not for llama.cpp: export it again")
 
 
 def open_gguf(path: str | Path) -> GGUFFile:
@@ -272,7 +339,7 @@ def open_gguf(path: str | Path) -> GGUFFile:
     if not path.is_file():
         raise UserError("no such file", path, "give the path of a .gguf file")
     _refuse_counts(path)
-    _refuse_empty_dimensions(path)
+    shapes = _tensor_shapes(path)
     header = ggml.gguf_init_from_file(str(path).encode(), ggml.gguf_init_params(no_alloc=True, ctx=None))
     if not header:
         raise UserError("not a valid GGUF file (ggml's parser refused its header)", path, "the file is truncated or damaged: export it again")
@@ -294,6 +361,8 @@ def open_gguf(path: str | Path) -> GGUFFile:
     if not isinstance(gguf.arch, str):
         raise UserError("not a valid GGUF file (no general.architecture text)", path, "the file is damaged: export it again")
     _refuse_bad_float_hparams(gguf)
+    if shapes is not None:
+        _refuse_layer_counts_against_shapes(gguf, shapes)
     return gguf
 
 
