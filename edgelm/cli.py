@@ -1125,6 +1125,14 @@ def _run() -> None:
             message = "no usable temporary folder: TMPDIR, /tmp and /var/tmp are full or cannot be written — free some space or set TMPDIR"
         elif getattr(exc, "errno", None) in DISK_FULL_ERRNOS:
             message = f"writing failed ({exc.strerror}) — free some space"
+        elif getattr(exc, "errno", None) == errno.ENAMETOOLONG:  # a user's path, met wherever a command first touched it
+            # (export --out of 300 bytes was a traceback while bundle and inspect checked theirs: stranger 44)
+            name = os.fsdecode(exc.filename or "")
+            message = (f"{name[:60]}{'…' if len(name) > 60 else ''}: the name is too long for the file system (at most 255 bytes "
+                       "a name, 4,096 a path) — give a shorter one")
+            err.print(f"error: {message}", markup=False, soft_wrap=True)
+            _json_failure(message, 2)
+            sys.exit(2)
         else:
             raise
         err.print(f"error: {message}", markup=False, soft_wrap=True)

@@ -8,6 +8,7 @@ brings the tracer (~70 MB resident), and the commands that run an artifact impor
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -88,7 +89,9 @@ class Exporter(ABC):
     def output(self, stem: Path, options: ExportOptions, out: Path | None) -> Path:
         """--out, or the default beside the model; a file's default name inside --out where that is a folder, as
         llama.cpp's converter does with --outfile DIR (a stranger's `--out ex/` was told to remove the folder)."""
-        if out is None or self.writes_file and out.is_dir() and not out.is_symlink():
+        # os.path's tests, which answer False for a name too long to look up (Path.is_dir raised it: stranger 44); the
+        # atomic output then refuses it in its one line
+        if out is None or self.writes_file and os.path.isdir(out) and not os.path.islink(out):
             return (out or stem.parent) / self.default_output(stem, options).name
         return out
 

@@ -38,7 +38,13 @@ KNOWN_CHECKPOINTS: dict[str, dict[str, str]] = {
 
 
 def is_hub_id(text: str) -> bool:
-    return HUB_ID.match(text) is not None and not Path(text).exists()
+    # os.path.exists, not Path.exists: a 4,100-byte `ORG/NAME@REVISION` raised ENAMETOOLONG there (stranger 44)
+    return HUB_ID.match(text) is not None and not os.path.exists(text)
+
+
+def _shown(text: str) -> str:
+    """A name from the command line, quoted, cut at 60 characters (a 4,100-byte revision filled the terminal)."""
+    return repr(text[:60]) + ("…" if len(text) > 60 else "")
 
 
 def output_stem(model: Path) -> Path:
@@ -139,12 +145,18 @@ def resolve_model(text: str | Path, allow_pickle: bool = False) -> Path:
     found = HUB_ID.match(str(text))
     repo, revision = found["repo"], found["revision"]
     if revision is not None and not is_revision(revision):
-        raise UserError(f"{revision!r} is not a branch, tag or commit name", None,
+        raise UserError(f"{_shown(revision)} is not a branch, tag or commit name", None,
                         "give ORG/NAME@REVISION with a branch or tag name (main, v1.0, refs/pr/1) or a 40-hex commit")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.utils import validate_repo_id
 
+    try:  # huggingface_hub's own rules (a name of 97 characters was its traceback, raised in the cache's path)
+        validate_repo_id(repo)
+    except HFValidationError:
+        raise UserError(f"not a valid hub id {_shown(repo)} (huggingface_hub takes letters, digits, '-', '_' and '.', at most 96 "
+                        "characters, and no '--' or '..')", None, "give ORG/NAME[@REVISION] or a local folder") from None
     patterns = DATA_FILES + (PICKLE_FILES if allow_pickle else [])
     if not COMMIT.match(revision or ""):
         _check_ref(repo, revision or "main")
