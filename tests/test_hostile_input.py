@@ -580,6 +580,31 @@ def test_a_tokenizer_whose_rules_panic_is_one_line(tmp_path, command):
     assert done.stderr.splitlines() == [done.stderr.strip()] and "the tokenizer failed while encoding a text" in done.stderr, done.stderr
 
 
+def _longer_token_in_merges(data):
+    """The token '.' renamed to a longer one in the vocabulary and in every merge (stranger 44): a merge's result is
+    then no vocabulary entry; tokenizers 0.23's BPE loader panics slicing it, 0.22's refuses it in an error."""
+    longer = "\u011b]0;PWNED-TITLE\u0107\u011b[41;97mRED\u011b[0m\u011b[2K."  # ESC ]0;…BEL ESC[41;97m…, byte-level encoded
+    data["model"]["vocab"][longer] = data["model"]["vocab"].pop(".")
+    data["model"]["merges"] = [[longer if piece == "." else piece for piece in merge] for merge in data["model"]["merges"]]
+
+
+@pytest.mark.parametrize("command", ["inspect", "generate", "export"])
+def test_a_tokenizer_that_panics_while_loading_is_one_line(tmp_path, command):
+    """Rust's panic message (180 lines under RUST_BACKTRACE=1) reached the terminal above the one line when the panic
+    came in Tokenizer.from_file rather than in an encoding (stranger 44): the load's descriptor 2 is held too."""
+    import os
+    import subprocess
+    import sys
+
+    model = _with_tokenizer(SHIPPED_ROPE, tmp_path / "m", _longer_token_in_merges)
+    argv = [command, str(model)] + {"generate": ["--prompt", "It is"], "export": ["--out", str(tmp_path / "x.gguf")]}.get(command, [])
+    done = subprocess.run([sys.executable, "-m", "edgelm", *argv], capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"RUST_BACKTRACE": "1"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [done.stderr.strip()] and "tokenizer.json" in done.stderr, done.stderr
+    assert not (tmp_path / "x.gguf").exists()
+
+
 def _charsmap(longest: int) -> str:
     """sentencepiece's precompiled charsmap layout (uint32 trie size, trie, NUL-ended replacements), its longest given."""
     import base64
