@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .console import LazyConsole, OutputLost, Progress, guarded_streams
+from .console import LazyConsole, OutputLost, Progress, for_terminal, guarded_streams
 from .errors import RefusedText, UserError
 from .constants import HELD_OUT_TEXT
 from .fileio import DISK_FULL_ERRNOS, refuse_existing, stopped
@@ -373,7 +373,7 @@ def generate(
     sys.stdout.write(prompt)
     try:
         for piece in pieces:
-            sys.stdout.write(piece.text)
+            sys.stdout.write(for_terminal(piece.text, sys.stdout))
             sys.stdout.flush()  # each piece as it comes
     finally:  # a failure's line after the text, not on it ("It is a trutherror: …", stranger 27)
         sys.stdout.write("\n")
@@ -624,7 +624,7 @@ def chat(
                 _print_prompt(artifact.tokenizer, turn.ids)
             pieces = iter(turn)
             for piece in pieces:
-                out.print(piece.text, end="", markup=False)
+                out.print(for_terminal(piece.text, sys.stdout), end="", markup=False)
         except KeyboardInterrupt:
             if pieces is None:  # while the template rendered, before the reply began: nothing of this turn is kept, and it says so
                 out.print()

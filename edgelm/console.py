@@ -11,7 +11,7 @@ keeps it by identity (a forwarding object there crashed export, perplexity and c
 from __future__ import annotations
 
 import os
-
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +21,18 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 PLAIN_INTERVAL_S = 5.0  # piped: at most one progress line this often (a 10-minute calibrate prints ~120)
+# C0 controls but tab, newline and carriage return; DEL; C1 controls. A model's vocabulary may hold them, and a terminal
+# obeys them: ESC ]0; sets the window title, OSC 52 writes the clipboard, ESC [2K erases the line (stranger 44)
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def for_terminal(text: str, stream) -> str:
+    """Generated text as a terminal shows it without obeying it, each control character spelled out (ESC as \\x1b);
+    as it is where `stream` is no terminal (a pipe or a file gets the model's own text, as from llama.cpp)."""
+    isatty = getattr(stream, "isatty", None)
+    if not (callable(isatty) and isatty()):
+        return text
+    return _CONTROLS.sub(lambda found: f"\\x{ord(found[0]):02x}", text)
 
 
 class LazyConsole:

@@ -605,6 +605,41 @@ def test_a_tokenizer_that_panics_while_loading_is_one_line(tmp_path, command):
     assert not (tmp_path / "x.gguf").exists()
 
 
+def _title_setting_full_stop(data):
+    """'.' renamed to ESC ]0;PWNED BEL '.' (byte-level encoded: ESC is U+011B, BEL U+0107), the merges using it dropped:
+    the shipped model's greedy continuation of "It is a truth" begins with it."""
+    data["model"]["vocab"]["\u011b]0;PWNED\u0107."] = data["model"]["vocab"].pop(".")
+    data["model"]["merges"] = [merge for merge in data["model"]["merges"] if "." not in merge]
+
+
+def test_generated_control_characters_are_spelled_out_in_a_terminal(tmp_path):
+    """A model's vocabulary can hold terminal escapes (set the title, write the clipboard, erase a line): in a terminal
+    generate and chat show them spelled out (stranger 44: the title changed); piped, the text is the model's own."""
+    import os
+    import subprocess
+    import sys
+
+    import pexpect
+
+    model = _with_tokenizer(SHIPPED_ROPE, tmp_path / "m", _title_setting_full_stop)
+    argv = ["-m", "edgelm", "generate", str(model), "--prompt", "It is a truth", "--max-new-tokens", "4", "--temperature", "0"]
+    child = pexpect.spawn(sys.executable, argv, encoding="utf-8", timeout=300, dimensions=(40, 120))
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0 and "It is a truth\\x1b]0;PWNED\\x07." in child.before and "\x1b]0;" not in child.before, child.before
+    piped = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=300, env=os.environ)
+    assert piped.returncode == 0 and piped.stdout.startswith("It is a truth\x1b]0;PWNED\x07."), piped
+    child = pexpect.spawn(sys.executable, ["-m", "edgelm", "chat", str(model), "-n", "4", "--temperature", "0"], encoding="utf-8",
+                          timeout=300, dimensions=(40, 120))
+    child.expect("> ")
+    child.sendline("It is a truth")
+    child.expect("> ")
+    reply = child.before
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    assert "\x1b]0;" not in reply and "\x07" not in reply, reply
+
+
 def _charsmap(longest: int) -> str:
     """sentencepiece's precompiled charsmap layout (uint32 trie size, trie, NUL-ended replacements), its longest given."""
     import base64
