@@ -199,9 +199,23 @@ def test_an_index_of_real_shards_loads(run_cli, made, tmp_path):
     halves = {"a.safetensors": names[: len(names) // 2], "b.safetensors": names[len(names) // 2:]}
     for shard, part in halves.items():
         save_file({n: tensors[n] for n in part}, str(folder / shard))
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {n: s for s, part in halves.items() for n in part}}))
+    weight_map = {n: s for s, part in halves.items() for n in part}
+    index = folder / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": weight_map}))
     code, out, err = run_cli("generate", folder, "--prompt", "It is", "--max-new-tokens", 2)
     assert code == 0, err
+    # the index is the contract (stranger 44: a second, different embedding in the other shard was loaded silently)
+    moved = names[0]
+    index.write_text(json.dumps({"weight_map": weight_map | {moved: "b.safetensors"}}))
+    assert_user_error(run_cli("inspect", folder), f"shard a.safetensors holds tensor {moved}, which the index puts in b.safetensors")
+    index.write_text(json.dumps({"weight_map": {n: s for n, s in weight_map.items() if n != moved}}))
+    assert_user_error(run_cli("export", folder, "--out", tmp_path / "x.gguf"), f"holds tensor {moved}, which the index does not list")
+    index.write_text(json.dumps({"weight_map": weight_map | {"lm_head.extra": "b.safetensors"}}))
+    assert_user_error(run_cli("generate", folder, "--prompt", "x"), "1 tensors the index lists are in no shard: lm_head.extra")
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    save_file({n: tensors[n] for n in halves["b.safetensors"]} | {moved: tensors[moved] * 0 + 0.01}, str(folder / "b.safetensors"))
+    assert_user_error(run_cli("generate", folder, "--prompt", "x"), f"tensor {moved} is in two shards, a.safetensors and b.safetensors")
+    assert not (tmp_path / "x.gguf").exists()
 
 
 # --- finding 3: hub revisions ---------------------------------------------------------------------------

@@ -166,18 +166,44 @@ def _refuse_non_float(wrong: dict[str, str], file: Path) -> None:
     if wrong:
         shown = ", ".join(f"{name} ({dtype})" for name, dtype in list(wrong.items())[:3])
         raise UserError(f"{len(wrong)} tensors are not floating point: {shown}", file,
-                        "edgelm reads float16/bfloat16/float32 checkpoints; dequantize this one first")
+                        "edgelm reads floating-point checkpoints (float16, bfloat16, float32, float64); dequantize this one first")
 
 
-def _shards(index: Path, folder: Path) -> list[Path]:
-    """The shard files a safetensors index names, each a plain name of a file in the folder."""
+def _shards(index: Path, folder: Path) -> tuple[dict[str, str], list[Path]]:
+    """The index's weight_map (tensor name → shard file name) and the shard files it names, each a plain name of a
+    file in the folder."""
     document = read_json(index)
     weight_map = document.get("weight_map") if isinstance(document, dict) else None
     if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
         raise UserError("invalid safetensors index: it needs a \"weight_map\" of tensor name → shard file name", index,
                         "fix or re-download it")
-    return [member(folder, shard, what="the index's shard", fix="the index names it: download every shard")
-            for shard in sorted(set(weight_map.values()))]
+    return weight_map, [member(folder, shard, what="the index's shard", fix="the index names it: download every shard")
+                        for shard in sorted(set(weight_map.values()))]
+
+
+def _sharded_tensors(index: Path, folder: Path) -> TensorSource:
+    """Each tensor from the one shard the index names for it. A tensor two shards hold, or one a shard holds that the
+    index puts elsewhere or leaves out, or one the index names that its shard lacks, is refused: a second copy of the
+    embedding in another shard was loaded silently in place of the indexed one (stranger 44); llama.cpp's converter
+    refuses a repeated tensor too."""
+    weight_map, shards = _shards(index, folder)
+    files, shapes, non_float = {}, {}, {}
+    for shard in shards:
+        shard_shapes, shard_non_float = _safetensors_shapes(shard)
+        for name, shape in shard_shapes.items():
+            if name in files:
+                raise UserError(f"tensor {name} is in two shards, {files[name].name} and {shard.name}", index,
+                                "the checkpoint is damaged: re-download it")
+            if weight_map.get(name) != shard.name:
+                where = f"puts in {weight_map[name]}" if name in weight_map else "does not list"
+                raise UserError(f"shard {shard.name} holds tensor {name}, which the index {where}", index,
+                                "the index and its shards disagree: re-download the checkpoint")
+            files[name], shapes[name] = shard, shape
+        non_float |= shard_non_float
+    if missing := sorted(set(weight_map) - set(files)):
+        raise UserError(f"{len(missing)} tensors the index lists are in no shard: {_listed(missing)}", index,
+                        "a shard is incomplete: re-download the checkpoint")
+    return TensorSource(files, shapes, non_float=non_float)
 
 
 def _open_tensors(folder: Path, allow_pickle: bool) -> TensorSource:
@@ -186,13 +212,7 @@ def _open_tensors(folder: Path, allow_pickle: bool) -> TensorSource:
         shapes, non_float = _safetensors_shapes(single)
         return TensorSource({name: single for name in shapes}, shapes, non_float=non_float)
     if index is not None:
-        files, shapes, non_float = {}, {}, {}
-        for shard in _shards(index, folder):
-            shard_shapes, shard_non_float = _safetensors_shapes(shard)
-            for name, shape in shard_shapes.items():
-                files[name], shapes[name] = shard, shape
-            non_float |= shard_non_float
-        return TensorSource(files, shapes, non_float=non_float)
+        return _sharded_tensors(index, folder)
     pickles = [p for p in (find_member(folder, n) for n in PICKLE_NAMES) if p is not None]
     if pickles or os.path.lexists(folder / PICKLE_INDEX):
         path = pickles[0] if pickles else folder / PICKLE_INDEX
