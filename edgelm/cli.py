@@ -264,7 +264,14 @@ STDIN_NAMES = ("-", "/dev/stdin")  # --file names for standard input, as llama.c
 
 
 def _prompt_text(prompt: str | None, file: Path | None) -> str:
-    """--prompt TEXT, --file FILE (llama.cpp's -f), or standard input for `--prompt -` or a pipe."""
+    """--prompt TEXT, --file FILE (llama.cpp's -f), or standard input for `--prompt -` or a pipe. A file's or a pipe's
+    one trailing newline is dropped, as llama.cpp's -f drops it (common/arg.cpp): `echo TEXT |` and `-f` of a file a
+    text editor saved gave another continuation than `--prompt TEXT` (stranger 45)."""
+    text = _given_prompt(prompt, file)
+    return text[:-1] if text.endswith("\n") and (prompt is None or prompt == "-") else text
+
+
+def _given_prompt(prompt: str | None, file: Path | None) -> str:
     if prompt is not None and file is not None:
         raise UserError("--prompt and --file both give the prompt", None, "give one of them")
     if file is not None and str(file) not in STDIN_NAMES:

@@ -140,6 +140,12 @@ def test_prompt_from_a_file_from_standard_input_and_from_a_pipe(tmp_path):
     assert all(run.returncode == 0 for run in runs), [run.stderr for run in runs]
     results = [json.loads(run.stdout) for run in runs]
     assert all(r["prompt"] == PROMPT and r["tokens"] == results[0]["tokens"] for r in results), results
+    # one trailing newline, as `echo` and an editor's saved file end, is dropped as llama.cpp's -f drops it (stranger 45); a
+    # second is the text's own
+    (tmp_path / "saved.txt").write_text(PROMPT + "\n", encoding="utf-8")
+    ended = [_edgelm(*gen, "-f", tmp_path / "saved.txt"), _edgelm(*gen, stdin=PROMPT + "\n"), _edgelm(*gen, stdin=PROMPT + "\n\n")]
+    assert [json.loads(run.stdout)["prompt"] for run in ended] == [PROMPT, PROMPT, PROMPT + "\n"], [run.stderr for run in ended]
+    assert json.loads(ended[0].stdout)["tokens"] == results[0]["tokens"]
     both = _edgelm(*gen, "--prompt", PROMPT, "--file", tmp_path / "prompt.txt")
     assert both.returncode == 2 and "--prompt and --file both give the prompt" in both.stderr
     empty = _edgelm(*gen, stdin="")  # round 8: a closed or empty stdin was "the prompt is empty after tokenization"
