@@ -192,7 +192,12 @@ def _device(requested: str) -> str:
     return requested
 
 
-DeviceOption = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto: CUDA when a GPU is present).")]
+# generate, chat and perplexity run where users run them, the CPU; parity, verify --reference and calibrate run the torch
+# reference, on a GPU where one exists (stranger 45: one help line said "auto" beside [default: cpu] and [default: auto])
+DeviceOption = Annotated[str, typer.Option("--device", help="Where a model folder's torch model (and edgelm's ggml executor) runs: cpu, "
+                                                         "the laptop CPU edgelm targets; cuda; or auto, CUDA when a GPU is present.")]
+ReferenceDeviceOption = Annotated[str, typer.Option("--device", help="Where the full-precision torch model runs: auto, CUDA when a GPU is present "
+                                                                  "and the CPU otherwise; cpu; or cuda.")]
 
 
 CtxSizeOption = Annotated[Optional[int], typer.Option("--ctx-size", "-c", min=2, help="Context in tokens, the KV cache's size (default: the positions the model declares, max_position_embeddings or a GGUF's context_length, at most 4096; as llama.cpp's -c).")]
@@ -769,7 +774,7 @@ def verify(
     artifact_path: Annotated[Path, typer.Argument(help="A .gguf file, an ONNX folder from `edgelm export`, or a bundle folder or .zip from `edgelm bundle`.")],
     reference: Annotated[Optional[Path], typer.Option(help="The model folder it was exported from: recompute the whole parity certificate and compare.")] = None,
     threads: ThreadsOption = None,
-    device: Annotated[str, typer.Option("--device", help="Where --reference's torch model runs: auto | cpu | cuda.")] = "cpu",
+    device: ReferenceDeviceOption = "auto",
     expected_sha256: Annotated[Optional[str], typer.Option("--sha256", help="The sha256 its publisher gives: of the file (sha256sum FILE), or of a folder (`LC_ALL=C sha256sum * | sha256sum` inside it). Fails when the artifact's differs.")] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -805,7 +810,7 @@ def parity(
     tokens: Annotated[Optional[int], typer.Option(min=3, help=f"Positions compared: half prefilled, half decoded one at a time (default: {PARITY_TOKENS}, or what a context the artifact states holds).")] = None,
     head_temperatures: TemperaturesOption = None,
     allow_pickle: AllowPickleOption = False,
-    device: DeviceOption = "auto",
+    device: ReferenceDeviceOption = "auto",
     threads: ThreadsOption = None,
     f32_kv_cache: Annotated[bool, typer.Option("--f32-kv-cache", help="GGUF: run the artifact with an f32 KV cache. By default it runs with the f16 cache llama.cpp and `chat` use, so the numbers (and a NaN from keys, values or queries past float16's range) are what users get.")] = False,
     max_kld: Annotated[Optional[float], typer.Option("--max-kld", parser=number(NON_NEGATIVE), help="Exit 1 when the mean KL divergence exceeds this.")] = None,
@@ -894,7 +899,7 @@ def calibrate(
     write_checkpoint: Annotated[bool, typer.Option("--write-checkpoint", help="Also store λ as HeadScale tensors in the checkpoint.")] = False,
     position_encoding: PositionEncodingOption = None,
     allow_pickle: AllowPickleOption = False,
-    device: DeviceOption = "cpu",
+    device: ReferenceDeviceOption = "auto",
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
     as_json: JsonOption = False,
 ) -> None:
