@@ -774,7 +774,7 @@ def verify(
     artifact_path: Annotated[Path, typer.Argument(help="A .gguf file, an ONNX folder from `edgelm export`, or a bundle folder or .zip from `edgelm bundle`.")],
     reference: Annotated[Optional[Path], typer.Option(help="The model folder it was exported from: recompute the whole parity certificate and compare.")] = None,
     threads: ThreadsOption = None,
-    device: ReferenceDeviceOption = "auto",
+    device: Annotated[Optional[str], ReferenceDeviceOption.__metadata__[0]] = None,
     expected_sha256: Annotated[Optional[str], typer.Option("--sha256", help="The sha256 its publisher gives: of the file (sha256sum FILE), or of a folder (`LC_ALL=C sha256sum * | sha256sum` inside it). Fails when the artifact's differs.")] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -783,7 +783,7 @@ def verify(
     the artifact is the one its publisher gave. Fails (exit 1) on an artifact without a certificate."""
     from .verify import verify_artifact
 
-    if device != "cpu" and reference is None:  # the probe runs on the artifact's own engine; only the reference is torch's
+    if device is not None and reference is None:  # the probe runs on the artifact's own engine; only the reference is torch's
         raise UserError(f"--device {device} sets where --reference's torch model runs, and no --reference was given", None,
                         "add --reference MODEL_DIR, or drop --device (the probe runs on the artifact's engine)")
     if expected_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", expected_sha256):
@@ -791,7 +791,7 @@ def verify(
                         "give the hash its publisher lists, as sha256sum prints it")
     from .formats.base import resolve_device
 
-    verdict = verify_artifact(artifact_path, reference, _threads(threads), resolve_device(_device(device)), expected_sha256)
+    verdict = verify_artifact(artifact_path, reference, _threads(threads), resolve_device(_device(device or "auto")), expected_sha256)
     if as_json:
         out.print_json(json.dumps(verdict.summary))
     else:
@@ -856,7 +856,7 @@ def parity(
         report = compare(ref.backend, art.backend, ids)
     result = report.as_dict() | {"reference": f"{reference} ({ref.engine})", "artifact": f"{artifact_path} ({art.engine})",
                                  "kv_cache": art.backend.kv_cache_type()}
-    for note in certificate_notes(artifact_path, art, result["kv_cache"], reference, allow_pickle):
+    for note in certificate_notes(artifact_path, art, result["kv_cache"], reference, allow_pickle, report.positions, text):
         info.print(note, markup=False)
     over = {name: f"{name} {value:.6g} above the limit {limit:g}" for name, limit, value in
             [("mean KL divergence", max_kld, report.mean_kld), ("perplexity increase", max_ppl_increase, report.perplexity_change)]

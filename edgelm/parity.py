@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -159,11 +160,13 @@ def temperature_note(artifact_path, recorded, given) -> str | None:
     return None
 
 
-def certificate_notes(artifact_path, artifact, kv_cache: str, reference, allow_pickle: bool) -> list[str]:
-    """Notes when the artifact's parity certificate was measured with another KV cache type than this run
-    (a GGUF's with float32, parity's default llama.cpp's float16): its numbers and these differ by that too;
-    and when `reference` is not the model it was measured against (a stranger's run compared a NoPE GGUF
+def certificate_notes(artifact_path, artifact, kv_cache: str, reference, allow_pickle: bool, positions: int, text: Path) -> list[str]:
+    """Notes when the artifact's parity certificate was measured otherwise than this run — another KV cache type (a
+    GGUF's with float32, parity's default llama.cpp's float16), another number of positions or another text: its numbers
+    and these differ by that too (stranger 45 read two "truths", 0.0034 at export and 0.00265 here, the note naming the
+    cache alone); and when `reference` is not the model it was measured against (a stranger's run compared a NoPE GGUF
     with tiny-rope and no word)."""
+    from .artifact_files import sha256
     from .certificate import certified_kv_cache, reference_sha256, validate
     from .models import open_checkpoint
 
@@ -175,11 +178,19 @@ def certificate_notes(artifact_path, artifact, kv_cache: str, reference, allow_p
         return []
     if certificate is None:
         return []
-    notes = []
+    notes, certified, fixes = [], [], []
     if certified_kv_cache(certificate) != kv_cache:
-        notes.append(f"note: the parity certificate in {artifact_path} was measured with a {certified_kv_cache(certificate)} KV cache, "
-                     f"this run uses {kv_cache}" + (" (add --f32-kv-cache to compare like with like)"
-                                                     if "f32_kv_cache" in artifact.format.honoured else ""))
+        certified.append((f"a {certified_kv_cache(certificate)} KV cache", f"a {kv_cache} one"))
+        fixes += ["--f32-kv-cache"] if "f32_kv_cache" in artifact.format.honoured else []
+    if certificate["positions"] != positions:
+        certified.append((f"{certificate['positions']:,} positions", f"{positions:,}"))
+        fixes.append(f"--tokens {certificate['positions']}")
+    if certificate["text_sha256"] != sha256(text):
+        certified.append((f"the text {certificate['text']}", text.name))
+    if certified:
+        notes.append(f"note: the parity certificate in {artifact_path} was measured with " + ", ".join(c for c, _ in certified)
+                     + "; this run: " + ", ".join(h for _, h in certified) + ", so its numbers differ from these by that too"
+                     + (f" (add {' '.join(fixes)} to compare like with like)" if fixes else ""))
     checkpoint = open_checkpoint(reference, position_encoding=artifact.format.recorded_position_encoding(), allow_pickle=allow_pickle)
     if (here := reference_sha256(checkpoint)) != certificate["reference_sha256"]:
         notes.append(f"note: {reference} is not the model the parity certificate in {artifact_path} was measured against (its weights "

@@ -28,6 +28,7 @@ from edgelm.models import open_checkpoint
 from .test_bad_input import assert_user_error
 
 MODELS = Path(__file__).resolve().parent.parent / "examples" / "models"
+EMMA = MODELS.parent / "data" / "emma.txt"
 
 
 @pytest.fixture(scope="module")
@@ -458,9 +459,13 @@ def test_the_certificate_records_its_kv_cache_and_parity_says_when_it_runs_anoth
     args = ("parity", path, "--reference", MODELS / "tiny-nope", "--tokens", POSITIONS, "--device", "cpu", "--json")
     code, out, err = run_cli(*args)
     assert code == 0 and json.loads(out)["kv_cache"] == "float16", (code, out, err)
-    assert "measured with a float32 KV cache, this run uses float16 (add --f32-kv-cache" in err, err
+    assert "measured with a float32 KV cache; this run: a float16 one, so its numbers differ" in err and "(add --f32-kv-cache to" in err, err
     code, out, err = run_cli(*args, "--f32-kv-cache")
     assert code == 0 and json.loads(out)["kv_cache"] == "float32" and "KV cache" not in err, (code, out, err)
+    # the positions and the text, each said (stranger 45: parity's default 256 positions against the certificate's 128)
+    _, _, err = run_cli(*args[:4], "--tokens", POSITIONS * 2, "--text", EMMA, "--f32-kv-cache", "--json")
+    assert (f"measured with {POSITIONS:,} positions, the text persuasion-opening.txt; this run: {POSITIONS * 2:,}, emma.txt, so its numbers "
+            f"differ from these by that too (add --tokens {POSITIONS} to compare like with like)") in err, err
     certified = {k: GGUFReader(str(path)).fields["edgelm.parity." + k].contents() for k in ("mean_kld", "top1_agreement")}
     assert abs(json.loads(out)["mean_kld"] - certified["mean_kld"]) <= 1e-5 + 1e-3 * certified["mean_kld"], (out, certified)
     code, out, _ = run_cli("verify", path)
