@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import (GGML_QUANT_SIZES, GGML_QUANT_VERSION, MODEL_TENSOR, TENSOR_NAMES, GGMLQuantizationType, GGUFValueType, GGUFWriter,
-                  LlamaFileType, quants)
+from gguf import (GGML_QUANT_SIZES, GGML_QUANT_VERSION, MODEL_TENSOR, TENSOR_NAMES, GGMLQuantizationType, GGUFType, GGUFValueType, GGUFWriter,
+                  LlamaFileType, quants, size_label)
 
 from .. import __version__
 from ..constants import (GGUF_CONFIG, GGUF_CONTEXT_LIMIT, GGUF_FAMILY, GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED,
@@ -249,10 +249,13 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     mapping = gguf_mapping(family)
     arch = mapping.arch(spec)
     writer = GGUFWriter(str(path), arch)
+    # the general keys llama.cpp's converter writes for every file (stranger 46: f32 and f16 lacked
+    # quantization_version, and type and size_label were missing at every type)
+    writer.add_type(GGUFType.MODEL)
     writer.add_name(checkpoint.path.resolve().name)
+    writer.add_size_label(size_label(checkpoint.parameter_count(), 0, 0, 0))
     writer.add_file_type(file_type)
-    if wanted not in FLOAT_TYPES.values():
-        writer.add_quantization_version(GGML_QUANT_VERSION)
+    writer.add_quantization_version(GGML_QUANT_VERSION)
     for key, value in mapping.hparams(spec).items():
         writer.add_key_value(f"{arch}.{declared(key).name}", value, GGUFValueType[key.value_type])
     table = checkpoint.head_temperatures()
@@ -263,7 +266,7 @@ def _write(checkpoint: Checkpoint, path: Path, wanted: GGMLQuantizationType, fil
     # provenance only: the temperatures are already folded into the query weights
     writer.add_array(GGUF_HEAD_TEMPERATURES, [float(x) for x in table.flatten()])
     writer.add_bool(GGUF_HEAD_TEMPERATURES_BAKED, True)
-    add_vocab(writer, checkpoint.tokenizer(), spec.vocab_size)
+    add_vocab(writer, checkpoint.tokenizer(), spec.vocab_size, mapping.stores_tokenizer_files)
     for name, value in checkpoint.recommended_sampling().items():  # as llama.cpp's converter writes generation_config.json's
         (writer.add_int32 if name == "top_k" else writer.add_float32)(GGUF_SAMPLING_KEYS[name], value)
     for key, value in (metadata or {}).items():

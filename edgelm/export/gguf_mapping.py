@@ -28,6 +28,10 @@ class GgufMapping:
     # llama, granite and qwen2 load token_embd when output.weight is absent), so the GGUF holds the
     # tensor once, as llama.cpp's converter writes it.
     omits_tied: ClassVar[bool] = False
+    # The arch's runtime tokenizes with the source tokenizer files the GGUF stores (edgelm's ggml executor); llama.cpp
+    # reads its own vocabulary keys, and a second copy of a Llama 3 tokenizer.json (~9 MB) in every llama GGUF made it
+    # ~270 KB larger than the converter's even on a tiny model (stranger 46)
+    stores_tokenizer_files: ClassVar[bool] = False
 
     def arch(self, spec: ModelSpec) -> str:
         raise NotImplementedError

@@ -164,7 +164,7 @@ def extra_end_ids(tokenizer: Tokenizer) -> list[int]:
     return extra
 
 
-def add_vocab(writer: GGUFWriter, tokenizer: Tokenizer, vocab_size: int) -> None:
+def add_vocab(writer: GGUFWriter, tokenizer: Tokenizer, vocab_size: int, store_files: bool) -> None:
     WRITERS[type(tokenizer)](writer, tokenizer, vocab_size)
     if tokenizer.declared_bos_id is not None:
         writer.add_bos_token_id(tokenizer.declared_bos_id)
@@ -182,8 +182,8 @@ def add_vocab(writer: GGUFWriter, tokenizer: Tokenizer, vocab_size: int) -> None
     writer.add_add_eos_token(bool(tokenizer.config.get("add_eos_token", False)))
     if tokenizer.chat_template:
         writer.add_chat_template(tokenizer.chat_template)
-    # the source tokenizer files themselves, so edgelm's native executor tokenizes without llama.cpp
-    for name, file in tokenizer.files.items():
+    # the source tokenizer files themselves, where edgelm's native executor tokenizes without llama.cpp
+    for name, file in tokenizer.files.items() if store_files else ():
         data = read_bytes(file, MAX_TOKENIZER_BYTES, name)
         try:
             writer.add_string(GGUF_TOKENIZER_FILE + name, data.decode("utf-8"))

@@ -182,6 +182,7 @@ class TokenFormerGguf(GgufMapping):
     # edgelm-defined GGUF arch (llama.cpp does not know it; edgelm's native executor runs it), its
     # layout declared once in gguf_layout/tokenformer.py; stacked sources are listed in stacking order
     tensor_names = {source: tensor.name for tensor in layout.TENSORS for source in tensor.sources}
+    stores_tokenizer_files = True
 
     def arch(self, spec):
         return layout.ARCH
