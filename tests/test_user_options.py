@@ -448,6 +448,10 @@ def test_generate_says_when_the_context_ends_the_reply(run_cli):
                           "the reply ends there at the latest"
     code, out, err = run_cli("generate", MODEL, "--prompt", "Hello", "--max-new-tokens", 4, "-c", 16)
     assert code == 0 and err == "", err
+    # the Python API says it too, as a warning Python prints without any logging set up (stranger 45: an INFO record, unseen)
+    script = f"import edgelm\nwith edgelm.load({str(MODEL)!r}, context_length=16) as m: m.generate('Hello', max_new_tokens=100)"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "the 16-token context leaves room for" in done.stderr, done.stderr
 
 
 def test_bench_compare_says_when_there_is_no_raw_engine(run_cli):

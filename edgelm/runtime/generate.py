@@ -85,8 +85,8 @@ def generate_from_ids(
         )
     limit = min(max_new_tokens, backend.context_length - len(ids))
     if limit < max_new_tokens:  # said before the stream, which otherwise just ends (a stranger's finding)
-        log.info(f"the {backend.context_length}-token context leaves room for {limit} new token{'s' if limit != 1 else ''} after the {len(ids)}-token prompt, "
-                 f"not {max_new_tokens}: the reply ends there at the latest")
+        log.warning(f"the {backend.context_length}-token context leaves room for {limit} new token{'s' if limit != 1 else ''} after the {len(ids)}-token prompt, "
+                    f"not {max_new_tokens}: the reply ends there at the latest")
     return _stream(tokenizer, ids, _tokens(backend, Sampler(options, tokenizer.every_end_id() if options.ignore_eos else ()), ids, limit, draft, lookup_ngram), stop)
 
 
