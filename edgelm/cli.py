@@ -375,7 +375,7 @@ def generate(
         _print_prompt(artifact.tokenizer, artifact.tokenizer.encode(prompt))
     if not as_json and (trained := artifact.format.training_length()):
         _past_training(trained, len(artifact.tokenizer.encode(prompt)) + max_new_tokens, artifact.backend.context_length,
-                       "the prompt and its continuation reach", "the text may lose its way past them", "with --truncate keeps the prompt's last tokens within them")
+                       "the prompt and up to --max-new-tokens of continuation can reach", "the text may lose its way past them", "with --truncate keeps the prompt's last tokens within them")
     pieces = run(artifact.backend, artifact.tokenizer, prompt, max_new_tokens, options, tuple(stop or ()), truncate, draft, lookup_ngram)
     if as_json:
         collected = list(pieces)
@@ -588,9 +588,11 @@ def chat(
     # llama-cli keeps its logs and timings there (a pipe reading the replies got them mixed in)
     info.print(f"[dim]{path} on {artifact.engine}, {conversation.template_name}; {sampled}; /reset, /exit, /help[/dim]")
     backend = artifact.backend
-    if context_shift and not backend.position_free:
-        info.print("note: --context-shift needs a model without position encoding (NoPE) on the torch, ONNX or ggml executor "
-                   "backend; a full context is evaluated again", markup=False)
+    if context_shift and not backend.position_free:  # the reason first (stranger 45: a NoPE GGUF read "needs a NoPE model")
+        reason = ("edgelm shifts a NoPE model's cache on the torch, ONNX and ggml executor backends, not on llama.cpp's"
+                  if artifact.details.get("position_encoding") == "none" else
+                  "this model encodes positions in its cache (only a NoPE model's entries can move)")
+        info.print(f"note: --context-shift is off: {reason}; a full context is evaluated again", markup=False)
     context_shift = context_shift and backend.position_free
     trained = artifact.format.training_length()  # said once, where a turn first reaches past it
     if cache_path is not None:
@@ -629,7 +631,7 @@ def chat(
             turn = conversation.turn(user, backend, max_new_tokens, options, tuple(stop or ()), draft, lookup_ngram, context_shift)
             if turn.dropped:
                 info.print(f"[dim]dropped the {turn.dropped} oldest exchange(s) to fit the {backend.context_length}-token context[/dim]")
-            if _past_training(trained, len(turn.ids) + max_new_tokens, backend.context_length, "this turn reaches",
+            if _past_training(trained, len(turn.ids) + max_new_tokens, backend.context_length, "this turn, with up to --max-new-tokens of reply, can reach",
                               "replies may lose their way from here", "keeps the chat within them, dropping the oldest exchanges"):
                 trained = None  # said once
             if verbose_prompt:

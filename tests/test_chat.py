@@ -554,7 +554,7 @@ def test_chat_says_once_when_a_turn_reaches_past_the_training_length():
     import subprocess
 
     model = MODEL.parent / "tiny-tokenformer"
-    note = "note: this turn reaches past the 256 tokens the model was trained on"
+    note = "note: this turn, with up to --max-new-tokens of reply, can reach past the 256 tokens the model was trained on"
     messages = "Good morning!\nHow is Miss Elliot today?\nTell me about Captain Wentworth.\n"
     done = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(model), "--temperature", "0", "--max-new-tokens", "100"],
                           input=messages, capture_output=True, text=True, timeout=300)
@@ -570,6 +570,6 @@ def test_generate_says_when_prompt_and_continuation_reach_past_the_training_leng
     """The same note for generate (stranger 23: "the same default applies to generate"), and none for a short prompt."""
     long_prompt = (MODEL.parents[1] / "data" / "persuasion.txt").read_text(encoding="utf-8")[:1500]
     code, _, err = run_cli("generate", MODEL, "--prompt", long_prompt, "-n", 4)
-    assert code == 0 and "note: the prompt and its continuation reach past the 256 tokens the model was trained on" in err, err
+    assert code == 0 and "note: the prompt and up to --max-new-tokens of continuation can reach past the 256 tokens the model was trained on" in err, err
     code, _, err = run_cli("generate", MODEL, "--prompt", "It is a truth", "-n", 4)
     assert code == 0 and "trained on" not in err, err

@@ -460,6 +460,15 @@ def test_a_second_start_with_the_prompt_cache_evaluates_fewer_tokens(gguf_pair, 
     assert evaluated[1] == evaluated[0] - held and held > 5
 
 
+def test_context_shift_off_says_why(gguf_pair):
+    """The reason first (stranger 45: a NoPE GGUF read "--context-shift needs a model without position encoding (NoPE)")."""
+    nope, rope, _ = gguf_pair
+    for model, reason in ((nope, "not on llama.cpp's"), (MODELS / "tiny-rope", "this model encodes positions in its cache")):
+        run = subprocess.run([sys.executable, "-m", "edgelm", "chat", str(model), "--context-shift"], input="/exit\n",
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0 and "note: --context-shift is off: " in run.stderr and reason in run.stderr, run.stderr
+
+
 def test_a_prompt_cache_path_that_names_no_file_is_refused(tmp_path):
     """Stranger rounds 11 and 12: `--prompt-cache ""` was reported as the folder "." and `--prompt-cache dir/` wrote a
     file named `dir`."""
