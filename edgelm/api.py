@@ -40,6 +40,10 @@ class Model:
                 self._closed = True
                 self.artifact.close()
 
+    def __repr__(self) -> str:  # what a notebook shows (stranger 45: the default <edgelm.api.Model object at 0x…>)
+        closed = ", closed" if self._closed else ""
+        return f"<edgelm.Model {str(self.artifact.path)!r} on {self.artifact.engine}, context {self.artifact.backend.context_length:,}{closed}>"
+
     def __enter__(self) -> Model:
         return self
 

@@ -128,8 +128,8 @@ def _root(
 
 @app.command()
 def init(
-    preset: Annotated[str, typer.Argument(help="Preset name; `edgelm init --list` shows them.")] = "",
-    out_dir: Annotated[Optional[Path], typer.Argument(help="Folder to create.")] = None,
+    preset: Annotated[str, typer.Argument(metavar="PRESET", help="Preset name; `edgelm init --list` shows them.")] = "",
+    out_dir: Annotated[Optional[Path], typer.Argument(metavar="OUT_DIR", help="Folder to create.")] = None,
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of the random weights.")] = 0,
     force: Annotated[bool, typer.Option(help="Replace OUT_DIR if it exists.")] = False,
     list_presets: Annotated[bool, typer.Option("--list", help="List the presets.")] = False,
@@ -150,7 +150,7 @@ def init(
 
 
 # what every command that runs a model takes (formats/: a bundle opens as the model inside it)
-ArtifactArgument = Annotated[Path, typer.Argument(help="A model folder, a .gguf file, an ONNX folder, or a bundle folder or .zip "
+ArtifactArgument = Annotated[Path, typer.Argument(metavar="PATH", help="A model folder, a .gguf file, an ONNX folder, or a bundle folder or .zip "
                                                        "from `edgelm bundle`.")]
 
 @app.command()
@@ -466,7 +466,7 @@ ExportFormat = Enum("ExportFormat", {name: name for name in EXPORTERS}, type=str
 
 @app.command()
 def export(
-    model_dir: Annotated[Path, typer.Argument(help="A model folder.")],
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="A model folder.")],
     format: Annotated[ExportFormat, typer.Option("--format", help="Output format.")] = ExportFormat.gguf,
     quant: Annotated[str, typer.Option(help="f32 | f16 | bf16 (GGUF) | int8 | int4 (GGUF: Q8_0, Q4_K_M; ONNX: MatMul int8, MatMulNBits int4); GGUF also takes llama.cpp's type names (q4_k_m, Q5_K_S, …).")] = "f16",
     gguf_type: Annotated[Optional[str], typer.Option("--gguf-type", help="A llama.cpp type name (Q4_0, Q5_K_M, …) instead of --quant's default.")] = None,
@@ -726,7 +726,7 @@ def bench(
 
 @app.command()
 def bundle(
-    artifact_path: Annotated[Path, typer.Argument(help="A .gguf file or an ONNX folder.")],
+    artifact_path: Annotated[Path, typer.Argument(metavar="ARTIFACT_PATH", help="A .gguf file or an ONNX folder.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Bundle folder to create.")],
     target: Annotated[str, typer.Option("--target", help="mobile (an app's files) | web (a static page on onnxruntime-web: WebGPU, else WASM).")] = "mobile",
     web_runtime: Annotated[Optional[Path], typer.Option("--web-runtime", help="node_modules holding the pinned onnxruntime-web and tokenizers.js (default: $EDGELM_WEB_RUNTIME, else a checkout's web/node_modules from `make web-runtime`).")] = None,
@@ -748,7 +748,7 @@ def bundle(
 
 @app.command()
 def serve(
-    bundle_dir: Annotated[Path, typer.Argument(help="A web bundle folder from `edgelm bundle --target web`.")],
+    bundle_dir: Annotated[Path, typer.Argument(metavar="BUNDLE_DIR", help="A web bundle folder from `edgelm bundle --target web`.")],
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")] = 8000,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
 ) -> None:
@@ -773,7 +773,7 @@ def serve(
 
 @app.command()
 def verify(
-    artifact_path: Annotated[Path, typer.Argument(help="A .gguf file, an ONNX folder from `edgelm export`, or a bundle folder or .zip from `edgelm bundle`.")],
+    artifact_path: Annotated[Path, typer.Argument(metavar="ARTIFACT_PATH", help="A .gguf file, an ONNX folder from `edgelm export`, or a bundle folder or .zip from `edgelm bundle`.")],
     reference: Annotated[Optional[Path], typer.Option(help="The model folder it was exported from: recompute the whole parity certificate and compare.")] = None,
     threads: ThreadsOption = None,
     device: Annotated[Optional[str], ReferenceDeviceOption.__metadata__[0]] = None,
@@ -806,7 +806,7 @@ def verify(
 
 @app.command()
 def parity(
-    artifact_path: Annotated[Path, typer.Argument(help="A .gguf file, an ONNX folder or a bundle.")],
+    artifact_path: Annotated[Path, typer.Argument(metavar="ARTIFACT_PATH", help="A .gguf file, an ONNX folder or a bundle.")],
     reference: Annotated[Path, typer.Option(help="The model folder it was exported from.")],
     text: Annotated[Optional[Path], typer.Option(help="Text to compare on (default: the opening of the held-out novel, shipped with edgelm).")] = None,
     tokens: Annotated[Optional[int], typer.Option(min=3, help=f"Positions compared: half prefilled, half decoded one at a time (default: {PARITY_TOKENS}, or what a context the artifact states holds).")] = None,
@@ -886,7 +886,7 @@ def parity(
 
 @app.command()
 def calibrate(
-    model_dir: Annotated[Path, typer.Argument(help="A model folder.")],
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="A model folder.")],
     text: Annotated[Path, typer.Option(help="UTF-8 training text; its last windows are held out for validation.")],
     target_length: Annotated[int, typer.Option("--target-length", min=2, help="Sequence length to tune at.")],
     out_path: Annotated[Path, typer.Option("--out", help="Temperatures JSON to write.")],

@@ -107,6 +107,17 @@ class Exporter(ABC):
 register = registrar(EXPORTERS)
 
 
+def _f32_roles(tensor_types: dict[str, str], main_type: str) -> str:
+    """What the F32 tensors of a quantized GGUF are, by name (a llama file's summary said "norms and biases" of a model
+    without biases: stranger 45)."""
+    f32 = [name for name, kind in tensor_types.items() if kind == "F32"]
+    if not f32 or main_type == "F32":
+        return ""
+    roles = ["norms"] * any("norm" in n for n in f32) + ["biases"] * any(n.endswith(".bias") for n in f32)
+    rest = [n for n in f32 if "norm" not in n and not n.endswith(".bias")]
+    return f" (F32: {', '.join(roles + rest[:3] + ([f'{len(rest) - 3} more'] if len(rest) > 3 else []))})"
+
+
 @register
 class GGUFExporter(Exporter):
     name = "gguf"
@@ -155,7 +166,7 @@ class GGUFExporter(Exporter):
         # under --max-size the types are the plan's, whatever file type llama.cpp's quantizer records
         kind = "types chosen within --max-size" if options.max_size is not None else report.file_type
         lines = [f"wrote {report.path} ({summary['bytes'] / 1e6:.1f} MB, arch {report.arch}, {kind})",
-                 "tensor types: " + ", ".join(f"{t} ×{n}" for t, n in report.type_counts().items()) + " (F32: norms and biases)",
+                 "tensor types: " + ", ".join(f"{t} ×{n}" for t, n in report.type_counts().items()) + _f32_roles(report.tensor_types, main_type),
                  *(f"  {name}: {kind}" for name, kind in others.items())]
         return ExportResult(report.path, summary | {"tensors": report.tensor_types}, report.notes, lines)
 

@@ -174,7 +174,7 @@ def resolve_model(text: str | Path, allow_pickle: bool = False) -> Path:
                             "check the path") from None
         # a mistyped path reads as a hub id too: both are said (a stranger's `nonexistent/path` got advice about the hub only)
         raise UserError(
-            f"no file or folder {text} here, and {repo}{'@' + revision if revision else ''} is not in the Hugging Face cache "
+            f"no file or folder {text}, and {repo}{'@' + revision if revision else ''} is not in the Hugging Face cache "
             "(the hub could not be reached)", None, "check the path; a hub model is downloaded once online (with HF_HUB_OFFLINE unset)",
         ) from None
     except HFValidationError as exc:

@@ -677,3 +677,18 @@ def test_python_calls_name_an_argument_they_do_not_take(call, name, words):
             model.chat([{"role": "user", "content": "Hello"}], **{name: 3})
         else:
             getattr(model, call)("Hello", **{name: 3})
+
+
+def test_what_a_person_reads_names_what_is_there(run_cli, tmp_path):
+    """Stranger 45: a llama export's summary said "(F32: norms and biases)" of a model without biases; inspect printed a
+    raw {bid} placeholder; repr(edgelm.load(…)) was <edgelm.api.Model object at 0x…>."""
+    import edgelm
+
+    code, out, err = run_cli("export", MODEL, "--quant", "q8_0", "--out", tmp_path / "m.gguf", "--no-certificate")
+    assert code == 0 and "(F32: norms)" in out, (out, err)
+    code, out, err = run_cli("inspect", MODEL.parent / "tiny-nope", "--json")
+    assert code == 0 and json.loads(out)["head_temperature_source"] == "checkpoint tensors model.layers.*.self_attn.scale_param", out
+    model = edgelm.load(tmp_path / "m.gguf")
+    assert repr(model) == f"<edgelm.Model {str(tmp_path / 'm.gguf')!r} on llama.cpp, context 4,096>"
+    model.close()
+    assert repr(model).endswith(", closed>")

@@ -461,7 +461,7 @@ def open_checkpoint(
                                                             "they were recorded for another model: give the folder it was exported from")
         checkpoint.temperature_source = "the table recorded in an export"
     elif family.head_temperature_tensor and family.head_temperature_tensor.format(bid=0) in tensors.shapes:
-        checkpoint.temperature_source = "checkpoint tensors " + family.head_temperature_tensor
+        checkpoint.temperature_source = "checkpoint tensors " + family.head_temperature_tensor.format(bid="*")  # not a raw {bid}
     if checkpoint.temperature_table is not None and not bool((checkpoint.temperature_table == 1).all()):
         refuse_unfoldable_temperatures(family, spec, head_temperatures if isinstance(head_temperatures, (str, Path)) else folder,
                                        "run it without --head-temperatures (all λ = 1)")
