@@ -468,7 +468,7 @@ ExportFormat = Enum("ExportFormat", {name: name for name in EXPORTERS}, type=str
 def export(
     model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="A model folder.")],
     format: Annotated[ExportFormat, typer.Option("--format", help="Output format.")] = ExportFormat.gguf,
-    quant: Annotated[str, typer.Option(help="f32 | f16 | bf16 (GGUF) | int8 | int4 (GGUF: Q8_0, Q4_K_M; ONNX: MatMul int8, MatMulNBits int4); GGUF also takes llama.cpp's type names (q4_k_m, Q5_K_S, …).")] = "f16",
+    quant: Annotated[Optional[str], typer.Option(help="f32 | f16 | bf16 (GGUF) | int8 | int4 (GGUF: Q8_0, Q4_K_M; ONNX: MatMul int8, MatMulNBits int4); GGUF also takes llama.cpp's type names (q4_k_m, Q5_K_S, …). Default: f16 for GGUF, as llama.cpp's converter writes; f32 for ONNX, as Optimum exports (f16 pays on GPU and mobile providers, not on ONNX Runtime's CPU).")] = None,
     gguf_type: Annotated[Optional[str], typer.Option("--gguf-type", help="A llama.cpp type name (Q4_0, Q5_K_M, …) instead of --quant's default.")] = None,
     out_path: Annotated[Optional[Path], typer.Option("--out", help="Output file or folder (default: beside MODEL_DIR).")] = None,
     position_encoding: PositionEncodingOption = None,
@@ -503,7 +503,7 @@ def export(
         max_size = parse_size(max_size)
     exporter = EXPORTERS[format.value]
     options = exporter.check(ExportOptions(
-        quant=quant, gguf_type=gguf_type, int4_embedding=int4_embedding, int8_lm_head=int8_lm_head, int4_block_size=int4_block_size,
+        quant=quant or exporter.default_quant, gguf_type=gguf_type, int4_embedding=int4_embedding, int8_lm_head=int8_lm_head, int4_block_size=int4_block_size,
         int4_accuracy_level=int4_accuracy_level, kv_cache=kv_cache.lower(), calibration_text=calibration_text, calibration=calibration_texts,
         certificate=not no_certificate, force=force, max_size=max_size, context=ctx_size))
     checkpoint = open_checkpoint(

@@ -68,6 +68,7 @@ class Exporter(ABC):
     suffix: ClassVar[str]  # of the default output, after "{model}-{type}"
     writes_file: ClassVar[bool] = False  # a file (an --out that is a folder then holds it), else a folder
     refuses: ClassVar[tuple[Refusal, ...]] = ()
+    default_quant: ClassVar[str]  # --quant when not given: what the format's own tool writes by default
 
     def check(self, options: ExportOptions) -> ExportOptions:
         """The options resolved and checked before anything is read (a bad one fails in a second, not
@@ -123,6 +124,7 @@ class GGUFExporter(Exporter):
     name = "gguf"
     suffix = ".gguf"
     writes_file = True
+    default_quant = "f16"  # llama.cpp's converter's default --outtype
     refuses = (
         Refusal(("int4_embedding", "int8_lm_head", "int4_block_size", "int4_accuracy_level"),
                 "--int4-embedding, --int8-lm-head, --int4-block-size and --int4-accuracy-level apply to --format onnx only",
@@ -175,6 +177,9 @@ class GGUFExporter(Exporter):
 class ONNXExporter(Exporter):
     name = "onnx"
     suffix = "-onnx"
+    # Optimum's default: ONNX Runtime's CPU provider has no fp16 kernel for some ops and casts around them (a stranger's f16
+    # export of tiny-rope decoded at 385 tok/s, int4 at 1,716); f16 pays on GPU and mobile providers (stranger 45)
+    default_quant = "f32"
     refuses = (Refusal(("gguf_type",), "--gguf-type applies to --format gguf only", "drop it or choose --format gguf"),)
 
     def check(self, options):

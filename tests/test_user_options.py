@@ -692,3 +692,16 @@ def test_what_a_person_reads_names_what_is_there(run_cli, tmp_path):
     assert repr(model) == f"<edgelm.Model {str(tmp_path / 'm.gguf')!r} on llama.cpp, context 4,096>"
     model.close()
     assert repr(model).endswith(", closed>")
+
+
+def test_export_defaults_are_each_formats_own(run_cli, tmp_path):
+    """--quant unset: f16 for GGUF, as llama.cpp's converter writes; f32 for ONNX, as Optimum exports (stranger 45: an f16
+    ONNX default, which ONNX Runtime's CPU provider runs with casts, decoded 4.5× slower than int4). Named by it, beside
+    the model folder."""
+    import shutil
+
+    model = shutil.copytree(MODEL, tmp_path / "tiny-rope")
+    for fmt, name in (("gguf", "tiny-rope-f16.gguf"), ("onnx", "tiny-rope-f32-onnx")):
+        code, out, err = run_cli("export", model, "--format", fmt, "--no-certificate")
+        assert code == 0 and (tmp_path / name).exists(), (out, err)
+    assert json.loads((tmp_path / "tiny-rope-f32-onnx" / "edgelm.json").read_text())["quantization"] == "f32"
