@@ -66,6 +66,7 @@ CHECKED_PATH_CALLS = {
     ("bundle.py", "shutil.copy"): "edgelm's web page",
     ("bundle.py", ".read_bytes("): "the --web-runtime the user named: each file a regular one, bounded, its sha256 the pinned package's",
     ("console.py", "open("): "os.devnull, for a standard stream the caller closed",
+    ("benchmark.py", ".read_text("): "the CPU's cache sizes from Linux's sysfs, no user's path",
     ("certificate.py", "GGUFReader("): "the GGUF the exporter just wrote, to add the certificate's keys",
     ("certificate.py", "onnx.load("): "the graph the exporter just wrote, to add the certificate to its metadata_props",
 }
