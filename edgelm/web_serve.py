@@ -171,8 +171,8 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 def web_bundle_folder(bundle: Path) -> tuple[Path, frozenset[str]]:
-    """The folder to serve and the names in it to serve: a web bundle's, checked for its manifest and page
-    (not the files' hashes: that is `edgelm verify`)."""
+    """The folder to serve and the names in it to serve: a web bundle's, checked for its manifest, its page and its
+    runtime (edgelm's own files; not the model files' hashes: that is `edgelm verify`)."""
     from .artifact_files import find_member, read_json_object
     from .bundle_files import MAX_MANIFEST_BYTES
 
@@ -194,6 +194,8 @@ def web_bundle_folder(bundle: Path) -> tuple[Path, frozenset[str]]:
     check_manifest(manifest, manifest_path)
     if "index.html" not in manifest["files"]:
         raise UserError("the web bundle lists no index.html", manifest_path, "make the bundle again with `edgelm bundle --target web`")
+    from .bundle import BUNDLE_TARGETS  # the page and runtime edgelm writes, as verify checks them: a stranger's page
+    BUNDLE_TARGETS["web"].check_files(bundle, manifest)  # listed with its own sha256 was served (stranger 44)
     return bundle.resolve(), frozenset(manifest["files"]) | {BUNDLE_MANIFEST}
 
 

