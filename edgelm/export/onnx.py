@@ -568,8 +568,6 @@ def export_onnx(
             raise UserError(f"the parity certificate's probe runs {probe} positions, more than --ctx-size {context}", checkpoint.path,
                             f"give --ctx-size {probe} or more, or --no-certificate")
     with atomic_output_dir(out, force) as tmp:
-        step("tracing the graph" + (" and calibrating the int8 KV cache" if kv_cache == "int8" else "")
-             + (f", writing {quant} weights" if quant != "f32" else ""))
         step("writing configs")  # first: a --max-size budget counts them
         for name in TOKENIZER_FILES:
             if (source := find_member(checkpoint.path, name)) is not None:
@@ -578,6 +576,9 @@ def export_onnx(
         positions = context_positions(checkpoint.spec, context)
         (tmp / GENAI_CONFIG).write_text(json.dumps(genai_config(checkpoint, tokenizer, positions), indent=2) + "\n")
         budget = None if max_size is None else (max_size, sum(p.stat().st_size for p in tmp.iterdir()))
+        # the slow step under its own label (stranger 45: piped progress showed "writing configs (5 s)" while it traced)
+        step("tracing the graph" + (" and calibrating the int8 KV cache" if kv_cache == "int8" else "")
+             + (f", writing {quant} weights" if quant != "f32" else ""))
         notes = _write_graph(checkpoint, tmp / ONNX_MODEL_FILE, calibration_text if kv_cache == "int8" else None, quant,
                              int4_embedding, int8_lm_head, calibration, int4_block_size, int4_accuracy_level, budget, context)
         if (min_p := checkpoint.recommended_sampling().get("min_p")) is not None:  # said, not dropped (stranger round 12)
