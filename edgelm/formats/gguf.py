@@ -225,8 +225,13 @@ class GGUF(Format):
             from ..runtime.ggml_executor import GGMLBackend
             from .gguf_file import gguf_tokenizer
 
-            tokenizer = gguf_tokenizer(self.gguf)
+            # the arch's keys first: a llama file relabelled tokenformer is that, not a file lacking edgelm's tokenizer
             backend = GGMLBackend(self.gguf, context, options.threads, options.f32_kv_cache, gpu=options.gpu_layers > 0 or options.resolved_device() == "cuda")
+            try:
+                tokenizer = gguf_tokenizer(self.gguf)
+            except BaseException:
+                backend.close()
+                raise
             engine = f"edgelm ggml executor ({backend.device})"
             details["engine_version"] = f"ggml-python {ggml.__version__}"
         backend.context_length = context
