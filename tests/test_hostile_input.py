@@ -606,15 +606,17 @@ def test_a_tokenizer_that_panics_while_loading_is_one_line(tmp_path, command):
 
 
 def _title_setting_full_stop(data):
-    """'.' renamed to ESC ]0;PWNED BEL '.' (byte-level encoded: ESC is U+011B, BEL U+0107), the merges using it dropped:
-    the shipped model's greedy continuation of "It is a truth" begins with it."""
-    data["model"]["vocab"]["\u011b]0;PWNED\u0107."] = data["model"]["vocab"].pop(".")
+    """'.' renamed to ESC ]0;PWNED BEL U+202E '.' (byte-level encoded: ESC is U+011B, BEL U+0107, U+202E's UTF-8 bytes
+    U+00E2 U+0122 U+00AE), the merges using it dropped: the shipped model's greedy continuation of "It is a truth" begins
+    with it."""
+    data["model"]["vocab"]["\u011b]0;PWNED\u0107\u00e2\u0122\u00ae."] = data["model"]["vocab"].pop(".")
     data["model"]["merges"] = [merge for merge in data["model"]["merges"] if "." not in merge]
 
 
 def test_generated_control_characters_are_spelled_out_in_a_terminal(tmp_path):
-    """A model's vocabulary can hold terminal escapes (set the title, write the clipboard, erase a line): in a terminal
-    generate and chat show them spelled out (stranger 44: the title changed); piped, the text is the model's own."""
+    """A model's vocabulary can hold terminal escapes (set the title, write the clipboard, erase a line) and bidi overrides:
+    in a terminal generate and chat show them spelled out (stranger 44: the title changed; stranger 47: U+202E and --json);
+    piped, the text is the model's own."""
     import os
     import subprocess
     import sys
@@ -626,9 +628,15 @@ def test_generated_control_characters_are_spelled_out_in_a_terminal(tmp_path):
     child = pexpect.spawn(sys.executable, argv, encoding="utf-8", timeout=300, dimensions=(40, 120))
     child.expect(pexpect.EOF)
     child.close()
-    assert child.exitstatus == 0 and "It is a truth\\x1b]0;PWNED\\x07." in child.before and "\x1b]0;" not in child.before, child.before
+    assert child.exitstatus == 0 and "It is a truth\\x1b]0;PWNED\\x07\\u202e." in child.before, child.before
+    assert "\x1b]0;" not in child.before and "\u202e" not in child.before
     piped = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=300, env=os.environ)
-    assert piped.returncode == 0 and piped.stdout.startswith("It is a truth\x1b]0;PWNED\x07."), piped
+    assert piped.returncode == 0 and piped.stdout.startswith("It is a truth\x1b]0;PWNED\x07\u202e."), piped
+    # --json on a terminal: every character past ASCII as its \u escape, the same JSON (stranger 47: C1 and U+202E went raw)
+    child = pexpect.spawn(sys.executable, [*argv, "--json"], encoding="utf-8", timeout=300, dimensions=(40, 120))
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0 and "\\u202e" in child.before and "\u202e" not in child.before and "\x07" not in child.before, child.before
     child = pexpect.spawn(sys.executable, ["-m", "edgelm", "chat", str(model), "-n", "4", "--temperature", "0"], encoding="utf-8",
                           timeout=300, dimensions=(40, 120))
     child.expect("> ")
@@ -637,7 +645,7 @@ def test_generated_control_characters_are_spelled_out_in_a_terminal(tmp_path):
     reply = child.before
     child.sendeof()
     child.expect(pexpect.EOF)
-    assert "\x1b]0;" not in reply and "\x07" not in reply, reply
+    assert "\x1b]0;" not in reply and "\x07" not in reply and "\u202e" not in reply, reply
 
 
 def _charsmap(longest: int) -> str:
@@ -1116,3 +1124,22 @@ def test_a_chat_template_that_is_no_text_is_one_line_for_export_and_chat(run_cli
     assert_user_error((code, _, err), needle)
     assert err.startswith(f"error: {evil}: its stored tokenizer_config.json: "), err
 
+
+
+def test_rotary_dimensions_a_graph_builder_asserts_on_are_refused(run_cli, tmp_path):
+    """granite's graph builder asserts n_embd_head == n_rot (llama.cpp src/models/granite.cpp): a stranger's granite file with
+    rope.dimension_count 99 aborted generate (stranger 47). Half the head, even and within it, passes ggml's rope kernel's
+    own asserts and is refused for an arch that rotates the whole head."""
+    from gguf import GGUFReader, GGUFValueType
+
+    from edgelm.export.gguf import export_gguf
+    from edgelm.models import open_checkpoint
+
+    gguf = export_gguf(open_checkpoint(SHIPPED_ROPE.parent / "tiny-nope"), tmp_path / "nope.gguf", "f16", certificate=False).path
+    fields = GGUFReader(str(gguf)).fields
+    assert fields["general.architecture"].contents() == "granite"
+    width = fields["granite.embedding_length"].contents() // fields["granite.attention.head_count"].contents()
+    for rotary, words in ((width // 2, f"the granite arch rotates the whole head of {width}"), (99, "not an even number")):
+        key = "granite.rope.dimension_count"
+        evil = rewrite_gguf(gguf, tmp_path / f"r{rotary}.gguf", drop_keys={key}, add={key: (rotary, GGUFValueType.UINT32)})
+        assert_user_error(run_cli("generate", evil, "--prompt", "x", "-n", 1), words, "(llama.cpp would abort on it)")

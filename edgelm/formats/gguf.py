@@ -59,9 +59,38 @@ def refuse_what_llama_cpp_asserts(gguf) -> None:
         bad(f"expert_count {experts} with expert_used_count {used}, expert_group_count {groups}, expert_group_used_count {groups_used}")
     if not experts and groups:
         bad(f"expert_group_count is {groups} without experts")
+    refuse_rotary_llama_cpp_asserts(gguf, bad)
     scaling = gguf.hparam("rope.scaling.type", "linear")
     if scaling not in LLAMA_ROPE_SCALING:
         bad(f"rope.scaling.type is {str(scaling)[:40]!r}, not one of {', '.join(LLAMA_ROPE_SCALING)}")
+
+
+# The archs whose graph builder asserts n_embd_head == n_rot (GGML_ASSERT, exit 134) in llama-cpp-python 0.3.36's vendored
+# llama.cpp: each arch's llama_model_* class (llama-model.cpp) whose graph (src/models/*.cpp) holds the assert; llama, deci,
+# falcon and llama-embed throw at load instead (load_hparams: "invalid n_rot"), which is one line already
+LLAMA_FULL_ROTARY_ARCHS = frozenset((
+    "apertus arcee arctic baichuan chameleon codeshell cogvlm cohere2moe dbrx deci deepseek dots1 dream ernie4_5 ernie4_5-moe "
+    "exaone exaone-moe falcon granite granite_swa graniteswitch grok grovemoe hunyuan-moe hunyuan_vl hy_v3 internlm2 jais2 "
+    "llada llada-moe maincoder minimax-01 minimax-m2 minimax-m3 mistral3 nemotron olmo olmoe orion paddleocr pangu-embedded "
+    "plamo pockettts qwen2 qwen2moe qwen2vl qwen3 qwen3moe qwen3vl qwen3vlmoe rnd1 seed_oss smollm3 starcoder2 talkie xverse").split())
+
+
+def refuse_rotary_llama_cpp_asserts(gguf, bad) -> None:
+    """rope.dimension_count as ggml's rope kernel asserts it (ggml-cpu ops.cpp: n_dims even, at most the head's width) and
+    the arch's graph builder may (LLAMA_FULL_ROTARY_ARCHS: equal to it); 0 made llama.cpp's decode spin without end. A
+    stranger's gptneox file of 17, 66 or 1000 and a granite one of 99 aborted generate and verify (stranger 47)."""
+    rotary = gguf.hparam("rope.dimension_count")
+    if rotary is None:
+        return
+    heads = gguf.hparam("attention.head_count")
+    heads = heads[0] if isinstance(heads, (list, tuple)) and heads else heads  # llama.cpp's default head width: block 0's
+    width = gguf.hparam("attention.key_length")
+    if width is None and type(heads) is int and heads > 0 and type(gguf.hparam("embedding_length")) is int:
+        width = gguf.hparam("embedding_length") // heads
+    if type(rotary) is not int or rotary <= 0 or rotary % 2 or (type(width) is int and rotary > width):
+        bad(f"rope.dimension_count is {rotary!r}, not an even number from 2 to the head width {width}")
+    if gguf.arch in LLAMA_FULL_ROTARY_ARCHS and type(width) is int and rotary != width:
+        bad(f"rope.dimension_count is {rotary}; the {gguf.arch} arch rotates the whole head of {width}")
 
 
 # the tokenizer models llama.cpp knows (llama-vocab.cpp, llama_vocab::impl::load, llama-cpp-python 0.3.36's vendored

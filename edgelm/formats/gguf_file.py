@@ -195,6 +195,10 @@ def _refuse_oversized_metadata(header, path: Path) -> None:
 # ggml's parser looks each new key and tensor name up among those before it (a duplicate check): n² in C, where no
 # signal reaches Python — a stranger's 3M-key file (98 MB) ran past 11 minutes and ignored Ctrl-C. A model's GGUF
 # holds tens of keys (a vocabulary is one array key) and hundreds to thousands of tensors.
+# strings in metadata arrays, all arrays together: gguf-py's reader (inspect, verify) builds a view per element, ~2 KB and
+# 25 µs each (stranger 47: 1,000,000 empty strings, 8 MB of file, took inspect to 1.9 GB and 23 s). Llama 3's 128,256
+# tokens and 280,147 merges are ~410,000; o200k's 201,088 and ~446,000 ~650,000
+MAX_ARRAY_STRINGS = 1 << 20
 MAX_KEYS = 4096
 TRAILING_SLACK = 1 << 16  # bytes a GGUF may hold after its last tensor's data (its writer pads to the alignment)
 MAX_TENSORS = 65536
@@ -213,6 +217,7 @@ def _refuse_counts(path: Path) -> None:
 
 
 # GGUF value types (gguf-py's GGUFValueType) → bytes of a scalar; 8 is a string (uint64 length, bytes), 9 an array
+_UINT32 = 4
 _SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 
 
@@ -242,7 +247,10 @@ def _tensor_shapes(path: Path) -> dict[str, list[int]] | None:
                 raise EOFError
             return struct.unpack_from(fmt, data, at)[0], at + size
 
+        strings = 0
+
         def skip_value(kind: int, at: int) -> int:
+            nonlocal strings
             if kind in _SCALAR_BYTES:
                 return at + _SCALAR_BYTES[kind]
             if kind == 8:
@@ -256,6 +264,10 @@ def _tensor_shapes(path: Path) -> dict[str, list[int]] | None:
                 return at + count * _SCALAR_BYTES[inner]
             if inner != 8 or count > (len(data) - at) // 8:
                 raise EOFError
+            strings += count
+            if strings > MAX_ARRAY_STRINGS:
+                raise UserError(f"its metadata arrays hold more than {MAX_ARRAY_STRINGS:,} strings; edgelm reads at most that many",
+                                path, "no model needs that many (Llama 3's vocabulary and merges: ~410,000): re-download or export it again")
             for _ in range(count):  # a vocabulary: ~0.1 s for 128k tokens
                 length, at = take("<Q", at)
                 at += length
@@ -270,7 +282,12 @@ def _tensor_shapes(path: Path) -> dict[str, list[int]] | None:
             keys, at = take("<Q", at)
             for _ in range(keys):
                 length, at = take("<Q", at)
+                key = bytes(data[at:at + min(length, 64)])
                 kind, at = take("<I", at + length)
+                # ggml's parser reads it with a typed getter that asserts (gguf.cpp): a uint64 or a text one was SIGABRT in
+                # every command (stranger 47)
+                if key == b"general.alignment" and kind != _UINT32:
+                    raise UserError("general.alignment is not a uint32 (ggml would abort on it)", path, "the file is damaged: export it again")
                 at = skip_value(kind, at)
             for _ in range(tensors):
                 length, at = take("<Q", at)
