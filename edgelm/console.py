@@ -21,9 +21,11 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 PLAIN_INTERVAL_S = 5.0  # piped: at most one progress line this often (a 10-minute calibrate prints ~120)
-# C0 controls but tab, newline and carriage return; DEL; C1 controls. A model's vocabulary may hold them, and a terminal
-# obeys them: ESC ]0; sets the window title, OSC 52 writes the clipboard, ESC [2K erases the line (stranger 44)
-_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# C0 controls but tab, newline and carriage return; DEL; C1 controls; the bidirectional embeddings, overrides and isolates
+# (U+202A–U+202E, U+2066–U+2069: "Trojan Source", CVE-2021-42574). A model's vocabulary may hold them, and a terminal obeys
+# them: ESC ]0; sets the window title, OSC 52 writes the clipboard, ESC [2K erases the line (stranger 44), U+202E shows
+# what follows reversed (stranger 47)
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def for_terminal(text: str, stream) -> str:
@@ -32,7 +34,7 @@ def for_terminal(text: str, stream) -> str:
     isatty = getattr(stream, "isatty", None)
     if not (callable(isatty) and isatty()):
         return text
-    return _CONTROLS.sub(lambda found: f"\\x{ord(found[0]):02x}", text)
+    return _CONTROLS.sub(lambda found: f"\\x{ord(found[0]):02x}" if ord(found[0]) < 0x100 else f"\\u{ord(found[0]):04x}", text)
 
 
 class LazyConsole:
@@ -63,6 +65,11 @@ class LazyConsole:
         self._quiet = value
         if self._console is not None:
             self._console.quiet = value
+
+    def print_json(self, text: str) -> None:
+        """--json's answer. On a terminal every character past ASCII is written as its \\u escape (the same JSON): a C1
+        control or bidi override in a model's text or a file's metadata reached the terminal raw (stranger 47)."""
+        self.console.print_json(text, ensure_ascii=self.console.is_terminal)
 
     def __getattr__(self, name: str) -> Any:  # what this class lacks: the Console's own methods
         if name.startswith("__"):  # protocols (copy, pickle) look these up: never make a Console for them
