@@ -367,17 +367,20 @@ def test_the_head_of_a_text_encodes_as_the_whole(model, tmp_path):
 
 
 def test_bench_reports_the_whole_commands_peak_rss_too(gguf):
-    """bench reported 72 MB of peak RSS, measured before its roofline copy (2 × 512 MiB) made the process
-    1.3 GB: now the model's run and the whole command's peak, each labelled. Started by a process holding
-    1.2 GB (this one, below), it reported that process's peak too: Linux's ru_maxrss survives fork and exec,
-    so its own is read from /proc's VmHWM."""
-    fat = bytearray(1200 << 20)
+    """bench reported 72 MB of peak RSS, measured before its roofline copy made the process larger: now the model's
+    run and the whole command's peak, each labelled, the copy's two arrays (four times the last-level cache, at least
+    128 MiB each) in the latter. Started by a process holding more than the whole bench (this one, below), it reported
+    that process's peak too: Linux's ru_maxrss survives fork and exec, so its own is read from /proc's VmHWM."""
+    from edgelm.benchmark import _last_level_cache_mb
+
+    copy = 2 * max(128, 4 * _last_level_cache_mb()) << 20
+    fat = bytearray(copy + (1 << 30))
     fat[::4096] = b"\1" * len(range(0, len(fat), 4096))  # touched: resident
     result = _edgelm("bench", str(gguf), "--prompt-tokens", "8", "--new-tokens", "4", "--threads", "1", "--json")
     del fat
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["command_peak_rss_bytes"] >= 1 << 30 > report["peak_rss_bytes"] > 0, report
+    assert copy + (1 << 30) > report["command_peak_rss_bytes"] >= copy > report["peak_rss_bytes"] > 0, report
 
 
 def test_an_onnx_kv_cache_type_edgelm_does_not_run_is_named(run_cli, onnx_folder, monkeypatch):
