@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .console import LazyConsole, OutputLost, Progress, for_terminal, guarded_streams
+from .console import LazyConsole, OutputLost, Progress, guarded_streams, terminal_text
 from .errors import RefusedText, UserError
 from .constants import HELD_OUT_TEXT
 from .fileio import DISK_FULL_ERRNOS, refuse_existing, stopped
@@ -383,9 +383,10 @@ def generate(
         out.print_json(json.dumps({"prompt": prompt, "text": text, "tokens": [p.token for p in collected if p.token is not None], "engine": artifact.engine}))
         return
     sys.stdout.write(prompt)
+    shown = terminal_text(sys.stdout)
     try:
         for piece in pieces:
-            sys.stdout.write(for_terminal(piece.text, sys.stdout))
+            sys.stdout.write(shown(piece.text))
             sys.stdout.flush()  # each piece as it comes
     finally:  # a failure's line after the text, not on it ("It is a trutherror: …", stranger 27)
         sys.stdout.write("\n")
@@ -601,6 +602,7 @@ def chat(
         info.print(start_from(cache_path, artifact.path, backend, conversation.preamble_ids()), style="dim", markup=False, highlight=False)
     if sys.stdin is not None and sys.stdin.isatty():
         _line_editor()
+    shown = terminal_text(sys.stdout)
     while True:
         try:
             user = _read_turn()
@@ -638,7 +640,7 @@ def chat(
                 _print_prompt(artifact.tokenizer, turn.ids)
             pieces = iter(turn)
             for piece in pieces:
-                out.print(for_terminal(piece.text, sys.stdout), end="", markup=False)
+                out.print(shown(piece.text), end="", markup=False)
         except KeyboardInterrupt:
             if pieces is None:  # while the template rendered, before the reply began: nothing of this turn is kept, and it says so
                 out.print()

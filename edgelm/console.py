@@ -28,13 +28,14 @@ PLAIN_INTERVAL_S = 5.0  # piped: at most one progress line this often (a 10-minu
 _CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
-def for_terminal(text: str, stream) -> str:
-    """Generated text as a terminal shows it without obeying it, each control character spelled out (ESC as \\x1b);
-    as it is where `stream` is no terminal (a pipe or a file gets the model's own text, as from llama.cpp)."""
+def terminal_text(stream) -> Callable[[str], str]:
+    """How generated text is written to `stream`: on a terminal as it shows it without obeying it, each control character
+    spelled out (ESC as \\x1b); as it is where `stream` is no terminal (a pipe or a file gets the model's own text, as
+    from llama.cpp). Asked once per stream, not per token."""
     isatty = getattr(stream, "isatty", None)
     if not (callable(isatty) and isatty()):
-        return text
-    return _CONTROLS.sub(lambda found: f"\\x{ord(found[0]):02x}" if ord(found[0]) < 0x100 else f"\\u{ord(found[0]):04x}", text)
+        return str
+    return lambda text: _CONTROLS.sub(lambda found: f"\\x{ord(found[0]):02x}" if ord(found[0]) < 0x100 else f"\\u{ord(found[0]):04x}", text)
 
 
 class LazyConsole:
