@@ -29,8 +29,8 @@ class GgufMapping:
     # tensor once, as llama.cpp's converter writes it.
     omits_tied: ClassVar[bool] = False
     # The arch's runtime tokenizes with the source tokenizer files the GGUF stores (edgelm's ggml executor); llama.cpp
-    # reads its own vocabulary keys, and a second copy of a Llama 3 tokenizer.json (~9 MB) in every llama GGUF made it
-    # ~270 KB larger than the converter's even on a tiny model (stranger 46)
+    # reads its own vocabulary keys, and a second copy of tokenizer.json in every llama GGUF made it ~270 KB larger than
+    # the converter's even on a tiny model (stranger 46; a published 128k-token vocabulary's file is some megabytes)
     stores_tokenizer_files: ClassVar[bool] = False
 
     def arch(self, spec: ModelSpec) -> str:

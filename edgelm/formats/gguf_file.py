@@ -192,13 +192,13 @@ def _refuse_oversized_metadata(header, path: Path) -> None:
                             "no model needs that much text there: re-download or export it again")
 
 
+# Strings in metadata arrays, all arrays together: gguf-py's reader (inspect, verify) parses them one by one (stranger
+# 47: 1,000,000 empty strings, 8 MB of file, took inspect to 1.9 GB and 23 s). A vocabulary with its merges is a few
+# hundred thousand (Llama 3's published tokenizer: 128,256 tokens and ~280,000 merges; not counted here)
+MAX_ARRAY_STRINGS = 1 << 20
 # ggml's parser looks each new key and tensor name up among those before it (a duplicate check): n² in C, where no
 # signal reaches Python — a stranger's 3M-key file (98 MB) ran past 11 minutes and ignored Ctrl-C. A model's GGUF
 # holds tens of keys (a vocabulary is one array key) and hundreds to thousands of tensors.
-# strings in metadata arrays, all arrays together: gguf-py's reader (inspect, verify) builds a view per element, ~2 KB and
-# 25 µs each (stranger 47: 1,000,000 empty strings, 8 MB of file, took inspect to 1.9 GB and 23 s). Llama 3's 128,256
-# tokens and 280,147 merges are ~410,000; o200k's 201,088 and ~446,000 ~650,000
-MAX_ARRAY_STRINGS = 1 << 20
 MAX_KEYS = 4096
 TRAILING_SLACK = 1 << 16  # bytes a GGUF may hold after its last tensor's data (its writer pads to the alignment)
 MAX_TENSORS = 65536
