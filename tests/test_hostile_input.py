@@ -870,7 +870,9 @@ def test_a_stop_ends_onnxruntimes_run_at_once_and_chat_goes_on(tmp_path):
 def test_a_burst_of_ctrl_c_is_one_stop_and_chat_goes_on(tmp_path):
     """Stranger 32: five Ctrl-Cs 3 ms apart, 0.3 s into a 3,000-token message, stopped the reply, and ~2 s later, at the
     idle prompt, the chat ended ("interrupted while native code was computing", exit 130, the conversation lost): Python
-    took them in one handler call, the stop watcher counted five. The chat now goes on: alive 4 s later, answering."""
+    took them in one handler call, the stop watcher counted five. On a loaded machine Python took them one by one, and the
+second, raised while "(stopped)" was printed, ended the chat (CI at 4526027). The chat now goes on: alive 4 s later,
+answering."""
     import sys
     import time
 
@@ -888,7 +890,8 @@ def test_a_burst_of_ctrl_c_is_one_stop_and_chat_goes_on(tmp_path):
     for _ in range(5):
         child.sendintr()
         time.sleep(0.003)
-    child.expect("\r\n> ", timeout=60)
+    # not expect("> "): each ^C makes the terminal drop what the chat wrote and was not read yet (no NOFLSH), and on a
+    # loaded machine "(stopped)" and the next prompt came between two of them; the chat answering next is the proof
     time.sleep(4)
     assert child.isalive(), child.before
     child.sendline("hello there")
