@@ -43,12 +43,18 @@ def _taken_within(before: int, seconds: float) -> bool:
     return stops_taken() != before
 
 
-def _drain(read_end: int) -> bool:
-    """Read what the descriptor holds now, without waiting; False at its end."""
+def _stops_in(signals: bytes) -> set[int]:
+    return {number for number in signals if number in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _drain(read_end: int) -> set[int] | None:
+    """The stops the descriptor holds now, read without waiting; None at its end."""
+    numbers: set[int] = set()
     while select.select([read_end], [], [], 0)[0]:
-        if not os.read(read_end, 512):
-            return False
-    return True
+        if not (signals := os.read(read_end, 512)):
+            return None
+        numbers |= _stops_in(signals)
+    return numbers
 
 
 def _watch(read_end: int) -> None:
@@ -62,7 +68,7 @@ def _watch(read_end: int) -> None:
         before = stops_taken()
         if not (signals := os.read(read_end, 512)):
             break
-        numbers = {number for number in signals if number in (signal.SIGINT, signal.SIGTERM)}
+        numbers = _stops_in(signals)
         if not numbers:
             continue
         if stops_taken() == before:  # a native call in progress: ended, where it says how (ends_early)
@@ -71,11 +77,19 @@ def _watch(read_end: int) -> None:
         terminate = signal.SIGTERM in numbers
         if _taken_within(before, GRACE_S if terminate else 1.0):
             waiting = False
-            if not _drain(read_end):  # bytes of signals that handler took along with this one
+            if _drain(read_end) is None:  # bytes of signals that handler took along with this one
                 break
             continue
         if terminate or waiting:
             _end(TERMINATED if terminate else INTERRUPTED, "terminated" if terminate else "interrupted")
+        # the Ctrl-Cs that came before the line below are the stop it speaks of, not a second one: a burst of five 3 ms
+        # apart, in a 3 s step of native code (a llama.cpp prefill batch), read as "again" a second later, ended the chat
+        if (pending := _drain(read_end)) is None:
+            break
+        if signal.SIGTERM in pending:
+            if not _taken_within(before, GRACE_S):
+                _end(TERMINATED, "terminated")
+            continue
         waiting = True
         os.write(_STDERR[0], b"\nstopping when the model's current step ends; Ctrl-C again to quit now\n")
     os.close(read_end)

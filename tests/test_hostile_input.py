@@ -902,6 +902,50 @@ answering."""
     assert child.exitstatus == 0 and "Ctrl-C again" not in child.before, child.before
 
 
+NATIVE_STEP = """
+import hashlib, signal, sys
+from edgelm import cli
+from edgelm.stops import StopWatch
+signal.signal(signal.SIGINT, cli._interrupt)
+with StopWatch():
+    try:
+        print("ready", flush=True)
+        hashlib.pbkdf2_hmac("sha256", b"x", b"y", int(sys.argv[1]))  # C that releases the GIL and takes no signal, as a llama.cpp batch
+        print("finished", flush=True)
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+"""
+
+
+def test_a_burst_of_ctrl_c_in_a_long_native_step_is_one_stop_and_another_quits(tmp_path):
+    """A llama.cpp prefill batch holds the main thread for seconds on a 1.1B model. Five Ctrl-Cs 3 ms apart in it: the
+    watcher said "Ctrl-C again to quit now" a second later, then read the burst's other four, still untaken, as that
+    second Ctrl-C and ended the process (exit 130). The burst is now the one stop the line speaks of: the step ends and
+    the stop is taken (exit 0 here); a Ctrl-C pressed after the line still quits."""
+    import hashlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    start = time.perf_counter()
+    hashlib.pbkdf2_hmac("sha256", b"x", b"y", 100_000)
+    rounds = int(100_000 * 4.0 / (time.perf_counter() - start))  # about 4 s of native code
+    again = "stopping when the model's current step ends; Ctrl-C again to quit now"
+    for burst, code, printed, said in ((5, 0, "stopped\n", again), (1, 130, "", "interrupted while native code was computing")):
+        process = subprocess.Popen([sys.executable, "-c", NATIVE_STEP, str(rounds)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert process.stdout.readline() == "ready\n"
+        time.sleep(0.1)
+        for _ in range(burst):
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.003)
+        if burst == 1:
+            assert process.stderr.readline() == "\n" and process.stderr.readline().strip() == again
+            process.send_signal(signal.SIGINT)  # after the line: quit now
+        out, err = process.communicate(timeout=60)
+        assert (process.returncode, out) == (code, printed) and err.count(said) == 1 and "Traceback" not in err, (burst, out, err)
+
+
 def _graph_allocating_per_token(folder: Path, megabytes: int) -> None:
     """The logits plus 0 × ReduceMax of a ConstantOfShape of `megabytes` MB per position the attention mask holds."""
     import onnx
