@@ -299,6 +299,7 @@ class Turn:
     draft: int | None
     lookup_ngram: int
     context_shift: bool  # shift a NoPE cache past what was dropped instead of evaluating it again
+    started: bool = False  # the reply's stream began: from here the turn joins the history, whatever stops it
     evaluated: int | None = None  # prompt tokens run through the model, known once the first piece is out
     tokens: int = 0
     drafted: int = 0  # prompt-lookup tokens verified, and taken, this turn
@@ -308,9 +309,10 @@ class Turn:
         from .runtime.generate import generate_from_ids
 
         backend, reply, refused = self.backend, [], False
-        backend.context_shift = self.context_shift and backend.position_free and bool(self.dropped)  # only past what was dropped
         evaluated, drafted, accepted = backend.evaluated, backend.drafted, backend.accepted
         try:
+            self.started = True
+            backend.context_shift = self.context_shift and backend.position_free and bool(self.dropped)  # only past what was dropped
             for piece in generate_from_ids(backend, self.conversation.tokenizer, self.ids, self.max_new_tokens, self.sampling,
                                            self.stop, self.draft, self.lookup_ngram):
                 if self.evaluated is None:  # the prompt's evaluation is done once the first piece is out

@@ -21,7 +21,7 @@ from .console import LazyConsole, OutputLost, Progress, guarded_streams, termina
 from .errors import RefusedText, UserError
 from .constants import HELD_OUT_TEXT
 from .fileio import DISK_FULL_ERRNOS, refuse_existing, stopped
-from .stops import INTERRUPTED, TERMINATED, StopWatch
+from .stops import INTERRUPTED, TERMINATED, StopWatch, held_during_imports, raise_unless_held
 from .exporters import EXPORTERS, read_user_text
 from .numbers import HEAD_TEMPERATURE, LOOKUP_NGRAM, LOOKUP_NGRAM_MAX, NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, not_finite
 
@@ -615,6 +615,7 @@ def chat(
         except RefusedText as exc:  # this line is refused and was read whole: the chat goes on (a piped line over the limit ends it)
             err.print(f"error: {exc.line()}", markup=False, soft_wrap=True)
             continue
+        _last_interrupt[0] = float("-inf")  # a Ctrl-C after a line sent is a new stop, however soon (BURST_S)
         action, user = read_chat_line(user)
         if action == "exit":
             return
@@ -627,7 +628,7 @@ def chat(
             continue
         if not user.strip():
             continue
-        start, turn, pieces = time.time(), None, None
+        start, turn, pieces, history = time.time(), None, None, list(conversation.turns)
         try:
             turn = conversation.turn(user, backend, max_new_tokens, options, tuple(stop or ()), draft, lookup_ngram, context_shift)
             if turn.dropped:
@@ -641,7 +642,8 @@ def chat(
             for piece in pieces:
                 out.print(shown(piece.text), end="", markup=False)
         except KeyboardInterrupt:
-            if pieces is None:  # while the template rendered, before the reply began: nothing of this turn is kept, and it says so
+            if turn is None or not turn.started:  # before the reply began (the template rendering, the lines above it): nothing of
+                conversation.turns = history  # this turn is kept, the message and the exchanges dropped for it (stranger 48)
                 out.print()
                 info.print("[dim](not sent: the history is as it was)[/dim]")
                 continue
@@ -997,7 +999,7 @@ class Terminated(BaseException):
 def _terminate(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
     stopped(Terminated)
-    raise Terminated
+    raise_unless_held(Terminated)
 
 
 BURST_S = 0.5  # Ctrl-Cs this close to the one before are one stop (a key held down repeats every ~33 ms after ~500 ms)
@@ -1012,7 +1014,7 @@ def _interrupt(signum, frame) -> None:
     in_burst, _last_interrupt[0] = now - _last_interrupt[0] < BURST_S, now
     stopped(KeyboardInterrupt)
     if not in_burst:
-        raise KeyboardInterrupt
+        raise_unless_held(KeyboardInterrupt)
 
 
 def _unraisable(hook):
@@ -1074,7 +1076,7 @@ def main() -> None:
     hook, sys.unraisablehook = sys.unraisablehook, _unraisable(sys.unraisablehook)
     streams = guarded_streams()
     try:
-        with StopWatch():  # a stop the main thread cannot take while native code computes
+        with StopWatch(), held_during_imports():  # a stop the main thread cannot take while native code computes; one in an import
             _run()
     finally:
         signal.signal(signal.SIGTERM, previous)  # main() called in a longer-lived process (tests) leaves it as it was

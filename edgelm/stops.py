@@ -107,6 +107,48 @@ def ends_early(end: Callable[[], None]):
         _ENDS.remove(end)
 
 
+class _Held:
+    depth = 0  # imports in progress (held_during_imports)
+    pending: type[BaseException] | None = None
+
+
+def raise_unless_held(stop: type[BaseException]) -> None:
+    """Raise the stop a handler took, or, inside an import, keep it for the import's end."""
+    if _Held.depth:
+        _Held.pending = _Held.pending or stop
+        return
+    raise stop
+
+
+@contextmanager
+def held_during_imports():
+    """Stops raised inside an import are raised when it returns. torch's C++ imports numpy and swallows any error it
+    raises (is_numpy_available: "Failed to initialize NumPy"): a Ctrl-C or SIGTERM 0.5 s into an export was lost there
+    (the export wrote its file and exited 0), or left numpy half-imported (an AttributeError later, or an abort). Every
+    import statement, from Python or from C (PyImport_Import calls builtins.__import__), goes through this hold."""
+    import builtins
+
+    original, main = builtins.__import__, threading.main_thread()
+
+    def held_import(*args, **kwargs):
+        if threading.current_thread() is not main:  # handlers run in the main thread: its imports alone hold a stop
+            return original(*args, **kwargs)
+        _Held.depth += 1
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _Held.depth -= 1
+            if not _Held.depth and (stop := _Held.pending):
+                _Held.pending = None
+                raise stop  # the module imported whole, or what the import raised chained to the stop
+
+    builtins.__import__ = held_import
+    try:
+        yield
+    finally:
+        builtins.__import__ = original
+
+
 def take_pending_stop() -> NoReturn:
     """Where a native call a stop ended (ends_early) returns: the stop's handler is pending, and CPython runs a pending
     handler as a Python function starts, this one included, so the handler's stop (cli's Terminated for SIGTERM) is

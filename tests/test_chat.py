@@ -62,6 +62,25 @@ def test_ctrl_c_stops_the_reply_and_keeps_the_session():
     child.expect(pexpect.EOF)
 
 
+def test_a_stop_before_the_reply_begins_keeps_nothing_of_the_turn():
+    """Stranger 48: a Ctrl-C after the message was fitted to the history but before the reply began (here while
+    --verbose-prompt lists the prompt) printed "(not sent: the history is as it was)", yet the message stayed in the
+    history, a user turn with no reply, and the exchanges dropped for it were gone. The listing of ~3,000 tokens
+    (~70 KB) is not read here, so it fills the terminal and waits: the Ctrl-C lands in it."""
+    child = spawn("--max-new-tokens", "4", "--temperature", "0", "--verbose-prompt")
+    child.expect("> ")
+    child.sendline("Anne walked in the garden with her sister and " * 300)
+    time.sleep(3)
+    child.sendintr()
+    child.expect_exact("(not sent: the history is as it was)")
+    child.expect("> ")
+    child.sendline("hello there")
+    child.expect("tok/s")
+    assert "walked" not in child.before and "hello there" in child.before, child.before[-2000:]
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+
+
 def test_a_terminal_line_is_edited_and_read_whole():
     """Stranger round 10: chat read the terminal's cooked line, which keeps 4,095 bytes — a pasted 8,000-character
     message lost its end with no word — and has no editing: Left sent ESC [ D to the model as text. Under

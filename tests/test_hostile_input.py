@@ -946,6 +946,24 @@ def test_a_burst_of_ctrl_c_in_a_long_native_step_is_one_stop_and_another_quits(t
         assert (process.returncode, out) == (code, printed) and err.count(said) == 1 and "Traceback" not in err, (burst, out, err)
 
 
+def test_a_stop_inside_an_import_that_drops_errors_is_taken_when_it_returns(tmp_path):
+    """Stranger 48: a Ctrl-C or SIGTERM 0.4-0.5 s into `export` was lost (the export wrote its file, exit 0), or left
+    numpy half-imported (an AttributeError later, an abort): torch's C++ imports numpy and drops any error that import
+    raises. `swallowing` does the same to `interrupted`, which gets a Ctrl-C part way: the stop is taken when the
+    outer import returns, with both modules whole."""
+    import subprocess
+    import sys
+
+    (tmp_path / "swallowing.py").write_text("try:\n    import interrupted\nexcept BaseException:\n    pass\n")
+    (tmp_path / "interrupted.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(0.1)\nwhole = True\n")
+    script = ("import signal, sys\nfrom edgelm import cli\nfrom edgelm.stops import held_during_imports\n"
+              "signal.signal(signal.SIGINT, cli._interrupt)\nsys.path.insert(0, sys.argv[1])\n"
+              "try:\n    with held_during_imports():\n        import swallowing\n    print('went on')\n"
+              "except KeyboardInterrupt:\n    print('stopped', sys.modules['interrupted'].whole, 'swallowing' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "stopped True True\n"), done
+
+
 def _graph_allocating_per_token(folder: Path, megabytes: int) -> None:
     """The logits plus 0 × ReduceMax of a ConstantOfShape of `megabytes` MB per position the attention mask holds."""
     import onnx
