@@ -163,7 +163,7 @@ class Model:
                 log.info(start_from(path, self.artifact.path, backend, conversation.preamble_ids()))
             turn = conversation.turn(messages[-1]["content"], backend, max_new_tokens, SamplingOptions(**sampling), _stops(stop),
                                      draft, lookup_ngram, context_shift, messages[-1]["role"])
-            kept = len(conversation.turns) - 1  # of the history, beside the new message
+            kept = len(turn.turns) - 1  # of the history, beside the new message
             self._chat_dropped = (system, [dict(m) for m in history[:len(history) - kept]])
             pieces = self._exclusive(iter(turn))
             return pieces if stream else "".join(piece.text for piece in pieces)

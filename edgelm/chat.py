@@ -229,8 +229,14 @@ class Conversation:
 
     def prompt_ids(self, user: str, role: str = "user") -> tuple[list[int], int]:
         """Token ids for the history plus this user turn (or a tool's result, `role` "tool"), and how many old
-        turns were dropped to fit. A turn refused (not UTF-8 text; too long for the context with the reply's
-        room, even alone) leaves the history as it was, so a chat can go on from it."""
+        turns were dropped to fit; the history becomes what they hold. A turn refused (not UTF-8 text; too long
+        for the context with the reply's room, even alone) leaves the history as it was, so a chat can go on."""
+        self.turns, ids, dropped = self.fit(user, role)
+        return ids, dropped
+
+    def fit(self, user: str, role: str = "user") -> tuple[list[dict], list[int], int]:
+        """prompt_ids without changing the history: the turns the prompt holds (the history less what was dropped,
+        and the message), its ids, and how many exchanges were dropped."""
         turns = [*self.turns, {"role": role, "content": unicode_text(user)}]
         room = self.context_length - self.reply_budget
 
@@ -240,8 +246,7 @@ class Conversation:
             return self.tokenizer.encode(self.render(turns[start:]), add_bos=False, special=True)
 
         if len(ids := encoded(0)) <= room:
-            self.turns = turns
-            return ids, 0
+            return turns, ids, 0
         # once something must go, free half the room, as llama.cpp's context shift discards half the history: what
         # follows the system prompt moved and is evaluated again, so this happens seldom and the turns after it reuse
         # the cache. Oldest exchange first, down to the message alone, which may take all the room (a stranger's
@@ -260,8 +265,7 @@ class Conversation:
                 low = middle + 1
         ids = found[low] if low in found else encoded(starts[low])
         if len(ids) <= room // 2 or starts[low] == len(turns) - 1 and len(ids) <= room:
-            self.turns = turns[starts[low]:]
-            return ids, low + 1
+            return turns[starts[low]:], ids, low + 1
         raise UserError(f"this message takes {len(ids):,} tokens with the chat template; the {self.context_length:,}-token "
                         f"context keeps {self.reply_budget:,} for the reply", None,
                         "send a shorter message, or a larger context (-c) or fewer --max-new-tokens")
@@ -272,10 +276,11 @@ class Conversation:
     def turn(self, user: str, backend: Backend, max_new_tokens: int, sampling: SamplingOptions, stop: tuple[str, ...] = (),
              draft: int | None = None, lookup_ngram: int = LOOKUP_NGRAM, context_shift: bool = False, role: str = "user") -> Turn:
         """The next turn, `user`'s message (`role`'s) on this history: rendered, trimmed to fit and tokenized now (a
-        message refused here leaves the history as it was); iterating it streams the reply."""
-        history = list(self.turns)
-        ids, dropped = self.prompt_ids(user, role)
-        return Turn(self, history, ids, dropped, backend, max_new_tokens, sampling, stop, draft, lookup_ngram, context_shift)
+        message refused here leaves the history as it was); iterating it streams the reply, and only then does the
+        turn join the history: a turn stopped before its reply began (a Ctrl-C while --verbose-prompt lists it,
+        stranger 48) leaves the history as it was, the exchanges dropped for it included."""
+        turns, ids, dropped = self.fit(user, role)
+        return Turn(self, turns, ids, dropped, backend, max_new_tokens, sampling, stop, draft, lookup_ngram, context_shift)
 
     def reset(self) -> None:
         self.turns = []
@@ -289,7 +294,7 @@ class Turn:
     was said stays said. A refusal part way (runtime's UserError) puts the history back as it was."""
 
     conversation: Conversation
-    history: list[dict]
+    turns: list[dict]  # the history this turn's prompt holds (less the exchanges dropped to fit, with the message)
     ids: list[int]
     dropped: int  # oldest exchanges dropped to fit the context
     backend: Backend
@@ -308,10 +313,10 @@ class Turn:
     def __iter__(self) -> Iterator[Piece]:
         from .runtime.generate import generate_from_ids
 
-        backend, reply, refused = self.backend, [], False
+        backend, reply, refused, history = self.backend, [], False, self.conversation.turns
         evaluated, drafted, accepted = backend.evaluated, backend.drafted, backend.accepted
         try:
-            self.started = True
+            self.conversation.turns, self.started = list(self.turns), True
             backend.context_shift = self.context_shift and backend.position_free and bool(self.dropped)  # only past what was dropped
             for piece in generate_from_ids(backend, self.conversation.tokenizer, self.ids, self.max_new_tokens, self.sampling,
                                            self.stop, self.draft, self.lookup_ngram):
@@ -322,7 +327,7 @@ class Turn:
                 yield piece
         except UserError:
             refused = True
-            self.conversation.turns = self.history
+            self.conversation.turns = history
             raise
         finally:
             backend.context_shift = False

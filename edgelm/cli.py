@@ -628,7 +628,7 @@ def chat(
             continue
         if not user.strip():
             continue
-        start, turn, pieces, history = time.time(), None, None, list(conversation.turns)
+        start, turn, pieces = time.time(), None, None
         try:
             turn = conversation.turn(user, backend, max_new_tokens, options, tuple(stop or ()), draft, lookup_ngram, context_shift)
             if turn.dropped:
@@ -642,9 +642,8 @@ def chat(
             for piece in pieces:
                 out.print(shown(piece.text), end="", markup=False)
         except KeyboardInterrupt:
-            if turn is None or not turn.started:  # before the reply began (the template rendering, the lines above it): nothing of
-                conversation.turns = history  # this turn is kept, the message and the exchanges dropped for it (stranger 48)
-                out.print()
+            if turn is None or not turn.started:  # before the reply began (the template rendering, the lines above it): the turn
+                out.print()  # has not joined the history (Conversation.turn)
                 info.print("[dim](not sent: the history is as it was)[/dim]")
                 continue
             pieces.close()  # the reply so far joins the history

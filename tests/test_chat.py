@@ -416,6 +416,8 @@ def test_a_turn_keeps_what_was_said_when_stopped_and_nothing_when_refused():
     assert after.evaluated < len(after.ids) // 2, (after.evaluated, len(after.ids))  # the history was in the cache
 
     before = list(conversation.turns)
+    conversation.turn("Not sent.", artifact.backend, 16, greedy)  # made, never streamed: stopped before its reply began
+    assert conversation.turns == before
     refused = conversation.turn("Once more.", artifact.backend, 16, greedy)
     refused.ids = refused.ids + [artifact.backend.context_length] * artifact.backend.context_length  # past the context: refused
     with pytest.raises(UserError):

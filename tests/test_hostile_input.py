@@ -964,6 +964,30 @@ def test_a_stop_inside_an_import_that_drops_errors_is_taken_when_it_returns(tmp_
     assert (done.returncode, done.stdout) == (0, "stopped True True\n"), done
 
 
+def test_a_ctrl_c_while_the_program_imports_its_cli_is_one_line_and_130(tmp_path):
+    """Stranger 48's note: a Ctrl-C in the ~0.1 s before cli.main installs its handlers (while typer and rich load) was
+    Python's own: a KeyboardInterrupt traceback out of an import. The program's first step takes it (edgelm.program).
+    Here the import of typer is held until the Ctrl-C has arrived."""
+    import subprocess
+    import sys
+
+    script = ("import importlib.abc, os, sys, time\n"
+              "class Held(importlib.abc.MetaPathFinder):\n"
+              "    def find_spec(self, name, path=None, target=None):\n"
+              "        if name == 'typer':\n"
+              "            os.write(2, b'importing typer\\n')\n"
+              "            time.sleep(30)\n"
+              "        return None\n"
+              "sys.meta_path.insert(0, Held())\n"
+              "sys.argv[0] = 'edgelm'\n"
+              "from edgelm.program import entry\nentry()\n")
+    process = subprocess.Popen([sys.executable, "-c", script, "--version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stderr.readline() == "importing typer\n"
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.strip() == "interrupted; nothing was left half-written", (process.returncode, err)
+
+
 def _graph_allocating_per_token(folder: Path, megabytes: int) -> None:
     """The logits plus 0 × ReduceMax of a ConstantOfShape of `megabytes` MB per position the attention mask holds."""
     import onnx
