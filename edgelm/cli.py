@@ -647,7 +647,7 @@ def chat(
                 info.print("[dim](not sent: the history is as it was)[/dim]")
                 continue
             pieces.close()  # the reply so far joins the history
-            out.print(" [dim](stopped)[/dim]", end="")
+            info.print(" [dim](stopped)[/dim]", end="")  # beside the reply, not in it: piped, stdout holds the model's words alone
         except UserError as exc:  # this turn only (a message too long even alone, …): the history is as it was
             if turn is not None and turn.tokens:
                 out.print()

@@ -63,6 +63,25 @@ def test_ctrl_c_stops_the_reply_and_keeps_the_session():
     child.expect(pexpect.EOF)
 
 
+def test_piped_a_stopped_reply_is_the_models_words_alone_on_stdout():
+    """Stranger 48's note: piped, "(stopped)" went to standard output inside the reply, where a program reading the
+    model's words takes it for the model's; it is a note, on standard error with the prompt and the token counts."""
+    import subprocess
+
+    process = subprocess.Popen([sys.executable, "-m", "edgelm", "chat", str(MODEL), "--max-new-tokens", "2000", "--temperature", "1.0",
+                                "--seed", "3"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=_default_sigint)
+    process.stdin.write(b"Tell me a long story.\n")
+    process.stdin.flush()
+    reply = b""
+    while len(reply.split()) < 3:  # the reply has started streaming
+        reply += process.stdout.read1(64)
+    process.send_signal(signal.SIGINT)
+    time.sleep(1)
+    out, err = process.communicate(b"", timeout=120)  # then the end of input: the chat ends
+    assert process.returncode == 0 and "(stopped)" in err.decode() and "stopped" not in (reply + out).decode(), (err, out)
+
+
 def test_a_stop_before_the_reply_begins_keeps_nothing_of_the_turn():
     """Stranger 48: a Ctrl-C after the message was fitted to the history but before the reply began (here while
     --verbose-prompt lists the prompt) printed "(not sent: the history is as it was)", yet the message stayed in the
