@@ -28,7 +28,7 @@ import stat
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import RefusedText, UserError
+from .errors import RefusedText, RepeatedKey, UserError
 from .fileio import is_plain_name
 
 MAX_JSON_BYTES = 64 << 20  # the largest JSON edgelm parses itself: a tokenizer.json of a 250k vocabulary is ~20 MB
@@ -239,9 +239,23 @@ def parse_json(text: str | bytes, path: Path | None, what: str, limit: int = MAX
     if _depth(text) > MAX_JSON_DEPTH:
         raise UserError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels", path, "refused: no config nests that deep; re-download it")
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except RepeatedKey as exc:
+        raise RepeatedKey(f"{what} holds the key {json.dumps(exc.what)[:80]} twice in one object (JSON readers differ on which one "
+                          "counts: Python's takes the last, others the first)", path, "refused: fix or re-download it") from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, and int('9' * 5000)'s digit limit
         raise UserError(f"{what} is not valid JSON ({str(exc).splitlines()[0][:200]})", path, "fix or re-download it") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """An object whose keys are each once. A key given twice is read by json as its last value and by other readers as
+    its first: a bundle's manifest listing a file twice, the first entry with a forged sha256, passed `verify` while an
+    app reading the first entry would check another hash (stranger 51)."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        raise RepeatedKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return document
 
 
 def parse_json_object(text: str | bytes, path: Path | None, what: str, limit: int = MAX_JSON_BYTES) -> dict:

@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .artifact_files import find_member, member, parse_json, read_json, sha256
+from .artifact_files import find_member, member, parse_json, read_bytes, sha256
 from .constants import BUNDLE_MANIFEST, GGUF_CONTEXT_LIMIT as MAX_CONTEXT
-from .errors import ArtifactMismatch, UserError, WriteFailed
+from .errors import ArtifactMismatch, RepeatedKey, UserError, WriteFailed
 from .fileio import WRITE_ERRNOS, is_plain_name
 from .numbers import SAMPLING_NAMES, is_count, stated_sampling
 
@@ -69,7 +69,14 @@ def _read_manifest(folder: Path) -> dict:
         raise UserError(f"no {BUNDLE_MANIFEST} manifest", folder, "give what `edgelm export` made (a .gguf file, an ONNX folder) "
                         f"or `edgelm bundle` made: a folder without {BUNDLE_MANIFEST} (a model folder, another tool's ONNX export, "
                         "a bundle whose manifest was removed) carries no parity certificate to verify")
-    return check_manifest(read_json(path, MAX_MANIFEST_BYTES, "the manifest"), path)
+    return parse_manifest(read_bytes(path, MAX_MANIFEST_BYTES, "the manifest"), path)
+
+
+def parse_manifest(raw: bytes, where: Path) -> dict:
+    try:
+        return check_manifest(parse_json(raw, where, "the manifest", MAX_MANIFEST_BYTES), where)
+    except RepeatedKey as exc:  # a file listed twice: not the bundle its manifest was written for
+        raise ArtifactMismatch(exc.what, exc.path, "the manifest was changed after bundling: make the bundle again with `edgelm bundle`") from None
 
 
 def _check_folder(folder: Path, manifest: dict) -> None:
@@ -144,7 +151,7 @@ def _unpack_checked(archive: zipfile.ZipFile, bundle: Path, folder: Path) -> Non
     info = archive.getinfo(BUNDLE_MANIFEST)
     if info.file_size > MAX_MANIFEST_BYTES:
         raise UserError(f"the manifest would unpack to {info.file_size} bytes", bundle, "refused: make the bundle again")
-    manifest = check_manifest(parse_json(_read_entry(archive, info, MAX_MANIFEST_BYTES), bundle, "the manifest", MAX_MANIFEST_BYTES), bundle)
+    manifest = parse_manifest(_read_entry(archive, info, MAX_MANIFEST_BYTES), bundle)
     for entry in entries:
         expected = BUNDLE_MANIFEST if entry.filename == BUNDLE_MANIFEST else manifest["files"].get(entry.filename)
         if expected is None:

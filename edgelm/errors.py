@@ -47,8 +47,13 @@ class UserError(Exception):
 
 class ArtifactMismatch(UserError):
     """An artifact that is not what its own record says: a bundled file against its manifest's sha256 or size, a
-    file or archive entry the manifest does not list, one listed twice. Refused (exit 2) by the commands that
+    file or archive entry the manifest does not list, one listed twice, a fact the manifest states that the model's own
+    files contradict. Refused (exit 2) by the commands that
     would run it; a failed check (exit 1) for `verify`, as a changed weight of a bare GGUF is."""
+
+
+class RepeatedKey(UserError):
+    """A JSON object giving one key twice (artifact_files.parse_json): readers differ on which of its values counts."""
 
 
 class RefusedText(UserError):

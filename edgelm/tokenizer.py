@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -154,18 +155,29 @@ class Tokenizer:
         raise NotImplementedError
 
 
+class _Hold:
+    """Descriptor 2 is the process's: threads tokenizing at once share one hold of it, the first in making it and the last
+    out ending it (stranger 50: each saved and restored it alone, so one saved another's pipe as "stderr" and then read
+    that pipe for ever — four threads chatting with one model, or two models in two threads, hung the process)."""
+
+    lock = threading.Lock()
+    users = 0
+    saved: int | None = None  # the real descriptor 2, while held
+    read_end: int | None = None
+    panicked = False
+
+
 @contextmanager
 def _panic_message_held():
     """Rust's panic hook writes 'thread ... panicked at ...' (and, under RUST_BACKTRACE, a backtrace) to
     file descriptor 2 before pyo3 raises: while tokenizers runs, descriptor 2 is a pipe, whose content is
     dropped after a panic (the one line says it) and written to stderr otherwise. The pipe does not block
-    its writer: past its 64 KB a write fails (EAGAIN) instead of hanging the process."""
-    sys.stderr.flush()
-    read_end, write_end = os.pipe()
-    os.set_blocking(write_end, False)
-    saved = os.dup(2)
-    os.dup2(write_end, 2)
-    os.close(write_end)
+    its writer: past its 64 KB a write fails (EAGAIN) instead of hanging the process; nor its reader: a
+    process started meanwhile, which holds the write end too, does not hold up the end of the hold."""
+    with _Hold.lock:
+        if _Hold.users == 0:
+            _hold_descriptor_2()
+        _Hold.users += 1
     panicked = False
     try:
         yield
@@ -173,12 +185,40 @@ def _panic_message_held():
         panicked = type(exc).__name__ == "PanicException"
         raise
     finally:
-        os.dup2(saved, 2)  # closes the pipe's last write end: the read below ends
-        os.close(saved)
-        with os.fdopen(read_end, "rb") as held:
-            written = held.read()
-        if written and not panicked:
-            os.write(2, written)
+        with _Hold.lock:
+            _Hold.panicked |= panicked
+            _Hold.users -= 1
+            if _Hold.users == 0:
+                _release_descriptor_2()
+
+
+def _hold_descriptor_2() -> None:
+    if sys.stderr is not None:  # None under pythonw or a windowed build (stranger 50: the model did not load)
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # descriptor 2 closed (`2>&-`): a panic's message goes nowhere as it is
+        return
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    os.set_blocking(read_end, False)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    _Hold.saved, _Hold.read_end, _Hold.panicked = saved, read_end, False
+
+
+def _release_descriptor_2() -> None:
+    if _Hold.saved is None:
+        return
+    os.dup2(_Hold.saved, 2)  # closes the pipe's write end
+    os.close(_Hold.saved)
+    written = b""
+    with os.fdopen(_Hold.read_end, "rb", buffering=0) as held:
+        while chunk := held.read(1 << 16):  # None once empty (non-blocking), b"" at its end
+            written += chunk
+    _Hold.saved = _Hold.read_end = None
+    if written and not _Hold.panicked:
+        os.write(2, written)
 
 
 READING = "reading it"
@@ -273,6 +313,7 @@ class JSONTokenizer(Tokenizer):
     def __init__(self, file: Path, config: dict[str, Any]):
         from tokenizers import Tokenizer as Backend
 
+        self._busy = threading.Lock()  # _in_rust: one call into the Rust tokenizer at a time
         try:  # held as in _in_rust: a merge naming a renamed token panicked in BPE's loader, its 180-line backtrace on the
             with _panic_message_held():  # terminal above the one line (stranger 44)
                 self.backend = Backend.from_file(str(file))
@@ -284,10 +325,12 @@ class JSONTokenizer(Tokenizer):
         super().__init__(file, config)
 
     def encode_text(self, text, special=True):
-        # tokenizers matches added tokens in the text; `encode_special_tokens` spells the special ones out
-        self.backend.encode_special_tokens = not special
-        return self._in_rust(lambda: self.backend.encode_batch([text], add_special_tokens=False)[0].ids, len(text),
-                             f"encoding a text of {len(text):,} characters")
+        def encode() -> list[int]:
+            # tokenizers matches added tokens in the text; `encode_special_tokens` spells the special ones out
+            self.backend.encode_special_tokens = not special
+            return self.backend.encode_batch([text], add_special_tokens=False)[0].ids
+
+        return self._in_rust(encode, len(text), f"encoding a text of {len(text):,} characters")
 
     def leading_special_ids(self):
         # the post-processor's (TemplateProcessing, RobertaProcessing) ids before the text's, as tokenizers marks them
@@ -302,15 +345,17 @@ class JSONTokenizer(Tokenizer):
         The *_batch calls release the GIL (`encode` holds it), so Python's stop watcher (stops.py) runs meanwhile: a
         stranger's SIGTERM went unanswered while a pre-tokenizer regex (\\D{0,2500}\\D{0,2500}\\d, under onig's retry limit
         at each start) took 0.05 s a character; past the budget such a text is refused in one line."""
-        import threading
-
         done: dict[str, Any] = {}
 
         def work() -> None:
-            try:
-                done["value"] = call()
-            except BaseException as exc:  # a PanicException too: a BaseException
-                done["error"] = exc
+            # one call at a time, until the call ends, not until its caller stops waiting: encode_batch borrows the Rust
+            # tokenizer, and setting encode_special_tokens meanwhile (another thread's encode, or the next call after a
+            # Ctrl-C stopped waiting for a long one) raised "RuntimeError: Already borrowed" (stranger 50)
+            with self._busy:
+                try:
+                    done["value"] = call()
+                except BaseException as exc:  # a PanicException too: a BaseException
+                    done["error"] = exc
 
         budget = RUST_SECONDS + RUST_SECONDS_PER_ITEM * size
         worker = threading.Thread(target=work, name="edgelm-tokenizer", daemon=True)

@@ -559,12 +559,13 @@ CASES: list[Case] = [
          manifest(lambda m: {**m, "sampling_defaults": {"temperature": float("nan")}})),
     case("manifest context length past any", "verify {bundle}", "its context_length 4611686018427387904 is not a count",
          manifest(lambda m: {**m, "context_length": 2**62})),
-    # stranger round 12: a manifest edited after bundling passed verify, and chat sampled with it (a stray key: a traceback)
-    case("manifest sampling forged", "verify {bundle}", "the manifest states sampling_defaults temperature 2.0",
+    # stranger round 12: a manifest edited after bundling passed verify, and chat sampled with it (a stray key: a traceback);
+    # the commands that open it refuse it, and verify fails it (exit 1, test_certificate)
+    case("manifest sampling forged", "inspect {bundle}", "the manifest states sampling_defaults temperature 2.0",
          manifest(lambda m: {**m, "sampling_defaults": {"temperature": 2.0}})),
     case("manifest sampling stray key", "chat {bundle}", "its sampling_defaults name 'seed', not one of",
          manifest(lambda m: {**m, "sampling_defaults": {**m["sampling_defaults"], "seed": 3}})),
-    case("manifest context forged", "verify {bundle}", "the manifest states context_length 64",
+    case("manifest context forged", "inspect {bundle}", "the manifest states context_length 64",
          manifest(lambda m: {**m, "context_length": 64})),
     case("bundle onto its input", "bundle {bundle} --out {bundle} --force", "overlaps the input"),
     case("bundle output exists", "bundle {onnx} --out {bundle}", "output already exists"),

@@ -33,6 +33,14 @@ def assert_user_error(result, *needles):
         assert needle in err, (needle, err)
 
 
+def assert_verify_failed(result, *needles):
+    """A bundle that is not what its manifest says fails verify (exit 1), as a changed weight of a bare GGUF does
+    (stranger 22: the same changed byte was exit 1 bare and exit 2 bundled); commands that run it refuse it (exit 2)."""
+    code, out, err = result
+    assert code == 1 and err.startswith("verify failed: ") and len(err.strip().splitlines()) == 1, (code, out, err)
+    assert "Traceback" not in err and all(needle in err for needle in needles), err
+
+
 @pytest.fixture(scope="session")
 def originals(preset_dir, tmp_path_factory):
     """What the catalogue's placeholders copy from, each made once per test session when first asked for."""

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .test_bad_input import assert_user_error
+from .test_bad_input import assert_user_error, assert_verify_failed
 
 EDGELM = Path(__file__).resolve().parent.parent / "edgelm"
 
@@ -297,7 +297,7 @@ def test_verify_prints_what_the_model_says_and_refuses_a_manifest_saying_otherwi
     assert code == 0 and "loads and runs (llama, gguf, F16)" in out, (out, err)
     folder = copy_of(made["bundle"], tmp_path / "b")
     _manifest(folder, lambda m: m.update(family="tokenformer", quantization="Q2_K", format="onnx"))
-    assert_user_error(run_cli("verify", folder), 'the manifest states format "onnx"; the bundled', "make the bundle again")
+    assert_verify_failed(run_cli("verify", folder), 'the manifest states format "onnx"; the bundled', "make the bundle again")
 
 
 @pytest.mark.parametrize("payload", [b"hello\n", "zip"])

@@ -25,7 +25,7 @@ from edgelm.export.gguf import export_gguf
 from edgelm.export.onnx import export_onnx
 from edgelm.models import open_checkpoint
 
-from .test_bad_input import assert_user_error
+from .test_bad_input import assert_user_error, assert_verify_failed
 
 MODELS = Path(__file__).resolve().parent.parent / "examples" / "models"
 EMMA = MODELS.parent / "data" / "emma.txt"
@@ -587,6 +587,22 @@ def test_a_tokenizer_or_template_changed_after_export_fails_verify(exports, run_
         assert not (tmp_path / target).exists()
 
 
+def test_a_gguf_bundles_manifest_states_its_position_encoding_and_temperatures(exports, run_cli, tmp_path):
+    """Stranger 51: docs/mobile.md lists the position encoding and the head temperatures folded in among the manifest's
+    facts; an ONNX bundle's stated them and a GGUF bundle's did not, so an app could not tell a NoPE model without
+    parsing the file. They are the GGUF's own records (edgelm.position_encoding, edgelm.head_temperatures)."""
+    from edgelm.formats import detect
+
+    gguf = exports("tiny-nope.gguf")
+    bundle = tmp_path / "bundle"
+    assert run_cli("bundle", gguf, "--out", bundle)[0] == 0
+    manifest = json.loads((bundle / "edgelm.json").read_text())
+    table = detect(gguf).recorded_temperatures()
+    assert manifest["position_encoding"] == "none" and table is not None, manifest
+    assert manifest["head_temperatures"] == {"layers": table, "baked_into_weights": True}, manifest["head_temperatures"]
+    verify_passes(run_cli, bundle)
+
+
 def test_a_gguf_changed_inside_its_bundle_fails_verify(exports, run_cli, tmp_path):
     """A bundle holds a GGUF as it is, so verify checks its settings against the certificate there too: a bundle whose
     GGUF's eos id was changed and its manifest's sha256 made again (by hand, past `bundle`'s refusal) fails."""
@@ -650,8 +666,8 @@ def test_a_mobile_bundle_manifest_is_checked_against_the_graph_it_bundles(export
         manifest |= forged
         key = next(iter(forged))
     (bundle / "edgelm.json").write_text(json.dumps(manifest))
-    for command in ("verify", "inspect"):
-        assert_user_error(run_cli(command, bundle), f"the manifest states {key}", "the manifest was changed after bundling")
+    assert_verify_failed(run_cli("verify", bundle), f"the manifest states {key}", "the manifest was changed after bundling")
+    assert_user_error(run_cli("inspect", bundle), f"the manifest states {key}", "the manifest was changed after bundling")
 
 
 def test_parity_numbers_do_not_depend_on_the_rows_compared_at_once(monkeypatch):
@@ -713,8 +729,8 @@ def test_an_onnx_mobile_bundles_genai_config_changed_inside_it_fails_verify(expo
         manifest["context_length"] = 64
     manifest["files"]["genai_config.json"] = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
     (bundle / "edgelm.json").write_text(json.dumps(manifest))
-    assert_user_error(run_cli("verify", bundle), "genai_config.json is not the one bundled with model.ort",
-                      "make it again with `edgelm bundle`")
+    assert_verify_failed(run_cli("verify", bundle), "genai_config.json is not the one bundled with model.ort",
+                         "make it again with `edgelm bundle`")
 
 
 def test_a_mobile_bundles_empty_graph_is_named_as_empty(exports, run_cli, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 from .genai import genai_greedy
 from .gguf_edit import rewrite_gguf
-from .test_bad_input import assert_user_error
+from .test_bad_input import assert_user_error, assert_verify_failed
 
 CONVERTER = Path(__file__).resolve().parent.parent / "build" / "llama.cpp-converter" / "convert_hf_to_gguf.py"
 
@@ -203,7 +203,7 @@ def test_optimum_folder_bundled_for_a_phone_runs_in_onnxruntime_genai(run_cli, o
 
     manifest["files"]["genai_config.json"] = {"sha256": sha256(config), "bytes": config.stat().st_size}
     (tmp_path / "b" / "edgelm.json").write_text(json.dumps(manifest))
-    assert_user_error(run_cli("verify", tmp_path / "b"), "genai_config.json is not the one bundled with model.ort", "edgelm bundle")
+    assert_verify_failed(run_cli("verify", tmp_path / "b"), "genai_config.json is not the one bundled with model.ort", "edgelm bundle")
 
 
 def test_optimum_folder_without_the_dims_genai_needs_is_refused_for_a_phone(run_cli, optimum_folder, tmp_path):

@@ -13,7 +13,7 @@ from edgelm.export.gguf import export_gguf
 from edgelm.models import open_checkpoint
 
 from .gguf_edit import rewrite_gguf
-from .test_bad_input import assert_user_error
+from .test_bad_input import assert_user_error, assert_verify_failed
 
 
 @pytest.fixture(scope="module")
@@ -115,18 +115,42 @@ def test_verify_requires_the_model_among_the_files(run_cli, bundle_folder, tmp_p
     assert_user_error(run_cli("verify", bundle_folder), "is not one of the files it lists")
 
 
-def assert_verify_failed(result, *needles):
-    """A bundle that is not what its manifest says fails verify (exit 1), as a changed weight of a bare GGUF does
-    (stranger 22: the same changed byte was exit 1 bare and exit 2 bundled); commands that run it refuse it (exit 2)."""
-    code, out, err = result
-    assert code == 1 and err.startswith("verify failed: ") and len(err.strip().splitlines()) == 1, (code, out, err)
-    assert "Traceback" not in err and all(needle in err for needle in needles), err
-
-
 def test_verify_fails_files_the_manifest_does_not_list(run_cli, bundle_folder):
     (bundle_folder / "payload.sh").write_text("echo hi")
     assert_verify_failed(run_cli("verify", bundle_folder), "payload.sh is in the bundle but not in its manifest")
     assert_user_error(run_cli("generate", bundle_folder, "--prompt", "x", "-n", 1), "payload.sh is in the bundle but not in its manifest")
+
+
+def test_a_manifest_listing_a_file_twice_fails_verify(run_cli, bundle_folder, tmp_path):
+    """Stranger 51: a second entry for the model, first in the manifest, with a forged sha256, passed verify: Python's
+    json keeps the last of two equal keys, and an app reading the manifest with a parser that keeps the first would
+    check another hash. A key repeated in one object is refused by the one JSON reader (artifact_files.parse_json); in
+    a bundle's manifest it is a bundle that is not what its manifest says: verify fails, the commands refuse it."""
+    import json
+    import zipfile
+
+    manifest = json.loads((bundle_folder / "edgelm.json").read_text())
+    name = manifest["model"]
+    forged = json.dumps({"sha256": "0" * 64, "bytes": 1})
+    text = json.dumps(manifest).replace('"files": {', f'"files": {{{json.dumps(name)}: {forged}, ', 1)
+    (bundle_folder / "edgelm.json").write_text(text)
+    assert_verify_failed(run_cli("verify", bundle_folder), f'the manifest holds the key "{name}" twice in one object')
+    assert_user_error(run_cli("generate", bundle_folder, "--prompt", "x", "-n", 1), f'the manifest holds the key "{name}" twice')
+    zipped = tmp_path / "twice-listed.zip"
+    with zipfile.ZipFile(zipped, "w") as archive:
+        for member in ("edgelm.json", name):
+            archive.write(bundle_folder / member, member)
+    assert_verify_failed(run_cli("verify", zipped), f'the manifest holds the key "{name}" twice in one object')
+
+
+def test_a_key_repeated_in_any_json_an_artifact_holds_is_refused(run_cli, tmp_path):
+    """The same parser difference in every JSON file edgelm reads (config.json here: transformers' reader takes the
+    last hidden_size, a reader keeping the first another): one line naming the file and the key, exit 2."""
+    folder = tmp_path / "model"
+    shutil.copytree(SHIPPED_ROPE, folder)
+    text = (folder / "config.json").read_text()
+    (folder / "config.json").write_text(text.replace("{", '{"hidden_size": 8, ', 1))
+    assert_user_error(run_cli("inspect", folder), "config.json", 'holds the key "hidden_size" twice in one object')
 
 
 def test_a_bundle_zipped_twice_is_the_same_bytes(run_cli, gguf_file, tmp_path):
@@ -578,6 +602,64 @@ def test_a_tokenizer_whose_rules_panic_is_one_line(tmp_path, command):
                           env=os.environ | {"RUST_BACKTRACE": "1"})
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines() == [done.stderr.strip()] and "the tokenizer failed while encoding a text" in done.stderr, done.stderr
+
+
+THREADED_TOKENIZERS = """
+import sys, threading
+from edgelm.tokenizer import load_tokenizer
+first, second = load_tokenizer(sys.argv[1]), load_tokenizer(sys.argv[2])
+long_text = "It is a truth universally acknowledged, that a single man in possession of a good fortune. " * 3000
+failures = []
+
+def run(work):
+    try:
+        for _ in range(40):
+            work()
+    except BaseException as exc:
+        failures.append(repr(exc))
+
+works = [lambda: first.decode(first.encode("Emma Woodhouse, handsome, clever and rich")),  # two tokenizers, two threads
+         lambda: second.encode("with a comfortable home and happy disposition", special=False),
+         lambda: first.encode(long_text),  # and one shared: a long encode beside short ones that set encode_special_tokens
+         lambda: first.encode("<|endoftext|> seemed to unite", special=False)]
+threads = [threading.Thread(target=run, args=(work,)) for work in works]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print("failures:", failures)
+"""
+
+
+def test_tokenizers_used_from_many_threads_at_once_neither_hang_nor_collide(tmp_path):
+    """Stranger 50: each tokenizer call pointed descriptor 2 at a pipe and back on its own, so two threads interleaving
+    left one reading another's pipe for ever (four threads chatting with one model, or two models in two threads,
+    hung the process); and a Rust tokenizer encoding in one thread while another set its encode_special_tokens raised
+    "RuntimeError: Already borrowed". Run in a child, so that a hang fails the test instead of stopping the suite."""
+    import subprocess
+    import sys
+
+    second = _with_tokenizer(SHIPPED_ROPE, tmp_path / "m", lambda data: None)
+    done = subprocess.run([sys.executable, "-c", THREADED_TOKENIZERS, str(SHIPPED_ROPE), str(second)], capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0 and done.stdout.strip() == "failures: []" and done.stderr == "", done
+
+
+def test_a_model_loads_where_python_has_no_stderr(tmp_path):
+    """Stranger 50: under pythonw or a windowed build sys.stderr is None, and a model folder's tokenizer was refused as
+    damaged ("'NoneType' object has no attribute 'flush'"); with descriptor 2 closed (`2>&-`) too."""
+    import shlex
+    import subprocess
+    import sys
+
+    script = (f"import sys\nsys.stderr = None\nimport edgelm\nm = edgelm.load({str(SHIPPED_ROPE)!r})\n"
+              "print(repr(m.generate('It is a truth', max_new_tokens=4)))\n")
+    for stderr in (subprocess.PIPE, subprocess.DEVNULL):
+        done = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=240)
+        assert done.returncode == 0 and done.stdout.startswith("'"), done
+    closed = subprocess.run(f"{sys.executable} -c {shlex.quote(script.replace('sys.stderr = None', 'pass'))} 2>&-", shell=True,
+                            stdout=subprocess.PIPE, text=True, timeout=240)
+    assert closed.returncode == 0 and closed.stdout.startswith("'"), closed
 
 
 def _longer_token_in_merges(data):

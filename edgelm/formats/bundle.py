@@ -12,7 +12,7 @@ from typing import Any
 from ..artifact_files import find_member, read_json_object
 from ..bundle_files import MAX_MANIFEST_BYTES, errors_named_for, unpack_zip, unpacked, verify_folder
 from ..constants import BUNDLE_MANIFEST, PARITY_CERTIFICATE, SAMPLING_DEFAULTS
-from ..errors import UserError
+from ..errors import ArtifactMismatch, UserError
 from .base import FORMATS, Artifact, Format, LoadOptions, register
 
 
@@ -60,7 +60,7 @@ def check_manifest_facts(manifest: dict, model, folder: Path) -> None:
             theirs = ", ".join(f"{name} {json.dumps(value.get(name))}" for name in differing)
         else:
             shown, theirs = f"{key} {json.dumps(said.get(key))[:60]}", json.dumps(value)[:60]
-        raise UserError(f"the manifest states {shown}; the bundled {manifest['model']} says {theirs}", folder / BUNDLE_MANIFEST,
+        raise ArtifactMismatch(f"the manifest states {shown}; the bundled {manifest['model']} says {theirs}", folder / BUNDLE_MANIFEST,
                         "the manifest was changed after bundling: make the bundle again with `edgelm bundle`")
 
 

@@ -387,8 +387,13 @@ class GGUF(Format):
         return {"format": self.kind, "family": self.gguf.field(GGUF_FAMILY) or self.gguf.arch, "quantization": self._quantization()}
 
     def bundled_facts(self) -> dict[str, Any]:
+        """As an ONNX bundle's manifest states them, the position encoding and the λ folded in among them (a GGUF bundle's
+        manifest left both out: an app could not tell a NoPE model without parsing the file, stranger 51)."""
+        temperatures = self.checked_temperatures()
         return {"format": "gguf", "family": self.gguf.field(GGUF_FAMILY), "quantization": self._quantization(),
-                "context_length": self.context_length(), "arch": self.gguf.arch, PARITY_CERTIFICATE: self.certificate()}
+                "context_length": self.context_length(), "arch": self.gguf.arch, "position_encoding": self.recorded_position_encoding(),
+                "head_temperatures": None if temperatures is None else {"layers": temperatures, "baked_into_weights": True},
+                PARITY_CERTIFICATE: self.certificate()}
 
     def bundle_into(self, folder: Path) -> dict[str, Any]:
         self._check_runnable()

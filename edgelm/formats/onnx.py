@@ -19,7 +19,7 @@ from typing import Any
 
 from ..constants import (GENAI_CONFIG, HF_CONFIG, ONNX_METADATA_GENAI, ONNX_MODEL_FILE, ORT_MODEL_FILE, PARITY_CERTIFICATE, SAMPLING_DEFAULTS,
                          REQUIRED_OPERATORS, TOKENIZER_FILES)
-from ..errors import UserError
+from ..errors import ArtifactMismatch, UserError
 from ..genai_config import decoder_names, genai_search, missing_genai_fields
 from ..numbers import is_count
 from ..artifact_files import contained, find_member, member, parse_json, parse_json_object, read_prefix, read_text
@@ -499,7 +499,7 @@ class OnnxFolder(Format):
 
         if self.ort_format and (bundled := self._ort_metadata().get(ONNX_METADATA_GENAI)) is not None:
             if sha256(member(self.path, GENAI_CONFIG, MAX_TOKENIZER_BYTES)) != bundled:
-                raise UserError(f"{GENAI_CONFIG} is not the one bundled with {self.model_file.name} (the graph records its sha256)",
+                raise ArtifactMismatch(f"{GENAI_CONFIG} is not the one bundled with {self.model_file.name} (the graph records its sha256)",
                                 self.path / GENAI_CONFIG, "the bundle was changed after bundling: make it again with `edgelm bundle`")
         try:
             model = og.Model(str(self.path))
