@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import fields, replace
 from pathlib import Path
 
+from .errors import UserError
 from .formats import Artifact, LoadOptions, open_artifact
 from .numbers import LOOKUP_NGRAM, check_flag
 from .runtime.generate import Piece
@@ -30,6 +31,7 @@ class Model:
         self._lock = threading.RLock()
         self._closed = False
         self._chat_dropped: tuple[str | None, list[dict]] = (None, [])  # chat(): the system prompt and the messages dropped last
+        self._on_disk = _on_disk(artifact.path)  # what perplexity's second opening must find there
 
     def close(self) -> None:
         """Free the engine's memory (a llama.cpp context, an onnxruntime session, ggml's buffers) now rather than
@@ -66,7 +68,7 @@ class Model:
         return self.artifact.backend
 
     def stream(self, prompt: str, max_new_tokens: int = 64, truncate: bool = False, draft: int | None = None,
-               lookup_ngram: int = LOOKUP_NGRAM, stop: tuple[str, ...] = (), **sampling) -> Iterator[Piece]:
+               lookup_ngram: int = LOOKUP_NGRAM, stop: tuple[str, ...] | None = (), **sampling) -> Iterator[Piece]:
         """Pieces of text as they are produced (see SamplingOptions for temperature, top_k, top_p, seed, ignore_eos);
         `truncate` keeps the end of a prompt longer than the context; `stop`: texts to stop before, as
         `--stop`. `draft`: tokens prompt-lookup decoding drafts from n-grams (up to `lookup_ngram` long) of
@@ -78,7 +80,7 @@ class Model:
                                    _stops(stop), truncate=truncate, draft=draft, lookup_ngram=lookup_ngram))
 
     def generate(self, prompt: str, max_new_tokens: int = 64, truncate: bool = False, draft: int | None = None,
-                 lookup_ngram: int = LOOKUP_NGRAM, stop: tuple[str, ...] = (), **sampling) -> str:
+                 lookup_ngram: int = LOOKUP_NGRAM, stop: tuple[str, ...] | None = (), **sampling) -> str:
         _refuse_unknown("generate", sampling)
         with self._lock:  # another thread's call waits for this one, rather than take its cache halfway
             return "".join(piece.text for piece in self.stream(prompt, max_new_tokens, truncate, draft, lookup_ngram, stop, **sampling))
@@ -106,7 +108,7 @@ class Model:
 
         return guarded()
 
-    def chat(self, messages: list[dict], max_new_tokens: int = 128, stream: bool = False, stop: tuple[str, ...] = (),
+    def chat(self, messages: list[dict], max_new_tokens: int = 128, stream: bool = False, stop: tuple[str, ...] | None = (),
              draft: int | None = None, lookup_ngram: int = LOOKUP_NGRAM, prompt_cache: str | Path | None = None,
              context_shift: bool = False, chat_template_kwargs: dict | None = None, **sampling) -> str | Iterator[Piece]:
         """The assistant's reply to `messages` ([{"role": "system" | "user" | "assistant" | "tool", "content": …}, …],
@@ -185,8 +187,23 @@ class Model:
             self._owner = object()  # it resets the cache: a stream still open has lost it
             if self._backend().all_logits and window <= self.artifact.backend.context_length:
                 return perplexity(self.artifact.backend, ids, ctx, stride).perplexity
+        if _on_disk(self.artifact.path) != self._on_disk:  # a second opening of another file scored another model (stranger 50)
+            raise UserError("changed on disk since edgelm.load opened it (replaced, removed or written to); perplexity opens it again "
+                            "to keep every position's logits", self.artifact.path, "load it again")
         with open_artifact(self.artifact.path, replace(self.options, all_logits=True, context_length=window)) as scorer:
             return perplexity(scorer.backend, ids, ctx, stride).perplexity
+
+
+def _on_disk(path: Path) -> tuple:
+    """Which file (device, inode), of what size and last change, the artifact is; of each entry, for a folder. Missing: ()."""
+    def identity(item: Path) -> tuple:
+        found = item.stat()
+        return item.name, found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
+
+    try:
+        return (identity(path), *(identity(entry) for entry in sorted(path.iterdir()) if entry.is_file())) if path.is_dir() else (identity(path),)
+    except OSError:
+        return ()
 
 
 def _text_content(message):
@@ -202,10 +219,13 @@ def _text_content(message):
     return {**message, "content": "\n".join(part["text"] for part in content)}
 
 
-def _stops(stop: str | tuple[str, ...] | list[str]) -> tuple:
+def _stops(stop: str | tuple[str, ...] | list[str] | None) -> tuple:
     """stop= as the texts to stop at: one text is one stop string (tuple("\n\n") made two one-character ones);
-    what is neither a text nor a collection of them is refused by the same check as a bad entry (stop=5 was
-    Python's "'int' object is not iterable")."""
+    None is none, as llama-cpp-python and OpenAI's request objects pass it (stranger 50: "stop must be a list of
+    non-empty texts, not (None,)"); what is neither a text nor a collection of them is refused by the same check as
+    a bad entry (stop=5 was Python's "'int' object is not iterable")."""
+    if stop is None:
+        return ()
     if isinstance(stop, str):
         return (stop,)
     try:

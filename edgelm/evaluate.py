@@ -8,8 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 
 from .numbers import check_count, exp_or_inf
 from .runtime.backend import Backend
@@ -51,6 +50,16 @@ def check_windows(tokens: int, ctx: int, stride: int | None) -> int:
     return stride or ctx - 1
 
 
+def summed_nll(logits: np.ndarray, targets: Sequence[int]) -> float:
+    """The negative log-likelihood of `targets` under the rows of `logits`, summed: log Σ exp(row) − row[target], in
+    float64 (finite but huge logits stay finite), as torch's cross_entropy computes it. numpy, not torch: a GGUF's or
+    ONNX folder's perplexity imported torch for this alone (a second and more before the first window)."""
+    rows = np.asarray(logits, dtype=np.float64)
+    top = rows.max(axis=1)
+    log_sums = np.log(np.exp(rows - top[:, None]).sum(axis=1)) + top
+    return float((log_sums - rows[np.arange(len(rows)), np.asarray(targets)]).sum())
+
+
 def perplexity(
     backend: Backend,
     ids: Sequence[int],
@@ -59,17 +68,14 @@ def perplexity(
     on_window: Callable[[int, int], None] | None = None,
 ) -> PerplexityResult:
     stride = check_windows(len(ids), ctx, stride)
-    tokens = torch.tensor(ids, dtype=torch.long)
     spans = windows(len(ids), ctx, stride)
     nll, count = 0.0, 0
     for i, (begin, end, first) in enumerate(spans):
         backend.reset()
-        logits = torch.from_numpy(backend.forward(list(ids[begin:end]))).double()  # finite but huge logits stay finite
+        logits = backend.forward(list(ids[begin:end]))
         # logits at position p predict token p + 1
-        targets = tokens[first:end]
-        scores = logits[first - begin - 1 : end - begin - 1]
-        nll += F.cross_entropy(scores, targets, reduction="sum").item()
-        count += len(targets)
+        nll += summed_nll(logits[first - begin - 1 : end - begin - 1], ids[first:end])
+        count += end - first
         if on_window:
             on_window(i + 1, len(spans))
     return PerplexityResult(exp_or_inf(nll / count), count, ctx, stride)
@@ -93,11 +99,10 @@ def fixed_target_perplexity(
         raise ValueError("need targets < length <= longest")
     if longest + windows * targets > len(ids):
         raise ValueError(f"the text has {len(ids)} tokens; {longest + windows * targets} are needed")
-    tokens = torch.tensor(ids, dtype=torch.long)
     nll = 0.0
     for j in range(windows):
         end = longest + (j + 1) * targets
         backend.reset()
-        logits = torch.from_numpy(backend.forward(list(ids[end - length : end]))).double()
-        nll += F.cross_entropy(logits[-targets - 1 : -1], tokens[end - targets : end], reduction="sum").item()
+        logits = backend.forward(list(ids[end - length : end]))
+        nll += summed_nll(logits[-targets - 1 : -1], ids[end - targets : end])
     return PerplexityResult(exp_or_inf(nll / (windows * targets)), windows * targets, length, targets)

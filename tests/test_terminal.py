@@ -135,6 +135,25 @@ def test_every_api_method_works_at_the_defaults_on_every_kind(artifacts, kind):
     assert 1 < found["scores"][0] < 1e4 and found["scores"][1] == pytest.approx(found["scores"][0], rel=1e-4)
 
 
+def test_api_perplexity_refuses_a_file_changed_since_it_was_loaded(artifacts, tmp_path):
+    """Stranger 50: perplexity on llama.cpp opens the file a second time (every position's logits); a file replaced
+    since edgelm.load was another model scored under this one's name, a file removed a "no such file" naming no
+    cause. The second opening refuses a file that is not the one loaded; the loaded model still generates."""
+    import os
+    import shutil
+
+    path = Path(shutil.copyfile(artifacts["gguf (llama.cpp)"], tmp_path / "model.gguf"))
+    text = TEXT.read_text(encoding="utf-8")[:3000]
+    with edgelm.load(path) as model:
+        scored = model.perplexity(text, ctx=128)
+        os.replace(shutil.copyfile(artifacts["gguf (ggml executor)"], tmp_path / "other.gguf"), path)
+        with pytest.raises(edgelm.UserError, match="changed on disk since edgelm.load opened it"):
+            model.perplexity(text, ctx=128)
+        assert model.generate("It is a truth universally acknowledged", max_new_tokens=4)
+    with edgelm.load(path) as other:  # loaded again: the file as it is now
+        assert other.perplexity(text, ctx=128) != pytest.approx(scored, rel=1e-3)
+
+
 @pytest.mark.parametrize("kind", ["model folder", "gguf (llama.cpp)", "gguf (ggml executor)", "onnx folder"])
 def test_api_perplexity_past_the_loaded_context_scores_as_a_model_loaded_with_it(artifacts, kind):
     """Stranger round 10: loaded with context_length=64, perplexity(ctx=128) was a number on torch and ONNX, a

@@ -479,6 +479,10 @@ def test_python_stop_takes_one_text_or_several_and_refuses_an_empty_one():
     for bad in ([""], ["x", ""], [3], 5):  # stop=5 was Python's "'int' object is not iterable"
         with pytest.raises(ValueError, match="stop must be a list of non-empty texts"):
             model.generate(PROMPT, max_new_tokens=4, stop=bad)
+    # None is no stop, as llama-cpp-python's and OpenAI's request objects pass it (stranger 50: refused as (None,))
+    assert model.generate(PROMPT, max_new_tokens=12, stop=None) == whole
+    assert model.chat([{"role": "user", "content": "Hello"}], max_new_tokens=4, stop=None) == \
+        model.chat([{"role": "user", "content": "Hello"}], max_new_tokens=4)
 
 
 def test_python_chat_names_what_messages_must_be():
