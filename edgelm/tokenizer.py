@@ -4,9 +4,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +12,7 @@ from typing import Any
 
 from .artifact_files import (MAX_JSON_BYTES, MAX_TEMPLATE_BYTES, MAX_TEXT_BYTES, MAX_TOKENIZER_BYTES, find_member, parse_json,
                              read_json_object, read_text, read_text_head)
+from . import descriptor2
 from .constants import CHAT_TEMPLATE_FILE
 from .errors import RefusedText, UserError
 
@@ -155,70 +154,18 @@ class Tokenizer:
         raise NotImplementedError
 
 
-class _Hold:
-    """Descriptor 2 is the process's: threads tokenizing at once share one hold of it, the first in making it and the last
-    out ending it (stranger 50: each saved and restored it alone, so one saved another's pipe as "stderr" and then read
-    that pipe for ever — four threads chatting with one model, or two models in two threads, hung the process)."""
-
-    lock = threading.Lock()
-    users = 0
-    saved: int | None = None  # the real descriptor 2, while held
-    read_end: int | None = None
-    panicked = False
-
-
 @contextmanager
 def _panic_message_held():
     """Rust's panic hook writes 'thread ... panicked at ...' (and, under RUST_BACKTRACE, a backtrace) to
-    file descriptor 2 before pyo3 raises: while tokenizers runs, descriptor 2 is a pipe, whose content is
-    dropped after a panic (the one line says it) and written to stderr otherwise. The pipe does not block
-    its writer: past its 64 KB a write fails (EAGAIN) instead of hanging the process; nor its reader: a
-    process started meanwhile, which holds the write end too, does not hold up the end of the hold."""
-    with _Hold.lock:
-        if _Hold.users == 0:
-            _hold_descriptor_2()
-        _Hold.users += 1
-    panicked = False
-    try:
-        yield
-    except BaseException as exc:
-        panicked = type(exc).__name__ == "PanicException"
-        raise
-    finally:
-        with _Hold.lock:
-            _Hold.panicked |= panicked
-            _Hold.users -= 1
-            if _Hold.users == 0:
-                _release_descriptor_2()
-
-
-def _hold_descriptor_2() -> None:
-    if sys.stderr is not None:  # None under pythonw or a windowed build (stranger 50: the model did not load)
-        sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # descriptor 2 closed (`2>&-`): a panic's message goes nowhere as it is
-        return
-    read_end, write_end = os.pipe()
-    os.set_blocking(write_end, False)
-    os.set_blocking(read_end, False)
-    os.dup2(write_end, 2)
-    os.close(write_end)
-    _Hold.saved, _Hold.read_end, _Hold.panicked = saved, read_end, False
-
-
-def _release_descriptor_2() -> None:
-    if _Hold.saved is None:
-        return
-    os.dup2(_Hold.saved, 2)  # closes the pipe's write end
-    os.close(_Hold.saved)
-    written = b""
-    with os.fdopen(_Hold.read_end, "rb", buffering=0) as held:
-        while chunk := held.read(1 << 16):  # None once empty (non-blocking), b"" at its end
-            written += chunk
-    _Hold.saved = _Hold.read_end = None
-    if written and not _Hold.panicked:
-        os.write(2, written)
+    file descriptor 2 before pyo3 raises: while tokenizers runs, descriptor 2 is a pipe (descriptor2.held), whose
+    content is dropped after a panic (the one line says it) and written to stderr otherwise."""
+    with descriptor2.held():
+        try:
+            yield
+        except BaseException as exc:
+            if type(exc).__name__ == "PanicException":
+                descriptor2.drop()
+            raise
 
 
 READING = "reading it"

@@ -645,6 +645,44 @@ def test_tokenizers_used_from_many_threads_at_once_neither_hang_nor_collide(tmp_
     assert done.returncode == 0 and done.stdout.strip() == "failures: []" and done.stderr == "", done
 
 
+GGUF_LOADS_BESIDE_TOKENIZING = """
+import os, sys, threading
+import edgelm
+from edgelm.tokenizer import load_tokenizer
+tokenizer, failures = load_tokenizer(sys.argv[2]), []
+
+def run(work, times):
+    try:
+        for _ in range(times):
+            work()
+    except BaseException as exc:
+        failures.append(repr(exc))
+
+threads = [threading.Thread(target=run, args=(lambda: edgelm.load(sys.argv[1]).close(), 30)),
+           threading.Thread(target=run, args=(lambda: tokenizer.encode("It is a truth universally acknowledged"), 3000))]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+os.write(2, b"standard error is still standard error\\n")
+print("failures:", failures)
+"""
+
+
+def test_a_gguf_loaded_beside_a_tokenizer_call_leaves_stderr_as_it_was(tmp_path):
+    """The same descriptor, the same layer: llama-cpp-python's Llama() points descriptor 2 at /dev/null and back while
+    it loads; beside a tokenizer's hold in another thread it put back the hold's pipe, whose reader was gone: standard
+    error then failed (BrokenPipeError). A load runs alone (descriptor2.alone)."""
+    import subprocess
+    import sys
+
+    gguf = export_gguf(open_checkpoint(SHIPPED_ROPE), tmp_path / "rope.gguf", "f16", certificate=False).path
+    done = subprocess.run([sys.executable, "-c", GGUF_LOADS_BESIDE_TOKENIZING, str(gguf), str(SHIPPED_ROPE)], capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0 and done.stdout.strip() == "failures: []", done
+    assert done.stderr == "standard error is still standard error\n", done.stderr
+
+
 def test_a_model_loads_where_python_has_no_stderr(tmp_path):
     """Stranger 50: under pythonw or a windowed build sys.stderr is None, and a model folder's tokenizer was refused as
     damaged ("'NoneType' object has no attribute 'flush'"); with descriptor 2 closed (`2>&-`) too."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import descriptor2
 from ..tokenizer import Tokenizer
 from .backend import Backend, StateMismatch, default_threads
 
@@ -46,17 +47,18 @@ class LlamaCppBackend(Backend):
             log.info(f"--gpu-layers {gpu_layers}: this llama-cpp-python build has no GPU backend, so every layer runs on the CPU "
                      "(install it built for one, e.g. CMAKE_ARGS=-DGGML_CUDA=on)")
         cache_types = {"type_k": GGML_TYPE_F32, "type_v": GGML_TYPE_F32} if f32_kv_cache else {}
-        self.llm = Llama(
-            model_path=str(path),
-            n_ctx=context_length,
-            n_batch=min(context_length, 512),
-            n_threads=threads or default_threads(),
-            n_threads_batch=threads or default_threads(),  # llama-cpp-python's default: every logical CPU
-            n_gpu_layers=gpu_layers,
-            logits_all=all_logits,
-            verbose=False,
-            **cache_types,
-        )
+        with descriptor2.alone():  # Llama() points descriptor 2 at /dev/null and back while it loads (verbose=False)
+            self.llm = Llama(
+                model_path=str(path),
+                n_ctx=context_length,
+                n_batch=min(context_length, 512),
+                n_threads=threads or default_threads(),
+                n_threads_batch=threads or default_threads(),  # llama-cpp-python's default: every logical CPU
+                n_gpu_layers=gpu_layers,
+                logits_all=all_logits,
+                verbose=False,
+                **cache_types,
+            )
         self.all_logits = all_logits
         self.context_length = context_length
         # rows for several positions without logits_all (prompt lookup's verify step): a batch of our own that
