@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import __version__
+from . import __version__, descriptor2
 from .console import LazyConsole, OutputLost, Progress, guarded_streams, terminal_text
 from .errors import RefusedText, UserError
 from .constants import HELD_OUT_TEXT
@@ -1075,7 +1075,8 @@ def main() -> None:
     hook, sys.unraisablehook = sys.unraisablehook, _unraisable(sys.unraisablehook)
     streams = guarded_streams()
     try:
-        with StopWatch(), held_during_imports():  # a stop the main thread cannot take while native code computes; one in an import
+        # a stop the main thread cannot take while native code computes; one in an import; a tokenizer's panic message
+        with StopWatch(), held_during_imports(), descriptor2.for_the_program():
             _run()
     finally:
         signal.signal(signal.SIGTERM, previous)  # main() called in a longer-lived process (tests) leaves it as it was

@@ -3,7 +3,11 @@ calls hold what Rust's panic hook writes there (tokenizer.py), and llama-cpp-pyt
 while it loads (its suppress_stdout_stderr, with verbose=False). Each saves the descriptor and puts it back, so two at
 once put back each other's: threads tokenizing at once left one reading another's pipe for ever (stranger 50: four
 threads chatting with one model, or two models in two threads, hung the process), and a Llama() load beside a
-tokenizer call would leave a pipe as standard error. So tokenizer calls share one hold, and a load runs alone."""
+tokenizer call would leave a pipe as standard error. So tokenizer calls share one hold, and a load runs alone. Only
+the `edgelm` program holds it (for_the_program): in a process that imports edgelm, descriptor 2 is that process's, and
+a hold took it from every other thread for the length of a call (stranger 52: a helper process started meanwhile
+inherited the pipe and died of SIGPIPE after it closed; other threads' lines past its 64 KB were lost); there a
+tokenizer's panic message reaches standard error as it does for any user of tokenizers."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from contextlib import contextmanager
 
 
 class _Hold:
+    program = False  # the edgelm program's own process (for_the_program)
     turn = threading.Condition()
     holders = 0  # tokenizer calls inside held()
     alone = False  # a call inside alone()
@@ -27,6 +32,9 @@ def held():
     """While inside, descriptor 2 is a pipe, shared by every thread inside; when the last leaves, what it caught is
     written to standard error, unless one of them dropped it (`drop()`). The pipe blocks neither its writers (past its
     64 KB a write fails, EAGAIN) nor its reader (a process started meanwhile holds its write end too)."""
+    if not _Hold.program:
+        yield
+        return
     with _Hold.turn:
         _Hold.turn.wait_for(lambda: not _Hold.alone)
         if _Hold.holders == 0:
@@ -40,6 +48,16 @@ def held():
             if _Hold.holders == 0:
                 _release()
                 _Hold.turn.notify_all()
+
+
+@contextmanager
+def for_the_program():
+    """While inside (cli.main), the process is the edgelm program's, and held() holds descriptor 2."""
+    _Hold.program = True
+    try:
+        yield
+    finally:
+        _Hold.program = False
 
 
 def drop() -> None:

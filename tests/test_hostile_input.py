@@ -606,7 +606,9 @@ def test_a_tokenizer_whose_rules_panic_is_one_line(tmp_path, command):
 
 THREADED_TOKENIZERS = """
 import sys, threading
+from edgelm import descriptor2
 from edgelm.tokenizer import load_tokenizer
+descriptor2.for_the_program().__enter__()  # the edgelm program's hold of descriptor 2, which library use does not take
 first, second = load_tokenizer(sys.argv[1]), load_tokenizer(sys.argv[2])
 long_text = "It is a truth universally acknowledged, that a single man in possession of a good fortune. " * 3000
 failures = []
@@ -648,7 +650,9 @@ def test_tokenizers_used_from_many_threads_at_once_neither_hang_nor_collide(tmp_
 GGUF_LOADS_BESIDE_TOKENIZING = """
 import os, sys, threading
 import edgelm
+from edgelm import descriptor2
 from edgelm.tokenizer import load_tokenizer
+descriptor2.for_the_program().__enter__()
 tokenizer, failures = load_tokenizer(sys.argv[2]), []
 
 def run(work, times):
@@ -681,6 +685,39 @@ def test_a_gguf_loaded_beside_a_tokenizer_call_leaves_stderr_as_it_was(tmp_path)
                           text=True, timeout=240)
     assert done.returncode == 0 and done.stdout.strip() == "failures: []", done
     assert done.stderr == "standard error is still standard error\n", done.stderr
+
+
+HELPERS_BESIDE_GENERATING = """
+import subprocess, sys, threading
+import edgelm
+model, going = edgelm.load(sys.argv[1]), True
+
+def generate():
+    while going:
+        model.generate("It is a truth universally acknowledged", max_new_tokens=4)
+
+thread = threading.Thread(target=generate)
+thread.start()
+ends = [subprocess.run(["sh", "-c", "sleep 0.2; echo helper >&2; echo done"], stdout=subprocess.PIPE).returncode  # stderr: ours
+        for _ in range(20)]
+going = False
+thread.join()
+print("helpers:", ends)
+"""
+
+
+def test_a_process_that_imports_edgelm_keeps_its_stderr_while_a_model_tokenizes(tmp_path):
+    """Stranger 52: a tokenizer call pointed the process's descriptor 2 at a pipe in library use too; a helper process
+    another thread started meanwhile inherited it and died of SIGPIPE once the call closed it (15 of 20 on an ONNX
+    folder), and other threads' lines past its 64 KB were lost. Only the edgelm program holds it (descriptor2)."""
+    import subprocess
+    import sys
+
+    from edgelm.export.onnx import export_onnx
+
+    folder = export_onnx(open_checkpoint(SHIPPED_ROPE), tmp_path / "onnx", "f32", certificate=False).path  # quick steps: many calls
+    done = subprocess.run([sys.executable, "-c", HELPERS_BESIDE_GENERATING, str(folder)], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0 and done.stdout.strip() == "helpers: " + str([0] * 20), done
 
 
 def test_a_model_loads_where_python_has_no_stderr(tmp_path):
