@@ -50,14 +50,17 @@ def check_windows(tokens: int, ctx: int, stride: int | None) -> int:
     return stride or ctx - 1
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Each row's log-probabilities, in float64 (finite but huge logits stay finite)."""
+    shifted = logits.astype(np.float64) - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
 def summed_nll(logits: np.ndarray, targets: Sequence[int]) -> float:
-    """The negative log-likelihood of `targets` under the rows of `logits`, summed: log Σ exp(row) − row[target], in
-    float64 (finite but huge logits stay finite), as torch's cross_entropy computes it. numpy, not torch: a GGUF's or
-    ONNX folder's perplexity imported torch for this alone (a second and more before the first window)."""
-    rows = np.asarray(logits, dtype=np.float64)
-    top = rows.max(axis=1)
-    log_sums = np.log(np.exp(rows - top[:, None]).sum(axis=1)) + top
-    return float((log_sums - rows[np.arange(len(rows)), np.asarray(targets)]).sum())
+    """The negative log-likelihood of `targets` under the rows of `logits`, summed, as torch's cross_entropy computes
+    it. numpy, not torch: a GGUF's or ONNX folder's perplexity imported torch for this alone (a second and more before
+    the first window)."""
+    return float(-log_softmax(np.asarray(logits))[np.arange(len(logits)), np.asarray(targets)].sum())
 
 
 def perplexity(

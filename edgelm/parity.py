@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .evaluate import log_softmax
 from .numbers import exp_or_inf
 from .runtime.backend import Backend
 
@@ -39,11 +40,6 @@ class ParityReport:
         row's log-probabilities NaN): a reference run with λ = 1e38 gave NaN, and the failure blamed the artifact."""
         reference, artifact = math.isfinite(self.reference_perplexity), math.isfinite(self.artifact_perplexity)
         return "the reference" if artifact and not reference else "the reference and the artifact" if not (reference or artifact) else "the artifact"
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - logits.max(-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
 def run_with_cache(backend: Backend, ids: Sequence[int], prefill: int) -> np.ndarray:
@@ -75,7 +71,7 @@ def compare_logits(reference: np.ndarray, artifact: np.ndarray, ids: Sequence[in
         ref, art = reference[block], artifact[block]
         diff = np.abs(ref - art)
         diff_max, diff_sum = float(np.max([diff_max, diff.max()])), diff_sum + float(diff.sum(dtype=np.float64))  # NaN carries
-        ref_lp, art_lp = _log_softmax(ref), _log_softmax(art)
+        ref_lp, art_lp = log_softmax(ref), log_softmax(art)
         kld[block] = (np.exp(ref_lp) * (ref_lp - art_lp)).sum(-1)
         rows = np.arange(len(ref))
         ref_nll[block], art_nll[block] = -ref_lp[rows, targets[block]], -art_lp[rows, targets[block]]
