@@ -150,6 +150,14 @@ class Tokenizer:
         """One token's text for a person reading the prompt (chat --verbose-prompt), control tokens spelled out."""
         return self.decode([token])
 
+    def is_control(self, token: int) -> bool:
+        """Whether the tokenizer marks `token` special (a control token: bos, ChatML's <|im_start|>). A generated one
+        shows no text in a reply, as llama.cpp's llama-cli and llama-server detokenize replies (special=false) and
+        transformers' text-generation pipeline decodes them (skip_special_tokens=True); `decode` keeps its text."""
+        return token in self.control_ids
+
+    control_ids: frozenset[int] = frozenset()
+
     def lookup(self, token: str) -> int | None:
         raise NotImplementedError
 
@@ -266,6 +274,7 @@ class JSONTokenizer(Tokenizer):
                 self.backend = Backend.from_file(str(file))
                 self.vocab_size = self.backend.get_vocab_size()
                 self.highest_id = max(self.backend.get_vocab(with_added_tokens=True).values(), default=-1)
+                self.control_ids = frozenset(i for i, token in self.backend.get_added_tokens_decoder().items() if token.special)
         except BaseException as exc:
             raise _rust_panic(exc, file, READING) from None
         _refuse_growing_rules(self.backend, file)
@@ -340,6 +349,7 @@ class SentencePieceTokenizer(Tokenizer):
         self.specials = {text: found for text in self._special_texts() if text and (found := self.lookup(text)) is not None}
         by_length = sorted(self.specials, key=len, reverse=True)  # the longest match wins, as in transformers' trie
         self.special_pattern = re.compile("|".join(map(re.escape, by_length))) if by_length else None
+        self.control_ids = frozenset(self.specials.values())
 
     def _special_texts(self):
         """The config's special tokens (bos/eos/unk/pad…, additional, added ones marked special) and the
@@ -370,10 +380,9 @@ class SentencePieceTokenizer(Tokenizer):
         # sentencepiece drops control tokens from its text; transformers' decode keeps their text (a model's <think>,
         # a </s> mid-reply), as tokenizers and llama.cpp's detokenize(special=True) do: decoded between them, each
         # stretch after the first keeps the space its leading '▁' means (sentencepiece strips it as a text's start)
-        control = set(self.specials.values())
         text, run = [], []
         for token in [*ids, None]:
-            if token is not None and token not in control:
+            if token is not None and token not in self.control_ids:
                 run.append(token)
                 continue
             if run:

@@ -146,6 +146,34 @@ def test_decoded_text_keeps_special_tokens_as_transformers_decode(tokenizer_sour
             assert decoded == reference.decode(ids), text
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_reply_shows_no_control_token(tokenizer_source, kind):
+    """Stranger 55: a control token a model generated mid-reply (Llama 3.2's <|begin_of_text|>) was printed as its
+    text in the reply, and went back into the chat's history as that token. A reply's text leaves special tokens
+    out, as transformers' text-generation pipeline decodes (skip_special_tokens=True), as llama-server and
+    edgelm's web page show it; the tokens are still produced (Piece.token), and `decode` keeps their text."""
+    from transformers import AutoTokenizer
+
+    from edgelm.runtime.generate import _stream
+
+    folder, path = tokenizer_source(kind)
+    reference = AutoTokenizer.from_pretrained(folder)
+    with open_artifact(path, LoadOptions(context_length=256, threads=2)) as artifact:
+        tokenizer = artifact.tokenizer
+        for text in TEXTS:
+            ids = reference(text, add_special_tokens=False)["input_ids"]
+            controls = [i for i in ids if i in reference.all_special_ids]
+            assert all(map(tokenizer.is_control, controls)) and not any(tokenizer.is_control(i) for i in ids if i not in controls)
+            reply = [i for i in ids if not tokenizer.ends_reply(i)]  # the text of a reply the model went on past
+            pieces = list(_stream(tokenizer, reference("Hello", add_special_tokens=False)["input_ids"], iter(reply), ()))
+            shown = "".join(piece.text for piece in pieces)
+            expected = reference.decode(reply, skip_special_tokens=True)
+            if kind.endswith("sentencepiece"):  # a text's first space: decoded alone it is stripped, after "Hello" kept
+                shown, expected = shown.lstrip(" "), expected.lstrip(" ")
+            assert shown == expected, text
+            assert [piece.token for piece in pieces if piece.token is not None] == reply
+
+
 BPE_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|endoftext|>",
                 "<|im_start|>", "<|im_end|>"]
 LLAMA3_TOKENIZER_CONFIG = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "tokenizer_class": "PreTrainedTokenizerFast"}

@@ -96,7 +96,8 @@ class TextStream:
     token against its text with it, so a token's cost does not grow with the conversation. The window
     starts a few tokens back, so a leading space (SentencePiece's ▁) is decoded as the full text has
     it; it moves up to each token that completes text, and a token that ends in part of a UTF-8
-    character shows nothing until a later one completes it."""
+    character shows nothing until a later one completes it. A control token shows nothing and stays out of
+    the window (Tokenizer.is_control)."""
 
     CONTEXT = 6  # prompt tokens the first window starts with
 
@@ -107,6 +108,8 @@ class TextStream:
         self.shown = tokenizer.decode(self.ids)
 
     def add(self, token: int) -> str:
+        if self.tokenizer.is_control(token):
+            return ""
         self.ids.append(token)
         text = self.tokenizer.decode(self.ids)
         if text.endswith("\ufffd") or len(text) <= len(self.shown):

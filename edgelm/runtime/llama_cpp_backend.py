@@ -190,6 +190,7 @@ class LlamaCppTokenizer(Tokenizer):
         self.template_file = path if chat_template is not None else None  # its tokenizer.chat_template key
         self.bos_id, self.eos_id = bos, eos
         self._ends_reply: dict[int, bool] = {}
+        self._control: dict[int, bool] = {}
 
     def ends_reply(self, token):
         # llama.cpp's own end-of-generation set for this file (eos, eot, eom and the texts it knows), which its
@@ -199,6 +200,15 @@ class LlamaCppTokenizer(Tokenizer):
 
             ends = self._ends_reply[token] = bool(llama_cpp.llama_vocab_is_eog(self._open()._model.vocab, token))
         return ends
+
+    def is_control(self, token):
+        # the file's token types CONTROL and UNKNOWN, which llama.cpp's detokenize(special=false) leaves out; asked once a token id
+        if (control := self._control.get(token)) is None:
+            import llama_cpp
+
+            attributes = llama_cpp.llama_vocab_get_attr(self._open()._model.vocab, token)
+            control = self._control[token] = bool(attributes & (llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN))
+        return control
 
     def every_end_id(self):
         # the GGUF's eot/eom keys and the texts llama.cpp knows end a generation too (--ignore-eos on a GGUF whose
