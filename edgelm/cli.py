@@ -163,7 +163,9 @@ def inspect(
     as_json: JsonOption = False,
 ) -> None:
     """Format, family, dims, parameter count, position encoding and which rule decided it, temperatures, tokenizer: what
-    the files say, read without loading the weights (as llama.cpp's gguf-dump); `edgelm verify` loads and runs it."""
+    the files say, read without loading the weights (as llama.cpp's gguf-dump), except a model folder whose position
+    encoding nothing declares: it is measured by running the model both ways (docs/formats.md); `edgelm verify` loads
+    and runs it."""
     from .formats import detect
 
     info = detect(path, allow_pickle).describe(_load_options(position_encoding, head_temperatures, "cpu", allow_pickle=allow_pickle))

@@ -34,6 +34,10 @@ KNOWN_CHECKPOINTS: dict[str, dict[str, str]] = {
     "tinyllama/tinyllama_v1.1": {"position_encoding": "rope"},
     "tinyllama/tinyllama-1.1b-chat-v1.0": {"position_encoding": "rope"},
     "tinyllama/tinyllama-1.1b-intermediate-step-1431k-3t": {"position_encoding": "rope"},
+    # SmolLM2 (Allal et al. 2025): a plain LlamaForCausalLM config with rope_theta and no rope_scaling, trained with
+    # rotary; a random-weight copy of its layout could not be told by measurement (stranger 55)
+    **{f"huggingfacetb/smollm2-{size}{kind}": {"position_encoding": "rope"} for size in ("135m", "360m", "1.7b")
+       for kind in ("", "-instruct")},
 }
 
 

@@ -252,6 +252,19 @@ def test_hub_id_from_the_cache_uses_the_known_checkpoint_table(hub_cache, tmp_pa
     assert open_checkpoint(snapshot).position_encoding_rule == f"known published checkpoint {NOPE_ID}"
 
 
+def test_smollm2_by_hub_id_is_rotary_by_the_table(preset_dir, tmp_path):
+    """Stranger 55: a SmolLM2 folder (a plain LlamaForCausalLM config, no rope_scaling) with random weights was refused
+    until --position-encoding was given, since measurement cannot tell; SmolLM2's hub ids are in the table."""
+    plain = strip_position_encoding_facts(preset_dir("tiny-smollm2"), tmp_path / "plain")
+    for repo_id in ("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-1.7B-Instruct"):
+        write_hub_cache(tmp_path / repo_id, repo_id, plain)
+        code, out, err = edgelm_offline(tmp_path / repo_id, "inspect", repo_id, "--json")
+        assert code == 0, err
+        described = json.loads(out)
+        assert (described["position_encoding"], described["position_encoding_rule"]) == ("rope", f"known published checkpoint {repo_id}")
+    assert "cannot tell whether" in edgelm_offline(tmp_path, "inspect", plain)[2]  # the same files as a plain folder are measured
+
+
 @pytest.mark.parametrize("model,expected", [
     ("nobody/no-such-model", "not in the Hugging Face cache"),
     (NOPE_ID + "@no-such-branch", "not in the Hugging Face cache"),
