@@ -11,7 +11,8 @@ metadata_props `edgelm.parity`; bundle manifests copy it):
 - `reference_sha256` (the checkpoint's safetensors files and config.json, as ONNX's edgelm.json has
   long stated it), `text` and `text_sha256` (the evaluation text's file);
 - `weights_sha256` (the artifact's own weights, Format.weights_sha256: a byte of a weight the probe
-  does not reach still fails `verify`); absent from an older edgelm's certificate and an ORT-format graph's;
+  does not reach still fails `verify`), and the other ARTIFACT_HASHES its format computes: each is required,
+  so a certificate without one fails (stranger 53 deleted the key and kept the changed weights);
 - `edgelm_version`, `engine` and `engine_version` (the package that ran the artifact), and `kv_cache`, its
   KV cache's number type (float32 for a GGUF; an ONNX graph's own); a certificate without it (an older
   edgelm's) was measured with float32 where the engine had the choice;
@@ -64,14 +65,16 @@ NUMBER_RANGES = {"mean_kld": NON_NEGATIVE, "max_kld": NON_NEGATIVE, "perplexity_
 NUMBERS = tuple(NUMBER_RANGES)
 STRINGS = ("edgelm_version", "engine", "engine_version", "reference_sha256", "text", "text_sha256")
 HASHES = ("reference_sha256", "text_sha256")
-WEIGHTS_HASH = "weights_sha256"  # optional: an older edgelm's certificate has none
-SETTINGS_HASH = "settings_sha256"  # optional too (edgelm ≤ 2026-12-05 wrote none): Format.settings_sha256
-GRAPH_HASH = "graph_sha256"  # optional too (since stranger round 11b; ONNX only): Format.graph_sha256
-# optional too (since stranger round 13; ONNX only): the tokenizer files and chat template alone, which a bundle copies as
-# they are, so verify checks them in a mobile bundle, where the bundle rewrote genai_config and settings_sha256 cannot hold
+WEIGHTS_HASH = "weights_sha256"
+SETTINGS_HASH = "settings_sha256"  # Format.settings_sha256
+GRAPH_HASH = "graph_sha256"  # ONNX only: Format.graph_sha256
+# ONNX only: the tokenizer files and chat template alone, which a bundle copies as they are, so verify checks them in a
+# mobile bundle, where the bundle rewrote genai_config and settings_sha256 cannot hold
 TOKENIZER_HASH = "tokenizer_sha256"
-# each optional hash: what Verification and check_holds call it, and the Format method that computes it
-OPTIONAL_HASHES = {WEIGHTS_HASH: ("weights", "weights_sha256"), SETTINGS_HASH: ("tokenizer, chat template or settings", "settings_sha256"),
+# the artifact's hashes: what Verification and check_holds call each, and the Format method that computes it. A certificate
+# holds each its format computes (none of an ORT-format graph's weights or graph): one without it was edited, or written by
+# an edgelm before 2026-12-07 (not released), and is refused, not read as "nothing to check"
+ARTIFACT_HASHES = {WEIGHTS_HASH: ("weights", "weights_sha256"), SETTINGS_HASH: ("tokenizer, chat template or settings", "settings_sha256"),
                    GRAPH_HASH: ("graph", "graph_sha256"), TOKENIZER_HASH: ("tokenizer and chat template", "tokenizer_sha256")}
 COUNTS = ("certificate_version", "positions")
 
@@ -226,7 +229,7 @@ def artifact_hashes(fmt, wanted=lambda key: True) -> dict[str, str]:
     """The certificate's hashes of `fmt` (of those `wanted` keeps) that its format computes, from one parse of its file
     (export's certificate, `bundle` and `verify` each parsed an ONNX graph once per hash)."""
     with fmt.parsed_once():
-        return {key: digest for key, (_, method) in OPTIONAL_HASHES.items() if wanted(key) and (digest := getattr(fmt, method)())}
+        return {key: digest for key, (_, method) in ARTIFACT_HASHES.items() if wanted(key) and (digest := getattr(fmt, method)())}
 
 
 def probe_positions(tokenizer) -> int:
@@ -307,7 +310,7 @@ def validate(certificate: Any, where: Path) -> dict[str, Any]:
             _bad(where, f"{name} is not one line of printable text of at most {MAX_FIELD_CHARS} characters")
     if "kv_cache" in certificate and certificate["kv_cache"] not in KV_CACHE_TYPES:
         _bad(where, f"kv_cache is not one of {', '.join(KV_CACHE_TYPES)}")
-    for name in HASHES + tuple(name for name in OPTIONAL_HASHES if name in certificate):
+    for name in HASHES + tuple(name for name in ARTIFACT_HASHES if name in certificate):
         if not isinstance(certificate[name], str) or not all(c in "0123456789abcdef" for c in certificate[name]) or len(certificate[name]) != 64:
             _bad(where, f"{name} is not a sha256")
     probe = certificate.get("probe")
@@ -382,7 +385,7 @@ def read_from_gguf(gguf) -> dict[str, Any] | None:
     if gguf.field(GGUF_PARITY + "certificate_version") is None:
         return None
     certificate = {name: gguf.field(GGUF_PARITY + name) for name in COUNTS + NUMBERS + STRINGS}
-    for name in ("kv_cache", *OPTIONAL_HASHES):  # absent in an older edgelm's
+    for name in ("kv_cache", *ARTIFACT_HASHES):  # kept only where present: a missing hash fails verify
         if gguf.field(GGUF_PARITY + name) is not None:
             certificate[name] = gguf.field(GGUF_PARITY + name)
     probe = gguf.field(GGUF_PARITY + "probe")
@@ -430,19 +433,20 @@ class Verification:
     probe: ProbeCheck | None = None
     recomputed: dict[str, Any] | None = None  # with --reference: the certificate computed again here
     differences: list[str] = field(default_factory=list)  # --reference: fields outside their tolerance
-    # the OPTIONAL_HASHES the certificate records, computed here where the format has them (an ORT-format graph has no
-    # weights or graph hash; a mobile bundle's settings are the bundle's, which its manifest's sha256 cover)
+    # the ARTIFACT_HASHES computed here where the format has them (an ORT-format graph has no weights or graph hash; a
+    # mobile bundle's settings are the bundle's, which its manifest's sha256 cover)
     computed: dict[str, str] = field(default_factory=dict)
 
     def equal(self, key: str) -> bool | None:
-        """Whether the artifact's `key` hash is the certified one; None where either side has none."""
-        if self.certificate is None or key not in self.certificate or key not in self.computed:
+        """Whether the artifact's `key` hash is the certified one (False where the certificate lacks it); None where the
+        format computes none here."""
+        if self.certificate is None or key not in self.computed:
             return None
-        return self.computed[key] == self.certificate[key]
+        return self.computed[key] == self.certificate.get(key)
 
     @property
     def hashes_hold(self) -> bool:
-        return False not in (self.equal(key) for key in OPTIONAL_HASHES)
+        return False not in (self.equal(key) for key in ARTIFACT_HASHES)
 
     @property
     def ok(self) -> bool:
@@ -451,7 +455,9 @@ class Verification:
         return self.certificate is not None and self.probe is not None and self.probe.ok and not self.differences and self.hashes_hold
 
     def _hash_line(self, key: str, label: str) -> str:
-        digest, certified = self.computed[key], self.certificate[key]
+        digest, certified = self.computed[key], self.certificate.get(key)
+        if certified is None:
+            return f"{label}: sha256 {digest[:16]}…, and the certificate records NONE (every certificate edgelm writes does)"
         return f"{label}: sha256 {digest[:16]}… " + ("matches the certificate's" if digest == certified else f"DIFFERS from the certified {certified[:16]}…")
 
     def lines(self, reference: Path | None = None) -> list[str]:
@@ -472,8 +478,6 @@ class Verification:
                  f"run here on {self.engine}, {self.engine_version}"]
         if self.equal(WEIGHTS_HASH) is not None:
             lines.append(self._hash_line(WEIGHTS_HASH, "weights"))
-        elif WEIGHTS_HASH not in c:
-            lines.append("weights: the certificate records no sha256 of them (an older edgelm's)")
         else:
             # the manifest's sha256 is the bundle's own word, which whoever edits the graph writes again (stranger 27 swapped
             # an embedding row the probe never reads): only the publisher's sha256 of the whole bundle covers these bytes
@@ -485,11 +489,8 @@ class Verification:
             lines.append(self._hash_line(TOKENIZER_HASH, "tokenizer and chat template"))
         if self.equal(SETTINGS_HASH) is not None:
             lines.append(self._hash_line(SETTINGS_HASH, "tokenizer, template and settings"))
-        elif SETTINGS_HASH not in c:
-            lines.append("tokenizer, template and settings: the certificate records no sha256 of them (an older edgelm's)")
         else:
-            lines.append("settings as the bundle wrote them (genai_config): checked against the sha256 its graph records (bundles "
-                         "edgelm made before 2026-12-07 record none)")
+            lines.append("settings as the bundle wrote them (genai_config): checked against the sha256 its graph records")
         if self.engine_version != c["engine_version"]:
             lines.append(f"note: certified on {c['engine_version']}, run here on {self.engine_version}: a different engine may "
                          "compute slightly different logits")
@@ -507,8 +508,11 @@ class Verification:
                     "(`edgelm parity ARTIFACT --reference MODEL_DIR` measures it; `edgelm export` writes one)")
         p = self.probe
         reasons = []
-        for key, (what, _) in OPTIONAL_HASHES.items():
-            if self.equal(key) is False:
+        for key, (what, _) in ARTIFACT_HASHES.items():
+            if self.equal(key) is False and key not in self.certificate:
+                reasons.append(f"its certificate records no sha256 of its {what}, which every certificate edgelm writes records "
+                               "(the key was removed, or an edgelm before 2026-12-07 wrote it: export it again)")
+            elif self.equal(key) is False:
                 reasons.append(f"its {what} {'is not the certified one' if what == 'graph' else 'are not the certified ones'} (sha256 "
                                f"{self.computed[key][:16]}…, certified {self.certificate[key][:16]}…)")
         if not p.tokenization_equal:
@@ -532,8 +536,12 @@ def check_holds(fmt) -> None:
     if found is None:
         return
     validate(found, fmt.path)
-    for key, digest in artifact_hashes(fmt, lambda key: key in found).items():
-        what = OPTIONAL_HASHES[key][0]
+    for key, digest in artifact_hashes(fmt).items():
+        what = ARTIFACT_HASHES[key][0]
+        if key not in found:
+            raise UserError(f"its parity certificate records no sha256 of its {what}, which every certificate edgelm writes records "
+                            "(the key was removed, or an edgelm before 2026-12-07 wrote it)", fmt.path,
+                            "export it again from its model folder")
         if digest != found[key]:
             raise UserError(f"its {what} {'is not the one' if what == 'graph' else 'are not the ones'} its parity certificate was made for (sha256 {digest[:16]}…, certified "
                             f"{found[key][:16]}…): a bundle of it would carry a certificate that does not hold", fmt.path,
@@ -545,10 +553,10 @@ def check_recorded_settings(fmt) -> None:
     says its settings changed after export, that record is refused, not trusted (a stranger's edited λ in edgelm.json turned
     an honest export's mean KLD 0.0048 into 0.10 with exit 0; rescaled weights with a matching λ would pass as faithful)."""
     found = fmt.certificate()
-    if found is None or SETTINGS_HASH not in found:
+    if found is None:
         return
     validate(found, fmt.path)
-    if (digest := fmt.settings_sha256()) is not None and digest != found[SETTINGS_HASH]:
+    if (digest := fmt.settings_sha256()) is not None and digest != found.get(SETTINGS_HASH):
         raise UserError("its settings, among them the head temperatures and position encoding it records for the reference, are "
                         "not the ones its parity certificate was made for", fmt.path,
                         "pass --head-temperatures (and --position-encoding) for the reference yourself, or export it again "
@@ -585,7 +593,7 @@ def verify(fmt, reference: Path | None = None, threads: int | None = None, devic
         if found is None:
             return Verification(None)
         validate(found, fmt.path)
-        computed = artifact_hashes(fmt, lambda key: key in found and (key != SETTINGS_HASH or fmt.bundled_as_is or not bundled))
+        computed = artifact_hashes(fmt, lambda key: key != SETTINGS_HASH or fmt.bundled_as_is or not bundled)
     context = len(found["probe"]["prompt_ids"]) + len(found["probe"]["greedy_tokens"])
     with fmt.open(probe_options(fmt, context, threads, certified_kv_cache(found))) as artifact:  # the cache it was measured with
         probe = check_probe(artifact, found["probe"], fmt.path)

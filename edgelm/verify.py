@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .artifact_files import artifact_sha256
-from .certificate import OPTIONAL_HASHES, verify as check
+from .certificate import ARTIFACT_HASHES, verify as check
 from .constants import ONNX_MANIFEST
 from .errors import ArtifactMismatch
 
@@ -57,7 +57,7 @@ def verify_artifact(path: Path, reference: Path | None, threads: int | None, dev
     failed = ([f"not the artifact published with sha256 {expected}"] if published is False else []) + ([] if result.ok else [result.failure()])
     summary = {"ok": not failed, "failed": failed, "certificate": result.certificate, "engine_version": result.engine_version,
                "probe": result.probe.as_dict() if result.probe else None,
-               **{f"{key}_equal": result.equal(key) for key in OPTIONAL_HASHES}, "sha256": identity, "sha256_equal": published,
+               **{f"{key}_equal": result.equal(key) for key in ARTIFACT_HASHES}, "sha256": identity, "sha256_equal": published,
                "recomputed": result.recomputed, "differences": result.differences}
     failure = (f"{path} is not the artifact published with sha256 {expected} (its sha256 is {identity})" if published is False
                else None if result.ok else result.failure())

@@ -28,9 +28,8 @@ def rewrite_gguf(source: Path, target: Path, add: dict[str, tuple] | None = None
         if tensor.name in (replace_tensors or {}):
             writer.add_tensor(tensor.name, replace_tensors[tensor.name])
         elif tensor.name not in drop_tensors:
-            shape = list(reversed([int(d) for d in tensor.shape]))  # gguf-py reads ggml's order (fastest first)
-            writer.add_tensor(tensor.name, tensor.data, raw_shape=shape if tensor.data.dtype.kind == "u" else None,
-                              raw_dtype=tensor.tensor_type)
+            # a quantized tensor's data reads as rows of bytes, from which the writer takes its shape back
+            writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

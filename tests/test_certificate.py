@@ -744,3 +744,35 @@ def test_a_mobile_bundles_empty_graph_is_named_as_empty(exports, run_cli, tmp_pa
     (bundle / "edgelm.json").write_text(json.dumps(manifest))
     for command in ("verify", "inspect"):
         assert_user_error(run_cli(command, bundle), "model.ort holds no graph (0 bytes)")
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "onnx"])
+def test_a_certificate_without_one_of_its_hashes_fails_verify_and_bundle(exports, run_cli, tmp_path, fmt):
+    """Stranger 53: a missing weights_sha256 (or settings, tokenizer or graph hash) was read as an older edgelm's
+    certificate with nothing to check, so deleting the key beside a changed weight or an injected chat template passed
+    `verify` (exit 0) and `bundle`. Every hash the format computes is required now."""
+    from .gguf_edit import rewrite_gguf
+
+    if fmt == "gguf":  # the last token's embedding row changed (past the probe), then its hash key dropped
+        changed = flip_gguf_weight(exports("tiny-nope.gguf"), tmp_path / "changed.gguf", "token_embd.weight")
+        tampered = rewrite_gguf(changed, tmp_path / "t.gguf", drop_keys=("edgelm.parity.weights_sha256",))
+        missing = "weights"
+    else:  # an injected chat template, and the tokenizer's and settings' hashes dropped from edgelm.json and the graph
+        import onnx
+
+        tampered = shutil.copytree(exports("tiny-nope.onnx"), tmp_path / "onnx")
+        _inject_template(tampered)
+        manifest = json.loads((tampered / "edgelm.json").read_text())
+        for key in ("tokenizer_sha256", "settings_sha256"):
+            del manifest["parity_certificate"][key]
+        (tampered / "edgelm.json").write_text(json.dumps(manifest))
+        model = onnx.load(str(tampered / "model.onnx"), load_external_data=False)
+        entry = next(p for p in model.metadata_props if p.key == "edgelm.parity")
+        entry.value = json.dumps(manifest["parity_certificate"])
+        onnx.save(model, str(tampered / "model.onnx"))
+        missing = "tokenizer and chat template"
+    code, out, err = run_cli("verify", tampered)
+    assert code == 1 and "the certificate records NONE" in out, (out, err)
+    assert f"its certificate records no sha256 of its {missing}, which every certificate edgelm writes records" in err, err
+    code, _, err = run_cli("bundle", tampered, "--out", tmp_path / "bundle")
+    assert code == 2 and "records no sha256 of its" in err and not (tmp_path / "bundle").exists(), err
