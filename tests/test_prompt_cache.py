@@ -129,6 +129,7 @@ def test_the_file_it_wrote_loads(gguf_pair):
     ("truncated", "damaged"),
     ("declared sizes past its bytes", "damaged"),
     ("another model", "made for another model"),
+    ("another model's, relabelled", "damaged: its contents do not match"),  # stranger 53: the model field alone was changed
     ("another system prompt", "another system prompt"),
     ("arrays of another shape", "not a llama.cpp sequence state"),
 ])
@@ -148,6 +149,14 @@ def test_a_cache_that_does_not_fit_is_ignored_with_a_note(gguf_pair, tmp_path, d
         data = len(new).to_bytes(8, "little") + new + data[8 + header:]
     elif damage == "another model":
         model = rope
+    elif damage == "another model's, relabelled":  # the cache nope's GGUF wrote, given to rope's with rope's fingerprint
+        from safetensors import safe_open
+        from safetensors.numpy import save
+
+        model = rope
+        with safe_open(str(cache), "numpy") as handle:
+            metadata, arrays = handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()}
+        data = save(arrays, metadata=metadata | {"model": fingerprint(rope)})
     elif damage == "another system prompt":
         system = "You are Captain Wentworth."
     else:  # our own writer with this model's identity, arrays of the wrong shape: what a forger would make
@@ -156,7 +165,7 @@ def test_a_cache_that_does_not_fit_is_ignored_with_a_note(gguf_pair, tmp_path, d
             identity = PromptCache(tmp_path / "x", nope, artifact.backend)._identity()
         arrays = load(data)
         arrays = {"ids": arrays["ids"], "kv.0": np.zeros((4, 4), np.float16)}
-        save_file(arrays, str(tmp_path / "forged"), metadata=identity | {"sha256": contents_digest(arrays)})
+        save_file(arrays, str(tmp_path / "forged"), metadata=identity | {"sha256": contents_digest(arrays, identity)})
         data = (tmp_path / "forged").read_bytes()
     note, position = load_note(model, copy_to(tmp_path, cache, data), system)
     assert why in note and "ignored" in note and "\n" not in note
@@ -188,7 +197,7 @@ def test_arrays_unlike_the_backends_cache_are_ignored(tmp_path, forgery):
         arrays = {k: (np.full_like(a, float(forgery)) if k != "ids" else a) for k, a in arrays.items()}
     else:
         arrays["ids"] = arrays["ids"].astype(np.int32)
-    save_file(arrays, str(tmp_path / "cache"), metadata=identity | {"sha256": contents_digest(arrays)})  # a forger checksums
+    save_file(arrays, str(tmp_path / "cache"), metadata=identity | {"sha256": contents_digest(arrays, identity)})  # a forger checksums
     note, position = load_note(model, tmp_path / "cache")
     assert "ignored" in note and position == 0
     if forgery in ("nan", "inf"):
@@ -202,7 +211,8 @@ def forged_llama_state(cache: Path, mutate) -> bytes:
     with safe_open(str(cache), "numpy") as handle:
         metadata, arrays = handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()}
     arrays["llama_state"] = mutate(arrays["llama_state"].copy(), arrays["ids"])
-    return save(arrays, metadata=metadata | {"sha256": contents_digest(arrays)})  # a forger's own checksum: llama.cpp reads it
+    identity = {key: metadata[key] for key in ("format", "version", "model", "backend")}
+    return save(arrays, metadata=metadata | {"sha256": contents_digest(arrays, identity)})  # a forger's own checksum: llama.cpp reads it
 
 
 def test_a_llama_state_changed_after_it_was_written_is_ignored(gguf_pair, tmp_path):

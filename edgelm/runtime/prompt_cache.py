@@ -11,8 +11,10 @@ engine or system prompt, or damaged, is ignored with a note and rebuilt. Sizes a
 anything is read or handed to an engine: the header against a small bound, the file against what the
 context's tokens can take, each array against the backend's layout (safetensors checks the offsets), and
 the contents against the SHA-256 written with them (llama.cpp's state is bytes only llama.cpp parses: a
-stranger's NaN written into its K rows loaded silently and the chat replied "the the the"). The SHA-256 finds damage,
-not a forger, who can compute it again: such a file loads, and a NaN it brings fails the turn naming the file (cli.chat)."""
+stranger's NaN written into its K rows loaded silently and the chat replied "the the the"), which covers the metadata
+naming the model and engine too (stranger 53 relabelled another model's cache by its `model` field alone, and it
+loaded). The SHA-256 finds damage and relabelling, not a forger, who can compute it again: such a file loads, and a NaN
+it brings fails the turn naming the file (cli.chat). A prompt cache is trusted as its source is, as a model file is."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from ..fileio import DISK_FULL_ERRNOS, hidden_prefix, refuse_long_names, refuse_
 from .backend import Backend, StateMismatch
 
 FORMAT = "edgelm prompt cache"
-VERSION = "2"  # 2: the contents' SHA-256 in the metadata
+VERSION = "3"  # 2: the contents' SHA-256 in the metadata; 3: over what the metadata says they are too
 HEADER_LIMIT = 1 << 20  # bytes of safetensors JSON header: ours is well under 1 KB
 SAMPLE_BLOCKS, SAMPLE_BYTES = 64, 4096
 
@@ -54,11 +56,12 @@ def fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-def contents_digest(arrays: dict) -> str:
-    """SHA-256 over the arrays (name, dtype, shape, bytes) in name order: what the file holds, whatever the order."""
+def contents_digest(arrays: dict, identity: dict[str, str]) -> str:
+    """SHA-256 over the identity (format, version, model, backend) and the arrays (name, dtype, shape, bytes) in name
+    order: what the file holds, whatever the order, and what it says it was made for."""
     import numpy as np
 
-    digest = hashlib.sha256()
+    digest = hashlib.sha256("".join(f"{key}\0{identity[key]}\0" for key in sorted(identity)).encode())
     for name in sorted(arrays):
         array = np.ascontiguousarray(arrays[name])
         digest.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
@@ -120,7 +123,7 @@ class PromptCache:
             arrays = load(read_bytes(self.path, limit, "the prompt cache"))
         except (SafetensorError, ValueError, OSError) as exc:
             return f"damaged: {str(exc).splitlines()[0][:120]}"
-        if metadata.get("sha256") != contents_digest(arrays):
+        if metadata.get("sha256") != contents_digest(arrays, identity):
             return "damaged: its contents do not match the SHA-256 written with them"
         import numpy as np
 
@@ -146,7 +149,8 @@ class PromptCache:
         temporary = self.path.with_name(f"{hidden_prefix(self.path, 'partial')}{os.getpid()}.tmp")  # a 255-byte name fits
         try:
             state = self.backend.save_state()
-            save_file(state, str(temporary), metadata=self._identity() | {"sha256": contents_digest(state)})
+            identity = self._identity()
+            save_file(state, str(temporary), metadata=identity | {"sha256": contents_digest(state, identity)})
             os.replace(temporary, self.path)
         except Exception as exc:
             # room: safetensors' own error for any write failure, an OSError only for a full disk, quota or size limit
@@ -157,7 +161,10 @@ class PromptCache:
                 raise UserError(f"--prompt-cache could not be written ({exc.strerror})", self.path, "give a writable path") from None
             raise
         finally:
-            temporary.unlink(missing_ok=True)
+            try:
+                temporary.unlink(missing_ok=True)
+            except OSError:  # a read-only file system: nothing was made (stranger 54: its EROFS hid the line above)
+                pass
         return f"prompt cache: wrote {self.backend.position} tokens to {_shown(self.path)}"
 
 
