@@ -239,12 +239,30 @@ def parse_json(text: str | bytes, path: Path | None, what: str, limit: int = MAX
     if _depth(text) > MAX_JSON_DEPTH:
         raise UserError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels", path, "refused: no config nests that deep; re-download it")
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys)
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_int=_bounded_int)
+    except HugeNumber as exc:
+        raise UserError(f"{what} holds a whole number of {exc.digits} digits, past any value a model file holds (2^64)", path,
+                        "refused: fix or re-download it") from None
     except RepeatedKey as exc:
         raise RepeatedKey(f"{what} holds the key {json.dumps(exc.what)[:80]} twice in one object (JSON readers differ on which one "
                           "counts: Python's takes the last, others the first)", path, "refused: fix or re-download it") from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, and int('9' * 5000)'s digit limit
         raise UserError(f"{what} is not valid JSON ({str(exc).splitlines()[0][:200]})", path, "fix or re-download it") from None
+
+
+class HugeNumber(ValueError):
+    def __init__(self, digits: int):
+        self.digits = digits
+
+
+def _bounded_int(text: str) -> int:
+    """A JSON integer below 2^64 in size (every id, count and offset a model's files hold is): a 400-digit one passed
+    the readers and overflowed float() in six places later (head temperatures, a certificate's numbers, genai_config's
+    and a manifest's sampling), each a traceback (stranger 53)."""
+    value = int(text)
+    if abs(value) >= 2**64:
+        raise HugeNumber(len(text.lstrip("-")))
+    return value
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:

@@ -28,6 +28,8 @@ class NumberRange:
             number = float(value)
         except (TypeError, ValueError):
             return f"must be {self.describe()}, not {value!r}"
+        except OverflowError:  # a whole number past float's range
+            return f"must be {self.describe()}, not a whole number of {value.bit_length()} bits"
         below = number <= self.low if self.low_open else number < self.low
         if not math.isfinite(number) or below or (self.high is not None and number > self.high):
             return f"must be {self.describe()}, not {value}"
@@ -80,7 +82,7 @@ def as_float32(value: float) -> float:
     export), 0.0 below its smallest (a repetition_penalty of 1e-320 was written as 0, which every reader refuses)."""
     try:
         return struct.unpack("<f", struct.pack("<f", value))[0]
-    except OverflowError:
+    except (OverflowError, struct.error):  # struct.error: a whole number past float's range
         return math.inf
 
 

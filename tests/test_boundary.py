@@ -9,6 +9,7 @@ an atime canary for the C libraries'), exit 0 or exit 2 with one line, no traceb
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -493,23 +494,28 @@ def test_artifact_files_are_bounded(run_cli, made, tmp_path, kind, name):
 
 
 NESTED = "[" * 100000 + "]" * 100000
+# stranger 53: a 400-digit integer passed every reader and overflowed float() later, a traceback in six places
+HUGE_NUMBER = "[" + "9" * 400 + "]"
+DOCUMENTS = {"nested": (NESTED, "nests deeper than 64 levels"), "huge number": (HUGE_NUMBER, "holds a whole number of 400 digits")}
 
 
+@pytest.mark.parametrize("document", DOCUMENTS)
 @pytest.mark.parametrize("target,name,command", [
     ("model", "config.json", "inspect"), ("model", "tokenizer_config.json", "generate"), ("onnx", "genai_config.json", "inspect"),
     ("onnx", "edgelm.json", "inspect"), ("onnx", "config.json", "inspect"), ("bundle", "edgelm.json", "verify"),
     ("model", "model.safetensors.index.json", "inspect"), ("temperatures", "t.json", "generate"), ("zip", "edgelm.json", "verify"),
 ])
-def test_nested_json_is_one_line(run_cli, made, tmp_path, target, name, command):
+def test_nested_json_is_one_line(run_cli, made, tmp_path, target, name, command, document):
+    text, said = DOCUMENTS[document]
     if target == "temperatures":
-        (tmp_path / name).write_text('{"layers": ' + NESTED + "}")
+        (tmp_path / name).write_text('{"layers": ' + text + "}")
         argv = ["generate", made["model"], "--prompt", "x", "--head-temperatures", tmp_path / name]
     elif target == "zip":
         folder = copy_of(made["bundle"], tmp_path / "b")
         archive = tmp_path / "nested.zip"
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
             for path in folder.iterdir():
-                out.writestr(path.name, NESTED if path.name == name else path.read_bytes())
+                out.writestr(path.name, text if path.name == name else path.read_bytes())
         argv = ["verify", archive]
     else:
         folder = copy_of(made[target], tmp_path / target)
@@ -517,9 +523,9 @@ def test_nested_json_is_one_line(run_cli, made, tmp_path, target, name, command)
             (folder / "model.safetensors").unlink()
         if target == "onnx" and name == "config.json":  # read for Optimum's layout, which has no genai_config.json
             (folder / "genai_config.json").unlink()
-        (folder / name).write_text(NESTED)
+        (folder / name).write_text(text)
         argv = {"inspect": ["inspect", folder], "generate": ["generate", folder, "--prompt", "x"], "verify": ["verify", folder]}[command]
-    assert_user_error(run_cli(*argv), "nests deeper than 64 levels")
+    assert_user_error(run_cli(*argv), said)
 
 
 def test_gguf_stored_config_nested(run_cli, made, tmp_path):
@@ -531,10 +537,11 @@ def test_gguf_stored_config_nested(run_cli, made, tmp_path):
     from edgelm.models.presets import write_preset
 
     native = export_gguf(open_checkpoint(write_preset("tiny-tokenformer", tmp_path / "tf", seed=1)), tmp_path / "tf.gguf", "f32").path
-    for key in ("edgelm.config", "edgelm.tokenizer_file.tokenizer_config.json"):
-        evil = rewrite_gguf(native, tmp_path / "evil.gguf", drop_keys={key}, add={key: (NESTED, GGUFValueType.STRING)})
-        assert_user_error(run_cli("inspect" if key == "edgelm.config" else "generate", evil, *([] if key == "edgelm.config" else ["--prompt", "x"])),
-                          "nests deeper than 64 levels")
+    for (text, said), key in itertools.product(DOCUMENTS.values(), ("edgelm.config", "edgelm.tokenizer_file.tokenizer_config.json",
+                                                                     "edgelm.parity.probe")):
+        evil = rewrite_gguf(native, tmp_path / "evil.gguf", drop_keys={key}, add={key: (text, GGUFValueType.STRING)})
+        assert_user_error(run_cli({"edgelm.config": "inspect", "edgelm.parity.probe": "verify"}.get(key, "generate"), evil,
+                                  *(["--prompt", "x"] if key.endswith(".json") else [])), said)
 
 
 # --- finding 8: output paths ---------------------------------------------------------------------------------------

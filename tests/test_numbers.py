@@ -230,3 +230,16 @@ def test_the_f16_attention_bound_is_never_below_what_the_model_computes(name):
                                   ("keys", keys, attention_bound(entries["keys"], weights.get)),
                                   ("values", values, attention_bound(entries["values"], weights.get))):
             assert 0 < float(seen.abs().max()) <= bound * (1 + 1e-5), (layer, what, float(seen.abs().max()), bound)
+
+
+def test_a_whole_number_past_floats_range_is_out_of_every_range():
+    """Stranger 53: a 400-digit integer (Python's API, or a JSON reader before it refused them) raised OverflowError in
+    the gate's float() and struct.error in the float32 check: tracebacks where the gate says what is wrong."""
+    from edgelm.numbers import NON_NEGATIVE, SAMPLING_RANGES, as_float32, stated_sampling
+
+    assert NON_NEGATIVE.why_not(10**400) == "must be a finite number from 0, not a whole number of 1329 bits"
+    assert as_float32(10**400) == float("inf")
+    found, problem = stated_sampling({"temperature": 10**400})
+    assert found == {} and problem.startswith("temperature must be a finite number")
+    with pytest.raises(ValueError, match="temperature must be"):
+        SAMPLING_RANGES["temperature"].check("temperature", -10**400)
