@@ -31,6 +31,8 @@ import threading
 import time
 from datetime import datetime
 
+from .stops import ENDING
+
 TEMPLATE_GLOBALS = ("raise_exception", "strftime_now")  # what the sandbox gives a template beside jinja's own names
 
 TEMPLATE_MAX_CHARS = 1_000_000
@@ -137,7 +139,9 @@ def _serve(requests: int, replies: int) -> None:
         import resource
 
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it kills the worker
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler (cli.main's), which unwinds a stack it forked
+        for number in ENDING:  # not the parent's handler (cli.main's), which unwinds a stack it forked; one ignored stays so
+            if callable(signal.getsignal(number)):
+                signal.signal(number, signal.SIG_DFL)
         # the parent's other descriptors (model files, a server's sockets) are not the worker's to hold open:
         # a connection the parent closes must close
         low, high = sorted((requests, replies))

@@ -21,7 +21,7 @@ from .console import LazyConsole, OutputLost, Progress, guarded_streams, termina
 from .errors import RefusedText, UserError
 from .constants import HELD_OUT_TEXT
 from .fileio import DISK_FULL_ERRNOS, refuse_existing, stopped
-from .stops import INTERRUPTED, TERMINATED, StopWatch, held_during_imports, raise_unless_held
+from .stops import ENDING, INTERRUPTED, StopWatch, ending_words, held_during_imports, raise_unless_held
 from .exporters import EXPORTERS, read_user_text
 from .numbers import HEAD_TEMPERATURE, LOOKUP_NGRAM, LOOKUP_NGRAM_MAX, NON_NEGATIVE, POSITIVE, SAMPLING_RANGES, SEED_MAX, NotFinite, NumberRange, not_finite
 
@@ -992,15 +992,23 @@ BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 
 class Terminated(BaseException):
-    """SIGTERM (a service manager, `kill`, a CI timeout), raised where the command is so that it unwinds as for
-    Ctrl-C: atomic outputs and temporary folders are removed on the way out. A BaseException, not a
-    KeyboardInterrupt: chat and calibrate take Ctrl-C as "stop this reply / keep the best so far" and go on."""
+    """SIGTERM (a service manager, `kill`, a CI timeout) or another signal that would end the process (stops.ENDING: a
+    closed terminal's SIGHUP), raised where the command is so that it unwinds as for Ctrl-C: atomic outputs and
+    temporary folders are removed on the way out. A BaseException, not a KeyboardInterrupt: chat and calibrate take
+    Ctrl-C as "stop this reply / keep the best so far" and go on."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _terminate(signum, frame) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
-    stopped(Terminated)
-    raise_unless_held(Terminated)
+    for number in ENDING:  # a second one must not cut the cleanup short
+        if signal.getsignal(number) is _terminate:
+            signal.signal(number, signal.SIG_IGN)
+    stop = Terminated(signum)
+    stopped(stop)
+    raise_unless_held(stop)
 
 
 BURST_S = 0.5  # Ctrl-Cs this close to the one before are one stop (a key held down repeats every ~33 ms after ~500 ms)
@@ -1071,7 +1079,9 @@ def _other_commands_option(exc: Exception) -> str | None:
 def main() -> None:
     """Run the CLI: a user mistake is one line and exit 2; Ctrl-C (exit 130) and SIGTERM (exit 143) say nothing
     was left half-written, without a traceback."""
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    # each where the caller left it to end the process: `nohup` keeps SIGHUP ignored, and a caller's own handler stays
+    previous = {number: signal.signal(number, _terminate) for number in ENDING
+                if number == signal.SIGTERM or signal.getsignal(number) == signal.SIG_DFL}
     _last_interrupt[0] = float("-inf")
     previous_interrupt = signal.signal(signal.SIGINT, _interrupt) if signal.getsignal(signal.SIGINT) is signal.default_int_handler else None
     hook, sys.unraisablehook = sys.unraisablehook, _unraisable(sys.unraisablehook)
@@ -1081,7 +1091,8 @@ def main() -> None:
         with StopWatch(), held_during_imports(), descriptor2.for_the_program():
             _run()
     finally:
-        signal.signal(signal.SIGTERM, previous)  # main() called in a longer-lived process (tests) leaves it as it was
+        for number, handler in previous.items():  # main() called in a longer-lived process (tests) leaves them as they were
+            signal.signal(number, handler)
         if previous_interrupt is not None:
             signal.signal(signal.SIGINT, previous_interrupt)
         sys.unraisablehook = hook
@@ -1133,9 +1144,12 @@ def _run() -> None:
     try:
         code = app(args=_quiet_first(sys.argv[1:]), standalone_mode=False)
         sys.stdout.flush()  # what is still buffered fails here, in the command, not at the interpreter's exit
-    except Terminated:
-        sys.stderr.write("\nterminated; nothing was left half-written\n")
-        sys.exit(TERMINATED)
+    except Terminated as stop:
+        try:
+            sys.stderr.write(f"\n{ending_words(stop.signum)}; nothing was left half-written\n")
+        except OSError:  # a SIGHUP's terminal is gone
+            pass
+        sys.exit(128 + stop.signum)
     except KeyboardInterrupt:  # past the command's own handling (typer's: exit 130), e.g. while its last line was printed
         sys.stderr.write("\ninterrupted; nothing was left half-written\n")
         sys.exit(INTERRUPTED)

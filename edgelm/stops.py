@@ -23,6 +23,15 @@ from .fileio import discard_unfinished, stops_taken
 
 GRACE_S = 3.0  # seconds the main thread has to take a SIGTERM before the process ends without it
 TERMINATED, INTERRUPTED = 143, 130  # 128 + the signal, as a shell reports a process it ended
+# the signals whose default action ends the process, each taken as SIGTERM is (cli's Terminated): a closed terminal's
+# SIGHUP, a CPU-time limit's SIGXCPU, SIGUSR1/2 and SIGALRM ended an export at once, its partial file, its f32
+# intermediate and its lock left beside the output, and a zip's unpacked folder in TMPDIR (stranger 54)
+ENDING = (signal.SIGTERM, signal.SIGHUP, signal.SIGXCPU, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
+
+
+def ending_words(number: int) -> str:
+    """How the last line names a stop by `number`: "terminated" for SIGTERM, as before; the signal's name for the others."""
+    return "terminated" if number == signal.SIGTERM else f"ended by {signal.Signals(number).name}"
 
 
 _ENDS: list[Callable[[], None]] = []  # how to end each native call in progress early (ends_early)
@@ -30,8 +39,12 @@ _STDERR = [2]  # the descriptor standard error had when the watch began: tokeniz
 
 
 def _end(code: int, what: str) -> None:
+    """As cli's handlers end a command, from this thread: one line (the terminal may be gone: a SIGHUP's), status `code`."""
     discard_unfinished()
-    os.write(_STDERR[0], f"\n{what} while native code was computing; nothing was left half-written\n".encode())
+    try:
+        os.write(_STDERR[0], f"\n{what} while native code was computing; nothing was left half-written\n".encode())
+    except OSError:
+        pass
     os._exit(code)
 
 
@@ -44,7 +57,7 @@ def _taken_within(before: int, seconds: float) -> bool:
 
 
 def _stops_in(signals: bytes) -> set[int]:
-    return {number for number in signals if number in (signal.SIGINT, signal.SIGTERM)}
+    return {number for number in signals if number == signal.SIGINT or number in ENDING}
 
 
 def _drain(read_end: int) -> set[int] | None:
@@ -74,21 +87,21 @@ def _watch(read_end: int) -> None:
         if stops_taken() == before:  # a native call in progress: ended, where it says how (ends_early)
             for end in list(_ENDS):
                 end()
-        terminate = signal.SIGTERM in numbers
+        terminate = min(numbers & set(ENDING), default=None)
         if _taken_within(before, GRACE_S if terminate else 1.0):
             waiting = False
             if _drain(read_end) is None:  # bytes of signals that handler took along with this one
                 break
             continue
         if terminate or waiting:
-            _end(TERMINATED if terminate else INTERRUPTED, "terminated" if terminate else "interrupted")
+            _end(128 + terminate if terminate else INTERRUPTED, ending_words(terminate) if terminate else "interrupted")
         # the Ctrl-Cs that came before the line below are the stop it speaks of, not a second one: a burst of five 3 ms
         # apart, in a 3 s step of native code (a llama.cpp prefill batch), read as "again" a second later, ended the chat
         if (pending := _drain(read_end)) is None:
             break
-        if signal.SIGTERM in pending:
+        if terminate := min(pending & set(ENDING), default=None):
             if not _taken_within(before, GRACE_S):
-                _end(TERMINATED, "terminated")
+                _end(128 + terminate, ending_words(terminate))
             continue
         waiting = True
         os.write(_STDERR[0], b"\nstopping when the model's current step ends; Ctrl-C again to quit now\n")

@@ -1,6 +1,7 @@
 """The commands a user runs: init and inspect."""
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -65,10 +66,10 @@ def test_every_tiny_preset_loads_as_it_was_built(preset_dir):
         assert open_checkpoint(preset_dir(name)).spec == spec, name
 
 
-# a child that runs `edgelm ARGS` and sends itself SIGTERM on the Nth call of MODULE:ATTRIBUTE, mid-command
-_SIGTERM_AT = """
+# a child that runs `edgelm ARGS` and sends itself SIGNAL on the Nth call of MODULE:ATTRIBUTE, mid-command
+_SIGNAL_AT = """
 import importlib, os, signal, sys
-module, path, nth, *argv = sys.argv[1:]
+number, module, path, nth, *argv = sys.argv[1:]
 owner = importlib.import_module(module)
 *parents, name = path.split(".")
 for parent in parents:
@@ -77,7 +78,7 @@ real, calls = getattr(owner, name), []
 def wrapper(*args, **kwargs):
     calls.append(1)
     if len(calls) == int(nth):
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), int(number))
     return real(*args, **kwargs)
 setattr(owner, name, wrapper)
 sys.argv = ["edgelm", *argv]
@@ -103,17 +104,54 @@ def test_sigterm_mid_command_exits_143_without_a_traceback(tmp_path, hook, args)
     """SIGTERM (a service manager, `kill`, a CI timeout) once ended `parity` with a KeyboardInterrupt
     traceback, and by default ends a Python process with its atomic outputs' temporary files left behind:
     now every command unwinds as for Ctrl-C, says so in one line, and exits 143 (128 + SIGTERM)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    child = _signal_at(signal.SIGTERM, hook, args, out)
+    assert child.returncode == 143, (child.returncode, child.stderr[-2000:])
+    assert "Traceback" not in child.stderr and child.stderr.strip().splitlines()[-1] == "terminated; nothing was left half-written", child.stderr
+    assert list(out.iterdir()) == []  # the atomic output's temporary file or folder removed
+
+
+def _signal_at(number: int, hook: str, args: list[str], out: Path):
     import subprocess
     import sys
 
     target, _, nth = hook.partition("#")
+    return subprocess.run([sys.executable, "-c", _SIGNAL_AT, str(int(number)), *target.split(":"), nth or "1",
+                           *[a.replace("{out}", str(out)) for a in args]], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("name", ["SIGHUP", "SIGXCPU", "SIGUSR1", "SIGUSR2", "SIGALRM"])
+@pytest.mark.parametrize("hook,args", [
+    ("edgelm.console:Progress.update#45", ["export", _MODEL, "--quant", "int4", "--out", "{out}/m.gguf"]),
+    ("edgelm.models.checkpoint:TensorSource.row_blocks#5", ["export", _MODEL, "--format", "onnx", "--quant", "f32", "--out", "{out}/m"]),
+])
+def test_every_signal_that_would_end_an_export_unwinds_it(tmp_path, name, hook, args):
+    """Stranger 54: a closed terminal's SIGHUP (and SIGXCPU past `ulimit -t`, SIGUSR1/2, SIGALRM) ended an export at once
+    (exit 129, no word) with its partial file, its f32 intermediate (GBs at real size) and its lock left beside the output.
+    Each unwinds as SIGTERM does now: one line, 128 + the signal, nothing left."""
     out = tmp_path / "out"
     out.mkdir()
-    child = subprocess.run([sys.executable, "-c", _SIGTERM_AT, *target.split(":"), nth or "1", *[a.replace("{out}", str(out)) for a in args]],
-                           capture_output=True, text=True, timeout=600)
-    assert child.returncode == 143, (child.returncode, child.stderr[-2000:])
-    assert "Traceback" not in child.stderr and child.stderr.strip().splitlines()[-1] == "terminated; nothing was left half-written", child.stderr
-    assert list(out.iterdir()) == []  # the atomic output's temporary file or folder removed
+    number = getattr(signal, name)
+    child = _signal_at(number, hook, args, out)
+    assert child.returncode == 128 + number, (child.returncode, child.stderr[-2000:])
+    assert "Traceback" not in child.stderr, child.stderr
+    assert child.stderr.strip().splitlines()[-1] == f"ended by {name}; nothing was left half-written", child.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_an_ignored_sighup_stays_ignored(tmp_path):
+    """`nohup edgelm export …` ignores SIGHUP, and the export goes on to write its file."""
+    out = tmp_path / "out"
+    out.mkdir()
+    script = "import signal, subprocess, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); sys.exit(subprocess.call(sys.argv[1:]))"
+    import subprocess
+    import sys
+
+    child = subprocess.run([sys.executable, "-c", script, sys.executable, "-c", _SIGNAL_AT, str(int(signal.SIGHUP)),
+                            "edgelm.models.checkpoint", "TensorSource.row_blocks", "5", "export", _MODEL, "--format", "onnx",
+                            "--quant", "f32", "--out", str(out / "m")], capture_output=True, text=True, timeout=600)
+    assert child.returncode == 0 and (out / "m" / "model.onnx").is_file(), child.stderr[-2000:]
 
 
 def test_sigterm_to_a_waiting_chat_exits_143(tmp_path):
