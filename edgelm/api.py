@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import fields, replace
 from pathlib import Path
 
+from .artifact_files import on_disk
 from .errors import UserError
 from .formats import Artifact, LoadOptions, open_artifact
 from .numbers import LOOKUP_NGRAM, check_flag
@@ -31,7 +32,7 @@ class Model:
         self._lock = threading.RLock()
         self._closed = False
         self._chat_dropped: tuple[str | None, list[dict]] = (None, [])  # chat(): the system prompt and the messages dropped last
-        self._on_disk = _on_disk(artifact.path)  # what perplexity's second opening must find there
+        self._on_disk = on_disk(artifact.path)  # what perplexity's second opening must find there
 
     def close(self) -> None:
         """Free the engine's memory (a llama.cpp context, an onnxruntime session, ggml's buffers) now rather than
@@ -187,23 +188,11 @@ class Model:
             self._owner = object()  # it resets the cache: a stream still open has lost it
             if self._backend().all_logits and window <= self.artifact.backend.context_length:
                 return perplexity(self.artifact.backend, ids, ctx, stride).perplexity
-        if _on_disk(self.artifact.path) != self._on_disk:  # a second opening of another file scored another model (stranger 50)
+        if on_disk(self.artifact.path) != self._on_disk:  # a second opening of another file scored another model (stranger 50)
             raise UserError("changed on disk since edgelm.load opened it (replaced, removed or written to); perplexity opens it again "
                             "to keep every position's logits", self.artifact.path, "load it again")
         with open_artifact(self.artifact.path, replace(self.options, all_logits=True, context_length=window)) as scorer:
             return perplexity(scorer.backend, ids, ctx, stride).perplexity
-
-
-def _on_disk(path: Path) -> tuple:
-    """Which file (device, inode), of what size and last change, the artifact is; of each entry, for a folder. Missing: ()."""
-    def identity(item: Path) -> tuple:
-        found = item.stat()
-        return item.name, found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
-
-    try:
-        return (identity(path), *(identity(entry) for entry in sorted(path.iterdir()) if entry.is_file())) if path.is_dir() else (identity(path),)
-    except OSError:
-        return ()
 
 
 def _text_content(message):

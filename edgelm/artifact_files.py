@@ -293,6 +293,26 @@ def read_json_object(path: Path, limit: int = MAX_JSON_BYTES, what: str | None =
     return parse_json_object(read_bytes(path, limit, what), path, what, limit)
 
 
+def on_disk(path: Path, names: tuple[str, ...] | None = None) -> tuple:
+    """Which file (device, inode), of what size and last change, `path` is; for a folder, each regular file in it (`names`:
+    those alone, missing ones as missing). What a second look compares, to tell a file replaced or written to since the
+    first: a perplexity's second opening (api), an export's source at its end (Checkpoint.check_unchanged). Unreadable: ()."""
+    def identity(item: Path) -> tuple:
+        try:
+            found = item.stat()
+        except FileNotFoundError:
+            return (item.name,)
+        return item.name, found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
+
+    try:
+        if not path.is_dir():
+            return (identity(path),)
+        entries = (path / name for name in names) if names is not None else (e for e in sorted(path.iterdir()) if e.is_file())
+        return (identity(path), *(identity(entry) for entry in entries))
+    except OSError:
+        return ()
+
+
 def read_prefix(path: Path, size: int) -> bytes:
     """The first `size` bytes of a regular file (a magic number), b'' for anything else."""
     try:

@@ -544,6 +544,37 @@ def test_gguf_stored_config_nested(run_cli, made, tmp_path):
                                   *(["--prompt", "x"] if key.endswith(".json") else [])), said)
 
 
+@pytest.mark.parametrize("fmt", ["gguf", "onnx"])
+@pytest.mark.parametrize("change", ["weights rewritten in place", "config replaced"])
+def test_an_export_whose_source_changed_meanwhile_writes_nothing(made, tmp_path, fmt, change):
+    """Stranger 54: another model's model.safetensors and config.json copied over the folder 2 s into an export gave a GGUF
+    of one model's config and the other's weights, certified against the second (exit 0; verify passed). An export now
+    compares the files it reads with what it found at the start, before its output is renamed into place."""
+    from edgelm.errors import UserError
+    from edgelm.export.gguf import export_gguf
+    from edgelm.export.onnx import export_onnx
+    from edgelm.models import open_checkpoint
+
+    folder = copy_of(made["model"], tmp_path / "model")
+    checkpoint = open_checkpoint(folder)
+    if change == "config replaced":  # the same bytes through a new file: another inode
+        (folder / "config.json.new").write_bytes((folder / "config.json").read_bytes())
+        os.replace(folder / "config.json.new", folder / "config.json")
+    else:  # as `cp other/model.safetensors model/` writes: the same file, new bytes
+        weights = folder / "model.safetensors"
+        with open(weights, "r+b") as file:
+            file.seek(-1, os.SEEK_END)
+            last = file.read(1)
+            file.seek(-1, os.SEEK_END)
+            file.write(bytes([last[0] ^ 1]))
+        before = weights.stat().st_mtime_ns  # a later change, whatever the clock's granularity
+        os.utime(weights, ns=(before + 10**9, before + 10**9))
+    out = tmp_path / ("out.gguf" if fmt == "gguf" else "out")
+    with pytest.raises(UserError, match="the model's files changed while it was exported"):
+        (export_gguf if fmt == "gguf" else export_onnx)(checkpoint, out, "f32")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
 # --- finding 8: output paths ---------------------------------------------------------------------------------------
 def test_force_onto_a_link_or_the_wrong_kind(run_cli, made, tmp_path, monkeypatch):
     folder = tmp_path / "real"

@@ -500,4 +500,5 @@ def export_gguf(
         if max_size is not None and tmp.stat().st_size > max_size:  # the allocation's estimate of the other bytes fell short
             raise UserError(f"the mixed-precision file came out at {tmp.stat().st_size} bytes, over --max-size {max_size}", out,
                             f"give --max-size {tmp.stat().st_size} or more")
+        checkpoint.check_unchanged()
     return GGUFReport(out, arch, type_name, written, notes)

@@ -606,4 +606,5 @@ def export_onnx(
         if max_size is not None and size > max_size:  # the allocation's estimate of the other bytes fell short
             raise UserError(f"the mixed-precision folder came out at {size} bytes, over --max-size {max_size}", out,
                             f"give --max-size {size} or more")
+        checkpoint.check_unchanged()
     return ONNXReport(out, quant, notes)

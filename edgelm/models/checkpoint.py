@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.overrides import TorchFunctionMode
 
-from ..artifact_files import MAX_JSON_BYTES, find_member, member, read_json, read_json_object, user_file
+from ..artifact_files import MAX_JSON_BYTES, find_member, member, on_disk, read_json, read_json_object, user_file
 from ..errors import UserError
 from ..hub import known_facts, resolve_model
 from ..numbers import is_number_table, stated_sampling
@@ -206,6 +206,19 @@ def _sharded_tensors(index: Path, folder: Path) -> TensorSource:
     return TensorSource(files, shapes, non_float=non_float)
 
 
+# what a model folder's files edgelm reads are named: configs, weights (single, sharded, pickled), tokenizer, chat template
+READ_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".pth", ".model", ".jinja")
+
+
+def _read_files(folder: Path) -> tuple[str, ...]:
+    """The names of the folder's files an export may read (check_unchanged), hidden ones aside: an export's own working
+    files are hidden, and its output (a .gguf, a folder) is none of these even where --out puts it inside the folder."""
+    try:
+        return tuple(sorted(e.name for e in folder.iterdir() if e.suffix in READ_SUFFIXES and not e.name.startswith(".")))
+    except OSError:
+        return ()
+
+
 def _open_tensors(folder: Path, allow_pickle: bool) -> TensorSource:
     single, index = find_member(folder, SAFETENSORS), find_member(folder, SAFETENSORS_INDEX)
     if single is not None:
@@ -262,6 +275,7 @@ class Checkpoint:
     temperature_table: torch.Tensor | None  # given (--head-temperatures, or recorded by an export), else None
     module_shapes: dict[str, tuple[int, ...]]  # the family module's state dict, tied aliases included
     position_encoding_perplexities: dict[str, float] | None = None  # when measured: encoding → probe perplexity
+    on_disk: tuple = ()  # the files it reads as open_checkpoint first found them (check_unchanged)
 
     def head_temperatures(self) -> torch.Tensor:
         """[num_layers, num_heads] λ table the model runs with."""
@@ -275,6 +289,15 @@ class Checkpoint:
 
     def recommended_sampling(self) -> dict[str, Any]:
         return recommended_sampling(self.path)
+
+    def check_unchanged(self) -> None:
+        """Refuse what was made from this checkpoint where a file it reads changed since it was opened: a stranger copied
+        another model's weights and config over the folder 2 s into an export, and the GGUF held one model's config with
+        the other's weights, certified against the second (exit 0, verify passed). Exports call it before their output
+        is renamed into place."""
+        if on_disk(self.path, _read_files(self.path)) != self.on_disk:
+            raise UserError("the model's files changed while it was exported (replaced or written to): the output could mix "
+                            "two models, and nothing was written", self.path, "export it again once its files are in place")
 
     def tokenizer(self):
         """The folder's tokenizer, checked against the model's embedding (Tokenizer.check_fits)."""
@@ -434,6 +457,7 @@ def open_checkpoint(
 ) -> Checkpoint:
     """`head_temperatures`: a temperatures file, or a [layers][heads] table (what an export records)."""
     folder = resolve_model(folder, allow_pickle)
+    files = on_disk(folder, _read_files(folder))  # before any is read: check_unchanged compares
     config = read_config(folder)
     config_path = folder / CONFIG
     family = family_for_config(config, config_path)
@@ -452,7 +476,7 @@ def open_checkpoint(
         )
     spec = spec.with_position_encoding(encoding)
     shapes = _check_tensors(family, spec, tensors, folder)
-    checkpoint = Checkpoint(folder, config, family, spec, tensors, rule, "default (all 1.0)", None, shapes)
+    checkpoint = Checkpoint(folder, config, family, spec, tensors, rule, "default (all 1.0)", None, shapes, on_disk=files)
     if isinstance(head_temperatures, (str, Path)):
         checkpoint.temperature_table = read_head_temperatures(head_temperatures, spec)
         checkpoint.temperature_source = f"file {head_temperatures}"
