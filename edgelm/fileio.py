@@ -308,11 +308,15 @@ def _atomic(target: Path, force: bool, make_temporary, kind: str) -> Iterator[Pa
         _replace(tmp, target, force)
         succeeded = True
     except UserError as exc:  # a check of the output as made (the certificate opens it) names the temporary path
+        if not os.path.lexists(tmp):
+            raise _removed_meanwhile(target, kind) from None
         if exc.path is None or not (exc.path == tmp or tmp in exc.path.parents):
             raise
         raise UserError(f"{exc.what} (the output, checked before it was written; nothing was written)",
                         target / exc.path.relative_to(tmp), exc.fix) from None
     except Exception as exc:
+        if not os.path.lexists(tmp):
+            raise _removed_meanwhile(target, kind) from None
         if (why := write_failure(exc)) is None:
             raise
         raise WriteFailed(f"writing the output failed ({why}); no part of it was left behind", target,
@@ -323,6 +327,13 @@ def _atomic(target: Path, force: bool, make_temporary, kind: str) -> Iterator[Pa
         os.close(hold)
         if not succeeded:
             _remove_empty(made)
+
+
+def _removed_meanwhile(target: Path, kind: str) -> UserError:
+    """The output's temporary file or folder was gone when writing failed: its folder was deleted (or the file removed)
+    meanwhile. Stranger 54: an ONNX export's FileNotFoundError traceback, and a GGUF export blaming llama.cpp's quantizer."""
+    return UserError(f"the output's temporary {kind} beside it was removed while it was written (its folder deleted?); nothing "
+                     "was written", target.parent, "keep the output's folder in place while edgelm writes, and run it again")
 
 
 def _discard(tmp: Path, lock: Path) -> None:

@@ -575,6 +575,24 @@ def test_an_export_whose_source_changed_meanwhile_writes_nothing(made, tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_an_output_whose_folder_is_deleted_meanwhile_is_one_line(tmp_path, kind):
+    """Stranger 54: the output's folder deleted during an export was a FileNotFoundError traceback (ONNX) or blamed on
+    llama.cpp's quantizer (GGUF): each failure is said as what happened, whatever the writer raised."""
+    from edgelm.errors import UserError
+    from edgelm.fileio import atomic_output_dir, atomic_output_file
+
+    target = tmp_path / "out" / ("m.gguf" if kind == "file" else "m")
+    for raised in (lambda tmp: (tmp / "model.onnx" if kind == "folder" else tmp).write_bytes(b"x"),
+                   lambda tmp: (_ for _ in ()).throw(UserError("llama.cpp's quantizer refused", None, "choose another type"))):
+        target.parent.mkdir(exist_ok=True)
+        with pytest.raises(UserError, match="the output's temporary .* was removed while it was written"):
+            with (atomic_output_file if kind == "file" else atomic_output_dir)(target) as tmp:
+                shutil.rmtree(target.parent)
+                raised(tmp)
+        assert not target.parent.exists()
+
+
 # --- finding 8: output paths ---------------------------------------------------------------------------------------
 def test_force_onto_a_link_or_the_wrong_kind(run_cli, made, tmp_path, monkeypatch):
     folder = tmp_path / "real"
