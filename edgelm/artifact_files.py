@@ -152,11 +152,18 @@ def _open_for_reading(path: Path, what: str):
 def read_bytes(path: Path, limit: int, what: str = "the file") -> bytes:
     """At most `limit` bytes of a regular file, refusing a longer one (a file can grow after a stat)."""
     with _open_for_reading(path, what) as handle:
-        _refuse_size(os.fstat(handle.fileno()).st_size, limit, Path(path), what)
+        size = os.fstat(handle.fileno()).st_size
+        _refuse_size(size, limit, Path(path), what)
+        # what the file holds and one byte more, then in blocks while it grows: read(limit + 1) sized its buffer by the
+        # limit, 256 MB of address space for a 2 kB config (a MemoryError under a stranger's `ulimit -v`)
+        chunks, total, want = [], 0, size + 1
         try:
-            data = handle.read(limit + 1)
+            while total <= limit and (block := handle.read(min(want, limit + 1 - total))):
+                chunks.append(block)
+                total, want = total + len(block), 1 << 20
         except OSError as exc:
             raise UserError(f"cannot read {what} ({exc.strerror})", path, "check the file") from None
+    data = b"".join(chunks)
     _refuse_size(len(data), limit, Path(path), what)
     return data
 

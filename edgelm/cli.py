@@ -1163,6 +1163,12 @@ def _run() -> None:
             sys.exit(BROKEN_PIPE)
         err.print(f"error: could not write to standard output ({exc}); nothing more was written", markup=False, soft_wrap=True)
         sys.exit(1)
+    except MemoryError:  # the machine's memory, or an address-space limit (`ulimit -v`: stranger 54's was a traceback)
+        message = ("out of memory: the model, its context and the engine did not fit in what this process may use (an "
+                   "address-space limit, `ulimit -v`, counts) — free memory, raise the limit, or use a smaller context (-c) or quant")
+        err.print(f"error: {message}", markup=False, soft_wrap=True)
+        _json_failure(message, 2)
+        sys.exit(2)
     except OSError as exc:  # the place written to, met outside an atomic output: torch's optimizer asks tempfile for a folder
         if "No usable temporary directory" in str(exc):  # (calibrate on a full /tmp and /var/tmp was a traceback)
             message = "no usable temporary folder: TMPDIR, /tmp and /var/tmp are full or cannot be written — free some space or set TMPDIR"

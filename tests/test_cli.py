@@ -268,3 +268,18 @@ def test_help_names_every_option_whole_at_80_columns(run_cli, monkeypatch):
         for param in command.params:
             if param.param_type_name == "option":
                 assert set(param.opts + param.secondary_opts) <= words, (name, param.opts, out)
+
+
+def test_out_of_memory_is_one_line(run_cli, monkeypatch):
+    """Stranger 54, under `ulimit -v`: safetensors' mmap failing with ENOMEM was called a damaged file ("re-download it"),
+    and a MemoryError elsewhere a traceback. Both are one line saying memory, exit 2."""
+    import safetensors
+
+    class NoMemory:
+        def __init__(self, *args, **kwargs):
+            raise safetensors.SafetensorError("Cannot allocate memory (os error 12)")
+
+    monkeypatch.setattr("edgelm.models.checkpoint.safe_open", NoMemory)
+    code, out, err = run_cli("generate", _MODEL, "--prompt", "It is", "--max-new-tokens", "2")
+    assert code == 2 and err.startswith("error: out of memory") and "damaged" not in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err

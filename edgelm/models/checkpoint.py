@@ -141,7 +141,15 @@ class TensorSource:
         return tensor if dtype is None else tensor.to(dtype)
 
 
-def _damaged(name: str, exc: Exception, file: Path) -> UserError:
+def _out_of_memory(exc: Exception) -> bool:
+    """safetensors' error for a mapping the system refused (ENOMEM: memory or `ulimit -v`), which is no damaged file
+    (stranger 54 was told to re-download one): cli says it as memory."""
+    return isinstance(exc, MemoryError) or "os error 12)" in str(exc)
+
+
+def _damaged(name: str, exc: Exception, file: Path) -> UserError | MemoryError:
+    if _out_of_memory(exc):
+        return MemoryError()
     return UserError(f"cannot read tensor {name} ({exc})", file, "the file is damaged: re-download or re-export it")
 
 
@@ -153,6 +161,8 @@ def _safetensors_shapes(file: Path) -> tuple[dict[str, tuple[int, ...]], dict[st
             shapes = {name: tuple(piece.get_shape()) for name, piece in slices.items()}
             dtypes = {name: piece.get_dtype() for name, piece in slices.items()}
     except Exception as exc:
+        if _out_of_memory(exc):
+            raise MemoryError() from None
         raise UserError(f"not a readable safetensors file ({exc})", file, "the file is truncated or damaged: re-download or re-export it") from None
     return shapes, {name: dtype for name, dtype in dtypes.items() if dtype not in FLOAT_DTYPES}
 
