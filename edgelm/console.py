@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -69,8 +70,10 @@ class LazyConsole:
 
     def print_json(self, text: str) -> None:
         """--json's answer. On a terminal every character past ASCII is written as its \\u escape (the same JSON): a C1
-        control or bidi override in a model's text or a file's metadata reached the terminal raw (stranger 47)."""
-        self.console.print_json(text, ensure_ascii=self.console.is_terminal)
+        control or bidi override in a model's text or a file's metadata reached the terminal raw (stranger 47); and where
+        standard output's encoding is not UTF-8 (a Latin-1 locale: stranger 54's answer was lost to an encoding error)."""
+        encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        self.console.print_json(text, ensure_ascii=self.console.is_terminal or encoding != "utf8")
 
     def __getattr__(self, name: str) -> Any:  # what this class lacks: the Console's own methods
         if name.startswith("__"):  # protocols (copy, pickle) look these up: never make a Console for them
@@ -176,6 +179,9 @@ class _Guarded:
         try:
             return getattr(self._stream, name)(*args)
         except (OSError, ValueError) as exc:  # ValueError: a write to a stream already closed
+            if self._lost and isinstance(exc, UnicodeEncodeError):  # a locale whose encoding lacks the text's characters
+                raise OutputLost(f"its encoding, {exc.encoding}, has no {exc.object[exc.start:exc.end]!r}: set a UTF-8 locale "
+                                 "(LANG=C.UTF-8) or PYTHONIOENCODING=utf-8, or use --json", None) from None
             if self._lost:
                 raise OutputLost(getattr(exc, "strerror", None) or str(exc), getattr(exc, "errno", None)) from None
             return None

@@ -283,3 +283,20 @@ def test_out_of_memory_is_one_line(run_cli, monkeypatch):
     code, out, err = run_cli("generate", _MODEL, "--prompt", "It is", "--max-new-tokens", "2")
     assert code == 2 and err.startswith("error: out of memory") and "damaged" not in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_locale_without_the_texts_characters(tmp_path):
+    """Stranger 54, a Latin-1 locale: --json's answer was lost to an encoding error (it is ASCII there now, the same JSON),
+    and a plain answer's failure named the codec without a way out."""
+    import os
+    import subprocess
+    import sys
+
+    prompt = tmp_path / "p.txt"
+    prompt.write_text("It is \u2014 a truth", encoding="utf-8")
+    env = {**os.environ, "PYTHONIOENCODING": "latin-1"}
+    argv = [sys.executable, "-m", "edgelm", "generate", _MODEL, "--file", str(prompt), "--max-new-tokens", "2"]
+    done = subprocess.run([*argv, "--json"], capture_output=True, env=env, timeout=300)
+    assert done.returncode == 0 and json.loads(done.stdout)["prompt"] == "It is \u2014 a truth", done.stderr[-2000:]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1 and "set a UTF-8 locale (LANG=C.UTF-8) or PYTHONIOENCODING=utf-8" in done.stderr, done.stderr
