@@ -1045,3 +1045,19 @@ def test_onnxruntime_telemetry_writes_nothing_under_home(made, tmp_path):
         done = subprocess.run([sys.executable, "-m", "edgelm", *map(str, command)], capture_output=True, text=True, env=env, timeout=300)
         assert done.returncode == 0, done.stderr
     assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []
+
+
+def test_a_quantized_gguf_without_room_for_its_f32_copy_is_refused_first(made, tmp_path, monkeypatch):
+    """Stranger 54: llama.cpp's quantizer reads an f32 GGUF written beside the output; on a folder too small for it the
+    export failed late with the full-disk line and no size. It is refused before anything is written, with the sizes."""
+    import shutil as shutil_module
+
+    from edgelm.errors import WriteFailed
+    from edgelm.export.gguf import export_gguf
+    from edgelm.models import open_checkpoint
+
+    usage = shutil_module.disk_usage(tmp_path)
+    monkeypatch.setattr("edgelm.export.gguf.shutil.disk_usage", lambda path: usage._replace(free=4_000_000))
+    with pytest.raises(WriteFailed, match=r"an f32 copy written beside it first: about [\d.,]+ MB, and .* has 4.0 MB free"):
+        export_gguf(open_checkpoint(made["model"]), tmp_path / "out" / "m.gguf", "Q4_K_M")
+    assert not (tmp_path / "out").exists()

@@ -15,7 +15,9 @@ with llama.cpp's recipe over the roles its layout declares and the importance ma
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +32,7 @@ from gguf import (GGML_QUANT_SIZES, GGML_QUANT_VERSION, MODEL_TENSOR, TENSOR_NAM
 from .. import __version__
 from ..constants import (GGUF_CONFIG, GGUF_CONTEXT_LIMIT, GGUF_FAMILY, GGUF_HEAD_TEMPERATURES, GGUF_HEAD_TEMPERATURES_BAKED,
                          GGUF_POSITION_ENCODING, GGUF_SAMPLING_KEYS, GGUF_VERSION, llama_cpp_archs)
-from ..errors import UserError
+from ..errors import UserError, WriteFailed
 from ..fileio import atomic_output_file, hidden_prefix
 from ..gguf_keys import declared
 from ..gguf_layout import expand_names
@@ -406,6 +408,17 @@ def _write_ggml_quants(checkpoint: Checkpoint, path: Path, type_name: str, on_te
                   importance, metadata)
 
 
+def _refuse_no_room_for_f32(checkpoint, out: Path) -> None:
+    """llama.cpp's quantizer reads an f32 GGUF, written beside the output first: a folder without room for it and the
+    output failed after minutes with the full-disk line, no size said (stranger 54: a 3.4 MB int4 export on 4 MB)."""
+    f32 = 4 * sum(math.prod(shape) for shape in checkpoint.tensors.shapes.values())
+    needed = f32 + f32 // 3  # the intermediate, and the output beside it (Q8_0 is ~0.27 of f32)
+    free = shutil.disk_usage(out.parent).free
+    if needed > free:
+        raise WriteFailed(f"a quantized GGUF is made from an f32 copy written beside it first: about {needed / 1e6:,.1f} MB, and "
+                          f"{out.parent} has {free / 1e6:,.1f} MB free", out, "free some space there, or give --out on a larger disk")
+
+
 def export_gguf(
     checkpoint: Checkpoint,
     out: Path,
@@ -452,6 +465,7 @@ def export_gguf(
             file_type = {Q.F32: LlamaFileType.ALL_F32, Q.F16: LlamaFileType.MOSTLY_F16, Q.BF16: LlamaFileType.MOSTLY_BF16}[qtype]
             written = _write(checkpoint, tmp, qtype, file_type, on_tensor)
         elif arch in llama_cpp_archs():
+            _refuse_no_room_for_f32(checkpoint, out)
             fd, name = tempfile.mkstemp(prefix=hidden_prefix(out, "f32"), suffix=".gguf", dir=out.parent)
             os.close(fd)
             imatrix = Path(name).with_suffix(".imatrix.gguf") if calibration else None
