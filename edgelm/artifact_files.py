@@ -25,6 +25,7 @@ import json
 import os
 import re
 import stat
+import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -248,7 +249,7 @@ def parse_json(text: str | bytes, path: Path | None, what: str, limit: int = MAX
     try:
         return json.loads(text, object_pairs_hook=_unique_keys, parse_int=_bounded_int)
     except HugeNumber as exc:
-        raise UserError(f"{what} holds a whole number of {exc.digits} digits, past any value a model file holds (2^64)", path,
+        raise UserError(f"{what} holds a whole number of {exc.digits} digits, past the largest a float holds (about 1.8e308)", path,
                         "refused: fix or re-download it") from None
     except RepeatedKey as exc:
         raise RepeatedKey(f"{what} holds the key {json.dumps(exc.what)[:80]} twice in one object (JSON readers differ on which one "
@@ -257,17 +258,20 @@ def parse_json(text: str | bytes, path: Path | None, what: str, limit: int = MAX
         raise UserError(f"{what} is not valid JSON ({str(exc).splitlines()[0][:200]})", path, "fix or re-download it") from None
 
 
+FLOAT_MAX = int(sys.float_info.max)
+
+
 class HugeNumber(ValueError):
     def __init__(self, digits: int):
         self.digits = digits
 
 
 def _bounded_int(text: str) -> int:
-    """A JSON integer below 2^64 in size (every id, count and offset a model's files hold is): a 400-digit one passed
-    the readers and overflowed float() in six places later (head temperatures, a certificate's numbers, genai_config's
-    and a manifest's sampling), each a traceback (stranger 53)."""
+    """A JSON integer a float holds: a 400-digit one passed the readers and overflowed float() in six places later (head
+    temperatures, a certificate's numbers, genai_config's and a manifest's sampling), each a traceback (stranger 53).
+    Smaller ones out of a field's range are the field's reader's to refuse, naming it."""
     value = int(text)
-    if abs(value) >= 2**64:
+    if abs(value) > FLOAT_MAX:
         raise HugeNumber(len(text.lstrip("-")))
     return value
 
