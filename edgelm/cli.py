@@ -154,6 +154,9 @@ def init(
 ArtifactArgument = Annotated[Path, typer.Argument(metavar="PATH", help="A model folder, a .gguf file, an ONNX folder, or a bundle folder or .zip "
                                                        "from `edgelm bundle`.")]
 
+NARROWEST_TABLE = 40  # columns below which inspect prints "key: value" lines, not a table
+
+
 @app.command()
 def inspect(
     path: ArtifactArgument,
@@ -179,9 +182,15 @@ def inspect(
 
     # what the files say, as one line of printable text a cell (a GGUF's tokenizer.ggml.model holding a newline and
     # ESC[31m forged a row and coloured the terminal); rich markup in a value stays text
+    rows = [(one_line(key), one_line(value if isinstance(value, str) else json.dumps(value))) for key, value in info.items()]
+    if out.width < NARROWEST_TABLE:  # a table there shows "…" in every cell (stranger 54, 10 columns): a line a field, wrapped
+        out.print(Text(one_line(shown(path))))
+        for key, value in rows:
+            out.print(Text(f"{key}: {value}"))
+        return
     table = Table(title=one_line(shown(path)), show_header=False)
-    for key, value in info.items():
-        table.add_row(Text(one_line(key)), Text(one_line(value if isinstance(value, str) else json.dumps(value))))
+    for key, value in rows:
+        table.add_row(Text(key), Text(value))
     out.print(table)
 
 

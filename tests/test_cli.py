@@ -300,3 +300,14 @@ def test_a_locale_without_the_texts_characters(tmp_path):
     assert done.returncode == 0 and json.loads(done.stdout)["prompt"] == "It is \u2014 a truth", done.stderr[-2000:]
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 1 and "set a UTF-8 locale (LANG=C.UTF-8) or PYTHONIOENCODING=utf-8" in done.stderr, done.stderr
+
+
+def test_inspect_on_a_narrow_terminal_shows_every_field():
+    """Stranger 54: at 10 columns inspect's table showed "…" in every cell; below 40 it prints a line a field."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "edgelm", "inspect", _MODEL], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "10"})
+    assert done.returncode == 0 and "family" in done.stdout and "llama" in done.stdout and "…" not in done.stdout, done.stdout
