@@ -304,6 +304,8 @@ def _atomic(target: Path, force: bool, make_temporary, kind: str) -> Iterator[Pa
         yield tmp
         if _Stops.count != stops:  # a stop that reached no exception handler (above): the command is to end, unwritten
             raise _Stops.last
+        if tmp.is_file() and not tmp.is_symlink():  # a writer that made the file again (safetensors' save_file: 0600,
+            os.chmod(tmp, 0o666 & ~_umask())  # stranger 53's shared model folder unreadable to others) gets the usual mode
         _fsync_tree(tmp)
         _replace(tmp, target, force)
         succeeded = True

@@ -1061,3 +1061,20 @@ def test_a_quantized_gguf_without_room_for_its_f32_copy_is_refused_first(made, t
     with pytest.raises(WriteFailed, match=r"an f32 copy written beside it first: about [\d.,]+ MB, and .* has 4.0 MB free"):
         export_gguf(open_checkpoint(made["model"]), tmp_path / "out" / "m.gguf", "Q4_K_M")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_a_writer_made_private_gets_the_usual_mode(tmp_path):
+    """Stranger 53: `calibrate --write-checkpoint` left model.safetensors 0600 (safetensors' save_file makes its file so),
+    a shared model folder unreadable to other users. Every atomic output file gets 0666 less the umask."""
+    import torch
+    from safetensors.torch import save_file
+
+    from edgelm.fileio import atomic_output_file
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_output_file(tmp_path / "model.safetensors") as tmp:
+            save_file({"a": torch.zeros(2)}, str(tmp))
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644
