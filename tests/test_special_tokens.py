@@ -128,11 +128,17 @@ def test_verbose_prompt_spells_a_control_token_on_a_gguf_as_in_the_folder(tmp_pa
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_decoded_text_keeps_special_tokens_as_transformers_decode(tokenizer_source, kind):
+def test_decode_keeps_special_tokens_and_a_reply_shows_none(tokenizer_source, kind):
     """Stranger finding: a reply's special tokens (Qwen3's <think> where marked special) vanished from the text on a
     GGUF alone (llama.cpp's detokenize leaves them out unless asked), and sentencepiece's decode leaves out control
-    tokens too. Every tokenizer kind decodes as transformers' decode (skip_special_tokens=False, its default)."""
+    tokens too. Every tokenizer kind decodes as transformers' decode (skip_special_tokens=False, its default).
+    Stranger 55: a control token a model generated mid-reply (Llama 3.2's <|begin_of_text|>) was printed as its text in
+    the reply, and went back into the chat's history as that token. A reply's text leaves special tokens out, as
+    transformers' text-generation pipeline decodes (skip_special_tokens=True), as llama-server and edgelm's web page
+    show it; the tokens are still produced (Piece.token)."""
     from transformers import AutoTokenizer
+
+    from edgelm.runtime.generate import _stream
 
     folder, path = tokenizer_source(kind)
     reference = AutoTokenizer.from_pretrained(folder)
@@ -145,23 +151,6 @@ def test_decoded_text_keeps_special_tokens_as_transformers_decode(tokenizer_sour
                 decoded = decoded.removeprefix(" ")
             assert decoded == reference.decode(ids), text
 
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_reply_shows_no_control_token(tokenizer_source, kind):
-    """Stranger 55: a control token a model generated mid-reply (Llama 3.2's <|begin_of_text|>) was printed as its
-    text in the reply, and went back into the chat's history as that token. A reply's text leaves special tokens
-    out, as transformers' text-generation pipeline decodes (skip_special_tokens=True), as llama-server and
-    edgelm's web page show it; the tokens are still produced (Piece.token), and `decode` keeps their text."""
-    from transformers import AutoTokenizer
-
-    from edgelm.runtime.generate import _stream
-
-    folder, path = tokenizer_source(kind)
-    reference = AutoTokenizer.from_pretrained(folder)
-    with open_artifact(path, LoadOptions(context_length=256, threads=2)) as artifact:
-        tokenizer = artifact.tokenizer
-        for text in TEXTS:
-            ids = reference(text, add_special_tokens=False)["input_ids"]
             controls = [i for i in ids if i in reference.all_special_ids]
             assert all(map(tokenizer.is_control, controls)) and not any(tokenizer.is_control(i) for i in ids if i not in controls)
             reply = [i for i in ids if not tokenizer.ends_reply(i)]  # the text of a reply the model went on past
