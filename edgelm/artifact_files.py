@@ -313,7 +313,8 @@ def on_disk(path: Path, names: tuple[str, ...] | None = None) -> tuple:
             found = item.stat()
         except FileNotFoundError:
             return (item.name,)
-        return item.name, found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
+        # the change time too, which no one sets: a rewrite in place that kept the size and put the mtime back (stranger 56)
+        return item.name, found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns
 
     try:
         if not path.is_dir():

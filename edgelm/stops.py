@@ -23,15 +23,24 @@ from .fileio import discard_unfinished, stops_taken
 
 GRACE_S = 3.0  # seconds the main thread has to take a SIGTERM before the process ends without it
 TERMINATED, INTERRUPTED = 143, 130  # 128 + the signal, as a shell reports a process it ended
-# the signals whose default action ends the process, each taken as SIGTERM is (cli's Terminated): a closed terminal's
-# SIGHUP, a CPU-time limit's SIGXCPU, SIGUSR1/2 and SIGALRM ended an export at once, its partial file, its f32
-# intermediate and its lock left beside the output, and a zip's unpacked folder in TMPDIR (stranger 54)
-ENDING = (signal.SIGTERM, signal.SIGHUP, signal.SIGXCPU, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
+# the signals whose default action ends the process (signal(7): "Term", and "Core" but for the faults and SIGQUIT,
+# Ctrl-\'s "quit now"), each taken as SIGTERM is (cli's Terminated): a closed terminal's SIGHUP, a CPU-time limit's
+# SIGXCPU, SIGUSR1/2 and SIGALRM (stranger 54), then SIGVTALRM, SIGPROF, SIGPWR, SIGIO, SIGSTKFLT, SIGSYS and the
+# real-time signals (stranger 56) ended an export at once, its partial file, f32 intermediate and lock left beside it
+_ENDING_NAMES = ("SIGTERM", "SIGHUP", "SIGXCPU", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGPWR", "SIGIO",
+                 "SIGSTKFLT", "SIGSYS")
+ENDING = tuple(number for name in _ENDING_NAMES if (number := getattr(signal, name, None)) is not None) + (
+    tuple(range(signal.SIGRTMIN, signal.SIGRTMAX + 1)) if hasattr(signal, "SIGRTMIN") else ())
 
 
 def ending_words(number: int) -> str:
     """How the last line names a stop by `number`: "terminated" for SIGTERM, as before; the signal's name for the others."""
-    return "terminated" if number == signal.SIGTERM else f"ended by {signal.Signals(number).name}"
+    if number == signal.SIGTERM:
+        return "terminated"
+    try:
+        return f"ended by {signal.Signals(number).name}"
+    except ValueError:  # a real-time signal past SIGRTMIN, which the enum does not name
+        return f"ended by signal {number}"
 
 
 _ENDS: list[Callable[[], None]] = []  # how to end each native call in progress early (ends_early)

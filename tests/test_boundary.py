@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -560,15 +561,17 @@ def test_an_export_whose_source_changed_meanwhile_writes_nothing(made, tmp_path,
     if change == "config replaced":  # the same bytes through a new file: another inode
         (folder / "config.json.new").write_bytes((folder / "config.json").read_bytes())
         os.replace(folder / "config.json.new", folder / "config.json")
-    else:  # as `cp other/model.safetensors model/` writes: the same file, new bytes
+    else:  # as `dd conv=notrunc` then `touch -d` write (stranger 56): the same file and size, new bytes, the mtime put back
         weights = folder / "model.safetensors"
+        before = weights.stat()
+        time.sleep(0.05)  # past the clock's granularity, so the change time moves
         with open(weights, "r+b") as file:
             file.seek(-1, os.SEEK_END)
             last = file.read(1)
             file.seek(-1, os.SEEK_END)
             file.write(bytes([last[0] ^ 1]))
-        before = weights.stat().st_mtime_ns  # a later change, whatever the clock's granularity
-        os.utime(weights, ns=(before + 10**9, before + 10**9))
+        os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert weights.stat().st_mtime_ns == before.st_mtime_ns and weights.stat().st_size == before.st_size
     out = tmp_path / ("out.gguf" if fmt == "gguf" else "out")
     with pytest.raises(UserError, match="the model's files changed while it was exported"):
         (export_gguf if fmt == "gguf" else export_onnx)(checkpoint, out, "f32")

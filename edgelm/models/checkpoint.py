@@ -144,7 +144,7 @@ class TensorSource:
 def _out_of_memory(exc: Exception) -> bool:
     """safetensors' error for a mapping the system refused (ENOMEM: memory or `ulimit -v`), which is no damaged file
     (stranger 54 was told to re-download one): cli says it as memory."""
-    return isinstance(exc, MemoryError) or "os error 12)" in str(exc)
+    return isinstance(exc, MemoryError) or "Cannot allocate memory" in str(exc)  # strerror(ENOMEM), in both its wordings
 
 
 def _damaged(name: str, exc: Exception, file: Path) -> UserError | MemoryError:
