@@ -319,8 +319,9 @@ def on_disk(path: Path, names: tuple[str, ...] | None = None) -> tuple:
     try:
         if not path.is_dir():
             return (identity(path),)
-        entries = (path / name for name in names) if names is not None else (e for e in sorted(path.iterdir()) if e.is_file())
-        return (identity(path), *(identity(entry) for entry in entries))
+        if names is not None:  # those files alone: not the folder's own times, which an output written inside it moves
+            return tuple(identity(path / name) for name in names)
+        return (identity(path), *(identity(entry) for entry in sorted(path.iterdir()) if entry.is_file()))
     except OSError:
         return ()
 
