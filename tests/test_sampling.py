@@ -101,6 +101,9 @@ class Letters:
     def ends_reply(self, token):  # Tokenizer's contract: what ends a reply
         return token == self.eos_id
 
+    def is_control(self, token):  # and what shows no text in one
+        return False
+
     def decode(self, ids):
         return "".join(chr(ord("a") + i) for i in ids)
 
