@@ -509,10 +509,11 @@ class Verification:
         p = self.probe
         reasons = []
         for key, (what, _) in ARTIFACT_HASHES.items():
-            if self.equal(key) is False and key not in self.certificate:
-                reasons.append(f"its certificate records no sha256 of its {what}, which every certificate edgelm writes records "
-                               "(the key was removed, or an edgelm before 2026-12-07 wrote it: export it again)")
-            elif self.equal(key) is False:
+            if self.equal(key) is not False:
+                continue
+            if key not in self.certificate:
+                reasons.append(f"its certificate {_no_hash(what)}: export it again")
+            else:
                 reasons.append(f"its {what} {'is not the certified one' if what == 'graph' else 'are not the certified ones'} (sha256 "
                                f"{self.computed[key][:16]}…, certified {self.certificate[key][:16]}…)")
         if not p.tokenization_equal:
@@ -528,6 +529,12 @@ class Verification:
             + "; ".join(reasons)
 
 
+def _no_hash(what: str) -> str:
+    """Why a certificate without one of the hashes its format computes is refused (verify's reason, bundle's line)."""
+    return (f"records no sha256 of its {what}, which every certificate edgelm writes records (the key was removed, or an "
+            "edgelm before 2026-12-07 wrote it)")
+
+
 def check_holds(fmt) -> None:
     """Refuse an artifact whose weights or settings are not the ones its certificate records, before it is bundled: the
     bundle's manifest would take the sha256 of the changed files, and `verify` passed the bundle (a stranger's GGUF with
@@ -539,9 +546,7 @@ def check_holds(fmt) -> None:
     for key, digest in artifact_hashes(fmt).items():
         what = ARTIFACT_HASHES[key][0]
         if key not in found:
-            raise UserError(f"its parity certificate records no sha256 of its {what}, which every certificate edgelm writes records "
-                            "(the key was removed, or an edgelm before 2026-12-07 wrote it)", fmt.path,
-                            "export it again from its model folder")
+            raise UserError(f"its parity certificate {_no_hash(what)}", fmt.path, "export it again from its model folder")
         if digest != found[key]:
             raise UserError(f"its {what} {'is not the one' if what == 'graph' else 'are not the ones'} its parity certificate was made for (sha256 {digest[:16]}…, certified "
                             f"{found[key][:16]}…): a bundle of it would carry a certificate that does not hold", fmt.path,
